@@ -1,0 +1,1 @@
+"""Provider adapters and callback parsers. Knows nothing of Celery, Redis or the API."""

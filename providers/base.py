@@ -1,0 +1,123 @@
+"""The adapter interface: a rendered message in, one outcome per message out.
+
+A :class:`Transport` is built once per provider configuration and opens
+:class:`Session` objects (an SMTP connection, an HTTP client). The dispatcher runs
+several sessions side by side and hands each a chunk of messages at a time
+(``chunk_size``: 1 for SMTP, the batch size for a batching HTTP provider).
+
+Per-message failures come back as :class:`SendOutcome` data. Failures of the whole
+session (cannot connect, credentials refused) are raised as
+:class:`providers.errors.ProviderError` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from providers.errors import ErrorClass, ProviderError, ThrottledError, TransientError
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One rendered message for one recipient of one campaign.
+
+    ``subject``, ``html``, ``text`` and ``amp`` are already rendered (Jinja2 ran first);
+    adapters only place them. ``user_vars`` and ``campaign_vars`` feed custom ``$$``
+    placeholders of HTTP payloads. ``headers`` are extra headers the service adds
+    (``List-Unsubscribe`` and friends), already validated.
+    """
+
+    seq: int
+    meta: str
+    campaign_id: str
+    to: str
+    subject: str
+    html: str
+    text: str
+    from_address: str
+    from_name: str = ""
+    amp: str = ""
+    reply_to: str = ""
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    user_vars: Mapping[str, Any] = field(default_factory=dict)
+    campaign_vars: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def envelope_recipients(self) -> tuple[str, ...]:
+        """Every address the message goes to: To, then Cc, then Bcc (Bcc never in headers)."""
+        return (self.to, *self.cc, *self.bcc)
+
+
+class OutcomeStatus(StrEnum):
+    """What became of one message after one attempt."""
+
+    SENT = "sent"
+    FAILED = "failed"  # permanent: record and move on
+    RETRY = "retry"  # transient: try again later
+    UNKNOWN = "unknown"  # the server may or may not have taken it: never retried blindly
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """The result of one attempt at one message."""
+
+    seq: int
+    status: OutcomeStatus
+    error_class: ErrorClass | None = None
+    detail: str = ""
+    code: int | None = None
+    retry_after: float | None = None
+    throttled: bool = False
+    provider_message_id: str = ""
+
+    @classmethod
+    def sent(cls, seq: int, detail: str = "", provider_message_id: str = "") -> SendOutcome:
+        return cls(seq, OutcomeStatus.SENT, detail=detail, provider_message_id=provider_message_id)
+
+    @classmethod
+    def from_error(cls, seq: int, exc: ProviderError) -> SendOutcome:
+        """Map an adapter error about one message to its outcome."""
+        if isinstance(exc, TransientError):
+            return cls(
+                seq,
+                OutcomeStatus.RETRY,
+                error_class=exc.error_class,
+                detail=exc.detail,
+                code=exc.code,
+                retry_after=exc.retry_after,
+                throttled=isinstance(exc, ThrottledError),
+            )
+        return cls(
+            seq, OutcomeStatus.FAILED, error_class=exc.error_class, detail=exc.detail, code=exc.code
+        )
+
+
+class Session(Protocol):
+    """One open channel to a provider (an SMTP connection, an HTTP client)."""
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        """Send ``messages`` (at most the transport's ``chunk_size``), one outcome each.
+
+        Raises :class:`providers.errors.ConfigurationError` when the provider refuses us as
+        a whole, and :class:`providers.errors.TransientError` when the session died before
+        any of ``messages`` could be handed over (the caller opens a new session).
+        """
+        ...
+
+
+class Transport(Protocol):
+    """A configured provider: opens sessions and says how to feed them."""
+
+    kind: str
+    chunk_size: int
+    max_sessions: int
+
+    def session(self) -> AbstractAsyncContextManager[Session]:
+        """Open a session; raises ``ProviderError`` subclasses when it cannot."""
+        ...

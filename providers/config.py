@@ -1,0 +1,157 @@
+"""Provider configurations: one pydantic model per kind, fields as in DESIGN §2.
+
+A configuration is what a user saves under a nickname. Secrets are ``SecretStr`` so
+they never show in ``repr`` or logs; the service encrypts them at rest.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
+
+NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
+DEFAULT_MAX_CONNECTIONS = 4
+DEFAULT_RATE_PER_SECOND = 0.0  # 0: no pacing beyond the connection limit
+DEFAULT_SMTP_TIMEOUT = 30.0
+
+Security = Literal["none", "starttls", "tls"]
+PreferenceCenter = Literal["none", "system", "custom"]
+
+
+class ProviderBase(BaseModel):
+    """Fields every kind shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Names of fields that hold secrets: encrypted at rest, never returned.
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    nickname: str = Field(pattern=NICKNAME_PATTERN)
+    from_name: str = ""
+    from_address: str = ""
+    reply_to: str = ""
+    preference_center: PreferenceCenter = "none"
+    preference_center_url: str = ""
+    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100)
+    rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0)
+    daily_quota: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _custom_center_needs_url(self) -> ProviderBase:
+        if self.preference_center == "custom" and not self.preference_center_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(
+                "preference_center_url: an http(s) URL is required when preference_center "
+                "is 'custom'"
+            )
+        for name in ("from_name", "from_address", "reply_to"):
+            value = getattr(self, name)
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"{name}: line breaks are not allowed")
+        return self
+
+
+class SmtpFamilyBase(ProviderBase):
+    """Fields of every SMTP-speaking kind; presets fill host, port and security."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("password",)
+    default_host: ClassVar[str] = ""
+    default_security: ClassVar[Security] = "starttls"
+
+    host: str = ""
+    port: int = Field(default=0, ge=0, le=65535)  # 0: the preset for `security`
+    security: Security | None = None
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0)
+    # Skip certificate verification: only for tests and private relays with their own CA.
+    tls_verify: bool = True
+    max_messages_per_connection: int = Field(default=0, ge=0)  # 0: unlimited
+    max_recipients_per_message: int = Field(default=0, ge=0)  # 0: unlimited
+
+    @property
+    def effective_security(self) -> Security:
+        return self.security or self.default_security
+
+    @property
+    def effective_host(self) -> str:
+        return self.host or self.default_host
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return 465 if self.effective_security == "tls" else 587
+
+    @model_validator(mode="after")
+    def _needs_host(self) -> SmtpFamilyBase:
+        if not self.effective_host:
+            raise ValueError("host: required for this kind")
+        return self
+
+
+class SmtpConfig(SmtpFamilyBase):
+    """Any SMTP server."""
+
+    kind: Literal["smtp"] = "smtp"
+
+
+class SesConfig(SmtpFamilyBase):
+    """Amazon SES through its SMTP interface (SMTP credentials, not IAM keys)."""
+
+    kind: Literal["ses"] = "ses"
+    region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    configuration_set: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,64}$")
+    sns_topic_arns: tuple[str, ...] = ()
+
+    @property
+    def effective_host(self) -> str:
+        return self.host or f"email-smtp.{self.region}.amazonaws.com"
+
+
+class SendgridConfig(SmtpFamilyBase):
+    """SendGrid's SMTP relay: username ``apikey``, password the API key."""
+
+    kind: Literal["sendgrid"] = "sendgrid"
+    default_host: ClassVar[str] = "smtp.sendgrid.net"
+    username: str = "apikey"
+    # Base64 DER public key of the Signed Event Webhook, as SendGrid shows it.
+    webhook_public_key: str = ""
+    # SendGrid's documented limit (reference §2.6): 100 messages per connection.
+    max_messages_per_connection: int = Field(default=100, ge=0)
+
+
+class GmailConfig(SmtpFamilyBase):
+    """Gmail / Google Workspace with an app password."""
+
+    kind: Literal["gmail"] = "gmail"
+    default_host: ClassVar[str] = "smtp.gmail.com"
+    default_security: ClassVar[Security] = "tls"
+    # Google Workspace limits (reference §3): 2,000 messages a day, 100 recipients each
+    # over SMTP; the user may lower them.
+    daily_quota: int | None = Field(default=2000, ge=1)
+    max_recipients_per_message: int = Field(default=100, ge=0)
+
+
+SmtpFamilyConfig = SmtpConfig | SesConfig | SendgridConfig | GmailConfig
+SMTP_KINDS: tuple[str, ...] = ("smtp", "ses", "sendgrid", "gmail")
+
+ProviderConfig = Annotated[SmtpFamilyConfig, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProviderConfig)
+
+
+def parse_provider_config(data: dict[str, Any]) -> SmtpFamilyConfig:
+    """Validate a provider configuration; raises ``pydantic.ValidationError``."""
+    result: SmtpFamilyConfig = _ADAPTER.validate_python(data)
+    return result
+
+
+def public_view(config: ProviderBase) -> dict[str, Any]:
+    """The configuration as shown to users: secrets masked, never their value."""
+    data = config.model_dump(mode="json")
+    for name in config.secret_fields:
+        value = getattr(config, name, None)
+        data[name] = "********" if value and value.get_secret_value() else ""
+    return data

@@ -1,0 +1,106 @@
+"""The exception tree and error classes shared by every provider adapter.
+
+Error classes (DESIGN §2) name a failure everywhere: in test-email answers, in the
+per-message ledger and in ``Notification Failed`` events.
+
+Exception tree::
+
+    ProviderError                  any failure an adapter reports
+    ├── ConfigurationError         stop and tell a person (bad settings, refused auth)
+    │   └── AuthenticationError    credentials refused: pause the campaign
+    ├── TransientError             retry later, maybe after ``retry_after`` seconds
+    │   ├── ThrottledError         the server asked us to slow down (421/450/451/454, 429)
+    │   ├── ProviderTimeoutError   also a builtin ``TimeoutError``
+    │   └── ProviderConnectionError  also a builtin ``ConnectionError``
+    └── PermanentError             record and move on; never retried
+
+Whole-session failures (cannot connect, auth refused) are raised. Per-message failures
+are returned as data (:class:`providers.base.SendOutcome`), never raised.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorClass(StrEnum):
+    """Failure classes, spelled as in the seed documents (DESIGN §2)."""
+
+    INVALID_RECIPIENT = "SMTP invalid email ID"
+    DISPATCH_FAILED_SMTP = "SMTP dispatching failed"
+    CONNECTION = "SMTP connection error"
+    TIMEOUT = "SMTP timeout"
+    DISPATCH_FAILED_HTTP = "Dispatch failed"
+    # Not in the seeds: a message we refuse to build (CR/LF in a header value, a template
+    # that fails for this recipient). It is the recipient's data, not the provider, at fault.
+    INVALID_MESSAGE = "Invalid message"
+
+
+class ProviderError(Exception):
+    """Base of every adapter error; carries the error class and the provider's detail."""
+
+    error_class: ErrorClass = ErrorClass.DISPATCH_FAILED_SMTP
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        error_class: ErrorClass | None = None,
+        code: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+        if error_class is not None:
+            self.error_class = error_class
+
+
+class ConfigurationError(ProviderError):
+    """The provider cannot work as configured; a person must act."""
+
+    error_class = ErrorClass.CONNECTION
+
+
+class AuthenticationError(ConfigurationError):
+    """The server refused our credentials (SMTP 535 and friends)."""
+
+
+class TransientError(ProviderError):
+    """Worth retrying later; ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        error_class: ErrorClass | None = None,
+        code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail, error_class=error_class, code=code)
+        self.retry_after = retry_after
+
+
+class ThrottledError(TransientError):
+    """The server asked us to slow down; the provider's pace should drop."""
+
+
+class ProviderTimeoutError(TransientError, TimeoutError):
+    """The server did not answer in time."""
+
+    error_class = ErrorClass.TIMEOUT
+
+
+class ProviderConnectionError(TransientError, ConnectionError):
+    """Could not connect, or the connection dropped."""
+
+    error_class = ErrorClass.CONNECTION
+
+
+class PermanentError(ProviderError):
+    """Will fail again the same way; record and move on."""
+
+
+class InvalidMessageError(PermanentError):
+    """The message cannot be built from this recipient's data (CR/LF in a header...)."""
+
+    error_class = ErrorClass.INVALID_MESSAGE
