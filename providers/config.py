@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SecretStr,
+    TypeAdapter,
+    model_validator,
+)
 
 NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
 DEFAULT_MAX_CONNECTIONS = 4
 DEFAULT_RATE_PER_SECOND = 0.0  # 0: no pacing beyond the connection limit
 DEFAULT_SMTP_TIMEOUT = 30.0
+DEFAULT_HTTP_TIMEOUT = 30.0
+DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
 
 Security = Literal["none", "starttls", "tls"]
 PreferenceCenter = Literal["none", "system", "custom"]
@@ -135,16 +145,52 @@ class GmailConfig(SmtpFamilyBase):
     max_recipients_per_message: int = Field(default=100, ge=0)
 
 
+class HttpConfig(ProviderBase):
+    """Generic HTTP (DESIGN §4); the placeholder rules live in ``providers.http_config``."""
+
+    kind: Literal["http"] = "http"
+    secret_fields: ClassVar[tuple[str, ...]] = ("password",)
+
+    method: Literal["GET", "POST"] = "POST"
+    endpoint: str
+    auth: Literal["none", "basic"] = "none"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str] = Field(default_factory=dict)
+    body: JsonValue = None
+    batch: bool = False
+    batch_size: int = Field(default=DEFAULT_HTTP_BATCH_SIZE, ge=1, le=1000)
+    timeout: float = Field(default=DEFAULT_HTTP_TIMEOUT, gt=0)
+
+    @model_validator(mode="after")
+    def _check_http(self) -> HttpConfig:
+        # Imported here: http_config imports this module for the model.
+        from providers.http_config import config_problems
+
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def warnings(self) -> list[str]:
+        """Saved but worth telling the user (no ``$$MessageID``: no delivery tracking)."""
+        from providers.http_config import config_warnings
+
+        return config_warnings(self)
+
+
 SmtpFamilyConfig = SmtpConfig | SesConfig | SendgridConfig | GmailConfig
 SMTP_KINDS: tuple[str, ...] = ("smtp", "ses", "sendgrid", "gmail")
+AnyProviderConfig = SmtpFamilyConfig | HttpConfig
 
-ProviderConfig = Annotated[SmtpFamilyConfig, Field(discriminator="kind")]
+ProviderConfig = Annotated[AnyProviderConfig, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ProviderConfig)
 
 
-def parse_provider_config(data: dict[str, Any]) -> SmtpFamilyConfig:
+def parse_provider_config(data: dict[str, Any]) -> AnyProviderConfig:
     """Validate a provider configuration; raises ``pydantic.ValidationError``."""
-    result: SmtpFamilyConfig = _ADAPTER.validate_python(data)
+    result: AnyProviderConfig = _ADAPTER.validate_python(data)
     return result
 
 
