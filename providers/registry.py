@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from providers.base import Transport
-from providers.config import SmtpFamilyBase
+from providers.config import ProviderBase, SmtpFamilyBase
 
 
-def build_transport(config: SmtpFamilyBase) -> Transport:
+def build_transport(config: ProviderBase) -> Transport:
     """Return the transport that sends through ``config``'s kind."""
     from providers.smtp import SmtpTransport
 

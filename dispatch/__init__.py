@@ -1,0 +1,1 @@
+"""dispatch: send email campaigns through any provider and track every message."""

@@ -1,0 +1,52 @@
+"""The Celery application: Redis broker, late acks, small task arguments."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from dispatch import store
+from dispatch.redis_server import ensure_redis_url
+from dispatch.settings import get_settings
+
+QUEUES = ("default", "sends", "events")
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    url = ensure_redis_url()
+    app = Celery("dispatch", broker=url, include=["dispatch.tasks"])
+    app.conf.update(
+        task_default_queue="default",
+        task_routes={
+            "dispatch.send_batch": {"queue": "sends"},
+            "dispatch.process_callback": {"queue": "events"},
+        },
+        # A batch is acknowledged only when done; the ledger makes redelivery harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # Stay well inside the visibility timeout (PITFALLS: no real acks on Redis).
+        task_time_limit=settings.visibility_timeout // 2,
+        task_soft_time_limit=settings.visibility_timeout // 2 - 30,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        beat_schedule={
+            "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
+        },
+    )
+    return app
+
+
+app = make_app()
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: object) -> None:
+    """Forked worker processes must not share the parent's Redis sockets."""
+    store.reset_clients()

@@ -1,0 +1,237 @@
+"""The per-message ledger: claim before send, record after, counters and events atomically.
+
+Every state change of a message goes through one Lua script that (1) checks the batch
+lease, so a worker that lost its lease can never write, (2) moves the message's record,
+(3) moves the campaign counters from the old state's bucket to the new one and (4) appends
+the system event to ``dispatch:events``. Claims only succeed on a message that is still
+queued or waiting for a retry, so a redelivered batch skips everything already sent.
+
+:class:`LedgerWriter` coalesces the claims and records of all concurrent senders of a
+batch into one script call per round trip (group commit): a claim still happens before
+each send, but the round trips are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from dispatch import store
+from dispatch.models import MessageState
+
+LEASE_TTL_MS = 60_000
+LEASE_RENEW_SECONDS = 15.0
+
+# Counter buckets: every non-terminal state counts as "queued".
+_APPLY = """
+local ledger, counters, stream, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, maxlen = ARGV[1], ARGV[2]
+if token ~= '' and redis.call('GET', lease) ~= token then return {-1} end
+local terminal = {sent=1, failed=1, suppressed=1, cancelled=1, expired=1, unknown=1}
+local function bucket(state)
+  if state and terminal[state] then return state end
+  return 'queued'
+end
+local out = {}
+for i = 3, #ARGV, 4 do
+  local op, seq, rec, ev = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+  local cur = redis.call('HGET', ledger, seq)
+  local old = nil
+  if cur then old = cjson.decode(cur)['s'] end
+  local ok = 1
+  if op == 'c' and old and old ~= 'retry' then ok = 0 end
+  if ok == 1 then
+    local new = cjson.decode(rec)['s']
+    redis.call('HSET', ledger, seq, rec)
+    local ob, nb = bucket(old), bucket(new)
+    if ob ~= nb then
+      redis.call('HINCRBY', counters, ob, -1)
+      redis.call('HINCRBY', counters, nb, 1)
+    end
+    if ev ~= '' then
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev)
+    end
+  end
+  out[#out+1] = ok
+end
+return out
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class LeaseLostError(RuntimeError):
+    """Another worker owns this batch now: stop writing at once."""
+
+
+def record(
+    state: MessageState,
+    *,
+    email: str,
+    attempts: int = 0,
+    error_class: str = "",
+    detail: str = "",
+    next_at: float = 0.0,
+    provider_message_id: str = "",
+) -> bytes:
+    """A ledger record as stored (compact keys)."""
+    data: dict[str, Any] = {"s": state.value, "e": email, "a": attempts, "t": round(time.time(), 3)}
+    if error_class:
+        data["c"] = error_class
+    if detail:
+        data["d"] = detail[:500]
+    if next_at:
+        data["n"] = next_at
+    if provider_message_id:
+        data["p"] = provider_message_id
+    return orjson.dumps(data)
+
+
+def parse_record(raw: str | bytes | None) -> dict[str, Any] | None:
+    """A stored record as a dict with readable keys, or None for a queued message."""
+    if raw is None:
+        return None
+    data: dict[str, Any] = orjson.loads(raw)
+    return {
+        "state": data["s"],
+        "email": data.get("e", ""),
+        "attempts": data.get("a", 0),
+        "error_class": data.get("c", ""),
+        "detail": data.get("d", ""),
+        "next_at": data.get("n", 0.0),
+        "provider_message_id": data.get("p", ""),
+        "updated_at": data.get("t", 0.0),
+    }
+
+
+def system_event(
+    event: str,
+    *,
+    email: str,
+    campaign_id: str,
+    meta: str,
+    provider: str,
+    properties: dict[str, Any] | None = None,
+    ts: float | None = None,
+) -> bytes:
+    """One entry of the ``dispatch:events`` stream (DESIGN §6), as JSON."""
+    return orjson.dumps(
+        {
+            "event": event,
+            "ts": ts if ts is not None else time.time(),
+            "email": email,
+            "campaign_id": campaign_id,
+            "meta": meta,
+            "provider": provider,
+            "properties": properties or {},
+        }
+    )
+
+
+class BatchLease:
+    """Exclusive ownership of one batch, renewed while held (fencing for ledger writes)."""
+
+    def __init__(self, client: aioredis.Redis, campaign_id: str, batch: int) -> None:
+        self.client = client
+        self.key = store.batch_lease_key(campaign_id, batch)
+        self.token = secrets.token_hex(12)
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it."""
+        ok = await self.client.set(self.key, self.token, nx=True, px=LEASE_TTL_MS)
+        if ok:
+            self._renewer = asyncio.create_task(self._renew_forever())
+        return bool(ok)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW_SECONDS)
+            await self.client.eval(_RENEW, 1, self.key, self.token, LEASE_TTL_MS)
+
+    async def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
+        await self.client.eval(_RELEASE, 1, self.key, self.token)
+
+
+@dataclass
+class _Op:
+    op: str
+    seq: int
+    rec: bytes
+    event: bytes
+    future: asyncio.Future[bool] = field(repr=False)
+
+
+class LedgerWriter:
+    """Applies claims and records for one campaign, batching concurrent calls."""
+
+    def __init__(
+        self, client: aioredis.Redis, campaign_id: str, lease_token: str = "", batch: int = -1
+    ) -> None:
+        self.client = client
+        self.keys = [
+            store.ledger_key(campaign_id),
+            store.counters_key(campaign_id),
+            store.EVENTS_STREAM,
+            store.batch_lease_key(campaign_id, batch),
+        ]
+        self.token = lease_token
+        self._pending: list[_Op] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._script = client.register_script(_APPLY)
+
+    async def claim(self, seq: int, rec: bytes) -> bool:
+        """Claim a queued (or retry-waiting) message; False if it is taken or done."""
+        return await self._submit("c", seq, rec, b"")
+
+    async def put(self, seq: int, rec: bytes, event: bytes = b"") -> None:
+        """Record a new state for a message, with its system event if any."""
+        await self._submit("f", seq, rec, event)
+
+    async def _submit(self, op: str, seq: int, rec: bytes, event: bytes) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Op(op, seq, rec, event, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            ops, self._pending = self._pending, []
+            args: list[Any] = [self.token, store.EVENTS_STREAM_MAXLEN]
+            for op in ops:
+                args.extend((op.op, op.seq, op.rec, op.event))
+            try:
+                result = await self._script(keys=self.keys, args=args)
+            except Exception as exc:  # hand any Redis failure to every waiting caller
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+                continue
+            if result and result[0] == -1:
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(LeaseLostError(self.keys[3]))
+                continue
+            for op, ok in zip(ops, result, strict=True):
+                if not op.future.done():
+                    op.future.set_result(bool(ok))

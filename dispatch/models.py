@@ -1,0 +1,152 @@
+"""Pydantic models at the service's boundaries: campaigns, recipients, states."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+META_FIELD_PATTERN = r"^[^|\r\n]{1,64}$"  # a '|' would break the meta string (DESIGN §3)
+
+
+class CampaignStatus(StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class MessageState(StrEnum):
+    """Ledger states of one message; the last six are terminal (DESIGN §5)."""
+
+    CLAIMED = "claimed"  # handed to a sender; if found after a crash: unknown
+    RETRY = "retry"  # failed transiently, will be tried again
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+TERMINAL_STATES = frozenset(
+    {
+        MessageState.SENT,
+        MessageState.FAILED,
+        MessageState.SUPPRESSED,
+        MessageState.CANCELLED,
+        MessageState.EXPIRED,
+        MessageState.UNKNOWN,
+    }
+)
+
+# Counters of GET /v1/campaigns/{id} (DESIGN §5), in display order.
+COUNTER_NAMES = (
+    "total",
+    "queued",
+    "sent",
+    "failed",
+    "suppressed",
+    "delivered",
+    "soft_bounced",
+    "hard_bounced",
+    "unsubscribed",
+    "spam",
+    "clicked",
+    "unknown",
+    "cancelled",
+    "expired",
+)
+
+
+class Recipient(BaseModel):
+    """One recipient of a campaign; ``vars`` are data for templates, never template code."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str = Field(min_length=3, max_length=320)
+    user_id: str = ""
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+
+class CampaignContent(BaseModel):
+    """Everything about a campaign except its recipients (what a batch task needs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=CAMPAIGN_ID_PATTERN)
+    provider: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
+    subject: str = Field(min_length=1)
+    html: str = ""
+    text: str = ""
+    amp: str = ""
+    from_name: str | None = None
+    from_address: str | None = None
+    reply_to: str | None = None
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    category: str = Field(default="default", pattern=META_FIELD_PATTERN)
+    variant: str = Field(default="0", pattern=META_FIELD_PATTERN)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    send_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class CampaignRequest(BaseModel):
+    """The body of ``POST /v1/campaigns`` and of the ``dispatch.enqueue_campaign`` task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, pattern=CAMPAIGN_ID_PATTERN)
+    provider: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
+    subject: str = Field(min_length=1)
+    html: str = ""
+    text: str = ""
+    amp: str = ""
+    from_name: str | None = None
+    from_address: str | None = None
+    reply_to: str | None = None
+    cc: list[str] = Field(default_factory=list)
+    bcc: list[str] = Field(default_factory=list)
+    category: str = Field(default="default", pattern=META_FIELD_PATTERN)
+    variant: str = Field(default="0", pattern=META_FIELD_PATTERN)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    send_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    recipients: list[Recipient] = Field(default_factory=list)
+    draft: bool = False
+
+    @model_validator(mode="after")
+    def _needs_a_body(self) -> CampaignRequest:
+        if not self.html and not self.text:
+            raise ValueError("html or text: a campaign needs a body")
+        return self
+
+    def content(self, campaign_id: str) -> CampaignContent:
+        """The campaign without its recipients, under ``campaign_id``."""
+        data = self.model_dump(exclude={"recipients", "draft", "id"})
+        return CampaignContent(id=campaign_id, **data)
+
+
+class LedgerRecord(BaseModel):
+    """What the ledger keeps about one message (compact keys on the wire)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: MessageState
+    attempts: int = 0
+    error_class: str = ""
+    detail: str = ""
+    next_at: float = 0.0
+    provider_message_id: str = ""
+    updated_at: float = 0.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

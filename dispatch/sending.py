@@ -1,0 +1,610 @@
+"""Send one batch of a campaign: render, claim, send through the provider, record.
+
+``run_batch`` is a plain coroutine (the Celery task only calls it). It owns the batch
+through a lease, skips every message the ledger already settled, and runs several
+provider sessions side by side, each reused for many messages. Transient failures are
+retried with exponential backoff and jitter: short waits inside the batch, longer ones
+by handing the batch back to the broker with a countdown shorter than the visibility
+timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from dispatch import store
+from dispatch.ledger import BatchLease, LedgerWriter, parse_record, record, system_event
+from dispatch.models import CampaignContent, CampaignStatus, MessageState
+from dispatch.provider_store import decode_provider
+from dispatch.rendering import CompiledContent, RenderError, build_context
+from dispatch.settings import Settings, get_settings
+from dispatch.unsubscribe import list_unsubscribe_headers, make_token, unsubscribe_urls
+from providers.addresses import InvalidAddressError, normalize_address
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Session, Transport
+from providers.config import ProviderBase
+from providers.errors import ConfigurationError, ErrorClass, ProviderError, TransientError
+
+log = logging.getLogger(__name__)
+STATUS_POLL_SECONDS = 0.5
+
+
+@dataclass
+class BatchResult:
+    """What happened to a batch run; ``retry_at`` set when messages wait for a retry."""
+
+    campaign_id: str
+    batch: int
+    busy: bool = False  # another worker holds the batch
+    counts: dict[str, int] = field(default_factory=dict)
+    retry_at: float | None = None
+    paused_reason: str = ""
+
+
+@dataclass
+class _Item:
+    seq: int
+    email: str
+    user_id: str
+    vars: Mapping[str, Any]
+    attempts: int = 0
+
+
+def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter for the ``attempt``-th failure, honouring Retry-After."""
+    base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempt - 1))
+    delay = base * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return float(delay)
+
+
+class _Campaign:
+    """What the senders of a batch share: content, provider, templates, and control."""
+
+    def __init__(
+        self,
+        content: CampaignContent,
+        provider: ProviderBase,
+        transport: Transport,
+        compiled: CompiledContent,
+        send_date: str,
+        settings: Settings,
+    ) -> None:
+        self.content = content
+        self.provider = provider
+        self.transport = transport
+        self.compiled = compiled
+        self.settings = settings
+        for name, value in (("campaign id", content.id), ("account_id", settings.account_id)):
+            if "|" in value:
+                raise ValueError(f"{name} contains '|'")
+        self.meta_tail = (
+            f"|{settings.account_id}|{content.id}|{send_date}|{content.variant}|{content.category}|"
+        )
+        self.from_name = content.from_name if content.from_name is not None else provider.from_name
+        self.from_address = content.from_address or provider.from_address
+        self.reply_to = content.reply_to if content.reply_to is not None else provider.reply_to
+        self.stop_reason = ""
+        self.status = CampaignStatus.RUNNING
+
+    def build(self, item: _Item) -> OutgoingMessage:
+        """Render one recipient's message; raises RenderError / InvalidAddressError."""
+        email = normalize_address(item.email)
+        if "|" in email:
+            raise InvalidAddressError(f"{email!r}: '|' cannot be carried in the meta string")
+        headers: tuple[tuple[str, str], ...] = ()
+        unsub = prefs = ""
+        if self.provider.preference_center != "none":
+            token = make_token(self.content.id, item.seq, email, self.content.category)
+            unsub, prefs = unsubscribe_urls(token)
+            if self.provider.preference_center == "custom":
+                prefs = f"{self.provider.preference_center_url}?token={token}"
+            headers = list_unsubscribe_headers(unsub)
+        context = build_context(
+            campaign_vars=self.content.vars,
+            user_vars=item.vars,
+            email=email,
+            user_id=item.user_id,
+            campaign_id=self.content.id,
+            unsubscribe_url=unsub,
+            preferences_url=prefs,
+        )
+        rendered = self.compiled.render(context)
+        return OutgoingMessage(
+            seq=item.seq,
+            meta=f"{email}{self.meta_tail}{item.seq}|",
+            campaign_id=self.content.id,
+            to=email,
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            amp=rendered.amp,
+            from_address=self.from_address,
+            from_name=self.from_name,
+            reply_to=self.reply_to,
+            cc=self.content.cc,
+            bcc=self.content.bcc,
+            headers=headers,
+            user_vars=item.vars,
+            campaign_vars=self.content.vars,
+        )
+
+
+class BatchSender:
+    """Runs the sessions of one batch over a shared queue of messages."""
+
+    def __init__(
+        self, campaign: _Campaign, writer: LedgerWriter, items: list[_Item], settings: Settings
+    ) -> None:
+        self.c = campaign
+        self.writer = writer
+        self.settings = settings
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        for item in items:
+            self.queue.put_nowait(item)
+        self.outstanding = len(items)  # not yet settled or parked for a later run
+        self.done = asyncio.Event()
+        self.parked_until: float | None = None
+        self.counts: dict[str, int] = {}
+        self.metas: dict[int, str] = {}
+        if not items:
+            self.done.set()
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def _settle(self, state: str) -> None:
+        self.counts[state] = self.counts.get(state, 0) + 1
+        self.outstanding -= 1
+        if self.outstanding <= 0:
+            self.done.set()
+
+    async def _record(
+        self,
+        item: _Item,
+        state: MessageState,
+        *,
+        error_class: str = "",
+        detail: str = "",
+        provider_message_id: str = "",
+        meta: str = "",
+    ) -> None:
+        event = b""
+        c = self.c
+        if state is MessageState.SENT:
+            event = system_event(
+                "Notification Sent",
+                email=item.email,
+                campaign_id=c.content.id,
+                meta=meta,
+                provider=c.provider.nickname,
+                properties={"CT Source": c.transport.kind},
+            )
+        elif state is MessageState.FAILED:
+            event = system_event(
+                "Notification Failed",
+                email=item.email,
+                campaign_id=c.content.id,
+                meta=meta,
+                provider=c.provider.nickname,
+                properties={"Error": error_class, "Detail": detail[:200]},
+            )
+        rec = record(
+            state,
+            email=item.email,
+            attempts=item.attempts,
+            error_class=error_class,
+            detail=detail,
+            provider_message_id=provider_message_id,
+        )
+        await self.writer.put(item.seq, rec, event)
+        self._settle(state.value)
+
+    async def _retry_or_fail(self, item: _Item, outcome: SendOutcome, meta: str) -> float:
+        """Schedule a retry (inline or parked) or fail after the last attempt; the delay."""
+        error_class = outcome.error_class.value if outcome.error_class else ""
+        if item.attempts >= self.settings.max_attempts:
+            await self._record(
+                item,
+                MessageState.FAILED,
+                error_class=error_class,
+                detail=f"gave up after {item.attempts} attempts: {outcome.detail}",
+                meta=meta,
+            )
+            return 0.0
+        delay = backoff_delay(item.attempts, self.settings, outcome.retry_after)
+        if delay <= self.settings.inline_retry_seconds:
+            # Parked in ledger as 'retry' so that a crash while waiting loses nothing.
+            await self.writer.put(
+                item.seq,
+                record(
+                    MessageState.RETRY,
+                    email=item.email,
+                    attempts=item.attempts,
+                    error_class=error_class,
+                    detail=outcome.detail,
+                    next_at=time.time() + delay,
+                ),
+            )
+            asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, item)
+            return delay
+        next_at = time.time() + delay
+        await self.writer.put(
+            item.seq,
+            record(
+                MessageState.RETRY,
+                email=item.email,
+                attempts=item.attempts,
+                error_class=error_class,
+                detail=outcome.detail,
+                next_at=next_at,
+            ),
+        )
+        self.parked_until = min(self.parked_until or next_at, next_at)
+        self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
+        self.outstanding -= 1
+        if self.outstanding <= 0:
+            self.done.set()
+        return delay
+
+    # -- the sending loop ----------------------------------------------------------------
+    async def _next_chunk(self) -> list[_Item]:
+        """Wait for the next items (up to chunk_size); [] when the batch is over."""
+        get = asyncio.ensure_future(self.queue.get())
+        done_wait = asyncio.ensure_future(self.done.wait())
+        finished, _ = await asyncio.wait({get, done_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if get not in finished:
+            get.cancel()
+            return []
+        done_wait.cancel()
+        chunk = [get.result()]
+        while len(chunk) < self.c.transport.chunk_size and not self.queue.empty():
+            chunk.append(self.queue.get_nowait())
+        return chunk
+
+    async def run_session(self) -> None:
+        """One sender: its own provider session, reused for chunk after chunk."""
+        stack = contextlib.AsyncExitStack()
+        session: Session | None = None
+        try:
+            while not self.c.stop_reason:
+                chunk = await self._next_chunk()
+                if not chunk:
+                    return
+                if self.c.stop_reason:
+                    for item in chunk:  # leave them queued for resume
+                        self.queue.put_nowait(item)
+                    return
+                messages = await self._prepare(chunk)
+                if not messages:
+                    continue
+                if session is None:
+                    try:
+                        session = await stack.enter_async_context(self.c.transport.session())
+                    except ProviderError as exc:
+                        await self._session_failed(messages, exc)
+                        if isinstance(exc, ConfigurationError):
+                            return
+                        continue
+                try:
+                    outcomes = await session.send([m for _, m in messages])
+                except ProviderError as exc:
+                    await stack.aclose()
+                    stack = contextlib.AsyncExitStack()
+                    session = None
+                    await self._session_failed(messages, exc)
+                    if isinstance(exc, ConfigurationError):
+                        return
+                    continue
+                pause = await self._apply(messages, outcomes)
+                if pause:
+                    await asyncio.sleep(pause)
+        finally:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+    async def _prepare(self, chunk: list[_Item]) -> list[tuple[_Item, OutgoingMessage]]:
+        """Render and claim each item; failures to render are recorded at once."""
+        ready: list[tuple[_Item, OutgoingMessage]] = []
+        for item in chunk:
+            try:
+                message = self.c.build(item)
+            except InvalidAddressError as exc:
+                item.attempts += 1
+                await self._record(
+                    item,
+                    MessageState.FAILED,
+                    error_class=ErrorClass.INVALID_RECIPIENT.value,
+                    detail=str(exc),
+                )
+                continue
+            except (RenderError, ValueError) as exc:
+                item.attempts += 1
+                await self._record(
+                    item,
+                    MessageState.FAILED,
+                    error_class=ErrorClass.INVALID_MESSAGE.value,
+                    detail=str(exc),
+                )
+                continue
+            item.attempts += 1
+            claimed = await self.writer.claim(
+                item.seq, record(MessageState.CLAIMED, email=item.email, attempts=item.attempts)
+            )
+            if not claimed:  # settled by someone else meanwhile: never send twice
+                self.outstanding -= 1
+                if self.outstanding <= 0:
+                    self.done.set()
+                continue
+            ready.append((item, message))
+        return ready
+
+    async def _session_failed(
+        self, messages: list[tuple[_Item, OutgoingMessage]], exc: ProviderError
+    ) -> None:
+        """The session could not start or died before these messages were handed over."""
+        if isinstance(exc, ConfigurationError):
+            self.c.stop_reason = f"{exc.error_class.value}: {exc.detail}"
+            for item, _ in messages:  # give the claim back: not attempted
+                item.attempts -= 1
+                await self.writer.put(
+                    item.seq,
+                    record(
+                        MessageState.RETRY,
+                        email=item.email,
+                        attempts=item.attempts,
+                        error_class=exc.error_class.value,
+                        detail=exc.detail,
+                    ),
+                )
+                self.queue.put_nowait(item)
+            return
+        assert isinstance(exc, TransientError)
+        delay = 0.0
+        for item, message in messages:
+            delay = max(
+                delay,
+                await self._retry_or_fail(
+                    item, SendOutcome.from_error(item.seq, exc), message.meta
+                ),
+            )
+        await asyncio.sleep(min(delay, self.settings.inline_retry_seconds))
+
+    async def _apply(
+        self, messages: list[tuple[_Item, OutgoingMessage]], outcomes: list[SendOutcome]
+    ) -> float:
+        """Record the outcomes; returns how long this session should pause (throttling)."""
+        pause = 0.0
+        by_seq = {o.seq: o for o in outcomes}
+        for item, message in messages:
+            outcome = by_seq.get(item.seq) or SendOutcome(
+                item.seq, OutcomeStatus.UNKNOWN, ErrorClass.CONNECTION, "adapter gave no outcome"
+            )
+            if outcome.status is OutcomeStatus.SENT:
+                await self._record(
+                    item,
+                    MessageState.SENT,
+                    detail=outcome.detail,
+                    provider_message_id=outcome.provider_message_id,
+                    meta=message.meta,
+                )
+            elif outcome.status is OutcomeStatus.FAILED:
+                await self._record(
+                    item,
+                    MessageState.FAILED,
+                    error_class=outcome.error_class.value if outcome.error_class else "",
+                    detail=outcome.detail,
+                    meta=message.meta,
+                )
+            elif outcome.status is OutcomeStatus.UNKNOWN:
+                await self._record(
+                    item,
+                    MessageState.UNKNOWN,
+                    error_class=outcome.error_class.value if outcome.error_class else "",
+                    detail=outcome.detail,
+                    meta=message.meta,
+                )
+            else:
+                delay = await self._retry_or_fail(item, outcome, message.meta)
+                if outcome.throttled:
+                    pause = max(pause, min(delay, self.settings.inline_retry_seconds))
+        return pause
+
+
+async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSender) -> None:
+    """Poll the campaign status so that pause and cancel take effect within a second."""
+    key = store.campaign_key(campaign.content.id)
+    while not sender.done.is_set():
+        await asyncio.sleep(STATUS_POLL_SECONDS)
+        status = await r.hget(key, "status")
+        if status and status != CampaignStatus.RUNNING.value:
+            campaign.status = CampaignStatus(str(status))
+            campaign.stop_reason = f"campaign {campaign.status}"
+            sender.done.set()
+            return
+
+
+_transports: dict[str, tuple[str, Transport]] = {}
+_compiled: dict[str, CompiledContent] = {}
+
+
+def _transport_for(provider: ProviderBase, fingerprint: str) -> Transport:
+    """One transport per provider configuration per process (connections are its own)."""
+    from providers.registry import build_transport
+
+    cached = _transports.get(provider.nickname)
+    if cached is None or cached[0] != fingerprint:
+        transport = build_transport(provider)
+        _transports[provider.nickname] = (fingerprint, transport)
+        return transport
+    return cached[1]
+
+
+def _compiled_for(content: CampaignContent) -> CompiledContent:
+    compiled = _compiled.get(content.id)
+    if compiled is None:
+        compiled = CompiledContent(
+            subject=content.subject, html=content.html, text=content.text, amp=content.amp
+        )
+        if len(_compiled) > 256:
+            _compiled.clear()
+        _compiled[content.id] = compiled
+    return compiled
+
+
+async def run_batch(
+    campaign_id: str, batch: int, *, r: aioredis.Redis, settings: Settings | None = None
+) -> BatchResult:
+    """Send every unsettled message of one batch. Raises only for infrastructure errors."""
+    settings = settings or get_settings()
+    result = BatchResult(campaign_id, batch)
+    fields = await r.hmget(
+        store.campaign_key(campaign_id), ["content", "status", "send_date", "batch_size"]
+    )
+    raw_content, status, send_date, batch_size = fields
+    if raw_content is None:
+        log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
+        return result
+    content = CampaignContent.model_validate_json(raw_content)
+    lease = BatchLease(r, campaign_id, batch)
+    if not await lease.acquire():
+        result.busy = True
+        return result
+    try:
+        size = int(batch_size or settings.batch_size)
+        start = batch * size
+        raw_recipients = await r.lrange(store.recipients_key(campaign_id), start, start + size - 1)
+        seqs = [start + i for i in range(len(raw_recipients))]
+        records = await r.hmget(store.ledger_key(campaign_id), [str(s) for s in seqs])
+        writer = LedgerWriter(r, campaign_id, lease.token, batch)
+        items: list[_Item] = []
+        now = time.time()
+        retry_at: float | None = None
+        for seq, raw_rec, raw_recipient in zip(seqs, records, raw_recipients, strict=True):
+            rec = parse_record(raw_rec)
+            recipient = orjson.loads(raw_recipient)
+            item = _Item(
+                seq, recipient["email"], recipient.get("user_id", ""), recipient.get("vars") or {}
+            )
+            if rec is None:
+                items.append(item)
+            elif rec["state"] == MessageState.CLAIMED.value:
+                # Claimed by a worker that is gone (we hold the lease): outcome lost.
+                item.attempts = rec["attempts"]
+                await writer.put(
+                    seq,
+                    record(
+                        MessageState.UNKNOWN,
+                        email=item.email,
+                        attempts=item.attempts,
+                        detail="worker stopped during the send; outcome unknown",
+                    ),
+                )
+            elif rec["state"] == MessageState.RETRY.value:
+                item.attempts = rec["attempts"]
+                if rec["next_at"] > now + settings.inline_retry_seconds:
+                    retry_at = min(retry_at or rec["next_at"], rec["next_at"])
+                else:
+                    items.append(item)
+        terminal = _terminal_state(str(status), content)
+        if terminal is not None:
+            for item in items:
+                await writer.put(
+                    item.seq, record(terminal, email=item.email, attempts=item.attempts)
+                )
+            result.counts[terminal.value] = len(items)
+            return result
+        if status != CampaignStatus.RUNNING.value:
+            return result  # paused or not started: resume re-enqueues the batch
+        items = await _drop_suppressed(r, writer, items, result)
+        raw_provider = await r.get(store.provider_key(content.provider))
+        if raw_provider is None:
+            await r.hset(
+                store.campaign_key(campaign_id),
+                mapping={"status": "paused", "reason": f"provider {content.provider!r} is gone"},
+            )
+            return result
+        provider, _ = decode_provider(raw_provider)
+        campaign = _Campaign(
+            content,
+            provider,
+            _transport_for(provider, str(raw_provider)),
+            _compiled_for(content),
+            str(send_date or datetime.now(UTC).strftime("%Y%m%d")),
+            settings,
+        )
+        sender = BatchSender(campaign, writer, items, settings)
+        n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))
+        n = min(n, max(1, len(items) // max(1, campaign.transport.chunk_size)))
+        watcher = asyncio.create_task(_watch_status(r, campaign, sender))
+        sessions = [asyncio.create_task(sender.run_session()) for _ in range(n)]
+        try:
+            await asyncio.gather(*sessions)
+        finally:
+            watcher.cancel()
+        if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
+            # A configuration error: pause with the reason instead of failing everyone.
+            await r.hset(
+                store.campaign_key(campaign_id),
+                mapping={"status": CampaignStatus.PAUSED.value, "reason": campaign.stop_reason},
+            )
+            result.paused_reason = campaign.stop_reason
+        elif campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
+            state = MessageState(campaign.status.value)
+            while not sender.queue.empty():
+                item = sender.queue.get_nowait()
+                await writer.put(item.seq, record(state, email=item.email, attempts=item.attempts))
+        for key, value in sender.counts.items():
+            result.counts[key] = result.counts.get(key, 0) + value
+        if sender.parked_until is not None:
+            retry_at = min(retry_at or sender.parked_until, sender.parked_until)
+        result.retry_at = retry_at
+        return result
+    finally:
+        await lease.release()
+
+
+async def _drop_suppressed(
+    r: aioredis.Redis, writer: LedgerWriter, items: list[_Item], result: BatchResult
+) -> list[_Item]:
+    """Record suppressed recipients (checked right before sending, DESIGN §5)."""
+    if not items:
+        return items
+    keys = []
+    for item in items:
+        try:
+            keys.append(normalize_address(item.email).lower())
+        except InvalidAddressError:
+            keys.append(item.email.lower())
+    hits = await r.hmget(store.SUPPRESSIONS_HASH, keys)
+    kept = []
+    for item, hit in zip(items, hits, strict=True):
+        if hit is None:
+            kept.append(item)
+            continue
+        await writer.put(
+            item.seq,
+            record(MessageState.SUPPRESSED, email=item.email, detail="on the suppression list"),
+        )
+        result.counts["suppressed"] = result.counts.get("suppressed", 0) + 1
+    return kept
+
+
+def _terminal_state(status: str | None, content: CampaignContent) -> MessageState | None:
+    """The state unsent messages take when the campaign will not send them any more."""
+    if status == CampaignStatus.CANCELLED.value:
+        return MessageState.CANCELLED
+    if status == CampaignStatus.EXPIRED.value:
+        return MessageState.EXPIRED
+    if content.expires_at is not None and content.expires_at <= datetime.now(UTC):
+        return MessageState.EXPIRED
+    return None

@@ -1,0 +1,62 @@
+"""Service settings: every ``DISPATCH_*`` environment variable, read in one place."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+DEFAULT_ACCOUNT_ID = "1"
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_BASE_SECONDS = 2.0
+DEFAULT_RETRY_MAX_SECONDS = 600.0
+DEFAULT_INLINE_RETRY_SECONDS = 30.0
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+DEFAULT_SESSIONS_PER_WORKER = 8
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment (prefix ``DISPATCH_``); see the README table."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCH_", frozen=True, extra="ignore")
+
+    # Unset: an embedded Redis server is started for the process tree (dispatch.redis_server).
+    redis_url: str = ""
+    public_url: str = DEFAULT_PUBLIC_URL
+    api_tokens: Annotated[tuple[str, ...], NoDecode] = ()
+    # Signs unsubscribe tokens and encrypts provider secrets at rest.
+    secret_key: SecretStr = SecretStr("")
+    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[^|\r\n]+$")
+    allow_private_endpoints: bool = False
+    sns_cert_dir: str = ""
+    sns_host_pattern: str = r"^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$"
+
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=1000)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=50)
+    retry_base_seconds: float = Field(default=DEFAULT_RETRY_BASE_SECONDS, gt=0)
+    retry_max_seconds: float = Field(default=DEFAULT_RETRY_MAX_SECONDS, gt=0)
+    # Retries due within this many seconds wait inside the batch task; later ones are
+    # handed back to the broker (never as a countdown past the visibility timeout).
+    inline_retry_seconds: float = Field(default=DEFAULT_INLINE_RETRY_SECONDS, ge=0)
+    visibility_timeout: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT, ge=60)
+    # SMTP connections (HTTP clients) one worker process opens per provider at most;
+    # the provider's max_connections caps it across all workers.
+    sessions_per_worker: int = Field(default=DEFAULT_SESSIONS_PER_WORKER, ge=1, le=64)
+    log_level: str = "INFO"
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process (read once)."""
+    return Settings()

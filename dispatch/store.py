@@ -1,0 +1,65 @@
+"""Redis connections and the names of every key the service keeps (one place)."""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio as aioredis
+
+from dispatch.redis_server import ensure_redis_url
+
+PREFIX = "dispatch"
+EVENTS_STREAM = f"{PREFIX}:events"
+EVENTS_STREAM_MAXLEN = 1_000_000
+PROVIDERS_SET = f"{PREFIX}:providers"
+CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
+SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
+SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
+
+
+def provider_key(nickname: str) -> str:
+    return f"{PREFIX}:provider:{nickname}"
+
+
+def campaign_key(campaign_id: str) -> str:
+    """Hash: content (JSON), status, reason, created_at, send_date."""
+    return f"{PREFIX}:campaign:{campaign_id}"
+
+
+def recipients_key(campaign_id: str) -> str:
+    """List of recipient JSON documents; the index is the recipient's seq."""
+    return f"{PREFIX}:campaign:{campaign_id}:recipients"
+
+
+def counters_key(campaign_id: str) -> str:
+    return f"{PREFIX}:campaign:{campaign_id}:counters"
+
+
+def ledger_key(campaign_id: str) -> str:
+    """Hash seq -> ledger record JSON; a missing seq is still queued."""
+    return f"{PREFIX}:campaign:{campaign_id}:ledger"
+
+
+def batch_lease_key(campaign_id: str, batch: int) -> str:
+    return f"{PREFIX}:campaign:{campaign_id}:lease:{batch}"
+
+
+_sync_client: redis.Redis | None = None
+
+
+def sync_client() -> redis.Redis:
+    """A shared synchronous client (API, CLI, Celery task glue)."""
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(ensure_redis_url(), decode_responses=True)
+    return _sync_client
+
+
+def async_client() -> aioredis.Redis:
+    """A new asyncio client; bind it to one event loop and close it with that loop."""
+    return aioredis.Redis.from_url(ensure_redis_url(), decode_responses=True)
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests that start a new Redis, forked workers)."""
+    global _sync_client
+    _sync_client = None

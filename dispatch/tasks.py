@@ -1,0 +1,63 @@
+"""Celery tasks: thin wrappers that load ids, call a plain function, map the outcome."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from dispatch import campaigns, runtime, store
+from dispatch.celery_app import app
+from dispatch.models import CampaignRequest
+from dispatch.sending import run_batch
+from dispatch.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="dispatch.enqueue_campaign")
+def enqueue_campaign(body: dict[str, Any]) -> str:
+    """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns."""
+    campaign_id, _ = campaigns.create_campaign(CampaignRequest.model_validate(body))
+    return campaign_id
+
+
+@app.task(name="dispatch.start_campaign")
+def start_campaign(campaign_id: str) -> int:
+    return campaigns.start_campaign(campaign_id)
+
+
+@app.task(name="dispatch.send_batch")
+def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
+    """Send one batch; re-enqueue it when messages wait for a later retry."""
+    result = runtime.run(lambda r: run_batch(campaign_id, batch, r=r))
+    if result.busy:
+        return {"busy": True}
+    if result.retry_at is not None:
+        # Bounded well below the visibility timeout: never a long countdown (PITFALLS).
+        delay = max(1.0, min(result.retry_at - time.time(), get_settings().visibility_timeout / 4))
+        send_batch.apply_async((campaign_id, batch), countdown=delay)
+    else:
+        campaigns.finish_if_done(campaign_id, store.sync_client())
+    log.info(
+        "batch done",
+        extra={"campaign_id": campaign_id, "batch": batch, "counts": result.counts},
+    )
+    return {"counts": result.counts, "retry_at": result.retry_at}
+
+
+@app.task(name="dispatch.release_scheduled")
+def release_scheduled() -> int:
+    """Start scheduled campaigns whose send_at has come (run by beat)."""
+    r = store.sync_client()
+    due = r.zrangebyscore(store.SCHEDULED_ZSET, 0, time.time())
+    started = 0
+    for member in due:
+        campaign_id = str(member)
+        if r.zrem(store.SCHEDULED_ZSET, campaign_id):
+            try:
+                campaigns.start_campaign(campaign_id, client=r)
+                started += 1
+            except campaigns.CampaignError as exc:
+                log.warning("scheduled campaign %s not started: %s", campaign_id, exc)
+    return started

@@ -1,0 +1,59 @@
+"""Signed per-recipient unsubscribe tokens and the RFC 8058 headers that carry them."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import orjson
+
+from dispatch import crypto
+from dispatch.settings import get_settings
+
+_PURPOSE = "unsubscribe"
+
+
+class InvalidTokenError(ValueError):
+    """The token was not issued by this service (or was altered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeToken:
+    campaign_id: str
+    seq: int
+    email: str
+    category: str
+
+
+def make_token(campaign_id: str, seq: int, email: str, category: str) -> str:
+    """An opaque, signed token naming the recipient, campaign and category."""
+    payload = orjson.dumps([campaign_id, seq, email, category])
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
+    return f"{body}.{crypto.sign(_PURPOSE, payload)}"
+
+
+def read_token(token: str) -> UnsubscribeToken:
+    """Check and decode a token; raises :class:`InvalidTokenError`."""
+    body, _, signature = token.partition(".")
+    try:
+        payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except ValueError as exc:
+        raise InvalidTokenError("token is not readable") from exc
+    if not signature or not crypto.verify(_PURPOSE, payload, signature):
+        raise InvalidTokenError("token signature does not match")
+    campaign_id, seq, email, category = orjson.loads(payload)
+    return UnsubscribeToken(str(campaign_id), int(seq), str(email), str(category))
+
+
+def unsubscribe_urls(token: str) -> tuple[str, str]:
+    """``(unsubscribe_url, preferences_url)`` for a token."""
+    base = get_settings().public_url.rstrip("/")
+    return f"{base}/u/{token}", f"{base}/preferences/{token}"
+
+
+def list_unsubscribe_headers(unsubscribe_url: str) -> tuple[tuple[str, str], ...]:
+    """``List-Unsubscribe`` with one URL and the one-click marker of RFC 8058 §3.1."""
+    return (
+        ("List-Unsubscribe", f"<{unsubscribe_url}>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    )

@@ -1,0 +1,63 @@
+"""Email address checks and normalisation for the SMTP envelope and headers."""
+
+from __future__ import annotations
+
+import re
+
+MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
+MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0085\u2028\u2029]")
+
+
+class InvalidAddressError(ValueError):
+    """The text is not an address we can send to; the message says why."""
+
+
+def normalize_address(address: str) -> str:
+    """Return ``address`` ready for SMTP: domain lower-cased and in IDNA (``xn--``) form.
+
+    The local part is kept as given (RFC 5321 says it may be case-sensitive). Non-ASCII
+    local parts need SMTPUTF8, which we do not speak (and SES refuses), so they are refused.
+
+    Raises :class:`InvalidAddressError` naming the problem.
+    """
+    address = address.strip()
+    local, sep, domain = address.rpartition("@")
+    if not sep or not local or not domain:
+        raise InvalidAddressError(f"{address!r} is not an email address (no local@domain)")
+    if len(local) > MAX_LOCAL_PART:
+        raise InvalidAddressError(f"{address!r}: local part longer than {MAX_LOCAL_PART}")
+    if not _LOCAL_PART.match(local) or local.startswith(".") or ".." in local:
+        raise InvalidAddressError(f"{address!r}: local part has characters we cannot send to")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise InvalidAddressError(f"{address!r}: domain is not a valid host name") from exc
+    if len(ascii_domain) > MAX_DOMAIN or "." not in ascii_domain:
+        raise InvalidAddressError(f"{address!r}: domain is not a valid host name")
+    if not all(_LABEL.match(label) for label in ascii_domain.split(".")):
+        raise InvalidAddressError(f"{address!r}: domain is not a valid host name")
+    return f"{local}@{ascii_domain}"
+
+
+def check_header_value(name: str, value: str) -> str:
+    """Return ``value`` if it is safe in a header; raise ``ValueError`` naming ``name``.
+
+    Line breaks (CR, LF and the other characters ``str.splitlines`` breaks on) and other
+    control characters would let data inject headers (reference §7.1).
+    """
+    if _FORBIDDEN_IN_VALUE.search(value):
+        raise ValueError(f"{name} contains a line break or control character")
+    return value
+
+
+_FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 §3.6.8: printable ASCII except ':'
+
+
+def check_header_name(name: str) -> str:
+    """Return ``name`` if it is a valid header field name; raise ``ValueError`` otherwise."""
+    if not _FIELD_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    return name

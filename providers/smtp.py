@@ -1,0 +1,282 @@
+"""SMTP family transport (smtp, ses, sendgrid, gmail): reused connections, one outcome each.
+
+aiosmtplib errors are translated here, and only here, into the error tree of
+``providers.errors``. Security is always explicit: ``starttls`` fails when the server
+does not offer STARTTLS instead of silently sending in plain text (PITFALLS).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import aiosmtplib
+import orjson
+
+from providers.addresses import InvalidAddressError, normalize_address
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.config import SendgridConfig, SesConfig, SmtpFamilyBase
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ErrorClass,
+    InvalidMessageError,
+    PermanentError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    ThrottledError,
+    TransientError,
+)
+from providers.mime import MimeWriter
+from providers.smtp_replies import ReplyKind, classify
+
+_WRITER_CACHE_SIZE = 32
+
+
+def _reply_error(
+    code: int, text: str, *, at_rcpt: bool = False, error_class: ErrorClass | None = None
+) -> ProviderError:
+    """Turn a negative reply into the matching error (not raised)."""
+    detail = f"{code} {text}".strip()
+    kind = classify(code, text, at_rcpt=at_rcpt)
+    if kind is ReplyKind.AUTH:
+        return AuthenticationError(detail, code=code)
+    if kind is ReplyKind.THROTTLED:
+        return ThrottledError(detail, code=code, error_class=error_class)
+    if kind is ReplyKind.TRANSIENT:
+        return TransientError(detail, code=code, error_class=error_class)
+    return PermanentError(detail, code=code, error_class=error_class)
+
+
+def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
+    """Translate a failure to connect, secure or log in."""
+    where = f"{config.effective_host}:{config.effective_port}"
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return AuthenticationError(f"authentication refused by {where}: {exc}", code=exc.code)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return ConfigurationError(f"{where}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return ProviderTimeoutError(f"timed out connecting to {where}")
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+        return ConfigurationError(f"TLS failed with {where}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        error = _reply_error(exc.code, exc.message, error_class=ErrorClass.CONNECTION)
+        if isinstance(error, PermanentError):
+            return ConfigurationError(f"{where} refused the session: {error.detail}", code=exc.code)
+        return error
+    return ProviderConnectionError(f"cannot connect to {where}: {exc}")
+
+
+class SmtpSession:
+    """One authenticated SMTP connection, reused for message after message."""
+
+    def __init__(self, transport: SmtpTransport, client: aiosmtplib.SMTP) -> None:
+        self._transport = transport
+        self._client = client
+        self.sent_on_connection = 0
+        self.connections_opened = 1
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        """Send each message in its own transaction; see ``providers.base.Session``."""
+        outcomes: list[SendOutcome] = []
+        for index, msg in enumerate(messages):
+            try:
+                outcomes.append(await self._send_one(msg))
+            except TransientError:
+                if index == 0:
+                    raise
+                # The connection died: nothing after this point was handed over.
+                outcomes.extend(
+                    SendOutcome(m.seq, OutcomeStatus.RETRY, ErrorClass.CONNECTION, "not attempted")
+                    for m in messages[index:]
+                )
+                break
+        return outcomes
+
+    async def _ensure_connection(self) -> None:
+        """Reconnect when the server hung up or the per-connection message cap is reached."""
+        limit = self._transport.config.max_messages_per_connection
+        due = limit and self.sent_on_connection >= limit
+        if due or not self._client.is_connected:
+            await self._transport.close_client(self._client)
+            self._client = await self._transport.open_client()
+            self.sent_on_connection = 0
+            self.connections_opened += 1
+
+    async def _send_one(self, msg: OutgoingMessage) -> SendOutcome:
+        """One transaction. Raises ``TransientError`` if the connection died before DATA."""
+        await self._ensure_connection()
+        try:
+            data, sender, recipients = self._transport.prepare(msg)
+        except (InvalidMessageError, InvalidAddressError) as exc:
+            error_class = (
+                ErrorClass.INVALID_RECIPIENT
+                if isinstance(exc, InvalidAddressError)
+                else ErrorClass.INVALID_MESSAGE
+            )
+            return SendOutcome(msg.seq, OutcomeStatus.FAILED, error_class, str(exc))
+        client = self._client
+        try:
+            await client.mail(sender)
+        except aiosmtplib.SMTPResponseException as exc:
+            err = _reply_error(exc.code, exc.message, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+            if isinstance(err, AuthenticationError | ThrottledError):
+                # About the session, not this message: nothing was handed over.
+                raise err from exc
+            await self._reset()
+            return SendOutcome.from_error(msg.seq, err)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            raise ProviderConnectionError(f"connection lost before MAIL FROM: {exc}") from exc
+
+        accepted: list[str] = []
+        refused: list[str] = []
+        first_error: ProviderError | None = None
+        for rcpt in recipients:
+            try:
+                await client.rcpt(rcpt)
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPResponseException as exc:
+                err = _reply_error(
+                    exc.code, exc.message, at_rcpt=True, error_class=ErrorClass.INVALID_RECIPIENT
+                )
+                if exc.code == 421 or isinstance(err, AuthenticationError):
+                    raise err from exc
+                refused.append(f"{rcpt}: {err.detail}")
+                if rcpt == recipients[0]:
+                    first_error = err
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                raise ProviderConnectionError(f"connection lost at RCPT TO: {exc}") from exc
+        if first_error is not None or not accepted:
+            # The To recipient is the message's recipient: without it we do not send
+            # (Cc/Bcc alone would get a message addressed to someone else).
+            await self._reset()
+            err = first_error or PermanentError(
+                "; ".join(refused), error_class=ErrorClass.INVALID_RECIPIENT
+            )
+            return SendOutcome.from_error(msg.seq, err)
+
+        try:
+            response = await client.data(data)
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:
+                # Closing channel in answer to DATA: the message was not taken.
+                raise ThrottledError(f"421 {exc.message}", code=421) from exc
+            await self._reset()
+            err = _reply_error(exc.code, exc.message, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+            return SendOutcome.from_error(msg.seq, err)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            # The message may have been taken before the answer was lost: reference §5.6
+            # says a timeout after "." is an unknown outcome. Never retried blindly.
+            self._client.close()
+            return SendOutcome(
+                msg.seq,
+                OutcomeStatus.UNKNOWN,
+                ErrorClass.TIMEOUT
+                if isinstance(exc, aiosmtplib.SMTPTimeoutError)
+                else ErrorClass.CONNECTION,
+                f"connection lost during DATA: {exc}",
+            )
+        self.sent_on_connection += 1
+        detail = "; ".join(refused)
+        return SendOutcome.sent(msg.seq, detail, provider_message_id=_queued_id(response.message))
+
+    async def _reset(self) -> None:
+        try:
+            await self._client.rset()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise ProviderConnectionError(f"connection lost at RSET: {exc}") from exc
+
+
+def _queued_id(text: str) -> str:
+    """The server's id for the message, e.g. SES ``250 Ok <id>``: the last word."""
+    words = text.split()
+    return words[-1] if len(words) > 1 else ""
+
+
+class SmtpTransport:
+    """A configured SMTP-family provider."""
+
+    chunk_size = 1
+
+    def __init__(self, config: SmtpFamilyBase) -> None:
+        self.config = config
+        self.kind = str(getattr(config, "kind", "smtp"))
+        self.max_sessions = config.max_connections
+        self._writers: OrderedDict[str, MimeWriter] = OrderedDict()
+        self._static: list[tuple[str, str]] = []
+        if isinstance(config, SesConfig) and config.configuration_set:
+            # Over SMTP this header is the only way to pick a configuration set (reference §4).
+            self._static.append(("X-SES-CONFIGURATION-SET", config.configuration_set))
+
+    def _writer(self, campaign_id: str) -> MimeWriter:
+        writer = self._writers.get(campaign_id)
+        if writer is None:
+            writer = MimeWriter(campaign_id=campaign_id, static_headers=self._static)
+            self._writers[campaign_id] = writer
+            while len(self._writers) > _WRITER_CACHE_SIZE:
+                self._writers.popitem(last=False)
+        return writer
+
+    def prepare(self, msg: OutgoingMessage) -> tuple[bytes, str, list[str]]:
+        """The message bytes, envelope sender and envelope recipients.
+
+        Raises ``InvalidAddressError`` for a bad recipient, ``InvalidMessageError`` for
+        data that cannot be placed in a header.
+        """
+        recipients = [normalize_address(a) for a in msg.envelope_recipients]
+        limit = self.config.max_recipients_per_message
+        if limit and len(recipients) > limit:
+            raise InvalidMessageError(
+                f"{len(recipients)} recipients; {self.kind} allows {limit} per message"
+            )
+        extra: list[tuple[str, str]] = []
+        if isinstance(self.config, SendgridConfig):
+            # unique_args come back flattened into each event (reference §2.3-2.4);
+            # ensure_ascii as SendGrid asks, one line (the writer never folds it).
+            smtpapi = {"unique_args": {"clevertap_meta": msg.meta, "campaign_id": msg.campaign_id}}
+            extra.append(("X-SMTPAPI", orjson.dumps(smtpapi).decode("ascii")))
+        try:
+            sender = normalize_address(msg.from_address)
+        except InvalidAddressError as exc:
+            raise InvalidMessageError(f"from_address: {exc}") from exc
+        return self._writer(msg.campaign_id).write(msg, extra), sender, recipients
+
+    async def open_client(self) -> aiosmtplib.SMTP:
+        """Connect, secure as configured, and log in. Raises ``ProviderError`` subclasses."""
+        cfg = self.config
+        security = cfg.effective_security
+        client = aiosmtplib.SMTP(
+            hostname=cfg.effective_host,
+            port=cfg.effective_port,
+            use_tls=security == "tls",
+            start_tls=security == "starttls",
+            validate_certs=cfg.tls_verify,
+            timeout=cfg.timeout,
+        )
+        try:
+            await client.connect()
+            if cfg.username:
+                await client.login(cfg.username, cfg.password.get_secret_value())
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise _map_connect_error(exc, cfg) from exc
+        return client
+
+    async def close_client(self, client: aiosmtplib.SMTP) -> None:
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[SmtpSession]:
+        """An open, authenticated connection; closed with QUIT on exit."""
+        session = SmtpSession(self, await self.open_client())
+        try:
+            yield session
+        finally:
+            await self.close_client(session._client)

@@ -1,0 +1,51 @@
+"""Classify SMTP replies into what the caller should do (reference §5.1-§5.3)."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# RFC 4954 / 3207 replies that mean "your credentials or TLS set-up", never the recipient.
+AUTH_CODES = frozenset({530, 534, 535, 538})
+# Replies that ask us to slow down rather than fail (DESIGN §7; SES uses 454 for
+# "Throttling failure", reference §4).
+THROTTLE_CODES = frozenset({421, 450, 451, 454})
+
+
+class ReplyKind(StrEnum):
+    """What a reply means for the message it answered."""
+
+    TRANSIENT = "transient"  # retry later
+    THROTTLED = "throttled"  # retry later, and slow the provider down
+    PERMANENT = "permanent"  # record and move on
+    AUTH = "auth"  # configuration: stop, tell a person
+
+
+def enhanced_code(text: str) -> tuple[int, int, int] | None:
+    """The RFC 3463 enhanced status code in a reply text, if any."""
+    match = _ENHANCED.search(text)
+    if match is None:
+        return None
+    cls, subject, detail = match.groups()
+    return int(cls), int(subject), int(detail)
+
+
+def classify(code: int, text: str = "", *, at_rcpt: bool = False) -> ReplyKind:
+    """Classify a negative SMTP reply.
+
+    ``x.2.2`` (mailbox full) is soft even under class 5 (RFC 3463); a ``552`` at RCPT means
+    "too many recipients" and is treated as ``452`` (RFC 5321 §4.5.3.1.10).
+    """
+    if code in AUTH_CODES:
+        return ReplyKind.AUTH
+    if code in THROTTLE_CODES:
+        return ReplyKind.THROTTLED
+    if 400 <= code < 500:
+        return ReplyKind.TRANSIENT
+    enhanced = enhanced_code(text)
+    if enhanced is not None and enhanced[1:] == (2, 2):
+        return ReplyKind.TRANSIENT
+    if code == 552 and at_rcpt:
+        return ReplyKind.TRANSIENT
+    return ReplyKind.PERMANENT

@@ -1,0 +1,42 @@
+"""Shared fixtures: a real Redis server per session, clean state per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from dispatch import store
+from dispatch.redis_server import RedisServer
+from dispatch.settings import get_settings
+
+os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
+os.environ.setdefault("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "true")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    previous = os.environ.get("DISPATCH_REDIS_URL")
+    os.environ["DISPATCH_REDIS_URL"] = server.url
+    get_settings.cache_clear()
+    store.reset_clients()
+    yield server
+    server.stop()
+    if previous is None:
+        os.environ.pop("DISPATCH_REDIS_URL", None)
+    else:
+        os.environ["DISPATCH_REDIS_URL"] = previous
+    get_settings.cache_clear()
+    store.reset_clients()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client on a freshly emptied real Redis."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()

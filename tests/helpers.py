@@ -1,0 +1,79 @@
+"""Test helpers: save a provider, run a campaign's batches in-process (no Celery)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis
+
+from dispatch import campaigns, store
+from dispatch.models import CampaignRequest
+from dispatch.provider_store import save_provider
+from dispatch.sending import BatchResult, run_batch
+from dispatch.settings import Settings
+
+
+def smtp_provider(
+    r: redis.Redis, port: int, nickname: str = "local", **fields: Any
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "nickname": nickname,
+        "kind": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "from_name": "Acme Deals",
+        "from_address": "deals@acme.example",
+        **fields,
+    }
+    save_provider(data, r)
+    return data
+
+
+def recipients(n: int, domain: str = "example.com") -> list[dict[str, Any]]:
+    return [
+        {"email": f"user{i}@{domain}", "user_id": f"u{i}", "vars": {"name": f"User {i}"}}
+        for i in range(n)
+    ]
+
+
+def run_inline(
+    r: redis.Redis, body: dict[str, Any], settings: Settings | None = None, rounds: int = 5
+) -> tuple[str, list[BatchResult]]:
+    """Create a campaign and run its batches in this process until none waits for retry."""
+    batches: list[tuple[str, int]] = []
+    campaign_id, _ = campaigns.create_campaign(
+        CampaignRequest.model_validate(body),
+        client=r,
+        enqueue=lambda cid, b: batches.append((cid, b)),
+    )
+    results = run_batches(batches, settings, rounds)
+    campaigns.finish_if_done(campaign_id, r)
+    return campaign_id, results
+
+
+def run_batches(
+    batches: list[tuple[str, int]], settings: Settings | None = None, rounds: int = 5
+) -> list[BatchResult]:
+    async def go() -> list[BatchResult]:
+        client = store.async_client()
+        out: list[BatchResult] = []
+        try:
+            todo = list(batches)
+            for _ in range(rounds):
+                again = []
+                for cid, b in todo:
+                    result = await run_batch(cid, b, r=client, settings=settings)
+                    out.append(result)
+                    if result.retry_at is not None:
+                        again.append((cid, b))
+                if not again:
+                    break
+                await asyncio.sleep(0.2)
+                todo = again
+        finally:
+            await client.aclose()
+        return out
+
+    return asyncio.run(go())

@@ -1,0 +1,184 @@
+"""A real SMTP server for tests (aiosmtpd on 127.0.0.1): records, refuses, throttles on cue."""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.policy
+import ipaddress
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+@dataclass
+class Handler:
+    """Records every message; ``rcpt_reply``/``data_reply`` may answer instead of 250."""
+
+    messages: list[Received] = field(default_factory=list)
+    connections: int = 0
+    rcpt_reply: Callable[[str], str | None] = lambda address: None
+    data_reply: Callable[[Envelope], str | None] = lambda envelope: None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        reply = self.rcpt_reply(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = self.data_reply(envelope)
+        if reply:
+            return reply
+        with self.lock:
+            self.messages.append(
+                Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.content))  # type: ignore[arg-type]
+            )
+        return "250 OK queued"
+
+
+class CountingSMTP(SMTP):
+    """aiosmtpd's server, counting connections."""
+
+    def connection_made(self, transport: Any) -> None:
+        handler = self.event_handler
+        handler.connections += 1
+        super().connection_made(transport)
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (cert, key)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SmtpTestServer:
+    """Start with ``security`` none / starttls / tls and optional AUTH credentials."""
+
+    def __init__(
+        self,
+        *,
+        security: str = "none",
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.handler = Handler()
+        self.security = security
+        self.credentials = credentials
+        self._dir = tempfile.TemporaryDirectory()
+        self._controller: Controller | None = None
+        self.port = 0
+
+    def _authenticator(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if not isinstance(data, LoginPassword) or self.credentials is None:
+            return AuthResult(success=False, handled=False)
+        ok = (data.login.decode(), data.password.decode()) == self.credentials
+        return AuthResult(success=ok, handled=False)
+
+    def start(self) -> SmtpTestServer:
+        kwargs: dict[str, Any] = {}
+        context = None
+        if self.security in ("starttls", "tls"):
+            cert, key = self_signed_cert(Path(self._dir.name))
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+        if self.security == "starttls":
+            kwargs["tls_context"] = context
+            kwargs["require_starttls"] = True
+        if self.credentials is not None:
+            kwargs["authenticator"] = self._authenticator
+            kwargs["auth_require_tls"] = False
+        handler = self.handler
+
+        class _Controller(Controller):
+            def factory(self) -> SMTP:
+                return CountingSMTP(handler, **kwargs)
+
+        self.port = free_port()
+        self._controller = _Controller(
+            handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            ssl_context=context if self.security == "tls" else None,
+        )
+        self._controller.start()
+        self.handler.connections = 0  # the controller's own readiness probe is not a client
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> SmtpTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.handler.messages

@@ -1,0 +1,279 @@
+"""The SMTP family against a real aiosmtpd server: security, AUTH, refusals, retries, reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from dispatch import campaigns, ledger, store
+from dispatch.settings import Settings
+from providers.base import OutcomeStatus, OutgoingMessage
+from providers.config import parse_provider_config
+from providers.errors import AuthenticationError, ErrorClass
+from providers.smtp import SmtpTransport
+from tests.helpers import recipients, run_inline, smtp_provider
+from tests.smtp_server import SmtpTestServer
+
+META_RE = re.compile(r"^[^|]+@[^|]+\|1\|[^|]+\|\d{8}\|0\|default\|\d+\|$")
+FAST = Settings(retry_base_seconds=0.05, retry_max_seconds=0.2, inline_retry_seconds=5.0)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpTestServer]:
+    with SmtpTestServer() as server:
+        yield server
+
+
+def _message(seq: int = 0, to: str = "a@example.com") -> OutgoingMessage:
+    return OutgoingMessage(
+        seq=seq,
+        meta=f"{to}|1|c1|20261122|0|default|{seq}|",
+        campaign_id="c1",
+        to=to,
+        subject="Hello",
+        html="<p>Hi</p>",
+        text="Hi",
+        from_address="deals@acme.example",
+        from_name="Acme",
+    )
+
+
+async def _send(config: dict[str, object], messages: list[OutgoingMessage]) -> list[object]:
+    transport = SmtpTransport(parse_provider_config(config))  # type: ignore[arg-type]
+    async with transport.session() as session:
+        return list(await session.send(messages))
+
+
+@pytest.mark.parametrize("security", ["none", "starttls", "tls"])
+def test_each_security_mode_delivers(security: str) -> None:
+    with SmtpTestServer(security=security) as server:
+        config = {
+            "nickname": "s",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "security": security,
+            "tls_verify": False,  # the test server's certificate is self-signed
+        }
+        outcomes = asyncio.run(_send(config, [_message(0), _message(1, "b@example.com")]))
+    assert [o.status for o in outcomes] == [OutcomeStatus.SENT, OutcomeStatus.SENT]  # type: ignore[attr-defined]
+    assert [m.rcpt_tos for m in server.messages] == [["a@example.com"], ["b@example.com"]]
+
+
+def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None:
+    """A server that requires STARTTLS refuses a plain session: never a silent downgrade."""
+    with SmtpTestServer(security="starttls") as server:
+        config = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": server.port,
+                  "security": "none"}  # fmt: skip
+        with pytest.raises(AuthenticationError):
+            asyncio.run(_send(config, [_message()]))
+    assert server.messages == []
+
+
+def test_starttls_against_server_without_it_fails() -> None:
+    with SmtpTestServer(security="none") as server:
+        config = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": server.port,
+                  "security": "starttls"}  # fmt: skip
+        with pytest.raises(Exception) as info:
+            asyncio.run(_send(config, [_message()]))
+    assert getattr(info.value, "error_class", None) == ErrorClass.CONNECTION
+    assert server.messages == []
+
+
+def test_auth_success_and_failure() -> None:
+    with SmtpTestServer(credentials=("user", "right")) as server:
+        base = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": server.port,
+                "security": "none", "username": "user"}  # fmt: skip
+        ok = asyncio.run(_send({**base, "password": "right"}, [_message()]))
+        assert ok[0].status is OutcomeStatus.SENT  # type: ignore[attr-defined]
+        with pytest.raises(AuthenticationError) as info:
+            asyncio.run(_send({**base, "password": "wrong"}, [_message(1)]))
+    assert info.value.error_class.value == "SMTP connection error"
+    assert len(server.messages) == 1
+
+
+def test_message_headers_and_bcc_only_in_envelope(smtp: SmtpTestServer) -> None:
+    msg = OutgoingMessage(
+        seq=7,
+        meta="a@example.com|1|c1|20261122|0|default|7|",
+        campaign_id="c1",
+        to="a@example.com",
+        cc=("c@example.com",),
+        bcc=("hidden@example.com",),
+        reply_to="reply@acme.example",
+        subject="Grüße – Angebot",
+        html="<p>Hallo</p>",
+        text="Hallo",
+        from_address="news@example.com",
+        from_name="Zoë Ñandú Marketing",
+    )
+    config = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": smtp.port,
+              "security": "none"}  # fmt: skip
+    asyncio.run(_send(config, [msg]))
+    received = smtp.messages[0]
+    assert received.rcpt_tos == ["a@example.com", "c@example.com", "hidden@example.com"]
+    raw = received.data.decode()
+    assert "hidden@example.com" not in raw
+    assert "From: =?utf-8?b?" in raw  # RFC 2047 encoded display name, never raw UTF-8
+    parsed = received.message
+    assert parsed["From"].addresses[0].display_name == "Zoë Ñandú Marketing"
+    assert parsed["Subject"] == "Grüße – Angebot"
+    assert parsed["Cc"] == "c@example.com"
+    assert parsed["Reply-To"] == "reply@acme.example"
+    assert parsed["X-CleverTap_META"] == "a@example.com|1|c1|20261122|0|default|7|"
+    assert parsed["Message-ID"].endswith("@example.com>")
+    assert parsed["Date"]
+    assert parsed.get_content_type() == "multipart/alternative"
+    kinds = [p.get_content_type() for p in parsed.iter_parts()]
+    assert kinds == ["text/plain", "text/html"]
+
+
+def test_sendgrid_adds_smtpapi_unique_args(smtp: SmtpTestServer) -> None:
+    config = {"nickname": "sg", "kind": "sendgrid", "host": "127.0.0.1", "port": smtp.port,
+              "security": "none", "username": ""}  # fmt: skip
+    long_to = "some.very.long.address+tracking@subdomain.example.com"
+    asyncio.run(_send(config, [_message(3, long_to)]))
+    raw = smtp.messages[0].data.decode()
+    header = next(line for line in raw.split("\r\n") if line.startswith("X-SMTPAPI:"))
+    assert "=?" not in header  # never an encoded-word (reference §7.3)
+    import json
+
+    value = json.loads(header.split(":", 1)[1])
+    assert value == {"unique_args": {"clevertap_meta": f"{long_to}|1|c1|20261122|0|default|3|",
+                                     "campaign_id": "c1"}}  # fmt: skip
+
+
+def test_campaign_end_to_end_inline(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
+    smtp_provider(redis_client, smtp.port)
+    body = {
+        "provider": "local",
+        "subject": "Hi {{ name }}",
+        "html": "<p>Hello {{ name }}, {{ offer }}</p>",
+        "vars": {"offer": "50% off"},
+        "recipients": recipients(25),
+    }
+    cid, _ = run_inline(redis_client, body, FAST)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["status"] == "completed"
+    assert (summary["total"], summary["sent"], summary["queued"]) == (25, 25, 0)
+    metas = {m.message["X-CleverTap_META"] for m in smtp.messages}
+    assert len(metas) == 25 and all(META_RE.match(m) for m in metas)
+    first = next(m.message for m in smtp.messages if m.rcpt_tos == ["user3@example.com"])
+    assert first["Subject"] == "Hi User 3"
+    assert "Hello User 3, 50% off" in first.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    events = redis_client.xrange(store.EVENTS_STREAM)
+    assert sum('"Notification Sent"' in e[1]["json"] for e in events) == 25
+
+
+def test_refused_recipient_fails_alone(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
+    smtp.handler.rcpt_reply = lambda a: "550 5.1.1 no such user" if a.startswith("user2@") else None
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
+    cid, _ = run_inline(redis_client, body, FAST)
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["failed"]) == (4, 1)
+    rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "2"))
+    assert rec is not None
+    assert rec["error_class"] == "SMTP invalid email ID"
+    assert "550 5.1.1 no such user" in rec["detail"]
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [
+        f"user{i}@example.com" for i in (0, 1, 3, 4)
+    ]
+
+
+def test_invalid_address_and_crlf_vars_fail_alone(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    smtp_provider(redis_client, smtp.port)
+    rcpts = recipients(3)
+    rcpts[0]["email"] = "not-an-address"
+    rcpts[1]["vars"] = {"name": "Eve\r\nBcc: victim@example.com"}
+    body = {"provider": "local", "subject": "Hi {{ name }}", "html": "h", "recipients": rcpts}
+    cid, _ = run_inline(redis_client, body, FAST)
+    records = {s: ledger.parse_record(redis_client.hget(store.ledger_key(cid), s)) for s in "012"}
+    assert records["0"]["error_class"] == "SMTP invalid email ID"  # type: ignore[index]
+    assert records["1"]["error_class"] == "Invalid message"  # type: ignore[index]
+    assert "line break" in records["1"]["detail"]  # type: ignore[index]
+    assert records["2"]["state"] == "sent"  # type: ignore[index]
+    assert [m.rcpt_tos for m in smtp.messages] == [["user2@example.com"]]
+
+
+def test_421_then_success_is_retried(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
+    seen: set[str] = set()
+
+    def once(envelope: object) -> str | None:
+        rcpt = envelope.rcpt_tos[0]  # type: ignore[attr-defined]
+        if rcpt in seen:
+            return None
+        seen.add(rcpt)
+        return "421 4.7.0 Try again later"
+
+    smtp.handler.data_reply = once
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3)}
+    cid, _ = run_inline(redis_client, body, FAST)
+    counters = campaigns.get_counters(cid, redis_client)
+    assert counters["sent"] == 3 and counters["failed"] == 0
+    assert len(smtp.messages) == 3
+    rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "0"))
+    assert rec is not None and rec["attempts"] == 2
+
+
+def test_permanent_reply_fails_at_once(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
+    smtp.handler.data_reply = lambda e: "554 5.7.1 Message rejected: spam"
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(2)}
+    cid, _ = run_inline(redis_client, body, FAST)
+    rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "0"))
+    assert rec is not None
+    assert (rec["state"], rec["attempts"]) == ("failed", 1)
+    assert rec["error_class"] == "SMTP dispatching failed"
+    assert "554 5.7.1" in rec["detail"]
+
+
+def test_transient_gives_up_after_max_attempts(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    smtp.handler.data_reply = lambda e: "451 4.3.0 local error"
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(1)}
+    settings = Settings(retry_base_seconds=0.01, retry_max_seconds=0.02, max_attempts=3)
+    cid, _ = run_inline(redis_client, body, settings)
+    rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "0"))
+    assert rec is not None
+    assert (rec["state"], rec["attempts"]) == ("failed", 3)
+    assert rec["detail"].startswith("gave up after 3 attempts")
+
+
+def test_auth_failure_pauses_campaign(redis_client: redis.Redis) -> None:
+    with SmtpTestServer(credentials=("user", "right")) as server:
+        smtp_provider(redis_client, server.port, username="user", password="wrong")
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(10)}
+        cid, _ = run_inline(redis_client, body, FAST)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["status"] == "paused"
+    assert summary["reason"].startswith("SMTP connection error")
+    assert (summary["failed"], summary["sent"], summary["queued"]) == (0, 0, 10)
+
+
+def test_connection_reuse(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
+    smtp_provider(redis_client, smtp.port, max_connections=3)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(300)}
+    cid, _ = run_inline(redis_client, body, FAST)
+    assert campaigns.get_counters(cid, redis_client)["sent"] == 300
+    assert len(smtp.messages) == 300
+    assert 1 <= smtp.handler.connections <= 3
+
+
+def test_suppressed_recipient_is_skipped(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
+    redis_client.hset(store.SUPPRESSIONS_HASH, "user1@example.com", '{"reason": "hard_bounce"}')
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3)}
+    cid, _ = run_inline(redis_client, body, FAST)
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["suppressed"]) == (2, 1)
+    assert "user1@example.com" not in [m.rcpt_tos[0] for m in smtp.messages]
