@@ -1,0 +1,442 @@
+"""The Generic HTTP adapter (kind ``http``): render requests from ``$$`` templates, send with httpx.
+
+Rendering is pure (:class:`RequestPlan`, compiled once per provider configuration) and
+sending is I/O (:class:`HttpSession`, one ``httpx.AsyncClient`` with one connection).
+
+Outcomes of one request apply to every message it carries (DESIGN §4):
+
+* 2xx: ``SENT``;
+* 429 and 5xx: ``RETRY`` with the ``Retry-After`` hint (seconds or an HTTP-date); 429 and
+  503 also mark the provider ``throttled``;
+* 401: :class:`providers.errors.AuthenticationError` is raised, since the credentials are
+  refused for every message and the campaign should pause (DESIGN §7), not fail everyone;
+* 3xx: ``FAILED``: redirects are not followed (a redirect could lead past the address
+  guard, and a POST body would be replayed somewhere the user never configured);
+* other 4xx: ``FAILED`` with the status and an excerpt of the response body;
+* cannot connect, connect or write timeout: ``RETRY`` (the request never fully left);
+* read timeout, connection lost while waiting for the answer: ``UNKNOWN``. The provider
+  may have accepted the request, and the seed says providers do not deduplicate, so a
+  blind retry could send the campaign twice to every recipient of the request; DESIGN §5
+  prefers a recipient left ``unknown`` to a recipient sent twice.
+
+Every HTTP failure carries the error class ``Dispatch failed`` (DESIGN §2: "HTTP provider
+did not answer 2xx"); the detail says which way it failed. A message whose own data cannot
+be rendered (an unresolvable placeholder, CR/LF in a dynamic header) fails alone with
+``Invalid message`` and is never sent with a literal ``$$Name``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import httpx
+import orjson
+
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.config import HttpConfig
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ErrorClass,
+    InvalidMessageError,
+    ProviderError,
+    TransientError,
+)
+from providers.http_config import placeholder_usage
+from providers.netguard import GuardedTransport, Resolve, system_resolve
+from providers.placeholders import (
+    SLOT,
+    Resolver,
+    Scope,
+    Template,
+    TextTemplate,
+    compile_template,
+    compile_text,
+    value_at,
+)
+
+EXCERPT_CHARS: Final = 300  # of a refusing response body, in the outcome's detail
+MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
+USER_AGENT: Final = "dispatch-generic-http/1"
+THROTTLING_STATUSES: Final = frozenset({429, 503})
+_FORBIDDEN_IN_HEADER_VALUE: Final = ("\r", "\n", "\x00")
+_DISPATCH_FAILED: Final = ErrorClass.DISPATCH_FAILED_HTTP
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedRequest:
+    """One request ready to go: the messages it carries and what varies per request."""
+
+    seqs: tuple[int, ...]
+    content: bytes | None
+    headers: dict[bytes, bytes]  # dynamic headers only; static ones sit on the client
+    params: tuple[tuple[str, str], ...] | None
+
+
+def _invalid_json(exc: Exception) -> InvalidMessageError:
+    return InvalidMessageError(f"a placeholder value cannot be written as JSON: {exc}")
+
+
+class RequestPlan:
+    """The compiled form of one :class:`HttpConfig`: what to render per message, per request.
+
+    :meth:`render` is pure (no I/O): benchmarks time it directly.
+    """
+
+    def __init__(self, config: HttpConfig) -> None:
+        """Raises ``ValueError`` when ``config`` breaks a rule validation enforces."""
+        usage = placeholder_usage(config)
+        self.batch = usage.batch
+        # Header values go to httpx as UTF-8 bytes: it would refuse non-ASCII str values.
+        self.static_headers: dict[bytes, bytes] = {b"user-agent": USER_AGENT.encode()}
+        if config.method == "POST":
+            self.static_headers[b"content-type"] = b"application/json"
+        self._headers: list[tuple[str, TextTemplate]] = []
+        for name, value in config.headers.items():
+            self.static_headers.pop(name.lower().encode(), None)  # the user's value wins
+            template = compile_text(value)
+            if template.names:
+                self._headers.append((name, template))
+            else:
+                self.static_headers[name.encode()] = value.encode()
+        self._query = [(name, compile_text(value)) for name, value in config.query.items()]
+        request_names = usage.headers | usage.query
+        self._body: Template | None = None
+        self._item: Template | None = None
+        if usage.message_array is not None:
+            self._item = compile_template(value_at(config.body, usage.message_array)[0])
+            self._body = compile_template(config.body, slot=usage.message_array)
+            self._message = Resolver(self._item.names, Scope.MESSAGE)
+            self._request = Resolver(self._body.names | request_names, Scope.CAMPAIGN)
+        else:
+            if config.body is not None:
+                self._body = compile_template(config.body)
+            body_names = self._body.names if self._body is not None else frozenset()
+            self._message = Resolver(body_names | request_names, Scope.MESSAGE)
+            self._request = Resolver((), Scope.CAMPAIGN)
+
+    def _request_parts(
+        self, values: Mapping[str, Any]
+    ) -> tuple[dict[bytes, bytes], tuple[tuple[str, str], ...] | None]:
+        headers: dict[bytes, bytes] = {}
+        for name, template in self._headers:
+            value = template.render(values)
+            if any(ch in value for ch in _FORBIDDEN_IN_HEADER_VALUE):
+                raise InvalidMessageError(f"header {name}: the value holds a line break or NUL")
+            headers[name.encode()] = value.encode()
+        params = tuple((n, t.render(values)) for n, t in self._query) if self._query else None
+        return headers, params
+
+    def render(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> tuple[list[RenderedRequest], list[SendOutcome]]:
+        """The requests carrying ``messages`` and the outcomes of those that cannot be sent."""
+        if self._item is None:
+            return self._render_single(messages)
+        return self._render_batch(messages)
+
+    def _render_single(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> tuple[list[RenderedRequest], list[SendOutcome]]:
+        requests: list[RenderedRequest] = []
+        failed: list[SendOutcome] = []
+        for msg in messages:
+            try:
+                values = self._message.values(msg)
+                try:
+                    content = (
+                        orjson.dumps(self._body.render(values)) if self._body is not None else None
+                    )
+                except TypeError as exc:  # orjson.JSONEncodeError included
+                    raise _invalid_json(exc) from exc
+                headers, params = self._request_parts(values)
+            except InvalidMessageError as exc:
+                failed.append(SendOutcome.from_error(msg.seq, exc))
+                continue
+            requests.append(RenderedRequest((msg.seq,), content, headers, params))
+        return requests, failed
+
+    def _render_batch(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> tuple[list[RenderedRequest], list[SendOutcome]]:
+        assert self._item is not None and self._body is not None
+        # Messages of one campaign share the campaign-level values, so this is one group;
+        # a chunk mixing values is split rather than sent with the first message's values.
+        groups: list[tuple[dict[str, Any], list[int], list[Any]]] = []
+        failed: list[SendOutcome] = []
+        for msg in messages:
+            try:
+                shared = self._request.values(msg)
+                item = self._item.render(self._message.values(msg))
+            except InvalidMessageError as exc:
+                failed.append(SendOutcome.from_error(msg.seq, exc))
+                continue
+            for values, seqs, items in groups:
+                if values == shared:
+                    seqs.append(msg.seq)
+                    items.append(item)
+                    break
+            else:
+                groups.append((shared, [msg.seq], [item]))
+        requests: list[RenderedRequest] = []
+        for values, seqs, items in groups:
+            try:
+                headers, params = self._request_parts(values)
+                content, seqs, bad = self._dump_batch(values, seqs, items)
+            except InvalidMessageError as exc:
+                failed.extend(SendOutcome.from_error(seq, exc) for seq in seqs)
+                continue
+            failed.extend(bad)
+            if seqs:
+                requests.append(RenderedRequest(tuple(seqs), content, headers, params))
+        return requests, failed
+
+    def _dump_batch(
+        self, values: dict[str, Any], seqs: list[int], items: list[Any]
+    ) -> tuple[bytes, list[int], list[SendOutcome]]:
+        """Serialise one batch body; a message whose values are not JSON fails alone."""
+        assert self._body is not None
+        try:
+            return orjson.dumps(self._body.render({**values, SLOT: items})), seqs, []
+        except TypeError:
+            pass
+        good_seqs: list[int] = []
+        good_items: list[Any] = []
+        bad: list[SendOutcome] = []
+        for seq, item in zip(seqs, items, strict=True):
+            try:
+                orjson.dumps(item)
+            except TypeError as exc:
+                bad.append(SendOutcome.from_error(seq, _invalid_json(exc)))
+            else:
+                good_seqs.append(seq)
+                good_items.append(item)
+        try:
+            content = orjson.dumps(self._body.render({**values, SLOT: good_items}))
+        except TypeError as exc:  # the campaign-level values themselves
+            raise _invalid_json(exc) from exc
+        return content, good_seqs, bad
+
+
+# --- outcomes ----------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (RFC 9110 §10.2.3), or ``None``."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds else None  # NaN is no hint
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
+    """The start of a response body as text, bounded, on one line."""
+    text = body[: limit * 4].decode("utf-8", errors="replace")
+    return " ".join(text.split())[:limit]
+
+
+def outcomes_for_response(
+    seqs: Sequence[int], status: int, headers: Mapping[str, str], body: bytes
+) -> list[SendOutcome]:
+    """The outcome of every message carried by a request the provider answered.
+
+    Raises :class:`AuthenticationError` for 401: the credentials are refused.
+    """
+    if 200 <= status < 300:
+        return [SendOutcome.sent(seq, detail=f"HTTP {status}") for seq in seqs]
+    text = excerpt(body)
+    detail = f"HTTP {status}: {text}" if text else f"HTTP {status}"
+    if status == 401:
+        raise AuthenticationError(
+            f"credentials refused: {detail}", error_class=_DISPATCH_FAILED, code=status
+        )
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        return [
+            SendOutcome(
+                seq,
+                OutcomeStatus.RETRY,
+                error_class=_DISPATCH_FAILED,
+                detail=detail,
+                code=status,
+                retry_after=retry_after,
+                throttled=status in THROTTLING_STATUSES,
+            )
+            for seq in seqs
+        ]
+    if 300 <= status < 400:
+        location = headers.get("location", "")
+        detail = f"HTTP {status}: redirects are not followed (Location: {location[:200]})"
+    return [
+        SendOutcome(seq, OutcomeStatus.FAILED, _DISPATCH_FAILED, detail=detail, code=status)
+        for seq in seqs
+    ]
+
+
+def outcome_for_exception(seq: int, exc: httpx.HTTPError, timeout: float) -> SendOutcome:
+    """Map an httpx failure to one message's outcome (the one place httpx errors are read)."""
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteTimeout):
+        status, detail = (
+            OutcomeStatus.RETRY,
+            f"timed out after {timeout:g}s before the request was sent",
+        )
+    elif isinstance(exc, httpx.ConnectError | httpx.WriteError):
+        status, detail = OutcomeStatus.RETRY, f"cannot reach the endpoint: {exc}"
+    elif isinstance(exc, httpx.LocalProtocolError):
+        status, detail = OutcomeStatus.FAILED, f"the request cannot be built: {exc}"
+    elif isinstance(exc, httpx.ReadTimeout):
+        status, detail = (
+            OutcomeStatus.UNKNOWN,
+            (
+                f"no answer within {timeout:g}s after the request was sent: the provider may "
+                "have accepted it"
+            ),
+        )
+    else:  # ReadError, RemoteProtocolError, anything else once the request may have left
+        status, detail = (
+            OutcomeStatus.UNKNOWN,
+            (
+                f"connection lost after the request was sent ({type(exc).__name__}: {exc}): the "
+                "provider may have accepted it"
+            ),
+        )
+    return SendOutcome(seq, status, _DISPATCH_FAILED, detail=detail)
+
+
+# --- sending -----------------------------------------------------------------------------
+
+
+async def _read_bounded(response: httpx.Response, limit: int = MAX_RESPONSE_READ) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+class HttpSession:
+    """One HTTP client (one connection, kept alive) sending rendered requests in turn."""
+
+    def __init__(self, client: httpx.AsyncClient, config: HttpConfig, plan: RequestPlan) -> None:
+        self._client = client
+        self._method = config.method
+        self._url = config.endpoint
+        self._timeout = config.timeout
+        self._plan = plan
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        """Send ``messages``: one request each, or batches; one outcome per message.
+
+        Raises :class:`ConfigurationError` (credentials refused, endpoint refused by the
+        address guard) when that happens before any request of this call got an answer.
+        """
+        requests, outcomes = self._plan.render(messages)
+        for index, request in enumerate(requests):
+            try:
+                outcomes += await self._exchange(request)
+            except ConfigurationError as exc:
+                if index == 0:
+                    raise
+                # Earlier requests went through: keep their outcomes, retry the rest.
+                for rest in requests[index:]:
+                    outcomes += [SendOutcome.from_error(s, _as_transient(exc)) for s in rest.seqs]
+                break
+        by_seq = {outcome.seq: outcome for outcome in outcomes}
+        return [by_seq[msg.seq] for msg in messages]
+
+    async def _exchange(self, request: RenderedRequest) -> list[SendOutcome]:
+        try:
+            async with self._client.stream(
+                self._method,
+                self._url,
+                content=request.content,
+                headers=request.headers,
+                params=request.params,
+            ) as response:
+                try:
+                    body = await _read_bounded(response)
+                except httpx.HTTPError:
+                    body = b""  # the status is what counts; the excerpt is a courtesy
+                return outcomes_for_response(
+                    request.seqs, response.status_code, response.headers, body
+                )
+        except httpx.HTTPError as exc:
+            return [outcome_for_exception(seq, exc, self._timeout) for seq in request.seqs]
+
+
+def _as_transient(exc: ProviderError) -> TransientError:
+    return TransientError(exc.detail, error_class=exc.error_class, code=exc.code)
+
+
+class HttpTransport:
+    """A configured Generic HTTP provider: chunk size, session count, session factory."""
+
+    kind: str = "http"
+
+    def __init__(
+        self,
+        config: HttpConfig,
+        *,
+        allow_private: bool = False,
+        resolve: Resolve = system_resolve,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``allow_private`` comes from ``DISPATCH_ALLOW_PRIVATE_ENDPOINTS``.
+
+        ``http_transport`` replaces the guarded network path (fast unit tests with
+        ``httpx.MockTransport`` only). Raises ``ValueError`` for a configuration that
+        breaks a rule validation enforces.
+        """
+        self.config = config
+        self.plan = RequestPlan(config)
+        self.chunk_size = config.batch_size if self.plan.batch else 1
+        self.max_sessions = config.max_connections
+        self._allow_private = allow_private
+        self._resolve = resolve
+        self._http_transport = http_transport
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[HttpSession]:
+        """Open an HTTP client; the connection itself opens on the first request."""
+        transport = self._http_transport or GuardedTransport(
+            allow_private=self._allow_private,
+            # One connection per session: the dispatcher's session count is the
+            # provider's connection count (max_connections).
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            resolve=self._resolve,
+        )
+        auth = None
+        if self.config.auth == "basic":
+            auth = httpx.BasicAuth(self.config.username, self.config.password.get_secret_value())
+        async with httpx.AsyncClient(
+            transport=transport,
+            auth=auth,
+            headers=self.plan.static_headers,
+            timeout=httpx.Timeout(self.config.timeout),
+            follow_redirects=False,
+            trust_env=False,
+        ) as client:
+            yield HttpSession(client, self.config, self.plan)
