@@ -62,7 +62,7 @@ def test_seed_nested_example_gives_five_events_success_first() -> None:
     hard = result.events[2]
     assert hard.campaign_id == "1730799638"
     assert hard.meta_fields is not None and hard.meta_fields.seq == -17005910
-    assert hard.source == "generic" and hard.raw == SEED_NESTED["events"]["failed"][1]  # type: ignore[index]
+    assert hard.source == "generic" and hard.raw == SEED_NESTED["events"]["failed"][1]
 
 
 def test_meta_for_another_recipient_is_kept_with_a_note() -> None:
@@ -276,4 +276,4 @@ def test_event_is_frozen() -> None:
     event = only_event(parse_generic(body(flat())))
 
     with pytest.raises(ValueError):
-        event.email = "other@example.com"  # type: ignore[misc]
+        event.email = "other@example.com"

@@ -117,4 +117,4 @@ def test_meta_is_frozen() -> None:
     meta = parse_meta(SEED_META)
 
     with pytest.raises(ValueError):
-        meta.seq = 1  # type: ignore[misc]
+        meta.seq = 1
