@@ -29,6 +29,7 @@ from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, build_context
 from dispatch.settings import Settings, get_settings
+from dispatch.suppressions import suppression_key
 from dispatch.unsubscribe import list_unsubscribe_headers, make_token, unsubscribe_urls
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Session, Transport
@@ -579,12 +580,7 @@ async def _drop_suppressed(
     """Record suppressed recipients (checked right before sending, DESIGN §5)."""
     if not items:
         return items
-    keys = []
-    for item in items:
-        try:
-            keys.append(normalize_address(item.email).lower())
-        except InvalidAddressError:
-            keys.append(item.email.lower())
+    keys = [suppression_key(item.email) for item in items]
     hits = await r.hmget(store.SUPPRESSIONS_HASH, keys)
     kept = []
     for item, hit in zip(items, hits, strict=True):

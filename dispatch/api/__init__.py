@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): management under /v1, callbacks, unsubscribe pages, metrics."""

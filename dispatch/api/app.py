@@ -1,0 +1,39 @@
+"""The ASGI application: routers are mounted here, each in its own module."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
+
+from dispatch import store
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="dispatch",
+        version="0.1.0",
+        description="Send email campaigns through any provider and track every message.",
+    )
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """200 when Redis answers; 503 otherwise."""
+        try:
+            store.sync_client().ping()
+        except Exception as exc:  # any Redis failure means not healthy
+            from fastapi import HTTPException
+
+            raise HTTPException(503, f"redis unavailable: {type(exc).__name__}") from exc
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,268 @@
+"""The ``dispatch`` command line (DESIGN §8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dispatch.progress import ProgressBar
+
+
+def _load_file(path: str) -> Any:
+    """A YAML or JSON document from ``path`` (``-`` for standard input)."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _validation_message(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+    return str(exc)
+
+
+# -- verbs -------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dispatch.demo import run_demo
+
+    return run_demo(recipients=args.recipients, as_json=args.json, workers=args.concurrency)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from dispatch.redis_server import ensure_redis_url
+
+    ensure_redis_url()
+    uvicorn.run("dispatch.api.app:app", host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _celery(argv: list[str]) -> int:
+    from dispatch.celery_app import app
+
+    app.start(argv)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    argv = ["worker", "-Q", "default,sends,events", "--loglevel", args.loglevel]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    return _celery(argv)
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    return _celery(["beat", "--loglevel", args.loglevel])
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """API, worker and beat in the foreground on one (embedded, if unset) Redis."""
+    from dispatch.crypto import ensure_secret_key
+    from dispatch.redis_server import ensure_redis_url
+
+    ensure_redis_url()
+    ensure_secret_key()
+    exe = [sys.executable, "-m", "dispatch.cli"]
+    procs = [
+        subprocess.Popen([*exe, "worker"]),
+        subprocess.Popen([*exe, "beat"]),
+        subprocess.Popen([*exe, "api", "--host", args.host, "--port", str(args.port)]),
+    ]
+    print(f"dispatch is up: API on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=20)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dispatch import campaigns
+    from dispatch.models import CampaignRequest
+
+    try:
+        request = CampaignRequest.model_validate(_load_file(args.file))
+        campaign_id, created = campaigns.create_campaign(request)
+    except (ValueError, campaigns.CampaignError) as exc:
+        print(f"error: {_validation_message(exc)}", file=sys.stderr)
+        return 2
+    print(campaign_id)
+    if not created:
+        print("(already existed with the same content: nothing changed)", file=sys.stderr)
+    if args.follow:
+        return follow(campaign_id)
+    return 0
+
+
+def follow(campaign_id: str, interval: float = 0.5) -> int:
+    """A live progress bar until the campaign stops running; 0 if every message settled."""
+    from dispatch import campaigns
+
+    bar = ProgressBar(label=campaign_id)
+    while True:
+        summary = campaigns.campaign_summary(campaign_id)
+        done = summary["total"] - summary["queued"]
+        bar.update(done, summary["total"], f"sent {summary['sent']} failed {summary['failed']}")
+        if summary["status"] not in ("running", "scheduled"):
+            bar.close()
+            _print(summary)
+            return 0 if summary["queued"] == 0 else 1
+        time.sleep(interval)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dispatch import campaigns
+
+    try:
+        if args.follow:
+            return follow(args.id)
+        _print(campaigns.campaign_summary(args.id))
+    except campaigns.CampaignNotFoundError:
+        print(f"error: no campaign {args.id!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_providers_add(args: argparse.Namespace) -> int:
+    from dispatch.provider_store import provider_view, save_provider
+
+    data = _load_file(args.file)
+    for item in data if isinstance(data, list) else [data]:
+        try:
+            config = save_provider(item)
+        except ValueError as exc:
+            print(f"error: {_validation_message(exc)}", file=sys.stderr)
+            return 2
+        _print(provider_view(config.nickname))
+    return 0
+
+
+def cmd_providers_list(args: argparse.Namespace) -> int:
+    from dispatch.provider_store import list_providers, provider_view
+
+    _print([provider_view(n) for n in list_providers()])
+    return 0
+
+
+def cmd_suppressions_list(args: argparse.Namespace) -> int:
+    from dispatch import suppressions
+
+    cursor, out = 0, []
+    while True:
+        cursor, items = suppressions.page(cursor)
+        out.extend(items)
+        if cursor == 0:
+            break
+    _print(sorted(out, key=lambda e: e["email"]))
+    return 0
+
+
+def cmd_suppressions_add(args: argparse.Namespace) -> int:
+    from dispatch import suppressions
+
+    _print(suppressions.add(args.email, reason=args.reason, source="cli"))
+    return 0
+
+
+def cmd_suppressions_remove(args: argparse.Namespace) -> int:
+    from dispatch import suppressions
+
+    removed = suppressions.remove(args.email)
+    print("removed" if removed else "not suppressed")
+    return 0 if removed else 1
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def verb(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("demo", cmd_demo, "the whole system on this machine: send, replay callbacks, report")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--recipients", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    p = verb("up", cmd_up, "API + worker + beat in the foreground")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p = verb("api", cmd_api, "serve the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p = verb("worker", cmd_worker, "run a Celery worker")
+    p.add_argument("--concurrency", type=int, default=0)
+    p.add_argument("--loglevel", default="INFO")
+    p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
+    p.add_argument("--loglevel", default="INFO")
+    p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")
+    p.add_argument("file")
+    p.add_argument("--follow", action="store_true", help="show progress until it ends")
+    p = verb("status", cmd_status, "a campaign's status and counters")
+    p.add_argument("id")
+    p.add_argument("--follow", action="store_true", help="a live progress bar")
+
+    providers = sub.add_parser("providers", help="manage providers")
+    psub = providers.add_subparsers(dest="action", required=True)
+    p = psub.add_parser("add", help="save provider(s) from a YAML or JSON file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_providers_add)
+    psub.add_parser("list", help="list providers").set_defaults(func=cmd_providers_list)
+
+    supp = sub.add_parser("suppressions", help="manage the suppression list")
+    ssub = supp.add_subparsers(dest="action", required=True)
+    ssub.add_parser("list").set_defaults(func=cmd_suppressions_list)
+    p = ssub.add_parser("add")
+    p.add_argument("email")
+    p.add_argument("--reason", default="manual")
+    p.set_defaults(func=cmd_suppressions_add)
+    p = ssub.add_parser("remove")
+    p.add_argument("email")
+    p.set_defaults(func=cmd_suppressions_remove)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    from dispatch.settings import get_settings
+
+    logging.basicConfig(level=get_settings().log_level, stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The suppression list: addresses we never send to again, with why and since when."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from dispatch import store
+from providers.addresses import InvalidAddressError, normalize_address
+
+
+def suppression_key(email: str) -> str:
+    """The list's key for an address: normalised and lower-cased (compared caselessly)."""
+    try:
+        return normalize_address(email).lower()
+    except InvalidAddressError:
+        return email.strip().lower()
+
+
+def add(
+    email: str,
+    *,
+    reason: str,
+    source: str,
+    client: redis.Redis | None = None,
+    ts: float | None = None,
+) -> dict[str, Any]:
+    """Suppress ``email``; an existing entry is kept (the first reason stands)."""
+    r = client or store.sync_client()
+    key = suppression_key(email)
+    entry: dict[str, Any] = {
+        "email": key,
+        "reason": reason,
+        "source": source,
+        "ts": ts if ts is not None else time.time(),
+    }
+    r.hsetnx(store.SUPPRESSIONS_HASH, key, orjson.dumps(entry))
+    return get(email, client=r) or entry
+
+
+def get(email: str, *, client: redis.Redis | None = None) -> dict[str, Any] | None:
+    raw = (client or store.sync_client()).hget(store.SUPPRESSIONS_HASH, suppression_key(email))
+    if raw is None:
+        return None
+    entry: dict[str, Any] = orjson.loads(raw)
+    return entry
+
+
+def remove(email: str, *, client: redis.Redis | None = None) -> bool:
+    r = client or store.sync_client()
+    return bool(r.hdel(store.SUPPRESSIONS_HASH, suppression_key(email)))
+
+
+def page(
+    cursor: int = 0, count: int = 100, *, client: redis.Redis | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """One page of entries and the cursor of the next (0 when done)."""
+    r = client or store.sync_client()
+    next_cursor, items = r.hscan(store.SUPPRESSIONS_HASH, cursor=cursor, count=count)
+    values = items.values() if isinstance(items, dict) else items
+    return int(next_cursor), [orjson.loads(v) for v in values]
