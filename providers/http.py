@@ -343,7 +343,7 @@ class HttpSession:
     def __init__(self, client: httpx.AsyncClient, config: HttpConfig, plan: RequestPlan) -> None:
         self._client = client
         self._method = config.method
-        self._url = config.endpoint
+        self._url = httpx.URL(config.endpoint)
         self._timeout = config.timeout
         self._plan = plan
 
@@ -369,12 +369,10 @@ class HttpSession:
 
     async def _exchange(self, request: RenderedRequest) -> list[SendOutcome]:
         try:
+            # Merged by hand: httpx's `params=` would replace the endpoint's own query.
+            url = self._url.copy_merge_params(request.params) if request.params else self._url
             async with self._client.stream(
-                self._method,
-                self._url,
-                content=request.content,
-                headers=request.headers,
-                params=request.params,
+                self._method, url, content=request.content, headers=request.headers
             ) as response:
                 try:
                     body = await _read_bounded(response)

@@ -110,7 +110,10 @@ class HttpSink:
     def __init__(self, default: Reply | None = None) -> None:
         self._state = _State(default=default or Reply())
         self._server = _Server(self._state)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval keeps shutdown (and each test) fast.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def port(self) -> int:
