@@ -12,34 +12,53 @@ from dispatch.settings import get_settings
 QUEUES = ("default", "sends", "events")
 
 
-def make_app() -> Celery:
-    settings = get_settings()
-    url = ensure_redis_url()
-    app = Celery("dispatch", broker=url, include=["dispatch.tasks"])
-    app.conf.update(
-        task_default_queue="default",
-        task_routes={
-            "dispatch.send_batch": {"queue": "sends"},
-            "dispatch.process_callback": {"queue": "events"},
-        },
-        # A batch is acknowledged only when done; the ledger makes redelivery harmless.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+class _Config:
+    """Celery settings, read when Celery first needs them (not at import).
+
+    Importing task modules must not start an embedded Redis or freeze the settings:
+    tests and ``dispatch demo`` decide on the Redis URL after import.
+    """
+
+    task_default_queue = "default"
+    task_routes = {
+        "dispatch.send_batch": {"queue": "sends"},
+        "dispatch.process_callback": {"queue": "events"},
+    }
+    # A batch is acknowledged only when done; the ledger makes redelivery harmless.
+    task_acks_late = True
+    task_reject_on_worker_lost = True
+    worker_prefetch_multiplier = 1
+    task_ignore_result = True
+    task_serializer = "json"
+    accept_content = ("json",)
+    broker_connection_retry_on_startup = True
+    worker_send_task_events = True
+    task_send_sent_event = True
+    beat_schedule = {
+        "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
+    }
+
+    @property
+    def broker_url(self) -> str:
+        return ensure_redis_url()
+
+    @property
+    def broker_transport_options(self) -> dict[str, int]:
+        return {"visibility_timeout": get_settings().visibility_timeout}
+
+    @property
+    def task_time_limit(self) -> int:
         # Stay well inside the visibility timeout (PITFALLS: no real acks on Redis).
-        task_time_limit=settings.visibility_timeout // 2,
-        task_soft_time_limit=settings.visibility_timeout // 2 - 30,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        beat_schedule={
-            "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
-        },
-    )
+        return get_settings().visibility_timeout // 2
+
+    @property
+    def task_soft_time_limit(self) -> int:
+        return get_settings().visibility_timeout // 2 - 30
+
+
+def make_app() -> Celery:
+    app = Celery("dispatch", include=["dispatch.tasks"])
+    app.config_from_object(_Config())
     return app
 
 

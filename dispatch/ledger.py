@@ -25,9 +25,6 @@ import redis.asyncio as aioredis
 from dispatch import store
 from dispatch.models import MessageState
 
-LEASE_TTL_MS = 60_000
-LEASE_RENEW_SECONDS = 15.0
-
 # Counter buckets: every non-terminal state counts as "queued".
 _APPLY = """
 local ledger, counters, stream, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -147,23 +144,26 @@ def system_event(
 class BatchLease:
     """Exclusive ownership of one batch, renewed while held (fencing for ledger writes)."""
 
-    def __init__(self, client: aioredis.Redis, campaign_id: str, batch: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, campaign_id: str, batch: int, ttl_ms: int = 60_000
+    ) -> None:
         self.client = client
+        self.ttl_ms = ttl_ms
         self.key = store.batch_lease_key(campaign_id, batch)
         self.token = secrets.token_hex(12)
         self._renewer: asyncio.Task[None] | None = None
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it."""
-        ok = await self.client.set(self.key, self.token, nx=True, px=LEASE_TTL_MS)
+        ok = await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
         if ok:
             self._renewer = asyncio.create_task(self._renew_forever())
         return bool(ok)
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(LEASE_RENEW_SECONDS)
-            await self.client.eval(_RENEW, 1, self.key, self.token, LEASE_TTL_MS)
+            await asyncio.sleep(self.ttl_ms / 4000)
+            await self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
 
     async def release(self) -> None:
         if self._renewer is not None:

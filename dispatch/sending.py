@@ -476,7 +476,7 @@ async def run_batch(
         log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
         return result
     content = CampaignContent.model_validate_json(raw_content)
-    lease = BatchLease(r, campaign_id, batch)
+    lease = BatchLease(r, campaign_id, batch, settings.lease_ttl_ms)
     if not await lease.acquire():
         result.busy = True
         return result

@@ -17,6 +17,7 @@ DEFAULT_RETRY_MAX_SECONDS = 600.0
 DEFAULT_INLINE_RETRY_SECONDS = 30.0
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 DEFAULT_SESSIONS_PER_WORKER = 8
+DEFAULT_LEASE_TTL_MS = 60_000
 
 
 class Settings(BaseSettings):
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     # SMTP connections (HTTP clients) one worker process opens per provider at most;
     # the provider's max_connections caps it across all workers.
     sessions_per_worker: int = Field(default=DEFAULT_SESSIONS_PER_WORKER, ge=1, le=64)
+    # A batch's lease: a dead worker's batch can be taken over this long after it died.
+    lease_ttl_ms: int = Field(default=DEFAULT_LEASE_TTL_MS, ge=200)
     log_level: str = "INFO"
 
     @field_validator("api_tokens", mode="before")

@@ -11,6 +11,7 @@ import redis
 from dispatch import store
 from dispatch.redis_server import RedisServer
 from dispatch.settings import get_settings
+from tests.worker import WorkerProcess
 
 os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
 os.environ.setdefault("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "true")
@@ -40,3 +41,11 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(redis_server: RedisServer) -> Iterator[WorkerProcess]:
+    """One real worker for the session (tests wait for their campaigns to settle)."""
+    worker = WorkerProcess(redis_server.url).start()
+    yield worker
+    worker.stop()
