@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from celery import Celery
 from celery.signals import worker_process_init
 
@@ -20,7 +22,7 @@ class _Config:
     """
 
     task_default_queue = "default"
-    task_routes = {
+    task_routes: ClassVar[dict[str, dict[str, str]]] = {
         "dispatch.send_batch": {"queue": "sends"},
         "dispatch.process_callback": {"queue": "events"},
     }
@@ -34,7 +36,7 @@ class _Config:
     broker_connection_retry_on_startup = True
     worker_send_task_events = True
     task_send_sent_event = True
-    beat_schedule = {
+    beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
         "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
     }
 
