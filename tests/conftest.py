@@ -11,6 +11,7 @@ import redis
 from dispatch import store
 from dispatch.redis_server import RedisServer
 from dispatch.settings import get_settings
+from tests.api_server import ApiServer
 from tests.worker import WorkerProcess
 
 os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
@@ -49,3 +50,16 @@ def celery_worker(redis_server: RedisServer) -> Iterator[WorkerProcess]:
     worker = WorkerProcess(redis_server.url).start()
     yield worker
     worker.stop()
+
+
+API_TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
+def api_server(redis_server: RedisServer) -> Iterator[ApiServer]:
+    """The real app over HTTP on the test Redis; /v1 needs ``Bearer test-token``."""
+    os.environ["DISPATCH_API_TOKENS"] = API_TOKEN
+    get_settings.cache_clear()
+    server = ApiServer().start()
+    yield server
+    server.stop()
