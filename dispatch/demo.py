@@ -159,8 +159,12 @@ def _report(
     ok = True
     for run in runs:
         s = run.summary
-        rows.append({k: s.get(k) for k in ("id", "provider", "total", "sent", "failed",
-                                           "suppressed", "unknown")})  # fmt: skip
+        rows.append(
+            {
+                k: s.get(k)
+                for k in ("id", "provider", "total", "sent", "failed", "suppressed", "unknown")
+            }
+        )
         ok &= s.get("queued", 1) == 0 and s.get("status") == "completed"
         ok &= s.get("sent") == s.get("total")
     smtp_sent = sum(r.summary.get("sent", 0) for r in runs if r.provider == "demo-smtp")
@@ -180,8 +184,10 @@ def _report(
         print(json.dumps({"campaigns": rows}))
     else:
         print("\nCampaigns")
-        print(f"  {'id':<18}{'provider':<12}{'total':>7}{'sent':>7}{'failed':>7}"
-              f"{'suppr.':>7}{'unknown':>8}{'msg/s':>9}")  # fmt: skip
+        print(
+            f"  {'id':<18}{'provider':<12}{'total':>7}{'sent':>7}{'failed':>7}"
+            f"{'suppr.':>7}{'unknown':>8}{'msg/s':>9}"
+        )
         for run, row in zip(runs, rows, strict=True):
             rate = (row["sent"] or 0) / run.seconds if run.seconds else 0.0
             print(

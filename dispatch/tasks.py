@@ -6,7 +6,10 @@ import logging
 import time
 from typing import Any
 
-from dispatch import campaigns, runtime, store
+import redis
+from celery.signals import worker_ready
+
+from dispatch import campaigns, effects, runtime, store
 from dispatch.celery_app import app
 from dispatch.models import CampaignRequest
 from dispatch.sending import run_batch
@@ -32,6 +35,11 @@ def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
     """Send one batch; re-enqueue it when messages wait for a later retry."""
     result = runtime.run(lambda r: run_batch(campaign_id, batch, r=r))
     if result.busy:
+        # Another worker holds the batch. It may have died: come back when its lease
+        # would have expired, and finish whatever it left (a no-op if it finished).
+        send_batch.apply_async(
+            (campaign_id, batch), countdown=get_settings().lease_ttl_ms / 1000 + 1
+        )
         return {"busy": True}
     if result.retry_at is not None:
         # Bounded well below the visibility timeout: never a long countdown (PITFALLS).
@@ -61,3 +69,36 @@ def release_scheduled() -> int:
             except campaigns.CampaignError as exc:
                 log.warning("scheduled campaign %s not started: %s", campaign_id, exc)
     return started
+
+
+@app.task(
+    name="dispatch.process_callback",
+    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
+def process_callback(batch_id: str) -> int | None:
+    """Apply one stored callback batch (idempotent: applied events are recognised)."""
+    return effects.apply_batch(batch_id)
+
+
+@app.task(name="dispatch.recover_callbacks")
+def recover_callbacks(grace: float | None = None) -> int:
+    """Enqueue again the callback batches whose task was lost (run by beat and at start)."""
+    wait = get_settings().callback_recovery_seconds if grace is None else grace
+    lost = effects.lost_batches(wait)
+    for batch_id in lost:
+        process_callback.apply_async((batch_id,), queue="events")
+    if lost:
+        log.warning("re-enqueued %d callback batches", len(lost))
+    return len(lost)
+
+
+@worker_ready.connect
+def _recover_callbacks_at_start(**_: object) -> None:
+    """A worker that starts picks up batches stored while no task could run them."""
+    try:
+        recover_callbacks.apply_async(queue="events")
+    except Exception:  # never keep a worker from starting: beat will do it later
+        log.exception("could not enqueue callback recovery")

@@ -37,9 +37,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client on a freshly emptied real Redis."""
+    """A client on a real Redis emptied of dispatch's keys.
+
+    Celery's own keys stay: kombu's queue bindings are declared once per process, and a
+    FLUSHALL would make the broker drop every message published after it.
+    """
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    client.flushall()
+    keys = list(client.scan_iter(match="dispatch:*", count=1000))
+    if keys:
+        client.delete(*keys)
     yield client
     client.close()
 

@@ -73,8 +73,13 @@ def test_redelivered_half_sent_batch_sends_nothing_twice(
         smtp.handler.data_reply = slow  # type: ignore[assignment,return-value]
         smtp_provider(redis_client, smtp.port, max_connections=2)
         batches: list[tuple[str, int]] = []
-        body = {"id": "crash-1", "provider": "local", "subject": "s", "html": "h",
-                "recipients": recipients(200)}  # fmt: skip
+        body = {
+            "id": "crash-1",
+            "provider": "local",
+            "subject": "s",
+            "html": "h",
+            "recipients": recipients(200),
+        }
         campaigns.create_campaign(
             CampaignRequest.model_validate(body),
             client=redis_client,
@@ -88,9 +93,10 @@ def test_redelivered_half_sent_batch_sends_nothing_twice(
         half = len(smtp.messages)
         assert 60 <= half < 200
         claimed = [
-            s for s, raw in redis_client.hgetall(store.ledger_key("crash-1")).items()
+            s
+            for s, raw in redis_client.hgetall(store.ledger_key("crash-1")).items()
             if (parse_record(raw) or {}).get("state") == "claimed"
-        ]  # fmt: skip
+        ]
         assert 1 <= len(claimed) <= 2  # at most one in flight per connection
 
         smtp.handler.data_reply = lambda envelope: None

@@ -67,8 +67,13 @@ def test_each_security_mode_delivers(security: str) -> None:
 def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None:
     """A server that requires STARTTLS refuses a plain session: never a silent downgrade."""
     with SmtpTestServer(security="starttls") as server:
-        config = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": server.port,
-                  "security": "none"}  # fmt: skip
+        config = {
+            "nickname": "s",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "security": "none",
+        }
         with pytest.raises(AuthenticationError):
             asyncio.run(_send(config, [_message()]))
     assert server.messages == []
@@ -76,8 +81,13 @@ def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None
 
 def test_starttls_against_server_without_it_fails() -> None:
     with SmtpTestServer(security="none") as server:
-        config = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": server.port,
-                  "security": "starttls"}  # fmt: skip
+        config = {
+            "nickname": "s",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "security": "starttls",
+        }
         with pytest.raises(Exception) as info:
             asyncio.run(_send(config, [_message()]))
     assert getattr(info.value, "error_class", None) == ErrorClass.CONNECTION
@@ -86,8 +96,14 @@ def test_starttls_against_server_without_it_fails() -> None:
 
 def test_auth_success_and_failure() -> None:
     with SmtpTestServer(credentials=("user", "right")) as server:
-        base = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": server.port,
-                "security": "none", "username": "user"}  # fmt: skip
+        base = {
+            "nickname": "s",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "security": "none",
+            "username": "user",
+        }
         ok = asyncio.run(_send({**base, "password": "right"}, [_message()]))
         assert ok[0].status is OutcomeStatus.SENT  # type: ignore[attr-defined]
         with pytest.raises(AuthenticationError) as info:
@@ -111,8 +127,13 @@ def test_message_headers_and_bcc_only_in_envelope(smtp: SmtpTestServer) -> None:
         from_address="news@example.com",
         from_name="Zoë Ñandú Marketing",
     )
-    config = {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": smtp.port,
-              "security": "none"}  # fmt: skip
+    config = {
+        "nickname": "s",
+        "kind": "smtp",
+        "host": "127.0.0.1",
+        "port": smtp.port,
+        "security": "none",
+    }
     asyncio.run(_send(config, [msg]))
     received = smtp.messages[0]
     assert received.rcpt_tos == ["a@example.com", "c@example.com", "hidden@example.com"]
@@ -133,8 +154,14 @@ def test_message_headers_and_bcc_only_in_envelope(smtp: SmtpTestServer) -> None:
 
 
 def test_sendgrid_adds_smtpapi_unique_args(smtp: SmtpTestServer) -> None:
-    config = {"nickname": "sg", "kind": "sendgrid", "host": "127.0.0.1", "port": smtp.port,
-              "security": "none", "username": ""}  # fmt: skip
+    config = {
+        "nickname": "sg",
+        "kind": "sendgrid",
+        "host": "127.0.0.1",
+        "port": smtp.port,
+        "security": "none",
+        "username": "",
+    }
     long_to = "some.very.long.address+tracking@subdomain.example.com"
     asyncio.run(_send(config, [_message(3, long_to)]))
     raw = smtp.messages[0].data.decode()
@@ -143,8 +170,12 @@ def test_sendgrid_adds_smtpapi_unique_args(smtp: SmtpTestServer) -> None:
     import json
 
     value = json.loads(header.split(":", 1)[1])
-    assert value == {"unique_args": {"clevertap_meta": f"{long_to}|1|c1|20261122|0|default|3|",
-                                     "campaign_id": "c1"}}  # fmt: skip
+    assert value == {
+        "unique_args": {
+            "clevertap_meta": f"{long_to}|1|c1|20261122|0|default|3|",
+            "campaign_id": "c1",
+        }
+    }
 
 
 def test_campaign_end_to_end_inline(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:

@@ -24,8 +24,16 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        cmd = [sys.executable, "-m", "dispatch.cli", "worker", "--loglevel", "WARNING",
-               "--concurrency", str(self.concurrency)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "dispatch.cli",
+            "worker",
+            "--loglevel",
+            "WARNING",
+            "--concurrency",
+            str(self.concurrency),
+        ]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
         return self
 

@@ -1,0 +1,128 @@
+"""The MIME writer: structure, encodings, header safety."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from providers.addresses import InvalidAddressError, normalize_address
+from providers.base import OutgoingMessage
+from providers.errors import InvalidMessageError
+from providers.mime import MimeWriter
+
+
+def _msg(**overrides: object) -> OutgoingMessage:
+    fields: dict[str, object] = {
+        "seq": 1,
+        "meta": "a@example.com|1|c|20261122|0|default|1|",
+        "campaign_id": "c",
+        "to": "a@example.com",
+        "subject": "Hello",
+        "html": "<p>Hi</p>",
+        "text": "Hi",
+        "from_address": "news@example.com",
+        "from_name": "News",
+    }
+    fields.update(overrides)
+    return OutgoingMessage(**fields)  # type: ignore[arg-type]
+
+
+def _parse(data: bytes) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"subject": "Hi\r\nBcc: x@evil.example"},
+        {"from_name": "News\nBcc: x@evil.example"},
+        {"subject": "Hi\u2028there"},
+        {"meta": "a|\r\n"},
+    ],
+)
+def test_line_breaks_in_header_values_are_refused(field: dict[str, str]) -> None:
+    with pytest.raises(InvalidMessageError, match="line break"):
+        MimeWriter(campaign_id="c").write(_msg(**field))
+
+
+def test_bad_extra_header_name_is_refused() -> None:
+    with pytest.raises(InvalidMessageError, match="not a valid header name"):
+        MimeWriter(campaign_id="c").write(_msg(headers=(("X-Evil\r\nBcc", "x"),)))
+
+
+def test_non_ascii_display_name_and_subject_are_rfc2047() -> None:
+    data = MimeWriter(campaign_id="c").write(
+        _msg(from_name="Zoë Ñandú Marketing", subject="Grüße – Angebot")
+    )
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    assert b"From: =?utf-8?b?Wm/DqyDDkWFuZMO6IE1hcmtldGluZw==?= <news@example.com>" in head
+    parsed = _parse(data)
+    assert parsed["Subject"] == "Grüße – Angebot"
+    assert parsed["From"].addresses[0].display_name == "Zoë Ñandú Marketing"
+
+
+def test_display_name_with_specials_is_quoted() -> None:
+    parsed = _parse(MimeWriter(campaign_id="c").write(_msg(from_name='Acme, "Deals" Inc.')))
+    assert parsed["From"].addresses[0].display_name == 'Acme, "Deals" Inc.'
+
+
+def test_long_meta_stays_on_one_line() -> None:
+    meta = (
+        "some.very.long.address+tracking@subdomain.example.com"
+        "|1568798080|1730714617|20241104|0|wzrk_default|-17005904|"
+    )
+    data = MimeWriter(campaign_id="c").write(_msg(meta=meta))
+    assert f"X-CleverTap_META: {meta}\r\n".encode() in data
+
+
+def test_bodies_round_trip_with_crlf_and_utf8() -> None:
+    html = "<p>Ünïcödé ✓ " + "x" * 300 + "</p>\n.starts with dot\n"
+    parsed = _parse(MimeWriter(campaign_id="c").write(_msg(html=html, text="line1\nline2")))
+    body = parsed.get_body(("html",)).get_content()
+    assert "Ünïcödé ✓ " + "x" * 300 in body and ".starts with dot" in body
+    assert parsed.get_body(("plain",)).get_content().splitlines() == ["line1", "line2"]
+    for line in MimeWriter(campaign_id="c").write(_msg(html=html)).split(b"\r\n"):
+        assert len(line) <= 998
+
+
+def test_amp_part_sits_between_text_and_html() -> None:
+    parsed = _parse(MimeWriter(campaign_id="c").write(_msg(amp="<html amp4email>x</html>")))
+    assert [p.get_content_type() for p in parsed.iter_parts()] == [
+        "text/plain",
+        "text/x-amp-html",
+        "text/html",
+    ]
+
+
+def test_message_id_is_stable_per_message() -> None:
+    writer = MimeWriter(campaign_id="c")
+    assert writer.message_id(_msg()) == writer.message_id(_msg(subject="other"))
+    assert writer.message_id(_msg()) != writer.message_id(_msg(seq=2))
+
+
+def test_idn_domains_become_a_labels() -> None:
+    assert normalize_address("Kai@Bücher.Example") == "Kai@xn--bcher-kva.example"
+    parsed = _parse(MimeWriter(campaign_id="c").write(_msg(to="kai@bücher.example")))
+    assert parsed["To"] == "kai@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "no-at-sign",
+        "a@",
+        "@b.example",
+        "a b@c.example",
+        "zoë@demo.example",
+        "a@-bad-.example",
+        "a@nodot",
+    ],
+)
+def test_invalid_addresses_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidAddressError):
+        normalize_address(bad)
