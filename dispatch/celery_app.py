@@ -38,6 +38,7 @@ class _Config:
     task_send_sent_event = True
     beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
         "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
+        "recover-callbacks": {"task": "dispatch.recover_callbacks", "schedule": 30.0},
     }
 
     @property

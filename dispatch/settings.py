@@ -18,6 +18,12 @@ DEFAULT_INLINE_RETRY_SECONDS = 30.0
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 DEFAULT_SESSIONS_PER_WORKER = 8
 DEFAULT_LEASE_TTL_MS = 60_000
+# Callbacks: how long a seen event is remembered (SendGrid retries for up to 24 h, SNS
+# for up to 1 h, reference §1.1 and §2.1), and how old an unprocessed inbox batch must be
+# before its task is presumed lost and it is enqueued again.
+DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS = 3 * 24 * 3600
+DEFAULT_CALLBACK_RECOVERY_SECONDS = 60.0
+DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS = 72 * 3600
 
 
 class Settings(BaseSettings):
@@ -49,6 +55,13 @@ class Settings(BaseSettings):
     sessions_per_worker: int = Field(default=DEFAULT_SESSIONS_PER_WORKER, ge=1, le=64)
     # A batch's lease: a dead worker's batch can be taken over this long after it died.
     lease_ttl_ms: int = Field(default=DEFAULT_LEASE_TTL_MS, ge=200)
+    callback_dedupe_ttl_seconds: int = Field(default=DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS, ge=60)
+    callback_recovery_seconds: float = Field(default=DEFAULT_CALLBACK_RECOVERY_SECONDS, ge=0)
+    # Signed Event Webhook: largest accepted distance between its timestamp and now
+    # (0: no bound; reference §2.5 advises a generous window).
+    sendgrid_signature_tolerance_seconds: int = Field(
+        default=DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS, ge=0
+    )
     log_level: str = "INFO"
 
     @field_validator("api_tokens", mode="before")

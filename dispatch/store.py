@@ -14,6 +14,10 @@ PROVIDERS_SET = f"{PREFIX}:providers"
 CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
 SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
 SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
+# Callback batches accepted but not yet applied: id -> JSON, and id by time received.
+CALLBACK_INBOX_HASH = f"{PREFIX}:callbacks:inbox"
+CALLBACK_PENDING_ZSET = f"{PREFIX}:callbacks:pending"
+CALLBACK_DEAD_HASH = f"{PREFIX}:callbacks:dead"  # id -> JSON of a batch that cannot be read
 
 
 def provider_key(nickname: str) -> str:
@@ -41,6 +45,16 @@ def ledger_key(campaign_id: str) -> str:
 
 def batch_lease_key(campaign_id: str, batch: int) -> str:
     return f"{PREFIX}:campaign:{campaign_id}:lease:{batch}"
+
+
+def callback_seen_key(provider: str, digest: str) -> str:
+    """String with a TTL: the callback event ``digest`` of ``provider`` was applied."""
+    return f"{PREFIX}:callbacks:seen:{provider}:{digest}"
+
+
+def callback_bits_key(campaign_id: str, counter: str) -> str:
+    """Bitmap by seq: the messages already counted in a callback counter (``delivered``)."""
+    return f"{PREFIX}:campaign:{campaign_id}:callbacks:{counter}"
 
 
 _sync_client: redis.Redis | None = None

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 
 from dispatch import store
+from dispatch.api.callbacks import router as callbacks_router
 
 
 def create_app() -> FastAPI:
@@ -14,6 +15,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Send email campaigns through any provider and track every message.",
     )
+
+    app.include_router(callbacks_router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

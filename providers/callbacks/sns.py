@@ -320,6 +320,9 @@ class SnsVerifier:
     def check_url(self, url: str, what: str, *, certificate: bool = False) -> SplitResult:
         """Refuse ``url`` unless it is https on an SNS host, without userinfo or port.
 
+        The host pattern is matched against the URL's authority: the host, followed by
+        ``:port`` when the URL names a port, so the default pattern (anchored) refuses
+        every explicit port while a test pattern may allow a local server's.
         ``certificate``: also require a ``.pem`` path and no query or fragment.
         Raises :class:`CallbackRejected` (400) naming ``what``.
         """
@@ -332,11 +335,16 @@ class SnsVerifier:
         try:
             port = parts.port
         except ValueError:
-            port = -1
-        # netloc equal to the host rules out userinfo ("sns...@evil"), ports and brackets.
-        if port is not None or parts.netloc.lower() != host:
+            raise CallbackRejected(
+                f"invalid payload: {what} must not carry userinfo or a port"
+            ) from None
+        authority = host if port is None else f"{host}:{port}"
+        # netloc equal to host[:port] rules out userinfo ("sns...@evil") and brackets.
+        if parts.netloc.lower() != authority:
             raise CallbackRejected(f"invalid payload: {what} must not carry userinfo or a port")
-        if not self.host_pattern.fullmatch(host):
+        if not self.host_pattern.fullmatch(authority):
+            if port is not None:
+                raise CallbackRejected(f"invalid payload: {what} must not carry a port")
             raise CallbackRejected(f"invalid payload: {what} host {host!r} is not an SNS host")
         if certificate and (not parts.path.endswith(".pem") or parts.query or parts.fragment):
             raise CallbackRejected(f"invalid payload: {what} is not a .pem file")

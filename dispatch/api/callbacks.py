@@ -1,0 +1,55 @@
+"""Routes of the callback gateway: ``/v1/callbacks/{nickname}/{token}`` (DESIGN §6).
+
+Exempt from the API's bearer token: the unguessable token in the URL authenticates the
+provider. The work happens in :mod:`dispatch.callbacks`, in a worker thread.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from dispatch import callbacks
+
+router = APIRouter(tags=["callbacks"])
+PATH = "/v1/callbacks/{nickname}/{token}"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body (SNS posts JSON as ``text/plain``); raises ``_TooLarge`` past ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(PATH)
+async def receive_callback(nickname: str, token: str, request: Request) -> Response:
+    """Accept a provider's callback: events are durable in Redis before this answers."""
+    try:
+        body = await _read_body(request, callbacks.MAX_BODY_BYTES)
+    except _TooLarge:
+        reply = callbacks.error_answer(413, "invalid payload: body too large")
+    else:
+        headers = dict(request.headers)
+        reply = await run_in_threadpool(callbacks.ingest, nickname, token, body, headers)
+    return JSONResponse(reply.body, status_code=reply.status)
+
+
+@router.api_route(PATH, methods=["GET", "HEAD"])
+def probe_callback(nickname: str, token: str) -> Response:
+    """Providers' URL probes: 200 when the URL is a provider's callback URL."""
+    reply = callbacks.probe(nickname, token)
+    return JSONResponse(reply.body, status_code=reply.status)

@@ -1,0 +1,312 @@
+"""Apply accepted callback events: dedupe, campaign counters, suppression, system events.
+
+The gateway (:mod:`dispatch.callbacks`) stores each accepted request as one
+:class:`InboxBatch` in ``dispatch:callbacks:inbox`` before it answers; the
+``dispatch.process_callback`` task then calls :func:`apply_batch`. Every event is applied
+by one Lua script, so for each event these happen together or not at all:
+
+1. ``SET NX EX`` on its dedupe key (the provider's event id where it is stable, a content
+   hash otherwise, :meth:`CallbackEvent.dedupe_key`); a redelivered event stops here;
+2. the campaign counter of its type (DESIGN §5), counted once per message: a bitmap by
+   ``seq`` per counter remembers which messages were counted, and only a meta of this
+   account whose ``seq`` is inside the campaign counts at all;
+3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands);
+4. the system events of DESIGN §6 on ``dispatch:events``.
+
+The last chunk of a batch also removes it from the inbox, so a batch is either still
+there (and will be applied again, harmlessly) or fully applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dispatch import store
+from dispatch.ledger import system_event
+from dispatch.settings import get_settings
+from dispatch.suppressions import suppression_key
+from providers.callbacks import CallbackEvent, EventType
+
+log = logging.getLogger(__name__)
+
+# Events per script call: bounds how long one call holds Redis.
+CHUNK = 250
+# Campaign counter of each event type (DESIGN §5).
+COUNTERS: dict[EventType, str] = {
+    EventType.DELIVERED: "delivered",
+    EventType.HARD_BOUNCE: "hard_bounced",
+    EventType.SOFT_BOUNCE: "soft_bounced",
+    EventType.SPAM: "spam",
+    EventType.UNSUBSCRIBED: "unsubscribed",
+    EventType.CLICKED: "clicked",
+}
+SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
+# DESIGN §6: the kinds that speak the generic format report as "Generic email".
+GENERIC_SOURCE = "Generic email"
+GENERIC_KINDS = frozenset({"smtp", "http"})
+
+_APPLY = """
+local stream, supp, inbox, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local maxlen, ttl, batch = ARGV[1], ARGV[2], ARGV[3]
+local applied = 0
+for i = 0, (#KEYS - 4) / 4 - 1 do
+  local k, a = 4 + i * 4, 3 + i * 6
+  local counter, seq = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local email, entry, ev1, ev2 = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ttl) then
+    applied = applied + 1
+    if counter ~= '' and seq >= 0 and redis.call('EXISTS', KEYS[k + 2]) == 1 then
+      local total = tonumber(redis.call('HGET', KEYS[k + 3], 'total') or '0')
+      if seq < total and redis.call('SETBIT', KEYS[k + 4], seq, 1) == 0 then
+        redis.call('HINCRBY', KEYS[k + 3], counter, 1)
+      end
+    end
+    if email ~= '' then redis.call('HSETNX', supp, email, entry) end
+    if ev1 ~= '' then redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev1) end
+    if ev2 ~= '' then redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev2) end
+  end
+end
+if batch ~= '' then
+  redis.call('HDEL', inbox, batch)
+  redis.call('ZREM', pending, batch)
+end
+return applied
+"""
+
+
+class InboxEvent(BaseModel):
+    """What applying one event needs, as stored in the inbox (the raw item is not kept)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: EventType
+    provider_type: str
+    email: str
+    meta: str = ""
+    campaign_id: str = ""
+    account_id: str = ""
+    seq: int | None = None
+    meta_email: str = ""
+    description: str = ""
+    ts: float | None = None  # the provider's time of the event
+    url: str = ""
+    dedupe: str  # CallbackEvent.dedupe_key()
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_event(cls, event: CallbackEvent) -> InboxEvent:
+        """Keep what the effects need; the campaign is the meta's when the meta parses."""
+        fields = event.meta_fields
+        return cls(
+            type=event.type,
+            provider_type=event.provider_type,
+            email=event.email,
+            meta=event.meta,
+            campaign_id=fields.campaign_id if fields else event.campaign_id,
+            account_id=fields.account_id if fields else "",
+            seq=fields.seq if fields else None,
+            meta_email=fields.email if fields else "",
+            description=event.description,
+            ts=event.timestamp.timestamp() if event.timestamp else None,
+            url=event.url,
+            dedupe=event.dedupe_key(),
+            notes=event.notes,
+        )
+
+    @property
+    def meta_mismatch(self) -> bool:
+        """The meta names another recipient than the event's ``email``."""
+        return bool(self.meta_email) and self.meta_email.casefold() != self.email.casefold()
+
+
+class InboxBatch(BaseModel):
+    """The accepted events of one callback request, durable until applied."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    provider: str  # nickname
+    kind: str
+    received: float
+    events: tuple[InboxEvent, ...]
+
+
+def system_events(event: InboxEvent, *, provider: str, kind: str, received: float) -> list[bytes]:
+    """The ``dispatch:events`` entries of one callback event (DESIGN §6 table)."""
+    description = event.description
+    source = GENERIC_SOURCE if kind in GENERIC_KINDS else kind
+    names: list[tuple[str, dict[str, Any]]] = {
+        EventType.DELIVERED: [("Notification Delivered", {"CT Source": source})],
+        EventType.HARD_BOUNCE: [
+            ("Notification Failed", {"Error": description}),
+            ("Channel Unsubscribed", {"Type": description}),
+        ],
+        EventType.SOFT_BOUNCE: [("Notification Failed", {"Error": description})],
+        EventType.SPAM: [("Channel Unsubscribed", {"Type": description})],
+        EventType.UNSUBSCRIBED: [("Channel Unsubscribed", {"Type": description})],
+        EventType.CLICKED: [("Notification Clicked", {"URL": event.url} if event.url else {})],
+    }.get(event.type, [])
+    common: dict[str, Any] = {"Callback Type": event.type.value}
+    if event.meta_mismatch:
+        # DESIGN §6: the event applies to ``email``; the meta's recipient is kept beside it.
+        common["Meta Email"] = event.meta_email
+        common["Meta Email Mismatch"] = True
+    return [
+        system_event(
+            name,
+            email=event.email,
+            campaign_id=event.campaign_id,
+            meta=event.meta,
+            provider=provider,
+            properties={**properties, **common},
+            ts=event.ts if event.ts is not None else received,
+        )
+        for name, properties in names
+    ]
+
+
+def _digest(dedupe: str) -> str:
+    return hashlib.sha256(dedupe.encode()).hexdigest()[:32]
+
+
+def _event_args(
+    event: InboxEvent, *, provider: str, kind: str, received: float, account_id: str
+) -> tuple[list[str], list[str | int | bytes]]:
+    counter = COUNTERS.get(event.type, "")
+    ours = bool(event.campaign_id) and event.account_id == account_id and event.seq is not None
+    seq = event.seq if ours and event.seq is not None else -1
+    campaign_id = event.campaign_id if ours else "-"
+    keys = [
+        store.callback_seen_key(provider, _digest(event.dedupe)),
+        store.campaign_key(campaign_id),
+        store.counters_key(campaign_id),
+        store.callback_bits_key(campaign_id, counter or "none"),
+    ]
+    email, entry = "", b""
+    if event.type in SUPPRESSING:
+        email = suppression_key(event.email)
+        entry = orjson.dumps(
+            {
+                "email": email,
+                "reason": event.type.value,
+                "source": f"callback:{provider}:{event.provider_type}",
+                "ts": received,
+                "detail": event.description[:500],
+                "campaign_id": event.campaign_id,
+                "meta": event.meta,
+            }
+        )
+    entries = system_events(event, provider=provider, kind=kind, received=received)
+    entries += [b""] * (2 - len(entries))
+    return keys, [counter if ours else "", seq, email, entry, *entries]
+
+
+def apply_events(
+    events: Sequence[InboxEvent],
+    *,
+    provider: str,
+    kind: str,
+    received: float | None = None,
+    batch_id: str = "",
+    client: redis.Redis | None = None,
+) -> int:
+    """Apply ``events`` of ``provider``; returns how many were new (not redeliveries).
+
+    ``batch_id``, when given, is removed from the inbox by the same script call as the
+    last events. Raises ``redis.RedisError`` when Redis fails (nothing of the failed
+    chunk is applied; earlier chunks are, and are recognised when applied again).
+    """
+    r = client or store.sync_client()
+    settings = get_settings()
+    received = time.time() if received is None else received
+    script = r.register_script(_APPLY)
+    fixed = [
+        store.EVENTS_STREAM,
+        store.SUPPRESSIONS_HASH,
+        store.CALLBACK_INBOX_HASH,
+        store.CALLBACK_PENDING_ZSET,
+    ]
+    applied = 0
+    starts = range(0, len(events), CHUNK) if events else range(1)
+    for start in starts:
+        chunk = events[start : start + CHUNK]
+        last = start + CHUNK >= len(events)
+        keys: list[str] = list(fixed)
+        args: list[str | int | bytes] = [
+            store.EVENTS_STREAM_MAXLEN,
+            settings.callback_dedupe_ttl_seconds,
+            batch_id if last else "",
+        ]
+        for event in chunk:
+            event_keys, event_args = _event_args(
+                event,
+                provider=provider,
+                kind=kind,
+                received=received,
+                account_id=settings.account_id,
+            )
+            keys += event_keys
+            args += event_args
+        applied += int(script(keys=keys, args=args))
+    return applied
+
+
+def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
+    """Apply the inbox batch ``batch_id``; returns the number of new events.
+
+    None when the batch is no longer in the inbox (already applied). A batch that cannot
+    be read is moved to ``dispatch:callbacks:dead`` and logged. Raises
+    ``redis.RedisError`` when Redis fails (the batch stays in the inbox).
+    """
+    r = client or store.sync_client()
+    raw = r.hget(store.CALLBACK_INBOX_HASH, batch_id)
+    if raw is None:
+        return None
+    try:
+        batch = InboxBatch.model_validate_json(raw)
+    except ValidationError as exc:
+        log.error("unreadable callback batch %s moved aside: %s", batch_id, exc)
+        pipe = r.pipeline()
+        pipe.hset(store.CALLBACK_DEAD_HASH, batch_id, raw)
+        pipe.hdel(store.CALLBACK_INBOX_HASH, batch_id)
+        pipe.zrem(store.CALLBACK_PENDING_ZSET, batch_id)
+        pipe.execute()
+        return 0
+    applied = apply_events(
+        batch.events,
+        provider=batch.provider,
+        kind=batch.kind,
+        received=batch.received,
+        batch_id=batch.id,
+        client=r,
+    )
+    log.info(
+        "callback batch applied",
+        extra={"batch": batch.id, "provider": batch.provider, "events": len(batch.events),
+               "applied": applied},
+    )  # fmt: skip
+    return applied
+
+
+def lost_batches(grace: float, client: redis.Redis | None = None, limit: int = 1000) -> list[str]:
+    """Inbox batches received more than ``grace`` seconds ago and still not applied.
+
+    Their score is moved to now, so each is handed out again only once per ``grace``.
+    Raises ``redis.RedisError``.
+    """
+    r = client or store.sync_client()
+    now = time.time()
+    ids = [
+        str(i) for i in r.zrangebyscore(store.CALLBACK_PENDING_ZSET, "-inf", now - grace, 0, limit)
+    ]
+    if ids:
+        r.zadd(store.CALLBACK_PENDING_ZSET, dict.fromkeys(ids, now), xx=True)
+    return ids

@@ -1,0 +1,171 @@
+"""Helpers for the callback gateway's tests: providers, payloads, HTTPS server, stream reads."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import ssl
+import tempfile
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis
+
+from dispatch import campaigns, store
+from dispatch.models import CampaignRequest
+from dispatch.provider_store import load_provider_with_token, save_provider
+from dispatch.settings import get_settings
+from providers.meta import build_meta
+from tests.smtp_server import self_signed_cert
+
+DATA = Path(__file__).parent / "data" / "callbacks"
+TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-campaign-events"
+SAMPLE_CERT_NAME = "SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem"
+# Matches the AWS hosts of the samples and, for the SubscribeURL test, a local server.
+TEST_HOST_PATTERN = r"^(sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?|127\.0\.0\.1:[0-9]+)$"
+HTTP_BODY = {
+    "to": "$$To",
+    "subject": "$$Subject",
+    "from": "$$FromName",
+    "sender": "$$FromAddress",
+    "html": "$$HTML",
+    "mid": "$$MessageID",
+}
+
+
+def sample(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((DATA / name).read_text())
+    return data
+
+
+def save_providers(r: redis.Redis, **extra: dict[str, Any]) -> dict[str, str]:
+    """The test providers, one per kind; returns nickname -> callback path."""
+    smtp = {"kind": "smtp", "host": "127.0.0.1", "port": 2525, "security": "none"}
+    configs: dict[str, dict[str, Any]] = {
+        "gen": smtp,
+        "mail": {"kind": "gmail", "username": "a@example.com"},
+        "web": {"kind": "http", "method": "POST", "endpoint": "http://127.0.0.1:9/send",
+                "body": HTTP_BODY},
+        "ses": {"kind": "ses", "sns_topic_arns": [TOPIC]},
+        "ses-other": {"kind": "ses", "sns_topic_arns": [TOPIC + "-other"]},
+        "sg": {"kind": "sendgrid"},
+        **extra,
+    }  # fmt: skip
+    paths = {}
+    for nickname, fields in configs.items():
+        save_provider(
+            {"nickname": nickname, "from_name": "Acme", "from_address": "deals@acme.example",
+             **fields},
+            r,
+        )  # fmt: skip
+        paths[nickname] = callback_path(r, nickname)
+    return paths
+
+
+def callback_path(r: redis.Redis, nickname: str) -> str:
+    token = load_provider_with_token(nickname, r)[1]
+    return f"/v1/callbacks/{nickname}/{token}"
+
+
+def draft_campaign(r: redis.Redis, campaign_id: str, emails: list[str]) -> list[str]:
+    """A draft campaign to ``emails`` (counters exist, nothing is sent); returns metas."""
+    request = CampaignRequest.model_validate(
+        {"id": campaign_id, "provider": "gen", "subject": "s", "html": "h", "draft": True,
+         "recipients": [{"email": e} for e in emails]}
+    )  # fmt: skip
+    campaigns.create_campaign(request, client=r)
+    today = datetime.now(UTC).date()
+    return [
+        build_meta(
+            email=email,
+            account_id=get_settings().account_id,
+            campaign_id=campaign_id,
+            send_date=today,
+            seq=seq,
+        )
+        for seq, email in enumerate(emails)
+    ]
+
+
+def generic_event(kind: str, email: str, meta: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "email": email, "meta": meta, **extra}
+
+
+def nested(*events: dict[str, Any]) -> dict[str, Any]:
+    success = [e for e in events if e.get("type") in ("delivered", "clicked")]
+    failed = [e for e in events if e.get("type") not in ("delivered", "clicked")]
+    return {"version": "v2", "events": {"success": success, "failed": failed}}
+
+
+def stream(r: redis.Redis) -> list[dict[str, Any]]:
+    """Every ``dispatch:events`` entry, decoded (each has the one field ``json``)."""
+    entries = []
+    for _, fields in r.xrange(store.EVENTS_STREAM):
+        assert list(fields) == ["json"]
+        entries.append(orjson.loads(fields["json"]))
+    return entries
+
+
+def callback_entries(r: redis.Redis) -> list[dict[str, Any]]:
+    """The stream entries made by callbacks (not the dispatcher's own)."""
+    return [e for e in stream(r) if "Callback Type" in e["properties"]]
+
+
+def inbox_empty(r: redis.Redis) -> bool:
+    return r.hlen(store.CALLBACK_INBOX_HASH) == 0 and r.zcard(store.CALLBACK_PENDING_ZSET) == 0
+
+
+def post(
+    client: httpx.Client, path: str, payload: Any, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return client.post(path, content=body, headers=headers or {})
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        server: HttpsServer = self.server.owner  # type: ignore[attr-defined]
+        server.paths.append(self.path)
+        self.send_response(server.status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class HttpsServer:
+    """An HTTPS server on 127.0.0.1 recording GET paths; ``ca_file`` is its certificate."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.paths: list[str] = []
+        self._dir = tempfile.TemporaryDirectory()
+        cert, key = self_signed_cert(Path(self._dir.name))
+        self.ca_file = str(cert)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        self._server.owner = self  # type: ignore[attr-defined]
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def authority(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> HttpsServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._dir.cleanup()
