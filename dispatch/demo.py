@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatch.progress import ProgressBar
+from dispatch.sinks import HttpSink, SmtpSink
 
 META_RE = re.compile(r"^[^|]+@[^|]+\|[^|]+\|[^|]+\|\d{8}\|[^|]+\|[^|]+\|\d+\|$")
 FIRST_NAMES = ("Sara", "Omar", "Lena", "Kenji", "Ana", "Tomás", "Zoë", "Priya", "Yusuf", "Mia")
@@ -94,7 +95,6 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
     from dispatch.models import CampaignRequest
     from dispatch.provider_store import save_provider
     from dispatch.redis_server import ensure_redis_url
-    from dispatch.sinks import SmtpSink
 
     os.environ.setdefault("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "true")
     logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -106,57 +106,122 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
         if not quiet:
             print(*parts, file=sys.stderr)
 
-    with SmtpSink() as sink:
+    with SmtpSink() as smtp_sink, HttpSink() as http_sink:
         worker = _start_worker(workers)
         try:
-            save_provider(
-                {
-                    "nickname": "demo-smtp",
-                    "kind": "smtp",
-                    "host": "127.0.0.1",
-                    "port": sink.port,
-                    "security": "none",
-                    "from_name": "Acme Deals",
-                    "from_address": "deals@acme.example",
-                    "max_connections": 4,
-                }
+            for provider in _demo_providers(smtp_sink.port, http_sink.url):
+                save_provider(provider)
+            say(
+                f"SMTP sink on 127.0.0.1:{smtp_sink.port}, HTTP sink on {http_sink.url}; "
+                f"{workers} worker process(es)"
             )
-            say(f"SMTP sink on 127.0.0.1:{sink.port}; {workers} worker process(es)")
-            request = CampaignRequest.model_validate(
-                {
-                    "provider": "demo-smtp",
-                    "subject": "{{ first_name }}, your {{ city }} picks are here",
-                    "html": HTML,
-                    "vars": {"offer": "2 for 1 on everything in the bakery"},
-                    "category": "weekly-deals",
-                    "recipients": demo_recipients(recipients),
-                }
-            )
-            run = CampaignRun(id=campaigns.create_campaign(request)[0], provider="demo-smtp")
-            _wait(run, quiet)
+            runs = []
+            for nickname in ("demo-smtp", "demo-http"):
+                request = CampaignRequest.model_validate(
+                    {
+                        "provider": nickname,
+                        "subject": "{{ first_name }}, your {{ city }} picks are here",
+                        "html": HTML,
+                        "vars": {"offer": "2 for 1 on everything in the bakery"},
+                        "category": "weekly-deals",
+                        "recipients": demo_recipients(recipients),
+                    }
+                )
+                runs.append(CampaignRun(campaigns.create_campaign(request)[0], nickname))
+            for run in runs:
+                _wait(run, quiet)
         finally:
             worker.terminate()
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
-        received = sink.messages
-    return _report([run], received, as_json)
+        checks = [_check_smtp(smtp_sink, runs[0]), _check_http(http_sink, runs[1])]
+        sample = smtp_sink.messages[0][2].decode("utf-8", "replace") if smtp_sink.messages else ""
+    return _report(runs, checks, sample, as_json)
 
 
-def _report(
-    runs: list[CampaignRun], received: list[tuple[str, list[str], bytes]], as_json: bool
-) -> int:
-    metas = []
-    sample = ""
-    for _, _, data in received:
+def _demo_providers(smtp_port: int, http_url: str) -> list[dict[str, Any]]:
+    sender = {"from_name": "Acme Deals", "from_address": "deals@acme.example"}
+    return [
+        {
+            "nickname": "demo-smtp",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "none",
+            "max_connections": 4,
+            **sender,
+        },
+        {
+            # The seed's Generic HTTP example, in batch mode (DESIGN §4).
+            "nickname": "demo-http",
+            "kind": "http",
+            "method": "POST",
+            "endpoint": f"{http_url}/send",
+            "auth": "none",
+            "headers": {"Authorization": "Bearer demo-key", "X-Campaign": "$$CampaignID"},
+            "batch": True,
+            "batch_size": 500,
+            "max_connections": 2,
+            "body": {
+                "cid": "$$CampaignID",
+                "msgs": [
+                    {
+                        "to": "$$To",
+                        "mid": "$$MessageID",
+                        "name": "$$first_name",
+                        "content": "$$HTML",
+                        "heading": "$$Subject",
+                        "from": "$$FromName",
+                        "senderaddr": "$$FromAddress",
+                    }
+                ],
+            },
+            **sender,
+        },
+    ]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    text: str
+
+
+def _check_smtp(sink: SmtpSink, run: CampaignRun) -> Check:
+    metas: list[str] = []
+    for _, _, data in sink.messages:
         msg = email.message_from_bytes(data, policy=email.policy.default)
         metas.append(str(msg.get("X-CleverTap_META", "")))
-        if not sample:
-            sample = data.decode("utf-8", "replace")
-    distinct_ok = len(set(metas)) == len(metas) and all(META_RE.match(m) for m in metas)
+    return _check_metas("SMTP sink", metas, run)
+
+
+def _check_http(sink: HttpSink, run: CampaignRun) -> Check:
+    metas: list[str] = []
+    requests = sink.requests
+    for _, _, _, body in requests:
+        metas.extend(str(m.get("mid", "")) for m in json.loads(body).get("msgs", []))
+    check = _check_metas("HTTP sink", metas, run)
+    check.text += f" in {len(requests)} requests"
+    return check
+
+
+def _check_metas(name: str, metas: list[str], run: CampaignRun) -> Check:
+    well_formed = all(META_RE.match(m) for m in metas)
+    distinct = len(set(metas))
+    ok = well_formed and distinct == len(metas) == run.summary.get("sent")
+    text = (
+        f"{name} received {len(metas)} messages, {distinct} distinct metas, "
+        f"{'all' if well_formed else 'NOT all'} in the DESIGN §3 format"
+    )
+    return Check(name, ok, text)
+
+
+def _report(runs: list[CampaignRun], checks: list[Check], sample: str, as_json: bool) -> int:
     rows = []
-    ok = True
+    ok = all(c.ok for c in checks)
     for run in runs:
         s = run.summary
         rows.append(
@@ -167,39 +232,38 @@ def _report(
         )
         ok &= s.get("queued", 1) == 0 and s.get("status") == "completed"
         ok &= s.get("sent") == s.get("total")
-    smtp_sent = sum(r.summary.get("sent", 0) for r in runs if r.provider == "demo-smtp")
-    sink_ok = len(received) == smtp_sent and distinct_ok
-    ok &= sink_ok
     if not ok:
-        from dispatch import store
-        from dispatch.ledger import parse_record
-
-        for run in runs:
-            for raw in store.sync_client().hvals(store.ledger_key(run.id)):
-                rec = parse_record(raw)
-                if rec and rec["state"] != "sent":
-                    print("not sent:", run.id, rec, file=sys.stderr)
-                    break
+        _explain_failures(runs)
     if as_json:
         print(json.dumps({"campaigns": rows}))
-    else:
-        print("\nCampaigns")
+        return 0 if ok else 1
+    print("\nCampaigns")
+    print(
+        f"  {'id':<18}{'provider':<12}{'total':>7}{'sent':>7}{'failed':>7}"
+        f"{'suppr.':>7}{'unknown':>8}{'msg/s':>9}"
+    )
+    for run, row in zip(runs, rows, strict=True):
+        rate = (row["sent"] or 0) / run.seconds if run.seconds else 0.0
         print(
-            f"  {'id':<18}{'provider':<12}{'total':>7}{'sent':>7}{'failed':>7}"
-            f"{'suppr.':>7}{'unknown':>8}{'msg/s':>9}"
+            f"  {row['id']:<18}{row['provider']:<12}{row['total']:>7}{row['sent']:>7}"
+            f"{row['failed']:>7}{row['suppressed']:>7}{row['unknown']:>8}{rate:>9,.0f}"
         )
-        for run, row in zip(runs, rows, strict=True):
-            rate = (row["sent"] or 0) / run.seconds if run.seconds else 0.0
-            print(
-                f"  {row['id']:<18}{row['provider']:<12}{row['total']:>7}{row['sent']:>7}"
-                f"{row['failed']:>7}{row['suppressed']:>7}{row['unknown']:>8}{rate:>9,.0f}"
-            )
-        print(
-            f"\nSMTP sink received {len(received)} messages; "
-            f"{len(set(metas))} distinct X-CleverTap_META values, "
-            f"{'all' if distinct_ok else 'NOT all'} in the DESIGN §3 format"
-        )
-        print("\nOne rendered message, as the SMTP server received it:\n")
-        print(sample[:2500])
-        print("RESULT:", "every recipient reached a terminal state" if ok else "FAILED")
+    print()
+    for check in checks:
+        print(f"  [{'ok' if check.ok else 'FAILED'}] {check.text}")
+    print("\nOne rendered message, as the SMTP server received it:\n")
+    print(sample[:2500])
+    print("RESULT:", "every recipient reached a terminal state" if ok else "FAILED")
     return 0 if ok else 1
+
+
+def _explain_failures(runs: list[CampaignRun]) -> None:
+    from dispatch import store
+    from dispatch.ledger import parse_record
+
+    for run in runs:
+        for raw in store.sync_client().hvals(store.ledger_key(run.id)):
+            rec = parse_record(raw)
+            if rec and rec["state"] != "sent":
+                print(f"{run.provider}: first message not sent: {rec}", file=sys.stderr)
+                break

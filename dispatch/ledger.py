@@ -201,18 +201,32 @@ class LedgerWriter:
 
     async def claim(self, seq: int, rec: bytes) -> bool:
         """Claim a queued (or retry-waiting) message; False if it is taken or done."""
-        return await self._submit("c", seq, rec, b"")
+        return (await self.claim_many([(seq, rec)]))[0]
+
+    async def claim_many(self, claims: list[tuple[int, bytes]]) -> list[bool]:
+        """Claim several messages in one round trip; one answer each, in order."""
+        return await self._submit([("c", seq, rec, b"") for seq, rec in claims])
 
     async def put(self, seq: int, rec: bytes, event: bytes = b"") -> None:
         """Record a new state for a message, with its system event if any."""
-        await self._submit("f", seq, rec, event)
+        await self._submit([("f", seq, rec, event)])
 
-    async def _submit(self, op: str, seq: int, rec: bytes, event: bytes) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Op(op, seq, rec, event, future))
+    async def put_many(self, writes: list[tuple[int, bytes, bytes]]) -> None:
+        """Record several states (``(seq, record, event)``) in one round trip."""
+        await self._submit([("f", seq, rec, event) for seq, rec, event in writes])
+
+    async def _submit(self, ops: list[tuple[str, int, bytes, bytes]]) -> list[bool]:
+        if not ops:
+            return []
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[bool]] = []
+        for op, seq, rec, event in ops:
+            future: asyncio.Future[bool] = loop.create_future()
+            self._pending.append(_Op(op, seq, rec, event, future))
+            futures.append(future)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        return list(await asyncio.gather(*futures))
 
     async def _flush(self) -> None:
         while self._pending:

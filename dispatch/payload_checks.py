@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dispatch.models import CampaignContent, Recipient
-from providers.config import ProviderBase
+from providers.config import HttpConfig, ProviderBase
+from providers.http_config import check_placeholders
 
 
 def check_campaign_payload(
@@ -11,7 +12,17 @@ def check_campaign_payload(
 ) -> None:
     """Raise ``dispatch.campaigns.CampaignError`` when ``provider`` cannot send ``content``.
 
-    SMTP kinds place rendered content in MIME and need nothing more than the template
-    checks every campaign gets.
+    SMTP kinds place rendered content in MIME and need nothing beyond the template checks
+    every campaign gets. The ``http`` kind fills ``$$`` placeholders: each custom one must
+    have a value (DESIGN §3: an unresolvable placeholder is refused with 422 naming it).
     """
-    return None
+    if not isinstance(provider, HttpConfig):
+        return
+    from dispatch.campaigns import CampaignError
+
+    problems = check_placeholders(provider, content.vars, (r.vars for r in recipients))
+    if problems:
+        raise CampaignError(
+            "; ".join(p.message for p in problems),
+            field=f"placeholders: {', '.join('$$' + p.name for p in problems)}",
+        )

@@ -53,6 +53,17 @@ class BatchResult:
 
 
 @dataclass
+class _Write:
+    """A planned ledger write for one item (committed with others in one round trip)."""
+
+    item: _Item
+    state: MessageState
+    rec: bytes
+    event: bytes
+    delay: float = 0.0
+
+
+@dataclass
 class _Item:
     seq: int
     email: str
@@ -157,6 +168,7 @@ class BatchSender:
         self.outstanding = len(items)  # not yet settled or parked for a later run
         self.done = asyncio.Event()
         self.parked_until: float | None = None
+        self.waiting: list[_Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         if not items:
@@ -169,7 +181,7 @@ class BatchSender:
         if self.outstanding <= 0:
             self.done.set()
 
-    async def _record(
+    def _final(
         self,
         item: _Item,
         state: MessageState,
@@ -178,9 +190,10 @@ class BatchSender:
         detail: str = "",
         provider_message_id: str = "",
         meta: str = "",
-    ) -> None:
-        event = b""
+    ) -> _Write:
+        """Plan a terminal record for ``item``, with its system event."""
         c = self.c
+        event = b""
         if state is MessageState.SENT:
             event = system_event(
                 "Notification Sent",
@@ -207,55 +220,59 @@ class BatchSender:
             detail=detail,
             provider_message_id=provider_message_id,
         )
-        await self.writer.put(item.seq, rec, event)
-        self._settle(state.value)
+        return _Write(item, state, rec, event)
 
-    async def _retry_or_fail(self, item: _Item, outcome: SendOutcome, meta: str) -> float:
-        """Schedule a retry (inline or parked) or fail after the last attempt; the delay."""
+    def _retry(self, item: _Item, outcome: SendOutcome, meta: str) -> _Write:
+        """Plan a retry (inline or parked for a later run), or failure after the last try."""
         error_class = outcome.error_class.value if outcome.error_class else ""
         if item.attempts >= self.settings.max_attempts:
-            await self._record(
+            return self._final(
                 item,
                 MessageState.FAILED,
                 error_class=error_class,
                 detail=f"gave up after {item.attempts} attempts: {outcome.detail}",
                 meta=meta,
             )
-            return 0.0
         delay = backoff_delay(item.attempts, self.settings, outcome.retry_after)
-        if delay <= self.settings.inline_retry_seconds:
-            # Parked in ledger as 'retry' so that a crash while waiting loses nothing.
-            await self.writer.put(
-                item.seq,
-                record(
-                    MessageState.RETRY,
-                    email=item.email,
-                    attempts=item.attempts,
-                    error_class=error_class,
-                    detail=outcome.detail,
-                    next_at=time.time() + delay,
-                ),
-            )
-            asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, item)
-            return delay
-        next_at = time.time() + delay
-        await self.writer.put(
-            item.seq,
-            record(
-                MessageState.RETRY,
-                email=item.email,
-                attempts=item.attempts,
-                error_class=error_class,
-                detail=outcome.detail,
-                next_at=next_at,
-            ),
+        rec = record(
+            MessageState.RETRY,
+            email=item.email,
+            attempts=item.attempts,
+            error_class=error_class,
+            detail=outcome.detail,
+            next_at=time.time() + delay,
         )
-        self.parked_until = min(self.parked_until or next_at, next_at)
-        self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
-        self.outstanding -= 1
-        if self.outstanding <= 0:
-            self.done.set()
-        return delay
+        # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
+        return _Write(item, MessageState.RETRY, rec, b"", delay=delay)
+
+    def _requeue(self, item: _Item) -> None:
+        if item in self.waiting:
+            self.waiting.remove(item)
+            self.queue.put_nowait(item)
+
+    async def _commit(self, writes: list[_Write]) -> float:
+        """Apply planned writes in one round trip; returns the longest retry delay."""
+        if not writes:
+            return 0.0
+        await self.writer.put_many([(w.item.seq, w.rec, w.event) for w in writes])
+        longest = 0.0
+        loop = asyncio.get_running_loop()
+        for w in writes:
+            if w.state is not MessageState.RETRY:
+                self._settle(w.state.value)
+                continue
+            longest = max(longest, w.delay)
+            if w.delay <= self.settings.inline_retry_seconds:
+                self.waiting.append(w.item)
+                loop.call_later(w.delay, self._requeue, w.item)
+            else:  # picked up by a later run of this batch (the task re-enqueues itself)
+                next_at = time.time() + w.delay
+                self.parked_until = min(self.parked_until or next_at, next_at)
+                self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
+                self.outstanding -= 1
+                if self.outstanding <= 0:
+                    self.done.set()
+        return longest
 
     # -- the sending loop ----------------------------------------------------------------
     async def _next_chunk(self) -> list[_Item]:
@@ -314,39 +331,47 @@ class BatchSender:
                 await stack.aclose()
 
     async def _prepare(self, chunk: list[_Item]) -> list[tuple[_Item, OutgoingMessage]]:
-        """Render and claim each item; failures to render are recorded at once."""
-        ready: list[tuple[_Item, OutgoingMessage]] = []
+        """Render and claim the items; those that cannot be built fail at once."""
+        built: list[tuple[_Item, OutgoingMessage]] = []
+        failed: list[_Write] = []
         for item in chunk:
-            try:
-                message = self.c.build(item)
-            except InvalidAddressError as exc:
-                item.attempts += 1
-                await self._record(
-                    item,
-                    MessageState.FAILED,
-                    error_class=ErrorClass.INVALID_RECIPIENT.value,
-                    detail=str(exc),
-                )
-                continue
-            except (RenderError, ValueError) as exc:
-                item.attempts += 1
-                await self._record(
-                    item,
-                    MessageState.FAILED,
-                    error_class=ErrorClass.INVALID_MESSAGE.value,
-                    detail=str(exc),
-                )
-                continue
             item.attempts += 1
-            claimed = await self.writer.claim(
-                item.seq, record(MessageState.CLAIMED, email=item.email, attempts=item.attempts)
-            )
-            if not claimed:  # settled by someone else meanwhile: never send twice
-                self.outstanding -= 1
-                if self.outstanding <= 0:
-                    self.done.set()
+            try:
+                built.append((item, self.c.build(item)))
+            except InvalidAddressError as exc:
+                failed.append(
+                    self._final(
+                        item,
+                        MessageState.FAILED,
+                        error_class=ErrorClass.INVALID_RECIPIENT.value,
+                        detail=str(exc),
+                    )
+                )
+            except (RenderError, ValueError) as exc:
+                failed.append(
+                    self._final(
+                        item,
+                        MessageState.FAILED,
+                        error_class=ErrorClass.INVALID_MESSAGE.value,
+                        detail=str(exc),
+                    )
+                )
+        await self._commit(failed)
+        claims = await self.writer.claim_many(
+            [
+                (item.seq, record(MessageState.CLAIMED, email=item.email, attempts=item.attempts))
+                for item, _ in built
+            ]
+        )
+        ready = []
+        for (item, message), claimed in zip(built, claims, strict=True):
+            if claimed:
+                ready.append((item, message))
                 continue
-            ready.append((item, message))
+            # Settled by someone else meanwhile: never send twice.
+            self.outstanding -= 1
+            if self.outstanding <= 0:
+                self.done.set()
         return ready
 
     async def _session_failed(
@@ -355,70 +380,64 @@ class BatchSender:
         """The session could not start or died before these messages were handed over."""
         if isinstance(exc, ConfigurationError):
             self.c.stop_reason = f"{exc.error_class.value}: {exc.detail}"
+            writes = []
             for item, _ in messages:  # give the claim back: not attempted
                 item.attempts -= 1
-                await self.writer.put(
-                    item.seq,
-                    record(
-                        MessageState.RETRY,
-                        email=item.email,
-                        attempts=item.attempts,
-                        error_class=exc.error_class.value,
-                        detail=exc.detail,
-                    ),
+                rec = record(
+                    MessageState.RETRY,
+                    email=item.email,
+                    attempts=item.attempts,
+                    error_class=exc.error_class.value,
+                    detail=exc.detail,
                 )
+                writes.append((item.seq, rec, b""))
                 self.queue.put_nowait(item)
+            await self.writer.put_many(writes)
             return
         assert isinstance(exc, TransientError)
-        delay = 0.0
-        for item, message in messages:
-            delay = max(
-                delay,
-                await self._retry_or_fail(
-                    item, SendOutcome.from_error(item.seq, exc), message.meta
-                ),
-            )
+        delay = await self._commit(
+            [
+                self._retry(item, SendOutcome.from_error(item.seq, exc), message.meta)
+                for item, message in messages
+            ]
+        )
         await asyncio.sleep(min(delay, self.settings.inline_retry_seconds))
 
     async def _apply(
         self, messages: list[tuple[_Item, OutgoingMessage]], outcomes: list[SendOutcome]
     ) -> float:
         """Record the outcomes; returns how long this session should pause (throttling)."""
-        pause = 0.0
         by_seq = {o.seq: o for o in outcomes}
+        writes: list[_Write] = []
+        throttled = False
         for item, message in messages:
             outcome = by_seq.get(item.seq) or SendOutcome(
                 item.seq, OutcomeStatus.UNKNOWN, ErrorClass.CONNECTION, "adapter gave no outcome"
             )
-            if outcome.status is OutcomeStatus.SENT:
-                await self._record(
+            if outcome.status is OutcomeStatus.RETRY:
+                writes.append(self._retry(item, outcome, message.meta))
+                throttled |= outcome.throttled
+                continue
+            state = _STATE_OF[outcome.status]
+            writes.append(
+                self._final(
                     item,
-                    MessageState.SENT,
+                    state,
+                    error_class=outcome.error_class.value if outcome.error_class else "",
                     detail=outcome.detail,
                     provider_message_id=outcome.provider_message_id,
                     meta=message.meta,
                 )
-            elif outcome.status is OutcomeStatus.FAILED:
-                await self._record(
-                    item,
-                    MessageState.FAILED,
-                    error_class=outcome.error_class.value if outcome.error_class else "",
-                    detail=outcome.detail,
-                    meta=message.meta,
-                )
-            elif outcome.status is OutcomeStatus.UNKNOWN:
-                await self._record(
-                    item,
-                    MessageState.UNKNOWN,
-                    error_class=outcome.error_class.value if outcome.error_class else "",
-                    detail=outcome.detail,
-                    meta=message.meta,
-                )
-            else:
-                delay = await self._retry_or_fail(item, outcome, message.meta)
-                if outcome.throttled:
-                    pause = max(pause, min(delay, self.settings.inline_retry_seconds))
-        return pause
+            )
+        delay = await self._commit(writes)
+        return min(delay, self.settings.inline_retry_seconds) if throttled else 0.0
+
+
+_STATE_OF = {
+    OutcomeStatus.SENT: MessageState.SENT,
+    OutcomeStatus.FAILED: MessageState.FAILED,
+    OutcomeStatus.UNKNOWN: MessageState.UNKNOWN,
+}
 
 
 async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSender) -> None:
@@ -438,13 +457,15 @@ _transports: dict[str, tuple[str, Transport]] = {}
 _compiled: dict[str, CompiledContent] = {}
 
 
-def _transport_for(provider: ProviderBase, fingerprint: str) -> Transport:
+def _transport_for(provider: ProviderBase, fingerprint: str, settings: Settings) -> Transport:
     """One transport per provider configuration per process (connections are its own)."""
     from providers.registry import build_transport
 
     cached = _transports.get(provider.nickname)
     if cached is None or cached[0] != fingerprint:
-        transport = build_transport(provider)
+        transport = build_transport(
+            provider, allow_private_endpoints=settings.allow_private_endpoints
+        )
         _transports[provider.nickname] = (fingerprint, transport)
         return transport
     return cached[1]
@@ -487,41 +508,13 @@ async def run_batch(
         seqs = [start + i for i in range(len(raw_recipients))]
         records = await r.hmget(store.ledger_key(campaign_id), [str(s) for s in seqs])
         writer = LedgerWriter(r, campaign_id, lease.token, batch)
-        items: list[_Item] = []
-        now = time.time()
-        retry_at: float | None = None
-        for seq, raw_rec, raw_recipient in zip(seqs, records, raw_recipients, strict=True):
-            rec = parse_record(raw_rec)
-            recipient = orjson.loads(raw_recipient)
-            item = _Item(
-                seq, recipient["email"], recipient.get("user_id", ""), recipient.get("vars") or {}
-            )
-            if rec is None:
-                items.append(item)
-            elif rec["state"] == MessageState.CLAIMED.value:
-                # Claimed by a worker that is gone (we hold the lease): outcome lost.
-                item.attempts = rec["attempts"]
-                await writer.put(
-                    seq,
-                    record(
-                        MessageState.UNKNOWN,
-                        email=item.email,
-                        attempts=item.attempts,
-                        detail="worker stopped during the send; outcome unknown",
-                    ),
-                )
-            elif rec["state"] == MessageState.RETRY.value:
-                item.attempts = rec["attempts"]
-                if rec["next_at"] > now + settings.inline_retry_seconds:
-                    retry_at = min(retry_at or rec["next_at"], rec["next_at"])
-                else:
-                    items.append(item)
+        items, stale, retry_at = _unsettled(seqs, records, raw_recipients, settings)
+        await writer.put_many(stale)
         terminal = _terminal_state(str(status), content)
         if terminal is not None:
-            for item in items:
-                await writer.put(
-                    item.seq, record(terminal, email=item.email, attempts=item.attempts)
-                )
+            await writer.put_many(
+                [(i.seq, record(terminal, email=i.email, attempts=i.attempts), b"") for i in items]
+            )
             result.counts[terminal.value] = len(items)
             return result
         if status != CampaignStatus.RUNNING.value:
@@ -538,7 +531,7 @@ async def run_batch(
         campaign = _Campaign(
             content,
             provider,
-            _transport_for(provider, str(raw_provider)),
+            _transport_for(provider, str(raw_provider), settings),
             _compiled_for(content),
             str(send_date or datetime.now(UTC).strftime("%Y%m%d")),
             settings,
@@ -561,9 +554,11 @@ async def run_batch(
             result.paused_reason = campaign.stop_reason
         elif campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
             state = MessageState(campaign.status.value)
-            while not sender.queue.empty():
-                item = sender.queue.get_nowait()
-                await writer.put(item.seq, record(state, email=item.email, attempts=item.attempts))
+            left = [sender.queue.get_nowait() for _ in range(sender.queue.qsize())]
+            left += sender.waiting  # parked for an inline retry
+            await writer.put_many(
+                [(i.seq, record(state, email=i.email, attempts=i.attempts), b"") for i in left]
+            )
         for key, value in sender.counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
         if sender.parked_until is not None:
@@ -582,17 +577,61 @@ async def _drop_suppressed(
         return items
     keys = [suppression_key(item.email) for item in items]
     hits = await r.hmget(store.SUPPRESSIONS_HASH, keys)
-    kept = []
-    for item, hit in zip(items, hits, strict=True):
-        if hit is None:
-            kept.append(item)
-            continue
-        await writer.put(
-            item.seq,
-            record(MessageState.SUPPRESSED, email=item.email, detail="on the suppression list"),
-        )
-        result.counts["suppressed"] = result.counts.get("suppressed", 0) + 1
+    kept = [item for item, hit in zip(items, hits, strict=True) if hit is None]
+    suppressed = [item for item, hit in zip(items, hits, strict=True) if hit is not None]
+    await writer.put_many(
+        [
+            (
+                i.seq,
+                record(MessageState.SUPPRESSED, email=i.email, detail="on the suppression list"),
+                b"",
+            )
+            for i in suppressed
+        ]
+    )
+    if suppressed:
+        result.counts["suppressed"] = result.counts.get("suppressed", 0) + len(suppressed)
     return kept
+
+
+def _unsettled(
+    seqs: list[int],
+    records: list[Any],
+    raw_recipients: list[Any],
+    settings: Settings,
+) -> tuple[list[_Item], list[tuple[int, bytes, bytes]], float | None]:
+    """From the ledger: what to send now, stale claims to settle, and when to come back.
+
+    A message still ``claimed`` was in flight in a worker that is gone (we hold the lease
+    now): its outcome is lost and it is recorded ``unknown``, never resent.
+    """
+    items: list[_Item] = []
+    stale: list[tuple[int, bytes, bytes]] = []
+    retry_at: float | None = None
+    now = time.time()
+    for seq, raw_rec, raw_recipient in zip(seqs, records, raw_recipients, strict=True):
+        rec = parse_record(raw_rec)
+        recipient = orjson.loads(raw_recipient)
+        item = _Item(
+            seq, recipient["email"], recipient.get("user_id", ""), recipient.get("vars") or {}
+        )
+        if rec is None:
+            items.append(item)
+        elif rec["state"] == MessageState.CLAIMED.value:
+            lost = record(
+                MessageState.UNKNOWN,
+                email=item.email,
+                attempts=rec["attempts"],
+                detail="worker stopped during the send; outcome unknown",
+            )
+            stale.append((seq, lost, b""))
+        elif rec["state"] == MessageState.RETRY.value:
+            item.attempts = rec["attempts"]
+            if rec["next_at"] > now + settings.inline_retry_seconds:
+                retry_at = min(retry_at or rec["next_at"], rec["next_at"])
+            else:
+                items.append(item)
+    return items, stale, retry_at
 
 
 def _terminal_state(status: str | None, content: CampaignContent) -> MessageState | None:
