@@ -1,0 +1,34 @@
+"""Deployment files: the Compose file is valid, the Procfile names every process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    jsonschema.Draft201909Validator(schema).validate(compose)
+    assert set(compose["services"]) == {"redis", "web", "worker", "beat", "flower"}
+    assert "--appendonly" in compose["services"]["redis"]["command"]
+
+
+def test_compose_schema_catches_mistakes() -> None:
+    """The check can fail: a misspelt key is refused."""
+    schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose["services"]["web"]["enviroment"] = {}
+    errors = list(jsonschema.Draft201909Validator(schema).iter_errors(compose))
+    assert errors
+
+
+def test_procfile_has_the_four_processes() -> None:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    names = [line.split(":", 1)[0] for line in lines if line.strip()]
+    assert names == ["web", "worker", "beat", "flower"]
