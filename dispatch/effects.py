@@ -105,7 +105,8 @@ class InboxEvent(BaseModel):
     def from_event(cls, event: CallbackEvent) -> InboxEvent:
         """Keep what the effects need; the campaign is the meta's when the meta parses."""
         fields = event.meta_fields
-        return cls(
+        # The values come from a validated event: skip validating them again (hot path).
+        return cls.model_construct(
             type=event.type,
             provider_type=event.provider_type,
             email=event.email,

@@ -94,16 +94,31 @@ class RedisServer:
         client.close()
         return self
 
-    def stop(self) -> None:
-        """Stop the server and remove its folder."""
+    def halt(self, *, kill: bool = False) -> None:
+        """Stop the server but keep its folder (see :meth:`restart`).
+
+        ``kill``: SIGKILL, as a crash, instead of a clean shutdown.
+        """
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+            if kill:
+                self._proc.kill()
+            else:
+                self._proc.terminate()
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def restart(self) -> RedisServer:
+        """Start again on the same port and folder: with ``appendonly`` the data is back."""
+        self.halt()
+        return self.start()
+
+    def stop(self) -> None:
+        """Stop the server and remove its folder."""
+        self.halt()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ campaign and a recipient.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date, datetime
 
@@ -51,6 +52,15 @@ class Meta(BaseModel):
         return SEPARATOR.join((*fields, self.variant, self.category, str(self.seq))) + SEPARATOR
 
 
+@functools.lru_cache(maxsize=256)
+def _is_date(yyyymmdd: str) -> bool:
+    """Whether ``yyyymmdd`` is a real date; cached, as a campaign's metas share one."""
+    try:
+        return len(yyyymmdd) == 8 and bool(datetime.strptime(yyyymmdd, "%Y%m%d"))
+    except ValueError:
+        return False
+
+
 def _check_fields(values: dict[str, str]) -> None:
     """Raise ``ValueError`` naming the first field that cannot be in a meta string."""
     for name in META_FIELDS:
@@ -65,14 +75,10 @@ def _check_fields(values: dict[str, str]) -> None:
             )
     if "@" not in values["email"]:
         raise ValueError(f"invalid meta: field email {values['email']!r} is not an address")
-    try:
-        if len(values["yyyymmdd"]) != 8:
-            raise ValueError
-        datetime.strptime(values["yyyymmdd"], "%Y%m%d")
-    except ValueError:
+    if not _is_date(values["yyyymmdd"]):
         raise ValueError(
             f"invalid meta: field yyyymmdd {values['yyyymmdd']!r} is not a date YYYYMMDD"
-        ) from None
+        )
     if not _SEQ.fullmatch(values["seq"]):
         raise ValueError(f"invalid meta: field seq {values['seq']!r} is not an integer")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,6 +27,8 @@ MAX_EVENTS = 1000
 TOO_MANY_EVENTS = "More than allowed events were sent"
 # Epoch values above this are milliseconds: as seconds they would be past the year 5000.
 _EPOCH_MS_THRESHOLD = 100_000_000_000
+
+_SPACE = re.compile(r"\s")
 
 T = TypeVar("T")
 
@@ -233,7 +236,7 @@ def normalize_email(value: object) -> str:
         raise InvalidEvent("Invalid email format")
     address = value.strip()
     local, sep, domain = address.rpartition("@")
-    if not sep or not local or not domain or any(c.isspace() for c in address):
+    if not sep or not local or not domain or _SPACE.search(address):
         raise InvalidEvent(f"Invalid email format: {value!r}")
     return f"{local}@{domain.lower()}"
 
