@@ -7,6 +7,7 @@ does not offer STARTTLS instead of silently sending in plain text (PITFALLS).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,7 @@ from providers.errors import (
 )
 from providers.mime import MimeWriter
 from providers.smtp_replies import ReplyKind, classify
+from providers.smtp_wire import TransactionProtocol, TransactionResult, WireError, dot_stuff
 
 _WRITER_CACHE_SIZE = 32
 
@@ -73,11 +75,11 @@ def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
 class SmtpSession:
     """One authenticated SMTP connection, reused for message after message."""
 
-    def __init__(self, transport: SmtpTransport, client: aiosmtplib.SMTP) -> None:
+    def __init__(self, transport: SmtpTransport) -> None:
         self._transport = transport
-        self._client = client
+        self._wire: TransactionProtocol | None = None
         self.sent_on_connection = 0
-        self.connections_opened = 1
+        self.connections_opened = 0
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
         """Send each message in its own transaction; see ``providers.base.Session``."""
@@ -96,19 +98,28 @@ class SmtpSession:
                 break
         return outcomes
 
-    async def _ensure_connection(self) -> None:
+    async def open(self) -> None:
+        self._wire = await self._transport.open_wire()
+        self.sent_on_connection = 0
+        self.connections_opened += 1
+
+    async def close(self) -> None:
+        if self._wire is not None:
+            await self._wire.quit()
+            self._wire = None
+
+    async def _ensure_connection(self) -> TransactionProtocol:
         """Reconnect when the server hung up or the per-connection message cap is reached."""
         limit = self._transport.config.max_messages_per_connection
         due = limit and self.sent_on_connection >= limit
-        if due or not self._client.is_connected:
-            await self._transport.close_client(self._client)
-            self._client = await self._transport.open_client()
-            self.sent_on_connection = 0
-            self.connections_opened += 1
+        if self._wire is None or due or not self._wire.alive:
+            await self.close()
+            await self.open()
+        assert self._wire is not None
+        return self._wire
 
     async def _send_one(self, msg: OutgoingMessage) -> SendOutcome:
-        """One transaction. Raises ``TransientError`` if the connection died before DATA."""
-        await self._ensure_connection()
+        """One transaction. Raises ``TransientError`` if nothing was handed over."""
         try:
             data, sender, recipients = self._transport.prepare(msg)
         except (InvalidMessageError, InvalidAddressError) as exc:
@@ -118,76 +129,63 @@ class SmtpSession:
                 else ErrorClass.INVALID_MESSAGE
             )
             return SendOutcome(msg.seq, OutcomeStatus.FAILED, error_class, str(exc))
-        client = self._client
+        wire = await self._ensure_connection()
         try:
-            await client.mail(sender)
-        except aiosmtplib.SMTPResponseException as exc:
-            err = _reply_error(exc.code, exc.message, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
-            if isinstance(err, AuthenticationError | ThrottledError):
-                # About the session, not this message: nothing was handed over.
-                raise err from exc
-            await self._reset()
-            return SendOutcome.from_error(msg.seq, err)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            raise ProviderConnectionError(f"connection lost before MAIL FROM: {exc}") from exc
-
-        accepted: list[str] = []
-        refused: list[str] = []
-        first_error: ProviderError | None = None
-        for rcpt in recipients:
-            try:
-                await client.rcpt(rcpt)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPResponseException as exc:
-                err = _reply_error(
-                    exc.code, exc.message, at_rcpt=True, error_class=ErrorClass.INVALID_RECIPIENT
+            result = await wire.transaction(sender, recipients, dot_stuff(data))
+        except WireError as exc:
+            if exc.during_data:
+                # The server may have taken the message before the answer was lost
+                # (reference §5.6: a timeout after "." is an unknown outcome).
+                error_class = ErrorClass.TIMEOUT if exc.timed_out else ErrorClass.CONNECTION
+                return SendOutcome(
+                    msg.seq, OutcomeStatus.UNKNOWN, error_class, f"{exc} during DATA"
                 )
-                if exc.code == 421 or isinstance(err, AuthenticationError):
-                    raise err from exc
-                refused.append(f"{rcpt}: {err.detail}")
-                if rcpt == recipients[0]:
-                    first_error = err
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-                raise ProviderConnectionError(f"connection lost at RCPT TO: {exc}") from exc
-        if first_error is not None or not accepted:
-            # The To recipient is the message's recipient: without it we do not send
-            # (Cc/Bcc alone would get a message addressed to someone else).
-            await self._reset()
-            err = first_error or PermanentError(
-                "; ".join(refused), error_class=ErrorClass.INVALID_RECIPIENT
-            )
-            return SendOutcome.from_error(msg.seq, err)
+            if exc.timed_out:
+                raise ProviderTimeoutError(str(exc)) from exc
+            raise ProviderConnectionError(str(exc)) from exc
+        return self._outcome(msg, recipients, result)
 
-        try:
-            response = await client.data(data)
-        except aiosmtplib.SMTPResponseException as exc:
-            if exc.code == 421:
-                # Closing channel in answer to DATA: the message was not taken.
-                raise ThrottledError(f"421 {exc.message}", code=421) from exc
-            await self._reset()
-            err = _reply_error(exc.code, exc.message, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
-            return SendOutcome.from_error(msg.seq, err)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            # The message may have been taken before the answer was lost: reference §5.6
-            # says a timeout after "." is an unknown outcome. Never retried blindly.
-            self._client.close()
-            return SendOutcome(
-                msg.seq,
-                OutcomeStatus.UNKNOWN,
-                ErrorClass.TIMEOUT
-                if isinstance(exc, aiosmtplib.SMTPTimeoutError)
-                else ErrorClass.CONNECTION,
-                f"connection lost during DATA: {exc}",
+    def _outcome(
+        self, msg: OutgoingMessage, recipients: list[str], result: TransactionResult
+    ) -> SendOutcome:
+        """Classify a transaction's replies; raises for replies about the whole session."""
+        if not result.mail.ok:
+            err = _reply_error(
+                result.mail.code, result.mail.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP
             )
+            if isinstance(err, AuthenticationError | ThrottledError):
+                raise err  # about the session, not this message: nothing was handed over
+            return SendOutcome.from_error(msg.seq, err)
+        first = result.rcpts[0]
+        if not first.ok:
+            err = _reply_error(
+                first.code, first.text, at_rcpt=True, error_class=ErrorClass.INVALID_RECIPIENT
+            )
+            if first.code == 421 or isinstance(err, AuthenticationError):
+                raise err
+            return SendOutcome.from_error(msg.seq, err)
+        refused = "; ".join(
+            f"{rcpt}: {reply}"
+            for rcpt, reply in zip(recipients[1:], result.rcpts[1:], strict=True)
+            if not reply.ok
+        )
+        final = result.data
+        if final is None:
+            start = result.data_start
+            if start is None or start.code == 354:
+                raise ProviderConnectionError("transaction abandoned before DATA")
+            err = _reply_error(start.code, start.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+            if start.code == 421:
+                raise ThrottledError(str(start), code=421)
+            return SendOutcome.from_error(msg.seq, err)
+        if not final.ok:
+            if final.code == 421:
+                # Closing channel in answer to the message: it was not taken.
+                raise ThrottledError(str(final), code=421)
+            err = _reply_error(final.code, final.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+            return SendOutcome.from_error(msg.seq, err)
         self.sent_on_connection += 1
-        detail = "; ".join(refused)
-        return SendOutcome.sent(msg.seq, detail, provider_message_id=_queued_id(response.message))
-
-    async def _reset(self) -> None:
-        try:
-            await self._client.rset()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise ProviderConnectionError(f"connection lost at RSET: {exc}") from exc
+        return SendOutcome.sent(msg.seq, refused, provider_message_id=_queued_id(final.text))
 
 
 def _queued_id(text: str) -> str:
@@ -244,8 +242,11 @@ class SmtpTransport:
             raise InvalidMessageError(f"from_address: {exc}") from exc
         return self._writer(msg.campaign_id).write(msg, extra), sender, recipients
 
-    async def open_client(self) -> aiosmtplib.SMTP:
-        """Connect, secure as configured, and log in. Raises ``ProviderError`` subclasses."""
+    async def open_wire(self) -> TransactionProtocol:
+        """Connect, secure as configured, log in, and take over the connection.
+
+        Raises ``ProviderError`` subclasses (see :func:`_map_connect_error`).
+        """
         cfg = self.config
         security = cfg.effective_security
         client = aiosmtplib.SMTP(
@@ -258,25 +259,27 @@ class SmtpTransport:
         )
         try:
             await client.connect()
+            if client.last_ehlo_response is None:  # plain connections greet lazily
+                await client.ehlo()
             if cfg.username:
                 await client.login(cfg.username, cfg.password.get_secret_value())
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             client.close()
             raise _map_connect_error(exc, cfg) from exc
-        return client
-
-    async def close_client(self, client: aiosmtplib.SMTP) -> None:
-        try:
-            if client.is_connected:
-                await client.quit()
-        except (aiosmtplib.SMTPException, OSError):
+        transport = client.transport
+        if not isinstance(transport, asyncio.Transport):  # pragma: no cover (asyncio gives one)
             client.close()
+            raise ProviderConnectionError("connection has no usable transport")
+        return TransactionProtocol(
+            transport, pipelining=client.supports_extension("pipelining"), timeout=cfg.timeout
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[SmtpSession]:
         """An open, authenticated connection; closed with QUIT on exit."""
-        session = SmtpSession(self, await self.open_client())
+        session = SmtpSession(self)
+        await session.open()
         try:
             yield session
         finally:
-            await self.close_client(session._client)
+            await session.close()

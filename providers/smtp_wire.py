@@ -1,0 +1,215 @@
+"""Mail transactions on an established SMTP connection, pipelined when the server allows.
+
+aiosmtplib opens the connection (TLS, STARTTLS, EHLO, AUTH) and then hands its transport
+to :class:`TransactionProtocol`, which runs transaction after transaction on it. With
+PIPELINING (RFC 2920) one transaction is two round trips: ``MAIL FROM``, every ``RCPT
+TO`` and ``DATA`` in one write, then the message. aiosmtplib sends one command per round
+trip (PITFALLS), four or more per message.
+
+Replies are parsed here, never raised: the caller classifies them
+(:mod:`providers.smtp_replies`). Connection problems raise :class:`WireError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from dataclasses import dataclass
+
+MAX_REPLY_LINE = 1024
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+class WireError(ConnectionError):
+    """The connection broke or timed out; ``during_data`` if the message was being sent."""
+
+    def __init__(self, message: str, *, timed_out: bool = False, during_data: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
+        self.during_data = during_data
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 400
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    """Replies of one transaction; ``data`` is None when the message was not sent."""
+
+    mail: Reply
+    rcpts: tuple[Reply, ...]
+    data_start: Reply | None
+    data: Reply | None
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """The DATA payload: leading dots doubled (RFC 5321 §4.5.2), then the end marker.
+
+    ``message`` must already use CRLF line endings (the MIME writer guarantees it).
+    """
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return _LEADING_DOT.sub(b"..", message) + b".\r\n"
+
+
+class TransactionProtocol(asyncio.Protocol):
+    """Takes over an SMTP transport after the handshake and runs mail transactions."""
+
+    def __init__(self, transport: asyncio.Transport, *, pipelining: bool, timeout: float):
+        self.transport = transport
+        self.pipelining = pipelining
+        self.timeout = timeout
+        self._buffer = bytearray()
+        self._replies: deque[Reply] = deque()
+        self._lines: list[str] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 0
+        self._error: Exception | None = None
+        transport.set_protocol(self)
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_REPLY_LINE:
+                    self._fail(WireError("reply line too long"))
+                return
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            try:
+                code = int(line[:3])
+            except ValueError:
+                self._fail(WireError(f"malformed reply line {line[:80]!r}"))
+                return
+            self._lines.append(line[4:].strip().decode("utf-8", "replace"))
+            if line[3:4] != b"-":
+                self._replies.append(Reply(code, "\n".join(self._lines)))
+                self._lines = []
+                self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(WireError(f"connection lost: {exc or 'closed by server'}"))
+
+    def eof_received(self) -> bool:
+        self._fail(WireError("connection closed by server"))
+        return False
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _fail(self, exc: Exception) -> None:
+        if self._error is None:
+            self._error = exc
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and len(self._replies) >= self._wanted:
+            waiter.set_result(None)
+
+    @property
+    def alive(self) -> bool:
+        return self._error is None and not self.transport.is_closing()
+
+    def _write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self.transport.write(data)
+
+    async def _read(self, count: int, *, during_data: bool = False) -> list[Reply]:
+        """The next ``count`` replies; raises :class:`WireError` on loss or timeout."""
+        if len(self._replies) < count and self._error is None:
+            self._wanted = count
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._waiter
+            except TimeoutError:
+                self._error = WireError(
+                    "timed out waiting for the server", timed_out=True, during_data=during_data
+                )
+                self.transport.abort()
+            finally:
+                self._waiter = None
+        if len(self._replies) < count:
+            error = self._error or WireError("connection lost")
+            if isinstance(error, WireError) and during_data and not error.during_data:
+                error = WireError(str(error), timed_out=error.timed_out, during_data=True)
+            raise error
+        return [self._replies.popleft() for _ in range(count)]
+
+    # -- transactions ------------------------------------------------------------------
+    async def transaction(
+        self, sender: str, recipients: list[str], payload: bytes
+    ) -> TransactionResult:
+        """One message. ``payload`` is the dot-stuffed DATA content (:func:`dot_stuff`).
+
+        The message is sent only when MAIL, at least the first recipient and DATA were
+        accepted; otherwise the transaction is reset (RFC 2920 §3.1) and ``data`` is None.
+        Raises :class:`WireError`; ``during_data`` tells that the outcome is unknown.
+        """
+        mail_cmd = f"MAIL FROM:<{sender}>\r\n".encode()
+        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in recipients]
+        if self.pipelining:
+            self._write(b"".join((mail_cmd, *rcpt_cmds, b"DATA\r\n")))
+            replies = await self._read(len(rcpt_cmds) + 2)
+            mail, rcpts, data_start = replies[0], tuple(replies[1:-1]), replies[-1]
+        else:
+            self._write(mail_cmd)
+            mail = (await self._read(1))[0]
+            if not mail.ok:
+                return TransactionResult(mail, (), None, None)
+            collected = []
+            for command in rcpt_cmds:
+                self._write(command)
+                collected.append((await self._read(1))[0])
+            rcpts = tuple(collected)
+            if not rcpts[0].ok:
+                await self._reset()
+                return TransactionResult(mail, rcpts, None, None)
+            self._write(b"DATA\r\n")
+            data_start = (await self._read(1))[0]
+        if data_start.code == 354:
+            if mail.ok and rcpts[0].ok:
+                self._write(payload)
+                final = (await self._read(1, during_data=True))[0]
+                return TransactionResult(mail, rcpts, data_start, final)
+            if any(r.ok for r in rcpts):
+                # Others than the message's own recipient were accepted: ending DATA would
+                # send them an empty message. Drop the connection instead (rare).
+                self._fail(WireError("transaction abandoned"))
+                self.transport.abort()
+                return TransactionResult(mail, rcpts, data_start, None)
+            # No recipient: end the empty DATA, the server must refuse it (RFC 2920 §3.1).
+            self._write(b".\r\n")
+            await self._read(1)
+        if mail.ok:
+            await self._reset()
+        return TransactionResult(mail, rcpts, data_start, None)
+
+    async def _reset(self) -> None:
+        self._write(b"RSET\r\n")
+        await self._read(1)
+
+    async def quit(self) -> None:
+        """Say goodbye politely; never raises."""
+        try:
+            if self.alive:
+                self._write(b"QUIT\r\n")
+                await self._read(1)
+        except (WireError, OSError):
+            pass
+        finally:
+            self.transport.close()
