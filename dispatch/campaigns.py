@@ -6,12 +6,13 @@ import hashlib
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
+from pydantic import ValidationError
 
 from dispatch import store
 from dispatch.models import (
@@ -24,9 +25,18 @@ from dispatch.models import (
 from dispatch.provider_store import ProviderNotFoundError, load_provider
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
+from dispatch.suppressions import suppression_key
+from providers.addresses import InvalidAddressError, normalize_address
 
 APPEND_CHUNK = 1000
 EnqueueBatch = Callable[[str, int], None]
+# Campaigns with an expires_at, by that time (the housekeeping task expires them).
+EXPIRING_ZSET = f"{store.PREFIX}:expiring"
+
+
+def addresses_key(campaign_id: str) -> str:
+    """Set of the campaign's recipient addresses (normalised): one message per address."""
+    return f"{store.PREFIX}:campaign:{campaign_id}:addresses"
 
 
 class CampaignError(ValueError):
@@ -47,6 +57,33 @@ class CampaignNotFoundError(KeyError):
 
 class CampaignStateError(CampaignError):
     """The operation does not fit the campaign's status (HTTP 409)."""
+
+
+def validation_problems(
+    errors: Iterable[Mapping[str, Any]], *, drop_prefix: tuple[str, ...] = ()
+) -> list[tuple[str, str]]:
+    """``(field, message)`` for each error of a pydantic ``ValidationError.errors()``.
+
+    The field is the dotted location (``recipients.3.email``) without ``drop_prefix``
+    (the tag a discriminated union puts in front, ``smtp.port``); a model-level error
+    whose message starts with ``name:`` or ``name or other:`` (our validators'
+    convention) is attributed to ``name``.
+    """
+    out: list[tuple[str, str]] = []
+    for err in errors:
+        loc = [str(part) for part in err["loc"]]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = [str((err.get("ctx") or {}).get("discriminator", "kind")).strip("'")]
+        elif drop_prefix and tuple(loc[: len(drop_prefix)]) == drop_prefix:
+            loc = loc[len(drop_prefix) :]
+        if not loc:
+            head, sep, _ = message.partition(":")
+            words = head.split()
+            if sep and words and words[0].isidentifier():
+                loc = [words[0]]  # "html or text: ..." is about html first
+        out.append((".".join(loc) or "body", message))
+    return out
 
 
 def _fingerprint(request: CampaignRequest) -> str:
@@ -104,6 +141,12 @@ def create_campaign(
     validate_content(request)
     campaign_id = request.id or secrets.token_hex(8)
     content = request.content(campaign_id)
+    checker = RecipientChecker(content)
+    for index, recipient in enumerate(request.recipients):
+        try:
+            checker.check(recipient)
+        except CampaignError as exc:
+            raise CampaignError(str(exc), field=f"recipients.{index}.{exc.field}") from None
     _check_provider_payload(content, request.recipients, r)
     fingerprint = _fingerprint(request)
     key = store.campaign_key(campaign_id)
@@ -127,6 +170,8 @@ def create_campaign(
     )
     pipe.hset(store.counters_key(campaign_id), mapping={name: 0 for name in COUNTER_NAMES})
     pipe.zadd(store.CAMPAIGNS_ZSET, {campaign_id: now})
+    if content.expires_at is not None:
+        pipe.zadd(EXPIRING_ZSET, {campaign_id: content.expires_at.timestamp()})
     pipe.execute()
     if request.recipients:
         append_recipients(campaign_id, request.recipients, client=r)
@@ -144,27 +189,129 @@ def _check_provider_payload(
     payload_checks.check_campaign_payload(content, recipients, load_provider(content.provider, r))
 
 
+class RecipientChecker:
+    """Checks recipients of one campaign one by one before they are appended.
+
+    A recipient must be a valid ``Recipient`` document with a sendable address, and its
+    ``vars`` must supply every template variable the campaign's own ``vars`` do not
+    (DESIGN §3: an unresolvable name is reported up front, never at send time).
+    """
+
+    def __init__(self, content: CampaignContent) -> None:
+        try:
+            compiled = CompiledContent(
+                subject=content.subject, html=content.html, text=content.text, amp=content.amp
+            )
+        except RenderError as exc:  # the content was checked when it was stored
+            raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
+        self.required = frozenset(compiled.variables - set(content.vars) - SERVICE_NAMES)
+
+    def check(self, data: Any) -> Recipient:
+        """The recipient; raises :class:`CampaignError` naming the field at fault."""
+        if isinstance(data, Recipient):
+            recipient = data
+        else:
+            try:
+                recipient = Recipient.model_validate(data)
+            except ValidationError as exc:
+                field, message = validation_problems(exc.errors())[0]
+                raise CampaignError(message, field=field) from None
+        try:
+            normalize_address(recipient.email)
+        except InvalidAddressError as exc:
+            raise CampaignError(str(exc), field="email") from None
+        missing = self.required - recipient.vars.keys()
+        if missing:
+            name = min(missing)
+            raise CampaignError(
+                f"template variable {name!r} is in neither the campaign vars nor this "
+                "recipient's vars",
+                field=f"vars.{name}",
+            )
+        return recipient
+
+
+_APPEND = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'draft' then return {-1} end
+local out = {0}
+for i = 1, #ARGV, 2 do
+  if redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    out[1] = out[1] + 1
+  else
+    out[#out + 1] = (i + 1) / 2
+  end
+end
+if out[1] > 0 then
+  redis.call('HINCRBY', KEYS[4], 'total', out[1])
+  redis.call('HINCRBY', KEYS[4], 'queued', out[1])
+end
+return out
+"""
+
+
+class RecipientAppender:
+    """Appends checked recipients to a draft campaign, one address at most once.
+
+    Each :meth:`add` is one atomic script call: it refuses to append once the campaign
+    has left ``draft``, and skips an address the campaign already has (DESIGN §5: no
+    recipient is sent the same campaign twice), which also makes a retried append safe.
+    """
+
+    def __init__(self, campaign_id: str, client: redis.Redis | None = None) -> None:
+        """Raises :class:`CampaignNotFoundError`, :class:`CampaignStateError`."""
+        self.r = client or store.sync_client()
+        self.campaign_id = campaign_id
+        content = load_content(campaign_id, self.r)
+        self._check_open(get_status(campaign_id, self.r))
+        self.checker = RecipientChecker(content)
+        self._keys = [
+            store.campaign_key(campaign_id),
+            store.recipients_key(campaign_id),
+            addresses_key(campaign_id),
+            store.counters_key(campaign_id),
+        ]
+        self._script = self.r.register_script(_APPEND)
+
+    def _check_open(self, status: CampaignStatus) -> None:
+        if status is not CampaignStatus.DRAFT:
+            raise CampaignStateError(
+                f"campaign {self.campaign_id!r} is {status}: recipients can only be appended "
+                "to a draft",
+                field="status",
+            )
+
+    def add(self, recipients: Sequence[Recipient]) -> tuple[int, list[int]]:
+        """Append ``recipients`` (checked); returns how many were appended and the
+        positions (0-based, within ``recipients``) of those skipped as duplicates.
+
+        Raises :class:`CampaignStateError` when the campaign has left ``draft``.
+        """
+        if not recipients:
+            return 0, []
+        args: list[bytes | str] = []
+        for recipient in recipients:
+            args.append(suppression_key(recipient.email))
+            args.append(orjson.dumps(recipient.model_dump()))
+        result = [int(x) for x in self._script(keys=self._keys, args=args)]
+        if result[0] == -1:
+            self._check_open(get_status(self.campaign_id, self.r))
+        return result[0], [position - 1 for position in result[1:]]
+
+
 def append_recipients(
     campaign_id: str, recipients: Iterable[Recipient], *, client: redis.Redis | None = None
 ) -> int:
-    """Append recipients to a draft campaign, streaming in chunks; returns how many.
+    """Append recipients to a draft campaign, streaming in chunks; returns how many were
+    appended (addresses the campaign already has are skipped).
 
-    Raises :class:`CampaignNotFoundError`, :class:`CampaignStateError` if it has started.
+    Raises :class:`CampaignNotFoundError`, :class:`CampaignStateError` if it has started,
+    :class:`CampaignError` naming the field of the first invalid recipient.
     """
-    r = client or store.sync_client()
-    status = get_status(campaign_id, r)
-    if status not in (CampaignStatus.DRAFT,):
-        raise CampaignStateError(f"campaign {campaign_id!r} is {status}: recipients are closed")
+    appender = RecipientAppender(campaign_id, client)
     count = 0
     for chunk in _chunks(recipients, APPEND_CHUNK):
-        pipe = r.pipeline(transaction=False)
-        pipe.rpush(
-            store.recipients_key(campaign_id), *(orjson.dumps(x.model_dump()) for x in chunk)
-        )
-        pipe.hincrby(store.counters_key(campaign_id), "total", len(chunk))
-        pipe.hincrby(store.counters_key(campaign_id), "queued", len(chunk))
-        pipe.execute()
-        count += len(chunk)
+        count += appender.add([appender.checker.check(x) for x in chunk])[0]
     return count
 
 
@@ -215,13 +362,14 @@ def start_campaign(
     if total == 0:
         finish_if_done(campaign_id, r)
         return 0
-    send = enqueue or _celery_enqueue
+    send = enqueue or enqueue_batch
     for batch in range(batches):
         send(campaign_id, batch)
     return batches
 
 
-def _celery_enqueue(campaign_id: str, batch: int) -> None:
+def enqueue_batch(campaign_id: str, batch: int) -> None:
+    """Hand one batch to the workers (the ``dispatch.send_batch`` task)."""
     from dispatch.tasks import send_batch
 
     send_batch.apply_async((campaign_id, batch), queue="sends")
@@ -252,7 +400,7 @@ def campaign_summary(campaign_id: str, client: redis.Redis | None = None) -> dic
     """Status, reason and counters of a campaign (``GET /v1/campaigns/{id}``)."""
     r = client or store.sync_client()
     data = r.hgetall(store.campaign_key(campaign_id))
-    if not data:
+    if "content" not in data:  # absent, or its creation is still under way
         raise CampaignNotFoundError(campaign_id)
     content = CampaignContent.model_validate_json(data["content"])
     return {
@@ -264,6 +412,38 @@ def campaign_summary(campaign_id: str, client: redis.Redis | None = None) -> dic
         "send_date": data.get("send_date", ""),
         **get_counters(campaign_id, r),
     }
+
+
+def list_campaigns(
+    *,
+    cursor: int = 0,
+    limit: int = 50,
+    status: CampaignStatus | None = None,
+    client: redis.Redis | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Summaries of campaigns, newest first, and the cursor of the next page (None: done).
+
+    ``cursor`` is a position in the list of campaigns. With ``status`` a page holds only
+    the campaigns of that status among the ``limit`` it looked at, so it may be short.
+    """
+    r = client or store.sync_client()
+    ids = r.zrevrange(store.CAMPAIGNS_ZSET, cursor, cursor + limit)
+    more = len(ids) > limit
+    items: list[dict[str, Any]] = []
+    for campaign_id in ids[:limit]:
+        try:
+            summary = campaign_summary(str(campaign_id), r)
+        except CampaignNotFoundError:
+            continue
+        if status is None or summary["status"] == status.value:
+            items.append(summary)
+    return items, (cursor + limit if more else None)
+
+
+def batch_count(campaign_id: str, client: redis.Redis | None = None) -> int:
+    """How many batches a started campaign has (0 before it starts)."""
+    raw = (client or store.sync_client()).hget(store.campaign_key(campaign_id), "batches")
+    return int(raw or 0)
 
 
 _FINISH = """

@@ -39,6 +39,7 @@ class _Config:
     beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
         "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
         "recover-callbacks": {"task": "dispatch.recover_callbacks", "schedule": 30.0},
+        "expire-campaigns": {"task": "dispatch.expire_campaigns", "schedule": 10.0},
     }
 
     @property

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from celery.signals import worker_ready
 
-from dispatch import campaigns, effects, runtime, store
+from dispatch import campaigns, effects, lifecycle, runtime, store
 from dispatch.celery_app import app
 from dispatch.models import CampaignRequest
 from dispatch.sending import run_batch
@@ -23,6 +23,16 @@ def enqueue_campaign(body: dict[str, Any]) -> str:
     """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns."""
     campaign_id, _ = campaigns.create_campaign(CampaignRequest.model_validate(body))
     return campaign_id
+
+
+@app.task(name="dispatch.expire_campaigns")
+def expire_campaigns() -> list[str]:
+    """Expire unfinished campaigns past their expires_at: unsent messages end ``expired``
+    (run by beat)."""
+    expired = lifecycle.expire_due()
+    if expired:
+        log.info("expired campaigns", extra={"campaign_ids": expired})
+    return expired
 
 
 @app.task(name="dispatch.start_campaign")

@@ -6,7 +6,9 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 
 from dispatch import store
+from dispatch.api import campaigns, providers, suppressions
 from dispatch.api.callbacks import router as callbacks_router
+from dispatch.api.errors import install_error_handlers
 
 
 def create_app() -> FastAPI:
@@ -17,6 +19,10 @@ def create_app() -> FastAPI:
     )
 
     app.include_router(callbacks_router)
+    install_error_handlers(app)
+    app.include_router(providers.router)
+    app.include_router(campaigns.router)
+    app.include_router(suppressions.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

@@ -1,0 +1,273 @@
+"""``/v1/campaigns``: create, append recipients (streamed), start, read, list, pause, resume,
+cancel, retry-failed, and per-message outcomes (DESIGN §5)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from dispatch import campaigns, lifecycle
+from dispatch.api.auth import require_token
+from dispatch.api.errors import CONFLICT, ERROR_RESPONSES, NOT_FOUND, InvalidFieldError
+from dispatch.api.schemas import (
+    AppendProblem,
+    AppendResult,
+    CampaignPage,
+    CampaignSummary,
+    MessageOutcome,
+    MessagePage,
+    RetryResult,
+)
+from dispatch.models import CAMPAIGN_ID_PATTERN, CampaignRequest, CampaignStatus, Recipient
+from dispatch.recipient_stream import Document, StreamFormatError, splitter_for
+
+router = APIRouter(
+    prefix="/v1/campaigns",
+    tags=["campaigns"],
+    dependencies=[Depends(require_token)],
+    responses=ERROR_RESPONSES,
+)
+
+CampaignId = Annotated[str, Path(pattern=CAMPAIGN_ID_PATTERN, description="The campaign's id")]
+MAX_REPORTED_PROBLEMS = 1000  # an append lists this many bad recipients, then only counts
+MAX_PAGE = 1000
+_BOTH = {**NOT_FOUND, **CONFLICT}
+
+
+def _summary(campaign_id: str) -> CampaignSummary:
+    return CampaignSummary.model_validate(campaigns.campaign_summary(campaign_id))
+
+
+@router.post(
+    "",
+    response_model=CampaignSummary,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": CampaignSummary, "description": "Already created"}, **CONFLICT},
+    summary="Create a campaign",
+)
+def create_campaign(body: CampaignRequest, response: Response) -> CampaignSummary:
+    """Store a campaign; with inline ``recipients`` and no ``"draft": true`` it starts at once
+    (or waits for ``send_at``).
+
+    Re-posting the same ``id`` with the same content changes nothing and answers 200; the
+    same ``id`` with other content is 409. Unknown template variables or ``$$``
+    placeholders are 422 naming them.
+    """
+    campaign_id, created = campaigns.create_campaign(body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _summary(campaign_id)
+
+
+@router.get("", response_model=CampaignPage, summary="List campaigns")
+def list_campaigns(
+    status_: Annotated[CampaignStatus | None, Query(alias="status")] = None,
+    cursor: Annotated[str, Query(pattern=r"^\d{1,12}$", description="From `next_cursor`")] = "0",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> CampaignPage:
+    """Campaigns, newest first. With ``status`` a page may be short: go on while
+    ``next_cursor`` is not null."""
+    items, next_cursor = campaigns.list_campaigns(cursor=int(cursor), limit=limit, status=status_)
+    return CampaignPage(
+        items=[CampaignSummary.model_validate(i) for i in items],
+        next_cursor=None if next_cursor is None else str(next_cursor),
+    )
+
+
+@router.get(
+    "/{campaign_id}", response_model=CampaignSummary, responses=NOT_FOUND, summary="Read one"
+)
+def get_campaign(campaign_id: CampaignId) -> CampaignSummary:
+    """Status (``draft``, ``scheduled``, ``running``, ``paused``, ``completed``,
+    ``cancelled``, ``expired``), the reason of a pause, and every counter."""
+    return _summary(campaign_id)
+
+
+_RECIPIENTS_BODY: dict[str, Any] = {
+    "required": True,
+    "description": (
+        'Recipients as NDJSON (one `{"email", "user_id", "vars"}` object per line) or '
+        "as one JSON array of them. The body is streamed: any size."
+    ),
+    "content": {
+        "application/x-ndjson": {"schema": {"type": "string"}},
+        "application/json": {
+            "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Recipient"}}
+        },
+    },
+}
+
+
+async def _append_stream(
+    appender: campaigns.RecipientAppender, chunks: AsyncIterator[bytes]
+) -> AppendResult:
+    """Split, check and append the streamed recipients in chunks; bounded memory.
+
+    Raises :class:`InvalidFieldError` (field ``body``) when the body is not NDJSON or a
+    JSON array; what came before the fault stays appended (and is named in the error).
+    """
+    result = AppendResult(appended=0, total=0)
+    batch: list[Recipient] = []
+    array = False
+
+    def problem(position: int, field: str, message: str) -> None:
+        result.rejected += 1
+        if len(result.errors) >= MAX_REPORTED_PROBLEMS:
+            result.errors_truncated = True
+            return
+        where = {"index": position} if array else {"line": position}
+        result.errors.append(AppendProblem(field=field, message=message, **where))
+
+    async def flush() -> None:
+        appended, duplicates = await run_in_threadpool(appender.add, batch)
+        result.appended += appended
+        result.duplicates += len(duplicates)
+        batch.clear()
+
+    async def take(docs: list[Document]) -> None:
+        for doc in docs:
+            if doc.problem:
+                problem(doc.position, "body", doc.problem)
+                continue
+            try:
+                batch.append(appender.checker.check(orjson.loads(doc.raw)))
+            except orjson.JSONDecodeError as exc:
+                problem(doc.position, "body", f"not valid JSON: {exc}")
+            except campaigns.CampaignError as exc:
+                problem(doc.position, exc.field or "body", str(exc))
+            if len(batch) >= campaigns.APPEND_CHUNK:
+                await flush()
+
+    splitter = None
+    head = b""
+    try:
+        async for chunk in chunks:
+            if splitter is None:
+                head += chunk
+                if not head.strip():
+                    continue
+                splitter = splitter_for(head)
+                array = splitter.format == "array"
+                chunk, head = head, b""
+            await take(splitter.feed(chunk))
+        if splitter is None:
+            raise InvalidFieldError("the body is empty: send NDJSON or a JSON array", "body")
+        await take(splitter.finish())
+    except StreamFormatError as exc:
+        await flush()
+        raise InvalidFieldError(
+            f"{exc}; the {result.appended} valid recipients before it were appended (send "
+            "the rest again: addresses the campaign has are skipped)",
+            "body",
+        ) from None
+    await flush()
+    result.total = campaigns.get_counters(appender.campaign_id, appender.r)["total"]
+    return result
+
+
+@router.post(
+    "/{campaign_id}/recipients",
+    response_model=AppendResult,
+    responses=_BOTH,
+    openapi_extra={"requestBody": _RECIPIENTS_BODY},
+    summary="Append recipients (NDJSON or JSON array, streamed)",
+)
+async def append_recipients(campaign_id: CampaignId, request: Request) -> AppendResult:
+    """Append recipients to a draft campaign, reading the body as it arrives.
+
+    Every valid recipient is appended; each invalid one is listed with its NDJSON
+    ``line`` (1-based) or array ``index`` (0-based) and the field at fault, and costs
+    nothing else. An address the campaign already has is skipped (``duplicates``), so a
+    retried append is safe. 409 once the campaign has started.
+    """
+    appender = await run_in_threadpool(campaigns.RecipientAppender, campaign_id)
+    return await _append_stream(appender, request.stream())
+
+
+def _operation(name: str, summary: str) -> dict[str, Any]:
+    return {
+        "path": f"/{{campaign_id}}/{name}",
+        "response_model": CampaignSummary,
+        "responses": _BOTH,
+        "summary": summary,
+    }
+
+
+@router.post(**_operation("start", "Start a draft campaign"))
+def start_campaign(campaign_id: CampaignId) -> CampaignSummary:
+    """Start sending (or wait for ``send_at``). 409 unless the campaign is a draft."""
+    campaigns.start_campaign(campaign_id)
+    return _summary(campaign_id)
+
+
+@router.post(**_operation("pause", "Pause sending"))
+def pause_campaign(campaign_id: CampaignId) -> CampaignSummary:
+    """Stop sending within a second or two; unsent messages stay queued for ``resume``."""
+    return CampaignSummary.model_validate(lifecycle.pause(campaign_id))
+
+
+@router.post(**_operation("resume", "Resume a paused campaign"))
+def resume_campaign(campaign_id: CampaignId) -> CampaignSummary:
+    """Send what is left; nothing already sent is sent again."""
+    return CampaignSummary.model_validate(lifecycle.resume(campaign_id))
+
+
+@router.post(**_operation("cancel", "Cancel a campaign"))
+def cancel_campaign(campaign_id: CampaignId) -> CampaignSummary:
+    """Every message not sent yet ends ``cancelled`` (one being sent right now ends as it
+    really does). 409 for a completed or expired campaign."""
+    return CampaignSummary.model_validate(lifecycle.cancel(campaign_id))
+
+
+@router.post(
+    "/{campaign_id}/retry-failed",
+    response_model=RetryResult,
+    responses=_BOTH,
+    summary="Send failed messages once more",
+)
+def retry_failed(campaign_id: CampaignId) -> RetryResult:
+    """Queue again the failed messages whose failure may pass (connection, timeout,
+    provider refusal, temporary recipient refusal), each at most once. Not retried:
+    ``Invalid message`` and addresses refused for good (5xx ``SMTP invalid email ID``).
+    A completed campaign runs again; a paused one stays paused until resumed."""
+    report, summary = lifecycle.retry_failed(campaign_id)
+    return RetryResult(
+        retried=report.retried,
+        skipped_not_retryable=report.skipped_not_retryable,
+        skipped_already_retried=report.skipped_already_retried,
+        campaign=CampaignSummary.model_validate(summary),
+    )
+
+
+@router.get(
+    "/{campaign_id}/messages",
+    response_model=MessagePage,
+    responses=NOT_FOUND,
+    summary="Per-message outcomes",
+)
+def list_messages(
+    campaign_id: CampaignId,
+    status_: Annotated[
+        str | None,
+        Query(
+            alias="status",
+            pattern="^(" + "|".join(lifecycle.MESSAGE_STATUSES) + ")$",
+            description="Only messages in this state (`queued`: not settled yet)",
+        ),
+    ] = None,
+    cursor: Annotated[str, Query(pattern=r"^\d{1,12}$", description="From `next_cursor`")] = "0",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> MessagePage:
+    """Messages in seq order: meta, email, status, error class, detail, attempts. A
+    filtered page may be short or empty: go on while ``next_cursor`` is not null."""
+    items, next_cursor = lifecycle.messages_page(
+        campaign_id, status=status_, cursor=int(cursor), limit=limit
+    )
+    return MessagePage(
+        items=[MessageOutcome.model_validate(i) for i in items],
+        next_cursor=None if next_cursor is None else str(next_cursor),
+    )

@@ -1,0 +1,144 @@
+"""JSON error answers of the /v1 API: the one place domain exceptions become HTTP statuses.
+
+Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "errors":
+[{"field", "message"}, ...]}`` (:class:`dispatch.api.schemas.ErrorBody`):
+
+* 422: an invalid body, query or path value (``field`` names it, dotted:
+  ``recipients.3.email``), an invalid provider configuration, an invalid campaign
+  (unknown template variable or placeholder: ``field`` names it);
+* 409: the campaign id is taken by other content, or the operation does not fit the
+  campaign's status;
+* 404: no such campaign, provider or suppression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from dispatch.api.schemas import ErrorBody, FieldProblem
+from dispatch.campaigns import (
+    CampaignConflictError,
+    CampaignError,
+    CampaignNotFoundError,
+    CampaignStateError,
+    validation_problems,
+)
+from dispatch.provider_store import ProviderNotFoundError
+
+_REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
+
+
+class InvalidFieldError(ValueError):
+    """A value the models cannot check by themselves is wrong (422); ``field`` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFoundError(LookupError):
+    """A named resource does not exist (404); ``field`` is the path parameter."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def error_response(
+    status_code: int, detail: str, field: str | None = None, problems: Iterable[FieldProblem] = ()
+) -> JSONResponse:
+    body = ErrorBody(detail=detail, field=field, errors=list(problems))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
+
+
+def _unprocessable(
+    errors: Iterable[Mapping[str, Any]], drop_prefix: tuple[str, ...] = ()
+) -> JSONResponse:
+    problems = [
+        FieldProblem(field=f, message=m)
+        for f, m in validation_problems(errors, drop_prefix=drop_prefix)
+    ]
+    first = problems[0] if problems else FieldProblem(field="body", message="invalid")
+    detail = f"{first.field}: {first.message}"
+    if len(problems) > 1:
+        detail += f" (and {len(problems) - 1} more)"
+    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, first.field, problems)
+
+
+def invalid_provider(exc: ValidationError, kind: str) -> JSONResponse:
+    """422 for a provider configuration, without the union's ``kind`` tag in the fields."""
+    return _unprocessable(exc.errors(), drop_prefix=(kind,) if kind else ())
+
+
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            loc = ("body",)
+        elif loc and loc[0] in _REQUEST_PARTS and (len(loc) > 1 or err.get("type") != "missing"):
+            loc = loc[1:]  # a body-level error then names its field by its message
+        errors.append({**err, "loc": loc})
+    return _unprocessable(errors)
+
+
+async def _pydantic_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ValidationError)
+    return _unprocessable(exc.errors())
+
+
+async def _campaign_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CampaignError)
+    code = (
+        status.HTTP_409_CONFLICT
+        if isinstance(exc, CampaignConflictError | CampaignStateError)
+        else status.HTTP_422_UNPROCESSABLE_CONTENT
+    )
+    field = exc.field or None
+    problems = [FieldProblem(field=field, message=str(exc))] if field else []
+    return error_response(code, str(exc), field, problems)
+
+
+async def _invalid_field(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidFieldError)
+    problem = FieldProblem(field=exc.field, message=str(exc))
+    return error_response(
+        status.HTTP_422_UNPROCESSABLE_CONTENT, f"{exc.field}: {exc}", exc.field, [problem]
+    )
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, CampaignNotFoundError):
+        return error_response(404, f"no campaign {exc.args[0]!r}", "campaign_id")
+    if isinstance(exc, ProviderNotFoundError):
+        return error_response(404, f"no provider {exc.args[0]!r}", "nickname")
+    assert isinstance(exc, NotFoundError)
+    return error_response(404, str(exc), exc.field)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers above on ``app``."""
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(ValidationError, _pydantic_validation)
+    app.add_exception_handler(CampaignError, _campaign_error)
+    app.add_exception_handler(InvalidFieldError, _invalid_field)
+    for exc_type in (CampaignNotFoundError, ProviderNotFoundError, NotFoundError):
+        app.add_exception_handler(exc_type, _not_found)
+
+
+# Shared ``responses=`` for route declarations (the OpenAPI document lists them).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or invalid bearer token"},
+    422: {"model": ErrorBody, "description": "Invalid input; `field` names it"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "Not found"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "Conflicts with the current state"}
+}

@@ -1,0 +1,133 @@
+"""``/v1/providers``: save, read, list, delete and test provider configurations (DESIGN §2)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from dispatch import provider_store, store
+from dispatch.api.auth import require_token
+from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, InvalidFieldError, invalid_provider
+from dispatch.api.schemas import ProviderList, ProviderView, TestEmailRequest, TestEmailResult
+from dispatch.test_email import send_test_email
+from providers.addresses import InvalidAddressError, normalize_address
+from providers.config import NICKNAME_PATTERN, HttpConfig
+
+router = APIRouter(
+    prefix="/v1/providers",
+    tags=["providers"],
+    dependencies=[Depends(require_token)],
+    responses=ERROR_RESPONSES,
+)
+
+Nickname = Annotated[str, Path(pattern=NICKNAME_PATTERN, description="The provider's nickname")]
+
+_CONFIG_EXAMPLE = {
+    "kind": "smtp",
+    "host": "smtp.example.com",
+    "port": 587,
+    "security": "starttls",
+    "username": "mailer",
+    "password": "secret",
+    "from_name": "Acme Deals",
+    "from_address": "deals@acme.example",
+}
+
+
+def _view(nickname: str) -> ProviderView:
+    view = provider_store.provider_view(nickname)
+    config = provider_store.load_provider(nickname)
+    warnings = config.warnings() if isinstance(config, HttpConfig) else []
+    return ProviderView.model_validate({**view, "warnings": warnings})
+
+
+@router.put(
+    "/{nickname}",
+    response_model=ProviderView,
+    responses={201: {"model": ProviderView, "description": "Created"}},
+    summary="Create or replace a provider",
+)
+def put_provider(
+    nickname: Nickname,
+    response: Response,
+    config: Annotated[
+        dict[str, Any],
+        Body(
+            description=(
+                "The configuration: `kind` (smtp, ses, sendgrid, gmail, http) and that "
+                "kind's fields, flat (DESIGN §2, §4). `nickname` may be left out; if given "
+                "it must match the path. Secrets are stored encrypted and never returned."
+            ),
+            examples=[_CONFIG_EXAMPLE],
+        ),
+    ],
+) -> ProviderView | JSONResponse:
+    """Validate the configuration for its kind and store it under ``nickname``.
+
+    The callback URL (and its token) stays the same when a provider is replaced.
+    """
+    data = {**config, "nickname": config.get("nickname", nickname)}
+    if data["nickname"] != nickname:
+        raise InvalidFieldError(
+            f"{data['nickname']!r} does not match the nickname in the path", "nickname"
+        )
+    existed = bool(store.sync_client().exists(store.provider_key(nickname)))
+    try:
+        provider_store.save_provider(data)
+    except ValidationError as exc:
+        return invalid_provider(exc, str(data.get("kind", "")))
+    response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+    return _view(nickname)
+
+
+@router.get("", response_model=ProviderList, summary="List providers")
+def list_providers() -> ProviderList:
+    """Every provider, secrets masked, by nickname."""
+    return ProviderList(items=[_view(n) for n in provider_store.list_providers()])
+
+
+@router.get(
+    "/{nickname}", response_model=ProviderView, responses=NOT_FOUND, summary="Read a provider"
+)
+def get_provider(nickname: Nickname) -> ProviderView:
+    """The configuration with secrets masked and the generated ``callback_url``."""
+    return _view(nickname)
+
+
+@router.delete(
+    "/{nickname}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+    summary="Delete a provider",
+)
+def delete_provider(nickname: Nickname) -> Response:
+    """Forget the provider. Campaigns that still use it pause when they next send."""
+    if not provider_store.delete_provider(nickname):
+        raise provider_store.ProviderNotFoundError(nickname)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{nickname}/test",
+    response_model=TestEmailResult,
+    responses=NOT_FOUND,
+    summary="Send a test email through a provider",
+)
+async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmailResult:
+    """Send one real message to ``to`` and say whether the provider took it.
+
+    ``error`` is one of the error classes of DESIGN §2 (``SMTP connection error``,
+    ``SMTP invalid email ID``, ``SMTP dispatching failed``, ``SMTP timeout``,
+    ``Dispatch failed``) or null.
+    """
+    config = await run_in_threadpool(provider_store.load_provider, nickname)
+    try:
+        to = normalize_address(body.to)
+    except InvalidAddressError as exc:
+        raise InvalidFieldError(str(exc), "to") from None
+    result = await send_test_email(config, to)
+    return TestEmailResult(ok=result.ok, error=result.error, detail=result.detail)

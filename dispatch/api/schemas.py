@@ -1,0 +1,178 @@
+"""Bodies and answers of the /v1 API, shared by the routers and ``dispatch.client``.
+
+Pure pydantic (no FastAPI import), so that other services can use the client without the
+server's dependencies being exercised.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dispatch.models import CampaignStatus
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``detail`` says what is wrong, ``field`` names where."""
+
+    detail: str
+    field: str | None = None
+    errors: list[FieldProblem] = Field(default_factory=list)
+
+
+# -- providers ---------------------------------------------------------------------------
+
+
+class ProviderView(BaseModel):
+    """A provider as shown: its configuration with secrets masked, plus ``callback_url``.
+
+    Fields depend on the kind (DESIGN §2, §4); they are kept as given.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    nickname: str
+    kind: str
+    callback_url: str
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ProviderList(BaseModel):
+    items: list[ProviderView]
+
+
+class TestEmailRequest(BaseModel):
+    """``POST /v1/providers/{nickname}/test``: where the test message goes."""
+
+    model_config = ConfigDict(extra="forbid")
+    __test__ = False  # not a pytest test class
+
+    to: str = Field(min_length=3, max_length=320)
+
+
+class TestEmailResult(BaseModel):
+    """The answer of a test email (DESIGN §2): ``error`` is an error class or null."""
+
+    __test__ = False
+
+    ok: bool
+    error: str | None
+    detail: str
+
+
+# -- campaigns ---------------------------------------------------------------------------
+
+
+class CampaignSummary(BaseModel):
+    """``GET /v1/campaigns/{id}``: status, reason and every counter (DESIGN §5)."""
+
+    id: str
+    provider: str
+    status: CampaignStatus
+    reason: str = ""
+    created_at: float = 0.0
+    send_date: str = ""
+    total: int = 0
+    queued: int = 0
+    sent: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    delivered: int = 0
+    soft_bounced: int = 0
+    hard_bounced: int = 0
+    unsubscribed: int = 0
+    spam: int = 0
+    clicked: int = 0
+    unknown: int = 0
+    cancelled: int = 0
+    expired: int = 0
+
+
+class CampaignPage(BaseModel):
+    """Campaigns, newest first; pass ``next_cursor`` back for the next page (null: done)."""
+
+    items: list[CampaignSummary]
+    next_cursor: str | None = None
+
+
+class AppendProblem(BaseModel):
+    """A recipient that was not appended: its NDJSON ``line`` or JSON-array ``index``."""
+
+    line: int | None = None
+    index: int | None = None
+    field: str
+    message: str
+
+
+class AppendResult(BaseModel):
+    """What an append did: every valid recipient is kept, bad ones are listed."""
+
+    appended: int
+    duplicates: int = 0
+    rejected: int = 0
+    errors: list[AppendProblem] = Field(default_factory=list)
+    errors_truncated: bool = False
+    total: int
+
+
+class RetryResult(BaseModel):
+    """``retry-failed``: how many failed messages were queued again, and the campaign."""
+
+    retried: int
+    skipped_not_retryable: int
+    skipped_already_retried: int
+    campaign: CampaignSummary
+
+
+class MessageOutcome(BaseModel):
+    """One message of a campaign: where it stands and why (DESIGN §5)."""
+
+    seq: int
+    email: str
+    meta: str
+    status: str
+    error_class: str = ""
+    detail: str = ""
+    attempts: int = 0
+    updated_at: float = 0.0
+    retried: bool = False
+
+
+class MessagePage(BaseModel):
+    """A page of messages in seq order; a page may be short (even empty) when filtered:
+    go on while ``next_cursor`` is not null."""
+
+    items: list[MessageOutcome]
+    next_cursor: str | None = None
+
+
+# -- suppressions ------------------------------------------------------------------------
+
+
+class SuppressionEntry(BaseModel):
+    """One suppressed address, with why (``reason``), from what (``source``) and when."""
+
+    model_config = ConfigDict(extra="allow")
+
+    email: str
+    reason: str
+    source: str
+    ts: float
+
+
+class SuppressionRequest(BaseModel):
+    """``PUT /v1/suppressions/{email}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="manual", min_length=1, max_length=200)
+    source: str = Field(default="api", min_length=1, max_length=200)
+
+
+class SuppressionPage(BaseModel):
+    items: list[SuppressionEntry]
+    next_cursor: str | None = None

@@ -1,0 +1,84 @@
+"""``/v1/suppressions``: the addresses never sent to again, with reason and source (DESIGN §6)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+
+from dispatch import suppressions
+from dispatch.api.auth import require_token
+from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, InvalidFieldError, NotFoundError
+from dispatch.api.schemas import SuppressionEntry, SuppressionPage, SuppressionRequest
+
+router = APIRouter(
+    prefix="/v1/suppressions",
+    tags=["suppressions"],
+    dependencies=[Depends(require_token)],
+    responses=ERROR_RESPONSES,
+)
+
+Email = Annotated[str, Path(min_length=3, max_length=320, description="The address")]
+MAX_PAGE = 1000
+
+
+@router.get("", response_model=SuppressionPage, summary="List suppressed addresses")
+def list_suppressions(
+    cursor: Annotated[str, Query(pattern=r"^\d{1,20}$", description="From `next_cursor`")] = "0",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> SuppressionPage:
+    """One page of the list, in no particular order (a scan of the list: an entry added or
+    removed meanwhile may or may not show); go on while ``next_cursor`` is not null."""
+    next_cursor, items = suppressions.page(int(cursor), limit)
+    return SuppressionPage(
+        items=[SuppressionEntry.model_validate(i) for i in items],
+        next_cursor=str(next_cursor) if next_cursor else None,
+    )
+
+
+def _entry(email: str) -> SuppressionEntry:
+    entry = suppressions.get(email)
+    if entry is None:
+        raise NotFoundError(f"{email!r} is not suppressed", "email")
+    return SuppressionEntry.model_validate(entry)
+
+
+@router.get(
+    "/{email}", response_model=SuppressionEntry, responses=NOT_FOUND, summary="Read one entry"
+)
+def get_suppression(email: Email) -> SuppressionEntry:
+    """Why and since when ``email`` is suppressed (compared caselessly)."""
+    return _entry(email)
+
+
+@router.put(
+    "/{email}",
+    response_model=SuppressionEntry,
+    responses={201: {"model": SuppressionEntry, "description": "Created"}},
+    summary="Suppress an address",
+)
+def put_suppression(
+    email: Email, response: Response, body: SuppressionRequest | None = None
+) -> SuppressionEntry:
+    """Suppress ``email``: 201 when new. An existing entry is kept as it is (200): its first
+    reason, often a bounce or complaint, is the evidence worth keeping."""
+    if "@" not in email:
+        raise InvalidFieldError(f"{email!r} is not an email address", "email")
+    request = body or SuppressionRequest()
+    existed = suppressions.get(email) is not None
+    entry = suppressions.add(email, reason=request.reason, source=request.source)
+    response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+    return SuppressionEntry.model_validate(entry)
+
+
+@router.delete(
+    "/{email}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=NOT_FOUND,
+    summary="Remove an address from the list",
+)
+def delete_suppression(email: Email) -> Response:
+    """Send to ``email`` again (campaigns started later, and messages not sent yet)."""
+    if not suppressions.remove(email):
+        raise NotFoundError(f"{email!r} is not suppressed", "email")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,442 @@
+"""A campaign after its creation: pause, resume, cancel, retry-failed, expiry, and its messages.
+
+Status changes are atomic compare-and-set scripts, so two operators (or an operator and
+beat) never both win. Message states only ever change through the ledger's script
+(``dispatch.ledger.LedgerWriter``), which moves the campaign counters with them:
+
+* **pause** sets ``paused``; running batches poll the status twice a second and stop taking
+  messages. What they had not claimed stays queued (or ``retry``) in the ledger.
+* **resume** sets ``running`` and hands every batch to the workers again; a batch skips what
+  the ledger settled, and its lease keeps two workers off the same batch.
+* **cancel** sets ``cancelled`` and settles every unsent message ``cancelled`` at once, with
+  the ledger's claim operation: it only takes a message that is still queued or waiting
+  for a retry, so a message a worker is sending right now is never overwritten and ends
+  ``sent`` (or failed) as it really did.
+* **retry-failed** queues failed messages again, if their failure may pass (see
+  :func:`is_retryable`), each message at most once; counters move failed -> queued.
+* **expiry** (beat): once ``expires_at`` has passed, the unsent messages of a campaign that
+  is not finished become ``expired``, and so does the campaign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from dispatch import campaigns, store
+from dispatch.campaigns import CampaignStateError, EnqueueBatch
+from dispatch.ledger import LedgerWriter, parse_record, record
+from dispatch.models import CampaignContent, CampaignStatus, MessageState
+from dispatch.settings import get_settings
+from providers.addresses import InvalidAddressError, normalize_address
+from providers.errors import ErrorClass
+
+WINDOW = 1000  # messages read per round trip when walking a campaign
+MAX_PAGE = 1000
+# A filtered page looks at this many messages at most, then hands back a cursor.
+PAGE_SCAN_LIMIT = 20_000
+QUEUED = "queued"  # the state of a message the ledger has no record of yet
+MESSAGE_STATUSES = (QUEUED, *(state.value for state in MessageState))
+
+_S = CampaignStatus
+
+
+def retried_key(campaign_id: str) -> str:
+    """Set of the seqs that retry-failed has queued again (each at most once)."""
+    return f"{store.PREFIX}:campaign:{campaign_id}:retried"
+
+
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {'', 0} end
+for i = 3, #ARGV do
+  if cur == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2])
+    return {cur, 1}
+  end
+end
+return {cur, 0}
+"""
+
+
+def _transition(
+    r: redis.Redis,
+    campaign_id: str,
+    to: CampaignStatus,
+    allowed: Iterable[CampaignStatus],
+    reason: str = "",
+) -> CampaignStatus | None:
+    """Set ``to`` if the status is one of ``allowed``; the status found, or None if not.
+
+    Raises :class:`campaigns.CampaignNotFoundError`.
+    """
+    found, changed = r.eval(
+        _TRANSITION,
+        1,
+        store.campaign_key(campaign_id),
+        to.value,
+        reason,
+        *(s.value for s in allowed),
+    )
+    if not found:
+        raise campaigns.CampaignNotFoundError(campaign_id)
+    return CampaignStatus(str(found)) if int(changed) else None
+
+
+def _refuse(campaign_id: str, operation: str, r: redis.Redis) -> CampaignStateError:
+    status = campaigns.get_status(campaign_id, r)
+    return CampaignStateError(
+        f"campaign {campaign_id!r} is {status}: it cannot be {operation}", field="status"
+    )
+
+
+# -- pause / resume ----------------------------------------------------------------------
+
+
+def pause(campaign_id: str, *, client: redis.Redis | None = None) -> dict[str, Any]:
+    """Pause a running or scheduled campaign (a paused one stays paused); its summary.
+
+    Sending stops within a second: running batches see the status and stop taking
+    messages. Raises :class:`campaigns.CampaignNotFoundError`, :class:`CampaignStateError`.
+    """
+    r = client or store.sync_client()
+    found = _transition(r, campaign_id, _S.PAUSED, (_S.RUNNING, _S.SCHEDULED, _S.PAUSED))
+    if found is None:
+        raise _refuse(campaign_id, "paused", r)
+    if found is _S.SCHEDULED:
+        r.zrem(store.SCHEDULED_ZSET, campaign_id)
+    return campaigns.campaign_summary(campaign_id, r)
+
+
+def resume(
+    campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
+) -> dict[str, Any]:
+    """Resume a paused campaign (or nudge a running one): every batch is handed out again.
+
+    A campaign paused before it started goes back through ``start`` (and waits for its
+    ``send_at`` if that is still ahead). Raises :class:`campaigns.CampaignNotFoundError`,
+    :class:`CampaignStateError` for a campaign that is not paused or running.
+    """
+    r = client or store.sync_client()
+    batches = campaigns.batch_count(campaign_id, r)
+    if batches == 0 and campaigns.get_status(campaign_id, r) is _S.PAUSED:
+        # Paused while scheduled: it never started.
+        if _transition(r, campaign_id, _S.SCHEDULED, (_S.PAUSED,)) is not None:
+            campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
+        return campaigns.campaign_summary(campaign_id, r)
+    if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
+        raise _refuse(campaign_id, "resumed", r)
+    send = enqueue or campaigns.enqueue_batch
+    for batch in range(batches):
+        send(campaign_id, batch)
+    campaigns.finish_if_done(campaign_id, r)
+    return campaigns.campaign_summary(campaign_id, r)
+
+
+# -- settling unsent messages (cancel, expiry) ---------------------------------------------
+
+
+@dataclass
+class _Settled:
+    count: int = 0
+    batches_with_claims: set[int] = field(default_factory=set)
+
+
+async def _settle_unsent(
+    r: aioredis.Redis, campaign_id: str, state: MessageState, batch_size: int
+) -> _Settled:
+    """Give every message still queued or waiting for a retry the terminal ``state``."""
+    out = _Settled()
+    writer = LedgerWriter(r, campaign_id)
+    total = await r.llen(store.recipients_key(campaign_id))
+    for start in range(0, total, WINDOW):
+        seqs = list(range(start, min(start + WINDOW, total)))
+        raw = await r.hmget(store.ledger_key(campaign_id), [str(s) for s in seqs])
+        todo: list[tuple[int, dict[str, Any] | None]] = []
+        for seq, rec_raw in zip(seqs, raw, strict=True):
+            rec = parse_record(rec_raw)
+            if rec is None or rec["state"] == MessageState.RETRY.value:
+                todo.append((seq, rec))
+            elif rec["state"] == MessageState.CLAIMED.value:
+                out.batches_with_claims.add(seq // batch_size)
+        if not todo:
+            continue
+        docs = await r.lrange(store.recipients_key(campaign_id), start, start + len(seqs) - 1)
+        claims = []
+        for seq, rec in todo:
+            email = str(orjson.loads(docs[seq - start])["email"])
+            attempts = int(rec["attempts"]) if rec else 0
+            claims.append(writer.claim(seq, record(state, email=email, attempts=attempts)))
+        out.count += sum(await asyncio.gather(*claims))
+    return out
+
+
+def _settle(campaign_id: str, state: MessageState, r: redis.Redis) -> _Settled:
+    batch_size = int(
+        r.hget(store.campaign_key(campaign_id), "batch_size") or get_settings().batch_size
+    )
+
+    async def go() -> _Settled:
+        client = store.async_client()
+        try:
+            return await _settle_unsent(client, campaign_id, state, batch_size)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def _end(
+    campaign_id: str,
+    status: CampaignStatus,
+    reason: str,
+    r: redis.Redis,
+    enqueue: EnqueueBatch | None,
+) -> CampaignStatus | None:
+    """Move a campaign that is not finished to ``status`` and settle its unsent messages.
+
+    Batches that hold a message claimed by a worker are handed out again: a live worker
+    records its outcome itself, and for a dead one the batch's next run records ``unknown``.
+    Returns the status found, or None when the campaign was already finished.
+    """
+    found = _transition(
+        r, campaign_id, status, (_S.DRAFT, _S.SCHEDULED, _S.RUNNING, _S.PAUSED), reason
+    )
+    if found is None:
+        return None
+    r.zrem(store.SCHEDULED_ZSET, campaign_id)
+    settled = _settle(campaign_id, MessageState(status.value), r)
+    send = enqueue or campaigns.enqueue_batch
+    for batch in sorted(settled.batches_with_claims):
+        send(campaign_id, batch)
+    return found
+
+
+def cancel(
+    campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
+) -> dict[str, Any]:
+    """Cancel a campaign: every message not sent yet ends ``cancelled``; its summary.
+
+    Cancelling a cancelled campaign changes nothing. Raises
+    :class:`campaigns.CampaignNotFoundError`, :class:`CampaignStateError` when it has
+    completed or expired.
+    """
+    r = client or store.sync_client()
+    found = _end(campaign_id, _S.CANCELLED, "cancelled", r, enqueue)
+    if found is None and campaigns.get_status(campaign_id, r) is not _S.CANCELLED:
+        raise _refuse(campaign_id, "cancelled", r)
+    return campaigns.campaign_summary(campaign_id, r)
+
+
+def expire_due(
+    *,
+    now: float | None = None,
+    client: redis.Redis | None = None,
+    enqueue: EnqueueBatch | None = None,
+) -> list[str]:
+    """Expire every unfinished campaign whose ``expires_at`` has passed (beat); their ids."""
+    r = client or store.sync_client()
+    due = r.zrangebyscore(campaigns.EXPIRING_ZSET, 0, now if now is not None else time.time())
+    expired = []
+    for member in due:
+        campaign_id = str(member)
+        try:
+            if _end(campaign_id, _S.EXPIRED, "expires_at passed", r, enqueue) is not None:
+                expired.append(campaign_id)
+        except campaigns.CampaignNotFoundError:
+            pass
+        r.zrem(campaigns.EXPIRING_ZSET, campaign_id)
+    return expired
+
+
+# -- retry-failed ------------------------------------------------------------------------
+
+_SMTP_CODE = re.compile(r"\b([2-5])\d\d\b")
+
+
+def is_retryable(error_class: str, detail: str) -> bool:
+    """Whether a failed message may succeed if sent again.
+
+    Not retried: ``Invalid message`` (the recipient's own data cannot be sent, DESIGN §2
+    note in ``providers.errors``), and ``SMTP invalid email ID`` when the server refused
+    the address for good (a 5xx reply). A recipient refused with a 4xx reply that ran out
+    of attempts during an outage is retried. Every other class (connection, timeout, the
+    server or HTTP provider refusing the message) may pass once the provider is fixed.
+    """
+    if error_class == ErrorClass.INVALID_MESSAGE.value:
+        return False
+    if error_class == ErrorClass.INVALID_RECIPIENT.value:
+        match = _SMTP_CODE.search(detail)
+        return match is not None and match.group(1) == "4"
+    return True
+
+
+@dataclass
+class RetryReport:
+    """What retry-failed did."""
+
+    retried: int = 0
+    skipped_not_retryable: int = 0
+    skipped_already_retried: int = 0
+    batches: set[int] = field(default_factory=set)
+
+
+async def _requeue_failed(
+    r: aioredis.Redis, campaign_id: str, batch_size: int, report: RetryReport
+) -> None:
+    writer = LedgerWriter(r, campaign_id)
+    total = await r.llen(store.recipients_key(campaign_id))
+    for start in range(0, total, WINDOW):
+        seqs = [str(s) for s in range(start, min(start + WINDOW, total))]
+        raw = await r.hmget(store.ledger_key(campaign_id), seqs)
+        failed: list[tuple[int, dict[str, Any]]] = []
+        for name, rec_raw in zip(seqs, raw, strict=True):
+            rec = parse_record(rec_raw)
+            if rec is None or rec["state"] != MessageState.FAILED.value:
+                continue
+            if not is_retryable(rec["error_class"], rec["detail"]):
+                report.skipped_not_retryable += 1
+                continue
+            failed.append((int(name), rec))
+        if not failed:
+            continue
+        pipe = r.pipeline(transaction=False)
+        for seq, _ in failed:
+            pipe.sadd(retried_key(campaign_id), seq)
+        first_time = await pipe.execute()
+        puts = []
+        for (seq, rec), new in zip(failed, first_time, strict=True):
+            if not new:
+                report.skipped_already_retried += 1
+                continue
+            # attempts start again: the message gets the normal retry policy once more.
+            rec_bytes = record(
+                MessageState.RETRY,
+                email=rec["email"],
+                error_class=rec["error_class"],
+                detail=f"queued again by retry-failed after: {rec['detail']}",
+            )
+            puts.append(writer.put(seq, rec_bytes))
+            report.batches.add(seq // batch_size)
+            report.retried += 1
+        await asyncio.gather(*puts)
+
+
+def retry_failed(
+    campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
+) -> tuple[RetryReport, dict[str, Any]]:
+    """Queue the campaign's retryable failed messages again, each at most once.
+
+    A completed campaign runs again; a paused one stays paused (resume sends them).
+    Returns the report and the campaign's summary. Raises
+    :class:`campaigns.CampaignNotFoundError`, :class:`CampaignStateError` unless the
+    campaign is running, paused or completed.
+    """
+    r = client or store.sync_client()
+    status = campaigns.get_status(campaign_id, r)
+    if status not in (_S.RUNNING, _S.PAUSED, _S.COMPLETED):
+        raise _refuse(campaign_id, "retried", r)
+    batch_size = int(
+        r.hget(store.campaign_key(campaign_id), "batch_size") or get_settings().batch_size
+    )
+    report = RetryReport()
+
+    async def go() -> None:
+        client = store.async_client()
+        try:
+            await _requeue_failed(client, campaign_id, batch_size, report)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    if report.retried:
+        _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING))
+        if campaigns.get_status(campaign_id, r) is _S.RUNNING:
+            send = enqueue or campaigns.enqueue_batch
+            for batch in sorted(report.batches):
+                send(campaign_id, batch)
+    return report, campaigns.campaign_summary(campaign_id, r)
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+def _meta(email: str, seq: int, content: CampaignContent, send_date: str) -> str:
+    """The message's meta (DESIGN §3), as the sender builds it; empty before the start."""
+    if not send_date:
+        return ""
+    with contextlib.suppress(InvalidAddressError):  # meta carries what the sender used
+        email = normalize_address(email)
+    account = get_settings().account_id
+    return f"{email}|{account}|{content.id}|{send_date}|{content.variant}|{content.category}|{seq}|"
+
+
+def messages_page(
+    campaign_id: str,
+    *,
+    status: str | None = None,
+    cursor: int = 0,
+    limit: int = 100,
+    client: redis.Redis | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Per-message outcomes in seq order from ``cursor``, and the next cursor (None: done).
+
+    With ``status`` a page holds only messages in that state (``queued`` for those not
+    settled yet) among the next :data:`PAGE_SCAN_LIMIT` messages, so it may be short or
+    empty while the cursor moves on. Raises :class:`campaigns.CampaignNotFoundError`,
+    ``ValueError`` for an unknown status.
+    """
+    if status is not None and status not in MESSAGE_STATUSES:
+        raise ValueError(f"status: one of {', '.join(MESSAGE_STATUSES)}")
+    r = client or store.sync_client()
+    content = campaigns.load_content(campaign_id, r)
+    send_date = str(r.hget(store.campaign_key(campaign_id), "send_date") or "")
+    total = int(r.llen(store.recipients_key(campaign_id)))
+    limit = max(1, min(limit, MAX_PAGE))
+    items: list[dict[str, Any]] = []
+    seq = max(0, cursor)
+    scan_end = min(total, seq + max(PAGE_SCAN_LIMIT, limit))
+    while seq < scan_end and len(items) < limit:
+        window = min(WINDOW, scan_end - seq, limit - len(items) if status is None else WINDOW)
+        seqs = [str(s) for s in range(seq, seq + window)]
+        pipe = r.pipeline(transaction=False)
+        pipe.lrange(store.recipients_key(campaign_id), seq, seq + window - 1)
+        pipe.hmget(store.ledger_key(campaign_id), seqs)
+        pipe.smismember(retried_key(campaign_id), seqs)
+        docs, records, retried = pipe.execute()
+        for offset, (doc, rec_raw, was_retried) in enumerate(
+            zip(docs, records, retried, strict=True)
+        ):
+            rec = parse_record(rec_raw) or {}
+            state = str(rec.get("state", QUEUED))
+            if status is not None and state != status:
+                continue
+            email = str(orjson.loads(doc)["email"])
+            items.append(
+                {
+                    "seq": seq + offset,
+                    "email": email,
+                    "meta": _meta(email, seq + offset, content, send_date),
+                    "status": state,
+                    "error_class": rec.get("error_class", ""),
+                    "detail": rec.get("detail", ""),
+                    "attempts": rec.get("attempts", 0),
+                    "updated_at": rec.get("updated_at", 0.0),
+                    "retried": bool(was_retried),
+                }
+            )
+            if len(items) >= limit:
+                seq += offset + 1
+                break
+        else:
+            seq += window
+    return items, (seq if seq < total else None)

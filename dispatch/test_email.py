@@ -1,0 +1,111 @@
+"""The provider test email (DESIGN §2): one real message through a provider, and its verdict.
+
+The message goes through the same adapter as a campaign's, so a good answer means the
+provider really took a message: host, port, security, credentials and sender all work.
+Failures are named with the error classes of DESIGN §2 (``SMTP connection error``,
+``SMTP invalid email ID``, ``SMTP dispatching failed``, ``SMTP timeout``,
+``Dispatch failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dispatch.settings import Settings, get_settings
+from providers.addresses import normalize_address
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.config import HttpConfig, ProviderBase
+from providers.errors import ErrorClass, ProviderError
+from providers.registry import build_transport
+
+TEST_CAMPAIGN_PREFIX = "test-"
+TEST_CATEGORY = "test"
+# The whole exchange is bounded even if the provider's own timeout is long.
+DEFAULT_DEADLINE_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TestEmailResult:
+    """``ok``, the error class (None when ok) and the provider's answer or the reason."""
+
+    __test__ = False  # not a pytest test class
+
+    ok: bool
+    error: str | None
+    detail: str
+
+
+def _timeout_class(config: ProviderBase) -> ErrorClass:
+    return ErrorClass.DISPATCH_FAILED_HTTP if isinstance(config, HttpConfig) else ErrorClass.TIMEOUT
+
+
+def build_test_message(config: ProviderBase, to: str, settings: Settings) -> OutgoingMessage:
+    """The test message for ``config``; raises ``InvalidAddressError`` for a bad ``to``."""
+    address = normalize_address(to)
+    campaign_id = f"{TEST_CAMPAIGN_PREFIX}{secrets.token_hex(4)}"
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    meta = f"{address}|{settings.account_id}|{campaign_id}|{day}|0|{TEST_CATEGORY}|0|"
+    kind = getattr(config, "kind", "provider")
+    html = (
+        f"<p>This is a test message from <b>dispatch</b> through the {kind} provider "
+        f"<code>{config.nickname}</code>.</p><p>If you can read it, the provider works.</p>"
+    )
+    return OutgoingMessage(
+        seq=0,
+        meta=meta,
+        campaign_id=campaign_id,
+        to=address,
+        subject=f"dispatch test message ({config.nickname})",
+        html=html,
+        text=(
+            f"This is a test message from dispatch through the {kind} provider "
+            f"{config.nickname}. If you can read it, the provider works."
+        ),
+        from_address=config.from_address,
+        from_name=config.from_name,
+        reply_to=config.reply_to,
+    )
+
+
+def _verdict(outcome: SendOutcome) -> TestEmailResult:
+    if outcome.status is OutcomeStatus.SENT:
+        return TestEmailResult(True, None, outcome.detail or "accepted")
+    error = outcome.error_class or ErrorClass.DISPATCH_FAILED_SMTP
+    detail = outcome.detail
+    if outcome.status is OutcomeStatus.RETRY:
+        detail = f"temporary failure: {detail}"
+    elif outcome.status is OutcomeStatus.UNKNOWN:
+        detail = f"outcome unknown: {detail}"
+    return TestEmailResult(False, error.value, detail)
+
+
+async def send_test_email(
+    config: ProviderBase,
+    to: str,
+    *,
+    settings: Settings | None = None,
+    deadline: float = DEFAULT_DEADLINE_SECONDS,
+) -> TestEmailResult:
+    """Send one test message through ``config`` to ``to``; never raises for the provider's
+    failures (they are the answer), only ``InvalidAddressError`` for a bad ``to``.
+    """
+    settings = settings or get_settings()
+    message = build_test_message(config, to, settings)
+    transport = build_transport(config, allow_private_endpoints=settings.allow_private_endpoints)
+
+    async def exchange() -> TestEmailResult:
+        async with transport.session() as session:
+            outcomes = await session.send([message])
+        return _verdict(outcomes[0])
+
+    try:
+        return await asyncio.wait_for(exchange(), timeout=deadline)
+    except ProviderError as exc:
+        return TestEmailResult(False, exc.error_class.value, exc.detail)
+    except TimeoutError:
+        return TestEmailResult(
+            False, _timeout_class(config).value, f"no answer within {deadline:g} s"
+        )

@@ -1,0 +1,225 @@
+"""/v1/providers over HTTP on the real app: save, read, list, delete, and the test email."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.api_server import ApiServer
+from tests.api_support import api_client, covers, smtp_body
+from tests.http_sink import HttpSink, Reply
+from tests.smtp_server import SmtpTestServer
+
+HTTP_BODY = {
+    "to": "$$To",
+    "subject": "$$Subject",
+    "from": "$$FromName",
+    "addr": "$$FromAddress",
+    "html": "$$HTML",
+}
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpTestServer]:
+    with SmtpTestServer(credentials=("mailer", "s3cret")) as server:
+        yield server
+
+
+@covers(
+    "PUT /v1/providers/{nickname}",
+    "GET /v1/providers/{nickname}",
+    "GET /v1/providers",
+    "DELETE /v1/providers/{nickname}",
+)
+def test_provider_crud_masks_secrets_and_keeps_the_callback_url(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    with api_client(api_server) as api:
+        body = smtp_body(smtp.port, username="mailer", password="s3cret")
+        created = api.put("/v1/providers/local", json=body)
+        assert created.status_code == 201, created.text
+        view = created.json()
+        assert view["password"] == "********" and "s3cret" not in created.text
+        assert (
+            view["callback_url"].startswith("http")
+            and "/v1/callbacks/local/" in view["callback_url"]
+        )
+        replaced = api.put("/v1/providers/local", json={**body, "from_name": "Acme"})
+        assert replaced.status_code == 200
+        assert replaced.json()["callback_url"] == view["callback_url"]  # the ESP's URL holds
+
+        got = api.get("/v1/providers/local").json()
+        assert got["from_name"] == "Acme" and got["password"] == "********"
+        listed = api.get("/v1/providers").json()["items"]
+        assert [p["nickname"] for p in listed] == ["local"]
+        assert "s3cret" not in str(redis_client.get("dispatch:provider:local"))  # encrypted
+
+        assert api.delete("/v1/providers/local").status_code == 204
+        missing = api.get("/v1/providers/local")
+        assert missing.status_code == 404 and missing.json()["field"] == "nickname"
+        assert api.delete("/v1/providers/local").status_code == 404
+
+
+@covers("PUT /v1/providers/{nickname}")
+def test_invalid_provider_configs_get_422_naming_the_field(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    cases = [
+        ({**smtp_body(25), "port": "not-a-port"}, "port"),
+        ({"host": "x"}, "kind"),
+        ({"kind": "carrier-pigeon"}, "kind"),
+        ({"kind": "smtp"}, "host"),
+        ({**smtp_body(25), "preference_center": "custom"}, "preference_center_url"),
+        ({**smtp_body(25), "nickname": "other"}, "nickname"),
+        ({**smtp_body(25), "colour": "red"}, "colour"),
+        (
+            {"kind": "http", "endpoint": "http://127.0.0.1:9/send", "body": {"to": "$$To"}},
+            "body",
+        ),
+    ]
+    with api_client(api_server) as api:
+        for body, field in cases:
+            answer = api.put("/v1/providers/local", json=body)
+            assert answer.status_code == 422, (body, answer.text)
+            error = answer.json()
+            assert error["field"] == field, (body, error)
+            assert field in error["detail"]
+        bad_name = api.put("/v1/providers/Not_Valid", json=smtp_body(25))
+        assert bad_name.status_code == 422 and bad_name.json()["field"] == "nickname"
+        assert api.get("/v1/providers").json()["items"] == []
+
+
+@covers("PUT /v1/providers/{nickname}", "GET /v1/providers/{nickname}")
+def test_http_provider_warns_without_message_id(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    body = {"kind": "http", "endpoint": "http://127.0.0.1:9/send", "body": HTTP_BODY}
+    with api_client(api_server) as api:
+        assert api.put("/v1/providers/hook", json=body).status_code == 201
+        warnings = api.get("/v1/providers/hook").json()["warnings"]
+        assert any("MessageID" in w for w in warnings)
+
+
+def _test(api_server: ApiServer, nickname: str, to: str = "someone@example.com") -> dict:  # type: ignore[type-arg]
+    with api_client(api_server) as api:
+        answer = api.post(f"/v1/providers/{nickname}/test", json={"to": to})
+        assert answer.status_code == 200, answer.text
+        result: dict = answer.json()  # type: ignore[type-arg]
+        assert set(result) == {"ok", "error", "detail"}
+        return result
+
+
+def _save(api_server: ApiServer, nickname: str, body: dict[str, object]) -> None:
+    with api_client(api_server) as api:
+        assert api.put(f"/v1/providers/{nickname}", json=body).status_code in (200, 201)
+
+
+@covers("POST /v1/providers/{nickname}/test")
+def test_test_email_good_configuration_delivers_one_message(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    _save(api_server, "good", smtp_body(smtp.port, username="mailer", password="s3cret"))
+    result = _test(api_server, "good", "Someone@Example.COM")
+    assert (result["ok"], result["error"]) == (True, None), result["detail"]
+    assert len(smtp.messages) == 1
+    message = smtp.messages[0]
+    assert message.rcpt_tos == ["Someone@example.com"]
+    assert message.message["X-CleverTap_META"].startswith("Someone@example.com|")
+    assert "good" in str(message.message["Subject"])
+
+
+@covers("POST /v1/providers/{nickname}/test")
+def test_test_email_error_classes(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """Each way a provider can fail gives the error class of DESIGN §2."""
+    _save(api_server, "badpass", smtp_body(smtp.port, username="mailer", password="wrong"))
+    result = _test(api_server, "badpass")
+    assert (result["ok"], result["error"]) == (False, "SMTP connection error")
+    assert "auth" in result["detail"].lower()
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    _save(api_server, "noserver", smtp_body(dead_port))
+    result = _test(api_server, "noserver")
+    assert (result["ok"], result["error"]) == (False, "SMTP connection error")
+
+    _save(api_server, "tlsmismatch", smtp_body(smtp.port, security="tls", timeout=5))
+    assert _test(api_server, "tlsmismatch")["error"] == "SMTP connection error"
+
+    with socket.socket() as silent:  # accepts connections, never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        _save(api_server, "silent", smtp_body(silent.getsockname()[1], timeout=0.5))
+        result = _test(api_server, "silent")
+    assert (result["ok"], result["error"]) == (False, "SMTP timeout")
+
+    auth = {"username": "mailer", "password": "s3cret"}
+    _save(api_server, "picky", smtp_body(smtp.port, **auth))
+    smtp.handler.rcpt_reply = lambda address: "550 5.1.1 no such user"
+    result = _test(api_server, "picky")
+    assert (result["ok"], result["error"]) == (False, "SMTP invalid email ID")
+    assert "550" in result["detail"]
+
+    smtp.handler.rcpt_reply = lambda address: None
+    smtp.handler.data_reply = lambda envelope: "554 5.7.1 message refused"
+    result = _test(api_server, "picky")
+    assert (result["ok"], result["error"]) == (False, "SMTP dispatching failed")
+    assert smtp.messages == []
+
+
+@covers("POST /v1/providers/{nickname}/test")
+def test_test_email_through_the_http_kind(api_server: ApiServer, redis_client: redis.Redis) -> None:
+    with HttpSink() as sink:
+        body = {
+            "kind": "http",
+            "endpoint": f"{sink.url}/send",
+            "body": {**HTTP_BODY, "mid": "$$MessageID"},
+            "from_name": "Acme",
+            "from_address": "deals@acme.example",
+        }
+        _save(api_server, "hook", body)
+        assert _test(api_server, "hook")["ok"] is True
+        sent = sink.requests[0].json()
+        assert sent["to"] == "someone@example.com" and sent["mid"].startswith("someone@")
+
+        sink.script(Reply(400, b'{"error": "bad sender"}'))
+        result = _test(api_server, "hook")
+        assert (result["ok"], result["error"]) == (False, "Dispatch failed")
+        assert "400" in result["detail"] and "bad sender" in result["detail"]
+
+
+@covers("POST /v1/providers/{nickname}/test")
+def test_test_email_refuses_a_bad_address_and_an_unknown_provider(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    _save(api_server, "good", smtp_body(smtp.port, username="mailer", password="s3cret"))
+    with api_client(api_server) as api:
+        bad = api.post("/v1/providers/good/test", json={"to": "not an address"})
+        assert bad.status_code == 422 and bad.json()["field"] == "to"
+        missing = api.post("/v1/providers/good/test", json={})
+        assert missing.status_code == 422 and missing.json()["field"] == "to"
+        unknown = api.post("/v1/providers/nobody/test", json={"to": "a@example.com"})
+        assert unknown.status_code == 404
+    assert smtp.messages == []
+
+
+@covers("GET /v1/providers", "PUT /v1/providers/{nickname}", "POST /v1/providers/{nickname}/test")
+def test_requests_without_a_valid_token_get_401(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    for token in (None, "wrong-token"):
+        with api_client(api_server, token=token) as api:
+            for method, path in (
+                ("GET", "/v1/providers"),
+                ("PUT", "/v1/providers/x"),
+                ("POST", "/v1/providers/x/test"),
+            ):
+                answer = api.request(method, path, json={})
+                assert answer.status_code == 401, (method, path, token)
+                assert answer.headers["www-authenticate"] == "Bearer"
+                assert answer.json()["detail"]
