@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
+import select
+import socket
+import socketserver
 import ssl
 import tempfile
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from dispatch import campaigns, store
 from dispatch.models import CampaignRequest
 from dispatch.provider_store import load_provider_with_token, save_provider
 from dispatch.settings import get_settings
 from providers.meta import build_meta
-from tests.smtp_server import self_signed_cert
 
 DATA = Path(__file__).parent / "data" / "callbacks"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-campaign-events"
@@ -139,14 +146,47 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class HttpsServer:
-    """An HTTPS server on 127.0.0.1 recording GET paths; ``ca_file`` is its certificate."""
+def certificate_for(hosts: list[str], directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and ``hosts`` (cert, key)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "test")])
+    now = datetime.now(UTC)
+    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names += [x509.DNSName(host) for host in hosts]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
 
-    def __init__(self, status: int = 200) -> None:
+
+class HttpsServer:
+    """An HTTPS server on 127.0.0.1 recording GET paths; ``ca_file`` is its certificate.
+
+    ``hosts``: DNS names its certificate also holds (reached through :class:`ConnectProxy`).
+    """
+
+    def __init__(self, status: int = 200, hosts: list[str] | None = None) -> None:
         self.status = status
         self.paths: list[str] = []
         self._dir = tempfile.TemporaryDirectory()
-        cert, key = self_signed_cert(Path(self._dir.name))
+        cert, key = certificate_for(hosts or [], Path(self._dir.name))
         self.ca_file = str(cert)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
@@ -158,8 +198,12 @@ class HttpsServer:
         )
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def authority(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> HttpsServer:
         self._thread.start()
@@ -169,3 +213,61 @@ class HttpsServer:
         self._server.shutdown()
         self._server.server_close()
         self._dir.cleanup()
+
+
+class _Tunnel(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        proxy: ConnectProxy = self.server.owner  # type: ignore[attr-defined]
+        request = self.rfile.readline().decode("latin-1").split()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        if len(request) < 2 or request[0] != "CONNECT":
+            self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            return
+        proxy.targets.append(request[1])
+        upstream = socket.create_connection(("127.0.0.1", proxy.port))
+        self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.wfile.flush()
+        sockets = [self.connection, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 5)
+                if not readable:
+                    return
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is self.connection else self.connection).sendall(data)
+        finally:
+            upstream.close()
+
+
+class ConnectProxy:
+    """An HTTP proxy that tunnels every CONNECT to 127.0.0.1:``port``, recording targets.
+
+    Lets a client that honours ``HTTPS_PROXY`` reach "sns.us-east-1.amazonaws.com"
+    offline: the TLS session (and its certificate check) is the local server's.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.targets: list[str] = []
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Tunnel)
+        self._server.daemon_threads = True
+        self._server.owner = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> ConnectProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

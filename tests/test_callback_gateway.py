@@ -35,6 +35,7 @@ from tests.callback_support import (
     SAMPLE_CERT_NAME,
     TEST_HOST_PATTERN,
     TOPIC,
+    ConnectProxy,
     HttpsServer,
     callback_entries,
     draft_campaign,
@@ -361,19 +362,27 @@ def test_signed_ses_samples_have_the_expected_effects(
     assert click["properties"]["URL"].startswith("https://")
 
 
-def test_sns_subscription_sample_verifies_then_needs_its_subscribe_url(
-    api: httpx.Client, paths: dict[str, str]
+def test_sns_subscription_sample_is_confirmed_at_its_subscribe_url(
+    api: httpx.Client, paths: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sample's SubscribeURL is on AWS, out of reach here: verified, not confirmed.
+    """The sample's own SubscribeURL, on sns.us-east-1.amazonaws.com, reached offline.
 
-    502 (not 400) tells SNS to deliver the confirmation again; the confirmation itself is
-    shown with a local SubscribeURL below.
+    A local CONNECT proxy (``HTTPS_PROXY``) tunnels to a local HTTPS server whose
+    certificate names that host and is trusted through ``SSL_CERT_FILE``.
     """
     envelope = sample("sns-subscription-confirmation.json")
-    answer = post(api, paths["ses"], envelope, sns_headers(envelope))
+    with (
+        HttpsServer(hosts=["sns.us-east-1.amazonaws.com"]) as server,
+        ConnectProxy(server.port) as proxy,
+    ):
+        monkeypatch.setenv("SSL_CERT_FILE", server.ca_file)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        answer = post(api, paths["ses"], envelope, sns_headers(envelope))
 
-    assert answer.status_code == 502
-    assert answer.json()["message"].startswith("SubscribeURL not confirmed")
+    assert (answer.status_code, answer.json()) == (200, SUCCESS)
+    assert proxy.targets == ["sns.us-east-1.amazonaws.com:443"]
+    assert len(server.paths) == 1
+    assert server.paths[0] == envelope["SubscribeURL"].split("amazonaws.com", 1)[1]
 
 
 def test_subscription_confirmation_gets_the_subscribe_url(

@@ -375,6 +375,24 @@ def test_host_pattern_is_configurable(signer: Signer, own_source: FixedSource) -
     assert [e.email for e in result.events] == ["a@example.com"]
 
 
+def test_host_pattern_is_matched_with_the_port() -> None:
+    """A pattern naming a port admits it (local test servers); the default admits none."""
+    local = SnsVerifier(FixedSource(b""), host_pattern=r"^127\.0\.0\.1:[0-9]+$")
+
+    assert local.check_url("https://127.0.0.1:8443/c.pem", "u", certificate=True).port == 8443
+    for url in (
+        "https://127.0.0.1/c.pem",
+        "https://127.0.0.2:8443/c.pem",
+        "https://x@127.0.0.1:8443/c.pem",
+        "http://127.0.0.1:8443/c.pem",
+        "https://127.0.0.1:08443/c.pem",
+    ):
+        with pytest.raises(CallbackRejected):
+            local.check_url(url, "u", certificate=True)
+    with pytest.raises(CallbackRejected, match="must not carry a port"):
+        SnsVerifier(FixedSource(b"")).check_url("https://sns.us-east-1.amazonaws.com:443/c", "u")
+
+
 def test_topic_outside_the_allow_list_is_refused(sample_verifier: SnsVerifier) -> None:
     body = dumps(sample("ses-sns-delivery.json"))
 
