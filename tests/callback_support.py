@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import ipaddress
 import json
 import select
 import socket
@@ -11,23 +10,20 @@ import socketserver
 import ssl
 import tempfile
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import redis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from dispatch import campaigns, store
 from dispatch.models import CampaignRequest
 from dispatch.provider_store import load_provider_with_token, save_provider
 from dispatch.settings import get_settings
 from providers.meta import build_meta
+from tests.smtp_server import self_signed_cert
 
 DATA = Path(__file__).parent / "data" / "callbacks"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-campaign-events"
@@ -146,36 +142,6 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def certificate_for(hosts: list[str], directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and ``hosts`` (cert, key)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "test")])
-    now = datetime.now(UTC)
-    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    names += [x509.DNSName(host) for host in hosts]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 class HttpsServer:
     """An HTTPS server on 127.0.0.1 recording GET paths; ``ca_file`` is its certificate.
 
@@ -186,7 +152,7 @@ class HttpsServer:
         self.status = status
         self.paths: list[str] = []
         self._dir = tempfile.TemporaryDirectory()
-        cert, key = certificate_for(hosts or [], Path(self._dir.name))
+        cert, key = self_signed_cert(Path(self._dir.name), hosts or [])
         self.ca_file = str(cert)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)

@@ -10,7 +10,7 @@ import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -76,10 +76,12 @@ class CountingSMTP(SMTP):
         super().connection_made(transport)
 
 
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for 127.0.0.1 (cert, key)."""
+def self_signed_cert(directory: Path, hosts: Sequence[str] = ()) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and the DNS names ``hosts`` (cert, key)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names += [x509.DNSName(host) for host in hosts]
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -90,7 +92,7 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(names),
             critical=False,
         )
         .sign(key, hashes.SHA256())
