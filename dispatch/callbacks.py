@@ -65,7 +65,6 @@ from providers.config import (
 
 log = logging.getLogger(__name__)
 
-GENERIC_KINDS = frozenset({"smtp", "gmail", "http"})
 SUCCESS_MESSAGE = "Callback processed successfully"
 AUTH_FAILED = "invalid callback URL"
 SERVER_ERROR = "Server error"

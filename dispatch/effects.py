@@ -49,9 +49,10 @@ COUNTERS: dict[EventType, str] = {
     EventType.CLICKED: "clicked",
 }
 SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
-# DESIGN §6: the kinds that speak the generic format report as "Generic email".
+# DESIGN §6 "CT Source": the generic kinds report "Generic email" (Generic SMTP seed);
+# the named ESPs (gmail, ses, sendgrid) report their kind.
 GENERIC_SOURCE = "Generic email"
-GENERIC_KINDS = frozenset({"smtp", "http"})
+GENERIC_SOURCE_KINDS = frozenset({"smtp", "http"})
 
 _APPLY = """
 local stream, supp, inbox, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -143,7 +144,7 @@ class InboxBatch(BaseModel):
 def system_events(event: InboxEvent, *, provider: str, kind: str, received: float) -> list[bytes]:
     """The ``dispatch:events`` entries of one callback event (DESIGN §6 table)."""
     description = event.description
-    source = GENERIC_SOURCE if kind in GENERIC_KINDS else kind
+    source = GENERIC_SOURCE if kind in GENERIC_SOURCE_KINDS else kind
     names: list[tuple[str, dict[str, Any]]] = {
         EventType.DELIVERED: [("Notification Delivered", {"CT Source": source})],
         EventType.HARD_BOUNCE: [
