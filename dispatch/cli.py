@@ -170,6 +170,27 @@ def cmd_providers_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_providers_test(args: argparse.Namespace) -> int:
+    """Send one real test message through a saved provider; 0 if it was taken."""
+    import asyncio
+
+    from dispatch.provider_store import ProviderNotFoundError, load_provider
+    from dispatch.test_email import send_test_email
+    from providers.addresses import InvalidAddressError
+
+    try:
+        config = load_provider(args.nickname)
+        result = asyncio.run(send_test_email(config, args.to))
+    except ProviderNotFoundError:
+        print(f"error: no provider {args.nickname!r}", file=sys.stderr)
+        return 2
+    except InvalidAddressError as exc:
+        print(f"error: --to: {exc}", file=sys.stderr)
+        return 2
+    _print({"ok": result.ok, "error": result.error, "detail": result.detail})
+    return 0 if result.ok else 1
+
+
 def cmd_suppressions_list(args: argparse.Namespace) -> int:
     from dispatch import suppressions
 
@@ -238,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_providers_add)
     psub.add_parser("list", help="list providers").set_defaults(func=cmd_providers_list)
+    p = psub.add_parser("test", help="send one real test message through a provider")
+    p.add_argument("nickname")
+    p.add_argument("--to", required=True, help="the address that gets the test message")
+    p.set_defaults(func=cmd_providers_test)
 
     supp = sub.add_parser("suppressions", help="manage the suppression list")
     ssub = supp.add_subparsers(dest="action", required=True)

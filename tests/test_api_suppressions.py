@@ -1,0 +1,90 @@
+"""/v1/suppressions over HTTP on the real app, and a suppressed address skipped by a campaign."""
+
+from __future__ import annotations
+
+import redis
+
+from tests.api_server import ApiServer
+from tests.api_support import api_client, covers, save_smtp_provider, wait_for_campaign
+from tests.helpers import recipients
+from tests.smtp_server import SmtpTestServer
+from tests.worker import WorkerProcess
+
+
+@covers(
+    "PUT /v1/suppressions/{email}",
+    "GET /v1/suppressions/{email}",
+    "DELETE /v1/suppressions/{email}",
+)
+def test_suppress_read_and_remove_one_address(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    with api_client(api_server) as api:
+        created = api.put(
+            "/v1/suppressions/Jane+news@Example.COM",
+            json={"reason": "asked by phone", "source": "support"},
+        )
+        assert created.status_code == 201, created.text
+        entry = created.json()
+        assert (entry["email"], entry["reason"], entry["source"]) == (
+            "jane+news@example.com",
+            "asked by phone",
+            "support",
+        )
+        assert entry["ts"] > 0
+        again = api.put("/v1/suppressions/jane+news@example.com", json={"reason": "other"})
+        assert again.status_code == 200 and again.json()["reason"] == "asked by phone"
+        assert api.get("/v1/suppressions/JANE+NEWS@example.com").json() == entry
+        default = api.put("/v1/suppressions/bob@example.com")  # no body: a manual entry
+        assert default.status_code == 201
+        assert (default.json()["reason"], default.json()["source"]) == ("manual", "api")
+
+        assert api.delete("/v1/suppressions/jane+news@example.com").status_code == 204
+        missing = api.get("/v1/suppressions/jane+news@example.com")
+        assert missing.status_code == 404 and missing.json()["field"] == "email"
+        assert api.delete("/v1/suppressions/jane+news@example.com").status_code == 404
+
+        bad = api.put("/v1/suppressions/not-an-address")
+        assert bad.status_code == 422 and bad.json()["field"] == "email"
+        bad = api.put("/v1/suppressions/x@example.com", json={"reason": ""})
+        assert bad.status_code == 422 and bad.json()["field"] == "reason"
+        bad = api.put("/v1/suppressions/x@example.com", json={"why": "no"})
+        assert bad.status_code == 422 and bad.json()["field"] == "why"
+
+
+@covers("GET /v1/suppressions", "PUT /v1/suppressions/{email}")
+def test_list_pages_through_every_entry(api_server: ApiServer, redis_client: redis.Redis) -> None:
+    with api_client(api_server) as api:
+        for i in range(250):
+            assert api.put(f"/v1/suppressions/p{i}@example.com").status_code == 201
+        seen: list[str] = []
+        cursor: str | None = "0"
+        pages = 0
+        while cursor is not None:
+            page = api.get("/v1/suppressions", params={"cursor": cursor, "limit": 60}).json()
+            seen += [e["email"] for e in page["items"]]
+            cursor = page["next_cursor"]
+            pages += 1
+        assert sorted(set(seen)) == sorted(f"p{i}@example.com" for i in range(250))
+        assert pages > 1
+        bad = api.get("/v1/suppressions", params={"cursor": "abc"})
+        assert bad.status_code == 422 and bad.json()["field"] == "cursor"
+    with api_client(api_server, token=None) as anonymous:
+        assert anonymous.get("/v1/suppressions").status_code == 401
+
+
+@covers("PUT /v1/suppressions/{email}", "POST /v1/campaigns")
+def test_a_suppressed_address_is_skipped_by_a_campaign(
+    api_server: ApiServer,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+) -> None:
+    with SmtpTestServer() as smtp, api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+        api.put("/v1/suppressions/user3@example.com", json={"reason": "hard bounce"})
+        body = {"id": "supp-1", "provider": "local", "subject": "s", "html": "h",
+                "recipients": recipients(10)}  # fmt: skip
+        assert api.post("/v1/campaigns", json=body).status_code == 201
+        done = wait_for_campaign(api, "supp-1", lambda s: s["status"] == "completed")
+        assert (done["sent"], done["suppressed"]) == (9, 1)
+        assert "user3@example.com" not in {m.rcpt_tos[0] for m in smtp.messages}
