@@ -109,8 +109,13 @@ def main() -> int:
             provider = {"kind": "smtp", "host": "127.0.0.1", "port": 2525, "security": "none",
                         "from_address": "deals@acme.example"}  # fmt: skip
             api.put("/v1/providers/bench", json=provider).raise_for_status()
-            draft = {"id": "bench-append", "provider": "bench", "draft": True,
-                     "subject": "Hello {{ name }}", "html": "<p>{{ name }} in {{ city }}</p>"}  # fmt: skip
+            draft = {
+                "id": "bench-append",
+                "provider": "bench",
+                "draft": True,
+                "subject": "Hello {{ name }}",
+                "html": "<p>{{ name }} in {{ city }}</p>",
+            }
             api.post("/v1/campaigns", json=draft).raise_for_status()
             # Warm the append path (imports, compiled templates) before the baseline.
             warm = b'{"email": "warm@bench.example", "vars": {"name": "W", "city": "X"}}\n'

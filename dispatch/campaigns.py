@@ -141,12 +141,6 @@ def create_campaign(
     validate_content(request)
     campaign_id = request.id or secrets.token_hex(8)
     content = request.content(campaign_id)
-    checker = RecipientChecker(content)
-    for index, recipient in enumerate(request.recipients):
-        try:
-            checker.check(recipient)
-        except CampaignError as exc:
-            raise CampaignError(str(exc), field=f"recipients.{index}.{exc.field}") from None
     _check_provider_payload(content, request.recipients, r)
     fingerprint = _fingerprint(request)
     key = store.campaign_key(campaign_id)
@@ -305,13 +299,16 @@ def append_recipients(
     """Append recipients to a draft campaign, streaming in chunks; returns how many were
     appended (addresses the campaign already has are skipped).
 
-    Raises :class:`CampaignNotFoundError`, :class:`CampaignStateError` if it has started,
-    :class:`CampaignError` naming the field of the first invalid recipient.
+    The recipients are taken as they are: an inline list of ``POST /v1/campaigns`` was
+    checked with the campaign (``validate_content``), and an address that cannot be sent
+    to fails alone at send time (``SMTP invalid email ID``). The streamed append checks
+    each one first (:class:`RecipientChecker`) to report it by line. Raises
+    :class:`CampaignNotFoundError`, :class:`CampaignStateError` if it has started.
     """
     appender = RecipientAppender(campaign_id, client)
     count = 0
     for chunk in _chunks(recipients, APPEND_CHUNK):
-        count += appender.add([appender.checker.check(x) for x in chunk])[0]
+        count += appender.add(chunk)[0]
     return count
 
 
