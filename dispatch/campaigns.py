@@ -27,6 +27,8 @@ from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, normalize_address
+from providers.config import HttpConfig, ProviderBase
+from providers.http_config import required_recipient_vars
 
 APPEND_CHUNK = 1000
 EnqueueBatch = Callable[[str, int], None]
@@ -187,11 +189,12 @@ class RecipientChecker:
     """Checks recipients of one campaign one by one before they are appended.
 
     A recipient must be a valid ``Recipient`` document with a sendable address, and its
-    ``vars`` must supply every template variable the campaign's own ``vars`` do not
-    (DESIGN §3: an unresolvable name is reported up front, never at send time).
+    ``vars`` must supply every template variable (and, for the ``http`` kind, every
+    per-message ``$$`` placeholder) the campaign's own ``vars`` do not (DESIGN §3: an
+    unresolvable name is reported up front, never at send time).
     """
 
-    def __init__(self, content: CampaignContent) -> None:
+    def __init__(self, content: CampaignContent, provider: ProviderBase | None = None) -> None:
         try:
             compiled = CompiledContent(
                 subject=content.subject, html=content.html, text=content.text, amp=content.amp
@@ -199,6 +202,10 @@ class RecipientChecker:
         except RenderError as exc:  # the content was checked when it was stored
             raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
         self.required = frozenset(compiled.variables - set(content.vars) - SERVICE_NAMES)
+        # The http kind's per-message $$ placeholders that only recipients can fill.
+        self.placeholders: frozenset[str] = frozenset()
+        if isinstance(provider, HttpConfig):
+            self.placeholders = required_recipient_vars(provider, content.vars)
 
     def check(self, data: Any) -> Recipient:
         """The recipient; raises :class:`CampaignError` naming the field at fault."""
@@ -220,6 +227,14 @@ class RecipientChecker:
             raise CampaignError(
                 f"template variable {name!r} is in neither the campaign vars nor this "
                 "recipient's vars",
+                field=f"vars.{name}",
+            )
+        missing = self.placeholders - recipient.vars.keys()
+        if missing:
+            name = min(missing)
+            raise CampaignError(
+                f"placeholder $${name} of the provider's payload is in neither the campaign "
+                "vars nor this recipient's vars",
                 field=f"vars.{name}",
             )
         return recipient
@@ -258,7 +273,11 @@ class RecipientAppender:
         self.campaign_id = campaign_id
         content = load_content(campaign_id, self.r)
         self._check_open(get_status(campaign_id, self.r))
-        self.checker = RecipientChecker(content)
+        try:
+            provider: ProviderBase | None = load_provider(content.provider, self.r)
+        except ProviderNotFoundError:
+            provider = None  # the campaign pauses when it sends; recipients are still data
+        self.checker = RecipientChecker(content, provider)
         self._keys = [
             store.campaign_key(campaign_id),
             store.recipients_key(campaign_id),

@@ -194,6 +194,16 @@ def test_unknown_placeholder_of_an_http_provider_gets_422_naming_it(
         ok = api.post("/v1/campaigns", json={**body, "vars": {"coupon_code": "X1"}, "draft": True})
         assert ok.status_code == 201, ok.text
 
+        # Without a campaign value, each appended recipient must bring its own.
+        draft_body = {**body, "id": "hook-2", "recipients": [], "draft": True}
+        assert api.post("/v1/campaigns", json=draft_body).status_code == 201
+        lines = ndjson([{"email": "a@example.com"},
+                        {"email": "b@example.com", "vars": {"coupon_code": "Z"}}])  # fmt: skip
+        result = api.post("/v1/campaigns/hook-2/recipients", content=lines).json()
+        assert (result["appended"], result["rejected"]) == (1, 1)
+        assert result["errors"][0]["field"] == "vars.coupon_code"
+        assert "$$coupon_code" in result["errors"][0]["message"]
+
 
 @covers("POST /v1/campaigns", "POST /v1/campaigns/{campaign_id}/recipients")
 def test_append_keeps_every_valid_line_and_names_the_bad_ones(
