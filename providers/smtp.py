@@ -33,7 +33,13 @@ from providers.errors import (
 )
 from providers.mime import MimeWriter
 from providers.smtp_replies import ReplyKind, classify
-from providers.smtp_wire import TransactionProtocol, TransactionResult, WireError, dot_stuff
+from providers.smtp_wire import (
+    Envelope,
+    TransactionProtocol,
+    TransactionResult,
+    WireError,
+    dot_stuff,
+)
 
 _WRITER_CACHE_SIZE = 32
 
@@ -82,21 +88,45 @@ class SmtpSession:
         self.connections_opened = 0
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
-        """Send each message in its own transaction; see ``providers.base.Session``."""
-        outcomes: list[SendOutcome] = []
-        for index, msg in enumerate(messages):
+        """Send the messages, pipelined back to back; see ``providers.base.Session``."""
+        outcomes: dict[int, SendOutcome] = {}
+        ready: list[tuple[OutgoingMessage, Envelope]] = []
+        for msg in messages:
             try:
-                outcomes.append(await self._send_one(msg))
+                data, sender, recipients = self._transport.prepare(msg)
+            except (InvalidMessageError, InvalidAddressError) as exc:
+                error_class = (
+                    ErrorClass.INVALID_RECIPIENT
+                    if isinstance(exc, InvalidAddressError)
+                    else ErrorClass.INVALID_MESSAGE
+                )
+                outcomes[msg.seq] = SendOutcome(
+                    msg.seq, OutcomeStatus.FAILED, error_class, str(exc)
+                )
+                continue
+            ready.append((msg, Envelope(sender, tuple(recipients), dot_stuff(data))))
+        if ready:
+            await self._send_ready(ready, outcomes)
+        return [outcomes[m.seq] for m in messages]
+
+    async def _send_ready(
+        self, ready: list[tuple[OutgoingMessage, Envelope]], outcomes: dict[int, SendOutcome]
+    ) -> None:
+        """Raises ``TransientError`` when the first message could not be handed over."""
+        wire = await self._ensure_connection()
+        results = await wire.transactions([envelope for _, envelope in ready])
+        for index, (msg, envelope) in enumerate(ready):
+            result = results[index] if index < len(results) else None
+            try:
+                outcomes[msg.seq] = self._outcome(msg, envelope, result)
             except TransientError:
                 if index == 0:
                     raise
-                # The connection died: nothing after this point was handed over.
-                outcomes.extend(
-                    SendOutcome(m.seq, OutcomeStatus.RETRY, ErrorClass.CONNECTION, "not attempted")
-                    for m in messages[index:]
+                outcomes[msg.seq] = SendOutcome(
+                    msg.seq, OutcomeStatus.RETRY, ErrorClass.CONNECTION, "not handed over"
                 )
-                break
-        return outcomes
+            if outcomes[msg.seq].status is OutcomeStatus.SENT:
+                self.sent_on_connection += 1
 
     async def open(self) -> None:
         self._wire = await self._transport.open_wire()
@@ -118,37 +148,30 @@ class SmtpSession:
         assert self._wire is not None
         return self._wire
 
-    async def _send_one(self, msg: OutgoingMessage) -> SendOutcome:
-        """One transaction. Raises ``TransientError`` if nothing was handed over."""
-        try:
-            data, sender, recipients = self._transport.prepare(msg)
-        except (InvalidMessageError, InvalidAddressError) as exc:
-            error_class = (
-                ErrorClass.INVALID_RECIPIENT
-                if isinstance(exc, InvalidAddressError)
-                else ErrorClass.INVALID_MESSAGE
-            )
-            return SendOutcome(msg.seq, OutcomeStatus.FAILED, error_class, str(exc))
-        wire = await self._ensure_connection()
-        try:
-            result = await wire.transaction(sender, recipients, dot_stuff(data))
-        except WireError as exc:
-            if exc.during_data:
+    def _outcome(
+        self,
+        msg: OutgoingMessage,
+        envelope: Envelope,
+        result: TransactionResult | WireError | None,
+    ) -> SendOutcome:
+        """Classify a transaction's replies; raises for replies about the whole session.
+
+        ``None``: the message was never handed over (an earlier one broke the connection).
+        """
+        if result is None:
+            raise ProviderConnectionError("connection lost before this message")
+        if isinstance(result, WireError):
+            if result.during_data:
                 # The server may have taken the message before the answer was lost
                 # (reference §5.6: a timeout after "." is an unknown outcome).
-                error_class = ErrorClass.TIMEOUT if exc.timed_out else ErrorClass.CONNECTION
+                error_class = ErrorClass.TIMEOUT if result.timed_out else ErrorClass.CONNECTION
                 return SendOutcome(
-                    msg.seq, OutcomeStatus.UNKNOWN, error_class, f"{exc} during DATA"
+                    msg.seq, OutcomeStatus.UNKNOWN, error_class, f"{result} during DATA"
                 )
-            if exc.timed_out:
-                raise ProviderTimeoutError(str(exc)) from exc
-            raise ProviderConnectionError(str(exc)) from exc
-        return self._outcome(msg, recipients, result)
-
-    def _outcome(
-        self, msg: OutgoingMessage, recipients: list[str], result: TransactionResult
-    ) -> SendOutcome:
-        """Classify a transaction's replies; raises for replies about the whole session."""
+            if result.timed_out:
+                raise ProviderTimeoutError(str(result)) from result
+            raise ProviderConnectionError(str(result)) from result
+        recipients = envelope.recipients
         if not result.mail.ok:
             err = _reply_error(
                 result.mail.code, result.mail.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP
@@ -184,7 +207,6 @@ class SmtpSession:
                 raise ThrottledError(str(final), code=421)
             err = _reply_error(final.code, final.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
             return SendOutcome.from_error(msg.seq, err)
-        self.sent_on_connection += 1
         return SendOutcome.sent(msg.seq, refused, provider_message_id=_queued_id(final.text))
 
 
@@ -197,7 +219,9 @@ def _queued_id(text: str) -> str:
 class SmtpTransport:
     """A configured SMTP-family provider."""
 
-    chunk_size = 1
+    # Messages handed to a session at once: pipelined back to back on one connection.
+    # Also how many may be in flight on a connection when a worker dies (then unknown).
+    chunk_size = 4
 
     def __init__(self, config: SmtpFamilyBase) -> None:
         self.config = config

@@ -44,6 +44,19 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message to send: envelope addresses and the dot-stuffed DATA content."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    payload: bytes
+
+    def commands(self) -> bytes:
+        rcpts = "".join(f"RCPT TO:<{r}>\r\n" for r in self.recipients)
+        return f"MAIL FROM:<{self.sender}>\r\n{rcpts}DATA\r\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
 class TransactionResult:
     """Replies of one transaction; ``data`` is None when the message was not sent."""
 
@@ -154,23 +167,49 @@ class TransactionProtocol(asyncio.Protocol):
     async def transaction(
         self, sender: str, recipients: list[str], payload: bytes
     ) -> TransactionResult:
-        """One message. ``payload`` is the dot-stuffed DATA content (:func:`dot_stuff`).
+        """One message; see :meth:`transactions`. Raises :class:`WireError`."""
+        result = (await self.transactions([Envelope(sender, tuple(recipients), payload)]))[0]
+        if isinstance(result, WireError):
+            raise result
+        return result
 
-        The message is sent only when MAIL, at least the first recipient and DATA were
-        accepted; otherwise the transaction is reset (RFC 2920 §3.1) and ``data`` is None.
-        Raises :class:`WireError`; ``during_data`` tells that the outcome is unknown.
+    async def transactions(self, envelopes: list[Envelope]) -> list[TransactionResult | WireError]:
+        """Send messages one after the other; one result each, up to the first WireError.
+
+        With PIPELINING the commands of the next message travel in the same write as the
+        current message's content (RFC 2920 §4's example sends QUIT after "." the same
+        way), so a message costs one round trip. A message is sent only when MAIL, its
+        first recipient and DATA were accepted; otherwise the transaction is reset and
+        ``data`` is None. A :class:`WireError` with ``during_data`` means that message's
+        outcome is unknown; messages after it were not handed over.
         """
-        mail_cmd = f"MAIL FROM:<{sender}>\r\n".encode()
-        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in recipients]
+        results: list[TransactionResult | WireError] = []
+        ahead = False
+        for index, envelope in enumerate(envelopes):
+            following = envelopes[index + 1] if index + 1 < len(envelopes) else None
+            try:
+                result, ahead = await self._one(envelope, ahead, following)
+            except WireError as exc:
+                results.append(exc)
+                break
+            results.append(result)
+        return results
+
+    async def _one(
+        self, envelope: Envelope, commands_sent: bool, following: Envelope | None
+    ) -> tuple[TransactionResult, bool]:
+        """One transaction; returns it and whether ``following``'s commands were sent."""
+        rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in envelope.recipients]
         if self.pipelining:
-            self._write(b"".join((mail_cmd, *rcpt_cmds, b"DATA\r\n")))
+            if not commands_sent:
+                self._write(envelope.commands())
             replies = await self._read(len(rcpt_cmds) + 2)
             mail, rcpts, data_start = replies[0], tuple(replies[1:-1]), replies[-1]
         else:
-            self._write(mail_cmd)
+            self._write(f"MAIL FROM:<{envelope.sender}>\r\n".encode())
             mail = (await self._read(1))[0]
             if not mail.ok:
-                return TransactionResult(mail, (), None, None)
+                return TransactionResult(mail, (), None, None), False
             collected = []
             for command in rcpt_cmds:
                 self._write(command)
@@ -178,26 +217,30 @@ class TransactionProtocol(asyncio.Protocol):
             rcpts = tuple(collected)
             if not rcpts[0].ok:
                 await self._reset()
-                return TransactionResult(mail, rcpts, None, None)
+                return TransactionResult(mail, rcpts, None, None), False
             self._write(b"DATA\r\n")
             data_start = (await self._read(1))[0]
         if data_start.code == 354:
             if mail.ok and rcpts[0].ok:
-                self._write(payload)
+                out = envelope.payload
+                ahead = self.pipelining and following is not None
+                if following is not None and ahead:
+                    out += following.commands()
+                self._write(out)
                 final = (await self._read(1, during_data=True))[0]
-                return TransactionResult(mail, rcpts, data_start, final)
+                return TransactionResult(mail, rcpts, data_start, final), ahead
             if any(r.ok for r in rcpts):
                 # Others than the message's own recipient were accepted: ending DATA would
                 # send them an empty message. Drop the connection instead (rare).
                 self._fail(WireError("transaction abandoned"))
                 self.transport.abort()
-                return TransactionResult(mail, rcpts, data_start, None)
+                return TransactionResult(mail, rcpts, data_start, None), False
             # No recipient: end the empty DATA, the server must refuse it (RFC 2920 §3.1).
             self._write(b".\r\n")
             await self._read(1)
         if mail.ok:
             await self._reset()
-        return TransactionResult(mail, rcpts, data_start, None)
+        return TransactionResult(mail, rcpts, data_start, None), False
 
     async def _reset(self) -> None:
         self._write(b"RSET\r\n")

@@ -1,0 +1,169 @@
+"""Shared pieces of the benchmarks: servers they start, processes they watch, output."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_tool(name: str) -> str:
+    """Path of a Postfix tool (smtp-sink, smtp-source); exits with a hint if missing."""
+    found = shutil.which(name) or next(
+        (f"{d}/{name}" for d in SBIN if os.access(f"{d}/{name}", os.X_OK)), None
+    )
+    if found is None:
+        sys.exit(f"{name} not found: apt-get install postfix (it brings smtp-sink/smtp-source)")
+    return found
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on 127.0.0.1, counting the messages it accepts."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._count_re = re.compile(rb"mesg=(\d+)")
+        self.proc = subprocess.Popen(
+            [find_tool("smtp-sink"), "-u", "nobody", "-c", f"127.0.0.1:{self.port}", "1000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._count = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_port(self.port)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        buf = b""
+        while chunk := self.proc.stdout.read1(4096):  # type: ignore[attr-defined]
+            buf = (buf + chunk)[-256:]
+            found = self._count_re.findall(buf)
+            if found:
+                self._count = int(found[-1])
+
+    @property
+    def count(self) -> int:
+        """Messages accepted so far (smtp-sink's own running counter)."""
+        return self._count
+
+    def wait_count(self, n: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self._count < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process in MB, 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (Celery's prefork children)."""
+    out: list[int] = []
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for kid in map(int, kids):
+        out.append(kid)
+        out.extend(children(kid))
+    return out
+
+
+class RssWatcher:
+    """Samples the peak RSS of a process tree while a benchmark runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for pid in [self.pid, *children(self.pid)]:
+                self.peak[pid] = max(self.peak.get(pid, 0.0), peak_rss_mb(pid))
+
+    def stop(self) -> dict[int, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def start_worker(
+    redis_url: str, concurrency: int, extra_env: dict[str, str] | None = None, app: str = ""
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DISPATCH_REDIS_URL": redis_url, **(extra_env or {})}
+    if app:
+        cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "WARNING",
+               "--concurrency", str(concurrency), "-Q", "naive"]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "dispatch.cli", "worker", "--loglevel", "WARNING",
+               "--concurrency", str(concurrency)]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def timed(label: str, fn: Callable[[], int]) -> tuple[int, float]:
+    """Run ``fn`` (returns a message count); print and return (count, seconds)."""
+    start = time.perf_counter()
+    count = fn()
+    seconds = time.perf_counter() - start
+    print(f"  {label:<44} {count:>9,} msgs {seconds:8.2f} s {count / seconds:>10,.0f} msg/s")
+    return count, seconds
+
+
+def tempdir() -> str:
+    return tempfile.mkdtemp(prefix="dispatch-bench-")
