@@ -19,10 +19,10 @@ import time
 from bench.common import RssWatcher, SmtpSink, find_tool, start_worker, stop, timed
 
 HTML = (
-    "<html><body><h1>Hello {{ first_name }}!</h1>"
-    + "<p>Fresh picks for {{ city }} this week: bread, cheese, olives and more. " * 24
-    + "</p><p>Member {{ member_no }}</p></body></html>"
-)  # about 2 KB rendered
+    "<html><body><h1>Hello {{ first_name }}!</h1><p>Fresh picks for {{ city }} this week.</p>"
+    + "<p>Bread, cheese, olives, tomatoes and more from the market, at member prices.</p>" * 24
+    + "<p>Member {{ member_no }}</p></body></html>"
+)  # about 2 KB rendered, three variables
 
 
 def recipients(n: int) -> list[dict[str, object]]:
@@ -89,8 +89,8 @@ def run_naive(sink: SmtpSink, n: int) -> int:
 
     before = sink.count
     for i in range(n):
-        send_one.delay(sink.port, f"user{i}@bench.example", "{{ first_name }}, your picks",
-                       HTML, {"first_name": f"Name{i}", "city": "Lisbon", "member_no": i})  # fmt: skip
+        variables = {"first_name": f"Name{i}", "city": "Lisbon", "member_no": i}
+        send_one.delay(sink.port, f"user{i}@bench.example", "{{ first_name }}", HTML, variables)
     sink.wait_count(before + n)
     return sink.count - before
 
@@ -129,8 +129,8 @@ def main() -> None:
         rate, src_rate, naive_rate = d_n / d_s, src_n / src_s, n_n / n_s
         print(f"  ratio dispatch / smtp-source: {rate / src_rate:.3f}  (target >= 0.15)")
         print(f"  ratio dispatch / naive:       {rate / naive_rate:.1f}  (target >= 8)")
-        print(f"  worker peak RSS: {max(peaks.values(), default=0):.0f} MB per process "
-              f"(processes: {', '.join(f'{v:.0f}' for v in sorted(peaks.values()))} MB)")  # fmt: skip
+        each = ", ".join(f"{v:.0f}" for v in sorted(peaks.values()))
+        print(f"  worker peak RSS: {max(peaks.values(), default=0):.0f} MB (processes: {each} MB)")
     finally:
         for proc in procs:
             stop(proc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
@@ -15,6 +16,7 @@ class InvalidAddressError(ValueError):
     """The text is not an address we can send to; the message says why."""
 
 
+@lru_cache(maxsize=4096)  # the same address is checked for the envelope and the headers
 def normalize_address(address: str) -> str:
     """Return ``address`` ready for SMTP: domain lower-cased and in IDNA (``xn--``) form.
 

@@ -6,7 +6,13 @@ import pytest
 
 from dispatch.campaigns import CampaignError, validate_content
 from dispatch.models import CampaignRequest
-from dispatch.rendering import CompiledContent, RenderError, build_context, html_to_text
+from dispatch.rendering import (
+    CompiledContent,
+    RenderError,
+    build_context,
+    derive_text_template,
+    html_to_text,
+)
 
 
 def _render(template: str, **vars: object) -> str:
@@ -116,3 +122,56 @@ def test_text_is_derived_from_html() -> None:
         "<body><h1>Hi &amp; welcome</h1><p>One<br>Two</p></body></html>"
     )
     assert html_to_text(html) == "Hi & welcome\nOne\nTwo"
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<h1>Hello {{ name }}</h1><p>Offer: {{ offer }} &amp; more</p>",
+        '<p class="{{ cls }}">x</p>{% if vip %}<p>VIP {{ name }}</p>{% endif %}<br>end',
+        "<ul>{% for i in items %}<li>{{ i }}</li>{% endfor %}</ul>",
+        '<a href="{{ url }}">{{ name }}</a>{# a comment #}',
+    ],
+)
+def test_text_derived_once_matches_text_derived_per_message(html: str) -> None:
+    """The text template derived from the HTML template renders what html_to_text gives."""
+    assert derive_text_template(html) is not None
+    compiled = CompiledContent(subject="s", html=html)
+    ctx = build_context(
+        campaign_vars={
+            "offer": "<b>50%</b>",
+            "cls": "c",
+            "url": "u",
+            "vip": True,
+            "items": ["a", "b & c"],
+        },
+        user_vars={"name": "Zoë & <Co>"},
+        email="a@b.example",
+        user_id="",
+        campaign_id="c",
+    )
+    out = compiled.render(ctx)
+    assert out.text == html_to_text(out.html)
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "{% raw %}{{ x }}{% endraw %}",  # raw blocks
+        "<p>{{ body | safe }}</p>",  # markup passed through
+        '<p {% if x %}class="a"{% endif %}>y</p>',  # a block inside a tag
+        "<p>{%- if x -%} y {%- endif -%}</p>",  # whitespace control
+    ],
+)
+def test_templates_that_cannot_be_mirrored_fall_back(html: str) -> None:
+    assert derive_text_template(html) is None
+    compiled = CompiledContent(subject="s", html=html)
+    ctx = build_context(
+        campaign_vars={"x": True, "body": "<b>hi</b>"},
+        user_vars={},
+        email="a@b.example",
+        user_id="",
+        campaign_id="c",
+    )
+    out = compiled.render(ctx)
+    assert out.text == html_to_text(out.html)
