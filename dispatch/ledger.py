@@ -29,22 +29,23 @@ from dispatch.models import MessageState
 _APPLY = """
 local ledger, counters, stream, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, maxlen = ARGV[1], ARGV[2]
-if token ~= '' and redis.call('GET', lease) ~= token then return {-1} end
+if token ~= '' and redis.call('GET', lease) ~= token then return '-' end
 local terminal = {sent=1, failed=1, suppressed=1, cancelled=1, expired=1, unknown=1}
 local function bucket(state)
   if state and terminal[state] then return state end
   return 'queued'
 end
+-- ARGV[3]: a JSON array of [op, seq, new_state, record, event]; records start with
+-- {"s":"<state>" so the old state is read without decoding the whole record.
 local out = {}
-for i = 3, #ARGV, 4 do
-  local op, seq, rec, ev = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+for _, o in ipairs(cjson.decode(ARGV[3])) do
+  local op, seq, new, rec, ev = o[1], tostring(o[2]), o[3], o[4], o[5]
   local cur = redis.call('HGET', ledger, seq)
   local old = nil
-  if cur then old = cjson.decode(cur)['s'] end
-  local ok = 1
-  if op == 'c' and old and old ~= 'retry' then ok = 0 end
-  if ok == 1 then
-    local new = cjson.decode(rec)['s']
+  if cur then old = string.match(cur, '^{"s":"(%a+)"') end
+  if op == 'c' and old and old ~= 'retry' then
+    out[#out+1] = '0'
+  else
     redis.call('HSET', ledger, seq, rec)
     local ob, nb = bucket(old), bucket(new)
     if ob ~= nb then
@@ -54,10 +55,10 @@ for i = 3, #ARGV, 4 do
     if ev ~= '' then
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev)
     end
+    out[#out+1] = '1'
   end
-  out[#out+1] = ok
 end
-return out
+return table.concat(out)
 """
 
 _RENEW = """
@@ -173,16 +174,19 @@ class BatchLease:
 
 
 @dataclass
-class _Op:
-    op: str
-    seq: int
-    rec: bytes
-    event: bytes
-    future: asyncio.Future[bool] = field(repr=False)
+class _Batch:
+    """Operations one caller submitted together, answered together."""
+
+    ops: list[tuple[str, int, str, str, str]]
+    future: asyncio.Future[list[bool]] = field(repr=False)
 
 
 class LedgerWriter:
-    """Applies claims and records for one campaign, batching concurrent calls."""
+    """Applies claims and records for one campaign, batching concurrent calls.
+
+    Everything pending when a round trip starts travels in it, as one JSON argument
+    (thousands of separate arguments cost more to encode than the work they carry).
+    """
 
     def __init__(
         self, client: aioredis.Redis, campaign_id: str, lease_token: str = "", batch: int = -1
@@ -195,7 +199,7 @@ class LedgerWriter:
             store.batch_lease_key(campaign_id, batch),
         ]
         self.token = lease_token
-        self._pending: list[_Op] = []
+        self._pending: list[_Batch] = []
         self._flusher: asyncio.Task[None] | None = None
         self._script = client.register_script(_APPLY)
 
@@ -216,36 +220,49 @@ class LedgerWriter:
         await self._submit([("f", seq, rec, event) for seq, rec, event in writes])
 
     async def _submit(self, ops: list[tuple[str, int, bytes, bytes]]) -> list[bool]:
+        """Raises the Redis error of the round trip, or :class:`LeaseLostError`."""
         if not ops:
             return []
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[bool]] = []
-        for op, seq, rec, event in ops:
-            future: asyncio.Future[bool] = loop.create_future()
-            self._pending.append(_Op(op, seq, rec, event, future))
-            futures.append(future)
+        encoded = [
+            (op, seq, _state_of(rec), rec.decode(), event.decode()) for op, seq, rec, event in ops
+        ]
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Batch(encoded, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return list(await asyncio.gather(*futures))
+        return await future
 
     async def _flush(self) -> None:
         while self._pending:
-            ops, self._pending = self._pending, []
-            args: list[Any] = [self.token, store.EVENTS_STREAM_MAXLEN]
-            for op in ops:
-                args.extend((op.op, op.seq, op.rec, op.event))
+            batches, self._pending = self._pending, []
+            ops = [op for b in batches for op in b.ops]
+            args: list[bytes | str | int] = [
+                self.token,
+                store.EVENTS_STREAM_MAXLEN,
+                orjson.dumps(ops),
+            ]
             try:
                 result = await self._script(keys=self.keys, args=args)
             except Exception as exc:  # hand any Redis failure to every waiting caller
-                for op in ops:
-                    if not op.future.done():
-                        op.future.set_exception(exc)
+                for b in batches:
+                    if not b.future.done():
+                        b.future.set_exception(exc)
                 continue
-            if result and result[0] == -1:
-                for op in ops:
-                    if not op.future.done():
-                        op.future.set_exception(LeaseLostError(self.keys[3]))
+            if result == "-":
+                for b in batches:
+                    if not b.future.done():
+                        b.future.set_exception(LeaseLostError(self.keys[3]))
                 continue
-            for op, ok in zip(ops, result, strict=True):
-                if not op.future.done():
-                    op.future.set_result(bool(ok))
+            offset = 0
+            for b in batches:
+                answers = [c == "1" for c in result[offset : offset + len(b.ops)]]
+                offset += len(b.ops)
+                if not b.future.done():
+                    b.future.set_result(answers)
+
+
+def _state_of(rec: bytes) -> str:
+    """The state of an encoded record (``record`` always writes it first)."""
+    if not rec.startswith(b'{"s":"'):
+        raise ValueError("ledger records must start with their state")
+    return rec[6 : rec.index(b'"', 6)].decode()

@@ -17,8 +17,14 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from providers.base import ALL_CONTENT_PARTS
+
 _HTML_ENV = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
 _TEXT_ENV = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+# Both environments have the same (default) globals: range, dict, lipsum, cycler, ...
+_GLOBALS: dict[str, Any] = dict(_HTML_ENV.globals)
+_concat = _HTML_ENV.concat
+ALL_PARTS = ALL_CONTENT_PARTS
 
 # Names the service puts in every template's context itself.
 SERVICE_NAMES = frozenset({"unsubscribe_url", "preferences_url", "email", "user_id", "campaign"})
@@ -130,21 +136,31 @@ class CompiledContent:
                 self._parts["text"] = _TEXT_ENV.from_string(derived)
                 self._text_is_derived = True
 
-    def render(self, context: Mapping[str, Any]) -> RenderedContent:
-        """Render every part for one recipient; raises :class:`RenderError` naming the part."""
-        out: dict[str, str] = {}
+    def render(
+        self, context: Mapping[str, Any], parts: frozenset[str] = ALL_PARTS
+    ) -> RenderedContent:
+        """Render the ``parts`` a provider uses for one recipient (the others stay empty).
+
+        Raises :class:`RenderError` naming the part.
+        """
+        # One flat dict, globals included, handed to each template as is (``shared``):
+        # Template.render would copy it and chain the globals for every part.
+        variables = {**_GLOBALS, **context}
+        out = dict.fromkeys(ALL_PARTS, "")
+        derive = self._derive_text and "text" in parts
         for name, template in self._parts.items():
-            if template is None:
-                out[name] = ""
+            if template is None or not (name in parts or (derive and name == "html")):
                 continue
             try:
-                out[name] = template.render(context)
+                out[name] = _concat(
+                    template.root_render_func(template.new_context(variables, True))
+                )
             except Exception as exc:  # sandbox violations, undefined names, filter errors
                 raise RenderError(f"{name}: {type(exc).__name__}: {exc}") from exc
         subject = out["subject"].strip()
         if "\r" in subject or "\n" in subject:
             raise RenderError("subject: contains a line break after rendering")
-        if self._derive_text:
+        if derive:
             text = html_to_text(out["html"])
         elif self._text_is_derived:
             text = out["text"].strip()

@@ -132,7 +132,7 @@ class _Campaign:
             unsubscribe_url=unsub,
             preferences_url=prefs,
         )
-        rendered = self.compiled.render(context)
+        rendered = self.compiled.render(context, self.transport.content_parts)
         return OutgoingMessage(
             seq=item.seq,
             meta=f"{email}{self.meta_tail}{item.seq}|",

@@ -111,12 +111,18 @@ class Session(Protocol):
         ...
 
 
+# The rendered parts of a message; a transport names those it places, so that the
+# dispatcher renders nothing it would throw away (an HTTP payload without $$Plaintext).
+ALL_CONTENT_PARTS = frozenset({"subject", "html", "text", "amp"})
+
+
 class Transport(Protocol):
     """A configured provider: opens sessions and says how to feed them."""
 
     kind: str
     chunk_size: int
     max_sessions: int
+    content_parts: frozenset[str]
 
     def session(self) -> AbstractAsyncContextManager[Session]:
         """Open a session; raises ``ProviderError`` subclasses when it cannot."""

@@ -389,6 +389,14 @@ def _as_transient(exc: ProviderError) -> TransientError:
     return TransientError(exc.detail, error_class=exc.error_class, code=exc.code)
 
 
+_CONTENT_PLACEHOLDERS = {
+    "Subject": "subject",
+    "HTML": "html",
+    "Plaintext": "text",
+    "AMPHTML": "amp",
+}
+
+
 class HttpTransport:
     """A configured Generic HTTP provider: chunk size, session count, session factory."""
 
@@ -412,6 +420,10 @@ class HttpTransport:
         self.plan = RequestPlan(config)
         self.chunk_size = config.batch_size if self.plan.batch else 1
         self.max_sessions = config.max_connections
+        used = placeholder_usage(config).every
+        self.content_parts = frozenset(
+            part for name, part in _CONTENT_PLACEHOLDERS.items() if name in used
+        )
         self._allow_private = allow_private
         self._resolve = resolve
         self._http_transport = http_transport

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
+from functools import lru_cache
 from typing import Final
 
 import httpcore
@@ -199,6 +201,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+@lru_cache(maxsize=2)
+def ssl_context(verify: bool) -> ssl.SSLContext:
+    """One TLS context per process: loading the CA bundle costs about 20 ms each time."""
+    return httpx.create_ssl_context(verify=verify, trust_env=False)
+
+
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """``httpx.AsyncHTTPTransport`` whose connections go through :class:`GuardedBackend`.
 
@@ -217,9 +225,10 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         verify: bool = True,
         resolve: Resolve = system_resolve,
     ) -> None:
-        super().__init__(verify=verify, limits=limits, trust_env=False)
+        context = ssl_context(verify)
+        super().__init__(verify=context, limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            ssl_context=context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

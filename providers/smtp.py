@@ -17,7 +17,7 @@ import aiosmtplib
 import orjson
 
 from providers.addresses import InvalidAddressError, normalize_address
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.base import ALL_CONTENT_PARTS, OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import SendgridConfig, SesConfig, SmtpFamilyBase
 from providers.errors import (
     AuthenticationError,
@@ -222,6 +222,7 @@ class SmtpTransport:
     # Messages handed to a session at once: pipelined back to back on one connection.
     # Also how many may be in flight on a connection when a worker dies (then unknown).
     chunk_size = 4
+    content_parts = ALL_CONTENT_PARTS
 
     def __init__(self, config: SmtpFamilyBase) -> None:
         self.config = config
