@@ -20,8 +20,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
+from dispatch.demo_callbacks import replay_callbacks
 from dispatch.progress import ProgressBar
-from dispatch.sinks import HttpSink, SmtpSink
+from dispatch.provider_store import provider_view
+from dispatch.settings import get_settings
+from dispatch.sinks import HttpSink, SmtpSink, free_port
 
 META_RE = re.compile(r"^[^|]+@[^|]+\|[^|]+\|[^|]+\|\d{8}\|[^|]+\|[^|]+\|\d+\|$")
 FIRST_NAMES = ("Sara", "Omar", "Lena", "Kenji", "Ana", "Tomás", "Zoë", "Priya", "Yusuf", "Mia")
@@ -42,6 +47,7 @@ class CampaignRun:
     provider: str
     summary: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 def _ascii(name: str) -> str:
@@ -97,7 +103,8 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
     from dispatch.redis_server import ensure_redis_url
 
     os.environ.setdefault("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "true")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    for name in ("mail.log", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     ensure_redis_url()
     ensure_secret_key()
     quiet = as_json
@@ -106,14 +113,19 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
         if not quiet:
             print(*parts, file=sys.stderr)
 
+    api_port = free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
+    os.environ["DISPATCH_PUBLIC_URL"] = api_url  # callback URLs point at the demo's API
+    get_settings.cache_clear()
     with SmtpSink() as smtp_sink, HttpSink() as http_sink:
         worker = _start_worker(workers)
+        api = _start_api(api_port)
         try:
             for provider in _demo_providers(smtp_sink.port, http_sink.url):
                 save_provider(provider)
             say(
-                f"SMTP sink on 127.0.0.1:{smtp_sink.port}, HTTP sink on {http_sink.url}; "
-                f"{workers} worker process(es)"
+                f"SMTP sink on 127.0.0.1:{smtp_sink.port}, HTTP sink on {http_sink.url}, "
+                f"API on {api_url}; {workers} worker process(es)"
             )
             runs = []
             for nickname in ("demo-smtp", "demo-http"):
@@ -130,15 +142,46 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
                 runs.append(CampaignRun(campaigns.create_campaign(request)[0], nickname))
             for run in runs:
                 _wait(run, quiet)
+            checks = [_check_smtp(smtp_sink, runs[0]), _check_http(http_sink, runs[1])]
+            say("replaying provider callbacks through the API ...")
+            _wait_api(api_url)
+            for run, check in zip(runs, checks, strict=True):
+                run.callbacks = replay_callbacks(
+                    api_url,
+                    run.id,
+                    run.provider,
+                    provider_view(run.provider)["callback_url"],
+                    check.sent,
+                )
+                run.summary = campaigns.campaign_summary(run.id)
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        checks = [_check_smtp(smtp_sink, runs[0]), _check_http(http_sink, runs[1])]
+            for proc in (api, worker):
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         sample = smtp_sink.messages[0][2].decode("utf-8", "replace") if smtp_sink.messages else ""
     return _report(runs, checks, sample, as_json)
+
+
+def _start_api(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "dispatch.cli", "api", "--port", str(port)]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
+    )
+
+
+def _wait_api(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the demo's API did not start at {url}")
 
 
 def _demo_providers(smtp_port: int, http_url: str) -> list[dict[str, Any]]:
@@ -188,6 +231,7 @@ class Check:
     name: str
     ok: bool
     text: str
+    sent: list[tuple[str, str]] = field(default_factory=list)  # (meta, email) received
 
 
 def _check_smtp(sink: SmtpSink, run: CampaignRun) -> Check:
@@ -216,7 +260,7 @@ def _check_metas(name: str, metas: list[str], run: CampaignRun) -> Check:
         f"{name} received {len(metas)} messages, {distinct} distinct metas, "
         f"{'all' if well_formed else 'NOT all'} in the DESIGN §3 format"
     )
-    return Check(name, ok, text)
+    return Check(name, ok, text, [(m, m.split("|", 1)[0]) for m in metas])
 
 
 def _report(runs: list[CampaignRun], checks: list[Check], sample: str, as_json: bool) -> int:
@@ -234,6 +278,8 @@ def _report(runs: list[CampaignRun], checks: list[Check], sample: str, as_json: 
         ok &= s.get("sent") == s.get("total")
     if not ok:
         _explain_failures(runs)
+    for run in runs:
+        ok &= bool(run.callbacks.get("accepted")) and bool(run.callbacks.get("counters_match"))
     if as_json:
         print(json.dumps({"campaigns": rows}))
         return 0 if ok else 1
@@ -251,6 +297,24 @@ def _report(runs: list[CampaignRun], checks: list[Check], sample: str, as_json: 
     print()
     for check in checks:
         print(f"  [{'ok' if check.ok else 'FAILED'}] {check.text}")
+    print("\nCallbacks replayed through the API (generic v2 format), as the counters show them")
+    for run in runs:
+        cb = run.callbacks
+        posted = ", ".join(f"{k} {v}" for k, v in sorted(cb.get("posted", {}).items()))
+        s = run.summary
+        shown = ", ".join(
+            f"{k} {s.get(k, 0)}"
+            for k in (
+                "delivered",
+                "hard_bounced",
+                "soft_bounced",
+                "spam",
+                "unsubscribed",
+                "clicked",
+            )
+        )
+        mark = "ok" if cb.get("accepted") and cb.get("counters_match") else "FAILED"
+        print(f"  [{mark}] {run.provider}: posted {posted}\n         counters: {shown}")
     print("\nOne rendered message, as the SMTP server received it:\n")
     print(sample[:2500])
     print("RESULT:", "every recipient reached a terminal state" if ok else "FAILED")
