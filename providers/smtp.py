@@ -12,6 +12,7 @@ import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import cast
 
 import aiosmtplib
 import orjson
@@ -291,10 +292,10 @@ class SmtpTransport:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             client.close()
             raise _map_connect_error(exc, cfg) from exc
-        transport = client.transport
-        if not isinstance(transport, asyncio.Transport):  # pragma: no cover (asyncio gives one)
-            client.close()
-            raise ProviderConnectionError("connection has no usable transport")
+        # An asyncio.Transport, or uvloop's equivalent (not a subclass) under uvicorn.
+        transport = cast(asyncio.Transport, client.transport)
+        if transport is None:
+            raise ProviderConnectionError("connection closed during the handshake")
         return TransactionProtocol(
             transport, pipelining=client.supports_extension("pipelining"), timeout=cfg.timeout
         )
