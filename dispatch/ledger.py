@@ -17,6 +17,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -99,6 +100,12 @@ def record(
     if provider_message_id:
         data["p"] = provider_message_id
     return orjson.dumps(data)
+
+
+@lru_cache(maxsize=64)
+def claim_record(attempts: int) -> bytes:
+    """The record of a claimed message: only the state and the attempt (hot, cached)."""
+    return orjson.dumps({"s": MessageState.CLAIMED.value, "a": attempts})
 
 
 def parse_record(raw: str | bytes | None) -> dict[str, Any] | None:

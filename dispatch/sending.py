@@ -24,10 +24,17 @@ import orjson
 import redis.asyncio as aioredis
 
 from dispatch import store
-from dispatch.ledger import BatchLease, LedgerWriter, parse_record, record, system_event
+from dispatch.ledger import (
+    BatchLease,
+    LedgerWriter,
+    claim_record,
+    parse_record,
+    record,
+    system_event,
+)
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
-from dispatch.rendering import CompiledContent, RenderError, build_context
+from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
 from dispatch.settings import Settings, get_settings
 from dispatch.suppressions import suppression_key
 from dispatch.unsubscribe import list_unsubscribe_headers, make_token, unsubscribe_urls
@@ -109,6 +116,7 @@ class _Campaign:
         self.reply_to = content.reply_to if content.reply_to is not None else provider.reply_to
         self.stop_reason = ""
         self.status = CampaignStatus.RUNNING
+        self.base_context = campaign_context(content.vars)
 
     def build(self, item: _Item) -> OutgoingMessage:
         """Render one recipient's message; raises RenderError / InvalidAddressError."""
@@ -123,9 +131,9 @@ class _Campaign:
             if self.provider.preference_center == "custom":
                 prefs = f"{self.provider.preference_center_url}?token={token}"
             headers = list_unsubscribe_headers(unsub)
-        context = build_context(
-            campaign_vars=self.content.vars,
-            user_vars=item.vars,
+        context = recipient_context(
+            self.base_context,
+            item.vars,
             email=email,
             user_id=item.user_id,
             campaign_id=self.content.id,
@@ -358,10 +366,7 @@ class BatchSender:
                 )
         await self._commit(failed)
         claims = await self.writer.claim_many(
-            [
-                (item.seq, record(MessageState.CLAIMED, email=item.email, attempts=item.attempts))
-                for item, _ in built
-            ]
+            [(item.seq, claim_record(item.attempts)) for item, _ in built]
         )
         ready = []
         for (item, message), claimed in zip(built, claims, strict=True):
