@@ -73,7 +73,7 @@ def start_slow_campaign(
     wait_for(lambda: len(smtp.messages) >= until_sent, timeout=60)
 
 
-def settled_count(smtp: SmtpTestServer, quiet: float = 1.0, limit: float = 10.0) -> float:
+def seconds_until_quiet(smtp: SmtpTestServer, quiet: float = 1.0, limit: float = 10.0) -> float:
     """Seconds until the server has received nothing for ``quiet`` seconds."""
     start = time.monotonic()
     last, last_change = len(smtp.messages), time.monotonic()
@@ -100,7 +100,7 @@ def test_pause_stops_sending_and_resume_sends_every_recipient_exactly_once(
         start_slow_campaign(api, smtp, "pause-1", 2000, until_sent=300)
         paused = api.post("/v1/campaigns/pause-1/pause")
         assert paused.status_code == 200 and paused.json()["status"] == "paused"
-        stopped_after = settled_count(smtp)
+        stopped_after = seconds_until_quiet(smtp)
         assert stopped_after < 3.0, f"sending went on {stopped_after:.1f} s after the pause"
         at_pause = len(smtp.messages)
         assert at_pause < 2000, "the pause came too late to test anything"
@@ -134,7 +134,7 @@ def test_cancel_marks_every_unsent_message_cancelled(
         start_slow_campaign(api, smtp, "cancel-1", 1500, until_sent=100)
         cancelled = api.post("/v1/campaigns/cancel-1/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-        settled_count(smtp)
+        seconds_until_quiet(smtp)
         summary = wait_for_campaign(api, "cancel-1", lambda s: s["queued"] == 0, 30)
         assert summary["status"] == "cancelled"
         assert summary["sent"] == len(smtp.messages) < 1500
