@@ -164,10 +164,9 @@ def main() -> None:
         print(f"Generic HTTP end to end, {os.cpu_count()} cores, {args.workers} worker process(es)")
         bodies = prebuilt_payloads(n, args.batch_size)
         size = sum(map(len, bodies)) / len(bodies)
-        base_n, base_s = timed(
-            f"pre-built payloads ({size / 1024:.0f} KiB each)", lambda: run_prebuilt(sink, bodies)
-        )
-        del bodies
+        label = f"pre-built payloads ({size / 1024:.0f} KiB each)"
+        base_n, base_s = timed(label, lambda: run_prebuilt(sink, bodies))
+        bodies.clear()
         worker = start_worker(
             redis_server.url,
             args.workers,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import ClassVar
 
 import orjson
 
 
 class SinkProtocol(asyncio.Protocol):
-    totals = {"requests": 0, "messages": 0, "bytes": 0}
+    totals: ClassVar[dict[str, int]] = {"requests": 0, "messages": 0, "bytes": 0}
     marker = b'"mid"'
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

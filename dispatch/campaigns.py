@@ -32,15 +32,9 @@ from providers.http_config import required_recipient_vars
 
 APPEND_CHUNK = 1000
 EnqueueBatch = Callable[[str, int], None]
+
+
 # Campaigns with an expires_at, by that time (the housekeeping task expires them).
-EXPIRING_ZSET = f"{store.PREFIX}:expiring"
-
-
-def addresses_key(campaign_id: str) -> str:
-    """Set of the campaign's recipient addresses (normalised): one message per address."""
-    return f"{store.PREFIX}:campaign:{campaign_id}:addresses"
-
-
 class CampaignError(ValueError):
     """The campaign is invalid; ``field`` names what is at fault (HTTP 422)."""
 
@@ -167,7 +161,7 @@ def create_campaign(
     pipe.hset(store.counters_key(campaign_id), mapping={name: 0 for name in COUNTER_NAMES})
     pipe.zadd(store.CAMPAIGNS_ZSET, {campaign_id: now})
     if content.expires_at is not None:
-        pipe.zadd(EXPIRING_ZSET, {campaign_id: content.expires_at.timestamp()})
+        pipe.zadd(store.EXPIRING_ZSET, {campaign_id: content.expires_at.timestamp()})
     pipe.execute()
     if request.recipients:
         append_recipients(campaign_id, request.recipients, client=r)
@@ -281,7 +275,7 @@ class RecipientAppender:
         self._keys = [
             store.campaign_key(campaign_id),
             store.recipients_key(campaign_id),
-            addresses_key(campaign_id),
+            store.addresses_key(campaign_id),
             store.counters_key(campaign_id),
         ]
         self._script = self.r.register_script(_APPEND)

@@ -50,11 +50,6 @@ MESSAGE_STATUSES = (QUEUED, *(state.value for state in MessageState))
 _S = CampaignStatus
 
 
-def retried_key(campaign_id: str) -> str:
-    """Set of the seqs that retry-failed has queued again (each at most once)."""
-    return f"{store.PREFIX}:campaign:{campaign_id}:retried"
-
-
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'', 0} end
@@ -245,7 +240,7 @@ def expire_due(
 ) -> list[str]:
     """Expire every unfinished campaign whose ``expires_at`` has passed (beat); their ids."""
     r = client or store.sync_client()
-    due = r.zrangebyscore(campaigns.EXPIRING_ZSET, 0, now if now is not None else time.time())
+    due = r.zrangebyscore(store.EXPIRING_ZSET, 0, now if now is not None else time.time())
     expired = []
     for member in due:
         campaign_id = str(member)
@@ -254,7 +249,7 @@ def expire_due(
                 expired.append(campaign_id)
         except campaigns.CampaignNotFoundError:
             pass
-        r.zrem(campaigns.EXPIRING_ZSET, campaign_id)
+        r.zrem(store.EXPIRING_ZSET, campaign_id)
     return expired
 
 
@@ -311,7 +306,7 @@ async def _requeue_failed(
             continue
         pipe = r.pipeline(transaction=False)
         for seq, _ in failed:
-            pipe.sadd(retried_key(campaign_id), seq)
+            pipe.sadd(store.retried_key(campaign_id), seq)
         first_time = await pipe.execute()
         puts = []
         for (seq, rec), new in zip(failed, first_time, strict=True):
@@ -411,7 +406,7 @@ def messages_page(
         pipe = r.pipeline(transaction=False)
         pipe.lrange(store.recipients_key(campaign_id), seq, seq + window - 1)
         pipe.hmget(store.ledger_key(campaign_id), seqs)
-        pipe.smismember(retried_key(campaign_id), seqs)
+        pipe.smismember(store.retried_key(campaign_id), seqs)
         docs, records, retried = pipe.execute()
         for offset, (doc, rec_raw, was_retried) in enumerate(
             zip(docs, records, retried, strict=True)

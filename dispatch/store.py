@@ -14,6 +14,7 @@ PROVIDERS_SET = f"{PREFIX}:providers"
 CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
 SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
 SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
+EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 # Callback batches accepted but not yet applied: id -> JSON, and id by time received.
 CALLBACK_INBOX_HASH = f"{PREFIX}:callbacks:inbox"
 CALLBACK_PENDING_ZSET = f"{PREFIX}:callbacks:pending"
@@ -41,6 +42,16 @@ def counters_key(campaign_id: str) -> str:
 def ledger_key(campaign_id: str) -> str:
     """Hash seq -> ledger record JSON; a missing seq is still queued."""
     return f"{PREFIX}:campaign:{campaign_id}:ledger"
+
+
+def addresses_key(campaign_id: str) -> str:
+    """Set of the campaign's recipient addresses (normalised): one message per address."""
+    return f"{PREFIX}:campaign:{campaign_id}:addresses"
+
+
+def retried_key(campaign_id: str) -> str:
+    """Set of the seqs that retry-failed has queued again (each at most once)."""
+    return f"{PREFIX}:campaign:{campaign_id}:retried"
 
 
 def batch_lease_key(campaign_id: str, batch: int) -> str:

@@ -329,7 +329,7 @@ def test_expiry_settles_unsent_messages_expired(redis_client: redis.Redis) -> No
         assert summary["status"] == "expired" and summary["reason"] == "expires_at passed"
         assert (summary["expired"], summary["sent"], summary["queued"]) == (1200 - sent, sent, 0)
     assert campaigns.get_status("no-expiry", redis_client).value == "running"
-    assert redis_client.zcard(campaigns.EXPIRING_ZSET) == 0
+    assert redis_client.zcard(store.EXPIRING_ZSET) == 0
     assert lifecycle.expire_due(now=soon.timestamp() + 1, client=redis_client) == []
 
 
