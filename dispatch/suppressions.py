@@ -13,7 +13,13 @@ from providers.addresses import InvalidAddressError, normalize_address
 
 
 def suppression_key(email: str) -> str:
-    """The list's key for an address: normalised and lower-cased (compared caselessly)."""
+    """The list's key for an address: normalised and lower-cased (compared caselessly).
+
+    For an ASCII address that is the address stripped and lower-cased (IDNA changes only
+    non-ASCII domains); the full normalisation runs for the others.
+    """
+    if email.isascii():
+        return email.strip().lower()
     try:
         return normalize_address(email).lower()
     except InvalidAddressError:
