@@ -108,11 +108,11 @@ def claim_record(attempts: int) -> bytes:
     return orjson.dumps({"s": MessageState.CLAIMED.value, "a": attempts})
 
 
-def parse_record(raw: str | bytes | None) -> dict[str, Any] | None:
-    """A stored record as a dict with readable keys, or None for a queued message."""
+def parse_record(raw: str | bytes | dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored record (encoded or decoded) with readable keys; None for a queued message."""
     if raw is None:
         return None
-    data: dict[str, Any] = orjson.loads(raw)
+    data: dict[str, Any] = raw if isinstance(raw, dict) else orjson.loads(raw)
     return {
         "state": data["s"],
         "email": data.get("e", ""),
