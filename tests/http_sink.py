@@ -36,6 +36,7 @@ class RecordedRequest:
     target: str
     headers: list[tuple[str, str]]
     body: bytes
+    at: float = 0.0  # time.monotonic() when it arrived
 
     @property
     def path(self) -> str:
@@ -74,7 +75,9 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.requests.append(
-                RecordedRequest(self.command, self.path, list(self.headers.items()), body)
+                RecordedRequest(
+                    self.command, self.path, list(self.headers.items()), body, time.monotonic()
+                )
             )
             reply = state.script.popleft() if state.script else state.default
         if reply.delay:
