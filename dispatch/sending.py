@@ -32,6 +32,7 @@ from dispatch.ledger import (
     record,
     system_event,
 )
+from dispatch.limits import ProviderLimiter, QuotaExhaustedError
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
@@ -119,6 +120,7 @@ class _Campaign:
         compiled: CompiledContent,
         send_date: str,
         settings: Settings,
+        limiter_client: aioredis.Redis,
     ) -> None:
         self.content = content
         self.provider = provider
@@ -137,6 +139,7 @@ class _Campaign:
         self.stop_reason = ""
         self.status = CampaignStatus.RUNNING
         self.base_context = campaign_context(content.vars)
+        self.limiter = ProviderLimiter(limiter_client, provider)
 
     def build(self, item: _Item) -> OutgoingMessage:
         """Render one recipient's message; raises RenderError / InvalidAddressError."""
@@ -333,6 +336,13 @@ class BatchSender:
                 messages = await self._prepare(chunk)
                 if not messages:
                     continue
+                try:
+                    wait = await self.c.limiter.take(len(messages))
+                except QuotaExhaustedError as exc:
+                    await self._session_failed(messages, exc)
+                    return
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 if session is None:
                     try:
                         session = await stack.enter_async_context(self.c.transport.session())
@@ -569,6 +579,7 @@ async def run_batch(
             _compiled_for(content),
             str(send_date or datetime.now(UTC).strftime("%Y%m%d")),
             settings,
+            r,
         )
         sender = BatchSender(campaign, writer, items, settings)
         n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))

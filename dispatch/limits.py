@@ -1,0 +1,70 @@
+"""Per-provider pace and daily quota, shared by every worker through Redis (DESIGN §7)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+
+from dispatch import store
+from providers.config import ProviderBase
+from providers.errors import ConfigurationError
+
+# GCRA ("virtual scheduling"): KEYS[1] holds the time the provider is next free. Each
+# call reserves n sends after that point and answers how long to wait first, so any
+# number of workers together keep to rate_per_second. KEYS[2] counts today's sends;
+# past the quota nothing is reserved and -1 comes back.
+_TAKE = """
+local n, rate, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if quota > 0 then
+  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used + n > quota then return '-1' end
+  redis.call('INCRBY', KEYS[2], n)
+  redis.call('EXPIRE', KEYS[2], 172800)
+end
+if rate <= 0 then return '0' end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+redis.call('SET', KEYS[1], tostring(free + n / rate), 'EX', 3600)
+return tostring(free - now)
+"""
+
+
+class QuotaExhaustedError(ConfigurationError):
+    """The provider's daily quota is used up: the campaign pauses until a person acts."""
+
+
+class ProviderLimiter:
+    """Reserves sends against a provider's ``rate_per_second`` and ``daily_quota``."""
+
+    def __init__(self, client: aioredis.Redis, provider: ProviderBase) -> None:
+        self.client = client
+        self.provider = provider
+        self.active = bool(provider.rate_per_second or provider.daily_quota)
+
+    async def take(self, n: int) -> float:
+        """Reserve ``n`` sends; returns how many seconds to wait before sending them.
+
+        Raises :class:`QuotaExhaustedError` when today's quota would be exceeded.
+        """
+        if not self.active:
+            return 0.0
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        nick = self.provider.nickname
+        answer = await self.client.eval(
+            _TAKE,
+            2,
+            f"{store.PREFIX}:pace:{nick}",
+            f"{store.PREFIX}:quota:{nick}:{day}",
+            n,
+            self.provider.rate_per_second,
+            self.provider.daily_quota or 0,
+        )
+        wait = float(answer)
+        if wait < 0:
+            raise QuotaExhaustedError(
+                f"daily quota of {self.provider.daily_quota} messages for provider "
+                f"{nick!r} is used up (UTC day {day})"
+            )
+        return wait

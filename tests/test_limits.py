@@ -1,0 +1,67 @@
+"""Provider pace and daily quota, shared through Redis by every worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from dispatch import campaigns, store
+from dispatch.limits import ProviderLimiter, QuotaExhaustedError
+from dispatch.settings import Settings
+from providers.config import parse_provider_config
+from tests.helpers import recipients, run_inline, smtp_provider
+from tests.smtp_server import SmtpTestServer
+
+
+def _config(**fields: object) -> object:
+    return parse_provider_config(
+        {"nickname": "p", "kind": "smtp", "host": "127.0.0.1", "port": 25, **fields}
+    )
+
+
+def test_two_workers_share_one_pace(redis_client: redis.Redis) -> None:
+    """Reservations from two limiters (two workers) queue behind each other."""
+
+    async def go() -> list[float]:
+        client = store.async_client()
+        try:
+            a = ProviderLimiter(client, _config(rate_per_second=10))  # type: ignore[arg-type]
+            b = ProviderLimiter(client, _config(rate_per_second=10))  # type: ignore[arg-type]
+            return [await a.take(10), await b.take(10), await a.take(5)]
+        finally:
+            await client.aclose()
+
+    first, second, third = asyncio.run(go())
+    assert first == pytest.approx(0.0, abs=0.05)
+    assert second == pytest.approx(1.0, abs=0.1)  # 10 sends at 10/s: one second later
+    assert third == pytest.approx(2.0, abs=0.1)
+
+
+def test_quota_is_counted_across_calls(redis_client: redis.Redis) -> None:
+    async def go() -> None:
+        client = store.async_client()
+        try:
+            limiter = ProviderLimiter(client, _config(daily_quota=10))  # type: ignore[arg-type]
+            assert await limiter.take(6) == 0.0
+            with pytest.raises(QuotaExhaustedError, match="daily quota of 10"):
+                await limiter.take(5)
+            assert await limiter.take(4) == 0.0
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_used_up_quota_pauses_the_campaign(redis_client: redis.Redis) -> None:
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, daily_quota=5, max_connections=1)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(8)}
+        cid, _ = run_inline(redis_client, body, Settings(retry_base_seconds=0.05))
+        delivered = len(smtp.messages)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["status"] == "paused"
+    assert "daily quota of 5" in summary["reason"]
+    assert delivered == summary["sent"] <= 5
+    assert summary["queued"] == 8 - summary["sent"]  # nothing failed: they wait for resume
