@@ -28,8 +28,8 @@ from dispatch.models import MessageState
 
 # Counter buckets: every non-terminal state counts as "queued".
 _APPLY = """
-local ledger, counters, stream, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local token, maxlen = ARGV[1], ARGV[2]
+local ledger, counters, stream, lease, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local token, maxlen, provider = ARGV[1], ARGV[2], ARGV[4]
 if token ~= '' and redis.call('GET', lease) ~= token then return '-' end
 local terminal = {sent=1, failed=1, suppressed=1, cancelled=1, expired=1, unknown=1}
 local function bucket(state)
@@ -39,6 +39,7 @@ end
 -- ARGV[3]: a JSON array of [op, seq, new_state, record, event]; records start with
 -- {"s":"<state>" so the old state is read without decoding the whole record.
 local out = {}
+local tally = {}  -- outcomes by state for the service-wide metrics (one HINCRBY each)
 for _, o in ipairs(cjson.decode(ARGV[3])) do
   local op, seq, new, rec, ev = o[1], tostring(o[2]), o[3], o[4], o[5]
   local cur = redis.call('HGET', ledger, seq)
@@ -56,8 +57,12 @@ for _, o in ipairs(cjson.decode(ARGV[3])) do
     if ev ~= '' then
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev)
     end
+    if new ~= 'claimed' then tally[new] = (tally[new] or 0) + 1 end
     out[#out+1] = '1'
   end
+end
+for state, count in pairs(tally) do
+  redis.call('HINCRBY', stats, provider .. '|' .. state, count)
 end
 return table.concat(out)
 """
@@ -196,14 +201,21 @@ class LedgerWriter:
     """
 
     def __init__(
-        self, client: aioredis.Redis, campaign_id: str, lease_token: str = "", batch: int = -1
+        self,
+        client: aioredis.Redis,
+        campaign_id: str,
+        lease_token: str = "",
+        batch: int = -1,
+        provider: str = "",
     ) -> None:
         self.client = client
+        self.provider = provider
         self.keys = [
             store.ledger_key(campaign_id),
             store.counters_key(campaign_id),
             store.EVENTS_STREAM,
             store.batch_lease_key(campaign_id, batch),
+            store.MESSAGE_STATS_HASH,
         ]
         self.token = lease_token
         self._pending: list[_Batch] = []
@@ -247,6 +259,7 @@ class LedgerWriter:
                 self.token,
                 store.EVENTS_STREAM_MAXLEN,
                 orjson.dumps(ops),
+                self.provider or "unknown",
             ]
             try:
                 result = await self._script(keys=self.keys, args=args)

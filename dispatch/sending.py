@@ -551,7 +551,7 @@ async def run_batch(
         )
         raw_recipients, records = loaded["docs"], loaded["recs"]
         seqs = [start + i for i in range(len(raw_recipients))]
-        writer = LedgerWriter(r, campaign_id, lease.token, batch)
+        writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = _unsettled(seqs, records, raw_recipients, settings)
         await writer.put_many(stale)
         terminal = _terminal_state(str(status), content)

@@ -15,6 +15,8 @@ CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
 SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
 SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
+MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
+CELERY_QUEUES = ("default", "sends", "events")
 # Callback batches accepted but not yet applied: id -> JSON, and id by time received.
 CALLBACK_INBOX_HASH = f"{PREFIX}:callbacks:inbox"
 CALLBACK_PENDING_ZSET = f"{PREFIX}:callbacks:pending"

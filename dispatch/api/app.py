@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CollectorRegistry
 
 from dispatch import store
 from dispatch.api import campaigns, providers, suppressions
 from dispatch.api.callbacks import router as callbacks_router
 from dispatch.api.errors import install_error_handlers
+from dispatch.metrics import RedisStateCollector
+
+_SERVICE_METRICS = CollectorRegistry(auto_describe=False)
+_SERVICE_METRICS.register(RedisStateCollector())
 
 
 def create_app() -> FastAPI:
@@ -37,10 +42,13 @@ def create_app() -> FastAPI:
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics() -> Response:
-        """Prometheus metrics."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """Prometheus metrics: this process's (callbacks) and the service's from Redis."""
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(
+            generate_latest(REGISTRY) + generate_latest(_SERVICE_METRICS),
+            media_type=CONTENT_TYPE_LATEST,
+        )
 
     return app
 

@@ -1,0 +1,44 @@
+"""Prometheus metrics of the whole service, read from Redis when /metrics is scraped.
+
+Workers are separate processes (and machines); what they did is kept in Redis by the
+ledger script, so the API can report it without a push gateway: messages by provider
+and outcome, retries, and the depth of each Celery queue. Callback counts are kept by
+the API process itself (dispatch.callbacks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dispatch import store
+
+
+class RedisStateCollector(Collector):
+    """Collects from Redis at scrape time; yields nothing when Redis is unreachable."""
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        r = store.sync_client()
+        try:
+            stats = r.hgetall(store.MESSAGE_STATS_HASH)
+            depths = [r.llen(queue) for queue in store.CELERY_QUEUES]
+        except Exception:  # metrics must not fail the scrape; /healthz reports Redis
+            return
+        messages = CounterMetricFamily(
+            "dispatch_messages",
+            "Messages by provider and outcome (sent, failed, suppressed, unknown, "
+            "cancelled, expired; retry counts each scheduled retry)",
+            labels=["provider", "outcome"],
+        )
+        for key, value in sorted(stats.items()):
+            provider, _, outcome = str(key).rpartition("|")
+            messages.add_metric([provider, outcome], float(value))
+        yield messages
+        queues = GaugeMetricFamily(
+            "dispatch_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"]
+        )
+        for queue, depth in zip(store.CELERY_QUEUES, depths, strict=True):
+            queues.add_metric([queue], float(depth))
+        yield queues
