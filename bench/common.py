@@ -142,8 +142,9 @@ def start_worker(
     else:
         cmd = [sys.executable, "-m", "dispatch.cli", "worker", "--loglevel", "WARNING",
                "--concurrency", str(concurrency)]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    # Worker warnings and errors go to bench-worker.log, so a run that goes wrong says why.
+    log = open(Path(tempfile.gettempdir()) / "bench-worker.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -40,6 +40,7 @@ class _Config:
         "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
         "recover-callbacks": {"task": "dispatch.recover_callbacks", "schedule": 30.0},
         "expire-campaigns": {"task": "dispatch.expire_campaigns", "schedule": 10.0},
+        "housekeeping": {"task": "dispatch.housekeeping", "schedule": 30.0},
     }
 
     @property

@@ -64,6 +64,10 @@ end
 for state, count in pairs(tally) do
   redis.call('HINCRBY', stats, provider .. '|' .. state, count)
 end
+if KEYS[6] then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[6], 'progress_at', t[1])
+end
 return table.concat(out)
 """
 
@@ -216,6 +220,7 @@ class LedgerWriter:
             store.EVENTS_STREAM,
             store.batch_lease_key(campaign_id, batch),
             store.MESSAGE_STATS_HASH,
+            store.campaign_key(campaign_id),  # its progress_at (for housekeeping)
         ]
         self.token = lease_token
         self._pending: list[_Batch] = []

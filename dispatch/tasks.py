@@ -11,6 +11,7 @@ from celery.signals import worker_ready
 
 from dispatch import campaigns, effects, lifecycle, runtime, store
 from dispatch.celery_app import app
+from dispatch.housekeeping import sweep
 from dispatch.models import CampaignRequest
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings
@@ -62,6 +63,12 @@ def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
         extra={"campaign_id": campaign_id, "batch": batch, "counts": result.counts},
     )
     return {"counts": result.counts, "retry_at": result.retry_at}
+
+
+@app.task(name="dispatch.housekeeping")
+def housekeeping() -> dict[str, list[str]]:
+    """Finish running campaigns with nothing left; re-enqueue stalled ones (beat)."""
+    return sweep(store.sync_client(), campaigns.enqueue_batch)
 
 
 @app.task(name="dispatch.release_scheduled")
