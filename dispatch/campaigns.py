@@ -170,6 +170,7 @@ def create_campaign(
     )
     pipe.hset(store.counters_key(campaign_id), mapping={name: 0 for name in COUNTER_NAMES})
     pipe.zadd(store.CAMPAIGNS_ZSET, {campaign_id: now})
+    pipe.sadd(store.CATEGORIES_SET, content.category)
     if content.expires_at is not None:
         pipe.zadd(store.EXPIRING_ZSET, {campaign_id: content.expires_at.timestamp()})
     pipe.execute()

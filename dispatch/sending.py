@@ -59,10 +59,14 @@ end
 return '{"docs":[' .. table.concat(docs, ',') .. '],"recs":[' .. table.concat(recs, ',') .. ']}'
 """
 # Positions (0-based) of the given keys that are on the suppression list, as JSON.
+# ... or that opted out of this campaign's category in the preference center.
 _SUPPRESSED = """
 local hits = {}
 for i, key in ipairs(cjson.decode(ARGV[1])) do
-  if redis.call('HEXISTS', KEYS[1], key) == 1 then hits[#hits + 1] = i - 1 end
+  if redis.call('HEXISTS', KEYS[1], key) == 1
+      or redis.call('SISMEMBER', ARGV[3] .. key, ARGV[2]) == 1 then
+    hits[#hits + 1] = i - 1
+  end
 end
 return '[' .. table.concat(hits, ',') .. ']'
 """
@@ -563,7 +567,7 @@ async def run_batch(
             return result
         if status != CampaignStatus.RUNNING.value:
             return result  # paused or not started: resume re-enqueues the batch
-        items = await _drop_suppressed(r, writer, items, result)
+        items = await _drop_suppressed(r, writer, items, result, content.category)
         raw_provider = await r.get(store.provider_key(content.provider))
         if raw_provider is None:
             await r.hset(
@@ -615,14 +619,27 @@ async def run_batch(
 
 
 async def _drop_suppressed(
-    r: aioredis.Redis, writer: LedgerWriter, items: list[_Item], result: BatchResult
+    r: aioredis.Redis,
+    writer: LedgerWriter,
+    items: list[_Item],
+    result: BatchResult,
+    category: str,
 ) -> list[_Item]:
     """Record suppressed recipients (checked right before sending, DESIGN §5)."""
     if not items:
         return items
     keys = [suppression_key(item.email) for item in items]
     hit_at = set(
-        orjson.loads(await r.eval(_SUPPRESSED, 1, store.SUPPRESSIONS_HASH, orjson.dumps(keys)))
+        orjson.loads(
+            await r.eval(
+                _SUPPRESSED,
+                1,
+                store.SUPPRESSIONS_HASH,
+                orjson.dumps(keys),
+                category,
+                store.OPTOUT_PREFIX,
+            )
+        )
     )
     hits = [i in hit_at for i in range(len(items))]
     kept = [item for item, hit in zip(items, hits, strict=True) if not hit]

@@ -17,6 +17,15 @@ SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
 CELERY_QUEUES = ("default", "sends", "events")
+CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
+OPTOUT_PREFIX = f"{PREFIX}:optout:"  # + address key: set of categories it opted out of
+
+
+def optout_key(address_key: str) -> str:
+    """Set of the categories an address opted out of in the preference center."""
+    return f"{OPTOUT_PREFIX}{address_key}"
+
+
 # Callback batches accepted but not yet applied: id -> JSON, and id by time received.
 CALLBACK_INBOX_HASH = f"{PREFIX}:callbacks:inbox"
 CALLBACK_PENDING_ZSET = f"{PREFIX}:callbacks:pending"

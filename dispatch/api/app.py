@@ -7,7 +7,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 
 from dispatch import store
-from dispatch.api import campaigns, providers, suppressions
+from dispatch.api import campaigns, pages, providers, suppressions
 from dispatch.api.callbacks import router as callbacks_router
 from dispatch.api.errors import install_error_handlers
 from dispatch.metrics import RedisStateCollector
@@ -28,6 +28,7 @@ def create_app() -> FastAPI:
     app.include_router(providers.router)
     app.include_router(campaigns.router)
     app.include_router(suppressions.router)
+    app.include_router(pages.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

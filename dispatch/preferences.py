@@ -1,0 +1,64 @@
+"""One-click unsubscribe (RFC 8058) and the system preference center's choices."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from dispatch import campaigns, store
+from dispatch.effects import InboxEvent, apply_events
+from dispatch.settings import get_settings
+from dispatch.suppressions import suppression_key
+from dispatch.unsubscribe import UnsubscribeToken
+from providers.callbacks.events import EventType
+
+
+def unsubscribe(token: UnsubscribeToken, how: str, client: redis.Redis | None = None) -> bool:
+    """Unsubscribe the token's recipient from everything; False if it already was.
+
+    Applied like a provider's ``unsubscribed`` callback, once per message: the address
+    is suppressed, the campaign's ``unsubscribed`` counter moves and ``Channel
+    Unsubscribed`` is published (``Type`` = ``how``).
+    """
+    r = client or store.sync_client()
+    try:
+        content = campaigns.load_content(token.campaign_id, r)
+    except campaigns.CampaignNotFoundError:
+        content = None
+    provider = content.provider if content else "preference-center"
+    event = InboxEvent(
+        type=EventType.UNSUBSCRIBED,
+        provider_type="list-unsubscribe",
+        email=token.email,
+        campaign_id=token.campaign_id if content else "",
+        account_id=get_settings().account_id,
+        seq=token.seq if content else None,
+        description=how,
+        ts=time.time(),
+        dedupe=f"unsubscribe:{token.campaign_id}:{token.seq}",
+    )
+    return apply_events([event], provider=provider, kind="preference-center", client=r) > 0
+
+
+def categories(client: redis.Redis | None = None) -> list[str]:
+    """Every category campaigns were sent in: one switch each in the preference center."""
+    return sorted(str(c) for c in (client or store.sync_client()).smembers(store.CATEGORIES_SET))
+
+
+def opted_out(email: str, client: redis.Redis | None = None) -> set[str]:
+    r = client or store.sync_client()
+    return {str(c) for c in r.smembers(store.optout_key(suppression_key(email)))}
+
+
+def set_choices(email: str, wanted: set[str], client: redis.Redis | None = None) -> set[str]:
+    """Keep only ``wanted`` categories for ``email``; returns the categories opted out of."""
+    r = client or store.sync_client()
+    out = set(categories(r)) - wanted
+    key = store.optout_key(suppression_key(email))
+    pipe = r.pipeline()
+    pipe.delete(key)
+    if out:
+        pipe.sadd(key, *sorted(out))
+    pipe.execute()
+    return out

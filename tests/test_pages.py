@@ -1,0 +1,103 @@
+"""Recipient pages over HTTP: one-click unsubscribe (RFC 8058) and the preference center."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import redis
+
+from dispatch import campaigns, store, suppressions
+from dispatch.settings import Settings, get_settings
+from tests.api_server import ApiServer
+from tests.api_support import api_client, covers
+from tests.helpers import recipients, run_inline, smtp_provider
+from tests.smtp_server import SmtpTestServer
+
+FAST = Settings(retry_base_seconds=0.05)
+
+
+def _campaign(r: redis.Redis, smtp: SmtpTestServer, n: int, category: str) -> str:
+    body = {
+        "provider": "local",
+        "subject": "s",
+        "category": category,
+        "recipients": recipients(n),
+        "html": '<a href="{{ unsubscribe_url }}">unsubscribe</a> {{ preferences_url }}',
+    }
+    return run_inline(r, body, FAST)[0]
+
+
+def _links(smtp: SmtpTestServer, email: str) -> dict[str, Any]:
+    message = next(m.message for m in smtp.messages if m.rcpt_tos == [email])
+    match = re.fullmatch(r"<(.+)>", message["List-Unsubscribe"])
+    assert match and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    return {"unsubscribe": match.group(1), "html": html}
+
+
+@covers("GET /u/{token}", "POST /u/{token}")
+def test_one_click_unsubscribe(api_server: ApiServer, redis_client: redis.Redis) -> None:
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        cid = _campaign(redis_client, smtp, 3, "news")
+        links = _links(smtp, "user1@example.com")
+    url = links["unsubscribe"]  # under DISPATCH_PUBLIC_URL; the test server is elsewhere
+    assert url.startswith(get_settings().public_url + "/u/") and url in links["html"]
+    path = urlsplit(url).path
+    with api_client(api_server, token=None) as http:
+        page = http.get(path)  # a link scanner's GET must not unsubscribe
+        assert page.status_code == 200 and "Unsubscribe?" in page.text
+        assert suppressions.get("user1@example.com", client=redis_client) is None
+        answer = http.post(
+            path,
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        again = http.post(path, content=b"List-Unsubscribe=One-Click")
+        forged = http.post(path[:-3] + "AAA")
+    assert answer.status_code == 200 and "You are unsubscribed" in answer.text
+    assert again.status_code == 200 and forged.status_code == 404
+    entry = suppressions.get("user1@example.com", client=redis_client)
+    assert entry is not None and entry["reason"] == "unsubscribed"
+    assert campaigns.get_counters(cid, redis_client)["unsubscribed"] == 1  # once, not twice
+    events = [orjson.loads(e[1]["json"]) for e in redis_client.xrange(store.EVENTS_STREAM)]
+    unsubscribed = [e for e in events if e["event"] == "Channel Unsubscribed"]
+    assert [e["properties"].get("Type") for e in unsubscribed] == ["One-click unsubscribe"]
+
+
+@covers("GET /preferences/{token}", "POST /preferences/{token}")
+def test_preference_center_opt_out_of_a_category(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 2, "news")
+        _campaign(redis_client, smtp, 2, "offers")
+        html = _links(smtp, "user0@example.com")["html"]
+        path = re.search(r"(/preferences/[^\s<\"]+)", html).group(1)  # type: ignore[union-attr]
+        with api_client(api_server, token=None) as http:
+            page = http.get(path)
+            assert page.status_code == 200
+            assert 'value="news"' in page.text and 'value="offers"' in page.text
+            saved = http.post(path, content=b"category=offers&action=save")
+        assert saved.status_code == 200 and "Your choices are saved" in saved.text
+        assert re.search(r'value="news"\s*>', saved.text)  # unchecked now
+        smtp.messages.clear()
+        news = _campaign(redis_client, smtp, 2, "news")
+        offers = _campaign(redis_client, smtp, 2, "offers")
+        received = [(m.rcpt_tos[0]) for m in smtp.messages]
+    assert campaigns.get_counters(news, redis_client)["suppressed"] == 1
+    assert campaigns.get_counters(offers, redis_client)["sent"] == 2
+    assert received.count("user0@example.com") == 1  # the offers one only
+
+
+def test_no_preference_center_adds_nothing(redis_client: redis.Redis) -> None:
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port)  # preference_center "none"
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(1)}
+        run_inline(redis_client, body, FAST)
+        message = smtp.messages[0].message
+    assert message["List-Unsubscribe"] is None and message["List-Unsubscribe-Post"] is None
