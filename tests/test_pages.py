@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,6 +12,7 @@ import redis
 
 from dispatch import campaigns, store, suppressions
 from dispatch.settings import Settings, get_settings
+from tests import browser
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
 from tests.helpers import recipients, run_inline, smtp_provider
@@ -101,3 +103,25 @@ def test_no_preference_center_adds_nothing(redis_client: redis.Redis) -> None:
         run_inline(redis_client, body, FAST)
         message = smtp.messages[0].message
     assert message["List-Unsubscribe"] is None and message["List-Unsubscribe-Post"] is None
+
+
+def test_pages_render_in_a_real_browser(
+    api_server: ApiServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Chromium loads both pages: the form, its switches and buttons are in the DOM."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 1, "news")
+        _campaign(redis_client, smtp, 1, "offers")
+        url = _links(smtp, "user0@example.com")["unsubscribe"]
+    path = urlsplit(url).path
+    unsubscribe = browser.dom(api_server.url + path)
+    assert 'id="unsubscribe"' in unsubscribe and 'method="post"' in unsubscribe
+    preferences = browser.dom(api_server.url + path.replace("/u/", "/preferences/", 1))
+    checkboxes = re.findall(r'<input type="checkbox" name="category" value="(\w+)"', preferences)
+    assert sorted(checkboxes) == ["news", "offers"]
+    assert 'id="unsubscribe-all"' in preferences
+    shot = browser.screenshot(
+        api_server.url + path.replace("/u/", "/preferences/", 1), tmp_path / "preferences.png"
+    )
+    assert shot.stat().st_size > 1000  # a real rendered image
