@@ -175,10 +175,55 @@ def create_campaign(
         pipe.zadd(store.EXPIRING_ZSET, {campaign_id: content.expires_at.timestamp()})
     pipe.execute()
     if request.recipients:
-        append_recipients(campaign_id, request.recipients, client=r)
-        if not request.draft:
-            start_campaign(campaign_id, client=r, enqueue=enqueue)
+        later = content.send_at is not None and content.send_at > datetime.now(UTC)
+        if request.draft or later:
+            append_recipients(campaign_id, request.recipients, client=r)
+            if not request.draft:
+                start_campaign(campaign_id, client=r, enqueue=enqueue)
+        else:
+            _append_and_send(campaign_id, request.recipients, r, enqueue or enqueue_batch)
     return campaign_id, True
+
+
+def _append_and_send(
+    campaign_id: str, recipients: list[Recipient], r: redis.Redis, enqueue: EnqueueBatch
+) -> None:
+    """Start at once and enqueue each batch as soon as its recipients are stored.
+
+    The first messages leave while a long list is still being stored. The campaign
+    carries an ``appending`` mark meanwhile, so that it cannot complete between two
+    chunks (its ``queued`` counter can touch 0 while later batches are not stored yet).
+    """
+    size = get_settings().batch_size
+    now = datetime.now(UTC)
+    key = store.campaign_key(campaign_id)
+    r.hset(
+        key,
+        mapping={
+            "status": CampaignStatus.RUNNING.value,
+            "send_date": now.strftime("%Y%m%d"),
+            "started_at": str(now.timestamp()),
+            "batch_size": str(size),
+            "appending": "1",
+        },
+    )
+    appender = RecipientAppender(campaign_id, r, filling=True)
+    stored = enqueued = 0
+    try:
+        for chunk in _chunks(recipients, size):
+            stored += appender.add(chunk)[0]
+            while (enqueued + 1) * size <= stored:
+                enqueue(campaign_id, enqueued)
+                enqueued += 1
+    finally:
+        batches = math.ceil(stored / size)
+        pipe = r.pipeline()
+        pipe.hset(key, "batches", str(batches))
+        pipe.hdel(key, "appending")
+        pipe.execute()
+        for batch in range(enqueued, batches):
+            enqueue(campaign_id, batch)
+        finish_if_done(campaign_id, r)
 
 
 def _check_provider_payload(
@@ -246,7 +291,11 @@ class RecipientChecker:
 
 
 _APPEND = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'draft' then return {-1} end
+-- Appends go to drafts; and to a campaign create_campaign is still filling while its
+-- first batches already send (the 'appending' mark).
+local status = redis.call('HGET', KEYS[1], 'status')
+local filling = status == 'running' and redis.call('HEXISTS', KEYS[1], 'appending') == 1
+if status ~= 'draft' and not filling then return {-1} end
 -- ARGV[1]: a JSON array of [address key, recipient document]; one argument for a whole
 -- chunk (thousands of separate arguments cost more to encode than the work they carry).
 local out = {0}
@@ -274,12 +323,15 @@ class RecipientAppender:
     recipient is sent the same campaign twice), which also makes a retried append safe.
     """
 
-    def __init__(self, campaign_id: str, client: redis.Redis | None = None) -> None:
+    def __init__(
+        self, campaign_id: str, client: redis.Redis | None = None, *, filling: bool = False
+    ) -> None:
         """Raises :class:`CampaignNotFoundError`, :class:`CampaignStateError`."""
         self.r = client or store.sync_client()
         self.campaign_id = campaign_id
         content = load_content(campaign_id, self.r)
-        self._check_open(get_status(campaign_id, self.r))
+        if not filling:
+            self._check_open(get_status(campaign_id, self.r))
         try:
             provider: ProviderBase | None = load_provider(content.provider, self.r)
         except ProviderNotFoundError:
@@ -468,6 +520,7 @@ def batch_count(campaign_id: str, client: redis.Redis | None = None) -> int:
 
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'appending') == 1 then return 0 end
 if tonumber(redis.call('HGET', KEYS[2], 'queued') or '0') > 0 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_at', ARGV[1])
 return 1

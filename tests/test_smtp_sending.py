@@ -308,3 +308,33 @@ def test_suppressed_recipient_is_skipped(redis_client: redis.Redis, smtp: SmtpTe
     counters = campaigns.get_counters(cid, redis_client)
     assert (counters["sent"], counters["suppressed"]) == (2, 1)
     assert "user1@example.com" not in [m.rcpt_tos[0] for m in smtp.messages]
+
+
+def test_batches_send_while_a_long_list_is_still_stored(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """Each batch starts as soon as it is stored, and the campaign cannot complete early.
+
+    Here every batch is sent to the end inside ``enqueue``, before the next one is stored:
+    ``queued`` touches 0 between chunks, and the campaign must still be running then.
+    """
+    from dispatch.models import CampaignRequest
+    from tests.helpers import run_batches
+
+    smtp_provider(redis_client, smtp.port)
+    seen: list[tuple[int, str]] = []
+
+    def send_now(cid: str, batch: int) -> None:
+        run_batches([(cid, batch)], FAST)
+        campaigns.finish_if_done(cid, redis_client)  # what the batch task does after a batch
+        seen.append((batch, campaigns.get_status(cid, redis_client).value))
+
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(2500)}
+    cid, _ = campaigns.create_campaign(
+        CampaignRequest.model_validate(body), client=redis_client, enqueue=send_now
+    )
+    assert seen[:2] == [(0, "running"), (1, "running")]  # sent before the rest was stored
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["total"]) == ("completed", 2500, 2500)
+    rcpts = [m.rcpt_tos[0] for m in smtp.messages]
+    assert len(rcpts) == len(set(rcpts)) == 2500
