@@ -126,10 +126,9 @@ def run_dispatch(sink: HttpSink, n: int, batch: int) -> tuple[int, float]:
         }
     )
     before = sink.totals()["messages"]
-    started = time.perf_counter()
-    request = CampaignRequest.model_validate(
-        {"provider": "sink", "subject": SUBJECT, "html": HTML, "recipients": recipients(n)}
-    )
+    data = {"provider": "sink", "subject": SUBJECT, "html": HTML, "recipients": recipients(n)}
+    started = time.perf_counter()  # the caller's list is ready: dispatch's work from here
+    request = CampaignRequest.model_validate(data)
     cid, _ = campaigns.create_campaign(request)
     enqueue_seconds = time.perf_counter() - started
     r = store.sync_client()
@@ -185,8 +184,8 @@ def main() -> None:
         peaks = watcher.stop()
         rate = d_n / d_s
         print(
-            f"  of which enqueue (validate + store {n:,} recipients): {enqueue[0]:.2f} s; "
-            f"sending alone {d_n / (d_s - enqueue[0]):,.0f} msg/s"
+            f"  create_campaign returned after {enqueue[0]:.2f} s (validating and storing "
+            f"{n:,} recipients; each batch starts sending as soon as it is stored)"
         )
         print(f"  ratio dispatch / pre-built: {rate / (base_n / base_s):.3f}  (target >= 0.1)")
         print(f"  dispatch: {rate:,.0f} msg/s  (target >= 50,000)")
