@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -68,3 +71,51 @@ class ProviderLimiter:
                 f"{nick!r} is used up (UTC day {day})"
             )
         return wait
+
+
+# A connection slot is a member of a sorted set scored by its expiry; expired members
+# (a worker that died) are dropped before counting. Holders renew while they work.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], 3600)
+return 1
+"""
+SLOT_POLL_SECONDS = 0.2
+
+
+class ConnectionSlots:
+    """The provider's ``max_connections``, counted across every worker (DESIGN §7)."""
+
+    def __init__(self, client: aioredis.Redis, provider: ProviderBase, ttl: float) -> None:
+        """``ttl``: how long a dead worker's slot stays taken (the batch lease's TTL)."""
+        self.client = client
+        self.key = f"{store.PREFIX}:connections:{provider.nickname}"
+        self.limit = provider.max_connections
+        self.ttl = ttl
+
+    async def acquire(self, token: str) -> bool:
+        """Take a slot for ``token`` if one is free."""
+        now = time.time()
+        taken = await self.client.eval(
+            _ACQUIRE, 1, self.key, now, now + self.ttl, self.limit, token
+        )
+        return bool(taken)
+
+    async def hold(self, token: str, stop: Callable[[], bool]) -> bool:
+        """Wait for a slot; False if ``stop()`` became true first."""
+        while not await self.acquire(token):
+            if stop():
+                return False
+            await asyncio.sleep(SLOT_POLL_SECONDS)
+        return True
+
+    async def renew(self, token: str) -> None:
+        """Keep the slot while the session works (call more often than the TTL)."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            await self.client.zadd(self.key, {token: time.time() + self.ttl}, xx=True)
+
+    async def release(self, token: str) -> None:
+        await self.client.zrem(self.key, token)

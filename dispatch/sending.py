@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from dispatch.ledger import (
     record,
     system_event,
 )
-from dispatch.limits import ProviderLimiter, QuotaExhaustedError
+from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
@@ -144,6 +145,7 @@ class _Campaign:
         self.status = CampaignStatus.RUNNING
         self.base_context = campaign_context(content.vars)
         self.limiter = ProviderLimiter(limiter_client, provider)
+        self.slots = ConnectionSlots(limiter_client, provider, settings.lease_ttl_ms / 1000)
 
     def build(self, item: _Item) -> OutgoingMessage:
         """Render one recipient's message; raises RenderError / InvalidAddressError."""
@@ -325,7 +327,20 @@ class BatchSender:
         return chunk
 
     async def run_session(self) -> None:
-        """One sender: its own provider session, reused for chunk after chunk."""
+        """One sender: a connection slot of the provider, then its own session, reused."""
+        token = secrets.token_hex(8)
+        slots = self.c.slots
+        if not await slots.hold(token, lambda: self.done.is_set() or bool(self.c.stop_reason)):
+            return
+        renewer = asyncio.create_task(slots.renew(token))
+        try:
+            await self._send_chunks()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(Exception):
+                await slots.release(token)
+
+    async def _send_chunks(self) -> None:
         stack = contextlib.AsyncExitStack()
         session: Session | None = None
         try:

@@ -43,6 +43,8 @@ class Handler:
 
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
+    active: int = 0  # connections open now
+    peak: int = 0  # most connections open at once
     rcpt_reply: Callable[[str], str | None] = lambda address: None
     data_reply: Callable[[Envelope], str | None] = lambda envelope: None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,7 +75,13 @@ class CountingSMTP(SMTP):
     def connection_made(self, transport: Any) -> None:
         handler = self.event_handler
         handler.connections += 1
+        handler.active += 1
+        handler.peak = max(handler.peak, handler.active)
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.event_handler.active -= 1
+        super().connection_lost(exc)
 
 
 def self_signed_cert(directory: Path, hosts: Sequence[str] = ()) -> tuple[Path, Path]:
@@ -168,6 +176,7 @@ class SmtpTestServer:
         )
         self._controller.start()
         self.handler.connections = 0  # the controller's own readiness probe is not a client
+        self.handler.peak = self.handler.active
         return self
 
     def stop(self) -> None:

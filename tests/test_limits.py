@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -65,3 +66,34 @@ def test_a_used_up_quota_pauses_the_campaign(redis_client: redis.Redis) -> None:
     assert "daily quota of 5" in summary["reason"]
     assert delivered == summary["sent"] <= 5
     assert summary["queued"] == 8 - summary["sent"]  # nothing failed: they wait for resume
+
+
+def test_max_connections_hold_across_concurrent_batches(redis_client: redis.Redis) -> None:
+    """Two batches (as two workers would run them) share the provider's 2 connections."""
+    from dispatch.models import CampaignRequest
+    from dispatch.sending import run_batch
+
+    with SmtpTestServer() as smtp:
+        slow = lambda envelope: time.sleep(0.002)  # noqa: E731 (keep connections busy)
+        smtp.handler.data_reply = slow  # type: ignore[assignment,return-value]
+        smtp_provider(redis_client, smtp.port, max_connections=2)
+        batches: list[tuple[str, int]] = []
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(2000)}
+        cid, _ = campaigns.create_campaign(
+            CampaignRequest.model_validate(body),
+            client=redis_client,
+            enqueue=lambda c, b: batches.append((c, b)),
+        )
+
+        async def both() -> None:
+            client = store.async_client()
+            try:
+                await asyncio.gather(*(run_batch(c, b, r=client) for c, b in batches))
+            finally:
+                await client.aclose()
+
+        asyncio.run(both())
+        peak = smtp.handler.peak
+    assert len(batches) == 2
+    assert campaigns.get_counters(cid, redis_client)["sent"] == 2000
+    assert 1 <= peak <= 2
