@@ -15,9 +15,11 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,10 +71,15 @@ def demo_recipients(n: int) -> list[dict[str, Any]]:
     ]
 
 
+WORKER_LOG = Path(tempfile.gettempdir()) / "dispatch-demo-worker.log"
+
+
 def _start_worker(concurrency: int) -> subprocess.Popen[bytes]:
+    """Celery worker processes; their warnings go to WORKER_LOG, not over the report."""
     cmd = [sys.executable, "-m", "dispatch.cli", "worker", "--loglevel", "WARNING"]
     cmd += ["--concurrency", str(concurrency)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=os.environ.copy())
+    log = WORKER_LOG.open("wb")
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=os.environ.copy())
 
 
 def _wait(run: CampaignRun, quiet: bool) -> None:
@@ -278,6 +285,7 @@ def _report(runs: list[CampaignRun], checks: list[Check], sample: str, as_json: 
         ok &= s.get("sent") == s.get("total")
     if not ok:
         _explain_failures(runs)
+        print(f"worker log: {WORKER_LOG}", file=sys.stderr)
     for run in runs:
         ok &= bool(run.callbacks.get("accepted")) and bool(run.callbacks.get("counters_match"))
     if as_json:
