@@ -16,20 +16,23 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
 from dispatch import store
+from dispatch.batch_items import (
+    Item,
+    drop_suppressed,
+    load_batch,
+    terminal_state,
+    unsettled,
+)
 from dispatch.ledger import (
     BatchLease,
     LedgerWriter,
     claim_record,
-    parse_record,
     record,
     system_event,
 )
@@ -38,7 +41,6 @@ from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
 from dispatch.settings import Settings, get_settings
-from dispatch.suppressions import suppression_key
 from dispatch.unsubscribe import list_unsubscribe_headers, make_token, unsubscribe_urls
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Session, Transport
@@ -47,30 +49,6 @@ from providers.errors import ConfigurationError, ErrorClass, ProviderError, Tran
 
 log = logging.getLogger(__name__)
 STATUS_POLL_SECONDS = 0.5
-
-# A batch's recipients and ledger records as ONE JSON document: a thousand separate
-# replies cost more to parse in Python than everything Redis does here.
-_LOAD_BATCH = """
-local docs = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
-local recs = {}
-local start = tonumber(ARGV[1])
-for i = 1, #docs do
-  recs[i] = redis.call('HGET', KEYS[2], tostring(start + i - 1)) or 'null'
-end
-return '{"docs":[' .. table.concat(docs, ',') .. '],"recs":[' .. table.concat(recs, ',') .. ']}'
-"""
-# Positions (0-based) of the given keys that are on the suppression list, as JSON.
-# ... or that opted out of this campaign's category in the preference center.
-_SUPPRESSED = """
-local hits = {}
-for i, key in ipairs(cjson.decode(ARGV[1])) do
-  if redis.call('HEXISTS', KEYS[1], key) == 1
-      or redis.call('SISMEMBER', ARGV[3] .. key, ARGV[2]) == 1 then
-    hits[#hits + 1] = i - 1
-  end
-end
-return '[' .. table.concat(hits, ',') .. ']'
-"""
 
 
 @dataclass
@@ -89,20 +67,11 @@ class BatchResult:
 class _Write:
     """A planned ledger write for one item (committed with others in one round trip)."""
 
-    item: _Item
+    item: Item
     state: MessageState
     rec: bytes
     event: bytes
     delay: float = 0.0
-
-
-@dataclass
-class _Item:
-    seq: int
-    email: str
-    user_id: str
-    vars: Mapping[str, Any]
-    attempts: int = 0
 
 
 def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
@@ -147,7 +116,7 @@ class _Campaign:
         self.limiter = ProviderLimiter(limiter_client, provider)
         self.slots = ConnectionSlots(limiter_client, provider, settings.lease_ttl_ms / 1000)
 
-    def build(self, item: _Item) -> OutgoingMessage:
+    def build(self, item: Item) -> OutgoingMessage:
         """Render one recipient's message; raises RenderError / InvalidAddressError."""
         email = normalize_address(item.email)
         if "|" in email:
@@ -194,18 +163,18 @@ class BatchSender:
     """Runs the sessions of one batch over a shared queue of messages."""
 
     def __init__(
-        self, campaign: _Campaign, writer: LedgerWriter, items: list[_Item], settings: Settings
+        self, campaign: _Campaign, writer: LedgerWriter, items: list[Item], settings: Settings
     ) -> None:
         self.c = campaign
         self.writer = writer
         self.settings = settings
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
         for item in items:
             self.queue.put_nowait(item)
         self.outstanding = len(items)  # not yet settled or parked for a later run
         self.done = asyncio.Event()
         self.parked_until: float | None = None
-        self.waiting: list[_Item] = []  # parked for an inline retry
+        self.waiting: list[Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         if not items:
@@ -220,7 +189,7 @@ class BatchSender:
 
     def _final(
         self,
-        item: _Item,
+        item: Item,
         state: MessageState,
         *,
         error_class: str = "",
@@ -259,7 +228,7 @@ class BatchSender:
         )
         return _Write(item, state, rec, event)
 
-    def _retry(self, item: _Item, outcome: SendOutcome, meta: str) -> _Write:
+    def _retry(self, item: Item, outcome: SendOutcome, meta: str) -> _Write:
         """Plan a retry (inline or parked for a later run), or failure after the last try."""
         error_class = outcome.error_class.value if outcome.error_class else ""
         if item.attempts >= self.settings.max_attempts:
@@ -282,7 +251,7 @@ class BatchSender:
         # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
         return _Write(item, MessageState.RETRY, rec, b"", delay=delay)
 
-    def _requeue(self, item: _Item) -> None:
+    def _requeue(self, item: Item) -> None:
         if item in self.waiting:
             self.waiting.remove(item)
             self.queue.put_nowait(item)
@@ -312,7 +281,7 @@ class BatchSender:
         return longest
 
     # -- the sending loop ----------------------------------------------------------------
-    async def _next_chunk(self) -> list[_Item]:
+    async def _next_chunk(self) -> list[Item]:
         """Wait for the next items (up to chunk_size); [] when the batch is over."""
         get = asyncio.ensure_future(self.queue.get())
         done_wait = asyncio.ensure_future(self.done.wait())
@@ -387,9 +356,9 @@ class BatchSender:
             with contextlib.suppress(Exception):
                 await stack.aclose()
 
-    async def _prepare(self, chunk: list[_Item]) -> list[tuple[_Item, OutgoingMessage]]:
+    async def _prepare(self, chunk: list[Item]) -> list[tuple[Item, OutgoingMessage]]:
         """Render and claim the items; those that cannot be built fail at once."""
-        built: list[tuple[_Item, OutgoingMessage]] = []
+        built: list[tuple[Item, OutgoingMessage]] = []
         failed: list[_Write] = []
         for item in chunk:
             item.attempts += 1
@@ -429,7 +398,7 @@ class BatchSender:
         return ready
 
     async def _session_failed(
-        self, messages: list[tuple[_Item, OutgoingMessage]], exc: ProviderError
+        self, messages: list[tuple[Item, OutgoingMessage]], exc: ProviderError
     ) -> None:
         """The session could not start or died before these messages were handed over."""
         if isinstance(exc, ConfigurationError):
@@ -458,7 +427,7 @@ class BatchSender:
         await asyncio.sleep(min(delay, self.settings.inline_retry_seconds))
 
     async def _apply(
-        self, messages: list[tuple[_Item, OutgoingMessage]], outcomes: list[SendOutcome]
+        self, messages: list[tuple[Item, OutgoingMessage]], outcomes: list[SendOutcome]
     ) -> float:
         """Record the outcomes; returns how long this session should pause (throttling)."""
         by_seq = {o.seq: o for o in outcomes}
@@ -558,22 +527,11 @@ async def run_batch(
     try:
         size = int(batch_size or settings.batch_size)
         start = batch * size
-        loaded = orjson.loads(
-            await r.eval(
-                _LOAD_BATCH,
-                2,
-                store.recipients_key(campaign_id),
-                store.ledger_key(campaign_id),
-                start,
-                start + size - 1,
-            )
-        )
-        raw_recipients, records = loaded["docs"], loaded["recs"]
-        seqs = [start + i for i in range(len(raw_recipients))]
+        seqs, records, raw_recipients = await load_batch(r, campaign_id, start, size)
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
-        items, stale, retry_at = _unsettled(seqs, records, raw_recipients, settings)
+        items, stale, retry_at = unsettled(seqs, records, raw_recipients, settings)
         await writer.put_many(stale)
-        terminal = _terminal_state(str(status), content)
+        terminal = terminal_state(str(status), content)
         if terminal is not None:
             await writer.put_many(
                 [(i.seq, record(terminal, email=i.email, attempts=i.attempts), b"") for i in items]
@@ -582,7 +540,9 @@ async def run_batch(
             return result
         if status != CampaignStatus.RUNNING.value:
             return result  # paused or not started: resume re-enqueues the batch
-        items = await _drop_suppressed(r, writer, items, result, content.category)
+        items, suppressed = await drop_suppressed(r, writer, items, content.category)
+        if suppressed:
+            result.counts["suppressed"] = suppressed
         raw_provider = await r.get(store.provider_key(content.provider))
         if raw_provider is None:
             await r.hset(
@@ -631,95 +591,3 @@ async def run_batch(
         return result
     finally:
         await lease.release()
-
-
-async def _drop_suppressed(
-    r: aioredis.Redis,
-    writer: LedgerWriter,
-    items: list[_Item],
-    result: BatchResult,
-    category: str,
-) -> list[_Item]:
-    """Record suppressed recipients (checked right before sending, DESIGN §5)."""
-    if not items:
-        return items
-    keys = [suppression_key(item.email) for item in items]
-    hit_at = set(
-        orjson.loads(
-            await r.eval(
-                _SUPPRESSED,
-                1,
-                store.SUPPRESSIONS_HASH,
-                orjson.dumps(keys),
-                category,
-                store.OPTOUT_PREFIX,
-            )
-        )
-    )
-    hits = [i in hit_at for i in range(len(items))]
-    kept = [item for item, hit in zip(items, hits, strict=True) if not hit]
-    suppressed = [item for item, hit in zip(items, hits, strict=True) if hit]
-    await writer.put_many(
-        [
-            (
-                i.seq,
-                record(MessageState.SUPPRESSED, email=i.email, detail="on the suppression list"),
-                b"",
-            )
-            for i in suppressed
-        ]
-    )
-    if suppressed:
-        result.counts["suppressed"] = result.counts.get("suppressed", 0) + len(suppressed)
-    return kept
-
-
-def _unsettled(
-    seqs: list[int],
-    records: list[Any],
-    raw_recipients: list[Any],
-    settings: Settings,
-) -> tuple[list[_Item], list[tuple[int, bytes, bytes]], float | None]:
-    """From the ledger: what to send now, stale claims to settle, and when to come back.
-
-    A message still ``claimed`` was in flight in a worker that is gone (we hold the lease
-    now): its outcome is lost and it is recorded ``unknown``, never resent.
-    """
-    items: list[_Item] = []
-    stale: list[tuple[int, bytes, bytes]] = []
-    retry_at: float | None = None
-    now = time.time()
-    for seq, raw_rec, raw_recipient in zip(seqs, records, raw_recipients, strict=True):
-        rec = parse_record(raw_rec)
-        recipient = raw_recipient
-        item = _Item(
-            seq, recipient["email"], recipient.get("user_id", ""), recipient.get("vars") or {}
-        )
-        if rec is None:
-            items.append(item)
-        elif rec["state"] == MessageState.CLAIMED.value:
-            lost = record(
-                MessageState.UNKNOWN,
-                email=item.email,
-                attempts=rec["attempts"],
-                detail="worker stopped during the send; outcome unknown",
-            )
-            stale.append((seq, lost, b""))
-        elif rec["state"] == MessageState.RETRY.value:
-            item.attempts = rec["attempts"]
-            if rec["next_at"] > now + settings.inline_retry_seconds:
-                retry_at = min(retry_at or rec["next_at"], rec["next_at"])
-            else:
-                items.append(item)
-    return items, stale, retry_at
-
-
-def _terminal_state(status: str | None, content: CampaignContent) -> MessageState | None:
-    """The state unsent messages take when the campaign will not send them any more."""
-    if status == CampaignStatus.CANCELLED.value:
-        return MessageState.CANCELLED
-    if status == CampaignStatus.EXPIRED.value:
-        return MessageState.EXPIRED
-    if content.expires_at is not None and content.expires_at <= datetime.now(UTC):
-        return MessageState.EXPIRED
-    return None
