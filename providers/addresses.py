@@ -8,7 +8,8 @@ from functools import lru_cache
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")  # at least two labels, lower case
 _FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0085\u2028\u2029]")
 
 
@@ -33,13 +34,14 @@ def normalize_address(address: str) -> str:
         raise InvalidAddressError(f"{address!r}: local part longer than {MAX_LOCAL_PART}")
     if not _LOCAL_PART.match(local) or local.startswith(".") or ".." in local:
         raise InvalidAddressError(f"{address!r}: local part has characters we cannot send to")
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
-        raise InvalidAddressError(f"{address!r}: domain is not a valid host name") from exc
-    if len(ascii_domain) > MAX_DOMAIN or "." not in ascii_domain:
-        raise InvalidAddressError(f"{address!r}: domain is not a valid host name")
-    if not all(_LABEL.match(label) for label in ascii_domain.split(".")):
+    if domain.isascii():  # IDNA leaves ASCII labels as they are; the pattern checks them
+        ascii_domain = domain.lower()
+    else:
+        try:
+            ascii_domain = domain.encode("idna").decode("ascii").lower()
+        except UnicodeError as exc:
+            raise InvalidAddressError(f"{address!r}: domain is not a valid host name") from exc
+    if len(ascii_domain) > MAX_DOMAIN or not _DOMAIN.match(ascii_domain):
         raise InvalidAddressError(f"{address!r}: domain is not a valid host name")
     return f"{local}@{ascii_domain}"
 
