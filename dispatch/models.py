@@ -75,12 +75,11 @@ class Recipient(BaseModel):
     vars: dict[str, Any] = Field(default_factory=dict)
 
 
-class CampaignContent(BaseModel):
-    """Everything about a campaign except its recipients (what a batch task needs)."""
+class CampaignFields(BaseModel):
+    """The fields of a campaign that its request and its stored content share."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=CAMPAIGN_ID_PATTERN)
     provider: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
     subject: str = Field(min_length=1)
     html: str = ""
@@ -98,27 +97,18 @@ class CampaignContent(BaseModel):
     expires_at: AwareDatetime | None = None
 
 
-class CampaignRequest(BaseModel):
+class CampaignContent(CampaignFields):
+    """Everything about a campaign except its recipients (what a batch task needs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=CAMPAIGN_ID_PATTERN)
+
+
+class CampaignRequest(CampaignFields):
     """The body of ``POST /v1/campaigns`` and of the ``dispatch.enqueue_campaign`` task."""
 
-    model_config = ConfigDict(extra="forbid")
-
     id: str | None = Field(default=None, pattern=CAMPAIGN_ID_PATTERN)
-    provider: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
-    subject: str = Field(min_length=1)
-    html: str = ""
-    text: str = ""
-    amp: str = ""
-    from_name: str | None = None
-    from_address: str | None = None
-    reply_to: str | None = None
-    cc: list[str] = Field(default_factory=list)
-    bcc: list[str] = Field(default_factory=list)
-    category: str = Field(default="default", pattern=META_FIELD_PATTERN)
-    variant: str = Field(default="0", pattern=META_FIELD_PATTERN)
-    vars: dict[str, Any] = Field(default_factory=dict)
-    send_at: AwareDatetime | None = None
-    expires_at: AwareDatetime | None = None
     recipients: list[Recipient] = Field(default_factory=list)
     draft: bool = False
 

@@ -245,22 +245,10 @@ def recipient_context(
 
 
 def build_context(
-    *,
-    campaign_vars: Mapping[str, Any],
-    user_vars: Mapping[str, Any],
-    email: str,
-    user_id: str,
-    campaign_id: str,
-    unsubscribe_url: str = "",
-    preferences_url: str = "",
+    *, campaign_vars: Mapping[str, Any], user_vars: Mapping[str, Any], **service: str
 ) -> dict[str, Any]:
-    """The template context of one recipient (see :meth:`CompiledContent.render`)."""
-    return recipient_context(
-        campaign_context(campaign_vars),
-        user_vars,
-        email=email,
-        user_id=user_id,
-        campaign_id=campaign_id,
-        unsubscribe_url=unsubscribe_url,
-        preferences_url=preferences_url,
-    )
+    """The template context of one recipient (see :meth:`CompiledContent.render`).
+
+    ``service``: the keyword arguments of :func:`recipient_context`.
+    """
+    return recipient_context(campaign_context(campaign_vars), user_vars, **service)

@@ -12,6 +12,7 @@ from dispatch import store
 from dispatch.redis_server import RedisServer
 from dispatch.settings import get_settings
 from tests.api_server import ApiServer
+from tests.smtp_server import SmtpTestServer
 from tests.worker import WorkerProcess
 
 os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
@@ -69,3 +70,10 @@ def api_server(redis_server: RedisServer) -> Iterator[ApiServer]:
     server = ApiServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpTestServer]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that records what it receives."""
+    with SmtpTestServer() as server:
+        yield server

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 
 from tests.api_server import ApiServer
@@ -22,12 +20,6 @@ from tests.api_support import (
 from tests.helpers import recipients
 from tests.smtp_server import SmtpTestServer
 from tests.worker import WorkerProcess
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpTestServer]:
-    with SmtpTestServer() as server:
-        yield server
 
 
 def draft(campaign_id: str, **fields: Any) -> dict[str, Any]:

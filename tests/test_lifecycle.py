@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,6 @@ from tests.api_support import (
 from tests.helpers import recipients, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, wait_for
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpTestServer]:
-    with SmtpTestServer() as server:
-        yield server
 
 
 def slow(seconds: float) -> Callable[[Any], None]:

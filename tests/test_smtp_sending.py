@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,12 +19,6 @@ from tests.smtp_server import SmtpTestServer
 
 META_RE = re.compile(r"^[^|]+@[^|]+\|1\|[^|]+\|\d{8}\|0\|default\|\d+\|$")
 FAST = Settings(retry_base_seconds=0.05, retry_max_seconds=0.2, inline_retry_seconds=5.0)
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpTestServer]:
-    with SmtpTestServer() as server:
-        yield server
 
 
 def _message(seq: int = 0, to: str = "a@example.com") -> OutgoingMessage:
