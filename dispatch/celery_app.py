@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
 from dispatch import store
 from dispatch.redis_server import ensure_redis_url
@@ -68,6 +68,14 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+
+@setup_logging.connect
+def _json_logs(loglevel: int | str | None = None, **_: object) -> None:
+    """Workers and beat log JSON lines like the API (Celery's own setup is skipped)."""
+    from dispatch.logs import configure
+
+    configure(loglevel or get_settings().log_level)
 
 
 @worker_process_init.connect

@@ -277,13 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Verbs that run as services (or the demo) log JSON lines; the short ones keep Python's
+# default (warnings to stderr), and leave logging alone when they run inside a host.
+SERVICE_VERBS = frozenset({"api", "up", "demo"})  # worker and beat: Celery's setup_logging
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
+    from dispatch.logs import configure
     from dispatch.settings import get_settings
 
-    logging.basicConfig(level=get_settings().log_level, stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    if args.command in SERVICE_VERBS:
+        configure(get_settings().log_level)
+    else:
+        logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     result: int = args.func(args)
     return result
