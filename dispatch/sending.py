@@ -183,6 +183,10 @@ class BatchSender:
     # -- bookkeeping -------------------------------------------------------------------
     def _settle(self, state: str) -> None:
         self.counts[state] = self.counts.get(state, 0) + 1
+        self._one_less()
+
+    def _one_less(self) -> None:
+        """An item left this run (settled, parked for a later run, or taken by another)."""
         self.outstanding -= 1
         if self.outstanding <= 0:
             self.done.set()
@@ -198,25 +202,20 @@ class BatchSender:
         meta: str = "",
     ) -> _Write:
         """Plan a terminal record for ``item``, with its system event."""
-        c = self.c
         event = b""
-        if state is MessageState.SENT:
+        if state in (MessageState.SENT, MessageState.FAILED):
+            sent = state is MessageState.SENT
             event = system_event(
-                "Notification Sent",
+                "Notification Sent" if sent else "Notification Failed",
                 email=item.email,
-                campaign_id=c.content.id,
+                campaign_id=self.c.content.id,
                 meta=meta,
-                provider=c.provider.nickname,
-                properties={"CT Source": c.transport.kind},
-            )
-        elif state is MessageState.FAILED:
-            event = system_event(
-                "Notification Failed",
-                email=item.email,
-                campaign_id=c.content.id,
-                meta=meta,
-                provider=c.provider.nickname,
-                properties={"Error": error_class, "Detail": detail[:200]},
+                provider=self.c.provider.nickname,
+                properties=(
+                    {"CT Source": self.c.transport.kind}
+                    if sent
+                    else {"Error": error_class, "Detail": detail[:200]}
+                ),
             )
         rec = record(
             state,
@@ -275,9 +274,7 @@ class BatchSender:
                 next_at = time.time() + w.delay
                 self.parked_until = min(self.parked_until or next_at, next_at)
                 self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
-                self.outstanding -= 1
-                if self.outstanding <= 0:
-                    self.done.set()
+                self._one_less()
         return longest
 
     # -- the sending loop ----------------------------------------------------------------
@@ -392,9 +389,7 @@ class BatchSender:
                 ready.append((item, message))
                 continue
             # Settled by someone else meanwhile: never send twice.
-            self.outstanding -= 1
-            if self.outstanding <= 0:
-                self.done.set()
+            self._one_less()
         return ready
 
     async def _session_failed(
