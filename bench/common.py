@@ -132,6 +132,57 @@ class RssWatcher:
         return self.peak
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each named process tree spends between :meth:`start` and :meth:`report`.
+
+    The ratio alone says how far from the limit a run is; this says which process the
+    cores went to (on two cores the sink, Redis and the workers all compete).
+    """
+
+    def __init__(self, trees: dict[str, int], single: dict[str, int] | None = None) -> None:
+        self.roots = {**trees, **(single or {})}
+        self.trees = set(trees)
+        self.before: dict[str, float] = {}
+
+    def _used(self, name: str) -> float:
+        pid = self.roots[name]
+        pids = [pid, *children(pid)] if name in self.trees else [pid]
+        return sum(cpu_seconds(p) for p in pids)
+
+    def start(self) -> None:
+        self.before = {name: self._used(name) for name in self.roots}
+
+    def report(self, messages: int) -> str:
+        parts = []
+        for name in self.roots:
+            used = self._used(name) - self.before.get(name, 0.0)
+            parts.append(f"{name} {used:.1f} s ({used / messages * 1e6:.1f} us/msg)")
+        return "CPU: " + ", ".join(parts)
+
+
+def redis_command_stats(url: str, top: int = 8) -> str:
+    """Redis's own time by command since the last reset (``CONFIG RESETSTAT``)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    stats = client.info("commandstats")
+    client.close()
+    rows = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:top]
+    return "Redis time by command: " + ", ".join(
+        f"{name.removeprefix('cmdstat_')} {v['usec'] / 1e6:.2f} s/{v['calls']:,} calls"
+        for name, v in rows
+    )
+
+
 def start_worker(
     redis_url: str, concurrency: int, extra_env: dict[str, str] | None = None, app: str = ""
 ) -> subprocess.Popen[bytes]:

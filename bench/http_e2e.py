@@ -19,8 +19,18 @@ import time
 
 import httpx
 import orjson
+import redis
 
-from bench.common import RssWatcher, free_port, start_worker, stop, timed, wait_port
+from bench.common import (
+    CpuMeter,
+    RssWatcher,
+    free_port,
+    redis_command_stats,
+    start_worker,
+    stop,
+    timed,
+    wait_port,
+)
 from bench.smtp_e2e import wait_ready
 
 SUBJECT = "{{ name }}, this week's picks"
@@ -173,6 +183,13 @@ def main() -> None:
         )
         wait_ready("dispatch")
         watcher = RssWatcher(worker.pid)
+        assert redis_server.pid is not None
+        cpu = CpuMeter(
+            {"workers": worker.pid},
+            {"enqueue": os.getpid(), "redis": redis_server.pid, "sink": sink.proc.pid},
+        )
+        redis.Redis.from_url(redis_server.url).config_resetstat()
+        cpu.start()
         enqueue: list[float] = []
 
         def dispatch_run() -> int:
@@ -182,6 +199,8 @@ def main() -> None:
 
         d_n, d_s = timed("dispatch (campaign, real path)", dispatch_run)
         peaks = watcher.stop()
+        print(f"  {cpu.report(d_n)}")
+        print(f"  {redis_command_stats(redis_server.url)}")
         rate = d_n / d_s
         print(
             f"  create_campaign returned after {enqueue[0]:.2f} s (validating and storing "

@@ -21,22 +21,23 @@ from dispatch.suppressions import suppression_key
 # replies cost more to parse in Python than everything Redis does here.
 _LOAD_BATCH = """
 local docs = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
-local recs = {}
+if #docs == 0 then return '{"docs":[],"recs":[]}' end
+local seqs = {}
 local start = tonumber(ARGV[1])
-for i = 1, #docs do
-  recs[i] = redis.call('HGET', KEYS[2], tostring(start + i - 1)) or 'null'
-end
+for i = 1, #docs do seqs[i] = start + i - 1 end
+local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
+for i = 1, #docs do recs[i] = recs[i] or 'null' end
 return '{"docs":[' .. table.concat(docs, ',') .. '],"recs":[' .. table.concat(recs, ',') .. ']}'
 """
-# Positions (0-based) of the given keys that are on the suppression list, as JSON.
-# ... or that opted out of this campaign's category in the preference center.
+# Positions (0-based) of the given address keys that are on the suppression list or
+# opted out of this campaign's category in the preference center, as JSON.
 _SUPPRESSED = """
+local keys = cjson.decode(ARGV[1])
+local listed = redis.call('HMGET', KEYS[1], unpack(keys))
+local opted = redis.call('SMISMEMBER', KEYS[2], unpack(keys))
 local hits = {}
-for i, key in ipairs(cjson.decode(ARGV[1])) do
-  if redis.call('HEXISTS', KEYS[1], key) == 1
-      or redis.call('SISMEMBER', ARGV[3] .. key, ARGV[2]) == 1 then
-    hits[#hits + 1] = i - 1
-  end
+for i = 1, #keys do
+  if listed[i] or opted[i] == 1 then hits[#hits + 1] = i - 1 end
 end
 return '[' .. table.concat(hits, ',') .. ']'
 """
@@ -87,11 +88,10 @@ async def drop_suppressed(
         orjson.loads(
             await r.eval(
                 _SUPPRESSED,
-                1,
+                2,
                 store.SUPPRESSIONS_HASH,
+                store.optout_key(category),
                 orjson.dumps(keys),
-                category,
-                store.OPTOUT_PREFIX,
             )
         )
     )

@@ -48,17 +48,24 @@ def categories(client: redis.Redis | None = None) -> list[str]:
 
 def opted_out(email: str, client: redis.Redis | None = None) -> set[str]:
     r = client or store.sync_client()
-    return {str(c) for c in r.smembers(store.optout_key(suppression_key(email)))}
+    names = categories(r)
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.sismember(store.optout_key(name), suppression_key(email))
+    return {name for name, hit in zip(names, pipe.execute(), strict=True) if hit}
 
 
 def set_choices(email: str, wanted: set[str], client: redis.Redis | None = None) -> set[str]:
     """Keep only ``wanted`` categories for ``email``; returns the categories opted out of."""
     r = client or store.sync_client()
-    out = set(categories(r)) - wanted
-    key = store.optout_key(suppression_key(email))
-    pipe = r.pipeline()
-    pipe.delete(key)
-    if out:
-        pipe.sadd(key, *sorted(out))
+    names = categories(r)
+    out = set(names) - wanted
+    address = suppression_key(email)
+    pipe = r.pipeline()  # MULTI: every switch changes at once
+    for name in names:
+        if name in out:
+            pipe.sadd(store.optout_key(name), address)
+        else:
+            pipe.srem(store.optout_key(name), address)
     pipe.execute()
     return out

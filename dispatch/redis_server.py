@@ -59,6 +59,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING; raises ``RuntimeError`` if not."""
         args = [

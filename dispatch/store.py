@@ -18,12 +18,14 @@ EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
 CELERY_QUEUES = ("default", "sends", "events")
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
-OPTOUT_PREFIX = f"{PREFIX}:optout:"  # + address key: set of categories it opted out of
 
 
-def optout_key(address_key: str) -> str:
-    """Set of the categories an address opted out of in the preference center."""
-    return f"{OPTOUT_PREFIX}{address_key}"
+def optout_key(category: str) -> str:
+    """Set of the address keys that opted out of ``category`` in the preference center.
+
+    One set per category, so that a batch checks all its addresses with one SMISMEMBER.
+    """
+    return f"{PREFIX}:optout:{category}"
 
 
 # Callback batches accepted but not yet applied: id -> JSON, and id by time received.
