@@ -102,7 +102,7 @@ async def drop_suppressed(
         [
             (
                 i.seq,
-                record(MessageState.SUPPRESSED, email=i.email, detail="on the suppression list"),
+                record(MessageState.SUPPRESSED, detail="on the suppression list"),
                 b"",
             )
             for i in suppressed
@@ -137,7 +137,6 @@ def unsettled(
         elif rec["state"] == MessageState.CLAIMED.value:
             lost = record(
                 MessageState.UNKNOWN,
-                email=item.email,
                 attempts=rec["attempts"],
                 detail="worker stopped during the send; outcome unknown",
             )

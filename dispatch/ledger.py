@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -28,35 +29,38 @@ from dispatch.models import MessageState
 
 # Counter buckets: every non-terminal state counts as "queued".
 #
-# ARGV[3] carries the operations as lines "<op><seq>\t<record>[\t<event>]" (op "c"
-# claims, "f" records): JSON never holds a raw tab or newline, so the lines split with
-# plain string searches, and each command then runs once for the whole list (HMGET,
-# HSET, HINCRBY) instead of once per message. Only XADD is per message: one stream entry
-# per event (DESIGN section 6). Records start with {"s":"<state>" so a state is read
-# without decoding the record.
+# ARGV[3] carries the operations in groups, one line each, of messages that take the same
+# record (a chunk's messages mostly do):
+#   "<op><E|N>\t<record>\t<seq>,<seq>,...[\t<event>\t<event>...]"
+# op "c" claims, "f" records; with "E" one event follows per seq ("" for none). JSON never
+# holds a raw tab or newline, so everything splits with plain string searches, and each
+# command runs once for the whole list (HMGET, HSET, HINCRBY) instead of once per
+# message; only XADD is per message: one stream entry per event (DESIGN section 6).
+# Records start with {"s":"<state>" so a state is read without decoding the record.
 _APPLY = r"""
 local ledger, counters, stream, lease, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, maxlen, blob, provider = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if token ~= '' and redis.call('GET', lease) ~= token then return '-' end
-local find, sub, match = string.find, string.sub, string.match
+local find, sub, match, gmatch = string.find, string.sub, string.match, string.gmatch
 local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
-local ops, seqs, recs, evs = {}, {}, {}, {}
-local n, pos, size = 0, 1, #blob
+local groups, seqs = {}, {}
+local pos, size = 1, #blob
 while pos <= size do
   local stop = (find(blob, '\n', pos, true) or size + 1) - 1
-  local tab = find(blob, '\t', pos, true)
-  local tab2 = find(blob, '\t', tab + 1, true)
-  if tab2 and tab2 > stop then tab2 = nil end
-  n = n + 1
-  ops[n] = sub(blob, pos, pos)
-  seqs[n] = sub(blob, pos + 1, tab - 1)
-  recs[n] = sub(blob, tab + 1, (tab2 or stop + 1) - 1)
-  evs[n] = tab2 and sub(blob, tab2 + 1, stop) or false
+  local t1 = pos + 2
+  local t2 = find(blob, '\t', t1 + 1, true)
+  local t3 = find(blob, '\t', t2 + 1, true)
+  if t3 and t3 > stop then t3 = nil end
+  local g = {op = sub(blob, pos, pos), rec = sub(blob, t1 + 1, t2 - 1), first = #seqs + 1}
+  for seq in gmatch(sub(blob, t2 + 1, (t3 or stop + 1) - 1), '%d+') do seqs[#seqs + 1] = seq end
+  g.last = #seqs
+  if sub(blob, pos + 1, pos + 1) == 'E' then g.events = t3 + 1; g.stop = stop end
+  groups[#groups + 1] = g
   pos = stop + 2
 end
 local olds = {}
-for first = 1, n, PIECE do
-  local part = redis.call('HMGET', ledger, unpack(seqs, first, math.min(n, first + PIECE - 1)))
+for first = 1, #seqs, PIECE do
+  local part = redis.call('HMGET', ledger, unpack(seqs, first, math.min(#seqs, first + PIECE - 1)))
   for i = 1, #part do olds[first + i - 1] = part[i] end
 end
 local terminal = {sent=1, failed=1, suppressed=1, cancelled=1, expired=1, unknown=1}
@@ -65,29 +69,37 @@ local function bucket(state)
   return 'queued'
 end
 local out, fields, delta, tally, latest = {}, {}, {}, {}, {}
-for i = 1, n do
-  local seq = seqs[i]
-  local old = latest[seq]
-  if old == nil then
-    old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false
-  end
-  if ops[i] == 'c' and old and old ~= 'retry' then
-    out[i] = '0'
-  else
-    local new = match(recs[i], '^{"s":"(%a+)"')
-    latest[seq] = new
-    fields[#fields + 1] = seq
-    fields[#fields + 1] = recs[i]
-    local ob, nb = bucket(old or nil), bucket(new)
-    if ob ~= nb then
-      delta[ob] = (delta[ob] or 0) - 1
-      delta[nb] = (delta[nb] or 0) + 1
+for _, g in ipairs(groups) do
+  local new = match(g.rec, '^{"s":"(%a+)"')
+  local nb = bucket(new)
+  local claim = g.op == 'c'
+  local evpos = g.events
+  for i = g.first, g.last do
+    local event = nil
+    if evpos then  -- this message's event: up to the next tab (or the line's end)
+      local tab = find(blob, '\t', evpos, true)
+      if not tab or tab > g.stop then tab = g.stop + 1 end
+      if tab > evpos then event = sub(blob, evpos, tab - 1) end
+      evpos = tab + 1
     end
-    if evs[i] then
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', evs[i])
+    local seq = seqs[i]
+    local old = latest[seq]
+    if old == nil then old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false end
+    if claim and old and old ~= 'retry' then
+      out[i] = '0'
+    else
+      latest[seq] = new
+      fields[#fields + 1] = seq
+      fields[#fields + 1] = g.rec
+      local ob = bucket(old or nil)
+      if ob ~= nb then
+        delta[ob] = (delta[ob] or 0) - 1
+        delta[nb] = (delta[nb] or 0) + 1
+      end
+      if event then redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', event) end
+      if new ~= 'claimed' then tally[new] = (tally[new] or 0) + 1 end
+      out[i] = '1'
     end
-    if new ~= 'claimed' then tally[new] = (tally[new] or 0) + 1 end
-    out[i] = '1'
   end
 end
 for first = 1, #fields, PIECE do
@@ -126,7 +138,6 @@ class LeaseLostError(RuntimeError):
 def record(
     state: MessageState,
     *,
-    email: str,
     attempts: int = 0,
     error_class: str = "",
     detail: str = "",
@@ -134,7 +145,7 @@ def record(
     provider_message_id: str = "",
 ) -> bytes:
     """A ledger record as stored (compact keys)."""
-    data: dict[str, Any] = {"s": state.value, "e": email, "a": attempts, "t": round(time.time(), 3)}
+    data: dict[str, Any] = {"s": state.value, "a": attempts, "t": round(time.time(), 3)}
     if error_class:
         data["c"] = error_class
     if detail:
@@ -159,7 +170,6 @@ def parse_record(raw: str | bytes | dict[str, Any] | None) -> dict[str, Any] | N
     data: dict[str, Any] = raw if isinstance(raw, dict) else orjson.loads(raw)
     return {
         "state": data["s"],
-        "email": data.get("e", ""),
         "attempts": data.get("a", 0),
         "error_class": data.get("c", ""),
         "detail": data.get("d", ""),
@@ -228,7 +238,8 @@ class BatchLease:
 class _Batch:
     """Operations one caller submitted together, answered together."""
 
-    ops: list[bytes]  # encoded lines (see _APPLY)
+    lines: list[bytes]  # encoded groups (see _APPLY)
+    count: int  # operations in them: the answer has one character each
     future: asyncio.Future[list[bool]] = field(repr=False)
 
 
@@ -266,30 +277,25 @@ class LedgerWriter:
         """Claim a queued (or retry-waiting) message; False if it is taken or done."""
         return (await self.claim_many([(seq, rec)]))[0]
 
-    async def claim_many(self, claims: list[tuple[int, bytes]]) -> list[bool]:
-        """Claim several messages in one round trip; one answer each, in order."""
-        return await self._submit([(b"c", seq, rec, b"") for seq, rec in claims])
+    async def claim_many(self, claims: Sequence[tuple[int, bytes]]) -> list[bool]:
+        """Claim several messages (``(seq, record)``) in one round trip; one answer each."""
+        return await self._submit(_lines(b"c", [(seq, rec, b"") for seq, rec in claims]))
 
     async def put(self, seq: int, rec: bytes, event: bytes = b"") -> None:
         """Record a new state for a message, with its system event if any."""
-        await self._submit([(b"f", seq, rec, event)])
+        await self.put_many([(seq, rec, event)])
 
-    async def put_many(self, writes: list[tuple[int, bytes, bytes]]) -> None:
+    async def put_many(self, writes: Sequence[tuple[int, bytes, bytes]]) -> None:
         """Record several states (``(seq, record, event)``) in one round trip."""
-        await self._submit([(b"f", seq, rec, event) for seq, rec, event in writes])
+        await self._submit(_lines(b"f", writes))
 
-    async def _submit(self, ops: list[tuple[bytes, int, bytes, bytes]]) -> list[bool]:
+    async def _submit(self, encoded: tuple[list[bytes], int]) -> list[bool]:
         """Raises the Redis error of the round trip, or :class:`LeaseLostError`."""
-        if not ops:
+        lines, count = encoded
+        if not count:
             return []
-        lines = []
-        for op, seq, rec, event in ops:
-            if not rec.startswith(b'{"s":"'):
-                raise ValueError("ledger records must start with their state")
-            line = b"%s%d\t%s" % (op, seq, rec)
-            lines.append(line + b"\t" + event if event else line)
         future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Batch(lines, future))
+        self._pending.append(_Batch(lines, count, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -300,7 +306,7 @@ class LedgerWriter:
             args: list[bytes | str | int] = [
                 self.token,
                 store.EVENTS_STREAM_MAXLEN,
-                b"\n".join(line for b in batches for line in b.ops),
+                b"\n".join(line for b in batches for line in b.lines),
                 self.provider or "unknown",
             ]
             try:
@@ -317,7 +323,40 @@ class LedgerWriter:
                 continue
             offset = 0
             for b in batches:
-                answers = [c == "1" for c in result[offset : offset + len(b.ops)]]
-                offset += len(b.ops)
+                answers = [c == "1" for c in result[offset : offset + b.count]]
+                offset += b.count
                 if not b.future.done():
                     b.future.set_result(answers)
+
+
+def _lines(op: bytes, writes: Sequence[tuple[int, bytes, bytes]]) -> tuple[list[bytes], int]:
+    """``_APPLY``'s lines for ``writes``: consecutive writes with one record are a group."""
+    lines: list[bytes] = []
+    if writes:
+        rec = writes[0][1]
+        seqs: list[int] = []
+        events: list[bytes] = []
+        for seq, this, event in writes:
+            if this is not rec and this != rec:
+                lines.append(_group(op, rec, seqs, events))
+                rec, seqs, events = this, [], []
+            seqs.append(seq)
+            events.append(event)
+        lines.append(_group(op, rec, seqs, events))
+    return lines, len(writes)
+
+
+def _group(op: bytes, rec: bytes, seqs: Sequence[int], events: Sequence[bytes]) -> bytes:
+    """One line of ``_APPLY``'s argument: messages that take the same record."""
+    if not rec.startswith(b'{"s":"'):
+        raise ValueError("ledger records must start with their state")
+    with_events = any(events)
+    line = b"%s%s\t%s\t%s" % (
+        op,
+        b"E" if with_events else b"N",
+        rec,
+        ",".join(map(str, seqs)).encode(),
+    )
+    if with_events:
+        line += b"\t" + b"\t".join(events)
+    return line

@@ -165,13 +165,14 @@ async def _settle_unsent(
                 out.batches_with_claims.add(seq // batch_size)
         if not todo:
             continue
-        docs = await r.lrange(store.recipients_key(campaign_id), start, start + len(seqs) - 1)
+        records: dict[int, bytes] = {}  # one record per attempt count: groups in the ledger
         claims = []
         for seq, rec in todo:
-            email = str(orjson.loads(docs[seq - start])["email"])
             attempts = int(rec["attempts"]) if rec else 0
-            claims.append(writer.claim(seq, record(state, email=email, attempts=attempts)))
-        out.count += sum(await asyncio.gather(*claims))
+            if attempts not in records:
+                records[attempts] = record(state, attempts=attempts)
+            claims.append((seq, records[attempts]))
+        out.count += sum(await writer.claim_many(claims))
     return out
 
 
@@ -316,7 +317,6 @@ async def _requeue_failed(
             # attempts start again: the message gets the normal retry policy once more.
             rec_bytes = record(
                 MessageState.RETRY,
-                email=rec["email"],
                 error_class=rec["error_class"],
                 detail=f"queued again by retry-failed after: {rec['detail']}",
             )

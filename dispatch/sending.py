@@ -219,7 +219,6 @@ class BatchSender:
             )
         rec = record(
             state,
-            email=item.email,
             attempts=item.attempts,
             error_class=error_class,
             detail=detail,
@@ -241,7 +240,6 @@ class BatchSender:
         delay = backoff_delay(item.attempts, self.settings, outcome.retry_after)
         rec = record(
             MessageState.RETRY,
-            email=item.email,
             attempts=item.attempts,
             error_class=error_class,
             detail=outcome.detail,
@@ -403,7 +401,6 @@ class BatchSender:
                 item.attempts -= 1
                 rec = record(
                     MessageState.RETRY,
-                    email=item.email,
                     attempts=item.attempts,
                     error_class=exc.error_class.value,
                     detail=exc.detail,
@@ -529,7 +526,7 @@ async def run_batch(
         terminal = terminal_state(str(status), content)
         if terminal is not None:
             await writer.put_many(
-                [(i.seq, record(terminal, email=i.email, attempts=i.attempts), b"") for i in items]
+                [(i.seq, record(terminal, attempts=i.attempts), b"") for i in items]
             )
             result.counts[terminal.value] = len(items)
             return result
@@ -575,9 +572,7 @@ async def run_batch(
             state = MessageState(campaign.status.value)
             left = [sender.queue.get_nowait() for _ in range(sender.queue.qsize())]
             left += sender.waiting  # parked for an inline retry
-            await writer.put_many(
-                [(i.seq, record(state, email=i.email, attempts=i.attempts), b"") for i in left]
-            )
+            await writer.put_many([(i.seq, record(state, attempts=i.attempts), b"") for i in left])
         for key, value in sender.counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
         if sender.parked_until is not None:

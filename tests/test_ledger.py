@@ -56,10 +56,8 @@ def test_claim_then_record_moves_counters_and_appends_one_event_each(
     async def go(r):  # type: ignore[no-untyped-def]
         w = LedgerWriter(r, CID, provider="p")
         claimed = await w.claim_many([(s, claim_record(1)) for s in (0, 1, 2)])
-        sent = record(MessageState.SENT, email="u0@example.com", attempts=1)
-        failed = record(
-            MessageState.FAILED, email="u1@example.com", attempts=1, detail="tab\there\nline"
-        )
+        sent = record(MessageState.SENT, attempts=1)
+        failed = record(MessageState.FAILED, attempts=1, detail="tab\there\nline")
         await w.put_many([(0, sent, _event(0)), (1, failed, b"")])
         again = await w.claim_many([(s, claim_record(2)) for s in (0, 1, 2)])
         return claimed, again
@@ -85,7 +83,7 @@ def test_a_message_waiting_for_a_retry_can_be_claimed_again(redis_client: redis.
     async def go(r):  # type: ignore[no-untyped-def]
         w = LedgerWriter(r, CID)
         await w.claim_many([(7, claim_record(1))])
-        await w.put_many([(7, record(MessageState.RETRY, email="x@example.com", attempts=1), b"")])
+        await w.put_many([(7, record(MessageState.RETRY, attempts=1), b"")])
         return await w.claim_many([(7, claim_record(2))])
 
     assert _run(go) == [True]
@@ -113,7 +111,7 @@ def test_thousands_of_operations_in_one_call(redis_client: redis.Redis) -> None:
     async def go(r):  # type: ignore[no-untyped-def]
         w = LedgerWriter(r, CID, provider="p")
         claimed = await w.claim_many([(s, claim_record(1)) for s in range(n)])
-        sent = record(MessageState.SENT, email="u@example.com", attempts=1)
+        sent = record(MessageState.SENT, attempts=1)
         await w.put_many([(s, sent, _event(s)) for s in range(n)])
         return claimed
 
@@ -144,3 +142,17 @@ def test_a_record_must_carry_its_state_first() -> None:
             await LedgerWriter(r, CID).put_many([(0, b'{"e":"x"}', b"")])
 
     _run(go)
+
+
+def test_a_group_of_one_record_with_events_for_some_messages_only(
+    redis_client: redis.Redis,
+) -> None:
+    async def go(r):  # type: ignore[no-untyped-def]
+        w = LedgerWriter(r, CID, provider="p")
+        sent = record(MessageState.SENT, attempts=1)
+        await w.put_many([(0, sent, _event(0)), (1, sent, b""), (2, sent, _event(2))])
+
+    _run(go)
+    metas = [orjson.loads(e[1]["json"])["meta"] for e in redis_client.xrange(store.EVENTS_STREAM)]
+    assert metas == [f"u{s}@example.com|1|{CID}|20260101|0|d|{s}|" for s in (0, 2)]
+    assert redis_client.hlen(store.ledger_key(CID)) == 3

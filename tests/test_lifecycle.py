@@ -263,7 +263,7 @@ def _put(campaign_id: str, states: dict[int, MessageState]) -> None:
         client = store.async_client()
         writer = LedgerWriter(client, campaign_id)
         for seq, state in states.items():
-            await writer.put(seq, record(state, email=f"user{seq}@example.com", attempts=2))
+            await writer.put(seq, record(state, attempts=2))
         await client.aclose()
 
     asyncio.run(go())
