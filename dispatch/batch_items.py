@@ -12,7 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from dispatch import store
-from dispatch.ledger import LedgerWriter, parse_record, record
+from dispatch.ledger import LedgerWriter, Records, parse_record, record
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.settings import Settings
 from dispatch.suppressions import suppression_key
@@ -43,7 +43,7 @@ return '[' .. table.concat(hits, ',') .. ']'
 """
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     seq: int
     email: str
@@ -98,16 +98,8 @@ async def drop_suppressed(
     hits = [i in hit_at for i in range(len(items))]
     kept = [item for item, hit in zip(items, hits, strict=True) if not hit]
     suppressed = [item for item, hit in zip(items, hits, strict=True) if hit]
-    await writer.put_many(
-        [
-            (
-                i.seq,
-                record(MessageState.SUPPRESSED, detail="on the suppression list"),
-                b"",
-            )
-            for i in suppressed
-        ]
-    )
+    rec = record(MessageState.SUPPRESSED, detail="on the suppression list")
+    await writer.put_many([(i.seq, rec, b"") for i in suppressed])
     return kept, len(suppressed)
 
 
@@ -126,18 +118,20 @@ def unsettled(
     stale: list[tuple[int, bytes, bytes]] = []
     retry_at: float | None = None
     now = time.time()
-    for seq, raw_rec, raw_recipient in zip(seqs, records, raw_recipients, strict=True):
-        rec = parse_record(raw_rec)
-        recipient = raw_recipient
+    made = Records()
+    for seq, raw_rec, recipient in zip(seqs, records, raw_recipients, strict=True):
         item = Item(
             seq, recipient["email"], recipient.get("user_id", ""), recipient.get("vars") or {}
         )
-        if rec is None:
+        if raw_rec is None:  # still queued: most of a batch on its first run
             items.append(item)
-        elif rec["state"] == MessageState.CLAIMED.value:
-            lost = record(
+            continue
+        rec = parse_record(raw_rec)
+        assert rec is not None
+        if rec["state"] == MessageState.CLAIMED.value:
+            lost = made.get(
                 MessageState.UNKNOWN,
-                attempts=rec["attempts"],
+                rec["attempts"],
                 detail="worker stopped during the send; outcome unknown",
             )
             stale.append((seq, lost, b""))

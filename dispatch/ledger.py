@@ -157,6 +157,40 @@ def record(
     return orjson.dumps(data)
 
 
+class Records:
+    """Records made at one moment, shared by the messages that take the same one.
+
+    The ledger sends one group per distinct record, so a chunk whose messages all went
+    out travels as one record and a list of seqs.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[MessageState, int, str, str, float, str], bytes] = {}
+
+    def get(
+        self,
+        state: MessageState,
+        attempts: int = 0,
+        *,
+        error_class: str = "",
+        detail: str = "",
+        next_at: float = 0.0,
+        provider_message_id: str = "",
+    ) -> bytes:
+        key = (state, attempts, error_class, detail, next_at, provider_message_id)
+        rec = self._made.get(key)
+        if rec is None:
+            rec = self._made[key] = record(
+                state,
+                attempts=attempts,
+                error_class=error_class,
+                detail=detail,
+                next_at=next_at,
+                provider_message_id=provider_message_id,
+            )
+        return rec
+
+
 @lru_cache(maxsize=64)
 def claim_record(attempts: int) -> bytes:
     """The record of a claimed message: only the state and the attempt (hot, cached)."""

@@ -16,9 +16,12 @@ import logging
 import random
 import secrets
 import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 import redis.asyncio as aioredis
 
 from dispatch import store
@@ -32,6 +35,7 @@ from dispatch.batch_items import (
 from dispatch.ledger import (
     BatchLease,
     LedgerWriter,
+    Records,
     claim_record,
     record,
     system_event,
@@ -63,7 +67,7 @@ class BatchResult:
     paused_reason: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Write:
     """A planned ledger write for one item (committed with others in one round trip)."""
 
@@ -168,17 +172,17 @@ class BatchSender:
         self.c = campaign
         self.writer = writer
         self.settings = settings
-        self.queue: asyncio.Queue[Item] = asyncio.Queue()
-        for item in items:
-            self.queue.put_nowait(item)
+        self.queue: deque[Item] = deque(items)  # waiting for a sender
+        self.wake = asyncio.Event()  # set when items arrive or the batch is done
         self.outstanding = len(items)  # not yet settled or parked for a later run
         self.done = asyncio.Event()
         self.parked_until: float | None = None
         self.waiting: list[Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
+        self._records = Records()
         if not items:
-            self.done.set()
+            self.finish()
 
     # -- bookkeeping -------------------------------------------------------------------
     def _settle(self, state: str) -> None:
@@ -189,7 +193,16 @@ class BatchSender:
         """An item left this run (settled, parked for a later run, or taken by another)."""
         self.outstanding -= 1
         if self.outstanding <= 0:
-            self.done.set()
+            self.finish()
+
+    def finish(self) -> None:
+        """The batch is over (all settled, or paused/cancelled): senders stop waiting."""
+        self.done.set()
+        self.wake.set()
+
+    def put_back(self, items: Iterable[Item]) -> None:
+        self.queue.extend(items)
+        self.wake.set()
 
     def _final(
         self,
@@ -217,9 +230,9 @@ class BatchSender:
                     else {"Error": error_class, "Detail": detail[:200]}
                 ),
             )
-        rec = record(
+        rec = self._records.get(
             state,
-            attempts=item.attempts,
+            item.attempts,
             error_class=error_class,
             detail=detail,
             provider_message_id=provider_message_id,
@@ -251,12 +264,13 @@ class BatchSender:
     def _requeue(self, item: Item) -> None:
         if item in self.waiting:
             self.waiting.remove(item)
-            self.queue.put_nowait(item)
+            self.put_back((item,))
 
     async def _commit(self, writes: list[_Write]) -> float:
         """Apply planned writes in one round trip; returns the longest retry delay."""
         if not writes:
             return 0.0
+        self._records = Records()  # the next writes are made at a later moment
         await self.writer.put_many([(w.item.seq, w.rec, w.event) for w in writes])
         longest = 0.0
         loop = asyncio.get_running_loop()
@@ -278,17 +292,14 @@ class BatchSender:
     # -- the sending loop ----------------------------------------------------------------
     async def _next_chunk(self) -> list[Item]:
         """Wait for the next items (up to chunk_size); [] when the batch is over."""
-        get = asyncio.ensure_future(self.queue.get())
-        done_wait = asyncio.ensure_future(self.done.wait())
-        finished, _ = await asyncio.wait({get, done_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if get not in finished:
-            get.cancel()
-            return []
-        done_wait.cancel()
-        chunk = [get.result()]
-        while len(chunk) < self.c.transport.chunk_size and not self.queue.empty():
-            chunk.append(self.queue.get_nowait())
-        return chunk
+        queue = self.queue
+        while not queue:
+            if self.done.is_set():
+                return []
+            self.wake.clear()
+            await self.wake.wait()
+        n = min(len(queue), self.c.transport.chunk_size)
+        return [queue.popleft() for _ in range(n)]
 
     async def run_session(self) -> None:
         """One sender: a connection slot of the provider, then its own session, reused."""
@@ -313,8 +324,7 @@ class BatchSender:
                 if not chunk:
                     return
                 if self.c.stop_reason:
-                    for item in chunk:  # leave them queued for resume
-                        self.queue.put_nowait(item)
+                    self.put_back(chunk)  # left queued for resume
                     return
                 messages = await self._prepare(chunk)
                 if not messages:
@@ -406,7 +416,7 @@ class BatchSender:
                     detail=exc.detail,
                 )
                 writes.append((item.seq, rec, b""))
-                self.queue.put_nowait(item)
+            self.put_back(item for item, _ in messages)
             await self.writer.put_many(writes)
             return
         assert isinstance(exc, TransientError)
@@ -425,10 +435,27 @@ class BatchSender:
         by_seq = {o.seq: o for o in outcomes}
         writes: list[_Write] = []
         throttled = False
+        # Sent is the common case: its event is built inline, its record shared.
+        sent_event = {
+            "event": "Notification Sent",
+            "ts": time.time(),
+            "email": "",
+            "campaign_id": self.c.content.id,
+            "meta": "",
+            "provider": self.c.provider.nickname,
+            "properties": {"CT Source": self.c.transport.kind},
+        }
+        records, dumps, sent = self._records, orjson.dumps, MessageState.SENT
         for item, message in messages:
             outcome = by_seq.get(item.seq) or SendOutcome(
                 item.seq, OutcomeStatus.UNKNOWN, ErrorClass.CONNECTION, "adapter gave no outcome"
             )
+            if outcome.status is OutcomeStatus.SENT and not outcome.provider_message_id:
+                sent_event["email"] = item.email
+                sent_event["meta"] = message.meta
+                rec = records.get(sent, item.attempts, detail=outcome.detail)
+                writes.append(_Write(item, sent, rec, dumps(sent_event)))
+                continue
             if outcome.status is OutcomeStatus.RETRY:
                 writes.append(self._retry(item, outcome, message.meta))
                 throttled |= outcome.throttled
@@ -464,7 +491,7 @@ async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSen
         if status and status != CampaignStatus.RUNNING.value:
             campaign.status = CampaignStatus(str(status))
             campaign.stop_reason = f"campaign {campaign.status}"
-            sender.done.set()
+            sender.finish()
             return
 
 
@@ -525,9 +552,8 @@ async def run_batch(
         await writer.put_many(stale)
         terminal = terminal_state(str(status), content)
         if terminal is not None:
-            await writer.put_many(
-                [(i.seq, record(terminal, attempts=i.attempts), b"") for i in items]
-            )
+            made = Records()
+            await writer.put_many([(i.seq, made.get(terminal, i.attempts), b"") for i in items])
             result.counts[terminal.value] = len(items)
             return result
         if status != CampaignStatus.RUNNING.value:
@@ -570,9 +596,10 @@ async def run_batch(
             result.paused_reason = campaign.stop_reason
         elif campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
             state = MessageState(campaign.status.value)
-            left = [sender.queue.get_nowait() for _ in range(sender.queue.qsize())]
+            left = list(sender.queue)
             left += sender.waiting  # parked for an inline retry
-            await writer.put_many([(i.seq, record(state, attempts=i.attempts), b"") for i in left])
+            made = Records()
+            await writer.put_many([(i.seq, made.get(state, i.attempts), b"") for i in left])
         for key, value in sender.counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
         if sender.parked_until is not None:

@@ -172,20 +172,29 @@ class RequestPlan:
         # a chunk mixing values is split rather than sent with the first message's values.
         groups: list[tuple[dict[str, Any], list[int], list[Any]]] = []
         failed: list[SendOutcome] = []
+        render_item, message_values = self._item.render, self._message.values
+        seen: tuple[Any, ...] = ()
+        group: tuple[dict[str, Any], list[int], list[Any]] | None = None
         for msg in messages:
+            # The campaign-level values only change with these fields: resolve them again
+            # only then (they are the same objects for every message of a campaign).
+            key = (msg.campaign_vars, msg.campaign_id, msg.from_name, msg.from_address,
+                   msg.reply_to, msg.cc, msg.bcc)  # fmt: skip
             try:
-                shared = self._request.values(msg)
-                item = self._item.render(self._message.values(msg))
+                if key != seen:
+                    shared = self._request.values(msg)
+                    group = next((g for g in groups if g[0] == shared), None)
+                    if group is None:
+                        group = (shared, [], [])
+                        groups.append(group)
+                    seen = key
+                item = render_item(message_values(msg))
             except InvalidMessageError as exc:
                 failed.append(SendOutcome.from_error(msg.seq, exc))
                 continue
-            for values, seqs, items in groups:
-                if values == shared:
-                    seqs.append(msg.seq)
-                    items.append(item)
-                    break
-            else:
-                groups.append((shared, [msg.seq], [item]))
+            assert group is not None
+            group[1].append(msg.seq)
+            group[2].append(item)
         requests: list[RenderedRequest] = []
         for values, seqs, items in groups:
             try:
