@@ -290,29 +290,60 @@ class RecipientChecker:
         return recipient
 
 
-_APPEND = """
+_APPEND = r"""
 -- Appends go to drafts; and to a campaign create_campaign is still filling while its
 -- first batches already send (the 'appending' mark).
 local status = redis.call('HGET', KEYS[1], 'status')
 local filling = status == 'running' and redis.call('HEXISTS', KEYS[1], 'appending') == 1
 if status ~= 'draft' and not filling then return {-1} end
--- ARGV[1]: a JSON array of [address key, recipient document]; one argument for a whole
--- chunk (thousands of separate arguments cost more to encode than the work they carry).
-local out = {0}
-for i, item in ipairs(cjson.decode(ARGV[1])) do
-  if redis.call('SADD', KEYS[3], item[1]) == 1 then
-    redis.call('RPUSH', KEYS[2], item[2])
-    out[1] = out[1] + 1
-  else
+-- ARGV[1]: the address keys as a JSON array; ARGV[2]: the recipient documents, one per
+-- line (JSON never holds a raw newline). Each command runs once for the whole chunk.
+local keys = cjson.decode(ARGV[1])
+local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
+local known = {}
+for first = 1, #keys, PIECE do
+  local last = math.min(#keys, first + PIECE - 1)
+  local part = redis.call('SMISMEMBER', KEYS[3], unpack(keys, first, last))
+  for i = 1, #part do known[first + i - 1] = part[i] == 1 end
+end
+local out, new_keys, new_docs, seen = {0}, {}, {}, {}
+local docs, pos, size = ARGV[2], 1, #ARGV[2]
+for i = 1, #keys do
+  local stop = (string.find(docs, '\n', pos, true) or size + 1) - 1
+  local doc = string.sub(docs, pos, stop)
+  pos = stop + 2
+  local key = keys[i]
+  if known[i] or seen[key] then
     out[#out + 1] = i
+  else
+    seen[key] = true
+    new_keys[#new_keys + 1] = key
+    new_docs[#new_docs + 1] = doc
   end
 end
+for first = 1, #new_keys, PIECE do
+  local last = math.min(#new_keys, first + PIECE - 1)
+  redis.call('SADD', KEYS[3], unpack(new_keys, first, last))
+  redis.call('RPUSH', KEYS[2], unpack(new_docs, first, last))
+end
+out[1] = #new_keys
 if out[1] > 0 then
   redis.call('HINCRBY', KEYS[4], 'total', out[1])
   redis.call('HINCRBY', KEYS[4], 'queued', out[1])
 end
 return out
 """
+
+
+def recipient_document(recipient: Recipient) -> bytes:
+    """How a recipient is stored: compact JSON (orjson; pydantic's encoder for the
+    unusual value orjson cannot write)."""
+    try:
+        return orjson.dumps(
+            {"email": recipient.email, "user_id": recipient.user_id, "vars": recipient.vars}
+        )
+    except TypeError:
+        return recipient.model_dump_json().encode()
 
 
 class RecipientAppender:
@@ -361,8 +392,9 @@ class RecipientAppender:
         """
         if not recipients:
             return 0, []
-        items = [(suppression_key(r.email), r.model_dump_json()) for r in recipients]
-        result = [int(x) for x in self._script(keys=self._keys, args=[orjson.dumps(items)])]
+        keys = orjson.dumps([suppression_key(r.email) for r in recipients])
+        docs = b"\n".join(map(recipient_document, recipients))
+        result = [int(x) for x in self._script(keys=self._keys, args=[keys, docs])]
         if result[0] == -1:
             self._check_open(get_status(self.campaign_id, self.r))
         return result[0], [position - 1 for position in result[1:]]

@@ -142,25 +142,13 @@ class _Campaign:
             unsubscribe_url=unsub,
             preferences_url=prefs,
         )
-        rendered = self.compiled.render(context, self.transport.content_parts)
-        return OutgoingMessage(
-            seq=item.seq,
-            meta=f"{email}{self.meta_tail}{item.seq}|",
-            campaign_id=self.content.id,
-            to=email,
-            subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
-            amp=rendered.amp,
-            from_address=self.from_address,
-            from_name=self.from_name,
-            reply_to=self.reply_to,
-            cc=self.content.cc,
-            bcc=self.content.bcc,
-            headers=headers,
-            user_vars=item.vars,
-            campaign_vars=self.content.vars,
-        )
+        r = self.compiled.render(context, self.transport.content_parts)
+        content = self.content
+        return OutgoingMessage(  # positional: this runs once per recipient
+            item.seq, f"{email}{self.meta_tail}{item.seq}|", content.id, email,
+            r.subject, r.html, r.text, self.from_address, self.from_name, r.amp,
+            self.reply_to, content.cc, content.bcc, headers, item.vars, content.vars,
+        )  # fmt: skip
 
 
 class BatchSender:

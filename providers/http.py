@@ -51,6 +51,7 @@ from providers.http_config import placeholder_usage
 from providers.netguard import GuardedTransport, Resolve, system_resolve
 from providers.placeholders import (
     SLOT,
+    MessageRenderer,
     Resolver,
     Scope,
     Template,
@@ -110,11 +111,10 @@ class RequestPlan:
         self._query = [(name, compile_text(value)) for name, value in config.query.items()]
         request_names = usage.headers | usage.query
         self._body: Template | None = None
-        self._item: Template | None = None
+        self._item: MessageRenderer | None = None
         if usage.message_array is not None:
-            self._item = compile_template(value_at(config.body, usage.message_array)[0])
+            self._item = MessageRenderer(value_at(config.body, usage.message_array)[0])
             self._body = compile_template(config.body, slot=usage.message_array)
-            self._message = Resolver(self._item.names, Scope.MESSAGE)
             self._request = Resolver(self._body.names | request_names, Scope.CAMPAIGN)
         else:
             if config.body is not None:
@@ -172,7 +172,7 @@ class RequestPlan:
         # a chunk mixing values is split rather than sent with the first message's values.
         groups: list[tuple[dict[str, Any], list[int], list[Any]]] = []
         failed: list[SendOutcome] = []
-        render_item, message_values = self._item.render, self._message.values
+        render_item = self._item.render
         seen: tuple[Any, ...] = ()
         group: tuple[dict[str, Any], list[int], list[Any]] | None = None
         for msg in messages:
@@ -188,7 +188,7 @@ class RequestPlan:
                         group = (shared, [], [])
                         groups.append(group)
                     seen = key
-                item = render_item(message_values(msg))
+                item = render_item(msg)
             except InvalidMessageError as exc:
                 failed.append(SendOutcome.from_error(msg.seq, exc))
                 continue

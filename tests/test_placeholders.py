@@ -12,6 +12,7 @@ from providers.base import OutgoingMessage
 from providers.errors import ErrorClass
 from providers.placeholders import (
     SLOT,
+    MessageRenderer,
     Resolver,
     Scope,
     UnresolvedPlaceholderError,
@@ -203,3 +204,29 @@ def test_text_templates_always_render_text() -> None:
 def test_non_json_input_is_refused() -> None:
     with pytest.raises(TypeError):
         compile_template({"x": {1, 2}})
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        {"to": "$$To", "mid": "$$MessageID", "age": "$$age", "kind": "email", "n": {"x": 1}},
+        {"to": "$$To"},
+        {"name": "$$name"},
+        {"hi": "Hi $$name", "to": "$$To"},  # text around a placeholder: the general way
+        {"both": "$$cc", "deep": {"x": "$$To"}},  # joined lists and nesting too
+        ["$$To"],
+        {},
+    ],
+)
+def test_the_direct_message_renderer_gives_what_the_general_one_gives(template: Any) -> None:
+    msg = message(user_vars={"name": 'Zoë "Z"', "age": 41}, campaign_vars={"name": "x"})
+    assert MessageRenderer(template).render(msg) == render(template, msg)
+    if isinstance(template, dict) and template:
+        assert list(MessageRenderer(template).render(msg)) == list(template)  # key order
+
+
+def test_the_direct_message_renderer_names_every_missing_placeholder() -> None:
+    renderer = MessageRenderer({"to": "$$To", "a": "$$alpha", "b": "$$beta", "c": "$$name"})
+    with pytest.raises(UnresolvedPlaceholderError) as info:
+        renderer.render(message(user_vars={"name": "Ann"}))
+    assert info.value.names == ("alpha", "beta")

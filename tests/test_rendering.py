@@ -175,3 +175,27 @@ def test_templates_that_cannot_be_mirrored_fall_back(html: str) -> None:
     )
     out = compiled.render(ctx)
     assert out.text == html_to_text(out.html)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "<p>{ braces } {{ a }}}} and {{ b }}{</p>",
+        "{{ a }}{{ b }}{{ a }}",
+        "no names at all {x} {{ '{' }}",
+        "{{a}}",
+    ],
+)
+def test_plain_templates_render_exactly_as_jinja2_does(template: str) -> None:
+    """The fast path for text-and-names templates matches the sandboxed Jinja2 render."""
+    from dispatch.rendering import _HTML_ENV, _TEXT_ENV
+
+    values = {"a": "<b>&'\"{}", "b": 42}
+    for env in (_HTML_ENV, _TEXT_ENV):
+        compiled = CompiledContent(subject="s", html=template, text=template)
+        ctx = build_context(
+            campaign_vars={}, user_vars=values, email="a@b.example", user_id="u", campaign_id="c"
+        )
+        rendered = compiled.render(ctx)
+        expected = env.from_string(template).render(**ctx)
+        assert (rendered.html if env is _HTML_ENV else rendered.text) == expected
