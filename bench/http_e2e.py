@@ -142,6 +142,8 @@ def run_dispatch(sink: HttpSink, n: int, batch: int) -> tuple[int, float]:
     cid, _ = campaigns.create_campaign(request)
     enqueue_seconds = time.perf_counter() - started
     r = store.sync_client()
+    sent_by_then = campaigns.campaign_summary(cid, r)["sent"]
+    print(f"  sent when create_campaign returned: {sent_by_then:,}")
     while campaigns.get_status(cid, r).value == "running":
         time.sleep(0.05)
     summary = campaigns.campaign_summary(cid, r)
