@@ -358,7 +358,8 @@ def check_placeholders(
             if name not in names:
                 missing_count[name] += 1
                 first_missing.setdefault(name, index)
-        in_recipients.update(n for n in per_request if n in names)
+        if per_request:  # (most payloads have none: skip the work per recipient)
+            in_recipients.update(n for n in per_request if n in names)
 
     problems: list[PlaceholderProblem] = []
     for name in per_request:
