@@ -68,7 +68,7 @@ local function bucket(state)
   if state and terminal[state] then return state end
   return 'queued'
 end
-local out, fields, delta, tally, latest = {}, {}, {}, {}, {}
+local out, fields, delta, tally, latest, added = {}, {}, {}, {}, {}, false
 for _, g in ipairs(groups) do
   local new = match(g.rec, '^{"s":"(%a+)"')
   local nb = bucket(new)
@@ -96,7 +96,10 @@ for _, g in ipairs(groups) do
         delta[ob] = (delta[ob] or 0) - 1
         delta[nb] = (delta[nb] or 0) + 1
       end
-      if event then redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', event) end
+      if event then
+        redis.call('XADD', stream, '*', 'json', event)
+        added = true
+      end
       if new ~= 'claimed' then tally[new] = (tally[new] or 0) + 1 end
       out[i] = '1'
     end
@@ -105,6 +108,8 @@ end
 for first = 1, #fields, PIECE do
   redis.call('HSET', ledger, unpack(fields, first, math.min(#fields, first + PIECE - 1)))
 end
+-- Trimmed once per call rather than per XADD (fewer arguments per event).
+if added then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
 for name, change in pairs(delta) do
   if change ~= 0 then redis.call('HINCRBY', counters, name, change) end
 end

@@ -156,3 +156,20 @@ def test_a_group_of_one_record_with_events_for_some_messages_only(
     metas = [orjson.loads(e[1]["json"])["meta"] for e in redis_client.xrange(store.EVENTS_STREAM)]
     assert metas == [f"u{s}@example.com|1|{CID}|20260101|0|d|{s}|" for s in (0, 2)]
     assert redis_client.hlen(store.ledger_key(CID)) == 3
+
+
+def test_the_event_stream_stays_bounded(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "EVENTS_STREAM_MAXLEN", 10)
+
+    async def go(r):  # type: ignore[no-untyped-def]
+        w = LedgerWriter(r, CID, provider="p")
+        sent = record(MessageState.SENT, attempts=1)
+        await w.put_many([(s, sent, _event(s)) for s in range(2000)])
+
+    _run(go)
+    # Trimmed approximately ("~"): whole stream nodes (100 entries each) at a time.
+    assert redis_client.xlen(store.EVENTS_STREAM) <= 110
+    last = orjson.loads(redis_client.xrevrange(store.EVENTS_STREAM, count=1)[0][1]["json"])
+    assert last["meta"].endswith("|1999|")  # the newest are kept
