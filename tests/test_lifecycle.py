@@ -363,7 +363,11 @@ def test_beat_releases_scheduled_campaigns_and_expires_old_ones(
         )  # fmt: skip
         try:
             sent = wait_for_campaign(api, "beat-send", lambda s: s["status"] == "completed", 60)
-            expired = wait_for_campaign(api, "beat-expire", lambda s: s["status"] == "expired", 60)
+            # The status flips first (so that no sender claims more), then the unsent
+            # messages are settled: wait for both, as a client polling would.
+            expired = wait_for_campaign(
+                api, "beat-expire", lambda s: s["status"] == "expired" and s["queued"] == 0, 60
+            )
         finally:
             beat.terminate()
             beat.wait(timeout=20)
