@@ -218,6 +218,32 @@ def parse_record(raw: str | bytes | dict[str, Any] | None) -> dict[str, Any] | N
     }
 
 
+def event_fields(
+    event: str,
+    *,
+    email: str,
+    campaign_id: str,
+    meta: str,
+    provider: str,
+    properties: dict[str, Any] | None = None,
+    ts: float | None = None,
+) -> dict[str, Any]:
+    """One entry of the ``dispatch:events`` stream (DESIGN §6), before encoding.
+
+    A sender that records many events of one kind fills ``email`` and ``meta`` in one
+    such dict per event instead of building each anew.
+    """
+    return {
+        "event": event,
+        "ts": ts if ts is not None else time.time(),
+        "email": email,
+        "campaign_id": campaign_id,
+        "meta": meta,
+        "provider": provider,
+        "properties": properties or {},
+    }
+
+
 def system_event(
     event: str,
     *,
@@ -230,15 +256,15 @@ def system_event(
 ) -> bytes:
     """One entry of the ``dispatch:events`` stream (DESIGN §6), as JSON."""
     return orjson.dumps(
-        {
-            "event": event,
-            "ts": ts if ts is not None else time.time(),
-            "email": email,
-            "campaign_id": campaign_id,
-            "meta": meta,
-            "provider": provider,
-            "properties": properties or {},
-        }
+        event_fields(
+            event,
+            email=email,
+            campaign_id=campaign_id,
+            meta=meta,
+            provider=provider,
+            properties=properties,
+            ts=ts,
+        )
     )
 
 

@@ -37,6 +37,7 @@ from dispatch.ledger import (
     LedgerWriter,
     Records,
     claim_record,
+    event_fields,
     record,
     system_event,
 )
@@ -416,34 +417,50 @@ class BatchSender:
         )
         await asyncio.sleep(min(delay, self.settings.inline_retry_seconds))
 
+    async def _all_sent(
+        self, messages: list[tuple[Item, OutgoingMessage]], outcomes: list[SendOutcome]
+    ) -> None:
+        """Record a chunk that went out whole (the common case) with little per message:
+        one ``Notification Sent`` each, records shared, counted at once."""
+        event = event_fields(
+            "Notification Sent",
+            email="",
+            campaign_id=self.c.content.id,
+            meta="",
+            provider=self.c.provider.nickname,
+            properties={"CT Source": self.c.transport.kind},
+        )
+        made = Records()
+        writes: list[tuple[int, bytes, bytes]] = []
+        dumps, sent = orjson.dumps, MessageState.SENT
+        for (item, message), outcome in zip(messages, outcomes, strict=True):
+            rec = made.get(sent, item.attempts, detail=outcome.detail)
+            event["email"] = item.email
+            event["meta"] = message.meta
+            writes.append((item.seq, rec, dumps(event)))
+        await self.writer.put_many(writes)
+        self.counts["sent"] = self.counts.get("sent", 0) + len(writes)
+        self.outstanding -= len(writes)
+        if self.outstanding <= 0:
+            self.finish()
+
     async def _apply(
         self, messages: list[tuple[Item, OutgoingMessage]], outcomes: list[SendOutcome]
     ) -> float:
         """Record the outcomes; returns how long this session should pause (throttling)."""
+        if len(outcomes) == len(messages) and all(
+            o.seq == item.seq and o.status is OutcomeStatus.SENT and not o.provider_message_id
+            for (item, _), o in zip(messages, outcomes, strict=True)
+        ):
+            await self._all_sent(messages, outcomes)
+            return 0.0
         by_seq = {o.seq: o for o in outcomes}
         writes: list[_Write] = []
         throttled = False
-        # Sent is the common case: its event is built inline, its record shared.
-        sent_event = {
-            "event": "Notification Sent",
-            "ts": time.time(),
-            "email": "",
-            "campaign_id": self.c.content.id,
-            "meta": "",
-            "provider": self.c.provider.nickname,
-            "properties": {"CT Source": self.c.transport.kind},
-        }
-        records, dumps, sent = self._records, orjson.dumps, MessageState.SENT
         for item, message in messages:
             outcome = by_seq.get(item.seq) or SendOutcome(
                 item.seq, OutcomeStatus.UNKNOWN, ErrorClass.CONNECTION, "adapter gave no outcome"
             )
-            if outcome.status is OutcomeStatus.SENT and not outcome.provider_message_id:
-                sent_event["email"] = item.email
-                sent_event["meta"] = message.meta
-                rec = records.get(sent, item.attempts, detail=outcome.detail)
-                writes.append(_Write(item, sent, rec, dumps(sent_event)))
-                continue
             if outcome.status is OutcomeStatus.RETRY:
                 writes.append(self._retry(item, outcome, message.meta))
                 throttled |= outcome.throttled

@@ -17,8 +17,23 @@ class InvalidAddressError(ValueError):
     """The text is not an address we can send to; the message says why."""
 
 
-@lru_cache(maxsize=4096)  # the same address is checked for the envelope and the headers
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# An address already in normal form: dot-atom local part, lower-case ASCII domain of two
+# labels or more. Most addresses are; for them this one match is the whole check.
+_NORMAL_FORM = re.compile(
+    rf"(?=[^@]{{1,{MAX_LOCAL_PART}}}@){_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+"
+)
+
+
 def normalize_address(address: str) -> str:
+    """Return ``address`` ready for SMTP (see :func:`_normalize`); fast for the usual case."""
+    if len(address) <= MAX_DOMAIN and _NORMAL_FORM.fullmatch(address):
+        return address
+    return _normalize(address)
+
+
+@lru_cache(maxsize=4096)  # the same address is checked for the envelope and the headers
+def _normalize(address: str) -> str:
     """Return ``address`` ready for SMTP: domain lower-cased and in IDNA (``xn--``) form.
 
     The local part is kept as given (RFC 5321 says it may be case-sensitive). Non-ASCII

@@ -272,7 +272,9 @@ def outcomes_for_response(
     Raises :class:`AuthenticationError` for 401: the credentials are refused.
     """
     if 200 <= status < 300:
-        return [SendOutcome.sent(seq, detail=f"HTTP {status}") for seq in seqs]
+        detail = f"HTTP {status}"
+        sent = OutcomeStatus.SENT
+        return [SendOutcome(seq, sent, None, detail) for seq in seqs]
     text = excerpt(body)
     detail = f"HTTP {status}: {text}" if text else f"HTTP {status}"
     if status == 401:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections.abc import Callable
 
 import pytest
 
@@ -126,3 +127,39 @@ def test_idn_domains_become_a_labels() -> None:
 def test_invalid_addresses_are_refused(bad: str) -> None:
     with pytest.raises(InvalidAddressError):
         normalize_address(bad)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a@b.example",
+        "User.Name+tag@Example.COM",
+        "x@localhost",
+        ".a@b.example",
+        "a..b@b.example",
+        "a@-b.example",
+        " a@b.example ",
+        "a@b.example.",
+        "zoë@b.example",
+        "a@bücher.example",
+        "a@b",
+        "a" * 64 + "@b.example",
+        "a" * 65 + "@b.example",
+        "a@" + "b" * 64 + ".example",
+        "a@b_c.example",
+        'a"b@c.example',
+        "a@b.example\n",
+        "A@B.EXAMPLE",
+    ],
+)
+def test_the_fast_check_agrees_with_the_full_normalisation(address: str) -> None:
+    """Addresses already in normal form skip the full path; both give the same answer."""
+    from providers.addresses import _normalize
+
+    def outcome(fn: Callable[[str], str]) -> str:
+        try:
+            return fn(address)
+        except InvalidAddressError:
+            return "refused"
+
+    assert outcome(normalize_address) == outcome(_normalize)
