@@ -160,12 +160,17 @@ class CpuMeter:
 
     def start(self) -> None:
         self.before = {name: self._used(name) for name in self.roots}
+        self.before.update({f"{n}:root": cpu_seconds(self.roots[n]) for n in self.trees})
 
     def report(self, messages: int) -> str:
         parts = []
         for name in self.roots:
             used = self._used(name) - self.before.get(name, 0.0)
-            parts.append(f"{name} {used:.1f} s ({used / messages * 1e6:.1f} us/msg)")
+            part = f"{name} {used:.1f} s ({used / messages * 1e6:.1f} us/msg)"
+            if name in self.trees:  # the root's own share (Celery's consumer, for workers)
+                own = cpu_seconds(self.roots[name]) - self.before.get(f"{name}:root", 0.0)
+                part += f" [root process {own:.1f} s]"
+            parts.append(part)
         return "CPU: " + ", ".join(parts)
 
 

@@ -99,7 +99,7 @@ async def drop_suppressed(
     kept = [item for item, hit in zip(items, hits, strict=True) if not hit]
     suppressed = [item for item, hit in zip(items, hits, strict=True) if hit]
     rec = record(MessageState.SUPPRESSED, detail="on the suppression list")
-    await writer.put_many([(i.seq, rec, b"") for i in suppressed])
+    await writer.put_many([(i.seq, rec, "") for i in suppressed])
     return kept, len(suppressed)
 
 
@@ -108,14 +108,14 @@ def unsettled(
     records: list[Any],
     raw_recipients: list[Any],
     settings: Settings,
-) -> tuple[list[Item], list[tuple[int, bytes, bytes]], float | None]:
+) -> tuple[list[Item], list[tuple[int, bytes, str]], float | None]:
     """From the ledger: what to send now, stale claims to settle, and when to come back.
 
     A message still ``claimed`` was in flight in a worker that is gone (we hold the lease
     now): its outcome is lost and it is recorded ``unknown``, never resent.
     """
     items: list[Item] = []
-    stale: list[tuple[int, bytes, bytes]] = []
+    stale: list[tuple[int, bytes, str]] = []
     retry_at: float | None = None
     now = time.time()
     made = Records()
@@ -134,7 +134,7 @@ def unsettled(
                 rec["attempts"],
                 detail="worker stopped during the send; outcome unknown",
             )
-            stale.append((seq, lost, b""))
+            stale.append((seq, lost, ""))
         elif rec["state"] == MessageState.RETRY.value:
             item.attempts = rec["attempts"]
             if rec["next_at"] > now + settings.inline_retry_seconds:

@@ -21,6 +21,7 @@ from dispatch.models import (
     CampaignRequest,
     CampaignStatus,
     Recipient,
+    recipient_vars,
 )
 from dispatch.provider_store import ProviderNotFoundError, load_provider
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
@@ -85,16 +86,19 @@ def validation_problems(
 def _fingerprint(request: CampaignRequest) -> str:
     """A hash of everything but the id: the same id with the same content is a repeat.
 
-    The content's keys are sorted; the recipients (possibly a million) are hashed as
-    pydantic serialises them, in their order.
+    The content's keys are sorted; the recipients (possibly a million) are hashed in
+    their order, each as it is stored.
     """
     body = request.model_dump(mode="json", exclude={"id", "recipients"})
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
-    digest.update(_RECIPIENTS.dump_json(request.recipients))
+    for start in range(0, len(request.recipients), APPEND_CHUNK):
+        chunk = request.recipients[start : start + APPEND_CHUNK]
+        digest.update("\n".join(map(recipient_document, chunk)).encode())
+        digest.update(b"\n")
     return digest.hexdigest()
 
 
-_RECIPIENTS: TypeAdapter[list[Recipient]] = TypeAdapter(list[Recipient])
+_RECIPIENT: TypeAdapter[Recipient] = TypeAdapter(Recipient)
 
 
 def validate_content(request: CampaignRequest) -> CompiledContent:
@@ -112,7 +116,7 @@ def validate_content(request: CampaignRequest) -> CompiledContent:
     if request.recipients:
         # A name is resolvable if the campaign or every recipient provides it.
         missing_for = {
-            name: sum(1 for r in request.recipients if name not in r.vars)
+            name: sum(1 for r in request.recipients if name not in recipient_vars(r))
             for name in compiled.variables - known
         }
         unknown = sorted(name for name, count in missing_for.items() if count)
@@ -259,19 +263,17 @@ class RecipientChecker:
 
     def check(self, data: Any) -> Recipient:
         """The recipient; raises :class:`CampaignError` naming the field at fault."""
-        if isinstance(data, Recipient):
-            recipient = data
-        else:
-            try:
-                recipient = Recipient.model_validate(data)
-            except ValidationError as exc:
-                field, message = validation_problems(exc.errors())[0]
-                raise CampaignError(message, field=field) from None
         try:
-            normalize_address(recipient.email)
+            recipient = _RECIPIENT.validate_python(data)
+        except ValidationError as exc:
+            field, message = validation_problems(exc.errors())[0]
+            raise CampaignError(message, field=field) from None
+        try:
+            normalize_address(recipient["email"])
         except InvalidAddressError as exc:
             raise CampaignError(str(exc), field="email") from None
-        missing = self.required - recipient.vars.keys()
+        names = recipient_vars(recipient).keys()
+        missing = self.required - names
         if missing:
             name = min(missing)
             raise CampaignError(
@@ -279,7 +281,7 @@ class RecipientChecker:
                 "recipient's vars",
                 field=f"vars.{name}",
             )
-        missing = self.placeholders - recipient.vars.keys()
+        missing = self.placeholders - names
         if missing:
             name = min(missing)
             raise CampaignError(
@@ -335,15 +337,17 @@ return out
 """
 
 
-def recipient_document(recipient: Recipient) -> bytes:
-    """How a recipient is stored: compact JSON (orjson; pydantic's encoder for the
-    unusual value orjson cannot write)."""
+def recipient_document(recipient: Recipient) -> str:
+    """How a recipient is stored: compact JSON text (orjson; pydantic's encoder for the
+    unusual value orjson cannot write).
+
+    Text, not bytes: a chunk's thousand small orjson bytes kept alive cost about 2.5 µs
+    each to allocate on this machine; their str copies about 0.1 µs.
+    """
     try:
-        return orjson.dumps(
-            {"email": recipient.email, "user_id": recipient.user_id, "vars": recipient.vars}
-        )
+        return orjson.dumps(recipient).decode()
     except TypeError:
-        return recipient.model_dump_json().encode()
+        return _RECIPIENT.dump_json(recipient).decode()
 
 
 class RecipientAppender:
@@ -392,8 +396,8 @@ class RecipientAppender:
         """
         if not recipients:
             return 0, []
-        keys = orjson.dumps([suppression_key(r.email) for r in recipients])
-        docs = b"\n".join(map(recipient_document, recipients))
+        keys = orjson.dumps([suppression_key(r["email"]) for r in recipients])
+        docs = "\n".join(map(recipient_document, recipients))
         result = [int(x) for x in self._script(keys=self._keys, args=[keys, docs])]
         if result[0] == -1:
             self._check_open(get_status(self.campaign_id, self.r))

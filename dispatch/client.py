@@ -104,8 +104,7 @@ def _ndjson(recipients: Iterable[Recipient | Mapping[str, Any]]) -> Iterator[byt
     """The recipients as NDJSON, a few hundred lines per chunk (never the whole list)."""
     lines: list[bytes] = []
     for recipient in recipients:
-        data = recipient.model_dump() if isinstance(recipient, Recipient) else recipient
-        lines.append(orjson.dumps(data))
+        lines.append(orjson.dumps(recipient))
         if len(lines) >= APPEND_LINES_PER_CHUNK:
             yield b"\n".join(lines) + b"\n"
             lines = []

@@ -141,7 +141,7 @@ class InboxBatch(BaseModel):
     events: tuple[InboxEvent, ...]
 
 
-def system_events(event: InboxEvent, *, provider: str, kind: str, received: float) -> list[bytes]:
+def system_events(event: InboxEvent, *, provider: str, kind: str, received: float) -> list[str]:
     """The ``dispatch:events`` entries of one callback event (DESIGN §6 table)."""
     description = event.description
     source = GENERIC_SOURCE if kind in GENERIC_SOURCE_KINDS else kind
@@ -192,7 +192,7 @@ def _event_args(
         store.counters_key(campaign_id),
         store.callback_bits_key(campaign_id, counter or "none"),
     ]
-    email, entry = "", b""
+    email, entry = "", ""
     if event.type in SUPPRESSING:
         email = suppression_key(event.email)
         entry = orjson.dumps(
@@ -205,9 +205,9 @@ def _event_args(
                 "campaign_id": event.campaign_id,
                 "meta": event.meta,
             }
-        )
+        ).decode()  # text: see ledger.system_event
     entries = system_events(event, provider=provider, kind=kind, received=received)
-    entries += [b""] * (2 - len(entries))
+    entries += [""] * (2 - len(entries))
     return keys, [counter if ours else "", seq, email, entry, *entries]
 
 

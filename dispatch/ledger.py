@@ -253,8 +253,12 @@ def system_event(
     provider: str,
     properties: dict[str, Any] | None = None,
     ts: float | None = None,
-) -> bytes:
-    """One entry of the ``dispatch:events`` stream (DESIGN §6), as JSON."""
+) -> str:
+    """One entry of the ``dispatch:events`` stream (DESIGN §6), as JSON text.
+
+    Text, not bytes: thousands of small orjson bytes kept alive (a batch's events) cost
+    about 2.5 µs each to allocate on this machine; their str copies about 0.1 µs.
+    """
     return orjson.dumps(
         event_fields(
             event,
@@ -265,7 +269,7 @@ def system_event(
             properties=properties,
             ts=ts,
         )
-    )
+    ).decode()
 
 
 class BatchLease:
@@ -344,14 +348,14 @@ class LedgerWriter:
 
     async def claim_many(self, claims: Sequence[tuple[int, bytes]]) -> list[bool]:
         """Claim several messages (``(seq, record)``) in one round trip; one answer each."""
-        return await self._submit(_lines(b"c", [(seq, rec, b"") for seq, rec in claims]))
+        return await self._submit(_lines(b"c", [(seq, rec, "") for seq, rec in claims]))
 
-    async def put(self, seq: int, rec: bytes, event: bytes = b"") -> None:
+    async def put(self, seq: int, rec: bytes, event: str = "") -> None:
         """Record a new state for a message, with its system event if any."""
         await self.put_many([(seq, rec, event)])
 
-    async def put_many(self, writes: Sequence[tuple[int, bytes, bytes]]) -> None:
-        """Record several states (``(seq, record, event)``) in one round trip."""
+    async def put_many(self, writes: Sequence[tuple[int, bytes, str]]) -> None:
+        """Record several states (``(seq, record, event text)``) in one round trip."""
         await self._submit(_lines(b"f", writes))
 
     async def _submit(self, encoded: tuple[list[bytes], int]) -> list[bool]:
@@ -394,13 +398,13 @@ class LedgerWriter:
                     b.future.set_result(answers)
 
 
-def _lines(op: bytes, writes: Sequence[tuple[int, bytes, bytes]]) -> tuple[list[bytes], int]:
+def _lines(op: bytes, writes: Sequence[tuple[int, bytes, str]]) -> tuple[list[bytes], int]:
     """``_APPLY``'s lines for ``writes``: consecutive writes with one record are a group."""
     lines: list[bytes] = []
     if writes:
         rec = writes[0][1]
         seqs: list[int] = []
-        events: list[bytes] = []
+        events: list[str] = []
         for seq, this, event in writes:
             if this is not rec and this != rec:
                 lines.append(_group(op, rec, seqs, events))
@@ -411,7 +415,7 @@ def _lines(op: bytes, writes: Sequence[tuple[int, bytes, bytes]]) -> tuple[list[
     return lines, len(writes)
 
 
-def _group(op: bytes, rec: bytes, seqs: Sequence[int], events: Sequence[bytes]) -> bytes:
+def _group(op: bytes, rec: bytes, seqs: Sequence[int], events: Sequence[str]) -> bytes:
     """One line of ``_APPLY``'s argument: messages that take the same record."""
     if not rec.startswith(b'{"s":"'):
         raise ValueError("ledger records must start with their state")
@@ -423,5 +427,5 @@ def _group(op: bytes, rec: bytes, seqs: Sequence[int], events: Sequence[bytes]) 
         ",".join(map(str, seqs)).encode(),
     )
     if with_events:
-        line += b"\t" + b"\t".join(events)
+        line += b"\t" + "\t".join(events).encode()
     return line

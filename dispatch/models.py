@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, NotRequired
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+    with_config,
+)
+from typing_extensions import TypedDict
 
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 META_FIELD_PATTERN = r"^[^|\r\n]{1,64}$"  # a '|' would break the meta string (DESIGN §3)
@@ -65,14 +74,26 @@ COUNTER_NAMES = (
 )
 
 
-class Recipient(BaseModel):
-    """One recipient of a campaign; ``vars`` are data for templates, never template code."""
+@with_config(ConfigDict(extra="forbid"))
+class Recipient(TypedDict):
+    """One recipient of a campaign; ``vars`` are data for templates, never template code.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Plain data (a dict), not a model: a campaign can have a million, and pydantic checks a
+    TypedDict three times faster than it builds model instances. ``user_id`` and ``vars``
+    may be absent (read them with :func:`recipient_vars` and ``.get("user_id", "")``).
+    """
 
-    email: str = Field(min_length=3, max_length=320)
-    user_id: str = ""
-    vars: dict[str, Any] = Field(default_factory=dict)
+    email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
+    user_id: NotRequired[str]
+    vars: NotRequired[dict[str, Any]]
+
+
+_NO_VARS: dict[str, Any] = {}
+
+
+def recipient_vars(recipient: Recipient) -> dict[str, Any]:
+    """A recipient's vars ({} when it has none; never mutate the result)."""
+    return recipient.get("vars", _NO_VARS)
 
 
 class CampaignFields(BaseModel):

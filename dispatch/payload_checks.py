@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatch.models import CampaignContent, Recipient
+from dispatch.models import CampaignContent, Recipient, recipient_vars
 from providers.config import HttpConfig, ProviderBase
 from providers.http_config import check_placeholders
 
@@ -20,7 +20,7 @@ def check_campaign_payload(
         return
     from dispatch.campaigns import CampaignError
 
-    problems = check_placeholders(provider, content.vars, (r.vars for r in recipients))
+    problems = check_placeholders(provider, content.vars, (recipient_vars(r) for r in recipients))
     if problems:
         raise CampaignError(
             "; ".join(p.message for p in problems),

@@ -38,7 +38,7 @@ def _run(coro_factory):  # type: ignore[no-untyped-def]
     return asyncio.run(go())
 
 
-def _event(seq: int) -> bytes:
+def _event(seq: int) -> str:
     return system_event(
         "Notification Sent",
         email=f"u{seq}@example.com",
@@ -58,7 +58,7 @@ def test_claim_then_record_moves_counters_and_appends_one_event_each(
         claimed = await w.claim_many([(s, claim_record(1)) for s in (0, 1, 2)])
         sent = record(MessageState.SENT, attempts=1)
         failed = record(MessageState.FAILED, attempts=1, detail="tab\there\nline")
-        await w.put_many([(0, sent, _event(0)), (1, failed, b"")])
+        await w.put_many([(0, sent, _event(0)), (1, failed, "")])
         again = await w.claim_many([(s, claim_record(2)) for s in (0, 1, 2)])
         return claimed, again
 
@@ -83,7 +83,7 @@ def test_a_message_waiting_for_a_retry_can_be_claimed_again(redis_client: redis.
     async def go(r):  # type: ignore[no-untyped-def]
         w = LedgerWriter(r, CID)
         await w.claim_many([(7, claim_record(1))])
-        await w.put_many([(7, record(MessageState.RETRY, attempts=1), b"")])
+        await w.put_many([(7, record(MessageState.RETRY, attempts=1), "")])
         return await w.claim_many([(7, claim_record(2))])
 
     assert _run(go) == [True]
@@ -139,7 +139,7 @@ def test_a_writer_that_lost_its_lease_writes_nothing(redis_client: redis.Redis) 
 def test_a_record_must_carry_its_state_first() -> None:
     async def go(r):  # type: ignore[no-untyped-def]
         with pytest.raises(ValueError, match="state"):
-            await LedgerWriter(r, CID).put_many([(0, b'{"e":"x"}', b"")])
+            await LedgerWriter(r, CID).put_many([(0, b'{"e":"x"}', "")])
 
     _run(go)
 
@@ -150,7 +150,7 @@ def test_a_group_of_one_record_with_events_for_some_messages_only(
     async def go(r):  # type: ignore[no-untyped-def]
         w = LedgerWriter(r, CID, provider="p")
         sent = record(MessageState.SENT, attempts=1)
-        await w.put_many([(0, sent, _event(0)), (1, sent, b""), (2, sent, _event(2))])
+        await w.put_many([(0, sent, _event(0)), (1, sent, ""), (2, sent, _event(2))])
 
     _run(go)
     metas = [orjson.loads(e[1]["json"])["meta"] for e in redis_client.xrange(store.EVENTS_STREAM)]
