@@ -213,6 +213,8 @@ def test_non_json_input_is_refused() -> None:
         {"to": "$$To"},
         {"name": "$$name"},
         {"hi": "Hi $$name", "to": "$$To"},  # text around a placeholder: the general way
+        {"'}), __import__('os').system('x'), ({'": "$$To", '\\\n"': "$$name"},  # keys: data
+        {"$$To": "$$To", "n": None, "t": True, "f": 1.5, "l": [1, "$$age"]},
         {"both": "$$cc", "deep": {"x": "$$To"}},  # joined lists and nesting too
         ["$$To"],
         {},

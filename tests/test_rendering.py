@@ -184,6 +184,8 @@ def test_templates_that_cannot_be_mirrored_fall_back(html: str) -> None:
         "{{ a }}{{ b }}{{ a }}",
         "no names at all {x} {{ '{' }}",
         "{{a}}",
+        "it's ''' \\ \"q\" \n{{ a }}')), __import__('os'), ((''",
+        "",
     ],
 )
 def test_plain_templates_render_exactly_as_jinja2_does(template: str) -> None:
