@@ -502,22 +502,23 @@ async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSen
             return
 
 
-_transports: dict[str, tuple[str, Transport]] = {}
+_providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
 _compiled: dict[str, CompiledContent] = {}
 
 
-def _transport_for(provider: ProviderBase, fingerprint: str, settings: Settings) -> Transport:
-    """One transport per provider configuration per process (connections are its own)."""
+def _provider_for(nickname: str, raw: str, settings: Settings) -> tuple[ProviderBase, Transport]:
+    """The provider stored as ``raw`` and its transport, decoded and built once per
+    configuration per process (the transport's connections are its own)."""
     from providers.registry import build_transport
 
-    cached = _transports.get(provider.nickname)
-    if cached is None or cached[0] != fingerprint:
+    cached = _providers.get(nickname)
+    if cached is None or cached[0] != raw:
+        provider, _ = decode_provider(raw)
         transport = build_transport(
             provider, allow_private_endpoints=settings.allow_private_endpoints
         )
-        _transports[provider.nickname] = (fingerprint, transport)
-        return transport
-    return cached[1]
+        cached = _providers[nickname] = (raw, provider, transport)
+    return cached[1], cached[2]
 
 
 def _compiled_for(content: CampaignContent) -> CompiledContent:
@@ -575,11 +576,11 @@ async def run_batch(
                 mapping={"status": "paused", "reason": f"provider {content.provider!r} is gone"},
             )
             return result
-        provider, _ = decode_provider(raw_provider)
+        provider, transport = _provider_for(content.provider, str(raw_provider), settings)
         campaign = _Campaign(
             content,
             provider,
-            _transport_for(provider, str(raw_provider), settings),
+            transport,
             _compiled_for(content),
             str(send_date or datetime.now(UTC).strftime("%Y%m%d")),
             settings,
