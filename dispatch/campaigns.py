@@ -87,18 +87,21 @@ def _fingerprint(request: CampaignRequest) -> str:
     """A hash of everything but the id: the same id with the same content is a repeat.
 
     The content's keys are sorted; the recipients (possibly a million) are hashed in
-    their order, each as it is stored.
+    their order, a chunk at a time (one orjson call each).
     """
     body = request.model_dump(mode="json", exclude={"id", "recipients"})
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     for start in range(0, len(request.recipients), APPEND_CHUNK):
         chunk = request.recipients[start : start + APPEND_CHUNK]
-        digest.update("\n".join(map(recipient_document, chunk)).encode())
-        digest.update(b"\n")
+        try:
+            digest.update(orjson.dumps(chunk))
+        except TypeError:  # a value only pydantic's encoder writes
+            digest.update(_RECIPIENTS.dump_json(chunk))
     return digest.hexdigest()
 
 
 _RECIPIENT: TypeAdapter[Recipient] = TypeAdapter(Recipient)
+_RECIPIENTS: TypeAdapter[list[Recipient]] = TypeAdapter(list[Recipient])
 
 
 def validate_content(request: CampaignRequest) -> CompiledContent:

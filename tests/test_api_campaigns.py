@@ -117,6 +117,8 @@ def test_inline_campaign_starts_at_once_and_is_idempotent_by_id(
         assert again.status_code == 200 and again.json()["sent"] == 20
         other = api.post("/v1/campaigns", json={**body, "subject": "Something else"})
         assert other.status_code == 409 and other.json()["field"] == "id"
+        fewer = api.post("/v1/campaigns", json={**body, "recipients": recipients(19)})
+        assert fewer.status_code == 409  # the recipients are part of the content too
         no_id = {k: v for k, v in body.items() if k != "id"}
         generated = api.post("/v1/campaigns", json={**no_id, "recipients": []})
         assert generated.status_code == 201 and generated.json()["id"] != "inline-1"
