@@ -119,6 +119,14 @@ end
 if KEYS[6] then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[6], 'progress_at', t[1])
+  -- The write that settles a running campaign's last queued message completes it (as
+  -- campaigns.finish_if_done does), in the same step: no round trip after each batch.
+  if (delta['queued'] or 0) < 0 and redis.call('HGET', KEYS[6], 'status') == 'running'
+      and redis.call('HEXISTS', KEYS[6], 'appending') == 0
+      and tonumber(redis.call('HGET', counters, 'queued') or '0') <= 0 then
+    redis.call('HSET', KEYS[6], 'status', 'completed',
+      'completed_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+  end
 end
 return table.concat(out)
 """

@@ -539,22 +539,27 @@ async def run_batch(
     """Send every unsettled message of one batch. Raises only for infrastructure errors."""
     settings = settings or get_settings()
     result = BatchResult(campaign_id, batch)
-    fields = await r.hmget(
-        store.campaign_key(campaign_id), ["content", "status", "send_date", "batch_size"]
-    )
-    raw_content, status, send_date, batch_size = fields
-    if raw_content is None:
-        log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
-        return result
-    content = CampaignContent.model_validate_json(raw_content)
     lease = BatchLease(r, campaign_id, batch, settings.lease_ttl_ms)
-    if not await lease.acquire():
+    # Round trips that do not depend on each other go together: under load each one
+    # waits in Redis's queue behind other workers' scripts, and a batch has several.
+    fields, acquired = await asyncio.gather(
+        r.hmget(store.campaign_key(campaign_id), ["content", "status", "send_date", "batch_size"]),
+        lease.acquire(),
+    )
+    if not acquired:
         result.busy = True
         return result
     try:
+        raw_content, status, send_date, batch_size = fields
+        if raw_content is None:
+            log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
+            return result
+        content = CampaignContent.model_validate_json(raw_content)
         size = int(batch_size or settings.batch_size)
         start = batch * size
-        seqs, records, raw_recipients = await load_batch(r, campaign_id, start, size)
+        (seqs, records, raw_recipients), raw_provider = await asyncio.gather(
+            load_batch(r, campaign_id, start, size), r.get(store.provider_key(content.provider))
+        )
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = unsettled(seqs, records, raw_recipients, settings)
         await writer.put_many(stale)
@@ -569,7 +574,6 @@ async def run_batch(
         items, suppressed = await drop_suppressed(r, writer, items, content.category)
         if suppressed:
             result.counts["suppressed"] = suppressed
-        raw_provider = await r.get(store.provider_key(content.provider))
         if raw_provider is None:
             await r.hset(
                 store.campaign_key(campaign_id),

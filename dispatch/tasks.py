@@ -56,8 +56,8 @@ def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
         # Bounded well below the visibility timeout: never a long countdown (PITFALLS).
         delay = max(1.0, min(result.retry_at - time.time(), get_settings().visibility_timeout / 4))
         send_batch.apply_async((campaign_id, batch), countdown=delay)
-    else:
-        campaigns.finish_if_done(campaign_id, store.sync_client())
+    # No finish_if_done here: the ledger write that settles the last queued message
+    # completes the campaign in the same script (and housekeeping checks behind it).
     log.info(
         "batch done",
         extra={"campaign_id": campaign_id, "batch": batch, "counts": result.counts},

@@ -173,3 +173,28 @@ def test_the_event_stream_stays_bounded(
     assert redis_client.xlen(store.EVENTS_STREAM) <= 110
     last = orjson.loads(redis_client.xrevrange(store.EVENTS_STREAM, count=1)[0][1]["json"])
     assert last["meta"].endswith("|1999|")  # the newest are kept
+
+
+@pytest.mark.parametrize("appending", [False, True])
+def test_the_write_that_settles_the_last_queued_message_completes_the_campaign(
+    redis_client: redis.Redis, appending: bool
+) -> None:
+    campaign = store.campaign_key(CID)
+    redis_client.hset(campaign, mapping={"status": "running"})
+    if appending:  # create_campaign is still storing recipients: not done yet
+        redis_client.hset(campaign, "appending", "1")
+    redis_client.hset(store.counters_key(CID), mapping={"queued": 2, "sent": 0})
+
+    async def go(r):  # type: ignore[no-untyped-def]
+        w = LedgerWriter(r, CID, provider="p")
+        sent = record(MessageState.SENT, attempts=1)
+        await w.put_many([(0, sent, "")])
+        first = await r.hget(campaign, "status")
+        await w.put_many([(1, sent, "")])
+        return first
+
+    assert _run(go) == "running"  # one message still queued
+    status = redis_client.hget(campaign, "status")
+    assert status == ("running" if appending else "completed")
+    if not appending:
+        assert float(redis_client.hget(campaign, "completed_at") or 0) > 1_700_000_000
