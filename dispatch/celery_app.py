@@ -29,7 +29,11 @@ class _Config:
     # A batch is acknowledged only when done; the ledger makes redelivery harmless.
     task_acks_late = True
     task_reject_on_worker_lost = True
-    worker_prefetch_multiplier = 1
+    # A few tasks reserved per process: the next batch is at hand when one ends (about
+    # 3 ms a batch saved against 1). Reserved tasks are unacknowledged: a dead worker's
+    # come back after the visibility timeout, and the ledger makes running them twice
+    # harmless.
+    worker_prefetch_multiplier = 4
     task_ignore_result = True
     task_serializer = "json"
     accept_content = ("json",)
