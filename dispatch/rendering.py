@@ -179,6 +179,7 @@ class CompiledContent:
             except TemplateError as exc:
                 raise RenderError(f"{name}: template does not compile: {exc}") from exc
         self._plans: dict[frozenset[str], list[tuple[str, Any, bool]]] = {}
+
         self._derive_text = False
         self._text_is_derived = False
         if not text and html:
@@ -191,6 +192,14 @@ class CompiledContent:
                 ) or _TEXT_ENV.from_string(derived)
                 self._text_is_derived = True
 
+        # When every template is plain text-and-names, a recipient whose own vars hold
+        # every name they use (none of them the service's) renders from those vars as
+        # they are: the names resolve the same, without building the merged context.
+        plain = all(t is None or isinstance(t, _PlainTemplate) for t in self._parts.values())
+        self.recipient_names: frozenset[str] | None = (
+            frozenset(self.variables) if plain and not self.variables & SERVICE_NAMES else None
+        )
+
     def _plan(self, parts: frozenset[str]) -> list[tuple[str, Any, bool]]:
         """The templates to run for ``parts``: ``(name, template, is_plain)``."""
         derive = self._derive_text and "text" in parts
@@ -200,7 +209,9 @@ class CompiledContent:
             if template is not None and (name in parts or (derive and name == "html"))
         ]
 
-    def render(self, context: dict[str, Any], parts: frozenset[str] = ALL_PARTS) -> RenderedContent:
+    def render(
+        self, context: Mapping[str, Any], parts: frozenset[str] = ALL_PARTS
+    ) -> RenderedContent:
         """Render the ``parts`` a provider uses for one recipient (the others stay empty).
 
         Raises :class:`RenderError` naming the part.

@@ -134,15 +134,19 @@ class _Campaign:
             if self.provider.preference_center == "custom":
                 prefs = f"{self.provider.preference_center_url}?token={token}"
             headers = list_unsubscribe_headers(unsub)
-        context = recipient_context(
-            self.base_context,
-            item.vars,
-            email=email,
-            user_id=item.user_id,
-            campaign_id=self.content.id,
-            unsubscribe_url=unsub,
-            preferences_url=prefs,
-        )
+        names = self.compiled.recipient_names
+        if names is not None and names <= item.vars.keys():
+            context = item.vars  # every name from the recipient (see CompiledContent)
+        else:
+            context = recipient_context(
+                self.base_context,
+                item.vars,
+                email=email,
+                user_id=item.user_id,
+                campaign_id=self.content.id,
+                unsubscribe_url=unsub,
+                preferences_url=prefs,
+            )
         r = self.compiled.render(context, self.transport.content_parts)
         content = self.content
         return OutgoingMessage(  # positional: this runs once per recipient

@@ -201,3 +201,19 @@ def test_plain_templates_render_exactly_as_jinja2_does(template: str) -> None:
         rendered = compiled.render(ctx)
         expected = env.from_string(template).render(**ctx)
         assert (rendered.html if env is _HTML_ENV else rendered.text) == expected
+
+
+def test_recipient_names_only_when_every_template_is_plain_and_uses_no_service_name() -> None:
+    plain = CompiledContent(subject="Hi {{ name }}", html="<p>{{ name }} in {{ city }}</p>")
+    assert plain.recipient_names == {"name", "city"}
+    service = CompiledContent(subject="Hi", html="<p>{{ name }} {{ unsubscribe_url }}</p>")
+    assert service.recipient_names is None
+    jinja = CompiledContent(subject="Hi", html="{% if name %}{{ name }}{% endif %}")
+    assert jinja.recipient_names is None
+    # Rendering from the recipient's own vars gives what the full context gives.
+    user = {"name": "Zoë <3", "city": "Lisbon"}
+    full = build_context(
+        campaign_vars={"name": "campaign"}, user_vars=user, email="a@b.example",
+        user_id="u", campaign_id="c",
+    )  # fmt: skip
+    assert plain.render(user) == plain.render(full)
