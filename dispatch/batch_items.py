@@ -15,31 +15,33 @@ from dispatch import store
 from dispatch.ledger import LedgerWriter, Records, parse_record, record
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.settings import Settings
-from dispatch.suppressions import suppression_key
 
-# A batch's recipients and ledger records as ONE JSON document: a thousand separate
-# replies cost more to parse in Python than everything Redis does here.
-_LOAD_BATCH = """
+# A batch's recipients, ledger records and suppression hits as ONE JSON document: a
+# thousand separate replies cost more to parse in Python than everything Redis does
+# here, and one round trip waits once in Redis's queue. The recipients are stored as
+# [<address key>, <document>] (campaigns.stored_recipient), so the address keys are read
+# without decoding anything; they are checked against the suppression list and the
+# category's opt-outs (DESIGN section 5: checked again right before sending).
+_LOAD_BATCH = r"""
 local docs = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
-if #docs == 0 then return '{"docs":[],"recs":[]}' end
-local seqs = {}
+if #docs == 0 then return '{"docs":[],"recs":[],"hits":[]}' end
+local seqs, keys = {}, {}
 local start = tonumber(ARGV[1])
-for i = 1, #docs do seqs[i] = start + i - 1 end
-local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
-for i = 1, #docs do recs[i] = recs[i] or 'null' end
-return '{"docs":[' .. table.concat(docs, ',') .. '],"recs":[' .. table.concat(recs, ',') .. ']}'
-"""
-# Positions (0-based) of the given address keys that are on the suppression list or
-# opted out of this campaign's category in the preference center, as JSON.
-_SUPPRESSED = """
-local keys = cjson.decode(ARGV[1])
-local listed = redis.call('HMGET', KEYS[1], unpack(keys))
-local opted = redis.call('SMISMEMBER', KEYS[2], unpack(keys))
-local hits = {}
-for i = 1, #keys do
-  if listed[i] or opted[i] == 1 then hits[#hits + 1] = i - 1 end
+for i = 1, #docs do
+  seqs[i] = start + i - 1
+  -- An address with a quote or backslash has escapes here: it cannot be sent anyway.
+  keys[i] = string.match(docs[i], '^%["(.-)",') or ''
 end
-return '[' .. table.concat(hits, ',') .. ']'
+local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
+local listed = redis.call('HMGET', KEYS[3], unpack(keys))
+local opted = redis.call('SMISMEMBER', KEYS[4], unpack(keys))
+local hits = {}
+for i = 1, #docs do
+  recs[i] = recs[i] or 'null'
+  if listed[i] or opted[i] == 1 then hits[#hits + 1] = seqs[i] end
+end
+return '{"docs":[' .. table.concat(docs, ',') .. '],"recs":[' .. table.concat(recs, ',')
+  .. '],"hits":[' .. table.concat(hits, ',') .. ']}'
 """
 
 
@@ -52,52 +54,48 @@ class Item:
     attempts: int = 0
 
 
+@dataclass
+class LoadedBatch:
+    seqs: list[int]
+    records: list[Any]  # ledger records (decoded), None for a message still queued
+    recipients: list[Any]  # documents (decoded)
+    suppressed: set[int]  # seqs on the suppression list or opted out of the category
+
+
 async def load_batch(
-    r: aioredis.Redis, campaign_id: str, start: int, size: int
-) -> tuple[list[int], list[Any], list[Any]]:
-    """The seqs, ledger records and recipients of one batch, in one round trip."""
+    r: aioredis.Redis, campaign_id: str, start: int, size: int, category: str
+) -> LoadedBatch:
+    """A batch's recipients, ledger records and suppression hits, in one round trip."""
     loaded = orjson.loads(
         await r.eval(
             _LOAD_BATCH,
-            2,
+            4,
             store.recipients_key(campaign_id),
             store.ledger_key(campaign_id),
+            store.SUPPRESSIONS_HASH,
+            store.optout_key(category),
             start,
             start + size - 1,
         )
     )
-    docs, records = loaded["docs"], loaded["recs"]
-    return [start + i for i in range(len(docs))], records, docs
+    docs = loaded["docs"]
+    return LoadedBatch(
+        [start + i for i in range(len(docs))],
+        loaded["recs"],
+        [doc[1] for doc in docs],
+        set(loaded["hits"]),
+    )
 
 
 async def drop_suppressed(
-    r: aioredis.Redis,
-    writer: LedgerWriter,
-    items: list[Item],
-    category: str,
+    writer: LedgerWriter, items: list[Item], suppressed_seqs: set[int]
 ) -> tuple[list[Item], int]:
-    """Record suppressed recipients (checked right before sending, DESIGN §5).
-
-    Suppressed: on the suppression list, or opted out of ``category``. Returns the items
-    still to send and how many were suppressed.
-    """
-    if not items:
+    """Record the suppressed recipients among ``items`` (see :func:`load_batch`); returns
+    the items still to send and how many were suppressed."""
+    if not suppressed_seqs or not items:
         return items, 0
-    keys = [suppression_key(item.email) for item in items]
-    hit_at = set(
-        orjson.loads(
-            await r.eval(
-                _SUPPRESSED,
-                2,
-                store.SUPPRESSIONS_HASH,
-                store.optout_key(category),
-                orjson.dumps(keys),
-            )
-        )
-    )
-    hits = [i in hit_at for i in range(len(items))]
-    kept = [item for item, hit in zip(items, hits, strict=True) if not hit]
-    suppressed = [item for item, hit in zip(items, hits, strict=True) if hit]
+    kept = [item for item in items if item.seq not in suppressed_seqs]
+    suppressed = [item for item in items if item.seq in suppressed_seqs]
     rec = record(MessageState.SUPPRESSED, detail="on the suppression list")
     await writer.put_many([(i.seq, rec, "") for i in suppressed])
     return kept, len(suppressed)

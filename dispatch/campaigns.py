@@ -340,17 +340,18 @@ return out
 """
 
 
-def recipient_document(recipient: Recipient) -> str:
-    """How a recipient is stored: compact JSON text (orjson; pydantic's encoder for the
-    unusual value orjson cannot write).
+def stored_recipient(address_key: str, recipient: Recipient) -> str:
+    """How a recipient is stored: ``[<address key>, <document>]`` as compact JSON text
+    (the key first, so that a batch's load script reads it without decoding; orjson, and
+    pydantic's encoder for the unusual value orjson cannot write).
 
     Text, not bytes: a chunk's thousand small orjson bytes kept alive cost about 2.5 µs
     each to allocate on this machine; their str copies about 0.1 µs.
     """
     try:
-        return orjson.dumps(recipient).decode()
+        return orjson.dumps([address_key, recipient]).decode()
     except TypeError:
-        return _RECIPIENT.dump_json(recipient).decode()
+        return f"[{orjson.dumps(address_key).decode()},{_RECIPIENT.dump_json(recipient).decode()}]"
 
 
 class RecipientAppender:
@@ -399,9 +400,9 @@ class RecipientAppender:
         """
         if not recipients:
             return 0, []
-        keys = orjson.dumps([suppression_key(r["email"]) for r in recipients])
-        docs = "\n".join(map(recipient_document, recipients))
-        result = [int(x) for x in self._script(keys=self._keys, args=[keys, docs])]
+        keys = [suppression_key(r["email"]) for r in recipients]
+        docs = "\n".join(map(stored_recipient, keys, recipients))
+        result = [int(x) for x in self._script(keys=self._keys, args=[orjson.dumps(keys), docs])]
         if result[0] == -1:
             self._check_open(get_status(self.campaign_id, self.r))
         return result[0], [position - 1 for position in result[1:]]

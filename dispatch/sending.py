@@ -561,11 +561,12 @@ async def run_batch(
         content = CampaignContent.model_validate_json(raw_content)
         size = int(batch_size or settings.batch_size)
         start = batch * size
-        (seqs, records, raw_recipients), raw_provider = await asyncio.gather(
-            load_batch(r, campaign_id, start, size), r.get(store.provider_key(content.provider))
+        loaded, raw_provider = await asyncio.gather(
+            load_batch(r, campaign_id, start, size, content.category),
+            r.get(store.provider_key(content.provider)),
         )
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
-        items, stale, retry_at = unsettled(seqs, records, raw_recipients, settings)
+        items, stale, retry_at = unsettled(loaded.seqs, loaded.records, loaded.recipients, settings)
         await writer.put_many(stale)
         terminal = terminal_state(str(status), content)
         if terminal is not None:
@@ -575,7 +576,7 @@ async def run_batch(
             return result
         if status != CampaignStatus.RUNNING.value:
             return result  # paused or not started: resume re-enqueues the batch
-        items, suppressed = await drop_suppressed(r, writer, items, content.category)
+        items, suppressed = await drop_suppressed(writer, items, loaded.suppressed)
         if suppressed:
             result.counts["suppressed"] = suppressed
         if raw_provider is None:
