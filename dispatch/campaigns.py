@@ -115,19 +115,18 @@ def validate_content(request: CampaignRequest) -> CompiledContent:
         )
     except RenderError as exc:
         raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
-    known = set(request.vars) | SERVICE_NAMES
-    if request.recipients:
-        # A name is resolvable if the campaign or every recipient provides it.
-        missing_for = {
-            name: sum(1 for r in request.recipients if name not in recipient_vars(r))
-            for name in compiled.variables - known
-        }
-        unknown = sorted(name for name, count in missing_for.items() if count)
-    else:
-        unknown = []
+    needed = compiled.variables - set(request.vars) - SERVICE_NAMES
+    unknown: set[str] = set()
+    if request.recipients and needed:
+        # A name is resolvable if the campaign or every recipient provides it (one pass).
+        for r in request.recipients:
+            if not needed <= recipient_vars(r).keys():
+                unknown |= needed - recipient_vars(r).keys()
+                if unknown == needed:
+                    break
     if unknown:
         raise CampaignError(
-            f"unknown template variable(s): {', '.join(unknown)} (in neither the campaign "
+            f"unknown template variable(s): {', '.join(sorted(unknown))} (in neither the campaign "
             "vars nor every recipient's vars)",
             field="vars",
         )
