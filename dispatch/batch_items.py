@@ -12,7 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from dispatch import store
-from dispatch.ledger import LedgerWriter, Records, parse_record, record
+from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, parse_record, record
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.settings import Settings
 
@@ -22,9 +22,15 @@ from dispatch.settings import Settings
 # [<address key>, <document>] (campaigns.stored_recipient), so the address keys are read
 # without decoding anything; they are checked against the suppression list and the
 # category's opt-outs (DESIGN section 5: checked again right before sending).
+#
+# With a lease token (ARGV[3]) the script also claims every message that is still
+# queued and not suppressed (record ARGV[4]), if the lease is still held and the
+# campaign is running: a batch that goes out as one chunk is claimed here, before its
+# send as always, without a claim round trip of its own. Claimed and queued share the
+# counters' "queued" bucket: nothing else moves.
 _LOAD_BATCH = r"""
 local docs = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
-if #docs == 0 then return '{"docs":[],"recs":[],"hits":[]}' end
+if #docs == 0 then return '{"docs":[],"recs":[],"hits":[],"claimed":false}' end
 local seqs, keys = {}, {}
 local start = tonumber(ARGV[1])
 for i = 1, #docs do
@@ -35,14 +41,87 @@ end
 local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
 local listed = redis.call('HMGET', KEYS[3], unpack(keys))
 local opted = redis.call('SMISMEMBER', KEYS[4], unpack(keys))
-local hits = {}
+local claim = ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3]
+  and redis.call('HGET', KEYS[6], 'status') == 'running'
+local hits, fields = {}, {}
 for i = 1, #docs do
+  if listed[i] or opted[i] == 1 then
+    hits[#hits + 1] = seqs[i]
+  elseif claim and not recs[i] then
+    fields[#fields + 1] = seqs[i]
+    fields[#fields + 1] = ARGV[4]
+  end
   recs[i] = recs[i] or 'null'
-  if listed[i] or opted[i] == 1 then hits[#hits + 1] = seqs[i] end
+end
+for first = 1, #fields, 2000 do
+  redis.call('HSET', KEYS[2], unpack(fields, first, math.min(#fields, first + 1999)))
 end
 return '{"docs":[' .. table.concat(docs, ',') .. '],"recs":[' .. table.concat(recs, ',')
-  .. '],"hits":[' .. table.concat(hits, ',') .. ']}'
+  .. '],"hits":[' .. table.concat(hits, ',') .. '],"claimed":' .. tostring(claim) .. '}'
 """
+
+# The first round trip of a batch run: take the lease, read the campaign and its
+# provider's stored configuration (the key is built here from ARGV[4], the providers'
+# key prefix, and the campaign's "provider" field: one Redis, no cluster slots). The
+# content (a few KB to decode and validate) comes back only when its fingerprint is not
+# the one the caller already holds (ARGV[3]): a campaign's content never changes.
+_BEGIN = r"""
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+local f = redis.call('HMGET', KEYS[2], 'status', 'send_date', 'batch_size', 'fingerprint',
+  'provider')
+local content = false
+if f[4] ~= ARGV[3] then content = redis.call('HGET', KEYS[2], 'content') end
+local provider = false
+if f[5] then provider = redis.call('GET', ARGV[4] .. f[5]) end
+return {1, f[1], f[2], f[3], f[4], f[5], content, provider}
+"""
+
+
+@dataclass
+class BatchStart:
+    """What :func:`begin_batch` read (``acquired`` False: another worker holds the batch)."""
+
+    acquired: bool
+    status: str = ""
+    send_date: str = ""
+    batch_size: str = ""
+    fingerprint: str = ""
+    nickname: str = ""  # the campaign's provider
+    content: str | None = None  # None: the caller's copy is current (or none is stored)
+    provider: str | None = None  # the provider's stored configuration (None: gone)
+
+
+async def begin_batch(
+    r: aioredis.Redis, lease: BatchLease, campaign_id: str, fingerprint: str = ""
+) -> BatchStart:
+    """Take ``lease`` and read the campaign and its provider in one round trip;
+    ``fingerprint``: that of the content the caller holds for this campaign, if any."""
+    answer = await r.eval(
+        _BEGIN,
+        2,
+        lease.key,
+        store.campaign_key(campaign_id),
+        lease.token,
+        lease.ttl_ms,
+        fingerprint,
+        store.provider_key(""),
+    )
+    if not answer[0]:
+        return BatchStart(False)
+    lease.held()
+    status, send_date, batch_size, stored, nickname, content, provider = (
+        None if v is None else str(v) for v in answer[1:8]
+    )
+    return BatchStart(
+        True,
+        status or "",
+        send_date or "",
+        batch_size or "",
+        stored or "",
+        nickname or "",
+        content,
+        provider,
+    )
 
 
 @dataclass(slots=True)
@@ -52,6 +131,7 @@ class Item:
     user_id: str
     vars: Mapping[str, Any]
     attempts: int = 0
+    claimed: bool = False  # claimed by this run's load and not attempted yet
 
 
 @dataclass
@@ -60,22 +140,36 @@ class LoadedBatch:
     records: list[Any]  # ledger records (decoded), None for a message still queued
     recipients: list[Any]  # documents (decoded)
     suppressed: set[int]  # seqs on the suppression list or opted out of the category
+    claimed: bool = False  # every queued, unsuppressed message was claimed (claim_record(1))
 
 
 async def load_batch(
-    r: aioredis.Redis, campaign_id: str, start: int, size: int, category: str
+    r: aioredis.Redis,
+    campaign_id: str,
+    start: int,
+    size: int,
+    category: str,
+    lease: BatchLease | None = None,
 ) -> LoadedBatch:
-    """A batch's recipients, ledger records and suppression hits, in one round trip."""
+    """A batch's recipients, ledger records and suppression hits, in one round trip.
+
+    With ``lease``, its queued messages that are not suppressed are claimed too, if the
+    lease is held and the campaign is running (``claimed`` says whether they were).
+    """
     loaded = orjson.loads(
         await r.eval(
             _LOAD_BATCH,
-            4,
+            6,
             store.recipients_key(campaign_id),
             store.ledger_key(campaign_id),
             store.SUPPRESSIONS_HASH,
             store.optout_key(category),
+            store.batch_lease_key(campaign_id, lease.batch if lease else -1),
+            store.campaign_key(campaign_id),
             start,
             start + size - 1,
+            lease.token if lease else "",
+            claim_record(1),
         )
     )
     docs = loaded["docs"]
@@ -84,6 +178,7 @@ async def load_batch(
         loaded["recs"],
         [doc[1] for doc in docs],
         set(loaded["hits"]),
+        loaded["claimed"],
     )
 
 
@@ -102,26 +197,26 @@ async def drop_suppressed(
 
 
 def unsettled(
-    seqs: list[int],
-    records: list[Any],
-    raw_recipients: list[Any],
-    settings: Settings,
+    loaded: LoadedBatch, settings: Settings
 ) -> tuple[list[Item], list[tuple[int, bytes, str]], float | None]:
     """From the ledger: what to send now, stale claims to settle, and when to come back.
 
     A message still ``claimed`` was in flight in a worker that is gone (we hold the lease
-    now): its outcome is lost and it is recorded ``unknown``, never resent.
+    now): its outcome is lost and it is recorded ``unknown``, never resent. Messages the
+    load claimed itself come back with ``claimed`` set.
     """
     items: list[Item] = []
     stale: list[tuple[int, bytes, str]] = []
     retry_at: float | None = None
     now = time.time()
     made = Records()
-    for seq, raw_rec, recipient in zip(seqs, records, raw_recipients, strict=True):
+    fresh_claimed = loaded.claimed
+    for seq, raw_rec, recipient in zip(loaded.seqs, loaded.records, loaded.recipients, strict=True):
         item = Item(
             seq, recipient["email"], recipient.get("user_id", ""), recipient.get("vars") or {}
         )
         if raw_rec is None:  # still queued: most of a batch on its first run
+            item.claimed = fresh_claimed and seq not in loaded.suppressed
             items.append(item)
             continue
         rec = parse_record(raw_rec)

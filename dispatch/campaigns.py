@@ -169,6 +169,7 @@ def create_campaign(
         key,
         mapping={
             "content": content.model_dump_json(),
+            "provider": content.provider,  # read with the campaign by each batch run
             "status": CampaignStatus.DRAFT.value,
             "created_at": str(now),
             "reason": "",

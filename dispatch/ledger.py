@@ -32,7 +32,9 @@ from dispatch.models import MessageState
 # ARGV[3] carries the operations in groups, one line each, of messages that take the same
 # record (a chunk's messages mostly do):
 #   "<op><E|N>\t<record>\t<seq>,<seq>,...[\t<event>\t<event>...]"
-# op "c" claims, "f" records; with "E" one event follows per seq ("" for none). JSON never
+# op "c" claims, "f" records, "s" records the outcome of a message the caller claimed
+# under this lease (its record is "claimed": nobody else writes a claimed message, so it
+# is not read); with "E" one event follows per seq ("" for none). JSON never
 # holds a raw tab or newline, so everything splits with plain string searches, and each
 # command runs once for the whole list (HMGET, HSET, HINCRBY) instead of once per
 # message; only XADD is per message: one stream entry per event (DESIGN section 6).
@@ -58,10 +60,16 @@ while pos <= size do
   groups[#groups + 1] = g
   pos = stop + 2
 end
+local need, at = {}, {}  -- the seqs whose current record is read (not "s" groups)
+for _, g in ipairs(groups) do
+  if g.op ~= 's' then
+    for i = g.first, g.last do need[#need + 1] = seqs[i]; at[#at + 1] = i end
+  end
+end
 local olds = {}
-for first = 1, #seqs, PIECE do
-  local part = redis.call('HMGET', ledger, unpack(seqs, first, math.min(#seqs, first + PIECE - 1)))
-  for i = 1, #part do olds[first + i - 1] = part[i] end
+for first = 1, #need, PIECE do
+  local part = redis.call('HMGET', ledger, unpack(need, first, math.min(#need, first + PIECE - 1)))
+  for i = 1, #part do olds[at[first + i - 1]] = part[i] end
 end
 local terminal = {sent=1, failed=1, suppressed=1, cancelled=1, expired=1, unknown=1}
 local function bucket(state)
@@ -72,7 +80,7 @@ local out, fields, delta, tally, latest, added = {}, {}, {}, {}, {}, false
 for _, g in ipairs(groups) do
   local new = match(g.rec, '^{"s":"(%a+)"')
   local nb = bucket(new)
-  local claim = g.op == 'c'
+  local claim, own = g.op == 'c', g.op == 's'
   local evpos = g.events
   for i = g.first, g.last do
     local event = nil
@@ -84,7 +92,11 @@ for _, g in ipairs(groups) do
     end
     local seq = seqs[i]
     local old = latest[seq]
-    if old == nil then old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false end
+    if old == nil and own then
+      old = 'claimed'
+    elseif old == nil then
+      old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false
+    end
     if claim and old and old ~= 'retry' then
       out[i] = '0'
     else
@@ -255,6 +267,7 @@ class BatchLease:
     ) -> None:
         self.client = client
         self.ttl_ms = ttl_ms
+        self.batch = batch
         self.key = store.batch_lease_key(campaign_id, batch)
         self.token = secrets.token_hex(12)
         self._renewer: asyncio.Task[None] | None = None
@@ -263,8 +276,13 @@ class BatchLease:
         """Take the lease if nobody holds it."""
         ok = await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
         if ok:
-            self._renewer = asyncio.create_task(self._renew_forever())
+            self.held()
         return bool(ok)
+
+    def held(self) -> None:
+        """The lease was taken (here or by a script with this token): keep renewing it."""
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_forever())
 
     async def _renew_forever(self) -> None:
         while True:
@@ -332,6 +350,11 @@ class LedgerWriter:
     async def put_many(self, writes: Sequence[tuple[int, bytes, str]]) -> None:
         """Record several states (``(seq, record, event text)``) in one round trip."""
         await self._submit(_lines(b"f", writes))
+
+    async def settle_many(self, writes: Sequence[tuple[int, bytes, str]]) -> None:
+        """Like :meth:`put_many`, for messages this writer's caller claimed and sent (or
+        tried to): their current record is known, so it is not read."""
+        await self._submit(_lines(b"s", writes))
 
     async def _submit(self, encoded: tuple[list[bytes], int]) -> list[bool]:
         """Raises the Redis error of the round trip, or :class:`LeaseLostError`."""

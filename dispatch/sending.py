@@ -26,7 +26,9 @@ import redis.asyncio as aioredis
 
 from dispatch import store
 from dispatch.batch_items import (
+    BatchStart,
     Item,
+    begin_batch,
     drop_suppressed,
     load_batch,
     terminal_state,
@@ -254,17 +256,35 @@ class BatchSender:
         # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
         return _Write(item, MessageState.RETRY, rec, "", delay=delay)
 
+    async def give_back_claims(self) -> None:
+        """Messages the load claimed that this run did not attempt (it paused, or no
+        connection slot came) wait to be sent again, as after a configuration error."""
+        left = [item for item in self.queue if item.claimed]
+        if left:
+            made = Records()
+            detail = "claimed, not attempted: the batch stopped first"
+            await self.writer.settle_many(
+                [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
+            )
+
     def _requeue(self, item: Item) -> None:
         if item in self.waiting:
             self.waiting.remove(item)
             self.put_back((item,))
 
-    async def _commit(self, writes: list[_Write]) -> float:
-        """Apply planned writes in one round trip; returns the longest retry delay."""
+    async def _commit(self, writes: list[_Write], *, claimed: bool = True) -> float:
+        """Apply planned writes in one round trip; returns the longest retry delay.
+
+        ``claimed``: every item holds this run's claim (it was sent, or tried).
+        """
         if not writes:
             return 0.0
         self._records = Records()  # the next writes are made at a later moment
-        await self.writer.put_many([(w.item.seq, w.rec, w.event) for w in writes])
+        encoded = [(w.item.seq, w.rec, w.event) for w in writes]
+        if claimed:
+            await self.writer.settle_many(encoded)
+        else:
+            await self.writer.put_many(encoded)
         longest = 0.0
         loop = asyncio.get_running_loop()
         for w in writes:
@@ -380,17 +400,24 @@ class BatchSender:
                         detail=str(exc),
                     )
                 )
-        await self._commit(failed)
-        claims = await self.writer.claim_many(
-            [(item.seq, claim_record(item.attempts)) for item, _ in built]
+        # Written over what they were (claimed by the load, or waiting for a retry).
+        await self._commit(failed, claimed=False)
+        wanted = [item for item, _ in built if not item.claimed]
+        answers = iter(
+            await self.writer.claim_many(
+                [(item.seq, claim_record(item.attempts)) for item in wanted]
+            )
         )
         ready = []
-        for (item, message), claimed in zip(built, claims, strict=True):
-            if claimed:
+        for item, message in built:
+            if item.claimed or next(answers):
+                item.claimed = False  # attempted from here on: its outcome is recorded
                 ready.append((item, message))
                 continue
             # Settled by someone else meanwhile: never send twice.
             self._one_less()
+        for item in chunk:
+            item.claimed = False
         return ready
 
     async def _session_failed(
@@ -410,7 +437,7 @@ class BatchSender:
                 )
                 writes.append((item.seq, rec, ""))
             self.put_back(item for item, _ in messages)
-            await self.writer.put_many(writes)
+            await self.writer.settle_many(writes)
             return
         assert isinstance(exc, TransientError)
         delay = await self._commit(
@@ -444,7 +471,7 @@ class BatchSender:
             # As text: thousands of small orjson bytes kept alive cost about 2.5 us each
             # to allocate here; their str copies about 0.1 us.
             writes.append((item.seq, rec, dumps(event).decode()))
-        await self.writer.put_many(writes)
+        await self.writer.settle_many(writes)
         self.counts["sent"] = self.counts.get("sent", 0) + len(writes)
         self.outstanding -= len(writes)
         if self.outstanding <= 0:
@@ -508,6 +535,7 @@ async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSen
 
 _providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
 _compiled: dict[str, CompiledContent] = {}
+_contents: dict[str, tuple[str, CampaignContent]] = {}  # campaign id: (fingerprint, content)
 
 
 def _provider_for(nickname: str, raw: str, settings: Settings) -> tuple[ProviderBase, Transport]:
@@ -537,6 +565,21 @@ def _compiled_for(content: CampaignContent) -> CompiledContent:
     return compiled
 
 
+def _content_of(campaign_id: str, begun: BatchStart) -> CampaignContent | None:
+    """The campaign's content: decoded from ``begun`` when it came (and kept, with its
+    fingerprint), else this process's copy; None when the campaign is not stored."""
+    if begun.content is not None:
+        content = CampaignContent.model_validate_json(begun.content)
+        if len(_contents) > 256:
+            _contents.clear()
+        _contents[campaign_id] = (begun.fingerprint, content)
+        return content
+    cached = _contents.get(campaign_id)
+    if cached is None or not begun.fingerprint or cached[0] != begun.fingerprint:
+        return None
+    return cached[1]
+
+
 async def run_batch(
     campaign_id: str, batch: int, *, r: aioredis.Redis, settings: Settings | None = None
 ) -> BatchResult:
@@ -544,31 +587,39 @@ async def run_batch(
     settings = settings or get_settings()
     result = BatchResult(campaign_id, batch)
     lease = BatchLease(r, campaign_id, batch, settings.lease_ttl_ms)
-    # Round trips that do not depend on each other go together: under load each one
-    # waits in Redis's queue behind other workers' scripts, and a batch has several.
-    fields, acquired = await asyncio.gather(
-        r.hmget(store.campaign_key(campaign_id), ["content", "status", "send_date", "batch_size"]),
-        lease.acquire(),
-    )
-    if not acquired:
+    # Round trips are few: under load each one waits in Redis's queue behind other
+    # workers' scripts. The first takes the lease and reads the campaign, and the
+    # provider too when this process knows the campaign already.
+    known = _contents.get(campaign_id)
+    begun = await begin_batch(r, lease, campaign_id, known[0] if known else "")
+    if not begun.acquired:
         result.busy = True
         return result
     try:
-        raw_content, status, send_date, batch_size = fields
-        if raw_content is None:
+        content = _content_of(campaign_id, begun)
+        if content is None:
             log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
             return result
-        content = CampaignContent.model_validate_json(raw_content)
-        size = int(batch_size or settings.batch_size)
-        start = batch * size
-        loaded, raw_provider = await asyncio.gather(
-            load_batch(r, campaign_id, start, size, content.category),
-            r.get(store.provider_key(content.provider)),
+        status = begun.status
+        size = int(begun.batch_size or settings.batch_size)
+        raw_provider = begun.provider
+        if begun.nickname != content.provider:  # stored without its provider's name
+            raw = await r.get(store.provider_key(content.provider))
+            raw_provider = None if raw is None else str(raw)
+        # A batch that goes out as one chunk is claimed by its load (no claim round trip
+        # of its own); others claim each chunk right before it is sent.
+        one_chunk = (
+            raw_provider is not None
+            and status == CampaignStatus.RUNNING.value
+            and _provider_for(content.provider, raw_provider, settings)[1].chunk_size >= size
+        )
+        loaded = await load_batch(
+            r, campaign_id, batch * size, size, content.category, lease if one_chunk else None
         )
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
-        items, stale, retry_at = unsettled(loaded.seqs, loaded.records, loaded.recipients, settings)
+        items, stale, retry_at = unsettled(loaded, settings)
         await writer.put_many(stale)
-        terminal = terminal_state(str(status), content)
+        terminal = terminal_state(status, content)
         if terminal is not None:
             made = Records()
             await writer.put_many([(i.seq, made.get(terminal, i.attempts), "") for i in items])
@@ -585,13 +636,13 @@ async def run_batch(
                 mapping={"status": "paused", "reason": f"provider {content.provider!r} is gone"},
             )
             return result
-        provider, transport = _provider_for(content.provider, str(raw_provider), settings)
+        provider, transport = _provider_for(content.provider, raw_provider, settings)
         campaign = _Campaign(
             content,
             provider,
             transport,
             _compiled_for(content),
-            str(send_date or datetime.now(UTC).strftime("%Y%m%d")),
+            begun.send_date or datetime.now(UTC).strftime("%Y%m%d"),
             settings,
             r,
         )
@@ -617,6 +668,8 @@ async def run_batch(
             left += sender.waiting  # parked for an inline retry
             made = Records()
             await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
+        else:
+            await sender.give_back_claims()
         for key, value in sender.counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
         if sender.parked_until is not None:

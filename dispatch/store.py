@@ -39,7 +39,8 @@ def provider_key(nickname: str) -> str:
 
 
 def campaign_key(campaign_id: str) -> str:
-    """Hash: content (JSON), status, reason, created_at, send_date."""
+    """Hash: content (JSON), provider (its nickname), status, reason, created_at,
+    send_date, ..."""
     return f"{PREFIX}:campaign:{campaign_id}"
 
 

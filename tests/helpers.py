@@ -1,4 +1,4 @@
-"""Test helpers: save a provider, run a campaign's batches in-process (no Celery)."""
+"""Test helpers: save a provider (smtp, http), run a campaign's batches in-process (no Celery)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,35 @@ def smtp_provider(
     }
     save_provider(data, r)
     return data
+
+
+def http_provider(r: redis.Redis, url: str, **fields: Any) -> None:
+    """A batching http provider ("esp") that posts to ``url``/send."""
+    save_provider(
+        {
+            "nickname": "esp",
+            "kind": "http",
+            "method": "POST",
+            "endpoint": f"{url}/send",
+            "batch": True,
+            "batch_size": 1000,
+            "body": {
+                "msgs": [
+                    {
+                        "to": "$$To",
+                        "mid": "$$MessageID",
+                        "subject": "$$Subject",
+                        "html": "$$HTML",
+                        "from": "$$FromName <$$FromAddress>",
+                    }
+                ]
+            },
+            "from_name": "Acme",
+            "from_address": "deals@acme.example",
+            **fields,
+        },
+        r,
+    )
 
 
 def recipients(n: int, domain: str = "example.com") -> list[dict[str, Any]]:

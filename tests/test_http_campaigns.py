@@ -8,40 +8,11 @@ import redis
 
 from dispatch import campaigns, store
 from dispatch.ledger import parse_record
-from dispatch.provider_store import save_provider
 from dispatch.settings import Settings
-from tests.helpers import recipients, run_inline
+from tests.helpers import http_provider, recipients, run_inline
 from tests.http_sink import HttpSink, Reply
 
 FAST = Settings(retry_base_seconds=0.05, retry_max_seconds=0.2, inline_retry_seconds=10.0)
-
-
-def _provider(r: redis.Redis, url: str, **fields: Any) -> None:
-    save_provider(
-        {
-            "nickname": "esp",
-            "kind": "http",
-            "method": "POST",
-            "endpoint": f"{url}/send",
-            "batch": True,
-            "batch_size": 1000,
-            "body": {
-                "msgs": [
-                    {
-                        "to": "$$To",
-                        "mid": "$$MessageID",
-                        "subject": "$$Subject",
-                        "html": "$$HTML",
-                        "from": "$$FromName <$$FromAddress>",
-                    }
-                ]
-            },
-            "from_name": "Acme",
-            "from_address": "deals@acme.example",
-            **fields,
-        },
-        r,
-    )
 
 
 def _body(n: int) -> dict[str, Any]:
@@ -56,7 +27,7 @@ def _body(n: int) -> dict[str, Any]:
 def test_503_then_200_is_retried_and_ends_sent(redis_client: redis.Redis) -> None:
     with HttpSink() as sink:
         sink.script(Reply(503, b"busy"))
-        _provider(redis_client, sink.url)
+        http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(3), FAST)
         requests = sink.requests
     summary = campaigns.campaign_summary(cid, redis_client)
@@ -71,7 +42,7 @@ def test_503_then_200_is_retried_and_ends_sent(redis_client: redis.Redis) -> Non
 def test_429_retry_after_is_honoured(redis_client: redis.Redis) -> None:
     with HttpSink() as sink:
         sink.script(Reply(429, b"slow down", headers=(("Retry-After", "2"),)))
-        _provider(redis_client, sink.url)
+        http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(2), FAST)
         first, second = sink.requests
     assert second.at - first.at >= 2.0  # the provider's Retry-After, not our 0.05 s backoff
@@ -80,7 +51,7 @@ def test_429_retry_after_is_honoured(redis_client: redis.Redis) -> None:
 
 def test_400_fails_with_dispatch_failed_and_the_status(redis_client: redis.Redis) -> None:
     with HttpSink(default=Reply(400, b'{"error": "invalid sender"}')) as sink:
-        _provider(redis_client, sink.url)
+        http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(2), FAST)
         assert len(sink.requests) == 1  # permanent: never retried
     counters = campaigns.get_counters(cid, redis_client)
@@ -93,7 +64,7 @@ def test_400_fails_with_dispatch_failed_and_the_status(redis_client: redis.Redis
 
 def test_2500_recipients_in_three_requests_each_once(redis_client: redis.Redis) -> None:
     with HttpSink() as sink:
-        _provider(redis_client, sink.url)
+        http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(2500), FAST)
         sizes = [len(r.json()["msgs"]) for r in sink.requests]
         tos = [m["to"] for r in sink.requests for m in r.json()["msgs"]]

@@ -198,3 +198,28 @@ def test_the_write_that_settles_the_last_queued_message_completes_the_campaign(
     assert status == ("running" if appending else "completed")
     if not appending:
         assert float(redis_client.hget(campaign, "completed_at") or 0) > 1_700_000_000
+
+
+def test_the_outcome_of_an_own_claim_is_recorded_without_reading_it(
+    redis_client: redis.Redis,
+) -> None:
+    """``settle_many``: the sender claimed these under its lease, so the script takes
+    their current record as ``claimed`` (counters move from the queued bucket)."""
+    redis_client.hset(store.counters_key(CID), mapping={"queued": 2, "sent": 0})
+
+    async def go(r):  # type: ignore[no-untyped-def]
+        lease = BatchLease(r, CID, 0, ttl_ms=60_000)
+        assert await lease.acquire()
+        w = LedgerWriter(r, CID, lease.token, 0, provider="p")
+        assert await w.claim_many([(s, claim_record(1)) for s in (0, 1)]) == [True, True]
+        sent = record(MessageState.SENT, attempts=1)
+        await w.settle_many([(0, sent, _event(0)), (1, record(MessageState.RETRY), "")])
+        await r.set(lease.key, "someone-else")  # taken over: nothing more is written
+        with pytest.raises(LeaseLostError):
+            await w.settle_many([(1, sent, _event(1))])
+
+    _run(go)
+    ledger = redis_client.hgetall(store.ledger_key(CID))
+    assert {s: parse_record(v)["state"] for s, v in ledger.items()} == {"0": "sent", "1": "retry"}
+    assert _counters(redis_client) == {"queued": 1, "sent": 1}
+    assert redis_client.xlen(store.EVENTS_STREAM) == 1

@@ -1,0 +1,153 @@
+"""A batch that goes out as one chunk is claimed by its load (real Redis, real sender).
+
+Claims still come before the send, and only for messages still queued, not suppressed, of
+a running campaign whose lease the loader holds; a run that stops before it sends gives
+its claims back, so nothing it never attempted is recorded ``unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from dispatch import campaigns, lifecycle, store, suppressions
+from dispatch.batch_items import load_batch
+from dispatch.ledger import BatchLease, LedgerWriter, parse_record, record
+from dispatch.models import CampaignRequest, MessageState
+from dispatch.sending import run_batch
+from tests.helpers import http_provider, recipients, run_batches
+from tests.http_sink import HttpSink
+
+
+def _create(
+    r: redis.Redis, n: int, url: str = "http://127.0.0.1:9", **provider: Any
+) -> tuple[str, list[tuple[str, int]]]:
+    """A running campaign of ``n`` through an http provider posting to ``url`` (by
+    default nothing listens: the batches are not run)."""
+    http_provider(r, url, **provider)
+    batches: list[tuple[str, int]] = []
+    body = {"provider": "esp", "subject": "Hi {{ name }}", "html": "<p>{{ name }}</p>"}
+    cid, _ = campaigns.create_campaign(
+        CampaignRequest.model_validate({**body, "recipients": recipients(n)}),
+        client=r,
+        enqueue=lambda c, b: batches.append((c, b)),
+    )
+    return cid, batches
+
+
+def _states(r: redis.Redis, cid: str) -> dict[int, str]:
+    ledger = r.hgetall(store.ledger_key(cid))
+    return {int(seq): parse_record(raw)["state"] for seq, raw in ledger.items()}  # type: ignore[index]
+
+
+def _load(cid: str, *, lose_lease: bool = False) -> bool:
+    async def go() -> bool:
+        r = store.async_client()
+        try:
+            lease = BatchLease(r, cid, 0)
+            assert await lease.acquire()
+            if lose_lease:
+                await r.set(lease.key, "someone-else")
+            loaded = await load_batch(r, cid, 0, 1000, "default", lease)
+            return loaded.claimed
+        finally:
+            await r.aclose()
+
+    return asyncio.run(go())
+
+
+def test_the_load_claims_queued_unsuppressed_messages_and_moves_no_counter(
+    redis_client: redis.Redis,
+) -> None:
+    cid, _ = _create(redis_client, 4)
+    suppressions.add("user1@example.com", reason="unsubscribed", source="test")
+
+    async def fail_one() -> None:
+        r = store.async_client()
+        await LedgerWriter(r, cid).put_many([(3, record(MessageState.FAILED, attempts=1), "")])
+        await r.aclose()
+
+    asyncio.run(fail_one())
+    before = campaigns.get_counters(cid, redis_client)
+    assert _load(cid) is True
+    assert _states(redis_client, cid) == {0: "claimed", 2: "claimed", 3: "failed"}
+    assert parse_record(redis_client.hget(store.ledger_key(cid), "0"))["attempts"] == 1  # type: ignore[index]
+    assert campaigns.get_counters(cid, redis_client) == before
+
+
+@pytest.mark.parametrize("why", ["paused", "lease lost"])
+def test_the_load_claims_nothing_unless_running_under_its_lease(
+    redis_client: redis.Redis, why: str
+) -> None:
+    cid, _ = _create(redis_client, 3)
+    if why == "paused":
+        lifecycle.pause(cid, client=redis_client)
+    assert _load(cid, lose_lease=why == "lease lost") is False
+    assert _states(redis_client, cid) == {}
+
+
+def test_suppressed_after_storing_are_not_sent_by_a_one_chunk_batch(
+    redis_client: redis.Redis,
+) -> None:
+    with HttpSink() as sink:
+        cid, batches = _create(redis_client, 5, sink.url)
+        suppressions.add("User3@Example.com", reason="unsubscribed", source="test")
+        run_batches(batches)
+        sent_to = [m["to"] for request in sink.requests for m in request.json()["msgs"]]
+    assert sent_to == ["user0@example.com", "user1@example.com", "user2@example.com",
+                       "user4@example.com"]  # fmt: skip
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["suppressed"], counters["queued"]) == (4, 1, 0)
+    assert campaigns.get_status(cid, redis_client).value == "completed"
+
+
+def test_a_batch_that_stops_before_sending_gives_its_claims_back(
+    redis_client: redis.Redis,
+) -> None:
+    """Paused while it waits for a connection slot: after resume every message is sent,
+    none is recorded ``unknown`` (a claim left behind would read as a lost send)."""
+    with HttpSink() as sink:
+        cid, batches = _create(redis_client, 3, sink.url, max_connections=1)
+        slots = f"{store.PREFIX}:connections:esp"
+        redis_client.zadd(slots, {"another-worker": time.time() + 600})
+
+        async def paused_while_waiting() -> None:
+            r = store.async_client()
+            try:
+                running = asyncio.create_task(run_batch(cid, 0, r=r))
+                for _ in range(100):  # the load has claimed them: the run waits for a slot
+                    if len(_states(redis_client, cid)) == 3:
+                        break
+                    await asyncio.sleep(0.05)
+                assert set(_states(redis_client, cid).values()) == {"claimed"}
+                lifecycle.pause(cid, client=redis_client)
+                await asyncio.wait_for(running, timeout=10)
+            finally:
+                await r.aclose()
+
+        asyncio.run(paused_while_waiting())
+        assert set(_states(redis_client, cid).values()) == {"retry"}
+        assert sink.requests == []
+        redis_client.zrem(slots, "another-worker")
+        again: list[tuple[str, int]] = []
+        lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: again.append((c, b)))
+        run_batches(again)
+        assert len(sink.requests) == 1
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["unknown"], counters["queued"]) == (3, 0, 0)
+    assert batches == [(cid, 0)]
+
+
+def test_a_campaign_stored_without_its_providers_name_still_sends(
+    redis_client: redis.Redis,
+) -> None:
+    with HttpSink() as sink:
+        cid, batches = _create(redis_client, 2, sink.url)
+        redis_client.hdel(store.campaign_key(cid), "provider")
+        run_batches(batches)
+        assert len(sink.requests) == 1
+    assert campaigns.get_counters(cid, redis_client)["sent"] == 2
