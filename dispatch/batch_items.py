@@ -16,12 +16,12 @@ from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, par
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.settings import Settings
 
-# A batch's recipients, ledger records and suppression hits as ONE JSON document: a
-# thousand separate replies cost more to parse in Python than everything Redis does
-# here, and one round trip waits once in Redis's queue. The recipients are stored as
-# [<address key>, <document>] (campaigns.stored_recipient), so the address keys are read
-# without decoding anything; they are checked against the suppression list and the
-# category's opt-outs (DESIGN section 5: checked again right before sending).
+# A batch's suppression hits and ledger records; its recipient documents come with a
+# plain LRANGE in the same MULTI (through Lua, each would be copied in and out again).
+# The address keys are stored in their own list (campaigns.stored_recipient), so they
+# are checked against the suppression list and the category's opt-outs (DESIGN section
+# 5: checked again right before sending) without decoding anything. Only the records
+# that exist come back, as [seq, record, ...]: most of a first run has none.
 #
 # With a lease token (ARGV[3]) the script also claims every message that is still
 # queued and not suppressed (record ARGV[4]), if the lease is still held and the
@@ -29,35 +29,33 @@ from dispatch.settings import Settings
 # send as always, without a claim round trip of its own. Claimed and queued share the
 # counters' "queued" bucket: nothing else moves.
 _LOAD_BATCH = r"""
-local docs = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
-if #docs == 0 then return '{"docs":[],"recs":[],"hits":[],"claimed":false}' end
-local seqs, keys = {}, {}
+local keys = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+if #keys == 0 then return {0, {}, {}} end
+local seqs = {}
 local start = tonumber(ARGV[1])
-for i = 1, #docs do
-  seqs[i] = start + i - 1
-  -- An address with a quote or backslash has escapes here: it cannot be sent anyway.
-  keys[i] = string.match(docs[i], '^%["(.-)",') or ''
-end
+for i = 1, #keys do seqs[i] = start + i - 1 end
 local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
 local listed = redis.call('HMGET', KEYS[3], unpack(keys))
 local opted = redis.call('SMISMEMBER', KEYS[4], unpack(keys))
 local claim = ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3]
   and redis.call('HGET', KEYS[6], 'status') == 'running'
-local hits, fields = {}, {}
-for i = 1, #docs do
+local hits, fields, found = {}, {}, {}
+for i = 1, #keys do
   if listed[i] or opted[i] == 1 then
     hits[#hits + 1] = seqs[i]
   elseif claim and not recs[i] then
     fields[#fields + 1] = seqs[i]
     fields[#fields + 1] = ARGV[4]
   end
-  recs[i] = recs[i] or 'null'
+  if recs[i] then
+    found[#found + 1] = seqs[i]
+    found[#found + 1] = recs[i]
+  end
 end
 for first = 1, #fields, 2000 do
   redis.call('HSET', KEYS[2], unpack(fields, first, math.min(#fields, first + 1999)))
 end
-return '{"docs":[' .. table.concat(docs, ',') .. '],"recs":[' .. table.concat(recs, ',')
-  .. '],"hits":[' .. table.concat(hits, ',') .. '],"claimed":' .. tostring(claim) .. '}'
+return {claim and 1 or 0, hits, found}
 """
 
 # The first round trip of a batch run: take the lease, read the campaign and its
@@ -137,7 +135,7 @@ class Item:
 @dataclass
 class LoadedBatch:
     seqs: list[int]
-    records: list[Any]  # ledger records (decoded), None for a message still queued
+    records: dict[int, str]  # the ledger records there are (a queued message has none)
     recipients: list[Any]  # documents (decoded)
     suppressed: set[int]  # seqs on the suppression list or opted out of the category
     claimed: bool = False  # every queued, unsuppressed message was claimed (claim_record(1))
@@ -156,29 +154,30 @@ async def load_batch(
     With ``lease``, its queued messages that are not suppressed are claimed too, if the
     lease is held and the campaign is running (``claimed`` says whether they were).
     """
-    loaded = orjson.loads(
-        await r.eval(
-            _LOAD_BATCH,
-            6,
-            store.recipients_key(campaign_id),
-            store.ledger_key(campaign_id),
-            store.SUPPRESSIONS_HASH,
-            store.optout_key(category),
-            store.batch_lease_key(campaign_id, lease.batch if lease else -1),
-            store.campaign_key(campaign_id),
-            start,
-            start + size - 1,
-            lease.token if lease else "",
-            claim_record(1),
-        )
+    pipe = r.pipeline(transaction=True)  # documents and keys from one moment
+    pipe.lrange(store.recipients_key(campaign_id), start, start + size - 1)
+    pipe.eval(
+        _LOAD_BATCH,
+        6,
+        store.address_keys_key(campaign_id),
+        store.ledger_key(campaign_id),
+        store.SUPPRESSIONS_HASH,
+        store.optout_key(category),
+        store.batch_lease_key(campaign_id, lease.batch if lease else -1),
+        store.campaign_key(campaign_id),
+        start,
+        start + size - 1,
+        lease.token if lease else "",
+        claim_record(1),
     )
-    docs = loaded["docs"]
+    docs, (claimed, hits, found) = await pipe.execute()
+    loads = orjson.loads
     return LoadedBatch(
-        [start + i for i in range(len(docs))],
-        loaded["recs"],
-        [doc[1] for doc in docs],
-        set(loaded["hits"]),
-        loaded["claimed"],
+        list(range(start, start + len(docs))),
+        {int(found[i]): found[i + 1] for i in range(0, len(found), 2)},
+        [loads(doc) for doc in docs],
+        set(hits),
+        bool(claimed),
     )
 
 
@@ -211,10 +210,12 @@ def unsettled(
     now = time.time()
     made = Records()
     fresh_claimed = loaded.claimed
-    for seq, raw_rec, recipient in zip(loaded.seqs, loaded.records, loaded.recipients, strict=True):
+    records = loaded.records
+    for seq, recipient in zip(loaded.seqs, loaded.recipients, strict=True):
         item = Item(
             seq, recipient["email"], recipient.get("user_id", ""), recipient.get("vars") or {}
         )
+        raw_rec = records.get(seq)
         if raw_rec is None:  # still queued: most of a batch on its first run
             item.claimed = fresh_claimed and seq not in loaded.suppressed
             items.append(item)

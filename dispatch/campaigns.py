@@ -301,37 +301,40 @@ _APPEND = r"""
 local status = redis.call('HGET', KEYS[1], 'status')
 local filling = status == 'running' and redis.call('HEXISTS', KEYS[1], 'appending') == 1
 if status ~= 'draft' and not filling then return {-1} end
--- ARGV[1]: the address keys as a JSON array; ARGV[2]: the recipient documents, one per
--- line (JSON never holds a raw newline). Each command runs once for the whole chunk.
-local keys = cjson.decode(ARGV[1])
+-- ARGV: n, then n address keys (distinct: the caller drops repeats), then their n
+-- recipient documents. Each command runs once for the whole chunk.
+local n = tonumber(ARGV[1])
 local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
-local known = {}
-for first = 1, #keys, PIECE do
-  local last = math.min(#keys, first + PIECE - 1)
-  local part = redis.call('SMISMEMBER', KEYS[3], unpack(keys, first, last))
-  for i = 1, #part do known[first + i - 1] = part[i] == 1 end
-end
-local out, new_keys, new_docs, seen = {0}, {}, {}, {}
-local docs, pos, size = ARGV[2], 1, #ARGV[2]
-for i = 1, #keys do
-  local stop = (string.find(docs, '\n', pos, true) or size + 1) - 1
-  local doc = string.sub(docs, pos, stop)
-  pos = stop + 2
-  local key = keys[i]
-  if known[i] or seen[key] then
-    out[#out + 1] = i
-  else
-    seen[key] = true
-    new_keys[#new_keys + 1] = key
-    new_docs[#new_docs + 1] = doc
+local known, out = {}, {0}
+for first = 2, n + 1, PIECE do
+  local last = math.min(n + 1, first + PIECE - 1)
+  local part = redis.call('SMISMEMBER', KEYS[3], unpack(ARGV, first, last))
+  for i = 1, #part do
+    if part[i] == 1 then
+      known[first + i - 2] = true
+      out[#out + 1] = first + i - 2
+    end
   end
 end
-for first = 1, #new_keys, PIECE do
-  local last = math.min(#new_keys, first + PIECE - 1)
-  redis.call('SADD', KEYS[3], unpack(new_keys, first, last))
-  redis.call('RPUSH', KEYS[2], unpack(new_docs, first, last))
+local new_keys, new_docs = ARGV, ARGV  -- all new (the common case): as they came
+local key_at, doc_at, count = 2, n + 2, n
+if #out > 1 then
+  new_keys, new_docs, key_at, doc_at = {}, {}, 1, 1
+  for i = 1, n do
+    if not known[i] then
+      new_keys[#new_keys + 1] = ARGV[i + 1]
+      new_docs[#new_docs + 1] = ARGV[n + i + 1]
+    end
+  end
+  count = #new_keys
 end
-out[1] = #new_keys
+for first = 0, count - 1, PIECE do
+  local last = math.min(count - 1, first + PIECE - 1)
+  redis.call('SADD', KEYS[3], unpack(new_keys, key_at + first, key_at + last))
+  redis.call('RPUSH', KEYS[5], unpack(new_keys, key_at + first, key_at + last))
+  redis.call('RPUSH', KEYS[2], unpack(new_docs, doc_at + first, doc_at + last))
+end
+out[1] = count
 if out[1] > 0 then
   redis.call('HINCRBY', KEYS[4], 'total', out[1])
   redis.call('HINCRBY', KEYS[4], 'queued', out[1])
@@ -340,18 +343,18 @@ return out
 """
 
 
-def stored_recipient(address_key: str, recipient: Recipient) -> str:
-    """How a recipient is stored: ``[<address key>, <document>]`` as compact JSON text
-    (the key first, so that a batch's load script reads it without decoding; orjson, and
-    pydantic's encoder for the unusual value orjson cannot write).
+def stored_recipient(recipient: Recipient) -> str:
+    """How a recipient is stored: compact JSON text (orjson, and pydantic's encoder for
+    the unusual value orjson cannot write). Its address key is stored beside it, in
+    ``store.address_keys_key`` at the same position.
 
     Text, not bytes: a chunk's thousand small orjson bytes kept alive cost about 2.5 µs
     each to allocate on this machine; their str copies about 0.1 µs.
     """
     try:
-        return orjson.dumps([address_key, recipient]).decode()
+        return orjson.dumps(recipient).decode()
     except TypeError:
-        return f"[{orjson.dumps(address_key).decode()},{_RECIPIENT.dump_json(recipient).decode()}]"
+        return _RECIPIENT.dump_json(recipient).decode()
 
 
 class RecipientAppender:
@@ -381,6 +384,7 @@ class RecipientAppender:
             store.recipients_key(campaign_id),
             store.addresses_key(campaign_id),
             store.counters_key(campaign_id),
+            store.address_keys_key(campaign_id),
         ]
         self._script = self.r.register_script(_APPEND)
 
@@ -401,11 +405,27 @@ class RecipientAppender:
         if not recipients:
             return 0, []
         keys = [suppression_key(r["email"]) for r in recipients]
-        docs = "\n".join(map(stored_recipient, keys, recipients))
-        result = [int(x) for x in self._script(keys=self._keys, args=[orjson.dumps(keys), docs])]
+        # An address twice in the chunk: the first one counts, the script gets distinct
+        # keys. ``kept``: the positions sent to it (None: all of them).
+        repeated: list[int] = []
+        kept: list[int] | None = None
+        if len(set(keys)) < len(keys):
+            seen: set[str] = set()
+            kept = []
+            for position, key in enumerate(keys):
+                if key in seen:
+                    repeated.append(position)
+                else:
+                    seen.add(key)
+                    kept.append(position)
+            keys = [keys[i] for i in kept]
+            recipients = [recipients[i] for i in kept]
+        docs = list(map(stored_recipient, recipients))
+        result = [int(x) for x in self._script(keys=self._keys, args=[len(keys), *keys, *docs])]
         if result[0] == -1:
             self._check_open(get_status(self.campaign_id, self.r))
-        return result[0], [position - 1 for position in result[1:]]
+        known = [p - 1 if kept is None else kept[p - 1] for p in result[1:]]
+        return result[0], sorted(known + repeated)
 
 
 def append_recipients(

@@ -415,7 +415,7 @@ def messages_page(
             state = str(rec.get("state", QUEUED))
             if status is not None and state != status:
                 continue
-            email = str(orjson.loads(doc)[1]["email"])  # [address key, document]
+            email = str(orjson.loads(doc)["email"])
             items.append(
                 {
                     "seq": seq + offset,

@@ -58,6 +58,12 @@ def ledger_key(campaign_id: str) -> str:
     return f"{PREFIX}:campaign:{campaign_id}:ledger"
 
 
+def address_keys_key(campaign_id: str) -> str:
+    """List of the recipients' address keys (suppressions.suppression_key), by seq: a
+    batch checks them against the suppression list without decoding any document."""
+    return f"{PREFIX}:campaign:{campaign_id}:address-keys"
+
+
 def addresses_key(campaign_id: str) -> str:
     """Set of the campaign's recipient addresses (normalised): one message per address."""
     return f"{PREFIX}:campaign:{campaign_id}:addresses"
