@@ -5,7 +5,7 @@ Prints messages per second of dispatch (enqueue → Redis → Celery workers →
 size with the same concurrency, in the same run, with the ratio; also the enqueue time
 alone and the peak RSS of the workers.
 
-    .venv/bin/python -m bench.http_e2e [--recipients 1000000] [--workers 2]
+    .venv/bin/python -m bench.http_e2e [--recipients 1000000] [--workers N]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from bench.common import (
     wait_port,
 )
 from bench.smtp_e2e import wait_ready
+from dispatch.celery_app import default_worker_processes
 
 SUBJECT = "{{ name }}, this week's picks"
 HTML = "<p>Hello {{ name }}, fresh picks for {{ city }} are in: bread, cheese, olives.</p>"
@@ -159,7 +160,12 @@ def run_dispatch(sink: HttpSink, people: list[dict[str, object]], batch: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipients", type=int, default=1_000_000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_worker_processes(),
+        help="worker processes (default: dispatch's own, two per core)",
+    )
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args()
 

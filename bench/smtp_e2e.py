@@ -5,7 +5,7 @@ of the C reference client ``smtp-source -d -s 8`` on the same sink, and of a nai
 baseline (one task per message, EmailMessage + smtplib, a new connection each), all in
 the same run, with the ratios, and the peak RSS of the worker processes.
 
-    .venv/bin/python -m bench.smtp_e2e [--recipients 100000] [--workers 2] [--naive 5000]
+    .venv/bin/python -m bench.smtp_e2e [--recipients 100000] [--workers N] [--naive 5000]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import time
 
 from bench.common import RssWatcher, SmtpSink, find_tool, start_worker, stop, timed
+from dispatch.celery_app import default_worker_processes
 
 HTML = (
     "<html><body><h1>Hello {{ first_name }}!</h1><p>Fresh picks for {{ city }} this week.</p>"
@@ -100,7 +101,12 @@ def run_naive(sink: SmtpSink, n: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipients", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, default=2, help="dispatch worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_worker_processes(),
+        help="worker processes (default: dispatch's own, two per core)",
+    )
     parser.add_argument("--naive", type=int, default=5_000, help="messages for the naive run")
     args = parser.parse_args()
 

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p = verb("worker", cmd_worker, "run a Celery worker")
-    p.add_argument("--concurrency", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=0, help="processes (two per core)")
     p.add_argument("--loglevel", default="INFO")
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
     p.add_argument("--loglevel", default="INFO")

@@ -32,3 +32,11 @@ def test_procfile_has_the_four_processes() -> None:
     lines = (ROOT / "Procfile").read_text().splitlines()
     names = [line.split(":", 1)[0] for line in lines if line.strip()]
     assert names == ["web", "worker", "beat", "flower"]
+
+
+def test_a_worker_runs_two_processes_per_core_unless_told() -> None:
+    import os
+
+    from dispatch.celery_app import app
+
+    assert app.conf.worker_concurrency == 2 * (os.cpu_count() or 1)
