@@ -80,40 +80,64 @@ local out, fields, delta, tally, latest, added = {}, {}, {}, {}, {}, false
 for _, g in ipairs(groups) do
   local new = match(g.rec, '^{"s":"(%a+)"')
   local nb = bucket(new)
-  local claim, own = g.op == 'c', g.op == 's'
-  local evpos = g.events
-  for i = g.first, g.last do
-    local event = nil
-    if evpos then  -- this message's event: up to the next tab (or the line's end)
-      local tab = find(blob, '\t', evpos, true)
-      if not tab or tab > g.stop then tab = g.stop + 1 end
-      if tab > evpos then event = sub(blob, evpos, tab - 1) end
-      evpos = tab + 1
-    end
-    local seq = seqs[i]
-    local old = latest[seq]
-    if old == nil and own then
-      old = 'claimed'
-    elseif old == nil then
-      old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false
-    end
-    if claim and old and old ~= 'retry' then
-      out[i] = '0'
-    else
+  if g.op == 's' then
+    -- The caller's own claims (see above): nothing to read, one count per group.
+    local rec, evpos, stop, nf = g.rec, g.events, g.stop, #fields
+    for i = g.first, g.last do
+      local seq = seqs[i]
       latest[seq] = new
-      fields[#fields + 1] = seq
-      fields[#fields + 1] = g.rec
-      local ob = bucket(old or nil)
-      if ob ~= nb then
-        delta[ob] = (delta[ob] or 0) - 1
-        delta[nb] = (delta[nb] or 0) + 1
+      fields[nf + 1] = seq
+      fields[nf + 2] = rec
+      nf = nf + 2
+      if evpos then
+        local tab = find(blob, '\t', evpos, true)
+        if not tab or tab > stop then tab = stop + 1 end
+        if tab > evpos then
+          redis.call('XADD', stream, '*', 'json', sub(blob, evpos, tab - 1))
+          added = true
+        end
+        evpos = tab + 1
       end
-      if event then
-        redis.call('XADD', stream, '*', 'json', event)
-        added = true
-      end
-      if new ~= 'claimed' then tally[new] = (tally[new] or 0) + 1 end
       out[i] = '1'
+    end
+    local count = g.last - g.first + 1
+    if nb ~= 'queued' then
+      delta['queued'] = (delta['queued'] or 0) - count
+      delta[nb] = (delta[nb] or 0) + count
+    end
+    if new ~= 'claimed' then tally[new] = (tally[new] or 0) + count end
+  else
+    local claim = g.op == 'c'
+    local evpos = g.events
+    for i = g.first, g.last do
+      local event = nil
+      if evpos then  -- this message's event: up to the next tab (or the line's end)
+        local tab = find(blob, '\t', evpos, true)
+        if not tab or tab > g.stop then tab = g.stop + 1 end
+        if tab > evpos then event = sub(blob, evpos, tab - 1) end
+        evpos = tab + 1
+      end
+      local seq = seqs[i]
+      local old = latest[seq]
+      if old == nil then old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false end
+      if claim and old and old ~= 'retry' then
+        out[i] = '0'
+      else
+        latest[seq] = new
+        fields[#fields + 1] = seq
+        fields[#fields + 1] = g.rec
+        local ob = bucket(old or nil)
+        if ob ~= nb then
+          delta[ob] = (delta[ob] or 0) - 1
+          delta[nb] = (delta[nb] or 0) + 1
+        end
+        if event then
+          redis.call('XADD', stream, '*', 'json', event)
+          added = true
+        end
+        if new ~= 'claimed' then tally[new] = (tally[new] or 0) + 1 end
+        out[i] = '1'
+      end
     end
   end
 end
