@@ -50,7 +50,10 @@ class _Config:
     task_serializer = "json"
     accept_content = ("json",)
     broker_connection_retry_on_startup = True
-    worker_send_task_events = True
+    # Task events cost the workers' main process about 1 ms a task; Flower turns them on
+    # in every worker while it runs (its enable_events option, on by default), so they
+    # are sent while something watches. task-sent comes from the caller: always on.
+    worker_send_task_events = False
     task_send_sent_event = True
     beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
         "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},

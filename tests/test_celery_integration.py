@@ -118,3 +118,43 @@ def test_redelivered_half_sent_batch_sends_nothing_twice(
             rec = parse_record(redis_client.hget(store.ledger_key("crash-1"), seq))
             assert rec is not None and rec["state"] == "unknown"
         assert len(smtp.messages) >= counters["sent"]
+
+
+def _runs(app: object, task: str) -> int:
+    """How many times the workers have run ``task`` (their own statistics)."""
+    stats = app.control.inspect(timeout=2).stats() or {}  # type: ignore[attr-defined]
+    return sum(int(s.get("total", {}).get(task, 0)) for s in stats.values())
+
+
+def test_task_events_flow_once_a_monitor_turns_them_on(
+    redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """Workers send no task events by default (about 1 ms of the main process a task);
+    Flower turns them on in every worker with ``enable_events``, as done here."""
+    import threading
+
+    from dispatch.celery_app import app
+
+    seen: list[dict[str, object]] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+
+        def succeeded() -> list[object]:
+            return [e["uuid"] for e in seen if e.get("type") == "task-succeeded"]
+
+        listening = threading.Thread(target=receiver.capture, kwargs={"wakeup": False})
+        listening.start()
+        try:
+            wait_for(lambda: any(e.get("type") == "worker-heartbeat" for e in seen), 30)
+            quiet = app.send_task("dispatch.release_scheduled")
+            wait_for(lambda: any(e.get("uuid") == quiet.id for e in seen), 30)  # task-sent
+            wait_for(lambda: _runs(app, "dispatch.release_scheduled") >= 1, 30)
+            time.sleep(0.5)  # an event it sent would have arrived by now
+            assert quiet.id not in succeeded()
+            app.control.enable_events()
+            watched = app.send_task("dispatch.release_scheduled")
+            wait_for(lambda: watched.id in succeeded(), 30)
+        finally:
+            receiver.should_stop = True
+            listening.join(timeout=10)
+            app.control.disable_events()
