@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +179,7 @@ class CompiledContent:
             except TemplateError as exc:
                 raise RenderError(f"{name}: template does not compile: {exc}") from exc
         self._plans: dict[frozenset[str], list[tuple[str, Any, bool]]] = {}
+        self._fast: dict[frozenset[str], Callable[[Mapping[str, Any]], RenderedContent] | None] = {}
 
         self._derive_text = False
         self._text_is_derived = False
@@ -200,6 +201,39 @@ class CompiledContent:
             frozenset(self.variables) if plain and not self.variables & SERVICE_NAMES else None
         )
 
+    def _plain_renderer(
+        self, parts: frozenset[str]
+    ) -> Callable[[Mapping[str, Any]], RenderedContent] | None:
+        """:meth:`render` for ``parts`` when each of their templates is plain (and no text
+        is derived from each rendered HTML): the same results and errors, without the
+        general path's bookkeeping (about half of a render's time); None otherwise."""
+        plan = self._plan(parts)
+        if not all(plain for _, _, plain in plan) or (self._derive_text and "text" in parts):
+            return None
+        by_name = {name: template.render for name, template, _ in plan}
+        subject, html, text, amp = (by_name.get(n) for n in ("subject", "html", "text", "amp"))
+        strip_text = self._text_is_derived
+
+        def render(context: Mapping[str, Any]) -> RenderedContent:
+            part = "subject"
+            try:
+                s = subject(context).strip() if subject else ""
+                part = "html"
+                h = html(context) if html else ""
+                part = "text"
+                t = text(context) if text else ""
+                part = "amp"
+                a = amp(context) if amp else ""
+            except RenderError as exc:
+                raise RenderError(f"{part}: {exc}") from exc
+            except Exception as exc:
+                raise RenderError(f"{part}: {type(exc).__name__}: {exc}") from exc
+            if "\r" in s or "\n" in s:
+                raise RenderError("subject: contains a line break after rendering")
+            return RenderedContent(s, h, t.strip() if strip_text else t, a)
+
+        return render
+
     def _plan(self, parts: frozenset[str]) -> list[tuple[str, Any, bool]]:
         """The templates to run for ``parts``: ``(name, template, is_plain)``."""
         derive = self._derive_text and "text" in parts
@@ -216,6 +250,12 @@ class CompiledContent:
 
         Raises :class:`RenderError` naming the part.
         """
+        try:
+            fast = self._fast[parts]
+        except KeyError:
+            fast = self._fast[parts] = self._plain_renderer(parts)
+        if fast is not None:
+            return fast(context)
         # ``context`` holds the globals too (build_context puts them first) and is handed
         # to each template as is (``shared``): Template.render would copy it and chain the
         # globals for every part.

@@ -217,3 +217,38 @@ def test_recipient_names_only_when_every_template_is_plain_and_uses_no_service_n
         user_id="u", campaign_id="c",
     )  # fmt: skip
     assert plain.render(user) == plain.render(full)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        frozenset({"subject", "html", "text", "amp"}),
+        frozenset({"subject", "html"}),
+        frozenset({"text"}),
+        frozenset({"html", "amp"}),
+    ],
+)
+@pytest.mark.parametrize("text", ["", "Hi {{ a }}, {{ b }}"])
+def test_the_plain_renderer_gives_what_the_general_path_gives(
+    parts: frozenset[str], text: str
+) -> None:
+    """Plain templates render through one specialised function per set of parts; the
+    results and the errors (naming the part) are those of the general path."""
+    content = {
+        "subject": " Hi {{ a }} ",
+        "html": "<p>{{ a }}</p><p>{{ b }}</p>",
+        "text": text,
+        "amp": "<b>{{ b }}</b>",
+    }
+    fast = CompiledContent(**content)
+    general = CompiledContent(**content)
+    general._fast[parts] = None  # the general path for these parts
+    assert fast._plain_renderer(parts) is not None
+    values = {"a": "<Ann & co>", "b": 7}
+    assert fast.render(values, parts) == general.render(values, parts)
+    errors = []
+    for compiled in (fast, general):
+        with pytest.raises(RenderError) as caught:
+            compiled.render({"a": "Ann"}, parts)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1] and "'b' is undefined" in errors[0]
