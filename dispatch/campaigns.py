@@ -7,6 +7,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -188,7 +189,8 @@ def create_campaign(
             if not request.draft:
                 start_campaign(campaign_id, client=r, enqueue=enqueue)
         else:
-            _append_and_send(campaign_id, request.recipients, r, enqueue or enqueue_batch)
+            with batch_enqueuer(enqueue) as send:
+                _append_and_send(campaign_id, request.recipients, r, send)
     return campaign_id, True
 
 
@@ -494,9 +496,9 @@ def start_campaign(
     if total == 0:
         finish_if_done(campaign_id, r)
         return 0
-    send = enqueue or enqueue_batch
-    for batch in range(batches):
-        send(campaign_id, batch)
+    with batch_enqueuer(enqueue) as send:
+        for batch in range(batches):
+            send(campaign_id, batch)
     return batches
 
 
@@ -505,6 +507,27 @@ def enqueue_batch(campaign_id: str, batch: int) -> None:
     from dispatch.tasks import send_batch
 
     send_batch.apply_async((campaign_id, batch), queue="sends")
+
+
+@contextmanager
+def batch_enqueuer(enqueue: EnqueueBatch | None = None) -> Iterator[EnqueueBatch]:
+    """``enqueue``, or (None) :func:`enqueue_batch` for a block that hands out many
+    batches: one producer serves them all, each still published at once. kombu's Redis
+    transport otherwise builds a Redis client for every message (about 0.4 ms a batch).
+    """
+    if enqueue is not None:
+        yield enqueue
+        return
+    from dispatch.celery_app import app
+    from dispatch.tasks import send_batch
+
+    with app.producer_or_acquire() as producer, producer.batch(max_size=64) as published:
+
+        def send(campaign_id: str, batch: int) -> None:
+            send_batch.apply_async((campaign_id, batch), queue="sends", producer=producer)
+            published.flush()
+
+        yield send
 
 
 def load_content(campaign_id: str, client: redis.Redis | None = None) -> CampaignContent:

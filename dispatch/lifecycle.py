@@ -130,9 +130,9 @@ def resume(
         return campaigns.campaign_summary(campaign_id, r)
     if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
         raise _refuse(campaign_id, "resumed", r)
-    send = enqueue or campaigns.enqueue_batch
-    for batch in range(batches):
-        send(campaign_id, batch)
+    with campaigns.batch_enqueuer(enqueue) as send:
+        for batch in range(batches):
+            send(campaign_id, batch)
     campaigns.finish_if_done(campaign_id, r)
     return campaigns.campaign_summary(campaign_id, r)
 
@@ -211,9 +211,9 @@ def _end(
         return None
     r.zrem(store.SCHEDULED_ZSET, campaign_id)
     settled = _settle(campaign_id, MessageState(status.value), r)
-    send = enqueue or campaigns.enqueue_batch
-    for batch in sorted(settled.batches_with_claims):
-        send(campaign_id, batch)
+    with campaigns.batch_enqueuer(enqueue) as send:
+        for batch in sorted(settled.batches_with_claims):
+            send(campaign_id, batch)
     return found
 
 
@@ -356,9 +356,9 @@ def retry_failed(
     if report.retried:
         _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING))
         if campaigns.get_status(campaign_id, r) is _S.RUNNING:
-            send = enqueue or campaigns.enqueue_batch
-            for batch in sorted(report.batches):
-                send(campaign_id, batch)
+            with campaigns.batch_enqueuer(enqueue) as send:
+                for batch in sorted(report.batches):
+                    send(campaign_id, batch)
     return report, campaigns.campaign_summary(campaign_id, r)
 
 
