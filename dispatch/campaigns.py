@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -189,7 +191,7 @@ def create_campaign(
             if not request.draft:
                 start_campaign(campaign_id, client=r, enqueue=enqueue)
         else:
-            with batch_enqueuer(enqueue) as send:
+            with background_enqueuer(enqueue) as send:
                 _append_and_send(campaign_id, request.recipients, r, send)
     return campaign_id, True
 
@@ -507,6 +509,38 @@ def enqueue_batch(campaign_id: str, batch: int) -> None:
     from dispatch.tasks import send_batch
 
     send_batch.apply_async((campaign_id, batch), queue="sends")
+
+
+@contextmanager
+def background_enqueuer(enqueue: EnqueueBatch | None = None) -> Iterator[EnqueueBatch]:
+    """:func:`batch_enqueuer` run by a thread of its own, in order: the caller goes on
+    storing recipients while each batch is handed out (both round trips wait behind the
+    workers' scripts in Redis; one after the other, they doubled a long list's storing).
+    Every batch is out when the block ends; the first error of the thread is raised
+    then.
+    """
+    todo: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with batch_enqueuer(enqueue) as send:
+                while (job := todo.get()) is not None:
+                    send(*job)
+        except BaseException as exc:  # reported to the caller at the end of the block
+            failed.append(exc)
+            while todo.get() is not None:
+                pass
+
+    thread = threading.Thread(target=run, name="enqueue-batches", daemon=True)
+    thread.start()
+    try:
+        yield lambda campaign_id, batch: todo.put((campaign_id, batch))
+    finally:
+        todo.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 import redis
 
 from dispatch import campaigns, store
@@ -47,3 +48,29 @@ def test_a_chunk_larger_than_one_command_piece(redis_client: redis.Redis) -> Non
     assert redis_client.llen(store.recipients_key(cid)) == 4500
     assert redis_client.llen(store.address_keys_key(cid)) == 4500
     assert redis_client.lindex(store.address_keys_key(cid), 4499) == "u4499@example.com"
+
+
+def test_batches_are_handed_out_in_order_and_a_failure_reaches_the_caller(
+    redis_client: redis.Redis,
+) -> None:
+    """A long list is stored while its batches are handed out by a thread of their own."""
+    http_provider(redis_client, "http://127.0.0.1:9")
+    handed: list[int] = []
+
+    def enqueue(campaign_id: str, batch: int) -> None:
+        handed.append(batch)
+        if batch == 1:
+            raise ConnectionError("broker unreachable")
+
+    people = [_person(f"u{i}@example.com") for i in range(3500)]
+    body = {"provider": "esp", "subject": "Hi", "html": "<p>Hi</p>", "recipients": people}
+    with pytest.raises(ConnectionError, match="broker unreachable"):
+        campaigns.create_campaign(CampaignRequest.model_validate(body), enqueue=enqueue)
+    assert handed == [0, 1]  # nothing more after the failure
+
+    handed.clear()
+    body["id"] = "in-order"
+    campaigns.create_campaign(
+        CampaignRequest.model_validate(body), enqueue=lambda c, b: handed.append(b)
+    )
+    assert handed == [0, 1, 2, 3]
