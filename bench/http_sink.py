@@ -23,38 +23,50 @@ class SinkProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.buffer = bytearray()
+        self.head = bytearray()  # the request head being read
+        self.body: list[bytes] = []  # the body's pieces as they came
+        self.missing = -1  # body bytes still to come; -1: reading a head
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            head = bytes(self.buffer[:head_end]).decode("latin-1")
-            length = 0
-            for line in head.split("\r\n")[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            end = head_end + 4 + length
-            if len(self.buffer) < end:
-                return
-            body = bytes(self.buffer[head_end + 4 : end])
-            del self.buffer[:end]
-            if head.startswith("GET /count"):
-                reply = orjson.dumps(self.totals)
-            else:
-                SinkProtocol.totals["requests"] += 1
-                SinkProtocol.totals["messages"] += body.count(self.marker)
-                SinkProtocol.totals["bytes"] += len(body)
-                reply = b'{"status":"queued"}'
-            self.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(reply)).encode()
-                + b"\r\n\r\n"
-                + reply
-            )
+        # Each byte is looked at once: a 300 KB body arrives in many pieces.
+        while data:
+            if self.missing < 0:
+                self.head += data
+                end = self.head.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                data = bytes(self.head[end + 4 :])
+                self.request = bytes(self.head[:end]).decode("latin-1")
+                self.head.clear()
+                self.missing = 0
+                for line in self.request.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        self.missing = int(value)
+            piece = data[: self.missing]
+            data = data[self.missing :]
+            self.body.append(piece)
+            self.missing -= len(piece)
+            if self.missing == 0:
+                self.missing = -1
+                body = b"".join(self.body)
+                self.body.clear()
+                self.answer(body)
+
+    def answer(self, body: bytes) -> None:
+        if self.request.startswith("GET /count"):
+            reply = orjson.dumps(self.totals)
+        else:
+            SinkProtocol.totals["requests"] += 1
+            SinkProtocol.totals["messages"] += body.count(self.marker)
+            SinkProtocol.totals["bytes"] += len(body)
+            reply = b'{"status":"queued"}'
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(reply)).encode()
+            + b"\r\n\r\n"
+            + reply
+        )
 
 
 async def serve(port: int) -> None:
