@@ -416,8 +416,8 @@ class BatchSender:
                 continue
             # Settled by someone else meanwhile: never send twice.
             self._one_less()
-        for item in chunk:
-            item.claimed = False
+        for w in failed:
+            w.item.claimed = False  # settled
         return ready
 
     async def _session_failed(
@@ -462,10 +462,14 @@ class BatchSender:
             properties={"CT Source": self.c.transport.kind},
         )
         made = Records()
+        records: dict[tuple[int, str], bytes] = {}  # the few distinct ones, by their fields
         writes: list[tuple[int, bytes, str]] = []
         dumps, sent = orjson.dumps, MessageState.SENT
         for (item, message), outcome in zip(messages, outcomes, strict=True):
-            rec = made.get(sent, item.attempts, detail=outcome.detail)
+            key = (item.attempts, outcome.detail)
+            rec = records.get(key)
+            if rec is None:
+                rec = records[key] = made.get(sent, item.attempts, detail=outcome.detail)
             event["email"] = item.email
             event["meta"] = message.meta
             # As text: thousands of small orjson bytes kept alive cost about 2.5 us each

@@ -71,3 +71,21 @@ def test_2500_recipients_in_three_requests_each_once(redis_client: redis.Redis) 
     assert sorted(sizes) == [500, 1000, 1000]
     assert len(tos) == len(set(tos)) == 2500
     assert campaigns.get_counters(cid, redis_client)["sent"] == 2500
+
+
+def test_an_address_that_cannot_be_sent_fails_alone(redis_client: redis.Redis) -> None:
+    """The batch is claimed by its load; the bad address fails at build, the rest go."""
+    body = _body(3)
+    body["recipients"][1]["email"] = "two@@example.com"
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url)
+        cid, _ = run_inline(redis_client, body, FAST)
+        assert len(sink.requests) == 1
+        assert [m["to"] for m in sink.requests[0].json()["msgs"]] == [
+            "user0@example.com",
+            "user2@example.com",
+        ]
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["failed"], counters["queued"]) == (2, 1, 0)
+    failed = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
+    assert failed is not None and failed["error_class"] == "SMTP invalid email ID"
