@@ -657,10 +657,17 @@ async def run_batch(
         sessions = [asyncio.create_task(sender.run_session()) for _ in range(n)]
         try:
             await asyncio.gather(*sessions)
+        except Exception:
+            # Whatever the load claimed and no session took is given back if Redis lets
+            # us: a claim left behind would read as a lost send.
+            with contextlib.suppress(Exception):
+                await sender.give_back_claims()
+            raise
         finally:
             watcher.cancel()
         if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
             # A configuration error: pause with the reason instead of failing everyone.
+            await sender.give_back_claims()
             await r.hset(
                 store.campaign_key(campaign_id),
                 mapping={"status": CampaignStatus.PAUSED.value, "reason": campaign.stop_reason},

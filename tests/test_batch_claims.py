@@ -151,3 +151,24 @@ def test_a_campaign_stored_without_its_providers_name_still_sends(
         run_batches(batches)
         assert len(sink.requests) == 1
     assert campaigns.get_counters(cid, redis_client)["sent"] == 2
+
+
+def test_claims_are_given_back_when_the_run_fails_before_sending(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatch.limits import ConnectionSlots
+
+    async def refused(self: ConnectionSlots, token: str) -> bool:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(ConnectionSlots, "acquire", refused)
+    with HttpSink() as sink:
+        cid, batches = _create(redis_client, 3, sink.url)
+        with pytest.raises(ConnectionError):
+            run_batches(batches)
+        assert set(_states(redis_client, cid).values()) == {"retry"}
+        monkeypatch.undo()
+        run_batches(batches)  # the task's next delivery
+        assert len(sink.requests) == 1
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["unknown"]) == (3, 0)
