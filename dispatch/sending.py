@@ -592,8 +592,8 @@ async def run_batch(
     result = BatchResult(campaign_id, batch)
     lease = BatchLease(r, campaign_id, batch, settings.lease_ttl_ms)
     # Round trips are few: under load each one waits in Redis's queue behind other
-    # workers' scripts. The first takes the lease and reads the campaign, and the
-    # provider too when this process knows the campaign already.
+    # workers' scripts. The first takes the lease and reads the campaign and its
+    # provider (the content only when this process does not hold it yet).
     known = _contents.get(campaign_id)
     begun = await begin_batch(r, lease, campaign_id, known[0] if known else "")
     if not begun.acquired:
