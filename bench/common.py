@@ -98,6 +98,18 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size of a process in MB (pages shared with others counted in
+    part), 0 if it is gone: summed over a prefork tree, shared pages count once."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def children(pid: int) -> list[int]:
     """Every descendant of ``pid`` (Celery's prefork children)."""
     out: list[int] = []
@@ -112,24 +124,37 @@ def children(pid: int) -> list[int]:
 
 
 class RssWatcher:
-    """Samples the peak RSS of a process tree while a benchmark runs."""
+    """Samples the peak RSS of each process of a tree while a benchmark runs, and the
+    peak of the tree's summed PSS (the whole worker's memory, shared pages once)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak: dict[int, float] = {}
+        self.tree_pss_peak = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            for pid in [self.pid, *children(self.pid)]:
+            pids = [self.pid, *children(self.pid)]
+            for pid in pids:
                 self.peak[pid] = max(self.peak.get(pid, 0.0), peak_rss_mb(pid))
+            self.tree_pss_peak = max(self.tree_pss_peak, sum(map(pss_mb, pids)))
 
     def stop(self) -> dict[int, float]:
         self._stop.set()
         self._thread.join()
         return self.peak
+
+    def report(self) -> str:
+        """One line: the largest process's peak RSS, each one's, and the whole tree's."""
+        each = ", ".join(f"{v:.0f}" for v in sorted(self.peak.values()))
+        return (
+            f"worker peak RSS: {max(self.peak.values(), default=0):.0f} MB (processes: "
+            f"{each} MB); whole worker {self.tree_pss_peak:.0f} MB (PSS: pages the "
+            "processes share counted once)"
+        )
 
 
 def cpu_seconds(pid: int) -> float:

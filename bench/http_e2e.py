@@ -210,7 +210,7 @@ def main() -> None:
             return sent
 
         d_n, d_s = timed("dispatch (campaign, real path)", dispatch_run)
-        peaks = watcher.stop()
+        watcher.stop()
         print(f"  {cpu.report(d_n)}")
         print(f"  {redis_command_stats(redis_server.url)}")
         rate = d_n / d_s
@@ -220,8 +220,7 @@ def main() -> None:
         )
         print(f"  ratio dispatch / pre-built: {rate / (base_n / base_s):.3f}  (target >= 0.1)")
         print(f"  dispatch: {rate:,.0f} msg/s  (target >= 50,000)")
-        each = ", ".join(f"{v:.0f}" for v in sorted(peaks.values()))
-        print(f"  worker peak RSS: {max(peaks.values(), default=0):.0f} MB (processes: {each} MB)")
+        print(f"  {watcher.report()}")
     finally:
         if worker is not None:
             stop(worker)

@@ -126,7 +126,7 @@ def main() -> None:
         watcher = RssWatcher(worker.pid)
         people = recipients(args.recipients)
         d_n, d_s = timed("dispatch (campaign, real path)", lambda: run_dispatch(sink, people))
-        peaks = watcher.stop()
+        watcher.stop()
         stop(worker)
         naive = start_worker(redis_server.url, args.workers, app="bench.naive_tasks")
         procs.append(naive)
@@ -136,8 +136,7 @@ def main() -> None:
         rate, src_rate, naive_rate = d_n / d_s, src_n / src_s, n_n / n_s
         print(f"  ratio dispatch / smtp-source: {rate / src_rate:.3f}  (target >= 0.15)")
         print(f"  ratio dispatch / naive:       {rate / naive_rate:.1f}  (target >= 8)")
-        each = ", ".join(f"{v:.0f}" for v in sorted(peaks.values()))
-        print(f"  worker peak RSS: {max(peaks.values(), default=0):.0f} MB (processes: {each} MB)")
+        print(f"  {watcher.report()}")
     finally:
         for proc in procs:
             stop(proc)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from typing import ClassVar
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 
 from dispatch import store
 from dispatch.redis_server import ensure_redis_url
@@ -95,6 +96,22 @@ def _json_logs(loglevel: int | str | None = None, **_: object) -> None:
     from dispatch.logs import configure
 
     configure(loglevel or get_settings().log_level)
+
+
+@worker_init.connect
+def _worker_init(**_: object) -> None:
+    """Once, in the worker's main process before it forks its pool: what every process
+    sends with is loaded here, so that the processes share those pages (copy-on-write)
+    instead of each loading its own, and frozen out of the garbage collector's reach, so
+    that collections in the processes do not write to them (Python's advice for a parent
+    that forks)."""
+    import providers.http
+    import providers.smtp  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+    gc.collect()
+    gc.freeze()
 
 
 @worker_process_init.connect
