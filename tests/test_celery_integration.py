@@ -120,6 +120,13 @@ def test_redelivered_half_sent_batch_sends_nothing_twice(
         assert len(smtp.messages) >= counters["sent"]
 
 
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _runs(app: object, task: str) -> int:
     """How many times the workers have run ``task`` (their own statistics)."""
     stats = app.control.inspect(timeout=2).stats() or {}  # type: ignore[attr-defined]
@@ -173,3 +180,45 @@ def test_batches_handed_out_in_one_block_leave_one_by_one(redis_client: redis.Re
         assert pushes() == before + 1
         send("block-1", 1)
         assert pushes() == before + 2
+
+
+def test_flower_shows_the_tasks_workers_run(
+    redis_server: RedisServer, celery_worker: WorkerProcess
+) -> None:
+    """The Procfile's ``flower`` process, on the test Redis: it turns task events on in
+    the workers (they send none by default) and lists what they ran."""
+    import json
+    import urllib.request
+
+    from dispatch.celery_app import app
+    from tests.smtp_server import free_port
+
+    port = free_port()
+    # Flower's HTTP API answers without credentials only when told to (its pages do).
+    env = {**os.environ, "DISPATCH_REDIS_URL": redis_server.url, "FLOWER_UNAUTHENTICATED_API": "1"}
+    cmd = [sys.executable, "-m", "celery", "-A", "dispatch.celery_app", "flower",
+           f"--port={port}", "--address=127.0.0.1"]  # fmt: skip
+    flower = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), timeout=60)
+
+        def listed() -> dict[str, dict[str, object]]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as r:
+                tasks: dict[str, dict[str, object]] = json.loads(r.read())
+            return tasks
+
+        sent: list[str] = []
+
+        def seen_succeeded() -> bool:
+            # Flower turns events on shortly after it starts: send until one is listed.
+            sent.append(app.send_task("dispatch.release_scheduled").id)
+            tasks = listed()
+            return any(tasks.get(i, {}).get("state") == "SUCCESS" for i in sent)
+
+        wait_for(seen_succeeded, timeout=60, interval=1.0)
+        task = next(t for i, t in listed().items() if i in sent and t["state"] == "SUCCESS")
+        assert task["name"] == "dispatch.release_scheduled"
+    finally:
+        flower.terminate()
+        flower.wait(timeout=20)
+        app.control.disable_events()
