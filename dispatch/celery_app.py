@@ -18,8 +18,13 @@ QUEUES = ("default", "sends", "events")
 
 
 def default_worker_processes() -> int:
-    """Worker processes when none are asked for: two per core."""
-    return 2 * (os.cpu_count() or 1)
+    """Worker processes when none are asked for: two per core this process may run on
+    (its CPU affinity: a container's cpuset, not the host's count)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 2 * max(1, cores)
 
 
 class _Config:

@@ -39,4 +39,4 @@ def test_a_worker_runs_two_processes_per_core_unless_told() -> None:
 
     from dispatch.celery_app import app
 
-    assert app.conf.worker_concurrency == 2 * (os.cpu_count() or 1)
+    assert app.conf.worker_concurrency == 2 * len(os.sched_getaffinity(0))
