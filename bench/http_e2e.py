@@ -121,7 +121,7 @@ def run_dispatch(sink: HttpSink, people: list[dict[str, object]], batch: int) ->
     """``people``: the caller's list, built before the clock starts (as the pre-built
     payloads are): what is timed is dispatch's work alone."""
     from dispatch import campaigns, store
-    from dispatch.models import CampaignRequest
+    from dispatch.models import campaign_request
     from dispatch.provider_store import save_provider
 
     save_provider(
@@ -142,7 +142,7 @@ def run_dispatch(sink: HttpSink, people: list[dict[str, object]], batch: int) ->
     before = sink.totals()["messages"]
     data = {"provider": "sink", "subject": SUBJECT, "html": HTML, "recipients": people}
     started = time.perf_counter()
-    request = CampaignRequest.model_validate(data)
+    request = campaign_request(data)
     cid, _ = campaigns.create_campaign(request)
     enqueue_seconds = time.perf_counter() - started
     r = store.sync_client()

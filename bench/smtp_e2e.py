@@ -63,7 +63,7 @@ def run_source(sink: SmtpSink, n: int) -> int:
 def run_dispatch(sink: SmtpSink, people: list[dict[str, object]]) -> int:
     """``people``: the caller's list, built before the clock starts."""
     from dispatch import campaigns, store
-    from dispatch.models import CampaignRequest
+    from dispatch.models import campaign_request
     from dispatch.provider_store import save_provider
 
     save_provider(
@@ -72,7 +72,7 @@ def run_dispatch(sink: SmtpSink, people: list[dict[str, object]]) -> int:
          "max_connections": 16}
     )  # fmt: skip
     before = sink.count
-    request = CampaignRequest.model_validate(
+    request = campaign_request(
         {"provider": "sink", "subject": "{{ first_name }}, your {{ city }} picks",
          "html": HTML, "recipients": people}
     )  # fmt: skip

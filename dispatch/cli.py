@@ -104,10 +104,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     from dispatch import campaigns
-    from dispatch.models import CampaignRequest
+    from dispatch.models import campaign_request
 
     try:
-        request = CampaignRequest.model_validate(_load_file(args.file))
+        request = campaign_request(_load_file(args.file))
         campaign_id, created = campaigns.create_campaign(request)
     except (ValueError, campaigns.CampaignError) as exc:
         print(f"error: {_validation_message(exc)}", file=sys.stderr)

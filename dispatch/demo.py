@@ -114,7 +114,7 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
     """Run the demo; 0 only if every recipient settled and the sink saw each message once."""
     from dispatch import campaigns
     from dispatch.crypto import ensure_secret_key
-    from dispatch.models import CampaignRequest
+    from dispatch.models import campaign_request
     from dispatch.provider_store import save_provider
     from dispatch.redis_server import ensure_redis_url
 
@@ -145,7 +145,7 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
             )
             runs = []
             for nickname in ("demo-smtp", "demo-http"):
-                request = CampaignRequest.model_validate(
+                request = campaign_request(
                     {
                         "provider": nickname,
                         "subject": "{{ first_name }}, your {{ city }} picks are here",

@@ -12,7 +12,7 @@ from celery.signals import worker_ready
 from dispatch import campaigns, effects, lifecycle, runtime, store
 from dispatch.celery_app import app
 from dispatch.housekeeping import sweep
-from dispatch.models import CampaignRequest
+from dispatch.models import campaign_request
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 @app.task(name="dispatch.enqueue_campaign")
 def enqueue_campaign(body: dict[str, Any]) -> str:
     """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns."""
-    campaign_id, _ = campaigns.create_campaign(CampaignRequest.model_validate(body))
+    campaign_id, _ = campaigns.create_campaign(campaign_request(body))
     return campaign_id
 
 

@@ -74,3 +74,34 @@ def test_batches_are_handed_out_in_order_and_a_failure_reaches_the_caller(
         CampaignRequest.model_validate(body), enqueue=lambda c, b: handed.append(b)
     )
     assert handed == [0, 1, 2, 3]
+
+
+def test_a_request_is_validated_with_the_collector_paused_and_restored() -> None:
+    import gc
+
+    from pydantic import ValidationError
+
+    from dispatch.models import campaign_request
+
+    body = {"provider": "esp", "subject": "Hi", "html": "<p>Hi</p>"}
+    many = {**body, "recipients": [_person(f"u{i}@example.com") for i in range(20_000)]}
+    seen: list[bool] = []
+    gc.callbacks.append(lambda phase, info: seen.append(True))
+    try:
+        CampaignRequest.model_validate(many)
+        unpaused, seen[:] = len(seen), []
+        request = campaign_request(many)
+        assert len(request.recipients) == 20_000
+        # Dozens of collections (a start and a stop each) without the pause; with it, at
+        # most the one the allocations made meanwhile set off once it is over.
+        assert unpaused > 20 and len(seen) <= 2
+        assert gc.isenabled()
+        with pytest.raises(ValidationError):
+            campaign_request({**body, "recipients": [{"email": 1}]})
+        assert gc.isenabled()
+        gc.disable()  # a caller that had paused it finds it paused still
+        campaign_request(body)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.callbacks.pop()
