@@ -18,7 +18,7 @@ from dispatch.settings import Settings
 
 # A batch's suppression hits and ledger records; its recipient documents come with a
 # plain LRANGE in the same MULTI (through Lua, each would be copied in and out again).
-# The address keys are stored in their own list (campaigns.stored_recipient), so they
+# The address keys are stored in a list of their own (campaigns._APPEND), so they
 # are checked against the suppression list and the category's opt-outs (DESIGN section
 # 5: checked again right before sending) without decoding anything. Only the records
 # that exist come back, as [seq, record, ...]: most of a first run has none.
