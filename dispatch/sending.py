@@ -58,6 +58,19 @@ log = logging.getLogger(__name__)
 STATUS_POLL_SECONDS = 0.5
 
 
+async def give_back_claims(writer: LedgerWriter, items: Iterable[Item]) -> None:
+    """Those of ``items`` the load claimed and this run did not attempt (it paused, no
+    connection slot came, it failed first) wait to be sent again, as after a
+    configuration error: a claim left behind would read as a lost send."""
+    left = [item for item in items if item.claimed]
+    if left:
+        made = Records()
+        detail = "claimed, not attempted: the batch stopped first"
+        await writer.settle_many(
+            [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
+        )
+
+
 @dataclass
 class BatchResult:
     """What happened to a batch run; ``retry_at`` set when messages wait for a retry."""
@@ -257,15 +270,8 @@ class BatchSender:
         return _Write(item, MessageState.RETRY, rec, "", delay=delay)
 
     async def give_back_claims(self) -> None:
-        """Messages the load claimed that this run did not attempt (it paused, or no
-        connection slot came) wait to be sent again, as after a configuration error."""
-        left = [item for item in self.queue if item.claimed]
-        if left:
-            made = Records()
-            detail = "claimed, not attempted: the batch stopped first"
-            await self.writer.settle_many(
-                [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
-            )
+        """See :func:`give_back_claims` (for the items still waiting for a sender)."""
+        await give_back_claims(self.writer, self.queue)
 
     def _requeue(self, item: Item) -> None:
         if item in self.waiting:
@@ -622,70 +628,75 @@ async def run_batch(
         )
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = unsettled(loaded, settings)
-        await writer.put_many(stale)
-        terminal = terminal_state(status, content)
-        if terminal is not None:
-            made = Records()
-            await writer.put_many([(i.seq, made.get(terminal, i.attempts), "") for i in items])
-            result.counts[terminal.value] = len(items)
-            return result
-        if status != CampaignStatus.RUNNING.value:
-            return result  # paused or not started: resume re-enqueues the batch
-        items, suppressed = await drop_suppressed(writer, items, loaded.suppressed)
-        if suppressed:
-            result.counts["suppressed"] = suppressed
-        if raw_provider is None:
-            await r.hset(
-                store.campaign_key(campaign_id),
-                mapping={"status": "paused", "reason": f"provider {content.provider!r} is gone"},
-            )
-            return result
-        provider, transport = _provider_for(content.provider, raw_provider, settings)
-        campaign = _Campaign(
-            content,
-            provider,
-            transport,
-            _compiled_for(content),
-            begun.send_date or datetime.now(UTC).strftime("%Y%m%d"),
-            settings,
-            r,
-        )
-        sender = BatchSender(campaign, writer, items, settings)
-        n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))
-        n = min(n, max(1, len(items) // max(1, campaign.transport.chunk_size)))
-        watcher = asyncio.create_task(_watch_status(r, campaign, sender))
-        sessions = [asyncio.create_task(sender.run_session()) for _ in range(n)]
+        claimed = [item for item in items if item.claimed]  # by the load
         try:
-            await asyncio.gather(*sessions)
-        except Exception:
-            # Whatever the load claimed and no session took is given back if Redis lets
-            # us: a claim left behind would read as a lost send.
-            with contextlib.suppress(Exception):
-                await sender.give_back_claims()
-            raise
-        finally:
-            watcher.cancel()
-        if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
-            # A configuration error: pause with the reason instead of failing everyone.
-            await sender.give_back_claims()
-            await r.hset(
-                store.campaign_key(campaign_id),
-                mapping={"status": CampaignStatus.PAUSED.value, "reason": campaign.stop_reason},
+            await writer.put_many(stale)
+            terminal = terminal_state(status, content)
+            if terminal is not None:
+                made = Records()
+                await writer.put_many([(i.seq, made.get(terminal, i.attempts), "") for i in items])
+                result.counts[terminal.value] = len(items)
+                return result
+            if status != CampaignStatus.RUNNING.value:
+                return result  # paused or not started: resume re-enqueues the batch
+            items, suppressed = await drop_suppressed(writer, items, loaded.suppressed)
+            if suppressed:
+                result.counts["suppressed"] = suppressed
+            if raw_provider is None:
+                await r.hset(
+                    store.campaign_key(campaign_id),
+                    mapping={
+                        "status": "paused",
+                        "reason": f"provider {content.provider!r} is gone",
+                    },
+                )
+                return result
+            provider, transport = _provider_for(content.provider, raw_provider, settings)
+            campaign = _Campaign(
+                content,
+                provider,
+                transport,
+                _compiled_for(content),
+                begun.send_date or datetime.now(UTC).strftime("%Y%m%d"),
+                settings,
+                r,
             )
-            result.paused_reason = campaign.stop_reason
-        elif campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
-            state = MessageState(campaign.status.value)
-            left = list(sender.queue)
-            left += sender.waiting  # parked for an inline retry
-            made = Records()
-            await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
-        else:
-            await sender.give_back_claims()
-        for key, value in sender.counts.items():
-            result.counts[key] = result.counts.get(key, 0) + value
-        if sender.parked_until is not None:
-            retry_at = min(retry_at or sender.parked_until, sender.parked_until)
-        result.retry_at = retry_at
-        return result
+            sender = BatchSender(campaign, writer, items, settings)
+            n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))
+            n = min(n, max(1, len(items) // max(1, campaign.transport.chunk_size)))
+            watcher = asyncio.create_task(_watch_status(r, campaign, sender))
+            sessions = [asyncio.create_task(sender.run_session()) for _ in range(n)]
+            try:
+                await asyncio.gather(*sessions)
+            finally:
+                watcher.cancel()
+            if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
+                # A configuration error: pause with the reason instead of failing everyone.
+                await sender.give_back_claims()
+                await r.hset(
+                    store.campaign_key(campaign_id),
+                    mapping={"status": CampaignStatus.PAUSED.value, "reason": campaign.stop_reason},
+                )
+                result.paused_reason = campaign.stop_reason
+            elif campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
+                state = MessageState(campaign.status.value)
+                left = list(sender.queue)
+                left += sender.waiting  # parked for an inline retry
+                made = Records()
+                await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
+            else:
+                await sender.give_back_claims()
+            for key, value in sender.counts.items():
+                result.counts[key] = result.counts.get(key, 0) + value
+            if sender.parked_until is not None:
+                retry_at = min(retry_at or sender.parked_until, sender.parked_until)
+            result.retry_at = retry_at
+            return result
+        except Exception:
+            # Whatever the load claimed and this run did not attempt goes back, if Redis
+            # lets us (see give_back_claims).
+            with contextlib.suppress(Exception):
+                await give_back_claims(writer, claimed)
+            raise
     finally:
         await lease.release()

@@ -153,15 +153,25 @@ def test_a_campaign_stored_without_its_providers_name_still_sends(
     assert campaigns.get_counters(cid, redis_client)["sent"] == 2
 
 
+@pytest.mark.parametrize("where", ["connection slot", "templates"])
 def test_claims_are_given_back_when_the_run_fails_before_sending(
-    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
+    """Redis fails while a session waits for its connection slot, or the campaign's
+    templates cannot be prepared before any session starts."""
+    from dispatch import sending
     from dispatch.limits import ConnectionSlots
 
     async def refused(self: ConnectionSlots, token: str) -> bool:
         raise ConnectionError("Redis went away")
 
-    monkeypatch.setattr(ConnectionSlots, "acquire", refused)
+    def broken(content: object) -> object:
+        raise ConnectionError("cannot prepare the templates")
+
+    if where == "connection slot":
+        monkeypatch.setattr(ConnectionSlots, "acquire", refused)
+    else:
+        monkeypatch.setattr(sending, "_compiled_for", broken)
     with HttpSink() as sink:
         cid, batches = _create(redis_client, 3, sink.url)
         with pytest.raises(ConnectionError):
