@@ -269,10 +269,6 @@ class BatchSender:
         # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
         return _Write(item, MessageState.RETRY, rec, "", delay=delay)
 
-    async def give_back_claims(self) -> None:
-        """See :func:`give_back_claims` (for the items still waiting for a sender)."""
-        await give_back_claims(self.writer, self.queue)
-
     def _requeue(self, item: Item) -> None:
         if item in self.waiting:
             self.waiting.remove(item)
@@ -672,7 +668,7 @@ async def run_batch(
                 watcher.cancel()
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
-                await sender.give_back_claims()
+                await give_back_claims(writer, sender.queue)
                 await r.hset(
                     store.campaign_key(campaign_id),
                     mapping={"status": CampaignStatus.PAUSED.value, "reason": campaign.stop_reason},
@@ -685,7 +681,7 @@ async def run_batch(
                 made = Records()
                 await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
             else:
-                await sender.give_back_claims()
+                await give_back_claims(writer, sender.queue)
             for key, value in sender.counts.items():
                 result.counts[key] = result.counts.get(key, 0) + value
             if sender.parked_until is not None:
