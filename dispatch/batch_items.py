@@ -14,14 +14,18 @@ import redis.asyncio as aioredis
 from dispatch import store
 from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, parse_record, record
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
+from dispatch.recipient_pages import lines_of, page_span
 from dispatch.settings import Settings
 
 # A batch's suppression hits and ledger records; its recipient documents come with a
-# plain LRANGE in the same MULTI (through Lua, each would be copied in and out again).
-# The address keys are stored in a list of their own (campaigns._APPEND), so they
+# plain LRANGE of their pages in the same MULTI (through Lua, each would be copied in
+# and out again). The address keys have pages of their own (recipient_pages), so they
 # are checked against the suppression list and the category's opt-outs (DESIGN section
 # 5: checked again right before sending) without decoding anything. Only the records
 # that exist come back, as [seq, record, ...]: most of a first run has none.
+#
+# ARGV: the batch's first and last seq, a lease token, the claim record, then the
+# first and last page and the first seq's line in the first page.
 #
 # With a lease token (ARGV[3]) the script also claims every message that is still
 # queued and not suppressed (record ARGV[4]), if the lease is still held and the
@@ -29,10 +33,26 @@ from dispatch.settings import Settings
 # send as always, without a claim round trip of its own. Claimed and queued share the
 # counters' "queued" bucket: nothing else moves.
 _LOAD_BATCH = r"""
-local keys = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+local find, sub = string.find, string.sub
+local pages = redis.call('LRANGE', KEYS[1], ARGV[5], ARGV[6])
+local start, stop = tonumber(ARGV[1]), tonumber(ARGV[2])
+local skip = tonumber(ARGV[7])
+local keys = {}
+for _, page in ipairs(pages) do
+  local pos = 1
+  while #keys <= stop - start do
+    local nl = find(page, '\n', pos, true)
+    if skip > 0 then
+      skip = skip - 1
+    else
+      keys[#keys + 1] = sub(page, pos, (nl or #page + 1) - 1)
+    end
+    if not nl then break end
+    pos = nl + 1
+  end
+end
 if #keys == 0 then return {0, {}, {}} end
 local seqs = {}
-local start = tonumber(ARGV[1])
 for i = 1, #keys do seqs[i] = start + i - 1 end
 local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
 local listed = redis.call('HMGET', KEYS[3], unpack(keys))
@@ -154,8 +174,9 @@ async def load_batch(
     With ``lease``, its queued messages that are not suppressed are claimed too, if the
     lease is held and the campaign is running (``claimed`` says whether they were).
     """
+    first, last, offset = page_span(start, size)
     pipe = r.pipeline(transaction=True)  # documents and keys from one moment
-    pipe.lrange(store.recipients_key(campaign_id), start, start + size - 1)
+    pipe.lrange(store.recipients_key(campaign_id), first, last)
     pipe.eval(
         _LOAD_BATCH,
         6,
@@ -169,8 +190,12 @@ async def load_batch(
         start + size - 1,
         lease.token if lease else "",
         claim_record(1),
+        first,
+        last,
+        offset,
     )
-    docs, (claimed, hits, found) = await pipe.execute()
+    pages, (claimed, hits, found) = await pipe.execute()
+    docs = lines_of(pages, offset, size) if pages else []
     loads = orjson.loads
     return LoadedBatch(
         list(range(start, start + len(docs))),

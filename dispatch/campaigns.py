@@ -27,6 +27,7 @@ from dispatch.models import (
     recipient_vars,
 )
 from dispatch.provider_store import ProviderNotFoundError, load_provider
+from dispatch.recipient_pages import PAGE, line_safe, stored_count
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
@@ -305,44 +306,78 @@ _APPEND = r"""
 local status = redis.call('HGET', KEYS[1], 'status')
 local filling = status == 'running' and redis.call('HEXISTS', KEYS[1], 'appending') == 1
 if status ~= 'draft' and not filling then return {-1} end
--- ARGV: n, then n address keys (distinct: the caller drops repeats), then their n
--- recipient documents. Each command runs once for the whole chunk.
-local n = tonumber(ARGV[1])
+-- ARGV: n, check ('1': skip the addresses the campaign has, through its addresses set;
+-- '0': the caller knows they are new), then n address keys and their n documents, one
+-- per line (recipient_pages). Stored as pages of PAGE lines (ARGV[5]).
+local find, sub, concat = string.find, string.sub, table.concat
+local n, keys, docs, PAGE = tonumber(ARGV[1]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local function lines(blob)
+  local out, pos = {}, 1
+  while true do
+    local nl = find(blob, '\n', pos, true)
+    if not nl then out[#out + 1] = sub(blob, pos); return out end
+    out[#out + 1] = sub(blob, pos, nl - 1)
+    pos = nl + 1
+  end
+end
 local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
-local known, out = {}, {0}
-for first = 2, n + 1, PIECE do
-  local last = math.min(n + 1, first + PIECE - 1)
-  local part = redis.call('SMISMEMBER', KEYS[3], unpack(ARGV, first, last))
-  for i = 1, #part do
-    if part[i] == 1 then
-      known[first + i - 2] = true
-      out[#out + 1] = first + i - 2
+local out, count = {0}, n
+if ARGV[2] == '1' then
+  local ks = lines(keys)
+  local known = {}
+  for first = 1, n, PIECE do
+    local last = math.min(n, first + PIECE - 1)
+    local part = redis.call('SMISMEMBER', KEYS[3], unpack(ks, first, last))
+    for i = 1, #part do
+      if part[i] == 1 then
+        known[first + i - 1] = true
+        out[#out + 1] = first + i - 1
+      end
     end
   end
-end
-local new_keys, new_docs = ARGV, ARGV  -- all new (the common case): as they came
-local key_at, doc_at, count = 2, n + 2, n
-if #out > 1 then
-  new_keys, new_docs, key_at, doc_at = {}, {}, 1, 1
-  for i = 1, n do
-    if not known[i] then
-      new_keys[#new_keys + 1] = ARGV[i + 1]
-      new_docs[#new_docs + 1] = ARGV[n + i + 1]
+  if #out > 1 then  -- keep the new ones
+    local ds, new_keys, new_docs = lines(docs), {}, {}
+    for i = 1, n do
+      if not known[i] then
+        new_keys[#new_keys + 1] = ks[i]
+        new_docs[#new_docs + 1] = ds[i]
+      end
     end
+    ks, count = new_keys, #new_keys
+    keys, docs = concat(new_keys, '\n'), concat(new_docs, '\n')
   end
-  count = #new_keys
+  for first = 1, count, PIECE do
+    redis.call('SADD', KEYS[3], unpack(ks, first, math.min(count, first + PIECE - 1)))
+  end
 end
-for first = 0, count - 1, PIECE do
-  local last = math.min(count - 1, first + PIECE - 1)
-  redis.call('SADD', KEYS[3], unpack(new_keys, key_at + first, key_at + last))
-  redis.call('RPUSH', KEYS[5], unpack(new_keys, key_at + first, key_at + last))
-  redis.call('RPUSH', KEYS[2], unpack(new_docs, doc_at + first, doc_at + last))
+if count == 0 then return out end
+-- The end of the k-th line of a blob (its line break, or one past the end).
+local function line_end(blob, k)
+  local pos = 0
+  for _ = 1, k do pos = find(blob, '\n', pos + 1, true) or #blob + 1 end
+  return pos
+end
+local total = tonumber(redis.call('HGET', KEYS[4], 'total') or '0')
+local room = (PAGE - total % PAGE) % PAGE  -- lines the last page still takes
+local left = count
+while left > 0 do
+  local take = room > 0 and math.min(room, left) or math.min(PAGE, left)
+  local k_end, d_end = #keys + 1, #docs + 1
+  if take < left then k_end, d_end = line_end(keys, take), line_end(docs, take) end
+  local k, d = sub(keys, 1, k_end - 1), sub(docs, 1, d_end - 1)
+  if room > 0 then
+    redis.call('LSET', KEYS[5], -1, redis.call('LINDEX', KEYS[5], -1) .. '\n' .. k)
+    redis.call('LSET', KEYS[2], -1, redis.call('LINDEX', KEYS[2], -1) .. '\n' .. d)
+    room = 0
+  else
+    redis.call('RPUSH', KEYS[5], k)
+    redis.call('RPUSH', KEYS[2], d)
+  end
+  keys, docs, left = sub(keys, k_end + 1), sub(docs, d_end + 1), left - take
 end
 out[1] = count
-if out[1] > 0 then
-  redis.call('HINCRBY', KEYS[4], 'total', out[1])
-  redis.call('HINCRBY', KEYS[4], 'queued', out[1])
-end
+redis.call('HINCRBY', KEYS[4], 'total', count)
+redis.call('HINCRBY', KEYS[4], 'queued', count)
 return out
 """
 
@@ -391,6 +426,9 @@ class RecipientAppender:
             store.address_keys_key(campaign_id),
         ]
         self._script = self.r.register_script(_APPEND)
+        # Filling a campaign create_campaign has just made: the addresses so far are all
+        # here (and not in Redis: nothing else can append to it).
+        self._seen: set[str] | None = set() if filling else None
 
     def _check_open(self, status: CampaignStatus) -> None:
         if status is not CampaignStatus.DRAFT:
@@ -408,28 +446,35 @@ class RecipientAppender:
         """
         if not recipients:
             return 0, []
-        keys = [suppression_key(r["email"]) for r in recipients]
-        # An address twice in the chunk: the first one counts, the script gets distinct
-        # keys. ``kept``: the positions sent to it (None: all of them).
+        keys = [line_safe(suppression_key(r["email"])) for r in recipients]
+        # An address twice (in the chunk, or for a campaign being filled in any chunk
+        # before): the first one counts. ``kept``: the positions left (None: all).
         repeated: list[int] = []
         kept: list[int] | None = None
-        if len(set(keys)) < len(keys):
-            seen: set[str] = set()
+        known: set[str] = self._seen if self._seen is not None else set()
+        fresh = set(keys)
+        if len(fresh) == len(keys) and known.isdisjoint(fresh):
+            known |= fresh
+        else:
             kept = []
             for position, key in enumerate(keys):
-                if key in seen:
+                if key in known:
                     repeated.append(position)
                 else:
-                    seen.add(key)
+                    known.add(key)
                     kept.append(position)
             keys = [keys[i] for i in kept]
             recipients = [recipients[i] for i in kept]
-        docs = list(map(stored_recipient, recipients))
-        result = [int(x) for x in self._script(keys=self._keys, args=[len(keys), *keys, *docs])]
+        if not keys:
+            return 0, repeated
+        docs = "\n".join(map(stored_recipient, recipients))
+        check = "1" if self._seen is None else "0"  # filled: every address is known here
+        args: list[str | int] = [len(keys), check, "\n".join(keys), docs, PAGE]
+        result = [int(x) for x in self._script(keys=self._keys, args=args)]
         if result[0] == -1:
             self._check_open(get_status(self.campaign_id, self.r))
-        known = [p - 1 if kept is None else kept[p - 1] for p in result[1:]]
-        return result[0], sorted(known + repeated)
+        stored = [p - 1 if kept is None else kept[p - 1] for p in result[1:]]
+        return result[0], sorted(stored + repeated)
 
 
 def append_recipients(
@@ -480,7 +525,7 @@ def start_campaign(
         r.hset(store.campaign_key(campaign_id), "status", CampaignStatus.SCHEDULED.value)
         r.zadd(store.SCHEDULED_ZSET, {campaign_id: content.send_at.timestamp()})
         return 0
-    total = r.llen(store.recipients_key(campaign_id))
+    total = stored_count(r, campaign_id)
     batches = math.ceil(total / get_settings().batch_size)
     pipe = r.pipeline()
     pipe.hset(

@@ -16,6 +16,7 @@ import redis
 
 from dispatch import campaigns, store
 from dispatch.models import CampaignStatus
+from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
 
 RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep
@@ -45,7 +46,7 @@ def sweep(
             continue
         if next(r.scan_iter(match=store.batch_lease_key(campaign_id, 0)[:-1] + "*"), None):
             continue  # a worker is on it
-        total = int(r.llen(store.recipients_key(campaign_id)))
+        total = stored_count(r, campaign_id)
         count = int(batches or math.ceil(total / settings.batch_size))
         r.hset(store.campaign_key(campaign_id), "progress_at", str(now))
         for batch in range(count):

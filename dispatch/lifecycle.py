@@ -36,6 +36,7 @@ from dispatch import campaigns, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
 from dispatch.ledger import LedgerWriter, parse_record, record
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
+from dispatch.recipient_pages import lines_of, page_span, stored_count
 from dispatch.settings import get_settings
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.errors import ErrorClass
@@ -146,13 +147,18 @@ class _Settled:
     batches_with_claims: set[int] = field(default_factory=set)
 
 
+async def _stored(r: aioredis.Redis, campaign_id: str) -> int:
+    """How many recipients the campaign has (see recipient_pages.stored_count)."""
+    return int(await r.hget(store.counters_key(campaign_id), "total") or 0)
+
+
 async def _settle_unsent(
     r: aioredis.Redis, campaign_id: str, state: MessageState, batch_size: int
 ) -> _Settled:
     """Give every message still queued or waiting for a retry the terminal ``state``."""
     out = _Settled()
     writer = LedgerWriter(r, campaign_id)
-    total = await r.llen(store.recipients_key(campaign_id))
+    total = await _stored(r, campaign_id)
     for start in range(0, total, WINDOW):
         seqs = list(range(start, min(start + WINDOW, total)))
         raw = await r.hmget(store.ledger_key(campaign_id), [str(s) for s in seqs])
@@ -290,7 +296,7 @@ async def _requeue_failed(
     r: aioredis.Redis, campaign_id: str, batch_size: int, report: RetryReport
 ) -> None:
     writer = LedgerWriter(r, campaign_id)
-    total = await r.llen(store.recipients_key(campaign_id))
+    total = await _stored(r, campaign_id)
     for start in range(0, total, WINDOW):
         seqs = [str(s) for s in range(start, min(start + WINDOW, total))]
         raw = await r.hmget(store.ledger_key(campaign_id), seqs)
@@ -395,7 +401,7 @@ def messages_page(
     r = client or store.sync_client()
     content = campaigns.load_content(campaign_id, r)
     send_date = str(r.hget(store.campaign_key(campaign_id), "send_date") or "")
-    total = int(r.llen(store.recipients_key(campaign_id)))
+    total = stored_count(r, campaign_id)
     limit = max(1, min(limit, MAX_PAGE))
     items: list[dict[str, Any]] = []
     seq = max(0, cursor)
@@ -403,11 +409,13 @@ def messages_page(
     while seq < scan_end and len(items) < limit:
         window = min(WINDOW, scan_end - seq, limit - len(items) if status is None else WINDOW)
         seqs = [str(s) for s in range(seq, seq + window)]
+        first, last, at = page_span(seq, window)
         pipe = r.pipeline(transaction=False)
-        pipe.lrange(store.recipients_key(campaign_id), seq, seq + window - 1)
+        pipe.lrange(store.recipients_key(campaign_id), first, last)
         pipe.hmget(store.ledger_key(campaign_id), seqs)
         pipe.smismember(store.retried_key(campaign_id), seqs)
-        docs, records, retried = pipe.execute()
+        pages, records, retried = pipe.execute()
+        docs = lines_of(pages, at, window)
         for offset, (doc, rec_raw, was_retried) in enumerate(
             zip(docs, records, retried, strict=True)
         ):

@@ -45,7 +45,8 @@ def campaign_key(campaign_id: str) -> str:
 
 
 def recipients_key(campaign_id: str) -> str:
-    """List of recipient JSON documents; the index is the recipient's seq."""
+    """List of pages of recipient JSON documents, one per line, by seq (see
+    dispatch.recipient_pages)."""
     return f"{PREFIX}:campaign:{campaign_id}:recipients"
 
 
@@ -59,13 +60,15 @@ def ledger_key(campaign_id: str) -> str:
 
 
 def address_keys_key(campaign_id: str) -> str:
-    """List of the recipients' address keys (suppressions.suppression_key), by seq: a
-    batch checks them against the suppression list without decoding any document."""
+    """List of pages of the recipients' address keys (suppressions.suppression_key), laid
+    out as the documents' pages: a batch checks them against the suppression list
+    without decoding any document."""
     return f"{PREFIX}:campaign:{campaign_id}:address-keys"
 
 
 def addresses_key(campaign_id: str) -> str:
-    """Set of the campaign's recipient addresses (normalised): one message per address."""
+    """Set of a draft's recipient address keys: one message per address across appends.
+    (A list posted with its campaign is checked by create_campaign itself.)"""
     return f"{PREFIX}:campaign:{campaign_id}:addresses"
 
 

@@ -1,14 +1,19 @@
-"""How recipients are stored: documents and address keys side by side, each address once."""
+"""How recipients are stored: pages of documents and of address keys side by side, each
+address once."""
 
 from __future__ import annotations
+
+import asyncio
 
 import orjson
 import pytest
 import redis
 
 from dispatch import campaigns, store
+from dispatch.batch_items import load_batch
 from dispatch.campaigns import RecipientAppender
 from dispatch.models import CampaignRequest
+from dispatch.recipient_pages import PAGE
 from tests.helpers import http_provider
 
 
@@ -23,6 +28,20 @@ def _person(email: str) -> dict[str, object]:
     return {"email": email, "vars": {"name": email.split("@")[0]}}
 
 
+def _stored(r: redis.Redis, cid: str) -> tuple[list[str], list[str]]:
+    """The stored addresses (from the documents) and address keys, in seq order; every
+    page but the last holds exactly PAGE lines, both lists alike."""
+    doc_pages = r.lrange(store.recipients_key(cid), 0, -1)
+    key_pages = r.lrange(store.address_keys_key(cid), 0, -1)
+    assert len(doc_pages) == len(key_pages)
+    for docs, keys in zip(doc_pages[:-1], key_pages[:-1], strict=True):
+        assert len(docs.split("\n")) == len(keys.split("\n")) == PAGE
+    docs = [orjson.loads(d)["email"] for page in doc_pages for d in page.split("\n")]
+    keys = [k for page in key_pages for k in page.split("\n")]
+    assert len(docs) == len(keys) == campaigns.get_counters(cid, r)["total"]
+    return docs, keys
+
+
 def test_repeats_in_a_chunk_and_addresses_already_stored_are_skipped_by_position(
     redis_client: redis.Redis,
 ) -> None:
@@ -31,11 +50,9 @@ def test_repeats_in_a_chunk_and_addresses_already_stored_are_skipped_by_position
     assert appender.add([_person("c@example.com")]) == (1, [])
     chunk = ["a@example.com", "B@example.com", "A@Example.com", "c@example.com", "d@example.com"]
     assert appender.add([_person(e) for e in chunk]) == (3, [2, 3])  # type: ignore[misc]
-    docs = [orjson.loads(d)["email"] for d in redis_client.lrange(store.recipients_key(cid), 0, -1)]
+    docs, keys = _stored(redis_client, cid)
     assert docs == ["c@example.com", "a@example.com", "B@example.com", "d@example.com"]
-    keys = redis_client.lrange(store.address_keys_key(cid), 0, -1)
     assert keys == ["c@example.com", "a@example.com", "b@example.com", "d@example.com"]
-    assert campaigns.get_counters(cid, redis_client)["total"] == 4
 
 
 def test_a_chunk_larger_than_one_command_piece(redis_client: redis.Redis) -> None:
@@ -45,9 +62,63 @@ def test_a_chunk_larger_than_one_command_piece(redis_client: redis.Redis) -> Non
     assert appender.add(people[:100]) == (100, [])
     count, skipped = appender.add(people)  # type: ignore[arg-type]
     assert (count, skipped) == (4400, list(range(100)))
-    assert redis_client.llen(store.recipients_key(cid)) == 4500
-    assert redis_client.llen(store.address_keys_key(cid)) == 4500
-    assert redis_client.lindex(store.address_keys_key(cid), 4499) == "u4499@example.com"
+    docs, keys = _stored(redis_client, cid)
+    assert docs == keys == [f"u{i}@example.com" for i in range(4500)]
+    assert redis_client.llen(store.recipients_key(cid)) == 5  # pages of 1000
+
+
+def test_appends_fill_the_last_page_first(redis_client: redis.Redis) -> None:
+    cid = _draft(redis_client)
+    appender = RecipientAppender(cid, redis_client)
+    emails = [f"u{i}@example.com" for i in range(2600)]
+    for start, stop in ((0, 1), (1, 999), (999, 1000), (1000, 1250), (1250, 2600)):
+        appender.add([_person(e) for e in emails[start:stop]])
+    # Repeats of stored addresses amid new ones, at a page's edge: the new ones only.
+    count, skipped = appender.add([_person(e) for e in ("u5@example.com", "new@example.com")])
+    assert (count, skipped) == (1, [0])
+    docs, keys = _stored(redis_client, cid)
+    assert docs == keys == [*emails, "new@example.com"]
+    assert redis_client.llen(store.recipients_key(cid)) == 3
+
+
+def test_a_batch_reads_its_lines_across_two_pages(redis_client: redis.Redis) -> None:
+    cid = _draft(redis_client)
+    RecipientAppender(cid, redis_client).add([_person(f"u{i}@example.com") for i in range(1500)])
+
+    async def load(start: int, size: int) -> list[str]:
+        r = store.async_client()
+        try:
+            loaded = await load_batch(r, cid, start, size, "default")
+        finally:
+            await r.aclose()
+        assert loaded.seqs == list(range(start, start + len(loaded.seqs)))
+        return [doc["email"] for doc in loaded.recipients]
+
+    assert asyncio.run(load(900, 300)) == [f"u{i}@example.com" for i in range(900, 1200)]
+    assert asyncio.run(load(1200, 300)) == [f"u{i}@example.com" for i in range(1200, 1500)]
+    assert asyncio.run(load(1400, 300)) == [f"u{i}@example.com" for i in range(1400, 1500)]
+    assert asyncio.run(load(1500, 300)) == []
+
+
+def test_a_list_posted_with_its_campaign_is_stored_once_per_address(
+    redis_client: redis.Redis,
+) -> None:
+    """Filled by create_campaign (addresses checked by the caller, across chunks); an
+    address with a line break keeps the pages aligned."""
+    http_provider(redis_client, "http://127.0.0.1:9")
+    emails = [f"u{i}@example.com" for i in range(2500)]
+    emails[1700] = "U3@EXAMPLE.com"  # a repeat of a previous chunk's address
+    emails[2100] = "bad\nline@example.com"
+    people = [_person(e) for e in emails]
+    body = {"provider": "esp", "subject": "Hi", "html": "<p>Hi</p>", "recipients": people}
+    cid, _ = campaigns.create_campaign(
+        CampaignRequest.model_validate(body), client=redis_client, enqueue=lambda c, b: None
+    )
+    docs, keys = _stored(redis_client, cid)
+    expected = [e for i, e in enumerate(emails) if i != 1700]
+    assert docs == expected
+    assert keys == [e.lower().replace("\n", "\\n") for e in expected]
+    assert not redis_client.exists(store.addresses_key(cid))
 
 
 def test_batches_are_handed_out_in_order_and_a_failure_reaches_the_caller(
