@@ -136,13 +136,18 @@ class RssWatcher:
 
     def _run(self) -> None:
         tick = 0
-        while not self._stop.wait(0.2):
+        # VmHWM is each process's own peak: read every second (and at the end) in case
+        # one exits. PSS walks the page tables (CPU the run would miss): every 5 s.
+        while not self._stop.wait(1.0):
             pids = [self.pid, *children(self.pid)]
-            for pid in pids:
-                self.peak[pid] = max(self.peak.get(pid, 0.0), peak_rss_mb(pid))
+            self._sample_peaks(pids)
             tick += 1
-            if tick % 10 == 0:  # PSS walks the page tables: CPU the run would miss
+            if tick % 5 == 0:
                 self._sample_pss(pids)
+
+    def _sample_peaks(self, pids: list[int]) -> None:
+        for pid in pids:
+            self.peak[pid] = max(self.peak.get(pid, 0.0), peak_rss_mb(pid))
 
     def _sample_pss(self, pids: list[int]) -> None:
         self.tree_pss_peak = max(self.tree_pss_peak, sum(map(pss_mb, pids)))
@@ -150,7 +155,9 @@ class RssWatcher:
     def stop(self) -> dict[int, float]:
         self._stop.set()
         self._thread.join()
-        self._sample_pss([self.pid, *children(self.pid)])
+        pids = [self.pid, *children(self.pid)]
+        self._sample_peaks(pids)
+        self._sample_pss(pids)
         return self.peak
 
     def report(self) -> str:
@@ -244,13 +251,36 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def print_rate(label: str, count: int, seconds: float) -> None:
+    print(f"  {label:<44} {count:>9,} msgs {seconds:8.2f} s {count / seconds:>10,.0f} msg/s")
+
+
 def timed(label: str, fn: Callable[[], int]) -> tuple[int, float]:
     """Run ``fn`` (returns a message count); print and return (count, seconds)."""
     start = time.perf_counter()
     count = fn()
     seconds = time.perf_counter() - start
-    print(f"  {label:<44} {count:>9,} msgs {seconds:8.2f} s {count / seconds:>10,.0f} msg/s")
+    print_rate(label, count, seconds)
     return count, seconds
+
+
+def campaign_seconds(campaign_id: str, started: float) -> float:
+    """Wait for a campaign to leave ``running``; the seconds from ``started`` (a
+    ``time.time()``) to its ``completed_at``, which the write that settled its last
+    message set (Redis's clock, this machine's): not the waiting loop's own step."""
+    from dispatch import campaigns, store
+
+    r = store.sync_client()
+    while campaigns.get_status(campaign_id, r).value == "running":
+        time.sleep(0.05)
+    completed = r.hget(store.campaign_key(campaign_id), "completed_at")
+    return float(completed or time.time()) - started
+
+
+def warm_process() -> None:
+    """Import what a long-running API or worker process has imported before its first
+    campaign (the task module pulls in every module a batch's hand-off needs)."""
+    import dispatch.tasks  # noqa: F401
 
 
 def tempdir() -> str:

@@ -17,7 +17,7 @@ import orjson
 import redis
 from pydantic import TypeAdapter, ValidationError
 
-from dispatch import store
+from dispatch import payload_checks, store
 from dispatch.models import (
     COUNTER_NAMES,
     CampaignContent,
@@ -113,13 +113,27 @@ def validate_content(request: CampaignRequest) -> CompiledContent:
 
     Raises :class:`CampaignError` naming the template part or the unknown variable.
     """
+    compiled = _compile(request)
+    _check_template_names(request, compiled)
+    return compiled
+
+
+def _compile(request: CampaignRequest) -> CompiledContent:
     try:
-        compiled = CompiledContent(
+        return CompiledContent(
             subject=request.subject, html=request.html, text=request.text, amp=request.amp
         )
     except RenderError as exc:
         raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
-    needed = compiled.variables - set(request.vars) - SERVICE_NAMES
+
+
+def _names_from_recipients(request: CampaignRequest, compiled: CompiledContent) -> set[str]:
+    """The template names only recipients' vars can fill."""
+    return compiled.variables - set(request.vars) - SERVICE_NAMES
+
+
+def _check_template_names(request: CampaignRequest, compiled: CompiledContent) -> None:
+    needed = _names_from_recipients(request, compiled)
     unknown: set[str] = set()
     if request.recipients and needed:
         # A name is resolvable if the campaign or every recipient provides it (one pass).
@@ -134,7 +148,16 @@ def validate_content(request: CampaignRequest) -> CompiledContent:
             "vars nor every recipient's vars)",
             field="vars",
         )
-    return compiled
+
+
+def _every_recipient_has(recipients: list[Recipient], names: set[str]) -> bool:
+    """Whether each recipient's vars hold all of ``names``: one pass for the template's
+    and the payload's names (the checks that name what is missing run only if not)."""
+    if names:
+        for r in recipients:
+            if not names <= recipient_vars(r).keys():
+                return False
+    return True
 
 
 def create_campaign(
@@ -151,13 +174,20 @@ def create_campaign(
     """
     r = client or store.sync_client()
     try:
-        load_provider(request.provider, r)
+        provider = load_provider(request.provider, r)
     except ProviderNotFoundError:
         raise CampaignError(f"provider {request.provider!r} does not exist", "provider") from None
-    validate_content(request)
+    compiled = _compile(request)
     campaign_id = request.id or secrets.token_hex(8)
     content = request.content(campaign_id)
-    _check_provider_payload(content, request.recipients, r)
+    names = _names_from_recipients(request, compiled)
+    if isinstance(provider, HttpConfig):
+        names |= required_recipient_vars(provider, content.vars)
+    complete = _every_recipient_has(request.recipients, names)
+    if not complete:
+        _check_template_names(request, compiled)
+    # (Its campaign-level placeholders are checked whatever the recipients hold.)
+    payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
     fingerprint = _fingerprint(request)
     key = store.campaign_key(campaign_id)
     created = r.hsetnx(key, "fingerprint", fingerprint)
@@ -236,15 +266,6 @@ def _append_and_send(
         for batch in range(enqueued, batches):
             enqueue(campaign_id, batch)
         finish_if_done(campaign_id, r)
-
-
-def _check_provider_payload(
-    content: CampaignContent, recipients: list[Recipient], r: redis.Redis
-) -> None:
-    """Provider-specific checks of the content (the HTTP kind checks its placeholders)."""
-    from dispatch import payload_checks
-
-    payload_checks.check_campaign_payload(content, recipients, load_provider(content.provider, r))
 
 
 class RecipientChecker:
@@ -446,7 +467,7 @@ class RecipientAppender:
         """
         if not recipients:
             return 0, []
-        keys = [line_safe(suppression_key(r["email"])) for r in recipients]
+        keys = [suppression_key(r["email"]) for r in recipients]
         # An address twice (in the chunk, or for a campaign being filled in any chunk
         # before): the first one counts. ``kept``: the positions left (None: all).
         repeated: list[int] = []
@@ -469,7 +490,10 @@ class RecipientAppender:
             return 0, repeated
         docs = "\n".join(map(stored_recipient, recipients))
         check = "1" if self._seen is None else "0"  # filled: every address is known here
-        args: list[str | int] = [len(keys), check, "\n".join(keys), docs, PAGE]
+        key_lines = "\n".join(keys)
+        if key_lines.count("\n") != len(keys) - 1:  # an address with a line break
+            key_lines = "\n".join(map(line_safe, keys))
+        args: list[str | int] = [len(keys), check, key_lines, docs, PAGE]
         result = [int(x) for x in self._script(keys=self._keys, args=args)]
         if result[0] == -1:
             self._check_open(get_status(self.campaign_id, self.r))
@@ -497,6 +521,10 @@ def append_recipients(
 
 
 def _chunks(items: Iterable[Recipient], size: int) -> Iterator[list[Recipient]]:
+    if isinstance(items, list):  # sliced: no step per recipient
+        for start in range(0, len(items), size):
+            yield items[start : start + size]
+        return
     chunk: list[Recipient] = []
     for item in items:
         chunk.append(item)
