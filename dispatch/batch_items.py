@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
 from dispatch import store
 from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, parse_record, record
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
-from dispatch.recipient_pages import lines_of, page_span
+from dispatch.recipient_pages import documents_of, page_span
 from dispatch.settings import Settings
 
 # A batch's suppression hits and ledger records; its recipient documents come with a
@@ -195,12 +194,11 @@ async def load_batch(
         offset,
     )
     pages, (claimed, hits, found) = await pipe.execute()
-    docs = lines_of(pages, offset, size) if pages else []
-    loads = orjson.loads
+    docs = documents_of(pages, offset, size) if pages else []
     return LoadedBatch(
         list(range(start, start + len(docs))),
         {int(found[i]): found[i + 1] for i in range(0, len(found), 2)},
-        [loads(doc) for doc in docs],
+        docs,
         set(hits),
         bool(claimed),
     )

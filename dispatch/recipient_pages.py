@@ -14,6 +14,9 @@ appending a million recipients 3.1 → 1.2 µs each, Redis and client together).
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 import redis
 
 from dispatch import store
@@ -38,6 +41,17 @@ def lines_of(pages: list[str], offset: int, count: int) -> list[str]:
     if offset == 0 and len(found) <= count:
         return found
     return found[offset : offset + count]
+
+
+def documents_of(pages: list[str], offset: int, count: int) -> list[Any]:
+    """The recipient documents at lines ``offset`` .. ``offset + count - 1`` of
+    ``pages``, decoded in one call (a page is JSON documents a line each: joined with
+    commas, an array)."""
+    if len(pages) == 1 and offset == 0 and pages[0].count("\n") < count:  # all of it
+        text = pages[0].replace("\n", ",")
+    else:
+        text = ",".join(lines_of(pages, offset, count))
+    return orjson.loads(f"[{text}]") if text else []
 
 
 def line_safe(text: str) -> str:
