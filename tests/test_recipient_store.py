@@ -176,3 +176,18 @@ def test_a_request_is_validated_with_the_collector_paused_and_restored() -> None
     finally:
         gc.enable()
         gc.callbacks.pop()
+
+
+def test_messages_pages_read_across_a_page_edge(redis_client: redis.Redis) -> None:
+    from dispatch.lifecycle import messages_page
+
+    cid = _draft(redis_client)
+    RecipientAppender(cid, redis_client).add([_person(f"u{i}@example.com") for i in range(1500)])
+    items, cursor = messages_page(cid, cursor=990, limit=20, client=redis_client)
+    assert [(m["seq"], m["email"]) for m in items] == [
+        (i, f"u{i}@example.com") for i in range(990, 1010)
+    ]
+    assert cursor == 1010
+    items, cursor = messages_page(cid, cursor=1490, limit=20, client=redis_client)
+    assert [m["seq"] for m in items] == list(range(1490, 1500))
+    assert cursor is None
