@@ -2,7 +2,8 @@
 
 Workers are separate processes (and machines); what they did is kept in Redis by the
 ledger script, so the API can report it without a push gateway: messages by provider
-and outcome, retries, and the depth of each Celery queue. Callback counts are kept by
+and outcome, retries, send latency and throttles (dispatch.send_stats), and the depth
+of each Celery queue. Callback counts are kept by
 the API process itself (dispatch.callbacks).
 """
 
@@ -10,19 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from dispatch import store
+from dispatch.send_stats import histograms
 
 
 class RedisStateCollector(Collector):
     """Collects from Redis at scrape time; yields nothing when Redis is unreachable."""
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         r = store.sync_client()
         try:
             stats = r.hgetall(store.MESSAGE_STATS_HASH)
+            sends = r.hgetall(store.SEND_STATS_HASH)
             depths = [r.llen(queue) for queue in store.CELERY_QUEUES]
         except Exception:  # metrics must not fail the scrape; /healthz reports Redis
             return
@@ -36,6 +41,24 @@ class RedisStateCollector(Collector):
             provider, _, outcome = str(key).rpartition("|")
             messages.add_metric([provider, outcome], float(value))
         yield messages
+        latency = HistogramMetricFamily(
+            "dispatch_send_seconds",
+            "Seconds each message's hand-over to the provider took: the exchange that "
+            "carried it (up to 4 SMTP messages pipelined on one connection, or one HTTP "
+            "request: a whole batch for batching providers)",
+            labels=["provider"],
+        )
+        throttles = CounterMetricFamily(
+            "dispatch_throttles",
+            "Replies that asked to slow down (SMTP 421/450/451/454, HTTP 429/503), by provider",
+            labels=["provider"],
+        )
+        for provider, (buckets, seconds, throttled) in histograms(sends).items():
+            if buckets[-1][1]:
+                latency.add_metric([provider], buckets, sum_value=seconds)
+            throttles.add_metric([provider], throttled)
+        yield latency
+        yield throttles
         queues = GaugeMetricFamily(
             "dispatch_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"]
         )

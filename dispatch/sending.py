@@ -47,12 +47,19 @@ from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedErro
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
+from dispatch.send_stats import SendStats
 from dispatch.settings import Settings, get_settings
 from dispatch.unsubscribe import list_unsubscribe_headers, make_token, unsubscribe_urls
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Session, Transport
 from providers.config import ProviderBase
-from providers.errors import ConfigurationError, ErrorClass, ProviderError, TransientError
+from providers.errors import (
+    ConfigurationError,
+    ErrorClass,
+    ProviderError,
+    ThrottledError,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 STATUS_POLL_SECONDS = 0.5
@@ -188,6 +195,7 @@ class BatchSender:
         self.waiting: list[Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
+        self.stats = SendStats()  # exchanges and throttles, for /metrics
         self._records = Records()
         if not items:
             self.finish()
@@ -359,9 +367,11 @@ class BatchSender:
                         if isinstance(exc, ConfigurationError):
                             return
                         continue
+                started = time.perf_counter()
                 try:
                     outcomes = await session.send([m for _, m in messages])
                 except ProviderError as exc:
+                    self.stats.observe(time.perf_counter() - started, len(messages))
                     await stack.aclose()
                     stack = contextlib.AsyncExitStack()
                     session = None
@@ -369,6 +379,7 @@ class BatchSender:
                     if isinstance(exc, ConfigurationError):
                         return
                     continue
+                self.stats.observe(time.perf_counter() - started, len(messages))
                 pause = await self._apply(messages, outcomes)
                 if pause:
                     await asyncio.sleep(pause)
@@ -442,6 +453,8 @@ class BatchSender:
             await self.writer.settle_many(writes)
             return
         assert isinstance(exc, TransientError)
+        if isinstance(exc, ThrottledError):
+            self.stats.throttles += 1
         delay = await self._commit(
             [
                 self._retry(item, SendOutcome.from_error(item.seq, exc), message.meta)
@@ -516,6 +529,8 @@ class BatchSender:
                 )
             )
         delay = await self._commit(writes)
+        if throttled:  # one reply that asked to slow down (an HTTP batch's covers many)
+            self.stats.throttles += 1
         return min(delay, self.settings.inline_retry_seconds) if throttled else 0.0
 
 
@@ -666,6 +681,8 @@ async def run_batch(
                 await asyncio.gather(*sessions)
             finally:
                 watcher.cancel()
+                with contextlib.suppress(Exception):  # metrics never fail a batch
+                    await sender.stats.flush(r, provider.nickname)
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
                 await give_back_claims(writer, sender.queue)

@@ -16,6 +16,7 @@ SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
 SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
+SEND_STATS_HASH = f"{PREFIX}:stats:sends"  # send latency and throttles (dispatch.send_stats)
 CELERY_QUEUES = ("default", "sends", "events")
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
 

@@ -3,7 +3,8 @@
 A :class:`Transport` is built once per provider configuration and opens
 :class:`Session` objects (an SMTP connection, an HTTP client). The dispatcher runs
 several sessions side by side and hands each a chunk of messages at a time
-(``chunk_size``: 1 for SMTP, the batch size for a batching HTTP provider).
+(``chunk_size``: a few for SMTP, pipelined on one connection; 1 for an HTTP provider
+that sends a request per message, the batch size for a batching one).
 
 Per-message failures come back as :class:`SendOutcome` data. Failures of the whole
 session (cannot connect, credentials refused) are raised as

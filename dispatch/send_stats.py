@@ -1,0 +1,79 @@
+"""How long providers take to accept a send, and how often they ask us to slow down.
+
+A batch run counts in memory how long each message's hand-over to the provider took
+(the exchange that carried it: a chunk of up to four SMTP messages pipelined on one
+connection, or one HTTP request, a whole batch for a batching provider) and the
+throttling replies it got (one per reply, however many messages it covered), then adds
+them to Redis in one round trip
+(``store.SEND_STATS_HASH``): the API's ``/metrics`` reports them for every worker as
+``dispatch_send_seconds`` (a histogram) and ``dispatch_throttles_total`` (DESIGN §8).
+
+Fields of the hash: ``<provider>|le=<bound>`` (messages whose hand-over took at most
+``bound`` seconds and more than the bound before it; ``+Inf`` for the rest),
+``<provider>|sum`` (seconds, a float) and ``<provider>|throttles``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from dispatch import store
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LABELS = (*(f"{b:g}" for b in BUCKETS), "+Inf")
+
+
+class SendStats:
+    """One batch run's hand-overs and throttles, until :meth:`flush`."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts = [0] * len(_LABELS)
+        self.seconds = 0.0
+        self.throttles = 0
+
+    def observe(self, seconds: float, messages: int) -> None:
+        """An exchange with the provider that carried ``messages`` and took ``seconds``."""
+        self.counts[bisect_left(BUCKETS, seconds)] += messages
+        self.seconds += seconds * messages
+
+    async def flush(self, r: aioredis.Redis, provider: str) -> None:
+        """Add what was counted to Redis and start again from zero."""
+        if not any(self.counts) and not self.throttles:
+            return
+        pipe = r.pipeline(transaction=True)
+        for label, count in zip(_LABELS, self.counts, strict=True):
+            if count:
+                pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|le={label}", count)
+        if any(self.counts):
+            pipe.hincrbyfloat(store.SEND_STATS_HASH, f"{provider}|sum", self.seconds)
+        if self.throttles:
+            pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|throttles", self.throttles)
+        await pipe.execute()
+        self._reset()
+
+
+def histograms(
+    fields: Mapping[Any, Any],
+) -> dict[str, tuple[list[tuple[str, float]], float, float]]:
+    """Per provider, from the hash: cumulative buckets ``[(le, count), ...]`` in
+    Prometheus's form, the sum of seconds, and the throttles."""
+    out: dict[str, tuple[list[tuple[str, float]], float, float]] = {}
+    raw: dict[str, dict[str, float]] = {}
+    for key, value in fields.items():
+        provider, _, name = str(key).rpartition("|")
+        raw.setdefault(provider, {})[name] = float(value)
+    for provider, values in sorted(raw.items()):
+        running = 0.0
+        buckets = []
+        for label in _LABELS:
+            running += values.get(f"le={label}", 0.0)
+            buckets.append((label, running))
+        out[provider] = (buckets, values.get("sum", 0.0), values.get("throttles", 0.0))
+    return out
