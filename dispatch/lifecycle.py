@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 
 from dispatch import campaigns, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
-from dispatch.ledger import LedgerWriter, parse_record, record
+from dispatch.ledger import LedgerWriter, parse_record, record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.recipient_pages import lines_of, page_span, stored_count
 from dispatch.settings import get_settings
@@ -159,26 +159,26 @@ async def _settle_unsent(
     out = _Settled()
     writer = LedgerWriter(r, campaign_id)
     total = await _stored(r, campaign_id)
+    records: dict[int, bytes] = {}  # one record per attempt count: groups in the ledger
     for start in range(0, total, WINDOW):
-        seqs = list(range(start, min(start + WINDOW, total)))
-        raw = await r.hmget(store.ledger_key(campaign_id), [str(s) for s in seqs])
-        todo: list[tuple[int, dict[str, Any] | None]] = []
-        for seq, rec_raw in zip(seqs, raw, strict=True):
-            rec = parse_record(rec_raw)
-            if rec is None or rec["state"] == MessageState.RETRY.value:
-                todo.append((seq, rec))
-            elif rec["state"] == MessageState.CLAIMED.value:
-                out.batches_with_claims.add(seq // batch_size)
-        if not todo:
-            continue
-        records: dict[int, bytes] = {}  # one record per attempt count: groups in the ledger
+        found = await records_between(r, campaign_id, start, min(start + WINDOW, total))
         claims = []
-        for seq, rec in todo:
-            attempts = int(rec["attempts"]) if rec else 0
+        for seq in range(start, min(start + WINDOW, total)):
+            raw = found.get(seq)
+            attempts = 0
+            if raw is not None:  # (none: still queued)
+                rec = parse_record(raw)
+                assert rec is not None
+                if rec["state"] == MessageState.CLAIMED.value:
+                    out.batches_with_claims.add(seq // batch_size)
+                if rec["state"] != MessageState.RETRY.value:
+                    continue
+                attempts = int(rec["attempts"])
             if attempts not in records:
                 records[attempts] = record(state, attempts=attempts)
             claims.append((seq, records[attempts]))
-        out.count += sum(await writer.claim_many(claims))
+        if claims:
+            out.count += sum(await writer.claim_many(claims))
     return out
 
 
@@ -298,17 +298,16 @@ async def _requeue_failed(
     writer = LedgerWriter(r, campaign_id)
     total = await _stored(r, campaign_id)
     for start in range(0, total, WINDOW):
-        seqs = [str(s) for s in range(start, min(start + WINDOW, total))]
-        raw = await r.hmget(store.ledger_key(campaign_id), seqs)
+        found = await records_between(r, campaign_id, start, min(start + WINDOW, total))
         failed: list[tuple[int, dict[str, Any]]] = []
-        for name, rec_raw in zip(seqs, raw, strict=True):
-            rec = parse_record(rec_raw)
+        for seq, raw in sorted(found.items()):
+            rec = parse_record(raw)
             if rec is None or rec["state"] != MessageState.FAILED.value:
                 continue
             if not is_retryable(rec["error_class"], rec["detail"]):
                 report.skipped_not_retryable += 1
                 continue
-            failed.append((int(name), rec))
+            failed.append((seq, rec))
         if not failed:
             continue
         pipe = r.pipeline(transaction=False)
