@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from dispatch import store
 from dispatch.models import MessageState
@@ -341,11 +342,17 @@ class BatchLease:
             await asyncio.sleep(self.ttl_ms / 4000)
             await self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
 
-    async def release(self) -> None:
+    async def release(self, also: Callable[[Pipeline], object] | None = None) -> None:
+        """Give the lease up; ``also`` adds commands of the caller's to the same round
+        trip (a batch's metrics: see dispatch.send_stats)."""
         if self._renewer is not None:
             self._renewer.cancel()
             self._renewer = None
-        await self.client.eval(_RELEASE, 1, self.key, self.token)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.eval(_RELEASE, 1, self.key, self.token)
+        if also is not None:
+            also(pipe)
+        await pipe.execute()
 
 
 @dataclass

@@ -4,7 +4,7 @@ A batch run counts in memory how long each message's hand-over to the provider t
 (the exchange that carried it: a chunk of up to four SMTP messages pipelined on one
 connection, or one HTTP request, a whole batch for a batching provider) and the
 throttling replies it got (one per reply, however many messages it covered), then adds
-them to Redis in one round trip
+them to Redis with the release of its lease
 (``store.SEND_STATS_HASH``): the API's ``/metrics`` reports them for every worker as
 ``dispatch_send_seconds`` (a histogram) and ``dispatch_throttles_total`` (DESIGN §8).
 
@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from dispatch import store
 
@@ -43,11 +44,10 @@ class SendStats:
         self.counts[bisect_left(BUCKETS, seconds)] += messages
         self.seconds += seconds * messages
 
-    async def flush(self, r: aioredis.Redis, provider: str) -> None:
-        """Add what was counted to Redis and start again from zero."""
-        if not any(self.counts) and not self.throttles:
-            return
-        pipe = r.pipeline(transaction=True)
+    def add_to(self, pipe: Pipeline, provider: str) -> None:
+        """Queue the commands that add what was counted to Redis on ``pipe``, and start
+        again from zero (a batch run's lease release carries them: no round trip of
+        their own)."""
         for label, count in zip(_LABELS, self.counts, strict=True):
             if count:
                 pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|le={label}", count)
@@ -55,8 +55,14 @@ class SendStats:
             pipe.hincrbyfloat(store.SEND_STATS_HASH, f"{provider}|sum", self.seconds)
         if self.throttles:
             pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|throttles", self.throttles)
-        await pipe.execute()
         self._reset()
+
+    async def flush(self, r: aioredis.Redis, provider: str) -> None:
+        """Add what was counted to Redis now."""
+        pipe = r.pipeline(transaction=True)
+        self.add_to(pipe, provider)
+        if len(pipe):
+            await pipe.execute()
 
 
 def histograms(

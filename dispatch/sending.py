@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from dispatch import store
 from dispatch.batch_items import (
@@ -611,6 +612,8 @@ async def run_batch(
     # Round trips are few: under load each one waits in Redis's queue behind other
     # workers' scripts. The first takes the lease and reads the campaign and its
     # provider (the content only when this process does not hold it yet).
+    stats: SendStats | None = None  # the send metrics of this run, once it sends
+    stats_provider = ""
     known = _contents.get(campaign_id)
     begun = await begin_batch(r, lease, campaign_id, known[0] if known else "")
     if not begun.acquired:
@@ -681,8 +684,7 @@ async def run_batch(
                 await asyncio.gather(*sessions)
             finally:
                 watcher.cancel()
-                with contextlib.suppress(Exception):  # metrics never fail a batch
-                    await sender.stats.flush(r, provider.nickname)
+                stats, stats_provider = sender.stats, provider.nickname  # sent with the release
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
                 await give_back_claims(writer, sender.queue)
@@ -712,4 +714,9 @@ async def run_batch(
                 await give_back_claims(writer, claimed)
             raise
     finally:
-        await lease.release()
+
+        def metrics(pipe: Pipeline) -> None:
+            if stats is not None:
+                stats.add_to(pipe, stats_provider)
+
+        await lease.release(metrics)
