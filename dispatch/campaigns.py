@@ -475,7 +475,8 @@ class RecipientAppender:
         known: set[str] = self._seen if self._seen is not None else set()
         fresh = set(keys)
         if len(fresh) == len(keys) and known.isdisjoint(fresh):
-            known |= fresh
+            if self._seen is not None:
+                self._seen |= fresh
         else:
             kept = []
             for position, key in enumerate(keys):
