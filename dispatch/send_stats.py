@@ -19,7 +19,6 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from dispatch import store
@@ -29,7 +28,7 @@ _LABELS = (*(f"{b:g}" for b in BUCKETS), "+Inf")
 
 
 class SendStats:
-    """One batch run's hand-overs and throttles, until :meth:`flush`."""
+    """One batch run's hand-overs and throttles, until :meth:`add_to` takes them."""
 
     def __init__(self) -> None:
         self._reset()
@@ -56,13 +55,6 @@ class SendStats:
         if self.throttles:
             pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|throttles", self.throttles)
         self._reset()
-
-    async def flush(self, r: aioredis.Redis, provider: str) -> None:
-        """Add what was counted to Redis now."""
-        pipe = r.pipeline(transaction=True)
-        self.add_to(pipe, provider)
-        if len(pipe):
-            await pipe.execute()
 
 
 def histograms(
