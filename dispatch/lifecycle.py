@@ -36,7 +36,7 @@ from dispatch import campaigns, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
 from dispatch.ledger import LedgerWriter, parse_record, record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
-from dispatch.recipient_pages import lines_of, page_span, stored_count
+from dispatch.recipient_pages import lines_of, page_span, stored_count, stored_count_async
 from dispatch.settings import get_settings
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.errors import ErrorClass
@@ -147,18 +147,13 @@ class _Settled:
     batches_with_claims: set[int] = field(default_factory=set)
 
 
-async def _stored(r: aioredis.Redis, campaign_id: str) -> int:
-    """How many recipients the campaign has (see recipient_pages.stored_count)."""
-    return int(await r.hget(store.counters_key(campaign_id), "total") or 0)
-
-
 async def _settle_unsent(
     r: aioredis.Redis, campaign_id: str, state: MessageState, batch_size: int
 ) -> _Settled:
     """Give every message still queued or waiting for a retry the terminal ``state``."""
     out = _Settled()
     writer = LedgerWriter(r, campaign_id)
-    total = await _stored(r, campaign_id)
+    total = await stored_count_async(r, campaign_id)
     records: dict[int, bytes] = {}  # one record per attempt count: groups in the ledger
     for start in range(0, total, WINDOW):
         found = await records_between(r, campaign_id, start, min(start + WINDOW, total))
@@ -296,7 +291,7 @@ async def _requeue_failed(
     r: aioredis.Redis, campaign_id: str, batch_size: int, report: RetryReport
 ) -> None:
     writer = LedgerWriter(r, campaign_id)
-    total = await _stored(r, campaign_id)
+    total = await stored_count_async(r, campaign_id)
     for start in range(0, total, WINDOW):
         found = await records_between(r, campaign_id, start, min(start + WINDOW, total))
         failed: list[tuple[int, dict[str, Any]]] = []

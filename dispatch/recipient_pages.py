@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import redis
+import redis.asyncio as aioredis
 
 from dispatch import store
 
@@ -62,3 +63,8 @@ def line_safe(text: str) -> str:
 def stored_count(r: redis.Redis, campaign_id: str) -> int:
     """How many recipients the campaign has."""
     return int(r.hget(store.counters_key(campaign_id), "total") or 0)
+
+
+async def stored_count_async(r: aioredis.Redis, campaign_id: str) -> int:
+    """:func:`stored_count` with an asyncio client."""
+    return int(await r.hget(store.counters_key(campaign_id), "total") or 0)
