@@ -84,6 +84,18 @@ return 1
 """
 SLOT_POLL_SECONDS = 0.2
 
+# A kept session's slot (see dispatch.session_pool) taken back for a new batch: only if
+# it has not expired meanwhile (then another worker may hold it; the session must go).
+_RETAKE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if score and tonumber(score) > tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3])
+  return 1
+end
+redis.call('ZREM', KEYS[1], ARGV[3])
+return 0
+"""
+
 
 class ConnectionSlots:
     """The provider's ``max_connections``, counted across every worker (DESIGN §7)."""
@@ -119,3 +131,14 @@ class ConnectionSlots:
 
     async def release(self, token: str) -> None:
         await self.client.zrem(self.key, token)
+
+    async def park(self, token: str, seconds: float) -> None:
+        """Keep the slot of an idle session for ``seconds`` more (no renewal): it frees
+        itself if the session is not used (or closed) by then."""
+        await self.client.zadd(self.key, {token: time.time() + seconds}, xx=True)
+
+    async def retake(self, token: str) -> bool:
+        """Hold a parked slot again (as :meth:`acquire` does); False if it expired."""
+        now = time.time()
+        taken = await self.client.eval(_RETAKE, 1, self.key, now, now + self.ttl, token)
+        return bool(taken)

@@ -1,33 +1,90 @@
-"""One asyncio event loop per worker process, with its own Redis client.
+"""One asyncio event loop per worker process, with its own Redis client and sessions.
 
 Tasks are synchronous (Celery prefork); they run their coroutine on this loop so that
-clients and connection pools live as long as the process, not one task.
+clients and connection pools live as long as the process, not one task. Provider
+sessions a batch leaves behind (dispatch.session_pool) are closed after their idle time
+even when no task follows: a timer thread runs the loop for that between tasks (the loop
+runs in one thread at a time, under a lock).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
 from dispatch import store
+from dispatch.session_pool import SessionPool
+from dispatch.settings import get_settings
 
 T = TypeVar("T")
 _loop: asyncio.AbstractEventLoop | None = None
 _client: aioredis.Redis | None = None
+_pool: SessionPool | None = None
+_lock = threading.Lock()  # whoever runs the loop holds it
+_closer: threading.Timer | None = None
 
 
 def run(factory: Callable[[aioredis.Redis], Coroutine[Any, Any, T]]) -> T:
     """Run ``factory(redis_client)`` to completion on this process's loop."""
-    global _loop, _client
-    if _loop is None or _loop.is_closed():
-        _loop = _new_loop()
-        _client = None
-    if _client is None:
-        _client = store.async_client()
-    return _loop.run_until_complete(factory(_client))
+    global _loop, _client, _pool
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            _loop = _new_loop()
+            _client = None
+            _pool = SessionPool(get_settings().session_idle_seconds)
+        if _client is None:
+            _client = store.async_client()
+        try:
+            return _loop.run_until_complete(factory(_client))
+        finally:
+            _schedule_close()
+
+
+def session_pool() -> SessionPool:
+    """This process's kept provider sessions (call from a coroutine that :func:`run`
+    runs: they belong to its loop)."""
+    assert _pool is not None, "session_pool() outside runtime.run"
+    return _pool
+
+
+def _schedule_close() -> None:
+    """Close the sessions left idle once they are due, unless a task comes first (it
+    takes them or closes them itself)."""
+    global _closer
+    if _closer is not None:
+        _closer.cancel()
+        _closer = None
+    due = _pool.next_expiry() if _pool is not None else None
+    if due is not None:
+        _closer = threading.Timer(due + 0.05, _close_idle)
+        _closer.daemon = True
+        _closer.start()
+
+
+def _close_idle() -> None:
+    if not _lock.acquire(blocking=False):
+        return  # a task runs the loop: it reschedules when it ends
+    try:
+        if _loop is not None and not _loop.is_closed() and _pool is not None:
+            _loop.run_until_complete(_pool.close_idle())
+            _schedule_close()
+    finally:
+        _lock.release()
+
+
+def shutdown() -> None:
+    """Close the kept sessions (QUIT, slots given back) as the process ends."""
+    global _closer
+    if _closer is not None:
+        _closer.cancel()
+        _closer = None
+    with _lock:
+        if _loop is not None and not _loop.is_closed() and _pool is not None:
+            _loop.run_until_complete(_pool.close_all())
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

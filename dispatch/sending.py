@@ -49,10 +49,11 @@ from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
 from dispatch.send_stats import SendStats
+from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
 from dispatch.unsubscribe import list_unsubscribe_headers, make_token, unsubscribe_urls
 from providers.addresses import InvalidAddressError, normalize_address
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Session, Transport
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
 from providers.config import ProviderBase
 from providers.errors import (
     ConfigurationError,
@@ -183,9 +184,17 @@ class BatchSender:
     """Runs the sessions of one batch over a shared queue of messages."""
 
     def __init__(
-        self, campaign: _Campaign, writer: LedgerWriter, items: list[Item], settings: Settings
+        self,
+        campaign: _Campaign,
+        writer: LedgerWriter,
+        items: list[Item],
+        settings: Settings,
+        pool: SessionPool | None = None,
+        pool_key: tuple[str, str] = ("", ""),
     ) -> None:
         self.c = campaign
+        self.pool = pool  # where sessions go when the batch is done (None: closed)
+        self.pool_key = pool_key
         self.writer = writer
         self.settings = settings
         self.queue: deque[Item] = deque(items)  # waiting for a sender
@@ -325,68 +334,71 @@ class BatchSender:
         n = min(len(queue), self.c.transport.chunk_size)
         return [queue.popleft() for _ in range(n)]
 
-    async def run_session(self) -> None:
-        """One sender: a connection slot of the provider, then its own session, reused."""
-        token = secrets.token_hex(8)
+    async def run_session(self, kept: KeptSession | None = None) -> None:
+        """One sender: a connection slot of the provider, then its own session, reused
+        (``kept``: a slot and session an earlier batch left in the pool)."""
         slots = self.c.slots
-        if not await slots.hold(token, lambda: self.done.is_set() or bool(self.c.stop_reason)):
-            return
-        renewer = asyncio.create_task(slots.renew(token))
+        if kept is None:
+            kept = KeptSession(self.pool_key, slots, secrets.token_hex(8))
+            if not await slots.hold(
+                kept.token, lambda: self.done.is_set() or bool(self.c.stop_reason)
+            ):
+                return
+        renewer = asyncio.create_task(slots.renew(kept.token))
+        reusable = False
         try:
-            await self._send_chunks()
+            await self._send_chunks(kept)
+            reusable = self.pool is not None and not self.c.stop_reason
         finally:
             renewer.cancel()
-            with contextlib.suppress(Exception):
-                await slots.release(token)
+            if reusable and self.pool is not None:
+                with contextlib.suppress(Exception):
+                    await self.pool.keep(kept)
+            else:
+                await kept.close()
 
-    async def _send_chunks(self) -> None:
-        stack = contextlib.AsyncExitStack()
-        session: Session | None = None
-        try:
-            while not self.c.stop_reason:
-                chunk = await self._next_chunk()
-                if not chunk:
-                    return
-                if self.c.stop_reason:
-                    self.put_back(chunk)  # left queued for resume
-                    return
-                messages = await self._prepare(chunk)
-                if not messages:
-                    continue
+    async def _send_chunks(self, kept: KeptSession) -> None:
+        while not self.c.stop_reason:
+            chunk = await self._next_chunk()
+            if not chunk:
+                return
+            if self.c.stop_reason:
+                self.put_back(chunk)  # left queued for resume
+                return
+            messages = await self._prepare(chunk)
+            if not messages:
+                continue
+            try:
+                wait = await self.c.limiter.take(len(messages))
+            except QuotaExhaustedError as exc:
+                await self._session_failed(messages, exc)
+                return
+            if wait > 0:
+                await asyncio.sleep(wait)
+            session = kept.session
+            if session is None:
                 try:
-                    wait = await self.c.limiter.take(len(messages))
-                except QuotaExhaustedError as exc:
-                    await self._session_failed(messages, exc)
-                    return
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if session is None:
-                    try:
-                        session = await stack.enter_async_context(self.c.transport.session())
-                    except ProviderError as exc:
-                        await self._session_failed(messages, exc)
-                        if isinstance(exc, ConfigurationError):
-                            return
-                        continue
-                started = time.perf_counter()
-                try:
-                    outcomes = await session.send([m for _, m in messages])
+                    session = await kept.stack.enter_async_context(self.c.transport.session())
                 except ProviderError as exc:
-                    self.stats.observe(time.perf_counter() - started, len(messages))
-                    await stack.aclose()
-                    stack = contextlib.AsyncExitStack()
-                    session = None
                     await self._session_failed(messages, exc)
                     if isinstance(exc, ConfigurationError):
                         return
                     continue
+                kept.session = session
+            started = time.perf_counter()
+            try:
+                outcomes = await session.send([m for _, m in messages])
+            except ProviderError as exc:
                 self.stats.observe(time.perf_counter() - started, len(messages))
-                pause = await self._apply(messages, outcomes)
-                if pause:
-                    await asyncio.sleep(pause)
-        finally:
-            with contextlib.suppress(Exception):
-                await stack.aclose()
+                await kept.drop_session()
+                await self._session_failed(messages, exc)
+                if isinstance(exc, ConfigurationError):
+                    return
+                continue
+            self.stats.observe(time.perf_counter() - started, len(messages))
+            pause = await self._apply(messages, outcomes)
+            if pause:
+                await asyncio.sleep(pause)
 
     async def _prepare(self, chunk: list[Item]) -> list[tuple[Item, OutgoingMessage]]:
         """Render and claim the items; those that cannot be built fail at once."""
@@ -603,9 +615,19 @@ def _content_of(campaign_id: str, begun: BatchStart) -> CampaignContent | None:
 
 
 async def run_batch(
-    campaign_id: str, batch: int, *, r: aioredis.Redis, settings: Settings | None = None
+    campaign_id: str,
+    batch: int,
+    *,
+    r: aioredis.Redis,
+    settings: Settings | None = None,
+    pool: SessionPool | None = None,
 ) -> BatchResult:
-    """Send every unsettled message of one batch. Raises only for infrastructure errors."""
+    """Send every unsettled message of one batch. Raises only for infrastructure errors.
+
+    ``pool``: this process's sessions kept from earlier batches (dispatch.session_pool);
+    the batch takes those of its provider and leaves its own there. None: the batch's
+    sessions are closed when it ends.
+    """
     settings = settings or get_settings()
     result = BatchResult(campaign_id, batch)
     lease = BatchLease(r, campaign_id, batch, settings.lease_ttl_ms)
@@ -675,11 +697,16 @@ async def run_batch(
                 settings,
                 r,
             )
-            sender = BatchSender(campaign, writer, items, settings)
+            pool_key = (content.provider, raw_provider)
+            sender = BatchSender(campaign, writer, items, settings, pool, pool_key)
             n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))
             n = min(n, max(1, len(items) // max(1, campaign.transport.chunk_size)))
+            kept: list[KeptSession | None] = []
+            if pool is not None:
+                kept.extend(await pool.take(pool_key, n))
+            kept += [None] * (n - len(kept))
             watcher = asyncio.create_task(_watch_status(r, campaign, sender))
-            sessions = [asyncio.create_task(sender.run_session()) for _ in range(n)]
+            sessions = [asyncio.create_task(sender.run_session(k)) for k in kept]
             try:
                 await asyncio.gather(*sessions)
             finally:

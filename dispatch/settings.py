@@ -18,6 +18,7 @@ DEFAULT_INLINE_RETRY_SECONDS = 30.0
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 DEFAULT_SESSIONS_PER_WORKER = 8
 DEFAULT_LEASE_TTL_MS = 60_000
+DEFAULT_SESSION_IDLE_SECONDS = 2.0
 # Callbacks: how long a seen event is remembered (SendGrid retries for up to 24 h, SNS
 # for up to 1 h, reference §1.1 and §2.1), and how old an unprocessed inbox batch must be
 # before its task is presumed lost and it is enqueued again.
@@ -53,6 +54,9 @@ class Settings(BaseSettings):
     # SMTP connections (HTTP clients) one worker process opens per provider at most;
     # the provider's max_connections caps it across all workers.
     sessions_per_worker: int = Field(default=DEFAULT_SESSIONS_PER_WORKER, ge=1, le=64)
+    # Provider sessions (connections) a worker process keeps open after a batch for the
+    # next one, closed after this many idle seconds (0: closed with each batch).
+    session_idle_seconds: float = Field(default=DEFAULT_SESSION_IDLE_SECONDS, ge=0, le=300)
     # A batch's lease: a dead worker's batch can be taken over this long after it died.
     lease_ttl_ms: int = Field(default=DEFAULT_LEASE_TTL_MS, ge=200)
     callback_dedupe_ttl_seconds: int = Field(default=DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS, ge=60)

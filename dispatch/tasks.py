@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import redis
-from celery.signals import worker_ready
+from celery.signals import worker_process_shutdown, worker_ready
 
 from dispatch import campaigns, effects, lifecycle, runtime, store
 from dispatch.celery_app import app
@@ -44,7 +44,7 @@ def start_campaign(campaign_id: str) -> int:
 @app.task(name="dispatch.send_batch")
 def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
     """Send one batch; re-enqueue it when messages wait for a later retry."""
-    result = runtime.run(lambda r: run_batch(campaign_id, batch, r=r))
+    result = runtime.run(lambda r: run_batch(campaign_id, batch, r=r, pool=runtime.session_pool()))
     if result.busy:
         # Another worker holds the batch. It may have died: come back when its lease
         # would have expired, and finish whatever it left (a no-op if it finished).
@@ -119,3 +119,13 @@ def _recover_callbacks_at_start(**_: object) -> None:
         recover_callbacks.apply_async(queue="events")
     except Exception:  # never keep a worker from starting: beat will do it later
         log.exception("could not enqueue callback recovery")
+
+
+@worker_process_shutdown.connect
+def _close_kept_sessions(**_: object) -> None:
+    """A worker process that stops says goodbye to its providers (SMTP QUIT) and gives
+    its connection slots back instead of leaving them to expire."""
+    try:
+        runtime.shutdown()
+    except Exception:  # stopping anyway: the slots expire by themselves
+        log.exception("could not close kept provider sessions")

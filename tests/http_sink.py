@@ -37,6 +37,7 @@ class RecordedRequest:
     headers: list[tuple[str, str]]
     body: bytes
     at: float = 0.0  # time.monotonic() when it arrived
+    peer_port: int = 0  # the client's port: one per TCP connection
 
     @property
     def path(self) -> str:
@@ -76,7 +77,12 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests.append(
                 RecordedRequest(
-                    self.command, self.path, list(self.headers.items()), body, time.monotonic()
+                    self.command,
+                    self.path,
+                    list(self.headers.items()),
+                    body,
+                    time.monotonic(),
+                    self.client_address[1],
                 )
             )
             reply = state.script.popleft() if state.script else state.default

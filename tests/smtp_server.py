@@ -45,6 +45,7 @@ class Handler:
     connections: int = 0
     active: int = 0  # connections open now
     peak: int = 0  # most connections open at once
+    open_transports: list[Any] = field(default_factory=list)
     rcpt_reply: Callable[[str], str | None] = lambda address: None
     data_reply: Callable[[Envelope], str | None] = lambda envelope: None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -77,10 +78,13 @@ class CountingSMTP(SMTP):
         handler.connections += 1
         handler.active += 1
         handler.peak = max(handler.peak, handler.active)
+        handler.open_transports.append(transport)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.event_handler.active -= 1
+        if self.transport in self.event_handler.open_transports:
+            self.event_handler.open_transports.remove(self.transport)
         super().connection_lost(exc)
 
 
@@ -178,6 +182,12 @@ class SmtpTestServer:
         self.handler.connections = 0  # the controller's own readiness probe is not a client
         self.handler.peak = self.handler.active
         return self
+
+    def hang_up(self) -> None:
+        """Close every client connection from the server's side (an idle timeout)."""
+        assert self._controller is not None and self._controller.loop is not None
+        for transport in list(self.handler.open_transports):
+            self._controller.loop.call_soon_threadsafe(transport.close)
 
     def stop(self) -> None:
         if self._controller is not None:

@@ -1,0 +1,126 @@
+"""Provider sessions kept open from one batch to the next in a worker process.
+
+Without it every batch connects anew: a TCP connect, and with a real provider a TLS
+handshake (a few milliseconds of CPU and two round trips over the internet) and the SMTP
+greeting, EHLO and AUTH, once per session per batch of 1000. A batch's sessions are kept
+here when it ends and the next batch of the same provider in this process takes them.
+
+A kept session keeps its connection slot (``max_connections`` counts open connections,
+idle or not; dispatch.limits), parked with a short expiry instead of renewed: it frees
+itself if the process goes away. A kept session is closed, and its slot given back,
+
+- after ``idle_seconds`` unused (dispatch.runtime closes it between tasks),
+- when a batch of another provider, or of a changed configuration, runs in the process,
+  or a batch that needs fewer sessions (an idle session would hold a slot for nothing),
+- when its slot expired before it was taken again (another worker may hold it now).
+
+A session that died while kept (the server closed an idle connection) reconnects on its
+next send: the SMTP session checks its connection before each chunk, httpcore drops a
+keep-alive connection the server closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from dispatch.limits import ConnectionSlots
+from providers.base import Session
+
+# How long a parked slot outlives its session's idle time: the close (by the next task or
+# by the runtime between tasks) comes first, unless the process is gone.
+SLOT_GRACE_SECONDS = 2.0
+
+
+@dataclass(eq=False)
+class KeptSession:
+    """A sender's connection slot and the provider session open on it (``None`` until
+    its first send, or after it died), with the stack that closes the session."""
+
+    key: tuple[str, str]  # the provider's nickname and stored configuration
+    slots: ConnectionSlots
+    token: str
+    session: Session | None = None
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    idle_since: float = 0.0
+
+    async def drop_session(self) -> None:
+        """Close the session (it failed) and keep the slot for the next one."""
+        self.session = None
+        stack, self.stack = self.stack, contextlib.AsyncExitStack()
+        with contextlib.suppress(Exception):
+            await stack.aclose()
+
+    async def close(self) -> None:
+        """Close the session and give its slot back (errors are not the caller's)."""
+        with contextlib.suppress(Exception):
+            await self.stack.aclose()
+        with contextlib.suppress(Exception):
+            await self.slots.release(self.token)
+
+
+class SessionPool:
+    """The idle sessions of one worker process (one event loop)."""
+
+    def __init__(self, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self._idle: list[KeptSession] = []
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    async def take(self, key: tuple[str, str], n: int) -> list[KeptSession]:
+        """Up to ``n`` idle sessions of ``key``, the most recently used first, with their
+        slots held again; every other idle session is closed."""
+        now = time.monotonic()
+        fresh = [
+            k
+            for k in reversed(self._idle)
+            if k.key == key and now - k.idle_since < self.idle_seconds
+        ]
+        taken = fresh[:n]
+        others = [k for k in self._idle if k not in taken]
+        self._idle = []
+        await _close(others)
+        held = await asyncio.gather(*(k.slots.retake(k.token) for k in taken))
+        await _close([k for k, ok in zip(taken, held, strict=True) if not ok])
+        return [k for k, ok in zip(taken, held, strict=True) if ok]
+
+    async def keep(self, kept: KeptSession) -> None:
+        """Keep ``kept`` (whose sender is done with it) for the next batch, or close it
+        when it has no session."""
+        if self.idle_seconds <= 0 or kept.session is None:
+            await kept.close()
+            return
+        kept.idle_since = time.monotonic()
+        try:
+            await kept.slots.park(kept.token, self.idle_seconds + SLOT_GRACE_SECONDS)
+        except Exception:
+            await kept.close()
+            raise
+        self._idle.append(kept)
+
+    def next_expiry(self) -> float | None:
+        """Seconds until the oldest idle session is due to close (None: nothing kept)."""
+        if not self._idle:
+            return None
+        oldest = min(k.idle_since for k in self._idle)
+        return max(0.0, oldest + self.idle_seconds - time.monotonic())
+
+    async def close_idle(self) -> None:
+        """Close the sessions idle for ``idle_seconds`` or longer."""
+        now = time.monotonic()
+        due = [k for k in self._idle if now - k.idle_since >= self.idle_seconds]
+        self._idle = [k for k in self._idle if k not in due]
+        await _close(due)
+
+    async def close_all(self) -> None:
+        idle, self._idle = self._idle, []
+        await _close(idle)
+
+
+async def _close(sessions: list[KeptSession]) -> None:
+    if sessions:
+        await asyncio.gather(*(k.close() for k in sessions))

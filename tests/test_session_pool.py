@@ -1,0 +1,222 @@
+"""Provider sessions kept from one batch to the next: real servers, Redis and batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis
+
+from dispatch import campaigns, runtime, store
+from dispatch.ledger import parse_record
+from dispatch.models import CampaignRequest
+from dispatch.sending import BatchResult, run_batch
+from dispatch.session_pool import SLOT_GRACE_SECONDS, SessionPool
+from dispatch.settings import Settings
+from tests.helpers import http_provider, recipients, smtp_provider
+from tests.http_sink import HttpSink
+from tests.smtp_server import SmtpTestServer
+
+SETTINGS = Settings(batch_size=5, retry_base_seconds=0.05, inline_retry_seconds=5.0)
+
+
+@pytest.fixture(autouse=True)
+def _batches_of_five(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(campaigns, "get_settings", lambda: SETTINGS)
+
+
+def _campaign(r: redis.Redis, provider: str, n: int) -> tuple[str, list[int]]:
+    """A campaign of ``n`` recipients in batches of 5 (not sent): its id and batches."""
+    batches: list[int] = []
+    body = {
+        "provider": provider,
+        "subject": "Hi {{ name }}",
+        "html": "<p>{{ name }}</p>",
+        "recipients": recipients(n),
+    }
+    cid, _ = campaigns.create_campaign(
+        CampaignRequest.model_validate(body), client=r, enqueue=lambda c, b: batches.append(b)
+    )
+    return cid, batches
+
+
+def _slots(r: redis.Redis, provider: str) -> list[tuple[str, float]]:
+    key = f"{store.PREFIX}:connections:{provider}"
+    return [(str(m), float(s)) for m, s in r.zrange(key, 0, -1, withscores=True)]
+
+
+Between = Callable[[SessionPool], Awaitable[None]]
+
+
+def _run(
+    cid: str, batches: list[int], pool: SessionPool | None, between: Between | None = None
+) -> list[BatchResult]:
+    """Run the batches one after the other on one loop (as a worker process does)."""
+
+    async def go() -> list[BatchResult]:
+        client = store.async_client()
+        out = []
+        try:
+            for index, b in enumerate(batches):
+                if index and between is not None and pool is not None:
+                    await between(pool)
+                out.append(await run_batch(cid, b, r=client, settings=SETTINGS, pool=pool))
+            if pool is not None:
+                await pool.close_all()
+        finally:
+            await client.aclose()
+        return out
+
+    return asyncio.run(go())
+
+
+def _all_sent_once(r: redis.Redis, cid: str, n: int) -> None:
+    assert campaigns.get_counters(cid, r)["sent"] == n
+    for seq in range(n):
+        rec = parse_record(r.hget(store.ledger_key(cid), str(seq)))
+        assert rec is not None and (rec["state"], rec["attempts"]) == ("sent", 1), (seq, rec)
+
+
+def test_http_batches_share_one_connection_through_the_pool(redis_client: redis.Redis) -> None:
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url, max_connections=1)
+        cid, batches = _campaign(redis_client, "esp", 15)
+        slots_between: list[list[tuple[str, float]]] = []
+
+        async def look(pool: SessionPool) -> None:
+            slots_between.append(_slots(redis_client, "esp"))
+            assert len(pool) == 1
+
+        _run(cid, batches, SessionPool(30.0), look)
+        ports = [request.peer_port for request in sink.requests]
+    assert len(ports) == 3 and len(set(ports)) == 1  # three batches, one TCP connection
+    _all_sent_once(redis_client, cid, 15)
+    # Between batches the kept session holds its slot, parked: it expires by itself
+    # shortly after the idle time (not after the lease TTL of a working sender).
+    for slots in slots_between:
+        assert len(slots) == 1
+        expires_in = slots[0][1] - time.time()
+        assert 25 < expires_in <= 30 + SLOT_GRACE_SECONDS
+    assert _slots(redis_client, "esp") == []  # closed with the pool: slot given back
+
+
+def test_without_a_pool_each_batch_connects_anew(redis_client: redis.Redis) -> None:
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url)
+        cid, batches = _campaign(redis_client, "esp", 10)
+        _run(cid, batches, None)
+        ports = [request.peer_port for request in sink.requests]
+    assert len(ports) == 2 and len(set(ports)) == 2
+    assert _slots(redis_client, "esp") == []
+
+
+def test_a_changed_configuration_gets_a_new_session(redis_client: redis.Redis) -> None:
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url)
+        cid, batches = _campaign(redis_client, "esp", 10)
+
+        async def change(pool: SessionPool) -> None:
+            http_provider(redis_client, sink.url, timeout=7)
+
+        _run(cid, batches, SessionPool(30.0), change)
+        ports = [request.peer_port for request in sink.requests]
+    assert len(set(ports)) == 2
+    assert _slots(redis_client, "esp") == []
+
+
+def test_smtp_connection_is_reused_and_redialled_after_the_server_hangs_up(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    smtp_provider(redis_client, smtp.port, max_connections=1)
+    cid, batches = _campaign(redis_client, "local", 15)
+    seen: list[int] = []
+
+    async def hang_up_after_the_second(pool: SessionPool) -> None:
+        seen.append(smtp.handler.connections)
+        if len(seen) == 2:
+            smtp.hang_up()  # an idle timeout on the server's side
+            for _ in range(100):
+                await asyncio.sleep(0.02)  # the client's loop sees the close
+                if smtp.handler.active == 0:
+                    break
+
+    _run(cid, batches, SessionPool(30.0), hang_up_after_the_second)
+    assert seen == [1, 1]  # the second batch went out on the first batch's connection
+    assert smtp.handler.connections == 2  # the third dialled again, and sent at once
+    assert len(smtp.messages) == 15
+    _all_sent_once(redis_client, cid, 15)
+
+
+def test_a_session_whose_slot_expired_is_closed_not_used(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    smtp_provider(redis_client, smtp.port, max_connections=1)
+    cid, batches = _campaign(redis_client, "local", 10)
+
+    async def expire_and_let_another_take_it(pool: SessionPool) -> None:
+        key = f"{store.PREFIX}:connections:local"
+        redis_client.zadd(key, {"another-worker": time.time() + 0.3})
+        (token,) = [m for m, _ in _slots(redis_client, "local") if m != "another-worker"]
+        redis_client.zadd(key, {token: time.time() - 1})
+
+    results = _run(cid, batches, SessionPool(30.0), expire_and_let_another_take_it)
+    assert smtp.handler.connections == 2  # the kept connection was closed, not used
+    assert smtp.handler.peak == 1  # never two at once: max_connections holds
+    assert [r.counts.get("sent") for r in results] == [5, 5]
+    _all_sent_once(redis_client, cid, 10)
+
+
+def test_a_batch_of_another_provider_closes_the_kept_sessions(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    smtp_provider(redis_client, smtp.port)
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url)
+        first, first_batches = _campaign(redis_client, "local", 5)
+        second, second_batches = _campaign(redis_client, "esp", 5)
+        active: list[int] = []
+
+        async def go() -> None:
+            client = store.async_client()
+            pool = SessionPool(30.0)
+            try:
+                await run_batch(first, first_batches[0], r=client, settings=SETTINGS, pool=pool)
+                active.append(smtp.handler.active)
+                await run_batch(second, second_batches[0], r=client, settings=SETTINGS, pool=pool)
+                for _ in range(100):
+                    if smtp.handler.active == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                active.append(smtp.handler.active)
+                await pool.close_all()
+            finally:
+                await client.aclose()
+
+        asyncio.run(go())
+    assert active == [1, 0]
+    assert _slots(redis_client, "local") == [] and _slots(redis_client, "esp") == []
+    _all_sent_once(redis_client, first, 5)
+    _all_sent_once(redis_client, second, 5)
+
+
+def test_the_runtime_closes_idle_sessions_between_tasks(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No task follows: the runtime's timer closes the session and frees its slot."""
+    smtp_provider(redis_client, smtp.port)
+    cid, batches = _campaign(redis_client, "local", 5)
+    runtime.run(lambda r: asyncio.sleep(0))  # this process's loop and client
+    monkeypatch.setattr(runtime, "_pool", SessionPool(0.3))
+    result = runtime.run(
+        lambda r: run_batch(cid, batches[0], r=r, settings=SETTINGS, pool=runtime.session_pool())
+    )
+    assert result.counts == {"sent": 5}
+    assert smtp.handler.active == 1 and len(_slots(redis_client, "local")) == 1  # kept
+    deadline = time.monotonic() + 10
+    while (smtp.handler.active or _slots(redis_client, "local")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert smtp.handler.active == 0
+    assert _slots(redis_client, "local") == []
+    assert len(runtime.session_pool()) == 0
