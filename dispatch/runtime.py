@@ -33,7 +33,7 @@ def run(factory: Callable[[aioredis.Redis], Coroutine[Any, Any, T]]) -> T:
     global _loop, _client, _pool
     with _lock:
         if _loop is None or _loop.is_closed():
-            _loop = _new_loop()
+            _loop = new_loop()
             _client = None
             _pool = SessionPool(get_settings().session_idle_seconds)
         if _client is None:
@@ -87,7 +87,7 @@ def shutdown() -> None:
             _loop.run_until_complete(_pool.close_all())
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop when it is installed (it comes with uvicorn[standard]): its sockets,
     transports and scheduling are C; asyncio's own loop otherwise."""
     try:
