@@ -32,6 +32,9 @@ from providers.base import Session
 # How long a parked slot outlives its session's idle time: the close (by the next task or
 # by the runtime between tasks) comes first, unless the process is gone.
 SLOT_GRACE_SECONDS = 2.0
+# How long a goodbye (SMTP QUIT) may take before the connection is simply dropped: a
+# batch closing another provider's idle sessions must not wait on a server gone quiet.
+CLOSE_SECONDS = 2.0
 
 
 @dataclass(eq=False)
@@ -50,13 +53,11 @@ class KeptSession:
         """Close the session (it failed) and keep the slot for the next one."""
         self.session = None
         stack, self.stack = self.stack, contextlib.AsyncExitStack()
-        with contextlib.suppress(Exception):
-            await stack.aclose()
+        await _close_stack(stack)
 
     async def close(self) -> None:
         """Close the session and give its slot back (errors are not the caller's)."""
-        with contextlib.suppress(Exception):
-            await self.stack.aclose()
+        await _close_stack(self.stack)
         with contextlib.suppress(Exception):
             await self.slots.release(self.token)
 
@@ -119,6 +120,13 @@ class SessionPool:
     async def close_all(self) -> None:
         idle, self._idle = self._idle, []
         await _close(idle)
+
+
+async def _close_stack(stack: contextlib.AsyncExitStack) -> None:
+    """Close a session; past CLOSE_SECONDS its goodbye is cut short (the transport is
+    closed all the same: the session's own cleanup runs on cancellation)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(stack.aclose(), CLOSE_SECONDS)
 
 
 async def _close(sessions: list[KeptSession]) -> None:

@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis
 
-from dispatch import campaigns, runtime, store
+from dispatch import campaigns, runtime, session_pool, store
 from dispatch.ledger import parse_record
+from dispatch.limits import ConnectionSlots
 from dispatch.models import CampaignRequest
 from dispatch.sending import BatchResult, run_batch
-from dispatch.session_pool import SLOT_GRACE_SECONDS, SessionPool
+from dispatch.session_pool import SLOT_GRACE_SECONDS, KeptSession, SessionPool
 from dispatch.settings import Settings
+from providers.config import parse_provider_config
 from tests.helpers import http_provider, recipients, smtp_provider
 from tests.http_sink import HttpSink
 from tests.smtp_server import SmtpTestServer
@@ -220,3 +222,35 @@ def test_the_runtime_closes_idle_sessions_between_tasks(
     assert smtp.handler.active == 0
     assert _slots(redis_client, "local") == []
     assert len(runtime.session_pool()) == 0
+
+
+def test_a_goodbye_that_never_ends_is_cut_short(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server gone quiet cannot hold up the batch that closes its idle session."""
+    monkeypatch.setattr(session_pool, "CLOSE_SECONDS", 0.1)
+    ended: list[str] = []
+
+    async def quiet_server_quit() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.append("transport closed")  # the session's own cleanup still runs
+
+    async def go() -> None:
+        client = store.async_client()
+        try:
+            provider = parse_provider_config(
+                {"nickname": "quiet", "kind": "smtp", "host": "127.0.0.1", "port": 25}
+            )
+            slots = ConnectionSlots(client, provider, ttl=60)
+            assert await slots.acquire("t1")
+            kept = KeptSession(("quiet", "{}"), slots, "t1", session=object())  # type: ignore[arg-type]
+            kept.stack.push_async_callback(quiet_server_quit)
+            await asyncio.wait_for(kept.close(), 30)  # raises if the close hung
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert ended == ["transport closed"]
+    assert _slots(redis_client, "quiet") == []
