@@ -74,21 +74,44 @@ class ProviderLimiter:
 
 
 # A connection slot is a member of a sorted set scored by its expiry; expired members
-# (a worker that died) are dropped before counting. Holders renew while they work.
+# (a worker that died) are dropped before counting. Holders renew while they work. A
+# sender that finds no slot free flags the provider as wanted (KEYS[2], for a moment
+# past its next poll): an idle session kept for reuse (dispatch.session_pool) then gives
+# its slot up instead of keeping it from those who wait.
 _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+  return 0
+end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], 3600)
 return 1
 """
 SLOT_POLL_SECONDS = 0.2
+WANTED_MS = 3 * int(SLOT_POLL_SECONDS * 1000)
 
-# A kept session's slot (see dispatch.session_pool) taken back for a new batch: only if
-# it has not expired meanwhile (then another worker may hold it; the session must go).
+# A slot whose sender is done, kept for the session's next batch with a short expiry
+# (ARGV[1]), unless someone waits for a slot or it has expired meanwhile: then it is
+# given up (0).
+_PARK = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 or not score
+    or tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[3])
+return 1
+"""
+
+# A kept session's slot taken back for a new batch: only if it has not expired meanwhile
+# (another worker may hold it now) and nobody waits for a slot (the batch then queues for
+# one like everybody else); otherwise it is given up and the session must go.
 _RETAKE = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-if score and tonumber(score) > tonumber(ARGV[1]) then
+if redis.call('EXISTS', KEYS[2]) == 0 and score
+    and tonumber(score) > tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3])
   return 1
 end
@@ -104,6 +127,7 @@ class ConnectionSlots:
         """``ttl``: how long a dead worker's slot stays taken (the batch lease's TTL)."""
         self.client = client
         self.key = f"{store.PREFIX}:connections:{provider.nickname}"
+        self.wanted_key = f"{self.key}:wanted"
         self.limit = provider.max_connections
         self.ttl = ttl
 
@@ -111,8 +135,9 @@ class ConnectionSlots:
         """Take a slot for ``token`` if one is free."""
         now = time.time()
         taken = await self.client.eval(
-            _ACQUIRE, 1, self.key, now, now + self.ttl, self.limit, token
-        )
+            _ACQUIRE, 2, self.key, self.wanted_key, now, now + self.ttl, self.limit, token,
+            WANTED_MS,
+        )  # fmt: skip
         return bool(taken)
 
     async def hold(self, token: str, stop: Callable[[], bool]) -> bool:
@@ -132,13 +157,21 @@ class ConnectionSlots:
     async def release(self, token: str) -> None:
         await self.client.zrem(self.key, token)
 
-    async def park(self, token: str, seconds: float) -> None:
-        """Keep the slot of an idle session for ``seconds`` more (no renewal): it frees
-        itself if the session is not used (or closed) by then."""
-        await self.client.zadd(self.key, {token: time.time() + seconds}, xx=True)
+    async def park(self, token: str, seconds: float) -> bool:
+        """Keep the slot of an idle session for ``seconds`` more (no renewal: it frees
+        itself if the session is not used or closed by then); False, and the slot is
+        given up, when another sender waits for one or it had expired."""
+        now = time.time()
+        kept = await self.client.eval(
+            _PARK, 2, self.key, self.wanted_key, now + seconds, now, token
+        )
+        return bool(kept)
 
     async def retake(self, token: str) -> bool:
-        """Hold a parked slot again (as :meth:`acquire` does); False if it expired."""
+        """Hold a parked slot again (as :meth:`acquire` does); False, and the slot is
+        given up, when it expired or another sender waits for one."""
         now = time.time()
-        taken = await self.client.eval(_RETAKE, 1, self.key, now, now + self.ttl, token)
+        taken = await self.client.eval(
+            _RETAKE, 2, self.key, self.wanted_key, now, now + self.ttl, token
+        )
         return bool(taken)

@@ -7,7 +7,10 @@ here when it ends and the next batch of the same provider in this process takes 
 
 A kept session keeps its connection slot (``max_connections`` counts open connections,
 idle or not; dispatch.limits), parked with a short expiry instead of renewed: it frees
-itself if the process goes away. A kept session is closed, and its slot given back,
+itself if the process goes away. Slots are not hoarded: when a sender anywhere waits for
+a slot of the provider, a session is not kept (nor taken back), so that slots still go
+round the worker processes as they did before sessions were kept. A kept session is
+closed, and its slot given back,
 
 - after ``idle_seconds`` unused (dispatch.runtime closes it between tasks),
 - when a batch of another provider, or of a changed configuration, runs in the process,
@@ -97,11 +100,14 @@ class SessionPool:
             return
         kept.idle_since = time.monotonic()
         try:
-            await kept.slots.park(kept.token, self.idle_seconds + SLOT_GRACE_SECONDS)
+            parked = await kept.slots.park(kept.token, self.idle_seconds + SLOT_GRACE_SECONDS)
         except Exception:
             await kept.close()
             raise
-        self._idle.append(kept)
+        if parked:
+            self._idle.append(kept)
+        else:  # wanted by a sender that waits (or expired): the session goes with it
+            await kept.close()
 
     def next_expiry(self) -> float | None:
         """Seconds until the oldest idle session is due to close (None: nothing kept)."""

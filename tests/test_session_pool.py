@@ -18,7 +18,7 @@ from dispatch.session_pool import SLOT_GRACE_SECONDS, KeptSession, SessionPool
 from dispatch.settings import Settings
 from providers.config import parse_provider_config
 from tests.helpers import http_provider, recipients, smtp_provider
-from tests.http_sink import HttpSink
+from tests.http_sink import HttpSink, Reply
 from tests.smtp_server import SmtpTestServer
 
 SETTINGS = Settings(batch_size=5, retry_base_seconds=0.05, inline_retry_seconds=5.0)
@@ -240,10 +240,7 @@ def test_a_goodbye_that_never_ends_is_cut_short(
     async def go() -> None:
         client = store.async_client()
         try:
-            provider = parse_provider_config(
-                {"nickname": "quiet", "kind": "smtp", "host": "127.0.0.1", "port": 25}
-            )
-            slots = ConnectionSlots(client, provider, ttl=60)
+            slots = _slots_of(client, "quiet")
             assert await slots.acquire("t1")
             kept = KeptSession(("quiet", "{}"), slots, "t1", session=object())  # type: ignore[arg-type]
             kept.stack.push_async_callback(quiet_server_quit)
@@ -254,3 +251,62 @@ def test_a_goodbye_that_never_ends_is_cut_short(
     asyncio.run(go())
     assert ended == ["transport closed"]
     assert _slots(redis_client, "quiet") == []
+
+
+def _slots_of(client: object, nickname: str) -> ConnectionSlots:
+    """Another worker's view of the slots of a provider with max_connections 1."""
+    provider = parse_provider_config(
+        {"nickname": nickname, "kind": "smtp", "host": "127.0.0.1", "max_connections": 1}
+    )
+    return ConnectionSlots(client, provider, ttl=60)  # type: ignore[arg-type]
+
+
+def test_a_slot_is_not_kept_from_a_sender_that_waits(redis_client: redis.Redis) -> None:
+    """One slot: a sender elsewhere asks for it while the batch sends; the batch's
+    session is closed at its end instead of kept, and the slot is free for the other."""
+    with HttpSink() as sink:
+        sink.script(Reply(delay=0.5))
+        http_provider(redis_client, sink.url, max_connections=1)
+        cid, batches = _campaign(redis_client, "esp", 5)
+        other: list[bool] = []
+
+        async def go() -> int:
+            client = store.async_client()
+            pool = SessionPool(30.0)
+            try:
+                batch = asyncio.create_task(
+                    run_batch(cid, batches[0], r=client, settings=SETTINGS, pool=pool)
+                )
+                await asyncio.sleep(0.2)  # the batch holds the slot and waits on the reply
+                other.append(await _slots_of(client, "esp").acquire("another-worker"))
+                await batch
+                other.append(await _slots_of(client, "esp").acquire("another-worker"))
+                return len(pool)
+            finally:
+                await client.aclose()
+
+        kept = asyncio.run(go())
+    assert other == [False, True]  # refused while the batch sent, free right after
+    assert kept == 0
+    _all_sent_once(redis_client, cid, 5)
+
+
+def test_a_kept_slot_is_not_taken_back_while_a_sender_waits(redis_client: redis.Redis) -> None:
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url, max_connections=1)
+        cid, batches = _campaign(redis_client, "esp", 10)
+        refused: list[bool] = []
+
+        async def someone_asks(pool: SessionPool) -> None:
+            assert len(pool) == 1  # kept: nobody waited when the first batch ended
+            client = store.async_client()
+            try:  # the kept session holds the only slot: refused, and now wanted
+                refused.append(not await _slots_of(client, "esp").acquire("another-worker"))
+            finally:
+                await client.aclose()
+
+        _run(cid, batches, SessionPool(30.0), someone_asks)
+        ports = [request.peer_port for request in sink.requests]
+    assert refused == [True]
+    assert len(set(ports)) == 2  # the second batch queued for a slot and connected anew
+    _all_sent_once(redis_client, cid, 10)
