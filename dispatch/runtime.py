@@ -82,9 +82,13 @@ def shutdown() -> None:
     if _closer is not None:
         _closer.cancel()
         _closer = None
-    with _lock:
+    if not _lock.acquire(timeout=5):  # the loop is busy (never expected at exit): leave
+        return  # the sockets to the process's end and the slots to their expiry
+    try:
         if _loop is not None and not _loop.is_closed() and _pool is not None:
             _loop.run_until_complete(_pool.close_all())
+    finally:
+        _lock.release()
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

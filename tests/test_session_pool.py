@@ -203,19 +203,29 @@ def test_a_batch_of_another_provider_closes_the_kept_sessions(
     _all_sent_once(redis_client, second, 5)
 
 
+def _one_task(
+    r: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch, pool: SessionPool
+) -> None:
+    """A batch sent as the task does (runtime.run with this process's pool, ``pool``),
+    its session kept."""
+    smtp_provider(r, smtp.port)
+    cid, batches = _campaign(r, "local", 5)
+    runtime.run(lambda client: asyncio.sleep(0))  # this process's loop and client
+    monkeypatch.setattr(runtime, "_pool", pool)
+    result = runtime.run(
+        lambda client: run_batch(
+            cid, batches[0], r=client, settings=SETTINGS, pool=runtime.session_pool()
+        )
+    )
+    assert result.counts == {"sent": 5}
+    assert smtp.handler.active == 1 and len(_slots(r, "local")) == 1 and len(pool) == 1
+
+
 def test_the_runtime_closes_idle_sessions_between_tasks(
     redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No task follows: the runtime's timer closes the session and frees its slot."""
-    smtp_provider(redis_client, smtp.port)
-    cid, batches = _campaign(redis_client, "local", 5)
-    runtime.run(lambda r: asyncio.sleep(0))  # this process's loop and client
-    monkeypatch.setattr(runtime, "_pool", SessionPool(0.3))
-    result = runtime.run(
-        lambda r: run_batch(cid, batches[0], r=r, settings=SETTINGS, pool=runtime.session_pool())
-    )
-    assert result.counts == {"sent": 5}
-    assert smtp.handler.active == 1 and len(_slots(redis_client, "local")) == 1  # kept
+    _one_task(redis_client, smtp, monkeypatch, SessionPool(1.0))
     deadline = time.monotonic() + 10
     while (smtp.handler.active or _slots(redis_client, "local")) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -310,3 +320,17 @@ def test_a_kept_slot_is_not_taken_back_while_a_sender_waits(redis_client: redis.
     assert refused == [True]
     assert len(set(ports)) == 2  # the second batch queued for a slot and connected anew
     _all_sent_once(redis_client, cid, 10)
+
+
+def test_a_stopping_worker_process_says_goodbye(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """worker_process_shutdown: QUIT on every kept connection, slots given back."""
+    _one_task(redis_client, smtp, monkeypatch, SessionPool(300.0))
+    runtime.shutdown()
+    assert len(runtime.session_pool()) == 0
+    assert _slots(redis_client, "local") == []
+    deadline = time.monotonic() + 10
+    while smtp.handler.active and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server's side of the goodbye
+    assert smtp.handler.active == 0
