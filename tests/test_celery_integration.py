@@ -17,7 +17,8 @@ from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.tasks import enqueue_campaign, send_batch
 from providers.smtp import SmtpTransport
-from tests.helpers import recipients, smtp_provider
+from tests.helpers import http_provider, recipients, smtp_provider
+from tests.http_sink import HttpSink
 from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, wait_for
 
@@ -49,6 +50,29 @@ def test_campaign_through_celery_task(
         assert len(rcpts) == 2500 and max(rcpts.values()) == 1
         metas = {m.message["X-CleverTap_META"] for m in smtp.messages}
         assert len(metas) == 2500
+
+
+def test_a_worker_process_sends_its_batches_on_one_kept_connection(
+    redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """Five HTTP batches through the worker's processes (two): a process's later batches
+    go out on the connection its first one opened (dispatch.session_pool)."""
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url, max_connections=4)
+        body = {
+            "id": "celery-kept",
+            "provider": "esp",
+            "subject": "Hello {{ name }}",
+            "html": "<p>{{ name }}</p>",
+            "recipients": recipients(5000),
+        }
+        enqueue_campaign.delay(body)
+        wait_for(lambda: redis_client.exists(store.campaign_key("celery-kept")) == 1)
+        wait_for(lambda: _completed("celery-kept", redis_client), timeout=120)
+        requests = sink.requests
+    assert len(requests) == 5
+    assert len({r.peer_port for r in requests}) <= celery_worker.concurrency
+    assert campaigns.get_counters("celery-kept", redis_client)["sent"] == 5000
 
 
 CRASHING_SENDER = """
