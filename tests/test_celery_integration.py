@@ -27,23 +27,30 @@ def _completed(cid: str, r: redis.Redis) -> bool:
     return campaigns.get_status(cid, r).value == "completed"
 
 
+def _send_through_the_worker(r: redis.Redis, body: dict[str, object]) -> None:
+    """``dispatch.enqueue_campaign`` with the API's JSON; returns once it completed."""
+    enqueue_campaign.delay({"subject": "Hello {{ name }}", **body})
+    cid = str(body["id"])
+    wait_for(lambda: r.exists(store.campaign_key(cid)) == 1)
+    wait_for(lambda: _completed(cid, r), timeout=120)
+
+
 def test_campaign_through_celery_task(
     redis_client: redis.Redis, celery_worker: WorkerProcess
 ) -> None:
     """``dispatch.enqueue_campaign`` with the API's JSON: 2,500 recipients in 3 batches."""
     with SmtpTestServer() as smtp:
         smtp_provider(redis_client, smtp.port, max_connections=4)
-        body = {
-            "id": "celery-1",
-            "provider": "local",
-            "subject": "Hello {{ name }}",
-            "html": "<p>{{ name }}: {{ offer }}</p>",
-            "vars": {"offer": "free shipping"},
-            "recipients": recipients(2500),
-        }
-        enqueue_campaign.delay(body)
-        wait_for(lambda: redis_client.exists(store.campaign_key("celery-1")) == 1)
-        wait_for(lambda: _completed("celery-1", redis_client), timeout=120)
+        _send_through_the_worker(
+            redis_client,
+            {
+                "id": "celery-1",
+                "provider": "local",
+                "html": "<p>{{ name }}: {{ offer }}</p>",
+                "vars": {"offer": "free shipping"},
+                "recipients": recipients(2500),
+            },
+        )
         counters = campaigns.get_counters("celery-1", redis_client)
         assert (counters["total"], counters["sent"], counters["queued"]) == (2500, 2500, 0)
         rcpts = Counter(m.rcpt_tos[0] for m in smtp.messages)
@@ -59,16 +66,11 @@ def test_a_worker_process_sends_its_batches_on_one_kept_connection(
     go out on the connection its first one opened (dispatch.session_pool)."""
     with HttpSink() as sink:
         http_provider(redis_client, sink.url, max_connections=4)
-        body = {
-            "id": "celery-kept",
-            "provider": "esp",
-            "subject": "Hello {{ name }}",
-            "html": "<p>{{ name }}</p>",
-            "recipients": recipients(5000),
-        }
-        enqueue_campaign.delay(body)
-        wait_for(lambda: redis_client.exists(store.campaign_key("celery-kept")) == 1)
-        wait_for(lambda: _completed("celery-kept", redis_client), timeout=120)
+        _send_through_the_worker(
+            redis_client,
+            {"id": "celery-kept", "provider": "esp", "html": "<p>{{ name }}</p>",
+             "recipients": recipients(5000)},
+        )  # fmt: skip
         requests = sink.requests
     assert len(requests) == 5
     assert len({r.peer_port for r in requests}) <= celery_worker.concurrency
