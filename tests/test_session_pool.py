@@ -100,7 +100,7 @@ def test_http_batches_share_one_connection_through_the_pool(redis_client: redis.
     for slots in slots_between:
         assert len(slots) == 1
         expires_in = slots[0][1] - time.time()
-        assert 25 < expires_in <= 30 + SLOT_GRACE_SECONDS
+        assert 0 < expires_in <= 30 + SLOT_GRACE_SECONDS < SETTINGS.lease_ttl_ms / 1000
     assert _slots(redis_client, "esp") == []  # closed with the pool: slot given back
 
 
@@ -272,32 +272,37 @@ def _slots_of(client: object, nickname: str) -> ConnectionSlots:
 
 
 def test_a_slot_is_not_kept_from_a_sender_that_waits(redis_client: redis.Redis) -> None:
-    """One slot: a sender elsewhere asks for it while the batch sends; the batch's
-    session is closed at its end instead of kept, and the slot is free for the other."""
+    """One slot: a sender elsewhere waits for it while the batch sends; the batch's
+    session is closed at its end instead of kept, and the waiting sender gets the slot
+    (kept, it would stay taken for the pool's 30 s idle time)."""
     with HttpSink() as sink:
-        sink.script(Reply(delay=0.5))
+        sink.script(Reply(delay=1.0))
         http_provider(redis_client, sink.url, max_connections=1)
         cid, batches = _campaign(redis_client, "esp", 5)
-        other: list[bool] = []
 
-        async def go() -> int:
+        async def go() -> tuple[bool, int, bool]:
             client = store.async_client()
             pool = SessionPool(30.0)
             try:
                 batch = asyncio.create_task(
                     run_batch(cid, batches[0], r=client, settings=SETTINGS, pool=pool)
                 )
-                await asyncio.sleep(0.2)  # the batch holds the slot and waits on the reply
-                other.append(await _slots_of(client, "esp").acquire("another-worker"))
+                for _ in range(500):  # until the batch holds the slot and waits on the reply
+                    if sink.requests:
+                        break
+                    await asyncio.sleep(0.02)
+                slots = _slots_of(client, "esp")
+                refused = not await slots.acquire("another-worker")
+                waiter = asyncio.create_task(slots.hold("another-worker", lambda: False))
                 await batch
-                other.append(await _slots_of(client, "esp").acquire("another-worker"))
-                return len(pool)
+                return refused, len(pool), await asyncio.wait_for(waiter, 10)
             finally:
                 await client.aclose()
 
-        kept = asyncio.run(go())
-    assert other == [False, True]  # refused while the batch sent, free right after
+        refused, kept, got = asyncio.run(go())
+    assert refused  # the batch held the only slot
     assert kept == 0
+    assert got
     _all_sent_once(redis_client, cid, 5)
 
 
@@ -305,19 +310,32 @@ def test_a_kept_slot_is_not_taken_back_while_a_sender_waits(redis_client: redis.
     with HttpSink() as sink:
         http_provider(redis_client, sink.url, max_connections=1)
         cid, batches = _campaign(redis_client, "esp", 10)
-        refused: list[bool] = []
 
-        async def someone_asks(pool: SessionPool) -> None:
-            assert len(pool) == 1  # kept: nobody waited when the first batch ended
+        async def another_worker(slots: ConnectionSlots) -> str:
+            await slots.hold("another-worker", lambda: False)  # polls, flagging it wanted
+            await slots.release("another-worker")
+            return "got the slot"
+
+        async def go() -> str:
             client = store.async_client()
-            try:  # the kept session holds the only slot: refused, and now wanted
-                refused.append(not await _slots_of(client, "esp").acquire("another-worker"))
+            pool = SessionPool(30.0)
+            try:
+                await run_batch(cid, batches[0], r=client, settings=SETTINGS, pool=pool)
+                assert len(pool) == 1  # kept: nobody waited when the first batch ended
+                slots = _slots_of(client, "esp")
+                waiter = asyncio.create_task(another_worker(slots))
+                for _ in range(500):  # until it has asked once (and found the slot taken)
+                    if redis_client.exists(slots.wanted_key):
+                        break
+                    await asyncio.sleep(0.01)
+                await run_batch(cid, batches[1], r=client, settings=SETTINGS, pool=pool)
+                return await asyncio.wait_for(waiter, 10)
             finally:
+                await pool.close_all()
                 await client.aclose()
 
-        _run(cid, batches, SessionPool(30.0), someone_asks)
+        assert asyncio.run(go()) == "got the slot"
         ports = [request.peer_port for request in sink.requests]
-    assert refused == [True]
     assert len(set(ports)) == 2  # the second batch queued for a slot and connected anew
     _all_sent_once(redis_client, cid, 10)
 
