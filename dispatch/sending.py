@@ -345,17 +345,17 @@ class BatchSender:
             ):
                 return
         renewer = asyncio.create_task(slots.renew(kept.token))
-        reusable = False
+        keep_in: SessionPool | None = None  # set once the sender ended cleanly
         try:
             await self._send_chunks(kept)
-            reusable = self.pool is not None and not self.c.stop_reason
+            keep_in = None if self.c.stop_reason else self.pool
         finally:
             renewer.cancel()
-            if reusable and self.pool is not None:
-                with contextlib.suppress(Exception):
-                    await self.pool.keep(kept)
-            else:
+            if keep_in is None:
                 await kept.close()
+            else:
+                with contextlib.suppress(Exception):
+                    await keep_in.keep(kept)
 
     async def _send_chunks(self, kept: KeptSession) -> None:
         while not self.c.stop_reason:
