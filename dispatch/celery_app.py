@@ -112,6 +112,12 @@ def _worker_init(**_: object) -> None:
     that forks)."""
     import providers.http
     import providers.smtp  # noqa: F401
+    from providers.tls import preload
+
+    preload()  # the CA bundles (about 25 ms each)
+    # httpx's connections import anyio's asyncio backend on their first request (about
+    # 20 ms a process otherwise, inside the first batch).
+    import anyio._backends._asyncio  # noqa: F401
 
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401

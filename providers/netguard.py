@@ -18,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import ssl
 from collections.abc import Awaitable, Callable, Iterable
-from functools import lru_cache
 from typing import Final
 
 import httpcore
 import httpx
 
 from providers.errors import ConfigurationError, ErrorClass
+from providers.tls import http_context
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolve = Callable[[str, int], Awaitable[list[str]]]
@@ -201,12 +200,6 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-@lru_cache(maxsize=2)
-def ssl_context(verify: bool) -> ssl.SSLContext:
-    """One TLS context per process: loading the CA bundle costs about 20 ms each time."""
-    return httpx.create_ssl_context(verify=verify, trust_env=False)
-
-
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """``httpx.AsyncHTTPTransport`` whose connections go through :class:`GuardedBackend`.
 
@@ -225,7 +218,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         verify: bool = True,
         resolve: Resolve = system_resolve,
     ) -> None:
-        context = ssl_context(verify)
+        context = http_context(verify)
         super().__init__(verify=context, limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context,

@@ -41,6 +41,7 @@ from providers.smtp_wire import (
     WireError,
     dot_stuff,
 )
+from providers.tls import smtp_context
 
 _WRITER_CACHE_SIZE = 32
 
@@ -281,6 +282,7 @@ class SmtpTransport:
             use_tls=security == "tls",
             start_tls=security == "starttls",
             validate_certs=cfg.tls_verify,
+            tls_context=smtp_context(cfg.tls_verify) if security != "none" else None,
             timeout=cfg.timeout,
         )
         try:

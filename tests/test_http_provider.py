@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import httpx
 import pydantic
 import pytest
 
@@ -27,8 +28,14 @@ from providers.http_config import (
     placeholder_usage,
     required_recipient_vars,
 )
-from providers.netguard import PrivateEndpointError, check_endpoint, refusal_reason
+from providers.netguard import (
+    GuardedTransport,
+    PrivateEndpointError,
+    check_endpoint,
+    refusal_reason,
+)
 from providers.registry import build_transport
+from tests.callback_support import HttpsServer
 from tests.http_sink import HttpSink, Reply
 
 SARA_META = "sara@example.com|1568798080|1730799638|20241105|0|wzrk_default|-17005910|"
@@ -589,3 +596,32 @@ async def test_the_connection_goes_to_the_checked_address() -> None:
         (request,) = sink.requests
     assert outcome.status is OutcomeStatus.SENT
     assert request.header("Host") == f"sink.invalid:{sink.port}"
+
+
+@pytest.mark.asyncio
+async def test_https_certificates_are_checked() -> None:
+    """TLS contexts are shared per process (providers.tls): the guarded transport checks
+    the endpoint's certificate unless told not to, in either order."""
+    query = {"to": "$$To", "s": "$$Subject", "n": "$$FromName", "a": "$$FromAddress"}
+    with HttpsServer() as server:
+        config = http_config(
+            f"https://{server.authority}/send", method="GET", body=None, query=query
+        )
+        unchecked = HttpTransport(
+            config,
+            allow_private=True,
+            http_transport=GuardedTransport(
+                allow_private=True, limits=httpx.Limits(max_connections=1), verify=False
+            ),
+        )
+        outcomes = [
+            (await send(transport, [message(1)]))[0]
+            for transport in (local(config), unchecked, local(config))
+        ]
+        assert [o.status for o in outcomes] == [
+            OutcomeStatus.RETRY,  # never connected: nothing was sent
+            OutcomeStatus.SENT,
+            OutcomeStatus.RETRY,
+        ]
+        assert all("CERTIFICATE_VERIFY_FAILED" in outcomes[i].detail for i in (0, 2))
+        assert len(server.paths) == 1

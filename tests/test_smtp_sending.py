@@ -57,6 +57,31 @@ def test_each_security_mode_delivers(security: str) -> None:
     assert [m.rcpt_tos for m in server.messages] == [["a@example.com"], ["b@example.com"]]
 
 
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_certificates_are_checked_unless_turned_off(security: str) -> None:
+    """TLS contexts are shared per process (providers.tls): one made without checks must
+    never serve a provider that checks, in either order."""
+    with SmtpTestServer(security=security) as server:
+        base = {
+            "nickname": "s",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "security": security,
+        }
+        unchecked = {**base, "tls_verify": False}
+        for config in (base, unchecked, base):
+            if config is base:  # the default checks: a self-signed certificate is refused
+                with pytest.raises(Exception) as info:
+                    asyncio.run(_send(config, [_message()]))
+                assert getattr(info.value, "error_class", None) == ErrorClass.CONNECTION
+                assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+            else:
+                outcomes = asyncio.run(_send(config, [_message()]))
+                assert [o.status for o in outcomes] == [OutcomeStatus.SENT]  # type: ignore[attr-defined]
+    assert len(server.messages) == 1
+
+
 def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None:
     """A server that requires STARTTLS refuses a plain session: never a silent downgrade."""
     with SmtpTestServer(security="starttls") as server:

@@ -1,0 +1,40 @@
+"""TLS client contexts, made once per process and shared by every connection.
+
+Building a context loads a CA bundle: about 25 ms of CPU on this machine. aiosmtplib
+builds one for every connection it opens unless it is given one (in a thread), and httpx
+for every client; a batch that opens eight STARTTLS sessions would spend 200 ms on that
+alone. An ``ssl.SSLContext`` is made to be shared by many connections, so each kind is
+made once; ``dispatch``'s worker makes them before it forks its processes, which then
+share the loaded bundle.
+
+Each adapter keeps its library's trust store: SMTP the system's CA paths (as aiosmtplib
+does), Generic HTTP certifi's bundle (as httpx does).
+"""
+
+from __future__ import annotations
+
+import ssl
+from functools import lru_cache
+
+import httpx
+
+
+@lru_cache(maxsize=2)
+def smtp_context(verify: bool) -> ssl.SSLContext:
+    """The context aiosmtplib would build for ``validate_certs=verify``, made once."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = verify
+    context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    return context
+
+
+@lru_cache(maxsize=2)
+def http_context(verify: bool) -> ssl.SSLContext:
+    """The context httpx would build for ``verify`` (environment ignored), made once."""
+    return httpx.create_ssl_context(verify=verify, trust_env=False)
+
+
+def preload() -> None:
+    """Make the verifying contexts now (before a fork: the processes share them)."""
+    smtp_context(True)
+    http_context(True)
