@@ -15,6 +15,9 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
 * 3xx: ``FAILED``: redirects are not followed (a redirect could lead past the address
   guard, and a POST body would be replayed somewhere the user never configured);
 * other 4xx: ``FAILED`` with the status and an excerpt of the response body;
+* the endpoint's TLS certificate refused: :class:`providers.errors.ConfigurationError`
+  is raised (the campaign pauses with the reason, as the SMTP adapter does: a person
+  must act, and retrying every message against it would only fail them all later);
 * cannot connect, connect or write timeout: ``RETRY`` (the request never fully left);
 * read timeout, connection lost while waiting for the answer: ``UNKNOWN``. The provider
   may have accepted the request, and the seed says providers do not deduplicate, so a
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -420,7 +424,24 @@ class HttpSession:
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
+            refused = _certificate_error(exc)
+            if refused is not None:
+                raise ConfigurationError(
+                    f"TLS failed with {url.host}: {refused}", error_class=_DISPATCH_FAILED
+                ) from exc
             return [outcome_for_exception(seq, exc, self._timeout) for seq in request.seqs]
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed under an httpx error (httpcore chains it)."""
+    visited: set[int] = set()
+    seen: BaseException | None = exc
+    while seen is not None and id(seen) not in visited:  # a chain can be made to loop
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        visited.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _as_transient(exc: ProviderError) -> TransientError:

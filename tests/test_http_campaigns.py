@@ -9,6 +9,7 @@ import redis
 from dispatch import campaigns, store
 from dispatch.ledger import parse_record
 from dispatch.settings import Settings
+from tests.callback_support import HttpsServer
 from tests.helpers import http_provider, recipients, run_inline
 from tests.http_sink import HttpSink, Reply
 
@@ -89,3 +90,17 @@ def test_an_address_that_cannot_be_sent_fails_alone(redis_client: redis.Redis) -
     assert (counters["sent"], counters["failed"], counters["queued"]) == (2, 1, 0)
     failed = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
     assert failed is not None and failed["error_class"] == "SMTP invalid email ID"
+
+
+def test_a_refused_certificate_pauses_the_campaign(redis_client: redis.Redis) -> None:
+    """The endpoint's certificate is not trusted: a person must act (as with SMTP), so the
+    campaign pauses with the reason instead of retrying and then failing everyone."""
+    with HttpsServer() as server:
+        http_provider(redis_client, f"https://{server.authority}")
+        cid, _ = run_inline(redis_client, _body(3), FAST)
+        assert server.paths == []
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["status"] == "paused"
+    assert summary["reason"].startswith("Dispatch failed: TLS failed with 127.0.0.1")
+    assert "CERTIFICATE_VERIFY_FAILED" in summary["reason"]
+    assert (summary["failed"], summary["sent"], summary["queued"]) == (0, 0, 3)

@@ -20,7 +20,7 @@ import pytest
 
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import HttpConfig, parse_provider_config, public_view
-from providers.errors import AuthenticationError, ErrorClass
+from providers.errors import AuthenticationError, ConfigurationError, ErrorClass
 from providers.http import HttpTransport, parse_retry_after
 from providers.http_config import (
     check_placeholders,
@@ -601,12 +601,12 @@ async def test_the_connection_goes_to_the_checked_address() -> None:
 @pytest.mark.asyncio
 async def test_https_certificates_are_checked() -> None:
     """TLS contexts are shared per process (providers.tls): the guarded transport checks
-    the endpoint's certificate unless told not to, in either order."""
+    the endpoint's certificate unless told not to, in either order. A refused certificate
+    is the provider's configuration (a person must act), as in the SMTP adapter."""
     query = {"to": "$$To", "s": "$$Subject", "n": "$$FromName", "a": "$$FromAddress"}
     with HttpsServer() as server:
-        config = http_config(
-            f"https://{server.authority}/send", method="GET", body=None, query=query
-        )
+        url = f"https://{server.authority}/send"
+        config = http_config(url, method="GET", body=None, query=query)
         unchecked = HttpTransport(
             config,
             allow_private=True,
@@ -614,14 +614,13 @@ async def test_https_certificates_are_checked() -> None:
                 allow_private=True, limits=httpx.Limits(max_connections=1), verify=False
             ),
         )
-        outcomes = [
-            (await send(transport, [message(1)]))[0]
-            for transport in (local(config), unchecked, local(config))
-        ]
-        assert [o.status for o in outcomes] == [
-            OutcomeStatus.RETRY,  # never connected: nothing was sent
-            OutcomeStatus.SENT,
-            OutcomeStatus.RETRY,
-        ]
-        assert all("CERTIFICATE_VERIFY_FAILED" in outcomes[i].detail for i in (0, 2))
+        for transport in (local(config), unchecked, local(config)):
+            if transport is unchecked:
+                (outcome,) = await send(transport, [message(1)])
+                assert outcome.status is OutcomeStatus.SENT
+                continue
+            with pytest.raises(ConfigurationError) as info:
+                await send(transport, [message(1)])
+            assert info.value.error_class is ErrorClass.DISPATCH_FAILED_HTTP
+            assert "TLS failed with 127.0.0.1: [SSL: CERTIFICATE_VERIFY_FAILED]" in str(info.value)
         assert len(server.paths) == 1
