@@ -158,8 +158,8 @@ def run_dispatch(
     print(f"  sent when create_campaign returned: {sent_by_then:,}")
     summary = campaigns.campaign_summary(cid, r)
     received = sink.totals()["messages"] - before
-    if summary["sent"] != n or received != n:
-        print(f"  WARNING: sent {summary['sent']}, sink got {received} of {n}")
+    if summary["sent"] != n or received != n:  # the figures would mean nothing
+        raise SystemExit(f"FAILED: sent {summary['sent']}, the sink got {received} of {n}")
     return int(summary["sent"]), enqueue_seconds, seconds
 
 

@@ -94,8 +94,9 @@ def run_dispatch(sink: SmtpSink, people: list[dict[str, object]]) -> tuple[int, 
     seconds = campaign_seconds(cid, started)
     summary = campaigns.campaign_summary(cid, store.sync_client())
     sink.wait_count(before + n, timeout=5)
-    if summary["sent"] != n or sink.count - before != n:
-        print(f"  WARNING: sent {summary['sent']}, sink got {sink.count - before} of {n}")
+    received = sink.count - before
+    if summary["sent"] != n or received != n:  # the figures would mean nothing
+        raise SystemExit(f"FAILED: sent {summary['sent']}, the sink got {received} of {n}")
     return int(summary["sent"]), seconds
 
 
