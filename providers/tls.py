@@ -5,7 +5,8 @@ builds one for every connection it opens unless it is given one (in a thread), a
 for every client; a batch that opens eight STARTTLS sessions would spend 200 ms on that
 alone. An ``ssl.SSLContext`` is made to be shared by many connections, so each kind is
 made once; ``dispatch``'s worker makes them before it forks its processes, which then
-share the loaded bundle.
+share the loaded bundle (a context made before a fork is sound in the children: OpenSSL
+1.1.1 and later reseed their random generator in a forked process).
 
 Each adapter keeps its library's trust store: SMTP the system's CA paths (as aiosmtplib
 does), Generic HTTP certifi's bundle (as httpx does).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,7 +13,7 @@ from dispatch import store
 from dispatch.redis_server import RedisServer
 from dispatch.settings import get_settings
 from tests.api_server import ApiServer
-from tests.smtp_server import SmtpTestServer
+from tests.smtp_server import SmtpTestServer, self_signed_cert
 from tests.worker import WorkerProcess
 
 os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
@@ -52,9 +53,20 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def celery_worker(redis_server: RedisServer) -> Iterator[WorkerProcess]:
-    """One real worker for the session (tests wait for their campaigns to settle)."""
-    worker = WorkerProcess(redis_server.url).start()
+def trusted_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (certificate, key) that the session's worker trusts."""
+    return self_signed_cert(tmp_path_factory.mktemp("trusted"))
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    redis_server: RedisServer, trusted_cert: tuple[Path, Path]
+) -> Iterator[WorkerProcess]:
+    """One real worker for the session (tests wait for their campaigns to settle).
+
+    Its CA bundle is ``trusted_cert`` alone (OpenSSL's ``SSL_CERT_FILE``: the system
+    paths the SMTP adapter trusts), so certificates are checked as in production."""
+    worker = WorkerProcess(redis_server.url, SSL_CERT_FILE=str(trusted_cert[0])).start()
     yield worker
     worker.stop()
 

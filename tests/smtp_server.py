@@ -129,17 +129,21 @@ def free_port() -> int:
 
 
 class SmtpTestServer:
-    """Start with ``security`` none / starttls / tls and optional AUTH credentials."""
+    """Start with ``security`` none / starttls / tls and optional AUTH credentials;
+    ``cert``: the (certificate, key) files to serve TLS with (default: a new self-signed
+    one for 127.0.0.1)."""
 
     def __init__(
         self,
         *,
         security: str = "none",
         credentials: tuple[str, str] | None = None,
+        cert: tuple[Path, Path] | None = None,
     ) -> None:
         self.handler = Handler()
         self.security = security
         self.credentials = credentials
+        self.cert = cert
         self._dir = tempfile.TemporaryDirectory()
         self._controller: Controller | None = None
         self.port = 0
@@ -156,7 +160,7 @@ class SmtpTestServer:
         kwargs: dict[str, Any] = {}
         context = None
         if self.security in ("starttls", "tls"):
-            cert, key = self_signed_cert(Path(self._dir.name))
+            cert, key = self.cert or self_signed_cert(Path(self._dir.name))
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cert, key)
         if self.security == "starttls":

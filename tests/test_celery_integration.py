@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import redis
 
@@ -57,6 +58,36 @@ def test_campaign_through_celery_task(
         assert len(rcpts) == 2500 and max(rcpts.values()) == 1
         metas = {m.message["X-CleverTap_META"] for m in smtp.messages}
         assert len(metas) == 2500
+
+
+def test_starttls_with_certificate_checks_through_the_worker(
+    redis_client: redis.Redis, celery_worker: WorkerProcess, trusted_cert: tuple[Path, Path]
+) -> None:
+    """Certificates checked, as by default in production, by the worker's processes with
+    the TLS context their main process made before forking them (providers.tls). The
+    server refuses mail before STARTTLS, so each delivery went over TLS; the second
+    campaign's server has a certificate the worker does not trust: it pauses, unsent."""
+    with SmtpTestServer(security="starttls", cert=trusted_cert) as smtp:
+        smtp_provider(redis_client, smtp.port, security="starttls", max_connections=4)
+        _send_through_the_worker(
+            redis_client,
+            {"id": "tls-1", "provider": "local", "html": "<p>{{ name }}</p>",
+             "recipients": recipients(1500)},
+        )  # fmt: skip
+        counters = campaigns.get_counters("tls-1", redis_client)
+        assert (counters["sent"], counters["failed"]) == (1500, 0)
+        assert len({m.rcpt_tos[0] for m in smtp.messages}) == 1500
+    with SmtpTestServer(security="starttls") as untrusted:
+        smtp_provider(redis_client, untrusted.port, security="starttls")
+        enqueue_campaign.delay(
+            {"id": "tls-2", "provider": "local", "subject": "s", "html": "h",
+             "recipients": recipients(5)}
+        )  # fmt: skip
+        wait_for(lambda: redis_client.hget(store.campaign_key("tls-2"), "status") == "paused")
+        summary = campaigns.campaign_summary("tls-2", redis_client)
+        assert "CERTIFICATE_VERIFY_FAILED" in summary["reason"]
+        assert (summary["sent"], summary["failed"]) == (0, 0)
+        assert untrusted.messages == []
 
 
 def test_a_worker_process_sends_its_batches_on_one_kept_connection(
