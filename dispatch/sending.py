@@ -202,6 +202,9 @@ class BatchSender:
         self.outstanding = len(items)  # not yet settled or parked for a later run
         self.done = asyncio.Event()
         self.parked_until: float | None = None
+        self.holding = 0  # senders that got a connection slot (or brought a kept one)
+        self.slot_deadline = time.monotonic() + settings.slot_wait_seconds
+        self.starved = False  # none got a slot in time: the batch goes back to the broker
         self.waiting: list[Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
@@ -334,16 +337,26 @@ class BatchSender:
         n = min(len(queue), self.c.transport.chunk_size)
         return [queue.popleft() for _ in range(n)]
 
+    def _stop_waiting(self) -> bool:
+        """Whether a sender waiting for a connection slot gives up: the batch is over or
+        stopped, or none of its senders got a slot within ``slot_wait_seconds`` (the
+        process is then better used by another provider's batch; see run_batch)."""
+        if self.done.is_set() or self.c.stop_reason:
+            return True
+        if not self.holding and time.monotonic() >= self.slot_deadline:
+            self.starved = True
+            return True
+        return False
+
     async def run_session(self, kept: KeptSession | None = None) -> None:
         """One sender: a connection slot of the provider, then its own session, reused
         (``kept``: a slot and session an earlier batch left in the pool)."""
         slots = self.c.slots
         if kept is None:
             kept = KeptSession(self.pool_key, slots, secrets.token_hex(8))
-            if not await slots.hold(
-                kept.token, lambda: self.done.is_set() or bool(self.c.stop_reason)
-            ):
+            if not await slots.hold(kept.token, self._stop_waiting):
                 return
+        self.holding += 1
         renewer = asyncio.create_task(slots.renew(kept.token))
         keep_in: SessionPool | None = None  # set once the sender ended cleanly
         try:
@@ -728,6 +741,14 @@ async def run_batch(
                 await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
             else:
                 await give_back_claims(writer, sender.queue)
+                if sender.starved and sender.queue:
+                    # Every slot of the provider is in use elsewhere: back to the broker
+                    # for a moment. The campaign is alive (housekeeping must not think
+                    # its batches lost and enqueue them twice).
+                    result.counts["deferred"] = len(sender.queue)
+                    again = time.time() + random.uniform(1.0, 2.0)
+                    retry_at = min(retry_at or again, again)
+                    await r.hset(store.campaign_key(campaign_id), "progress_at", time.time())
             for key, value in sender.counts.items():
                 result.counts[key] = result.counts.get(key, 0) + value
             if sender.parked_until is not None:

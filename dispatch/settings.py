@@ -19,6 +19,7 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600
 DEFAULT_SESSIONS_PER_WORKER = 8
 DEFAULT_LEASE_TTL_MS = 60_000
 DEFAULT_SESSION_IDLE_SECONDS = 2.0
+DEFAULT_SLOT_WAIT_SECONDS = 5.0
 # Callbacks: how long a seen event is remembered (SendGrid retries for up to 24 h, SNS
 # for up to 1 h, reference §1.1 and §2.1), and how old an unprocessed inbox batch must be
 # before its task is presumed lost and it is enqueued again.
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     # Provider sessions (connections) a worker process keeps open after a batch for the
     # next one, closed after this many idle seconds (0: closed with each batch).
     session_idle_seconds: float = Field(default=DEFAULT_SESSION_IDLE_SECONDS, ge=0, le=300)
+    # A batch none of whose sessions got a connection slot of its provider within this
+    # many seconds (its max_connections all in use elsewhere) goes back to the broker
+    # for a moment, so that its worker process runs other providers' batches meanwhile.
+    slot_wait_seconds: float = Field(default=DEFAULT_SLOT_WAIT_SECONDS, gt=0, le=300)
     # A batch's lease: a dead worker's batch can be taken over this long after it died.
     lease_ttl_ms: int = Field(default=DEFAULT_LEASE_TTL_MS, ge=200)
     callback_dedupe_ttl_seconds: int = Field(default=DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS, ge=60)

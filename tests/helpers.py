@@ -67,16 +67,23 @@ def recipients(n: int, domain: str = "example.com") -> list[dict[str, Any]]:
     ]
 
 
-def run_inline(
-    r: redis.Redis, body: dict[str, Any], settings: Settings | None = None, rounds: int = 5
-) -> tuple[str, list[BatchResult]]:
-    """Create a campaign and run its batches in this process until none waits for retry."""
+def create_held(r: redis.Redis, body: dict[str, Any]) -> tuple[str, list[tuple[str, int]]]:
+    """Create a campaign whose batch tasks are held here instead of enqueued: its id and
+    the (campaign, batch) pairs, for the test to run as it likes."""
     batches: list[tuple[str, int]] = []
     campaign_id, _ = campaigns.create_campaign(
         CampaignRequest.model_validate(body),
         client=r,
         enqueue=lambda cid, b: batches.append((cid, b)),
     )
+    return campaign_id, batches
+
+
+def run_inline(
+    r: redis.Redis, body: dict[str, Any], settings: Settings | None = None, rounds: int = 5
+) -> tuple[str, list[BatchResult]]:
+    """Create a campaign and run its batches in this process until none waits for retry."""
+    campaign_id, batches = create_held(r, body)
     results = run_batches(batches, settings, rounds)
     campaigns.finish_if_done(campaign_id, r)
     return campaign_id, results

@@ -17,9 +17,9 @@ import redis
 from dispatch import campaigns, lifecycle, store, suppressions
 from dispatch.batch_items import load_batch
 from dispatch.ledger import BatchLease, LedgerWriter, parse_record, record
-from dispatch.models import CampaignRequest, MessageState
+from dispatch.models import MessageState
 from dispatch.sending import run_batch
-from tests.helpers import http_provider, recipients, run_batches
+from tests.helpers import create_held, http_provider, recipients, run_batches
 from tests.http_sink import HttpSink
 
 
@@ -29,14 +29,8 @@ def _create(
     """A running campaign of ``n`` through an http provider posting to ``url`` (by
     default nothing listens: the batches are not run)."""
     http_provider(r, url, **provider)
-    batches: list[tuple[str, int]] = []
     body = {"provider": "esp", "subject": "Hi {{ name }}", "html": "<p>{{ name }}</p>"}
-    cid, _ = campaigns.create_campaign(
-        CampaignRequest.model_validate({**body, "recipients": recipients(n)}),
-        client=r,
-        enqueue=lambda c, b: batches.append((c, b)),
-    )
-    return cid, batches
+    return create_held(r, {**body, "recipients": recipients(n)})
 
 
 def _states(r: redis.Redis, cid: str) -> dict[int, str]:

@@ -14,11 +14,10 @@ import redis
 
 from dispatch import campaigns, store
 from dispatch.ledger import parse_record
-from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.tasks import enqueue_campaign, send_batch
 from providers.smtp import SmtpTransport
-from tests.helpers import http_provider, recipients, smtp_provider
+from tests.helpers import create_held, http_provider, recipients, smtp_provider
 from tests.http_sink import HttpSink
 from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, wait_for
@@ -90,6 +89,34 @@ def test_starttls_with_certificate_checks_through_the_worker(
         assert untrusted.messages == []
 
 
+def test_a_provider_without_a_free_connection_does_not_hold_up_the_others(
+    redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """Provider "held"'s only connection slot is taken elsewhere. Its three batches must
+    not keep the worker's two processes waiting while another provider's campaign
+    queues behind them: they go back to the broker, that campaign completes, and once
+    the slot is free they send everything, once."""
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url, nickname="held", max_connections=1)
+        http_provider(redis_client, sink.url, nickname="free")
+        slots = f"{store.PREFIX}:connections:held"
+        redis_client.zadd(slots, {"another-worker": time.time() + 600})
+        for cid, provider, n in (("waits-1", "held", 3000), ("goes-1", "free", 1000)):
+            enqueue_campaign.delay(
+                {"id": cid, "provider": provider, "subject": "s", "html": "h",
+                 "recipients": recipients(n, domain=f"{cid}.example")}
+            )  # fmt: skip
+            wait_for(lambda cid=cid: redis_client.exists(store.campaign_key(cid)) == 1)  # type: ignore[misc]
+        wait_for(lambda: _completed("goes-1", redis_client), timeout=60)
+        assert campaigns.get_counters("waits-1", redis_client)["sent"] == 0
+        redis_client.zrem(slots, "another-worker")
+        wait_for(lambda: _completed("waits-1", redis_client), timeout=120)
+        delivered = Counter(m["to"] for r in sink.requests for m in r.json()["msgs"])
+    assert sum(1 for to in delivered if to.endswith("@waits-1.example")) == 3000
+    assert sum(1 for to in delivered if to.endswith("@goes-1.example")) == 1000
+    assert max(delivered.values()) == 1
+
+
 def test_a_worker_process_sends_its_batches_on_one_kept_connection(
     redis_client: redis.Redis, celery_worker: WorkerProcess
 ) -> None:
@@ -130,7 +157,6 @@ def test_redelivered_half_sent_batch_sends_nothing_twice(
         slow = lambda envelope: time.sleep(0.02)  # noqa: E731 (slow enough to kill mid-batch)
         smtp.handler.data_reply = slow  # type: ignore[assignment,return-value]
         smtp_provider(redis_client, smtp.port, max_connections=2)
-        batches: list[tuple[str, int]] = []
         body = {
             "id": "crash-1",
             "provider": "local",
@@ -138,11 +164,7 @@ def test_redelivered_half_sent_batch_sends_nothing_twice(
             "html": "h",
             "recipients": recipients(200),
         }
-        campaigns.create_campaign(
-            CampaignRequest.model_validate(body),
-            client=redis_client,
-            enqueue=lambda cid, b: batches.append((cid, b)),
-        )
+        create_held(redis_client, body)  # its task is the crashing sender below
         env = {**os.environ, **FAST_ENV, "DISPATCH_REDIS_URL": redis_server.url}
         proc = subprocess.Popen([sys.executable, "-c", CRASHING_SENDER, "crash-1"], env=env)
         wait_for(lambda: len(smtp.messages) >= 60, timeout=60)

@@ -7,17 +7,15 @@ import time
 import redis
 
 from dispatch import campaigns, housekeeping, store
-from dispatch.models import CampaignRequest
 from dispatch.settings import Settings
-from tests.helpers import recipients, run_batches, smtp_provider
+from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
 
 
 def _create(r: redis.Redis, n: int, batches: list[tuple[str, int]]) -> str:
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(n)}
-    cid, _ = campaigns.create_campaign(
-        CampaignRequest.model_validate(body), client=r, enqueue=lambda c, b: batches.append((c, b))
-    )
+    cid, held = create_held(r, body)
+    batches += held
     return cid
 
 

@@ -12,7 +12,7 @@ from dispatch import campaigns, store
 from dispatch.limits import ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings
 from providers.config import parse_provider_config
-from tests.helpers import recipients, run_inline, smtp_provider
+from tests.helpers import create_held, recipients, run_inline, smtp_provider
 from tests.smtp_server import SmtpTestServer
 
 
@@ -79,20 +79,14 @@ def test_a_used_up_quota_pauses_the_campaign(redis_client: redis.Redis) -> None:
 
 def test_max_connections_hold_across_concurrent_batches(redis_client: redis.Redis) -> None:
     """Two batches (as two workers would run them) share the provider's 2 connections."""
-    from dispatch.models import CampaignRequest
     from dispatch.sending import run_batch
 
     with SmtpTestServer() as smtp:
         slow = lambda envelope: time.sleep(0.002)  # noqa: E731 (keep connections busy)
         smtp.handler.data_reply = slow  # type: ignore[assignment,return-value]
         smtp_provider(redis_client, smtp.port, max_connections=2)
-        batches: list[tuple[str, int]] = []
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(2000)}
-        cid, _ = campaigns.create_campaign(
-            CampaignRequest.model_validate(body),
-            client=redis_client,
-            enqueue=lambda c, b: batches.append((c, b)),
-        )
+        cid, batches = create_held(redis_client, body)
 
         async def both() -> None:
             client = store.async_client()
@@ -106,3 +100,58 @@ def test_max_connections_hold_across_concurrent_batches(redis_client: redis.Redi
     assert len(batches) == 2
     assert campaigns.get_counters(cid, redis_client)["sent"] == 2000
     assert 1 <= peak <= 2
+
+
+@pytest.mark.parametrize("kind", ["http", "smtp"])
+def test_a_batch_that_gets_no_connection_slot_goes_back_to_the_broker(
+    redis_client: redis.Redis, kind: str
+) -> None:
+    """Every slot of the provider is held elsewhere: after ``slot_wait_seconds`` the batch
+    stops waiting (its worker process is free for other batches) and asks to be run
+    again, having sent nothing and left no claim behind; once a slot is free it sends."""
+    from dispatch.ledger import parse_record
+    from dispatch.sending import run_batch
+    from tests.helpers import http_provider
+    from tests.http_sink import HttpSink
+
+    with HttpSink() as sink, SmtpTestServer() as smtp:
+        if kind == "http":  # one chunk: its load claims the whole batch
+            http_provider(redis_client, sink.url, nickname="local", max_connections=1)
+        else:
+            smtp_provider(redis_client, smtp.port, max_connections=1)
+        slots = f"{store.PREFIX}:connections:local"
+        redis_client.zadd(slots, {"another-worker": time.time() + 60})
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
+        cid, ((_, batch),) = create_held(redis_client, body)
+
+        async def run() -> object:
+            client = store.async_client()
+            try:
+                fast = Settings(slot_wait_seconds=0.3)
+                # Bounded: a batch that waited for the slot would hang here for a minute.
+                return await asyncio.wait_for(run_batch(cid, batch, r=client, settings=fast), 20)
+            finally:
+                await client.aclose()
+
+        before = time.time()
+        deferred = asyncio.run(run())
+        assert deferred.counts == {"deferred": 5}  # type: ignore[attr-defined]
+        assert deferred.retry_at is not None and deferred.retry_at > before  # type: ignore[attr-defined]
+        assert sink.requests == [] and smtp.messages == []
+        states = {
+            (parse_record(raw) or {}).get("state")
+            for raw in redis_client.hgetall(store.ledger_key(cid)).values()
+        }
+        assert "claimed" not in states  # given back: a claim left behind reads as a lost send
+        summary = campaigns.campaign_summary(cid, redis_client)
+        assert (summary["status"], summary["queued"], summary["sent"]) == ("running", 5, 0)
+        progress = redis_client.hget(store.campaign_key(cid), "progress_at")
+        assert float(progress or 0) >= int(before)  # alive: housekeeping leaves it alone
+
+        redis_client.zrem(slots, "another-worker")
+        again = asyncio.run(run())
+        assert again.counts == {"sent": 5} and again.retry_at is None  # type: ignore[attr-defined]
+        delivered = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
+        delivered += [m.rcpt_tos[0] for m in smtp.messages]
+    assert sorted(delivered) == sorted(str(r["email"]) for r in recipients(5))
+    assert campaigns.campaign_summary(cid, redis_client)["status"] == "completed"
