@@ -2,7 +2,8 @@
 
 Workers are separate processes (and machines); what they did is kept in Redis by the
 ledger script, so the API can report it without a push gateway: messages by provider
-and outcome, retries, send latency and throttles (dispatch.send_stats), and the depth
+and outcome, retries, send latency, throttles and batches deferred for want of a
+connection (dispatch.send_stats), and the depth
 of each Celery queue. Callback counts are kept by
 the API process itself (dispatch.callbacks).
 """
@@ -53,12 +54,20 @@ class RedisStateCollector(Collector):
             "Replies that asked to slow down (SMTP 421/450/451/454, HTTP 429/503), by provider",
             labels=["provider"],
         )
-        for provider, (buckets, seconds, throttled) in histograms(sends).items():
-            if buckets[-1][1]:
-                latency.add_metric([provider], buckets, sum_value=seconds)
-            throttles.add_metric([provider], throttled)
+        deferred = CounterMetricFamily(
+            "dispatch_batches_deferred",
+            "Batch runs that found every connection slot of their provider in use for "
+            "DISPATCH_SLOT_WAIT_SECONDS and went back to the broker, by provider",
+            labels=["provider"],
+        )
+        for provider, figures in histograms(sends).items():
+            if figures.buckets[-1][1]:
+                latency.add_metric([provider], figures.buckets, sum_value=figures.seconds)
+            throttles.add_metric([provider], figures.throttles)
+            deferred.add_metric([provider], figures.deferred)
         yield latency
         yield throttles
+        yield deferred
         queues = GaugeMetricFamily(
             "dispatch_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"]
         )

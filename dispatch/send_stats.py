@@ -1,23 +1,26 @@
-"""How long providers take to accept a send, and how often they ask us to slow down.
+"""How long providers take to accept a send, how often they ask us to slow down, and how
+often a batch found none of their connections free.
 
 A batch run counts in memory how long each message's hand-over to the provider took
 (the exchange that carried it: a chunk of up to four SMTP messages pipelined on one
 connection, or one HTTP request, a whole batch for a batching provider) and the
-throttling replies it got (one per reply, however many messages it covered), then adds
-them to Redis with the release of its lease
-(``store.SEND_STATS_HASH``): the API's ``/metrics`` reports them for every worker as
-``dispatch_send_seconds`` (a histogram) and ``dispatch_throttles_total`` (DESIGN §8).
+throttling replies it got (one per reply, however many messages it covered) and whether
+it went back to the broker for want of a connection slot (dispatch.sending), then adds
+them to Redis with the release of its lease (``store.SEND_STATS_HASH``): the API's
+``/metrics`` reports them for every worker as ``dispatch_send_seconds`` (a histogram),
+``dispatch_throttles_total`` and ``dispatch_batches_deferred_total`` (DESIGN §8).
 
 Fields of the hash: ``<provider>|le=<bound>`` (messages whose hand-over took at most
 ``bound`` seconds and more than the bound before it; ``+Inf`` for the rest),
-``<provider>|sum`` (seconds, a float) and ``<provider>|throttles``.
+``<provider>|sum`` (seconds, a float), ``<provider>|throttles`` and
+``<provider>|deferred``.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio.client import Pipeline
 
@@ -28,7 +31,8 @@ _LABELS = (*(f"{b:g}" for b in BUCKETS), "+Inf")
 
 
 class SendStats:
-    """One batch run's hand-overs and throttles, until :meth:`add_to` takes them."""
+    """One batch run's hand-overs, throttles and deferral, until :meth:`add_to` takes
+    them."""
 
     def __init__(self) -> None:
         self._reset()
@@ -37,6 +41,7 @@ class SendStats:
         self.counts = [0] * len(_LABELS)
         self.seconds = 0.0
         self.throttles = 0
+        self.deferred = 0  # runs that went back to the broker for want of a slot
 
     def observe(self, seconds: float, messages: int) -> None:
         """An exchange with the provider that carried ``messages`` and took ``seconds``."""
@@ -54,15 +59,23 @@ class SendStats:
             pipe.hincrbyfloat(store.SEND_STATS_HASH, f"{provider}|sum", self.seconds)
         if self.throttles:
             pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|throttles", self.throttles)
+        if self.deferred:
+            pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|deferred", self.deferred)
         self._reset()
 
 
-def histograms(
-    fields: Mapping[Any, Any],
-) -> dict[str, tuple[list[tuple[str, float]], float, float]]:
-    """Per provider, from the hash: cumulative buckets ``[(le, count), ...]`` in
-    Prometheus's form, the sum of seconds, and the throttles."""
-    out: dict[str, tuple[list[tuple[str, float]], float, float]] = {}
+class ProviderSends(NamedTuple):
+    """One provider's figures, from the hash."""
+
+    buckets: list[tuple[str, float]]  # cumulative ``(le, count)``, Prometheus's form
+    seconds: float  # the sum of the hand-overs' seconds
+    throttles: float
+    deferred: float
+
+
+def histograms(fields: Mapping[Any, Any]) -> dict[str, ProviderSends]:
+    """Per provider, from the hash: its histogram, throttles and deferred batch runs."""
+    out: dict[str, ProviderSends] = {}
     raw: dict[str, dict[str, float]] = {}
     for key, value in fields.items():
         provider, _, name = str(key).rpartition("|")
@@ -73,5 +86,10 @@ def histograms(
         for label in _LABELS:
             running += values.get(f"le={label}", 0.0)
             buckets.append((label, running))
-        out[provider] = (buckets, values.get("sum", 0.0), values.get("throttles", 0.0))
+        out[provider] = ProviderSends(
+            buckets,
+            values.get("sum", 0.0),
+            values.get("throttles", 0.0),
+            values.get("deferred", 0.0),
+        )
     return out

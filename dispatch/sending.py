@@ -746,6 +746,7 @@ async def run_batch(
                     # for a moment. The campaign is alive (housekeeping must not think
                     # its batches lost and enqueue them twice).
                     result.counts["deferred"] = len(sender.queue)
+                    sender.stats.deferred += 1  # sent with the lease's release
                     again = time.time() + random.uniform(1.0, 2.0)
                     retry_at = min(retry_at or again, again)
                     await r.hset(store.campaign_key(campaign_id), "progress_at", time.time())

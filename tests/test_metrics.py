@@ -109,8 +109,31 @@ def test_send_stats_buckets_are_cumulative_and_bounds_inclusive(redis_client: re
             await r.aclose()
 
     asyncio.run(flush())
-    buckets, seconds, throttles = histograms(redis_client.hgetall(store.SEND_STATS_HASH))["p"]
+    buckets, seconds, throttles, deferred = histograms(redis_client.hgetall(store.SEND_STATS_HASH))[
+        "p"
+    ]
     cumulative = dict(buckets)
     assert (cumulative["0.005"], cumulative["0.25"], cumulative["0.5"]) == (2, 2, 3)
     assert (cumulative["30"], cumulative["+Inf"]) == (3, 4)
-    assert seconds == pytest.approx(0.005 * 2 + 0.3 + 99.0) and throttles == 0
+    assert seconds == pytest.approx(0.005 * 2 + 0.3 + 99.0) and throttles == deferred == 0
+
+
+def test_batches_deferred_for_want_of_a_connection(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A batch that found its provider's only connection slot taken went back to the
+    broker: /metrics counts it for that provider."""
+    import time
+
+    from dispatch import store
+    from tests.helpers import create_held, run_batches
+
+    smtp_provider(redis_client, 9, max_connections=1)  # nothing listens: never reached
+    redis_client.zadd(f"{store.PREFIX}:connections:local", {"elsewhere": time.time() + 60})
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3)}
+    _, batches = create_held(redis_client, body)
+    (result,) = run_batches(batches, Settings(slot_wait_seconds=0.2), rounds=1)
+    assert result.counts == {"deferred": 3}
+    with api_server.client() as http:
+        text = str(http.get("/metrics").text)
+    assert _metric(text, "dispatch_batches_deferred_total", provider="local") == 1
