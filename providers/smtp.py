@@ -281,7 +281,8 @@ class SmtpTransport:
             port=cfg.effective_port,
             use_tls=security == "tls",
             start_tls=security == "starttls",
-            validate_certs=cfg.tls_verify,
+            # The process's shared context, with or without certificate checks
+            # (providers.tls): aiosmtplib would build one per connection otherwise.
             tls_context=smtp_context(cfg.tls_verify) if security != "none" else None,
             timeout=cfg.timeout,
         )
