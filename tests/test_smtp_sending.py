@@ -35,6 +35,12 @@ def _message(seq: int = 0, to: str = "a@example.com") -> OutgoingMessage:
     )
 
 
+def _config(port: int, security: str, **fields: object) -> dict[str, object]:
+    """A provider "s" of kind smtp on the local test server."""
+    return {"nickname": "s", "kind": "smtp", "host": "127.0.0.1", "port": port,
+            "security": security, **fields}  # fmt: skip
+
+
 async def _send(config: dict[str, object], messages: list[OutgoingMessage]) -> list[object]:
     transport = SmtpTransport(parse_provider_config(config))  # type: ignore[arg-type]
     async with transport.session() as session:
@@ -44,14 +50,8 @@ async def _send(config: dict[str, object], messages: list[OutgoingMessage]) -> l
 @pytest.mark.parametrize("security", ["none", "starttls", "tls"])
 def test_each_security_mode_delivers(security: str) -> None:
     with SmtpTestServer(security=security) as server:
-        config = {
-            "nickname": "s",
-            "kind": "smtp",
-            "host": "127.0.0.1",
-            "port": server.port,
-            "security": security,
-            "tls_verify": False,  # the test server's certificate is self-signed
-        }
+        # The test server's certificate is self-signed.
+        config = _config(server.port, security, tls_verify=False)
         outcomes = asyncio.run(_send(config, [_message(0), _message(1, "b@example.com")]))
     assert [o.status for o in outcomes] == [OutcomeStatus.SENT, OutcomeStatus.SENT]  # type: ignore[attr-defined]
     assert [m.rcpt_tos for m in server.messages] == [["a@example.com"], ["b@example.com"]]
@@ -62,13 +62,7 @@ def test_certificates_are_checked_unless_turned_off(security: str) -> None:
     """TLS contexts are shared per process (providers.tls): one made without checks must
     never serve a provider that checks, in either order."""
     with SmtpTestServer(security=security) as server:
-        base = {
-            "nickname": "s",
-            "kind": "smtp",
-            "host": "127.0.0.1",
-            "port": server.port,
-            "security": security,
-        }
+        base = _config(server.port, security)
         unchecked = {**base, "tls_verify": False}
         for config in (base, unchecked, base):
             if config is base:  # the default checks: a self-signed certificate is refused
@@ -85,13 +79,7 @@ def test_certificates_are_checked_unless_turned_off(security: str) -> None:
 def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None:
     """A server that requires STARTTLS refuses a plain session: never a silent downgrade."""
     with SmtpTestServer(security="starttls") as server:
-        config = {
-            "nickname": "s",
-            "kind": "smtp",
-            "host": "127.0.0.1",
-            "port": server.port,
-            "security": "none",
-        }
+        config = _config(server.port, "none")
         with pytest.raises(AuthenticationError):
             asyncio.run(_send(config, [_message()]))
     assert server.messages == []
@@ -99,13 +87,7 @@ def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None
 
 def test_starttls_against_server_without_it_fails() -> None:
     with SmtpTestServer(security="none") as server:
-        config = {
-            "nickname": "s",
-            "kind": "smtp",
-            "host": "127.0.0.1",
-            "port": server.port,
-            "security": "starttls",
-        }
+        config = _config(server.port, "starttls")
         with pytest.raises(Exception) as info:
             asyncio.run(_send(config, [_message()]))
     assert getattr(info.value, "error_class", None) == ErrorClass.CONNECTION
@@ -114,14 +96,7 @@ def test_starttls_against_server_without_it_fails() -> None:
 
 def test_auth_success_and_failure() -> None:
     with SmtpTestServer(credentials=("user", "right")) as server:
-        base = {
-            "nickname": "s",
-            "kind": "smtp",
-            "host": "127.0.0.1",
-            "port": server.port,
-            "security": "none",
-            "username": "user",
-        }
+        base = _config(server.port, "none", username="user")
         ok = asyncio.run(_send({**base, "password": "right"}, [_message()]))
         assert ok[0].status is OutcomeStatus.SENT  # type: ignore[attr-defined]
         with pytest.raises(AuthenticationError) as info:
@@ -145,13 +120,7 @@ def test_message_headers_and_bcc_only_in_envelope(smtp: SmtpTestServer) -> None:
         from_address="news@example.com",
         from_name="Zoë Ñandú Marketing",
     )
-    config = {
-        "nickname": "s",
-        "kind": "smtp",
-        "host": "127.0.0.1",
-        "port": smtp.port,
-        "security": "none",
-    }
+    config = _config(smtp.port, "none")
     asyncio.run(_send(config, [msg]))
     received = smtp.messages[0]
     assert received.rcpt_tos == ["a@example.com", "c@example.com", "hidden@example.com"]
