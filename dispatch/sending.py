@@ -408,6 +408,10 @@ class BatchSender:
                 if isinstance(exc, ConfigurationError):
                     return
                 continue
+            except Exception as exc:  # an adapter's bug: this chunk alone pays for it
+                log.exception("batch of campaign %s: the adapter failed", self.c.content.id)
+                await kept.drop_session()
+                outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             self.stats.observe(time.perf_counter() - started, len(messages))
             pause = await self._apply(messages, outcomes)
             if pause:
@@ -430,13 +434,17 @@ class BatchSender:
                         detail=str(exc),
                     )
                 )
-            except (RenderError, ValueError) as exc:
+            except Exception as exc:  # a template or value this message cannot carry
+                detail = str(exc)
+                if not isinstance(exc, RenderError | ValueError):  # not foreseen: a bug
+                    log.exception("campaign %s: building message %s", self.c.content.id, item.seq)
+                    detail = f"internal error: {type(exc).__name__}: {exc}"
                 failed.append(
                     self._final(
                         item,
                         MessageState.FAILED,
                         error_class=ErrorClass.INVALID_MESSAGE.value,
-                        detail=str(exc),
+                        detail=detail,
                     )
                 )
         # Written over what they were (claimed by the load, or waiting for a retry).
@@ -558,6 +566,13 @@ class BatchSender:
         if throttled:  # one reply that asked to slow down (an HTTP batch's covers many)
             self.stats.throttles += 1
         return min(delay, self.settings.inline_retry_seconds) if throttled else 0.0
+
+
+def _unknown(seq: int, exc: Exception) -> SendOutcome:
+    """The outcome of a message whose hand-over raised what no adapter should: it may
+    or may not have gone out (DESIGN §7: such messages end ``unknown``, never resent)."""
+    detail = f"internal error: {type(exc).__name__}: {exc}"
+    return SendOutcome(seq, OutcomeStatus.UNKNOWN, ErrorClass.DISPATCH_FAILED_HTTP, detail)
 
 
 _STATE_OF = {

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import redis
 
 from dispatch import campaigns, store
 from dispatch.ledger import parse_record
 from dispatch.settings import Settings
+from providers.base import OutgoingMessage, SendOutcome
+from providers.http import HttpSession
 from tests.callback_support import HttpsServer
 from tests.helpers import http_provider, recipients, run_inline
 from tests.http_sink import HttpSink, Reply
@@ -104,3 +108,53 @@ def test_a_refused_certificate_pauses_the_campaign(redis_client: redis.Redis) ->
     assert summary["reason"].startswith("Dispatch failed: TLS failed with 127.0.0.1")
     assert "CERTIFICATE_VERIFY_FAILED" in summary["reason"]
     assert (summary["failed"], summary["sent"], summary["queued"]) == (0, 0, 3)
+
+
+def test_an_adapter_that_raises_loses_only_its_chunk(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception no adapter should raise (a bug) ends that request's messages
+    ``unknown`` (they may have gone out: never resent) and the batch goes on."""
+    real_send = HttpSession.send
+
+    async def send(self: HttpSession, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        if any(m.to == "user2@example.com" for m in messages):
+            raise UnicodeDecodeError("ascii", b"\xc3", 0, 1, "a bug")
+        return await real_send(self, messages)
+
+    monkeypatch.setattr(HttpSession, "send", send)
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url, batch_size=2)
+        cid, _ = run_inline(redis_client, _body(6), FAST)
+        got = sorted(m["to"] for r in sink.requests for m in r.json()["msgs"])
+    assert got == [f"user{i}@example.com" for i in (0, 1, 4, 5)]
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["unknown"]) == ("completed", 4, 2)
+    for seq in ("2", "3"):
+        rec = parse_record(redis_client.hget(store.ledger_key(cid), seq))
+        assert rec is not None and rec["state"] == "unknown"
+        assert rec["detail"].startswith("internal error: UnicodeDecodeError")
+
+
+def test_a_message_that_fails_to_build_unforeseen_fails_alone(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatch.sending import _Campaign
+
+    real_build = _Campaign.build
+
+    def build(self: _Campaign, item: Any) -> OutgoingMessage:
+        if item.email == "user1@example.com":
+            raise KeyError("a bug")
+        return real_build(self, item)
+
+    monkeypatch.setattr(_Campaign, "build", build)
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url)
+        cid, _ = run_inline(redis_client, _body(3), FAST)
+        assert len(sink.requests) == 1
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 2, 1)
+    rec = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
+    assert rec is not None and rec["error_class"] == "Invalid message"
+    assert rec["detail"] == "internal error: KeyError: 'a bug'"
