@@ -217,8 +217,53 @@ class JsonArraySplitter:
             raise StreamFormatError(f"element {self._index} is longer than {self._max} bytes")
 
 
-def splitter_for(first_bytes: bytes) -> NdjsonSplitter | JsonArraySplitter:
-    """The splitter for a body that starts with ``first_bytes`` ('[': array, else NDJSON)."""
-    if first_bytes.lstrip()[:1] == b"[":
-        return JsonArraySplitter()
-    return NdjsonSplitter()
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
+
+
+class RecipientSplitter:
+    """NDJSON or one JSON array, told apart by the body's first byte, then split.
+
+    A leading UTF-8 byte order mark is dropped, even when it arrives cut over several
+    chunks: Windows tools write one, and RFC 8259 §8.1 lets a parser ignore it (kept, it
+    would make the first line or the whole array unreadable).
+    """
+
+    def __init__(self, max_document: int = MAX_DOCUMENT_BYTES) -> None:
+        self.format: Format = "ndjson"
+        self._max = max_document
+        self._inner: NdjsonSplitter | JsonArraySplitter | None = None
+        self._head = b""  # the body's first bytes, until a BOM is ruled out
+
+    def feed(self, data: bytes) -> list[Document]:
+        """The documents completed by ``data``; raises :class:`StreamFormatError`."""
+        if self._inner is not None:
+            return self._inner.feed(data)
+        data = self._head + data
+        text = data.removeprefix(BOM).lstrip()
+        if not text or BOM.startswith(data):  # blank so far, or maybe the start of a BOM
+            self._head = data
+            return []
+        self._inner = (
+            JsonArraySplitter(self._max) if text[:1] == b"[" else NdjsonSplitter(self._max)
+        )
+        self.format = self._inner.format
+        self._head = b""
+        return self._inner.feed(data.removeprefix(BOM))
+
+    def finish(self) -> list[Document]:
+        """Raises :class:`StreamFormatError` for a body that is blank or ends early."""
+        if self._inner is None:
+            raise StreamFormatError("the body is empty")
+        return self._inner.finish()
+
+
+def splitter_for(first_bytes: bytes) -> RecipientSplitter:
+    """A splitter whose ``format`` already is the one the body's ``first_bytes`` tell.
+
+    For a caller that reads ``format`` before feeding (it then feeds ``first_bytes`` too).
+    """
+    splitter = RecipientSplitter()
+    probe = RecipientSplitter()
+    probe.feed(first_bytes)
+    splitter.format = probe.format
+    return splitter

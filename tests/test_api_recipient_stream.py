@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
+import redis
 
 from dispatch.recipient_stream import (
     Document,
     JsonArraySplitter,
     NdjsonSplitter,
+    RecipientSplitter,
     StreamFormatError,
     splitter_for,
 )
+from tests.api_server import ApiServer
+from tests.api_support import api_client, covers, save_smtp_provider
+from tests.smtp_server import SmtpTestServer
+
+BOM = "\ufeff".encode()
 
 TRICKY = [
     {"email": "a@example.com", "vars": {"quote": 'say "hi", [ok] {yes}', "n": [1, {"x": []}]}},
@@ -24,7 +32,7 @@ TRICKY = [
 
 
 def feed_in_pieces(
-    splitter: NdjsonSplitter | JsonArraySplitter, data: bytes, seed: int
+    splitter: NdjsonSplitter | JsonArraySplitter | RecipientSplitter, data: bytes, seed: int
 ) -> list[Document]:
     """Feed ``data`` cut at random places (a cut can fall anywhere, even in an escape)."""
     rng = random.Random(seed)
@@ -101,5 +109,50 @@ def test_overlong_documents_are_refused_without_buffering_them() -> None:
 
 
 def test_the_format_is_told_by_the_first_byte() -> None:
-    assert isinstance(splitter_for(b"  \n ["), JsonArraySplitter)
-    assert isinstance(splitter_for(b'{"email"'), NdjsonSplitter)
+    assert splitter_for(b"  \n [").format == "array"
+    assert splitter_for(b'{"email"').format == "ndjson"
+    assert splitter_for(BOM + b"[").format == "array"
+
+
+BODIES = {  # the same four recipients in each format the append takes
+    "one-line array": json.dumps(TRICKY).encode(),
+    "pretty array": json.dumps(TRICKY, indent=2).encode(),
+    "ndjson": "\n".join(json.dumps(doc) for doc in TRICKY).encode(),
+}
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("kind", BODIES)
+def test_a_leading_byte_order_mark_is_dropped(kind: str, seed: int) -> None:
+    """Windows tools write a UTF-8 BOM first; RFC 8259 §8.1 lets a parser ignore it."""
+    splitter = RecipientSplitter()
+    docs = feed_in_pieces(splitter, BOM + BODIES[kind], seed)  # a cut may split the BOM
+    assert splitter.format == ("ndjson" if kind == "ndjson" else "array")
+    assert [d.problem for d in docs] == [""] * 4
+    assert [json.loads(d.raw) for d in docs] == TRICKY
+    assert [d.position for d in docs] == ([1, 2, 3, 4] if kind == "ndjson" else [0, 1, 2, 3])
+
+
+def draft_campaign(api: Any, smtp: SmtpTestServer, campaign_id: str) -> None:
+    save_smtp_provider(api, smtp.port)
+    body = {"id": campaign_id, "provider": "local", "subject": "Hi", "html": "<p>Hi</p>"}
+    answer = api.post("/v1/campaigns", json={**body, "draft": True})
+    assert answer.status_code == 201, answer.text
+
+
+def append(api: Any, campaign_id: str, body: bytes) -> dict[str, Any]:
+    answer = api.post(f"/v1/campaigns/{campaign_id}/recipients", content=body)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+@covers("POST /v1/campaigns/{campaign_id}/recipients")
+def test_the_append_takes_bodies_that_start_with_a_byte_order_mark(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    with api_client(api_server) as api:
+        for n, kind in enumerate(BODIES):
+            draft_campaign(api, smtp, f"bom-{n}")
+            result = append(api, f"bom-{n}", BOM + BODIES[kind])
+            assert (result["appended"], result["rejected"], result["total"]) == (4, 0, 4), kind
