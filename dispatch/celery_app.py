@@ -14,7 +14,7 @@ from dispatch import store
 from dispatch.redis_server import ensure_redis_url
 from dispatch.settings import get_settings
 
-QUEUES = ("default", "sends", "events")
+QUEUES = store.CELERY_QUEUES
 
 
 def default_worker_processes() -> int:

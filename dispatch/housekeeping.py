@@ -5,6 +5,14 @@ campaign with nothing queued still marked running, or one whose batches stopped 
 died and Redis would hand its task out again only after the visibility timeout,
 PITFALLS). Re-enqueueing is safe: a batch skips what its ledger settled and a live
 worker's lease turns a duplicate away.
+
+How long a campaign may stay quiet before it counts as stalled: when no batch of any
+campaign runs and no batch task waits in the queue, two lease TTLs (the tasks it still
+has can only be lost: reserved by a worker that died, or dropped by workers whose broker
+connection broke, as when Redis restarts: Celery forgets its reserved and ETA tasks and
+Redis hands them out again only after the visibility timeout). Otherwise, twice the
+longest retry wait, since its tasks may be waiting behind other campaigns' batches.
+Either way never before the latest time a batch of it parked itself for a retry.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import math
 import time
 
 import redis
+from redis.asyncio.client import Pipeline
 
 from dispatch import campaigns, store
 from dispatch.models import CampaignStatus
@@ -28,22 +37,30 @@ def sweep(
     """One pass; returns the campaigns it ``finished`` and those it ``restarted``."""
     now = time.time() if now is None else now
     settings = get_settings()
-    # Longer than any wait a batch may park for, so live retry chains are never doubled.
-    stall = max(settings.retry_max_seconds * 2, settings.lease_ttl_ms / 1000 * 2)
+    quick = settings.lease_ttl_ms / 1000 * 2
+    stall = max(settings.retry_max_seconds * 2, quick)
+    idle: bool | None = None  # nothing runs and nothing waits (asked once, when needed)
     done: dict[str, list[str]] = {"finished": [], "restarted": []}
     for member in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1):
         campaign_id = str(member)
         fields = r.hmget(
-            store.campaign_key(campaign_id), ["status", "progress_at", "started_at", "batches"]
+            store.campaign_key(campaign_id),
+            ["status", "progress_at", "started_at", "batches", "parked_until"],
         )
-        status, progress_at, started_at, batches = fields
+        status, progress_at, started_at, batches, parked_until = fields
         if status != CampaignStatus.RUNNING.value:
             continue
         if campaigns.finish_if_done(campaign_id, r):
             done["finished"].append(campaign_id)
             continue
-        if now - max(float(progress_at or 0), float(started_at or 0)) < stall:
+        quiet = now - max(float(progress_at or 0), float(started_at or 0), float(parked_until or 0))
+        if quiet < quick:
             continue
+        if quiet < stall:
+            if idle is None:
+                idle = _nothing_runs_or_waits(r)
+            if not idle:
+                continue
         if next(r.scan_iter(match=store.batch_lease_key(campaign_id, 0)[:-1] + "*"), None):
             continue  # a worker is on it
         total = stored_count(r, campaign_id)
@@ -53,3 +70,25 @@ def sweep(
             enqueue(campaign_id, batch)
         done["restarted"].append(campaign_id)
     return done
+
+
+def _nothing_runs_or_waits(r: redis.Redis) -> bool:
+    """No batch lease is held anywhere and no batch task waits in the queue."""
+    if r.llen(store.SENDS_QUEUE):
+        return False
+    pattern = store.batch_lease_key("*", 0)[:-1] + "*"
+    return next(r.scan_iter(match=pattern, count=1000), None) is None
+
+
+# A batch that parks itself for a retry notes until when (the latest of its campaign's):
+# its task waits in a worker meanwhile, and the campaign is quiet but not stalled.
+_PARKED = """
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0') then
+  redis.call('HSET', KEYS[1], 'parked_until', ARGV[1])
+end
+"""
+
+
+def note_parked(pipe: Pipeline, campaign_id: str, until: float) -> None:
+    """Adds to ``pipe``: the campaign has a batch parked until ``until``."""
+    pipe.eval(_PARKED, 1, store.campaign_key(campaign_id), repr(until))

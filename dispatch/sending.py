@@ -35,6 +35,7 @@ from dispatch.batch_items import (
     terminal_state,
     unsettled,
 )
+from dispatch.housekeeping import note_parked
 from dispatch.ledger import (
     BatchLease,
     LedgerWriter,
@@ -782,5 +783,7 @@ async def run_batch(
         def metrics(pipe: Pipeline) -> None:
             if stats is not None:
                 stats.add_to(pipe, stats_provider)
+            if result.retry_at is not None:
+                note_parked(pipe, campaign_id, result.retry_at)
 
         await lease.release(metrics)

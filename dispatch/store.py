@@ -18,6 +18,7 @@ EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
 SEND_STATS_HASH = f"{PREFIX}:stats:sends"  # send latency and throttles (dispatch.send_stats)
 CELERY_QUEUES = ("default", "sends", "events")
+SENDS_QUEUE = "sends"  # where batch tasks wait
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
 
 

@@ -7,7 +7,7 @@ import time
 import redis
 
 from dispatch import campaigns, housekeeping, store
-from dispatch.settings import Settings
+from dispatch.settings import Settings, get_settings
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
 
@@ -54,3 +54,40 @@ def test_a_stalled_campaign_is_enqueued_again(redis_client: redis.Redis) -> None
         housekeeping.sweep(redis_client, lambda c, b: None)
         assert campaigns.campaign_summary(cid, redis_client)["status"] == "completed"
         assert len(smtp.messages) == 2500
+
+
+def test_a_quiet_campaign_is_restarted_sooner_when_nothing_runs_or_waits(
+    redis_client: redis.Redis,
+) -> None:
+    """After a Redis restart the workers have forgotten their reserved tasks: nothing
+    runs, nothing waits, and the campaign is restarted after two lease TTLs instead of
+    the long wait kept for campaigns whose tasks may be queued behind others."""
+    settings = get_settings()
+    quick = settings.lease_ttl_ms / 1000 * 2
+    assert quick * 2 < settings.retry_max_seconds * 2  # the two waits differ
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port)
+        lost: list[tuple[str, int]] = []
+        cid = _create(redis_client, 5, lost)
+        started = float(redis_client.hget(store.campaign_key(cid), "started_at") or 0)
+
+        def sweep(after: float) -> list[str]:
+            return housekeeping.sweep(redis_client, lambda c, b: None, now=started + after)[
+                "restarted"
+            ]
+
+        assert sweep(quick - 1) == []
+        # Another campaign's batch runs: this one may be waiting behind it.
+        busy = store.batch_lease_key("other", 3)
+        redis_client.set(busy, "token")
+        assert sweep(quick + 1) == []
+        redis_client.delete(busy)
+        # A batch task waits in the queue: the same.
+        redis_client.lpush(store.SENDS_QUEUE, "a task")
+        assert sweep(quick + 1) == []
+        redis_client.delete(store.SENDS_QUEUE)
+        # One of its batches parked itself for a retry until later: quiet, not stalled.
+        redis_client.hset(store.campaign_key(cid), "parked_until", str(started + quick * 3))
+        assert sweep(quick + 1) == []
+        assert sweep(quick * 3 + 1) == []
+        assert sweep(quick * 4 + 1) == [cid]

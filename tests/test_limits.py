@@ -148,6 +148,8 @@ def test_a_batch_that_gets_no_connection_slot_goes_back_to_the_broker(
         assert (summary["status"], summary["queued"], summary["sent"]) == ("running", 5, 0)
         progress = redis_client.hget(store.campaign_key(cid), "progress_at")
         assert float(progress or 0) >= int(before)  # alive: housekeeping leaves it alone
+        parked = redis_client.hget(store.campaign_key(cid), "parked_until")
+        assert float(parked or 0) == pytest.approx(deferred.retry_at)  # type: ignore[attr-defined]
 
         redis_client.zrem(slots, "another-worker")
         again = asyncio.run(run())
