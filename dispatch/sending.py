@@ -52,7 +52,12 @@ from dispatch.rendering import CompiledContent, RenderError, campaign_context, r
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
-from dispatch.unsubscribe import list_unsubscribe_headers, make_token, unsubscribe_urls
+from dispatch.unsubscribe import (
+    custom_center_url,
+    list_unsubscribe_headers,
+    make_token,
+    unsubscribe_urls,
+)
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
 from providers.config import ProviderBase
@@ -157,7 +162,7 @@ class _Campaign:
             token = make_token(self.content.id, item.seq, email, self.content.category)
             unsub, prefs = unsubscribe_urls(token)
             if self.provider.preference_center == "custom":
-                prefs = f"{self.provider.preference_center_url}?token={token}"
+                prefs = custom_center_url(self.provider.preference_center_url, token)
             headers = list_unsubscribe_headers(unsub)
         names = self.compiled.recipient_names
         if names is not None and names <= item.vars.keys():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -49,6 +50,14 @@ def unsubscribe_urls(token: str) -> tuple[str, str]:
     """``(unsubscribe_url, preferences_url)`` for a token."""
     base = get_settings().public_url.rstrip("/")
     return f"{base}/u/{token}", f"{base}/preferences/{token}"
+
+
+def custom_center_url(center: str, token: str) -> str:
+    """A custom preference center's URL with ``token`` added to its query (which it may
+    already have: ``?lang=en`` becomes ``?lang=en&token=...``)."""
+    parts = urlsplit(center)
+    query = "&".join(q for q in (parts.query, urlencode({"token": token})) if q)
+    return urlunsplit(parts._replace(query=query))
 
 
 def list_unsubscribe_headers(unsubscribe_url: str) -> tuple[tuple[str, str], ...]:

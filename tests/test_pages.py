@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,22 @@ def test_pages_render_in_a_real_browser(
         api_server.url + path.replace("/u/", "/preferences/", 1), tmp_path / "preferences.png"
     )
     assert shot.stat().st_size > 1000  # a real rendered image
+
+
+def test_a_custom_center_gets_the_token_in_its_own_query(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The custom center's URL may have a query already: the token is added to it."""
+    center = "https://prefs.acme.example/center?lang=en#top"
+    with SmtpTestServer() as smtp:
+        smtp_provider(
+            redis_client, smtp.port, preference_center="custom", preference_center_url=center
+        )
+        _campaign(redis_client, smtp, 1, "news")
+        links = _links(smtp, "user0@example.com")
+    token = urlsplit(links["unsubscribe"]).path.rsplit("/", 1)[1]
+    expected = f"https://prefs.acme.example/center?lang=en&token={token}#top"
+    assert html.escape(expected) in links["html"]  # {{ preferences_url }}, autoescaped
+    with api_client(api_server, token=None) as http:
+        page = http.get(f"/u/{token}")
+    assert page.status_code == 303 and page.headers["location"] == expected

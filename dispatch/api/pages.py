@@ -17,7 +17,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from dispatch import campaigns, preferences, suppressions
 from dispatch.provider_store import ProviderNotFoundError, load_provider
-from dispatch.unsubscribe import InvalidTokenError, UnsubscribeToken, read_token, unsubscribe_urls
+from dispatch.unsubscribe import (
+    InvalidTokenError,
+    UnsubscribeToken,
+    custom_center_url,
+    read_token,
+    unsubscribe_urls,
+)
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "pages"
 _pages = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
@@ -53,7 +59,7 @@ def unsubscribe_page(token: str) -> Response:
         return parsed
     custom = _custom_center(parsed)
     if custom:
-        return RedirectResponse(f"{custom}?token={token}", status_code=303)
+        return RedirectResponse(custom_center_url(custom, token), status_code=303)
     unsub, prefs = unsubscribe_urls(token)
     return _page("unsubscribe.html", email=parsed.email, action=unsub, preferences_url=prefs)
 
