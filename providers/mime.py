@@ -34,7 +34,16 @@ def _crlf(text: str) -> str:
 
 
 def _qp(text: str) -> bytes:
-    return binascii.b2a_qp(_crlf(text).encode("utf-8"), istext=True)
+    """Quoted-printable with CRLF line ends only (RFC 5321 §2.3.8 forbids a bare LF).
+
+    ``b2a_qp`` writes the line end it finds at the first newline of the data, and "\n"
+    when there is none: then every "\n" of its output is a soft break, made CRLF here.
+    """
+    text = _crlf(text)
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    if "\n" not in text:
+        encoded = encoded.replace(b"\n", b"\r\n")
+    return encoded
 
 
 def encode_unstructured(name: str, value: str) -> str:

@@ -91,6 +91,24 @@ def test_bodies_round_trip_with_crlf_and_utf8() -> None:
         assert len(line) <= 998
 
 
+def _assert_wire_lines(data: bytes) -> None:
+    """Every line ends in CRLF (RFC 5321 §2.3.8) and fits 998 octets (RFC 5322 §2.1.1)."""
+    assert data.endswith(b"\r\n")
+    assert data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+@pytest.mark.parametrize("part", ["html", "text", "amp"])
+def test_a_long_one_line_part_has_only_crlf_line_ends(part: str) -> None:
+    """b2a_qp takes its line end from the first newline of the data, "\n" when it has none."""
+    body = "<p>Ünïcödé " + "word " * 1000 + "</p>"
+    data = MimeWriter(campaign_id="c").write(_msg(**{part: body}))
+    _assert_wire_lines(data)
+    content = {"html": "html", "text": "plain", "amp": "x-amp-html"}[part]
+    parsed = next(p for p in _parse(data).walk() if p.get_content_subtype() == content)
+    assert parsed.get_content() == body
+
+
 def test_amp_part_sits_between_text_and_html() -> None:
     parsed = _parse(MimeWriter(campaign_id="c").write(_msg(amp="<html amp4email>x</html>")))
     assert [p.get_content_type() for p in parsed.iter_parts()] == [

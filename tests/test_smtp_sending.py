@@ -140,6 +140,21 @@ def test_message_headers_and_bcc_only_in_envelope(smtp: SmtpTestServer) -> None:
     assert kinds == ["text/plain", "text/html"]
 
 
+def test_long_one_line_bodies_are_accepted_by_a_real_server(smtp: SmtpTestServer) -> None:
+    """A 5000-character one-line HTML part: aiosmtpd refused bare-LF soft line breaks with
+    "500 Line too long"."""
+    html = "<p>" + "Hello there, " * 384 + "</p>"
+    msg = _message()
+    msg.html, msg.text = html, "plain " * 1000
+    [outcome] = asyncio.run(_send(_config(smtp.port, "none"), [msg]))
+    assert outcome.status is OutcomeStatus.SENT, outcome  # type: ignore[attr-defined]
+    data = smtp.messages[0].data
+    assert data.count(b"\n") == data.count(b"\r\n")
+    parsed = smtp.messages[0].message
+    assert parsed.get_body(("html",)).get_content() == html  # type: ignore[union-attr]
+    assert parsed.get_body(("plain",)).get_content() == msg.text  # type: ignore[union-attr]
+
+
 def test_sendgrid_adds_smtpapi_unique_args(smtp: SmtpTestServer) -> None:
     config = {
         "nickname": "sg",
