@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NotRequired
@@ -13,13 +14,19 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
     with_config,
 )
 from typing_extensions import TypedDict
 
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-META_FIELD_PATTERN = r"^[^|\r\n]{1,64}$"  # a '|' would break the meta string (DESIGN §3)
+# Category and variant travel in the meta string (DESIGN §3), the value of the
+# X-CleverTap_META header: printable ASCII (RFC 5322 §2.2, no encoded-words for a
+# machine-read header) without the '|' that separates the meta's fields.
+META_FIELD_PATTERN = r"^[\x20-\x7b\x7d\x7e]{1,64}$"
+# What campaigns stored before that rule may hold: their content must still load.
+_STORED_META_FIELD_PATTERN = r"^[^|\r\n]{1,64}$"
 
 
 class CampaignStatus(StrEnum):
@@ -112,8 +119,8 @@ class CampaignFields(BaseModel):
     reply_to: str | None = None
     cc: tuple[str, ...] = ()
     bcc: tuple[str, ...] = ()
-    category: str = Field(default="default", pattern=META_FIELD_PATTERN)
-    variant: str = Field(default="0", pattern=META_FIELD_PATTERN)
+    category: str = Field(default="default", pattern=_STORED_META_FIELD_PATTERN)
+    variant: str = Field(default="0", pattern=_STORED_META_FIELD_PATTERN)
     vars: dict[str, Any] = Field(default_factory=dict)
     send_at: AwareDatetime | None = None
     expires_at: AwareDatetime | None = None
@@ -128,11 +135,28 @@ class CampaignContent(CampaignFields):
 
 
 class CampaignRequest(CampaignFields):
-    """The body of ``POST /v1/campaigns`` and of the ``dispatch.enqueue_campaign`` task."""
+    """The body of ``POST /v1/campaigns`` and of the ``dispatch.enqueue_campaign`` task.
+
+    Stricter than :class:`CampaignContent`: what a caller sends is checked against every
+    rule a message will meet at send time, so that a campaign whose every message would
+    fail is refused up front; stored content is read as it was accepted.
+    """
 
     id: str | None = Field(default=None, pattern=CAMPAIGN_ID_PATTERN)
     recipients: list[Recipient] = Field(default_factory=list)
     draft: bool = False
+    category: str = "default"
+    variant: str = "0"
+
+    @field_validator("category", "variant")
+    @classmethod
+    def _meta_field(cls, value: str) -> str:
+        if not re.fullmatch(META_FIELD_PATTERN, value):
+            raise ValueError(
+                "1 to 64 printable ASCII characters other than '|' (it travels in the "
+                "X-CleverTap_META header of every message)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _needs_a_body(self) -> CampaignRequest:
