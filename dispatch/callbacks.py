@@ -52,6 +52,7 @@ from providers.callbacks import (
     EventType,
     HttpsCertificateSource,
     SnsVerifier,
+    escape_text,
     parse_generic,
     parse_sendgrid,
     parse_ses_callback,
@@ -98,8 +99,13 @@ class CallbackAnswer:
 
 
 def error_answer(status: int, message: str) -> CallbackAnswer:
-    """The seeds' error shape: ``{"status": "error", "message", "error_code"}``."""
-    return CallbackAnswer(status, {"status": "error", "message": message, "error_code": status})
+    """The seeds' error shape: ``{"status": "error", "message", "error_code"}``.
+
+    Messages may quote what the provider sent: a lone surrogate in one is escaped, so that
+    the answer can be encoded.
+    """
+    body = {"status": "error", "message": escape_text(message), "error_code": status}
+    return CallbackAnswer(status, body)
 
 
 def authenticate(nickname: str, token: str, client: redis.Redis | None = None) -> ProviderBase:
@@ -213,7 +219,8 @@ def answer(kind: str, result: CallbackResult) -> CallbackAnswer:
                 "TOTAL_EVENTS": result.total,
                 "PROCESSED_EVENTS": result.processed,
                 "UNPROCESSED_EVENTS": [
-                    {"index": item.index, "error": item.error} for item in result.errors
+                    {"index": item.index, "error": escape_text(item.error)}
+                    for item in result.errors
                 ],
             },
         )
@@ -229,7 +236,10 @@ def answer(kind: str, result: CallbackResult) -> CallbackAnswer:
             "status": "partial_success",
             "processed": result.processed,
             "failed": result.failed,
-            "errors": [{"event_index": item.index, "error": item.error} for item in result.errors],
+            "errors": [
+                {"event_index": item.index, "error": escape_text(item.error)}
+                for item in result.errors
+            ],
         },
     )
 

@@ -49,7 +49,8 @@ from tests.callback_support import (
 )
 from tests.helpers import smtp_provider
 from tests.smtp_server import SmtpTestServer
-from tests.test_callbacks_ses import OWN_CERT_URL, Signer
+from tests.test_callbacks_sendgrid import Key
+from tests.test_callbacks_ses import OWN_CERT_URL, Signer, notification, ses_bounce
 from tests.worker import WorkerProcess, wait_for
 
 SUCCESS = {"status": "success", "message": "Callback processed successfully"}
@@ -552,6 +553,163 @@ def test_sendgrid_signature_timestamp_window(api: httpx.Client, redis_client: re
 
     assert (fresh.status_code, fresh.json()) == (200, SUCCESS)
     assert stale.status_code == 400 and "too far from now" in stale.json()["message"]
+
+
+# -- text that cannot be encoded ---------------------------------------------------------
+# JSON may escape a lone UTF-16 surrogate ("\ud800"); it decodes to a str that nothing can
+# encode. Such an event is its index's error; its neighbours are applied.
+
+LONE = "\ud800"
+
+
+def _surrogate_events(field: str, metas: list[str]) -> list[dict[str, Any]]:
+    """Three generic events; the second holds a lone surrogate in ``field``."""
+    bad = generic_event("hard_bounce", "b@example.com", metas[1], description="Bounced")
+    spoil = {"description": "Bounced", "email": "b@", "meta": "|default|"}[field]
+    bad[field] = bad[field].replace(spoil, spoil[:-1] + LONE + spoil[-1])
+    return [
+        generic_event("delivered", "a@example.com", metas[0]),
+        bad,
+        generic_event("hard_bounce", "c@example.com", metas[2]),
+    ]
+
+
+@pytest.mark.parametrize("nickname", ["gen", "mail", "web"])
+@pytest.mark.parametrize("field", ["description", "email", "meta"])
+def test_a_generic_event_with_a_lone_surrogate_is_its_index_error(
+    api: httpx.Client,
+    paths: dict[str, str],
+    redis_client: redis.Redis,
+    worker: WorkerProcess,
+    nickname: str,
+    field: str,
+) -> None:
+    emails = ["a@example.com", "b@example.com", "c@example.com"]
+    metas = draft_campaign(redis_client, "c-text", emails)
+    answer = post(api, paths[nickname], nested(*_surrogate_events(field, metas)))
+
+    error = f"Invalid text in {field}: it holds a lone UTF-16 surrogate"
+    assert answer.status_code == 200
+    if nickname == "web":
+        assert answer.json() == {"TOTAL_EVENTS": 3, "PROCESSED_EVENTS": 2,
+                                 "UNPROCESSED_EVENTS": [{"index": 1, "error": error}]}  # fmt: skip
+    else:
+        assert answer.json() == {"status": "partial_success", "processed": 2, "failed": 1,
+                                 "errors": [{"event_index": 1, "error": error}]}  # fmt: skip
+    settle(redis_client)
+    counters = campaigns.get_counters("c-text", redis_client)
+    assert (counters["delivered"], counters["hard_bounced"]) == (1, 1)
+    assert suppressions.get("c@example.com", client=redis_client) is not None
+    assert suppressions.get("b@example.com", client=redis_client) is None
+    published = {e["email"] for e in callback_entries(redis_client)}
+    assert published == {"a@example.com", "c@example.com"}
+
+
+def test_lone_surrogates_in_legacy_items_and_as_utf8_bytes_are_index_errors(
+    api: httpx.Client, paths: dict[str, str], redis_client: redis.Redis, worker: WorkerProcess
+) -> None:
+    legacy = {"event": "hardbounce", "data": [{"e": f"x{LONE}@example.com"},
+                                              {"e": "old@example.com"}]}  # fmt: skip
+    legacy_answer = post(api, paths["mail"], legacy)
+    # The surrogate encoded as bytes (ED A0 80) rather than escaped: json.loads lets it in.
+    metas = draft_campaign(redis_client, "c-bytes", ["u@example.com", "v@example.com"])
+    events = [generic_event("unsubscribed", e, m) for e, m in zip(["u@example.com",
+              "v@example.com"], metas, strict=True)]  # fmt: skip
+    raw = json.dumps(nested(*events)).encode().replace(b'"u@', b'"u\xed\xa0\x80@', 1)
+    raw_answer = post(api, paths["gen"], raw)
+
+    error = "Invalid text in email: it holds a lone UTF-16 surrogate"
+    assert legacy_answer.status_code == raw_answer.status_code == 200
+    assert legacy_answer.json()["errors"] == [{"event_index": 0, "error": error}]
+    assert raw_answer.json()["errors"] == [{"event_index": 0, "error": error}]
+    settle(redis_client)
+    assert suppressions.get("old@example.com", client=redis_client) is not None
+    assert suppressions.get("v@example.com", client=redis_client) is not None
+    assert campaigns.get_counters("c-bytes", redis_client)["unsubscribed"] == 1
+
+
+def test_a_sendgrid_event_with_a_lone_surrogate_is_its_index_error(
+    api: httpx.Client, redis_client: redis.Redis, worker: WorkerProcess
+) -> None:
+    key = Key()
+    paths = save_providers(redis_client, sgs={"kind": "sendgrid", "webhook_public_key": key.public})
+    events = [
+        {"event": "bounce", "type": "bounce", "email": "a@example.com", "reason": f"550 {LONE}"},
+        {"event": "bounce", "type": "bounce", "email": f"b{LONE}@example.com", "reason": "550"},
+        {"event": "bounce", "type": "bounce", "email": "c@example.com", "reason": "550 gone"},
+    ]
+    body = json.dumps(events).encode()
+    answer = post(api, paths["sgs"], body, key.headers(body, int(time.time())))
+
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "status": "partial_success",
+        "processed": 1,
+        "failed": 2,
+        "errors": [
+            {"event_index": 0,
+             "error": "Invalid text in description: it holds a lone UTF-16 surrogate"},
+            {"event_index": 1, "error": "Invalid text in email: it holds a lone UTF-16 surrogate"},
+        ],
+    }  # fmt: skip
+    settle(redis_client)
+    assert suppressions.get("c@example.com", client=redis_client) is not None
+    assert suppressions.get("a@example.com", client=redis_client) is None
+
+
+def test_an_ses_event_with_a_lone_surrogate_is_its_index_error(
+    api: httpx.Client,
+    paths: dict[str, str],
+    signer: Signer,
+    redis_client: redis.Redis,
+    worker: WorkerProcess,
+) -> None:
+    """The SNS envelope is valid and signed; the SES JSON inside it escapes a surrogate."""
+    message = ses_bounce(
+        [
+            {"emailAddress": "a@example.com", "diagnosticCode": f"smtp; 550 {LONE}"},
+            {"emailAddress": "b@example.com", "diagnosticCode": "smtp; 550 gone"},
+        ]
+    )
+    envelope = signer.sign(notification(message, message_id="m-text"))
+    assert "\\ud800" in envelope["Message"]  # the inner JSON's escape, in plain ASCII
+    answer = post(api, paths["ses"], envelope, sns_headers(envelope))
+
+    error = "Invalid text in description: it holds a lone UTF-16 surrogate"
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "partial_success", "processed": 1, "failed": 1,
+                             "errors": [{"event_index": 0, "error": error}]}  # fmt: skip
+    settle(redis_client)
+    assert suppressions.get("b@example.com", client=redis_client) is not None
+    assert suppressions.get("a@example.com", client=redis_client) is None
+
+
+@pytest.mark.parametrize("key", ["Message", "MessageId", "Subject"])
+def test_an_sns_envelope_with_a_lone_surrogate_is_refused(
+    api: httpx.Client, paths: dict[str, str], redis_client: redis.Redis, key: str
+) -> None:
+    """SNS signs UTF-8 text: an envelope value that cannot be encoded was not signed."""
+    envelope = sample("ses-sns-bounce-permanent.json")
+    envelope[key] = envelope.get(key, "Bounce") + LONE
+    answer = post(api, paths["ses"], envelope)
+
+    message = f"invalid payload: {key} holds a lone UTF-16 surrogate"
+    assert answer.status_code == 400
+    assert answer.json() == {"status": "error", "message": message, "error_code": 400}
+    assert redis_client.hlen(store.CALLBACK_INBOX_HASH) == 0
+
+
+def test_a_refusal_quoting_a_lone_surrogate_is_answered(
+    api: httpx.Client, paths: dict[str, str], signer: Signer
+) -> None:
+    """A signed SES message of an unknown type with no recipients: 400 quoting the type."""
+    message = {"notificationType": f"Bounce{LONE}", "mail": {"destination": "x"}}
+    answer = post(api, paths["ses"], signer.sign(notification(message)))
+
+    assert answer.status_code == 400
+    assert answer.json()["message"] == (
+        "invalid payload: SES Bounce\\ud800 message lists no recipients"
+    )
 
 
 # -- dedupe ------------------------------------------------------------------------------

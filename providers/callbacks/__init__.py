@@ -18,6 +18,7 @@ from providers.callbacks.events import (
     CallbackRejected,
     CallbackResult,
     EventType,
+    escape_text,
 )
 from providers.callbacks.generic import parse_generic
 from providers.callbacks.sendgrid import load_public_key, parse_sendgrid, verify_signature
@@ -47,6 +48,7 @@ __all__ = [
     "EventType",
     "HttpsCertificateSource",
     "SnsVerifier",
+    "escape_text",
     "load_public_key",
     "parse_generic",
     "parse_sendgrid",

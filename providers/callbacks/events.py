@@ -29,6 +29,17 @@ TOO_MANY_EVENTS = "More than allowed events were sent"
 _EPOCH_MS_THRESHOLD = 100_000_000_000
 
 _SPACE = re.compile(r"\s")
+# The fields of an event that are stored, published and compared: they must be text.
+_TEXT_FIELDS = (
+    "email",
+    "meta",
+    "campaign_id",
+    "description",
+    "provider_type",
+    "provider_event_id",
+    "provider_message_id",
+    "url",
+)
 
 T = TypeVar("T")
 
@@ -104,7 +115,9 @@ class CallbackEvent(BaseModel):
             self.provider_message_id,
         ]
         encoded = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(encoded.encode()).hexdigest()
+        # surrogatepass: the same bytes as UTF-8 for any real text, and no exception for a
+        # lone surrogate (which collect() keeps out of events anyway).
+        return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
 
     def dedupe_key(self) -> str:
         """A key equal for every redelivery of this event and different for other events.
@@ -175,16 +188,57 @@ class CallbackResult(BaseModel):
 def collect(
     raw_items: Sequence[T], build: Callable[[T], CallbackEvent]
 ) -> tuple[CallbackItem, ...]:
-    """Build one item per raw event; an :class:`InvalidEvent` becomes that index's error."""
+    """Build one item per raw event; an :class:`InvalidEvent` becomes that index's error.
+
+    Each event is also checked with :func:`check_text`, so an event that could not be
+    stored or published is its index's error rather than the whole request's failure.
+    """
     items = []
     for index, raw in enumerate(raw_items):
         try:
-            event = build(raw)
+            event = check_text(build(raw))
         except InvalidEvent as exc:
             items.append(CallbackItem(index=index, error=str(exc)))
         else:
             items.append(CallbackItem(index=index, event=event))
     return tuple(items)
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` can be encoded as UTF-8: False when it holds a lone surrogate.
+
+    JSON may escape one (``"\\ud800"``), and ``json.loads`` of bytes lets an encoded one
+    through (it decodes with ``surrogatepass``): the result is a ``str`` that no UTF-8
+    encoder, JSON serializer or Redis write accepts.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(event: CallbackEvent) -> CallbackEvent:
+    """``event``, if every text it carries on is valid Unicode (see :func:`is_text`).
+
+    Raises :class:`InvalidEvent` naming the first field holding a lone surrogate. The
+    provider's item (``raw``) is not checked: keys we ignore may hold anything. Notes are
+    our own words, quoting values: a lone surrogate in one is escaped instead.
+    """
+    for name in _TEXT_FIELDS:
+        if not is_text(getattr(event, name)):
+            raise InvalidEvent(f"Invalid text in {name}: it holds a lone UTF-16 surrogate")
+    if all(is_text(note) for note in event.notes):
+        return event
+    return event.model_copy(update={"notes": tuple(escape_text(note) for note in event.notes)})
+
+
+def escape_text(value: str) -> str:
+    """``value`` with each lone surrogate written as its escape (``\\ud800``): text that
+    can be encoded, for messages that quote what a provider sent."""
+    return value if is_text(value) else value.encode("utf-8", "backslashreplace").decode()
 
 
 def load_json(body: bytes | str) -> Any:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, ConfigDict
 
-from providers.callbacks.events import CallbackRejected, header, load_json
+from providers.callbacks.events import CallbackRejected, header, is_text, load_json
 
 # Reference §1.3: the default of both official AWS validators (DISPATCH_SNS_HOST_PATTERN).
 DEFAULT_SNS_HOST_PATTERN = r"^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$"
@@ -124,6 +124,7 @@ def parse_envelope(body: bytes | str, headers: Mapping[str, str] | None = None) 
 
     ``headers``, when given, are cross-checked: ``x-amz-sns-message-type`` must equal
     ``Type`` and ``x-amz-sns-message-id`` ``MessageId``; raw message delivery is refused.
+    Every value is text that can be encoded (:meth:`SnsEnvelope.string_to_sign` needs it).
     Raises :class:`CallbackRejected` (400) naming the problem.
     """
     if (header(headers, "x-amz-sns-rawdelivery") or "").lower() == "true":
@@ -145,6 +146,10 @@ def parse_envelope(body: bytes | str, headers: Mapping[str, str] | None = None) 
     for key in (*REQUIRED_KEYS, *_OPTIONAL_KEYS):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise CallbackRejected(f"invalid payload: {key} must be a string")
+        # SNS signs the UTF-8 bytes of these values: one holding a lone surrogate cannot
+        # be encoded, so it cannot be what SNS signed.
+        if data.get(key) is not None and not is_text(data[key]):
+            raise CallbackRejected(f"invalid payload: {key} holds a lone UTF-16 surrogate")
     for name, key in (("x-amz-sns-message-type", "Type"), ("x-amz-sns-message-id", "MessageId")):
         sent = header(headers, name)
         if sent is not None and sent != data[key]:
