@@ -111,13 +111,17 @@ class MimeWriter:
     def write(self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]] = ()) -> bytes:
         """Return the message as CRLF bytes. Bcc is never written (envelope only).
 
-        Raises :class:`InvalidMessageError` when a header value holds a line break or an
-        address is invalid: the recipient's data is at fault, not the provider.
+        Raises :class:`InvalidMessageError` when a header value holds a line break, an
+        address is invalid or a text cannot be written as UTF-8 (a lone surrogate): the
+        recipient's data is at fault, not the provider.
         """
         try:
-            head = self._headers(msg, extra_headers)
-        except ValueError as exc:  # InvalidAddressError is a ValueError
+            return self._write(msg, extra_headers)
+        except ValueError as exc:  # InvalidAddressError and UnicodeError are ValueErrors
             raise InvalidMessageError(str(exc)) from exc
+
+    def _write(self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]]) -> bytes:
+        head = self._headers(msg, extra_headers)
         b = self._boundary
         parts = [head.encode("ascii")]
         for ctype, body in (

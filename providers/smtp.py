@@ -8,6 +8,7 @@ does not offer STARTTLS instead of silently sending in plain text (PITFALLS).
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -218,6 +219,20 @@ def _queued_id(text: str) -> str:
     return words[-1] if len(words) > 1 else ""
 
 
+def smtpapi_header(meta: str, campaign_id: str) -> str:
+    """SendGrid's ``X-SMTPAPI`` value: JSON on one line, in ASCII (non-ASCII as ``\\uXXXX``).
+
+    ``unique_args`` come back flattened into each event (reference §2.3-2.4). SendGrid asks
+    for ASCII JSON and the writer never folds or encodes this header; orjson never escapes
+    non-ASCII, so values that are not ASCII go through ``json`` (which also escapes lone
+    surrogates, that orjson refuses).
+    """
+    smtpapi = {"unique_args": {"clevertap_meta": meta, "campaign_id": campaign_id}}
+    if meta.isascii() and campaign_id.isascii():
+        return orjson.dumps(smtpapi).decode("ascii")
+    return json.dumps(smtpapi, ensure_ascii=True, separators=(",", ":"))
+
+
 class SmtpTransport:
     """A configured SMTP-family provider."""
 
@@ -257,17 +272,17 @@ class SmtpTransport:
             raise InvalidMessageError(
                 f"{len(recipients)} recipients; {self.kind} allows {limit} per message"
             )
-        extra: list[tuple[str, str]] = []
-        if isinstance(self.config, SendgridConfig):
-            # unique_args come back flattened into each event (reference §2.3-2.4);
-            # ensure_ascii as SendGrid asks, one line (the writer never folds it).
-            smtpapi = {"unique_args": {"clevertap_meta": msg.meta, "campaign_id": msg.campaign_id}}
-            extra.append(("X-SMTPAPI", orjson.dumps(smtpapi).decode("ascii")))
         try:
             sender = normalize_address(msg.from_address)
         except InvalidAddressError as exc:
             raise InvalidMessageError(f"from_address: {exc}") from exc
-        return self._writer(msg.campaign_id).write(msg, extra), sender, recipients
+        extra: list[tuple[str, str]] = []
+        if isinstance(self.config, SendgridConfig):
+            extra.append(("X-SMTPAPI", smtpapi_header(msg.meta, msg.campaign_id)))
+        try:
+            return self._writer(msg.campaign_id).write(msg, extra), sender, recipients
+        except ValueError as exc:  # UnicodeError included: a value no header or body can carry
+            raise InvalidMessageError(str(exc)) from exc
 
     async def open_wire(self) -> TransactionProtocol:
         """Connect, secure as configured, log in, and take over the connection.

@@ -50,6 +50,14 @@ def test_line_breaks_in_header_values_are_refused(field: dict[str, str]) -> None
         MimeWriter(campaign_id="c").write(_msg(**field))
 
 
+@pytest.mark.parametrize("field", ["html", "text", "amp", "subject", "from_name", "meta"])
+def test_a_lone_surrogate_is_refused_as_invalid_message(field: str) -> None:
+    """Text that cannot be written as UTF-8 is that message's fault, not an exception
+    (UnicodeEncodeError) out of the batch."""
+    with pytest.raises(InvalidMessageError):
+        MimeWriter(campaign_id="c").write(_msg(**{field: "a\ud800b"}))
+
+
 def test_bad_extra_header_name_is_refused() -> None:
     with pytest.raises(InvalidMessageError, match="not a valid header name"):
         MimeWriter(campaign_id="c").write(_msg(headers=(("X-Evil\r\nBcc", "x"),)))

@@ -180,6 +180,41 @@ def test_sendgrid_adds_smtpapi_unique_args(smtp: SmtpTestServer) -> None:
     }
 
 
+def _sendgrid(port: int) -> dict[str, object]:
+    return {"nickname": "sg", "kind": "sendgrid", "host": "127.0.0.1", "port": port,
+            "security": "none", "username": ""}  # fmt: skip
+
+
+def test_sendgrid_smtpapi_escapes_non_ascii() -> None:
+    """orjson never escapes non-ASCII; the header value must be ASCII JSON (\\uXXXX)."""
+    import json
+
+    transport = SmtpTransport(parse_provider_config(_sendgrid(25)))  # type: ignore[arg-type]
+    msg = _message(5)
+    msg.campaign_id = "Grüße-😀"
+    data, _, _ = transport.prepare(msg)
+    header = next(line for line in data.split(b"\r\n") if line.startswith(b"X-SMTPAPI:"))
+    assert header.isascii() and b"\\u00fc" in header
+    assert json.loads(header.split(b":", 1)[1])["unique_args"]["campaign_id"] == "Grüße-😀"
+
+
+def test_values_a_message_cannot_carry_fail_that_message_alone(smtp: SmtpTestServer) -> None:
+    """A non-ASCII category in the meta, a lone surrogate in a body or in the campaign id:
+    each is that message's failure, never an exception out of the batch."""
+    bad_meta, bad_body, bad_campaign, good = (_message(i) for i in range(4))
+    bad_meta.meta = "a@example.com|1|c1|20261122|Grüße|Angebote-ü|0|"
+    bad_body.html = "<p>\ud800</p>"
+    bad_campaign.campaign_id = "c\udcff"
+    outcomes = asyncio.run(_send(_sendgrid(smtp.port), [bad_meta, bad_body, bad_campaign, good]))
+    assert [(o.status, o.error_class) for o in outcomes] == [  # type: ignore[attr-defined]
+        (OutcomeStatus.FAILED, ErrorClass.INVALID_MESSAGE),
+        (OutcomeStatus.FAILED, ErrorClass.INVALID_MESSAGE),
+        (OutcomeStatus.FAILED, ErrorClass.INVALID_MESSAGE),
+        (OutcomeStatus.SENT, None),
+    ]
+    assert len(smtp.messages) == 1
+
+
 def test_campaign_end_to_end_inline(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
     smtp_provider(redis_client, smtp.port)
     body = {
