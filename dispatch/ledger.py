@@ -136,7 +136,11 @@ for _, g in ipairs(groups) do
           redis.call('XADD', stream, '*', 'json', event)
           added = true
         end
-        if new ~= 'claimed' then tally[new] = (tally[new] or 0) + 1 end
+        -- Counted once per outcome: a retry again is a new attempt, a cancelled message
+        -- written cancelled again (by its batch after the cancel) is not.
+        if new ~= 'claimed' and (new ~= old or not terminal[new]) then
+          tally[new] = (tally[new] or 0) + 1
+        end
         out[i] = '1'
       end
     end

@@ -141,6 +141,11 @@ def resume(
 # -- settling unsent messages (cancel, expiry) ---------------------------------------------
 
 
+async def _provider_of(r: aioredis.Redis, campaign_id: str) -> str:
+    """The campaign's provider nickname: what its messages' outcomes are counted under."""
+    return str(await r.hget(store.campaign_key(campaign_id), "provider") or "")
+
+
 @dataclass
 class _Settled:
     count: int = 0
@@ -152,7 +157,7 @@ async def _settle_unsent(
 ) -> _Settled:
     """Give every message still queued or waiting for a retry the terminal ``state``."""
     out = _Settled()
-    writer = LedgerWriter(r, campaign_id)
+    writer = LedgerWriter(r, campaign_id, provider=await _provider_of(r, campaign_id))
     total = await stored_count_async(r, campaign_id)
     records: dict[int, bytes] = {}  # one record per attempt count: groups in the ledger
     for start in range(0, total, WINDOW):
@@ -290,7 +295,7 @@ class RetryReport:
 async def _requeue_failed(
     r: aioredis.Redis, campaign_id: str, batch_size: int, report: RetryReport
 ) -> None:
-    writer = LedgerWriter(r, campaign_id)
+    writer = LedgerWriter(r, campaign_id, provider=await _provider_of(r, campaign_id))
     total = await stored_count_async(r, campaign_id)
     for start in range(0, total, WINDOW):
         found = await records_between(r, campaign_id, start, min(start + WINDOW, total))

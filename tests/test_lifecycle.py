@@ -32,7 +32,7 @@ from tests.api_support import (
     save_smtp_provider,
     wait_for_campaign,
 )
-from tests.helpers import recipients, smtp_provider
+from tests.helpers import create_held, recipients, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, wait_for
 
@@ -387,3 +387,28 @@ def test_appending_stays_possible_only_in_a_draft(redis_client: redis.Redis) -> 
     with pytest.raises(campaigns.CampaignStateError):
         campaigns.append_recipients("a-1", people, client=redis_client)
     assert list(ndjson([{"email": "x@example.com"}])) == [b'{"email": "x@example.com"}\n']
+
+
+def test_cancelled_messages_count_once_under_their_provider(redis_client: redis.Redis) -> None:
+    """/metrics' outcomes: the cancel settles the queued messages (counted under the
+    campaign's provider), and a batch that writes them cancelled again, as a running
+    batch does with what it had not sent, counts nothing more."""
+    smtp_provider(redis_client, 2525)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
+    cid, _ = create_held(redis_client, body)
+    lifecycle.cancel(cid, client=redis_client)
+    stats = redis_client.hgetall(store.MESSAGE_STATS_HASH)
+    assert stats == {"local|cancelled": "5"}
+
+    async def batch_writes_them_again() -> None:
+        client = store.async_client()
+        try:
+            writer = LedgerWriter(client, cid, provider="local")
+            again = record(MessageState.CANCELLED)
+            await writer.put_many([(seq, again, "") for seq in range(5)])
+        finally:
+            await client.aclose()
+
+    asyncio.run(batch_writes_them_again())
+    assert redis_client.hgetall(store.MESSAGE_STATS_HASH) == {"local|cancelled": "5"}
+    assert campaigns.get_counters(cid, redis_client)["cancelled"] == 5
