@@ -26,6 +26,20 @@ def suppression_key(email: str) -> str:
         return email.strip().lower()
 
 
+def checked_address(email: str) -> str:
+    """``email`` as we would send to it (:func:`normalize_address`).
+
+    Raises :class:`InvalidAddressError` naming the problem: not ``local@domain``, a local
+    part we cannot send to, a domain that is not a host name, a line break or other
+    control character.
+    """
+    address = normalize_address(email)
+    # normalize_address gives ASCII: only control characters can be unprintable here.
+    if not address.isprintable():
+        raise InvalidAddressError(f"{email!r}: contains a line break or control character")
+    return address
+
+
 def add(
     email: str,
     *,
@@ -34,9 +48,13 @@ def add(
     client: redis.Redis | None = None,
     ts: float | None = None,
 ) -> dict[str, Any]:
-    """Suppress ``email``; an existing entry is kept (the first reason stands)."""
+    """Suppress ``email`` by hand; an existing entry is kept (the first reason stands).
+
+    Raises :class:`InvalidAddressError` when ``email`` is not an address we could send to
+    (:func:`checked_address`): such an entry would never match a recipient.
+    """
     r = client or store.sync_client()
-    key = suppression_key(email)
+    key = suppression_key(checked_address(email))
     entry: dict[str, Any] = {
         "email": key,
         "reason": reason,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
+import pytest
 import redis
 
+from dispatch import store
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, save_smtp_provider, wait_for_campaign
 from tests.helpers import recipients
@@ -50,6 +54,33 @@ def test_suppress_read_and_remove_one_address(
         assert bad.status_code == 422 and bad.json()["field"] == "reason"
         bad = api.put("/v1/suppressions/x@example.com", json={"why": "no"})
         assert bad.status_code == 422 and bad.json()["field"] == "why"
+
+
+@covers("PUT /v1/suppressions/{email}")
+@pytest.mark.parametrize(
+    ("email", "problem"),
+    [
+        ("@@@", "no local@domain"),
+        (" @ ", "no local@domain"),
+        ("a@b", "domain is not a valid host name"),
+        ("a@exa mple.com", "domain is not a valid host name"),
+        ("x\r\nBcc@example.com", "local part has characters we cannot send to"),
+        ("x\n@example.com", "line break or control character"),
+    ],
+)
+def test_what_is_not_an_address_is_not_suppressed(
+    api_server: ApiServer, redis_client: redis.Redis, email: str, problem: str
+) -> None:
+    """An entry that no recipient can match is refused, and CR/LF never reach the list."""
+    with api_client(api_server) as api:
+        answer = api.put(f"/v1/suppressions/{quote(email, safe='@')}", json={"reason": "r"})
+
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["field"] == "email" and body["detail"].startswith("email: ")
+    assert problem in body["detail"]
+    assert body["errors"] == [{"field": "email", "message": body["detail"][len("email: ") :]}]
+    assert redis_client.hlen(store.SUPPRESSIONS_HASH) == 0
 
 
 @covers("GET /v1/suppressions", "PUT /v1/suppressions/{email}")

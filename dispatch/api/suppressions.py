@@ -10,6 +10,7 @@ from dispatch import suppressions
 from dispatch.api.auth import require_token
 from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, InvalidFieldError, NotFoundError
 from dispatch.api.schemas import SuppressionEntry, SuppressionPage, SuppressionRequest
+from providers.addresses import InvalidAddressError
 
 router = APIRouter(
     prefix="/v1/suppressions",
@@ -61,12 +62,15 @@ def put_suppression(
     email: Email, response: Response, body: SuppressionRequest | None = None
 ) -> SuppressionEntry:
     """Suppress ``email``: 201 when new. An existing entry is kept as it is (200): its first
-    reason, often a bounce or complaint, is the evidence worth keeping."""
-    if "@" not in email:
-        raise InvalidFieldError(f"{email!r} is not an email address", "email")
+    reason, often a bounce or complaint, is the evidence worth keeping. 422 naming
+    ``email`` when it is not an address a campaign could send to."""
     request = body or SuppressionRequest()
-    existed = suppressions.get(email) is not None
-    entry = suppressions.add(email, reason=request.reason, source=request.source)
+    try:
+        address = suppressions.checked_address(email)
+    except InvalidAddressError as exc:
+        raise InvalidFieldError(str(exc), "email") from None
+    existed = suppressions.get(address) is not None
+    entry = suppressions.add(address, reason=request.reason, source=request.source)
     response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
     return SuppressionEntry.model_validate(entry)
 
