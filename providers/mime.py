@@ -104,8 +104,12 @@ class MimeWriter:
         return self._date
 
     def message_id(self, msg: OutgoingMessage) -> str:
-        """A Message-ID that stays the same across retries of the same message."""
-        domain = msg.from_address.rpartition("@")[2] or "dispatch.invalid"
+        """A Message-ID that stays the same across retries of the same message.
+
+        Its domain is the sender's as the envelope and From have it (IDNA, ``xn--``): a
+        raw ``bücher.de`` is not ASCII. Raises ``InvalidAddressError`` for a bad sender.
+        """
+        domain = normalize_address(msg.from_address).rpartition("@")[2]
         return f"<{self._id_prefix}.{msg.seq}@{domain}>"
 
     def write(self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]] = ()) -> bytes:

@@ -138,6 +138,14 @@ def test_idn_domains_become_a_labels() -> None:
     assert parsed["To"] == "kai@xn--bcher-kva.example"
 
 
+def test_idn_sender_domain_gives_an_ascii_message_id() -> None:
+    """The Message-ID's domain is the sender's in IDNA form, as in the From header."""
+    writer = MimeWriter(campaign_id="c")
+    parsed = _parse(writer.write(_msg(from_address="news@Bücher.de", from_name="Bücher")))
+    assert parsed["Message-ID"].endswith("@xn--bcher-kva.de>")
+    assert parsed["From"].addresses[0].addr_spec == "news@xn--bcher-kva.de"
+
+
 @pytest.mark.parametrize(
     "bad",
     [
