@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -16,14 +17,29 @@ def suppression_key(email: str) -> str:
     """The list's key for an address: normalised and lower-cased (compared caselessly).
 
     For an ASCII address that is the address stripped and lower-cased (IDNA changes only
-    non-ASCII domains); the full normalisation runs for the others.
+    non-ASCII domains); the full normalisation runs for the others. An address it refuses
+    (a non-ASCII local part, which callbacks may still report) gets its domain in IDNA
+    form all the same, so that both spellings of a domain are one key.
     """
     if email.isascii():
         return email.strip().lower()
     try:
         return normalize_address(email).lower()
     except InvalidAddressError:
-        return email.strip().lower()
+        local, sep, domain = email.strip().rpartition("@")
+        return f"{local}{sep}{_idna_domain(domain) if sep else domain}".lower()
+
+
+@functools.lru_cache(maxsize=1024)
+def _idna_domain(domain: str) -> str:
+    """``domain`` in IDNA form, as normalize_address writes it; as given when IDNA
+    refuses it (it is not a host name then, and no spelling of it is another)."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
 
 
 def checked_address(email: str) -> str:

@@ -10,9 +10,10 @@ import redis
 from dispatch import store
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, save_smtp_provider, wait_for_campaign
+from tests.callback_support import inbox_empty, post, save_providers
 from tests.helpers import recipients
 from tests.smtp_server import SmtpTestServer
-from tests.worker import WorkerProcess
+from tests.worker import WorkerProcess, wait_for
 
 
 @covers(
@@ -80,6 +81,28 @@ def test_what_is_not_an_address_is_not_suppressed(
     assert body["field"] == "email" and body["detail"].startswith("email: ")
     assert problem in body["detail"]
     assert body["errors"] == [{"field": "email", "message": body["detail"][len("email: ") :]}]
+    assert redis_client.hlen(store.SUPPRESSIONS_HASH) == 0
+
+
+@covers("GET /v1/suppressions/{email}", "DELETE /v1/suppressions/{email}")
+def test_both_spellings_of_a_domain_are_one_entry_for_a_non_ascii_local_part(
+    api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """Callbacks may report an address we cannot send to (non-ASCII local part): its
+    entry is still one, whether the domain comes in Unicode or in IDNA form."""
+    paths = save_providers(redis_client)
+    with api_client(api_server) as api:
+        for email in ("Jöhn@Bücher.Example", "JÖHN@xn--bcher-kva.example"):
+            legacy = {"event": "hardbounce", "data": [{"e": email}]}
+            assert post(api, paths["mail"], legacy).status_code == 200
+        wait_for(lambda: inbox_empty(redis_client), timeout=60)
+
+        assert redis_client.hkeys(store.SUPPRESSIONS_HASH) == ["jöhn@xn--bcher-kva.example"]
+        for email in ("jöhn@bücher.example", "Jöhn@XN--BCHER-KVA.example"):
+            found = api.get(f"/v1/suppressions/{quote(email, safe='@')}")
+            assert found.status_code == 200, email
+            assert found.json()["email"] == "jöhn@xn--bcher-kva.example"
+        assert api.delete(f"/v1/suppressions/{quote('jöhn@bücher.example')}").status_code == 204
     assert redis_client.hlen(store.SUPPRESSIONS_HASH) == 0
 
 
