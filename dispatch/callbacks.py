@@ -73,10 +73,12 @@ SUBSCRIBE_TIMEOUT = 10.0
 # Larger than any real batch (SendGrid posts at most 768 KB, reference §2.1).
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
+# By provider nickname, as the other metrics: nicknames are the operator's, few and known
+# (only authenticated requests are counted, so a caller cannot invent one).
 CALLBACK_EVENTS = Counter(
     "dispatch_callback_events",
-    "Callback events received, by provider kind and type (invalid: refused by index).",
-    ["kind", "type"],
+    "Callback events received, by provider and type (invalid: refused by index).",
+    ["provider", "type"],
 )
 CALLBACK_REQUESTS = Counter(
     "dispatch_callback_requests",
@@ -271,9 +273,9 @@ def ingest(
             log.info("callback ignored: %s", result.ignored, extra={"provider": nickname})
         events = [e for e in result.events if e.type is not EventType.OTHER]
         for event in result.events:
-            CALLBACK_EVENTS.labels(kind, event.type.value).inc()
+            CALLBACK_EVENTS.labels(nickname, event.type.value).inc()
         if result.failed:
-            CALLBACK_EVENTS.labels(kind, "invalid").inc(result.failed)
+            CALLBACK_EVENTS.labels(nickname, "invalid").inc(result.failed)
         if events:
             inbox = [InboxEvent.from_event(e) for e in events]
             batch_id = store_batch(nickname, kind, inbox, r)

@@ -10,6 +10,7 @@ import redis
 
 from dispatch.settings import Settings
 from tests.api_server import ApiServer
+from tests.callback_support import generic_event, nested, post, save_providers
 from tests.helpers import http_provider, recipients, run_inline, smtp_provider
 from tests.http_sink import HttpSink, Reply
 from tests.smtp_server import SmtpTestServer
@@ -137,3 +138,31 @@ def test_batches_deferred_for_want_of_a_connection(
     with api_server.client() as http:
         text = str(http.get("/metrics").text)
     assert _metric(text, "dispatch_batches_deferred_total", provider="local") == 1
+
+
+def _callback_events(text: str, provider: str, kind: str) -> float:
+    try:
+        return _metric(text, "dispatch_callback_events_total", provider=provider, type=kind)
+    except AssertionError:
+        return 0.0  # not counted yet in this process
+
+
+def test_callback_events_by_provider_and_type(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Two providers of one kind (smtp) are counted apart, by their nicknames."""
+    paths = save_providers(
+        redis_client, gen2={"kind": "smtp", "host": "127.0.0.1", "port": 2525, "security": "none"}
+    )
+    meta = "a@example.com|1|c-metrics|20241104|0|default|0|"
+    bounce = generic_event("hard_bounce", "a@example.com", meta)
+    wanted = [("gen", "delivered"), ("gen", "invalid"), ("gen2", "hard_bounce")]
+    with api_server.client() as http:
+        before = [_callback_events(http.get("/metrics").text, *label) for label in wanted]
+        post(http, paths["gen"], nested(generic_event("delivered", "a@example.com", meta),
+                                        {"type": "spam", "email": "a@example.com"}))  # fmt: skip
+        post(http, paths["gen2"], nested(bounce))
+        text = http.get("/metrics").text
+    after = [_callback_events(text, *label) for label in wanted]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+    assert 'dispatch_callback_events_total{kind="smtp"' not in text
