@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import jinja2
+import jinja2.nodes
 import orjson
 import redis
 from pydantic import TypeAdapter, ValidationError
@@ -32,7 +34,7 @@ from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, normalize_address
-from providers.config import HttpConfig, ProviderBase
+from providers.config import HttpConfig, ProviderBase, SmtpFamilyBase, check_display_name
 from providers.http_config import required_recipient_vars
 
 APPEND_CHUNK = 1000
@@ -120,11 +122,30 @@ def validate_content(request: CampaignRequest) -> CompiledContent:
 
 def _compile(request: CampaignRequest) -> CompiledContent:
     try:
-        return CompiledContent(
+        compiled = CompiledContent(
             subject=request.subject, html=request.html, text=request.text, amp=request.amp
         )
     except RenderError as exc:
         raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
+    _check_subject_text(request.subject)
+    return compiled
+
+
+_TEMPLATE_PARSER = jinja2.Environment(autoescape=False)  # parses only (the syntax is Jinja2's)
+
+
+def _check_subject_text(subject: str) -> None:
+    """Refuse a line break (or another control character) written in the subject
+    template itself: every message would fail (a header cannot carry it). One that a
+    value brings fails that message alone; the rendered subject is stripped, so line
+    breaks around it are harmless. Call once the template compiles.
+    """
+    ast = _TEMPLATE_PARSER.parse(subject.strip())
+    for node in ast.find_all(jinja2.nodes.TemplateData):
+        try:
+            check_display_name(node.data)
+        except ValueError as exc:
+            raise CampaignError(f"{exc} ({node.data!r})", field="subject") from None
 
 
 def _names_from_recipients(request: CampaignRequest, compiled: CompiledContent) -> set[str]:
@@ -147,6 +168,16 @@ def _check_template_names(request: CampaignRequest, compiled: CompiledContent) -
             f"unknown template variable(s): {', '.join(sorted(unknown))} (in neither the campaign "
             "vars nor every recipient's vars)",
             field="vars",
+        )
+
+
+def _check_sender(content: CampaignContent, provider: ProviderBase) -> None:
+    """An SMTP message needs a From address: the campaign's, or its provider's default
+    (an HTTP provider's ESP may hold the sender itself). Raises :class:`CampaignError`."""
+    if isinstance(provider, SmtpFamilyBase) and not (content.from_address or provider.from_address):
+        raise CampaignError(
+            f"the campaign must give one: provider {content.provider!r} has none to default to",
+            field="from_address",
         )
 
 
@@ -180,6 +211,7 @@ def create_campaign(
     compiled = _compile(request)
     campaign_id = request.id or secrets.token_hex(8)
     content = request.content(campaign_id)
+    _check_sender(content, provider)
     names = _names_from_recipients(request, compiled)
     if isinstance(provider, HttpConfig):
         names |= required_recipient_vars(provider, content.vars)

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from providers.config import check_address, check_display_name
+
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 # Category and variant travel in the meta string (DESIGN §3), the value of the
 # X-CleverTap_META header: printable ASCII (RFC 5322 §2.2, no encoded-words for a
@@ -156,6 +158,23 @@ class CampaignRequest(CampaignFields):
                 "1 to 64 printable ASCII characters other than '|' (it travels in the "
                 "X-CleverTap_META header of every message)"
             )
+        return value
+
+    @field_validator("from_name")
+    @classmethod
+    def _display_name(cls, value: str | None) -> str | None:
+        return check_display_name(value) if value else value
+
+    @field_validator("from_address", "reply_to")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return check_address(value) if value else value  # empty: the provider's
+
+    @field_validator("cc", "bcc")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            check_address(address)
         return value
 
     @model_validator(mode="after")

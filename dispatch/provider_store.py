@@ -35,7 +35,7 @@ def decode_provider(raw: str | bytes) -> tuple[ProviderBase, str]:
     for key, value in list(data.items()):
         if isinstance(value, dict) and set(value) == {"enc"}:
             data[key] = crypto.decrypt(str(value["enc"]))
-    return parse_provider_config(data), token
+    return parse_provider_config(data, stored=True), token
 
 
 def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> ProviderBase:

@@ -6,7 +6,7 @@ they never show in ``repr`` or logs; the service encrypts them at rest.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -15,8 +15,12 @@ from pydantic import (
     JsonValue,
     SecretStr,
     TypeAdapter,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
+
+from providers.addresses import check_header_value, normalize_address
 
 NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
 DEFAULT_MAX_CONNECTIONS = 4
@@ -27,6 +31,34 @@ DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
 
 Security = Literal["none", "starttls", "tls"]
 PreferenceCenter = Literal["none", "system", "custom"]
+
+# Validation context of a configuration read back from storage. Checks of what a user
+# gives (addresses, keys) run when it is saved; a rule added later must not make a saved
+# configuration unreadable, since its campaigns, callbacks and listing read it.
+STORED: Final = {"stored": True}
+
+
+def _given(info: ValidationInfo) -> bool:
+    """Whether the value is being given (saved), not read back from storage."""
+    return not (isinstance(info.context, dict) and info.context.get("stored"))
+
+
+def check_display_name(value: str) -> str:
+    """``value`` if a header can carry it as a display name; raises ``ValueError``."""
+    try:
+        check_header_value("display name", value)
+    except ValueError:
+        raise ValueError("line breaks and control characters are not allowed") from None
+    return value
+
+
+def check_address(value: str) -> str:
+    """``value`` if messages can be sent from, copied or answered to it (the SMTP
+    envelope and headers take it through ``normalize_address``); raises
+    ``InvalidAddressError`` (a ``ValueError``) saying why."""
+    check_display_name(value)
+    normalize_address(value)
+    return value
 
 
 class ProviderBase(BaseModel):
@@ -47,6 +79,16 @@ class ProviderBase(BaseModel):
     rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0)
     daily_quota: int | None = Field(default=None, ge=1)
 
+    @field_validator("from_name", "from_address", "reply_to")
+    @classmethod
+    def _sender(cls, value: str, info: ValidationInfo) -> str:
+        """Every message carries them in its headers (empty: not set)."""
+        if value and _given(info):
+            if info.field_name == "from_name":
+                return check_display_name(value)
+            return check_address(value)
+        return value
+
     @model_validator(mode="after")
     def _custom_center_needs_url(self) -> ProviderBase:
         if self.preference_center == "custom" and not self.preference_center_url.startswith(
@@ -56,11 +98,11 @@ class ProviderBase(BaseModel):
                 "preference_center_url: an http(s) URL is required when preference_center "
                 "is 'custom'"
             )
-        for name in ("from_name", "from_address", "reply_to"):
-            value = getattr(self, name)
-            if "\r" in value or "\n" in value:
-                raise ValueError(f"{name}: line breaks are not allowed")
         return self
+
+    def warnings(self) -> list[str]:
+        """Saved, but worth telling the user."""
+        return []
 
 
 class SmtpFamilyBase(ProviderBase):
@@ -100,6 +142,14 @@ class SmtpFamilyBase(ProviderBase):
         if not self.effective_host:
             raise ValueError("host: required for this kind")
         return self
+
+    def warnings(self) -> list[str]:
+        if self.from_address:
+            return []
+        return [
+            "from_address is empty: every campaign must give its own, and the test email "
+            "cannot be sent"
+        ]
 
 
 class SmtpConfig(SmtpFamilyBase):
@@ -188,9 +238,12 @@ ProviderConfig = Annotated[AnyProviderConfig, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ProviderConfig)
 
 
-def parse_provider_config(data: dict[str, Any]) -> AnyProviderConfig:
-    """Validate a provider configuration; raises ``pydantic.ValidationError``."""
-    result: AnyProviderConfig = _ADAPTER.validate_python(data)
+def parse_provider_config(data: dict[str, Any], *, stored: bool = False) -> AnyProviderConfig:
+    """Validate a provider configuration; raises ``pydantic.ValidationError``.
+
+    ``stored``: ``data`` was saved before (see :data:`STORED`).
+    """
+    result: AnyProviderConfig = _ADAPTER.validate_python(data, context=STORED if stored else None)
     return result
 
 

@@ -3,12 +3,15 @@ refused when it is given, with 422 naming the field, over HTTP on the real app."
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
 
+from dispatch import store
+from dispatch.provider_store import save_provider
 from tests.api_server import ApiServer
-from tests.api_support import api_client, covers, save_smtp_provider
+from tests.api_support import api_client, covers, save_smtp_provider, smtp_body
 from tests.smtp_server import SmtpTestServer
 
 
@@ -29,7 +32,6 @@ def assert_refused(answer: Any, field: str) -> dict[str, Any]:
     error: dict[str, Any] = answer.json()
     assert set(error) == {"detail", "field", "errors"}, error
     assert error["field"] == field, error
-    assert error["detail"].startswith(f"{field}: "), error
     return error
 
 
@@ -51,3 +53,84 @@ def test_meta_fields_must_be_printable_ascii(
         ok = api.post("/v1/campaigns", json=draft("meta-2", category="Spring sale", variant="B~2"))
         assert ok.status_code == 201, ok.text
         assert [c["id"] for c in api.get("/v1/campaigns").json()["items"]] == ["meta-2"]
+
+
+@covers("POST /v1/campaigns")
+def test_campaign_senders_and_subject_that_no_message_could_carry_are_refused(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"from_address": "nope"}, "from_address"),
+        ({"from_address": "bad address@x.example"}, "from_address"),
+        ({"reply_to": "a@x.example\r\nBcc: victim@y.example"}, "reply_to"),
+        ({"reply_to": "a@x.example, b@x.example"}, "reply_to"),
+        ({"cc": ["not-email"]}, "cc"),
+        ({"bcc": ["b@x.example", ""]}, "bcc"),
+        ({"from_name": "Acme\r\nBcc: victim@y.example"}, "from_name"),
+        ({"from_name": "Acme\u2028Deals"}, "from_name"),
+        ({"subject": "Hello\nthere {{ name }}", "vars": {"name": "A"}}, "subject"),
+        ({"subject": "{% if vip %}Dear\r\nVIP{% endif %}", "vars": {"vip": True}}, "subject"),
+    ]
+    with api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+        for fields, field in cases:
+            assert_refused(api.post("/v1/campaigns", json=draft("sender-1", **fields)), field)
+        assert api.get("/v1/campaigns").json()["items"] == []
+
+        # What every message can carry: IDNA domains, an address spaced, line breaks
+        # around the subject (the rendered subject is stripped), a value's own line
+        # break (that message alone fails).
+        good = draft(
+            "sender-2",
+            from_name="Acme Deals \u00e9t\u00e9",
+            from_address="deals@b\u00fccher.example",
+            reply_to=" replies@acme.example ",
+            cc=["copy@acme.example"],
+            bcc=["audit@acme.example"],
+            subject="Hello {{ name }}\n",
+            vars={"name": "A\nB"},
+        )
+        answer = api.post("/v1/campaigns", json=good)
+        assert answer.status_code == 201, answer.text
+
+
+@covers("PUT /v1/providers/{nickname}", "GET /v1/providers", "POST /v1/campaigns")
+def test_provider_senders_are_checked_on_save_and_a_campaign_needs_a_from_address(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    with api_client(api_server) as api:
+        for fields, field in (
+            ({"from_address": "not-an-email"}, "from_address"),
+            ({"reply_to": "nope"}, "reply_to"),
+            ({"from_name": "Acme\u2028Deals"}, "from_name"),
+        ):
+            assert_refused(
+                api.put("/v1/providers/local", json=smtp_body(smtp.port, **fields)), field
+            )
+        assert api.get("/v1/providers").json()["items"] == []
+
+        # No default sender: saved, with a warning; each campaign must then give one.
+        no_sender = {k: v for k, v in smtp_body(smtp.port).items() if k != "from_address"}
+        saved = api.put("/v1/providers/local", json=no_sender)
+        assert saved.status_code == 201, saved.text
+        assert any("from_address" in w for w in saved.json()["warnings"])
+        assert_refused(api.post("/v1/campaigns", json=draft("nosender-1")), "from_address")
+        given = draft("nosender-2", from_address="deals@acme.example")
+        assert api.post("/v1/campaigns", json=given).status_code == 201
+
+
+@covers("GET /v1/providers/{nickname}", "GET /v1/providers")
+def test_a_provider_saved_before_a_rule_still_loads(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Checks of what a user gives run on save: a configuration stored before one existed
+    still reads (its campaigns, callbacks and the listing need it)."""
+    save_provider({**smtp_body(2525), "nickname": "old"}, redis_client)
+    key = store.provider_key("old")
+    stored = json.loads(redis_client.get(key))  # type: ignore[arg-type]
+    redis_client.set(key, json.dumps({**stored, "from_address": "not-an-email"}))
+    with api_client(api_server) as api:
+        answer = api.get("/v1/providers/old")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["from_address"] == "not-an-email"
+        assert [p["nickname"] for p in api.get("/v1/providers").json()["items"]] == ["old"]

@@ -15,7 +15,7 @@ from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, InvalidFieldError, i
 from dispatch.api.schemas import ProviderList, ProviderView, TestEmailRequest, TestEmailResult
 from dispatch.test_email import send_test_email
 from providers.addresses import InvalidAddressError, normalize_address
-from providers.config import NICKNAME_PATTERN, HttpConfig
+from providers.config import NICKNAME_PATTERN
 
 router = APIRouter(
     prefix="/v1/providers",
@@ -41,8 +41,7 @@ _CONFIG_EXAMPLE = {
 def _view(nickname: str) -> ProviderView:
     view = provider_store.provider_view(nickname)
     config = provider_store.load_provider(nickname)
-    warnings = config.warnings() if isinstance(config, HttpConfig) else []
-    return ProviderView.model_validate({**view, "warnings": warnings})
+    return ProviderView.model_validate({**view, "warnings": config.warnings()})
 
 
 @router.put(
