@@ -13,12 +13,12 @@
 5. the answer takes the shape of the provider's kind.
 
 Answers: a request refused as a whole (malformed, failed authentication or signature,
-too many events) gets ``{"status": "error", "message": ..., "error_code": 400}`` for every
-kind (the only seed shape that carries a message); event-level results get the kind's
-shape: ``success`` / ``partial_success`` for ``smtp``, ``gmail``, ``ses``, ``sendgrid`` and
-``TOTAL_EVENTS`` / ``PROCESSED_EVENTS`` / ``UNPROCESSED_EVENTS`` for ``http``. A request
-whose every event is bad is answered 400. When Redis cannot take the events the answer is
-503, so the provider retries.
+too many events, a body over :data:`MAX_BODY_BYTES`) gets ``{"status": "error",
+"message": ..., "error_code": 400}`` for every kind (the only seed shape that carries a
+message); event-level results get the kind's shape: ``success`` / ``partial_success`` for
+``smtp``, ``gmail``, ``ses``, ``sendgrid`` and ``TOTAL_EVENTS`` / ``PROCESSED_EVENTS`` /
+``UNPROCESSED_EVENTS`` for ``http``. A request whose every event is bad is answered 400.
+When Redis cannot take the events the answer is 503, so the provider retries.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ SERVER_ERROR = "Server error"
 SUBSCRIBE_TIMEOUT = 10.0
 # Larger than any real batch (SendGrid posts at most 768 KB, reference §2.1).
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# DESIGN §6: a request malformed as a whole is a 400, as more than 1000 events are.
+BODY_TOO_LARGE = f"invalid payload: body larger than {MAX_BODY_BYTES} bytes"
 
 # By provider nickname, as the other metrics: nicknames are the operator's, few and known
 # (only authenticated requests are counted, so a caller cannot invent one).
@@ -294,6 +296,13 @@ def ingest(
     except Exception:
         log.exception("callback for %s failed", nickname)
         reply = error_answer(500, SERVER_ERROR)
+    CALLBACK_REQUESTS.labels(str(reply.status)).inc()
+    return reply
+
+
+def refuse_too_large() -> CallbackAnswer:
+    """The answer to a body over :data:`MAX_BODY_BYTES` (never read to its end)."""
+    reply = error_answer(400, BODY_TOO_LARGE)
     CALLBACK_REQUESTS.labels(str(reply.status)).inc()
     return reply
 

@@ -241,6 +241,33 @@ def test_more_than_1000_events_is_refused(api: httpx.Client, paths: dict[str, st
     assert post(api, paths["gen"], events).json() == refused  # a JSON array of flat events
 
 
+def test_a_body_over_8_mb_is_refused_as_malformed_as_a_whole(
+    api: httpx.Client, paths: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """DESIGN §6: 400 for a request malformed as a whole, declared length or streamed."""
+    events = [generic_event("delivered", "a@example.com", seed_flat()["meta"])]
+    body = json.dumps(nested(*events)).encode()
+
+    def padded(size: int) -> bytes:  # white space before the closing braces
+        return body[:-2] + b" " * (size - len(body)) + body[-2:]
+
+    big = padded(callbacks.MAX_BODY_BYTES + 1)
+    refused = {
+        "status": "error",
+        "message": "invalid payload: body larger than 8388608 bytes",
+        "error_code": 400,
+    }
+    declared = post(api, paths["gen"], big)
+    streamed = api.post(paths["gen"], content=iter([big[:4096], big[4096:]]))
+    at_limit = post(api, paths["gen"], padded(callbacks.MAX_BODY_BYTES))
+
+    assert (declared.status_code, declared.json()) == (400, refused)
+    assert "content-length" not in streamed.request.headers
+    assert (streamed.status_code, streamed.json()) == (400, refused)
+    assert (at_limit.status_code, at_limit.json()) == (200, SUCCESS)
+    assert redis_client.hlen(store.CALLBACK_INBOX_HASH) == 1  # the one at the limit
+
+
 def test_one_bad_event_gives_partial_success_naming_its_index(
     api: httpx.Client, paths: dict[str, str], redis_client: redis.Redis, worker: WorkerProcess
 ) -> None:

@@ -41,7 +41,7 @@ async def receive_callback(nickname: str, token: str, request: Request) -> Respo
     try:
         body = await _read_body(request, callbacks.MAX_BODY_BYTES)
     except _TooLarge:
-        reply = callbacks.error_answer(413, "invalid payload: body too large")
+        reply = callbacks.refuse_too_large()
     else:
         headers = dict(request.headers)
         reply = await run_in_threadpool(callbacks.ingest, nickname, token, body, headers)
