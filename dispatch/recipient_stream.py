@@ -7,12 +7,14 @@ is an array of small objects, which a dozen lines of bracket counting split exac
 
 Each document carries its position: the 1-based ``line`` of an NDJSON body, or the
 0-based ``index`` of an array element. Problems with one document are data (the caller
-reports them and goes on); a body that is not NDJSON or an array at all raises
-:class:`StreamFormatError`.
+reports them and goes on; an element or a line too long is one of them); a body that is
+not NDJSON or an array at all raises :class:`StreamFormatError`.
+:class:`RecipientSplitter` tells the two formats apart from the body itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -23,7 +25,19 @@ Format = Literal["ndjson", "array"]
 
 
 class StreamFormatError(ValueError):
-    """The body as a whole is neither NDJSON nor a JSON array of recipients."""
+    """The body as a whole is neither NDJSON nor a JSON array of recipients.
+
+    ``documents`` are those completed before the fault by the call that raised it: the
+    caller takes them like any others, so that what came before the fault is kept.
+    """
+
+    def __init__(self, message: str, documents: list[Document] | None = None) -> None:
+        super().__init__(message)
+        self.documents: list[Document] = documents or []
+
+
+class EmptyBodyError(StreamFormatError):
+    """The body holds nothing but white space (and a byte order mark)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +54,9 @@ class NdjsonSplitter:
 
     format: Format = "ndjson"
 
-    def __init__(self, max_document: int = MAX_DOCUMENT_BYTES) -> None:
+    def __init__(self, max_document: int = MAX_DOCUMENT_BYTES, *, line: int = 0) -> None:
         self._tail = b""
-        self._line = 0
+        self._line = line  # lines read before the first byte fed
         self._skipping = False  # inside an over-long line: drop until its end
         self._max = max_document
 
@@ -97,7 +111,9 @@ class JsonArraySplitter:
     """The elements of one top-level JSON array, each cut out by bracket counting.
 
     Only structure is tracked (depth, strings, escapes); each element is then parsed on
-    its own, so a bad element is reported without losing its neighbours.
+    its own, so a bad element is reported without losing its neighbours. An element
+    longer than ``max_document`` is followed to its end without keeping its bytes, and
+    reported as too long.
     """
 
     format: Format = "array"
@@ -111,12 +127,22 @@ class JsonArraySplitter:
         self._escaped = False
         self._index = 0
         self._closed = False
+        self._oversized = False  # the current element is too long: its bytes are dropped
         self._max = max_document
 
     def feed(self, data: bytes) -> list[Document]:
-        """The elements completed by ``data``; raises :class:`StreamFormatError`."""
-        self._buf += data
+        """The elements completed by ``data``; raises :class:`StreamFormatError` (with
+        the elements completed before the fault)."""
         out: list[Document] = []
+        try:
+            self._scan(data, out)
+        except StreamFormatError as exc:
+            exc.documents = out
+            raise
+        return out
+
+    def _scan(self, data: bytes, out: list[Document]) -> None:
+        self._buf += data
         buf = self._buf
         pos = self._pos
         while pos < len(buf):
@@ -166,7 +192,6 @@ class JsonArraySplitter:
             pos += 1
         self._pos = pos
         self._compact()
-        return out
 
     def finish(self) -> list[Document]:
         """Raises :class:`StreamFormatError` when the array never closed."""
@@ -192,6 +217,12 @@ class JsonArraySplitter:
             self._start = pos
 
     def _end(self, buf: bytearray, pos: int, out: list[Document]) -> None:
+        if self._oversized:
+            out.append(Document(self._index, problem=f"longer than {self._max} bytes"))
+            self._oversized = False
+            self._index += 1
+            self._start = -1
+            return
         if self._start < 0:
             if buf[pos] == 0x2C:  # an empty slot: '[,' or ',,'
                 out.append(Document(self._index, problem="empty element"))
@@ -206,64 +237,152 @@ class JsonArraySplitter:
         self._start = -1
 
     def _compact(self) -> None:
-        """Drop what is consumed; refuse an element that grows past the limit."""
+        """Drop what is consumed, and what is scanned of an element past the limit."""
+        if self._start >= 0 and self._pos - self._start > self._max:
+            self._oversized = True  # _end reports it; only its structure is followed
+            self._start = self._pos
         keep = self._start if self._start >= 0 else self._pos
         if keep:
             del self._buf[:keep]
             self._pos -= keep
             if self._start >= 0:
                 self._start = 0
-        if self._start >= 0 and len(self._buf) > self._max + 1024:
-            raise StreamFormatError(f"element {self._index} is longer than {self._max} bytes")
+
+    @property
+    def closed(self) -> bool:
+        """The array's closing bracket has been read."""
+        return self._closed
 
 
 BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 
 
 class RecipientSplitter:
-    """NDJSON or one JSON array, told apart by the body's first byte, then split.
+    """NDJSON or one JSON array, told apart by the body itself, then split.
 
     A leading UTF-8 byte order mark is dropped, even when it arrives cut over several
     chunks: Windows tools write one, and RFC 8259 §8.1 lets a parser ignore it (kept, it
     would make the first line or the whole array unreadable).
+
+    A body whose first document does not start with ``[`` is NDJSON. One that does is a
+    JSON array, unless that array ends on its first line and more documents follow on
+    later lines: then the body is NDJSON whose first line is one bad recipient, which
+    must not sink the others. Until the body tells, its first line is held (no document
+    comes out); ``format`` is final from the first document on. Memory stays bounded: a
+    first line longer than ``max_document`` cannot be an NDJSON line, so the body is an
+    array as soon as it grows past that, and blank lines are counted, not kept.
+
+    ``fixed``: the body is taken as that format, nothing held (see :func:`splitter_for`).
     """
 
-    def __init__(self, max_document: int = MAX_DOCUMENT_BYTES) -> None:
-        self.format: Format = "ndjson"
+    def __init__(
+        self, max_document: int = MAX_DOCUMENT_BYTES, *, fixed: Format | None = None
+    ) -> None:
+        self.format: Format = fixed or "ndjson"  # the likely one until the first document
+        self._fixed = fixed is not None
         self._max = max_document
         self._inner: NdjsonSplitter | JsonArraySplitter | None = None
-        self._head = b""  # the body's first bytes, until a BOM is ruled out
+        self._bom = b""  # the body's first bytes, until a BOM is ruled out
+        self._started = False  # a BOM is ruled out (or dropped)
+        self._head = bytearray()  # the first line, from its '[', while the format is open
+        self._lines = 0  # newlines before the first document
+        self._first_line_ended = False  # the first line held a whole array: wait for more
+        self._lines_after = 0  # newlines after that array, with only blanks after them
 
     def feed(self, data: bytes) -> list[Document]:
         """The documents completed by ``data``; raises :class:`StreamFormatError`."""
         if self._inner is not None:
             return self._inner.feed(data)
-        data = self._head + data
-        text = data.removeprefix(BOM).lstrip()
-        if not text or BOM.startswith(data):  # blank so far, or maybe the start of a BOM
-            self._head = data
-            return []
-        self._inner = (
-            JsonArraySplitter(self._max) if text[:1] == b"[" else NdjsonSplitter(self._max)
-        )
-        self.format = self._inner.format
-        self._head = b""
-        return self._inner.feed(data.removeprefix(BOM))
+        if not self._started:
+            data = self._bom + data
+            if len(data) < len(BOM) and BOM.startswith(data):
+                self._bom = data  # maybe the start of a BOM
+                return []
+            self._started = True
+            self._bom = b""
+            data = data.removeprefix(BOM)
+        return self._sniff(data)
 
     def finish(self) -> list[Document]:
-        """Raises :class:`StreamFormatError` for a body that is blank or ends early."""
+        """The documents held until the end; raises :class:`EmptyBodyError` for a blank
+        body, :class:`StreamFormatError` (with those documents) for a broken array."""
+        out: list[Document] = []
+        if self._inner is None and not self._started:
+            self._started = True
+            out = self._sniff(self._bom)  # a body shorter than a BOM
         if self._inner is None:
-            raise StreamFormatError("the body is empty")
-        return self._inner.finish()
+            if not self._head:
+                raise EmptyBodyError("the body is empty")
+            out = self._become(JsonArraySplitter(self._max), bytes(self._head))
+        assert self._inner is not None
+        try:
+            return out + self._inner.finish()
+        except StreamFormatError as exc:
+            exc.documents = out + exc.documents
+            raise
+
+    def _sniff(self, data: bytes) -> list[Document]:
+        """Hold the first line until it tells the format; then hand everything over."""
+        if not self._head:
+            text = data.lstrip()
+            self._lines += data.count(b"\n", 0, len(data) - len(text))
+            if not text:
+                return []
+            ndjson = NdjsonSplitter(self._max, line=self._lines)
+            if self._fixed:
+                array = self.format == "array"
+                return self._become(JsonArraySplitter(self._max) if array else ndjson, text)
+            if text[:1] != b"[":
+                return self._become(ndjson, text)
+            self.format = "array"
+            data = text
+        if not self._first_line_ended:
+            end = data.find(b"\n")
+            part, data = (data, b"") if end < 0 else (data[:end], data[end:])
+            self._head += part
+            # Longer than any NDJSON line, or an array that goes on after its first line.
+            if len(self._head) > self._max or (end >= 0 and not self._holds_an_array()):
+                return self._become(JsonArraySplitter(self._max), bytes(self._head) + data)
+            if end < 0:
+                return []
+            self._first_line_ended = True
+        text = data.lstrip()
+        self._lines_after += data.count(b"\n", 0, len(data) - len(text))
+        if not text:
+            return []
+        # More after a one-line array: NDJSON, the array its (bad) first line.
+        first = Document(self._lines + 1, bytes(self._head).strip())
+        line = self._lines + self._lines_after
+        return [first, *self._become(NdjsonSplitter(self._max, line=line), text)]
+
+    def _holds_an_array(self) -> bool:
+        """Whether the array that starts the first line ends on it."""
+        probe = JsonArraySplitter(self._max)
+        try:
+            probe.feed(bytes(self._head))
+        except StreamFormatError:
+            return True  # something after its end
+        return probe.closed
+
+    def _become(self, inner: NdjsonSplitter | JsonArraySplitter, data: bytes) -> list[Document]:
+        self._inner = inner
+        self.format = inner.format
+        self._head = bytearray()
+        return inner.feed(data)
 
 
 def splitter_for(first_bytes: bytes) -> RecipientSplitter:
-    """A splitter whose ``format`` already is the one the body's ``first_bytes`` tell.
+    """A splitter for a body that starts with ``first_bytes``, its format told by them.
 
-    For a caller that reads ``format`` before feeding (it then feeds ``first_bytes`` too).
+    For a caller that reads ``format`` before feeding (and then feeds ``first_bytes`` too):
+    the format is fixed, nothing is held back. A body whose first line is an array that
+    ends within ``first_bytes``, followed there by another document, is NDJSON; a body
+    that starts with ``[`` and tells no more there is an array. A caller that reads
+    ``format`` after the first document gets this right wherever the chunks are cut, with
+    a plain :class:`RecipientSplitter`.
     """
-    splitter = RecipientSplitter()
     probe = RecipientSplitter()
-    probe.feed(first_bytes)
-    splitter.format = probe.format
-    return splitter
+    with contextlib.suppress(StreamFormatError):  # feeding the splitter raises it again
+        probe.feed(first_bytes)
+    begun = probe._inner is not None or bool(probe._head)  # saw the first document start
+    return RecipientSplitter(fixed=probe.format if begun else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import redis
 
 from dispatch.recipient_stream import (
     Document,
+    EmptyBodyError,
     JsonArraySplitter,
     NdjsonSplitter,
     RecipientSplitter,
@@ -32,7 +34,10 @@ TRICKY = [
 
 
 def feed_in_pieces(
-    splitter: NdjsonSplitter | JsonArraySplitter | RecipientSplitter, data: bytes, seed: int
+    splitter: NdjsonSplitter | JsonArraySplitter | RecipientSplitter,
+    data: bytes,
+    seed: int,
+    after_each: Callable[[], None] = lambda: None,
 ) -> list[Document]:
     """Feed ``data`` cut at random places (a cut can fall anywhere, even in an escape)."""
     rng = random.Random(seed)
@@ -41,6 +46,7 @@ def feed_in_pieces(
     while pos < len(data):
         step = rng.randint(1, 7)
         out += splitter.feed(data[pos : pos + step])
+        after_each()
         pos += step
     return out + splitter.finish()
 
@@ -103,9 +109,25 @@ def test_overlong_documents_are_refused_without_buffering_them() -> None:
         (2, "longer than 100 bytes"),
         (3, ""),
     ]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_an_overlong_array_element_is_its_own_error_and_the_rest_is_kept(seed: int) -> None:
+    long = {"email": "x@example.com", "vars": {"a": ["]}", 'q"'] * 300, "b": {"c": "[" * 500}}}
+    data = json.dumps([TRICKY[0], long, 7, TRICKY[1]]).encode()
     array = JsonArraySplitter(max_document=100)
-    with pytest.raises(StreamFormatError, match="longer than"):
-        array.feed(b'[{"email": "' + b"x" * 2000)
+
+    def nothing_of_the_long_element_is_kept() -> None:
+        assert len(array._buf) <= 100 + 7  # a piece is up to 7 bytes
+
+    docs = feed_in_pieces(array, data, seed, nothing_of_the_long_element_is_kept)
+    assert [(d.position, d.problem) for d in docs] == [
+        (0, ""),
+        (1, "longer than 100 bytes"),
+        (2, ""),
+        (3, ""),
+    ]
+    assert [json.loads(d.raw) for d in docs if d.raw] == [TRICKY[0], 7, TRICKY[1]]
 
 
 def test_the_format_is_told_by_the_first_byte() -> None:
@@ -156,3 +178,116 @@ def test_the_append_takes_bodies_that_start_with_a_byte_order_mark(
             draft_campaign(api, smtp, f"bom-{n}")
             result = append(api, f"bom-{n}", BOM + BODIES[kind])
             assert (result["appended"], result["rejected"], result["total"]) == (4, 0, 4), kind
+
+
+ONE_LINE = b'["oops"]'
+NDJSON_AFTER = [json.dumps(doc).encode() for doc in TRICKY[:2]]
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize(
+    ("body", "lines"),
+    [
+        (b"\n".join([ONE_LINE, *NDJSON_AFTER]), [1, 2, 3]),
+        (b"\n \n" + ONE_LINE + b"\r\n\n  \n" + b"\n".join(NDJSON_AFTER) + b"\n", [3, 6, 7]),
+        (b"\n".join([b'[{"email": "a@example.com"}] x', *NDJSON_AFTER]), [1, 2, 3]),
+        (BOM + b"\n".join([b"[]", *NDJSON_AFTER]), [1, 2, 3]),
+    ],
+)
+def test_a_first_line_that_is_an_array_is_one_bad_line_of_ndjson(
+    body: bytes, lines: list[int], seed: int
+) -> None:
+    """An array on one line with more documents on later lines is NDJSON, not an array
+    followed by junk: one bad recipient must not sink the others."""
+    splitter = RecipientSplitter()
+    docs = feed_in_pieces(splitter, body, seed)
+    assert splitter.format == "ndjson"
+    assert [d.position for d in docs] == lines
+    assert [json.loads(d.raw) for d in docs[1:]] == TRICKY[:2]
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(TRICKY).encode(),  # one line: the whole body
+        json.dumps(TRICKY).encode() + b"\n\n  \r\n",  # blank lines after it change nothing
+        json.dumps(TRICKY, indent=1).encode(),  # the array goes on after its first line
+        (json.dumps(TRICKY[:1])[:-1] + ",\n" + json.dumps(TRICKY[1:])[1:]).encode(),
+    ],
+)
+def test_an_array_that_is_the_whole_body_stays_an_array(body: bytes, seed: int) -> None:
+    splitter = RecipientSplitter()
+    docs = feed_in_pieces(splitter, body, seed)
+    assert splitter.format == "array"
+    assert [d.position for d in docs] == [0, 1, 2, 3]
+    assert [json.loads(d.raw) for d in docs] == TRICKY
+
+
+def test_the_format_is_settled_without_holding_more_than_one_document() -> None:
+    pretty = RecipientSplitter(max_document=100)
+    assert pretty.feed(b'[\n  {"email": "a@example.com"},') == [
+        Document(0, b'{"email": "a@example.com"}')
+    ]
+    assert pretty.format == "array"
+
+    long_line = RecipientSplitter(max_document=100)  # no NDJSON line is that long
+    first = long_line.feed(b'[{"email": "a@example.com"}, ' + b" " * 100)
+    assert long_line.format == "array" and [d.position for d in first] == [0]
+    with pytest.raises(StreamFormatError, match="after the end"):
+        long_line.feed(b'{"email": "b@example.com"}]\n{"email": "c@example.com"}\n')
+
+    blank = RecipientSplitter()  # the lines after a one-line array are counted, not kept
+    assert blank.feed(b'["oops"]') + blank.feed(b"\n" * 10_000) == []
+    assert len(blank._head) < 20
+    assert [d.position for d in blank.feed(b"{}") + blank.finish()] == [1, 10_001]
+
+    with pytest.raises(EmptyBodyError):
+        RecipientSplitter().finish()
+
+
+def test_what_came_before_a_fault_comes_with_it() -> None:
+    """A broken body still hands over the documents before the fault, even those that
+    were held or completed by the same chunk."""
+    truncated = RecipientSplitter()
+    assert truncated.feed(b'[{"email": "a@example.com"}, {"email": "b@exa') == []  # held
+    with pytest.raises(StreamFormatError, match="ends early") as raised:
+        truncated.finish()
+    assert raised.value.documents == [Document(0, b'{"email": "a@example.com"}')]
+
+    junk = JsonArraySplitter()
+    with pytest.raises(StreamFormatError, match="neither") as raised:
+        junk.feed(b"[1, 2] extra")
+    assert [d.raw for d in raised.value.documents] == [b"1", b"2"]
+
+
+def test_splitter_for_fixes_the_format_its_first_bytes_tell() -> None:
+    """For a caller that reads ``format`` before the first document: nothing is held."""
+    ndjson = splitter_for(b'["oops"]\n{"email"')
+    assert ndjson.format == "ndjson"
+    docs = ndjson.feed(b'["oops"]\n{"email": "a@example.com"}\n') + ndjson.finish()
+    assert [d.position for d in docs] == [1, 2]
+
+    array = splitter_for(b'[{"email": "a@example.com"}, {"email"')
+    assert array.format == "array"
+    assert [d.position for d in array.feed(b'[{"email": "a@example.com"}, ')] == [0]
+    assert splitter_for(b"\n").format == "ndjson"  # tells nothing: a splitter that sniffs
+
+
+@covers("POST /v1/campaigns/{campaign_id}/recipients")
+def test_one_bad_document_does_not_sink_the_rest_of_the_append(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    with api_client(api_server) as api:
+        draft_campaign(api, smtp, "sink-1")
+        result = append(api, "sink-1", b"\n".join([ONE_LINE, *NDJSON_AFTER]))
+        assert (result["appended"], result["rejected"]) == (2, 1)
+        assert [(e["line"], e["index"]) for e in result["errors"]] == [(1, None)]
+
+        long = {"email": "long@example.com", "vars": {"pad": "x" * (1 << 20)}}
+        after = [{"email": f"after{i}@example.com"} for i in range(3)]
+        result = append(api, "sink-1", json.dumps([TRICKY[3], long, *after]).encode())
+        assert (result["appended"], result["rejected"], result["total"]) == (4, 1, 6)
+        assert [(e["index"], e["message"]) for e in result["errors"]] == [
+            (1, "longer than 1048576 bytes")
+        ]
