@@ -392,8 +392,15 @@ class BatchSender:
             except QuotaExhaustedError as exc:
                 await self._session_failed(messages, exc)
                 return
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.done.wait(), wait)
+                if self.c.stop_reason:
+                    for item, _ in messages:  # claimed, not attempted: given back
+                        item.claimed = True
+                        item.attempts -= 1
+                    self.put_back(item for item, _ in messages)
+                    return
             session = kept.session
             if session is None:
                 try:

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from dispatch import campaigns, store
+from dispatch.ledger import parse_record
 from dispatch.limits import ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings
 from providers.config import parse_provider_config
@@ -160,3 +161,47 @@ def test_a_batch_that_gets_no_connection_slot_goes_back_to_the_broker(
     assert campaigns.campaign_summary(cid, redis_client)["status"] == "completed"
     records = [parse_record(raw) for raw in redis_client.hgetall(store.ledger_key(cid)).values()]
     assert [(r or {}).get("attempts") for r in records] == [1] * 5  # waiting cost no attempt
+
+
+@pytest.mark.parametrize("action", ["cancel", "pause"])
+def test_messages_waiting_for_the_pace_stop_with_a_cancel_or_pause(
+    redis_client: redis.Redis, action: str
+) -> None:
+    """A chunk claimed and waiting for the provider's pace is not sent once the campaign
+    is cancelled (its messages end cancelled) or paused (they wait for the resume)."""
+    from dispatch import lifecycle
+    from dispatch.sending import run_batch
+
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, max_connections=1, rate_per_second=1)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(12)}
+        cid, ((_, batch),) = create_held(redis_client, body)
+
+        async def run() -> tuple[int, int]:
+            client = store.async_client()
+            try:
+                sending = asyncio.create_task(run_batch(cid, batch, r=client))
+                while not smtp.messages:  # the first chunk went out; the next one waits
+                    await asyncio.sleep(0.05)
+                stop = lifecycle.cancel if action == "cancel" else lifecycle.pause
+                await asyncio.to_thread(stop, cid, client=redis_client)
+                at_stop = len(smtp.messages)
+                await asyncio.wait_for(sending, 20)
+                return at_stop, len(smtp.messages)
+            finally:
+                await client.aclose()
+
+        at_stop, at_end = asyncio.run(run())
+    assert at_end == at_stop < 12  # nothing more went out once the stop returned
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["sent"] == at_end
+    left = 12 - at_end
+    if action == "cancel":
+        assert (summary["cancelled"], summary["queued"]) == (left, 0)
+    else:
+        assert (summary["status"], summary["queued"]) == ("paused", left)
+        states = {
+            (parse_record(raw) or {}).get("state")
+            for raw in redis_client.hgetall(store.ledger_key(cid)).values()
+        }
+        assert "claimed" not in states  # given back: a claim left behind reads as a lost send
