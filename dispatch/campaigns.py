@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import queue
+import re
 import secrets
 import threading
 import time
@@ -34,7 +36,14 @@ from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, normalize_address
-from providers.config import HttpConfig, ProviderBase, SmtpFamilyBase, check_display_name
+from providers.config import (
+    WIDE_INTEGER_PROBLEM,
+    HttpConfig,
+    ProviderBase,
+    SmtpFamilyBase,
+    check_display_name,
+    find_wide_integer,
+)
 from providers.http_config import required_recipient_vars
 
 APPEND_CHUNK = 1000
@@ -94,16 +103,51 @@ def _fingerprint(request: CampaignRequest) -> str:
 
     The content's keys are sorted; the recipients (possibly a million) are hashed in
     their order, a chunk at a time (one orjson call each).
+
+    Raises :class:`CampaignError` naming an integer beyond 64 bits in the vars: orjson
+    cannot write one here, nor in a provider's payload, and reads one back as a float.
     """
     body = request.model_dump(mode="json", exclude={"id", "recipients"})
-    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    try:
+        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    except TypeError:
+        _refuse_wide_integer(body["vars"], "vars")
+        raise
     for start in range(0, len(request.recipients), APPEND_CHUNK):
         chunk = request.recipients[start : start + APPEND_CHUNK]
         try:
             digest.update(orjson.dumps(chunk))
         except TypeError:  # a value only pydantic's encoder writes
+            _refuse_wide_integer(chunk, "recipients", offset=start)
             digest.update(_RECIPIENTS.dump_json(chunk))
     return digest.hexdigest()
+
+
+def _refuse_wide_integer(value: Any, path: str, offset: int = 0) -> None:
+    """Raise :class:`CampaignError` naming the first integer beyond 64 bits in ``value``
+    (a list whose first item is item ``offset`` of ``path``)."""
+    if offset:
+        value = dict(enumerate(value, offset))
+    found = find_wide_integer(value, path)
+    if found is not None:
+        raise CampaignError(WIDE_INTEGER_PROBLEM, field=found)
+
+
+# A run of 19 digits: where a JSON integer beyond 64 bits could be (-2**63 has 19).
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def load_recipient(raw: bytes) -> Any:
+    """One streamed recipient document, parsed.
+
+    orjson reads an integer beyond 64 bits as a float, silently; the rare document with
+    a run of 19 digits is read again exactly (``json``) to refuse one. Raises
+    ``orjson.JSONDecodeError``, :class:`CampaignError` naming the integer.
+    """
+    data = orjson.loads(raw)
+    if _LONG_NUMBER.search(raw):
+        _refuse_wide_integer(json.loads(raw), "")
+    return data
 
 
 _RECIPIENT: TypeAdapter[Recipient] = TypeAdapter(Recipient)

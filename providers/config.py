@@ -28,6 +28,7 @@ DEFAULT_RATE_PER_SECOND = 0.0  # 0: no pacing beyond the connection limit
 DEFAULT_SMTP_TIMEOUT = 30.0
 DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
+MAX_COUNT = 2**63 - 1  # limits are counted in Redis, in signed 64 bits
 
 Security = Literal["none", "starttls", "tls"]
 PreferenceCenter = Literal["none", "system", "custom"]
@@ -61,6 +62,29 @@ def check_address(value: str) -> str:
     return value
 
 
+# orjson, which stores and sends JSON values, writes integers from -2**63 to 2**64 - 1
+# and reads a wider one back as a float: such a value could not round-trip exactly.
+WIDE_INTEGER_PROBLEM: Final = "integers beyond 64 bits are not supported; send it as a string"
+_JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
+
+
+def find_wide_integer(value: Any, path: str) -> str | None:
+    """The dotted path (``path.key.0``) of the first integer in a JSON value that is
+    beyond 64 bits (see :data:`WIDE_INTEGER_PROBLEM`), or None."""
+    if isinstance(value, int):
+        return path if not _JSON_INT_MIN <= value <= _JSON_INT_MAX else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    for key, item in items:
+        found = find_wide_integer(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 class ProviderBase(BaseModel):
     """Fields every kind shares."""
 
@@ -77,7 +101,7 @@ class ProviderBase(BaseModel):
     preference_center_url: str = ""
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100)
     rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0)
-    daily_quota: int | None = Field(default=None, ge=1)
+    daily_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
     @field_validator("from_name", "from_address", "reply_to")
     @classmethod
@@ -120,8 +144,8 @@ class SmtpFamilyBase(ProviderBase):
     timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0)
     # Skip certificate verification: only for tests and private relays with their own CA.
     tls_verify: bool = True
-    max_messages_per_connection: int = Field(default=0, ge=0)  # 0: unlimited
-    max_recipients_per_message: int = Field(default=0, ge=0)  # 0: unlimited
+    max_messages_per_connection: int = Field(default=0, ge=0, le=MAX_COUNT)  # 0: unlimited
+    max_recipients_per_message: int = Field(default=0, ge=0, le=MAX_COUNT)  # 0: unlimited
 
     @property
     def effective_security(self) -> Security:
@@ -180,7 +204,7 @@ class SendgridConfig(SmtpFamilyBase):
     # Base64 DER public key of the Signed Event Webhook, as SendGrid shows it.
     webhook_public_key: str = ""
     # SendGrid's documented limit (reference §2.6): 100 messages per connection.
-    max_messages_per_connection: int = Field(default=100, ge=0)
+    max_messages_per_connection: int = Field(default=100, ge=0, le=MAX_COUNT)
 
 
 class GmailConfig(SmtpFamilyBase):
@@ -191,8 +215,8 @@ class GmailConfig(SmtpFamilyBase):
     default_security: ClassVar[Security] = "tls"
     # Google Workspace limits (reference §3): 2,000 messages a day, 100 recipients each
     # over SMTP; the user may lower them.
-    daily_quota: int | None = Field(default=2000, ge=1)
-    max_recipients_per_message: int = Field(default=100, ge=0)
+    daily_quota: int | None = Field(default=2000, ge=1, le=MAX_COUNT)
+    max_recipients_per_message: int = Field(default=100, ge=0, le=MAX_COUNT)
 
 
 class HttpConfig(ProviderBase):

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import httpx
 
-from providers.config import HttpConfig
+from providers.config import WIDE_INTEGER_PROBLEM, HttpConfig, find_wide_integer
 from providers.placeholders import (
     CONTENT_PLACEHOLDERS,
     PER_MESSAGE_SYSTEM,
@@ -246,6 +246,9 @@ def config_problems(config: HttpConfig) -> list[str]:
     problems += _header_problems(config)
     if isinstance(config.body, str) and config.body.lstrip().startswith(("{", "[")):
         problems.append("body: give the JSON template as a JSON value, not as a string")
+    wide = find_wide_integer(config.body, "body")
+    if wide is not None:
+        problems.append(f"body: {WIDE_INTEGER_PROBLEM} (at {wide})")
 
     usage = placeholder_usage(config)
     content_in_query = usage.query & CONTENT_PLACEHOLDERS

@@ -134,3 +134,49 @@ def test_a_provider_saved_before_a_rule_still_loads(
         assert answer.status_code == 200, answer.text
         assert answer.json()["from_address"] == "not-an-email"
         assert [p["nickname"] for p in api.get("/v1/providers").json()["items"]] == ["old"]
+
+
+WIDE = 123456789012345678901234567890  # beyond 64 bits: orjson can neither write nor read it
+
+
+@covers(
+    "PUT /v1/providers/{nickname}",
+    "POST /v1/campaigns",
+    "POST /v1/campaigns/{campaign_id}/recipients",
+)
+def test_integers_beyond_64_bits_are_refused_naming_them_never_a_500(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    http = {
+        "kind": "http",
+        "endpoint": "http://127.0.0.1:9/send",
+        "body": {"to": "$$To", "s": "$$Subject", "n": "$$FromName", "a": "$$FromAddress",
+                 "h": "$$HTML", "ids": [1, {"big": WIDE}]},
+    }  # fmt: skip
+    with api_client(api_server) as api:
+        answer = api.put("/v1/providers/hook", json=http)
+        assert "body.ids.1.big" in assert_refused(answer, "body")["detail"]
+        for field in ("daily_quota", "max_messages_per_connection", "max_recipients_per_message"):
+            answer = api.put("/v1/providers/local", json=smtp_body(smtp.port, **{field: WIDE}))
+            assert_refused(answer, field)
+        save_smtp_provider(api, smtp.port)
+
+        answer = api.post("/v1/campaigns", json=draft("wide-1", vars={"x": {"y": [WIDE]}}))
+        assert "64 bits" in assert_refused(answer, "vars.x.y.0")["detail"]
+        inline = [{"email": "a@example.com"}, {"email": "b@example.com", "vars": {"n": -WIDE}}]
+        answer = api.post("/v1/campaigns", json=draft("wide-1", recipients=inline))
+        assert_refused(answer, "recipients.1.vars.n")
+        assert api.get("/v1/campaigns").json()["items"] == []
+
+        # The widest integers that round-trip exactly are taken.
+        edges = {"top": 2**64 - 1, "bottom": -(2**63)}
+        answer = api.post("/v1/campaigns", json=draft("wide-2", vars=edges))
+        assert answer.status_code == 201, answer.text
+        lines = (
+            b'{"email": "c@example.com", "vars": {"n": 123456789012345678901234567890}}\n'
+            b'{"email": "d@example.com", "vars": {"n": "123456789012345678901234567890"}}\n'
+            b'{"email": "e@example.com", "vars": {"n": -9223372036854775808}}\n'
+        )
+        result = api.post("/v1/campaigns/wide-2/recipients", content=lines).json()
+        assert (result["appended"], result["rejected"]) == (2, 1), result
+        assert [(e["line"], e["field"]) for e in result["errors"]] == [(1, "vars.n")]

@@ -134,7 +134,7 @@ async def _append_stream(
                 problem(doc.position, "body", doc.problem)
                 continue
             try:
-                batch.append(appender.checker.check(orjson.loads(doc.raw)))
+                batch.append(appender.checker.check(campaigns.load_recipient(doc.raw)))
             except orjson.JSONDecodeError as exc:
                 problem(doc.position, "body", f"not valid JSON: {exc}")
             except campaigns.CampaignError as exc:
