@@ -9,7 +9,8 @@ by one Lua script, so for each event these happen together or not at all:
    hash otherwise, :meth:`CallbackEvent.dedupe_key`); a redelivered event stops here;
 2. the campaign counter of its type (DESIGN §5), counted once per message: a bitmap by
    ``seq`` per counter remembers which messages were counted, and only a meta of this
-   account whose ``seq`` is inside the campaign counts at all;
+   account whose ``seq`` is inside the campaign and whose recipient is the event's
+   counts at all;
 3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands);
 4. the system events of DESIGN §6 on ``dispatch:events``.
 
@@ -125,8 +126,14 @@ class InboxEvent(BaseModel):
 
     @property
     def meta_mismatch(self) -> bool:
-        """The meta names another recipient than the event's ``email``."""
-        return bool(self.meta_email) and self.meta_email.casefold() != self.email.casefold()
+        """The meta names another recipient than the event's ``email``.
+
+        Compared as suppression keys: case and the spelling of the domain (Unicode or
+        IDNA) do not make another recipient.
+        """
+        if not self.meta_email:
+            return False
+        return suppression_key(self.meta_email) != suppression_key(self.email)
 
 
 class InboxBatch(BaseModel):
@@ -183,7 +190,16 @@ def _event_args(
     event: InboxEvent, *, provider: str, kind: str, received: float, account_id: str
 ) -> tuple[list[str], list[str | int | bytes]]:
     counter = COUNTERS.get(event.type, "")
-    ours = bool(event.campaign_id) and event.account_id == account_id and event.seq is not None
+    # The meta's seq is its recipient's message. An event for another address (a forward,
+    # one meta header for several SES recipients, a meta copied by mistake) says nothing
+    # of that message: it moves no counter, and is still recorded and suppresses its own
+    # address.
+    ours = (
+        bool(event.campaign_id)
+        and event.account_id == account_id
+        and event.seq is not None
+        and not event.meta_mismatch
+    )
     seq = event.seq if ours and event.seq is not None else -1
     campaign_id = event.campaign_id if ours else "-"
     keys = [

@@ -812,7 +812,53 @@ def test_meta_of_another_recipient_applies_to_the_event_email(
     assert entry["email"] == "forwarded@example.com" and entry["campaign_id"] == "c-mix"
     assert entry["properties"]["Meta Email"] == "meta@example.com"
     assert entry["properties"]["Meta Email Mismatch"] is True
-    assert campaigns.get_counters("c-mix", redis_client)["unsubscribed"] == 1
+    # The meta's seq is meta@'s message, which nobody unsubscribed from.
+    assert campaigns.get_counters("c-mix", redis_client)["unsubscribed"] == 0
+
+
+def test_an_ses_bounce_carrying_another_recipients_meta_moves_no_counter(
+    api: httpx.Client,
+    paths: dict[str, str],
+    signer: Signer,
+    redis_client: redis.Redis,
+    worker: WorkerProcess,
+) -> None:
+    metas = draft_campaign(redis_client, "c-other", ["a1@example.com", "a2@example.com"])
+
+    def bounce(email: str, meta: str, message_id: str) -> int:
+        headers = [{"name": "X-CleverTap_META", "value": meta}]
+        envelope = signer.sign(notification(ses_bounce([email], headers=headers), message_id))
+        return post(api, paths["ses"], envelope, sns_headers(envelope)).status_code
+
+    assert bounce("A1@Example.COM", metas[1], "m-a1") == 200  # a2's meta on a1's bounce
+    settle(redis_client)
+    assert campaigns.get_counters("c-other", redis_client)["hard_bounced"] == 0
+    assert suppressions.get("a1@example.com", client=redis_client) is not None
+    assert suppressions.get("a2@example.com", client=redis_client) is None
+    entries = callback_entries(redis_client)
+    assert {e["email"] for e in entries} == {"A1@example.com"}
+    assert all(e["properties"]["Meta Email Mismatch"] is True for e in entries)
+
+    assert bounce("A2@Example.COM", metas[1], "m-a2") == 200  # its own meta, other case
+    settle(redis_client)
+    assert campaigns.get_counters("c-other", redis_client)["hard_bounced"] == 1
+    own = [e for e in callback_entries(redis_client) if e["email"] == "A2@example.com"]
+    assert len(own) == 2 and not any("Meta Email Mismatch" in e["properties"] for e in own)
+
+
+def test_a_meta_naming_the_idna_spelling_of_the_event_email_counts(
+    api: httpx.Client, paths: dict[str, str], redis_client: redis.Redis, worker: WorkerProcess
+) -> None:
+    """Messages go out (and metas are built) with the domain in IDNA form; a provider
+    may report it in Unicode: the same recipient, so the same message."""
+    metas = draft_campaign(redis_client, "c-idna", ["kai@xn--bcher-kva.example"])
+    event = generic_event("delivered", "Kai@Bücher.Example", metas[0])
+    assert post(api, paths["gen"], nested(event)).json() == SUCCESS
+    settle(redis_client)
+
+    assert campaigns.get_counters("c-idna", redis_client)["delivered"] == 1
+    (entry,) = callback_entries(redis_client)
+    assert "Meta Email Mismatch" not in entry["properties"]
 
 
 def test_metas_of_unknown_campaigns_or_messages_count_nowhere(
