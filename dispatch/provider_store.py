@@ -7,16 +7,31 @@ from typing import Any
 
 import orjson
 import redis
+from pydantic import SecretStr
 
 from dispatch import crypto, store
 from dispatch.settings import get_settings
-from providers.config import ProviderBase, parse_provider_config, public_view
+from providers.config import SECRET_MASK, ProviderBase, parse_provider_config, public_view
 
 CALLBACK_TOKEN_FIELD = "_callback_token"
+# What a provider's view adds to its configuration; given back on save, they are ignored
+# (a view read and saved again is the same configuration).
+VIEW_ONLY_FIELDS = frozenset({"callback_url", "warnings"})
 
 
 class ProviderNotFoundError(KeyError):
     """No provider is saved under that nickname."""
+
+
+class MaskedSecretError(ValueError):
+    """A secret field holds the mask, and no secret is stored to keep; ``field`` names it."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(
+            f"{SECRET_MASK!r} stands for the {field} stored, but none is stored: give the "
+            f"{field} itself"
+        )
+        self.field = field
 
 
 def _encode(config: ProviderBase, token: str) -> bytes:
@@ -38,16 +53,35 @@ def decode_provider(raw: str | bytes) -> tuple[ProviderBase, str]:
     return parse_provider_config(data, stored=True), token
 
 
+def _keep_masked_secrets(config: ProviderBase, stored: ProviderBase | None) -> ProviderBase:
+    """``config`` with the stored secret wherever it gives the mask (:data:`SECRET_MASK`);
+    raises :class:`MaskedSecretError` when there is none to keep."""
+    kept: dict[str, SecretStr] = {}
+    for name in config.secret_fields:
+        if getattr(config, name).get_secret_value() != SECRET_MASK:
+            continue
+        secret = getattr(stored, name, None)
+        if not isinstance(secret, SecretStr) or not secret.get_secret_value():
+            raise MaskedSecretError(name)
+        kept[name] = secret
+    return config.model_copy(update=kept) if kept else config
+
+
 def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> ProviderBase:
     """Validate and store a provider configuration (create or replace).
 
     The callback token is kept across replacements so that the URL given to the ESP
-    stays valid. Raises ``pydantic.ValidationError`` naming the field at fault.
+    stays valid. What :func:`provider_view` shows can be saved back as it is: the mask
+    in a secret field keeps the stored secret, the view's own fields are ignored.
+    Raises ``pydantic.ValidationError`` naming the field at fault,
+    :class:`MaskedSecretError`.
     """
     r = client or store.sync_client()
-    config = parse_provider_config(data)
+    given = {k: v for k, v in data.items() if k not in VIEW_ONLY_FIELDS}
+    config: ProviderBase = parse_provider_config(given)
     existing = r.get(store.provider_key(config.nickname))
-    token = decode_provider(existing)[1] if existing else secrets.token_urlsafe(24)
+    stored, token = decode_provider(existing) if existing else (None, secrets.token_urlsafe(24))
+    config = _keep_masked_secrets(config, stored)
     pipe = r.pipeline()
     pipe.set(store.provider_key(config.nickname), _encode(config, token))
     pipe.sadd(store.PROVIDERS_SET, config.nickname)

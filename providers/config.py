@@ -85,6 +85,11 @@ def find_wide_integer(value: Any, path: str) -> str | None:
     return None
 
 
+# What a secret field shows instead of its value (see public_view). Given back on save,
+# it stands for the secret stored: a configuration read and saved again keeps it.
+SECRET_MASK: Final = "********"
+
+
 class ProviderBase(BaseModel):
     """Fields every kind shares."""
 
@@ -276,5 +281,5 @@ def public_view(config: ProviderBase) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     for name in config.secret_fields:
         value = getattr(config, name, None)
-        data[name] = "********" if value and value.get_secret_value() else ""
+        data[name] = SECRET_MASK if value and value.get_secret_value() else ""
     return data

@@ -223,3 +223,46 @@ def test_requests_without_a_valid_token_get_401(
                 assert answer.status_code == 401, (method, path, token)
                 assert answer.headers["www-authenticate"] == "Bearer"
                 assert answer.json()["detail"]
+
+
+@covers(
+    "GET /v1/providers/{nickname}",
+    "PUT /v1/providers/{nickname}",
+    "POST /v1/providers/{nickname}/test",
+)
+def test_a_provider_read_and_saved_back_keeps_its_secrets(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """GET answers the mask for a secret, plus ``callback_url`` and ``warnings``; that
+    answer PUT back as it is keeps the stored secret, of every kind that has one."""
+    with api_client(api_server) as api, HttpSink() as sink:
+        smtp_config = smtp_body(smtp.port, username="mailer", password="s3cret")
+        http_config = {
+            "kind": "http",
+            "endpoint": f"{sink.url}/send",
+            "auth": "basic",
+            "username": "hook",
+            "password": "h00k",
+            "body": HTTP_BODY,
+            "from_address": "deals@acme.example",
+        }
+        for nickname, config in (("local", smtp_config), ("hook", http_config)):
+            assert api.put(f"/v1/providers/{nickname}", json=config).status_code == 201
+            view = api.get(f"/v1/providers/{nickname}").json()
+            assert view["password"] == "********" and "callback_url" in view
+            again = api.put(f"/v1/providers/{nickname}", json=view)
+            assert again.status_code == 200, again.text
+            assert again.json() == view
+            result = _test(api_server, nickname)
+            assert (result["ok"], result["error"]) == (True, None), result["detail"]
+        assert smtp.messages  # authenticated as mailer / s3cret
+        assert sink.requests[0].header("Authorization") == "Basic aG9vazpoMDBr"  # hook:h00k
+
+        # The mask with no secret stored to keep: a new provider, or one without.
+        masked = smtp_body(smtp.port, username="mailer", password="********")
+        assert api.put("/v1/providers/local", json=smtp_body(smtp.port)).status_code == 200
+        for nickname in ("fresh", "local"):
+            answer = api.put(f"/v1/providers/{nickname}", json=masked)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["field"] == "password"
+        assert api.get("/v1/providers/fresh").status_code == 404

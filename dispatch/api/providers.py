@@ -59,7 +59,9 @@ def put_provider(
             description=(
                 "The configuration: `kind` (smtp, ses, sendgrid, gmail, http) and that "
                 "kind's fields, flat (DESIGN §2, §4). `nickname` may be left out; if given "
-                "it must match the path. Secrets are stored encrypted and never returned."
+                "it must match the path. Secrets are stored encrypted and never returned; "
+                "the mask a read shows (`********`) keeps the stored secret, and the read's "
+                "`callback_url` and `warnings` are ignored, so a read can be saved back."
             ),
             examples=[_CONFIG_EXAMPLE],
         ),
@@ -79,6 +81,8 @@ def put_provider(
         provider_store.save_provider(data)
     except ValidationError as exc:
         return invalid_provider(exc, str(data.get("kind", "")))
+    except provider_store.MaskedSecretError as exc:
+        raise InvalidFieldError(str(exc), exc.field) from None
     response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
     return _view(nickname)
 
