@@ -6,6 +6,7 @@ they never show in ``repr`` or logs; the service encrypts them at rest.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
 )
 
 from providers.addresses import check_header_value, normalize_address
+from providers.callbacks.sendgrid import load_public_key
 
 NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
 DEFAULT_MAX_CONNECTIONS = 4
@@ -187,17 +189,43 @@ class SmtpConfig(SmtpFamilyBase):
     kind: Literal["smtp"] = "smtp"
 
 
+# arn:<partition>:sns:<region>:<account>:<topic>; a FIFO topic's name ends in ".fifo".
+SNS_TOPIC_ARN_PATTERN: Final = (
+    r"^arn:aws(-[a-z]+)*:sns:[a-z]{2}(-[a-z]+)+-\d+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$"
+)
+
+
 class SesConfig(SmtpFamilyBase):
     """Amazon SES through its SMTP interface (SMTP credentials, not IAM keys)."""
 
     kind: Literal["ses"] = "ses"
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
     configuration_set: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,64}$")
+    # The allow-list of callbacks: an SNS message from another topic is refused.
     sns_topic_arns: tuple[str, ...] = ()
 
     @property
     def effective_host(self) -> str:
         return self.host or f"email-smtp.{self.region}.amazonaws.com"
+
+    @field_validator("sns_topic_arns")
+    @classmethod
+    def _topic_arns(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        for arn in value if _given(info) else ():
+            if not re.fullmatch(SNS_TOPIC_ARN_PATTERN, arn):
+                raise ValueError(
+                    f"{arn!r} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)"
+                )
+        return value
+
+    def warnings(self) -> list[str]:
+        warnings = super().warnings()
+        if not self.sns_topic_arns:
+            warnings.append(
+                "sns_topic_arns is empty: every SNS callback is refused (no bounce, complaint "
+                "or delivery is recorded); add the ARNs of the topics SES publishes to"
+            )
+        return warnings
 
 
 class SendgridConfig(SmtpFamilyBase):
@@ -210,6 +238,17 @@ class SendgridConfig(SmtpFamilyBase):
     webhook_public_key: str = ""
     # SendGrid's documented limit (reference §2.6): 100 messages per connection.
     max_messages_per_connection: int = Field(default=100, ge=0, le=MAX_COUNT)
+
+    @field_validator("webhook_public_key")
+    @classmethod
+    def _public_key(cls, value: str, info: ValidationInfo) -> str:
+        """Checked on save: callbacks cannot be verified with a key that does not load."""
+        if value and _given(info):
+            try:
+                load_public_key(value)
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("webhook_public_key", "the key", 1)) from None
+        return value
 
 
 class GmailConfig(SmtpFamilyBase):

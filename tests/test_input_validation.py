@@ -3,10 +3,13 @@ refused when it is given, with 422 naming the field, over HTTP on the real app."
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import redis
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dispatch import store
 from dispatch.provider_store import save_provider
@@ -180,3 +183,33 @@ def test_integers_beyond_64_bits_are_refused_naming_them_never_a_500(
         result = api.post("/v1/campaigns/wide-2/recipients", content=lines).json()
         assert (result["appended"], result["rejected"]) == (2, 1), result
         assert [(e["line"], e["field"]) for e in result["errors"]] == [(1, "vars.n")]
+
+
+@covers("PUT /v1/providers/{nickname}", "GET /v1/providers/{nickname}")
+def test_callback_settings_that_would_refuse_every_callback(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A SendGrid key that does not load would make every callback a 500; an SNS topic
+    allow-list of non-ARNs, or an empty one, refuses every SES callback."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    good_key = base64.b64encode(der).decode()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    rsa_der = rsa_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    sender = {"from_address": "deals@acme.example"}
+    with api_client(api_server) as api:
+        for bad in ("abc", "notbase64!!", base64.b64encode(rsa_der).decode()):
+            body = {"kind": "sendgrid", "webhook_public_key": bad, **sender}
+            assert_refused(api.put("/v1/providers/sg", json=body), "webhook_public_key")
+        body = {"kind": "sendgrid", "webhook_public_key": good_key, **sender}
+        assert api.put("/v1/providers/sg", json=body).status_code == 201
+
+        topic = "arn:aws:sns:us-east-1:123456789012:ses-campaign-events"
+        for bad_list in (["not-an-arn"], [topic, "arn:aws:sqs:us-east-1:123456789012:q"]):
+            body = {"kind": "ses", "sns_topic_arns": bad_list, **sender}
+            assert_refused(api.put("/v1/providers/ses", json=body), "sns_topic_arns")
+        for arns, warned in (([topic, f"{topic}.fifo"], False), ([], True)):
+            body = {"kind": "ses", "sns_topic_arns": arns, **sender}
+            assert api.put("/v1/providers/ses", json=body).status_code in (200, 201)
+            warnings = api.get("/v1/providers/ses").json()["warnings"]
+            assert any("sns_topic_arns" in w for w in warnings) is warned, warnings
