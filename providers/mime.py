@@ -47,9 +47,11 @@ def _qp(text: str) -> bytes:
 
 
 def encode_unstructured(name: str, value: str) -> str:
-    """Encode an unstructured header value (Subject): RFC 2047 only when non-ASCII."""
+    """Encode an unstructured header value (Subject): RFC 2047 when non-ASCII, and when
+    it holds ``=?`` (a client would decode what looks like an encoded word, letting
+    recipient data choose what is shown)."""
     check_header_value(name, value)
-    if value.isascii() and len(value) + len(name) + 2 <= MAX_HEADER_LINE:
+    if value.isascii() and "=?" not in value and len(value) + len(name) + 2 <= MAX_HEADER_LINE:
         return value
     return Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
 
@@ -63,6 +65,8 @@ def format_mailbox(name: str, address: str, *, field: str = "address") -> str:
     address = normalize_address(address)
     if not name:
         return address
+    if name.isascii() and "=?" in name:  # encoded, as in encode_unstructured
+        return f"{Header(name, 'utf-8', header_name='From').encode()} <{address}>"
     return formataddr((name, address), charset="utf-8")
 
 

@@ -75,6 +75,22 @@ def test_non_ascii_display_name_and_subject_are_rfc2047() -> None:
     assert parsed["From"].addresses[0].display_name == "Zoë Ñandú Marketing"
 
 
+@pytest.mark.parametrize(
+    "subject", ["=?utf-8?q?Your_account_is_closed?=", "Hi =?utf-8?b?RXZpbA==?= there"]
+)
+def test_subject_that_looks_like_an_encoded_word_is_shown_as_written(subject: str) -> None:
+    """Sent raw, a client would decode it: recipient data would choose what is displayed."""
+    data = MimeWriter(campaign_id="c").write(_msg(subject=subject))
+    assert _parse(data)["Subject"] == subject
+    assert subject.encode() not in data
+
+
+def test_display_name_that_looks_like_an_encoded_word_is_shown_as_written() -> None:
+    name = "=?utf-8?q?Your_Bank?="
+    data = MimeWriter(campaign_id="c").write(_msg(from_name=name))
+    assert _parse(data)["From"].addresses[0].display_name == name
+
+
 def test_display_name_with_specials_is_quoted() -> None:
     parsed = _parse(MimeWriter(campaign_id="c").write(_msg(from_name='Acme, "Deals" Inc.')))
     assert parsed["From"].addresses[0].display_name == 'Acme, "Deals" Inc.'
