@@ -6,17 +6,21 @@ never change within a campaign are cached, per message it only encodes the subje
 addresses and the bodies (quoted-printable through ``binascii``, which is C).
 
 Machine-read headers (``X-CleverTap_META``, ``X-SMTPAPI``) are written on one line up to
-998 characters and never turned into RFC 2047 encoded-words (reference §7.3).
+998 characters and never turned into RFC 2047 encoded-words (reference §7.3); a longer
+one is refused. Human-read ones are folded at their white space (From and Cc to
+78-character lines, RFC 5322 §2.1.1; an ASCII Subject only past 998), or written as
+encoded words of at most 75 characters (RFC 2047 §2) when not ASCII, when ASCII would
+read as an encoded word, or when a run without white space is too long to fold.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import re
 import secrets
 import time
-from collections.abc import Iterable
-from email.header import Header
+from collections.abc import Iterable, Sequence
 from email.utils import formataddr, formatdate
 
 from providers.addresses import check_header_name, check_header_value, normalize_address
@@ -24,7 +28,11 @@ from providers.base import OutgoingMessage
 from providers.errors import InvalidMessageError
 
 META_HEADER = "X-CleverTap_META"
-MAX_HEADER_LINE = 998  # RFC 5322 §2.1.1
+MAX_HEADER_LINE = 998  # RFC 5322 §2.1.1: MUST
+MAX_LINE = 78  # RFC 5322 §2.1.1: SHOULD; where folding starts
+_WORD_START, _WORD_END = "=?utf-8?b?", "?="
+_WORD_BYTES = 45  # 60 base64 characters: a word of 72, within RFC 2047's 75 (§2)
+_FOLD_POINT = re.compile(r"(?<=[^ \t])(?=[ \t])")  # before each run of white space
 
 
 def _crlf(text: str) -> str:
@@ -46,18 +54,79 @@ def _qp(text: str) -> bytes:
     return encoded
 
 
+def _fold(pieces: Iterable[str], used: int) -> str | None:
+    """Join ``pieces``, breaking the line before a piece that would take it past 78.
+
+    Each piece after the first starts with white space, which then starts the next line
+    (RFC 5322 §3.2.2: unfolding removes only the CRLF). A piece of white space alone is
+    never put on a line of its own. ``used``: what the first line holds before (``Name:
+    ``). None when a line would still pass 998 octets.
+    """
+    out: list[str] = []
+    for piece in pieces:
+        if out and used + len(piece) > MAX_LINE and not piece.isspace():
+            out.append("\r\n")
+            used = 0
+        used += len(piece)
+        if used > MAX_HEADER_LINE:
+            return None
+        out.append(piece)
+    return "".join(out)
+
+
+def _encoded_words(text: str, used: int) -> list[str]:
+    """``text`` as RFC 2047 B encoded words, each of whole characters (§5) and at most
+    72 characters, the first short enough to end its line by 78 after ``used``.
+
+    Adjacent encoded words are read as one text (§6.2): spaces travel inside them.
+    """
+    data = text.encode("utf-8")
+    room = MAX_LINE - used - len(_WORD_START) - len(_WORD_END)
+    size = min(_WORD_BYTES, max(room // 4 * 3, 6))  # 6 > a UTF-8 character: progress
+    words, start = [], 0
+    while start < len(data):
+        end = start + size
+        if end < len(data):
+            while data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte: not a boundary
+                end -= 1
+        chunk = binascii.b2a_base64(data[start:end], newline=False).decode("ascii")
+        words.append(f"{_WORD_START}{chunk}{_WORD_END}")
+        start, size = end, _WORD_BYTES
+    return words
+
+
+def _fold_words(words: Sequence[str], used: int, tail: str = "") -> str:
+    """Encoded words (and a ``tail`` such as `` <addr>``), folded between them."""
+    folded = _fold([words[0], *(" " + w for w in words[1:]), *([tail] if tail else [])], used)
+    if folded is None:  # only a tail over 998 characters could; addresses are 320 at most
+        raise ValueError(f"a header line would be longer than {MAX_HEADER_LINE} characters")
+    return folded
+
+
 def encode_unstructured(name: str, value: str) -> str:
-    """Encode an unstructured header value (Subject): RFC 2047 when non-ASCII, and when
-    it holds ``=?`` (a client would decode what looks like an encoded word, letting
-    recipient data choose what is shown)."""
+    """Encode an unstructured header value (Subject).
+
+    ASCII is written as it is, and folded at its white space only past 998 octets: 78
+    is a SHOULD (RFC 5322 §2.1.1) and this runs for every message. RFC 2047 encoded
+    words are used for non-ASCII text, for text holding ``=?`` (a client would decode
+    what looks like an encoded word, letting recipient data choose what is shown) and
+    for ASCII with a run too long to fold. Raises ``ValueError`` for a line break or
+    control character.
+    """
     check_header_value(name, value)
-    if value.isascii() and "=?" not in value and len(value) + len(name) + 2 <= MAX_HEADER_LINE:
-        return value
-    return Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    used = len(name) + 2
+    if value.isascii() and "=?" not in value:
+        if used + len(value) <= MAX_HEADER_LINE:
+            return value
+        folded = _fold(_FOLD_POINT.split(value), used)
+        if folded is not None:
+            return folded
+    return _fold_words(_encoded_words(value, used), used)
 
 
-def format_mailbox(name: str, address: str, *, field: str = "address") -> str:
-    """``Display Name <addr>`` with the name quoted or RFC 2047-encoded as needed.
+def format_mailbox(name: str, address: str, *, field: str = "address", header: str = "From") -> str:
+    """``Display Name <addr>`` with the name quoted or RFC 2047-encoded as needed, folded
+    to 78-character lines after ``header: `` when long.
 
     Raises ``InvalidAddressError`` for a bad address, ``ValueError`` for CR/LF in the name.
     """
@@ -65,9 +134,52 @@ def format_mailbox(name: str, address: str, *, field: str = "address") -> str:
     address = normalize_address(address)
     if not name:
         return address
-    if name.isascii() and "=?" in name:  # encoded, as in encode_unstructured
-        return f"{Header(name, 'utf-8', header_name='From').encode()} <{address}>"
-    return formataddr((name, address), charset="utf-8")
+    used = len(header) + 2
+    if name.isascii():
+        if "=?" not in name:  # else encoded, as in encode_unstructured
+            mailbox = formataddr((name, address))
+            if used + len(mailbox) <= MAX_LINE:
+                return mailbox
+            phrase = mailbox[: -len(address) - 3]  # formataddr ends with " <address>"
+            # Folding inside a quoted string is allowed too (RFC 5322 §3.2.4: FWS).
+            folded = _fold([*_FOLD_POINT.split(phrase), f" <{address}>"], used)
+            if folded is not None:
+                return folded
+    else:
+        mailbox = formataddr((name, address), charset="utf-8")  # one encoded word
+        if used + len(mailbox) <= MAX_LINE:
+            return mailbox
+    return _fold_words(_encoded_words(name, used), used, f" <{address}>")
+
+
+def format_address_list(header: str, addresses: Sequence[str]) -> str:
+    """Addresses separated by commas, folded between addresses to 78-character lines."""
+    joined = ", ".join(addresses)
+    used = len(header) + 2
+    if used + len(joined) <= MAX_LINE:
+        return joined
+    last = len(addresses) - 1
+    pieces = [
+        f"{'' if i == 0 else ' '}{a}{'' if i == last else ','}" for i, a in enumerate(addresses)
+    ]
+    folded = _fold(pieces, used)
+    if folded is None:  # addresses are 320 characters at most (RFC 5321 §4.5.3.1)
+        raise ValueError(f"{header}: an address is longer than {MAX_HEADER_LINE} characters")
+    return folded
+
+
+def _raw_field(name: str, value: str) -> str:
+    """A header line written as given, never folded or encoded (machine-read values).
+
+    Raises ``ValueError`` for a line break in ``value`` or a line over 998 octets; the
+    caller checks ``name``.
+    """
+    check_header_value(name, value)
+    if len(name) + len(value) + 2 > MAX_HEADER_LINE:
+        raise ValueError(
+            f"{name} is longer than {MAX_HEADER_LINE} characters on one line (never folded)"
+        )
+    return f"{name}: {value}\r\n"
 
 
 class MimeWriter:
@@ -84,18 +196,16 @@ class MimeWriter:
         # with a body (the same trick the stdlib uses).
         self._boundary = f"==dispatch_{token}=="
         self._id_prefix = hashlib.sha1(campaign_id.encode()).hexdigest()[:12] + "." + token
-        self._static = "".join(
-            f"{check_header_name(k)}: {check_header_value(k, v)}\r\n" for k, v in static_headers
-        )
-        self._mailbox_cache: dict[tuple[str, str], str] = {}
+        self._static = "".join(_raw_field(check_header_name(k), v) for k, v in static_headers)
+        self._mailbox_cache: dict[tuple[str, str, str], str] = {}
         self._date_second = 0
         self._date = ""
 
-    def _mailbox(self, name: str, address: str, field: str) -> str:
-        key = (name, address)
+    def _mailbox(self, name: str, address: str, field: str, header: str) -> str:
+        key = (name, address, header)
         cached = self._mailbox_cache.get(key)
         if cached is None:
-            cached = format_mailbox(name, address, field=field)
+            cached = format_mailbox(name, address, field=field, header=header)
             if len(self._mailbox_cache) < 1024:
                 self._mailbox_cache[key] = cached
         return cached
@@ -150,20 +260,22 @@ class MimeWriter:
 
     def _headers(self, msg: OutgoingMessage, extra: Iterable[tuple[str, str]]) -> str:
         lines = [
-            f"From: {self._mailbox(msg.from_name, msg.from_address, 'from')}\r\n",
+            f"From: {self._mailbox(msg.from_name, msg.from_address, 'from', 'From')}\r\n",
             f"To: {normalize_address(msg.to)}\r\n",
         ]
         if msg.cc:
-            lines.append(f"Cc: {', '.join(normalize_address(a) for a in msg.cc)}\r\n")
+            cc = format_address_list("Cc", [normalize_address(a) for a in msg.cc])
+            lines.append(f"Cc: {cc}\r\n")
         if msg.reply_to:
-            lines.append(f"Reply-To: {self._mailbox('', msg.reply_to, 'reply_to')}\r\n")
+            reply_to = self._mailbox("", msg.reply_to, "reply_to", "Reply-To")
+            lines.append(f"Reply-To: {reply_to}\r\n")
         lines.append(f"Subject: {encode_unstructured('Subject', msg.subject)}\r\n")
         lines.append(f"Date: {self._now()}\r\n")
         lines.append(f"Message-ID: {self.message_id(msg)}\r\n")
         lines.append("MIME-Version: 1.0\r\n")
-        lines.append(f"{META_HEADER}: {check_header_value(META_HEADER, msg.meta)}\r\n")
+        lines.append(_raw_field(META_HEADER, msg.meta))
         for name, value in (*msg.headers, *extra):
-            lines.append(f"{check_header_name(name)}: {check_header_value(name, value)}\r\n")
+            lines.append(_raw_field(check_header_name(name), value))
         lines.append(self._static)
         lines.append(f'Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n\r\n')
         head = "".join(lines)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import Callable
+from email.header import decode_header, make_header
+from email.utils import parseaddr
 
 import pytest
 
@@ -89,6 +92,81 @@ def test_display_name_that_looks_like_an_encoded_word_is_shown_as_written() -> N
     name = "=?utf-8?q?Your_Bank?="
     data = MimeWriter(campaign_id="c").write(_msg(from_name=name))
     assert _parse(data)["From"].addresses[0].display_name == name
+
+
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def _head_fields(data: bytes) -> dict[str, str]:
+    """The header fields as written (folds kept), after checking the 78-octet lines of
+    RFC 5322 §2.1.1 and the 75-character encoded words of RFC 2047 §2."""
+    head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    fields: dict[str, str] = {}
+    name = ""
+    for line in head.split("\r\n"):
+        assert len(line) <= 78 or line.startswith(("X-CleverTap_META", "Subject")), line
+        assert len(line) <= 998
+        assert line.strip(), "a folded line that is only white space"
+        if line[0] in " \t":
+            fields[name] += "\r\n" + line
+        else:
+            name, _, value = line.partition(": ")
+            fields[name] = value
+    for field in fields.values():
+        assert all(len(word) <= 75 for word in _ENCODED_WORD.findall(field))
+    return fields
+
+
+def _display_name(field: str) -> tuple[str, str]:
+    """Display name and address per RFC 2047 §6.2 (white space between adjacent encoded
+    words is ignored); Python 3.11's header registry keeps it in a display name
+    (CPython gh-128110), so it cannot judge names of more than one encoded word."""
+    name, address = parseaddr(field.replace("\r\n", ""))
+    return str(make_header(decode_header(name))), address
+
+
+LONG_NAMES = [
+    ("Acme Deals Weekly " * 61).strip(),  # 1100 ASCII characters, folded between words
+    "A" * 1100,  # no place to fold: encoded words
+    ('Acme, "Deals" Inc. \\ ' * 50).strip(),  # a quoted string, folded inside
+    ("Zoë Ñandú Marketing " * 40).strip(),
+    "日本語のメール" * 40,
+    "=?utf-8?q?x?= " * 80,
+]
+
+
+@pytest.mark.parametrize("name", LONG_NAMES, ids=range(len(LONG_NAMES)))
+def test_long_display_names_fold_and_read_back(name: str) -> None:
+    data = MimeWriter(campaign_id="c").write(_msg(from_name=name))
+    assert _display_name(_head_fields(data)["From"]) == (name, "news@example.com")
+    parsed = _parse(data)["From"].addresses[0]
+    assert parsed.addr_spec == "news@example.com"
+    if name.isascii() and " " in name and "=?" not in name:  # no encoded word: see above
+        assert parsed.display_name == name
+
+
+def test_long_cc_list_is_folded_between_addresses() -> None:
+    cc = tuple(f"user{i}.with.a.longer.name@example.com" for i in range(40))
+    data = MimeWriter(campaign_id="c").write(_msg(cc=cc))
+    field = _head_fields(data)["Cc"]
+    assert field.count("\r\n ") >= 20
+    assert [a.addr_spec for a in _parse(data)["Cc"].addresses] == list(cc)
+
+
+@pytest.mark.parametrize("subject", [("Grüße – Angebot " * 30).strip(), "x" * 1100, "a " * 600])
+def test_long_subject_is_folded_in_short_encoded_words(subject: str) -> None:
+    data = MimeWriter(campaign_id="c").write(_msg(subject=subject))
+    _head_fields(data)
+    assert _parse(data)["Subject"] == subject
+
+
+def test_a_machine_read_header_longer_than_998_is_refused() -> None:
+    """X-CleverTap_META and friends are never folded or encoded (reference §7.3)."""
+    with pytest.raises(InvalidMessageError, match="998"):
+        MimeWriter(campaign_id="c").write(_msg(meta="a@example.com|" + "1" * 990 + "|"))
+    with pytest.raises(InvalidMessageError, match="998"):
+        MimeWriter(campaign_id="c").write(_msg(headers=(("X-Long", "v" * 991),)))
+    MimeWriter(campaign_id="c").write(_msg(headers=(("X-Long", "v" * 990),)))  # 998: allowed
 
 
 def test_display_name_with_specials_is_quoted() -> None:

@@ -180,6 +180,21 @@ def test_sendgrid_adds_smtpapi_unique_args(smtp: SmtpTestServer) -> None:
     }
 
 
+def test_long_header_fields_are_accepted_by_a_real_server(smtp: SmtpTestServer) -> None:
+    """40 Cc addresses, a 1100-character sender name and a long non-ASCII subject: each
+    went out on one line over 998 octets ("500 Line too long")."""
+    msg = _message()
+    msg.cc = tuple(f"user{i}.with.a.longer.name@example.com" for i in range(40))
+    msg.from_name = ("Acme Deals Weekly " * 61).strip()
+    msg.subject = ("Grüße – Angebot " * 60).strip()
+    [outcome] = asyncio.run(_send(_config(smtp.port, "none"), [msg]))
+    assert outcome.status is OutcomeStatus.SENT, outcome  # type: ignore[attr-defined]
+    parsed = smtp.messages[0].message
+    assert [a.addr_spec for a in parsed["Cc"].addresses] == list(msg.cc)
+    assert parsed["From"].addresses[0].display_name == msg.from_name
+    assert parsed["Subject"] == msg.subject
+
+
 def _sendgrid(port: int) -> dict[str, object]:
     return {"nickname": "sg", "kind": "sendgrid", "host": "127.0.0.1", "port": port,
             "security": "none", "username": ""}  # fmt: skip
