@@ -106,9 +106,10 @@ class ProviderBase(BaseModel):
     reply_to: str = ""
     preference_center: PreferenceCenter = "none"
     preference_center_url: str = ""
-    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100)
-    rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0)
-    daily_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    # Numbers are strict here and below: a JSON true is no port, "5" no count.
+    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100, strict=True)
+    rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0, strict=True)
+    daily_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
 
     @field_validator("from_name", "from_address", "reply_to")
     @classmethod
@@ -144,15 +145,16 @@ class SmtpFamilyBase(ProviderBase):
     default_security: ClassVar[Security] = "starttls"
 
     host: str = ""
-    port: int = Field(default=0, ge=0, le=65535)  # 0: the preset for `security`
+    port: int = Field(default=0, ge=0, le=65535, strict=True)  # 0: the preset for `security`
     security: Security | None = None
     username: str = ""
     password: SecretStr = SecretStr("")
-    timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0)
+    timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0, strict=True)
     # Skip certificate verification: only for tests and private relays with their own CA.
     tls_verify: bool = True
-    max_messages_per_connection: int = Field(default=0, ge=0, le=MAX_COUNT)  # 0: unlimited
-    max_recipients_per_message: int = Field(default=0, ge=0, le=MAX_COUNT)  # 0: unlimited
+    # 0: unlimited
+    max_messages_per_connection: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
+    max_recipients_per_message: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
 
     @property
     def effective_security(self) -> Security:
@@ -237,7 +239,7 @@ class SendgridConfig(SmtpFamilyBase):
     # Base64 DER public key of the Signed Event Webhook, as SendGrid shows it.
     webhook_public_key: str = ""
     # SendGrid's documented limit (reference §2.6): 100 messages per connection.
-    max_messages_per_connection: int = Field(default=100, ge=0, le=MAX_COUNT)
+    max_messages_per_connection: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
 
     @field_validator("webhook_public_key")
     @classmethod
@@ -259,8 +261,8 @@ class GmailConfig(SmtpFamilyBase):
     default_security: ClassVar[Security] = "tls"
     # Google Workspace limits (reference §3): 2,000 messages a day, 100 recipients each
     # over SMTP; the user may lower them.
-    daily_quota: int | None = Field(default=2000, ge=1, le=MAX_COUNT)
-    max_recipients_per_message: int = Field(default=100, ge=0, le=MAX_COUNT)
+    daily_quota: int | None = Field(default=2000, ge=1, le=MAX_COUNT, strict=True)
+    max_recipients_per_message: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
 
 
 class HttpConfig(ProviderBase):
@@ -278,8 +280,8 @@ class HttpConfig(ProviderBase):
     query: dict[str, str] = Field(default_factory=dict)
     body: JsonValue = None
     batch: bool = False
-    batch_size: int = Field(default=DEFAULT_HTTP_BATCH_SIZE, ge=1, le=1000)
-    timeout: float = Field(default=DEFAULT_HTTP_TIMEOUT, gt=0)
+    batch_size: int = Field(default=DEFAULT_HTTP_BATCH_SIZE, ge=1, le=1000, strict=True)
+    timeout: float = Field(default=DEFAULT_HTTP_TIMEOUT, gt=0, strict=True)
 
     @model_validator(mode="after")
     def _check_http(self) -> HttpConfig:

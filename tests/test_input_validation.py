@@ -213,3 +213,32 @@ def test_callback_settings_that_would_refuse_every_callback(
             assert api.put("/v1/providers/ses", json=body).status_code in (200, 201)
             warnings = api.get("/v1/providers/ses").json()["warnings"]
             assert any("sns_topic_arns" in w for w in warnings) is warned, warnings
+
+
+@covers("PUT /v1/providers/{nickname}")
+def test_provider_numbers_are_numbers(api_server: ApiServer, redis_client: redis.Redis) -> None:
+    """``"port": true`` was stored as port 1; a boolean or a string is no number."""
+    http = {
+        "kind": "http",
+        "endpoint": "http://127.0.0.1:9/send",
+        "body": {"to": "$$To", "s": "$$Subject", "n": "$$FromName", "a": "$$FromAddress",
+                 "h": "$$HTML"},
+    }  # fmt: skip
+    cases = [
+        (smtp_body(25), "port", True),
+        (smtp_body(25), "port", "587"),
+        (smtp_body(25), "max_connections", True),
+        (smtp_body(25), "daily_quota", False),
+        (smtp_body(25), "max_messages_per_connection", True),
+        (smtp_body(25), "max_recipients_per_message", 2.0),
+        (smtp_body(25), "rate_per_second", True),
+        (smtp_body(25), "timeout", True),
+        (http, "batch_size", True),
+    ]
+    with api_client(api_server) as api:
+        for base, field, value in cases:
+            assert_refused(api.put("/v1/providers/p", json={**base, field: value}), field)
+        numbers = {"port": 2525, "max_connections": 2, "rate_per_second": 5, "timeout": 2.5}
+        saved = api.put("/v1/providers/p", json={**smtp_body(25), **numbers})
+        assert saved.status_code == 201, saved.text
+        assert {k: saved.json()[k] for k in numbers} == {**numbers, "rate_per_second": 5.0}
