@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,25 +77,42 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """API, worker and beat in the foreground on one (embedded, if unset) Redis."""
-    from dispatch.crypto import ensure_secret_key
-    from dispatch.redis_server import ensure_redis_url
+    """API, worker and beat in the foreground on one (embedded, if unset) Redis.
 
+    An embedded Redis is recorded for the other commands (``dispatch providers add`` in
+    another shell) while this runs; SIGTERM stops it as Ctrl-C does.
+    """
+    from dispatch.crypto import ensure_secret_key
+    from dispatch.redis_server import ensure_redis_url, forget_running_up, record_running_up
+    from dispatch.settings import get_settings
+
+    generated_key = not get_settings().secret_key.get_secret_value()
     ensure_redis_url()
     ensure_secret_key()
+    key = get_settings().secret_key.get_secret_value() if generated_key else ""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop
     exe = [sys.executable, "-m", "dispatch.cli"]
-    procs = [
-        subprocess.Popen([*exe, "worker"]),
-        subprocess.Popen([*exe, "beat"]),
-        subprocess.Popen([*exe, "api", "--host", args.host, "--port", str(args.port)]),
-    ]
-    print(f"dispatch is up: API on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    verbs = [["worker"], ["beat"], ["api", "--host", args.host, "--port", str(args.port)]]
+    procs: list[subprocess.Popen[bytes]] = []
+    running = None
     try:
+        procs += [subprocess.Popen([*exe, *verb]) for verb in verbs]
+        try:
+            running = record_running_up(secret_key=key)
+        except OSError as exc:
+            print(f"warning: other commands will not find this Redis: {exc}", file=sys.stderr)
+        where = "" if running is None else f", embedded Redis at {running.redis_url}"
+        print(
+            f"dispatch is up: API on http://{args.host}:{args.port}{where} (Ctrl-C stops)",
+            file=sys.stderr,
+        )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        if running is not None:
+            forget_running_up(running)
         for p in procs:
             p.terminate()
         for p in procs:
@@ -280,6 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
 # Verbs that run as services (or the demo) log JSON lines; the short ones keep Python's
 # default (warnings to stderr), and leave logging alone when they run inside a host.
 SERVICE_VERBS = frozenset({"api", "up", "demo"})  # worker and beat: Celery's setup_logging
+# Verbs that bring their own embedded Redis when DISPATCH_REDIS_URL is unset; the others
+# use the one of a running `dispatch up` if there is one (else they start their own too).
+OWN_REDIS_VERBS = frozenset({"up", "demo"})
+
+
+def _join_running_up() -> None:
+    """Use the embedded Redis of a running ``dispatch up``, and say so."""
+    from dispatch.redis_server import join_running_up, state_file
+
+    running = join_running_up()
+    if running is not None:
+        print(
+            f"dispatch: using the Redis of the running `dispatch up` (pid {running.pid}) at "
+            f"{running.redis_url}, recorded in {state_file()}",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if args.command not in OWN_REDIS_VERBS:
+        _join_running_up()
     result: int = args.func(args)
     return result
 

@@ -1,8 +1,14 @@
-"""An embedded, real Redis server for a process tree with no ``DISPATCH_REDIS_URL``."""
+"""An embedded, real Redis server for a process tree with no ``DISPATCH_REDIS_URL``.
+
+A running ``dispatch up`` records its embedded server in a small per-user state file, so
+that the other ``dispatch`` commands (in other shells) use it instead of a throwaway
+server of their own (:func:`record_running_up`, :func:`join_running_up`).
+"""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
@@ -13,11 +19,14 @@ import time
 from pathlib import Path
 
 import redis
+from pydantic import BaseModel, ConfigDict
 
 from dispatch.settings import get_settings
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 10.0
+STATE_FILE_NAME = "up.json"
+PROBE_TIMEOUT = 1.0  # seconds a recorded server may take to answer
 
 
 def find_redis_server() -> str:
@@ -146,3 +155,117 @@ def ensure_redis_url() -> str:
     atexit.register(_embedded.stop)
     log.info("started embedded Redis at %s", _embedded.url)
     return _embedded.url
+
+
+class RunningUp(BaseModel):
+    """What a running ``dispatch up`` records of itself for the other commands.
+
+    ``run_id`` is the Redis server's own (``INFO server``: new at every start), so a
+    recorded URL whose port another server has taken since is not mistaken for it.
+    ``secret_key`` is set only when ``up`` generated its key for the run: secrets that
+    other commands save must be readable by the service.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: str
+    run_id: str
+    pid: int
+    secret_key: str = ""
+
+
+def state_file() -> Path:
+    """Where a running ``dispatch up`` is recorded: per user, in ``$XDG_RUNTIME_DIR``
+    (private to the user, cleared at logout) or else ``~/.cache``."""
+    # The platform's per-user folder, not a dispatch setting (those are in settings.py).
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path.home() / ".cache"
+    return base / "dispatch" / STATE_FILE_NAME
+
+
+def _run_id(url: str) -> str | None:
+    """The ``run_id`` of the Redis server at ``url``, or None when none answers."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT
+    )
+    try:
+        return str(client.info("server")["run_id"])
+    except (redis.RedisError, KeyError):
+        return None
+    finally:
+        client.close()
+
+
+def record_running_up(secret_key: str = "") -> RunningUp | None:
+    """Record this process's embedded Redis in :func:`state_file` (mode 0600); None,
+    and nothing recorded, when it has none (``DISPATCH_REDIS_URL`` names the server).
+
+    Raises ``OSError`` when the file cannot be written.
+    """
+    if _embedded is None:
+        return None
+    run_id = _run_id(_embedded.url)
+    if run_id is None:
+        return None
+    state = RunningUp(
+        redis_url=_embedded.url, run_id=run_id, pid=os.getpid(), secret_key=secret_key
+    )
+    path = state_file()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(state.model_dump_json())
+    partial.replace(path)  # readers never see half a file
+    return state
+
+
+def forget_running_up(state: RunningUp) -> None:
+    """Remove the record of ``state``, unless another ``up`` has recorded itself since."""
+    path = state_file()
+    if _read_state(path) == state:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _read_state(path: Path) -> RunningUp | None:
+    try:
+        return RunningUp.model_validate_json(path.read_bytes())
+    except (OSError, ValueError):  # none, or not one of ours: nothing runs
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, someone else's
+    return True
+
+
+def running_up() -> RunningUp | None:
+    """The recorded ``dispatch up``, if it still runs and its Redis answers as itself."""
+    state = _read_state(state_file())
+    if state is None or not _alive(state.pid) or _run_id(state.redis_url) != state.run_id:
+        return None
+    return state
+
+
+def join_running_up() -> RunningUp | None:
+    """With no ``DISPATCH_REDIS_URL``, use the embedded Redis of a running ``dispatch up``
+    (and its generated secret key) for this process tree; None, and nothing changed,
+    when a URL is set or no ``up`` runs (then :func:`ensure_redis_url` starts a server).
+    """
+    settings = get_settings()
+    if settings.redis_url:
+        return None
+    state = running_up()
+    if state is None:
+        return None
+    os.environ["DISPATCH_REDIS_URL"] = state.redis_url
+    if state.secret_key and not settings.secret_key.get_secret_value():
+        os.environ["DISPATCH_SECRET_KEY"] = state.secret_key
+    get_settings.cache_clear()
+    return state

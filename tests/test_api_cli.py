@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import yaml
 
 from dispatch.cli import main
+from dispatch.redis_server import RedisServer, RunningUp, running_up, state_file
 from tests.api_support import smtp_body
+from tests.conftest import API_TOKEN
 from tests.helpers import recipients
-from tests.smtp_server import SmtpTestServer
-from tests.worker import WorkerProcess
+from tests.smtp_server import SmtpTestServer, free_port
+from tests.worker import WorkerProcess, wait_for
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -88,3 +96,106 @@ def test_send_follow_status_and_suppressions(
         bad.write_text(json.dumps({"id": "cli-2", "provider": "local", "subject": "s"}))
         code, _, err = run(capsys, "send", str(bad))
         assert code == 2 and "html" in err
+
+
+def dispatch_cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """``dispatch *argv`` in a process of its own ("another shell")."""
+    cmd = [sys.executable, "-m", "dispatch.cli", *argv]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_commands_in_another_shell_use_the_redis_of_a_running_up(tmp_path: Path) -> None:
+    """README "Using it": ``dispatch up`` on an embedded Redis in one shell, ``dispatch
+    providers add`` in another, neither with DISPATCH_REDIS_URL: the provider reaches the
+    running service (its secret too: ``up`` generated the key)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env |= {  # the state file goes to a folder of the test, never to the real home
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "HOME": str(tmp_path / "home"),
+        "DISPATCH_API_TOKENS": API_TOKEN,
+        "DISPATCH_LOG_LEVEL": "WARNING",
+    }
+    state = tmp_path / "run" / "dispatch" / "up.json"
+    port = free_port()
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", "up", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, to clean up after a failure
+    )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
+
+    def api_answers() -> bool:
+        try:
+            return api.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        with SmtpTestServer(credentials=("mailer", "s3cret")) as smtp:
+            wait_for(lambda: state.exists() and api_answers(), timeout=90)
+            recorded = json.loads(state.read_text())["redis_url"]
+            config = tmp_path / "provider.yaml"
+            body = smtp_body(smtp.port, username="mailer", password="s3cret")
+            config.write_text(yaml.safe_dump({"nickname": "shared", **body}))
+
+            added = dispatch_cli(env, "providers", "add", str(config))
+            assert added.returncode == 0, added.stderr
+            assert "using the Redis of the running `dispatch up`" in added.stderr
+            assert recorded in added.stderr
+
+            seen = api.get("/v1/providers/shared")
+            assert seen.status_code == 200, seen.text
+            assert seen.json()["port"] == smtp.port
+            sent = api.post("/v1/providers/shared/test", json={"to": "ops@example.com"})
+            assert sent.json() == {"ok": True, "error": None, "detail": "accepted"}
+            listed = dispatch_cli(env, "providers", "list")
+            assert [p["nickname"] for p in json.loads(listed.stdout)] == ["shared"]
+    finally:
+        api.close()
+        up.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            up.wait(timeout=60)
+        try:  # what `up` started must have stopped with it; never leave it running
+            os.killpg(up.pid, 0)
+            left_running = True
+            os.killpg(up.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            left_running = False
+        up.wait()
+        log.close()
+    assert (up.returncode, left_running) == (0, False), (tmp_path / "up.log").read_text()
+    assert not state.exists()
+
+    # No `up` any more: a command runs on a throwaway Redis of its own, as before.
+    alone = dispatch_cli(env, "providers", "list")
+    assert (alone.returncode, json.loads(alone.stdout)) == (0, [])
+    assert "using the Redis" not in alone.stderr
+
+
+def test_a_record_is_trusted_only_while_its_up_and_its_redis_run(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale record (``up`` killed, or its port taken by another Redis since) is not
+    followed: the command then starts its own Redis, as without any record."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    run_id = str(redis.Redis.from_url(redis_server.url).info("server")["run_id"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+
+    def recorded(**fields: object) -> RunningUp | None:
+        state = {"redis_url": redis_server.url, "run_id": run_id, "pid": os.getpid()}
+        state_file().parent.mkdir(parents=True, exist_ok=True)
+        state_file().write_text(json.dumps(state | fields))
+        return running_up()
+
+    assert recorded() == RunningUp(redis_url=redis_server.url, run_id=run_id, pid=os.getpid())
+    assert recorded(run_id="0" * 40) is None  # another server on that port
+    assert recorded(pid=int(dead.stdout)) is None  # `up` is gone
+    assert recorded(redis_url=f"redis://127.0.0.1:{free_port()}/0") is None  # nothing answers
+    state_file().write_text("{not json")
+    assert running_up() is None
