@@ -183,6 +183,18 @@ class CampaignRequest(CampaignFields):
             raise ValueError("html or text: a campaign needs a body")
         return self
 
+    @model_validator(mode="after")
+    def _expires_after_it_starts(self) -> CampaignRequest:
+        """A campaign that expires before it may send would end with every message
+        ``expired``."""
+        if self.expires_at is None:
+            return self
+        if self.send_at is not None and self.expires_at <= self.send_at:
+            raise ValueError(f"expires_at: must be later than send_at ({self.send_at})")
+        if self.expires_at <= utcnow():
+            raise ValueError("expires_at: must be in the future")
+        return self
+
     def content(self, campaign_id: str) -> CampaignContent:
         """The campaign without its recipients, under ``campaign_id``."""
         data = self.model_dump(exclude={"recipients", "draft", "id"})

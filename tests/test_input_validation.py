@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -242,3 +243,25 @@ def test_provider_numbers_are_numbers(api_server: ApiServer, redis_client: redis
         saved = api.put("/v1/providers/p", json={**smtp_body(25), **numbers})
         assert saved.status_code == 201, saved.text
         assert {k: saved.json()[k] for k in numbers} == {**numbers, "rate_per_second": 5.0}
+
+
+@covers("POST /v1/campaigns")
+def test_a_campaign_cannot_expire_before_it_may_send(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """It would end ``completed`` (or ``expired``) with every message expired."""
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    with api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+        for fields in (
+            {"expires_at": (now - hour).isoformat()},
+            {"send_at": (now + 2 * hour).isoformat(), "expires_at": (now + hour).isoformat()},
+            {"send_at": (now + hour).isoformat(), "expires_at": (now + hour).isoformat()},
+        ):
+            answer = api.post("/v1/campaigns", json=draft("exp-1", **fields))
+            assert_refused(answer, "expires_at")
+        later = {"send_at": (now + hour).isoformat(), "expires_at": (now + 2 * hour).isoformat()}
+        assert api.post("/v1/campaigns", json=draft("exp-2", **later)).status_code == 201
+        soon = {"expires_at": (now + hour).isoformat()}
+        assert api.post("/v1/campaigns", json=draft("exp-3", **soon)).status_code == 201
