@@ -198,7 +198,7 @@ def cmd_providers_test(args: argparse.Namespace) -> int:
 
     try:
         config = load_provider(args.nickname)
-        result = asyncio.run(send_test_email(config, args.to))
+        result = asyncio.run(send_test_email(config, args.to, vars=dict(args.var)))
     except ProviderNotFoundError:
         print(f"error: no provider {args.nickname!r}", file=sys.stderr)
         return 2
@@ -238,6 +238,14 @@ def cmd_suppressions_remove(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------
+
+
+def _var(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` as a pair; raises ``argparse.ArgumentTypeError`` without ``=``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("test", help="send one real test message through a provider")
     p.add_argument("nickname")
     p.add_argument("--to", required=True, help="the address that gets the test message")
+    p.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        type=_var,
+        metavar="NAME=VALUE",
+        help="a recipient var for the $$NAME placeholders of an HTTP payload (repeatable)",
+    )
     p.set_defaults(func=cmd_providers_test)
 
     supp = sub.add_parser("suppressions", help="manage the suppression list")

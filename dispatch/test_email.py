@@ -5,20 +5,27 @@ provider really took a message: host, port, security, credentials and sender all
 Failures are named with the error classes of DESIGN §2 (``SMTP connection error``,
 ``SMTP invalid email ID``, ``SMTP dispatching failed``, ``SMTP timeout``,
 ``Dispatch failed``).
+
+A Generic HTTP payload may use custom ``$$`` placeholders; the test request's ``vars``
+fill them, as a recipient's vars fill them in a campaign.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from dispatch.settings import Settings, get_settings
 from providers.addresses import normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import HttpConfig, ProviderBase
 from providers.errors import ErrorClass, ProviderError
+from providers.http_config import placeholder_usage
+from providers.placeholders import is_custom
 from providers.registry import build_transport
 
 TEST_CAMPAIGN_PREFIX = "test-"
@@ -42,8 +49,14 @@ def _timeout_class(config: ProviderBase) -> ErrorClass:
     return ErrorClass.DISPATCH_FAILED_HTTP if isinstance(config, HttpConfig) else ErrorClass.TIMEOUT
 
 
-def build_test_message(config: ProviderBase, to: str, settings: Settings) -> OutgoingMessage:
-    """The test message for ``config``; raises ``InvalidAddressError`` for a bad ``to``."""
+def build_test_message(
+    config: ProviderBase, to: str, settings: Settings, vars: Mapping[str, Any] | None = None
+) -> OutgoingMessage:
+    """The test message for ``config``; raises ``InvalidAddressError`` for a bad ``to``.
+
+    ``vars`` fill custom placeholders at both levels: the test message is its campaign's
+    only recipient, so a batch payload's globals take them as campaign vars.
+    """
     address = normalize_address(to)
     campaign_id = f"{TEST_CAMPAIGN_PREFIX}{secrets.token_hex(4)}"
     day = datetime.now(UTC).strftime("%Y%m%d")
@@ -67,7 +80,16 @@ def build_test_message(config: ProviderBase, to: str, settings: Settings) -> Out
         from_address=config.from_address,
         from_name=config.from_name,
         reply_to=config.reply_to,
+        user_vars=vars or {},
+        campaign_vars=vars or {},
     )
+
+
+def _missing_vars(config: ProviderBase, vars: Mapping[str, Any]) -> list[str]:
+    """The custom placeholders of an HTTP payload that ``vars`` leave without a value."""
+    if not isinstance(config, HttpConfig):
+        return []
+    return sorted(n for n in placeholder_usage(config).every if is_custom(n) and n not in vars)
 
 
 def _verdict(outcome: SendOutcome) -> TestEmailResult:
@@ -86,14 +108,21 @@ async def send_test_email(
     config: ProviderBase,
     to: str,
     *,
+    vars: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
     deadline: float = DEFAULT_DEADLINE_SECONDS,
 ) -> TestEmailResult:
-    """Send one test message through ``config`` to ``to``; never raises for the provider's
-    failures (they are the answer), only ``InvalidAddressError`` for a bad ``to``.
+    """Send one test message through ``config`` to ``to``, ``vars`` as its recipient's;
+    never raises for the provider's failures (they are the answer), only
+    ``InvalidAddressError`` for a bad ``to``.
     """
     settings = settings or get_settings()
-    message = build_test_message(config, to, settings)
+    message = build_test_message(config, to, settings, vars)
+    missing = _missing_vars(config, vars or {})
+    if missing:  # the message could not be built: nothing to send
+        names = ", ".join(f"$${name}" for name in missing)
+        detail = f'no value for {names}: give it in "vars" (as a recipient\'s vars)'
+        return TestEmailResult(False, ErrorClass.INVALID_MESSAGE.value, detail)
     transport = build_transport(config, allow_private_endpoints=settings.allow_private_endpoints)
 
     async def exchange() -> TestEmailResult:
