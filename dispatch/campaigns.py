@@ -79,7 +79,7 @@ def validation_problems(
     The field is the dotted location (``recipients.3.email``) without ``drop_prefix``
     (the tag a discriminated union puts in front, ``smtp.port``); a model-level error
     whose message starts with ``name:`` or ``name or other:`` (our validators'
-    convention) is attributed to ``name``.
+    convention) is attributed to ``name`` (and ``name:`` leaves the message).
     """
     out: list[tuple[str, str]] = []
     for err in errors:
@@ -90,10 +90,12 @@ def validation_problems(
         elif drop_prefix and tuple(loc[: len(drop_prefix)]) == drop_prefix:
             loc = loc[len(drop_prefix) :]
         if not loc:
-            head, sep, _ = message.partition(":")
+            head, sep, rest = message.partition(":")
             words = head.split()
             if sep and words and words[0].isidentifier():
                 loc = [words[0]]  # "html or text: ..." is about html first
+                if len(words) == 1:
+                    message = rest.strip()  # the field is named once, by ``field``
         out.append((".".join(loc) or "body", message))
     return out
 
@@ -624,7 +626,9 @@ def start_campaign(
     content = load_content(campaign_id, r)
     status = get_status(campaign_id, r)
     if status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
-        raise CampaignStateError(f"campaign {campaign_id!r} is {status}, cannot start")
+        raise CampaignStateError(
+            f"campaign {campaign_id!r} is {status}: it cannot be started", field="status"
+        )
     now = datetime.now(UTC)
     if content.send_at is not None and content.send_at > now:
         r.hset(store.campaign_key(campaign_id), "status", CampaignStatus.SCHEDULED.value)

@@ -180,7 +180,7 @@ class CampaignRequest(CampaignFields):
     @model_validator(mode="after")
     def _needs_a_body(self) -> CampaignRequest:
         if not self.html and not self.text:
-            raise ValueError("html or text: a campaign needs a body")
+            raise ValueError("html: a campaign needs a body (html or text)")
         return self
 
     @model_validator(mode="after")

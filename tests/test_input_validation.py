@@ -16,6 +16,7 @@ from dispatch import store
 from dispatch.provider_store import save_provider
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, save_smtp_provider, smtp_body
+from tests.conftest import API_TOKEN
 from tests.smtp_server import SmtpTestServer
 
 
@@ -36,6 +37,8 @@ def assert_refused(answer: Any, field: str) -> dict[str, Any]:
     error: dict[str, Any] = answer.json()
     assert set(error) == {"detail", "field", "errors"}, error
     assert error["field"] == field, error
+    assert error["detail"].startswith(f"{field}: "), error  # named once, first
+    assert error["errors"] and error["errors"][0]["field"] == field, error
     return error
 
 
@@ -199,6 +202,7 @@ def test_callback_settings_that_would_refuse_every_callback(
     rsa_der = rsa_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     sender = {"from_address": "deals@acme.example"}
     with api_client(api_server) as api:
+        body: dict[str, Any]
         for bad in ("abc", "notbase64!!", base64.b64encode(rsa_der).decode()):
             body = {"kind": "sendgrid", "webhook_public_key": bad, **sender}
             assert_refused(api.put("/v1/providers/sg", json=body), "webhook_public_key")
@@ -265,3 +269,50 @@ def test_a_campaign_cannot_expire_before_it_may_send(
         assert api.post("/v1/campaigns", json=draft("exp-2", **later)).status_code == 201
         soon = {"expires_at": (now + hour).isoformat()}
         assert api.post("/v1/campaigns", json=draft("exp-3", **soon)).status_code == 201
+
+
+@covers(
+    "GET /v1/campaigns",
+    "POST /v1/campaigns",
+    "PUT /v1/providers/{nickname}",
+    "POST /v1/campaigns/{campaign_id}/start",
+    "POST /v1/campaigns/{campaign_id}/pause",
+)
+def test_every_api_error_has_the_same_shape(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """``{"detail": "<field>: <message>", "field", "errors"}`` (README), whatever the
+    status and whoever raised it; the callbacks keep their own answers (DESIGN §6)."""
+    with api_client(api_server, token=None) as anonymous:
+        for token in (None, "wrong-token"):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            answer = anonymous.get("/v1/campaigns", headers=headers)
+            assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+            error = answer.json()
+            assert error["field"] == "authorization" and error["detail"].startswith(
+                "authorization: "
+            ), error
+            assert [e["field"] for e in error["errors"]] == ["authorization"]
+
+    with api_client(api_server, token=API_TOKEN) as api:
+        not_utf8 = b'{"kind": "sm\xe9tp"}'
+        json_type = {"Content-Type": "application/json"}
+        for method, path in (("POST", "/v1/campaigns"), ("PUT", "/v1/providers/local")):
+            answer = api.request(method, path, content=not_utf8, headers=json_type)
+            assert_refused(answer, "body")
+
+        error = assert_refused(api.put("/v1/providers/local", json={"kind": "smtp"}), "host")
+        assert error["detail"] == "host: required for this kind"
+        assert error["errors"] == [{"field": "host", "message": "required for this kind"}]
+
+        save_smtp_provider(api, smtp.port)
+        assert api.post("/v1/campaigns", json=draft("shape-1")).status_code == 201
+        assert api.post("/v1/campaigns/shape-1/cancel").status_code == 200
+        for operation in ("start", "pause"):
+            answer = api.post(f"/v1/campaigns/shape-1/{operation}")
+            assert answer.status_code == 409, answer.text
+            error = answer.json()
+            assert error["field"] == "status" and error["detail"].startswith("status: "), error
+
+        callback = api.put("/v1/callbacks/local/some-token")
+        assert callback.status_code == 405 and callback.json() == {"detail": "Method Not Allowed"}

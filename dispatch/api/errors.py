@@ -1,14 +1,19 @@
 """JSON error answers of the /v1 API: the one place domain exceptions become HTTP statuses.
 
 Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "errors":
-[{"field", "message"}, ...]}`` (:class:`dispatch.api.schemas.ErrorBody`):
+[{"field", "message"}, ...]}`` (:class:`dispatch.api.schemas.ErrorBody`); with a
+``field``, ``detail`` reads ``"<field>: <message>"`` and ``errors`` lists each problem:
 
-* 422: an invalid body, query or path value (``field`` names it, dotted:
-  ``recipients.3.email``), an invalid provider configuration, an invalid campaign
-  (unknown template variable or placeholder: ``field`` names it);
-* 409: the campaign id is taken by other content, or the operation does not fit the
-  campaign's status;
-* 404: no such campaign, provider or suppression.
+* 422: an invalid body (one that is not JSON, or not UTF-8, too), query or path value
+  (``field`` names it, dotted: ``recipients.3.email``), an invalid provider
+  configuration, an invalid campaign (unknown template variable or placeholder:
+  ``field`` names it);
+* 409: the campaign id is taken by other content (``id``), or the operation does not
+  fit the campaign's status (``status``);
+* 404: no such campaign, provider or suppression; 401: no valid bearer token
+  (``authorization``).
+
+The callback routes answer in the shapes of DESIGN §6 instead, and pages as pages.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatch.api.schemas import ErrorBody, FieldProblem
 from dispatch.campaigns import (
@@ -32,6 +39,7 @@ from dispatch.campaigns import (
 from dispatch.provider_store import ProviderNotFoundError
 
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
+_CALLBACKS = "/v1/callbacks/"  # their answers are fixed by DESIGN §6
 
 
 class InvalidFieldError(ValueError):
@@ -51,10 +59,22 @@ class NotFoundError(LookupError):
 
 
 def error_response(
-    status_code: int, detail: str, field: str | None = None, problems: Iterable[FieldProblem] = ()
+    status_code: int,
+    message: str,
+    field: str | None = None,
+    problems: Iterable[FieldProblem] = (),
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body = ErrorBody(detail=detail, field=field, errors=list(problems))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
+    """The error body; ``message`` is what is wrong with ``field`` (named once in
+    ``detail``), ``problems`` each problem (default: that one)."""
+    errors = list(problems)
+    detail = message
+    if field:
+        message = message.removeprefix(f"{field}: ")
+        detail = f"{field}: {message}"
+        errors = errors or [FieldProblem(field=field, message=message)]
+    body = ErrorBody(detail=detail, field=field, errors=errors)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
 def _unprocessable(
@@ -65,10 +85,10 @@ def _unprocessable(
         for f, m in validation_problems(errors, drop_prefix=drop_prefix)
     ]
     first = problems[0] if problems else FieldProblem(field="body", message="invalid")
-    detail = f"{first.field}: {first.message}"
+    message = first.message
     if len(problems) > 1:
-        detail += f" (and {len(problems) - 1} more)"
-    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, first.field, problems)
+        message += f" (and {len(problems) - 1} more)"
+    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, first.field, problems)
 
 
 def invalid_provider(exc: ValidationError, kind: str) -> JSONResponse:
@@ -101,17 +121,28 @@ async def _campaign_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, CampaignConflictError | CampaignStateError)
         else status.HTTP_422_UNPROCESSABLE_CONTENT
     )
-    field = exc.field or None
-    problems = [FieldProblem(field=field, message=str(exc))] if field else []
-    return error_response(code, str(exc), field, problems)
+    return error_response(code, str(exc), exc.field or None)
 
 
 async def _invalid_field(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidFieldError)
-    problem = FieldProblem(field=exc.field, message=str(exc))
-    return error_response(
-        status.HTTP_422_UNPROCESSABLE_CONTENT, f"{exc.field}: {exc}", exc.field, [problem]
-    )
+    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), exc.field)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's and Starlette's own errors (401 from the token check, unknown routes,
+    a body that cannot be read) in the API's shape; other paths keep theirs."""
+    assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path
+    if not path.startswith("/v1/") or path.startswith(_CALLBACKS):
+        return await http_exception_handler(request, exc)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.__cause__ is not None:
+        # FastAPI could not read the body at all (not UTF-8, say): invalid input too.
+        return error_response(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"not readable as JSON: {exc.__cause__}", "body"
+        )
+    field = "authorization" if exc.status_code == status.HTTP_401_UNAUTHORIZED else None
+    return error_response(exc.status_code, str(exc.detail), field, headers=exc.headers)
 
 
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -125,6 +156,7 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(ValidationError, _pydantic_validation)
     app.add_exception_handler(CampaignError, _campaign_error)
