@@ -94,6 +94,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     exe = [sys.executable, "-m", "dispatch.cli"]
     verbs = [["worker"], ["beat"], ["api", "--host", args.host, "--port", str(args.port)]]
     procs: list[subprocess.Popen[bytes]] = []
+    status = 0
     running = None
     try:
         procs += [subprocess.Popen([*exe, *verb]) for verb in verbs]
@@ -106,8 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"dispatch is up: API on http://{args.host}:{args.port}{where} (Ctrl-C stops)",
             file=sys.stderr,
         )
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        status = _supervise(procs, [[*exe, *verb] for verb in verbs])
     except KeyboardInterrupt:
         pass
     finally:
@@ -117,7 +117,34 @@ def cmd_up(args: argparse.Namespace) -> int:
             p.terminate()
         for p in procs:
             p.wait(timeout=20)
-    return 0
+    return status
+
+
+QUICK_EXIT_SECONDS = 30  # a process that ran shorter than this exited "at once"
+QUICK_EXITS_ALLOWED = 5  # in a row, before ``up`` gives up
+
+
+def _supervise(procs: list[subprocess.Popen[bytes]], commands: list[list[str]]) -> int:
+    """Start again a process of ``up`` that exits (as compose's ``restart`` does): a
+    Celery worker can exit when its broker connection breaks, e.g. when Redis restarts.
+    Returns 1 when one keeps exiting at once (its log says why)."""
+    started = [time.monotonic()] * len(procs)
+    quick = [0] * len(procs)
+    while True:
+        time.sleep(0.5)
+        for i, proc in enumerate(procs):
+            code = proc.poll()
+            if code is None:
+                continue
+            quick[i] = quick[i] + 1 if time.monotonic() - started[i] < QUICK_EXIT_SECONDS else 1
+            what = f"dispatch up: the {commands[i][3]} exited (code {code})"
+            if quick[i] > QUICK_EXITS_ALLOWED:
+                print(f"{what} {quick[i]} times in a row at once: stopping", file=sys.stderr)
+                return 1
+            print(f"{what}: starting it again", file=sys.stderr)
+            time.sleep(min(2 ** (quick[i] - 1), 10))  # 1, 2, 4, 8, 10 s: no tight loop
+            procs[i] = subprocess.Popen(commands[i])
+            started[i] = time.monotonic()
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -104,6 +104,20 @@ def dispatch_cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
 def test_commands_in_another_shell_use_the_redis_of_a_running_up(tmp_path: Path) -> None:
     """README "Using it": ``dispatch up`` on an embedded Redis in one shell, ``dispatch
     providers add`` in another, neither with DISPATCH_REDIS_URL: the provider reaches the
@@ -155,6 +169,16 @@ def test_commands_in_another_shell_use_the_redis_of_a_running_up(tmp_path: Path)
             assert sent.json() == {"ok": True, "error": None, "detail": "accepted"}
             listed = dispatch_cli(env, "providers", "list")
             assert [p["nickname"] for p in json.loads(listed.stdout)] == ["shared"]
+
+            # A worker that exits (Celery's can, when Redis restarts) is started again.
+            (worker,) = (pid for pid in _children(up.pid) if "worker" in _cmdline(pid))
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: worker not in _children(up.pid), timeout=30)
+            wait_for(lambda: any("worker" in _cmdline(p) for p in _children(up.pid)), timeout=30)
+            body = {"provider": "shared", "subject": "s", "html": "h", "recipients": [
+                {"email": "after-restart@example.com"}]}  # fmt: skip
+            cid = api.post("/v1/campaigns", json=body).json()["id"]
+            wait_for(lambda: api.get(f"/v1/campaigns/{cid}").json()["sent"] == 1, timeout=60)
     finally:
         api.close()
         up.send_signal(signal.SIGTERM)
