@@ -196,7 +196,7 @@ def _check_subject_text(subject: str) -> None:
 
 def _names_from_recipients(request: CampaignRequest, compiled: CompiledContent) -> set[str]:
     """The template names only recipients' vars can fill."""
-    return compiled.variables - set(request.vars) - SERVICE_NAMES
+    return compiled.required - set(request.vars) - SERVICE_NAMES
 
 
 def _check_template_names(request: CampaignRequest, compiled: CompiledContent) -> None:
@@ -362,7 +362,7 @@ class RecipientChecker:
             )
         except RenderError as exc:  # the content was checked when it was stored
             raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
-        self.required = frozenset(compiled.variables - set(content.vars) - SERVICE_NAMES)
+        self.required = frozenset(compiled.required - set(content.vars) - SERVICE_NAMES)
         # The http kind's per-message $$ placeholders that only recipients can fill.
         self.placeholders: frozenset[str] = frozenset()
         if isinstance(provider, HttpConfig):

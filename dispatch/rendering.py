@@ -9,6 +9,7 @@ is refused if it renders with a line break.
 from __future__ import annotations
 
 import html as html_lib
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import escape
 
 from providers.base import ALL_CONTENT_PARTS
+
+log = logging.getLogger(__name__)
 
 _HTML_ENV = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
 _TEXT_ENV = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
@@ -103,7 +106,59 @@ def derive_text_template(html: str) -> str | None:
     survivors = {int(m) for m in _MARKER.findall(text)}
     if not blocks <= survivors:
         return None  # a block tag sat inside an HTML tag: its structure would be lost
-    return _MARKER.sub(lambda m: segments[int(m.group(1))], text)
+    out = []
+    for i, piece in enumerate(_MARKER.split(text)):  # static text, segment, static, ...
+        if i % 2:
+            out.append(segments[int(piece)])
+        elif "{" in piece:  # unescaped entities (&#123;) must stay text, not become Jinja
+            if "endraw" in piece:
+                return None
+            out.append("{% raw %}" + piece + "{% endraw %}")
+        else:
+            out.append(piece)
+    return "".join(out)
+
+
+_GUARDS = {"default", "d"}  # filters that stand in for a missing value
+_DEFINED_TESTS = {"defined", "undefined"}
+
+
+def _required_names(ast: nodes.Template) -> set[str]:
+    """The names a template reads that it cannot render without (StrictUndefined): all
+    but those it only reads through ``default``, in a ``defined``/``undefined`` test, or
+    under an ``if`` whose test holds one of those (then it is the author's logic)."""
+    needed: set[str] = set()
+
+    def guards(test: nodes.Node) -> bool:
+        found = [test, *test.find_all((nodes.Filter, nodes.Test))]  # (find_all: below it)
+        return any(
+            (isinstance(n, nodes.Filter) and n.name in _GUARDS)
+            or (isinstance(n, nodes.Test) and n.name in _DEFINED_TESTS)
+            for n in found
+        )
+
+    def visit(node: nodes.Node, guarded: bool) -> None:
+        if isinstance(node, nodes.Filter) and node.name in _GUARDS:
+            if isinstance(node.node, nodes.Name):  # the name itself may be missing
+                for child in node.iter_child_nodes(exclude=("node",)):
+                    visit(child, guarded)
+                return
+        elif isinstance(node, nodes.Test) and node.name in _DEFINED_TESTS:
+            if isinstance(node.node, nodes.Name):
+                return
+        elif isinstance(node, nodes.If):
+            inner = guarded or guards(node.test)  # (``x is defined and x``: both guarded)
+            visit(node.test, inner)
+            for child in (*node.body, *node.elif_, *node.else_):
+                visit(child, inner)
+            return
+        elif isinstance(node, nodes.Name) and node.ctx == "load" and not guarded:
+            needed.add(node.name)
+        for child in node.iter_child_nodes():
+            visit(child, guarded)
+
+    visit(ast, False)
+    return needed
 
 
 _HTML_SPECIAL = re.compile(r"[&<>'\"]")  # what markupsafe.escape replaces
@@ -160,7 +215,8 @@ class CompiledContent:
 
     def __init__(self, *, subject: str, html: str, text: str = "", amp: str = "") -> None:
         self._parts: dict[str, Any] = {}
-        self.variables: set[str] = set()
+        self.variables: set[str] = set()  # every name the templates read from outside
+        self.required: set[str] = set()  # those without which they cannot render
         for name, source, env in (
             ("subject", subject, _TEXT_ENV),
             ("html", html, _HTML_ENV),
@@ -172,7 +228,9 @@ class CompiledContent:
                 continue
             try:
                 ast = env.parse(source)
-                self.variables |= meta.find_undeclared_variables(ast)
+                undeclared = meta.find_undeclared_variables(ast)
+                self.variables |= undeclared
+                self.required |= _required_names(ast) & undeclared
                 self._parts[name] = _PlainTemplate.compile(
                     ast, escape_values=env.autoescape is True
                 ) or env.from_string(source)
@@ -185,13 +243,15 @@ class CompiledContent:
         self._text_is_derived = False
         if not text and html:
             derived = derive_text_template(html)
-            if derived is None:
-                self._derive_text = True
-            else:
-                self._parts["text"] = _PlainTemplate.compile(
-                    _TEXT_ENV.parse(derived), escape_values=False
-                ) or _TEXT_ENV.from_string(derived)
-                self._text_is_derived = True
+            try:
+                if derived is not None:
+                    self._parts["text"] = _PlainTemplate.compile(
+                        _TEXT_ENV.parse(derived), escape_values=False
+                    ) or _TEXT_ENV.from_string(derived)
+                    self._text_is_derived = True
+            except TemplateError:  # (derive_text_template guards against it; never a 500)
+                log.exception("derived text template does not compile: %r", derived)
+            self._derive_text = not self._text_is_derived
 
         # When every template is plain text-and-names, a recipient whose own vars hold
         # every name they use (none of them the service's) renders from those vars as

@@ -290,3 +290,39 @@ def test_listing_pages_and_filters(
         bad = api.get("/v1/campaigns/list-0/messages", params={"status": "lost"})
         assert bad.status_code == 422 and bad.json()["field"] == "status"
         assert api.get("/v1/campaigns/nope/messages").status_code == 404
+
+
+@covers("POST /v1/campaigns", "POST /v1/campaigns/{campaign_id}/recipients")
+def test_a_variable_with_a_default_may_be_missing(
+    api_server: ApiServer,
+    redis_client: redis.Redis,
+    smtp: SmtpTestServer,
+    celery_worker: WorkerProcess,
+) -> None:
+    """``{{ name | default('friend') }}``: a recipient without ``name`` is accepted, inline
+    and appended, and gets the default; ``{{ city }}`` stays required."""
+    with api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+        body = {
+            "id": "guarded",
+            "provider": "local",
+            "subject": "Hi {{ name | default('friend') }}",
+            "html": "<p>{% if city is defined %}{{ city }}{% endif %}</p>",
+            "recipients": [{"email": "a@example.com"}],
+            "draft": True,
+        }
+        answer = api.post("/v1/campaigns", json=body)
+        assert answer.status_code == 201, answer.text
+        lines = ndjson(
+            [{"email": "b@example.com"}, {"email": "c@example.com", "vars": {"name": "Cy"}}]
+        )
+        result = api.post("/v1/campaigns/guarded/recipients", content=lines).json()
+        assert (result["appended"], result["rejected"]) == (2, 0), result
+        assert api.post("/v1/campaigns/guarded/start").status_code == 200
+        wait_for_campaign(api, "guarded", lambda s: s["status"] == "completed")
+    subjects = sorted(str(m.message["Subject"]) for m in smtp.messages)
+    assert subjects == ["Hi Cy", "Hi friend", "Hi friend"]
+    with api_client(api_server) as api:
+        required = {**body, "id": "required", "subject": "Hi {{ name }}"}
+        answer = api.post("/v1/campaigns", json=required)
+        assert answer.status_code == 422 and "name" in answer.json()["detail"]

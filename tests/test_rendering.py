@@ -252,3 +252,69 @@ def test_the_plain_renderer_gives_what_the_general_path_gives(
             compiled.render({"a": "Ann"}, parts)
         errors.append(str(caught.value))
     assert errors[0] == errors[1] and "'b' is undefined" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        (
+            "<p>Use &#123;&#123; code &#125;&#125; as is, {{ name }}</p>",
+            "Use {{ code }} as is, Ann",
+        ),
+        ("<p>Tag &#123;% if x %&#125; shown</p>", "Tag {% if x %} shown"),
+        ("<p>a &#123;{{ name }}&#125;</p>", "a {Ann}"),
+    ],
+)
+def test_braces_written_as_entities_stay_text_in_the_derived_part(html: str, text: str) -> None:
+    """html_to_text unescapes &#123; into '{': in the derived text *template* that
+    would become Jinja2 code (another variable, or a syntax error at creation)."""
+    request = CampaignRequest(provider="p", subject="s", html=html)
+    compiled = validate_content(request)
+    ctx = build_context(
+        campaign_vars={},
+        user_vars={"name": "Ann"},
+        email="a@b.example",
+        user_id="",
+        campaign_id="c",
+    )
+    out = compiled.render(ctx)
+    assert out.text == text == html_to_text(out.html)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Hi {{ name | default('friend') }}",
+        "Hi {{ name | d('friend') }}",
+        "{% if name is defined %}Hi {{ name }}{% else %}Hi{% endif %}",
+        "{% if name is undefined %}Hi{% else %}Hi {{ name | upper }}{% endif %}",
+        "{% if name is defined and name %}Hi {{ name }}{% else %}Hi{% endif %}",
+    ],
+)
+def test_a_variable_the_template_guards_is_optional(template: str) -> None:
+    """Names read through ``default`` or under a ``defined`` test may be missing: the
+    campaign is accepted though one recipient lacks it, and that recipient renders."""
+    request = CampaignRequest.model_validate(
+        {
+            "provider": "p",
+            "subject": "s",
+            "html": template,
+            "recipients": [
+                {"email": "a@b.example", "vars": {"name": "Ann"}},
+                {"email": "c@b.example", "vars": {}},
+            ],
+        }
+    )
+    compiled = validate_content(request)
+    assert compiled.variables == {"name"} and compiled.required == set()
+    ctx = build_context(
+        campaign_vars={}, user_vars={}, email="c@b.example", user_id="", campaign_id="c"
+    )
+    assert compiled.render(ctx).html.startswith("Hi")
+
+
+def test_a_guard_does_not_make_other_names_optional() -> None:
+    compiled = CompiledContent(
+        subject="{{ first }}", html="{{ a | default(b) }}{% for i in items %}{{ i }}{% endfor %}"
+    )
+    assert compiled.required == {"first", "b", "items"}
