@@ -47,7 +47,7 @@ def _normalize(address: str) -> str:
         raise InvalidAddressError(f"{address!r} is not an email address (no local@domain)")
     if len(local) > MAX_LOCAL_PART:
         raise InvalidAddressError(f"{address!r}: local part longer than {MAX_LOCAL_PART}")
-    if not _LOCAL_PART.match(local) or local.startswith(".") or ".." in local:
+    if not _LOCAL_PART.fullmatch(local) or local.startswith(".") or ".." in local:
         raise InvalidAddressError(f"{address!r}: local part has characters we cannot send to")
     if domain.isascii():  # IDNA leaves ASCII labels as they are; the pattern checks them
         ascii_domain = domain.lower()
@@ -56,7 +56,7 @@ def _normalize(address: str) -> str:
             ascii_domain = domain.encode("idna").decode("ascii").lower()
         except UnicodeError as exc:
             raise InvalidAddressError(f"{address!r}: domain is not a valid host name") from exc
-    if len(ascii_domain) > MAX_DOMAIN or not _DOMAIN.match(ascii_domain):
+    if len(ascii_domain) > MAX_DOMAIN or not _DOMAIN.fullmatch(ascii_domain):
         raise InvalidAddressError(f"{address!r}: domain is not a valid host name")
     return f"{local}@{ascii_domain}"
 
@@ -77,6 +77,6 @@ _FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 §3.6.8: printable ASCII ex
 
 def check_header_name(name: str) -> str:
     """Return ``name`` if it is a valid header field name; raise ``ValueError`` otherwise."""
-    if not _FIELD_NAME.match(name):
+    if not _FIELD_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid header name")
     return name

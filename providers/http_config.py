@@ -224,7 +224,7 @@ def _header_problems(config: HttpConfig) -> list[str]:
     seen: set[str] = set()
     for name, value in config.headers.items():
         lower = name.lower()
-        if not HEADER_NAME_RE.match(name):
+        if not HEADER_NAME_RE.fullmatch(name):
             problems.append(f"headers: {name!r} is not a valid header name (RFC 9110 token)")
         elif lower in RESERVED_HEADERS:
             problems.append(f"headers: {name} is set by the HTTP client and cannot be configured")

@@ -162,10 +162,17 @@ def test_endpoint_auth_and_header_rules() -> None:
     text = refusal(
         {
             "body": SINGLE_BODY,
-            "headers": {"Bad Name": "x", "X-A": "a\r\nInjected: 1", "Host": "h", "x-a": "b"},
+            "headers": {
+                "Bad Name": "x",
+                "X-A": "a\r\nInjected: 1",
+                "Host": "h",
+                "x-a": "b",
+                "X-Trail\n": "x",
+            },
         }
     )
     assert "'Bad Name' is not a valid header name" in text
+    assert "'X-Trail\\n' is not a valid header name" in text
     assert "the value of X-A holds a line break" in text
     assert "Host is set by the HTTP client" in text
     assert "x-a is given twice" in text

@@ -61,9 +61,10 @@ def test_a_lone_surrogate_is_refused_as_invalid_message(field: str) -> None:
         MimeWriter(campaign_id="c").write(_msg(**{field: "a\ud800b"}))
 
 
-def test_bad_extra_header_name_is_refused() -> None:
+@pytest.mark.parametrize("name", ["X-Evil\r\nBcc", "X-Evil\n"])
+def test_bad_extra_header_name_is_refused(name: str) -> None:
     with pytest.raises(InvalidMessageError, match="not a valid header name"):
-        MimeWriter(campaign_id="c").write(_msg(headers=(("X-Evil\r\nBcc", "x"),)))
+        MimeWriter(campaign_id="c").write(_msg(headers=((name, "x"),)))
 
 
 def test_non_ascii_display_name_and_subject_are_rfc2047() -> None:
@@ -250,6 +251,8 @@ def test_idn_sender_domain_gives_an_ascii_message_id() -> None:
         "zoë@demo.example",
         "a@-bad-.example",
         "a@nodot",
+        "x\n@example.com",  # a line feed before '@' would end the SMTP command there
+        "x\r\nRSET\r\n@example.com",
     ],
 )
 def test_invalid_addresses_are_refused(bad: str) -> None:
