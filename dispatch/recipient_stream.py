@@ -14,7 +14,6 @@ not NDJSON or an array at all raises :class:`StreamFormatError`.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -271,15 +270,10 @@ class RecipientSplitter:
     comes out); ``format`` is final from the first document on. Memory stays bounded: a
     first line longer than ``max_document`` cannot be an NDJSON line, so the body is an
     array as soon as it grows past that, and blank lines are counted, not kept.
-
-    ``fixed``: the body is taken as that format, nothing held (see :func:`splitter_for`).
     """
 
-    def __init__(
-        self, max_document: int = MAX_DOCUMENT_BYTES, *, fixed: Format | None = None
-    ) -> None:
-        self.format: Format = fixed or "ndjson"  # the likely one until the first document
-        self._fixed = fixed is not None
+    def __init__(self, max_document: int = MAX_DOCUMENT_BYTES) -> None:
+        self.format: Format = "ndjson"  # the likely one until the first document
         self._max = max_document
         self._inner: NdjsonSplitter | JsonArraySplitter | None = None
         self._bom = b""  # the body's first bytes, until a BOM is ruled out
@@ -328,12 +322,8 @@ class RecipientSplitter:
             self._lines += data.count(b"\n", 0, len(data) - len(text))
             if not text:
                 return []
-            ndjson = NdjsonSplitter(self._max, line=self._lines)
-            if self._fixed:
-                array = self.format == "array"
-                return self._become(JsonArraySplitter(self._max) if array else ndjson, text)
             if text[:1] != b"[":
-                return self._become(ndjson, text)
+                return self._become(NdjsonSplitter(self._max, line=self._lines), text)
             self.format = "array"
             data = text
         if not self._first_line_ended:
@@ -369,20 +359,3 @@ class RecipientSplitter:
         self.format = inner.format
         self._head = bytearray()
         return inner.feed(data)
-
-
-def splitter_for(first_bytes: bytes) -> RecipientSplitter:
-    """A splitter for a body that starts with ``first_bytes``, its format told by them.
-
-    For a caller that reads ``format`` before feeding (and then feeds ``first_bytes`` too):
-    the format is fixed, nothing is held back. A body whose first line is an array that
-    ends within ``first_bytes``, followed there by another document, is NDJSON; a body
-    that starts with ``[`` and tells no more there is an array. A caller that reads
-    ``format`` after the first document gets this right wherever the chunks are cut, with
-    a plain :class:`RecipientSplitter`.
-    """
-    probe = RecipientSplitter()
-    with contextlib.suppress(StreamFormatError):  # feeding the splitter raises it again
-        probe.feed(first_bytes)
-    begun = probe._inner is not None or bool(probe._head)  # saw the first document start
-    return RecipientSplitter(fixed=probe.format if begun else None)

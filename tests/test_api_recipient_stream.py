@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +18,6 @@ from dispatch.recipient_stream import (
     NdjsonSplitter,
     RecipientSplitter,
     StreamFormatError,
-    splitter_for,
 )
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, save_smtp_provider
@@ -131,9 +131,11 @@ def test_an_overlong_array_element_is_its_own_error_and_the_rest_is_kept(seed: i
 
 
 def test_the_format_is_told_by_the_first_byte() -> None:
-    assert splitter_for(b"  \n [").format == "array"
-    assert splitter_for(b'{"email"').format == "ndjson"
-    assert splitter_for(BOM + b"[").format == "array"
+    for body, told in ((b'  \n [{"a": 1}, ', "array"), (b'{"email": 1}\n', "ndjson")):
+        for start in (b"", BOM):
+            splitter = RecipientSplitter()
+            splitter.feed(start + body)
+            assert splitter.format == told
 
 
 BODIES = {  # the same four recipients in each format the append takes
@@ -261,19 +263,6 @@ def test_what_came_before_a_fault_comes_with_it() -> None:
     assert [d.raw for d in raised.value.documents] == [b"1", b"2"]
 
 
-def test_splitter_for_fixes_the_format_its_first_bytes_tell() -> None:
-    """For a caller that reads ``format`` before the first document: nothing is held."""
-    ndjson = splitter_for(b'["oops"]\n{"email"')
-    assert ndjson.format == "ndjson"
-    docs = ndjson.feed(b'["oops"]\n{"email": "a@example.com"}\n') + ndjson.finish()
-    assert [d.position for d in docs] == [1, 2]
-
-    array = splitter_for(b'[{"email": "a@example.com"}, {"email"')
-    assert array.format == "array"
-    assert [d.position for d in array.feed(b'[{"email": "a@example.com"}, ')] == [0]
-    assert splitter_for(b"\n").format == "ndjson"  # tells nothing: a splitter that sniffs
-
-
 @covers("POST /v1/campaigns/{campaign_id}/recipients")
 def test_one_bad_document_does_not_sink_the_rest_of_the_append(
     api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
@@ -291,3 +280,17 @@ def test_one_bad_document_does_not_sink_the_rest_of_the_append(
         assert [(e["index"], e["message"]) for e in result["errors"]] == [
             (1, "longer than 1048576 bytes")
         ]
+
+        # However the body is cut on its way (a few bytes at a time here): the same.
+        def dribble(body: bytes) -> Iterator[bytes]:
+            for i in range(0, len(body), 3):
+                yield body[i : i + 3]
+                time.sleep(0.002)
+
+        for n, start in enumerate((b"", BOM)):
+            draft_campaign(api, smtp, f"cut-{n}")
+            cut = start + b"\n".join([ONE_LINE, *NDJSON_AFTER])
+            answer = api.post(f"/v1/campaigns/cut-{n}/recipients", content=dribble(cut))
+            result = answer.json()
+            assert (result["appended"], result["rejected"]) == (2, 1), result
+            assert [(e["line"], e["index"]) for e in result["errors"]] == [(1, None)]

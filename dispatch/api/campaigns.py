@@ -23,7 +23,12 @@ from dispatch.api.schemas import (
     RetryResult,
 )
 from dispatch.models import CAMPAIGN_ID_PATTERN, CampaignRequest, CampaignStatus, Recipient
-from dispatch.recipient_stream import Document, StreamFormatError, splitter_for
+from dispatch.recipient_stream import (
+    Document,
+    EmptyBodyError,
+    RecipientSplitter,
+    StreamFormatError,
+)
 
 router = APIRouter(
     prefix="/v1/campaigns",
@@ -112,14 +117,14 @@ async def _append_stream(
     """
     result = AppendResult(appended=0, total=0)
     batch: list[Recipient] = []
-    array = False
+    splitter = RecipientSplitter()  # tells NDJSON from an array by the body itself
 
     def problem(position: int, field: str, message: str) -> None:
         result.rejected += 1
         if len(result.errors) >= MAX_REPORTED_PROBLEMS:
             result.errors_truncated = True
             return
-        where = {"index": position} if array else {"line": position}
+        where = {"index": position} if splitter.format == "array" else {"line": position}
         result.errors.append(AppendProblem(field=field, message=message, **where))
 
     async def flush() -> None:
@@ -142,22 +147,14 @@ async def _append_stream(
             if len(batch) >= campaigns.APPEND_CHUNK:
                 await flush()
 
-    splitter = None
-    head = b""
     try:
         async for chunk in chunks:
-            if splitter is None:
-                head += chunk
-                if not head.strip():
-                    continue
-                splitter = splitter_for(head)
-                array = splitter.format == "array"
-                chunk, head = head, b""
             await take(splitter.feed(chunk))
-        if splitter is None:
-            raise InvalidFieldError("the body is empty: send NDJSON or a JSON array", "body")
         await take(splitter.finish())
+    except EmptyBodyError:
+        raise InvalidFieldError("the body is empty: send NDJSON or a JSON array", "body") from None
     except StreamFormatError as exc:
+        await take(exc.documents)  # those completed before the fault are kept
         await flush()
         raise InvalidFieldError(
             f"{exc}; the {result.appended} valid recipients before it were appended (send "
