@@ -175,11 +175,13 @@ class DispatchClient:
         """Raises :class:`NotFound`."""
         self._request("DELETE", f"/v1/providers/{nickname}")
 
-    def test_provider(self, nickname: str, to: str) -> TestEmailResult:
-        """Send one real test message; ``error`` is a DESIGN §2 error class or None."""
-        return self._model(
-            TestEmailResult, "POST", f"/v1/providers/{nickname}/test", json={"to": to}
-        )
+    def test_provider(
+        self, nickname: str, to: str, vars: Mapping[str, Any] | None = None
+    ) -> TestEmailResult:
+        """Send one real test message; ``error`` is a DESIGN §2 error class or None.
+        ``vars``: the recipient's, for an HTTP payload's custom placeholders."""
+        body = {"to": to, "vars": dict(vars or {})}
+        return self._model(TestEmailResult, "POST", f"/v1/providers/{nickname}/test", json=body)
 
     # -- campaigns ---------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ import yaml
 from dispatch.cli import main
 from dispatch.test_email import send_test_email
 from providers.config import HttpConfig, parse_provider_config
+from tests.api_server import ApiServer
+from tests.api_support import api_client, covers, dispatch_client
 from tests.http_sink import HttpSink
 
 MANDATORY = {
@@ -88,3 +90,19 @@ def test_providers_test_takes_vars_on_the_command_line(
         assert "$$name" in json.loads(capsys.readouterr().out)["detail"]
         with pytest.raises(SystemExit):
             main([*argv, "--var", "no-equals-sign"])
+
+
+@covers("POST /v1/providers/{nickname}/test")
+def test_the_test_route_takes_the_vars(api_server: ApiServer, redis_client: redis.Redis) -> None:
+    """Over HTTP and through the Python client: ``vars`` reach the payload."""
+    with HttpSink() as sink, api_client(api_server) as api:
+        assert api.put("/v1/providers/hook", json=http_provider(sink.url)).status_code == 201
+        client = dispatch_client(api_server)
+        sent = client.test_provider("hook", "ops@example.com", vars={"name": "Ada"})
+        assert (sent.ok, sent.error) == (True, None), sent.detail
+        assert sink.requests[0].json()["name"] == "Ada"
+        missing = api.post("/v1/providers/hook/test", json={"to": "ops@example.com"}).json()
+        assert (missing["ok"], missing["error"]) == (False, "Invalid message")
+        refused = api.post("/v1/providers/hook/test", json={"to": "ops@example.com", "vars": []})
+        assert refused.status_code == 422 and refused.json()["field"] == "vars"
+    assert len(sink.requests) == 1

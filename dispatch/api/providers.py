@@ -121,7 +121,8 @@ def delete_provider(nickname: Nickname) -> Response:
     summary="Send a test email through a provider",
 )
 async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmailResult:
-    """Send one real message to ``to`` and say whether the provider took it.
+    """Send one real message to ``to`` and say whether the provider took it; ``vars``
+    are the recipient's (an HTTP payload's custom ``$$`` placeholders take them).
 
     ``error`` is one of the error classes of DESIGN §2 (``SMTP connection error``,
     ``SMTP invalid email ID``, ``SMTP dispatching failed``, ``SMTP timeout``,
@@ -132,5 +133,5 @@ async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmail
         to = normalize_address(body.to)
     except InvalidAddressError as exc:
         raise InvalidFieldError(str(exc), "to") from None
-    result = await send_test_email(config, to)
+    result = await send_test_email(config, to, vars=body.vars)
     return TestEmailResult(ok=result.ok, error=result.error, detail=result.detail)

@@ -6,6 +6,8 @@ server's dependencies being exercised.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch.models import CampaignStatus
@@ -52,6 +54,8 @@ class TestEmailRequest(BaseModel):
     __test__ = False  # not a pytest test class
 
     to: str = Field(min_length=3, max_length=320)
+    # The recipient's vars, as in a campaign: values of an HTTP payload's custom placeholders.
+    vars: dict[str, Any] = Field(default_factory=dict)
 
 
 class TestEmailResult(BaseModel):
