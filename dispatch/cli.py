@@ -251,8 +251,13 @@ def cmd_suppressions_list(args: argparse.Namespace) -> int:
 
 def cmd_suppressions_add(args: argparse.Namespace) -> int:
     from dispatch import suppressions
+    from providers.addresses import InvalidAddressError
 
-    _print(suppressions.add(args.email, reason=args.reason, source="cli"))
+    try:
+        _print(suppressions.add(args.email, reason=args.reason, source="cli"))
+    except InvalidAddressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -24,5 +24,5 @@ def check_campaign_payload(
     if problems:
         raise CampaignError(
             "; ".join(p.message for p in problems),
-            field=f"placeholders: {', '.join('$$' + p.name for p in problems)}",
+            field=f"vars.{problems[0].name}",  # where its value belongs (as on append)
         )

@@ -184,7 +184,8 @@ def test_unknown_placeholder_of_an_http_provider_gets_422_naming_it(
         }
         answer = api.post("/v1/campaigns", json=body)
         assert answer.status_code == 422, answer.text
-        assert "coupon_code" in answer.json()["detail"]
+        assert answer.json()["field"] == "vars.coupon_code"
+        assert answer.json()["detail"].startswith("vars.coupon_code: $$coupon_code")
         ok = api.post("/v1/campaigns", json={**body, "vars": {"coupon_code": "X1"}, "draft": True})
         assert ok.status_code == 201, ok.text
 

@@ -91,6 +91,8 @@ def test_send_follow_status_and_suppressions(
         assert [e["email"] for e in json.loads(out)] == ["user1@example.com"]
         assert run(capsys, "suppressions", "remove", "user1@example.com")[0] == 0
         assert run(capsys, "suppressions", "remove", "user1@example.com")[0] == 1
+        code, _, err = run(capsys, "suppressions", "add", "not-an-address")
+        assert code == 2 and err.startswith("error: 'not-an-address' is not an email address")
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"id": "cli-2", "provider": "local", "subject": "s"}))
