@@ -42,20 +42,6 @@ def _idna_domain(domain: str) -> str:
         return domain
 
 
-def checked_address(email: str) -> str:
-    """``email`` as we would send to it (:func:`normalize_address`).
-
-    Raises :class:`InvalidAddressError` naming the problem: not ``local@domain``, a local
-    part we cannot send to, a domain that is not a host name, a line break or other
-    control character.
-    """
-    address = normalize_address(email)
-    # normalize_address gives ASCII: only control characters can be unprintable here.
-    if not address.isprintable():
-        raise InvalidAddressError(f"{email!r}: contains a line break or control character")
-    return address
-
-
 def add(
     email: str,
     *,
@@ -67,10 +53,10 @@ def add(
     """Suppress ``email`` by hand; an existing entry is kept (the first reason stands).
 
     Raises :class:`InvalidAddressError` when ``email`` is not an address we could send to
-    (:func:`checked_address`): such an entry would never match a recipient.
+    (:func:`normalize_address`): such an entry would never match a recipient.
     """
     r = client or store.sync_client()
-    key = suppression_key(checked_address(email))
+    key = suppression_key(normalize_address(email))
     entry: dict[str, Any] = {
         "email": key,
         "reason": reason,

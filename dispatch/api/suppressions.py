@@ -10,7 +10,7 @@ from dispatch import suppressions
 from dispatch.api.auth import require_token
 from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, InvalidFieldError, NotFoundError
 from dispatch.api.schemas import SuppressionEntry, SuppressionPage, SuppressionRequest
-from providers.addresses import InvalidAddressError
+from providers.addresses import InvalidAddressError, normalize_address
 
 router = APIRouter(
     prefix="/v1/suppressions",
@@ -66,7 +66,7 @@ def put_suppression(
     ``email`` when it is not an address a campaign could send to."""
     request = body or SuppressionRequest()
     try:
-        address = suppressions.checked_address(email)
+        address = normalize_address(email)
     except InvalidAddressError as exc:
         raise InvalidFieldError(str(exc), "email") from None
     existed = suppressions.get(address) is not None
