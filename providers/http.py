@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -72,6 +73,9 @@ EXCERPT_CHARS: Final = 300  # of a refusing response body, in the outcome's deta
 MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
+MAX_RETRY_AFTER: Final = 24 * 3600.0  # seconds: a longer Retry-After hint is capped
+# RFC 9110 §10.2.3 delay-seconds (a decimal fraction is tolerated).
+_DELAY_SECONDS_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 _FORBIDDEN_IN_HEADER_VALUE: Final = ("\r", "\n", "\x00")
 _DISPATCH_FAILED: Final = ErrorClass.DISPATCH_FAILED_HTTP
 
@@ -246,23 +250,26 @@ class RequestPlan:
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (RFC 9110 §10.2.3), or ``None``."""
+    """Seconds to wait from a ``Retry-After`` value (RFC 9110 §10.2.3), or ``None``.
+
+    ``delay-seconds`` is ``1*DIGIT``; anything else that is not an HTTP-date (``inf``,
+    ``nan``, ``1e400``, ``-5``) is no hint. The wait is capped at
+    :data:`MAX_RETRY_AFTER`: an answer is foreign data, and an absurd hint would park
+    the provider's messages for ever (``inf`` reached the ledger as ``null``).
+    """
     if not value:
         return None
     value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is no hint
+    if _DELAY_SECONDS_RE.fullmatch(value):
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:

@@ -54,6 +54,18 @@ def test_429_retry_after_is_honoured(redis_client: redis.Redis) -> None:
     assert campaigns.get_counters(cid, redis_client)["sent"] == 2
 
 
+def test_an_infinite_retry_after_does_not_park_the_campaign_for_ever(
+    redis_client: redis.Redis,
+) -> None:
+    with HttpSink() as sink:
+        sink.script(Reply(429, b"slow down", headers=(("Retry-After", "inf"),)))
+        http_provider(redis_client, sink.url)
+        cid, results = run_inline(redis_client, _body(2), FAST)
+        assert len(sink.requests) == 2
+    assert all(r.retry_at is None or r.retry_at < 1e11 for r in results)
+    assert campaigns.campaign_summary(cid, redis_client)["sent"] == 2
+
+
 def test_400_fails_with_dispatch_failed_and_the_status(redis_client: redis.Redis) -> None:
     with HttpSink(default=Reply(400, b'{"error": "invalid sender"}')) as sink:
         http_provider(redis_client, sink.url)

@@ -483,6 +483,15 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
+def test_retry_after_that_is_no_number_or_absurd_is_no_hint_or_capped() -> None:
+    # RFC 9110 §10.2.3: delay-seconds is 1*DIGIT. Python's float() reads more.
+    for value in ("inf", "Infinity", "1e400", "nan", "-5", "1_0", "0x10"):
+        assert parse_retry_after(value) is None, value
+    day = 24 * 3600.0
+    assert parse_retry_after("99999999999") == day
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == day
+
+
 @pytest.mark.asyncio
 async def test_400_fails_with_the_status_and_a_bounded_excerpt() -> None:
     with HttpSink() as sink:
