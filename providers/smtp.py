@@ -34,7 +34,7 @@ from providers.errors import (
     TransientError,
 )
 from providers.mime import MimeWriter
-from providers.smtp_replies import ReplyKind, classify
+from providers.smtp_replies import AUTH_CODES, THROTTLE_CODES, ReplyKind, classify
 from providers.smtp_wire import (
     Envelope,
     TransactionProtocol,
@@ -122,12 +122,23 @@ class SmtpSession:
             result = results[index] if index < len(results) else None
             try:
                 outcomes[msg.seq] = self._outcome(msg, envelope, result)
-            except TransientError:
+            except ProviderError as exc:
+                # The wire stops at a refusal of the session, so nothing after this
+                # message was attempted. The first message raises it: the whole chunk is
+                # the caller's to retry (or pause). A later one must not: those before it
+                # went out; it and the rest are retried, the next chunk meets the refusal.
                 if index == 0:
                     raise
-                outcomes[msg.seq] = SendOutcome(
-                    msg.seq, OutcomeStatus.RETRY, ErrorClass.CONNECTION, "not handed over"
-                )
+                if isinstance(exc, TransientError):
+                    outcomes[msg.seq] = SendOutcome.from_error(msg.seq, exc)
+                else:
+                    outcomes[msg.seq] = SendOutcome(
+                        msg.seq,
+                        OutcomeStatus.RETRY,
+                        exc.error_class,
+                        f"not handed over: {exc.detail}",
+                        code=exc.code,
+                    )
             if outcomes[msg.seq].status is OutcomeStatus.SENT:
                 self.sent_on_connection += 1
 
@@ -162,7 +173,7 @@ class SmtpSession:
         ``None``: the message was never handed over (an earlier one broke the connection).
         """
         if result is None:
-            raise ProviderConnectionError("connection lost before this message")
+            raise ProviderConnectionError("not handed over: the session ended before it")
         if isinstance(result, WireError):
             if result.during_data:
                 # The server may have taken the message before the answer was lost
@@ -315,7 +326,12 @@ class SmtpTransport:
         if transport is None:
             raise ProviderConnectionError("connection closed during the handshake")
         return TransactionProtocol(
-            transport, pipelining=client.supports_extension("pipelining"), timeout=cfg.timeout
+            transport,
+            pipelining=client.supports_extension("pipelining"),
+            timeout=cfg.timeout,
+            # The replies _outcome raises for: about the session, not the message.
+            stop_at_mail=AUTH_CODES | THROTTLE_CODES,
+            stop_at_rcpt=AUTH_CODES | {421},
         )
 
     @asynccontextmanager

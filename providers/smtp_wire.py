@@ -79,9 +79,21 @@ def dot_stuff(message: bytes) -> bytes:
 class TransactionProtocol(asyncio.Protocol):
     """Takes over an SMTP transport after the handshake and runs mail transactions."""
 
-    def __init__(self, transport: asyncio.Transport, *, pipelining: bool, timeout: float):
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        pipelining: bool,
+        timeout: float,
+        stop_at_mail: frozenset[int] = frozenset(),
+        stop_at_rcpt: frozenset[int] = frozenset(),
+    ):
         self.transport = transport
         self.pipelining = pipelining
+        # Refusals about the session, not the message (throttling, credentials): the
+        # messages after one are not attempted on this connection.
+        self.stop_at_mail = stop_at_mail
+        self.stop_at_rcpt = stop_at_rcpt
         self.timeout = timeout
         self._buffer = bytearray()
         self._replies: deque[Reply] = deque()
@@ -89,6 +101,9 @@ class TransactionProtocol(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._wanted = 0
         self._error: Exception | None = None
+        # The server answered 421: it is closing the channel (RFC 5321 §3.8), so nothing
+        # more is sent, even if it still answers commands that were already on their way.
+        self._closing = False
         transport.set_protocol(self)
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -109,6 +124,8 @@ class TransactionProtocol(asyncio.Protocol):
                 return
             self._lines.append(line[4:].strip().decode("utf-8", "replace"))
             if line[3:4] != b"-":
+                if code == 421:
+                    self._closing = True
                 self._replies.append(Reply(code, "\n".join(self._lines)))
                 self._lines = []
                 self._wake()
@@ -134,11 +151,13 @@ class TransactionProtocol(asyncio.Protocol):
 
     @property
     def alive(self) -> bool:
-        return self._error is None and not self.transport.is_closing()
+        return self._error is None and not self._closing and not self.transport.is_closing()
 
     def _write(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
+        if self._closing:
+            raise WireError("the server is closing the connection (421)")
         self.transport.write(data)
 
     async def _read(self, count: int, *, during_data: bool = False) -> list[Reply]:
@@ -156,6 +175,10 @@ class TransactionProtocol(asyncio.Protocol):
                 self.transport.abort()
             finally:
                 self._waiter = None
+        if len(self._replies) < count and self._closing and self._replies[-1].code == 421:
+            # The server closed the session with 421 (RFC 5321 §3.8) before answering
+            # the rest of a pipelined group: that is the answer to each of them.
+            self._replies.extend([self._replies[-1]] * (count - len(self._replies)))
         if len(self._replies) < count:
             error = self._error or WireError("connection lost")
             if isinstance(error, WireError) and during_data and not error.during_data:
@@ -181,11 +204,15 @@ class TransactionProtocol(asyncio.Protocol):
         way), so a message costs one round trip. A message is sent only when MAIL, its
         first recipient and DATA were accepted; otherwise the transaction is reset and
         ``data`` is None. A :class:`WireError` with ``during_data`` means that message's
-        outcome is unknown; messages after it were not handed over.
+        outcome is unknown; messages after it were not handed over. So are those after a
+        transaction refused with a ``stop_at_mail`` reply to MAIL or a ``stop_at_rcpt``
+        reply to its first RCPT (the results end there).
         """
         results: list[TransactionResult | WireError] = []
         ahead = False
         for index, envelope in enumerate(envelopes):
+            if self._closing and not ahead:  # a 421: the rest are not handed over
+                break
             following = envelopes[index + 1] if index + 1 < len(envelopes) else None
             try:
                 result, ahead = await self._one(envelope, ahead, following)
@@ -193,6 +220,11 @@ class TransactionProtocol(asyncio.Protocol):
                 results.append(exc)
                 break
             results.append(result)
+            if result.data is None and (
+                result.mail.code in self.stop_at_mail
+                or (result.rcpts and result.rcpts[0].code in self.stop_at_rcpt)
+            ):
+                break
         return results
 
     async def _one(
@@ -243,6 +275,8 @@ class TransactionProtocol(asyncio.Protocol):
         return TransactionResult(mail, rcpts, data_start, None), False
 
     async def _reset(self) -> None:
+        if not self.alive:  # closed after its reply (421): nothing to reset
+            return
         self._write(b"RSET\r\n")
         await self._read(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email
 import email.policy
@@ -39,30 +40,73 @@ class Received:
 
 @dataclass
 class Handler:
-    """Records every message; ``rcpt_reply``/``data_reply`` may answer instead of 250."""
+    """Records every message; ``mail_reply``/``rcpt_reply``/``data_reply`` may answer
+    instead of 250. A ``421`` reply closes the connection after it is sent (RFC 5321
+    §3.8), as real servers do; the reply ``DROP`` closes it without a word (for DATA: after
+    the message was received, not recorded). ``pipelining`` advertises PIPELINING."""
 
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
     active: int = 0  # connections open now
     peak: int = 0  # most connections open at once
     open_transports: list[Any] = field(default_factory=list)
+    mail_reply: Callable[[str], str | None] = lambda address: None
     rcpt_reply: Callable[[str], str | None] = lambda address: None
     data_reply: Callable[[Envelope], str | None] = lambda envelope: None
+    pipelining: bool = False
+    commands: list[str] = field(default_factory=list)  # MAIL, RCPT and DATA, as received
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    @staticmethod
+    def _answer(server: SMTP, reply: str) -> str:
+        if reply == "DROP":
+            assert server.transport is not None
+            server.transport.abort()
+            return ""
+        if reply.startswith("421"):
+            assert server.transport is not None
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        return reply
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        self.commands.append(f"MAIL {address}")
+        reply = self.mail_reply(address)
+        if reply:
+            return self._answer(server, reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
+        self.commands.append(f"RCPT {address}")
         reply = self.rcpt_reply(address)
         if reply:
-            return reply
+            return self._answer(server, reply)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.commands.append("DATA")
         reply = self.data_reply(envelope)
         if reply:
-            return reply
+            return self._answer(server, reply)
         with self.lock:
             self.messages.append(
                 Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.content))  # type: ignore[arg-type]

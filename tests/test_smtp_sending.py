@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from dispatch import campaigns, ledger, store
 from dispatch.settings import Settings
-from providers.base import OutcomeStatus, OutgoingMessage
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import parse_provider_config
-from providers.errors import AuthenticationError, ErrorClass
+from providers.errors import AuthenticationError, ErrorClass, ProviderError, ThrottledError
 from providers.smtp import SmtpTransport
 from tests.helpers import recipients, run_inline, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -301,9 +302,14 @@ def test_421_then_success_is_retried(redis_client: redis.Redis, smtp: SmtpTestSe
     cid, _ = run_inline(redis_client, body, FAST)
     counters = campaigns.get_counters(cid, redis_client)
     assert counters["sent"] == 3 and counters["failed"] == 0
-    assert len(smtp.messages) == 3
-    rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "0"))
-    assert rec is not None and rec["attempts"] == 2
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [
+        f"user{i}@example.com" for i in range(3)
+    ]
+    # The server closes after each 421 (as real ones do): each message was tried at least
+    # twice (dispatch.sending also counts a try for the chunk's others, never handed over).
+    for seq in "012":
+        rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), seq))
+        assert rec is not None and rec["attempts"] >= 2
 
 
 def test_permanent_reply_fails_at_once(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
@@ -390,3 +396,103 @@ def test_batches_send_while_a_long_list_is_still_stored(
     assert (summary["status"], summary["sent"], summary["total"]) == ("completed", 2500, 2500)
     rcpts = [m.rcpt_tos[0] for m in smtp.messages]
     assert len(rcpts) == len(set(rcpts)) == 2500
+
+
+def _nth(n: int, reply: str) -> Callable[[str], str | None]:
+    """A ``mail_reply`` that refuses the ``n``-th MAIL (from 1) with ``reply``, once."""
+    seen: list[str] = []
+
+    def answer(address: str) -> str | None:
+        seen.append(address)
+        return reply if len(seen) == n else None
+
+    return answer
+
+
+def _four(server: SmtpTestServer) -> tuple[list[SendOutcome] | None, BaseException | None]:
+    """Send u0..u3 as one chunk on one session: their outcomes, or what it raised."""
+    messages = [_message(i, f"u{i}@example.com") for i in range(4)]
+    try:
+        return asyncio.run(_send(_config(server.port, "none"), messages)), None  # type: ignore[return-value]
+    except ProviderError as exc:
+        return None, exc
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_refused_session_on_the_first_message_attempts_no_other(pipelining: bool) -> None:
+    """A throttling reply to the chunk's first MAIL is raised (the caller retries the whole
+    chunk): so the other messages must not have been sent meanwhile, or they go twice."""
+    with SmtpTestServer() as server:
+        server.handler.pipelining = pipelining
+        server.handler.mail_reply = _nth(1, "451 4.7.1 Throttling: slow down")
+        outcomes, raised = _four(server)
+    assert outcomes is None and isinstance(raised, ThrottledError)
+    assert server.messages == []
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_refused_session_mid_chunk_keeps_what_went_out(pipelining: bool) -> None:
+    """530 at the second MAIL: the first message went out and must stay sent (raising
+    would put it back for a retry); the others are retried, not sent past the refusal."""
+    with SmtpTestServer() as server:
+        server.handler.pipelining = pipelining
+        server.handler.mail_reply = _nth(2, "530 5.7.0 Authentication required")
+        outcomes, raised = _four(server)
+    assert raised is None and outcomes is not None
+    assert [o.status for o in outcomes] == [OutcomeStatus.SENT] + [OutcomeStatus.RETRY] * 3
+    assert "530 5.7.0" in outcomes[1].detail
+    assert [m.rcpt_tos for m in server.messages] == [["u0@example.com"]]
+
+
+def test_throttled_first_message_sends_each_recipient_once(redis_client: redis.Redis) -> None:
+    """Through the batch sender: a 451 to the first MAIL slows down, and in the end every
+    recipient got exactly one message."""
+    with SmtpTestServer() as server:
+        server.handler.mail_reply = _nth(1, "451 4.7.1 Throttling: slow down")
+        smtp_provider(redis_client, server.port, max_connections=1)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(4)}
+        cid, _ = run_inline(redis_client, body, FAST)
+    assert campaigns.get_counters(cid, redis_client)["sent"] == 4
+    assert sorted(m.rcpt_tos[0] for m in server.messages) == [
+        f"user{i}@example.com" for i in range(4)
+    ]
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_421_at_rcpt_is_a_throttle_not_a_lost_connection(pipelining: bool) -> None:
+    """421 closes the channel (RFC 5321 §3.8): the message is retried as throttled (the
+    provider slows down), the rest of the chunk is not attempted; on the chunk's first
+    message it is raised as a throttle."""
+    with SmtpTestServer() as server:
+        server.handler.pipelining = pipelining
+        server.handler.rcpt_reply = lambda a: "421 4.7.0 Too fast" if a[:2] == "u1" else None
+        outcomes, _ = _four(server)
+        server.handler.rcpt_reply = lambda a: "421 4.7.0 Too fast" if a[:2] == "u0" else None
+        _, raised = _four(server)
+    assert outcomes is not None
+    assert [(o.status, o.throttled) for o in outcomes] == [
+        (OutcomeStatus.SENT, False),
+        (OutcomeStatus.RETRY, True),
+        (OutcomeStatus.RETRY, False),
+        (OutcomeStatus.RETRY, False),
+    ]
+    assert isinstance(raised, ThrottledError) and raised.code == 421
+    assert [m.rcpt_tos for m in server.messages] == [["u0@example.com"]]
+
+
+def test_421_after_data_hands_over_nothing_more_with_pipelining() -> None:
+    """After a 421 to a message, a server may still answer commands already pipelined
+    (aiosmtpd does, and its 354 invites the next message): the next message must not be
+    sent, so it is retried, never left ``unknown``."""
+    with SmtpTestServer() as server:
+        server.handler.pipelining = True
+        server.handler.data_reply = lambda e: "421 4.7.0 Bye" if e.rcpt_tos[0][:2] == "u2" else None
+        outcomes, _ = _four(server)
+    assert outcomes is not None
+    assert [(o.status, o.throttled) for o in outcomes] == [
+        (OutcomeStatus.SENT, False),
+        (OutcomeStatus.SENT, False),
+        (OutcomeStatus.RETRY, True),
+        (OutcomeStatus.RETRY, False),
+    ]
+    assert len(server.messages) == 2
