@@ -32,6 +32,7 @@ be rendered (an unresolvable placeholder, CR/LF in a dynamic header) fails alone
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import re
@@ -351,14 +352,26 @@ def outcome_for_exception(seq: int, exc: httpx.HTTPError, timeout: float) -> Sen
 # --- sending -----------------------------------------------------------------------------
 
 
-async def _read_bounded(response: httpx.Response, limit: int = MAX_RESPONSE_READ) -> bytes:
+async def _read_bounded(
+    response: httpx.Response, seconds: float, limit: int = MAX_RESPONSE_READ
+) -> bytes:
+    """Up to ``limit`` bytes of the body, read for ``seconds`` at most in all.
+
+    The read timeout bounds each read only: a server trickling a byte now and then would
+    hold the session for hours after its status already said everything. What arrived in
+    time is kept (the connection is then closed, not reused).
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= limit:
+                    break
+    except TimeoutError:
+        pass
     return b"".join(chunks)[:limit]
 
 
@@ -422,7 +435,7 @@ class HttpSession:
             )
             try:
                 try:
-                    body = await _read_bounded(response)
+                    body = await _read_bounded(response, self._timeout)
                 except httpx.HTTPError:
                     body = b""  # the status is what counts; the excerpt is a courtesy
                 return outcomes_for_response(

@@ -7,9 +7,12 @@ of answer or failure, and the private-address guard.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -521,6 +524,51 @@ async def test_redirects_are_not_followed() -> None:
         assert len(sink.requests) == 1
     assert outcome.status is OutcomeStatus.FAILED
     assert "redirects are not followed" in outcome.detail and "/elsewhere" in outcome.detail
+
+
+@contextmanager
+def trickling_server(status_line: bytes) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers ``status_line`` at once, then sends its body
+    one byte every 50 ms for ever (each read well within any read timeout)."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(status_line + b"\r\nContent-Length: 1000000\r\n\r\n")
+            try:
+                while not stop.wait(0.05):
+                    conn.sendall(b"x")
+            except OSError:
+                pass  # the client closed the connection
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("status_line", "status"),
+    [(b"HTTP/1.1 200 OK", OutcomeStatus.SENT), (b"HTTP/1.1 503 Busy", OutcomeStatus.RETRY)],
+)
+async def test_a_trickling_response_body_does_not_hold_the_session(
+    status_line: bytes, status: OutcomeStatus
+) -> None:
+    with trickling_server(status_line) as url:
+        transport = local(http_config(url, timeout=0.5))
+        # wait_for only keeps a regression from hanging the suite; it asserts no timing.
+        (outcome,) = await asyncio.wait_for(send(transport, [message(1)]), 30)
+    assert outcome.status is status
+    if status is OutcomeStatus.RETRY:
+        assert outcome.detail.startswith("HTTP 503: x")  # what arrived in time is kept
 
 
 @pytest.mark.asyncio
