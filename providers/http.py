@@ -78,6 +78,9 @@ MAX_RETRY_AFTER: Final = 24 * 3600.0  # seconds: a longer Retry-After hint is ca
 # RFC 9110 §10.2.3 delay-seconds (a decimal fraction is tolerated).
 _DELAY_SECONDS_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 _FORBIDDEN_IN_HEADER_VALUE: Final = ("\r", "\n", "\x00")
+# RFC 9110 §5.5: a field value has no leading or trailing whitespace (h11 refuses it, so
+# " Bearer k" or a var " Sara" failed every request); stripping it changes no meaning.
+_OWS: Final = " \t"
 _DISPATCH_FAILED: Final = ErrorClass.DISPATCH_FAILED_HTTP
 
 
@@ -119,7 +122,7 @@ class RequestPlan:
             if template.names:
                 self._headers.append((name, template))
             else:
-                self.static_headers[name.encode()] = value.encode()
+                self.static_headers[name.encode()] = value.strip(_OWS).encode()
         self._query = [(name, compile_text(value)) for name, value in config.query.items()]
         request_names = usage.headers | usage.query
         self._body: Template | None = None
@@ -143,7 +146,7 @@ class RequestPlan:
             value = template.render(values)
             if any(ch in value for ch in _FORBIDDEN_IN_HEADER_VALUE):
                 raise InvalidMessageError(f"header {name}: the value holds a line break or NUL")
-            headers[name.encode()] = value.encode()
+            headers[name.encode()] = value.strip(_OWS).encode()
         params = tuple((n, t.render(values)) for n, t in self._query) if self._query else None
         return headers, params
 

@@ -393,6 +393,20 @@ async def test_basic_auth_and_static_and_dynamic_headers_arrive() -> None:
 
 
 @pytest.mark.asyncio
+async def test_header_values_with_surrounding_whitespace_are_sent_trimmed() -> None:
+    headers = {"Authorization": " Bearer k-123 ", "X-Name": "$$name", "X-Id": "\t$$userID"}
+    with HttpSink() as sink:
+        config = http_config(sink.url, headers=headers)
+        msg = message(1, user_vars={"name": " Sara\t", "userID": "u1"})
+        (outcome,) = await send(local(config), [msg])
+        requests = sink.requests
+    assert outcome.status is OutcomeStatus.SENT, outcome.detail
+    (request,) = requests
+    assert request.header("Authorization") == "Bearer k-123"
+    assert (request.header("X-Name"), request.header("X-Id")) == ("Sara", "u1")
+
+
+@pytest.mark.asyncio
 async def test_a_line_break_in_a_dynamic_header_fails_that_message_unsent() -> None:
     with HttpSink() as sink:
         config = http_config(sink.url, headers={"X-Name": "$$name"})
