@@ -41,7 +41,17 @@ def start_campaign(campaign_id: str) -> int:
     return campaigns.start_campaign(campaign_id)
 
 
-@app.task(name="dispatch.send_batch")
+# A batch whose Redis connection broke (Redis restarted: each worker process's pooled
+# connections fail once before they reconnect) runs again shortly instead of being lost
+# until beat's sweep finds its campaign stalled. Running it again is safe: the batch skips
+# what its ledger settled, and a message claimed in the broken run ends ``unknown``.
+@app.task(
+    name="dispatch.send_batch",
+    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
 def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
     """Send one batch; re-enqueue it when messages wait for a later retry."""
     result = runtime.run(lambda r: run_batch(campaign_id, batch, r=r, pool=runtime.session_pool()))

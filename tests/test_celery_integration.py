@@ -14,6 +14,7 @@ import redis
 
 from dispatch import campaigns, store
 from dispatch.ledger import parse_record
+from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.tasks import enqueue_campaign, send_batch
 from providers.smtp import SmtpTransport
@@ -301,3 +302,45 @@ def test_flower_shows_the_tasks_workers_run(
         flower.terminate()
         flower.wait(timeout=20)
         app.control.disable_events()
+
+
+def test_a_batch_whose_redis_connection_broke_runs_again(smtp: SmtpTestServer) -> None:
+    """Redis restarts between campaigns: each worker process's pooled Redis connections
+    are dead and its next batch fails on them. That batch runs again on a fresh
+    connection and the campaign completes without beat's sweep (none runs here)."""
+    from celery import Celery
+
+    server = RedisServer(appendonly=True).start()
+    worker = WorkerProcess(server.url, concurrency=1).start()
+    broker = Celery(broker=server.url)
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+
+    def enqueue(campaign_id: str, batch: int) -> None:
+        with broker.connection_for_write() as conn:
+            send_batch.apply_async((campaign_id, batch), queue="sends", connection=conn)
+
+    def run_campaign(n: int) -> str:
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(n)}
+        cid, _ = campaigns.create_campaign(
+            CampaignRequest.model_validate(body), client=r, enqueue=enqueue
+        )
+        return cid
+
+    try:
+        wait_for(lambda: bool(r.exists("_kombu.binding.sends")), timeout=60)
+        smtp_provider(r, smtp.port, max_connections=2)
+        first = run_campaign(10)  # the worker process now holds Redis connections
+        wait_for(lambda: _completed(first, r), timeout=60)
+        server.restart()  # a clean stop (the AOF is complete) and a start on the same data
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        # The worker's broker connection is back once it consumes: a ping task answers.
+        wait_for(lambda: bool(broker.control.ping(timeout=0.5)), timeout=60, interval=0.5)
+        second = run_campaign(10)
+        wait_for(lambda: _completed(second, r), timeout=60, interval=0.5)
+        assert campaigns.get_counters(second, r)["sent"] == 10
+        assert len(smtp.messages) == 20  # each campaign's 10 messages, once
+    finally:
+        worker.stop()
+        r.close()
+        broker.close()
+        server.stop()
