@@ -254,8 +254,9 @@ def unsettled(
             stale.append((seq, lost, ""))
         elif rec["state"] == MessageState.RETRY.value:
             item.attempts = rec["attempts"]
-            if rec["next_at"] > now + settings.inline_retry_seconds:
-                retry_at = min(retry_at or rec["next_at"], rec["next_at"])
+            next_at = rec["next_at"] or 0.0  # (none or null: due now)
+            if next_at > now + settings.inline_retry_seconds:
+                retry_at = min(retry_at or next_at, next_at)
             else:
                 items.append(item)
     return items, stale, retry_at

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
 import time
@@ -68,6 +69,7 @@ from providers.errors import (
     ThrottledError,
     TransientError,
 )
+from providers.http import MAX_RETRY_AFTER
 
 log = logging.getLogger(__name__)
 STATUS_POLL_SECONDS = 0.5
@@ -113,8 +115,8 @@ def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = 
     """Exponential backoff with jitter for the ``attempt``-th failure, honouring Retry-After."""
     base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempt - 1))
     delay = base * random.uniform(0.5, 1.0)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
+    if retry_after is not None and math.isfinite(retry_after):  # a hint, foreign data
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return float(delay)
 
 
