@@ -239,6 +239,17 @@ def cancel(
     return campaigns.campaign_summary(campaign_id, r)
 
 
+def _completed_by_expiry(campaign_id: str, r: redis.Redis) -> bool:
+    """A running campaign's batches settle what they find unsent ``expired`` themselves
+    once ``expires_at`` has passed (``batch_items.terminal_state``), and the ledger write
+    that settles the last queued message completes the campaign. Such a campaign did not
+    complete: it expired (DESIGN §5), and says so. Whether it was moved to ``expired``."""
+    if int(campaigns.get_counters(campaign_id, r).get("expired", 0)) <= 0:
+        return False
+    moved = _transition(r, campaign_id, _S.EXPIRED, (_S.COMPLETED,), "expires_at passed")
+    return moved is not None
+
+
 def expire_due(
     *,
     now: float | None = None,
@@ -252,7 +263,8 @@ def expire_due(
     for member in due:
         campaign_id = str(member)
         try:
-            if _end(campaign_id, _S.EXPIRED, "expires_at passed", r, enqueue) is not None:
+            ended = _end(campaign_id, _S.EXPIRED, "expires_at passed", r, enqueue)
+            if ended is not None or _completed_by_expiry(campaign_id, r):
                 expired.append(campaign_id)
         except campaigns.CampaignNotFoundError:
             pass

@@ -412,3 +412,27 @@ def test_cancelled_messages_count_once_under_their_provider(redis_client: redis.
     asyncio.run(batch_writes_them_again())
     assert redis_client.hgetall(store.MESSAGE_STATS_HASH) == {"local|cancelled": "5"}
     assert campaigns.get_counters(cid, redis_client)["cancelled"] == 5
+
+
+def test_a_campaign_whose_batches_expired_its_last_messages_ends_expired(
+    redis_client: redis.Redis,
+) -> None:
+    """Batches that run after ``expires_at`` settle the unsent messages ``expired``
+    themselves, and the last of those writes completes the running campaign before beat's
+    expiry looks at it. Beat then marks it ``expired``, as the campaign really ended; a
+    campaign that sent everything before its ``expires_at`` stays ``completed``."""
+    smtp_provider(redis_client, 2525)
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    for cid in ("exp-late", "exp-done"):
+        request = CampaignRequest.model_validate({**body(cid, 3), "expires_at": soon.isoformat()})
+        campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
+    _put("exp-late", {0: MessageState.SENT, 1: MessageState.EXPIRED, 2: MessageState.EXPIRED})
+    _put("exp-done", {0: MessageState.SENT, 1: MessageState.SENT, 2: MessageState.SENT})
+    assert campaigns.get_status("exp-late", redis_client).value == "completed"
+
+    expired = lifecycle.expire_due(now=soon.timestamp() + 1, client=redis_client)
+    assert expired == ["exp-late"]
+    summary = campaigns.campaign_summary("exp-late", redis_client)
+    assert summary["status"] == "expired" and summary["reason"] == "expires_at passed"
+    assert (summary["sent"], summary["expired"], summary["queued"]) == (1, 2, 0)
+    assert campaigns.get_status("exp-done", redis_client).value == "completed"
