@@ -88,6 +88,18 @@ def _transition(
     return CampaignStatus(str(found)) if int(changed) else None
 
 
+EXPIRED_REASON = "expires_at passed"
+
+
+async def expire_now(r: aioredis.Redis, campaign_id: str) -> None:
+    """A batch found ``expires_at`` passed before beat did: the campaign is ``expired``
+    from this moment (its unsent messages are settled by their batches and by beat's
+    :func:`expire_due`), so that settling its last message never reads as ``completed``."""
+    allowed = (_S.DRAFT, _S.SCHEDULED, _S.RUNNING, _S.PAUSED)
+    key = store.campaign_key(campaign_id)
+    await r.eval(_TRANSITION, 1, key, _S.EXPIRED.value, EXPIRED_REASON, *(s.value for s in allowed))
+
+
 def _refuse(campaign_id: str, operation: str, r: redis.Redis) -> CampaignStateError:
     status = campaigns.get_status(campaign_id, r)
     return CampaignStateError(
@@ -246,7 +258,7 @@ def _completed_by_expiry(campaign_id: str, r: redis.Redis) -> bool:
     complete: it expired (DESIGN §5), and says so. Whether it was moved to ``expired``."""
     if int(campaigns.get_counters(campaign_id, r).get("expired", 0)) <= 0:
         return False
-    moved = _transition(r, campaign_id, _S.EXPIRED, (_S.COMPLETED,), "expires_at passed")
+    moved = _transition(r, campaign_id, _S.EXPIRED, (_S.COMPLETED,), EXPIRED_REASON)
     return moved is not None
 
 
@@ -263,7 +275,7 @@ def expire_due(
     for member in due:
         campaign_id = str(member)
         try:
-            ended = _end(campaign_id, _S.EXPIRED, "expires_at passed", r, enqueue)
+            ended = _end(campaign_id, _S.EXPIRED, EXPIRED_REASON, r, enqueue)
             if ended is not None or _completed_by_expiry(campaign_id, r):
                 expired.append(campaign_id)
         except campaigns.CampaignNotFoundError:

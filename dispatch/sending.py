@@ -46,6 +46,7 @@ from dispatch.ledger import (
     record,
     system_event,
 )
+from dispatch.lifecycle import expire_now
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
@@ -711,6 +712,8 @@ async def run_batch(
         try:
             await writer.put_many(stale)
             terminal = terminal_state(status, content)
+            if terminal is MessageState.EXPIRED and status != CampaignStatus.EXPIRED.value:
+                await expire_now(r, campaign_id)  # before its last message settles
             if terminal is not None:
                 made = Records()
                 await writer.put_many([(i.seq, made.get(terminal, i.attempts), "") for i in items])

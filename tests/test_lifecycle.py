@@ -32,7 +32,7 @@ from tests.api_support import (
     save_smtp_provider,
     wait_for_campaign,
 )
-from tests.helpers import create_held, recipients, smtp_provider
+from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, wait_for
 
@@ -436,3 +436,18 @@ def test_a_campaign_whose_batches_expired_its_last_messages_ends_expired(
     assert summary["status"] == "expired" and summary["reason"] == "expires_at passed"
     assert (summary["sent"], summary["expired"], summary["queued"]) == (1, 2, 0)
     assert campaigns.get_status("exp-done", redis_client).value == "completed"
+
+
+def test_a_batch_that_finds_the_campaign_expired_expires_it(redis_client: redis.Redis) -> None:
+    """No beat: the batch that finds ``expires_at`` passed moves the campaign to
+    ``expired`` before settling its messages, so it never reads ``completed``."""
+    smtp_provider(redis_client, 2525)
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3),
+            "expires_at": soon.isoformat()}  # fmt: skip
+    cid, batches = create_held(redis_client, body)
+    wait_for(lambda: datetime.now(UTC) > soon, timeout=10)
+    run_batches(batches)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
+    assert (summary["expired"], summary["sent"], summary["queued"]) == (3, 0, 0)
