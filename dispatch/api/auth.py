@@ -19,7 +19,15 @@ def require_token(request: Request) -> None:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and any(hmac.compare_digest(token, t) for t in tokens):
+    # Compared as bytes: hmac.compare_digest refuses str with non-ASCII characters (a
+    # TypeError, so a 500 for any client sending one); Starlette decodes headers as
+    # Latin-1, so encoding back gives the bytes sent. Every token is compared, whichever
+    # matches, so the time taken does not tell which one did.
+    sent = token.encode("latin-1")
+    matched = False
+    for expected in tokens:
+        matched |= hmac.compare_digest(sent, expected.encode())
+    if scheme.lower() == "bearer" and matched:
         return
     raise HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
