@@ -68,5 +68,10 @@ def sign(purpose: str, payload: bytes) -> str:
 
 
 def verify(purpose: str, payload: bytes, signature: str) -> bool:
-    """Whether ``signature`` is :func:`sign`'s for ``payload`` (constant time)."""
-    return hmac.compare_digest(sign(purpose, payload), signature)
+    """Whether ``signature`` is :func:`sign`'s for ``payload`` (constant time).
+
+    Compared as bytes: ``hmac.compare_digest`` raises TypeError for a str with non-ASCII
+    characters, and ``signature`` comes from a URL anyone can type.
+    """
+    given = signature.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(sign(purpose, payload).encode("ascii"), given)

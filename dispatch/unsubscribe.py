@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -12,6 +13,8 @@ from dispatch import crypto
 from dispatch.settings import get_settings
 
 _PURPOSE = "unsubscribe"
+# Unpadded base64url, a dot, unpadded base64url: nothing else is a token.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class InvalidTokenError(ValueError):
@@ -34,13 +37,22 @@ def make_token(campaign_id: str, seq: int, email: str, category: str) -> str:
 
 
 def read_token(token: str) -> UnsubscribeToken:
-    """Check and decode a token; raises :class:`InvalidTokenError`."""
+    """Check and decode a token; raises :class:`InvalidTokenError`.
+
+    Only the exact text :func:`make_token` wrote is accepted: the base64 decoder skips
+    characters outside its alphabet, so without the shape check and the round trip a
+    signed token with ``"<>`` or other junk inserted would still verify.
+    """
+    if not _TOKEN.fullmatch(token):
+        raise InvalidTokenError("token is not readable")
     body, _, signature = token.partition(".")
     try:
         payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except ValueError as exc:
         raise InvalidTokenError("token is not readable") from exc
-    if not signature or not crypto.verify(_PURPOSE, payload, signature):
+    if base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii") != body:
+        raise InvalidTokenError("token is not in its canonical form")
+    if not crypto.verify(_PURPOSE, payload, signature):
         raise InvalidTokenError("token signature does not match")
     campaign_id, seq, email, category = orjson.loads(payload)
     return UnsubscribeToken(str(campaign_id), int(seq), str(email), str(category))

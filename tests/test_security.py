@@ -3,8 +3,14 @@ recipient tokens, what the recipient pages show and how much of a body they read
 
 from __future__ import annotations
 
-import httpx
+import base64
 
+import httpx
+import pytest
+import redis
+
+from dispatch import store, suppressions
+from dispatch.unsubscribe import make_token
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
 
@@ -40,3 +46,87 @@ def test_every_v1_route_but_callbacks_needs_the_bearer_token(api_server: ApiServ
                 status = http.request(method.upper(), url, json={}).status_code
                 (refused if status == 401 else open_routes).append(f"{method} {path}")
     assert refused and not open_routes
+
+
+def test_an_unsubscribe_link_with_a_non_ascii_signature_is_not_valid(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    body = make_token("c1", 0, "a@example.com", "news").partition(".")[0]
+    with _raw_client(api_server) as http:
+        page = http.get(f"/u/{body}.%C3%A9")
+        post = http.post(f"/u/{body}.%C3%A9")
+        prefs = http.get(f"/preferences/{body}.%C3%A9")
+    assert (page.status_code, post.status_code, prefs.status_code) == (404, 404, 404)
+    assert suppressions.get("a@example.com", client=redis_client) is None
+
+
+def test_a_signed_token_with_characters_inserted_is_not_valid(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    token = make_token("c1", 0, "a@example.com", "news")
+    body, _, signature = token.partition(".")
+    # The base64 decoder skips characters outside its alphabet: these decode the same.
+    tampered = [
+        f"{body[:4]}%22%3E%3C{body[4:]}.{signature}",
+        f"{body[:4]}!{body[4:]}.{signature}",
+        f"{body}.{signature}=",
+    ]
+    # A different last character whose low bits the decoder drops: same bytes, other text.
+    if len(body) % 4:
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        for other in alphabet:
+            candidate = body[:-1] + other
+            if candidate != body and _decodes_to(candidate, body):
+                tampered.append(f"{candidate}.{signature}")
+                break
+    with _raw_client(api_server) as http:
+        assert http.get(f"/u/{token}").status_code == 200
+        answers = {t: http.post(f"/u/{t}").status_code for t in tampered}
+    assert set(answers.values()) == {404}, answers
+    assert suppressions.get("a@example.com", client=redis_client) is None
+
+
+def _decodes_to(candidate: str, body: str) -> bool:
+    def decode(text: str) -> bytes:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    return decode(candidate) == decode(body)
+
+
+def test_a_token_for_one_address_cannot_be_turned_into_another(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    mine = make_token("c1", 0, "me@example.com", "news")
+    theirs = make_token("c2", 5, "victim@example.com", "news")
+    spliced = f"{theirs.partition('.')[0]}.{mine.partition('.')[2]}"
+    with _raw_client(api_server) as http:
+        assert http.post(f"/u/{spliced}").status_code == 404
+        assert http.post(f"/preferences/{spliced}", content=b"").status_code == 404
+    assert suppressions.get("victim@example.com", client=redis_client) is None
+
+
+@pytest.mark.parametrize(
+    "email",
+    ['"<script>alert(1)</script>"@example.com', 'a@example.com"><img src=x onerror=alert(1)>'],
+)
+def test_pages_escape_the_address(
+    api_server: ApiServer, redis_client: redis.Redis, email: str
+) -> None:
+    token = make_token("c1", 0, email, "news")
+    with _raw_client(api_server) as http:
+        pages = [http.get(f"/u/{token}"), http.get(f"/preferences/{token}")]
+    for page in pages:
+        assert page.status_code == 200
+        assert "<script>" not in page.text and "<img" not in page.text
+        assert "&lt;" in page.text
+
+
+def test_the_preference_center_escapes_category_names(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    redis_client.sadd(store.CATEGORIES_SET, '"><script>alert(1)</script>', "news")
+    token = make_token("c1", 0, "a@example.com", "news")
+    with _raw_client(api_server) as http:
+        page = http.get(f"/preferences/{token}")
+    assert page.status_code == 200
+    assert "<script>" not in page.text and "&lt;script&gt;" in page.text
