@@ -4,6 +4,7 @@ recipient tokens, what the recipient pages show and how much of a body they read
 from __future__ import annotations
 
 import base64
+import socket
 
 import httpx
 import pytest
@@ -130,3 +131,37 @@ def test_the_preference_center_escapes_category_names(
         page = http.get(f"/preferences/{token}")
     assert page.status_code == 200
     assert "<script>" not in page.text and "&lt;script&gt;" in page.text
+
+
+def _raw_post(server: ApiServer, path: str, headers: str, body: bytes = b"") -> bytes:
+    """The status line of a POST sent over a plain socket (to declare a length not sent)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode() + body)
+        try:
+            return sock.recv(200).partition(b"\r\n")[0]
+        except TimeoutError:
+            return b"(no answer: the server is still reading the body)"
+
+
+def test_the_preference_form_is_refused_by_its_declared_size(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    # Declared 1 GB, nothing sent: the page must answer without reading (or holding) it.
+    token = make_token("c1", 0, "a@example.com", "news")
+    declared = _raw_post(
+        api_server,
+        f"/preferences/{token}",
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000000\r\n",
+    )
+    assert declared == b"HTTP/1.1 413 Request Entity Too Large", declared
+
+
+def test_a_chunked_preference_form_is_refused_past_the_limit(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    token = make_token("c1", 0, "a@example.com", "news")
+    chunks = (b"category=news&" * 1000 for _ in range(10))  # about 140 kB, no length
+    with _raw_client(api_server) as http:
+        answer = http.post(f"/preferences/{token}", content=chunks)
+        small = http.post(f"/preferences/{token}", data={"category": "news"})
+    assert answer.status_code == 413 and small.status_code == 200

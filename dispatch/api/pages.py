@@ -31,6 +31,26 @@ router = APIRouter(tags=["recipients"], include_in_schema=True)
 MAX_FORM_BYTES = 64 * 1024
 
 
+class _FormTooLargeError(Exception):
+    pass
+
+
+async def _read_form(request: Request) -> bytes:
+    """The form body; raises ``_FormTooLargeError`` past :data:`MAX_FORM_BYTES`, judged by
+    the declared length first and then while reading (never the whole body in memory)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise _FormTooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise _FormTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _page(name: str, status: int = 200, **context: object) -> HTMLResponse:
     return HTMLResponse(_pages.get_template(name).render(**context), status_code=status)
 
@@ -101,8 +121,9 @@ async def save_preferences(token: str, request: Request) -> Response:
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    try:
+        body = await _read_form(request)
+    except _FormTooLargeError:
         return HTMLResponse("<h1>Form too large.</h1>", status_code=413)
     form = parse_qs(body.decode("utf-8", "replace"))
     if form.get("action") == ["unsubscribe-all"]:
