@@ -8,6 +8,7 @@ and message bodies are never passed to the log (settings hold them as ``SecretSt
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -19,6 +20,28 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
     "message",
     "asctime",
 }
+
+
+# Paths whose last part is a credential (a callback token) or names a recipient (a signed
+# unsubscribe token carries the address): uvicorn's access log writes them at INFO.
+_SECRET_PATHS = re.compile(r"(/v1/callbacks/[^/\s?\"]+/|/u/|/preferences/)[^/\s?\"]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with the tokens of callback, unsubscribe and preference URLs masked."""
+    return _SECRET_PATHS.sub(r"\1***", text)
+
+
+class RedactPaths(logging.Filter):
+    """Masks secret path parts in a record's arguments (uvicorn's access log passes the
+    path as an argument) and message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,6 +77,12 @@ def configure(level: int | str) -> None:
     """Send every log record to standard error as JSON lines."""
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactPaths())
+    # uvicorn configures its access logger after this (its own handler, no propagation);
+    # a filter on the logger itself survives that configuration.
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactPaths) for f in access.filters):
+        access.addFilter(RedactPaths())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

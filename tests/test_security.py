@@ -4,16 +4,23 @@ recipient tokens, what the recipient pages show and how much of a body they read
 from __future__ import annotations
 
 import base64
+import os
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from dispatch import store, suppressions
+from dispatch.redis_server import RedisServer
 from dispatch.unsubscribe import make_token
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
+from tests.smtp_server import free_port
 
 
 def _raw_client(server: ApiServer) -> httpx.Client:
@@ -165,3 +172,46 @@ def test_a_chunked_preference_form_is_refused_past_the_limit(
         answer = http.post(f"/preferences/{token}", content=chunks)
         small = http.post(f"/preferences/{token}", data={"category": "news"})
     assert answer.status_code == 413 and small.status_code == 200
+
+
+def test_the_api_access_log_does_not_show_callback_or_recipient_tokens(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``dispatch api`` as deployed (uvicorn at INFO logs every request line)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DISPATCH_REDIS_URL": redis_server.url,
+        "DISPATCH_API_TOKENS": "test-token",
+        "DISPATCH_LOG_LEVEL": "INFO",
+        "HOME": str(tmp_path),  # no `dispatch up` state file to join
+    }
+    log = tmp_path / "api.log"
+    recipient = make_token("c1", 0, "secret-recipient@example.com", "news")
+    with log.open("wb") as out:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "dispatch.cli", "api", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        http.get("/healthz")
+                        break
+                    except httpx.TransportError:
+                        assert time.monotonic() < deadline, log.read_text()
+                        time.sleep(0.1)
+                http.post("/v1/callbacks/someesp/Sup3rSecretCallbackToken", content=b"[]")
+                http.get(f"/u/{recipient}")
+                http.get(f"/preferences/{recipient}?lang=en")
+        finally:
+            api.terminate()
+            api.wait(timeout=30)
+    text = log.read_text()
+    assert "/v1/callbacks/someesp/***" in text and "/u/***" in text, text  # logged, masked
+    assert "Sup3rSecretCallbackToken" not in text
+    assert recipient.partition(".")[0] not in text and recipient.partition(".")[2] not in text
