@@ -19,7 +19,7 @@ from dispatch import store, suppressions
 from dispatch.redis_server import RedisServer
 from dispatch.unsubscribe import make_token
 from tests.api_server import ApiServer
-from tests.api_support import api_client, covers
+from tests.api_support import API_TOKEN, api_client, covers
 from tests.smtp_server import free_port
 
 
@@ -215,3 +215,17 @@ def test_the_api_access_log_does_not_show_callback_or_recipient_tokens(
     assert "/v1/callbacks/someesp/***" in text and "/u/***" in text, text  # logged, masked
     assert "Sup3rSecretCallbackToken" not in text
     assert recipient.partition(".")[0] not in text and recipient.partition(".")[2] not in text
+
+
+@pytest.mark.parametrize("path", ["/v1/campaigns", "/v1/campaigns/c1/start"])
+def test_a_v1_body_over_the_limit_is_refused_by_its_declared_size(
+    api_server: ApiServer, redis_client: redis.Redis, path: str
+) -> None:
+    """Bodies read whole are bounded (64 MiB): a declared 1 GB is refused at once, not
+    read into memory; the streamed recipient append and callbacks have their own rules."""
+    headers = (
+        f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000000000\r\n"
+    )
+    status = _raw_post(api_server, path, headers)
+    assert status.startswith(b"HTTP/1.1 413"), status

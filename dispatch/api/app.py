@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from dispatch import store
 from dispatch.api import campaigns, pages, providers, suppressions
+from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from dispatch.api.callbacks import router as callbacks_router
 from dispatch.api.errors import install_error_handlers
 from dispatch.metrics import RedisStateCollector
@@ -21,6 +22,7 @@ def create_app() -> FastAPI:
         title="dispatch",
         version="0.1.0",
         description="Send email campaigns through any provider and track every message.",
+        max_body_size=MAX_API_BODY_BYTES,
     )
 
     app.include_router(callbacks_router)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from dispatch import callbacks
+from dispatch.api.body_limits import STREAMED
 
 router = APIRouter(tags=["callbacks"])
 PATH = "/v1/callbacks/{nickname}/{token}"
@@ -35,7 +36,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post(PATH)
+@router.post(PATH, max_body_size=STREAMED)
 async def receive_callback(nickname: str, token: str, request: Request) -> Response:
     """Accept a provider's callback: events are durable in Redis before this answers."""
     try:

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from dispatch import campaigns, lifecycle
 from dispatch.api.auth import require_token
+from dispatch.api.body_limits import STREAMED
 from dispatch.api.errors import CONFLICT, ERROR_RESPONSES, NOT_FOUND, InvalidFieldError
 from dispatch.api.schemas import (
     AppendProblem,
@@ -168,6 +169,7 @@ async def _append_stream(
 
 @router.post(
     "/{campaign_id}/recipients",
+    max_body_size=STREAMED,
     response_model=AppendResult,
     responses=_BOTH,
     openapi_extra={"requestBody": _RECIPIENTS_BODY},
