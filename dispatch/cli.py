@@ -52,8 +52,15 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dispatch.redis_server import ensure_redis_url
+    from dispatch.settings import get_settings
 
     ensure_redis_url()
+    if not get_settings().api_tokens:
+        print(
+            "warning: DISPATCH_API_TOKENS is empty: /v1 is open to anyone who can reach "
+            f"{args.host}:{args.port}",
+            file=sys.stderr,
+        )
     uvicorn.run("dispatch.api.app:app", host=args.host, port=args.port, log_level="info")
     return 0
 

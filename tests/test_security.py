@@ -174,15 +174,17 @@ def test_a_chunked_preference_form_is_refused_past_the_limit(
     assert answer.status_code == 413 and small.status_code == 200
 
 
+@pytest.mark.parametrize("tokens", ["test-token", " , "])
 def test_the_api_access_log_does_not_show_callback_or_recipient_tokens(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, tokens: str
 ) -> None:
-    """``dispatch api`` as deployed (uvicorn at INFO logs every request line)."""
+    """``dispatch api`` as deployed (uvicorn at INFO logs every request line); without a
+    token configured it says at start that /v1 is open."""
     port = free_port()
     env = {
         **os.environ,
         "DISPATCH_REDIS_URL": redis_server.url,
-        "DISPATCH_API_TOKENS": "test-token",
+        "DISPATCH_API_TOKENS": tokens,
         "DISPATCH_LOG_LEVEL": "INFO",
         "HOME": str(tmp_path),  # no `dispatch up` state file to join
     }
@@ -215,6 +217,7 @@ def test_the_api_access_log_does_not_show_callback_or_recipient_tokens(
     assert "/v1/callbacks/someesp/***" in text and "/u/***" in text, text  # logged, masked
     assert "Sup3rSecretCallbackToken" not in text
     assert recipient.partition(".")[0] not in text and recipient.partition(".")[2] not in text
+    assert ("DISPATCH_API_TOKENS is empty" in text) is (tokens != "test-token"), text
 
 
 @pytest.mark.parametrize("path", ["/v1/campaigns", "/v1/campaigns/c1/start"])
