@@ -43,14 +43,33 @@ def _encode(config: ProviderBase, token: str) -> bytes:
     return orjson.dumps(data)
 
 
-def decode_provider(raw: str | bytes) -> tuple[ProviderBase, str]:
-    """A stored provider and its callback token; raises ``SecretKeyError``, ValidationError."""
+def decode_provider(raw: str | bytes, *, secrets: bool = True) -> tuple[ProviderBase, str]:
+    """A stored provider and its callback token; raises ``SecretKeyError``, ValidationError.
+
+    ``secrets=False``: the secrets are left encrypted, shown as :data:`SECRET_MASK` (what
+    a view shows anyway), so a key that no longer fits never hides the configuration.
+    """
     data: dict[str, Any] = orjson.loads(raw)
     token = str(data.pop(CALLBACK_TOKEN_FIELD, ""))
     for key, value in list(data.items()):
         if isinstance(value, dict) and set(value) == {"enc"}:
-            data[key] = crypto.decrypt(str(value["enc"]))
+            data[key] = crypto.decrypt(str(value["enc"])) if secrets else SECRET_MASK
     return parse_provider_config(data, stored=True), token
+
+
+def _unreadable_secrets(raw: str | bytes) -> list[str]:
+    """Warnings for the stored secrets the current DISPATCH_SECRET_KEY cannot decrypt."""
+    problems = []
+    for key, value in orjson.loads(raw).items():
+        if isinstance(value, dict) and set(value) == {"enc"}:
+            try:
+                crypto.decrypt(str(value["enc"]))
+            except crypto.SecretKeyError:
+                problems.append(
+                    f"{key}: the stored secret does not decrypt with DISPATCH_SECRET_KEY (was "
+                    f"the key changed?): restore the key, or save the provider again with its {key}"
+                )
+    return problems
 
 
 def _keep_masked_secrets(config: ProviderBase, stored: ProviderBase | None) -> ProviderBase:
@@ -123,8 +142,14 @@ def callback_url(nickname: str, token: str) -> str:
 
 
 def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str, Any]:
-    """The provider as shown to users: secrets masked, ``callback_url`` added."""
-    config, token = load_provider_with_token(nickname, client)
+    """The provider as shown to users: secrets masked, ``callback_url`` and ``warnings``
+    added (a secret the current key cannot decrypt is one); raises
+    :class:`ProviderNotFoundError`."""
+    raw = (client or store.sync_client()).get(store.provider_key(nickname))
+    if raw is None:
+        raise ProviderNotFoundError(nickname)
+    config, token = decode_provider(raw, secrets=False)
     view = public_view(config)
     view["callback_url"] = callback_url(nickname, token)
+    view["warnings"] = config.warnings() + _unreadable_secrets(raw)
     return view

@@ -266,3 +266,30 @@ def test_a_provider_read_and_saved_back_keeps_its_secrets(
             assert answer.status_code == 422, answer.text
             assert answer.json()["field"] == "password"
         assert api.get("/v1/providers/fresh").status_code == 404
+
+
+def test_a_provider_whose_secret_the_key_cannot_read_is_still_shown(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISPATCH_SECRET_KEY changed: reading the provider (and the list) shows it with a
+    warning that says what to do, instead of a 500; sending with it still needs the key."""
+    from dispatch import crypto, provider_store
+    from dispatch.settings import get_settings
+
+    provider_store.save_provider(
+        {**smtp_body(2525, username="mailer", password="s3cret"), "nickname": "locked"},
+        redis_client,
+    )
+    try:
+        monkeypatch.setenv("DISPATCH_SECRET_KEY", "another-key")
+        get_settings.cache_clear()
+        view = provider_store.provider_view("locked", redis_client)
+        assert view["password"] == "********" and view["username"] == "mailer"
+        assert [w.split(":")[0] for w in view["warnings"]] == ["password"]
+        assert "DISPATCH_SECRET_KEY" in view["warnings"][0]
+        with pytest.raises(crypto.SecretKeyError):
+            provider_store.load_provider("locked", redis_client)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert provider_store.provider_view("locked", redis_client)["warnings"] == []

@@ -39,9 +39,7 @@ _CONFIG_EXAMPLE = {
 
 
 def _view(nickname: str) -> ProviderView:
-    view = provider_store.provider_view(nickname)
-    config = provider_store.load_provider(nickname)
-    return ProviderView.model_validate({**view, "warnings": config.warnings()})
+    return ProviderView.model_validate(provider_store.provider_view(nickname))
 
 
 @router.put(
