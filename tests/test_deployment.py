@@ -40,3 +40,27 @@ def test_a_worker_runs_two_processes_per_core_unless_told() -> None:
     from dispatch.celery_app import app
 
     assert app.conf.worker_concurrency == 2 * len(os.sched_getaffinity(0))
+
+
+def test_the_installed_package_carries_the_recipient_pages(tmp_path: Path) -> None:
+    """The image installs a wheel (``pip install .``), not this tree: the unsubscribe and
+    preference pages must be package data the app finds where it is installed."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import dispatch
+    from dispatch.api import pages
+
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("dispatch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    where = pages.TEMPLATES.relative_to(Path(dispatch.__file__).resolve().parent.parent)
+    expected = {f"{where.as_posix()}/{page.name}" for page in pages.TEMPLATES.glob("*.html")}
+    assert expected and expected <= names, sorted(names)

@@ -25,7 +25,7 @@ from dispatch.unsubscribe import (
     unsubscribe_urls,
 )
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "pages"
+TEMPLATES = Path(__file__).resolve().parent.parent / "page_templates"  # package data
 _pages = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
 router = APIRouter(tags=["recipients"], include_in_schema=True)
 MAX_FORM_BYTES = 64 * 1024
