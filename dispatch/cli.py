@@ -61,7 +61,8 @@ def cmd_api(args: argparse.Namespace) -> int:
             f"{args.host}:{args.port}",
             file=sys.stderr,
         )
-    uvicorn.run("dispatch.api.app:app", host=args.host, port=args.port, log_level="info")
+    level = get_settings().log_level.lower()
+    uvicorn.run("dispatch.api.app:app", host=args.host, port=args.port, log_level=level)
     return 0
 
 
