@@ -113,3 +113,26 @@ def run_batches(
         return out
 
     return asyncio.run(go())
+
+
+def assert_each_sent_once(r: redis.Redis, campaign_id: str, received: list[str]) -> int:
+    """DESIGN §7 after a crash or a lost connection: no address received twice, every
+    message the ledger says ``sent`` received, and the only other outcome ``unknown``
+    (in flight at the break: it may or may not have arrived). Returns how many ended
+    ``unknown``."""
+    from collections import Counter
+
+    from dispatch.ledger import parse_record
+
+    counts = Counter(received)
+    assert not counts or max(counts.values()) == 1, "an address received twice"
+    total = campaigns.campaign_summary(campaign_id, r)["total"]
+    unknown = 0
+    for seq in range(total):
+        rec = parse_record(r.hget(store.ledger_key(campaign_id), str(seq)))
+        assert rec is not None and rec["state"] in ("sent", "unknown"), (seq, rec)
+        if rec["state"] == "sent":
+            assert f"user{seq}@example.com" in counts, seq
+        else:
+            unknown += 1
+    return unknown

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import pytest
 import redis
@@ -13,7 +12,13 @@ from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.settings import Settings, get_settings
 from dispatch.tasks import send_batch
-from tests.helpers import create_held, recipients, run_batches, smtp_provider
+from tests.helpers import (
+    assert_each_sent_once,
+    create_held,
+    recipients,
+    run_batches,
+    smtp_provider,
+)
 from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, wait_for
 
@@ -145,12 +150,8 @@ def test_a_campaign_goes_on_after_redis_restarts(
             return campaigns.get_status(cid, r).value == "completed"
 
         wait_for(completed, timeout=90, interval=1.0)
-        summary = campaigns.campaign_summary(cid, r)
-        got = Counter(m.rcpt_tos[0] for m in smtp.messages)
-        assert set(got) == {str(p["email"]) for p in recipients(3000)}
-        assert max(got.values()) == 1  # never sent twice
-        assert summary["sent"] + summary["unknown"] == 3000
-        assert summary["unknown"] <= 4  # at most the chunk on the wire at the stop
+        unknown = assert_each_sent_once(r, cid, [m.rcpt_tos[0] for m in smtp.messages])
+        assert unknown <= 8  # at most a chunk of 4 on the wire in each worker process
     finally:
         worker.stop()
         r.close()
