@@ -41,17 +41,21 @@ def start_campaign(campaign_id: str) -> int:
     return campaigns.start_campaign(campaign_id)
 
 
+# Tasks that meet a broken Redis connection run again, with backoff, well inside the
+# visibility timeout (they are safe to run twice).
+_RETRY_ON_REDIS_ERRORS: dict[str, Any] = {
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "retry_backoff": True,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
+
 # A batch whose Redis connection broke (Redis restarted: each worker process's pooled
 # connections fail once before they reconnect) runs again shortly instead of being lost
 # until beat's sweep finds its campaign stalled. Running it again is safe: the batch skips
 # what its ledger settled, and a message claimed in the broken run ends ``unknown``.
-@app.task(
-    name="dispatch.send_batch",
-    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@app.task(name="dispatch.send_batch", **_RETRY_ON_REDIS_ERRORS)
 def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
     """Send one batch; re-enqueue it when messages wait for a later retry."""
     result = runtime.run(lambda r: run_batch(campaign_id, batch, r=r, pool=runtime.session_pool()))
@@ -98,13 +102,7 @@ def release_scheduled() -> int:
     return started
 
 
-@app.task(
-    name="dispatch.process_callback",
-    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@app.task(name="dispatch.process_callback", **_RETRY_ON_REDIS_ERRORS)
 def process_callback(batch_id: str) -> int | None:
     """Apply one stored callback batch (idempotent: applied events are recognised)."""
     return effects.apply_batch(batch_id)

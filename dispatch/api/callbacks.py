@@ -11,37 +11,18 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from dispatch import callbacks
-from dispatch.api.body_limits import STREAMED
+from dispatch.api.body_limits import STREAMED, BodyTooLargeError, read_bounded
 
 router = APIRouter(tags=["callbacks"])
 PATH = "/v1/callbacks/{nickname}/{token}"
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The raw body (SNS posts JSON as ``text/plain``); raises ``_TooLarge`` past ``limit``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.post(PATH, max_body_size=STREAMED)
 async def receive_callback(nickname: str, token: str, request: Request) -> Response:
     """Accept a provider's callback: events are durable in Redis before this answers."""
     try:
-        body = await _read_body(request, callbacks.MAX_BODY_BYTES)
-    except _TooLarge:
+        body = await read_bounded(request, callbacks.MAX_BODY_BYTES)  # (SNS: text/plain)
+    except BodyTooLargeError:
         reply = callbacks.refuse_too_large()
     else:
         headers = dict(request.headers)

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from dispatch import campaigns, preferences, suppressions
+from dispatch.api.body_limits import BodyTooLargeError, read_bounded
 from dispatch.provider_store import ProviderNotFoundError, load_provider
 from dispatch.unsubscribe import (
     InvalidTokenError,
@@ -29,26 +30,6 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "page_templates"  # package
 _pages = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
 router = APIRouter(tags=["recipients"], include_in_schema=True)
 MAX_FORM_BYTES = 64 * 1024
-
-
-class _FormTooLargeError(Exception):
-    pass
-
-
-async def _read_form(request: Request) -> bytes:
-    """The form body; raises ``_FormTooLargeError`` past :data:`MAX_FORM_BYTES`, judged by
-    the declared length first and then while reading (never the whole body in memory)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
-        raise _FormTooLargeError
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            raise _FormTooLargeError
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _page(name: str, status: int = 200, **context: object) -> HTMLResponse:
@@ -122,8 +103,8 @@ async def save_preferences(token: str, request: Request) -> Response:
     if isinstance(parsed, HTMLResponse):
         return parsed
     try:
-        body = await _read_form(request)
-    except _FormTooLargeError:
+        body = await read_bounded(request, MAX_FORM_BYTES)
+    except BodyTooLargeError:
         return HTMLResponse("<h1>Form too large.</h1>", status_code=413)
     form = parse_qs(body.decode("utf-8", "replace"))
     if form.get("action") == ["unsubscribe-all"]:
