@@ -753,6 +753,7 @@ def campaign_summary(campaign_id: str, client: redis.Redis | None = None) -> dic
         "reason": data.get("reason", ""),
         "created_at": float(data.get("created_at", 0)),
         "send_date": data.get("send_date", ""),
+        "purged_at": float(data["purged_at"]) if "purged_at" in data else None,
         **get_counters(campaign_id, r),
     }
 

@@ -66,6 +66,7 @@ class _Config:
         "recover-callbacks": {"task": "dispatch.recover_callbacks", "schedule": 30.0},
         "expire-campaigns": {"task": "dispatch.expire_campaigns", "schedule": 10.0},
         "housekeeping": {"task": "dispatch.housekeeping", "schedule": 30.0},
+        "purge-finished": {"task": "dispatch.purge_finished", "schedule": 3600.0},
     }
 
     @property

@@ -53,7 +53,7 @@ class DispatchAPIError(Exception):
     """The API refused a request; ``status_code``, ``detail`` and ``field`` say why.
 
     Subclasses: :class:`Unauthorized` (401), :class:`NotFound` (404), :class:`Conflict`
-    (409), :class:`InvalidRequest` (422).
+    (409), :class:`Gone` (410), :class:`InvalidRequest` (422).
     """
 
     def __init__(self, status_code: int, detail: str, field: str | None = None) -> None:
@@ -75,6 +75,10 @@ class Conflict(DispatchAPIError):
     """The id is taken by other content, or the campaign's status forbids the operation."""
 
 
+class Gone(DispatchAPIError):
+    """The campaign's per-message records were removed (``DISPATCH_RETENTION_DAYS``)."""
+
+
 class InvalidRequest(DispatchAPIError):
     """The body or a parameter is invalid; ``field`` names it."""
 
@@ -83,6 +87,7 @@ _ERRORS: dict[int, type[DispatchAPIError]] = {
     401: Unauthorized,
     404: NotFound,
     409: Conflict,
+    410: Gone,
     422: InvalidRequest,
 }
 

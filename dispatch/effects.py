@@ -259,7 +259,7 @@ def apply_events(
         last = start + CHUNK >= len(events)
         keys: list[str] = list(fixed)
         args: list[str | int | bytes] = [
-            store.EVENTS_STREAM_MAXLEN,
+            settings.events_maxlen,
             settings.callback_dedupe_ttl_seconds,
             batch_id if last else "",
         ]

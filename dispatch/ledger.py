@@ -27,6 +27,7 @@ from redis.asyncio.client import Pipeline
 
 from dispatch import store
 from dispatch.models import MessageState
+from dispatch.settings import get_settings
 
 # Counter buckets: every non-terminal state counts as "queued".
 #
@@ -435,7 +436,7 @@ class LedgerWriter:
             batches, self._pending = self._pending, []
             args: list[bytes | str | int] = [
                 self.token,
-                store.EVENTS_STREAM_MAXLEN,
+                get_settings().events_maxlen,
                 b"\n".join(line for b in batches for line in b.lines),
                 self.provider or "unknown",
             ]

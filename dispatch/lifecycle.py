@@ -32,7 +32,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import campaigns, store
+from dispatch import campaigns, retention, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
 from dispatch.ledger import LedgerWriter, parse_record, record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
@@ -56,7 +56,8 @@ local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'', 0} end
 for i = 3, #ARGV do
   if cur == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2])
+    local t = redis.call('TIME')
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'status_at', t[1])
     return {cur, 1}
   end
 end
@@ -367,6 +368,7 @@ def retry_failed(
     """
     r = client or store.sync_client()
     status = campaigns.get_status(campaign_id, r)
+    retention.ensure_not_purged(r, campaign_id)
     if status not in (_S.RUNNING, _S.PAUSED, _S.COMPLETED):
         raise _refuse(campaign_id, "retried", r)
     batch_size = int(
@@ -423,6 +425,7 @@ def messages_page(
         raise ValueError(f"status: one of {', '.join(MESSAGE_STATUSES)}")
     r = client or store.sync_client()
     content = campaigns.load_content(campaign_id, r)
+    retention.ensure_not_purged(r, campaign_id)
     send_date = str(r.hget(store.campaign_key(campaign_id), "send_date") or "")
     total = stored_count(r, campaign_id)
     limit = max(1, min(limit, MAX_PAGE))

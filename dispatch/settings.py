@@ -26,6 +26,10 @@ DEFAULT_SLOT_WAIT_SECONDS = 5.0
 DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS = 3 * 24 * 3600
 DEFAULT_CALLBACK_RECOVERY_SECONDS = 60.0
 DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS = 72 * 3600
+# What Redis keeps: a finished campaign's per-message data for this many days after its
+# last change (0: for ever), and about this many entries of the dispatch:events stream.
+DEFAULT_RETENTION_DAYS = 30.0
+DEFAULT_EVENTS_MAXLEN = 1_000_000
 
 
 class Settings(BaseSettings):
@@ -71,6 +75,8 @@ class Settings(BaseSettings):
     sendgrid_signature_tolerance_seconds: int = Field(
         default=DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS, ge=0
     )
+    retention_days: float = Field(default=DEFAULT_RETENTION_DAYS, ge=0)
+    events_maxlen: int = Field(default=DEFAULT_EVENTS_MAXLEN, ge=1000)
     log_level: str = "INFO"
 
     @field_validator("api_tokens", mode="before")

@@ -9,7 +9,6 @@ from dispatch.redis_server import ensure_redis_url
 
 PREFIX = "dispatch"
 EVENTS_STREAM = f"{PREFIX}:events"
-EVENTS_STREAM_MAXLEN = 1_000_000
 PROVIDERS_SET = f"{PREFIX}:providers"
 CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
 SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from celery.signals import worker_process_shutdown, worker_ready
 
-from dispatch import campaigns, effects, lifecycle, runtime, store
+from dispatch import campaigns, effects, lifecycle, retention, runtime, store
 from dispatch.celery_app import app
 from dispatch.housekeeping import sweep
 from dispatch.models import campaign_request
@@ -83,6 +83,15 @@ def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
 def housekeeping() -> dict[str, list[str]]:
     """Finish running campaigns with nothing left; re-enqueue stalled ones (beat)."""
     return sweep(store.sync_client(), campaigns.enqueue_batch)
+
+
+@app.task(name="dispatch.purge_finished")
+def purge_finished() -> list[str]:
+    """Remove the per-message data of campaigns finished longer than the retention (beat)."""
+    purged = retention.purge_due(store.sync_client())
+    if purged:
+        log.info("purged finished campaigns", extra={"campaign_ids": purged})
+    return purged
 
 
 @app.task(name="dispatch.release_scheduled")

@@ -30,6 +30,8 @@ CASES = {
                         ["ratio ingest/baseline:"]),
     "api_append_memory": (["bench/api_append_memory.py", "--recipients", "2000"],
                           ["recipients appended: 2,000 (rejected 0", "API peak RSS:"]),
+    "redis_memory": (["-m", "bench.redis_memory", "--recipients", "2000"],
+                     ["used_memory growth:", "after the retention purge:", "ratio kept / taken:"]),
 }  # fmt: skip
 
 

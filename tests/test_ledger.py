@@ -19,6 +19,7 @@ from dispatch.ledger import (
     system_event,
 )
 from dispatch.models import MessageState
+from dispatch.settings import get_settings
 
 CID = "ledger-test"
 
@@ -161,18 +162,23 @@ def test_a_group_of_one_record_with_events_for_some_messages_only(
 def test_the_event_stream_stays_bounded(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store, "EVENTS_STREAM_MAXLEN", 10)
+    monkeypatch.setenv("DISPATCH_EVENTS_MAXLEN", "1000")  # the least it may be
+    get_settings.cache_clear()
 
     async def go(r):  # type: ignore[no-untyped-def]
         w = LedgerWriter(r, CID, provider="p")
         sent = record(MessageState.SENT, attempts=1)
-        await w.put_many([(s, sent, _event(s)) for s in range(2000)])
+        await w.put_many([(s, sent, _event(s)) for s in range(3000)])
 
-    _run(go)
+    try:
+        _run(go)
+    finally:
+        monkeypatch.delenv("DISPATCH_EVENTS_MAXLEN")
+        get_settings.cache_clear()
     # Trimmed approximately ("~"): whole stream nodes (100 entries each) at a time.
-    assert redis_client.xlen(store.EVENTS_STREAM) <= 110
+    assert 1000 <= redis_client.xlen(store.EVENTS_STREAM) <= 1100
     last = orjson.loads(redis_client.xrevrange(store.EVENTS_STREAM, count=1)[0][1]["json"])
-    assert last["meta"].endswith("|1999|")  # the newest are kept
+    assert last["meta"].endswith("|2999|")  # the newest are kept
 
 
 @pytest.mark.parametrize("appending", [False, True])

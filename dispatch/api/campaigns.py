@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from dispatch import campaigns, lifecycle
 from dispatch.api.auth import require_token
 from dispatch.api.body_limits import STREAMED
-from dispatch.api.errors import CONFLICT, ERROR_RESPONSES, NOT_FOUND, InvalidFieldError
+from dispatch.api.errors import CONFLICT, ERROR_RESPONSES, GONE, NOT_FOUND, InvalidFieldError
 from dispatch.api.schemas import (
     AppendProblem,
     AppendResult,
@@ -225,7 +225,7 @@ def cancel_campaign(campaign_id: CampaignId) -> CampaignSummary:
 @router.post(
     "/{campaign_id}/retry-failed",
     response_model=RetryResult,
-    responses=_BOTH,
+    responses={**_BOTH, **GONE},
     summary="Send failed messages once more",
 )
 def retry_failed(campaign_id: CampaignId) -> RetryResult:
@@ -245,7 +245,7 @@ def retry_failed(campaign_id: CampaignId) -> RetryResult:
 @router.get(
     "/{campaign_id}/messages",
     response_model=MessagePage,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **GONE},
     summary="Per-message outcomes",
 )
 def list_messages(

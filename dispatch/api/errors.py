@@ -10,6 +10,8 @@ Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "er
   ``field`` names it);
 * 409: the campaign id is taken by other content (``id``), or the operation does not
   fit the campaign's status (``status``);
+* 410: the campaign's per-message records were removed by the retention policy
+  (``campaign_id``);
 * 404: no such campaign, provider or suppression; 401: no valid bearer token
   (``authorization``).
 
@@ -37,6 +39,7 @@ from dispatch.campaigns import (
     validation_problems,
 )
 from dispatch.provider_store import ProviderNotFoundError
+from dispatch.retention import CampaignPurgedError
 
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 _CALLBACKS = "/v1/callbacks/"  # their answers are fixed by DESIGN §6
@@ -116,11 +119,12 @@ async def _pydantic_validation(request: Request, exc: Exception) -> JSONResponse
 
 async def _campaign_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CampaignError)
-    code = (
-        status.HTTP_409_CONFLICT
-        if isinstance(exc, CampaignConflictError | CampaignStateError)
-        else status.HTTP_422_UNPROCESSABLE_CONTENT
-    )
+    if isinstance(exc, CampaignPurgedError):
+        code = status.HTTP_410_GONE
+    elif isinstance(exc, CampaignConflictError | CampaignStateError):
+        code = status.HTTP_409_CONFLICT
+    else:
+        code = status.HTTP_422_UNPROCESSABLE_CONTENT
     return error_response(code, str(exc), exc.field or None)
 
 
@@ -173,4 +177,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "Not found"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "Conflicts with the current state"}
+}
+GONE: dict[int | str, dict[str, Any]] = {
+    410: {
+        "model": ErrorBody,
+        "description": "The per-message records were removed (DISPATCH_RETENTION_DAYS)",
+    }
 }

@@ -80,6 +80,10 @@ class CampaignSummary(BaseModel):
     reason: str = ""
     created_at: float = 0.0
     send_date: str = ""
+    purged_at: float | None = Field(
+        default=None,
+        description="When the retention policy removed the per-message records (null: kept)",
+    )
     total: int = 0
     queued: int = 0
     sent: int = 0

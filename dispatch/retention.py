@@ -1,0 +1,116 @@
+"""What Redis keeps of a finished campaign, and for how long.
+
+Redis holds everything in memory, so a campaign's per-message data cannot stay for ever:
+a million recipients take about 210 MB (their documents, address keys and ledger
+records; ``bench``-sized vars). ``DISPATCH_RETENTION_DAYS`` after a campaign finished
+(``completed``, ``cancelled`` or ``expired``) and last changed, beat's purge removes that
+data: the recipients, their address keys, the ledger and the retried set. What stays is
+small and keeps the campaign answerable: its content, status and counters (reports and
+``GET /v1/campaigns/{id}`` go on working, and re-posting its id is still recognised and
+sends nothing), and the bitmaps that count each message's callback once (late callbacks
+still move the right counters, suppress and publish their events).
+
+After the purge the per-message outcomes and ``retry-failed`` answer 410 Gone, with the
+time of the purge; ``purged_at`` in the campaign's summary says so too.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from dispatch import campaigns, store
+from dispatch.models import CampaignStatus
+from dispatch.settings import get_settings
+
+FINISHED = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.EXPIRED)
+# When the campaign last changed: the latest of these fields of its hash.
+_CHANGED_FIELDS = ("created_at", "started_at", "progress_at", "completed_at", "status_at")
+_CANDIDATES_PER_ROUND_TRIP = 500
+
+
+class CampaignPurgedError(campaigns.CampaignError):
+    """The campaign's per-message data was removed by the retention policy (HTTP 410)."""
+
+    def __init__(self, campaign_id: str, purged_at: float) -> None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(purged_at))
+        super().__init__(
+            f"campaign {campaign_id!r}: its per-message records were removed at {when}, "
+            "DISPATCH_RETENTION_DAYS after it finished",
+            "campaign_id",
+        )
+        self.purged_at = purged_at
+
+
+def per_message_keys(campaign_id: str) -> list[str]:
+    """The keys that grow with the campaign's recipients (what a purge removes)."""
+    return [
+        store.recipients_key(campaign_id),
+        store.address_keys_key(campaign_id),
+        store.addresses_key(campaign_id),
+        store.ledger_key(campaign_id),
+        store.retried_key(campaign_id),
+    ]
+
+
+# Atomic with the status: a campaign that is not finished (one retried since it was
+# chosen, say) keeps its data. UNLINK frees the large values in Redis's background thread.
+_PURGE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if redis.call('HEXISTS', KEYS[1], 'purged_at') == 1 then return 0 end
+local finished = false
+for i = 2, #ARGV do if status == ARGV[i] then finished = true end end
+if not finished then return 0 end
+redis.call('UNLINK', unpack(KEYS, 2))
+redis.call('HSET', KEYS[1], 'purged_at', ARGV[1])
+return 1
+"""
+
+
+def purge(r: redis.Redis, campaign_id: str, now: float | None = None) -> bool:
+    """Remove a finished campaign's per-message data now; whether it did."""
+    keys = [store.campaign_key(campaign_id), *per_message_keys(campaign_id)]
+    at = repr(time.time() if now is None else now)
+    return bool(r.eval(_PURGE, len(keys), *keys, at, *(s.value for s in FINISHED)))
+
+
+def purged_at(r: redis.Redis, campaign_id: str) -> float | None:
+    raw = r.hget(store.campaign_key(campaign_id), "purged_at")
+    return None if raw is None else float(raw)
+
+
+def ensure_not_purged(r: redis.Redis, campaign_id: str) -> None:
+    """Raises :class:`CampaignPurgedError` when the campaign's messages were purged."""
+    when = purged_at(r, campaign_id)
+    if when is not None:
+        raise CampaignPurgedError(campaign_id, when)
+
+
+def purge_due(
+    r: redis.Redis, now: float | None = None, retention_days: float | None = None
+) -> list[str]:
+    """Purge every finished campaign that has not changed for the retention period (beat);
+    the ids purged. A retention of 0 keeps everything."""
+    now = time.time() if now is None else now
+    days = get_settings().retention_days if retention_days is None else retention_days
+    if days <= 0:
+        return []
+    cutoff = now - days * 86400
+    # Only a campaign created before the cutoff can have stopped changing before it.
+    candidates = [str(c) for c in r.zrangebyscore(store.CAMPAIGNS_ZSET, "-inf", cutoff)]
+    fields = ["status", "purged_at", *_CHANGED_FIELDS]
+    purged = []
+    for start in range(0, len(candidates), _CANDIDATES_PER_ROUND_TRIP):
+        chunk = candidates[start : start + _CANDIDATES_PER_ROUND_TRIP]
+        pipe = r.pipeline(transaction=False)
+        for campaign_id in chunk:
+            pipe.hmget(store.campaign_key(campaign_id), fields)
+        for campaign_id, (status, was_purged, *changed) in zip(chunk, pipe.execute(), strict=True):
+            if was_purged is not None or status not in {s.value for s in FINISHED}:
+                continue
+            if max(float(c or 0) for c in changed) > cutoff:
+                continue
+            if purge(r, campaign_id, now):
+                purged.append(campaign_id)
+    return purged

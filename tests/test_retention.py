@@ -1,0 +1,197 @@
+"""Retention: a finished campaign's per-message data leaves Redis after
+DISPATCH_RETENTION_DAYS; its report, id and callbacks go on working."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from dispatch import campaigns, lifecycle, retention, store, suppressions
+from dispatch.celery_app import app
+from dispatch.client import Gone
+from dispatch.models import CampaignStatus
+from tests.api_server import ApiServer
+from tests.api_support import api_client, covers, dispatch_client
+from tests.callback_support import callback_path, inbox_empty, nested, post, stream
+from tests.helpers import create_held, recipients, run_inline, smtp_provider
+from tests.smtp_server import SmtpTestServer
+from tests.worker import WorkerProcess, wait_for
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def api(api_server: ApiServer) -> Iterator[httpx.Client]:
+    with api_client(api_server) as client:
+        yield client
+
+
+def body(n: int = 5, campaign_id: str = "ret1") -> dict[str, object]:
+    return {
+        "id": campaign_id,
+        "provider": "local",
+        "subject": "Hi {{ name }}",
+        "html": "<p>Hello {{ name }}</p>",
+        "recipients": recipients(n),
+    }
+
+
+def sent_campaign(r: redis.Redis, smtp: SmtpTestServer, n: int = 5) -> str:
+    smtp_provider(r, smtp.port)
+    campaign_id, _ = run_inline(r, body(n))
+    assert campaigns.campaign_summary(campaign_id, r)["status"] == "completed"
+    assert len(smtp.messages) == n
+    return campaign_id
+
+
+def existing(r: redis.Redis, campaign_id: str) -> list[str]:
+    return [k for k in retention.per_message_keys(campaign_id) if r.exists(k)]
+
+
+def test_a_finished_campaign_keeps_its_report_and_loses_its_per_message_data(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    campaign_id = sent_campaign(redis_client, smtp)
+    before = campaigns.campaign_summary(campaign_id, redis_client)
+    assert existing(redis_client, campaign_id)  # recipients, address keys, ledger
+    assert before["purged_at"] is None
+
+    assert retention.purge_due(redis_client, now=time.time() + 29 * DAY) == []
+    assert existing(redis_client, campaign_id)
+    now = time.time() + 31 * DAY
+    assert retention.purge_due(redis_client, now=now) == [campaign_id]
+
+    assert existing(redis_client, campaign_id) == []
+    after = campaigns.campaign_summary(campaign_id, redis_client)
+    assert after["purged_at"] == pytest.approx(now)
+    assert {k: v for k, v in after.items() if k != "purged_at"} == {
+        k: v for k, v in before.items() if k != "purged_at"
+    }
+    assert retention.purge_due(redis_client, now=now + DAY) == []  # once
+    with pytest.raises(retention.CampaignPurgedError):
+        lifecycle.messages_page(campaign_id, client=redis_client)
+    with pytest.raises(retention.CampaignPurgedError):
+        lifecycle.retry_failed(campaign_id, client=redis_client, enqueue=lambda c, b: None)
+
+
+def test_a_retention_of_zero_keeps_everything(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    campaign_id = sent_campaign(redis_client, smtp)
+    assert retention.purge_due(redis_client, now=time.time() + 3650 * DAY, retention_days=0) == []
+    assert len(existing(redis_client, campaign_id)) == 3
+
+
+def test_unfinished_campaigns_are_never_purged(redis_client: redis.Redis) -> None:
+    smtp_provider(redis_client, 9)  # nothing is sent: the batches are held here
+    draft = {**body(3, "draft1"), "draft": True}
+    create_held(redis_client, draft)
+    running, _ = create_held(redis_client, body(3, "running1"))
+    paused, _ = create_held(redis_client, body(3, "paused1"))
+    lifecycle.pause(paused, client=redis_client)
+    later = time.time() + 400 * DAY
+    assert retention.purge_due(redis_client, now=later) == []
+    for campaign_id in ("draft1", running, paused):
+        assert existing(redis_client, campaign_id), campaign_id
+    # Nor by a direct purge: the status is checked with the deletion.
+    assert not retention.purge(redis_client, running)
+    assert existing(redis_client, running)
+
+
+def test_the_retention_counts_from_the_last_change_not_the_creation(
+    redis_client: redis.Redis,
+) -> None:
+    smtp_provider(redis_client, 9)
+    # A draft no recipient was appended to: cancelling it settles no message.
+    campaign_id, _ = create_held(redis_client, {**body(0, "old1"), "draft": True})
+    created = time.time() - 40 * DAY  # created long ago, cancelled now
+    redis_client.zadd(store.CAMPAIGNS_ZSET, {campaign_id: created})
+    redis_client.hset(store.campaign_key(campaign_id), "created_at", str(created))
+    lifecycle.cancel(campaign_id, client=redis_client)
+
+    assert retention.purge_due(redis_client, now=time.time() + 29 * DAY) == []
+    assert retention.purge_due(redis_client, now=time.time() + 31 * DAY) == [campaign_id]
+
+
+def test_a_campaign_retried_after_it_was_chosen_is_not_purged(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    campaign_id = sent_campaign(redis_client, smtp)
+    redis_client.hset(store.campaign_key(campaign_id), "status", CampaignStatus.RUNNING.value)
+    assert not retention.purge(redis_client, campaign_id)
+    assert len(existing(redis_client, campaign_id)) == 3
+
+
+def test_beat_runs_the_purge() -> None:
+    schedule = app.conf.beat_schedule["purge-finished"]
+    assert schedule["task"] == "dispatch.purge_finished"
+    assert "dispatch.purge_finished" in app.tasks
+
+
+@covers("GET /v1/campaigns/{campaign_id}/messages", "POST /v1/campaigns/{campaign_id}/retry-failed")
+def test_after_the_purge_the_api_says_gone_and_a_repost_sends_nothing(
+    api: httpx.Client, api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    campaign_id = sent_campaign(redis_client, smtp, n=4)
+    assert api.get(f"/v1/campaigns/{campaign_id}/messages").status_code == 200
+    retention.purge(redis_client, campaign_id)
+
+    summary = api.get(f"/v1/campaigns/{campaign_id}").json()
+    assert summary["status"] == "completed" and summary["sent"] == 4
+    assert summary["purged_at"] > 0
+    for answer in (
+        api.get(f"/v1/campaigns/{campaign_id}/messages"),
+        api.post(f"/v1/campaigns/{campaign_id}/retry-failed"),
+    ):
+        assert answer.status_code == 410, answer.text
+        assert answer.json()["field"] == "campaign_id"
+        assert "DISPATCH_RETENTION_DAYS" in answer.json()["detail"]
+    client = dispatch_client(api_server)
+    with pytest.raises(Gone) as gone:
+        client.messages(campaign_id)
+    assert gone.value.field == "campaign_id"
+    listed = api.get("/v1/campaigns").json()["items"]
+    assert [c["id"] for c in listed] == [campaign_id]
+
+    again = api.post("/v1/campaigns", json=body(4))
+    assert again.status_code == 200, again.text  # recognised: the same campaign
+    time.sleep(0.5)
+    assert len(smtp.messages) == 4  # nothing sent twice
+
+
+def test_callbacks_after_the_purge_still_count_once_suppress_and_publish(
+    api: httpx.Client,
+    redis_client: redis.Redis,
+    smtp: SmtpTestServer,
+    celery_worker: WorkerProcess,
+) -> None:
+    campaign_id = sent_campaign(redis_client, smtp, n=3)
+    metas = {
+        m["email"]: m["meta"] for m in lifecycle.messages_page(campaign_id, client=redis_client)[0]
+    }
+    path = callback_path(redis_client, "local")
+    first = {"type": "delivered", "email": "user0@example.com", "meta": metas["user0@example.com"]}
+    assert post(api, path, nested(first)).status_code == 200
+    wait_for(lambda: inbox_empty(redis_client), timeout=60)
+    retention.purge(redis_client, campaign_id)
+
+    events = [
+        {"type": "delivered", "email": "user1@example.com", "meta": metas["user1@example.com"]},
+        {"type": "hard_bounce", "email": "user2@example.com", "meta": metas["user2@example.com"]},
+        # Redelivered after the dedupe TTL (another description: another content hash).
+        {**first, "description": "delivered again"},
+    ]
+    assert post(api, path, nested(*events)).status_code == 200
+    wait_for(lambda: inbox_empty(redis_client), timeout=60)
+
+    counters = campaigns.get_counters(campaign_id, redis_client)
+    assert counters["delivered"] == 2 and counters["hard_bounced"] == 1
+    entry = suppressions.get("user2@example.com", client=redis_client)
+    assert entry is not None and entry["reason"] == "hard_bounce"
+    published = {(e["email"], e["event"]) for e in stream(redis_client)}
+    assert ("user2@example.com", "Notification Failed") in published
+    assert ("user1@example.com", "Notification Delivered") in published
