@@ -92,6 +92,27 @@ def callback_bits_key(campaign_id: str, counter: str) -> str:
     return f"{PREFIX}:campaign:{campaign_id}:callbacks:{counter}"
 
 
+def eviction_problem(client: redis.Redis) -> str | None:
+    """What is wrong with the Redis's ``maxmemory-policy``, or None when it is
+    ``noeviction`` (or cannot be read: managed Redis may refuse CONFIG).
+
+    Redis is the system of record: an evicted ledger record reads as "still queued" and
+    its message would be sent again, an evicted lease or dedupe key lets a batch or a
+    callback run twice. Every other policy evicts some of them under memory pressure.
+    """
+    try:
+        policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+    except redis.ResponseError:
+        return None
+    if policy in ("", "noeviction"):
+        return None
+    return (
+        f"Redis maxmemory-policy is {policy}: under memory pressure Redis would drop "
+        "dispatch's records and messages could be sent twice; set maxmemory-policy "
+        "noeviction (and give Redis the memory the README's Redis memory section plans)"
+    )
+
+
 _sync_client: redis.Redis | None = None
 
 

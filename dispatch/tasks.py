@@ -130,6 +130,16 @@ def recover_callbacks(grace: float | None = None) -> int:
 
 
 @worker_ready.connect
+def _warn_about_eviction(**_: object) -> None:
+    try:
+        problem = store.eviction_problem(store.sync_client())
+    except redis.RedisError:  # not reachable yet: Celery's own retries report it
+        return
+    if problem:
+        log.warning(problem)
+
+
+@worker_ready.connect
 def _recover_callbacks_at_start(**_: object) -> None:
     """A worker that starts picks up batches stored while no task could run them."""
     try:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 
@@ -13,8 +19,20 @@ from dispatch.api.callbacks import router as callbacks_router
 from dispatch.api.errors import install_error_handlers
 from dispatch.metrics import RedisStateCollector
 
+log = logging.getLogger(__name__)
 _SERVICE_METRICS = CollectorRegistry(auto_describe=False)
 _SERVICE_METRICS.register(RedisStateCollector())
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    try:
+        problem = await run_in_threadpool(store.eviction_problem, store.sync_client())
+    except redis.RedisError:  # /healthz says so; the API starts anyway
+        problem = None
+    if problem:
+        log.warning(problem)
+    yield
 
 
 def create_app() -> FastAPI:
@@ -23,6 +41,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Send email campaigns through any provider and track every message.",
         max_body_size=MAX_API_BODY_BYTES,
+        lifespan=_lifespan,
     )
 
     app.include_router(callbacks_router)
