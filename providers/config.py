@@ -23,6 +23,7 @@ from pydantic import (
 
 from providers.addresses import check_header_value, normalize_address
 from providers.callbacks.sendgrid import load_public_key
+from providers.tls import load_ca
 
 NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
 DEFAULT_MAX_CONNECTIONS = 4
@@ -31,6 +32,7 @@ DEFAULT_SMTP_TIMEOUT = 30.0
 DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
 MAX_COUNT = 2**63 - 1  # limits are counted in Redis, in signed 64 bits
+MAX_TLS_CA_CHARS = 256 * 1024  # a PEM bundle of a few private CAs
 
 Security = Literal["none", "starttls", "tls"]
 PreferenceCenter = Literal["none", "system", "custom"]
@@ -110,6 +112,19 @@ class ProviderBase(BaseModel):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100, strict=True)
     rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0, strict=True)
     daily_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
+    # Certificate checks of the provider's TLS connections (STARTTLS, SMTPS, https://).
+    # tls_verify false skips them (tests only); tls_ca, PEM certificates of a private CA,
+    # is trusted instead of the default CAs.
+    tls_verify: bool = True
+    tls_ca: str = Field(default="", max_length=MAX_TLS_CA_CHARS)
+
+    @field_validator("tls_ca")
+    @classmethod
+    def _tls_ca(cls, value: str, info: ValidationInfo) -> str:
+        """Checked on save: a bundle OpenSSL cannot read would fail every connection."""
+        if value and _given(info):
+            load_ca(value)
+        return value
 
     @field_validator("from_name", "from_address", "reply_to")
     @classmethod
@@ -150,8 +165,6 @@ class SmtpFamilyBase(ProviderBase):
     username: str = ""
     password: SecretStr = SecretStr("")
     timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0, strict=True)
-    # Skip certificate verification: only for tests and private relays with their own CA.
-    tls_verify: bool = True
     # 0: unlimited
     max_messages_per_connection: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)

@@ -313,7 +313,7 @@ class SmtpTransport:
             start_tls=security == "starttls",
             # The process's shared context, with or without certificate checks
             # (providers.tls): aiosmtplib would build one per connection otherwise.
-            tls_context=smtp_context(cfg.tls_verify) if security != "none" else None,
+            tls_context=smtp_context(cfg.tls_verify, cfg.tls_ca) if security != "none" else None,
             timeout=cfg.timeout,
         )
         try:

@@ -75,6 +75,7 @@ def test_invalid_provider_configs_get_422_naming_the_field(
         ({**smtp_body(25), "preference_center": "custom"}, "preference_center_url"),
         ({**smtp_body(25), "nickname": "other"}, "nickname"),
         ({**smtp_body(25), "colour": "red"}, "colour"),
+        ({**smtp_body(25), "tls_ca": "not a certificate"}, "tls_ca"),
         (
             {"kind": "http", "endpoint": "http://127.0.0.1:9/send", "body": {"to": "$$To"}},
             "body",

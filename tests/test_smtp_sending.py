@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -22,7 +23,7 @@ from providers.errors import (
 )
 from providers.smtp import SmtpTransport
 from tests.helpers import recipients, run_inline, smtp_provider
-from tests.smtp_server import SmtpTestServer
+from tests.smtp_server import SmtpTestServer, self_signed_cert
 
 META_RE = re.compile(r"^[^|]+@[^|]+\|1\|[^|]+\|\d{8}\|0\|default\|\d+\|$")
 FAST = Settings(retry_base_seconds=0.05, retry_max_seconds=0.2, inline_retry_seconds=5.0)
@@ -80,6 +81,27 @@ def test_certificates_are_checked_unless_turned_off(security: str) -> None:
             else:
                 outcomes = asyncio.run(_send(config, [_message()]))
                 assert [o.status for o in outcomes] == [OutcomeStatus.SENT]  # type: ignore[attr-defined]
+    assert len(server.messages) == 1
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_a_private_ca_is_trusted_through_tls_ca(security: str, tmp_path: Path) -> None:
+    """A relay with a certificate of the user's own CA: ``tls_ca`` trusts it with the checks
+    on; the host name must still match, and another CA's certificate is still refused."""
+    cert, key = self_signed_cert(tmp_path)  # its own CA, for 127.0.0.1 only
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed_cert(tmp_path / "other")
+    with SmtpTestServer(security=security, cert=(cert, key)) as server:
+        trusted = _config(server.port, security, tls_ca=cert.read_text())
+        outcomes = asyncio.run(_send(trusted, [_message()]))
+        assert [o.status for o in outcomes] == [OutcomeStatus.SENT]  # type: ignore[attr-defined]
+        for config, reason in (
+            ({**trusted, "host": "localhost"}, "match"),  # the certificate names 127.0.0.1
+            ({**trusted, "tls_ca": other.read_text()}, "CERTIFICATE_VERIFY_FAILED"),
+        ):
+            with pytest.raises(ConfigurationError) as info:
+                asyncio.run(_send(config, [_message()]))
+            assert reason in info.value.detail
     assert len(server.messages) == 1
 
 
