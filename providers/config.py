@@ -158,6 +158,10 @@ class SmtpFamilyBase(ProviderBase):
     secret_fields: ClassVar[tuple[str, ...]] = ("password",)
     default_host: ClassVar[str] = ""
     default_security: ClassVar[Security] = "starttls"
+    # A service's name and what its SMTP login takes (DESIGN §2); empty for any server,
+    # where a login is optional.
+    service: ClassVar[str] = ""
+    credentials: ClassVar[str] = ""
 
     host: str = ""
     port: int = Field(default=0, ge=0, le=65535, strict=True)  # 0: the preset for `security`
@@ -190,12 +194,20 @@ class SmtpFamilyBase(ProviderBase):
         return self
 
     def warnings(self) -> list[str]:
-        if self.from_address:
-            return []
-        return [
-            "from_address is empty: every campaign must give its own, and the test email "
-            "cannot be sent"
-        ]
+        warnings = []
+        if not self.from_address:
+            warnings.append(
+                "from_address is empty: every campaign must give its own, and the test email "
+                "cannot be sent"
+            )
+        given = {"username": self.username, "password": self.password.get_secret_value()}
+        missing = [name for name, value in given.items() if not value]
+        if self.credentials and missing:
+            warnings.append(
+                f"{' and '.join(missing)} empty: {self.service} refuses the session (campaigns "
+                f"pause, the test email fails); give {self.credentials}"
+            )
+        return warnings
 
 
 class SmtpConfig(SmtpFamilyBase):
@@ -214,6 +226,10 @@ class SesConfig(SmtpFamilyBase):
     """Amazon SES through its SMTP interface (SMTP credentials, not IAM keys)."""
 
     kind: Literal["ses"] = "ses"
+    service: ClassVar[str] = "Amazon SES"
+    credentials: ClassVar[str] = (
+        "the SMTP credentials made in the SES console (not IAM access keys)"
+    )
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
     configuration_set: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,64}$")
     # The allow-list of callbacks: an SNS message from another topic is refused.
@@ -247,6 +263,8 @@ class SendgridConfig(SmtpFamilyBase):
     """SendGrid's SMTP relay: username ``apikey``, password the API key."""
 
     kind: Literal["sendgrid"] = "sendgrid"
+    service: ClassVar[str] = "SendGrid"
+    credentials: ClassVar[str] = "the API key as password (username apikey)"
     default_host: ClassVar[str] = "smtp.sendgrid.net"
     username: str = "apikey"
     # Base64 DER public key of the Signed Event Webhook, as SendGrid shows it.
@@ -270,6 +288,8 @@ class GmailConfig(SmtpFamilyBase):
     """Gmail / Google Workspace with an app password."""
 
     kind: Literal["gmail"] = "gmail"
+    service: ClassVar[str] = "Gmail"
+    credentials: ClassVar[str] = "the Gmail address as username and an app password"
     default_host: ClassVar[str] = "smtp.gmail.com"
     default_security: ClassVar[Security] = "tls"
     # Google Workspace limits (reference §3): 2,000 messages a day, 100 recipients each
