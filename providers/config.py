@@ -23,6 +23,7 @@ from pydantic import (
 
 from providers.addresses import check_header_value, normalize_address
 from providers.callbacks.sendgrid import load_public_key
+from providers.tls import load_ca
 
 NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
 DEFAULT_MAX_CONNECTIONS = 4
@@ -31,6 +32,7 @@ DEFAULT_SMTP_TIMEOUT = 30.0
 DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
 MAX_COUNT = 2**63 - 1  # limits are counted in Redis, in signed 64 bits
+MAX_TLS_CA_CHARS = 256 * 1024  # a PEM bundle of a few private CAs
 
 Security = Literal["none", "starttls", "tls"]
 PreferenceCenter = Literal["none", "system", "custom"]
@@ -110,6 +112,19 @@ class ProviderBase(BaseModel):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100, strict=True)
     rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0, strict=True)
     daily_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
+    # Certificate checks of the provider's TLS connections (STARTTLS, SMTPS, https://).
+    # tls_verify false skips them (tests only); tls_ca, PEM certificates of a private CA,
+    # is trusted instead of the default CAs.
+    tls_verify: bool = True
+    tls_ca: str = Field(default="", max_length=MAX_TLS_CA_CHARS)
+
+    @field_validator("tls_ca")
+    @classmethod
+    def _tls_ca(cls, value: str, info: ValidationInfo) -> str:
+        """Checked on save: a bundle OpenSSL cannot read would fail every connection."""
+        if value and _given(info):
+            load_ca(value)
+        return value
 
     @field_validator("from_name", "from_address", "reply_to")
     @classmethod
@@ -143,6 +158,10 @@ class SmtpFamilyBase(ProviderBase):
     secret_fields: ClassVar[tuple[str, ...]] = ("password",)
     default_host: ClassVar[str] = ""
     default_security: ClassVar[Security] = "starttls"
+    # A service's name and what its SMTP login takes (DESIGN §2); empty for any server,
+    # where a login is optional.
+    service: ClassVar[str] = ""
+    credentials: ClassVar[str] = ""
 
     host: str = ""
     port: int = Field(default=0, ge=0, le=65535, strict=True)  # 0: the preset for `security`
@@ -150,8 +169,6 @@ class SmtpFamilyBase(ProviderBase):
     username: str = ""
     password: SecretStr = SecretStr("")
     timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0, strict=True)
-    # Skip certificate verification: only for tests and private relays with their own CA.
-    tls_verify: bool = True
     # 0: unlimited
     max_messages_per_connection: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
@@ -177,12 +194,20 @@ class SmtpFamilyBase(ProviderBase):
         return self
 
     def warnings(self) -> list[str]:
-        if self.from_address:
-            return []
-        return [
-            "from_address is empty: every campaign must give its own, and the test email "
-            "cannot be sent"
-        ]
+        warnings = []
+        if not self.from_address:
+            warnings.append(
+                "from_address is empty: every campaign must give its own, and the test email "
+                "cannot be sent"
+            )
+        given = {"username": self.username, "password": self.password.get_secret_value()}
+        missing = [name for name, value in given.items() if not value]
+        if self.credentials and missing:
+            warnings.append(
+                f"{' and '.join(missing)} empty: {self.service} refuses the session (campaigns "
+                f"pause, the test email fails); give {self.credentials}"
+            )
+        return warnings
 
 
 class SmtpConfig(SmtpFamilyBase):
@@ -201,6 +226,10 @@ class SesConfig(SmtpFamilyBase):
     """Amazon SES through its SMTP interface (SMTP credentials, not IAM keys)."""
 
     kind: Literal["ses"] = "ses"
+    service: ClassVar[str] = "Amazon SES"
+    credentials: ClassVar[str] = (
+        "the SMTP credentials made in the SES console (not IAM access keys)"
+    )
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
     configuration_set: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,64}$")
     # The allow-list of callbacks: an SNS message from another topic is refused.
@@ -234,6 +263,8 @@ class SendgridConfig(SmtpFamilyBase):
     """SendGrid's SMTP relay: username ``apikey``, password the API key."""
 
     kind: Literal["sendgrid"] = "sendgrid"
+    service: ClassVar[str] = "SendGrid"
+    credentials: ClassVar[str] = "the API key as password (username apikey)"
     default_host: ClassVar[str] = "smtp.sendgrid.net"
     username: str = "apikey"
     # Base64 DER public key of the Signed Event Webhook, as SendGrid shows it.
@@ -257,6 +288,8 @@ class GmailConfig(SmtpFamilyBase):
     """Gmail / Google Workspace with an app password."""
 
     kind: Literal["gmail"] = "gmail"
+    service: ClassVar[str] = "Gmail"
+    credentials: ClassVar[str] = "the Gmail address as username and an app password"
     default_host: ClassVar[str] = "smtp.gmail.com"
     default_security: ClassVar[Security] = "tls"
     # Google Workspace limits (reference §3): 2,000 messages a day, 100 recipients each

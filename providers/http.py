@@ -518,6 +518,8 @@ class HttpTransport:
             # One connection per session: the dispatcher's session count is the
             # provider's connection count (max_connections).
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            verify=self.config.tls_verify,
+            ca=self.config.tls_ca,
             resolve=self._resolve,
         )
         auth = None

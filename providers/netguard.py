@@ -216,9 +216,11 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         allow_private: bool,
         limits: httpx.Limits,
         verify: bool = True,
+        ca: str = "",
         resolve: Resolve = system_resolve,
     ) -> None:
-        context = http_context(verify)
+        """``verify``, ``ca``: see :func:`providers.tls.http_context`."""
+        context = http_context(verify, ca)
         super().__init__(verify=context, limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context,

@@ -78,6 +78,10 @@ def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
         if isinstance(error, PermanentError):
             return ConfigurationError(f"{where} refused the session: {error.detail}", code=exc.code)
         return error
+    if isinstance(exc, aiosmtplib.SMTPException) and not isinstance(exc, ConnectionError):
+        # aiosmtplib's own refusals with no reply behind them: STARTTLS or AUTH not
+        # offered by the server. Retrying changes nothing; the configuration must.
+        return ConfigurationError(f"{where}: {exc}")
     return ProviderConnectionError(f"cannot connect to {where}: {exc}")
 
 
@@ -309,7 +313,7 @@ class SmtpTransport:
             start_tls=security == "starttls",
             # The process's shared context, with or without certificate checks
             # (providers.tls): aiosmtplib would build one per connection otherwise.
-            tls_context=smtp_context(cfg.tls_verify) if security != "none" else None,
+            tls_context=smtp_context(cfg.tls_verify, cfg.tls_ca) if security != "none" else None,
             timeout=cfg.timeout,
         )
         try:

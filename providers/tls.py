@@ -9,7 +9,8 @@ share the loaded bundle (a context made before a fork is sound in the children: 
 1.1.1 and later reseed their random generator in a forked process).
 
 Each adapter keeps its library's trust store: SMTP the system's CA paths (as aiosmtplib
-does), Generic HTTP certifi's bundle (as httpx does).
+does), Generic HTTP certifi's bundle (as httpx does). A provider's ``tls_ca`` (PEM
+certificates of a private CA) replaces that store for its connections.
 """
 
 from __future__ import annotations
@@ -19,19 +20,37 @@ from functools import lru_cache
 
 import httpx
 
+# Contexts kept per process: the two defaults of each adapter and a few private CAs.
+_CONTEXTS_KEPT = 16
 
-@lru_cache(maxsize=2)
-def smtp_context(verify: bool) -> ssl.SSLContext:
-    """The context aiosmtplib would build for ``validate_certs=verify``, made once."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+
+def load_ca(pem: str) -> ssl.SSLContext:
+    """A verifying context that trusts the CA certificates ``pem`` and nothing else.
+
+    Raises ``ValueError`` when ``pem`` holds no certificate OpenSSL can read.
+    """
+    try:
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=pem)
+    except ssl.SSLError as exc:
+        raise ValueError(f"not PEM certificates ({exc.reason or exc})") from None
+
+
+@lru_cache(maxsize=_CONTEXTS_KEPT)
+def smtp_context(verify: bool, ca: str = "") -> ssl.SSLContext:
+    """The context aiosmtplib would build for ``validate_certs=verify``, made once;
+    ``ca``: PEM certificates to trust instead of the system's."""
+    context = load_ca(ca) if ca else ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.check_hostname = verify
     context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
     return context
 
 
-@lru_cache(maxsize=2)
-def http_context(verify: bool) -> ssl.SSLContext:
-    """The context httpx would build for ``verify`` (environment ignored), made once."""
+@lru_cache(maxsize=_CONTEXTS_KEPT)
+def http_context(verify: bool, ca: str = "") -> ssl.SSLContext:
+    """The context httpx would build for ``verify`` (environment ignored), made once;
+    ``ca``: PEM certificates to trust instead of certifi's."""
+    if verify and ca:
+        return load_ca(ca)
     return httpx.create_ssl_context(verify=verify, trust_env=False)
 
 

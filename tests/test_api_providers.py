@@ -75,6 +75,7 @@ def test_invalid_provider_configs_get_422_naming_the_field(
         ({**smtp_body(25), "preference_center": "custom"}, "preference_center_url"),
         ({**smtp_body(25), "nickname": "other"}, "nickname"),
         ({**smtp_body(25), "colour": "red"}, "colour"),
+        ({**smtp_body(25), "tls_ca": "not a certificate"}, "tls_ca"),
         (
             {"kind": "http", "endpoint": "http://127.0.0.1:9/send", "body": {"to": "$$To"}},
             "body",
@@ -293,3 +294,30 @@ def test_a_provider_whose_secret_the_key_cannot_read_is_still_shown(
         monkeypatch.undo()
         get_settings.cache_clear()
     assert provider_store.provider_view("locked", redis_client)["warnings"] == []
+
+
+@covers("PUT /v1/providers/{nickname}", "GET /v1/providers/{nickname}")
+def test_a_service_kind_without_its_credentials_is_saved_with_a_warning(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """SES, SendGrid and Gmail always ask for a login: saved without one, the provider says
+    what is missing and what to give (callbacks may be set up before the credentials)."""
+    sender = {"from_address": "deals@acme.example"}
+    cases = [
+        ({"kind": "ses", "sns_topic_arns": []}, "username and password", "SMTP credentials"),
+        ({"kind": "sendgrid"}, "password", "API key"),
+        ({"kind": "gmail", "username": "deals@acme.example"}, "password", "app password"),
+    ]
+    with api_client(api_server) as api:
+        for body, missing, hint in cases:
+            saved = api.put("/v1/providers/svc", json={**body, **sender})
+            assert saved.status_code in (200, 201), saved.text
+            shown = api.get("/v1/providers/svc").json()["warnings"]
+            assert shown == saved.json()["warnings"]
+            (warning,) = [w for w in shown if "refuses the session" in w]
+            assert warning.startswith(f"{missing} empty") and hint in warning
+            complete = {"username": "deals@acme.example", "password": "s3cret", **body, **sender}
+            saved = api.put("/v1/providers/svc", json=complete)
+            assert not [w for w in saved.json()["warnings"] if "refuses the session" in w]
+        plain = api.put("/v1/providers/svc", json=smtp_body(25))  # any server: login optional
+        assert plain.json()["warnings"] == []

@@ -702,3 +702,22 @@ async def test_https_certificates_are_checked() -> None:
             assert info.value.error_class is ErrorClass.DISPATCH_FAILED_HTTP
             assert "TLS failed with 127.0.0.1: [SSL: CERTIFICATE_VERIFY_FAILED]" in str(info.value)
         assert len(server.paths) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_private_ca_or_no_checks_are_the_providers_choice() -> None:
+    """An endpoint with a certificate of the user's own CA works with ``tls_ca`` (checks on,
+    certifi's CAs not needed), or with ``tls_verify`` false; without either it is refused."""
+    query = {"to": "$$To", "s": "$$Subject", "n": "$$FromName", "a": "$$FromAddress"}
+    with HttpsServer() as server:
+        url = f"https://{server.authority}/send"
+        base = {"method": "GET", "body": None, "query": query}
+        with open(server.ca_file) as ca:
+            trusted = http_config(url, **base, tls_ca=ca.read())
+        unchecked = http_config(url, **base, tls_verify=False)
+        for config in (trusted, unchecked):
+            (outcome,) = await send(local(config), [message(1)])
+            assert outcome.status is OutcomeStatus.SENT, outcome.detail
+        with pytest.raises(ConfigurationError, match="CERTIFICATE_VERIFY_FAILED"):
+            await send(local(http_config(url, **base)), [message(1)])
+        assert len(server.paths) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,10 +14,16 @@ from dispatch import campaigns, ledger, store
 from dispatch.settings import Settings
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import parse_provider_config
-from providers.errors import AuthenticationError, ErrorClass, ProviderError, ThrottledError
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ErrorClass,
+    ProviderError,
+    ThrottledError,
+)
 from providers.smtp import SmtpTransport
 from tests.helpers import recipients, run_inline, smtp_provider
-from tests.smtp_server import SmtpTestServer
+from tests.smtp_server import SmtpTestServer, self_signed_cert
 
 META_RE = re.compile(r"^[^|]+@[^|]+\|1\|[^|]+\|\d{8}\|0\|default\|\d+\|$")
 FAST = Settings(retry_base_seconds=0.05, retry_max_seconds=0.2, inline_retry_seconds=5.0)
@@ -77,6 +84,27 @@ def test_certificates_are_checked_unless_turned_off(security: str) -> None:
     assert len(server.messages) == 1
 
 
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_a_private_ca_is_trusted_through_tls_ca(security: str, tmp_path: Path) -> None:
+    """A relay with a certificate of the user's own CA: ``tls_ca`` trusts it with the checks
+    on; the host name must still match, and another CA's certificate is still refused."""
+    cert, key = self_signed_cert(tmp_path)  # its own CA, for 127.0.0.1 only
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed_cert(tmp_path / "other")
+    with SmtpTestServer(security=security, cert=(cert, key)) as server:
+        trusted = _config(server.port, security, tls_ca=cert.read_text())
+        outcomes = asyncio.run(_send(trusted, [_message()]))
+        assert [o.status for o in outcomes] == [OutcomeStatus.SENT]  # type: ignore[attr-defined]
+        for config, reason in (
+            ({**trusted, "host": "localhost"}, "match"),  # the certificate names 127.0.0.1
+            ({**trusted, "tls_ca": other.read_text()}, "CERTIFICATE_VERIFY_FAILED"),
+        ):
+            with pytest.raises(ConfigurationError) as info:
+                asyncio.run(_send(config, [_message()]))
+            assert reason in info.value.detail
+    assert len(server.messages) == 1
+
+
 def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None:
     """A server that requires STARTTLS refuses a plain session: never a silent downgrade."""
     with SmtpTestServer(security="starttls") as server:
@@ -87,12 +115,41 @@ def test_plain_client_refused_by_starttls_server_is_a_connection_error() -> None
 
 
 def test_starttls_against_server_without_it_fails() -> None:
+    """Not a network hiccup to retry: the server will never offer STARTTLS by itself."""
     with SmtpTestServer(security="none") as server:
         config = _config(server.port, "starttls")
-        with pytest.raises(Exception) as info:
+        with pytest.raises(ConfigurationError) as info:
             asyncio.run(_send(config, [_message()]))
-    assert getattr(info.value, "error_class", None) == ErrorClass.CONNECTION
+    assert info.value.error_class == ErrorClass.CONNECTION
+    assert "STARTTLS" in info.value.detail
     assert server.messages == []
+
+
+def test_credentials_for_a_server_without_auth_fail_as_configuration() -> None:
+    """A username given to a server that offers no AUTH (many offer it only after
+    STARTTLS) is the provider's configuration to fix, not a transient failure."""
+    with SmtpTestServer(security="none") as server:
+        config = _config(server.port, "none", username="user", password="secret")
+        with pytest.raises(ConfigurationError) as info:
+            asyncio.run(_send(config, [_message()]))
+    assert "AUTH" in info.value.detail
+    assert server.messages == []
+
+
+@pytest.mark.parametrize("fields", [{"security": "starttls"}, {"username": "u", "password": "p"}])
+def test_a_server_lacking_what_the_provider_needs_pauses_the_campaign(
+    redis_client: redis.Redis, fields: dict[str, str]
+) -> None:
+    """STARTTLS or AUTH not offered: every recipient would fail the same way (DESIGN §7)."""
+    with SmtpTestServer(security="none") as server:
+        smtp_provider(redis_client, server.port, **fields)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(6)}
+        cid, _ = run_inline(redis_client, body, FAST)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["status"] == "paused"
+    assert summary["reason"].startswith("SMTP connection error")
+    assert "not supported" in summary["reason"]
+    assert (summary["failed"], summary["sent"], summary["queued"]) == (0, 0, 6)
 
 
 def test_auth_success_and_failure() -> None:
