@@ -7,7 +7,8 @@ Exception tree::
 
     ProviderError                  any failure an adapter reports
     ├── ConfigurationError         stop and tell a person (bad settings, refused auth)
-    │   └── AuthenticationError    credentials refused: pause the campaign
+    │   ├── AuthenticationError    credentials refused: pause the campaign
+    │   └── SendingQuotaError      the provider's daily sending quota is used up: pause
     ├── TransientError             retry later, maybe after ``retry_after`` seconds
     │   ├── ThrottledError         the server asked us to slow down (421/450/451/454, 429)
     │   ├── ProviderTimeoutError   also a builtin ``TimeoutError``
@@ -63,6 +64,15 @@ class ConfigurationError(ProviderError):
 
 class AuthenticationError(ConfigurationError):
     """The server refused our credentials (SMTP 535 and friends)."""
+
+
+class SendingQuotaError(ConfigurationError):
+    """The provider says the account's daily sending quota is used up (SES "454 Throttling
+    failure: Daily message quota exceeded", Gmail "550 5.4.5 Daily user sending limit
+    exceeded"): every further message would be refused until it frees, so the campaign
+    pauses (reference §4: "pause the SES provider until quota frees; don't hammer")."""
+
+    error_class = ErrorClass.DISPATCH_FAILED_SMTP
 
 
 class TransientError(ProviderError):

@@ -30,13 +30,16 @@ from providers.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
+    SendingQuotaError,
     ThrottledError,
     TransientError,
 )
 from providers.mime import MimeWriter
-from providers.smtp_replies import AUTH_CODES, THROTTLE_CODES, ReplyKind, classify
+from providers.smtp_replies import ReplyKind, classify
 from providers.smtp_wire import (
     Envelope,
+    Reply,
+    Stage,
     TransactionProtocol,
     TransactionResult,
     WireError,
@@ -55,11 +58,22 @@ def _reply_error(
     kind = classify(code, text, at_rcpt=at_rcpt)
     if kind is ReplyKind.AUTH:
         return AuthenticationError(detail, code=code)
+    if kind is ReplyKind.QUOTA:
+        return SendingQuotaError(detail, code=code)
     if kind is ReplyKind.THROTTLED:
         return ThrottledError(detail, code=code, error_class=error_class)
     if kind is ReplyKind.TRANSIENT:
         return TransientError(detail, code=code, error_class=error_class)
     return PermanentError(detail, code=code, error_class=error_class)
+
+
+def refuses_session(stage: Stage, reply: Reply) -> bool:
+    """The replies :meth:`SmtpSession._outcome` raises for: about the session (credentials,
+    throttling, a used-up quota), not the message."""
+    kind = classify(reply.code, reply.text, at_rcpt=stage == "rcpt")
+    if kind in (ReplyKind.AUTH, ReplyKind.QUOTA) or reply.code == 421:
+        return True
+    return stage == "mail" and kind is ReplyKind.THROTTLED
 
 
 def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
@@ -194,7 +208,7 @@ class SmtpSession:
             err = _reply_error(
                 result.mail.code, result.mail.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP
             )
-            if isinstance(err, AuthenticationError | ThrottledError):
+            if isinstance(err, ConfigurationError | ThrottledError):
                 raise err  # about the session, not this message: nothing was handed over
             return SendOutcome.from_error(msg.seq, err)
         first = result.rcpts[0]
@@ -202,7 +216,7 @@ class SmtpSession:
             err = _reply_error(
                 first.code, first.text, at_rcpt=True, error_class=ErrorClass.INVALID_RECIPIENT
             )
-            if first.code == 421 or isinstance(err, AuthenticationError):
+            if first.code == 421 or isinstance(err, ConfigurationError):
                 raise err
             return SendOutcome.from_error(msg.seq, err)
         refused = "; ".join(
@@ -218,12 +232,16 @@ class SmtpSession:
             err = _reply_error(start.code, start.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
             if start.code == 421:
                 raise ThrottledError(str(start), code=421)
+            if isinstance(err, ConfigurationError):
+                raise err
             return SendOutcome.from_error(msg.seq, err)
         if not final.ok:
             if final.code == 421:
                 # Closing channel in answer to the message: it was not taken.
                 raise ThrottledError(str(final), code=421)
             err = _reply_error(final.code, final.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+            if isinstance(err, ConfigurationError):
+                raise err  # the quota is used up: the message was dropped, and the rest would be
             return SendOutcome.from_error(msg.seq, err)
         return SendOutcome.sent(msg.seq, refused, provider_message_id=_queued_id(final.text))
 
@@ -333,9 +351,7 @@ class SmtpTransport:
             transport,
             pipelining=client.supports_extension("pipelining"),
             timeout=cfg.timeout,
-            # The replies _outcome raises for: about the session, not the message.
-            stop_at_mail=AUTH_CODES | THROTTLE_CODES,
-            stop_at_rcpt=AUTH_CODES | {421},
+            refuses_session=refuses_session,
         )
 
     @asynccontextmanager

@@ -11,6 +11,9 @@ AUTH_CODES = frozenset({530, 534, 535, 538})
 # Replies that ask us to slow down rather than fail (DESIGN §7; SES uses 454 for
 # "Throttling failure", reference §4).
 THROTTLE_CODES = frozenset({421, 450, 451, 454})
+# The account's daily quota is used up (SES 454, Gmail 550 5.4.5; reference §4, §3.3):
+# told by the text, since both codes also carry other meanings.
+_QUOTA_TEXT = re.compile(r"\bdaily\b.{0,40}\b(quota|limit)\b.{0,20}\bexceeded\b", re.IGNORECASE)
 
 
 class ReplyKind(StrEnum):
@@ -20,6 +23,7 @@ class ReplyKind(StrEnum):
     THROTTLED = "throttled"  # retry later, and slow the provider down
     PERMANENT = "permanent"  # record and move on
     AUTH = "auth"  # configuration: stop, tell a person
+    QUOTA = "quota"  # the account's daily quota is used up: stop until it frees
 
 
 def enhanced_code(text: str) -> tuple[int, int, int] | None:
@@ -39,6 +43,8 @@ def classify(code: int, text: str = "", *, at_rcpt: bool = False) -> ReplyKind:
     """
     if code in AUTH_CODES:
         return ReplyKind.AUTH
+    if code >= 400 and _QUOTA_TEXT.search(text):
+        return ReplyKind.QUOTA
     if code in THROTTLE_CODES:
         return ReplyKind.THROTTLED
     if 400 <= code < 500:

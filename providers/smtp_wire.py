@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 MAX_REPLY_LINE = 1024
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -41,6 +43,10 @@ class Reply:
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}".strip()
+
+
+# Where in a transaction a reply came: to MAIL, to the first RCPT, to DATA or the content.
+Stage = Literal["mail", "rcpt", "data"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +91,13 @@ class TransactionProtocol(asyncio.Protocol):
         *,
         pipelining: bool,
         timeout: float,
-        stop_at_mail: frozenset[int] = frozenset(),
-        stop_at_rcpt: frozenset[int] = frozenset(),
+        refuses_session: Callable[[Stage, Reply], bool] = lambda stage, reply: False,
     ):
         self.transport = transport
         self.pipelining = pipelining
-        # Refusals about the session, not the message (throttling, credentials): the
-        # messages after one are not attempted on this connection.
-        self.stop_at_mail = stop_at_mail
-        self.stop_at_rcpt = stop_at_rcpt
+        # Refusals about the session, not the message (throttling, credentials, a used-up
+        # quota): the messages after one are not attempted on this connection.
+        self.refuses_session = refuses_session
         self.timeout = timeout
         self._buffer = bytearray()
         self._replies: deque[Reply] = deque()
@@ -205,8 +209,9 @@ class TransactionProtocol(asyncio.Protocol):
         first recipient and DATA were accepted; otherwise the transaction is reset and
         ``data`` is None. A :class:`WireError` with ``during_data`` means that message's
         outcome is unknown; messages after it were not handed over. So are those after a
-        transaction refused with a ``stop_at_mail`` reply to MAIL or a ``stop_at_rcpt``
-        reply to its first RCPT (the results end there).
+        transaction whose reply to MAIL, to its first RCPT, to DATA or to its content
+        ``refuses_session`` (the results end there; when the next message's commands had
+        gone out with this one's content, the connection is dropped before its content).
         """
         results: list[TransactionResult | WireError] = []
         ahead = False
@@ -220,12 +225,23 @@ class TransactionProtocol(asyncio.Protocol):
                 results.append(exc)
                 break
             results.append(result)
-            if result.data is None and (
-                result.mail.code in self.stop_at_mail
-                or (result.rcpts and result.rcpts[0].code in self.stop_at_rcpt)
-            ):
+            if self._refused(result):
+                if ahead:
+                    self._fail(WireError("the server refused the session"))
+                    self.transport.abort()
                 break
         return results
+
+    def _refused(self, result: TransactionResult) -> bool:
+        """The transaction ended with a refusal of the session, not of the message."""
+        if not result.mail.ok:
+            return self.refuses_session("mail", result.mail)
+        if result.rcpts and not result.rcpts[0].ok:
+            return self.refuses_session("rcpt", result.rcpts[0])
+        for reply in (result.data_start, result.data):
+            if reply is not None and not reply.ok:
+                return self.refuses_session("data", reply)
+        return False
 
     async def _one(
         self, envelope: Envelope, commands_sent: bool, following: Envelope | None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatch import campaigns, ledger, store
+from dispatch import campaigns, ledger, lifecycle, store
 from dispatch.settings import Settings
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import parse_provider_config
@@ -19,10 +19,12 @@ from providers.errors import (
     ConfigurationError,
     ErrorClass,
     ProviderError,
+    SendingQuotaError,
     ThrottledError,
 )
 from providers.smtp import SmtpTransport
-from tests.helpers import recipients, run_inline, smtp_provider
+from providers.smtp_replies import ReplyKind, classify
+from tests.helpers import create_held, recipients, run_batches, run_inline, smtp_provider
 from tests.smtp_server import SmtpTestServer, self_signed_cert
 
 META_RE = re.compile(r"^[^|]+@[^|]+\|1\|[^|]+\|\d{8}\|0\|default\|\d+\|$")
@@ -553,3 +555,85 @@ def test_421_after_data_hands_over_nothing_more_with_pipelining() -> None:
         (OutcomeStatus.RETRY, False),
     ]
     assert len(server.messages) == 2
+
+
+# -- the provider's daily quota used up (reference §4 SES 454, §3.3 Gmail 550 5.4.5) -----
+
+SES_QUOTA = "454 Throttling failure: Daily message quota exceeded."
+GMAIL_QUOTA = "550 5.4.5 Daily user sending limit exceeded. - gsmtp"
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "kind"),
+    [
+        (454, "Throttling failure: Daily message quota exceeded.", ReplyKind.QUOTA),
+        (550, "5.4.5 Daily user sending limit exceeded. - gsmtp", ReplyKind.QUOTA),
+        (550, "5.4.5 Daily sending quota exceeded.", ReplyKind.QUOTA),
+        (454, "Throttling failure: Maximum sending rate exceeded.", ReplyKind.THROTTLED),
+        (452, "4.2.2 The email account that you tried to reach is over quota", ReplyKind.TRANSIENT),
+        (
+            550,
+            "5.1.1 The email account that you tried to reach does not exist",
+            ReplyKind.PERMANENT,
+        ),
+    ],
+)
+def test_a_used_up_daily_quota_is_told_from_other_replies(
+    code: int, text: str, kind: ReplyKind
+) -> None:
+    assert classify(code, text) is kind
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_quota_refusal_of_a_message_sends_nothing_after_it(pipelining: bool) -> None:
+    """SES answers the quota refusal to the message's content: with PIPELINING the next
+    message's commands are already out, and its content must not follow."""
+    with SmtpTestServer() as server:
+        server.handler.pipelining = pipelining
+        server.handler.data_reply = lambda e: SES_QUOTA if e.rcpt_tos[0][:2] == "u1" else None
+        outcomes, _ = _four(server)
+        server.handler.data_reply = lambda e: SES_QUOTA
+        _, raised = _four(server)
+    assert outcomes is not None
+    assert [o.status for o in outcomes] == [OutcomeStatus.SENT] + [OutcomeStatus.RETRY] * 3
+    assert "Daily message quota exceeded" in outcomes[1].detail
+    assert isinstance(raised, SendingQuotaError) and raised.code == 454
+    assert [m.rcpt_tos for m in server.messages] == [["u0@example.com"]]
+
+
+@pytest.mark.parametrize(("where", "reply"), [("data", SES_QUOTA), ("mail", GMAIL_QUOTA)])
+def test_a_used_up_provider_quota_pauses_the_campaign_and_resume_sends_the_rest(
+    redis_client: redis.Redis, where: str, reply: str
+) -> None:
+    """Reference §4: "pause the SES provider until quota frees; don't hammer". Nothing
+    fails, nothing goes twice, and resume sends what is left once the quota frees."""
+    quota = {"left": 3}
+
+    def answer(_: object) -> str | None:
+        if quota["left"] > 0:
+            quota["left"] -= 1
+            return None
+        return reply
+
+    with SmtpTestServer() as server:
+        server.handler.pipelining = True
+        if where == "data":
+            server.handler.data_reply = answer
+        else:
+            server.handler.mail_reply = answer
+        smtp_provider(redis_client, server.port, max_connections=1)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(10)}
+        cid, batches = create_held(redis_client, body)
+        run_batches(batches, FAST)
+        summary = campaigns.campaign_summary(cid, redis_client)
+        assert summary["status"] == "paused", summary
+        assert reply.split(" - ")[0] in summary["reason"]
+        assert (summary["sent"], summary["failed"], summary["queued"]) == (3, 0, 7)
+
+        quota["left"] = 100  # the next day
+        lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
+        run_batches(batches, FAST)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 10, 0)
+    received = sorted(m.rcpt_tos[0] for m in server.messages)
+    assert received == sorted(f"user{i}@example.com" for i in range(10))
