@@ -30,7 +30,7 @@ import orjson
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dispatch import store
+from dispatch import reputation, store
 from dispatch.ledger import system_event
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
@@ -50,6 +50,7 @@ COUNTERS: dict[EventType, str] = {
     EventType.CLICKED: "clicked",
 }
 SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
+GUARDED = frozenset({EventType.HARD_BOUNCE, EventType.SPAM})  # dispatch.reputation
 # DESIGN §6 "CT Source": the generic kinds report "Generic email" (Generic SMTP seed);
 # the named ESPs (gmail, ses, sendgrid) report their kind.
 GENERIC_SOURCE = "Generic email"
@@ -306,6 +307,7 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
         batch_id=batch.id,
         client=r,
     )
+    reputation.check(r, (e.campaign_id for e in batch.events if e.type in GUARDED))
     log.info(
         "callback batch applied",
         extra={"batch": batch.id, "provider": batch.provider, "events": len(batch.events),

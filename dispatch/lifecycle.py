@@ -32,7 +32,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import campaigns, retention, store
+from dispatch import campaigns, reputation, retention, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
 from dispatch.ledger import LedgerWriter, parse_record, record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
@@ -144,6 +144,7 @@ def resume(
         return campaigns.campaign_summary(campaign_id, r)
     if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
         raise _refuse(campaign_id, "resumed", r)
+    reputation.stand_down(r, campaign_id)
     with campaigns.batch_enqueuer(enqueue) as send:
         for batch in range(batches):
             send(campaign_id, batch)

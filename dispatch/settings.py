@@ -30,6 +30,11 @@ DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS = 72 * 3600
 # last change (0: for ever), and about this many entries of the dispatch:events stream.
 DEFAULT_RETENTION_DAYS = 30.0
 DEFAULT_EVENTS_MAXLEN = 1_000_000
+# The reputation guard (dispatch.reputation): shares of sent messages past which a running
+# campaign pauses, judged once this many were sent.
+DEFAULT_PAUSE_HARD_BOUNCE_RATE = 0.05
+DEFAULT_PAUSE_SPAM_RATE = 0.003
+DEFAULT_PAUSE_MIN_SENT = 1000
 
 
 class Settings(BaseSettings):
@@ -77,6 +82,9 @@ class Settings(BaseSettings):
     )
     retention_days: float = Field(default=DEFAULT_RETENTION_DAYS, ge=0)
     events_maxlen: int = Field(default=DEFAULT_EVENTS_MAXLEN, ge=1000)
+    pause_hard_bounce_rate: float = Field(default=DEFAULT_PAUSE_HARD_BOUNCE_RATE, ge=0, le=1)
+    pause_spam_rate: float = Field(default=DEFAULT_PAUSE_SPAM_RATE, ge=0, le=1)
+    pause_min_sent: int = Field(default=DEFAULT_PAUSE_MIN_SENT, ge=1)
     log_level: str = "INFO"
 
     @field_validator("api_tokens", mode="before")

@@ -1,0 +1,87 @@
+"""The reputation guard: a running campaign whose hard bounces or spam complaints climb
+past a safe share of what it sent pauses itself.
+
+A list gone stale (hard bounces) or mail its recipients did not want (complaints) hurts
+the sender's reputation with every further message: Gmail and Yahoo want complaints kept
+under 0.1 % and never at 0.3 % (reference §6), and ESPs review accounts whose bounces pass
+a few percent (SES: 5 %). Once at least
+``DISPATCH_PAUSE_MIN_SENT`` messages of a campaign were sent, a callback batch that takes
+its ``hard_bounced`` past ``DISPATCH_PAUSE_HARD_BOUNCE_RATE`` of ``sent``, or its ``spam``
+past ``DISPATCH_PAUSE_SPAM_RATE``, pauses it with the figures as the reason (a rate of 0
+turns that check off). Resuming it is a person's decision that the list is fine: the
+guard then stands down for that campaign.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import redis
+
+from dispatch import store
+from dispatch.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# The campaign hash's ``guard`` field: "paused" while the guard holds it, "off" once a
+# person resumed it after that.
+_PAUSE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'guard') == 'off' then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'status', 'paused', 'reason', ARGV[1], 'status_at', t[1],
+  'guard', 'paused')
+return 1
+"""
+
+_STAND_DOWN = """
+if redis.call('HGET', KEYS[1], 'guard') == 'paused' then
+  redis.call('HSET', KEYS[1], 'guard', 'off')
+end
+"""
+
+
+def _reason(counters: dict[str, int]) -> str:
+    """Why the campaign must pause, or "" when it need not."""
+    settings = get_settings()
+    sent = counters["sent"]
+    if sent <= 0 or sent < settings.pause_min_sent:
+        return ""
+    checks = (
+        ("hard bounces", counters["hard_bounced"], settings.pause_hard_bounce_rate,
+         "DISPATCH_PAUSE_HARD_BOUNCE_RATE"),
+        ("spam complaints", counters["spam"], settings.pause_spam_rate,
+         "DISPATCH_PAUSE_SPAM_RATE"),
+    )  # fmt: skip
+    for what, count, limit, setting in checks:
+        if limit > 0 and count / sent > limit:
+            return (
+                f"reputation guard: {what} are {count / sent:.2%} of the {sent:,} messages "
+                f"sent ({count:,}), above {setting} {limit:.2%}; check the list, then "
+                "resume (the guard then stands down for this campaign)"
+            )
+    return ""
+
+
+def check(r: redis.Redis, campaign_ids: Iterable[str]) -> list[str]:
+    """Pause the running campaigns of ``campaign_ids`` that are past a limit; their ids."""
+    ids = sorted(set(campaign_ids))
+    if not ids:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for campaign_id in ids:
+        pipe.hmget(store.counters_key(campaign_id), ["sent", "hard_bounced", "spam"])
+    paused = []
+    for campaign_id, values in zip(ids, pipe.execute(), strict=True):
+        sent, hard_bounced, spam = (int(v or 0) for v in values)
+        reason = _reason({"sent": sent, "hard_bounced": hard_bounced, "spam": spam})
+        if reason and r.eval(_PAUSE, 1, store.campaign_key(campaign_id), reason):
+            log.warning(reason, extra={"campaign_id": campaign_id})
+            paused.append(campaign_id)
+    return paused
+
+
+def stand_down(r: redis.Redis, campaign_id: str) -> None:
+    """A person resumed a campaign the guard paused: the guard leaves it alone."""
+    r.eval(_STAND_DOWN, 1, store.campaign_key(campaign_id))
