@@ -13,15 +13,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from dispatch.progress import ProgressBar
 
 
+class CommandError(Exception):
+    """What the user asked for cannot be done; the message says why (exit status 2)."""
+
+
 def _load_file(path: str) -> Any:
-    """A YAML or JSON document from ``path`` (``-`` for standard input)."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    """A YAML or JSON document from ``path`` (``-`` for standard input); raises
+    :class:`CommandError` when it cannot be read or parsed."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path}: cannot read it: {exc}") from exc
+    try:
+        return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise CommandError(f"{path}: not valid {kind}: {exc}") from exc
 
 
 def _print(data: Any) -> None:
@@ -48,6 +61,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(recipients=args.recipients, as_json=args.json, workers=args.concurrency)
 
 
+def _default_public_url(host: str, port: int) -> None:
+    """Without ``DISPATCH_PUBLIC_URL``, the links in messages (unsubscribe, preferences)
+    and the callback URLs point at the API this command serves, not at port 8000."""
+    from dispatch.settings import get_settings
+
+    if "public_url" in get_settings().model_fields_set:
+        return
+    if host in ("", "0.0.0.0", "::"):  # every interface: this machine's loopback reaches it
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    os.environ["DISPATCH_PUBLIC_URL"] = f"http://{host}:{port}"
+    get_settings.cache_clear()
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -55,6 +83,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from dispatch.settings import get_settings
 
     ensure_redis_url()
+    _default_public_url(args.host, args.port)
     if not get_settings().api_tokens:
         print(
             "warning: DISPATCH_API_TOKENS is empty: /v1 is open to anyone who can reach "
@@ -81,7 +110,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
-    return _celery(["beat", "--loglevel", args.loglevel])
+    import shutil
+    import tempfile
+
+    # Beat keeps the last run of each schedule in a file, by default in the working
+    # folder, which the image's user cannot write (beat then dies at start). Every
+    # schedule here is a short interval: a fresh file per run loses nothing.
+    folder = tempfile.mkdtemp(prefix="dispatch-beat-")
+    try:
+        schedule = str(Path(folder) / "celerybeat-schedule")
+        return _celery(["beat", "--loglevel", args.loglevel, "--schedule", schedule])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -97,6 +137,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     generated_key = not get_settings().secret_key.get_secret_value()
     ensure_redis_url()
     ensure_secret_key()
+    _default_public_url(args.host, args.port)
     key = get_settings().secret_key.get_secret_value() if generated_key else ""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop
     exe = [sys.executable, "-m", "dispatch.cli"]
@@ -107,7 +148,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         procs += [subprocess.Popen([*exe, *verb]) for verb in verbs]
         try:
-            running = record_running_up(secret_key=key)
+            running = record_running_up(secret_key=key, public_url=get_settings().public_url)
         except OSError as exc:
             print(f"warning: other commands will not find this Redis: {exc}", file=sys.stderr)
         where = "" if running is None else f", embedded Redis at {running.redis_url}"
@@ -206,7 +247,10 @@ def cmd_providers_add(args: argparse.Namespace) -> int:
     from dispatch.provider_store import provider_view, save_provider
 
     data = _load_file(args.file)
-    for item in data if isinstance(data, list) else [data]:
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(item, dict) for item in items):
+        raise CommandError(f"{args.file}: must hold a provider (a mapping) or a list of them")
+    for item in items:
         try:
             config = save_provider(item)
         except ValueError as exc:
@@ -372,22 +416,73 @@ def _join_running_up() -> None:
         )
 
 
+# Processes that work with others on one Redis: they must all have the same secret key.
+SHARED_KEY_VERBS = frozenset({"api", "worker", "beat"})
+NO_SHARED_KEY = (
+    "DISPATCH_SECRET_KEY is not set: the API, workers and beat that share a Redis must "
+    "share the key (it signs unsubscribe links and encrypts provider secrets); set the "
+    "same value in the environment of each"
+)
+
+
+def _check_secret_key(command: str) -> None:
+    """A service process on a shared Redis refuses to start without the shared key; one
+    with a Redis of its own generates a key for the run, as ``up`` does."""
+    from dispatch.crypto import ensure_secret_key
+    from dispatch.settings import get_settings
+
+    settings = get_settings()
+    if command not in SHARED_KEY_VERBS or settings.secret_key.get_secret_value():
+        return
+    if settings.redis_url:
+        raise CommandError(NO_SHARED_KEY)
+    ensure_secret_key()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
+    from dispatch.crypto import SecretKeyError
     from dispatch.logs import configure
-    from dispatch.settings import get_settings
+    from dispatch.settings import SettingsError, get_settings
 
     args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command in SERVICE_VERBS:
-        configure(get_settings().log_level)
+        configure(settings.log_level)
     else:
         logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if args.command not in OWN_REDIS_VERBS:
-        _join_running_up()
-    result: int = args.func(args)
+    try:
+        if args.command not in OWN_REDIS_VERBS:
+            _join_running_up()
+        _check_secret_key(args.command)
+        result: int = args.func(args)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SecretKeyError as exc:
+        print(f"error: {exc} (set it to the key the service runs with)", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"error: Redis at {_redis_address()}: {exc}", file=sys.stderr)
+        return 1
     return result
+
+
+def _redis_address() -> str:
+    """Where the Redis of this process is, without the password a URL may hold."""
+    from urllib.parse import urlsplit
+
+    from dispatch.settings import get_settings
+
+    parts = urlsplit(get_settings().redis_url)
+    where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else ""
+    return f"{parts.scheme}://{where}{parts.path}"
 
 
 if __name__ == "__main__":

@@ -163,6 +163,10 @@ def test_commands_in_another_shell_use_the_redis_of_a_running_up(tmp_path: Path)
             assert added.returncode == 0, added.stderr
             assert "using the Redis of the running `dispatch up`" in added.stderr
             assert recorded in added.stderr
+            # Links point at the API `up` serves, not at the default port 8000.
+            callback_url = json.loads(added.stdout)["callback_url"]
+            assert callback_url.startswith(f"http://127.0.0.1:{port}/v1/callbacks/shared/")
+            assert api.get("/v1/providers/shared").json()["callback_url"] == callback_url
 
             seen = api.get("/v1/providers/shared")
             assert seen.status_code == 200, seen.text
