@@ -145,3 +145,64 @@ def test_a_custom_center_gets_the_token_in_its_own_query(
     with api_client(api_server, token=None) as http:
         page = http.get(f"/u/{token}")
     assert page.status_code == 303 and page.headers["location"] == expected
+
+
+def test_a_link_that_is_not_valid_gets_a_real_page(api_server: ApiServer) -> None:
+    """A garbled, cut or forged token: a page a person can read (title, language, the
+    phone's width), 404, whichever page and method it was for."""
+    forged = "WyJjIiwwLCJhQGV4YW1wbGUuY29tIiwibmV3cyJd.AAAA"
+    with api_client(api_server, token=None) as http:
+        answers = [
+            http.get("/u/garbage"),
+            http.post("/u/garbage", content=b"List-Unsubscribe=One-Click"),
+            http.get(f"/preferences/{forged}"),
+            http.post(f"/preferences/{forged}", content=b"action=unsubscribe-all"),
+        ]
+    for answer in answers:
+        assert answer.status_code == 404
+        assert answer.headers["content-type"].startswith("text/html")
+        page = answer.text
+        assert '<html lang="en">' in page and "<title>This link is not valid</title>" in page
+        assert 'name="viewport"' in page and "<h1>This link is not valid</h1>" in page
+    dom = browser.dom(api_server.url + "/u/garbage")
+    assert "<title>This link is not valid</title>" in dom
+
+
+def test_an_address_unsubscribed_from_all_is_told_so_and_saves_nothing(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """After "Unsubscribe from all" the switches are gone: they would show every
+    category off and, switched on and saved, still send nothing ("Your choices are
+    saved" was a false promise)."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 1, "news")
+        url = _links(smtp, "user0@example.com")["unsubscribe"]
+    path = urlsplit(url).path.replace("/u/", "/preferences/", 1)
+    with api_client(api_server, token=None) as http:
+        gone = http.post(path, content=b"category=news&action=unsubscribe-all")
+        again = http.post(path, content=b"category=news&action=save")
+        page = http.get(path)
+    for answer in (gone, again, page):
+        assert answer.status_code == 200
+        assert "You are unsubscribed from all emails" in answer.text
+        assert 'type="checkbox"' not in answer.text and "Your choices are saved" not in answer.text
+    assert suppressions.get("user0@example.com", client=redis_client) is not None
+    assert redis_client.smembers(store.optout_key("news")) == set()  # nothing stored
+
+
+def test_the_switches_are_labelled_and_grouped(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Each switch is inside its label (a screen reader names it, a tap on the text
+    toggles it), in a group with a legend; the page has a language and a title."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 1, "news")
+        _campaign(redis_client, smtp, 1, "offers")
+        url = _links(smtp, "user0@example.com")["unsubscribe"]
+    dom = browser.dom(api_server.url + urlsplit(url).path.replace("/u/", "/preferences/", 1))
+    labels = re.findall(r"<label><input [^>]*> (\w+)</label>", dom)
+    assert sorted(labels) == ["news", "offers"]
+    assert "<legend>Emails you receive</legend>" in dom
+    assert '<html lang="en">' in dom and "<title>Email preferences</title>" in dom

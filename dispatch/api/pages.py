@@ -40,7 +40,13 @@ def _token(token: str) -> UnsubscribeToken | HTMLResponse:
     try:
         return read_token(token)
     except (InvalidTokenError, ValueError):
-        return HTMLResponse("<h1>This link is not valid.</h1>", status_code=404)
+        return _page(
+            "notice.html",
+            404,
+            heading="This link is not valid",
+            text="It may have been cut short when it was copied. Open it again from the "
+            "email, or use the unsubscribe link of a more recent email from us.",
+        )
 
 
 def _custom_center(token: UnsubscribeToken) -> str:
@@ -105,11 +111,16 @@ async def save_preferences(token: str, request: Request) -> Response:
     try:
         body = await read_bounded(request, MAX_FORM_BYTES)
     except BodyTooLargeError:
-        return HTMLResponse("<h1>Form too large.</h1>", status_code=413)
+        return _page("notice.html", 413, heading="Form too large", text="Nothing was saved.")
     form = parse_qs(body.decode("utf-8", "replace"))
-    if form.get("action") == ["unsubscribe-all"]:
-        await run_in_threadpool(preferences.unsubscribe, parsed, "Preference center")
-    else:
-        wanted = set(form.get("category", []))
-        await run_in_threadpool(preferences.set_choices, parsed.email, wanted)
+    await run_in_threadpool(_apply_form, parsed, form)
     return await run_in_threadpool(_preferences_page, parsed, token, True)
+
+
+def _apply_form(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> None:
+    if form.get("action") == ["unsubscribe-all"]:
+        preferences.unsubscribe(parsed, "Preference center")
+    elif suppressions.get(parsed.email) is None:
+        # An address unsubscribed from all gets nothing whatever its switches say: the
+        # page shows that instead of switches, and a stale form saves nothing.
+        preferences.set_choices(parsed.email, set(form.get("category", [])))
