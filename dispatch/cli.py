@@ -332,6 +332,28 @@ def _var(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number not below ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text} is below {least}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _count(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,16 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("demo", cmd_demo, "the whole system on this machine: send, replay callbacks, report")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--recipients", type=int, default=2000)
-    p.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    p.add_argument("--recipients", type=_count(1), default=2000)
+    p.add_argument("--concurrency", type=_count(1), default=2, help="worker processes")
     p = verb("up", cmd_up, "API + worker + beat in the foreground")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p = verb("api", cmd_api, "serve the HTTP API")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p = verb("worker", cmd_worker, "run a Celery worker")
-    p.add_argument("--concurrency", type=int, default=0, help="processes (two per core)")
+    p.add_argument("--concurrency", type=_count(0), default=0, help="processes (two per core)")
     p.add_argument("--loglevel", default="INFO")
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
     p.add_argument("--loglevel", default="INFO")
@@ -471,6 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.RedisError as exc:
         print(f"error: Redis at {_redis_address()}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C in `demo` or a `--follow`: what it started stops
+        print("\ninterrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     return result
 
 
