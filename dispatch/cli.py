@@ -63,17 +63,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _default_public_url(host: str, port: int) -> None:
     """Without ``DISPATCH_PUBLIC_URL``, the links in messages (unsubscribe, preferences)
-    and the callback URLs point at the API this command serves, not at port 8000."""
+    and the callback URLs of ``up``'s processes point at the API it serves, not at port
+    8000 (the processes of ``up`` inherit it; ``up`` records it for the other commands)."""
     from dispatch.settings import get_settings
 
     if "public_url" in get_settings().model_fields_set:
         return
+    os.environ["DISPATCH_PUBLIC_URL"] = _local_url(host, port)
+    get_settings.cache_clear()
+
+
+def _local_url(host: str, port: int) -> str:
     if host in ("", "0.0.0.0", "::"):  # every interface: this machine's loopback reaches it
         host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    os.environ["DISPATCH_PUBLIC_URL"] = f"http://{host}:{port}"
-    get_settings.cache_clear()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _warn_public_url(host: str, port: int) -> None:
+    """A lone ``api`` cannot give the workers its address: say when the default is wrong."""
+    from dispatch.settings import get_settings
+
+    settings = get_settings()
+    served = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    if "public_url" not in settings.model_fields_set and settings.public_url != served:
+        print(
+            f"warning: DISPATCH_PUBLIC_URL is not set: links in messages and callback URLs "
+            f"point at {settings.public_url}, not at this API; set it in every process",
+            file=sys.stderr,
+        )
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -83,7 +100,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from dispatch.settings import get_settings
 
     ensure_redis_url()
-    _default_public_url(args.host, args.port)
+    _warn_public_url(args.host, args.port)
     if not get_settings().api_tokens:
         print(
             "warning: DISPATCH_API_TOKENS is empty: /v1 is open to anyone who can reach "

@@ -189,3 +189,22 @@ def test_a_providers_file_may_hold_a_list(
     code, _, err = run(capsys, "providers", "add", str(both))
     assert code == 0, err
     assert sorted(redis_client.smembers(store.PROVIDERS_SET)) == ["one", "two"]
+
+
+def test_an_api_elsewhere_than_the_public_url_says_so(
+    fresh_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lone ``dispatch api`` cannot tell the workers where it is: the links they put in
+    messages go to DISPATCH_PUBLIC_URL, which it warns about when unset and not its own."""
+    from dispatch.cli import _warn_public_url
+
+    monkeypatch.delenv("DISPATCH_PUBLIC_URL", raising=False)
+    _warn_public_url("127.0.0.1", 8000)  # the default is right
+    _warn_public_url("0.0.0.0", 9000)
+    _, err = capsys.readouterr()
+    assert err.count("warning: DISPATCH_PUBLIC_URL is not set") == 1
+    assert "http://127.0.0.1:8000" in err
+    monkeypatch.setenv("DISPATCH_PUBLIC_URL", "https://mail.acme.example")
+    get_settings.cache_clear()
+    _warn_public_url("0.0.0.0", 9000)  # set: the operator knows
+    assert capsys.readouterr().err == ""
