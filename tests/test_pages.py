@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import pytest
 import redis
 
 from dispatch import campaigns, store, suppressions
@@ -17,7 +18,7 @@ from tests import browser
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
 from tests.helpers import recipients, run_inline, smtp_provider
-from tests.smtp_server import SmtpTestServer
+from tests.smtp_server import SmtpTestServer, free_port
 
 FAST = Settings(retry_base_seconds=0.05)
 
@@ -206,3 +207,38 @@ def test_the_switches_are_labelled_and_grouped(
     assert sorted(labels) == ["news", "offers"]
     assert "<legend>Emails you receive</legend>" in dom
     assert '<html lang="en">' in dom and "<title>Email preferences</title>" in dom
+
+
+def test_with_redis_unreachable_the_pages_ask_to_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recipient's click (or a mail client's one-click POST) while Redis is down: a
+    page saying to try again and 503 with Retry-After (the client posts again), not a
+    bare "Internal Server Error"."""
+    import asyncio
+
+    import httpx
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from dispatch.api.app import app
+    from dispatch.unsubscribe import make_token
+
+    # Nothing listens there; no retries, so that each request fails at once.
+    dead = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0), decode_responses=True)
+    monkeypatch.setattr(store, "_sync_client", dead)
+    token = make_token("c-1", 0, "user0@example.com", "news")
+
+    async def visit() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dispatch") as http:
+            return [
+                await http.get(f"/u/{token}"),
+                await http.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click"),
+                await http.get(f"/preferences/{token}"),
+                await http.post(f"/preferences/{token}", content=b"action=unsubscribe-all"),
+            ]
+
+    for answer in asyncio.run(visit()):
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "60"
+        assert "<title>Please try again in a few minutes</title>" in answer.text
