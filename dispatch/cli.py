@@ -193,11 +193,20 @@ QUICK_EXITS_ALLOWED = 5  # in a row, before ``up`` gives up
 def _supervise(procs: list[subprocess.Popen[bytes]], commands: list[list[str]]) -> int:
     """Start again a process of ``up`` that exits (as compose's ``restart`` does): a
     Celery worker can exit when its broker connection breaks, e.g. when Redis restarts.
-    Returns 1 when one keeps exiting at once (its log says why)."""
+    Returns 1 when one keeps exiting at once (its log says why), or when the embedded
+    Redis exits (the processes would only retry it forever)."""
+    from dispatch.redis_server import embedded_exit_code
+
     started = [time.monotonic()] * len(procs)
     quick = [0] * len(procs)
     while True:
         time.sleep(0.5)
+        lost = embedded_exit_code()
+        if lost is not None:  # it kept everything in memory: nothing to go on with
+            print(
+                f"dispatch up: the embedded Redis exited (code {lost}): stopping", file=sys.stderr
+            )
+            return 1
         for i, proc in enumerate(procs):
             code = proc.poll()
             if code is None:
@@ -372,7 +381,10 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispatch", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dispatch",
+        description="Send email campaigns through any provider and track every message.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
@@ -423,12 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     supp = sub.add_parser("suppressions", help="manage the suppression list")
     ssub = supp.add_subparsers(dest="action", required=True)
-    ssub.add_parser("list").set_defaults(func=cmd_suppressions_list)
-    p = ssub.add_parser("add")
+    ssub.add_parser("list", help="every suppressed address, with reason and source").set_defaults(
+        func=cmd_suppressions_list
+    )
+    p = ssub.add_parser("add", help="suppress an address: nothing more is sent to it")
     p.add_argument("email")
-    p.add_argument("--reason", default="manual")
+    p.add_argument("--reason", default="manual", help="kept with the entry (default: manual)")
     p.set_defaults(func=cmd_suppressions_add)
-    p = ssub.add_parser("remove")
+    p = ssub.add_parser("remove", help="send to an address again (exit 1 if it was not suppressed)")
     p.add_argument("email")
     p.set_defaults(func=cmd_suppressions_remove)
     return parser

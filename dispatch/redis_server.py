@@ -157,6 +157,14 @@ def ensure_redis_url() -> str:
     return _embedded.url
 
 
+def embedded_exit_code() -> int | None:
+    """The exit status of this process tree's embedded Redis once it has exited; None
+    while it runs or when there is none."""
+    if _embedded is None or _embedded._proc is None:
+        return None
+    return _embedded._proc.poll()
+
+
 class RunningUp(BaseModel):
     """What a running ``dispatch up`` records of itself for the other commands.
 
