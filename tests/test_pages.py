@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import orjson
 import pytest
 import redis
@@ -242,3 +243,31 @@ def test_with_redis_unreachable_the_pages_ask_to_come_back(
     for answer in asyncio.run(visit()):
         assert answer.status_code == 503 and answer.headers["retry-after"] == "60"
         assert "<title>Please try again in a few minutes</title>" in answer.text
+
+
+def test_the_forms_post_where_the_page_is_served(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The page's form and its link lead back to the server that showed it, as a
+    browser resolves them, even when DISPATCH_PUBLIC_URL names another origin (a proxy
+    in front, https outside and http inside): they used to go to DISPATCH_PUBLIC_URL."""
+    from urllib.parse import urljoin
+
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 1, "news")
+        url = _links(smtp, "user0@example.com")["unsubscribe"]
+    page_url = api_server.url + urlsplit(url).path
+    assert not page_url.startswith(get_settings().public_url)  # another origin here
+    dom = browser.dom(page_url)
+    form = re.search(r"<form [^>]*>", dom).group(0)  # type: ignore[union-attr]
+    action = re.search(r'action="([^"]*)"', form)
+    target = urljoin(page_url, html.unescape(action.group(1)) if action else "")
+    link = re.search(r'<a href="([^"]*)">Choose what you receive', dom).group(1)  # type: ignore[union-attr]
+    prefs_url = urljoin(page_url, html.unescape(link))
+    assert prefs_url == page_url.replace("/u/", "/preferences/", 1)
+    with httpx.Client() as http:
+        assert http.get(prefs_url).status_code == 200
+        done = http.post(target, content=b"")  # the button: an empty form
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    assert suppressions.get("user0@example.com", client=redis_client) is not None

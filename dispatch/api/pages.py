@@ -26,7 +26,6 @@ from dispatch.unsubscribe import (
     UnsubscribeToken,
     custom_center_url,
     read_token,
-    unsubscribe_urls,
 )
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "page_templates"  # package data
@@ -91,8 +90,7 @@ def _confirmation_page(parsed: UnsubscribeToken, token: str) -> Response:
     custom = _custom_center(parsed)
     if custom:
         return RedirectResponse(custom_center_url(custom, token), status_code=303)
-    unsub, prefs = unsubscribe_urls(token)
-    return _page("unsubscribe.html", email=parsed.email, action=unsub, preferences_url=prefs)
+    return _page("unsubscribe.html", email=parsed.email, token=token)
 
 
 @router.post("/u/{token}", response_class=HTMLResponse)
@@ -109,11 +107,10 @@ def _unsubscribed_page(parsed: UnsubscribeToken) -> Response:
     return _page("unsubscribe.html", email=parsed.email, done=True)
 
 
-def _preferences_page(parsed: UnsubscribeToken, token: str, saved: bool = False) -> Response:
+def _preferences_page(parsed: UnsubscribeToken, saved: bool = False) -> Response:
     return _page(
         "preferences.html",
         email=parsed.email,
-        action=unsubscribe_urls(token)[1],
         categories=preferences.categories(),
         opted_out=preferences.opted_out(parsed.email),
         suppressed=suppressions.get(parsed.email) is not None,
@@ -127,7 +124,7 @@ async def preference_center(token: str) -> Response:
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
-    return await _with_redis(_preferences_page, parsed, token)
+    return await _with_redis(_preferences_page, parsed)
 
 
 @router.post("/preferences/{token}", response_class=HTMLResponse)
@@ -141,14 +138,14 @@ async def save_preferences(token: str, request: Request) -> Response:
     except BodyTooLargeError:
         return _page("notice.html", 413, heading="Form too large", text="Nothing was saved.")
     form = parse_qs(body.decode("utf-8", "replace"))
-    return await _with_redis(_saved_page, parsed, token, form)
+    return await _with_redis(_saved_page, parsed, form)
 
 
-def _saved_page(parsed: UnsubscribeToken, token: str, form: dict[str, list[str]]) -> Response:
+def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Response:
     if form.get("action") == ["unsubscribe-all"]:
         preferences.unsubscribe(parsed, "Preference center")
     elif suppressions.get(parsed.email) is None:
         # An address unsubscribed from all gets nothing whatever its switches say: the
         # page shows that instead of switches, and a stale form saves nothing.
         preferences.set_choices(parsed.email, set(form.get("category", [])))
-    return _preferences_page(parsed, token, saved=True)
+    return _preferences_page(parsed, saved=True)
