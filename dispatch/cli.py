@@ -119,8 +119,15 @@ def _celery(argv: list[str]) -> int:
     return 0
 
 
+def _loglevel(args: argparse.Namespace) -> str:
+    """``--loglevel`` if given, else ``DISPATCH_LOG_LEVEL`` (as for the API)."""
+    from dispatch.settings import get_settings
+
+    return str(args.loglevel or get_settings().log_level)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    argv = ["worker", "-Q", "default,sends,events", "--loglevel", args.loglevel]
+    argv = ["worker", "-Q", "default,sends,events", "--loglevel", _loglevel(args)]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     return _celery(argv)
@@ -136,7 +143,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
     folder = tempfile.mkdtemp(prefix="dispatch-beat-")
     try:
         schedule = str(Path(folder) / "celerybeat-schedule")
-        return _celery(["beat", "--loglevel", args.loglevel, "--schedule", schedule])
+        return _celery(["beat", "--loglevel", _loglevel(args), "--schedule", schedule])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -404,9 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8000)
     p = verb("worker", cmd_worker, "run a Celery worker")
     p.add_argument("--concurrency", type=_count(0), default=0, help="processes (two per core)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")
     p.add_argument("file")
     p.add_argument("--follow", action="store_true", help="show progress until it ends")

@@ -155,6 +155,7 @@ def test_beat_runs_in_a_folder_it_cannot_write(redis_server: RedisServer, tmp_pa
         folder = tmp_path / "read-only"
         folder.mkdir(mode=0o555)
     env = os.environ | {"DISPATCH_REDIS_URL": redis_server.url, "PYTHONPATH": _root()}
+    env["DISPATCH_LOG_LEVEL"] = "DEBUG"  # beat's "Sending due task" lines
     log = tmp_path / "beat.log"
     with log.open("wb") as out:
         beat = subprocess.Popen(
@@ -208,3 +209,19 @@ def test_an_api_elsewhere_than_the_public_url_says_so(
     get_settings.cache_clear()
     _warn_public_url("0.0.0.0", 9000)  # set: the operator knows
     assert capsys.readouterr().err == ""
+
+
+def test_workers_and_beat_log_at_dispatch_log_level_unless_told(
+    fresh_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: the level comes from DISPATCH_LOG_LEVEL; ``--loglevel`` overrides it (the
+    worker of ``dispatch up`` logged at INFO whatever the setting said)."""
+    import dispatch.cli
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(dispatch.cli, "_celery", lambda argv: started.append(argv) or 0)
+    monkeypatch.setenv("DISPATCH_LOG_LEVEL", "warning")
+    for argv in (["worker"], ["beat"], ["worker", "--loglevel", "DEBUG"]):
+        assert main(argv) == 0
+    levels = [argv[argv.index("--loglevel") + 1] for argv in started]
+    assert levels == ["WARNING", "WARNING", "DEBUG"]
