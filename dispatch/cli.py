@@ -73,6 +73,27 @@ def _default_public_url(host: str, port: int) -> None:
     get_settings.cache_clear()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Raise :class:`CommandError` when ``host:port`` is taken, before anything starts
+    (uvicorn would fail to bind it, and ``up`` would try again for half a minute)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise CommandError(f"--host {host}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot serve on {host}:{port}: {exc.strerror} (another `dispatch up` or "
+                "`dispatch api`? choose another --port)"
+            ) from exc
+
+
 def _local_url(host: str, port: int) -> str:
     if host in ("", "0.0.0.0", "::"):  # every interface: this machine's loopback reaches it
         host = "127.0.0.1"
@@ -99,6 +120,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from dispatch.redis_server import ensure_redis_url
     from dispatch.settings import get_settings
 
+    _check_port(args.host, args.port)
     ensure_redis_url()
     _warn_public_url(args.host, args.port)
     if not get_settings().api_tokens:
@@ -158,6 +180,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from dispatch.redis_server import ensure_redis_url, forget_running_up, record_running_up
     from dispatch.settings import get_settings
 
+    _check_port(args.host, args.port)
     generated_key = not get_settings().secret_key.get_secret_value()
     ensure_redis_url()
     ensure_secret_key()

@@ -225,3 +225,23 @@ def test_workers_and_beat_log_at_dispatch_log_level_unless_told(
         assert main(argv) == 0
     levels = [argv[argv.index("--loglevel") + 1] for argv in started]
     assert levels == ["WARNING", "WARNING", "DEBUG"]
+
+
+def test_up_on_a_port_in_use_says_so_at_once(tmp_path: Path) -> None:
+    """The API could not bind and ``up`` started it again and again for half a minute
+    before it gave up; now it says so before starting anything."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for verb in ("up", "api"):
+            cmd = [sys.executable, "-m", "dispatch.cli", verb, "--port", str(port)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=25)
+            assert done.returncode == 2, done.stderr[-3000:]
+            last = done.stderr.splitlines()[-1]
+            assert last.startswith(f"error: cannot serve on 127.0.0.1:{port}: "), done.stderr
+    assert not (tmp_path / "dispatch" / "up.json").exists()
