@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,26 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     monkeypatch.undo()
     get_settings.cache_clear()
     store.reset_clients()
+
+
+def run_alone(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """``dispatch *argv`` in a process group of its own: its exit status and stderr; on
+    a timeout the whole group is killed (nothing it started is left running)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"dispatch {' '.join(argv)} still ran after {timeout} s")
+    return proc.returncode, err
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -140,10 +161,9 @@ def test_a_service_on_a_shared_redis_refuses_to_start_without_the_key(
     env = {k: v for k, v in os.environ.items() if k != "DISPATCH_SECRET_KEY"}
     env |= {"DISPATCH_REDIS_URL": redis_server.url, "XDG_RUNTIME_DIR": str(tmp_path)}
     for verb in (["api", "--port", str(free_port())], ["worker"], ["beat"]):
-        cmd = [sys.executable, "-m", "dispatch.cli", *verb]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2, (verb, done.stderr[-2000:])
-        assert done.stderr.startswith("error: DISPATCH_SECRET_KEY is not set"), done.stderr
+        code, err = run_alone(verb, env, timeout=60)
+        assert code == 2, (verb, err[-2000:])
+        assert err.startswith("error: DISPATCH_SECRET_KEY is not set"), err
 
 
 def test_beat_runs_in_a_folder_it_cannot_write(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -239,9 +259,8 @@ def test_up_on_a_port_in_use_says_so_at_once(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         for verb in ("up", "api"):
-            cmd = [sys.executable, "-m", "dispatch.cli", verb, "--port", str(port)]
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=25)
-            assert done.returncode == 2, done.stderr[-3000:]
-            last = done.stderr.splitlines()[-1]
-            assert last.startswith(f"error: cannot serve on 127.0.0.1:{port}: "), done.stderr
+            code, err = run_alone([verb, "--port", str(port)], env, timeout=25)
+            assert code == 2, err[-3000:]
+            last = err.splitlines()[-1]
+            assert last.startswith(f"error: cannot serve on 127.0.0.1:{port}: "), err
     assert not (tmp_path / "dispatch" / "up.json").exists()

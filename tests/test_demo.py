@@ -42,10 +42,12 @@ def test_the_json_report_holds_the_whole_report(tmp_path: Path) -> None:
     """DESIGN §8: ``--json`` prints the report as one JSON object: the campaigns, what
     the replayed callbacks did to their counters, and the sinks' checks."""
     demo = _demo(tmp_path, "--json", "--recipients", "20", "--concurrency", "1")
-    out, _ = demo.communicate(timeout=300)
+    try:
+        out, _ = demo.communicate(timeout=300)
+    finally:
+        gone = _group_gone(demo.pid)
     err = (tmp_path / "demo.err").read_text()
-    assert demo.returncode == 0, err
-    assert _group_gone(demo.pid)
+    assert (demo.returncode, gone) == (0, True), err
     report = json.loads(out)
     assert report["ok"] is True and "Traceback" not in err
     assert [c["provider"] for c in report["campaigns"]] == ["demo-smtp", "demo-http"]
@@ -60,14 +62,17 @@ def test_the_json_report_holds_the_whole_report(tmp_path: Path) -> None:
 def test_ctrl_c_stops_the_demo_and_all_it_started(tmp_path: Path) -> None:
     demo = _demo(tmp_path, "--recipients", "20000", "--concurrency", "1")
     log = tmp_path / "demo.err"
-    deadline = time.monotonic() + 120
-    while "demo-smtp [" not in log.read_text():  # sending: worker, API, sinks all up
-        assert demo.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    os.killpg(demo.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
-    demo.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while "demo-smtp [" not in log.read_text():  # sending: worker, API, sinks all up
+            assert demo.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.killpg(demo.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        demo.communicate(timeout=120)
+    finally:
+        gone = _group_gone(demo.pid)
     err = log.read_text()
-    assert (demo.returncode, _group_gone(demo.pid)) == (130, True), err
+    assert (demo.returncode, gone) == (130, True), err
     assert "Traceback" not in err and err.rstrip().endswith("interrupted")
 
 
