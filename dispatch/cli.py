@@ -94,10 +94,14 @@ def _check_port(host: str, port: int) -> None:
             ) from exc
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _local_url(host: str, port: int) -> str:
     if host in ("", "0.0.0.0", "::"):  # every interface: this machine's loopback reaches it
         host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return _url(host, port)
 
 
 def _warn_public_url(host: str, port: int) -> None:
@@ -105,8 +109,7 @@ def _warn_public_url(host: str, port: int) -> None:
     from dispatch.settings import get_settings
 
     settings = get_settings()
-    served = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    if "public_url" not in settings.model_fields_set and settings.public_url != served:
+    if "public_url" not in settings.model_fields_set and settings.public_url != _url(host, port):
         print(
             f"warning: DISPATCH_PUBLIC_URL is not set: links in messages and callback URLs "
             f"point at {settings.public_url}, not at this API; set it in every process",
