@@ -13,15 +13,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from dispatch.progress import ProgressBar
 
 
+class CommandError(Exception):
+    """What the user asked for cannot be done; the message says why (exit status 2)."""
+
+
 def _load_file(path: str) -> Any:
-    """A YAML or JSON document from ``path`` (``-`` for standard input)."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    """A YAML or JSON document from ``path`` (``-`` for standard input); raises
+    :class:`CommandError` when it cannot be read or parsed."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path}: cannot read it: {exc}") from exc
+    try:
+        return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise CommandError(f"{path}: not valid {kind}: {exc}") from exc
 
 
 def _print(data: Any) -> None:
@@ -48,13 +61,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(recipients=args.recipients, as_json=args.json, workers=args.concurrency)
 
 
+def _default_public_url(host: str, port: int) -> None:
+    """Without ``DISPATCH_PUBLIC_URL``, the links in messages (unsubscribe, preferences)
+    and the callback URLs of ``up``'s processes point at the API it serves, not at port
+    8000 (the processes of ``up`` inherit it; ``up`` records it for the other commands)."""
+    from dispatch.settings import get_settings
+
+    if "public_url" in get_settings().model_fields_set:
+        return
+    os.environ["DISPATCH_PUBLIC_URL"] = _local_url(host, port)
+    get_settings.cache_clear()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Raise :class:`CommandError` when ``host:port`` is taken, before anything starts
+    (uvicorn would fail to bind it, and ``up`` would try again for half a minute)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise CommandError(f"--host {host}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot serve on {host}:{port}: {exc.strerror} (another `dispatch up` or "
+                "`dispatch api`? choose another --port)"
+            ) from exc
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _local_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0", "::"):  # every interface: this machine's loopback reaches it
+        host = "127.0.0.1"
+    return _url(host, port)
+
+
+def _warn_public_url(host: str, port: int) -> None:
+    """A lone ``api`` cannot give the workers its address: say when the default is wrong."""
+    from dispatch.settings import get_settings
+
+    settings = get_settings()
+    if "public_url" not in settings.model_fields_set and settings.public_url != _url(host, port):
+        print(
+            f"warning: DISPATCH_PUBLIC_URL is not set: links in messages and callback URLs "
+            f"point at {settings.public_url}, not at this API; set it in every process",
+            file=sys.stderr,
+        )
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dispatch.redis_server import ensure_redis_url
     from dispatch.settings import get_settings
 
+    _check_port(args.host, args.port)
     ensure_redis_url()
+    _warn_public_url(args.host, args.port)
     if not get_settings().api_tokens:
         print(
             "warning: DISPATCH_API_TOKENS is empty: /v1 is open to anyone who can reach "
@@ -73,15 +144,33 @@ def _celery(argv: list[str]) -> int:
     return 0
 
 
+def _loglevel(args: argparse.Namespace) -> str:
+    """``--loglevel`` if given, else ``DISPATCH_LOG_LEVEL`` (as for the API)."""
+    from dispatch.settings import get_settings
+
+    return str(args.loglevel or get_settings().log_level)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    argv = ["worker", "-Q", "default,sends,events", "--loglevel", args.loglevel]
+    argv = ["worker", "-Q", "default,sends,events", "--loglevel", _loglevel(args)]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     return _celery(argv)
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
-    return _celery(["beat", "--loglevel", args.loglevel])
+    import shutil
+    import tempfile
+
+    # Beat keeps the last run of each schedule in a file, by default in the working
+    # folder, which the image's user cannot write (beat then dies at start). Every
+    # schedule here is a short interval: a fresh file per run loses nothing.
+    folder = tempfile.mkdtemp(prefix="dispatch-beat-")
+    try:
+        schedule = str(Path(folder) / "celerybeat-schedule")
+        return _celery(["beat", "--loglevel", _loglevel(args), "--schedule", schedule])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -94,9 +183,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from dispatch.redis_server import ensure_redis_url, forget_running_up, record_running_up
     from dispatch.settings import get_settings
 
+    _check_port(args.host, args.port)
     generated_key = not get_settings().secret_key.get_secret_value()
     ensure_redis_url()
     ensure_secret_key()
+    _default_public_url(args.host, args.port)
     key = get_settings().secret_key.get_secret_value() if generated_key else ""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop
     exe = [sys.executable, "-m", "dispatch.cli"]
@@ -107,7 +198,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         procs += [subprocess.Popen([*exe, *verb]) for verb in verbs]
         try:
-            running = record_running_up(secret_key=key)
+            running = record_running_up(secret_key=key, public_url=get_settings().public_url)
         except OSError as exc:
             print(f"warning: other commands will not find this Redis: {exc}", file=sys.stderr)
         where = "" if running is None else f", embedded Redis at {running.redis_url}"
@@ -135,11 +226,20 @@ QUICK_EXITS_ALLOWED = 5  # in a row, before ``up`` gives up
 def _supervise(procs: list[subprocess.Popen[bytes]], commands: list[list[str]]) -> int:
     """Start again a process of ``up`` that exits (as compose's ``restart`` does): a
     Celery worker can exit when its broker connection breaks, e.g. when Redis restarts.
-    Returns 1 when one keeps exiting at once (its log says why)."""
+    Returns 1 when one keeps exiting at once (its log says why), or when the embedded
+    Redis exits (the processes would only retry it forever)."""
+    from dispatch.redis_server import embedded_exit_code
+
     started = [time.monotonic()] * len(procs)
     quick = [0] * len(procs)
     while True:
         time.sleep(0.5)
+        lost = embedded_exit_code()
+        if lost is not None:  # it kept everything in memory: nothing to go on with
+            print(
+                f"dispatch up: the embedded Redis exited (code {lost}): stopping", file=sys.stderr
+            )
+            return 1
         for i, proc in enumerate(procs):
             code = proc.poll()
             if code is None:
@@ -206,7 +306,10 @@ def cmd_providers_add(args: argparse.Namespace) -> int:
     from dispatch.provider_store import provider_view, save_provider
 
     data = _load_file(args.file)
-    for item in data if isinstance(data, list) else [data]:
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(item, dict) for item in items):
+        raise CommandError(f"{args.file}: must hold a provider (a mapping) or a list of them")
+    for item in items:
         try:
             config = save_provider(item)
         except ValueError as exc:
@@ -288,8 +391,33 @@ def _var(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number not below ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text} is below {least}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _count(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispatch", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dispatch",
+        description="Send email campaigns through any provider and track every message.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
@@ -299,19 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("demo", cmd_demo, "the whole system on this machine: send, replay callbacks, report")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--recipients", type=int, default=2000)
-    p.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    p.add_argument("--recipients", type=_count(1), default=2000)
+    p.add_argument("--concurrency", type=_count(1), default=2, help="worker processes")
     p = verb("up", cmd_up, "API + worker + beat in the foreground")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p = verb("api", cmd_api, "serve the HTTP API")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p = verb("worker", cmd_worker, "run a Celery worker")
-    p.add_argument("--concurrency", type=int, default=0, help="processes (two per core)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--concurrency", type=_count(0), default=0, help="processes (two per core)")
+    p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")
     p.add_argument("file")
     p.add_argument("--follow", action="store_true", help="show progress until it ends")
@@ -340,12 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     supp = sub.add_parser("suppressions", help="manage the suppression list")
     ssub = supp.add_subparsers(dest="action", required=True)
-    ssub.add_parser("list").set_defaults(func=cmd_suppressions_list)
-    p = ssub.add_parser("add")
+    ssub.add_parser("list", help="every suppressed address, with reason and source").set_defaults(
+        func=cmd_suppressions_list
+    )
+    p = ssub.add_parser("add", help="suppress an address: nothing more is sent to it")
     p.add_argument("email")
-    p.add_argument("--reason", default="manual")
+    p.add_argument("--reason", default="manual", help="kept with the entry (default: manual)")
     p.set_defaults(func=cmd_suppressions_add)
-    p = ssub.add_parser("remove")
+    p = ssub.add_parser("remove", help="send to an address again (exit 1 if it was not suppressed)")
     p.add_argument("email")
     p.set_defaults(func=cmd_suppressions_remove)
     return parser
@@ -372,22 +502,76 @@ def _join_running_up() -> None:
         )
 
 
+# Processes that work with others on one Redis: they must all have the same secret key.
+SHARED_KEY_VERBS = frozenset({"api", "worker", "beat"})
+NO_SHARED_KEY = (
+    "DISPATCH_SECRET_KEY is not set: the API, workers and beat that share a Redis must "
+    "share the key (it signs unsubscribe links and encrypts provider secrets); set the "
+    "same value in the environment of each"
+)
+
+
+def _check_secret_key(command: str) -> None:
+    """A service process on a shared Redis refuses to start without the shared key; one
+    with a Redis of its own generates a key for the run, as ``up`` does."""
+    from dispatch.crypto import ensure_secret_key
+    from dispatch.settings import get_settings
+
+    settings = get_settings()
+    if command not in SHARED_KEY_VERBS or settings.secret_key.get_secret_value():
+        return
+    if settings.redis_url:
+        raise CommandError(NO_SHARED_KEY)
+    ensure_secret_key()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
+    from dispatch.crypto import SecretKeyError
     from dispatch.logs import configure
-    from dispatch.settings import get_settings
+    from dispatch.settings import SettingsError, get_settings
 
     args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command in SERVICE_VERBS:
-        configure(get_settings().log_level)
+        configure(settings.log_level)
     else:
         logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if args.command not in OWN_REDIS_VERBS:
-        _join_running_up()
-    result: int = args.func(args)
+    try:
+        if args.command not in OWN_REDIS_VERBS:
+            _join_running_up()
+        _check_secret_key(args.command)
+        result: int = args.func(args)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SecretKeyError as exc:
+        print(f"error: {exc} (set it to the key the service runs with)", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"error: Redis at {_redis_address()}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C in `demo` or a `--follow`: what it started stops
+        print("\ninterrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     return result
+
+
+def _redis_address() -> str:
+    """Where the Redis of this process is, without the password a URL may hold."""
+    from urllib.parse import urlsplit
+
+    from dispatch.settings import get_settings
+
+    parts = urlsplit(get_settings().redis_url)
+    where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else ""
+    return f"{parts.scheme}://{where}{parts.path}"
 
 
 if __name__ == "__main__":

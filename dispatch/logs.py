@@ -73,11 +73,24 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+# Celery's line per task (received, succeeded) and beat's per schedule ("Sending due
+# task"): with beat's housekeeping every few seconds they are hundreds of lines an hour,
+# among which dispatch's own lines ("batch done" with its counts) are lost. Shown at DEBUG;
+# their warnings and errors (a task that failed, a lost broker) always.
+CHATTY_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+
+
 def configure(level: int | str) -> None:
     """Send every log record to standard error as JSON lines."""
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactPaths())
+    if isinstance(level, str):
+        level = level.upper()  # logging knows "DEBUG", not "debug"
+    numeric = logging.getLevelName(level) if isinstance(level, str) else level
+    for name in CHATTY_LOGGERS:
+        quiet = isinstance(numeric, int) and numeric > logging.DEBUG
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
     # uvicorn configures its access logger after this (its own handler, no propagation);
     # a filter on the logger itself survives that configuration.
     access = logging.getLogger("uvicorn.access")

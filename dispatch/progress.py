@@ -16,14 +16,19 @@ class ProgressBar:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.started = time.monotonic()
+        self._first: int | None = None  # done at the first update: the rate counts from it
         self._last_line = 0.0
         self._last = ""
 
     def update(self, done: int, total: int, note: str = "") -> None:
         fraction = done / total if total else 1.0
         filled = int(WIDTH * fraction)
+        if self._first is None:
+            self._first, self.started = done, time.monotonic()
+        # What was done before the bar was shown (a campaign followed half-way) is not
+        # this run's rate.
         elapsed = time.monotonic() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = (done - self._first) / elapsed if elapsed > 0 else 0.0
         line = (
             f"{self.label} [{'#' * filled}{'.' * (WIDTH - filled)}] {done}/{total} "
             f"{fraction:5.1%} {rate:,.0f}/s {note}"

@@ -157,13 +157,22 @@ def ensure_redis_url() -> str:
     return _embedded.url
 
 
+def embedded_exit_code() -> int | None:
+    """The exit status of this process tree's embedded Redis once it has exited; None
+    while it runs or when there is none."""
+    if _embedded is None or _embedded._proc is None:
+        return None
+    return _embedded._proc.poll()
+
+
 class RunningUp(BaseModel):
     """What a running ``dispatch up`` records of itself for the other commands.
 
     ``run_id`` is the Redis server's own (``INFO server``: new at every start), so a
     recorded URL whose port another server has taken since is not mistaken for it.
     ``secret_key`` is set only when ``up`` generated its key for the run: secrets that
-    other commands save must be readable by the service.
+    other commands save must be readable by the service. ``public_url`` is the base of
+    the links its API serves (callback URLs that ``providers add`` shows point there).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -172,6 +181,7 @@ class RunningUp(BaseModel):
     run_id: str
     pid: int
     secret_key: str = ""
+    public_url: str = ""
 
 
 def state_file() -> Path:
@@ -196,7 +206,7 @@ def _run_id(url: str) -> str | None:
         client.close()
 
 
-def record_running_up(secret_key: str = "") -> RunningUp | None:
+def record_running_up(secret_key: str = "", public_url: str = "") -> RunningUp | None:
     """Record this process's embedded Redis in :func:`state_file` (mode 0600); None,
     and nothing recorded, when it has none (``DISPATCH_REDIS_URL`` names the server).
 
@@ -208,7 +218,11 @@ def record_running_up(secret_key: str = "") -> RunningUp | None:
     if run_id is None:
         return None
     state = RunningUp(
-        redis_url=_embedded.url, run_id=run_id, pid=os.getpid(), secret_key=secret_key
+        redis_url=_embedded.url,
+        run_id=run_id,
+        pid=os.getpid(),
+        secret_key=secret_key,
+        public_url=public_url,
     )
     path = state_file()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -255,7 +269,8 @@ def running_up() -> RunningUp | None:
 
 def join_running_up() -> RunningUp | None:
     """With no ``DISPATCH_REDIS_URL``, use the embedded Redis of a running ``dispatch up``
-    (and its generated secret key) for this process tree; None, and nothing changed,
+    (its generated secret key, and its API's URL unless ``DISPATCH_PUBLIC_URL`` is set)
+    for this process tree; None, and nothing changed,
     when a URL is set or no ``up`` runs (then :func:`ensure_redis_url` starts a server).
     """
     settings = get_settings()
@@ -267,5 +282,7 @@ def join_running_up() -> RunningUp | None:
     os.environ["DISPATCH_REDIS_URL"] = state.redis_url
     if state.secret_key and not settings.secret_key.get_secret_value():
         os.environ["DISPATCH_SECRET_KEY"] = state.secret_key
+    if state.public_url and "public_url" not in settings.model_fields_set:
+        os.environ["DISPATCH_PUBLIC_URL"] = state.public_url
     get_settings.cache_clear()
     return state

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
@@ -35,6 +37,15 @@ DEFAULT_EVENTS_MAXLEN = 1_000_000
 DEFAULT_PAUSE_HARD_BOUNCE_RATE = 0.05
 DEFAULT_PAUSE_SPAM_RATE = 0.003
 DEFAULT_PAUSE_MIN_SENT = 1000
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
+# Settings whose value an error message must not repeat (a Redis URL may hold a password).
+_SECRET_FIELDS = frozenset({"secret_key", "api_tokens", "redis_url"})
+
+
+class SettingsError(RuntimeError):
+    """A ``DISPATCH_*`` variable holds a value the service cannot use; the message names
+    each variable at fault (a RuntimeError, so no ``except ValueError`` swallows it)."""
 
 
 class Settings(BaseSettings):
@@ -94,8 +105,62 @@ class Settings(BaseSettings):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        _ = parts.port  # raises ValueError for a port that is not a number
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        # The base of the links in every message (List-Unsubscribe, callback URLs).
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        _ = parts.port
+        return value
+
+    @field_validator("sns_host_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression: {exc}") from None
+        return value
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per variable at fault: ``DISPATCH_BATCH_SIZE='abc': ...``."""
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        shown = "" if name in _SECRET_FIELDS else f"={err.get('input')!r}"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"DISPATCH_{name.upper()}{shown}: {message}")
+    return "; ".join(lines)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process (read once)."""
-    return Settings()
+    """The settings of this process (read once); raises :class:`SettingsError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None

@@ -163,6 +163,10 @@ def test_commands_in_another_shell_use_the_redis_of_a_running_up(tmp_path: Path)
             assert added.returncode == 0, added.stderr
             assert "using the Redis of the running `dispatch up`" in added.stderr
             assert recorded in added.stderr
+            # Links point at the API `up` serves, not at the default port 8000.
+            callback_url = json.loads(added.stdout)["callback_url"]
+            assert callback_url.startswith(f"http://127.0.0.1:{port}/v1/callbacks/shared/")
+            assert api.get("/v1/providers/shared").json()["callback_url"] == callback_url
 
             seen = api.get("/v1/providers/shared")
             assert seen.status_code == 200, seen.text
@@ -225,3 +229,40 @@ def test_a_record_is_trusted_only_while_its_up_and_its_redis_run(
     assert recorded(redis_url=f"redis://127.0.0.1:{free_port()}/0") is None  # nothing answers
     state_file().write_text("{not json")
     assert running_up() is None
+
+
+def test_up_stops_when_its_embedded_redis_is_gone(tmp_path: Path) -> None:
+    """The embedded Redis keeps everything in memory: once it has died (killed, out of
+    memory), the worker, beat and API would only retry it forever. ``up`` says so and
+    stops, leaving nothing behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env |= {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "DISPATCH_LOG_LEVEL": "WARNING"}
+    state = tmp_path / "run" / "dispatch" / "up.json"
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", "up", "--port", str(free_port())],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(state.exists, timeout=90)
+        (server,) = (p for p in _children(up.pid) if "redis-server" in _cmdline(p))
+        os.kill(server, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            up.wait(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=60)
+        try:
+            os.killpg(up.pid, signal.SIGKILL)
+            left_running = True
+        except ProcessLookupError:
+            left_running = False
+        log.close()
+    output = (tmp_path / "up.log").read_text()
+    assert (up.returncode, left_running) == (1, False), output
+    assert "dispatch up: the embedded Redis exited" in output
+    assert not state.exists()

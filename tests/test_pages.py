@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import orjson
+import pytest
 import redis
 
 from dispatch import campaigns, store, suppressions
@@ -17,7 +19,7 @@ from tests import browser
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
 from tests.helpers import recipients, run_inline, smtp_provider
-from tests.smtp_server import SmtpTestServer
+from tests.smtp_server import SmtpTestServer, free_port
 
 FAST = Settings(retry_base_seconds=0.05)
 
@@ -145,3 +147,127 @@ def test_a_custom_center_gets_the_token_in_its_own_query(
     with api_client(api_server, token=None) as http:
         page = http.get(f"/u/{token}")
     assert page.status_code == 303 and page.headers["location"] == expected
+
+
+def test_a_link_that_is_not_valid_gets_a_real_page(api_server: ApiServer) -> None:
+    """A garbled, cut or forged token: a page a person can read (title, language, the
+    phone's width), 404, whichever page and method it was for."""
+    forged = "WyJjIiwwLCJhQGV4YW1wbGUuY29tIiwibmV3cyJd.AAAA"
+    with api_client(api_server, token=None) as http:
+        answers = [
+            http.get("/u/garbage"),
+            http.post("/u/garbage", content=b"List-Unsubscribe=One-Click"),
+            http.get(f"/preferences/{forged}"),
+            http.post(f"/preferences/{forged}", content=b"action=unsubscribe-all"),
+        ]
+    for answer in answers:
+        assert answer.status_code == 404
+        assert answer.headers["content-type"].startswith("text/html")
+        page = answer.text
+        assert '<html lang="en">' in page and "<title>This link is not valid</title>" in page
+        assert 'name="viewport"' in page and "<h1>This link is not valid</h1>" in page
+    dom = browser.dom(api_server.url + "/u/garbage")
+    assert "<title>This link is not valid</title>" in dom
+
+
+def test_an_address_unsubscribed_from_all_is_told_so_and_saves_nothing(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """After "Unsubscribe from all" the switches are gone: they would show every
+    category off and, switched on and saved, still send nothing ("Your choices are
+    saved" was a false promise)."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 1, "news")
+        url = _links(smtp, "user0@example.com")["unsubscribe"]
+    path = urlsplit(url).path.replace("/u/", "/preferences/", 1)
+    with api_client(api_server, token=None) as http:
+        gone = http.post(path, content=b"category=news&action=unsubscribe-all")
+        again = http.post(path, content=b"category=news&action=save")
+        page = http.get(path)
+    for answer in (gone, again, page):
+        assert answer.status_code == 200
+        assert "You are unsubscribed from all emails" in answer.text
+        assert 'type="checkbox"' not in answer.text and "Your choices are saved" not in answer.text
+    assert suppressions.get("user0@example.com", client=redis_client) is not None
+    assert redis_client.smembers(store.optout_key("news")) == set()  # nothing stored
+
+
+def test_the_switches_are_labelled_and_grouped(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Each switch is inside its label (a screen reader names it, a tap on the text
+    toggles it), in a group with a legend; the page has a language and a title."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 1, "news")
+        _campaign(redis_client, smtp, 1, "offers")
+        url = _links(smtp, "user0@example.com")["unsubscribe"]
+    dom = browser.dom(api_server.url + urlsplit(url).path.replace("/u/", "/preferences/", 1))
+    labels = re.findall(r"<label><input [^>]*> (\w+)</label>", dom)
+    assert sorted(labels) == ["news", "offers"]
+    assert "<legend>Emails you receive</legend>" in dom
+    assert '<html lang="en">' in dom and "<title>Email preferences</title>" in dom
+
+
+def test_with_redis_unreachable_the_pages_ask_to_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recipient's click (or a mail client's one-click POST) while Redis is down: a
+    page saying to try again and 503 with Retry-After (the client posts again), not a
+    bare "Internal Server Error"."""
+    import asyncio
+
+    import httpx
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from dispatch.api.app import app
+    from dispatch.unsubscribe import make_token
+
+    # Nothing listens there; no retries, so that each request fails at once.
+    dead = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0), decode_responses=True)
+    monkeypatch.setattr(store, "_sync_client", dead)
+    token = make_token("c-1", 0, "user0@example.com", "news")
+
+    async def visit() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dispatch") as http:
+            return [
+                await http.get(f"/u/{token}"),
+                await http.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click"),
+                await http.get(f"/preferences/{token}"),
+                await http.post(f"/preferences/{token}", content=b"action=unsubscribe-all"),
+            ]
+
+    for answer in asyncio.run(visit()):
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "60"
+        assert "<title>Please try again in a few minutes</title>" in answer.text
+
+
+def test_the_forms_post_where_the_page_is_served(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The page's form and its link lead back to the server that showed it, as a
+    browser resolves them, even when DISPATCH_PUBLIC_URL names another origin (a proxy
+    in front, https outside and http inside): they used to go to DISPATCH_PUBLIC_URL."""
+    from urllib.parse import urljoin
+
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        _campaign(redis_client, smtp, 1, "news")
+        url = _links(smtp, "user0@example.com")["unsubscribe"]
+    page_url = api_server.url + urlsplit(url).path
+    assert not page_url.startswith(get_settings().public_url)  # another origin here
+    dom = browser.dom(page_url)
+    form = re.search(r"<form [^>]*>", dom).group(0)  # type: ignore[union-attr]
+    action = re.search(r'action="([^"]*)"', form)
+    target = urljoin(page_url, html.unescape(action.group(1)) if action else "")
+    link = re.search(r'<a href="([^"]*)">Choose what you receive', dom).group(1)  # type: ignore[union-attr]
+    prefs_url = urljoin(page_url, html.unescape(link))
+    assert prefs_url == page_url.replace("/u/", "/preferences/", 1)
+    with httpx.Client() as http:
+        assert http.get(prefs_url).status_code == 200
+        done = http.post(target, content=b"")  # the button: an empty form
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    assert suppressions.get("user0@example.com", client=redis_client) is not None

@@ -7,9 +7,12 @@ No authentication: the signed token in the URL is the only authority (RFC 8058 Â
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
+import redis
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,13 +26,13 @@ from dispatch.unsubscribe import (
     UnsubscribeToken,
     custom_center_url,
     read_token,
-    unsubscribe_urls,
 )
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "page_templates"  # package data
 _pages = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
 router = APIRouter(tags=["recipients"], include_in_schema=True)
 MAX_FORM_BYTES = 64 * 1024
+RETRY_AFTER_SECONDS = 60  # with Redis unreachable: when a mail client should post again
 
 
 def _page(name: str, status: int = 200, **context: object) -> HTMLResponse:
@@ -40,7 +43,13 @@ def _token(token: str) -> UnsubscribeToken | HTMLResponse:
     try:
         return read_token(token)
     except (InvalidTokenError, ValueError):
-        return HTMLResponse("<h1>This link is not valid.</h1>", status_code=404)
+        return _page(
+            "notice.html",
+            404,
+            heading="This link is not valid",
+            text="It may have been cut short when it was copied. Open it again from the "
+            "email, or use the unsubscribe link of a more recent email from us.",
+        )
 
 
 def _custom_center(token: UnsubscribeToken) -> str:
@@ -52,17 +61,36 @@ def _custom_center(token: UnsubscribeToken) -> str:
     return provider.preference_center_url if provider.preference_center == "custom" else ""
 
 
+async def _with_redis(func: Callable[..., Response], *args: Any) -> Response:
+    """``func(*args)`` in a thread; with Redis unreachable, a page that asks the person
+    (or the mail client posting a one-click unsubscribe) to come back, and nothing done."""
+    try:
+        return await run_in_threadpool(func, *args)
+    except redis.RedisError:
+        response = _page(
+            "notice.html",
+            503,
+            heading="Please try again in a few minutes",
+            text="This page is not available right now. Nothing was changed.",
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+
 @router.get("/u/{token}", response_class=HTMLResponse)
-def unsubscribe_page(token: str) -> Response:
+async def unsubscribe_page(token: str) -> Response:
     """A confirmation page (system center) or a redirect to the custom center."""
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
+    return await _with_redis(_confirmation_page, parsed, token)
+
+
+def _confirmation_page(parsed: UnsubscribeToken, token: str) -> Response:
     custom = _custom_center(parsed)
     if custom:
         return RedirectResponse(custom_center_url(custom, token), status_code=303)
-    unsub, prefs = unsubscribe_urls(token)
-    return _page("unsubscribe.html", email=parsed.email, action=unsub, preferences_url=prefs)
+    return _page("unsubscribe.html", email=parsed.email, token=token)
 
 
 @router.post("/u/{token}", response_class=HTMLResponse)
@@ -71,15 +99,18 @@ async def one_click_unsubscribe(token: str) -> Response:
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
-    await run_in_threadpool(preferences.unsubscribe, parsed, "One-click unsubscribe")
+    return await _with_redis(_unsubscribed_page, parsed)
+
+
+def _unsubscribed_page(parsed: UnsubscribeToken) -> Response:
+    preferences.unsubscribe(parsed, "One-click unsubscribe")
     return _page("unsubscribe.html", email=parsed.email, done=True)
 
 
-def _preferences_page(parsed: UnsubscribeToken, token: str, saved: bool = False) -> Response:
+def _preferences_page(parsed: UnsubscribeToken, saved: bool = False) -> Response:
     return _page(
         "preferences.html",
         email=parsed.email,
-        action=unsubscribe_urls(token)[1],
         categories=preferences.categories(),
         opted_out=preferences.opted_out(parsed.email),
         suppressed=suppressions.get(parsed.email) is not None,
@@ -88,12 +119,12 @@ def _preferences_page(parsed: UnsubscribeToken, token: str, saved: bool = False)
 
 
 @router.get("/preferences/{token}", response_class=HTMLResponse)
-def preference_center(token: str) -> Response:
+async def preference_center(token: str) -> Response:
     """The system preference center: one switch per category, and unsubscribe from all."""
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
-    return _preferences_page(parsed, token)
+    return await _with_redis(_preferences_page, parsed)
 
 
 @router.post("/preferences/{token}", response_class=HTMLResponse)
@@ -105,11 +136,16 @@ async def save_preferences(token: str, request: Request) -> Response:
     try:
         body = await read_bounded(request, MAX_FORM_BYTES)
     except BodyTooLargeError:
-        return HTMLResponse("<h1>Form too large.</h1>", status_code=413)
+        return _page("notice.html", 413, heading="Form too large", text="Nothing was saved.")
     form = parse_qs(body.decode("utf-8", "replace"))
+    return await _with_redis(_saved_page, parsed, form)
+
+
+def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Response:
     if form.get("action") == ["unsubscribe-all"]:
-        await run_in_threadpool(preferences.unsubscribe, parsed, "Preference center")
-    else:
-        wanted = set(form.get("category", []))
-        await run_in_threadpool(preferences.set_choices, parsed.email, wanted)
-    return await run_in_threadpool(_preferences_page, parsed, token, True)
+        preferences.unsubscribe(parsed, "Preference center")
+    elif suppressions.get(parsed.email) is None:
+        # An address unsubscribed from all gets nothing whatever its switches say: the
+        # page shows that instead of switches, and a stale form saves nothing.
+        preferences.set_choices(parsed.email, set(form.get("category", [])))
+    return _preferences_page(parsed, saved=True)
