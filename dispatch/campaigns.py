@@ -237,6 +237,25 @@ def _every_recipient_has(recipients: list[Recipient], names: set[str]) -> bool:
     return True
 
 
+# A campaign is stored whole or not at all, in one step with the claim of its id: a
+# repeat of the same request (a client retrying, two identical posts at once) finds it
+# complete, never an id whose content is still being written (that answered 404), and
+# a creation that fails half-way cannot leave an id claimed with no campaign under it.
+# Returns nil once stored, else the fingerprint already under that id.
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], 'fingerprint', ARGV[1]) == 0 then
+  return redis.call('HGET', KEYS[1], 'fingerprint')
+end
+redis.call('HSET', KEYS[1], 'content', ARGV[2], 'provider', ARGV[3], 'status', 'draft',
+           'created_at', ARGV[4], 'reason', '')
+for i = 8, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], 0) end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[6])
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5]) end
+return false
+"""
+
+
 def create_campaign(
     request: CampaignRequest,
     *,
@@ -267,32 +286,30 @@ def create_campaign(
     # (Its campaign-level placeholders are checked whatever the recipients hold.)
     payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
     fingerprint = _fingerprint(request)
-    key = store.campaign_key(campaign_id)
-    created = r.hsetnx(key, "fingerprint", fingerprint)
-    if not created:
-        if r.hget(key, "fingerprint") != fingerprint:
+    now = time.time()
+    found = r.eval(
+        _CREATE,
+        5,
+        store.campaign_key(campaign_id),
+        store.counters_key(campaign_id),
+        store.CAMPAIGNS_ZSET,
+        store.CATEGORIES_SET,
+        store.EXPIRING_ZSET,
+        fingerprint,
+        content.model_dump_json(),
+        content.provider,  # read with the campaign by each batch run
+        repr(now),
+        campaign_id,
+        content.category,
+        "" if content.expires_at is None else repr(content.expires_at.timestamp()),
+        *COUNTER_NAMES,
+    )
+    if found is not None:
+        if found != fingerprint:
             raise CampaignConflictError(
                 f"campaign {campaign_id!r} exists with other content", field="id"
             )
         return campaign_id, False
-    now = time.time()
-    pipe = r.pipeline()
-    pipe.hset(
-        key,
-        mapping={
-            "content": content.model_dump_json(),
-            "provider": content.provider,  # read with the campaign by each batch run
-            "status": CampaignStatus.DRAFT.value,
-            "created_at": str(now),
-            "reason": "",
-        },
-    )
-    pipe.hset(store.counters_key(campaign_id), mapping={name: 0 for name in COUNTER_NAMES})
-    pipe.zadd(store.CAMPAIGNS_ZSET, {campaign_id: now})
-    pipe.sadd(store.CATEGORIES_SET, content.category)
-    if content.expires_at is not None:
-        pipe.zadd(store.EXPIRING_ZSET, {campaign_id: content.expires_at.timestamp()})
-    pipe.execute()
     if request.recipients:
         later = content.send_at is not None and content.send_at > datetime.now(UTC)
         if request.draft or later:

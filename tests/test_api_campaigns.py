@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -123,6 +124,30 @@ def test_inline_campaign_starts_at_once_and_is_idempotent_by_id(
         generated = api.post("/v1/campaigns", json={**no_id, "recipients": []})
         assert generated.status_code == 201 and generated.json()["id"] != "inline-1"
     assert len(smtp.messages) == 20  # the repeated post sent nothing
+
+
+@covers("POST /v1/campaigns")
+def test_identical_posts_at_once_all_answer_the_campaign(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """A client retrying while its first post is still being answered: every post of the
+    same campaign answers it (201 once, 200 for the others), never 404 for an id whose
+    content was still being written."""
+    rounds, posts = 40, 4
+    with api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+
+    def post(campaign_id: str) -> int:
+        with api_client(api_server) as api:
+            body = {**draft(campaign_id), "recipients": recipients(3)}
+            return api.post("/v1/campaigns", json=body).status_code
+
+    with ThreadPoolExecutor(posts) as pool:
+        answers = [list(pool.map(post, [f"twice-{n}"] * posts)) for n in range(rounds)]
+    for round_answers in answers:
+        assert sorted(round_answers) == [200] * (posts - 1) + [201], round_answers
+    with api_client(api_server) as api:
+        assert all(campaign(api, f"twice-{n}")["total"] == 3 for n in range(rounds))
 
 
 @covers("POST /v1/campaigns")
