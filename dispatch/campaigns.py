@@ -28,6 +28,7 @@ from dispatch.models import (
     CampaignRequest,
     CampaignStatus,
     Recipient,
+    campaign_request,
     recipient_vars,
 )
 from dispatch.provider_store import ProviderNotFoundError, load_provider
@@ -320,6 +321,28 @@ def create_campaign(
             with background_enqueuer(enqueue) as send:
                 _append_and_send(campaign_id, request.recipients, r, send)
     return campaign_id, True
+
+
+def create_from_task(body: Any, task_id: str | None) -> str:
+    """``create_campaign`` for the ``dispatch.enqueue_campaign`` task, with the JSON of
+    ``POST /v1/campaigns``; returns the campaign's id.
+
+    A body without an ``id`` takes the task's: a task run again (its worker died before
+    acknowledging it) is a repeat of the same campaign, not a second one sent to the
+    same recipients, and the caller can follow it by the id ``send_task`` gave it.
+    Raises :class:`CampaignError` naming the field (an invalid body too), and
+    :class:`CampaignConflictError`.
+    """
+    if isinstance(body, dict) and body.get("id") is None and task_id:
+        body = {**body, "id": task_id}
+    try:
+        request = campaign_request(body)
+    except ValidationError as exc:
+        problems = validation_problems(exc.errors())
+        field, message = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CampaignError(f"{field}: {message}{more}", field=field) from None
+    return create_campaign(request)[0]
 
 
 def _append_and_send(

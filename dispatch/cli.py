@@ -74,7 +74,9 @@ def _celery(argv: list[str]) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    argv = ["worker", "-Q", "default,sends,events", "--loglevel", args.loglevel]
+    from dispatch import store
+
+    argv = ["worker", "-Q", ",".join(store.CELERY_QUEUES), "--loglevel", args.loglevel]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     return _celery(argv)
