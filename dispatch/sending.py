@@ -599,10 +599,15 @@ _STATE_OF = {
 
 
 async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSender) -> None:
-    """Poll the campaign status so that pause and cancel take effect within a second."""
+    """Poll the campaign status so that pause and cancel take effect within a second, and
+    the clock so that a campaign whose ``expires_at`` passes while it sends expires then
+    (not when beat next looks: nothing may go out after it)."""
     key = store.campaign_key(campaign.content.id)
+    expires_at = campaign.content.expires_at
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            await expire_now(r, campaign.content.id)
         status = await r.hget(key, "status")
         if status and status != CampaignStatus.RUNNING.value:
             campaign.status = CampaignStatus(str(status))

@@ -451,3 +451,26 @@ def test_a_batch_that_finds_the_campaign_expired_expires_it(redis_client: redis.
     summary = campaigns.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
     assert (summary["expired"], summary["sent"], summary["queued"]) == (3, 0, 0)
+
+
+def test_a_batch_stops_sending_once_expires_at_passes_while_it_runs(
+    redis_client: redis.Redis,
+) -> None:
+    """No beat: a batch that is still sending when ``expires_at`` passes stops (it
+    polls the clock with the status), its unsent messages end ``expired`` and so does the
+    campaign. Before, it sent its whole batch after the campaign had expired, until beat's
+    expiry (every 10 s) happened to run."""
+    with SmtpTestServer() as smtp:
+        # 60 messages at 10 a second take 6 s; the campaign expires after about 2.
+        smtp_provider(redis_client, smtp.port, max_connections=1, rate_per_second=10)
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        cid, batches = create_held(
+            redis_client,
+            {**body("exp-mid", 60), "expires_at": soon.isoformat()},
+        )
+        run_batches(batches)
+        received = len(smtp.messages)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
+    assert summary["expired"] > 0 and summary["queued"] == 0
+    assert summary["sent"] == received == 60 - summary["expired"]
