@@ -32,7 +32,7 @@ from dispatch.models import (
     recipient_vars,
 )
 from dispatch.provider_store import ProviderNotFoundError, load_provider
-from dispatch.recipient_pages import PAGE, line_safe, stored_count
+from dispatch.recipient_pages import PAGE, line_safe
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
@@ -654,48 +654,68 @@ def _chunks(items: Iterable[Recipient], size: int) -> Iterator[list[Recipient]]:
         yield chunk
 
 
+# Start (or schedule) a draft or scheduled campaign in one step: the status check, the
+# count of its recipients and the move out of ``draft`` cannot interleave with an append
+# (whose script refuses once the status left ``draft``), so every recipient stored is in
+# a batch. Read apart, an append landing between them stored recipients past the last
+# batch: never sent, the campaign ``running`` for ever. ARGV: the size of a batch (empty:
+# schedule for ARGV[2] instead), send_at's timestamp, the campaign id, send date, now.
+# Returns {batches, ''}, or {-1, status} when the status does not allow it.
+_START = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur ~= 'draft' and cur ~= 'scheduled' then return {-1, cur or ''} end
+if ARGV[1] == '' then
+  redis.call('HSET', KEYS[1], 'status', 'scheduled')
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+  return {0, ''}
+end
+local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
+local batches = math.ceil(total / tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'status', 'running', 'send_date', ARGV[4], 'started_at', ARGV[5],
+           'batches', batches, 'batch_size', ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return {batches, ''}
+"""
+
+
 def start_campaign(
     campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
 ) -> int:
     """Start a draft (or release a scheduled) campaign; returns the number of batches.
 
     A campaign whose ``send_at`` is in the future becomes ``scheduled`` and is released
-    by beat. Raises :class:`CampaignStateError` when it is not a draft or scheduled.
+    by beat. Raises :class:`CampaignNotFoundError`, :class:`CampaignStateError` when it
+    is not a draft or scheduled.
     """
     r = client or store.sync_client()
     content = load_content(campaign_id, r)
-    status = get_status(campaign_id, r)
-    if status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
-        raise CampaignStateError(
-            f"campaign {campaign_id!r} is {status}: it cannot be started", field="status"
-        )
     now = datetime.now(UTC)
-    if content.send_at is not None and content.send_at > now:
-        r.hset(store.campaign_key(campaign_id), "status", CampaignStatus.SCHEDULED.value)
-        r.zadd(store.SCHEDULED_ZSET, {campaign_id: content.send_at.timestamp()})
-        return 0
-    total = stored_count(r, campaign_id)
-    batches = math.ceil(total / get_settings().batch_size)
-    pipe = r.pipeline()
-    pipe.hset(
+    later = content.send_at is not None and content.send_at > now
+    batches, found = r.eval(
+        _START,
+        3,
         store.campaign_key(campaign_id),
-        mapping={
-            "status": CampaignStatus.RUNNING.value,
-            "send_date": now.strftime("%Y%m%d"),
-            "started_at": str(now.timestamp()),
-            "batches": str(batches),
-            "batch_size": str(get_settings().batch_size),
-        },
+        store.counters_key(campaign_id),
+        store.SCHEDULED_ZSET,
+        "" if later else str(get_settings().batch_size),
+        repr(content.send_at.timestamp()) if content.send_at is not None else "0",
+        campaign_id,
+        now.strftime("%Y%m%d"),
+        repr(now.timestamp()),
     )
-    pipe.zrem(store.SCHEDULED_ZSET, campaign_id)
-    pipe.execute()
-    if total == 0:
+    if int(batches) < 0:
+        raise CampaignStateError(
+            f"campaign {campaign_id!r} is {found}: it cannot be started", field="status"
+        )
+    if later:
+        return 0
+    if not batches:
         finish_if_done(campaign_id, r)
         return 0
     with batch_enqueuer(enqueue) as send:
-        for batch in range(batches):
+        for batch in range(int(batches)):
             send(campaign_id, batch)
-    return batches
+    return int(batches)
 
 
 def enqueue_batch(campaign_id: str, batch: int) -> None:
