@@ -488,7 +488,9 @@ class BatchSender:
     ) -> None:
         """The session could not start or died before these messages were handed over."""
         if isinstance(exc, ConfigurationError):
-            self.c.stop_reason = f"{exc.error_class.value}: {exc.detail}"
+            # A used-up quota is no connection error: its detail says it all.
+            quota = isinstance(exc, QuotaExhaustedError)
+            self.c.stop_reason = exc.detail if quota else f"{exc.error_class.value}: {exc.detail}"
             writes = []
             for item, _ in messages:  # give the claim back: not attempted
                 item.attempts -= 1
