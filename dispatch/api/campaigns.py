@@ -198,7 +198,8 @@ def _operation(name: str, summary: str) -> dict[str, Any]:
 
 @router.post(**_operation("start", "Start a draft campaign"))
 def start_campaign(campaign_id: CampaignId) -> CampaignSummary:
-    """Start sending (or wait for ``send_at``). 409 unless the campaign is a draft."""
+    """Start sending (or wait for ``send_at``). 409 unless the campaign is a draft or
+    scheduled (starting a scheduled one changes nothing until its ``send_at``)."""
     campaigns.start_campaign(campaign_id)
     return _summary(campaign_id)
 
