@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +21,7 @@ from tests.api_support import (
 )
 from tests.helpers import recipients
 from tests.smtp_server import SmtpTestServer
-from tests.worker import WorkerProcess
+from tests.worker import WorkerProcess, wait_for
 
 
 def draft(campaign_id: str, **fields: Any) -> dict[str, Any]:
@@ -223,6 +224,30 @@ def test_unknown_placeholder_of_an_http_provider_gets_422_naming_it(
         assert (result["appended"], result["rejected"]) == (1, 1)
         assert result["errors"][0]["field"] == "vars.coupon_code"
         assert "$$coupon_code" in result["errors"][0]["message"]
+
+
+@covers("POST /v1/campaigns/{campaign_id}/recipients", "POST /v1/campaigns/{campaign_id}/start")
+def test_an_append_cut_by_a_start_says_how_many_it_stored(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """The campaign starts while an append streams: the 409 says that the recipients
+    stored before the start stay in it (they are sent), so that a client does not take
+    the whole append for refused."""
+    first, more = recipients(1000), recipients(1500)[1000:]
+    with api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+        assert api.post("/v1/campaigns", json=draft("cut-1")).status_code == 201
+
+        def body() -> Iterator[bytes]:
+            yield from ndjson(first)
+            wait_for(lambda: campaign(api, "cut-1")["total"] == 1000, timeout=30)
+            assert api.post("/v1/campaigns/cut-1/start").status_code == 200
+            yield from ndjson(more)
+
+        cut = api.post("/v1/campaigns/cut-1/recipients", content=body())
+        assert cut.status_code == 409 and cut.json()["field"] == "status"
+        assert "the 1000 recipients appended before it stay in the campaign" in cut.json()["detail"]
+        assert campaign(api, "cut-1")["total"] == 1000
 
 
 @covers("POST /v1/campaigns", "POST /v1/campaigns/{campaign_id}/recipients")
