@@ -28,10 +28,11 @@ from dispatch.models import (
     CampaignRequest,
     CampaignStatus,
     Recipient,
+    campaign_request,
     recipient_vars,
 )
 from dispatch.provider_store import ProviderNotFoundError, load_provider
-from dispatch.recipient_pages import PAGE, line_safe, stored_count
+from dispatch.recipient_pages import PAGE, line_safe
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
@@ -237,6 +238,25 @@ def _every_recipient_has(recipients: list[Recipient], names: set[str]) -> bool:
     return True
 
 
+# A campaign is stored whole or not at all, in one step with the claim of its id: a
+# repeat of the same request (a client retrying, two identical posts at once) finds it
+# complete, never an id whose content is still being written (that answered 404), and
+# a creation that fails half-way cannot leave an id claimed with no campaign under it.
+# Returns nil once stored, else the fingerprint already under that id.
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], 'fingerprint', ARGV[1]) == 0 then
+  return redis.call('HGET', KEYS[1], 'fingerprint')
+end
+redis.call('HSET', KEYS[1], 'content', ARGV[2], 'provider', ARGV[3], 'status', 'draft',
+           'created_at', ARGV[4], 'reason', '')
+for i = 8, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], 0) end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[6])
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5]) end
+return false
+"""
+
+
 def create_campaign(
     request: CampaignRequest,
     *,
@@ -267,32 +287,30 @@ def create_campaign(
     # (Its campaign-level placeholders are checked whatever the recipients hold.)
     payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
     fingerprint = _fingerprint(request)
-    key = store.campaign_key(campaign_id)
-    created = r.hsetnx(key, "fingerprint", fingerprint)
-    if not created:
-        if r.hget(key, "fingerprint") != fingerprint:
+    now = time.time()
+    found = r.eval(
+        _CREATE,
+        5,
+        store.campaign_key(campaign_id),
+        store.counters_key(campaign_id),
+        store.CAMPAIGNS_ZSET,
+        store.CATEGORIES_SET,
+        store.EXPIRING_ZSET,
+        fingerprint,
+        content.model_dump_json(),
+        content.provider,  # read with the campaign by each batch run
+        repr(now),
+        campaign_id,
+        content.category,
+        "" if content.expires_at is None else repr(content.expires_at.timestamp()),
+        *COUNTER_NAMES,
+    )
+    if found is not None:
+        if found != fingerprint:
             raise CampaignConflictError(
                 f"campaign {campaign_id!r} exists with other content", field="id"
             )
         return campaign_id, False
-    now = time.time()
-    pipe = r.pipeline()
-    pipe.hset(
-        key,
-        mapping={
-            "content": content.model_dump_json(),
-            "provider": content.provider,  # read with the campaign by each batch run
-            "status": CampaignStatus.DRAFT.value,
-            "created_at": str(now),
-            "reason": "",
-        },
-    )
-    pipe.hset(store.counters_key(campaign_id), mapping={name: 0 for name in COUNTER_NAMES})
-    pipe.zadd(store.CAMPAIGNS_ZSET, {campaign_id: now})
-    pipe.sadd(store.CATEGORIES_SET, content.category)
-    if content.expires_at is not None:
-        pipe.zadd(store.EXPIRING_ZSET, {campaign_id: content.expires_at.timestamp()})
-    pipe.execute()
     if request.recipients:
         later = content.send_at is not None and content.send_at > datetime.now(UTC)
         if request.draft or later:
@@ -303,6 +321,28 @@ def create_campaign(
             with background_enqueuer(enqueue) as send:
                 _append_and_send(campaign_id, request.recipients, r, send)
     return campaign_id, True
+
+
+def create_from_task(body: Any, task_id: str | None) -> str:
+    """``create_campaign`` for the ``dispatch.enqueue_campaign`` task, with the JSON of
+    ``POST /v1/campaigns``; returns the campaign's id.
+
+    A body without an ``id`` takes the task's: a task run again (its worker died before
+    acknowledging it) is a repeat of the same campaign, not a second one sent to the
+    same recipients, and the caller can follow it by the id ``send_task`` gave it.
+    Raises :class:`CampaignError` naming the field (an invalid body too), and
+    :class:`CampaignConflictError`.
+    """
+    if isinstance(body, dict) and body.get("id") is None and task_id:
+        body = {**body, "id": task_id}
+    try:
+        request = campaign_request(body)
+    except ValidationError as exc:
+        problems = validation_problems(exc.errors())
+        field, message = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CampaignError(f"{field}: {message}{more}", field=field) from None
+    return create_campaign(request)[0]
 
 
 def _append_and_send(
@@ -614,48 +654,68 @@ def _chunks(items: Iterable[Recipient], size: int) -> Iterator[list[Recipient]]:
         yield chunk
 
 
+# Start (or schedule) a draft or scheduled campaign in one step: the status check, the
+# count of its recipients and the move out of ``draft`` cannot interleave with an append
+# (whose script refuses once the status left ``draft``), so every recipient stored is in
+# a batch. Read apart, an append landing between them stored recipients past the last
+# batch: never sent, the campaign ``running`` for ever. ARGV: the size of a batch (empty:
+# schedule for ARGV[2] instead), send_at's timestamp, the campaign id, send date, now.
+# Returns {batches, ''}, or {-1, status} when the status does not allow it.
+_START = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur ~= 'draft' and cur ~= 'scheduled' then return {-1, cur or ''} end
+if ARGV[1] == '' then
+  redis.call('HSET', KEYS[1], 'status', 'scheduled')
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+  return {0, ''}
+end
+local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
+local batches = math.ceil(total / tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'status', 'running', 'send_date', ARGV[4], 'started_at', ARGV[5],
+           'batches', batches, 'batch_size', ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return {batches, ''}
+"""
+
+
 def start_campaign(
     campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
 ) -> int:
     """Start a draft (or release a scheduled) campaign; returns the number of batches.
 
     A campaign whose ``send_at`` is in the future becomes ``scheduled`` and is released
-    by beat. Raises :class:`CampaignStateError` when it is not a draft or scheduled.
+    by beat. Raises :class:`CampaignNotFoundError`, :class:`CampaignStateError` when it
+    is not a draft or scheduled.
     """
     r = client or store.sync_client()
     content = load_content(campaign_id, r)
-    status = get_status(campaign_id, r)
-    if status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
-        raise CampaignStateError(
-            f"campaign {campaign_id!r} is {status}: it cannot be started", field="status"
-        )
     now = datetime.now(UTC)
-    if content.send_at is not None and content.send_at > now:
-        r.hset(store.campaign_key(campaign_id), "status", CampaignStatus.SCHEDULED.value)
-        r.zadd(store.SCHEDULED_ZSET, {campaign_id: content.send_at.timestamp()})
-        return 0
-    total = stored_count(r, campaign_id)
-    batches = math.ceil(total / get_settings().batch_size)
-    pipe = r.pipeline()
-    pipe.hset(
+    later = content.send_at is not None and content.send_at > now
+    batches, found = r.eval(
+        _START,
+        3,
         store.campaign_key(campaign_id),
-        mapping={
-            "status": CampaignStatus.RUNNING.value,
-            "send_date": now.strftime("%Y%m%d"),
-            "started_at": str(now.timestamp()),
-            "batches": str(batches),
-            "batch_size": str(get_settings().batch_size),
-        },
+        store.counters_key(campaign_id),
+        store.SCHEDULED_ZSET,
+        "" if later else str(get_settings().batch_size),
+        repr(content.send_at.timestamp()) if content.send_at is not None else "0",
+        campaign_id,
+        now.strftime("%Y%m%d"),
+        repr(now.timestamp()),
     )
-    pipe.zrem(store.SCHEDULED_ZSET, campaign_id)
-    pipe.execute()
-    if total == 0:
+    if int(batches) < 0:
+        raise CampaignStateError(
+            f"campaign {campaign_id!r} is {found}: it cannot be started", field="status"
+        )
+    if later:
+        return 0
+    if not batches:
         finish_if_done(campaign_id, r)
         return 0
     with batch_enqueuer(enqueue) as send:
-        for batch in range(batches):
+        for batch in range(int(batches)):
             send(campaign_id, batch)
-    return batches
+    return int(batches)
 
 
 def enqueue_batch(campaign_id: str, batch: int) -> None:

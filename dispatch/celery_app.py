@@ -15,6 +15,7 @@ from dispatch.redis_server import ensure_redis_url
 from dispatch.settings import get_settings
 
 QUEUES = store.CELERY_QUEUES
+RESULT_EXPIRES_SECONDS = 86_400  # how long a dispatch.enqueue_campaign result is kept
 
 
 def default_worker_processes() -> int:
@@ -52,7 +53,8 @@ class _Config:
     # 1 million messages on 2 cores, 43,000 msg/s with 2 processes, 50,000 with 4).
     # ``dispatch worker --concurrency N`` sets it.
     worker_concurrency = default_worker_processes()
-    task_ignore_result = True
+    task_ignore_result = True  # but dispatch.enqueue_campaign's (its caller may ask)
+    result_expires = RESULT_EXPIRES_SECONDS
     task_serializer = "json"
     accept_content = ("json",)
     broker_connection_retry_on_startup = True
@@ -71,6 +73,10 @@ class _Config:
 
     @property
     def broker_url(self) -> str:
+        return ensure_redis_url()
+
+    @property
+    def result_backend(self) -> str:
         return ensure_redis_url()
 
     @property

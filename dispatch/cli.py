@@ -152,7 +152,9 @@ def _loglevel(args: argparse.Namespace) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    argv = ["worker", "-Q", "default,sends,events", "--loglevel", _loglevel(args)]
+    from dispatch import store
+
+    argv = ["worker", "-Q", ",".join(store.CELERY_QUEUES), "--loglevel", _loglevel(args)]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     return _celery(argv)

@@ -488,7 +488,9 @@ class BatchSender:
     ) -> None:
         """The session could not start or died before these messages were handed over."""
         if isinstance(exc, ConfigurationError):
-            self.c.stop_reason = f"{exc.error_class.value}: {exc.detail}"
+            # A used-up quota is no connection error: its detail says it all.
+            quota = isinstance(exc, QuotaExhaustedError)
+            self.c.stop_reason = exc.detail if quota else f"{exc.error_class.value}: {exc.detail}"
             writes = []
             for item, _ in messages:  # give the claim back: not attempted
                 item.attempts -= 1
@@ -599,10 +601,15 @@ _STATE_OF = {
 
 
 async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSender) -> None:
-    """Poll the campaign status so that pause and cancel take effect within a second."""
+    """Poll the campaign status so that pause and cancel take effect within a second, and
+    the clock so that a campaign whose ``expires_at`` passes while it sends expires then
+    (not when beat next looks: nothing may go out after it)."""
     key = store.campaign_key(campaign.content.id)
+    expires_at = campaign.content.expires_at
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            await expire_now(r, campaign.content.id)
         status = await r.hget(key, "status")
         if status and status != CampaignStatus.RUNNING.value:
             campaign.status = CampaignStatus(str(status))

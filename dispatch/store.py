@@ -16,7 +16,10 @@ SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
 SEND_STATS_HASH = f"{PREFIX}:stats:sends"  # send latency and throttles (dispatch.send_stats)
-CELERY_QUEUES = ("default", "sends", "events")
+# The queues a worker consumes. ``celery`` is Celery's own default: a task another
+# service sends by name with only the broker URL (``app.send_task(
+# "dispatch.enqueue_campaign", ...)``, DESIGN §5) lands there unless it names a queue.
+CELERY_QUEUES = ("default", "sends", "events", "celery")
 SENDS_QUEUE = "sends"  # where batch tasks wait
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
 

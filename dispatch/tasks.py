@@ -7,23 +7,39 @@ import time
 from typing import Any
 
 import redis
+from celery import Task
 from celery.signals import worker_process_shutdown, worker_ready
 
 from dispatch import campaigns, effects, lifecycle, retention, runtime, store
 from dispatch.celery_app import app
 from dispatch.housekeeping import sweep
-from dispatch.models import campaign_request
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="dispatch.enqueue_campaign")
-def enqueue_campaign(body: dict[str, Any]) -> str:
-    """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns."""
-    campaign_id, _ = campaigns.create_campaign(campaign_request(body))
-    return campaign_id
+# What other services call (DESIGN §5). Its result is kept (the id, or the refusal: a
+# caller whose app has ``backend=<the broker URL>`` reads it with ``.get()``); a refusal
+# is expected (``throws``: Celery logs it without a traceback; we warn) and never retried.
+@app.task(
+    name="dispatch.enqueue_campaign",
+    bind=True,
+    ignore_result=False,
+    throws=(campaigns.CampaignError,),
+)
+def enqueue_campaign(self: Task[Any, str], body: Any) -> str:
+    """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns;
+    without an ``id`` it takes the task's id."""
+    try:
+        return campaigns.create_from_task(body, self.request.id)
+    except campaigns.CampaignError as exc:  # the caller may not be watching: say it here
+        log.warning(
+            "campaign refused: %s",
+            exc,
+            extra={"task_id": self.request.id, "field": exc.field},
+        )
+        raise
 
 
 @app.task(name="dispatch.expire_campaigns")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -19,7 +21,7 @@ from tests.api_support import (
 )
 from tests.helpers import recipients
 from tests.smtp_server import SmtpTestServer
-from tests.worker import WorkerProcess
+from tests.worker import WorkerProcess, wait_for
 
 
 def draft(campaign_id: str, **fields: Any) -> dict[str, Any]:
@@ -126,6 +128,30 @@ def test_inline_campaign_starts_at_once_and_is_idempotent_by_id(
 
 
 @covers("POST /v1/campaigns")
+def test_identical_posts_at_once_all_answer_the_campaign(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """A client retrying while its first post is still being answered: every post of the
+    same campaign answers it (201 once, 200 for the others), never 404 for an id whose
+    content was still being written."""
+    rounds, posts = 40, 4
+    with api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+
+    def post(campaign_id: str) -> int:
+        with api_client(api_server) as api:
+            body = {**draft(campaign_id), "recipients": recipients(3)}
+            return api.post("/v1/campaigns", json=body).status_code
+
+    with ThreadPoolExecutor(posts) as pool:
+        answers = [list(pool.map(post, [f"twice-{n}"] * posts)) for n in range(rounds)]
+    for round_answers in answers:
+        assert sorted(round_answers) == [200] * (posts - 1) + [201], round_answers
+    with api_client(api_server) as api:
+        assert all(campaign(api, f"twice-{n}")["total"] == 3 for n in range(rounds))
+
+
+@covers("POST /v1/campaigns")
 def test_invalid_campaigns_get_422_naming_the_field(
     api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
 ) -> None:
@@ -198,6 +224,30 @@ def test_unknown_placeholder_of_an_http_provider_gets_422_naming_it(
         assert (result["appended"], result["rejected"]) == (1, 1)
         assert result["errors"][0]["field"] == "vars.coupon_code"
         assert "$$coupon_code" in result["errors"][0]["message"]
+
+
+@covers("POST /v1/campaigns/{campaign_id}/recipients", "POST /v1/campaigns/{campaign_id}/start")
+def test_an_append_cut_by_a_start_says_how_many_it_stored(
+    api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """The campaign starts while an append streams: the 409 says that the recipients
+    stored before the start stay in it (they are sent), so that a client does not take
+    the whole append for refused."""
+    first, more = recipients(1000), recipients(1500)[1000:]
+    with api_client(api_server) as api:
+        save_smtp_provider(api, smtp.port)
+        assert api.post("/v1/campaigns", json=draft("cut-1")).status_code == 201
+
+        def body() -> Iterator[bytes]:
+            yield from ndjson(first)
+            wait_for(lambda: campaign(api, "cut-1")["total"] == 1000, timeout=30)
+            assert api.post("/v1/campaigns/cut-1/start").status_code == 200
+            yield from ndjson(more)
+
+        cut = api.post("/v1/campaigns/cut-1/recipients", content=body())
+        assert cut.status_code == 409 and cut.json()["field"] == "status"
+        assert "the 1000 recipients appended before it stay in the campaign" in cut.json()["detail"]
+        assert campaign(api, "cut-1")["total"] == 1000
 
 
 @covers("POST /v1/campaigns", "POST /v1/campaigns/{campaign_id}/recipients")

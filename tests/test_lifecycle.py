@@ -4,6 +4,7 @@ expiry and scheduled release by beat (DESIGN §5)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from dispatch import campaigns, lifecycle, store
 from dispatch.ledger import LedgerWriter, parse_record, record
 from dispatch.models import CampaignRequest, MessageState, Recipient
 from dispatch.redis_server import RedisServer
+from dispatch.settings import get_settings
 from tests.api_server import ApiServer
 from tests.api_support import (
     api_client,
@@ -389,6 +391,48 @@ def test_appending_stays_possible_only_in_a_draft(redis_client: redis.Redis) -> 
     assert list(ndjson([{"email": "x@example.com"}])) == [b'{"email": "x@example.com"}\n']
 
 
+class _AppendDuringStart(redis.Redis):  # type: ignore[type-arg]
+    """A client that, right after its first command on ``watched``, has another client
+    append ``more`` to ``campaign``: an append landing while a start is under way."""
+
+    watched = campaign = ""
+    more: list[Recipient] = []  # noqa: RUF012
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        out = super().execute_command(*args, **options)
+        if self.watched in map(str, args):
+            self.watched = ""
+            other = redis.Redis.from_url(os.environ["DISPATCH_REDIS_URL"], decode_responses=True)
+            with contextlib.suppress(campaigns.CampaignStateError):  # refused: the caller knows
+                campaigns.append_recipients(self.campaign, self.more, client=other)
+            other.close()
+        return out
+
+
+def test_recipients_appended_while_the_campaign_starts_are_all_sent(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """An append that lands while ``start`` runs is either in a batch or refused (409),
+    never stored past the last batch: those recipients were never sent and the campaign
+    stayed ``running`` for ever (housekeeping enqueues the batches it knows of)."""
+    smtp_provider(redis_client, smtp.port)
+    size = get_settings().batch_size
+    cid, _ = campaigns.create_campaign(
+        CampaignRequest.model_validate({**body("race-start", size), "draft": True}),
+        client=redis_client,
+    )
+    starting = _AppendDuringStart.from_url(os.environ["DISPATCH_REDIS_URL"], decode_responses=True)
+    starting.watched, starting.campaign = store.counters_key(cid), cid
+    starting.more = [{"email": f"late{i}@example.com", "vars": {"name": "L"}} for i in range(50)]
+    batches: list[tuple[str, int]] = []
+    campaigns.start_campaign(cid, client=starting, enqueue=lambda c, b: batches.append((c, b)))
+    starting.close()
+    run_batches(batches)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["queued"]) == ("completed", 0)
+    assert summary["sent"] == summary["total"] == len(smtp.messages)
+
+
 def test_cancelled_messages_count_once_under_their_provider(redis_client: redis.Redis) -> None:
     """/metrics' outcomes: the cancel settles the queued messages (counted under the
     campaign's provider), and a batch that writes them cancelled again, as a running
@@ -451,3 +495,26 @@ def test_a_batch_that_finds_the_campaign_expired_expires_it(redis_client: redis.
     summary = campaigns.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
     assert (summary["expired"], summary["sent"], summary["queued"]) == (3, 0, 0)
+
+
+def test_a_batch_stops_sending_once_expires_at_passes_while_it_runs(
+    redis_client: redis.Redis,
+) -> None:
+    """No beat: a batch that is still sending when ``expires_at`` passes stops (it
+    polls the clock with the status), its unsent messages end ``expired`` and so does the
+    campaign. Before, it sent its whole batch after the campaign had expired, until beat's
+    expiry (every 10 s) happened to run."""
+    with SmtpTestServer() as smtp:
+        # 60 messages at 10 a second take 6 s; the campaign expires after about 2.
+        smtp_provider(redis_client, smtp.port, max_connections=1, rate_per_second=10)
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        cid, batches = create_held(
+            redis_client,
+            {**body("exp-mid", 60), "expires_at": soon.isoformat()},
+        )
+        run_batches(batches)
+        received = len(smtp.messages)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
+    assert summary["expired"] > 0 and summary["queued"] == 0
+    assert summary["sent"] == received == 60 - summary["expired"]

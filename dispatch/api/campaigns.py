@@ -152,8 +152,16 @@ async def _append_stream(
         async for chunk in chunks:
             await take(splitter.feed(chunk))
         await take(splitter.finish())
+        await flush()
     except EmptyBodyError:
         raise InvalidFieldError("the body is empty: send NDJSON or a JSON array", "body") from None
+    except campaigns.CampaignStateError as exc:  # started (or cancelled) while streaming
+        if not result.appended:
+            raise
+        raise campaigns.CampaignStateError(
+            f"{exc}; the {result.appended} recipients appended before it stay in the campaign",
+            field=exc.field,
+        ) from None
     except StreamFormatError as exc:
         await take(exc.documents)  # those completed before the fault are kept
         await flush()
@@ -162,7 +170,6 @@ async def _append_stream(
             "the rest again: addresses the campaign has are skipped)",
             "body",
         ) from None
-    await flush()
     result.total = campaigns.get_counters(appender.campaign_id, appender.r)["total"]
     return result
 
@@ -198,7 +205,8 @@ def _operation(name: str, summary: str) -> dict[str, Any]:
 
 @router.post(**_operation("start", "Start a draft campaign"))
 def start_campaign(campaign_id: CampaignId) -> CampaignSummary:
-    """Start sending (or wait for ``send_at``). 409 unless the campaign is a draft."""
+    """Start sending (or wait for ``send_at``). 409 unless the campaign is a draft or
+    scheduled (starting a scheduled one changes nothing until its ``send_at``)."""
     campaigns.start_campaign(campaign_id)
     return _summary(campaign_id)
 
