@@ -17,6 +17,8 @@ def test_compose_file_matches_the_compose_specification() -> None:
     jsonschema.Draft201909Validator(schema).validate(compose)
     assert set(compose["services"]) == {"redis", "web", "worker", "beat", "flower"}
     assert "--appendonly" in compose["services"]["redis"]["command"]
+    # Flower has no login and can stop workers: never published beyond the host.
+    assert compose["services"]["flower"]["ports"] == ["127.0.0.1:5555:5555"]
 
 
 def test_compose_schema_catches_mistakes() -> None:
