@@ -155,6 +155,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dispatch import store
 
     argv = ["worker", "-Q", ",".join(store.CELERY_QUEUES), "--loglevel", _loglevel(args)]
+    # A name of its own even beside another worker on this host: what a stopping worker
+    # tells its batches is keyed by it (dispatch.tasks), and Flower tells them apart.
+    argv += ["--hostname", args.hostname or f"dispatch-{os.getpid()}@%h"]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     return _celery(argv)
@@ -440,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("worker", cmd_worker, "run a Celery worker")
     p.add_argument("--concurrency", type=_count(0), default=0, help="processes (two per core)")
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
+    p.add_argument("--hostname", help="Celery node name (default: dispatch-<pid>@<host>)")
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")

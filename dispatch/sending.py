@@ -46,7 +46,7 @@ from dispatch.ledger import (
     record,
     system_event,
 )
-from dispatch.lifecycle import expire_now
+from dispatch.lifecycle import expire_now, pause_running
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
@@ -214,6 +214,7 @@ class BatchSender:
         self.holding = 0  # senders that got a connection slot (or brought a kept one)
         self.slot_deadline = time.monotonic() + settings.slot_wait_seconds
         self.starved = False  # none got a slot in time: the batch goes back to the broker
+        self.handed_on = False  # its worker is shutting down: the batch goes back too
         self.waiting: list[Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
@@ -237,6 +238,12 @@ class BatchSender:
         """The batch is over (all settled, or paused/cancelled): senders stop waiting."""
         self.done.set()
         self.wake.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Senders take no more messages: the campaign stopped (paused, cancelled, a
+        configuration error) or the worker hands the batch on."""
+        return bool(self.c.stop_reason) or self.handed_on
 
     def put_back(self, items: Iterable[Item]) -> None:
         self.queue.extend(items)
@@ -350,7 +357,7 @@ class BatchSender:
         """Whether a sender waiting for a connection slot gives up: the batch is over or
         stopped, or none of its senders got a slot within ``slot_wait_seconds`` (the
         process is then better used by another provider's batch; see run_batch)."""
-        if self.done.is_set() or self.c.stop_reason:
+        if self.done.is_set() or self.stopped:
             return True
         if not self.holding and time.monotonic() >= self.slot_deadline:
             self.starved = True
@@ -370,7 +377,7 @@ class BatchSender:
         keep_in: SessionPool | None = None  # set once the sender ended cleanly
         try:
             await self._send_chunks(kept)
-            keep_in = None if self.c.stop_reason else self.pool
+            keep_in = None if self.stopped else self.pool
         finally:
             renewer.cancel()
             if keep_in is None:
@@ -380,11 +387,11 @@ class BatchSender:
                     await keep_in.keep(kept)
 
     async def _send_chunks(self, kept: KeptSession) -> None:
-        while not self.c.stop_reason:
+        while not self.stopped:
             chunk = await self._next_chunk()
             if not chunk:
                 return
-            if self.c.stop_reason:
+            if self.stopped:
                 self.put_back(chunk)  # left queued for resume
                 return
             messages = await self._prepare(chunk)
@@ -398,7 +405,7 @@ class BatchSender:
             if wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.done.wait(), wait)
-                if self.c.stop_reason:
+                if self.stopped:
                     for item, _ in messages:  # claimed, not attempted: given back
                         item.claimed = True
                         item.attempts -= 1
@@ -600,16 +607,23 @@ _STATE_OF = {
 }
 
 
-async def _watch_status(r: aioredis.Redis, campaign: _Campaign, sender: BatchSender) -> None:
+async def _watch_status(
+    r: aioredis.Redis, campaign: _Campaign, sender: BatchSender, stop_key: str = ""
+) -> None:
     """Poll the campaign status so that pause and cancel take effect within a second, and
     the clock so that a campaign whose ``expires_at`` passes while it sends expires then
-    (not when beat next looks: nothing may go out after it)."""
+    (not when beat next looks: nothing may go out after it), and ``stop_key`` (run_batch)
+    so that a worker asked to shut down hands its batches on within a second."""
     key = store.campaign_key(campaign.content.id)
     expires_at = campaign.content.expires_at
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
         if expires_at is not None and expires_at <= datetime.now(UTC):
             await expire_now(r, campaign.content.id)
+        if stop_key and await r.exists(stop_key):
+            sender.handed_on = True
+            sender.finish()
+            return
         status = await r.hget(key, "status")
         if status and status != CampaignStatus.RUNNING.value:
             campaign.status = CampaignStatus(str(status))
@@ -672,12 +686,15 @@ async def run_batch(
     r: aioredis.Redis,
     settings: Settings | None = None,
     pool: SessionPool | None = None,
+    stop_key: str = "",
 ) -> BatchResult:
     """Send every unsettled message of one batch. Raises only for infrastructure errors.
 
     ``pool``: this process's sessions kept from earlier batches (dispatch.session_pool);
     the batch takes those of its provider and leaves its own there. None: the batch's
-    sessions are closed when it ends.
+    sessions are closed when it ends. ``stop_key``: a key whose existence means this
+    process's worker is shutting down: the batch stops after the chunks on the wire,
+    gives back the rest and asks to run again shortly (another worker takes it over).
     """
     settings = settings or get_settings()
     result = BatchResult(campaign_id, batch)
@@ -758,7 +775,7 @@ async def run_batch(
             if pool is not None:
                 kept.extend(await pool.take(pool_key, n))
             kept += [None] * (n - len(kept))
-            watcher = asyncio.create_task(_watch_status(r, campaign, sender))
+            watcher = asyncio.create_task(_watch_status(r, campaign, sender, stop_key))
             sessions = [asyncio.create_task(sender.run_session(k)) for k in kept]
             try:
                 await asyncio.gather(*sessions)
@@ -768,10 +785,7 @@ async def run_batch(
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
                 await give_back_claims(writer, sender.queue)
-                await r.hset(
-                    store.campaign_key(campaign_id),
-                    mapping={"status": CampaignStatus.PAUSED.value, "reason": campaign.stop_reason},
-                )
+                await pause_running(r, campaign_id, campaign.stop_reason)
                 result.paused_reason = campaign.stop_reason
             elif campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
                 state = MessageState(campaign.status.value)
@@ -781,7 +795,13 @@ async def run_batch(
                 await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
             else:
                 await give_back_claims(writer, sender.queue)
-                if sender.starved and sender.queue:
+                if sender.handed_on and (sender.queue or sender.waiting):
+                    # Its worker is shutting down: another worker takes the rest over now
+                    # (not after a lapsed lease, nor unknown after a kill at the deadline).
+                    result.counts["handed_on"] = len(sender.queue) + len(sender.waiting)
+                    retry_at = time.time()
+                    await r.hset(store.campaign_key(campaign_id), "progress_at", time.time())
+                elif sender.starved and sender.queue:
                     # Every slot of the provider is in use elsewhere: back to the broker
                     # for a moment. The campaign is alive (housekeeping must not think
                     # its batches lost and enqueue them twice).

@@ -85,6 +85,12 @@ def batch_lease_key(campaign_id: str, batch: int) -> str:
     return f"{PREFIX}:campaign:{campaign_id}:lease:{batch}"
 
 
+def worker_stopping_key(hostname: str) -> str:
+    """Exists while the Celery worker ``hostname`` shuts down: its running batches hand
+    their messages on (dispatch.sending.run_batch)."""
+    return f"{PREFIX}:worker:{hostname}:stopping"
+
+
 def callback_seen_key(provider: str, digest: str) -> str:
     """String with a TTL: the callback event ``digest`` of ``provider`` was applied."""
     return f"{PREFIX}:callbacks:seen:{provider}:{digest}"

@@ -8,7 +8,13 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import (
+    celeryd_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from dispatch import campaigns, effects, lifecycle, retention, runtime, store
 from dispatch.celery_app import app
@@ -74,7 +80,11 @@ _RETRY_ON_REDIS_ERRORS: dict[str, Any] = {
 @app.task(name="dispatch.send_batch", **_RETRY_ON_REDIS_ERRORS)
 def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
     """Send one batch; re-enqueue it when messages wait for a later retry."""
-    result = runtime.run(lambda r: run_batch(campaign_id, batch, r=r, pool=runtime.session_pool()))
+    hostname = send_batch.request.hostname
+    stop_key = store.worker_stopping_key(hostname) if hostname else ""
+    result = runtime.run(
+        lambda r: run_batch(campaign_id, batch, r=r, pool=runtime.session_pool(), stop_key=stop_key)
+    )
     if result.busy:
         # Another worker holds the batch. It may have died: come back when its lease
         # would have expired, and finish whatever it left (a no-op if it finished).
@@ -143,6 +153,31 @@ def recover_callbacks(grace: float | None = None) -> int:
     if lost:
         log.warning("re-enqueued %d callback batches", len(lost))
     return len(lost)
+
+
+# A worker asked to stop (SIGTERM from compose or systemd, Ctrl-C) waits for its running
+# tasks. Its batches could take minutes at a provider's pace, past the supervisor's
+# patience (then killed: messages on the wire end unknown, the rest wait for a lapsed
+# lease or housekeeping). So the main process says so in Redis, and each batch hands its
+# unsent messages on within a second (dispatch.sending.run_batch's stop_key).
+@worker_shutting_down.connect
+def _hand_batches_on(sender: object = None, **_: object) -> None:
+    try:
+        store.sync_client().set(store.worker_stopping_key(str(sender)), "1", ex=3600)
+    except Exception:  # stopping anyway: the batches finish as before
+        log.exception("could not tell the running batches to stop")
+
+
+@celeryd_init.connect
+@worker_shutdown.connect
+def _forget_the_stop(sender: object = None, **_: object) -> None:
+    """A worker that stopped, or starts again under the same name, is not stopping
+    (``celeryd_init`` sends the name, ``worker_shutdown`` the worker itself)."""
+    name = getattr(sender, "hostname", sender)
+    try:
+        store.sync_client().delete(store.worker_stopping_key(str(name)))
+    except Exception:  # Redis not up yet: Celery reports it; the key expires anyway
+        log.warning("could not clear the stop mark of %s", sender)
 
 
 @worker_ready.connect
