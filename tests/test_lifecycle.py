@@ -518,3 +518,27 @@ def test_a_batch_stops_sending_once_expires_at_passes_while_it_runs(
     assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
     assert summary["expired"] > 0 and summary["queued"] == 0
     assert summary["sent"] == received == 60 - summary["expired"]
+
+
+def test_a_batch_pausing_its_campaign_leaves_a_cancel_that_came_first(
+    redis_client: redis.Redis,
+) -> None:
+    """A batch meeting a configuration error pauses its campaign only while it runs: a
+    cancel that landed meanwhile stands (its messages are settled ``cancelled``)."""
+    smtp_provider(redis_client, 9)
+    running, _ = create_held(redis_client, body("pr1", 3))
+    cancelled, _ = create_held(redis_client, body("pr2", 3))
+    lifecycle.cancel(cancelled, client=redis_client, enqueue=lambda c, b: None)
+
+    async def pause_both() -> None:
+        client = store.async_client()
+        try:
+            for campaign_id in (running, cancelled):
+                await lifecycle.pause_running(client, campaign_id, "SMTP connection error: x")
+        finally:
+            await client.aclose()
+
+    asyncio.run(pause_both())
+    assert campaigns.campaign_summary(running, redis_client)["status"] == "paused"
+    assert campaigns.campaign_summary(running, redis_client)["reason"] == "SMTP connection error: x"
+    assert campaigns.campaign_summary(cancelled, redis_client)["status"] == "cancelled"
