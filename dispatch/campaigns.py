@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ from dispatch.models import (
     recipient_vars,
 )
 from dispatch.provider_store import ProviderNotFoundError, load_provider
-from dispatch.recipient_pages import PAGE, line_safe
+from dispatch.recipient_pages import PAGE, line_safe, stored_count
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
@@ -310,6 +311,10 @@ def create_campaign(
             raise CampaignConflictError(
                 f"campaign {campaign_id!r} exists with other content", field="id"
             )
+        resume_at = _take_over_fill(campaign_id, r) if request.recipients else None
+        if resume_at is not None:
+            with background_enqueuer(enqueue) as send:
+                _append_and_send(campaign_id, request.recipients, r, send, resume_at)
         return campaign_id, False
     if request.recipients:
         later = content.send_at is not None and content.send_at > datetime.now(UTC)
@@ -345,45 +350,101 @@ def create_from_task(body: Any, task_id: str | None) -> str:
     return create_campaign(request)[0]
 
 
+# A filler (the request that posted a campaign with its list) whose progress stopped
+# this long ago is taken for dead: a repeat of the same request takes over from there.
+FILL_STALE_SECONDS = 30.0
+INTERRUPTED_REASON = (
+    "creation interrupted: post the same request again to store the rest of its recipients"
+)
+
+_TAKE_OVER_FILL = """
+if redis.call('HEXISTS', KEYS[1], 'appending') == 0 then return false end
+local t = tonumber(redis.call('TIME')[1])
+if t - tonumber(redis.call('HGET', KEYS[1], 'filled_at') or '0') < tonumber(ARGV[1]) then
+  return false
+end
+redis.call('HSET', KEYS[1], 'filled_at', t, 'reason', '')
+return redis.call('HGET', KEYS[1], 'filled') or '0'
+"""
+
+
 def _append_and_send(
-    campaign_id: str, recipients: list[Recipient], r: redis.Redis, enqueue: EnqueueBatch
+    campaign_id: str,
+    recipients: list[Recipient],
+    r: redis.Redis,
+    enqueue: EnqueueBatch,
+    resume_at: int | None = None,
 ) -> None:
     """Start at once and enqueue each batch as soon as its recipients are stored.
 
     The first messages leave while a long list is still being stored. The campaign
     carries an ``appending`` mark meanwhile, so that it cannot complete between two
-    chunks (its ``queued`` counter can touch 0 while later batches are not stored yet).
+    chunks (its ``queued`` counter can touch 0 while later batches are not stored yet),
+    and how far into ``recipients`` it got (``filled``, written with each chunk). When
+    this fails half-way (Redis, the process), what is stored sends and the campaign
+    waits, ``appending``: a repeat of the request resumes at ``resume_at`` (the stored
+    addresses are skipped), and it completes once the whole list is stored.
     """
     size = get_settings().batch_size
-    now = datetime.now(UTC)
     key = store.campaign_key(campaign_id)
-    r.hset(
-        key,
-        mapping={
-            "status": CampaignStatus.RUNNING.value,
-            "send_date": now.strftime("%Y%m%d"),
-            "started_at": str(now.timestamp()),
-            "batch_size": str(size),
-            "appending": "1",
-        },
-    )
     appender = RecipientAppender(campaign_id, r, filling=True)
-    stored = enqueued = 0
+    if resume_at is None:
+        now = datetime.now(UTC)
+        resume_at = 0
+        r.hset(
+            key,
+            mapping={
+                "status": CampaignStatus.RUNNING.value,
+                "send_date": now.strftime("%Y%m%d"),
+                "started_at": str(now.timestamp()),
+                "batch_size": str(size),
+                "appending": "1",
+                "filled": "0",
+                "filled_at": str(int(now.timestamp())),
+            },
+        )
+    else:
+        appender.know_stored()
+    stored = stored_count(r, campaign_id)
+    enqueued = stored // size
+    position = resume_at
     try:
-        for chunk in _chunks(recipients, size):
-            stored += appender.add(chunk)[0]
+        for chunk in _chunks(recipients[resume_at:], size):
+            stored += appender.add(chunk, (position, position + len(chunk)))[0]
+            position += len(chunk)
             while (enqueued + 1) * size <= stored:
                 enqueue(campaign_id, enqueued)
                 enqueued += 1
-    finally:
-        batches = math.ceil(stored / size)
-        pipe = r.pipeline()
-        pipe.hset(key, "batches", str(batches))
-        pipe.hdel(key, "appending")
-        pipe.execute()
-        for batch in range(enqueued, batches):
-            enqueue(campaign_id, batch)
-        finish_if_done(campaign_id, r)
+    except CampaignStateError:
+        raise  # another request took the filling over: it carries on
+    except Exception:
+        # What is stored sends; the campaign waits for a repeat of the request.
+        with contextlib.suppress(Exception):
+            batches = math.ceil(stored / size)
+            r.hset(
+                key,
+                mapping={"batches": str(batches), "reason": INTERRUPTED_REASON, "filled_at": "0"},
+            )
+            for batch in range(enqueued, batches):
+                enqueue(campaign_id, batch)
+        raise
+    batches = math.ceil(stored / size)
+    pipe = r.pipeline()
+    pipe.hset(key, "batches", str(batches))
+    pipe.hdel(key, "appending", "filled", "filled_at")
+    pipe.execute()
+    # A fill taken over enqueues every batch: the dead filler's may have been lost
+    # (a batch enqueued twice finds its lease taken, or nothing left to send).
+    for batch in range(0 if resume_at else enqueued, batches):
+        enqueue(campaign_id, batch)
+    finish_if_done(campaign_id, r)
+
+
+def _take_over_fill(campaign_id: str, r: redis.Redis) -> int | None:
+    """Where to resume filling a campaign whose filler stopped (failed, or died: no
+    progress for :data:`FILL_STALE_SECONDS`); None when it needs none or one is alive."""
+    at = r.eval(_TAKE_OVER_FILL, 1, store.campaign_key(campaign_id), FILL_STALE_SECONDS)
+    return None if at is None else int(at)
 
 
 class RecipientChecker:
@@ -445,6 +506,10 @@ _APPEND = r"""
 local status = redis.call('HGET', KEYS[1], 'status')
 local filling = status == 'running' and redis.call('HEXISTS', KEYS[1], 'appending') == 1
 if status ~= 'draft' and not filling then return {-1} end
+-- Filling: ARGV[6] is how far into its list the filler had got, ARGV[7] how far this
+-- chunk takes it; another filler that took over (this one seemed dead) moved it: stop.
+local progress = ARGV[6] ~= nil and ARGV[6] ~= ''
+if progress and redis.call('HGET', KEYS[1], 'filled') ~= ARGV[6] then return {-2} end
 -- ARGV: n, check ('1': skip the addresses the campaign has, through its addresses set;
 -- '0': the caller knows they are new), then n address keys and their n documents, one
 -- per line (recipient_pages). Stored as pages of PAGE lines (ARGV[5]).
@@ -488,6 +553,9 @@ if ARGV[2] == '1' then
   for first = 1, count, PIECE do
     redis.call('SADD', KEYS[3], unpack(ks, first, math.min(count, first + PIECE - 1)))
   end
+end
+if progress then
+  redis.call('HSET', KEYS[1], 'filled', ARGV[7], 'filled_at', redis.call('TIME')[1])
 end
 if count == 0 then return out end
 -- The end of the k-th line of a blob (its line break, or one past the end).
@@ -569,6 +637,11 @@ class RecipientAppender:
         # here (and not in Redis: nothing else can append to it).
         self._seen: set[str] | None = set() if filling else None
 
+    def know_stored(self) -> None:
+        """Filling again after an interruption: the addresses stored so far count."""
+        pages = self.r.lrange(store.address_keys_key(self.campaign_id), 0, -1)
+        self._seen = {key for page in pages for key in str(page).split("\n")}
+
     def _check_open(self, status: CampaignStatus) -> None:
         if status is not CampaignStatus.DRAFT:
             raise CampaignStateError(
@@ -577,13 +650,18 @@ class RecipientAppender:
                 field="status",
             )
 
-    def add(self, recipients: Sequence[Recipient]) -> tuple[int, list[int]]:
+    def add(
+        self, recipients: Sequence[Recipient], progress: tuple[int, int] | None = None
+    ) -> tuple[int, list[int]]:
         """Append ``recipients`` (checked); returns how many were appended and the
         positions (0-based, within ``recipients``) of those skipped as duplicates.
 
-        Raises :class:`CampaignStateError` when the campaign has left ``draft``.
+        ``progress``: filling, the positions in the campaign's posted list before and
+        after these recipients (stored with them: a repeat of the request resumes there).
+        Raises :class:`CampaignStateError` when the campaign has left ``draft``, or when
+        another filler took the campaign over.
         """
-        if not recipients:
+        if not recipients and progress is None:
             return 0, []
         keys = [suppression_key(r["email"]) for r in recipients]
         # An address twice (in the chunk, or for a campaign being filled in any chunk
@@ -605,7 +683,7 @@ class RecipientAppender:
                     kept.append(position)
             keys = [keys[i] for i in kept]
             recipients = [recipients[i] for i in kept]
-        if not keys:
+        if not keys and progress is None:
             return 0, repeated
         docs = "\n".join(map(stored_recipient, recipients))
         check = "1" if self._seen is None else "0"  # filled: every address is known here
@@ -613,9 +691,16 @@ class RecipientAppender:
         if key_lines.count("\n") != len(keys) - 1:  # an address with a line break
             key_lines = "\n".join(map(line_safe, keys))
         args: list[str | int] = [len(keys), check, key_lines, docs, PAGE]
+        if progress is not None:
+            args += [str(progress[0]), str(progress[1])]
         result = [int(x) for x in self._script(keys=self._keys, args=args)]
         if result[0] == -1:
             self._check_open(get_status(self.campaign_id, self.r))
+        if result[0] == -2:
+            raise CampaignStateError(
+                f"campaign {self.campaign_id!r} is being filled by another request",
+                field="status",
+            )
         stored = [p - 1 if kept is None else kept[p - 1] for p in result[1:]]
         return result[0], sorted(stored + repeated)
 
