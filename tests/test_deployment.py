@@ -44,6 +44,8 @@ def test_procfile_has_the_four_processes() -> None:
     lines = (ROOT / "Procfile").read_text().splitlines()
     names = [line.split(":", 1)[0] for line in lines if line.strip()]
     assert names == ["web", "worker", "beat", "flower"]
+    # Flower has no login and can stop workers: on this host only unless told.
+    assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in lines[3]
 
 
 def test_a_worker_runs_two_processes_per_core_unless_told() -> None:
