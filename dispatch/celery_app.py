@@ -62,6 +62,8 @@ class _Config:
     # in every worker while it runs (its enable_events option, on by default), so they
     # are sent while something watches. task-sent comes from the caller: always on.
     worker_send_task_events = False
+    # Each worker also consumes its own queue: its canary arrives there (worker_health).
+    worker_direct = True
     task_send_sent_event = True
     beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
         "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},

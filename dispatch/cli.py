@@ -307,6 +307,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 while the workers of this host take tasks (a container healthcheck)."""
+    from dispatch import store, worker_health
+    from dispatch.settings import get_settings
+
+    health = worker_health.check(
+        store.sync_client(), get_settings().worker_canary_seconds, host=args.host
+    )
+    print(health.message, file=sys.stdout if health.ok else sys.stderr)
+    return 0 if health.ok else 1
+
+
 def cmd_providers_add(args: argparse.Namespace) -> int:
     from dispatch.provider_store import provider_view, save_provider
 
@@ -452,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("status", cmd_status, "a campaign's status and counters")
     p.add_argument("id")
     p.add_argument("--follow", action="store_true", help="a live progress bar")
+
+    p = verb("health", cmd_health, "exit 0 while this host's workers take tasks")
+    p.add_argument("--host", help="the workers of this host (default: this machine's name)")
 
     providers = sub.add_parser("providers", help="manage providers")
     psub = providers.add_subparsers(dest="action", required=True)

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     )
     retention_days: float = Field(default=DEFAULT_RETENTION_DAYS, ge=0)
     events_maxlen: int = Field(default=DEFAULT_EVENTS_MAXLEN, ge=1000)
+    # Each worker sends itself a canary task this often (dispatch.worker_health).
+    worker_canary_seconds: float = Field(default=30.0, gt=0, le=3600)
     pause_hard_bounce_rate: float = Field(default=DEFAULT_PAUSE_HARD_BOUNCE_RATE, ge=0, le=1)
     pause_spam_rate: float = Field(default=DEFAULT_PAUSE_SPAM_RATE, ge=0, le=1)
     pause_min_sent: int = Field(default=DEFAULT_PAUSE_MIN_SENT, ge=1)

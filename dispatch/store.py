@@ -91,6 +91,11 @@ def worker_stopping_key(hostname: str) -> str:
     return f"{PREFIX}:worker:{hostname}:stopping"
 
 
+def worker_alive_key(hostname: str) -> str:
+    """When the Celery worker ``hostname`` last took its canary task (dispatch.worker_health)."""
+    return f"{PREFIX}:worker:{hostname}:consumed_at"
+
+
 def callback_seen_key(provider: str, digest: str) -> str:
     """String with a TTL: the callback event ``digest`` of ``provider`` was applied."""
     return f"{PREFIX}:callbacks:seen:{provider}:{digest}"

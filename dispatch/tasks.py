@@ -16,7 +16,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from dispatch import campaigns, effects, lifecycle, retention, runtime, store
+from dispatch import campaigns, effects, lifecycle, retention, runtime, store, worker_health
 from dispatch.celery_app import app
 from dispatch.housekeeping import sweep
 from dispatch.sending import run_batch
@@ -176,8 +176,22 @@ def _forget_the_stop(sender: object = None, **_: object) -> None:
     name = getattr(sender, "hostname", sender)
     try:
         store.sync_client().delete(store.worker_stopping_key(str(name)))
+        worker_health.forget(store.sync_client(), str(name))
     except Exception:  # Redis not up yet: Celery reports it; the key expires anyway
         log.warning("could not clear the stop mark of %s", sender)
+
+
+@app.task(name="dispatch.canary")
+def canary(hostname: str) -> None:
+    """Sent by a worker to its own queue: it still takes tasks (dispatch.worker_health)."""
+    worker_health.note(store.sync_client(), hostname, get_settings().worker_canary_seconds)
+
+
+@worker_ready.connect
+def _start_the_canary(sender: object = None, **_: object) -> None:
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        worker_health.start_canary(str(hostname), get_settings().worker_canary_seconds)
 
 
 @worker_ready.connect
