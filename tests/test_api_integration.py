@@ -1,0 +1,194 @@
+"""The API and ``DispatchClient`` as another service's developer meets them: a wrong base
+URL, Redis down, an answer lost on the way back, pages walked while campaigns are created,
+an address with a ``/``."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from dispatch import store
+from dispatch.api import errors
+from dispatch.client import (
+    DispatchAPIError,
+    DispatchClient,
+    NotFound,
+    Unavailable,
+)
+from tests.api_server import ApiServer
+from tests.api_support import dispatch_client, smtp_body
+from tests.conftest import API_TOKEN
+from tests.smtp_server import free_port
+
+
+def _draft(api: DispatchClient, campaign_id: str | None = None) -> str:
+    body = {"provider": "local", "subject": "s", "html": "h", "draft": True}
+    if campaign_id:
+        body["id"] = campaign_id
+    return api.create_campaign(body).id
+
+
+class LosesAnswers(httpx.HTTPTransport):
+    """A real exchange with the server whose answer is then lost (a read timeout), for
+    the first ``count`` requests to ``path``: the request was applied, the caller never
+    heard."""
+
+    def __init__(self, path: str, count: int = 1) -> None:
+        super().__init__()
+        self.path, self.count, self.sent = path, count, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path == self.path:
+            self.sent += 1
+            if self.count:
+                self.count -= 1
+                response.read()
+                raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+
+def test_a_create_whose_answer_was_lost_is_one_campaign(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A read timeout after the server created the campaign: the client sends it again
+    and gets the campaign; there is one, not two (it raised ReadTimeout before, and a
+    caller's own retry of a body without an id created a second campaign)."""
+    lossy = LosesAnswers("/v1/campaigns")
+    with DispatchClient(api_server.url, API_TOKEN, http=httpx.Client(transport=lossy)) as api:
+        api.put_provider("local", smtp_body(2525))
+        created = api.create_campaign(  # no id: the client makes one up
+            {"provider": "local", "subject": "s", "html": "h", "draft": True}
+        )
+        assert lossy.sent == 2 and created.status.value == "draft"
+        assert [c.id for c in api.iter_campaigns()] == [created.id]
+    assert redis_client.zcard(store.CAMPAIGNS_ZSET) == 1
+
+
+def test_a_start_whose_answer_was_lost_is_not_sent_again(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Start is not idempotent (a second one is 409): its lost answer is an Unavailable
+    that says the request may have arrived, and the campaign was started once."""
+    lossy = LosesAnswers("/v1/campaigns/s-1/start")
+    with DispatchClient(api_server.url, API_TOKEN, http=httpx.Client(transport=lossy)) as api:
+        api.put_provider("local", smtp_body(2525))
+        _draft(api, "s-1")
+        with pytest.raises(Unavailable) as lost:
+            api.start_campaign("s-1")
+        assert lost.value.status_code == 0 and "may have arrived" in lost.value.detail
+        assert isinstance(lost.value.__cause__, httpx.ReadTimeout)
+        assert lossy.sent == 1
+        # (no recipients: it completes at once)
+        assert api.get_campaign("s-1").status.value in {"running", "completed"}
+
+
+def test_a_client_on_a_wrong_base_url_says_so(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A base URL with a path too many (``.../v1``) answers 404 for every route: that is
+    not "no such campaign", and an address is not "not suppressed" because of it (it
+    was NotFound, get_suppression answered None and unsuppress False)."""
+    with DispatchClient(api_server.url + "/v1", API_TOKEN) as wrong:
+        with pytest.raises(DispatchAPIError) as error:
+            wrong.get_campaign("c-1")
+        assert not isinstance(error.value, NotFound)
+        assert error.value.status_code == 404 and "base_url" in error.value.detail
+        with pytest.raises(DispatchAPIError):
+            wrong.get_suppression("ann@example.com")
+        with pytest.raises(DispatchAPIError):
+            wrong.unsuppress("ann@example.com")
+    with dispatch_client(api_server) as right, pytest.raises(NotFound) as missing:
+        right.get_campaign("c-1")
+    assert missing.value.field == "campaign_id"
+    with pytest.raises(ValueError, match="http"):
+        DispatchClient("127.0.0.1:8000")
+
+
+def test_nothing_listening_is_unavailable_after_the_retries() -> None:
+    port = free_port()
+    attempts: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [attempts.append]})
+    api = DispatchClient(f"http://127.0.0.1:{port}", "t", retries=2, http=http)
+    with api, pytest.raises(Unavailable) as error:
+        api.create_campaign({"provider": "p", "subject": "s", "html": "h"})
+    assert isinstance(error.value, ConnectionError) and error.value.status_code == 0
+    assert "could not connect" in error.value.detail
+    assert len(attempts) == 3  # nothing reached a server: safe to send again
+
+
+def test_with_redis_unreachable_the_api_answers_503_and_the_client_retries(
+    api_server: ApiServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down: every /v1 route answered a bare text "Internal Server Error" (500);
+    now 503 with the API's error body and Retry-After, which the client waits for."""
+    dead = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0), decode_responses=True)
+    monkeypatch.setattr(store, "_sync_client", dead)
+    monkeypatch.setattr(errors, "RETRY_AFTER_SECONDS", 0, raising=False)
+    with httpx.Client(
+        base_url=api_server.url, headers={"Authorization": f"Bearer {API_TOKEN}"}
+    ) as raw:
+        for answer in (
+            raw.get("/v1/campaigns/c-1"),
+            raw.get("/v1/campaigns"),
+            raw.post("/v1/campaigns", json={"provider": "p", "subject": "s", "html": "h"}),
+            raw.get("/v1/suppressions/ann@example.com"),
+            raw.get("/v1/providers"),
+        ):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "0"
+            body = answer.json()
+            assert set(body) == {"detail", "field", "errors"} and "Redis" in body["detail"]
+    attempts: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [attempts.append]})
+    api = DispatchClient(api_server.url, API_TOKEN, retries=2, http=http)
+    with api, pytest.raises(Unavailable) as error:
+        api.get_campaign("c-1")
+    assert error.value.status_code == 503 and "Redis" in error.value.detail
+    assert len(attempts) == 3
+
+
+def test_campaign_pages_neither_repeat_nor_skip_while_campaigns_are_created(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Walking GET /v1/campaigns while other services create campaigns: each campaign
+    that was there shows exactly once (a position counted from the newest moved with
+    every creation: 8 of 25 showed twice)."""
+    with dispatch_client(api_server) as api:
+        api.put_provider("local", smtp_body(2525))
+        before = [_draft(api, f"old-{i:02d}") for i in range(25)]
+        seen: list[str] = []
+        cursor: str | None = None
+        created = 0
+        while True:
+            page = api.list_campaigns(cursor=cursor, limit=10)
+            seen += [c.id for c in page.items]
+            for _ in range(3):
+                _draft(api, f"new-{created}")
+                created += 1
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == before[::-1]  # newest first, each once
+        walked = [c.id for c in api.iter_campaigns(page_size=7)]
+        assert len(walked) == len(set(walked)) == 25 + created
+        drafts = api.list_campaigns(status="draft", limit=1000)
+        assert len(drafts.items) == 25 + created and drafts.next_cursor is None
+
+
+def test_an_address_with_a_slash_can_be_suppressed_read_and_removed(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """``a/b@example.com`` is an address campaigns send to; its %2F reached the router as
+    a "/" and every /v1/suppressions/{email} route answered 404."""
+    with dispatch_client(api_server) as api:
+        entry = api.suppress("Dept/Sales@example.com", reason="complaint")
+        assert entry.email == "dept/sales@example.com"
+        found = api.get_suppression("dept/sales@example.com")
+        assert found is not None and found.reason == "complaint"
+        assert [e.email for e in api.iter_suppressions()] == ["dept/sales@example.com"]
+        assert api.unsuppress("dept/sales@example.com") is True
+        assert api.get_suppression("dept/sales@example.com") is None
