@@ -4,6 +4,10 @@ an address with a ``/``."""
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 import httpx
 import pytest
 import redis
@@ -21,7 +25,8 @@ from dispatch.client import (
 from tests.api_server import ApiServer
 from tests.api_support import dispatch_client, smtp_body
 from tests.conftest import API_TOKEN
-from tests.smtp_server import free_port
+from tests.smtp_server import SmtpTestServer, free_port
+from tests.worker import WorkerProcess
 
 
 def _draft(api: DispatchClient, campaign_id: str | None = None) -> str:
@@ -192,3 +197,77 @@ def test_an_address_with_a_slash_can_be_suppressed_read_and_removed(
         assert [e.email for e in api.iter_suppressions()] == ["dept/sales@example.com"]
         assert api.unsuppress("dept/sales@example.com") is True
         assert api.get_suppression("dept/sales@example.com") is None
+
+
+DESIGN_EVENT_KEYS = {"event", "ts", "email", "campaign_id", "meta", "provider", "properties"}
+
+
+def _read_group(r: redis.Redis, group: str) -> list[dict[str, Any]]:
+    """What a consumer of the README reads: XREADGROUP, one ``json`` field, XACK."""
+    events = []
+    while answer := r.xreadgroup(group, "c-1", {store.EVENTS_STREAM: ">"}, count=100):
+        for entry_id, fields in answer[0][1]:
+            assert set(fields) == {"json"}
+            events.append(json.loads(fields["json"]))
+            r.xack(store.EVENTS_STREAM, group, entry_id)
+    return events
+
+
+def test_a_stream_consumer_reads_design_events_for_sends_and_every_callback(
+    api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """DESIGN §6 through the whole path: sends, a failure and each callback type land on
+    ``dispatch:events`` as entries with exactly its seven keys and its properties."""
+    redis_client.xgroup_create(store.EVENTS_STREAM, "crm", id="$", mkstream=True)
+    kinds = ["delivered", "hard_bounce", "soft_bounce", "spam", "unsubscribed", "clicked"]
+    people = ["refused@example.com"] + [f"{kind}@example.com" for kind in kinds]
+    with SmtpTestServer() as smtp, dispatch_client(api_server) as api:
+        smtp.handler.rcpt_reply = lambda a: "550 5.1.1 no such user" if "refused" in a else None
+        view = api.put_provider("local", smtp_body(smtp.port))
+        api.create_campaign({"id": "ev-1", "provider": "local", "subject": "s", "html": "h",
+                             "recipients": [{"email": e} for e in people]})  # fmt: skip
+        done = api.wait("ev-1", timeout=60, interval=0.1)
+        assert (done.sent, done.failed) == (6, 1)
+        meta = {m.email: m.meta for m in api.iter_messages("ev-1")}
+        sent = _read_group(redis_client, "crm")
+        callback_path = httpx.URL(view.callback_url).path  # DISPATCH_PUBLIC_URL is elsewhere
+        with httpx.Client(base_url=api_server.url) as provider:
+            for kind in kinds:
+                email = f"{kind}@example.com"
+                event = {"version": "v2", "event": kind, "type": kind, "email": email,
+                         "meta": meta[email], "description": f"why {kind}"}  # fmt: skip
+                assert provider.post(callback_path, json=event).status_code == 200
+        callbacks: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while len(callbacks) < 7 and time.monotonic() < deadline:
+            callbacks += _read_group(redis_client, "crm")
+            time.sleep(0.1)
+
+    for entry in sent + callbacks:
+        assert set(entry) == DESIGN_EVENT_KEYS, entry
+        assert entry["campaign_id"] == "ev-1" and entry["provider"] == "local"
+        assert entry["meta"] == meta[entry["email"]] and isinstance(entry["ts"], float)
+    assert sorted((e["event"], e["email"]) for e in sent) == sorted(
+        [("Notification Failed", "refused@example.com")]
+        + [("Notification Sent", f"{kind}@example.com") for kind in kinds]
+    )
+    failed = next(e for e in sent if e["event"] == "Notification Failed")
+    assert failed["properties"]["Error"] == "SMTP invalid email ID"
+    assert {e["properties"]["CT Source"] for e in sent if e["event"] == "Notification Sent"} == {
+        "smtp"
+    }
+    got = sorted((e["properties"]["Callback Type"], e["event"], e["properties"]) for e in callbacks)
+    assert got == sorted([
+        ("delivered", "Notification Delivered",
+         {"CT Source": "Generic email", "Callback Type": "delivered"}),
+        ("hard_bounce", "Notification Failed",
+         {"Error": "why hard_bounce", "Callback Type": "hard_bounce"}),
+        ("hard_bounce", "Channel Unsubscribed",
+         {"Type": "why hard_bounce", "Callback Type": "hard_bounce"}),
+        ("soft_bounce", "Notification Failed",
+         {"Error": "why soft_bounce", "Callback Type": "soft_bounce"}),
+        ("spam", "Channel Unsubscribed", {"Type": "why spam", "Callback Type": "spam"}),
+        ("unsubscribed", "Channel Unsubscribed",
+         {"Type": "why unsubscribed", "Callback Type": "unsubscribed"}),
+        ("clicked", "Notification Clicked", {"Callback Type": "clicked"}),
+    ])  # fmt: skip
