@@ -834,7 +834,8 @@ def list_campaigns(
     that status among the ``limit`` it looked at, so it may be short.
     """
     r = client or store.sync_client()
-    end = cursor if cursor > 0 else int(r.zcard(store.CAMPAIGNS_ZSET))
+    count = int(r.zcard(store.CAMPAIGNS_ZSET))
+    end = min(cursor, count) if cursor > 0 else count  # (a cursor past the end: from the newest)
     start = max(0, end - limit)
     ids = r.zrange(store.CAMPAIGNS_ZSET, start, end - 1)[::-1] if end > 0 else []
     items: list[dict[str, Any]] = []

@@ -19,6 +19,7 @@ from dispatch.api import errors
 from dispatch.client import (
     DispatchAPIError,
     DispatchClient,
+    InvalidRequest,
     NotFound,
     Unavailable,
 )
@@ -271,3 +272,26 @@ def test_a_stream_consumer_reads_design_events_for_sends_and_every_callback(
          {"Type": "why unsubscribed", "Callback Type": "unsubscribed"}),
         ("clicked", "Notification Clicked", {"Callback Type": "clicked"}),
     ])  # fmt: skip
+
+
+def test_cursors_out_of_range_neither_fail_nor_page_for_ever(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A cursor no page gave: the suppression list's past 64 bits was a 500 (Redis
+    refuses it), the campaign list's past the end handed out empty pages whose cursors
+    would take a walk a trillion pages to finish."""
+    with dispatch_client(api_server) as api:
+        api.put_provider("local", smtp_body(2525))
+        for i in range(3):
+            _draft(api, f"c-{i}")
+        pages = 0
+        cursor: str | None = "999999999999"
+        ids: list[str] = []
+        while cursor is not None and pages < 5:
+            page = api.list_campaigns(cursor=cursor, limit=2)
+            ids += [c.id for c in page.items]
+            cursor, pages = page.next_cursor, pages + 1
+        assert cursor is None and ids == ["c-2", "c-1", "c-0"]
+        with pytest.raises(InvalidRequest) as invalid:
+            api.list_suppressions(cursor="99999999999999999999")
+        assert invalid.value.field == "cursor"

@@ -33,6 +33,7 @@ class _AddressConvertor(PathConvertor):
 register_url_convertor("address", _AddressConvertor())
 Email = Annotated[str, Path(min_length=3, max_length=320, description="The address")]
 MAX_PAGE = 1000
+MAX_SCAN_CURSOR = 2**64 - 1  # HSCAN's cursors are unsigned 64-bit
 
 
 @router.get("", response_model=SuppressionPage, summary="List suppressed addresses")
@@ -42,6 +43,8 @@ def list_suppressions(
 ) -> SuppressionPage:
     """One page of the list, in no particular order (a scan of the list: an entry added or
     removed meanwhile may or may not show); go on while ``next_cursor`` is not null."""
+    if int(cursor) > MAX_SCAN_CURSOR:  # Redis refuses it: not one of its cursors
+        raise InvalidFieldError(f"not a cursor this list gave: {cursor}", "cursor")
     next_cursor, items = suppressions.page(int(cursor), limit)
     return SuppressionPage(
         items=[SuppressionEntry.model_validate(i) for i in items],
