@@ -295,3 +295,18 @@ def test_cursors_out_of_range_neither_fail_nor_page_for_ever(
         with pytest.raises(InvalidRequest) as invalid:
             api.list_suppressions(cursor="99999999999999999999")
         assert invalid.value.field == "cursor"
+
+
+@pytest.mark.parametrize("campaign_id", [".", ".."])
+def test_an_id_a_url_cannot_name_is_refused(
+    api_server: ApiServer, redis_client: redis.Redis, campaign_id: str
+) -> None:
+    """ "." and ".." were accepted, then /v1/campaigns/.. resolved to /v1 (httpx, curl,
+    browsers and proxies remove dot segments): a campaign no one could read or stop."""
+    with dispatch_client(api_server) as api:
+        api.put_provider("local", smtp_body(2525))
+        with pytest.raises(InvalidRequest) as invalid:
+            _draft(api, campaign_id)
+        assert invalid.value.field == "id"
+        assert _draft(api, ".a.") == ".a."
+        assert api.get_campaign(".a.").id == ".a."
