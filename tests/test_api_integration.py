@@ -310,3 +310,44 @@ def test_an_id_a_url_cannot_name_is_refused(
         assert invalid.value.field == "id"
         assert _draft(api, ".a.") == ".a."
         assert api.get_campaign(".a.").id == ".a."
+
+
+def test_with_redis_out_of_memory_the_api_answers_503(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """maxmemory reached under noeviction (the policy the README asks for): Redis refuses
+    writes, and the API said 500 "Internal Server Error"; now 503, try again."""
+    with dispatch_client(api_server) as api:
+        api.put_provider("local", smtp_body(2525))
+        redis_client.config_set("maxmemory", "1")
+        try:
+            raw = httpx.Client(
+                base_url=api_server.url, headers={"Authorization": f"Bearer {API_TOKEN}"}
+            )
+            with raw:
+                refused = raw.put("/v1/suppressions/ann@example.com")
+                body = {"id": "full", "provider": "local", "subject": "s", "html": "h"}
+                also = raw.post("/v1/campaigns", json=body)
+            readable = api.get_provider("local")  # reads still work
+        finally:
+            redis_client.config_set("maxmemory", "0")
+    for answer in (refused, also):
+        assert answer.status_code == 503, answer.text
+        assert "OutOfMemoryError" in answer.json()["detail"] and "retry-after" in answer.headers
+    assert readable.nickname == "local"
+
+
+def test_a_create_with_inline_recipients_is_not_repeated_once_it_may_have_arrived(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A creation cut off part-way keeps what it stored, and a repeat answers 200 with that
+    alone: the client leaves the decision to its caller (a draft's create is repeated)."""
+    lossy = LosesAnswers("/v1/campaigns")
+    with DispatchClient(api_server.url, API_TOKEN, http=httpx.Client(transport=lossy)) as api:
+        api.put_provider("local", smtp_body(2525))
+        body = {"id": "inline", "provider": "local", "subject": "s", "html": "h", "draft": True,
+                "recipients": [{"email": "a@example.com"}]}  # fmt: skip
+        with pytest.raises(Unavailable) as lost:
+            api.create_campaign(body)
+        assert "may have arrived" in lost.value.detail and lossy.sent == 1
+        assert api.create_campaign(body).total == 1  # the caller's own repeat: the same one

@@ -47,7 +47,12 @@ from dispatch.retention import CampaignPurgedError
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 _CALLBACKS = "/v1/callbacks/"  # their answers are fixed by DESIGN §6
 RETRY_AFTER_SECONDS = 5  # what a 503 asks: Redis restarts or fails over in seconds
-_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached (noeviction): writes refused
+)
 
 
 class InvalidFieldError(ValueError):
@@ -157,9 +162,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _redis_error(request: Request, exc: Exception) -> Response:
     """503 with ``Retry-After`` when Redis cannot serve (the caller should come back,
     not report a bug); any other Redis error is raised again (500, in the server's log)."""
-    assert isinstance(exc, redis.RedisError)
-    out_of_memory = isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM")
-    if not (isinstance(exc, _UNAVAILABLE) or out_of_memory):
+    if not isinstance(exc, _UNAVAILABLE):
         raise exc
     return error_response(
         status.HTTP_503_SERVICE_UNAVAILABLE,
