@@ -912,21 +912,26 @@ def list_campaigns(
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Summaries of campaigns, newest first, and the cursor of the next page (None: done).
 
-    ``cursor`` is a position in the list of campaigns. With ``status`` a page holds only
-    the campaigns of that status among the ``limit`` it looked at, so it may be short.
+    ``cursor`` 0 starts at the newest; another (a page's next cursor) is how many
+    campaigns are older than the last one shown. Counted from the oldest, it stays true
+    while campaigns are created (they come after every other), so no campaign is shown
+    twice or skipped across pages. With ``status`` a page holds only the campaigns of
+    that status among the ``limit`` it looked at, so it may be short.
     """
     r = client or store.sync_client()
-    ids = r.zrevrange(store.CAMPAIGNS_ZSET, cursor, cursor + limit)
-    more = len(ids) > limit
+    count = int(r.zcard(store.CAMPAIGNS_ZSET))
+    end = min(cursor, count) if cursor > 0 else count  # (a cursor past the end: from the newest)
+    start = max(0, end - limit)
+    ids = r.zrange(store.CAMPAIGNS_ZSET, start, end - 1)[::-1] if end > 0 else []
     items: list[dict[str, Any]] = []
-    for campaign_id in ids[:limit]:
+    for campaign_id in ids:
         try:
             summary = campaign_summary(str(campaign_id), r)
         except CampaignNotFoundError:
             continue
         if status is None or summary["status"] == status.value:
             items.append(summary)
-    return items, (cursor + limit if more else None)
+    return items, (start or None)
 
 
 def batch_count(campaign_id: str, client: redis.Redis | None = None) -> int:

@@ -12,15 +12,37 @@
         print(api.wait("spring-1").sent)
 
 Errors are raised as :class:`DispatchAPIError` subclasses carrying the status, the
-server's ``detail`` and the ``field`` at fault.
+server's ``detail`` and the ``field`` at fault::
+
+    DispatchAPIError          any refusal; a 404 that names no resource (a wrong base_url)
+    ├── Unauthorized          401
+    ├── NotFound              404 naming the campaign, provider or address
+    ├── Conflict              409
+    ├── Gone                  410
+    ├── InvalidRequest        422
+    └── Unavailable           also a ConnectionError: nothing answered, a timeout, or
+                              502/503/504 (the service's Redis cannot serve)
+
+Retries: a request that never reached the server (connection refused, DNS, connect
+timeout) is sent again, up to ``retries`` times; so is an idempotent one whose answer was
+lost (a read timeout, a dropped connection) or was 502/503/504. Idempotent are reads,
+PUT and DELETE, ``create_campaign`` without inline recipients (it always sends an ``id``,
+making one up when the body has none, so a repeat is recognised: one campaign, never
+two), pause, resume and cancel. ``start_campaign``, ``retry_failed``, ``test_provider``
+(a real message), ``append_recipients`` (its iterable is read once) and a
+``create_campaign`` with inline ``recipients`` (a creation cut off part-way keeps the
+recipients stored so far, and a repeat would answer 200 with them alone) are not
+repeated after their request may have arrived: the :class:`Unavailable` they raise says
+so. Large lists belong in a draft and ``append_recipients`` anyway.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -45,6 +67,10 @@ from dispatch.models import CampaignRequest, Recipient
 M = TypeVar("M", bound=BaseModel)
 T_co = TypeVar("T_co", covariant=True)
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRIES = 2
+RETRY_BACKOFF_SECONDS = 0.5  # doubled at each retry
+MAX_RETRY_WAIT_SECONDS = 30.0  # a longer Retry-After is not waited for
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 APPEND_LINES_PER_CHUNK = 500  # NDJSON lines per write while streaming an append
 FINISHED = frozenset({"completed", "cancelled", "expired"})
 
@@ -83,6 +109,13 @@ class InvalidRequest(DispatchAPIError):
     """The body or a parameter is invalid; ``field`` names it."""
 
 
+class Unavailable(DispatchAPIError, ConnectionError):
+    """The API could not be reached or answered 502/503/504, after the client's retries.
+
+    ``status_code`` is 0 when nothing answered; the exception it stems from is chained.
+    """
+
+
 _ERRORS: dict[int, type[DispatchAPIError]] = {
     401: Unauthorized,
     404: NotFound,
@@ -99,10 +132,18 @@ def _raise_for(response: httpx.Response) -> None:
         body = response.json()
     except ValueError:
         body = {"detail": response.text[:500]}
-    detail = body.get("detail") if isinstance(body, dict) else None
+    detail = str((body.get("detail") if isinstance(body, dict) else None) or "")
     field = body.get("field") if isinstance(body, dict) else None
-    error = _ERRORS.get(response.status_code, DispatchAPIError)
-    raise error(response.status_code, str(detail or response.reason_phrase), field)
+    code = response.status_code
+    error = _ERRORS.get(code, Unavailable if code in UNAVAILABLE_STATUSES else DispatchAPIError)
+    if code == 404 and not field:
+        # The API names what it did not find; a bare 404 is a route it does not have.
+        error = DispatchAPIError
+        detail = (
+            f"{detail or response.reason_phrase}: no such route at {response.url} "
+            "(is base_url the dispatch API's root?)"
+        )
+    raise error(code, detail or response.reason_phrase, field)
 
 
 def _ndjson(recipients: Iterable[Recipient | Mapping[str, Any]]) -> Iterator[bytes]:
@@ -122,9 +163,18 @@ def _params(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def _retry_wait(attempt: int, response: httpx.Response | None) -> float:
+    """Seconds before the next attempt: the server's ``Retry-After``, else a backoff."""
+    hint = response.headers.get("retry-after", "") if response is not None else ""
+    wait = float(hint) if hint.isdigit() else RETRY_BACKOFF_SECONDS * 2**attempt
+    return min(wait, MAX_RETRY_WAIT_SECONDS)
+
+
 class DispatchClient:
-    """The /v1 API at ``base_url``. ``http`` replaces the ``httpx.Client`` it would make
-    (custom transports, proxies, event hooks); it is closed with this client."""
+    """The /v1 API at ``base_url`` (the service's root, without ``/v1``). ``http``
+    replaces the ``httpx.Client`` it would make (custom transports, proxies, event hooks);
+    it is closed with this client. ``timeout`` bounds each network step (connect, each
+    read and write), not a whole streamed append; ``retries``: see the module's doc."""
 
     def __init__(
         self,
@@ -132,11 +182,15 @@ class DispatchClient:
         token: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
         http: httpx.Client | None = None,
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://: {base_url!r}")
         self._base = base_url.rstrip("/")
         self._http = http or httpx.Client(timeout=timeout)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._retries = max(0, retries)
 
     def __enter__(self) -> DispatchClient:
         return self
@@ -154,11 +208,52 @@ class DispatchClient:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send, retrying as the module's doc says; ``idempotent`` defaults to True for
+        every method but POST. Raises :class:`DispatchAPIError` subclasses."""
+        if idempotent is None:
+            idempotent = method != "POST"
         headers = {**self._headers, **kwargs.pop("headers", {})}
-        response = self._http.request(method, self._base + path, headers=headers, **kwargs)
-        _raise_for(response)
-        return response
+        url = self._base + path
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = self._http.request(method, url, headers=headers, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure: Exception = exc  # never reached the server: safe to send again
+                again = "content" not in kwargs or isinstance(kwargs["content"], bytes)
+            except httpx.TransportError as exc:
+                failure, again = exc, idempotent
+            else:
+                if response.status_code not in UNAVAILABLE_STATUSES:
+                    _raise_for(response)
+                    return response
+                failure, again = Exception(response.reason_phrase), idempotent
+            if not again or attempt >= self._retries:
+                self._give_up(method, url, failure, response, again)
+            time.sleep(_retry_wait(attempt, response))
+            attempt += 1
+
+    def _give_up(
+        self,
+        method: str,
+        url: str,
+        failure: Exception,
+        response: httpx.Response | None,
+        retried: bool,
+    ) -> NoReturn:
+        if response is not None:
+            _raise_for(response)  # raises Unavailable with the server's detail
+        tries = f"after {self._retries + 1} attempts" if retried else "not retried"
+        if isinstance(failure, httpx.ConnectError | httpx.ConnectTimeout):
+            what = "could not connect"
+        else:
+            what = "the request may have arrived, its answer did not"
+        detail = f"{method} {url}: {what} ({type(failure).__name__}: {failure}; {tries})"
+        raise Unavailable(0, detail) from failure
 
     def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(self._request(method, path, **kwargs).json())
@@ -191,14 +286,22 @@ class DispatchClient:
     # -- campaigns ---------------------------------------------------------------------
 
     def create_campaign(self, body: CampaignRequest | Mapping[str, Any]) -> CampaignSummary:
-        """Create (and start, unless a draft) a campaign. Idempotent by ``id``; raises
-        :class:`Conflict` for an id taken by other content, :class:`InvalidRequest`."""
+        """Create (and start, unless a draft) a campaign. Idempotent by ``id``: a body
+        without one gets one made up here (the answer's ``id``), so that a retry after a
+        lost answer finds the campaign instead of creating a second (not retried then
+        with inline ``recipients``: see the module's doc). Raises :class:`Conflict` for
+        an id taken by other content, :class:`InvalidRequest`, :class:`Unavailable`."""
         data = (
             body.model_dump(mode="json", exclude_none=True)
             if isinstance(body, CampaignRequest)
             else dict(body)
         )
-        return self._model(CampaignSummary, "POST", "/v1/campaigns", json=data)
+        if data.get("id") is None:
+            data["id"] = secrets.token_hex(8)  # as the server would make it
+        repeatable = not data.get("recipients")
+        return self._model(
+            CampaignSummary, "POST", "/v1/campaigns", json=data, idempotent=repeatable
+        )
 
     def append_recipients(
         self, campaign_id: str, recipients: Iterable[Recipient | Mapping[str, Any]]
@@ -223,24 +326,39 @@ class DispatchClient:
     def list_campaigns(
         self, *, status: str | None = None, cursor: str | None = None, limit: int = 50
     ) -> CampaignPage:
+        """One page of campaigns, newest first (see :meth:`iter_campaigns`)."""
         params = _params(limit=limit, status=status, cursor=cursor)
         return self._model(CampaignPage, "GET", "/v1/campaigns", params=params)
 
-    def _operation(self, campaign_id: str, name: str) -> CampaignSummary:
-        return self._model(CampaignSummary, "POST", f"/v1/campaigns/{campaign_id}/{name}")
+    def iter_campaigns(
+        self, *, status: str | None = None, page_size: int = 200
+    ) -> Iterator[CampaignSummary]:
+        """Every campaign (in that status), newest first, page after page; campaigns
+        created meanwhile may or may not show, none shows twice."""
+        return _walk(
+            lambda cursor: self.list_campaigns(status=status, cursor=cursor, limit=page_size)
+        )
+
+    def _operation(self, campaign_id: str, name: str, *, idempotent: bool) -> CampaignSummary:
+        path = f"/v1/campaigns/{campaign_id}/{name}"
+        return self._model(CampaignSummary, "POST", path, idempotent=idempotent)
 
     def start_campaign(self, campaign_id: str) -> CampaignSummary:
-        """Raises :class:`Conflict` unless it is a draft."""
-        return self._operation(campaign_id, "start")
+        """Raises :class:`Conflict` unless it is a draft or scheduled (a start repeated
+        after a lost answer finds it ``running``: read it with :meth:`get_campaign`)."""
+        return self._operation(campaign_id, "start", idempotent=False)
 
     def pause_campaign(self, campaign_id: str) -> CampaignSummary:
-        return self._operation(campaign_id, "pause")
+        """A paused campaign stays paused (no error)."""
+        return self._operation(campaign_id, "pause", idempotent=True)
 
     def resume_campaign(self, campaign_id: str) -> CampaignSummary:
-        return self._operation(campaign_id, "resume")
+        """A running campaign is left running (no error)."""
+        return self._operation(campaign_id, "resume", idempotent=True)
 
     def cancel_campaign(self, campaign_id: str) -> CampaignSummary:
-        return self._operation(campaign_id, "cancel")
+        """A cancelled campaign stays cancelled (no error)."""
+        return self._operation(campaign_id, "cancel", idempotent=True)
 
     def retry_failed(self, campaign_id: str) -> RetryResult:
         return self._model(RetryResult, "POST", f"/v1/campaigns/{campaign_id}/retry-failed")

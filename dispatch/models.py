@@ -23,6 +23,9 @@ from typing_extensions import TypedDict
 from providers.config import check_address, check_display_name
 
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+# A new campaign's id also holds something besides dots: "." and ".." are path segments
+# that clients and proxies resolve away, so /v1/campaigns/.. could never be read.
+NEW_CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$"
 # Category and variant travel in the meta string (DESIGN §3), the value of the
 # X-CleverTap_META header: printable ASCII (RFC 5322 §2.2, no encoded-words for a
 # machine-read header) without the '|' that separates the meta's fields.
@@ -144,7 +147,7 @@ class CampaignRequest(CampaignFields):
     fail is refused up front; stored content is read as it was accepted.
     """
 
-    id: str | None = Field(default=None, pattern=CAMPAIGN_ID_PATTERN)
+    id: str | None = Field(default=None, pattern=NEW_CAMPAIGN_ID_PATTERN, max_length=64)
     recipients: list[Recipient] = Field(default_factory=list)
     draft: bool = False
     category: str = "default"

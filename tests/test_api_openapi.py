@@ -102,3 +102,87 @@ def test_every_route_in_the_document_is_covered_by_a_test(api_server: ApiServer)
             continue
         uncovered.append(route)
     assert not uncovered, f"routes no test covers: {uncovered}"
+
+
+def _schema_of(document: dict[str, Any], path: str, method: str, status: int) -> dict[str, Any]:
+    answer = document["paths"][path][method]["responses"][str(status)]
+    schema: dict[str, Any] = answer["content"]["application/json"]["schema"]
+    return schema
+
+
+def test_answers_are_typed_as_they_come_for_generated_clients(api_server: ApiServer) -> None:
+    """What a client generator (openapi-python-client, openapi-generator) reads: every
+    field the API always writes is required (``purged_at`` and ``next_cursor`` were
+    "maybe absent", every counter ``int | Unset``), message states are an enum, the
+    operation ids are the route names (``create_campaign``, not
+    ``create_campaign_v1_campaigns_post``), and a Redis outage's 503 is listed."""
+    from dispatch.lifecycle import MESSAGE_STATUSES
+
+    document = _document(api_server)
+    schemas = document["components"]["schemas"]
+    for name in ("CampaignSummary", "CampaignPage", "MessagePage", "MessageOutcome",
+                 "ErrorBody", "AppendResult", "SuppressionPage", "ProviderView"):  # fmt: skip
+        schema = schemas[name]
+        assert set(schema["required"]) == set(schema["properties"]), name
+    assert schemas["CampaignSummary"]["properties"]["purged_at"]["anyOf"] == [
+        {"type": "number"},
+        {"type": "null"},
+    ]
+    assert tuple(schemas["MessageStatus"]["enum"]) == MESSAGE_STATUSES
+    assert schemas["MessageOutcome"]["properties"]["status"] == {
+        "$ref": "#/components/schemas/MessageStatus"
+    }
+    operations = [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    ]
+    ids = [operation["operationId"] for _, _, operation in operations]
+    assert len(ids) == len(set(ids)) and "create_campaign" in ids and "list_messages" in ids
+    for path, method, _ in operations:
+        if path.startswith("/v1/") and not path.startswith("/v1/callbacks/"):
+            assert _schema_of(document, path, method, 503) == {
+                "$ref": "#/components/schemas/ErrorBody"
+            }, (method, path)
+
+
+def test_real_answers_match_the_document(api_server: ApiServer, redis_client: redis.Redis) -> None:
+    """Answers over HTTP, success and error, validate against the schemas the document
+    gives for their route and status."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    document = _document(api_server)
+    registry = Registry().with_resource("urn:dispatch", Resource(document, DRAFT202012))
+
+    def check(answer: Any, path: str, method: str) -> None:
+        schema = _schema_of(document, path, method, answer.status_code)
+        ref = {"$ref": "urn:dispatch" + schema["$ref"]} if "$ref" in schema else schema
+        Draft202012Validator(ref, registry=registry).validate(answer.json())
+
+    with api_client(api_server) as api:
+        provider = {"kind": "smtp", "host": "127.0.0.1", "port": 2525, "security": "none",
+                    "from_address": "a@example.com"}  # fmt: skip
+        check(api.put("/v1/providers/p", json=provider), "/v1/providers/{nickname}", "put")
+        body = {"id": "doc-1", "provider": "p", "subject": "s", "html": "h", "draft": True}
+        check(api.post("/v1/campaigns", json=body), "/v1/campaigns", "post")
+        check(api.post("/v1/campaigns", json={**body, "html": "x"}), "/v1/campaigns", "post")
+        check(api.post("/v1/campaigns", json={"id": "x"}), "/v1/campaigns", "post")
+        appended = api.post(
+            "/v1/campaigns/doc-1/recipients", json=[{"email": "a@example.com"}, {"email": "bad"}]
+        )
+        check(appended, "/v1/campaigns/{campaign_id}/recipients", "post")
+        check(api.get("/v1/campaigns/doc-1"), "/v1/campaigns/{campaign_id}", "get")
+        check(api.get("/v1/campaigns/nope"), "/v1/campaigns/{campaign_id}", "get")
+        check(api.get("/v1/campaigns?limit=1"), "/v1/campaigns", "get")
+        messages = "/v1/campaigns/{campaign_id}/messages"
+        check(api.get("/v1/campaigns/doc-1/messages"), messages, "get")
+        check(api.get("/v1/campaigns/doc-1/messages?status=nope"), messages, "get")
+        check(api.post("/v1/campaigns/doc-1/pause"), "/v1/campaigns/{campaign_id}/pause", "post")
+        check(api.put("/v1/suppressions/s@example.com"), "/v1/suppressions/{email}", "put")
+        check(api.get("/v1/suppressions"), "/v1/suppressions", "get")
+        check(
+            api.get("/v1/providers", headers={"Authorization": "Bearer no"}), "/v1/providers", "get"
+        )

@@ -21,6 +21,7 @@ from dispatch.api.schemas import (
     CampaignSummary,
     MessageOutcome,
     MessagePage,
+    MessageStatus,
     RetryResult,
 )
 from dispatch.models import CAMPAIGN_ID_PATTERN, CampaignRequest, CampaignStatus, Recipient
@@ -259,20 +260,17 @@ def retry_failed(campaign_id: CampaignId) -> RetryResult:
 def list_messages(
     campaign_id: CampaignId,
     status_: Annotated[
-        str | None,
-        Query(
-            alias="status",
-            pattern="^(" + "|".join(lifecycle.MESSAGE_STATUSES) + ")$",
-            description="Only messages in this state (`queued`: not settled yet)",
-        ),
+        MessageStatus | None,
+        Query(alias="status", description="Only messages in this state (`queued`: no outcome yet)"),
     ] = None,
     cursor: Annotated[str, Query(pattern=r"^\d{1,12}$", description="From `next_cursor`")] = "0",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> MessagePage:
     """Messages in seq order: meta, email, status, error class, detail, attempts. A
     filtered page may be short or empty: go on while ``next_cursor`` is not null."""
+    status = None if status_ is None else status_.value
     items, next_cursor = lifecycle.messages_page(
-        campaign_id, status=status_, cursor=int(cursor), limit=limit
+        campaign_id, status=status, cursor=int(cursor), limit=limit
     )
     return MessagePage(
         items=[MessageOutcome.model_validate(i) for i in items],

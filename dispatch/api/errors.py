@@ -13,7 +13,9 @@ Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "er
 * 410: the campaign's per-message records were removed by the retention policy
   (``campaign_id``);
 * 404: no such campaign, provider or suppression; 401: no valid bearer token
-  (``authorization``).
+  (``authorization``);
+* 503: Redis (the system of record) cannot serve: down, loading, read-only after a
+  failover, or out of memory; try again after ``Retry-After`` seconds.
 
 The callback routes answer in the shapes of DESIGN §6 instead, and pages as pages.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +46,13 @@ from dispatch.retention import CampaignPurgedError
 
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 _CALLBACKS = "/v1/callbacks/"  # their answers are fixed by DESIGN §6
+RETRY_AFTER_SECONDS = 5  # what a 503 asks: Redis restarts or fails over in seconds
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached (noeviction): writes refused
+)
 
 
 class InvalidFieldError(ValueError):
@@ -149,6 +159,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, str(exc.detail), field, headers=exc.headers)
 
 
+async def _redis_error(request: Request, exc: Exception) -> Response:
+    """503 with ``Retry-After`` when Redis cannot serve (the caller should come back,
+    not report a bug); any other Redis error is raised again (500, in the server's log)."""
+    if not isinstance(exc, _UNAVAILABLE):
+        raise exc
+    return error_response(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"the service's Redis cannot serve ({type(exc).__name__}): try again later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, CampaignNotFoundError):
         return error_response(404, f"no campaign {exc.args[0]!r}", "campaign_id")
@@ -165,6 +187,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, _pydantic_validation)
     app.add_exception_handler(CampaignError, _campaign_error)
     app.add_exception_handler(InvalidFieldError, _invalid_field)
+    app.add_exception_handler(redis.RedisError, _redis_error)
     for exc_type in (CampaignNotFoundError, ProviderNotFoundError, NotFoundError):
         app.add_exception_handler(exc_type, _not_found)
 
@@ -173,6 +196,11 @@ def install_error_handlers(app: FastAPI) -> None:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token"},
     422: {"model": ErrorBody, "description": "Invalid input; `field` names it"},
+    503: {
+        "model": ErrorBody,
+        "description": "Redis cannot serve: try again after `Retry-After` seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "Not found"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {

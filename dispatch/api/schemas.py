@@ -6,19 +6,28 @@ server's dependencies being exercised.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dispatch.models import CampaignStatus
+from dispatch.models import CampaignStatus, MessageState
 
 
-class FieldProblem(BaseModel):
+class Answer(BaseModel):
+    """A model the API answers with: it writes every field, so the OpenAPI document
+    lists every field as required (a generated client types ``purged_at`` as
+    ``float | None``, not as maybe-absent); reading one still fills in defaults."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class FieldProblem(Answer):
     field: str
     message: str
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Answer):
     """Every error answer: ``detail`` says what is wrong, ``field`` names where."""
 
     detail: str
@@ -29,7 +38,7 @@ class ErrorBody(BaseModel):
 # -- providers ---------------------------------------------------------------------------
 
 
-class ProviderView(BaseModel):
+class ProviderView(Answer):
     """A provider as shown: its configuration with secrets masked, plus ``callback_url``.
 
     Fields depend on the kind (DESIGN §2, §4); they are kept as given.
@@ -43,7 +52,7 @@ class ProviderView(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class ProviderList(BaseModel):
+class ProviderList(Answer):
     items: list[ProviderView]
 
 
@@ -58,7 +67,7 @@ class TestEmailRequest(BaseModel):
     vars: dict[str, Any] = Field(default_factory=dict)
 
 
-class TestEmailResult(BaseModel):
+class TestEmailResult(Answer):
     """The answer of a test email (DESIGN §2): ``error`` is an error class or null."""
 
     __test__ = False
@@ -71,7 +80,7 @@ class TestEmailResult(BaseModel):
 # -- campaigns ---------------------------------------------------------------------------
 
 
-class CampaignSummary(BaseModel):
+class CampaignSummary(Answer):
     """``GET /v1/campaigns/{id}``: status, reason and every counter (DESIGN §5)."""
 
     id: str
@@ -100,14 +109,14 @@ class CampaignSummary(BaseModel):
     expired: int = 0
 
 
-class CampaignPage(BaseModel):
+class CampaignPage(Answer):
     """Campaigns, newest first; pass ``next_cursor`` back for the next page (null: done)."""
 
     items: list[CampaignSummary]
     next_cursor: str | None = None
 
 
-class AppendProblem(BaseModel):
+class AppendProblem(Answer):
     """A recipient that was not appended: its NDJSON ``line`` or JSON-array ``index``."""
 
     line: int | None = None
@@ -116,7 +125,7 @@ class AppendProblem(BaseModel):
     message: str
 
 
-class AppendResult(BaseModel):
+class AppendResult(Answer):
     """What an append did: every valid recipient is kept, bad ones are listed."""
 
     appended: int
@@ -127,7 +136,7 @@ class AppendResult(BaseModel):
     total: int
 
 
-class RetryResult(BaseModel):
+class RetryResult(Answer):
     """``retry-failed``: how many failed messages were queued again, and the campaign."""
 
     retried: int
@@ -136,13 +145,29 @@ class RetryResult(BaseModel):
     campaign: CampaignSummary
 
 
-class MessageOutcome(BaseModel):
+class MessageStatus(StrEnum):
+    """Where a message stands: ``queued`` (no outcome yet) or a ledger state
+    (:class:`dispatch.models.MessageState`: ``claimed`` being sent, ``retry`` to be tried
+    again, or one of the terminal states of DESIGN §5)."""
+
+    QUEUED = "queued"
+    CLAIMED = MessageState.CLAIMED.value
+    RETRY = MessageState.RETRY.value
+    SENT = MessageState.SENT.value
+    FAILED = MessageState.FAILED.value
+    SUPPRESSED = MessageState.SUPPRESSED.value
+    CANCELLED = MessageState.CANCELLED.value
+    EXPIRED = MessageState.EXPIRED.value
+    UNKNOWN = MessageState.UNKNOWN.value
+
+
+class MessageOutcome(Answer):
     """One message of a campaign: where it stands and why (DESIGN §5)."""
 
     seq: int
     email: str
     meta: str
-    status: str
+    status: MessageStatus
     error_class: str = ""
     detail: str = ""
     attempts: int = 0
@@ -150,7 +175,7 @@ class MessageOutcome(BaseModel):
     retried: bool = False
 
 
-class MessagePage(BaseModel):
+class MessagePage(Answer):
     """A page of messages in seq order; a page may be short (even empty) when filtered:
     go on while ``next_cursor`` is not null."""
 
@@ -161,7 +186,7 @@ class MessagePage(BaseModel):
 # -- suppressions ------------------------------------------------------------------------
 
 
-class SuppressionEntry(BaseModel):
+class SuppressionEntry(Answer):
     """One suppressed address, with why (``reason``), from what (``source``) and when."""
 
     model_config = ConfigDict(extra="allow")
@@ -181,6 +206,6 @@ class SuppressionRequest(BaseModel):
     source: str = Field(default="api", min_length=1, max_length=200)
 
 
-class SuppressionPage(BaseModel):
+class SuppressionPage(Answer):
     items: list[SuppressionEntry]
     next_cursor: str | None = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from dispatch import suppressions
 from dispatch.api.auth import require_token
@@ -19,8 +20,20 @@ router = APIRouter(
     responses=ERROR_RESPONSES,
 )
 
+
+class _AddressConvertor(PathConvertor):
+    """The rest of the path, ``/`` and line breaks included: an address may hold a ``/``
+    (``a/b@example.com`` is one campaigns send to), which a client sends as %2F and the
+    router sees decoded; a line break must reach the check that refuses it (422), not
+    miss the route (404)."""
+
+    regex = "(?s:.+)"
+
+
+register_url_convertor("address", _AddressConvertor())
 Email = Annotated[str, Path(min_length=3, max_length=320, description="The address")]
 MAX_PAGE = 1000
+MAX_SCAN_CURSOR = 2**64 - 1  # HSCAN's cursors are unsigned 64-bit
 
 
 @router.get("", response_model=SuppressionPage, summary="List suppressed addresses")
@@ -30,6 +43,8 @@ def list_suppressions(
 ) -> SuppressionPage:
     """One page of the list, in no particular order (a scan of the list: an entry added or
     removed meanwhile may or may not show); go on while ``next_cursor`` is not null."""
+    if int(cursor) > MAX_SCAN_CURSOR:  # Redis refuses it: not one of its cursors
+        raise InvalidFieldError(f"not a cursor this list gave: {cursor}", "cursor")
     next_cursor, items = suppressions.page(int(cursor), limit)
     return SuppressionPage(
         items=[SuppressionEntry.model_validate(i) for i in items],
@@ -45,7 +60,10 @@ def _entry(email: str) -> SuppressionEntry:
 
 
 @router.get(
-    "/{email}", response_model=SuppressionEntry, responses=NOT_FOUND, summary="Read one entry"
+    "/{email:address}",
+    response_model=SuppressionEntry,
+    responses=NOT_FOUND,
+    summary="Read one entry",
 )
 def get_suppression(email: Email) -> SuppressionEntry:
     """Why and since when ``email`` is suppressed (compared caselessly)."""
@@ -53,30 +71,32 @@ def get_suppression(email: Email) -> SuppressionEntry:
 
 
 @router.put(
-    "/{email}",
+    "/{email:address}",
     response_model=SuppressionEntry,
     responses={201: {"model": SuppressionEntry, "description": "Created"}},
     summary="Suppress an address",
 )
 def put_suppression(
-    email: Email, response: Response, body: SuppressionRequest | None = None
+    email: Email,
+    response: Response,
+    # Optional, with its defaults: no body is {"reason": "manual", "source": "api"}.
+    body: Annotated[SuppressionRequest, Body(default_factory=SuppressionRequest)],
 ) -> SuppressionEntry:
     """Suppress ``email``: 201 when new. An existing entry is kept as it is (200): its first
     reason, often a bounce or complaint, is the evidence worth keeping. 422 naming
     ``email`` when it is not an address a campaign could send to."""
-    request = body or SuppressionRequest()
     try:
         address = normalize_address(email)
     except InvalidAddressError as exc:
         raise InvalidFieldError(str(exc), "email") from None
     existed = suppressions.get(address) is not None
-    entry = suppressions.add(address, reason=request.reason, source=request.source)
+    entry = suppressions.add(address, reason=body.reason, source=body.source)
     response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
     return SuppressionEntry.model_validate(entry)
 
 
 @router.delete(
-    "/{email}",
+    "/{email:address}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=NOT_FOUND,
     summary="Remove an address from the list",
