@@ -311,7 +311,7 @@ def create_campaign(
             raise CampaignConflictError(
                 f"campaign {campaign_id!r} exists with other content", field="id"
             )
-        resume_at = _take_over_fill(campaign_id, r) if request.recipients else None
+        resume_at = _await_fill(campaign_id, r) if request.recipients else None
         if resume_at is not None:
             with background_enqueuer(enqueue) as send:
                 _append_and_send(campaign_id, request.recipients, r, send, resume_at)
@@ -438,6 +438,25 @@ def _append_and_send(
     for batch in range(0 if resume_at else enqueued, batches):
         enqueue(campaign_id, batch)
     finish_if_done(campaign_id, r)
+
+
+FILL_WAIT_LIMIT_SECONDS = 600.0  # a repeat waits this long at most for a live filler
+
+
+def _await_fill(campaign_id: str, r: redis.Redis) -> int | None:
+    """A repeat of the request that posted a campaign with its list answers with the
+    whole list stored: it waits while the first request still stores it, and takes over
+    (returns where to resume) once that one failed or died. None: nothing left to store."""
+    deadline = time.monotonic() + FILL_WAIT_LIMIT_SECONDS
+    while True:
+        resume_at = _take_over_fill(campaign_id, r)
+        if resume_at is not None:
+            return resume_at
+        if not r.hexists(store.campaign_key(campaign_id), "appending"):
+            return None
+        if time.monotonic() > deadline:
+            return None  # answered as it stands; a later repeat can still take over
+        time.sleep(0.2)
 
 
 def _take_over_fill(campaign_id: str, r: redis.Redis) -> int | None:

@@ -26,14 +26,13 @@ server's ``detail`` and the ``field`` at fault::
 Retries: a request that never reached the server (connection refused, DNS, connect
 timeout) is sent again, up to ``retries`` times; so is an idempotent one whose answer was
 lost (a read timeout, a dropped connection) or was 502/503/504. Idempotent are reads,
-PUT and DELETE, ``create_campaign`` without inline recipients (it always sends an ``id``,
-making one up when the body has none, so a repeat is recognised: one campaign, never
-two), pause, resume and cancel. ``start_campaign``, ``retry_failed``, ``test_provider``
-(a real message), ``append_recipients`` (its iterable is read once) and a
-``create_campaign`` with inline ``recipients`` (a creation cut off part-way keeps the
-recipients stored so far, and a repeat would answer 200 with them alone) are not
-repeated after their request may have arrived: the :class:`Unavailable` they raise says
-so. Large lists belong in a draft and ``append_recipients`` anyway.
+PUT and DELETE, ``create_campaign`` (it always sends an ``id``, making one up when the
+body has none, so a repeat is recognised: one campaign, never two; with inline
+recipients a repeat answers once the whole list is stored, storing the rest itself when
+the first request failed or died part-way), pause, resume and cancel.
+``start_campaign``, ``retry_failed``, ``test_provider`` (a real message) and
+``append_recipients`` (its iterable is read once) are not repeated after their request
+may have arrived: the :class:`Unavailable` they raise says so.
 """
 
 from __future__ import annotations
@@ -288,9 +287,9 @@ class DispatchClient:
     def create_campaign(self, body: CampaignRequest | Mapping[str, Any]) -> CampaignSummary:
         """Create (and start, unless a draft) a campaign. Idempotent by ``id``: a body
         without one gets one made up here (the answer's ``id``), so that a retry after a
-        lost answer finds the campaign instead of creating a second (not retried then
-        with inline ``recipients``: see the module's doc). Raises :class:`Conflict` for
-        an id taken by other content, :class:`InvalidRequest`, :class:`Unavailable`."""
+        lost answer finds the campaign instead of creating a second, with its whole
+        inline list. Raises :class:`Conflict` for an id taken by other content,
+        :class:`InvalidRequest`, :class:`Unavailable`."""
         data = (
             body.model_dump(mode="json", exclude_none=True)
             if isinstance(body, CampaignRequest)
@@ -298,10 +297,7 @@ class DispatchClient:
         )
         if data.get("id") is None:
             data["id"] = secrets.token_hex(8)  # as the server would make it
-        repeatable = not data.get("recipients")
-        return self._model(
-            CampaignSummary, "POST", "/v1/campaigns", json=data, idempotent=repeatable
-        )
+        return self._model(CampaignSummary, "POST", "/v1/campaigns", json=data, idempotent=True)
 
     def append_recipients(
         self, campaign_id: str, recipients: Iterable[Recipient | Mapping[str, Any]]
