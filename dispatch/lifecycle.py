@@ -150,9 +150,11 @@ def resume(
         if _transition(r, campaign_id, _S.SCHEDULED, (_S.PAUSED,)) is not None:
             campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
         return campaigns.campaign_summary(campaign_id, r)
+    # The guard stands down first: a callback batch applied between the two would
+    # otherwise find the campaign running with the guard still on, and pause it again.
+    reputation.stand_down(r, campaign_id)
     if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
         raise _refuse(campaign_id, "resumed", r)
-    reputation.stand_down(r, campaign_id)
     with campaigns.batch_enqueuer(enqueue) as send:
         for batch in range(batches):
             send(campaign_id, batch)

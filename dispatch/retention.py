@@ -54,25 +54,38 @@ def per_message_keys(campaign_id: str) -> list[str]:
     ]
 
 
-# Atomic with the status: a campaign that is not finished (one retried since it was
-# chosen, say) keeps its data. UNLINK frees the large values in Redis's background thread.
+# Atomic with the status and the time of the last change: a campaign that is not
+# finished, or that changed since the cutoff (retry-failed queued a message again after
+# the campaign was chosen, before it moved it back to running), keeps its data.
+# UNLINK frees the large values in Redis's background thread.
+# ARGV: the time of the purge, the cutoff ("" for none), the finished statuses.
 _PURGE = """
-local status = redis.call('HGET', KEYS[1], 'status')
 if redis.call('HEXISTS', KEYS[1], 'purged_at') == 1 then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
 local finished = false
-for i = 2, #ARGV do if status == ARGV[i] then finished = true end end
+for i = 3, #ARGV do if status == ARGV[i] then finished = true end end
 if not finished then return 0 end
+if ARGV[2] ~= '' then
+  local cutoff = tonumber(ARGV[2])
+  for _, at in ipairs(redis.call('HMGET', KEYS[1], CHANGED_FIELDS)) do
+    if (tonumber(at) or 0) > cutoff then return 0 end
+  end
+end
 redis.call('UNLINK', unpack(KEYS, 2))
 redis.call('HSET', KEYS[1], 'purged_at', ARGV[1])
 return 1
-"""
+""".replace("CHANGED_FIELDS", ", ".join(f"'{name}'" for name in _CHANGED_FIELDS))
 
 
-def purge(r: redis.Redis, campaign_id: str, now: float | None = None) -> bool:
-    """Remove a finished campaign's per-message data now; whether it did."""
+def purge(
+    r: redis.Redis, campaign_id: str, now: float | None = None, cutoff: float | None = None
+) -> bool:
+    """Remove a finished campaign's per-message data now; whether it did. ``cutoff``:
+    only if it has not changed since then."""
     keys = [store.campaign_key(campaign_id), *per_message_keys(campaign_id)]
     at = repr(time.time() if now is None else now)
-    return bool(r.eval(_PURGE, len(keys), *keys, at, *(s.value for s in FINISHED)))
+    since = "" if cutoff is None else repr(cutoff)
+    return bool(r.eval(_PURGE, len(keys), *keys, at, since, *(s.value for s in FINISHED)))
 
 
 def purged_at(r: redis.Redis, campaign_id: str) -> float | None:
@@ -111,6 +124,6 @@ def purge_due(
                 continue
             if max(float(c or 0) for c in changed) > cutoff:
                 continue
-            if purge(r, campaign_id, now):
+            if purge(r, campaign_id, now, cutoff):
                 purged.append(campaign_id)
     return purged

@@ -403,8 +403,7 @@ class BatchSender:
                 await self._session_failed(messages, exc)
                 return
             if wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.done.wait(), wait)
+                await self._rest(wait)
                 if self.stopped:
                     for item, _ in messages:  # claimed, not attempted: given back
                         item.claimed = True
@@ -436,9 +435,15 @@ class BatchSender:
                 await kept.drop_session()
                 outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             self.stats.observe(time.perf_counter() - started, len(messages))
-            pause = await self._apply(messages, outcomes)
-            if pause:
-                await asyncio.sleep(pause)
+            await self._rest(await self._apply(messages, outcomes))
+
+    async def _rest(self, seconds: float) -> None:
+        """Wait ``seconds`` (the provider's pace, a backoff or a throttle's pause), less
+        when the batch ends meanwhile (paused, cancelled, handed on by a stopping worker:
+        nothing more is sent after it, and the worker need not wait it out)."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), seconds)
 
     async def _prepare(self, chunk: list[Item]) -> list[tuple[Item, OutgoingMessage]]:
         """Render and claim the items; those that cannot be built fail at once."""
@@ -520,7 +525,7 @@ class BatchSender:
                 for item, message in messages
             ]
         )
-        await asyncio.sleep(min(delay, self.settings.inline_retry_seconds))
+        await self._rest(min(delay, self.settings.inline_retry_seconds))
 
     async def _all_sent(
         self, messages: list[tuple[Item, OutgoingMessage]], outcomes: list[SendOutcome]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dispatch import callbacks, campaigns, effects, lifecycle
+from dispatch import callbacks, campaigns, effects, lifecycle, reputation
 from dispatch.settings import get_settings
 from tests.callback_support import callback_path, nested
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
@@ -130,3 +130,28 @@ def test_a_finished_or_person_paused_campaign_is_left_as_it_is(
     lifecycle.resume(campaign_id, client=redis_client, enqueue=lambda c, b: None)
     report(redis_client, campaign_id, ("hard_bounce", 2))
     assert campaigns.get_status(campaign_id, redis_client).value == "paused"
+
+
+@pytest.mark.usefixtures("small")
+def test_a_bounce_applied_while_a_person_resumes_does_not_undo_the_resume(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign_id, _ = half_sent(redis_client, smtp)
+    report(redis_client, campaign_id, ("hard_bounce", 0))
+    assert campaigns.get_status(campaign_id, redis_client).value == "paused"
+
+    # Bounces keep coming (5 % of a campaign's messages is a steady stream): one batch
+    # is applied right after the resume moved the status back to running.
+    transition = lifecycle._transition
+
+    def with_a_callback_landing(*args: object, **kwargs: object) -> object:
+        found = transition(*args, **kwargs)  # type: ignore[arg-type]
+        reputation.check(redis_client, [campaign_id])
+        return found
+
+    monkeypatch.setattr(lifecycle, "_transition", with_a_callback_landing)
+    summary = lifecycle.resume(campaign_id, client=redis_client, enqueue=lambda c, b: None)
+    assert (summary["status"], summary["reason"]) == ("running", "")
+    monkeypatch.setattr(lifecycle, "_transition", transition)
+    report(redis_client, campaign_id, ("hard_bounce", 1))
+    assert campaigns.get_status(campaign_id, redis_client).value == "running"

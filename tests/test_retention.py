@@ -3,6 +3,7 @@ DISPATCH_RETENTION_DAYS; its report, id and callbacks go on working."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ from dispatch.models import CampaignStatus
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, dispatch_client
 from tests.callback_support import callback_path, inbox_empty, nested, post, stream
-from tests.helpers import create_held, recipients, run_inline, smtp_provider
+from tests.helpers import create_held, recipients, run_batches, run_inline, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.worker import WorkerProcess, wait_for
 
@@ -196,3 +197,52 @@ def test_callbacks_after_the_purge_still_count_once_suppress_and_publish(
     published = {(e["email"], e["event"]) for e in stream(redis_client)}
     assert ("user2@example.com", "Notification Failed") in published
     assert ("user1@example.com", "Notification Delivered") in published
+
+
+def test_a_campaign_retried_while_the_purge_runs_keeps_what_it_queued(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One message failed (the server refused it); the campaign finished 40 days ago.
+    smtp.handler.data_reply = lambda e: "554 5.0.0 refused" if "user1@" in e.rcpt_tos[0] else None
+    smtp_provider(redis_client, smtp.port)
+    campaign_id, _ = run_inline(redis_client, body(3))
+    assert campaigns.campaign_summary(campaign_id, redis_client)["failed"] == 1
+    smtp.handler.data_reply = lambda e: None
+    old = time.time() - 40 * DAY
+    redis_client.zadd(store.CAMPAIGNS_ZSET, {campaign_id: old})
+    key = store.campaign_key(campaign_id)
+    for name in ("created_at", "started_at", "progress_at", "completed_at", "status_at"):
+        if redis_client.hexists(key, name):
+            redis_client.hset(key, name, repr(old))
+
+    # retry-failed queues the failed message again (a ledger write) after the purge chose
+    # the campaign and before the purge itself; its move back to running comes after.
+    purge = retention.purge
+    retried: list[lifecycle.RetryReport] = []
+
+    def retry_failed_lands_first(*args: object, **kwargs: object) -> bool:
+        report = lifecycle.RetryReport()
+        asyncio.run(requeue(report))
+        retried.append(report)
+        return purge(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def requeue(report: lifecycle.RetryReport) -> None:
+        client = store.async_client()
+        try:
+            await lifecycle._requeue_failed(client, campaign_id, 1000, report)
+        finally:
+            await client.aclose()
+
+    monkeypatch.setattr(retention, "purge", retry_failed_lands_first)
+    assert retention.purge_due(redis_client) == []
+    assert retried[0].retried == 1
+    assert campaigns.campaign_summary(campaign_id, redis_client)["purged_at"] is None
+
+    # The rest of retry-failed: the campaign runs again and sends the message.
+    lifecycle._transition(
+        redis_client, campaign_id, CampaignStatus.RUNNING, [CampaignStatus.COMPLETED]
+    )
+    run_batches([(campaign_id, 0)])
+    summary = campaigns.campaign_summary(campaign_id, redis_client)
+    assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 3, 0)
+    assert len(smtp.messages) == 3

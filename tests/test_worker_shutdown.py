@@ -3,8 +3,11 @@ on instead of finishing them at the provider's pace past its supervisor's patien
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 
+import pytest
 import redis
 from celery import Celery
 
@@ -12,9 +15,11 @@ from dispatch import campaigns, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
+from dispatch.sending import BatchResult, run_batch
+from dispatch.settings import get_settings
 from dispatch.tasks import send_batch
-from tests.helpers import recipients, smtp_provider
-from tests.smtp_server import SmtpTestServer
+from tests.helpers import create_held, recipients, smtp_provider
+from tests.smtp_server import SmtpTestServer, free_port
 from tests.worker import WorkerProcess, wait_for
 
 
@@ -68,3 +73,40 @@ def test_a_stopping_worker_hands_its_batch_on_and_the_next_one_finishes_it(
         second.stop()
         r.close()
         server.stop()
+
+
+def test_a_batch_waiting_out_a_backoff_hands_on_without_waiting_it_out(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens on the provider's port (an outage): each session's failed connect
+    # is retried inside the batch after 25 to 30 s (inline retries wait up to 30 s).
+    monkeypatch.setenv("DISPATCH_RETRY_BASE_SECONDS", "50")
+    get_settings.cache_clear()
+    smtp_provider(redis_client, free_port())
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(20)}
+    campaign_id, _ = create_held(redis_client, body)
+    stop_key = store.worker_stopping_key("dispatch-1@test")
+
+    async def go() -> BatchResult:
+        client = store.async_client()
+        try:
+            run = asyncio.create_task(run_batch(campaign_id, 0, r=client, stop_key=stop_key))
+            deadline = time.monotonic() + 30
+            while "retry" not in states(redis_client, campaign_id):  # backing off now
+                assert time.monotonic() < deadline and not run.done()
+                await asyncio.sleep(0.05)
+            await client.set(stop_key, "1")  # its worker is told to stop
+            # A hang guard, well inside the backoff: the batch must not wait it out.
+            return await asyncio.wait_for(run, 15)
+        finally:
+            await client.aclose()
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    # Handed on, or parked for a later run (a backoff past the 30 s waited inline).
+    assert result.counts.get("handed_on", 0) + result.counts.get("retry_later", 0) == 20
+    assert result.retry_at is not None  # enqueued again for another worker
+    assert set(states(redis_client, campaign_id)) <= {"retry"}  # nothing lost or unknown
