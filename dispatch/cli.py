@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -157,7 +158,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     argv = ["worker", "-Q", ",".join(store.CELERY_QUEUES), "--loglevel", _loglevel(args)]
     # A name of its own even beside another worker on this host: what a stopping worker
     # tells its batches is keyed by it (dispatch.tasks), and Flower tells them apart.
-    argv += ["--hostname", args.hostname or f"dispatch-{os.getpid()}@%h"]
+    # The pid alone repeats across containers on the host's network (each is pid 1).
+    argv += ["--hostname", args.hostname or f"dispatch-{os.getpid()}-{secrets.token_hex(3)}@%h"]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     return _celery(argv)
@@ -220,8 +222,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(timeout=20)
+            try:  # a worker's batches hand their messages back within seconds; a chunk
+                p.wait(timeout=STOP_WAIT_SECONDS)  # waiting on its provider may take longer
+            except subprocess.TimeoutExpired:
+                print(f"dispatch: pid {p.pid} did not stop in time: killed", file=sys.stderr)
+                p.kill()
+                p.wait()
     return status
+
+
+STOP_WAIT_SECONDS = 60  # as the compose file's stop_grace_period for workers
 
 
 QUICK_EXIT_SECONDS = 30  # a process that ran shorter than this exited "at once"
@@ -455,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("worker", cmd_worker, "run a Celery worker")
     p.add_argument("--concurrency", type=_count(0), default=0, help="processes (two per core)")
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
-    p.add_argument("--hostname", help="Celery node name (default: dispatch-<pid>@<host>)")
+    p.add_argument("--hostname", help="Celery node name (default: dispatch-<pid>-<random>@<host>)")
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")

@@ -58,9 +58,15 @@ def _free_port() -> int:
 class RedisServer:
     """A redis-server child process on 127.0.0.1, its data in a temporary folder."""
 
-    def __init__(self, port: int = 0, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, port: int = 0, *, appendonly: bool = False, own_session: bool = False
+    ) -> None:
+        """``own_session``: out of this process group, so that a terminal's Ctrl-C reaches
+        the processes using it, which stop (handing work back into it), and not the
+        server itself; whoever started it stops it."""
         self.port = port or _free_port()
         self.appendonly = appendonly
+        self.own_session = own_session
         self._dir = tempfile.mkdtemp(prefix="dispatch-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -92,7 +98,12 @@ class RedisServer:
             "--loglevel",
             "warning",
         ]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=self.own_session,
+        )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
@@ -149,7 +160,7 @@ def ensure_redis_url() -> str:
     url = get_settings().redis_url
     if url:
         return url
-    _embedded = RedisServer().start()
+    _embedded = RedisServer(own_session=True).start()
     os.environ["DISPATCH_REDIS_URL"] = _embedded.url
     get_settings.cache_clear()
     atexit.register(_embedded.stop)

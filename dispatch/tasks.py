@@ -163,7 +163,8 @@ def recover_callbacks(grace: float | None = None) -> int:
 @worker_shutting_down.connect
 def _hand_batches_on(sender: object = None, **_: object) -> None:
     try:
-        store.sync_client().set(store.worker_stopping_key(str(sender)), "1", ex=3600)
+        # Kept while it stops (compose gives 60 s); gone at its exit, or after this.
+        store.sync_client().set(store.worker_stopping_key(str(sender)), "1", ex=600)
     except Exception:  # stopping anyway: the batches finish as before
         log.exception("could not tell the running batches to stop")
 
