@@ -23,7 +23,7 @@ import time
 import redis
 from redis.asyncio.client import Pipeline
 
-from dispatch import campaigns, store
+from dispatch import campaigns, reputation, store
 from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
@@ -34,13 +34,15 @@ RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep
 def sweep(
     r: redis.Redis, enqueue: campaigns.EnqueueBatch, now: float | None = None
 ) -> dict[str, list[str]]:
-    """One pass; returns the campaigns it ``finished`` and those it ``restarted``."""
+    """One pass; returns the campaigns it ``finished``, ``restarted``, and ``paused`` (the
+    reputation guard, dispatch.reputation)."""
     now = time.time() if now is None else now
     settings = get_settings()
     quick = settings.lease_ttl_ms / 1000 * 2
     stall = max(settings.retry_max_seconds * 2, quick)
     idle: bool | None = None  # nothing runs and nothing waits (asked once, when needed)
-    done: dict[str, list[str]] = {"finished": [], "restarted": []}
+    done: dict[str, list[str]] = {"finished": [], "restarted": [], "paused": []}
+    running: list[str] = []
     for member in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1):
         campaign_id = str(member)
         fields = r.hmget(
@@ -53,6 +55,7 @@ def sweep(
         if campaigns.finish_if_done(campaign_id, r):
             done["finished"].append(campaign_id)
             continue
+        running.append(campaign_id)
         quiet = now - max(float(progress_at or 0), float(started_at or 0), float(parked_until or 0))
         if quiet < quick:
             continue
@@ -69,6 +72,9 @@ def sweep(
         for batch in range(count):
             enqueue(campaign_id, batch)
         done["restarted"].append(campaign_id)
+    # Rates crossed as sends went on after the last bounce or complaint came in (the
+    # callbacks judge only when they arrive).
+    done["paused"] = reputation.check(r, running)
     return done
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dispatch import callbacks, campaigns, effects, lifecycle, reputation
+from dispatch import callbacks, campaigns, effects, housekeeping, lifecycle, reputation
 from dispatch.settings import get_settings
 from tests.callback_support import callback_path, nested
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
@@ -155,3 +155,28 @@ def test_a_bounce_applied_while_a_person_resumes_does_not_undo_the_resume(
     monkeypatch.setattr(lifecycle, "_transition", transition)
     report(redis_client, campaign_id, ("hard_bounce", 1))
     assert campaigns.get_status(campaign_id, redis_client).value == "running"
+
+
+def test_housekeeping_pauses_a_campaign_whose_rate_crossed_after_its_last_callback(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounces that came in while too few were sent to judge, and none after: the guard
+    judges again at beat's sweep, not only when a callback arrives."""
+    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "10")
+    monkeypatch.setenv("DISPATCH_PAUSE_MIN_SENT", "15")
+    get_settings.cache_clear()
+    try:
+        campaign_id, batches = half_sent(redis_client, smtp)
+        report(redis_client, campaign_id, ("hard_bounce", 0), ("hard_bounce", 1))
+        assert campaigns.get_status(campaign_id, redis_client).value == "running"  # 10 < 15
+        run_batches(batches[1:2])  # 20 sent now, 2 bounced: 10 %, and no callback since
+        assert campaigns.get_status(campaign_id, redis_client).value == "running"
+
+        done = housekeeping.sweep(redis_client, lambda c, b: None)
+        assert done["paused"] == [campaign_id]
+        summary = campaigns.campaign_summary(campaign_id, redis_client)
+        assert summary["status"] == "paused"
+        assert "hard bounces are 10.00% of the 20" in summary["reason"]
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
