@@ -252,6 +252,7 @@ redis.call('HSET', KEYS[1], 'content', ARGV[2], 'provider', ARGV[3], 'status', '
            'created_at', ARGV[4], 'reason', '')
 for i = 8, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], 0) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[6])
 if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5]) end
 return false
@@ -291,12 +292,13 @@ def create_campaign(
     now = time.time()
     found = r.eval(
         _CREATE,
-        5,
+        6,
         store.campaign_key(campaign_id),
         store.counters_key(campaign_id),
         store.CAMPAIGNS_ZSET,
         store.CATEGORIES_SET,
         store.EXPIRING_ZSET,
+        store.KEPT_ZSET,
         fingerprint,
         content.model_dump_json(),
         content.provider,  # read with the campaign by each batch run

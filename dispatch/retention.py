@@ -17,6 +17,7 @@ time of the purge; ``purged_at`` in the campaign's summary says so too.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
@@ -58,12 +59,16 @@ def per_message_keys(campaign_id: str) -> list[str]:
 # finished, or that changed since the cutoff (retry-failed queued a message again after
 # the campaign was chosen, before it moved it back to running), keeps its data.
 # UNLINK frees the large values in Redis's background thread.
-# ARGV: the time of the purge, the cutoff ("" for none), the finished statuses.
+# KEYS: the campaign, the index of kept campaigns, the per-message keys. ARGV: the time
+# of the purge, the cutoff ("" for none), the campaign's id, the finished statuses.
 _PURGE = """
-if redis.call('HEXISTS', KEYS[1], 'purged_at') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'purged_at') == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 0
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 local finished = false
-for i = 3, #ARGV do if status == ARGV[i] then finished = true end end
+for i = 4, #ARGV do if status == ARGV[i] then finished = true end end
 if not finished then return 0 end
 if ARGV[2] ~= '' then
   local cutoff = tonumber(ARGV[2])
@@ -71,8 +76,9 @@ if ARGV[2] ~= '' then
     if (tonumber(at) or 0) > cutoff then return 0 end
   end
 end
-redis.call('UNLINK', unpack(KEYS, 2))
+redis.call('UNLINK', unpack(KEYS, 3))
 redis.call('HSET', KEYS[1], 'purged_at', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
 return 1
 """.replace("CHANGED_FIELDS", ", ".join(f"'{name}'" for name in _CHANGED_FIELDS))
 
@@ -82,10 +88,11 @@ def purge(
 ) -> bool:
     """Remove a finished campaign's per-message data now; whether it did. ``cutoff``:
     only if it has not changed since then."""
-    keys = [store.campaign_key(campaign_id), *per_message_keys(campaign_id)]
+    keys = [store.campaign_key(campaign_id), store.KEPT_ZSET, *per_message_keys(campaign_id)]
     at = repr(time.time() if now is None else now)
     since = "" if cutoff is None else repr(cutoff)
-    return bool(r.eval(_PURGE, len(keys), *keys, at, since, *(s.value for s in FINISHED)))
+    statuses = (s.value for s in FINISHED)
+    return bool(r.eval(_PURGE, len(keys), *keys, at, since, campaign_id, *statuses))
 
 
 def purged_at(r: redis.Redis, campaign_id: str) -> float | None:
@@ -110,8 +117,10 @@ def purge_due(
     if days <= 0:
         return []
     cutoff = now - days * 86400
-    # Only a campaign created before the cutoff can have stopped changing before it.
-    candidates = [str(c) for c in r.zrangebyscore(store.CAMPAIGNS_ZSET, "-inf", cutoff)]
+    _index_kept(r)
+    # Only a campaign created before the cutoff can have stopped changing before it; and
+    # only those still kept are read (not every purged campaign, run after run).
+    candidates = [str(c) for c in r.zrangebyscore(store.KEPT_ZSET, "-inf", cutoff)]
     fields = ["status", "purged_at", *_CHANGED_FIELDS]
     purged = []
     for start in range(0, len(candidates), _CANDIDATES_PER_ROUND_TRIP):
@@ -120,10 +129,35 @@ def purge_due(
         for campaign_id in chunk:
             pipe.hmget(store.campaign_key(campaign_id), fields)
         for campaign_id, (status, was_purged, *changed) in zip(chunk, pipe.execute(), strict=True):
-            if was_purged is not None or status not in {s.value for s in FINISHED}:
+            if status is None or was_purged is not None:  # gone, or purged: out of the index
+                r.zrem(store.KEPT_ZSET, campaign_id)
+                continue
+            if status not in {s.value for s in FINISHED}:
                 continue
             if max(float(c or 0) for c in changed) > cutoff:
                 continue
             if purge(r, campaign_id, now, cutoff):
                 purged.append(campaign_id)
     return purged
+
+
+def _index_kept(r: redis.Redis) -> None:
+    """Once per Redis: the campaigns created before the index existed, unless purged,
+    go into it (new ones enter it when they are created)."""
+    if r.exists(store.KEPT_INDEXED):
+        return
+    start = 0
+    while True:
+        scored: Any = r.zrange(store.CAMPAIGNS_ZSET, start, start + 999, withscores=True)
+        chunk = [(str(member), float(score)) for member, score in scored]
+        if not chunk:
+            break
+        pipe = r.pipeline(transaction=False)
+        for member, _ in chunk:
+            pipe.hexists(store.campaign_key(member), "purged_at")
+        purged = pipe.execute()
+        kept = {m: score for (m, score), gone in zip(chunk, purged, strict=True) if not gone}
+        if kept:
+            r.zadd(store.KEPT_ZSET, kept)
+        start += len(chunk)
+    r.set(store.KEPT_INDEXED, "1")

@@ -11,6 +11,10 @@ PREFIX = "dispatch"
 EVENTS_STREAM = f"{PREFIX}:events"
 PROVIDERS_SET = f"{PREFIX}:providers"
 CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
+# Campaign id by creation time while its per-message data is kept (dispatch.retention
+# reads this, not every campaign), and the mark that every older campaign is in it.
+KEPT_ZSET = f"{PREFIX}:campaigns:kept"
+KEPT_INDEXED = f"{PREFIX}:campaigns:kept:indexed"
 SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
 SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at

@@ -246,3 +246,23 @@ def test_a_campaign_retried_while_the_purge_runs_keeps_what_it_queued(
     summary = campaigns.campaign_summary(campaign_id, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 3, 0)
     assert len(smtp.messages) == 3
+
+
+def test_a_run_reads_only_the_campaigns_still_kept_and_indexes_older_ones_once(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """Purged campaigns leave the index a run reads, so a run's work does not grow with
+    every campaign ever sent; campaigns stored before the index existed join it once."""
+    campaign_id = sent_campaign(redis_client, smtp)
+    assert redis_client.zscore(store.KEPT_ZSET, campaign_id) is not None  # from creation
+    assert retention.purge_due(redis_client, now=time.time() + 31 * DAY) == [campaign_id]
+    assert redis_client.zcard(store.KEPT_ZSET) == 0
+
+    # As stored by a version without the index: a finished one and a purged one.
+    older, _ = run_inline(redis_client, body(3, "older1"))
+    redis_client.zrem(store.KEPT_ZSET, older)
+    redis_client.delete(store.KEPT_INDEXED)
+    assert retention.purge_due(redis_client, now=time.time() + 1 * DAY) == []  # not due
+    assert redis_client.zrange(store.KEPT_ZSET, 0, -1) == [older]  # indexed, the purged one not
+    assert retention.purge_due(redis_client, now=time.time() + 31 * DAY) == [older]
+    assert redis_client.zcard(store.KEPT_ZSET) == 0
