@@ -55,6 +55,9 @@ def test_one_click_unsubscribe(api_server: ApiServer, redis_client: redis.Redis)
     with api_client(api_server, token=None) as http:
         page = http.get(path)  # a link scanner's GET must not unsubscribe
         assert page.status_code == 200 and "Unsubscribe?" in page.text
+        probe = http.head(path)  # nor its HEAD (it was 405)
+        assert probe.status_code == 200 and probe.content == b""
+        assert http.head(path.replace("/u/", "/preferences/")).status_code == 200
         assert suppressions.get("user1@example.com", client=redis_client) is None
         answer = http.post(
             path,

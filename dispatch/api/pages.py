@@ -149,3 +149,9 @@ def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Respons
         # page shows that instead of switches, and a stale form saves nothing.
         preferences.set_choices(parsed.email, set(form.get("category", [])))
     return _preferences_page(parsed, saved=True)
+
+
+# HEAD answers like GET (link checkers and mail scanners ask with it; nothing changes),
+# kept out of the schema, where it would repeat GET's operation.
+router.head("/u/{token}", include_in_schema=False)(unsubscribe_page)
+router.head("/preferences/{token}", include_in_schema=False)(preference_center)
