@@ -68,6 +68,10 @@ def test_one_click_unsubscribe(api_server: ApiServer, redis_client: redis.Redis)
         forged = http.post(path[:-3] + "AAA")
     assert answer.status_code == 200 and "You are unsubscribed" in answer.text
     assert again.status_code == 200 and forged.status_code == 404
+    with api_client(api_server, token=None) as http:  # the link again: nothing to confirm
+        revisit = http.get(path)
+    assert revisit.status_code == 200 and "You are unsubscribed" in revisit.text
+    assert "Unsubscribe?" not in revisit.text
     entry = suppressions.get("user1@example.com", client=redis_client)
     assert entry is not None and entry["reason"] == "unsubscribed"
     assert campaigns.get_counters(cid, redis_client)["unsubscribed"] == 1  # once, not twice

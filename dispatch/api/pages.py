@@ -90,6 +90,8 @@ def _confirmation_page(parsed: UnsubscribeToken, token: str) -> Response:
     custom = _custom_center(parsed)
     if custom:
         return RedirectResponse(custom_center_url(custom, token), status_code=303)
+    if suppressions.get(parsed.email) is not None:  # nothing left to confirm
+        return _page("unsubscribe.html", email=parsed.email, done=True)
     return _page("unsubscribe.html", email=parsed.email, token=token)
 
 
