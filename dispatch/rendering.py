@@ -11,11 +11,14 @@ from __future__ import annotations
 import html as html_lib
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import escape
 
@@ -23,8 +26,156 @@ from providers.base import ALL_CONTENT_PARTS
 
 log = logging.getLogger(__name__)
 
-_HTML_ENV = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
-_TEXT_ENV = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+# The sandbox keeps templates from Python's internals, not from exhausting memory or CPU:
+# ``{{ 'a' * 10**9 }}`` is folded to a constant while the template compiles (in the API),
+# ``{{ name.ljust(10**9) }}`` makes a gigabyte per recipient (in the worker). These bound
+# what one operation may build and what one part may render to; past them the template
+# fails with a RenderError like any other, and at campaign creation never with a 500.
+MAX_VALUE_SIZE = 1_000_000  # characters or items one operator, call or filter may make
+MAX_INT_BITS = 10_000  # integers beyond (3,000 digits) are no content
+MAX_PART_CHARS = 20_000_000  # of one rendered part: far beyond what any provider accepts
+_SIZED = (str, list, tuple)
+# A width or precision of 7 digits in a %-conversion or a {}-field's format spec.
+_HUGE_WIDTH = re.compile(r"%[-#0 +*.\d]*\d{7}|\{[^{}]*:[^{}]*\d{7}[^{}]*\}")
+# Calls whose integer arguments are sizes of the result (str methods, lipsum's counts).
+_SIZE_TAKING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+_MAX_LIPSUM = 1_000  # paragraphs or words per paragraph: each is hundreds of characters
+_SIZE_FILTERS = ("center", "indent", "wordwrap")
+
+
+def _refuse(what: str) -> SecurityError:
+    return SecurityError(f"{what} would exceed the template limits")
+
+
+def _check_sizes(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str, limit: int = MAX_VALUE_SIZE
+) -> None:
+    for arg in (*args, *kwargs.values()):
+        if type(arg) is int and abs(arg) > limit:
+            raise _refuse(f"{what}({arg})")
+
+
+def _check_format(fmt: Any, args: tuple[Any, ...]) -> None:
+    """Refuse a format string asking for a huge width (or a ``*`` width given huge)."""
+    if isinstance(fmt, str) and _HUGE_WIDTH.search(fmt):
+        raise _refuse("a format width")
+    if isinstance(fmt, str) and "*" in fmt:
+        _check_sizes(args, {}, "a * width")
+
+
+def _check_replace(text: str, old: Any, new: Any) -> None:
+    old, new = str(old), str(new)
+    grows = max(len(new) - len(old), 0) * (text.count(old) if old else len(text) + 1)
+    if len(text) + grows > MAX_VALUE_SIZE:
+        raise _refuse("a replacement")
+
+
+def _check_size(value: Any, what: str) -> Any:
+    if isinstance(value, _SIZED) and len(value) > MAX_VALUE_SIZE:
+        raise _refuse(what)
+    return value
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse ``left operator right`` before Python builds a huge result."""
+    if type(left) is int and type(right) is int:
+        bits = max(abs(left).bit_length(), 1)
+        if operator == "**" and right > 0 and abs(left) > 1 and bits * right > MAX_INT_BITS:
+            raise _refuse(f"{left} ** {right}")
+        if operator == "*" and bits + abs(right).bit_length() > MAX_INT_BITS:
+            raise _refuse("a product")
+    elif operator == "*":
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, _SIZED) and type(times) is int and len(seq) * times > MAX_VALUE_SIZE:
+                raise _refuse("a repetition")
+    elif operator == "+" and isinstance(left, _SIZED) and isinstance(right, _SIZED):
+        if len(left) + len(right) > MAX_VALUE_SIZE:
+            raise _refuse("a concatenation")
+    elif operator == "%" and isinstance(left, str):
+        _check_format(left, right if isinstance(right, tuple) else (right,))
+
+
+def _bounded_output(chunks: Iterable[str]) -> str:
+    """A part's rendered chunks joined, refused past :data:`MAX_PART_CHARS` as they come
+    (a loop can emit far more than any one operation makes)."""
+    out: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_PART_CHARS:
+            raise _refuse(f"a rendered part of over {MAX_PART_CHARS} characters")
+        out.append(chunk)
+    joined: str = _concat(out)
+    return joined
+
+
+def _bounded_join(pieces: Any) -> str:
+    """``"".join`` of a ``~`` expression, refused past :data:`MAX_VALUE_SIZE`."""
+    joined: str = _check_size(_concat(pieces), "a ~ concatenation")
+    return joined
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_join(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]:
+    """``filter_`` with its arguments checked first and its result after."""
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        value, rest = args[0], args[1:]
+        if name in _SIZE_FILTERS:
+            _check_sizes(rest, kwargs, name)
+        elif name == "format":
+            _check_format(str(value), rest)
+        elif name == "replace" and len(rest) >= 2:
+            _check_replace(str(value), rest[0], rest[1])
+        return _check_size(filter_(*args, **kwargs), f"the filter {name}")
+
+    bounded.__dict__.update(filter_.__dict__)  # keeps Jinja2's pass_* markers
+    return bounded
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with the size limits above on operators, calls, filters and ``~``."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.bounded_join = _bounded_join
+        for name in (*_SIZE_FILTERS, "format", "replace"):
+            self.filters[name] = _bounded_filter(name, self.filters[name])
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(__obj, "__name__", "")
+        if name in _SIZE_TAKING:
+            _check_sizes(args, kwargs, name)
+        elif name == "generate_lorem_ipsum":
+            _check_sizes(args, kwargs, "lipsum", _MAX_LIPSUM)
+        # str methods are bound to their text (format through the sandbox's wrapper)
+        text = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
+        if isinstance(text, str):
+            if name in ("format", "format_map"):
+                _check_format(text, ())
+            elif name == "replace" and len(args) >= 2:
+                _check_replace(text, args[0], args[1])
+        result = super().call(__context, __obj, *args, **kwargs)
+        return _check_size(result, f"the result of {name or 'a call'}")
+
+
+_HTML_ENV = BoundedSandbox(autoescape=True, undefined=StrictUndefined)
+_TEXT_ENV = BoundedSandbox(autoescape=False, undefined=StrictUndefined)
 # Both environments have the same (default) globals: range, dict, lipsum, cycler, ...
 _GLOBALS: dict[str, Any] = dict(_HTML_ENV.globals)
 _concat = _HTML_ENV.concat
@@ -236,6 +387,11 @@ class CompiledContent:
                 ) or env.from_string(source)
             except TemplateError as exc:
                 raise RenderError(f"{name}: template does not compile: {exc}") from exc
+            except (ValueError, ArithmeticError, MemoryError, RecursionError) as exc:
+                # constant folding (``{{ 10**5000 }}`` has no decimal text), deep nesting
+                raise RenderError(
+                    f"{name}: template does not compile: {type(exc).__name__}: {exc}"
+                ) from exc
         self._plans: dict[frozenset[str], list[tuple[str, Any, bool]]] = {}
         self._fast: dict[frozenset[str], Callable[[Mapping[str, Any]], RenderedContent] | None] = {}
 
@@ -328,7 +484,7 @@ class CompiledContent:
                 if plain:
                     out[name] = template.render(context)
                 else:
-                    out[name] = _concat(
+                    out[name] = _bounded_output(
                         template.root_render_func(template.new_context(context, True))
                     )
             except RenderError as exc:

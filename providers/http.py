@@ -77,7 +77,9 @@ THROTTLING_STATUSES: Final = frozenset({429, 503})
 MAX_RETRY_AFTER: Final = 24 * 3600.0  # seconds: a longer Retry-After hint is capped
 # RFC 9110 §10.2.3 delay-seconds (a decimal fraction is tolerated).
 _DELAY_SECONDS_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
-_FORBIDDEN_IN_HEADER_VALUE: Final = ("\r", "\n", "\x00")
+# RFC 9110 §5.5: no control character but HTAB in a field value (h11 refused VT and FF
+# as a protocol error, "Dispatch failed", and sent the others: the data is at fault).
+_CONTROL_IN_HEADER_VALUE: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 §5.5: a field value has no leading or trailing whitespace (h11 refuses it, so
 # " Bearer k" or a var " Sara" failed every request); stripping it changes no meaning.
 _OWS: Final = " \t"
@@ -144,8 +146,10 @@ class RequestPlan:
         headers: dict[bytes, bytes] = {}
         for name, template in self._headers:
             value = template.render(values)
-            if any(ch in value for ch in _FORBIDDEN_IN_HEADER_VALUE):
-                raise InvalidMessageError(f"header {name}: the value holds a line break or NUL")
+            if _CONTROL_IN_HEADER_VALUE.search(value):
+                raise InvalidMessageError(
+                    f"header {name}: the value holds a line break or control character"
+                )
             headers[name.encode()] = value.strip(_OWS).encode()
         params = tuple((n, t.render(values)) for n, t in self._query) if self._query else None
         return headers, params

@@ -420,6 +420,21 @@ async def test_a_line_break_in_a_dynamic_header_fails_that_message_unsent() -> N
     assert outcomes[1].error_class is ErrorClass.INVALID_MESSAGE
 
 
+@pytest.mark.asyncio
+async def test_a_control_character_in_a_dynamic_header_fails_that_message_as_invalid() -> None:
+    values = ["ok", "a\x0bb", "a\x01b", "a\x7fb", "tab\there", "é"]
+    with HttpSink() as sink:
+        config = http_config(sink.url, headers={"X-Name": "$$name"})
+        msgs = [message(i, user_vars={"name": v}) for i, v in enumerate(values, 1)]
+        outcomes = await send(local(config), msgs)
+        received = [r.header("X-Name") for r in sink.requests]
+    assert [o.status for o in outcomes] == [OutcomeStatus.SENT] + [OutcomeStatus.FAILED] * 3 + [
+        OutcomeStatus.SENT
+    ] * 2
+    assert {o.error_class for o in outcomes[1:4]} == {ErrorClass.INVALID_MESSAGE}
+    assert received[:2] == ["ok", "tab\there"]
+
+
 HOSTILE = {
     "quote": 'say "hi"',
     "breakout": '"}, {"x": 1',

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from dispatch.campaigns import CampaignError, validate_content
@@ -318,3 +320,55 @@ def test_a_guard_does_not_make_other_names_optional() -> None:
         subject="{{ first }}", html="{{ a | default(b) }}{% for i in items %}{{ i }}{% endfor %}"
     )
     assert compiled.required == {"first", "b", "items"}
+
+
+# --- resource limits: the sandbox guards Python's internals, these guard memory and CPU ---
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 'a' * 10**9 }}",  # folded to a constant while compiling: in the API process
+        "{{ x * 10**9 }}",
+        "{{ 7 ** (10**9) }}",
+        "{{ x.ljust(10**9) }}",
+        "{{ x|center(10**9) }}",
+        "{{ '{:>1000000000}'.format(x) }}",
+        "{{ '%1000000000s'|format(x) }}",
+        "{{ '%*s' % (10**9, x) }}",
+        "{{ lipsum(100000) }}",
+        "{{ (x * 999999).replace('a', 'bbbbb') }}",
+        "{% set ns = namespace(s=x) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}{{ ns.s|length }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ x * 100 }}{% endfor %}"
+        "{% endfor %}",
+    ],
+)
+def test_a_template_cannot_build_a_huge_value(template: str) -> None:
+    with pytest.raises(RenderError, match="exceed the template limits"):
+        _render(template, x="a")
+
+
+def test_ordinary_arithmetic_formatting_and_numbers_still_render() -> None:
+    template = (
+        "{{ 2**10 }} {{ x * 3 }} {{ '%5s'|format(x) }} {{ '{:>4}'.format(x) }} "
+        "{{ x.ljust(3) }}| {{ points * 1000 }} {{ '{:,}'.format(points) }} {{ [1] + [2] }}"
+    )
+    assert _render(template, x="a", points=2_500_000) == (
+        "1024 aaa     a    a a  | 2500000000 2,500,000 [1, 2]"
+    )
+
+
+@pytest.mark.parametrize(
+    "template", ["{{ 10 ** 100000 }}", "{{" + "(" * 3000 + "1" + ")" * 3000 + "}}"]
+)
+def test_a_template_that_breaks_python_while_compiling_is_no_server_error(
+    template: str,
+) -> None:
+    # (a ValueError or RecursionError escaped: the API answered 500)
+    request = CampaignRequest.model_validate(
+        {"provider": "p", "subject": "s", "html": template, "from_address": "a@b.example",
+         "recipients": [{"email": "a@b.example"}]}
+    )  # fmt: skip
+    with contextlib.suppress(CampaignError):  # accepted: each message fails as rendered
+        validate_content(request)
