@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
 
@@ -11,7 +12,14 @@ from pydantic import SecretStr
 
 from dispatch import crypto, store
 from dispatch.settings import get_settings
-from providers.config import SECRET_MASK, ProviderBase, parse_provider_config, public_view
+from providers.config import (
+    SECRET_MASK,
+    HttpConfig,
+    ProviderBase,
+    parse_provider_config,
+    public_view,
+)
+from providers.netguard import PrivateEndpointError, check_endpoint
 
 CALLBACK_TOKEN_FIELD = "_callback_token"
 # What a provider's view adds to its configuration; given back on save, they are ignored
@@ -23,15 +31,37 @@ class ProviderNotFoundError(KeyError):
     """No provider is saved under that nickname."""
 
 
-class MaskedSecretError(ValueError):
-    """A secret field holds the mask, and no secret is stored to keep; ``field`` names it."""
+class ProviderFieldError(ValueError):
+    """A field of the configuration cannot be saved (HTTP 422); ``field`` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class MaskedSecretError(ProviderFieldError):
+    """A secret field holds the mask, and no secret is stored to keep."""
 
     def __init__(self, field: str) -> None:
         super().__init__(
             f"{SECRET_MASK!r} stands for the {field} stored, but none is stored: give the "
-            f"{field} itself"
+            f"{field} itself",
+            field,
         )
-        self.field = field
+
+
+def _check_endpoint(config: ProviderBase) -> None:
+    """DESIGN §4: an endpoint resolving to a private, loopback or link-local address is
+    refused, here already (the transport checks again at every connect). A name that
+    does not resolve from here is left to send time."""
+    if not isinstance(config, HttpConfig) or get_settings().allow_private_endpoints:
+        return
+    try:
+        asyncio.run(check_endpoint(config.endpoint, allow_private=False))
+    except PrivateEndpointError as exc:
+        raise ProviderFieldError(str(exc), "endpoint") from None
+    except OSError:
+        pass
 
 
 def _encode(config: ProviderBase, token: str) -> bytes:
@@ -98,6 +128,7 @@ def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> Pr
     r = client or store.sync_client()
     given = {k: v for k, v in data.items() if k not in VIEW_ONLY_FIELDS}
     config: ProviderBase = parse_provider_config(given)
+    _check_endpoint(config)
     existing = r.get(store.provider_key(config.nickname))
     stored, token = decode_provider(existing) if existing else (None, secrets.token_urlsafe(24))
     config = _keep_masked_secrets(config, stored)

@@ -321,3 +321,45 @@ def test_a_service_kind_without_its_credentials_is_saved_with_a_warning(
             assert not [w for w in saved.json()["warnings"] if "refuses the session" in w]
         plain = api.put("/v1/providers/svc", json=smtp_body(25))  # any server: login optional
         assert plain.json()["warnings"] == []
+
+
+@covers("PUT /v1/providers/{nickname}")
+@pytest.mark.parametrize(
+    ("endpoint", "refused"),
+    [
+        ("http://127.0.0.1:9/send", True),
+        ("http://10.0.0.5/send", True),
+        ("http://[::ffff:169.254.169.254]/latest", True),
+        ("http://localhost:9/send", True),
+        ("https://esp.invalid/send", False),  # not resolvable from here: checked at send
+    ],
+)
+def test_a_private_endpoint_is_refused_when_saved(
+    api_server: ApiServer,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint: str,
+    refused: bool,
+) -> None:
+    """DESIGN §4, at save for early feedback (it was only found at send time, when the
+    campaign paused): unless DISPATCH_ALLOW_PRIVATE_ENDPOINTS is on."""
+    from dispatch.settings import get_settings
+
+    body = {"kind": "http", "method": "POST", "endpoint": endpoint, "body": HTTP_BODY,
+            "from_name": "Acme", "from_address": "deals@acme.example"}  # fmt: skip
+    monkeypatch.setenv("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "false")
+    get_settings.cache_clear()
+    try:
+        with api_client(api_server) as api:
+            answer = api.put("/v1/providers/esp", json=body)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    if refused:
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == "endpoint"
+        assert "DISPATCH_ALLOW_PRIVATE_ENDPOINTS" in answer.json()["detail"]
+    else:
+        assert answer.status_code == 201, answer.text
+    with api_client(api_server) as api:  # allowed (as in the tests and the demo)
+        assert api.put("/v1/providers/esp2", json=body).status_code == 201

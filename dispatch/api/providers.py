@@ -79,7 +79,7 @@ def put_provider(
         provider_store.save_provider(data)
     except ValidationError as exc:
         return invalid_provider(exc, str(data.get("kind", "")))
-    except provider_store.MaskedSecretError as exc:
+    except provider_store.ProviderFieldError as exc:
         raise InvalidFieldError(str(exc), exc.field) from None
     response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
     return _view(nickname)
