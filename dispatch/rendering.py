@@ -13,6 +13,8 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, meta, nodes
@@ -41,6 +43,7 @@ _HUGE_WIDTH = re.compile(r"%[-#0 +*.\d]*\d{7}|\{[^{}]*:[^{}]*\d{7}[^{}]*\}")
 _SIZE_TAKING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 _MAX_LIPSUM = 1_000  # paragraphs or words per paragraph: each is hundreds of characters
 _SIZE_FILTERS = ("center", "indent", "wordwrap")
+_OUTPUT_BATCH = 64  # rendered chunks taken at a time (each at most MAX_VALUE_SIZE)
 
 
 def _refuse(what: str) -> SecurityError:
@@ -55,12 +58,22 @@ def _check_sizes(
             raise _refuse(f"{what}({arg})")
 
 
+@lru_cache(maxsize=1024)
+def _huge_width(fmt: str) -> bool:
+    """Whether ``fmt`` asks for a huge width (format strings are mostly the template's own
+    constants: looked at once each)."""
+    return _HUGE_WIDTH.search(fmt) is not None
+
+
 def _check_format(fmt: Any, args: tuple[Any, ...]) -> None:
     """Refuse a format string asking for a huge width (or a ``*`` width given huge)."""
-    if isinstance(fmt, str) and _HUGE_WIDTH.search(fmt):
+    if isinstance(fmt, str):
+        huge = _huge_width(fmt) if len(fmt) <= 200 else _HUGE_WIDTH.search(fmt) is not None
+        if not huge:
+            if "*" in fmt:
+                _check_sizes(args, {}, "a * width")
+            return
         raise _refuse("a format width")
-    if isinstance(fmt, str) and "*" in fmt:
-        _check_sizes(args, {}, "a * width")
 
 
 def _check_replace(text: str, old: Any, new: Any) -> None:
@@ -100,11 +113,12 @@ def _bounded_output(chunks: Iterable[str]) -> str:
     (a loop can emit far more than any one operation makes)."""
     out: list[str] = []
     size = 0
-    for chunk in chunks:
-        size += len(chunk)
+    it = iter(chunks)
+    while batch := list(islice(it, _OUTPUT_BATCH)):  # counted a batch at a time (in C)
+        size += sum(map(len, batch))
         if size > MAX_PART_CHARS:
             raise _refuse(f"a rendered part of over {MAX_PART_CHARS} characters")
-        out.append(chunk)
+        out += batch
     joined: str = _concat(out)
     return joined
 
@@ -141,6 +155,25 @@ def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any
     return bounded
 
 
+def _fast_format(filter_: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``format`` filter: a format string once found safe (no huge width, no ``*``:
+    its result is then as bounded as its arguments) goes straight through; the per-call
+    checks cost more than the formatting (0.8 µs a call against 0.4)."""
+    checked = _bounded_filter("format", filter_)
+    safe: set[str] = set()
+
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if value.__class__ is str and value in safe:
+            return filter_(value, *args, **kwargs)
+        result = checked(value, *args, **kwargs)
+        if value.__class__ is str and "*" not in value and len(safe) < 1024:
+            safe.add(value)
+        return result
+
+    bounded.__dict__.update(filter_.__dict__)
+    return bounded
+
+
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     """The sandbox with the size limits above on operators, calls, filters and ``~``."""
 
@@ -150,8 +183,9 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.bounded_join = _bounded_join
-        for name in (*_SIZE_FILTERS, "format", "replace"):
+        for name in (*_SIZE_FILTERS, "replace"):
             self.filters[name] = _bounded_filter(name, self.filters[name])
+        self.filters["format"] = _fast_format(self.filters["format"])
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
