@@ -229,6 +229,19 @@ def _check_sender(content: CampaignContent, provider: ProviderBase) -> None:
         )
 
 
+def _check_recipients_per_message(content: CampaignContent, provider: ProviderBase) -> None:
+    """Cc and Bcc go with every message: past the provider's recipients per message (SES
+    50, Gmail 100), every one would fail. Raises :class:`CampaignError`."""
+    limit = getattr(provider, "max_recipients_per_message", 0)
+    count = 1 + len(content.cc) + len(content.bcc)
+    if limit and count > limit:
+        raise CampaignError(
+            f"each message would have {count} recipients (to, cc and bcc); provider "
+            f"{content.provider!r} allows {limit} per message",
+            field="bcc" if content.bcc else "cc",
+        )
+
+
 def _every_recipient_has(recipients: list[Recipient], names: set[str]) -> bool:
     """Whether each recipient's vars hold all of ``names``: one pass for the template's
     and the payload's names (the checks that name what is missing run only if not)."""
@@ -280,6 +293,7 @@ def create_campaign(
     campaign_id = request.id or secrets.token_hex(8)
     content = request.content(campaign_id)
     _check_sender(content, provider)
+    _check_recipients_per_message(content, provider)
     names = _names_from_recipients(request, compiled)
     if isinstance(provider, HttpConfig):
         names |= required_recipient_vars(provider, content.vars)

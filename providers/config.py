@@ -226,6 +226,8 @@ class SesConfig(SmtpFamilyBase):
     """Amazon SES through its SMTP interface (SMTP credentials, not IAM keys)."""
 
     kind: Literal["ses"] = "ses"
+    # Reference §4: 50 recipients a message (To, Cc and Bcc), not adjustable.
+    max_recipients_per_message: int = Field(default=50, ge=0, le=MAX_COUNT, strict=True)
     service: ClassVar[str] = "Amazon SES"
     credentials: ClassVar[str] = (
         "the SMTP credentials made in the SES console (not IAM access keys)"

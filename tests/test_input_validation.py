@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -316,3 +317,31 @@ def test_every_api_error_has_the_same_shape(
 
         callback = api.put("/v1/callbacks/local/some-token")
         assert callback.status_code == 405 and callback.json() == {"detail": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize(("kind", "limit"), [("ses", 50), ("gmail", 100)])
+def test_cc_and_bcc_past_the_providers_recipients_per_message_are_refused(
+    redis_client: redis.Redis, kind: str, limit: int
+) -> None:
+    """Cc and Bcc go with every message: past the provider's limit (SES 50 by reference §4,
+    Gmail 100) each message would fail; the campaign is refused when it is created."""
+    from dispatch import campaigns
+    from dispatch.models import CampaignRequest
+    from dispatch.provider_store import save_provider
+
+    save_provider(
+        {"nickname": "svc", "kind": kind, "username": "u", "password": "p",
+         "from_address": "deals@acme.example"},
+        redis_client,
+    )  # fmt: skip
+    base = {"provider": "svc", "subject": "s", "html": "h", "draft": True,
+            "recipients": [{"email": "a@example.com"}]}  # fmt: skip
+    cc = [f"cc{i}@example.com" for i in range(limit - 1)]
+    fits = CampaignRequest.model_validate({**base, "cc": cc})
+    campaigns.create_campaign(fits, client=redis_client)
+    too_many = {**base, "cc": cc, "bcc": ["audit@example.com"]}
+    with pytest.raises(campaigns.CampaignError) as refused:
+        campaigns.create_campaign(CampaignRequest.model_validate(too_many), client=redis_client)
+    assert refused.value.field == "bcc"
+    message = str(refused.value)
+    assert f"{limit + 1} recipients" in message and f"allows {limit}" in message
