@@ -19,10 +19,9 @@ from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.settings import Settings
-from dispatch.tasks import send_batch
 from tests.chaos_smtp import ChaosSmtpServer
 from tests.helpers import recipients, smtp_provider
-from tests.worker import FAST_ENV, WorkerProcess, wait_for
+from tests.worker import FAST_ENV, WorkerProcess, batch_enqueuer, wait_for, wait_for_queues
 
 TERMINAL = ("sent", "failed", "suppressed", "cancelled", "expired", "unknown")
 
@@ -62,16 +61,11 @@ def test_a_campaign_through_a_misbehaving_server_and_a_killed_worker(
     smtp = ChaosSmtpServer(seed=7, rate=0.04, stall=1.0).start()
     smtp.handler.pipelining = True
     worker = WorkerProcess(server.url, concurrency=2).start()
-    from celery import Celery
-
-    broker = Celery(broker=server.url)
     r = redis.Redis.from_url(server.url, decode_responses=True)
     try:
-        wait_for(lambda: bool(r.exists("_kombu.binding.sends")), timeout=60)
+        wait_for_queues(r)
 
-        def enqueue(campaign_id: str, batch: int) -> None:
-            with broker.connection_for_write() as conn:
-                send_batch.apply_async((campaign_id, batch), queue="sends", connection=conn)
+        enqueue = batch_enqueuer(server.url)
 
         smtp_provider(r, smtp.port, max_connections=3, rate_per_second=500, timeout=0.4)
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(n)}

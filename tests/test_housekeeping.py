@@ -11,7 +11,6 @@ from dispatch import campaigns, housekeeping, store
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.settings import Settings, get_settings
-from dispatch.tasks import send_batch
 from tests.helpers import (
     assert_each_sent_once,
     create_held,
@@ -20,7 +19,7 @@ from tests.helpers import (
     smtp_provider,
 )
 from tests.smtp_server import SmtpTestServer
-from tests.worker import FAST_ENV, WorkerProcess, wait_for
+from tests.worker import FAST_ENV, WorkerProcess, batch_enqueuer, wait_for, wait_for_queues
 
 
 def _create(r: redis.Redis, n: int, batches: list[tuple[str, int]]) -> str:
@@ -114,23 +113,17 @@ def test_a_campaign_goes_on_after_redis_restarts(
     the batch tasks it held, which Redis would hand out again only after the visibility
     timeout. Beat's sweep restarts the campaign once its leases lapse; every address gets
     its message once (those in flight at the stop may end ``unknown``, never resent)."""
-    from celery import Celery
-
     # The sweep's settings: the worker's short leases, and the long wait of 20 minutes.
     lease_ttl_ms = int(FAST_ENV["DISPATCH_LEASE_TTL_MS"])
     sweeping = Settings(lease_ttl_ms=lease_ttl_ms, retry_max_seconds=600)
     monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
     server = RedisServer(appendonly=True).start()
     worker = WorkerProcess(server.url, concurrency=2).start()
-    broker = Celery(broker=server.url)
     r = redis.Redis.from_url(server.url, decode_responses=True)
     try:
-        # The worker declares its queues: a task published before would find no binding.
-        wait_for(lambda: bool(r.exists("_kombu.binding.sends")), timeout=60)
+        wait_for_queues(r)
 
-        def enqueue(campaign_id: str, batch: int) -> None:
-            with broker.connection_for_write() as conn:
-                send_batch.apply_async((campaign_id, batch), queue="sends", connection=conn)
+        enqueue = batch_enqueuer(server.url)
 
         smtp_provider(r, smtp.port, max_connections=1, rate_per_second=400)
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3000)}

@@ -9,7 +9,6 @@ from collections import Counter
 
 import pytest
 import redis
-from celery import Celery
 
 from dispatch import campaigns, store
 from dispatch.ledger import parse_record
@@ -17,10 +16,9 @@ from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.sending import BatchResult, run_batch
 from dispatch.settings import get_settings
-from dispatch.tasks import send_batch
 from tests.helpers import create_held, recipients, smtp_provider
 from tests.smtp_server import SmtpTestServer, free_port
-from tests.worker import WorkerProcess, wait_for
+from tests.worker import WorkerProcess, batch_enqueuer, wait_for, wait_for_queues
 
 
 def states(r: redis.Redis, campaign_id: str) -> Counter[str]:
@@ -37,14 +35,11 @@ def test_a_stopping_worker_hands_its_batch_on_and_the_next_one_finishes_it(
     first = WorkerProcess(server.url, concurrency=1).start()
     second = WorkerProcess(server.url, concurrency=1)
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    broker = Celery(broker=server.url)
 
-    def enqueue(campaign_id: str, batch: int) -> None:  # on this test's Redis
-        with broker.connection_for_write() as conn:
-            send_batch.apply_async((campaign_id, batch), queue="sends", connection=conn)
+    enqueue = batch_enqueuer(server.url)  # on this test's Redis
 
     try:
-        wait_for(lambda: bool(r.exists("_kombu.binding.sends")), timeout=60)
+        wait_for_queues(r)
         # One batch of 200 at 20 a second: about ten seconds of sending.
         smtp_provider(r, smtp.port, max_connections=1, rate_per_second=20)
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(200)}

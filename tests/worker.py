@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 FAST_ENV = {
     "DISPATCH_RETRY_BASE_SECONDS": "0.05",
@@ -55,3 +56,26 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def batch_enqueuer(redis_url: str) -> Callable[[str, int], None]:
+    """``dispatch.send_batch`` enqueued on the Redis at ``redis_url``, for a test that runs
+    its own Redis and worker (never the session's queue: a task there is run by the
+    session's worker)."""
+    from celery import Celery
+
+    from dispatch.tasks import send_batch
+
+    broker = Celery(broker=redis_url)
+
+    def enqueue(campaign_id: str, batch: int) -> None:
+        with broker.connection_for_write() as conn:
+            send_batch.apply_async((campaign_id, batch), queue="sends", connection=conn)
+
+    return enqueue
+
+
+def wait_for_queues(r: Any) -> None:
+    """Until a worker has declared its queues: a task published before would find no
+    binding and be dropped."""
+    wait_for(lambda: bool(r.exists("_kombu.binding.sends")), timeout=60)
