@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 MAX_VALUE_SIZE = 1_000_000  # characters or items one operator, call or filter may make
 MAX_INT_BITS = 10_000  # integers beyond (3,000 digits) are no content
 MAX_PART_CHARS = 20_000_000  # of one rendered part: far beyond what any provider accepts
+# Loop iterations and macro calls in one rendered part: nested loops multiply, and a macro
+# that calls itself twice doubles at each level, so neither size above bounds the CPU a
+# template may take (``range`` within ``range`` printing nothing ran for hours).
+MAX_STEPS = 100_000
 _SIZED = (str, list, tuple)
 # A width or precision of 7 digits in a %-conversion or a {}-field's format spec.
 _HUGE_WIDTH = re.compile(r"%[-#0 +*.\d]*\d{7}|\{[^{}]*:[^{}]*\d{7}[^{}]*\}")
@@ -129,13 +133,40 @@ def _bounded_join(pieces: Any) -> str:
     return joined
 
 
+def _count_step(context: Context) -> None:
+    """One loop iteration or macro call of the part ``context`` renders."""
+    steps: int = context.__dict__.get("dispatch_steps", 0) + 1
+    if steps > MAX_STEPS:
+        raise _refuse(f"over {MAX_STEPS:,} loop iterations and macro calls")
+    context.dispatch_steps = steps  # type: ignore[attr-defined]
+
+
 class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``)."""
+    """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``), and
+    counts each iteration of a loop and each call of a macro or call block."""
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.bounded_join(")
         super().visit_Concat(node, frame)
         self.write(")")
+
+    # Jinja2 refuses new node types: the count is written at the start of the next block
+    # these write, which is the body (the loop's ``else`` and filter come after it).
+    _count_next_block = False
+
+    def blockvisit(self, nodes: Iterable[nodes.Node], frame: Frame) -> None:
+        if self._count_next_block:
+            self._count_next_block = False
+            self.writeline("environment.count_step(context)")
+        super().blockvisit(nodes, frame)
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        self._count_next_block = True
+        super().visit_For(node, frame)
+
+    def macro_body(self, node: nodes.Macro | nodes.CallBlock, frame: Frame) -> Any:
+        self._count_next_block = True
+        return super().macro_body(node, frame)
 
 
 def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]:
@@ -183,6 +214,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.bounded_join = _bounded_join
+        self.count_step = _count_step
         for name in (*_SIZE_FILTERS, "replace"):
             self.filters[name] = _bounded_filter(name, self.filters[name])
         self.filters["format"] = _fast_format(self.filters["format"])

@@ -9,6 +9,7 @@ import pytest
 from dispatch.campaigns import CampaignError, validate_content
 from dispatch.models import CampaignRequest
 from dispatch.rendering import (
+    MAX_STEPS,
     CompiledContent,
     RenderError,
     build_context,
@@ -347,6 +348,66 @@ def test_a_guard_does_not_make_other_names_optional() -> None:
 def test_a_template_cannot_build_a_huge_value(template: str) -> None:
     with pytest.raises(RenderError, match="exceed the template limits"):
         _render(template, x="a")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # Each step is cheap and nothing grows: only the count of steps stops these.
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in (x * 100000)|list %}{% for j in (x * 100000)|map('upper') %}{% endfor %}"
+        "{% endfor %}",
+        "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+        "{{ f(40) }}",  # 2**40 calls, no loop
+        "{% for i in range(1000) recursive %}{% if loop.depth < 5 %}{{ loop(range(1000)) }}"
+        "{% endif %}{% endfor %}",
+        "{% macro m() %}{% for i in range(1000) %}{{ caller() }}{% endfor %}{% endmacro %}"
+        "{% call m() %}{% call m() %}{% call m() %}{% endcall %}{% endcall %}{% endcall %}",
+    ],
+)
+def test_a_template_cannot_run_for_hours(template: str) -> None:
+    # (the first ran for hours in a worker, printing nothing)
+    with pytest.raises(RenderError, match="100,000 loop iterations and macro calls"):
+        _render(template, x="a")
+
+
+def test_the_step_limit_is_exact_and_counts_each_part_and_recipient_afresh() -> None:
+    outer = 100
+    inner = MAX_STEPS // outer - 1  # outer + outer * inner steps: the limit exactly
+    at_limit = (
+        f"{{% for i in range({outer}) %}}{{% for j in range({inner}) %}}{{% endfor %}}"
+        "{% endfor %}."
+    )
+    compiled = CompiledContent(subject=at_limit, html=at_limit, text=at_limit)
+    ctx = build_context(
+        campaign_vars={}, user_vars={}, email="a@b.example", user_id="u", campaign_id="c"
+    )
+    for _ in range(2):
+        assert compiled.render(ctx).html == "."
+    over = at_limit.replace(f"range({inner})", f"range({inner + 1})")
+    with pytest.raises(RenderError, match="loop iterations"):
+        _render(over)
+
+
+def test_loops_macros_and_call_blocks_render_as_jinja2_does() -> None:
+    import jinja2.sandbox
+
+    template = (
+        "{% macro item(p) %}<{{ p }}>{% endmacro %}{% macro wrap() %}[{{ caller() }}]{% endmacro %}"
+        "{% for p in items if p != 'b' %}{{ loop.index }}/{{ loop.length }}:{{ item(p) }}"
+        "{% if loop.last %}!{% endif %}{% else %}none{% endfor %}"
+        "{% for a in [] %}x{% else %}empty{% endfor %}"
+        "{% for n in tree recursive %}({{ n.name }}{{ loop(n.kids) if n.kids }}){% endfor %}"
+        "{% call wrap() %}called{% endcall %}{{ cycler('o', 'e').next() }}"
+    )
+    data = {
+        "items": ["a", "b", "c"],
+        "tree": [{"name": "r", "kids": [{"name": "k", "kids": []}]}, {"name": "s", "kids": []}],
+    }
+    expected = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        autoescape=True, undefined=jinja2.StrictUndefined
+    ).from_string(template)
+    assert _render(template, **data) == expected.render(**data)
 
 
 def test_ordinary_arithmetic_formatting_and_numbers_still_render() -> None:
