@@ -11,9 +11,13 @@ AUTH_CODES = frozenset({530, 534, 535, 538})
 # Replies that ask us to slow down rather than fail (DESIGN §7; SES uses 454 for
 # "Throttling failure", reference §4).
 THROTTLE_CODES = frozenset({421, 450, 451, 454})
-# The account's daily quota is used up (SES 454, Gmail 550 5.4.5; reference §4, §3.3):
-# told by the text, since both codes also carry other meanings.
-_QUOTA_TEXT = re.compile(r"\bdaily\b.{0,40}\b(quota|limit)\b.{0,20}\bexceeded\b", re.IGNORECASE)
+# The account's sending quota is used up (SES 454, Gmail 550 5.4.5; reference §4, §3.3;
+# Microsoft 365 answers 554 5.2.0 with its SubmissionQuotaExceededException): told by the
+# text, since the codes also carry other meanings ("over quota" alone is a full mailbox).
+_QUOTA_TEXT = re.compile(
+    r"\bdaily\b.{0,40}\b(quota|limit)\b.{0,20}\bexceeded\b|SubmissionQuotaExceeded",
+    re.IGNORECASE,
+)
 
 
 class ReplyKind(StrEnum):

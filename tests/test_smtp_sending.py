@@ -569,7 +569,14 @@ GMAIL_QUOTA = "550 5.4.5 Daily user sending limit exceeded. - gsmtp"
         (454, "Throttling failure: Daily message quota exceeded.", ReplyKind.QUOTA),
         (550, "5.4.5 Daily user sending limit exceeded. - gsmtp", ReplyKind.QUOTA),
         (550, "5.4.5 Daily sending quota exceeded.", ReplyKind.QUOTA),
+        (
+            554,
+            "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to "
+            "process message due to a permanent exception with message Cannot submit message.",
+            ReplyKind.QUOTA,
+        ),
         (454, "Throttling failure: Maximum sending rate exceeded.", ReplyKind.THROTTLED),
+        (552, "5.2.2 Mailbox over quota", ReplyKind.TRANSIENT),  # full: soft (RFC 3463)
         (452, "4.2.2 The email account that you tried to reach is over quota", ReplyKind.TRANSIENT),
         (
             550,
