@@ -1,13 +1,14 @@
 """DESIGN §5 and §7 under chaos: a misbehaving SMTP server, a worker killed mid-campaign.
 
 The server (tests/chaos_smtp.py) refuses, drops and stalls at random but reproducibly
-(the seed). Whatever the timing, every recipient ends in one terminal state, no address
-is taken twice, what the ledger calls ``sent`` was taken, what it calls ``failed`` was
-never taken, and the counters add up.
+(the seed; `CHAOS_SEED=N` runs another). Whatever the timing, every recipient ends in one
+terminal state, no address is taken twice, what the ledger calls ``sent`` was taken, what
+it calls ``failed`` was never taken, and the counters add up.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from collections import Counter
 
@@ -58,7 +59,8 @@ def test_a_campaign_through_a_misbehaving_server_and_a_killed_worker(
     monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
     n = 1200
     server = RedisServer().start()
-    smtp = ChaosSmtpServer(seed=7, rate=0.04, stall=1.0).start()
+    seed = int(os.environ.get("CHAOS_SEED", "7"))
+    smtp = ChaosSmtpServer(seed=seed, rate=0.04, stall=1.0).start()
     smtp.handler.pipelining = True
     worker = WorkerProcess(server.url, concurrency=2).start()
     r = redis.Redis.from_url(server.url, decode_responses=True)
