@@ -87,6 +87,9 @@ CALLBACK_REQUESTS = Counter(
     "Callback requests answered, by HTTP status.",
     ["status"],
 )
+# Present from the start, so that the first refusal shows as an increase (an alert's rate).
+for _status in ("200", "400", "500", "503"):
+    CALLBACK_REQUESTS.labels(_status)
 
 Enqueue = Callable[[str], None]
 _NICKNAME = re.compile(NICKNAME_PATTERN)
@@ -278,6 +281,16 @@ def ingest(
             CALLBACK_EVENTS.labels(nickname, event.type.value).inc()
         if result.failed:
             CALLBACK_EVENTS.labels(nickname, "invalid").inc(result.failed)
+            first = result.errors[0]
+            log.info(
+                "callback for %s: %d of %d events refused (event %d: %s)",
+                nickname,
+                result.failed,
+                result.total,
+                first.index,
+                first.error,
+                extra={"provider": nickname},
+            )
         if events:
             inbox = [InboxEvent.from_event(e) for e in events]
             batch_id = store_batch(nickname, kind, inbox, r)
@@ -287,8 +300,10 @@ def ingest(
                 log.exception("callback batch %s stored but not enqueued", batch_id)
         reply = answer(kind, result)
     except CallbackRejected as exc:
-        if exc.status >= 500:
-            log.warning("callback for %s not accepted: %s", nickname, exc.message)
+        # A refusal is the provider's to fix, or someone probing: named here, since the
+        # provider only sees the answer and the access log only the status.
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        log.log(level, "callback for %s not accepted: %s", nickname, exc.message)
         reply = error_answer(exc.status, exc.message)
     except redis.RedisError as exc:
         log.error("callback for %s refused, Redis unavailable: %s", nickname, exc)

@@ -23,7 +23,7 @@ import time
 import redis
 from redis.asyncio.client import Pipeline
 
-from dispatch import campaigns, reputation, store
+from dispatch import campaigns, incidents, reputation, store
 from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
@@ -75,6 +75,7 @@ def sweep(
     # Rates crossed as sends went on after the last bounce or complaint came in (the
     # callbacks judge only when they arrive).
     done["paused"] = reputation.check(r, running)
+    incidents.swept(r, done["restarted"], now)
     return done
 
 

@@ -101,12 +101,13 @@ async def expire_now(r: aioredis.Redis, campaign_id: str) -> None:
     await r.eval(_TRANSITION, 1, key, _S.EXPIRED.value, EXPIRED_REASON, *(s.value for s in allowed))
 
 
-async def pause_running(r: aioredis.Redis, campaign_id: str, reason: str) -> None:
+async def pause_running(r: aioredis.Redis, campaign_id: str, reason: str) -> bool:
     """A batch met what a person must fix (credentials, a used-up quota): the campaign
     pauses with ``reason``, unless it is no longer running (a cancel that landed meanwhile
-    stands)."""
+    stands); whether it paused."""
     key = store.campaign_key(campaign_id)
-    await r.eval(_TRANSITION, 1, key, _S.PAUSED.value, reason, _S.RUNNING.value)
+    _, changed = await r.eval(_TRANSITION, 1, key, _S.PAUSED.value, reason, _S.RUNNING.value)
+    return bool(int(changed))
 
 
 def _refuse(campaign_id: str, operation: str, r: redis.Redis) -> CampaignStateError:

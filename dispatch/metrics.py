@@ -3,74 +3,260 @@
 Workers are separate processes (and machines); what they did is kept in Redis by the
 ledger script, so the API can report it without a push gateway: messages by provider
 and outcome, retries, send latency, throttles and batches deferred for want of a
-connection (dispatch.send_stats), and the depth
-of each Celery queue. Callback counts are kept by
-the API process itself (dispatch.callbacks).
+connection (dispatch.send_stats), and the depth of each Celery queue. What a person must
+act on is kept there too, by the code path it happens on: campaigns paused
+automatically by kind, stalled campaigns restarted and beat's last sweep
+(dispatch.incidents), each worker's last canary (dispatch.worker_health). Campaigns by
+status, the suppression list, callback batches waiting or set aside, the events stream
+against its cap, and Redis's memory and eviction policy are read as they are.
+
+A scrape's cost does not grow with every campaign ever sent: one pipeline of constant
+size, plus one ``HGET`` per campaign whose per-message data is still kept
+(``store.KEPT_ZSET``: the unfinished ones and those finished within the retention).
+Callback counts are kept by the API process itself (dispatch.callbacks).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from dispatch import store
+from dispatch import incidents, store, worker_health
+from dispatch.models import CampaignStatus
 from dispatch.send_stats import histograms
+from dispatch.settings import get_settings
+
+Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+_STATUS_CHUNK = 1000  # campaign statuses read per round trip
 
 
 class RedisStateCollector(Collector):
     """Collects from Redis at scrape time; yields nothing when Redis is unreachable."""
 
-    def collect(
-        self,
-    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Family]:
         r = store.sync_client()
         try:
-            stats = r.hgetall(store.MESSAGE_STATS_HASH)
-            sends = r.hgetall(store.SEND_STATS_HASH)
-            depths = [r.llen(queue) for queue in store.CELERY_QUEUES]
+            pipe = r.pipeline(transaction=False)
+            pipe.hgetall(store.MESSAGE_STATS_HASH)
+            pipe.hgetall(store.SEND_STATS_HASH)
+            pipe.hgetall(store.INCIDENTS_HASH)
+            pipe.zrange(store.WORKERS_ZSET, 0, -1, withscores=True)
+            pipe.hlen(store.SUPPRESSIONS_HASH)
+            pipe.zcard(store.CALLBACK_PENDING_ZSET)
+            pipe.hlen(store.CALLBACK_DEAD_HASH)
+            pipe.xlen(store.EVENTS_STREAM)
+            pipe.info("memory")
+            pipe.info("stats")
+            for queue in store.CELERY_QUEUES:
+                pipe.llen(queue)
+            answers = pipe.execute()
+            stats, sends, found, workers, suppressed, pending, dead, stream = answers[:8]
+            memory, info, depths = answers[8], answers[9], answers[10:]
+            statuses = _campaign_statuses(r)
+            groups = _consumer_groups(r)
         except Exception:  # metrics must not fail the scrape; /healthz reports Redis
             return
-        messages = CounterMetricFamily(
-            "dispatch_messages",
-            "Messages by provider and outcome (sent, failed, suppressed, unknown, "
-            "cancelled, expired; retry counts each scheduled retry)",
-            labels=["provider", "outcome"],
+        yield from _sends(stats, sends)
+        yield from _incidents(found)
+        yield from _workers(workers)
+        campaigns = GaugeMetricFamily(
+            "dispatch_campaigns",
+            "Campaigns by status, among those whose per-message data is kept (every "
+            "unfinished one, and those finished within DISPATCH_RETENTION_DAYS)",
+            labels=["status"],
         )
-        for key, value in sorted(stats.items()):
-            provider, _, outcome = str(key).rpartition("|")
-            messages.add_metric([provider, outcome], float(value))
-        yield messages
-        latency = HistogramMetricFamily(
-            "dispatch_send_seconds",
-            "Seconds each message's hand-over to the provider took: the exchange that "
-            "carried it (up to 4 SMTP messages pipelined on one connection, or one HTTP "
-            "request: a whole batch for batching providers)",
-            labels=["provider"],
+        for status in CampaignStatus:
+            campaigns.add_metric([status.value], float(statuses.get(status.value, 0)))
+        yield campaigns
+        yield GaugeMetricFamily(
+            "dispatch_suppressions", "Addresses on the suppression list", value=suppressed
         )
-        throttles = CounterMetricFamily(
-            "dispatch_throttles",
-            "Replies that asked to slow down (SMTP 421/450/451/454, HTTP 429/503), by provider",
-            labels=["provider"],
+        yield GaugeMetricFamily(
+            "dispatch_callback_batches_pending",
+            "Callback batches accepted and not applied yet (a worker applies them)",
+            value=pending,
         )
-        deferred = CounterMetricFamily(
-            "dispatch_batches_deferred",
-            "Batch runs that found every connection slot of their provider in use for "
-            "DISPATCH_SLOT_WAIT_SECONDS and went back to the broker, by provider",
-            labels=["provider"],
+        yield GaugeMetricFamily(
+            "dispatch_callback_batches_dead",
+            "Callback batches that could not be read and were set aside "
+            f"({store.CALLBACK_DEAD_HASH})",
+            value=dead,
         )
-        for provider, figures in histograms(sends).items():
-            if figures.buckets[-1][1]:
-                latency.add_metric([provider], figures.buckets, sum_value=figures.seconds)
-            throttles.add_metric([provider], figures.throttles)
-            deferred.add_metric([provider], figures.deferred)
-        yield latency
-        yield throttles
-        yield deferred
+        yield GaugeMetricFamily(
+            "dispatch_events_stream_length",
+            f"Entries in the {store.EVENTS_STREAM} stream; at its cap the oldest are dropped",
+            value=stream,
+        )
+        yield GaugeMetricFamily(
+            "dispatch_events_stream_max_length",
+            f"The cap of the {store.EVENTS_STREAM} stream (DISPATCH_EVENTS_MAXLEN)",
+            value=get_settings().events_maxlen,
+        )
+        lag = GaugeMetricFamily(
+            "dispatch_events_consumer_lag",
+            f"Entries of {store.EVENTS_STREAM} not yet delivered to each consumer group; "
+            "past the stream's cap the oldest are dropped before the group reads them",
+            labels=["group"],
+        )
+        for name, behind in groups:
+            lag.add_metric([name], behind)
+        yield lag
+        yield from _redis(memory, info)
         queues = GaugeMetricFamily(
             "dispatch_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"]
         )
         for queue, depth in zip(store.CELERY_QUEUES, depths, strict=True):
             queues.add_metric([queue], float(depth))
         yield queues
+
+
+def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
+    """How many kept campaigns have each status."""
+    counts: dict[str, int] = {}
+    start = 0
+    while True:
+        ids = r.zrange(store.KEPT_ZSET, start, start + _STATUS_CHUNK - 1)
+        if not ids:
+            return counts
+        pipe = r.pipeline(transaction=False)
+        for campaign_id in ids:
+            pipe.hget(store.campaign_key(str(campaign_id)), "status")
+        for status in pipe.execute():
+            if status is not None:
+                counts[str(status)] = counts.get(str(status), 0) + 1
+        start += len(ids)
+
+
+def _consumer_groups(r: redis.Redis) -> list[tuple[str, float]]:
+    """Each consumer group of the events stream and its lag (Redis 7; groups whose lag
+    Redis cannot tell are left out)."""
+    try:
+        groups = r.xinfo_groups(store.EVENTS_STREAM)
+    except redis.ResponseError:  # no stream yet
+        return []
+    return [(str(g["name"]), float(g["lag"])) for g in groups if g.get("lag") is not None]
+
+
+def _sends(stats: dict[str, str], sends: dict[str, str]) -> Iterator[Family]:
+    messages = CounterMetricFamily(
+        "dispatch_messages",
+        "Messages by provider and outcome (sent, failed, suppressed, unknown, "
+        "cancelled, expired; retry counts each scheduled retry)",
+        labels=["provider", "outcome"],
+    )
+    for key, value in sorted(stats.items()):
+        provider, _, outcome = str(key).rpartition("|")
+        messages.add_metric([provider, outcome], float(value))
+    yield messages
+    latency = HistogramMetricFamily(
+        "dispatch_send_seconds",
+        "Seconds each message's hand-over to the provider took: the exchange that "
+        "carried it (up to 4 SMTP messages pipelined on one connection, or one HTTP "
+        "request: a whole batch for batching providers)",
+        labels=["provider"],
+    )
+    throttles = CounterMetricFamily(
+        "dispatch_throttles",
+        "Replies that asked to slow down (SMTP 421/450/451/454, HTTP 429/503), by provider",
+        labels=["provider"],
+    )
+    deferred = CounterMetricFamily(
+        "dispatch_batches_deferred",
+        "Batch runs that found every connection slot of their provider in use for "
+        "DISPATCH_SLOT_WAIT_SECONDS and went back to the broker, by provider",
+        labels=["provider"],
+    )
+    for provider, figures in histograms(sends).items():
+        if figures.buckets[-1][1]:
+            latency.add_metric([provider], figures.buckets, sum_value=figures.seconds)
+        throttles.add_metric([provider], figures.throttles)
+        deferred.add_metric([provider], figures.deferred)
+    yield latency
+    yield throttles
+    yield deferred
+
+
+def _incidents(found: dict[str, str]) -> Iterator[Family]:
+    pauses = CounterMetricFamily(
+        "dispatch_campaign_pauses",
+        "Campaigns paused automatically, by kind: authentication (credentials refused), "
+        "configuration (STARTTLS or AUTH not offered, TLS failed, session refused), quota "
+        "(daily quota used up), private_endpoint (http endpoint resolved to a private "
+        "address), reputation (bounce or complaint rate past the guard), provider_deleted",
+        labels=["kind"],
+    )
+    for kind, count in incidents.pause_counts(found).items():
+        pauses.add_metric([kind.value], count)
+    yield pauses
+    yield CounterMetricFamily(
+        "dispatch_campaigns_restarted",
+        "Running campaigns whose batches stopped and that housekeeping enqueued again",
+        value=float(found.get(incidents.RESTARTED, 0)),
+    )
+    if incidents.SWEPT_AT in found:
+        yield GaugeMetricFamily(
+            "dispatch_housekeeping_last_sweep_timestamp_seconds",
+            "When beat's housekeeping last ran (Unix time); absent until it first runs",
+            value=float(found[incidents.SWEPT_AT]),
+        )
+
+
+def _workers(workers: list[tuple[Any, float]]) -> Iterator[Family]:
+    interval = get_settings().worker_canary_seconds
+    now = time.time()
+    last = GaugeMetricFamily(
+        "dispatch_worker_last_canary_timestamp_seconds",
+        "When each worker last took its canary task (Unix time); one that stopped "
+        "consuming falls behind while its process lives on",
+        labels=["worker"],
+    )
+    consuming = 0
+    stale = 0
+    for hostname, at in workers:
+        if now - at > interval * worker_health.KEEP_INTERVALS:
+            continue  # gone long ago (killed without its shutdown)
+        last.add_metric([str(hostname)], at)
+        if now - at > interval * worker_health.STALE_INTERVALS:
+            stale += 1
+        else:
+            consuming += 1
+    yield last
+    yield GaugeMetricFamily(
+        "dispatch_workers_consuming",
+        "Workers that took their canary task within "
+        f"{worker_health.STALE_INTERVALS} x DISPATCH_WORKER_CANARY_SECONDS",
+        value=consuming,
+    )
+    yield GaugeMetricFamily(
+        "dispatch_workers_not_consuming",
+        "Workers whose last canary is older than that (dispatch health fails for them)",
+        value=stale,
+    )
+
+
+def _redis(memory: dict[str, Any], info: dict[str, Any]) -> Iterator[Family]:
+    yield GaugeMetricFamily(
+        "dispatch_redis_used_memory_bytes", "Memory Redis uses", value=memory["used_memory"]
+    )
+    yield GaugeMetricFamily(
+        "dispatch_redis_maxmemory_bytes",
+        "Redis's maxmemory (0: no limit)",
+        value=memory.get("maxmemory", 0),
+    )
+    policy = str(memory.get("maxmemory_policy", ""))
+    yield GaugeMetricFamily(
+        "dispatch_redis_evicting_policy",
+        "1 when Redis's maxmemory-policy may evict dispatch's records (anything but "
+        f"noeviction; now {policy or 'unknown'}), else 0",
+        value=float(policy not in ("", "noeviction")),
+    )
+    yield CounterMetricFamily(
+        "dispatch_redis_evicted_keys",
+        "Keys Redis evicted under memory pressure (any is a record lost)",
+        value=info.get("evicted_keys", 0),
+    )

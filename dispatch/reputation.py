@@ -14,15 +14,12 @@ guard then stands down for that campaign.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 import redis
 
-from dispatch import store
+from dispatch import incidents, store
 from dispatch.settings import get_settings
-
-log = logging.getLogger(__name__)
 
 # The campaign hash's ``guard`` field: "paused" while the guard holds it, "off" once a
 # person resumed it after that.
@@ -77,7 +74,8 @@ def check(r: redis.Redis, campaign_ids: Iterable[str]) -> list[str]:
         sent, hard_bounced, spam = (int(v or 0) for v in values)
         reason = _reason({"sent": sent, "hard_bounced": hard_bounced, "spam": spam})
         if reason and r.eval(_PAUSE, 1, store.campaign_key(campaign_id), reason):
-            log.warning(reason, extra={"campaign_id": campaign_id})
+            provider = str(r.hget(store.campaign_key(campaign_id), "provider") or "")
+            incidents.paused_sync(r, campaign_id, provider, incidents.PauseKind.REPUTATION, reason)
             paused.append(campaign_id)
     return paused
 

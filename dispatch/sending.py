@@ -26,7 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from dispatch import store
+from dispatch import incidents, store
 from dispatch.batch_items import (
     BatchStart,
     Item,
@@ -149,6 +149,7 @@ class _Campaign:
         self.from_address = content.from_address or provider.from_address
         self.reply_to = content.reply_to if content.reply_to is not None else provider.reply_to
         self.stop_reason = ""
+        self.stop_kind = incidents.PauseKind.CONFIGURATION  # why, when it pauses
         self.status = CampaignStatus.RUNNING
         self.base_context = campaign_context(content.vars)
         self.limiter = ProviderLimiter(limiter_client, provider)
@@ -503,6 +504,7 @@ class BatchSender:
             # A used-up quota is no connection error: its detail says it all.
             quota = isinstance(exc, QuotaExhaustedError)
             self.c.stop_reason = exc.detail if quota else f"{exc.error_class.value}: {exc.detail}"
+            self.c.stop_kind = incidents.kind_of(exc)
             writes = []
             for item, _ in messages:  # give the claim back: not attempted
                 item.attempts -= 1
@@ -754,13 +756,10 @@ async def run_batch(
             if suppressed:
                 result.counts["suppressed"] = suppressed
             if raw_provider is None:
-                await r.hset(
-                    store.campaign_key(campaign_id),
-                    mapping={
-                        "status": "paused",
-                        "reason": f"provider {content.provider!r} is gone",
-                    },
-                )
+                gone = f"provider {content.provider!r} is gone"
+                if await pause_running(r, campaign_id, gone):  # once, not by every batch
+                    kind = incidents.PauseKind.PROVIDER_DELETED
+                    await incidents.paused(r, campaign_id, content.provider, kind, gone)
                 return result
             provider, transport = _provider_for(content.provider, raw_provider, settings)
             campaign = _Campaign(
@@ -790,7 +789,10 @@ async def run_batch(
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
                 await give_back_claims(writer, sender.queue)
-                await pause_running(r, campaign_id, campaign.stop_reason)
+                if await pause_running(r, campaign_id, campaign.stop_reason):
+                    await incidents.paused(
+                        r, campaign_id, provider.nickname, campaign.stop_kind, campaign.stop_reason
+                    )
                 result.paused_reason = campaign.stop_reason
             elif campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
                 state = MessageState(campaign.status.value)

@@ -20,6 +20,12 @@ SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
 SEND_STATS_HASH = f"{PREFIX}:stats:sends"  # send latency and throttles (dispatch.send_stats)
+# What went wrong that a person must know (dispatch.incidents): automatic pauses by kind,
+# stalled campaigns restarted, and when beat's housekeeping last swept.
+INCIDENTS_HASH = f"{PREFIX}:stats:incidents"
+# Worker hostname by the time it last took its canary task (dispatch.worker_health): what
+# /metrics reads, without scanning the keyspace for the per-worker keys.
+WORKERS_ZSET = f"{PREFIX}:workers"
 # The queues a worker consumes. ``celery`` is Celery's own default: a task another
 # service sends by name with only the broker URL (``app.send_task(
 # "dispatch.enqueue_campaign", ...)``, DESIGN §5) lands there unless it names a queue.

@@ -27,13 +27,20 @@ KEEP_INTERVALS = 20  # a note outlives a worker killed without its shutdown this
 
 
 def note(r: redis.Redis, hostname: str, interval: float) -> None:
-    """The canary task ran in worker ``hostname``."""
-    r.set(store.worker_alive_key(hostname), repr(time.time()), ex=int(interval * KEEP_INTERVALS))
+    """The canary task ran in worker ``hostname``; workers gone for ``KEEP_INTERVALS``
+    leave the index /metrics reads."""
+    now = time.time()
+    pipe = r.pipeline(transaction=False)
+    pipe.set(store.worker_alive_key(hostname), repr(now), ex=int(interval * KEEP_INTERVALS))
+    pipe.zadd(store.WORKERS_ZSET, {hostname: now})
+    pipe.zremrangebyscore(store.WORKERS_ZSET, "-inf", now - interval * KEEP_INTERVALS)
+    pipe.execute()
 
 
 def forget(r: redis.Redis, hostname: str) -> None:
     """The worker stopped cleanly: no note left to go stale."""
     r.delete(store.worker_alive_key(hostname))
+    r.zrem(store.WORKERS_ZSET, hostname)
 
 
 def start_canary(hostname: str, interval: float) -> threading.Thread:
