@@ -110,6 +110,8 @@ class _Write:
     rec: bytes
     event: str  # JSON text, "" for none
     delay: float = 0.0
+    error_class: str = ""  # of a failure (the failure breaker reads these two)
+    detail: str = ""
 
 
 def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
@@ -221,6 +223,10 @@ class BatchSender:
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
         self._records = Records()
+        # The failure breaker (see _judge): failures of this run not the recipient's own,
+        # while nothing was sent; ``sent_any`` ends the count.
+        self.sent_any = False
+        self.failures = 0
         if not items:
             self.finish()
 
@@ -283,7 +289,7 @@ class BatchSender:
             detail=detail,
             provider_message_id=provider_message_id,
         )
-        return _Write(item, state, rec, event)
+        return _Write(item, state, rec, event, error_class=error_class, detail=detail)
 
     def _retry(self, item: Item, outcome: SendOutcome, meta: str) -> _Write:
         """Plan a retry (inline or parked for a later run), or failure after the last try."""
@@ -325,6 +331,7 @@ class BatchSender:
             await self.writer.settle_many(encoded)
         else:
             await self.writer.put_many(encoded)
+        await self._judge(writes)
         longest = 0.0
         loop = asyncio.get_running_loop()
         for w in writes:
@@ -341,6 +348,36 @@ class BatchSender:
                 self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
                 self._one_less()
         return longest
+
+    async def _judge(self, writes: list[_Write]) -> None:
+        """The failure breaker: when the first ``pause_after_failures`` messages this run
+        settled all failed, for reasons not the recipient's own (an ESP refusing every
+        payload, a sender address refused, a template failing for everyone), and the
+        campaign has sent nothing, stop and pause with the last failure as the reason:
+        the rest of the list stays queued for after the fix instead of failing too."""
+        limit = self.settings.pause_after_failures
+        if not limit or self.sent_any or self.c.stop_reason:
+            return
+        last: _Write | None = None
+        for w in writes:
+            if w.state is MessageState.SENT:
+                self.sent_any = True
+                return
+            if w.state is MessageState.FAILED and w.error_class != _RECIPIENTS_FAULT:
+                self.failures += 1
+                last = w
+        if last is None or self.failures < limit:
+            return
+        sent = await self.writer.client.hget(store.counters_key(self.c.content.id), "sent")
+        if int(sent or 0):  # another batch of the campaign gets through
+            self.sent_any = True
+            return
+        self.c.stop_kind = incidents.PauseKind.FAILURES
+        self.c.stop_reason = (
+            f"the first {self.failures} messages failed and none was sent (last: "
+            f"{last.error_class}: {last.detail[:200]}); fix the provider or the content, "
+            "then resume (the rest is still queued), or cancel"
+        )
 
     # -- the sending loop ----------------------------------------------------------------
     async def _next_chunk(self) -> list[Item]:
@@ -557,6 +594,7 @@ class BatchSender:
             # to allocate here; their str copies about 0.1 us.
             writes.append((item.seq, rec, dumps(event).decode()))
         await self.writer.settle_many(writes)
+        self.sent_any = True
         self.counts["sent"] = self.counts.get("sent", 0) + len(writes)
         self.outstanding -= len(writes)
         if self.outstanding <= 0:
@@ -607,6 +645,7 @@ def _unknown(seq: int, exc: Exception) -> SendOutcome:
     return SendOutcome(seq, OutcomeStatus.UNKNOWN, ErrorClass.DISPATCH_FAILED_HTTP, detail)
 
 
+_RECIPIENTS_FAULT = ErrorClass.INVALID_RECIPIENT.value  # not counted by the breaker
 _STATE_OF = {
     OutcomeStatus.SENT: MessageState.SENT,
     OutcomeStatus.FAILED: MessageState.FAILED,

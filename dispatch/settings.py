@@ -37,6 +37,10 @@ DEFAULT_EVENTS_MAXLEN = 1_000_000
 DEFAULT_PAUSE_HARD_BOUNCE_RATE = 0.05
 DEFAULT_PAUSE_SPAM_RATE = 0.003
 DEFAULT_PAUSE_MIN_SENT = 1000
+# The failure breaker (dispatch.sending): a batch run whose first this many settled
+# messages all failed, not for the recipient's own fault, pauses a campaign that has
+# sent nothing (0: never).
+DEFAULT_PAUSE_AFTER_FAILURES = 100
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
 # Settings whose value an error message must not repeat (a Redis URL may hold a password).
@@ -98,6 +102,7 @@ class Settings(BaseSettings):
     pause_hard_bounce_rate: float = Field(default=DEFAULT_PAUSE_HARD_BOUNCE_RATE, ge=0, le=1)
     pause_spam_rate: float = Field(default=DEFAULT_PAUSE_SPAM_RATE, ge=0, le=1)
     pause_min_sent: int = Field(default=DEFAULT_PAUSE_MIN_SENT, ge=1)
+    pause_after_failures: int = Field(default=DEFAULT_PAUSE_AFTER_FAILURES, ge=0)
     log_level: str = "INFO"
 
     @field_validator("api_tokens", mode="before")

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaigns, lifecycle, store
 from dispatch.ledger import parse_record
 from dispatch.settings import Settings
 from providers.base import OutgoingMessage, SendOutcome
 from providers.http import HttpSession
 from tests.callback_support import HttpsServer
-from tests.helpers import http_provider, recipients, run_inline
+from tests.helpers import create_held, http_provider, recipients, run_batches, run_inline
 from tests.http_sink import HttpSink, Reply
 
 FAST = Settings(retry_base_seconds=0.05, retry_max_seconds=0.2, inline_retry_seconds=10.0)
@@ -170,3 +170,46 @@ def test_a_message_that_fails_to_build_unforeseen_fails_alone(
     rec = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
     assert rec is not None and rec["error_class"] == "Invalid message"
     assert rec["detail"] == "internal error: KeyError: 'a bug'"
+
+
+def test_a_campaign_whose_first_messages_all_fail_pauses_with_the_rest_queued(
+    redis_client: redis.Redis,
+) -> None:
+    """An ESP that refuses every payload (a wrong field, a sender it does not know) failed
+    the whole list; now the campaign pauses after the first failures, and after the fix
+    a resume sends the rest."""
+    settings = Settings(pause_after_failures=10)
+    with HttpSink(default=Reply(400, b'{"error": "unknown sender"}')) as sink:
+        http_provider(redis_client, sink.url, batch_size=5, max_connections=1)
+        cid, batches = create_held(redis_client, _body(40))
+        run_batches(batches, settings)
+        assert len(sink.requests) == 2  # two chunks of 5 failed: the breaker's 10
+        summary = campaigns.campaign_summary(cid, redis_client)
+        assert (summary["status"], summary["failed"], summary["sent"]) == ("paused", 10, 0)
+        assert summary["queued"] == 30
+        reason = summary["reason"]
+        assert "the first 10 messages failed" in reason and "unknown sender" in reason
+        sink.script(*[Reply(200, b"{}")] * 6)  # fixed at the ESP
+        lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
+        run_batches(batches, settings)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["failed"], summary["sent"]) == ("completed", 10, 30)
+
+
+@pytest.mark.parametrize("first_sent", [True, False])
+def test_the_breaker_leaves_alone_a_campaign_that_sends_or_whose_recipients_are_at_fault(
+    redis_client: redis.Redis, first_sent: bool
+) -> None:
+    settings = Settings(pause_after_failures=3)
+    body = _body(12)
+    if not first_sent:  # twelve addresses that cannot be sent: the list's fault
+        for person in body["recipients"]:
+            person["email"] = person["email"].replace("@", "@@")
+    replies = [Reply(200, b"{}")] + [Reply(400, b"no")] * 5 if first_sent else []
+    with HttpSink(default=Reply(400, b"no")) as sink:
+        sink.script(*replies)
+        http_provider(redis_client, sink.url, batch_size=2)
+        cid, _ = run_inline(redis_client, body, settings)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["status"] == "completed"
+    assert (summary["sent"], summary["failed"]) == ((2, 10) if first_sent else (0, 12))

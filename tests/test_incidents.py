@@ -33,7 +33,7 @@ def _scrape(api_server: ApiServer) -> str:
 def _pauses(api_server: ApiServer) -> dict[str, float]:
     text = _scrape(api_server)
     kinds = ("authentication", "configuration", "quota", "private_endpoint", "reputation")
-    kinds += ("provider_deleted",)
+    kinds += ("provider_deleted", "failures")
     return {kind: _metric(text, "dispatch_campaign_pauses_total", kind=kind) for kind in kinds}
 
 
@@ -67,6 +67,7 @@ def test_each_automatic_pause_is_counted_by_kind_and_logged(
         "private_endpoint": 1,
         "reputation": 0,
         "provider_deleted": 0,
+        "failures": 0,
     }
     logged = {r.campaign_id: r for r in caplog.records if hasattr(r, "campaign_id")}  # type: ignore[attr-defined]
     assert {logged[paused[n]].pause for n in paused} == {  # type: ignore[attr-defined]
