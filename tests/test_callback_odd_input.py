@@ -80,3 +80,40 @@ def test_a_timestamp_too_large_for_a_float_is_noted_not_a_server_error(
         "Notification Failed": 1,
     }
     assert all(e["ts"] > 0 for e in callback_entries(redis_client))
+
+
+# SendGrid's account events (its Event Webhook reference: "delivery, engagement and
+# account" events) concern the account, not a recipient: they carry no ``email``.
+ACCOUNT_EVENT = {
+    "event": "account_status_change",
+    "type": "compliance_suspend",
+    "sg_event_id": "YWNjb3VudC1zdGF0dXMtY2hhbmdl",
+    "timestamp": 1795426000,
+}
+
+
+def test_sendgrid_events_without_a_recipient_are_recorded_and_ignored(
+    api: httpx.Client,
+    paths: dict[str, str],
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+) -> None:
+    """An event name we do not act on needs no address; before, a post of only account
+    events was a 400 that SendGrid retried for a day, and in a batch it was an error."""
+    metas = draft_campaign(redis_client, "c-account-event", ["a@example.com"])
+    delivered = {"event": "delivered", "email": "a@example.com", "clevertap_meta": metas[0],
+                 "sg_event_id": "ZGVsaXZlcmVk", "timestamp": 1795426001}  # fmt: skip
+
+    alone = post(api, paths["sg"], [ACCOUNT_EVENT])
+    mixed = post(api, paths["sg"], [ACCOUNT_EVENT, delivered])
+
+    success = {"status": "success", "message": "Callback processed successfully"}
+    assert (alone.status_code, alone.json()) == (200, success)
+    assert (mixed.status_code, mixed.json()) == (200, success)
+    wait_for(lambda: inbox_empty(redis_client), timeout=60)
+    assert campaigns.get_counters("c-account-event", redis_client)["delivered"] == 1
+    assert [e["event"] for e in callback_entries(redis_client)] == ["Notification Delivered"]
+    # A delivery event without its address is still that event's error.
+    missing = post(api, paths["sg"], [{k: v for k, v in delivered.items() if k != "email"}])
+    assert missing.status_code == 400
+    assert missing.json()["message"] == "Mandatory parameter missing: email"
