@@ -308,6 +308,10 @@ def parse_timestamp(value: object) -> datetime | None:
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
     if isinstance(value, int | float):
+        try:
+            value = float(value)  # JSON integers have no bound: 1e400 as an int overflows
+        except OverflowError as exc:
+            raise ValueError(f"not a timestamp: an integer of {len(str(value))} digits") from exc
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"not a timestamp: {value!r}")
         seconds = value / 1000 if value > _EPOCH_MS_THRESHOLD else value

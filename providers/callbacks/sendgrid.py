@@ -110,7 +110,9 @@ def _build(raw: Any) -> CallbackEvent:
         event_type = BOUNCE_TYPES.get(get_str(raw, "type") or "bounce", EventType.SOFT_BOUNCE)
     else:
         event_type = EVENT_TYPES.get(name, EventType.OTHER)
-    email = normalize_email(get_str(raw, "email", required=True))
+    address = get_str(raw, "email", required=event_type is not EventType.OTHER)
+    # Account events (account_status_change) name no recipient; we ignore them anyway.
+    email = normalize_email(address) if address else ""
     notes: list[str] = []
     meta = get_str(raw, META_KEY)
     meta_fields = read_meta(meta, email, notes, strict=False)
