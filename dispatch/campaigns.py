@@ -407,7 +407,8 @@ def _append_and_send(
     if resume_at is None:
         now = datetime.now(UTC)
         resume_at = 0
-        r.hset(
+        pipe = r.pipeline()  # MULTI
+        pipe.hset(
             key,
             mapping={
                 "status": CampaignStatus.RUNNING.value,
@@ -419,6 +420,8 @@ def _append_and_send(
                 "filled_at": str(int(now.timestamp())),
             },
         )
+        pipe.zadd(store.ACTIVE_ZSET, {campaign_id: now.timestamp()})
+        pipe.execute()
     else:
         appender.know_stored()
     stored = stored_count(r, campaign_id)
@@ -794,8 +797,31 @@ local batches = math.ceil(total / tonumber(ARGV[1]))
 redis.call('HSET', KEYS[1], 'status', 'running', 'send_date', ARGV[4], 'started_at', ARGV[5],
            'batches', batches, 'batch_size', ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
 return {batches, ''}
 """
+
+
+def watch_active(r: redis.Redis, campaign_id: str) -> None:
+    """The campaign went ``running`` again (resumed, failed messages retried)."""
+    r.zadd(store.ACTIVE_ZSET, {campaign_id: time.time()})
+
+
+# Takes a campaign off the active index only if it is finished at that moment: a resume
+# or retry between the sweep's read and this puts it back running (and adds it again).
+_UNWATCH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' or status == 'paused' then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def unwatch_finished(r: redis.Redis, campaign_id: str) -> bool:
+    """Take a finished (or vanished) campaign off the active index; False if it is not."""
+    return bool(
+        r.eval(_UNWATCH, 2, store.campaign_key(campaign_id), store.ACTIVE_ZSET, campaign_id)
+    )
 
 
 def start_campaign(
@@ -813,10 +839,11 @@ def start_campaign(
     later = content.send_at is not None and content.send_at > now
     batches, found = r.eval(
         _START,
-        3,
+        4,
         store.campaign_key(campaign_id),
         store.counters_key(campaign_id),
         store.SCHEDULED_ZSET,
+        store.ACTIVE_ZSET,
         "" if later else str(get_settings().batch_size),
         repr(content.send_at.timestamp()) if content.send_at is not None else "0",
         campaign_id,

@@ -28,7 +28,7 @@ from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
 
-RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep
+RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep, besides the active ones
 
 
 def sweep(
@@ -43,14 +43,19 @@ def sweep(
     idle: bool | None = None  # nothing runs and nothing waits (asked once, when needed)
     done: dict[str, list[str]] = {"finished": [], "restarted": [], "paused": []}
     running: list[str] = []
-    for member in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1):
-        campaign_id = str(member)
+    # The active index holds every campaign started and not yet found finished, however
+    # many were created since; the newest are read too (started before the index).
+    active = {str(m) for m in r.zrange(store.ACTIVE_ZSET, 0, -1)}
+    recent = [str(m) for m in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1)]
+    for campaign_id in dict.fromkeys([*recent, *active]):
         fields = r.hmget(
             store.campaign_key(campaign_id),
             ["status", "progress_at", "started_at", "batches", "parked_until"],
         )
         status, progress_at, started_at, batches, parked_until = fields
         if status != CampaignStatus.RUNNING.value:
+            if campaign_id in active and status != CampaignStatus.PAUSED.value:
+                campaigns.unwatch_finished(r, campaign_id)
             continue
         if campaigns.finish_if_done(campaign_id, r):
             done["finished"].append(campaign_id)

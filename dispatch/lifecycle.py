@@ -156,6 +156,7 @@ def resume(
     reputation.stand_down(r, campaign_id)
     if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
         raise _refuse(campaign_id, "resumed", r)
+    campaigns.watch_active(r, campaign_id)
     with campaigns.batch_enqueuer(enqueue) as send:
         for batch in range(batches):
             send(campaign_id, batch)
@@ -399,6 +400,7 @@ def retry_failed(
     if report.retried:
         _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING))
         if campaigns.get_status(campaign_id, r) is _S.RUNNING:
+            campaigns.watch_active(r, campaign_id)
             with campaigns.batch_enqueuer(enqueue) as send:
                 for batch in sorted(report.batches):
                     send(campaign_id, batch)

@@ -11,8 +11,8 @@ status, the suppression list, callback batches waiting or set aside, the events 
 against its cap, and Redis's memory and eviction policy are read as they are.
 
 A scrape's cost does not grow with every campaign ever sent: one pipeline of constant
-size, plus one ``HGET`` per campaign whose per-message data is still kept
-(``store.KEPT_ZSET``: the unfinished ones and those finished within the retention).
+size, plus one ``HGET`` per campaign started and not yet found finished
+(``store.ACTIVE_ZSET``, which housekeeping keeps).
 Callback counts are kept by the API process itself (dispatch.callbacks).
 """
 
@@ -33,6 +33,7 @@ from dispatch.settings import get_settings
 
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 _STATUS_CHUNK = 1000  # campaign statuses read per round trip
+_WATCHED_STATUSES = ("running", "paused", "scheduled")  # the statuses dispatch_campaigns counts
 
 
 class RedisStateCollector(Collector):
@@ -66,12 +67,12 @@ class RedisStateCollector(Collector):
         yield from _workers(workers)
         campaigns = GaugeMetricFamily(
             "dispatch_campaigns",
-            "Campaigns by status, among those whose per-message data is kept (every "
-            "unfinished one, and those finished within DISPATCH_RETENTION_DAYS)",
+            "Campaigns started and not finished, by status (running, paused), and "
+            "campaigns scheduled; drafts and finished campaigns are not counted",
             labels=["status"],
         )
-        for status in CampaignStatus:
-            campaigns.add_metric([status.value], float(statuses.get(status.value, 0)))
+        for status in _WATCHED_STATUSES:
+            campaigns.add_metric([status], float(statuses.get(status, 0)))
         yield campaigns
         yield GaugeMetricFamily(
             "dispatch_suppressions", "Addresses on the suppression list", value=suppressed
@@ -116,11 +117,12 @@ class RedisStateCollector(Collector):
 
 
 def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
-    """How many kept campaigns have each status."""
-    counts: dict[str, int] = {}
+    """How many active campaigns have each status (running, paused; a finished one until
+    housekeeping takes it off the index), and how many are scheduled."""
+    counts = {CampaignStatus.SCHEDULED.value: int(r.zcard(store.SCHEDULED_ZSET))}
     start = 0
     while True:
-        ids = r.zrange(store.KEPT_ZSET, start, start + _STATUS_CHUNK - 1)
+        ids = r.zrange(store.ACTIVE_ZSET, start, start + _STATUS_CHUNK - 1)
         if not ids:
             return counts
         pipe = r.pipeline(transaction=False)

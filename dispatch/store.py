@@ -16,6 +16,10 @@ CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
 KEPT_ZSET = f"{PREFIX}:campaigns:kept"
 KEPT_INDEXED = f"{PREFIX}:campaigns:kept:indexed"
 SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
+# Campaign id by when it last went ``running``, until housekeeping finds it finished
+# (completed, cancelled, expired): what the sweep and /metrics watch, however many
+# campaigns were created since it started.
+ACTIVE_ZSET = f"{PREFIX}:campaigns:active"
 SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)

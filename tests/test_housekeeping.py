@@ -66,6 +66,32 @@ def test_a_stalled_campaign_is_enqueued_again(redis_client: redis.Redis) -> None
         assert len(smtp.messages) == 2500
 
 
+def test_a_long_campaign_is_watched_however_many_were_created_after_it(
+    redis_client: redis.Redis,
+) -> None:
+    """The sweep read only the newest 1000 campaigns: one running while a thousand others
+    were created (many small campaigns beside a long one) was never finished, restarted
+    or judged by the reputation guard again."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port)
+        lost: list[tuple[str, int]] = []
+        cid = _create(redis_client, 5, lost)
+        created = float(redis_client.zscore(store.CAMPAIGNS_ZSET, cid) or 0)
+        newer = {f"newer-{i}": created + 1 + i for i in range(housekeeping.RECENT_CAMPAIGNS)}
+        redis_client.zadd(store.CAMPAIGNS_ZSET, newer)
+        redis_client.hset(store.campaign_key(cid), "started_at", str(time.time() - 10_000))
+        again: list[tuple[str, int]] = []
+        done = housekeeping.sweep(redis_client, lambda c, b: again.append((c, b)))
+        assert done["restarted"] == [cid] and again == lost
+        run_batches(again, Settings(retry_base_seconds=0.05))
+        redis_client.hset(store.campaign_key(cid), "status", "running")  # the step lost
+        assert housekeeping.sweep(redis_client, lambda c, b: None)["finished"] == [cid]
+    # Found finished: off the index at the next sweep.
+    assert redis_client.zscore(store.ACTIVE_ZSET, cid) is not None
+    housekeeping.sweep(redis_client, lambda c, b: None)
+    assert redis_client.zscore(store.ACTIVE_ZSET, cid) is None
+
+
 def test_a_quiet_campaign_is_restarted_sooner_when_nothing_runs_or_waits(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

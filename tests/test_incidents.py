@@ -124,7 +124,7 @@ def _metric_plain(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def test_campaigns_by_status_read_from_the_kept_index(
+def test_campaigns_by_status_read_from_the_active_index(
     api_server: ApiServer, redis_client: redis.Redis
 ) -> None:
     with SmtpTestServer() as smtp:
@@ -133,10 +133,16 @@ def test_campaigns_by_status_read_from_the_kept_index(
         run_inline(redis_client, _body("local"))
     smtp_provider(redis_client, 9, "quota", daily_quota=1)
     run_inline(redis_client, _body("quota"))  # one sent, then paused
+    create_held(redis_client, {**_body("local"), "draft": True})
     text = _scrape(api_server)
-    assert _metric(text, "dispatch_campaigns", status="completed") == 2
     assert _metric(text, "dispatch_campaigns", status="paused") == 1
-    assert _metric(text, "dispatch_campaigns", status="draft") == 0
+    assert _metric(text, "dispatch_campaigns", status="running") == 0
+    assert _metric(text, "dispatch_campaigns", status="scheduled") == 0
+    assert 'dispatch_campaigns{status="draft"}' not in text
+    # Housekeeping takes the two completed ones off the index; the paused one stays.
+    assert len(redis_client.zrange(store.ACTIVE_ZSET, 0, -1)) == 3
+    housekeeping.sweep(redis_client, lambda c, b: None)
+    assert len(redis_client.zrange(store.ACTIVE_ZSET, 0, -1)) == 1
 
 
 def test_workers_that_stop_taking_their_canary(
