@@ -363,7 +363,13 @@ def create_from_task(body: Any, task_id: str | None) -> str:
         field, message = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CampaignError(f"{field}: {message}{more}", field=field) from None
-    return create_campaign(request)[0]
+    try:
+        return create_campaign(request)[0]
+    except CampaignError as exc:
+        # The caller reads only the text: name the field first, as the API's detail does.
+        if exc.field and not str(exc).startswith(f"{exc.field}: "):
+            exc.args = (f"{exc.field}: {exc}",)
+        raise
 
 
 # A filler (the request that posted a campaign with its list) whose progress stopped

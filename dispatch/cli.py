@@ -59,6 +59,9 @@ def _validation_message(exc: Exception) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dispatch.demo import run_demo
 
+    # SIGTERM (`timeout`, a supervisor) stops it as Ctrl-C does: by default it would end
+    # this process at once, leaving its embedded Redis (in a session of its own) running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return run_demo(recipients=args.recipients, as_json=args.json, workers=args.concurrency)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import redis
 
 from dispatch.progress import ProgressBar
 
@@ -29,12 +32,13 @@ def _demo(tmp_path: Path, *argv: str) -> subprocess.Popen[str]:
     )
 
 
-def _group_gone(pgid: int) -> bool:
+def _group_gone(pgid: int, *, kill: bool = True) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return True
-    os.killpg(pgid, signal.SIGKILL)  # never leave it running
+    if kill:
+        os.killpg(pgid, signal.SIGKILL)  # never leave it running
     return False
 
 
@@ -74,6 +78,39 @@ def test_ctrl_c_stops_the_demo_and_all_it_started(tmp_path: Path) -> None:
     err = log.read_text()
     assert (demo.returncode, gone) == (130, True), err
     assert "Traceback" not in err and err.rstrip().endswith("interrupted")
+
+
+def test_sigterm_stops_the_demo_and_its_embedded_redis(tmp_path: Path) -> None:
+    """``timeout 60 dispatch demo`` (or a supervisor's stop) sends SIGTERM to the group:
+    the embedded Redis, in a session of its own so that Ctrl-C spares it, must not be
+    left running once the demo has gone."""
+    demo = _demo(tmp_path, "--recipients", "20000", "--concurrency", "1")
+    log = tmp_path / "demo.err"
+    try:
+        deadline = time.monotonic() + 120
+        while "demo-smtp [" not in log.read_text():
+            assert demo.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        url = re.search(r'started embedded Redis at (redis://[^\s"]+)', log.read_text())
+        assert url is not None, log.read_text()
+        os.killpg(demo.pid, signal.SIGTERM)
+        demo.communicate(timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _group_gone(demo.pid, kill=False):
+            time.sleep(0.2)
+    finally:
+        gone = _group_gone(demo.pid)
+    err = log.read_text()
+    assert gone and demo.returncode != 0, err
+    assert "Traceback" not in err, err
+    client = redis.Redis.from_url(url.group(1), socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pass
+    else:
+        client.shutdown(nosave=True)  # never leave it running
+        raise AssertionError(f"the demo's Redis at {url.group(1)} outlived it")
 
 
 def test_progress_counts_its_rate_from_when_it_is_shown() -> None:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,14 @@ import yaml
 
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, wait_for_campaign
+from tests.conftest import API_TOKEN
 from tests.smtp_server import SmtpTestServer
 from tests.worker import WorkerProcess
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "templates" / "examples"
 PROVIDERS = sorted(EXAMPLES.glob("provider-*.yaml"))
+README = EXAMPLES.parent.parent / "README.md"
+README_API = "http://127.0.0.1:8000"
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -76,3 +82,41 @@ def test_the_walk_through_sends_the_example_campaign(
         "sara@example.com": "Welcome, Sara!",
         "omar@example.com": "Welcome, Omar!",
     }
+
+
+def _readme_curls() -> list[list[str]]:
+    """Each ``curl`` command of the README's shell blocks, continuation lines joined."""
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line) for line in lines if line.startswith("curl ")]
+
+
+def test_the_readme_curl_walk_sends_its_campaign(
+    api_server: ApiServer,
+    redis_client: redis.Redis,
+    celery_worker: WorkerProcess,
+    smtp: SmtpTestServer,
+) -> None:
+    """README "Using it", over HTTP: each curl as written (the API's address and the SMTP
+    port moved to the test servers, the bearer token added) answers 2xx JSON, and the
+    campaign it posts reaches the SMTP server."""
+    curls = _readme_curls()
+    assert curls and all(any(a.startswith(README_API) for a in argv) for argv in curls)
+    answers = []
+    for argv in curls:
+        argv = [
+            a.replace(README_API, api_server.url).replace('"port": 2525', f'"port": {smtp.port}')
+            for a in argv
+        ]
+        argv[1:1] = ["-H", f"Authorization: Bearer {API_TOKEN}", "-w", "\n%{http_code}"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        body, code = done.stdout.rsplit("\n", 1)
+        assert code.startswith("2"), (argv, body)
+        answers.append(json.loads(body))
+    campaign_id = answers[-1]["id"]
+    with api_client(api_server) as api:
+        sent = wait_for_campaign(api, campaign_id, lambda c: c["status"] == "completed")
+    assert sent["sent"] == sent["total"] == 1
+    assert [(m.message["To"], m.message["Subject"]) for m in smtp.handler.messages] == [
+        ("sara@example.com", "Hello Sara")
+    ]
