@@ -12,9 +12,11 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels
+# The dependencies at the versions the tests passed with (scripts/lock.py writes the file).
+COPY constraints.txt /wheels/
 # A home of its own: `dispatch up` records its embedded Redis in ~/.cache for the other
 # commands (`docker exec ... dispatch providers add ...`) to find.
-RUN pip install --no-cache-dir /wheels/*.whl \
+RUN pip install --no-cache-dir -c /wheels/constraints.txt /wheels/*.whl \
     && rm -rf /wheels \
     && useradd --system --create-home --home-dir /home/dispatch --shell /usr/sbin/nologin dispatch
 WORKDIR /home/dispatch
