@@ -39,11 +39,13 @@ from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.config import (
+    LONE_SURROGATE_PROBLEM,
     WIDE_INTEGER_PROBLEM,
     HttpConfig,
     ProviderBase,
     SmtpFamilyBase,
     check_display_name,
+    find_lone_surrogate,
     find_wide_integer,
 )
 from providers.http_config import required_recipient_vars
@@ -108,33 +110,39 @@ def _fingerprint(request: CampaignRequest) -> str:
     The content's keys are sorted; the recipients (possibly a million) are hashed in
     their order, a chunk at a time (one orjson call each).
 
-    Raises :class:`CampaignError` naming an integer beyond 64 bits in the vars: orjson
-    cannot write one here, nor in a provider's payload, and reads one back as a float.
+    Raises :class:`CampaignError` naming an integer beyond 64 bits in the vars (orjson
+    cannot write one here, nor in a provider's payload, and reads one back as a float)
+    or a text holding a lone UTF-16 surrogate (no UTF-8 for it: nothing can store or
+    send it).
     """
     body = request.model_dump(mode="json", exclude={"id", "recipients"})
     try:
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     except TypeError:
-        _refuse_wide_integer(body["vars"], "vars")
+        _refuse_unwritable(body, "")
         raise
     for start in range(0, len(request.recipients), APPEND_CHUNK):
         chunk = request.recipients[start : start + APPEND_CHUNK]
         try:
             digest.update(orjson.dumps(chunk))
         except TypeError:  # a value only pydantic's encoder writes
-            _refuse_wide_integer(chunk, "recipients", offset=start)
+            _refuse_unwritable(chunk, "recipients", offset=start)
             digest.update(_RECIPIENTS.dump_json(chunk))
     return digest.hexdigest()
 
 
-def _refuse_wide_integer(value: Any, path: str, offset: int = 0) -> None:
-    """Raise :class:`CampaignError` naming the first integer beyond 64 bits in ``value``
-    (a list whose first item is item ``offset`` of ``path``)."""
+def _refuse_unwritable(value: Any, path: str, offset: int = 0) -> None:
+    """Raise :class:`CampaignError` naming the first integer beyond 64 bits or the first
+    text holding a lone surrogate in ``value`` (a list whose first item is item
+    ``offset`` of ``path``)."""
     if offset:
         value = dict(enumerate(value, offset))
     found = find_wide_integer(value, path)
     if found is not None:
         raise CampaignError(WIDE_INTEGER_PROBLEM, field=found)
+    found = find_lone_surrogate(value, path)
+    if found is not None:
+        raise CampaignError(LONE_SURROGATE_PROBLEM, field=found or "body")
 
 
 # A run of 19 digits: where a JSON integer beyond 64 bits could be (-2**63 has 19).
@@ -150,7 +158,7 @@ def load_recipient(raw: bytes) -> Any:
     """
     data = orjson.loads(raw)
     if _LONG_NUMBER.search(raw):
-        _refuse_wide_integer(json.loads(raw), "")
+        _refuse_unwritable(json.loads(raw), "")
     return data
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from providers.addresses import check_header_value, normalize_address
+from providers.callbacks.events import is_text
 from providers.callbacks.sendgrid import load_public_key
 from providers.tls import load_ca
 
@@ -89,6 +90,32 @@ def find_wide_integer(value: Any, path: str) -> str | None:
     return None
 
 
+# JSON may escape a lone UTF-16 surrogate ("\\ud800"); it decodes to a str that no UTF-8
+# encoder, JSON serializer or Redis write accepts (it was a 500 on save).
+LONE_SURROGATE_PROBLEM: Final = "holds a lone UTF-16 surrogate, which is not text (no UTF-8 for it)"
+
+
+def find_lone_surrogate(value: Any, path: str) -> str | None:
+    """The dotted path (``path.key.0``) of the first string or object key in a JSON value
+    holding a lone UTF-16 surrogate (see :data:`LONE_SURROGATE_PROBLEM`), or None; a key
+    at fault is named by its object's path (the key itself cannot be shown; the top
+    level's is ``path`` itself, possibly empty)."""
+    if isinstance(value, str):
+        return None if is_text(value) else path
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    for key, item in items:
+        if isinstance(key, str) and not is_text(key):
+            return path
+        found = find_lone_surrogate(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 # What a secret field shows instead of its value (see public_view). Given back on save,
 # it stands for the secret stored: a configuration read and saved again keeps it.
 SECRET_MASK: Final = "********"
@@ -117,6 +144,17 @@ class ProviderBase(BaseModel):
     # is trusted instead of the default CAs.
     tls_verify: bool = True
     tls_ca: str = Field(default="", max_length=MAX_TLS_CA_CHARS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_text(cls, data: Any) -> Any:
+        """Refuse a lone surrogate anywhere, naming the field (see :func:`find_lone_surrogate`)."""
+        found = find_lone_surrogate(data, "") if isinstance(data, dict) else None
+        if found is not None:
+            field, _, rest = found.partition(".")
+            where = f" (at {found})" if rest else ""
+            raise ValueError(f"{field or 'body'}: {LONE_SURROGATE_PROBLEM}{where}")
+        return data
 
     @field_validator("tls_ca")
     @classmethod
