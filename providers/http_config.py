@@ -243,6 +243,12 @@ def config_problems(config: HttpConfig) -> list[str]:
     problems = _endpoint_problems(config.endpoint)
     if config.auth == "basic" and not config.username:
         problems.append("username: required with auth 'basic'")
+    if config.auth == "basic" and ":" in config.username:
+        # RFC 7617 §2: the first colon of "user:password" ends the user-id.
+        problems.append(
+            "username: a basic-auth user name cannot hold a colon (RFC 7617 §2: the server "
+            "would read the name up to it and the rest as the password)"
+        )
     problems += _header_problems(config)
     if isinstance(config.body, str) and config.body.lstrip().startswith(("{", "[")):
         problems.append("body: give the JSON template as a JSON value, not as a string")
@@ -301,6 +307,10 @@ def config_warnings(config: HttpConfig) -> list[str]:
         warnings.append(
             "$$MessageID is not used: callbacks cannot be attributed to messages "
             "(no delivery tracking)"
+        )
+    if config.auth == "none" and (config.username or config.password.get_secret_value()):
+        warnings.append(
+            "username and password are not sent while auth is 'none'; set auth 'basic' to send them"
         )
     if usage.in_names:
         warnings.append(

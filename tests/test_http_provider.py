@@ -181,6 +181,20 @@ def test_endpoint_auth_and_header_rules() -> None:
     assert "x-a is given twice" in text
 
 
+def test_basic_auth_credentials_that_could_not_work_are_refused_or_warned() -> None:
+    # RFC 7617 §2: the first colon ends the user-id; "us:er" would log in as "us".
+    text = refusal({"auth": "basic", "username": "us:er", "password": "p", "body": SINGLE_BODY})
+    assert "username: a basic-auth user name cannot hold a colon" in text
+    # Credentials given with auth 'none' are never sent: the ESP answers 401 and the
+    # campaign pauses; say so when the provider is saved.
+    config = http_config("https://esp.example", body=SINGLE_BODY, username="u", password="p")
+    assert any("auth is 'none'" in w and "not sent" in w for w in config.warnings())
+    basic = http_config(
+        "https://esp.example", body=SINGLE_BODY, auth="basic", username="u", password="p:w"
+    )
+    assert not any("auth is 'none'" in w for w in basic.warnings())
+
+
 def test_batch_rules() -> None:
     per_message_global = {**SEED_BATCH_BODY, "to": "$$To", "subject": "$$Subject"}
     # Globals are rendered once per request: per-message placeholders there are refused.
