@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import redis
@@ -12,6 +13,7 @@ from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from dispatch.unsubscribe import UnsubscribeToken
 from providers.callbacks.events import EventType
+from providers.meta import build_meta
 
 
 def unsubscribe(token: UnsubscribeToken, how: str, client: redis.Redis | None = None) -> bool:
@@ -27,12 +29,27 @@ def unsubscribe(token: UnsubscribeToken, how: str, client: redis.Redis | None = 
     except campaigns.CampaignNotFoundError:
         content = None
     provider = content.provider if content else "preference-center"
+    account_id = get_settings().account_id
+    meta = ""
+    if content is not None:  # the message's meta, as it carried it (events name it)
+        send_date = r.hget(store.campaign_key(token.campaign_id), "send_date")
+        with contextlib.suppress(ValueError):  # not sent yet, or another account's token
+            meta = build_meta(
+                email=token.email,
+                account_id=account_id,
+                campaign_id=token.campaign_id,
+                send_date=str(send_date or ""),
+                seq=token.seq,
+                variant=content.variant,
+                category=content.category,
+            )
     event = InboxEvent(
         type=EventType.UNSUBSCRIBED,
         provider_type="list-unsubscribe",
         email=token.email,
+        meta=meta,
         campaign_id=token.campaign_id if content else "",
-        account_id=get_settings().account_id,
+        account_id=account_id,
         seq=token.seq if content else None,
         description=how,
         ts=time.time(),

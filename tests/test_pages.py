@@ -40,7 +40,7 @@ def _links(smtp: SmtpTestServer, email: str) -> dict[str, Any]:
     match = re.fullmatch(r"<(.+)>", message["List-Unsubscribe"])
     assert match and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
-    return {"unsubscribe": match.group(1), "html": html}
+    return {"unsubscribe": match.group(1), "html": html, "meta": message["X-CleverTap_META"]}
 
 
 @covers("GET /u/{token}", "POST /u/{token}")
@@ -78,6 +78,8 @@ def test_one_click_unsubscribe(api_server: ApiServer, redis_client: redis.Redis)
     events = [orjson.loads(e[1]["json"]) for e in redis_client.xrange(store.EVENTS_STREAM)]
     unsubscribed = [e for e in events if e["event"] == "Channel Unsubscribed"]
     assert [e["properties"].get("Type") for e in unsubscribed] == ["One-click unsubscribe"]
+    # The message's meta, as a provider's unsubscribe callback names it (it was empty).
+    assert unsubscribed[0]["meta"] == links["meta"] and links["meta"].startswith("user1@")
 
 
 @covers("GET /preferences/{token}", "POST /preferences/{token}")
