@@ -191,11 +191,9 @@ class MimeWriter:
         campaign_id: str,
         static_headers: Iterable[tuple[str, str]] = (),
     ) -> None:
-        token = secrets.token_hex(8)
         # '==' never occurs in quoted-printable output, so this boundary cannot collide
         # with a body (the same trick the stdlib uses).
-        self._boundary = f"==dispatch_{token}=="
-        self._id_prefix = hashlib.sha1(campaign_id.encode()).hexdigest()[:12] + "." + token
+        self._boundary = f"==dispatch_{secrets.token_hex(8)}=="
         self._static = "".join(_raw_field(check_header_name(k), v) for k, v in static_headers)
         self._mailbox_cache: dict[tuple[str, str, str], str] = {}
         self._date_second = 0
@@ -214,17 +212,24 @@ class MimeWriter:
         now = int(time.time())
         if now != self._date_second:
             self._date_second = now
-            self._date = formatdate(now, localtime=False, usegmt=True)
+            # RFC 5322 §3.3 zone "+0000": "GMT" (usegmt) is obsolete syntax, never to be
+            # generated (§4), and "-0000" means the zone is unknown.
+            self._date = formatdate(now, localtime=False)[:-5] + "+0000"
         return self._date
 
     def message_id(self, msg: OutgoingMessage) -> str:
         """A Message-ID that stays the same across retries of the same message.
 
-        Its domain is the sender's as the envelope and From have it (IDNA, ``xn--``): a
-        raw ``bücher.de`` is not ASCII. Raises ``InvalidAddressError`` for a bad sender.
+        Derived from the meta (account, campaign, send date, recipient, seq), never from
+        anything of this process: a retry may run in another worker or after a restart,
+        and receivers drop a second copy by its Message-ID (RFC 5322 §3.6.4). Its domain
+        is the sender's as the envelope and From have it (IDNA, ``xn--``): a raw
+        ``bücher.de`` is not ASCII. Raises ``InvalidAddressError`` for a bad sender.
         """
         domain = normalize_address(msg.from_address).rpartition("@")[2]
-        return f"<{self._id_prefix}.{msg.seq}@{domain}>"
+        # UnicodeEncodeError (a ValueError) for a lone surrogate: write() refuses the message.
+        digest = hashlib.sha256(f"{msg.meta}\0{msg.campaign_id}".encode()).hexdigest()[:32]
+        return f"<{digest}.{msg.seq}@{domain}>"
 
     def write(self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]] = ()) -> bytes:
         """Return the message as CRLF bytes. Bcc is never written (envelope only).

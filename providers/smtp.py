@@ -133,32 +133,70 @@ class SmtpSession:
     async def _send_ready(
         self, ready: list[tuple[OutgoingMessage, Envelope]], outcomes: dict[int, SendOutcome]
     ) -> None:
-        """Raises ``TransientError`` when the first message could not be handed over."""
-        wire = await self._ensure_connection()
-        results = await wire.transactions([envelope for _, envelope in ready])
-        for index, (msg, envelope) in enumerate(ready):
-            result = results[index] if index < len(results) else None
+        """Raises ``TransientError`` when the first message could not be handed over.
+
+        A server that ends a connection after taking messages on it (``421`` to the next
+        ``MAIL``, or a close: many relays cap the messages per connection) gets the rest
+        on a new connection at once; so does the configured cap, renewed between two
+        messages of a chunk. Each new connection must take a message for the next to be
+        opened: a server refusing at once is not asked again (a throttle, retried later).
+        """
+        handed_over = 0
+        while ready:
             try:
-                outcomes[msg.seq] = self._outcome(msg, envelope, result)
+                wire = await self._ensure_connection()
             except ProviderError as exc:
-                # The wire stops at a refusal of the session, so nothing after this
-                # message was attempted. The first message raises it: the whole chunk is
-                # the caller's to retry (or pause). A later one must not: those before it
-                # went out; it and the rest are retried, the next chunk meets the refusal.
-                if index == 0:
+                if not handed_over:
                     raise
-                if isinstance(exc, TransientError):
-                    outcomes[msg.seq] = SendOutcome.from_error(msg.seq, exc)
-                else:
-                    outcomes[msg.seq] = SendOutcome(
-                        msg.seq,
-                        OutcomeStatus.RETRY,
-                        exc.error_class,
-                        f"not handed over: {exc.detail}",
-                        code=exc.code,
-                    )
-            if outcomes[msg.seq].status is OutcomeStatus.SENT:
-                self.sent_on_connection += 1
+                self._not_handed_over(ready, exc, outcomes)
+                return
+            limit = self._transport.config.max_messages_per_connection
+            room = limit - self.sent_on_connection if limit else len(ready)
+            attempt, ready = ready[:room], ready[room:]
+            results = await wire.transactions([envelope for _, envelope in attempt])
+            for index, (msg, envelope) in enumerate(attempt):
+                result = results[index] if index < len(results) else None
+                try:
+                    outcomes[msg.seq] = self._outcome(msg, envelope, result)
+                except ProviderError as exc:
+                    if self.sent_on_connection and _connection_ended(exc):
+                        ready = attempt[index:] + ready  # the server is done with it
+                        break
+                    # The wire stops at a refusal of the session, so nothing after this
+                    # message was attempted. The first message raises it: the whole chunk
+                    # is the caller's to retry (or pause). A later one must not: those
+                    # before it went out; it and the rest are retried, the next chunk
+                    # meets the refusal.
+                    if not handed_over:
+                        raise
+                    self._not_handed_over(attempt[index:] + ready, exc, outcomes)
+                    return
+                handed_over += 1
+                if outcomes[msg.seq].status is OutcomeStatus.SENT:
+                    self.sent_on_connection += 1
+
+    @staticmethod
+    def _not_handed_over(
+        rest: list[tuple[OutgoingMessage, Envelope]],
+        exc: ProviderError,
+        outcomes: dict[int, SendOutcome],
+    ) -> None:
+        """The session refused ``rest[0]`` with ``exc``, or ended before it; nothing after
+        it was attempted. All are retried later; a throttle is ``rest[0]``'s alone."""
+        first, _ = rest[0]
+        if isinstance(exc, TransientError):
+            outcomes[first.seq] = SendOutcome.from_error(first.seq, exc)
+        else:
+            outcomes[first.seq] = SendOutcome(
+                first.seq,
+                OutcomeStatus.RETRY,
+                exc.error_class,
+                f"not handed over: {exc.detail}",
+                code=exc.code,
+            )
+        ended = ProviderConnectionError("not handed over: the session ended before it")
+        for msg, _ in rest[1:]:
+            outcomes[msg.seq] = SendOutcome.from_error(msg.seq, ended)
 
     async def open(self) -> None:
         self._wire = await self._transport.open_wire()
@@ -244,6 +282,14 @@ class SmtpSession:
                 raise err  # the quota is used up: the message was dropped, and the rest would be
             return SendOutcome.from_error(msg.seq, err)
         return SendOutcome.sent(msg.seq, refused, provider_message_id=_queued_id(final.text))
+
+
+def _connection_ended(exc: ProviderError) -> bool:
+    """Whether the server ended the connection before taking the message: a ``421``
+    (closing the channel, RFC 5321 §3.8) or a close, not a timeout."""
+    if exc.code == 421:
+        return True
+    return isinstance(exc, ProviderConnectionError) and not isinstance(exc, ProviderTimeoutError)
 
 
 def _queued_id(text: str) -> str:

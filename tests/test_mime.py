@@ -227,6 +227,37 @@ def test_message_id_is_stable_per_message() -> None:
     assert writer.message_id(_msg()) != writer.message_id(_msg(seq=2))
 
 
+def test_message_id_is_the_same_in_another_worker() -> None:
+    """A retry may run in another worker process (or after a restart), whose writers are
+    its own: the Message-ID must still be the message's, as receivers drop duplicates by
+    it (RFC 5322 §3.6.4). It differs for another recipient, campaign or account."""
+    first, other = MimeWriter(campaign_id="c"), MimeWriter(campaign_id="c")
+    assert first.message_id(_msg()) == other.message_id(_msg())
+    assert _parse(first.write(_msg()))["Message-ID"] == _parse(other.write(_msg()))["Message-ID"]
+    ids = {
+        first.message_id(_msg(meta=meta))
+        for meta in (
+            "a@example.com|1|c|20261122|0|default|1|",
+            "b@example.com|1|c|20261122|0|default|1|",
+            "a@example.com|2|c|20261122|0|default|1|",
+            "a@example.com|1|d|20261122|0|default|1|",
+            "a@example.com|1|c|20261123|0|default|1|",
+        )
+    }
+    assert len(ids) == 5
+
+
+def test_date_has_a_numeric_zone() -> None:
+    """RFC 5322 §3.3: the zone is +hhmm; "GMT" is obsolete syntax (§4.3), which §4 says
+    MUST NOT be generated."""
+    data = MimeWriter(campaign_id="c").write(_msg())
+    date = re.search(rb"^Date: (.*)\r$", data, re.MULTILINE)
+    assert date is not None
+    day = r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+    month = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    assert re.fullmatch(rf"{day}, \d{{2}} {month} \d{{4}} \d\d:\d\d:\d\d \+0000", date[1].decode())
+
+
 def test_idn_domains_become_a_labels() -> None:
     assert normalize_address("Kai@Bücher.Example") == "Kai@xn--bcher-kva.example"
     parsed = _parse(MimeWriter(campaign_id="c").write(_msg(to="kai@bücher.example")))
