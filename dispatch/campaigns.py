@@ -449,6 +449,18 @@ def _append_and_send(
                 enqueue(campaign_id, enqueued)
                 enqueued += 1
     except CampaignStateError:
+        if get_status(campaign_id, r) in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED):
+            # Ended while it was stored (cancelled, or expired by a batch): the rest will
+            # never be sent. What is stored settles through its batches; the campaign
+            # was made and answers as it stands.
+            batches = math.ceil(stored / size)
+            pipe = r.pipeline()
+            pipe.hset(key, "batches", str(batches))
+            pipe.hdel(key, "appending", "filled", "filled_at")
+            pipe.execute()
+            for batch in range(enqueued, batches):
+                enqueue(campaign_id, batch)
+            return
         raise  # another request took the filling over: it carries on
     except Exception:
         # What is stored sends; the campaign waits for a repeat of the request.
@@ -554,9 +566,10 @@ class RecipientChecker:
 
 _APPEND = r"""
 -- Appends go to drafts; and to a campaign create_campaign is still filling while its
--- first batches already send (the 'appending' mark).
+-- first batches already send (the 'appending' mark), paused meanwhile or not.
 local status = redis.call('HGET', KEYS[1], 'status')
-local filling = status == 'running' and redis.call('HEXISTS', KEYS[1], 'appending') == 1
+local filling = (status == 'running' or status == 'paused')
+  and redis.call('HEXISTS', KEYS[1], 'appending') == 1
 if status ~= 'draft' and not filling then return {-1} end
 -- Filling: ARGV[6] is how far into its list the filler had got, ARGV[7] how far this
 -- chunk takes it; another filler that took over (this one seemed dead) moved it: stop.

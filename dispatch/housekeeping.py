@@ -23,7 +23,7 @@ import time
 import redis
 from redis.asyncio.client import Pipeline
 
-from dispatch import campaigns, incidents, reputation, store
+from dispatch import campaigns, incidents, lifecycle, reputation, store
 from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
@@ -50,12 +50,14 @@ def sweep(
     for campaign_id in dict.fromkeys([*recent, *active]):
         fields = r.hmget(
             store.campaign_key(campaign_id),
-            ["status", "progress_at", "started_at", "batches", "parked_until"],
+            ["status", "progress_at", "started_at", "batches", "parked_until", "status_at"],
         )
-        status, progress_at, started_at, batches, parked_until = fields
+        status, progress_at, started_at, batches, parked_until, status_at = fields
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
-                campaigns.unwatch_finished(r, campaign_id)
+                since = max(float(progress_at or 0), float(status_at or 0))
+                if not _settle_if_left(r, campaign_id, str(status), now - since >= quick, enqueue):
+                    campaigns.unwatch_finished(r, campaign_id)
             continue
         if campaigns.finish_if_done(campaign_id, r):
             done["finished"].append(campaign_id)
@@ -69,7 +71,7 @@ def sweep(
                 idle = _nothing_runs_or_waits(r)
             if not idle:
                 continue
-        if next(r.scan_iter(match=store.batch_lease_key(campaign_id, 0)[:-1] + "*"), None):
+        if _batch_runs(r, campaign_id):
             continue  # a worker is on it
         total = stored_count(r, campaign_id)
         count = int(batches or math.ceil(total / settings.batch_size))
@@ -82,6 +84,31 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+_ENDED = (CampaignStatus.CANCELLED.value, CampaignStatus.EXPIRED.value)
+
+
+def _settle_if_left(
+    r: redis.Redis,
+    campaign_id: str,
+    status: str,
+    quiet: bool,
+    enqueue: campaigns.EnqueueBatch,
+) -> bool:
+    """Whether an ended campaign still has messages unsent (it stays watched); once
+    ``quiet`` and no batch of it runs, they are settled (lifecycle.settle_ended)."""
+    if status not in _ENDED or int(r.hget(store.counters_key(campaign_id), "queued") or 0) <= 0:
+        return False
+    if quiet and not _batch_runs(r, campaign_id):
+        lifecycle.settle_ended(campaign_id, CampaignStatus(status), r, enqueue)
+    return True
+
+
+def _batch_runs(r: redis.Redis, campaign_id: str) -> bool:
+    """A worker holds a lease on a batch of the campaign."""
+    pattern = store.batch_lease_key(campaign_id, 0)[:-1] + "*"
+    return next(r.scan_iter(match=pattern), None) is not None
 
 
 def _nothing_runs_or_waits(r: redis.Redis) -> bool:

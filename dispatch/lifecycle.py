@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -145,8 +146,9 @@ def resume(
     :class:`CampaignStateError` for a campaign that is not paused or running.
     """
     r = client or store.sync_client()
-    batches = campaigns.batch_count(campaign_id, r)
-    if batches == 0 and campaigns.get_status(campaign_id, r) is _S.PAUSED:
+    key = store.campaign_key(campaign_id)
+    started = r.hexists(key, "started_at")
+    if not started and campaigns.get_status(campaign_id, r) is _S.PAUSED:
         # Paused while scheduled: it never started.
         if _transition(r, campaign_id, _S.SCHEDULED, (_S.PAUSED,)) is not None:
             campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
@@ -157,6 +159,13 @@ def resume(
     if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
         raise _refuse(campaign_id, "resumed", r)
     campaigns.watch_active(r, campaign_id)
+    # Counted once running: a campaign create_campaign still fills has no ``batches``
+    # yet, and the batches it stored while paused ran (and left) before this; those it
+    # stores from now on it hands out itself.
+    size = int(r.hget(key, "batch_size") or get_settings().batch_size)
+    batches = max(
+        campaigns.batch_count(campaign_id, r), math.ceil(stored_count(r, campaign_id) / size)
+    )
     with campaigns.batch_enqueuer(enqueue) as send:
         for batch in range(batches):
             send(campaign_id, batch)
@@ -242,11 +251,26 @@ def _end(
     if found is None:
         return None
     r.zrem(store.SCHEDULED_ZSET, campaign_id)
+    settle_ended(campaign_id, status, r, enqueue)
+    return found
+
+
+def settle_ended(
+    campaign_id: str, status: CampaignStatus, r: redis.Redis, enqueue: EnqueueBatch | None
+) -> int:
+    """Settle the unsent messages of a campaign that ended ``status`` (cancelled,
+    expired) as it says, and hand out again the batches that hold a worker's claim (a
+    live worker records its outcome, a dead one's ends ``unknown``); how many settled.
+
+    Housekeeping calls it too, for an ended campaign whose messages are still unsent:
+    a batch that found ``expires_at`` passed expired the campaign (beat's expiry then
+    finds nothing to do), and the tasks of its other batches died with their worker.
+    """
     settled = _settle(campaign_id, MessageState(status.value), r)
     with campaigns.batch_enqueuer(enqueue) as send:
         for batch in sorted(settled.batches_with_claims):
             send(campaign_id, batch)
-    return found
+    return settled.count
 
 
 def cancel(
@@ -399,11 +423,16 @@ def retry_failed(
     asyncio.run(go())
     if report.retried:
         _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING))
-        if campaigns.get_status(campaign_id, r) is _S.RUNNING:
+        status = campaigns.get_status(campaign_id, r)
+        if status is _S.RUNNING:
             campaigns.watch_active(r, campaign_id)
             with campaigns.batch_enqueuer(enqueue) as send:
                 for batch in sorted(report.batches):
                     send(campaign_id, batch)
+        elif status in (_S.CANCELLED, _S.EXPIRED):
+            # A cancel (or the expiry) landed while they were queued again: it settled
+            # what was unsent before these were written, so they end as it says.
+            _settle(campaign_id, MessageState(status.value), r)
     return report, campaigns.campaign_summary(campaign_id, r)
 
 
