@@ -7,6 +7,7 @@ they never show in ``repr`` or logs; the service encrypts them at rest.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
@@ -73,21 +74,35 @@ WIDE_INTEGER_PROBLEM: Final = "integers beyond 64 bits are not supported; send i
 _JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
 
 
-def find_wide_integer(value: Any, path: str) -> str | None:
-    """The dotted path (``path.key.0``) of the first integer in a JSON value that is
-    beyond 64 bits (see :data:`WIDE_INTEGER_PROBLEM`), or None."""
-    if isinstance(value, int):
-        return path if not _JSON_INT_MIN <= value <= _JSON_INT_MAX else None
+def _first_path(
+    value: Any, path: str, bad: Callable[[Any], bool], bad_key: Callable[[Any], bool]
+) -> str | None:
+    """The dotted path (``path.key.0``) of the first leaf of a JSON value that is ``bad``,
+    or of the object holding the first key that is ``bad_key``; None if there is none."""
+    if bad(value):
+        return path
     items: Any = ()
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list | tuple):
         items = enumerate(value)
     for key, item in items:
-        found = find_wide_integer(item, f"{path}.{key}" if path else str(key))
+        if bad_key(key):
+            return path
+        found = _first_path(item, f"{path}.{key}" if path else str(key), bad, bad_key)
         if found is not None:
             return found
     return None
+
+
+def _wide(value: Any) -> bool:
+    return isinstance(value, int) and not _JSON_INT_MIN <= value <= _JSON_INT_MAX
+
+
+def find_wide_integer(value: Any, path: str) -> str | None:
+    """The dotted path (``path.key.0``) of the first integer in a JSON value that is
+    beyond 64 bits (see :data:`WIDE_INTEGER_PROBLEM`), or None."""
+    return _first_path(value, path, _wide, lambda key: False)
 
 
 # JSON may escape a lone UTF-16 surrogate ("\\ud800"); it decodes to a str that no UTF-8
@@ -100,20 +115,11 @@ def find_lone_surrogate(value: Any, path: str) -> str | None:
     holding a lone UTF-16 surrogate (see :data:`LONE_SURROGATE_PROBLEM`), or None; a key
     at fault is named by its object's path (the key itself cannot be shown; the top
     level's is ``path`` itself, possibly empty)."""
-    if isinstance(value, str):
-        return None if is_text(value) else path
-    items: Any = ()
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    for key, item in items:
-        if isinstance(key, str) and not is_text(key):
-            return path
-        found = find_lone_surrogate(item, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
+    return _first_path(value, path, _not_text, _not_text)
+
+
+def _not_text(value: Any) -> bool:
+    return isinstance(value, str) and not is_text(value)
 
 
 # What a secret field shows instead of its value (see public_view). Given back on save,
