@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -13,6 +14,7 @@ from dispatch import store
 from dispatch.redis_server import RedisServer
 from dispatch.settings import get_settings
 from tests.api_server import ApiServer
+from tests.callback_support import save_providers
 from tests.smtp_server import SmtpTestServer, self_signed_cert
 from tests.worker import WorkerProcess
 
@@ -82,6 +84,19 @@ def api_server(redis_server: RedisServer) -> Iterator[ApiServer]:
     server = ApiServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def api(api_server: ApiServer) -> Iterator[httpx.Client]:
+    """A client of the real API (no bearer token: callbacks and pages)."""
+    with api_server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def paths(redis_client: redis.Redis) -> dict[str, str]:
+    """The callback test providers saved; nickname -> callback path."""
+    return save_providers(redis_client)
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from dispatch.effects import InboxEvent
 from dispatch.models import CampaignRequest
 from dispatch.settings import get_settings
 from dispatch.tasks import recover_callbacks
-from tests.api_server import ApiServer
 from tests.callback_support import (
     DATA,
     SAMPLE_CERT_NAME,
@@ -84,17 +83,6 @@ def sns_settings(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> It
         get_settings.cache_clear()
         yield cert_dir
     get_settings.cache_clear()
-
-
-@pytest.fixture
-def api(api_server: ApiServer) -> Iterator[httpx.Client]:
-    with api_server.client() as client:
-        yield client
-
-
-@pytest.fixture
-def paths(redis_client: redis.Redis) -> dict[str, str]:
-    return save_providers(redis_client)
 
 
 @pytest.fixture

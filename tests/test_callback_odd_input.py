@@ -6,34 +6,18 @@ The real app over HTTP on a real Redis; the worker applies what was accepted.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
-import pytest
 import redis
 
 from dispatch import campaigns
-from tests.api_server import ApiServer
 from tests.callback_support import (
     callback_entries,
     draft_campaign,
     inbox_empty,
     post,
-    save_providers,
 )
 from tests.worker import WorkerProcess, wait_for
-
-
-@pytest.fixture
-def api(api_server: ApiServer) -> Iterator[httpx.Client]:
-    with api_server.client() as client:
-        yield client
-
-
-@pytest.fixture
-def paths(redis_client: redis.Redis) -> dict[str, str]:
-    return save_providers(redis_client)
-
 
 # An integer JSON allows but no float holds (a provider's bug, or a hostile post).
 HUGE = "1" + "0" * 400

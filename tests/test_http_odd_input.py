@@ -16,16 +16,10 @@ import redis
 from dispatch import store
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
+from tests.callback_support import HTTP_BODY
 
 LONE = "\ud800"
-MESSAGE = {
-    "to": "$$To",
-    "subject": "$$Subject",
-    "from": "$$FromName",
-    "sender": "$$FromAddress",
-    "html": "$$HTML",
-    "mid": "$$MessageID",
-}
+MESSAGE = HTTP_BODY
 PROVIDER = {"kind": "http", "endpoint": "http://127.0.0.1:9/send", "body": MESSAGE}
 
 
