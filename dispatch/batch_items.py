@@ -148,6 +148,7 @@ class Item:
     user_id: str
     vars: Mapping[str, Any]
     attempts: int = 0
+    throttles: int = 0  # tries the provider throttled (they are not attempts)
     claimed: bool = False  # claimed by this run's load and not attempted yet
 
 
@@ -254,6 +255,7 @@ def unsettled(
             stale.append((seq, lost, ""))
         elif rec["state"] == MessageState.RETRY.value:
             item.attempts = rec["attempts"]
+            item.throttles = rec["throttles"]
             next_at = rec["next_at"] or 0.0  # (none or null: due now)
             if next_at > now + settings.inline_retry_seconds:
                 retry_at = min(retry_at or next_at, next_at)

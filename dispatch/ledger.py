@@ -226,9 +226,12 @@ def record(
     detail: str = "",
     next_at: float = 0.0,
     provider_message_id: str = "",
+    throttles: int = 0,
 ) -> bytes:
     """A ledger record as stored (compact keys)."""
     data: dict[str, Any] = {"s": state.value, "a": attempts, "t": round(time.time(), 3)}
+    if throttles:
+        data["h"] = throttles
     if error_class:
         data["c"] = error_class
     if detail:
@@ -273,6 +276,7 @@ def parse_record(raw: str | bytes | dict[str, Any] | None) -> dict[str, Any] | N
     return {
         "state": data["s"],
         "attempts": data.get("a", 0),
+        "throttles": data.get("h", 0),
         "error_class": data.get("c", ""),
         "detail": data.get("d", ""),
         "next_at": data.get("n", 0.0),

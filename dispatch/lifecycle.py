@@ -502,6 +502,7 @@ def messages_page(
                     "error_class": rec.get("error_class", ""),
                     "detail": rec.get("detail", ""),
                     "attempts": rec.get("attempts", 0),
+                    "throttles": rec.get("throttles", 0),
                     "updated_at": rec.get("updated_at", 0.0),
                     "retried": bool(was_retried),
                 }

@@ -288,27 +288,37 @@ class BatchSender:
             error_class=error_class,
             detail=detail,
             provider_message_id=provider_message_id,
+            throttles=item.throttles,
         )
         return _Write(item, state, rec, event, error_class=error_class, detail=detail)
 
     def _retry(self, item: Item, outcome: SendOutcome, meta: str) -> _Write:
         """Plan a retry (inline or parked for a later run), or failure after the last try."""
         error_class = outcome.error_class.value if outcome.error_class else ""
-        if item.attempts >= self.settings.max_attempts:
+        if outcome.throttled:
+            # The provider asked us to slow down (DESIGN §7: that slows the provider
+            # rather than failing messages): not an attempt, a wait that grows.
+            item.attempts -= 1
+            item.throttles += 1
+            tries, limit, what = item.throttles, self.settings.max_throttles, "throttled tries"
+        else:
+            tries, limit, what = item.attempts, self.settings.max_attempts, "attempts"
+        if tries >= limit:
             return self._final(
                 item,
                 MessageState.FAILED,
                 error_class=error_class,
-                detail=f"gave up after {item.attempts} attempts: {outcome.detail}",
+                detail=f"gave up after {tries} {what}: {outcome.detail}",
                 meta=meta,
             )
-        delay = backoff_delay(item.attempts, self.settings, outcome.retry_after)
+        delay = backoff_delay(tries, self.settings, outcome.retry_after)
         rec = record(
             MessageState.RETRY,
             attempts=item.attempts,
             error_class=error_class,
             detail=outcome.detail,
             next_at=time.time() + delay,
+            throttles=item.throttles,
         )
         # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
         return _Write(item, MessageState.RETRY, rec, "", delay=delay)
@@ -580,14 +590,16 @@ class BatchSender:
             properties={"CT Source": self.c.transport.kind},
         )
         made = Records()
-        records: dict[tuple[int, str], bytes] = {}  # the few distinct ones, by their fields
+        records: dict[tuple[int, int, str], bytes] = {}  # the few distinct ones, by their fields
         writes: list[tuple[int, bytes, str]] = []
         dumps, sent = orjson.dumps, MessageState.SENT
         for (item, message), outcome in zip(messages, outcomes, strict=True):
-            key = (item.attempts, outcome.detail)
+            key = (item.attempts, item.throttles, outcome.detail)
             rec = records.get(key)
             if rec is None:
-                rec = records[key] = made.get(sent, item.attempts, detail=outcome.detail)
+                rec = records[key] = made.get(
+                    sent, item.attempts, detail=outcome.detail, throttles=item.throttles
+                )
             event["email"] = item.email
             event["meta"] = message.meta
             # As text: thousands of small orjson bytes kept alive cost about 2.5 us each

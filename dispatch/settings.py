@@ -14,6 +14,7 @@ DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 DEFAULT_ACCOUNT_ID = "1"
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_MAX_THROTTLES = 50
 DEFAULT_RETRY_BASE_SECONDS = 2.0
 DEFAULT_RETRY_MAX_SECONDS = 600.0
 DEFAULT_INLINE_RETRY_SECONDS = 30.0
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=1000)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=50)
+    # A try the provider throttled (it asked us to slow down: SMTP 421/450/451/454, HTTP
+    # 429/503) is not an attempt: the message waits, with growing backoff, up to this
+    # many throttled tries (about 5 hours at the default backoff), then fails.
+    max_throttles: int = Field(default=DEFAULT_MAX_THROTTLES, ge=1, le=1000)
     retry_base_seconds: float = Field(default=DEFAULT_RETRY_BASE_SECONDS, gt=0)
     retry_max_seconds: float = Field(default=DEFAULT_RETRY_MAX_SECONDS, gt=0)
     # Retries due within this many seconds wait inside the batch task; later ones are

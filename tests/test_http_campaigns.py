@@ -41,7 +41,7 @@ def test_503_then_200_is_retried_and_ends_sent(redis_client: redis.Redis) -> Non
     first, second = ({m["to"] for m in r.json()["msgs"]} for r in requests)
     assert first == second and len(first) == 3  # the whole batch again, once
     rec = parse_record(redis_client.hget(store.ledger_key(cid), "0"))
-    assert rec is not None and rec["attempts"] == 2
+    assert rec is not None and (rec["attempts"], rec["throttles"]) == (1, 1)  # 503: throttled
 
 
 def test_429_retry_after_is_honoured(redis_client: redis.Redis) -> None:
@@ -52,6 +52,54 @@ def test_429_retry_after_is_honoured(redis_client: redis.Redis) -> None:
         first, second = sink.requests
     assert second.at - first.at >= 2.0  # the provider's Retry-After, not our 0.05 s backoff
     assert campaigns.get_counters(cid, redis_client)["sent"] == 2
+
+
+def test_throttled_tries_are_not_attempts(redis_client: redis.Redis) -> None:
+    """DESIGN §7: a throttling reply slows the provider down rather than failing messages.
+    Four 429s against max_attempts=2 still end sent, with the throttles counted apart."""
+    settings = FAST.model_copy(update={"max_attempts": 2})
+    with HttpSink() as sink:
+        sink.script(*[Reply(429, b"slow down")] * 4)
+        http_provider(redis_client, sink.url)
+        cid, _ = run_inline(redis_client, _body(2), settings)
+        tos = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
+    assert sorted(tos) == ["user0@example.com"] * 5 + ["user1@example.com"] * 5
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 2, 0)
+    rec = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
+    assert rec is not None and (rec["attempts"], rec["throttles"]) == (1, 4)
+    page, _ = lifecycle.messages_page(cid, client=redis_client)
+    assert [(m["attempts"], m["throttles"]) for m in page] == [(1, 4), (1, 4)]
+
+
+def test_a_provider_that_throttles_for_ever_fails_the_message_at_max_throttles(
+    redis_client: redis.Redis,
+) -> None:
+    settings = FAST.model_copy(update={"max_attempts": 2, "max_throttles": 3})
+    with HttpSink(default=Reply(503, b"over capacity")) as sink:
+        http_provider(redis_client, sink.url)
+        cid, _ = run_inline(redis_client, _body(2), settings)
+        tos = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
+    assert sorted(tos) == ["user0@example.com"] * 3 + ["user1@example.com"] * 3
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["failed"]) == (0, 2)
+    rec = parse_record(redis_client.hget(store.ledger_key(cid), "0"))
+    assert rec is not None and rec["detail"].startswith("gave up after 3 throttled tries: ")
+    assert (rec["attempts"], rec["throttles"]) == (0, 3)
+
+
+def test_other_transient_failures_still_count_toward_max_attempts(
+    redis_client: redis.Redis,
+) -> None:
+    settings = FAST.model_copy(update={"max_attempts": 2})
+    with HttpSink(default=Reply(500, b"oops")) as sink:
+        http_provider(redis_client, sink.url)
+        cid, _ = run_inline(redis_client, _body(2), settings)
+        tos = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
+    assert sorted(tos) == ["user0@example.com"] * 2 + ["user1@example.com"] * 2
+    rec = parse_record(redis_client.hget(store.ledger_key(cid), "0"))
+    assert rec is not None and rec["state"] == "failed"
+    assert rec["detail"].startswith("gave up after 2 attempts: ")
 
 
 def test_an_infinite_retry_after_does_not_park_the_campaign_for_ever(

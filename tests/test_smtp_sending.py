@@ -365,10 +365,12 @@ def test_421_then_success_is_retried(redis_client: redis.Redis, smtp: SmtpTestSe
         f"user{i}@example.com" for i in range(3)
     ]
     # The server closes after each 421 (as real ones do): each message was tried at least
-    # twice (dispatch.sending also counts a try for the chunk's others, never handed over).
+    # twice (dispatch.sending also counts a try for the chunk's others, never handed over),
+    # and a throttled try is counted apart from the attempts (DESIGN §7).
     for seq in "012":
         rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), seq))
-        assert rec is not None and rec["attempts"] >= 2
+        assert rec is not None and rec["throttles"] >= 1
+        assert rec["attempts"] + rec["throttles"] >= 2
 
 
 def test_permanent_reply_fails_at_once(redis_client: redis.Redis, smtp: SmtpTestServer) -> None:
@@ -383,18 +385,56 @@ def test_permanent_reply_fails_at_once(redis_client: redis.Redis, smtp: SmtpTest
     assert "554 5.7.1" in rec["detail"]
 
 
-def test_transient_gives_up_after_max_attempts(
-    redis_client: redis.Redis, smtp: SmtpTestServer
+@pytest.mark.parametrize(
+    ("reply", "expected", "gave_up"),
+    [
+        ("452 4.3.1 Insufficient system storage", (2, 0), "gave up after 2 attempts"),
+        ("451 4.3.0 local error", (0, 3), "gave up after 3 throttled tries: 451 4.3.0"),
+    ],
+)
+def test_transient_gives_up_after_max_attempts_or_max_throttles(
+    redis_client: redis.Redis,
+    smtp: SmtpTestServer,
+    reply: str,
+    expected: tuple[int, int],
+    gave_up: str,
 ) -> None:
-    smtp.handler.data_reply = lambda e: "451 4.3.0 local error"
+    """A transient reply fails after max_attempts; a throttling one (451) is not an
+    attempt and fails after max_throttles."""
+    smtp.handler.data_reply = lambda e: reply
     smtp_provider(redis_client, smtp.port)
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(1)}
-    settings = Settings(retry_base_seconds=0.01, retry_max_seconds=0.02, max_attempts=3)
+    settings = Settings(
+        retry_base_seconds=0.01, retry_max_seconds=0.02, max_attempts=2, max_throttles=3
+    )
     cid, _ = run_inline(redis_client, body, settings)
     rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "0"))
     assert rec is not None
-    assert (rec["state"], rec["attempts"]) == ("failed", 3)
-    assert rec["detail"].startswith("gave up after 3 attempts")
+    assert (rec["state"], rec["attempts"], rec["throttles"]) == ("failed", *expected)
+    assert rec["detail"].startswith(gave_up)
+
+
+def test_greylisting_waits_past_max_attempts(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """A 450 to RCPT (greylisting: "come back later") is a throttle, not an attempt:
+    four of them against max_attempts=2 still end sent."""
+    tries = 0
+
+    def greylist(address: str) -> str | None:
+        nonlocal tries
+        tries += 1
+        return "450 4.2.0 Greylisted, please try again later" if tries <= 4 else None
+
+    smtp.handler.rcpt_reply = greylist
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(1)}
+    settings = Settings(retry_base_seconds=0.01, retry_max_seconds=0.02, max_attempts=2)
+    cid, _ = run_inline(redis_client, body, settings, rounds=10)
+    rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "0"))
+    assert rec is not None
+    assert (rec["state"], rec["attempts"], rec["throttles"]) == ("sent", 1, 4)
+    assert [m.rcpt_tos for m in smtp.messages] == [["user0@example.com"]]
 
 
 def test_auth_failure_pauses_campaign(redis_client: redis.Redis) -> None:

@@ -171,6 +171,8 @@ class MessageOutcome(Answer):
     error_class: str = ""
     detail: str = ""
     attempts: int = 0
+    # Tries the provider throttled (asked us to slow down): they are not attempts.
+    throttles: int = 0
     updated_at: float = 0.0
     retried: bool = False
 
