@@ -171,10 +171,12 @@ def format_address_list(header: str, addresses: Sequence[str]) -> str:
 def _raw_field(name: str, value: str) -> str:
     """A header line written as given, never folded or encoded (machine-read values).
 
-    Raises ``ValueError`` for a line break in ``value`` or a line over 998 octets; the
-    caller checks ``name``.
+    Raises ``ValueError`` for a line break in ``value``, a value that is not ASCII or a
+    line over 998 octets; the caller checks ``name``.
     """
     check_header_value(name, value)
+    if not value.isascii():
+        raise ValueError(f"{name} is not ASCII, and it is written as it is (never encoded)")
     if len(name) + len(value) + 2 > MAX_HEADER_LINE:
         raise ValueError(
             f"{name} is longer than {MAX_HEADER_LINE} characters on one line (never folded)"

@@ -13,6 +13,7 @@ import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import cast
 
 import aiosmtplib
@@ -35,7 +36,7 @@ from providers.errors import (
     TransientError,
 )
 from providers.mime import MimeWriter
-from providers.smtp_replies import ReplyKind, classify
+from providers.smtp_replies import ReplyKind, classify, too_many_recipients
 from providers.smtp_wire import (
     Envelope,
     Reply,
@@ -99,6 +100,65 @@ def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
     return ProviderConnectionError(f"cannot connect to {where}: {exc}")
 
 
+@dataclass(slots=True)
+class _PutOff:
+    """A sent message some of whose other recipients the server put off to a later
+    transaction (``452``, RFC 5321 §4.5.3.1.10)."""
+
+    msg: OutgoingMessage
+    envelope: Envelope  # the message's content, to the recipients still to be sent it
+    refused: dict[str, str]  # each recipient after the first not (yet) sent it: why
+
+    @classmethod
+    def of(
+        cls, msg: OutgoingMessage, envelope: Envelope, result: TransactionResult
+    ) -> _PutOff | None:
+        pairs = list(zip(envelope.recipients[1:], result.rcpts[1:], strict=True))
+        later = tuple(r for r, reply in pairs if too_many_recipients(reply.code, reply.text))
+        if not later:
+            return None
+        refused = {r: str(reply) for r, reply in pairs if not reply.ok}
+        return cls(msg, replace(envelope, recipients=later), refused)
+
+    def give_up(self, why: str) -> None:
+        for rcpt in self.envelope.recipients:
+            self.refused[rcpt] = why
+
+    def settle(self, result: TransactionResult) -> bool:
+        """Record one more transaction's replies; whether another one is due.
+
+        Each transaction settles its first recipient (sent, or refused for good) or ends
+        the tries, so they end. When the first recipient was refused, those accepted
+        with it were not sent the message: they go on, with those put off again.
+        """
+        if not result.mail.ok:
+            self.give_up(str(result.mail))
+            return False
+        first = result.rcpts[0]
+        sent = result.data is not None and result.data.ok
+        if not sent and (first.ok or _puts_off(first)):
+            # No room for even one, or the message refused (at DATA or after it).
+            refusal = first if not first.ok else result.data or result.data_start or first
+            self.give_up(str(refusal) if not refusal.ok else "not sent")
+            return False
+        pairs = list(zip(self.envelope.recipients, result.rcpts, strict=True))
+        for rcpt, reply in pairs:
+            if sent and reply.ok:
+                self.refused.pop(rcpt, None)
+            else:
+                self.refused[rcpt] = str(reply)
+        later = tuple(r for r, reply in pairs[1:] if _puts_off(reply) or (reply.ok and not sent))
+        self.envelope = replace(self.envelope, recipients=later)
+        return bool(later)
+
+    def detail(self) -> str:
+        return "; ".join(f"{rcpt}: {why}" for rcpt, why in self.refused.items())
+
+
+def _puts_off(reply: Reply) -> bool:
+    return too_many_recipients(reply.code, reply.text)
+
+
 class SmtpSession:
     """One authenticated SMTP connection, reused for message after message."""
 
@@ -126,14 +186,23 @@ class SmtpSession:
                 )
                 continue
             ready.append((msg, Envelope(sender, tuple(recipients), dot_stuff(data))))
+        put_off: list[_PutOff] = []
         if ready:
-            await self._send_ready(ready, outcomes)
+            await self._send_ready(ready, outcomes, put_off)
+        if put_off:
+            await self._send_put_off(put_off)
+            for item in put_off:
+                outcomes[item.msg.seq] = replace(outcomes[item.msg.seq], detail=item.detail())
         return [outcomes[m.seq] for m in messages]
 
     async def _send_ready(
-        self, ready: list[tuple[OutgoingMessage, Envelope]], outcomes: dict[int, SendOutcome]
+        self,
+        ready: list[tuple[OutgoingMessage, Envelope]],
+        outcomes: dict[int, SendOutcome],
+        put_off: list[_PutOff],
     ) -> None:
         """Raises ``TransientError`` when the first message could not be handed over.
+        Sent messages some of whose recipients were put off go to ``put_off``.
 
         A server that ends a connection after taking messages on it (``421`` to the next
         ``MAIL``, or a close: many relays cap the messages per connection) gets the rest
@@ -174,6 +243,48 @@ class SmtpSession:
                 handed_over += 1
                 if outcomes[msg.seq].status is OutcomeStatus.SENT:
                     self.sent_on_connection += 1
+                    if isinstance(result, TransactionResult):  # always, when sent
+                        later = _PutOff.of(msg, envelope, result)
+                        if later is not None:
+                            put_off.append(later)
+
+    async def _send_put_off(self, put_off: list[_PutOff]) -> None:
+        """Send sent messages again to the recipients the server put off (RFC 5321
+        §4.5.3.1.10), in new transactions, until each is sent or refused for good.
+
+        The same bytes (the same Message-ID: one message to its readers) and never to a
+        recipient twice: a recipient whose transaction broke during DATA is not tried
+        again. What happens here never changes a message's outcome (it was sent), only
+        its detail: the recipients it did not reach, and why.
+        """
+        pending = list(put_off)
+        while pending:
+            try:
+                wire = await self._ensure_connection()
+            except ProviderError as exc:
+                for item in pending:
+                    item.give_up(f"not sent: {exc.detail}")
+                return
+            limit = self._transport.config.max_messages_per_connection
+            room = limit - self.sent_on_connection if limit else len(pending)
+            attempt, pending = pending[:room], pending[room:]
+            results = await wire.transactions([item.envelope for item in attempt])
+            settled = False  # a transaction of this round settled a recipient: progress
+            for index, item in enumerate(attempt):
+                result = results[index] if index < len(results) else None
+                if isinstance(result, TransactionResult) and _closing(result) is None:
+                    if result.data is not None and result.data.ok:
+                        self.sent_on_connection += 1
+                    settled = True
+                    if item.settle(result):
+                        pending.append(item)
+                elif isinstance(result, WireError) and result.during_data:
+                    item.give_up(f"outcome unknown: {result} during DATA")
+                elif self.sent_on_connection or settled:  # the connection ended after use
+                    pending.append(item)
+                else:
+                    why = _closing(result) if isinstance(result, TransactionResult) else result
+                    item.give_up(f"not sent: {why or 'the session ended before it'}")
 
     @staticmethod
     def _not_handed_over(
@@ -282,6 +393,14 @@ class SmtpSession:
                 raise err  # the quota is used up: the message was dropped, and the rest would be
             return SendOutcome.from_error(msg.seq, err)
         return SendOutcome.sent(msg.seq, refused, provider_message_id=_queued_id(final.text))
+
+
+def _closing(result: TransactionResult) -> Reply | None:
+    """The ``421`` (closing the channel) that ended a transaction, if one did."""
+    for reply in (result.mail, *result.rcpts[:1], result.data_start, result.data):
+        if reply is not None and reply.code == 421:
+            return reply
+    return None
 
 
 def _connection_ended(exc: ProviderError) -> bool:

@@ -59,3 +59,20 @@ def classify(code: int, text: str = "", *, at_rcpt: bool = False) -> ReplyKind:
     if code == 552 and at_rcpt:
         return ReplyKind.TRANSIENT
     return ReplyKind.PERMANENT
+
+
+def too_many_recipients(code: int, text: str = "") -> bool:
+    """Whether a refusal of a RCPT puts that recipient off to another transaction.
+
+    RFC 5321 §4.5.3.1.10: a server out of room for recipients in one transaction answers
+    ``452`` (``552`` from servers that follow RFC 821) to the rest, and the client sends
+    them the message in a later transaction. Not when the text says the mailbox is full
+    (``x.2.2``) or, for ``552``, anything but ``5.5.3`` (too many recipients): another
+    transaction would change nothing.
+    """
+    if code not in (452, 552):
+        return False
+    enhanced = enhanced_code(text)
+    if code == 452:
+        return enhanced is None or enhanced[1:] != (2, 2)
+    return enhanced is None or enhanced[1:] == (5, 3)

@@ -175,6 +175,22 @@ def test_display_name_with_specials_is_quoted() -> None:
     assert parsed["From"].addresses[0].display_name == 'Acme, "Deals" Inc.'
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"meta": "a@example.com|acmé|c|20261122|0|default|1|"},  # DISPATCH_ACCOUNT_ID=acmé
+        {"headers": (("List-Unsubscribe", "<https://bücher.example/u/t>"),)},
+    ],
+)
+def test_a_machine_read_header_that_is_not_ascii_is_refused_by_name(
+    field: dict[str, object],
+) -> None:
+    """Written as it is (never encoded), so it must be ASCII: the refusal names the header
+    a person must fix, not "a header value"."""
+    with pytest.raises(InvalidMessageError, match=r"^(X-CleverTap_META|List-Unsubscribe) .*ASCII"):
+        MimeWriter(campaign_id="c").write(_msg(**field))
+
+
 def test_long_meta_stays_on_one_line() -> None:
     meta = (
         "some.very.long.address+tracking@subdomain.example.com"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -326,6 +327,35 @@ def test_refused_recipient_fails_alone(redis_client: redis.Redis, smtp: SmtpTest
     assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [
         f"user{i}@example.com" for i in (0, 1, 3, 4)
     ]
+
+
+def test_cc_and_bcc_put_off_by_a_small_recipient_limit_still_get_every_message(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """A server taking two recipients per transaction (452 to the rest, RFC 5321
+    §4.5.3.1.10): each recipient is sent once and counted sent, the Cc and Bcc are sent
+    every message, each one copy."""
+
+    def two_per_transaction(address: str) -> str | None:
+        commands = reversed(smtp.handler.commands)  # this RCPT's included: one connection
+        this_transaction = list(itertools.takewhile(lambda c: c.startswith("RCPT"), commands))
+        return "452 4.5.3 Too many recipients" if len(this_transaction) > 2 else None
+
+    smtp.handler.rcpt_reply = two_per_transaction
+    smtp_provider(redis_client, smtp.port, max_connections=1)
+    copies = {"cc": ["c1@example.com", "c2@example.com"], "bcc": ["b1@example.com"]}
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(6), **copies}
+    cid, _ = run_inline(redis_client, body, FAST)
+    counters = campaigns.get_counters(cid, redis_client)
+    assert (counters["sent"], counters["failed"], counters["queued"]) == (6, 0, 0)
+    got: dict[str, int] = {}
+    for received in smtp.messages:
+        for rcpt in received.rcpt_tos:
+            got[rcpt] = got.get(rcpt, 0) + 1
+    assert got == {
+        **{f"user{i}@example.com": 1 for i in range(6)},
+        **dict.fromkeys([*copies["cc"], *copies["bcc"]], 6),
+    }
 
 
 def test_invalid_address_and_crlf_vars_fail_alone(
