@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     api_tokens: Annotated[tuple[str, ...], NoDecode] = ()
     # Signs unsubscribe tokens and encrypts provider secrets at rest.
     secret_key: SecretStr = SecretStr("")
-    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[^|\r\n]+$")
+    # Part of every message's meta, the value of a machine-read header (DESIGN §3):
+    # printable ASCII without the '|' between the meta's fields.
+    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[\x20-\x7b\x7d\x7e]{1,64}$")
     allow_private_endpoints: bool = False
     sns_cert_dir: str = ""
     sns_host_pattern: str = r"^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$"
@@ -140,6 +142,8 @@ class Settings(BaseSettings):
     @classmethod
     def _public_url(cls, value: str) -> str:
         # The base of the links in every message (List-Unsubscribe, callback URLs).
+        if not value.isascii():  # List-Unsubscribe is a machine-read header
+            raise ValueError("must be ASCII (an internationalized host in its xn-- form)")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
