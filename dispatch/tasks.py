@@ -78,7 +78,7 @@ _RETRY_ON_REDIS_ERRORS: dict[str, Any] = {
 # until beat's sweep finds its campaign stalled. Running it again is safe: the batch skips
 # what its ledger settled, and a message claimed in the broken run ends ``unknown``.
 @app.task(name="dispatch.send_batch", **_RETRY_ON_REDIS_ERRORS)
-def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
+def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, Any]:
     """Send one batch; re-enqueue it when messages wait for a later retry."""
     hostname = send_batch.request.hostname
     stop_key = store.worker_stopping_key(hostname) if hostname else ""
@@ -86,10 +86,13 @@ def send_batch(campaign_id: str, batch: int) -> dict[str, Any]:
         lambda r: run_batch(campaign_id, batch, r=r, pool=runtime.session_pool(), stop_key=stop_key)
     )
     if result.busy:
-        # Another worker holds the batch. It may have died: come back when its lease
-        # would have expired, and finish whatever it left (a no-op if it finished).
+        # Another run holds the batch: one that is stopping (a pause, then a resume that
+        # re-enqueued the batch) lets go within moments, a dead worker's lease expires.
+        # Come back soon, then less and less often, at the latest once the lease would
+        # have expired, and finish whatever it left (a no-op if it finished).
+        countdown = min(2.0 ** min(busy_polls, 16), get_settings().lease_ttl_ms / 1000 + 1)
         send_batch.apply_async(
-            (campaign_id, batch), countdown=get_settings().lease_ttl_ms / 1000 + 1
+            (campaign_id, batch), {"busy_polls": busy_polls + 1}, countdown=countdown
         )
         return {"busy": True}
     if result.retry_at is not None:

@@ -352,3 +352,35 @@ def test_a_batch_whose_redis_connection_broke_runs_again(smtp: SmtpTestServer) -
         r.close()
         broker.close()
         server.stop()
+
+
+def test_a_batch_held_by_a_run_that_lets_go_goes_on_before_its_lease_would_expire(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """A resume re-enqueues a batch whose paused run still holds the lease for a moment.
+    The new task finds it busy; once the lease is released it must go on within seconds,
+    not when the 60 s lease would have expired (it used to wait lease_ttl + 1)."""
+    from dispatch.celery_app import app
+
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url)
+        cid, batches = create_held(
+            redis_client,
+            {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(5)},
+        )
+        lease = store.batch_lease_key(cid, 0)
+        redis_client.set(lease, "the-paused-run", px=60_000)
+        worker = WorkerProcess(
+            redis_server.url, concurrency=1, DISPATCH_LEASE_TTL_MS="60000"
+        ).start()
+        try:
+            send_batch.apply_async(batches[0], queue="sends")
+            wait_for(lambda: _runs(app, "dispatch.send_batch") >= 1, timeout=60)
+            assert sink.requests == []  # busy: nothing sent while the other run holds it
+            redis_client.delete(lease)  # the paused run lets go
+            wait_for(lambda: _completed(cid, redis_client), timeout=30)
+        finally:
+            worker.stop()
+        assert sorted(m["to"] for r in sink.requests for m in r.json()["msgs"]) == [
+            f"user{i}@example.com" for i in range(5)
+        ]
