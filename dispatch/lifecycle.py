@@ -158,6 +158,7 @@ def resume(
     reputation.stand_down(r, campaign_id)
     if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
         raise _refuse(campaign_id, "resumed", r)
+    r.hdel(key, store.BREAKER_FIELD)  # the failure breaker counts afresh
     campaigns.watch_active(r, campaign_id)
     # Counted once running: a campaign create_campaign still fills has no ``batches``
     # yet, and the batches it stored while paused ran (and left) before this; those it
@@ -422,6 +423,7 @@ def retry_failed(
 
     asyncio.run(go())
     if report.retried:
+        r.hdel(store.campaign_key(campaign_id), store.BREAKER_FIELD)  # counts afresh
         _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING))
         status = campaigns.get_status(campaign_id, r)
         if status is _S.RUNNING:

@@ -223,10 +223,9 @@ class BatchSender:
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
         self._records = Records()
-        # The failure breaker (see _judge): failures of this run not the recipient's own,
-        # while nothing was sent; ``sent_any`` ends the count.
+        # The failure breaker (see _judge): ``sent_any`` (the campaign sent a message)
+        # turns it off.
         self.sent_any = False
-        self.failures = 0
         if not items:
             self.finish()
 
@@ -360,31 +359,39 @@ class BatchSender:
         return longest
 
     async def _judge(self, writes: list[_Write]) -> None:
-        """The failure breaker: when the first ``pause_after_failures`` messages this run
-        settled all failed, for reasons not the recipient's own (an ESP refusing every
-        payload, a sender address refused, a template failing for everyone), and the
-        campaign has sent nothing, stop and pause with the last failure as the reason:
-        the rest of the list stays queued for after the fix instead of failing too."""
+        """The failure breaker: when ``pause_after_failures`` messages of the campaign (in
+        all its batches together) failed for reasons not the recipient's own (an ESP
+        refusing every payload, a sender address refused, a template failing for
+        everyone) and the campaign has sent nothing, stop and pause with the last failure
+        as the reason: the rest of the list stays queued for after the fix instead of
+        failing too. A resume or retry-failed starts the count afresh."""
         limit = self.settings.pause_after_failures
         if not limit or self.sent_any or self.c.stop_reason:
             return
         last: _Write | None = None
+        failures = 0
         for w in writes:
             if w.state is MessageState.SENT:
                 self.sent_any = True
                 return
             if w.state is MessageState.FAILED and w.error_class != _RECIPIENTS_FAULT:
-                self.failures += 1
+                failures += 1
                 last = w
-        if last is None or self.failures < limit:
+        if last is None:
             return
-        sent = await self.writer.client.hget(store.counters_key(self.c.content.id), "sent")
+        campaign_id = self.c.content.id
+        pipe = self.writer.client.pipeline(transaction=False)
+        pipe.hincrby(store.campaign_key(campaign_id), store.BREAKER_FIELD, failures)
+        pipe.hget(store.counters_key(campaign_id), "sent")
+        total, sent = await pipe.execute()
         if int(sent or 0):  # another batch of the campaign gets through
             self.sent_any = True
             return
+        if int(total) < limit:
+            return
         self.c.stop_kind = incidents.PauseKind.FAILURES
         self.c.stop_reason = (
-            f"the first {self.failures} messages failed and none was sent (last: "
+            f"the first {int(total)} messages failed and none was sent (last: "
             f"{last.error_class}: {last.detail[:200]}); fix the provider or the content, "
             "then resume (the rest is still queued), or cancel"
         )

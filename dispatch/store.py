@@ -36,6 +36,9 @@ WORKERS_ZSET = f"{PREFIX}:workers"
 CELERY_QUEUES = ("default", "sends", "events", "celery")
 SENDS_QUEUE = "sends"  # where batch tasks wait
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
+# Field of a campaign's hash: its failures not the recipient's own while nothing was sent
+# (the failure breaker, dispatch.sending); a resume or retry-failed clears it.
+BREAKER_FIELD = "unsent_failures"
 
 
 def optout_key(category: str) -> str:

@@ -10,7 +10,7 @@ import redis
 
 from dispatch import campaigns, lifecycle, store
 from dispatch.ledger import parse_record
-from dispatch.settings import Settings
+from dispatch.settings import Settings, get_settings
 from providers.base import OutgoingMessage, SendOutcome
 from providers.http import HttpSession
 from tests.callback_support import HttpsServer
@@ -242,6 +242,33 @@ def test_a_campaign_whose_first_messages_all_fail_pauses_with_the_rest_queued(
         run_batches(batches, settings)
     summary = campaigns.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["failed"], summary["sent"]) == ("completed", 10, 30)
+
+
+def test_the_breaker_counts_the_failures_of_all_the_campaigns_batches(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 6 against a breaker of 10: no single batch run reaches 10, but the
+    campaign does in its second batch (with several batches at once, each run alone let
+    up to its own 100 fail). A resume counts afresh."""
+    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "6")
+    get_settings.cache_clear()
+    settings = Settings(pause_after_failures=10)
+    try:
+        with HttpSink(default=Reply(400, b'{"error": "unknown sender"}')) as sink:
+            http_provider(redis_client, sink.url, max_connections=1)
+            cid, batches = create_held(redis_client, _body(30))
+            assert len(batches) == 5
+            run_batches(batches, settings)
+            summary = campaigns.campaign_summary(cid, redis_client)
+            assert (summary["status"], summary["failed"], summary["queued"]) == ("paused", 12, 18)
+            assert "the first 12 messages failed" in summary["reason"]
+            lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
+            run_batches(batches, settings)  # still refused: 12 more fail, then it pauses
+            summary = campaigns.campaign_summary(cid, redis_client)
+            assert (summary["status"], summary["failed"], summary["queued"]) == ("paused", 24, 6)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("first_sent", [True, False])
