@@ -227,13 +227,14 @@ def test_the_api_access_log_does_not_show_callback_or_recipient_tokens(
                 http.get(f"/u/{recipient}")
                 http.get(f"/preferences/{recipient}?lang=en")
                 http.get(f"/u/{legacy}")
+                http.get(f"/v1/unsubscribe-tokens/{recipient}")
         finally:
             api.terminate()
             api.wait(timeout=30)
     text = log.read_text()
     assert "/v1/callbacks/someesp/***" in text and "/u/***" in text, text  # logged, masked
     assert "Sup3rSecretCallbackToken" not in text
-    assert recipient not in text
+    assert recipient not in text and "/v1/unsubscribe-tokens/***" in text
     assert legacy.partition(".")[0] not in text and legacy.partition(".")[2] not in text
     assert ("DISPATCH_API_TOKENS is empty" in text) is (tokens != "test-token"), text
 

@@ -1,11 +1,11 @@
 """Unsubscribe tokens are opaque (sealed) and authenticated; tokens of mail sent before
-they were sealed still work."""
+they were sealed still work; a custom preference center resolves them through /v1."""
 
 from __future__ import annotations
 
 import base64
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
@@ -25,6 +25,7 @@ OLD_TOKEN = (
     "WyJsZWdhY3ktMSIsMCwidXNlcjBAZXhhbXBsZS5jb20iLCJuZXdzIl0."
     "eyxIxqWWodcaDZsjzoapsXBTxbjO1QmUZGQb8XO0b1k"
 )
+RESOLVE = "/v1/unsubscribe-tokens/{}"
 
 
 def _send(r: redis.Redis, center: str = "system", **provider: str) -> tuple[str, str, str]:
@@ -133,3 +134,83 @@ def test_a_flipped_bit_anywhere_is_refused() -> None:
     for cut in (token[:-1], token[:10], "", token + "A"):
         with pytest.raises(InvalidTokenError):
             read_token(cut)
+
+
+@covers("GET /v1/unsubscribe-tokens/{token}")
+def test_the_resolve_api_names_the_recipient_and_their_choices(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    cid, url, _ = _send(redis_client)
+    token = _token_of(url)
+    with api_client(api_server) as http:
+        before = http.get(RESOLVE.format(token))
+        assert before.status_code == 200, before.text
+        http.post(f"/preferences/{token}", content=b"action=save")  # every switch off
+        opted = http.get(RESOLVE.format(token)).json()
+        http.post(f"/u/{token}")
+        after = http.get(RESOLVE.format(token)).json()
+        old = http.get(RESOLVE.format(legacy_token(cid, 1, "user1@example.com", "news")))
+    assert before.json() == {
+        "email": "user0@example.com",
+        "campaign_id": cid,
+        "seq": 0,
+        "category": "news",
+        "suppression": None,
+        "categories": ["news"],
+        "opted_out": [],
+    }
+    assert opted["opted_out"] == ["news"] and opted["suppression"] is None
+    assert after["suppression"]["reason"] == "unsubscribed"
+    assert old.status_code == 200 and old.json()["email"] == "user1@example.com"
+    assert old.json()["seq"] == 1 and old.json()["suppression"] is None
+
+
+def test_the_resolve_api_refuses_without_a_bearer_token_and_bad_tokens(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    token = make_token("c1", 0, "a@example.com", "news")
+    with api_client(api_server, token=None) as http:
+        anonymous = http.get(RESOLVE.format(token))
+        wrong = http.get(RESOLVE.format(token), headers={"Authorization": "Bearer nope"})
+    with api_client(api_server) as http:
+        bad = [
+            http.get(RESOLVE.format(t))
+            for t in ("garbage", token[:-2], token[:4] + "!" + token[4:], token + ".AAAA")
+        ]
+        too_long = http.get(RESOLVE.format("A" * 5000))
+    for refused in (anonymous, wrong):
+        assert refused.status_code == 401 and refused.json()["field"] == "authorization"
+        assert "a@example.com" not in refused.text
+    for answer in bad:
+        assert answer.status_code == 404, answer.text
+        body = answer.json()
+        assert body["field"] == "token" and "not a token this service issued" in body["detail"]
+    assert too_long.status_code == 422 and too_long.json()["field"] == "token"
+
+
+def test_a_custom_center_resolves_the_token_it_is_sent_and_unsubscribes(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The whole custom-center flow: the message's preferences link and the /u/ redirect
+    carry the token, the center resolves it with its bearer token, then posts /u/."""
+    center = "https://prefs.acme.example/center?lang=en"
+    cid, url, html = _send(redis_client, "custom", preference_center_url=center)
+    token = _token_of(url)
+    with api_client(api_server, token=None) as http:
+        redirect = http.get(f"/u/{token}")
+    assert redirect.status_code == 303
+    location = redirect.headers["location"]
+    assert location.startswith(center + "&token=") and f"{center}&amp;token={token}" in html
+    given = parse_qs(urlsplit(location).query)["token"][0]
+    assert "user0" not in location and "example.com" not in given
+    with api_client(api_server) as center_backend:
+        resolved = center_backend.get(RESOLVE.format(given))
+        assert resolved.status_code == 200, resolved.text
+        assert (resolved.json()["email"], resolved.json()["campaign_id"]) == (
+            "user0@example.com",
+            cid,
+        )
+        done = center_backend.post(f"/u/{given}", content=b"List-Unsubscribe=One-Click")
+        after = center_backend.get(RESOLVE.format(given)).json()
+    assert done.status_code == 200 and after["suppression"]["reason"] == "unsubscribed"
+    assert campaigns.get_counters(cid, redis_client)["unsubscribed"] == 1
