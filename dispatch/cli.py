@@ -540,7 +540,7 @@ def _join_running_up() -> None:
 SHARED_KEY_VERBS = frozenset({"api", "worker", "beat"})
 NO_SHARED_KEY = (
     "DISPATCH_SECRET_KEY is not set: the API, workers and beat that share a Redis must "
-    "share the key (it signs unsubscribe links and encrypts provider secrets); set the "
+    "share the key (it encrypts unsubscribe links and provider secrets); set the "
     "same value in the environment of each"
 )
 

@@ -22,9 +22,12 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 
 
-# Paths whose last part is a credential (a callback token) or names a recipient (a signed
-# unsubscribe token carries the address): uvicorn's access log writes them at INFO.
-_SECRET_PATHS = re.compile(r"(/v1/callbacks/[^/\s?\"]+/|/u/|/preferences/)[^/\s?\"]+")
+# Paths whose last part is a credential: a callback token, or a recipient's unsubscribe
+# token (it unsubscribes; one written before tokens were sealed shows the address too).
+# uvicorn's access log writes them at INFO.
+_SECRET_PATHS = re.compile(
+    r"(/v1/callbacks/[^/\s?\"]+/|/u/|/preferences/|/v1/unsubscribe-tokens/)[^/\s?\"]+"
+)
 
 
 def redact(text: str) -> str:

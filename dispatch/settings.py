@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     redis_url: str = ""
     public_url: str = DEFAULT_PUBLIC_URL
     api_tokens: Annotated[tuple[str, ...], NoDecode] = ()
-    # Signs unsubscribe tokens and encrypts provider secrets at rest.
+    # Encrypts unsubscribe tokens and provider secrets at rest.
     secret_key: SecretStr = SecretStr("")
     # Part of every message's meta, the value of a machine-read header (DESIGN §3):
     # printable ASCII without the '|' between the meta's fields.

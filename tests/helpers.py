@@ -1,13 +1,16 @@
-"""Test helpers: save a provider (smtp, http), run a campaign's batches in-process (no Celery)."""
+"""Test helpers: save a provider (smtp, http), run a campaign's batches in-process (no Celery),
+make an unsubscribe token as messages sent before tokens were sealed carry it."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
+import orjson
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaigns, crypto, store
 from dispatch.models import CampaignRequest
 from dispatch.provider_store import save_provider
 from dispatch.sending import BatchResult, run_batch
@@ -136,3 +139,11 @@ def assert_each_sent_once(r: redis.Redis, campaign_id: str, received: list[str])
         else:
             unknown += 1
     return unknown
+
+
+def legacy_token(campaign_id: str, seq: int, email: str, category: str) -> str:
+    """An unsubscribe token as ``make_token`` wrote it until tokens were sealed (the same
+    lines): readable JSON, a dot, its HMAC. Mail already sent carries these."""
+    payload = orjson.dumps([campaign_id, seq, email, category])
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
+    return f"{body}.{crypto.sign('unsubscribe', payload)}"

@@ -20,6 +20,7 @@ from dispatch.redis_server import RedisServer
 from dispatch.unsubscribe import make_token
 from tests.api_server import ApiServer
 from tests.api_support import API_TOKEN, api_client, covers
+from tests.helpers import legacy_token
 from tests.smtp_server import free_port
 
 
@@ -59,36 +60,44 @@ def test_every_v1_route_but_callbacks_needs_the_bearer_token(api_server: ApiServ
 def test_an_unsubscribe_link_with_a_non_ascii_signature_is_not_valid(
     api_server: ApiServer, redis_client: redis.Redis
 ) -> None:
-    body = make_token("c1", 0, "a@example.com", "news").partition(".")[0]
+    body = legacy_token("c1", 0, "a@example.com", "news").partition(".")[0]
+    sealed = make_token("c1", 0, "a@example.com", "news")
     with _raw_client(api_server) as http:
-        page = http.get(f"/u/{body}.%C3%A9")
-        post = http.post(f"/u/{body}.%C3%A9")
-        prefs = http.get(f"/preferences/{body}.%C3%A9")
-    assert (page.status_code, post.status_code, prefs.status_code) == (404, 404, 404)
+        for token in (f"{body}.%C3%A9", f"{sealed}%C3%A9", f"{sealed[:-1]}%C3%A9"):
+            page = http.get(f"/u/{token}")
+            post = http.post(f"/u/{token}")
+            prefs = http.get(f"/preferences/{token}")
+            assert (page.status_code, post.status_code, prefs.status_code) == (404, 404, 404)
     assert suppressions.get("a@example.com", client=redis_client) is None
 
 
-def test_a_signed_token_with_characters_inserted_is_not_valid(
-    api_server: ApiServer, redis_client: redis.Redis
-) -> None:
-    token = make_token("c1", 0, "a@example.com", "news")
-    body, _, signature = token.partition(".")
-    # The base64 decoder skips characters outside its alphabet: these decode the same.
-    tampered = [
-        f"{body[:4]}%22%3E%3C{body[4:]}.{signature}",
-        f"{body[:4]}!{body[4:]}.{signature}",
-        f"{body}.{signature}=",
-    ]
-    # A different last character whose low bits the decoder drops: same bytes, other text.
-    if len(body) % 4:
+def _altered_spellings(text: str) -> list[str]:
+    """Other texts for the base64url ``text`` that a lax decoder reads as the same bytes:
+    characters outside the alphabet (which the decoder skips), padding, and a different
+    last character whose low bits the decoder drops."""
+    spellings = [f"{text[:4]}%22%3E%3C{text[4:]}", f"{text[:4]}!{text[4:]}", f"{text}="]
+    if len(text) % 4:
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
         for other in alphabet:
-            candidate = body[:-1] + other
-            if candidate != body and _decodes_to(candidate, body):
-                tampered.append(f"{candidate}.{signature}")
+            candidate = text[:-1] + other
+            if candidate != text and _decodes_to(candidate, text):
+                spellings.append(candidate)
                 break
+    return spellings
+
+
+def test_a_token_with_characters_inserted_is_not_valid(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    sealed = make_token("c1", 0, "a@example.com", "news")
+    legacy = legacy_token("c1", 0, "a@example.com", "news")
+    body, _, signature = legacy.partition(".")
+    tampered = _altered_spellings(sealed)
+    tampered += [f"{b}.{signature}" for b in _altered_spellings(body)]
+    tampered += [f"{body}.{signature}="]
     with _raw_client(api_server) as http:
-        assert http.get(f"/u/{token}").status_code == 200
+        assert http.get(f"/u/{sealed}").status_code == 200
+        assert http.get(f"/u/{legacy}").status_code == 200
         answers = {t: http.post(f"/u/{t}").status_code for t in tampered}
     assert set(answers.values()) == {404}, answers
     assert suppressions.get("a@example.com", client=redis_client) is None
@@ -104,12 +113,18 @@ def _decodes_to(candidate: str, body: str) -> bool:
 def test_a_token_for_one_address_cannot_be_turned_into_another(
     api_server: ApiServer, redis_client: redis.Redis
 ) -> None:
+    mine = legacy_token("c1", 0, "me@example.com", "news")
+    theirs = legacy_token("c2", 5, "victim@example.com", "news")
+    spliced = [f"{theirs.partition('.')[0]}.{mine.partition('.')[2]}"]
+    # Sealed: the SIV (the tag, 16 bytes: about 22 characters) comes first, then the
+    # ciphertext.
     mine = make_token("c1", 0, "me@example.com", "news")
     theirs = make_token("c2", 5, "victim@example.com", "news")
-    spliced = f"{theirs.partition('.')[0]}.{mine.partition('.')[2]}"
+    spliced += [mine[:22] + theirs[22:], theirs[:22] + mine[22:]]
     with _raw_client(api_server) as http:
-        assert http.post(f"/u/{spliced}").status_code == 404
-        assert http.post(f"/preferences/{spliced}", content=b"").status_code == 404
+        for token in spliced:
+            assert http.post(f"/u/{token}").status_code == 404
+            assert http.post(f"/preferences/{token}", content=b"").status_code == 404
     assert suppressions.get("victim@example.com", client=redis_client) is None
 
 
@@ -190,6 +205,7 @@ def test_the_api_access_log_does_not_show_callback_or_recipient_tokens(
     }
     log = tmp_path / "api.log"
     recipient = make_token("c1", 0, "secret-recipient@example.com", "news")
+    legacy = legacy_token("c1", 0, "secret-recipient@example.com", "news")
     with log.open("wb") as out:
         api = subprocess.Popen(
             [sys.executable, "-m", "dispatch.cli", "api", "--port", str(port)],
@@ -210,13 +226,16 @@ def test_the_api_access_log_does_not_show_callback_or_recipient_tokens(
                 http.post("/v1/callbacks/someesp/Sup3rSecretCallbackToken", content=b"[]")
                 http.get(f"/u/{recipient}")
                 http.get(f"/preferences/{recipient}?lang=en")
+                http.get(f"/u/{legacy}")
+                http.get(f"/v1/unsubscribe-tokens/{recipient}")
         finally:
             api.terminate()
             api.wait(timeout=30)
     text = log.read_text()
     assert "/v1/callbacks/someesp/***" in text and "/u/***" in text, text  # logged, masked
     assert "Sup3rSecretCallbackToken" not in text
-    assert recipient.partition(".")[0] not in text and recipient.partition(".")[2] not in text
+    assert recipient not in text and "/v1/unsubscribe-tokens/***" in text
+    assert legacy.partition(".")[0] not in text and legacy.partition(".")[2] not in text
     assert ("DISPATCH_API_TOKENS is empty" in text) is (tokens != "test-token"), text
 
 

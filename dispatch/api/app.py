@@ -13,7 +13,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 
 from dispatch import store
-from dispatch.api import campaigns, pages, providers, suppressions
+from dispatch.api import campaigns, pages, providers, suppressions, unsubscribe_tokens
 from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from dispatch.api.callbacks import router as callbacks_router
 from dispatch.api.errors import install_error_handlers
@@ -52,6 +52,7 @@ def create_app() -> FastAPI:
     app.include_router(providers.router)
     app.include_router(campaigns.router)
     app.include_router(suppressions.router)
+    app.include_router(unsubscribe_tokens.router)
     app.include_router(pages.router)
 
     @app.get("/healthz", tags=["operations"])

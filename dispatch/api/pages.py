@@ -1,7 +1,7 @@
 """Pages for recipients: one-click unsubscribe (RFC 8058) and the preference center.
 
-No authentication: the signed token in the URL is the only authority (RFC 8058 §3.2).
-``POST /u/<token>`` unsubscribes at once and answers 200 (never a redirect);
+No authentication: the token in the URL (sealed, authenticated) is the only authority
+(RFC 8058 §3.2). ``POST /u/<token>`` unsubscribes at once and answers 200 (never a redirect);
 ``GET /u/<token>`` only shows a confirmation page, because link scanners fetch URLs.
 """
 

@@ -211,3 +211,21 @@ class SuppressionRequest(BaseModel):
 class SuppressionPage(Answer):
     items: list[SuppressionEntry]
     next_cursor: str | None = None
+
+
+# -- unsubscribe tokens ------------------------------------------------------------------
+
+
+class UnsubscribeTokenView(Answer):
+    """``GET /v1/unsubscribe-tokens/{token}``: what a recipient's token names and the
+    address's choices now, for a custom preference center (the token is opaque)."""
+
+    email: str
+    campaign_id: str
+    seq: int = Field(description="The message's position in the campaign")
+    category: str = Field(description="The campaign's category")
+    suppression: SuppressionEntry | None = Field(
+        description="Set: the address is sent nothing (unsubscribed from all, bounced...)"
+    )
+    categories: list[str] = Field(description="Every category campaigns were sent in")
+    opted_out: list[str] = Field(description="The categories the address switched off")
