@@ -31,7 +31,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dispatch import reputation, store
-from dispatch.ledger import system_event
+from dispatch.ledger import ct_source, system_event
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.callbacks import CallbackEvent, EventType
@@ -51,10 +51,6 @@ COUNTERS: dict[EventType, str] = {
 }
 SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
 GUARDED = frozenset({EventType.HARD_BOUNCE, EventType.SPAM})  # dispatch.reputation
-# DESIGN §6 "CT Source": the generic kinds report "Generic email" (Generic SMTP seed);
-# the named ESPs (gmail, ses, sendgrid) report their kind.
-GENERIC_SOURCE = "Generic email"
-GENERIC_SOURCE_KINDS = frozenset({"smtp", "http"})
 
 _APPLY = """
 local stream, supp, inbox, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -152,7 +148,7 @@ class InboxBatch(BaseModel):
 def system_events(event: InboxEvent, *, provider: str, kind: str, received: float) -> list[str]:
     """The ``dispatch:events`` entries of one callback event (DESIGN §6 table)."""
     description = event.description
-    source = GENERIC_SOURCE if kind in GENERIC_SOURCE_KINDS else kind
+    source = ct_source(kind)
     names: list[tuple[str, dict[str, Any]]] = {
         EventType.DELIVERED: [("Notification Delivered", {"CT Source": source})],
         EventType.HARD_BOUNCE: [

@@ -285,6 +285,17 @@ def parse_record(raw: str | bytes | dict[str, Any] | None) -> dict[str, Any] | N
     }
 
 
+# DESIGN §6 "CT Source": the generic kinds report "Generic email" (Generic SMTP seed);
+# the named ESPs (gmail, ses, sendgrid) report their kind. The same in Sent and Delivered.
+GENERIC_SOURCE = "Generic email"
+GENERIC_SOURCE_KINDS = frozenset({"smtp", "http"})
+
+
+def ct_source(kind: str) -> str:
+    """The ``CT Source`` property of a provider kind's system events."""
+    return GENERIC_SOURCE if kind in GENERIC_SOURCE_KINDS else kind
+
+
 def event_fields(
     event: str,
     *,

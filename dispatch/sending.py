@@ -42,6 +42,7 @@ from dispatch.ledger import (
     LedgerWriter,
     Records,
     claim_record,
+    ct_source,
     event_fields,
     record,
     system_event,
@@ -139,6 +140,7 @@ class _Campaign:
         self.content = content
         self.provider = provider
         self.transport = transport
+        self.source = ct_source(transport.kind)  # "CT Source" of its system events
         self.compiled = compiled
         self.settings = settings
         for name, value in (("campaign id", content.id), ("account_id", settings.account_id)):
@@ -276,7 +278,7 @@ class BatchSender:
                 meta=meta,
                 provider=self.c.provider.nickname,
                 properties=(
-                    {"CT Source": self.c.transport.kind}
+                    {"CT Source": self.c.source}
                     if sent
                     else {"Error": error_class, "Detail": detail[:200]}
                 ),
@@ -594,7 +596,7 @@ class BatchSender:
             campaign_id=self.c.content.id,
             meta="",
             provider=self.c.provider.nickname,
-            properties={"CT Source": self.c.transport.kind},
+            properties={"CT Source": self.c.source},
         )
         made = Records()
         records: dict[tuple[int, int, str], bytes] = {}  # the few distinct ones, by their fields

@@ -254,8 +254,9 @@ def test_a_stream_consumer_reads_design_events_for_sends_and_every_callback(
     )
     failed = next(e for e in sent if e["event"] == "Notification Failed")
     assert failed["properties"]["Error"] == "SMTP invalid email ID"
+    # The same source as the Delivered callbacks below report (DESIGN §6).
     assert {e["properties"]["CT Source"] for e in sent if e["event"] == "Notification Sent"} == {
-        "smtp"
+        "Generic email"
     }
     got = sorted((e["properties"]["Callback Type"], e["event"], e["properties"]) for e in callbacks)
     assert got == sorted([
