@@ -60,6 +60,7 @@ from dispatch.api.schemas import (
     SuppressionEntry,
     SuppressionPage,
     TestEmailResult,
+    UnsubscribeTokenView,
 )
 from dispatch.models import CampaignRequest, Recipient
 
@@ -434,6 +435,14 @@ class DispatchClient:
     def iter_suppressions(self, page_size: int = 500) -> Iterator[SuppressionEntry]:
         """Every suppressed address, page after page."""
         return _walk(lambda cursor: self.list_suppressions(cursor=cursor, limit=page_size))
+
+    # -- unsubscribe tokens (custom preference centers) ----------------------------------
+
+    def resolve_unsubscribe_token(self, token: str) -> UnsubscribeTokenView:
+        """Whose a token (the ``token`` a custom center got) is, and their choices;
+        :class:`NotFound` when this service did not issue it."""
+        path = f"/v1/unsubscribe-tokens/{quote(token, safe='')}"
+        return self._model(UnsubscribeTokenView, "GET", path)
 
 
 class _Page(Protocol[T_co]):

@@ -13,6 +13,7 @@ from dispatch.client import (
     Unauthorized,
 )
 from dispatch.models import CampaignRequest, Recipient
+from dispatch.unsubscribe import make_token
 from tests.api_server import ApiServer
 from tests.api_support import covers, dispatch_client, smtp_body
 from tests.helpers import recipients
@@ -120,3 +121,23 @@ def test_suppressions_through_the_client(api_server: ApiServer, redis_client: re
         assert api.unsuppress("ann+x@example.com") is True
         assert api.unsuppress("ann+x@example.com") is False
         assert api.get_suppression("ann+x@example.com") is None
+
+
+@covers("GET /v1/unsubscribe-tokens/{token}")
+def test_a_custom_center_resolves_a_token_through_the_client(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    token = make_token("c1", 4, "ann@example.com", "news")
+    with dispatch_client(api_server) as api:
+        api.suppress("ann@example.com", reason="asked by phone")
+        view = api.resolve_unsubscribe_token(token)
+        assert (view.email, view.campaign_id, view.seq, view.category) == (
+            "ann@example.com",
+            "c1",
+            4,
+            "news",
+        )
+        assert view.suppression is not None and view.suppression.reason == "asked by phone"
+        with pytest.raises(NotFound) as refused:
+            api.resolve_unsubscribe_token(token[:-2])
+        assert refused.value.field == "token"
