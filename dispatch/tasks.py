@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Task, bootsteps
 from celery.signals import (
     celeryd_init,
     worker_process_shutdown,
@@ -170,6 +170,21 @@ def _hand_batches_on(sender: object = None, **_: object) -> None:
         store.sync_client().set(store.worker_stopping_key(str(sender)), "1", ex=600)
     except Exception:  # stopping anyway: the batches finish as before
         log.exception("could not tell the running batches to stop")
+
+
+class _HandOnWhenStopping(bootsteps.StartStopStep):
+    """Every warm shutdown, not only a signal: ``celery control shutdown`` (Flower's
+    "Shut Down" button) sends no ``worker_shutting_down``. The worker stops its steps in
+    the reverse order of their start, so this one (after the pool) says so before the
+    pool waits for its running batches."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def stop(self, parent: Any) -> None:
+        _hand_batches_on(parent.hostname)
+
+
+app.steps["worker"].add(_HandOnWhenStopping)
 
 
 @celeryd_init.connect

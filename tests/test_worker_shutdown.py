@@ -106,3 +106,34 @@ def test_a_batch_waiting_out_a_backoff_hands_on_without_waiting_it_out(
     assert result.counts.get("handed_on", 0) + result.counts.get("retry_later", 0) == 20
     assert result.retry_at is not None  # enqueued again for another worker
     assert set(states(redis_client, campaign_id)) <= {"retry"}  # nothing lost or unknown
+
+
+def test_a_remote_shutdown_hands_the_batch_on_too(smtp: SmtpTestServer) -> None:
+    """``celery control shutdown`` (Flower's button) sends no shutdown signal; the worker
+    still hands its running batch on instead of sending it out at the provider's pace."""
+    from celery import Celery
+
+    server = RedisServer().start()
+    worker = WorkerProcess(server.url, concurrency=1).start()
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    control = Celery(broker=server.url)
+    try:
+        wait_for_queues(r)
+        # One batch of 300 at 10 a second: half a minute of sending.
+        smtp_provider(r, smtp.port, max_connections=1, rate_per_second=10)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(300)}
+        campaign_id, _ = campaigns.create_campaign(
+            CampaignRequest.model_validate(body), client=r, enqueue=batch_enqueuer(server.url)
+        )
+        wait_for(lambda: len(smtp.messages) >= 10, timeout=60)
+        control.control.shutdown()
+        assert worker.proc is not None
+        worker.proc.wait(timeout=60)
+        sent = campaigns.campaign_summary(campaign_id, r)["sent"]
+        assert 10 <= sent < 300 and len(smtp.messages) == sent
+        assert set(states(r, campaign_id)) <= {"sent", "retry"}  # the rest handed on
+    finally:
+        worker.stop()
+        control.close()
+        r.close()
+        server.stop()
