@@ -155,7 +155,7 @@ async def _append_stream(
         await take(splitter.finish())
         await flush()
     except EmptyBodyError:
-        raise InvalidFieldError("the body is empty: send NDJSON or a JSON array", "body") from None
+        raise InvalidFieldError("empty: send NDJSON or a JSON array", "body") from None
     except campaigns.CampaignStateError as exc:  # started (or cancelled) while streaming
         if not result.appended:
             raise

@@ -109,14 +109,36 @@ def invalid_provider(exc: ValidationError, kind: str) -> JSONResponse:
     return _unprocessable(exc.errors(), drop_prefix=(kind,) if kind else ())
 
 
+def _not_json(request: Request) -> str | None:
+    """The request's Content-Type when it is not JSON (``"none"`` when absent), else None.
+
+    FastAPI reads a body as JSON only when it says it is (``strict_content_type``: a form
+    post from a web page cannot pass for an API call), and otherwise reports the body as
+    "not a valid dictionary": the header is what the caller has to fix."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    return content_type or "none"
+
+
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
-        if err.get("type") == "json_invalid":
+        kind = err.get("type")
+        if loc[:1] == ("body",) and kind != "missing" and (sent := _not_json(request)):
+            message = f"send the body as JSON with Content-Type: application/json (not {sent})"
+            return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, "content-type")
+        if kind == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "")
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            err = {**err, "msg": f"not valid JSON ({reason}{at})"}
             loc = ("body",)
-        elif loc and loc[0] in _REQUEST_PARTS and (len(loc) > 1 or err.get("type") != "missing"):
+        elif loc == ("body",) and kind == "missing":
+            err = {**err, "msg": "empty: send a JSON object"}
+        elif loc and loc[0] in _REQUEST_PARTS and (len(loc) > 1 or kind != "missing"):
             loc = loc[1:]  # a body-level error then names its field by its message
         errors.append({**err, "loc": loc})
     return _unprocessable(errors)
