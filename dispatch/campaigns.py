@@ -39,6 +39,7 @@ from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.config import (
+    FIELD_PROBLEMS,
     LONE_SURROGATE_PROBLEM,
     WIDE_INTEGER_PROBLEM,
     HttpConfig,
@@ -75,32 +76,52 @@ class CampaignStateError(CampaignError):
     """The operation does not fit the campaign's status (HTTP 409)."""
 
 
+# "field: message", our validators' convention for a model-level problem: the field is a
+# name or a path into it (``body.msgs[0]``).
+_NAMED_PROBLEM = re.compile(r"(?P<field>[A-Za-z_]\w*(?:\.\w+|\[\d+\])*): (?P<message>.+)", re.S)
+
+
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, in JSON's words (``an array``)."""
+    for kind, name in ((bool, "a boolean"), (int | float, "a number"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    return "an array" if isinstance(value, list | tuple) else "null" if value is None else "that"
+
+
 def validation_problems(
     errors: Iterable[Mapping[str, Any]], *, drop_prefix: tuple[str, ...] = ()
 ) -> list[tuple[str, str]]:
     """``(field, message)`` for each error of a pydantic ``ValidationError.errors()``.
 
     The field is the dotted location (``recipients.3.email``) without ``drop_prefix``
-    (the tag a discriminated union puts in front, ``smtp.port``); a model-level error
-    whose message starts with ``name:`` or ``name or other:`` (our validators'
-    convention) is attributed to ``name`` (and ``name:`` leaves the message).
+    (the tag a discriminated union puts in front, ``smtp.port``). A model-level error
+    (no location) whose message starts with ``field: `` (our validators' convention) is
+    attributed to that field, which then leaves the message: every field is named once.
+    One that holds several such problems (:data:`providers.config.FIELD_PROBLEMS`) gives
+    one pair each.
     """
     out: list[tuple[str, str]] = []
     for err in errors:
         loc = [str(part) for part in err["loc"]]
-        message = str(err["msg"]).removeprefix("Value error, ")
+        ctx = err.get("ctx") or {}
+        messages = ctx.get(FIELD_PROBLEMS) or [str(err["msg"]).removeprefix("Value error, ")]
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            loc = [str((err.get("ctx") or {}).get("discriminator", "kind")).strip("'")]
+            loc = [str(ctx.get("discriminator", "kind")).strip("'")]
         elif drop_prefix and tuple(loc[: len(drop_prefix)]) == drop_prefix:
             loc = loc[len(drop_prefix) :]
-        if not loc:
-            head, sep, rest = message.partition(":")
-            words = head.split()
-            if sep and words and words[0].isidentifier():
-                loc = [words[0]]  # "html or text: ..." is about html first
-                if len(words) == 1:
-                    message = rest.strip()  # the field is named once, by ``field``
-        out.append((".".join(loc) or "body", message))
+        if not loc and err["type"] in _NOT_AN_OBJECT:
+            messages = [f"must be a JSON object, not {_json_type(err.get('input'))}"]
+        for message in messages:
+            field = ".".join(loc)
+            named = _NAMED_PROBLEM.fullmatch(message)
+            if named and (not loc or named["field"] == loc[-1]):
+                field = ".".join([*loc[:-1], named["field"]]) if loc else named["field"]
+                message = named["message"]
+            out.append((field or "body", message))
     return out
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from providers.addresses import check_header_value, normalize_address
 from providers.callbacks.events import is_text
@@ -28,6 +29,8 @@ from providers.callbacks.sendgrid import load_public_key
 from providers.tls import load_ca
 
 NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
+# The context key of a validation error that holds several "field: message" problems.
+FIELD_PROBLEMS: Final = "field_problems"
 DEFAULT_MAX_CONNECTIONS = 4
 DEFAULT_RATE_PER_SECOND = 0.0  # 0: no pacing beyond the connection limit
 DEFAULT_SMTP_TIMEOUT = 30.0
@@ -369,7 +372,13 @@ class HttpConfig(ProviderBase):
 
         problems = config_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            # Each "field: message" kept apart in the error's context, so that an API can
+            # list every problem under its own field (dispatch.campaigns.validation_problems).
+            raise PydanticCustomError(
+                "config_problems",
+                "{summary}",
+                {"summary": "; ".join(problems), FIELD_PROBLEMS: problems},
+            )
         return self
 
     def warnings(self) -> list[str]:

@@ -275,27 +275,28 @@ def config_problems(config: HttpConfig) -> list[str]:
 
     if config.body is None:
         return [*problems, f"body: required for POST, holding {_listed(POST_MANDATORY)}"]
+    where = ""  # each problem names its field first ("body: ..."), once
     if config.batch:
-        _, array_problems = find_message_array(config.body)
+        array, array_problems = find_message_array(config.body)
         problems += array_problems
-        if array_problems:
+        if array is None:
             return problems
-        for place, names in (
-            ("body (global keys outside the message array)", usage.body_globals),
-            ("headers", usage.headers),
-            ("query", usage.query),
+        where = f" in the message template object ({_show((*array, 0))})"
+        for field, place, names in (
+            ("body", " in the global keys outside the message array", usage.body_globals),
+            ("headers", "", usage.headers),
+            ("query", "", usage.query),
         ):
             wrong = names & PER_MESSAGE_SYSTEM
             if wrong:
                 problems.append(
-                    f"{place}: per-message placeholders are not allowed in batch mode "
-                    f"({_listed(wrong)}): this part is rendered once per request; move them "
+                    f"{field}: per-message placeholders are not allowed in batch mode "
+                    f"({_listed(wrong)}){place}: this part is rendered once per request; move them "
                     "into the message template object"
                 )
     missing = set(POST_MANDATORY) - usage.body_message
     if missing:
-        where = "the message template object" if config.batch else "body"
-        problems.append(f"{where}: mandatory placeholders missing: {_listed(missing)}")
+        problems.append(f"body: mandatory placeholders missing{where}: {_listed(missing)}")
     return problems
 
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from fastapi.routing import APIRoute
 from openapi_spec_validator import validate
 
 import tests
 from dispatch.api.app import create_app
+from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
 
@@ -24,6 +28,7 @@ DECLARING_MODULES = {
     "dispatch.api.campaigns",
     "dispatch.api.suppressions",
     "dispatch.api.app",
+    "dispatch.api.unsubscribe_tokens",
 }
 TESTS_DIR = Path(tests.__file__).parent
 
@@ -186,3 +191,155 @@ def test_real_answers_match_the_document(api_server: ApiServer, redis_client: re
         check(
             api.get("/v1/providers", headers={"Authorization": "Bearer no"}), "/v1/providers", "get"
         )
+
+
+# Routes whose error answers this test cannot bring about, and why.
+NO_ERROR_CASE = {
+    "GET /healthz": "its 503 needs Redis down (test_api_integration stops a Redis for that)",
+    "GET /metrics": "answers 200 whatever happens",
+}
+OVER_API_LIMIT = MAX_API_BODY_BYTES + 1
+
+
+def _over_the_limit_in_chunks() -> Iterator[bytes]:
+    """A body over the API's limit without a Content-Length (found while reading)."""
+    chunk = b" " * (1024 * 1024)
+    for _ in range(OVER_API_LIMIT // len(chunk) + 1):
+        yield chunk
+
+
+@covers(
+    "POST /v1/callbacks/{nickname}/{token}",
+    "GET /v1/callbacks/{nickname}/{token}",
+    "GET /u/{token}",
+    "POST /u/{token}",
+    "GET /preferences/{token}",
+    "POST /preferences/{token}",
+)
+def test_every_error_a_route_answers_is_in_the_document(
+    api_server: ApiServer, redis_client: redis.Redis, paths: dict[str, str]
+) -> None:
+    """Each route's real error cases, over HTTP: the status is one the document lists for
+    that route, with the answer's media type and, for JSON, a body of its schema. The
+    callback routes listed only 200 and a 422 they never answer (none of their 400, 502,
+    503), the pages no 404, 503 or 413, and the HTML of the pages as JSON."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    from dispatch.unsubscribe import make_token
+
+    document = _document(api_server)
+    registry = Registry().with_resource("urn:dispatch", Resource(document, DRAFT202012))
+    seen: set[str] = set()
+
+    def check(answer: httpx.Response, method: str, template: str) -> None:
+        route = f"{method.upper()} {template}"
+        seen.add(route)
+        where = (route, answer.status_code, answer.text[:300])
+        assert answer.status_code >= 300, where  # an error case, as the table meant
+        responses = document["paths"][template][method]["responses"]
+        assert str(answer.status_code) in responses, where
+        media = answer.headers.get("content-type", "").partition(";")[0]
+        content = responses[str(answer.status_code)].get("content", {})
+        if not answer.content:
+            return
+        assert media in content, (*where, media, list(content))
+        if media == "application/json":
+            schema = content[media]["schema"]
+            rooted = json.loads(json.dumps(schema).replace('"#/', '"urn:dispatch#/'))
+            Draft202012Validator(rooted, registry=registry).validate(answer.json())
+
+    token = make_token("doc-err", 0, "a@example.com", "default")
+    web, gen = paths["web"], paths["gen"]
+    provider = {"kind": "smtp", "host": "127.0.0.1", "port": 2525, "security": "none",
+                "from_address": "a@example.com"}  # fmt: skip
+    draft = {"id": "doc-err", "provider": "p", "subject": "s", "html": "h", "draft": True}
+    json_type = {"Content-Type": "application/json"}
+    with api_client(api_server) as api, api_client(api_server, token=None) as anonymous:
+        assert api.put("/v1/providers/p", json=provider).status_code == 201
+        assert api.post("/v1/campaigns", json=draft).status_code == 201
+        assert api.post("/v1/campaigns", json={**draft, "id": "doc-done"}).status_code == 201
+        assert api.post("/v1/campaigns/doc-done/cancel").status_code == 200
+        cases: list[tuple[str, str, httpx.Response]] = [
+            ("put", "/v1/providers/{nickname}", api.put("/v1/providers/p", json={"kind": "x"})),
+            ("put", "/v1/providers/{nickname}", api.put("/v1/providers/BAD", json=provider)),
+            ("put", "/v1/providers/{nickname}",
+             api.put("/v1/providers/p", content=b"{", headers=json_type)),
+            ("put", "/v1/providers/{nickname}", anonymous.put("/v1/providers/p", json=provider)),
+            ("get", "/v1/providers/{nickname}", api.get("/v1/providers/nope")),
+            ("get", "/v1/providers/{nickname}", api.get("/v1/providers/BAD")),
+            ("delete", "/v1/providers/{nickname}", api.delete("/v1/providers/nope")),
+            ("get", "/v1/providers", anonymous.get("/v1/providers")),
+            ("post", "/v1/providers/{nickname}/test",
+             api.post("/v1/providers/nope/test", json={"to": "a@example.com"})),
+            ("post", "/v1/providers/{nickname}/test",
+             api.post("/v1/providers/p/test", json={"to": "nobody"})),
+            ("post", "/v1/campaigns", api.post("/v1/campaigns", json={**draft, "subject": "x"})),
+            ("post", "/v1/campaigns", api.post("/v1/campaigns", json={"provider": "p"})),
+            ("post", "/v1/campaigns", api.post("/v1/campaigns", content=b"{}")),
+            ("post", "/v1/campaigns", api.post("/v1/campaigns", content=b" " * OVER_API_LIMIT,
+                                               headers=json_type)),
+            ("get", "/v1/campaigns", api.get("/v1/campaigns?limit=0")),
+            ("get", "/v1/campaigns", api.get("/v1/campaigns?status=nope")),
+            ("get", "/v1/campaigns/{campaign_id}", api.get("/v1/campaigns/nope")),
+            ("get", "/v1/campaigns/{campaign_id}", api.get("/v1/campaigns/a%20b")),
+            ("post", "/v1/campaigns/{campaign_id}/recipients",
+             api.post("/v1/campaigns/nope/recipients", json=[])),
+            ("post", "/v1/campaigns/{campaign_id}/recipients",
+             api.post("/v1/campaigns/doc-err/recipients", content=b"")),
+            ("post", "/v1/campaigns/{campaign_id}/recipients",
+             api.post("/v1/campaigns/doc-done/recipients", json=[{"email": "a@example.com"}])),
+            *[
+                (method, f"/v1/campaigns/{{campaign_id}}/{operation}",
+                 api.post(f"/v1/campaigns/{campaign}/{operation}"))
+                for operation in ("start", "pause", "resume", "cancel", "retry-failed")
+                for campaign, method in (("nope", "post"), ("doc-done", "post"))
+                if (operation, campaign) != ("cancel", "doc-done")  # that one is a repeat: 200
+            ],
+            *[
+                ("get", "/v1/campaigns/{campaign_id}/messages",
+                 api.get(f"/v1/campaigns/{campaign}/messages{query}"))
+                for campaign, query in (("nope", ""), ("doc-err", "?limit=0"),
+                                        ("doc-err", "?limit=1001"), ("doc-err", "?cursor=-1"),
+                                        ("doc-err", "?limit=x"), ("doc-err", "?status=x"))
+            ],
+            ("get", "/v1/suppressions", api.get("/v1/suppressions?cursor=x")),
+            ("get", "/v1/suppressions", api.get("/v1/suppressions?limit=0")),
+            ("get", "/v1/suppressions/{email}", api.get("/v1/suppressions/a@example.com")),
+            ("put", "/v1/suppressions/{email}", api.put("/v1/suppressions/not-an-address")),
+            ("put", "/v1/suppressions/{email}",
+             api.put("/v1/suppressions/a@example.com", json={"reason": ""})),
+            ("put", "/v1/suppressions/{email}",
+             api.put("/v1/suppressions/a@example.com", content=_over_the_limit_in_chunks(),
+                     headers=json_type)),
+            ("delete", "/v1/suppressions/{email}", api.delete("/v1/suppressions/a@example.com")),
+            ("get", "/v1/unsubscribe-tokens/{token}", api.get("/v1/unsubscribe-tokens/not-one")),
+            ("get", "/v1/unsubscribe-tokens/{token}",
+             api.get("/v1/unsubscribe-tokens/" + "a" * 4097)),
+            ("get", "/v1/unsubscribe-tokens/{token}",
+             anonymous.get("/v1/unsubscribe-tokens/not-one")),
+            ("post", "/v1/callbacks/{nickname}/{token}",
+             anonymous.post("/v1/callbacks/gen/wrong-token", json={})),
+            ("post", "/v1/callbacks/{nickname}/{token}", anonymous.post(gen, content=b"{")),
+            ("post", "/v1/callbacks/{nickname}/{token}",
+             anonymous.post(web, json={"version": "v2", "type": "nope", "email": "a@b.c"})),
+            ("post", "/v1/callbacks/{nickname}/{token}",
+             anonymous.post(gen, content=b" " * (8 * 1024 * 1024 + 1))),
+            ("get", "/v1/callbacks/{nickname}/{token}", anonymous.get("/v1/callbacks/gen/x")),
+            ("get", "/u/{token}", anonymous.get("/u/not-a-token")),
+            ("post", "/u/{token}", anonymous.post("/u/not-a-token")),
+            ("get", "/preferences/{token}", anonymous.get("/preferences/not-a-token")),
+            ("post", "/preferences/{token}", anonymous.post("/preferences/not-a-token")),
+            ("post", "/preferences/{token}",
+             anonymous.post(f"/preferences/{token}", content=b"a" * (64 * 1024 + 1))),
+        ]  # fmt: skip
+        for method, template, answer in cases:
+            check(answer, method, template)
+    operations = {
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+    assert operations - seen == set(NO_ERROR_CASE), sorted(operations - seen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,7 +41,19 @@ def assert_refused(answer: Any, field: str) -> dict[str, Any]:
     assert error["field"] == field, error
     assert error["detail"].startswith(f"{field}: "), error  # named once, first
     assert error["errors"] and error["errors"][0]["field"] == field, error
+    assert_named_once(error)
     return error
+
+
+def assert_named_once(error: dict[str, Any]) -> None:
+    """Each problem's message does not name its field again (``body: body (...)`` did),
+    and ``detail`` is the first problem, field first."""
+    first = error["errors"][0]
+    assert error["detail"].startswith(f"{first['field']}: {first['message']}"), error
+    for problem in error["errors"]:
+        message = problem["message"].removeprefix("the ")
+        assert not message.startswith(problem["field"].split(".")[0]), error
+        assert re.fullmatch(r"[A-Za-z_-][\w.\[\]-]*", problem["field"]), error
 
 
 @covers("POST /v1/campaigns")
@@ -345,3 +358,84 @@ def test_cc_and_bcc_past_the_providers_recipients_per_message_are_refused(
     assert refused.value.field == "bcc"
     message = str(refused.value)
     assert f"{limit + 1} recipients" in message and f"allows {limit}" in message
+
+
+HTTP_SENDER = {"kind": "http", "method": "POST", "endpoint": "http://127.0.0.1:9/send",
+               "from_address": "a@example.com"}  # fmt: skip
+FULL_MESSAGE = {"to": "$$To", "s": "$$Subject", "n": "$$FromName", "a": "$$FromAddress",
+                "h": "$$HTML"}  # fmt: skip
+
+
+@covers("PUT /v1/providers/{nickname}")
+def test_provider_problems_name_each_field_once(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """An HTTP provider's configuration problems each come under their own field, named
+    once: they read ``body: body (global keys ...): ...``, ``the: the message template
+    object: ...`` (a field called "the"), or ``endpoint: ...; query: ...`` (the query's
+    problem filed under endpoint)."""
+    with api_client(api_server) as api:
+
+        def refused(field: str, **config: Any) -> dict[str, Any]:
+            return assert_refused(api.put("/v1/providers/h", json={**HTTP_SENDER, **config}), field)
+
+        globals_ = {"to": "$$To", "msgs": [FULL_MESSAGE]}
+        error = refused("body", batch=True, body=globals_)
+        assert error["detail"].startswith(
+            "body: per-message placeholders are not allowed in batch mode ($$To) in the global "
+            "keys outside the message array: "
+        ), error
+        error = refused("body", batch=True, body={"msgs": [{"to": "$$To"}]})
+        assert error["detail"] == (
+            "body: mandatory placeholders missing in the message template object "
+            "(body.msgs[0]): $$FromAddress, $$FromName, $$HTML, $$Subject"
+        )
+        error = refused("endpoint", method="GET", endpoint="ftp://x")
+        assert [p["field"] for p in error["errors"]] == ["endpoint", "query"], error
+        assert error["detail"] == "endpoint: must start with http:// or https:// (and 1 more)"
+        assert error["errors"][1]["message"].startswith("mandatory placeholders missing: $$")
+
+
+@covers("POST /v1/campaigns", "PUT /v1/providers/{nickname}", "PUT /v1/suppressions/{email}")
+def test_a_body_that_is_not_a_json_object_says_what_it_is(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Empty, not JSON, not an object, or not sent as JSON: each says so (they read
+    ``body: Field required``, ``body: JSON decode error`` and "Input should be a valid
+    dictionary or object to extract fields from", the last one also for a body that was
+    fine but sent without ``Content-Type: application/json``)."""
+    json_type = {"Content-Type": "application/json"}
+    cases: list[tuple[dict[str, str], bytes, str, str]] = [
+        (json_type, b"", "body", "body: empty: send a JSON object"),
+        (
+            json_type,
+            b"{bad",
+            "body",
+            "body: not valid JSON (Expecting property name enclosed "
+            "in double quotes at character 1)",
+        ),
+        (json_type, b"[1]", "body", "body: must be a JSON object, not an array"),
+        (json_type, b"null", "body", "body: must be a JSON object, not null"),
+        (
+            {"Content-Type": "text/plain"},
+            b'{"reason": "x"}',
+            "content-type",
+            "content-type: send the body as JSON with Content-Type: application/json "
+            "(not text/plain)",
+        ),
+        (
+            {},
+            b'{"reason": "x"}',
+            "content-type",
+            "content-type: send the body as JSON with Content-Type: application/json (not none)",
+        ),
+    ]
+    routes = [("POST", "/v1/campaigns"), ("PUT", "/v1/providers/p"),
+              ("PUT", "/v1/suppressions/a@example.com")]  # fmt: skip
+    with api_client(api_server) as api:
+        for headers, content, field, detail in cases:
+            for method, path in routes:
+                if path.startswith("/v1/suppressions") and not content:
+                    continue  # no body there is the default entry
+                answer = api.request(method, path, content=content, headers=headers)
+                assert assert_refused(answer, field)["detail"] == detail, (method, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
 from fastapi import FastAPI
@@ -16,7 +17,7 @@ from dispatch import store
 from dispatch.api import campaigns, pages, providers, suppressions, unsubscribe_tokens
 from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from dispatch.api.callbacks import router as callbacks_router
-from dispatch.api.errors import install_error_handlers
+from dispatch.api.errors import HEALTH_RESPONSES, complete_document, install_error_handlers
 from dispatch.metrics import RedisStateCollector
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,16 @@ def create_app() -> FastAPI:
     app.include_router(unsubscribe_tokens.router)
     app.include_router(pages.router)
 
-    @app.get("/healthz", tags=["operations"])
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_document(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/healthz", tags=["operations"], responses=HEALTH_RESPONSES)
     def healthz() -> dict[str, str]:
         """200 when Redis answers; 503 otherwise."""
         try:

@@ -12,12 +12,13 @@ from starlette.concurrency import run_in_threadpool
 
 from dispatch import callbacks
 from dispatch.api.body_limits import STREAMED, BodyTooLargeError, read_bounded
+from dispatch.api.errors import CALLBACK_RESPONSES, PROBE_RESPONSES
 
 router = APIRouter(tags=["callbacks"])
 PATH = "/v1/callbacks/{nickname}/{token}"
 
 
-@router.post(PATH, max_body_size=STREAMED)
+@router.post(PATH, max_body_size=STREAMED, responses=CALLBACK_RESPONSES)
 async def receive_callback(nickname: str, token: str, request: Request) -> Response:
     """Accept a provider's callback: events are durable in Redis before this answers."""
     try:
@@ -30,7 +31,7 @@ async def receive_callback(nickname: str, token: str, request: Request) -> Respo
     return JSONResponse(reply.body, status_code=reply.status)
 
 
-@router.get(PATH)
+@router.get(PATH, responses=PROBE_RESPONSES)
 def probe_callback(nickname: str, token: str) -> Response:
     """Providers' URL probes: 200 when the URL is a provider's callback URL."""
     reply = callbacks.probe(nickname, token)

@@ -13,7 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 from dispatch import campaigns, lifecycle
 from dispatch.api.auth import require_token
 from dispatch.api.body_limits import STREAMED
-from dispatch.api.errors import CONFLICT, ERROR_RESPONSES, GONE, NOT_FOUND, InvalidFieldError
+from dispatch.api.errors import (
+    CONFLICT,
+    ERROR_RESPONSES,
+    GONE,
+    NOT_FOUND,
+    TOO_LARGE,
+    InvalidFieldError,
+)
 from dispatch.api.schemas import (
     AppendProblem,
     AppendResult,
@@ -53,7 +60,11 @@ def _summary(campaign_id: str) -> CampaignSummary:
     "",
     response_model=CampaignSummary,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": CampaignSummary, "description": "Already created"}, **CONFLICT},
+    responses={
+        200: {"model": CampaignSummary, "description": "Already created"},
+        **CONFLICT,
+        **TOO_LARGE,
+    },
     summary="Create a campaign",
 )
 def create_campaign(body: CampaignRequest, response: Response) -> CampaignSummary:
@@ -155,7 +166,7 @@ async def _append_stream(
         await take(splitter.finish())
         await flush()
     except EmptyBodyError:
-        raise InvalidFieldError("the body is empty: send NDJSON or a JSON array", "body") from None
+        raise InvalidFieldError("empty: send NDJSON or a JSON array", "body") from None
     except campaigns.CampaignStateError as exc:  # started (or cancelled) while streaming
         if not result.appended:
             raise

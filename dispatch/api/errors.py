@@ -5,7 +5,8 @@ Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "er
 ``field``, ``detail`` reads ``"<field>: <message>"`` and ``errors`` lists each problem:
 
 * 422: an invalid body (one that is not JSON, or not UTF-8, too), query or path value
-  (``field`` names it, dotted: ``recipients.3.email``), an invalid provider
+  (``field`` names it, dotted: ``recipients.3.email``; ``content-type`` for a body not
+  sent as JSON), an invalid provider
   configuration, an invalid campaign (unknown template variable or placeholder:
   ``field`` names it);
 * 409: the campaign id is taken by other content (``id``), or the operation does not
@@ -31,9 +32,18 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dispatch.api.schemas import ErrorBody, FieldProblem
+from dispatch.api.schemas import (
+    CallbackError,
+    CallbackPartialSuccess,
+    CallbackSuccess,
+    ErrorBody,
+    FieldProblem,
+    HealthError,
+    HttpCallbackResult,
+)
 from dispatch.campaigns import (
     CampaignConflictError,
     CampaignError,
@@ -109,14 +119,36 @@ def invalid_provider(exc: ValidationError, kind: str) -> JSONResponse:
     return _unprocessable(exc.errors(), drop_prefix=(kind,) if kind else ())
 
 
+def _not_json(request: Request) -> str | None:
+    """The request's Content-Type when it is not JSON (``"none"`` when absent), else None.
+
+    FastAPI reads a body as JSON only when it says it is (``strict_content_type``: a form
+    post from a web page cannot pass for an API call), and otherwise reports the body as
+    "not a valid dictionary": the header is what the caller has to fix."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    return content_type or "none"
+
+
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
-        if err.get("type") == "json_invalid":
+        kind = err.get("type")
+        if loc[:1] == ("body",) and kind != "missing" and (sent := _not_json(request)):
+            message = f"send the body as JSON with Content-Type: application/json (not {sent})"
+            return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, "content-type")
+        if kind == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "")
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            err = {**err, "msg": f"not valid JSON ({reason}{at})"}
             loc = ("body",)
-        elif loc and loc[0] in _REQUEST_PARTS and (len(loc) > 1 or err.get("type") != "missing"):
+        elif loc == ("body",) and kind == "missing":
+            err = {**err, "msg": "empty: send a JSON object"}
+        elif loc and loc[0] in _REQUEST_PARTS and (len(loc) > 1 or kind != "missing"):
             loc = loc[1:]  # a body-level error then names its field by its message
         errors.append({**err, "loc": loc})
     return _unprocessable(errors)
@@ -212,3 +244,107 @@ GONE: dict[int | str, dict[str, Any]] = {
         "description": "The per-message records were removed (DISPATCH_RETENTION_DAYS)",
     }
 }
+
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {
+        "model": ErrorBody,
+        "description": "The body is over 64 MiB: plain text `Content Too Large` when the "
+        "request's Content-Length tells, JSON when it is found while reading",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _ref_of_name(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ref(model: type[Any]) -> dict[str, str]:
+    return _ref_of_name(model.__name__)
+
+
+def _json_of(*models: type[Any]) -> dict[str, Any]:
+    schema = _ref(models[0]) if len(models) == 1 else {"anyOf": [_ref(m) for m in models]}
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+_CALLBACK_REFUSED = "Not accepted (`error_code` repeats the status)"
+# The callback routes' answers (DESIGN §6, dispatch.callbacks); the models themselves are
+# put in the document by app.py's openapi (they are no route's response_model).
+CALLBACK_MODELS = (
+    CallbackSuccess,
+    CallbackPartialSuccess,
+    HttpCallbackResult,
+    CallbackError,
+)
+CALLBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Accepted: every event, or some (`partial_success`; the `http` "
+        "kind's answer lists the others)",
+        **_json_of(CallbackSuccess, CallbackPartialSuccess, HttpCallbackResult),
+    },
+    400: {
+        "description": "Malformed as a whole, failed authentication (unknown nickname or "
+        "token, bad signature), over 1000 events or 8 MB, or every event refused",
+        **_json_of(CallbackError, HttpCallbackResult),
+    },
+    502: {
+        "description": "SNS SubscriptionConfirmation: the SubscribeURL could not be fetched",
+        **_json_of(CallbackError),
+    },
+    500: {
+        "description": "The service failed (a provider whose saved key cannot be used, or a "
+        "bug): the provider sends again",
+        **_json_of(CallbackError),
+    },
+    503: {"description": "Redis cannot take the events: send again", **_json_of(CallbackError)},
+}
+PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The URL is a provider's callback URL", **_json_of(CallbackSuccess)},
+    400: {"description": _CALLBACK_REFUSED + ": not a callback URL", **_json_of(CallbackError)},
+    503: {"description": "Redis cannot serve", **_json_of(CallbackError)},
+}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthError, "description": "Redis does not answer"},
+}
+
+_HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "The link's token is not valid (a page saying so)", **_HTML},
+    503: {
+        "description": "Redis cannot serve: a page asking to come back; nothing was changed",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        **_HTML,
+    },
+}
+REDIRECT: dict[int | str, dict[str, Any]] = {
+    303: {
+        "description": "The provider has a custom preference center: go there, with the token",
+        "headers": {"Location": {"schema": {"type": "string"}}},
+    }
+}
+FORM_TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The form is over 64 KiB; nothing was saved", **_HTML}
+}
+
+
+def complete_document(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the routes really answer: the callback answer models
+    added to its schemas, and FastAPI's default 422 (``HTTPValidationError``, a shape
+    this API never answers) dropped where a route cannot answer 422 at all (callbacks,
+    pages: their path parameters are any text)."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    _, defs = models_json_schema(
+        [(model, "serialization") for model in CALLBACK_MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas.update(defs.get("$defs", {}))
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            default = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if default.get("schema") == _ref_of_name("HTTPValidationError"):
+                del responses["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return document

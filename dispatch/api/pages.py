@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from dispatch import campaigns, preferences, suppressions
 from dispatch.api.body_limits import BodyTooLargeError, read_bounded
+from dispatch.api.errors import FORM_TOO_LARGE, PAGE_RESPONSES, REDIRECT
 from dispatch.provider_store import ProviderNotFoundError, load_provider
 from dispatch.unsubscribe import (
     InvalidTokenError,
@@ -77,7 +78,7 @@ async def _with_redis(func: Callable[..., Response], *args: Any) -> Response:
         return response
 
 
-@router.get("/u/{token}", response_class=HTMLResponse)
+@router.get("/u/{token}", response_class=HTMLResponse, responses={**PAGE_RESPONSES, **REDIRECT})
 async def unsubscribe_page(token: str) -> Response:
     """A confirmation page (system center) or a redirect to the custom center."""
     parsed = _token(token)
@@ -95,7 +96,7 @@ def _confirmation_page(parsed: UnsubscribeToken, token: str) -> Response:
     return _page("unsubscribe.html", email=parsed.email, token=token)
 
 
-@router.post("/u/{token}", response_class=HTMLResponse)
+@router.post("/u/{token}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 async def one_click_unsubscribe(token: str) -> Response:
     """RFC 8058 one-click: unsubscribes at once, whatever the body; 200, no redirect."""
     parsed = _token(token)
@@ -120,7 +121,7 @@ def _preferences_page(parsed: UnsubscribeToken, saved: bool = False) -> Response
     )
 
 
-@router.get("/preferences/{token}", response_class=HTMLResponse)
+@router.get("/preferences/{token}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 async def preference_center(token: str) -> Response:
     """The system preference center: one switch per category, and unsubscribe from all."""
     parsed = _token(token)
@@ -129,7 +130,11 @@ async def preference_center(token: str) -> Response:
     return await _with_redis(_preferences_page, parsed)
 
 
-@router.post("/preferences/{token}", response_class=HTMLResponse)
+@router.post(
+    "/preferences/{token}",
+    response_class=HTMLResponse,
+    responses={**PAGE_RESPONSES, **FORM_TOO_LARGE},
+)
 async def save_preferences(token: str, request: Request) -> Response:
     """Save the switches (form fields ``category``) or unsubscribe from all."""
     parsed = _token(token)

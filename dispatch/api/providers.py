@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from dispatch import provider_store, store
 from dispatch.api.auth import require_token
-from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, InvalidFieldError, invalid_provider
+from dispatch.api.errors import (
+    ERROR_RESPONSES,
+    NOT_FOUND,
+    TOO_LARGE,
+    InvalidFieldError,
+    invalid_provider,
+)
 from dispatch.api.schemas import ProviderList, ProviderView, TestEmailRequest, TestEmailResult
 from dispatch.test_email import send_test_email
 from providers.addresses import InvalidAddressError, normalize_address
@@ -45,7 +51,7 @@ def _view(nickname: str) -> ProviderView:
 @router.put(
     "/{nickname}",
     response_model=ProviderView,
-    responses={201: {"model": ProviderView, "description": "Created"}},
+    responses={201: {"model": ProviderView, "description": "Created"}, **TOO_LARGE},
     summary="Create or replace a provider",
 )
 def put_provider(
@@ -115,7 +121,7 @@ def delete_provider(nickname: Nickname) -> Response:
 @router.post(
     "/{nickname}/test",
     response_model=TestEmailResult,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **TOO_LARGE},
     summary="Send a test email through a provider",
 )
 async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmailResult:

@@ -229,3 +229,55 @@ class UnsubscribeTokenView(Answer):
     )
     categories: list[str] = Field(description="Every category campaigns were sent in")
     opted_out: list[str] = Field(description="The categories the address switched off")
+
+
+# -- callbacks (DESIGN §6: the seeds' shapes, not ErrorBody) -------------------------------
+
+
+class CallbackSuccess(Answer):
+    """Every event of the request was accepted (kinds smtp, gmail, ses, sendgrid)."""
+
+    status: str = Field(json_schema_extra={"const": "success"})
+    message: str
+
+
+class CallbackEventError(Answer):
+    event_index: int
+    error: str
+
+
+class CallbackPartialSuccess(Answer):
+    """Some events were accepted, the others are listed by index."""
+
+    status: str = Field(json_schema_extra={"const": "partial_success"})
+    processed: int
+    failed: int
+    errors: list[CallbackEventError]
+
+
+class HttpEventError(Answer):
+    index: int
+    error: str
+
+
+class HttpCallbackResult(Answer):
+    """The answer to an ``http`` provider's callback, whatever the events' fate (200 when
+    one was accepted, 400 when none was)."""
+
+    TOTAL_EVENTS: int
+    PROCESSED_EVENTS: int
+    UNPROCESSED_EVENTS: list[HttpEventError]
+
+
+class CallbackError(Answer):
+    """A callback request refused as a whole: ``error_code`` repeats the HTTP status."""
+
+    status: str = Field(json_schema_extra={"const": "error"})
+    message: str
+    error_code: int
+
+
+class HealthError(Answer):
+    """``/healthz`` when Redis does not answer."""
+
+    detail: str

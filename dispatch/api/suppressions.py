@@ -9,7 +9,13 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from dispatch import suppressions
 from dispatch.api.auth import require_token
-from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, InvalidFieldError, NotFoundError
+from dispatch.api.errors import (
+    ERROR_RESPONSES,
+    NOT_FOUND,
+    TOO_LARGE,
+    InvalidFieldError,
+    NotFoundError,
+)
 from dispatch.api.schemas import SuppressionEntry, SuppressionPage, SuppressionRequest
 from providers.addresses import InvalidAddressError, normalize_address
 
@@ -73,7 +79,7 @@ def get_suppression(email: Email) -> SuppressionEntry:
 @router.put(
     "/{email:address}",
     response_model=SuppressionEntry,
-    responses={201: {"model": SuppressionEntry, "description": "Created"}},
+    responses={201: {"model": SuppressionEntry, "description": "Created"}, **TOO_LARGE},
     summary="Suppress an address",
 )
 def put_suppression(
