@@ -196,7 +196,8 @@ class JsonArraySplitter:
         """Raises :class:`StreamFormatError` when the array never closed."""
         if not self._closed:
             raise StreamFormatError(
-                f"the JSON array ends early (after element {self._index - 1})"
+                f"the JSON array ends early: the body ended in element {self._index} "
+                "(counting from 0), before the closing ]"
                 if self._depth
                 else "the body is empty"
             )

@@ -85,7 +85,8 @@ def test_array_scalars_and_empty_slots_are_reported_per_element() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b'[{"email": "a@example.com"}', "ends early"),
+        (b'[{"email": "a@example.com"}', "ends early: the body ended in element 0 "),
+        (b'[{"email": "a@example.com"}, {"em', "ends early: the body ended in element 1 "),
         (b'[{"email": "a@example.com"}] [', "after the end"),
         (b'[{"email": "a@example.com"}] x', "neither"),
         (b"", "empty"),
