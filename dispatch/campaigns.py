@@ -59,9 +59,12 @@ EnqueueBatch = Callable[[str, int], None]
 class CampaignError(ValueError):
     """The campaign is invalid; ``field`` names what is at fault (HTTP 422)."""
 
-    def __init__(self, message: str, field: str = "") -> None:
+    def __init__(
+        self, message: str, field: str = "", problems: Sequence[tuple[str, str]] = ()
+    ) -> None:
         super().__init__(message)
         self.field = field
+        self.problems = tuple(problems)  # (field, message) each, when there are several
 
 
 class CampaignConflictError(CampaignError):

@@ -22,7 +22,9 @@ def check_campaign_payload(
 
     problems = check_placeholders(provider, content.vars, (recipient_vars(r) for r in recipients))
     if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CampaignError(
-            "; ".join(p.message for p in problems),
+            problems[0].message + more,
             field=f"vars.{problems[0].name}",  # where its value belongs (as on append)
+            problems=[(f"vars.{p.name}", p.message) for p in problems],
         )

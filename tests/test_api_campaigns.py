@@ -197,6 +197,7 @@ def test_unknown_placeholder_of_an_http_provider_gets_422_naming_it(
             "addr": "$$FromAddress",
             "html": "$$HTML",
             "code": "$$coupon_code",
+            "region": "$$region",
         },
     }
     with api_client(api_server) as api:
@@ -212,14 +213,20 @@ def test_unknown_placeholder_of_an_http_provider_gets_422_naming_it(
         assert answer.status_code == 422, answer.text
         assert answer.json()["field"] == "vars.coupon_code"
         assert answer.json()["detail"].startswith("vars.coupon_code: $$coupon_code")
-        ok = api.post("/v1/campaigns", json={**body, "vars": {"coupon_code": "X1"}, "draft": True})
+        assert answer.json()["detail"].endswith(" (and 1 more)")
+        assert [(e["field"], e["message"][:8]) for e in answer.json()["errors"]] == [
+            ("vars.coupon_code", "$$coupon"),
+            ("vars.region", "$$region"),
+        ]
+        campaign_vars = {"coupon_code": "X1", "region": "EU"}
+        ok = api.post("/v1/campaigns", json={**body, "vars": campaign_vars, "draft": True})
         assert ok.status_code == 201, ok.text
 
         # Without a campaign value, each appended recipient must bring its own.
         draft_body = {**body, "id": "hook-2", "recipients": [], "draft": True}
         assert api.post("/v1/campaigns", json=draft_body).status_code == 201
-        lines = ndjson([{"email": "a@example.com"},
-                        {"email": "b@example.com", "vars": {"coupon_code": "Z"}}])  # fmt: skip
+        full = {"coupon_code": "Z", "region": "EU"}
+        lines = ndjson([{"email": "a@example.com"}, {"email": "b@example.com", "vars": full}])
         result = api.post("/v1/campaigns/hook-2/recipients", content=lines).json()
         assert (result["appended"], result["rejected"]) == (1, 1)
         assert result["errors"][0]["field"] == "vars.coupon_code"

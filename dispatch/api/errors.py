@@ -167,7 +167,8 @@ async def _campaign_error(request: Request, exc: Exception) -> JSONResponse:
         code = status.HTTP_409_CONFLICT
     else:
         code = status.HTTP_422_UNPROCESSABLE_CONTENT
-    return error_response(code, str(exc), exc.field or None)
+    problems = [FieldProblem(field=f, message=m) for f, m in exc.problems]
+    return error_response(code, str(exc), exc.field or None, problems)
 
 
 async def _invalid_field(request: Request, exc: Exception) -> JSONResponse:
