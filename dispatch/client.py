@@ -367,9 +367,11 @@ class DispatchClient:
         status: str | None = None,
         cursor: str | None = None,
         limit: int = 100,
+        email: str | None = None,
     ) -> MessagePage:
-        """One page of per-message outcomes (see :meth:`iter_messages`)."""
-        params = _params(limit=limit, status=status, cursor=cursor)
+        """One page of per-message outcomes (see :meth:`iter_messages`); with ``email``
+        the messages to that address, all on one page."""
+        params = _params(limit=limit, status=status, cursor=cursor, email=email)
         return self._model(
             MessagePage, "GET", f"/v1/campaigns/{campaign_id}/messages", params=params
         )

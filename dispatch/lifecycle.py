@@ -37,8 +37,15 @@ from dispatch import campaigns, reputation, retention, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
 from dispatch.ledger import LedgerWriter, parse_record, record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
-from dispatch.recipient_pages import lines_of, page_span, stored_count, stored_count_async
+from dispatch.recipient_pages import (
+    lines_of,
+    page_span,
+    seqs_of_address,
+    stored_count,
+    stored_count_async,
+)
 from dispatch.settings import get_settings
+from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.errors import ErrorClass
 
@@ -457,9 +464,13 @@ def messages_page(
     status: str | None = None,
     cursor: int = 0,
     limit: int = 100,
+    email: str | None = None,
     client: redis.Redis | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Per-message outcomes in seq order from ``cursor``, and the next cursor (None: done).
+
+    With ``email``, the messages to that address (compared as the suppression list
+    compares: caselessly), in that status if one is given, all on one page.
 
     With ``status`` a page holds only messages in that state (``queued`` for those not
     settled yet) among the next :data:`PAGE_SCAN_LIMIT` messages, so it may be short or
@@ -471,6 +482,12 @@ def messages_page(
     r = client or store.sync_client()
     content = campaigns.load_content(campaign_id, r)
     retention.ensure_not_purged(r, campaign_id)
+    if email is not None:
+        found: list[dict[str, Any]] = []
+        for at in seqs_of_address(r, campaign_id, suppression_key(email)):
+            one, _ = messages_page(campaign_id, cursor=at, limit=1, client=r)
+            found += [m for m in one if status is None or m["status"] == status]
+        return found, None
     send_date = str(r.hget(store.campaign_key(campaign_id), "send_date") or "")
     total = stored_count(r, campaign_id)
     limit = max(1, min(limit, MAX_PAGE))

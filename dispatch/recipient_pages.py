@@ -60,6 +60,30 @@ def line_safe(text: str) -> str:
     return text.replace("\n", "\\n") if "\n" in text else text
 
 
+FIND_PAGES_PER_READ = 20  # pages read at a time while looking for an address (~1 MB)
+
+
+def seqs_of_address(r: redis.Redis, campaign_id: str, address_key: str) -> list[int]:
+    """The seqs whose address key is ``address_key`` (one, unless the campaign was given
+    the address twice), found by reading the address keys' pages a few at a time: a
+    support lookup, not a hot path (a million recipients: about 30 MB read)."""
+    key = store.address_keys_key(campaign_id)
+    needle = f"\n{line_safe(address_key)}\n"
+    found: list[int] = []
+    first = 0
+    while True:
+        pages = r.lrange(key, first, first + FIND_PAGES_PER_READ - 1)
+        for offset, page in enumerate(pages):
+            text = f"\n{page if isinstance(page, str) else page.decode()}\n"
+            at = text.find(needle)
+            while at >= 0:
+                found.append((first + offset) * PAGE + text.count("\n", 0, at))
+                at = text.find(needle, at + 1)
+        if len(pages) < FIND_PAGES_PER_READ:
+            return found
+        first += FIND_PAGES_PER_READ
+
+
 def stored_count(r: redis.Redis, campaign_id: str) -> int:
     """How many recipients the campaign has."""
     return int(r.hget(store.counters_key(campaign_id), "total") or 0)

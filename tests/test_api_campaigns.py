@@ -89,6 +89,16 @@ def test_5000_recipients_appended_as_ndjson_are_each_sent_once(
         assert first["attempts"] == 1
         failed = api.get("/v1/campaigns/big-1/messages", params={"status": "failed"}).json()
         assert failed == {"items": [], "next_cursor": None}
+        # What happened to one address (support's question), found among 5,000:
+        messages = "/v1/campaigns/big-1/messages"
+        one = api.get(messages, params={"email": " User4321@Example.COM"}).json()
+        assert [(m["seq"], m["email"], m["status"]) for m in one["items"]] == [
+            (4321, "user4321@example.com", "sent")
+        ]
+        assert one["next_cursor"] is None
+        for params in ({"email": "user4321@example.com", "status": "failed"},
+                       {"email": "nobody@example.com"}):  # fmt: skip
+            assert api.get(messages, params=params).json() == {"items": [], "next_cursor": None}
 
         listed = api.get("/v1/campaigns").json()
         assert [c["id"] for c in listed["items"]] == ["big-1"]

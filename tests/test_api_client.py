@@ -59,6 +59,8 @@ def test_a_campaign_through_the_client(
         messages = list(api.iter_messages("client-1", page_size=500))
         assert [m.seq for m in messages] == list(range(1200))
         assert all(m.status == "sent" and m.meta.endswith(f"|{m.seq}|") for m in messages)
+        (one,) = api.messages("client-1", email="USER1100@example.com").items
+        assert (one.seq, one.email, one.status) == (1100, "user1100@example.com", "sent")
         assert [c.id for c in api.list_campaigns(status="completed").items] == ["client-1"]
     assert len(smtp.messages) == 1201  # the test message and the campaign
 

@@ -9,12 +9,12 @@ import orjson
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaigns, recipient_pages, store
 from dispatch.batch_items import load_batch
 from dispatch.campaigns import RecipientAppender
 from dispatch.models import CampaignRequest
 from dispatch.recipient_pages import PAGE
-from tests.helpers import http_provider
+from tests.helpers import create_held, http_provider, recipients, smtp_provider
 
 
 def _draft(r: redis.Redis) -> str:
@@ -191,3 +191,17 @@ def test_messages_pages_read_across_a_page_edge(redis_client: redis.Redis) -> No
     items, cursor = messages_page(cid, cursor=1490, limit=20, client=redis_client)
     assert [m["seq"] for m in items] == list(range(1490, 1500))
     assert cursor is None
+
+
+def test_an_address_is_found_on_any_page_read_in_any_chunk(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recipient_pages, "FIND_PAGES_PER_READ", 2)  # 3 pages: 2 reads
+    body = {"provider": "p", "subject": "s", "html": "h", "recipients": recipients(2500)}
+    smtp_provider(redis_client, 2525, nickname="p")
+    cid, _ = create_held(redis_client, body)
+    for seq in (0, 999, 1000, 1999, 2000, 2499):
+        key = f"user{seq}@example.com"
+        assert recipient_pages.seqs_of_address(redis_client, cid, key) == [seq]
+    assert recipient_pages.seqs_of_address(redis_client, cid, "user25@example.co") == []
+    assert recipient_pages.seqs_of_address(redis_client, cid, "ser1@example.com") == []

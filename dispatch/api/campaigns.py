@@ -276,12 +276,22 @@ def list_messages(
     ] = None,
     cursor: Annotated[str, Query(pattern=r"^\d{1,12}$", description="From `next_cursor`")] = "0",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    email: Annotated[
+        str | None,
+        Query(
+            min_length=3,
+            max_length=320,
+            description="Only the messages to this address (caseless), on one page: "
+            "`cursor` and `limit` do not apply",
+        ),
+    ] = None,
 ) -> MessagePage:
     """Messages in seq order: meta, email, status, error class, detail, attempts. A
-    filtered page may be short or empty: go on while ``next_cursor`` is not null."""
+    filtered page may be short or empty: go on while ``next_cursor`` is not null. With
+    ``email``: what happened to that address in this campaign."""
     status = None if status_ is None else status_.value
     items, next_cursor = lifecycle.messages_page(
-        campaign_id, status=status, cursor=int(cursor), limit=limit
+        campaign_id, status=status, cursor=int(cursor), limit=limit, email=email
     )
     return MessagePage(
         items=[MessageOutcome.model_validate(i) for i in items],
