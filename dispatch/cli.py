@@ -320,6 +320,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_messages(args: argparse.Namespace) -> int:
+    """Per-message outcomes as NDJSON, one line each (every page, or one address's)."""
+    from dispatch import campaigns, lifecycle, retention
+
+    cursor: int | None = 0
+    try:
+        while cursor is not None:
+            items, cursor = lifecycle.messages_page(
+                args.id, status=args.status, cursor=cursor, limit=1000, email=args.email
+            )
+            for item in items:
+                print(json.dumps(item, default=str))
+    except campaigns.CampaignNotFoundError:
+        print(f"error: no campaign {args.id!r}", file=sys.stderr)
+        return 1
+    except retention.CampaignPurgedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # an unknown status
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 while the workers of this host take tasks (a container healthcheck)."""
     from dispatch import store, worker_health
@@ -477,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("status", cmd_status, "a campaign's status and counters")
     p.add_argument("id")
     p.add_argument("--follow", action="store_true", help="a live progress bar")
+
+    p = verb("messages", cmd_messages, "a campaign's per-message outcomes, one JSON line each")
+    p.add_argument("id")
+    p.add_argument("--status", help="only messages in this state (failed, sent, queued, ...)")
+    p.add_argument("--email", help="only the messages to this address")
 
     p = verb("health", cmd_health, "exit 0 while this host's workers take tasks")
     p.add_argument("--host", help="the workers of this host (default: this machine's name)")

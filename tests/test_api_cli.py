@@ -84,6 +84,20 @@ def test_send_follow_status_and_suppressions(
         assert code == 0 and json.loads(out)["sent"] == 49
         code, _, err = run(capsys, "status", "nope")
         assert code == 1 and "nope" in err
+
+        code, out, _ = run(capsys, "messages", "cli-1")
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert code == 0 and [m["seq"] for m in lines] == list(range(50))
+        code, out, _ = run(capsys, "messages", "cli-1", "--status", "suppressed")
+        assert code == 0 and [json.loads(line)["email"] for line in out.splitlines()] == [
+            "user1@example.com"
+        ]
+        code, out, _ = run(capsys, "messages", "cli-1", "--email", "USER7@example.com")
+        (seven,) = [json.loads(line) for line in out.splitlines()]
+        assert code == 0 and (seven["seq"], seven["status"]) == (7, "sent")
+        assert run(capsys, "messages", "nope")[0] == 1
+        code, _, err = run(capsys, "messages", "cli-1", "--status", "lost")
+        assert code == 2 and err.startswith("error: status: one of")
         code, _, err = run(capsys, "send", str(campaign))
         assert code == 0 and "already existed" in err
 
