@@ -522,6 +522,7 @@ def messages_page(
                     "detail": rec.get("detail", ""),
                     "attempts": rec.get("attempts", 0),
                     "throttles": rec.get("throttles", 0),
+                    "next_attempt_at": (rec.get("next_at") or None) if state == "retry" else None,
                     "updated_at": rec.get("updated_at", 0.0),
                     "retried": bool(was_retried),
                 }

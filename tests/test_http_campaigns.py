@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,19 @@ def test_throttled_tries_are_not_attempts(redis_client: redis.Redis) -> None:
     assert rec is not None and (rec["attempts"], rec["throttles"]) == (1, 4)
     page, _ = lifecycle.messages_page(cid, client=redis_client)
     assert [(m["attempts"], m["throttles"]) for m in page] == [(1, 4), (1, 4)]
+
+
+def test_a_parked_retry_says_when_it_is_due(redis_client: redis.Redis) -> None:
+    with HttpSink() as sink:
+        sink.script(Reply(429, b"slow down", headers=(("Retry-After", "600"),)))
+        http_provider(redis_client, sink.url)
+        cid, batches = create_held(redis_client, _body(1))
+        before = time.time()
+        run_batches(batches, FAST, rounds=1)
+    (message,), _ = lifecycle.messages_page(cid, client=redis_client)
+    assert (message["status"], message["throttles"]) == ("retry", 1)
+    assert before + 600 <= message["next_attempt_at"] <= time.time() + 600
+    assert lifecycle.messages_page(cid, client=redis_client, status="queued")[0] == []
 
 
 def test_a_provider_that_throttles_for_ever_fails_the_message_at_max_throttles(

@@ -173,6 +173,9 @@ class MessageOutcome(Answer):
     attempts: int = 0
     # Tries the provider throttled (asked us to slow down): they are not attempts.
     throttles: int = 0
+    next_attempt_at: float | None = Field(
+        default=None, description="A message waiting for a retry: when it is due (epoch s)"
+    )
     updated_at: float = 0.0
     retried: bool = False
 
