@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -14,63 +15,156 @@ from providers.config import ProviderBase
 from providers.errors import ConfigurationError
 
 # GCRA ("virtual scheduling"): KEYS[1] holds the time the provider is next free. Each
-# call reserves n sends after that point and answers how long to wait first, so any
-# number of workers together keep to rate_per_second. KEYS[2] counts today's sends;
-# past the quota nothing is reserved and -1 comes back.
+# call reserves sends after that point and answers how many and how long to wait first,
+# so any number of workers together keep to rate_per_second. KEYS[2] counts today's
+# messages, KEYS[3] today's recipients (to, cc and bcc: ARGV[4] per message). With ARGV[6]
+# = 1 as many of the n as the quotas leave are granted, else all or none. Answers
+# {granted, wait, which quota stopped it (0 none, 1 messages, 2 recipients)}.
 _TAKE = """
 local n, rate, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local per, rquota, partial = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
+local granted, which = n, 0
 if quota > 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used + n > quota then return '-1' end
-  redis.call('INCRBY', KEYS[2], n)
+  local left = quota - tonumber(redis.call('GET', KEYS[2]) or '0')
+  if left < granted then granted, which = left, 1 end
+end
+if rquota > 0 then
+  local left = math.floor((rquota - tonumber(redis.call('GET', KEYS[3]) or '0')) / per)
+  if left < granted then granted, which = left, 2 end
+end
+if granted <= 0 or (granted < n and not partial) then return {0, '-1', which} end
+if quota > 0 then
+  redis.call('INCRBY', KEYS[2], granted)
   redis.call('EXPIRE', KEYS[2], 172800)
 end
-if rate <= 0 then return '0' end
+if rquota > 0 then
+  redis.call('INCRBY', KEYS[3], granted * per)
+  redis.call('EXPIRE', KEYS[3], 172800)
+end
+if rate <= 0 then return {granted, '0', which} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-redis.call('SET', KEYS[1], tostring(free + n / rate), 'EX', 3600)
-return tostring(free - now)
+redis.call('SET', KEYS[1], tostring(free + granted / rate), 'EX', 3600)
+return {granted, tostring(free - now), which}
 """
+
+# Messages counted against today's quotas that did not go out are given back (never
+# below zero: the day's key may have been removed by hand meanwhile).
+_REFUND = """
+for i, key in ipairs(KEYS) do
+  local left = tonumber(redis.call('GET', key) or '0') - tonumber(ARGV[i])
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('SET', key, math.max(left, 0), 'KEEPTTL')
+  end
+end
+return 0
+"""
+
+
+def chunk_limit(provider: ProviderBase, chunk_size: int) -> int:
+    """How many messages one hand-over to ``provider`` may carry: the transport's
+    ``chunk_size``, but no more than its pace allows in a second, so that a low
+    ``rate_per_second`` sends one message at a time at an even pace instead of a whole
+    chunk at once and then nothing for as long."""
+    rate = provider.rate_per_second
+    if rate <= 0:
+        return chunk_size
+    return max(1, min(chunk_size, int(rate)))
 
 
 class QuotaExhaustedError(ConfigurationError):
     """The provider's daily quota is used up: the campaign pauses until a person acts."""
 
 
-class ProviderLimiter:
-    """Reserves sends against a provider's ``rate_per_second`` and ``daily_quota``."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Sends reserved by :meth:`ProviderLimiter.take_some`: ``count`` of them may go after
+    ``wait`` seconds; ``day`` is the UTC day whose quotas they were counted against."""
 
-    def __init__(self, client: aioredis.Redis, provider: ProviderBase) -> None:
+    count: int
+    wait: float
+    day: str = ""
+
+
+class ProviderLimiter:
+    """Reserves sends against a provider's ``rate_per_second``, ``daily_quota`` and
+    ``daily_recipient_quota`` (``recipients_per_message``: to, cc and bcc of each)."""
+
+    def __init__(
+        self, client: aioredis.Redis, provider: ProviderBase, recipients_per_message: int = 1
+    ) -> None:
         self.client = client
         self.provider = provider
-        self.active = bool(provider.rate_per_second or provider.daily_quota)
+        self.per_message = max(1, recipients_per_message)
+        self.quotas = bool(provider.daily_quota or provider.daily_recipient_quota)
+        self.active = bool(provider.rate_per_second or self.quotas)
 
     async def take(self, n: int) -> float:
-        """Reserve ``n`` sends; returns how many seconds to wait before sending them.
+        """Reserve ``n`` sends (all or none); returns how many seconds to wait first.
 
-        Raises :class:`QuotaExhaustedError` when today's quota would be exceeded.
+        Raises :class:`QuotaExhaustedError` when today's quotas would be exceeded.
         """
-        if not self.active:
-            return 0.0
-        day = datetime.now(UTC).strftime("%Y%m%d")
+        return (await self._take(n, partial=False)).wait
+
+    async def take_some(self, n: int) -> Grant:
+        """Reserve up to ``n`` sends: as many as today's quotas leave (so the quota is used
+        to the last message), after the provider's pace.
+
+        Raises :class:`QuotaExhaustedError` when not one more may go today.
+        """
+        return await self._take(n, partial=True)
+
+    async def refund(self, grant: Grant, n: int) -> None:
+        """Give back ``n`` of ``grant``'s sends that did not go out (given back unsent,
+        or refused by the provider): they do not count against the day's quotas."""
+        if n <= 0 or not self.quotas or not grant.day:
+            return
+        message_key, recipient_key = self._quota_keys(grant.day)
+        await self.client.eval(_REFUND, 2, message_key, recipient_key, n, n * self.per_message)
+
+    def _quota_keys(self, day: str) -> tuple[str, str]:
         nick = self.provider.nickname
-        answer = await self.client.eval(
-            _TAKE,
-            2,
-            f"{store.PREFIX}:pace:{nick}",
+        return (
             f"{store.PREFIX}:quota:{nick}:{day}",
+            f"{store.PREFIX}:recipient-quota:{nick}:{day}",
+        )
+
+    async def _take(self, n: int, *, partial: bool) -> Grant:
+        if not self.active:
+            return Grant(n, 0.0)
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        message_key, recipient_key = self._quota_keys(day)
+        granted, wait, which = await self.client.eval(
+            _TAKE,
+            3,
+            f"{store.PREFIX}:pace:{self.provider.nickname}",
+            message_key,
+            recipient_key,
             n,
             self.provider.rate_per_second,
             self.provider.daily_quota or 0,
+            self.per_message,
+            self.provider.daily_recipient_quota or 0,
+            1 if partial else 0,
         )
-        wait = float(answer)
-        if wait < 0:
-            raise QuotaExhaustedError(
-                f"daily quota of {self.provider.daily_quota} messages for provider "
-                f"{nick!r} is used up (UTC day {day})"
+        if int(granted) <= 0:
+            raise QuotaExhaustedError(self._used_up(int(which), day))
+        return Grant(int(granted), float(wait), day)
+
+    def _used_up(self, which: int, day: str) -> str:
+        nick = self.provider.nickname
+        if which == 2:
+            what = (
+                f"daily recipient quota of {self.provider.daily_recipient_quota} recipients "
+                f"(to, cc and bcc; {self.per_message} a message)"
             )
-        return wait
+        else:
+            what = f"daily quota of {self.provider.daily_quota} messages"
+        return (
+            f"{what} for provider {nick!r} is used up (UTC day {day}; it starts again at "
+            "00:00 UTC: resume the campaign then)"
+        )
 
 
 # A connection slot is a member of a sorted set scored by its expiry; expired members

@@ -148,6 +148,9 @@ class ProviderBase(BaseModel):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100, strict=True)
     rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0, strict=True)
     daily_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
+    # Recipients a UTC day (to, cc and bcc of each message counted), as Gmail and SES
+    # count them: a campaign with cc or bcc reaches it before daily_quota.
+    daily_recipient_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
     # Certificate checks of the provider's TLS connections (STARTTLS, SMTPS, https://).
     # tls_verify false skips them (tests only); tls_ca, PEM certificates of a private CA,
     # is trusted instead of the default CAs.
@@ -341,9 +344,11 @@ class GmailConfig(SmtpFamilyBase):
     credentials: ClassVar[str] = "the Gmail address as username and an app password"
     default_host: ClassVar[str] = "smtp.gmail.com"
     default_security: ClassVar[Security] = "tls"
-    # Google Workspace limits (reference §3): 2,000 messages a day, 100 recipients each
-    # over SMTP; the user may lower them.
+    # Google Workspace limits (reference §3): 2,000 messages a day, 10,000 recipients a
+    # day (each counted per message), 100 recipients each over SMTP; the user may lower
+    # them.
     daily_quota: int | None = Field(default=2000, ge=1, le=MAX_COUNT, strict=True)
+    daily_recipient_quota: int | None = Field(default=10000, ge=1, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
 
 

@@ -10,7 +10,7 @@ import redis
 
 from dispatch import campaigns, store
 from dispatch.ledger import parse_record
-from dispatch.limits import ProviderLimiter, QuotaExhaustedError
+from dispatch.limits import ProviderLimiter, QuotaExhaustedError, chunk_limit
 from dispatch.settings import Settings
 from providers.config import parse_provider_config
 from tests.helpers import create_held, recipients, run_inline, smtp_provider
@@ -207,3 +207,67 @@ def test_messages_waiting_for_the_pace_stop_with_a_cancel_or_pause(
             for raw in redis_client.hgetall(store.ledger_key(cid)).values()
         }
         assert "claimed" not in states  # given back: a claim left behind reads as a lost send
+
+
+def test_the_last_of_the_quota_is_granted_not_refused(redis_client: redis.Redis) -> None:
+    """Chunks of 4 against a quota of 10: 4, 4, then the 2 left (all-or-nothing stopped
+    at 8), and only then the quota is used up."""
+
+    async def go() -> list[int]:
+        client = store.async_client()
+        try:
+            limiter = ProviderLimiter(client, _config(daily_quota=10))  # type: ignore[arg-type]
+            counts = [(await limiter.take_some(4)).count for _ in range(3)]
+            with pytest.raises(QuotaExhaustedError, match="daily quota of 10 messages"):
+                await limiter.take_some(4)
+            return counts
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == [4, 4, 2]
+
+
+def test_sends_that_did_not_go_out_are_given_back_to_the_quota(
+    redis_client: redis.Redis,
+) -> None:
+    async def go() -> int:
+        client = store.async_client()
+        try:
+            limiter = ProviderLimiter(client, _config(daily_quota=5))  # type: ignore[arg-type]
+            grant = await limiter.take_some(4)
+            await limiter.refund(grant, 3)  # refused by the server, or never handed over
+            return (await limiter.take_some(10)).count
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == 4  # 5 - 1 that went out
+
+
+def test_cc_and_bcc_count_against_the_daily_recipient_quota(redis_client: redis.Redis) -> None:
+    """Gmail counts each recipient of each message (10,000 a day, reference §3): messages
+    of 5 recipients (to and 4 cc) reach it at a fifth of the message count."""
+    gmail = parse_provider_config(
+        {"nickname": "g", "kind": "gmail", "host": "127.0.0.1", "security": "none"}
+    )
+    assert (gmail.daily_quota, gmail.daily_recipient_quota) == (2000, 10000)
+    lowered = gmail.model_copy(update={"daily_recipient_quota": 12})
+
+    async def go() -> int:
+        client = store.async_client()
+        try:
+            limiter = ProviderLimiter(client, lowered, recipients_per_message=5)
+            granted = (await limiter.take_some(4)).count
+            with pytest.raises(QuotaExhaustedError, match="recipient quota of 12 recipients"):
+                await limiter.take_some(1)
+            return granted
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == 2  # 10 recipients; a third message would make 15
+
+
+@pytest.mark.parametrize(("rate", "limit"), [(0.0, 4), (0.5, 1), (1.0, 1), (2.5, 2), (50.0, 4)])
+def test_a_low_rate_hands_messages_over_one_at_a_time(rate: float, limit: int) -> None:
+    """A chunk goes out at once: at 1 a second a chunk of 4 would be a burst of 4 and
+    then 4 seconds of nothing."""
+    assert chunk_limit(_config(rate_per_second=rate), 4) == limit  # type: ignore[arg-type]
