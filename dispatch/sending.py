@@ -48,7 +48,7 @@ from dispatch.ledger import (
     system_event,
 )
 from dispatch.lifecycle import expire_now, pause_running
-from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
+from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError, chunk_limit
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
@@ -124,6 +124,10 @@ def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = 
     return float(delay)
 
 
+# Outcomes of messages the provider did not take: not counted against its daily quotas.
+_REFUSED = frozenset((OutcomeStatus.FAILED, OutcomeStatus.RETRY))
+
+
 class _Campaign:
     """What the senders of a batch share: content, provider, templates, and control."""
 
@@ -156,7 +160,10 @@ class _Campaign:
         self.stop_kind = incidents.PauseKind.CONFIGURATION  # why, when it pauses
         self.status = CampaignStatus.RUNNING
         self.base_context = campaign_context(content.vars)
-        self.limiter = ProviderLimiter(limiter_client, provider)
+        self.limiter = ProviderLimiter(
+            limiter_client, provider, 1 + len(content.cc) + len(content.bcc)
+        )
+        self.chunk_size = chunk_limit(provider, transport.chunk_size)
         self.slots = ConnectionSlots(limiter_client, provider, settings.lease_ttl_ms / 1000)
 
     def build(self, item: Item) -> OutgoingMessage:
@@ -407,7 +414,7 @@ class BatchSender:
                 return []
             self.wake.clear()
             await self.wake.wait()
-        n = min(len(queue), self.c.transport.chunk_size)
+        n = min(len(queue), self.c.chunk_size)
         return [queue.popleft() for _ in range(n)]
 
     def _stop_waiting(self) -> bool:
@@ -455,23 +462,25 @@ class BatchSender:
             if not messages:
                 continue
             try:
-                wait = await self.c.limiter.take(len(messages))
+                grant = await self.c.limiter.take_some(len(messages))
             except QuotaExhaustedError as exc:
                 await self._session_failed(messages, exc)
                 return
-            if wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
-                await self._rest(wait)
+            if grant.count < len(messages):  # the last of today's quota: the rest waits
+                self._give_back(messages[grant.count :])
+                messages = messages[: grant.count]
+            if grant.wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
+                await self._rest(grant.wait)
                 if self.stopped:
-                    for item, _ in messages:  # claimed, not attempted: given back
-                        item.claimed = True
-                        item.attempts -= 1
-                    self.put_back(item for item, _ in messages)
+                    self._give_back(messages)
+                    await self.c.limiter.refund(grant, len(messages))
                     return
             session = kept.session
             if session is None:
                 try:
                     session = await kept.stack.enter_async_context(self.c.transport.session())
                 except ProviderError as exc:
+                    await self.c.limiter.refund(grant, len(messages))  # none went out
                     await self._session_failed(messages, exc)
                     if isinstance(exc, ConfigurationError):
                         return
@@ -483,6 +492,7 @@ class BatchSender:
             except ProviderError as exc:
                 self.stats.observe(time.perf_counter() - started, len(messages))
                 await kept.drop_session()
+                await self.c.limiter.refund(grant, len(messages))  # none went out
                 await self._session_failed(messages, exc)
                 if isinstance(exc, ConfigurationError):
                     return
@@ -492,7 +502,16 @@ class BatchSender:
                 await kept.drop_session()
                 outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             self.stats.observe(time.perf_counter() - started, len(messages))
+            refused = sum(1 for o in outcomes if o.status in _REFUSED)
+            await self.c.limiter.refund(grant, refused)  # only what the provider took counts
             await self._rest(await self._apply(messages, outcomes))
+
+    def _give_back(self, messages: list[tuple[Item, OutgoingMessage]]) -> None:
+        """Claimed, not attempted: queued again, still claimed by this run."""
+        for item, _ in messages:
+            item.claimed = True
+            item.attempts -= 1
+        self.put_back(item for item, _ in messages)
 
     async def _rest(self, seconds: float) -> None:
         """Wait ``seconds`` (the provider's pace, a backoff or a throttle's pause), less
@@ -719,6 +738,12 @@ def _provider_for(nickname: str, raw: str, settings: Settings) -> tuple[Provider
     return cached[1], cached[2]
 
 
+def _chunk_size(nickname: str, raw: str, settings: Settings) -> int:
+    """How many messages a sender of this provider hands over at once (see chunk_limit)."""
+    provider, transport = _provider_for(nickname, raw, settings)
+    return chunk_limit(provider, transport.chunk_size)
+
+
 def _compiled_for(content: CampaignContent) -> CompiledContent:
     compiled = _compiled.get(content.id)
     if compiled is None:
@@ -792,7 +817,7 @@ async def run_batch(
         one_chunk = (
             raw_provider is not None
             and status == CampaignStatus.RUNNING.value
-            and _provider_for(content.provider, raw_provider, settings)[1].chunk_size >= size
+            and _chunk_size(content.provider, raw_provider, settings) >= size
         )
         loaded = await load_batch(
             r, campaign_id, batch * size, size, content.category, lease if one_chunk else None
@@ -834,7 +859,7 @@ async def run_batch(
             pool_key = (content.provider, raw_provider)
             sender = BatchSender(campaign, writer, items, settings, pool, pool_key)
             n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))
-            n = min(n, max(1, len(items) // max(1, campaign.transport.chunk_size)))
+            n = min(n, max(1, len(items) // max(1, campaign.chunk_size)))
             kept: list[KeptSession | None] = []
             if pool is not None:
                 kept.extend(await pool.take(pool_key, n))

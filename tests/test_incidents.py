@@ -131,8 +131,8 @@ def test_campaigns_by_status_read_from_the_active_index(
         smtp_provider(redis_client, smtp.port)
         run_inline(redis_client, _body("local"))
         run_inline(redis_client, _body("local"))
-    smtp_provider(redis_client, 9, "quota", daily_quota=1)
-    run_inline(redis_client, _body("quota"))  # one sent, then paused
+        smtp_provider(redis_client, smtp.port, "quota", daily_quota=1)
+        run_inline(redis_client, _body("quota"))  # one sent, then paused
     create_held(redis_client, {**_body("local"), "draft": True})
     text = _scrape(api_server)
     assert _metric(text, "dispatch_campaigns", status="paused") == 1
