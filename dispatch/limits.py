@@ -242,11 +242,16 @@ class ConnectionSlots:
             await asyncio.sleep(SLOT_POLL_SECONDS)
         return True
 
-    async def renew(self, token: str) -> None:
-        """Keep the slot while the session works (call more often than the TTL)."""
+    async def renew(self, token: str, lost: Callable[[], None]) -> None:
+        """Keep the slot while the session works (renewed three times a TTL). A slot
+        found gone (this process stalled past the TTL and the slot expired, perhaps to
+        another worker) calls ``lost``: the session must close before it sends again."""
         while True:
             await asyncio.sleep(self.ttl / 3)
-            await self.client.zadd(self.key, {token: time.time() + self.ttl}, xx=True)
+            if not await self.client.zadd(
+                self.key, {token: time.time() + self.ttl}, xx=True, ch=True
+            ):
+                lost()
 
     async def release(self, token: str) -> None:
         await self.client.zrem(self.key, token)

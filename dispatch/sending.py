@@ -437,7 +437,7 @@ class BatchSender:
             if not await slots.hold(kept.token, self._stop_waiting):
                 return
         self.holding += 1
-        renewer = asyncio.create_task(slots.renew(kept.token))
+        renewer = asyncio.create_task(slots.renew(kept.token, kept.lose_slot))
         keep_in: SessionPool | None = None  # set once the sender ended cleanly
         try:
             await self._send_chunks(kept)
@@ -457,6 +457,9 @@ class BatchSender:
                 return
             if self.stopped:
                 self.put_back(chunk)  # left queued for resume
+                return
+            if kept.slot_lost and not await self._slot_again(kept):
+                self.put_back(chunk)
                 return
             messages = await self._prepare(chunk)
             if not messages:
@@ -505,6 +508,17 @@ class BatchSender:
             refused = sum(1 for o in outcomes if o.status in _REFUSED)
             await self.c.limiter.refund(grant, refused)  # only what the provider took counts
             await self._rest(await self._apply(messages, outcomes))
+
+    async def _slot_again(self, kept: KeptSession) -> bool:
+        """The slot expired under the session (a stall longer than its TTL): another
+        worker may hold it now, so the connection closes (max_connections holds) and the
+        sender waits for a slot again; False if the batch stopped meanwhile."""
+        log.warning("campaign %s: a connection slot expired; reconnecting", self.c.content.id)
+        await kept.drop_session()
+        if not await self.c.slots.hold(kept.token, self._stop_waiting):
+            return False
+        kept.slot_lost = False  # (the renewal may have seen it gone while we waited)
+        return True
 
     def _give_back(self, messages: list[tuple[Item, OutgoingMessage]]) -> None:
         """Claimed, not attempted: queued again, still claimed by this run."""

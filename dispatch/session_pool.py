@@ -51,6 +51,10 @@ class KeptSession:
     session: Session | None = None
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     idle_since: float = 0.0
+    slot_lost: bool = False  # found gone by the renewal: close the session, wait for one
+
+    def lose_slot(self) -> None:
+        self.slot_lost = True
 
     async def drop_session(self) -> None:
         """Close the session (it failed) and keep the slot for the next one."""

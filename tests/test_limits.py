@@ -271,3 +271,48 @@ def test_a_low_rate_hands_messages_over_one_at_a_time(rate: float, limit: int) -
     """A chunk goes out at once: at 1 a second a chunk of 4 would be a burst of 4 and
     then 4 seconds of nothing."""
     assert chunk_limit(_config(rate_per_second=rate), 4) == limit  # type: ignore[arg-type]
+
+
+def test_a_slot_that_expired_under_its_session_closes_the_connection_first(
+    redis_client: redis.Redis,
+) -> None:
+    """A worker stalled past the slot's TTL and another took the provider's only slot:
+    the renewal finds it gone, so the sender closes its connection (max_connections
+    holds) and waits for a slot before it sends again; nothing is lost or sent twice."""
+    import threading
+
+    from dispatch.sending import run_batch
+    from tests.worker import wait_for
+
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, max_connections=1, rate_per_second=5)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(40)}
+        cid, ((_, batch),) = create_held(redis_client, body)
+        settings = Settings(lease_ttl_ms=600, slot_wait_seconds=60)
+
+        async def send() -> None:
+            client = store.async_client()
+            try:
+                await run_batch(cid, batch, r=client, settings=settings)
+            finally:
+                await client.aclose()
+
+        runner = threading.Thread(target=asyncio.run, args=(send(),))
+        runner.start()
+        try:
+            wait_for(lambda: len(smtp.messages) >= 5, timeout=30)
+            slots = f"{store.PREFIX}:connections:local"
+            redis_client.delete(slots)  # ours expired: another worker's now
+            redis_client.zadd(slots, {"another-worker": time.time() + 60})
+            wait_for(lambda: redis_client.exists(f"{slots}:wanted") == 1, timeout=10)
+            wait_for(lambda: smtp.handler.active == 0, timeout=10)  # closed while it waits
+            assert len(smtp.messages) < 40
+            redis_client.zrem(slots, "another-worker")
+        finally:
+            runner.join(timeout=60)
+        assert not runner.is_alive()
+        assert smtp.handler.peak == 1
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == sorted(
+        str(r["email"]) for r in recipients(40)
+    )
+    assert campaigns.campaign_summary(cid, redis_client)["sent"] == 40
