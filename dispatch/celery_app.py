@@ -60,6 +60,11 @@ class _Config:
     task_serializer = "json"
     accept_content = ("json",)
     broker_connection_retry_on_startup = True
+    # Redis out of memory (noeviction) or read-only after a failover answers the broker's
+    # writes (an ack, a queue declaration) with an error reply, not a broken connection:
+    # Celery would end the worker on it ("Unrecoverable error"). Retried like a lost
+    # connection, the worker waits and goes on once Redis accepts writes again.
+    broker_channel_error_retry = True
     # Task events cost the workers' main process about 1 ms a task; Flower turns them on
     # in every worker while it runs (its enable_events option, on by default), so they
     # are sent while something watches. task-sent comes from the caller: always on.

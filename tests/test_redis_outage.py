@@ -71,3 +71,55 @@ def test_a_worker_holding_batches_stays_up_when_redis_restarts(
         broker.close()
         r.close()
         server.stop()
+
+
+def test_a_worker_waits_while_redis_is_out_of_memory(redis_client: redis.Redis) -> None:
+    """maxmemory reached under noeviction (the policy the README asks for) refuses the
+    broker's writes with an error reply, which Celery took for an unrecoverable error:
+    the worker exited at start and on its next ack. Now it waits and then consumes."""
+    server = RedisServer().start()
+    r = redis.Redis.from_url(server.url)
+    r.config_set("maxmemory", "1")
+    worker = WorkerProcess(server.url, concurrency=1).start()
+    broker = Celery(broker=server.url)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):  # it used to exit within a second
+            assert worker.proc is not None
+            worker.proc.wait(timeout=8)
+        r.config_set("maxmemory", "0")
+        wait_for(lambda: bool(broker.control.ping(timeout=0.5)), timeout=60, interval=0.5)
+    finally:
+        worker.stop()
+        broker.close()
+        r.close()
+        server.stop()
+
+
+_FAILING_WORKER = """
+import sys
+from celery import bootsteps
+from dispatch import cli
+from dispatch.celery_app import app
+
+class Broken(bootsteps.StartStopStep):
+    def start(self, worker):
+        raise RuntimeError("broken on purpose")
+
+app.steps["worker"].add(Broken)
+sys.exit(cli.main(["worker", "--concurrency", "1", "--loglevel", "CRITICAL"]))
+"""
+
+
+def test_a_worker_that_celery_ends_exits_with_a_failure_status(redis_server: RedisServer) -> None:
+    """Celery ends a worker on an unrecoverable error with status 1; ``dispatch worker``
+    answered 0, so a supervisor that restarts on failure (systemd's
+    ``Restart=on-failure``, compose's ``on-failure``) left the worker down."""
+    import os
+    import sys
+
+    env = {**os.environ, "DISPATCH_REDIS_URL": redis_server.url}
+    done = subprocess.run(
+        [sys.executable, "-c", _FAILING_WORKER], env=env, capture_output=True, timeout=60
+    )
+    assert b"broken on purpose" in done.stderr
+    assert done.returncode == 1
