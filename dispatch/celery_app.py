@@ -7,8 +7,10 @@ import gc
 import os
 from typing import ClassVar
 
+import redis
 from celery import Celery
 from celery.signals import setup_logging, worker_init, worker_process_init
+from kombu.transport import redis as kombu_redis
 
 from dispatch import store
 from dispatch.redis_server import ensure_redis_url
@@ -58,6 +60,11 @@ class _Config:
     task_serializer = "json"
     accept_content = ("json",)
     broker_connection_retry_on_startup = True
+    # Redis out of memory (noeviction) or read-only after a failover answers the broker's
+    # writes (an ack, a queue declaration) with an error reply, not a broken connection:
+    # Celery would end the worker on it ("Unrecoverable error"). Retried like a lost
+    # connection, the worker waits and goes on once Redis accepts writes again.
+    broker_channel_error_retry = True
     # Task events cost the workers' main process about 1 ms a task; Flower turns them on
     # in every worker while it runs (its enable_events option, on by default), so they
     # are sent while something watches. task-sent comes from the caller: always on.
@@ -95,12 +102,40 @@ class _Config:
         return get_settings().visibility_timeout // 2 - 30
 
 
+def _closed_transport_is_a_connection_error() -> None:
+    """Keep a worker alive when Redis goes away while it holds unacknowledged tasks.
+
+    On a lost broker connection Celery (5.7) first lets the connection's transport go
+    (``Connection.collect``), then closes the connection, whose channel tries to give its
+    unacknowledged tasks back to Redis through that released transport. kombu (5.7) then
+    reads the URL of a transport that is gone and raises ``AttributeError``, which is no
+    connection error: Celery ends the whole worker ("Unrecoverable error", exit status 0,
+    so a supervisor that restarts on failure leaves no worker). Raised as the connection
+    error it is, it is ignored like the others and the worker reconnects; the tasks stay
+    in Redis's unacked set (a batch is also found again by housekeeping).
+    """
+    channel = kombu_redis.Channel
+    connparams = channel._connparams  # type: ignore[attr-defined]
+    if getattr(connparams, "_dispatch_guard", False):
+        return
+
+    def guarded(self: kombu_redis.Channel, asynchronous: bool = False) -> dict[str, object]:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed")
+        params: dict[str, object] = connparams(self, asynchronous=asynchronous)
+        return params
+
+    guarded._dispatch_guard = True  # type: ignore[attr-defined]
+    channel._connparams = guarded  # type: ignore[attr-defined]
+
+
 def make_app() -> Celery:
     app = Celery("dispatch", include=["dispatch.tasks"])
     app.config_from_object(_Config())
     return app
 
 
+_closed_transport_is_a_connection_error()
 app = make_app()
 
 

@@ -142,10 +142,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def _celery(argv: list[str]) -> int:
-    from dispatch.celery_app import app
+    """Celery's command line on our app, with its exit status (1 after an "Unrecoverable
+    error"), which ``app.start`` drops: a supervisor that restarts on failure must see it."""
+    from celery.bin.celery import celery
 
-    app.start(argv)
-    return 0
+    status = celery.main(args=["-A", "dispatch.celery_app", *argv], standalone_mode=False)
+    return status if isinstance(status, int) else 0
 
 
 def _loglevel(args: argparse.Namespace) -> str:
