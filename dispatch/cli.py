@@ -387,12 +387,12 @@ def cmd_providers_test(args: argparse.Namespace) -> int:
     import asyncio
 
     from dispatch.provider_store import ProviderNotFoundError, load_provider
-    from dispatch.test_email import send_test_email
+    from dispatch.test_email import send_shared_test_email
     from providers.addresses import InvalidAddressError
 
     try:
         config = load_provider(args.nickname)
-        result = asyncio.run(send_test_email(config, args.to, vars=dict(args.var)))
+        result = asyncio.run(send_shared_test_email(config, args.to, vars=dict(args.var)))
     except ProviderNotFoundError:
         print(f"error: no provider {args.nickname!r}", file=sys.stderr)
         return 2

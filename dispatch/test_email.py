@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings, get_settings
 from providers.addresses import normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
@@ -32,6 +36,7 @@ TEST_CAMPAIGN_PREFIX = "test-"
 TEST_CATEGORY = "test"
 # The whole exchange is bounded even if the provider's own timeout is long.
 DEFAULT_DEADLINE_SECONDS = 60.0
+TEST_SLOT_WAIT_SECONDS = 10.0  # for one of the provider's connections, while campaigns run
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +50,8 @@ class TestEmailResult:
     detail: str
 
 
-def _timeout_class(config: ProviderBase) -> ErrorClass:
-    return ErrorClass.DISPATCH_FAILED_HTTP if isinstance(config, HttpConfig) else ErrorClass.TIMEOUT
+def _timeout_class(config: ProviderBase, smtp: ErrorClass = ErrorClass.TIMEOUT) -> ErrorClass:
+    return ErrorClass.DISPATCH_FAILED_HTTP if isinstance(config, HttpConfig) else smtp
 
 
 def build_test_message(
@@ -111,10 +116,12 @@ async def send_test_email(
     vars: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
     deadline: float = DEFAULT_DEADLINE_SECONDS,
+    limits: aioredis.Redis | None = None,
 ) -> TestEmailResult:
     """Send one test message through ``config`` to ``to``, ``vars`` as its recipient's;
     never raises for the provider's failures (they are the answer), only
-    ``InvalidAddressError`` for a bad ``to``.
+    ``InvalidAddressError`` for a bad ``to``. With ``limits`` (the Redis the workers
+    share) it keeps to the provider's connections, pace and quotas as a campaign does.
     """
     settings = settings or get_settings()
     message = build_test_message(config, to, settings, vars)
@@ -131,10 +138,60 @@ async def send_test_email(
         return _verdict(outcomes[0])
 
     try:
-        return await asyncio.wait_for(exchange(), timeout=deadline)
+        if limits is None:
+            return await asyncio.wait_for(exchange(), timeout=deadline)
+        return await _within_limits(limits, config, exchange, deadline, settings)
     except ProviderError as exc:
         return TestEmailResult(False, exc.error_class.value, exc.detail)
     except TimeoutError:
         return TestEmailResult(
             False, _timeout_class(config).value, f"no answer within {deadline:g} s"
         )
+
+
+async def _within_limits(
+    client: aioredis.Redis,
+    config: ProviderBase,
+    exchange: Callable[[], Awaitable[TestEmailResult]],
+    deadline: float,
+    settings: Settings,
+) -> TestEmailResult:
+    """``exchange`` as one of the provider's campaign sends: it takes a connection slot
+    (``max_connections`` holds across workers and this test), waits for the provider's
+    pace, and counts against the daily quotas (given back if the provider refused it)."""
+    slots = ConnectionSlots(client, config, settings.lease_ttl_ms / 1000)
+    token = f"test-{secrets.token_hex(8)}"
+    waited = time.monotonic() + TEST_SLOT_WAIT_SECONDS
+    if not await slots.hold(token, lambda: time.monotonic() > waited):
+        return TestEmailResult(
+            False,
+            _timeout_class(config, ErrorClass.CONNECTION).value,
+            f"all {config.max_connections} connections of provider {config.nickname!r} are "
+            f"in use by campaigns (max_connections): try again later",
+        )
+    try:
+        limiter = ProviderLimiter(client, config)
+        grant = await limiter.take_some(1)
+        await asyncio.sleep(grant.wait)
+        result = await asyncio.wait_for(exchange(), timeout=deadline)
+        if not result.ok:
+            await limiter.refund(grant, 1)
+        return result
+    except QuotaExhaustedError as exc:
+        return TestEmailResult(False, exc.error_class.value, exc.detail)
+    finally:
+        await slots.release(token)
+
+
+async def send_shared_test_email(
+    config: ProviderBase, to: str, *, vars: Mapping[str, Any] | None = None
+) -> TestEmailResult:
+    """:func:`send_test_email` within the provider's limits on the workers' Redis (what
+    the API and the CLI send)."""
+    from dispatch import store
+
+    client = store.async_client()
+    try:
+        return await send_test_email(config, to, vars=vars, limits=client)
+    finally:
+        await client.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from dispatch.test_email import send_test_email
 from providers.config import HttpConfig, parse_provider_config
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, dispatch_client
-from tests.http_sink import HttpSink
+from tests.http_sink import HttpSink, Reply
 
 MANDATORY = {
     "to": "$$To",
@@ -25,6 +26,7 @@ MANDATORY = {
     "addr": "$$FromAddress",
     "html": "$$HTML",
 }
+NAME = {"name": "Ada"}
 
 
 def http_provider(url: str, **fields: Any) -> dict[str, Any]:
@@ -106,3 +108,33 @@ def test_the_test_route_takes_the_vars(api_server: ApiServer, redis_client: redi
         refused = api.post("/v1/providers/hook/test", json={"to": "ops@example.com", "vars": []})
         assert refused.status_code == 422 and refused.json()["field"] == "vars"
     assert len(sink.requests) == 1
+
+
+def test_the_test_email_keeps_to_the_providers_connections_and_quota(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test sent while campaigns hold every connection waits for one, then says so
+    instead of opening one more; it counts against the daily quota (a refused one is
+    given back), and a used-up quota answers as a campaign's send would."""
+    from dispatch import store, test_email
+
+    monkeypatch.setattr(test_email, "TEST_SLOT_WAIT_SECONDS", 0.5)
+    with HttpSink() as sink:
+        config = http_config(http_provider(sink.url, max_connections=1, daily_quota=2))
+        slots = f"{store.PREFIX}:connections:hook"
+        redis_client.zadd(slots, {"a-campaign": time.time() + 60})
+        busy = asyncio.run(test_email.send_shared_test_email(config, "a@example.com", vars=NAME))
+        assert (busy.ok, busy.error) == (False, "Dispatch failed")
+        assert "all 1 connections of provider 'hook' are in use" in busy.detail
+        assert sink.requests == []
+        redis_client.zrem(slots, "a-campaign")
+
+        sink.script(Reply(400, b"no"))  # refused: not counted
+        for expected in (False, True, True, False):
+            result = asyncio.run(
+                test_email.send_shared_test_email(config, "a@example.com", vars=NAME)
+            )
+            assert result.ok is expected, result.detail
+        assert "daily quota of 2 messages" in result.detail
+        assert len(sink.requests) == 3
+        assert redis_client.zcard(slots) == 0  # every slot given back

@@ -19,7 +19,7 @@ from dispatch.api.errors import (
     invalid_provider,
 )
 from dispatch.api.schemas import ProviderList, ProviderView, TestEmailRequest, TestEmailResult
-from dispatch.test_email import send_test_email
+from dispatch.test_email import send_shared_test_email
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.config import NICKNAME_PATTERN
 
@@ -137,5 +137,5 @@ async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmail
         to = normalize_address(body.to)
     except InvalidAddressError as exc:
         raise InvalidFieldError(str(exc), "to") from None
-    result = await send_test_email(config, to, vars=body.vars)
+    result = await send_shared_test_email(config, to, vars=body.vars)
     return TestEmailResult(ok=result.ok, error=result.error, detail=result.detail)
