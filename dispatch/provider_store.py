@@ -102,12 +102,16 @@ def _unreadable_secrets(raw: str | bytes) -> list[str]:
     return problems
 
 
+def _is_masked(config: ProviderBase, name: str) -> bool:
+    return bool(getattr(config, name).get_secret_value() == SECRET_MASK)
+
+
 def _keep_masked_secrets(config: ProviderBase, stored: ProviderBase | None) -> ProviderBase:
     """``config`` with the stored secret wherever it gives the mask (:data:`SECRET_MASK`);
     raises :class:`MaskedSecretError` when there is none to keep."""
     kept: dict[str, SecretStr] = {}
     for name in config.secret_fields:
-        if getattr(config, name).get_secret_value() != SECRET_MASK:
+        if not _is_masked(config, name):
             continue
         secret = getattr(stored, name, None)
         if not isinstance(secret, SecretStr) or not secret.get_secret_value():
@@ -130,7 +134,20 @@ def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> Pr
     config: ProviderBase = parse_provider_config(given)
     _check_endpoint(config)
     existing = r.get(store.provider_key(config.nickname))
-    stored, token = decode_provider(existing) if existing else (None, secrets.token_urlsafe(24))
+    stored, token = None, secrets.token_urlsafe(24)
+    if existing:
+        # The stored secrets are decrypted only to keep one the request masks: a secret
+        # given anew replaces one the current key cannot read (the README's remedy for a
+        # changed DISPATCH_SECRET_KEY), and a masked one that cannot be read is named.
+        masked = [n for n in config.secret_fields if _is_masked(config, n)]
+        try:
+            stored, token = decode_provider(existing, secrets=bool(masked))
+        except crypto.SecretKeyError:
+            raise ProviderFieldError(
+                f"{masked[0]}: the stored {masked[0]} does not decrypt with "
+                f"DISPATCH_SECRET_KEY (was the key changed?): give the {masked[0]} itself",
+                masked[0],
+            ) from None
     config = _keep_masked_secrets(config, stored)
     pipe = r.pipeline()
     pipe.set(store.provider_key(config.nickname), _encode(config, token))

@@ -12,16 +12,18 @@ import html as html_lib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, meta, nodes
-from jinja2.compiler import CodeGenerator, Frame
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 from markupsafe import escape
 
 from providers.base import ALL_CONTENT_PARTS
@@ -40,7 +42,11 @@ MAX_PART_CHARS = 20_000_000  # of one rendered part: far beyond what any provide
 # that calls itself twice doubles at each level, so neither size above bounds the CPU a
 # template may take (``range`` within ``range`` printing nothing ran for hours).
 MAX_STEPS = 100_000
+# Characters one part may build in all (every operation's new text counted): bounds the
+# memory of text that is built and kept, e.g. in a list or a block, before it is output.
+MAX_BUILT_CHARS = 2 * MAX_PART_CHARS
 _SIZED = (str, list, tuple)
+_built: ContextVar[list[int] | None] = ContextVar("dispatch_built_chars", default=None)
 # A width or precision of 7 digits in a %-conversion or a {}-field's format spec.
 _HUGE_WIDTH = re.compile(r"%[-#0 +*.\d]*\d{7}|\{[^{}]*:[^{}]*\d{7}[^{}]*\}")
 # Calls whose integer arguments are sizes of the result (str methods, lipsum's counts).
@@ -48,6 +54,18 @@ _SIZE_TAKING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 _MAX_LIPSUM = 1_000  # paragraphs or words per paragraph: each is hundreds of characters
 _SIZE_FILTERS = ("center", "indent", "wordwrap")
 _OUTPUT_BATCH = 64  # rendered chunks taken at a time (each at most MAX_VALUE_SIZE)
+_FLAT = frozenset({str, int, float, bool, type(None)})  # whose text is their own size
+_concat = "".join
+# What str() shows the items of (dict views: ``obj.items()``).
+_CONTAINERS = (
+    dict,
+    list,
+    tuple,
+    set,
+    frozenset,
+    Namespace,
+    *map(type, ({}.keys(), {}.values(), {}.items())),
+)
 
 
 def _refuse(what: str) -> SecurityError:
@@ -87,14 +105,82 @@ def _check_replace(text: str, old: Any, new: Any) -> None:
         raise _refuse("a replacement")
 
 
+def _spend(chars: int) -> None:
+    """Count ``chars`` new characters against the part being rendered."""
+    built = _built.get()
+    if built is not None:
+        built[0] += chars
+        if built[0] > MAX_BUILT_CHARS:
+            raise _refuse(f"building over {MAX_BUILT_CHARS:,} characters in one part")
+
+
 def _check_size(value: Any, what: str) -> Any:
-    if isinstance(value, _SIZED) and len(value) > MAX_VALUE_SIZE:
-        raise _refuse(what)
+    if isinstance(value, _SIZED):
+        if len(value) > MAX_VALUE_SIZE:
+            raise _refuse(what)
+        if isinstance(value, str):
+            _spend(len(value))
+    return value
+
+
+def _text_size(value: Any, limit: int) -> int:
+    """About ``len(str(value))``, counted only up to just past ``limit``.
+
+    A list holding one long string a thousand times costs a thousand pointers, but its
+    text (what output, ``~``, ``format``, ``join`` or ``tojson`` make of it) is a thousand
+    times the string: that is what must be bounded before Python builds it.
+    """
+    size = 0
+    stack = [value]
+    seen: set[int] = set()
+    while stack and size <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif type(item) is int:
+            size += item.bit_length() // 3 + 2
+        elif isinstance(item, _CONTAINERS):  # not Jinja2's Context: a filter's argument
+            if id(item) in seen:  # a namespace may hold itself
+                continue
+            seen.add(id(item))
+            if isinstance(item, Namespace):
+                item = item._Namespace__attrs
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            else:
+                stack.extend(item)
+            size += 2 + 2 * len(item)
+        else:
+            size += 24  # numbers, None, a repr: a few characters
+    return size
+
+
+def _check_text(values: Iterable[Any], what: str, limit: int = MAX_PART_CHARS) -> None:
+    """Refuse before ``values`` (containers among them) are made text past ``limit``."""
+    for value in values:
+        if type(value) not in _FLAT and _text_size(value, limit) > limit:
+            raise _refuse(f"{what} of a value whose text")
+
+
+def _checked_output(value: Any) -> Any:
+    """Jinja2's ``finalize``: a ``{{ value }}`` whose text would be huge is refused
+    before ``str`` makes it, and its text (a copy when escaped) counts as built: a block,
+    a macro or a ``{% set %}`` block keeps what its loop prints until it ends."""
+    if type(value) is str:
+        _spend(len(value))
+    elif type(value) not in _FLAT:
+        size = _text_size(value, MAX_PART_CHARS)
+        if size > MAX_PART_CHARS:
+            raise _refuse("printing a value whose text")
+        _spend(size)
     return value
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     """Refuse ``left operator right`` before Python builds a huge result."""
+    if operator == "%":
+        _check_text((right,), "a % format", MAX_VALUE_SIZE)
     if type(left) is int and type(right) is int:
         bits = max(abs(left).bit_length(), 1)
         if operator == "**" and right > 0 and abs(left) > 1 and bits * right > MAX_INT_BITS:
@@ -127,10 +213,25 @@ def _bounded_output(chunks: Iterable[str]) -> str:
     return joined
 
 
-def _bounded_join(pieces: Any) -> str:
-    """``"".join`` of a ``~`` expression, refused past :data:`MAX_VALUE_SIZE`."""
-    joined: str = _check_size(_concat(pieces), "a ~ concatenation")
+def _bounded_join(join: Callable[[Any], str], pieces: tuple[Any, ...]) -> str:
+    """``join(pieces)`` of a ``~`` expression, refused past :data:`MAX_VALUE_SIZE` (the
+    pieces' text is measured before it is made)."""
+    _check_text(pieces, "a ~ concatenation", MAX_VALUE_SIZE)
+    joined: str = _check_size(join(pieces), "a ~ concatenation")
     return joined
+
+
+def _bounded_concat(buffer: Iterable[str]) -> str:
+    """The text of a block, a macro's or a ``{% set %}`` block's body: refused past
+    :data:`MAX_PART_CHARS` before it is joined (a loop can print one long string many
+    times into it). ``Template.render`` hands a whole template's output as it comes."""
+    if not isinstance(buffer, list):
+        return _bounded_output(buffer)
+    size = sum(map(len, buffer))
+    if size > MAX_PART_CHARS:
+        raise _refuse(f"a block of over {MAX_PART_CHARS} characters")
+    _spend(size)
+    return _concat(buffer)
 
 
 def _count_step(context: Context) -> None:
@@ -145,10 +246,20 @@ class _BoundedCodeGenerator(CodeGenerator):
     """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``), and
     counts each iteration of a loop and each call of a macro or call block."""
 
+    @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.bounded_join(")
-        super().visit_Concat(node, frame)
-        self.write(")")
+        # Jinja2's own, with the join and its pieces handed to bounded_join.
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            join = "markup_join"
+        else:
+            join = "str_join"
+        self.write(f"environment.bounded_join({join}, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
 
     # Jinja2 refuses new node types: the count is written at the start of the next block
     # these write, which is the body (the loop's ``else`` and filter come after it).
@@ -173,6 +284,7 @@ def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any
     """``filter_`` with its arguments checked first and its result after."""
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_text((*args, *kwargs.values()), f"the filter {name}")
         value, rest = args[0], args[1:]
         if name in _SIZE_FILTERS:
             _check_sizes(rest, kwargs, name)
@@ -182,7 +294,8 @@ def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any
             _check_replace(str(value), rest[0], rest[1])
         return _check_size(filter_(*args, **kwargs), f"the filter {name}")
 
-    bounded.__dict__.update(filter_.__dict__)  # keeps Jinja2's pass_* markers
+    bounded.__dict__.update(getattr(filter_, "__dict__", {}))  # keeps Jinja2's pass_* markers
+    bounded.__wrapped__ = filter_  # type: ignore[attr-defined]
     return bounded
 
 
@@ -195,7 +308,8 @@ def _fast_format(filter_: Callable[..., Any]) -> Callable[..., Any]:
 
     def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
         if value.__class__ is str and value in safe:
-            return filter_(value, *args, **kwargs)
+            _check_text((*args, *kwargs.values()), "the filter format", MAX_VALUE_SIZE)
+            return _check_size(filter_(value, *args, **kwargs), "the filter format")
         result = checked(value, *args, **kwargs)
         if value.__class__ is str and "*" not in value and len(safe) < 1024:
             safe.add(value)
@@ -212,19 +326,21 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     code_generator_class = _BoundedCodeGenerator
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
+        super().__init__(finalize=_checked_output, **options)
         self.bounded_join = _bounded_join
+        self.concat = _bounded_concat  # type: ignore[method-assign]
         self.count_step = _count_step
-        for name in (*_SIZE_FILTERS, "replace"):
-            self.filters[name] = _bounded_filter(name, self.filters[name])
-        self.filters["format"] = _fast_format(self.filters["format"])
+        for name, filter_ in self.filters.items():
+            self.filters[name] = _bounded_filter(name, filter_)
+        self.filters["format"] = _fast_format(self.filters["format"].__wrapped__)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
+        return _check_size(super().call_binop(context, operator, left, right), "an operation")
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(__obj, "__name__", "")
+        _check_text((*args, *kwargs.values()), f"a call of {name or 'a function'}")
         if name in _SIZE_TAKING:
             _check_sizes(args, kwargs, name)
         elif name == "generate_lorem_ipsum":
@@ -244,7 +360,6 @@ _HTML_ENV = BoundedSandbox(autoescape=True, undefined=StrictUndefined)
 _TEXT_ENV = BoundedSandbox(autoescape=False, undefined=StrictUndefined)
 # Both environments have the same (default) globals: range, dict, lipsum, cycler, ...
 _GLOBALS: dict[str, Any] = dict(_HTML_ENV.globals)
-_concat = _HTML_ENV.concat
 ALL_PARTS = ALL_CONTENT_PARTS
 
 # Names the service puts in every template's context itself.
@@ -546,6 +661,7 @@ class CompiledContent:
         if plan is None:
             plan = self._plans[parts] = self._plan(parts)
         for name, template, plain in plan:
+            budget = _built.set([0])
             try:
                 if plain:
                     out[name] = template.render(context)
@@ -557,6 +673,8 @@ class CompiledContent:
                 raise RenderError(f"{name}: {exc}") from exc
             except Exception as exc:  # sandbox violations, undefined names, filter errors
                 raise RenderError(f"{name}: {type(exc).__name__}: {exc}") from exc
+            finally:
+                _built.reset(budget)
         derive = self._derive_text and "text" in parts
         subject = out["subject"].strip()
         if "\r" in subject or "\n" in subject:

@@ -34,10 +34,23 @@ _pages = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoe
 router = APIRouter(tags=["recipients"], include_in_schema=True)
 MAX_FORM_BYTES = 64 * 1024
 RETRY_AFTER_SECONDS = 60  # with Redis unreachable: when a mail client should post again
+# Every page (and the redirect to a custom center) names a person and carries their token
+# in its URL: never stored by a shared cache or the browser's (a proxy would serve one
+# person's page, or a stale choice, again), never framed by another site, never sends the
+# URL on as a Referer. The pages are plain forms posting to themselves: no script at all.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _page(name: str, status: int = 200, **context: object) -> HTMLResponse:
-    return HTMLResponse(_pages.get_template(name).render(**context), status_code=status)
+    body = _pages.get_template(name).render(**context)
+    return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
 
 def _token(token: str) -> UnsubscribeToken | HTMLResponse:
@@ -90,7 +103,8 @@ async def unsubscribe_page(token: str) -> Response:
 def _confirmation_page(parsed: UnsubscribeToken, token: str) -> Response:
     custom = _custom_center(parsed)
     if custom:
-        return RedirectResponse(custom_center_url(custom, token), status_code=303)
+        url = custom_center_url(custom, token)
+        return RedirectResponse(url, status_code=303, headers=PAGE_HEADERS)
     if suppressions.get(parsed.email) is not None:  # nothing left to confirm
         return _page("unsubscribe.html", email=parsed.email, done=True)
     return _page("unsubscribe.html", email=parsed.email, token=token)
