@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -16,8 +17,12 @@ from providers.config import (
     SECRET_MASK,
     HttpConfig,
     ProviderBase,
+    SecretPath,
     parse_provider_config,
     public_view,
+    secret_paths,
+    secret_value,
+    set_secret,
 )
 from providers.netguard import PrivateEndpointError, check_endpoint
 
@@ -66,11 +71,23 @@ def _check_endpoint(config: ProviderBase) -> None:
 
 def _encode(config: ProviderBase, token: str) -> bytes:
     data = config.model_dump(mode="json")
-    for name in config.secret_fields:
-        value = getattr(config, name).get_secret_value()
-        data[name] = {"enc": crypto.encrypt(value)} if value else ""
+    for path in secret_paths(config):
+        value = secret_value(config, path)
+        set_secret(data, path, {"enc": crypto.encrypt(value)} if value else "")
     data[CALLBACK_TOKEN_FIELD] = token
     return orjson.dumps(data)
+
+
+def _encrypted(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """The encrypted values of a stored configuration, as (where, key, ciphertext): its
+    secret fields and an HTTP provider's credential headers and query parameters."""
+    for key, value in list(data.items()):
+        if isinstance(value, dict) and set(value) == {"enc"}:
+            yield data, key, str(value["enc"])
+        elif key in ("headers", "query") and isinstance(value, dict):
+            for name, inner in list(value.items()):
+                if isinstance(inner, dict) and set(inner) == {"enc"}:
+                    yield value, name, str(inner["enc"])
 
 
 def decode_provider(raw: str | bytes, *, secrets: bool = True) -> tuple[ProviderBase, str]:
@@ -81,43 +98,48 @@ def decode_provider(raw: str | bytes, *, secrets: bool = True) -> tuple[Provider
     """
     data: dict[str, Any] = orjson.loads(raw)
     token = str(data.pop(CALLBACK_TOKEN_FIELD, ""))
-    for key, value in list(data.items()):
-        if isinstance(value, dict) and set(value) == {"enc"}:
-            data[key] = crypto.decrypt(str(value["enc"])) if secrets else SECRET_MASK
+    for where, key, sealed in _encrypted(data):
+        where[key] = crypto.decrypt(sealed) if secrets else SECRET_MASK
     return parse_provider_config(data, stored=True), token
 
 
 def _unreadable_secrets(raw: str | bytes) -> list[str]:
     """Warnings for the stored secrets the current DISPATCH_SECRET_KEY cannot decrypt."""
     problems = []
-    for key, value in orjson.loads(raw).items():
-        if isinstance(value, dict) and set(value) == {"enc"}:
-            try:
-                crypto.decrypt(str(value["enc"]))
-            except crypto.SecretKeyError:
-                problems.append(
-                    f"{key}: the stored secret does not decrypt with DISPATCH_SECRET_KEY (was "
-                    f"the key changed?): restore the key, or save the provider again with its {key}"
-                )
+    for _, key, sealed in _encrypted(orjson.loads(raw)):
+        try:
+            crypto.decrypt(sealed)
+        except crypto.SecretKeyError:
+            problems.append(
+                f"{key}: the stored secret does not decrypt with DISPATCH_SECRET_KEY (was "
+                f"the key changed?): restore the key, or save the provider again with its {key}"
+            )
     return problems
 
 
-def _is_masked(config: ProviderBase, name: str) -> bool:
-    return bool(getattr(config, name).get_secret_value() == SECRET_MASK)
+def _masked(config: ProviderBase) -> list[SecretPath]:
+    """Where ``config`` gives the mask for a secret (it stands for the stored one)."""
+    return [path for path in secret_paths(config) if secret_value(config, path) == SECRET_MASK]
 
 
 def _keep_masked_secrets(config: ProviderBase, stored: ProviderBase | None) -> ProviderBase:
     """``config`` with the stored secret wherever it gives the mask (:data:`SECRET_MASK`);
     raises :class:`MaskedSecretError` when there is none to keep."""
-    kept: dict[str, SecretStr] = {}
-    for name in config.secret_fields:
-        if not _is_masked(config, name):
-            continue
-        secret = getattr(stored, name, None)
-        if not isinstance(secret, SecretStr) or not secret.get_secret_value():
-            raise MaskedSecretError(name)
-        kept[name] = secret
-    return config.model_copy(update=kept) if kept else config
+    masked = _masked(config)
+    if not masked:
+        return config
+    update: dict[str, Any] = {}
+    kept = secret_paths(stored) if stored is not None else []
+    for path in masked:
+        secret = secret_value(stored, path) if stored is not None and path in kept else ""
+        if not secret:
+            raise MaskedSecretError(".".join(path))
+        if len(path) == 1:
+            update[path[0]] = SecretStr(secret)
+        else:
+            section = update.setdefault(path[0], dict(getattr(config, path[0])))
+            section[path[1]] = secret
+    return config.model_copy(update=update)
 
 
 def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> ProviderBase:
@@ -139,7 +161,7 @@ def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> Pr
         # The stored secrets are decrypted only to keep one the request masks: a secret
         # given anew replaces one the current key cannot read (the README's remedy for a
         # changed DISPATCH_SECRET_KEY), and a masked one that cannot be read is named.
-        masked = [n for n in config.secret_fields if _is_masked(config, n)]
+        masked = [".".join(path) for path in _masked(config)]
         try:
             stored, token = decode_provider(existing, secrets=bool(masked))
         except crypto.SecretKeyError:

@@ -410,10 +410,44 @@ def parse_provider_config(data: dict[str, Any], *, stored: bool = False) -> AnyP
     return result
 
 
+# A Generic HTTP header or query parameter whose name says it carries a credential (an
+# API key in ``Authorization: Bearer ...``, ``X-Api-Key``, ``api_token``...) is a secret
+# like ``password`` (DESIGN §2: stored encrypted, never returned); one that holds a
+# ``$$`` placeholder is filled per message and is not.
+_CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|passw|signature|credential", re.I)
+SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")
+
+
+def secret_paths(config: ProviderBase) -> list[SecretPath]:
+    """Where ``config`` holds secrets: its secret fields, and an HTTP provider's
+    credential headers and query parameters (given, without placeholders)."""
+    paths: list[SecretPath] = [(name,) for name in config.secret_fields]
+    if isinstance(config, HttpConfig):
+        for section in ("headers", "query"):
+            for name, value in getattr(config, section).items():
+                if value and "$$" not in value and _CREDENTIAL_NAME.search(name):
+                    paths.append((section, name))
+    return paths
+
+
+def secret_value(config: ProviderBase, path: SecretPath) -> str:
+    """The secret at ``path`` ("" when not set)."""
+    if len(path) == 1:
+        value = getattr(config, path[0], None)
+        return value.get_secret_value() if isinstance(value, SecretStr) else ""
+    return str(getattr(config, path[0]).get(path[1], ""))
+
+
+def set_secret(data: dict[str, Any], path: SecretPath, value: Any) -> None:
+    """Put ``value`` at ``path`` of a configuration's dump."""
+    for key in path[:-1]:
+        data = data[key]
+    data[path[-1]] = value
+
+
 def public_view(config: ProviderBase) -> dict[str, Any]:
     """The configuration as shown to users: secrets masked, never their value."""
     data = config.model_dump(mode="json")
-    for name in config.secret_fields:
-        value = getattr(config, name, None)
-        data[name] = SECRET_MASK if value and value.get_secret_value() else ""
+    for path in secret_paths(config):
+        set_secret(data, path, SECRET_MASK if secret_value(config, path) else "")
     return data

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from dispatch import store
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, smtp_body
 from tests.http_sink import HttpSink, Reply
@@ -363,3 +364,50 @@ def test_a_private_endpoint_is_refused_when_saved(
         assert answer.status_code == 201, answer.text
     with api_client(api_server) as api:  # allowed (as in the tests and the demo)
         assert api.put("/v1/providers/esp2", json=body).status_code == 201
+
+
+@covers("PUT /v1/providers/{nickname}", "GET /v1/providers/{nickname}")
+def test_an_api_key_in_an_http_providers_headers_is_a_secret(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """DESIGN §2: API keys are stored encrypted and never returned. DESIGN §4's own
+    example carries one in ``Authorization: Bearer ...``."""
+    with HttpSink() as sink:
+        body = {
+            "kind": "http",
+            "endpoint": f"{sink.url}/send",
+            "headers": {
+                "Authorization": "Bearer sk-live-123",
+                "X-Api-Key": "k-456",
+                "X-Campaign": "$$CampaignID",  # filled per message: not a secret
+                "Accept": "application/json",
+            },
+            "body": HTTP_BODY,
+            "from_name": "Acme",
+            "from_address": "deals@acme.example",
+        }
+        with api_client(api_server) as api:
+            saved = api.put("/v1/providers/hook", json=body)
+            assert saved.status_code == 201 and "sk-live-123" not in saved.text
+            view = api.get("/v1/providers/hook").json()
+            assert view["headers"] == {
+                "Authorization": "********",
+                "X-Api-Key": "********",
+                "X-Campaign": "$$CampaignID",
+                "Accept": "application/json",
+            }
+            stored = redis_client.get(store.provider_key("hook"))
+            assert stored is not None and stored.count('{"enc":') == 2
+            assert "sk-live-123" not in stored and "k-456" not in stored
+            # The view saved back as it is keeps the keys; one key given anew replaces it.
+            view["headers"]["X-Api-Key"] = "k-789"
+            assert api.put("/v1/providers/hook", json=view).status_code == 200
+            refused = api.put(
+                "/v1/providers/hook",
+                json={**body, "headers": {**body["headers"], "X-Token": "********"}},
+            )
+            assert refused.status_code == 422 and refused.json()["field"] == "headers.X-Token"
+        assert _test(api_server, "hook")["ok"] is True
+        sent = sink.requests[-1]
+    assert sent.header("Authorization") == "Bearer sk-live-123"
+    assert sent.header("X-Api-Key") == "k-789"
