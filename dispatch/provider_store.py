@@ -190,7 +190,14 @@ def load_provider_with_token(
     raw = (client or store.sync_client()).get(store.provider_key(nickname))
     if raw is None:
         raise ProviderNotFoundError(nickname)
-    return decode_provider(raw)
+    try:
+        return decode_provider(raw)
+    except crypto.SecretKeyError:
+        raise crypto.SecretKeyError(
+            f"provider {nickname!r}: its stored secrets do not decrypt with "
+            "DISPATCH_SECRET_KEY (was the key changed?): restore the key, or save the "
+            "provider again with its secrets"
+        ) from None
 
 
 def list_providers(client: redis.Redis | None = None) -> list[str]:

@@ -34,3 +34,26 @@ def test_after_a_key_change_the_password_can_be_given_again(
     assert again.status_code == 200, again.text
     assert view["warnings"] == [] and view["callback_url"] == url  # same token kept
     assert stored.password.get_secret_value() == "new-secret"  # type: ignore[attr-defined]
+
+
+def test_a_provider_the_key_cannot_read_is_a_clear_409_not_a_500(
+    api_server: ApiServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = {**smtp_body(2525, username="mailer", password="old-secret"), "nickname": "stale"}
+    campaign = {"provider": "stale", "subject": "s", "html": "h", "draft": True}
+    with api_client(api_server) as api:
+        assert api.put("/v1/providers/stale", json=body).status_code == 201
+        try:
+            monkeypatch.setenv("DISPATCH_SECRET_KEY", "a-new-key")
+            get_settings.cache_clear()
+            answers = [
+                api.post("/v1/providers/stale/test", json={"to": "a@example.com"}),
+                api.post("/v1/campaigns", json=campaign),
+            ]
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+    for answer in answers:
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["field"] == "provider"
+        assert "provider 'stale'" in answer.text and "DISPATCH_SECRET_KEY" in answer.text

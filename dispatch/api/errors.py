@@ -51,6 +51,7 @@ from dispatch.campaigns import (
     CampaignStateError,
     validation_problems,
 )
+from dispatch.crypto import SecretKeyError
 from dispatch.provider_store import ProviderNotFoundError
 from dispatch.retention import CampaignPurgedError
 
@@ -213,6 +214,12 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return error_response(404, str(exc), exc.field)
 
 
+async def _unreadable_secrets(request: Request, exc: Exception) -> JSONResponse:
+    """A provider whose stored secrets the current key cannot read: nothing can be sent
+    through it until the key is restored or the provider saved again (not a 500)."""
+    return error_response(status.HTTP_409_CONFLICT, str(exc), "provider")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -221,6 +228,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CampaignError, _campaign_error)
     app.add_exception_handler(InvalidFieldError, _invalid_field)
     app.add_exception_handler(redis.RedisError, _redis_error)
+    app.add_exception_handler(SecretKeyError, _unreadable_secrets)
     for exc_type in (CampaignNotFoundError, ProviderNotFoundError, NotFoundError):
         app.add_exception_handler(exc_type, _not_found)
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from dispatch import provider_store, store
 from dispatch.api.auth import require_token
 from dispatch.api.errors import (
+    CONFLICT,
     ERROR_RESPONSES,
     NOT_FOUND,
     TOO_LARGE,
@@ -121,7 +122,7 @@ def delete_provider(nickname: Nickname) -> Response:
 @router.post(
     "/{nickname}/test",
     response_model=TestEmailResult,
-    responses={**NOT_FOUND, **TOO_LARGE},
+    responses={**NOT_FOUND, **CONFLICT, **TOO_LARGE},
     summary="Send a test email through a provider",
 )
 async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmailResult:
