@@ -159,3 +159,26 @@ def test_retry_failed_after_expires_at_is_refused_and_keeps_the_failures(
     items, _ = lifecycle.messages_page("rf-late", client=redis_client)
     assert {(m["status"], m["error_class"]) for m in items} == {("failed", "SMTP connection error")}
     assert enqueued == []
+
+
+def test_times_need_a_zone_and_a_past_send_at_starts_at_once(redis_client: redis.Redis) -> None:
+    """README: ISO 8601 with a zone or Unix seconds; a naive time is refused."""
+    for naive in ("2030-11-23T10:00:00", "2030-11-23"):
+        with pytest.raises(campaigns.CampaignError) as refused:
+            campaigns.create_from_task(body("tz-naive", 1, send_at=naive), None)
+        assert refused.value.field == "send_at" and "timezone" in str(refused.value)
+    india = CampaignRequest.model_validate(body("x", 1, send_at="2030-11-23T10:00:00+05:30"))
+    utc = CampaignRequest.model_validate(body("x", 1, send_at="2030-11-23T04:30:00Z"))
+    unix = CampaignRequest.model_validate(body("x", 1, send_at=1921638600))
+    assert india.send_at == utc.send_at == unix.send_at
+
+    smtp_provider(redis_client, 2525)
+    batches: list[tuple[str, int]] = []
+    past = body("tz-past", 2, send_at="2026-01-01T10:00:00+05:30")
+    campaigns.create_campaign(
+        CampaignRequest.model_validate(past),
+        client=redis_client,
+        enqueue=lambda c, b: batches.append((c, b)),
+    )
+    assert campaigns.get_status("tz-past", redis_client).value == "running"
+    assert batches == [("tz-past", 0)]
