@@ -356,7 +356,8 @@ def release_due(
     (:func:`campaigns.start_campaign`), never before: a release that fails half-way (Redis
     restarted, the worker died) is done again at beat's next tick instead of leaving the
     campaign ``scheduled`` for ever, and two releases at once (two beat processes by
-    mistake) start it once, the other finding it running. Raises ``redis.RedisError``.
+    mistake) start it once, the other finding it running. One that cannot start for
+    another reason is paused with it. Raises ``redis.RedisError``.
     """
     r = client or store.sync_client()
     due = r.zrangebyscore(store.SCHEDULED_ZSET, 0, now if now is not None else time.time())
@@ -369,9 +370,17 @@ def release_due(
         except campaigns.CampaignStateError:
             key = store.campaign_key(campaign_id)
             r.eval(_UNSCHEDULE_IF_NOT_SCHEDULED, 2, key, store.SCHEDULED_ZSET, campaign_id)
-        except (campaigns.CampaignNotFoundError, campaigns.CampaignError) as exc:  # gone
+        except campaigns.CampaignNotFoundError:  # gone
             r.zrem(store.SCHEDULED_ZSET, campaign_id)
-            log.warning("scheduled campaign %s not started: %s", campaign_id, exc)
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            # Neither retried at every tick nor allowed to hold up the campaigns due after
+            # it: it waits, paused with the reason, for a person (resume starts it).
+            log.exception("scheduled campaign %s not started", campaign_id)
+            reason = f"could not start at send_at: {type(exc).__name__}: {exc}"[:500]
+            if _transition(r, campaign_id, _S.PAUSED, (_S.SCHEDULED,), reason) is not None:
+                r.zrem(store.SCHEDULED_ZSET, campaign_id)
     return started
 
 

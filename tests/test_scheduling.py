@@ -182,3 +182,22 @@ def test_times_need_a_zone_and_a_past_send_at_starts_at_once(redis_client: redis
     )
     assert campaigns.get_status("tz-past", redis_client).value == "running"
     assert batches == [("tz-past", 0)]
+
+
+def test_a_scheduled_campaign_that_cannot_start_is_paused_and_holds_up_no_other(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its content no longer loads (an upgrade changed a rule): the campaigns due after it
+    still start, and it waits, paused with the reason, instead of failing every tick."""
+    smtp_provider(redis_client, 2525)
+    send_at = datetime.now(UTC) + timedelta(seconds=1)
+    schedule(redis_client, "rel-bad", 1, send_at)
+    schedule(redis_client, "rel-good", 1, send_at + timedelta(milliseconds=1))
+    redis_client.hset(store.campaign_key("rel-bad"), "content", "{}")
+    held = held_starts(monkeypatch)
+    time.sleep(1.1)
+    assert tasks.release_scheduled() == 1
+    assert held == [("rel-good", 0)]
+    status, reason = redis_client.hmget(store.campaign_key("rel-bad"), ["status", "reason"])
+    assert status == "paused" and "could not start" in str(reason)
+    assert redis_client.zcard(store.SCHEDULED_ZSET) == 0
