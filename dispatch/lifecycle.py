@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -57,6 +59,7 @@ QUEUED = "queued"  # the state of a message the ledger has no record of yet
 MESSAGE_STATUSES = (QUEUED, *(state.value for state in MessageState))
 
 _S = CampaignStatus
+log = logging.getLogger(__name__)
 
 
 _TRANSITION = """
@@ -330,6 +333,57 @@ def expire_due(
     return expired
 
 
+# -- scheduled release -------------------------------------------------------------------
+
+# A campaign still in the schedule that is not ``scheduled`` any more (started by another
+# release, or left behind) leaves it; one a resume scheduled again meanwhile stays.
+_UNSCHEDULE_IF_NOT_SCHEDULED = """
+if redis.call('HGET', KEYS[1], 'status') == 'scheduled' then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def release_due(
+    *,
+    now: float | None = None,
+    client: redis.Redis | None = None,
+    enqueue: EnqueueBatch | None = None,
+) -> list[str]:
+    """Start every scheduled campaign whose ``send_at`` has come (beat); the ids started.
+
+    A campaign leaves the schedule only in the script that starts it
+    (:func:`campaigns.start_campaign`), never before: a release that fails half-way (Redis
+    restarted, the worker died) is done again at beat's next tick instead of leaving the
+    campaign ``scheduled`` for ever, and two releases at once (two beat processes by
+    mistake) start it once, the other finding it running. One that cannot start for
+    another reason is paused with it. Raises ``redis.RedisError``.
+    """
+    r = client or store.sync_client()
+    due = r.zrangebyscore(store.SCHEDULED_ZSET, 0, now if now is not None else time.time())
+    started = []
+    for member in due:
+        campaign_id = str(member)
+        try:
+            campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
+            started.append(campaign_id)
+        except campaigns.CampaignStateError:
+            key = store.campaign_key(campaign_id)
+            r.eval(_UNSCHEDULE_IF_NOT_SCHEDULED, 2, key, store.SCHEDULED_ZSET, campaign_id)
+        except campaigns.CampaignNotFoundError:  # gone
+            r.zrem(store.SCHEDULED_ZSET, campaign_id)
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            # Neither retried at every tick nor allowed to hold up the campaigns due after
+            # it: it waits, paused with the reason, for a person (resume starts it).
+            log.exception("scheduled campaign %s not started", campaign_id)
+            reason = f"could not start at send_at: {type(exc).__name__}: {exc}"[:500]
+            if _transition(r, campaign_id, _S.PAUSED, (_S.SCHEDULED,), reason) is not None:
+                r.zrem(store.SCHEDULED_ZSET, campaign_id)
+    return started
+
+
 # -- retry-failed ------------------------------------------------------------------------
 
 _SMTP_CODE = re.compile(r"\b([2-5])\d\d\b")
@@ -409,13 +463,21 @@ def retry_failed(
     A completed campaign runs again; a paused one stays paused (resume sends them).
     Returns the report and the campaign's summary. Raises
     :class:`campaigns.CampaignNotFoundError`, :class:`CampaignStateError` unless the
-    campaign is running, paused or completed.
+    campaign is running, paused or completed and its ``expires_at`` (if any) is ahead.
     """
     r = client or store.sync_client()
     status = campaigns.get_status(campaign_id, r)
     retention.ensure_not_purged(r, campaign_id)
     if status not in (_S.RUNNING, _S.PAUSED, _S.COMPLETED):
         raise _refuse(campaign_id, "retried", r)
+    expires_at = campaigns.load_content(campaign_id, r).expires_at
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        # Queued again, they could only end ``expired``: their failures would be lost.
+        raise CampaignStateError(
+            f"campaign {campaign_id!r} expired at {expires_at.isoformat()}: "
+            "its failed messages cannot be sent again",
+            field="expires_at",
+        )
     batch_size = int(
         r.hget(store.campaign_key(campaign_id), "batch_size") or get_settings().batch_size
     )

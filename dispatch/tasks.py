@@ -125,19 +125,11 @@ def purge_finished() -> list[str]:
 
 @app.task(name="dispatch.release_scheduled")
 def release_scheduled() -> int:
-    """Start scheduled campaigns whose send_at has come (run by beat)."""
-    r = store.sync_client()
-    due = r.zrangebyscore(store.SCHEDULED_ZSET, 0, time.time())
-    started = 0
-    for member in due:
-        campaign_id = str(member)
-        if r.zrem(store.SCHEDULED_ZSET, campaign_id):
-            try:
-                campaigns.start_campaign(campaign_id, client=r)
-                started += 1
-            except campaigns.CampaignError as exc:
-                log.warning("scheduled campaign %s not started: %s", campaign_id, exc)
-    return started
+    """Start scheduled campaigns whose send_at has come (run by beat); how many."""
+    started = lifecycle.release_due()
+    if started:
+        log.info("released scheduled campaigns", extra={"campaign_ids": started})
+    return len(started)
 
 
 @app.task(name="dispatch.process_callback", **_RETRY_ON_REDIS_ERRORS)
