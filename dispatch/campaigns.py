@@ -336,6 +336,10 @@ def create_campaign(
     payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
     fingerprint = _fingerprint(request)
     now = time.time()
+    expired = content.expires_at is not None and content.expires_at.timestamp() <= now
+    # Only a repeat of a campaign stored before its expiry is answered (as a repeat).
+    if expired and r.hget(store.campaign_key(campaign_id), "fingerprint") != fingerprint:
+        raise CampaignError("must be in the future", "expires_at")
     found = r.eval(
         _CREATE,
         6,

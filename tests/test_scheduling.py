@@ -201,3 +201,22 @@ def test_a_scheduled_campaign_that_cannot_start_is_paused_and_holds_up_no_other(
     status, reason = redis_client.hmget(store.campaign_key("rel-bad"), ["status", "reason"])
     assert status == "paused" and "could not start" in str(reason)
     assert redis_client.zcard(store.SCHEDULED_ZSET) == 0
+
+
+def test_a_repeat_after_expires_at_is_answered_as_a_repeat(redis_client: redis.Redis) -> None:
+    """A task redelivered (or a request retried) after the campaign's expires_at: the
+    campaign it created is answered again, not refused; a new campaign with a past
+    expires_at is still refused naming it."""
+    smtp_provider(redis_client, 2525)
+    expires_at = datetime.now(UTC) + timedelta(seconds=1)
+    body = {"id": "late-1", "provider": "local", "subject": "s", "html": "h",
+            "expires_at": expires_at.isoformat(), "draft": True}  # fmt: skip
+    create = campaigns.create_campaign
+    assert create(CampaignRequest.model_validate(body), client=redis_client)[1]
+    while datetime.now(UTC) <= expires_at:
+        time.sleep(0.1)
+    again = create(CampaignRequest.model_validate(body), client=redis_client)
+    assert again == ("late-1", False)
+    with pytest.raises(campaigns.CampaignError) as refused:
+        create(CampaignRequest.model_validate({**body, "id": "late-2"}), client=redis_client)
+    assert (refused.value.field, str(refused.value)) == ("expires_at", "must be in the future")
