@@ -147,3 +147,15 @@ def legacy_token(campaign_id: str, seq: int, email: str, category: str) -> str:
     payload = orjson.dumps([campaign_id, seq, email, category])
     body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
     return f"{body}.{crypto.sign('unsubscribe', payload)}"
+
+
+def campaign_body(campaign_id: str, n: int, **fields: Any) -> dict[str, Any]:
+    """A campaign of ``n`` recipients through provider "local", greeting each by name."""
+    return {
+        "id": campaign_id,
+        "provider": "local",
+        "subject": "Hello {{ name }}",
+        "html": "<p>Hi {{ name }}</p>",
+        "recipients": recipients(n),
+        **fields,
+    }

@@ -34,7 +34,7 @@ from tests.api_support import (
     save_smtp_provider,
     wait_for_campaign,
 )
-from tests.helpers import create_held, recipients, run_batches, smtp_provider
+from tests.helpers import campaign_body, create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, wait_for
 
@@ -48,24 +48,13 @@ def slow(seconds: float) -> Callable[[Any], None]:
     return reply
 
 
-def body(campaign_id: str, n: int, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": campaign_id,
-        "provider": "local",
-        "subject": "Hello {{ name }}",
-        "html": "<p>Hi {{ name }}</p>",
-        "recipients": recipients(n),
-        **fields,
-    }
-
-
 def start_slow_campaign(
     api: httpx.Client, smtp: SmtpTestServer, campaign_id: str, n: int, until_sent: int
 ) -> None:
     """Start a campaign whose messages take a few ms each; return once ``until_sent`` are in."""
     smtp.handler.data_reply = slow(0.004)  # type: ignore[assignment]
     save_smtp_provider(api, smtp.port, max_connections=4)
-    assert api.post("/v1/campaigns", json=body(campaign_id, n)).status_code == 201
+    assert api.post("/v1/campaigns", json=campaign_body(campaign_id, n)).status_code == 201
     wait_for(lambda: len(smtp.messages) >= until_sent, timeout=60)
 
 
@@ -183,7 +172,7 @@ def test_retry_failed_after_an_outage_sends_only_the_failed(
               {"email": "stubborn@example.com", "vars": {"name": "S"}}]  # fmt: skip
     with api_client(api_server) as api:
         save_smtp_provider(api, smtp.port, max_connections=4)
-        assert api.post("/v1/campaigns", json={**body("retry-1", 0), "recipients": people})
+        assert api.post("/v1/campaigns", json={**campaign_body("retry-1", 0), "recipients": people})
         done = wait_for_campaign(api, "retry-1", lambda s: s["status"] == "completed", 180)
         assert (done["sent"], done["failed"], done["queued"]) == (40, 82, 0)
         failed = api.get("/v1/campaigns/retry-1/messages", params={"status": "failed"}).json()
@@ -229,7 +218,7 @@ def test_operations_that_do_not_fit_the_status_get_409_and_unknown_ids_404(
 ) -> None:
     with api_client(api_server) as api:
         save_smtp_provider(api, smtp.port)
-        api.post("/v1/campaigns", json={**body("draft-1", 3), "draft": True})
+        api.post("/v1/campaigns", json={**campaign_body("draft-1", 3), "draft": True})
         for operation in ("pause", "resume", "retry-failed"):
             answer = api.post(f"/v1/campaigns/draft-1/{operation}")
             assert answer.status_code == 409, operation
@@ -248,7 +237,7 @@ def test_pausing_a_scheduled_campaign_holds_it_and_resume_schedules_it_again(
     smtp_provider(redis_client, smtp.port)
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     enqueued: list[tuple[str, int]] = []
-    request = CampaignRequest.model_validate(body("sched-1", 5, send_at=later))
+    request = CampaignRequest.model_validate(campaign_body("sched-1", 5, send_at=later))
     campaigns.create_campaign(request, client=redis_client)
     assert campaigns.get_status("sched-1", redis_client).value == "scheduled"
     assert lifecycle.pause("sched-1", client=redis_client)["status"] == "paused"
@@ -279,7 +268,7 @@ def test_cancel_settles_messages_waiting_for_a_retry_and_hands_back_claimed_batc
     out again so that a dead worker's claim ends ``unknown``."""
     smtp_provider(redis_client, 2525)
     enqueued: list[tuple[str, int]] = []
-    request = CampaignRequest.model_validate(body("c-retry", 2500))
+    request = CampaignRequest.model_validate(campaign_body("c-retry", 2500))
     campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
     _put("c-retry", {0: MessageState.SENT, 1: MessageState.FAILED, 2: MessageState.RETRY,
                      1500: MessageState.RETRY, 2100: MessageState.CLAIMED})  # fmt: skip
@@ -307,13 +296,17 @@ def test_expiry_settles_unsent_messages_expired(redis_client: redis.Redis) -> No
     soon = datetime.now(UTC) + timedelta(seconds=30)
     for cid in ("exp-draft", "exp-paused"):
         request = CampaignRequest.model_validate(
-            {**body(cid, 1200), "expires_at": soon.isoformat(), "draft": cid == "exp-draft"}
+            {
+                **campaign_body(cid, 1200),
+                "expires_at": soon.isoformat(),
+                "draft": cid == "exp-draft",
+            }
         )
         campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
     lifecycle.pause("exp-paused", client=redis_client)
     _put("exp-paused", {5: MessageState.SENT, 6: MessageState.RETRY})
     campaigns.create_campaign(
-        CampaignRequest.model_validate(body("no-expiry", 3)), client=redis_client,
+        CampaignRequest.model_validate(campaign_body("no-expiry", 3)), client=redis_client,
         enqueue=lambda c, b: None,
     )  # fmt: skip
 
@@ -354,9 +347,11 @@ def test_beat_releases_scheduled_campaigns_and_expires_old_ones(
     now = datetime.now(UTC)
     with api_client(api_server) as api:
         save_smtp_provider(api, smtp.port)
-        scheduled = body("beat-send", 10, send_at=(now + timedelta(seconds=2)).isoformat())
+        scheduled = campaign_body("beat-send", 10, send_at=(now + timedelta(seconds=2)).isoformat())
         assert api.post("/v1/campaigns", json=scheduled).json()["status"] == "scheduled"
-        paused = body("beat-expire", 10, expires_at=(now + timedelta(seconds=2)).isoformat())
+        paused = campaign_body(
+            "beat-expire", 10, expires_at=(now + timedelta(seconds=2)).isoformat()
+        )
         api.post("/v1/campaigns", json={**paused, "draft": True})
         env = {**os.environ, **FAST_ENV, "DISPATCH_REDIS_URL": redis_server.url}
         beat = subprocess.Popen(
@@ -380,7 +375,8 @@ def test_beat_releases_scheduled_campaigns_and_expires_old_ones(
 def test_appending_stays_possible_only_in_a_draft(redis_client: redis.Redis) -> None:
     smtp_provider(redis_client, 2525)
     campaigns.create_campaign(
-        CampaignRequest.model_validate({**body("a-1", 2), "draft": True}), client=redis_client
+        CampaignRequest.model_validate({**campaign_body("a-1", 2), "draft": True}),
+        client=redis_client,
     )
     people: list[Recipient] = [{"email": r["email"], "vars": r["vars"]} for r in recipients(5)]
     assert campaigns.append_recipients("a-1", people, client=redis_client) == 3  # 2 known
@@ -418,7 +414,7 @@ def test_recipients_appended_while_the_campaign_starts_are_all_sent(
     smtp_provider(redis_client, smtp.port)
     size = get_settings().batch_size
     cid, _ = campaigns.create_campaign(
-        CampaignRequest.model_validate({**body("race-start", size), "draft": True}),
+        CampaignRequest.model_validate({**campaign_body("race-start", size), "draft": True}),
         client=redis_client,
     )
     starting = _AppendDuringStart.from_url(os.environ["DISPATCH_REDIS_URL"], decode_responses=True)
@@ -468,7 +464,9 @@ def test_a_campaign_whose_batches_expired_its_last_messages_ends_expired(
     smtp_provider(redis_client, 2525)
     soon = datetime.now(UTC) + timedelta(seconds=30)
     for cid in ("exp-late", "exp-done"):
-        request = CampaignRequest.model_validate({**body(cid, 3), "expires_at": soon.isoformat()})
+        request = CampaignRequest.model_validate(
+            {**campaign_body(cid, 3), "expires_at": soon.isoformat()}
+        )
         campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
     _put("exp-late", {0: MessageState.SENT, 1: MessageState.EXPIRED, 2: MessageState.EXPIRED})
     _put("exp-done", {0: MessageState.SENT, 1: MessageState.SENT, 2: MessageState.SENT})
@@ -510,7 +508,7 @@ def test_a_batch_stops_sending_once_expires_at_passes_while_it_runs(
         soon = datetime.now(UTC) + timedelta(seconds=2)
         cid, batches = create_held(
             redis_client,
-            {**body("exp-mid", 60), "expires_at": soon.isoformat()},
+            {**campaign_body("exp-mid", 60), "expires_at": soon.isoformat()},
         )
         run_batches(batches)
         received = len(smtp.messages)
@@ -526,8 +524,8 @@ def test_a_batch_pausing_its_campaign_leaves_a_cancel_that_came_first(
     """A batch meeting a configuration error pauses its campaign only while it runs: a
     cancel that landed meanwhile stands (its messages are settled ``cancelled``)."""
     smtp_provider(redis_client, 9)
-    running, _ = create_held(redis_client, body("pr1", 3))
-    cancelled, _ = create_held(redis_client, body("pr2", 3))
+    running, _ = create_held(redis_client, campaign_body("pr1", 3))
+    cancelled, _ = create_held(redis_client, campaign_body("pr2", 3))
     lifecycle.cancel(cancelled, client=redis_client, enqueue=lambda c, b: None)
 
     async def pause_both() -> None:

@@ -17,22 +17,13 @@ import redis
 from dispatch import campaigns, lifecycle, store, tasks
 from dispatch.ledger import LedgerWriter, record
 from dispatch.models import CampaignRequest, MessageState
-from tests.helpers import recipients, smtp_provider
-
-
-def body(campaign_id: str, n: int, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": campaign_id,
-        "provider": "local",
-        "subject": "Hello {{ name }}",
-        "html": "<p>Hi {{ name }}</p>",
-        "recipients": recipients(n),
-        **fields,
-    }
+from tests.helpers import campaign_body, smtp_provider
 
 
 def schedule(r: redis.Redis, campaign_id: str, n: int, send_at: datetime) -> None:
-    request = CampaignRequest.model_validate(body(campaign_id, n, send_at=send_at.isoformat()))
+    request = CampaignRequest.model_validate(
+        campaign_body(campaign_id, n, send_at=send_at.isoformat())
+    )
     campaigns.create_campaign(request, client=r, enqueue=lambda c, b: None)
     assert campaigns.get_status(campaign_id, r).value == "scheduled"
 
@@ -142,7 +133,9 @@ def test_retry_failed_after_expires_at_is_refused_and_keeps_the_failures(
     retry-failed would have answered "retried" and erased what went wrong with them."""
     smtp_provider(redis_client, 2525)
     expires_at = datetime.now(UTC) + timedelta(seconds=1)
-    request = CampaignRequest.model_validate(body("rf-late", 3, expires_at=expires_at.isoformat()))
+    request = CampaignRequest.model_validate(
+        campaign_body("rf-late", 3, expires_at=expires_at.isoformat())
+    )
     enqueued: list[tuple[str, int]] = []
     campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
     _fail_all("rf-late", 3)
@@ -165,16 +158,18 @@ def test_times_need_a_zone_and_a_past_send_at_starts_at_once(redis_client: redis
     """README: ISO 8601 with a zone or Unix seconds; a naive time is refused."""
     for naive in ("2030-11-23T10:00:00", "2030-11-23"):
         with pytest.raises(campaigns.CampaignError) as refused:
-            campaigns.create_from_task(body("tz-naive", 1, send_at=naive), None)
+            campaigns.create_from_task(campaign_body("tz-naive", 1, send_at=naive), None)
         assert refused.value.field == "send_at" and "timezone" in str(refused.value)
-    india = CampaignRequest.model_validate(body("x", 1, send_at="2030-11-23T10:00:00+05:30"))
-    utc = CampaignRequest.model_validate(body("x", 1, send_at="2030-11-23T04:30:00Z"))
-    unix = CampaignRequest.model_validate(body("x", 1, send_at=1921638600))
+    india = CampaignRequest.model_validate(
+        campaign_body("x", 1, send_at="2030-11-23T10:00:00+05:30")
+    )
+    utc = CampaignRequest.model_validate(campaign_body("x", 1, send_at="2030-11-23T04:30:00Z"))
+    unix = CampaignRequest.model_validate(campaign_body("x", 1, send_at=1921638600))
     assert india.send_at == utc.send_at == unix.send_at
 
     smtp_provider(redis_client, 2525)
     batches: list[tuple[str, int]] = []
-    past = body("tz-past", 2, send_at="2026-01-01T10:00:00+05:30")
+    past = campaign_body("tz-past", 2, send_at="2026-01-01T10:00:00+05:30")
     campaigns.create_campaign(
         CampaignRequest.model_validate(past),
         client=redis_client,
