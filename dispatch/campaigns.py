@@ -924,7 +924,9 @@ def enqueue_batch(campaign_id: str, batch: int) -> None:
     """Hand one batch to the workers (the ``dispatch.send_batch`` task)."""
     from dispatch.tasks import send_batch
 
-    send_batch.apply_async((campaign_id, batch), queue="sends")
+    send_batch.apply_async(
+        (campaign_id, batch), queue=store.SENDS_QUEUE, priority=store.batch_priority(batch)
+    )
 
 
 @contextmanager
@@ -974,7 +976,12 @@ def batch_enqueuer(enqueue: EnqueueBatch | None = None) -> Iterator[EnqueueBatch
     with app.producer_or_acquire() as producer, producer.batch(max_size=64) as published:
 
         def send(campaign_id: str, batch: int) -> None:
-            send_batch.apply_async((campaign_id, batch), queue="sends", producer=producer)
+            send_batch.apply_async(
+                (campaign_id, batch),
+                queue=store.SENDS_QUEUE,
+                priority=store.batch_priority(batch),
+                producer=producer,
+            )
             published.flush()
 
         yield send

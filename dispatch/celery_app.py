@@ -89,8 +89,14 @@ class _Config:
         return ensure_redis_url()
 
     @property
-    def broker_transport_options(self) -> dict[str, int]:
-        return {"visibility_timeout": get_settings().visibility_timeout}
+    def broker_transport_options(self) -> dict[str, object]:
+        return {
+            "visibility_timeout": get_settings().visibility_timeout,
+            # Ten priorities (kombu's default is four): batch tasks carry their place in
+            # their campaign (store.batch_priority), so campaigns share the workers.
+            "priority_steps": list(store.PRIORITY_STEPS),
+            "sep": store.PRIORITY_SEP,
+        }
 
     @property
     def task_time_limit(self) -> int:

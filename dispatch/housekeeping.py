@@ -113,7 +113,10 @@ def _batch_runs(r: redis.Redis, campaign_id: str) -> bool:
 
 def _nothing_runs_or_waits(r: redis.Redis) -> bool:
     """No batch lease is held anywhere and no batch task waits in the queue."""
-    if r.llen(store.SENDS_QUEUE):
+    pipe = r.pipeline(transaction=False)
+    for key in store.queue_keys(store.SENDS_QUEUE):  # one list per priority
+        pipe.llen(key)
+    if any(pipe.execute()):
         return False
     pattern = store.batch_lease_key("*", 0)[:-1] + "*"
     return next(r.scan_iter(match=pattern, count=1000), None) is None

@@ -54,7 +54,8 @@ class RedisStateCollector(Collector):
             pipe.info("memory")
             pipe.info("stats")
             for queue in store.CELERY_QUEUES:
-                pipe.llen(queue)
+                for key in store.queue_keys(queue):  # one list per priority
+                    pipe.llen(key)
             answers = pipe.execute()
             stats, sends, found, workers, suppressed, pending, dead, stream = answers[:8]
             memory, info, depths = answers[8], answers[9], answers[10:]
@@ -111,8 +112,9 @@ class RedisStateCollector(Collector):
         queues = GaugeMetricFamily(
             "dispatch_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"]
         )
-        for queue, depth in zip(store.CELERY_QUEUES, depths, strict=True):
-            queues.add_metric([queue], float(depth))
+        per_queue = len(store.PRIORITY_STEPS)
+        for i, queue in enumerate(store.CELERY_QUEUES):
+            queues.add_metric([queue], float(sum(depths[i * per_queue : (i + 1) * per_queue])))
         yield queues
 
 

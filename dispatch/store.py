@@ -35,10 +35,28 @@ WORKERS_ZSET = f"{PREFIX}:workers"
 # "dispatch.enqueue_campaign", ...)``, DESIGN §5) lands there unless it names a queue.
 CELERY_QUEUES = ("default", "sends", "events", "celery")
 SENDS_QUEUE = "sends"  # where batch tasks wait
+# Message priorities on the broker (kombu's Redis transport: 0 is served first). A task
+# of priority p > 0 waits in the list "<queue>" + PRIORITY_SEP + "<p>", of 0 in "<queue>".
+PRIORITY_STEPS = tuple(range(10))
+PRIORITY_SEP = "\x06\x16"  # kombu's default separator
+
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
 # Field of a campaign's hash: its failures not the recipient's own while nothing was sent
 # (the failure breaker, dispatch.sending); a resume or retry-failed clears it.
 BREAKER_FIELD = "unsent_failures"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists a Celery queue's tasks wait in, one per priority."""
+    return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS[1:])]
+
+
+def batch_priority(batch: int) -> int:
+    """A batch task's priority: a campaign's first batches go first. Batch 0 has 0,
+    1 has 1, 2-3 have 2, 4-7 have 3 ... 256 and on have 9: a campaign created behind a
+    large one starts as soon as a worker process is free, and a small campaign's batches
+    pass the large one's later ones, instead of waiting behind all of them."""
+    return min(batch.bit_length(), PRIORITY_STEPS[-1])
 
 
 def optout_key(category: str) -> str:

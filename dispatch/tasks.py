@@ -92,13 +92,18 @@ def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, A
         # have expired, and finish whatever it left (a no-op if it finished).
         countdown = min(2.0 ** min(busy_polls, 16), get_settings().lease_ttl_ms / 1000 + 1)
         send_batch.apply_async(
-            (campaign_id, batch), {"busy_polls": busy_polls + 1}, countdown=countdown
+            (campaign_id, batch),
+            {"busy_polls": busy_polls + 1},
+            countdown=countdown,
+            priority=store.batch_priority(batch),
         )
         return {"busy": True}
     if result.retry_at is not None:
         # Bounded well below the visibility timeout: never a long countdown (PITFALLS).
         delay = max(1.0, min(result.retry_at - time.time(), get_settings().visibility_timeout / 4))
-        send_batch.apply_async((campaign_id, batch), countdown=delay)
+        send_batch.apply_async(
+            (campaign_id, batch), countdown=delay, priority=store.batch_priority(batch)
+        )
     # No finish_if_done here: the ledger write that settles the last queued message
     # completes the campaign in the same script (and housekeeping checks behind it).
     log.info(

@@ -124,6 +124,10 @@ def test_a_quiet_campaign_is_restarted_sooner_when_nothing_runs_or_waits(
         redis_client.lpush(store.SENDS_QUEUE, "a task")
         assert sweep(quick + 1) == []
         redis_client.delete(store.SENDS_QUEUE)
+        # ... at any priority (a campaign's later batches wait in lists of their own).
+        redis_client.lpush(store.queue_keys(store.SENDS_QUEUE)[5], "a task")
+        assert sweep(quick + 1) == []
+        redis_client.delete(*store.queue_keys(store.SENDS_QUEUE))
         # One of its batches parked itself for a retry until later: quiet, not stalled.
         redis_client.hset(store.campaign_key(cid), "parked_until", str(started + quick * 3))
         assert sweep(quick + 1) == []

@@ -64,13 +64,23 @@ def batch_enqueuer(redis_url: str) -> Callable[[str, int], None]:
     session's worker)."""
     from celery import Celery
 
+    from dispatch import store
     from dispatch.tasks import send_batch
 
     broker = Celery(broker=redis_url)
+    broker.conf.broker_transport_options = {
+        "priority_steps": list(store.PRIORITY_STEPS),
+        "sep": store.PRIORITY_SEP,
+    }
 
     def enqueue(campaign_id: str, batch: int) -> None:
         with broker.connection_for_write() as conn:
-            send_batch.apply_async((campaign_id, batch), queue="sends", connection=conn)
+            send_batch.apply_async(
+                (campaign_id, batch),
+                queue=store.SENDS_QUEUE,
+                priority=store.batch_priority(batch),
+                connection=conn,
+            )
 
     return enqueue
 
