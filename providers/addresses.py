@@ -50,6 +50,11 @@ def _normalize(address: str) -> str:
         raise InvalidAddressError(f"{address!r} is not an email address (no local@domain)")
     if len(local) > MAX_LOCAL_PART:
         raise InvalidAddressError(f"{address!r}: local part longer than {MAX_LOCAL_PART}")
+    if not local.isascii():
+        raise InvalidAddressError(
+            f"{address!r}: local part is not ASCII; it needs SMTPUTF8 (RFC 6531), "
+            "which dispatch does not send"
+        )
     if not _LOCAL_PART.fullmatch(local) or local.startswith(".") or ".." in local:
         raise InvalidAddressError(f"{address!r}: local part has characters we cannot send to")
     try:

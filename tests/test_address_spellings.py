@@ -152,3 +152,29 @@ def test_callbacks_in_other_spellings_count_for_the_campaigns_recipient(
             assert [m["email"] for m in found.json()["items"]] == [email]
     for entry in callback_entries(redis_client):
         assert "Meta Email Mismatch" not in entry["properties"], entry
+
+
+@covers("POST /v1/campaigns", "POST /v1/campaigns/{id}/recipients")
+def test_a_non_ascii_local_part_fails_alone_and_says_why(
+    api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """RFC 6531 addresses need SMTPUTF8, which dispatch does not send: the recipient fails
+    (inline) or is refused (appended) with that reason; its neighbours go out."""
+    with SmtpTestServer() as smtp, api_client(api_server) as api:
+        api.put("/v1/providers/local", json=smtp_body(smtp.port))
+        body = _campaign("spell-3", ["jöhn@example.com", "ok@example.com"])
+        assert api.post("/v1/campaigns", json=body).status_code == 201
+        done = wait_for_campaign(api, "spell-3", lambda s: s["status"] == "completed")
+        assert (done["sent"], done["failed"]) == (1, 1)
+        assert [m.rcpt_tos for m in smtp.messages] == [["ok@example.com"]]
+        found = api.get("/v1/campaigns/spell-3/messages", params={"email": "JÖHN@example.com"})
+        (failed,) = found.json()["items"]
+        assert failed["error_class"] == "SMTP invalid email ID"
+        assert "SMTPUTF8" in failed["detail"]
+        draft = {**_campaign("spell-4", []), "draft": True}
+        assert api.post("/v1/campaigns", json=draft).status_code == 201
+        lines = b'{"email": "j\xc3\xb6hn@example.com"}\n{"email": "ok@example.com"}\n'
+        headers = {"Content-Type": "application/x-ndjson"}
+        answer = api.post("/v1/campaigns/spell-4/recipients", content=lines, headers=headers)
+        assert answer.json()["appended"] == 1
+        assert "SMTPUTF8" in answer.json()["errors"][0]["message"]
