@@ -10,34 +10,33 @@ import orjson
 import redis
 
 from dispatch import store
-from providers.addresses import InvalidAddressError, normalize_address
+from providers.addresses import InvalidAddressError, drop_root_dot, idna_domain, normalize_address
 
 
 def suppression_key(email: str) -> str:
     """The list's key for an address: normalised and lower-cased (compared caselessly).
 
-    For an ASCII address that is the address stripped and lower-cased (IDNA changes only
-    non-ASCII domains); the full normalisation runs for the others. An address it refuses
-    (a non-ASCII local part, which callbacks may still report) gets its domain in IDNA
-    form all the same, so that both spellings of a domain are one key.
+    For an ASCII address that is the address stripped and lower-cased, without a trailing
+    root dot (IDNA changes only non-ASCII domains); the full normalisation runs for the
+    others. An address it refuses (a non-ASCII local part, which callbacks may still
+    report) gets its domain in IDNA form all the same, so that both spellings of a domain
+    are one key.
     """
     if email.isascii():
-        return email.strip().lower()
+        return drop_root_dot(email.strip()).lower()
     try:
         return normalize_address(email).lower()
     except InvalidAddressError:
         local, sep, domain = email.strip().rpartition("@")
-        return f"{local}{sep}{_idna_domain(domain) if sep else domain}".lower()
+        return f"{local}{sep}{_key_domain(drop_root_dot(domain)) if sep else domain}".lower()
 
 
 @functools.lru_cache(maxsize=1024)
-def _idna_domain(domain: str) -> str:
+def _key_domain(domain: str) -> str:
     """``domain`` in IDNA form, as normalize_address writes it; as given when IDNA
     refuses it (it is not a host name then, and no spelling of it is another)."""
-    if domain.isascii():
-        return domain
     try:
-        return domain.encode("idna").decode("ascii")
+        return idna_domain(domain)
     except UnicodeError:
         return domain
 

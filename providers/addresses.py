@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import idna
+
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
@@ -43,22 +45,49 @@ def _normalize(address: str) -> str:
     """
     address = address.strip()
     local, sep, domain = address.rpartition("@")
+    domain = drop_root_dot(domain)
     if not sep or not local or not domain:
         raise InvalidAddressError(f"{address!r} is not an email address (no local@domain)")
     if len(local) > MAX_LOCAL_PART:
         raise InvalidAddressError(f"{address!r}: local part longer than {MAX_LOCAL_PART}")
+    if not local.isascii():
+        raise InvalidAddressError(
+            f"{address!r}: local part is not ASCII; it needs SMTPUTF8 (RFC 6531), "
+            "which dispatch does not send"
+        )
     if not _LOCAL_PART.fullmatch(local) or local.startswith(".") or ".." in local:
         raise InvalidAddressError(f"{address!r}: local part has characters we cannot send to")
-    if domain.isascii():  # IDNA leaves ASCII labels as they are; the pattern checks them
-        ascii_domain = domain.lower()
-    else:
-        try:
-            ascii_domain = domain.encode("idna").decode("ascii").lower()
-        except UnicodeError as exc:
-            raise InvalidAddressError(f"{address!r}: domain is not a valid host name") from exc
+    try:
+        ascii_domain = idna_domain(domain).lower()
+    except UnicodeError as exc:
+        raise InvalidAddressError(f"{address!r}: domain is not a valid host name") from exc
     if len(ascii_domain) > MAX_DOMAIN or not _DOMAIN.fullmatch(ascii_domain):
         raise InvalidAddressError(f"{address!r}: domain is not a valid host name")
     return f"{local}@{ascii_domain}"
+
+
+def drop_root_dot(domain: str) -> str:
+    """``domain`` without one trailing dot: ``example.com.`` is the DNS root's spelling of
+    ``example.com`` (RFC 1034 §3.1), one host, and no SMTP server takes it in a path."""
+    return domain[:-1] if domain.endswith(".") and not domain.endswith("..") else domain
+
+
+def idna_domain(domain: str) -> str:
+    """``domain`` in IDNA form (``xn--`` labels); ASCII labels are left as they are.
+
+    IDNA 2008 with UTS #46 non-transitional mapping, as registries, browsers and mail
+    servers resolve names since about 2016: ``straße.de`` is ``xn--strae-oqa.de``, a
+    domain of its own, while Python's ``"idna"`` codec (IDNA 2003) maps it to
+    ``strasse.de``, someone else's. Symbols IDNA 2008 disallows but IDNA 2003 encoded
+    (``☃.net`` is registered) keep their IDNA 2003 form. Raises ``UnicodeError`` when
+    neither takes ``domain``.
+    """
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
+        return domain.encode("idna").decode("ascii")
 
 
 def check_header_value(name: str, value: str) -> str:

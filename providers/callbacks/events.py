@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -282,13 +283,16 @@ def get_str(item: Mapping[str, Any], key: str, *, required: bool = False) -> str
 
 
 def normalize_email(value: object) -> str:
-    """The address with its domain lower-cased (the local part is kept as given).
+    """The address with its domain lower-cased (the local part is kept as given); of a
+    ``"Name" <local@domain>`` (a DSN's or a provider's display form), the address.
 
     Raises :class:`InvalidEvent` ``Invalid email format`` when it is not ``local@domain``.
     """
     if not isinstance(value, str):
         raise InvalidEvent("Invalid email format")
     address = value.strip()
+    if address.endswith(">") and "<" in address:
+        address = parseaddr(address)[1] or address
     local, sep, domain = address.rpartition("@")
     if not sep or not local or not domain or _SPACE.search(address):
         raise InvalidEvent(f"Invalid email format: {value!r}")

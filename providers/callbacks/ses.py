@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping
 from email.header import decode_header, make_header
-from email.utils import parseaddr
 from typing import Any
 
 from providers.callbacks.events import (
@@ -130,7 +129,7 @@ def parse_ses_message(
             if kind == "Bounce"
             else EVENT_TYPES.get(kind, EventType.OTHER)
         )
-        email = normalize_email(_address(address))
+        email = normalize_email(address)
         meta_fields = read_meta(meta, email, notes, strict=False)
         timestamp = timestamp_or_note(detail.get("timestamp") or sns_timestamp, notes)
         return CallbackEvent(
@@ -181,13 +180,6 @@ def _decode_words(value: str) -> tuple[str, list[str]]:
         return str(make_header(decode_header(value))).strip(), []
     except (ValueError, LookupError) as exc:  # HeaderParseError, unknown charset
         return value.strip(), [f"{META_HEADER} encoded-words not decoded: {exc}"]
-
-
-def _address(value: Any) -> Any:
-    # Envelope recipients are bare addresses; tolerate "Name <addr>" all the same.
-    if isinstance(value, str) and "<" in value:
-        return parseaddr(value)[1] or value
-    return value
 
 
 def _text(value: Any) -> str:
