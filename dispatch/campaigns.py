@@ -128,6 +128,9 @@ def validation_problems(
     return out
 
 
+_TIMES = ("send_at", "expires_at")
+
+
 def _fingerprint(request: CampaignRequest) -> str:
     """A hash of everything but the id: the same id with the same content is a repeat.
 
@@ -139,7 +142,9 @@ def _fingerprint(request: CampaignRequest) -> str:
     or a text holding a lone UTF-16 surrogate (no UTF-8 for it: nothing can store or
     send it).
     """
-    body = request.model_dump(mode="json", exclude={"id", "recipients"})
+    # Times as instants: a repeat may give them in another offset (a client's local time).
+    utc = {name: at.astimezone(UTC) for name in _TIMES if (at := getattr(request, name))}
+    body = request.model_copy(update=utc).model_dump(mode="json", exclude={"id", "recipients"})
     try:
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     except TypeError:

@@ -8,7 +8,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -215,3 +215,26 @@ def test_a_repeat_after_expires_at_is_answered_as_a_repeat(redis_client: redis.R
     with pytest.raises(campaigns.CampaignError) as refused:
         create(CampaignRequest.model_validate({**body, "id": "late-2"}), client=redis_client)
     assert (refused.value.field, str(refused.value)) == ("expires_at", "must be in the future")
+
+
+def test_a_repeat_giving_the_same_instants_in_another_zone_is_a_repeat(
+    redis_client: redis.Redis,
+) -> None:
+    """A retried request may spell its times in another offset (a client that formats
+    them in local time): the same instants are the same campaign, not "other content"."""
+    smtp_provider(redis_client, 2525)
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    expires_at = send_at + timedelta(days=1)
+    plus_one = timezone(timedelta(hours=1))
+    body = {"id": "zones-1", "provider": "local", "subject": "s", "html": "h", "draft": True,
+            "send_at": send_at.isoformat().replace("+00:00", "Z"),
+            "expires_at": expires_at.isoformat()}  # fmt: skip
+    create = campaigns.create_campaign
+    assert create(CampaignRequest.model_validate(body), client=redis_client) == ("zones-1", True)
+    again = {**body, "send_at": send_at.astimezone(plus_one).isoformat(),
+             "expires_at": expires_at.astimezone(plus_one).isoformat()}  # fmt: skip
+    assert create(CampaignRequest.model_validate(again), client=redis_client) == ("zones-1", False)
+    # Another instant is other content.
+    later = {**body, "send_at": (send_at + timedelta(minutes=1)).isoformat()}
+    with pytest.raises(campaigns.CampaignConflictError):
+        create(CampaignRequest.model_validate(later), client=redis_client)
