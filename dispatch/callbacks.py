@@ -79,7 +79,8 @@ BODY_TOO_LARGE = f"invalid payload: body larger than {MAX_BODY_BYTES} bytes"
 # (only authenticated requests are counted, so a caller cannot invent one).
 CALLBACK_EVENTS = Counter(
     "dispatch_callback_events",
-    "Callback events received, by provider and type (invalid: refused by index).",
+    "Callback events taken in (stored, or recorded and ignored: other) or refused by index "
+    "(invalid), by provider and type; a request answered 5xx counts when it comes again.",
     ["provider", "type"],
 )
 CALLBACK_REQUESTS = Counter(
@@ -87,8 +88,9 @@ CALLBACK_REQUESTS = Counter(
     "Callback requests answered, by HTTP status.",
     ["status"],
 )
-# Present from the start, so that the first refusal shows as an increase (an alert's rate).
-for _status in ("200", "400", "500", "503"):
+# Present from the start, so that the first refusal shows as an increase (an alert's rate):
+# every status ingest answers (502: an SNS subscription not confirmed).
+for _status in ("200", "400", "500", "502", "503"):
     CALLBACK_REQUESTS.labels(_status)
 
 Enqueue = Callable[[str], None]
@@ -270,6 +272,9 @@ def ingest(
     try:
         config = authenticate(nickname, token, r)
         kind = str(getattr(config, "kind", "unknown"))
+        # The provider's refused-events series exists before its first refusal, so that
+        # the refusal shows as an increase (as the request statuses above).
+        CALLBACK_EVENTS.labels(nickname, "invalid")
         result = parse(config, body, headers)
         if result.subscribe_url:
             confirm_subscription(result.subscribe_url)
@@ -277,10 +282,7 @@ def ingest(
         if result.ignored:
             log.info("callback ignored: %s", result.ignored, extra={"provider": nickname})
         events = [e for e in result.events if e.type is not EventType.OTHER]
-        for event in result.events:
-            CALLBACK_EVENTS.labels(nickname, event.type.value).inc()
         if result.failed:
-            CALLBACK_EVENTS.labels(nickname, "invalid").inc(result.failed)
             first = result.errors[0]
             log.info(
                 "callback for %s: %d of %d events refused (event %d: %s)",
@@ -298,6 +300,8 @@ def ingest(
                 (enqueue or celery_enqueue)(batch_id)
             except Exception:  # durable already: recovery will hand it out again
                 log.exception("callback batch %s stored but not enqueued", batch_id)
+        # Counted once accepted: a request answered 503 is sent again, and counted then.
+        count_events(nickname, result)
         reply = answer(kind, result)
     except CallbackRejected as exc:
         # A refusal is the provider's to fix, or someone probing: named here, since the
@@ -313,6 +317,14 @@ def ingest(
         reply = error_answer(500, SERVER_ERROR)
     CALLBACK_REQUESTS.labels(str(reply.status)).inc()
     return reply
+
+
+def count_events(nickname: str, result: CallbackResult) -> None:
+    """Add a request's events to ``dispatch_callback_events_total``, by type and refused."""
+    for event in result.events:
+        CALLBACK_EVENTS.labels(nickname, event.type.value).inc()
+    if result.failed:
+        CALLBACK_EVENTS.labels(nickname, "invalid").inc(result.failed)
 
 
 def refuse_too_large() -> CallbackAnswer:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import os
+import re
 import select
 import socket
 import socketserver
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,8 @@ from dispatch.models import CampaignRequest
 from dispatch.provider_store import load_provider_with_token, save_provider
 from dispatch.settings import get_settings
 from providers.meta import build_meta
-from tests.smtp_server import self_signed_cert
+from tests.smtp_server import free_port, self_signed_cert
+from tests.worker import wait_for
 
 DATA = Path(__file__).parent / "data" / "callbacks"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-campaign-events"
@@ -127,6 +134,45 @@ def post(
 ) -> httpx.Response:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return client.post(path, content=body, headers=headers or {})
+
+
+@contextlib.contextmanager
+def api_process(redis_url: str, **env: str) -> Iterator[httpx.Client]:
+    """``dispatch api`` in a child process on ``redis_url`` (its own Redis: a test may stop
+    or starve it), with ``env`` added; yields a client of it once it answers."""
+    port = free_port()
+    full_env = {**os.environ, "DISPATCH_REDIS_URL": redis_url, "DISPATCH_API_TOKENS": "", **env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", "api", "--port", str(port)],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+    def up() -> bool:
+        try:
+            return client.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, timeout=30)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float | None:
+    """The value of one series of the API's ``/metrics``, None when it is not exposed."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in client.get("/metrics").text.splitlines():
+        found = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if found and found[1] == name and ",".join(sorted((found[2] or "").split(","))) == wanted:
+            return float(found[3])
+    return None
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

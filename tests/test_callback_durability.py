@@ -6,9 +6,6 @@ a worker, so that stopping Redis touches no other test.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +15,7 @@ import redis
 from dispatch import campaigns, store
 from dispatch.redis_server import RedisServer
 from tests.callback_support import (
+    api_process,
     callback_entries,
     draft_campaign,
     generic_event,
@@ -26,7 +24,6 @@ from tests.callback_support import (
     post,
     save_providers,
 )
-from tests.smtp_server import free_port
 from tests.worker import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -40,34 +37,13 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def api_process(own_redis: RedisServer) -> Iterator[httpx.Client]:
-    port = free_port()
-    env = {**os.environ, "DISPATCH_REDIS_URL": own_redis.url, "DISPATCH_API_TOKENS": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatch.cli", "api", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-
-    def up() -> bool:
-        try:
-            return client.get("/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, timeout=30)
+def api(own_redis: RedisServer) -> Iterator[httpx.Client]:
+    with api_process(own_redis.url) as client:
         yield client
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_redis_down_answers_5xx_and_loses_nothing_it_accepted(
-    own_redis: RedisServer, api_process: httpx.Client
+    own_redis: RedisServer, api: httpx.Client
 ) -> None:
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
     paths = save_providers(r)
@@ -79,11 +55,11 @@ def test_redis_down_answers_5xx_and_loses_nothing_it_accepted(
                                                                          strict=True)))  # fmt: skip
 
     # No worker runs yet: what was answered 200 lives only in Redis.
-    accepted = post(api_process, paths["gen"], first)
+    accepted = post(api, paths["gen"], first)
     assert accepted.status_code == 200
     own_redis.halt(kill=True)  # a crash, right after the answer
 
-    refused = post(api_process, paths["gen"], second)
+    refused = post(api, paths["gen"], second)
     assert refused.status_code == 503
     assert refused.json() == {"status": "error", "message": "Server error", "error_code": 503}
 
@@ -98,7 +74,7 @@ def test_redis_down_answers_5xx_and_loses_nothing_it_accepted(
 
         # The provider retries what was refused; the API reconnects to Redis on its own.
         def retried() -> bool:
-            return post(api_process, paths["gen"], second).status_code == 200
+            return post(api, paths["gen"], second).status_code == 200
 
         wait_for(retried, timeout=30, interval=0.5)
         wait_for(lambda: inbox_empty(r), timeout=60)
