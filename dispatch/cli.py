@@ -10,14 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import yaml
 
 from dispatch.progress import ProgressBar
+
+if TYPE_CHECKING:
+    from dispatch.models import CampaignRequest
 
 
 class CommandError(Exception):
@@ -281,6 +284,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     try:
         request = campaign_request(_load_file(args.file))
+        if args.test:
+            return _send_test(request, args.test, args.seq)
         campaign_id, created = campaigns.create_campaign(request)
     except (ValueError, campaigns.CampaignError) as exc:
         print(f"error: {_validation_message(exc)}", file=sys.stderr)
@@ -291,6 +296,35 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.follow:
         return follow(campaign_id)
     return 0
+
+
+def _send_test(request: CampaignRequest, to: str, seq: int) -> int:
+    """Recipient ``seq``'s message of the file's campaign, to ``to`` alone; the campaign
+    is not created. 0 if the provider took it."""
+    import asyncio
+
+    from dispatch.campaign_test import send_campaign_test
+    from dispatch.provider_store import ProviderNotFoundError, load_provider
+    from providers.addresses import InvalidAddressError, normalize_address
+
+    try:
+        address = normalize_address(to)
+        config = load_provider(request.provider)
+    except InvalidAddressError as exc:
+        print(f"error: --test: {exc}", file=sys.stderr)
+        return 2
+    except ProviderNotFoundError:
+        print(f"error: no provider {request.provider!r}", file=sys.stderr)
+        return 2
+    people = request.recipients
+    if seq >= max(len(people), 1):
+        print(f"error: --seq: the file has {len(people)} recipients", file=sys.stderr)
+        return 2
+    content = request.content(request.id or "file")
+    recipient: Mapping[str, Any] = people[seq] if people else {}
+    result = asyncio.run(send_campaign_test(content, config, address, recipient, seq))
+    _print({"ok": result.ok, "error": result.error, "detail": result.detail})
+    return 0 if result.ok else 1
 
 
 def follow(campaign_id: str, interval: float = 0.5) -> int:
@@ -500,6 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")
     p.add_argument("file")
     p.add_argument("--follow", action="store_true", help="show progress until it ends")
+    p.add_argument(
+        "--test",
+        metavar="ADDR",
+        help="instead: send one recipient's message to ADDR alone (nothing is created)",
+    )
+    p.add_argument(
+        "--seq", type=int, default=0, help="with --test: the recipient's position (default 0)"
+    )
     p = verb("status", cmd_status, "a campaign's status and counters")
     p.add_argument("id")
     p.add_argument("--follow", action="store_true", help="a live progress bar")

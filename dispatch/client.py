@@ -360,6 +360,25 @@ class DispatchClient:
     def retry_failed(self, campaign_id: str) -> RetryResult:
         return self._model(RetryResult, "POST", f"/v1/campaigns/{campaign_id}/retry-failed")
 
+    def test_campaign(
+        self,
+        campaign_id: str,
+        to: str,
+        *,
+        seq: int | None = None,
+        vars: Mapping[str, Any] | None = None,
+    ) -> TestEmailResult:
+        """Send the message of stored recipient ``seq`` (default 0), or of a recipient
+        with ``vars``, to ``to`` alone, as the campaign sends it; the campaign does not
+        change. ``error`` as for :meth:`test_provider` (``Invalid message``: a template
+        cannot render for that recipient)."""
+        body: dict[str, Any] = {"to": to}
+        if seq is not None:
+            body["seq"] = seq
+        if vars is not None:
+            body["vars"] = dict(vars)
+        return self._model(TestEmailResult, "POST", f"/v1/campaigns/{campaign_id}/test", json=body)
+
     def messages(
         self,
         campaign_id: str,

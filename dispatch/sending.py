@@ -201,6 +201,23 @@ class _Campaign:
         )  # fmt: skip
 
 
+def build_message(
+    content: CampaignContent,
+    provider: ProviderBase,
+    transport: Transport,
+    item: Item,
+    settings: Settings,
+    r: aioredis.Redis,
+) -> OutgoingMessage:
+    """One recipient's message of ``content``, built as its batch builds it (a campaign's
+    test message); raises RenderError / InvalidAddressError / ValueError."""
+    compiled = CompiledContent(
+        subject=content.subject, html=content.html, text=content.text, amp=content.amp
+    )
+    send_date = datetime.now(UTC).strftime("%Y%m%d")
+    return _Campaign(content, provider, transport, compiled, send_date, settings, r).build(item)
+
+
 class BatchSender:
     """Runs the sessions of one batch over a shared queue of messages."""
 

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings, get_settings
 from providers.addresses import normalize_address
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
 from providers.config import HttpConfig, ProviderBase
 from providers.errors import ErrorClass, ProviderError
 from providers.http_config import placeholder_usage
@@ -130,9 +130,29 @@ async def send_test_email(
         names = ", ".join(f"$${name}" for name in missing)
         detail = f'no value for {names}: give it in "vars" (as a recipient\'s vars)'
         return TestEmailResult(False, ErrorClass.INVALID_MESSAGE.value, detail)
-    transport = build_transport(config, allow_private_endpoints=settings.allow_private_endpoints)
+    return await send_one(config, message, settings=settings, deadline=deadline, limits=limits)
+
+
+async def send_one(
+    config: ProviderBase,
+    message: OutgoingMessage,
+    *,
+    settings: Settings | None = None,
+    deadline: float = DEFAULT_DEADLINE_SECONDS,
+    limits: aioredis.Redis | None = None,
+    transport: Transport | None = None,
+) -> TestEmailResult:
+    """Send ``message`` alone through ``config`` (``transport``: its transport, when the
+    caller built it) and say how it went; never raises for the provider's failures.
+    With ``limits``, within the provider's limits (see :func:`send_test_email`)."""
+    settings = settings or get_settings()
+    if transport is None:
+        transport = build_transport(
+            config, allow_private_endpoints=settings.allow_private_endpoints
+        )
 
     async def exchange() -> TestEmailResult:
+        assert transport is not None
         async with transport.session() as session:
             outcomes = await session.send([message])
         return _verdict(outcomes[0])
@@ -188,10 +208,19 @@ async def send_shared_test_email(
 ) -> TestEmailResult:
     """:func:`send_test_email` within the provider's limits on the workers' Redis (what
     the API and the CLI send)."""
+    return await within_shared_limits(
+        lambda limits: send_test_email(config, to, vars=vars, limits=limits)
+    )
+
+
+async def within_shared_limits(
+    send: Callable[[aioredis.Redis], Awaitable[TestEmailResult]],
+) -> TestEmailResult:
+    """``send(client)`` with a client of the workers' Redis, whose limits it keeps."""
     from dispatch import store
 
     client = store.async_client()
     try:
-        return await send_test_email(config, to, vars=vars, limits=client)
+        return await send(client)
     finally:
         await client.aclose()

@@ -154,7 +154,7 @@ def test_callbacks_in_other_spellings_count_for_the_campaigns_recipient(
         assert "Meta Email Mismatch" not in entry["properties"], entry
 
 
-@covers("POST /v1/campaigns", "POST /v1/campaigns/{id}/recipients")
+@covers("POST /v1/campaigns", "POST /v1/campaigns/{campaign_id}/recipients")
 def test_a_non_ascii_local_part_fails_alone_and_says_why(
     api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
 ) -> None:

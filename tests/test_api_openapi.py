@@ -304,6 +304,14 @@ def test_every_error_a_route_answers_is_in_the_document(
                                         ("doc-err", "?limit=1001"), ("doc-err", "?cursor=-1"),
                                         ("doc-err", "?limit=x"), ("doc-err", "?status=x"))
             ],
+            *[
+                ("post", "/v1/campaigns/{campaign_id}/test",
+                 api.post(f"/v1/campaigns/{campaign}/test", json=payload))
+                for campaign, payload in (("nope", {"to": "a@example.com"}),
+                                          ("doc-err", {"to": "nobody"}),
+                                          ("doc-err", {"to": "a@example.com", "seq": 5}),
+                                          ("doc-err", {"to": "a@example.com", "seq": -1}))
+            ],
             ("get", "/v1/suppressions", api.get("/v1/suppressions?cursor=x")),
             ("get", "/v1/suppressions", api.get("/v1/suppressions?limit=0")),
             ("get", "/v1/suppressions/{email}", api.get("/v1/suppressions/a@example.com")),

@@ -1,5 +1,5 @@
 """``/v1/campaigns``: create, append recipients (streamed), start, read, list, pause, resume,
-cancel, retry-failed, and per-message outcomes (DESIGN §5)."""
+cancel, retry-failed, per-message outcomes (DESIGN §5), and a test message."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from dispatch import campaigns, lifecycle
+from dispatch import campaigns, lifecycle, provider_store, store
 from dispatch.api.auth import require_token
 from dispatch.api.body_limits import STREAMED
 from dispatch.api.errors import (
@@ -26,18 +26,23 @@ from dispatch.api.schemas import (
     AppendResult,
     CampaignPage,
     CampaignSummary,
+    CampaignTestRequest,
     MessageOutcome,
     MessagePage,
     MessageStatus,
     RetryResult,
+    TestEmailResult,
 )
+from dispatch.campaign_test import send_campaign_test, stored_recipient_at
 from dispatch.models import CAMPAIGN_ID_PATTERN, CampaignRequest, CampaignStatus, Recipient
+from dispatch.recipient_pages import stored_count
 from dispatch.recipient_stream import (
     Document,
     EmptyBodyError,
     RecipientSplitter,
     StreamFormatError,
 )
+from providers.addresses import InvalidAddressError, normalize_address
 
 router = APIRouter(
     prefix="/v1/campaigns",
@@ -260,6 +265,44 @@ def retry_failed(campaign_id: CampaignId) -> RetryResult:
         skipped_already_retried=report.skipped_already_retried,
         campaign=CampaignSummary.model_validate(summary),
     )
+
+
+@router.post(
+    "/{campaign_id}/test",
+    response_model=TestEmailResult,
+    responses={**_BOTH, **TOO_LARGE},
+    summary="Send one recipient's message to another address",
+)
+async def test_campaign(campaign_id: CampaignId, body: CampaignTestRequest) -> TestEmailResult:
+    """Render the message of the stored recipient ``seq`` (default 0), or of a recipient
+    with ``vars``, as the campaign sends it, and send it to ``to`` alone (not to the
+    campaign's cc and bcc) through the campaign's provider, within its limits. Nothing of
+    the campaign changes: its links and meta name a test id of their own. Any status.
+
+    Answers like the provider test email: ``error`` is null or an error class
+    (``Invalid message`` when a template cannot render for this recipient). 409 when the
+    campaign's provider is gone."""
+    content = await run_in_threadpool(campaigns.load_content, campaign_id)
+    try:
+        to = normalize_address(body.to)
+    except InvalidAddressError as exc:
+        raise InvalidFieldError(str(exc), "to") from None
+    try:
+        config = await run_in_threadpool(provider_store.load_provider, content.provider)
+    except provider_store.ProviderNotFoundError:
+        gone = f"the campaign's provider {content.provider!r} does not exist"
+        raise campaigns.CampaignStateError(gone, "provider") from None
+    seq = body.seq or 0
+    if body.vars is not None:
+        recipient: dict[str, Any] = {"vars": body.vars}
+    else:
+        stored = await run_in_threadpool(stored_recipient_at, store.sync_client(), campaign_id, seq)
+        if stored is None and body.seq is not None:
+            count = await run_in_threadpool(stored_count, store.sync_client(), campaign_id)
+            raise InvalidFieldError(f"the campaign has {count} recipients stored", "seq")
+        recipient = stored or {}
+    result = await send_campaign_test(content, config, to, recipient, seq)
+    return TestEmailResult(ok=result.ok, error=result.error, detail=result.detail)
 
 
 @router.get(

@@ -67,6 +67,21 @@ class TestEmailRequest(BaseModel):
     vars: dict[str, Any] = Field(default_factory=dict)
 
 
+class CampaignTestRequest(BaseModel):
+    """``POST /v1/campaigns/{id}/test``: where the test message goes, and whose it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    __test__ = False
+
+    to: str = Field(min_length=3, max_length=320)
+    seq: int | None = Field(
+        default=None, ge=0, description="The stored recipient whose message it is (default 0)"
+    )
+    vars: dict[str, Any] | None = Field(
+        default=None, description="A recipient's vars to render with, instead of a stored one's"
+    )
+
+
 class TestEmailResult(Answer):
     """The answer of a test email (DESIGN §2): ``error`` is an error class or null."""
 
