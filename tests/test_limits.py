@@ -288,7 +288,7 @@ def test_a_slot_that_expired_under_its_session_closes_the_connection_first(
         smtp_provider(redis_client, smtp.port, max_connections=1, rate_per_second=5)
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(40)}
         cid, ((_, batch),) = create_held(redis_client, body)
-        settings = Settings(lease_ttl_ms=600, slot_wait_seconds=60)
+        settings = Settings(lease_ttl_ms=3000, slot_wait_seconds=60)  # renewed each second
 
         async def send() -> None:
             client = store.async_client()
