@@ -12,6 +12,9 @@ the given address only (not to the campaign's cc and bcc), and it is built under
 campaign id of its own (``test-<hex>``), so its meta, unsubscribe token and preference
 links name that id and the test address: a click or a callback on it moves no counter
 of the campaign and suppresses no recipient of it. Nothing is written to the ledger.
+Its links are real: the test id's provider is kept for a while (:func:`provider_of_test`),
+so that its unsubscribe link leads to the provider's custom preference center as a
+recipient's does, and a one-click unsubscribe unsubscribes the test address.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import store
+from dispatch import retention, store
 from dispatch.batch_items import Item
 from dispatch.models import CampaignContent
 from dispatch.recipient_pages import documents_of, page_span
@@ -40,9 +43,27 @@ from providers.config import ProviderBase
 from providers.errors import ErrorClass
 from providers.registry import build_transport
 
+# How long a test message's links find its provider (a tester may click days later).
+TEST_LINK_SECONDS = 30 * 86_400
+
+
+def tested_provider_key(test_id: str) -> str:
+    """String: the provider nickname a test message (campaign id ``test_id``) went through."""
+    return f"{store.PREFIX}:campaign-test:{test_id}"
+
+
+def provider_of_test(r: redis.Redis, test_id: str) -> str | None:
+    """The provider of the test message ``test_id`` (None: no such test, or long ago)."""
+    if not test_id.startswith(TEST_CAMPAIGN_PREFIX):
+        return None
+    found = r.get(tested_provider_key(test_id))
+    return None if found is None else found if isinstance(found, str) else found.decode()
+
 
 def stored_recipient_at(r: redis.Redis, campaign_id: str, seq: int) -> dict[str, Any] | None:
-    """The recipient stored at ``seq`` of the campaign (None past its end)."""
+    """The recipient stored at ``seq`` of the campaign (None past its end); raises
+    :class:`retention.CampaignPurgedError` when the recipients were purged."""
+    retention.ensure_not_purged(r, campaign_id)
     first, last, offset = page_span(seq, 1)
     pages = r.lrange(store.recipients_key(campaign_id), first, last)
     found = documents_of([p if isinstance(p, str) else p.decode() for p in pages], offset, 1)
@@ -71,6 +92,7 @@ async def send_campaign_test(
             message = build_message(test_content, config, transport, item, settings, limits)
         except (InvalidAddressError, ValueError) as exc:  # RenderError is a ValueError
             return TestEmailResult(False, ErrorClass.INVALID_MESSAGE.value, str(exc))
+        await limits.set(tested_provider_key(test_id), config.nickname, ex=TEST_LINK_SECONDS)
         return await send_one(
             config, message, settings=settings, limits=limits, transport=transport
         )

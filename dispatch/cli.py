@@ -317,7 +317,7 @@ def _send_test(request: CampaignRequest, to: str, seq: int) -> int:
         print(f"error: no provider {request.provider!r}", file=sys.stderr)
         return 2
     people = request.recipients
-    if seq >= max(len(people), 1):
+    if not 0 <= seq < max(len(people), 1):
         print(f"error: --seq: the file has {len(people)} recipients", file=sys.stderr)
         return 2
     content = request.content(request.id or "file")

@@ -168,6 +168,9 @@ def test_send_test_sends_a_files_campaign_to_one_address_without_creating_it(
 
         assert main(["send", str(file), "--test", "me@acme.example", "--seq", "3"]) == 2
         assert "--seq: the file has 3 recipients" in capsys.readouterr().err
+        # Not counted from the end (it sent the last one's message under seq -1).
+        assert main(["send", str(file), "--test", "me@acme.example", "--seq", "-1"]) == 2
+        assert "--seq: the file has 3 recipients" in capsys.readouterr().err
         assert main(["send", str(file), "--test", "nobody"]) == 2
         assert len(smtp.messages) == 1
 
@@ -180,3 +183,61 @@ def test_the_client_sends_a_campaign_test(api_server: ApiServer, redis_client: r
         result = client.test_campaign("ctest-6", "me@acme.example", vars={"name": "C", "city": "X"})
         assert (result.ok, result.error) == (True, None)
         assert smtp.messages[0].message["Subject"] == "Hi C"
+
+
+@covers("POST /v1/campaigns/{campaign_id}/test", "GET /u/{token}", "POST /u/{token}")
+def test_the_test_messages_unsubscribe_link_works_as_the_campaigns_would(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    center = "https://prefs.acme.example/center?lang=en"
+    with SmtpTestServer() as smtp, api_client(api_server) as http:
+        smtp_provider(
+            redis_client, smtp.port, preference_center="custom", preference_center_url=center
+        )
+        assert http.post("/v1/campaigns", json=_campaign("ctest-7", "local")).status_code == 201
+        answer = http.post("/v1/campaigns/ctest-7/test", json={"to": "me@acme.example"})
+        assert answer.json()["ok"] is True, answer.text
+        link = smtp.messages[0].message["List-Unsubscribe"].strip("<>")
+        path = "/" + link.split("/", 3)[3]
+
+        # Opened, it leads to the provider's custom center, as a recipient's link does
+        # (it showed the system page: the test id is no campaign).
+        opened = http.get(path, follow_redirects=False)
+        assert opened.status_code == 303, opened.text
+        token = path.rsplit("/", 1)[1]
+        assert opened.headers["location"] == f"{center}&token={token}"
+
+        # One-click: it is a real link, so the test address is unsubscribed; the
+        # campaign's recipients and counters are not touched.
+        assert http.post(path).status_code == 200
+        assert http.get("/v1/suppressions/me@acme.example").status_code == 200
+        summary = http.get("/v1/campaigns/ctest-7").json()
+        assert (summary["unsubscribed"], summary["suppressed"]) == (0, 0)
+        for i in range(3):
+            assert http.get(f"/v1/suppressions/user{i}@example.com").status_code == 404
+
+
+@covers("POST /v1/campaigns/{campaign_id}/test")
+def test_a_purged_campaigns_test_says_its_recipients_are_gone(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    from dispatch import retention
+
+    with SmtpTestServer() as smtp, api_client(api_server) as http:
+        smtp_provider(redis_client, smtp.port)
+        assert http.post("/v1/campaigns", json=_campaign("ctest-8", "local")).status_code == 201
+        assert http.post("/v1/campaigns/ctest-8/cancel").status_code == 200
+        assert retention.purge(redis_client, "ctest-8")
+
+        # A stored recipient's message cannot be built: 410, as its other per-message
+        # reads (it answered 422 "the campaign has 3 recipients stored" for seq 2, and
+        # rendered with no vars at all without a seq).
+        for payload in ({"to": "me@acme.example", "seq": 2}, {"to": "me@acme.example"}):
+            gone = http.post("/v1/campaigns/ctest-8/test", json=payload)
+            assert gone.status_code == 410, gone.text
+            assert "removed" in gone.json()["detail"]
+        assert smtp.messages == []
+        # Given vars, the message is still built from the content the campaign keeps.
+        given = {"to": "me@acme.example", "vars": {"name": "V", "city": "Faro"}}
+        assert http.post("/v1/campaigns/ctest-8/test", json=given).json()["ok"] is True
+        assert smtp.messages[0].message["Subject"] == "Hi V"

@@ -18,9 +18,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from dispatch import campaigns, preferences, suppressions
+from dispatch import campaigns, preferences, store, suppressions
 from dispatch.api.body_limits import BodyTooLargeError, read_bounded
 from dispatch.api.errors import FORM_TOO_LARGE, PAGE_RESPONSES, REDIRECT
+from dispatch.campaign_test import provider_of_test
 from dispatch.provider_store import ProviderNotFoundError, load_provider
 from dispatch.unsubscribe import (
     InvalidTokenError,
@@ -67,10 +68,17 @@ def _token(token: str) -> UnsubscribeToken | HTMLResponse:
 
 
 def _custom_center(token: UnsubscribeToken) -> str:
-    """The custom preference center URL of the campaign's provider, or ""."""
+    """The custom preference center URL of the campaign's provider (or of a campaign's
+    test message), or ""."""
     try:
-        provider = load_provider(campaigns.load_content(token.campaign_id).provider)
-    except (campaigns.CampaignNotFoundError, ProviderNotFoundError):
+        nickname: str | None = campaigns.load_content(token.campaign_id).provider
+    except campaigns.CampaignNotFoundError:
+        nickname = provider_of_test(store.sync_client(), token.campaign_id)
+    if nickname is None:
+        return ""
+    try:
+        provider = load_provider(nickname)
+    except ProviderNotFoundError:
         return ""
     return provider.preference_center_url if provider.preference_center == "custom" else ""
 
