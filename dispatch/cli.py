@@ -344,15 +344,25 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
     from dispatch import campaigns
 
     bar = ProgressBar(label=campaign_id)
-    while True:
-        summary = campaigns.campaign_summary(campaign_id)
-        done = summary["total"] - summary["queued"]
-        bar.update(done, summary["total"], f"sent {summary['sent']} failed {summary['failed']}")
-        if summary["status"] not in ("running", "scheduled"):
-            bar.close()
-            _print(summary)
-            return 0 if summary["queued"] == 0 else 1
-        time.sleep(interval)
+    try:
+        while True:
+            summary = campaigns.campaign_summary(campaign_id)
+            done = summary["total"] - summary["queued"]
+            note = f"sent {summary['sent']} failed {summary['failed']}"
+            bar.update(done, summary["total"], note)
+            if summary["status"] not in ("running", "scheduled"):
+                bar.close()
+                _print(summary)
+                return 0 if summary["queued"] == 0 else 1
+            time.sleep(interval)
+    except KeyboardInterrupt:  # Ctrl-C stops the watching, not the sending
+        print(
+            f"\nstopped following: campaign {campaign_id!r} goes on (`dispatch status "
+            f"{campaign_id} --follow` to watch it again; POST /v1/campaigns/{campaign_id}/pause "
+            "or /cancel to stop it)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def cmd_status(args: argparse.Namespace) -> int:

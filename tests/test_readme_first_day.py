@@ -126,3 +126,31 @@ def test_a_command_on_a_configured_redis_says_nothing_of_it(
     assert store.sync_client().ping()
     code, out, err = run(capsys, "providers", "list")
     assert (code, json.loads(out), err) == (0, [], "")
+
+
+def test_ctrl_c_while_following_says_the_campaign_goes_on(
+    local_smtp: SmtpTestServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C in ``send --follow`` printed ``interrupted``, as if the campaign had been."""
+    import dispatch.cli
+
+    campaign = yaml.safe_load(EXAMPLE_CAMPAIGN.read_text())
+    campaign["send_at"] = "2099-01-01T00:00:00Z"  # scheduled: it waits, followed
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign))
+
+    def ctrl_c(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dispatch.cli.time, "sleep", ctrl_c)
+    capsys.readouterr()
+    code, out, err = run(capsys, "send", str(path), "--follow")
+    assert (code, out) == (130, "welcome-2026-11\n"), err
+    assert "interrupted" not in err
+    assert "campaign 'welcome-2026-11' goes on" in err, err
+    monkeypatch.undo()
+    code, out, _ = run(capsys, "status", "welcome-2026-11")
+    assert json.loads(out)["status"] == "scheduled"
