@@ -282,11 +282,23 @@ def cmd_send(args: argparse.Namespace) -> int:
     from dispatch import campaigns
     from dispatch.models import campaign_request
 
+    if args.seq is not None and not args.test:
+        # Without --test this would create and start the whole campaign.
+        raise CommandError("--seq goes with --test ADDR (one recipient's message to ADDR)")
+    data = _load_file(args.file)
+    if not isinstance(data, dict):
+        raise CommandError(f"{args.file}: must hold a campaign (a mapping of its fields)")
     try:
-        request = campaign_request(_load_file(args.file))
+        request = campaign_request(data)
         if args.test:
-            return _send_test(request, args.test, args.seq)
+            return _send_test(request, args.test, args.seq or 0)
         campaign_id, created = campaigns.create_campaign(request)
+    except campaigns.CampaignConflictError as exc:
+        print(
+            f"error: {exc}: an edited campaign needs a new id (the same file again is a repeat)",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, campaigns.CampaignError) as exc:
         print(f"error: {_validation_message(exc)}", file=sys.stderr)
         return 2
@@ -332,15 +344,25 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
     from dispatch import campaigns
 
     bar = ProgressBar(label=campaign_id)
-    while True:
-        summary = campaigns.campaign_summary(campaign_id)
-        done = summary["total"] - summary["queued"]
-        bar.update(done, summary["total"], f"sent {summary['sent']} failed {summary['failed']}")
-        if summary["status"] not in ("running", "scheduled"):
-            bar.close()
-            _print(summary)
-            return 0 if summary["queued"] == 0 else 1
-        time.sleep(interval)
+    try:
+        while True:
+            summary = campaigns.campaign_summary(campaign_id)
+            done = summary["total"] - summary["queued"]
+            note = f"sent {summary['sent']} failed {summary['failed']}"
+            bar.update(done, summary["total"], note)
+            if summary["status"] not in ("running", "scheduled"):
+                bar.close()
+                _print(summary)
+                return 0 if summary["queued"] == 0 else 1
+            time.sleep(interval)
+    except KeyboardInterrupt:  # Ctrl-C stops the watching, not the sending
+        print(
+            f"\nstopped following: campaign {campaign_id!r} goes on (`dispatch status "
+            f"{campaign_id} --follow` to watch it again; POST /v1/campaigns/{campaign_id}/pause "
+            "or /cancel to stop it)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -517,14 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("demo", cmd_demo, "the whole system on this machine: send, replay callbacks, report")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--recipients", type=_count(1), default=2000)
+    p.add_argument("--recipients", type=_count(1), default=2000, help="per campaign (default 2000)")
     p.add_argument("--concurrency", type=_count(1), default=2, help="worker processes")
     p = verb("up", cmd_up, "API + worker + beat in the foreground")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="the API's address (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="the API's port (default 8000)")
     p = verb("api", cmd_api, "serve the HTTP API")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument("--port", type=_port, default=8000, help="default 8000")
     p = verb("worker", cmd_worker, "run a Celery worker")
     p.add_argument("--concurrency", type=_count(0), default=0, help="processes (two per core)")
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
@@ -532,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")
-    p.add_argument("file")
+    p.add_argument("file", help="a YAML or JSON file; - reads it from standard input")
     p.add_argument("--follow", action="store_true", help="show progress until it ends")
     p.add_argument(
         "--test",
@@ -540,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: send one recipient's message to ADDR alone (nothing is created)",
     )
     p.add_argument(
-        "--seq", type=int, default=0, help="with --test: the recipient's position (default 0)"
+        "--seq",
+        type=_count(0),
+        help="with --test: the recipient's position in the file (default 0, the first)",
     )
     p = verb("status", cmd_status, "a campaign's status and counters")
     p.add_argument("id")
@@ -557,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     providers = sub.add_parser("providers", help="manage providers")
     psub = providers.add_subparsers(dest="action", required=True)
     p = psub.add_parser("add", help="save provider(s) from a YAML or JSON file")
-    p.add_argument("file")
+    p.add_argument("file", help="a YAML or JSON file; - reads it from standard input")
     p.set_defaults(func=cmd_providers_add)
     psub.add_parser("list", help="list providers").set_defaults(func=cmd_providers_list)
     p = psub.add_parser("test", help="send one real test message through a provider")
@@ -599,12 +623,22 @@ OWN_REDIS_VERBS = frozenset({"up", "demo"})
 def _join_running_up() -> None:
     """Use the embedded Redis of a running ``dispatch up``, and say so."""
     from dispatch.redis_server import join_running_up, state_file
+    from dispatch.settings import get_settings
 
     running = join_running_up()
     if running is not None:
         print(
             f"dispatch: using the Redis of the running `dispatch up` (pid {running.pid}) at "
             f"{running.redis_url}, recorded in {state_file()}",
+            file=sys.stderr,
+        )
+    elif not get_settings().redis_url:
+        # Else a provider "added" here is gone when the command ends, and `send` then
+        # finds no such provider: say so before anything looks saved.
+        print(
+            f"dispatch: no `dispatch up` runs (none recorded in {state_file()}) and "
+            "DISPATCH_REDIS_URL is not set: this command starts a throwaway Redis of its "
+            "own, and what it saves is lost when it ends",
             file=sys.stderr,
         )
 
