@@ -169,8 +169,10 @@ def test_send_test_sends_a_files_campaign_to_one_address_without_creating_it(
         assert main(["send", str(file), "--test", "me@acme.example", "--seq", "3"]) == 2
         assert "--seq: the file has 3 recipients" in capsys.readouterr().err
         # Not counted from the end (it sent the last one's message under seq -1).
-        assert main(["send", str(file), "--test", "me@acme.example", "--seq", "-1"]) == 2
-        assert "--seq: the file has 3 recipients" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as refused:  # argparse: "-1 is below 0"
+            main(["send", str(file), "--test", "me@acme.example", "--seq", "-1"])
+        assert refused.value.code == 2
+        assert "-1 is below 0" in capsys.readouterr().err
         assert main(["send", str(file), "--test", "nobody"]) == 2
         assert len(smtp.messages) == 1
 
