@@ -71,3 +71,35 @@ def test_a_parked_slot_outlives_its_key_expiry_until_taken_back(
     retaken, second = asyncio.run(go())
     assert retaken is True
     assert second is False
+
+
+def _provider_series(nickname: str) -> list[str]:
+    from dispatch.metrics import RedisStateCollector
+
+    return [
+        sample.name
+        for family in RedisStateCollector().collect()
+        for sample in family.samples
+        if sample.labels.get("provider") == nickname
+    ]
+
+
+def test_a_deleted_provider_leaves_the_metrics(redis_client: redis.Redis) -> None:
+    """Providers come and go for weeks: /metrics (and Redis) does not keep the series
+    of every provider ever deleted; the others' stay."""
+    from dispatch import provider_store
+    from tests.helpers import recipients, run_inline, smtp_provider
+    from tests.smtp_server import SmtpTestServer
+
+    with SmtpTestServer() as smtp:
+        for nickname in ("customer-1", "customer-10"):
+            smtp_provider(redis_client, smtp.port, nickname=nickname)
+            body = {"provider": nickname, "subject": "s", "html": "h"}
+            run_inline(redis_client, {**body, "recipients": recipients(2)})
+    assert "dispatch_messages_total" in _provider_series("customer-1")
+    assert "dispatch_send_seconds_count" in _provider_series("customer-1")
+
+    assert provider_store.delete_provider("customer-1", redis_client)
+    assert _provider_series("customer-1") == []
+    assert "dispatch_messages_total" in _provider_series("customer-10")
+    assert "dispatch_send_seconds_count" in _provider_series("customer-10")
