@@ -172,14 +172,25 @@ class ProviderLimiter:
 # sender that finds no slot free flags the provider as wanted (KEYS[2], for a moment
 # past its next poll): an idle session kept for reuse (dispatch.session_pool) then gives
 # its slot up instead of keeping it from those who wait.
-_ACQUIRE = """
+# The set itself expires SLOTS_KEY_SECONDS after a slot was last taken, renewed, parked
+# or taken back (a deleted provider's set goes): a session that keeps its slot for hours
+# (a slow pace, batch after batch in one process) never finds it gone under it.
+SLOTS_KEY_SECONDS = 3600
+_ACQUIRE = f"""
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
   return 0
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], 3600)
+redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
+return 1
+"""
+
+# A held slot renewed (1) or found gone (0: it expired, perhaps to another worker).
+_RENEW = f"""
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
 return 1
 """
 SLOT_POLL_SECONDS = 0.2
@@ -188,7 +199,7 @@ WANTED_MS = 3 * int(SLOT_POLL_SECONDS * 1000)
 # A slot whose sender is done, kept for the session's next batch with a short expiry
 # (ARGV[1]), unless someone waits for a slot or it has expired meanwhile: then it is
 # given up (0).
-_PARK = """
+_PARK = f"""
 local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 1 or not score
     or tonumber(score) <= tonumber(ARGV[2]) then
@@ -196,17 +207,19 @@ if redis.call('EXISTS', KEYS[2]) == 1 or not score
   return 0
 end
 redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
 return 1
 """
 
 # A kept session's slot taken back for a new batch: only if it has not expired meanwhile
 # (another worker may hold it now) and nobody waits for a slot (the batch then queues for
 # one like everybody else); otherwise it is given up and the session must go.
-_RETAKE = """
+_RETAKE = f"""
 local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 0 and score
     and tonumber(score) > tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
   return 1
 end
 redis.call('ZREM', KEYS[1], ARGV[3])
@@ -248,9 +261,7 @@ class ConnectionSlots:
         another worker) calls ``lost``: the session must close before it sends again."""
         while True:
             await asyncio.sleep(self.ttl / 3)
-            if not await self.client.zadd(
-                self.key, {token: time.time() + self.ttl}, xx=True, ch=True
-            ):
+            if not await self.client.eval(_RENEW, 1, self.key, time.time() + self.ttl, token):
                 lost()
 
     async def release(self, token: str) -> None:

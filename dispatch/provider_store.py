@@ -204,12 +204,23 @@ def list_providers(client: redis.Redis | None = None) -> list[str]:
     return sorted(str(n) for n in (client or store.sync_client()).smembers(store.PROVIDERS_SET))
 
 
+# The hashes /metrics reads whose fields are ``<nickname>|...`` (dispatch.metrics).
+_STATS_BY_PROVIDER = (store.MESSAGE_STATS_HASH, store.SEND_STATS_HASH)
+
+
 def delete_provider(nickname: str, client: redis.Redis | None = None) -> bool:
+    """Delete the provider and its figures in /metrics (providers come and go for weeks:
+    a deleted one's series are not exported for ever). Its pace, quota and connection
+    slot keys expire by themselves (dispatch.limits); a batch still running keeps them."""
     r = client or store.sync_client()
+    stats = {h: [f for f, _ in r.hscan_iter(h, match=f"{nickname}|*")] for h in _STATS_BY_PROVIDER}
     pipe = r.pipeline()
     pipe.delete(store.provider_key(nickname))
     pipe.srem(store.PROVIDERS_SET, nickname)
-    deleted, _ = pipe.execute()
+    for name, fields in stats.items():
+        if fields:
+            pipe.hdel(name, *fields)
+    deleted = pipe.execute()[0]
     return bool(deleted)
 
 
