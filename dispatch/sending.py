@@ -750,6 +750,10 @@ async def _watch_status(
 
 
 _providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
+# Providers whose transports a process keeps (the most recently built): nicknames come and
+# go over weeks (providers deleted, one per customer), and each transport keeps its
+# campaigns' MIME writers; one rebuilt after falling out costs a decode.
+_PROVIDERS_KEPT = 64
 _compiled: dict[str, CompiledContent] = {}
 _contents: dict[str, tuple[str, CampaignContent]] = {}  # campaign id: (fingerprint, content)
 
@@ -765,6 +769,9 @@ def _provider_for(nickname: str, raw: str, settings: Settings) -> tuple[Provider
         transport = build_transport(
             provider, allow_private_endpoints=settings.allow_private_endpoints
         )
+        _providers.pop(nickname, None)
+        while len(_providers) >= _PROVIDERS_KEPT:
+            del _providers[next(iter(_providers))]  # the one built longest ago
         cached = _providers[nickname] = (raw, provider, transport)
     return cached[1], cached[2]
 

@@ -103,3 +103,24 @@ def test_a_deleted_provider_leaves_the_metrics(redis_client: redis.Redis) -> Non
     assert _provider_series("customer-1") == []
     assert "dispatch_messages_total" in _provider_series("customer-10")
     assert "dispatch_send_seconds_count" in _provider_series("customer-10")
+
+
+def test_a_worker_process_keeps_a_bounded_number_of_provider_transports(
+    redis_client: redis.Redis,
+) -> None:
+    """Providers come and go for weeks (one per customer, deleted when done): a worker
+    process that sent through each of them keeps only a bounded number of their
+    transports (each with its campaigns' MIME writers), not one per provider ever used."""
+    from dispatch import provider_store, sending
+    from tests.helpers import recipients, run_inline, smtp_provider
+    from tests.smtp_server import SmtpTestServer
+
+    with SmtpTestServer() as smtp:
+        for i in range(100):
+            smtp_provider(redis_client, smtp.port, nickname=f"customer-{i}")
+            body = {"provider": f"customer-{i}", "subject": "s", "html": "h"}
+            run_inline(redis_client, {**body, "recipients": recipients(1)})
+            provider_store.delete_provider(f"customer-{i}", redis_client)
+        assert len(smtp.messages) == 100
+    assert len(sending._providers) < 100
+    assert "customer-0" not in sending._providers
