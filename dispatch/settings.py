@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # handed back to the broker (never as a countdown past the visibility timeout).
     inline_retry_seconds: float = Field(default=DEFAULT_INLINE_RETRY_SECONDS, ge=0)
     visibility_timeout: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT, ge=60)
+    # Batch tasks each worker process reserves beyond the one it runs (Celery's
+    # worker_prefetch_multiplier): 4 saves a fetch per batch; 1 makes a campaign created
+    # behind a paced one wait only for the batches running (README: Operations).
+    worker_prefetch: int = Field(default=4, ge=1, le=64)
     # SMTP connections (HTTP clients) one worker process opens per provider at most;
     # the provider's max_connections caps it across all workers.
     sessions_per_worker: int = Field(default=DEFAULT_SESSIONS_PER_WORKER, ge=1, le=64)
