@@ -29,6 +29,7 @@ import httpx
 
 from providers.config import WIDE_INTEGER_PROBLEM, HttpConfig, find_wide_integer
 from providers.placeholders import (
+    CAMPAIGN_LEVEL_SYSTEM,
     CONTENT_PLACEHOLDERS,
     PER_MESSAGE_SYSTEM,
     SYSTEM_PLACEHOLDERS,
@@ -294,7 +295,11 @@ def config_problems(config: HttpConfig) -> list[str]:
                     f"({_listed(wrong)}){place}: this part is rendered once per request; move them "
                     "into the message template object"
                 )
-    missing = set(POST_MANDATORY) - usage.body_message
+    # The sender is the same for every message of a request (campaign level), so a batch
+    # body may carry it once in its global keys, as many batch APIs take it.
+    missing = (
+        set(POST_MANDATORY) - usage.body_message - (usage.body_globals & CAMPAIGN_LEVEL_SYSTEM)
+    )
     if missing:
         problems.append(f"body: mandatory placeholders missing{where}: {_listed(missing)}")
     return problems
