@@ -44,7 +44,6 @@ from providers.config import (
     WIDE_INTEGER_PROBLEM,
     HttpConfig,
     ProviderBase,
-    SmtpFamilyBase,
     check_display_name,
     find_lone_surrogate,
     find_wide_integer,
@@ -257,9 +256,9 @@ def _check_template_names(request: CampaignRequest, compiled: CompiledContent) -
 
 
 def _check_sender(content: CampaignContent, provider: ProviderBase) -> None:
-    """An SMTP message needs a From address: the campaign's, or its provider's default
-    (an HTTP provider's ESP may hold the sender itself). Raises :class:`CampaignError`."""
-    if isinstance(provider, SmtpFamilyBase) and not (content.from_address or provider.from_address):
+    """A message needs a From address: the campaign's, or its provider's default (an HTTP
+    payload's mandatory ``$$FromAddress`` would be sent empty). Raises :class:`CampaignError`."""
+    if provider.sends_from_address() and not (content.from_address or provider.from_address):
         raise CampaignError(
             f"the campaign must give one: provider {content.provider!r} has none to default to",
             field="from_address",

@@ -201,6 +201,10 @@ class ProviderBase(BaseModel):
         """Saved, but worth telling the user."""
         return []
 
+    def sends_from_address(self) -> bool:
+        """Whether every message carries a From address (a campaign must then have one)."""
+        return True
+
 
 class SmtpFamilyBase(ProviderBase):
     """Fields of every SMTP-speaking kind; presets fill host, port and security."""
@@ -391,6 +395,12 @@ class HttpConfig(ProviderBase):
         from providers.http_config import config_warnings
 
         return config_warnings(self)
+
+    def sends_from_address(self) -> bool:
+        """Whether the payload uses ``$$FromAddress`` (mandatory, so a valid one does)."""
+        from providers.http_config import placeholder_usage
+
+        return "FromAddress" in placeholder_usage(self).every
 
 
 SmtpFamilyConfig = SmtpConfig | SesConfig | SendgridConfig | GmailConfig

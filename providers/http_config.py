@@ -309,6 +309,11 @@ def config_warnings(config: HttpConfig) -> list[str]:
     """Things a valid ``config`` should still tell its user."""
     usage = placeholder_usage(config)
     warnings: list[str] = []
+    if not config.from_address and "FromAddress" in usage.every:
+        warnings.append(
+            "from_address is empty: every campaign must give its own ($$FromAddress would be "
+            "sent empty)"
+        )
     if "MessageID" not in usage.per_message:
         warnings.append(
             "$$MessageID is not used: callbacks cannot be attributed to messages "

@@ -209,6 +209,7 @@ def test_unknown_placeholder_of_an_http_provider_gets_422_naming_it(
             "code": "$$coupon_code",
             "region": "$$region",
         },
+        "from_address": "deals@acme.example",
     }
     with api_client(api_server) as api:
         assert api.put("/v1/providers/hook", json=provider).status_code == 201

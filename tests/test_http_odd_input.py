@@ -20,7 +20,12 @@ from tests.callback_support import HTTP_BODY
 
 LONE = "\ud800"
 MESSAGE = HTTP_BODY
-PROVIDER = {"kind": "http", "endpoint": "http://127.0.0.1:9/send", "body": MESSAGE}
+PROVIDER = {
+    "kind": "http",
+    "endpoint": "http://127.0.0.1:9/send",
+    "body": MESSAGE,
+    "from_address": "deals@acme.example",
+}
 
 
 def _put(api_server: ApiServer, config: dict[str, Any]) -> Any:

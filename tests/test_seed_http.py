@@ -73,3 +73,30 @@ def test_the_mandatory_placeholders_of_a_batch_body_are_still_required(
     assert answer.json()["detail"].endswith(
         "missing in the message template object (body.msgs[0]): $$FromName"
     )
+
+
+@covers("PUT /v1/providers/{nickname}", "POST /v1/campaigns")
+def test_a_campaign_without_any_from_address_is_refused_for_the_http_kind_too(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Seed 002 makes $$FromAddress mandatory in the payload, and DESIGN §4 with it: an
+    HTTP provider saved without a default sender, then a campaign without one, sent every
+    message with ``"fromAddress": ""`` (the ESP refuses them all, or sends from who knows
+    what). Now the provider is saved with a warning and such a campaign is a 422."""
+    body = {"to": "$$To", "subject": "$$Subject", "html": "$$HTML", "fromName": "$$FromName",
+            "fromAddress": "$$FromAddress", "mid": "$$MessageID"}  # fmt: skip
+    with HttpSink() as sink, api_client(api_server) as api:
+        saved = api.put("/v1/providers/no-from", json={"kind": "http", "body": body,
+                                                       "endpoint": f"{sink.url}/send"})  # fmt: skip
+        assert saved.status_code in (200, 201), saved.text
+        assert any(w.startswith("from_address is empty") for w in saved.json()["warnings"])
+        draft = {"provider": "no-from", "subject": "s", "html": "<p>h</p>", "draft": True,
+                 "recipients": [{"email": "sara@example.com"}]}  # fmt: skip
+        refused = api.post("/v1/campaigns", json={"id": "no-from-1", **draft})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["field"] == "from_address"
+        given = api.post(
+            "/v1/campaigns", json={"id": "no-from-2", "from_address": "d@acme.example", **draft}
+        )
+        assert given.status_code == 201, given.text
+        assert sink.requests == []
