@@ -328,6 +328,18 @@ class SendgridConfig(SmtpFamilyBase):
     # SendGrid's documented limit (reference §2.6): 100 messages per connection.
     max_messages_per_connection: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
 
+    def warnings(self) -> list[str]:
+        warnings = super().warnings()
+        if self.username != "apikey" and self.effective_host == self.default_host:
+            # Reference §2.6; seed 004 still says "your SendGrid username", which SendGrid
+            # has refused since API keys became mandatory for SMTP.
+            warnings.append(
+                f"username {self.username!r}: SendGrid's SMTP relay takes the literal user name "
+                "apikey (with the API key as password), not the account's: the session would be "
+                "refused"
+            )
+        return warnings
+
     @field_validator("webhook_public_key")
     @classmethod
     def _public_key(cls, value: str, info: ValidationInfo) -> str:
