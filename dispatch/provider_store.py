@@ -18,6 +18,7 @@ from providers.config import (
     HttpConfig,
     ProviderBase,
     SecretPath,
+    endpoint_credentials,
     parse_provider_config,
     public_view,
     secret_paths,
@@ -59,7 +60,17 @@ def _check_endpoint(config: ProviderBase) -> None:
     """DESIGN §4: an endpoint resolving to a private, loopback or link-local address is
     refused, here already (the transport checks again at every connect). A name that
     does not resolve from here is left to send time."""
-    if not isinstance(config, HttpConfig) or get_settings().allow_private_endpoints:
+    if not isinstance(config, HttpConfig):
+        return
+    found = endpoint_credentials(config)
+    if found:
+        raise ProviderFieldError(
+            f"endpoint: the query parameter {found[0]!r} carries a credential, which the "
+            f"endpoint would store and show in clear: give it in query (a secret there: "
+            f"stored encrypted, masked when read)",
+            "endpoint",
+        )
+    if get_settings().allow_private_endpoints:
         return
     try:
         asyncio.run(check_endpoint(config.endpoint, allow_private=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Final, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -438,6 +439,20 @@ def parse_provider_config(data: dict[str, Any], *, stored: bool = False) -> AnyP
 # ``$$`` placeholder is filled per message and is not.
 _CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|passw|signature|credential", re.I)
 SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")
+
+
+def endpoint_credentials(config: ProviderBase) -> list[str]:
+    """The query parameters of an HTTP provider's ``endpoint`` whose name says they carry
+    a credential: the endpoint is stored and shown as it is, so these belong in
+    ``query`` (a secret there)."""
+    if not isinstance(config, HttpConfig):
+        return []
+    query = urlsplit(config.endpoint).query
+    return [
+        name
+        for name, _ in parse_qsl(query, keep_blank_values=True)
+        if _CREDENTIAL_NAME.search(name)
+    ]
 
 
 def secret_paths(config: ProviderBase) -> list[SecretPath]:

@@ -411,3 +411,28 @@ def test_an_api_key_in_an_http_providers_headers_is_a_secret(
         sent = sink.requests[-1]
     assert sent.header("Authorization") == "Bearer sk-live-123"
     assert sent.header("X-Api-Key") == "k-789"
+
+
+@covers("PUT /v1/providers/{nickname}")
+def test_an_api_key_in_an_http_providers_endpoint_is_refused_for_query(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The endpoint is stored and shown as it is: a key in its query string would be
+    returned in clear by every GET; in ``query`` it is a secret."""
+    body = {
+        "kind": "http",
+        "endpoint": "https://api.esp.example/send?region=eu&api_key=sk-live-123",
+        "body": HTTP_BODY,
+        "from_name": "Acme",
+        "from_address": "deals@acme.example",
+    }
+    with api_client(api_server) as api:
+        refused = api.put("/v1/providers/keyed", json=body)
+        assert refused.status_code == 422 and refused.json()["field"] == "endpoint"
+        assert "'api_key'" in refused.json()["detail"]
+        assert redis_client.get(store.provider_key("keyed")) is None
+        moved = {**body, "endpoint": "https://api.esp.example/send?region=eu",
+                 "query": {"api_key": "sk-live-123"}}  # fmt: skip
+        assert api.put("/v1/providers/keyed", json=moved).status_code == 201
+        view = api.get("/v1/providers/keyed").json()
+        assert view["query"] == {"api_key": "********"} and "sk-live-123" not in str(view)
