@@ -262,6 +262,11 @@ class SmtpFamilyBase(ProviderBase):
                 f"{' and '.join(missing)} empty: {self.service} refuses the session (campaigns "
                 f"pause, the test email fails); give {self.credentials}"
             )
+        if self.service and not self.host and self.effective_security == "none":
+            warnings.append(
+                f"security 'none' against {self.effective_host}: {self.service} takes a login "
+                "only over TLS (campaigns pause, the test email fails); use starttls or tls"
+            )
         return warnings
 
 

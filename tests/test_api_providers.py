@@ -322,6 +322,14 @@ def test_a_service_kind_without_its_credentials_is_saved_with_a_warning(
             assert not [w for w in saved.json()["warnings"] if "refuses the session" in w]
         plain = api.put("/v1/providers/svc", json=smtp_body(25))  # any server: login optional
         assert plain.json()["warnings"] == []
+        # A service takes a login only over TLS; a test server in its place may not.
+        login = {"username": "apikey", "password": "s3cret", "security": "none", **sender}
+        (clear,) = api.put("/v1/providers/svc", json={"kind": "sendgrid", **login}).json()[
+            "warnings"
+        ]
+        assert "security 'none' against smtp.sendgrid.net" in clear
+        local = {"kind": "sendgrid", "host": "127.0.0.1", "port": 2525, **login}
+        assert api.put("/v1/providers/svc", json=local).json()["warnings"] == []
 
 
 @covers("PUT /v1/providers/{nickname}")
