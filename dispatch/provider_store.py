@@ -18,6 +18,7 @@ from providers.config import (
     HttpConfig,
     ProviderBase,
     SecretPath,
+    SmtpFamilyBase,
     endpoint_credentials,
     parse_provider_config,
     public_view,
@@ -30,7 +31,7 @@ from providers.netguard import PrivateEndpointError, check_endpoint
 CALLBACK_TOKEN_FIELD = "_callback_token"
 # What a provider's view adds to its configuration; given back on save, they are ignored
 # (a view read and saved again is the same configuration).
-VIEW_ONLY_FIELDS = frozenset({"callback_url", "warnings"})
+VIEW_ONLY_FIELDS = frozenset({"callback_url", "warnings", "connects_to"})
 
 
 class ProviderNotFoundError(KeyError):
@@ -242,7 +243,8 @@ def callback_url(nickname: str, token: str) -> str:
 
 def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str, Any]:
     """The provider as shown to users: secrets masked, ``callback_url`` and ``warnings``
-    added (a secret the current key cannot decrypt is one); raises
+    added (a secret the current key cannot decrypt is one), and for the SMTP kinds
+    ``connects_to`` (host, port and security with the presets applied); raises
     :class:`ProviderNotFoundError`."""
     raw = (client or store.sync_client()).get(store.provider_key(nickname))
     if raw is None:
@@ -251,4 +253,10 @@ def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str,
     view = public_view(config)
     view["callback_url"] = callback_url(nickname, token)
     view["warnings"] = config.warnings() + _unreadable_secrets(raw)
+    if isinstance(config, SmtpFamilyBase):  # host "", port 0: the preset's; where it is
+        view["connects_to"] = {
+            "host": config.effective_host,
+            "port": config.effective_port,
+            "security": config.effective_security,
+        }
     return view

@@ -328,8 +328,17 @@ def test_a_service_kind_without_its_credentials_is_saved_with_a_warning(
             "warnings"
         ]
         assert "security 'none' against smtp.sendgrid.net" in clear
+        assert api.get("/v1/providers/svc").json()["connects_to"] == {
+            "host": "smtp.sendgrid.net",
+            "port": 587,
+            "security": "none",
+        }  # the preset's host and port, shown; saved back, it changes nothing
         local = {"kind": "sendgrid", "host": "127.0.0.1", "port": 2525, **login}
         assert api.put("/v1/providers/svc", json=local).json()["warnings"] == []
+        view = api.get("/v1/providers/svc").json()
+        assert view["connects_to"] == {"host": "127.0.0.1", "port": 2525, "security": "none"}
+        assert api.put("/v1/providers/svc", json=view).status_code == 200
+        assert "connects_to" not in str(redis_client.get(store.provider_key("svc")))
 
 
 @covers("PUT /v1/providers/{nickname}")

@@ -38,6 +38,14 @@ class ErrorBody(Answer):
 # -- providers ---------------------------------------------------------------------------
 
 
+class ConnectsTo(BaseModel):
+    """Where an SMTP-kind provider connects (its presets applied)."""
+
+    host: str
+    port: int
+    security: str
+
+
 class ProviderView(Answer):
     """A provider as shown: its configuration with secrets masked, plus ``callback_url``.
 
@@ -50,6 +58,11 @@ class ProviderView(Answer):
     kind: str
     callback_url: str
     warnings: list[str] = Field(default_factory=list)
+    connects_to: ConnectsTo | None = Field(
+        default=None,
+        description="SMTP kinds: where it connects, the preset applied to an empty "
+        "host, port 0 or security null (read-only: ignored when saved back)",
+    )
 
 
 class ProviderList(Answer):
