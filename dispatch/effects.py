@@ -10,7 +10,9 @@ by one Lua script, so for each event these happen together or not at all:
 2. the campaign counter of its type (DESIGN §5), counted once per message: a bitmap by
    ``seq`` per counter remembers which messages were counted, and only a meta of this
    account whose ``seq`` is inside the campaign and whose recipient is the event's
-   counts at all;
+   counts at all; a message the ledger calls ``unknown`` (its send's outcome was lost)
+   becomes ``sent``, since the provider's event about it shows that it took it (the
+   campaign's ``delivered`` would otherwise pass its ``sent``);
 3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands);
 4. the system events of DESIGN §6 on ``dispatch:events``.
 
@@ -51,21 +53,36 @@ COUNTERS: dict[EventType, str] = {
 }
 SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
 GUARDED = frozenset({EventType.HARD_BOUNCE, EventType.SPAM})  # dispatch.reputation
+# The detail of a message whose send's outcome was lost until an event about it came.
+PROVEN_DETAIL = "outcome unknown at send; a callback about it shows the provider took it"
 
 _APPLY = """
-local stream, supp, inbox, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local maxlen, ttl, batch = ARGV[1], ARGV[2], ARGV[3]
+local stream, supp, inbox, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local maxlen, ttl, batch, proven = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local applied = 0
-for i = 0, (#KEYS - 4) / 4 - 1 do
-  local k, a = 4 + i * 4, 3 + i * 6
+for i = 0, (#KEYS - 5) / 5 - 1 do
+  local k, a = 5 + i * 5, 4 + i * 6
   local counter, seq = ARGV[a + 1], tonumber(ARGV[a + 2])
   local email, entry, ev1, ev2 = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ttl) then
     applied = applied + 1
     if counter ~= '' and seq >= 0 and redis.call('EXISTS', KEYS[k + 2]) == 1 then
       local total = tonumber(redis.call('HGET', KEYS[k + 3], 'total') or '0')
-      if seq < total and redis.call('SETBIT', KEYS[k + 4], seq, 1) == 0 then
-        redis.call('HINCRBY', KEYS[k + 3], counter, 1)
+      if seq < total then
+        -- The provider took a message whose send's outcome was lost: it was sent (the
+        -- ledger's own move, counters and per-provider tally with it).
+        local old = redis.call('HGET', KEYS[k + 5], seq)
+        if old and string.sub(old, 1, 14) == '{"s":"unknown"' then
+          local attempts = string.match(old, '"a":(%d+)') or '0'
+          redis.call('HSET', KEYS[k + 5], seq, '{"s":"sent","a":' .. attempts .. proven)
+          redis.call('HINCRBY', KEYS[k + 3], 'unknown', -1)
+          redis.call('HINCRBY', KEYS[k + 3], 'sent', 1)
+          local nickname = redis.call('HGET', KEYS[k + 2], 'provider') or 'unknown'
+          redis.call('HINCRBY', stats, nickname .. '|sent', 1)
+        end
+        if redis.call('SETBIT', KEYS[k + 4], seq, 1) == 0 then
+          redis.call('HINCRBY', KEYS[k + 3], counter, 1)
+        end
       end
     end
     if email ~= '' then redis.call('HSETNX', supp, email, entry) end
@@ -204,6 +221,7 @@ def _event_args(
         store.campaign_key(campaign_id),
         store.counters_key(campaign_id),
         store.callback_bits_key(campaign_id, counter or "none"),
+        store.ledger_key(campaign_id),
     ]
     email, entry = "", ""
     if event.type in SUPPRESSING:
@@ -248,7 +266,11 @@ def apply_events(
         store.SUPPRESSIONS_HASH,
         store.CALLBACK_INBOX_HASH,
         store.CALLBACK_PENDING_ZSET,
+        store.MESSAGE_STATS_HASH,
     ]
+    # The rest of the record of a message an event shows was sent (see _APPLY), after
+    # its state and attempts.
+    proven = b"," + orjson.dumps({"t": round(received, 3), "d": PROVEN_DETAIL})[1:]
     applied = 0
     starts = range(0, len(events), CHUNK) if events else range(1)
     for start in starts:
@@ -259,6 +281,7 @@ def apply_events(
             settings.events_maxlen,
             settings.callback_dedupe_ttl_seconds,
             batch_id if last else "",
+            proven,
         ]
         for event in chunk:
             event_keys, event_args = _event_args(
