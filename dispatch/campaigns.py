@@ -1012,23 +1012,52 @@ def get_counters(campaign_id: str, client: redis.Redis | None = None) -> dict[st
     return {name: int(raw.get(name, 0)) for name in COUNTER_NAMES}
 
 
+# The fields of a campaign's hash its summary reads (never ``content``: a page of the
+# list would read every campaign's templates).
+_SUMMARY_FIELDS = ("status", "reason", "created_at", "send_date", "purged_at", "provider")
+
+
+def _summary_of(
+    campaign_id: str, fields: Sequence[str | None], counters: Mapping[str, str], r: redis.Redis
+) -> dict[str, Any]:
+    """A summary from the values of :data:`_SUMMARY_FIELDS` and the counters' hash."""
+    status, reason, created_at, send_date, purged_at, provider = fields
+    if provider is None:  # (stored before campaigns kept their provider beside the content)
+        provider = load_content(campaign_id, r).provider
+    return {
+        "id": campaign_id,
+        "provider": provider,
+        "status": status,
+        "reason": reason or "",
+        "created_at": float(created_at or 0),
+        "send_date": send_date or "",
+        "purged_at": None if purged_at is None else float(purged_at),
+        **{name: int(counters.get(name, 0)) for name in COUNTER_NAMES},
+    }
+
+
+def _read_summaries(r: redis.Redis, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    """The summaries of ``ids`` in one round trip; None for a campaign that is absent or
+    whose creation is still under way (no ``content`` yet)."""
+    pipe = r.pipeline(transaction=False)
+    for campaign_id in ids:
+        pipe.hexists(store.campaign_key(campaign_id), "content")
+        pipe.hmget(store.campaign_key(campaign_id), _SUMMARY_FIELDS)
+        pipe.hgetall(store.counters_key(campaign_id))
+    found = pipe.execute()
+    return [
+        _summary_of(campaign_id, found[3 * i + 1], found[3 * i + 2], r) if found[3 * i] else None
+        for i, campaign_id in enumerate(ids)
+    ]
+
+
 def campaign_summary(campaign_id: str, client: redis.Redis | None = None) -> dict[str, Any]:
     """Status, reason and counters of a campaign (``GET /v1/campaigns/{id}``)."""
     r = client or store.sync_client()
-    data = r.hgetall(store.campaign_key(campaign_id))
-    if "content" not in data:  # absent, or its creation is still under way
+    summary = _read_summaries(r, [campaign_id])[0]
+    if summary is None:
         raise CampaignNotFoundError(campaign_id)
-    content = CampaignContent.model_validate_json(data["content"])
-    return {
-        "id": campaign_id,
-        "provider": content.provider,
-        "status": data["status"],
-        "reason": data.get("reason", ""),
-        "created_at": float(data.get("created_at", 0)),
-        "send_date": data.get("send_date", ""),
-        "purged_at": float(data["purged_at"]) if "purged_at" in data else None,
-        **get_counters(campaign_id, r),
-    }
+    return summary
 
 
 def list_campaigns(
@@ -1044,21 +1073,19 @@ def list_campaigns(
     campaigns are older than the last one shown. Counted from the oldest, it stays true
     while campaigns are created (they come after every other), so no campaign is shown
     twice or skipped across pages. With ``status`` a page holds only the campaigns of
-    that status among the ``limit`` it looked at, so it may be short.
+    that status among the ``limit`` it looked at, so it may be short. A page is read in
+    one round trip (two commands a campaign each in turn took 0.5 s for a page of 1000).
     """
     r = client or store.sync_client()
     count = int(r.zcard(store.CAMPAIGNS_ZSET))
     end = min(cursor, count) if cursor > 0 else count  # (a cursor past the end: from the newest)
     start = max(0, end - limit)
-    ids = r.zrange(store.CAMPAIGNS_ZSET, start, end - 1)[::-1] if end > 0 else []
-    items: list[dict[str, Any]] = []
-    for campaign_id in ids:
-        try:
-            summary = campaign_summary(str(campaign_id), r)
-        except CampaignNotFoundError:
-            continue
-        if status is None or summary["status"] == status.value:
-            items.append(summary)
+    ids = [str(i) for i in r.zrange(store.CAMPAIGNS_ZSET, start, end - 1)[::-1]] if end else []
+    items = [
+        summary
+        for summary in _read_summaries(r, ids)
+        if summary is not None and (status is None or summary["status"] == status.value)
+    ]
     return items, (start or None)
 
 

@@ -105,10 +105,23 @@ def _settle_if_left(
     return True
 
 
+LEASES_PER_READ = 1000  # lease keys asked about in one EXISTS
+
+
 def _batch_runs(r: redis.Redis, campaign_id: str) -> bool:
-    """A worker holds a lease on a batch of the campaign."""
-    pattern = store.batch_lease_key(campaign_id, 0)[:-1] + "*"
-    return next(r.scan_iter(match=pattern), None) is not None
+    """A worker holds a lease on a batch of the campaign.
+
+    Its batches' lease keys are asked about by name, a thousand to a round trip: a SCAN
+    for them walked the whole keyspace ten keys a round trip (with a million callback
+    dedupe keys in Redis, 14 s for each campaign the sweep looked at)."""
+    batches, size = r.hmget(store.campaign_key(campaign_id), ["batches", "batch_size"])
+    per_batch = int(size or get_settings().batch_size)
+    count = max(int(batches or 0), math.ceil(stored_count(r, campaign_id) / per_batch))
+    for first in range(0, count, LEASES_PER_READ):
+        last = min(count, first + LEASES_PER_READ)
+        if r.exists(*(store.batch_lease_key(campaign_id, b) for b in range(first, last))):
+            return True
+    return False
 
 
 def _nothing_runs_or_waits(r: redis.Redis) -> bool:

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from dispatch import campaigns, reputation, retention, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
-from dispatch.ledger import LedgerWriter, parse_record, record, records_between
+from dispatch.ledger import LedgerWriter, Records, parse_record, record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.recipient_pages import (
     lines_of,
@@ -416,11 +416,32 @@ class RetryReport:
     batches: set[int] = field(default_factory=set)
 
 
+# Marks seqs retried (each at most once, DESIGN §5 "no recipient ... twice" for a retry):
+# ARGV[1] the seqs, comma-separated (one argument, not one per seq: encoding a thousand
+# arguments costs the client more than the work). Returns one character a seq: '1' new.
+_MARK_RETRIED = """
+local seqs = {}
+for seq in string.gmatch(ARGV[1], '%d+') do seqs[#seqs + 1] = seq end
+local out = {}
+for first = 1, #seqs, 2000 do
+  local last = math.min(#seqs, first + 1999)
+  local known = redis.call('SMISMEMBER', KEYS[1], unpack(seqs, first, last))
+  redis.call('SADD', KEYS[1], unpack(seqs, first, last))
+  for i = 1, #known do out[#out + 1] = known[i] == 1 and '0' or '1' end
+end
+return table.concat(out)
+"""
+
+
 async def _requeue_failed(
     r: aioredis.Redis, campaign_id: str, batch_size: int, report: RetryReport
 ) -> None:
+    """Queue the retryable failures again, a window of :data:`WINDOW` messages at a time
+    in three round trips (read, mark retried, write), whatever their count: each message
+    its own command, a campaign with 900,000 failures took the API 52 s."""
     writer = LedgerWriter(r, campaign_id, provider=await _provider_of(r, campaign_id))
     total = await stored_count_async(r, campaign_id)
+    retried_key = store.retried_key(campaign_id)
     for start in range(0, total, WINDOW):
         found = await records_between(r, campaign_id, start, min(start + WINDOW, total))
         failed: list[tuple[int, dict[str, Any]]] = []
@@ -434,25 +455,24 @@ async def _requeue_failed(
             failed.append((seq, rec))
         if not failed:
             continue
-        pipe = r.pipeline(transaction=False)
-        for seq, _ in failed:
-            pipe.sadd(store.retried_key(campaign_id), seq)
-        first_time = await pipe.execute()
-        puts = []
-        for (seq, rec), new in zip(failed, first_time, strict=True):
-            if not new:
+        joined = ",".join(str(seq) for seq, _ in failed)
+        new = await r.eval(_MARK_RETRIED, 1, retried_key, joined)
+        records = Records()  # messages that failed alike share one record (one group)
+        writes: list[tuple[int, bytes, str]] = []
+        for (seq, rec), first_time in zip(failed, str(new), strict=True):
+            if first_time != "1":
                 report.skipped_already_retried += 1
                 continue
             # attempts start again: the message gets the normal retry policy once more.
-            rec_bytes = record(
+            rec_bytes = records.get(
                 MessageState.RETRY,
                 error_class=rec["error_class"],
                 detail=f"queued again by retry-failed after: {rec['detail']}",
             )
-            puts.append(writer.put(seq, rec_bytes))
+            writes.append((seq, rec_bytes, ""))
             report.batches.add(seq // batch_size)
             report.retried += 1
-        await asyncio.gather(*puts)
+        await writer.put_many(writes)
 
 
 def retry_failed(
