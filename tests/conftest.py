@@ -40,6 +40,14 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, with its append-only file (it can be restarted)."""
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A client on a real Redis emptied of dispatch's keys.
 

@@ -30,13 +30,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def api(own_redis: RedisServer) -> Iterator[httpx.Client]:
     with api_process(own_redis.url) as client:
         yield client

@@ -45,13 +45,6 @@ REQUESTS = "dispatch_callback_requests_total"
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def api(own_redis: RedisServer, tmp_path: Path) -> Iterator[httpx.Client]:
     """The API, with the SNS samples' signing certificate in its certificate folder."""
     shutil.copy(DATA / "sns-test-signing-cert.pem", tmp_path / SAMPLE_CERT_NAME)
