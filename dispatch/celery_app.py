@@ -89,8 +89,7 @@ class _Config:
             "visibility_timeout": get_settings().visibility_timeout,
             # Ten priorities (kombu's default is four): batch tasks carry their place in
             # their campaign (store.batch_priority), so campaigns share the workers.
-            "priority_steps": list(store.PRIORITY_STEPS),
-            "sep": store.PRIORITY_SEP,
+            **store.PRIORITY_OPTIONS,
         }
 
     @property

@@ -39,6 +39,9 @@ SENDS_QUEUE = "sends"  # where batch tasks wait
 # of priority p > 0 waits in the list "<queue>" + PRIORITY_SEP + "<p>", of 0 in "<queue>".
 PRIORITY_STEPS = tuple(range(10))
 PRIORITY_SEP = "\x06\x16"  # kombu's default separator
+# The broker transport options that make them so (every Celery app that publishes
+# batch tasks needs them: one with kombu's four default steps rounds priorities down).
+PRIORITY_OPTIONS = {"priority_steps": list(PRIORITY_STEPS), "sep": PRIORITY_SEP}
 
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
 # Field of a campaign's hash: its failures not the recipient's own while nothing was sent

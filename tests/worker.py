@@ -68,10 +68,7 @@ def batch_enqueuer(redis_url: str) -> Callable[[str, int], None]:
     from dispatch.tasks import send_batch
 
     broker = Celery(broker=redis_url)
-    broker.conf.broker_transport_options = {
-        "priority_steps": list(store.PRIORITY_STEPS),
-        "sep": store.PRIORITY_SEP,
-    }
+    broker.conf.broker_transport_options = dict(store.PRIORITY_OPTIONS)
 
     def enqueue(campaign_id: str, batch: int) -> None:
         with broker.connection_for_write() as conn:
