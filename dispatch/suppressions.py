@@ -18,9 +18,9 @@ def suppression_key(email: str) -> str:
 
     For an ASCII address that is the address stripped and lower-cased, without a trailing
     root dot (IDNA changes only non-ASCII domains); the full normalisation runs for the
-    others. An address it refuses (a non-ASCII local part, which callbacks may still
-    report) gets its domain in IDNA form all the same, so that both spellings of a domain
-    are one key.
+    others (a non-ASCII local part in NFC, RFC 6532). An address it refuses (one we could
+    not send to, which callbacks may still report) gets its domain in IDNA form all the
+    same, so that both spellings of a domain are one key.
     """
     if email.isascii():
         return drop_root_dot(email.strip()).lower()

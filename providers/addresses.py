@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 import idna
@@ -38,8 +39,10 @@ def normalize_address(address: str) -> str:
 def _normalize(address: str) -> str:
     """Return ``address`` ready for SMTP: domain lower-cased and in IDNA (``xn--``) form.
 
-    The local part is kept as given (RFC 5321 says it may be case-sensitive). Non-ASCII
-    local parts need SMTPUTF8, which we do not speak (and SES refuses), so they are refused.
+    The local part is kept as given (RFC 5321 says it may be case-sensitive). One that is
+    not ASCII (RFC 6531: UTF-8 letters, digits and symbols in the dot-atom) is taken in
+    Unicode NFC, the one spelling RFC 6532 §3.1 asks for; it needs SMTPUTF8 to go out by
+    SMTP (:func:`needs_smtputf8`), which the SMTP adapter checks the server offers.
 
     Raises :class:`InvalidAddressError` naming the problem.
     """
@@ -48,14 +51,18 @@ def _normalize(address: str) -> str:
     domain = drop_root_dot(domain)
     if not sep or not local or not domain:
         raise InvalidAddressError(f"{address!r} is not an email address (no local@domain)")
-    if len(local) > MAX_LOCAL_PART:
-        raise InvalidAddressError(f"{address!r}: local part longer than {MAX_LOCAL_PART}")
-    if not local.isascii():
-        raise InvalidAddressError(
-            f"{address!r}: local part is not ASCII; it needs SMTPUTF8 (RFC 6531), "
-            "which dispatch does not send"
-        )
-    if not _LOCAL_PART.fullmatch(local) or local.startswith(".") or ".." in local:
+    if local.isascii():
+        if len(local) > MAX_LOCAL_PART:
+            raise InvalidAddressError(f"{address!r}: local part longer than {MAX_LOCAL_PART}")
+        atext = _LOCAL_PART.fullmatch(local) is not None
+    else:
+        local = unicodedata.normalize("NFC", local)
+        if len(local.encode("utf-8", "surrogatepass")) > MAX_LOCAL_PART:  # RFC 6531 §3.3
+            raise InvalidAddressError(
+                f"{address!r}: local part longer than {MAX_LOCAL_PART} octets in UTF-8"
+            )
+        atext = _utf8_local_part(local)
+    if not atext or local.startswith(".") or ".." in local:
         raise InvalidAddressError(f"{address!r}: local part has characters we cannot send to")
     try:
         ascii_domain = idna_domain(domain).lower()
@@ -64,6 +71,22 @@ def _normalize(address: str) -> str:
     if len(ascii_domain) > MAX_DOMAIN or not _DOMAIN.fullmatch(ascii_domain):
         raise InvalidAddressError(f"{address!r}: domain is not a valid host name")
     return f"{local}@{ascii_domain}"
+
+
+def _utf8_local_part(local: str) -> bool:
+    """Whether a non-ASCII local part holds only RFC 6531 ``atext`` and dots: ASCII atext,
+    and characters beyond ASCII that print (not a space, control, format character,
+    private use, unassigned code point or lone surrogate)."""
+    return all(
+        _LOCAL_PART.fullmatch(ch) if ch.isascii() else ch.isprintable() and not ch.isspace()
+        for ch in local
+    )
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether ``address`` (normalised) needs SMTPUTF8 (RFC 6531) to go out by SMTP: its
+    local part is not ASCII (domains are written in their ``xn--`` form)."""
+    return not address.isascii()
 
 
 def drop_root_dot(domain: str) -> str:

@@ -135,7 +135,12 @@ def format_mailbox(name: str, address: str, *, field: str = "address", header: s
     if not name:
         return address
     used = len(header) + 2
-    if name.isascii():
+    if not address.isascii():  # RFC 6532 §3.2: as it is, in UTF-8 (the message needs SMTPUTF8)
+        if name.isascii() and "=?" not in name:
+            phrase = formataddr((name, "a@a"))[: -len(" <a@a>")]  # quoted as needed
+            if used + len(phrase) + len(address) + 3 <= MAX_LINE:
+                return f"{phrase} <{address}>"
+    elif name.isascii():
         if "=?" not in name:  # else encoded, as in encode_unstructured
             mailbox = formataddr((name, address))
             if used + len(mailbox) <= MAX_LINE:
@@ -168,16 +173,21 @@ def format_address_list(header: str, addresses: Sequence[str]) -> str:
     return folded
 
 
-def _raw_field(name: str, value: str) -> str:
+def _raw_field(name: str, value: str, *, utf8: bool = False) -> str:
     """A header line written as given, never folded or encoded (machine-read values).
 
-    Raises ``ValueError`` for a line break in ``value``, a value that is not ASCII or a
-    line over 998 octets; the caller checks ``name``.
+    With ``utf8``, a value that is not ASCII is written in UTF-8 (RFC 6532: the meta leads
+    with an address that needs SMTPUTF8, as it is). Raises ``ValueError`` for a line break in
+    ``value``, a value that is not ASCII (without ``utf8``) or a line over 998 octets; the
+    caller checks ``name``.
     """
     check_header_value(name, value)
+    size = len(value)
     if not value.isascii():
-        raise ValueError(f"{name} is not ASCII, and it is written as it is (never encoded)")
-    if len(name) + len(value) + 2 > MAX_HEADER_LINE:
+        if not utf8:
+            raise ValueError(f"{name} is not ASCII, and it is written as it is (never encoded)")
+        size = len(value.encode())  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    if len(name) + size + 2 > MAX_HEADER_LINE:
         raise ValueError(
             f"{name} is longer than {MAX_HEADER_LINE} characters on one line (never folded)"
         )
@@ -248,7 +258,8 @@ class MimeWriter:
     def _write(self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]]) -> bytes:
         head = self._headers(msg, extra_headers)
         b = self._boundary
-        parts = [head.encode("ascii")]
+        # ASCII but for addresses that need SMTPUTF8 (RFC 6532), and the meta naming one.
+        parts = [head.encode()]
         for ctype, body in (
             ("text/plain", msg.text),
             ("text/x-amp-html", msg.amp),
@@ -280,12 +291,11 @@ class MimeWriter:
         lines.append(f"Date: {self._now()}\r\n")
         lines.append(f"Message-ID: {self.message_id(msg)}\r\n")
         lines.append("MIME-Version: 1.0\r\n")
-        lines.append(_raw_field(META_HEADER, msg.meta))
+        # The address leads the meta and may need SMTPUTF8; the rest is ours, in ASCII.
+        utf8 = msg.meta.partition("|")[2].isascii()
+        lines.append(_raw_field(META_HEADER, msg.meta, utf8=utf8))
         for name, value in (*msg.headers, *extra):
             lines.append(_raw_field(check_header_name(name), value))
         lines.append(self._static)
         lines.append(f'Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n\r\n')
-        head = "".join(lines)
-        if not head.isascii():
-            raise ValueError("a header value is not ASCII after encoding")
-        return head
+        return "".join(lines)

@@ -19,7 +19,7 @@ from typing import cast
 import aiosmtplib
 import orjson
 
-from providers.addresses import InvalidAddressError, normalize_address
+from providers.addresses import InvalidAddressError, needs_smtputf8, normalize_address
 from providers.base import ALL_CONTENT_PARTS, OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import SendgridConfig, SesConfig, SmtpFamilyBase
 from providers.errors import (
@@ -185,7 +185,8 @@ class SmtpSession:
                     msg.seq, OutcomeStatus.FAILED, error_class, str(exc)
                 )
                 continue
-            ready.append((msg, Envelope(sender, tuple(recipients), dot_stuff(data))))
+            utf8 = not data.isascii() or any(map(needs_smtputf8, (sender, *recipients)))
+            ready.append((msg, Envelope(sender, tuple(recipients), dot_stuff(data), utf8)))
         put_off: list[_PutOff] = []
         if ready:
             await self._send_ready(ready, outcomes, put_off)
@@ -219,6 +220,10 @@ class SmtpSession:
                     raise
                 self._not_handed_over(ready, exc, outcomes)
                 return
+            if not wire.smtputf8:
+                ready = self._without_smtputf8(ready, outcomes)
+                if not ready:
+                    return
             limit = self._transport.config.max_messages_per_connection
             room = limit - self.sent_on_connection if limit else len(ready)
             attempt, ready = ready[:room], ready[room:]
@@ -285,6 +290,27 @@ class SmtpSession:
                 else:
                     why = _closing(result) if isinstance(result, TransactionResult) else result
                     item.give_up(f"not sent: {why or 'the session ended before it'}")
+
+    def _without_smtputf8(
+        self, ready: list[tuple[OutgoingMessage, Envelope]], outcomes: dict[int, SendOutcome]
+    ) -> list[tuple[OutgoingMessage, Envelope]]:
+        """``ready`` without the messages that need SMTPUTF8, which the server does not
+        offer: each fails, naming the address (RFC 6531 §3.4 forbids downgrading it)."""
+        kept = []
+        host = self._transport.config.effective_host
+        for msg, envelope in ready:
+            if not envelope.utf8:
+                kept.append((msg, envelope))
+                continue
+            utf8 = [a for a in (*envelope.recipients, envelope.sender) if needs_smtputf8(a)]
+            named = f"{utf8[0]!r} needs" if utf8 else "its headers need"
+            outcomes[msg.seq] = SendOutcome(
+                msg.seq,
+                OutcomeStatus.FAILED,
+                ErrorClass.INVALID_RECIPIENT,
+                f"{named} SMTPUTF8 (RFC 6531), which the server {host} does not offer",
+            )
+        return kept
 
     @staticmethod
     def _not_handed_over(
@@ -515,6 +541,7 @@ class SmtpTransport:
         return TransactionProtocol(
             transport,
             pipelining=client.supports_extension("pipelining"),
+            smtputf8=client.supports_extension("smtputf8"),
             timeout=cfg.timeout,
             refuses_session=refuses_session,
         )

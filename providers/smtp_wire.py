@@ -51,15 +51,27 @@ Stage = Literal["mail", "rcpt", "data"]
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One message to send: envelope addresses and the dot-stuffed DATA content."""
+    """One message to send: envelope addresses and the dot-stuffed DATA content;
+    ``utf8`` when an address or header is in UTF-8 (RFC 6531: sent with ``SMTPUTF8``, to a
+    server that offers it)."""
 
     sender: str
     recipients: tuple[str, ...]
     payload: bytes
+    utf8: bool = False
+
+    def mail(self) -> str:
+        return (
+            # The 8-bit headers are an 8BITMIME body, which a server offering SMTPUTF8
+            # must take (RFC 6531 §3.1); Python's smtplib sends both as well.
+            f"MAIL FROM:<{self.sender}> BODY=8BITMIME SMTPUTF8\r\n"
+            if self.utf8
+            else f"MAIL FROM:<{self.sender}>\r\n"
+        )
 
     def commands(self) -> bytes:
         rcpts = "".join(f"RCPT TO:<{r}>\r\n" for r in self.recipients)
-        return f"MAIL FROM:<{self.sender}>\r\n{rcpts}DATA\r\n".encode()
+        return f"{self.mail()}{rcpts}DATA\r\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +104,11 @@ class TransactionProtocol(asyncio.Protocol):
         pipelining: bool,
         timeout: float,
         refuses_session: Callable[[Stage, Reply], bool] = lambda stage, reply: False,
+        smtputf8: bool = False,
     ):
         self.transport = transport
         self.pipelining = pipelining
+        self.smtputf8 = smtputf8  # the server takes UTF-8 addresses and headers (RFC 6531)
         # Refusals about the session, not the message (throttling, credentials, a used-up
         # quota): the messages after one are not attempted on this connection.
         self.refuses_session = refuses_session
@@ -254,7 +268,7 @@ class TransactionProtocol(asyncio.Protocol):
             replies = await self._read(len(rcpt_cmds) + 2)
             mail, rcpts, data_start = replies[0], tuple(replies[1:-1]), replies[-1]
         else:
-            self._write(f"MAIL FROM:<{envelope.sender}>\r\n".encode())
+            self._write(envelope.mail().encode())
             mail = (await self._read(1))[0]
             if not mail.ok:
                 return TransactionResult(mail, (), None, None), False

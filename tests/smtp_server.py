@@ -30,6 +30,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)  # MAIL FROM's parameters
 
     @property
     def message(self) -> EmailMessage:
@@ -109,7 +110,12 @@ class Handler:
             return self._answer(server, reply)
         with self.lock:
             self.messages.append(
-                Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.content))  # type: ignore[arg-type]
+                Received(
+                    str(envelope.mail_from),
+                    list(envelope.rcpt_tos),
+                    bytes(envelope.content),  # type: ignore[arg-type]
+                    list(envelope.mail_options),
+                )
             )
         return "250 OK queued"
 
@@ -183,8 +189,10 @@ class SmtpTestServer:
         security: str = "none",
         credentials: tuple[str, str] | None = None,
         cert: tuple[Path, Path] | None = None,
+        smtputf8: bool = False,
     ) -> None:
         self.handler = Handler()
+        self.smtputf8 = smtputf8  # advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses
         self.security = security
         self.credentials = credentials
         self.cert = cert
@@ -201,7 +209,7 @@ class SmtpTestServer:
         return AuthResult(success=ok, handled=False)
 
     def start(self) -> SmtpTestServer:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": self.smtputf8}
         context = None
         if self.security in ("starttls", "tls"):
             cert, key = self.cert or self_signed_cert(Path(self._dir.name))

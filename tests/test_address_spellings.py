@@ -155,11 +155,12 @@ def test_callbacks_in_other_spellings_count_for_the_campaigns_recipient(
 
 
 @covers("POST /v1/campaigns", "POST /v1/campaigns/{campaign_id}/recipients")
-def test_a_non_ascii_local_part_fails_alone_and_says_why(
+def test_a_non_ascii_local_part_needs_a_server_that_offers_smtputf8(
     api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
 ) -> None:
-    """RFC 6531 addresses need SMTPUTF8, which dispatch does not send: the recipient fails
-    (inline) or is refused (appended) with that reason; its neighbours go out."""
+    """RFC 6531 addresses are taken (inline and appended, in NFC); they go out by SMTP
+    only with SMTPUTF8. To a server that does not offer it such a recipient fails alone,
+    saying so and naming the server; its neighbours go out, and nothing is downgraded."""
     with SmtpTestServer() as smtp, api_client(api_server) as api:
         api.put("/v1/providers/local", json=smtp_body(smtp.port))
         body = _campaign("spell-3", ["jöhn@example.com", "ok@example.com"])
@@ -167,14 +168,61 @@ def test_a_non_ascii_local_part_fails_alone_and_says_why(
         done = wait_for_campaign(api, "spell-3", lambda s: s["status"] == "completed")
         assert (done["sent"], done["failed"]) == (1, 1)
         assert [m.rcpt_tos for m in smtp.messages] == [["ok@example.com"]]
+        assert "SMTPUTF8" not in smtp.messages[0].mail_options
         found = api.get("/v1/campaigns/spell-3/messages", params={"email": "JÖHN@example.com"})
         (failed,) = found.json()["items"]
         assert failed["error_class"] == "SMTP invalid email ID"
-        assert "SMTPUTF8" in failed["detail"]
+        assert failed["detail"] == (
+            "'jöhn@example.com' needs SMTPUTF8 (RFC 6531), which the server 127.0.0.1 "
+            "does not offer"
+        )
         draft = {**_campaign("spell-4", []), "draft": True}
         assert api.post("/v1/campaigns", json=draft).status_code == 201
-        lines = b'{"email": "j\xc3\xb6hn@example.com"}\n{"email": "ok@example.com"}\n'
+        # "jo" + combining diaeresis + "hn" (NFD) is the same person as "jöhn" (NFC).
+        lines = b'{"email": "jo\xcc\x88hn@example.com"}\n{"email": "ok@example.com"}\n'
         headers = {"Content-Type": "application/x-ndjson"}
         answer = api.post("/v1/campaigns/spell-4/recipients", content=lines, headers=headers)
-        assert answer.json()["appended"] == 1
-        assert "SMTPUTF8" in answer.json()["errors"][0]["message"]
+        assert (answer.json()["appended"], answer.json()["errors"]) == (2, [])
+        again = b'{"email": "J\xc3\x96HN@example.com"}\n'
+        answer = api.post("/v1/campaigns/spell-4/recipients", content=again, headers=headers)
+        assert (answer.json()["appended"], answer.json()["duplicates"]) == (0, 1)
+
+
+@covers("POST /v1/campaigns")
+def test_a_non_ascii_local_part_goes_out_with_smtputf8(
+    api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """To a server offering SMTPUTF8: the envelope and the To and meta headers carry the
+    address in UTF-8 (RFC 6532), in NFC; ASCII neighbours go out without the parameter."""
+    with SmtpTestServer(smtputf8=True) as smtp, api_client(api_server) as api:
+        api.put("/v1/providers/local", json=smtp_body(smtp.port))
+        body = _campaign(
+            "spell-5", ["用户@例子.广告", "jo\u0308hn@Bücher.example", "ok@example.com"]
+        )
+        assert api.post("/v1/campaigns", json=body).status_code == 201
+        done = wait_for_campaign(api, "spell-5", lambda s: s["status"] == "completed")
+        assert (done["sent"], done["failed"]) == (3, 0)
+        by_rcpt = {m.rcpt_tos[0]: m for m in smtp.messages}
+        assert set(by_rcpt) == {
+            "用户@xn--fsqu00a.xn--4rr70v",
+            "jöhn@xn--bcher-kva.example",
+            "ok@example.com",
+        }
+        for address, received in by_rcpt.items():
+            utf8 = ["BODY=8BITMIME", "SMTPUTF8"] if not address.isascii() else []
+            assert received.mail_options == utf8
+            message = received.message
+            assert message["To"] == address
+            assert message["X-CleverTap_META"].startswith(f"{address}|")
+
+
+@covers("POST /v1/campaigns")
+def test_a_non_ascii_local_part_goes_to_an_http_provider_as_it_is(
+    api_server: ApiServer, celery_worker: WorkerProcess
+) -> None:
+    with api_client(api_server) as api, _http_provider(api) as delivered:
+        body = _campaign("spell-6", ["Jo\u0308hn@Bücher.example", "ok@example.com"])
+        assert api.post("/v1/campaigns", json=body).status_code == 201
+        done = wait_for_campaign(api, "spell-6", lambda s: s["status"] == "completed")
+        assert (done["sent"], done["failed"]) == (2, 0)
+        assert delivered() == {"Jöhn@xn--bcher-kva.example", "ok@example.com"}

@@ -295,7 +295,8 @@ def test_idn_sender_domain_gives_an_ascii_message_id() -> None:
         "a@",
         "@b.example",
         "a b@c.example",
-        "zoë@demo.example",
+        "zo\u200bë@demo.example",  # a format character (zero-width space)
+        "zoë @demo.example",
         "a@-bad-.example",
         "a@nodot",
         "x\n@example.com",  # a line feed before '@' would end the SMTP command there
