@@ -4,7 +4,9 @@ recipient tokens, what the recipient pages show and how much of a body they read
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,12 +159,24 @@ def test_the_preference_center_escapes_category_names(
 
 def _raw_post(server: ApiServer, path: str, headers: str, body: bytes = b"") -> bytes:
     """The status line of a POST sent over a plain socket (to declare a length not sent)."""
+    return _raw_answer(server, path, headers, body).partition(b"\r\n")[0]
+
+
+def _raw_answer(server: ApiServer, path: str, headers: str, body: bytes = b"") -> bytes:
+    """The whole answer to a POST sent over a plain socket (the server closes after it)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode() + body)
+        answer = b""
         try:
-            return sock.recv(200).partition(b"\r\n")[0]
+            while chunk := sock.recv(4096):
+                answer += chunk
+                head, _, rest = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: (\d+)", head)
+                if length and len(rest) >= int(length[1]):
+                    break
         except TimeoutError:
-            return b"(no answer: the server is still reading the body)"
+            return answer or b"(no answer: the server is still reading the body)"
+        return answer
 
 
 def test_the_preference_form_is_refused_by_its_declared_size(
@@ -249,5 +263,12 @@ def test_a_v1_body_over_the_limit_is_refused_by_its_declared_size(
         f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
         "Content-Length: 1000000000\r\n"
     )
-    status = _raw_post(api_server, path, headers)
-    assert status.startswith(b"HTTP/1.1 413"), status
+    answer = _raw_answer(api_server, path, headers)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head  # as every API error
+    assert json.loads(body) == {
+        "detail": "body: over 64 MiB",
+        "field": "body",
+        "errors": [{"field": "body", "message": "over 64 MiB"}],
+    }

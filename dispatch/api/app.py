@@ -12,12 +12,18 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp
 
 from dispatch import store
 from dispatch.api import campaigns, pages, providers, suppressions, unsubscribe_tokens
-from dispatch.api.body_limits import MAX_API_BODY_BYTES
+from dispatch.api.body_limits import MAX_API_BODY_BYTES, JsonBodyTooLarge
 from dispatch.api.callbacks import router as callbacks_router
-from dispatch.api.errors import HEALTH_RESPONSES, complete_document, install_error_handlers
+from dispatch.api.errors import (
+    HEALTH_RESPONSES,
+    complete_document,
+    install_error_handlers,
+    too_large_response,
+)
 from dispatch.metrics import RedisStateCollector
 
 log = logging.getLogger(__name__)
@@ -36,8 +42,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+class _Api(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside FastAPI's own body limit, which answers a 413 itself (JsonBodyTooLarge).
+        return JsonBodyTooLarge(super().build_middleware_stack(), too_large_response())
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(
+    app = _Api(
         title="dispatch",
         version="0.1.0",
         description="Send email campaigns through any provider and track every message.",

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from dispatch.api.schemas import (
     CallbackError,
     CallbackPartialSuccess,
@@ -189,8 +190,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return error_response(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"not readable as JSON: {exc.__cause__}", "body"
         )
+    if exc.status_code == status.HTTP_413_CONTENT_TOO_LARGE:
+        return too_large_response()
     field = "authorization" if exc.status_code == status.HTTP_401_UNAUTHORIZED else None
     return error_response(exc.status_code, str(exc.detail), field, headers=exc.headers)
+
+
+def too_large_response() -> JSONResponse:
+    """413 for a body over the API's limit, found from its Content-Length or while read."""
+    limit = f"{MAX_API_BODY_BYTES // 2**20} MiB"
+    return error_response(status.HTTP_413_CONTENT_TOO_LARGE, f"over {limit}", "body")
 
 
 async def _redis_error(request: Request, exc: Exception) -> Response:
@@ -257,9 +266,7 @@ GONE: dict[int | str, dict[str, Any]] = {
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {
         "model": ErrorBody,
-        "description": "The body is over 64 MiB: plain text `Content Too Large` when the "
-        "request's Content-Length tells, JSON when it is found while reading",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
+        "description": "The body is over 64 MiB (`field`: `body`)",
     }
 }
 
