@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
+import redis.asyncio as aioredis
 
 from dispatch import store
 from providers.addresses import InvalidAddressError, drop_root_dot, idna_domain, normalize_address
@@ -72,6 +74,21 @@ def get(email: str, *, client: redis.Redis | None = None) -> dict[str, Any] | No
         return None
     entry: dict[str, Any] = orjson.loads(raw)
     return entry
+
+
+async def get_async(email: str, client: aioredis.Redis) -> dict[str, Any] | None:
+    """:func:`get` on an asyncio client."""
+    raw = await client.hget(store.SUPPRESSIONS_HASH, suppression_key(email))
+    if raw is None:
+        return None
+    entry: dict[str, Any] = orjson.loads(raw)
+    return entry
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """An entry in words, for an error message: ``reason, source, since <UTC time>``."""
+    when = datetime.fromtimestamp(float(entry.get("ts", 0)), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{entry.get('reason', '?')}, {entry.get('source', '?')}, since {when}"
 
 
 def remove(email: str, *, client: redis.Redis | None = None) -> bool:
