@@ -15,10 +15,13 @@ import yaml
 from dispatch import store, suppressions
 from dispatch.cli import main
 from dispatch.client import Conflict
+from dispatch.settings import Settings
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, dispatch_client
-from tests.helpers import smtp_provider
+from tests.helpers import run_inline, smtp_provider
 from tests.smtp_server import SmtpTestServer
+
+FAST = Settings(retry_base_seconds=0.05)
 
 
 def _campaign(campaign_id: str, **fields: Any) -> dict[str, Any]:
@@ -127,3 +130,45 @@ def test_send_test_to_a_suppressed_address_is_refused_unless_allowed(
         assert main(["send", str(file), "--allow-suppressed"]) == 2
         assert "--allow-suppressed goes with --test" in capsys.readouterr().err
         assert not redis_client.exists(store.campaign_key("safe-4"))
+
+
+def _sent_campaign(r: redis.Redis, smtp: SmtpTestServer, campaign_id: str) -> dict[str, str]:
+    """A sent campaign of two recipients; each one's unsubscribe path (``/u/<token>``)."""
+    smtp_provider(r, smtp.port, preference_center="system")
+    run_inline(r, {**_campaign(campaign_id), "draft": False}, FAST)
+    return {
+        m.rcpt_tos[0]: "/" + m.message["List-Unsubscribe"].strip("<>").split("/", 3)[3]
+        for m in smtp.messages
+    }
+
+
+@covers("POST /u/{token}", "DELETE /v1/suppressions/{email}", "POST /preferences/{token}")
+def test_an_unsubscribe_after_the_entry_was_removed_suppresses_again(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    with SmtpTestServer() as smtp, api_client(api_server) as http:
+        paths = _sent_campaign(redis_client, smtp, "safe-5")
+        one_click = {"Content-Type": "application/x-www-form-urlencoded"}
+        path = paths["user0@example.com"]
+        assert http.post(path, content="List-Unsubscribe=One-Click", headers=one_click)
+        assert http.get("/v1/suppressions/user0@example.com").status_code == 200
+
+        # Someone removes the entry (by mistake, or a bulk clean-up); the person, still
+        # getting mail, clicks the same message's link again: suppressed again (it said
+        # "You are unsubscribed" and changed nothing: the click counted as a repeat).
+        assert http.delete("/v1/suppressions/user0@example.com").status_code == 204
+        again = http.post(path, content="List-Unsubscribe=One-Click", headers=one_click)
+        assert again.status_code == 200 and "You are unsubscribed" in again.text
+        entry = http.get("/v1/suppressions/user0@example.com")
+        assert entry.status_code == 200, entry.text
+        assert entry.json()["reason"] == "unsubscribed"
+
+        # The same through the preference center's "unsubscribe from all".
+        assert http.delete("/v1/suppressions/user0@example.com").status_code == 204
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        center = path.replace("/u/", "/preferences/")
+        assert http.post(center, content="action=unsubscribe-all", headers=form).is_success
+        assert http.get("/v1/suppressions/user0@example.com").status_code == 200
+
+        # The campaign counted the person once.
+        assert http.get("/v1/campaigns/safe-5").json()["unsubscribed"] == 1
