@@ -5,6 +5,7 @@ address (someone who complained, hard-bounced or unsubscribed) unless the caller
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,17 @@ def test_an_unsubscribe_after_the_entry_was_removed_suppresses_again(
 
         # The campaign counted the person once.
         assert http.get("/v1/campaigns/safe-5").json()["unsubscribed"] == 1
+
+
+def test_removing_a_suppression_logs_the_entry_it_removed(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    suppressions.add("Eve@Example.com", reason="spam", source="callback:esp:spamreport")
+    with caplog.at_level(logging.INFO, logger="dispatch.suppressions"):
+        assert main(["suppressions", "remove", "EVE@example.com"]) == 0
+        assert main(["suppressions", "remove", "eve@example.com"]) == 1  # nothing left
+    assert capsys.readouterr().out.split() == ["removed", "not", "suppressed"]
+    [record] = [r for r in caplog.records if r.name == "dispatch.suppressions"]
+    assert record.getMessage().startswith("suppression removed: eve@example.com (spam, ")
+    assert record.__dict__["suppression"]["source"] == "callback:esp:spamreport"
+    assert suppressions.get("eve@example.com") is None
