@@ -15,6 +15,12 @@ of the campaign and suppresses no recipient of it. Nothing is written to the led
 Its links are real: the test id's provider is kept for a while (:func:`provider_of_test`),
 so that its unsubscribe link leads to the provider's custom preference center as a
 recipient's does, and a one-click unsubscribe unsubscribes the test address.
+
+A suppressed test address (a hard bounce, a complaint, an unsubscribe: someone who must
+not get mail from us, or a tester who unsubscribed through a test's own link) is refused
+with :class:`SuppressedTestAddressError`, naming the entry, unless the caller says
+``allow_suppressed``: a test message is a real message in a real inbox, and a complaint
+about it hurts the sender's reputation as one about a campaign does.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import retention, store
+from dispatch import retention, store, suppressions
 from dispatch.batch_items import Item
+from dispatch.campaigns import CampaignStateError
 from dispatch.models import CampaignContent
 from dispatch.recipient_pages import documents_of, page_span
 from dispatch.sending import build_message
@@ -45,6 +52,22 @@ from providers.registry import build_transport
 
 # How long a test message's links find its provider (a tester may click days later).
 TEST_LINK_SECONDS = 30 * 86_400
+
+
+class SuppressedTestAddressError(CampaignStateError):
+    """The test address is on the suppression list (HTTP 409, field ``to``); ``entry``
+    is its suppression entry."""
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        email = entry.get("email", "")
+        super().__init__(
+            f"{email} is on the suppression list ({suppressions.describe(dict(entry))}): no "
+            "test message is sent to it. Send it anyway with allow_suppressed (CLI: "
+            f"--allow-suppressed), or remove the entry (DELETE /v1/suppressions/{email}, "
+            f"CLI: dispatch suppressions remove {email})",
+            "to",
+        )
+        self.entry = dict(entry)
 
 
 def tested_provider_key(test_id: str) -> str:
@@ -76,11 +99,15 @@ async def send_campaign_test(
     to: str,
     recipient: Mapping[str, Any],
     seq: int = 0,
+    *,
+    allow_suppressed: bool = False,
 ) -> TestEmailResult:
     """Send ``recipient``'s message of ``content`` (its vars and user id; its position
     ``seq``) to ``to`` alone; ``to`` is a normalised address. Never raises for the
     message or the provider: a template that cannot render, or the provider's refusal,
-    is the answer (error class ``Invalid message``, or those of the test email)."""
+    is the answer (error class ``Invalid message``, or those of the test email).
+    Raises :class:`SuppressedTestAddressError` when ``to`` is suppressed, unless
+    ``allow_suppressed``."""
     settings = get_settings()
     test_id = f"{TEST_CAMPAIGN_PREFIX}{secrets.token_hex(4)}"
     test_content = content.model_copy(update={"id": test_id, "cc": (), "bcc": ()})
@@ -88,6 +115,9 @@ async def send_campaign_test(
     transport = build_transport(config, allow_private_endpoints=settings.allow_private_endpoints)
 
     async def send(limits: aioredis.Redis) -> TestEmailResult:
+        entry = None if allow_suppressed else await suppressions.get_async(to, limits)
+        if entry is not None:
+            raise SuppressedTestAddressError(entry)
         try:
             message = build_message(test_content, config, transport, item, settings, limits)
         except (InvalidAddressError, ValueError) as exc:  # RenderError is a ValueError

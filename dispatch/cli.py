@@ -282,16 +282,17 @@ def cmd_send(args: argparse.Namespace) -> int:
     from dispatch import campaigns
     from dispatch.models import campaign_request
 
-    if args.seq is not None and not args.test:
+    if (args.seq is not None or args.allow_suppressed) and not args.test:
         # Without --test this would create and start the whole campaign.
-        raise CommandError("--seq goes with --test ADDR (one recipient's message to ADDR)")
+        option = "--seq" if args.seq is not None else "--allow-suppressed"
+        raise CommandError(f"{option} goes with --test ADDR (one recipient's message to ADDR)")
     data = _load_file(args.file)
     if not isinstance(data, dict):
         raise CommandError(f"{args.file}: must hold a campaign (a mapping of its fields)")
     try:
         request = campaign_request(data)
         if args.test:
-            return _send_test(request, args.test, args.seq or 0)
+            return _send_test(request, args.test, args.seq or 0, args.allow_suppressed)
         campaign_id, created = campaigns.create_campaign(request)
     except campaigns.CampaignConflictError as exc:
         print(
@@ -310,12 +311,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_test(request: CampaignRequest, to: str, seq: int) -> int:
+def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bool) -> int:
     """Recipient ``seq``'s message of the file's campaign, to ``to`` alone; the campaign
-    is not created. 0 if the provider took it."""
+    is not created. 0 if the provider took it; 2, nothing sent, for a suppressed ``to``
+    (unless ``allow_suppressed``)."""
     import asyncio
 
-    from dispatch.campaign_test import send_campaign_test
+    from dispatch.campaign_test import SuppressedTestAddressError, send_campaign_test
     from dispatch.provider_store import ProviderNotFoundError, load_provider
     from providers.addresses import InvalidAddressError, normalize_address
 
@@ -334,7 +336,15 @@ def _send_test(request: CampaignRequest, to: str, seq: int) -> int:
         return 2
     content = request.content(request.id or "file")
     recipient: Mapping[str, Any] = people[seq] if people else {}
-    result = asyncio.run(send_campaign_test(content, config, address, recipient, seq))
+    try:
+        result = asyncio.run(
+            send_campaign_test(
+                content, config, address, recipient, seq, allow_suppressed=allow_suppressed
+            )
+        )
+    except SuppressedTestAddressError as exc:
+        print(f"error: --test: {exc}", file=sys.stderr)
+        return 2
     _print({"ok": result.ok, "error": result.error, "detail": result.detail})
     return 0 if result.ok else 1
 
@@ -565,6 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seq",
         type=_count(0),
         help="with --test: the recipient's position in the file (default 0, the first)",
+    )
+    p.add_argument(
+        "--allow-suppressed",
+        action="store_true",
+        help="with --test: send even when ADDR is on the suppression list (else refused)",
     )
     p = verb("status", cmd_status, "a campaign's status and counters")
     p.add_argument("id")

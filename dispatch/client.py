@@ -98,7 +98,8 @@ class NotFound(DispatchAPIError):
 
 
 class Conflict(DispatchAPIError):
-    """The id is taken by other content, or the campaign's status forbids the operation."""
+    """The id is taken by other content, the campaign's status forbids the operation, or
+    a test message's address is suppressed (``field`` ``to``)."""
 
 
 class Gone(DispatchAPIError):
@@ -367,16 +368,21 @@ class DispatchClient:
         *,
         seq: int | None = None,
         vars: Mapping[str, Any] | None = None,
+        allow_suppressed: bool = False,
     ) -> TestEmailResult:
         """Send the message of stored recipient ``seq`` (default 0), or of a recipient
         with ``vars``, to ``to`` alone, as the campaign sends it; the campaign does not
         change. ``error`` as for :meth:`test_provider` (``Invalid message``: a template
-        cannot render for that recipient)."""
+        cannot render for that recipient). Raises :class:`Conflict` (``field`` ``to``,
+        the entry named) when ``to`` is on the suppression list, unless
+        ``allow_suppressed``."""
         body: dict[str, Any] = {"to": to}
         if seq is not None:
             body["seq"] = seq
         if vars is not None:
             body["vars"] = dict(vars)
+        if allow_suppressed:
+            body["allow_suppressed"] = True
         return self._model(TestEmailResult, "POST", f"/v1/campaigns/{campaign_id}/test", json=body)
 
     def messages(

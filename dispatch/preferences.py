@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaigns, store, suppressions
 from dispatch.effects import InboxEvent, apply_events
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
@@ -17,11 +17,13 @@ from providers.meta import build_meta
 
 
 def unsubscribe(token: UnsubscribeToken, how: str, client: redis.Redis | None = None) -> bool:
-    """Unsubscribe the token's recipient from everything; False if it already was.
+    """Unsubscribe the token's recipient from everything; False if this message's
+    unsubscribe was applied before.
 
     Applied like a provider's ``unsubscribed`` callback, once per message: the address
     is suppressed, the campaign's ``unsubscribed`` counter moves and ``Channel
-    Unsubscribed`` is published (``Type`` = ``how``).
+    Unsubscribed`` is published (``Type`` = ``how``). A repeat suppresses the address
+    again if its entry was removed since.
     """
     r = client or store.sync_client()
     try:
@@ -55,7 +57,19 @@ def unsubscribe(token: UnsubscribeToken, how: str, client: redis.Redis | None = 
         ts=time.time(),
         dedupe=f"unsubscribe:{token.campaign_id}:{token.seq}",
     )
-    return apply_events([event], provider=provider, kind="preference-center", client=r) > 0
+    if apply_events([event], provider=provider, kind="preference-center", client=r) > 0:
+        return True
+    # A repeat of this message's unsubscribe: its counter and event stay as they were,
+    # but the person asks again, so they are suppressed again if the entry was removed
+    # meanwhile (the repeat is remembered for days, and it used to change nothing then
+    # while the page said "You are unsubscribed").
+    suppressions.add(
+        token.email,
+        reason=EventType.UNSUBSCRIBED.value,
+        source=f"callback:{provider}:list-unsubscribe",
+        client=r,
+    )
+    return False
 
 
 def categories(client: redis.Redis | None = None) -> list[str]:

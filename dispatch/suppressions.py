@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
+import redis.asyncio as aioredis
 
 from dispatch import store
 from providers.addresses import InvalidAddressError, drop_root_dot, idna_domain, normalize_address
+
+log = logging.getLogger(__name__)
 
 
 def suppression_key(email: str) -> str:
@@ -74,9 +79,41 @@ def get(email: str, *, client: redis.Redis | None = None) -> dict[str, Any] | No
     return entry
 
 
+async def get_async(email: str, client: aioredis.Redis) -> dict[str, Any] | None:
+    """:func:`get` on an asyncio client."""
+    raw = await client.hget(store.SUPPRESSIONS_HASH, suppression_key(email))
+    if raw is None:
+        return None
+    entry: dict[str, Any] = orjson.loads(raw)
+    return entry
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """An entry in words, for an error message: ``reason, source, since <UTC time>``."""
+    when = datetime.fromtimestamp(float(entry.get("ts", 0)), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{entry.get('reason', '?')}, {entry.get('source', '?')}, since {when}"
+
+
 def remove(email: str, *, client: redis.Redis | None = None) -> bool:
+    """Send to ``email`` again; False if it was not suppressed. The entry removed (its
+    reason, source and time: often a complaint or a bounce, the evidence) is logged at
+    INFO, since the list no longer holds it."""
     r = client or store.sync_client()
-    return bool(r.hdel(store.SUPPRESSIONS_HASH, suppression_key(email)))
+    key = suppression_key(email)
+    pipe = r.pipeline()  # MULTI: the entry logged is the one removed
+    pipe.hget(store.SUPPRESSIONS_HASH, key)
+    pipe.hdel(store.SUPPRESSIONS_HASH, key)
+    raw, removed = pipe.execute()
+    if not removed:
+        return False
+    entry: dict[str, Any] = orjson.loads(raw)
+    log.info(
+        "suppression removed: %s (%s)",
+        key,
+        describe(entry),
+        extra={"email": key, "suppression": entry},
+    )
+    return True
 
 
 def page(

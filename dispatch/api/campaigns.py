@@ -281,7 +281,8 @@ async def test_campaign(campaign_id: CampaignId, body: CampaignTestRequest) -> T
 
     Answers like the provider test email: ``error`` is null or an error class
     (``Invalid message`` when a template cannot render for this recipient). 409 when the
-    campaign's provider is gone."""
+    campaign's provider is gone (field ``provider``), or when ``to`` is on the suppression
+    list (field ``to``, the entry named) unless ``allow_suppressed`` is true."""
     content = await run_in_threadpool(campaigns.load_content, campaign_id)
     try:
         to = normalize_address(body.to)
@@ -301,7 +302,9 @@ async def test_campaign(campaign_id: CampaignId, body: CampaignTestRequest) -> T
             count = await run_in_threadpool(stored_count, store.sync_client(), campaign_id)
             raise InvalidFieldError(f"the campaign has {count} recipients stored", "seq")
         recipient = stored or {}
-    result = await send_campaign_test(content, config, to, recipient, seq)
+    result = await send_campaign_test(
+        content, config, to, recipient, seq, allow_suppressed=body.allow_suppressed
+    )
     return TestEmailResult(ok=result.ok, error=result.error, detail=result.detail)
 
 

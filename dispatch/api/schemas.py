@@ -93,6 +93,11 @@ class CampaignTestRequest(BaseModel):
     vars: dict[str, Any] | None = Field(
         default=None, description="A recipient's vars to render with, instead of a stored one's"
     )
+    allow_suppressed: bool = Field(
+        default=False,
+        description="Send it even when `to` is on the suppression list (otherwise 409, "
+        "field `to`, naming the entry)",
+    )
 
 
 class TestEmailResult(Answer):
