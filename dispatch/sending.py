@@ -55,12 +55,7 @@ from dispatch.rendering import CompiledContent, RenderError, campaign_context, r
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
-from dispatch.unsubscribe import (
-    custom_center_url,
-    list_unsubscribe_headers,
-    make_token,
-    unsubscribe_urls,
-)
+from dispatch.unsubscribe import recipient_links
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
 from providers.config import ProviderBase
@@ -173,12 +168,12 @@ class _Campaign:
             raise InvalidAddressError(f"{email!r}: '|' cannot be carried in the meta string")
         headers: tuple[tuple[str, str], ...] = ()
         unsub = prefs = ""
-        if self.provider.preference_center != "none":
-            token = make_token(self.content.id, item.seq, email, self.content.category)
-            unsub, prefs = unsubscribe_urls(token)
-            if self.provider.preference_center == "custom":
-                prefs = custom_center_url(self.provider.preference_center_url, token)
-            headers = list_unsubscribe_headers(unsub)
+        provider = self.provider
+        if provider.preference_center != "none":
+            headers, unsub, prefs = recipient_links(
+                provider.preference_center, provider.preference_center_url,
+                self.content.id, item.seq, email, self.content.category,
+            )  # fmt: skip
         names = self.compiled.recipient_names
         if names is not None and names <= item.vars.keys():
             context = item.vars  # every name from the recipient (see CompiledContent)
@@ -198,6 +193,7 @@ class _Campaign:
             item.seq, f"{email}{self.meta_tail}{item.seq}|", content.id, email,
             r.subject, r.html, r.text, self.from_address, self.from_name, r.amp,
             self.reply_to, content.cc, content.bcc, headers, item.vars, content.vars,
+            unsub, prefs,
         )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings, get_settings
+from dispatch.unsubscribe import recipient_links
 from providers.addresses import normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
 from providers.config import HttpConfig, ProviderBase
@@ -71,6 +72,10 @@ def build_test_message(
         f"<p>This is a test message from <b>dispatch</b> through the {kind} provider "
         f"<code>{config.nickname}</code>.</p><p>If you can read it, the provider works.</p>"
     )
+    headers, unsubscribe_url, preferences_url = recipient_links(
+        config.preference_center, config.preference_center_url, campaign_id, 0, address,
+        TEST_CATEGORY,
+    )  # fmt: skip
     return OutgoingMessage(
         seq=0,
         meta=meta,
@@ -85,8 +90,11 @@ def build_test_message(
         from_address=config.from_address,
         from_name=config.from_name,
         reply_to=config.reply_to,
+        headers=headers,
         user_vars=vars or {},
         campaign_vars=vars or {},
+        unsubscribe_url=unsubscribe_url,
+        preferences_url=preferences_url,
     )
 
 

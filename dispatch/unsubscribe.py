@@ -111,3 +111,18 @@ def list_unsubscribe_headers(unsubscribe_url: str) -> tuple[tuple[str, str], ...
         ("List-Unsubscribe", f"<{unsubscribe_url}>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     )
+
+
+def recipient_links(
+    center: str, center_url: str, campaign_id: str, seq: int, email: str, category: str
+) -> tuple[tuple[tuple[str, str], ...], str, str]:
+    """One recipient's ``List-Unsubscribe`` headers, unsubscribe URL and preference URL,
+    by the provider's ``preference_center`` (``center``) and custom URL; none with
+    ``"none"``."""
+    if center == "none":
+        return (), "", ""
+    token = make_token(campaign_id, seq, email, category)
+    unsub, prefs = unsubscribe_urls(token)
+    if center == "custom":
+        prefs = custom_center_url(center_url, token)
+    return list_unsubscribe_headers(unsub), unsub, prefs

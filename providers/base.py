@@ -31,7 +31,8 @@ class OutgoingMessage:
     ``subject``, ``html``, ``text`` and ``amp`` are already rendered (Jinja2 ran first);
     adapters only place them. ``user_vars`` and ``campaign_vars`` feed custom ``$$``
     placeholders of HTTP payloads. ``headers`` are extra headers the service adds
-    (``List-Unsubscribe`` and friends), already validated.
+    (``List-Unsubscribe`` and friends), already validated; ``unsubscribe_url`` and
+    ``preferences_url`` fill ``$$UnsubscribeURL`` and ``$$PreferencesURL``.
     """
 
     seq: int
@@ -50,6 +51,8 @@ class OutgoingMessage:
     headers: tuple[tuple[str, str], ...] = ()
     user_vars: Mapping[str, Any] = field(default_factory=dict)
     campaign_vars: Mapping[str, Any] = field(default_factory=dict)
+    unsubscribe_url: str = ""  # this recipient's, when the provider has a preference center
+    preferences_url: str = ""
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:

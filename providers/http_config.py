@@ -55,6 +55,7 @@ __all__ = [
 
 POST_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress", "HTML")
 GET_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress")
+LINK_PLACEHOLDERS: Final = frozenset({"UnsubscribeURL", "PreferencesURL"})
 # RFC 9110 §5.1 (was RFC 7230 §3.2): a field name is a token.
 HEADER_NAME_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Framing and connection headers belong to the HTTP client; a user value would break the
@@ -258,6 +259,12 @@ def config_problems(config: HttpConfig) -> list[str]:
         problems.append(f"body: {WIDE_INTEGER_PROBLEM} (at {wide})")
 
     usage = placeholder_usage(config)
+    links = usage.every & LINK_PLACEHOLDERS
+    if links and config.preference_center == "none":
+        problems.append(
+            f"preference_center: 'none' leaves {_listed(links)} without a value; set it to "
+            "'system' or 'custom' (each message then carries its recipient's own link)"
+        )
     content_in_query = usage.query & CONTENT_PLACEHOLDERS
     if content_in_query:
         problems.append(

@@ -66,6 +66,10 @@ SYSTEM_PLACEHOLDERS: Final[Mapping[str, Callable[[OutgoingMessage], str]]] = {
     "Plaintext": attrgetter("text"),
     "AMPHTML": attrgetter("amp"),
     "CampaignID": attrgetter("campaign_id"),
+    # Not in the seed: the recipient's own links, so that an HTTP payload can carry
+    # List-Unsubscribe (RFC 8058) as DESIGN §6 asks of every message.
+    "UnsubscribeURL": attrgetter("unsubscribe_url"),
+    "PreferencesURL": attrgetter("preferences_url"),
 }
 
 # System placeholders whose value is the same for every message of a campaign: the sender,
@@ -416,4 +420,6 @@ _PLAIN_ATTRIBUTES: Final[Mapping[str, str]] = {
     "Plaintext": "text",
     "AMPHTML": "amp",
     "CampaignID": "campaign_id",
+    "UnsubscribeURL": "unsubscribe_url",
+    "PreferencesURL": "preferences_url",
 }
