@@ -12,7 +12,7 @@ the given address only (not to the campaign's cc and bcc), and it is built under
 campaign id of its own (``test-<hex>``), so its meta, unsubscribe token and preference
 links name that id and the test address: a click or a callback on it moves no counter
 of the campaign and suppresses no recipient of it. Nothing is written to the ledger.
-Its links are real: the test id's provider is kept for a while (:func:`provider_of_test`),
+Its links are real: the test id's provider is kept for a while (``test_email.provider_of_test``),
 so that its unsubscribe link leads to the provider's custom preference center as a
 recipient's does, and a one-click unsubscribe unsubscribes the test address.
 
@@ -41,17 +41,16 @@ from dispatch.sending import build_message
 from dispatch.settings import get_settings
 from dispatch.test_email import (
     TEST_CAMPAIGN_PREFIX,
+    TEST_LINK_SECONDS,
     TestEmailResult,
     send_one,
+    tested_provider_key,
     within_shared_limits,
 )
 from providers.addresses import InvalidAddressError
 from providers.config import ProviderBase
 from providers.errors import ErrorClass
 from providers.registry import build_transport
-
-# How long a test message's links find its provider (a tester may click days later).
-TEST_LINK_SECONDS = 30 * 86_400
 
 
 class SuppressedTestAddressError(CampaignStateError):
@@ -68,19 +67,6 @@ class SuppressedTestAddressError(CampaignStateError):
             "to",
         )
         self.entry = dict(entry)
-
-
-def tested_provider_key(test_id: str) -> str:
-    """String: the provider nickname a test message (campaign id ``test_id``) went through."""
-    return f"{store.PREFIX}:campaign-test:{test_id}"
-
-
-def provider_of_test(r: redis.Redis, test_id: str) -> str | None:
-    """The provider of the test message ``test_id`` (None: no such test, or long ago)."""
-    if not test_id.startswith(TEST_CAMPAIGN_PREFIX):
-        return None
-    found = r.get(tested_provider_key(test_id))
-    return None if found is None else found if isinstance(found, str) else found.decode()
 
 
 def stored_recipient_at(r: redis.Redis, campaign_id: str, seq: int) -> dict[str, Any] | None:

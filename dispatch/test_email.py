@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
@@ -34,6 +35,8 @@ from providers.placeholders import is_custom
 from providers.registry import build_transport
 
 TEST_CAMPAIGN_PREFIX = "test-"
+# How long a test message's links find its provider (a tester may click days later).
+TEST_LINK_SECONDS = 30 * 86_400
 TEST_CATEGORY = "test"
 # The whole exchange is bounded even if the provider's own timeout is long.
 DEFAULT_DEADLINE_SECONDS = 60.0
@@ -117,6 +120,21 @@ def _verdict(outcome: SendOutcome) -> TestEmailResult:
     return TestEmailResult(False, error.value, detail)
 
 
+def tested_provider_key(test_id: str) -> str:
+    """String: the provider nickname a test message (campaign id ``test_id``) went through."""
+    from dispatch import store
+
+    return f"{store.PREFIX}:campaign-test:{test_id}"
+
+
+def provider_of_test(r: redis.Redis, test_id: str) -> str | None:
+    """The provider of the test message ``test_id`` (None: no such test, or long ago)."""
+    if not test_id.startswith(TEST_CAMPAIGN_PREFIX):
+        return None
+    found = r.get(tested_provider_key(test_id))
+    return None if found is None else found if isinstance(found, str) else found.decode()
+
+
 async def send_test_email(
     config: ProviderBase,
     to: str,
@@ -138,6 +156,9 @@ async def send_test_email(
         names = ", ".join(f"$${name}" for name in missing)
         detail = f'no value for {names}: give it in "vars" (as a recipient\'s vars)'
         return TestEmailResult(False, ErrorClass.INVALID_MESSAGE.value, detail)
+    if limits is not None and message.unsubscribe_url:  # its links find the provider
+        key = tested_provider_key(message.campaign_id)
+        await limits.set(key, config.nickname, ex=TEST_LINK_SECONDS)
     return await send_one(config, message, settings=settings, deadline=deadline, limits=limits)
 
 

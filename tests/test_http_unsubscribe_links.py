@@ -92,3 +92,21 @@ def test_a_provider_test_message_carries_links_too() -> None:
     assert msg.unsubscribe_url.startswith(f"{get_settings().public_url.rstrip('/')}/u/")
     assert msg.preferences_url.startswith(f"{get_settings().public_url.rstrip('/')}/preferences/")
     assert dict(msg.headers)["List-Unsubscribe"] == f"<{msg.unsubscribe_url}>"
+
+
+@covers("POST /v1/providers/{nickname}/test", "GET /u/{token}")
+def test_a_provider_test_messages_link_leads_to_its_custom_center(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    center = "https://prefs.acme.example/center?lang=en"
+    with HttpSink() as sink, api_client(api_server) as api:
+        body = {**_provider(f"{sink.url}/send", "custom"), "preference_center_url": center}
+        assert api.put("/v1/providers/links", json=body).is_success
+        answer = api.post("/v1/providers/links/test", json={"to": "me@acme.example"})
+        assert answer.json()["ok"] is True, answer.text
+        (message,) = sink.requests[0].json()["msgs"]
+        link = message["headers"]["List-Unsubscribe"].strip("<>")
+        token = link.rsplit("/", 1)[1]
+        assert message["preferences"] == f"{center}&token={token}"
+        page = api.get(f"/u/{token}", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == f"{center}&token={token}"

@@ -21,8 +21,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from dispatch import campaigns, preferences, store, suppressions
 from dispatch.api.body_limits import BodyTooLargeError, read_bounded
 from dispatch.api.errors import FORM_TOO_LARGE, PAGE_RESPONSES, REDIRECT
-from dispatch.campaign_test import provider_of_test
 from dispatch.provider_store import ProviderNotFoundError, load_provider
+from dispatch.test_email import provider_of_test
 from dispatch.unsubscribe import (
     InvalidTokenError,
     UnsubscribeToken,
