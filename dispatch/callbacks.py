@@ -18,7 +18,8 @@ too many events, a body over :data:`MAX_BODY_BYTES`) gets ``{"status": "error",
 message); event-level results get the kind's shape: ``success`` / ``partial_success`` for
 ``smtp``, ``gmail``, ``ses``, ``sendgrid`` and ``TOTAL_EVENTS`` / ``PROCESSED_EVENTS`` /
 ``UNPROCESSED_EVENTS`` for ``http``. A request whose every event is bad is answered 400.
-When Redis cannot take the events the answer is 503, so the provider retries.
+When Redis cannot take the events the answer is 503 (with ``Retry-After``, added by the
+route), so the provider retries.
 """
 
 from __future__ import annotations
