@@ -216,7 +216,7 @@ def celery_enqueue(batch_id: str) -> None:
     """
     from dispatch.tasks import process_callback
 
-    process_callback.apply_async((batch_id,), queue="events", retry=False)
+    process_callback.apply_async((batch_id,), queue=store.EVENTS_QUEUE, retry=False)
 
 
 def answer(kind: str, result: CallbackResult) -> CallbackAnswer:

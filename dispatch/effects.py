@@ -336,15 +336,32 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
 
 
 def lost_batches(grace: float, client: redis.Redis | None = None, limit: int = 1000) -> list[str]:
-    """Inbox batches received more than ``grace`` seconds ago and still not applied.
+    """Inbox batches received more than ``grace`` seconds ago, not applied, and whose task
+    no longer waits in the ``events`` queue.
+
+    The queue is first in, first out, and a batch's score is the time its task was last
+    enqueued: of the pending batches, the newest as many as the queue holds tasks may
+    still have theirs waiting there, so only the older ones are handed out. During a
+    backlog longer than ``grace`` each waiting batch was otherwise enqueued again every
+    ``grace`` (the copies only read that the batch was gone, and lengthened the backlog).
+    A lost batch newer than a waiting one is thus handed out once the queue has worked
+    down to it, when its task would have run anyway.
 
     Their score is moved to now, so each is handed out again only once per ``grace``.
     Raises ``redis.RedisError``.
     """
     r = client or store.sync_client()
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(store.CALLBACK_PENDING_ZSET)
+    for key in store.queue_keys(store.EVENTS_QUEUE):  # one list per priority
+        pipe.llen(key)
+    pending, *waiting = pipe.execute()
+    count = min(limit, int(pending) - sum(waiting))
+    if count <= 0:
+        return []
     now = time.time()
     ids = [
-        str(i) for i in r.zrangebyscore(store.CALLBACK_PENDING_ZSET, "-inf", now - grace, 0, limit)
+        str(i) for i in r.zrangebyscore(store.CALLBACK_PENDING_ZSET, "-inf", now - grace, 0, count)
     ]
     if ids:
         r.zadd(store.CALLBACK_PENDING_ZSET, dict.fromkeys(ids, now), xx=True)
