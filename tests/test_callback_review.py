@@ -1,32 +1,42 @@
 """Callbacks as providers use them (review G2): 503s that say when to come back, recovery
-that leaves waiting tasks alone.
+that leaves waiting tasks alone, an ESP that reports a delivery before it answers the send.
 
-Runs its own Redis and, where it needs one, the API as a ``dispatch api`` process, so that
-stopping Redis or filling the ``events`` queue touches no other test.
+Tests that stop Redis or fill the ``events`` queue run their own Redis (and the API as a
+``dispatch api`` process), so that they touch no other test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from dispatch import callbacks, effects, store
+from dispatch import callbacks, campaigns, effects, store
 from dispatch.api.errors import RETRY_AFTER_SECONDS
+from dispatch.models import CampaignRequest
+from dispatch.provider_store import save_provider
 from dispatch.redis_server import RedisServer
 from providers.callbacks import EventType
 from tests.callback_support import (
+    HTTP_BODY,
     api_process,
     draft_campaign,
     generic_event,
+    inbox_empty,
     nested,
     post,
     sample,
     save_providers,
 )
+from tests.worker import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +139,71 @@ def test_recovery_leaves_alone_batches_whose_task_waits_in_the_queue(
     lost = _store(own_client, 1)[0]
     own_client.delete(store.EVENTS_QUEUE)
     assert sorted(effects.lost_batches(0, own_client)) == sorted([*stored, lost])
+
+
+class _EarlyReportingEsp(ThreadingHTTPServer):
+    """An HTTP ESP that reports each message delivered (its callback applied at once, as
+    a free worker would) and answers the send only after the sender stopped waiting."""
+
+    def __init__(self, r: redis.Redis, token: str) -> None:
+        super().__init__(("127.0.0.1", 0), _EarlyHandler)
+        self.r, self.token = r, token
+
+
+class _EarlyHandler(BaseHTTPRequestHandler):
+    server: _EarlyReportingEsp
+
+    def do_POST(self) -> None:
+        sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        event = {"version": "v2", "type": "delivered", "email": sent["to"], "meta": sent["mid"]}
+        r = self.server.r
+        answer = callbacks.ingest(
+            "gen", self.server.token, json.dumps(event).encode(), {}, client=r,
+            enqueue=lambda batch_id: effects.apply_batch(batch_id, r),
+        )  # fmt: skip
+        assert answer.status == 200
+        time.sleep(2)  # the sender's timeout is 0.5 s: its answer is lost
+        with contextlib.suppress(OSError):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_delivery_reported_before_the_send_lost_its_answer_makes_it_sent(
+    redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """The ESP's callback came while our request still waited for its answer; the answer
+    was then lost (read timeout: ``unknown``). The delivery was counted and the message
+    stayed ``unknown``: ``delivered`` passed ``sent``."""
+    r = redis_client
+    token = save_providers(r)["gen"].rsplit("/", 1)[1]
+    esp = _EarlyReportingEsp(r, token)
+    threading.Thread(target=esp.serve_forever, daemon=True).start()
+    try:
+        save_provider(
+            {"nickname": "early", "kind": "http", "method": "POST", "timeout": 0.5,
+             "endpoint": f"http://127.0.0.1:{esp.server_address[1]}/send", "body": HTTP_BODY,
+             "from_name": "Acme", "from_address": "deals@acme.example"},
+            r,
+        )  # fmt: skip
+        request = CampaignRequest.model_validate(
+            {"id": "c-early", "provider": "early", "subject": "s", "html": "h",
+             "recipients": [{"email": "early@example.com"}]}
+        )  # fmt: skip
+        campaigns.create_campaign(request, client=r)
+        wait_for(lambda: campaigns.get_status("c-early", r).value == "completed", timeout=60)
+    finally:
+        esp.shutdown()
+        esp.server_close()
+    counters = campaigns.get_counters("c-early", r)
+    assert (counters["unknown"], counters["delivered"]) == (1, 0)  # the event waits
+
+    for batch_id in effects.lost_batches(0, r):  # dispatch.recover_callbacks, later
+        effects.apply_batch(batch_id, r)
+
+    counters = campaigns.get_counters("c-early", r)
+    assert (counters["sent"], counters["unknown"], counters["delivered"]) == (1, 0, 1)
+    assert inbox_empty(r)
