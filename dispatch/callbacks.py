@@ -18,7 +18,8 @@ too many events, a body over :data:`MAX_BODY_BYTES`) gets ``{"status": "error",
 message); event-level results get the kind's shape: ``success`` / ``partial_success`` for
 ``smtp``, ``gmail``, ``ses``, ``sendgrid`` and ``TOTAL_EVENTS`` / ``PROCESSED_EVENTS`` /
 ``UNPROCESSED_EVENTS`` for ``http``. A request whose every event is bad is answered 400.
-When Redis cannot take the events the answer is 503, so the provider retries.
+When Redis cannot take the events the answer is 503 (with ``Retry-After``, added by the
+route), so the provider retries.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def celery_enqueue(batch_id: str) -> None:
     """
     from dispatch.tasks import process_callback
 
-    process_callback.apply_async((batch_id,), queue="events", retry=False)
+    process_callback.apply_async((batch_id,), queue=store.EVENTS_QUEUE, retry=False)
 
 
 def answer(kind: str, result: CallbackResult) -> CallbackAnswer:

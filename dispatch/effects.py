@@ -12,7 +12,8 @@ by one Lua script, so for each event these happen together or not at all:
    account whose ``seq`` is inside the campaign and whose recipient is the event's
    counts at all; a message the ledger calls ``unknown`` (its send's outcome was lost)
    becomes ``sent``, since the provider's event about it shows that it took it (the
-   campaign's ``delivered`` would otherwise pass its ``sent``);
+   campaign's ``delivered`` would otherwise pass its ``sent``); an event about a message
+   whose send is still on the wire waits for that send's outcome (:func:`apply_batch`);
 3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands);
 4. the system events of DESIGN §6 on ``dispatch:events``.
 
@@ -53,36 +54,45 @@ COUNTERS: dict[EventType, str] = {
 }
 SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
 GUARDED = frozenset({EventType.HARD_BOUNCE, EventType.SPAM})  # dispatch.reputation
+# How long an event about a message whose send is on the wire waits for its outcome
+# (apply_batch); a send ends within its timeout, a crashed worker's claims are written
+# unknown by housekeeping within minutes. After this the event is applied as it is.
+IN_FLIGHT_WAIT_SECONDS = 3600.0
 # The detail of a message whose send's outcome was lost until an event about it came.
 PROVEN_DETAIL = "outcome unknown at send; a callback about it shows the provider took it"
 
 _APPLY = """
 local stream, supp, inbox, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local maxlen, ttl, batch, proven = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local applied = 0
+local maxlen, ttl, batch, proven, defer = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local applied, deferred = 0, 0
 for i = 0, (#KEYS - 5) / 5 - 1 do
-  local k, a = 5 + i * 5, 4 + i * 6
+  local k, a = 5 + i * 5, 5 + i * 6
   local counter, seq = ARGV[a + 1], tonumber(ARGV[a + 2])
   local email, entry, ev1, ev2 = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ttl) then
+  local ours, old = false, nil
+  if counter ~= '' and seq >= 0 and redis.call('EXISTS', KEYS[k + 2]) == 1 then
+    ours = seq < tonumber(redis.call('HGET', KEYS[k + 3], 'total') or '0')
+    if ours then old = redis.call('HGET', KEYS[k + 5], seq) end
+  end
+  if defer ~= '' and old and string.sub(old, 1, 14) == '{"s":"claimed"' then
+    -- Its send is on the wire: its outcome is not written yet and may be "unknown",
+    -- which this event would disprove. Applied when the batch comes again.
+    deferred = deferred + 1
+  elseif redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ttl) then
     applied = applied + 1
-    if counter ~= '' and seq >= 0 and redis.call('EXISTS', KEYS[k + 2]) == 1 then
-      local total = tonumber(redis.call('HGET', KEYS[k + 3], 'total') or '0')
-      if seq < total then
-        -- The provider took a message whose send's outcome was lost: it was sent (the
-        -- ledger's own move, counters and per-provider tally with it).
-        local old = redis.call('HGET', KEYS[k + 5], seq)
-        if old and string.sub(old, 1, 14) == '{"s":"unknown"' then
-          local attempts = string.match(old, '"a":(%d+)') or '0'
-          redis.call('HSET', KEYS[k + 5], seq, '{"s":"sent","a":' .. attempts .. proven)
-          redis.call('HINCRBY', KEYS[k + 3], 'unknown', -1)
-          redis.call('HINCRBY', KEYS[k + 3], 'sent', 1)
-          local nickname = redis.call('HGET', KEYS[k + 2], 'provider') or 'unknown'
-          redis.call('HINCRBY', stats, nickname .. '|sent', 1)
-        end
-        if redis.call('SETBIT', KEYS[k + 4], seq, 1) == 0 then
-          redis.call('HINCRBY', KEYS[k + 3], counter, 1)
-        end
+    if ours then
+      -- The provider took a message whose send's outcome was lost: it was sent (the
+      -- ledger's own move, counters and per-provider tally with it).
+      if old and string.sub(old, 1, 14) == '{"s":"unknown"' then
+        local attempts = string.match(old, '"a":(%d+)') or '0'
+        redis.call('HSET', KEYS[k + 5], seq, '{"s":"sent","a":' .. attempts .. proven)
+        redis.call('HINCRBY', KEYS[k + 3], 'unknown', -1)
+        redis.call('HINCRBY', KEYS[k + 3], 'sent', 1)
+        local nickname = redis.call('HGET', KEYS[k + 2], 'provider') or 'unknown'
+        redis.call('HINCRBY', stats, nickname .. '|sent', 1)
+      end
+      if redis.call('SETBIT', KEYS[k + 4], seq, 1) == 0 then
+        redis.call('HINCRBY', KEYS[k + 3], counter, 1)
       end
     end
     if email ~= '' then redis.call('HSETNX', supp, email, entry) end
@@ -90,11 +100,11 @@ for i = 0, (#KEYS - 5) / 5 - 1 do
     if ev2 ~= '' then redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev2) end
   end
 end
-if batch ~= '' then
+if batch ~= '' and deferred == 0 then
   redis.call('HDEL', inbox, batch)
   redis.call('ZREM', pending, batch)
 end
-return applied
+return {applied, deferred}
 """
 
 
@@ -257,6 +267,25 @@ def apply_events(
     last events. Raises ``redis.RedisError`` when Redis fails (nothing of the failed
     chunk is applied; earlier chunks are, and are recognised when applied again).
     """
+    return _apply(
+        events, provider=provider, kind=kind, received=received, batch_id=batch_id,
+        wait_for_sends=False, client=client,
+    )[0]  # fmt: skip
+
+
+def _apply(
+    events: Sequence[InboxEvent],
+    *,
+    provider: str,
+    kind: str,
+    received: float | None,
+    batch_id: str,
+    wait_for_sends: bool,
+    client: redis.Redis | None,
+) -> tuple[int, int]:
+    """:func:`apply_events`; returns (new, deferred). ``wait_for_sends``: an event about
+    a message whose send is on the wire (``claimed``) is deferred, and then ``batch_id``
+    stays in the inbox, to be applied again."""
     r = client or store.sync_client()
     settings = get_settings()
     received = time.time() if received is None else received
@@ -271,7 +300,7 @@ def apply_events(
     # The rest of the record of a message an event shows was sent (see _APPLY), after
     # its state and attempts.
     proven = b"," + orjson.dumps({"t": round(received, 3), "d": PROVEN_DETAIL})[1:]
-    applied = 0
+    applied = deferred = 0
     starts = range(0, len(events), CHUNK) if events else range(1)
     for start in starts:
         chunk = events[start : start + CHUNK]
@@ -280,8 +309,9 @@ def apply_events(
         args: list[str | int | bytes] = [
             settings.events_maxlen,
             settings.callback_dedupe_ttl_seconds,
-            batch_id if last else "",
+            batch_id if last and not deferred else "",
             proven,
+            "1" if wait_for_sends else "",
         ]
         for event in chunk:
             event_keys, event_args = _event_args(
@@ -293,8 +323,10 @@ def apply_events(
             )
             keys += event_keys
             args += event_args
-        applied += int(script(keys=keys, args=args))
-    return applied
+        new, waiting = script(keys=keys, args=args)
+        applied += int(new)
+        deferred += int(waiting)
+    return applied, deferred
 
 
 def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
@@ -303,6 +335,13 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
     None when the batch is no longer in the inbox (already applied). A batch that cannot
     be read is moved to ``dispatch:callbacks:dead`` and logged. Raises
     ``redis.RedisError`` when Redis fails (the batch stays in the inbox).
+
+    An event about a message whose send is still on the wire waits for that send's
+    outcome (for :data:`IN_FLIGHT_WAIT_SECONDS` after the batch came): an ESP may report
+    a delivery before the answer to our request, and when that answer is then lost the
+    message is written ``unknown``, which the event disproves (see _APPLY). Such a batch
+    stays in the inbox, its other events applied, and ``dispatch.recover_callbacks``
+    hands it out again after ``DISPATCH_CALLBACK_RECOVERY_SECONDS``.
     """
     r = client or store.sync_client()
     raw = r.hget(store.CALLBACK_INBOX_HASH, batch_id)
@@ -318,33 +357,52 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
         pipe.zrem(store.CALLBACK_PENDING_ZSET, batch_id)
         pipe.execute()
         return 0
-    applied = apply_events(
+    applied, deferred = _apply(
         batch.events,
         provider=batch.provider,
         kind=batch.kind,
         received=batch.received,
         batch_id=batch.id,
+        wait_for_sends=time.time() - batch.received < IN_FLIGHT_WAIT_SECONDS,
         client=r,
     )
     reputation.check(r, (e.campaign_id for e in batch.events if e.type in GUARDED))
     log.info(
-        "callback batch applied",
+        "callback batch applied" if not deferred else
+        "callback batch applied but for events whose message's send is on the wire",
         extra={"batch": batch.id, "provider": batch.provider, "events": len(batch.events),
-               "applied": applied},
+               "applied": applied, "deferred": deferred},
     )  # fmt: skip
     return applied
 
 
 def lost_batches(grace: float, client: redis.Redis | None = None, limit: int = 1000) -> list[str]:
-    """Inbox batches received more than ``grace`` seconds ago and still not applied.
+    """Inbox batches received more than ``grace`` seconds ago, not applied, and whose task
+    no longer waits in the ``events`` queue.
+
+    The queue is first in, first out, and a batch's score is the time its task was last
+    enqueued: of the pending batches, the newest as many as the queue holds tasks may
+    still have theirs waiting there, so only the older ones are handed out. During a
+    backlog longer than ``grace`` each waiting batch was otherwise enqueued again every
+    ``grace`` (the copies only read that the batch was gone, and lengthened the backlog).
+    A lost batch newer than a waiting one is thus handed out once the queue has worked
+    down to it, when its task would have run anyway.
 
     Their score is moved to now, so each is handed out again only once per ``grace``.
     Raises ``redis.RedisError``.
     """
     r = client or store.sync_client()
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(store.CALLBACK_PENDING_ZSET)
+    for key in store.queue_keys(store.EVENTS_QUEUE):  # one list per priority
+        pipe.llen(key)
+    pending, *waiting = pipe.execute()
+    count = min(limit, int(pending) - sum(waiting))
+    if count <= 0:
+        return []
     now = time.time()
     ids = [
-        str(i) for i in r.zrangebyscore(store.CALLBACK_PENDING_ZSET, "-inf", now - grace, 0, limit)
+        str(i) for i in r.zrangebyscore(store.CALLBACK_PENDING_ZSET, "-inf", now - grace, 0, count)
     ]
     if ids:
         r.zadd(store.CALLBACK_PENDING_ZSET, dict.fromkeys(ids, now), xx=True)

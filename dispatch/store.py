@@ -35,6 +35,7 @@ WORKERS_ZSET = f"{PREFIX}:workers"
 # "dispatch.enqueue_campaign", ...)``, DESIGN §5) lands there unless it names a queue.
 CELERY_QUEUES = ("default", "sends", "events", "celery")
 SENDS_QUEUE = "sends"  # where batch tasks wait
+EVENTS_QUEUE = "events"  # where callback batches wait (dispatch.process_callback)
 # Message priorities on the broker (kombu's Redis transport: 0 is served first). A task
 # of priority p > 0 waits in the list "<queue>" + PRIORITY_SEP + "<p>", of 0 in "<queue>".
 PRIORITY_STEPS = tuple(range(10))

@@ -12,10 +12,18 @@ from starlette.concurrency import run_in_threadpool
 
 from dispatch import callbacks
 from dispatch.api.body_limits import STREAMED, BodyTooLargeError, read_bounded
-from dispatch.api.errors import CALLBACK_RESPONSES, PROBE_RESPONSES
+from dispatch.api.errors import CALLBACK_RESPONSES, PROBE_RESPONSES, RETRY_AFTER_SECONDS
 
 router = APIRouter(tags=["callbacks"])
 PATH = "/v1/callbacks/{nickname}/{token}"
+
+
+def _response(reply: callbacks.CallbackAnswer) -> Response:
+    """The answer as JSON; a 503 (Redis cannot serve, or an SNS signing certificate cannot
+    be fetched) says when to come back, as the API's other 503s do (RFC 9110 §10.2.3)."""
+    unavailable = reply.status == 503
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if unavailable else None
+    return JSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
 @router.post(PATH, max_body_size=STREAMED, responses=CALLBACK_RESPONSES)
@@ -28,14 +36,13 @@ async def receive_callback(nickname: str, token: str, request: Request) -> Respo
     else:
         headers = dict(request.headers)
         reply = await run_in_threadpool(callbacks.ingest, nickname, token, body, headers)
-    return JSONResponse(reply.body, status_code=reply.status)
+    return _response(reply)
 
 
 @router.get(PATH, responses=PROBE_RESPONSES)
 def probe_callback(nickname: str, token: str) -> Response:
     """Providers' URL probes: 200 when the URL is a provider's callback URL."""
-    reply = callbacks.probe(nickname, token)
-    return JSONResponse(reply.body, status_code=reply.status)
+    return _response(callbacks.probe(nickname, token))
 
 
 # HEAD answers like GET; kept out of the schema, where it would repeat GET's operation.

@@ -284,6 +284,7 @@ def _json_of(*models: type[Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}}}
 _CALLBACK_REFUSED = "Not accepted (`error_code` repeats the status)"
 # The callback routes' answers (DESIGN §6, dispatch.callbacks); the models themselves are
 # put in the document by app.py's openapi (they are no route's response_model).
@@ -313,12 +314,21 @@ CALLBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
         "bug): the provider sends again",
         **_json_of(CallbackError),
     },
-    503: {"description": "Redis cannot take the events: send again", **_json_of(CallbackError)},
+    503: {
+        "description": "Redis cannot take the events, or an SNS signing certificate cannot "
+        "be fetched: send again (after `Retry-After` seconds)",
+        "headers": _RETRY_AFTER,
+        **_json_of(CallbackError),
+    },
 }
 PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The URL is a provider's callback URL", **_json_of(CallbackSuccess)},
     400: {"description": _CALLBACK_REFUSED + ": not a callback URL", **_json_of(CallbackError)},
-    503: {"description": "Redis cannot serve", **_json_of(CallbackError)},
+    503: {
+        "description": "Redis cannot serve: try again after `Retry-After` seconds",
+        "headers": _RETRY_AFTER,
+        **_json_of(CallbackError),
+    },
 }
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": HealthError, "description": "Redis does not answer"},
