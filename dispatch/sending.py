@@ -72,17 +72,30 @@ log = logging.getLogger(__name__)
 STATUS_POLL_SECONDS = 0.5
 
 
-async def give_back_claims(writer: LedgerWriter, items: Iterable[Item]) -> None:
+async def give_back_claims(
+    writer: LedgerWriter,
+    items: Iterable[Item],
+    detail: str = "claimed, not attempted: the batch stopped first",
+) -> None:
     """Those of ``items`` the load claimed and this run did not attempt (it paused, no
-    connection slot came, it failed first) wait to be sent again, as after a
-    configuration error: a claim left behind would read as a lost send."""
+    connection slot came, it failed first, it must wait) wait to be sent again, as after
+    a configuration error: a claim left behind would read as a lost send. They are
+    marked unclaimed at once, before the write: a sender of the batch that takes one
+    meanwhile claims it again, in the same writer's order, after this write."""
     left = [item for item in items if item.claimed]
     if left:
+        for item in left:
+            item.claimed = False
         made = Records()
-        detail = "claimed, not attempted: the batch stopped first"
         await writer.settle_many(
             [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
         )
+
+
+# Why a message the load claimed went back to waiting (its record, until it is claimed
+# again): nothing waits claimed for a connection slot or the provider's pace, since a
+# worker killed meanwhile would leave a claim that reads as a lost send (``unknown``).
+_WAITED = "claimed, not attempted: given back while the batch waited for its turn"
 
 
 @dataclass
@@ -447,8 +460,10 @@ class BatchSender:
         slots = self.c.slots
         if kept is None:
             kept = KeptSession(self.pool_key, slots, secrets.token_hex(8))
-            if not await slots.hold(kept.token, self._stop_waiting):
-                return
+            if not await slots.acquire(kept.token):
+                await give_back_claims(self.writer, self.queue, _WAITED)
+                if not await slots.hold(kept.token, self._stop_waiting):
+                    return
         self.holding += 1
         renewer = asyncio.create_task(slots.renew(kept.token, kept.lose_slot))
         keep_in: SessionPool | None = None  # set once the sender ended cleanly
@@ -471,26 +486,34 @@ class BatchSender:
             if self.stopped:
                 self.put_back(chunk)  # left queued for resume
                 return
-            if kept.slot_lost and not await self._slot_again(kept):
-                self.put_back(chunk)
-                return
-            messages = await self._prepare(chunk)
-            if not messages:
-                continue
+            if kept.slot_lost:
+                await give_back_claims(self.writer, chunk, _WAITED)
+                if not await self._slot_again(kept):
+                    self.put_back(chunk)
+                    return
             try:
-                grant = await self.c.limiter.take_some(len(messages))
+                grant = await self.c.limiter.take_some(len(chunk))
             except QuotaExhaustedError as exc:
-                await self._session_failed(messages, exc)
+                self.put_back(chunk)
+                await give_back_claims(self.writer, chunk, exc.detail)
+                self._stop_for(exc)
                 return
-            if grant.count < len(messages):  # the last of today's quota: the rest waits
-                self._give_back(messages[grant.count :])
-                messages = messages[: grant.count]
+            if grant.count < len(chunk):  # the last of today's quota: the rest waits
+                self.put_back(chunk[grant.count :])
+                chunk = chunk[: grant.count]
             if grant.wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
+                await give_back_claims(self.writer, chunk, _WAITED)
                 await self._rest(grant.wait)
                 if self.stopped:
-                    self._give_back(messages)
-                    await self.c.limiter.refund(grant, len(messages))
+                    self.put_back(chunk)
+                    await self.c.limiter.refund(grant, len(chunk))
                     return
+            # Built and claimed right before they go out: none waits claimed.
+            messages = await self._claim(await self._build(chunk))
+            if len(messages) < len(chunk):  # not buildable, or settled by someone else
+                await self.c.limiter.refund(grant, len(chunk) - len(messages))
+            if not messages:
+                continue
             session = kept.session
             if session is None:
                 try:
@@ -533,13 +556,6 @@ class BatchSender:
         kept.slot_lost = False  # (the renewal may have seen it gone while we waited)
         return True
 
-    def _give_back(self, messages: list[tuple[Item, OutgoingMessage]]) -> None:
-        """Claimed, not attempted: queued again, still claimed by this run."""
-        for item, _ in messages:
-            item.claimed = True
-            item.attempts -= 1
-        self.put_back(item for item, _ in messages)
-
     async def _rest(self, seconds: float) -> None:
         """Wait ``seconds`` (the provider's pace, a backoff or a throttle's pause), less
         when the batch ends meanwhile (paused, cancelled, handed on by a stopping worker:
@@ -548,8 +564,8 @@ class BatchSender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.done.wait(), seconds)
 
-    async def _prepare(self, chunk: list[Item]) -> list[tuple[Item, OutgoingMessage]]:
-        """Render and claim the items; those that cannot be built fail at once."""
+    async def _build(self, chunk: list[Item]) -> list[tuple[Item, OutgoingMessage]]:
+        """Render the items; those that cannot be built fail at once."""
         built: list[tuple[Item, OutgoingMessage]] = []
         failed: list[_Write] = []
         for item in chunk:
@@ -580,6 +596,15 @@ class BatchSender:
                 )
         # Written over what they were (claimed by the load, or waiting for a retry).
         await self._commit(failed, claimed=False)
+        for w in failed:
+            w.item.claimed = False  # settled
+        return built
+
+    async def _claim(
+        self, built: list[tuple[Item, OutgoingMessage]]
+    ) -> list[tuple[Item, OutgoingMessage]]:
+        """Claim the built items the load did not; those someone else settled meanwhile
+        are dropped (never sent twice)."""
         wanted = [item for item, _ in built if not item.claimed]
         answers = iter(
             await self.writer.claim_many(
@@ -594,19 +619,21 @@ class BatchSender:
                 continue
             # Settled by someone else meanwhile: never send twice.
             self._one_less()
-        for w in failed:
-            w.item.claimed = False  # settled
         return ready
+
+    def _stop_for(self, exc: ConfigurationError) -> None:
+        """The batch stops, and its campaign pauses, for ``exc``."""
+        # A used-up quota is no connection error: its detail says it all.
+        quota = isinstance(exc, QuotaExhaustedError)
+        self.c.stop_reason = exc.detail if quota else f"{exc.error_class.value}: {exc.detail}"
+        self.c.stop_kind = incidents.kind_of(exc)
 
     async def _session_failed(
         self, messages: list[tuple[Item, OutgoingMessage]], exc: ProviderError
     ) -> None:
         """The session could not start or died before these messages were handed over."""
         if isinstance(exc, ConfigurationError):
-            # A used-up quota is no connection error: its detail says it all.
-            quota = isinstance(exc, QuotaExhaustedError)
-            self.c.stop_reason = exc.detail if quota else f"{exc.error_class.value}: {exc.detail}"
-            self.c.stop_kind = incidents.kind_of(exc)
+            self._stop_for(exc)
             writes = []
             for item, _ in messages:  # give the claim back: not attempted
                 item.attempts -= 1

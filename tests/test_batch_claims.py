@@ -17,7 +17,9 @@ import redis
 from dispatch import campaigns, lifecycle, store, suppressions
 from dispatch.batch_items import load_batch
 from dispatch.ledger import BatchLease, LedgerWriter, parse_record, record
+from dispatch.limits import ProviderLimiter
 from dispatch.models import MessageState
+from dispatch.provider_store import load_provider
 from dispatch.sending import run_batch
 from tests.helpers import create_held, http_provider, recipients, run_batches
 from tests.http_sink import HttpSink
@@ -99,38 +101,51 @@ def test_suppressed_after_storing_are_not_sent_by_a_one_chunk_batch(
     assert campaigns.get_status(cid, redis_client).value == "completed"
 
 
+@pytest.mark.parametrize("wait", ["slot", "pace"])
 def test_a_batch_that_stops_before_sending_gives_its_claims_back(
-    redis_client: redis.Redis,
+    redis_client: redis.Redis, wait: str
 ) -> None:
-    """Paused while it waits for a connection slot: after resume every message is sent,
-    none is recorded ``unknown`` (a claim left behind would read as a lost send)."""
+    """Paused while it waits for a connection slot or the provider's pace: after resume
+    every message is sent, none is recorded ``unknown`` (a claim left behind would read
+    as a lost send). The load's claims are given back as soon as the run must wait: none
+    waits claimed (a worker killed meanwhile leaves them to be sent, not ``unknown``)."""
     with HttpSink() as sink:
-        cid, batches = _create(redis_client, 3, sink.url, max_connections=1)
         slots = f"{store.PREFIX}:connections:esp"
-        redis_client.zadd(slots, {"another-worker": time.time() + 600})
+        if wait == "slot":
+            cid, batches = _create(redis_client, 3, sink.url, max_connections=1)
+            redis_client.zadd(slots, {"another-worker": time.time() + 600})
+        else:
+            cid, batches = _create(redis_client, 3, sink.url, rate_per_second=1)
 
         async def paused_while_waiting() -> None:
             r = store.async_client()
             try:
+                if wait == "pace":  # another batch took the next 30 seconds of the pace
+                    await ProviderLimiter(r, load_provider("esp", redis_client), 1).take_some(30)
                 running = asyncio.create_task(run_batch(cid, 0, r=r))
-                for _ in range(100):  # the load has claimed them: the run waits for a slot
-                    if len(_states(redis_client, cid)) == 3:
-                        break
+                # A one-chunk batch's load claims them, and gives them back to wait for
+                # a slot; paced ones go out in chunks claimed only once their turn came.
+                waiting = {"retry"} if wait == "slot" else set()
+                for _ in range(20):
                     await asyncio.sleep(0.05)
-                assert set(_states(redis_client, cid).values()) == {"claimed"}
+                    assert "claimed" not in _states(redis_client, cid).values()
+                assert set(_states(redis_client, cid).values()) == waiting
+                assert not running.done()  # still waiting for its turn
                 lifecycle.pause(cid, client=redis_client)
                 await asyncio.wait_for(running, timeout=10)
             finally:
                 await r.aclose()
 
         asyncio.run(paused_while_waiting())
-        assert set(_states(redis_client, cid).values()) == {"retry"}
+        assert set(_states(redis_client, cid).values()) <= {"retry"}
         assert sink.requests == []
         redis_client.zrem(slots, "another-worker")
+        redis_client.delete(f"{store.PREFIX}:pace:esp")
         again: list[tuple[str, int]] = []
         lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: again.append((c, b)))
         run_batches(again)
-        assert len(sink.requests) == 1
+        sent = [m["to"] for request in sink.requests for m in request.json()["msgs"]]
+        assert sorted(sent) == [f"user{i}@example.com" for i in range(3)]
     counters = campaigns.get_counters(cid, redis_client)
     assert (counters["sent"], counters["unknown"], counters["queued"]) == (3, 0, 0)
     assert batches == [(cid, 0)]
