@@ -4,7 +4,8 @@ Every state change of a message goes through one Lua script that (1) checks the 
 lease, so a worker that lost its lease can never write, (2) moves the message's record,
 (3) moves the campaign counters from the old state's bucket to the new one and (4) appends
 the system event to ``dispatch:events``. Claims only succeed on a message that is still
-queued or waiting for a retry, so a redelivered batch skips everything already sent.
+queued or waiting for a retry, so a redelivered batch skips everything already sent, and
+a claim to send only while the campaign has not ended (cancelled, expired).
 
 :class:`LedgerWriter` coalesces the claims and records of all concurrent senders of a
 batch into one script call per round trip (group commit): a claim still happens before
@@ -74,6 +75,17 @@ for first = 1, #need, PIECE do
   for i = 1, #part do olds[at[first + i - 1]] = part[i] end
 end
 local terminal = {sent=1, failed=1, suppressed=1, cancelled=1, expired=1, unknown=1}
+-- A claim to send is refused once the campaign has ended: a cancel (or the expiry)
+-- answers before a worker has settled a big campaign's messages, and a batch that has
+-- not seen the status yet must not send them meanwhile.
+local ended = nil
+local function has_ended()
+  if ended == nil then
+    local status = KEYS[6] and redis.call('HGET', KEYS[6], 'status')
+    ended = status == 'cancelled' or status == 'expired'
+  end
+  return ended
+end
 local function bucket(state)
   if state and terminal[state] then return state end
   return 'queued'
@@ -122,7 +134,7 @@ for _, g in ipairs(groups) do
       local seq = seqs[i]
       local old = latest[seq]
       if old == nil then old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false end
-      if claim and old and old ~= 'retry' then
+      if claim and ((old and old ~= 'retry') or (new == 'claimed' and has_ended())) then
         out[i] = '0'
       else
         latest[seq] = new

@@ -8,10 +8,11 @@ beat) never both win. Message states only ever change through the ledger's scrip
   messages. What they had not claimed stays queued (or ``retry``) in the ledger.
 * **resume** sets ``running`` and hands every batch to the workers again; a batch skips what
   the ledger settled, and its lease keeps two workers off the same batch.
-* **cancel** sets ``cancelled`` and settles every unsent message ``cancelled`` at once, with
-  the ledger's claim operation: it only takes a message that is still queued or waiting
-  for a retry, so a message a worker is sending right now is never overwritten and ends
-  ``sent`` (or failed) as it really did.
+* **cancel** sets ``cancelled`` and settles every unsent message ``cancelled`` (before it
+  answers, or for a big campaign by a worker right after: the ledger refuses a batch's
+  claim once its campaign has ended, so nothing is sent meanwhile). Settling only takes
+  a message that is still queued or waiting for a retry, so a message a worker is sending
+  right now is never overwritten and ends ``sent`` (or failed) as it really did.
 * **retry-failed** queues failed messages again, if their failure may pass (see
   :func:`is_retryable`), each message at most once; counters move failed -> queued.
 * **expiry** (beat): once ``expires_at`` has passed, the unsent messages of a campaign that
@@ -26,7 +27,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +38,7 @@ import redis.asyncio as aioredis
 
 from dispatch import campaigns, reputation, retention, store
 from dispatch.campaigns import CampaignStateError, EnqueueBatch
-from dispatch.ledger import LedgerWriter, Records, parse_record, record, records_between
+from dispatch.ledger import LedgerWriter, Records, parse_record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.recipient_pages import (
     lines_of,
@@ -62,13 +63,17 @@ _S = CampaignStatus
 log = logging.getLogger(__name__)
 
 
+# ARGV: the new status, its reason, then the statuses it may change from. With KEYS[2]
+# (the active index) the campaign (ARGV[3]) joins it in the same step.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'', 0} end
-for i = 3, #ARGV do
+local first = KEYS[2] and 4 or 3
+for i = first, #ARGV do
   if cur == ARGV[i] then
     local t = redis.call('TIME')
     redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'status_at', t[1])
+    if KEYS[2] then redis.call('ZADD', KEYS[2], t[1], ARGV[3]) end
     return {cur, 1}
   end
 end
@@ -82,17 +87,22 @@ def _transition(
     to: CampaignStatus,
     allowed: Iterable[CampaignStatus],
     reason: str = "",
+    *,
+    watch: bool = False,
 ) -> CampaignStatus | None:
     """Set ``to`` if the status is one of ``allowed``; the status found, or None if not.
+    ``watch``: the campaign joins the active index (housekeeping) with the change.
 
     Raises :class:`campaigns.CampaignNotFoundError`.
     """
+    keys = [store.campaign_key(campaign_id), *([store.ACTIVE_ZSET] if watch else [])]
     found, changed = r.eval(
         _TRANSITION,
-        1,
-        store.campaign_key(campaign_id),
+        len(keys),
+        *keys,
         to.value,
         reason,
+        *([campaign_id] if watch else []),
         *(s.value for s in allowed),
     )
     if not found:
@@ -192,55 +202,102 @@ async def _provider_of(r: aioredis.Redis, campaign_id: str) -> str:
     return str(await r.hget(store.campaign_key(campaign_id), "provider") or "")
 
 
+# Messages a cancel (or beat's expiry) settles before it answers: a campaign with more
+# recipients is handed to a worker (the ``dispatch.settle_ended`` task), so the answer
+# never waits for millions of ledger writes (2.24 million took 23 s: past a proxy's
+# timeout). Whatever the size, nothing is sent after the answer: the ledger refuses a
+# batch's claim once its campaign has ended (dispatch.ledger).
+INLINE_SETTLE_LIMIT = 20_000
+SETTLE_WINDOW = 4000  # messages settled by one script call (a few ms of Redis's time)
+
+# Settles the messages ARGV[1] .. ARGV[2] - 1 that are still queued (no record) or
+# waiting for a retry (their attempts are kept) as ARGV[3], at time ARGV[4], counted
+# under provider ARGV[5], in one step: no record travels to the client and back. The
+# counters move as the ledger's script moves them (dispatch.ledger._APPLY: queued ->
+# the terminal state, once per message, and the provider's outcome tally), and the
+# campaign's ``progress_at`` says someone is on it (housekeeping waits). A message a
+# worker holds (``claimed``) is left to it; its seq comes back so that its batch is
+# handed out again. Returns {settled, {claimed seq, ...}}.
+_SETTLE_WINDOW = r"""
+local ledger, counters, stats, campaign = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local first, stop, state, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local match = string.match
+local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
+local fields, claimed, settled, made = {}, {}, 0, {}  -- made: the record by attempts
+for from = first, stop - 1, PIECE do
+  local seqs = {}
+  for seq = from, math.min(stop, from + PIECE) - 1 do seqs[#seqs + 1] = seq end
+  local recs = redis.call('HMGET', ledger, unpack(seqs))
+  for i = 1, #seqs do
+    local rec, attempts = recs[i], '0'
+    local old = rec and match(rec, '^{"s":"(%a+)"')
+    if old == 'claimed' then claimed[#claimed + 1] = seqs[i] end
+    if not rec or old == 'retry' then
+      if rec then attempts = match(rec, '"a":(%d+)') or '0' end
+      local new = made[attempts]
+      if not new then
+        new = '{"s":"' .. state .. '","a":' .. attempts .. ',"t":' .. now .. '}'
+        made[attempts] = new
+      end
+      settled = settled + 1
+      fields[settled * 2 - 1] = seqs[i]
+      fields[settled * 2] = new
+    end
+  end
+end
+for i = 1, #fields, PIECE do
+  redis.call('HSET', ledger, unpack(fields, i, math.min(#fields, i + PIECE - 1)))
+end
+if settled > 0 then
+  redis.call('HINCRBY', counters, 'queued', -settled)
+  redis.call('HINCRBY', counters, state, settled)
+  redis.call('HINCRBY', stats, ARGV[5] .. '|' .. state, settled)
+end
+redis.call('HSET', campaign, 'progress_at', redis.call('TIME')[1])
+return {settled, claimed}
+"""
+
+SettleLater = Callable[[str, CampaignStatus], None]
+
+
 @dataclass
 class _Settled:
     count: int = 0
     batches_with_claims: set[int] = field(default_factory=set)
 
 
-async def _settle_unsent(
-    r: aioredis.Redis, campaign_id: str, state: MessageState, batch_size: int
-) -> _Settled:
-    """Give every message still queued or waiting for a retry the terminal ``state``."""
+def _settle(campaign_id: str, state: MessageState, r: redis.Redis) -> _Settled:
+    """Give every message still queued or waiting for a retry the terminal ``state``,
+    :data:`SETTLE_WINDOW` messages a round trip. Raises ``redis.RedisError`` (what it
+    settled stays settled; running it again finishes the rest)."""
+    key = store.campaign_key(campaign_id)
+    batch_size, provider = r.hmget(key, ["batch_size", "provider"])
+    per_batch = int(batch_size or get_settings().batch_size)
+    keys = [
+        store.ledger_key(campaign_id),
+        store.counters_key(campaign_id),
+        store.MESSAGE_STATS_HASH,
+        key,
+    ]
+    script = r.register_script(_SETTLE_WINDOW)
+    total = stored_count(r, campaign_id)
     out = _Settled()
-    writer = LedgerWriter(r, campaign_id, provider=await _provider_of(r, campaign_id))
-    total = await stored_count_async(r, campaign_id)
-    records: dict[int, bytes] = {}  # one record per attempt count: groups in the ledger
-    for start in range(0, total, WINDOW):
-        found = await records_between(r, campaign_id, start, min(start + WINDOW, total))
-        claims = []
-        for seq in range(start, min(start + WINDOW, total)):
-            raw = found.get(seq)
-            attempts = 0
-            if raw is not None:  # (none: still queued)
-                rec = parse_record(raw)
-                assert rec is not None
-                if rec["state"] == MessageState.CLAIMED.value:
-                    out.batches_with_claims.add(seq // batch_size)
-                if rec["state"] != MessageState.RETRY.value:
-                    continue
-                attempts = int(rec["attempts"])
-            if attempts not in records:
-                records[attempts] = record(state, attempts=attempts)
-            claims.append((seq, records[attempts]))
-        if claims:
-            out.count += sum(await writer.claim_many(claims))
+    for start in range(0, total, SETTLE_WINDOW):
+        stop = min(start + SETTLE_WINDOW, total)
+        now = f"{time.time():.3f}"
+        settled, claimed = script(
+            keys=keys, args=[start, stop, state.value, now, provider or "unknown"]
+        )
+        out.count += int(settled)
+        out.batches_with_claims.update(int(seq) // per_batch for seq in claimed)
     return out
 
 
-def _settle(campaign_id: str, state: MessageState, r: redis.Redis) -> _Settled:
-    batch_size = int(
-        r.hget(store.campaign_key(campaign_id), "batch_size") or get_settings().batch_size
-    )
+def _settle_in_a_worker(campaign_id: str, status: CampaignStatus) -> None:
+    """Hand the settling of an ended campaign to the workers (``dispatch.settle_ended``)."""
+    from dispatch.tasks import settle_ended as task
 
-    async def go() -> _Settled:
-        client = store.async_client()
-        try:
-            return await _settle_unsent(client, campaign_id, state, batch_size)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+    task.apply_async((campaign_id, status.value))
 
 
 def _end(
@@ -249,20 +306,34 @@ def _end(
     reason: str,
     r: redis.Redis,
     enqueue: EnqueueBatch | None,
+    settle_later: SettleLater | None,
 ) -> CampaignStatus | None:
-    """Move a campaign that is not finished to ``status`` and settle its unsent messages.
+    """Move a campaign that is not finished to ``status`` and settle its unsent messages:
+    here, or for a campaign of more than :data:`INLINE_SETTLE_LIMIT` recipients by a
+    worker right after (``settle_later``; None: the ``dispatch.settle_ended`` task).
 
-    Batches that hold a message claimed by a worker are handed out again: a live worker
-    records its outcome itself, and for a dead one the batch's next run records ``unknown``.
-    Returns the status found, or None when the campaign was already finished.
+    The campaign joins the active index in the same step as its status changes, so that
+    housekeeping settles what a lost or interrupted settling left (a worker killed, Redis
+    restarted). Batches that hold a message claimed by a worker are handed out again: a
+    live worker records its outcome itself, and for a dead one the batch's next run
+    records ``unknown``. Returns the status found, or None when the campaign was already
+    finished.
     """
     found = _transition(
-        r, campaign_id, status, (_S.DRAFT, _S.SCHEDULED, _S.RUNNING, _S.PAUSED), reason
+        r,
+        campaign_id,
+        status,
+        (_S.DRAFT, _S.SCHEDULED, _S.RUNNING, _S.PAUSED),
+        reason,
+        watch=True,
     )
     if found is None:
         return None
     r.zrem(store.SCHEDULED_ZSET, campaign_id)
-    settle_ended(campaign_id, status, r, enqueue)
+    if stored_count(r, campaign_id) > INLINE_SETTLE_LIMIT:
+        (settle_later or _settle_in_a_worker)(campaign_id, status)
+    else:
+        settle_ended(campaign_id, status, r, enqueue)
     return found
 
 
@@ -273,9 +344,11 @@ def settle_ended(
     expired) as it says, and hand out again the batches that hold a worker's claim (a
     live worker records its outcome, a dead one's ends ``unknown``); how many settled.
 
-    Housekeeping calls it too, for an ended campaign whose messages are still unsent:
-    a batch that found ``expires_at`` passed expired the campaign (beat's expiry then
-    finds nothing to do), and the tasks of its other batches died with their worker.
+    Called by a cancel or the expiry (or, for a big campaign, the task they hand it
+    to), and by housekeeping for an ended campaign whose messages are still unsent: a
+    settling that was interrupted, a batch that found ``expires_at`` passed and expired
+    the campaign (beat's expiry then finds nothing to do), the tasks of its other batches
+    that died with their worker. Raises ``redis.RedisError``.
     """
     settled = _settle(campaign_id, MessageState(status.value), r)
     with campaigns.batch_enqueuer(enqueue) as send:
@@ -285,16 +358,23 @@ def settle_ended(
 
 
 def cancel(
-    campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
+    campaign_id: str,
+    *,
+    client: redis.Redis | None = None,
+    enqueue: EnqueueBatch | None = None,
+    settle_later: SettleLater | None = None,
 ) -> dict[str, Any]:
     """Cancel a campaign: every message not sent yet ends ``cancelled``; its summary.
 
-    Cancelling a cancelled campaign changes nothing. Raises
+    Nothing is sent after it returns (a message on the wire ends as it really does). A
+    campaign of more than :data:`INLINE_SETTLE_LIMIT` recipients answers at once, its
+    summary still counting ``queued`` what a worker settles right after (see
+    :func:`_end`). Cancelling a cancelled campaign changes nothing. Raises
     :class:`campaigns.CampaignNotFoundError`, :class:`CampaignStateError` when it has
     completed or expired.
     """
     r = client or store.sync_client()
-    found = _end(campaign_id, _S.CANCELLED, "cancelled", r, enqueue)
+    found = _end(campaign_id, _S.CANCELLED, "cancelled", r, enqueue, settle_later)
     if found is None and campaigns.get_status(campaign_id, r) is not _S.CANCELLED:
         raise _refuse(campaign_id, "cancelled", r)
     return campaigns.campaign_summary(campaign_id, r)
@@ -316,15 +396,17 @@ def expire_due(
     now: float | None = None,
     client: redis.Redis | None = None,
     enqueue: EnqueueBatch | None = None,
+    settle_later: SettleLater | None = None,
 ) -> list[str]:
-    """Expire every unfinished campaign whose ``expires_at`` has passed (beat); their ids."""
+    """Expire every unfinished campaign whose ``expires_at`` has passed (beat); their ids
+    (a big one's messages are settled by a worker right after, as for :func:`cancel`)."""
     r = client or store.sync_client()
     due = r.zrangebyscore(store.EXPIRING_ZSET, 0, now if now is not None else time.time())
     expired = []
     for member in due:
         campaign_id = str(member)
         try:
-            ended = _end(campaign_id, _S.EXPIRED, EXPIRED_REASON, r, enqueue)
+            ended = _end(campaign_id, _S.EXPIRED, EXPIRED_REASON, r, enqueue, settle_later)
             if ended is not None or _completed_by_expiry(campaign_id, r):
                 expired.append(campaign_id)
         except campaigns.CampaignNotFoundError:

@@ -19,6 +19,7 @@ from celery.signals import (
 from dispatch import campaigns, effects, lifecycle, retention, runtime, store, worker_health
 from dispatch.celery_app import app
 from dispatch.housekeeping import sweep
+from dispatch.models import CampaignStatus
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings
 
@@ -111,6 +112,15 @@ def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, A
         extra={"campaign_id": campaign_id, "batch": batch, "counts": result.counts},
     )
     return {"counts": result.counts, "retry_at": result.retry_at}
+
+
+# Handed a big campaign by a cancel or the expiry (lifecycle.INLINE_SETTLE_LIMIT): safe
+# to run twice (only queued or retry-waiting messages are settled), and a run that died
+# half-way is finished by housekeeping (the campaign is on its active index).
+@app.task(name="dispatch.settle_ended", **_RETRY_ON_REDIS_ERRORS)
+def settle_ended(campaign_id: str, status: str) -> int:
+    """Settle the unsent messages of a cancelled or expired campaign; how many."""
+    return lifecycle.settle_ended(campaign_id, CampaignStatus(status), store.sync_client(), None)
 
 
 @app.task(name="dispatch.housekeeping")
