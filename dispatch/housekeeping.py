@@ -12,7 +12,9 @@ has can only be lost: reserved by a worker that died, or dropped by workers whos
 connection broke, as when Redis restarts: Celery forgets its reserved and ETA tasks and
 Redis hands them out again only after the visibility timeout). Otherwise, twice the
 longest retry wait, since its tasks may be waiting behind other campaigns' batches.
-Either way never before the latest time a batch of it parked itself for a retry.
+Either way never before the latest time a batch of it parked itself for a retry. But a
+campaign that was running when Redis restarted or failed over (its run_id changed) has
+lost the tasks its workers held whatever else runs: it waits two lease TTLs, once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
 
 RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep, besides the active ones
+# What the sweep reads of each campaign (``restarted_at``: when it last re-enqueued it).
+_FIELDS = ["status", "progress_at", "started_at", "batches", "parked_until", "status_at",
+           "restarted_at"]  # fmt: skip
 
 
 def sweep(
@@ -43,16 +48,14 @@ def sweep(
     idle: bool | None = None  # nothing runs and nothing waits (asked once, when needed)
     done: dict[str, list[str]] = {"finished": [], "restarted": [], "paused": []}
     running: list[str] = []
+    redis_since = _redis_since(r, now)
     # The active index holds every campaign started and not yet found finished, however
     # many were created since; the newest are read too (started before the index).
     active = {str(m) for m in r.zrange(store.ACTIVE_ZSET, 0, -1)}
     recent = [str(m) for m in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1)]
     for campaign_id in dict.fromkeys([*recent, *active]):
-        fields = r.hmget(
-            store.campaign_key(campaign_id),
-            ["status", "progress_at", "started_at", "batches", "parked_until", "status_at"],
-        )
-        status, progress_at, started_at, batches, parked_until, status_at = fields
+        fields = r.hmget(store.campaign_key(campaign_id), _FIELDS)
+        status, progress_at, started_at, batches, parked_until, status_at, restarted_at = fields
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
                 since = max(float(progress_at or 0), float(status_at or 0))
@@ -66,7 +69,9 @@ def sweep(
         quiet = now - max(float(progress_at or 0), float(started_at or 0), float(parked_until or 0))
         if quiet < quick:
             continue
-        if quiet < stall:
+        # Running before this Redis and not restarted since: its held tasks may be lost.
+        lost = max(float(started_at or 0), float(restarted_at or 0)) < redis_since
+        if quiet < stall and not lost:
             if idle is None:
                 idle = _nothing_runs_or_waits(r)
             if not idle:
@@ -75,7 +80,7 @@ def sweep(
             continue  # a worker is on it
         total = stored_count(r, campaign_id)
         count = int(batches or math.ceil(total / settings.batch_size))
-        r.hset(store.campaign_key(campaign_id), "progress_at", str(now))
+        r.hset(store.campaign_key(campaign_id), mapping={"progress_at": now, "restarted_at": now})
         for batch in range(count):
             enqueue(campaign_id, batch)
         done["restarted"].append(campaign_id)
@@ -84,6 +89,22 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+def _redis_since(r: redis.Redis, now: float) -> float:
+    """Since when the sweeps have seen this Redis: ``now`` when its run_id is new (it
+    restarted, or a replica took over), 0 at the first sweep ever or when Redis does not
+    say (a managed Redis may refuse INFO)."""
+    try:
+        run_id = str(r.info("server").get("run_id") or "")
+    except redis.ResponseError:
+        return 0.0
+    seen, since = r.hmget(store.REDIS_RUN_HASH, ["run_id", "since"])
+    if not run_id or seen == run_id:
+        return float(since or 0)
+    first = now if seen else 0.0
+    r.hset(store.REDIS_RUN_HASH, mapping={"run_id": run_id, "since": first})
+    return first
 
 
 _ENDED = (CampaignStatus.CANCELLED.value, CampaignStatus.EXPIRED.value)

@@ -128,6 +128,9 @@ def batch_lease_key(campaign_id: str, batch: int) -> str:
 # it, not of a SCAN of the keyspace. A lease whose holder was killed leaves its entry
 # behind until that time, as it leaves its key.
 LEASES_ZSET = f"{PREFIX}:leases"
+# The Redis beat's housekeeping last saw (``run_id``) and since when (``since``): a new
+# one (a restart, a failover) means the workers lost the batch tasks they held.
+REDIS_RUN_HASH = f"{PREFIX}:housekeeping:redis"
 
 
 def worker_stopping_key(hostname: str) -> str:

@@ -7,14 +7,19 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import housekeeping, store
+from dispatch import campaigns, housekeeping, store
 from dispatch.batch_items import begin_batch
 from dispatch.ledger import BatchLease
+from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
-from tests.worker import wait_for
+from dispatch.settings import Settings, get_settings
+from tests.helpers import assert_each_sent_once, create_held, recipients, smtp_provider
+from tests.smtp_server import SmtpTestServer
+from tests.worker import FAST_ENV, WorkerProcess, batch_enqueuer, wait_for, wait_for_queues
 
 OTHER_KEYS = 20_000  # callback dedupe keys (a busy provider leaves millions)
 
@@ -110,4 +115,84 @@ def test_a_lease_whose_holder_died_does_not_count_for_ever(own_redis: RedisServe
         r.delete(store.batch_lease_key("x", 0))
         assert housekeeping._nothing_runs_or_waits(r)
     finally:
+        r.close()
+
+
+def test_after_a_redis_restart_a_quiet_campaign_is_enqueued_again_once(
+    own_redis: RedisServer,
+) -> None:
+    """A campaign running before Redis restarted is enqueued again after two lease TTLs
+    of quiet although another batch runs, and only once: after that, its tasks may just
+    wait behind the others, and the long stall time holds again."""
+    quick = get_settings().lease_ttl_ms / 1000 * 2
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    try:
+        smtp_provider(r, 2525)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
+        cid, _ = create_held(r, body)
+        started = float(r.hget(store.campaign_key(cid), "started_at") or 0)
+        housekeeping.sweep(r, lambda c, b: None, now=started)  # beat saw this Redis
+        own_redis.restart()
+        r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        _with_lease(own_redis.url, lambda c: BatchLease(c, "other", 0).acquire())
+
+        def restarted(after: float) -> list[str]:
+            again: list[tuple[str, int]] = []
+            done = housekeeping.sweep(r, lambda c, b: again.append((c, b)), now=started + after)
+            assert again == [(cid, 0)] * len(done["restarted"])
+            return done["restarted"]
+
+        assert restarted(1) == []  # its batch may still come (quiet for less than quick)
+        assert restarted(quick + 1) == [cid]
+        assert restarted(quick * 3) == []
+        assert restarted(quick * 6) == []
+    finally:
+        r.close()
+
+
+@pytest.mark.integration
+def test_a_campaign_whose_tasks_redis_lost_goes_on_while_others_run(
+    monkeypatch: pytest.MonkeyPatch, own_redis: RedisServer, smtp: SmtpTestServer
+) -> None:
+    """Redis restarts mid-campaign: the worker forgets the batch tasks it held. A busy
+    service then has other batches running or queued, and the sweep waited its long
+    stall time (twice DISPATCH_RETRY_MAX_SECONDS: 20 minutes by default) before it
+    enqueued the campaign again. Now a campaign that ran before the restart goes on two
+    lease TTLs after it went quiet, whatever else runs; every address gets one message."""
+    lease_ttl_ms = int(FAST_ENV["DISPATCH_LEASE_TTL_MS"])
+    sweeping = Settings(lease_ttl_ms=lease_ttl_ms, retry_max_seconds=600)
+    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+    worker = WorkerProcess(own_redis.url, concurrency=2).start()
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    try:
+        wait_for_queues(r)
+        enqueue = batch_enqueuer(own_redis.url)
+        smtp_provider(r, smtp.port, max_connections=1, rate_per_second=300)
+        # Another service's campaign through a slow provider: one batch that sends for
+        # minutes (its lease held), started after the restart.
+        smtp_provider(r, smtp.port, "slow", max_connections=1, rate_per_second=2)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3000)}
+        cid, _ = campaigns.create_campaign(
+            CampaignRequest.model_validate(body), client=r, enqueue=enqueue
+        )
+        housekeeping.sweep(r, enqueue)  # beat's sweeps saw this Redis
+        wait_for(lambda: len(smtp.messages) >= 300, timeout=60)
+        own_redis.restart()  # a clean stop (the AOF is complete) and a start on its data
+        r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        wait_for_queues(r)
+        other = {"provider": "slow", "subject": "s", "html": "h",
+                 "recipients": recipients(1000, "other.example")}  # fmt: skip
+        campaigns.create_campaign(CampaignRequest.model_validate(other), client=r, enqueue=enqueue)
+
+        def completed() -> bool:
+            if worker.proc is not None and worker.proc.poll() is not None:
+                worker.start()  # Celery may end a worker on the lost connection
+            housekeeping.sweep(r, enqueue)  # as beat does every 30 s
+            return campaigns.get_status(cid, r).value == "completed"
+
+        wait_for(completed, timeout=90, interval=1.0)
+        received = [m.rcpt_tos[0] for m in smtp.messages if "other.example" not in m.rcpt_tos[0]]
+        assert assert_each_sent_once(r, cid, received) <= 8  # a chunk of 4 a process
+    finally:
+        worker.stop()
         r.close()
