@@ -53,8 +53,8 @@ def sweep(
     # many were created since; the newest are read too (started before the index).
     active = {str(m) for m in r.zrange(store.ACTIVE_ZSET, 0, -1)}
     recent = [str(m) for m in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1)]
-    for campaign_id in dict.fromkeys([*recent, *active]):
-        fields = r.hmget(store.campaign_key(campaign_id), _FIELDS)
+    watched = list(dict.fromkeys([*recent, *active]))
+    for campaign_id, fields in zip(watched, _read_all(r, watched), strict=True):
         status, progress_at, started_at, batches, parked_until, status_at, restarted_at = fields
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
@@ -89,6 +89,21 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+CAMPAIGNS_PER_READ = 1000  # campaigns whose fields are read in one round trip
+
+
+def _read_all(r: redis.Redis, campaign_ids: list[str]) -> list[list[str | None]]:
+    """The sweep's fields of each campaign, a thousand campaigns to a round trip (one
+    round trip each cost a sweep 0.28 s with 2,000 paused campaigns and 10,000 others)."""
+    read: list[list[str | None]] = []
+    for first in range(0, len(campaign_ids), CAMPAIGNS_PER_READ):
+        pipe = r.pipeline(transaction=False)
+        for campaign_id in campaign_ids[first : first + CAMPAIGNS_PER_READ]:
+            pipe.hmget(store.campaign_key(campaign_id), _FIELDS)
+        read += pipe.execute()
+    return read
 
 
 def _redis_since(r: redis.Redis, now: float) -> float:

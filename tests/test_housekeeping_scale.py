@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -22,6 +22,7 @@ from tests.smtp_server import SmtpTestServer
 from tests.worker import FAST_ENV, WorkerProcess, batch_enqueuer, wait_for, wait_for_queues
 
 OTHER_KEYS = 20_000  # callback dedupe keys (a busy provider leaves millions)
+PAUSED = 2_500  # paused campaigns nobody resumed yet
 
 T = TypeVar("T")
 
@@ -114,6 +115,48 @@ def test_a_lease_whose_holder_died_does_not_count_for_ever(own_redis: RedisServe
         assert not housekeeping._nothing_runs_or_waits(r)
         r.delete(store.batch_lease_key("x", 0))
         assert housekeeping._nothing_runs_or_waits(r)
+    finally:
+        r.close()
+
+
+class _RoundTrips:
+    """Counts the round trips of a client: its commands, and its pipelines' executes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        command, execute = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+        def counted_command(client: redis.Redis, *args: Any, **options: Any) -> Any:
+            self.count += 1
+            return command(client, *args, **options)
+
+        def counted_execute(pipe: redis.client.Pipeline, *args: Any, **options: Any) -> Any:
+            self.count += 1
+            return execute(pipe, *args, **options)
+
+        monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
+        monkeypatch.setattr(redis.client.Pipeline, "execute", counted_execute)
+
+
+def test_a_sweep_reads_its_campaigns_a_thousand_to_a_round_trip(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paused campaigns stay watched until someone resumes or cancels them: after weeks
+    they number thousands, and the sweep read each one in a round trip of its own."""
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    try:
+        pipe = r.pipeline(transaction=False)
+        for i in range(PAUSED):
+            pipe.zadd(store.ACTIVE_ZSET, {f"paused-{i}": i})
+            pipe.hset(store.campaign_key(f"paused-{i}"), mapping={"status": "paused"})
+        pipe.execute()
+        trips = _RoundTrips(monkeypatch)
+        assert housekeeping.sweep(r, lambda c, b: None) == {
+            "finished": [],
+            "restarted": [],
+            "paused": [],
+        }
+        assert trips.count <= 20, trips.count
     finally:
         r.close()
 
