@@ -11,7 +11,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dispatch import store
-from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, parse_record, record
+from dispatch.ledger import (
+    NOTE_LEASE_HELD,
+    BatchLease,
+    LedgerWriter,
+    Records,
+    claim_record,
+    parse_record,
+    record,
+)
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.recipient_pages import documents_of, page_span
 from dispatch.settings import Settings
@@ -77,13 +85,19 @@ end
 return {claim and 1 or 0, hits, found}
 """
 
-# The first round trip of a batch run: take the lease, read the campaign and its
-# provider's stored configuration (the key is built here from ARGV[4], the providers'
-# key prefix, and the campaign's "provider" field: one Redis, no cluster slots). The
+# The first round trip of a batch run: take the lease (noted in store.LEASES_ZSET), read
+# the campaign and its provider's stored configuration (the key is built here from
+# ARGV[4], the providers' key prefix, and the campaign's "provider" field: one Redis, no
+# cluster slots). The
 # content (a few KB to decode and validate) comes back only when its fingerprint is not
 # the one the caller already holds (ARGV[3]): a campaign's content never changes.
-_BEGIN = r"""
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+_BEGIN = (
+    r"""
+local lease, leases, ttl = KEYS[1], KEYS[3], ARGV[2]
+if not redis.call('SET', lease, ARGV[1], 'NX', 'PX', ttl) then return {0} end
+"""
+    + NOTE_LEASE_HELD
+    + r"""
 local f = redis.call('HMGET', KEYS[2], 'status', 'send_date', 'batch_size', 'fingerprint',
   'provider')
 local content = false
@@ -92,6 +106,7 @@ local provider = false
 if f[5] then provider = redis.call('GET', ARGV[4] .. f[5]) end
 return {1, f[1], f[2], f[3], f[4], f[5], content, provider}
 """
+)
 
 
 @dataclass
@@ -115,9 +130,10 @@ async def begin_batch(
     ``fingerprint``: that of the content the caller holds for this campaign, if any."""
     answer = await r.eval(
         _BEGIN,
-        2,
+        3,
         lease.key,
         store.campaign_key(campaign_id),
+        store.LEASES_ZSET,
         lease.token,
         lease.ttl_ms,
         fingerprint,

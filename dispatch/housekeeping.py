@@ -12,7 +12,9 @@ has can only be lost: reserved by a worker that died, or dropped by workers whos
 connection broke, as when Redis restarts: Celery forgets its reserved and ETA tasks and
 Redis hands them out again only after the visibility timeout). Otherwise, twice the
 longest retry wait, since its tasks may be waiting behind other campaigns' batches.
-Either way never before the latest time a batch of it parked itself for a retry.
+Either way never before the latest time a batch of it parked itself for a retry. But a
+campaign that was running when Redis restarted or failed over (its run_id changed) has
+lost the tasks its workers held whatever else runs: it waits two lease TTLs, once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
 
 RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep, besides the active ones
+# What the sweep reads of each campaign (``restarted_at``: when it last re-enqueued it).
+_FIELDS = ["status", "progress_at", "started_at", "batches", "parked_until", "status_at",
+           "restarted_at"]  # fmt: skip
 
 
 def sweep(
@@ -43,16 +48,14 @@ def sweep(
     idle: bool | None = None  # nothing runs and nothing waits (asked once, when needed)
     done: dict[str, list[str]] = {"finished": [], "restarted": [], "paused": []}
     running: list[str] = []
+    redis_since = _redis_since(r, now)
     # The active index holds every campaign started and not yet found finished, however
     # many were created since; the newest are read too (started before the index).
     active = {str(m) for m in r.zrange(store.ACTIVE_ZSET, 0, -1)}
     recent = [str(m) for m in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1)]
-    for campaign_id in dict.fromkeys([*recent, *active]):
-        fields = r.hmget(
-            store.campaign_key(campaign_id),
-            ["status", "progress_at", "started_at", "batches", "parked_until", "status_at"],
-        )
-        status, progress_at, started_at, batches, parked_until, status_at = fields
+    watched = list(dict.fromkeys([*recent, *active]))
+    for campaign_id, fields in zip(watched, _read_all(r, watched), strict=True):
+        status, progress_at, started_at, batches, parked_until, status_at, restarted_at = fields
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
                 since = max(float(progress_at or 0), float(status_at or 0))
@@ -66,7 +69,9 @@ def sweep(
         quiet = now - max(float(progress_at or 0), float(started_at or 0), float(parked_until or 0))
         if quiet < quick:
             continue
-        if quiet < stall:
+        # Running before this Redis and not restarted since: its held tasks may be lost.
+        lost = max(float(started_at or 0), float(restarted_at or 0)) < redis_since
+        if quiet < stall and not lost:
             if idle is None:
                 idle = _nothing_runs_or_waits(r)
             if not idle:
@@ -75,7 +80,7 @@ def sweep(
             continue  # a worker is on it
         total = stored_count(r, campaign_id)
         count = int(batches or math.ceil(total / settings.batch_size))
-        r.hset(store.campaign_key(campaign_id), "progress_at", str(now))
+        r.hset(store.campaign_key(campaign_id), mapping={"progress_at": now, "restarted_at": now})
         for batch in range(count):
             enqueue(campaign_id, batch)
         done["restarted"].append(campaign_id)
@@ -84,6 +89,37 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+CAMPAIGNS_PER_READ = 1000  # campaigns whose fields are read in one round trip
+
+
+def _read_all(r: redis.Redis, campaign_ids: list[str]) -> list[list[str | None]]:
+    """The sweep's fields of each campaign, a thousand campaigns to a round trip (one
+    round trip each cost a sweep 0.28 s with 2,000 paused campaigns and 10,000 others)."""
+    read: list[list[str | None]] = []
+    for first in range(0, len(campaign_ids), CAMPAIGNS_PER_READ):
+        pipe = r.pipeline(transaction=False)
+        for campaign_id in campaign_ids[first : first + CAMPAIGNS_PER_READ]:
+            pipe.hmget(store.campaign_key(campaign_id), _FIELDS)
+        read += pipe.execute()
+    return read
+
+
+def _redis_since(r: redis.Redis, now: float) -> float:
+    """Since when the sweeps have seen this Redis: ``now`` when its run_id is new (it
+    restarted, or a replica took over), 0 at the first sweep ever or when Redis does not
+    say (a managed Redis may refuse INFO)."""
+    try:
+        run_id = str(r.info("server").get("run_id") or "")
+    except redis.ResponseError:
+        return 0.0
+    seen, since = r.hmget(store.REDIS_RUN_HASH, ["run_id", "since"])
+    if not run_id or seen == run_id:
+        return float(since or 0)
+    first = now if seen else 0.0
+    r.hset(store.REDIS_RUN_HASH, mapping={"run_id": run_id, "since": first})
+    return first
 
 
 _ENDED = (CampaignStatus.CANCELLED.value, CampaignStatus.EXPIRED.value)
@@ -124,15 +160,30 @@ def _batch_runs(r: redis.Redis, campaign_id: str) -> bool:
     return False
 
 
+# Whether a batch lease is held anywhere, from the registry of leases (store.LEASES_ZSET):
+# entries past their expiry (a holder killed before it let go) and entries whose key is
+# gone are dropped on the way.
+_ANY_LEASE_HELD = """
+local now = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now[1] * 1000 + math.floor(now[2] / 1000))
+for _, lease in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', lease) == 1 then return 1 end
+  redis.call('ZREM', KEYS[1], lease)
+end
+return 0
+"""
+
+
 def _nothing_runs_or_waits(r: redis.Redis) -> bool:
-    """No batch lease is held anywhere and no batch task waits in the queue."""
+    """No batch lease is held anywhere and no batch task waits in the queue.
+
+    One round trip whatever Redis holds besides: a SCAN for lease keys walked the whole
+    keyspace (0.75 s a sweep with a million callback dedupe keys)."""
     pipe = r.pipeline(transaction=False)
     for key in store.queue_keys(store.SENDS_QUEUE):  # one list per priority
         pipe.llen(key)
-    if any(pipe.execute()):
-        return False
-    pattern = store.batch_lease_key("*", 0)[:-1] + "*"
-    return next(r.scan_iter(match=pattern, count=1000), None) is None
+    pipe.eval(_ANY_LEASE_HELD, 1, store.LEASES_ZSET)
+    return not any(pipe.execute())
 
 
 # A batch that parks itself for a retry notes until when (the latest of its campaign's):

@@ -185,16 +185,38 @@ end
 return table.concat(out)
 """
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
+# A lease held: its entry in the registry of leases (store.LEASES_ZSET), scored by the
+# lease's expiry on Redis's clock (the one its key expires by). The scripts that take and
+# renew a lease end with it, with ``lease``, ``leases`` and ``ttl`` (ms) set.
+NOTE_LEASE_HELD = """
+local now = redis.call('TIME')
+redis.call('ZADD', leases, now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ttl), lease)
 """
 
+# KEYS: the lease, the registry; ARGV: the token, the TTL (ms).
+_ACQUIRE = (
+    """
+local lease, leases, ttl = KEYS[1], KEYS[2], ARGV[2]
+if not redis.call('SET', lease, ARGV[1], 'NX', 'PX', ttl) then return 0 end
+"""
+    + NOTE_LEASE_HELD
+    + "return 1"
+)
+
+_RENEW = (
+    """
+local lease, leases, ttl = KEYS[1], KEYS[2], ARGV[2]
+if redis.call('GET', lease) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', lease, ttl)
+"""
+    + NOTE_LEASE_HELD
+    + "return 1"
+)
+
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('ZREM', KEYS[2], KEYS[1])
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -359,7 +381,9 @@ class BatchLease:
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it."""
-        ok = await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
+        ok = await self.client.eval(
+            _ACQUIRE, 2, self.key, store.LEASES_ZSET, self.token, self.ttl_ms
+        )
         if ok:
             self.held()
         return bool(ok)
@@ -372,7 +396,7 @@ class BatchLease:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl_ms / 4000)
-            await self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
+            await self.client.eval(_RENEW, 2, self.key, store.LEASES_ZSET, self.token, self.ttl_ms)
 
     async def release(self, also: Callable[[Pipeline], object] | None = None) -> None:
         """Give the lease up; ``also`` adds commands of the caller's to the same round
@@ -381,7 +405,7 @@ class BatchLease:
             self._renewer.cancel()
             self._renewer = None
         pipe = self.client.pipeline(transaction=False)
-        pipe.eval(_RELEASE, 1, self.key, self.token)
+        pipe.eval(_RELEASE, 2, self.key, store.LEASES_ZSET, self.token)
         if also is not None:
             also(pipe)
         await pipe.execute()

@@ -124,6 +124,16 @@ def batch_lease_key(campaign_id: str, batch: int) -> str:
     return f"{PREFIX}:campaign:{campaign_id}:lease:{batch}"
 
 
+# Every batch lease key by when it expires (ms, Redis's clock), kept by the scripts that
+# take, renew and release a lease (dispatch.ledger): whether any batch runs is asked of
+# it, not of a SCAN of the keyspace. A lease whose holder was killed leaves its entry
+# behind until that time, as it leaves its key.
+LEASES_ZSET = f"{PREFIX}:leases"
+# The Redis beat's housekeeping last saw (``run_id``) and since when (``since``): a new
+# one (a restart, a failover) means the workers lost the batch tasks they held.
+REDIS_RUN_HASH = f"{PREFIX}:housekeeping:redis"
+
+
 def worker_stopping_key(hostname: str) -> str:
     """Exists while the Celery worker ``hostname`` shuts down: its running batches hand
     their messages on (dispatch.sending.run_batch)."""

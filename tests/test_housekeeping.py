@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 import redis
 
 from dispatch import campaigns, housekeeping, store
+from dispatch.ledger import BatchLease
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.settings import Settings, get_settings
@@ -27,6 +29,15 @@ def _create(r: redis.Redis, n: int, batches: list[tuple[str, int]]) -> str:
     cid, held = create_held(r, body)
     batches += held
     return cid
+
+
+async def _take_lease(campaign_id: str, batch: int) -> None:
+    """A batch lease taken as a worker takes it (and left held: the renewer stops)."""
+    r = store.async_client()
+    try:
+        assert await BatchLease(r, campaign_id, batch).acquire()
+    finally:
+        await r.aclose()
 
 
 def test_a_done_campaign_left_running_is_finished(redis_client: redis.Redis) -> None:
@@ -114,10 +125,9 @@ def test_a_quiet_campaign_is_restarted_sooner_when_nothing_runs_or_waits(
 
         assert sweep(quick - 1) == []
         # Another campaign's batch runs: this one may be waiting behind it.
-        busy = store.batch_lease_key("other", 3)
-        redis_client.set(busy, "token")
+        asyncio.run(_take_lease("other", 3))
         assert sweep(quick + 1) == []
-        redis_client.delete(busy)
+        redis_client.delete(store.batch_lease_key("other", 3))
         # A batch task waits in the queue: the same. (A queue of the test's own: the
         # session's worker would take a task from the real one, and die of this one.)
         monkeypatch.setattr(store, "SENDS_QUEUE", f"{store.PREFIX}:test:sends")
