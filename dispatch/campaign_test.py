@@ -32,9 +32,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import retention, store, suppressions
+from dispatch import retention, store
 from dispatch.batch_items import Item
-from dispatch.campaigns import CampaignStateError
 from dispatch.models import CampaignContent
 from dispatch.recipient_pages import documents_of, page_span
 from dispatch.sending import build_message
@@ -43,6 +42,7 @@ from dispatch.test_email import (
     TEST_CAMPAIGN_PREFIX,
     TEST_LINK_SECONDS,
     TestEmailResult,
+    refuse_suppressed,
     send_one,
     tested_provider_key,
     within_shared_limits,
@@ -51,22 +51,6 @@ from providers.addresses import InvalidAddressError
 from providers.config import ProviderBase
 from providers.errors import ErrorClass
 from providers.registry import build_transport
-
-
-class SuppressedTestAddressError(CampaignStateError):
-    """The test address is on the suppression list (HTTP 409, field ``to``); ``entry``
-    is its suppression entry."""
-
-    def __init__(self, entry: Mapping[str, Any]) -> None:
-        email = entry.get("email", "")
-        super().__init__(
-            f"{email} is on the suppression list ({suppressions.describe(dict(entry))}): no "
-            "test message is sent to it. Send it anyway with allow_suppressed (CLI: "
-            f"--allow-suppressed), or remove the entry (DELETE /v1/suppressions/{email}, "
-            f"CLI: dispatch suppressions remove {email})",
-            "to",
-        )
-        self.entry = dict(entry)
 
 
 def stored_recipient_at(r: redis.Redis, campaign_id: str, seq: int) -> dict[str, Any] | None:
@@ -101,9 +85,8 @@ async def send_campaign_test(
     transport = build_transport(config, allow_private_endpoints=settings.allow_private_endpoints)
 
     async def send(limits: aioredis.Redis) -> TestEmailResult:
-        entry = None if allow_suppressed else await suppressions.get_async(to, limits)
-        if entry is not None:
-            raise SuppressedTestAddressError(entry)
+        if not allow_suppressed:
+            await refuse_suppressed(to, limits)
         try:
             message = build_message(test_content, config, transport, item, settings, limits)
         except (InvalidAddressError, ValueError) as exc:  # RenderError is a ValueError

@@ -317,8 +317,9 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
     (unless ``allow_suppressed``)."""
     import asyncio
 
-    from dispatch.campaign_test import SuppressedTestAddressError, send_campaign_test
+    from dispatch.campaign_test import send_campaign_test
     from dispatch.provider_store import ProviderNotFoundError, load_provider
+    from dispatch.test_email import SuppressedTestAddressError
     from providers.addresses import InvalidAddressError, normalize_address
 
     try:
@@ -453,16 +454,20 @@ def cmd_providers_test(args: argparse.Namespace) -> int:
     import asyncio
 
     from dispatch.provider_store import ProviderNotFoundError, load_provider
-    from dispatch.test_email import send_shared_test_email
-    from providers.addresses import InvalidAddressError
+    from dispatch.test_email import SuppressedTestAddressError, send_shared_test_email
+    from providers.addresses import InvalidAddressError, normalize_address
 
     try:
         config = load_provider(args.nickname)
-        result = asyncio.run(send_shared_test_email(config, args.to, vars=dict(args.var)))
+        to = normalize_address(args.to)
+        send = send_shared_test_email(
+            config, to, vars=dict(args.var), allow_suppressed=args.allow_suppressed
+        )
+        result = asyncio.run(send)
     except ProviderNotFoundError:
         print(f"error: no provider {args.nickname!r}", file=sys.stderr)
         return 2
-    except InvalidAddressError as exc:
+    except (InvalidAddressError, SuppressedTestAddressError) as exc:
         print(f"error: --to: {exc}", file=sys.stderr)
         return 2
     _print({"ok": result.ok, "error": result.error, "detail": result.detail})
@@ -609,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_var,
         metavar="NAME=VALUE",
         help="a recipient var for the $$NAME placeholders of an HTTP payload (repeatable)",
+    )
+    p.add_argument(
+        "--allow-suppressed",
+        action="store_true",
+        help="send even when the address is on the suppression list (else refused)",
     )
     p.set_defaults(func=cmd_providers_test)
 

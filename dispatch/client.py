@@ -277,11 +277,20 @@ class DispatchClient:
         self._request("DELETE", f"/v1/providers/{nickname}")
 
     def test_provider(
-        self, nickname: str, to: str, vars: Mapping[str, Any] | None = None
+        self,
+        nickname: str,
+        to: str,
+        vars: Mapping[str, Any] | None = None,
+        *,
+        allow_suppressed: bool = False,
     ) -> TestEmailResult:
         """Send one real test message; ``error`` is a DESIGN §2 error class or None.
-        ``vars``: the recipient's, for an HTTP payload's custom placeholders."""
-        body = {"to": to, "vars": dict(vars or {})}
+        ``vars``: the recipient's, for an HTTP payload's custom placeholders. Raises
+        :class:`Conflict` (``field`` ``to``) when ``to`` is on the suppression list,
+        unless ``allow_suppressed``."""
+        body: dict[str, Any] = {"to": to, "vars": dict(vars or {})}
+        if allow_suppressed:
+            body["allow_suppressed"] = True
         return self._model(TestEmailResult, "POST", f"/v1/providers/{nickname}/test", json=body)
 
     # -- campaigns ---------------------------------------------------------------------

@@ -23,6 +23,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from dispatch import suppressions
+from dispatch.campaigns import CampaignStateError
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings, get_settings
 from dispatch.unsubscribe import recipient_links
@@ -118,6 +120,31 @@ def _verdict(outcome: SendOutcome) -> TestEmailResult:
     elif outcome.status is OutcomeStatus.UNKNOWN:
         detail = f"outcome unknown: {detail}"
     return TestEmailResult(False, error.value, detail)
+
+
+class SuppressedTestAddressError(CampaignStateError):
+    """The test address is on the suppression list (HTTP 409, field ``to``); ``entry``
+    is its suppression entry."""
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        email = entry.get("email", "")
+        super().__init__(
+            f"{email} is on the suppression list ({suppressions.describe(dict(entry))}): no "
+            "test message is sent to it. Send it anyway with allow_suppressed (CLI: "
+            f"--allow-suppressed), or remove the entry (DELETE /v1/suppressions/{email}, "
+            f"CLI: dispatch suppressions remove {email})",
+            "to",
+        )
+        self.entry = dict(entry)
+
+
+async def refuse_suppressed(to: str, limits: aioredis.Redis) -> None:
+    """Raises :class:`SuppressedTestAddressError` when ``to`` is on the suppression list:
+    a test message is a real message in a real inbox, and someone who complained or
+    bounced must not get it unless the caller says so."""
+    entry = await suppressions.get_async(to, limits)
+    if entry is not None:
+        raise SuppressedTestAddressError(entry)
 
 
 def tested_provider_key(test_id: str) -> str:
@@ -233,13 +260,22 @@ async def _within_limits(
 
 
 async def send_shared_test_email(
-    config: ProviderBase, to: str, *, vars: Mapping[str, Any] | None = None
+    config: ProviderBase,
+    to: str,
+    *,
+    vars: Mapping[str, Any] | None = None,
+    allow_suppressed: bool = False,
 ) -> TestEmailResult:
     """:func:`send_test_email` within the provider's limits on the workers' Redis (what
-    the API and the CLI send)."""
-    return await within_shared_limits(
-        lambda limits: send_test_email(config, to, vars=vars, limits=limits)
-    )
+    the API and the CLI send). Raises :class:`SuppressedTestAddressError` when ``to``
+    (normalised) is suppressed, unless ``allow_suppressed``."""
+
+    async def send(limits: aioredis.Redis) -> TestEmailResult:
+        if not allow_suppressed:
+            await refuse_suppressed(to, limits)
+        return await send_test_email(config, to, vars=vars, limits=limits)
+
+    return await within_shared_limits(send)
 
 
 async def within_shared_limits(

@@ -1,6 +1,7 @@
-"""Safety with people's inboxes: a campaign's test message is not sent to a suppressed
-address (someone who complained, hard-bounced or unsubscribed) unless the caller says so
-(README: HTTP API, ``POST /v1/campaigns/{id}/test``)."""
+"""Safety with people's inboxes: a campaign's or a provider's test message is not sent to
+a suppressed address (someone who complained, hard-bounced or unsubscribed) unless the
+caller says so (README: HTTP API, ``POST /v1/campaigns/{id}/test``,
+``POST /v1/providers/{nickname}/test``)."""
 
 from __future__ import annotations
 
@@ -131,6 +132,33 @@ def test_send_test_to_a_suppressed_address_is_refused_unless_allowed(
         assert main(["send", str(file), "--allow-suppressed"]) == 2
         assert "--allow-suppressed goes with --test" in capsys.readouterr().err
         assert not redis_client.exists(store.campaign_key("safe-4"))
+
+
+@covers("POST /v1/providers/{nickname}/test")
+def test_a_provider_test_to_a_suppressed_address_is_refused_unless_allowed(
+    api_server: ApiServer, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The provider test message too: over the API, the client and the CLI."""
+    with SmtpTestServer() as smtp, api_client(api_server) as http:
+        smtp_provider(redis_client, smtp.port)
+        suppressions.add("hb@bücher.example", reason="hard_bounce", source="api")
+        refused = http.post("/v1/providers/local/test", json={"to": "HB@Bücher.example"})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["field"] == "to" and "hard_bounce" in refused.json()["detail"]
+        client = dispatch_client(api_server)
+        with pytest.raises(Conflict):
+            client.test_provider("local", "hb@xn--bcher-kva.example")
+        assert main(["providers", "test", "local", "--to", "hb@bücher.example"]) == 2
+        assert "is on the suppression list (hard_bounce, api, since " in capsys.readouterr().err
+        assert smtp.messages == []
+
+        assert client.test_provider("local", "hb@bücher.example", allow_suppressed=True).ok
+        body = {"to": "hb@bücher.example", "allow_suppressed": True}
+        assert http.post("/v1/providers/local/test", json=body).json()["ok"] is True
+        args = ["providers", "test", "local", "--to", "hb@bücher.example", "--allow-suppressed"]
+        assert main(args) == 0
+        assert len(smtp.messages) == 3
+        assert client.test_provider("local", "someone@example.com").ok  # not suppressed
 
 
 def _sent_campaign(r: redis.Redis, smtp: SmtpTestServer, campaign_id: str) -> dict[str, str]:

@@ -131,12 +131,15 @@ async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmail
 
     ``error`` is one of the error classes of DESIGN §2 (``SMTP connection error``,
     ``SMTP invalid email ID``, ``SMTP dispatching failed``, ``SMTP timeout``,
-    ``Dispatch failed``) or null.
+    ``Dispatch failed``) or null. A ``to`` on the suppression list is refused, nothing
+    sent (409, field ``to``, naming the entry), unless ``allow_suppressed``.
     """
     config = await run_in_threadpool(provider_store.load_provider, nickname)
     try:
         to = normalize_address(body.to)
     except InvalidAddressError as exc:
         raise InvalidFieldError(str(exc), "to") from None
-    result = await send_shared_test_email(config, to, vars=body.vars)
+    result = await send_shared_test_email(
+        config, to, vars=body.vars, allow_suppressed=body.allow_suppressed
+    )
     return TestEmailResult(ok=result.ok, error=result.error, detail=result.detail)

@@ -78,6 +78,8 @@ class TestEmailRequest(BaseModel):
     to: str = Field(min_length=3, max_length=320)
     # The recipient's vars, as in a campaign: values of an HTTP payload's custom placeholders.
     vars: dict[str, Any] = Field(default_factory=dict)
+    # Send to an address on the suppression list all the same (else 409, field "to").
+    allow_suppressed: bool = False
 
 
 class CampaignTestRequest(BaseModel):
