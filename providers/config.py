@@ -393,11 +393,11 @@ class HttpConfig(ProviderBase):
     timeout: float = Field(default=DEFAULT_HTTP_TIMEOUT, gt=0, strict=True)
 
     @model_validator(mode="after")
-    def _check_http(self) -> HttpConfig:
+    def _check_http(self, info: ValidationInfo) -> HttpConfig:
         # Imported here: http_config imports this module for the model.
         from providers.http_config import config_problems
 
-        problems = config_problems(self)
+        problems = config_problems(self, stored=not _given(info))
         if problems:
             # Each "field: message" kept apart in the error's context, so that an API can
             # list every problem under its own field (dispatch.campaigns.validation_problems).

@@ -56,6 +56,7 @@ __all__ = [
 POST_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress", "HTML")
 GET_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress")
 LINK_PLACEHOLDERS: Final = frozenset({"UnsubscribeURL", "PreferencesURL"})
+_LINK_NAME: Final = "UnsubscribeURL"  # the name a problem with the links is filed under
 # RFC 9110 §5.1 (was RFC 7230 §3.2): a field name is a token.
 HEADER_NAME_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Framing and connection headers belong to the HTTP client; a user value would break the
@@ -240,8 +241,44 @@ def _header_problems(config: HttpConfig) -> list[str]:
     return problems
 
 
-def config_problems(config: HttpConfig) -> list[str]:
-    """Every reason to refuse ``config`` on save, each naming the field and the problem."""
+def _link_problems(config: HttpConfig, usage: PlaceholderUsage) -> list[str]:
+    """Why ``config`` cannot fill ``$$UnsubscribeURL`` / ``$$PreferencesURL``: no
+    preference center, or a place rendered once per batch request."""
+    problems = []
+    links = usage.every & LINK_PLACEHOLDERS
+    if links and config.preference_center == "none":
+        problems.append(
+            f"preference_center: 'none' leaves {_listed(links)} without a value; set it to "
+            "'system' or 'custom' (each message then carries its recipient's own link)"
+        )
+    if usage.batch:
+        for field, names in _per_request_places(usage):
+            if names & LINK_PLACEHOLDERS:
+                problems.append(_per_request_problem(field, names & LINK_PLACEHOLDERS))
+    return problems
+
+
+def _per_request_places(usage: PlaceholderUsage) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Where a batch request's placeholders are rendered once per request, by field."""
+    return (("body", usage.body_globals), ("headers", usage.headers), ("query", usage.query))
+
+
+def _per_request_problem(field: str, names: Iterable[str]) -> str:
+    place = " in the global keys outside the message array" if field == "body" else ""
+    return (
+        f"{field}: per-message placeholders are not allowed in batch mode "
+        f"({_listed(names)}){place}: this part is rendered once per request; move them "
+        "into the message template object"
+    )
+
+
+def config_problems(config: HttpConfig, *, stored: bool = False) -> list[str]:
+    """Every reason to refuse ``config`` on save, each naming the field and the problem.
+
+    ``stored``: read back from storage. The link placeholders were custom ones (from
+    vars) before they were system ones: a configuration saved then stays readable (its
+    listing, callbacks), and :func:`check_placeholders` refuses its new campaigns.
+    """
     problems = _endpoint_problems(config.endpoint)
     if config.auth == "basic" and not config.username:
         problems.append("username: required with auth 'basic'")
@@ -259,12 +296,8 @@ def config_problems(config: HttpConfig) -> list[str]:
         problems.append(f"body: {WIDE_INTEGER_PROBLEM} (at {wide})")
 
     usage = placeholder_usage(config)
-    links = usage.every & LINK_PLACEHOLDERS
-    if links and config.preference_center == "none":
-        problems.append(
-            f"preference_center: 'none' leaves {_listed(links)} without a value; set it to "
-            "'system' or 'custom' (each message then carries its recipient's own link)"
-        )
+    if not stored:
+        problems += _link_problems(config, usage)
     content_in_query = usage.query & CONTENT_PLACEHOLDERS
     if content_in_query:
         problems.append(
@@ -290,18 +323,10 @@ def config_problems(config: HttpConfig) -> list[str]:
         if array is None:
             return problems
         where = f" in the message template object ({_show((*array, 0))})"
-        for field, place, names in (
-            ("body", " in the global keys outside the message array", usage.body_globals),
-            ("headers", "", usage.headers),
-            ("query", "", usage.query),
-        ):
-            wrong = names & PER_MESSAGE_SYSTEM
+        for field, names in _per_request_places(usage):
+            wrong = names & PER_MESSAGE_SYSTEM - LINK_PLACEHOLDERS  # see _link_problems
             if wrong:
-                problems.append(
-                    f"{field}: per-message placeholders are not allowed in batch mode "
-                    f"({_listed(wrong)}){place}: this part is rendered once per request; move them "
-                    "into the message template object"
-                )
+                problems.append(_per_request_problem(field, wrong))
     # The sender is the same for every message of a request (campaign level), so a batch
     # body may carry it once in its global keys, as many batch APIs take it.
     missing = (
@@ -379,6 +404,9 @@ def check_placeholders(
     only. Recipients appended later are checked with :func:`required_recipient_vars`.
     """
     usage = placeholder_usage(config)
+    # A configuration saved before the link placeholders were system ones (see
+    # config_problems): its campaigns would get no link where it wants one.
+    problems = [PlaceholderProblem(_LINK_NAME, why) for why in _link_problems(config, usage)]
     per_request = sorted(n for n in usage.per_request if is_custom(n) and n not in campaign_vars)
     required = sorted(n for n in usage.per_message if is_custom(n) and n not in campaign_vars)
     missing_count = dict.fromkeys(required, 0)
@@ -392,7 +420,6 @@ def check_placeholders(
         if per_request:  # (most payloads have none: skip the work per recipient)
             in_recipients.update(n for n in per_request if n in names)
 
-    problems: list[PlaceholderProblem] = []
     for name in per_request:
         where = " and ".join(p for p in usage.locations(name) if p != "message template")
         if name in in_recipients:
