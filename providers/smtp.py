@@ -302,7 +302,10 @@ class SmtpSession:
             if not envelope.utf8:
                 kept.append((msg, envelope))
                 continue
-            utf8 = [a for a in (*envelope.recipients, envelope.sender) if needs_smtputf8(a)]
+            # The Reply-To is in the headers only (prepare took it: it normalises).
+            reply_to = (normalize_address(msg.reply_to),) if msg.reply_to else ()
+            addresses = (*envelope.recipients, envelope.sender, *reply_to)
+            utf8 = [a for a in addresses if needs_smtputf8(a)]
             named = f"{utf8[0]!r} needs" if utf8 else "its headers need"
             outcomes[msg.seq] = SendOutcome(
                 msg.seq,
