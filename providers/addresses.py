@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from functools import lru_cache
@@ -87,6 +88,15 @@ def needs_smtputf8(address: str) -> bool:
     """Whether ``address`` (normalised) needs SMTPUTF8 (RFC 6531) to go out by SMTP: its
     local part is not ASCII (domains are written in their ``xn--`` form)."""
     return not address.isascii()
+
+
+def same_address(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one mailbox: compared caselessly once normalised
+    (NFC local part, IDNA domain, no root dot), as they are when either is no address
+    we could send to."""
+    with contextlib.suppress(InvalidAddressError):
+        a, b = normalize_address(a), normalize_address(b)
+    return a.strip().casefold() == b.strip().casefold()
 
 
 def drop_root_dot(domain: str) -> str:

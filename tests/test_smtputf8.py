@@ -16,6 +16,7 @@ import pytest
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, needs_smtputf8, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.callbacks.events import read_meta
 from providers.config import parse_provider_config
 from providers.errors import ErrorClass, InvalidMessageError
 from providers.mime import MimeWriter
@@ -141,3 +142,17 @@ def test_without_smtputf8_such_a_message_fails_alone(pipelining: bool) -> None:
     assert outcomes[2].detail == f"'zoë@acme.example' needs {why}"
     # No transaction of an UTF-8 address reached the server, not even refused.
     assert not [c for c in server.handler.commands if not c.isascii()]
+
+
+@pytest.mark.parametrize(
+    ("meta_email", "event_email"),
+    [(NFC, NFD), (NFC, "JÖHN@Example.com"), ("ann@xn--bcher-kva.example", "Ann@Bücher.example.")],
+)
+def test_a_callback_in_another_spelling_of_the_meta_address_is_no_mismatch(
+    meta_email: str, event_email: str
+) -> None:
+    notes: list[str] = []
+    assert read_meta(f"{meta_email}|1|c1|20261123|0|default|3|", event_email, notes, strict=True)
+    assert notes == []
+    read_meta(f"{meta_email}|1|c1|20261123|0|default|3|", "other@example.com", notes, strict=True)
+    assert len(notes) == 1 and "differs from event email" in notes[0]

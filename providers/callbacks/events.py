@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
 
+from providers.addresses import same_address
 from providers.meta import Meta, parse_meta
 
 # DESIGN §6 and the seeds: more than 1000 events in one request is refused with this text.
@@ -131,8 +132,8 @@ class CallbackEvent(BaseModel):
         return f"{self.source}:sha256:{self.content_hash()}"
 
     def same_email(self, other: str) -> bool:
-        """Whether ``other`` is this event's recipient (case-insensitive)."""
-        return self.email.casefold() == other.strip().casefold()
+        """Whether ``other`` is this event's recipient (in any spelling: case, NFC, IDNA)."""
+        return same_address(self.email, other)
 
 
 class CallbackItem(BaseModel):
@@ -355,6 +356,6 @@ def read_meta(meta: str, email: str, notes: list[str], *, strict: bool) -> Meta 
             raise InvalidEvent(str(exc)) from exc
         notes.append(str(exc))
         return None
-    if fields.email.casefold() != email.casefold():
+    if not same_address(fields.email, email):
         notes.append(f"meta email {fields.email!r} differs from event email {email!r}")
     return fields
