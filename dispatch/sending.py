@@ -499,8 +499,9 @@ class BatchSender:
                 self._stop_for(exc)
                 return
             if grant.count < len(chunk):  # the last of today's quota: the rest waits
-                self.put_back(chunk[grant.count :])
-                chunk = chunk[: grant.count]
+                rest, chunk = chunk[grant.count :], chunk[: grant.count]
+                self.put_back(rest)  # (not claimed while the granted part is on the wire)
+                await give_back_claims(self.writer, rest, _WAITED)
             if grant.wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
                 await give_back_claims(self.writer, chunk, _WAITED)
                 await self._rest(grant.wait)
