@@ -87,7 +87,7 @@ async def give_back_claims(
         for item in left:
             item.claimed = False
         made = Records()
-        await writer.settle_many(
+        await writer.give_back_many(
             [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
         )
 
@@ -646,7 +646,7 @@ class BatchSender:
                 )
                 writes.append((item.seq, rec, ""))
             self.put_back(item for item, _ in messages)
-            await self.writer.settle_many(writes)
+            await self.writer.give_back_many(writes)
             return
         assert isinstance(exc, TransientError)
         if isinstance(exc, ThrottledError):

@@ -84,3 +84,99 @@ def test_the_rest_of_a_partial_grant_does_not_wait_claimed_while_the_granted_par
             assert len(sink.requests) == 1  # nothing more went out
     finally:
         worker.stop()
+
+
+@pytest.mark.integration
+def test_one_chunk_batches_waiting_for_pace_and_slots_through_kills_and_operators(
+    own_stack: tuple[RedisServer, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 20 that go out as one chunk each (claimed by their load), a provider
+    whose pace (20 a second) and one connection make them wait; the worker killed (-9)
+    twice at seeded moments, the campaign paused and resumed: every address arrives at
+    most once, what is ``sent`` arrived, and what is ``unknown`` was on the wire."""
+    import random
+    import time
+
+    from dispatch import housekeeping, lifecycle
+    from dispatch.settings import Settings
+    from tests.test_invariants import check_books
+
+    server, r = own_stack
+    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
+    get_settings.cache_clear()
+    sweeping = Settings(lease_ttl_ms=1500, retry_max_seconds=0.5)
+    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+    rng = random.Random(int(__import__("os").environ.get("CHAOS_SEED", "5")))
+    env = {"DISPATCH_BATCH_SIZE": "20"}
+    worker = WorkerProcess(server.url, concurrency=2, **env).start()
+    n = 200
+    try:
+        with HttpSink(Reply(200, delay=0.2)) as sink:
+            wait_for_queues(r)
+            enqueue = batch_enqueuer(server.url)
+            http_provider(r, sink.url, rate_per_second=20, max_connections=1, timeout=5)
+            body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(n)}
+            cid, _ = campaigns.create_campaign(
+                CampaignRequest.model_validate(body), client=r, enqueue=enqueue
+            )
+
+            def taken() -> int:
+                return sum(len(req.json()["msgs"]) for req in sink.requests)
+
+            for round_ in range(2):
+                target = taken() + rng.randint(10, 50)
+                wait_for(lambda t=target: taken() >= t, timeout=30)  # type: ignore[misc]
+                time.sleep(rng.uniform(0.0, 0.6))
+                assert worker.proc is not None
+                worker.proc.send_signal(signal.SIGKILL)
+                worker.proc.wait()
+                if round_ == 0:
+                    lifecycle.pause(cid, client=r)
+                worker.start()
+                if round_ == 0:
+                    time.sleep(rng.uniform(0.0, 1.0))
+                    lifecycle.resume(cid, client=r, enqueue=enqueue)
+
+            def done() -> bool:
+                housekeeping.sweep(r, enqueue)
+                return campaigns.get_status(cid, r).value == "completed"
+
+            wait_for(done, timeout=90, interval=0.5)
+            arrived = Counter(m["to"] for req in sink.requests for m in req.json()["msgs"])
+        summary = check_books(r, cid)
+        assert max(arrived.values()) == 1, [a for a, c in arrived.items() if c > 1]
+        ledger = r.hgetall(store.ledger_key(cid))
+        for seq in range(n):
+            rec = parse_record(ledger.get(str(seq)))
+            assert rec is not None
+            address = f"user{seq}@example.com"
+            if rec["state"] in ("sent", "unknown"):
+                assert arrived[address] == 1, (seq, rec)
+            else:
+                assert arrived[address] == 0, (seq, rec)
+        assert summary["sent"] + summary["unknown"] == n, summary
+    finally:
+        worker.stop()
+
+
+def test_a_batch_that_waits_for_the_pace_counts_no_retry_in_metrics(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two one-chunk batches of 20 through a provider paced at 20 a second: the second
+    gives its load's claims back while it waits its turn. That is no retry: /metrics'
+    ``dispatch_messages_total{outcome="retry"}`` counts scheduled retries only."""
+    from tests.helpers import run_inline
+
+    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
+    get_settings.cache_clear()
+    try:
+        with HttpSink() as sink:
+            http_provider(redis_client, sink.url, rate_per_second=20)
+            body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(40)}
+            cid, _ = run_inline(redis_client, body)
+        assert campaigns.campaign_summary(cid, redis_client)["sent"] == 40
+        stats = redis_client.hgetall(store.MESSAGE_STATS_HASH)
+        assert stats == {"esp|sent": "40"}, stats
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
