@@ -180,3 +180,109 @@ def test_a_batch_that_waits_for_the_pace_counts_no_retry_in_metrics(
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+@pytest.mark.integration
+def test_a_cancel_while_one_chunk_batches_wait_for_pace_and_slots(
+    own_stack: tuple[RedisServer, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while its batches wait their turn (claims given back, to be claimed
+    again): nothing but a chunk already on the wire arrives after the cancel answered,
+    every message ends sent or cancelled, none is left waiting, and the books balance."""
+    from dispatch import housekeeping, lifecycle
+    from dispatch.settings import Settings
+    from tests.test_invariants import check_books
+
+    server, r = own_stack
+    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
+    get_settings.cache_clear()
+    sweeping = Settings(lease_ttl_ms=1500, retry_max_seconds=0.5)
+    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+    worker = WorkerProcess(server.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
+    n = 200
+    try:
+        with HttpSink(Reply(200, delay=0.1)) as sink:
+            wait_for_queues(r)
+            enqueue = batch_enqueuer(server.url)
+            http_provider(r, sink.url, rate_per_second=20, max_connections=1, timeout=5)
+            body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(n)}
+            cid, _ = campaigns.create_campaign(
+                CampaignRequest.model_validate(body), client=r, enqueue=enqueue
+            )
+            wait_for(lambda: len(sink.requests) >= 3, timeout=30)
+            lifecycle.cancel(cid, client=r, enqueue=enqueue)
+            at_cancel = len(sink.requests)
+
+            def settled() -> bool:
+                housekeeping.sweep(r, enqueue)
+                return int(r.hget(store.counters_key(cid), "queued") or 0) == 0
+
+            wait_for(settled, timeout=30, interval=0.5)
+            wait_for(lambda: not r.zrange(store.LEASES_ZSET, 0, -1), timeout=10)
+            arrived = Counter(m["to"] for req in sink.requests for m in req.json()["msgs"])
+            assert len(sink.requests) <= at_cancel + 1  # at most the one on the wire
+        summary = check_books(r, cid)
+        assert summary["status"] == "cancelled"
+        assert summary["sent"] + summary["cancelled"] == n, summary
+        assert summary["sent"] == sum(arrived.values()) and max(arrived.values()) == 1
+        ledger = r.hgetall(store.ledger_key(cid))
+        for seq in range(n):
+            rec = parse_record(ledger.get(str(seq)))
+            assert rec is not None
+            assert (rec["state"] == "sent") == (arrived[f"user{seq}@example.com"] == 1)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.integration
+def test_one_chunk_batches_waiting_their_turn_through_a_redis_restart(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarts (its append-only file kept) while batches wait for the pace and
+    the one connection: the campaign completes after the sweeps enqueue what the worker
+    lost, every address arrives at most once, and only what arrived is sent or unknown."""
+    from dispatch import housekeeping
+    from dispatch.settings import Settings
+    from tests.test_invariants import check_books
+
+    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
+    get_settings.cache_clear()
+    sweeping = Settings(lease_ttl_ms=1500, retry_max_seconds=600)
+    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+    worker = WorkerProcess(own_redis.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    n = 200
+    try:
+        with HttpSink(Reply(200, delay=0.1)) as sink:
+            wait_for_queues(r)
+            enqueue = batch_enqueuer(own_redis.url)
+            http_provider(r, sink.url, rate_per_second=20, max_connections=1, timeout=5)
+            body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(n)}
+            cid, _ = campaigns.create_campaign(
+                CampaignRequest.model_validate(body), client=r, enqueue=enqueue
+            )
+            housekeeping.sweep(r, enqueue)  # beat's sweeps saw this Redis
+            wait_for(lambda: len(sink.requests) >= 3, timeout=30)
+            own_redis.restart()
+            r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+            wait_for_queues(r)
+
+            def completed() -> bool:
+                if worker.proc is not None and worker.proc.poll() is not None:
+                    worker.start()  # Celery may end a worker on the lost connection
+                housekeeping.sweep(r, enqueue)
+                return campaigns.get_status(cid, r).value == "completed"
+
+            wait_for(completed, timeout=60, interval=0.5)
+            arrived = Counter(m["to"] for req in sink.requests for m in req.json()["msgs"])
+        summary = check_books(r, cid)
+        assert max(arrived.values()) == 1
+        ledger = r.hgetall(store.ledger_key(cid))
+        for seq in range(n):
+            rec = parse_record(ledger.get(str(seq)))
+            assert rec is not None and rec["state"] in ("sent", "unknown"), (seq, rec)
+            assert arrived[f"user{seq}@example.com"] == 1, (seq, rec)
+        assert summary["sent"] + summary["unknown"] == n
+    finally:
+        worker.stop()
+        r.close()
