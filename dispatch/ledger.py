@@ -37,7 +37,9 @@ from dispatch.settings import get_settings
 #   "<op><E|N>\t<record>\t<seq>,<seq>,...[\t<event>\t<event>...]"
 # op "c" claims, "f" records, "s" records the outcome of a message the caller claimed
 # under this lease (its record is "claimed": nobody else writes a claimed message, so it
-# is not read); with "E" one event follows per seq ("" for none). JSON never
+# is not read); op "g" is "s" for claims given back unattempted (no outcome: the
+# per-provider tally of /metrics does not count them); with "E" one event follows per
+# seq ("" for none). JSON never
 # holds a raw tab or newline, so everything splits with plain string searches, and each
 # command runs once for the whole list (HMGET, HSET, HINCRBY) instead of once per
 # message; only XADD is per message: one stream entry per event (DESIGN section 6).
@@ -65,7 +67,7 @@ while pos <= size do
 end
 local need, at = {}, {}  -- the seqs whose current record is read (not "s" groups)
 for _, g in ipairs(groups) do
-  if g.op ~= 's' then
+  if g.op ~= 's' and g.op ~= 'g' then
     for i = g.first, g.last do need[#need + 1] = seqs[i]; at[#at + 1] = i end
   end
 end
@@ -94,7 +96,7 @@ local out, fields, delta, tally, latest, added = {}, {}, {}, {}, {}, false
 for _, g in ipairs(groups) do
   local new = match(g.rec, '^{"s":"(%a+)"')
   local nb = bucket(new)
-  if g.op == 's' then
+  if g.op == 's' or g.op == 'g' then
     -- The caller's own claims (see above): nothing to read, one count per group.
     local rec, evpos, stop, nf = g.rec, g.events, g.stop, #fields
     for i = g.first, g.last do
@@ -119,7 +121,7 @@ for _, g in ipairs(groups) do
       delta['queued'] = (delta['queued'] or 0) - count
       delta[nb] = (delta[nb] or 0) + count
     end
-    if new ~= 'claimed' then tally[new] = (tally[new] or 0) + count end
+    if new ~= 'claimed' and g.op == 's' then tally[new] = (tally[new] or 0) + count end
   else
     local claim = g.op == 'c'
     local evpos = g.events
@@ -470,6 +472,11 @@ class LedgerWriter:
         """Like :meth:`put_many`, for messages this writer's caller claimed and sent (or
         tried to): their current record is known, so it is not read."""
         await self._submit(_lines(b"s", writes))
+
+    async def give_back_many(self, writes: Sequence[tuple[int, bytes, str]]) -> None:
+        """Like :meth:`settle_many`, for claims given back without an attempt (a record
+        waiting to be claimed again): no outcome, so /metrics does not count them."""
+        await self._submit(_lines(b"g", writes))
 
     async def _submit(self, encoded: tuple[list[bytes], int]) -> list[bool]:
         """Raises the Redis error of the round trip, or :class:`LeaseLostError`."""

@@ -87,7 +87,7 @@ async def give_back_claims(
         for item in left:
             item.claimed = False
         made = Records()
-        await writer.settle_many(
+        await writer.give_back_many(
             [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
         )
 
@@ -499,8 +499,9 @@ class BatchSender:
                 self._stop_for(exc)
                 return
             if grant.count < len(chunk):  # the last of today's quota: the rest waits
-                self.put_back(chunk[grant.count :])
-                chunk = chunk[: grant.count]
+                rest, chunk = chunk[grant.count :], chunk[: grant.count]
+                self.put_back(rest)  # (not claimed while the granted part is on the wire)
+                await give_back_claims(self.writer, rest, _WAITED)
             if grant.wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
                 await give_back_claims(self.writer, chunk, _WAITED)
                 await self._rest(grant.wait)
@@ -645,7 +646,7 @@ class BatchSender:
                 )
                 writes.append((item.seq, rec, ""))
             self.put_back(item for item, _ in messages)
-            await self.writer.settle_many(writes)
+            await self.writer.give_back_many(writes)
             return
         assert isinstance(exc, TransientError)
         if isinstance(exc, ThrottledError):
