@@ -31,6 +31,7 @@ from providers.config import WIDE_INTEGER_PROBLEM, HttpConfig, find_wide_integer
 from providers.placeholders import (
     CAMPAIGN_LEVEL_SYSTEM,
     CONTENT_PLACEHOLDERS,
+    LINK_PLACEHOLDERS,
     PER_MESSAGE_SYSTEM,
     SYSTEM_PLACEHOLDERS,
     Path,
@@ -55,7 +56,6 @@ __all__ = [
 
 POST_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress", "HTML")
 GET_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress")
-LINK_PLACEHOLDERS: Final = frozenset({"UnsubscribeURL", "PreferencesURL"})
 # RFC 9110 §5.1 (was RFC 7230 §3.2): a field name is a token.
 HEADER_NAME_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Framing and connection headers belong to the HTTP client; a user value would break the
@@ -260,7 +260,7 @@ def config_problems(config: HttpConfig) -> list[str]:
 
     usage = placeholder_usage(config)
     links = usage.every & LINK_PLACEHOLDERS
-    if links and config.preference_center == "none":
+    if links and config.preference_center == "none":  # (a saved one: config_warnings)
         problems.append(
             f"preference_center: 'none' leaves {_listed(links)} without a value; set it to "
             "'system' or 'custom' (each message then carries its recipient's own link)"
@@ -320,6 +320,13 @@ def config_warnings(config: HttpConfig) -> list[str]:
         warnings.append(
             "from_address is empty: every campaign must give its own ($$FromAddress would be "
             "sent empty)"
+        )
+    links = usage.every & LINK_PLACEHOLDERS
+    if links and config.preference_center == "none":  # (saved before they were refused)
+        warnings.append(
+            f"{_listed(links)} filled from each recipient's vars, as when saved: with "
+            "preference_center 'none' dispatch has no link for them (refused if saved now; "
+            "set 'system' or 'custom' for dispatch's links, or rename them for your own)"
         )
     if "MessageID" not in usage.per_message:
         warnings.append(
