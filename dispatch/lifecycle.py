@@ -469,6 +469,13 @@ def release_due(
 # -- retry-failed ------------------------------------------------------------------------
 
 _SMTP_CODE = re.compile(r"\b([2-5])\d\d\b")
+# Refusals of earlier versions' workers that this one sends (a worker not yet upgraded
+# took a message of a newer API: README, Upgrading): retried despite their class.
+_EARLIER_REFUSALS = re.compile(
+    r".*: local part is not ASCII; it needs SMTPUTF8 \(RFC 6531\), which dispatch does not send"
+    r"|no value for \$\$(UnsubscribeURL|PreferencesURL)(, \$\$(UnsubscribeURL|PreferencesURL))?"
+    r" for this recipient"
+)
 
 
 def is_retryable(error_class: str, detail: str) -> bool:
@@ -479,7 +486,11 @@ def is_retryable(error_class: str, detail: str) -> bool:
     the address for good (a 5xx reply). A recipient refused with a 4xx reply that ran out
     of attempts during an outage is retried. Every other class (connection, timeout, the
     server or HTTP provider refusing the message) may pass once the provider is fixed.
+    Retried whatever their class: what a worker of an earlier version refused and this
+    one sends (:data:`_EARLIER_REFUSALS`).
     """
+    if _EARLIER_REFUSALS.fullmatch(detail):
+        return True
     if error_class == ErrorClass.INVALID_MESSAGE.value:
         return False
     if error_class == ErrorClass.INVALID_RECIPIENT.value:

@@ -397,7 +397,9 @@ class HttpConfig(ProviderBase):
         # Imported here: http_config imports this module for the model.
         from providers.http_config import config_problems
 
-        problems = config_problems(self, stored=not _given(info))
+        # Refused on save; one saved before a rule came stays readable (see STORED), and
+        # its warnings say what changed (config_warnings).
+        problems = config_problems(self) if _given(info) else []
         if problems:
             # Each "field: message" kept apart in the error's context, so that an API can
             # list every problem under its own field (dispatch.campaigns.validation_problems).

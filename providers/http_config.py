@@ -31,6 +31,7 @@ from providers.config import WIDE_INTEGER_PROBLEM, HttpConfig, find_wide_integer
 from providers.placeholders import (
     CAMPAIGN_LEVEL_SYSTEM,
     CONTENT_PLACEHOLDERS,
+    LINK_PLACEHOLDERS,
     PER_MESSAGE_SYSTEM,
     SYSTEM_PLACEHOLDERS,
     Path,
@@ -55,7 +56,6 @@ __all__ = [
 
 POST_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress", "HTML")
 GET_MANDATORY: Final = ("To", "Subject", "FromName", "FromAddress")
-LINK_PLACEHOLDERS: Final = frozenset({"UnsubscribeURL", "PreferencesURL"})
 _LINK_NAME: Final = "UnsubscribeURL"  # the name a problem with the links is filed under
 # RFC 9110 §5.1 (was RFC 7230 §3.2): a field name is a token.
 HEADER_NAME_RE: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -246,16 +246,23 @@ def _link_problems(config: HttpConfig, usage: PlaceholderUsage) -> list[str]:
     preference center, or a place rendered once per batch request."""
     problems = []
     links = usage.every & LINK_PLACEHOLDERS
-    if links and config.preference_center == "none":
+    if links and config.preference_center == "none":  # (a saved one: config_warnings)
         problems.append(
             f"preference_center: 'none' leaves {_listed(links)} without a value; set it to "
             "'system' or 'custom' (each message then carries its recipient's own link)"
         )
-    if usage.batch:
-        for field, names in _per_request_places(usage):
-            if names & LINK_PLACEHOLDERS:
-                problems.append(_per_request_problem(field, names & LINK_PLACEHOLDERS))
-    return problems
+    return problems + _link_place_problems(usage)
+
+
+def _link_place_problems(usage: PlaceholderUsage) -> list[str]:
+    """The link placeholders in places a batch request renders once (not per message)."""
+    if not usage.batch:
+        return []
+    return [
+        _per_request_problem(field, names & LINK_PLACEHOLDERS)
+        for field, names in _per_request_places(usage)
+        if names & LINK_PLACEHOLDERS
+    ]
 
 
 def _per_request_places(usage: PlaceholderUsage) -> tuple[tuple[str, frozenset[str]], ...]:
@@ -272,13 +279,8 @@ def _per_request_problem(field: str, names: Iterable[str]) -> str:
     )
 
 
-def config_problems(config: HttpConfig, *, stored: bool = False) -> list[str]:
-    """Every reason to refuse ``config`` on save, each naming the field and the problem.
-
-    ``stored``: read back from storage. The link placeholders were custom ones (from
-    vars) before they were system ones: a configuration saved then stays readable (its
-    listing, callbacks), and :func:`check_placeholders` refuses its new campaigns.
-    """
+def config_problems(config: HttpConfig) -> list[str]:
+    """Every reason to refuse ``config`` on save, each naming the field and the problem."""
     problems = _endpoint_problems(config.endpoint)
     if config.auth == "basic" and not config.username:
         problems.append("username: required with auth 'basic'")
@@ -296,8 +298,7 @@ def config_problems(config: HttpConfig, *, stored: bool = False) -> list[str]:
         problems.append(f"body: {WIDE_INTEGER_PROBLEM} (at {wide})")
 
     usage = placeholder_usage(config)
-    if not stored:
-        problems += _link_problems(config, usage)
+    problems += _link_problems(config, usage)
     content_in_query = usage.query & CONTENT_PLACEHOLDERS
     if content_in_query:
         problems.append(
@@ -345,6 +346,13 @@ def config_warnings(config: HttpConfig) -> list[str]:
         warnings.append(
             "from_address is empty: every campaign must give its own ($$FromAddress would be "
             "sent empty)"
+        )
+    links = usage.every & LINK_PLACEHOLDERS
+    if links and config.preference_center == "none":  # (saved before they were refused)
+        warnings.append(
+            f"{_listed(links)} filled from each recipient's vars, as when saved: with "
+            "preference_center 'none' dispatch has no link for them (refused if saved now; "
+            "set 'system' or 'custom' for dispatch's links, or rename them for your own)"
         )
     if "MessageID" not in usage.per_message:
         warnings.append(
@@ -404,9 +412,10 @@ def check_placeholders(
     only. Recipients appended later are checked with :func:`required_recipient_vars`.
     """
     usage = placeholder_usage(config)
-    # A configuration saved before the link placeholders were system ones (see
-    # config_problems): its campaigns would get no link where it wants one.
-    problems = [PlaceholderProblem(_LINK_NAME, why) for why in _link_problems(config, usage)]
+    # A configuration saved before the link placeholders were system ones (it is not
+    # checked when read back, see providers.config STORED) may have one where a batch
+    # request renders once: no message's link can go there.
+    problems = [PlaceholderProblem(_LINK_NAME, why) for why in _link_place_problems(usage)]
     per_request = sorted(n for n in usage.per_request if is_custom(n) and n not in campaign_vars)
     required = sorted(n for n in usage.per_message if is_custom(n) and n not in campaign_vars)
     missing_count = dict.fromkeys(required, 0)

@@ -52,6 +52,24 @@ def _joined(name: str) -> Callable[[OutgoingMessage], str]:
     return get
 
 
+def _link(name: str, attribute: str) -> Callable[[OutgoingMessage], str]:
+    """The recipient's link. A provider with no preference center gives none: one saved
+    when the name was a custom placeholder (refused on save since) meant the recipient's
+    or the campaign's var of that name, which fills it as it did (README: Upgrading)."""
+    getter = attrgetter(attribute)
+
+    def get(msg: OutgoingMessage) -> str:
+        link: str = getter(msg)
+        if link:
+            return link
+        for values in (msg.user_vars, msg.campaign_vars):
+            if name in values:
+                return text_of(values[name])
+        raise UnresolvedPlaceholderError([name])
+
+    return get
+
+
 # Where each system placeholder's value comes from (seed 002, "System Dynamic Replacements").
 SYSTEM_PLACEHOLDERS: Final[Mapping[str, Callable[[OutgoingMessage], str]]] = {
     "To": attrgetter("to"),
@@ -68,8 +86,8 @@ SYSTEM_PLACEHOLDERS: Final[Mapping[str, Callable[[OutgoingMessage], str]]] = {
     "CampaignID": attrgetter("campaign_id"),
     # Not in the seed: the recipient's own links, so that an HTTP payload can carry
     # List-Unsubscribe (RFC 8058) as DESIGN §6 asks of every message.
-    "UnsubscribeURL": attrgetter("unsubscribe_url"),
-    "PreferencesURL": attrgetter("preferences_url"),
+    "UnsubscribeURL": _link("UnsubscribeURL", "unsubscribe_url"),
+    "PreferencesURL": _link("PreferencesURL", "preferences_url"),
 }
 
 # System placeholders whose value is the same for every message of a campaign: the sender,
@@ -79,6 +97,7 @@ CAMPAIGN_LEVEL_SYSTEM: Final = frozenset(
     {"CampaignID", "FromName", "FromAddress", "ReplyToAddress", "cc", "bcc"}
 )
 PER_MESSAGE_SYSTEM: Final = frozenset(SYSTEM_PLACEHOLDERS) - CAMPAIGN_LEVEL_SYSTEM
+LINK_PLACEHOLDERS: Final = frozenset({"UnsubscribeURL", "PreferencesURL"})  # (see _link)
 CONTENT_PLACEHOLDERS: Final = frozenset({"HTML", "AMPHTML", "Plaintext"})
 
 # The key under which a slot (the rendered message array of a batch body) is passed to
@@ -395,6 +414,9 @@ def _direct_renderer(obj: dict[str, Any]) -> Callable[[OutgoingMessage], dict[st
             entries.append(f"{key!r}: (u[{name!r}] if {name!r} in u else c[{name!r}])")
         elif name in _PLAIN_ATTRIBUTES:
             entries.append(f"{key!r}: m.{_PLAIN_ATTRIBUTES[name]}")
+        elif name in LINK_PLACEHOLDERS:
+            namespace[f"_g{index}"] = SYSTEM_PLACEHOLDERS[name]  # (see _link)
+            entries.append(f"{key!r}: _g{index}(m)")
         else:
             return None  # cc/bcc are joined lists: the general way
     source = (
@@ -420,6 +442,4 @@ _PLAIN_ATTRIBUTES: Final[Mapping[str, str]] = {
     "Plaintext": "text",
     "AMPHTML": "amp",
     "CampaignID": "campaign_id",
-    "UnsubscribeURL": "unsubscribe_url",
-    "PreferencesURL": "preferences_url",
 }
