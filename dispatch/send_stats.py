@@ -19,7 +19,7 @@ Fields of the hash: ``<provider>|le=<bound>`` (messages whose hand-over took at 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from redis.asyncio.client import Pipeline
@@ -73,10 +73,13 @@ class ProviderSends(NamedTuple):
     deferred: float
 
 
-def histograms(fields: Mapping[Any, Any]) -> dict[str, ProviderSends]:
-    """Per provider, from the hash: its histogram, throttles and deferred batch runs."""
+def histograms(
+    fields: Mapping[Any, Any], providers: Iterable[str] = ()
+) -> dict[str, ProviderSends]:
+    """Per provider, from the hash: its histogram, throttles and deferred batch runs
+    (``providers``: those to report even with nothing counted yet, at 0)."""
     out: dict[str, ProviderSends] = {}
-    raw: dict[str, dict[str, float]] = {}
+    raw: dict[str, dict[str, float]] = {provider: {} for provider in providers}
     for key, value in fields.items():
         provider, _, name = str(key).rpartition("|")
         raw.setdefault(provider, {})[name] = float(value)
