@@ -203,3 +203,35 @@ def test_redis_down_fires_its_own_alert_not_beats(lost_redis: RedisServer) -> No
     firing = scrapes.firing(_rules())
     assert "DispatchRedisDown" in firing
     assert "DispatchHousekeepingNotRunning" not in firing  # beat is not the one to blame
+
+
+def test_a_long_batchs_latency_and_throttles_show_while_it_runs(
+    api_server: ApiServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 1000 at a provider's pace takes minutes: a slow or throttling provider
+    must show on /metrics then, not when the batch ends."""
+    import threading
+
+    from dispatch import send_stats
+
+    monkeypatch.setattr(send_stats, "FLUSH_SECONDS", 0.2)
+    single = {"to": "$$To", "subject": "$$Subject", "html": "$$HTML"}
+    single |= {"from": "$$FromName", "addr": "$$FromAddress"}
+    seen: list[tuple[int, int]] = []  # (hand-overs counted, messages still queued)
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url, batch=False, body=single, rate_per_second=5)
+        body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(15)}
+        runner = threading.Thread(target=run_inline, args=(redis_client, body, FAST))
+        runner.start()
+        while runner.is_alive() and not (seen and seen[-1][0]):
+            pipe = redis_client.pipeline(transaction=False)
+            pipe.hgetall(store.SEND_STATS_HASH)  # "esp|le=<bound>": hand-overs per bucket
+            for key in redis_client.scan_iter(match="dispatch:campaign:*:counters"):
+                pipe.hget(key, "queued")
+            buckets, *queued = pipe.execute()
+            counted = sum(int(v) for k, v in buckets.items() if k.startswith("esp|le="))
+            seen.append((counted, sum(int(q or 0) for q in queued)))
+            runner.join(0.05)
+        runner.join()
+    assert seen and seen[-1][0] > 0, "no hand-over counted while the batch ran"
+    assert seen[-1][1] > 0  # the batch was still sending when they showed
