@@ -105,6 +105,7 @@ class BatchResult:
     campaign_id: str
     batch: int
     busy: bool = False  # another worker holds the batch
+    provider: str = ""  # the campaign's provider's nickname, once read
     counts: dict[str, int] = field(default_factory=dict)
     retry_at: float | None = None
     paused_reason: str = ""
@@ -872,6 +873,7 @@ async def run_batch(
         if content is None:
             log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
             return result
+        result.provider = content.provider
         status = begun.status
         size = int(begun.batch_size or settings.batch_size)
         raw_provider = begun.provider

@@ -235,3 +235,21 @@ def test_a_long_batchs_latency_and_throttles_show_while_it_runs(
         runner.join()
     assert seen and seen[-1][0] > 0, "no hand-over counted while the batch ran"
     assert seen[-1][1] > 0  # the batch was still sending when they showed
+
+
+def test_the_batch_done_line_names_the_provider(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`counts: {"sent": 81, "failed": 219}`: an operator filtering the workers' log by
+    provider finds it."""
+    from dispatch import tasks
+    from tests.helpers import create_held
+
+    caplog.set_level(logging.INFO, logger="dispatch.tasks")
+    with HttpSink(default=Reply(400, body=b'{"error": "refused"}')) as sink:
+        http_provider(redis_client, sink.url)
+        body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(3)}
+        campaign_id, batches = create_held(redis_client, body)
+        tasks.send_batch(*batches[0])
+    (done,) = [r for r in caplog.records if r.getMessage() == "batch done"]
+    assert (done.campaign_id, done.provider, done.counts) == (campaign_id, "esp", {"failed": 3})  # type: ignore[attr-defined]
