@@ -253,3 +253,29 @@ def test_the_batch_done_line_names_the_provider(
         tasks.send_batch(*batches[0])
     (done,) = [r for r in caplog.records if r.getMessage() == "batch done"]
     assert (done.campaign_id, done.provider, done.counts) == (campaign_id, "esp", {"failed": 3})  # type: ignore[attr-defined]
+
+
+def test_dispatch_messages_into_head_ends_quietly(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """`dispatch messages ID --status failed | head` is how one looks at an incident: the
+    reader leaving early is no error (no traceback on the terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import create_held, smtp_provider
+
+    smtp_provider(redis_client, 2525)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3000)}
+    campaign_id, _ = create_held(redis_client, body)
+    env = {**os.environ, "DISPATCH_REDIS_URL": redis_server.url}
+    cmd = [sys.executable, "-m", "dispatch.cli", "messages", campaign_id]
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert campaign_id in proc.stdout.readline().decode()
+        proc.stdout.close()  # as head does after its lines
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert "Traceback" not in err
+    assert code == 141
