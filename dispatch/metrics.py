@@ -214,7 +214,8 @@ def _incidents(found: dict[str, str]) -> Iterator[Family]:
         "Campaigns paused automatically, by kind: authentication (credentials refused), "
         "configuration (STARTTLS or AUTH not offered, TLS failed, session refused), quota "
         "(daily quota used up), private_endpoint (http endpoint resolved to a private "
-        "address), reputation (bounce or complaint rate past the guard), provider_deleted",
+        "address), reputation (bounce or complaint rate past the guard), provider_deleted, "
+        "failures (the first messages all failed, none sent)",
         labels=["kind"],
     )
     for kind, count in incidents.pause_counts(found).items():
