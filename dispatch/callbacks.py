@@ -308,10 +308,21 @@ def ingest(
         # A refusal is the provider's to fix, or someone probing: named here, since the
         # provider only sees the answer and the access log only the status.
         level = logging.WARNING if exc.status >= 500 else logging.INFO
-        log.log(level, "callback for %s not accepted: %s", nickname, exc.message)
+        log.log(
+            level,
+            "callback for %s not accepted: %s",
+            nickname,
+            exc.message,
+            extra={"provider": nickname, "status": exc.status},
+        )
         reply = error_answer(exc.status, exc.message)
     except redis.RedisError as exc:
-        log.error("callback for %s refused, Redis unavailable: %s", nickname, exc)
+        log.error(
+            "callback for %s refused, Redis unavailable: %s",
+            nickname,
+            exc,
+            extra={"provider": nickname},
+        )
         reply = error_answer(503, SERVER_ERROR)
     except Exception:
         log.exception("callback for %s failed", nickname)

@@ -726,6 +726,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C in `demo` or a `--follow`: what it started stops
         print("\ninterrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
+    except BrokenPipeError:  # `dispatch messages ID | head`: the reader has what it wanted
+        # Python's own advice: no second error when the interpreter flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     return result
 
 

@@ -14,6 +14,12 @@ A scrape's cost does not grow with every campaign ever sent: one pipeline of con
 size, plus one ``HGET`` per campaign started and not yet found finished
 (``store.ACTIVE_ZSET``, which housekeeping keeps).
 Callback counts are kept by the API process itself (dispatch.callbacks).
+
+Every saved provider has every series of its own from the start, at 0: Prometheus's
+``increase()`` sees nothing in a series' first sample, so one that appeared only with
+its first failure (a whole batch ``unknown`` in one write) would never fire an alert.
+``dispatch_redis_up`` is 0 when Redis does not answer the scrape (every family read from
+it is then absent).
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from dispatch import incidents, store, worker_health
-from dispatch.models import CampaignStatus
+from dispatch.models import CampaignStatus, MessageState
 from dispatch.send_stats import histograms
 from dispatch.settings import get_settings
 
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 _STATUS_CHUNK = 1000  # campaign statuses read per round trip
 _WATCHED_STATUSES = ("running", "paused", "scheduled")  # the statuses dispatch_campaigns counts
+# The outcomes dispatch_messages_total counts (the ledger's states but ``claimed``).
+OUTCOMES = tuple(s.value for s in MessageState if s is not MessageState.CLAIMED)
 
 
 class RedisStateCollector(Collector):
@@ -43,6 +51,7 @@ class RedisStateCollector(Collector):
         r = store.sync_client()
         try:
             pipe = r.pipeline(transaction=False)
+            pipe.smembers(store.PROVIDERS_SET)
             pipe.hgetall(store.MESSAGE_STATS_HASH)
             pipe.hgetall(store.SEND_STATS_HASH)
             pipe.hgetall(store.INCIDENTS_HASH)
@@ -57,13 +66,15 @@ class RedisStateCollector(Collector):
                 for key in store.queue_keys(queue):  # one list per priority
                     pipe.llen(key)
             answers = pipe.execute()
-            stats, sends, found, workers, suppressed, pending, dead, stream = answers[:8]
-            memory, info, depths = answers[8], answers[9], answers[10:]
+            providers, stats, sends, found, workers, suppressed, pending, dead = answers[:8]
+            stream, memory, info, depths = answers[8], answers[9], answers[10], answers[11:]
             statuses = _campaign_statuses(r)
             groups = _consumer_groups(r)
         except Exception:  # metrics must not fail the scrape; /healthz reports Redis
+            yield _redis_up(False)
             return
-        yield from _sends(stats, sends)
+        yield _redis_up(True)
+        yield from _sends({str(p) for p in providers}, stats, sends)
         yield from _incidents(found)
         yield from _workers(workers)
         campaigns = GaugeMetricFamily(
@@ -146,16 +157,28 @@ def _consumer_groups(r: redis.Redis) -> list[tuple[str, float]]:
     return [(str(g["name"]), float(g["lag"])) for g in groups if g.get("lag") is not None]
 
 
-def _sends(stats: dict[str, str], sends: dict[str, str]) -> Iterator[Family]:
+def _redis_up(up: bool) -> Family:
+    return GaugeMetricFamily(
+        "dispatch_redis_up",
+        "1 when Redis answered this scrape, else 0 (then no family read from Redis is "
+        "reported: the service can neither send nor take callbacks)",
+        value=float(up),
+    )
+
+
+def _sends(providers: set[str], stats: dict[str, str], sends: dict[str, str]) -> Iterator[Family]:
     messages = CounterMetricFamily(
         "dispatch_messages",
         "Messages by provider and outcome (sent, failed, suppressed, unknown, "
         "cancelled, expired; retry counts each scheduled retry)",
         labels=["provider", "outcome"],
     )
-    for key, value in sorted(stats.items()):
+    counts: dict[tuple[str, str], float] = {(p, o): 0.0 for p in providers for o in OUTCOMES}
+    for key, value in stats.items():
         provider, _, outcome = str(key).rpartition("|")
-        messages.add_metric([provider, outcome], float(value))
+        counts[provider, outcome] = float(value)
+    for labels, count in sorted(counts.items()):
+        messages.add_metric(list(labels), count)
     yield messages
     latency = HistogramMetricFamily(
         "dispatch_send_seconds",
@@ -175,7 +198,7 @@ def _sends(stats: dict[str, str], sends: dict[str, str]) -> Iterator[Family]:
         "DISPATCH_SLOT_WAIT_SECONDS and went back to the broker, by provider",
         labels=["provider"],
     )
-    for provider, figures in histograms(sends).items():
+    for provider, figures in histograms(sends, providers).items():
         if figures.buckets[-1][1]:
             latency.add_metric([provider], figures.buckets, sum_value=figures.seconds)
         throttles.add_metric([provider], figures.throttles)
@@ -191,7 +214,8 @@ def _incidents(found: dict[str, str]) -> Iterator[Family]:
         "Campaigns paused automatically, by kind: authentication (credentials refused), "
         "configuration (STARTTLS or AUTH not offered, TLS failed, session refused), quota "
         "(daily quota used up), private_endpoint (http endpoint resolved to a private "
-        "address), reputation (bounce or complaint rate past the guard), provider_deleted",
+        "address), reputation (bounce or complaint rate past the guard), provider_deleted, "
+        "failures (the first messages all failed, none sent)",
         labels=["kind"],
     )
     for kind, count in incidents.pause_counts(found).items():

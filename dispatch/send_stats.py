@@ -6,7 +6,9 @@ A batch run counts in memory how long each message's hand-over to the provider t
 connection, or one HTTP request, a whole batch for a batching provider) and the
 throttling replies it got (one per reply, however many messages it covered) and whether
 it went back to the broker for want of a connection slot (dispatch.sending), then adds
-them to Redis with the release of its lease (``store.SEND_STATS_HASH``): the API's
+them to Redis with the release of its lease, and every ``FLUSH_SECONDS`` while it runs
+(a batch paced for minutes, or waiting on a slow provider, shows as it happens:
+``store.SEND_STATS_HASH``): the API's
 ``/metrics`` reports them for every worker as ``dispatch_send_seconds`` (a histogram),
 ``dispatch_throttles_total`` and ``dispatch_batches_deferred_total`` (DESIGN §8).
 
@@ -18,14 +20,18 @@ Fields of the hash: ``<provider>|le=<bound>`` (messages whose hand-over took at 
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from dispatch import store
 
+FLUSH_SECONDS = 10.0  # how often a running batch adds its figures to Redis
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LABELS = (*(f"{b:g}" for b in BUCKETS), "+Inf")
 
@@ -63,6 +69,15 @@ class SendStats:
             pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|deferred", self.deferred)
         self._reset()
 
+    async def flush(self, client: aioredis.Redis, provider: str) -> None:
+        """Add what was counted so far to Redis now, and start again from zero (a Redis
+        error loses these figures, not the batch)."""
+        pipe = client.pipeline(transaction=False)
+        self.add_to(pipe, provider)
+        if len(pipe):
+            with contextlib.suppress(RedisError):
+                await pipe.execute()
+
 
 class ProviderSends(NamedTuple):
     """One provider's figures, from the hash."""
@@ -73,10 +88,13 @@ class ProviderSends(NamedTuple):
     deferred: float
 
 
-def histograms(fields: Mapping[Any, Any]) -> dict[str, ProviderSends]:
-    """Per provider, from the hash: its histogram, throttles and deferred batch runs."""
+def histograms(
+    fields: Mapping[Any, Any], providers: Iterable[str] = ()
+) -> dict[str, ProviderSends]:
+    """Per provider, from the hash: its histogram, throttles and deferred batch runs
+    (``providers``: those to report even with nothing counted yet, at 0)."""
     out: dict[str, ProviderSends] = {}
-    raw: dict[str, dict[str, float]] = {}
+    raw: dict[str, dict[str, float]] = {provider: {} for provider in providers}
     for key, value in fields.items():
         provider, _, name = str(key).rpartition("|")
         raw.setdefault(provider, {})[name] = float(value)

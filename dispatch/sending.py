@@ -26,7 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from dispatch import incidents, store
+from dispatch import incidents, send_stats, store
 from dispatch.batch_items import (
     BatchStart,
     Item,
@@ -105,6 +105,7 @@ class BatchResult:
     campaign_id: str
     batch: int
     busy: bool = False  # another worker holds the batch
+    provider: str = ""  # the campaign's provider's nickname, once read
     counts: dict[str, int] = field(default_factory=dict)
     retry_at: float | None = None
     paused_reason: str = ""
@@ -754,11 +755,16 @@ async def _watch_status(
     """Poll the campaign status so that pause and cancel take effect within a second, and
     the clock so that a campaign whose ``expires_at`` passes while it sends expires then
     (not when beat next looks: nothing may go out after it), and ``stop_key`` (run_batch)
-    so that a worker asked to shut down hands its batches on within a second."""
+    so that a worker asked to shut down hands its batches on within a second; and adds
+    the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``."""
     key = store.campaign_key(campaign.content.id)
     expires_at = campaign.content.expires_at
+    flushed = time.monotonic()
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
+        if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
+            flushed = time.monotonic()
+            await sender.stats.flush(r, campaign.provider.nickname)
         if expires_at is not None and expires_at <= datetime.now(UTC):
             await expire_now(r, campaign.content.id)
         if stop_key and await r.exists(stop_key):
@@ -868,6 +874,7 @@ async def run_batch(
         if content is None:
             log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
             return result
+        result.provider = content.provider
         status = begun.status
         size = int(begun.batch_size or settings.batch_size)
         raw_provider = begun.provider

@@ -109,7 +109,12 @@ def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, A
     # completes the campaign in the same script (and housekeeping checks behind it).
     log.info(
         "batch done",
-        extra={"campaign_id": campaign_id, "batch": batch, "counts": result.counts},
+        extra={
+            "campaign_id": campaign_id,
+            "batch": batch,
+            "provider": result.provider,
+            "counts": result.counts,
+        },
     )
     return {"counts": result.counts, "retry_at": result.retry_at}
 
