@@ -46,6 +46,9 @@ HTTP_BODY = {
     "mid": "$$MessageID",
 }
 
+# A callback answer when Redis cannot serve (DESIGN §6 shape; the provider retries).
+REFUSED = {"status": "error", "message": "Server error", "error_code": 503}
+
 
 def sample(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((DATA / name).read_text())

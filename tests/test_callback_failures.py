@@ -22,6 +22,7 @@ from dispatch import campaigns, store
 from dispatch.redis_server import RedisServer
 from tests.callback_support import (
     DATA,
+    REFUSED,
     SAMPLE_CERT_NAME,
     api_process,
     callback_entries,
@@ -39,7 +40,6 @@ from tests.worker import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
-REFUSED = {"status": "error", "message": "Server error", "error_code": 503}
 EVENTS = "dispatch_callback_events_total"
 REQUESTS = "dispatch_callback_requests_total"
 

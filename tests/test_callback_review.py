@@ -27,6 +27,7 @@ from dispatch.redis_server import RedisServer
 from providers.callbacks import EventType
 from tests.callback_support import (
     HTTP_BODY,
+    REFUSED,
     api_process,
     draft_campaign,
     generic_event,
@@ -39,8 +40,6 @@ from tests.callback_support import (
 from tests.worker import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
-
-REFUSED = {"status": "error", "message": "Server error", "error_code": 503}
 
 
 @pytest.fixture
