@@ -22,6 +22,15 @@ os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
 os.environ.setdefault("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "true")
 
 
+@pytest.fixture(autouse=True)
+def _settings_follow_the_environment() -> Iterator[None]:
+    """After each test (and its monkeypatch's undo) the settings are read again: a test
+    that set ``DISPATCH_*`` and cleared the cache must not leave its values to the next
+    (a batch size of 20 once turned later tests' 1,000-recipient batches into fifty)."""
+    yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
