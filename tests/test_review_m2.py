@@ -42,6 +42,30 @@ def own_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RedisServer, re
         store.reset_clients()
 
 
+def _batches_of_20(monkeypatch: pytest.MonkeyPatch, retry_max_seconds: float) -> None:
+    """Batches of 20 (one chunk each) in this process and the worker's, and a
+    housekeeping that sweeps on the test's time scale."""
+    from dispatch import housekeeping
+    from dispatch.settings import Settings
+
+    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
+    get_settings.cache_clear()
+    sweeping = Settings(lease_ttl_ms=1500, retry_max_seconds=retry_max_seconds)
+    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+
+
+def _paced_campaign(r: redis.Redis, redis_url: str, sink: HttpSink, n: int) -> str:
+    """A campaign of ``n`` through a provider whose pace (20 a second) and one
+    connection make its batches wait their turn; its id."""
+    wait_for_queues(r)
+    http_provider(r, sink.url, rate_per_second=20, max_connections=1, timeout=5)
+    body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(n)}
+    cid, _ = campaigns.create_campaign(
+        CampaignRequest.model_validate(body), client=r, enqueue=batch_enqueuer(redis_url)
+    )
+    return cid
+
+
 def _states(r: redis.Redis, cid: str, total: int) -> Counter[str]:
     ledger = r.hgetall(store.ledger_key(cid))
     out: Counter[str] = Counter()
@@ -98,27 +122,17 @@ def test_one_chunk_batches_waiting_for_pace_and_slots_through_kills_and_operator
     import time
 
     from dispatch import housekeeping, lifecycle
-    from dispatch.settings import Settings
     from tests.test_invariants import check_books
 
     server, r = own_stack
-    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
-    get_settings.cache_clear()
-    sweeping = Settings(lease_ttl_ms=1500, retry_max_seconds=0.5)
-    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+    _batches_of_20(monkeypatch, retry_max_seconds=0.5)
     rng = random.Random(int(__import__("os").environ.get("CHAOS_SEED", "5")))
-    env = {"DISPATCH_BATCH_SIZE": "20"}
-    worker = WorkerProcess(server.url, concurrency=2, **env).start()
+    worker = WorkerProcess(server.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
     n = 200
     try:
         with HttpSink(Reply(200, delay=0.2)) as sink:
-            wait_for_queues(r)
             enqueue = batch_enqueuer(server.url)
-            http_provider(r, sink.url, rate_per_second=20, max_connections=1, timeout=5)
-            body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(n)}
-            cid, _ = campaigns.create_campaign(
-                CampaignRequest.model_validate(body), client=r, enqueue=enqueue
-            )
+            cid = _paced_campaign(r, server.url, sink, n)
 
             def taken() -> int:
                 return sum(len(req.json()["msgs"]) for req in sink.requests)
@@ -190,25 +204,16 @@ def test_a_cancel_while_one_chunk_batches_wait_for_pace_and_slots(
     again): nothing but a chunk already on the wire arrives after the cancel answered,
     every message ends sent or cancelled, none is left waiting, and the books balance."""
     from dispatch import housekeeping, lifecycle
-    from dispatch.settings import Settings
     from tests.test_invariants import check_books
 
     server, r = own_stack
-    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
-    get_settings.cache_clear()
-    sweeping = Settings(lease_ttl_ms=1500, retry_max_seconds=0.5)
-    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+    _batches_of_20(monkeypatch, retry_max_seconds=0.5)
     worker = WorkerProcess(server.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
     n = 200
     try:
         with HttpSink(Reply(200, delay=0.1)) as sink:
-            wait_for_queues(r)
             enqueue = batch_enqueuer(server.url)
-            http_provider(r, sink.url, rate_per_second=20, max_connections=1, timeout=5)
-            body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(n)}
-            cid, _ = campaigns.create_campaign(
-                CampaignRequest.model_validate(body), client=r, enqueue=enqueue
-            )
+            cid = _paced_campaign(r, server.url, sink, n)
             wait_for(lambda: len(sink.requests) >= 3, timeout=30)
             lifecycle.cancel(cid, client=r, enqueue=enqueue)
             at_cancel = len(sink.requests)
@@ -242,25 +247,16 @@ def test_one_chunk_batches_waiting_their_turn_through_a_redis_restart(
     the one connection: the campaign completes after the sweeps enqueue what the worker
     lost, every address arrives at most once, and only what arrived is sent or unknown."""
     from dispatch import housekeeping
-    from dispatch.settings import Settings
     from tests.test_invariants import check_books
 
-    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "20")
-    get_settings.cache_clear()
-    sweeping = Settings(lease_ttl_ms=1500, retry_max_seconds=600)
-    monkeypatch.setattr(housekeeping, "get_settings", lambda: sweeping)
+    _batches_of_20(monkeypatch, retry_max_seconds=600)
     worker = WorkerProcess(own_redis.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
     n = 200
     try:
         with HttpSink(Reply(200, delay=0.1)) as sink:
-            wait_for_queues(r)
             enqueue = batch_enqueuer(own_redis.url)
-            http_provider(r, sink.url, rate_per_second=20, max_connections=1, timeout=5)
-            body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(n)}
-            cid, _ = campaigns.create_campaign(
-                CampaignRequest.model_validate(body), client=r, enqueue=enqueue
-            )
+            cid = _paced_campaign(r, own_redis.url, sink, n)
             housekeeping.sweep(r, enqueue)  # beat's sweeps saw this Redis
             wait_for(lambda: len(sink.requests) >= 3, timeout=30)
             own_redis.restart()
