@@ -35,10 +35,22 @@ def load_ca(pem: str) -> ssl.SSLContext:
         raise ValueError(f"not PEM certificates ({exc.reason or exc})") from None
 
 
-@lru_cache(maxsize=_CONTEXTS_KEPT)
 def smtp_context(verify: bool, ca: str = "") -> ssl.SSLContext:
     """The context aiosmtplib would build for ``validate_certs=verify``, made once;
     ``ca``: PEM certificates to trust instead of the system's."""
+    return _smtp_context(verify, ca)  # one cache key however it is called
+
+
+def http_context(verify: bool, ca: str = "") -> ssl.SSLContext:
+    """The context httpx would build for ``verify`` (environment ignored), made once;
+    ``ca``: PEM certificates to trust instead of certifi's."""
+    return _http_context(verify, ca)
+
+
+# lru_cache keys on the call's spelling: http_context(True) and http_context(True, "")
+# would be two entries, and preload's contexts not the ones the adapters use.
+@lru_cache(maxsize=_CONTEXTS_KEPT)
+def _smtp_context(verify: bool, ca: str) -> ssl.SSLContext:
     context = load_ca(ca) if ca else ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.check_hostname = verify
     context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
@@ -46,9 +58,7 @@ def smtp_context(verify: bool, ca: str = "") -> ssl.SSLContext:
 
 
 @lru_cache(maxsize=_CONTEXTS_KEPT)
-def http_context(verify: bool, ca: str = "") -> ssl.SSLContext:
-    """The context httpx would build for ``verify`` (environment ignored), made once;
-    ``ca``: PEM certificates to trust instead of certifi's."""
+def _http_context(verify: bool, ca: str) -> ssl.SSLContext:
     if verify and ca:
         return load_ca(ca)
     return httpx.create_ssl_context(verify=verify, trust_env=False)
