@@ -3,14 +3,16 @@
 Tasks are synchronous (Celery prefork); they run their coroutine on this loop so that
 clients and connection pools live as long as the process, not one task. Provider
 sessions a batch leaves behind (dispatch.session_pool) are closed after their idle time
-even when no task follows: a timer thread runs the loop for that between tasks (the loop
+even when no task follows: a thread runs the loop for that between tasks (the loop
 runs in one thread at a time, under a lock).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -25,7 +27,17 @@ _loop: asyncio.AbstractEventLoop | None = None
 _client: aioredis.Redis | None = None
 _pool: SessionPool | None = None
 _lock = threading.Lock()  # whoever runs the loop holds it
-_closer: threading.Timer | None = None
+_wake = threading.Condition()  # guards _close_at; wakes the closer thread
+_close_at: float | None = None  # (monotonic) when kept sessions are due to close
+_closer_pid = 0  # the process whose closer thread runs
+
+
+def _forked() -> None:
+    global _wake, _close_at
+    _wake, _close_at = threading.Condition(), None  # the parent's lock may have been held
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def run(factory: Callable[[aioredis.Redis], Coroutine[Any, Any, T]]) -> T:
@@ -53,16 +65,32 @@ def session_pool() -> SessionPool:
 
 def _schedule_close() -> None:
     """Close the sessions left idle once they are due, unless a task comes first (it
-    takes them or closes them itself)."""
-    global _closer
-    if _closer is not None:
-        _closer.cancel()
-        _closer = None
+    takes them or closes them itself). One thread per process waits for that: a thread
+    started for every task cost a worker about 5 % of its CPU."""
+    global _close_at, _closer_pid
     due = _pool.next_expiry() if _pool is not None else None
-    if due is not None:
-        _closer = threading.Timer(due + 0.05, _close_idle)
-        _closer.daemon = True
-        _closer.start()
+    at = None if due is None else time.monotonic() + due + 0.05
+    with _wake:
+        sooner = at is not None and (_close_at is None or at < _close_at)
+        _close_at = at
+        if _closer_pid != os.getpid():  # threads do not survive a fork
+            _closer_pid = os.getpid()
+            threading.Thread(target=_closer, name="dispatch-session-closer", daemon=True).start()
+        elif sooner:
+            _wake.notify()
+
+
+def _closer() -> None:
+    global _close_at
+    while True:
+        with _wake:
+            while True:
+                at = _close_at
+                if at is not None and at <= time.monotonic():
+                    break
+                _wake.wait(None if at is None else at - time.monotonic())
+            _close_at = None
+        _close_idle()
 
 
 def _close_idle() -> None:
@@ -78,10 +106,9 @@ def _close_idle() -> None:
 
 def shutdown() -> None:
     """Close the kept sessions (QUIT, slots given back) as the process ends."""
-    global _closer
-    if _closer is not None:
-        _closer.cancel()
-        _closer = None
+    global _close_at
+    with _wake:
+        _close_at = None
     if not _lock.acquire(timeout=5):  # the loop is busy (never expected at exit): leave
         return  # the sockets to the process's end and the slots to their expiry
     try:

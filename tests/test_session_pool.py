@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -232,6 +233,36 @@ def test_the_runtime_closes_idle_sessions_between_tasks(
     assert smtp.handler.active == 0
     assert _slots(redis_client, "local") == []
     assert len(runtime.session_pool()) == 0
+
+
+def test_one_thread_closes_idle_sessions_however_many_tasks_run(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks that each keep a session start no thread of their own (a thread a task cost
+    a worker about 5 % of its CPU); the one closer still closes the last session."""
+    pool = SessionPool(1.0)
+    _one_task(redis_client, smtp, monkeypatch, pool)  # the closer runs from here on
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    created = [_campaign(redis_client, "local", 5) for _ in range(3)]
+    monkeypatch.setattr(threading.Thread, "start", start)
+    for cid, batches in created:
+        result = runtime.run(
+            lambda client, cid=cid, b=batches[0]: run_batch(
+                cid, b, r=client, settings=SETTINGS, pool=runtime.session_pool()
+            )
+        )
+        assert result.counts == {"sent": 5} and len(pool) == 1
+    assert started == []
+    deadline = time.monotonic() + 10
+    while (smtp.handler.active or _slots(redis_client, "local")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (smtp.handler.active, _slots(redis_client, "local"), len(pool)) == (0, [], 0)
 
 
 def test_a_goodbye_that_never_ends_is_cut_short(
