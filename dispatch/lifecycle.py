@@ -478,13 +478,19 @@ _EARLIER_REFUSALS = re.compile(
 )
 
 
+# The server could not take the address (no SMTPUTF8, providers.smtp): not the address's
+# fault, so a retry once the provider offers it (another server, an upgrade) may pass.
+_WANTS_SMTPUTF8 = re.compile(r".* SMTPUTF8 \(RFC 6531\), which the server .* does not offer")
+
+
 def is_retryable(error_class: str, detail: str) -> bool:
     """Whether a failed message may succeed if sent again.
 
     Not retried: ``Invalid message`` (the recipient's own data cannot be sent, DESIGN §2
     note in ``providers.errors``), and ``SMTP invalid email ID`` when the server refused
     the address for good (a 5xx reply). A recipient refused with a 4xx reply that ran out
-    of attempts during an outage is retried. Every other class (connection, timeout, the
+    of attempts during an outage is retried, and so is one the server could not take for
+    want of SMTPUTF8 (the provider may offer it now). Every other class (connection, timeout, the
     server or HTTP provider refusing the message) may pass once the provider is fixed.
     Retried whatever their class: what a worker of an earlier version refused and this
     one sends (:data:`_EARLIER_REFUSALS`).
@@ -494,6 +500,8 @@ def is_retryable(error_class: str, detail: str) -> bool:
     if error_class == ErrorClass.INVALID_MESSAGE.value:
         return False
     if error_class == ErrorClass.INVALID_RECIPIENT.value:
+        if _WANTS_SMTPUTF8.fullmatch(detail):
+            return True
         match = _SMTP_CODE.search(detail)
         return match is not None and match.group(1) == "4"
     return True

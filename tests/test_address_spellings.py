@@ -188,6 +188,32 @@ def test_a_non_ascii_local_part_needs_a_server_that_offers_smtputf8(
         assert (answer.json()["appended"], answer.json()["duplicates"]) == (0, 1)
 
 
+@covers("POST /v1/campaigns/{campaign_id}/retry-failed")
+def test_a_message_failed_for_want_of_smtputf8_is_sent_by_retry_failed_once_offered(
+    api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
+) -> None:
+    """The refusal is the server's, not the address's: once the provider points at a
+    server offering SMTPUTF8 (or its server is upgraded), retry-failed sends it. An
+    address refused for good (550 5.1.1) is still not retried."""
+    with SmtpTestServer() as ascii_only, api_client(api_server) as api:
+        ascii_only.handler.rcpt_reply = lambda a: (  # type: ignore[assignment]
+            "550 5.1.1 no such user" if a.startswith("gone@") else None
+        )
+        api.put("/v1/providers/local", json=smtp_body(ascii_only.port))
+        body = _campaign("spell-9", ["jöhn@example.com", "gone@example.com", "ok@example.com"])
+        assert api.post("/v1/campaigns", json=body).status_code == 201
+        done = wait_for_campaign(api, "spell-9", lambda s: s["status"] == "completed")
+        assert (done["sent"], done["failed"]) == (1, 2)
+    with SmtpTestServer(smtputf8=True) as smtp, api_client(api_server) as api:
+        api.put("/v1/providers/local", json=smtp_body(smtp.port))
+        report = api.post("/v1/campaigns/spell-9/retry-failed").json()
+        assert (report["retried"], report["skipped_not_retryable"]) == (1, 1)
+        done = wait_for_campaign(api, "spell-9", lambda s: s["status"] == "completed")
+        assert (done["sent"], done["failed"]) == (2, 1)
+        assert [m.rcpt_tos for m in smtp.messages] == [["jöhn@example.com"]]
+        assert "SMTPUTF8" in smtp.messages[0].mail_options
+
+
 @covers("POST /v1/campaigns")
 def test_a_non_ascii_local_part_goes_out_with_smtputf8(
     api_server: ApiServer, redis_client: redis.Redis, celery_worker: WorkerProcess
