@@ -118,7 +118,10 @@ def recipient_links(
 ) -> tuple[tuple[tuple[str, str], ...], str, str]:
     """One recipient's ``List-Unsubscribe`` headers, unsubscribe URL and preference URL,
     by the provider's ``preference_center`` (``center``) and custom URL; none with
-    ``"none"``."""
+    ``"none"``.
+
+    The headers act for ``email`` alone: the SMTP transport leaves them out of the copy a
+    Cc or Bcc address receives (``providers.mime.TO_ONLY_HEADERS``)."""
     if center == "none":
         return (), "", ""
     token = make_token(campaign_id, seq, email, category)

@@ -33,6 +33,10 @@ MAX_LINE = 78  # RFC 5322 §2.1.1: SHOULD; where folding starts
 _WORD_START, _WORD_END = "=?utf-8?b?", "?="
 _WORD_BYTES = 45  # 60 base64 characters: a word of 72, within RFC 2047's 75 (§2)
 _FOLD_POINT = re.compile(r"(?<=[^ \t])(?=[ \t])")  # before each run of white space
+# Headers that act for the To recipient alone: one POST to the RFC 8058 one-click link
+# unsubscribes the address its token names, whoever's mail client shows the button. The
+# copy a Cc or Bcc address receives leaves them out (:meth:`MimeWriter.write_pair`).
+TO_ONLY_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
 
 
 def _crlf(text: str) -> str:
@@ -206,7 +210,11 @@ class MimeWriter:
         # '==' never occurs in quoted-printable output, so this boundary cannot collide
         # with a body (the same trick the stdlib uses).
         self._boundary = f"==dispatch_{secrets.token_hex(8)}=="
-        self._static = "".join(_raw_field(check_header_name(k), v) for k, v in static_headers)
+        static = "".join(_raw_field(check_header_name(k), v) for k, v in static_headers)
+        # The headers after the message's own: the same for every message of the writer.
+        self._tail = (
+            f'{static}Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n\r\n'
+        )
         self._mailbox_cache: dict[tuple[str, str, str], str] = {}
         self._date_second = 0
         self._date = ""
@@ -250,13 +258,29 @@ class MimeWriter:
         address is invalid or a text cannot be written as UTF-8 (a lone surrogate): the
         recipient's data is at fault, not the provider.
         """
+        return self.write_pair(msg, extra_headers, copy=False)[0]
+
+    def write_pair(
+        self,
+        msg: OutgoingMessage,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        *,
+        copy: bool = True,
+    ) -> tuple[bytes, bytes | None]:
+        """The To recipient's bytes and, with ``copy``, those of the copy for the Cc and
+        Bcc addresses: the same message (Date and Message-ID included) without the
+        :data:`TO_ONLY_HEADERS`. The copy is None when it would be the same bytes (no Cc or
+        Bcc, or no such header). Raises as :meth:`write`.
+        """
         try:
-            return self._write(msg, extra_headers)
+            return self._write(msg, extra_headers, copy and bool(msg.cc or msg.bcc))
         except ValueError as exc:  # InvalidAddressError and UnicodeError are ValueErrors
             raise InvalidMessageError(str(exc)) from exc
 
-    def _write(self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]]) -> bytes:
-        head = self._headers(msg, extra_headers)
+    def _write(
+        self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]], copy: bool
+    ) -> tuple[bytes, bytes | None]:
+        head, copy_head = self._headers(msg, extra_headers, copy)
         b = self._boundary
         # ASCII but for addresses that need SMTPUTF8 (RFC 6532), and the meta naming one.
         parts = [head.encode()]
@@ -274,9 +298,17 @@ class MimeWriter:
             parts.append(_qp(body))
             parts.append(b"\r\n")
         parts.append(f"--{b}--\r\n".encode("ascii"))
-        return b"".join(parts)
+        if copy_head is None:
+            return b"".join(parts), None
+        data = b"".join(parts)
+        parts[0] = copy_head.encode()
+        return data, b"".join(parts)
 
-    def _headers(self, msg: OutgoingMessage, extra: Iterable[tuple[str, str]]) -> str:
+    def _headers(
+        self, msg: OutgoingMessage, extra: Iterable[tuple[str, str]], copy: bool
+    ) -> tuple[str, str | None]:
+        """The To recipient's header block and, with ``copy``, the copy's (None when the
+        same)."""
         lines = [
             f"From: {self._mailbox(msg.from_name, msg.from_address, 'from', 'From')}\r\n",
             f"To: {normalize_address(msg.to)}\r\n",
@@ -294,8 +326,14 @@ class MimeWriter:
         # The address leads the meta and may need SMTPUTF8; the rest is ours, in ASCII.
         utf8 = msg.meta.partition("|")[2].isascii()
         lines.append(_raw_field(META_HEADER, msg.meta, utf8=utf8))
-        for name, value in (*msg.headers, *extra):
-            lines.append(_raw_field(check_header_name(name), value))
-        lines.append(self._static)
-        lines.append(f'Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n\r\n')
-        return "".join(lines)
+        common = len(lines)
+        fields = [(n, _raw_field(check_header_name(n), v)) for n, v in (*msg.headers, *extra)]
+        lines.extend(line for _, line in fields)
+        lines.append(self._tail)
+        head = "".join(lines)
+        if not copy or all(n.lower() not in TO_ONLY_HEADERS for n, _ in fields):
+            return head, None
+        del lines[common:]
+        lines.extend(line for n, line in fields if n.lower() not in TO_ONLY_HEADERS)
+        lines.append(self._tail)
+        return head, "".join(lines)

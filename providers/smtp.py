@@ -172,9 +172,10 @@ class SmtpSession:
         """Send the messages, pipelined back to back; see ``providers.base.Session``."""
         outcomes: dict[int, SendOutcome] = {}
         ready: list[tuple[OutgoingMessage, Envelope]] = []
+        copies: list[tuple[OutgoingMessage, Envelope]] = []  # to the Cc and Bcc
         for msg in messages:
             try:
-                data, sender, recipients = self._transport.prepare(msg)
+                data, copy, sender, recipients = self._transport.prepare(msg)
             except (InvalidMessageError, InvalidAddressError) as exc:
                 error_class = (
                     ErrorClass.INVALID_RECIPIENT
@@ -186,10 +187,18 @@ class SmtpSession:
                 )
                 continue
             utf8 = not data.isascii() or any(map(needs_smtputf8, (sender, *recipients)))
+            if copy is not None:
+                copies.append((msg, Envelope(sender, tuple(recipients[1:]), dot_stuff(copy), utf8)))
+                recipients = recipients[:1]
             ready.append((msg, Envelope(sender, tuple(recipients), dot_stuff(data), utf8)))
         put_off: list[_PutOff] = []
         if ready:
             await self._send_ready(ready, outcomes, put_off)
+        for msg, envelope in copies:
+            # The message is the To recipient's: its copy goes out only once the To has it
+            # (a retry would send it again) and never changes its outcome, only the detail.
+            if outcomes[msg.seq].status is OutcomeStatus.SENT:
+                put_off.append(_PutOff(msg, envelope, {}))
         if put_off:
             await self._send_put_off(put_off)
             for item in put_off:
@@ -302,9 +311,11 @@ class SmtpSession:
             if not envelope.utf8:
                 kept.append((msg, envelope))
                 continue
-            # The Reply-To is in the headers only (prepare took it: it normalises).
+            # The Reply-To is in the headers only, the Cc and Bcc may be in the envelope of a
+            # copy (prepare took them all: they normalise).
+            recipients = map(normalize_address, msg.envelope_recipients)
             reply_to = (normalize_address(msg.reply_to),) if msg.reply_to else ()
-            addresses = (*envelope.recipients, envelope.sender, *reply_to)
+            addresses = (*recipients, envelope.sender, *reply_to)
             utf8 = [a for a in addresses if needs_smtputf8(a)]
             named = f"{utf8[0]!r} needs" if utf8 else "its headers need"
             outcomes[msg.seq] = SendOutcome(
@@ -487,8 +498,15 @@ class SmtpTransport:
                 self._writers.popitem(last=False)
         return writer
 
-    def prepare(self, msg: OutgoingMessage) -> tuple[bytes, str, list[str]]:
-        """The message bytes, envelope sender and envelope recipients.
+    def prepare(self, msg: OutgoingMessage) -> tuple[bytes, bytes | None, str, list[str]]:
+        """The message bytes, the bytes of the Cc and Bcc copy, envelope sender and envelope
+        recipients (To, then Cc, then Bcc).
+
+        The copy is None when every recipient gets the same bytes in one transaction. It is
+        not when the message carries the To recipient's one-click unsubscribe link: the Cc
+        and Bcc are sent the message without it, in a transaction of their own
+        (``MimeWriter.write_pair``), so that no mail client of theirs offers a button that
+        unsubscribes the To recipient.
 
         Raises ``InvalidAddressError`` for a bad recipient, ``InvalidMessageError`` for
         data that cannot be placed in a header.
@@ -507,9 +525,10 @@ class SmtpTransport:
         if isinstance(self.config, SendgridConfig):
             extra.append(("X-SMTPAPI", smtpapi_header(msg.meta, msg.campaign_id)))
         try:
-            return self._writer(msg.campaign_id).write(msg, extra), sender, recipients
+            data, copy = self._writer(msg.campaign_id).write_pair(msg, extra)
         except ValueError as exc:  # UnicodeError included: a value no header or body can carry
             raise InvalidMessageError(str(exc)) from exc
+        return data, copy, sender, recipients
 
     async def open_wire(self) -> TransactionProtocol:
         """Connect, secure as configured, log in, and take over the connection.

@@ -268,7 +268,7 @@ def test_sendgrid_smtpapi_escapes_non_ascii() -> None:
     transport = SmtpTransport(parse_provider_config(_sendgrid(25)))  # type: ignore[arg-type]
     msg = _message(5)
     msg.campaign_id = "Grüße-😀"
-    data, _, _ = transport.prepare(msg)
+    data, _, _, _ = transport.prepare(msg)
     header = next(line for line in data.split(b"\r\n") if line.startswith(b"X-SMTPAPI:"))
     assert header.isascii() and b"\\u00fc" in header
     assert json.loads(header.split(b":", 1)[1])["unique_args"]["campaign_id"] == "Grüße-😀"
