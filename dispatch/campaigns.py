@@ -22,7 +22,7 @@ import orjson
 import redis
 from pydantic import TypeAdapter, ValidationError
 
-from dispatch import payload_checks, store
+from dispatch import payload_checks, store, suppressions
 from dispatch.models import (
     COUNTER_NAMES,
     CampaignContent,
@@ -278,6 +278,26 @@ def _check_recipients_per_message(content: CampaignContent, provider: ProviderBa
         )
 
 
+class SuppressedCopyError(CampaignStateError):
+    """A Cc or Bcc address is on the suppression list (HTTP 409, field ``cc`` or ``bcc``)."""
+
+
+def _check_copies_not_suppressed(content: CampaignContent, r: redis.Redis) -> None:
+    """Cc and Bcc get a copy of every message: an address that bounced, complained or
+    unsubscribed would get one per recipient. Raises :class:`SuppressedCopyError`."""
+    for field, addresses in (("cc", content.cc), ("bcc", content.bcc)):
+        for address in addresses:
+            entry = suppressions.get(address, client=r)
+            if entry is not None:
+                raise SuppressedCopyError(
+                    f"{entry.get('email', address)} is on the suppression list "
+                    f"({suppressions.describe(entry)}): each message of the campaign would "
+                    f"send it a copy. Take it out of {field}, or remove the entry "
+                    f"(DELETE /v1/suppressions/{address})",
+                    field=field,
+                )
+
+
 def _every_recipient_has(recipients: list[Recipient], names: set[str]) -> bool:
     """Whether each recipient's vars hold all of ``names``: one pass for the template's
     and the payload's names (the checks that name what is missing run only if not)."""
@@ -318,7 +338,7 @@ def create_campaign(
 
     Returns ``(campaign_id, created)``; re-posting the same id with the same content
     returns ``created=False`` and changes nothing. Raises :class:`CampaignError` (422),
-    :class:`CampaignConflictError` (409).
+    :class:`CampaignConflictError` and :class:`SuppressedCopyError` (409).
     """
     r = client or store.sync_client()
     try:
@@ -339,6 +359,8 @@ def create_campaign(
     # (Its campaign-level placeholders are checked whatever the recipients hold.)
     payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
     fingerprint = _fingerprint(request)
+    if r.hget(store.campaign_key(campaign_id), "fingerprint") != fingerprint:
+        _check_copies_not_suppressed(content, r)  # (a repeat is answered as before)
     now = time.time()
     expired = content.expires_at is not None and content.expires_at.timestamp() <= now
     # Only a repeat of a campaign stored before its expiry is answered (as a repeat).

@@ -215,3 +215,37 @@ def test_removing_a_suppression_logs_the_entry_it_removed(
     assert record.getMessage().startswith("suppression removed: eve@example.com (spam, ")
     assert record.__dict__["suppression"]["source"] == "callback:esp:spamreport"
     assert suppressions.get("eve@example.com") is None
+
+
+@covers("POST /v1/campaigns")
+def test_a_campaign_copying_a_suppressed_address_is_refused_naming_it(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Cc and Bcc get a copy of every message: one on the suppression list would get one
+    per recipient. The campaign is refused (409 on the field, nothing stored) until it is
+    taken out or its entry removed; a repeat of a campaign accepted before is answered as
+    a repeat."""
+    with SmtpTestServer() as smtp, api_client(api_server) as http:
+        smtp_provider(redis_client, smtp.port)
+        accepted = _campaign("copy-0", cc=["boss@example.com"])
+        assert http.post("/v1/campaigns", json=accepted).status_code == 201
+        suppressions.add("Boss@Example.com", reason="spam", source="callback:esp:spamreport")
+        suppressions.add("archive@example.com", reason="hard_bounce", source="callback:esp:bounce")
+
+        for field, body in (
+            ("cc", _campaign("copy-1", cc=["ok@example.com", "BOSS@example.com"])),
+            ("bcc", _campaign("copy-1", bcc=["archive@example.com"])),
+        ):
+            refused = http.post("/v1/campaigns", json=body)
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["field"] == field
+            detail = refused.json()["detail"]
+            assert "is on the suppression list" in detail and "DELETE /v1/suppressions/" in detail
+        named = http.post("/v1/campaigns", json=_campaign("copy-1", cc=["boss@example.com"]))
+        assert named.json()["detail"].startswith("cc: boss@example.com is on the suppression list")
+        assert http.get("/v1/campaigns/copy-1").status_code == 404  # nothing stored
+
+        assert http.post("/v1/campaigns", json=accepted).status_code == 200  # a repeat
+        assert http.delete("/v1/suppressions/boss@example.com").status_code in (200, 204)
+        copied = _campaign("copy-1", cc=["boss@example.com"])
+        assert http.post("/v1/campaigns", json=copied).status_code == 201
