@@ -53,7 +53,11 @@ end
 local wait = 0
 if rate > 0 then
   local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-  redis.call('SET', KEYS[1], tostring(free + granted / rate), 'EX', 3600)
+  local next_free = free + granted / rate
+  -- Kept until the provider is next free (an hour at least): a slow pace's reservations
+  -- reach further ahead than an hour, and a key gone before then lets a burst through.
+  local keep = math.max(3600, math.ceil(next_free - now) + 60)
+  redis.call('SET', KEYS[1], tostring(next_free), 'EX', keep)
   wait = free - now
 end
 if ARGV[7] ~= '' and (quota > 0 or rquota > 0) then
