@@ -207,6 +207,13 @@ class ProviderLimiter:
 
     def _used_up(self, which: int, day: str) -> str:
         nick = self.provider.nickname
+        rquota = self.provider.daily_recipient_quota
+        if which == 2 and rquota and self.per_message > rquota:  # not today, nor any day
+            return (
+                f"each message has {self.per_message} recipients (to, cc and bcc), more "
+                f"than the daily recipient quota of {rquota} of provider {nick!r}: none "
+                "can go on any day; raise the quota or send with fewer cc and bcc"
+            )
         if which == 2:
             what = (
                 f"daily recipient quota of {self.provider.daily_recipient_quota} recipients "

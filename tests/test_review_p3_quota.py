@@ -24,6 +24,7 @@ from dispatch.settings import Settings
 from providers.config import parse_provider_config
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
+from tests.test_limits_pace import gmail_with_cc
 from tests.test_limits_workers import Workers, workers  # noqa: F401 (the fixture)
 from tests.worker import wait_for
 
@@ -232,3 +233,18 @@ def test_a_grant_never_settled_lapses(redis_client: redis.Redis) -> None:
             await client.aclose()
 
     asyncio.run(go())
+
+
+def test_messages_with_more_recipients_than_the_daily_recipient_quota_say_so(
+    redis_client: redis.Redis,
+) -> None:
+    """Messages of 5 recipients (to and 4 cc) and a daily recipient quota of 3: none can
+    go on any day, and the pause says that, not that today's quota is used up and the
+    campaign may be resumed after midnight UTC."""
+    cid, delivered = gmail_with_cc(redis_client, 3, 3)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["queued"]) == ("paused", 0, 3)
+    assert delivered == 0
+    reason = str(summary["reason"])
+    assert "each message has 5 recipients (to, cc and bcc)" in reason
+    assert "daily recipient quota of 3" in reason and "00:00 UTC" not in reason
