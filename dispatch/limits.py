@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +19,16 @@ from providers.errors import ConfigurationError
 # call reserves sends after that point and answers how many and how long to wait first,
 # so any number of workers together keep to rate_per_second. KEYS[2] counts today's
 # messages, KEYS[3] today's recipients (to, cc and bcc: ARGV[4] per message). With ARGV[6]
-# = 1 as many of the n as the quotas leave are granted, else all or none. Answers
-# {granted, wait, which quota stopped it (0 none, 1 messages, 2 recipients)}.
+# = 1 as many of the n as the quotas leave are granted, else all or none. KEYS[4] holds
+# today's grants still out (ARGV[7], a grant's token, scored by when it lapses: ARGV[8]
+# seconds after its wait, for a worker that died holding it): until they are settled the
+# quota is not known to be used up, since some may be given back. Answers {granted, wait,
+# which quota stopped it (0 none, 1 messages, 2 recipients), grants still out}.
 _TAKE = """
 local n, rate, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local per, rquota, partial = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local granted, which = n, 0
 if quota > 0 then
   local left = quota - tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -32,7 +38,10 @@ if rquota > 0 then
   local left = math.floor((rquota - tonumber(redis.call('GET', KEYS[3]) or '0')) / per)
   if left < granted then granted, which = left, 2 end
 end
-if granted <= 0 or (granted < n and not partial) then return {0, '-1', which} end
+if granted <= 0 or (granted < n and not partial) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  return {0, '-1', which, redis.call('ZCARD', KEYS[4])}
+end
 if quota > 0 then
   redis.call('INCRBY', KEYS[2], granted)
   redis.call('EXPIRE', KEYS[2], 172800)
@@ -41,25 +50,40 @@ if rquota > 0 then
   redis.call('INCRBY', KEYS[3], granted * per)
   redis.call('EXPIRE', KEYS[3], 172800)
 end
-if rate <= 0 then return {granted, '0', which} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-redis.call('SET', KEYS[1], tostring(free + granted / rate), 'EX', 3600)
-return {granted, tostring(free - now), which}
+local wait = 0
+if rate > 0 then
+  local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+  local next_free = free + granted / rate
+  -- Kept until the provider is next free (an hour at least): a slow pace's reservations
+  -- reach further ahead than an hour, and a key gone before then lets a burst through.
+  local keep = math.max(3600, math.ceil(next_free - now) + 60)
+  redis.call('SET', KEYS[1], tostring(next_free), 'EX', keep)
+  wait = free - now
+end
+if ARGV[7] ~= '' and (quota > 0 or rquota > 0) then
+  redis.call('ZADD', KEYS[4], now + wait + tonumber(ARGV[8]), ARGV[7])
+  redis.call('EXPIRE', KEYS[4], 172800)
+end
+return {granted, tostring(wait), which, 0}
 """
 
 # Messages counted against today's quotas that did not go out are given back (never
-# below zero: the day's key may have been removed by hand meanwhile).
+# below zero: the day's key may have been removed by hand meanwhile); ARGV[3], a grant's
+# token, is settled: no longer out (KEYS[3]).
 _REFUND = """
-for i, key in ipairs(KEYS) do
+for i = 1, 2 do
+  local key = KEYS[i]
   local left = tonumber(redis.call('GET', key) or '0') - tonumber(ARGV[i])
   if redis.call('EXISTS', key) == 1 then
     redis.call('SET', key, math.max(left, 0), 'KEEPTTL')
   end
 end
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
 return 0
 """
+
+# How soon a sender asks again when the quota's last sends are out elsewhere.
+QUOTA_POLL_SECONDS = 0.5
 
 
 def chunk_limit(provider: ProviderBase, chunk_size: int) -> int:
@@ -80,23 +104,33 @@ class QuotaExhaustedError(ConfigurationError):
 @dataclass(frozen=True, slots=True)
 class Grant:
     """Sends reserved by :meth:`ProviderLimiter.take_some`: ``count`` of them may go after
-    ``wait`` seconds; ``day`` is the UTC day whose quotas they were counted against."""
+    ``wait`` seconds; ``day`` is the UTC day whose quotas they were counted against;
+    ``token`` names a grant that is out until :meth:`ProviderLimiter.settle` (tracked)."""
 
     count: int
     wait: float
     day: str = ""
+    token: str = ""
 
 
 class ProviderLimiter:
     """Reserves sends against a provider's ``rate_per_second``, ``daily_quota`` and
-    ``daily_recipient_quota`` (``recipients_per_message``: to, cc and bcc of each)."""
+    ``daily_recipient_quota`` (``recipients_per_message``: to, cc and bcc of each).
+
+    ``grant_ttl``: how long after its wait a tracked grant a worker never settled (it
+    died) still counts as out (the batch lease's TTL, as for connection slots)."""
 
     def __init__(
-        self, client: aioredis.Redis, provider: ProviderBase, recipients_per_message: int = 1
+        self,
+        client: aioredis.Redis,
+        provider: ProviderBase,
+        recipients_per_message: int = 1,
+        grant_ttl: float = 60.0,
     ) -> None:
         self.client = client
         self.provider = provider
         self.per_message = max(1, recipients_per_message)
+        self.grant_ttl = grant_ttl
         self.quotas = bool(provider.daily_quota or provider.daily_recipient_quota)
         self.active = bool(provider.rate_per_second or self.quotas)
 
@@ -107,53 +141,79 @@ class ProviderLimiter:
         """
         return (await self._take(n, partial=False)).wait
 
-    async def take_some(self, n: int) -> Grant:
+    async def take_some(self, n: int, *, tracked: bool = False) -> Grant:
         """Reserve up to ``n`` sends: as many as today's quotas leave (so the quota is used
         to the last message), after the provider's pace.
 
-        Raises :class:`QuotaExhaustedError` when not one more may go today.
+        Raises :class:`QuotaExhaustedError` when not one more may go today. ``tracked``:
+        the caller settles the grant (:meth:`settle`) once its sends went out or not;
+        until then the grant counts as out, and a tracked call that finds the quotas
+        taken while grants are out (some may be given back: the quota is not known to
+        be used up yet) gets a grant of none, to wait its ``wait`` and ask again.
         """
-        return await self._take(n, partial=True)
+        return await self._take(n, partial=True, tracked=tracked)
 
     async def refund(self, grant: Grant, n: int) -> None:
         """Give back ``n`` of ``grant``'s sends that did not go out (given back unsent,
         or refused by the provider): they do not count against the day's quotas."""
-        if n <= 0 or not self.quotas or not grant.day:
-            return
-        message_key, recipient_key = self._quota_keys(grant.day)
-        await self.client.eval(_REFUND, 2, message_key, recipient_key, n, n * self.per_message)
+        if n > 0:
+            await self._give_back(grant, n, "")
 
-    def _quota_keys(self, day: str) -> tuple[str, str]:
+    async def settle(self, grant: Grant, n: int) -> None:
+        """``grant`` is done: :meth:`refund` ``n`` of its sends, and it is no longer out."""
+        if n > 0 or grant.token:
+            await self._give_back(grant, n, grant.token)
+
+    async def _give_back(self, grant: Grant, n: int, token: str) -> None:
+        if not self.quotas or not grant.day:
+            return
+        message_key, recipient_key, out_key = self._quota_keys(grant.day)
+        await self.client.eval(
+            _REFUND, 3, message_key, recipient_key, out_key, n, n * self.per_message, token
+        )
+
+    def _quota_keys(self, day: str) -> tuple[str, str, str]:
         nick = self.provider.nickname
         return (
             f"{store.PREFIX}:quota:{nick}:{day}",
             f"{store.PREFIX}:recipient-quota:{nick}:{day}",
+            f"{store.PREFIX}:quota-out:{nick}:{day}",
         )
 
-    async def _take(self, n: int, *, partial: bool) -> Grant:
+    async def _take(self, n: int, *, partial: bool, tracked: bool = False) -> Grant:
         if not self.active:
             return Grant(n, 0.0)
         day = datetime.now(UTC).strftime("%Y%m%d")
-        message_key, recipient_key = self._quota_keys(day)
-        granted, wait, which = await self.client.eval(
+        token = secrets.token_hex(8) if tracked and self.quotas else ""
+        granted, wait, which, out = await self.client.eval(
             _TAKE,
-            3,
+            4,
             f"{store.PREFIX}:pace:{self.provider.nickname}",
-            message_key,
-            recipient_key,
+            *self._quota_keys(day),
             n,
             self.provider.rate_per_second,
             self.provider.daily_quota or 0,
             self.per_message,
             self.provider.daily_recipient_quota or 0,
             1 if partial else 0,
+            token,
+            self.grant_ttl,
         )
         if int(granted) <= 0:
+            if token and int(out):
+                return Grant(0, QUOTA_POLL_SECONDS, day)
             raise QuotaExhaustedError(self._used_up(int(which), day))
-        return Grant(int(granted), float(wait), day)
+        return Grant(int(granted), float(wait), day, token)
 
     def _used_up(self, which: int, day: str) -> str:
         nick = self.provider.nickname
+        rquota = self.provider.daily_recipient_quota
+        if which == 2 and rquota and self.per_message > rquota:  # not today, nor any day
+            return (
+                f"each message has {self.per_message} recipients (to, cc and bcc), more "
+                f"than the daily recipient quota of {rquota} of provider {nick!r}: none "
+                "can go on any day; raise the quota or send with fewer cc and bcc"
+            )
         if which == 2:
             what = (
                 f"daily recipient quota of {self.provider.daily_recipient_quota} recipients "

@@ -170,7 +170,10 @@ class _Campaign:
         self.status = CampaignStatus.RUNNING
         self.base_context = campaign_context(content.vars)
         self.limiter = ProviderLimiter(
-            limiter_client, provider, 1 + len(content.cc) + len(content.bcc)
+            limiter_client,
+            provider,
+            1 + len(content.cc) + len(content.bcc),
+            settings.lease_ttl_ms / 1000,
         )
         self.chunk_size = chunk_limit(provider, transport.chunk_size)
         self.slots = ConnectionSlots(limiter_client, provider, settings.lease_ttl_ms / 1000)
@@ -493,12 +496,17 @@ class BatchSender:
                     self.put_back(chunk)
                     return
             try:
-                grant = await self.c.limiter.take_some(len(chunk))
+                grant = await self.c.limiter.take_some(len(chunk), tracked=True)
             except QuotaExhaustedError as exc:
                 self.put_back(chunk)
                 await give_back_claims(self.writer, chunk, exc.detail)
                 self._stop_for(exc)
                 return
+            if not grant.count:  # the quota's last sends are out: some may come back
+                self.put_back(chunk)
+                await give_back_claims(self.writer, chunk, _WAITED)
+                await self._rest(grant.wait)
+                continue
             if grant.count < len(chunk):  # the last of today's quota: the rest waits
                 rest, chunk = chunk[grant.count :], chunk[: grant.count]
                 self.put_back(rest)  # (not claimed while the granted part is on the wire)
@@ -508,20 +516,21 @@ class BatchSender:
                 await self._rest(grant.wait)
                 if self.stopped:
                     self.put_back(chunk)
-                    await self.c.limiter.refund(grant, len(chunk))
+                    await self.c.limiter.settle(grant, len(chunk))
                     return
             # Built and claimed right before they go out: none waits claimed.
             messages = await self._claim(await self._build(chunk))
-            if len(messages) < len(chunk):  # not buildable, or settled by someone else
-                await self.c.limiter.refund(grant, len(chunk) - len(messages))
+            unsent = len(chunk) - len(messages)  # not buildable, or settled by someone else
             if not messages:
+                await self.c.limiter.settle(grant, unsent)
                 continue
+            await self.c.limiter.refund(grant, unsent)
             session = kept.session
             if session is None:
                 try:
                     session = await kept.stack.enter_async_context(self.c.transport.session())
                 except ProviderError as exc:
-                    await self.c.limiter.refund(grant, len(messages))  # none went out
+                    await self.c.limiter.settle(grant, len(messages))  # none went out
                     await self._session_failed(messages, exc)
                     if isinstance(exc, ConfigurationError):
                         return
@@ -533,7 +542,7 @@ class BatchSender:
             except ProviderError as exc:
                 self.stats.observe(time.perf_counter() - started, len(messages))
                 await kept.drop_session()
-                await self.c.limiter.refund(grant, len(messages))  # none went out
+                await self.c.limiter.settle(grant, len(messages))  # none went out
                 await self._session_failed(messages, exc)
                 if isinstance(exc, ConfigurationError):
                     return
@@ -544,7 +553,7 @@ class BatchSender:
                 outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             self.stats.observe(time.perf_counter() - started, len(messages))
             refused = sum(1 for o in outcomes if o.status in _REFUSED)
-            await self.c.limiter.refund(grant, refused)  # only what the provider took counts
+            await self.c.limiter.settle(grant, refused)  # only what the provider took counts
             await self._rest(await self._apply(messages, outcomes))
 
     async def _slot_again(self, kept: KeptSession) -> bool:

@@ -65,18 +65,29 @@ def test_a_daily_quota_is_used_to_the_last_message_then_resumed_the_next_day(
     assert len(received) == 16 and max(received.values()) == 1
 
 
-def test_gmail_pauses_at_its_daily_recipient_limit_with_cc(redis_client: redis.Redis) -> None:
-    """Each message with 4 cc is 5 of Gmail's recipients a day: a limit of 12 takes two
-    messages (10), then the campaign pauses naming the recipient limit; nothing fails."""
+def gmail_with_cc(r: redis.Redis, daily_recipient_quota: int, n: int) -> tuple[str, int]:
+    """A campaign of ``n`` through Gmail, each message with 4 cc (5 of its recipients a
+    day), run in this process: its id and how many messages the server received."""
     with SmtpTestServer() as smtp:
         smtp_provider(
-            redis_client, smtp.port, "gm", kind="gmail", daily_recipient_quota=12, max_connections=1
+            r,
+            smtp.port,
+            "gm",
+            kind="gmail",
+            daily_recipient_quota=daily_recipient_quota,
+            max_connections=1,
         )
         cc = [f"boss{i}@acme.example" for i in range(4)]
         body = {"provider": "gm", "subject": "s", "html": "h", "cc": cc}
-        body["recipients"] = recipients(5)
-        cid, _ = run_inline(redis_client, body, Settings(retry_base_seconds=0.05))
-        delivered = len(smtp.messages)
+        body["recipients"] = recipients(n)
+        cid, _ = run_inline(r, body, Settings(retry_base_seconds=0.05))
+        return cid, len(smtp.messages)
+
+
+def test_gmail_pauses_at_its_daily_recipient_limit_with_cc(redis_client: redis.Redis) -> None:
+    """Each message with 4 cc is 5 of Gmail's recipients a day: a limit of 12 takes two
+    messages (10), then the campaign pauses naming the recipient limit; nothing fails."""
+    cid, delivered = gmail_with_cc(redis_client, 12, 5)
     summary = campaigns.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["queued"]) == ("paused", 2, 3)
     assert delivered == 2
