@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
 from email.header import decode_header, make_header
 from typing import Any
 
@@ -66,15 +67,20 @@ def parse_ses_callback(
     verifier: SnsVerifier,
     topic_arns: Collection[str],
     headers: Mapping[str, str] | None = None,
+    max_age: timedelta | None = None,
+    now: datetime | None = None,
 ) -> CallbackResult:
     """Verify an SNS request and parse the SES events it carries.
 
+    ``max_age`` and ``now`` bound the age of the envelope (see :meth:`SnsVerifier.verify`).
     A ``SubscriptionConfirmation`` gives a result whose ``subscribe_url`` the caller
     must GET; an ``UnsubscribeConfirmation`` and the SES setup messages give a result
     with ``ignored`` set and no items. Raises :class:`CallbackRejected` (see
     :meth:`SnsVerifier.verify`; also 400 when a verified ``Message`` is not SES JSON).
     """
-    envelope = verifier.verify(body, topic_arns=topic_arns, headers=headers)
+    envelope = verifier.verify(
+        body, topic_arns=topic_arns, headers=headers, max_age=max_age, now=now
+    )
     if envelope.type is SnsMessageType.SUBSCRIPTION_CONFIRMATION:
         return CallbackResult(
             subscribe_url=envelope.subscribe_url or "",
