@@ -45,6 +45,9 @@ BOUNCE_TYPES: dict[str, EventType] = {
     "Transient": EventType.SOFT_BOUNCE,
     "Undetermined": EventType.SOFT_BOUNCE,
 }
+# A Complaint whose feedback report (ARF, RFC 5965 §7.3) says the message is not spam
+# corrects an earlier report: recorded and ignored, never a complaint that suppresses.
+NOT_SPAM = "not-spam"
 # The type-specific object is the lower-camel type name, except "Rendering Failure".
 EVENT_OBJECTS: dict[str, str] = {"Rendering Failure": "failure"}
 # Where each type lists its recipients: (list in the type's object, address key in each
@@ -130,11 +133,7 @@ def parse_ses_message(
             raise InvalidEvent(f"recipient {index} is not an object")
         address = recipient.get(address_key) if isinstance(recipient, dict) else recipient
         notes = list(meta_notes)
-        event_type = (
-            BOUNCE_TYPES.get(_text(detail.get("bounceType")), EventType.SOFT_BOUNCE)
-            if kind == "Bounce"
-            else EVENT_TYPES.get(kind, EventType.OTHER)
-        )
+        event_type = _event_type(kind, detail)
         email = normalize_email(address)
         meta_fields = read_meta(meta, email, notes, strict=False)
         timestamp = timestamp_or_note(detail.get("timestamp") or sns_timestamp, notes)
@@ -157,6 +156,14 @@ def parse_ses_message(
         )
 
     return CallbackResult(items=collect(list(enumerate(recipients)), build))
+
+
+def _event_type(kind: str, detail: Mapping[str, Any]) -> EventType:
+    if kind == "Bounce":
+        return BOUNCE_TYPES.get(_text(detail.get("bounceType")), EventType.SOFT_BOUNCE)
+    if kind == "Complaint" and _text(detail.get("complaintFeedbackType")).lower() == NOT_SPAM:
+        return EventType.OTHER
+    return EVENT_TYPES.get(kind, EventType.OTHER)
 
 
 def meta_header(mail: Mapping[str, Any]) -> tuple[str, list[str]]:
