@@ -16,10 +16,10 @@ import httpx
 import pytest
 import redis
 
-from dispatch import store, suppressions
-from dispatch.effects import apply_batch
+from dispatch import suppressions
 from providers.callbacks import EventType, parse_sendgrid
 from tests.callback_support import callback_entries, post
+from tests.test_review_o3_sns_age import apply_inbox
 
 META = "user2@example.com|1|spring-1|20241104|0|wzrk_default|3|"
 SUCCESS = {"status": "success", "message": "Callback processed successfully"}
@@ -72,8 +72,7 @@ def test_the_gateway_applies_that_unsubscribe_with_its_meta(
     answer = post(api, paths["sg"], [unsubscribe([7]), delivered])
 
     assert (answer.status_code, answer.json()) == (200, SUCCESS)
-    for batch_id in redis_client.hkeys(store.CALLBACK_INBOX_HASH):
-        apply_batch(batch_id, redis_client)
+    apply_inbox(redis_client)
     entry = suppressions.get("user2@example.com", client=redis_client)
     assert entry is not None and entry["reason"] == "unsubscribed"
     unsubscribed = [e for e in callback_entries(redis_client) if e["email"] == "user2@example.com"]

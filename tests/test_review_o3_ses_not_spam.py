@@ -18,11 +18,10 @@ import pytest
 import redis
 
 from dispatch import store, suppressions
-from dispatch.effects import apply_batch
 from dispatch.settings import get_settings
 from tests.callback_support import post
 from tests.test_callbacks_ses import Signer, mail, notification
-from tests.test_review_o3_sns_age import SNS_HEADERS, cert_dir, signer
+from tests.test_review_o3_sns_age import SNS_HEADERS, apply_inbox, cert_dir, signer
 
 __all__ = ["cert_dir", "signer"]  # fixtures shared with the SNS age tests
 SUCCESS = {"status": "success", "message": "Callback processed successfully"}
@@ -62,8 +61,7 @@ def test_a_not_spam_report_suppresses_no_one_while_an_abuse_report_does(
                       SNS_HEADERS)  # fmt: skip
         assert (answer.status_code, answer.json()) == (200, SUCCESS)
 
-    for batch_id in redis_client.hkeys(store.CALLBACK_INBOX_HASH):
-        apply_batch(batch_id, redis_client)
+    apply_inbox(redis_client)
     assert suppressions.get("fine@example.com", client=redis_client) is None
     assert suppressions.get("angry@example.com", client=redis_client) is not None
     emails = [json.loads(f["json"])["email"] for _, f in redis_client.xrange(store.EVENTS_STREAM)]
