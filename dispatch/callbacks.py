@@ -157,8 +157,13 @@ def parse(config: ProviderBase, body: bytes, headers: Mapping[str, str]) -> Call
     settings = get_settings()
     if isinstance(config, SesConfig):
         verifier = sns_verifier(settings.sns_cert_dir, settings.sns_host_pattern)
+        max_age = settings.sns_max_age_seconds
         return parse_ses_callback(
-            body, verifier=verifier, topic_arns=config.sns_topic_arns, headers=headers
+            body,
+            verifier=verifier,
+            topic_arns=config.sns_topic_arns,
+            headers=headers,
+            max_age=timedelta(seconds=max_age) if max_age else None,
         )
     if isinstance(config, SendgridConfig):
         tolerance = settings.sendgrid_signature_tolerance_seconds

@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
@@ -29,6 +29,9 @@ DEFAULT_SLOT_WAIT_SECONDS = 5.0
 DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS = 3 * 24 * 3600
 DEFAULT_CALLBACK_RECOVERY_SECONDS = 60.0
 DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS = 72 * 3600
+# SNS retries an HTTP/S delivery for at most an hour (a hard limit of every delivery
+# policy): an older signed envelope is a replay (providers.callbacks.sns).
+DEFAULT_SNS_MAX_AGE_SECONDS = 2 * 3600
 # What Redis keeps: a finished campaign's per-message data for this many days after its
 # last change (0: for ever), and about this many entries of the dispatch:events stream.
 DEFAULT_RETENTION_DAYS = 30.0
@@ -101,6 +104,9 @@ class Settings(BaseSettings):
     lease_ttl_ms: int = Field(default=DEFAULT_LEASE_TTL_MS, ge=200)
     callback_dedupe_ttl_seconds: int = Field(default=DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS, ge=60)
     callback_recovery_seconds: float = Field(default=DEFAULT_CALLBACK_RECOVERY_SECONDS, ge=0)
+    # SNS: largest accepted age of an envelope's signed Timestamp (0: no bound). Shorter
+    # than the dedupe TTL, so that a replayed notification is refused or recognised.
+    sns_max_age_seconds: int = Field(default=DEFAULT_SNS_MAX_AGE_SECONDS, ge=0)
     # Signed Event Webhook: largest accepted distance between its timestamp and now
     # (0: no bound; reference §2.5 advises a generous window).
     sendgrid_signature_tolerance_seconds: int = Field(
@@ -154,6 +160,17 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
         _ = parts.port
+        return value
+
+    @field_validator("sns_max_age_seconds")
+    @classmethod
+    def _within_dedupe(cls, value: int, info: ValidationInfo) -> int:
+        ttl = info.data.get("callback_dedupe_ttl_seconds")
+        if value and ttl is not None and value >= ttl:
+            raise ValueError(
+                f"must be less than DISPATCH_CALLBACK_DEDUPE_TTL_SECONDS ({ttl}): an SNS "
+                "message replayed after that would be applied again"
+            )
         return value
 
     @field_validator("sns_host_pattern")

@@ -20,6 +20,9 @@ from tests.worker import WorkerProcess
 
 os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
 os.environ.setdefault("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "true")
+# The reference's signed SNS samples are from 2024, far older than the age bound of a
+# notification (DISPATCH_SNS_MAX_AGE_SECONDS): the tests of that bound set it themselves.
+os.environ.setdefault("DISPATCH_SNS_MAX_AGE_SECONDS", "0")
 
 
 @pytest.fixture(autouse=True)

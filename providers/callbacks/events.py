@@ -283,6 +283,16 @@ def get_str(item: Mapping[str, Any], key: str, *, required: bool = False) -> str
     return str(value)
 
 
+def optional_str(item: Mapping[str, Any], key: str, notes: list[str]) -> str:
+    """:func:`get_str` for a field the event is useful without: a value that is not a
+    scalar is noted in ``notes`` and read as ``""`` instead of refusing the event."""
+    try:
+        return get_str(item, key)
+    except InvalidEvent:
+        notes.append(f"{key} ignored: {type(item[key]).__name__}, not a string")
+        return ""
+
+
 def normalize_email(value: object) -> str:
     """The address with its domain lower-cased (the local part is kept as given); of a
     ``"Name" <local@domain>`` (a DSN's or a provider's display form), the address.

@@ -32,6 +32,7 @@ from providers.callbacks.events import (
     header,
     load_json,
     normalize_email,
+    optional_str,
     read_meta,
     timestamp_or_note,
 )
@@ -102,20 +103,28 @@ def parse_sendgrid(
 
 
 def _build(raw: Any) -> CallbackEvent:
-    """One normalized event from one SendGrid event; raises :class:`InvalidEvent`."""
+    """One normalized event from one SendGrid event; raises :class:`InvalidEvent`.
+
+    Only ``event`` and (for events we act on) ``email`` are needed: any other field that
+    is not a scalar is noted and read as absent, so that an unsubscribe with an odd
+    ``asm_group_id`` or ``reason`` still unsubscribes.
+    """
     if not isinstance(raw, dict):
         raise InvalidEvent("invalid payload: an event must be a JSON object")
     name = get_str(raw, "event", required=True)
+    notes: list[str] = []
     if name == "bounce":
-        event_type = BOUNCE_TYPES.get(get_str(raw, "type") or "bounce", EventType.SOFT_BOUNCE)
+        # Absent is a hard bounce; a type that is not text is unknown, so soft.
+        bounce = optional_str(raw, "type", notes) if raw.get("type") not in (None, "") else "bounce"
+        event_type = BOUNCE_TYPES.get(bounce, EventType.SOFT_BOUNCE)
     else:
         event_type = EVENT_TYPES.get(name, EventType.OTHER)
     address = get_str(raw, "email", required=event_type is not EventType.OTHER)
     # Account events (account_status_change) name no recipient; we ignore them anyway.
     email = normalize_email(address) if address else ""
-    notes: list[str] = []
-    meta = get_str(raw, META_KEY)
+    meta = optional_str(raw, META_KEY, notes)
     meta_fields = read_meta(meta, email, notes, strict=False)
+    campaign_id = optional_str(raw, CAMPAIGN_KEY, notes)
     return CallbackEvent(
         source=SOURCE,
         type=event_type,
@@ -123,26 +132,26 @@ def _build(raw: Any) -> CallbackEvent:
         email=email,
         meta=meta,
         meta_fields=meta_fields,
-        campaign_id=get_str(raw, CAMPAIGN_KEY) or (meta_fields.campaign_id if meta_fields else ""),
-        description=_description(name, raw),
+        campaign_id=campaign_id or (meta_fields.campaign_id if meta_fields else ""),
+        description=_description(name, raw, notes),
         timestamp=timestamp_or_note(raw.get("timestamp"), notes),
-        provider_event_id=get_str(raw, "sg_event_id"),
+        provider_event_id=optional_str(raw, "sg_event_id", notes),
         id_is_stable=False,
-        provider_message_id=get_str(raw, "sg_message_id"),
-        url=get_str(raw, "url") if event_type is EventType.CLICKED else "",
+        provider_message_id=optional_str(raw, "sg_message_id", notes),
+        url=optional_str(raw, "url", notes) if event_type is EventType.CLICKED else "",
         notes=tuple(notes),
         raw=raw,
     )
 
 
-def _description(name: str, raw: Mapping[str, Any]) -> str:
+def _description(name: str, raw: Mapping[str, Any], notes: list[str]) -> str:
     """The server's or SendGrid's reason, the delivery reply, else the event name."""
-    text = get_str(raw, "reason") or get_str(raw, "response")
+    text = optional_str(raw, "reason", notes) or optional_str(raw, "response", notes)
     if text:
         return text
     if name == "click":
-        return get_str(raw, "url") or name
-    group = get_str(raw, "asm_group_id")
+        return optional_str(raw, "url", []) or name
+    group = optional_str(raw, "asm_group_id", notes)
     return f"{name} (asm_group_id {group})" if group else name
 
 

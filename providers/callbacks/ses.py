@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
 from email.header import decode_header, make_header
 from typing import Any
 
@@ -44,6 +45,9 @@ BOUNCE_TYPES: dict[str, EventType] = {
     "Transient": EventType.SOFT_BOUNCE,
     "Undetermined": EventType.SOFT_BOUNCE,
 }
+# A Complaint whose feedback report (ARF, RFC 5965 §7.3) says the message is not spam
+# corrects an earlier report: recorded and ignored, never a complaint that suppresses.
+NOT_SPAM = "not-spam"
 # The type-specific object is the lower-camel type name, except "Rendering Failure".
 EVENT_OBJECTS: dict[str, str] = {"Rendering Failure": "failure"}
 # Where each type lists its recipients: (list in the type's object, address key in each
@@ -66,15 +70,20 @@ def parse_ses_callback(
     verifier: SnsVerifier,
     topic_arns: Collection[str],
     headers: Mapping[str, str] | None = None,
+    max_age: timedelta | None = None,
+    now: datetime | None = None,
 ) -> CallbackResult:
     """Verify an SNS request and parse the SES events it carries.
 
+    ``max_age`` and ``now`` bound the age of the envelope (see :meth:`SnsVerifier.verify`).
     A ``SubscriptionConfirmation`` gives a result whose ``subscribe_url`` the caller
     must GET; an ``UnsubscribeConfirmation`` and the SES setup messages give a result
     with ``ignored`` set and no items. Raises :class:`CallbackRejected` (see
     :meth:`SnsVerifier.verify`; also 400 when a verified ``Message`` is not SES JSON).
     """
-    envelope = verifier.verify(body, topic_arns=topic_arns, headers=headers)
+    envelope = verifier.verify(
+        body, topic_arns=topic_arns, headers=headers, max_age=max_age, now=now
+    )
     if envelope.type is SnsMessageType.SUBSCRIPTION_CONFIRMATION:
         return CallbackResult(
             subscribe_url=envelope.subscribe_url or "",
@@ -124,11 +133,7 @@ def parse_ses_message(
             raise InvalidEvent(f"recipient {index} is not an object")
         address = recipient.get(address_key) if isinstance(recipient, dict) else recipient
         notes = list(meta_notes)
-        event_type = (
-            BOUNCE_TYPES.get(_text(detail.get("bounceType")), EventType.SOFT_BOUNCE)
-            if kind == "Bounce"
-            else EVENT_TYPES.get(kind, EventType.OTHER)
-        )
+        event_type = _event_type(kind, detail)
         email = normalize_email(address)
         meta_fields = read_meta(meta, email, notes, strict=False)
         timestamp = timestamp_or_note(detail.get("timestamp") or sns_timestamp, notes)
@@ -151,6 +156,14 @@ def parse_ses_message(
         )
 
     return CallbackResult(items=collect(list(enumerate(recipients)), build))
+
+
+def _event_type(kind: str, detail: Mapping[str, Any]) -> EventType:
+    if kind == "Bounce":
+        return BOUNCE_TYPES.get(_text(detail.get("bounceType")), EventType.SOFT_BOUNCE)
+    if kind == "Complaint" and _text(detail.get("complaintFeedbackType")).lower() == NOT_SPAM:
+        return EventType.OTHER
+    return EVENT_TYPES.get(kind, EventType.OTHER)
 
 
 def meta_header(mail: Mapping[str, Any]) -> tuple[str, list[str]]:

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -36,6 +37,12 @@ DEFAULT_SNS_HOST_PATTERN = r"^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$"
 DEFAULT_CERT_CACHE_SIZE = 32
 DEFAULT_FETCH_TIMEOUT = 10.0
 MAX_CERT_BYTES = 64 * 1024
+# The oldest envelope accepted, by its signed ``Timestamp``. SNS retries an HTTP/S delivery
+# for at most 3,600 s in total, a hard limit of every delivery policy (AWS, "Amazon SNS
+# message delivery retries"); the second hour covers clock skew and SNS's own delays. An
+# older envelope is a captured one replayed: refused, since redeliveries are recognised
+# only within DISPATCH_CALLBACK_DEDUPE_TTL_SECONDS.
+DEFAULT_SNS_MAX_AGE = timedelta(hours=2)
 
 
 class SnsMessageType(StrEnum):
@@ -217,6 +224,25 @@ class DirectoryCertificateSource:
             raise CertificateUnavailable(f"certificate {name} not in {self.path}") from exc
 
 
+def check_age(timestamp: str, max_age: timedelta, now: datetime) -> None:
+    """Refuse an envelope whose ``Timestamp`` is more than ``max_age`` before ``now``.
+
+    Raises :class:`CallbackRejected` (400) when it is, or when it is not an ISO 8601 time.
+    """
+    try:
+        signed_at = datetime.fromisoformat(timestamp.strip())
+    except ValueError:
+        raise CallbackRejected(
+            f"invalid payload: Timestamp {timestamp!r} is not an ISO 8601 time"
+        ) from None
+    signed_at = signed_at if signed_at.tzinfo else signed_at.replace(tzinfo=UTC)
+    if now - signed_at > max_age:
+        raise CallbackRejected(
+            f"invalid payload: SNS message too old (Timestamp {timestamp}, more than "
+            f"{int(max_age.total_seconds())} s ago): a replay, SNS retries for at most an hour"
+        )
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         # The URL was validated, its redirect target was not: never follow one.
@@ -289,13 +315,17 @@ class SnsVerifier:
         *,
         topic_arns: Collection[str],
         headers: Mapping[str, str] | None = None,
+        max_age: timedelta | None = None,
+        now: datetime | None = None,
     ) -> SnsEnvelope:
         """Parse and verify one SNS request; return the envelope once it is trusted.
 
         Checks, in order: structure and headers (:func:`parse_envelope`), ``TopicArn`` in
-        ``topic_arns``, ``SignatureVersion``, ``SigningCertURL``, the signature, and for a
-        ``SubscriptionConfirmation`` its ``SubscribeURL``. Raises :class:`CallbackRejected`:
-        400 for a request to refuse, 503 when the certificate cannot be loaded right now.
+        ``topic_arns``, ``SignatureVersion``, ``SigningCertURL``, the signature, the age
+        of the signed ``Timestamp`` (older than ``max_age`` before ``now``: a replay; None:
+        no bound), and for a ``SubscriptionConfirmation`` its ``SubscribeURL``. Raises
+        :class:`CallbackRejected`: 400 for a request to refuse, 503 when the certificate
+        cannot be loaded right now.
         """
         envelope = parse_envelope(body, headers)
         if envelope.topic_arn not in topic_arns:
@@ -318,6 +348,8 @@ class SnsVerifier:
             key.verify(signature, envelope.string_to_sign(), padding.PKCS1v15(), algorithm())
         except InvalidSignature as exc:
             raise CallbackRejected("invalid payload: SNS signature does not verify") from exc
+        if max_age is not None:
+            check_age(envelope.timestamp, max_age, now or datetime.now(UTC))
         if envelope.type is SnsMessageType.SUBSCRIPTION_CONFIRMATION:
             self._check_subscribe_url(envelope)
         return envelope
