@@ -366,7 +366,9 @@ class BatchSender:
     async def _commit(self, writes: list[_Write], *, claimed: bool = True) -> float:
         """Apply planned writes in one round trip; returns the longest retry delay.
 
-        ``claimed``: every item holds this run's claim (it was sent, or tried).
+        ``claimed``: every item holds this run's claim (it was sent, or tried). Else an
+        item someone else settled meanwhile (a cancel) keeps that record and leaves the
+        run.
         """
         if not writes:
             return 0.0
@@ -375,7 +377,10 @@ class BatchSender:
         if claimed:
             await self.writer.settle_many(encoded)
         else:
-            await self.writer.put_many(encoded)
+            answers = await self.writer.put_unsettled_many(encoded)
+            for _ in range(answers.count(False)):  # settled by someone else: they leave
+                self._one_less()
+            writes = [w for w, ok in zip(writes, answers, strict=True) if ok]
         await self._judge(writes)
         longest = 0.0
         loop = asyncio.get_running_loop()
@@ -596,7 +601,8 @@ class BatchSender:
                         detail=detail,
                     )
                 )
-        # Written over what they were (claimed by the load, or waiting for a retry).
+        # Written over what they were (claimed by the load, queued, or waiting for a
+        # retry), unless a cancel (or the expiry) settled them meanwhile.
         await self._commit(failed, claimed=False)
         for w in failed:
             w.item.claimed = False  # settled
