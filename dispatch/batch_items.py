@@ -166,6 +166,7 @@ class Item:
     attempts: int = 0
     throttles: int = 0  # tries the provider throttled (they are not attempts)
     claimed: bool = False  # claimed by this run's load and not attempted yet
+    attempted: bool = False  # handed to the provider by this run (or about to be)
 
 
 @dataclass

@@ -9,17 +9,22 @@ message that was never handed to the provider does not end ``unknown``.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from dispatch import batch_items, campaigns, lifecycle, sending, store, suppressions
 from dispatch.ledger import LedgerWriter, record
+from dispatch.limits import ConnectionSlots
 from dispatch.models import MessageState
 from dispatch.sending import BatchSender
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
+from tests.http_sink import HttpSink
 from tests.smtp_server import SmtpTestServer
 from tests.test_batch_claims import _create, _states
 from tests.test_lifecycle_races import assert_settled
@@ -80,6 +85,95 @@ def test_a_suppressed_recipient_a_cancel_settled_after_the_load_stays_cancelled(
     assert _states(redis_client, cid) == {0: "cancelled", 1: "cancelled", 2: "cancelled"}
     summary = assert_settled(redis_client, cid)
     assert (summary["cancelled"], summary["suppressed"]) == (3, 0)
+
+
+class _RedisFails:
+    """Once armed, the next ``n`` Redis commands of the async clients raise
+    ConnectionError (Redis restarting: nothing they carried reached it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.left = 0
+        command, pipeline = aioredis.Redis.execute_command, Pipeline.execute
+
+        async def run_command(client: aioredis.Redis, *args: Any, **kw: Any) -> Any:
+            self._maybe_fail()
+            return await command(client, *args, **kw)
+
+        async def run_pipeline(pipe: Pipeline, *args: Any, **kw: Any) -> Any:
+            self._maybe_fail()
+            return await pipeline(pipe, *args, **kw)
+
+        monkeypatch.setattr(aioredis.Redis, "execute_command", run_command)
+        monkeypatch.setattr(Pipeline, "execute", run_pipeline)
+
+    def _maybe_fail(self) -> None:
+        if self.left > 0:
+            self.left -= 1
+            raise redis.ConnectionError("Redis went away")
+
+
+@pytest.mark.parametrize("failures", [2, 4])
+def test_claims_the_load_made_go_back_once_redis_answers_again(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, failures: int
+) -> None:
+    """A one-chunk batch (Generic HTTP) is claimed by its load. Redis failed right after
+    it, for the next calls too (the give-back of the claims among them): the messages
+    stayed ``claimed`` and the task's next run recorded them ``unknown``, never sent,
+    although the run knew it had not sent them."""
+    fails = _RedisFails(monkeypatch)
+    load = batch_items.load_batch
+
+    async def load_then_fail(*args: Any, **kw: Any) -> Any:
+        loaded = await load(*args, **kw)
+        assert loaded.claimed
+        fails.left = failures
+        return loaded
+
+    monkeypatch.setattr(sending, "load_batch", load_then_fail)
+    with HttpSink() as sink:
+        cid, batches = _create(redis_client, 3, sink.url)
+        with pytest.raises(redis.ConnectionError):
+            run_batches(batches)
+        assert fails.left == 0 and sink.requests == []
+        assert _states(redis_client, cid) == {0: "retry", 1: "retry", 2: "retry"}
+        monkeypatch.setattr(sending, "load_batch", load)
+        run_batches(batches)  # the task's retry
+        sent = sorted(m["to"] for request in sink.requests for m in request.json()["msgs"])
+    assert sent == [f"user{i}@example.com" for i in range(3)]
+    summary = assert_settled(redis_client, cid)
+    assert (summary["sent"], summary["unknown"]) == (3, 0)
+
+
+def test_a_sender_that_fails_leaves_no_other_sender_of_its_batch_running(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One of a batch's senders met a Redis error: the run raised at once while the
+    others went on claiming and sending, past the release of its lease. Their claims
+    (cut off when the loop ended, or unrecordable without the lease) ended ``unknown``
+    on the next run, messages that never reached the server."""
+    smtp_provider(redis_client, smtp.port, max_connections=4)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(200)}
+    cid, batches = create_held(redis_client, body)
+    acquire = ConnectionSlots.acquire
+    calls: list[str] = []
+
+    async def second_fails(slots: ConnectionSlots, token: str) -> bool:
+        calls.append(token)
+        if len(calls) == 2:
+            raise redis.ConnectionError("Redis went away")
+        return await acquire(slots, token)
+
+    monkeypatch.setattr(ConnectionSlots, "acquire", second_fails)
+    with pytest.raises(redis.ConnectionError):
+        run_batches(batches)
+    assert len(calls) > 2  # the batch ran several senders
+    assert "claimed" not in _states(redis_client, cid).values()
+    monkeypatch.undo()
+    run_batches(batches)  # the task's retry
+    received = Counter(m.rcpt_tos[0] for m in smtp.messages)
+    assert len(received) == 200 and max(received.values()) == 1
+    summary = assert_settled(redis_client, cid)
+    assert (summary["sent"], summary["unknown"]) == (200, 0)
 
 
 def test_a_give_back_leaves_a_record_someone_else_wrote(redis_client: redis.Redis) -> None:
