@@ -15,6 +15,7 @@ each send, but the round trips are shared.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -23,12 +24,15 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from dispatch import store
 from dispatch.models import MessageState
 from dispatch.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 # Counter buckets: every non-terminal state counts as "queued".
 #
@@ -410,7 +414,12 @@ class BatchLease:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl_ms / 4000)
-            await self.client.eval(_RENEW, 2, self.key, store.LEASES_ZSET, self.token, self.ttl_ms)
+            try:
+                await self.client.eval(
+                    _RENEW, 2, self.key, store.LEASES_ZSET, self.token, self.ttl_ms
+                )
+            except redis.RedisError as exc:  # Redis restarting: the next period tries again
+                log.warning("lease %s: renewal failed (%s); trying again", self.key, exc)
 
     async def release(self, also: Callable[[Pipeline], object] | None = None) -> None:
         """Give the lease up; ``also`` adds commands of the caller's to the same round

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from dispatch import batch_items, campaigns, lifecycle, sending, store, suppressions
-from dispatch.ledger import LedgerWriter, record
+from dispatch.ledger import BatchLease, LedgerWriter, record
 from dispatch.limits import ConnectionSlots
 from dispatch.models import MessageState
 from dispatch.sending import BatchSender
@@ -201,3 +201,27 @@ def test_a_give_back_leaves_a_record_someone_else_wrote(redis_client: redis.Redi
     assert _states(redis_client, cid) == {0: "cancelled", 1: "cancelled", 2: "cancelled"}
     counters = campaigns.get_counters(cid, redis_client)
     assert (counters["cancelled"], counters["queued"]) == (3, 0)
+
+
+def test_a_lease_whose_renewal_failed_once_is_still_renewed(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One renewal that met a Redis error ended the renewing for good: the batch's lease
+    expired under a run that was still sending (another run could take the batch over,
+    and this one's records were refused)."""
+    fails = _RedisFails(monkeypatch)
+
+    async def go() -> bool:
+        r = store.async_client()
+        lease = BatchLease(r, "c", 0, ttl_ms=400)  # renewed every 0.1 s
+        try:
+            assert await lease.acquire()
+            fails.left = 1  # the next renewal
+            await asyncio.sleep(1.2)  # three lease lifetimes
+            assert fails.left == 0
+            return bool(await r.get(lease.key) == lease.token)
+        finally:
+            await lease.release()
+            await r.aclose()
+
+    assert asyncio.run(go())
