@@ -93,26 +93,29 @@ async def give_back_claims(
         )
 
 
-# How long a run that failed keeps trying to give back the load's claims it did not
-# attempt while Redis does not answer (at most half its lease's TTL: see
+# How long a run that failed keeps trying to give back the claims it did not attempt
+# while Redis does not answer (at most half its lease's TTL: see
 # _give_back_after_failure).
 GIVE_BACK_SECONDS = 10.0
 
 
 async def _give_back_after_failure(
-    writer: LedgerWriter, claimed: list[Item], lease_ttl_ms: int
+    writer: LedgerWriter, items: list[Item], lease_ttl_ms: int
 ) -> None:
-    """Give back the messages this run's load claimed and it never attempted, once Redis
-    answers again (its error ended the run): left claimed, the next run would record
-    them ``unknown``, never sent.
+    """Give back the claims of ``items`` (the run's) that this run never attempted, once
+    Redis answers again (its error ended the run): claimed by the load, or by a claim
+    whose answer was lost, they would be recorded ``unknown`` by the next run, never
+    sent.
 
     Safe whatever happened meanwhile: the write is fenced by this run's lease (taken
     over by another run, or expired, it writes nothing), and it only moves a record
-    that is still ``claimed``; under the lease nobody else claims these messages, so
-    that claim is the load's (one given back already, sent, or settled by a cancel
-    stays as it is). Gives up after :data:`GIVE_BACK_SECONDS` or half the lease's TTL.
+    that is still ``claimed``. Under the lease nobody else claims the run's messages (a
+    dead worker's claims, recorded ``unknown`` by the run, are not among ``items``), so
+    a claim there is this run's, and not attempted; a message given back already, never
+    claimed, or settled (by a cancel too) stays as it is. Gives up after
+    :data:`GIVE_BACK_SECONDS` or half the lease's TTL.
     """
-    left = [item for item in claimed if not item.attempted]
+    left = [item for item in items if not item.attempted]
     if not left:
         return
     made = Records()
@@ -955,7 +958,7 @@ async def run_batch(
         )
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = unsettled(loaded, settings)
-        claimed = [item for item in items if item.claimed]  # by the load
+        run_items = items  # (all of them: see _give_back_after_failure)
         try:
             await writer.put_many(stale)
             terminal = terminal_state(status, content)
@@ -1047,9 +1050,8 @@ async def run_batch(
             result.retry_at = retry_at
             return result
         except Exception:
-            # Whatever the load claimed and this run did not attempt goes back, once
-            # Redis lets us.
-            await _give_back_after_failure(writer, claimed, lease.ttl_ms)
+            # Whatever this run claimed and did not attempt goes back, once Redis lets us.
+            await _give_back_after_failure(writer, run_items, lease.ttl_ms)
             raise
     finally:
 

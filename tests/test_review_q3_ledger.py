@@ -144,6 +144,38 @@ def test_claims_the_load_made_go_back_once_redis_answers_again(
     assert (summary["sent"], summary["unknown"]) == (3, 0)
 
 
+def test_a_claim_whose_answer_was_lost_goes_back(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection broke after Redis ran a chunk's claim, before its answer came: the
+    run failed with the messages claimed and never sent, and the next run recorded them
+    ``unknown``."""
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(10)}
+    cid, batches = create_held(redis_client, body)
+    command = aioredis.Redis.execute_command
+    lost: list[bool] = []
+
+    async def lose_a_claims_answer(client: aioredis.Redis, *args: Any, **kw: Any) -> Any:
+        answer = await command(client, *args, **kw)
+        claims = any(isinstance(a, bytes) and a.startswith(b"cN") for a in args)
+        if claims and not lost:
+            lost.append(True)
+            raise redis.ConnectionError("Connection closed by server.")
+        return answer
+
+    monkeypatch.setattr(aioredis.Redis, "execute_command", lose_a_claims_answer)
+    with pytest.raises(redis.ConnectionError):
+        run_batches(batches)
+    assert lost and "claimed" not in _states(redis_client, cid).values()
+    monkeypatch.undo()
+    run_batches(batches)  # the task's retry
+    received = Counter(m.rcpt_tos[0] for m in smtp.messages)
+    assert len(received) == 10 and max(received.values()) == 1
+    summary = assert_settled(redis_client, cid)
+    assert (summary["sent"], summary["unknown"]) == (10, 0)
+
+
 def test_a_sender_that_fails_leaves_no_other_sender_of_its_batch_running(
     redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
