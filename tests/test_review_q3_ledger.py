@@ -144,6 +144,18 @@ def test_claims_the_load_made_go_back_once_redis_answers_again(
     assert (summary["sent"], summary["unknown"]) == (3, 0)
 
 
+def _retried_each_sent_once(
+    r: redis.Redis, smtp: SmtpTestServer, cid: str, batches: list[tuple[str, int]], n: int
+) -> None:
+    """The task's retry sends the rest: each of the ``n`` recipients received once,
+    none ``unknown``."""
+    run_batches(batches)
+    received = Counter(m.rcpt_tos[0] for m in smtp.messages)
+    assert len(received) == n and max(received.values()) == 1
+    summary = assert_settled(r, cid)
+    assert (summary["sent"], summary["unknown"]) == (n, 0)
+
+
 def test_a_claim_whose_answer_was_lost_goes_back(
     redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,11 +181,7 @@ def test_a_claim_whose_answer_was_lost_goes_back(
         run_batches(batches)
     assert lost and "claimed" not in _states(redis_client, cid).values()
     monkeypatch.undo()
-    run_batches(batches)  # the task's retry
-    received = Counter(m.rcpt_tos[0] for m in smtp.messages)
-    assert len(received) == 10 and max(received.values()) == 1
-    summary = assert_settled(redis_client, cid)
-    assert (summary["sent"], summary["unknown"]) == (10, 0)
+    _retried_each_sent_once(redis_client, smtp, cid, batches, 10)
 
 
 def test_a_sender_that_fails_leaves_no_other_sender_of_its_batch_running(
@@ -201,11 +209,7 @@ def test_a_sender_that_fails_leaves_no_other_sender_of_its_batch_running(
     assert len(calls) > 2  # the batch ran several senders
     assert "claimed" not in _states(redis_client, cid).values()
     monkeypatch.undo()
-    run_batches(batches)  # the task's retry
-    received = Counter(m.rcpt_tos[0] for m in smtp.messages)
-    assert len(received) == 200 and max(received.values()) == 1
-    summary = assert_settled(redis_client, cid)
-    assert (summary["sent"], summary["unknown"]) == (200, 0)
+    _retried_each_sent_once(redis_client, smtp, cid, batches, 200)
 
 
 def test_a_give_back_leaves_a_record_someone_else_wrote(redis_client: redis.Redis) -> None:
