@@ -166,6 +166,7 @@ class Item:
     attempts: int = 0
     throttles: int = 0  # tries the provider throttled (they are not attempts)
     claimed: bool = False  # claimed by this run's load and not attempted yet
+    attempted: bool = False  # handed to the provider by this run (or about to be)
 
 
 @dataclass
@@ -225,14 +226,15 @@ async def drop_suppressed(
     writer: LedgerWriter, items: list[Item], suppressed_seqs: set[int]
 ) -> tuple[list[Item], int]:
     """Record the suppressed recipients among ``items`` (see :func:`load_batch`); returns
-    the items still to send and how many were suppressed."""
+    the items still to send and how many were recorded suppressed (one that a cancel
+    settled since the load stays ``cancelled``)."""
     if not suppressed_seqs or not items:
         return items, 0
     kept = [item for item in items if item.seq not in suppressed_seqs]
     suppressed = [item for item in items if item.seq in suppressed_seqs]
     rec = record(MessageState.SUPPRESSED, detail="on the suppression list")
-    await writer.put_many([(i.seq, rec, "") for i in suppressed])
-    return kept, len(suppressed)
+    answers = await writer.put_unsettled_many([(i.seq, rec, "") for i in suppressed])
+    return kept, sum(answers)
 
 
 def unsettled(

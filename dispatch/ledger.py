@@ -15,6 +15,7 @@ each send, but the round trips are shared.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
@@ -30,16 +32,22 @@ from dispatch import store
 from dispatch.models import MessageState
 from dispatch.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 # Counter buckets: every non-terminal state counts as "queued".
 #
 # ARGV[3] carries the operations in groups, one line each, of messages that take the same
 # record (a chunk's messages mostly do):
 #   "<op><E|N>\t<record>\t<seq>,<seq>,...[\t<event>\t<event>...]"
-# op "c" claims, "f" records, "s" records the outcome of a message the caller claimed
-# under this lease (its record is "claimed": nobody else writes a claimed message, so it
-# is not read); op "g" is "s" for claims given back unattempted (no outcome: the
-# per-provider tally of /metrics does not count them); with "E" one event follows per
-# seq ("" for none). JSON never
+# op "c" claims, "f" records, "u" records only over a message not settled yet (queued,
+# waiting for a retry, or claimed by the caller: never over a terminal record someone
+# else wrote, such as a cancel's), "s" records the outcome of a message the caller
+# claimed under this lease (its record is "claimed": nobody else writes a claimed
+# message, so it is not read); op "g" gives back a claim the caller did not attempt
+# (only while the record is still "claimed": safe to repeat after a lost answer; no
+# outcome: the per-provider tally of /metrics does not count it); with "E" one event
+# follows per seq ("" for none). "c", "u" and "g" answer '0' for a message they left
+# as it was. JSON never
 # holds a raw tab or newline, so everything splits with plain string searches, and each
 # command runs once for the whole list (HMGET, HSET, HINCRBY) instead of once per
 # message; only XADD is per message: one stream entry per event (DESIGN section 6).
@@ -67,7 +75,7 @@ while pos <= size do
 end
 local need, at = {}, {}  -- the seqs whose current record is read (not "s" groups)
 for _, g in ipairs(groups) do
-  if g.op ~= 's' and g.op ~= 'g' then
+  if g.op ~= 's' then
     for i = g.first, g.last do need[#need + 1] = seqs[i]; at[#at + 1] = i end
   end
 end
@@ -96,7 +104,7 @@ local out, fields, delta, tally, latest, added = {}, {}, {}, {}, {}, false
 for _, g in ipairs(groups) do
   local new = match(g.rec, '^{"s":"(%a+)"')
   local nb = bucket(new)
-  if g.op == 's' or g.op == 'g' then
+  if g.op == 's' then
     -- The caller's own claims (see above): nothing to read, one count per group.
     local rec, evpos, stop, nf = g.rec, g.events, g.stop, #fields
     for i = g.first, g.last do
@@ -121,9 +129,9 @@ for _, g in ipairs(groups) do
       delta['queued'] = (delta['queued'] or 0) - count
       delta[nb] = (delta[nb] or 0) + count
     end
-    if new ~= 'claimed' and g.op == 's' then tally[new] = (tally[new] or 0) + count end
+    if new ~= 'claimed' then tally[new] = (tally[new] or 0) + count end
   else
-    local claim = g.op == 'c'
+    local op = g.op
     local evpos = g.events
     for i = g.first, g.last do
       local event = nil
@@ -136,7 +144,15 @@ for _, g in ipairs(groups) do
       local seq = seqs[i]
       local old = latest[seq]
       if old == nil then old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false end
-      if claim and ((old and old ~= 'retry') or (new == 'claimed' and has_ended())) then
+      local refused = false
+      if op == 'c' then
+        refused = (old and old ~= 'retry') or (new == 'claimed' and has_ended())
+      elseif op == 'u' then
+        refused = old and terminal[old]
+      elseif op == 'g' then
+        refused = old ~= 'claimed'
+      end
+      if refused then
         out[i] = '0'
       else
         latest[seq] = new
@@ -153,7 +169,7 @@ for _, g in ipairs(groups) do
         end
         -- Counted once per outcome: a retry again is a new attempt, a cancelled message
         -- written cancelled again (by its batch after the cancel) is not.
-        if new ~= 'claimed' and (new ~= old or not terminal[new]) then
+        if op ~= 'g' and new ~= 'claimed' and (new ~= old or not terminal[new]) then
           tally[new] = (tally[new] or 0) + 1
         end
         out[i] = '1'
@@ -398,7 +414,12 @@ class BatchLease:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl_ms / 4000)
-            await self.client.eval(_RENEW, 2, self.key, store.LEASES_ZSET, self.token, self.ttl_ms)
+            try:
+                await self.client.eval(
+                    _RENEW, 2, self.key, store.LEASES_ZSET, self.token, self.ttl_ms
+                )
+            except redis.RedisError as exc:  # Redis restarting: the next period tries again
+                log.warning("lease %s: renewal failed (%s); trying again", self.key, exc)
 
     async def release(self, also: Callable[[Pipeline], object] | None = None) -> None:
         """Give the lease up; ``also`` adds commands of the caller's to the same round
@@ -468,14 +489,22 @@ class LedgerWriter:
         """Record several states (``(seq, record, event text)``) in one round trip."""
         await self._submit(_lines(b"f", writes))
 
+    async def put_unsettled_many(self, writes: Sequence[tuple[int, bytes, str]]) -> list[bool]:
+        """Like :meth:`put_many`, but only over messages not settled yet (queued, waiting
+        for a retry, or claimed by this writer's caller): a terminal record someone else
+        wrote meanwhile (a cancel's) stays. One answer each: False where it stayed."""
+        return await self._submit(_lines(b"u", writes))
+
     async def settle_many(self, writes: Sequence[tuple[int, bytes, str]]) -> None:
         """Like :meth:`put_many`, for messages this writer's caller claimed and sent (or
         tried to): their current record is known, so it is not read."""
         await self._submit(_lines(b"s", writes))
 
     async def give_back_many(self, writes: Sequence[tuple[int, bytes, str]]) -> None:
-        """Like :meth:`settle_many`, for claims given back without an attempt (a record
-        waiting to be claimed again): no outcome, so /metrics does not count them."""
+        """Give back claims of this writer's caller that it did not attempt (a record
+        waiting to be claimed again): written only over a record still ``claimed``, so
+        giving back again after a lost answer changes nothing; no outcome, so /metrics
+        does not count them."""
         await self._submit(_lines(b"g", writes))
 
     async def _submit(self, encoded: tuple[list[bytes], int]) -> list[bool]:

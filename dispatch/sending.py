@@ -39,6 +39,7 @@ from dispatch.batch_items import (
 from dispatch.housekeeping import note_parked
 from dispatch.ledger import (
     BatchLease,
+    LeaseLostError,
     LedgerWriter,
     Records,
     claim_record,
@@ -90,6 +91,57 @@ async def give_back_claims(
         await writer.give_back_many(
             [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
         )
+
+
+# How long a run that failed keeps trying to give back the claims it did not attempt
+# while Redis does not answer (at most half its lease's TTL: see
+# _give_back_after_failure).
+GIVE_BACK_SECONDS = 10.0
+
+
+async def _give_back_after_failure(
+    writer: LedgerWriter, items: list[Item], lease_ttl_ms: int
+) -> None:
+    """Give back the claims of ``items`` (the run's) that this run never attempted, once
+    Redis answers again (its error ended the run): claimed by the load, or by a claim
+    whose answer was lost, they would be recorded ``unknown`` by the next run, never
+    sent.
+
+    Safe whatever happened meanwhile: the write is fenced by this run's lease (taken
+    over by another run, or expired, it writes nothing), and it only moves a record
+    that is still ``claimed``. Under the lease nobody else claims the run's messages (a
+    dead worker's claims, recorded ``unknown`` by the run, are not among ``items``), so
+    a claim there is this run's, and not attempted; a message given back already, never
+    claimed, or settled (by a cancel too) stays as it is. Gives up after
+    :data:`GIVE_BACK_SECONDS` or half the lease's TTL.
+    """
+    left = [item for item in items if not item.attempted]
+    if not left:
+        return
+    made = Records()
+    detail = "claimed, not attempted: the batch stopped first"
+    writes = [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
+    deadline = time.monotonic() + min(GIVE_BACK_SECONDS, lease_ttl_ms / 2000)
+    pause = 0.05
+    while True:
+        try:
+            await writer.give_back_many(writes)
+            for item in left:
+                item.claimed = False
+            return
+        except LeaseLostError:
+            return
+        except Exception:
+            if time.monotonic() + pause > deadline:
+                log.warning(
+                    "%s: could not give back %d claims of a failed batch run (the next "
+                    "run records them unknown)",
+                    writer.keys[0],
+                    len(left),
+                )
+                return
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 # Why a message the load claimed went back to waiting (its record, until it is claimed
@@ -257,6 +309,7 @@ class BatchSender:
         self.slot_deadline = time.monotonic() + settings.slot_wait_seconds
         self.starved = False  # none got a slot in time: the batch goes back to the broker
         self.handed_on = False  # its worker is shutting down: the batch goes back too
+        self.aborted = False  # a sender failed: the run ends with its error
         self.waiting: list[Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
@@ -287,8 +340,13 @@ class BatchSender:
     @property
     def stopped(self) -> bool:
         """Senders take no more messages: the campaign stopped (paused, cancelled, a
-        configuration error) or the worker hands the batch on."""
-        return bool(self.c.stop_reason) or self.handed_on
+        configuration error), the worker hands the batch on, or a sender failed."""
+        return bool(self.c.stop_reason) or self.handed_on or self.aborted
+
+    def abort(self) -> None:
+        """A sender failed: the others stop after the chunk they are sending."""
+        self.aborted = True
+        self.finish()
 
     def put_back(self, items: Iterable[Item]) -> None:
         self.queue.extend(items)
@@ -369,7 +427,9 @@ class BatchSender:
     async def _commit(self, writes: list[_Write], *, claimed: bool = True) -> float:
         """Apply planned writes in one round trip; returns the longest retry delay.
 
-        ``claimed``: every item holds this run's claim (it was sent, or tried).
+        ``claimed``: every item holds this run's claim (it was sent, or tried). Else an
+        item someone else settled meanwhile (a cancel) keeps that record and leaves the
+        run.
         """
         if not writes:
             return 0.0
@@ -378,7 +438,10 @@ class BatchSender:
         if claimed:
             await self.writer.settle_many(encoded)
         else:
-            await self.writer.put_many(encoded)
+            answers = await self.writer.put_unsettled_many(encoded)
+            for _ in range(answers.count(False)):  # settled by someone else: they leave
+                self._one_less()
+            writes = [w for w, ok in zip(writes, answers, strict=True) if ok]
         await self._judge(writes)
         longest = 0.0
         loop = asyncio.get_running_loop()
@@ -605,7 +668,8 @@ class BatchSender:
                         detail=detail,
                     )
                 )
-        # Written over what they were (claimed by the load, or waiting for a retry).
+        # Written over what they were (claimed by the load, queued, or waiting for a
+        # retry), unless a cancel (or the expiry) settled them meanwhile.
         await self._commit(failed, claimed=False)
         for w in failed:
             w.item.claimed = False  # settled
@@ -626,6 +690,7 @@ class BatchSender:
         for item, message in built:
             if item.claimed or next(answers):
                 item.claimed = False  # attempted from here on: its outcome is recorded
+                item.attempted = True
                 ready.append((item, message))
                 continue
             # Settled by someone else meanwhile: never send twice.
@@ -902,7 +967,7 @@ async def run_batch(
         )
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = unsettled(loaded, settings)
-        claimed = [item for item in items if item.claimed]  # by the load
+        run_items = items  # (all of them: see _give_back_after_failure)
         try:
             await writer.put_many(stale)
             terminal = terminal_state(status, content)
@@ -946,6 +1011,13 @@ async def run_batch(
             sessions = [asyncio.create_task(sender.run_session(k)) for k in kept]
             try:
                 await asyncio.gather(*sessions)
+            except BaseException:
+                # One sender failed: the others take no more messages, and the chunks
+                # they have on the wire are recorded before the run gives up its claims
+                # and its lease (not by orphans after it: as lost sends).
+                sender.abort()
+                await asyncio.gather(*sessions, return_exceptions=True)
+                raise
             finally:
                 watcher.cancel()
                 stats, stats_provider = sender.stats, provider.nickname  # sent with the release
@@ -987,10 +1059,8 @@ async def run_batch(
             result.retry_at = retry_at
             return result
         except Exception:
-            # Whatever the load claimed and this run did not attempt goes back, if Redis
-            # lets us (see give_back_claims).
-            with contextlib.suppress(Exception):
-                await give_back_claims(writer, claimed)
+            # Whatever this run claimed and did not attempt goes back, once Redis lets us.
+            await _give_back_after_failure(writer, run_items, lease.ttl_ms)
             raise
     finally:
 
