@@ -234,7 +234,12 @@ async def _within_limits(
 ) -> TestEmailResult:
     """``exchange`` as one of the provider's campaign sends: it takes a connection slot
     (``max_connections`` holds across workers and this test), waits for the provider's
-    pace, and counts against the daily quotas (given back if the provider refused it)."""
+    pace, and counts against the daily quotas (given back if the provider refused it).
+
+    Its grant is tracked, as a campaign's are: while it is out, a campaign that finds the
+    quota taken waits for it instead of pausing "used up" (the test message may be
+    refused, and its send given back). When the quota's last sends are out (campaigns'
+    grants that may come back), the test waits for them, within ``deadline``."""
     slots = ConnectionSlots(client, config, settings.lease_ttl_ms / 1000)
     token = f"test-{secrets.token_hex(8)}"
     waited = time.monotonic() + TEST_SLOT_WAIT_SECONDS
@@ -246,13 +251,33 @@ async def _within_limits(
             f"in use by campaigns (max_connections): try again later",
         )
     try:
-        limiter = ProviderLimiter(client, config)
-        grant = await limiter.take_some(1)
-        await asyncio.sleep(grant.wait)
-        result = await asyncio.wait_for(exchange(), timeout=deadline)
-        if not result.ok:
-            await limiter.refund(grant, 1)
-        return result
+        # Out for as long as the exchange may take (a lapsed grant counts as settled).
+        ttl = max(deadline, settings.lease_ttl_ms / 1000)
+        limiter = ProviderLimiter(client, config, grant_ttl=ttl)
+        give_up = time.monotonic() + deadline
+        grant = await limiter.take_some(1, tracked=True)
+        while not grant.count:  # the quota's last sends are out: one may come back
+            if time.monotonic() + grant.wait > give_up:
+                return TestEmailResult(
+                    False,
+                    QuotaExhaustedError.error_class.value,
+                    f"the daily quota of provider {config.nickname!r} is taken by sends "
+                    f"still out (campaigns' messages on the wire): none came back within "
+                    f"{deadline:g} s; try again later",
+                )
+            await asyncio.sleep(grant.wait)
+            grant = await limiter.take_some(1, tracked=True)
+        refused = 0  # an outcome not known (no answer in time) counts: it may have gone
+        try:
+            await asyncio.sleep(grant.wait)
+            result = await asyncio.wait_for(exchange(), timeout=deadline)
+            refused = 0 if result.ok else 1
+            return result
+        except ProviderError:
+            refused = 1  # as a campaign's: raised before the provider took the message
+            raise
+        finally:
+            await limiter.settle(grant, refused)
     except QuotaExhaustedError as exc:
         return TestEmailResult(False, exc.error_class.value, exc.detail)
     finally:
