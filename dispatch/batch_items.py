@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from dispatch import store
@@ -23,6 +24,7 @@ from dispatch.ledger import (
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.recipient_pages import documents_of, page_span
 from dispatch.settings import Settings
+from dispatch.suppressions import suppression_key
 
 # A batch's suppression hits and ledger records; its recipient documents come with a
 # plain LRANGE of their pages in the same MULTI (through Lua, each would be copied in
@@ -176,6 +178,8 @@ class LoadedBatch:
     recipients: list[Any]  # documents (decoded)
     suppressed: set[int]  # seqs on the suppression list or opted out of the category
     claimed: bool = False  # every queued, unsuppressed message was claimed (claim_record(1))
+    # The campaign's cc and bcc addresses on the suppression list, with their entries.
+    suppressed_copies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 async def load_batch(
@@ -185,11 +189,15 @@ async def load_batch(
     size: int,
     category: str,
     lease: BatchLease | None = None,
+    copies: Sequence[str] = (),
 ) -> LoadedBatch:
     """A batch's recipients, ledger records and suppression hits, in one round trip.
 
     With ``lease``, its queued messages that are not suppressed are claimed too, if the
     lease is held and the campaign is running (``claimed`` says whether they were).
+    ``copies``: the campaign's cc and bcc; those suppressed since the campaign was
+    created (a hard bounce, a complaint) come back in ``suppressed_copies``, checked
+    with the recipients (nothing more is read for a campaign without them).
     """
     first, last, offset = page_span(start, size)
     pipe = r.pipeline(transaction=True)  # documents and keys from one moment
@@ -211,7 +219,9 @@ async def load_batch(
         last,
         offset,
     )
-    pages, (claimed, hits, found) = await pipe.execute()
+    if copies:
+        pipe.hmget(store.SUPPRESSIONS_HASH, [suppression_key(a) for a in copies])
+    pages, (claimed, hits, found), *entries = await pipe.execute()
     docs = documents_of(pages, offset, size) if pages else []
     return LoadedBatch(
         list(range(start, start + len(docs))),
@@ -219,6 +229,9 @@ async def load_batch(
         docs,
         set(hits),
         bool(claimed),
+        {a: orjson.loads(e) for a, e in zip(copies, entries[0], strict=True) if e}
+        if entries
+        else {},
     )
 
 

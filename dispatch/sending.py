@@ -18,9 +18,10 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -56,6 +57,7 @@ from dispatch.rendering import CompiledContent, RenderError, campaign_context, r
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
+from dispatch.suppressions import describe as describe_suppression
 from dispatch.unsubscribe import recipient_links
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
@@ -201,7 +203,12 @@ class _Campaign:
         send_date: str,
         settings: Settings,
         limiter_client: aioredis.Redis,
+        suppressed_copies: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        """``suppressed_copies``: cc and bcc addresses put on the suppression list since
+        the campaign was created (see load_batch), with their entries: this batch's
+        messages go without a copy to them (each still to its To recipient), and the
+        log says so."""
         self.content = content
         self.provider = provider
         self.transport = transport
@@ -221,10 +228,22 @@ class _Campaign:
         self.stop_kind = incidents.PauseKind.CONFIGURATION  # why, when it pauses
         self.status = CampaignStatus.RUNNING
         self.base_context = campaign_context(content.vars)
+        self.cc, self.bcc = content.cc, content.bcc
+        for address, entry in (suppressed_copies or {}).items():
+            field_ = "cc" if address in content.cc else "bcc"
+            self.cc = tuple(a for a in self.cc if a != address)
+            self.bcc = tuple(a for a in self.bcc if a != address)
+            log.warning(
+                "campaign %s: %s %s is on the suppression list (%s): left out of this "
+                "batch's messages (each still goes to its To recipient)",
+                content.id, field_, address, describe_suppression(dict(entry)),
+                extra={"campaign_id": content.id, "email": address, "field": field_,
+                       "suppression": dict(entry)},
+            )  # fmt: skip
         self.limiter = ProviderLimiter(
             limiter_client,
             provider,
-            1 + len(content.cc) + len(content.bcc),
+            1 + len(self.cc) + len(self.bcc),
             settings.lease_ttl_ms / 1000,
         )
         self.chunk_size = chunk_limit(provider, transport.chunk_size)
@@ -261,7 +280,7 @@ class _Campaign:
         return OutgoingMessage(  # positional: this runs once per recipient
             item.seq, f"{email}{self.meta_tail}{item.seq}|", content.id, email,
             r.subject, r.html, r.text, self.from_address, self.from_name, r.amp,
-            self.reply_to, content.cc, content.bcc, headers, item.vars, content.vars,
+            self.reply_to, self.cc, self.bcc, headers, item.vars, content.vars,
             unsub, prefs,
         )  # fmt: skip
 
@@ -963,7 +982,13 @@ async def run_batch(
             and _chunk_size(content.provider, raw_provider, settings) >= size
         )
         loaded = await load_batch(
-            r, campaign_id, batch * size, size, content.category, lease if one_chunk else None
+            r,
+            campaign_id,
+            batch * size,
+            size,
+            content.category,
+            lease if one_chunk else None,
+            content.cc + content.bcc,
         )
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = unsettled(loaded, settings)
@@ -998,6 +1023,7 @@ async def run_batch(
                 begun.send_date or datetime.now(UTC).strftime("%Y%m%d"),
                 settings,
                 r,
+                loaded.suppressed_copies,
             )
             pool_key = (content.provider, raw_provider)
             sender = BatchSender(campaign, writer, items, settings, pool, pool_key)
