@@ -22,10 +22,11 @@ _QUOTA_TEXT = re.compile(
     r"|\bmaximum credits exceeded\b",
     re.IGNORECASE,
 )
-# Refusals of the sender, whatever command they answer (RCPT included): SendGrid's "550
-# Unauthenticated senders not allowed" (no login), a relay's "554 5.7.1 Relay access
-# denied" (Postfix) or "550 5.7.1 Unable to relay" (Exchange): no recipient is at fault.
+# SendGrid's "550 Unauthenticated senders not allowed" (no login), whatever command it
+# answers (RCPT included): no recipient is at fault.
 _UNAUTHENTICATED_TEXT = re.compile(r"\bunauthenticated senders?\b.{0,10}\bnot allowed\b", re.I)
+# A relay's "554 5.7.1 Relay access denied" (Postfix), "550 5.7.1 Unable to relay"
+# (Exchange), "550 5.7.0 Mail relay denied" (Google's relay).
 _RELAY_TEXT = re.compile(
     r"\brelay(ing)?( access)? (denied|not permitted|not allowed)\b|\bunable to relay\b", re.I
 )
@@ -88,7 +89,7 @@ def classify(
         return ReplyKind.AUTH
     if _QUOTA_TEXT.search(text):
         return ReplyKind.QUOTA
-    if _RELAY_TEXT.search(text) or (not at_rcpt and _ACCOUNT_TEXT.search(text)):
+    if not at_rcpt and _ACCOUNT_TEXT.search(text):
         named = unverified_identities(text)
         if named and recipients and named <= {r.lower() for r in recipients}:
             return ReplyKind.RECIPIENT
@@ -111,6 +112,13 @@ def unverified_identities(text: str) -> set[str]:
     if match is None:
         return set()
     return {address.lower().rstrip(".") for address in _ADDRESS.findall(match.group(1))}
+
+
+def refuses_relaying(text: str) -> bool:
+    """Whether a refusal of a RCPT says the server does not relay for us (no login, or a
+    relay that takes some domains only): the sender's set-up, not a bad address. The
+    message fails alone (another domain may be taken), counted by the failure breaker."""
+    return bool(_RELAY_TEXT.search(text))
 
 
 def too_many_recipients(code: int, text: str = "") -> bool:

@@ -72,13 +72,12 @@ def _run(r: redis.Redis, server: SmtpTestServer, n: int = 10, **fields: Any) -> 
             "configuration",
         ),
         ("mail", "451 Authentication failed: Maximum credits exceeded", "quota"),
-        ("rcpt", "554 5.7.1 <user3@example.com>: Relay access denied", "configuration"),
     ],
 )
 def test_a_reply_that_the_account_cannot_send_pauses_the_campaign_naming_it(
     redis_client: redis.Redis, where: str, reply: str, kind: str
 ) -> None:
-    """SES, SendGrid and a relay refuse the account after 3 messages went out: the
+    """SES and SendGrid refuse the account after 3 messages went out: the
     campaign pauses with the reply as its reason (counted under its kind), nothing fails,
     the 7 others stay queued and a resume once it is fixed sends each of them once."""
     fixed = {"yes": False}
@@ -134,6 +133,43 @@ def test_a_recipient_unknown_still_fails_that_message_alone(redis_client: redis.
         )
         summary = _run(redis_client, server)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 8, 2)
+
+
+def test_a_relay_refusing_to_relay_for_us_trips_the_failure_breaker(
+    redis_client: redis.Redis,
+) -> None:
+    """A relay given no login refuses every recipient with "554 5.7.1 Relay access
+    denied": not the addresses' fault, so the breaker counts them and pauses the campaign
+    (they were "SMTP invalid email ID", which it never counts: all 10 failed)."""
+    denied = "554 5.7.1 <{}>: Relay access denied"
+    with SmtpTestServer() as server:
+        server.handler.rcpt_reply = denied.format
+        smtp_provider(redis_client, server.port, max_connections=1)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(10)}
+        cid, batches = create_held(redis_client, body)
+        run_batches(batches, FAST.model_copy(update={"pause_after_failures": 4}), rounds=3)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert summary["status"] == "paused"
+    assert "Relay access denied" in summary["reason"]
+    assert summary["sent"] == 0 and summary["queued"] > 0
+    assert redis_client.hget(store.INCIDENTS_HASH, "pause|failures") == "1"
+
+
+def test_a_relay_refusing_some_domains_fails_those_messages_alone(
+    redis_client: redis.Redis,
+) -> None:
+    with SmtpTestServer() as server:
+        server.handler.rcpt_reply = lambda a: (
+            f"554 5.7.1 <{a}>: Relay access denied" if a.endswith("@other.example") else None
+        )
+        smtp_provider(redis_client, server.port, max_connections=1)
+        listed = recipients(6) + recipients(4, domain="other.example")
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": listed}
+        cid, batches = create_held(redis_client, body)
+        run_batches(batches, FAST, rounds=3)
+        campaigns.finish_if_done(cid, redis_client)
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 6, 4)
 
 
 class _LoginRefused(SmtpTestServer):
