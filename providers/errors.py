@@ -6,7 +6,9 @@ per-message ledger and in ``Notification Failed`` events.
 Exception tree::
 
     ProviderError                  any failure an adapter reports
-    ├── ConfigurationError         stop and tell a person (bad settings, refused auth)
+    ├── ConfigurationError         stop and tell a person (bad settings, refused auth,
+    │   │                          the account or its sender refused: SES "554 Account
+    │   │                          is paused", SendGrid "403 You are not authorized...")
     │   ├── AuthenticationError    credentials refused: pause the campaign
     │   └── SendingQuotaError      the provider's daily sending quota is used up: pause
     ├── TransientError             retry later, maybe after ``retry_after`` seconds
@@ -63,14 +65,16 @@ class ConfigurationError(ProviderError):
 
 
 class AuthenticationError(ConfigurationError):
-    """The server refused our credentials (SMTP 535 and friends)."""
+    """The server refused our credentials for good (SMTP 535 and friends; a 4xx to AUTH
+    is a :class:`ThrottledError`: the login is retried later)."""
 
 
 class SendingQuotaError(ConfigurationError):
     """The provider says the account's daily sending quota is used up (SES "454 Throttling
     failure: Daily message quota exceeded", Gmail "550 5.4.5 Daily user sending limit
-    exceeded"): every further message would be refused until it frees, so the campaign
-    pauses (reference §4: "pause the SES provider until quota frees; don't hammer")."""
+    exceeded", SendGrid "451 Authentication failed: Maximum credits exceeded"): every
+    further message would be refused until it frees, so the campaign pauses (reference
+    §4: "pause the SES provider until quota frees; don't hammer")."""
 
     error_class = ErrorClass.DISPATCH_FAILED_SMTP
 

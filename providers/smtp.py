@@ -36,7 +36,7 @@ from providers.errors import (
     TransientError,
 )
 from providers.mime import MimeWriter
-from providers.smtp_replies import ReplyKind, classify, too_many_recipients
+from providers.smtp_replies import ReplyKind, classify, refuses_relaying, too_many_recipients
 from providers.smtp_wire import (
     Envelope,
     Reply,
@@ -52,15 +52,27 @@ _WRITER_CACHE_SIZE = 32
 
 
 def _reply_error(
-    code: int, text: str, *, at_rcpt: bool = False, error_class: ErrorClass | None = None
+    code: int,
+    text: str,
+    *,
+    at_rcpt: bool = False,
+    error_class: ErrorClass | None = None,
+    recipients: Sequence[str] = (),
 ) -> ProviderError:
-    """Turn a negative reply into the matching error (not raised)."""
+    """Turn a negative reply into the matching error (not raised); ``recipients``: the
+    envelope's, of the message it answered."""
     detail = f"{code} {text}".strip()
-    kind = classify(code, text, at_rcpt=at_rcpt)
+    kind = classify(code, text, at_rcpt=at_rcpt, recipients=recipients)
     if kind is ReplyKind.AUTH:
         return AuthenticationError(detail, code=code)
     if kind is ReplyKind.QUOTA:
         return SendingQuotaError(detail, code=code)
+    if kind is ReplyKind.ACCOUNT:
+        # The provider refuses the account or its sender: every message would be refused
+        # alike. Not the session's connection (ErrorClass.CONNECTION): the sending.
+        return ConfigurationError(detail, code=code, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+    if kind is ReplyKind.RECIPIENT:
+        return PermanentError(detail, code=code, error_class=ErrorClass.INVALID_RECIPIENT)
     if kind is ReplyKind.THROTTLED:
         return ThrottledError(detail, code=code, error_class=error_class)
     if kind is ReplyKind.TRANSIENT:
@@ -68,11 +80,11 @@ def _reply_error(
     return PermanentError(detail, code=code, error_class=error_class)
 
 
-def refuses_session(stage: Stage, reply: Reply) -> bool:
+def refuses_session(stage: Stage, reply: Reply, recipients: Sequence[str] = ()) -> bool:
     """The replies :meth:`SmtpSession._outcome` raises for: about the session (credentials,
-    throttling, a used-up quota), not the message."""
-    kind = classify(reply.code, reply.text, at_rcpt=stage == "rcpt")
-    if kind in (ReplyKind.AUTH, ReplyKind.QUOTA) or reply.code == 421:
+    throttling, a used-up quota, the account refused), not the message."""
+    kind = classify(reply.code, reply.text, at_rcpt=stage == "rcpt", recipients=recipients)
+    if kind in (ReplyKind.AUTH, ReplyKind.QUOTA, ReplyKind.ACCOUNT) or reply.code == 421:
         return True
     return stage == "mail" and kind is ReplyKind.THROTTLED
 
@@ -81,7 +93,19 @@ def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
     """Translate a failure to connect, secure or log in."""
     where = f"{config.effective_host}:{config.effective_port}"
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return AuthenticationError(f"authentication refused by {where}: {exc}", code=exc.code)
+        reply = f"{exc.code} {exc.message}".strip()
+        kind = classify(exc.code, exc.message)
+        if kind is ReplyKind.QUOTA:  # SendGrid's "451 Authentication failed: Maximum credits"
+            return SendingQuotaError(f"{where} refused the login: {reply}", code=exc.code)
+        if 400 <= exc.code < 500:
+            # "454 4.7.0 Too many login attempts" (Gmail), "454 Temporary authentication
+            # failure" (SES): the credentials may be good; back off and log in again later.
+            return ThrottledError(
+                f"{where} refused the login for now: {reply}",
+                code=exc.code,
+                error_class=ErrorClass.CONNECTION,
+            )
+        return AuthenticationError(f"authentication refused by {where}: {reply}", code=exc.code)
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return ConfigurationError(f"{where}: {exc}")
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
@@ -395,16 +419,20 @@ class SmtpSession:
         recipients = envelope.recipients
         if not result.mail.ok:
             err = _reply_error(
-                result.mail.code, result.mail.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP
+                result.mail.code,
+                result.mail.text,
+                error_class=ErrorClass.DISPATCH_FAILED_SMTP,
+                recipients=recipients,
             )
             if isinstance(err, ConfigurationError | ThrottledError):
                 raise err  # about the session, not this message: nothing was handed over
             return SendOutcome.from_error(msg.seq, err)
         first = result.rcpts[0]
         if not first.ok:
-            err = _reply_error(
-                first.code, first.text, at_rcpt=True, error_class=ErrorClass.INVALID_RECIPIENT
-            )
+            # Refused relaying is the set-up's fault, not the address's (the breaker counts it).
+            relay = refuses_relaying(first.text)
+            error_class = ErrorClass.DISPATCH_FAILED_SMTP if relay else ErrorClass.INVALID_RECIPIENT
+            err = _reply_error(first.code, first.text, at_rcpt=True, error_class=error_class)
             if first.code == 421 or isinstance(err, ConfigurationError):
                 raise err
             return SendOutcome.from_error(msg.seq, err)
@@ -418,7 +446,12 @@ class SmtpSession:
             start = result.data_start
             if start is None or start.code == 354:
                 raise ProviderConnectionError("transaction abandoned before DATA")
-            err = _reply_error(start.code, start.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+            err = _reply_error(
+                start.code,
+                start.text,
+                error_class=ErrorClass.DISPATCH_FAILED_SMTP,
+                recipients=recipients,
+            )
             if start.code == 421:
                 raise ThrottledError(str(start), code=421)
             if isinstance(err, ConfigurationError):
@@ -428,7 +461,12 @@ class SmtpSession:
             if final.code == 421:
                 # Closing channel in answer to the message: it was not taken.
                 raise ThrottledError(str(final), code=421)
-            err = _reply_error(final.code, final.text, error_class=ErrorClass.DISPATCH_FAILED_SMTP)
+            err = _reply_error(
+                final.code,
+                final.text,
+                error_class=ErrorClass.DISPATCH_FAILED_SMTP,
+                recipients=recipients,
+            )
             if isinstance(err, ConfigurationError):
                 raise err  # the quota is used up: the message was dropped, and the rest would be
             return SendOutcome.from_error(msg.seq, err)

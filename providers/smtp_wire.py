@@ -103,14 +103,15 @@ class TransactionProtocol(asyncio.Protocol):
         *,
         pipelining: bool,
         timeout: float,
-        refuses_session: Callable[[Stage, Reply], bool] = lambda stage, reply: False,
+        refuses_session: Callable[[Stage, Reply, tuple[str, ...]], bool] = lambda *_: False,
         smtputf8: bool = False,
     ):
         self.transport = transport
         self.pipelining = pipelining
         self.smtputf8 = smtputf8  # the server takes UTF-8 addresses and headers (RFC 6531)
         # Refusals about the session, not the message (throttling, credentials, a used-up
-        # quota): the messages after one are not attempted on this connection.
+        # quota), told from the reply, its stage and the envelope's recipients: the
+        # messages after one are not attempted on this connection.
         self.refuses_session = refuses_session
         self.timeout = timeout
         self._buffer = bytearray()
@@ -239,22 +240,22 @@ class TransactionProtocol(asyncio.Protocol):
                 results.append(exc)
                 break
             results.append(result)
-            if self._refused(result):
+            if self._refused(result, envelope.recipients):
                 if ahead:
                     self._fail(WireError("the server refused the session"))
                     self.transport.abort()
                 break
         return results
 
-    def _refused(self, result: TransactionResult) -> bool:
+    def _refused(self, result: TransactionResult, recipients: tuple[str, ...]) -> bool:
         """The transaction ended with a refusal of the session, not of the message."""
         if not result.mail.ok:
-            return self.refuses_session("mail", result.mail)
+            return self.refuses_session("mail", result.mail, recipients)
         if result.rcpts and not result.rcpts[0].ok:
-            return self.refuses_session("rcpt", result.rcpts[0])
+            return self.refuses_session("rcpt", result.rcpts[0], recipients)
         for reply in (result.data_start, result.data):
             if reply is not None and not reply.ok:
-                return self.refuses_session("data", reply)
+                return self.refuses_session("data", reply, recipients)
         return False
 
     async def _one(
