@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
@@ -449,6 +450,7 @@ class BatchSender:
             if w.state is not MessageState.RETRY:
                 self._settle(w.state.value)
                 continue
+            w.item.attempted = False  # no longer claimed: its next claim is a new attempt
             longest = max(longest, w.delay)
             if w.delay <= self.settings.inline_retry_seconds:
                 self.waiting.append(w.item)
@@ -712,6 +714,7 @@ class BatchSender:
             self._stop_for(exc)
             writes = []
             for item, _ in messages:  # give the claim back: not attempted
+                item.attempted = False
                 item.attempts -= 1
                 rec = record(
                     MessageState.RETRY,
@@ -830,27 +833,39 @@ async def _watch_status(
     the clock so that a campaign whose ``expires_at`` passes while it sends expires then
     (not when beat next looks: nothing may go out after it), and ``stop_key`` (run_batch)
     so that a worker asked to shut down hands its batches on within a second; and adds
-    the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``."""
-    key = store.campaign_key(campaign.content.id)
-    expires_at = campaign.content.expires_at
+    the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll that
+    meets a Redis error (a restart) is skipped: the next one looks again."""
     flushed = time.monotonic()
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
         if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
             flushed = time.monotonic()
             await sender.stats.flush(r, campaign.provider.nickname)
-        if expires_at is not None and expires_at <= datetime.now(UTC):
-            await expire_now(r, campaign.content.id)
-        if stop_key and await r.exists(stop_key):
-            sender.handed_on = True
-            sender.finish()
-            return
-        status = await r.hget(key, "status")
-        if status and status != CampaignStatus.RUNNING.value:
-            campaign.status = CampaignStatus(str(status))
-            campaign.stop_reason = f"campaign {campaign.status}"
-            sender.finish()
-            return
+        try:
+            if await _status_changed(r, campaign, sender, stop_key):
+                return
+        except redis.RedisError as exc:  # Redis restarting: the next poll looks again
+            log.warning("campaign %s: status poll failed (%s)", campaign.content.id, exc)
+
+
+async def _status_changed(
+    r: aioredis.Redis, campaign: _Campaign, sender: BatchSender, stop_key: str
+) -> bool:
+    """One poll of :func:`_watch_status`; True when the batch stops."""
+    expires_at = campaign.content.expires_at
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        await expire_now(r, campaign.content.id)
+    if stop_key and await r.exists(stop_key):
+        sender.handed_on = True
+        sender.finish()
+        return True
+    status = await r.hget(store.campaign_key(campaign.content.id), "status")
+    if status and status != CampaignStatus.RUNNING.value:
+        campaign.status = CampaignStatus(str(status))
+        campaign.stop_reason = f"campaign {campaign.status}"
+        sender.finish()
+        return True
+    return False
 
 
 _providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
