@@ -18,7 +18,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -101,12 +101,17 @@ GIVE_BACK_SECONDS = 10.0
 
 
 async def _give_back_after_failure(
-    writer: LedgerWriter, items: list[Item], lease_ttl_ms: int
+    writer: LedgerWriter,
+    items: list[Item],
+    lease_ttl_ms: int,
+    outcomes: Sequence[tuple[int, bytes, str]] = (),
 ) -> None:
     """Give back the claims of ``items`` (the run's) that this run never attempted, once
     Redis answers again (its error ended the run): claimed by the load, or by a claim
     whose answer was lost, they would be recorded ``unknown`` by the next run, never
-    sent.
+    sent. So would the messages it sent whose ``outcomes`` it could not record (the
+    error came then): they are written too, only over a record still unsettled (one
+    the failed write did record stays as it is: written once, counted once).
 
     Safe whatever happened meanwhile: the write is fenced by this run's lease (taken
     over by another run, or expired, it writes nothing), and it only moves a record
@@ -117,7 +122,7 @@ async def _give_back_after_failure(
     :data:`GIVE_BACK_SECONDS` or half the lease's TTL.
     """
     left = [item for item in items if not item.attempted]
-    if not left:
+    if not left and not outcomes:
         return
     made = Records()
     detail = "claimed, not attempted: the batch stopped first"
@@ -126,6 +131,9 @@ async def _give_back_after_failure(
     pause = 0.05
     while True:
         try:
+            if outcomes:
+                await writer.put_unsettled_many(outcomes)
+                outcomes = ()  # (a retry written again would count twice in /metrics)
             await writer.give_back_many(writes)
             for item in left:
                 item.claimed = False
@@ -315,6 +323,8 @@ class BatchSender:
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
+        # Outcomes of this run's sends whose write failed (see _give_back_after_failure).
+        self.unrecorded: list[tuple[int, bytes, str]] = []
         self._records = Records()
         # The failure breaker (see _judge): ``sent_any`` (the campaign sent a message)
         # turns it off.
@@ -437,7 +447,7 @@ class BatchSender:
         self._records = Records()  # the next writes are made at a later moment
         encoded = [(w.item.seq, w.rec, w.event) for w in writes]
         if claimed:
-            await self.writer.settle_many(encoded)
+            await self._settle_many(encoded)
         else:
             answers = await self.writer.put_unsettled_many(encoded)
             for _ in range(answers.count(False)):  # settled by someone else: they leave
@@ -461,6 +471,15 @@ class BatchSender:
                 self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
                 self._one_less()
         return longest
+
+    async def _settle_many(self, writes: list[tuple[int, bytes, str]]) -> None:
+        """Record the outcomes of sends of this run's claims; kept for the run's failure
+        path when the write fails (Redis restarting), not lost with it."""
+        try:
+            await self.writer.settle_many(writes)
+        except Exception:
+            self.unrecorded.extend(writes)
+            raise
 
     async def _judge(self, writes: list[_Write]) -> None:
         """The failure breaker: when ``pause_after_failures`` messages of the campaign (in
@@ -766,7 +785,7 @@ class BatchSender:
             # As text: thousands of small orjson bytes kept alive cost about 2.5 us each
             # to allocate here; their str copies about 0.1 us.
             writes.append((item.seq, rec, dumps(event).decode()))
-        await self.writer.settle_many(writes)
+        await self._settle_many(writes)
         self.sent_any = True
         self.counts["sent"] = self.counts.get("sent", 0) + len(writes)
         self.outstanding -= len(writes)
@@ -983,6 +1002,7 @@ async def run_batch(
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = unsettled(loaded, settings)
         run_items = items  # (all of them: see _give_back_after_failure)
+        unrecorded: list[tuple[int, bytes, str]] = []  # (the sender's, once it runs)
         try:
             await writer.put_many(stale)
             terminal = terminal_state(status, content)
@@ -1016,6 +1036,7 @@ async def run_batch(
             )
             pool_key = (content.provider, raw_provider)
             sender = BatchSender(campaign, writer, items, settings, pool, pool_key)
+            unrecorded = sender.unrecorded
             n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))
             n = min(n, max(1, len(items) // max(1, campaign.chunk_size)))
             kept: list[KeptSession | None] = []
@@ -1074,8 +1095,9 @@ async def run_batch(
             result.retry_at = retry_at
             return result
         except Exception:
-            # Whatever this run claimed and did not attempt goes back, once Redis lets us.
-            await _give_back_after_failure(writer, run_items, lease.ttl_ms)
+            # Whatever this run claimed and did not attempt goes back, and what it sent
+            # is recorded, once Redis lets us.
+            await _give_back_after_failure(writer, run_items, lease.ttl_ms, unrecorded)
             raise
     finally:
 

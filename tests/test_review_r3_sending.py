@@ -20,6 +20,7 @@ from dispatch.limits import ConnectionSlots
 from dispatch.sending import run_batch
 from dispatch.settings import Settings
 from providers.config import parse_provider_config
+from providers.smtp import SmtpSession
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.test_batch_claims import _states
@@ -122,3 +123,32 @@ def test_a_retried_message_whose_next_claim_lost_its_answer_goes_back(
     assert _states(redis_client, cid)[0] == "retry"  # given back, not left claimed
     monkeypatch.undo()
     _retried_each_sent_once(redis_client, smtp, cid, batches, 5)
+
+
+def test_outcomes_whose_write_redis_failed_are_recorded_once_it_answers(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failed right after a chunk went out (a restart): the write of the chunk's
+    outcomes failed, and the messages stayed ``claimed``, to be recorded ``unknown`` by
+    the next run, although the run knew the server had taken them. They are recorded
+    ``sent`` (with their events) once Redis answers again. (One chunk of four.)"""
+    fails = _RedisFails(monkeypatch)
+    smtp_provider(redis_client, smtp.port)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(4)}
+    cid, batches = create_held(redis_client, body)
+    send = SmtpSession.send
+
+    async def redis_fails_after(session: SmtpSession, messages: Any) -> Any:
+        outcomes = await send(session, messages)
+        fails.left = 3  # the outcomes' write, and two tries after it
+        return outcomes
+
+    monkeypatch.setattr(SmtpSession, "send", redis_fails_after)
+    with pytest.raises(redis.ConnectionError):
+        run_batches(batches)
+    assert fails.left == 0 and len(smtp.messages) == 4
+    assert _states(redis_client, cid) == {seq: "sent" for seq in range(4)}
+    monkeypatch.undo()
+    _retried_each_sent_once(redis_client, smtp, cid, batches, 4)
+    events = [f["json"] for _, f in redis_client.xrange(store.EVENTS_STREAM)]
+    assert sum('"Notification Sent"' in e for e in events) == 4
