@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import redis
 import redis.asyncio as aioredis
 
 from dispatch import store
 from providers.config import ProviderBase
 from providers.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 # GCRA ("virtual scheduling"): KEYS[1] holds the time the provider is next free. Each
 # call reserves sends after that point and answers how many and how long to wait first,
@@ -318,10 +322,16 @@ class ConnectionSlots:
     async def renew(self, token: str, lost: Callable[[], None]) -> None:
         """Keep the slot while the session works (renewed three times a TTL). A slot
         found gone (this process stalled past the TTL and the slot expired, perhaps to
-        another worker) calls ``lost``: the session must close before it sends again."""
+        another worker) calls ``lost``: the session must close before it sends again. A
+        renewal that meets a Redis error (a restart) is tried again the next period."""
         while True:
             await asyncio.sleep(self.ttl / 3)
-            if not await self.client.eval(_RENEW, 1, self.key, time.time() + self.ttl, token):
+            try:
+                held = await self.client.eval(_RENEW, 1, self.key, time.time() + self.ttl, token)
+            except redis.RedisError as exc:
+                log.warning("connection slot %s: renewal failed (%s); trying again", token, exc)
+                continue
+            if not held:
                 lost()
 
     async def release(self, token: str) -> None:

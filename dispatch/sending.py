@@ -18,12 +18,13 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
@@ -102,12 +103,17 @@ GIVE_BACK_SECONDS = 10.0
 
 
 async def _give_back_after_failure(
-    writer: LedgerWriter, items: list[Item], lease_ttl_ms: int
+    writer: LedgerWriter,
+    items: list[Item],
+    lease_ttl_ms: int,
+    outcomes: Sequence[tuple[int, bytes, str]] = (),
 ) -> None:
     """Give back the claims of ``items`` (the run's) that this run never attempted, once
     Redis answers again (its error ended the run): claimed by the load, or by a claim
     whose answer was lost, they would be recorded ``unknown`` by the next run, never
-    sent.
+    sent. So would the messages it sent whose ``outcomes`` it could not record (the
+    error came then): they are written too, only over a record still unsettled (one
+    the failed write did record stays as it is: written once, counted once).
 
     Safe whatever happened meanwhile: the write is fenced by this run's lease (taken
     over by another run, or expired, it writes nothing), and it only moves a record
@@ -118,7 +124,7 @@ async def _give_back_after_failure(
     :data:`GIVE_BACK_SECONDS` or half the lease's TTL.
     """
     left = [item for item in items if not item.attempted]
-    if not left:
+    if not left and not outcomes:
         return
     made = Records()
     detail = "claimed, not attempted: the batch stopped first"
@@ -127,6 +133,9 @@ async def _give_back_after_failure(
     pause = 0.05
     while True:
         try:
+            if outcomes:
+                await writer.put_unsettled_many(outcomes)
+                outcomes = ()  # (a retry written again would count twice in /metrics)
             await writer.give_back_many(writes)
             for item in left:
                 item.claimed = False
@@ -333,6 +342,8 @@ class BatchSender:
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
+        # Outcomes of this run's sends whose write failed (see _give_back_after_failure).
+        self.unrecorded: list[tuple[int, bytes, str]] = []
         self._records = Records()
         # The failure breaker (see _judge): ``sent_any`` (the campaign sent a message)
         # turns it off.
@@ -455,7 +466,7 @@ class BatchSender:
         self._records = Records()  # the next writes are made at a later moment
         encoded = [(w.item.seq, w.rec, w.event) for w in writes]
         if claimed:
-            await self.writer.settle_many(encoded)
+            await self._settle_many(encoded)
         else:
             answers = await self.writer.put_unsettled_many(encoded)
             for _ in range(answers.count(False)):  # settled by someone else: they leave
@@ -468,6 +479,7 @@ class BatchSender:
             if w.state is not MessageState.RETRY:
                 self._settle(w.state.value)
                 continue
+            w.item.attempted = False  # no longer claimed: its next claim is a new attempt
             longest = max(longest, w.delay)
             if w.delay <= self.settings.inline_retry_seconds:
                 self.waiting.append(w.item)
@@ -478,6 +490,15 @@ class BatchSender:
                 self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
                 self._one_less()
         return longest
+
+    async def _settle_many(self, writes: list[tuple[int, bytes, str]]) -> None:
+        """Record the outcomes of sends of this run's claims; kept for the run's failure
+        path when the write fails (Redis restarting), not lost with it."""
+        try:
+            await self.writer.settle_many(writes)
+        except Exception:
+            self.unrecorded.extend(writes)
+            raise
 
     async def _judge(self, writes: list[_Write]) -> None:
         """The failure breaker: when ``pause_after_failures`` messages of the campaign (in
@@ -731,6 +752,7 @@ class BatchSender:
             self._stop_for(exc)
             writes = []
             for item, _ in messages:  # give the claim back: not attempted
+                item.attempted = False
                 item.attempts -= 1
                 rec = record(
                     MessageState.RETRY,
@@ -782,7 +804,7 @@ class BatchSender:
             # As text: thousands of small orjson bytes kept alive cost about 2.5 us each
             # to allocate here; their str copies about 0.1 us.
             writes.append((item.seq, rec, dumps(event).decode()))
-        await self.writer.settle_many(writes)
+        await self._settle_many(writes)
         self.sent_any = True
         self.counts["sent"] = self.counts.get("sent", 0) + len(writes)
         self.outstanding -= len(writes)
@@ -849,27 +871,39 @@ async def _watch_status(
     the clock so that a campaign whose ``expires_at`` passes while it sends expires then
     (not when beat next looks: nothing may go out after it), and ``stop_key`` (run_batch)
     so that a worker asked to shut down hands its batches on within a second; and adds
-    the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``."""
-    key = store.campaign_key(campaign.content.id)
-    expires_at = campaign.content.expires_at
+    the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll that
+    meets a Redis error (a restart) is skipped: the next one looks again."""
     flushed = time.monotonic()
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
         if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
             flushed = time.monotonic()
             await sender.stats.flush(r, campaign.provider.nickname)
-        if expires_at is not None and expires_at <= datetime.now(UTC):
-            await expire_now(r, campaign.content.id)
-        if stop_key and await r.exists(stop_key):
-            sender.handed_on = True
-            sender.finish()
-            return
-        status = await r.hget(key, "status")
-        if status and status != CampaignStatus.RUNNING.value:
-            campaign.status = CampaignStatus(str(status))
-            campaign.stop_reason = f"campaign {campaign.status}"
-            sender.finish()
-            return
+        try:
+            if await _status_changed(r, campaign, sender, stop_key):
+                return
+        except redis.RedisError as exc:  # Redis restarting: the next poll looks again
+            log.warning("campaign %s: status poll failed (%s)", campaign.content.id, exc)
+
+
+async def _status_changed(
+    r: aioredis.Redis, campaign: _Campaign, sender: BatchSender, stop_key: str
+) -> bool:
+    """One poll of :func:`_watch_status`; True when the batch stops."""
+    expires_at = campaign.content.expires_at
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        await expire_now(r, campaign.content.id)
+    if stop_key and await r.exists(stop_key):
+        sender.handed_on = True
+        sender.finish()
+        return True
+    status = await r.hget(store.campaign_key(campaign.content.id), "status")
+    if status and status != CampaignStatus.RUNNING.value:
+        campaign.status = CampaignStatus(str(status))
+        campaign.stop_reason = f"campaign {campaign.status}"
+        sender.finish()
+        return True
+    return False
 
 
 _providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
@@ -993,6 +1027,7 @@ async def run_batch(
         writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
         items, stale, retry_at = unsettled(loaded, settings)
         run_items = items  # (all of them: see _give_back_after_failure)
+        unrecorded: list[tuple[int, bytes, str]] = []  # (the sender's, once it runs)
         try:
             await writer.put_many(stale)
             terminal = terminal_state(status, content)
@@ -1027,6 +1062,7 @@ async def run_batch(
             )
             pool_key = (content.provider, raw_provider)
             sender = BatchSender(campaign, writer, items, settings, pool, pool_key)
+            unrecorded = sender.unrecorded
             n = max(1, min(campaign.transport.max_sessions, settings.sessions_per_worker))
             n = min(n, max(1, len(items) // max(1, campaign.chunk_size)))
             kept: list[KeptSession | None] = []
@@ -1085,8 +1121,9 @@ async def run_batch(
             result.retry_at = retry_at
             return result
         except Exception:
-            # Whatever this run claimed and did not attempt goes back, once Redis lets us.
-            await _give_back_after_failure(writer, run_items, lease.ttl_ms)
+            # Whatever this run claimed and did not attempt goes back, and what it sent
+            # is recorded, once Redis lets us.
+            await _give_back_after_failure(writer, run_items, lease.ttl_ms, unrecorded)
             raise
     finally:
 
