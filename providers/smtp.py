@@ -509,6 +509,18 @@ def smtpapi_header(meta: str, campaign_id: str) -> str:
     return json.dumps(smtpapi, ensure_ascii=True, separators=(",", ":"))
 
 
+def _distinct(addresses: list[str]) -> list[str]:
+    """``addresses`` (normalised) without repeats, compared caselessly, the first kept."""
+    seen: set[str] = set()
+    kept = []
+    for address in addresses:
+        key = address.casefold()
+        if key not in seen:
+            seen.add(key)
+            kept.append(address)
+    return kept
+
+
 class SmtpTransport:
     """A configured SMTP-family provider."""
 
@@ -550,6 +562,8 @@ class SmtpTransport:
         data that cannot be placed in a header.
         """
         recipients = [normalize_address(a) for a in msg.envelope_recipients]
+        if len(recipients) > 1:  # an address named twice (the To in cc) gets one copy
+            recipients = _distinct(recipients)
         limit = self.config.max_recipients_per_message
         if limit and len(recipients) > limit:
             raise InvalidMessageError(
@@ -566,7 +580,7 @@ class SmtpTransport:
             data, copy = self._writer(msg.campaign_id).write_pair(msg, extra)
         except ValueError as exc:  # UnicodeError included: a value no header or body can carry
             raise InvalidMessageError(str(exc)) from exc
-        return data, copy, sender, recipients
+        return data, copy if len(recipients) > 1 else None, sender, recipients
 
     async def open_wire(self) -> TransactionProtocol:
         """Connect, secure as configured, log in, and take over the connection.

@@ -246,3 +246,17 @@ def test_copies_put_off_by_a_server_taking_one_recipient_at_a_time(smtp: SmtpTes
         for m in smtp.messages
         if m.rcpt_tos[0] != m.message["To"]
     )
+
+
+@pytest.mark.parametrize("headers", [UNSUBSCRIBE, ()], ids=["copy", "one-transaction"])
+def test_a_to_recipient_also_in_cc_or_bcc_gets_one_message(headers: tuple[Any, ...]) -> None:
+    """The To named again in cc or bcc (any case) is sent the message once: the copy, or
+    the one transaction, goes only to the others (none left: no copy at all)."""
+    with SmtpTestServer() as smtp:
+        twice = _message(0, cc=("ANN@example.com", "boss@example.com"), headers=headers)
+        alone = _message(1, to="bob@example.com", cc=(), bcc=("Bob@Example.com",), headers=headers)
+        outcomes = _send(smtp.port, [twice, alone])
+        assert [o.status for o in outcomes] == [OutcomeStatus.SENT, OutcomeStatus.SENT]
+        got = sorted(rcpt.lower() for m in smtp.messages for rcpt in m.rcpt_tos)
+        assert got == ["ann@example.com", "archive@example.com", "bob@example.com",
+                       "boss@example.com"]  # fmt: skip
