@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -42,6 +43,9 @@ def own_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RedisServer, re
         store.reset_clients()
 
 
+N = 200  # recipients of a paced campaign (_paced_run)
+
+
 def _batches_of_20(monkeypatch: pytest.MonkeyPatch, retry_max_seconds: float) -> None:
     """Batches of 20 (one chunk each) in this process and the worker's, and a
     housekeeping that sweeps on the test's time scale."""
@@ -64,6 +68,31 @@ def _paced_campaign(r: redis.Redis, redis_url: str, sink: HttpSink, n: int) -> s
         CampaignRequest.model_validate(body), client=r, enqueue=batch_enqueuer(redis_url)
     )
     return cid
+
+
+@contextmanager
+def _paced_run(
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    r: redis.Redis,
+    *,
+    delay: float,
+    retry_max_seconds: float = 0.5,
+) -> Iterator[tuple[WorkerProcess, HttpSink, Callable[[str, int], None], str]]:
+    """A worker of two processes sending a paced campaign of :data:`N` in batches of 20
+    into a sink answering after ``delay``: the worker, the sink, an enqueuer, the id."""
+    _batches_of_20(monkeypatch, retry_max_seconds)
+    worker = WorkerProcess(redis_url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
+    try:
+        with HttpSink(Reply(200, delay=delay)) as sink:
+            enqueue = batch_enqueuer(redis_url)
+            yield worker, sink, enqueue, _paced_campaign(r, redis_url, sink, N)
+    finally:
+        worker.stop()
+
+
+def _arrived(sink: HttpSink) -> Counter[str]:
+    return Counter(m["to"] for req in sink.requests for m in req.json()["msgs"])
 
 
 def _states(r: redis.Redis, cid: str, total: int) -> Counter[str]:
@@ -125,52 +154,44 @@ def test_one_chunk_batches_waiting_for_pace_and_slots_through_kills_and_operator
     from tests.test_invariants import check_books
 
     server, r = own_stack
-    _batches_of_20(monkeypatch, retry_max_seconds=0.5)
     rng = random.Random(int(__import__("os").environ.get("CHAOS_SEED", "5")))
-    worker = WorkerProcess(server.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
-    n = 200
-    try:
-        with HttpSink(Reply(200, delay=0.2)) as sink:
-            enqueue = batch_enqueuer(server.url)
-            cid = _paced_campaign(r, server.url, sink, n)
+    with _paced_run(monkeypatch, server.url, r, delay=0.2) as (worker, sink, enqueue, cid):
 
-            def taken() -> int:
-                return sum(len(req.json()["msgs"]) for req in sink.requests)
+        def taken() -> int:
+            return sum(len(req.json()["msgs"]) for req in sink.requests)
 
-            for round_ in range(2):
-                target = taken() + rng.randint(10, 50)
-                wait_for(lambda t=target: taken() >= t, timeout=30)  # type: ignore[misc]
-                time.sleep(rng.uniform(0.0, 0.6))
-                assert worker.proc is not None
-                worker.proc.send_signal(signal.SIGKILL)
-                worker.proc.wait()
-                if round_ == 0:
-                    lifecycle.pause(cid, client=r)
-                worker.start()
-                if round_ == 0:
-                    time.sleep(rng.uniform(0.0, 1.0))
-                    lifecycle.resume(cid, client=r, enqueue=enqueue)
+        for round_ in range(2):
+            target = taken() + rng.randint(10, 50)
+            wait_for(lambda t=target: taken() >= t, timeout=30)  # type: ignore[misc]
+            time.sleep(rng.uniform(0.0, 0.6))
+            assert worker.proc is not None
+            worker.proc.send_signal(signal.SIGKILL)
+            worker.proc.wait()
+            if round_ == 0:
+                lifecycle.pause(cid, client=r)
+            worker.start()
+            if round_ == 0:
+                time.sleep(rng.uniform(0.0, 1.0))
+                lifecycle.resume(cid, client=r, enqueue=enqueue)
 
-            def done() -> bool:
-                housekeeping.sweep(r, enqueue)
-                return campaigns.get_status(cid, r).value == "completed"
+        def done() -> bool:
+            housekeeping.sweep(r, enqueue)
+            return campaigns.get_status(cid, r).value == "completed"
 
-            wait_for(done, timeout=90, interval=0.5)
-            arrived = Counter(m["to"] for req in sink.requests for m in req.json()["msgs"])
-        summary = check_books(r, cid)
-        assert max(arrived.values()) == 1, [a for a, c in arrived.items() if c > 1]
-        ledger = r.hgetall(store.ledger_key(cid))
-        for seq in range(n):
-            rec = parse_record(ledger.get(str(seq)))
-            assert rec is not None
-            address = f"user{seq}@example.com"
-            if rec["state"] in ("sent", "unknown"):
-                assert arrived[address] == 1, (seq, rec)
-            else:
-                assert arrived[address] == 0, (seq, rec)
-        assert summary["sent"] + summary["unknown"] == n, summary
-    finally:
-        worker.stop()
+        wait_for(done, timeout=90, interval=0.5)
+        arrived = _arrived(sink)
+    summary = check_books(r, cid)
+    assert max(arrived.values()) == 1, [a for a, c in arrived.items() if c > 1]
+    ledger = r.hgetall(store.ledger_key(cid))
+    for seq in range(N):
+        rec = parse_record(ledger.get(str(seq)))
+        assert rec is not None
+        address = f"user{seq}@example.com"
+        if rec["state"] in ("sent", "unknown"):
+            assert arrived[address] == 1, (seq, rec)
+        else:
+            assert arrived[address] == 0, (seq, rec)
+    assert summary["sent"] + summary["unknown"] == N, summary
 
 
 def test_a_batch_that_waits_for_the_pace_counts_no_retry_in_metrics(
@@ -207,36 +228,28 @@ def test_a_cancel_while_one_chunk_batches_wait_for_pace_and_slots(
     from tests.test_invariants import check_books
 
     server, r = own_stack
-    _batches_of_20(monkeypatch, retry_max_seconds=0.5)
-    worker = WorkerProcess(server.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
-    n = 200
-    try:
-        with HttpSink(Reply(200, delay=0.1)) as sink:
-            enqueue = batch_enqueuer(server.url)
-            cid = _paced_campaign(r, server.url, sink, n)
-            wait_for(lambda: len(sink.requests) >= 3, timeout=30)
-            lifecycle.cancel(cid, client=r, enqueue=enqueue)
-            at_cancel = len(sink.requests)
+    with _paced_run(monkeypatch, server.url, r, delay=0.1) as (_, sink, enqueue, cid):
+        wait_for(lambda: len(sink.requests) >= 3, timeout=30)
+        lifecycle.cancel(cid, client=r, enqueue=enqueue)
+        at_cancel = len(sink.requests)
 
-            def settled() -> bool:
-                housekeeping.sweep(r, enqueue)
-                return int(r.hget(store.counters_key(cid), "queued") or 0) == 0
+        def settled() -> bool:
+            housekeeping.sweep(r, enqueue)
+            return int(r.hget(store.counters_key(cid), "queued") or 0) == 0
 
-            wait_for(settled, timeout=30, interval=0.5)
-            wait_for(lambda: not r.zrange(store.LEASES_ZSET, 0, -1), timeout=10)
-            arrived = Counter(m["to"] for req in sink.requests for m in req.json()["msgs"])
-            assert len(sink.requests) <= at_cancel + 1  # at most the one on the wire
-        summary = check_books(r, cid)
-        assert summary["status"] == "cancelled"
-        assert summary["sent"] + summary["cancelled"] == n, summary
-        assert summary["sent"] == sum(arrived.values()) and max(arrived.values()) == 1
-        ledger = r.hgetall(store.ledger_key(cid))
-        for seq in range(n):
-            rec = parse_record(ledger.get(str(seq)))
-            assert rec is not None
-            assert (rec["state"] == "sent") == (arrived[f"user{seq}@example.com"] == 1)
-    finally:
-        worker.stop()
+        wait_for(settled, timeout=30, interval=0.5)
+        wait_for(lambda: not r.zrange(store.LEASES_ZSET, 0, -1), timeout=10)
+        arrived = _arrived(sink)
+        assert len(sink.requests) <= at_cancel + 1  # at most the one on the wire
+    summary = check_books(r, cid)
+    assert summary["status"] == "cancelled"
+    assert summary["sent"] + summary["cancelled"] == N, summary
+    assert summary["sent"] == sum(arrived.values()) and max(arrived.values()) == 1
+    ledger = r.hgetall(store.ledger_key(cid))
+    for seq in range(N):
+        rec = parse_record(ledger.get(str(seq)))
+        assert rec is not None
+        assert (rec["state"] == "sent") == (arrived[f"user{seq}@example.com"] == 1)
 
 
 @pytest.mark.integration
@@ -249,14 +262,10 @@ def test_one_chunk_batches_waiting_their_turn_through_a_redis_restart(
     from dispatch import housekeeping
     from tests.test_invariants import check_books
 
-    _batches_of_20(monkeypatch, retry_max_seconds=600)
-    worker = WorkerProcess(own_redis.url, concurrency=2, DISPATCH_BATCH_SIZE="20").start()
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    n = 200
+    run = _paced_run(monkeypatch, own_redis.url, r, delay=0.1, retry_max_seconds=600)
     try:
-        with HttpSink(Reply(200, delay=0.1)) as sink:
-            enqueue = batch_enqueuer(own_redis.url)
-            cid = _paced_campaign(r, own_redis.url, sink, n)
+        with run as (worker, sink, enqueue, cid):
             housekeeping.sweep(r, enqueue)  # beat's sweeps saw this Redis
             wait_for(lambda: len(sink.requests) >= 3, timeout=30)
             own_redis.restart()
@@ -270,15 +279,14 @@ def test_one_chunk_batches_waiting_their_turn_through_a_redis_restart(
                 return campaigns.get_status(cid, r).value == "completed"
 
             wait_for(completed, timeout=60, interval=0.5)
-            arrived = Counter(m["to"] for req in sink.requests for m in req.json()["msgs"])
+            arrived = _arrived(sink)
         summary = check_books(r, cid)
         assert max(arrived.values()) == 1
         ledger = r.hgetall(store.ledger_key(cid))
-        for seq in range(n):
+        for seq in range(N):
             rec = parse_record(ledger.get(str(seq)))
             assert rec is not None and rec["state"] in ("sent", "unknown"), (seq, rec)
             assert arrived[f"user{seq}@example.com"] == 1, (seq, rec)
-        assert summary["sent"] + summary["unknown"] == n
+        assert summary["sent"] + summary["unknown"] == N
     finally:
-        worker.stop()
         r.close()
