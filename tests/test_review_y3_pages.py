@@ -1,6 +1,6 @@
 """Review Y3: the recipient pages as a recipient meets them: link scanners posting every
-URL, a phone's width (a real headless Chromium driven over the DevTools protocol: the
-page's layout read)."""
+URL, a phone's width, a keyboard and a screen reader (a real headless Chromium driven
+over the DevTools protocol: keys typed, the page's layout and title read)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from tests.test_pages import FAST
 
 LONG_ADDRESS = "firstname.lastname.department-of-examples@subdomain.example-company.com"
 LONG_CATEGORY = "a-category-name-of-sixty-four-characters-and-not-one-space-in-it"
+ODD_CATEGORY = '<b>"Deals" & more</b>'
 
 
 def _token_for(r: redis.Redis, email: str, *categories: str) -> str:
@@ -203,3 +204,43 @@ def test_the_pages_fit_a_phone_with_a_long_address_and_category(
     with chromium(320, 640) as run:
         measured = run(widths)
     assert measured == [(320, 320), (320, 320)], measured
+
+
+def test_a_keyboard_user_is_told_what_happened_in_the_title(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Keyboard only, no script on the page: Tab to a switch, Space turns it off, Tab to
+    "Save choices", Enter; then the unsubscribe button. The title, what a screen reader
+    reads first on the new page, said "Email preferences" / "Unsubscribe" whatever had
+    happened; it now says the outcome. Each switch is named by its (escaped) category."""
+    email = "user0@example.com"
+    token = _token_for(redis_client, email, ODD_CATEGORY, "news")
+
+    async def scenario(page: Page) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        await page.open(f"{api_server.url}/preferences/{token}")
+        seen["before"] = await page.value("document.title")
+        await page.tab_to('input[type="checkbox"]')
+        seen["first switch"] = await page.value("document.activeElement.labels[0].innerText")
+        await page.press(" ", 32, " ")
+        seen["saved"] = await page.press_button("#save")
+        await page.open(f"{api_server.url}/u/{token}")
+        seen["confirm"] = await page.value("document.title")
+        seen["unsubscribed"] = await page.press_button("#unsubscribe")
+        await page.open(f"{api_server.url}/preferences/{token}")
+        seen["center after"] = await page.value("document.title")
+        return seen
+
+    with chromium(800, 600) as run:
+        seen = run(scenario)
+    assert seen == {
+        "before": "Email preferences",
+        "first switch": ODD_CATEGORY,  # the text as written, not markup
+        "saved": "Your choices are saved: Email preferences",
+        "confirm": "Unsubscribe?",
+        "unsubscribed": "You are unsubscribed",
+        "center after": "You are unsubscribed from all emails: Email preferences",
+    }
+    assert preferences.opted_out(email, redis_client) == {ODD_CATEGORY}
+    assert suppressions.get(email, client=redis_client) is not None
+    assert len(_unsubscribed_events(redis_client)) == 1
