@@ -244,3 +244,25 @@ def test_a_keyboard_user_is_told_what_happened_in_the_title(
     assert preferences.opted_out(email, redis_client) == {ODD_CATEGORY}
     assert suppressions.get(email, client=redis_client) is not None
     assert len(_unsubscribed_events(redis_client)) == 1
+
+
+def test_a_category_new_since_the_page_was_loaded_is_left_alone(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The page shows "news"; while it is open a campaign goes out in "offers"; the
+    person turns "news" off and saves. "offers" was opted out too: the form's missing
+    switch read as "off", for a category the person never saw."""
+    email = "user0@example.com"
+    token = _token_for(redis_client, email, "news")
+
+    async def scenario(page: Page) -> str:
+        await page.open(f"{api_server.url}/preferences/{token}")
+        # Sent while the page is open (in a thread: the sending runs its own loop).
+        await asyncio.to_thread(_token_for, redis_client, email, "offers")
+        await page.tab_to('input[type="checkbox"]')
+        await page.press(" ", 32, " ")
+        return await page.press_button("#save")
+
+    with chromium(800, 600) as run:
+        assert run(scenario) == "Your choices are saved: Email preferences"
+    assert preferences.opted_out(email, redis_client) == {"news"}

@@ -183,7 +183,10 @@ def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Respons
     elif suppressions.get(parsed.email) is None:
         # An address unsubscribed from all gets nothing whatever its switches say: the
         # page shows that instead of switches, and a stale form saves nothing.
-        preferences.set_choices(parsed.email, set(form.get("category", [])))
+        # The switches the page had ("shown"; a form from before it was written has
+        # none: every category).
+        shown = set(form["shown"]) if "shown" in form else None
+        preferences.set_choices(parsed.email, set(form.get("category", [])), shown=shown)
     return _preferences_page(parsed, saved=True)
 
 
