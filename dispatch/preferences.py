@@ -86,10 +86,18 @@ def opted_out(email: str, client: redis.Redis | None = None) -> set[str]:
     return {name for name, hit in zip(names, pipe.execute(), strict=True) if hit}
 
 
-def set_choices(email: str, wanted: set[str], client: redis.Redis | None = None) -> set[str]:
-    """Keep only ``wanted`` categories for ``email``; returns the categories opted out of."""
+def set_choices(
+    email: str,
+    wanted: set[str],
+    client: redis.Redis | None = None,
+    shown: set[str] | None = None,
+) -> set[str]:
+    """Keep only ``wanted`` categories for ``email``; returns those opted out of.
+
+    ``shown``: the categories the form offered (None: every one). A category first sent
+    in after the page was loaded was not among its switches, so is left as it is."""
     r = client or store.sync_client()
-    names = categories(r)
+    names = [name for name in categories(r) if shown is None or name in shown]
     out = set(names) - wanted
     address = suppression_key(email)
     pipe = r.pipeline()  # MULTI: every switch changes at once

@@ -158,7 +158,8 @@ async def preference_center(token: str) -> Response:
     responses={**PAGE_RESPONSES, **FORM_TOO_LARGE},
 )
 async def save_preferences(token: str, request: Request) -> Response:
-    """Save the switches (form fields ``category``) or unsubscribe from all."""
+    """Save the switches (form fields ``category``, with ``action=save``) or unsubscribe
+    from all (``action=unsubscribe-all``); without either, nothing changes."""
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
@@ -171,12 +172,21 @@ async def save_preferences(token: str, request: Request) -> Response:
 
 
 def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Response:
-    if form.get("action") == ["unsubscribe-all"]:
+    action = form.get("action")
+    if action == ["unsubscribe-all"]:
         preferences.unsubscribe(parsed, "Preference center")
+    elif action != ["save"]:
+        # Not the page's form (each of its buttons names its action): a link scanner
+        # posting every URL with an empty body, say. Its missing switches would read as
+        # "all off" and opt the person out of every category: the page, unchanged.
+        return _preferences_page(parsed)
     elif suppressions.get(parsed.email) is None:
         # An address unsubscribed from all gets nothing whatever its switches say: the
         # page shows that instead of switches, and a stale form saves nothing.
-        preferences.set_choices(parsed.email, set(form.get("category", [])))
+        # The switches the page had ("shown"; a form from before it was written has
+        # none: every category).
+        shown = set(form["shown"]) if "shown" in form else None
+        preferences.set_choices(parsed.email, set(form.get("category", [])), shown=shown)
     return _preferences_page(parsed, saved=True)
 
 
