@@ -15,10 +15,13 @@ not NDJSON or an array at all raises :class:`StreamFormatError`.
 from __future__ import annotations
 
 import re
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 MAX_DOCUMENT_BYTES = 1 << 20  # one recipient: 1 MiB is far beyond any sane vars
+DECODED_PIECE = 1 << 16  # a compressed body is inflated this many bytes at a time
 
 Format = Literal["ndjson", "array"]
 
@@ -360,3 +363,59 @@ class RecipientSplitter:
         self.format = inner.format
         self._head = bytearray()
         return inner.feed(data)
+
+
+# Content-Encoding -> zlib's wbits: gzip; deflate as HTTP means it (zlib-wrapped; RFC 9110
+# §8.4.1.2), or raw deflate as some clients send it anyway (told by the first bytes).
+ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+class BodyDecoder:
+    """Inflates a body sent with ``Content-Encoding: gzip`` or ``deflate`` as it arrives,
+    at most :data:`DECODED_PIECE` bytes at a time, so that a small compressed body that
+    inflates to gigabytes costs no more memory than a plain one. Several gzip members one
+    after the other (``cat a.gz b.gz``) are one body, as ``gzip -d`` reads them.
+
+    Raises :class:`StreamFormatError` when the body is not in its declared encoding, or
+    ends before its compressed stream does.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self._wbits = ENCODINGS[encoding]
+        self._encoding = encoding
+        self._inflater: zlib._Decompress | None = None
+        self._head = b""  # deflate: the first bytes, until zlib-wrapped or raw is told
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The inflated bytes of ``data``, in pieces."""
+        if self._inflater is None:
+            self._head += data
+            if len(self._head) < 2:
+                return
+            data, self._head = self._head, b""
+            self._inflater = self._new(data)
+        while data:
+            try:
+                piece = self._inflater.decompress(data, DECODED_PIECE)
+            except zlib.error as exc:
+                raise StreamFormatError(f"the body is not valid {self._encoding}: {exc}") from None
+            if piece:
+                yield piece
+            data = self._inflater.unconsumed_tail
+            if self._inflater.eof and not data:
+                data = self._inflater.unused_data.lstrip(b"\0")  # the next member, if any
+                if data:
+                    self._inflater = self._new(data)
+
+    def finish(self) -> None:
+        """Raises :class:`StreamFormatError` when the compressed stream did not end."""
+        if self._head or (self._inflater is not None and not self._inflater.eof):
+            raise StreamFormatError(
+                f"the {self._encoding} body ends early: its compressed stream is cut off"
+            )
+
+    def _new(self, start: bytes) -> zlib._Decompress:
+        wbits = self._wbits
+        if wbits == 15 and (start[0] & 0x0F != 8 or int.from_bytes(start[:2]) % 31):
+            wbits = -15  # no zlib header: raw deflate
+        return zlib.decompressobj(wbits)

@@ -3,12 +3,14 @@ cancel, retry-failed, per-message outcomes (DESIGN §5), and a test message."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from dispatch import campaigns, lifecycle, provider_store, store
 from dispatch.api.auth import require_token
@@ -37,6 +39,8 @@ from dispatch.campaign_test import send_campaign_test, stored_recipient_at
 from dispatch.models import CAMPAIGN_ID_PATTERN, CampaignRequest, CampaignStatus, Recipient
 from dispatch.recipient_pages import stored_count
 from dispatch.recipient_stream import (
+    ENCODINGS,
+    BodyDecoder,
     Document,
     EmptyBodyError,
     RecipientSplitter,
@@ -44,6 +48,7 @@ from dispatch.recipient_stream import (
 )
 from providers.addresses import InvalidAddressError, normalize_address
 
+log = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/v1/campaigns",
     tags=["campaigns"],
@@ -114,7 +119,8 @@ _RECIPIENTS_BODY: dict[str, Any] = {
     "required": True,
     "description": (
         'Recipients as NDJSON (one `{"email", "user_id", "vars"}` object per line) or '
-        "as one JSON array of them. The body is streamed: any size."
+        "as one JSON array of them. The body is streamed: any size. It may be sent "
+        "compressed (`Content-Encoding: gzip` or `deflate`); not as a multipart form."
     ),
     "content": {
         "application/x-ndjson": {"schema": {"type": "string"}},
@@ -172,23 +178,56 @@ async def _append_stream(
         await flush()
     except EmptyBodyError:
         raise InvalidFieldError("empty: send NDJSON or a JSON array", "body") from None
+    except ClientDisconnect:
+        # Nobody to answer: keep the whole documents read, as after a broken body (the
+        # client sends the body again; what the campaign has is skipped).
+        await flush()
+        log.warning(
+            "append to campaign %s: the client went away mid-body; %d recipients appended",
+            appender.campaign_id,
+            result.appended,
+        )
+        raise
     except campaigns.CampaignStateError as exc:  # started (or cancelled) while streaming
-        if not result.appended:
+        if not result.appended and not result.rejected:
             raise
-        raise campaigns.CampaignStateError(
-            f"{exc}; the {result.appended} recipients appended before it stay in the campaign",
-            field=exc.field,
-        ) from None
+        message = str(exc)
+        if result.appended:
+            message += f"; the {result.appended} recipients appended before it stay in the "
+            message += "campaign"
+        message += _rejected_before(result)
+        problems = [(exc.field, message), *_listed(result)]
+        raise campaigns.CampaignStateError(message, exc.field, problems) from None
     except StreamFormatError as exc:
         await take(exc.documents)  # those completed before the fault are kept
         await flush()
-        raise InvalidFieldError(
+        message = (
             f"{exc}; the {result.appended} valid recipients before it were appended (send "
-            "the rest again: addresses the campaign has are skipped)",
-            "body",
-        ) from None
+            f"the rest again: addresses the campaign has are skipped){_rejected_before(result)}"
+        )
+        raise InvalidFieldError(message, "body", [("body", message), *_listed(result)]) from None
     result.total = campaigns.get_counters(appender.campaign_id, appender.r)["total"]
     return result
+
+
+def _rejected_before(result: AppendResult) -> str:
+    """What an error that ends an append says of the recipients rejected before it."""
+    if not result.rejected:
+        return ""
+    more = ", the first listed" if result.errors_truncated else ""
+    return f"; {result.rejected} rejected before it (in errors{more})"
+
+
+def _listed(result: AppendResult) -> list[tuple[str, str]]:
+    """The rejected recipients as an error body lists them: the field, and the message
+    led by the position (``line 3: ...`` or ``index 2: ...``)."""
+    return [
+        (
+            p.field,
+            f"line {p.line}: {p.message}" if p.index is None else f"index {p.index}: {p.message}",
+        )
+        for p in result.errors
+    ]
 
 
 @router.post(
@@ -199,16 +238,55 @@ async def _append_stream(
     openapi_extra={"requestBody": _RECIPIENTS_BODY},
     summary="Append recipients (NDJSON or JSON array, streamed)",
 )
-async def append_recipients(campaign_id: CampaignId, request: Request) -> AppendResult:
+async def append_recipients(campaign_id: CampaignId, request: Request) -> AppendResult | Response:
     """Append recipients to a draft campaign, reading the body as it arrives.
 
     Every valid recipient is appended; each invalid one is listed with its NDJSON
     ``line`` (1-based) or array ``index`` (0-based) and the field at fault, and costs
     nothing else. An address the campaign already has is skipped (``duplicates``), so a
-    retried append is safe. 409 once the campaign has started.
+    retried append is safe. 409 once the campaign has started. A body that breaks off
+    (or is cut short) keeps the whole recipients before the break; its 422 (or 409)
+    lists the bad ones among them in ``errors`` (``line 3: ...``, ``index 2: ...``).
+    ``Content-Encoding: gzip`` or ``deflate`` bodies are inflated as they stream.
     """
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media.startswith("multipart/"):
+        raise InvalidFieldError(
+            f"{media} is a form upload: send the recipients as the body itself (NDJSON, "
+            "or a JSON array)",
+            "content-type",
+        )
+    chunks = _decoded(request)
     appender = await run_in_threadpool(campaigns.RecipientAppender, campaign_id)
-    return await _append_stream(appender, request.stream())
+    try:
+        return await _append_stream(appender, chunks)
+    except ClientDisconnect:
+        return Response(status_code=status.HTTP_400_BAD_REQUEST)  # nobody reads it
+
+
+def _decoded(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives, inflated if it is sent gzip or deflate compressed.
+
+    Raises :class:`InvalidFieldError` (field ``content-encoding``) for another encoding;
+    the iterator raises :class:`StreamFormatError` for a body not in its encoding.
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return request.stream()
+    if encoding not in ENCODINGS:
+        raise InvalidFieldError(
+            f"{encoding!r} is not supported: send the body as it is, or gzip or deflate compressed",
+            "content-encoding",
+        )
+
+    async def inflated() -> AsyncIterator[bytes]:
+        decoder = BodyDecoder(encoding)
+        async for chunk in request.stream():
+            for piece in decoder.feed(chunk):
+                yield piece
+        decoder.finish()
+
+    return inflated()
 
 
 def _operation(name: str, summary: str) -> dict[str, Any]:

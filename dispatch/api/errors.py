@@ -6,7 +6,7 @@ Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "er
 
 * 422: an invalid body (one that is not JSON, or not UTF-8, too), query or path value
   (``field`` names it, dotted: ``recipients.3.email``; ``content-type`` for a body not
-  sent as JSON), an invalid provider
+  sent as JSON, ``content-encoding`` for one sent compressed), an invalid provider
   configuration, an invalid campaign (unknown template variable or placeholder:
   ``field`` names it);
 * 409: the campaign id is taken by other content (``id``), or the operation does not
@@ -70,9 +70,10 @@ _UNAVAILABLE = (
 class InvalidFieldError(ValueError):
     """A value the models cannot check by themselves is wrong (422); ``field`` names it."""
 
-    def __init__(self, message: str, field: str) -> None:
+    def __init__(self, message: str, field: str, problems: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.field = field
+        self.problems = tuple(problems)  # (field, message) each, when there are several
 
 
 class NotFoundError(LookupError):
@@ -134,6 +135,19 @@ def _not_json(request: Request) -> str | None:
     return content_type or "none"
 
 
+def _compressed(request: Request) -> JSONResponse | None:
+    """422 naming ``content-encoding`` for a body sent compressed to a route that reads
+    it whole (only the recipient append inflates one), else None."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    message = (
+        f"{encoding!r}: this route reads its body uncompressed (only the recipient append "
+        "takes gzip or deflate)"
+    )
+    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, "content-encoding")
+
+
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
@@ -144,6 +158,8 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
             message = f"send the body as JSON with Content-Type: application/json (not {sent})"
             return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, "content-type")
         if kind == "json_invalid":
+            if compressed := _compressed(request):
+                return compressed
             reason = (err.get("ctx") or {}).get("error", "")
             at = f" at character {loc[1]}" if len(loc) > 1 else ""
             err = {**err, "msg": f"not valid JSON ({reason}{at})"}
@@ -175,7 +191,8 @@ async def _campaign_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _invalid_field(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidFieldError)
-    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), exc.field)
+    problems = [FieldProblem(field=f, message=m) for f, m in exc.problems]
+    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), exc.field, problems)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -187,6 +204,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return await http_exception_handler(request, exc)
     if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.__cause__ is not None:
         # FastAPI could not read the body at all (not UTF-8, say): invalid input too.
+        if compressed := _compressed(request):
+            return compressed
         return error_response(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"not readable as JSON: {exc.__cause__}", "body"
         )
