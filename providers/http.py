@@ -19,7 +19,8 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
   is raised (the campaign pauses with the reason, as the SMTP adapter does: a person
   must act, and retrying every message against it would only fail them all later);
 * cannot connect, connect or write timeout: ``RETRY`` (the request never fully left);
-* read timeout, connection lost while waiting for the answer: ``UNKNOWN``. The provider
+* read timeout, no status line and headers within ``timeout`` in all after the request
+  was sent, connection lost while waiting for the answer: ``UNKNOWN``. The provider
   may have accepted the request, and the seed says providers do not deduplicate, so a
   blind retry could send the campaign twice to every recipient of the request; DESIGN §5
   prefers a recipient left ``unknown`` to a recipient sent twice.
@@ -477,15 +478,19 @@ class HttpSession:
         if request.headers:
             headers = [*headers, *request.headers.items()]
         try:
-            response = await self._transport.handle_async_request(
-                httpx.Request(
-                    self._method,
-                    url,
-                    headers=headers,
-                    content=request.content,
-                    extensions=self._extensions,
-                )
-            )
+            try:
+                async with asyncio.timeout(None) as answer:
+                    response = await self._transport.handle_async_request(
+                        httpx.Request(
+                            self._method,
+                            url,
+                            headers=headers,
+                            content=request.content,
+                            extensions=self._answer_within(answer),
+                        )
+                    )
+            except TimeoutError:
+                raise httpx.ReadTimeout("no complete answer in time") from None
             try:
                 try:
                     body = await _read_bounded(response, self._timeout)
@@ -506,6 +511,23 @@ class HttpSession:
                 outcome_for_exception(seq, exc, self._timeout, self._secrets)
                 for seq in request.seqs
             ]
+
+    def _answer_within(self, deadline: asyncio.Timeout) -> dict[str, Any]:
+        """The request's extensions: its timeouts, and a trace that gives the answer's
+        status line and headers ``timeout`` seconds in all once the request is sent.
+
+        The read timeout bounds each read only: a server trickling header lines, or
+        sending ``102 Processing`` for ever, held the session (and its batch) for hours.
+        The deadline starts once the request is sent, so it ends as ``UNKNOWN``.
+        """
+        loop = asyncio.get_running_loop()
+        seconds = self._timeout
+
+        async def trace(event: str, info: Mapping[str, Any]) -> None:
+            if event == "http11.receive_response_headers.started":
+                deadline.reschedule(loop.time() + seconds)
+
+        return {**self._extensions, "trace": trace}
 
 
 def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:

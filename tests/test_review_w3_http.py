@@ -1,13 +1,19 @@
-"""Review W3, Generic HTTP provider, against a real local server (tests/http_sink.py).
+"""Review W3, Generic HTTP provider, against real local servers (tests/http_sink.py, and
+raw sockets for answers no HTTP server library gives).
 
 * a static header value with a control character is refused on save (h11 refused some
   for every request, quoting the value: a credential in every message's detail);
 * credentials a response echoes (an error body, a redirect's Location) are masked in the
-  outcomes' details and in the error that pauses a campaign.
+  outcomes' details and in the error that pauses a campaign;
+* the answer's status line and headers come within ``timeout`` in all: a server sending
+  ``102 Processing`` for ever, or header lines one by one, held the session for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -81,3 +87,51 @@ async def test_a_basic_password_echoed_with_401_is_masked_in_the_pause_reason() 
             await send(local(config), [message(1)])
     expected = f"credentials refused: HTTP 401: wrong password {MASK} for user acme"
     assert info.value.detail == expected
+
+
+@asynccontextmanager
+async def raw_server(
+    answer: Callable[[asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A server on 127.0.0.1 that reads a request, then lets ``answer`` write."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        try:
+            await answer(writer)
+        except ConnectionError:
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def processing_for_ever(writer: asyncio.StreamWriter) -> None:
+    for _ in range(2000):  # 200 s, each line well within the read timeout
+        writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+
+
+async def header_lines_one_by_one(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\n")
+    for index in range(2000):
+        writer.write(b"X-Line-%d: x\r\n" % index)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("answer", [processing_for_ever, header_lines_one_by_one])
+async def test_an_answer_that_never_completes_ends_unknown(
+    answer: Callable[[asyncio.StreamWriter], Awaitable[None]],
+) -> None:
+    async with raw_server(answer) as url:
+        transport = local(http_config(url, timeout=0.5))
+        # wait_for only keeps a regression from hanging the suite; it asserts no timing.
+        (outcome,) = await asyncio.wait_for(send(transport, [message(1)]), 20)
+    assert outcome.status is OutcomeStatus.UNKNOWN  # the request was sent
+    assert "may have accepted it" in outcome.detail
