@@ -19,13 +19,16 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
   is raised (the campaign pauses with the reason, as the SMTP adapter does: a person
   must act, and retrying every message against it would only fail them all later);
 * cannot connect, connect or write timeout: ``RETRY`` (the request never fully left);
-* read timeout, connection lost while waiting for the answer: ``UNKNOWN``. The provider
+* read timeout, no status line and headers within ``timeout`` in all after the request
+  was sent, connection lost while waiting for the answer: ``UNKNOWN``. The provider
   may have accepted the request, and the seed says providers do not deduplicate, so a
   blind retry could send the campaign twice to every recipient of the request; DESIGN §5
   prefers a recipient left ``unknown`` to a recipient sent twice.
 
 Every HTTP failure carries the error class ``Dispatch failed`` (DESIGN §2: "HTTP provider
-did not answer 2xx"); the detail says which way it failed. A message whose own data cannot
+did not answer 2xx"); the detail says which way it failed, with the provider's
+credentials masked wherever it quotes an answer or an error (an API answering "invalid key
+sk-..." would otherwise put the key in every message's detail). A message whose own data cannot
 be rendered (an unresolvable placeholder, CR/LF in a dynamic header) fails alone with
 ``Invalid message`` and is never sent with a literal ``$$Name``.
 """
@@ -37,7 +40,7 @@ import base64
 import email.utils
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,7 +50,7 @@ import httpx
 import orjson
 
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
-from providers.config import HttpConfig
+from providers.config import HttpConfig, secret_paths, secret_value
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -56,7 +59,7 @@ from providers.errors import (
     ProviderError,
     TransientError,
 )
-from providers.http_config import placeholder_usage
+from providers.http_config import CONTROL_IN_HEADER_VALUE, placeholder_usage
 from providers.netguard import GuardedTransport, Resolve, system_resolve
 from providers.placeholders import (
     SLOT,
@@ -71,19 +74,19 @@ from providers.placeholders import (
 )
 
 EXCERPT_CHARS: Final = 300  # of a refusing response body, in the outcome's detail
+MASK: Final = "********"  # in place of a credential a response or an error echoes
+MIN_MASKED_CHARS: Final = 6  # shorter parts of a credential are not searched for
 MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
 MAX_RETRY_AFTER: Final = 24 * 3600.0  # seconds: a longer Retry-After hint is capped
 # RFC 9110 §10.2.3 delay-seconds (a decimal fraction is tolerated).
 _DELAY_SECONDS_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
-# RFC 9110 §5.5: no control character but HTAB in a field value (h11 refused VT and FF
-# as a protocol error, "Dispatch failed", and sent the others: the data is at fault).
-_CONTROL_IN_HEADER_VALUE: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 §5.5: a field value has no leading or trailing whitespace (h11 refuses it, so
 # " Bearer k" or a var " Sara" failed every request); stripping it changes no meaning.
 _OWS: Final = " \t"
 _DISPATCH_FAILED: Final = ErrorClass.DISPATCH_FAILED_HTTP
+_ILLEGAL_HEADER: Final = re.compile(r"(Illegal header (?:name|value)) .*", re.S)
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -146,7 +149,9 @@ class RequestPlan:
         headers: dict[bytes, bytes] = {}
         for name, template in self._headers:
             value = template.render(values)
-            if _CONTROL_IN_HEADER_VALUE.search(value):
+            # (h11 refused VT and FF as a protocol error, "Dispatch failed", and sent the
+            # others: the data is at fault)
+            if CONTROL_IN_HEADER_VALUE.search(value):
                 raise InvalidMessageError(
                     f"header {name}: the value holds a line break or control character"
                 )
@@ -280,24 +285,55 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
-    """The start of a response body as text, bounded, on one line."""
-    text = body[: limit * 4].decode("utf-8", errors="replace")
+def masked(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every one of ``secrets`` (longest first) replaced by :data:`MASK`."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def credentials(config: HttpConfig, auth: bytes | None = None) -> tuple[str, ...]:
+    """What a response or an error text could echo of ``config``'s credentials.
+
+    The password, credential headers and query values (``providers.config.secret_paths``)
+    and the basic ``Authorization`` value, whole and each of their words long enough
+    (an API that answers "invalid key sk-..." echoes the key of "Bearer sk-...").
+    """
+    values = [secret_value(config, path) for path in secret_paths(config)]
+    if auth is not None:
+        values.append(auth.decode())
+    found = {
+        part
+        for value in values
+        for part in (value, *value.split())
+        if len(part) >= MIN_MASKED_CHARS
+    }
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def excerpt(body: bytes, limit: int = EXCERPT_CHARS, secrets: Iterable[str] = ()) -> str:
+    """The start of a response body as text, bounded, on one line, credentials masked."""
+    text = masked(body[: limit * 4].decode("utf-8", errors="replace"), secrets)
     return " ".join(text.split())[:limit]
 
 
 def outcomes_for_response(
-    seqs: Sequence[int], status: int, headers: Mapping[str, str], body: bytes
+    seqs: Sequence[int],
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str] = (),
 ) -> list[SendOutcome]:
     """The outcome of every message carried by a request the provider answered.
 
+    ``secrets`` are masked wherever the answer is quoted (see :func:`credentials`).
     Raises :class:`AuthenticationError` for 401: the credentials are refused.
     """
     if 200 <= status < 300:
         detail = f"HTTP {status}"
         sent = OutcomeStatus.SENT
         return [SendOutcome(seq, sent, None, detail) for seq in seqs]
-    text = excerpt(body)
+    text = excerpt(body, secrets=secrets)
     detail = f"HTTP {status}: {text}" if text else f"HTTP {status}"
     if status == 401:
         raise AuthenticationError(
@@ -318,7 +354,7 @@ def outcomes_for_response(
             for seq in seqs
         ]
     if 300 <= status < 400:
-        location = headers.get("location", "")
+        location = masked(headers.get("location", ""), secrets)
         detail = f"HTTP {status}: redirects are not followed (Location: {location[:200]})"
     return [
         SendOutcome(seq, OutcomeStatus.FAILED, _DISPATCH_FAILED, detail=detail, code=status)
@@ -326,8 +362,13 @@ def outcomes_for_response(
     ]
 
 
-def outcome_for_exception(seq: int, exc: httpx.HTTPError, timeout: float) -> SendOutcome:
-    """Map an httpx failure to one message's outcome (the one place httpx errors are read)."""
+def outcome_for_exception(
+    seq: int, exc: httpx.HTTPError, timeout: float, secrets: Sequence[str] = ()
+) -> SendOutcome:
+    """Map an httpx failure to one message's outcome (the one place httpx errors are read).
+
+    ``secrets`` are masked wherever the error's text is quoted (see :func:`credentials`).
+    """
     if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteTimeout):
         status, detail = (
             OutcomeStatus.RETRY,
@@ -336,7 +377,10 @@ def outcome_for_exception(seq: int, exc: httpx.HTTPError, timeout: float) -> Sen
     elif isinstance(exc, httpx.ConnectError | httpx.WriteError):
         status, detail = OutcomeStatus.RETRY, f"cannot reach the endpoint: {exc}"
     elif isinstance(exc, httpx.LocalProtocolError):
-        status, detail = OutcomeStatus.FAILED, f"the request cannot be built: {exc}"
+        # h11 quotes the header it refuses ("Illegal header value b'Bearer sk-...'"):
+        # its value is not repeated in every message's detail.
+        reason = _ILLEGAL_HEADER.sub(r"\1 (its value not shown)", str(exc))
+        status, detail = OutcomeStatus.FAILED, f"the request cannot be built: {reason}"
     elif isinstance(exc, httpx.ReadTimeout):
         status, detail = (
             OutcomeStatus.UNKNOWN,
@@ -353,7 +397,7 @@ def outcome_for_exception(seq: int, exc: httpx.HTTPError, timeout: float) -> Sen
                 "provider may have accepted it"
             ),
         )
-    return SendOutcome(seq, status, _DISPATCH_FAILED, detail=detail)
+    return SendOutcome(seq, status, _DISPATCH_FAILED, detail=masked(detail, secrets))
 
 
 # --- sending -----------------------------------------------------------------------------
@@ -391,10 +435,13 @@ class HttpSession:
         config: HttpConfig,
         plan: RequestPlan,
         auth: bytes | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         """``auth``: the ``Authorization`` value of basic credentials (validation refuses
-        a configured ``Authorization`` header beside them)."""
+        a configured ``Authorization`` header beside them); ``secrets``: masked in every
+        detail (see :func:`credentials`)."""
         self._transport = transport
+        self._secrets = secrets
         self._plan = plan
         self._method = config.method
         self._url = httpx.URL(config.endpoint)
@@ -431,22 +478,26 @@ class HttpSession:
         if request.headers:
             headers = [*headers, *request.headers.items()]
         try:
-            response = await self._transport.handle_async_request(
-                httpx.Request(
-                    self._method,
-                    url,
-                    headers=headers,
-                    content=request.content,
-                    extensions=self._extensions,
-                )
-            )
+            try:
+                async with asyncio.timeout(None) as answer:
+                    response = await self._transport.handle_async_request(
+                        httpx.Request(
+                            self._method,
+                            url,
+                            headers=headers,
+                            content=request.content,
+                            extensions=self._answer_within(answer),
+                        )
+                    )
+            except TimeoutError:
+                raise httpx.ReadTimeout("no complete answer in time") from None
             try:
                 try:
                     body = await _read_bounded(response, self._timeout)
                 except httpx.HTTPError:
                     body = b""  # the status is what counts; the excerpt is a courtesy
                 return outcomes_for_response(
-                    request.seqs, response.status_code, response.headers, body
+                    request.seqs, response.status_code, response.headers, body, self._secrets
                 )
             finally:
                 await response.aclose()
@@ -456,7 +507,27 @@ class HttpSession:
                 raise ConfigurationError(
                     f"TLS failed with {url.host}: {refused}", error_class=_DISPATCH_FAILED
                 ) from exc
-            return [outcome_for_exception(seq, exc, self._timeout) for seq in request.seqs]
+            return [
+                outcome_for_exception(seq, exc, self._timeout, self._secrets)
+                for seq in request.seqs
+            ]
+
+    def _answer_within(self, deadline: asyncio.Timeout) -> dict[str, Any]:
+        """The request's extensions: its timeouts, and a trace that gives the answer's
+        status line and headers ``timeout`` seconds in all once the request is sent.
+
+        The read timeout bounds each read only: a server trickling header lines, or
+        sending ``102 Processing`` for ever, held the session (and its batch) for hours.
+        The deadline starts once the request is sent, so it ends as ``UNKNOWN``.
+        """
+        loop = asyncio.get_running_loop()
+        seconds = self._timeout
+
+        async def trace(event: str, info: Mapping[str, Any]) -> None:
+            if event == "http11.receive_response_headers.started":
+                deadline.reschedule(loop.time() + seconds)
+
+        return {**self._extensions, "trace": trace}
 
 
 def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -513,6 +584,11 @@ class HttpTransport:
         self._allow_private = allow_private
         self._resolve = resolve
         self._http_transport = http_transport
+        self._auth: bytes | None = None
+        if config.auth == "basic":
+            secret = f"{config.username}:{config.password.get_secret_value()}"
+            self._auth = b"Basic " + base64.b64encode(secret.encode())
+        self._secrets = credentials(config, self._auth)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[HttpSession]:
@@ -526,11 +602,7 @@ class HttpTransport:
             ca=self.config.tls_ca,
             resolve=self._resolve,
         )
-        auth = None
-        if self.config.auth == "basic":
-            secret = f"{self.config.username}:{self.config.password.get_secret_value()}"
-            auth = b"Basic " + base64.b64encode(secret.encode())
         try:
-            yield HttpSession(transport, self.config, self.plan, auth)
+            yield HttpSession(transport, self.config, self.plan, self._auth, self._secrets)
         finally:
             await transport.aclose()
