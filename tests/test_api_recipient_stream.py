@@ -295,3 +295,59 @@ def test_one_bad_document_does_not_sink_the_rest_of_the_append(
             result = answer.json()
             assert (result["appended"], result["rejected"]) == (2, 1), result
             assert [(e["line"], e["index"]) for e in result["errors"]] == [(1, None)]
+
+
+# Elements whose text holds what the fast cut looks for ('}' then ',' or ']') where it is
+# not their end, and elements that do not parse, or that orjson refuses where the slow
+# scan cuts them out all the same (a huge integer, a lone surrogate, NaN).
+AWKWARD = [
+    b'{"email": "a@example.com", "vars": {"s": "}, {\\"email\\": \\"x\\"}", "t": "}]"}}',
+    b'{"vars": {"a": {"b": {}}, "c": [{}, {}]}, "email": "b@example.com"}',
+    b'{"email": "c@example.com", "n": 123456789012345678901234567890}',
+    b'{"email": "d@example.com", "s": "\\ud800"}',
+    b'{"email": "e@example.com", "x": NaN}',
+    b'{"email": "f@example.com"} trailing',
+    b'{"email": }',
+    b'"just a string"',
+    b"42",
+    b'{"email": "g@example.com", "s": "' + b"}," * 40 + b'"}',
+    b'{ "email" : "h@example.com" }',
+]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_cutting_whole_objects_at_once_gives_what_the_character_scan_gives(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast cut of a whole object (at a '}' before ',' or ']', when that much parses)
+    gives the same documents as following each element's structure, whatever the
+    elements and wherever the chunks are cut."""
+    from dispatch import recipient_stream
+
+    rng = random.Random(seed)
+    elements = [rng.choice(AWKWARD) for _ in range(60)]
+    gaps = [b"", b" ", b"\n  ", b"\r\n\t"]
+    body = b"[" + b",".join(rng.choice(gaps) + e + rng.choice(gaps) for e in elements) + b"]"
+
+    def split(tries: int) -> list[Document]:
+        monkeypatch.setattr(recipient_stream, "_OBJECT_END_TRIES", tries)
+        splitter, out, pos = JsonArraySplitter(max_document=300), [], 0
+        cut = random.Random(seed)
+        while pos < len(body):
+            step = cut.choice([1, 7, 64, 500, len(body)])
+            out += splitter.feed(body[pos : pos + step])
+            pos += step
+        return out + splitter.finish()
+
+    scanned = split(0)
+    assert len(scanned) == len(elements)
+    assert [d.raw for d in scanned if not d.problem] == [e.strip() for e in elements]
+    cuts: list[int] = []
+    object_end = JsonArraySplitter._object_end
+    monkeypatch.setattr(
+        JsonArraySplitter,
+        "_object_end",
+        lambda self, buf, start: cuts.append(object_end(self, buf, start)) or cuts[-1],
+    )
+    assert split(4) == scanned
+    assert min(cuts) == -1 and max(cuts) > 0  # both ways were taken

@@ -32,6 +32,8 @@ CASES = {
                           ["recipients appended: 2,000 (rejected 0", "API peak RSS:"]),
     "redis_memory": (["-m", "bench.redis_memory", "--recipients", "2000"],
                      ["used_memory growth:", "after the retention purge:", "ratio kept / taken:"]),
+    "recipient_split": (["-m", "bench.recipient_split", "--recipients", "2000"],
+                        ["NDJSON (baseline)", "JSON array, indented", "ratio to NDJSON"]),
 }  # fmt: skip
 
 
