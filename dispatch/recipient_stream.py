@@ -44,7 +44,7 @@ class EmptyBodyError(StreamFormatError):
     """The body holds nothing but white space (and a byte order mark)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is built at a third of the speed
 class Document:
     """One recipient's raw JSON, or ``problem`` when it could not be cut out."""
 
