@@ -14,6 +14,9 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
   refused for every message and the campaign should pause (DESIGN §7), not fail everyone;
 * 3xx: ``FAILED``: redirects are not followed (a redirect could lead past the address
   guard, and a POST body would be replayed somewhere the user never configured);
+* 413 (content too large) for a batch: the batch is sent again in halves, each halved
+  again while refused, so that a payload limit (bytes or messages a request) fails no
+  message that fits it; a message refused alone fails as any other 4xx;
 * other 4xx: ``FAILED`` with the status and an excerpt of the response body;
 * the endpoint's TLS certificate refused: :class:`providers.errors.ConfigurationError`
   is raised (the campaign pauses with the reason, as the SMTP adapter does: a person
@@ -79,6 +82,7 @@ MIN_MASKED_CHARS: Final = 6  # shorter parts of a credential are not searched fo
 MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
+_TOO_LARGE: Final = 413  # RFC 9110 §15.5.14: a batch so refused is sent in halves
 MAX_RETRY_AFTER: Final = 24 * 3600.0  # seconds: a longer Retry-After hint is capped
 # RFC 9110 §10.2.3 delay-seconds (a decimal fraction is tolerated).
 _DELAY_SECONDS_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
@@ -460,7 +464,10 @@ class HttpSession:
         requests, outcomes = self._plan.render(messages)
         for index, request in enumerate(requests):
             try:
-                outcomes += await self._exchange(request)
+                answer = await self._exchange(request)
+                if len(request.seqs) > 1 and answer[0].code == _TOO_LARGE:
+                    answer = await self._in_halves(request.seqs, messages)
+                outcomes += answer
             except ConfigurationError as exc:
                 if index == 0:
                     raise
@@ -470,6 +477,26 @@ class HttpSession:
                 break
         by_seq = {outcome.seq: outcome for outcome in outcomes}
         return [by_seq[msg.seq] for msg in messages]
+
+    async def _in_halves(
+        self, seqs: Sequence[int], messages: Sequence[OutgoingMessage]
+    ) -> list[SendOutcome]:
+        """Send the messages of a batch the provider refused as too large (413) in two
+        requests, each halved again while it is refused: a payload limit (a size, a
+        count) fails no message that fits it, and a message too large alone fails alone.
+
+        Raises :class:`ConfigurationError` as :meth:`send` does, for the first half.
+        """
+        wanted = set(seqs)
+        carried = [msg for msg in messages if msg.seq in wanted]
+        half = len(carried) // 2
+        first = await self.send(carried[:half])
+        try:
+            return first + await self.send(carried[half:])
+        except ConfigurationError as exc:  # the first half went through: retry the rest
+            return first + [
+                SendOutcome.from_error(msg.seq, _as_transient(exc)) for msg in carried[half:]
+            ]
 
     async def _exchange(self, request: RenderedRequest) -> list[SendOutcome]:
         # Merged by hand: httpx's `params=` would replace the endpoint's own query.

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -64,6 +65,8 @@ class _State:
     script: deque[Reply] = field(default_factory=deque)
     default: Reply = field(default_factory=Reply)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Asked first for each request: a reply that depends on it (None: the script's turn).
+    answer: Callable[[RecordedRequest], Reply | None] | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -74,18 +77,19 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         state = self.server.state
+        request = RecordedRequest(
+            self.command,
+            self.path,
+            list(self.headers.items()),
+            body,
+            time.monotonic(),
+            self.client_address[1],
+        )
         with state.lock:
-            state.requests.append(
-                RecordedRequest(
-                    self.command,
-                    self.path,
-                    list(self.headers.items()),
-                    body,
-                    time.monotonic(),
-                    self.client_address[1],
-                )
-            )
-            reply = state.script.popleft() if state.script else state.default
+            state.requests.append(request)
+            reply = state.answer(request) if state.answer else None
+            if reply is None:
+                reply = state.script.popleft() if state.script else state.default
         if reply.delay:
             time.sleep(reply.delay)
         try:
@@ -116,8 +120,13 @@ class _Server(ThreadingHTTPServer):
 class HttpSink:
     """Context manager running the server in a thread; ``url`` is its base URL."""
 
-    def __init__(self, default: Reply | None = None) -> None:
-        self._state = _State(default=default or Reply())
+    def __init__(
+        self,
+        default: Reply | None = None,
+        answer: Callable[[RecordedRequest], Reply | None] | None = None,
+    ) -> None:
+        """``answer``: consulted first for every request; its reply, unless None."""
+        self._state = _State(default=default or Reply(), answer=answer)
         self._server = _Server(self._state)
         # A short poll interval keeps shutdown (and each test) fast.
         self._thread = threading.Thread(
