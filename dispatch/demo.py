@@ -266,7 +266,7 @@ def _check_http(sink: HttpSink, run: CampaignRun) -> Check:
     for _, _, _, body in requests:
         metas.extend(str(m.get("mid", "")) for m in json.loads(body).get("msgs", []))
     check = _check_metas("HTTP sink", metas, run)
-    check.text += f" in {len(requests)} requests"
+    check.text += f" in {len(requests)} request{'' if len(requests) == 1 else 's'}"
     return check
 
 
