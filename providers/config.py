@@ -127,6 +127,9 @@ def _not_text(value: Any) -> bool:
     return isinstance(value, str) and not is_text(value)
 
 
+# C0 and C1 controls, DEL, and the other line breaks of str.splitlines.
+_FORBIDDEN_IN_CREDENTIAL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 # What a secret field shows instead of its value (see public_view). Given back on save,
 # it stands for the secret stored: a configuration read and saved again keeps it.
 SECRET_MASK: Final = "********"
@@ -176,6 +179,18 @@ class ProviderBase(BaseModel):
         """Checked on save: a bundle OpenSSL cannot read would fail every connection."""
         if value and _given(info):
             load_ca(value)
+        return value
+
+    @field_validator("username", "password", check_fields=False)
+    @classmethod
+    def _credential(cls, value: str | SecretStr, info: ValidationInfo) -> str | SecretStr:
+        """Checked on save: a login with a line break or control character (a newline
+        pasted with it) is refused by every server, as "credentials invalid"."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if _given(info) and _FORBIDDEN_IN_CREDENTIAL.search(text):
+            raise ValueError(
+                "holds a line break or control character (pasted with it?): give it alone"
+            )
         return value
 
     @field_validator("from_name", "from_address", "reply_to")

@@ -4,7 +4,9 @@ is refused naming its field."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -173,3 +175,36 @@ def test_a_host_that_is_no_host_name_is_refused_naming_host(
             answer = api.put("/v1/providers/svc", json={**body, **sender})
             assert answer.status_code in (200, 201), (body, answer.text)
             assert answer.json()["connects_to"]["host"] == body["host"]
+
+
+@covers("PUT /v1/providers/{nickname}")
+def test_a_login_with_a_line_break_is_refused_without_showing_it(
+    api_server: ApiServer,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A password or user name pasted with its newline was saved, and every login was
+    then refused as "credentials invalid": 422 naming the field, the secret not shown;
+    the CLI says the same."""
+    from dispatch.cli import main
+
+    http = {**BASIC_AUTH_HTTP, "endpoint": "http://127.0.0.1:9/send"}
+    cases = [
+        (smtp_body(2525, username="mailer", password="s3cret\n"), "password"),
+        (smtp_body(2525, username="mailer\r\n", password="s3cret"), "username"),
+        ({"kind": "sendgrid", "password": "SG.s3cret\u2028"}, "password"),
+        ({**http, "password": "s3cret\t"}, "password"),
+    ]
+    with api_client(api_server) as api:
+        for body, field in cases:
+            answer = api.put("/v1/providers/svc", json=body)
+            assert answer.status_code == 422, (body, answer.text)
+            assert answer.json()["field"] == field and "line break" in answer.json()["detail"]
+            assert "s3cret" not in answer.text
+        assert api.get("/v1/providers/svc").status_code == 404
+    config = tmp_path / "provider.json"
+    config.write_text(json.dumps({**cases[0][0], "nickname": "svc"}))
+    assert main(["providers", "add", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert "password" in err and "line break" in err and "s3cret" not in out + err
