@@ -134,24 +134,56 @@ def _masked(config: ProviderBase) -> list[SecretPath]:
     return [path for path in secret_paths(config) if secret_value(config, path) == SECRET_MASK]
 
 
-def _keep_masked_secrets(config: ProviderBase, stored: ProviderBase | None) -> ProviderBase:
-    """``config`` with the stored secret wherever it gives the mask (:data:`SECRET_MASK`);
-    raises :class:`MaskedSecretError` when there is none to keep."""
+def _stored_secret(stored: dict[str, Any], path: SecretPath) -> str:
+    """The secret a stored configuration (its JSON) holds at ``path``, decrypted ("" when
+    none); raises :class:`ProviderFieldError` naming it when the current key cannot
+    decrypt it."""
+    value: Any = stored
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, str):  # saved before its name made it a secret; "" when not set
+        return "" if "$$" in value else value
+    if not isinstance(value, dict) or set(value) != {"enc"}:
+        return ""
+    try:
+        return crypto.decrypt(str(value["enc"]))
+    except crypto.SecretKeyError:
+        field = ".".join(path)
+        raise ProviderFieldError(
+            f"{field}: the stored {field} does not decrypt with DISPATCH_SECRET_KEY (was "
+            f"the key changed?): give the {field} itself",
+            field,
+        ) from None
+
+
+def _keep_stored_secrets(
+    config: ProviderBase, given: dict[str, Any], stored: dict[str, Any] | None
+) -> ProviderBase:
+    """``config`` with the stored secret wherever it gives the mask (:data:`SECRET_MASK`),
+    and in each secret field it leaves out when the stored provider is of the same kind
+    (an update of other fields keeps the password; ``""`` given clears it). Raises
+    :class:`MaskedSecretError` when a mask has no secret to keep, and
+    :class:`ProviderFieldError` when the secret to keep does not decrypt.
+
+    Only the secrets kept are decrypted: a secret given anew replaces one the current
+    key cannot read (the README's remedy for a changed DISPATCH_SECRET_KEY)."""
     masked = _masked(config)
-    if not masked:
-        return config
+    omitted: list[SecretPath] = []
+    if stored is not None and stored.get("kind") == getattr(config, "kind", None):
+        omitted = [(name,) for name in config.secret_fields if name not in given]
     update: dict[str, Any] = {}
-    kept = secret_paths(stored) if stored is not None else []
-    for path in masked:
-        secret = secret_value(stored, path) if stored is not None and path in kept else ""
+    for path in masked + omitted:
+        secret = _stored_secret(stored, path) if stored is not None else ""
         if not secret:
-            raise MaskedSecretError(".".join(path))
+            if path in masked:
+                raise MaskedSecretError(".".join(path))
+            continue
         if len(path) == 1:
             update[path[0]] = SecretStr(secret)
         else:
             section = update.setdefault(path[0], dict(getattr(config, path[0])))
             section[path[1]] = secret
-    return config.model_copy(update=update)
+    return config.model_copy(update=update) if update else config
 
 
 def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> ProviderBase:
@@ -159,32 +191,23 @@ def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> Pr
 
     The callback token is kept across replacements so that the URL given to the ESP
     stays valid. What :func:`provider_view` shows can be saved back as it is: the mask
-    in a secret field keeps the stored secret, the view's own fields are ignored.
+    in a secret field keeps the stored secret, the view's own fields are ignored. A
+    replacement that leaves out a secret field (``password``) keeps the stored secret.
     Raises ``pydantic.ValidationError`` naming the field at fault,
-    :class:`MaskedSecretError`.
+    :class:`MaskedSecretError`, :class:`ProviderFieldError`.
     """
     r = client or store.sync_client()
     given = {k: v for k, v in data.items() if k not in VIEW_ONLY_FIELDS}
     config: ProviderBase = parse_provider_config(given)
     _check_endpoint(config)
     existing = r.get(store.provider_key(config.nickname))
-    stored, token = None, secrets.token_urlsafe(24)
-    if existing:
-        # The stored secrets are decrypted only to keep one the request masks: a secret
-        # given anew replaces one the current key cannot read (the README's remedy for a
-        # changed DISPATCH_SECRET_KEY), and a masked one that cannot be read is named.
-        masked = [".".join(path) for path in _masked(config)]
-        try:
-            stored, token = decode_provider(existing, secrets=bool(masked))
-        except crypto.SecretKeyError:
-            raise ProviderFieldError(
-                f"{masked[0]}: the stored {masked[0]} does not decrypt with "
-                f"DISPATCH_SECRET_KEY (was the key changed?): give the {masked[0]} itself",
-                masked[0],
-            ) from None
-    config = _keep_masked_secrets(config, stored)
+    stored: dict[str, Any] | None = orjson.loads(existing) if existing else None
+    token = str(stored.get(CALLBACK_TOKEN_FIELD, "")) if stored is not None else ""
+    config = _keep_stored_secrets(config, given, stored)
     pipe = r.pipeline()
-    pipe.set(store.provider_key(config.nickname), _encode(config, token))
+    pipe.set(
+        store.provider_key(config.nickname), _encode(config, token or secrets.token_urlsafe(24))
+    )
     pipe.sadd(store.PROVIDERS_SET, config.nickname)
     pipe.execute()
     return config

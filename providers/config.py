@@ -6,6 +6,7 @@ they never show in ``repr`` or logs; the service encrypts them at rest.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -126,6 +127,9 @@ def _not_text(value: Any) -> bool:
     return isinstance(value, str) and not is_text(value)
 
 
+# C0 and C1 controls, DEL, and the other line breaks of str.splitlines.
+_FORBIDDEN_IN_CREDENTIAL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 # What a secret field shows instead of its value (see public_view). Given back on save,
 # it stands for the secret stored: a configuration read and saved again keeps it.
 SECRET_MASK: Final = "********"
@@ -177,6 +181,18 @@ class ProviderBase(BaseModel):
             load_ca(value)
         return value
 
+    @field_validator("username", "password", check_fields=False)
+    @classmethod
+    def _credential(cls, value: str | SecretStr, info: ValidationInfo) -> str | SecretStr:
+        """Checked on save: a login with a line break or control character (a newline
+        pasted with it) is refused by every server, as "credentials invalid"."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if _given(info) and _FORBIDDEN_IN_CREDENTIAL.search(text):
+            raise ValueError(
+                "holds a line break or control character (pasted with it?): give it alone"
+            )
+        return value
+
     @field_validator("from_name", "from_address", "reply_to")
     @classmethod
     def _sender(cls, value: str, info: ValidationInfo) -> str:
@@ -207,6 +223,42 @@ class ProviderBase(BaseModel):
         return True
 
 
+# RFC 8314 §3.3: 465 is SMTPS (TLS from connect); 25 and 587 speak plain SMTP, secured
+# with STARTTLS. The other security on these ports fails at every connect (a TLS
+# handshake against a greeting, or a greeting awaited during one).
+SMTPS_PORT: Final = 465
+STARTTLS_PORTS: Final = (25, 587)
+# A host name (letters of any script, digits, "-", "_"; dot-separated) or an IP address.
+_HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
+# The SMTP endpoints of SES (email-smtp[-fips].<region>.amazonaws.com, and VPC endpoints
+# whose names hold that label); amazonaws.com has other endpoints (the SES API's
+# email.<region>.amazonaws.com) that take no SMTP.
+_SES_SMTP_HOST = re.compile(r"(.+\.)?email-smtp(-fips)?\..+\.amazonaws\.com\.?", re.I)
+
+
+def check_host(value: str) -> str:
+    """``value`` if it is a host name or IP address to connect to; raises ``ValueError``
+    saying what else it holds (a scheme, a port, a path)."""
+    if "://" in value:
+        raise ValueError(
+            f"{value!r} holds a scheme: give the server's name alone (as "
+            "'mail.example.com'); security says how to connect"
+        )
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    name, colon, port = value.rpartition(":")
+    if colon and port.isdigit() and _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{value!r} holds a port: give the host alone, and {port} in port")
+    if len(value) > 253 or not _HOST_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a host name or IP address (no spaces, path or brackets)"
+        )
+    return value
+
+
 class SmtpFamilyBase(ProviderBase):
     """Fields of every SMTP-speaking kind; presets fill host, port and security."""
 
@@ -230,7 +282,13 @@ class SmtpFamilyBase(ProviderBase):
 
     @property
     def effective_security(self) -> Security:
-        return self.security or self.default_security
+        """``security``; when not given, what the port speaks (465: ``tls``, 25 and 587:
+        ``starttls``, RFC 8314), else the preset's."""
+        if self.security is not None:
+            return self.security
+        if self.port == SMTPS_PORT:
+            return "tls"
+        return "starttls" if self.port in STARTTLS_PORTS else self.default_security
 
     @property
     def effective_host(self) -> str:
@@ -240,12 +298,39 @@ class SmtpFamilyBase(ProviderBase):
     def effective_port(self) -> int:
         if self.port:
             return self.port
-        return 465 if self.effective_security == "tls" else 587
+        return SMTPS_PORT if self.effective_security == "tls" else 587
 
     @model_validator(mode="after")
     def _needs_host(self) -> SmtpFamilyBase:
         if not self.effective_host:
             raise ValueError("host: required for this kind")
+        return self
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str, info: ValidationInfo) -> str:
+        return check_host(value) if value and _given(info) else value
+
+    @model_validator(mode="after")
+    def _security_fits_port(self, info: ValidationInfo) -> SmtpFamilyBase:
+        """Refuse, on save, a security its well-known port does not speak (RFC 8314).
+        Only a security given can: without one, the port's is taken."""
+        security, port = self.effective_security, self.effective_port
+        if not _given(info):
+            return self
+        if security == "tls" and port in STARTTLS_PORTS:
+            raise ValueError(
+                f"security: 'tls' (SMTPS: TLS from connect) on port {port}, which "
+                f"speaks plain SMTP upgraded with STARTTLS (RFC 8314): the TLS handshake "
+                f"would fail; use security 'starttls' on port {port}, or port "
+                f"{SMTPS_PORT} for 'tls'"
+            )
+        if security != "tls" and port == SMTPS_PORT:
+            raise ValueError(
+                f"security: {security!r} on port {SMTPS_PORT}, the SMTPS port (TLS "
+                f"from connect, RFC 8314): the server would wait for a TLS handshake; use "
+                f"security 'tls' on port {SMTPS_PORT}, or port 587 for 'starttls'"
+            )
         return self
 
     def warnings(self) -> list[str]:
@@ -300,6 +385,20 @@ class SesConfig(SmtpFamilyBase):
     @property
     def effective_host(self) -> str:
         return self.host or f"email-smtp.{self.region}.amazonaws.com"
+
+    @field_validator("host")
+    @classmethod
+    def _ses_host(cls, value: str, info: ValidationInfo) -> str:
+        """An amazonaws.com host other than SES's SMTP endpoints (often the SES API's,
+        email.<region>.amazonaws.com) takes no SMTP; other hosts (a relay, a local test
+        server) may stand in for SES."""
+        name = value.lower().rstrip(".")
+        if _given(info) and name.endswith(".amazonaws.com") and not _SES_SMTP_HOST.fullmatch(name):
+            raise ValueError(
+                f"{value!r} is not an SES SMTP endpoint (email-smtp.<region>.amazonaws.com): "
+                "leave host empty for the one of region"
+            )
+        return value
 
     @field_validator("sns_topic_arns")
     @classmethod
