@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import redis
@@ -138,9 +139,7 @@ def _stored_secret(stored: dict[str, Any], path: SecretPath) -> str:
     """The secret a stored configuration (its JSON) holds at ``path``, decrypted ("" when
     none); raises :class:`ProviderFieldError` naming it when the current key cannot
     decrypt it."""
-    value: Any = stored
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+    value = _stored_at(stored, path)
     if isinstance(value, str):  # saved before its name made it a secret; "" when not set
         return "" if "$$" in value else value
     if not isinstance(value, dict) or set(value) != {"enc"}:
@@ -171,6 +170,8 @@ def _keep_stored_secrets(
     omitted: list[SecretPath] = []
     if stored is not None and stored.get("kind") == getattr(config, "kind", None):
         omitted = [(name,) for name in config.secret_fields if name not in given]
+    if stored is not None and (masked or omitted):
+        _check_same_destination(config, stored, masked, omitted)
     update: dict[str, Any] = {}
     for path in masked + omitted:
         secret = _stored_secret(stored, path) if stored is not None else ""
@@ -184,6 +185,53 @@ def _keep_stored_secrets(
             section = update.setdefault(path[0], dict(getattr(config, path[0])))
             section[path[1]] = secret
     return config.model_copy(update=update) if update else config
+
+
+def destination(config: ProviderBase) -> str:
+    """Where a provider's secrets go: the SMTP server with its security (``none`` would
+    send a password in the clear), or the origin of the HTTP endpoint."""
+    if isinstance(config, SmtpFamilyBase):
+        host = config.effective_host.lower()
+        return f"{host}:{config.effective_port} ({config.effective_security})"
+    if isinstance(config, HttpConfig):
+        url = urlsplit(config.endpoint)
+        return f"{url.scheme}://{url.netloc.rpartition('@')[2].lower()}"
+    return ""
+
+
+def _check_same_destination(
+    config: ProviderBase,
+    stored: dict[str, Any],
+    masked: list[SecretPath],
+    omitted: list[SecretPath],
+) -> None:
+    """A stored secret is kept only for the destination it was given for: whoever may
+    save providers must not be able to send a password they cannot read to a server of
+    their choosing. Raises :class:`ProviderFieldError` naming the first secret kept."""
+    kept = masked + [path for path in omitted if _stored_at(stored, path)]
+    if not kept:
+        return
+    try:
+        before = destination(decode_provider(orjson.dumps(stored), secrets=False)[0])
+    except ValueError:  # no longer valid: not known to be the same
+        before = ""
+    after = destination(config)
+    if before != after:
+        field = ".".join(kept[0])
+        raise ProviderFieldError(
+            f"{field}: the provider now sends to {after} instead of {before or 'unknown'}; "
+            f"a stored {field} only goes where it was given for: give the {field} itself "
+            '(or "" for none)',
+            field,
+        )
+
+
+def _stored_at(stored: dict[str, Any], path: SecretPath) -> Any:
+    """What a stored configuration (its JSON) holds at ``path``, encrypted; None if none."""
+    value: Any = stored
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> ProviderBase:
