@@ -59,7 +59,11 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     """Configuration from the environment (prefix ``DISPATCH_``); see the README table."""
 
-    model_config = SettingsConfigDict(env_prefix="DISPATCH_", frozen=True, extra="ignore")
+    # A number is finite: "inf" seconds or days is no setting (DISPATCH_RETRY_MAX_SECONDS=inf
+    # made housekeeping wait for ever before it restarted a stalled campaign).
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCH_", frozen=True, extra="ignore", allow_inf_nan=False
+    )
 
     # Unset: an embedded Redis server is started for the process tree (dispatch.redis_server).
     redis_url: str = ""
