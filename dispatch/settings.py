@@ -149,7 +149,13 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in REDIS_SCHEMES:
             raise ValueError("must start with redis://, rediss:// or unix://")
-        _ = parts.port  # raises ValueError for a port that is not a number
+        try:
+            _ = parts.port
+        except ValueError:  # its text repeats the "port": a password cut at a '/', '?', '#'
+            raise ValueError(
+                "has a port that is not a number (a password with '/', '?' or '#' must "
+                "be percent-encoded: %2F, %3F, %23)"
+            ) from None
         return value
 
     @field_validator("public_url")
