@@ -47,6 +47,19 @@ class RedactPaths(logging.Filter):
         return True
 
 
+# Celery passes each line's context as ``extra={"data": ...}`` (the task received, succeeded
+# or failed): with the task's arguments, which for ``dispatch.enqueue_campaign`` are a
+# campaign's whole body (recipients, their vars, the html), and a traceback the record's
+# exception already carries. The rest of it (task name, id, runtime) stays.
+_CELERY_WITHHELD = frozenset({"args", "kwargs", "traceback"})
+
+
+def _context(key: str, value: Any) -> Any:
+    if key == "data" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in _CELERY_WITHHELD}
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -58,7 +71,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _context(key, value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -81,6 +94,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 # among which dispatch's own lines ("batch done" with its counts) are lost. Shown at DEBUG;
 # their warnings and errors (a task that failed, a lost broker) always.
 CHATTY_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+# The pool's line per task ("TaskPool: Apply ...", DEBUG) writes the whole task message,
+# its arguments with it (a campaign's body): never shown.
+QUIET_LOGGERS = ("celery.pool",)
 
 
 def configure(level: int | str) -> None:
@@ -94,6 +110,8 @@ def configure(level: int | str) -> None:
     for name in CHATTY_LOGGERS:
         quiet = isinstance(numeric, int) and numeric > logging.DEBUG
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
     # uvicorn configures its access logger after this (its own handler, no propagation);
     # a filter on the logger itself survives that configuration.
     access = logging.getLogger("uvicorn.access")

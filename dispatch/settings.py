@@ -59,7 +59,11 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     """Configuration from the environment (prefix ``DISPATCH_``); see the README table."""
 
-    model_config = SettingsConfigDict(env_prefix="DISPATCH_", frozen=True, extra="ignore")
+    # A number is finite: "inf" seconds or days is no setting (DISPATCH_RETRY_MAX_SECONDS=inf
+    # made housekeeping wait for ever before it restarted a stalled campaign).
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCH_", frozen=True, extra="ignore", allow_inf_nan=False
+    )
 
     # Unset: an embedded Redis server is started for the process tree (dispatch.redis_server).
     redis_url: str = ""
@@ -145,7 +149,13 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in REDIS_SCHEMES:
             raise ValueError("must start with redis://, rediss:// or unix://")
-        _ = parts.port  # raises ValueError for a port that is not a number
+        try:
+            _ = parts.port
+        except ValueError:  # its text repeats the "port": a password cut at a '/', '?', '#'
+            raise ValueError(
+                "has a port that is not a number (a password with '/', '?' or '#' must "
+                "be percent-encoded: %2F, %3F, %23)"
+            ) from None
         return value
 
     @field_validator("public_url")
