@@ -350,14 +350,36 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
     return 0 if result.ok else 1
 
 
+FOLLOW_OUTAGE_SECONDS = 300.0  # a --follow waits this long for its Redis to come back
+
+
 def follow(campaign_id: str, interval: float = 0.5) -> int:
-    """A live progress bar until the campaign stops running; 0 if every message settled."""
+    """A live progress bar until the campaign stops running; 0 if every message settled.
+
+    Once the campaign was read, Redis unreachable (a restart, a failover) is waited for
+    up to :data:`FOLLOW_OUTAGE_SECONDS`, saying so: the sending goes on meanwhile."""
     from dispatch import campaigns
 
     bar = ProgressBar(label=campaign_id)
+    outage_since: float | None = None
     try:
         while True:
-            summary = campaigns.campaign_summary(campaign_id)
+            try:
+                summary = campaigns.campaign_summary(campaign_id)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if bar.shown == 0:  # never reached: say so at once, as other commands do
+                    raise
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since >= FOLLOW_OUTAGE_SECONDS:
+                    bar.close()
+                    raise redis.ConnectionError(
+                        f"unreachable for {FOLLOW_OUTAGE_SECONDS:.0f} s while following "
+                        f"campaign {campaign_id!r} (it may still be sending): {exc}"
+                    ) from exc
+                bar.note(f"Redis unreachable, trying again ({exc})")
+                time.sleep(interval)
+                continue
+            outage_since = None
             done = summary["total"] - summary["queued"]
             note = f"sent {summary['sent']} failed {summary['failed']}"
             bar.update(done, summary["total"], note)
