@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import secrets
@@ -27,17 +28,51 @@ class CommandError(Exception):
     """What the user asked for cannot be done; the message says why (exit status 2)."""
 
 
+# Byte order marks a Windows editor or shell may put first (PowerShell 5 writes UTF-16).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decode(raw: bytes, path: str) -> str:
+    """The text of a file: UTF-8 whatever the locale, or UTF-16/32 after their byte order
+    mark; raises :class:`CommandError` naming the line of a byte that is not UTF-8."""
+    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        name = encoding.upper().removesuffix("-SIG")
+        raise CommandError(
+            f"{path}: not {name} text (byte 0x{raw[exc.start]:02x} on line {line}); save it "
+            "as UTF-8"
+        ) from exc
+
+
 def _load_file(path: str) -> Any:
     """A YAML or JSON document from ``path`` (``-`` for standard input); raises
-    :class:`CommandError` when it cannot be read or parsed."""
+    :class:`CommandError` when it cannot be read or parsed. A ``.json`` file is JSON; any
+    other that starts as JSON does (``jq ... | dispatch send -``) is read as JSON when it
+    is (YAML misreads JSON's tab indents, ``\\ud83d\\ude00`` escapes and ``1e3``)."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
         raise CommandError(f"{path}: cannot read it: {exc}") from exc
+    text = _decode(raw, path)
+    is_json = path.lower().endswith(".json")
+    if not is_json and text.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # a YAML flow mapping or sequence
     try:
-        return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        return json.loads(text) if is_json else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.endswith(".json") else "YAML"
+        kind = "JSON" if is_json else "YAML"
         raise CommandError(f"{path}: not valid {kind}: {exc}") from exc
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import redis
+import yaml
 
 from dispatch import campaigns, lifecycle
 from dispatch.cli import main
@@ -43,7 +48,8 @@ def test_follow_waits_out_a_redis_restart(
         {"id": "c-restart", "provider": "p", "subject": "Hi", "html": "<p>hi</p>",
          "recipients": [{"email": f"r{i}@example.com"} for i in range(3)]}
     )  # fmt: skip
-    campaigns.create_campaign(request)  # no worker: it stays running
+    # Nothing enqueued (Celery would keep a connection to this Redis): it stays running.
+    campaigns.create_campaign(request, enqueue=lambda campaign_id, batch: None)
     naps = 0
 
     def nap(seconds: float) -> None:
@@ -53,7 +59,11 @@ def test_follow_waits_out_a_redis_restart(
             own_redis.halt()  # two reads find it gone
         elif naps == 3:
             own_redis.start()  # the same folder: its data is back
-            lifecycle.cancel("c-restart")
+            lifecycle.cancel(
+                "c-restart",
+                enqueue=lambda campaign_id, batch: None,
+                settle_later=lambda campaign_id, status: None,
+            )
 
     # (not time.sleep itself: redis-py and RedisServer.start sleep too)
     monkeypatch.setattr(dispatch.cli, "time", SimpleNamespace(sleep=nap, monotonic=time.monotonic))
@@ -95,3 +105,81 @@ def test_a_progress_bar_without_a_terminal_ends_on_its_last_state() -> None:
     lines = stream.getvalue().splitlines()
     assert " 4/10 " in lines[-1] and lines[-1].endswith("sent 4"), lines
     assert len(lines) == 2
+
+
+def _provider(nickname: str, **fields: object) -> dict[str, object]:
+    return {"nickname": nickname, "kind": "smtp", "host": "127.0.0.1", "port": 2525,
+            "security": "none", "from_address": "a@acme.example", **fields}  # fmt: skip
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="ascii"))
+
+
+def test_json_on_standard_input_is_read_as_json(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``jq ... | dispatch providers add -`` went to the YAML parser: a tab indent (jq
+    --tab, Go's MarshalIndent) was refused as "not valid YAML", an escaped emoji became
+    two lone surrogates and ``1e1`` a string."""
+    text = json.dumps(_provider("tabbed", from_name="Acme 😀", rate_per_second=1e1), indent="\t")
+    _stdin(monkeypatch, text.replace("10.0", "1e1").encode())
+    code, out, err = run(capsys, "providers", "add", "-")
+    assert code == 0, err
+    saved = json.loads(out)
+    assert (saved["from_name"], saved["rate_per_second"]) == ("Acme 😀", 10.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "encoding"),
+    [("bom.json", "utf-8-sig"), ("wide.json", "utf-16"), ("wide.yaml", "utf-16")],
+)  # fmt: skip
+def test_files_are_utf8_or_carry_a_byte_order_mark(
+    name: str,
+    encoding: str,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A JSON file saved by Notepad (a UTF-8 BOM) was "not valid JSON", one written by
+    PowerShell 5's ``>`` (UTF-16) could not be read."""
+    path = tmp_path / name
+    path.write_text(json.dumps(_provider("enc", from_name="Café Acme")), encoding=encoding)
+    code, out, err = run(capsys, "providers", "add", str(path))
+    assert code == 0, err
+    assert json.loads(out)["from_name"] == "Café Acme"
+
+
+def test_a_file_that_is_not_utf8_names_the_line(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("nickname: x\nfrom_name: Café\n".encode("latin-1"))
+    code, _, err = run(capsys, "providers", "add", str(path))
+    assert code == 2
+    assert err == f"error: {path}: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8\n"
+
+
+def test_files_are_read_as_utf8_whatever_the_locale(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A UTF-8 file was read in the locale's encoding: an ASCII locale refused it (a
+    Latin-1 or cp1252 one would have saved "CafÃ©"); standard input likewise."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump(_provider("enc", from_name="Café Acme"), allow_unicode=True),
+        encoding="utf-8",
+    )
+    env = os.environ | {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env |= {
+        "DISPATCH_REDIS_URL": redis_server.url,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    for argv, stdin in ((["providers", "add", str(path)], None), (["providers", "add", "-"], path)):
+        with open(stdin or os.devnull, "rb") as given:
+            done = subprocess.run(
+                [sys.executable, "-m", "dispatch.cli", *argv],
+                env=env, stdin=given, capture_output=True, timeout=60,
+            )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        assert json.loads(done.stdout)["from_name"] == "Café Acme"
