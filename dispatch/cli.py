@@ -493,14 +493,20 @@ def cmd_providers_add(args: argparse.Namespace) -> int:
     items = data if isinstance(data, list) else [data]
     if not items or not all(isinstance(item, dict) for item in items):
         raise CommandError(f"{args.file}: must hold a provider (a mapping) or a list of them")
-    for item in items:
+    status = 0
+    for position, item in enumerate(items):  # one refused does not lose those after it
         try:
             config = save_provider(item)
         except ValueError as exc:
-            print(f"error: {_validation_message(exc)}", file=sys.stderr)
-            return 2
+            nickname = item.get("nickname")
+            which = [f"[{position}]"] if isinstance(data, list) else []
+            which += [repr(nickname)] if isinstance(nickname, str) else []
+            where = ": ".join([args.file, " ".join(which)] if which else [args.file])
+            print(f"error: {where}: {_validation_message(exc)}", file=sys.stderr)
+            status = 2
+            continue
         _print(provider_view(config.nickname))
-    return 0
+    return status
 
 
 def cmd_providers_list(args: argparse.Namespace) -> int:

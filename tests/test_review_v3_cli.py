@@ -15,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from dispatch import campaigns, lifecycle
+from dispatch import campaigns, lifecycle, store
 from dispatch.cli import main
 from dispatch.models import campaign_request
 from dispatch.progress import ProgressBar
@@ -183,3 +183,19 @@ def test_files_are_read_as_utf8_whatever_the_locale(
             )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()
         assert json.loads(done.stdout)["from_name"] == "Café Acme"
+
+
+def test_a_refused_provider_in_a_list_loses_none_after_it(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The first refused provider of a file ended the command: those after it were not
+    saved, and the error ("smtp.port: ...") did not say which of the list it was."""
+    path = tmp_path / "all.yaml"
+    items = [_provider("one"), _provider("two", port=99999), _provider("three")]
+    path.write_text(yaml.safe_dump(items))
+    code, out, err = run(capsys, "providers", "add", str(path))
+    assert code == 2
+    assert err.startswith(f"error: {path}: [1] 'two': smtp.port: "), err
+    assert len(err.splitlines()) == 1
+    assert sorted(redis_client.smembers(store.PROVIDERS_SET)) == ["one", "three"]
+    assert out.count('"nickname"') == 2
