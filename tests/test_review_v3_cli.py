@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 import redis
 import yaml
 
 from dispatch import campaigns, lifecycle, store
 from dispatch.cli import main
+from dispatch.client import DispatchClient, Unavailable
 from dispatch.models import campaign_request
 from dispatch.progress import ProgressBar
 from dispatch.provider_store import save_provider
@@ -199,3 +201,37 @@ def test_a_refused_provider_in_a_list_loses_none_after_it(
     assert len(err.splitlines()) == 1
     assert sorted(redis_client.smembers(store.PROVIDERS_SET)) == ["one", "three"]
     assert out.count('"nickname"') == 2
+
+
+def test_the_client_waits_out_an_api_restart() -> None:
+    """``DispatchClient.wait`` raised :class:`Unavailable` once one poll failed after the
+    client's retries (about 1.5 s): an API restarted during a 10-minute wait ended it."""
+    answers: list[httpx.Response | Exception] = [
+        httpx.Response(200, json={"id": "c", "provider": "p", "status": "running"}),
+        httpx.ConnectError("connection refused"),
+        httpx.Response(503, json={"detail": "Redis unavailable"}),
+        httpx.Response(200, json={"id": "c", "provider": "p", "status": "completed", "sent": 3}),
+    ]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        reply = answers.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    with DispatchClient("http://dispatch.test", retries=0, http=http) as api:
+        assert api.wait("c", interval=0).sent == 3
+    assert answers == []
+
+
+def test_the_client_gives_up_waiting_at_its_deadline() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"detail": "Redis unavailable"})
+
+    http = httpx.Client(transport=httpx.MockTransport(down))
+    with (
+        DispatchClient("http://dispatch.test", retries=0, http=http) as api,
+        pytest.raises(Unavailable, match="Redis unavailable"),
+    ):
+        api.wait("c", timeout=0, interval=0)
