@@ -425,7 +425,15 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
             if summary["status"] not in ("running", "scheduled"):
                 bar.close()
                 _print(summary)
-                return 0 if summary["queued"] == 0 else 1
+                if summary["queued"] == 0:
+                    return 0
+                reason = f" ({summary['reason']})" if summary.get("reason") else ""
+                print(
+                    f"campaign {campaign_id!r} is {summary['status']}{reason}: "
+                    f"{summary['queued']} messages not sent",
+                    file=sys.stderr,
+                )
+                return 1
             time.sleep(interval)
     except KeyboardInterrupt:  # Ctrl-C stops the watching, not the sending
         print(

@@ -235,3 +235,18 @@ def test_the_client_gives_up_waiting_at_its_deadline() -> None:
         pytest.raises(Unavailable, match="Redis unavailable"),
     ):
         api.wait("c", timeout=0, interval=0)
+
+
+def test_following_a_campaign_that_is_not_sending_says_why(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``send --follow`` of a draft ended at once with exit 1 and no word of why."""
+    save_provider(_provider("p"))
+    path = tmp_path / "draft.yaml"
+    path.write_text(
+        yaml.safe_dump({"id": "c-draft", "provider": "p", "subject": "Hi", "html": "<p>hi</p>",
+                        "draft": True, "recipients": [{"email": "d@example.com"}]})
+    )  # fmt: skip
+    code, out, err = run(capsys, "send", str(path), "--follow")
+    assert code == 1 and json.loads(out.split("\n", 1)[1])["status"] == "draft"
+    assert "campaign 'c-draft' is draft: 1 messages not sent" in err, err
