@@ -421,10 +421,19 @@ class DispatchClient:
     def wait(
         self, campaign_id: str, *, timeout: float = 600.0, interval: float = 1.0
     ) -> CampaignSummary:
-        """Poll until the campaign is finished (or paused); raises ``TimeoutError``."""
+        """Poll until the campaign is finished (or paused); raises ``TimeoutError``.
+
+        The API unreachable for a while (a restart, a deploy) is waited out until the
+        deadline; past it the last :class:`Unavailable` is raised."""
         deadline = time.monotonic() + timeout
         while True:
-            summary = self.get_campaign(campaign_id)
+            try:
+                summary = self.get_campaign(campaign_id)
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(interval)
+                continue
             if summary.status.value in FINISHED or summary.status.value == "paused":
                 return summary
             if time.monotonic() > deadline:
