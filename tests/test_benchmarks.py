@@ -34,6 +34,8 @@ CASES = {
                      ["used_memory growth:", "after the retention purge:", "ratio kept / taken:"]),
     "recipient_split": (["-m", "bench.recipient_split", "--recipients", "2000"],
                         ["NDJSON (baseline)", "JSON array, indented", "ratio to NDJSON"]),
+    "mime_write": (["-m", "bench.mime_write", "--messages", "20"],
+                   ["HTML on one line", "HTML in short lines", "EmailMessage"]),
 }  # fmt: skip
 
 
