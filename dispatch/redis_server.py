@@ -59,11 +59,18 @@ class RedisServer:
     """A redis-server child process on 127.0.0.1, its data in a temporary folder."""
 
     def __init__(
-        self, port: int = 0, *, appendonly: bool = False, own_session: bool = False
+        self,
+        port: int = 0,
+        *,
+        appendonly: bool = False,
+        own_session: bool = False,
+        binary: str = "",
     ) -> None:
         """``own_session``: out of this process group, so that a terminal's Ctrl-C reaches
         the processes using it, which stop (handing work back into it), and not the
-        server itself; whoever started it stops it."""
+        server itself; whoever started it stops it. ``binary``: the ``redis-server`` to
+        run (default: :func:`find_redis_server`'s)."""
+        self.binary = binary
         self.port = port or _free_port()
         self.appendonly = appendonly
         self.own_session = own_session
@@ -82,7 +89,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING; raises ``RuntimeError`` if not."""
         args = [
-            find_redis_server(),
+            self.binary or find_redis_server(),
             "--port",
             str(self.port),
             "--bind",

@@ -36,6 +36,7 @@ CASES = {
                         ["NDJSON (baseline)", "JSON array, indented", "ratio to NDJSON"]),
     "mime_write": (["-m", "bench.mime_write", "--messages", "20"],
                    ["HTML on one line", "HTML in short lines", "EmailMessage"]),
+    "redis_lua": (["-m", "bench.redis_lua"], ["cut it out and XADD it", "ratio"]),
 }  # fmt: skip
 
 
