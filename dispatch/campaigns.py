@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import jinja2
 import jinja2.nodes
@@ -141,6 +141,7 @@ def _fingerprint(request: CampaignRequest) -> str:
     or a text holding a lone UTF-16 surrogate (no UTF-8 for it: nothing can store or
     send it).
     """
+    _refuse_too_deep(request.vars, "vars")
     # Times as instants: a repeat may give them in another offset (a client's local time).
     utc = {name: at.astimezone(UTC) for name in _TIMES if (at := getattr(request, name))}
     body = request.model_copy(update=utc).model_dump(mode="json", exclude={"id", "recipients"})
@@ -152,10 +153,14 @@ def _fingerprint(request: CampaignRequest) -> str:
     for start in range(0, len(request.recipients), APPEND_CHUNK):
         chunk = request.recipients[start : start + APPEND_CHUNK]
         try:
-            digest.update(orjson.dumps(chunk))
-        except TypeError:  # a value only pydantic's encoder writes
+            written = orjson.dumps(chunk)
+        except TypeError:  # a value only pydantic's encoder writes, or one nested too deep
+            _refuse_too_deep(dict(enumerate(chunk, start)), "recipients", 2)
             _refuse_unwritable(chunk, "recipients", offset=start)
-            digest.update(_RECIPIENTS.dump_json(chunk))
+            written = _RECIPIENTS.dump_json(chunk)
+        if written.count(b"[") + written.count(b"{") > MAX_VARS_DEPTH:  # (else none is)
+            _refuse_too_deep(dict(enumerate(chunk, start)), "recipients", 2)
+        digest.update(written)
     return digest.hexdigest()
 
 
@@ -171,6 +176,32 @@ def _refuse_unwritable(value: Any, path: str, offset: int = 0) -> None:
     found = find_lone_surrogate(value, path)
     if found is not None:
         raise CampaignError(LONE_SURROGATE_PROBLEM, field=found or "body")
+
+
+# How deep a value in vars may nest arrays and objects. orjson, which stores and sends
+# them, writes at most 254 levels (with the levels around vars: the list of recipients, a
+# recipient); a deeper value made a 500 when it was stored.
+MAX_VARS_DEPTH = 128
+TOO_DEEP_PROBLEM: Final = f"nested more than {MAX_VARS_DEPTH} arrays or objects deep"
+
+
+def _refuse_too_deep(value: Any, path: str, wrapping: int = 0) -> None:
+    """Raise :class:`CampaignError` naming the first value nested more than
+    :data:`MAX_VARS_DEPTH` deep in ``value`` (``wrapping`` levels above the vars: a
+    recipient, a position in a list of them). Iterative: Python's own recursion limit is
+    about as deep as what it reads."""
+    stack: list[tuple[Any, str, int]] = [(value, path, -wrapping)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, dict):
+            pairs: Iterable[tuple[Any, Any]] = item.items()
+        elif isinstance(item, list | tuple):
+            pairs = enumerate(item)
+        else:
+            continue
+        if depth > MAX_VARS_DEPTH:
+            raise CampaignError(TOO_DEEP_PROBLEM, field=where)
+        stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in pairs)
 
 
 # A run of 19 digits: where a JSON integer beyond 64 bits could be (-2**63 has 19). Looked
@@ -189,6 +220,8 @@ def load_recipient(raw: bytes) -> Any:
     data = orjson.loads(raw)
     if len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_NUMBER.search(raw):
         _refuse_unwritable(json.loads(raw), "")
+    if raw.count(b"[") + raw.count(b"{") > MAX_VARS_DEPTH:  # (else it cannot be too deep)
+        _refuse_too_deep(data, "", 1)
     return data
 
 
