@@ -11,10 +11,10 @@ from __future__ import annotations
 import html as html_lib
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, update_wrapper
 from itertools import islice
 from typing import Any
 
@@ -22,9 +22,13 @@ from jinja2 import StrictUndefined, TemplateError, meta, nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+)
 from jinja2.utils import Namespace
-from markupsafe import escape
+from markupsafe import Markup, escape
 
 from providers.base import ALL_CONTENT_PARTS
 
@@ -47,8 +51,11 @@ MAX_STEPS = 100_000
 MAX_BUILT_CHARS = 2 * MAX_PART_CHARS
 _SIZED = (str, list, tuple)
 _built: ContextVar[list[int] | None] = ContextVar("dispatch_built_chars", default=None)
-# A width or precision of 7 digits in a %-conversion or a {}-field's format spec.
-_HUGE_WIDTH = re.compile(r"%[-#0 +*.\d]*\d{7}|\{[^{}]*:[^{}]*\d{7}[^{}]*\}")
+# A printf-style conversion's flags, width and precision, read where its ``%`` (and
+# mapping key) end; and the numbers of a {}-field's format spec (its width, precision).
+_PRINTF_SPEC = re.compile(r"[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")
+_PARENS = re.compile(r"[()]")
+_NUMBER = re.compile(r"\d+")
 # Calls whose integer arguments are sizes of the result (str methods, lipsum's counts).
 _SIZE_TAKING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 _MAX_LIPSUM = 1_000  # paragraphs or words per paragraph: each is hundreds of characters
@@ -81,21 +88,73 @@ def _check_sizes(
 
 
 @lru_cache(maxsize=1024)
-def _huge_width(fmt: str) -> bool:
-    """Whether ``fmt`` asks for a huge width (format strings are mostly the template's own
-    constants: looked at once each)."""
-    return _HUGE_WIDTH.search(fmt) is not None
+def _printf_padding(fmt: str) -> int:
+    """The characters a printf-style ``fmt``'s widths and precisions may add (its
+    ``*``s count as one each: :func:`_check_format` adds their arguments).
+
+    Read left to right as Python reads it, a ``%(key)`` to its matching parenthesis, so
+    linear in ``fmt`` (a regular expression of it backtracked: quadratic on ``{:::``).
+    Format strings are mostly the template's own constants: read once each.
+    """
+    padding = 0
+    at = fmt.find("%")
+    while at >= 0:
+        at += 1
+        if fmt.startswith("(", at):
+            depth = 0
+            for paren in _PARENS.finditer(fmt, at):
+                depth += 1 if paren[0] == "(" else -1
+                if not depth:
+                    at = paren.end()
+                    break
+            else:
+                return padding  # an unclosed key: Python refuses the format
+        spec = _PRINTF_SPEC.match(fmt, at)
+        assert spec is not None  # (every part is optional)
+        for number in spec.groups():
+            if number:
+                padding += 1 if number == "*" else int(number) if len(number) < 10 else 10**9
+        at = fmt.find("%", spec.end() + 1)  # past the conversion character
+    return padding
 
 
 def _check_format(fmt: Any, args: tuple[Any, ...]) -> None:
-    """Refuse a format string asking for a huge width (or a ``*`` width given huge)."""
+    """Refuse a printf-style format whose widths and precisions (a ``*`` one given as an
+    argument) would make text past :data:`MAX_VALUE_SIZE`, before Python makes it: many
+    fields of a large width are as large as one huge one."""
     if isinstance(fmt, str):
-        huge = _huge_width(fmt) if len(fmt) <= 200 else _HUGE_WIDTH.search(fmt) is not None
-        if not huge:
-            if "*" in fmt:
-                _check_sizes(args, {}, "a * width")
-            return
-        raise _refuse("a format width")
+        padding = _printf_padding(fmt) if len(fmt) <= 200 else _printf_padding.__wrapped__(fmt)
+        if "*" in fmt:
+            _check_sizes(args, {}, "a * width")
+            padding += sum(abs(a) for a in args if type(a) is int)
+        if padding > MAX_VALUE_SIZE:
+            raise _refuse("a format width")
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    """``str.format`` in the sandbox, refused before a field's width or precision (its
+    format spec once nested fields fill it) or all fields' text together would make
+    more than :data:`MAX_VALUE_SIZE` characters."""
+
+    _made = 0
+
+    def vformat(self, format_string: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        self._made = 0
+        return super().vformat(format_string, args, kwargs)
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        numbers = _NUMBER.findall(format_spec)
+        if any(len(n) > 6 for n in numbers) or sum(map(int, numbers)) > MAX_VALUE_SIZE:
+            raise _refuse("a format width")
+        text = super().format_field(value, format_spec)
+        self._made += len(text)
+        if self._made > MAX_VALUE_SIZE:
+            raise _refuse("a format's fields")
+        return text
+
+
+class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
+    """:class:`_BoundedFormatter` for a ``Markup`` format string (its fields escaped)."""
 
 
 def _check_replace(text: str, old: Any, new: Any) -> None:
@@ -338,6 +397,28 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         _check_binop(operator, left, right)
         return _check_size(super().call_binop(context, operator, left, right), "an operation")
 
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """Jinja2's sandboxed ``str.format`` / ``format_map``, with the formatter of
+        :class:`_BoundedFormatter` (Jinja2's wrapper, which makes its own, otherwise)."""
+        if super().wrap_str_format(value) is None:
+            return None
+        text: str = value.__self__
+        formatter = (
+            _BoundedEscapeFormatter(self, escape=text.escape)
+            if isinstance(text, Markup)
+            else _BoundedFormatter(self)
+        )
+        is_format_map = value.__name__ == "format_map"
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                return type(text)(formatter.vformat(text, (), args[0]))
+            return type(text)(formatter.vformat(text, args, kwargs))
+
+        return update_wrapper(wrapper, value)
+
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(__obj, "__name__", "")
         _check_text((*args, *kwargs.values()), f"a call of {name or 'a function'}")
@@ -345,13 +426,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             _check_sizes(args, kwargs, name)
         elif name == "generate_lorem_ipsum":
             _check_sizes(args, kwargs, "lipsum", _MAX_LIPSUM)
-        # str methods are bound to their text (format through the sandbox's wrapper)
+        # str methods are bound to their text (format: checked by _BoundedFormatter)
         text = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
-        if isinstance(text, str):
-            if name in ("format", "format_map"):
-                _check_format(text, ())
-            elif name == "replace" and len(args) >= 2:
-                _check_replace(text, args[0], args[1])
+        if isinstance(text, str) and name == "replace" and len(args) >= 2:
+            _check_replace(text, args[0], args[1])
         result = super().call(__context, __obj, *args, **kwargs)
         return _check_size(result, f"the result of {name or 'a call'}")
 
@@ -379,17 +457,53 @@ class RenderedContent:
 
 
 _BLOCK_TAGS = re.compile(r"<\s*(br|/p|/div|/h[1-6]|/li|/tr|hr)\b[^>]*>", re.IGNORECASE)
-_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_DROPPED = ("script", "style", "head")  # elements dropped with their content
 _TAGS = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 
 
+def _drop_elements(html: str) -> str:
+    r"""``html`` without its script, style and head elements (content included).
+
+    Each opening tag's end tag is searched for once: ``<(script|...)\b.*?</\1\s*>`` tried
+    that search again from every opening tag, so text of many unclosed ones took time in
+    the square of its length (and held the GIL: a campaign's HTML froze the API).
+    """
+    names = list(_DROPPED)
+    out: list[str] = []
+    at = 0
+    while names:
+        opening = re.compile(rf"<({'|'.join(names)})\b", re.IGNORECASE).search(html, at)
+        if opening is None:
+            break
+        name = opening[1].lower()
+        closing = re.compile(rf"</{name}\s*>", re.IGNORECASE).search(html, opening.end())
+        if closing is None:  # nor for any later opening tag of this name: kept as text
+            names.remove(name)
+            continue
+        out.append(html[at : opening.start()])
+        at = closing.end()
+    out.append(html[at:])
+    return "".join(out)
+
+
+def _sub_tags(pattern: re.Pattern[str], replacement: str, text: str) -> str:
+    """``pattern.sub`` for a tag pattern (it ends at the next ``>``), past the last ``>``
+    left alone: no tag can start there, and the pattern would look for its ``>`` from
+    every ``<`` there to the end (time in the square of the text's length)."""
+    end = text.rfind(">") + 1
+    return pattern.sub(replacement, text[:end]) + text[end:]
+
+
 def html_to_text(html: str) -> str:
-    """A plain-text alternative derived from HTML: block tags become line breaks."""
-    text = _DROP.sub("", html)
-    text = _BLOCK_TAGS.sub("\n", text)
-    text = html_lib.unescape(_TAGS.sub("", text))
+    """A plain-text alternative derived from HTML: block tags become line breaks.
+
+    Linear in the length of ``html`` (it may be a campaign's whole template).
+    """
+    text = _drop_elements(html)
+    text = _sub_tags(_BLOCK_TAGS, "\n", text)
+    text = html_lib.unescape(_sub_tags(_TAGS, "", text))
     text = _SPACES.sub(" ", text)
     return _BLANKS.sub("\n\n", "\n".join(line.strip() for line in text.split("\n"))).strip()
 
