@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 
 
 # ARGV: the new status, its reason, then the statuses it may change from. With KEYS[2]
-# (the active index) the campaign (ARGV[3]) joins it in the same step.
+# (the active index) the campaign (ARGV[3]) joins it in the same step. A campaign already
+# in the new status keeps its reason and ``status_at`` (a pause of a campaign the
+# workers paused must not erase why they did).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'', 0} end
@@ -72,7 +74,9 @@ local first = KEYS[2] and 4 or 3
 for i = first, #ARGV do
   if cur == ARGV[i] then
     local t = redis.call('TIME')
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'status_at', t[1])
+    if cur ~= ARGV[1] then
+      redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'status_at', t[1])
+    end
     if KEYS[2] then redis.call('ZADD', KEYS[2], t[1], ARGV[3]) end
     return {cur, 1}
   end

@@ -3,6 +3,7 @@ repeat of the resume, and a resume cut short before the start (DESIGN §5)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,7 @@ import redis
 
 from dispatch import campaigns, lifecycle, reputation, store
 from dispatch.models import CampaignRequest
-from tests.helpers import campaign_body, smtp_provider
+from tests.helpers import campaign_body, create_held, smtp_provider
 
 
 def _paused_before_start(r: redis.Redis, campaign_id: str, send_at: datetime) -> None:
@@ -99,3 +100,26 @@ def test_a_resume_cut_short_before_the_start_leaves_the_campaign_to_beat(
     )
     assert started == ["h4-cut"] and enqueued == [("h4-cut", 0)]
     assert campaigns.get_status("h4-cut", redis_client).value == "running"
+
+
+def test_pausing_a_campaign_the_workers_paused_keeps_their_reason(
+    redis_client: redis.Redis,
+) -> None:
+    """A batch paused the campaign for what a person must fix; the person pauses it too
+    (to be sure, or a script pausing every campaign): it stays paused, saying why."""
+    smtp_provider(redis_client, 2525)
+    campaign_id, _ = create_held(redis_client, campaign_body("h4-why", 3))
+    reason = "SMTP connection error: 535 authentication failed"
+
+    async def workers_pause() -> bool:
+        client = store.async_client()
+        try:
+            return await lifecycle.pause_running(client, campaign_id, reason)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(workers_pause())
+    summary = lifecycle.pause(campaign_id, client=redis_client)
+    assert (summary["status"], summary["reason"]) == ("paused", reason)
+    resumed = lifecycle.resume(campaign_id, client=redis_client, enqueue=lambda c, b: None)
+    assert (resumed["status"], resumed["reason"]) == ("running", "")
