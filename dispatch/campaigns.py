@@ -504,8 +504,10 @@ def _append_and_send(
     waits, ``appending``: a repeat of the request resumes at ``resume_at`` (the stored
     addresses are skipped), and it completes once the whole list is stored.
     """
-    size = get_settings().batch_size
     key = store.campaign_key(campaign_id)
+    # A fill taken over keeps the size its batches were cut to (the setting may differ).
+    cut = r.hget(key, "batch_size") if resume_at is not None else None
+    size = int(cut or get_settings().batch_size)
     appender = RecipientAppender(campaign_id, r, filling=True)
     if resume_at is None:
         now = datetime.now(UTC)

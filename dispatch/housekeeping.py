@@ -33,7 +33,7 @@ from dispatch.settings import get_settings
 RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep, besides the active ones
 # What the sweep reads of each campaign (``restarted_at``: when it last re-enqueued it).
 _FIELDS = ["status", "progress_at", "started_at", "batches", "parked_until", "status_at",
-           "restarted_at"]  # fmt: skip
+           "restarted_at", "batch_size"]  # fmt: skip
 
 
 def sweep(
@@ -55,7 +55,9 @@ def sweep(
     recent = [str(m) for m in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1)]
     watched = list(dict.fromkeys([*recent, *active]))
     for campaign_id, fields in zip(watched, _read_all(r, watched), strict=True):
-        status, progress_at, started_at, batches, parked_until, status_at, restarted_at = fields
+        status, progress_at, started_at, batches, parked_until, status_at, restarted_at, size = (
+            fields
+        )
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
                 since = max(float(progress_at or 0), float(status_at or 0))
@@ -78,8 +80,11 @@ def sweep(
                 continue
         if _batch_runs(r, campaign_id):
             continue  # a worker is on it
-        total = stored_count(r, campaign_id)
-        count = int(batches or math.ceil(total / settings.batch_size))
+        # Counted in the campaign's own batch size (DISPATCH_BATCH_SIZE may have changed
+        # since it started), and from what is stored too: a filler that died never wrote
+        # ``batches``.
+        per_batch = int(size or settings.batch_size)
+        count = max(int(batches or 0), math.ceil(stored_count(r, campaign_id) / per_batch))
         r.hset(store.campaign_key(campaign_id), mapping={"progress_at": now, "restarted_at": now})
         for batch in range(count):
             enqueue(campaign_id, batch)

@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 
 
 # ARGV: the new status, its reason, then the statuses it may change from. With KEYS[2]
-# (the active index) the campaign (ARGV[3]) joins it in the same step.
+# (the active index) the campaign (ARGV[3]) joins it in the same step. A campaign already
+# in the new status keeps its reason and ``status_at`` (a pause of a campaign the
+# workers paused must not erase why they did).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'', 0} end
@@ -72,7 +74,9 @@ local first = KEYS[2] and 4 or 3
 for i = first, #ARGV do
   if cur == ARGV[i] then
     local t = redis.call('TIME')
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'status_at', t[1])
+    if cur ~= ARGV[1] then
+      redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'status_at', t[1])
+    end
     if KEYS[2] then redis.call('ZADD', KEYS[2], t[1], ARGV[3]) end
     return {cur, 1}
   end
@@ -156,30 +160,62 @@ def pause(campaign_id: str, *, client: redis.Redis | None = None) -> dict[str, A
     return campaigns.campaign_summary(campaign_id, r)
 
 
+# Resume in one step: the status, whether the campaign ever started and the change are
+# read and made together (apart, a pause landing between them let a resume set a campaign
+# that never started ``running``, sending before its send_at). One paused before it
+# started goes back to ``scheduled`` and into the schedule as due now, so that beat's
+# release deals with it if the start that follows does not happen (it schedules it again
+# for its send_at, starts it, or pauses it with the reason); one not started and already
+# ``scheduled`` was resumed before (a repeat of the request, another client). A started
+# one runs again and joins the active index (KEYS[3]). Returns {status found, outcome}:
+# 'scheduled', 'waiting', 'running', or '' (refused).
+_RESUME = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {'', ''} end
+local t = redis.call('TIME')
+if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
+  if cur == 'scheduled' then return {cur, 'waiting'} end
+  if cur ~= 'paused' then return {cur, ''} end
+  redis.call('HSET', KEYS[1], 'status', 'scheduled', 'reason', '', 'status_at', t[1])
+  redis.call('ZADD', KEYS[2], t[1], ARGV[1])
+  return {cur, 'scheduled'}
+end
+if cur ~= 'paused' and cur ~= 'running' then return {cur, ''} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'reason', '', 'status_at', t[1])
+redis.call('ZADD', KEYS[3], t[1], ARGV[1])
+return {cur, 'running'}
+"""
+
+
 def resume(
     campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
 ) -> dict[str, Any]:
     """Resume a paused campaign (or nudge a running one): every batch is handed out again.
 
     A campaign paused before it started goes back through ``start`` (and waits for its
-    ``send_at`` if that is still ahead). Raises :class:`campaigns.CampaignNotFoundError`,
-    :class:`CampaignStateError` for a campaign that is not paused or running.
+    ``send_at`` if that is still ahead); resuming it again while it waits changes
+    nothing. Raises :class:`campaigns.CampaignNotFoundError`, :class:`CampaignStateError`
+    for a campaign that is not paused, running or waiting for its ``send_at``.
     """
     r = client or store.sync_client()
     key = store.campaign_key(campaign_id)
-    started = r.hexists(key, "started_at")
-    if not started and campaigns.get_status(campaign_id, r) is _S.PAUSED:
-        # Paused while scheduled: it never started.
-        if _transition(r, campaign_id, _S.SCHEDULED, (_S.PAUSED,)) is not None:
-            campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
-        return campaigns.campaign_summary(campaign_id, r)
     # The guard stands down first: a callback batch applied between the two would
     # otherwise find the campaign running with the guard still on, and pause it again.
     reputation.stand_down(r, campaign_id)
-    if _transition(r, campaign_id, _S.RUNNING, (_S.PAUSED, _S.RUNNING)) is None:
-        raise _refuse(campaign_id, "resumed", r)
+    keys = (key, store.SCHEDULED_ZSET, store.ACTIVE_ZSET)
+    found, outcome = r.eval(_RESUME, len(keys), *keys, campaign_id)
+    if not found:
+        raise campaigns.CampaignNotFoundError(campaign_id)
+    if outcome == "scheduled":
+        with contextlib.suppress(CampaignStateError):  # started (or paused) meanwhile
+            campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
+    if outcome != "running":
+        if not outcome:
+            raise CampaignStateError(
+                f"campaign {campaign_id!r} is {found}: it cannot be resumed", field="status"
+            )
+        return campaigns.campaign_summary(campaign_id, r)
     r.hdel(key, store.BREAKER_FIELD)  # the failure breaker counts afresh
-    campaigns.watch_active(r, campaign_id)
     # Counted once running: a campaign create_campaign still fills has no ``batches``
     # yet, and the batches it stored while paused ran (and left) before this; those it
     # stores from now on it hands out itself.
