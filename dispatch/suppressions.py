@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +72,58 @@ def add(
     return get(email, client=r) or entry
 
 
+# Addresses per round trip of a bulk import (add_many) and entries per scan of iter_entries.
+CHUNK = 1000
+
+
+def add_many(
+    emails: Iterable[str],
+    *,
+    reason: str,
+    source: str,
+    client: redis.Redis | None = None,
+    invalid: Callable[[int, str, InvalidAddressError], None] | None = None,
+) -> tuple[int, int]:
+    """Suppress every address of ``emails`` (read as they come: a file of millions is
+    never held whole), :data:`CHUNK` to a round trip; ``(added, already suppressed)``.
+    An existing entry is kept, as :func:`add` keeps it. An address we could not send to
+    is given to ``invalid`` with its position (1-based) and the error; its neighbours
+    are added all the same. Blank ones (an empty line) are skipped.
+    """
+    r = client or store.sync_client()
+    added = already = 0
+    chunk: dict[str, bytes] = {}
+
+    def flush() -> None:
+        nonlocal added, already
+        pipe = r.pipeline(transaction=False)
+        for key, entry in chunk.items():
+            pipe.hsetnx(store.SUPPRESSIONS_HASH, key, entry)
+        new = sum(1 for created in pipe.execute() if created)
+        added, already = added + new, already + len(chunk) - new
+        chunk.clear()
+
+    for position, email in enumerate(emails, 1):
+        if not email.strip():
+            continue
+        try:
+            key = suppression_key(normalize_address(email))
+        except InvalidAddressError as exc:
+            if invalid is not None:
+                invalid(position, email, exc)
+            continue
+        if key in chunk:  # two spellings of one address: the first stands
+            already += 1
+            continue
+        entry = {"email": key, "reason": reason, "source": source, "ts": time.time()}
+        chunk[key] = orjson.dumps(entry)
+        if len(chunk) >= CHUNK:
+            flush()
+    if chunk:
+        flush()
+    return added, already
+
+
 def get(email: str, *, client: redis.Redis | None = None) -> dict[str, Any] | None:
     raw = (client or store.sync_client()).hget(store.SUPPRESSIONS_HASH, suppression_key(email))
     if raw is None:
@@ -124,3 +177,14 @@ def page(
     next_cursor, items = r.hscan(store.SUPPRESSIONS_HASH, cursor=cursor, count=count)
     values = items.values() if isinstance(items, dict) else items
     return int(next_cursor), [orjson.loads(v) for v in values]
+
+
+def iter_entries(*, client: redis.Redis | None = None) -> Iterator[dict[str, Any]]:
+    """Every entry, page by page as :func:`page` reads them (no particular order): a
+    list of millions is never held whole."""
+    cursor = 0
+    while True:
+        cursor, items = page(cursor, CHUNK, client=client)
+        yield from items
+        if cursor == 0:
+            return
