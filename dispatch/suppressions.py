@@ -60,16 +60,31 @@ def add(
     Raises :class:`InvalidAddressError` when ``email`` is not an address we could send to
     (:func:`normalize_address`): such an entry would never match a recipient.
     """
-    r = client or store.sync_client()
-    key = suppression_key(normalize_address(email))
-    entry: dict[str, Any] = {
-        "email": key,
+    return _write(client or store.sync_client(), _new_entry(email, reason, source, ts))[0]
+
+
+def put(email: str, reason: str, source: str) -> tuple[dict[str, Any], bool]:
+    """:func:`add` now, and whether this call created the entry (of two at once, one did)."""
+    return _write(store.sync_client(), _new_entry(email, reason, source, None))
+
+
+def _new_entry(email: str, reason: str, source: str, ts: float | None) -> dict[str, Any]:
+    return {
+        "email": suppression_key(normalize_address(email)),
         "reason": reason,
         "source": source,
         "ts": ts if ts is not None else time.time(),
     }
-    r.hsetnx(store.SUPPRESSIONS_HASH, key, orjson.dumps(entry))
-    return get(email, client=r) or entry
+
+
+def _write(r: redis.Redis, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Store ``entry`` unless its address has one; the entry kept, and whether it is this."""
+    pipe = r.pipeline()  # MULTI: the entry answered is the one the write found or made
+    pipe.hsetnx(store.SUPPRESSIONS_HASH, entry["email"], orjson.dumps(entry))
+    pipe.hget(store.SUPPRESSIONS_HASH, entry["email"])
+    created, raw = pipe.execute()
+    stored: dict[str, Any] = orjson.loads(raw) if raw is not None else entry
+    return stored, bool(created)
 
 
 # Addresses per round trip of a bulk import (add_many) and entries per scan of iter_entries.
@@ -107,16 +122,15 @@ def add_many(
         if not email.strip():
             continue
         try:
-            key = suppression_key(normalize_address(email))
+            entry = _new_entry(email, reason, source, None)
         except InvalidAddressError as exc:
             if invalid is not None:
                 invalid(position, email, exc)
             continue
-        if key in chunk:  # two spellings of one address: the first stands
+        if entry["email"] in chunk:  # two spellings of one address: the first stands
             already += 1
             continue
-        entry = {"email": key, "reason": reason, "source": source, "ts": time.time()}
-        chunk[key] = orjson.dumps(entry)
+        chunk[entry["email"]] = orjson.dumps(entry)
         if len(chunk) >= CHUNK:
             flush()
     if chunk:

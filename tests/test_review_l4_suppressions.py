@@ -1,4 +1,4 @@
-"""The suppression list at scale from the CLI: listed without holding it, imported in bulk."""
+"""The suppression list at scale (listed without holding it, imported in bulk) and at once."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import io
 import json
 import sys
 import tracemalloc
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -14,6 +16,8 @@ import redis
 
 from dispatch import store, suppressions
 from dispatch.cli import main
+from tests.api_server import ApiServer
+from tests.api_support import api_client
 
 
 def _fill(r: redis.Redis, n: int) -> None:
@@ -119,3 +123,21 @@ def test_a_file_of_addresses_is_suppressed_in_bulk_each_spelling_once(
     assert main(["suppressions", "add", "a@example.com", "--file", str(listing)]) == 2
     assert main(["suppressions", "add", "--file", str(tmp_path / "missing.txt")]) == 2
     assert "No such file" in capsys.readouterr().err
+
+
+def test_of_puts_at_once_only_the_one_that_wrote_the_entry_says_created(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The PUT read whether the entry existed, then wrote it: of PUTs at once, several
+    were answered 201 (and one that found another's entry written in between, a bounce's
+    callback, said it created it)."""
+    addresses = [f"raced{i}@example.com" for i in range(60)]
+    puts = [a for a in addresses for _ in range(8)]
+    with api_client(api_server) as api, ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda a: api.put(f"/v1/suppressions/{a}", json={}), puts))
+
+    assert {a.status_code for a in answers} <= {200, 201}
+    created = Counter(
+        a for a, answer in zip(puts, answers, strict=True) if answer.status_code == 201
+    )
+    assert created == Counter(addresses)  # each address created once
