@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -552,13 +552,14 @@ def cmd_providers_test(args: argparse.Namespace) -> int:
 def cmd_suppressions_list(args: argparse.Namespace) -> int:
     from dispatch import suppressions
 
-    cursor, out = 0, []
-    while True:
-        cursor, items = suppressions.page(cursor)
-        out.extend(items)
-        if cursor == 0:
-            break
-    _print(sorted(out, key=lambda e: e["email"]))
+    # A JSON array written entry by entry as the list is read (in no particular order):
+    # a list of millions is never held whole.
+    first = True
+    for entry in suppressions.iter_entries():
+        item = json.dumps(entry, indent=2, default=str).replace("\n", "\n  ")
+        print("[\n  " if first else ",\n  ", item, sep="", end="")
+        first = False
+    print("[]" if first else "\n]")
     return 0
 
 
@@ -566,12 +567,47 @@ def cmd_suppressions_add(args: argparse.Namespace) -> int:
     from dispatch import suppressions
     from providers.addresses import InvalidAddressError
 
+    if (args.email is None) == (args.file is None):
+        print("error: give an address or --file, not both", file=sys.stderr)
+        return 2
+    if args.file is not None:
+        return _suppress_file(args.file, args.reason)
     try:
         _print(suppressions.add(args.email, reason=args.reason, source="cli"))
     except InvalidAddressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _suppress_file(path: str, reason: str) -> int:
+    """``suppressions add --file``: one address a line, streamed; a line that is no
+    address is named on stderr and its neighbours are added. Exit 2 if any was not."""
+    from dispatch import suppressions
+    from providers.addresses import InvalidAddressError
+
+    refused = 0
+
+    def invalid(line: int, text: str, exc: InvalidAddressError) -> None:
+        nonlocal refused
+        refused += 1
+        print(f"error: {path}:{line}: {exc}", file=sys.stderr)
+
+    def add(lines: Iterable[str]) -> tuple[int, int]:
+        emails = (line.rstrip("\r\n") for line in lines)
+        return suppressions.add_many(emails, reason=reason, source="cli", invalid=invalid)
+
+    try:
+        if path == "-":
+            added, already = add(sys.stdin)
+        else:
+            with open(path, encoding="utf-8") as lines:
+                added, already = add(lines)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: --file: {exc}", file=sys.stderr)
+        return 2
+    _print({"added": added, "already_suppressed": already, "invalid": refused})
+    return 2 if refused else 0
 
 
 def cmd_suppressions_remove(args: argparse.Namespace) -> int:
@@ -703,7 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_suppressions_list
     )
     p = ssub.add_parser("add", help="suppress an address: nothing more is sent to it")
-    p.add_argument("email")
+    p.add_argument("email", nargs="?")
+    p.add_argument(
+        "--file",
+        help="suppress every address of FILE instead, one a line (- reads stdin)",
+    )
     p.add_argument("--reason", default="manual", help="kept with the entry (default: manual)")
     p.set_defaults(func=cmd_suppressions_add)
     p = ssub.add_parser("remove", help="send to an address again (exit 1 if it was not suppressed)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,16 +60,82 @@ def add(
     Raises :class:`InvalidAddressError` when ``email`` is not an address we could send to
     (:func:`normalize_address`): such an entry would never match a recipient.
     """
-    r = client or store.sync_client()
-    key = suppression_key(normalize_address(email))
-    entry: dict[str, Any] = {
-        "email": key,
+    return _write(client or store.sync_client(), _new_entry(email, reason, source, ts))[0]
+
+
+def put(email: str, reason: str, source: str) -> tuple[dict[str, Any], bool]:
+    """:func:`add` now, and whether this call created the entry (of two at once, one did)."""
+    return _write(store.sync_client(), _new_entry(email, reason, source, None))
+
+
+def _new_entry(email: str, reason: str, source: str, ts: float | None) -> dict[str, Any]:
+    return {
+        "email": suppression_key(normalize_address(email)),
         "reason": reason,
         "source": source,
         "ts": ts if ts is not None else time.time(),
     }
-    r.hsetnx(store.SUPPRESSIONS_HASH, key, orjson.dumps(entry))
-    return get(email, client=r) or entry
+
+
+def _write(r: redis.Redis, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Store ``entry`` unless its address has one; the entry kept, and whether it is this."""
+    pipe = r.pipeline()  # MULTI: the entry answered is the one the write found or made
+    pipe.hsetnx(store.SUPPRESSIONS_HASH, entry["email"], orjson.dumps(entry))
+    pipe.hget(store.SUPPRESSIONS_HASH, entry["email"])
+    created, raw = pipe.execute()
+    stored: dict[str, Any] = orjson.loads(raw) if raw is not None else entry
+    return stored, bool(created)
+
+
+# Addresses per round trip of a bulk import (add_many) and entries per scan of iter_entries.
+CHUNK = 1000
+
+
+def add_many(
+    emails: Iterable[str],
+    *,
+    reason: str,
+    source: str,
+    client: redis.Redis | None = None,
+    invalid: Callable[[int, str, InvalidAddressError], None] | None = None,
+) -> tuple[int, int]:
+    """Suppress every address of ``emails`` (read as they come: a file of millions is
+    never held whole), :data:`CHUNK` to a round trip; ``(added, already suppressed)``.
+    An existing entry is kept, as :func:`add` keeps it. An address we could not send to
+    is given to ``invalid`` with its position (1-based) and the error; its neighbours
+    are added all the same. Blank ones (an empty line) are skipped.
+    """
+    r = client or store.sync_client()
+    added = already = 0
+    chunk: dict[str, bytes] = {}
+
+    def flush() -> None:
+        nonlocal added, already
+        pipe = r.pipeline(transaction=False)
+        for key, entry in chunk.items():
+            pipe.hsetnx(store.SUPPRESSIONS_HASH, key, entry)
+        new = sum(1 for created in pipe.execute() if created)
+        added, already = added + new, already + len(chunk) - new
+        chunk.clear()
+
+    for position, email in enumerate(emails, 1):
+        if not email.strip():
+            continue
+        try:
+            entry = _new_entry(email, reason, source, None)
+        except InvalidAddressError as exc:
+            if invalid is not None:
+                invalid(position, email, exc)
+            continue
+        if entry["email"] in chunk:  # two spellings of one address: the first stands
+            already += 1
+            continue
+        chunk[entry["email"]] = orjson.dumps(entry)
+        if len(chunk) >= CHUNK:
+            flush()
+    if chunk:
+        flush()
+    return added, already
 
 
 def get(email: str, *, client: redis.Redis | None = None) -> dict[str, Any] | None:
@@ -124,3 +191,14 @@ def page(
     next_cursor, items = r.hscan(store.SUPPRESSIONS_HASH, cursor=cursor, count=count)
     values = items.values() if isinstance(items, dict) else items
     return int(next_cursor), [orjson.loads(v) for v in values]
+
+
+def iter_entries(*, client: redis.Redis | None = None) -> Iterator[dict[str, Any]]:
+    """Every entry, page by page as :func:`page` reads them (no particular order): a
+    list of millions is never held whole."""
+    cursor = 0
+    while True:
+        cursor, items = page(cursor, CHUNK, client=client)
+        yield from items
+        if cursor == 0:
+            return

@@ -95,9 +95,8 @@ def put_suppression(
         address = normalize_address(email)
     except InvalidAddressError as exc:
         raise InvalidFieldError(str(exc), "email") from None
-    existed = suppressions.get(address) is not None
-    entry = suppressions.add(address, reason=body.reason, source=body.source)
-    response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+    entry, created = suppressions.put(address, body.reason, body.source)
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return SuppressionEntry.model_validate(entry)
 
 
