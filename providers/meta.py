@@ -69,10 +69,13 @@ def _check_fields(values: dict[str, str]) -> None:
             raise ValueError(f"invalid meta: field {name} is empty")
         if SEPARATOR in value:
             raise ValueError(f"invalid meta: field {name} contains '|'")
-        if _CONTROL.search(value) or value != value.strip():
-            raise ValueError(
-                f"invalid meta: field {name} has surrounding spaces or control characters"
-            )
+        if _CONTROL.search(value):
+            raise ValueError(f"invalid meta: field {name} has control characters")
+    # Spaces are data in the other fields: a campaign's category or variant, and the
+    # account id, are printable ASCII, so " Summer sale " goes out as it is, and its
+    # callbacks must be read back as that campaign's.
+    if values["email"] != values["email"].strip():
+        raise ValueError("invalid meta: field email has surrounding spaces")
     if "@" not in values["email"]:
         raise ValueError(f"invalid meta: field email {values['email']!r} is not an address")
     if not _is_date(values["yyyymmdd"]):
@@ -127,8 +130,8 @@ def build_meta(
 ) -> str:
     """Format the meta string of one message; ``send_date`` is a date or ``YYYYMMDD``.
 
-    Raises ``ValueError`` naming the field when one is empty, holds ``|``, a line break or
-    surrounding spaces, or when the date is not a date.
+    Raises ``ValueError`` naming the field when one is empty, holds ``|`` or a line break,
+    when the email has surrounding spaces, or when the date is not a date.
     """
     yyyymmdd = send_date.strftime("%Y%m%d") if isinstance(send_date, date) else send_date
     values = {

@@ -62,7 +62,7 @@ def test_build_meta_takes_yyyymmdd_text_variant_and_category() -> None:
         ("email", "u|x@example.com"),
         ("variant", ""),
         ("account_id", "1\r\nBcc: x@evil.example"),
-        ("category", " padded"),
+        ("email", " u@example.com"),
     ],
 )
 def test_build_meta_refuses_a_bad_field_and_names_it(field: str, value: str) -> None:
