@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dispatch import reputation, store
 from dispatch.ledger import ct_source, system_event
+from dispatch.recipient_pages import PAGE, line_safe
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.callbacks import CallbackEvent, EventType
@@ -210,20 +211,69 @@ def _digest(dedupe: str) -> str:
     return hashlib.sha256(dedupe.encode()).hexdigest()[:32]
 
 
+def _names_a_message(event: InboxEvent, account_id: str) -> bool:
+    """The meta names a message of this account, for the event's own recipient."""
+    return (
+        bool(event.campaign_id)
+        and event.account_id == account_id
+        and event.seq is not None
+        and event.seq >= 0
+        and not event.meta_mismatch
+    )
+
+
+def _seq_holders(r: redis.Redis, events: Sequence[InboxEvent], account_id: str) -> list[bool]:
+    """For each event, whether its meta's ``seq`` is its recipient's message: the
+    campaign's address at that seq is the meta's. A meta whose seq was altered (by a
+    provider, a relay, a hand) names another recipient's message, which the event must
+    not count or prove sent. Stored addresses never change (pages are only appended to),
+    so reading them before the script is safe; a seq past the stored ones is left to the
+    script, which does not count it."""
+    wanted = [
+        (event.campaign_id, event.seq // PAGE)
+        if event.seq is not None and _names_a_message(event, account_id)
+        else None
+        for event in events
+    ]
+    pages = sorted({w for w in wanted if w is not None})
+    pipe = r.pipeline(transaction=False)
+    for campaign_id, page in pages:
+        pipe.lindex(store.address_keys_key(campaign_id), page)
+    found: dict[tuple[str, int], list[str] | None] = {
+        key: None
+        if text is None
+        else (text.decode() if isinstance(text, bytes) else text).split("\n")
+        for key, text in zip(pages, pipe.execute() if pages else [], strict=True)
+    }
+    holders = []
+    for event, key in zip(events, wanted, strict=True):
+        if key is None or event.seq is None:
+            holders.append(False)
+            continue
+        lines, at = found[key], event.seq % PAGE
+        if lines is None:  # no such page: a seq the campaign does not have (or no campaign)
+            holders.append(True)  # left to the script, which counts no such seq
+            continue
+        address = line_safe(suppression_key(event.meta_email or event.email))
+        holders.append(at < len(lines) and lines[at] == address)
+    return holders
+
+
 def _event_args(
-    event: InboxEvent, *, provider: str, kind: str, received: float, account_id: str
+    event: InboxEvent,
+    *,
+    provider: str,
+    kind: str,
+    received: float,
+    account_id: str,
+    holds_seq: bool,
 ) -> tuple[list[str], list[str | int | bytes]]:
     counter = COUNTERS.get(event.type, "")
     # The meta's seq is its recipient's message. An event for another address (a forward,
     # one meta header for several SES recipients, a meta copied by mistake) says nothing
     # of that message: it moves no counter, and is still recorded and suppresses its own
-    # address.
-    ours = (
-        bool(event.campaign_id)
-        and event.account_id == account_id
-        and event.seq is not None
-        and not event.meta_mismatch
-    )
+    # address. Nor does a meta whose seq is another recipient's (``_seq_holders``).
+    ours = holds_seq and _names_a_message(event, account_id)
     seq = event.seq if ours and event.seq is not None else -1
     campaign_id = event.campaign_id if ours else "-"
     keys = [
@@ -313,13 +363,15 @@ def _apply(
             proven,
             "1" if wait_for_sends else "",
         ]
-        for event in chunk:
+        holders = _seq_holders(r, chunk, settings.account_id)
+        for event, holds_seq in zip(chunk, holders, strict=True):
             event_keys, event_args = _event_args(
                 event,
                 provider=provider,
                 kind=kind,
                 received=received,
                 account_id=settings.account_id,
+                holds_seq=holds_seq,
             )
             keys += event_keys
             args += event_args

@@ -133,15 +133,20 @@ def smtp_kind(r: redis.Redis, kind: str, port: int, **extra: Any) -> str:
     return callback_path(r, kind)
 
 
-def ses_envelope(signer: Signer, message: Received, event: str, message_id: str) -> dict[str, Any]:
+def ses_envelope(
+    signer: Signer, message: Received, event: str, message_id: str, meta: str | None = None
+) -> dict[str, Any]:
+    """SES's notification of ``event`` for ``message``, its original headers included
+    (``meta``: the X-CleverTap_META value SES reports instead of the one sent)."""
     recipient = message.rcpt_tos[0]
+    headers = [(n, meta if meta and n == META else v) for n, v in header_fields(message.data)]
     mail = {
         "timestamp": "2024-11-04T10:03:37.412Z",
         "source": "deals@acme.example",
         "messageId": f"0100-{message_id}",
         "destination": message.rcpt_tos,
         "headersTruncated": False,
-        "headers": [{"name": n, "value": v} for n, v in header_fields(message.data)],
+        "headers": [{"name": n, "value": v} for n, v in headers],
         "commonHeaders": {"to": [recipient], "subject": "s"},
     }
     if event == "Bounce":
@@ -173,12 +178,13 @@ def callback(
     kind: str, message: Received, signer: Signer, n: int, meta: str | None = None
 ) -> tuple[Any, dict[str, str]]:
     """The hard bounce ``kind``'s provider posts for ``message`` (the ``n``-th): built
-    from what it received, or with ``meta`` as a generic callback carries it."""
+    from what it received, or carrying ``meta`` instead of the meta sent."""
     if kind == "ses":
-        envelope = ses_envelope(signer, message, "Bounce", f"m4-{n}")
+        envelope = ses_envelope(signer, message, "Bounce", f"m4-{n}", meta)
         return envelope, sns_headers(envelope)
     if kind == "sendgrid":
-        return [sendgrid_event(message, "bounce", n)], {}
+        event = sendgrid_event(message, "bounce", n)
+        return [{**event, "clevertap_meta": meta} if meta else event], {}
     event = {"version": "v2", "event": "failed", "type": "hard_bounce",
              "email": message.rcpt_tos[0], "meta": meta or wire_header(message, META),
              "description": "550 5.1.1"}  # fmt: skip
@@ -254,3 +260,29 @@ def test_generic_http_round_trip(
     assert published == {m["mid"] for m in sent}
     for m in sent:
         assert suppressions.get(m["to"], client=redis_client) is not None
+
+
+@pytest.mark.parametrize("kind", SMTP_KINDS)
+def test_a_meta_whose_seq_names_another_recipients_message_counts_nowhere(
+    kind: str, trip: Trip
+) -> None:
+    """a@'s bounce carrying a meta altered to seq 1 (b@'s message): still a@'s bounce
+    (recorded, a@ suppressed), but it must not count b@'s message bounced, nor keep b@'s
+    own bounce from counting. It counted b@'s message, and b@'s bounce then counted
+    nothing (its message was already counted)."""
+    cid = f"m4-seq-{kind}"
+    send(trip.r, kind, cid, ["a@example.com", "b@example.com"])
+    a, b = sorted(trip.server.messages, key=lambda m: m.rcpt_tos[0])
+    sent = wire_header(a, META)
+    assert sent.endswith("|0|") and sent.startswith("a@example.com|")
+    altered = sent[: -len("0|")] + "1|"
+    trip.bounce(a, 0, meta=altered)
+    settle(trip.r)
+    assert campaigns.get_counters(cid, trip.r)["hard_bounced"] == 0
+    assert suppressions.get("a@example.com", client=trip.r) is not None
+    assert {e["meta"] for e in callback_entries(trip.r)} == {altered}
+
+    trip.bounce(b, 1)
+    settle(trip.r)
+    assert campaigns.get_counters(cid, trip.r)["hard_bounced"] == 1
+    assert suppressions.get("b@example.com", client=trip.r) is not None
