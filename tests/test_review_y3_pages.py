@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
+import signal
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -113,13 +115,19 @@ class Page:
         return result["result"].get("value")
 
     async def open(self, url: str) -> None:
+        await self.leaving()
         await self.send("Page.navigate", url=url)
         await self.loaded()
+
+    async def leaving(self) -> None:
+        """Mark the current document, so that :meth:`loaded` waits for the next one (the
+        old one says "complete" until the navigation commits)."""
+        await self.value("window.__left = true")
 
     async def loaded(self) -> None:
         for _ in range(200):  # the new document, fully loaded
             await asyncio.sleep(0.05)
-            if await self.value("document.readyState") == "complete":
+            if await self.value("!window.__left && document.readyState === 'complete'"):
                 return
         raise TimeoutError("the page did not load")
 
@@ -139,6 +147,7 @@ class Page:
     async def press_button(self, selector: str) -> str:
         """Tab to the button, press Enter; the title of the page the form leads to."""
         await self.tab_to(selector)
+        await self.leaving()
         await self.press("Enter", 13, "\r")
         await self.loaded()
         return str(await self.value("document.title"))
@@ -148,11 +157,13 @@ class Page:
 def chromium(width: int, height: int) -> Iterator[Callable[[Callable[[Page], Any]], Any]]:
     """A headless Chromium showing a ``width`` x ``height`` phone-like screen; yields a
     function that runs an ``async def scenario(page)`` in it."""
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's own child processes may still write to the profile as it goes: the
+    # whole process group is killed, and what is left of the folder is no failure.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [browser.chromium(), *browser.FLAGS, f"--user-data-dir={profile}",
              "--remote-debugging-port=0", "about:blank"],
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         try:
             assert process.stderr is not None
@@ -176,7 +187,7 @@ def chromium(width: int, height: int) -> Iterator[Callable[[Callable[[Page], Any
 
             yield lambda scenario: asyncio.run(drive(scenario))
         finally:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
