@@ -277,3 +277,22 @@ def test_event_is_frozen() -> None:
 
     with pytest.raises(ValueError):
         event.email = "other@example.com"
+
+
+def test_a_meta_a_relay_re_encoded_as_encoded_words_is_decoded() -> None:
+    """A bounce processor that hands on the header as a relay re-encoded it (RFC 2047,
+    reference §1.4): the event lands on its message (it was an index error). A meta that
+    parses as it is stays as it is, ``=?`` in its text or not."""
+    from email.header import Header
+
+    encoded = Header(META, "utf-8").encode()
+    assert encoded.startswith("=?utf-8?") and META not in encoded
+    legacy = {"event": "hardbounce", "data": [{"e": "user1@example.com", "meta": encoded}]}
+    for payload in (flat(meta=encoded), legacy):
+        event = only_event(parse_generic(body(payload)))
+        assert event.meta == META and event.meta_fields is not None
+        assert event.meta_fields.campaign_id == "1730714617"
+    literal = META.replace("wzrk_default", "=?x?=")
+    event = only_event(parse_generic(body(flat(meta=literal))))
+    assert event.meta == literal and event.meta_fields is not None
+    assert event.meta_fields.category == "=?x?="

@@ -871,3 +871,15 @@ def test_complaint_without_feedback_type_and_delivery_to_several() -> None:
         (EventType.DELIVERED, "user1@example.com", "250 ok"),
         (EventType.DELIVERED, "x@example.com", "250 ok"),
     ]
+
+
+def test_a_meta_with_encoded_word_text_of_its_own_is_kept_as_it_is() -> None:
+    """Decoded only when it does not parse as it is: a category whose text looks like an
+    encoded word was decoded (and mangled) before."""
+    meta = "user1@example.com|1568798080|1|20241104|0|=?utf-8?q?x?=|7|"
+    headers = [{"name": "X-CleverTap_META", "value": meta}]
+
+    event = only(events_of(ses_bounce(["user1@example.com"], headers=headers)))
+
+    assert event.meta == meta and event.meta_fields is not None
+    assert event.meta_fields.category == "=?utf-8?q?x?="

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from email.utils import parseaddr
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -348,6 +349,26 @@ def timestamp_or_note(value: object, notes: list[str]) -> datetime | None:
     except ValueError as exc:
         notes.append(f"timestamp ignored: {exc}")
         return None
+
+
+def decoded_meta(value: str) -> str:
+    """The meta as it was sent: ``value`` when it parses as it is, else its RFC 2047
+    encoded-words decoded, when that parses (a relay or an ESP re-encoded the header on
+    its way back, reference §1.4); ``value`` otherwise (:func:`read_meta` names the
+    fault). A meta whose own text holds ``=?...?=`` is never decoded."""
+    if "=?" not in value:
+        return value
+    try:
+        parse_meta(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        decoded = str(make_header(decode_header(value))).strip()
+        parse_meta(decoded)
+    except (ValueError, LookupError):  # HeaderParseError, an unknown charset, still bad
+        return value
+    return decoded
 
 
 def read_meta(meta: str, email: str, notes: list[str], *, strict: bool) -> Meta | None:

@@ -28,6 +28,7 @@ from providers.callbacks.events import (
     InvalidEvent,
     check_count,
     collect,
+    decoded_meta,
     get_str,
     load_json,
     normalize_email,
@@ -128,7 +129,7 @@ def _build(entry: _Entry) -> CallbackEvent:
         provider_type = entry.group
         email = normalize_email(get_str(raw, "e", required=True))
         timestamp = timestamp_or_note(raw.get("ts"), notes)
-        meta = get_str(raw, "meta")
+        meta = decoded_meta(get_str(raw, "meta"))
         meta_fields = read_meta(meta, email, notes, strict=False)
     else:
         version = raw.get("version", VERSION)
@@ -139,7 +140,7 @@ def _build(entry: _Entry) -> CallbackEvent:
         if event_type is EventType.OTHER:
             raise InvalidEvent(f"Unknown type {provider_type!r}: expected one of {list(TYPES)}")
         email = normalize_email(get_str(raw, "email", required=True))
-        meta = get_str(raw, "meta", required=True)
+        meta = decoded_meta(get_str(raw, "meta", required=True))
         meta_fields = read_meta(meta, email, notes, strict=True)
         timestamp = timestamp_or_note(raw.get("timestamp"), notes)
         expected_group = "success" if event_type in SUCCESS_TYPES else "failed"

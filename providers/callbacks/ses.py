@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
-from email.header import decode_header, make_header
 from typing import Any
 
 from providers.callbacks.events import (
@@ -21,6 +20,7 @@ from providers.callbacks.events import (
     EventType,
     InvalidEvent,
     collect,
+    decoded_meta,
     normalize_email,
     read_meta,
     timestamp_or_note,
@@ -170,7 +170,8 @@ def meta_header(mail: Mapping[str, Any]) -> tuple[str, list[str]]:
     """The ``X-CleverTap_META`` value of the original message and notes on its absence.
 
     Names match case-insensitively; the first occurrence wins; RFC 2047 encoded-words
-    are decoded (reference §1.4). Missing or truncated headers give ``""``.
+    are decoded when the value does not parse as it is (:func:`decoded_meta`). Missing
+    or truncated headers give ``""``.
     """
     if mail.get("headersTruncated") is True:
         return "", ["mail.headers truncated: no meta"]
@@ -182,17 +183,8 @@ def meta_header(mail: Mapping[str, Any]) -> tuple[str, list[str]]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             continue
         if item["name"].strip().lower() == wanted and isinstance(item.get("value"), str):
-            return _decode_words(item["value"])
+            return decoded_meta(item["value"].strip()), []
     return "", [f"no {META_HEADER} header"]
-
-
-def _decode_words(value: str) -> tuple[str, list[str]]:
-    if "=?" not in value:
-        return value.strip(), []
-    try:
-        return str(make_header(decode_header(value))).strip(), []
-    except (ValueError, LookupError) as exc:  # HeaderParseError, unknown charset
-        return value.strip(), [f"{META_HEADER} encoded-words not decoded: {exc}"]
 
 
 def _text(value: Any) -> str:
