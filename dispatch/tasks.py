@@ -10,11 +10,15 @@ import redis
 from celery import Task, bootsteps
 from celery.signals import (
     celeryd_init,
+    task_rejected,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
+from kombu.exceptions import ContentDisallowed
+from kombu.message import Message
+from kombu.serialization import registry as serializers  # type: ignore[attr-defined]
 
 from dispatch import campaigns, effects, lifecycle, retention, runtime, store, worker_health
 from dispatch.celery_app import app
@@ -47,6 +51,35 @@ def enqueue_campaign(self: Task[Any, str], body: Any) -> str:
             extra={"task_id": self.request.id, "field": exc.field},
         )
         raise
+
+
+@task_rejected.connect
+def _answer_a_refused_serializer(
+    sender: object = None, message: Message | None = None, exc: object = None, **_: object
+) -> None:
+    """A ``dispatch.enqueue_campaign`` sent in a serializer the workers refuse (pickle,
+    yaml, msgpack: ``accept_content`` is JSON only) never runs. Celery logs it and drops
+    it, so the caller's ``.get()`` would wait for its timeout with no reason given: the
+    refusal is stored as the task's result instead (the id is in the headers, which are
+    JSON whatever the body's serializer), naming the field as every other refusal does."""
+    if message is None or not isinstance(exc, ContentDisallowed):
+        return
+    headers = message.headers or {}
+    task_id = headers.get("id")
+    if headers.get("task") != enqueue_campaign.name or not task_id:
+        return
+    kind = message.content_type or "none"
+    name = serializers.type_to_name.get(kind, kind)
+    refusal = campaigns.CampaignError(
+        f"body: sent as {name} ({kind}); dispatch.enqueue_campaign takes JSON only: "
+        "send it with serializer='json'",
+        field="body",
+    )
+    log.warning("campaign refused: %s", refusal, extra={"task_id": task_id, "field": "body"})
+    try:
+        app.backend.mark_as_failure(task_id, refusal)
+    except Exception:  # never let it stop the consumer: the caller's .get() times out
+        log.exception("could not store the refusal of task %s", task_id)
 
 
 @app.task(name="dispatch.expire_campaigns")
