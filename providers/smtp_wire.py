@@ -19,6 +19,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 MAX_REPLY_LINE = 1024
+# Lines of one multi-line reply (an EHLO answer has a dozen): a server sending continuation
+# lines without end would otherwise fill the memory until the timeout.
+MAX_REPLY_LINES = 256
+
+
+def _reply_code(line: bytes) -> int | None:
+    """The reply code of a reply line, or None when the line is not one: three digits,
+    the first 2 to 5 (RFC 5321 §4.2), then a space, a hyphen or the line's end. (``int``
+    alone took " 250" for 25 and "2500" for 250.)"""
+    head = line[:3]
+    if len(head) != 3 or not head.isdigit() or head[:1] not in b"2345":
+        return None
+    if line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+        return None
+    return int(head)
 
 
 class WireError(ConnectionError):
@@ -139,10 +154,12 @@ class TransactionProtocol(asyncio.Protocol):
                 return
             line = bytes(self._buffer[: end + 1])
             del self._buffer[: end + 1]
-            try:
-                code = int(line[:3])
-            except ValueError:
+            code = _reply_code(line)
+            if code is None:
                 self._fail(WireError(f"malformed reply line {line[:80]!r}"))
+                return
+            if len(self._lines) >= MAX_REPLY_LINES:
+                self._fail(WireError(f"reply of more than {MAX_REPLY_LINES} lines"))
                 return
             self._lines.append(line[4:].strip().decode("utf-8", "replace"))
             if line[3:4] != b"-":
@@ -294,6 +311,13 @@ class TransactionProtocol(asyncio.Protocol):
                     out += following.commands()
                 self._write(out)
                 final = (await self._read(1, during_data=True))[0]
+                if final.code // 100 == 3:
+                    # Only 2xx takes the message and 4xx/5xx refuse it (RFC 5321 §4.3.2):
+                    # a 354 to the final dot leaves its outcome unknown, the session out of step.
+                    error = WireError(f"unexpected reply {final}", during_data=True)
+                    self._fail(error)
+                    self.transport.abort()
+                    raise error
                 return TransactionResult(mail, rcpts, data_start, final), ahead
             if any(r.ok for r in rcpts):
                 # Others than the message's own recipient were accepted: ending DATA would
