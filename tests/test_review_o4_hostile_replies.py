@@ -14,6 +14,7 @@ import pytest
 
 from providers.base import OutcomeStatus, SendOutcome
 from providers.config import parse_provider_config
+from providers.errors import ProviderError
 from providers.smtp import SmtpTransport
 from tests.test_smtp_sending import _config, _message
 
@@ -24,16 +25,23 @@ class RawServer:
     """A bare SMTP server on 127.0.0.1 (PIPELINING) answering each message's final dot with
     ``data_reply(n)`` (n counts the messages, from 1) and everything else with 250."""
 
-    def __init__(self, data_reply: DataReply) -> None:
+    def __init__(self, data_reply: DataReply, ehlo: bytes = b"250 PIPELINING\r\n") -> None:
         self.data_reply = data_reply
+        self.ehlo = ehlo
         self.taken = 0
+        self.received = b""  # every byte the client sent
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 raw\r\n")
         while line := await reader.readline():
+            self.received += line
             command = line.upper()
             if command.startswith(b"EHLO"):
-                writer.write(b"250-raw\r\n250 PIPELINING\r\n")
+                writer.write(b"250-raw\r\n" + self.ehlo)
+            elif command.startswith(b"STARTTLS"):
+                writer.write(b"454 4.7.0 TLS not available due to temporary reason\r\n")
+            elif command.startswith(b"AUTH"):
+                writer.write(b"235 2.7.0 ok\r\n")
             elif command.startswith(b"DATA"):
                 writer.write(b"354 go on\r\n")
                 while await reader.readline() not in (b".\r\n", b""):
@@ -49,12 +57,16 @@ class RawServer:
         writer.close()
 
 
-def _send_through(data_reply: DataReply, count: int = 3) -> list[SendOutcome]:
+def _send_through(
+    data_reply: DataReply, count: int = 3, server: RawServer | None = None, **fields: object
+) -> list[SendOutcome]:
+    server = server or RawServer(data_reply)
+    fields = {"security": "none", **fields}
+
     async def run() -> list[SendOutcome]:
-        server = RawServer(data_reply)
         listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
-        config = parse_provider_config(_config(port, "none", timeout=5.0))
+        config = parse_provider_config(_config(port, timeout=5.0, **fields))  # type: ignore[arg-type]
         transport = SmtpTransport(config)  # type: ignore[arg-type]
         messages = [_message(seq, f"r{seq}@example.com") for seq in range(1, count + 1)]
         try:
@@ -102,3 +114,21 @@ def test_a_reply_of_endless_continuation_lines_is_cut_off() -> None:
 def test_well_formed_replies_still_send(reply: bytes) -> None:
     outcomes = _send_through(lambda n: reply)
     assert [o.status for o in outcomes] == [OutcomeStatus.SENT] * 3
+
+
+@pytest.mark.parametrize(
+    "ehlo",
+    [
+        b"250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n",  # STARTTLS stripped from the EHLO
+        b"250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n",  # offered, then refused
+    ],
+)
+def test_starttls_stripped_or_refused_never_sends_the_password_or_a_message(ehlo: bytes) -> None:
+    server = RawServer(lambda n: b"250 ok\r\n", ehlo=ehlo)
+    with pytest.raises(ProviderError) as info:
+        _send_through(server.data_reply, server=server, security="starttls",
+                      username="user", password="s3cr3t-pw")  # fmt: skip
+    assert b"AUTH" not in server.received.upper()
+    assert b"MAIL" not in server.received.upper()
+    assert server.taken == 0
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in info.value.detail
