@@ -460,6 +460,7 @@ class LedgerWriter:
     ) -> None:
         self.client = client
         self.provider = provider
+        self.batch = batch
         self.keys = [
             store.ledger_key(campaign_id),
             store.counters_key(campaign_id),

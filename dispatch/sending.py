@@ -52,6 +52,7 @@ from dispatch.ledger import (
 )
 from dispatch.lifecycle import expire_now, pause_running
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError, chunk_limit
+from dispatch.message_logs import OutcomeLog, log_lost_claims
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
@@ -149,6 +150,7 @@ async def _give_back_after_failure(
                     "run records them unknown)",
                     writer.keys[0],
                     len(left),
+                    extra={"batch": writer.batch, "provider": writer.provider},
                 )
                 return
         await asyncio.sleep(pause)
@@ -183,8 +185,9 @@ class _Write:
     rec: bytes
     event: str  # JSON text, "" for none
     delay: float = 0.0
-    error_class: str = ""  # of a failure (the failure breaker reads these two)
+    error_class: str = ""  # of a failure or retry (the failure breaker reads these two)
     detail: str = ""
+    meta: str = ""  # of a message that was built ("" otherwise)
 
 
 def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
@@ -327,6 +330,7 @@ class BatchSender:
         self.pool = pool  # where sessions go when the batch is done (None: closed)
         self.pool_key = pool_key
         self.writer = writer
+        self.outcome_log = OutcomeLog(campaign.content.id, writer.batch, campaign.provider.nickname)
         self.settings = settings
         self.queue: deque[Item] = deque(items)  # waiting for a sender
         self.wake = asyncio.Event()  # set when items arrive or the batch is done
@@ -416,7 +420,7 @@ class BatchSender:
             provider_message_id=provider_message_id,
             throttles=item.throttles,
         )
-        return _Write(item, state, rec, event, error_class=error_class, detail=detail)
+        return _Write(item, state, rec, event, error_class=error_class, detail=detail, meta=meta)
 
     def _retry(self, item: Item, outcome: SendOutcome, meta: str) -> _Write:
         """Plan a retry (inline or parked for a later run), or failure after the last try."""
@@ -447,7 +451,7 @@ class BatchSender:
             throttles=item.throttles,
         )
         # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
-        return _Write(item, MessageState.RETRY, rec, "", delay=delay)
+        return _Write(item, MessageState.RETRY, rec, "", delay, error_class, outcome.detail, meta)
 
     def _requeue(self, item: Item) -> None:
         if item in self.waiting:
@@ -476,6 +480,8 @@ class BatchSender:
         longest = 0.0
         loop = asyncio.get_running_loop()
         for w in writes:
+            if w.state in _LOGGED:
+                self._log(w)
             if w.state is not MessageState.RETRY:
                 self._settle(w.state.value)
                 continue
@@ -490,6 +496,18 @@ class BatchSender:
                 self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
                 self._one_less()
         return longest
+
+    def _log(self, w: _Write) -> None:
+        """A message that did not go out (failed, unknown, or waiting for a retry)."""
+        meta = w.meta
+        if not meta:  # it could not be built: its meta, if its address makes one
+            try:
+                email = normalize_address(w.item.email)
+            except InvalidAddressError:
+                email = "|"
+            meta = "" if "|" in email else f"{email}{self.c.meta_tail}{w.item.seq}|"
+        delay = w.delay if w.state is MessageState.RETRY else None
+        self.outcome_log.note(w.item.seq, meta, w.state.value, w.error_class, w.detail, delay)
 
     async def _settle_many(self, writes: list[tuple[int, bytes, str]]) -> None:
         """Record the outcomes of sends of this run's claims; kept for the run's failure
@@ -651,7 +669,10 @@ class BatchSender:
                     return
                 continue
             except Exception as exc:  # an adapter's bug: this chunk alone pays for it
-                log.exception("batch of campaign %s: the adapter failed", self.c.content.id)
+                log.exception(
+                    "batch of campaign %s: the adapter failed", self.c.content.id,
+                    extra=self.outcome_log.context,
+                )  # fmt: skip
                 await kept.drop_session()
                 outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             self.stats.observe(time.perf_counter() - started, len(messages))
@@ -663,7 +684,10 @@ class BatchSender:
         """The slot expired under the session (a stall longer than its TTL): another
         worker may hold it now, so the connection closes (max_connections holds) and the
         sender waits for a slot again; False if the batch stopped meanwhile."""
-        log.warning("campaign %s: a connection slot expired; reconnecting", self.c.content.id)
+        log.warning(
+            "campaign %s: a connection slot expired; reconnecting", self.c.content.id,
+            extra=self.outcome_log.context,
+        )  # fmt: skip
         await kept.drop_session()
         if not await self.c.slots.hold(kept.token, self._stop_waiting):
             return False
@@ -698,7 +722,10 @@ class BatchSender:
             except Exception as exc:  # a template or value this message cannot carry
                 detail = str(exc)
                 if not isinstance(exc, RenderError | ValueError):  # not foreseen: a bug
-                    log.exception("campaign %s: building message %s", self.c.content.id, item.seq)
+                    log.exception(
+                        "campaign %s: building message %s", self.c.content.id, item.seq,
+                        extra={**self.outcome_log.context, "seq": item.seq},
+                    )  # fmt: skip
                     detail = f"internal error: {type(exc).__name__}: {exc}"
                 failed.append(
                     self._final(
@@ -856,6 +883,7 @@ def _unknown(seq: int, exc: Exception) -> SendOutcome:
     return SendOutcome(seq, OutcomeStatus.UNKNOWN, ErrorClass.DISPATCH_FAILED_HTTP, detail)
 
 
+_LOGGED = frozenset((MessageState.FAILED, MessageState.UNKNOWN, MessageState.RETRY))
 _RECIPIENTS_FAULT = ErrorClass.INVALID_RECIPIENT.value  # not counted by the breaker
 _STATE_OF = {
     OutcomeStatus.SENT: MessageState.SENT,
@@ -883,7 +911,10 @@ async def _watch_status(
             if await _status_changed(r, campaign, sender, stop_key):
                 return
         except redis.RedisError as exc:  # Redis restarting: the next poll looks again
-            log.warning("campaign %s: status poll failed (%s)", campaign.content.id, exc)
+            log.warning(
+                "campaign %s: status poll failed (%s)", campaign.content.id, exc,
+                extra=sender.outcome_log.context,
+            )  # fmt: skip
 
 
 async def _status_changed(
@@ -999,7 +1030,10 @@ async def run_batch(
     try:
         content = _content_of(campaign_id, begun)
         if content is None:
-            log.warning("batch %s/%s: campaign does not exist", campaign_id, batch)
+            log.warning(
+                "batch %s/%s: campaign does not exist", campaign_id, batch,
+                extra={"campaign_id": campaign_id, "batch": batch},
+            )  # fmt: skip
             return result
         result.provider = content.provider
         status = begun.status
@@ -1030,6 +1064,8 @@ async def run_batch(
         unrecorded: list[tuple[int, bytes, str]] = []  # (the sender's, once it runs)
         try:
             await writer.put_many(stale)
+            if stale:
+                log_lost_claims(campaign_id, batch, [seq for seq, _, _ in stale])
             terminal = terminal_state(status, content)
             if terminal is MessageState.EXPIRED and status != CampaignStatus.EXPIRED.value:
                 await expire_now(r, campaign_id)  # before its last message settles
@@ -1082,6 +1118,7 @@ async def run_batch(
                 raise
             finally:
                 watcher.cancel()
+                sender.outcome_log.close()
                 stats, stats_provider = sender.stats, provider.nickname  # sent with the release
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
