@@ -22,6 +22,10 @@ MAX_REPLY_LINE = 1024
 # Lines of one multi-line reply (an EHLO answer has a dozen): a server sending continuation
 # lines without end would otherwise fill the memory until the timeout.
 MAX_REPLY_LINES = 256
+# Replies received and not yet asked for. A pipelined transaction waits for one per
+# command (MAIL, each RCPT, DATA) and at most the next one's are on their way: a server
+# that answers what nobody sent is broken, and would otherwise fill the memory.
+MAX_UNREAD_REPLIES = 4096
 
 
 def _reply_code(line: bytes) -> int | None:
@@ -167,6 +171,11 @@ class TransactionProtocol(asyncio.Protocol):
                     self._closing = True
                 self._replies.append(Reply(code, "\n".join(self._lines)))
                 self._lines = []
+                if len(self._replies) > MAX_UNREAD_REPLIES:  # none of them can be trusted
+                    self._replies.clear()
+                    self._fail(WireError(f"more than {MAX_UNREAD_REPLIES} replies not asked for"))
+                    self.transport.abort()
+                    return
                 self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -303,6 +312,7 @@ class TransactionProtocol(asyncio.Protocol):
                 return TransactionResult(mail, rcpts, None, None), False
             self._write(b"DATA\r\n")
             data_start = (await self._read(1))[0]
+        self._in_step((mail, *rcpts), data_start)
         if data_start.code == 354:
             if mail.ok and rcpts[0].ok:
                 out = envelope.payload
@@ -331,6 +341,22 @@ class TransactionProtocol(asyncio.Protocol):
         if mail.ok:
             await self._reset()
         return TransactionResult(mail, rcpts, data_start, None), False
+
+    def _in_step(self, commands: tuple[Reply, ...], data_start: Reply) -> None:
+        """Raises :class:`WireError` (the connection dropped, nothing of the message
+        sent) for a reply that has no place where it came: MAIL and RCPT answer 2xx, 4xx
+        or 5xx, DATA 354, 4xx or 5xx (RFC 5321 §4.3.2). The server is out of step with
+        the commands, so no reply after it can be matched to one; the message is tried
+        again on a new connection."""
+        for reply in (*commands, data_start):
+            kind = reply.code // 100
+            if (kind == 3 and reply is not data_start) or (
+                reply is data_start and kind in (2, 3) and reply.code != 354
+            ):
+                error = WireError(f"unexpected reply {reply}")
+                self._fail(error)
+                self.transport.abort()
+                raise error
 
     async def _reset(self) -> None:
         if not self.alive:  # closed after its reply (421): nothing to reset

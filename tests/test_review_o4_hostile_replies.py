@@ -25,10 +25,17 @@ class RawServer:
     """A bare SMTP server on 127.0.0.1 (PIPELINING) answering each message's final dot with
     ``data_reply(n)`` (n counts the messages, from 1) and everything else with 250."""
 
-    def __init__(self, data_reply: DataReply, ehlo: bytes = b"250 PIPELINING\r\n") -> None:
+    def __init__(
+        self,
+        data_reply: DataReply,
+        ehlo: bytes = b"250 PIPELINING\r\n",
+        answer: Callable[[bytes], bytes | None] = lambda command: None,
+    ) -> None:
         self.data_reply = data_reply
         self.ehlo = ehlo
+        self.answer = answer  # replaces the reply to a command when it gives one
         self.taken = 0
+        self.complete = 0
         self.received = b""  # every byte the client sent
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -36,7 +43,9 @@ class RawServer:
         while line := await reader.readline():
             self.received += line
             command = line.upper()
-            if command.startswith(b"EHLO"):
+            if (reply := self.answer(command)) is not None:
+                writer.write(reply)
+            elif command.startswith(b"EHLO"):
                 writer.write(b"250-raw\r\n" + self.ehlo)
             elif command.startswith(b"STARTTLS"):
                 writer.write(b"454 4.7.0 TLS not available due to temporary reason\r\n")
@@ -44,9 +53,10 @@ class RawServer:
                 writer.write(b"235 2.7.0 ok\r\n")
             elif command.startswith(b"DATA"):
                 writer.write(b"354 go on\r\n")
-                while await reader.readline() not in (b".\r\n", b""):
+                while (content := await reader.readline()) not in (b".\r\n", b""):
                     pass
                 self.taken += 1
+                self.complete += content == b".\r\n"  # the content came whole
                 writer.write(self.data_reply(self.taken))
             elif command.startswith(b"QUIT"):
                 writer.write(b"221 bye\r\n")
