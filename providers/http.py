@@ -12,6 +12,11 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
   503 also mark the provider ``throttled``;
 * 401: :class:`providers.errors.AuthenticationError` is raised, since the credentials are
   refused for every message and the campaign should pause (DESIGN §7), not fail everyone;
+* 403: :class:`providers.errors.ConfigurationError` is raised, for the same reason: the
+  credentials are valid but not allowed this (RFC 9110 §15.5.4): a key without the send
+  permission, a sender not verified, an account suspended, an address not allowed to
+  use the API. Every message would fail the same way, and a key revoked half-way through
+  a campaign would fail the rest of its list;
 * 3xx: ``FAILED``: redirects are not followed (a redirect could lead past the address
   guard, and a POST body would be replayed somewhere the user never configured);
 * 413 (content too large) for a batch: the batch is sent again in halves, each halved
@@ -331,7 +336,8 @@ def outcomes_for_response(
     """The outcome of every message carried by a request the provider answered.
 
     ``secrets`` are masked wherever the answer is quoted (see :func:`credentials`).
-    Raises :class:`AuthenticationError` for 401: the credentials are refused.
+    Raises :class:`AuthenticationError` for 401 (the credentials are refused) and
+    :class:`ConfigurationError` for 403 (they are not allowed to send this).
     """
     if 200 <= status < 300:
         detail = f"HTTP {status}"
@@ -342,6 +348,10 @@ def outcomes_for_response(
     if status == 401:
         raise AuthenticationError(
             f"credentials refused: {detail}", error_class=_DISPATCH_FAILED, code=status
+        )
+    if status == 403:
+        raise ConfigurationError(
+            f"not allowed: {detail}", error_class=_DISPATCH_FAILED, code=status
         )
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(headers.get("retry-after"))

@@ -184,6 +184,31 @@ def test_a_refused_certificate_pauses_the_campaign(redis_client: redis.Redis) ->
     assert (summary["failed"], summary["sent"], summary["queued"]) == (0, 0, 3)
 
 
+def test_a_key_refused_with_403_half_way_pauses_with_the_rest_queued(
+    redis_client: redis.Redis,
+) -> None:
+    """The ESP takes the first messages, then answers 403 (the key revoked, the sender's
+    verification withdrawn): every further message would be refused the same way, so the
+    campaign pauses with the reason instead of failing the rest of its list (the failure
+    breaker only acts while nothing was sent). Resumed after the fix, the rest goes."""
+    with HttpSink() as sink:
+        sink.script(Reply(), Reply(), Reply(403, b"API key does not have mail.send permission"))
+        http_provider(redis_client, sink.url, batch=False, max_connections=1)
+        cid, batches = create_held(redis_client, _body(5))
+        run_batches(batches, FAST)
+        summary = campaigns.campaign_summary(cid, redis_client)
+        assert (summary["status"], summary["sent"], summary["failed"]) == ("paused", 2, 0)
+        assert summary["queued"] == 3
+        assert summary["reason"] == (
+            "Dispatch failed: not allowed: HTTP 403: API key does not have mail.send permission"
+        )
+        lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
+        run_batches(batches, FAST)
+        assert len(sink.requests) == 6  # the refused one, then the three left
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 5, 0)
+
+
 def test_an_adapter_that_raises_loses_only_its_chunk(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

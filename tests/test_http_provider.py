@@ -560,6 +560,18 @@ async def test_401_refuses_the_whole_session() -> None:
 
 
 @pytest.mark.asyncio
+async def test_403_refuses_the_whole_session() -> None:
+    """Credentials that may not send this (a key without the send permission, a sender
+    not verified): every message would be refused, so the campaign pauses."""
+    with HttpSink() as sink:
+        sink.script(Reply(403, b'{"error": "sender not verified"}'))
+        with pytest.raises(ConfigurationError) as info:
+            await send(local(http_config(sink.url)), [message(1), message(2)])
+    assert info.value.detail == 'not allowed: HTTP 403: {"error": "sender not verified"}'
+    assert (info.value.error_class, info.value.code) == (ErrorClass.DISPATCH_FAILED_HTTP, 403)
+
+
+@pytest.mark.asyncio
 async def test_redirects_are_not_followed() -> None:
     with HttpSink() as sink:
         sink.script(Reply(302, b"", headers=(("Location", sink.url + "/elsewhere"),)))
