@@ -9,9 +9,10 @@ is refused if it renders with a line break.
 from __future__ import annotations
 
 import html as html_lib
+import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache, update_wrapper
@@ -49,7 +50,7 @@ MAX_STEPS = 100_000
 # Characters one part may build in all (every operation's new text counted): bounds the
 # memory of text that is built and kept, e.g. in a list or a block, before it is output.
 MAX_BUILT_CHARS = 2 * MAX_PART_CHARS
-_SIZED = (str, list, tuple)
+_SIZED = (str, bytes, list, tuple)  # (bytes: ``'a'.encode() * n``)
 _built: ContextVar[list[int] | None] = ContextVar("dispatch_built_chars", default=None)
 # A printf-style conversion's flags, width and precision, read where its ``%`` (and
 # mapping key) end; and the numbers of a {}-field's format spec (its width, precision).
@@ -58,8 +59,11 @@ _PARENS = re.compile(r"[()]")
 _NUMBER = re.compile(r"\d+")
 # Calls whose integer arguments are sizes of the result (str methods, lipsum's counts).
 _SIZE_TAKING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+# str and bytes methods whose result may repeat an argument (see _check_join).
+_GROWING_METHODS = frozenset({"replace", "join", "translate"})
 _MAX_LIPSUM = 1_000  # paragraphs or words per paragraph: each is hundreds of characters
-_SIZE_FILTERS = ("center", "indent", "wordwrap")
+# Filters whose integer arguments are sizes: of the result, or of how many lists it holds.
+_SIZE_FILTERS = ("center", "indent", "wordwrap", "batch", "slice")
 _OUTPUT_BATCH = 64  # rendered chunks taken at a time (each at most MAX_VALUE_SIZE)
 _FLAT = frozenset({str, int, float, bool, type(None)})  # whose text is their own size
 _concat = "".join
@@ -157,11 +161,102 @@ class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
     """:class:`_BoundedFormatter` for a ``Markup`` format string (its fields escaped)."""
 
 
-def _check_replace(text: str, old: Any, new: Any) -> None:
-    old, new = str(old), str(new)
+def _check_replace(text: str | bytes, old: Any, new: Any) -> None:
+    if isinstance(text, bytes):
+        if not isinstance(old, bytes) or not isinstance(new, bytes):
+            return  # bytes.replace refuses them itself
+    else:
+        old, new = str(old), str(new)
     grows = max(len(new) - len(old), 0) * (text.count(old) if old else len(text) + 1)
     if len(text) + grows > MAX_VALUE_SIZE:
         raise _refuse("a replacement")
+
+
+# Operations that repeat one of their arguments as often as another says, in one call
+# Python makes whole: their result is checked after it is made, too late (a separator of
+# 999,999 characters joining 3,000 items is 3 GB, and the OOM killer ends the worker).
+# Each is refused before it runs when its result would pass MAX_VALUE_SIZE.
+
+
+def _check_join(separator: Any, items: Any) -> Any:
+    """Refuse ``separator.join(items)`` past the limit; return ``items``, made a list
+    when it has no length (a generator: it is read once)."""
+    if isinstance(separator, str | bytes) and len(separator) > 1:
+        if not isinstance(items, Sized):
+            items = list(items)
+        if len(separator) * (len(items) - 1) > MAX_VALUE_SIZE:
+            raise _refuse("a join")
+    return items
+
+
+def _check_indent(text: Any, width: Any) -> None:
+    """Refuse the ``indent`` filter past the limit: its width repeats on every line."""
+    size = len(width) if isinstance(width, str) else width if type(width) is int else 0
+    # (cheap first: a text has at most one line more than it has characters)
+    if (
+        isinstance(text, str)
+        and len(text) + size * (len(text) + 2) > MAX_VALUE_SIZE
+        and len(text) + size * (len(text.splitlines()) + 2) > MAX_VALUE_SIZE
+    ):
+        raise _refuse("an indent")
+
+
+def _check_wordwrap(wrap: Callable[..., str], args: dict[str, Any]) -> None:
+    """Refuse the ``wordwrap`` filter past the limit: its ``wrapstring`` ends every line.
+    When it could, the lines are counted first (wrapped with one character)."""
+    wrapstring, text = args["wrapstring"], args["s"]
+    if not isinstance(wrapstring, str) or not isinstance(text, str) or len(wrapstring) < 2:
+        return
+    if len(wrapstring) * (len(text) + 1) > MAX_VALUE_SIZE:
+        wrapped = wrap(**{**args, "wrapstring": "\n"})
+        if len(wrapped) + wrapped.count("\n") * (len(wrapstring) - 1) > MAX_VALUE_SIZE:
+            raise _refuse("a wordwrap")
+
+
+def _check_expandtabs(text: str | bytes, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``text.expandtabs(size)`` past the limit: each tab may become ``size``."""
+    size = args[0] if args else kwargs.get("tabsize", 8)
+    tabs = text.count("\t") if isinstance(text, str) else text.count(b"\t")
+    if type(size) is int and len(text) + tabs * size > MAX_VALUE_SIZE:
+        raise _refuse("an expandtabs")
+
+
+def _check_translate(text: str, table: Any) -> None:
+    """Refuse ``text.translate(table)`` past the limit: a character may become a string."""
+    values = (
+        table.values()
+        if isinstance(table, dict)
+        else table
+        if isinstance(table, list | tuple)
+        else ()
+    )
+    longest = max((len(v) for v in values if isinstance(v, str)), default=1)
+    if longest > 1 and len(text) * longest > MAX_VALUE_SIZE:
+        raise _refuse("a translation")
+
+
+def _check_filter(
+    name: str, filter_: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The checks of :data:`_GROWING_FILTERS`; returns the arguments to call with."""
+    try:
+        bound = inspect.signature(filter_).bind(*args, **kwargs)
+    except TypeError:
+        return args, kwargs  # the filter refuses them itself
+    bound.apply_defaults()
+    given = bound.arguments
+    if name == "join":  # (items with __html__ have the separator escaped)
+        escaped = given["eval_ctx"].autoescape
+        separator = escape(given["d"]) if escaped else str(given["d"])
+        given["value"] = _check_join(separator, given["value"])
+    elif name == "indent":
+        _check_indent(given["s"], given["width"])
+    else:
+        _check_wordwrap(filter_, dict(given))
+    return bound.args, bound.kwargs
+
+
+_GROWING_FILTERS = frozenset({"join", "indent", "wordwrap"})
 
 
 def _spend(chars: int) -> None:
@@ -342,15 +437,21 @@ class _BoundedCodeGenerator(CodeGenerator):
 def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]:
     """``filter_`` with its arguments checked first and its result after."""
 
+    # The environment or context Jinja2 passes first to some filters is not the value.
+    first = 1 if getattr(filter_, "jinja_pass_arg", None) is not None else 0
+    grows = name in _GROWING_FILTERS
+
     def bounded(*args: Any, **kwargs: Any) -> Any:
         _check_text((*args, *kwargs.values()), f"the filter {name}")
-        value, rest = args[0], args[1:]
+        value, rest = args[first], args[first + 1 :]
         if name in _SIZE_FILTERS:
             _check_sizes(rest, kwargs, name)
         elif name == "format":
             _check_format(str(value), rest)
         elif name == "replace" and len(rest) >= 2:
             _check_replace(str(value), rest[0], rest[1])
+        if grows:
+            args, kwargs = _check_filter(name, filter_, args, kwargs)
         return _check_size(filter_(*args, **kwargs), f"the filter {name}")
 
     bounded.__dict__.update(getattr(filter_, "__dict__", {}))  # keeps Jinja2's pass_* markers
@@ -428,8 +529,15 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             _check_sizes(args, kwargs, "lipsum", _MAX_LIPSUM)
         # str methods are bound to their text (format: checked by _BoundedFormatter)
         text = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
-        if isinstance(text, str) and name == "replace" and len(args) >= 2:
-            _check_replace(text, args[0], args[1])
+        if isinstance(text, str | bytes) and name in _GROWING_METHODS and args:
+            if name == "replace" and len(args) >= 2:
+                _check_replace(text, args[0], args[1])
+            elif name == "join":
+                args = (_check_join(text, args[0]), *args[1:])
+            elif name == "translate" and isinstance(text, str):
+                _check_translate(text, args[0])
+        if name == "expandtabs" and isinstance(text, str | bytes):
+            _check_expandtabs(text, args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
         return _check_size(result, f"the result of {name or 'a call'}")
 

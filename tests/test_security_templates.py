@@ -50,18 +50,23 @@ print(json.dumps(results))
 """
 
 
-def test_huge_text_from_containers_and_blocks_is_refused_by_the_limits() -> None:
-    templates = {name: _LONG + template for name, template in HUGE.items()}
+def not_refused_in_capped_child(templates: dict[str, str]) -> dict[str, str]:
+    """The templates (by name, each after ``_LONG``) that a child process with a capped
+    address space does not refuse by the limits, with what it made of them."""
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(templates)],
+        [sys.executable, "-c", _CHILD, json.dumps({n: _LONG + t for n, t in templates.items()})],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "DISPATCH_SECRET_KEY": "k"},
         check=True,
     )
-    results = json.loads(child.stdout)
-    wrong = {n: r for n, r in results.items() if "would exceed the template limits" not in r}
+    results: dict[str, str] = json.loads(child.stdout)
+    return {n: r for n, r in results.items() if "would exceed the template limits" not in r}
+
+
+def test_huge_text_from_containers_and_blocks_is_refused_by_the_limits() -> None:
+    wrong = not_refused_in_capped_child(HUGE)
     assert not wrong, wrong
 
 
