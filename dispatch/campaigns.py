@@ -424,6 +424,9 @@ def create_campaign(
             raise CampaignConflictError(
                 f"campaign {campaign_id!r} exists with other content", field="id"
             )
+        if request.recipients and (request.draft or content.send_at is not None):
+            _complete_draft(campaign_id, request, r, enqueue)
+            return campaign_id, False
         resume_at = _await_fill(campaign_id, r) if request.recipients else None
         if resume_at is not None:
             with background_enqueuer(enqueue) as send:
@@ -439,6 +442,24 @@ def create_campaign(
             with background_enqueuer(enqueue) as send:
                 _append_and_send(campaign_id, request.recipients, r, send)
     return campaign_id, True
+
+
+def _complete_draft(
+    campaign_id: str, request: CampaignRequest, r: redis.Redis, enqueue: EnqueueBatch | None
+) -> None:
+    """A repeat of the request that posted a draft (or a campaign for later) with its
+    list: that request stores the whole list while the campaign is a draft, then starts
+    it unless it is a draft. If it stopped half-way (Redis failed, the process died), the
+    campaign is still a draft with part of the list: the repeat stores the rest (the
+    addresses stored are skipped) and starts it as that request would have. Once the
+    campaign has started (by that request, or by the client), the repeat changes nothing.
+    """
+    if get_status(campaign_id, r) is not CampaignStatus.DRAFT:
+        return
+    with contextlib.suppress(CampaignStateError):  # started meanwhile: it has its list
+        append_recipients(campaign_id, request.recipients, client=r)
+        if not request.draft:
+            start_campaign(campaign_id, client=r, enqueue=enqueue)
 
 
 def create_from_task(body: Any, task_id: str | None) -> str:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dispatch.settings import get_settings
 
+# Declared as a security scheme so that the OpenAPI document says which routes need the
+# token (a generated client sends it); require_token reads the header itself.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="One of `DISPATCH_API_TOKENS`, as `Authorization: Bearer <token>`",
+)
 
-def require_token(request: Request) -> None:
+
+def require_token(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+) -> None:
     """Refuse the request with 401 unless it carries one of DISPATCH_API_TOKENS.
 
     With no tokens configured the API is open: meant for local use only (`dispatch up`).

@@ -23,6 +23,7 @@ from dispatch.api.errors import (
     TOO_LARGE,
     InvalidFieldError,
 )
+from dispatch.api.json_bodies import StrictJsonRoute
 from dispatch.api.schemas import (
     AppendProblem,
     AppendResult,
@@ -54,6 +55,7 @@ router = APIRouter(
     tags=["campaigns"],
     dependencies=[Depends(require_token)],
     responses=ERROR_RESPONSES,
+    route_class=StrictJsonRoute,
 )
 
 CampaignId = Annotated[str, Path(pattern=CAMPAIGN_ID_PATTERN, description="The campaign's id")]

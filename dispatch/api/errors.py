@@ -36,6 +36,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatch.api.body_limits import MAX_API_BODY_BYTES
+from dispatch.api.json_bodies import BodyValueError
 from dispatch.api.schemas import (
     CallbackError,
     CallbackPartialSuccess,
@@ -211,6 +212,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         )
     if exc.status_code == status.HTTP_413_CONTENT_TOO_LARGE:
         return too_large_response()
+    if isinstance(exc, BodyValueError):
+        return error_response(exc.status_code, str(exc.detail), exc.field)
     field = "authorization" if exc.status_code == status.HTTP_401_UNAUTHORIZED else None
     return error_response(exc.status_code, str(exc.detail), field, headers=exc.headers)
 

@@ -19,6 +19,7 @@ from dispatch.api.errors import (
     InvalidFieldError,
     invalid_provider,
 )
+from dispatch.api.json_bodies import StrictJsonRoute
 from dispatch.api.schemas import ProviderList, ProviderView, TestEmailRequest, TestEmailResult
 from dispatch.test_email import send_shared_test_email
 from providers.addresses import InvalidAddressError, normalize_address
@@ -29,6 +30,7 @@ router = APIRouter(
     tags=["providers"],
     dependencies=[Depends(require_token)],
     responses=ERROR_RESPONSES,
+    route_class=StrictJsonRoute,
 )
 
 Nickname = Annotated[str, Path(pattern=NICKNAME_PATTERN, description="The provider's nickname")]

@@ -16,6 +16,7 @@ from dispatch.api.errors import (
     InvalidFieldError,
     NotFoundError,
 )
+from dispatch.api.json_bodies import StrictJsonRoute
 from dispatch.api.schemas import SuppressionEntry, SuppressionPage, SuppressionRequest
 from providers.addresses import InvalidAddressError, normalize_address
 
@@ -24,6 +25,7 @@ router = APIRouter(
     tags=["suppressions"],
     dependencies=[Depends(require_token)],
     responses=ERROR_RESPONSES,
+    route_class=StrictJsonRoute,
 )
 
 
