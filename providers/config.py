@@ -234,6 +234,8 @@ _HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # whose names hold that label); amazonaws.com has other endpoints (the SES API's
 # email.<region>.amazonaws.com) that take no SMTP.
 _SES_SMTP_HOST = re.compile(r"(.+\.)?email-smtp(-fips)?\..+\.amazonaws\.com\.?", re.I)
+# A Google app password as its dialog shows it (and copies it): 16 letters in fours.
+_SPACED_APP_PASSWORD = re.compile("[a-z]{4}([ \u00a0][a-z]{4}){3}")
 
 
 def check_host(value: str) -> str:
@@ -480,6 +482,17 @@ class GmailConfig(SmtpFamilyBase):
     daily_quota: int | None = Field(default=2000, ge=1, le=MAX_COUNT, strict=True)
     daily_recipient_quota: int | None = Field(default=10000, ge=1, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
+
+    @field_validator("password")
+    @classmethod
+    def _app_password(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        """An app password as Google shows it, four groups of four letters ("abcd efgh
+        ijkl mnop"), is saved without the spaces: they are there for reading, and a
+        login with them is refused (535 5.7.8)."""
+        text = value.get_secret_value()
+        if _given(info) and _SPACED_APP_PASSWORD.fullmatch(text):
+            return SecretStr(re.sub("[ \u00a0]", "", text))
+        return value
 
 
 class HttpConfig(ProviderBase):

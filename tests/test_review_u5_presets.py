@@ -116,3 +116,39 @@ def test_ses_ports_take_the_security_ses_speaks_on_them(
         other = {"kind": "smtp", "host": "mail.example.com", "port": 2465, **SENDER}
         answer = api.put("/v1/providers/other", json={**other, "security": "starttls"})
         assert answer.status_code in (200, 201), answer.text
+
+
+@covers("PUT /v1/providers/{nickname}", "POST /v1/providers/{nickname}/test")
+def test_a_gmail_app_password_copied_with_its_spaces_logs_in(
+    api_server: ApiServer, redis_client: redis.Redis, trusted_cert: tuple[Path, Path]
+) -> None:
+    """Google shows an app password as four groups of four letters ("abcd efgh ijkl
+    mnop", seed 001: "the App password that you generated"); the spaces are for reading
+    and the login takes the 16 letters. Copied as shown, every login was refused (535
+    5.7.8) and every campaign paused: it is saved without them, over SMTPS (the preset's
+    465 security) with the test CA."""
+    account = ("deals@acme.example", "abcdefghijklmnop")
+    with SmtpTestServer(security="tls", credentials=account, cert=trusted_cert) as server:
+        body = {
+            "kind": "gmail",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "username": account[0],
+            "password": "abcd efgh ijkl\u00a0mnop",  # as copied from Google's dialog
+            "tls_ca": trusted_cert[0].read_text(),
+            "timeout": 5.0,
+            **SENDER,
+        }
+        with api_client(api_server) as api:
+            saved = api.put("/v1/providers/gmail", json=body)
+            assert saved.status_code in (200, 201), saved.text
+            assert saved.json()["connects_to"]["security"] == "tls"
+            answer = api.post("/v1/providers/gmail/test", json={"to": "ann@example.com"})
+            assert answer.json() == {"ok": True, "error": None, "detail": "accepted"}
+            # Any other password is kept as given (a wrong one is Gmail's to refuse).
+            other = api.put("/v1/providers/gmail", json={**body, "password": "my account pw"})
+            assert other.status_code == 200, other.text
+            refused = api.post("/v1/providers/gmail/test", json={"to": "ann@example.com"})
+        assert refused.json()["error"] == "SMTP connection error", refused.json()
+        assert "535" in refused.json()["detail"]
+        assert [m.rcpt_tos for m in server.messages] == [["ann@example.com"]]
