@@ -12,16 +12,20 @@ same end.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from dispatch.settings import Settings
 from tests import smtp_server
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
+from tests.helpers import run_inline, smtp_provider
 from tests.smtp_server import SmtpTestServer
 
 SES_USER = ("AKIAIOSFODNN7EXAMPLE", "BLV9mzGQ6nSGIB3LhiTCeV+rDQxeDknRb6Ep1Ts6NyQt")
@@ -152,3 +156,70 @@ def test_a_gmail_app_password_copied_with_its_spaces_logs_in(
         assert refused.json()["error"] == "SMTP connection error", refused.json()
         assert "535" in refused.json()["detail"]
         assert [m.rcpt_tos for m in server.messages] == [["ann@example.com"]]
+
+
+# Each preset with the security of its default port, and its login (reference §2.6, §3, §4).
+PRESETS: dict[str, tuple[str, tuple[str, str], dict[str, Any]]] = {
+    "ses": ("starttls", SES_USER, {"configuration_set": "acme-events_1"}),
+    "sendgrid": ("starttls", ("apikey", "SG.key"), {}),
+    "gmail": ("tls", ("deals@acme.example", "abcdefghijklmnop"), {}),
+}
+
+
+def _header_lines(data: bytes) -> list[bytes]:
+    """The header lines of a message as sent (folded ones unfolded)."""
+    head = data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+    return head.split(b"\r\n")
+
+
+def _values(lines: list[bytes], name: bytes) -> list[bytes]:
+    return [line.split(b":", 1)[1][1:] for line in lines if line.lower().startswith(name + b":")]
+
+
+@pytest.mark.parametrize("kind", sorted(PRESETS))
+def test_each_preset_sends_its_headers_once_and_exactly_over_its_security(
+    redis_client: redis.Redis, trusted_cert: tuple[Path, Path], kind: str
+) -> None:
+    """Through each preset (security and login as its service's, the test CA): a message
+    with a cc and a bcc carries ``X-CleverTap_META`` once, its value the meta byte for
+    byte; SendGrid's ``X-SMTPAPI`` once, on one line (never folded or RFC 2047-encoded),
+    JSON whose ``unique_args`` are exactly the meta and the campaign id, in ASCII
+    (``\\uXXXX``) for an address that is not; SES's configuration set once. The meta is
+    as long as campaigns allow (a 64-octet local part, a 64-character category and
+    variant of quotes and backslashes, a 64-character campaign id): every line stays
+    within RFC 5322's 998."""
+    security, login, extra = PRESETS[kind]
+    # 64 octets before the @, in UTF-8 but for SES, which has no SMTPUTF8 (reference §4).
+    to = f"{'e' * 64 if kind == 'ses' else 'é' * 32}@{'d' * 60}.example"
+    category, variant = '"\\' * 31 + "cc", "\\" * 63 + "v"
+    campaign_id = "c" * 64
+    with SmtpTestServer(
+        security=security, credentials=login, cert=trusted_cert, smtputf8=True
+    ) as server:
+        smtp_provider(
+            redis_client, server.port, kind=kind, security=security, username=login[0],
+            password=login[1], tls_ca=trusted_cert[0].read_text(), **extra,
+        )  # fmt: skip
+        body = {
+            "id": campaign_id, "provider": "local", "subject": "s", "html": "<p>h</p>",
+            "category": category, "variant": variant, "cc": ["boss@example.com"],
+            "bcc": ["archive@example.com"], "recipients": [{"email": to}],
+        }  # fmt: skip
+        run_inline(redis_client, body, Settings(retry_base_seconds=0.05))
+        assert len(server.messages) == 1, server.handler.commands
+        sent = server.messages[0]
+    assert sent.rcpt_tos == [to, "boss@example.com", "archive@example.com"]
+    lines = _header_lines(sent.data)
+    assert max(map(len, lines)) <= 998
+    (meta,) = _values(lines, b"x-clevertap_meta")
+    day = meta.decode().split("|")[3]
+    expected = f"{to}|{Settings().account_id}|{campaign_id}|{day}|{variant}|{category}|0|"
+    assert meta.decode() == expected
+    smtpapi = _values(lines, b"x-smtpapi")
+    assert len(smtpapi) == (kind == "sendgrid")
+    for value in smtpapi:
+        assert value.isascii() and b"=?" not in value
+        args = {"unique_args": {"clevertap_meta": expected, "campaign_id": campaign_id}}
+        assert json.loads(value) == args
+    configuration_sets = _values(lines, b"x-ses-configuration-set")
+    assert configuration_sets == ([b"acme-events_1"] if kind == "ses" else [])
