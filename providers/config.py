@@ -234,6 +234,8 @@ _HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # whose names hold that label); amazonaws.com has other endpoints (the SES API's
 # email.<region>.amazonaws.com) that take no SMTP.
 _SES_SMTP_HOST = re.compile(r"(.+\.)?email-smtp(-fips)?\..+\.amazonaws\.com\.?", re.I)
+# A Google app password as its dialog shows it (and copies it): 16 letters in fours.
+_SPACED_APP_PASSWORD = re.compile("[a-z]{4}([ \u00a0][a-z]{4}){3}")
 
 
 def check_host(value: str) -> str:
@@ -269,6 +271,10 @@ class SmtpFamilyBase(ProviderBase):
     # where a login is optional.
     service: ClassVar[str] = ""
     credentials: ClassVar[str] = ""
+    # Ports that speak TLS from connect, and plain SMTP secured with STARTTLS: RFC 8314's,
+    # and a service's own (SES: 2465 and 2587, reference §4).
+    smtps_ports: ClassVar[tuple[int, ...]] = (SMTPS_PORT,)
+    starttls_ports: ClassVar[tuple[int, ...]] = STARTTLS_PORTS
 
     host: str = ""
     port: int = Field(default=0, ge=0, le=65535, strict=True)  # 0: the preset for `security`
@@ -283,12 +289,12 @@ class SmtpFamilyBase(ProviderBase):
     @property
     def effective_security(self) -> Security:
         """``security``; when not given, what the port speaks (465: ``tls``, 25 and 587:
-        ``starttls``, RFC 8314), else the preset's."""
+        ``starttls``, RFC 8314; a service's own ports likewise), else the preset's."""
         if self.security is not None:
             return self.security
-        if self.port == SMTPS_PORT:
+        if self.port in self.smtps_ports:
             return "tls"
-        return "starttls" if self.port in STARTTLS_PORTS else self.default_security
+        return "starttls" if self.port in self.starttls_ports else self.default_security
 
     @property
     def effective_host(self) -> str:
@@ -313,23 +319,25 @@ class SmtpFamilyBase(ProviderBase):
 
     @model_validator(mode="after")
     def _security_fits_port(self, info: ValidationInfo) -> SmtpFamilyBase:
-        """Refuse, on save, a security its well-known port does not speak (RFC 8314).
-        Only a security given can: without one, the port's is taken."""
+        """Refuse, on save, a security its well-known port does not speak (RFC 8314, or
+        the service's own ports). Only a security given can: without one, the port's is
+        taken."""
         security, port = self.effective_security, self.effective_port
         if not _given(info):
             return self
-        if security == "tls" and port in STARTTLS_PORTS:
+        rule = "RFC 8314" if port in (SMTPS_PORT, *STARTTLS_PORTS) else f"{self.service}'s port"
+        if security == "tls" and port in self.starttls_ports:
             raise ValueError(
                 f"security: 'tls' (SMTPS: TLS from connect) on port {port}, which "
-                f"speaks plain SMTP upgraded with STARTTLS (RFC 8314): the TLS handshake "
+                f"speaks plain SMTP upgraded with STARTTLS ({rule}): the TLS handshake "
                 f"would fail; use security 'starttls' on port {port}, or port "
                 f"{SMTPS_PORT} for 'tls'"
             )
-        if security != "tls" and port == SMTPS_PORT:
+        if security != "tls" and port in self.smtps_ports:
             raise ValueError(
-                f"security: {security!r} on port {SMTPS_PORT}, the SMTPS port (TLS "
-                f"from connect, RFC 8314): the server would wait for a TLS handshake; use "
-                f"security 'tls' on port {SMTPS_PORT}, or port 587 for 'starttls'"
+                f"security: {security!r} on port {port}, an SMTPS port (TLS from "
+                f"connect, {rule}): the server would wait for a TLS handshake; use "
+                f"security 'tls' on port {port}, or port 587 for 'starttls'"
             )
         return self
 
@@ -377,6 +385,9 @@ class SesConfig(SmtpFamilyBase):
     credentials: ClassVar[str] = (
         "the SMTP credentials made in the SES console (not IAM access keys)"
     )
+    # Reference §4: SES's TLS wrapper ports and STARTTLS ports.
+    smtps_ports: ClassVar[tuple[int, ...]] = (SMTPS_PORT, 2465)
+    starttls_ports: ClassVar[tuple[int, ...]] = (*STARTTLS_PORTS, 2587)
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
     configuration_set: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,64}$")
     # The allow-list of callbacks: an SNS message from another topic is refused.
@@ -471,6 +482,17 @@ class GmailConfig(SmtpFamilyBase):
     daily_quota: int | None = Field(default=2000, ge=1, le=MAX_COUNT, strict=True)
     daily_recipient_quota: int | None = Field(default=10000, ge=1, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
+
+    @field_validator("password")
+    @classmethod
+    def _app_password(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        """An app password as Google shows it, four groups of four letters ("abcd efgh
+        ijkl mnop"), is saved without the spaces: they are there for reading, and a
+        login with them is refused (535 5.7.8)."""
+        text = value.get_secret_value()
+        if _given(info) and _SPACED_APP_PASSWORD.fullmatch(text):
+            return SecretStr(re.sub("[ \u00a0]", "", text))
+        return value
 
 
 class HttpConfig(ProviderBase):
