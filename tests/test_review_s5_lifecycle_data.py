@@ -3,9 +3,10 @@ data again once the retention purge removed it (review S5)."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaigns, housekeeping, lifecycle, retention, store
 from dispatch.models import CampaignStatus
 from tests.helpers import campaign_body as body
 from tests.helpers import create_held, recipients, smtp_provider
@@ -38,3 +39,44 @@ def test_a_draft_drops_its_address_set_when_it_starts_or_is_scheduled(
     create_held(redis_client, body("posted", 20, send_at="2099-01-01T00:00:00Z"))
     assert campaigns.get_status("posted", redis_client) is CampaignStatus.SCHEDULED
     assert not redis_client.exists(store.addresses_key("posted"))
+
+
+def test_settling_a_purged_campaign_writes_no_ledger_and_moves_no_counter(
+    redis_client: redis.Redis,
+) -> None:
+    """A settling that comes after the purge (the settle task handed out again by the
+    broker, a retention shorter than its delay) read every message as queued: it wrote a
+    ledger record for each (never purged again) and counted them all once more."""
+    smtp_provider(redis_client, 9)
+    for campaign_id, status in (("c1", CampaignStatus.CANCELLED), ("e1", CampaignStatus.EXPIRED)):
+        create_held(redis_client, body(campaign_id, 5))
+        lifecycle._end(campaign_id, status, "ended", redis_client, ignore, None)
+        before = campaigns.get_counters(campaign_id, redis_client)
+        assert before[status.value] == 5 and before["queued"] == 0
+        assert retention.purge(redis_client, campaign_id)
+
+        assert lifecycle.settle_ended(campaign_id, status, redis_client, ignore) == 0
+
+        assert not redis_client.exists(store.ledger_key(campaign_id))
+        assert campaigns.get_counters(campaign_id, redis_client) == before
+
+
+def test_housekeeping_leaves_a_purged_campaign_that_still_counts_queued_messages(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ended campaign purged before its messages were settled: housekeeping settled it
+    (a ledger record for every message, after the purge) and watched it until then."""
+    smtp_provider(redis_client, 9)
+    monkeypatch.setattr(lifecycle, "INLINE_SETTLE_LIMIT", 0)  # settled by a task: lost here
+    campaign_id, _ = create_held(redis_client, body("big", 7))
+    lifecycle.cancel(
+        campaign_id, client=redis_client, enqueue=ignore, settle_later=lambda c, s: None
+    )
+    assert campaigns.get_counters(campaign_id, redis_client)["queued"] == 7  # not settled
+    assert redis_client.zscore(store.ACTIVE_ZSET, campaign_id) is not None
+    assert retention.purge(redis_client, campaign_id)
+
+    housekeeping.sweep(redis_client, ignore, now=redis_client.time()[0] + 3600)
+
+    assert not redis_client.exists(store.ledger_key(campaign_id))
+    assert redis_client.zscore(store.ACTIVE_ZSET, campaign_id) is None
