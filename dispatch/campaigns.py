@@ -922,10 +922,13 @@ def _chunks(items: Iterable[Recipient], size: int) -> Iterator[list[Recipient]]:
 # a batch. Read apart, an append landing between them stored recipients past the last
 # batch: never sent, the campaign ``running`` for ever. ARGV: the size of a batch (empty:
 # schedule for ARGV[2] instead), send_at's timestamp, the campaign id, send date, now.
-# Returns {batches, ''}, or {-1, status} when the status does not allow it.
+# Returns {batches, ''}, or {-1, status} when the status does not allow it. The draft's
+# set of addresses goes with the draft: nothing appends once it has left (76 bytes a
+# recipient, kept until the purge otherwise).
 _START = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur ~= 'draft' and cur ~= 'scheduled' then return {-1, cur or ''} end
+redis.call('UNLINK', KEYS[5])
 if ARGV[1] == '' then
   redis.call('HSET', KEYS[1], 'status', 'scheduled')
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
@@ -978,11 +981,12 @@ def start_campaign(
     later = content.send_at is not None and content.send_at > now
     batches, found = r.eval(
         _START,
-        4,
+        5,
         store.campaign_key(campaign_id),
         store.counters_key(campaign_id),
         store.SCHEDULED_ZSET,
         store.ACTIVE_ZSET,
+        store.addresses_key(campaign_id),
         "" if later else str(get_settings().batch_size),
         repr(content.send_at.timestamp()) if content.send_at is not None else "0",
         campaign_id,

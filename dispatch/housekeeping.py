@@ -33,7 +33,7 @@ from dispatch.settings import get_settings
 RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep, besides the active ones
 # What the sweep reads of each campaign (``restarted_at``: when it last re-enqueued it).
 _FIELDS = ["status", "progress_at", "started_at", "batches", "parked_until", "status_at",
-           "restarted_at", "batch_size"]  # fmt: skip
+           "restarted_at", "batch_size", "purged_at"]  # fmt: skip
 
 
 def sweep(
@@ -55,13 +55,16 @@ def sweep(
     recent = [str(m) for m in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1)]
     watched = list(dict.fromkeys([*recent, *active]))
     for campaign_id, fields in zip(watched, _read_all(r, watched), strict=True):
-        status, progress_at, started_at, batches, parked_until, status_at, restarted_at, size = (
-            fields
-        )
+        (status, progress_at, started_at, batches, parked_until, status_at, restarted_at, size,
+         purged) = fields  # fmt: skip
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
                 since = max(float(progress_at or 0), float(status_at or 0))
-                if not _settle_if_left(r, campaign_id, str(status), now - since >= quick, enqueue):
+                # Purged (dispatch.retention): no message is left to settle.
+                left = purged is None and _settle_if_left(
+                    r, campaign_id, str(status), now - since >= quick, enqueue
+                )
+                if not left:
                     campaigns.unwatch_finished(r, campaign_id)
             continue
         if campaigns.finish_if_done(campaign_id, r):

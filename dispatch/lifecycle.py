@@ -253,9 +253,11 @@ SETTLE_WINDOW = 4000  # messages settled by one script call (a few ms of Redis's
 # the terminal state, once per message, and the provider's outcome tally), and the
 # campaign's ``progress_at`` says someone is on it (housekeeping waits). A message a
 # worker holds (``claimed``) is left to it; its seq comes back so that its batch is
-# handed out again. Returns {settled, {claimed seq, ...}}.
+# handed out again. Returns {settled, {claimed seq, ...}}; {-1, {}} for a campaign the
+# retention purge emptied (dispatch.retention): every seq would read as queued.
 _SETTLE_WINDOW = r"""
 local ledger, counters, stats, campaign = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('HEXISTS', campaign, 'purged_at') == 1 then return {-1, {}} end
 local first, stop, state, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local match = string.match
 local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
@@ -324,6 +326,8 @@ def _settle(campaign_id: str, state: MessageState, r: redis.Redis) -> _Settled:
         settled, claimed = script(
             keys=keys, args=[start, stop, state.value, now, provider or "unknown"]
         )
+        if int(settled) < 0:  # purged: nothing is left to settle
+            break
         out.count += int(settled)
         out.batches_with_claims.update(int(seq) // per_batch for seq in claimed)
     return out

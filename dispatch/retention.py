@@ -11,7 +11,9 @@ sends nothing), and the bitmaps that count each message's callback once (late ca
 still move the right counters, suppress and publish their events).
 
 After the purge the per-message outcomes and ``retry-failed`` answer 410 Gone, with the
-time of the purge; ``purged_at`` in the campaign's summary says so too.
+time of the purge; ``purged_at`` in the campaign's summary says so too. Nothing writes the
+removed keys again: a settling that comes after the purge stops (every message would read
+as queued), and housekeeping stops watching the campaign.
 """
 
 from __future__ import annotations

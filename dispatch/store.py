@@ -110,8 +110,9 @@ def address_keys_key(campaign_id: str) -> str:
 
 
 def addresses_key(campaign_id: str) -> str:
-    """Set of a draft's recipient address keys: one message per address across appends.
-    (A list posted with its campaign is checked by create_campaign itself.)"""
+    """Set of a draft's recipient address keys: one message per address across appends,
+    removed when the campaign leaves ``draft``. (A list posted with its campaign is
+    checked by create_campaign itself.)"""
     return f"{PREFIX}:campaign:{campaign_id}:addresses"
 
 
