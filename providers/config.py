@@ -138,7 +138,9 @@ SECRET_MASK: Final = "********"
 class ProviderBase(BaseModel):
     """Fields every kind shares."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: JSON cannot store them (orjson writes null), so a provider saved with
+    # ``rate_per_second: .inf`` (YAML) or ``1e400`` could no longer be read.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Names of fields that hold secrets: encrypted at rest, never returned.
     secret_fields: ClassVar[tuple[str, ...]] = ()
