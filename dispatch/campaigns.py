@@ -41,11 +41,13 @@ from providers.addresses import InvalidAddressError, normalize_address
 from providers.config import (
     FIELD_PROBLEMS,
     LONE_SURROGATE_PROBLEM,
+    NOT_FINITE_PROBLEM,
     WIDE_INTEGER_PROBLEM,
     HttpConfig,
     ProviderBase,
     check_display_name,
     find_lone_surrogate,
+    find_not_finite,
     find_wide_integer,
 )
 from providers.http_config import required_recipient_vars
@@ -146,10 +148,13 @@ def _fingerprint(request: CampaignRequest) -> str:
     utc = {name: at.astimezone(UTC) for name in _TIMES if (at := getattr(request, name))}
     body = request.model_copy(update=utc).model_dump(mode="json", exclude={"id", "recipients"})
     try:
-        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+        written = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         _refuse_unwritable(body, "")
         raise
+    if b"null" in written:  # (orjson writes NaN and infinity as null)
+        _refuse_not_finite(request.vars, "vars")
+    digest = hashlib.sha256(written)
     for start in range(0, len(request.recipients), APPEND_CHUNK):
         chunk = request.recipients[start : start + APPEND_CHUNK]
         try:
@@ -160,8 +165,19 @@ def _fingerprint(request: CampaignRequest) -> str:
             written = _RECIPIENTS.dump_json(chunk)
         if written.count(b"[") + written.count(b"{") > MAX_VARS_DEPTH:  # (else none is)
             _refuse_too_deep(dict(enumerate(chunk, start)), "recipients", 2)
+        if b"null" in written:
+            _refuse_not_finite(dict(enumerate(chunk, start)), "recipients")
         digest.update(written)
     return digest.hexdigest()
+
+
+def _refuse_not_finite(value: Any, path: str) -> None:
+    """Raise :class:`CampaignError` naming the first NaN or infinity in ``value``: JSON
+    has none (the CLI's YAML and the Celery task's JSON reader take them), and stored it
+    would silently become null."""
+    found = find_not_finite(value, path)
+    if found is not None:
+        raise CampaignError(NOT_FINITE_PROBLEM, field=found)
 
 
 def _refuse_unwritable(value: Any, path: str, offset: int = 0) -> None:

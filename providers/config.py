@@ -7,6 +7,7 @@ they never show in ``repr`` or logs; the service encrypts them at rest.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -121,6 +122,23 @@ def find_lone_surrogate(value: Any, path: str) -> str | None:
     at fault is named by its object's path (the key itself cannot be shown; the top
     level's is ``path`` itself, possibly empty)."""
     return _first_path(value, path, _not_text, _not_text)
+
+
+# JSON has no NaN nor infinity (orjson writes them as null: a value would change silently);
+# Python's json and YAML read them (`NaN`, `Infinity`, `1e400`, `.inf`).
+NOT_FINITE_PROBLEM: Final = (
+    "not a finite number (NaN and Infinity are not JSON, and a number must fit a 64-bit float)"
+)
+
+
+def find_not_finite(value: Any, path: str) -> str | None:
+    """The dotted path (``path.key.0``) of the first float in a JSON value that is NaN
+    or infinite (see :data:`NOT_FINITE_PROBLEM`), or None."""
+    return _first_path(value, path, _not_finite, lambda key: False)
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _not_text(value: Any) -> bool:

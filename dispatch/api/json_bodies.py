@@ -20,9 +20,7 @@ from fastapi import Request, Response, status
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-NOT_FINITE_PROBLEM = (
-    "not a finite number (NaN and Infinity are not JSON, and a number must fit a 64-bit float)"
-)
+from providers.config import NOT_FINITE_PROBLEM
 
 
 class BodyValueError(HTTPException):
