@@ -127,13 +127,16 @@ def check(r: redis.Redis, interval: float, host: str | None = None) -> Health:
     now = time.time()
     ages: dict[str, float] = {}
     gone: list[str] = []
-    for key in r.scan_iter(match=store.worker_alive_key(f"*@{host}"), count=1000):
-        raw = r.get(key)
-        name = str(key).split(":", 2)[2].rsplit(":", 1)[0]
-        if raw is not None and _gone(name, this_host):
+    # The index /metrics reads, not a SCAN of the keyspace (0.8 s with 1.2 million keys,
+    # for each healthcheck of each worker).
+    for name, at in r.zrange(store.WORKERS_ZSET, 0, -1, withscores=True):
+        name = str(name)
+        if not name.endswith(f"@{host}") or now - at > interval * KEEP_INTERVALS:
+            continue  # another host's, or gone long ago (as its note's expiry)
+        if _gone(name, this_host):
             gone.append(name)
-        elif raw is not None:
-            ages[name] = now - float(raw)
+        else:
+            ages[name] = now - at
     if not ages:
         ended = f" ({', '.join(sorted(gone))} ended without its shutdown)" if gone else ""
         return Health(False, f"no worker of host {host} has taken a task yet{ended}")
