@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -129,14 +130,15 @@ def check(r: redis.Redis, interval: float, host: str | None = None) -> Health:
     gone: list[str] = []
     # The index /metrics reads, not a SCAN of the keyspace (0.8 s with 1.2 million keys,
     # for each healthcheck of each worker).
-    for name, at in r.zrange(store.WORKERS_ZSET, 0, -1, withscores=True):
-        name = str(name)
-        if not name.endswith(f"@{host}") or now - at > interval * KEEP_INTERVALS:
+    notes = cast(list[tuple[str, float]], r.zrange(store.WORKERS_ZSET, 0, -1, withscores=True))
+    for member, score in notes:
+        name, age = str(member), now - float(score)
+        if not name.endswith(f"@{host}") or age > interval * KEEP_INTERVALS:
             continue  # another host's, or gone long ago (as its note's expiry)
         if _gone(name, this_host):
             gone.append(name)
         else:
-            ages[name] = now - at
+            ages[name] = age
     if not ages:
         ended = f" ({', '.join(sorted(gone))} ended without its shutdown)" if gone else ""
         return Health(False, f"no worker of host {host} has taken a task yet{ended}")
