@@ -189,7 +189,9 @@ def _sends(providers: set[str], stats: dict[str, str], sends: dict[str, str]) ->
     )
     throttles = CounterMetricFamily(
         "dispatch_throttles",
-        "Replies that asked to slow down (SMTP 421/450/451/454, HTTP 429/503), by provider",
+        "Exchanges whose reply asked to slow down (SMTP 421/450/451/454, HTTP 429/503): "
+        "one per HTTP request or SMTP chunk of up to 4 messages, however many of its "
+        "messages were throttled, by provider",
         labels=["provider"],
     )
     deferred = CounterMetricFamily(

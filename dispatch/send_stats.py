@@ -4,7 +4,8 @@ often a batch found none of their connections free.
 A batch run counts in memory how long each message's hand-over to the provider took
 (the exchange that carried it: a chunk of up to four SMTP messages pipelined on one
 connection, or one HTTP request, a whole batch for a batching provider) and the
-throttling replies it got (one per reply, however many messages it covered) and whether
+exchanges whose reply throttled it (one per exchange, however many of its messages were
+throttled: an SMTP chunk whose four RCPTs got 451 counts one) and whether
 it went back to the broker for want of a connection slot (dispatch.sending), then adds
 them to Redis with the release of its lease, and every ``FLUSH_SECONDS`` while it runs
 (a batch paced for minutes, or waiting on a slow provider, shows as it happens:
