@@ -1,7 +1,8 @@
-"""A provider's numbers, and a campaign's values, must be finite: JSON cannot store NaN or infinity (orjson writes
-null), so a provider saved with one could no longer be read, and the list of providers
-failed with it. YAML writes them `.inf` and `.nan` (`dispatch providers add FILE`); the
-API's JSON reader refuses them itself (tests/test_review_t5_api.py)."""
+"""A provider's numbers, and a campaign's values, must be finite: JSON cannot store NaN
+or infinity (orjson writes null), so a provider saved with one could no longer be read,
+and the list of providers failed with it. YAML writes them `.inf` and `.nan` (`dispatch
+providers add FILE`, `dispatch send FILE`); the API's JSON reader refuses them itself
+(tests/test_review_t5_api.py)."""
 
 from __future__ import annotations
 
