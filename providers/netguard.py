@@ -68,6 +68,11 @@ def refusal_reason(address: str | IPAddress) -> str | None:
             reason = refusal_reason(inner)
             if reason is not None:
                 return f"{reason} (embedded in {ip})"
+        if ip in _NAT64:
+            # What DNS64 answers for an IPv4-only name on an IPv6-only network: the host
+            # reached is the embedded address, public here (ipaddress calls the prefix
+            # "reserved", which refused every such endpoint).
+            return None
         if ip.is_site_local:
             return "site-local"
     for reason, flag in (

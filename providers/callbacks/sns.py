@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import re
 import threading
 import urllib.error
@@ -266,8 +267,11 @@ class HttpsCertificateSource:
             raise CertificateUnavailable(
                 f"GET {url}: HTTP {exc.code}", permanent=permanent
             ) from exc
-        except (OSError, ValueError) as exc:  # URLError, timeouts, TLS failures
-            raise CertificateUnavailable(f"GET {url}: {exc}") from exc
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # URLError, timeouts, TLS failures; a connection cut inside a chunked body, a
+            # status line or headers http.client refuses (these escaped as a 500).
+            reason = " ".join(str(exc).split())[:200]  # a status line is the server's text
+            raise CertificateUnavailable(f"GET {url}: {type(exc).__name__}: {reason}") from exc
         if len(data) > MAX_CERT_BYTES:
             raise CertificateUnavailable(f"GET {url}: certificate too large", permanent=True)
         return data
