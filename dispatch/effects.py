@@ -55,6 +55,10 @@ COUNTERS: dict[EventType, str] = {
 }
 SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
 GUARDED = frozenset({EventType.HARD_BOUNCE, EventType.SPAM})  # dispatch.reputation
+# A meta's seq at or past this names no message: Redis refuses larger bitmap offsets
+# (SETBIT) and list indexes (LINDEX, past 2**63) with an error that failed the whole batch,
+# and no campaign holds this many recipients. A meta may carry any integer (providers.meta).
+MAX_SEQ = 2**32
 # How long an event about a message whose send is on the wire waits for its outcome
 # (apply_batch); a send ends within its timeout, a crashed worker's claims are written
 # unknown by housekeeping within minutes. After this the event is applied as it is.
@@ -217,7 +221,7 @@ def _names_a_message(event: InboxEvent, account_id: str) -> bool:
         bool(event.campaign_id)
         and event.account_id == account_id
         and event.seq is not None
-        and event.seq >= 0
+        and 0 <= event.seq < MAX_SEQ
         and not event.meta_mismatch
     )
 
