@@ -1,6 +1,7 @@
 """Callbacks after verification (review W5): the real API over HTTP, a real Redis and a
-real worker. A meta whose seq no campaign has must not stall its batch; two API processes
-taking the same redelivered events at once apply them once.
+real worker. A meta whose seq no campaign has must not stall its batch; a message that a
+callback proves sent gets its ``Notification Sent``; two API processes taking the same
+redelivered events at once apply them once.
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ import pytest
 import redis
 
 from dispatch import campaigns, store, suppressions
+from dispatch.models import CampaignRequest
 from dispatch.settings import get_settings
 from tests.api_server import ApiServer
 from tests.callback_support import (
     callback_entries,
+    callback_path,
     draft_campaign,
     generic_event,
     inbox_empty,
     post,
+    stream,
 )
+from tests.helpers import http_provider
+from tests.http_sink import HttpSink, Reply
 from tests.worker import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -81,6 +87,56 @@ def test_a_meta_whose_seq_no_campaign_has_leaves_its_neighbours_applied(
         "Notification Delivered",
         "Notification Failed",
     ]
+
+
+def test_a_message_a_callback_proves_sent_gets_its_notification_sent(
+    api: httpx.Client, redis_client: redis.Redis, worker: WorkerProcess
+) -> None:
+    """The ESP took the message but its answer was lost (read timeout: ``unknown``, no
+    stream entry). Its delivery made it ``sent`` (counters, ledger) but the stream never
+    said so: a consumer saw ``Notification Delivered`` for a message never ``Sent``."""
+    r = redis_client
+    with HttpSink(default=Reply(delay=2.0)) as esp:  # the sender gives up after 0.5 s
+        http_provider(r, esp.url, timeout=0.5)
+        body = {"id": "c-lost", "provider": "esp", "subject": "s", "html": "h",
+                "recipients": [{"email": "lost@example.com"}]}  # fmt: skip
+        campaigns.create_campaign(CampaignRequest.model_validate(body), client=r)
+        wait_for(lambda: campaigns.get_status("c-lost", r).value == "completed", timeout=60)
+        meta = esp.requests[0].json()["msgs"][0]["mid"]
+    assert campaigns.get_counters("c-lost", r)["unknown"] == 1
+    assert [e["event"] for e in stream(r)] == []
+
+    # A soft bounce (the provider took it, the mailbox was full), then its delivery; a
+    # description that reads like the keys of a stream entry stays the description.
+    tricky = 'full,"ts":1,"properties":{"x":"y"}}'
+    events = [
+        generic_event("soft_bounce", "lost@example.com", meta, description=tricky,
+                      timestamp=1_800_000_000),
+        generic_event("delivered", "lost@example.com", meta, timestamp=1_800_000_600),
+    ]  # fmt: skip
+    path = callback_path(r, "esp")
+    for _ in range(2):  # and its redelivery
+        answer = {"TOTAL_EVENTS": 2, "PROCESSED_EVENTS": 2, "UNPROCESSED_EVENTS": []}
+        assert post(api, path, events).json() == answer  # an http provider's shape
+        settle(r)
+
+    counters = campaigns.get_counters("c-lost", r)
+    assert (counters["sent"], counters["unknown"]) == (1, 0)
+    assert (counters["soft_bounced"], counters["delivered"]) == (1, 1)
+    entries = stream(r)
+    names = ["Notification Sent", "Notification Failed", "Notification Delivered"]
+    assert [e["event"] for e in entries] == names
+    sent, failed = entries[0], entries[1]
+    assert sent == {
+        "event": "Notification Sent",
+        "ts": 1_800_000_000,
+        "email": "lost@example.com",
+        "campaign_id": "c-lost",
+        "meta": meta,
+        "provider": "esp",
+        "properties": {"CT Source": "Generic email"},
+    }
+    assert failed["properties"] == {"Error": tricky, "Callback Type": "soft_bounce"}
 
 
 def test_two_api_processes_taking_the_same_events_at_once_apply_them_once(
