@@ -324,17 +324,20 @@ def apply_events(
     kind: str,
     received: float | None = None,
     batch_id: str = "",
+    sender_kind: str = "",
     client: redis.Redis | None = None,
 ) -> int:
     """Apply ``events`` of ``provider``; returns how many were new (not redeliveries).
 
     ``batch_id``, when given, is removed from the inbox by the same script call as the
-    last events. Raises ``redis.RedisError`` when Redis fails (nothing of the failed
-    chunk is applied; earlier chunks are, and are recognised when applied again).
+    last events. ``sender_kind``: the kind of the provider that sent the messages, when
+    ``kind`` is not (the ``CT Source`` of a ``Notification Sent`` an event proves).
+    Raises ``redis.RedisError`` when Redis fails (nothing of the failed chunk is applied;
+    earlier chunks are, and are recognised when applied again).
     """
     return _apply(
         events, provider=provider, kind=kind, received=received, batch_id=batch_id,
-        wait_for_sends=False, client=client,
+        wait_for_sends=False, client=client, sender_kind=sender_kind,
     )[0]  # fmt: skip
 
 
@@ -347,6 +350,7 @@ def _apply(
     batch_id: str,
     wait_for_sends: bool,
     client: redis.Redis | None,
+    sender_kind: str = "",
 ) -> tuple[int, int]:
     """:func:`apply_events`; returns (new, deferred). ``wait_for_sends``: an event about
     a message whose send is on the wire (``claimed``) is deferred, and then ``batch_id``
@@ -366,7 +370,7 @@ def _apply(
     # its state and attempts.
     proven = b"," + orjson.dumps({"t": round(received, 3), "d": PROVEN_DETAIL})[1:]
     # The properties of its Notification Sent, as the ledger writes them (dispatch.sending).
-    sent_properties = orjson.dumps({"CT Source": ct_source(kind)})
+    sent_properties = orjson.dumps({"CT Source": ct_source(sender_kind or kind)})
     applied = deferred = 0
     starts = range(0, len(events), CHUNK) if events else range(1)
     for start in starts:

@@ -18,6 +18,7 @@ import redis
 from dispatch import campaigns, store, suppressions
 from dispatch.models import CampaignRequest
 from dispatch.settings import get_settings
+from dispatch.unsubscribe import make_token
 from tests.api_server import ApiServer
 from tests.callback_support import (
     callback_entries,
@@ -55,6 +56,21 @@ def second_api(api_server: ApiServer) -> Iterator[httpx.Client]:
 
 def settle(r: redis.Redis, timeout: float = 60) -> None:
     wait_for(lambda: inbox_empty(r), timeout=timeout)
+
+
+def lost_send(r: redis.Redis, campaign_id: str) -> str:
+    """A one-recipient campaign (lost@example.com) through an http provider "esp" whose
+    answer comes too late: the ESP took the message, its outcome is ``unknown``. Its meta.
+    """
+    with HttpSink(default=Reply(delay=2.0)) as esp:  # the sender gives up after 0.5 s
+        http_provider(r, esp.url, timeout=0.5)
+        body = {"id": campaign_id, "provider": "esp", "subject": "s", "html": "h",
+                "recipients": [{"email": "lost@example.com"}]}  # fmt: skip
+        campaigns.create_campaign(CampaignRequest.model_validate(body), client=r)
+        wait_for(lambda: campaigns.get_status(campaign_id, r).value == "completed", timeout=60)
+        meta: str = esp.requests[0].json()["msgs"][0]["mid"]
+    assert campaigns.get_counters(campaign_id, r)["unknown"] == 1
+    return meta
 
 
 def test_a_meta_whose_seq_no_campaign_has_leaves_its_neighbours_applied(
@@ -96,14 +112,7 @@ def test_a_message_a_callback_proves_sent_gets_its_notification_sent(
     stream entry). Its delivery made it ``sent`` (counters, ledger) but the stream never
     said so: a consumer saw ``Notification Delivered`` for a message never ``Sent``."""
     r = redis_client
-    with HttpSink(default=Reply(delay=2.0)) as esp:  # the sender gives up after 0.5 s
-        http_provider(r, esp.url, timeout=0.5)
-        body = {"id": "c-lost", "provider": "esp", "subject": "s", "html": "h",
-                "recipients": [{"email": "lost@example.com"}]}  # fmt: skip
-        campaigns.create_campaign(CampaignRequest.model_validate(body), client=r)
-        wait_for(lambda: campaigns.get_status("c-lost", r).value == "completed", timeout=60)
-        meta = esp.requests[0].json()["msgs"][0]["mid"]
-    assert campaigns.get_counters("c-lost", r)["unknown"] == 1
+    meta = lost_send(r, "c-lost")
     assert [e["event"] for e in stream(r)] == []
 
     # A soft bounce (the provider took it, the mailbox was full), then its delivery; a
@@ -137,6 +146,24 @@ def test_a_message_a_callback_proves_sent_gets_its_notification_sent(
         "properties": {"CT Source": "Generic email"},
     }
     assert failed["properties"] == {"Error": tricky, "Callback Type": "soft_bounce"}
+
+
+def test_a_one_click_unsubscribe_proving_a_send_names_the_sending_provider_kind(
+    api: httpx.Client, redis_client: redis.Redis, worker: WorkerProcess
+) -> None:
+    """The unsubscribe page proves the message reached its recipient as a callback does:
+    its Notification Sent carries the sending provider's ``CT Source``, not the page's."""
+    r = redis_client
+    meta = lost_send(r, "c-lost-page")
+    token = make_token("c-lost-page", 0, "lost@example.com", "default")
+    assert api.post(f"/u/{token}").status_code == 200
+
+    counters = campaigns.get_counters("c-lost-page", r)
+    assert (counters["sent"], counters["unknown"], counters["unsubscribed"]) == (1, 0, 1)
+    entries = stream(r)
+    assert [e["event"] for e in entries] == ["Notification Sent", "Channel Unsubscribed"]
+    assert entries[0]["properties"] == {"CT Source": "Generic email"}
+    assert (entries[0]["meta"], entries[0]["provider"]) == (meta, "esp")
 
 
 def test_two_api_processes_taking_the_same_events_at_once_apply_them_once(
