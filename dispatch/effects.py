@@ -12,7 +12,8 @@ by one Lua script, so for each event these happen together or not at all:
    account whose ``seq`` is inside the campaign and whose recipient is the event's
    counts at all; a message the ledger calls ``unknown`` (its send's outcome was lost)
    becomes ``sent``, since the provider's event about it shows that it took it (the
-   campaign's ``delivered`` would otherwise pass its ``sent``); an event about a message
+   campaign's ``delivered`` would otherwise pass its ``sent``), with the ``Notification
+   Sent`` its lost outcome did not write; an event about a message
    whose send is still on the wire waits for that send's outcome (:func:`apply_batch`);
 3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands);
 4. the system events of DESIGN §6 on ``dispatch:events``.
@@ -55,6 +56,10 @@ COUNTERS: dict[EventType, str] = {
 }
 SUPPRESSING = frozenset({EventType.HARD_BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBED})
 GUARDED = frozenset({EventType.HARD_BOUNCE, EventType.SPAM})  # dispatch.reputation
+# A meta's seq at or past this names no message: Redis refuses larger bitmap offsets
+# (SETBIT) and list indexes (LINDEX, past 2**63) with an error that failed the whole batch,
+# and no campaign holds this many recipients. A meta may carry any integer (providers.meta).
+MAX_SEQ = 2**32
 # How long an event about a message whose send is on the wire waits for its outcome
 # (apply_batch); a send ends within its timeout, a crashed worker's claims are written
 # unknown by housekeeping within minutes. After this the event is applied as it is.
@@ -65,9 +70,10 @@ PROVEN_DETAIL = "outcome unknown at send; a callback about it shows the provider
 _APPLY = """
 local stream, supp, inbox, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, ttl, batch, proven, defer = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local source = ARGV[6]
 local applied, deferred = 0, 0
 for i = 0, (#KEYS - 5) / 5 - 1 do
-  local k, a = 5 + i * 5, 5 + i * 6
+  local k, a = 5 + i * 5, 6 + i * 6
   local counter, seq = ARGV[a + 1], tonumber(ARGV[a + 2])
   local email, entry, ev1, ev2 = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local ours, old = false, nil
@@ -91,6 +97,15 @@ for i = 0, (#KEYS - 5) / 5 - 1 do
         redis.call('HINCRBY', KEYS[k + 3], 'sent', 1)
         local nickname = redis.call('HGET', KEYS[k + 2], 'provider') or 'unknown'
         redis.call('HINCRBY', stats, nickname .. '|sent', 1)
+        -- and its Notification Sent, which an unknown outcome did not write: the
+        -- event's first entry (every counted type has one) under that name, with the
+        -- properties of a send. Its keys come in event_fields' order, and a string in it
+        -- holds a quote only escaped: the first ',"ts":' and ',"properties":' are keys.
+        local ts = string.find(ev1, ',"ts":', 1, true)
+        local props = string.find(ev1, ',"properties":', 1, true)
+        local sent = '{"event":"Notification Sent"' .. string.sub(ev1, ts, props) ..
+          '"properties":' .. source .. '}'
+        redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', sent)
       end
       if redis.call('SETBIT', KEYS[k + 4], seq, 1) == 0 then
         redis.call('HINCRBY', KEYS[k + 3], counter, 1)
@@ -217,7 +232,7 @@ def _names_a_message(event: InboxEvent, account_id: str) -> bool:
         bool(event.campaign_id)
         and event.account_id == account_id
         and event.seq is not None
-        and event.seq >= 0
+        and 0 <= event.seq < MAX_SEQ
         and not event.meta_mismatch
     )
 
@@ -309,17 +324,20 @@ def apply_events(
     kind: str,
     received: float | None = None,
     batch_id: str = "",
+    sender_kind: str = "",
     client: redis.Redis | None = None,
 ) -> int:
     """Apply ``events`` of ``provider``; returns how many were new (not redeliveries).
 
     ``batch_id``, when given, is removed from the inbox by the same script call as the
-    last events. Raises ``redis.RedisError`` when Redis fails (nothing of the failed
-    chunk is applied; earlier chunks are, and are recognised when applied again).
+    last events. ``sender_kind``: the kind of the provider that sent the messages, when
+    ``kind`` is not (the ``CT Source`` of a ``Notification Sent`` an event proves).
+    Raises ``redis.RedisError`` when Redis fails (nothing of the failed chunk is applied;
+    earlier chunks are, and are recognised when applied again).
     """
     return _apply(
         events, provider=provider, kind=kind, received=received, batch_id=batch_id,
-        wait_for_sends=False, client=client,
+        wait_for_sends=False, client=client, sender_kind=sender_kind,
     )[0]  # fmt: skip
 
 
@@ -332,6 +350,7 @@ def _apply(
     batch_id: str,
     wait_for_sends: bool,
     client: redis.Redis | None,
+    sender_kind: str = "",
 ) -> tuple[int, int]:
     """:func:`apply_events`; returns (new, deferred). ``wait_for_sends``: an event about
     a message whose send is on the wire (``claimed``) is deferred, and then ``batch_id``
@@ -350,6 +369,8 @@ def _apply(
     # The rest of the record of a message an event shows was sent (see _APPLY), after
     # its state and attempts.
     proven = b"," + orjson.dumps({"t": round(received, 3), "d": PROVEN_DETAIL})[1:]
+    # The properties of its Notification Sent, as the ledger writes them (dispatch.sending).
+    sent_properties = orjson.dumps({"CT Source": ct_source(sender_kind or kind)})
     applied = deferred = 0
     starts = range(0, len(events), CHUNK) if events else range(1)
     for start in starts:
@@ -362,6 +383,7 @@ def _apply(
             batch_id if last and not deferred else "",
             proven,
             "1" if wait_for_sends else "",
+            sent_properties,
         ]
         holders = _seq_holders(r, chunk, settings.account_id)
         for event, holds_seq in zip(chunk, holders, strict=True):

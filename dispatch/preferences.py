@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+import orjson
 import redis
 
 from dispatch import campaigns, store, suppressions
@@ -57,7 +58,13 @@ def unsubscribe(token: UnsubscribeToken, how: str, client: redis.Redis | None = 
         ts=time.time(),
         dedupe=f"unsubscribe:{token.campaign_id}:{token.seq}",
     )
-    if apply_events([event], provider=provider, kind="preference-center", client=r) > 0:
+    # The sending provider's kind, for a Notification Sent this unsubscribe may prove.
+    stored = r.get(store.provider_key(provider)) if content else None
+    sender_kind = str(orjson.loads(stored).get("kind") or "") if stored else ""
+    applied = apply_events(
+        [event], provider=provider, kind="preference-center", sender_kind=sender_kind, client=r
+    )
+    if applied > 0:
         return True
     # A repeat of this message's unsubscribe: its counter and event stay as they were,
     # but the person asks again, so they are suppressed again if the entry was removed
