@@ -180,14 +180,18 @@ def confirm_subscription(url: str, timeout: float = SUBSCRIBE_TIMEOUT) -> None:
     """GET an SNS ``SubscribeURL`` (already checked by :class:`SnsVerifier`).
 
     TLS is verified against the system's CA store (``SSL_CERT_FILE`` is honoured);
-    redirects are not followed. Raises :class:`CallbackRejected` (502) when the GET fails,
-    so that SNS sends the confirmation again.
+    redirects are not followed; the answer's status is all that is read (its body, of
+    any size, is not). Raises :class:`CallbackRejected` (502) when the GET fails, so that
+    SNS sends the confirmation again.
     """
     try:
-        with httpx.Client(
-            verify=ssl.create_default_context(), timeout=timeout, follow_redirects=False
-        ) as client:
-            response = client.get(url)
+        with (
+            httpx.Client(
+                verify=ssl.create_default_context(), timeout=timeout, follow_redirects=False
+            ) as client,
+            client.stream("GET", url) as response,
+        ):
+            pass
     except httpx.HTTPError as exc:
         raise CallbackRejected(f"SubscribeURL not confirmed: {type(exc).__name__}", 502) from exc
     if not response.is_success:

@@ -183,7 +183,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         server: HttpsServer = self.server.owner  # type: ignore[attr-defined]
         server.paths.append(self.path)
         self.send_response(server.status)
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Length", str(server.promised_length or 2))
         self.end_headers()
         self.wfile.write(b"ok")
 
@@ -195,10 +195,14 @@ class HttpsServer:
     """An HTTPS server on 127.0.0.1 recording GET paths; ``ca_file`` is its certificate.
 
     ``hosts``: DNS names its certificate also holds (reached through :class:`ConnectProxy`).
+    ``promised_length``: the Content-Length its answers announce (their body is 2 bytes).
     """
 
-    def __init__(self, status: int = 200, hosts: list[str] | None = None) -> None:
+    def __init__(
+        self, status: int = 200, hosts: list[str] | None = None, promised_length: int = 0
+    ) -> None:
         self.status = status
+        self.promised_length = promised_length
         self.paths: list[str] = []
         self._dir = tempfile.TemporaryDirectory()
         cert, key = self_signed_cert(Path(self._dir.name), hosts or [])

@@ -380,6 +380,17 @@ def test_signed_ses_samples_have_the_expected_effects(
     assert click["properties"]["URL"].startswith("https://")
 
 
+def test_a_subscribe_url_answer_is_confirmed_by_its_status_its_body_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the status of the confirmation's answer matters: its body (of any size, or
+    cut short) is not read. The whole body was read before, without a size cap."""
+    with HttpsServer(promised_length=10**12) as server:
+        monkeypatch.setenv("SSL_CERT_FILE", server.ca_file)
+        callbacks.confirm_subscription(f"https://{server.authority}/?Action=ConfirmSubscription")
+    assert server.paths == ["/?Action=ConfirmSubscription"]
+
+
 def test_sns_subscription_sample_is_confirmed_at_its_subscribe_url(
     api: httpx.Client, paths: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
