@@ -40,55 +40,91 @@ def ensure_secret_key() -> None:
     get_settings.cache_clear()
 
 
+# A key of fewer characters was chosen by a person, not generated: anyone holding one
+# delivered link knows what its token holds, so can test guesses at the key offline, then
+# forge links and read the provider secrets of a copy of Redis.
+MIN_KEY_CHARS = 32
+
+
 def _secret() -> str:
+    """The current key: everything is written with it."""
     key = get_settings().secret_key.get_secret_value()
     if not key:
         raise SecretKeyError("DISPATCH_SECRET_KEY is not set")
+    _warn_if_short(key)
     return key
 
 
-def _derive(purpose: str) -> bytes:
-    return hashlib.sha256(f"{purpose}\0{_secret()}".encode()).digest()
+def _secrets() -> tuple[str, ...]:
+    """The keys to read with: the current one, then DISPATCH_PREVIOUS_SECRET_KEYS (the
+    unsubscribe links of mail delivered before a key change must work for months)."""
+    current = _secret()
+    previous = (k.get_secret_value() for k in get_settings().previous_secret_keys)
+    return (current, *(k for k in previous if k != current))
+
+
+@lru_cache(maxsize=4)
+def _warn_if_short(key: str) -> None:
+    if len(key) < MIN_KEY_CHARS:
+        log.warning(
+            "DISPATCH_SECRET_KEY has %d characters, fewer than %d: a key that short may be "
+            "guessed from one unsubscribe link; generate a new one (README: Backups, "
+            "changing the key)",
+            len(key),
+            MIN_KEY_CHARS,
+        )
+
+
+def _derive(purpose: str, secret: str) -> bytes:
+    return hashlib.sha256(f"{purpose}\0{secret}".encode()).digest()
+
+
+def _fernet(secret: str) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(_derive("provider-secrets", secret)))
 
 
 def encrypt(plaintext: str) -> str:
-    """Encrypt a secret for storage (Fernet: AES-128-CBC + HMAC-SHA256)."""
-    return (
-        Fernet(base64.urlsafe_b64encode(_derive("provider-secrets")))
-        .encrypt(plaintext.encode())
-        .decode("ascii")
-    )
+    """Encrypt a secret for storage (Fernet: AES-128-CBC + HMAC-SHA256, a random IV each
+    time) with the current key."""
+    return _fernet(_secret()).encrypt(plaintext.encode()).decode("ascii")
 
 
 def decrypt(token: str) -> str:
-    """Decrypt a stored secret; raises :class:`SecretKeyError` if the key does not fit."""
-    try:
-        return (
-            Fernet(base64.urlsafe_b64encode(_derive("provider-secrets")))
-            .decrypt(token.encode("ascii"))
-            .decode()
-        )
-    except InvalidToken as exc:
-        raise SecretKeyError("stored secret does not decrypt with DISPATCH_SECRET_KEY") from exc
+    """Decrypt a stored secret with the current or a previous key; raises
+    :class:`SecretKeyError` if none fits (or the value was altered)."""
+    for secret in _secrets():
+        try:
+            return _fernet(secret).decrypt(token.encode("ascii")).decode()
+        except InvalidToken:
+            continue
+    raise SecretKeyError("stored secret does not decrypt with DISPATCH_SECRET_KEY")
 
 
-def sign(purpose: str, payload: bytes) -> str:
-    """A URL-safe HMAC-SHA256 signature of ``payload`` for ``purpose``."""
-    mac = hmac.new(_derive(purpose), payload, hashlib.sha256).digest()
+def _sign(secret: str, purpose: str, payload: bytes) -> str:
+    mac = hmac.new(_derive(purpose, secret), payload, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
 
+def sign(purpose: str, payload: bytes) -> str:
+    """A URL-safe HMAC-SHA256 signature of ``payload`` for ``purpose`` (current key)."""
+    return _sign(_secret(), purpose, payload)
+
+
 def verify(purpose: str, payload: bytes, signature: str) -> bool:
-    """Whether ``signature`` is :func:`sign`'s for ``payload`` (constant time).
+    """Whether ``signature`` is :func:`sign`'s for ``payload`` with the current or a
+    previous key (each compared in constant time).
 
     Compared as bytes: ``hmac.compare_digest`` raises TypeError for a str with non-ASCII
     characters, and ``signature`` comes from a URL anyone can type.
     """
     given = signature.encode("utf-8", "surrogatepass")
-    return hmac.compare_digest(sign(purpose, payload).encode("ascii"), given)
+    return any(
+        hmac.compare_digest(_sign(secret, purpose, payload).encode("ascii"), given)
+        for secret in _secrets()
+    )
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=16)
 def _siv(purpose: str, secret: str) -> AESSIV:
     # AES-256-SIV takes a 512-bit key (two AES-256 keys: S2V's CMAC and CTR); the same
     # derivation as _derive, with SHA-512 for the length. Cached: a campaign seals a
@@ -105,8 +141,11 @@ def seal(purpose: str, plaintext: bytes) -> bytes:
 
 def unseal(purpose: str, sealed: bytes) -> bytes:
     """The plaintext :func:`seal` sealed; raises :class:`UnsealError` when ``sealed`` was
-    altered, sealed for another purpose or with another DISPATCH_SECRET_KEY."""
-    try:
-        return _siv(purpose, _secret()).decrypt(sealed, None)
-    except InvalidTag as exc:
-        raise UnsealError("not sealed by this service for this purpose") from exc
+    altered, sealed for another purpose or with a key neither DISPATCH_SECRET_KEY nor in
+    DISPATCH_PREVIOUS_SECRET_KEYS."""
+    for secret in _secrets():
+        try:
+            return _siv(purpose, secret).decrypt(sealed, None)
+        except InvalidTag:
+            continue
+    raise UnsealError("not sealed by this service for this purpose")

@@ -125,7 +125,8 @@ def _unreadable_secrets(raw: str | bytes) -> list[str]:
         except crypto.SecretKeyError:
             problems.append(
                 f"{key}: the stored secret does not decrypt with DISPATCH_SECRET_KEY (was "
-                f"the key changed?): restore the key, or save the provider again with its {key}"
+                f"the key changed?): restore the key or list the old one in "
+                f"DISPATCH_PREVIOUS_SECRET_KEYS, or save the provider again with its {key}"
             )
     return problems
 
@@ -278,7 +279,8 @@ def load_provider_with_token(
     except crypto.SecretKeyError:
         raise crypto.SecretKeyError(
             f"provider {nickname!r}: its stored secrets do not decrypt with "
-            "DISPATCH_SECRET_KEY (was the key changed?): restore the key, or save the "
+            "DISPATCH_SECRET_KEY (was the key changed?): restore the key or list the old "
+            "one in DISPATCH_PREVIOUS_SECRET_KEYS, or save the "
             "provider again with its secrets"
         ) from None
 

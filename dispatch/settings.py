@@ -48,7 +48,7 @@ DEFAULT_PAUSE_AFTER_FAILURES = 100
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
 # Settings whose value an error message must not repeat (a Redis URL may hold a password).
-_SECRET_FIELDS = frozenset({"secret_key", "api_tokens", "redis_url"})
+_SECRET_FIELDS = frozenset({"secret_key", "previous_secret_keys", "api_tokens", "redis_url"})
 
 
 class SettingsError(RuntimeError):
@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     api_tokens: Annotated[tuple[str, ...], NoDecode] = ()
     # Encrypts unsubscribe tokens and provider secrets at rest.
     secret_key: SecretStr = SecretStr("")
+    # Keys used before secret_key (comma-separated): what they wrote is still read
+    # (unsubscribe links of mail already delivered, stored secrets), nothing is written
+    # with them (dispatch.crypto).
+    previous_secret_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     # Part of every message's meta, the value of a machine-read header (DESIGN §3):
     # printable ASCII without the '|' between the meta's fields.
     account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[\x20-\x7b\x7d\x7e]{1,64}$")
@@ -126,7 +130,7 @@ class Settings(BaseSettings):
     pause_after_failures: int = Field(default=DEFAULT_PAUSE_AFTER_FAILURES, ge=0)
     log_level: str = "INFO"
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "previous_secret_keys", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
