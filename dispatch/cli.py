@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
 import json
 import os
 import secrets
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -345,9 +347,26 @@ def cmd_send(args: argparse.Namespace) -> int:
     print(campaign_id)
     if not created:
         print("(already existed with the same content: nothing changed)", file=sys.stderr)
+    _say_if_waiting(campaign_id)
     if args.follow:
         return follow(campaign_id)
     return 0
+
+
+def _say_if_waiting(campaign_id: str) -> None:
+    """A campaign that does not send yet says why (a bare id looked like a started one)."""
+    from dispatch import campaigns
+    from dispatch.models import CampaignStatus
+
+    status = campaigns.get_status(campaign_id)
+    if status is CampaignStatus.SCHEDULED:
+        print(f"(scheduled: starts at {_send_at(campaign_id)})", file=sys.stderr)
+    elif status is CampaignStatus.DRAFT:
+        print(
+            f"(a draft: append its recipients with POST /v1/campaigns/{campaign_id}/recipients, "
+            f"then POST /v1/campaigns/{campaign_id}/start)",
+            file=sys.stderr,
+        )
 
 
 def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bool) -> int:
@@ -420,8 +439,7 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
                 continue
             outage_since = None
             done = summary["total"] - summary["queued"]
-            note = f"sent {summary['sent']} failed {summary['failed']}"
-            bar.update(done, summary["total"], note)
+            bar.update(done, summary["total"], _follow_note(campaign_id, summary))
             if summary["status"] not in ("running", "scheduled"):
                 bar.close()
                 _print(summary)
@@ -445,6 +463,29 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
         return 130
 
 
+# Settled states besides sent and failed, named in a --follow's line once one happened:
+# "2/2 100% sent 0 failed 0" said nothing of two recipients on the suppression list.
+_OTHER_ENDS = ("suppressed", "unknown", "cancelled", "expired")
+
+
+@functools.lru_cache(maxsize=16)  # a campaign's content never changes: read it once
+def _send_at(campaign_id: str) -> str:
+    from dispatch import campaigns
+
+    send_at = campaigns.load_content(campaign_id).send_at
+    return send_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if send_at else "?"
+
+
+def _follow_note(campaign_id: str, summary: Mapping[str, Any]) -> str:
+    """What a --follow's line says after its bar: the counts, or when a scheduled
+    campaign starts (else it showed 0/s with no word of why nothing moved)."""
+    if summary["status"] == "scheduled":
+        return f"scheduled: starts at {_send_at(campaign_id)}"
+    counts = [f"sent {summary['sent']}", f"failed {summary['failed']}"]
+    counts += [f"{name} {summary[name]}" for name in _OTHER_ENDS if summary.get(name)]
+    return " ".join(counts)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from dispatch import campaigns
 
@@ -461,8 +502,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_messages(args: argparse.Namespace) -> int:
     """Per-message outcomes as NDJSON, one line each (every page, or one address's)."""
     from dispatch import campaigns, lifecycle, retention
+    from providers.addresses import InvalidAddressError, normalize_address
 
+    if args.email is not None:
+        try:
+            normalize_address(args.email)
+        except InvalidAddressError as exc:  # it printed nothing: a typo looked like "none"
+            print(f"error: --email: {exc}", file=sys.stderr)
+            return 2
     cursor: int | None = 0
+    shown = 0
     try:
         while cursor is not None:
             items, cursor = lifecycle.messages_page(
@@ -470,6 +519,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
             )
             for item in items:
                 print(json.dumps(item, default=str))
+            shown += len(items)
     except campaigns.CampaignNotFoundError:
         print(f"error: no campaign {args.id!r}", file=sys.stderr)
         return 1
@@ -479,6 +529,10 @@ def cmd_messages(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an unknown status
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.email is not None and not shown:  # the question had no answer: say so
+        which = f"{args.status} message" if args.status else "message"
+        print(f"campaign {args.id!r} has no {which} to {args.email}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -501,7 +555,7 @@ def cmd_providers_add(args: argparse.Namespace) -> int:
     items = data if isinstance(data, list) else [data]
     if not items or not all(isinstance(item, dict) for item in items):
         raise CommandError(f"{args.file}: must hold a provider (a mapping) or a list of them")
-    status = 0
+    status, shown = 0, False
     for position, item in enumerate(items):  # one refused does not lose those after it
         try:
             config = save_provider(item)
@@ -514,13 +568,36 @@ def cmd_providers_add(args: argparse.Namespace) -> int:
             status = 2
             continue
         _print(provider_view(config.nickname))
+        shown = True
+    if shown:
+        _note_callback_base()
     return status
+
+
+def _note_callback_base() -> None:
+    """A provider's ``callback_url`` is built from this process's ``DISPATCH_PUBLIC_URL``:
+    unset here (and no ``dispatch up`` on an embedded Redis gave its API's), it shows the
+    default, not the address the service gives its ESPs. Say so under what was shown, to
+    a person (a script reading stderr is not given a line it did not expect)."""
+    from dispatch.settings import get_settings
+
+    settings = get_settings()
+    if "public_url" not in settings.model_fields_set and sys.stderr.isatty():
+        print(
+            "note: DISPATCH_PUBLIC_URL is not set here: the callback_url above starts "
+            f"{settings.public_url}; give this command the service's to see the one to "
+            "configure at the provider",
+            file=sys.stderr,
+        )
 
 
 def cmd_providers_list(args: argparse.Namespace) -> int:
     from dispatch.provider_store import list_providers, provider_view
 
-    _print([provider_view(n) for n in list_providers()])
+    nicknames = list_providers()
+    _print([provider_view(n) for n in nicknames])
+    if nicknames:
+        _note_callback_base()
     return 0
 
 
@@ -546,6 +623,8 @@ def cmd_providers_test(args: argparse.Namespace) -> int:
         print(f"error: --to: {exc}", file=sys.stderr)
         return 2
     _print({"ok": result.ok, "error": result.error, "detail": result.detail})
+    if "no value for $$" in result.detail:  # the detail names the API's "vars"
+        print("give the recipient's vars with --var NAME=VALUE", file=sys.stderr)
     return 0 if result.ok else 1
 
 
@@ -567,8 +646,11 @@ def cmd_suppressions_add(args: argparse.Namespace) -> int:
     from dispatch import suppressions
     from providers.addresses import InvalidAddressError
 
-    if (args.email is None) == (args.file is None):
+    if args.email is not None and args.file is not None:
         print("error: give an address or --file, not both", file=sys.stderr)
+        return 2
+    if args.email is None and args.file is None:
+        print("error: give the address to suppress, or --file FILE (one a line)", file=sys.stderr)
         return 2
     if args.file is not None:
         return _suppress_file(args.file, args.reason)
@@ -833,7 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SecretKeyError as exc:
-        print(f"error: {exc} (set it to the key the service runs with)", file=sys.stderr)
+        print(f"error: {_secret_key_problem(exc)}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
         print(f"error: Redis at {_redis_address()}: {exc}", file=sys.stderr)
@@ -846,6 +928,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports it
     return result
+
+
+def _secret_key_problem(exc: Exception) -> str:
+    """What a stored secret this command could not read says. Without a key of its own the
+    command read nothing, whatever the key the service runs with: say that, not that the
+    key was changed (which sends the reader to change the service)."""
+    from dispatch.settings import get_settings
+
+    if not get_settings().secret_key.get_secret_value():
+        return (
+            "DISPATCH_SECRET_KEY is not set in this command's environment: give it the "
+            "key the service runs with (provider secrets are stored encrypted with it)"
+        )
+    return f"{exc} (or this command's DISPATCH_SECRET_KEY is not the one the service runs with)"
 
 
 def _redis_address() -> str:
