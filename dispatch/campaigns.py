@@ -384,11 +384,15 @@ if redis.call('HSETNX', KEYS[1], 'fingerprint', ARGV[1]) == 0 then
 end
 redis.call('HSET', KEYS[1], 'content', ARGV[2], 'provider', ARGV[3], 'status', 'draft',
            'created_at', ARGV[4], 'reason', '')
-for i = 8, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], 0) end
+for i = 9, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], 0) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[6])
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5]) end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[7])
+end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'send_at', ARGV[8]) end
 return false
 """
 
@@ -447,6 +451,7 @@ def create_campaign(
         campaign_id,
         content.category,
         "" if content.expires_at is None else repr(content.expires_at.timestamp()),
+        "" if content.send_at is None else repr(content.send_at.timestamp()),
         *COUNTER_NAMES,
     )
     if found is not None:
@@ -1128,14 +1133,18 @@ def get_counters(campaign_id: str, client: redis.Redis | None = None) -> dict[st
 
 # The fields of a campaign's hash its summary reads (never ``content``: a page of the
 # list would read every campaign's templates).
-_SUMMARY_FIELDS = ("status", "reason", "created_at", "send_date", "purged_at", "provider")
+# (send_at and expires_at: stored beside the content since 2026-11-24, null before)
+_SUMMARY_FIELDS = (
+    "status", "reason", "created_at", "send_date", "purged_at", "provider", "send_at",
+    "expires_at",
+)  # fmt: skip
 
 
 def _summary_of(
     campaign_id: str, fields: Sequence[str | None], counters: Mapping[str, str], r: redis.Redis
 ) -> dict[str, Any]:
     """A summary from the values of :data:`_SUMMARY_FIELDS` and the counters' hash."""
-    status, reason, created_at, send_date, purged_at, provider = fields
+    status, reason, created_at, send_date, purged_at, provider, send_at, expires_at = fields
     if provider is None:  # (stored before campaigns kept their provider beside the content)
         provider = load_content(campaign_id, r).provider
     return {
@@ -1146,6 +1155,8 @@ def _summary_of(
         "created_at": float(created_at or 0),
         "send_date": send_date or "",
         "purged_at": None if purged_at is None else float(purged_at),
+        "send_at": None if send_at is None else float(send_at),
+        "expires_at": None if expires_at is None else float(expires_at),
         **{name: int(counters.get(name, 0)) for name in COUNTER_NAMES},
     }
 

@@ -128,6 +128,13 @@ class CampaignSummary(Answer):
         default=None,
         description="When the retention policy removed the per-message records (null: kept)",
     )
+    send_at: float | None = Field(
+        default=None, description="When it starts (Unix seconds), if created with send_at"
+    )
+    expires_at: float | None = Field(
+        default=None,
+        description="When its unsent messages expire (Unix seconds), if created with expires_at",
+    )
     total: int = 0
     queued: int = 0
     sent: int = 0
