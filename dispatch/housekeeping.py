@@ -88,7 +88,8 @@ def sweep(
         # ``batches``.
         per_batch = int(size or settings.batch_size)
         count = max(int(batches or 0), math.ceil(stored_count(r, campaign_id) / per_batch))
-        r.hset(store.campaign_key(campaign_id), mapping={"progress_at": now, "restarted_at": now})
+        if not _claim_restart(r, campaign_id, progress_at, restarted_at, now):
+            continue  # it moved since it was read, or another sweep restarted it
         for batch in range(count):
             enqueue(campaign_id, batch)
         done["restarted"].append(campaign_id)
@@ -97,6 +98,29 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+# A stalled campaign is restarted only as the sweep read it: still running, no batch
+# wrote since and no other sweep restarted it (two beat processes by mistake, or a
+# rolling restart, send the sweep twice a period and two workers run both at once: each
+# enqueued every batch again). ARGV: progress_at and restarted_at as read ('' for none),
+# then now. Returns 1 when this sweep restarts it.
+_RESTART = """
+local found = redis.call('HMGET', KEYS[1], 'status', 'progress_at', 'restarted_at')
+if found[1] ~= 'running' or (found[2] or '') ~= ARGV[1] or (found[3] or '') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'progress_at', ARGV[3], 'restarted_at', ARGV[3])
+return 1
+"""
+
+
+def _claim_restart(
+    r: redis.Redis, campaign_id: str, progress_at: str | None, restarted_at: str | None, now: float
+) -> bool:
+    """Mark the campaign restarted now, if it is as read; whether this sweep restarts it."""
+    key = store.campaign_key(campaign_id)
+    return bool(r.eval(_RESTART, 1, key, progress_at or "", restarted_at or "", repr(now)))
 
 
 CAMPAIGNS_PER_READ = 1000  # campaigns whose fields are read in one round trip

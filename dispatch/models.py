@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import math
 import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NotRequired
 
@@ -31,6 +33,8 @@ NEW_CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$"
 META_FIELD_PATTERN = r"^[\x20-\x7b\x7d\x7e]{1,64}$"
 # What campaigns stored before that rule may hold: their content must still load.
 _STORED_META_FIELD_PATTERN = r"^[^|\r\n]{1,64}$"
+# A number given as a string ("1921638600", "1.9e9"), read as Unix seconds too.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class CampaignStatus(StrEnum):
@@ -151,6 +155,26 @@ class CampaignRequest(CampaignFields):
     draft: bool = False
     category: str = "default"
     variant: str = "0"
+
+    @field_validator("send_at", "expires_at", mode="before")
+    @classmethod
+    def _unix_seconds(cls, value: Any) -> Any:
+        """A number is Unix seconds, whatever its size. Pydantic reads one past 2e10 as
+        milliseconds: ``send_at`` 32503680000 (the year 3000) was 1971, already past,
+        and the campaign went out at once; a time in milliseconds is refused instead."""
+        if isinstance(value, str) and _NUMBER.fullmatch(value):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value  # (a bool is refused as pydantic refuses it)
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a time")
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(
+                f"{value!r} Unix seconds is not between the years 1 and 9999 "
+                "(milliseconds? divide by 1000)"
+            ) from None
 
     @field_validator("category", "variant")
     @classmethod
