@@ -18,6 +18,7 @@ from dispatch.redis_server import ensure_redis_url
 from dispatch.settings import get_settings
 
 QUEUES = store.CELERY_QUEUES
+BEAT_TASK_EXPIRES = 600  # seconds (see beat_schedule)
 RESULT_EXPIRES_SECONDS = 86_400  # how long a dispatch.enqueue_campaign result is kept
 
 
@@ -68,12 +69,19 @@ class _Config:
     # Each worker also consumes its own queue: its canary arrives there (worker_health).
     worker_direct = True
     task_send_sent_event = True
+    # Each beat task expires unrun after BEAT_TASK_EXPIRES: with no worker running, beat
+    # still sends about 22 a minute, and a weekend's (about 60,000, 1.5 KB each in
+    # Redis) would wait for the workers' return, ahead of the campaigns sent then. The
+    # next run of each comes within its period anyway.
     beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
-        "release-scheduled": {"task": "dispatch.release_scheduled", "schedule": 5.0},
-        "recover-callbacks": {"task": "dispatch.recover_callbacks", "schedule": 30.0},
-        "expire-campaigns": {"task": "dispatch.expire_campaigns", "schedule": 10.0},
-        "housekeeping": {"task": "dispatch.housekeeping", "schedule": 30.0},
-        "purge-finished": {"task": "dispatch.purge_finished", "schedule": 3600.0},
+        name: {"task": task, "schedule": every, "options": {"expires": BEAT_TASK_EXPIRES}}
+        for name, task, every in (
+            ("release-scheduled", "dispatch.release_scheduled", 5.0),
+            ("recover-callbacks", "dispatch.recover_callbacks", 30.0),
+            ("expire-campaigns", "dispatch.expire_campaigns", 10.0),
+            ("housekeeping", "dispatch.housekeeping", 30.0),
+            ("purge-finished", "dispatch.purge_finished", 3600.0),
+        )
     }
 
     @property

@@ -128,6 +128,8 @@ def test_a_campaign_retried_after_it_was_chosen_is_not_purged(
 
 
 def test_beat_runs_the_purge() -> None:
+    import dispatch.tasks  # noqa: F401  (what the worker imports: it registers the tasks)
+
     schedule = app.conf.beat_schedule["purge-finished"]
     assert schedule["task"] == "dispatch.purge_finished"
     assert "dispatch.purge_finished" in app.tasks
