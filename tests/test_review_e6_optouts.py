@@ -17,9 +17,11 @@ from aiosmtpd.smtp import Envelope
 from dispatch import campaigns, preferences, store, suppressions
 from dispatch.ledger import parse_record
 from dispatch.settings import Settings
+from tests import helpers
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
 from tests.helpers import create_held, recipients, run_batches, run_inline, smtp_provider
+from tests.http_sink import HttpSink
 from tests.smtp_server import SmtpTestServer
 
 FAST = Settings(retry_base_seconds=0.05)
@@ -117,3 +119,65 @@ def test_an_opt_out_during_a_campaign_applies_from_its_next_batch(
     summary = campaigns.campaign_summary(cid, redis_client)
     assert (summary["sent"], summary["suppressed"], summary["queued"]) == (8, 1, 0)
     assert summary["status"] == "completed"
+
+
+def test_a_batch_claimed_by_its_load_leaves_the_opted_out_unclaimed(
+    redis_client: redis.Redis,
+) -> None:
+    """A Generic HTTP batch goes out as one chunk, claimed by the load itself: the
+    addresses opted out of A (a non-ASCII local part switched off in its decomposed
+    spelling, the campaign holding the composed one) are neither claimed nor sent, and
+    are counted ``suppressed`` once."""
+    redis_client.sadd(store.CATEGORIES_SET, "A")
+    preferences.set_choices("jo\u0308hn@example.com", set(), client=redis_client)
+    preferences.set_choices("USER1@example.com", set(), client=redis_client)
+    people = [*recipients(3), {"email": "j\u00f6hn@example.com"}]
+    with HttpSink() as sink:
+        helpers.http_provider(redis_client, sink.url)
+        body = {"provider": "esp", "subject": "s", "html": "h", "category": "A"}
+        cid, _ = run_inline(redis_client, {**body, "recipients": people}, FAST)
+        sent = sorted(m["to"] for request in sink.requests for m in request.json()["msgs"])
+    assert sent == ["user0@example.com", "user2@example.com"]
+    records = _records(redis_client, cid)
+    assert {seq for seq, rec in records.items() if rec["state"] == "suppressed"} == {1, 3}
+    assert {records[1]["detail"], records[3]["detail"]} == {OPTED_OUT_OF_A}
+    summary = campaigns.campaign_summary(cid, redis_client)
+    assert (summary["sent"], summary["suppressed"], summary["queued"]) == (2, 2, 0)
+
+
+@covers("GET /preferences/{token}", "DELETE /v1/suppressions/{email}")
+def test_after_unsubscribe_from_all_is_removed_the_category_choices_stand(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """Ann switches A off, then unsubscribes from all: the page shows that, and nothing
+    reaches her. Her entry removed (DELETE), the page shows her switches again as she
+    left them (A off, B on) and sends follow them: a campaign in A skips her, one in B
+    reaches her."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port, preference_center="system")
+        body = {"provider": "local", "subject": "s", "html": "h"}
+        ann = [{"email": "ann@example.com"}]
+        run_inline(redis_client, {**body, "recipients": ann, "category": "A"}, FAST)
+        run_inline(redis_client, {**body, "recipients": ann, "category": "B"}, FAST)
+        path = _preferences_path(smtp, "ann@example.com")
+        with api_client(api_server, token=None) as http:
+            form = {"action": "save", "shown": ["A", "B"], "category": ["B"]}
+            assert http.post(path, data=form).status_code == 200
+            gone = http.post(path, data={"action": "unsubscribe-all"})
+            assert 'id="unsubscribed-all"' in gone.text and 'name="category"' not in gone.text
+        smtp.messages.clear()
+        in_b, _ = run_inline(redis_client, {**body, "recipients": ann, "category": "B"}, FAST)
+        assert smtp.messages == []
+        assert campaigns.get_counters(in_b, redis_client)["suppressed"] == 1
+        with api_client(api_server) as api:
+            assert api.delete("/v1/suppressions/Ann@Example.com").status_code == 204
+        with api_client(api_server, token=None) as http:
+            page = http.get(path).text
+        assert 'id="unsubscribed-all"' not in page
+        assert re.search(r'name="category" value="A"\s*>', page)  # A unchecked
+        assert re.search(r'name="category" value="B"\s*checked>', page)
+        in_a, _ = run_inline(redis_client, {**body, "recipients": ann, "category": "A"}, FAST)
+        assert smtp.messages == []
+        in_b, _ = run_inline(redis_client, {**body, "recipients": ann, "category": "B"}, FAST)
+        assert [m.rcpt_tos for m in smtp.messages] == [["ann@example.com"]]
+    assert _records(redis_client, in_a)[0]["detail"] == OPTED_OUT_OF_A
