@@ -31,7 +31,9 @@ from dispatch.suppressions import suppression_key
 # and out again). The address keys have pages of their own (recipient_pages), so they
 # are checked against the suppression list and the category's opt-outs (DESIGN section
 # 5: checked again right before sending) without decoding anything. Only the records
-# that exist come back, as [seq, record, ...]: most of a first run has none.
+# that exist come back, as [seq, record, ...]: most of a first run has none. The hits
+# come back as two lists: on the suppression list, and (only) opted out of the category,
+# so that each message's record says which.
 #
 # ARGV: the batch's first and last seq, a lease token, the claim record, then the
 # first and last page and the first seq's line in the first page.
@@ -60,7 +62,7 @@ for _, page in ipairs(pages) do
     pos = nl + 1
   end
 end
-if #keys == 0 then return {0, {}, {}} end
+if #keys == 0 then return {0, {}, {}, {}} end
 local seqs = {}
 for i = 1, #keys do seqs[i] = start + i - 1 end
 local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
@@ -68,10 +70,12 @@ local listed = redis.call('HMGET', KEYS[3], unpack(keys))
 local opted = redis.call('SMISMEMBER', KEYS[4], unpack(keys))
 local claim = ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3]
   and redis.call('HGET', KEYS[6], 'status') == 'running'
-local hits, fields, found = {}, {}, {}
+local hits, opts, fields, found = {}, {}, {}, {}
 for i = 1, #keys do
-  if listed[i] or opted[i] == 1 then
+  if listed[i] then
     hits[#hits + 1] = seqs[i]
+  elseif opted[i] == 1 then
+    opts[#opts + 1] = seqs[i]
   elseif claim and not recs[i] then
     fields[#fields + 1] = seqs[i]
     fields[#fields + 1] = ARGV[4]
@@ -84,7 +88,7 @@ end
 for first = 1, #fields, 2000 do
   redis.call('HSET', KEYS[2], unpack(fields, first, math.min(#fields, first + 1999)))
 end
-return {claim and 1 or 0, hits, found}
+return {claim and 1 or 0, hits, found, opts}
 """
 
 # The first round trip of a batch run: take the lease (noted in store.LEASES_ZSET), read
@@ -180,6 +184,8 @@ class LoadedBatch:
     claimed: bool = False  # every queued, unsuppressed message was claimed (claim_record(1))
     # The campaign's cc and bcc addresses on the suppression list, with their entries.
     suppressed_copies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Those of ``suppressed`` opted out of the category and not on the suppression list.
+    opted_out: set[int] = field(default_factory=set)
 
 
 async def load_batch(
@@ -221,32 +227,43 @@ async def load_batch(
     )
     if copies:
         pipe.hmget(store.SUPPRESSIONS_HASH, [suppression_key(a) for a in copies])
-    pages, (claimed, hits, found), *entries = await pipe.execute()
+    pages, (claimed, hits, found, opts), *entries = await pipe.execute()
     docs = documents_of(pages, offset, size) if pages else []
     return LoadedBatch(
         list(range(start, start + len(docs))),
         {int(found[i]): found[i + 1] for i in range(0, len(found), 2)},
         docs,
-        set(hits),
+        set(hits).union(opts),
         bool(claimed),
         {a: orjson.loads(e) for a, e in zip(copies, entries[0], strict=True) if e}
         if entries
         else {},
+        set(opts),
     )
 
 
 async def drop_suppressed(
-    writer: LedgerWriter, items: list[Item], suppressed_seqs: set[int]
+    writer: LedgerWriter,
+    items: list[Item],
+    suppressed_seqs: set[int],
+    opted_out: set[int] | frozenset[int] = frozenset(),
+    category: str = "",
 ) -> tuple[list[Item], int]:
     """Record the suppressed recipients among ``items`` (see :func:`load_batch`); returns
     the items still to send and how many were recorded suppressed (one that a cancel
-    settled since the load stays ``cancelled``)."""
+    settled since the load stays ``cancelled``). Each record's detail says why: those of
+    ``opted_out`` switched ``category`` off, the others are on the suppression list."""
     if not suppressed_seqs or not items:
         return items, 0
     kept = [item for item in items if item.seq not in suppressed_seqs]
     suppressed = [item for item in items if item.seq in suppressed_seqs]
-    rec = record(MessageState.SUPPRESSED, detail="on the suppression list")
-    answers = await writer.put_unsettled_many([(i.seq, rec, "") for i in suppressed])
+    listed = record(MessageState.SUPPRESSED, detail="on the suppression list")
+    opted = listed
+    if opted_out:
+        detail = f'opted out of category "{category}" in the preference center'
+        opted = record(MessageState.SUPPRESSED, detail=detail)
+    writes = [(i.seq, opted if i.seq in opted_out else listed, "") for i in suppressed]
+    answers = await writer.put_unsettled_many(writes)
     return kept, sum(answers)
 
 

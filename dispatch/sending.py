@@ -1076,7 +1076,9 @@ async def run_batch(
                 return result
             if status != CampaignStatus.RUNNING.value:
                 return result  # paused or not started: resume re-enqueues the batch
-            items, suppressed = await drop_suppressed(writer, items, loaded.suppressed)
+            items, suppressed = await drop_suppressed(
+                writer, items, loaded.suppressed, loaded.opted_out, content.category
+            )
             if suppressed:
                 result.counts["suppressed"] = suppressed
             if raw_provider is None:
