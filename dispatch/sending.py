@@ -341,6 +341,11 @@ class BatchSender:
         self.slot_deadline = time.monotonic() + settings.slot_wait_seconds
         self.starved = False  # none got a slot in time: the batch goes back to the broker
         self.handed_on = False  # its worker is shutting down: the batch goes back too
+        # Its provider was saved again with another configuration: the batch goes back
+        # too, to run with the new one (the stored configuration it watches, see
+        # _status_changed: what a save must change to reach it).
+        self.reconfigured = False
+        self.configuration = pool_key[1]
         self.aborted = False  # a sender failed: the run ends with its error
         self.waiting: list[Item] = []  # parked for an inline retry
         self.counts: dict[str, int] = {}
@@ -374,8 +379,9 @@ class BatchSender:
     @property
     def stopped(self) -> bool:
         """Senders take no more messages: the campaign stopped (paused, cancelled, a
-        configuration error), the worker hands the batch on, or a sender failed."""
-        return bool(self.c.stop_reason) or self.handed_on or self.aborted
+        configuration error, its provider deleted or changed), the worker hands the
+        batch on, or a sender failed."""
+        return bool(self.c.stop_reason) or self.handed_on or self.reconfigured or self.aborted
 
     def abort(self) -> None:
         """A sender failed: the others stop after the chunk they are sending."""
@@ -897,10 +903,13 @@ async def _watch_status(
 ) -> None:
     """Poll the campaign status so that pause and cancel take effect within a second, and
     the clock so that a campaign whose ``expires_at`` passes while it sends expires then
-    (not when beat next looks: nothing may go out after it), and ``stop_key`` (run_batch)
-    so that a worker asked to shut down hands its batches on within a second; and adds
-    the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll that
-    meets a Redis error (a restart) is skipped: the next one looks again."""
+    (not when beat next looks: nothing may go out after it), its provider so that one
+    deleted or saved with another configuration (host, password, limits) takes effect
+    within a second, not when the batch ends (minutes later at a slow pace): the campaign
+    pauses, or the batch runs again with the new configuration; and ``stop_key``
+    (run_batch) so that a worker asked to shut down hands its batches on within a second;
+    and adds the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll
+    that meets a Redis error (a restart) is skipped: the next one looks again."""
     flushed = time.monotonic()
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
@@ -934,7 +943,41 @@ async def _status_changed(
         campaign.stop_reason = f"campaign {campaign.status}"
         sender.finish()
         return True
+    nickname = campaign.provider.nickname
+    stored = await r.get(store.provider_key(nickname))
+    if stored is None:
+        campaign.stop_kind = incidents.PauseKind.PROVIDER_DELETED
+        campaign.stop_reason = provider_gone(nickname)
+        sender.finish()
+        return True
+    if sender.configuration and stored != sender.configuration:
+        if _differs(str(stored), campaign.provider):
+            sender.reconfigured = True
+            sender.finish()
+            return True
+        sender.configuration = str(stored)  # the same saved again: looked at once
     return False
+
+
+def provider_gone(nickname: str) -> str:
+    """Why a campaign whose provider was deleted pauses."""
+    return f"provider {nickname!r} is gone"
+
+
+def _differs(stored: str, provider: ProviderBase) -> bool:
+    """Whether the configuration ``stored`` (a provider saved again) is not ``provider``
+    (a GET's answer PUT back encrypts its secrets anew: other bytes, the same provider)."""
+    try:
+        return decode_provider(stored)[0] != provider
+    except Exception:  # (a secret that no longer decrypts): the next run says what
+        return True
+
+
+async def _replaced(r: aioredis.Redis, provider: ProviderBase, configuration: str) -> bool:
+    """Whether ``provider``, stored as ``configuration`` when the batch began, has been
+    saved again with another configuration since."""
+    stored = await r.get(store.provider_key(provider.nickname))
+    return stored is not None and stored != configuration and _differs(str(stored), provider)
 
 
 _providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
@@ -1082,7 +1125,7 @@ async def run_batch(
             if suppressed:
                 result.counts["suppressed"] = suppressed
             if raw_provider is None:
-                gone = f"provider {content.provider!r} is gone"
+                gone = provider_gone(content.provider)
                 if await pause_running(r, campaign_id, gone):  # once, not by every batch
                     kind = incidents.PauseKind.PROVIDER_DELETED
                     await incidents.paused(r, campaign_id, content.provider, kind, gone)
@@ -1122,6 +1165,17 @@ async def run_batch(
                 watcher.cancel()
                 sender.outcome_log.close()
                 stats, stats_provider = sender.stats, provider.nickname  # sent with the release
+            if (
+                campaign.stop_reason
+                and campaign.status is CampaignStatus.RUNNING
+                and campaign.stop_kind is not incidents.PauseKind.PROVIDER_DELETED
+                and await _replaced(r, provider, raw_provider)
+            ):
+                # The configuration that failed (a refused password) was replaced while
+                # the batch used it: what failed no longer holds; the batch runs again
+                # with the new one rather than pausing the campaign with a stale reason.
+                campaign.stop_reason = ""
+                sender.reconfigured = True
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
                 await give_back_claims(writer, sender.queue)
@@ -1138,10 +1192,12 @@ async def run_batch(
                 await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
             else:
                 await give_back_claims(writer, sender.queue)
-                if sender.handed_on and (sender.queue or sender.waiting):
+                if (sender.handed_on or sender.reconfigured) and (sender.queue or sender.waiting):
                     # Its worker is shutting down: another worker takes the rest over now
                     # (not after a lapsed lease, nor unknown after a kill at the deadline).
-                    result.counts["handed_on"] = len(sender.queue) + len(sender.waiting)
+                    # Its provider changed: the rest goes with the new configuration.
+                    how = "handed_on" if sender.handed_on else "reconfigured"
+                    result.counts[how] = len(sender.queue) + len(sender.waiting)
                     retry_at = time.time()
                     await r.hset(store.campaign_key(campaign_id), "progress_at", time.time())
                 elif sender.starved and sender.queue:
