@@ -40,7 +40,7 @@ def _preferences_path(smtp: SmtpTestServer, to: str) -> str:
     return urlsplit(match.group(1)).path.replace("/u/", "/preferences/")
 
 
-@covers("POST /preferences/{token}", "GET /v1/campaigns/{id}/messages")
+@covers("POST /preferences/{token}", "GET /v1/campaigns/{campaign_id}/messages")
 def test_a_category_opt_out_skips_that_category_only_and_says_why(
     api_server: ApiServer, redis_client: redis.Redis
 ) -> None:

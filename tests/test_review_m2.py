@@ -146,7 +146,11 @@ def test_one_chunk_batches_waiting_for_pace_and_slots_through_kills_and_operator
     """Batches of 20 that go out as one chunk each (claimed by their load), a provider
     whose pace (20 a second) and one connection make them wait; the worker killed (-9)
     twice at seeded moments, the campaign paused and resumed: every address arrives at
-    most once, what is ``sent`` arrived, and what is ``unknown`` was on the wire."""
+    most once, what is ``sent`` arrived, what is neither ``sent`` nor ``unknown`` did not,
+    and what is ``unknown`` was claimed by a killed run: on the wire, or about to be (a
+    kill between a chunk's claim and the end of its request leaves it unknown, never
+    resent, whether or not the provider got it: DESIGN §7's in-flight messages). So
+    unknown messages that did not arrive are at most one chunk a kill."""
     import random
     import time
 
@@ -183,14 +187,18 @@ def test_one_chunk_batches_waiting_for_pace_and_slots_through_kills_and_operator
     summary = check_books(r, cid)
     assert max(arrived.values()) == 1, [a for a, c in arrived.items() if c > 1]
     ledger = r.hgetall(store.ledger_key(cid))
+    lost_in_flight = 0
     for seq in range(N):
         rec = parse_record(ledger.get(str(seq)))
         assert rec is not None
         address = f"user{seq}@example.com"
-        if rec["state"] in ("sent", "unknown"):
+        if rec["state"] == "sent":
             assert arrived[address] == 1, (seq, rec)
+        elif rec["state"] == "unknown":
+            lost_in_flight += 1 - arrived[address]
         else:
             assert arrived[address] == 0, (seq, rec)
+    assert lost_in_flight <= 2 * 20, lost_in_flight  # two kills, a chunk of 20 each
     assert summary["sent"] + summary["unknown"] == N, summary
 
 
