@@ -414,7 +414,13 @@ def list_messages(
 ) -> MessagePage:
     """Messages in seq order: meta, email, status, error class, detail, attempts. A
     filtered page may be short or empty: go on while ``next_cursor`` is not null. With
-    ``email``: what happened to that address in this campaign."""
+    ``email``: what happened to that address in this campaign (422 naming ``email`` for
+    one that is no address: the campaign cannot have it)."""
+    if email is not None:
+        try:
+            normalize_address(email)
+        except InvalidAddressError as exc:
+            raise InvalidFieldError(str(exc), "email") from None
     status = None if status_ is None else status_.value
     items, next_cursor = lifecycle.messages_page(
         campaign_id, status=status, cursor=int(cursor), limit=limit, email=email
