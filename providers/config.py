@@ -133,12 +133,21 @@ NOT_FINITE_PROBLEM: Final = (
 
 def find_not_finite(value: Any, path: str) -> str | None:
     """The dotted path (``path.key.0``) of the first float in a JSON value that is NaN
-    or infinite (see :data:`NOT_FINITE_PROBLEM`), or None."""
-    return _first_path(value, path, _not_finite, lambda key: False)
-
-
-def _not_finite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
+    or infinite (see :data:`NOT_FINITE_PROBLEM`), in document order, or None.
+    Iterative: a request body may nest as deep as the JSON parser let it."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where
+        if isinstance(item, dict):
+            pairs: list[tuple[Any, Any]] = list(item.items())
+        elif isinstance(item, list | tuple):
+            pairs = list(enumerate(item))
+        else:
+            continue
+        stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(pairs))
+    return None
 
 
 def _not_text(value: Any) -> bool:

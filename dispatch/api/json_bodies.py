@@ -20,7 +20,7 @@ from fastapi import Request, Response, status
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from providers.config import NOT_FINITE_PROBLEM
+from providers.config import NOT_FINITE_PROBLEM, find_not_finite
 
 
 class BodyValueError(HTTPException):
@@ -29,25 +29,6 @@ class BodyValueError(HTTPException):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
         self.field = field
-
-
-def _first_not_finite(value: Any) -> str:
-    """The dotted path (``vars.rate.0``) of the first float in ``value`` that is not
-    finite, in document order ("" for the whole). Iterative: a body may nest as deep as
-    the parser let it."""
-    stack: list[tuple[Any, str]] = [(value, "")]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return where
-        if isinstance(item, dict):
-            pairs: list[tuple[Any, Any]] = list(item.items())
-        elif isinstance(item, list):
-            pairs = list(enumerate(item))
-        else:
-            continue
-        stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(pairs))
-    return ""
 
 
 def parse_json_body(body: bytes) -> Any:
@@ -68,7 +49,7 @@ def parse_json_body(body: bytes) -> Any:
 
     data = json.loads(body, parse_constant=constant, parse_float=number)
     if seen_not_finite:  # only then is the document walked, to name the field
-        field = _first_not_finite(data) or "body"
+        field = find_not_finite(data, "") or "body"
         raise BodyValueError(NOT_FINITE_PROBLEM, field)
     return data
 
