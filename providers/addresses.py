@@ -94,6 +94,8 @@ def same_address(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` name one mailbox: compared caselessly once normalised
     (NFC local part, IDNA domain, no root dot), as they are when either is no address
     we could send to."""
+    if a == b:  # one spelling (a callback's meta and email mostly are)
+        return True
     with contextlib.suppress(InvalidAddressError):
         a, b = normalize_address(a), normalize_address(b)
     return a.strip().casefold() == b.strip().casefold()

@@ -86,8 +86,10 @@ def _check_fields(values: dict[str, str]) -> None:
         raise ValueError(f"invalid meta: field seq {values['seq']!r} is not an integer")
 
 
-def _meta(values: dict[str, str]) -> Meta:
-    _check_fields(values)
+def _meta(values: dict[str, str], *, checked: bool = False) -> Meta:
+    """The meta of ``values``; ``checked``: :func:`_check_fields` passed already."""
+    if not checked:
+        _check_fields(values)
     return Meta(
         email=values["email"],
         account_id=values["account_id"],
@@ -115,7 +117,18 @@ def parse_meta(meta: str) -> Meta:
             f"invalid meta: expected {len(META_FIELDS)} fields "
             f"({'|'.join(META_FIELDS)}|), got {len(parts)}"
         )
-    return _meta(dict(zip(META_FIELDS, parts, strict=True)))
+    email, yyyymmdd, seq = parts[0], parts[3], parts[6]
+    # _check_fields's checks at once (no field can hold '|' here): callbacks parse a
+    # meta an event, and nearly all are good; a bad one is named by the full check.
+    checked = bool(
+        all(parts)
+        and not _CONTROL.search(meta)
+        and "@" in email
+        and email == email.strip()
+        and _SEQ.fullmatch(seq)
+        and _is_date(yyyymmdd)
+    )
+    return _meta(dict(zip(META_FIELDS, parts, strict=True)), checked=checked)
 
 
 def build_meta(

@@ -938,7 +938,7 @@ def test_recovery_leaves_fresh_batches_to_their_task(redis_client: redis.Redis) 
 
     event = InboxEvent(type="delivered", provider_type="delivered", email="a@example.com",
                        dedupe="generic:sha256:x")  # type: ignore[arg-type]  # fmt: skip
-    batch_id = callbacks.store_batch("gen", "smtp", [event], redis_client)
+    batch_id = callbacks.store_batch("gen", "smtp", [event.model_dump(mode="json")], redis_client)
 
     assert effects.lost_batches(60, redis_client) == []
     assert effects.lost_batches(0, redis_client) == [batch_id]

@@ -98,7 +98,7 @@ def _store(r: redis.Redis, n: int) -> list[str]:
                     provider_type="delivered",
                     email=f"b{i}@example.com",
                     dedupe=f"generic:sha256:{i}",
-                )
+                ).model_dump(mode="json")
             ],
             r,
         )

@@ -20,6 +20,7 @@ from email.utils import parseaddr
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
 
 from providers.addresses import same_address
@@ -117,10 +118,12 @@ class CallbackEvent(BaseModel):
             self.url,
             self.provider_message_id,
         ]
-        encoded = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-        # surrogatepass: the same bytes as UTF-8 for any real text, and no exception for a
-        # lone surrogate (which collect() keeps out of events anyway).
-        return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
+        try:  # the bytes of json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+            encoded = orjson.dumps(parts)
+        except TypeError:  # a lone surrogate, which collect() keeps out of events anyway
+            text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+            encoded = text.encode("utf-8", "surrogatepass")
+        return hashlib.sha256(encoded).hexdigest()
 
     def dedupe_key(self) -> str:
         """A key equal for every redelivery of this event and different for other events.
