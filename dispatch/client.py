@@ -12,7 +12,7 @@
         print(api.wait("spring-1").sent)
 
 Errors are raised as :class:`DispatchAPIError` subclasses carrying the status, the
-server's ``detail`` and the ``field`` at fault::
+server's ``detail``, the ``field`` at fault and every problem named (``errors``)::
 
     DispatchAPIError          any refusal; a 404 that names no resource (a wrong base_url)
     ├── Unauthorized          401
@@ -37,6 +37,7 @@ may have arrived: the :class:`Unavailable` they raise says so.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,12 +47,13 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from dispatch.api.schemas import (
     AppendResult,
     CampaignPage,
     CampaignSummary,
+    FieldProblem,
     MessageOutcome,
     MessagePage,
     ProviderList,
@@ -78,15 +80,26 @@ FINISHED = frozenset({"completed", "cancelled", "expired"})
 class DispatchAPIError(Exception):
     """The API refused a request; ``status_code``, ``detail`` and ``field`` say why.
 
+    ``errors`` lists every problem the answer named (``field`` and ``message`` each):
+    ``detail`` names the first (``"subject: Field required (and 2 more)"``); a recipient
+    append cut short lists the bad recipients before the break (``line 3: ...``).
+
     Subclasses: :class:`Unauthorized` (401), :class:`NotFound` (404), :class:`Conflict`
     (409), :class:`Gone` (410), :class:`InvalidRequest` (422).
     """
 
-    def __init__(self, status_code: int, detail: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        field: str | None = None,
+        errors: Sequence[FieldProblem] = (),
+    ) -> None:
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
         self.field = field
+        self.errors = list(errors)
 
 
 class Unauthorized(DispatchAPIError):
@@ -135,6 +148,7 @@ def _raise_for(response: httpx.Response) -> None:
         body = {"detail": response.text[:500]}
     detail = str((body.get("detail") if isinstance(body, dict) else None) or "")
     field = body.get("field") if isinstance(body, dict) else None
+    errors = _problems(body.get("errors") if isinstance(body, dict) else None)
     code = response.status_code
     error = _ERRORS.get(code, Unavailable if code in UNAVAILABLE_STATUSES else DispatchAPIError)
     if code == 404 and not field:
@@ -144,7 +158,18 @@ def _raise_for(response: httpx.Response) -> None:
             f"{detail or response.reason_phrase}: no such route at {response.url} "
             "(is base_url the dispatch API's root?)"
         )
-    raise error(code, detail or response.reason_phrase, field)
+    raise error(code, detail or response.reason_phrase, field, errors)
+
+
+def _problems(listed: Any) -> list[FieldProblem]:
+    """The ``errors`` of an error answer (those of another shape, a proxy's, left out)."""
+    if not isinstance(listed, list):
+        return []
+    problems = []
+    for item in listed:
+        with contextlib.suppress(ValidationError):
+            problems.append(FieldProblem.model_validate(item))
+    return problems
 
 
 def _ndjson(recipients: Iterable[Recipient | Mapping[str, Any]]) -> Iterator[bytes]:
