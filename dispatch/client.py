@@ -12,7 +12,7 @@
         print(api.wait("spring-1").sent)
 
 Errors are raised as :class:`DispatchAPIError` subclasses carrying the status, the
-server's ``detail`` and the ``field`` at fault::
+server's ``detail``, the ``field`` at fault and every problem named (``errors``)::
 
     DispatchAPIError          any refusal; a 404 that names no resource (a wrong base_url)
     ├── Unauthorized          401
@@ -37,6 +37,7 @@ may have arrived: the :class:`Unavailable` they raise says so.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,12 +47,14 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from dispatch.api.schemas import (
+    AppendProblem,
     AppendResult,
     CampaignPage,
     CampaignSummary,
+    FieldProblem,
     MessageOutcome,
     MessagePage,
     ProviderList,
@@ -72,21 +75,33 @@ RETRY_BACKOFF_SECONDS = 0.5  # doubled at each retry
 MAX_RETRY_WAIT_SECONDS = 30.0  # a longer Retry-After is not waited for
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 APPEND_LINES_PER_CHUNK = 500  # NDJSON lines per write while streaming an append
+MAX_LISTED_PROBLEMS = 1000  # as the API: an append lists this many bad recipients
 FINISHED = frozenset({"completed", "cancelled", "expired"})
 
 
 class DispatchAPIError(Exception):
     """The API refused a request; ``status_code``, ``detail`` and ``field`` say why.
 
+    ``errors`` lists every problem the answer named (``field`` and ``message`` each):
+    ``detail`` names the first (``"subject: Field required (and 2 more)"``); a recipient
+    append cut short lists the bad recipients before the break (``line 3: ...``).
+
     Subclasses: :class:`Unauthorized` (401), :class:`NotFound` (404), :class:`Conflict`
     (409), :class:`Gone` (410), :class:`InvalidRequest` (422).
     """
 
-    def __init__(self, status_code: int, detail: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        field: str | None = None,
+        errors: Sequence[FieldProblem] = (),
+    ) -> None:
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
         self.field = field
+        self.errors = list(errors)
 
 
 class Unauthorized(DispatchAPIError):
@@ -135,6 +150,7 @@ def _raise_for(response: httpx.Response) -> None:
         body = {"detail": response.text[:500]}
     detail = str((body.get("detail") if isinstance(body, dict) else None) or "")
     field = body.get("field") if isinstance(body, dict) else None
+    errors = _problems(body.get("errors") if isinstance(body, dict) else None)
     code = response.status_code
     error = _ERRORS.get(code, Unavailable if code in UNAVAILABLE_STATUSES else DispatchAPIError)
     if code == 404 and not field:
@@ -144,19 +160,80 @@ def _raise_for(response: httpx.Response) -> None:
             f"{detail or response.reason_phrase}: no such route at {response.url} "
             "(is base_url the dispatch API's root?)"
         )
-    raise error(code, detail or response.reason_phrase, field)
+    raise error(code, detail or response.reason_phrase, field, errors)
 
 
-def _ndjson(recipients: Iterable[Recipient | Mapping[str, Any]]) -> Iterator[bytes]:
-    """The recipients as NDJSON, a few hundred lines per chunk (never the whole list)."""
-    lines: list[bytes] = []
-    for recipient in recipients:
-        lines.append(orjson.dumps(recipient))
-        if len(lines) >= APPEND_LINES_PER_CHUNK:
+def _problems(listed: Any) -> list[FieldProblem]:
+    """The ``errors`` of an error answer (those of another shape, a proxy's, left out)."""
+    if not isinstance(listed, list):
+        return []
+    problems = []
+    for item in listed:
+        with contextlib.suppress(ValidationError):
+            problems.append(FieldProblem.model_validate(item))
+    return problems
+
+
+class _Lines:
+    """The recipients as NDJSON, a few hundred lines per chunk (never the whole list).
+
+    A recipient that cannot be written as JSON (a ``Decimal`` from a database, an
+    integer beyond 64 bits) goes as a blank line, which the API skips but counts: it is
+    listed in ``problems`` at its own line (the API's line numbers stay the caller's)
+    and its neighbours are sent."""
+
+    def __init__(self, recipients: Iterable[Recipient | Mapping[str, Any]]) -> None:
+        self._recipients = recipients
+        self.problems: list[AppendProblem] = []  # the first MAX_LISTED_PROBLEMS
+        self.unwritable = 0
+        self.written = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        lines: list[bytes] = []
+        for line, recipient in enumerate(self._recipients, 1):
+            try:
+                lines.append(orjson.dumps(recipient))
+                self.written += 1
+            except orjson.JSONEncodeError as exc:
+                self.unwritable += 1
+                if len(self.problems) < MAX_LISTED_PROBLEMS:
+                    field, why = _unwritable(recipient, exc)
+                    self.problems.append(
+                        AppendProblem(line=line, field=field, message=f"not sent: {why}")
+                    )
+                lines.append(b"")
+            if len(lines) >= APPEND_LINES_PER_CHUNK:
+                yield b"\n".join(lines) + b"\n"
+                lines = []
+        if lines:
             yield b"\n".join(lines) + b"\n"
-            lines = []
-    if lines:
-        yield b"\n".join(lines) + b"\n"
+
+    def into(self, result: AppendResult) -> AppendResult:
+        """``result`` with the recipients that were not sent among its errors."""
+        if self.unwritable:
+            result.rejected += self.unwritable
+            listed = sorted([*result.errors, *self.problems], key=lambda p: p.line or 0)
+            result.errors = listed[:MAX_LISTED_PROBLEMS]
+            result.errors_truncated |= len(result.errors) < result.rejected
+        return result
+
+
+def _unwritable(value: Any, exc: orjson.JSONEncodeError) -> tuple[str, str]:
+    """The dotted path of the first value in ``value`` that orjson cannot write (``body``
+    when it is the recipient itself), and why."""
+    path: list[str] = []
+    while isinstance(value, Mapping | list | tuple):
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            try:
+                orjson.dumps(item)
+            except orjson.JSONEncodeError:
+                path.append(str(key))
+                value = item
+                break
+        else:  # (only a key can be at fault: orjson writes str keys only)
+            break
+    return ".".join(path) or "body", str(exc)
 
 
 def _params(**values: Any) -> dict[str, Any]:
@@ -315,16 +392,34 @@ class DispatchClient:
     ) -> AppendResult:
         """Stream recipients as NDJSON (any number: the iterable is read lazily).
 
-        Bad recipients are listed in the result, not raised; raises :class:`Conflict`
-        once the campaign has started.
+        Bad recipients are listed in the result (``line``: 1-based position in
+        ``recipients``), not raised, those that cannot be written as JSON too (a
+        ``Decimal``: convert it first); raises :class:`Conflict` once the campaign has
+        started.
         """
-        return self._model(
-            AppendResult,
-            "POST",
-            f"/v1/campaigns/{campaign_id}/recipients",
-            content=_ndjson(recipients),
-            headers={"Content-Type": "application/x-ndjson"},
-        )
+        lines = _Lines(recipients)
+        try:
+            result = self._model(
+                AppendResult,
+                "POST",
+                f"/v1/campaigns/{campaign_id}/recipients",
+                content=lines,
+                headers={"Content-Type": "application/x-ndjson"},
+            )
+        except InvalidRequest as exc:
+            if lines.written or not lines.problems:
+                raise
+            # Nothing could be written: the API saw only blank lines.
+            first = lines.problems[0]
+            detail = f"line {first.line}: {first.field}: {first.message}"
+            if lines.unwritable > 1:
+                detail += f" (and {lines.unwritable - 1} more)"
+            problems = [
+                FieldProblem(field=p.field, message=f"line {p.line}: {p.message}")
+                for p in lines.problems
+            ]
+            raise InvalidRequest(exc.status_code, detail, first.field, problems) from None
+        return lines.into(result)
 
     def get_campaign(self, campaign_id: str) -> CampaignSummary:
         """Raises :class:`NotFound`."""
