@@ -10,8 +10,9 @@ Machine-read headers (``X-CleverTap_META``, ``X-SMTPAPI``) are written on one li
 998 characters and never turned into RFC 2047 encoded-words (reference §7.3); a longer
 one is refused. Human-read ones are folded at their white space (From and Cc to
 78-character lines, RFC 5322 §2.1.1; an ASCII Subject only past 998), or written as
-encoded words of at most 75 characters (RFC 2047 §2) when not ASCII, when ASCII would
-read as an encoded word, or when a run without white space is too long to fold.
+encoded words of at most 75 characters in lines of at most 76 (RFC 2047 §2) when not
+ASCII, when ASCII would read as an encoded word, or when a run without white space is
+too long to fold.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from providers.errors import InvalidMessageError
 META_HEADER = "X-CleverTap_META"
 MAX_HEADER_LINE = 998  # RFC 5322 §2.1.1: MUST
 MAX_LINE = 78  # RFC 5322 §2.1.1: SHOULD; where folding starts
+MAX_ENCODED_LINE = 76  # RFC 2047 §2: a line holding an encoded word
 _WORD_START, _WORD_END = "=?utf-8?b?", "?="
 _WORD_BYTES = 45  # 60 base64 characters: a word of 72, within RFC 2047's 75 (§2)
 _FOLD_POINT = re.compile(r"(?<=[^ \t])(?=[ \t])")  # before each run of white space
@@ -87,8 +89,8 @@ def _qp(data: bytes, *, crlf: bool) -> bytes:
     return encoded
 
 
-def _fold(pieces: Iterable[str], used: int) -> str | None:
-    """Join ``pieces``, breaking the line before a piece that would take it past 78.
+def _fold(pieces: Iterable[str], used: int, limit: int = MAX_LINE) -> str | None:
+    """Join ``pieces``, breaking the line before a piece that would take it past ``limit``.
 
     Each piece after the first starts with white space, which then starts the next line
     (RFC 5322 §3.2.2: unfolding removes only the CRLF). A piece of white space alone is
@@ -97,7 +99,7 @@ def _fold(pieces: Iterable[str], used: int) -> str | None:
     """
     out: list[str] = []
     for piece in pieces:
-        if out and used + len(piece) > MAX_LINE and not piece.isspace():
+        if out and used + len(piece) > limit and not piece.isspace():
             out.append("\r\n")
             used = 0
         used += len(piece)
@@ -109,12 +111,12 @@ def _fold(pieces: Iterable[str], used: int) -> str | None:
 
 def _encoded_words(text: str, used: int) -> list[str]:
     """``text`` as RFC 2047 B encoded words, each of whole characters (§5) and at most
-    72 characters, the first short enough to end its line by 78 after ``used``.
+    72 characters, the first short enough to end its line by 76 after ``used`` (§2).
 
     Adjacent encoded words are read as one text (§6.2): spaces travel inside them.
     """
     data = text.encode("utf-8")
-    room = MAX_LINE - used - len(_WORD_START) - len(_WORD_END)
+    room = MAX_ENCODED_LINE - used - len(_WORD_START) - len(_WORD_END)
     size = min(_WORD_BYTES, max(room // 4 * 3, 6))  # 6 > a UTF-8 character: progress
     words, start = [], 0
     while start < len(data):
@@ -129,8 +131,10 @@ def _encoded_words(text: str, used: int) -> list[str]:
 
 
 def _fold_words(words: Sequence[str], used: int, tail: str = "") -> str:
-    """Encoded words (and a ``tail`` such as `` <addr>``), folded between them."""
-    folded = _fold([words[0], *(" " + w for w in words[1:]), *([tail] if tail else [])], used)
+    """Encoded words (and a ``tail`` such as `` <addr>``), folded between them to lines
+    of 76 characters (RFC 2047 §2: 78 is for lines without encoded words)."""
+    pieces = [words[0], *(" " + w for w in words[1:]), *([tail] if tail else [])]
+    folded = _fold(pieces, used, MAX_ENCODED_LINE)
     if folded is None:  # only a tail over 998 characters could; addresses are 320 at most
         raise ValueError(f"a header line would be longer than {MAX_HEADER_LINE} characters")
     return folded
@@ -185,7 +189,7 @@ def format_mailbox(name: str, address: str, *, field: str = "address", header: s
                 return folded
     else:
         mailbox = formataddr((name, address), charset="utf-8")  # one encoded word
-        if used + len(mailbox) <= MAX_LINE:
+        if used + len(mailbox) <= MAX_ENCODED_LINE:
             return mailbox
     return _fold_words(_encoded_words(name, used), used, f" <{address}>")
 
