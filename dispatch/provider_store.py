@@ -315,6 +315,26 @@ def callback_url(nickname: str, token: str) -> str:
     return f"{get_settings().public_url.rstrip('/')}/v1/callbacks/{nickname}/{token}"
 
 
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _one_click_warnings(config: ProviderBase) -> list[str]:
+    """RFC 8058 §3.1: the one-click link of List-Unsubscribe MUST be https (Gmail and
+    Yahoo ignore another): a preference center whose links are under an http://
+    DISPATCH_PUBLIC_URL (one not on this machine: that is a trial) is said so."""
+    url = urlsplit(get_settings().public_url)
+    if config.preference_center == "none" or url.scheme == "https":
+        return []
+    if (url.hostname or "") in _LOOPBACK_HOSTS:
+        return []
+    return [
+        f"preference_center: DISPATCH_PUBLIC_URL is {url.scheme}://{url.netloc}, so the "
+        "List-Unsubscribe link in every message is not https, which RFC 8058 one-click "
+        "unsubscribe requires (mailbox providers ignore it): set an https:// "
+        "DISPATCH_PUBLIC_URL"
+    ]
+
+
 def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str, Any]:
     """The provider as shown to users: secrets masked, ``callback_url`` and ``warnings``
     added (a secret the current key cannot decrypt is one), and for the SMTP kinds
@@ -326,7 +346,7 @@ def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str,
     config, token = decode_provider(raw, secrets=False)
     view = public_view(config)
     view["callback_url"] = callback_url(nickname, token)
-    view["warnings"] = config.warnings() + _unreadable_secrets(raw)
+    view["warnings"] = config.warnings() + _unreadable_secrets(raw) + _one_click_warnings(config)
     if isinstance(config, SmtpFamilyBase):  # host "", port 0: the preset's; where it is
         view["connects_to"] = {
             "host": config.effective_host,
