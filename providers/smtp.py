@@ -36,7 +36,7 @@ from providers.errors import (
     TransientError,
 )
 from providers.mime import MimeWriter
-from providers.smtp_replies import ReplyKind, classify, refuses_relaying, too_many_recipients
+from providers.smtp_replies import ReplyKind, classify, refuses_sender, too_many_recipients
 from providers.smtp_wire import (
     Envelope,
     Reply,
@@ -429,9 +429,10 @@ class SmtpSession:
             return SendOutcome.from_error(msg.seq, err)
         first = result.rcpts[0]
         if not first.ok:
-            # Refused relaying is the set-up's fault, not the address's (the breaker counts it).
-            relay = refuses_relaying(first.text)
-            error_class = ErrorClass.DISPATCH_FAILED_SMTP if relay else ErrorClass.INVALID_RECIPIENT
+            # Refused relaying or a policy block is the set-up's or the sender's fault, not
+            # the address's (the breaker counts it, retry-failed may send it again).
+            ours = refuses_sender(first.text)
+            error_class = ErrorClass.DISPATCH_FAILED_SMTP if ours else ErrorClass.INVALID_RECIPIENT
             err = _reply_error(first.code, first.text, at_rcpt=True, error_class=error_class)
             if first.code == 421 or isinstance(err, ConfigurationError):
                 raise err
