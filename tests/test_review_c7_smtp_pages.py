@@ -109,3 +109,28 @@ def test_a_policy_block_at_rcpt_is_dispatching_failed_not_an_invalid_address(rep
         OutcomeStatus.FAILED,
         ErrorClass.INVALID_RECIPIENT,
     )
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("250 Ok 0100019276a1b2c3-1e2f3a4b-5c6d-7e8f-9a0b-1c2d3e4f5a6b-000000",
+         "0100019276a1b2c3-1e2f3a4b-5c6d-7e8f-9a0b-1c2d3e4f5a6b-000000"),  # SES, reference §4
+        ("250 Ok: queued as kFQtaSL9T7ePqzCPMZL7fg", "kFQtaSL9T7ePqzCPMZL7fg"),  # SendGrid
+        ("250 2.0.0 Ok: queued as 4F2B71C0123", "4F2B71C0123"),  # Postfix
+        ("250 2.0.0 OK  1732431234 d9443c01a7336-21c2a1b2c3dsm1234567pla.12 - gsmtp",
+         "d9443c01a7336-21c2a1b2c3dsm1234567pla.12"),  # Gmail
+        ("250 2.6.0 <x@acme.example> [InternalId=1234] Queued mail for delivery", ""),
+        ("250 OK queued", ""),
+        ("250 Great success", ""),
+    ],
+)  # fmt: skip
+def test_the_servers_message_id_is_read_from_its_reply(reply: str, expected: str) -> None:
+    """The id a server gives the message is kept with it (SES's is what its callbacks
+    carry as ``mail.messageId``). The last word of the reply was taken whatever it was:
+    every Gmail message got the id "gsmtp", an Exchange one "delivery"."""
+    with SmtpTestServer(security="tls", credentials=LOGIN) as server:
+        server.handler.data_reply = lambda envelope: reply
+        outcome = _send(server, "gmail", "tls")
+    assert outcome.status is OutcomeStatus.SENT
+    assert outcome.provider_message_id == expected
