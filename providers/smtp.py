@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -36,7 +37,7 @@ from providers.errors import (
     TransientError,
 )
 from providers.mime import MimeWriter
-from providers.smtp_replies import ReplyKind, classify, refuses_relaying, too_many_recipients
+from providers.smtp_replies import ReplyKind, classify, refuses_sender, too_many_recipients
 from providers.smtp_wire import (
     Envelope,
     Reply,
@@ -429,9 +430,10 @@ class SmtpSession:
             return SendOutcome.from_error(msg.seq, err)
         first = result.rcpts[0]
         if not first.ok:
-            # Refused relaying is the set-up's fault, not the address's (the breaker counts it).
-            relay = refuses_relaying(first.text)
-            error_class = ErrorClass.DISPATCH_FAILED_SMTP if relay else ErrorClass.INVALID_RECIPIENT
+            # Refused relaying or a policy block is the set-up's or the sender's fault, not
+            # the address's (the breaker counts it, retry-failed may send it again).
+            ours = refuses_sender(first.text)
+            error_class = ErrorClass.DISPATCH_FAILED_SMTP if ours else ErrorClass.INVALID_RECIPIENT
             err = _reply_error(first.code, first.text, at_rcpt=True, error_class=error_class)
             if first.code == 421 or isinstance(err, ConfigurationError):
                 raise err
@@ -489,10 +491,27 @@ def _connection_ended(exc: ProviderError) -> bool:
     return isinstance(exc, ProviderConnectionError) and not isinstance(exc, ProviderTimeoutError)
 
 
+# "queued as <id>": Postfix, SendGrid ("250 Ok: queued as kFQtaSL9T7ePqzCPMZL7fg"), Brevo.
+_QUEUED_AS = re.compile(r"\bqueued as:?\s+<?([^\s<>]+)>?", re.IGNORECASE)
+# Gmail ends every reply with " - gsmtp" (reference §3): the id is the word before it.
+_GSMTP = re.compile(r"(\S+)\s+-\s+gsmtp\s*$")
+# What a server's id looks like: a token with a digit in it, as SES's
+# "0100019276a1b2c3-...-000000", not a word of the text ("250 OK queued", "Queued mail for
+# delivery") nor a bracketed trailer ("[Hostname=...]").
+_ID_LIKE = re.compile(r"[\w.@+-]*\d[\w.@+-]*")
+
+
 def _queued_id(text: str) -> str:
-    """The server's id for the message, e.g. SES ``250 Ok <id>``: the last word."""
+    """The server's id for the message: after "queued as", before Gmail's "- gsmtp",
+    else the last word when it looks like an id (SES ``250 Ok <id>``, reference §4:
+    what its callbacks carry as ``mail.messageId``); "" when the reply names none."""
+    for pattern in (_QUEUED_AS, _GSMTP):
+        found = pattern.search(text)
+        if found is not None:
+            return found.group(1)
     words = text.split()
-    return words[-1] if len(words) > 1 else ""
+    last = words[-1] if len(words) > 1 else ""
+    return last if len(last) >= 8 and _ID_LIKE.fullmatch(last) else ""
 
 
 def smtpapi_header(meta: str, campaign_id: str) -> str:

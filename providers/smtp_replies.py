@@ -121,6 +121,16 @@ def refuses_relaying(text: str) -> bool:
     return bool(_RELAY_TEXT.search(text))
 
 
+def refuses_sender(text: str) -> bool:
+    """Whether a refusal of a RCPT is about us, not the address: a relay that does not
+    relay for us (:func:`refuses_relaying`), or a security or policy refusal (RFC 3463
+    ``x.7.x``: our IP on a blocklist, SPF or DMARC failed), which the Generic SMTP seed
+    files under "SMTP dispatching failed" ("the recipient's ESP blocks your IP address")
+    and reference §5.1 calls a block, not a bad address."""
+    enhanced = enhanced_code(text)
+    return refuses_relaying(text) or (enhanced is not None and enhanced[1] == 7)
+
+
 def too_many_recipients(code: int, text: str = "") -> bool:
     """Whether a refusal of a RCPT puts that recipient off to another transaction.
 
