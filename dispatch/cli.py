@@ -444,7 +444,7 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
                 bar.close()
                 _print(summary)
                 if summary["queued"] == 0:
-                    return 0
+                    return _none_sent(campaign_id, summary)
                 reason = f" ({summary['reason']})" if summary.get("reason") else ""
                 print(
                     f"campaign {campaign_id!r} is {summary['status']}{reason}: "
@@ -461,6 +461,22 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _none_sent(campaign_id: str, summary: Mapping[str, Any]) -> int:
+    """A followed campaign that settled every message: 1 when not one was sent and some
+    failed or ended unknown (a script's ``send --follow && ...`` must not read that as
+    done; every one suppressed is no failure), else 0."""
+    lost = summary["failed"] + summary.get("unknown", 0)
+    if summary["sent"] or not lost:
+        return 0
+    print(
+        f"campaign {campaign_id!r}: no message was sent ({summary['failed']} failed, "
+        f"{summary.get('unknown', 0)} unknown): `dispatch messages {campaign_id} --status "
+        "failed` says why",
+        file=sys.stderr,
+    )
+    return 1
 
 
 # Settled states besides sent and failed, named in a --follow's line once one happened:

@@ -121,6 +121,33 @@ def test_follow_names_the_messages_neither_sent_nor_failed(
     assert "2/2 100.0%" in err and err.splitlines()[-1].endswith("sent 0 failed 0 suppressed 2")
 
 
+@pytest.mark.parametrize(
+    ("sent", "failed", "unknown", "code"),
+    [(0, 3, 0, 1), (0, 2, 1, 1), (0, 0, 1, 1), (1, 2, 0, 0), (3, 0, 0, 0)],
+)
+def test_follow_fails_when_not_one_message_was_sent(
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    sent: int,
+    failed: int,
+    unknown: int,
+    code: int,
+) -> None:
+    """Every message failed (a provider refusing them all) and --follow exited 0, as if
+    the campaign had gone out: `send --follow && next-step` went on."""
+    summary = {"status": "completed", "total": 3, "queued": 0, "sent": sent, "failed": failed,
+               "suppressed": 3 - sent - failed - unknown, "unknown": unknown, "cancelled": 0,
+               "expired": 0}  # fmt: skip
+    monkeypatch.setattr(campaigns, "campaign_summary", lambda campaign_id: summary)
+    got, _, err = run(capsys, "status", "c", "--follow")
+    assert got == code, err
+    said = "campaign 'c': no message was sent" in err
+    assert said == bool(code), err
+    if code:
+        assert f"({failed} failed, {unknown} unknown)" in err and "--status failed" in err
+
+
 def test_a_scheduled_campaign_says_when_it_starts(
     redis_client: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
