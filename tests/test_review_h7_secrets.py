@@ -154,3 +154,21 @@ def test_an_error_quoting_the_url_does_not_show_a_query_credential(
     assert _leaked(answer.text, forms) == []
     assert _leaked(_stored_text(redis_client), forms) == []
     assert _leaked(_our_logs(caplog), forms) == []
+
+
+def test_an_error_quoting_a_key_as_php_escapes_it_does_not_show_it(
+    redis_client: redis.Redis,
+) -> None:
+    """PHP's json_encode writes "/" as "\\/": an API answering "invalid key sk\\/..." quotes
+    the X-Api-Key so, and that spelling is masked too."""
+
+    def echo_the_key(request: RecordedRequest) -> Reply:
+        key = str(request.header("X-Api-Key")).replace("/", "\\/")
+        return Reply(403, ('{"error":"key ' + key + ' is not allowed to send"}').encode())
+
+    with HttpSink(answer=echo_the_key) as sink:
+        http_provider(redis_client, sink.url, headers={"X-Api-Key": KEY})
+        _, results = run_inline(redis_client, campaign_body("h7-php", 1, provider="esp"))
+    reason = results[0].paused_reason
+    assert "HTTP 403" in reason and "is not allowed to send" in reason
+    assert "sk+live\\/h7" not in reason and "key ******** is not" in reason
