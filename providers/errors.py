@@ -23,7 +23,15 @@ are returned as data (:class:`providers.base.SendOutcome`), never raised.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import Final
+from urllib.parse import quote, quote_plus
+
+import orjson
+
+MASK: Final = "********"  # in place of a credential a reply or an error echoes
+MIN_MASKED_CHARS: Final = 6  # shorter parts of a credential are not searched for
 
 
 class ErrorClass(StrEnum):
@@ -118,3 +126,29 @@ class InvalidMessageError(PermanentError):
     """The message cannot be built from this recipient's data (CR/LF in a header...)."""
 
     error_class = ErrorClass.INVALID_MESSAGE
+
+
+def secret_spellings(values: Iterable[str]) -> tuple[str, ...]:
+    """What a provider's answer or an error text could quote of the credentials
+    ``values``, longest first: each whole and each of its words long enough (an API
+    answering "invalid key sk-..." echoes the key of "Bearer sk-..."), as sent, as a
+    URL carries it (an error page quoting the request's query: ``sk%2B...``) and as a
+    JSON string does (``\\/`` for ``/`` as PHP writes it, ``\\"``)."""
+    found: set[str] = set()
+    for value in values:
+        for part in (value, *value.split()):
+            if len(part) < MIN_MASKED_CHARS:
+                continue
+            in_json = orjson.dumps(part).decode()[1:-1]
+            found.update(
+                (part, quote_plus(part), quote(part, safe=""), in_json, in_json.replace("/", "\\/"))
+            )
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def masked(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every one of ``secrets`` (longest first: see
+    :func:`secret_spellings`) replaced by :data:`MASK`."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text

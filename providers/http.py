@@ -59,6 +59,7 @@ import orjson
 
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import HttpConfig, secret_paths, secret_value
+from providers.errors import MASK as MASK  # where the tests and callers found it
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -66,6 +67,8 @@ from providers.errors import (
     InvalidMessageError,
     ProviderError,
     TransientError,
+    masked,
+    secret_spellings,
 )
 from providers.http_config import CONTROL_IN_HEADER_VALUE, placeholder_usage
 from providers.netguard import GuardedTransport, Resolve, system_resolve
@@ -82,8 +85,6 @@ from providers.placeholders import (
 )
 
 EXCERPT_CHARS: Final = 300  # of a refusing response body, in the outcome's detail
-MASK: Final = "********"  # in place of a credential a response or an error echoes
-MIN_MASKED_CHARS: Final = 6  # shorter parts of a credential are not searched for
 MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
@@ -313,30 +314,18 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def masked(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every one of ``secrets`` (longest first) replaced by :data:`MASK`."""
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return text
-
-
 def credentials(config: HttpConfig, auth: bytes | None = None) -> tuple[str, ...]:
     """What a response or an error text could echo of ``config``'s credentials.
 
     The password, credential headers and query values (``providers.config.secret_paths``)
-    and the basic ``Authorization`` value, whole and each of their words long enough
-    (an API that answers "invalid key sk-..." echoes the key of "Bearer sk-...").
+    and the basic ``Authorization`` value, each spelled as
+    :func:`providers.errors.secret_spellings` says (whole and by word, as a URL and as a
+    JSON string carry it).
     """
     values = [secret_value(config, path) for path in secret_paths(config)]
     if auth is not None:
         values.append(auth.decode())
-    found = {
-        part
-        for value in values
-        for part in (value, *value.split())
-        if len(part) >= MIN_MASKED_CHARS
-    }
-    return tuple(sorted(found, key=len, reverse=True))
+    return secret_spellings(values)
 
 
 def excerpt(body: bytes, limit: int = EXCERPT_CHARS, secrets: Iterable[str] = ()) -> str:

@@ -8,6 +8,7 @@ does not offer STARTTLS instead of silently sending in plain text (PITFALLS).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import ssl
@@ -35,6 +36,8 @@ from providers.errors import (
     SendingQuotaError,
     ThrottledError,
     TransientError,
+    masked,
+    secret_spellings,
 )
 from providers.mime import MimeWriter
 from providers.smtp_replies import ReplyKind, classify, refuses_sender, too_many_recipients
@@ -90,8 +93,32 @@ def refuses_session(stage: Stage, reply: Reply, recipients: Sequence[str] = ()) 
     return stage == "mail" and kind is ReplyKind.THROTTLED
 
 
+def login_secrets(config: SmtpFamilyBase) -> tuple[str, ...]:
+    """What a server's reply to AUTH could echo of the password: the password itself and
+    the base64 strings that carry it (AUTH PLAIN's ``\\0user\\0password``, AUTH LOGIN's
+    password), each spelled as :func:`providers.errors.secret_spellings` says."""
+    password = config.password.get_secret_value()
+    if not password:
+        return ()
+    plain = f"\0{config.username}\0{password}".encode()
+    carried = [base64.b64encode(raw).decode() for raw in (plain, password.encode())]
+    return secret_spellings([password, *carried])
+
+
 def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
-    """Translate a failure to connect, secure or log in."""
+    """Translate a failure to connect, secure or log in, the password masked wherever
+    the server's reply or the error quotes it (a 535 that echoes the AUTH line would
+    otherwise put it in the test email's answer, the campaign's pause reason, every
+    message's ledger detail and the logs)."""
+    error = _connect_error(exc, config)
+    detail = masked(error.detail, login_secrets(config))
+    if detail != error.detail:
+        error.detail = detail
+        error.args = (detail,)
+    return error
+
+
+def _connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
     where = f"{config.effective_host}:{config.effective_port}"
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         reply = f"{exc.code} {exc.message}".strip()
@@ -626,7 +653,11 @@ class SmtpTransport:
                 await client.login(cfg.username, cfg.password.get_secret_value())
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             client.close()
-            raise _map_connect_error(exc, cfg) from exc
+            error = _map_connect_error(exc, cfg)
+            # A reply's text is all the error says, and it may quote the password: the
+            # masked detail is kept, not the original under it (a traceback shows it).
+            cause = None if isinstance(exc, aiosmtplib.SMTPResponseException) else exc
+            raise error from cause
         # An asyncio.Transport, or uvloop's equivalent (not a subclass) under uvicorn.
         transport = cast(asyncio.Transport, client.transport)
         if transport is None:
