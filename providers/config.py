@@ -598,6 +598,33 @@ _CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|passw|signature|credential
 SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")
 
 
+def body_credentials(body: Any, at: str = "body") -> list[str]:
+    """Where a Generic HTTP ``body`` holds a value given as it is under a key whose name
+    says it is a credential (Mandrill's ``"key"``, SMTP2GO's ``"api_key"``): stored and
+    shown as given, unlike the same in a header or query parameter (a secret there)."""
+    found: list[str] = []
+    items = (
+        body.items()
+        if isinstance(body, dict)
+        else enumerate(body)
+        if isinstance(body, list)
+        else ()
+    )
+    for key, value in items:
+        where = f"{at}.{key}"
+        if isinstance(value, dict | list):
+            found += body_credentials(value, where)
+        elif (
+            isinstance(key, str)
+            and isinstance(value, str)
+            and value
+            and "$$" not in value
+            and _CREDENTIAL_NAME.search(key)
+        ):
+            found.append(where)
+    return found
+
+
 def endpoint_credentials(config: ProviderBase) -> list[str]:
     """The query parameters of an HTTP provider's ``endpoint`` whose name says they carry
     a credential: the endpoint is stored and shown as it is, so these belong in

@@ -458,3 +458,30 @@ def test_an_api_key_in_an_http_providers_endpoint_is_refused_for_query(
         assert api.put("/v1/providers/keyed", json=moved).status_code == 201
         view = api.get("/v1/providers/keyed").json()
         assert view["query"] == {"api_key": "********"} and "sk-live-123" not in str(view)
+
+
+@covers("PUT /v1/providers/{nickname}")
+def test_a_credential_in_an_http_providers_body_is_warned_about(api_server: ApiServer) -> None:
+    """A key in the body (Mandrill's ``"key"``) is stored and shown as given, unlike one
+    in a header: the answer says so, naming where it is (review H7)."""
+    body = {
+        "kind": "http",
+        "endpoint": "http://127.0.0.1:9/api/1.0/messages/send",  # (never sent to)
+        "body": {
+            "key": "md-live-123",
+            "idempotency_key": "$$MessageID",  # filled per message: no credential
+            "message": {"html": "$$HTML", "subject": "$$Subject", "to": [{"email": "$$To"}],
+                        "headers": {"X-Meta": "$$MessageID"}, "from_email": "$$FromAddress",
+                        "from_name": "$$FromName", "tags": [{"auth_token": "t-9"}]},
+        },
+        "from_address": "deals@acme.example",
+    }  # fmt: skip
+    with api_client(api_server) as api:
+        saved = api.put("/v1/providers/mandrill", json=body)
+        assert saved.status_code == 201, saved.text
+        [warning] = [w for w in saved.json()["warnings"] if "credential" in w]
+        assert warning.startswith("body.key, body.message.tags.0.auth_token: named as a credential")
+        assert "header or the query" in warning
+        plain = {**body, "body": {**body["body"], "key": "$$ApiKey"}}
+        again = api.put("/v1/providers/mandrill", json=plain)
+        assert not [w for w in again.json()["warnings"] if w.startswith("body.key")], again.text
