@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from providers.config import (
     ProviderBase,
     SecretPath,
     SmtpFamilyBase,
+    child,
     endpoint_credentials,
     parse_provider_config,
     public_view,
@@ -30,6 +32,9 @@ from providers.config import (
 from providers.netguard import PrivateEndpointError, check_endpoint
 
 CALLBACK_TOKEN_FIELD = "_callback_token"
+# The paths of a Generic HTTP body's credentials stored encrypted (``{"enc": ...}`` there;
+# the user's body may hold such an object of its own anywhere else).
+BODY_SECRETS_FIELD = "_body_secrets"
 # What a provider's view adds to its configuration; given back on save, they are ignored
 # (a view read and saved again is the same configuration).
 VIEW_ONLY_FIELDS = frozenset({"callback_url", "warnings", "connects_to"})
@@ -84,23 +89,43 @@ def _check_endpoint(config: ProviderBase) -> None:
 
 def _encode(config: ProviderBase, token: str) -> bytes:
     data = config.model_dump(mode="json")
+    in_body: list[SecretPath] = []
     for path in secret_paths(config):
         value = secret_value(config, path)
         set_secret(data, path, {"enc": crypto.encrypt(value)} if value else "")
+        if value and path[0] == "body":
+            in_body.append(path)
+    if in_body:  # a body may hold an {"enc": ...} object of its own: ours are listed
+        data[BODY_SECRETS_FIELD] = in_body
     data[CALLBACK_TOKEN_FIELD] = token
     return orjson.dumps(data)
 
 
-def _encrypted(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, str]]:
-    """The encrypted values of a stored configuration, as (where, key, ciphertext): its
-    secret fields and an HTTP provider's credential headers and query parameters."""
+def _sealed(value: Any) -> str | None:
+    """The ciphertext of an encrypted value as stored (``{"enc": ...}``), else None."""
+    if isinstance(value, dict) and set(value) == {"enc"}:
+        return str(value["enc"])
+    return None
+
+
+def _encrypted(data: dict[str, Any]) -> Iterator[tuple[Any, str | int, str, str]]:
+    """The encrypted values of a stored configuration, as (where, key, ciphertext, name):
+    its secret fields, an HTTP provider's credential headers and query parameters, and
+    the body's credentials listed in :data:`BODY_SECRETS_FIELD`."""
     for key, value in list(data.items()):
-        if isinstance(value, dict) and set(value) == {"enc"}:
-            yield data, key, str(value["enc"])
+        if (sealed := _sealed(value)) is not None:
+            yield data, key, sealed, key
         elif key in ("headers", "query") and isinstance(value, dict):
             for name, inner in list(value.items()):
-                if isinstance(inner, dict) and set(inner) == {"enc"}:
-                    yield value, name, str(inner["enc"])
+                if (sealed := _sealed(inner)) is not None:
+                    yield value, name, sealed, f"{key}.{name}"
+    for path in data.get(BODY_SECRETS_FIELD) or ():
+        where: Any = data
+        for step in path[:-1]:
+            where = child(where, str(step))
+        last = str(path[-1])
+        if (sealed := _sealed(child(where, last))) is not None:
+            yield where, int(last) if isinstance(where, list) else last, sealed, ".".join(path)
 
 
 def decode_provider(raw: str | bytes, *, secrets: bool = True) -> tuple[ProviderBase, str]:
@@ -111,20 +136,21 @@ def decode_provider(raw: str | bytes, *, secrets: bool = True) -> tuple[Provider
     """
     data: dict[str, Any] = orjson.loads(raw)
     token = str(data.pop(CALLBACK_TOKEN_FIELD, ""))
-    for where, key, sealed in _encrypted(data):
+    for where, key, sealed, _ in list(_encrypted(data)):
         where[key] = crypto.decrypt(sealed) if secrets else SECRET_MASK
+    data.pop(BODY_SECRETS_FIELD, None)
     return parse_provider_config(data, stored=True), token
 
 
 def _unreadable_secrets(raw: str | bytes) -> list[str]:
     """Warnings for the stored secrets the current DISPATCH_SECRET_KEY cannot decrypt."""
     problems = []
-    for _, key, sealed in _encrypted(orjson.loads(raw)):
+    for _, key, sealed, name in _encrypted(orjson.loads(raw)):
         try:
             crypto.decrypt(sealed)
         except crypto.SecretKeyError:
             problems.append(
-                f"{key}: the stored secret does not decrypt with DISPATCH_SECRET_KEY (was "
+                f"{name}: the stored secret does not decrypt with DISPATCH_SECRET_KEY (was "
                 f"the key changed?): restore the key or list the old one in "
                 f"DISPATCH_PREVIOUS_SECRET_KEYS, or save the provider again with its {key}"
             )
@@ -182,9 +208,10 @@ def _keep_stored_secrets(
             continue
         if len(path) == 1:
             update[path[0]] = SecretStr(secret)
-        else:
-            section = update.setdefault(path[0], dict(getattr(config, path[0])))
-            section[path[1]] = secret
+        else:  # a copy of the section (headers, query, body), the secret put back in it
+            if path[0] not in update:
+                update[path[0]] = copy.deepcopy(getattr(config, path[0]))
+            set_secret(update, path, secret)
     return config.model_copy(update=update) if update else config
 
 
@@ -231,7 +258,10 @@ def _stored_at(stored: dict[str, Any], path: SecretPath) -> Any:
     """What a stored configuration (its JSON) holds at ``path``, encrypted; None if none."""
     value: Any = stored
     for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+        value = child(value, key)
+    if path[0] == "body" and _sealed(value) is not None:  # ours only where listed
+        listed = {tuple(p) for p in stored.get(BODY_SECRETS_FIELD) or ()}
+        return value if path in listed else None
     return value
 
 

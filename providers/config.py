@@ -598,33 +598,6 @@ _CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|passw|signature|credential
 SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")
 
 
-def body_credentials(body: Any, at: str = "body") -> list[str]:
-    """Where a Generic HTTP ``body`` holds a value given as it is under a key whose name
-    says it is a credential (Mandrill's ``"key"``, SMTP2GO's ``"api_key"``): stored and
-    shown as given, unlike the same in a header or query parameter (a secret there)."""
-    found: list[str] = []
-    items = (
-        body.items()
-        if isinstance(body, dict)
-        else enumerate(body)
-        if isinstance(body, list)
-        else ()
-    )
-    for key, value in items:
-        where = f"{at}.{key}"
-        if isinstance(value, dict | list):
-            found += body_credentials(value, where)
-        elif (
-            isinstance(key, str)
-            and isinstance(value, str)
-            and value
-            and "$$" not in value
-            and _CREDENTIAL_NAME.search(key)
-        ):
-            found.append(where)
-    return found
-
-
 def endpoint_credentials(config: ProviderBase) -> list[str]:
     """The query parameters of an HTTP provider's ``endpoint`` whose name says they carry
     a credential: the endpoint is stored and shown as it is, so these belong in
@@ -639,31 +612,77 @@ def endpoint_credentials(config: ProviderBase) -> list[str]:
     ]
 
 
+def _is_credential(name: str, value: object) -> bool:
+    """A value given as it is (no ``$$`` placeholder) under a credential's name."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and "$$" not in value
+        and bool(_CREDENTIAL_NAME.search(name))
+    )
+
+
+def _body_paths(value: Any, at: SecretPath) -> list[SecretPath]:
+    """The credentials in a Generic HTTP body (Mandrill's ``"key"``), at any depth; a
+    list's items are named by their index (``("body", "tags", "0", "token")``)."""
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), inner) for i, inner in enumerate(value))
+    else:
+        return []
+    paths: list[SecretPath] = []
+    for key, inner in items:
+        if isinstance(inner, dict | list):
+            paths += _body_paths(inner, (*at, key))
+        elif isinstance(value, dict) and _is_credential(key, inner):
+            paths.append((*at, key))
+    return paths
+
+
 def secret_paths(config: ProviderBase) -> list[SecretPath]:
     """Where ``config`` holds secrets: its secret fields, and an HTTP provider's
-    credential headers and query parameters (given, without placeholders)."""
+    credentials given as they are (without placeholders): headers, query parameters and
+    body values named as one."""
     paths: list[SecretPath] = [(name,) for name in config.secret_fields]
     if isinstance(config, HttpConfig):
         for section in ("headers", "query"):
             for name, value in getattr(config, section).items():
-                if value and "$$" not in value and _CREDENTIAL_NAME.search(name):
+                if _is_credential(name, value):
                     paths.append((section, name))
+        paths += _body_paths(config.body, ("body",))
     return paths
+
+
+def child(container: Any, key: str) -> Any:
+    """``container[key]`` of a JSON document, a list's item named by its index (None
+    when there is none)."""
+    if isinstance(container, dict):
+        return container.get(key)
+    if isinstance(container, list) and key.isdigit() and int(key) < len(container):
+        return container[int(key)]
+    return None
 
 
 def secret_value(config: ProviderBase, path: SecretPath) -> str:
     """The secret at ``path`` ("" when not set)."""
+    value: Any = getattr(config, path[0], None)
     if len(path) == 1:
-        value = getattr(config, path[0], None)
         return value.get_secret_value() if isinstance(value, SecretStr) else ""
-    return str(getattr(config, path[0]).get(path[1], ""))
+    for key in path[1:]:
+        value = child(value, key)
+    return "" if value is None else str(value)
 
 
 def set_secret(data: dict[str, Any], path: SecretPath, value: Any) -> None:
     """Put ``value`` at ``path`` of a configuration's dump."""
+    where: Any = data
     for key in path[:-1]:
-        data = data[key]
-    data[path[-1]] = value
+        where = child(where, key)
+    if isinstance(where, list):
+        where[int(path[-1])] = value
+    else:
+        where[path[-1]] = value
 
 
 def public_view(config: ProviderBase) -> dict[str, Any]:

@@ -27,12 +27,7 @@ from typing import Any, Final
 
 import httpx
 
-from providers.config import (
-    WIDE_INTEGER_PROBLEM,
-    HttpConfig,
-    body_credentials,
-    find_wide_integer,
-)
+from providers.config import WIDE_INTEGER_PROBLEM, HttpConfig, find_wide_integer
 from providers.placeholders import (
     CAMPAIGN_LEVEL_SYSTEM,
     CONTENT_PLACEHOLDERS,
@@ -361,14 +356,6 @@ def config_warnings(config: HttpConfig) -> list[str]:
             f"{_listed(links)} filled from each recipient's vars, as when saved: with "
             "preference_center 'none' dispatch has no link for them (refused if saved now; "
             "set 'system' or 'custom' for dispatch's links, or rename them for your own)"
-        )
-    credentials = body_credentials(config.body)
-    if credentials:
-        warnings.append(
-            f"{', '.join(credentials)}: named as a credential but in the body, which is "
-            "stored and shown as given (not encrypted or masked, as a header or query "
-            "parameter named so is): send it in a header or the query if the ESP takes it "
-            "there"
         )
     if "MessageID" not in usage.per_message:
         warnings.append(

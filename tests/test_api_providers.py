@@ -460,28 +460,48 @@ def test_an_api_key_in_an_http_providers_endpoint_is_refused_for_query(
         assert view["query"] == {"api_key": "********"} and "sk-live-123" not in str(view)
 
 
-@covers("PUT /v1/providers/{nickname}")
-def test_a_credential_in_an_http_providers_body_is_warned_about(api_server: ApiServer) -> None:
-    """A key in the body (Mandrill's ``"key"``) is stored and shown as given, unlike one
-    in a header: the answer says so, naming where it is (review H7)."""
-    body = {
-        "kind": "http",
-        "endpoint": "http://127.0.0.1:9/api/1.0/messages/send",  # (never sent to)
-        "body": {
-            "key": "md-live-123",
-            "idempotency_key": "$$MessageID",  # filled per message: no credential
-            "message": {"html": "$$HTML", "subject": "$$Subject", "to": [{"email": "$$To"}],
-                        "headers": {"X-Meta": "$$MessageID"}, "from_email": "$$FromAddress",
-                        "from_name": "$$FromName", "tags": [{"auth_token": "t-9"}]},
-        },
-        "from_address": "deals@acme.example",
-    }  # fmt: skip
-    with api_client(api_server) as api:
-        saved = api.put("/v1/providers/mandrill", json=body)
-        assert saved.status_code == 201, saved.text
-        [warning] = [w for w in saved.json()["warnings"] if "credential" in w]
-        assert warning.startswith("body.key, body.message.tags.0.auth_token: named as a credential")
-        assert "header or the query" in warning
-        plain = {**body, "body": {**body["body"], "key": "$$ApiKey"}}
-        again = api.put("/v1/providers/mandrill", json=plain)
-        assert not [w for w in again.json()["warnings"] if w.startswith("body.key")], again.text
+@covers("PUT /v1/providers/{nickname}", "GET /v1/providers/{nickname}")
+def test_a_credential_in_an_http_providers_body_is_a_secret(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """An API key an ESP takes in the body (Mandrill's ``"key"``) is a secret as one in a
+    header is (DESIGN §2: stored encrypted, never returned); it was stored and shown as
+    given (review H7). A ``$$`` value is filled per message and is none; an object of the
+    user's own that looks like an encrypted value stays data."""
+    with HttpSink() as sink:
+        body = {
+            "kind": "http",
+            "endpoint": f"{sink.url}/send",
+            "body": {
+                "key": "md-live-123456",
+                "idempotency_key": "$$MessageID",
+                "message": {"html": "$$HTML", "subject": "$$Subject", "to": [{"email": "$$To"}],
+                            "from_email": "$$FromAddress", "from_name": "$$FromName",
+                            "tags": [{"auth_token": "tk-987654"}, "plain"]},
+                "extra": {"enc": "not ours"},
+            },
+            "from_address": "deals@acme.example",
+        }  # fmt: skip
+        with api_client(api_server) as api:
+            saved = api.put("/v1/providers/mandrill", json=body)
+            assert saved.status_code == 201, saved.text
+            assert "md-live-123456" not in saved.text and "tk-987654" not in saved.text
+            view = api.get("/v1/providers/mandrill").json()
+            assert view["body"]["key"] == "********"
+            assert view["body"]["message"]["tags"] == [{"auth_token": "********"}, "plain"]
+            assert view["body"]["idempotency_key"] == "$$MessageID"
+            assert view["body"]["extra"] == {"enc": "not ours"}
+            stored = redis_client.get(store.provider_key("mandrill"))
+            assert stored is not None and stored.count('{"enc":') == 3  # two, and the user's
+            assert "md-live-123456" not in stored and "tk-987654" not in stored
+            # The view saved back keeps both; a mask where none is stored is refused.
+            assert api.put("/v1/providers/mandrill", json=view).status_code == 200
+            assert _test(api_server, "mandrill")["ok"] is True
+            moved = {**view, "body": {**view["body"], "api_key": "********"}}
+            refused = api.put("/v1/providers/mandrill", json=moved)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["field"] == "body.api_key"
+        sent = sink.requests[-1].json()
+    assert sent["key"] == "md-live-123456"
+    assert sent["message"]["tags"] == [{"auth_token": "tk-987654"}, "plain"]
+    assert sent["extra"] == {"enc": "not ours"}
