@@ -132,8 +132,10 @@ def validation_problems(
 _TIMES = ("send_at", "expires_at")
 
 
-def _fingerprint(request: CampaignRequest) -> str:
+def _fingerprint(request: CampaignRequest, *, times_as_given: bool = False) -> str:
     """A hash of everything but the id: the same id with the same content is a repeat.
+    ``times_as_given``: the hash versions before b5ac507 (2026-11-23) stored, which read
+    ``send_at`` and ``expires_at`` in the offset the request gave.
 
     The content's keys are sorted; the recipients (possibly a million) are hashed in
     their order, a chunk at a time (one orjson call each).
@@ -146,6 +148,7 @@ def _fingerprint(request: CampaignRequest) -> str:
     _refuse_too_deep(request.vars, "vars")
     # Times as instants: a repeat may give them in another offset (a client's local time).
     utc = {name: at.astimezone(UTC) for name in _TIMES if (at := getattr(request, name))}
+    utc = {} if times_as_given else utc
     body = request.model_copy(update=utc).model_dump(mode="json", exclude={"id", "recipients"})
     try:
         written = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
@@ -169,6 +172,11 @@ def _fingerprint(request: CampaignRequest) -> str:
             _refuse_not_finite(dict(enumerate(chunk, start)), "recipients")
         digest.update(written)
     return digest.hexdigest()
+
+
+def _offset_given(request: CampaignRequest) -> bool:
+    """Whether ``send_at`` or ``expires_at`` was given in an offset other than UTC's."""
+    return any((at := getattr(request, name)) and at.utcoffset() for name in _TIMES)
 
 
 def _refuse_not_finite(value: Any, path: str) -> None:
@@ -428,12 +436,20 @@ def create_campaign(
     # (Its campaign-level placeholders are checked whatever the recipients hold.)
     payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
     fingerprint = _fingerprint(request)
-    if r.hget(store.campaign_key(campaign_id), "fingerprint") != fingerprint:
+    stored = r.hget(store.campaign_key(campaign_id), "fingerprint")
+    # Stored by a version that hashed the times as given: a repeat all the same.
+    if (
+        stored not in (None, fingerprint)
+        and _offset_given(request)
+        and stored == _fingerprint(request, times_as_given=True)
+    ):
+        fingerprint = stored
+    if stored != fingerprint:
         _check_copies_not_suppressed(content, r)  # (a repeat is answered as before)
     now = time.time()
     expired = content.expires_at is not None and content.expires_at.timestamp() <= now
     # Only a repeat of a campaign stored before its expiry is answered (as a repeat).
-    if expired and r.hget(store.campaign_key(campaign_id), "fingerprint") != fingerprint:
+    if expired and stored != fingerprint:
         raise CampaignError("must be in the future", "expires_at")
     found = r.eval(
         _CREATE,
