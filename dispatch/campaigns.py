@@ -312,18 +312,27 @@ def _names_from_recipients(request: CampaignRequest, compiled: CompiledContent) 
 
 def _check_template_names(request: CampaignRequest, compiled: CompiledContent) -> None:
     needed = _names_from_recipients(request, compiled)
-    unknown: set[str] = set()
+    lacking: dict[str, int] = dict.fromkeys(needed, 0)  # recipients without each name
+    first: dict[str, int] = {}
     if request.recipients and needed:
         # A name is resolvable if the campaign or every recipient provides it (one pass).
-        for r in request.recipients:
-            if not needed <= recipient_vars(r).keys():
-                unknown |= needed - recipient_vars(r).keys()
-                if unknown == needed:
-                    break
+        for index, r in enumerate(request.recipients):
+            names = recipient_vars(r).keys()
+            if not needed <= names:
+                for name in needed - names:
+                    lacking[name] += 1
+                    first.setdefault(name, index)
+    unknown = sorted(first)
     if unknown:
+        total = len(request.recipients)
         raise CampaignError(
-            f"unknown template variable(s): {', '.join(sorted(unknown))} (in neither the campaign "
-            "vars nor every recipient's vars)",
+            "unknown template variable(s): "
+            + "; ".join(
+                f"{name} ({compiled.used_at.get(name, 'template')}): missing from the campaign "
+                f"vars and from the vars of {lacking[name]} of {total} recipient(s), first "
+                f"#{first[name]}; give it there, or write {{{{ {name} | default('') }}}}"
+                for name in unknown
+            ),
             field="vars",
         )
 
@@ -691,6 +700,7 @@ class RecipientChecker:
         except RenderError as exc:  # the content was checked when it was stored
             raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
         self.required = frozenset(compiled.required - set(content.vars) - SERVICE_NAMES)
+        self.used_at = compiled.used_at
         # The http kind's per-message $$ placeholders that only recipients can fill.
         self.placeholders: frozenset[str] = frozenset()
         if isinstance(provider, HttpConfig):
@@ -712,8 +722,8 @@ class RecipientChecker:
         if missing:
             name = min(missing)
             raise CampaignError(
-                f"template variable {name!r} is in neither the campaign vars nor this "
-                "recipient's vars",
+                f"template variable {name!r} ({self.used_at.get(name, 'template')}) is in "
+                "neither the campaign vars nor this recipient's vars",
                 field=f"vars.{name}",
             )
         missing = self.placeholders - names

@@ -8,6 +8,7 @@ is refused if it renders with a line break.
 
 from __future__ import annotations
 
+import difflib
 import html as html_lib
 import inspect
 import logging
@@ -19,9 +20,17 @@ from functools import lru_cache, update_wrapper
 from itertools import islice
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined, TemplateError, meta, nodes, pass_environment
+from jinja2 import (
+    Environment,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    meta,
+    nodes,
+    pass_environment,
+)
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.filters import make_attrgetter, sync_do_sum
 from jinja2.runtime import Context
 from jinja2.sandbox import (
@@ -592,7 +601,14 @@ class RenderedContent:
     amp: str
 
 
-_BLOCK_TAGS = re.compile(r"<\s*(br|/p|/div|/h[1-6]|/li|/tr|hr)\b[^>]*>", re.IGNORECASE)
+_BLOCK_TAGS = re.compile(
+    r"<\s*(br|/p|/div|/h[1-6]|/li|/tr|/table|/ul|/ol|hr)\b[^>]*>", re.IGNORECASE
+)
+_ITEM_TAGS = re.compile(r"<\s*li\b[^>]*>", re.IGNORECASE)  # a list item: "- item"
+_CELL_TAGS = re.compile(r"<\s*/t[dh]\b[^>]*>", re.IGNORECASE)  # a row's cells apart
+_LINK_OPENING = re.compile(r"<a\b([^>]*)>", re.IGNORECASE)
+_LINK_CLOSING = re.compile(r"</a\s*>", re.IGNORECASE)
+_HREF = re.compile(r"""(?:^|\s)href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""", re.IGNORECASE)
 _DROPPED = ("script", "style", "head")  # elements dropped with their content
 _TAGS = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
@@ -632,16 +648,61 @@ def _sub_tags(pattern: re.Pattern[str], replacement: str, text: str) -> str:
     return pattern.sub(replacement, text[:end]) + text[end:]
 
 
+def _plain(html: str) -> str:
+    """The text of an HTML fragment on one line (tags dropped, entities read)."""
+    return " ".join(html_lib.unescape(_sub_tags(_TAGS, "", html)).split())
+
+
+def _show_links(html: str) -> str:
+    """``html`` with each link's address written after its text, ``text (address)``: a
+    plain-text reader must see where a link goes (the unsubscribe link above all). Not
+    for an anchor within the page, a script, or a link whose text is its address."""
+    out: list[str] = []
+    at = 0
+    for opening in _LINK_OPENING.finditer(html, 0, html.rfind(">") + 1):
+        if opening.start() < at:
+            continue  # within the text of the link before (a link in a link)
+        href = _HREF.search(opening[1])
+        if href is None:
+            continue
+        closing = _LINK_CLOSING.search(html, opening.end())
+        if closing is None:
+            break  # nor for any later link
+        address = next(g for g in href.groups() if g is not None).strip()
+        label = html[opening.end() : closing.start()]
+        out.append(html[at : closing.start()])
+        plain = html_lib.unescape(address)
+        if not (
+            not plain
+            or plain.startswith("#")
+            or plain.lower().startswith("javascript:")
+            or _plain(label) in (plain, plain.removeprefix("mailto:"))
+        ):
+            out.append(f" ({address})")
+        at = closing.start()
+    out.append(html[at:])
+    return "".join(out)
+
+
 def html_to_text(html: str) -> str:
-    """A plain-text alternative derived from HTML: block tags become line breaks.
+    """A plain-text alternative derived from HTML: block tags become line breaks, list
+    items lines of their own (``- item``), links ``text (address)``.
 
     Linear in the length of ``html`` (it may be a campaign's whole template).
     """
-    text = _drop_elements(html)
+    text = _show_links(_drop_elements(html))
     text = _sub_tags(_BLOCK_TAGS, "\n", text)
+    text = _sub_tags(_ITEM_TAGS, "- ", text)
+    text = _sub_tags(_CELL_TAGS, " ", text)
     text = html_lib.unescape(_sub_tags(_TAGS, "", text))
     text = _SPACES.sub(" ", text)
     return _BLANKS.sub("\n\n", "\n".join(line.strip() for line in text.split("\n"))).strip()
+
+
+def _tidy_derived(text: str) -> str:
+    """A rendered derived text template as :func:`html_to_text` ends: blank lines where
+    a loop's text meets the template's (``</li>`` then ``</ul>``) made one."""
+    return _BLANKS.sub("\n\n", text).strip()
 
 
 _MARKER = re.compile("\x00(\\d+)\x00")
@@ -667,23 +728,37 @@ def derive_text_template(html: str) -> str | None:
     pieces: list[str] = []
     segments: list[str] = []
     blocks: set[int] = set()
+    # An expression written twice is one marker: a link whose text is its address
+    # (``<a href="{{ url }}">{{ url }}</a>``) is seen so here as in the rendered HTML.
+    expressions: dict[str, int] = {}
     current: list[str] = []
+    is_block = False
+
+    def close_segment() -> None:
+        source = "".join(current)
+        if is_block:
+            blocks.add(len(segments))
+            index = len(segments)
+        else:
+            index = expressions.setdefault(source, len(segments))
+        if index == len(segments):
+            segments.append(source)
+        pieces.append(f"\x00{index}\x00")
+        current.clear()
+
     for _, kind, value in tokens:
         if kind in _NEEDS_HTML_RENDERING or (kind == "name" and value in ("safe", "autoescape")):
             return None
         if kind == "data":
             if current:
-                pieces.append(f"\x00{len(segments)}\x00")
-                segments.append("".join(current))
-                current = []
+                close_segment()
+                is_block = False
             pieces.append(value)
             continue
-        if kind in ("block_begin", "comment_begin"):
-            blocks.add(len(segments))
+        is_block = is_block or kind in ("block_begin", "comment_begin")
         current.append(value)
     if current:
-        pieces.append(f"\x00{len(segments)}\x00")
-        segments.append("".join(current))
+        close_segment()
     text = html_to_text("".join(pieces))
     survivors = {int(m) for m in _MARKER.findall(text)}
     if not blocks <= survivors:
@@ -792,6 +867,53 @@ class _PlainTemplate:
         return "".join(out)
 
 
+# Tags that read another template by name: a campaign's templates are four strings with
+# no template store behind them (every message would fail: "no loader").
+_LOADING_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Extends: "extends",
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+}
+
+_CHECKED_NODES: tuple[type[nodes.Node], ...] = (*_LOADING_TAGS, nodes.Filter, nodes.Test)
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    """``no filter named 'uper' (did you mean 'upper'?)``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"no {kind} named {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _check_supported(ast: nodes.Template, env: Environment) -> None:
+    """Refuse what compiles but could render for no recipient: a tag that loads another
+    template, a filter or test that does not exist. Jinja2 refuses an unknown filter
+    when it compiles, but not within a condition (``{% if x is strng %}``, ``{{ x|uper
+    if y }}``): that fails at render time, so every message of the campaign would."""
+    for node in ast.find_all(_CHECKED_NODES):
+        if isinstance(node, nodes.Filter):
+            if node.name not in env.filters:
+                raise TemplateSyntaxError(_unknown("filter", node.name, env.filters), node.lineno)
+        elif isinstance(node, nodes.Test):
+            if node.name not in env.tests:
+                raise TemplateSyntaxError(_unknown("test", node.name, env.tests), node.lineno)
+        else:
+            tag = _LOADING_TAGS[type(node)]
+            raise TemplateSyntaxError(
+                f"{{% {tag} %}} is not supported: a campaign's templates cannot read other "
+                "templates (define a macro in this one instead)",
+                node.lineno,
+            )
+
+
+def _compile_problem(exc: TemplateError) -> str:
+    """A compile error as a person reads it: its line and Jinja2's message (str() of a
+    parse error names no line, and a filter's names Jinja2's internal file)."""
+    line = getattr(exc, "lineno", None)
+    message = exc.message or type(exc).__name__
+    return f"line {line}: {message}" if line else message
+
+
 class CompiledContent:
     """The four templates of one campaign, compiled once; ``render`` per recipient."""
 
@@ -799,6 +921,7 @@ class CompiledContent:
         self._parts: dict[str, Any] = {}
         self.variables: set[str] = set()  # every name the templates read from outside
         self.required: set[str] = set()  # those without which they cannot render
+        self.used_at: dict[str, str] = {}  # each required name's first use: "html line 3"
         for name, source, env in (
             ("subject", subject, _TEXT_ENV),
             ("html", html, _HTML_ENV),
@@ -810,14 +933,21 @@ class CompiledContent:
                 continue
             try:
                 ast = env.parse(source)
+                _check_supported(ast, env)
                 undeclared = meta.find_undeclared_variables(ast)
                 self.variables |= undeclared
-                self.required |= _required_names(ast) & undeclared
+                required = _required_names(ast) & undeclared
+                self.required |= required
+                for node in ast.find_all(nodes.Name):
+                    if node.name in required and node.name not in self.used_at:
+                        self.used_at[node.name] = f"{name} line {node.lineno}"
                 self._parts[name] = _PlainTemplate.compile(
                     ast, escape_values=env.autoescape is True
                 ) or env.from_string(source)
             except TemplateError as exc:
-                raise RenderError(f"{name}: template does not compile: {exc}") from exc
+                raise RenderError(
+                    f"{name}: template does not compile: {_compile_problem(exc)}"
+                ) from exc
             except (ValueError, ArithmeticError, MemoryError, RecursionError) as exc:
                 # constant folding (``{{ 10**5000 }}`` has no decimal text), deep nesting
                 raise RenderError(
@@ -877,7 +1007,7 @@ class CompiledContent:
                 raise RenderError(f"{part}: {type(exc).__name__}: {exc}") from exc
             if "\r" in s or "\n" in s:
                 raise RenderError("subject: contains a line break after rendering")
-            return RenderedContent(s, h, t.strip() if strip_text else t, a)
+            return RenderedContent(s, h, _tidy_derived(t) if strip_text else t, a)
 
         return render
 
@@ -922,7 +1052,8 @@ class CompiledContent:
             except RenderError as exc:
                 raise RenderError(f"{name}: {exc}") from exc
             except Exception as exc:  # sandbox violations, undefined names, filter errors
-                raise RenderError(f"{name}: {type(exc).__name__}: {exc}") from exc
+                where = _line_of(exc, template)
+                raise RenderError(f"{name}: {where}{type(exc).__name__}: {exc}") from exc
             finally:
                 _built.reset(budget)
         derive = self._derive_text and "text" in parts
@@ -932,10 +1063,22 @@ class CompiledContent:
         if derive:
             text = html_to_text(out["html"])
         elif self._text_is_derived:
-            text = out["text"].strip()
+            text = _tidy_derived(out["text"])
         else:
             text = out["text"]
         return RenderedContent(subject=subject, html=out["html"], text=text, amp=out["amp"])
+
+
+def _line_of(exc: BaseException, template: Template) -> str:
+    """``line N: ``, the line of ``template`` where ``exc`` was raised (its innermost
+    frame of the template's code: within a macro, the macro's line), or ``""``."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__jinja_template__") is template:
+            line = template.get_corresponding_lineno(tb.tb_lineno)
+        tb = tb.tb_next
+    return f"line {line}: " if line else ""
 
 
 def campaign_context(campaign_vars: Mapping[str, Any]) -> dict[str, Any]:
