@@ -11,12 +11,13 @@ import redis
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from dispatch import store
 from dispatch.api import campaigns, pages, providers, suppressions, unsubscribe_tokens
-from dispatch.api.body_limits import MAX_API_BODY_BYTES, JsonBodyTooLarge
+from dispatch.api.body_limits import MAX_API_BODY_BYTES, STREAMED, JsonBodyTooLarge
 from dispatch.api.callbacks import router as callbacks_router
 from dispatch.api.errors import (
     HEALTH_RESPONSES,
@@ -72,12 +73,23 @@ def create_app() -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete_document(default_openapi())
+            # The routes the app's body limit applies to (not streamed ones); included
+            # routers' routes are only seen through their contexts.
+            bounded = [
+                (method.lower(), str(route.path_format))
+                for route in iter_route_contexts(app.routes)
+                if isinstance(route.original_route, APIRoute)
+                and route.include_in_schema
+                and route.max_body_size == MAX_API_BODY_BYTES
+                for method in route.methods or ()
+            ]
+            app.openapi_schema = complete_document(default_openapi(), bounded)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/healthz", tags=["operations"], responses=HEALTH_RESPONSES)
+    # Neither reads a body: one sent is left unread, whatever its size (no 413).
+    @app.get("/healthz", tags=["operations"], responses=HEALTH_RESPONSES, max_body_size=STREAMED)
     def healthz() -> dict[str, str]:
         """200 when Redis answers; 503 otherwise."""
         try:
@@ -88,7 +100,9 @@ def create_app() -> FastAPI:
             raise HTTPException(503, f"redis unavailable: {type(exc).__name__}") from exc
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    @app.get(
+        "/metrics", tags=["operations"], response_class=PlainTextResponse, max_body_size=STREAMED
+    )
     def metrics() -> Response:
         """Prometheus metrics: this process's (callbacks) and the service's from Redis."""
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest

@@ -20,7 +20,6 @@ from dispatch.api.errors import (
     ERROR_RESPONSES,
     GONE,
     NOT_FOUND,
-    TOO_LARGE,
     InvalidFieldError,
 )
 from dispatch.api.json_bodies import StrictJsonRoute
@@ -75,7 +74,6 @@ def _summary(campaign_id: str) -> CampaignSummary:
     responses={
         200: {"model": CampaignSummary, "description": "Already created"},
         **CONFLICT,
-        **TOO_LARGE,
     },
     summary="Create a campaign",
 )
@@ -350,7 +348,7 @@ def retry_failed(campaign_id: CampaignId) -> RetryResult:
 @router.post(
     "/{campaign_id}/test",
     response_model=TestEmailResult,
-    responses={**_BOTH, **TOO_LARGE},
+    responses={**_BOTH, **GONE},
     summary="Send one recipient's message to another address",
 )
 async def test_campaign(campaign_id: CampaignId, body: CampaignTestRequest) -> TestEmailResult:

@@ -14,7 +14,8 @@ Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "er
 * 410: the campaign's per-message records were removed by the retention policy
   (``campaign_id``);
 * 404: no such campaign, provider or suppression; 401: no valid bearer token
-  (``authorization``);
+  (``authorization``, with ``WWW-Authenticate``);
+* 413: a body over 64 MiB (``body``), on every route but those that stream theirs;
 * 503: Redis (the system of record) cannot serve: down, loading, read-only after a
   failover, or out of memory; try again after ``Retry-After`` seconds.
 
@@ -266,7 +267,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # Shared ``responses=`` for route declarations (the OpenAPI document lists them).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or invalid bearer token"},
+    401: {
+        "model": ErrorBody,
+        "description": "Missing or invalid bearer token",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
     422: {"model": ErrorBody, "description": "Invalid input; `field` names it"},
     503: {
         "model": ErrorBody,
@@ -285,12 +290,7 @@ GONE: dict[int | str, dict[str, Any]] = {
     }
 }
 
-TOO_LARGE: dict[int | str, dict[str, Any]] = {
-    413: {
-        "model": ErrorBody,
-        "description": "The body is over 64 MiB (`field`: `body`)",
-    }
-}
+_TOO_LARGE = "The body is over 64 MiB (`field`: `body`)"
 
 
 def _ref_of_name(name: str) -> dict[str, str]:
@@ -346,6 +346,7 @@ CALLBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
 PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The URL is a provider's callback URL", **_json_of(CallbackSuccess)},
     400: {"description": _CALLBACK_REFUSED + ": not a callback URL", **_json_of(CallbackError)},
+    500: CALLBACK_RESPONSES[500],
     503: {
         "description": "Redis cannot serve: try again after `Retry-After` seconds",
         "headers": _RETRY_AFTER,
@@ -376,11 +377,18 @@ FORM_TOO_LARGE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def complete_document(document: dict[str, Any]) -> dict[str, Any]:
+def complete_document(
+    document: dict[str, Any], bounded: Iterable[tuple[str, str]] = ()
+) -> dict[str, Any]:
     """The OpenAPI document as the routes really answer: the callback answer models
-    added to its schemas, and FastAPI's default 422 (``HTTPValidationError``, a shape
-    this API never answers) dropped where a route cannot answer 422 at all (callbacks,
-    pages: their path parameters are any text)."""
+    added to its schemas, FastAPI's default 422 (``HTTPValidationError``, a shape this
+    API never answers) dropped where a route cannot answer 422 at all (callbacks, pages:
+    their path parameters are any text), and the 413 listed for each operation of
+    ``bounded`` ((method, path) pairs): those the app's body limit applies to answer it
+    for any body over the limit, before they run, even those that take no body."""
+    for method, path in bounded:
+        responses = document["paths"][path][method]["responses"]
+        responses.setdefault("413", {"description": _TOO_LARGE, **_json_of(ErrorBody)})
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     _, defs = models_json_schema(
         [(model, "serialization") for model in CALLBACK_MODELS],

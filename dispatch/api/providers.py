@@ -15,7 +15,6 @@ from dispatch.api.errors import (
     CONFLICT,
     ERROR_RESPONSES,
     NOT_FOUND,
-    TOO_LARGE,
     InvalidFieldError,
     invalid_provider,
 )
@@ -54,7 +53,7 @@ def _view(nickname: str) -> ProviderView:
 @router.put(
     "/{nickname}",
     response_model=ProviderView,
-    responses={201: {"model": ProviderView, "description": "Created"}, **TOO_LARGE},
+    responses={201: {"model": ProviderView, "description": "Created"}},
     summary="Create or replace a provider",
 )
 def put_provider(
@@ -124,7 +123,7 @@ def delete_provider(nickname: Nickname) -> Response:
 @router.post(
     "/{nickname}/test",
     response_model=TestEmailResult,
-    responses={**NOT_FOUND, **CONFLICT, **TOO_LARGE},
+    responses={**NOT_FOUND, **CONFLICT},
     summary="Send a test email through a provider",
 )
 async def test_provider(nickname: Nickname, body: TestEmailRequest) -> TestEmailResult:

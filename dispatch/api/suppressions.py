@@ -12,7 +12,6 @@ from dispatch.api.auth import require_token
 from dispatch.api.errors import (
     ERROR_RESPONSES,
     NOT_FOUND,
-    TOO_LARGE,
     InvalidFieldError,
     NotFoundError,
 )
@@ -81,7 +80,7 @@ def get_suppression(email: Email) -> SuppressionEntry:
 @router.put(
     "/{email:address}",
     response_model=SuppressionEntry,
-    responses={201: {"model": SuppressionEntry, "description": "Created"}, **TOO_LARGE},
+    responses={201: {"model": SuppressionEntry, "description": "Created"}},
     summary="Suppress an address",
 )
 def put_suppression(
