@@ -18,6 +18,7 @@ from dispatch.ledger import (
     LedgerWriter,
     Records,
     claim_record,
+    opted_out_detail,
     parse_record,
     record,
 )
@@ -260,8 +261,7 @@ async def drop_suppressed(
     listed = record(MessageState.SUPPRESSED, detail="on the suppression list")
     opted = listed
     if opted_out:
-        detail = f'opted out of category "{category}" in the preference center'
-        opted = record(MessageState.SUPPRESSED, detail=detail)
+        opted = record(MessageState.SUPPRESSED, detail=opted_out_detail(category))
     writes = [(i.seq, opted if i.seq in opted_out else listed, "") for i in suppressed]
     answers = await writer.put_unsettled_many(writes)
     return kept, sum(answers)

@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 # (only while the record is still "claimed": safe to repeat after a lost answer; no
 # outcome: the per-provider tally of /metrics does not count it); with "E" one event
 # follows per seq ("" for none). "c", "u" and "g" answer '0' for a message they left
-# as it was. JSON never
+# as it was. Op "k" claims like "c", but its "E" slot holds the message's address key
+# (not an event): an address on the suppression list (KEYS[7]) or opted out of the
+# campaign's category (KEYS[8]) since the batch was loaded is recorded suppressed
+# (record ARGV[5] or ARGV[6]) instead, answered '2'. JSON never
 # holds a raw tab or newline, so everything splits with plain string searches, and each
 # command runs once for the whole list (HMGET, HSET, HINCRBY) instead of once per
 # message; only XADD is per message: one stream entry per event (DESIGN section 6).
@@ -145,23 +148,34 @@ for _, g in ipairs(groups) do
       local old = latest[seq]
       if old == nil then old = olds[i] and match(olds[i], '^{"s":"(%a+)"') or false end
       local refused = false
-      if op == 'c' then
+      local address = nil
+      if op == 'k' then address = event; event = nil end
+      if op == 'c' or op == 'k' then
         refused = (old and old ~= 'retry') or (new == 'claimed' and has_ended())
       elseif op == 'u' then
         refused = old and terminal[old]
       elseif op == 'g' then
         refused = old ~= 'claimed'
       end
+      local rec, state, sb, answer = g.rec, new, nb, '1'
+      if not refused and address and KEYS[8] then
+        if redis.call('HEXISTS', KEYS[7], address) == 1 then
+          rec, answer = ARGV[5], '2'
+        elseif redis.call('SISMEMBER', KEYS[8], address) == 1 then
+          rec, answer = ARGV[6], '2'
+        end
+        if answer == '2' then state, sb = 'suppressed', 'suppressed' end
+      end
       if refused then
         out[i] = '0'
       else
-        latest[seq] = new
+        latest[seq] = state
         fields[#fields + 1] = seq
-        fields[#fields + 1] = g.rec
+        fields[#fields + 1] = rec
         local ob = bucket(old or nil)
-        if ob ~= nb then
+        if ob ~= sb then
           delta[ob] = (delta[ob] or 0) - 1
-          delta[nb] = (delta[nb] or 0) + 1
+          delta[sb] = (delta[sb] or 0) + 1
         end
         if event then
           redis.call('XADD', stream, '*', 'json', event)
@@ -169,10 +183,10 @@ for _, g in ipairs(groups) do
         end
         -- Counted once per outcome: a retry again is a new attempt, a cancelled message
         -- written cancelled again (by its batch after the cancel) is not.
-        if op ~= 'g' and new ~= 'claimed' and (new ~= old or not terminal[new]) then
-          tally[new] = (tally[new] or 0) + 1
+        if op ~= 'g' and state ~= 'claimed' and (state ~= old or not terminal[state]) then
+          tally[state] = (tally[state] or 0) + 1
         end
-        out[i] = '1'
+        out[i] = answer
       end
     end
   end
@@ -320,6 +334,11 @@ def claim_record(attempts: int) -> bytes:
     return orjson.dumps({"s": MessageState.CLAIMED.value, "a": attempts})
 
 
+def opted_out_detail(category: str) -> str:
+    """The detail of a message not sent because its recipient switched ``category`` off."""
+    return f'opted out of category "{category}" in the preference center'
+
+
 def parse_record(raw: str | bytes | dict[str, Any] | None) -> dict[str, Any] | None:
     """A stored record (encoded or decoded) with readable keys; None for a queued message."""
     if raw is None:
@@ -440,7 +459,7 @@ class _Batch:
 
     lines: list[bytes]  # encoded groups (see _APPLY)
     count: int  # operations in them: the answer has one character each
-    future: asyncio.Future[list[bool]] = field(repr=False)
+    future: asyncio.Future[str] = field(repr=False)
 
 
 class LedgerWriter:
@@ -457,7 +476,9 @@ class LedgerWriter:
         lease_token: str = "",
         batch: int = -1,
         provider: str = "",
+        category: str | None = None,
     ) -> None:
+        """``category``: the campaign's, for :meth:`claim_screened_many` (None: not used)."""
         self.client = client
         self.provider = provider
         self.batch = batch
@@ -469,6 +490,9 @@ class LedgerWriter:
             store.MESSAGE_STATS_HASH,
             store.campaign_key(campaign_id),  # its progress_at (for housekeeping)
         ]
+        self.category = category
+        if category is not None:  # what claim_screened_many checks
+            self.keys += [store.SUPPRESSIONS_HASH, store.optout_key(category)]
         self.token = lease_token
         self._pending: list[_Batch] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -481,6 +505,19 @@ class LedgerWriter:
     async def claim_many(self, claims: Sequence[tuple[int, bytes]]) -> list[bool]:
         """Claim several messages (``(seq, record)``) in one round trip; one answer each."""
         return await self._submit(_lines(b"c", [(seq, rec, "") for seq, rec in claims]))
+
+    async def claim_screened_many(self, claims: Sequence[tuple[int, bytes, str]]) -> list[str]:
+        """Claim several messages (``(seq, record, address key)``) like :meth:`claim_many`,
+        checking each address against the suppression list and the category's opt-outs
+        at the claim (an entry added since the batch was loaded: a bounce, a complaint,
+        an unsubscribe while a long batch sends): such a message is recorded
+        ``suppressed`` instead. One answer each: "1" claimed, "0" taken or done, "2"
+        suppressed. A key holding a tab or line break is not checked here (the load
+        checked it). Needs the writer's ``category``."""
+        if self.category is None:
+            raise ValueError("claim_screened_many needs the writer's category")
+        writes = [(seq, rec, "" if "\t" in key or "\n" in key else key) for seq, rec, key in claims]
+        return list(await self._answers(_lines(b"k", writes)))
 
     async def put(self, seq: int, rec: bytes, event: str = "") -> None:
         """Record a new state for a message, with its system event if any."""
@@ -510,10 +547,14 @@ class LedgerWriter:
 
     async def _submit(self, encoded: tuple[list[bytes], int]) -> list[bool]:
         """Raises the Redis error of the round trip, or :class:`LeaseLostError`."""
+        return [c == "1" for c in await self._answers(encoded)]
+
+    async def _answers(self, encoded: tuple[list[bytes], int]) -> str:
+        """The script's answer to ``encoded``: one character per operation."""
         lines, count = encoded
         if not count:
-            return []
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+            return ""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.append(_Batch(lines, count, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -528,6 +569,11 @@ class LedgerWriter:
                 b"\n".join(line for b in batches for line in b.lines),
                 self.provider or "unknown",
             ]
+            if self.category is not None:  # the records of claim_screened_many's refusals
+                args += [
+                    record(MessageState.SUPPRESSED, detail="on the suppression list"),
+                    record(MessageState.SUPPRESSED, detail=opted_out_detail(self.category)),
+                ]
             try:
                 result = await self._script(keys=self.keys, args=args)
             except Exception as exc:  # hand any Redis failure to every waiting caller
@@ -542,7 +588,7 @@ class LedgerWriter:
                 continue
             offset = 0
             for b in batches:
-                answers = [c == "1" for c in result[offset : offset + b.count]]
+                answers = str(result[offset : offset + b.count])
                 offset += b.count
                 if not b.future.done():
                     b.future.set_result(answers)

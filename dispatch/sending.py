@@ -60,6 +60,7 @@ from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
 from dispatch.suppressions import describe as describe_suppression
+from dispatch.suppressions import suppression_key
 from dispatch.unsubscribe import recipient_links
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
@@ -754,20 +755,24 @@ class BatchSender:
         """Claim the built items the load did not; those someone else settled meanwhile
         are dropped (never sent twice)."""
         wanted = [item for item, _ in built if not item.claimed]
+        # Checked against the suppression list again here, not only when the batch was
+        # loaded: a long batch (a slow pace) sends minutes after its load.
         answers = iter(
-            await self.writer.claim_many(
-                [(item.seq, claim_record(item.attempts)) for item in wanted]
+            await self.writer.claim_screened_many(
+                [(i.seq, claim_record(i.attempts), suppression_key(i.email)) for i in wanted]
             )
         )
         ready = []
         for item, message in built:
-            if item.claimed or next(answers):
+            answer = "1" if item.claimed else next(answers)
+            if answer == "1":
                 item.claimed = False  # attempted from here on: its outcome is recorded
                 item.attempted = True
                 ready.append((item, message))
-                continue
-            # Settled by someone else meanwhile: never send twice.
-            self._one_less()
+            elif answer == "2":  # suppressed since the load: recorded so
+                self._settle(MessageState.SUPPRESSED.value)
+            else:  # settled by someone else meanwhile: never send twice
+                self._one_less()
         return ready
 
     def _stop_for(self, exc: ConfigurationError) -> None:
@@ -1101,7 +1106,9 @@ async def run_batch(
             lease if one_chunk else None,
             content.cc + content.bcc,
         )
-        writer = LedgerWriter(r, campaign_id, lease.token, batch, content.provider)
+        writer = LedgerWriter(
+            r, campaign_id, lease.token, batch, content.provider, content.category
+        )
         items, stale, retry_at = unsettled(loaded, settings)
         run_items = items  # (all of them: see _give_back_after_failure)
         unrecorded: list[tuple[int, bytes, str]] = []  # (the sender's, once it runs)

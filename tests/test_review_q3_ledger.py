@@ -170,7 +170,7 @@ def test_a_claim_whose_answer_was_lost_goes_back(
 
     async def lose_a_claims_answer(client: aioredis.Redis, *args: Any, **kw: Any) -> Any:
         answer = await command(client, *args, **kw)
-        claims = any(isinstance(a, bytes) and a.startswith(b"cN") for a in args)
+        claims = any(isinstance(a, bytes) and a.startswith((b"cN", b"kE")) for a in args)
         if claims and not lost:
             lost.append(True)
             raise redis.ConnectionError("Connection closed by server.")

@@ -107,16 +107,16 @@ def test_a_retried_message_whose_next_claim_lost_its_answer_goes_back(
     smtp.handler.rcpt_reply = lambda a: "451 4.3.0 try again" if a == "user0@example.com" else None
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
     cid, batches = create_held(redis_client, body)
-    claim_many = LedgerWriter.claim_many
+    claim_many = LedgerWriter.claim_screened_many
 
-    async def retry_claim_answer_lost(writer: LedgerWriter, claims: Any) -> list[bool]:
+    async def retry_claim_answer_lost(writer: LedgerWriter, claims: Any) -> list[str]:
         answers = await claim_many(writer, claims)  # Redis ran it
-        if [seq for seq, _ in claims] == [0]:  # the retry's claim
+        if [seq for seq, *_ in claims] == [0]:  # the retry's claim
             smtp.handler.rcpt_reply = lambda a: None  # the server would take it now
             raise redis.ConnectionError("Connection closed by server.")
         return answers
 
-    monkeypatch.setattr(LedgerWriter, "claim_many", retry_claim_answer_lost)
+    monkeypatch.setattr(LedgerWriter, "claim_screened_many", retry_claim_answer_lost)
     fast = Settings(retry_base_seconds=0.05, retry_max_seconds=0.1, inline_retry_seconds=5.0)
     with pytest.raises(redis.ConnectionError):
         run_batches(batches, fast)
