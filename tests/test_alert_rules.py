@@ -57,9 +57,15 @@ def test_every_alert_has_a_summary_and_an_expression() -> None:
 
 
 def _exposed(api_server: ApiServer, redis_client: redis.Redis) -> set[str]:
-    """The sample names of a scrape after what makes every family hold a sample: a
-    message sent, a callback request (one event refused), a housekeeping sweep, a
-    worker's canary and a consumer group on the events stream."""
+    """The sample names of a scrape after what makes every family hold a sample."""
+    text = scrape_with_every_family(api_server, redis_client)
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def scrape_with_every_family(api_server: ApiServer, redis_client: redis.Redis) -> str:
+    """A scrape of /metrics after what makes every family hold a sample: a message sent,
+    a callback request (one event refused), a housekeeping sweep, a worker's canary and
+    a consumer group on the events stream."""
     with SmtpTestServer() as smtp:
         smtp_provider(redis_client, smtp.port)
         run_inline(redis_client, {"provider": "local", "subject": "s", "html": "h",
@@ -73,8 +79,7 @@ def _exposed(api_server: ApiServer, redis_client: redis.Redis) -> set[str]:
     redis_client.xgroup_create(store.EVENTS_STREAM, "crm", id="0")
     with api_server.client() as http:
         post(http, paths["gen"], body)
-        text = http.get("/metrics").text
-    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+        return http.get("/metrics").text
 
 
 def test_every_metric_an_alert_reads_is_exposed_by_metrics(
