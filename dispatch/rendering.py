@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from functools import lru_cache, update_wrapper
 from itertools import islice
 from typing import Any
@@ -288,6 +289,37 @@ def _check_size(value: Any, what: str) -> Any:
     return value
 
 
+MAX_DATE_FORMAT = 200  # characters of a date filter's format
+
+
+def _date(value: Any, fmt: str = "%Y-%m-%d") -> str:
+    """The ``date`` filter: a time as text, ``fmt`` as ``strftime`` reads it (English
+    names: ``{{ order.placed | date('%d %b %Y') }}`` is ``04 Nov 2026``).
+
+    ``value`` is ISO 8601 text (vars are JSON, which has no dates: ``2026-11-04``,
+    ``2026-11-04T10:03:39Z``), Unix seconds, or a date. A time with an offset is shown in
+    that offset; the sandbox offers no other way to read a date. Raises ``ValueError``
+    or ``TypeError`` naming what it got (that message fails, its detail saying so)."""
+    if not isinstance(fmt, str) or len(fmt) > MAX_DATE_FORMAT:
+        raise ValueError(f"date: the format must be text of at most {MAX_DATE_FORMAT} characters")
+    when: date | datetime
+    if isinstance(value, datetime | date):
+        when = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            when = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"date: {value!r} is no Unix time") from exc
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"date: {value[:50]!r} is no ISO 8601 date or time") from None
+    else:
+        raise TypeError(f"date: expected ISO 8601 text or Unix seconds, got {type(value).__name__}")
+    return when.strftime(fmt)
+
+
 @pass_environment
 def _linear_sum(
     environment: Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0
@@ -527,6 +559,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.concat = _bounded_concat  # type: ignore[method-assign]
         self.count_step = _count_step
         self.filters["sum"] = _linear_sum
+        self.filters["date"] = _date
         for name, filter_ in self.filters.items():
             self.filters[name] = _bounded_filter(name, filter_)
         self.filters["format"] = _fast_format(self.filters["format"].__wrapped__)
