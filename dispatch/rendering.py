@@ -735,6 +735,8 @@ def html_to_text(html: str) -> str:
 def _tidy_derived(text: str) -> str:
     """A rendered derived text template as :func:`html_to_text` ends: blank lines where
     a loop's text meets the template's (``</li>`` then ``</ul>``) made one."""
+    if text.count("\n") < 2:  # (no blank line to merge: most messages' text, per message)
+        return text.strip()
     return _BLANKS.sub("\n\n", text).strip()
 
 
