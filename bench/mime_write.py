@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 
 from bench.smtp_e2e import HTML
-from dispatch.rendering import html_to_text
+from dispatch.text_part import html_to_text
 from providers.base import OutgoingMessage
 from providers.mime import MimeWriter
 

@@ -8,14 +8,9 @@ import pytest
 
 from dispatch.campaigns import CampaignError, validate_content
 from dispatch.models import CampaignRequest
-from dispatch.rendering import (
-    MAX_STEPS,
-    CompiledContent,
-    RenderError,
-    build_context,
-    derive_text_template,
-    html_to_text,
-)
+from dispatch.rendering import CompiledContent, RenderError, build_context
+from dispatch.template_sandbox import MAX_STEPS
+from dispatch.text_part import derive_text_template, html_to_text
 
 
 def _render(template: str, **vars: object) -> str:
@@ -193,17 +188,17 @@ def test_templates_that_cannot_be_mirrored_fall_back(html: str) -> None:
 )
 def test_plain_templates_render_exactly_as_jinja2_does(template: str) -> None:
     """The fast path for text-and-names templates matches the sandboxed Jinja2 render."""
-    from dispatch.rendering import _HTML_ENV, _TEXT_ENV
+    from dispatch.template_sandbox import HTML_ENV, TEXT_ENV
 
     values = {"a": "<b>&'\"{}", "b": 42}
-    for env in (_HTML_ENV, _TEXT_ENV):
+    for env in (HTML_ENV, TEXT_ENV):
         compiled = CompiledContent(subject="s", html=template, text=template)
         ctx = build_context(
             campaign_vars={}, user_vars=values, email="a@b.example", user_id="u", campaign_id="c"
         )
         rendered = compiled.render(ctx)
         expected = env.from_string(template).render(**ctx)
-        assert (rendered.html if env is _HTML_ENV else rendered.text) == expected
+        assert (rendered.html if env is HTML_ENV else rendered.text) == expected
 
 
 def test_recipient_names_only_when_every_template_is_plain_and_uses_no_service_name() -> None:

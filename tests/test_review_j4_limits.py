@@ -36,7 +36,8 @@ resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
 # A budget of CPU, not a time to meet: the work below takes well under a second, the
 # quadratic searches of before hours (SIGXCPU ends the child, and the test says so).
 resource.setrlimit(resource.RLIMIT_CPU, (120, 120))
-from dispatch.rendering import CompiledContent, RenderError, build_context, html_to_text
+from dispatch.rendering import CompiledContent, RenderError, build_context
+from dispatch.text_part import html_to_text
 context = build_context(campaign_vars={}, user_vars={}, email="a@b.example", user_id="u",
                         campaign_id="c")
 results = {}
@@ -86,7 +87,8 @@ def test_crafted_format_strings_and_html_take_linear_work() -> None:
 
 
 def test_ordinary_formats_render_as_before() -> None:
-    from dispatch.rendering import CompiledContent, build_context, html_to_text
+    from dispatch.rendering import CompiledContent, build_context
+    from dispatch.text_part import html_to_text
 
     context = build_context(
         campaign_vars={"n": "<i>"}, user_vars={}, email="a@b.example", user_id="u", campaign_id="c"

@@ -12,13 +12,8 @@ import redis
 
 from dispatch.campaigns import CampaignError, validate_content
 from dispatch.models import CampaignRequest
-from dispatch.rendering import (
-    CompiledContent,
-    RenderError,
-    build_context,
-    derive_text_template,
-    html_to_text,
-)
+from dispatch.rendering import CompiledContent, RenderError, build_context
+from dispatch.text_part import derive_text_template, html_to_text
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, wait_for_campaign
 from tests.helpers import smtp_provider

@@ -1,0 +1,187 @@
+"""The plain-text part derived from a campaign's HTML: per message (:func:`html_to_text`),
+or once per campaign as a text template (:func:`derive_text_template`)."""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+
+from jinja2 import TemplateError
+
+from dispatch.template_sandbox import HTML_ENV
+
+_BLOCK_TAGS = re.compile(
+    r"<\s*(br|/p|/div|/h[1-6]|/li|/tr|/table|/ul|/ol|hr)\b[^>]*>", re.IGNORECASE
+)
+_ITEM_TAGS = re.compile(r"<\s*li\b[^>]*>", re.IGNORECASE)  # a list item: "- item"
+_CELL_TAGS = re.compile(r"<\s*/t[dh]\b[^>]*>", re.IGNORECASE)  # a row's cells apart
+_LINK_OPENING = re.compile(r"<a\b([^>]*)>", re.IGNORECASE)
+_LINK_CLOSING = re.compile(r"</a\s*>", re.IGNORECASE)
+_HREF = re.compile(r"""(?:^|\s)href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""", re.IGNORECASE)
+_DROPPED = ("script", "style", "head")  # elements dropped with their content
+_TAGS = re.compile(r"<[^>]+>")
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+_BLANKS = re.compile(r"\n\s*\n+")
+
+
+def _drop_elements(html: str) -> str:
+    r"""``html`` without its script, style and head elements (content included).
+
+    Each opening tag's end tag is searched for once: ``<(script|...)\b.*?</\1\s*>`` tried
+    that search again from every opening tag, so text of many unclosed ones took time in
+    the square of its length (and held the GIL: a campaign's HTML froze the API).
+    """
+    names = list(_DROPPED)
+    out: list[str] = []
+    at = 0
+    while names:
+        opening = re.compile(rf"<({'|'.join(names)})\b", re.IGNORECASE).search(html, at)
+        if opening is None:
+            break
+        name = opening[1].lower()
+        closing = re.compile(rf"</{name}\s*>", re.IGNORECASE).search(html, opening.end())
+        if closing is None:  # nor for any later opening tag of this name: kept as text
+            names.remove(name)
+            continue
+        out.append(html[at : opening.start()])
+        at = closing.end()
+    out.append(html[at:])
+    return "".join(out)
+
+
+def _sub_tags(pattern: re.Pattern[str], replacement: str, text: str) -> str:
+    """``pattern.sub`` for a tag pattern (it ends at the next ``>``), past the last ``>``
+    left alone: no tag can start there, and the pattern would look for its ``>`` from
+    every ``<`` there to the end (time in the square of the text's length)."""
+    end = text.rfind(">") + 1
+    return pattern.sub(replacement, text[:end]) + text[end:]
+
+
+def _plain(html: str) -> str:
+    """The text of an HTML fragment on one line (tags dropped, entities read)."""
+    return " ".join(html_lib.unescape(_sub_tags(_TAGS, "", html)).split())
+
+
+def _show_links(html: str) -> str:
+    """``html`` with each link's address written after its text, ``text (address)``: a
+    plain-text reader must see where a link goes (the unsubscribe link above all). Not
+    for an anchor within the page, a script, or a link whose text is its address."""
+    out: list[str] = []
+    at = 0
+    for opening in _LINK_OPENING.finditer(html, 0, html.rfind(">") + 1):
+        if opening.start() < at:
+            continue  # within the text of the link before (a link in a link)
+        href = _HREF.search(opening[1])
+        if href is None:
+            continue
+        closing = _LINK_CLOSING.search(html, opening.end())
+        if closing is None:
+            break  # nor for any later link
+        address = next(g for g in href.groups() if g is not None).strip()
+        label = html[opening.end() : closing.start()]
+        out.append(html[at : closing.start()])
+        plain = html_lib.unescape(address)
+        if not (
+            not plain
+            or plain.startswith("#")
+            or plain.lower().startswith("javascript:")
+            or _plain(label) in (plain, plain.removeprefix("mailto:"))
+        ):
+            out.append(f" ({address})")
+        at = closing.start()
+    out.append(html[at:])
+    return "".join(out)
+
+
+def html_to_text(html: str) -> str:
+    """A plain-text alternative derived from HTML: block tags become line breaks, list
+    items lines of their own (``- item``), links ``text (address)``.
+
+    Linear in the length of ``html`` (it may be a campaign's whole template).
+    """
+    text = _show_links(_drop_elements(html))
+    text = _sub_tags(_BLOCK_TAGS, "\n", text)
+    text = _sub_tags(_ITEM_TAGS, "- ", text)
+    text = _sub_tags(_CELL_TAGS, " ", text)
+    text = html_lib.unescape(_sub_tags(_TAGS, "", text))
+    text = _SPACES.sub(" ", text)
+    return _BLANKS.sub("\n\n", "\n".join(line.strip() for line in text.split("\n"))).strip()
+
+
+def tidy_derived(text: str) -> str:
+    """A rendered derived text template as :func:`html_to_text` ends: blank lines where
+    a loop's text meets the template's (``</li>`` then ``</ul>``) made one."""
+    if text.count("\n") < 2:  # (no blank line to merge: most messages' text, per message)
+        return text.strip()
+    return _BLANKS.sub("\n\n", text).strip()
+
+
+_MARKER = re.compile("\x00(\\d+)\x00")
+_NEEDS_HTML_RENDERING = {"raw_begin"}
+
+
+def derive_text_template(html: str) -> str | None:
+    """A plain-text *template* derived once from an HTML template, or None if unsafe.
+
+    Converting every rendered HTML body to text costs about 60 µs a message; converting
+    the template once gives the same text for the static parts and keeps the Jinja2
+    expressions, so the text part renders like any template. Expressions inside HTML
+    tags (attributes) are dropped with their tag. Templates this cannot mirror exactly
+    (raw blocks, ``|safe`` output, autoescape switches, whitespace control) return None
+    and the text is derived from each rendered HTML body instead.
+    """
+    try:
+        tokens = list(HTML_ENV.lex(html))
+    except TemplateError:
+        return None
+    if "".join(value for _, _, value in tokens) != html:
+        return None  # whitespace control changed the source: do not guess
+    pieces: list[str] = []
+    segments: list[str] = []
+    blocks: set[int] = set()
+    # An expression written twice is one marker: a link whose text is its address
+    # (``<a href="{{ url }}">{{ url }}</a>``) is seen so here as in the rendered HTML.
+    expressions: dict[str, int] = {}
+    current: list[str] = []
+    is_block = False
+
+    def close_segment() -> None:
+        source = "".join(current)
+        if is_block:
+            blocks.add(len(segments))
+            index = len(segments)
+        else:
+            index = expressions.setdefault(source, len(segments))
+        if index == len(segments):
+            segments.append(source)
+        pieces.append(f"\x00{index}\x00")
+        current.clear()
+
+    for _, kind, value in tokens:
+        if kind in _NEEDS_HTML_RENDERING or (kind == "name" and value in ("safe", "autoescape")):
+            return None
+        if kind == "data":
+            if current:
+                close_segment()
+                is_block = False
+            pieces.append(value)
+            continue
+        is_block = is_block or kind in ("block_begin", "comment_begin")
+        current.append(value)
+    if current:
+        close_segment()
+    text = html_to_text("".join(pieces))
+    survivors = {int(m) for m in _MARKER.findall(text)}
+    if not blocks <= survivors:
+        return None  # a block tag sat inside an HTML tag: its structure would be lost
+    out = []
+    for i, piece in enumerate(_MARKER.split(text)):  # static text, segment, static, ...
+        if i % 2:
+            out.append(segments[int(piece)])
+        elif "{" in piece:  # unescaped entities (&#123;) must stay text, not become Jinja
+            if "endraw" in piece:
+                return None
+            out.append("{% raw %}" + piece + "{% endraw %}")
+        else:
+            out.append(piece)
+    return "".join(out)
