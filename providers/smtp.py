@@ -105,6 +105,11 @@ def login_secrets(config: SmtpFamilyBase) -> tuple[str, ...]:
     return secret_spellings([password, *carried])
 
 
+def _size_limit(param: str) -> int:
+    """The size an EHLO ``SIZE`` parameter names (0: none given, or no limit)."""
+    return int(param) if param.strip().isdigit() else 0
+
+
 def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
     """Translate a failure to connect, secure or log in, the password masked wherever
     the server's reply or the error quotes it (a 535 that echoes the AUTH line would
@@ -283,8 +288,10 @@ class SmtpSession:
                 return
             if not wire.smtputf8:
                 ready = self._without_smtputf8(ready, outcomes)
-                if not ready:
-                    return
+            if wire.max_size:
+                ready = self._within_size(ready, outcomes, wire.max_size)
+            if not ready:
+                return
             limit = self._transport.config.max_messages_per_connection
             room = limit - self.sent_on_connection if limit else len(ready)
             attempt, ready = ready[:room], ready[room:]
@@ -375,6 +382,31 @@ class SmtpSession:
                 OutcomeStatus.FAILED,
                 ErrorClass.INVALID_RECIPIENT,
                 f"{named} SMTPUTF8 (RFC 6531), which the server {host} does not offer",
+            )
+        return kept
+
+    def _within_size(
+        self,
+        ready: list[tuple[OutgoingMessage, Envelope]],
+        outcomes: dict[int, SendOutcome],
+        max_size: int,
+    ) -> list[tuple[OutgoingMessage, Envelope]]:
+        """``ready`` without the messages larger than the server takes (its ``SIZE``, RFC
+        1870): each fails as ``Invalid message`` saying so, before its content is sent
+        (the server would read it whole, then refuse it with 552, "dispatching failed",
+        and retry-failed would send it again for nothing)."""
+        kept = []
+        for msg, envelope in ready:
+            if len(envelope.payload) <= max_size:
+                kept.append((msg, envelope))
+                continue
+            host = self._transport.config.effective_host
+            outcomes[msg.seq] = SendOutcome(
+                msg.seq,
+                OutcomeStatus.FAILED,
+                ErrorClass.INVALID_MESSAGE,
+                f"the message is {len(envelope.payload):,} bytes, more than the {max_size:,} the "
+                f"server {host} takes (its SIZE, RFC 1870)",
             )
         return kept
 
@@ -666,6 +698,7 @@ class SmtpTransport:
             transport,
             pipelining=client.supports_extension("pipelining"),
             smtputf8=client.supports_extension("smtputf8"),
+            max_size=_size_limit(client.esmtp_extensions.get("size", "")),
             timeout=cfg.timeout,
             refuses_session=refuses_session,
         )

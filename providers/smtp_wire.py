@@ -127,10 +127,12 @@ class TransactionProtocol(asyncio.Protocol):
         timeout: float,
         refuses_session: Callable[[Stage, Reply, tuple[str, ...]], bool] = lambda *_: False,
         smtputf8: bool = False,
+        max_size: int = 0,
     ):
         self.transport = transport
         self.pipelining = pipelining
         self.smtputf8 = smtputf8  # the server takes UTF-8 addresses and headers (RFC 6531)
+        self.max_size = max_size  # the message size the server takes (SIZE, RFC 1870; 0: any)
         # Refusals about the session, not the message (throttling, credentials, a used-up
         # quota), told from the reply, its stage and the envelope's recipients: the
         # messages after one are not attempted on this connection.

@@ -190,8 +190,10 @@ class SmtpTestServer:
         credentials: tuple[str, str] | None = None,
         cert: tuple[Path, Path] | None = None,
         smtputf8: bool = False,
+        data_size_limit: int | None = None,
     ) -> None:
         self.handler = Handler()
+        self.data_size_limit = data_size_limit  # its SIZE (None: aiosmtpd's default, 32 MiB)
         self.smtputf8 = smtputf8  # advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses
         self.security = security
         self.credentials = credentials
@@ -210,6 +212,8 @@ class SmtpTestServer:
 
     def start(self) -> SmtpTestServer:
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": self.smtputf8}
+        if self.data_size_limit is not None:
+            kwargs["data_size_limit"] = self.data_size_limit
         context = None
         if self.security in ("starttls", "tls"):
             cert, key = self.cert or self_signed_cert(Path(self._dir.name))
