@@ -57,6 +57,7 @@ from dispatch.api.schemas import (
     FieldProblem,
     MessageOutcome,
     MessagePage,
+    PreferencesView,
     ProviderList,
     ProviderView,
     RetryResult,
@@ -575,6 +576,26 @@ class DispatchClient:
     def iter_suppressions(self, page_size: int = 500) -> Iterator[SuppressionEntry]:
         """Every suppressed address, page after page."""
         return _walk(lambda cursor: self.list_suppressions(cursor=cursor, limit=page_size))
+
+    # -- preferences (an address's categories) -------------------------------------------
+
+    def get_preferences(self, email: str) -> PreferencesView:
+        """The categories ``email`` switched off, every category, its suppression entry."""
+        return self._model(PreferencesView, "GET", self._preferences_path(email))
+
+    def set_preferences(self, email: str, opted_out: Iterable[str] = ()) -> PreferencesView:
+        """Switch off exactly ``opted_out`` for ``email``, every other category on (none:
+        subscribed to every category again); :class:`InvalidRequest` for an unknown one."""
+        return self._model(
+            PreferencesView,
+            "PUT",
+            self._preferences_path(email),
+            json={"opted_out": list(opted_out)},
+        )
+
+    @staticmethod
+    def _preferences_path(email: str) -> str:
+        return f"/v1/preferences/{quote(email, safe='@')}"
 
     # -- unsubscribe tokens (custom preference centers) ----------------------------------
 

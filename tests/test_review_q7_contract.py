@@ -231,6 +231,8 @@ def test_every_operation_answers_as_the_document_says(
         call("GET", "/v1/suppressions?limit=1")
         token = make_token("q7-run", 0, "a@example.com", "default")
         call("GET", f"/v1/unsubscribe-tokens/{token}")
+        call("PUT", "/v1/preferences/a@example.com", json={"opted_out": ["default"]})
+        call("GET", "/v1/preferences/a@example.com")
         call("DELETE", "/v1/suppressions/s@example.com")
         call("DELETE", "/v1/providers/q7-example")
         for path in paths.values():
@@ -333,6 +335,7 @@ def test_with_redis_unreachable_every_operation_answers_its_documented_503(
         "POST /v1/campaigns": {"provider": "gen", "subject": "s", "html": "h"},
         "POST /v1/campaigns/{campaign_id}/recipients": [{"email": "a@example.com"}],
         "POST /v1/campaigns/{campaign_id}/test": {"to": "a@example.com"},
+        "PUT /v1/preferences/{email}": {"opted_out": []},
         "POST /v1/callbacks/{nickname}/{token}": {"version": "v2", "type": "delivered",
                                                   "email": "a@example.com", "event": "e"},
     }  # fmt: skip

@@ -16,7 +16,14 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from dispatch import store
-from dispatch.api import campaigns, pages, providers, suppressions, unsubscribe_tokens
+from dispatch.api import (
+    campaigns,
+    pages,
+    preference_choices,
+    providers,
+    suppressions,
+    unsubscribe_tokens,
+)
 from dispatch.api.body_limits import MAX_API_BODY_BYTES, STREAMED, JsonBodyTooLarge
 from dispatch.api.callbacks import router as callbacks_router
 from dispatch.api.errors import (
@@ -66,6 +73,7 @@ def create_app() -> FastAPI:
     app.include_router(providers.router)
     app.include_router(campaigns.router)
     app.include_router(suppressions.router)
+    app.include_router(preference_choices.router)
     app.include_router(unsubscribe_tokens.router)
     app.include_router(pages.router)
 

@@ -7,7 +7,7 @@ server's dependencies being exercised.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -261,19 +261,33 @@ class SuppressionPage(Answer):
 # -- unsubscribe tokens ------------------------------------------------------------------
 
 
-class UnsubscribeTokenView(Answer):
-    """``GET /v1/unsubscribe-tokens/{token}``: what a recipient's token names and the
-    address's choices now, for a custom preference center (the token is opaque)."""
+class PreferencesView(Answer):
+    """``GET/PUT /v1/preferences/{email}``: an address's choices, as the preference
+    center shows them."""
 
     email: str
-    campaign_id: str
-    seq: int = Field(description="The message's position in the campaign")
-    category: str = Field(description="The campaign's category")
     suppression: SuppressionEntry | None = Field(
         description="Set: the address is sent nothing (unsubscribed from all, bounced...)"
     )
     categories: list[str] = Field(description="Every category campaigns were sent in")
     opted_out: list[str] = Field(description="The categories the address switched off")
+
+
+class PreferencesRequest(BaseModel):
+    """``PUT /v1/preferences/{email}``: the categories switched off; every other one is on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    opted_out: list[Annotated[str, Field(max_length=200)]] = Field(max_length=1000)
+
+
+class UnsubscribeTokenView(PreferencesView):
+    """``GET /v1/unsubscribe-tokens/{token}``: what a recipient's token names and the
+    address's choices now, for a custom preference center (the token is opaque)."""
+
+    campaign_id: str
+    seq: int = Field(description="The message's position in the campaign")
+    category: str = Field(description="The campaign's category")
 
 
 # -- callbacks (DESIGN §6: the seeds' shapes, not ErrorBody) -------------------------------
