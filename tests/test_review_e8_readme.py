@@ -1,0 +1,34 @@
+"""Review E8: README statements checked against the product as it runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from dispatch import campaigns, lifecycle
+from dispatch.models import campaign_request
+from dispatch.provider_store import save_provider
+from tests.test_review_a6_operator import SMTP, run
+
+
+def test_follow_of_a_cancelled_campaign_exits_1(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: a ``--follow`` exits 1 when the campaign stopped with messages unsent
+    (paused, cancelled, expired). A cancel settles the unsent messages ``cancelled``, so
+    ``queued`` is 0 and it exited 0, as for a campaign that went out: ``send --follow &&
+    next-step`` went on."""
+    save_provider(SMTP)
+    request = campaign_request(
+        {"id": "c-cancel", "provider": "p", "subject": "Hi", "html": "<p>hi</p>",
+         "recipients": [{"email": f"r{i}@example.com"} for i in range(3)]}
+    )  # fmt: skip
+    campaigns.create_campaign(request, enqueue=lambda campaign_id, batch: None)
+    summary = lifecycle.cancel("c-cancel", enqueue=lambda campaign_id, batch: None)
+    assert (summary["status"], summary["queued"], summary["cancelled"]) == ("cancelled", 0, 3)
+    code, out, err = run(capsys, "status", "c-cancel", "--follow")
+    assert code == 1, err
+    assert json.loads(out)["status"] == "cancelled"
+    assert "campaign 'c-cancel' is cancelled" in err and "3 messages not sent" in err, err
