@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from dispatch import campaigns, lifecycle
 from dispatch.models import campaign_request
 from dispatch.provider_store import save_provider
 from tests.test_review_a6_operator import SMTP, run
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+ALERTS = ROOT / "deploy" / "prometheus-alerts.yml"
 
 
 def test_follow_of_a_cancelled_campaign_exits_1(
@@ -32,3 +39,20 @@ def test_follow_of_a_cancelled_campaign_exits_1(
     assert code == 1, err
     assert json.loads(out)["status"] == "cancelled"
     assert "campaign 'c-cancel' is cancelled" in err and "3 messages not sent" in err, err
+
+
+def _readme_section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    return README[start : README.find("\n## ", start + 1)]
+
+
+def test_the_alert_table_says_what_to_do_for_every_rule() -> None:
+    """Operations' table "What to do when one fires" had no row for six of the rules
+    (beat not sweeping among them): the on-call engineer paged by one found nothing."""
+    rules = yaml.safe_load(ALERTS.read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    section = _readme_section("Operations")
+    table = section[section.index("What to do when one fires:") :]
+    rows = [line for line in table.splitlines() if line.startswith("| `Dispatch")]
+    named = {a for row in rows for a in re.findall(r"`(Dispatch\w+)`", row.split("|")[1])}
+    assert named == alerts, (alerts - named, named - alerts)
