@@ -56,3 +56,24 @@ def test_the_alert_table_says_what_to_do_for_every_rule() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| `Dispatch")]
     named = {a for row in rows for a in re.findall(r"`(Dispatch\w+)`", row.split("|")[1])}
     assert named == alerts, (alerts - named, named - alerts)
+
+
+@pytest.mark.parametrize(
+    ("error_class", "detail", "retried"),
+    [
+        ("SMTP invalid email ID", "550 5.1.1 <a@example.com>: user unknown", False),
+        ("Invalid message", "header value holds a line break", False),
+        ("SMTP dispatching failed", "554 5.7.1 ... blocked using zen.spamhaus.org", True),
+        ("SMTP dispatching failed", "554 5.7.1 <a@example.com>: Relay access denied", True),
+        ("SMTP invalid email ID", "452 4.2.2 mailbox full", True),
+    ],
+)
+def test_retry_failed_takes_what_the_readme_says(
+    error_class: str, detail: str, retried: bool
+) -> None:
+    """The lifecycle row said "not addresses refused with 5xx" while the SMTP section says
+    a policy block of an address (554 5.7.1) is sent again by retry-failed: the class
+    decides, not the code."""
+    assert lifecycle.is_retryable(error_class, detail) is retried
+    row = next(line for line in README.splitlines() if "retry-failed re-queues" in line)
+    assert "a relay's or policy refusal of an address is" in row
