@@ -448,7 +448,8 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
                 unsent = sum(summary.get(s, 0) for s in ("queued", "cancelled", "expired"))
                 if unsent == 0:
                     return _none_sent(campaign_id, summary)
-                reason = f" ({summary['reason']})" if summary.get("reason") else ""
+                said = summary.get("reason") not in ("", None, summary["status"])
+                reason = f" ({summary['reason']})" if said else ""  # not "cancelled (cancelled)"
                 print(
                     f"campaign {campaign_id!r} is {summary['status']}{reason}: "
                     f"{unsent} messages not sent",
