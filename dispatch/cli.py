@@ -412,7 +412,8 @@ FOLLOW_OUTAGE_SECONDS = 300.0  # a --follow waits this long for its Redis to com
 
 
 def follow(campaign_id: str, interval: float = 0.5) -> int:
-    """A live progress bar until the campaign stops running; 0 if every message settled.
+    """A live progress bar until the campaign stops running; 0 if it completed and sent
+    (or suppressed) its messages, 1 if it stopped with messages unsent or sent none.
 
     Once the campaign was read, Redis unreachable (a restart, a failover) is waited for
     up to :data:`FOLLOW_OUTAGE_SECONDS`, saying so: the sending goes on meanwhile."""
@@ -443,12 +444,15 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
             if summary["status"] not in ("running", "scheduled"):
                 bar.close()
                 _print(summary)
-                if summary["queued"] == 0:
+                # (a cancel or the expiry settles what was unsent: queued alone is 0)
+                unsent = sum(summary.get(s, 0) for s in ("queued", "cancelled", "expired"))
+                if unsent == 0:
                     return _none_sent(campaign_id, summary)
-                reason = f" ({summary['reason']})" if summary.get("reason") else ""
+                said = summary.get("reason") not in ("", None, summary["status"])
+                reason = f" ({summary['reason']})" if said else ""  # not "cancelled (cancelled)"
                 print(
                     f"campaign {campaign_id!r} is {summary['status']}{reason}: "
-                    f"{summary['queued']} messages not sent",
+                    f"{unsent} messages not sent",
                     file=sys.stderr,
                 )
                 return 1
