@@ -748,6 +748,7 @@ def messages_page(
                     "next_attempt_at": (rec.get("next_at") or None) if state == "retry" else None,
                     "updated_at": rec.get("updated_at", 0.0),
                     "retried": bool(was_retried),
+                    "provider_message_id": rec.get("provider_message_id", ""),
                 }
             )
             if len(items) >= limit:

@@ -220,6 +220,11 @@ class MessageOutcome(Answer):
     )
     updated_at: float = 0.0
     retried: bool = False
+    provider_message_id: str = Field(
+        default="",
+        description="The provider's id of the message it took (SMTP `queued as`, SES's "
+        '`Ok <id>`, an HTTP answer\'s): what to ask the provider about; "" when it named none',
+    )
 
 
 class MessagePage(Answer):
