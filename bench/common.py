@@ -212,14 +212,21 @@ class CpuMeter:
         return "CPU: " + ", ".join(parts)
 
 
-def redis_command_stats(url: str, top: int = 8) -> str:
-    """Redis's own time by command since the last reset (``CONFIG RESETSTAT``)."""
+def redis_command_stats(url: str, top: int = 8, per: int = 0) -> str:
+    """Redis's own time by command since the last reset (``CONFIG RESETSTAT``); with
+    ``per``, in microseconds and calls per one of ``per`` items (a script's own time
+    includes the commands it calls, which have their entries too)."""
     import redis
 
     client = redis.Redis.from_url(url)
     stats = client.info("commandstats")
     client.close()
     rows = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:top]
+    if per:
+        return "Redis time by command, us an item: " + ", ".join(
+            f"{name.removeprefix('cmdstat_')} {v['usec'] / per:.2f} ({v['calls'] / per:.2f} calls)"
+            for name, v in rows
+        )
     return "Redis time by command: " + ", ".join(
         f"{name.removeprefix('cmdstat_')} {v['usec'] / 1e6:.2f} s/{v['calls']:,} calls"
         for name, v in rows

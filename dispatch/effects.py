@@ -70,55 +70,88 @@ PROVEN_DETAIL = "outcome unknown at send; a callback about it shows the provider
 _APPLY = """
 local stream, supp, inbox, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, ttl, batch, proven, defer = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local source = ARGV[6]
-local applied, deferred = 0, 0
-for i = 0, (#KEYS - 5) / 5 - 1 do
-  local k, a = 5 + i * 5, 6 + i * 6
-  local counter, seq = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local email, entry, ev1, ev2 = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  local ours, old = false, nil
-  if counter ~= '' and seq >= 0 and redis.call('EXISTS', KEYS[k + 2]) == 1 then
-    ours = seq < tonumber(redis.call('HGET', KEYS[k + 3], 'total') or '0')
-    if ours then old = redis.call('HGET', KEYS[k + 5], seq) end
+local source, n = ARGV[6], tonumber(ARGV[7])
+local call, sub = redis.call, string.sub
+-- A group is a campaign and one of its counters, with its keys after the events' and its
+-- counter's name after their arguments. Its campaign is read once (a call writes neither
+-- a campaign nor its total), and its counters move once, after the loop.
+local groups, order, sent_by, nicknames = {}, {}, {}, {}
+local function group(g)
+  local found = groups[g]
+  if found == nil then
+    local k = 5 + n + (g - 1) * 4
+    found = {campaign = KEYS[k + 1], counters = KEYS[k + 2], bits = KEYS[k + 3],
+             ledger = KEYS[k + 4], counter = ARGV[7 + n * 6 + g], total = 0, counted = 0,
+             proven = 0}
+    if call('EXISTS', found.campaign) == 1 then
+      found.total = tonumber(call('HGET', found.counters, 'total') or '0')
+    end
+    groups[g] = found
+    order[#order + 1] = found
   end
-  if defer ~= '' and old and string.sub(old, 1, 14) == '{"s":"claimed"' then
+  return found
+end
+local applied, deferred = 0, 0
+for i = 0, n - 1 do
+  local a = 7 + i * 6
+  local g, seq = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local email, entry, ev1, ev2 = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local grp, old = nil, nil
+  if g > 0 then
+    grp = group(g)
+    if seq < grp.total then old = call('HGET', grp.ledger, seq) else grp = nil end
+  end
+  if defer ~= '' and old and sub(old, 1, 14) == '{"s":"claimed"' then
     -- Its send is on the wire: its outcome is not written yet and may be "unknown",
     -- which this event would disprove. Applied when the batch comes again.
     deferred = deferred + 1
-  elseif redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ttl) then
+  elseif call('SET', KEYS[5 + i + 1], '1', 'NX', 'EX', ttl) then
     applied = applied + 1
-    if ours then
+    if grp then
       -- The provider took a message whose send's outcome was lost: it was sent (the
       -- ledger's own move, counters and per-provider tally with it).
-      if old and string.sub(old, 1, 14) == '{"s":"unknown"' then
+      if old and sub(old, 1, 14) == '{"s":"unknown"' then
         local attempts = string.match(old, '"a":(%d+)') or '0'
-        redis.call('HSET', KEYS[k + 5], seq, '{"s":"sent","a":' .. attempts .. proven)
-        redis.call('HINCRBY', KEYS[k + 3], 'unknown', -1)
-        redis.call('HINCRBY', KEYS[k + 3], 'sent', 1)
-        local nickname = redis.call('HGET', KEYS[k + 2], 'provider') or 'unknown'
-        redis.call('HINCRBY', stats, nickname .. '|sent', 1)
+        call('HSET', grp.ledger, seq, '{"s":"sent","a":' .. attempts .. proven)
+        grp.proven = grp.proven + 1
+        if grp.provider == nil then
+          grp.provider = call('HGET', grp.campaign, 'provider') or 'unknown'
+        end
+        if sent_by[grp.provider] == nil then
+          sent_by[grp.provider] = 0
+          nicknames[#nicknames + 1] = grp.provider
+        end
+        sent_by[grp.provider] = sent_by[grp.provider] + 1
         -- and its Notification Sent, which an unknown outcome did not write: the
         -- event's first entry (every counted type has one) under that name, with the
         -- properties of a send. Its keys come in event_fields' order, and a string in it
         -- holds a quote only escaped: the first ',"ts":' and ',"properties":' are keys.
         local ts = string.find(ev1, ',"ts":', 1, true)
         local props = string.find(ev1, ',"properties":', 1, true)
-        local sent = '{"event":"Notification Sent"' .. string.sub(ev1, ts, props) ..
+        local sent = '{"event":"Notification Sent"' .. sub(ev1, ts, props) ..
           '"properties":' .. source .. '}'
-        redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', sent)
+        call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', sent)
       end
-      if redis.call('SETBIT', KEYS[k + 4], seq, 1) == 0 then
-        redis.call('HINCRBY', KEYS[k + 3], counter, 1)
-      end
+      if call('SETBIT', grp.bits, seq, 1) == 0 then grp.counted = grp.counted + 1 end
     end
-    if email ~= '' then redis.call('HSETNX', supp, email, entry) end
-    if ev1 ~= '' then redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev1) end
-    if ev2 ~= '' then redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev2) end
+    if email ~= '' then call('HSETNX', supp, email, entry) end
+    if ev1 ~= '' then call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev1) end
+    if ev2 ~= '' then call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev2) end
   end
 end
+for _, grp in ipairs(order) do
+  if grp.proven > 0 then
+    call('HINCRBY', grp.counters, 'unknown', -grp.proven)
+    call('HINCRBY', grp.counters, 'sent', grp.proven)
+  end
+  if grp.counted > 0 then call('HINCRBY', grp.counters, grp.counter, grp.counted) end
+end
+for _, nickname in ipairs(nicknames) do
+  call('HINCRBY', stats, nickname .. '|sent', sent_by[nickname])
+end
 if batch ~= '' and deferred == 0 then
-  redis.call('HDEL', inbox, batch)
-  redis.call('ZREM', pending, batch)
+  call('HDEL', inbox, batch)
+  call('ZREM', pending, batch)
 end
 return {applied, deferred}
 """
@@ -198,67 +231,89 @@ class InboxBatch(BaseModel):
     events: tuple[InboxEvent, ...]
 
 
-def system_events(event: InboxEvent, *, provider: str, kind: str, received: float) -> list[str]:
-    """The ``dispatch:events`` entries of one callback event (DESIGN §6 table)."""
-    description = event.description
-    source = ct_source(kind)
-    names: list[tuple[str, dict[str, Any]]] = {
-        EventType.DELIVERED: [("Notification Delivered", {"CT Source": source})],
-        EventType.HARD_BOUNCE: [
-            ("Notification Failed", {"Error": description}),
-            ("Channel Unsubscribed", {"Type": description}),
-        ],
-        EventType.SOFT_BOUNCE: [("Notification Failed", {"Error": description})],
-        EventType.SPAM: [("Channel Unsubscribed", {"Type": description})],
-        EventType.UNSUBSCRIBED: [("Channel Unsubscribed", {"Type": description})],
-        EventType.CLICKED: [("Notification Clicked", {"URL": event.url} if event.url else {})],
-    }.get(event.type, [])
+# The dispatch:events entries of each event type (DESIGN §6 table): its names, each with
+# the one property the type gives it ("URL" only when the provider gave one).
+ENTRIES: dict[EventType, tuple[tuple[str, str], ...]] = {
+    EventType.DELIVERED: (("Notification Delivered", "CT Source"),),
+    EventType.HARD_BOUNCE: (("Notification Failed", "Error"), ("Channel Unsubscribed", "Type")),
+    EventType.SOFT_BOUNCE: (("Notification Failed", "Error"),),
+    EventType.SPAM: (("Channel Unsubscribed", "Type"),),
+    EventType.UNSUBSCRIBED: (("Channel Unsubscribed", "Type"),),
+    EventType.CLICKED: (("Notification Clicked", "URL"),),
+}
+
+
+def system_events(
+    event: InboxEvent,
+    *,
+    provider: str,
+    kind: str,
+    received: float,
+    mismatch: bool | None = None,
+) -> list[str]:
+    """The ``dispatch:events`` entries of one callback event (DESIGN §6 table).
+
+    ``mismatch``: ``event.meta_mismatch`` when the caller has it already.
+    """
+    names = ENTRIES.get(event.type)
+    if not names:
+        return []
     common: dict[str, Any] = {"Callback Type": event.type.value}
-    if event.meta_mismatch:
+    if event.meta_mismatch if mismatch is None else mismatch:
         # DESIGN §6: the event applies to ``email``; the meta's recipient is kept beside it.
         common["Meta Email"] = event.meta_email
         common["Meta Email Mismatch"] = True
-    return [
-        system_event(
-            name,
-            email=event.email,
-            campaign_id=event.campaign_id,
-            meta=event.meta,
-            provider=provider,
-            properties={**properties, **common},
-            ts=event.ts if event.ts is not None else received,
+    entries = []
+    for name, prop in names:
+        if prop == "CT Source":
+            properties = {prop: ct_source(kind), **common}
+        elif prop != "URL" or event.url:
+            properties = {prop: event.url if prop == "URL" else event.description, **common}
+        else:
+            properties = common
+        entries.append(
+            system_event(
+                name,
+                email=event.email,
+                campaign_id=event.campaign_id,
+                meta=event.meta,
+                provider=provider,
+                properties=properties,
+                ts=event.ts if event.ts is not None else received,
+            )
         )
-        for name, properties in names
-    ]
+    return entries
 
 
 def _digest(dedupe: str) -> str:
     return hashlib.sha256(dedupe.encode()).hexdigest()[:32]
 
 
-def _names_a_message(event: InboxEvent, account_id: str) -> bool:
-    """The meta names a message of this account, for the event's own recipient."""
+def _names_a_message(event: InboxEvent, account_id: str, mismatch: bool | None = None) -> bool:
+    """The meta names a message of this account, for the event's own recipient.
+
+    ``mismatch``: ``event.meta_mismatch`` when the caller has it already.
+    """
     return (
         bool(event.campaign_id)
         and event.account_id == account_id
         and event.seq is not None
         and 0 <= event.seq < MAX_SEQ
-        and not event.meta_mismatch
+        and not (event.meta_mismatch if mismatch is None else mismatch)
     )
 
 
-def _seq_holders(r: redis.Redis, events: Sequence[InboxEvent], account_id: str) -> list[bool]:
-    """For each event, whether its meta's ``seq`` is its recipient's message: the
+def _seq_holders(r: redis.Redis, events: Sequence[InboxEvent], named: Sequence[bool]) -> list[bool]:
+    """For each event whose meta names a message (``named``: :func:`_names_a_message`),
+    whether its meta's ``seq`` is its recipient's message: the
     campaign's address at that seq is the meta's. A meta whose seq was altered (by a
     provider, a relay, a hand) names another recipient's message, which the event must
     not count or prove sent. Stored addresses never change (pages are only appended to),
     so reading them before the script is safe; a seq past the stored ones is left to the
     script, which does not count it."""
     wanted = [
-        (event.campaign_id, event.seq // PAGE)
-        if event.seq is not None and _names_a_message(event, account_id)
-        else None
-        for event in events
+        (event.campaign_id, event.seq // PAGE) if names and event.seq is not None else None
+        for event, names in zip(events, named, strict=True)
     ]
     pages = sorted({w for w in wanted if w is not None})
     pipe = r.pipeline(transaction=False)
@@ -284,47 +339,78 @@ def _seq_holders(r: redis.Redis, events: Sequence[InboxEvent], account_id: str) 
     return holders
 
 
-def _event_args(
-    event: InboxEvent,
+def _suppression(event: InboxEvent, *, provider: str, received: float) -> tuple[str, str]:
+    """The suppression list's address and entry (JSON) of ``event``; ("", "") for an event
+    that does not suppress."""
+    if event.type not in SUPPRESSING:
+        return "", ""
+    email = suppression_key(event.email)
+    entry = orjson.dumps(
+        {
+            "email": email,
+            "reason": event.type.value,
+            "source": f"callback:{provider}:{event.provider_type}",
+            "ts": received,
+            "detail": event.description[:500],
+            "campaign_id": event.campaign_id,
+            "meta": event.meta,
+        }
+    ).decode()  # text: see ledger.system_event
+    return email, entry
+
+
+def _chunk_args(
+    r: redis.Redis,
+    events: Sequence[InboxEvent],
     *,
     provider: str,
     kind: str,
     received: float,
     account_id: str,
-    holds_seq: bool,
 ) -> tuple[list[str], list[str | int | bytes]]:
-    counter = COUNTERS.get(event.type, "")
-    # The meta's seq is its recipient's message. An event for another address (a forward,
-    # one meta header for several SES recipients, a meta copied by mistake) says nothing
-    # of that message: it moves no counter, and is still recorded and suppresses its own
-    # address. Nor does a meta whose seq is another recipient's (``_seq_holders``).
-    ours = holds_seq and _names_a_message(event, account_id)
-    seq = event.seq if ours and event.seq is not None else -1
-    campaign_id = event.campaign_id if ours else "-"
-    keys = [
-        store.callback_seen_key(provider, _digest(event.dedupe)),
-        store.campaign_key(campaign_id),
-        store.counters_key(campaign_id),
-        store.callback_bits_key(campaign_id, counter or "none"),
-        store.ledger_key(campaign_id),
+    """The keys and arguments of :data:`_APPLY` for ``events``, after its fixed ones: the
+    number of events; each event's dedupe key, and its group (0: it counts nowhere),
+    seq, suppression entry (address and JSON) and two ``dispatch:events`` entries ("":
+    none); each group's four keys and its counter's name.
+
+    An event counts (its group: its campaign and counter) only when its meta's ``seq`` is
+    its recipient's message. An event for another address (a forward, one meta header for
+    several SES recipients, a meta copied by mistake) says nothing of that message: it
+    moves no counter, and is still recorded and suppresses its own address. Nor does a
+    meta whose seq is another recipient's (:func:`_seq_holders`).
+    """
+    mismatches = [event.meta_mismatch for event in events]
+    named = [
+        _names_a_message(event, account_id, mismatch)
+        for event, mismatch in zip(events, mismatches, strict=True)
     ]
-    email, entry = "", ""
-    if event.type in SUPPRESSING:
-        email = suppression_key(event.email)
-        entry = orjson.dumps(
-            {
-                "email": email,
-                "reason": event.type.value,
-                "source": f"callback:{provider}:{event.provider_type}",
-                "ts": received,
-                "detail": event.description[:500],
-                "campaign_id": event.campaign_id,
-                "meta": event.meta,
-            }
-        ).decode()  # text: see ledger.system_event
-    entries = system_events(event, provider=provider, kind=kind, received=received)
-    entries += [""] * (2 - len(entries))
-    return keys, [counter if ours else "", seq, email, entry, *entries]
+    holders = _seq_holders(r, events, named)
+    seen: list[str] = []
+    args: list[str | int | bytes] = [len(events)]
+    groups: dict[tuple[str, str], int] = {}
+    for event, mismatch, holds_seq in zip(events, mismatches, holders, strict=True):
+        counter = COUNTERS.get(event.type, "")
+        group, seq = 0, -1
+        if counter and holds_seq and event.seq is not None:  # holds_seq: named a message
+            group = groups.setdefault((event.campaign_id, counter), len(groups) + 1)
+            seq = event.seq
+        seen.append(store.callback_seen_key(provider, _digest(event.dedupe)))
+        email, entry = _suppression(event, provider=provider, received=received)
+        entries = system_events(
+            event, provider=provider, kind=kind, received=received, mismatch=mismatch
+        )
+        entries += [""] * (2 - len(entries))
+        args += (group, seq, email, entry, *entries)
+    keys = seen
+    for campaign_id, counter in groups:
+        keys += (
+            store.campaign_key(campaign_id),
+            store.counters_key(campaign_id),
+            store.callback_bits_key(campaign_id, counter),
+            store.ledger_key(campaign_id),
+        )
+    args += (counter for _, counter in groups)
+    return keys, args
 
 
 def apply_events(
@@ -386,8 +472,12 @@ def _apply(
     for start in starts:
         chunk = events[start : start + CHUNK]
         last = start + CHUNK >= len(events)
-        keys: list[str] = list(fixed)
-        args: list[str | int | bytes] = [
+        keys, args = _chunk_args(
+            r, chunk, provider=provider, kind=kind, received=received,
+            account_id=settings.account_id,
+        )  # fmt: skip
+        keys[:0] = fixed
+        args[:0] = [
             settings.events_maxlen,
             settings.callback_dedupe_ttl_seconds,
             batch_id if last and not deferred else "",
@@ -395,18 +485,6 @@ def _apply(
             "1" if wait_for_sends else "",
             sent_properties,
         ]
-        holders = _seq_holders(r, chunk, settings.account_id)
-        for event, holds_seq in zip(chunk, holders, strict=True):
-            event_keys, event_args = _event_args(
-                event,
-                provider=provider,
-                kind=kind,
-                received=received,
-                account_id=settings.account_id,
-                holds_seq=holds_seq,
-            )
-            keys += event_keys
-            args += event_args
         new, waiting = script(keys=keys, args=args)
         applied += int(new)
         deferred += int(waiting)

@@ -28,6 +28,8 @@ CASES = {
                  ["starttls  ratio dispatch / default:", "tls       ratio dispatch / default:"]),
     "callback_ingest": (["bench/callback_ingest.py", "--requests", "2"],
                         ["ratio ingest/baseline:"]),
+    "callback_apply": (["-m", "bench.callback_apply", "--batches", "2"],
+                       ["ratio apply/baseline (events/s):", "checked: 2,000 applied"]),
     "api_append_memory": (["bench/api_append_memory.py", "--recipients", "2000"],
                           ["recipients appended: 2,000 (rejected 0", "API peak RSS:"]),
     "redis_memory": (["-m", "bench.redis_memory", "--recipients", "2000"],
