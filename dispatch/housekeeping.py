@@ -26,6 +26,7 @@ import redis
 from redis.asyncio.client import Pipeline
 
 from dispatch import campaigns, incidents, lifecycle, reputation, store
+from dispatch.campaigns import CampaignStateError
 from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
@@ -33,20 +34,21 @@ from dispatch.settings import get_settings
 RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep, besides the active ones
 # What the sweep reads of each campaign (``restarted_at``: when it last re-enqueued it).
 _FIELDS = ["status", "progress_at", "started_at", "batches", "parked_until", "status_at",
-           "restarted_at", "batch_size", "purged_at"]  # fmt: skip
+           "restarted_at", "batch_size", "purged_at", lifecycle.RESUME_AT_FIELD]  # fmt: skip
 
 
 def sweep(
     r: redis.Redis, enqueue: campaigns.EnqueueBatch, now: float | None = None
 ) -> dict[str, list[str]]:
-    """One pass; returns the campaigns it ``finished``, ``restarted``, and ``paused`` (the
-    reputation guard, dispatch.reputation)."""
+    """One pass; returns the campaigns it ``finished``, ``restarted``, ``resumed`` (their
+    own daily quota starts again) and ``paused`` (the reputation guard,
+    dispatch.reputation)."""
     now = time.time() if now is None else now
     settings = get_settings()
     quick = settings.lease_ttl_ms / 1000 * 2
     stall = max(settings.retry_max_seconds * 2, quick)
     idle: bool | None = None  # nothing runs and nothing waits (asked once, when needed)
-    done: dict[str, list[str]] = {"finished": [], "restarted": [], "paused": []}
+    done: dict[str, list[str]] = {"finished": [], "restarted": [], "resumed": [], "paused": []}
     running: list[str] = []
     redis_since = _redis_since(r, now)
     # The active index holds every campaign started and not yet found finished, however
@@ -56,7 +58,12 @@ def sweep(
     watched = list(dict.fromkeys([*recent, *active]))
     for campaign_id, fields in zip(watched, _read_all(r, watched), strict=True):
         (status, progress_at, started_at, batches, parked_until, status_at, restarted_at, size,
-         purged) = fields  # fmt: skip
+         purged, resume_at) = fields  # fmt: skip
+        if status == CampaignStatus.PAUSED.value and resume_at and float(resume_at) <= now:
+            # Paused by its provider's daily quota (ours), whose next day has come.
+            if _resume_due(r, campaign_id, resume_at, enqueue):
+                done["resumed"].append(campaign_id)
+            continue
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
                 since = max(float(progress_at or 0), float(status_at or 0))
@@ -98,6 +105,30 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+# A campaign's own resume is taken once, as the sweep read it (two sweeps at once, or a
+# person who paused or resumed it meanwhile: the field is gone or another).
+_TAKE_RESUME = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'paused' then return 0 end
+if redis.call('HGET', KEYS[1], 'resume_at') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'resume_at')
+return 1
+"""
+
+
+def _resume_due(
+    r: redis.Redis, campaign_id: str, resume_at: str, enqueue: campaigns.EnqueueBatch
+) -> bool:
+    """Resume a campaign its own daily quota paused, now that the next UTC day began."""
+    if not r.eval(_TAKE_RESUME, 1, store.campaign_key(campaign_id), resume_at):
+        return False
+    try:
+        lifecycle.resume(campaign_id, client=r, enqueue=enqueue)
+    except CampaignStateError:  # cancelled or resumed in between: theirs stands
+        return False
+    incidents.resumed(campaign_id)
+    return True
 
 
 # A stalled campaign is restarted only as the sweep read it: still running, no batch

@@ -99,6 +99,15 @@ def swept(r: redis.Redis, restarted: list[str], now: float | None = None) -> Non
         )
 
 
+def resumed(campaign_id: str) -> None:
+    """Housekeeping resumed a campaign its provider's daily quota (ours) paused."""
+    log.info(
+        "campaign %s resumed: its provider's daily quota starts again (00:00 UTC)",
+        campaign_id,
+        extra={"campaign_id": campaign_id},
+    )
+
+
 def pause_counts(fields: dict[str, str]) -> dict[PauseKind, float]:
     """Automatic pauses by kind (every kind, 0 when none), from the hash's fields."""
     return {kind: float(fields.get(_pause_field(kind), 0)) for kind in PauseKind}

@@ -74,6 +74,8 @@ local first = KEYS[2] and 4 or 3
 for i = first, #ARGV do
   if cur == ARGV[i] then
     local t = redis.call('TIME')
+    -- Any move (a person's pause of a paused campaign too) ends a pause's own resume.
+    redis.call('HDEL', KEYS[1], 'resume_at')
     if cur ~= ARGV[1] then
       redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2], 'status_at', t[1])
     end
@@ -126,13 +128,21 @@ async def expire_now(r: aioredis.Redis, campaign_id: str) -> None:
     await r.eval(_TRANSITION, 1, key, _S.EXPIRED.value, EXPIRED_REASON, *(s.value for s in allowed))
 
 
-async def pause_running(r: aioredis.Redis, campaign_id: str, reason: str) -> bool:
+async def pause_running(
+    r: aioredis.Redis, campaign_id: str, reason: str, resume_at: float | None = None
+) -> bool:
     """A batch met what a person must fix (credentials, a used-up quota): the campaign
     pauses with ``reason``, unless it is no longer running (a cancel that landed meanwhile
-    stands); whether it paused."""
+    stands); whether it paused. ``resume_at``: when housekeeping resumes it by itself
+    (our own daily quota's next day), unless someone moves it first."""
     key = store.campaign_key(campaign_id)
     _, changed = await r.eval(_TRANSITION, 1, key, _S.PAUSED.value, reason, _S.RUNNING.value)
+    if int(changed) and resume_at is not None:
+        await r.hset(key, RESUME_AT_FIELD, repr(resume_at))
     return bool(int(changed))
+
+
+RESUME_AT_FIELD = "resume_at"  # a campaign's own resume, after its pause (see pause_running)
 
 
 def _refuse(campaign_id: str, operation: str, r: redis.Redis) -> CampaignStateError:
@@ -176,11 +186,13 @@ local t = redis.call('TIME')
 if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
   if cur == 'scheduled' then return {cur, 'waiting'} end
   if cur ~= 'paused' then return {cur, ''} end
+  redis.call('HDEL', KEYS[1], 'resume_at')
   redis.call('HSET', KEYS[1], 'status', 'scheduled', 'reason', '', 'status_at', t[1])
   redis.call('ZADD', KEYS[2], t[1], ARGV[1])
   return {cur, 'scheduled'}
 end
 if cur ~= 'paused' and cur ~= 'running' then return {cur, ''} end
+redis.call('HDEL', KEYS[1], 'resume_at')
 redis.call('HSET', KEYS[1], 'status', 'running', 'reason', '', 'status_at', t[1])
 redis.call('ZADD', KEYS[3], t[1], ARGV[1])
 return {cur, 'running'}

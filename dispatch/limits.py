@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 import redis.asyncio as aioredis
@@ -102,7 +102,18 @@ def chunk_limit(provider: ProviderBase, chunk_size: int) -> int:
 
 
 class QuotaExhaustedError(ConfigurationError):
-    """The provider's daily quota is used up: the campaign pauses until a person acts."""
+    """The provider's daily quota (ours: ``daily_quota``, ``daily_recipient_quota``) is
+    used up: the campaign pauses, and resumes by itself at ``resumes_at`` (the next
+    00:00 UTC: housekeeping), or waits for a person when None (no day would do)."""
+
+    def __init__(self, detail: str, resumes_at: float | None = None) -> None:
+        super().__init__(detail)
+        self.resumes_at = resumes_at
+
+
+def next_day_start(day: str) -> float:
+    """00:00 UTC after the UTC day ``day`` (``YYYYMMDD``), as a Unix time."""
+    return (datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC) + timedelta(days=1)).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +217,12 @@ class ProviderLimiter:
         if int(granted) <= 0:
             if token and int(out):
                 return Grant(0, QUOTA_POLL_SECONDS, day)
-            raise QuotaExhaustedError(self._used_up(int(which), day))
+            detail, never = self._used_up(int(which), day)
+            raise QuotaExhaustedError(detail, None if never else next_day_start(day))
         return Grant(int(granted), float(wait), day, token)
 
-    def _used_up(self, which: int, day: str) -> str:
+    def _used_up(self, which: int, day: str) -> tuple[str, bool]:
+        """What is used up, and whether no day would do (a person must act)."""
         nick = self.provider.nickname
         rquota = self.provider.daily_recipient_quota
         if which == 2 and rquota and self.per_message > rquota:  # not today, nor any day
@@ -217,7 +230,7 @@ class ProviderLimiter:
                 f"each message has {self.per_message} recipients (to, cc and bcc), more "
                 f"than the daily recipient quota of {rquota} of provider {nick!r}: none "
                 "can go on any day; raise the quota or send with fewer cc and bcc"
-            )
+            ), True
         if which == 2:
             what = (
                 f"daily recipient quota of {self.provider.daily_recipient_quota} recipients "
@@ -226,9 +239,9 @@ class ProviderLimiter:
         else:
             what = f"daily quota of {self.provider.daily_quota} messages"
         return (
-            f"{what} for provider {nick!r} is used up (UTC day {day}; it starts again at "
-            "00:00 UTC: resume the campaign then)"
-        )
+            f"{what} for provider {nick!r} is used up (UTC day {day}; the campaign resumes "
+            "by itself at 00:00 UTC, when it starts again)"
+        ), False
 
 
 # A connection slot is a member of a sorted set scored by its expiry; expired members

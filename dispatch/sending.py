@@ -239,6 +239,7 @@ class _Campaign:
         self.reply_to = content.reply_to if content.reply_to is not None else provider.reply_to
         self.stop_reason = ""
         self.stop_kind = incidents.PauseKind.CONFIGURATION  # why, when it pauses
+        self.resume_at: float | None = None  # when it resumes by itself (our own quota)
         self.status = CampaignStatus.RUNNING
         self.base_context = campaign_context(content.vars)
         self.cc, self.bcc = content.cc, content.bcc
@@ -781,6 +782,7 @@ class BatchSender:
         quota = isinstance(exc, QuotaExhaustedError)
         self.c.stop_reason = exc.detail if quota else f"{exc.error_class.value}: {exc.detail}"
         self.c.stop_kind = incidents.kind_of(exc)
+        self.c.resume_at = exc.resumes_at if isinstance(exc, QuotaExhaustedError) else None
 
     async def _session_failed(
         self, messages: list[tuple[Item, OutgoingMessage]], exc: ProviderError
@@ -1186,7 +1188,7 @@ async def run_batch(
             if campaign.stop_reason and campaign.status is CampaignStatus.RUNNING:
                 # A configuration error: pause with the reason instead of failing everyone.
                 await give_back_claims(writer, sender.queue)
-                if await pause_running(r, campaign_id, campaign.stop_reason):
+                if await pause_running(r, campaign_id, campaign.stop_reason, campaign.resume_at):
                     await incidents.paused(
                         r, campaign_id, provider.nickname, campaign.stop_kind, campaign.stop_reason
                     )

@@ -154,6 +154,7 @@ def test_a_sweep_reads_its_campaigns_a_thousand_to_a_round_trip(
         assert housekeeping.sweep(r, lambda c, b: None) == {
             "finished": [],
             "restarted": [],
+            "resumed": [],
             "paused": [],
         }
         assert trips.count <= 20, trips.count

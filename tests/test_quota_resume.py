@@ -1,0 +1,100 @@
+"""A campaign its provider's own daily quota paused resumes by itself the next UTC day.
+
+It waited for a person: a Gmail provider (2,000 a day) took a 10,000-recipient campaign
+five manual resumes, each after midnight. Housekeeping now resumes it once the quota's
+next day began; a person's own pause or resume in between stands, and a quota the
+provider reports (SES's 454) still waits for a person: its day is the provider's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from dispatch import campaigns, housekeeping, lifecycle, store
+from dispatch.settings import Settings
+from tests.helpers import create_held, recipients, run_batches, smtp_provider
+from tests.smtp_server import SmtpTestServer
+
+FAST = Settings(retry_base_seconds=0.05)
+
+
+def _paused_by_quota(r: redis.Redis, smtp: SmtpTestServer) -> str:
+    """A campaign of 8 on a provider with a daily quota of 5, run until it pauses."""
+    smtp_provider(r, smtp.port, daily_quota=5)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(8)}
+    campaign_id, batches = create_held(r, body)
+    run_batches(batches, FAST)
+    summary = campaigns.campaign_summary(campaign_id, r)
+    assert (summary["status"], summary["sent"], summary["queued"]) == ("paused", 5, 3)
+    assert "the campaign resumes by itself at 00:00 UTC" in str(summary["reason"])
+    return campaign_id
+
+
+def _next_midnight() -> float:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=1)).timestamp()
+
+
+def _new_day(r: redis.Redis) -> None:
+    """Midnight UTC, for the quota: a new day's counters."""
+    for key in r.scan_iter(match=f"{store.PREFIX}:quota:local:*"):
+        r.delete(key)
+
+
+def _sweep(r: redis.Redis, now: float) -> tuple[dict[str, list[str]], list[tuple[str, int]]]:
+    held: list[tuple[str, int]] = []
+    done = housekeeping.sweep(r, lambda c, b: held.append((c, b)), now=now)
+    return done, held
+
+
+def test_the_next_day_it_resumes_and_sends_the_rest(redis_client: redis.Redis) -> None:
+    with SmtpTestServer() as smtp:
+        campaign_id = _paused_by_quota(redis_client, smtp)
+        at = float(redis_client.hget(store.campaign_key(campaign_id), "resume_at") or 0)
+        assert at == _next_midnight()
+
+        done, held = _sweep(redis_client, at - 1)  # not yet
+        assert campaign_id not in done["resumed"] and held == []
+        assert campaigns.get_status(campaign_id, redis_client) == "paused"
+
+        _new_day(redis_client)
+        done, held = _sweep(redis_client, at + 30)
+        assert done["resumed"] == [campaign_id] and held
+        assert campaigns.get_status(campaign_id, redis_client) == "running"
+        assert not redis_client.hexists(store.campaign_key(campaign_id), "resume_at")
+        run_batches(held, FAST)
+        campaigns.finish_if_done(campaign_id, redis_client)
+        received = Counter(m.rcpt_tos[0] for m in smtp.messages)
+    assert campaigns.campaign_summary(campaign_id, redis_client)["status"] == "completed"
+    assert len(received) == 8 and max(received.values()) == 1
+    assert _sweep(redis_client, at + 60)[0]["resumed"] == []  # once
+
+
+def test_a_persons_pause_in_between_stands(redis_client: redis.Redis) -> None:
+    with SmtpTestServer() as smtp:
+        campaign_id = _paused_by_quota(redis_client, smtp)
+        lifecycle.pause(campaign_id, client=redis_client)  # "keep it paused"
+        _new_day(redis_client)
+        done, held = _sweep(redis_client, _next_midnight() + 30)
+    assert done["resumed"] == [] and held == []
+    assert campaigns.get_status(campaign_id, redis_client) == "paused"
+
+
+def test_a_quota_the_provider_reports_waits_for_a_person(redis_client: redis.Redis) -> None:
+    """SES's "454 Throttling failure: Daily message quota exceeded": the provider's day,
+    not a UTC one; nothing says when it starts again."""
+    with SmtpTestServer() as smtp:
+        smtp.handler.rcpt_reply = lambda address: (
+            "454 Throttling failure: Daily message quota exceeded." if "3@" in address else None
+        )
+        smtp_provider(redis_client, smtp.port)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(8)}
+        campaign_id, batches = create_held(redis_client, body)
+        run_batches(batches, FAST)
+        assert campaigns.get_status(campaign_id, redis_client) == "paused"
+        assert not redis_client.hexists(store.campaign_key(campaign_id), "resume_at")
+        done, held = _sweep(redis_client, _next_midnight() + 30)
+    assert done["resumed"] == [] and held == []
