@@ -113,12 +113,12 @@ def _encrypted(data: dict[str, Any]) -> Iterator[tuple[Any, str | int, str, str]
     its secret fields, an HTTP provider's credential headers and query parameters, and
     the body's credentials listed in :data:`BODY_SECRETS_FIELD`."""
     for key, value in list(data.items()):
-        if (sealed := _sealed(value)) is not None:
-            yield data, key, sealed, key
-        elif key in ("headers", "query") and isinstance(value, dict):
-            for name, inner in list(value.items()):
+        if key in ("headers", "query", "body"):  # sections: a header named "enc" is data
+            for name, inner in list(value.items()) if key != "body" and value else ():
                 if (sealed := _sealed(inner)) is not None:
                     yield value, name, sealed, f"{key}.{name}"
+        elif (sealed := _sealed(value)) is not None:
+            yield data, key, sealed, key
     for path in data.get(BODY_SECRETS_FIELD) or ():
         where: Any = data
         for step in path[:-1]:
