@@ -107,7 +107,8 @@ def login_secrets(config: SmtpFamilyBase) -> tuple[str, ...]:
 
 def _size_limit(param: str) -> int:
     """The size an EHLO ``SIZE`` parameter names (0: none given, or no limit)."""
-    return int(param) if param.strip().isdigit() else 0
+    param = param.strip()
+    return int(param) if param.isascii() and param.isdigit() else 0  # not "²", "١٢"
 
 
 def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:

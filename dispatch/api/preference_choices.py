@@ -69,5 +69,6 @@ def put_preferences(email: Email, body: PreferencesRequest) -> PreferencesView:
             f"(the categories: {', '.join(map(repr, known)) or 'none yet'})",
             "opted_out",
         )
-    preferences.set_choices(address, set(known) - set(body.opted_out))
+    # Only the categories checked: one first sent in meanwhile is left as it is (on).
+    preferences.set_choices(address, set(known) - set(body.opted_out), shown=set(known))
     return _view(address)
