@@ -26,7 +26,6 @@ import redis
 from redis.asyncio.client import Pipeline
 
 from dispatch import campaigns, incidents, lifecycle, reputation, store
-from dispatch.campaigns import CampaignStateError
 from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
@@ -107,26 +106,12 @@ def sweep(
     return done
 
 
-# A campaign's own resume is taken once, as the sweep read it (two sweeps at once, or a
-# person who paused or resumed it meanwhile: the field is gone or another).
-_TAKE_RESUME = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'paused' then return 0 end
-if redis.call('HGET', KEYS[1], 'resume_at') ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'resume_at')
-return 1
-"""
-
-
 def _resume_due(
     r: redis.Redis, campaign_id: str, resume_at: str, enqueue: campaigns.EnqueueBatch
 ) -> bool:
     """Resume a campaign its own daily quota paused, now that the next UTC day began."""
-    if not r.eval(_TAKE_RESUME, 1, store.campaign_key(campaign_id), resume_at):
-        return False
-    try:
-        lifecycle.resume(campaign_id, client=r, enqueue=enqueue)
-    except CampaignStateError:  # cancelled or resumed in between: theirs stands
-        return False
+    if not lifecycle.resume_by_itself(campaign_id, resume_at, client=r, enqueue=enqueue):
+        return False  # a person moved it, or another sweep took it
     incidents.resumed(campaign_id)
     return True
 

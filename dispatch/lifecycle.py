@@ -128,21 +128,64 @@ async def expire_now(r: aioredis.Redis, campaign_id: str) -> None:
     await r.eval(_TRANSITION, 1, key, _S.EXPIRED.value, EXPIRED_REASON, *(s.value for s in allowed))
 
 
+# A batch's pause of its running campaign, with its own resume time (ARGV[2], '' for none)
+# set in the same step: apart, a person's pause landing between the two was overridden by
+# the resume at midnight.
+_PAUSE_RUNNING = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'status', 'paused', 'reason', ARGV[1], 'status_at', t[1])
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], 'resume_at')
+else
+  redis.call('HSET', KEYS[1], 'resume_at', ARGV[2])
+end
+return 1
+"""
+
+
 async def pause_running(
     r: aioredis.Redis, campaign_id: str, reason: str, resume_at: float | None = None
 ) -> bool:
     """A batch met what a person must fix (credentials, a used-up quota): the campaign
     pauses with ``reason``, unless it is no longer running (a cancel that landed meanwhile
     stands); whether it paused. ``resume_at``: when housekeeping resumes it by itself
-    (our own daily quota's next day), unless someone moves it first."""
+    (our own daily quota's next day, :func:`resume_by_itself`), unless someone moves it
+    first."""
     key = store.campaign_key(campaign_id)
-    _, changed = await r.eval(_TRANSITION, 1, key, _S.PAUSED.value, reason, _S.RUNNING.value)
-    if int(changed) and resume_at is not None:
-        await r.hset(key, RESUME_AT_FIELD, repr(resume_at))
-    return bool(int(changed))
+    at = "" if resume_at is None else repr(resume_at)
+    return bool(int(await r.eval(_PAUSE_RUNNING, 1, key, reason, at)))
 
 
 RESUME_AT_FIELD = "resume_at"  # a campaign's own resume, after its pause (see pause_running)
+
+# Its own resume, taken once and as read (two sweeps at once, or a person who paused,
+# resumed or cancelled it meanwhile: the field is gone or another): running again, in the
+# active index, in one step with the checks. ARGV: the resume time as read, the id.
+_RESUME_BY_ITSELF = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'paused' then return 0 end
+if redis.call('HGET', KEYS[1], 'resume_at') ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+redis.call('HDEL', KEYS[1], 'resume_at')
+redis.call('HSET', KEYS[1], 'status', 'running', 'reason', '', 'status_at', t[1])
+redis.call('ZADD', KEYS[2], t[1], ARGV[2])
+return 1
+"""
+
+
+def resume_by_itself(
+    campaign_id: str, resume_at: str, *, client: redis.Redis, enqueue: EnqueueBatch | None = None
+) -> bool:
+    """Resume a campaign its own daily quota paused, at ``resume_at`` (as read: a person's
+    move since stands); whether it resumed. Its batches are handed out after the status
+    changed: one a person pauses meanwhile stops at once, sending nothing."""
+    key = store.campaign_key(campaign_id)
+    keys = (key, store.ACTIVE_ZSET)
+    if not client.eval(_RESUME_BY_ITSELF, len(keys), *keys, resume_at, campaign_id):
+        return False
+    # (The reputation guard stays on: no person chose to send despite it.)
+    _hand_out(client, campaign_id, enqueue)
+    return True
 
 
 def _refuse(campaign_id: str, operation: str, r: redis.Redis) -> CampaignStateError:
@@ -227,6 +270,13 @@ def resume(
                 f"campaign {campaign_id!r} is {found}: it cannot be resumed", field="status"
             )
         return campaigns.campaign_summary(campaign_id, r)
+    _hand_out(r, campaign_id, enqueue)
+    return campaigns.campaign_summary(campaign_id, r)
+
+
+def _hand_out(r: redis.Redis, campaign_id: str, enqueue: EnqueueBatch | None) -> None:
+    """Every batch of a campaign that runs again, handed out (each skips what was sent)."""
+    key = store.campaign_key(campaign_id)
     r.hdel(key, store.BREAKER_FIELD)  # the failure breaker counts afresh
     # Counted once running: a campaign create_campaign still fills has no ``batches``
     # yet, and the batches it stored while paused ran (and left) before this; those it
@@ -239,7 +289,6 @@ def resume(
         for batch in range(batches):
             send(campaign_id, batch)
     campaigns.finish_if_done(campaign_id, r)
-    return campaigns.campaign_summary(campaign_id, r)
 
 
 # -- settling unsent messages (cancel, expiry) ---------------------------------------------

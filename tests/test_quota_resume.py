@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from dispatch import campaigns, housekeeping, lifecycle, store
 from dispatch.settings import Settings
@@ -98,3 +102,36 @@ def test_a_quota_the_provider_reports_waits_for_a_person(redis_client: redis.Red
         assert not redis_client.hexists(store.campaign_key(campaign_id), "resume_at")
         done, held = _sweep(redis_client, _next_midnight() + 30)
     assert done["resumed"] == [] and held == []
+
+
+def test_a_persons_pause_just_after_the_batchs_pause_stands(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's pause and its resume time were two calls: a person's pause landing
+    between them was overridden at midnight (review K8). Now one step."""
+    real_eval = aioredis.Redis.eval
+    paused_by_person: list[str] = []
+
+    def eval_then_pause(self: aioredis.Redis, script: str, *args: Any) -> Any:
+        pausing = "'paused'" in script or "paused" in map(str, args)  # (then, or before)
+        if isinstance(self, Pipeline) or not pausing:
+            return real_eval(self, script, *args)  # (a pipeline's queues the command)
+        return _then_pause(real_eval(self, script, *args), args)
+
+    async def _then_pause(call: Any, args: tuple[Any, ...]) -> Any:
+        answer = await call
+        if not paused_by_person:  # the batch's pause, then at once a person's
+            campaign_id = str(args[1]).rsplit(":", 1)[-1]
+            lifecycle.pause(campaign_id, client=redis_client)  # a person, at once after
+            paused_by_person.append(campaign_id)
+        return answer
+
+    monkeypatch.setattr(aioredis.Redis, "eval", eval_then_pause)
+    with SmtpTestServer() as smtp:
+        campaign_id = _paused_by_quota(redis_client, smtp)
+    monkeypatch.undo()
+    assert paused_by_person == [campaign_id]
+    _new_day(redis_client)
+    done, held = _sweep(redis_client, _next_midnight() + 30)
+    assert done["resumed"] == [] and held == []
+    assert campaigns.get_status(campaign_id, redis_client) == "paused"
