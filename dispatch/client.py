@@ -237,6 +237,11 @@ def _unwritable(value: Any, exc: orjson.JSONEncodeError) -> tuple[str, str]:
     return ".".join(path) or "body", str(exc)
 
 
+def _address_path(collection: str, email: str) -> str:
+    """``/v1/<collection>/<email>``: an address may hold a ``/`` (sent as ``%2F``)."""
+    return f"/v1/{collection}/{quote(email, safe='@')}"
+
+
 def _params(**values: Any) -> dict[str, Any]:
     """Query parameters without the unset ones."""
     return {name: value for name, value in values.items() if value is not None}
@@ -540,13 +545,10 @@ class DispatchClient:
 
     # -- suppressions ------------------------------------------------------------------
 
-    def _suppression_path(self, email: str) -> str:
-        return f"/v1/suppressions/{quote(email, safe='@')}"
-
     def get_suppression(self, email: str) -> SuppressionEntry | None:
         """The entry, or None when ``email`` is not suppressed."""
         try:
-            return self._model(SuppressionEntry, "GET", self._suppression_path(email))
+            return self._model(SuppressionEntry, "GET", _address_path("suppressions", email))
         except NotFound:
             return None
 
@@ -557,14 +559,14 @@ class DispatchClient:
         return self._model(
             SuppressionEntry,
             "PUT",
-            self._suppression_path(email),
+            _address_path("suppressions", email),
             json={"reason": reason, "source": source},
         )
 
     def unsuppress(self, email: str) -> bool:
         """Remove ``email`` from the list; False if it was not on it."""
         try:
-            self._request("DELETE", self._suppression_path(email))
+            self._request("DELETE", _address_path("suppressions", email))
         except NotFound:
             return False
         return True
@@ -581,7 +583,7 @@ class DispatchClient:
 
     def get_preferences(self, email: str) -> PreferencesView:
         """The categories ``email`` switched off, every category, its suppression entry."""
-        return self._model(PreferencesView, "GET", self._preferences_path(email))
+        return self._model(PreferencesView, "GET", _address_path("preferences", email))
 
     def set_preferences(self, email: str, opted_out: Iterable[str] = ()) -> PreferencesView:
         """Switch off exactly ``opted_out`` for ``email``, every other category on (none:
@@ -589,13 +591,9 @@ class DispatchClient:
         return self._model(
             PreferencesView,
             "PUT",
-            self._preferences_path(email),
+            _address_path("preferences", email),
             json={"opted_out": list(opted_out)},
         )
-
-    @staticmethod
-    def _preferences_path(email: str) -> str:
-        return f"/v1/preferences/{quote(email, safe='@')}"
 
     # -- unsubscribe tokens (custom preference centers) ----------------------------------
 

@@ -15,9 +15,8 @@ from dispatch.api.auth import require_token
 from dispatch.api.errors import ERROR_RESPONSES, InvalidFieldError
 from dispatch.api.json_bodies import StrictJsonRoute
 from dispatch.api.schemas import PreferencesRequest, PreferencesView, SuppressionEntry
-from dispatch.api.suppressions import Email
+from dispatch.api.suppressions import Email, sendable
 from dispatch.suppressions import suppression_key
-from providers.addresses import InvalidAddressError, normalize_address
 
 router = APIRouter(
     prefix="/v1/preferences",
@@ -26,13 +25,6 @@ router = APIRouter(
     responses=ERROR_RESPONSES,
     route_class=StrictJsonRoute,
 )
-
-
-def _address(email: str) -> str:
-    try:
-        return normalize_address(email)
-    except InvalidAddressError as exc:
-        raise InvalidFieldError(str(exc), "email") from None
 
 
 def _view(address: str) -> PreferencesView:
@@ -51,7 +43,7 @@ def get_preferences(email: Email) -> PreferencesView:
     """The categories ``email`` switched off, every category, and its suppression entry if
     any (an address never seen has none switched off). 422 naming ``email`` when it is
     not an address."""
-    return _view(_address(email))
+    return _view(sendable(email))
 
 
 @router.put("/{email:address}", response_model=PreferencesView, summary="Set an address's choices")
@@ -60,7 +52,7 @@ def put_preferences(email: Email, body: PreferencesRequest) -> PreferencesView:
     re-subscribe is a PUT without it), as the preference center's page saves them.
     422 naming ``opted_out`` for a name no campaign was sent in, ``email`` when it is not
     an address. The suppression list is not changed."""
-    address = _address(email)
+    address = sendable(email)
     known = preferences.categories()
     unknown = sorted(set(body.opted_out) - set(known))
     if unknown:

@@ -43,6 +43,15 @@ MAX_PAGE = 1000
 MAX_SCAN_CURSOR = 2**64 - 1  # HSCAN's cursors are unsigned 64-bit
 
 
+def sendable(email: str) -> str:
+    """``email`` normalised (as campaigns send to it); 422 naming ``email`` when it is no
+    address a campaign could send to."""
+    try:
+        return normalize_address(email)
+    except InvalidAddressError as exc:
+        raise InvalidFieldError(str(exc), "email") from None
+
+
 @router.get("", response_model=SuppressionPage, summary="List suppressed addresses")
 def list_suppressions(
     cursor: Annotated[str, Query(pattern=r"^\d{1,20}$", description="From `next_cursor`")] = "0",
@@ -92,11 +101,7 @@ def put_suppression(
     """Suppress ``email``: 201 when new. An existing entry is kept as it is (200): its first
     reason, often a bounce or complaint, is the evidence worth keeping. 422 naming
     ``email`` when it is not an address a campaign could send to."""
-    try:
-        address = normalize_address(email)
-    except InvalidAddressError as exc:
-        raise InvalidFieldError(str(exc), "email") from None
-    entry, created = suppressions.put(address, body.reason, body.source)
+    entry, created = suppressions.put(sendable(email), body.reason, body.source)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return SuppressionEntry.model_validate(entry)
 
