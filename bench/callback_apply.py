@@ -66,7 +66,7 @@ def payload(batch: int, events: int, account_id: str) -> bytes:
 
 def prepare(total: int) -> None:
     """The provider and a campaign of ``total`` messages, every one recorded sent."""
-    from dispatch import campaigns, store
+    from dispatch import campaigns, recipient_append, store
     from dispatch.ledger import record
     from dispatch.models import CampaignRequest, MessageState
     from dispatch.provider_store import save_provider
@@ -80,7 +80,7 @@ def prepare(total: int) -> None:
     )  # fmt: skip
     campaigns.create_campaign(request, client=r)
     recipients = ({"email": email_of(seq)} for seq in range(1, total))
-    campaigns.append_recipients(CAMPAIGN, recipients, client=r)  # type: ignore[arg-type]
+    recipient_append.append_recipients(CAMPAIGN, recipients, client=r)  # type: ignore[arg-type]
     sent = record(MessageState.SENT, attempts=1)
     for start in range(0, total, 10_000):
         seqs = range(start, min(total, start + 10_000))
@@ -128,6 +128,8 @@ class Meter:
 
 
 def main() -> int:
+    from dispatch import campaign_reads
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--events", type=int, default=1000)
@@ -140,7 +142,7 @@ def main() -> int:
     server = RedisServer(appendonly=True).start()
     os.environ["DISPATCH_REDIS_URL"] = server.url
     try:
-        from dispatch import callbacks, campaigns, effects, store
+        from dispatch import callbacks, effects, store
         from dispatch.ledger import system_event
         from dispatch.provider_store import load_provider_with_token
         from dispatch.settings import get_settings
@@ -180,7 +182,7 @@ def main() -> int:
         if profiler:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
 
-        counters = campaigns.get_counters(CAMPAIGN, r)
+        counters = campaign_reads.get_counters(CAMPAIGN, r)
         expected = Counter(COUNTED[TYPES[seq % len(TYPES)]] for seq in range(total))
         wrong = {k: (counters.get(k), n) for k, n in expected.items() if counters.get(k) != n}
         suppressed = int(r.hlen(store.SUPPRESSIONS_HASH))

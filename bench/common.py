@@ -275,10 +275,10 @@ def campaign_seconds(campaign_id: str, started: float) -> float:
     """Wait for a campaign to leave ``running``; the seconds from ``started`` (a
     ``time.time()``) to its ``completed_at``, which the write that settled its last
     message set (Redis's clock, this machine's): not the waiting loop's own step."""
-    from dispatch import campaigns, store
+    from dispatch import campaign_reads, store
 
     r = store.sync_client()
-    while campaigns.get_status(campaign_id, r).value == "running":
+    while campaign_reads.get_status(campaign_id, r).value == "running":
         time.sleep(0.05)
     completed = r.hget(store.campaign_key(campaign_id), "completed_at")
     return float(completed or time.time()) - started

@@ -355,10 +355,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def _say_if_waiting(campaign_id: str) -> None:
     """A campaign that does not send yet says why (a bare id looked like a started one)."""
-    from dispatch import campaigns
+    from dispatch import campaign_reads
     from dispatch.models import CampaignStatus
 
-    status = campaigns.get_status(campaign_id)
+    status = campaign_reads.get_status(campaign_id)
     if status is CampaignStatus.SCHEDULED:
         print(f"(scheduled: starts at {_send_at(campaign_id)})", file=sys.stderr)
     elif status is CampaignStatus.DRAFT:
@@ -417,14 +417,14 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
 
     Once the campaign was read, Redis unreachable (a restart, a failover) is waited for
     up to :data:`FOLLOW_OUTAGE_SECONDS`, saying so: the sending goes on meanwhile."""
-    from dispatch import campaigns
+    from dispatch import campaign_reads
 
     bar = ProgressBar(label=campaign_id)
     outage_since: float | None = None
     try:
         while True:
             try:
-                summary = campaigns.campaign_summary(campaign_id)
+                summary = campaign_reads.campaign_summary(campaign_id)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if bar.shown == 0:  # never reached: say so at once, as other commands do
                     raise
@@ -490,9 +490,9 @@ _OTHER_ENDS = ("suppressed", "unknown", "cancelled", "expired")
 
 @functools.lru_cache(maxsize=16)  # a campaign's content never changes: read it once
 def _send_at(campaign_id: str) -> str:
-    from dispatch import campaigns
+    from dispatch import campaign_reads
 
-    send_at = campaigns.load_content(campaign_id).send_at
+    send_at = campaign_reads.load_content(campaign_id).send_at
     return send_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if send_at else "?"
 
 
@@ -507,12 +507,12 @@ def _follow_note(campaign_id: str, summary: Mapping[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dispatch import campaigns
+    from dispatch import campaign_reads, campaigns
 
     try:
         if args.follow:
             return follow(args.id)
-        _print(campaigns.campaign_summary(args.id))
+        _print(campaign_reads.campaign_summary(args.id))
     except campaigns.CampaignNotFoundError:
         print(f"error: no campaign {args.id!r}", file=sys.stderr)
         return 1

@@ -85,13 +85,13 @@ def _start_worker(concurrency: int) -> subprocess.Popen[bytes]:
 
 
 def _wait(run: CampaignRun, quiet: bool) -> None:
-    from dispatch import campaigns
+    from dispatch import campaign_reads
 
     bar = ProgressBar(label=f"{run.provider:>10}")
     started = time.monotonic()
     deadline = started + TIMEOUT_SECONDS
     while True:
-        summary = campaigns.campaign_summary(run.id)
+        summary = campaign_reads.campaign_summary(run.id)
         if not quiet:
             bar.update(summary["total"] - summary["queued"], summary["total"])
         if summary["status"] not in ("running", "scheduled") or time.monotonic() > deadline:
@@ -114,7 +114,7 @@ def _wait(run: CampaignRun, quiet: bool) -> None:
 
 def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) -> int:
     """Run the demo; 0 only if every recipient settled and the sink saw each message once."""
-    from dispatch import campaigns
+    from dispatch import campaign_reads, campaigns
     from dispatch.crypto import ensure_secret_key
     from dispatch.models import campaign_request
     from dispatch.provider_store import save_provider
@@ -171,7 +171,7 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
                     provider_view(run.provider)["callback_url"],
                     check.sent,
                 )
-                run.summary = campaigns.campaign_summary(run.id)
+                run.summary = campaign_reads.campaign_summary(run.id)
         finally:
             for proc in (api, worker):
                 proc.terminate()

@@ -25,7 +25,7 @@ import time
 import redis
 from redis.asyncio.client import Pipeline
 
-from dispatch import campaigns, incidents, lifecycle, reputation, store
+from dispatch import batch_enqueue, campaigns, incidents, lifecycle, reputation, store
 from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
@@ -37,7 +37,7 @@ _FIELDS = ["status", "progress_at", "started_at", "batches", "parked_until", "st
 
 
 def sweep(
-    r: redis.Redis, enqueue: campaigns.EnqueueBatch, now: float | None = None
+    r: redis.Redis, enqueue: batch_enqueue.EnqueueBatch, now: float | None = None
 ) -> dict[str, list[str]]:
     """One pass; returns the campaigns it ``finished``, ``restarted``, ``resumed`` (their
     own daily quota starts again) and ``paused`` (the reputation guard,
@@ -107,7 +107,7 @@ def sweep(
 
 
 def _resume_due(
-    r: redis.Redis, campaign_id: str, resume_at: str, enqueue: campaigns.EnqueueBatch
+    r: redis.Redis, campaign_id: str, resume_at: str, enqueue: batch_enqueue.EnqueueBatch
 ) -> bool:
     """Resume a campaign its own daily quota paused, now that the next UTC day began."""
     if not lifecycle.resume_by_itself(campaign_id, resume_at, client=r, enqueue=enqueue):
@@ -178,7 +178,7 @@ def _settle_if_left(
     campaign_id: str,
     status: str,
     quiet: bool,
-    enqueue: campaigns.EnqueueBatch,
+    enqueue: batch_enqueue.EnqueueBatch,
 ) -> bool:
     """Whether an ended campaign still has messages unsent (it stays watched); once
     ``quiet`` and no batch of it runs, they are settled (lifecycle.settle_ended)."""

@@ -36,8 +36,9 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import campaigns, reputation, retention, store
-from dispatch.campaigns import CampaignStateError, EnqueueBatch
+from dispatch import batch_enqueue, campaign_reads, campaigns, reputation, retention, store
+from dispatch.batch_enqueue import EnqueueBatch
+from dispatch.campaigns import CampaignStateError
 from dispatch.ledger import LedgerWriter, Records, parse_record, records_between
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
 from dispatch.recipient_pages import (
@@ -189,7 +190,7 @@ def resume_by_itself(
 
 
 def _refuse(campaign_id: str, operation: str, r: redis.Redis) -> CampaignStateError:
-    status = campaigns.get_status(campaign_id, r)
+    status = campaign_reads.get_status(campaign_id, r)
     return CampaignStateError(
         f"campaign {campaign_id!r} is {status}: it cannot be {operation}", field="status"
     )
@@ -210,7 +211,7 @@ def pause(campaign_id: str, *, client: redis.Redis | None = None) -> dict[str, A
         raise _refuse(campaign_id, "paused", r)
     if found is _S.SCHEDULED:
         r.zrem(store.SCHEDULED_ZSET, campaign_id)
-    return campaigns.campaign_summary(campaign_id, r)
+    return campaign_reads.campaign_summary(campaign_id, r)
 
 
 # Resume in one step: the status, whether the campaign ever started and the change are
@@ -269,9 +270,9 @@ def resume(
             raise CampaignStateError(
                 f"campaign {campaign_id!r} is {found}: it cannot be resumed", field="status"
             )
-        return campaigns.campaign_summary(campaign_id, r)
+        return campaign_reads.campaign_summary(campaign_id, r)
     _hand_out(r, campaign_id, enqueue)
-    return campaigns.campaign_summary(campaign_id, r)
+    return campaign_reads.campaign_summary(campaign_id, r)
 
 
 def _hand_out(r: redis.Redis, campaign_id: str, enqueue: EnqueueBatch | None) -> None:
@@ -283,9 +284,9 @@ def _hand_out(r: redis.Redis, campaign_id: str, enqueue: EnqueueBatch | None) ->
     # stores from now on it hands out itself.
     size = int(r.hget(key, "batch_size") or get_settings().batch_size)
     batches = max(
-        campaigns.batch_count(campaign_id, r), math.ceil(stored_count(r, campaign_id) / size)
+        campaign_reads.batch_count(campaign_id, r), math.ceil(stored_count(r, campaign_id) / size)
     )
-    with campaigns.batch_enqueuer(enqueue) as send:
+    with batch_enqueue.batch_enqueuer(enqueue) as send:
         for batch in range(batches):
             send(campaign_id, batch)
     campaigns.finish_if_done(campaign_id, r)
@@ -452,7 +453,7 @@ def settle_ended(
     that died with their worker. Raises ``redis.RedisError``.
     """
     settled = _settle(campaign_id, MessageState(status.value), r)
-    with campaigns.batch_enqueuer(enqueue) as send:
+    with batch_enqueue.batch_enqueuer(enqueue) as send:
         for batch in sorted(settled.batches_with_claims):
             send(campaign_id, batch)
     return settled.count
@@ -476,9 +477,9 @@ def cancel(
     """
     r = client or store.sync_client()
     found = _end(campaign_id, _S.CANCELLED, "cancelled", r, enqueue, settle_later)
-    if found is None and campaigns.get_status(campaign_id, r) is not _S.CANCELLED:
+    if found is None and campaign_reads.get_status(campaign_id, r) is not _S.CANCELLED:
         raise _refuse(campaign_id, "cancelled", r)
-    return campaigns.campaign_summary(campaign_id, r)
+    return campaign_reads.campaign_summary(campaign_id, r)
 
 
 def _completed_by_expiry(campaign_id: str, r: redis.Redis) -> bool:
@@ -486,7 +487,7 @@ def _completed_by_expiry(campaign_id: str, r: redis.Redis) -> bool:
     once ``expires_at`` has passed (``batch_items.terminal_state``), and the ledger write
     that settles the last queued message completes the campaign. Such a campaign did not
     complete: it expired (DESIGN §5), and says so. Whether it was moved to ``expired``."""
-    if int(campaigns.get_counters(campaign_id, r).get("expired", 0)) <= 0:
+    if int(campaign_reads.get_counters(campaign_id, r).get("expired", 0)) <= 0:
         return False
     moved = _transition(r, campaign_id, _S.EXPIRED, (_S.COMPLETED,), EXPIRED_REASON)
     return moved is not None
@@ -688,11 +689,11 @@ def retry_failed(
     campaign is running, paused or completed and its ``expires_at`` (if any) is ahead.
     """
     r = client or store.sync_client()
-    status = campaigns.get_status(campaign_id, r)
+    status = campaign_reads.get_status(campaign_id, r)
     retention.ensure_not_purged(r, campaign_id)
     if status not in (_S.RUNNING, _S.PAUSED, _S.COMPLETED):
         raise _refuse(campaign_id, "retried", r)
-    expires_at = campaigns.load_content(campaign_id, r).expires_at
+    expires_at = campaign_reads.load_content(campaign_id, r).expires_at
     if expires_at is not None and expires_at <= datetime.now(UTC):
         # Queued again, they could only end ``expired``: their failures would be lost.
         raise CampaignStateError(
@@ -716,17 +717,17 @@ def retry_failed(
     if report.retried:
         r.hdel(store.campaign_key(campaign_id), store.BREAKER_FIELD)  # counts afresh
         _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING))
-        status = campaigns.get_status(campaign_id, r)
+        status = campaign_reads.get_status(campaign_id, r)
         if status is _S.RUNNING:
             campaigns.watch_active(r, campaign_id)
-            with campaigns.batch_enqueuer(enqueue) as send:
+            with batch_enqueue.batch_enqueuer(enqueue) as send:
                 for batch in sorted(report.batches):
                     send(campaign_id, batch)
         elif status in (_S.CANCELLED, _S.EXPIRED):
             # A cancel (or the expiry) landed while they were queued again: it settled
             # what was unsent before these were written, so they end as it says.
             _settle(campaign_id, MessageState(status.value), r)
-    return report, campaigns.campaign_summary(campaign_id, r)
+    return report, campaign_reads.campaign_summary(campaign_id, r)
 
 
 # -- messages ----------------------------------------------------------------------------
@@ -764,7 +765,7 @@ def messages_page(
     if status is not None and status not in MESSAGE_STATUSES:
         raise ValueError(f"status: one of {', '.join(MESSAGE_STATUSES)}")
     r = client or store.sync_client()
-    content = campaigns.load_content(campaign_id, r)
+    content = campaign_reads.load_content(campaign_id, r)
     retention.ensure_not_purged(r, campaign_id)
     if email is not None:
         found: list[dict[str, Any]] = []

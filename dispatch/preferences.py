@@ -8,7 +8,7 @@ import time
 import orjson
 import redis
 
-from dispatch import campaigns, store, suppressions
+from dispatch import campaign_reads, campaigns, store, suppressions
 from dispatch.effects import InboxEvent, apply_events
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
@@ -28,7 +28,7 @@ def unsubscribe(token: UnsubscribeToken, how: str, client: redis.Redis | None = 
     """
     r = client or store.sync_client()
     try:
-        content = campaigns.load_content(token.campaign_id, r)
+        content = campaign_reads.load_content(token.campaign_id, r)
     except campaigns.CampaignNotFoundError:
         content = None
     provider = content.provider if content else "preference-center"

@@ -20,7 +20,16 @@ from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 from kombu.serialization import registry as serializers  # type: ignore[attr-defined]
 
-from dispatch import campaigns, effects, lifecycle, retention, runtime, store, worker_health
+from dispatch import (
+    batch_enqueue,
+    campaigns,
+    effects,
+    lifecycle,
+    retention,
+    runtime,
+    store,
+    worker_health,
+)
 from dispatch.celery_app import app
 from dispatch.housekeeping import sweep
 from dispatch.models import CampaignStatus
@@ -164,7 +173,7 @@ def settle_ended(campaign_id: str, status: str) -> int:
 @app.task(name="dispatch.housekeeping")
 def housekeeping() -> dict[str, list[str]]:
     """Finish running campaigns with nothing left; re-enqueue stalled ones (beat)."""
-    return sweep(store.sync_client(), campaigns.enqueue_batch)
+    return sweep(store.sync_client(), batch_enqueue.enqueue_batch)
 
 
 @app.task(name="dispatch.purge_finished")

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import redis
 
-from dispatch import campaigns, crypto, store
+from dispatch import campaign_reads, campaigns, crypto, store
 from dispatch.models import CampaignRequest
 from dispatch.provider_store import save_provider
 from dispatch.sending import BatchResult, run_batch
@@ -129,7 +129,7 @@ def assert_each_sent_once(r: redis.Redis, campaign_id: str, received: list[str])
 
     counts = Counter(received)
     assert not counts or max(counts.values()) == 1, "an address received twice"
-    total = campaigns.campaign_summary(campaign_id, r)["total"]
+    total = campaign_reads.campaign_summary(campaign_id, r)["total"]
     unknown = 0
     for seq in range(total):
         rec = parse_record(r.hget(store.ledger_key(campaign_id), str(seq)))

@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, store
 from dispatch.api import errors
 from dispatch.client import (
     DispatchAPIError,
@@ -352,4 +352,4 @@ def test_a_create_with_inline_recipients_whose_answer_was_lost_is_repeated_whole
                 "recipients": people}  # fmt: skip
         summary = api.create_campaign(body)
     assert lossy.sent == 2 and summary.id == "inline" and summary.total == 2500
-    assert [c["id"] for c in campaigns.list_campaigns(client=redis_client)[0]] == ["inline"]
+    assert [c["id"] for c in campaign_reads.list_campaigns(client=redis_client)[0]] == ["inline"]

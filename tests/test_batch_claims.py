@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, lifecycle, store, suppressions
+from dispatch import campaign_reads, lifecycle, store, suppressions
 from dispatch.batch_items import load_batch
 from dispatch.ledger import BatchLease, LedgerWriter, parse_record, record
 from dispatch.limits import ProviderLimiter
@@ -68,11 +68,11 @@ def test_the_load_claims_queued_unsuppressed_messages_and_moves_no_counter(
         await r.aclose()
 
     asyncio.run(fail_one())
-    before = campaigns.get_counters(cid, redis_client)
+    before = campaign_reads.get_counters(cid, redis_client)
     assert _load(cid) is True
     assert _states(redis_client, cid) == {0: "claimed", 2: "claimed", 3: "failed"}
     assert parse_record(redis_client.hget(store.ledger_key(cid), "0"))["attempts"] == 1  # type: ignore[index]
-    assert campaigns.get_counters(cid, redis_client) == before
+    assert campaign_reads.get_counters(cid, redis_client) == before
 
 
 @pytest.mark.parametrize("why", ["paused", "lease lost"])
@@ -96,9 +96,9 @@ def test_suppressed_after_storing_are_not_sent_by_a_one_chunk_batch(
         sent_to = [m["to"] for request in sink.requests for m in request.json()["msgs"]]
     assert sent_to == ["user0@example.com", "user1@example.com", "user2@example.com",
                        "user4@example.com"]  # fmt: skip
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["suppressed"], counters["queued"]) == (4, 1, 0)
-    assert campaigns.get_status(cid, redis_client).value == "completed"
+    assert campaign_reads.get_status(cid, redis_client).value == "completed"
 
 
 @pytest.mark.parametrize("wait", ["slot", "pace"])
@@ -146,7 +146,7 @@ def test_a_batch_that_stops_before_sending_gives_its_claims_back(
         run_batches(again)
         sent = [m["to"] for request in sink.requests for m in request.json()["msgs"]]
         assert sorted(sent) == [f"user{i}@example.com" for i in range(3)]
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["unknown"], counters["queued"]) == (3, 0, 0)
     assert batches == [(cid, 0)]
 
@@ -159,7 +159,7 @@ def test_a_campaign_stored_without_its_providers_name_still_sends(
         redis_client.hdel(store.campaign_key(cid), "provider")
         run_batches(batches)
         assert len(sink.requests) == 1
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 2
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 2
 
 
 @pytest.mark.parametrize("where", ["connection slot", "templates"])
@@ -189,5 +189,5 @@ def test_claims_are_given_back_when_the_run_fails_before_sending(
         monkeypatch.undo()
         run_batches(batches)  # the task's next delivery
         assert len(sink.requests) == 1
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["unknown"]) == (3, 0)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, store
 from dispatch.redis_server import RedisServer
 from tests.callback_support import (
     api_process,
@@ -62,7 +62,7 @@ def test_redis_down_answers_5xx_and_loses_nothing_it_accepted(
     worker = WorkerProcess(own_redis.url, concurrency=1).start()
     try:
         wait_for(lambda: inbox_empty(r), timeout=60)
-        counters = campaigns.get_counters("c-durable", r)
+        counters = campaign_reads.get_counters("c-durable", r)
         assert (counters["delivered"], counters["hard_bounced"]) == (3, 0)
 
         # The provider retries what was refused; the API reconnects to Redis on its own.
@@ -73,7 +73,7 @@ def test_redis_down_answers_5xx_and_loses_nothing_it_accepted(
         wait_for(lambda: inbox_empty(r), timeout=60)
     finally:
         worker.stop()
-    counters = campaigns.get_counters("c-durable", r)
+    counters = campaign_reads.get_counters("c-durable", r)
     assert (counters["delivered"], counters["hard_bounced"]) == (3, 3)
     unsubscribed = [e["email"] for e in callback_entries(r) if e["event"] == "Channel Unsubscribed"]
     assert sorted(unsubscribed) == emails[3:]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, store
 from dispatch.redis_server import RedisServer
 from tests.callback_support import (
     DATA,
@@ -124,7 +124,7 @@ def test_redis_refusing_writes_answers_503_and_the_retry_is_applied_once(
         worker.stop()
 
     assert metric(api, EVENTS, provider="gen", type="hard_bounce") == 6  # both posts taken in
-    assert campaigns.get_counters("c-starved", r)["hard_bounced"] == 3
+    assert campaign_reads.get_counters("c-starved", r)["hard_bounced"] == 3
     # Each event applied once: the generic bounces (3 by each of two providers), the SES
     # sample's hard bounce, the SendGrid sample's bounce, dropped, spam and 2 unsubscribes.
     unsubscribed = Counter(

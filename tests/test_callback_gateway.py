@@ -24,7 +24,7 @@ import redis
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dispatch import callbacks, campaigns, store, suppressions
+from dispatch import callbacks, campaign_reads, campaigns, store, suppressions
 from dispatch.effects import InboxEvent
 from dispatch.models import CampaignRequest
 from dispatch.settings import get_settings
@@ -289,7 +289,7 @@ def test_one_bad_event_gives_partial_success_naming_its_index(
         "UNPROCESSED_EVENTS": [{"index": 1, "error": "Mandatory parameter missing: email"}],
     }
     settle(redis_client)
-    counters = campaigns.get_counters("c-partial", redis_client)
+    counters = campaign_reads.get_counters("c-partial", redis_client)
     assert (counters["delivered"], counters["hard_bounced"]) == (1, 1)
 
 
@@ -625,7 +625,7 @@ def test_a_generic_event_with_a_lone_surrogate_is_its_index_error(
         assert answer.json() == {"status": "partial_success", "processed": 2, "failed": 1,
                                  "errors": [{"event_index": 1, "error": error}]}  # fmt: skip
     settle(redis_client)
-    counters = campaigns.get_counters("c-text", redis_client)
+    counters = campaign_reads.get_counters("c-text", redis_client)
     assert (counters["delivered"], counters["hard_bounced"]) == (1, 1)
     assert suppressions.get("c@example.com", client=redis_client) is not None
     assert suppressions.get("b@example.com", client=redis_client) is None
@@ -653,7 +653,7 @@ def test_lone_surrogates_in_legacy_items_and_as_utf8_bytes_are_index_errors(
     settle(redis_client)
     assert suppressions.get("old@example.com", client=redis_client) is not None
     assert suppressions.get("v@example.com", client=redis_client) is not None
-    assert campaigns.get_counters("c-bytes", redis_client)["unsubscribed"] == 1
+    assert campaign_reads.get_counters("c-bytes", redis_client)["unsubscribed"] == 1
 
 
 def test_a_sendgrid_event_with_a_lone_surrogate_is_its_index_error(
@@ -761,7 +761,7 @@ def test_the_same_payload_twice_is_applied_once(
 
     post_all()
     settle(redis_client)
-    counters = campaigns.get_counters("c-dup", redis_client)
+    counters = campaign_reads.get_counters("c-dup", redis_client)
     entries = stream(redis_client)
     suppressed = suppressions.page(client=redis_client)[1]
 
@@ -777,7 +777,7 @@ def test_the_same_payload_twice_is_applied_once(
             "unsubscribed", "clicked")} == dict.fromkeys(
         ("delivered", "hard_bounced", "soft_bounced", "spam", "unsubscribed", "clicked"), 1
     )  # fmt: skip
-    assert campaigns.get_counters("c-dup", redis_client) == counters
+    assert campaign_reads.get_counters("c-dup", redis_client) == counters
     assert stream(redis_client) == entries
     assert suppressions.page(client=redis_client)[1] == suppressed
     assert len(entries) == 7 + 2 + 9  # generic 7, SES hard bounce 2, SendGrid 9
@@ -793,7 +793,7 @@ def test_a_message_is_counted_once_per_counter(
     settle(redis_client)
 
     assert len(callback_entries(redis_client)) == 2
-    assert campaigns.get_counters("c-clicks", redis_client)["clicked"] == 1
+    assert campaign_reads.get_counters("c-clicks", redis_client)["clicked"] == 1
 
 
 # -- attribution ------------------------------------------------------------------------
@@ -814,7 +814,7 @@ def test_meta_of_another_recipient_applies_to_the_event_email(
     assert entry["properties"]["Meta Email"] == "meta@example.com"
     assert entry["properties"]["Meta Email Mismatch"] is True
     # The meta's seq is meta@'s message, which nobody unsubscribed from.
-    assert campaigns.get_counters("c-mix", redis_client)["unsubscribed"] == 0
+    assert campaign_reads.get_counters("c-mix", redis_client)["unsubscribed"] == 0
 
 
 def test_an_ses_bounce_carrying_another_recipients_meta_moves_no_counter(
@@ -833,7 +833,7 @@ def test_an_ses_bounce_carrying_another_recipients_meta_moves_no_counter(
 
     assert bounce("A1@Example.COM", metas[1], "m-a1") == 200  # a2's meta on a1's bounce
     settle(redis_client)
-    assert campaigns.get_counters("c-other", redis_client)["hard_bounced"] == 0
+    assert campaign_reads.get_counters("c-other", redis_client)["hard_bounced"] == 0
     assert suppressions.get("a1@example.com", client=redis_client) is not None
     assert suppressions.get("a2@example.com", client=redis_client) is None
     entries = callback_entries(redis_client)
@@ -842,7 +842,7 @@ def test_an_ses_bounce_carrying_another_recipients_meta_moves_no_counter(
 
     assert bounce("A2@Example.COM", metas[1], "m-a2") == 200  # its own meta, other case
     settle(redis_client)
-    assert campaigns.get_counters("c-other", redis_client)["hard_bounced"] == 1
+    assert campaign_reads.get_counters("c-other", redis_client)["hard_bounced"] == 1
     own = [e for e in callback_entries(redis_client) if e["email"] == "A2@example.com"]
     assert len(own) == 2 and not any("Meta Email Mismatch" in e["properties"] for e in own)
 
@@ -857,7 +857,7 @@ def test_a_meta_naming_the_idna_spelling_of_the_event_email_counts(
     assert post(api, paths["gen"], nested(event)).json() == SUCCESS
     settle(redis_client)
 
-    assert campaigns.get_counters("c-idna", redis_client)["delivered"] == 1
+    assert campaign_reads.get_counters("c-idna", redis_client)["delivered"] == 1
     (entry,) = callback_entries(redis_client)
     assert "Meta Email Mismatch" not in entry["properties"]
 
@@ -872,7 +872,7 @@ def test_metas_of_unknown_campaigns_or_messages_count_nowhere(
     assert post(api, paths["gen"], nested(*events)).json() == SUCCESS
     settle(redis_client)
 
-    assert campaigns.get_counters("c-one", redis_client)["delivered"] == 0
+    assert campaign_reads.get_counters("c-one", redis_client)["delivered"] == 0
     assert not redis_client.exists(store.counters_key("c-none"))
     assert len(callback_entries(redis_client)) == 2  # still recorded
 
@@ -900,10 +900,10 @@ def test_suppressed_recipients_are_skipped_by_the_next_campaign(
              "recipients": [{"email": e.upper()} for e in emails]}
         )  # fmt: skip
         campaigns.create_campaign(request, client=redis_client)
-        wait_for(lambda: campaigns.get_status("c-next", redis_client).value == "completed")
+        wait_for(lambda: campaign_reads.get_status("c-next", redis_client).value == "completed")
         received = {rcpt.lower() for m in smtp.messages for rcpt in m.rcpt_tos}
 
-    counters = campaigns.get_counters("c-next", redis_client)
+    counters = campaign_reads.get_counters("c-next", redis_client)
     assert (counters["suppressed"], counters["sent"]) == (3, 2)
     assert received == {"soft@example.com", "fine@example.com"}
 
@@ -930,7 +930,7 @@ def test_a_stored_batch_whose_task_was_lost_is_recovered(
     assert recover_callbacks(grace=0) == 1
     settle(redis_client)
 
-    assert campaigns.get_counters("c-lost", redis_client)["delivered"] == 1
+    assert campaign_reads.get_counters("c-lost", redis_client)["delivered"] == 1
 
 
 def test_recovery_leaves_fresh_batches_to_their_task(redis_client: redis.Redis) -> None:

@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 import redis
 
-from dispatch import campaigns
+from dispatch import campaign_reads
 from tests.callback_support import (
     callback_entries,
     draft_campaign,
@@ -55,7 +55,7 @@ def test_a_timestamp_too_large_for_a_float_is_noted_not_a_server_error(
     assert answers[0].json()["status"] == "success"
     assert answers[1].json()["PROCESSED_EVENTS"] == 2
     wait_for(lambda: inbox_empty(redis_client), timeout=60)
-    counters = campaigns.get_counters("c-huge-ts", redis_client)
+    counters = campaign_reads.get_counters("c-huge-ts", redis_client)
     assert (counters["delivered"], counters["clicked"]) == (2, 1)
     kinds = Counter(e["event"] for e in callback_entries(redis_client))
     assert kinds == {
@@ -95,7 +95,7 @@ def test_sendgrid_events_without_a_recipient_are_recorded_and_ignored(
     assert (alone.status_code, alone.json()) == (200, success)
     assert (mixed.status_code, mixed.json()) == (200, success)
     wait_for(lambda: inbox_empty(redis_client), timeout=60)
-    assert campaigns.get_counters("c-account-event", redis_client)["delivered"] == 1
+    assert campaign_reads.get_counters("c-account-event", redis_client)["delivered"] == 1
     assert [e["event"] for e in callback_entries(redis_client)] == ["Notification Delivered"]
     # A delivery event without its address is still that event's error.
     missing = post(api, paths["sg"], [{k: v for k, v in delivered.items() if k != "email"}])

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import callbacks, campaigns, effects, store
+from dispatch import callbacks, campaign_reads, campaigns, effects, store
 from dispatch.api.errors import RETRY_AFTER_SECONDS
 from dispatch.models import CampaignRequest
 from dispatch.provider_store import save_provider
@@ -193,16 +193,16 @@ def test_a_delivery_reported_before_the_send_lost_its_answer_makes_it_sent(
              "recipients": [{"email": "early@example.com"}]}
         )  # fmt: skip
         campaigns.create_campaign(request, client=r)
-        wait_for(lambda: campaigns.get_status("c-early", r).value == "completed", timeout=60)
+        wait_for(lambda: campaign_reads.get_status("c-early", r).value == "completed", timeout=60)
     finally:
         esp.shutdown()
         esp.server_close()
-    counters = campaigns.get_counters("c-early", r)
+    counters = campaign_reads.get_counters("c-early", r)
     assert (counters["unknown"], counters["delivered"]) == (1, 0)  # the event waits
 
     for batch_id in effects.lost_batches(0, r):  # dispatch.recover_callbacks, later
         effects.apply_batch(batch_id, r)
 
-    counters = campaigns.get_counters("c-early", r)
+    counters = campaign_reads.get_counters("c-early", r)
     assert (counters["sent"], counters["unknown"], counters["delivered"]) == (1, 0, 1)
     assert inbox_empty(r)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, lifecycle, store
+from dispatch import campaign_reads, campaigns, housekeeping, lifecycle, store
 from dispatch.ledger import LedgerWriter, claim_record, parse_record, record
 from dispatch.models import CampaignRequest, CampaignStatus, MessageState
 from tests.api_server import ApiServer
@@ -158,7 +158,7 @@ def test_a_settling_cut_short_is_finished_by_housekeeping(redis_client: redis.Re
             lifecycle.settle_ended(campaign_id, status, failing, None)
 
     lifecycle.cancel("cut", client=redis_client, settle_later=die_half_way)
-    left = campaigns.campaign_summary("cut", redis_client)
+    left = campaign_reads.campaign_summary("cut", redis_client)
     assert left["cancelled"] == 2 * lifecycle.SETTLE_WINDOW and left["queued"] > 0
 
     enqueued: list[tuple[str, int]] = []

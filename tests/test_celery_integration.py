@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from dispatch import campaigns, store
+from dispatch import batch_enqueue, campaign_reads, campaigns, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
@@ -31,7 +31,7 @@ from tests.worker import FAST_ENV, WorkerProcess, wait_for
 
 
 def _completed(cid: str, r: redis.Redis) -> bool:
-    return campaigns.get_status(cid, r).value == "completed"
+    return campaign_reads.get_status(cid, r).value == "completed"
 
 
 def _send_through_the_worker(r: redis.Redis, body: dict[str, object]) -> None:
@@ -58,7 +58,7 @@ def test_campaign_through_celery_task(
                 "recipients": recipients(2500),
             },
         )
-        counters = campaigns.get_counters("celery-1", redis_client)
+        counters = campaign_reads.get_counters("celery-1", redis_client)
         assert (counters["total"], counters["sent"], counters["queued"]) == (2500, 2500, 0)
         rcpts = Counter(m.rcpt_tos[0] for m in smtp.messages)
         assert len(rcpts) == 2500 and max(rcpts.values()) == 1
@@ -80,7 +80,7 @@ def test_starttls_with_certificate_checks_through_the_worker(
             {"id": "tls-1", "provider": "local", "html": "<p>{{ name }}</p>",
              "recipients": recipients(1500)},
         )  # fmt: skip
-        counters = campaigns.get_counters("tls-1", redis_client)
+        counters = campaign_reads.get_counters("tls-1", redis_client)
         assert (counters["sent"], counters["failed"]) == (1500, 0)
         assert len({m.rcpt_tos[0] for m in smtp.messages}) == 1500
     with SmtpTestServer(security="starttls") as untrusted:
@@ -90,7 +90,7 @@ def test_starttls_with_certificate_checks_through_the_worker(
              "recipients": recipients(5)}
         )  # fmt: skip
         wait_for(lambda: redis_client.hget(store.campaign_key("tls-2"), "status") == "paused")
-        summary = campaigns.campaign_summary("tls-2", redis_client)
+        summary = campaign_reads.campaign_summary("tls-2", redis_client)
         assert "CERTIFICATE_VERIFY_FAILED" in summary["reason"]
         assert (summary["sent"], summary["failed"]) == (0, 0)
         assert untrusted.messages == []
@@ -115,7 +115,7 @@ def test_a_provider_without_a_free_connection_does_not_hold_up_the_others(
             )  # fmt: skip
             wait_for(lambda cid=cid: redis_client.exists(store.campaign_key(cid)) == 1)  # type: ignore[misc]
         wait_for(lambda: _completed("goes-1", redis_client), timeout=60)
-        assert campaigns.get_counters("waits-1", redis_client)["sent"] == 0
+        assert campaign_reads.get_counters("waits-1", redis_client)["sent"] == 0
         redis_client.zrem(slots, "another-worker")
         wait_for(lambda: _completed("waits-1", redis_client), timeout=120)
         delivered = Counter(m["to"] for r in sink.requests for m in r.json()["msgs"])
@@ -139,7 +139,7 @@ def test_a_worker_process_sends_its_batches_on_one_kept_connection(
         requests = sink.requests
     assert len(requests) == 5
     assert len({r.peer_port for r in requests}) <= celery_worker.concurrency
-    assert campaigns.get_counters("celery-kept", redis_client)["sent"] == 5000
+    assert campaign_reads.get_counters("celery-kept", redis_client)["sent"] == 5000
 
 
 CRASHING_SENDER = """
@@ -194,7 +194,7 @@ def test_redelivered_half_sent_batch_sends_nothing_twice(
             wait_for(lambda: _completed("crash-1", redis_client), timeout=60)
         finally:
             worker.stop()
-        counters = campaigns.get_counters("crash-1", redis_client)
+        counters = campaign_reads.get_counters("crash-1", redis_client)
         assert counters["queued"] == 0
         assert counters["sent"] + counters["unknown"] == 200
         assert counters["unknown"] == len(claimed)
@@ -261,7 +261,7 @@ def test_batches_handed_out_in_one_block_leave_one_by_one(redis_client: redis.Re
         return int(redis_client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0))
 
     before = pushes()
-    with campaigns.batch_enqueuer() as send:
+    with batch_enqueue.batch_enqueuer() as send:
         send("block-1", 0)
         assert pushes() == before + 1
         send("block-1", 1)

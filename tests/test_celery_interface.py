@@ -11,7 +11,7 @@ import pytest
 import redis
 from celery import Celery
 
-from dispatch import campaigns
+from dispatch import campaign_reads, campaigns
 from dispatch.redis_server import RedisServer
 from tests.helpers import recipients, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -43,7 +43,7 @@ def _body(campaign_id: str | None, n: int, **fields: Any) -> dict[str, Any]:
 
 def _completed(campaign_id: str, r: redis.Redis) -> bool:
     try:
-        return campaigns.get_status(campaign_id, r).value == "completed"
+        return campaign_reads.get_status(campaign_id, r).value == "completed"
     except campaigns.CampaignNotFoundError:
         return False
 
@@ -92,6 +92,6 @@ def test_a_task_run_again_is_the_same_campaign_even_without_an_id(
         wait_for(lambda: _completed("task-once", redis_client), timeout=60)
         redelivered = other_service.send_task(TASK, args=[_body(None, 20)], task_id="task-once")
         assert redelivered.get(timeout=60) == "task-once"
-        assert campaigns.get_counters("task-once", redis_client)["sent"] == 20
+        assert campaign_reads.get_counters("task-once", redis_client)["sent"] == 20
         assert len(smtp.messages) == 20
         assert max(Counter(m.rcpt_tos[0] for m in smtp.messages).values()) == 1

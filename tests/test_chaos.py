@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, store
+from dispatch import campaign_reads, campaigns, housekeeping, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
@@ -33,7 +33,7 @@ def check_invariants(r: redis.Redis, campaign_id: str, smtp: ChaosSmtpServer) ->
     accepted, ambiguous = Counter(chaos.accepted), Counter(chaos.ambiguous)
     taken = accepted + ambiguous
     assert [a for a, n in taken.items() if n > 1] == [], "an address taken twice"
-    summary = campaigns.campaign_summary(campaign_id, r)
+    summary = campaign_reads.campaign_summary(campaign_id, r)
     states: Counter[str] = Counter()
     for seq in range(summary["total"]):
         rec = parse_record(r.hget(store.ledger_key(campaign_id), str(seq)))
@@ -82,7 +82,7 @@ def test_a_campaign_through_a_misbehaving_server_and_a_killed_worker(
 
         def ended() -> bool:
             housekeeping.sweep(r, enqueue)  # as beat does
-            return campaigns.get_status(cid, r).value == "completed"
+            return campaign_reads.get_status(cid, r).value == "completed"
 
         wait_for(ended, timeout=90, interval=1.0)
         states = check_invariants(r, cid, smtp)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, suppressions
+from dispatch import campaign_reads, campaigns, suppressions
 from dispatch.demo_callbacks import plan_events, replay_callbacks
 from dispatch.models import CampaignRequest
 from tests.api_server import ApiServer
@@ -43,7 +43,7 @@ def test_replay_for_a_sent_campaign(
              "recipients": recipients(1200)}
         )  # fmt: skip
         campaigns.create_campaign(request, client=redis_client)
-        wait_for(lambda: campaigns.get_status("c-demo", redis_client).value == "completed")
+        wait_for(lambda: campaign_reads.get_status("c-demo", redis_client).value == "completed")
         sent = [(m.message["X-CleverTap_META"], m.rcpt_tos[0]) for m in smtp.messages]
     callback_url = api_server.url + callback_path(redis_client, "demo-smtp")
 
@@ -54,7 +54,7 @@ def test_replay_for_a_sent_campaign(
     assert sum(r["events"] for r in result["requests"]) == sum(result["posted"].values())
     assert all(r["answer"]["status"] == "success" for r in result["requests"])
     wait_for(lambda: inbox_empty(redis_client), timeout=60)
-    counters = campaigns.get_counters("c-demo", redis_client)
+    counters = campaign_reads.get_counters("c-demo", redis_client)
     posted = result["posted"]
     assert counters["delivered"] == posted["delivered"]
     assert counters["hard_bounced"] == posted["hard_bounce"]

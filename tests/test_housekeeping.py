@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, store
+from dispatch import campaign_reads, campaigns, housekeeping, store
 from dispatch.ledger import BatchLease
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
@@ -47,12 +47,12 @@ def test_a_done_campaign_left_running_is_finished(redis_client: redis.Redis) -> 
         cid = _create(redis_client, 5, batches)
         run_batches(batches, Settings(retry_base_seconds=0.05))
     # The ledger write that settled the last message completed it ...
-    assert campaigns.get_status(cid, redis_client).value == "completed"
+    assert campaign_reads.get_status(cid, redis_client).value == "completed"
     # ... and were that step ever lost, housekeeping completes it.
     redis_client.hset(store.campaign_key(cid), "status", "running")
     done = housekeeping.sweep(redis_client, lambda c, b: None)
     assert done["finished"] == [cid]
-    assert campaigns.get_status(cid, redis_client).value == "completed"
+    assert campaign_reads.get_status(cid, redis_client).value == "completed"
 
 
 def test_a_stalled_campaign_is_enqueued_again(redis_client: redis.Redis) -> None:
@@ -73,7 +73,7 @@ def test_a_stalled_campaign_is_enqueued_again(redis_client: redis.Redis) -> None
         assert housekeeping.sweep(redis_client, lambda c, b: None)["restarted"] == []
         run_batches(again, Settings(retry_base_seconds=0.05))
         housekeeping.sweep(redis_client, lambda c, b: None)
-        assert campaigns.campaign_summary(cid, redis_client)["status"] == "completed"
+        assert campaign_reads.campaign_summary(cid, redis_client)["status"] == "completed"
         assert len(smtp.messages) == 2500
 
 
@@ -180,7 +180,7 @@ def test_a_campaign_goes_on_after_redis_restarts(
                 # channel close): its supervisor starts it again (compose: restart).
                 worker.start()
             housekeeping.sweep(r, enqueue)  # as beat does every 30 s
-            return campaigns.get_status(cid, r).value == "completed"
+            return campaign_reads.get_status(cid, r).value == "completed"
 
         wait_for(completed, timeout=90, interval=1.0)
         unknown = assert_each_sent_once(r, cid, [m.rcpt_tos[0] for m in smtp.messages])

@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import campaigns, housekeeping, store
+from dispatch import campaign_reads, campaigns, housekeeping, store
 from dispatch.batch_items import begin_batch
 from dispatch.ledger import BatchLease
 from dispatch.models import CampaignRequest
@@ -232,7 +232,7 @@ def test_a_campaign_whose_tasks_redis_lost_goes_on_while_others_run(
             if worker.proc is not None and worker.proc.poll() is not None:
                 worker.start()  # Celery may end a worker on the lost connection
             housekeeping.sweep(r, enqueue)  # as beat does every 30 s
-            return campaigns.get_status(cid, r).value == "completed"
+            return campaign_reads.get_status(cid, r).value == "completed"
 
         wait_for(completed, timeout=90, interval=1.0)
         received = [m.rcpt_tos[0] for m in smtp.messages if "other.example" not in m.rcpt_tos[0]]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, lifecycle, store
+from dispatch import campaign_reads, lifecycle, store
 from dispatch.ledger import parse_record
 from dispatch.settings import Settings, get_settings
 from providers.base import OutgoingMessage, SendOutcome
@@ -36,7 +36,7 @@ def test_503_then_200_is_retried_and_ends_sent(redis_client: redis.Redis) -> Non
         http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(3), FAST)
         requests = sink.requests
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 3, 0)
     assert len(requests) == 2
     first, second = ({m["to"] for m in r.json()["msgs"]} for r in requests)
@@ -52,7 +52,7 @@ def test_429_retry_after_is_honoured(redis_client: redis.Redis) -> None:
         cid, _ = run_inline(redis_client, _body(2), FAST)
         first, second = sink.requests
     assert second.at - first.at >= 2.0  # the provider's Retry-After, not our 0.05 s backoff
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 2
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 2
 
 
 def test_throttled_tries_are_not_attempts(redis_client: redis.Redis) -> None:
@@ -65,7 +65,7 @@ def test_throttled_tries_are_not_attempts(redis_client: redis.Redis) -> None:
         cid, _ = run_inline(redis_client, _body(2), settings)
         tos = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
     assert sorted(tos) == ["user0@example.com"] * 5 + ["user1@example.com"] * 5
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 2, 0)
     rec = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
     assert rec is not None and (rec["attempts"], rec["throttles"]) == (1, 4)
@@ -95,7 +95,7 @@ def test_a_provider_that_throttles_for_ever_fails_the_message_at_max_throttles(
         cid, _ = run_inline(redis_client, _body(2), settings)
         tos = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
     assert sorted(tos) == ["user0@example.com"] * 3 + ["user1@example.com"] * 3
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"]) == (0, 2)
     rec = parse_record(redis_client.hget(store.ledger_key(cid), "0"))
     assert rec is not None and rec["detail"].startswith("gave up after 3 throttled tries: ")
@@ -125,7 +125,7 @@ def test_an_infinite_retry_after_does_not_park_the_campaign_for_ever(
         cid, results = run_inline(redis_client, _body(2), FAST)
         assert len(sink.requests) == 2
     assert all(r.retry_at is None or r.retry_at < 1e11 for r in results)
-    assert campaigns.campaign_summary(cid, redis_client)["sent"] == 2
+    assert campaign_reads.campaign_summary(cid, redis_client)["sent"] == 2
 
 
 def test_400_fails_with_dispatch_failed_and_the_status(redis_client: redis.Redis) -> None:
@@ -133,7 +133,7 @@ def test_400_fails_with_dispatch_failed_and_the_status(redis_client: redis.Redis
         http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(2), FAST)
         assert len(sink.requests) == 1  # permanent: never retried
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"]) == (0, 2)
     rec = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
     assert rec is not None
@@ -149,7 +149,7 @@ def test_2500_recipients_in_three_requests_each_once(redis_client: redis.Redis) 
         tos = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
     assert sorted(sizes) == [500, 1000, 1000]
     assert len(tos) == len(set(tos)) == 2500
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 2500
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 2500
 
 
 def test_an_address_that_cannot_be_sent_fails_alone(redis_client: redis.Redis) -> None:
@@ -164,7 +164,7 @@ def test_an_address_that_cannot_be_sent_fails_alone(redis_client: redis.Redis) -
             "user0@example.com",
             "user2@example.com",
         ]
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"], counters["queued"]) == (2, 1, 0)
     failed = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
     assert failed is not None and failed["error_class"] == "SMTP invalid email ID"
@@ -177,7 +177,7 @@ def test_a_refused_certificate_pauses_the_campaign(redis_client: redis.Redis) ->
         http_provider(redis_client, f"https://{server.authority}")
         cid, _ = run_inline(redis_client, _body(3), FAST)
         assert server.paths == []
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "paused"
     assert summary["reason"].startswith("Dispatch failed: TLS failed with 127.0.0.1")
     assert "CERTIFICATE_VERIFY_FAILED" in summary["reason"]
@@ -196,7 +196,7 @@ def test_a_key_refused_with_403_half_way_pauses_with_the_rest_queued(
         http_provider(redis_client, sink.url, batch=False, max_connections=1)
         cid, batches = create_held(redis_client, _body(5))
         run_batches(batches, FAST)
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert (summary["status"], summary["sent"], summary["failed"]) == ("paused", 2, 0)
         assert summary["queued"] == 3
         assert summary["reason"] == (
@@ -205,7 +205,7 @@ def test_a_key_refused_with_403_half_way_pauses_with_the_rest_queued(
         lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
         run_batches(batches, FAST)
         assert len(sink.requests) == 6  # the refused one, then the three left
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 5, 0)
 
 
@@ -227,7 +227,7 @@ def test_an_adapter_that_raises_loses_only_its_chunk(
         cid, _ = run_inline(redis_client, _body(6), FAST)
         got = sorted(m["to"] for r in sink.requests for m in r.json()["msgs"])
     assert got == [f"user{i}@example.com" for i in (0, 1, 4, 5)]
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["unknown"]) == ("completed", 4, 2)
     for seq in ("2", "3"):
         rec = parse_record(redis_client.hget(store.ledger_key(cid), seq))
@@ -252,7 +252,7 @@ def test_a_message_that_fails_to_build_unforeseen_fails_alone(
         http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(3), FAST)
         assert len(sink.requests) == 1
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 2, 1)
     rec = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
     assert rec is not None and rec["error_class"] == "Invalid message"
@@ -271,7 +271,7 @@ def test_a_campaign_whose_first_messages_all_fail_pauses_with_the_rest_queued(
         cid, batches = create_held(redis_client, _body(40))
         run_batches(batches, settings)
         assert len(sink.requests) == 2  # two chunks of 5 failed: the breaker's 10
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert (summary["status"], summary["failed"], summary["sent"]) == ("paused", 10, 0)
         assert summary["queued"] == 30
         reason = summary["reason"]
@@ -279,7 +279,7 @@ def test_a_campaign_whose_first_messages_all_fail_pauses_with_the_rest_queued(
         sink.script(*[Reply(200, b"{}")] * 6)  # fixed at the ESP
         lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
         run_batches(batches, settings)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["failed"], summary["sent"]) == ("completed", 10, 30)
 
 
@@ -298,12 +298,12 @@ def test_the_breaker_counts_the_failures_of_all_the_campaigns_batches(
             cid, batches = create_held(redis_client, _body(30))
             assert len(batches) == 5
             run_batches(batches, settings)
-            summary = campaigns.campaign_summary(cid, redis_client)
+            summary = campaign_reads.campaign_summary(cid, redis_client)
             assert (summary["status"], summary["failed"], summary["queued"]) == ("paused", 12, 18)
             assert "the first 12 messages failed" in summary["reason"]
             lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
             run_batches(batches, settings)  # still refused: 12 more fail, then it pauses
-            summary = campaigns.campaign_summary(cid, redis_client)
+            summary = campaign_reads.campaign_summary(cid, redis_client)
             assert (summary["status"], summary["failed"], summary["queued"]) == ("paused", 24, 6)
     finally:
         monkeypatch.undo()
@@ -324,6 +324,6 @@ def test_the_breaker_leaves_alone_a_campaign_that_sends_or_whose_recipients_are_
         sink.script(*replies)
         http_provider(redis_client, sink.url, batch_size=2)
         cid, _ = run_inline(redis_client, body, settings)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "completed"
     assert (summary["sent"], summary["failed"]) == ((2, 10) if first_sent else (0, 12))

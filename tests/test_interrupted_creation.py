@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, store
-from dispatch.campaigns import INTERRUPTED_REASON, RecipientAppender
+from dispatch import campaign_reads, campaigns, store
+from dispatch.campaigns import INTERRUPTED_REASON
 from dispatch.models import CampaignRequest
+from dispatch.recipient_append import RecipientAppender
 from tests.helpers import recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
 
@@ -62,7 +63,7 @@ def test_a_failure_half_way_sends_what_is_stored_and_a_repeat_stores_the_rest(
     monkeypatch.undo()
 
     run_batches(batches)
-    summary = campaigns.campaign_summary("big1", redis_client)
+    summary = campaign_reads.campaign_summary("big1", redis_client)
     # Not completed with two thirds of its list: it waits, and says why.
     assert (summary["status"], summary["total"], summary["sent"]) == ("running", 2000, 2000)
     assert summary["reason"] == INTERRUPTED_REASON
@@ -71,7 +72,7 @@ def test_a_failure_half_way_sends_what_is_stored_and_a_repeat_stores_the_rest(
     batches.clear()
     assert create(redis_client, batches) == ("big1", False)  # the client's retry
     run_batches(batches)
-    summary = campaigns.campaign_summary("big1", redis_client)
+    summary = campaign_reads.campaign_summary("big1", redis_client)
     assert (summary["status"], summary["total"], summary["sent"]) == ("completed", N - 1, N - 1)
     assert summary["reason"] == ""
     got = received(smtp)
@@ -94,9 +95,9 @@ def test_a_filler_that_died_is_taken_over_once_its_progress_is_stale(
     # The client's retry waits until that progress is stale, then stores the rest.
     monkeypatch.setattr(campaigns, "FILL_STALE_SECONDS", 1.0)
     assert create(redis_client, batches) == ("big1", False)
-    assert campaigns.campaign_summary("big1", redis_client)["total"] == N - 1
+    assert campaign_reads.campaign_summary("big1", redis_client)["total"] == N - 1
     run_batches(batches)
-    summary = campaigns.campaign_summary("big1", redis_client)
+    summary = campaign_reads.campaign_summary("big1", redis_client)
     assert (summary["status"], summary["total"], summary["sent"]) == ("completed", N - 1, N - 1)
     got = received(smtp)
     assert len(got) == N - 1 and max(got.values()) == 1
@@ -112,7 +113,7 @@ def test_a_filler_taken_over_stops_storing(redis_client: redis.Redis, smtp: Smtp
     people = [CampaignRequest.model_validate({**body, "recipients": recipients(2)}).recipients]
     with pytest.raises(campaigns.CampaignStateError, match="filled by another request"):
         appender.add(people[0], (1000, 1002))  # it thought it was at 1000
-    assert campaigns.get_counters("f1", redis_client)["total"] == 0
+    assert campaign_reads.get_counters("f1", redis_client)["total"] == 0
     # The filler that took over (at 2000) stores them.
     assert RecipientAppender("f1", redis_client, filling=True).add(people[0], (2000, 2002))[0] == 2
     assert redis_client.hget(key, "filled") == "2002"

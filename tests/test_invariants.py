@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, lifecycle, store
+from dispatch import campaign_reads, campaigns, housekeeping, lifecycle, store
 from dispatch.effects import InboxEvent, apply_events
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
@@ -33,7 +33,7 @@ FAST = Settings(retry_base_seconds=0.05, retry_max_seconds=0.2, inline_retry_sec
 
 def check_books(r: redis.Redis, campaign_id: str) -> dict[str, int]:
     """Counters against the ledger, message by message; the campaign's summary."""
-    summary = campaigns.campaign_summary(campaign_id, r)
+    summary = campaign_reads.campaign_summary(campaign_id, r)
     ledger = r.hgetall(store.ledger_key(campaign_id))
     states: Counter[str] = Counter()
     for seq in range(summary["total"]):
@@ -165,7 +165,8 @@ def test_books_balance_through_chaos_operators_and_a_killed_worker(
             def ended() -> bool:
                 housekeeping.sweep(r, enqueue)
                 return all(
-                    campaigns.get_status(cid, r).value in ("completed", "cancelled") for cid in ids
+                    campaign_reads.get_status(cid, r).value in ("completed", "cancelled")
+                    for cid in ids
                 )
 
             wait_for(ended, timeout=60, interval=0.5)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, lifecycle, store
+from dispatch import campaign_reads, campaigns, lifecycle, recipient_append, store
 from dispatch.ledger import LedgerWriter, parse_record, record
 from dispatch.models import CampaignRequest, MessageState, Recipient
 from dispatch.redis_server import RedisServer
@@ -239,7 +239,7 @@ def test_pausing_a_scheduled_campaign_holds_it_and_resume_schedules_it_again(
     enqueued: list[tuple[str, int]] = []
     request = CampaignRequest.model_validate(campaign_body("sched-1", 5, send_at=later))
     campaigns.create_campaign(request, client=redis_client)
-    assert campaigns.get_status("sched-1", redis_client).value == "scheduled"
+    assert campaign_reads.get_status("sched-1", redis_client).value == "scheduled"
     assert lifecycle.pause("sched-1", client=redis_client)["status"] == "paused"
     assert redis_client.zscore(store.SCHEDULED_ZSET, "sched-1") is None  # beat leaves it
     summary = lifecycle.resume(
@@ -272,7 +272,7 @@ def test_cancel_settles_messages_waiting_for_a_retry_and_hands_back_claimed_batc
     campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
     _put("c-retry", {0: MessageState.SENT, 1: MessageState.FAILED, 2: MessageState.RETRY,
                      1500: MessageState.RETRY, 2100: MessageState.CLAIMED})  # fmt: skip
-    before = campaigns.get_counters("c-retry", redis_client)
+    before = campaign_reads.get_counters("c-retry", redis_client)
     assert (before["queued"], before["sent"], before["failed"]) == (2498, 1, 1)
 
     summary = lifecycle.cancel(
@@ -314,10 +314,10 @@ def test_expiry_settles_unsent_messages_expired(redis_client: redis.Redis) -> No
     expired = lifecycle.expire_due(now=soon.timestamp() + 1, client=redis_client)
     assert sorted(expired) == ["exp-draft", "exp-paused"]
     for cid, sent in (("exp-draft", 0), ("exp-paused", 1)):
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert summary["status"] == "expired" and summary["reason"] == "expires_at passed"
         assert (summary["expired"], summary["sent"], summary["queued"]) == (1200 - sent, sent, 0)
-    assert campaigns.get_status("no-expiry", redis_client).value == "running"
+    assert campaign_reads.get_status("no-expiry", redis_client).value == "running"
     assert redis_client.zcard(store.EXPIRING_ZSET) == 0
     assert lifecycle.expire_due(now=soon.timestamp() + 1, client=redis_client) == []
 
@@ -379,11 +379,11 @@ def test_appending_stays_possible_only_in_a_draft(redis_client: redis.Redis) -> 
         client=redis_client,
     )
     people: list[Recipient] = [{"email": r["email"], "vars": r["vars"]} for r in recipients(5)]
-    assert campaigns.append_recipients("a-1", people, client=redis_client) == 3  # 2 known
-    assert campaigns.get_counters("a-1", redis_client)["total"] == 5
+    assert recipient_append.append_recipients("a-1", people, client=redis_client) == 3  # 2 known
+    assert campaign_reads.get_counters("a-1", redis_client)["total"] == 5
     campaigns.start_campaign("a-1", client=redis_client, enqueue=lambda c, b: None)
     with pytest.raises(campaigns.CampaignStateError):
-        campaigns.append_recipients("a-1", people, client=redis_client)
+        recipient_append.append_recipients("a-1", people, client=redis_client)
     assert list(ndjson([{"email": "x@example.com"}])) == [b'{"email": "x@example.com"}\n']
 
 
@@ -400,7 +400,7 @@ class _AppendDuringStart(redis.Redis):  # type: ignore[type-arg]
             self.watched = ""
             other = redis.Redis.from_url(os.environ["DISPATCH_REDIS_URL"], decode_responses=True)
             with contextlib.suppress(campaigns.CampaignStateError):  # refused: the caller knows
-                campaigns.append_recipients(self.campaign, self.more, client=other)
+                recipient_append.append_recipients(self.campaign, self.more, client=other)
             other.close()
         return out
 
@@ -424,7 +424,7 @@ def test_recipients_appended_while_the_campaign_starts_are_all_sent(
     campaigns.start_campaign(cid, client=starting, enqueue=lambda c, b: batches.append((c, b)))
     starting.close()
     run_batches(batches)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["queued"]) == ("completed", 0)
     assert summary["sent"] == summary["total"] == len(smtp.messages)
 
@@ -451,7 +451,7 @@ def test_cancelled_messages_count_once_under_their_provider(redis_client: redis.
 
     asyncio.run(batch_writes_them_again())
     assert redis_client.hgetall(store.MESSAGE_STATS_HASH) == {"local|cancelled": "5"}
-    assert campaigns.get_counters(cid, redis_client)["cancelled"] == 5
+    assert campaign_reads.get_counters(cid, redis_client)["cancelled"] == 5
 
 
 def test_a_campaign_whose_batches_expired_its_last_messages_ends_expired(
@@ -470,14 +470,14 @@ def test_a_campaign_whose_batches_expired_its_last_messages_ends_expired(
         campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
     _put("exp-late", {0: MessageState.SENT, 1: MessageState.EXPIRED, 2: MessageState.EXPIRED})
     _put("exp-done", {0: MessageState.SENT, 1: MessageState.SENT, 2: MessageState.SENT})
-    assert campaigns.get_status("exp-late", redis_client).value == "completed"
+    assert campaign_reads.get_status("exp-late", redis_client).value == "completed"
 
     expired = lifecycle.expire_due(now=soon.timestamp() + 1, client=redis_client)
     assert expired == ["exp-late"]
-    summary = campaigns.campaign_summary("exp-late", redis_client)
+    summary = campaign_reads.campaign_summary("exp-late", redis_client)
     assert summary["status"] == "expired" and summary["reason"] == "expires_at passed"
     assert (summary["sent"], summary["expired"], summary["queued"]) == (1, 2, 0)
-    assert campaigns.get_status("exp-done", redis_client).value == "completed"
+    assert campaign_reads.get_status("exp-done", redis_client).value == "completed"
 
 
 def test_a_batch_that_finds_the_campaign_expired_expires_it(redis_client: redis.Redis) -> None:
@@ -490,7 +490,7 @@ def test_a_batch_that_finds_the_campaign_expired_expires_it(redis_client: redis.
     cid, batches = create_held(redis_client, body)
     wait_for(lambda: datetime.now(UTC) > soon, timeout=10)
     run_batches(batches)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
     assert (summary["expired"], summary["sent"], summary["queued"]) == (3, 0, 0)
 
@@ -512,7 +512,7 @@ def test_a_batch_stops_sending_once_expires_at_passes_while_it_runs(
         )
         run_batches(batches)
         received = len(smtp.messages)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["reason"]) == ("expired", "expires_at passed")
     assert summary["expired"] > 0 and summary["queued"] == 0
     assert summary["sent"] == received == 60 - summary["expired"]
@@ -537,6 +537,9 @@ def test_a_batch_pausing_its_campaign_leaves_a_cancel_that_came_first(
             await client.aclose()
 
     asyncio.run(pause_both())
-    assert campaigns.campaign_summary(running, redis_client)["status"] == "paused"
-    assert campaigns.campaign_summary(running, redis_client)["reason"] == "SMTP connection error: x"
-    assert campaigns.campaign_summary(cancelled, redis_client)["status"] == "cancelled"
+    assert campaign_reads.campaign_summary(running, redis_client)["status"] == "paused"
+    assert (
+        campaign_reads.campaign_summary(running, redis_client)["reason"]
+        == "SMTP connection error: x"
+    )
+    assert campaign_reads.campaign_summary(cancelled, redis_client)["status"] == "cancelled"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, lifecycle, store
+from dispatch import campaign_reads, campaigns, housekeeping, lifecycle, recipient_append, store
 from dispatch.ledger import LedgerWriter, parse_record, record
 from dispatch.models import CampaignRequest, MessageState
 from dispatch.settings import Settings, get_settings
@@ -26,7 +26,7 @@ TERMINAL = ("sent", "failed", "suppressed", "cancelled", "expired", "unknown")
 
 
 def ledger_states(r: redis.Redis, campaign_id: str) -> Counter[str]:
-    total = campaigns.campaign_summary(campaign_id, r)["total"]
+    total = campaign_reads.campaign_summary(campaign_id, r)["total"]
     records = r.hgetall(store.ledger_key(campaign_id))
     return Counter(
         str((parse_record(records.get(str(seq))) or {"state": "queued"})["state"])
@@ -36,7 +36,7 @@ def ledger_states(r: redis.Redis, campaign_id: str) -> Counter[str]:
 
 def assert_settled(r: redis.Redis, campaign_id: str) -> dict[str, Any]:
     """Every message terminal, and the counters say what the ledger says."""
-    summary = campaigns.campaign_summary(campaign_id, r)
+    summary = campaign_reads.campaign_summary(campaign_id, r)
     states = ledger_states(r, campaign_id)
     assert set(states) <= set(TERMINAL), states
     assert summary["queued"] == 0
@@ -94,15 +94,15 @@ class _WhileFilling:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, before: dict[int, Any]) -> None:
         self.before = before
         self.calls = 0
-        add = campaigns.RecipientAppender.add
+        add = recipient_append.RecipientAppender.add
 
-        def wrapped(appender: campaigns.RecipientAppender, *args: Any, **kw: Any) -> Any:
+        def wrapped(appender: recipient_append.RecipientAppender, *args: Any, **kw: Any) -> Any:
             self.calls += 1
             if self.calls in self.before:
                 self.before[self.calls]()
             return add(appender, *args, **kw)
 
-        monkeypatch.setattr(campaigns.RecipientAppender, "add", wrapped)
+        monkeypatch.setattr(recipient_append.RecipientAppender, "add", wrapped)
 
 
 def test_a_campaign_paused_and_resumed_while_its_list_is_stored_sends_everyone_once(
@@ -143,7 +143,7 @@ def test_a_campaign_paused_and_resumed_while_its_list_is_stored_sends_everyone_o
     )
     assert created == cid and hook.calls == 3
     assert resumed == [(cid, 0), (cid, 1)]  # what was stored when it resumed
-    assert campaigns.campaign_summary(cid, redis_client)["total"] == n
+    assert campaign_reads.campaign_summary(cid, redis_client)["total"] == n
     run_batches(sorted(set(batches + resumed)), Settings(retry_base_seconds=0.05))
     summary = assert_settled(redis_client, cid)
     assert (summary["status"], summary["sent"]) == ("completed", n)

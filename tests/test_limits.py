@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, store
 from dispatch.ledger import parse_record
 from dispatch.limits import ProviderLimiter, QuotaExhaustedError, chunk_limit
 from dispatch.settings import Settings
@@ -71,7 +71,7 @@ def test_a_used_up_quota_pauses_the_campaign(redis_client: redis.Redis) -> None:
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(8)}
         cid, _ = run_inline(redis_client, body, Settings(retry_base_seconds=0.05))
         delivered = len(smtp.messages)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "paused"
     # The reason is the quota, not the "SMTP connection error" class of a configuration
     # error: nothing is wrong with the connection.
@@ -101,7 +101,7 @@ def test_max_connections_hold_across_concurrent_batches(redis_client: redis.Redi
         asyncio.run(both())
         peak = smtp.handler.peak
     assert len(batches) == 2
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 2000
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 2000
     assert 1 <= peak <= 2
 
 
@@ -147,7 +147,7 @@ def test_a_batch_that_gets_no_connection_slot_goes_back_to_the_broker(
             for raw in redis_client.hgetall(store.ledger_key(cid)).values()
         }
         assert "claimed" not in states  # given back: a claim left behind reads as a lost send
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert (summary["status"], summary["queued"], summary["sent"]) == ("running", 5, 0)
         progress = redis_client.hget(store.campaign_key(cid), "progress_at")
         assert float(progress or 0) >= int(before)  # alive: housekeeping leaves it alone
@@ -160,7 +160,7 @@ def test_a_batch_that_gets_no_connection_slot_goes_back_to_the_broker(
         delivered = [m["to"] for r in sink.requests for m in r.json()["msgs"]]
         delivered += [m.rcpt_tos[0] for m in smtp.messages]
     assert sorted(delivered) == sorted(str(r["email"]) for r in recipients(5))
-    assert campaigns.campaign_summary(cid, redis_client)["status"] == "completed"
+    assert campaign_reads.campaign_summary(cid, redis_client)["status"] == "completed"
     records = [parse_record(raw) for raw in redis_client.hgetall(store.ledger_key(cid)).values()]
     assert [(r or {}).get("attempts") for r in records] == [1] * 5  # waiting cost no attempt
 
@@ -195,7 +195,7 @@ def test_messages_waiting_for_the_pace_stop_with_a_cancel_or_pause(
 
         at_stop, at_end = asyncio.run(run())
     assert at_end == at_stop < 12  # nothing more went out once the stop returned
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["sent"] == at_end
     left = 12 - at_end
     if action == "cancel":
@@ -315,4 +315,4 @@ def test_a_slot_that_expired_under_its_session_closes_the_connection_first(
     assert sorted(m.rcpt_tos[0] for m in smtp.messages) == sorted(
         str(r["email"]) for r in recipients(40)
     )
-    assert campaigns.campaign_summary(cid, redis_client)["sent"] == 40
+    assert campaign_reads.campaign_summary(cid, redis_client)["sent"] == 40

@@ -8,7 +8,7 @@ from collections import Counter
 
 import redis
 
-from dispatch import campaigns, lifecycle, store
+from dispatch import campaign_reads, lifecycle, store
 from dispatch.settings import Settings
 from tests.helpers import recipients, run_inline, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -49,7 +49,7 @@ def test_a_daily_quota_is_used_to_the_last_message_then_resumed_the_next_day(
         wait_for(lambda: all(workers.status(c) in stopped for c in ids), timeout=40)
         time.sleep(1)  # nothing more goes out
         assert len(smtp.messages) == 10
-        summaries = [campaigns.campaign_summary(c, workers.r) for c in ids]
+        summaries = [campaign_reads.campaign_summary(c, workers.r) for c in ids]
         paused = [s for s in summaries if s["status"] == "paused"]
         assert paused and all("daily quota of 10 messages" in s["reason"] for s in paused)
         assert all("00:00 UTC" in s["reason"] for s in paused)
@@ -88,7 +88,7 @@ def test_gmail_pauses_at_its_daily_recipient_limit_with_cc(redis_client: redis.R
     """Each message with 4 cc is 5 of Gmail's recipients a day: a limit of 12 takes two
     messages (10), then the campaign pauses naming the recipient limit; nothing fails."""
     cid, delivered = gmail_with_cc(redis_client, 12, 5)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["queued"]) == ("paused", 2, 3)
     assert delivered == 2
     assert "daily recipient quota of 12 recipients (to, cc and bcc; 5 a message)" in str(
@@ -106,6 +106,6 @@ def test_messages_the_server_refused_do_not_use_the_quota(redis_client: redis.Re
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(8)}
         cid, _ = run_inline(redis_client, body, Settings(retry_base_seconds=0.05))
         delivered = len(smtp.messages)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["sent"], summary["failed"], summary["queued"]) == (5, 2, 1)
     assert delivered == 5 and summary["status"] == "paused"

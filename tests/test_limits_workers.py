@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns
+from dispatch import campaign_reads, campaigns
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from tests.helpers import http_provider, recipients, smtp_provider
@@ -41,7 +41,7 @@ class Workers:
         return campaign_id
 
     def status(self, campaign_id: str) -> str:
-        return campaigns.get_status(campaign_id, self.r).value
+        return campaign_reads.get_status(campaign_id, self.r).value
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, campaigns, store
 from dispatch.ledger import claim_record
 from dispatch.logs import JsonFormatter
 from dispatch.message_logs import LINES_PER_RUN
@@ -61,7 +61,7 @@ def test_each_failed_message_is_logged_with_its_meta_and_context(
     caplog.set_level(logging.INFO, logger="dispatch.messages")
     cid = _campaign(redis_client, smtp, people)
 
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["sent"], summary["failed"]) == (4, 2)
     lines = {line["seq"]: line for line in _message_lines(caplog)}
     assert sorted(lines) == [2, 4]  # the sent messages are not logged
@@ -94,7 +94,7 @@ def test_a_retried_message_is_logged_at_info_with_its_wait(
     caplog.set_level(logging.INFO, logger="dispatch.messages")
     cid = _campaign(redis_client, smtp, _people(3))
 
-    assert campaigns.campaign_summary(cid, redis_client)["sent"] == 3
+    assert campaign_reads.campaign_summary(cid, redis_client)["sent"] == 3
     [line] = _message_lines(caplog)
     assert (line["level"], line["state"], line["seq"]) == ("INFO", "retry", 1)
     assert line["meta"].startswith(f"user1@example.com|{FAST.account_id}|{cid}|")
@@ -109,7 +109,7 @@ def test_past_the_cap_one_closing_line_counts_the_rest(
     caplog.set_level(logging.INFO, logger="dispatch.messages")
     cid = _campaign(redis_client, smtp, _people(n))
 
-    assert campaigns.campaign_summary(cid, redis_client)["failed"] == n
+    assert campaign_reads.campaign_summary(cid, redis_client)["failed"] == n
     lines = _message_lines(caplog)
     per_message = [line for line in lines if "seq" in line]
     assert len(per_message) == LINES_PER_RUN
@@ -133,7 +133,7 @@ def test_claims_a_lost_run_left_are_logged_as_unknown_with_their_seqs(
     caplog.set_level(logging.INFO, logger="dispatch.messages")
     run_batches(batches, FAST, rounds=3)
 
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["sent"], summary["unknown"]) == (2, 2)
     [line] = _message_lines(caplog)
     assert (line["state"], line["seqs"], line["campaign_id"], line["batch"]) == (

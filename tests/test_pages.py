@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from dispatch import campaigns, store, suppressions
+from dispatch import campaign_reads, store, suppressions
 from dispatch.settings import Settings, get_settings
 from tests import browser
 from tests.api_server import ApiServer
@@ -74,7 +74,7 @@ def test_one_click_unsubscribe(api_server: ApiServer, redis_client: redis.Redis)
     assert "Unsubscribe?" not in revisit.text
     entry = suppressions.get("user1@example.com", client=redis_client)
     assert entry is not None and entry["reason"] == "unsubscribed"
-    assert campaigns.get_counters(cid, redis_client)["unsubscribed"] == 1  # once, not twice
+    assert campaign_reads.get_counters(cid, redis_client)["unsubscribed"] == 1  # once, not twice
     events = [orjson.loads(e[1]["json"]) for e in redis_client.xrange(store.EVENTS_STREAM)]
     unsubscribed = [e for e in events if e["event"] == "Channel Unsubscribed"]
     assert [e["properties"].get("Type") for e in unsubscribed] == ["One-click unsubscribe"]
@@ -103,8 +103,8 @@ def test_preference_center_opt_out_of_a_category(
         news = _campaign(redis_client, smtp, 2, "news")
         offers = _campaign(redis_client, smtp, 2, "offers")
         received = [(m.rcpt_tos[0]) for m in smtp.messages]
-    assert campaigns.get_counters(news, redis_client)["suppressed"] == 1
-    assert campaigns.get_counters(offers, redis_client)["sent"] == 2
+    assert campaign_reads.get_counters(news, redis_client)["suppressed"] == 1
+    assert campaign_reads.get_counters(offers, redis_client)["sent"] == 2
     assert received.count("user0@example.com") == 1  # the offers one only
 
 

@@ -12,9 +12,10 @@ import yaml
 from pydantic import ValidationError
 
 from dispatch import store
-from dispatch.campaigns import CampaignError, create_campaign, stored_count
+from dispatch.campaigns import CampaignError, create_campaign
 from dispatch.models import campaign_request
 from dispatch.provider_store import list_providers, load_provider, save_provider
+from dispatch.recipient_pages import stored_count
 from providers.config import NOT_FINITE_PROBLEM
 
 PROVIDER = """

@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from dispatch import campaigns, housekeeping, lifecycle, store
+from dispatch import campaign_reads, campaigns, housekeeping, lifecycle, store
 from dispatch.settings import Settings
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -31,7 +31,7 @@ def _paused_by_quota(r: redis.Redis, smtp: SmtpTestServer) -> str:
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(8)}
     campaign_id, batches = create_held(r, body)
     run_batches(batches, FAST)
-    summary = campaigns.campaign_summary(campaign_id, r)
+    summary = campaign_reads.campaign_summary(campaign_id, r)
     assert (summary["status"], summary["sent"], summary["queued"]) == ("paused", 5, 3)
     assert "the campaign resumes by itself at 00:00 UTC" in str(summary["reason"])
     return campaign_id
@@ -62,17 +62,17 @@ def test_the_next_day_it_resumes_and_sends_the_rest(redis_client: redis.Redis) -
 
         done, held = _sweep(redis_client, at - 1)  # not yet
         assert campaign_id not in done["resumed"] and held == []
-        assert campaigns.get_status(campaign_id, redis_client) == "paused"
+        assert campaign_reads.get_status(campaign_id, redis_client) == "paused"
 
         _new_day(redis_client)
         done, held = _sweep(redis_client, at + 30)
         assert done["resumed"] == [campaign_id] and held
-        assert campaigns.get_status(campaign_id, redis_client) == "running"
+        assert campaign_reads.get_status(campaign_id, redis_client) == "running"
         assert not redis_client.hexists(store.campaign_key(campaign_id), "resume_at")
         run_batches(held, FAST)
         campaigns.finish_if_done(campaign_id, redis_client)
         received = Counter(m.rcpt_tos[0] for m in smtp.messages)
-    assert campaigns.campaign_summary(campaign_id, redis_client)["status"] == "completed"
+    assert campaign_reads.campaign_summary(campaign_id, redis_client)["status"] == "completed"
     assert len(received) == 8 and max(received.values()) == 1
     assert _sweep(redis_client, at + 60)[0]["resumed"] == []  # once
 
@@ -84,7 +84,7 @@ def test_a_persons_pause_in_between_stands(redis_client: redis.Redis) -> None:
         _new_day(redis_client)
         done, held = _sweep(redis_client, _next_midnight() + 30)
     assert done["resumed"] == [] and held == []
-    assert campaigns.get_status(campaign_id, redis_client) == "paused"
+    assert campaign_reads.get_status(campaign_id, redis_client) == "paused"
 
 
 def test_a_quota_the_provider_reports_waits_for_a_person(redis_client: redis.Redis) -> None:
@@ -98,7 +98,7 @@ def test_a_quota_the_provider_reports_waits_for_a_person(redis_client: redis.Red
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(8)}
         campaign_id, batches = create_held(redis_client, body)
         run_batches(batches, FAST)
-        assert campaigns.get_status(campaign_id, redis_client) == "paused"
+        assert campaign_reads.get_status(campaign_id, redis_client) == "paused"
         assert not redis_client.hexists(store.campaign_key(campaign_id), "resume_at")
         done, held = _sweep(redis_client, _next_midnight() + 30)
     assert done["resumed"] == [] and held == []
@@ -134,4 +134,4 @@ def test_a_persons_pause_just_after_the_batchs_pause_stands(
     _new_day(redis_client)
     done, held = _sweep(redis_client, _next_midnight() + 30)
     assert done["resumed"] == [] and held == []
-    assert campaigns.get_status(campaign_id, redis_client) == "paused"
+    assert campaign_reads.get_status(campaign_id, redis_client) == "paused"

@@ -12,8 +12,9 @@ import orjson
 import pytest
 import redis
 
-from dispatch import campaigns
-from dispatch.campaigns import MAX_VARS_DEPTH, CampaignError, create_campaign
+from dispatch import campaign_checks, recipient_pages
+from dispatch.campaign_checks import MAX_VARS_DEPTH
+from dispatch.campaigns import CampaignError, create_campaign
 from dispatch.models import campaign_request
 from tests.helpers import recipients, smtp_provider
 
@@ -54,12 +55,12 @@ def test_vars_at_the_limit_are_stored_as_given(redis_client: redis.Redis) -> Non
     people[1100]["vars"]["x"] = _nested(MAX_VARS_DEPTH)
     people[5]["vars"]["y"] = {"a": [{"b": _nested(MAX_VARS_DEPTH - 3)}]}
     cid = _create(redis_client, people)
-    assert campaigns.stored_count(redis_client, cid) == 1200
+    assert recipient_pages.stored_count(redis_client, cid) == 1200
 
 
 def test_the_fingerprint_reads_the_same_bytes_as_before(redis_client: redis.Redis) -> None:
     """A repeat of a campaign created by an older version must still match it: the
     fingerprint hashes what orjson writes of each chunk, unchanged by the wrapping."""
     chunk = recipients(3)
-    wrapped = orjson.dumps(campaigns._deepened(chunk))
-    assert wrapped[campaigns._DEEPEN : -campaigns._DEEPEN] == orjson.dumps(chunk)
+    wrapped = orjson.dumps(campaign_checks._deepened(chunk))
+    assert wrapped[campaign_checks._DEEPEN : -campaign_checks._DEEPEN] == orjson.dumps(chunk)

@@ -9,10 +9,10 @@ import orjson
 import pytest
 import redis
 
-from dispatch import campaigns, recipient_pages, store
+from dispatch import campaign_reads, campaigns, recipient_pages, store
 from dispatch.batch_items import load_batch
-from dispatch.campaigns import RecipientAppender
 from dispatch.models import CampaignRequest
+from dispatch.recipient_append import RecipientAppender
 from dispatch.recipient_pages import PAGE
 from tests.helpers import create_held, http_provider, recipients, smtp_provider
 
@@ -38,7 +38,7 @@ def _stored(r: redis.Redis, cid: str) -> tuple[list[str], list[str]]:
         assert len(docs.split("\n")) == len(keys.split("\n")) == PAGE
     docs = [orjson.loads(d)["email"] for page in doc_pages for d in page.split("\n")]
     keys = [k for page in key_pages for k in page.split("\n")]
-    assert len(docs) == len(keys) == campaigns.get_counters(cid, r)["total"]
+    assert len(docs) == len(keys) == campaign_reads.get_counters(cid, r)["total"]
     return docs, keys
 
 

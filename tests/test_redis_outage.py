@@ -12,7 +12,7 @@ import pytest
 import redis
 from celery import Celery
 
-from dispatch import campaigns, housekeeping
+from dispatch import campaign_reads, campaigns, housekeeping
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
 from dispatch.settings import Settings
@@ -60,7 +60,7 @@ def test_a_worker_holding_batches_stays_up_when_redis_restarts(
 
         def completed() -> bool:
             housekeeping.sweep(r, enqueue)  # as beat does every 30 s
-            return campaigns.get_status(cid, r).value == "completed"
+            return campaign_reads.get_status(cid, r).value == "completed"
 
         wait_for(completed, timeout=60, interval=1.0)
         assert worker.proc.poll() is None

@@ -6,7 +6,8 @@ import contextlib
 
 import pytest
 
-from dispatch.campaigns import CampaignError, validate_content
+from dispatch.campaign_checks import validate_content
+from dispatch.campaigns import CampaignError
 from dispatch.models import CampaignRequest
 from dispatch.rendering import CompiledContent, RenderError, build_context
 from dispatch.template_sandbox import MAX_STEPS

@@ -9,7 +9,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dispatch import callbacks, campaigns, effects, housekeeping, lifecycle, reputation
+from dispatch import (
+    callbacks,
+    campaign_reads,
+    effects,
+    housekeeping,
+    lifecycle,
+    reputation,
+)
 from dispatch.settings import get_settings
 from tests.callback_support import callback_path, nested
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
@@ -33,7 +40,7 @@ def half_sent(r: redis.Redis, smtp: SmtpTestServer) -> tuple[str, list[tuple[str
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(30)}
     campaign_id, batches = create_held(r, body)
     run_batches(batches[:1])
-    summary = campaigns.campaign_summary(campaign_id, r)
+    summary = campaign_reads.campaign_summary(campaign_id, r)
     assert (summary["status"], summary["sent"]) == ("running", 10)
     return campaign_id, batches
 
@@ -63,10 +70,10 @@ def test_hard_bounces_past_the_limit_pause_the_campaign(
 ) -> None:
     campaign_id, batches = half_sent(redis_client, smtp)
     report(redis_client, campaign_id, ("soft_bounce", 0), ("delivered", 1))
-    assert campaigns.get_status(campaign_id, redis_client).value == "running"
+    assert campaign_reads.get_status(campaign_id, redis_client).value == "running"
 
     report(redis_client, campaign_id, ("hard_bounce", 2))  # 1 of 10: 10 % > 5 %
-    summary = campaigns.campaign_summary(campaign_id, redis_client)
+    summary = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert summary["status"] == "paused"
     assert summary["reason"].startswith("reputation guard: hard bounces are 10.00% of the 10")
     assert "DISPATCH_PAUSE_HARD_BOUNCE_RATE 5.00%" in summary["reason"]
@@ -76,9 +83,9 @@ def test_hard_bounces_past_the_limit_pause_the_campaign(
     # A person looked at the list and resumed: the guard leaves the campaign alone.
     lifecycle.resume(campaign_id, client=redis_client, enqueue=lambda c, b: None)
     report(redis_client, campaign_id, ("hard_bounce", 3))
-    assert campaigns.get_status(campaign_id, redis_client).value == "running"
+    assert campaign_reads.get_status(campaign_id, redis_client).value == "running"
     run_batches(batches)
-    summary = campaigns.campaign_summary(campaign_id, redis_client)
+    summary = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert (summary["status"], summary["sent"], summary["hard_bounced"]) == ("completed", 30, 2)
     assert len(smtp.messages) == 30
 
@@ -89,9 +96,9 @@ def test_spam_complaints_past_the_limit_pause_the_campaign(
 ) -> None:
     campaign_id, _ = half_sent(redis_client, smtp)
     report(redis_client, campaign_id, ("unsubscribed", 0), ("clicked", 1))
-    assert campaigns.get_status(campaign_id, redis_client).value == "running"
+    assert campaign_reads.get_status(campaign_id, redis_client).value == "running"
     report(redis_client, campaign_id, ("spam", 4))
-    summary = campaigns.campaign_summary(campaign_id, redis_client)
+    summary = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert summary["status"] == "paused"
     assert summary["reason"].startswith("reputation guard: spam complaints are 10.00%")
 
@@ -105,13 +112,13 @@ def test_too_few_sent_or_a_limit_of_zero_never_pause(
         campaign_id, _ = half_sent(redis_client, smtp)
         # 10 sent is under the default 1000 the rates are judged from.
         report(redis_client, campaign_id, ("hard_bounce", 0), ("spam", 1))
-        assert campaigns.get_status(campaign_id, redis_client).value == "running"
+        assert campaign_reads.get_status(campaign_id, redis_client).value == "running"
         monkeypatch.setenv("DISPATCH_PAUSE_MIN_SENT", "10")
         monkeypatch.setenv("DISPATCH_PAUSE_HARD_BOUNCE_RATE", "0")
         monkeypatch.setenv("DISPATCH_PAUSE_SPAM_RATE", "0")
         get_settings.cache_clear()
         report(redis_client, campaign_id, ("hard_bounce", 2), ("spam", 3))
-        assert campaigns.get_status(campaign_id, redis_client).value == "running"
+        assert campaign_reads.get_status(campaign_id, redis_client).value == "running"
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
@@ -124,12 +131,12 @@ def test_a_finished_or_person_paused_campaign_is_left_as_it_is(
     campaign_id, _ = half_sent(redis_client, smtp)
     lifecycle.pause(campaign_id, client=redis_client)
     report(redis_client, campaign_id, ("hard_bounce", 0), ("hard_bounce", 1))
-    summary = campaigns.campaign_summary(campaign_id, redis_client)
+    summary = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert (summary["status"], summary["reason"]) == ("paused", "")
     # Resuming what a person paused does not turn the guard off.
     lifecycle.resume(campaign_id, client=redis_client, enqueue=lambda c, b: None)
     report(redis_client, campaign_id, ("hard_bounce", 2))
-    assert campaigns.get_status(campaign_id, redis_client).value == "paused"
+    assert campaign_reads.get_status(campaign_id, redis_client).value == "paused"
 
 
 @pytest.mark.usefixtures("small")
@@ -138,7 +145,7 @@ def test_a_bounce_applied_while_a_person_resumes_does_not_undo_the_resume(
 ) -> None:
     campaign_id, _ = half_sent(redis_client, smtp)
     report(redis_client, campaign_id, ("hard_bounce", 0))
-    assert campaigns.get_status(campaign_id, redis_client).value == "paused"
+    assert campaign_reads.get_status(campaign_id, redis_client).value == "paused"
 
     # Bounces keep coming (5 % of a campaign's messages is a steady stream): one batch
     # is applied right after the resume moved the status back to running.
@@ -154,7 +161,7 @@ def test_a_bounce_applied_while_a_person_resumes_does_not_undo_the_resume(
     assert (summary["status"], summary["reason"]) == ("running", "")
     monkeypatch.setattr(lifecycle, "_transition", transition)
     report(redis_client, campaign_id, ("hard_bounce", 1))
-    assert campaigns.get_status(campaign_id, redis_client).value == "running"
+    assert campaign_reads.get_status(campaign_id, redis_client).value == "running"
 
 
 def test_housekeeping_pauses_a_campaign_whose_rate_crossed_after_its_last_callback(
@@ -168,13 +175,13 @@ def test_housekeeping_pauses_a_campaign_whose_rate_crossed_after_its_last_callba
     try:
         campaign_id, batches = half_sent(redis_client, smtp)
         report(redis_client, campaign_id, ("hard_bounce", 0), ("hard_bounce", 1))
-        assert campaigns.get_status(campaign_id, redis_client).value == "running"  # 10 < 15
+        assert campaign_reads.get_status(campaign_id, redis_client).value == "running"  # 10 < 15
         run_batches(batches[1:2])  # 20 sent now, 2 bounced: 10 %, and no callback since
-        assert campaigns.get_status(campaign_id, redis_client).value == "running"
+        assert campaign_reads.get_status(campaign_id, redis_client).value == "running"
 
         done = housekeeping.sweep(redis_client, lambda c, b: None)
         assert done["paused"] == [campaign_id]
-        summary = campaigns.campaign_summary(campaign_id, redis_client)
+        summary = campaign_reads.campaign_summary(campaign_id, redis_client)
         assert summary["status"] == "paused"
         assert "hard bounces are 10.00% of the 20" in summary["reason"]
     finally:

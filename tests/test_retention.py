@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, lifecycle, retention, store, suppressions
+from dispatch import campaign_reads, lifecycle, retention, store, suppressions
 from dispatch.celery_app import app
 from dispatch.client import Gone
 from dispatch.models import CampaignStatus
@@ -44,7 +44,7 @@ def body(n: int = 5, campaign_id: str = "ret1") -> dict[str, object]:
 def sent_campaign(r: redis.Redis, smtp: SmtpTestServer, n: int = 5) -> str:
     smtp_provider(r, smtp.port)
     campaign_id, _ = run_inline(r, body(n))
-    assert campaigns.campaign_summary(campaign_id, r)["status"] == "completed"
+    assert campaign_reads.campaign_summary(campaign_id, r)["status"] == "completed"
     assert len(smtp.messages) == n
     return campaign_id
 
@@ -57,7 +57,7 @@ def test_a_finished_campaign_keeps_its_report_and_loses_its_per_message_data(
     redis_client: redis.Redis, smtp: SmtpTestServer
 ) -> None:
     campaign_id = sent_campaign(redis_client, smtp)
-    before = campaigns.campaign_summary(campaign_id, redis_client)
+    before = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert existing(redis_client, campaign_id)  # recipients, address keys, ledger
     assert before["purged_at"] is None
 
@@ -67,7 +67,7 @@ def test_a_finished_campaign_keeps_its_report_and_loses_its_per_message_data(
     assert retention.purge_due(redis_client, now=now) == [campaign_id]
 
     assert existing(redis_client, campaign_id) == []
-    after = campaigns.campaign_summary(campaign_id, redis_client)
+    after = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert after["purged_at"] == pytest.approx(now)
     assert {k: v for k, v in after.items() if k != "purged_at"} == {
         k: v for k, v in before.items() if k != "purged_at"
@@ -192,7 +192,7 @@ def test_callbacks_after_the_purge_still_count_once_suppress_and_publish(
     assert post(api, path, nested(*events)).status_code == 200
     wait_for(lambda: inbox_empty(redis_client), timeout=60)
 
-    counters = campaigns.get_counters(campaign_id, redis_client)
+    counters = campaign_reads.get_counters(campaign_id, redis_client)
     assert counters["delivered"] == 2 and counters["hard_bounced"] == 1
     entry = suppressions.get("user2@example.com", client=redis_client)
     assert entry is not None and entry["reason"] == "hard_bounce"
@@ -208,7 +208,7 @@ def test_a_campaign_retried_while_the_purge_runs_keeps_what_it_queued(
     smtp.handler.data_reply = lambda e: "554 5.0.0 refused" if "user1@" in e.rcpt_tos[0] else None
     smtp_provider(redis_client, smtp.port)
     campaign_id, _ = run_inline(redis_client, body(3))
-    assert campaigns.campaign_summary(campaign_id, redis_client)["failed"] == 1
+    assert campaign_reads.campaign_summary(campaign_id, redis_client)["failed"] == 1
     smtp.handler.data_reply = lambda e: None
     old = time.time() - 40 * DAY
     redis_client.zadd(store.CAMPAIGNS_ZSET, {campaign_id: old})
@@ -238,14 +238,14 @@ def test_a_campaign_retried_while_the_purge_runs_keeps_what_it_queued(
     monkeypatch.setattr(retention, "purge", retry_failed_lands_first)
     assert retention.purge_due(redis_client) == []
     assert retried[0].retried == 1
-    assert campaigns.campaign_summary(campaign_id, redis_client)["purged_at"] is None
+    assert campaign_reads.campaign_summary(campaign_id, redis_client)["purged_at"] is None
 
     # The rest of retry-failed: the campaign runs again and sends the message.
     lifecycle._transition(
         redis_client, campaign_id, CampaignStatus.RUNNING, [CampaignStatus.COMPLETED]
     )
     run_batches([(campaign_id, 0)])
-    summary = campaigns.campaign_summary(campaign_id, redis_client)
+    summary = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 3, 0)
     assert len(smtp.messages) == 3
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from dispatch import campaigns
+from dispatch import campaign_reads, campaigns
 from dispatch.cli import main
 from dispatch.models import campaign_request
 from dispatch.provider_store import save_provider
@@ -115,7 +115,7 @@ def test_follow_names_the_messages_neither_sent_nor_failed(
     """Two recipients on the suppression list: the line read "2/2 100.0% sent 0 failed 0"."""
     summary = {"status": "completed", "total": 2, "queued": 0, "sent": 0, "failed": 0,
                "suppressed": 2, "unknown": 0, "cancelled": 0, "expired": 0}  # fmt: skip
-    monkeypatch.setattr(campaigns, "campaign_summary", lambda campaign_id: summary)
+    monkeypatch.setattr(campaign_reads, "campaign_summary", lambda campaign_id: summary)
     code, _, err = run(capsys, "status", "c", "--follow")
     assert code == 0, err
     assert "2/2 100.0%" in err and err.splitlines()[-1].endswith("sent 0 failed 0 suppressed 2")
@@ -139,7 +139,7 @@ def test_follow_fails_when_not_one_message_was_sent(
     summary = {"status": "completed", "total": 3, "queued": 0, "sent": sent, "failed": failed,
                "suppressed": 3 - sent - failed - unknown, "unknown": unknown, "cancelled": 0,
                "expired": 0}  # fmt: skip
-    monkeypatch.setattr(campaigns, "campaign_summary", lambda campaign_id: summary)
+    monkeypatch.setattr(campaign_reads, "campaign_summary", lambda campaign_id: summary)
     got, _, err = run(capsys, "status", "c", "--follow")
     assert got == code, err
     said = "campaign 'c': no message was sent" in err

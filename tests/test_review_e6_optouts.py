@@ -14,7 +14,7 @@ import pytest
 import redis
 from aiosmtpd.smtp import Envelope
 
-from dispatch import campaigns, preferences, store, suppressions
+from dispatch import campaign_reads, campaigns, preferences, store, suppressions
 from dispatch.ledger import parse_record
 from dispatch.settings import Settings
 from tests import helpers
@@ -73,7 +73,7 @@ def test_a_category_opt_out_skips_that_category_only_and_says_why(
         smtp.messages.clear()
         in_b, _ = run_inline(redis_client, {**body, "recipients": later, "category": "B"}, FAST)
         assert len(smtp.messages) == 3  # all but Bo
-    summary = campaigns.campaign_summary(in_a, redis_client)
+    summary = campaign_reads.campaign_summary(in_a, redis_client)
     assert (summary["sent"], summary["suppressed"], summary["queued"]) == (1, 3, 0)
     with api_client(api_server) as http:
         page = http.get(f"/v1/campaigns/{in_a}/messages", params={"status": "suppressed"})
@@ -84,7 +84,7 @@ def test_a_category_opt_out_skips_that_category_only_and_says_why(
         "Kai@xn--BCHER-kva.example": OPTED_OUT_OF_A,
         "bo@example.com": "on the suppression list",
     }
-    summary = campaigns.campaign_summary(in_b, redis_client)
+    summary = campaign_reads.campaign_summary(in_b, redis_client)
     assert (summary["sent"], summary["suppressed"]) == (3, 1)
 
 
@@ -116,7 +116,7 @@ def test_an_opt_out_during_a_campaign_applies_from_its_next_batch(
     assert states == {seq: "sent" if seq != 4 else "suppressed" for seq in range(9)}
     assert _records(redis_client, cid)[4]["detail"] == OPTED_OUT_OF_A
     campaigns.finish_if_done(cid, redis_client)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["sent"], summary["suppressed"], summary["queued"]) == (8, 1, 0)
     assert summary["status"] == "completed"
 
@@ -141,7 +141,7 @@ def test_a_batch_claimed_by_its_load_leaves_the_opted_out_unclaimed(
     records = _records(redis_client, cid)
     assert {seq for seq, rec in records.items() if rec["state"] == "suppressed"} == {1, 3}
     assert {records[1]["detail"], records[3]["detail"]} == {OPTED_OUT_OF_A}
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["sent"], summary["suppressed"], summary["queued"]) == (2, 2, 0)
 
 
@@ -168,7 +168,7 @@ def test_after_unsubscribe_from_all_is_removed_the_category_choices_stand(
         smtp.messages.clear()
         in_b, _ = run_inline(redis_client, {**body, "recipients": ann, "category": "B"}, FAST)
         assert smtp.messages == []
-        assert campaigns.get_counters(in_b, redis_client)["suppressed"] == 1
+        assert campaign_reads.get_counters(in_b, redis_client)["suppressed"] == 1
         with api_client(api_server) as api:
             assert api.delete("/v1/suppressions/Ann@Example.com").status_code == 204
         with api_client(api_server, token=None) as http:

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, store
-from dispatch.campaigns import RecipientAppender
+from dispatch import campaign_reads, campaigns, housekeeping, store
 from dispatch.models import CampaignRequest
+from dispatch.recipient_append import RecipientAppender
 from dispatch.settings import get_settings
 from tests.helpers import campaign_body, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -56,7 +56,7 @@ def test_a_fill_taken_over_after_the_batch_size_changed_sends_everyone(
     )
     assert again == ("h4-size", False)  # the client's retry took the fill over
     run_batches(batches)
-    summary = campaigns.campaign_summary("h4-size", redis_client)
+    summary = campaign_reads.campaign_summary("h4-size", redis_client)
     assert (summary["status"], summary["total"], summary["sent"]) == ("completed", N, N)
     got = Counter(m.rcpt_tos[0] for m in smtp.messages)
     assert len(got) == N and max(got.values()) == 1
@@ -78,5 +78,5 @@ def test_housekeeping_restarts_every_stored_batch_of_a_campaign_cut_to_another_s
     done = housekeeping.sweep(redis_client, lambda c, b: again.append((c, b)))
     assert done["restarted"] == ["h4-size"] and again == lost
     run_batches(again)
-    summary = campaigns.campaign_summary("h4-size", redis_client)
+    summary = campaign_reads.campaign_summary("h4-size", redis_client)
     assert (summary["total"], summary["sent"], summary["queued"]) == (4, 4, 0)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, lifecycle, reputation, store
+from dispatch import campaign_reads, campaigns, lifecycle, reputation, store
 from dispatch.models import CampaignRequest
 from tests.helpers import campaign_body, create_held, smtp_provider
 
@@ -21,7 +21,7 @@ def _paused_before_start(r: redis.Redis, campaign_id: str, send_at: datetime) ->
     smtp_provider(r, 2525)
     body = campaign_body(campaign_id, 3, send_at=send_at.isoformat())
     campaigns.create_campaign(CampaignRequest.model_validate(body), client=r)
-    assert campaigns.get_status(campaign_id, r).value == "scheduled"
+    assert campaign_reads.get_status(campaign_id, r).value == "scheduled"
     lifecycle.pause(campaign_id, client=r)
 
 
@@ -50,7 +50,7 @@ def test_a_pause_landing_inside_a_resume_never_starts_a_campaign_before_send_at(
     monkeypatch.setattr(reputation, "stand_down", pause_lands_meanwhile)
     summary = lifecycle.resume("h4-race", client=redis_client, enqueue=enqueue)
     assert enqueued == []
-    status = campaigns.get_status("h4-race", redis_client).value
+    status = campaign_reads.get_status("h4-race", redis_client).value
     assert summary["status"] == status
     assert not redis_client.hexists(store.campaign_key("h4-race"), "started_at")
     # Either order of the two is right: paused (out of the schedule), or waiting in it.
@@ -99,7 +99,7 @@ def test_a_resume_cut_short_before_the_start_leaves_the_campaign_to_beat(
         client=redis_client, enqueue=lambda c, b: enqueued.append((c, b))
     )
     assert started == ["h4-cut"] and enqueued == [("h4-cut", 0)]
-    assert campaigns.get_status("h4-cut", redis_client).value == "running"
+    assert campaign_reads.get_status("h4-cut", redis_client).value == "running"
 
 
 def test_pausing_a_campaign_the_workers_paused_keeps_their_reason(

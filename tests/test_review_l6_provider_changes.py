@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, provider_store, store
+from dispatch import campaign_reads, campaigns, provider_store, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.sending import BatchResult, run_batch
@@ -117,9 +117,9 @@ def test_a_saved_host_and_password_reach_the_batch_that_is_sending(
     assert len(old.messages) - at_save[0] <= 2  # was: the whole batch, 10 after the save
     assert new.messages  # the rest, there
     assert sorted(_addresses(old, new)) == sorted(r["email"] for r in recipients(12))
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"]) == (12, 0)
-    assert campaigns.get_status(cid, redis_client) == "completed"
+    assert campaign_reads.get_status(cid, redis_client) == "completed"
 
 
 def test_the_same_configuration_saved_again_does_not_stop_the_batch(
@@ -163,8 +163,8 @@ def test_a_provider_deleted_while_its_batch_sends_pauses_the_campaign_at_once(
     sent = len(old.messages)
     assert sent - at_delete[0] <= 2  # was: the whole batch, 10 after the delete
     assert result.paused_reason == "provider 'local' is gone"
-    assert campaigns.get_status(cid, redis_client) == "paused"
-    counters = campaigns.get_counters(cid, redis_client)
+    assert campaign_reads.get_status(cid, redis_client) == "paused"
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"], counters["queued"]) == (sent, 0, 12 - sent)
     assert redis_client.hget(store.INCIDENTS_HASH, "pause|provider_deleted") == "1"
     assert not _slots(redis_client) and len(pool) == 0
@@ -197,11 +197,11 @@ def test_credentials_fixed_while_a_batch_fails_with_the_old_ones_do_not_pause_it
         pool = SessionPool(30.0)
         first = _run(cid, pool)
         assert not first.paused_reason and first.retry_at is not None
-        assert campaigns.get_status(cid, redis_client) == "running"  # was: paused
+        assert campaign_reads.get_status(cid, redis_client) == "running"  # was: paused
         _run(cid, pool)
         asyncio.run(pool.close_all())
     assert sorted(_addresses(server)) == sorted(r["email"] for r in recipients(5))
-    assert campaigns.get_status(cid, redis_client) == "completed"
+    assert campaign_reads.get_status(cid, redis_client) == "completed"
     assert redis_client.hget(store.INCIDENTS_HASH, "pause|authentication") is None
     for seq in range(5):
         record = parse_record(redis_client.hget(store.ledger_key(cid), str(seq)))

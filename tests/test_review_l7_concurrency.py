@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import redis
 
-from dispatch import campaigns, store, suppressions
+from dispatch import campaign_reads, store, suppressions
 from dispatch.ledger import parse_record
 from dispatch.suppressions import suppression_key
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
@@ -44,7 +44,7 @@ def test_an_address_suppressed_while_its_batch_sends_gets_nothing(
     assert listed["detail"] == "on the suppression list"
     assert opted is not None and opted["state"] == "suppressed"
     assert opted["detail"] == 'opted out of category "news" in the preference center'
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["sent"], summary["suppressed"], summary["queued"]) == (n - 2, 2, 0)
     assert summary["status"] == "completed"
     stats = redis_client.hgetall(store.MESSAGE_STATS_HASH)

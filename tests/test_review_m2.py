@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, campaigns, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
@@ -132,7 +132,7 @@ def test_the_rest_of_a_partial_grant_does_not_wait_claimed_while_the_granted_par
             states = _states(r, cid, 50)
             assert states["unknown"] == 10, states
             assert states["retry"] + states["queued"] == 40, states
-            summary = campaigns.campaign_summary(cid, r)
+            summary = campaign_reads.campaign_summary(cid, r)
             assert summary["status"] == "paused" and summary["queued"] == 40, summary
             assert len(sink.requests) == 1  # nothing more went out
     finally:
@@ -180,7 +180,7 @@ def test_one_chunk_batches_waiting_for_pace_and_slots_through_kills_and_operator
 
         def done() -> bool:
             housekeeping.sweep(r, enqueue)
-            return campaigns.get_status(cid, r).value == "completed"
+            return campaign_reads.get_status(cid, r).value == "completed"
 
         wait_for(done, timeout=90, interval=0.5)
         arrived = _arrived(sink)
@@ -217,7 +217,7 @@ def test_a_batch_that_waits_for_the_pace_counts_no_retry_in_metrics(
             http_provider(redis_client, sink.url, rate_per_second=20)
             body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(40)}
             cid, _ = run_inline(redis_client, body)
-        assert campaigns.campaign_summary(cid, redis_client)["sent"] == 40
+        assert campaign_reads.campaign_summary(cid, redis_client)["sent"] == 40
         stats = redis_client.hgetall(store.MESSAGE_STATS_HASH)
         assert stats == {"esp|sent": "40"}, stats
     finally:
@@ -284,7 +284,7 @@ def test_one_chunk_batches_waiting_their_turn_through_a_redis_restart(
                 if worker.proc is not None and worker.proc.poll() is not None:
                     worker.start()  # Celery may end a worker on the lost connection
                 housekeeping.sweep(r, enqueue)
-                return campaigns.get_status(cid, r).value == "completed"
+                return campaign_reads.get_status(cid, r).value == "completed"
 
             wait_for(completed, timeout=60, interval=0.5)
             arrived = _arrived(sink)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, suppressions
+from dispatch import campaign_reads, campaigns, suppressions
 from dispatch.models import CampaignRequest
 from dispatch.provider_store import save_provider
 from tests.callback_support import (
@@ -82,7 +82,7 @@ def send(r: redis.Redis, nickname: str, campaign_id: str, emails: list[str], **f
          "recipients": [{"email": e} for e in emails], **fields}
     )  # fmt: skip
     campaigns.create_campaign(request, client=r)
-    wait_for(lambda: campaigns.get_status(campaign_id, r).value == "completed", timeout=60)
+    wait_for(lambda: campaign_reads.get_status(campaign_id, r).value == "completed", timeout=60)
 
 
 @dataclass
@@ -194,7 +194,7 @@ def callback(
 def check_landed(r: redis.Redis, campaign_id: str, messages: list[Received]) -> None:
     """Each message's hard bounce counted once, published with its meta, suppressed."""
     settle(r)
-    assert campaigns.get_counters(campaign_id, r)["hard_bounced"] == len(messages)
+    assert campaign_reads.get_counters(campaign_id, r)["hard_bounced"] == len(messages)
     entries = [e for e in callback_entries(r) if e["campaign_id"] == campaign_id]
     assert sorted(e["meta"] for e in entries if e["event"] == "Notification Failed") == sorted(
         wire_header(m, META) for m in messages
@@ -255,7 +255,7 @@ def test_generic_http_round_trip(
     n = len(emails)
     assert answer.json() == {"TOTAL_EVENTS": n, "PROCESSED_EVENTS": n, "UNPROCESSED_EVENTS": []}
     settle(redis_client)
-    assert campaigns.get_counters("m4-http", redis_client)["hard_bounced"] == len(emails)
+    assert campaign_reads.get_counters("m4-http", redis_client)["hard_bounced"] == len(emails)
     published = {e["meta"] for e in callback_entries(redis_client)}
     assert published == {m["mid"] for m in sent}
     for m in sent:
@@ -278,11 +278,11 @@ def test_a_meta_whose_seq_names_another_recipients_message_counts_nowhere(
     altered = sent[: -len("0|")] + "1|"
     trip.bounce(a, 0, meta=altered)
     settle(trip.r)
-    assert campaigns.get_counters(cid, trip.r)["hard_bounced"] == 0
+    assert campaign_reads.get_counters(cid, trip.r)["hard_bounced"] == 0
     assert suppressions.get("a@example.com", client=trip.r) is not None
     assert {e["meta"] for e in callback_entries(trip.r)} == {altered}
 
     trip.bounce(b, 1)
     settle(trip.r)
-    assert campaigns.get_counters(cid, trip.r)["hard_bounced"] == 1
+    assert campaign_reads.get_counters(cid, trip.r)["hard_bounced"] == 1
     assert suppressions.get("b@example.com", client=trip.r) is not None

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, ledger, store
+from dispatch import campaign_reads, ledger, store
 from dispatch.settings import Settings
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import parse_provider_config
@@ -96,7 +96,7 @@ def test_a_cc_or_bcc_readers_unsubscribe_button_unsubscribes_no_recipient(
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3),
             **COPIES}  # fmt: skip
     cid, _ = run_inline(redis_client, body, FAST)
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 3
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 3
     to = {f"user{i}@example.com" for i in range(3)}
     everyone = (*sorted(to), *COPIES["cc"], *COPIES["bcc"])
 
@@ -153,7 +153,7 @@ def test_a_copy_refused_leaves_the_message_sent_and_says_so(
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(2),
             **COPIES}  # fmt: skip
     cid, _ = run_inline(redis_client, body, FAST)
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"], counters["queued"]) == (2, 0, 0)
     assert sorted(m.rcpt_tos for m in smtp.messages) == [
         ["user0@example.com"],

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, lifecycle, store
+from dispatch import campaign_reads, campaigns, lifecycle, store
 from dispatch.ledger import parse_record
 from dispatch.limits import ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings
@@ -81,7 +81,7 @@ def test_a_paced_batch_pauses_only_once_the_quota_is_really_used(
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(40)}
         cid, batches = create_held(redis_client, body)
         _run(redis_client, batches, cid)
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert (summary["status"], summary["sent"], summary["queued"]) == ("paused", 30, 10)
         assert str(summary["reason"]).startswith("daily quota of 30 messages for provider")
         assert len(smtp.messages) == 30 == _quota_used(redis_client)
@@ -90,13 +90,13 @@ def test_a_paced_batch_pauses_only_once_the_quota_is_really_used(
         assert states["sent"] == 30 and "claimed" not in states  # none left claimed
 
         _run(redis_client, _resume(redis_client, cid), cid)  # the same day
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert (summary["status"], summary["sent"], len(smtp.messages)) == ("paused", 30, 30)
 
         _new_day(redis_client)
         _run(redis_client, _resume(redis_client, cid), cid)
         received = Counter(m.rcpt_tos[0] for m in smtp.messages)
-    assert campaigns.campaign_summary(cid, redis_client)["status"] == "completed"
+    assert campaign_reads.campaign_summary(cid, redis_client)["status"] == "completed"
     assert sorted(received) == sorted(str(x["email"]) for x in recipients(40))
     assert max(received.values()) == 1
     assert _states(redis_client, cid) == {"sent": 40}
@@ -117,7 +117,7 @@ def test_messages_refused_by_a_session_are_sent_by_another_before_the_pause(
         cid, batches = create_held(redis_client, body)
         _run(redis_client, batches, cid)
         delivered = len(smtp.messages)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("paused", 10, 2)
     assert delivered == 10 == _quota_used(redis_client)
     assert summary["queued"] == 18 and _grants_out(redis_client) == 0
@@ -134,7 +134,7 @@ def test_a_campaign_smaller_than_the_quota_completes_and_counts_what_it_sent(
         cid, batches = create_held(redis_client, body)
         _run(redis_client, batches, cid)
         delivered = Counter(m.rcpt_tos[0] for m in smtp.messages)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"]) == ("completed", 20)
     assert len(delivered) == 20 and max(delivered.values()) == 1
     assert _quota_used(redis_client) == 20 and _grants_out(redis_client) == 0
@@ -154,7 +154,7 @@ def test_two_worker_processes_pause_only_once_the_quota_is_used(
 
         def settled() -> dict[str, Any]:
             # Every batch done with: nothing claimed, every grant settled.
-            summary = campaigns.campaign_summary(cid, r)
+            summary = campaign_reads.campaign_summary(cid, r)
             assert summary["status"] == "paused"
             wait_for(lambda: "claimed" not in _states(r, cid) and not _grants_out(r), timeout=30)
             return summary
@@ -242,7 +242,7 @@ def test_messages_with_more_recipients_than_the_daily_recipient_quota_say_so(
     go on any day, and the pause says that, not that today's quota is used up and the
     campaign may be resumed after midnight UTC."""
     cid, delivered = gmail_with_cc(redis_client, 3, 3)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["queued"]) == ("paused", 0, 3)
     assert delivered == 0
     reason = str(summary["reason"])

@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from dispatch import batch_items, campaigns, lifecycle, sending, store, suppressions
+from dispatch import batch_items, campaign_reads, lifecycle, sending, store, suppressions
 from dispatch.ledger import BatchLease, LedgerWriter, record
 from dispatch.limits import ConnectionSlots
 from dispatch.models import MessageState
@@ -235,7 +235,7 @@ def test_a_give_back_leaves_a_record_someone_else_wrote(redis_client: redis.Redi
 
     asyncio.run(go())
     assert _states(redis_client, cid) == {0: "cancelled", 1: "cancelled", 2: "cancelled"}
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["cancelled"], counters["queued"]) == (3, 0)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, lifecycle, store
+from dispatch import campaign_reads, campaigns, housekeeping, lifecycle, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
@@ -64,7 +64,7 @@ class _Stack:
             if worker.proc is not None and worker.proc.poll() is not None:
                 worker.start()
         housekeeping.sweep(self.r, self.enqueue)  # as beat does
-        return campaigns.get_status(cid, self.r).value
+        return campaign_reads.get_status(cid, self.r).value
 
     def settled(self, cid: str) -> str:
         """Until the campaign is paused or completed with nothing claimed and no batch
@@ -134,7 +134,7 @@ def test_copies_and_a_recipient_quota_through_a_redis_restart_a_pause_and_a_kill
         rcpts_by_day.append(rcpts() - day_start)
         if done:
             break
-        assert "recipient quota" in str(campaigns.campaign_summary(cid, stack.r)["reason"])
+        assert "recipient quota" in str(campaign_reads.campaign_summary(cid, stack.r)["reason"])
         for key in stack.r.scan_iter(match=f"{store.PREFIX}:recipient-quota:local:*"):
             stack.r.delete(key)  # midnight UTC
         day_start = rcpts()

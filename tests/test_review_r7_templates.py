@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch.campaigns import CampaignError, validate_content
+from dispatch.campaign_checks import validate_content
+from dispatch.campaigns import CampaignError
 from dispatch.models import CampaignRequest
 from dispatch.rendering import CompiledContent, RenderError, build_context
 from dispatch.text_part import derive_text_template, html_to_text

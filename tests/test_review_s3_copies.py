@@ -16,7 +16,7 @@ import pytest
 import redis
 from redis.asyncio.client import Pipeline
 
-from dispatch import campaigns, store, suppressions
+from dispatch import campaign_reads, store, suppressions
 from dispatch.settings import get_settings
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -54,7 +54,7 @@ def test_a_cc_suppressed_between_two_batches_gets_no_more_copies(
     with caplog.at_level(logging.WARNING, logger="dispatch.sending"):
         run_batches(batches[1:])
 
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["queued"], counters["failed"]) == (4, 0, 0)
     got: dict[str, list[str]] = {}  # who received the message of each To recipient
     for m in smtp.messages:
@@ -103,8 +103,8 @@ def test_a_bcc_suppressed_before_the_first_batch_and_its_campaign_completes(
     assert sorted(m.rcpt_tos for m in smtp.messages) == [
         [f"user{i}@example.com", BOSS] for i in range(3)
     ]
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 3
-    assert campaigns.get_status(cid, redis_client).value == "completed"
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 3
+    assert campaign_reads.get_status(cid, redis_client).value == "completed"
 
 
 def test_the_load_reads_nothing_more_for_a_campaign_without_cc_or_bcc(

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import redis
 
-from dispatch import campaigns, housekeeping, lifecycle, retention, store
+from dispatch import (
+    campaign_reads,
+    campaigns,
+    housekeeping,
+    lifecycle,
+    recipient_append,
+    retention,
+    store,
+)
 from dispatch.models import CampaignStatus
 from tests.helpers import campaign_body as body
 from tests.helpers import create_held, recipients, smtp_provider
@@ -24,20 +32,23 @@ def test_a_draft_drops_its_address_set_when_it_starts_or_is_scheduled(
     smtp_provider(redis_client, 9)
     for campaign_id, send_at in (("started", None), ("later", "2099-01-01T00:00:00Z")):
         create_held(redis_client, {**body(campaign_id, 0), "draft": True, "send_at": send_at})
-        campaigns.append_recipients(campaign_id, recipients(30), client=redis_client)
+        recipient_append.append_recipients(campaign_id, recipients(30), client=redis_client)
         # An address appended twice is still stored once while it is a draft.
-        assert campaigns.append_recipients(campaign_id, recipients(31), client=redis_client) == 1
+        assert (
+            recipient_append.append_recipients(campaign_id, recipients(31), client=redis_client)
+            == 1
+        )
         assert redis_client.exists(store.addresses_key(campaign_id))
 
         campaigns.start_campaign(campaign_id, client=redis_client, enqueue=ignore)
 
         expected = CampaignStatus.RUNNING if send_at is None else CampaignStatus.SCHEDULED
-        assert campaigns.get_status(campaign_id, redis_client) is expected
+        assert campaign_reads.get_status(campaign_id, redis_client) is expected
         assert not redis_client.exists(store.addresses_key(campaign_id))
-        assert campaigns.get_counters(campaign_id, redis_client)["total"] == 31
+        assert campaign_reads.get_counters(campaign_id, redis_client)["total"] == 31
     # A list posted with its send_at ahead is stored as a draft's, then scheduled.
     create_held(redis_client, body("posted", 20, send_at="2099-01-01T00:00:00Z"))
-    assert campaigns.get_status("posted", redis_client) is CampaignStatus.SCHEDULED
+    assert campaign_reads.get_status("posted", redis_client) is CampaignStatus.SCHEDULED
     assert not redis_client.exists(store.addresses_key("posted"))
 
 
@@ -51,14 +62,14 @@ def test_settling_a_purged_campaign_writes_no_ledger_and_moves_no_counter(
     for campaign_id, status in (("c1", CampaignStatus.CANCELLED), ("e1", CampaignStatus.EXPIRED)):
         create_held(redis_client, body(campaign_id, 5))
         lifecycle._end(campaign_id, status, "ended", redis_client, ignore, None)
-        before = campaigns.get_counters(campaign_id, redis_client)
+        before = campaign_reads.get_counters(campaign_id, redis_client)
         assert before[status.value] == 5 and before["queued"] == 0
         assert retention.purge(redis_client, campaign_id)
 
         assert lifecycle.settle_ended(campaign_id, status, redis_client, ignore) == 0
 
         assert not redis_client.exists(store.ledger_key(campaign_id))
-        assert campaigns.get_counters(campaign_id, redis_client) == before
+        assert campaign_reads.get_counters(campaign_id, redis_client) == before
 
 
 def test_housekeeping_leaves_a_purged_campaign_that_still_counts_queued_messages(
@@ -72,7 +83,7 @@ def test_housekeeping_leaves_a_purged_campaign_that_still_counts_queued_messages
     lifecycle.cancel(
         campaign_id, client=redis_client, enqueue=ignore, settle_later=lambda c, s: None
     )
-    assert campaigns.get_counters(campaign_id, redis_client)["queued"] == 7  # not settled
+    assert campaign_reads.get_counters(campaign_id, redis_client)["queued"] == 7  # not settled
     assert redis_client.zscore(store.ACTIVE_ZSET, campaign_id) is not None
     assert retention.purge(redis_client, campaign_id)
 

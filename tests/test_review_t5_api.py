@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from dispatch import store
-from dispatch.campaigns import RecipientAppender
+from dispatch.recipient_append import RecipientAppender
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers
 from tests.helpers import recipients, smtp_provider

@@ -17,7 +17,7 @@ import pytest
 import redis
 from aiosmtpd.smtp import AuthResult
 
-from dispatch import campaigns, lifecycle, store
+from dispatch import campaign_reads, campaigns, lifecycle, store
 from dispatch.settings import Settings
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -40,7 +40,7 @@ def _run(r: redis.Redis, server: SmtpTestServer, n: int = 10, **fields: Any) -> 
     cid, batches = create_held(r, body)
     run_batches(batches, FAST, rounds=3)
     campaigns.finish_if_done(cid, r)
-    summary = campaigns.campaign_summary(cid, r)
+    summary = campaign_reads.campaign_summary(cid, r)
     summary["cid"], summary["batches"] = cid, batches
     return summary
 
@@ -103,7 +103,7 @@ def test_a_reply_that_the_account_cannot_send_pauses_the_campaign_naming_it(
         lifecycle.resume(summary["cid"], client=redis_client, enqueue=lambda c, b: None)
         run_batches(summary["batches"], FAST, rounds=3)
         received = sorted(m.rcpt_tos[0] for m in server.messages)
-    summary = campaigns.campaign_summary(summary["cid"], redis_client)
+    summary = campaign_reads.campaign_summary(summary["cid"], redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 10, 0)
     assert received == sorted(f"user{i}@example.com" for i in range(10))
 
@@ -148,7 +148,7 @@ def test_a_relay_refusing_to_relay_for_us_trips_the_failure_breaker(
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(10)}
         cid, batches = create_held(redis_client, body)
         run_batches(batches, FAST.model_copy(update={"pause_after_failures": 4}), rounds=3)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "paused"
     assert "Relay access denied" in summary["reason"]
     assert summary["sent"] == 0 and summary["queued"] > 0
@@ -168,7 +168,7 @@ def test_a_relay_refusing_some_domains_fails_those_messages_alone(
         cid, batches = create_held(redis_client, body)
         run_batches(batches, FAST, rounds=3)
         campaigns.finish_if_done(cid, redis_client)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 6, 4)
 
 
@@ -204,14 +204,14 @@ def test_a_login_refused_for_now_is_retried_later_not_paused(
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
         cid, batches = create_held(redis_client, body)
         run_batches(batches, PARKED, rounds=1)
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert summary["status"] == "running"  # waiting, not paused
         assert (summary["sent"], summary["failed"], summary["queued"]) == (0, 0, 5)
         server.accept = True
         run_batches(batches, PARKED, rounds=5)
         campaigns.finish_if_done(cid, redis_client)
         received = sorted(m.rcpt_tos[0] for m in server.messages)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 5, 0)
     assert received == sorted(f"user{i}@example.com" for i in range(5))
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 import yaml
 
-from dispatch import campaigns, lifecycle, store
+from dispatch import campaign_reads, campaigns, lifecycle, store
 from dispatch.cli import main
 from dispatch.client import DispatchClient, Unavailable
 from dispatch.models import campaign_request
@@ -87,7 +87,7 @@ def test_follow_gives_up_on_a_redis_gone_for_good(
             return summary
         raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(campaigns, "campaign_summary", read)
+    monkeypatch.setattr(campaign_reads, "campaign_summary", read)
     monkeypatch.setattr(dispatch.cli, "FOLLOW_OUTAGE_SECONDS", 0.0)
     fake_time = SimpleNamespace(sleep=lambda seconds: None, monotonic=time.monotonic)
     monkeypatch.setattr(dispatch.cli, "time", fake_time)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaigns, store, suppressions
+from dispatch import campaign_reads, campaigns, store, suppressions
 from dispatch.models import CampaignRequest
 from dispatch.settings import get_settings
 from dispatch.unsubscribe import make_token
@@ -67,9 +67,9 @@ def lost_send(r: redis.Redis, campaign_id: str) -> str:
         body = {"id": campaign_id, "provider": "esp", "subject": "s", "html": "h",
                 "recipients": [{"email": "lost@example.com"}]}  # fmt: skip
         campaigns.create_campaign(CampaignRequest.model_validate(body), client=r)
-        wait_for(lambda: campaigns.get_status(campaign_id, r).value == "completed", timeout=60)
+        wait_for(lambda: campaign_reads.get_status(campaign_id, r).value == "completed", timeout=60)
         meta: str = esp.requests[0].json()["msgs"][0]["mid"]
-    assert campaigns.get_counters(campaign_id, r)["unknown"] == 1
+    assert campaign_reads.get_counters(campaign_id, r)["unknown"] == 1
     return meta
 
 
@@ -93,7 +93,7 @@ def test_a_meta_whose_seq_no_campaign_has_leaves_its_neighbours_applied(
     assert post(api, paths["gen"], events).json() == SUCCESS
     settle(r, timeout=30)
 
-    counters = campaigns.get_counters("c-seq", r)
+    counters = campaign_reads.get_counters("c-seq", r)
     assert (counters["delivered"], counters["clicked"], counters["hard_bounced"]) == (1, 1, 0)
     assert suppressions.get("b@example.com", client=r) is not None  # its own address
     names = sorted(e["event"] for e in callback_entries(r))
@@ -129,7 +129,7 @@ def test_a_message_a_callback_proves_sent_gets_its_notification_sent(
         assert post(api, path, events).json() == answer  # an http provider's shape
         settle(r)
 
-    counters = campaigns.get_counters("c-lost", r)
+    counters = campaign_reads.get_counters("c-lost", r)
     assert (counters["sent"], counters["unknown"]) == (1, 0)
     assert (counters["soft_bounced"], counters["delivered"]) == (1, 1)
     entries = stream(r)
@@ -158,7 +158,7 @@ def test_a_one_click_unsubscribe_proving_a_send_names_the_sending_provider_kind(
     token = make_token("c-lost-page", 0, "lost@example.com", "default")
     assert api.post(f"/u/{token}").status_code == 200
 
-    counters = campaigns.get_counters("c-lost-page", r)
+    counters = campaign_reads.get_counters("c-lost-page", r)
     assert (counters["sent"], counters["unknown"], counters["unsubscribed"]) == (1, 0, 1)
     entries = stream(r)
     assert [e["event"] for e in entries] == ["Notification Sent", "Channel Unsubscribed"]
@@ -197,7 +197,7 @@ def test_two_api_processes_taking_the_same_events_at_once_apply_them_once(
     assert answers == [200] * 8
     settle(r)
 
-    counters = campaigns.get_counters("c-two", r)
+    counters = campaign_reads.get_counters("c-two", r)
     for name in ("delivered", "hard_bounced", "soft_bounced", "spam", "unsubscribed", "clicked"):
         assert counters[name] == 10, name
     names = Counter(e["event"] for e in callback_entries(r))

@@ -17,7 +17,8 @@ import redis
 from starlette.requests import ClientDisconnect
 
 from dispatch.api.campaigns import _append_stream
-from dispatch.campaigns import RecipientAppender, get_counters
+from dispatch.campaign_reads import get_counters
+from dispatch.recipient_append import RecipientAppender
 from dispatch.recipient_stream import DECODED_PIECE, BodyDecoder, StreamFormatError
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, save_smtp_provider

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from dispatch import campaigns, crypto, suppressions
+from dispatch import campaign_reads, crypto, suppressions
 from dispatch.provider_store import load_provider, provider_view, save_provider
 from dispatch.settings import Settings, get_settings
 from dispatch.unsubscribe import InvalidTokenError, make_token, read_token
@@ -55,7 +55,7 @@ def _send(r: redis.Redis, smtp: SmtpTestServer, n: int = 2) -> tuple[str, str]:
     user0's List-Unsubscribe token, as delivered."""
     body = {"provider": "local", "subject": "s", "category": "news", "html": "<p>hi</p>"}
     cid = run_inline(r, {**body, "recipients": recipients(n)}, FAST)[0]
-    assert campaigns.get_counters(cid, r)["sent"] == n  # AUTH took the stored password
+    assert campaign_reads.get_counters(cid, r)["sent"] == n  # AUTH took the stored password
     message = next(
         m.message
         for m in reversed(smtp.messages)
@@ -95,7 +95,7 @@ def test_links_and_secrets_of_the_old_key_survive_a_key_change(
         for email in ("user0@example.com", "user1@example.com"):
             entry = suppressions.get(email, client=redis_client)
             assert entry is not None and entry["reason"] == "unsubscribed"
-        assert campaigns.get_counters(cid, redis_client)["unsubscribed"] == 2
+        assert campaign_reads.get_counters(cid, redis_client)["unsubscribed"] == 2
 
         # The provider still sends with the password stored under the old key; saved
         # back as read, its secrets are written with the new key alone.

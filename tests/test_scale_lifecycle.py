@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import campaigns, lifecycle, store
+from dispatch import campaign_reads, campaigns, lifecycle, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest, CampaignStatus
 from dispatch.redis_server import ensure_redis_url
@@ -68,7 +68,7 @@ def test_retry_failed_of_thousands_sends_a_few_commands_a_window(
         body = {"id": "many-failed", "provider": "esp", "subject": "Hi {{ name }}",
                 "html": "<p>{{ name }}</p>", "recipients": recipients(N)}  # fmt: skip
         campaign_id, _ = run_inline(redis_client, body, settings)
-        assert campaigns.get_counters(campaign_id, redis_client)["failed"] == N
+        assert campaign_reads.get_counters(campaign_id, redis_client)["failed"] == N
 
         batches: list[tuple[str, int]] = []
         counting.sent = 0
@@ -89,7 +89,7 @@ def test_retry_failed_of_thousands_sends_a_few_commands_a_window(
         sent = [m["to"] for r in sink.requests[before:] for m in r.json()["msgs"]]
         assert sorted(sent) == sorted(r["email"] for r in recipients(N))
 
-    done = campaigns.campaign_summary(campaign_id, redis_client)
+    done = campaign_reads.campaign_summary(campaign_id, redis_client)
     assert (done["sent"], done["failed"], done["queued"]) == (N, 0, 0)
     again, _ = lifecycle.retry_failed(campaign_id, client=redis_client, enqueue=lambda c, b: None)
     assert (again.retried, again.skipped_already_retried) == (0, 0)
@@ -134,15 +134,17 @@ def test_a_page_of_a_thousand_campaigns_is_one_round_trip(redis_client: redis.Re
     counting = CountingSyncRedis(connection_pool=redis_client.connection_pool)
     redis_client.config_resetstat()
 
-    page, cursor = campaigns.list_campaigns(limit=1000, client=counting)
+    page, cursor = campaign_reads.list_campaigns(limit=1000, client=counting)
     assert CountingSyncRedis.round_trips <= 3, CountingSyncRedis.round_trips
     assert [c["id"] for c in page] == [f"c-{i:04d}" for i in range(1049, 49, -1)]
-    assert page[0] == campaigns.campaign_summary("c-1049", redis_client)
+    assert page[0] == campaign_reads.campaign_summary("c-1049", redis_client)
     assert {c["provider"] for c in page} == {"esp"} and page[0]["status"] == "draft"
     read = int(redis_client.info("stats")["total_net_output_bytes"])
     assert read < 5_000_000, read  # not 1000 templates of 20 KB
 
-    rest, end = campaigns.list_campaigns(cursor=int(cursor or 0), limit=1000, client=counting)
+    rest, end = campaign_reads.list_campaigns(cursor=int(cursor or 0), limit=1000, client=counting)
     assert len(rest) == 50 and end is None
-    done, _ = campaigns.list_campaigns(limit=1000, status=CampaignStatus.COMPLETED, client=counting)
+    done, _ = campaign_reads.list_campaigns(
+        limit=1000, status=CampaignStatus.COMPLETED, client=counting
+    )
     assert [c["id"] for c in done] == ["c-1040"]

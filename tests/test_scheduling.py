@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaigns, lifecycle, store, tasks
+from dispatch import campaign_reads, campaigns, lifecycle, store, tasks
 from dispatch.ledger import LedgerWriter, record
 from dispatch.models import CampaignRequest, MessageState
 from tests.helpers import campaign_body, smtp_provider
@@ -25,7 +25,7 @@ def schedule(r: redis.Redis, campaign_id: str, n: int, send_at: datetime) -> Non
         campaign_body(campaign_id, n, send_at=send_at.isoformat())
     )
     campaigns.create_campaign(request, client=r, enqueue=lambda c, b: None)
-    assert campaigns.get_status(campaign_id, r).value == "scheduled"
+    assert campaign_reads.get_status(campaign_id, r).value == "scheduled"
 
 
 def held_starts(monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> list[tuple[str, int]]:
@@ -64,7 +64,7 @@ def test_a_release_that_fails_half_way_starts_the_campaign_at_the_next_tick(
     with pytest.raises(redis.ConnectionError):
         tasks.release_scheduled()
     assert tasks.release_scheduled() == 1
-    assert campaigns.get_status("rel-broken", redis_client).value == "running"
+    assert campaign_reads.get_status("rel-broken", redis_client).value == "running"
     assert held == [("rel-broken", 0)]
     assert redis_client.zcard(store.SCHEDULED_ZSET) == 0
     assert tasks.release_scheduled() == 0
@@ -96,7 +96,7 @@ def test_two_releases_at_once_start_each_campaign_once(
         thread.join()
     assert sum(counts) == len(ids)
     assert Counter(held) == Counter({(cid, batch): 1 for cid in ids for batch in (0, 1)})
-    assert {campaigns.get_status(cid, redis_client).value for cid in ids} == {"running"}
+    assert {campaign_reads.get_status(cid, redis_client).value for cid in ids} == {"running"}
     assert redis_client.zcard(store.SCHEDULED_ZSET) == 0
 
 
@@ -109,7 +109,7 @@ def test_a_campaign_left_in_the_schedule_that_is_not_scheduled_leaves_it(
     redis_client.zadd(store.SCHEDULED_ZSET, {"rel-stale": 1.0, "rel-gone": 1.0})
     assert lifecycle.release_due(client=redis_client, enqueue=lambda c, b: None) == []
     assert redis_client.zcard(store.SCHEDULED_ZSET) == 0
-    assert campaigns.get_status("rel-stale", redis_client).value == "cancelled"
+    assert campaign_reads.get_status("rel-stale", redis_client).value == "cancelled"
 
 
 def _fail_all(campaign_id: str, n: int) -> None:
@@ -139,7 +139,7 @@ def test_retry_failed_after_expires_at_is_refused_and_keeps_the_failures(
     enqueued: list[tuple[str, int]] = []
     campaigns.create_campaign(request, client=redis_client, enqueue=lambda c, b: None)
     _fail_all("rf-late", 3)
-    assert campaigns.get_status("rf-late", redis_client).value == "completed"
+    assert campaign_reads.get_status("rf-late", redis_client).value == "completed"
     time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.1)
 
     with pytest.raises(campaigns.CampaignStateError) as refused:
@@ -147,7 +147,7 @@ def test_retry_failed_after_expires_at_is_refused_and_keeps_the_failures(
             "rf-late", client=redis_client, enqueue=lambda c, b: enqueued.append((c, b))
         )
     assert refused.value.field == "expires_at" and "expired at" in str(refused.value)
-    summary = campaigns.campaign_summary("rf-late", redis_client)
+    summary = campaign_reads.campaign_summary("rf-late", redis_client)
     assert (summary["status"], summary["failed"], summary["queued"]) == ("completed", 3, 0)
     items, _ = lifecycle.messages_page("rf-late", client=redis_client)
     assert {(m["status"], m["error_class"]) for m in items} == {("failed", "SMTP connection error")}
@@ -175,7 +175,7 @@ def test_times_need_a_zone_and_a_past_send_at_starts_at_once(redis_client: redis
         client=redis_client,
         enqueue=lambda c, b: batches.append((c, b)),
     )
-    assert campaigns.get_status("tz-past", redis_client).value == "running"
+    assert campaign_reads.get_status("tz-past", redis_client).value == "running"
     assert batches == [("tz-past", 0)]
 
 

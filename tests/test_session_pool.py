@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis
 
-from dispatch import campaigns, runtime, session_pool, store
+from dispatch import campaign_reads, campaigns, runtime, session_pool, store
 from dispatch.ledger import parse_record
 from dispatch.limits import ConnectionSlots
 from dispatch.models import CampaignRequest
@@ -76,7 +76,7 @@ def _run(
 
 
 def _all_sent_once(r: redis.Redis, cid: str, n: int) -> None:
-    assert campaigns.get_counters(cid, r)["sent"] == n
+    assert campaign_reads.get_counters(cid, r)["sent"] == n
     for seq in range(n):
         rec = parse_record(r.hget(store.ledger_key(cid), str(seq)))
         assert rec is not None and (rec["state"], rec["attempts"]) == ("sent", 1), (seq, rec)

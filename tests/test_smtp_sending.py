@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatch import campaigns, ledger, lifecycle, store
+from dispatch import campaign_reads, campaigns, ledger, lifecycle, store
 from dispatch.settings import Settings
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import parse_provider_config
@@ -148,7 +148,7 @@ def test_a_server_lacking_what_the_provider_needs_pauses_the_campaign(
         smtp_provider(redis_client, server.port, **fields)
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(6)}
         cid, _ = run_inline(redis_client, body, FAST)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "paused"
     assert summary["reason"].startswith("SMTP connection error")
     assert "not supported" in summary["reason"]
@@ -301,7 +301,7 @@ def test_campaign_end_to_end_inline(redis_client: redis.Redis, smtp: SmtpTestSer
         "recipients": recipients(25),
     }
     cid, _ = run_inline(redis_client, body, FAST)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "completed"
     assert (summary["total"], summary["sent"], summary["queued"]) == (25, 25, 0)
     metas = {m.message["X-CleverTap_META"] for m in smtp.messages}
@@ -318,7 +318,7 @@ def test_refused_recipient_fails_alone(redis_client: redis.Redis, smtp: SmtpTest
     smtp_provider(redis_client, smtp.port)
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
     cid, _ = run_inline(redis_client, body, FAST)
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"]) == (4, 1)
     rec = ledger.parse_record(redis_client.hget(store.ledger_key(cid), "2"))
     assert rec is not None
@@ -346,7 +346,7 @@ def test_cc_and_bcc_put_off_by_a_small_recipient_limit_still_get_every_message(
     copies = {"cc": ["c1@example.com", "c2@example.com"], "bcc": ["b1@example.com"]}
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(6), **copies}
     cid, _ = run_inline(redis_client, body, FAST)
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["failed"], counters["queued"]) == (6, 0, 0)
     got: dict[str, int] = {}
     for received in smtp.messages:
@@ -389,7 +389,7 @@ def test_421_then_success_is_retried(redis_client: redis.Redis, smtp: SmtpTestSe
     smtp_provider(redis_client, smtp.port)
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3)}
     cid, _ = run_inline(redis_client, body, FAST)
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert counters["sent"] == 3 and counters["failed"] == 0
     assert sorted(m.rcpt_tos[0] for m in smtp.messages) == [
         f"user{i}@example.com" for i in range(3)
@@ -472,7 +472,7 @@ def test_auth_failure_pauses_campaign(redis_client: redis.Redis) -> None:
         smtp_provider(redis_client, server.port, username="user", password="wrong")
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(10)}
         cid, _ = run_inline(redis_client, body, FAST)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "paused"
     assert summary["reason"].startswith("SMTP connection error")
     assert (summary["failed"], summary["sent"], summary["queued"]) == (0, 0, 10)
@@ -482,7 +482,7 @@ def test_connection_reuse(redis_client: redis.Redis, smtp: SmtpTestServer) -> No
     smtp_provider(redis_client, smtp.port, max_connections=3)
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(300)}
     cid, _ = run_inline(redis_client, body, FAST)
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 300
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 300
     assert len(smtp.messages) == 300
     assert 1 <= smtp.handler.connections <= 3
 
@@ -492,7 +492,7 @@ def test_suppressed_recipient_is_skipped(redis_client: redis.Redis, smtp: SmtpTe
     smtp_provider(redis_client, smtp.port)
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3)}
     cid, _ = run_inline(redis_client, body, FAST)
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["suppressed"]) == (2, 1)
     assert "user1@example.com" not in [m.rcpt_tos[0] for m in smtp.messages]
 
@@ -514,14 +514,14 @@ def test_batches_send_while_a_long_list_is_still_stored(
     def send_now(cid: str, batch: int) -> None:
         run_batches([(cid, batch)], FAST)
         campaigns.finish_if_done(cid, redis_client)  # what the batch task does after a batch
-        seen.append((batch, campaigns.get_status(cid, redis_client).value))
+        seen.append((batch, campaign_reads.get_status(cid, redis_client).value))
 
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(2500)}
     cid, _ = campaigns.create_campaign(
         CampaignRequest.model_validate(body), client=redis_client, enqueue=send_now
     )
     assert seen[:2] == [(0, "running"), (1, "running")]  # sent before the rest was stored
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["total"]) == ("completed", 2500, 2500)
     rcpts = [m.rcpt_tos[0] for m in smtp.messages]
     assert len(rcpts) == len(set(rcpts)) == 2500
@@ -581,7 +581,7 @@ def test_throttled_first_message_sends_each_recipient_once(redis_client: redis.R
         smtp_provider(redis_client, server.port, max_connections=1)
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(4)}
         cid, _ = run_inline(redis_client, body, FAST)
-    assert campaigns.get_counters(cid, redis_client)["sent"] == 4
+    assert campaign_reads.get_counters(cid, redis_client)["sent"] == 4
     assert sorted(m.rcpt_tos[0] for m in server.messages) == [
         f"user{i}@example.com" for i in range(4)
     ]
@@ -702,7 +702,7 @@ def test_a_used_up_provider_quota_pauses_the_campaign_and_resume_sends_the_rest(
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(10)}
         cid, batches = create_held(redis_client, body)
         run_batches(batches, FAST)
-        summary = campaigns.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
         assert summary["status"] == "paused", summary
         assert reply.split(" - ")[0] in summary["reason"]
         assert (summary["sent"], summary["failed"], summary["queued"]) == (3, 0, 7)
@@ -710,7 +710,7 @@ def test_a_used_up_provider_quota_pauses_the_campaign_and_resume_sends_the_rest(
         quota["left"] = 100  # the next day
         lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
         run_batches(batches, FAST)
-    summary = campaigns.campaign_summary(cid, redis_client)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 10, 0)
     received = sorted(m.rcpt_tos[0] for m in server.messages)
     assert received == sorted(f"user{i}@example.com" for i in range(10))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from dispatch import campaigns, suppressions
+from dispatch import campaign_reads, campaigns, suppressions
 from dispatch.models import CampaignRequest
 from tests.helpers import run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -35,6 +35,6 @@ def test_addresses_suppressed_after_the_campaign_was_stored_are_not_sent(
         run_batches(batches)
         received = sorted(m.rcpt_tos[0] for m in smtp.messages)
     assert received == ["ann@example.com", "cy@example.com"]
-    counters = campaigns.get_counters(cid, redis_client)
+    counters = campaign_reads.get_counters(cid, redis_client)
     assert (counters["sent"], counters["suppressed"]) == (2, 2)
-    assert campaigns.get_status(cid, redis_client).value == "completed"
+    assert campaign_reads.get_status(cid, redis_client).value == "completed"

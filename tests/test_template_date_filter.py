@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatch.campaigns import validate_content
+from dispatch.campaign_checks import validate_content
 from dispatch.models import CampaignRequest
 from dispatch.rendering import CompiledContent, RenderError
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 
-from dispatch import campaigns, suppressions
+from dispatch import campaign_reads, suppressions
 from dispatch.settings import Settings, get_settings
 from dispatch.unsubscribe import InvalidTokenError, make_token, read_token
 from tests.api_server import ApiServer
@@ -97,7 +97,7 @@ def test_a_token_of_mail_sent_before_still_unsubscribes(
     assert prefs.status_code == 200 and again.status_code == 200
     entry = suppressions.get("user0@example.com", client=redis_client)
     assert entry is not None and entry["reason"] == "unsubscribed"
-    assert campaigns.get_counters(cid, redis_client)["unsubscribed"] == 1  # one message, once
+    assert campaign_reads.get_counters(cid, redis_client)["unsubscribed"] == 1  # one message, once
 
 
 def test_a_token_sealed_with_another_key_is_not_valid(
@@ -213,4 +213,4 @@ def test_a_custom_center_resolves_the_token_it_is_sent_and_unsubscribes(
         done = center_backend.post(f"/u/{given}", content=b"List-Unsubscribe=One-Click")
         after = center_backend.get(RESOLVE.format(given)).json()
     assert done.status_code == 200 and after["suppression"]["reason"] == "unsubscribed"
-    assert campaigns.get_counters(cid, redis_client)["unsubscribed"] == 1
+    assert campaign_reads.get_counters(cid, redis_client)["unsubscribed"] == 1

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, campaigns, store
 from dispatch.ledger import parse_record
 from dispatch.models import CampaignRequest
 from dispatch.redis_server import RedisServer
@@ -52,7 +52,7 @@ def test_a_stopping_worker_hands_its_batch_on_and_the_next_one_finishes_it(
         first.proc.terminate()  # SIGTERM: Celery's warm shutdown
         first.proc.wait(timeout=60)
         # It stopped mid-batch: what it had not sent is queued again, nothing unknown.
-        sent_by_first = campaigns.campaign_summary(campaign_id, r)["sent"]
+        sent_by_first = campaign_reads.campaign_summary(campaign_id, r)["sent"]
         assert 20 <= sent_by_first < 200
         # ("retry": claimed for the provider's pace, given back unattempted.)
         assert set(states(r, campaign_id)) <= {"sent", "retry"}
@@ -60,7 +60,7 @@ def test_a_stopping_worker_hands_its_batch_on_and_the_next_one_finishes_it(
         assert list(r.scan_iter(match=store.worker_stopping_key("*"))) == []  # cleared at exit
 
         second.start()
-        wait_for(lambda: campaigns.get_status(campaign_id, r).value == "completed", timeout=90)
+        wait_for(lambda: campaign_reads.get_status(campaign_id, r).value == "completed", timeout=90)
         assert states(r, campaign_id) == Counter({"sent": 200})
         received = Counter(m.rcpt_tos[0] for m in smtp.messages)
         assert len(received) == 200 and max(received.values()) == 1
@@ -129,7 +129,7 @@ def test_a_remote_shutdown_hands_the_batch_on_too(smtp: SmtpTestServer) -> None:
         control.control.shutdown()
         assert worker.proc is not None
         worker.proc.wait(timeout=60)
-        sent = campaigns.campaign_summary(campaign_id, r)["sent"]
+        sent = campaign_reads.campaign_summary(campaign_id, r)["sent"]
         assert 10 <= sent < 300 and len(smtp.messages) == sent
         assert set(states(r, campaign_id)) <= {"sent", "retry"}  # the rest handed on
     finally:

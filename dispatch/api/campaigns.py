@@ -12,7 +12,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from dispatch import campaigns, lifecycle, provider_store, store
+from dispatch import (
+    campaign_checks,
+    campaign_reads,
+    campaigns,
+    lifecycle,
+    provider_store,
+    recipient_append,
+    store,
+)
 from dispatch.api.auth import require_token
 from dispatch.api.body_limits import STREAMED
 from dispatch.api.errors import (
@@ -64,7 +72,7 @@ _BOTH = {**NOT_FOUND, **CONFLICT}
 
 
 def _summary(campaign_id: str) -> CampaignSummary:
-    return CampaignSummary.model_validate(campaigns.campaign_summary(campaign_id))
+    return CampaignSummary.model_validate(campaign_reads.campaign_summary(campaign_id))
 
 
 @router.post(
@@ -99,7 +107,9 @@ def list_campaigns(
 ) -> CampaignPage:
     """Campaigns, newest first. With ``status`` a page may be short: go on while
     ``next_cursor`` is not null."""
-    items, next_cursor = campaigns.list_campaigns(cursor=int(cursor), limit=limit, status=status_)
+    items, next_cursor = campaign_reads.list_campaigns(
+        cursor=int(cursor), limit=limit, status=status_
+    )
     return CampaignPage(
         items=[CampaignSummary.model_validate(i) for i in items],
         next_cursor=None if next_cursor is None else str(next_cursor),
@@ -132,7 +142,7 @@ _RECIPIENTS_BODY: dict[str, Any] = {
 
 
 async def _append_stream(
-    appender: campaigns.RecipientAppender, chunks: AsyncIterator[bytes]
+    appender: recipient_append.RecipientAppender, chunks: AsyncIterator[bytes]
 ) -> AppendResult:
     """Split, check and append the streamed recipients in chunks; bounded memory.
 
@@ -163,12 +173,12 @@ async def _append_stream(
                 problem(doc.position, "body", doc.problem)
                 continue
             try:
-                batch.append(appender.checker.check(campaigns.load_recipient(doc.raw)))
+                batch.append(appender.checker.check(campaign_checks.load_recipient(doc.raw)))
             except orjson.JSONDecodeError as exc:
                 problem(doc.position, "body", f"not valid JSON: {exc}")
             except campaigns.CampaignError as exc:
                 problem(doc.position, exc.field or "body", str(exc))
-            if len(batch) >= campaigns.APPEND_CHUNK:
+            if len(batch) >= recipient_append.APPEND_CHUNK:
                 await flush()
 
     try:
@@ -206,7 +216,7 @@ async def _append_stream(
             f"the rest again: addresses the campaign has are skipped){_rejected_before(result)}"
         )
         raise InvalidFieldError(message, "body", [("body", message), *_listed(result)]) from None
-    result.total = campaigns.get_counters(appender.campaign_id, appender.r)["total"]
+    result.total = campaign_reads.get_counters(appender.campaign_id, appender.r)["total"]
     return result
 
 
@@ -257,7 +267,7 @@ async def append_recipients(campaign_id: CampaignId, request: Request) -> Append
             "content-type",
         )
     chunks = _decoded(request)
-    appender = await run_in_threadpool(campaigns.RecipientAppender, campaign_id)
+    appender = await run_in_threadpool(recipient_append.RecipientAppender, campaign_id)
     try:
         return await _append_stream(appender, chunks)
     except ClientDisconnect:
@@ -361,7 +371,7 @@ async def test_campaign(campaign_id: CampaignId, body: CampaignTestRequest) -> T
     (``Invalid message`` when a template cannot render for this recipient). 409 when the
     campaign's provider is gone (field ``provider``), or when ``to`` is on the suppression
     list (field ``to``, the entry named) unless ``allow_suppressed`` is true."""
-    content = await run_in_threadpool(campaigns.load_content, campaign_id)
+    content = await run_in_threadpool(campaign_reads.load_content, campaign_id)
     try:
         to = normalize_address(body.to)
     except InvalidAddressError as exc:

@@ -47,12 +47,12 @@ from dispatch.api.schemas import (
     HealthError,
     HttpCallbackResult,
 )
+from dispatch.campaign_checks import validation_problems
 from dispatch.campaigns import (
     CampaignConflictError,
     CampaignError,
     CampaignNotFoundError,
     CampaignStateError,
-    validation_problems,
 )
 from dispatch.crypto import SecretKeyError
 from dispatch.provider_store import ProviderNotFoundError

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from dispatch import campaigns, preferences, store, suppressions
+from dispatch import campaign_reads, campaigns, preferences, store, suppressions
 from dispatch.api.body_limits import STREAMED, BodyTooLargeError, read_bounded
 from dispatch.api.errors import FORM_TOO_LARGE, PAGE_RESPONSES, REDIRECT
 from dispatch.provider_store import decode_provider
@@ -73,7 +73,7 @@ def _custom_center(token: UnsubscribeToken) -> str:
     """The custom preference center URL of the campaign's provider (or of a campaign's
     test message), or ""."""
     try:
-        nickname: str | None = campaigns.load_content(token.campaign_id).provider
+        nickname: str | None = campaign_reads.load_content(token.campaign_id).provider
     except campaigns.CampaignNotFoundError:
         nickname = provider_of_test(store.sync_client(), token.campaign_id)
     # Its secrets are not needed here, nor decrypted: with a DISPATCH_SECRET_KEY that no

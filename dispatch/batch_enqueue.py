@@ -1,0 +1,79 @@
+"""Handing a campaign's batches to the workers (the ``dispatch.send_batch`` task)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from dispatch import store
+
+EnqueueBatch = Callable[[str, int], None]
+
+
+def enqueue_batch(campaign_id: str, batch: int) -> None:
+    """Hand one batch to the workers (the ``dispatch.send_batch`` task)."""
+    from dispatch.tasks import send_batch
+
+    send_batch.apply_async(
+        (campaign_id, batch), queue=store.SENDS_QUEUE, priority=store.batch_priority(batch)
+    )
+
+
+@contextmanager
+def background_enqueuer(enqueue: EnqueueBatch | None = None) -> Iterator[EnqueueBatch]:
+    """:func:`batch_enqueuer` run by a thread of its own, in order: the caller goes on
+    storing recipients while each batch is handed out (both round trips wait behind the
+    workers' scripts in Redis; one after the other, they doubled a long list's storing).
+    Every batch is out when the block ends; the first error of the thread is raised
+    then.
+    """
+    todo: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with batch_enqueuer(enqueue) as send:
+                while (job := todo.get()) is not None:
+                    send(*job)
+        except BaseException as exc:  # reported to the caller at the end of the block
+            failed.append(exc)
+            while todo.get() is not None:
+                pass
+
+    thread = threading.Thread(target=run, name="enqueue-batches", daemon=True)
+    thread.start()
+    try:
+        yield lambda campaign_id, batch: todo.put((campaign_id, batch))
+    finally:
+        todo.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+@contextmanager
+def batch_enqueuer(enqueue: EnqueueBatch | None = None) -> Iterator[EnqueueBatch]:
+    """``enqueue``, or (None) :func:`enqueue_batch` for a block that hands out many
+    batches: one producer serves them all, each still published at once. kombu's Redis
+    transport otherwise builds a Redis client for every message (about 0.4 ms a batch).
+    """
+    if enqueue is not None:
+        yield enqueue
+        return
+    from dispatch.celery_app import app
+    from dispatch.tasks import send_batch
+
+    with app.producer_or_acquire() as producer, producer.batch(max_size=64) as published:
+
+        def send(campaign_id: str, batch: int) -> None:
+            send_batch.apply_async(
+                (campaign_id, batch),
+                queue=store.SENDS_QUEUE,
+                priority=store.batch_priority(batch),
+                producer=producer,
+            )
+            published.flush()
+
+        yield send
