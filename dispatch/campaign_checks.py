@@ -233,6 +233,7 @@ def validate_content(request: CampaignRequest) -> CompiledContent:
     Raises :class:`CampaignError` naming the template part or the unknown variable.
     """
     compiled = compile_content(request)
+    check_amp_has_html(request)
     check_template_names(request, compiled)
     return compiled
 
@@ -246,6 +247,21 @@ def compile_content(request: CampaignRequest) -> CompiledContent:
         raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
     _check_subject_text(request.subject)
     return compiled
+
+
+# amp.dev, "Structure and rendering of AMP emails": some mail clients render only the last
+# part of a multipart/alternative; the AMP part goes before the HTML one, and without an
+# HTML part it is the last: those clients would show every recipient the AMP source.
+AMP_WITHOUT_HTML: Final = (
+    "an AMP part needs an html part beside it: mail clients that show only the last "
+    "part of a message would show the AMP source (the AMP part goes before the html one)"
+)
+
+
+def check_amp_has_html(request: CampaignRequest) -> None:
+    """Raises :class:`CampaignError` on ``amp`` for an AMP part with no HTML part."""
+    if request.amp.strip() and not request.html.strip():
+        raise CampaignError(AMP_WITHOUT_HTML, field="amp")
 
 
 _TEMPLATE_PARSER = jinja2.Environment(autoescape=False)  # parses only (the syntax is Jinja2's)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from dispatch import payload_checks, store
 from dispatch.batch_enqueue import EnqueueBatch, background_enqueuer, batch_enqueuer
 from dispatch.campaign_checks import (
+    check_amp_has_html,
     check_copies_not_suppressed,
     check_recipients_per_message,
     check_sender,
@@ -113,8 +114,9 @@ def create_campaign(
         and stored == request_fingerprint(request, times_as_given=True)
     ):
         fingerprint = stored
-    if stored != fingerprint:
-        check_copies_not_suppressed(content, r)  # (a repeat is answered as before)
+    if stored != fingerprint:  # (a repeat is answered as before)
+        check_amp_has_html(request)
+        check_copies_not_suppressed(content, r)
     now = time.time()
     expired = content.expires_at is not None and content.expires_at.timestamp() <= now
     # Only a repeat of a campaign stored before its expiry is answered (as a repeat).

@@ -249,3 +249,25 @@ def test_a_campaign_copying_a_suppressed_address_is_refused_naming_it(
         assert http.delete("/v1/suppressions/boss@example.com").status_code in (200, 204)
         copied = _campaign("copy-1", cc=["boss@example.com"])
         assert http.post("/v1/campaigns", json=copied).status_code == 201
+
+
+@covers("POST /v1/campaigns")
+def test_an_amp_part_without_an_html_part_is_refused_naming_amp(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """The AMP part goes before the HTML part (clients that show only the last part show
+    the HTML one); with no HTML part it was the last, and those clients showed the AMP
+    source to every recipient. A campaign with AMP needs HTML; nothing is stored."""
+    with SmtpTestServer() as smtp, api_client(api_server) as http:
+        smtp_provider(redis_client, smtp.port)
+        amp = "<!doctype html><html ⚡4email><body>Hi {{ name }}</body></html>"
+        for html in ("", "  \n"):
+            body = _campaign("amp-0", html=html, text="Hi {{ name }}", amp=amp)
+            refused = http.post("/v1/campaigns", json=body)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["field"] == "amp"
+            assert "needs an html part" in refused.json()["detail"]
+        assert http.get("/v1/campaigns/amp-0").status_code == 404
+        accepted = http.post("/v1/campaigns", json=_campaign("amp-0", amp=amp))
+        assert accepted.status_code == 201, accepted.text
+        assert http.post("/v1/campaigns", json=_campaign("amp-0", amp=amp)).status_code == 200
