@@ -621,6 +621,40 @@ def cmd_providers_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_providers_reseal(args: argparse.Namespace) -> int:
+    """Write every provider's secrets that an old key wrote with DISPATCH_SECRET_KEY (with
+    ``--check``, only say which). 0 when no provider needs an old key any more (with
+    ``--check``: none did); 1 otherwise, naming what needs one."""
+    from dispatch.provider_store import ProviderNotFoundError, list_providers, reseal_provider
+
+    status = 0
+    for nickname in list_providers():
+        try:
+            found = reseal_provider(nickname, check=args.check)
+        except ProviderNotFoundError:
+            continue  # deleted meanwhile
+        if found.unreadable:
+            status = 1
+            print(
+                f"error: {nickname}: {', '.join(found.unreadable)}: no key decrypts it: "
+                "list the key that wrote it in DISPATCH_PREVIOUS_SECRET_KEYS, or save the "
+                "provider again with its secrets",
+                file=sys.stderr,
+            )
+        if found.resealed and args.check:
+            status = 1
+            print(f"{nickname}: {', '.join(found.resealed)}: written with an old key")
+        elif found.resealed:
+            print(f"{nickname}: {', '.join(found.resealed)}: written again with the current key")
+    if status == 0:
+        print(
+            "every provider's secrets are written with DISPATCH_SECRET_KEY"
+            + ("" if args.check else " now")
+            + ": the old keys are needed only for the links of mail already delivered"
+        )
+    return status
+
+
 def cmd_providers_test(args: argparse.Namespace) -> int:
     """Send one real test message through a saved provider; 0 if it was taken."""
     import asyncio
@@ -817,6 +851,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a YAML or JSON file; - reads it from standard input")
     p.set_defaults(func=cmd_providers_add)
     psub.add_parser("list", help="list providers").set_defaults(func=cmd_providers_list)
+    p = psub.add_parser(
+        "reseal",
+        help="write the providers' secrets that an old key wrote with DISPATCH_SECRET_KEY",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="only say which still need an old key (exit 1)"
+    )
+    p.set_defaults(func=cmd_providers_reseal)
     p = psub.add_parser("test", help="send one real test message through a provider")
     p.add_argument("nickname")
     p.add_argument("--to", required=True, help="the address that gets the test message")

@@ -100,6 +100,25 @@ def decrypt(token: str) -> str:
     raise SecretKeyError("stored secret does not decrypt with DISPATCH_SECRET_KEY")
 
 
+def reencrypt(token: str) -> str | None:
+    """``token`` written again with the current key when a previous key wrote it; None
+    when the current key wrote it already. Raises :class:`SecretKeyError` when no key
+    fits (or the value was altered)."""
+    current, *previous = _secrets()
+    try:
+        _fernet(current).decrypt(token.encode("ascii"))
+        return None
+    except InvalidToken:
+        pass
+    for secret in previous:
+        try:
+            plaintext = _fernet(secret).decrypt(token.encode("ascii"))
+        except InvalidToken:
+            continue
+        return _fernet(current).encrypt(plaintext).decode("ascii")
+    raise SecretKeyError("stored secret does not decrypt with DISPATCH_SECRET_KEY")
+
+
 def _sign(secret: str, purpose: str, payload: bytes) -> str:
     mac = hmac.new(_derive(purpose, secret), payload, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")

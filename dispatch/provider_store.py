@@ -6,7 +6,7 @@ import asyncio
 import copy
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
@@ -317,6 +317,55 @@ def load_provider_with_token(
 
 def list_providers(client: redis.Redis | None = None) -> list[str]:
     return sorted(str(n) for n in (client or store.sync_client()).smembers(store.PROVIDERS_SET))
+
+
+class Resealed(NamedTuple):
+    """What :func:`reseal_provider` found in one provider's stored secrets (their names)."""
+
+    resealed: list[str]  # written with a previous key: written again with the current one
+    current: list[str]  # written with the current key already
+    unreadable: list[str]  # no key fits: left as they are
+
+
+def reseal_provider(
+    nickname: str, client: redis.Redis | None = None, *, check: bool = False
+) -> Resealed:
+    """Write the stored secrets of provider ``nickname`` that a key in
+    DISPATCH_PREVIOUS_SECRET_KEYS wrote again with DISPATCH_SECRET_KEY, changing nothing
+    else, so that the old key can leave the list once no provider needs it (the links of
+    mail already delivered may still: README, changing the key). ``check``: only say.
+
+    Written only over the configuration read: one saved meanwhile is read again, never
+    overwritten. Raises :class:`ProviderNotFoundError`.
+    """
+    r = client or store.sync_client()
+    key = store.provider_key(nickname)
+    while True:
+        raw = r.get(key)
+        if raw is None:
+            raise ProviderNotFoundError(nickname)
+        data: dict[str, Any] = orjson.loads(raw)
+        found = Resealed([], [], [])
+        for where, at, sealed, name in list(_encrypted(data)):
+            try:
+                again = crypto.reencrypt(sealed)
+            except crypto.SecretKeyError:
+                found.unreadable.append(name)
+                continue
+            (found.current if again is None else found.resealed).append(name)
+            if again is not None:
+                where[at] = {"enc": again}
+        if check or not found.resealed or r.eval(_SET_IF_SAME, 1, key, raw, orjson.dumps(data)):
+            return found
+        # saved (or deleted) meanwhile: read it again
+
+
+# Replace a value only if it is still the one read (a provider saved meanwhile wins).
+_SET_IF_SAME = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 # The hashes /metrics reads whose fields are ``<nickname>|...`` (dispatch.metrics).

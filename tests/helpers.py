@@ -159,3 +159,31 @@ def campaign_body(campaign_id: str, n: int, **fields: Any) -> dict[str, Any]:
         "recipients": recipients(n),
         **fields,
     }
+
+
+def use_keys(monkeypatch: Any, current: str, previous: str | None) -> None:
+    """Run with DISPATCH_SECRET_KEY ``current`` and DISPATCH_PREVIOUS_SECRET_KEYS
+    ``previous`` (None: unset), as processes restarted with them do."""
+    from dispatch.settings import get_settings
+
+    monkeypatch.setenv("DISPATCH_SECRET_KEY", current)
+    if previous is None:
+        monkeypatch.delenv("DISPATCH_PREVIOUS_SECRET_KEYS", raising=False)
+    else:
+        monkeypatch.setenv("DISPATCH_PREVIOUS_SECRET_KEYS", previous)
+    get_settings.cache_clear()
+
+
+def auth_smtp_provider(port: int, credentials: tuple[str, str]) -> dict[str, Any]:
+    """Provider "local": the SMTP server on ``port`` (no TLS), logging in with
+    ``credentials``."""
+    return {
+        "nickname": "local",
+        "kind": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "username": credentials[0],
+        "password": credentials[1],
+        "from_address": "deals@acme.example",
+    }

@@ -14,12 +14,12 @@ import redis
 
 from dispatch import campaign_reads, crypto, suppressions
 from dispatch.provider_store import load_provider, provider_view, save_provider
-from dispatch.settings import Settings, get_settings
+from dispatch.settings import Settings
 from dispatch.unsubscribe import InvalidTokenError, make_token, read_token
 from providers.config import SmtpFamilyBase
 from tests.api_server import ApiServer
 from tests.api_support import api_client
-from tests.helpers import legacy_token, recipients, run_inline
+from tests.helpers import auth_smtp_provider, legacy_token, recipients, run_inline, use_keys
 from tests.smtp_server import SmtpTestServer
 
 FAST = Settings(retry_base_seconds=0.05)
@@ -28,26 +28,8 @@ NEW_KEY = "z5-new-key-" + "n" * 32
 CREDENTIALS = ("mailer", "s3cret-password")
 
 
-def _use_keys(monkeypatch: pytest.MonkeyPatch, current: str, previous: str | None) -> None:
-    monkeypatch.setenv("DISPATCH_SECRET_KEY", current)
-    if previous is None:
-        monkeypatch.delenv("DISPATCH_PREVIOUS_SECRET_KEYS", raising=False)
-    else:
-        monkeypatch.setenv("DISPATCH_PREVIOUS_SECRET_KEYS", previous)
-    get_settings.cache_clear()
-
-
 def _provider(port: int) -> dict[str, object]:
-    return {
-        "kind": "smtp",
-        "host": "127.0.0.1",
-        "port": port,
-        "security": "none",
-        "username": CREDENTIALS[0],
-        "password": CREDENTIALS[1],
-        "from_address": "deals@acme.example",
-        "preference_center": "system",
-    }
+    return {**auth_smtp_provider(port, CREDENTIALS), "preference_center": "system"}
 
 
 def _send(r: redis.Redis, smtp: SmtpTestServer, n: int = 2) -> tuple[str, str]:
@@ -70,14 +52,14 @@ def test_links_and_secrets_of_the_old_key_survive_a_key_change(
     api_server: ApiServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with SmtpTestServer(credentials=CREDENTIALS) as smtp:
-        _use_keys(monkeypatch, OLD_KEY, None)
+        use_keys(monkeypatch, OLD_KEY, None)
         with api_client(api_server) as http:
             assert http.put("/v1/providers/local", json=_provider(smtp.port)).status_code == 201
         cid, old_token = _send(redis_client, smtp)
         old_legacy = legacy_token(cid, 1, "user1@example.com", "news")
 
         # The key is changed, the old one kept for reading.
-        _use_keys(monkeypatch, NEW_KEY, f"{OLD_KEY}")
+        use_keys(monkeypatch, NEW_KEY, f"{OLD_KEY}")
         assert make_token(cid, 0, "user0@example.com", "news") != old_token  # new key
         with api_client(api_server) as http:
             resolved = http.get(f"/v1/unsubscribe-tokens/{old_token}")
@@ -104,7 +86,7 @@ def test_links_and_secrets_of_the_old_key_survive_a_key_change(
         _send(redis_client, smtp)
         with api_client(api_server) as http:
             assert http.put("/v1/providers/local", json=view).status_code == 200
-        _use_keys(monkeypatch, NEW_KEY, None)
+        use_keys(monkeypatch, NEW_KEY, None)
         provider = load_provider("local", redis_client)
         assert isinstance(provider, SmtpFamilyBase)
         assert provider.password.get_secret_value() == CREDENTIALS[1]
@@ -117,11 +99,11 @@ def test_links_and_secrets_of_the_old_key_survive_a_key_change(
 def test_an_old_key_reads_but_never_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tokens, signatures and secrets made after the change use the current key alone:
     they read back once the previous keys are dropped."""
-    _use_keys(monkeypatch, NEW_KEY, f" {OLD_KEY} , another-old-key-{'a' * 30} ")
+    use_keys(monkeypatch, NEW_KEY, f" {OLD_KEY} , another-old-key-{'a' * 30} ")
     token = make_token("c1", 3, "a@example.com", "news")
     sealed = crypto.encrypt("pw")
     signed = legacy_token("c1", 3, "a@example.com", "news")
-    _use_keys(monkeypatch, NEW_KEY, None)
+    use_keys(monkeypatch, NEW_KEY, None)
     assert read_token(token).seq == 3 and read_token(signed).seq == 3
     assert crypto.decrypt(sealed) == "pw"
 
@@ -129,9 +111,9 @@ def test_an_old_key_reads_but_never_writes(monkeypatch: pytest.MonkeyPatch) -> N
 def test_every_previous_key_is_tried_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
     made = {}
     for key in (OLD_KEY, "older-key-" + "x" * 32, "stranger-key-" + "s" * 32):
-        _use_keys(monkeypatch, key, None)
+        use_keys(monkeypatch, key, None)
         made[key] = (make_token("c1", 0, "a@example.com", "news"), crypto.encrypt("pw"))
-    _use_keys(monkeypatch, NEW_KEY, f"{OLD_KEY},older-key-{'x' * 32}")
+    use_keys(monkeypatch, NEW_KEY, f"{OLD_KEY},older-key-{'x' * 32}")
     for key, (token, secret) in made.items():
         if key.startswith("stranger"):
             with pytest.raises(InvalidTokenError):
@@ -148,13 +130,13 @@ def test_a_short_secret_key_is_warned_about_without_showing_it(
 ) -> None:
     """A key anyone could guess lets whoever holds one delivered link check guesses
     offline (its plaintext is known to them), then forge links and read stored secrets."""
-    _use_keys(monkeypatch, "hunter2", None)
+    use_keys(monkeypatch, "hunter2", None)
     with caplog.at_level(logging.WARNING, logger="dispatch.crypto"):
         make_token("c1", 0, "a@example.com", "news")
     warned = [r.getMessage() for r in caplog.records if "DISPATCH_SECRET_KEY" in r.getMessage()]
     assert warned and "hunter2" not in " ".join(warned)
     caplog.clear()
-    _use_keys(monkeypatch, NEW_KEY, None)
+    use_keys(monkeypatch, NEW_KEY, None)
     with caplog.at_level(logging.WARNING, logger="dispatch.crypto"):
         make_token("c1", 0, "a@example.com", "news")
     assert not [r for r in caplog.records if "DISPATCH_SECRET_KEY" in r.getMessage()]
@@ -163,9 +145,9 @@ def test_a_short_secret_key_is_warned_about_without_showing_it(
 def test_a_secret_no_key_reads_names_the_setting_that_would(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _use_keys(monkeypatch, OLD_KEY, None)
+    use_keys(monkeypatch, OLD_KEY, None)
     save_provider({"nickname": "local", **_provider(2525)}, redis_client)
-    _use_keys(monkeypatch, NEW_KEY, None)
+    use_keys(monkeypatch, NEW_KEY, None)
     (warning,) = provider_view("local", redis_client)["warnings"]
     assert "DISPATCH_PREVIOUS_SECRET_KEYS" in warning
     with pytest.raises(crypto.SecretKeyError, match="DISPATCH_PREVIOUS_SECRET_KEYS"):
