@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request, Security, status
+from fastapi import HTTPException, Request, Response, Security, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 
 from dispatch.settings import get_settings
 
@@ -26,10 +29,15 @@ def require_token(
 
     With no tokens configured the API is open: meant for local use only (`dispatch up`).
     """
+    check_token(request.headers)
+
+
+def check_token(headers: Headers) -> None:
+    """:func:`require_token`'s check of a request's headers (401 ``HTTPException``)."""
     tokens = get_settings().api_tokens
     if not tokens:
         return
-    header = request.headers.get("authorization", "")
+    header = headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     # Compared as bytes: hmac.compare_digest refuses str with non-ASCII characters (a
     # TypeError, so a 500 for any client sending one); Starlette decodes headers as
@@ -46,3 +54,24 @@ def require_token(
         detail="missing or invalid bearer token",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+class TokenFirstRoute(APIRoute):
+    """A route that depends on :func:`require_token` checks the token before anything else.
+
+    FastAPI reads a request's body, and parses it, before it solves the dependencies: a
+    caller with no token made the API take a body of up to the app's limit (64 MB) and
+    parse it before it answered 401 (a 60 MB JSON array: 370 MB more memory and 2 s of
+    CPU for each such request). Now the 401 comes before any of the body is read.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not any(d.dependency is require_token for d in self.dependencies):
+            return handler
+
+        async def token_first(request: Request) -> Response:
+            check_token(request.headers)
+            return await handler(request)
+
+        return token_first

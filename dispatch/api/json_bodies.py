@@ -17,9 +17,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response, status
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from dispatch.api.auth import TokenFirstRoute
 from providers.config import NOT_FINITE_PROBLEM, find_not_finite
 
 
@@ -61,8 +61,9 @@ class _StrictJsonRequest(Request):
         return self._json
 
 
-class StrictJsonRoute(APIRoute):
-    """A route whose JSON body is read with :func:`parse_json_body`."""
+class StrictJsonRoute(TokenFirstRoute):
+    """A route whose JSON body is read with :func:`parse_json_body` (and whose bearer
+    token is checked before it is read)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

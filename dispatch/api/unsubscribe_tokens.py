@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from dispatch import preferences, store, suppressions
-from dispatch.api.auth import require_token
+from dispatch.api.auth import TokenFirstRoute, require_token
 from dispatch.api.errors import ERROR_RESPONSES, NOT_FOUND, NotFoundError
 from dispatch.api.schemas import SuppressionEntry, UnsubscribeTokenView
 from dispatch.unsubscribe import InvalidTokenError, read_token
@@ -23,6 +23,7 @@ router = APIRouter(
     tags=["unsubscribe tokens"],
     dependencies=[Depends(require_token)],
     responses=ERROR_RESPONSES,
+    route_class=TokenFirstRoute,
 )
 Token = Annotated[str, Path(max_length=4096, description="The `token` a custom center got")]
 

@@ -209,7 +209,7 @@ def verify_signature(
             raise CallbackRejected(f"invalid payload: {TIMESTAMP_HEADER} is too far from now")
     try:
         decoded = base64.b64decode(signature, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a header with non-ASCII characters
         raise CallbackRejected(f"invalid payload: {SIGNATURE_HEADER} is not base64") from exc
     try:
         key = load_public_key(public_key)

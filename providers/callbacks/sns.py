@@ -11,7 +11,6 @@ cached by URL.
 from __future__ import annotations
 
 import base64
-import binascii
 import http.client
 import re
 import threading
@@ -345,7 +344,7 @@ class SnsVerifier:
         self.check_url(envelope.signing_cert_url, "SigningCertURL", certificate=True)
         try:
             signature = base64.b64decode(envelope.signature, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII characters
             raise CallbackRejected("invalid payload: Signature is not base64") from exc
         key = self._public_key(envelope.signing_cert_url)
         try:
