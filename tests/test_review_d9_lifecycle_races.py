@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from dispatch import campaigns, lifecycle, store
-from dispatch.models import MessageState
+from dispatch.models import CampaignRequest, MessageState
 from dispatch.settings import Settings
 from tests.helpers import create_held, http_provider, recipients, run_batches, smtp_provider
 from tests.http_sink import HttpSink, Reply
-from tests.test_lifecycle_races import put
+from tests.test_lifecycle_races import assert_settled, put
 
 
 def _body(n: int, provider: str = "local") -> dict[str, Any]:
@@ -81,3 +81,35 @@ def test_a_resume_counts_the_failure_breaker_afresh_for_a_batch_that_runs_at_onc
         lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
     summary = campaigns.campaign_summary(cid, redis_client)
     assert (summary["status"], summary["failed"], summary["sent"]) == ("completed", 15, 25)
+
+
+def test_a_cancel_that_lands_as_a_posted_campaign_starts_is_not_undone(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign posted with its list (and a caller-chosen id) is stored as a draft,
+    then set running in a second step, unconditionally: a cancel (or a pause) that
+    landed between the two answered ``cancelled``, then the campaign ran and sent
+    everyone."""
+    smtp_provider(redis_client, 2525)
+    cid = "cancel-at-start"
+    appender = campaigns.RecipientAppender.__init__
+    answers: list[str] = []
+
+    def cancel_first(self: campaigns.RecipientAppender, *args: Any, **kw: Any) -> None:
+        if not answers:
+            answer = lifecycle.cancel(cid, client=redis_client, enqueue=lambda c, b: None)
+            answers.append(answer["status"])
+        appender(self, *args, **kw)
+
+    monkeypatch.setattr(campaigns.RecipientAppender, "__init__", cancel_first)
+    batches: list[tuple[str, int]] = []
+    created = campaigns.create_campaign(
+        CampaignRequest.model_validate({**_body(10), "id": cid}),
+        client=redis_client,
+        enqueue=lambda c, b: batches.append((c, b)),
+    )
+    assert created == (cid, True) and answers == ["cancelled"]
+    assert campaigns.get_status(cid, redis_client) == "cancelled"
+    run_batches(batches)  # whatever was handed out sends nothing
+    summary = assert_settled(redis_client, cid)
+    assert (summary["status"], summary["sent"]) == ("cancelled", 0)
