@@ -230,6 +230,18 @@ return redis.call('HGET', KEYS[1], 'filled') or '0'
 """
 
 
+# The start of a campaign posted with its list, unless it ended since it was stored (a
+# cancel landing in between stands: the filling finds it ended and stops). ARGV: the
+# active index's score and member, then the fields to set, name and value.
+_START_FILLING = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur == 'cancelled' or cur == 'expired' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 def _append_and_send(
     campaign_id: str,
     recipients: list[Recipient],
@@ -255,21 +267,18 @@ def _append_and_send(
     if resume_at is None:
         now = datetime.now(UTC)
         resume_at = 0
-        pipe = r.pipeline()  # MULTI
-        pipe.hset(
-            key,
-            mapping={
-                "status": CampaignStatus.RUNNING.value,
-                "send_date": now.strftime("%Y%m%d"),
-                "started_at": str(now.timestamp()),
-                "batch_size": str(size),
-                "appending": "1",
-                "filled": "0",
-                "filled_at": str(int(now.timestamp())),
-            },
-        )
-        pipe.zadd(store.ACTIVE_ZSET, {campaign_id: now.timestamp()})
-        pipe.execute()
+        started = {
+            "status": CampaignStatus.RUNNING.value,
+            "send_date": now.strftime("%Y%m%d"),
+            "started_at": str(now.timestamp()),
+            "batch_size": str(size),
+            "appending": "1",
+            "filled": "0",
+            "filled_at": str(int(now.timestamp())),
+        }
+        fields = [part for pair in started.items() for part in pair]
+        keys = (key, store.ACTIVE_ZSET)
+        r.eval(_START_FILLING, len(keys), *keys, now.timestamp(), campaign_id, *fields)
     else:
         appender.know_stored()
     stored = stored_count(r, campaign_id)

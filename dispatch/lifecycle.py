@@ -162,12 +162,13 @@ RESUME_AT_FIELD = "resume_at"  # a campaign's own resume, after its pause (see p
 
 # Its own resume, taken once and as read (two sweeps at once, or a person who paused,
 # resumed or cancelled it meanwhile: the field is gone or another): running again, in the
-# active index, in one step with the checks. ARGV: the resume time as read, the id.
+# active index, in one step with the checks. ARGV: the resume time as read, the id, the
+# failure breaker's field (cleared in the same step: see _RESUME).
 _RESUME_BY_ITSELF = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'paused' then return 0 end
 if redis.call('HGET', KEYS[1], 'resume_at') ~= ARGV[1] then return 0 end
 local t = redis.call('TIME')
-redis.call('HDEL', KEYS[1], 'resume_at')
+redis.call('HDEL', KEYS[1], 'resume_at', ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'running', 'reason', '', 'status_at', t[1])
 redis.call('ZADD', KEYS[2], t[1], ARGV[2])
 return 1
@@ -182,7 +183,8 @@ def resume_by_itself(
     changed: one a person pauses meanwhile stops at once, sending nothing."""
     key = store.campaign_key(campaign_id)
     keys = (key, store.ACTIVE_ZSET)
-    if not client.eval(_RESUME_BY_ITSELF, len(keys), *keys, resume_at, campaign_id):
+    breaker = store.BREAKER_FIELD
+    if not client.eval(_RESUME_BY_ITSELF, len(keys), *keys, resume_at, campaign_id, breaker):
         return False
     # (The reputation guard stays on: no person chose to send despite it.)
     _hand_out(client, campaign_id, enqueue)
@@ -221,8 +223,10 @@ def pause(campaign_id: str, *, client: redis.Redis | None = None) -> dict[str, A
 # release deals with it if the start that follows does not happen (it schedules it again
 # for its send_at, starts it, or pauses it with the reason); one not started and already
 # ``scheduled`` was resumed before (a repeat of the request, another client). A started
-# one runs again and joins the active index (KEYS[3]). Returns {status found, outcome}:
-# 'scheduled', 'waiting', 'running', or '' (refused).
+# one runs again and joins the active index (KEYS[3]), its failure breaker (ARGV[2])
+# counting afresh from the same step: cleared a round trip later, a batch taken by a
+# worker in between added its failures to the old count and paused it again at once.
+# Returns {status found, outcome}: 'scheduled', 'waiting', 'running', or '' (refused).
 _RESUME = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'', ''} end
@@ -236,7 +240,7 @@ if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
   return {cur, 'scheduled'}
 end
 if cur ~= 'paused' and cur ~= 'running' then return {cur, ''} end
-redis.call('HDEL', KEYS[1], 'resume_at')
+redis.call('HDEL', KEYS[1], 'resume_at', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'running', 'reason', '', 'status_at', t[1])
 redis.call('ZADD', KEYS[3], t[1], ARGV[1])
 return {cur, 'running'}
@@ -259,7 +263,7 @@ def resume(
     # otherwise find the campaign running with the guard still on, and pause it again.
     reputation.stand_down(r, campaign_id)
     keys = (key, store.SCHEDULED_ZSET, store.ACTIVE_ZSET)
-    found, outcome = r.eval(_RESUME, len(keys), *keys, campaign_id)
+    found, outcome = r.eval(_RESUME, len(keys), *keys, campaign_id, store.BREAKER_FIELD)
     if not found:
         raise campaigns.CampaignNotFoundError(campaign_id)
     if outcome == "scheduled":
@@ -276,9 +280,9 @@ def resume(
 
 
 def _hand_out(r: redis.Redis, campaign_id: str, enqueue: EnqueueBatch | None) -> None:
-    """Every batch of a campaign that runs again, handed out (each skips what was sent)."""
+    """Every batch of a campaign that runs again, handed out (each skips what was sent).
+    (Its failure breaker was cleared with the status.)"""
     key = store.campaign_key(campaign_id)
-    r.hdel(key, store.BREAKER_FIELD)  # the failure breaker counts afresh
     # Counted once running: a campaign create_campaign still fills has no ``batches``
     # yet, and the batches it stored while paused ran (and left) before this; those it
     # stores from now on it hands out itself.
@@ -714,12 +718,22 @@ def retry_failed(
             await client.aclose()
 
     asyncio.run(go())
-    if report.retried:
+    # A completed campaign with messages queued: an earlier retry-failed wrote them and
+    # stopped before it set the campaign running (Redis failed, the process died). They
+    # are marked retried, so this one finds none to queue: it finishes that one's work,
+    # or they stay queued for ever (nothing sends a completed campaign's messages).
+    stranded = (
+        status is _S.COMPLETED and int(r.hget(store.counters_key(campaign_id), "queued") or 0) > 0
+    )
+    if report.retried or stranded:
         r.hdel(store.campaign_key(campaign_id), store.BREAKER_FIELD)  # counts afresh
-        _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING))
+        # Joins the active index in the same step: housekeeping restarts it if the
+        # batches handed out below are lost.
+        _transition(r, campaign_id, _S.RUNNING, (_S.COMPLETED, _S.RUNNING), watch=True)
         status = campaign_reads.get_status(campaign_id, r)
-        if status is _S.RUNNING:
-            campaigns.watch_active(r, campaign_id)
+        if status is _S.RUNNING and stranded:
+            _hand_out(r, campaign_id, enqueue)  # which batches hold them is not known
+        elif status is _S.RUNNING:
             with batch_enqueue.batch_enqueuer(enqueue) as send:
                 for batch in sorted(report.batches):
                     send(campaign_id, batch)

@@ -1,0 +1,115 @@
+"""Lifecycle races (review D9): an operator's step and a batch's (or another step's)
+interleaved at a precise point, on a real Redis, each order forced by a hook: no timing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from dispatch import campaign_reads, campaigns, lifecycle, recipient_append, store
+from dispatch.models import CampaignRequest, MessageState
+from dispatch.settings import Settings
+from tests.helpers import create_held, http_provider, recipients, run_batches, smtp_provider
+from tests.http_sink import HttpSink, Reply
+from tests.test_lifecycle_races import assert_settled, put
+
+
+def _body(n: int, provider: str = "local") -> dict[str, Any]:
+    return {"provider": provider, "subject": "s", "html": "h", "recipients": recipients(n)}
+
+
+def test_retry_failed_again_after_one_that_stopped_half_way_sends_them(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """retry-failed queued the failures again, then Redis failed before the campaign was
+    set running (the API answered 500). The operator asks again: the messages, marked
+    retried, were skipped, and the campaign stayed ``completed`` with them queued for
+    ever (nothing sends or settles a completed campaign's messages)."""
+    smtp_provider(redis_client, 2525)
+    cid, _ = create_held(redis_client, _body(10))
+    put(cid, {seq: MessageState.SENT for seq in range(6)})
+    put(cid, {seq: MessageState.FAILED for seq in range(6, 10)})
+    assert campaign_reads.get_status(cid, redis_client) == "completed"
+    transition = lifecycle._transition
+    broken: list[str] = []
+
+    def fails_once(*args: Any, **kw: Any) -> Any:
+        if not broken:
+            broken.append("once")
+            raise redis.ConnectionError("Connection reset by peer")
+        return transition(*args, **kw)
+
+    monkeypatch.setattr(lifecycle, "_transition", fails_once)
+    with pytest.raises(redis.ConnectionError):
+        lifecycle.retry_failed(cid, client=redis_client, enqueue=lambda c, b: None)
+    enqueued: list[tuple[str, int]] = []
+    report, summary = lifecycle.retry_failed(
+        cid, client=redis_client, enqueue=lambda c, b: enqueued.append((c, b))
+    )
+    assert (report.retried, report.skipped_already_retried) == (0, 0)
+    assert (summary["status"], summary["queued"]) == ("running", 4)
+    assert enqueued == [(cid, 0)]
+    assert redis_client.zscore(store.ACTIVE_ZSET, cid) is not None  # housekeeping watches it
+
+
+def test_a_resume_counts_the_failure_breaker_afresh_for_a_batch_that_runs_at_once(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume set the campaign running, then cleared the breaker's count in a second
+    step: a batch task of the campaign taken by a worker in between (one queued before
+    the pause) added its first failures to the old count and paused the campaign again
+    at once, the fix the person resumed for untried."""
+    settings = Settings(pause_after_failures=10)
+    with HttpSink(default=Reply(400, b'{"error": "unknown sender"}')) as sink:
+        http_provider(redis_client, sink.url, batch_size=5, max_connections=1)
+        cid, batches = create_held(redis_client, _body(40, "esp"))
+        run_batches(batches, settings)
+        summary = campaign_reads.campaign_summary(cid, redis_client)
+        assert (summary["status"], summary["failed"], summary["queued"]) == ("paused", 10, 30)
+        # Fixed at the ESP, but for one more refusal (a chunk of 5).
+        sink.script(Reply(400, b'{"error": "unknown sender"}'), *[Reply(200, b"{}")] * 5)
+        hand_out = lifecycle._hand_out
+
+        def a_batch_first(r: redis.Redis, campaign_id: str, enqueue: Any) -> None:
+            run_batches(batches, settings)  # a worker takes a batch task right then
+            hand_out(r, campaign_id, enqueue)
+
+        monkeypatch.setattr(lifecycle, "_hand_out", a_batch_first)
+        lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
+    summary = campaign_reads.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["failed"], summary["sent"]) == ("completed", 15, 25)
+
+
+def test_a_cancel_that_lands_as_a_posted_campaign_starts_is_not_undone(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign posted with its list (and a caller-chosen id) is stored as a draft,
+    then set running in a second step, unconditionally: a cancel (or a pause) that
+    landed between the two answered ``cancelled``, then the campaign ran and sent
+    everyone."""
+    smtp_provider(redis_client, 2525)
+    cid = "cancel-at-start"
+    appender = recipient_append.RecipientAppender.__init__
+    answers: list[str] = []
+
+    def cancel_first(self: recipient_append.RecipientAppender, *args: Any, **kw: Any) -> None:
+        if not answers:
+            answer = lifecycle.cancel(cid, client=redis_client, enqueue=lambda c, b: None)
+            answers.append(answer["status"])
+        appender(self, *args, **kw)
+
+    monkeypatch.setattr(recipient_append.RecipientAppender, "__init__", cancel_first)
+    batches: list[tuple[str, int]] = []
+    created = campaigns.create_campaign(
+        CampaignRequest.model_validate({**_body(10), "id": cid}),
+        client=redis_client,
+        enqueue=lambda c, b: batches.append((c, b)),
+    )
+    assert created == (cid, True) and answers == ["cancelled"]
+    assert campaign_reads.get_status(cid, redis_client) == "cancelled"
+    run_batches(batches)  # whatever was handed out sends nothing
+    summary = assert_settled(redis_client, cid)
+    assert (summary["status"], summary["sent"]) == ("cancelled", 0)
