@@ -18,7 +18,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,10 +38,10 @@ from dispatch.batch_items import (
     terminal_state,
     unsettled,
 )
+from dispatch.claim_returns import WAITED, give_back_after_failure, give_back_claims
 from dispatch.housekeeping import note_parked
 from dispatch.ledger import (
     BatchLease,
-    LeaseLostError,
     LedgerWriter,
     Records,
     claim_record,
@@ -76,92 +76,6 @@ from providers.http import MAX_RETRY_AFTER
 
 log = logging.getLogger(__name__)
 STATUS_POLL_SECONDS = 0.5
-
-
-async def give_back_claims(
-    writer: LedgerWriter,
-    items: Iterable[Item],
-    detail: str = "claimed, not attempted: the batch stopped first",
-) -> None:
-    """Those of ``items`` the load claimed and this run did not attempt (it paused, no
-    connection slot came, it failed first, it must wait) wait to be sent again, as after
-    a configuration error: a claim left behind would read as a lost send. They are
-    marked unclaimed at once, before the write: a sender of the batch that takes one
-    meanwhile claims it again, in the same writer's order, after this write."""
-    left = [item for item in items if item.claimed]
-    if left:
-        for item in left:
-            item.claimed = False
-        made = Records()
-        await writer.give_back_many(
-            [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
-        )
-
-
-# How long a run that failed keeps trying to give back the claims it did not attempt
-# while Redis does not answer (at most half its lease's TTL: see
-# _give_back_after_failure).
-GIVE_BACK_SECONDS = 10.0
-
-
-async def _give_back_after_failure(
-    writer: LedgerWriter,
-    items: list[Item],
-    lease_ttl_ms: int,
-    outcomes: Sequence[tuple[int, bytes, str]] = (),
-) -> None:
-    """Give back the claims of ``items`` (the run's) that this run never attempted, once
-    Redis answers again (its error ended the run): claimed by the load, or by a claim
-    whose answer was lost, they would be recorded ``unknown`` by the next run, never
-    sent. So would the messages it sent whose ``outcomes`` it could not record (the
-    error came then): they are written too, only over a record still unsettled (one
-    the failed write did record stays as it is: written once, counted once).
-
-    Safe whatever happened meanwhile: the write is fenced by this run's lease (taken
-    over by another run, or expired, it writes nothing), and it only moves a record
-    that is still ``claimed``. Under the lease nobody else claims the run's messages (a
-    dead worker's claims, recorded ``unknown`` by the run, are not among ``items``), so
-    a claim there is this run's, and not attempted; a message given back already, never
-    claimed, or settled (by a cancel too) stays as it is. Gives up after
-    :data:`GIVE_BACK_SECONDS` or half the lease's TTL.
-    """
-    left = [item for item in items if not item.attempted]
-    if not left and not outcomes:
-        return
-    made = Records()
-    detail = "claimed, not attempted: the batch stopped first"
-    writes = [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
-    deadline = time.monotonic() + min(GIVE_BACK_SECONDS, lease_ttl_ms / 2000)
-    pause = 0.05
-    while True:
-        try:
-            if outcomes:
-                await writer.put_unsettled_many(outcomes)
-                outcomes = ()  # (a retry written again would count twice in /metrics)
-            await writer.give_back_many(writes)
-            for item in left:
-                item.claimed = False
-            return
-        except LeaseLostError:
-            return
-        except Exception:
-            if time.monotonic() + pause > deadline:
-                log.warning(
-                    "%s: could not give back %d claims of a failed batch run (the next "
-                    "run records them unknown)",
-                    writer.keys[0],
-                    len(left),
-                    extra={"batch": writer.batch, "provider": writer.provider},
-                )
-                return
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 1.0)
-
-
-# Why a message the load claimed went back to waiting (its record, until it is claimed
-# again): nothing waits claimed for a connection slot or the provider's pace, since a
-# worker killed meanwhile would leave a claim that reads as a lost send (``unknown``).
-_WAITED = "claimed, not attempted: given back while the batch waited for its turn"
 
 
 @dataclass
@@ -353,7 +267,7 @@ class BatchSender:
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
-        # Outcomes of this run's sends whose write failed (see _give_back_after_failure).
+        # Outcomes of this run's sends whose write failed (see give_back_after_failure).
         self.unrecorded: list[tuple[int, bytes, str]] = []
         self._records = Records()
         # The failure breaker (see _judge): ``sent_any`` (the campaign sent a message)
@@ -594,7 +508,7 @@ class BatchSender:
         if kept is None:
             kept = KeptSession(self.pool_key, slots, secrets.token_hex(8))
             if not await slots.acquire(kept.token):
-                await give_back_claims(self.writer, self.queue, _WAITED)
+                await give_back_claims(self.writer, self.queue, WAITED)
                 if not await slots.hold(kept.token, self._stop_waiting):
                     return
         self.holding += 1
@@ -620,7 +534,7 @@ class BatchSender:
                 self.put_back(chunk)  # left queued for resume
                 return
             if kept.slot_lost:
-                await give_back_claims(self.writer, chunk, _WAITED)
+                await give_back_claims(self.writer, chunk, WAITED)
                 if not await self._slot_again(kept):
                     self.put_back(chunk)
                     return
@@ -633,15 +547,15 @@ class BatchSender:
                 return
             if not grant.count:  # the quota's last sends are out: some may come back
                 self.put_back(chunk)
-                await give_back_claims(self.writer, chunk, _WAITED)
+                await give_back_claims(self.writer, chunk, WAITED)
                 await self._rest(grant.wait)
                 continue
             if grant.count < len(chunk):  # the last of today's quota: the rest waits
                 rest, chunk = chunk[grant.count :], chunk[: grant.count]
                 self.put_back(rest)  # (not claimed while the granted part is on the wire)
-                await give_back_claims(self.writer, rest, _WAITED)
+                await give_back_claims(self.writer, rest, WAITED)
             if grant.wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
-                await give_back_claims(self.writer, chunk, _WAITED)
+                await give_back_claims(self.writer, chunk, WAITED)
                 await self._rest(grant.wait)
                 if self.stopped:
                     self.put_back(chunk)
@@ -1112,7 +1026,7 @@ async def run_batch(
             r, campaign_id, lease.token, batch, content.provider, content.category
         )
         items, stale, retry_at = unsettled(loaded, settings)
-        run_items = items  # (all of them: see _give_back_after_failure)
+        run_items = items  # (all of them: see give_back_after_failure)
         unrecorded: list[tuple[int, bytes, str]] = []  # (the sender's, once it runs)
         try:
             await writer.put_many(stale)
@@ -1227,7 +1141,7 @@ async def run_batch(
         except Exception:
             # Whatever this run claimed and did not attempt goes back, and what it sent
             # is recorded, once Redis lets us.
-            await _give_back_after_failure(writer, run_items, lease.ttl_ms, unrecorded)
+            await give_back_after_failure(writer, run_items, lease.ttl_ms, unrecorded)
             raise
     finally:
 
