@@ -30,7 +30,6 @@ from redis.asyncio.client import Pipeline
 
 from dispatch import incidents, send_stats, store
 from dispatch.batch_items import (
-    BatchStart,
     Item,
     begin_batch,
     drop_suppressed,
@@ -54,6 +53,13 @@ from dispatch.lifecycle import expire_now, pause_running
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError, chunk_limit
 from dispatch.message_logs import OutcomeLog, log_lost_claims
 from dispatch.models import CampaignContent, CampaignStatus, MessageState
+from dispatch.process_cache import (
+    chunk_size,
+    compiled_for,
+    content_of,
+    known_fingerprint,
+    provider_for,
+)
 from dispatch.provider_store import decode_provider
 from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
 from dispatch.send_stats import SendStats
@@ -901,66 +907,6 @@ async def _replaced(r: aioredis.Redis, provider: ProviderBase, configuration: st
     return stored is not None and stored != configuration and _differs(str(stored), provider)
 
 
-_providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
-# Providers whose transports a process keeps (the most recently built): nicknames come and
-# go over weeks (providers deleted, one per customer), and each transport keeps its
-# campaigns' MIME writers; one rebuilt after falling out costs a decode.
-_PROVIDERS_KEPT = 64
-_compiled: dict[str, CompiledContent] = {}
-_contents: dict[str, tuple[str, CampaignContent]] = {}  # campaign id: (fingerprint, content)
-
-
-def _provider_for(nickname: str, raw: str, settings: Settings) -> tuple[ProviderBase, Transport]:
-    """The provider stored as ``raw`` and its transport, decoded and built once per
-    configuration per process (the transport's connections are its own)."""
-    from providers.registry import build_transport
-
-    cached = _providers.get(nickname)
-    if cached is None or cached[0] != raw:
-        provider, _ = decode_provider(raw)
-        transport = build_transport(
-            provider, allow_private_endpoints=settings.allow_private_endpoints
-        )
-        _providers.pop(nickname, None)
-        while len(_providers) >= _PROVIDERS_KEPT:
-            del _providers[next(iter(_providers))]  # the one built longest ago
-        cached = _providers[nickname] = (raw, provider, transport)
-    return cached[1], cached[2]
-
-
-def _chunk_size(nickname: str, raw: str, settings: Settings) -> int:
-    """How many messages a sender of this provider hands over at once (see chunk_limit)."""
-    provider, transport = _provider_for(nickname, raw, settings)
-    return chunk_limit(provider, transport.chunk_size)
-
-
-def _compiled_for(content: CampaignContent) -> CompiledContent:
-    compiled = _compiled.get(content.id)
-    if compiled is None:
-        compiled = CompiledContent(
-            subject=content.subject, html=content.html, text=content.text, amp=content.amp
-        )
-        if len(_compiled) > 256:
-            _compiled.clear()
-        _compiled[content.id] = compiled
-    return compiled
-
-
-def _content_of(campaign_id: str, begun: BatchStart) -> CampaignContent | None:
-    """The campaign's content: decoded from ``begun`` when it came (and kept, with its
-    fingerprint), else this process's copy; None when the campaign is not stored."""
-    if begun.content is not None:
-        content = CampaignContent.model_validate_json(begun.content)
-        if len(_contents) > 256:
-            _contents.clear()
-        _contents[campaign_id] = (begun.fingerprint, content)
-        return content
-    cached = _contents.get(campaign_id)
-    if cached is None or not begun.fingerprint or cached[0] != begun.fingerprint:
-        return None
-    return cached[1]
-
-
 async def run_batch(
     campaign_id: str,
     batch: int,
@@ -986,13 +932,12 @@ async def run_batch(
     # provider (the content only when this process does not hold it yet).
     stats: SendStats | None = None  # the send metrics of this run, once it sends
     stats_provider = ""
-    known = _contents.get(campaign_id)
-    begun = await begin_batch(r, lease, campaign_id, known[0] if known else "")
+    begun = await begin_batch(r, lease, campaign_id, known_fingerprint(campaign_id))
     if not begun.acquired:
         result.busy = True
         return result
     try:
-        content = _content_of(campaign_id, begun)
+        content = content_of(campaign_id, begun)
         if content is None:
             log.warning(
                 "batch %s/%s: campaign does not exist", campaign_id, batch,
@@ -1011,7 +956,7 @@ async def run_batch(
         one_chunk = (
             raw_provider is not None
             and status == CampaignStatus.RUNNING.value
-            and _chunk_size(content.provider, raw_provider, settings) >= size
+            and chunk_size(content.provider, raw_provider, settings) >= size
         )
         loaded = await load_batch(
             r,
@@ -1053,12 +998,12 @@ async def run_batch(
                     kind = incidents.PauseKind.PROVIDER_DELETED
                     await incidents.paused(r, campaign_id, content.provider, kind, gone)
                 return result
-            provider, transport = _provider_for(content.provider, raw_provider, settings)
+            provider, transport = provider_for(content.provider, raw_provider, settings)
             campaign = _Campaign(
                 content,
                 provider,
                 transport,
-                _compiled_for(content),
+                compiled_for(content),
                 begun.send_date or datetime.now(UTC).strftime("%Y%m%d"),
                 settings,
                 r,
