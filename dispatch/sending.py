@@ -18,10 +18,9 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 import redis
@@ -29,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from dispatch import incidents, send_stats, store
+from dispatch.batch_campaign import BatchCampaign
 from dispatch.batch_items import (
     Item,
     begin_batch,
@@ -44,15 +44,14 @@ from dispatch.ledger import (
     LedgerWriter,
     Records,
     claim_record,
-    ct_source,
     event_fields,
     record,
     system_event,
 )
 from dispatch.lifecycle import expire_now, pause_running
-from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError, chunk_limit
+from dispatch.limits import QuotaExhaustedError
 from dispatch.message_logs import OutcomeLog, log_lost_claims
-from dispatch.models import CampaignContent, CampaignStatus, MessageState
+from dispatch.models import CampaignStatus, MessageState
 from dispatch.process_cache import (
     chunk_size,
     compiled_for,
@@ -61,15 +60,13 @@ from dispatch.process_cache import (
     provider_for,
 )
 from dispatch.provider_store import decode_provider
-from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
+from dispatch.rendering import RenderError
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
-from dispatch.suppressions import describe as describe_suppression
 from dispatch.suppressions import suppression_key
-from dispatch.unsubscribe import recipient_links
 from providers.addresses import InvalidAddressError, normalize_address
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import ProviderBase
 from providers.errors import (
     ConfigurationError,
@@ -124,124 +121,12 @@ def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = 
 _REFUSED = frozenset((OutcomeStatus.FAILED, OutcomeStatus.RETRY))
 
 
-class _Campaign:
-    """What the senders of a batch share: content, provider, templates, and control."""
-
-    def __init__(
-        self,
-        content: CampaignContent,
-        provider: ProviderBase,
-        transport: Transport,
-        compiled: CompiledContent,
-        send_date: str,
-        settings: Settings,
-        limiter_client: aioredis.Redis,
-        suppressed_copies: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        """``suppressed_copies``: cc and bcc addresses put on the suppression list since
-        the campaign was created (see load_batch), with their entries: this batch's
-        messages go without a copy to them (each still to its To recipient), and the
-        log says so."""
-        self.content = content
-        self.provider = provider
-        self.transport = transport
-        self.source = ct_source(transport.kind)  # "CT Source" of its system events
-        self.compiled = compiled
-        self.settings = settings
-        for name, value in (("campaign id", content.id), ("account_id", settings.account_id)):
-            if "|" in value:
-                raise ValueError(f"{name} contains '|'")
-        self.meta_tail = (
-            f"|{settings.account_id}|{content.id}|{send_date}|{content.variant}|{content.category}|"
-        )
-        self.from_name = content.from_name if content.from_name is not None else provider.from_name
-        self.from_address = content.from_address or provider.from_address
-        self.reply_to = content.reply_to if content.reply_to is not None else provider.reply_to
-        self.stop_reason = ""
-        self.stop_kind = incidents.PauseKind.CONFIGURATION  # why, when it pauses
-        self.resume_at: float | None = None  # when it resumes by itself (our own quota)
-        self.status = CampaignStatus.RUNNING
-        self.base_context = campaign_context(content.vars)
-        self.cc, self.bcc = content.cc, content.bcc
-        for address, entry in (suppressed_copies or {}).items():
-            field_ = "cc" if address in content.cc else "bcc"
-            self.cc = tuple(a for a in self.cc if a != address)
-            self.bcc = tuple(a for a in self.bcc if a != address)
-            log.warning(
-                "campaign %s: %s %s is on the suppression list (%s): left out of this "
-                "batch's messages (each still goes to its To recipient)",
-                content.id, field_, address, describe_suppression(dict(entry)),
-                extra={"campaign_id": content.id, "email": address, "field": field_,
-                       "suppression": dict(entry)},
-            )  # fmt: skip
-        self.limiter = ProviderLimiter(
-            limiter_client,
-            provider,
-            1 + len(self.cc) + len(self.bcc),
-            settings.lease_ttl_ms / 1000,
-        )
-        self.chunk_size = chunk_limit(provider, transport.chunk_size)
-        self.slots = ConnectionSlots(limiter_client, provider, settings.lease_ttl_ms / 1000)
-
-    def build(self, item: Item) -> OutgoingMessage:
-        """Render one recipient's message; raises RenderError / InvalidAddressError."""
-        email = normalize_address(item.email)
-        if "|" in email:
-            raise InvalidAddressError(f"{email!r}: '|' cannot be carried in the meta string")
-        headers: tuple[tuple[str, str], ...] = ()
-        unsub = prefs = ""
-        provider = self.provider
-        if provider.preference_center != "none":
-            headers, unsub, prefs = recipient_links(
-                provider.preference_center, provider.preference_center_url,
-                self.content.id, item.seq, email, self.content.category,
-            )  # fmt: skip
-        names = self.compiled.recipient_names
-        if names is not None and names <= item.vars.keys():
-            context = item.vars  # every name from the recipient (see CompiledContent)
-        else:
-            context = recipient_context(
-                self.base_context,
-                item.vars,
-                email=email,
-                user_id=item.user_id,
-                campaign_id=self.content.id,
-                unsubscribe_url=unsub,
-                preferences_url=prefs,
-            )
-        r = self.compiled.render(context, self.transport.content_parts)
-        content = self.content
-        return OutgoingMessage(  # positional: this runs once per recipient
-            item.seq, f"{email}{self.meta_tail}{item.seq}|", content.id, email,
-            r.subject, r.html, r.text, self.from_address, self.from_name, r.amp,
-            self.reply_to, self.cc, self.bcc, headers, item.vars, content.vars,
-            unsub, prefs,
-        )  # fmt: skip
-
-
-def build_message(
-    content: CampaignContent,
-    provider: ProviderBase,
-    transport: Transport,
-    item: Item,
-    settings: Settings,
-    r: aioredis.Redis,
-) -> OutgoingMessage:
-    """One recipient's message of ``content``, built as its batch builds it (a campaign's
-    test message); raises RenderError / InvalidAddressError / ValueError."""
-    compiled = CompiledContent(
-        subject=content.subject, html=content.html, text=content.text, amp=content.amp
-    )
-    send_date = datetime.now(UTC).strftime("%Y%m%d")
-    return _Campaign(content, provider, transport, compiled, send_date, settings, r).build(item)
-
-
 class BatchSender:
     """Runs the sessions of one batch over a shared queue of messages."""
 
     def __init__(
         self,
-        campaign: _Campaign,
+        campaign: BatchCampaign,
         writer: LedgerWriter,
         items: list[Item],
         settings: Settings,
@@ -826,7 +711,7 @@ _STATE_OF = {
 
 
 async def _watch_status(
-    r: aioredis.Redis, campaign: _Campaign, sender: BatchSender, stop_key: str = ""
+    r: aioredis.Redis, campaign: BatchCampaign, sender: BatchSender, stop_key: str = ""
 ) -> None:
     """Poll the campaign status so that pause and cancel take effect within a second, and
     the clock so that a campaign whose ``expires_at`` passes while it sends expires then
@@ -854,7 +739,7 @@ async def _watch_status(
 
 
 async def _status_changed(
-    r: aioredis.Redis, campaign: _Campaign, sender: BatchSender, stop_key: str
+    r: aioredis.Redis, campaign: BatchCampaign, sender: BatchSender, stop_key: str
 ) -> bool:
     """One poll of :func:`_watch_status`; True when the batch stops."""
     expires_at = campaign.content.expires_at
@@ -999,7 +884,7 @@ async def run_batch(
                     await incidents.paused(r, campaign_id, content.provider, kind, gone)
                 return result
             provider, transport = provider_for(content.provider, raw_provider, settings)
-            campaign = _Campaign(
+            campaign = BatchCampaign(
                 content,
                 provider,
                 transport,
