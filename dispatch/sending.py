@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from dispatch import incidents, send_stats, store
+from dispatch import incidents, store
 from dispatch.batch_campaign import BatchCampaign
 from dispatch.batch_items import (
     Item,
@@ -59,15 +58,14 @@ from dispatch.process_cache import (
     known_fingerprint,
     provider_for,
 )
-from dispatch.provider_store import decode_provider
 from dispatch.rendering import RenderError
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
+from dispatch.status_watch import provider_gone, provider_replaced, watch_status
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
-from providers.config import ProviderBase
 from providers.errors import (
     ConfigurationError,
     ErrorClass,
@@ -78,7 +76,6 @@ from providers.errors import (
 from providers.http import MAX_RETRY_AFTER
 
 log = logging.getLogger(__name__)
-STATUS_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -150,7 +147,7 @@ class BatchSender:
         self.handed_on = False  # its worker is shutting down: the batch goes back too
         # Its provider was saved again with another configuration: the batch goes back
         # too, to run with the new one (the stored configuration it watches, see
-        # _status_changed: what a save must change to reach it).
+        # status_watch._status_changed: what a save must change to reach it).
         self.reconfigured = False
         self.configuration = pool_key[1]
         self.aborted = False  # a sender failed: the run ends with its error
@@ -710,88 +707,6 @@ _STATE_OF = {
 }
 
 
-async def _watch_status(
-    r: aioredis.Redis, campaign: BatchCampaign, sender: BatchSender, stop_key: str = ""
-) -> None:
-    """Poll the campaign status so that pause and cancel take effect within a second, and
-    the clock so that a campaign whose ``expires_at`` passes while it sends expires then
-    (not when beat next looks: nothing may go out after it), its provider so that one
-    deleted or saved with another configuration (host, password, limits) takes effect
-    within a second, not when the batch ends (minutes later at a slow pace): the campaign
-    pauses, or the batch runs again with the new configuration; and ``stop_key``
-    (run_batch) so that a worker asked to shut down hands its batches on within a second;
-    and adds the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll
-    that meets a Redis error (a restart) is skipped: the next one looks again."""
-    flushed = time.monotonic()
-    while not sender.done.is_set():
-        await asyncio.sleep(STATUS_POLL_SECONDS)
-        if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
-            flushed = time.monotonic()
-            await sender.stats.flush(r, campaign.provider.nickname)
-        try:
-            if await _status_changed(r, campaign, sender, stop_key):
-                return
-        except redis.RedisError as exc:  # Redis restarting: the next poll looks again
-            log.warning(
-                "campaign %s: status poll failed (%s)", campaign.content.id, exc,
-                extra=sender.outcome_log.context,
-            )  # fmt: skip
-
-
-async def _status_changed(
-    r: aioredis.Redis, campaign: BatchCampaign, sender: BatchSender, stop_key: str
-) -> bool:
-    """One poll of :func:`_watch_status`; True when the batch stops."""
-    expires_at = campaign.content.expires_at
-    if expires_at is not None and expires_at <= datetime.now(UTC):
-        await expire_now(r, campaign.content.id)
-    if stop_key and await r.exists(stop_key):
-        sender.handed_on = True
-        sender.finish()
-        return True
-    status = await r.hget(store.campaign_key(campaign.content.id), "status")
-    if status and status != CampaignStatus.RUNNING.value:
-        campaign.status = CampaignStatus(str(status))
-        campaign.stop_reason = f"campaign {campaign.status}"
-        sender.finish()
-        return True
-    nickname = campaign.provider.nickname
-    stored = await r.get(store.provider_key(nickname))
-    if stored is None:
-        campaign.stop_kind = incidents.PauseKind.PROVIDER_DELETED
-        campaign.stop_reason = provider_gone(nickname)
-        sender.finish()
-        return True
-    if sender.configuration and stored != sender.configuration:
-        if _differs(str(stored), campaign.provider):
-            sender.reconfigured = True
-            sender.finish()
-            return True
-        sender.configuration = str(stored)  # the same saved again: looked at once
-    return False
-
-
-def provider_gone(nickname: str) -> str:
-    """Why a campaign whose provider was deleted pauses."""
-    return f"provider {nickname!r} is gone"
-
-
-def _differs(stored: str, provider: ProviderBase) -> bool:
-    """Whether the configuration ``stored`` (a provider saved again) is not ``provider``
-    (a GET's answer PUT back encrypts its secrets anew: other bytes, the same provider)."""
-    try:
-        return decode_provider(stored)[0] != provider
-    except Exception:  # (a secret that no longer decrypts): the next run says what
-        return True
-
-
-async def _replaced(r: aioredis.Redis, provider: ProviderBase, configuration: str) -> bool:
-    """Whether ``provider``, stored as ``configuration`` when the batch began, has been
-    saved again with another configuration since."""
-    stored = await r.get(store.provider_key(provider.nickname))
-    return stored is not None and stored != configuration and _differs(str(stored), provider)
-
-
 async def run_batch(
     campaign_id: str,
     batch: int,
@@ -903,7 +818,7 @@ async def run_batch(
             if pool is not None:
                 kept.extend(await pool.take(pool_key, n))
             kept += [None] * (n - len(kept))
-            watcher = asyncio.create_task(_watch_status(r, campaign, sender, stop_key))
+            watcher = asyncio.create_task(watch_status(r, campaign, sender, stop_key))
             sessions = [asyncio.create_task(sender.run_session(k)) for k in kept]
             try:
                 await asyncio.gather(*sessions)
@@ -922,7 +837,7 @@ async def run_batch(
                 campaign.stop_reason
                 and campaign.status is CampaignStatus.RUNNING
                 and campaign.stop_kind is not incidents.PauseKind.PROVIDER_DELETED
-                and await _replaced(r, provider, raw_provider)
+                and await provider_replaced(r, provider, raw_provider)
             ):
                 # The configuration that failed (a refused password) was replaced while
                 # the batch used it: what failed no longer holds; the batch runs again
