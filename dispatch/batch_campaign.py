@@ -1,5 +1,4 @@
-"""What the senders of one batch share (content, provider, templates, limits, why it
-stops), and how one recipient's message is built from it."""
+"""What the senders of a batch share, and how one recipient's message is built from it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""What one batch run has left to send and how it records each outcome in the ledger:
-retries (inline or parked for a later run), final records with their events, and the
-failure breaker."""
+"""A batch run's messages and the ledger writes of their outcomes, with the failure breaker."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What a worker process keeps between batches: providers and their transports,
-compiled templates, campaign contents."""
+"""What a worker process keeps between batches: providers, compiled templates, contents."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Watch a sending batch's campaign, provider and worker, so that a pause, cancel,
-expiry, provider change or shutdown stops it within a second."""
+"""Stops a sending batch within a second of a pause, cancel, expiry, provider change or shutdown."""
 
 from __future__ import annotations
 
