@@ -4,7 +4,7 @@ to another address (``POST /v1/campaigns/{id}/test``, ``dispatch send FILE --tes
 Before a campaign goes to a million people, its sender wants to see one message as a
 recipient will: the subject and body rendered with that recipient's vars, the provider's
 payload, the sender, the unsubscribe links. The test message is built by the same code
-as the campaign's (dispatch.sending.build_message) and goes through the campaign's
+as the campaign's (dispatch.batch_campaign.build_message) and goes through the campaign's
 provider within its limits, as the provider test email does.
 
 What differs, so that the test touches nobody and nothing of the campaign: it goes to
@@ -33,10 +33,10 @@ import redis
 import redis.asyncio as aioredis
 
 from dispatch import retention, store
+from dispatch.batch_campaign import build_message
 from dispatch.batch_items import Item
 from dispatch.models import CampaignContent
 from dispatch.recipient_pages import documents_of, page_span
-from dispatch.sending import build_message
 from dispatch.settings import get_settings
 from dispatch.test_email import (
     TEST_CAMPAIGN_PREFIX,

@@ -465,7 +465,7 @@ def _apply(
     # The rest of the record of a message an event shows was sent (see _APPLY), after
     # its state and attempts.
     proven = b"," + orjson.dumps({"t": round(received, 3), "d": PROVEN_DETAIL})[1:]
-    # The properties of its Notification Sent, as the ledger writes them (dispatch.sending).
+    # The properties of its Notification Sent, as the ledger writes them (dispatch.batch_outcomes).
     sent_properties = orjson.dumps({"CT Source": ct_source(sender_kind or kind)})
     applied = deferred = 0
     starts = range(0, len(events), CHUNK) if events else range(1)

@@ -39,7 +39,7 @@ class PauseKind(StrEnum):
     PRIVATE_ENDPOINT = "private_endpoint"  # an http endpoint resolved to a private address
     REPUTATION = "reputation"  # hard bounces or spam complaints past the guard's rate
     PROVIDER_DELETED = "provider_deleted"  # its provider no longer exists
-    # The first messages all failed and none was sent (dispatch.sending's failure breaker).
+    # The first messages all failed and none was sent (dispatch.batch_outcomes's failure breaker).
     FAILURES = "failures"
 
 

@@ -376,7 +376,7 @@ def delete_provider(nickname: str, client: redis.Redis | None = None) -> bool:
     """Delete the provider and its figures in /metrics (providers come and go for weeks:
     a deleted one's series are not exported for ever). Its pace, quota and connection
     slot keys expire by themselves (dispatch.limits). Batches sending through it stop
-    within a second and pause their campaigns (dispatch.sending's status watch)."""
+    within a second and pause their campaigns (dispatch.status_watch)."""
     r = client or store.sync_client()
     stats = {h: [f for f, _ in r.hscan_iter(h, match=f"{nickname}|*")] for h in _STATS_BY_PROVIDER}
     pipe = r.pipeline()

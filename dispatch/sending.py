@@ -13,24 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import secrets
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from dispatch import incidents, send_stats, store
+from dispatch import incidents, store
+from dispatch.batch_campaign import BatchCampaign
 from dispatch.batch_items import (
-    BatchStart,
     Item,
     begin_batch,
     drop_suppressed,
@@ -38,33 +32,29 @@ from dispatch.batch_items import (
     terminal_state,
     unsettled,
 )
+from dispatch.batch_outcomes import BatchOutcomes, PlannedWrite
+from dispatch.claim_returns import WAITED, give_back_after_failure, give_back_claims
 from dispatch.housekeeping import note_parked
-from dispatch.ledger import (
-    BatchLease,
-    LeaseLostError,
-    LedgerWriter,
-    Records,
-    claim_record,
-    ct_source,
-    event_fields,
-    record,
-    system_event,
-)
+from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, record
 from dispatch.lifecycle import expire_now, pause_running
-from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError, chunk_limit
-from dispatch.message_logs import OutcomeLog, log_lost_claims
-from dispatch.models import CampaignContent, CampaignStatus, MessageState
-from dispatch.provider_store import decode_provider
-from dispatch.rendering import CompiledContent, RenderError, campaign_context, recipient_context
+from dispatch.limits import QuotaExhaustedError
+from dispatch.message_logs import log_lost_claims
+from dispatch.models import CampaignStatus, MessageState
+from dispatch.process_cache import (
+    chunk_size,
+    compiled_for,
+    content_of,
+    known_fingerprint,
+    provider_for,
+)
+from dispatch.rendering import RenderError
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
-from dispatch.suppressions import describe as describe_suppression
+from dispatch.status_watch import provider_gone, provider_replaced, watch_status
 from dispatch.suppressions import suppression_key
-from dispatch.unsubscribe import recipient_links
-from providers.addresses import InvalidAddressError, normalize_address
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
-from providers.config import ProviderBase
+from providers.addresses import InvalidAddressError
+from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.errors import (
     ConfigurationError,
     ErrorClass,
@@ -72,96 +62,8 @@ from providers.errors import (
     ThrottledError,
     TransientError,
 )
-from providers.http import MAX_RETRY_AFTER
 
 log = logging.getLogger(__name__)
-STATUS_POLL_SECONDS = 0.5
-
-
-async def give_back_claims(
-    writer: LedgerWriter,
-    items: Iterable[Item],
-    detail: str = "claimed, not attempted: the batch stopped first",
-) -> None:
-    """Those of ``items`` the load claimed and this run did not attempt (it paused, no
-    connection slot came, it failed first, it must wait) wait to be sent again, as after
-    a configuration error: a claim left behind would read as a lost send. They are
-    marked unclaimed at once, before the write: a sender of the batch that takes one
-    meanwhile claims it again, in the same writer's order, after this write."""
-    left = [item for item in items if item.claimed]
-    if left:
-        for item in left:
-            item.claimed = False
-        made = Records()
-        await writer.give_back_many(
-            [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
-        )
-
-
-# How long a run that failed keeps trying to give back the claims it did not attempt
-# while Redis does not answer (at most half its lease's TTL: see
-# _give_back_after_failure).
-GIVE_BACK_SECONDS = 10.0
-
-
-async def _give_back_after_failure(
-    writer: LedgerWriter,
-    items: list[Item],
-    lease_ttl_ms: int,
-    outcomes: Sequence[tuple[int, bytes, str]] = (),
-) -> None:
-    """Give back the claims of ``items`` (the run's) that this run never attempted, once
-    Redis answers again (its error ended the run): claimed by the load, or by a claim
-    whose answer was lost, they would be recorded ``unknown`` by the next run, never
-    sent. So would the messages it sent whose ``outcomes`` it could not record (the
-    error came then): they are written too, only over a record still unsettled (one
-    the failed write did record stays as it is: written once, counted once).
-
-    Safe whatever happened meanwhile: the write is fenced by this run's lease (taken
-    over by another run, or expired, it writes nothing), and it only moves a record
-    that is still ``claimed``. Under the lease nobody else claims the run's messages (a
-    dead worker's claims, recorded ``unknown`` by the run, are not among ``items``), so
-    a claim there is this run's, and not attempted; a message given back already, never
-    claimed, or settled (by a cancel too) stays as it is. Gives up after
-    :data:`GIVE_BACK_SECONDS` or half the lease's TTL.
-    """
-    left = [item for item in items if not item.attempted]
-    if not left and not outcomes:
-        return
-    made = Records()
-    detail = "claimed, not attempted: the batch stopped first"
-    writes = [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
-    deadline = time.monotonic() + min(GIVE_BACK_SECONDS, lease_ttl_ms / 2000)
-    pause = 0.05
-    while True:
-        try:
-            if outcomes:
-                await writer.put_unsettled_many(outcomes)
-                outcomes = ()  # (a retry written again would count twice in /metrics)
-            await writer.give_back_many(writes)
-            for item in left:
-                item.claimed = False
-            return
-        except LeaseLostError:
-            return
-        except Exception:
-            if time.monotonic() + pause > deadline:
-                log.warning(
-                    "%s: could not give back %d claims of a failed batch run (the next "
-                    "run records them unknown)",
-                    writer.keys[0],
-                    len(left),
-                    extra={"batch": writer.batch, "provider": writer.provider},
-                )
-                return
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 1.0)
-
-
-# Why a message the load claimed went back to waiting (its record, until it is claimed
-# again): nothing waits claimed for a connection slot or the provider's pace, since a
-# worker killed meanwhile would leave a claim that reads as a lost send (``unknown``).
-_WAITED = "claimed, not attempted: given back while the batch waited for its turn"
 
 
 @dataclass
@@ -177,206 +79,35 @@ class BatchResult:
     paused_reason: str = ""
 
 
-@dataclass(slots=True)
-class _Write:
-    """A planned ledger write for one item (committed with others in one round trip)."""
-
-    item: Item
-    state: MessageState
-    rec: bytes
-    event: str  # JSON text, "" for none
-    delay: float = 0.0
-    error_class: str = ""  # of a failure or retry (the failure breaker reads these two)
-    detail: str = ""
-    meta: str = ""  # of a message that was built ("" otherwise)
-
-
-def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
-    """Exponential backoff with jitter for the ``attempt``-th failure, honouring Retry-After."""
-    base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempt - 1))
-    delay = base * random.uniform(0.5, 1.0)
-    if retry_after is not None and math.isfinite(retry_after):  # a hint, foreign data
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return float(delay)
-
-
 # Outcomes of messages the provider did not take: not counted against its daily quotas.
 _REFUSED = frozenset((OutcomeStatus.FAILED, OutcomeStatus.RETRY))
 
 
-class _Campaign:
-    """What the senders of a batch share: content, provider, templates, and control."""
-
-    def __init__(
-        self,
-        content: CampaignContent,
-        provider: ProviderBase,
-        transport: Transport,
-        compiled: CompiledContent,
-        send_date: str,
-        settings: Settings,
-        limiter_client: aioredis.Redis,
-        suppressed_copies: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        """``suppressed_copies``: cc and bcc addresses put on the suppression list since
-        the campaign was created (see load_batch), with their entries: this batch's
-        messages go without a copy to them (each still to its To recipient), and the
-        log says so."""
-        self.content = content
-        self.provider = provider
-        self.transport = transport
-        self.source = ct_source(transport.kind)  # "CT Source" of its system events
-        self.compiled = compiled
-        self.settings = settings
-        for name, value in (("campaign id", content.id), ("account_id", settings.account_id)):
-            if "|" in value:
-                raise ValueError(f"{name} contains '|'")
-        self.meta_tail = (
-            f"|{settings.account_id}|{content.id}|{send_date}|{content.variant}|{content.category}|"
-        )
-        self.from_name = content.from_name if content.from_name is not None else provider.from_name
-        self.from_address = content.from_address or provider.from_address
-        self.reply_to = content.reply_to if content.reply_to is not None else provider.reply_to
-        self.stop_reason = ""
-        self.stop_kind = incidents.PauseKind.CONFIGURATION  # why, when it pauses
-        self.resume_at: float | None = None  # when it resumes by itself (our own quota)
-        self.status = CampaignStatus.RUNNING
-        self.base_context = campaign_context(content.vars)
-        self.cc, self.bcc = content.cc, content.bcc
-        for address, entry in (suppressed_copies or {}).items():
-            field_ = "cc" if address in content.cc else "bcc"
-            self.cc = tuple(a for a in self.cc if a != address)
-            self.bcc = tuple(a for a in self.bcc if a != address)
-            log.warning(
-                "campaign %s: %s %s is on the suppression list (%s): left out of this "
-                "batch's messages (each still goes to its To recipient)",
-                content.id, field_, address, describe_suppression(dict(entry)),
-                extra={"campaign_id": content.id, "email": address, "field": field_,
-                       "suppression": dict(entry)},
-            )  # fmt: skip
-        self.limiter = ProviderLimiter(
-            limiter_client,
-            provider,
-            1 + len(self.cc) + len(self.bcc),
-            settings.lease_ttl_ms / 1000,
-        )
-        self.chunk_size = chunk_limit(provider, transport.chunk_size)
-        self.slots = ConnectionSlots(limiter_client, provider, settings.lease_ttl_ms / 1000)
-
-    def build(self, item: Item) -> OutgoingMessage:
-        """Render one recipient's message; raises RenderError / InvalidAddressError."""
-        email = normalize_address(item.email)
-        if "|" in email:
-            raise InvalidAddressError(f"{email!r}: '|' cannot be carried in the meta string")
-        headers: tuple[tuple[str, str], ...] = ()
-        unsub = prefs = ""
-        provider = self.provider
-        if provider.preference_center != "none":
-            headers, unsub, prefs = recipient_links(
-                provider.preference_center, provider.preference_center_url,
-                self.content.id, item.seq, email, self.content.category,
-            )  # fmt: skip
-        names = self.compiled.recipient_names
-        if names is not None and names <= item.vars.keys():
-            context = item.vars  # every name from the recipient (see CompiledContent)
-        else:
-            context = recipient_context(
-                self.base_context,
-                item.vars,
-                email=email,
-                user_id=item.user_id,
-                campaign_id=self.content.id,
-                unsubscribe_url=unsub,
-                preferences_url=prefs,
-            )
-        r = self.compiled.render(context, self.transport.content_parts)
-        content = self.content
-        return OutgoingMessage(  # positional: this runs once per recipient
-            item.seq, f"{email}{self.meta_tail}{item.seq}|", content.id, email,
-            r.subject, r.html, r.text, self.from_address, self.from_name, r.amp,
-            self.reply_to, self.cc, self.bcc, headers, item.vars, content.vars,
-            unsub, prefs,
-        )  # fmt: skip
-
-
-def build_message(
-    content: CampaignContent,
-    provider: ProviderBase,
-    transport: Transport,
-    item: Item,
-    settings: Settings,
-    r: aioredis.Redis,
-) -> OutgoingMessage:
-    """One recipient's message of ``content``, built as its batch builds it (a campaign's
-    test message); raises RenderError / InvalidAddressError / ValueError."""
-    compiled = CompiledContent(
-        subject=content.subject, html=content.html, text=content.text, amp=content.amp
-    )
-    send_date = datetime.now(UTC).strftime("%Y%m%d")
-    return _Campaign(content, provider, transport, compiled, send_date, settings, r).build(item)
-
-
-class BatchSender:
+class BatchSender(BatchOutcomes):
     """Runs the sessions of one batch over a shared queue of messages."""
 
     def __init__(
         self,
-        campaign: _Campaign,
+        campaign: BatchCampaign,
         writer: LedgerWriter,
         items: list[Item],
         settings: Settings,
         pool: SessionPool | None = None,
         pool_key: tuple[str, str] = ("", ""),
     ) -> None:
-        self.c = campaign
+        super().__init__(campaign, writer, items, settings)
         self.pool = pool  # where sessions go when the batch is done (None: closed)
         self.pool_key = pool_key
-        self.writer = writer
-        self.outcome_log = OutcomeLog(campaign.content.id, writer.batch, campaign.provider.nickname)
-        self.settings = settings
-        self.queue: deque[Item] = deque(items)  # waiting for a sender
-        self.wake = asyncio.Event()  # set when items arrive or the batch is done
-        self.outstanding = len(items)  # not yet settled or parked for a later run
-        self.done = asyncio.Event()
-        self.parked_until: float | None = None
         self.holding = 0  # senders that got a connection slot (or brought a kept one)
         self.slot_deadline = time.monotonic() + settings.slot_wait_seconds
         self.starved = False  # none got a slot in time: the batch goes back to the broker
         self.handed_on = False  # its worker is shutting down: the batch goes back too
         # Its provider was saved again with another configuration: the batch goes back
         # too, to run with the new one (the stored configuration it watches, see
-        # _status_changed: what a save must change to reach it).
+        # status_watch._status_changed: what a save must change to reach it).
         self.reconfigured = False
         self.configuration = pool_key[1]
         self.aborted = False  # a sender failed: the run ends with its error
-        self.waiting: list[Item] = []  # parked for an inline retry
-        self.counts: dict[str, int] = {}
-        self.metas: dict[int, str] = {}
-        self.stats = SendStats()  # exchanges and throttles, for /metrics
-        # Outcomes of this run's sends whose write failed (see _give_back_after_failure).
-        self.unrecorded: list[tuple[int, bytes, str]] = []
-        self._records = Records()
-        # The failure breaker (see _judge): ``sent_any`` (the campaign sent a message)
-        # turns it off.
-        self.sent_any = False
-        if not items:
-            self.finish()
-
-    # -- bookkeeping -------------------------------------------------------------------
-    def _settle(self, state: str) -> None:
-        self.counts[state] = self.counts.get(state, 0) + 1
-        self._one_less()
-
-    def _one_less(self) -> None:
-        """An item left this run (settled, parked for a later run, or taken by another)."""
-        self.outstanding -= 1
-        if self.outstanding <= 0:
-            self.finish()
-
-    def finish(self) -> None:
-        """The batch is over (all settled, or paused/cancelled): senders stop waiting."""
-        self.done.set()
-        self.wake.set()
 
     @property
     def stopped(self) -> bool:
@@ -389,180 +120,6 @@ class BatchSender:
         """A sender failed: the others stop after the chunk they are sending."""
         self.aborted = True
         self.finish()
-
-    def put_back(self, items: Iterable[Item]) -> None:
-        self.queue.extend(items)
-        self.wake.set()
-
-    def _final(
-        self,
-        item: Item,
-        state: MessageState,
-        *,
-        error_class: str = "",
-        detail: str = "",
-        provider_message_id: str = "",
-        meta: str = "",
-    ) -> _Write:
-        """Plan a terminal record for ``item``, with its system event."""
-        event = ""
-        if state in (MessageState.SENT, MessageState.FAILED):
-            sent = state is MessageState.SENT
-            event = system_event(
-                "Notification Sent" if sent else "Notification Failed",
-                email=item.email,
-                campaign_id=self.c.content.id,
-                meta=meta,
-                provider=self.c.provider.nickname,
-                properties=(
-                    {"CT Source": self.c.source}
-                    if sent
-                    else {"Error": error_class, "Detail": detail[:200]}
-                ),
-            )
-        rec = self._records.get(
-            state,
-            item.attempts,
-            error_class=error_class,
-            detail=detail,
-            provider_message_id=provider_message_id,
-            throttles=item.throttles,
-        )
-        return _Write(item, state, rec, event, error_class=error_class, detail=detail, meta=meta)
-
-    def _retry(self, item: Item, outcome: SendOutcome, meta: str) -> _Write:
-        """Plan a retry (inline or parked for a later run), or failure after the last try."""
-        error_class = outcome.error_class.value if outcome.error_class else ""
-        if outcome.throttled:
-            # The provider asked us to slow down (DESIGN §7: that slows the provider
-            # rather than failing messages): not an attempt, a wait that grows.
-            item.attempts -= 1
-            item.throttles += 1
-            tries, limit, what = item.throttles, self.settings.max_throttles, "throttled tries"
-        else:
-            tries, limit, what = item.attempts, self.settings.max_attempts, "attempts"
-        if tries >= limit:
-            return self._final(
-                item,
-                MessageState.FAILED,
-                error_class=error_class,
-                detail=f"gave up after {tries} {what}: {outcome.detail}",
-                meta=meta,
-            )
-        delay = backoff_delay(tries, self.settings, outcome.retry_after)
-        rec = record(
-            MessageState.RETRY,
-            attempts=item.attempts,
-            error_class=error_class,
-            detail=outcome.detail,
-            next_at=time.time() + delay,
-            throttles=item.throttles,
-        )
-        # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
-        return _Write(item, MessageState.RETRY, rec, "", delay, error_class, outcome.detail, meta)
-
-    def _requeue(self, item: Item) -> None:
-        if item in self.waiting:
-            self.waiting.remove(item)
-            self.put_back((item,))
-
-    async def _commit(self, writes: list[_Write], *, claimed: bool = True) -> float:
-        """Apply planned writes in one round trip; returns the longest retry delay.
-
-        ``claimed``: every item holds this run's claim (it was sent, or tried). Else an
-        item someone else settled meanwhile (a cancel) keeps that record and leaves the
-        run.
-        """
-        if not writes:
-            return 0.0
-        self._records = Records()  # the next writes are made at a later moment
-        encoded = [(w.item.seq, w.rec, w.event) for w in writes]
-        if claimed:
-            await self._settle_many(encoded)
-        else:
-            answers = await self.writer.put_unsettled_many(encoded)
-            for _ in range(answers.count(False)):  # settled by someone else: they leave
-                self._one_less()
-            writes = [w for w, ok in zip(writes, answers, strict=True) if ok]
-        await self._judge(writes)
-        longest = 0.0
-        loop = asyncio.get_running_loop()
-        for w in writes:
-            if w.state in _LOGGED:
-                self._log(w)
-            if w.state is not MessageState.RETRY:
-                self._settle(w.state.value)
-                continue
-            w.item.attempted = False  # no longer claimed: its next claim is a new attempt
-            longest = max(longest, w.delay)
-            if w.delay <= self.settings.inline_retry_seconds:
-                self.waiting.append(w.item)
-                loop.call_later(w.delay, self._requeue, w.item)
-            else:  # picked up by a later run of this batch (the task re-enqueues itself)
-                next_at = time.time() + w.delay
-                self.parked_until = min(self.parked_until or next_at, next_at)
-                self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
-                self._one_less()
-        return longest
-
-    def _log(self, w: _Write) -> None:
-        """A message that did not go out (failed, unknown, or waiting for a retry)."""
-        meta = w.meta
-        if not meta:  # it could not be built: its meta, if its address makes one
-            try:
-                email = normalize_address(w.item.email)
-            except InvalidAddressError:
-                email = "|"
-            meta = "" if "|" in email else f"{email}{self.c.meta_tail}{w.item.seq}|"
-        delay = w.delay if w.state is MessageState.RETRY else None
-        self.outcome_log.note(w.item.seq, meta, w.state.value, w.error_class, w.detail, delay)
-
-    async def _settle_many(self, writes: list[tuple[int, bytes, str]]) -> None:
-        """Record the outcomes of sends of this run's claims; kept for the run's failure
-        path when the write fails (Redis restarting), not lost with it."""
-        try:
-            await self.writer.settle_many(writes)
-        except Exception:
-            self.unrecorded.extend(writes)
-            raise
-
-    async def _judge(self, writes: list[_Write]) -> None:
-        """The failure breaker: when ``pause_after_failures`` messages of the campaign (in
-        all its batches together) failed for reasons not the recipient's own (an ESP
-        refusing every payload, a sender address refused, a template failing for
-        everyone) and the campaign has sent nothing, stop and pause with the last failure
-        as the reason: the rest of the list stays queued for after the fix instead of
-        failing too. A resume or retry-failed starts the count afresh."""
-        limit = self.settings.pause_after_failures
-        if not limit or self.sent_any or self.c.stop_reason:
-            return
-        last: _Write | None = None
-        failures = 0
-        for w in writes:
-            if w.state is MessageState.SENT:
-                self.sent_any = True
-                return
-            if w.state is MessageState.FAILED and w.error_class != _RECIPIENTS_FAULT:
-                failures += 1
-                last = w
-        if last is None:
-            return
-        campaign_id = self.c.content.id
-        pipe = self.writer.client.pipeline(transaction=False)
-        pipe.hincrby(store.campaign_key(campaign_id), store.BREAKER_FIELD, failures)
-        pipe.hget(store.counters_key(campaign_id), "sent")
-        total, sent = await pipe.execute()
-        if int(sent or 0):  # another batch of the campaign gets through
-            self.sent_any = True
-            return
-        if int(total) < limit:
-            return
-        self.c.stop_kind = incidents.PauseKind.FAILURES
-        self.c.stop_reason = (
-            f"the first {int(total)} messages failed and none was sent (last: "
-            f"{last.error_class}: {last.detail[:200]}); fix the provider or the content, "
-            "then resume (the rest is still queued), or cancel"
-        )
 
     # -- the sending loop ----------------------------------------------------------------
     async def _next_chunk(self) -> list[Item]:
@@ -594,7 +151,7 @@ class BatchSender:
         if kept is None:
             kept = KeptSession(self.pool_key, slots, secrets.token_hex(8))
             if not await slots.acquire(kept.token):
-                await give_back_claims(self.writer, self.queue, _WAITED)
+                await give_back_claims(self.writer, self.queue, WAITED)
                 if not await slots.hold(kept.token, self._stop_waiting):
                     return
         self.holding += 1
@@ -620,7 +177,7 @@ class BatchSender:
                 self.put_back(chunk)  # left queued for resume
                 return
             if kept.slot_lost:
-                await give_back_claims(self.writer, chunk, _WAITED)
+                await give_back_claims(self.writer, chunk, WAITED)
                 if not await self._slot_again(kept):
                     self.put_back(chunk)
                     return
@@ -633,15 +190,15 @@ class BatchSender:
                 return
             if not grant.count:  # the quota's last sends are out: some may come back
                 self.put_back(chunk)
-                await give_back_claims(self.writer, chunk, _WAITED)
+                await give_back_claims(self.writer, chunk, WAITED)
                 await self._rest(grant.wait)
                 continue
             if grant.count < len(chunk):  # the last of today's quota: the rest waits
                 rest, chunk = chunk[grant.count :], chunk[: grant.count]
                 self.put_back(rest)  # (not claimed while the granted part is on the wire)
-                await give_back_claims(self.writer, rest, _WAITED)
+                await give_back_claims(self.writer, rest, WAITED)
             if grant.wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
-                await give_back_claims(self.writer, chunk, _WAITED)
+                await give_back_claims(self.writer, chunk, WAITED)
                 await self._rest(grant.wait)
                 if self.stopped:
                     self.put_back(chunk)
@@ -713,7 +270,7 @@ class BatchSender:
     async def _build(self, chunk: list[Item]) -> list[tuple[Item, OutgoingMessage]]:
         """Render the items; those that cannot be built fail at once."""
         built: list[tuple[Item, OutgoingMessage]] = []
-        failed: list[_Write] = []
+        failed: list[PlannedWrite] = []
         for item in chunk:
             item.attempts += 1
             try:
@@ -815,236 +372,12 @@ class BatchSender:
         )
         await self._rest(min(delay, self.settings.inline_retry_seconds))
 
-    async def _all_sent(
-        self, messages: list[tuple[Item, OutgoingMessage]], outcomes: list[SendOutcome]
-    ) -> None:
-        """Record a chunk that went out whole (the common case) with little per message:
-        one ``Notification Sent`` each, records shared, counted at once."""
-        event = event_fields(
-            "Notification Sent",
-            email="",
-            campaign_id=self.c.content.id,
-            meta="",
-            provider=self.c.provider.nickname,
-            properties={"CT Source": self.c.source},
-        )
-        made = Records()
-        records: dict[tuple[int, int, str], bytes] = {}  # the few distinct ones, by their fields
-        writes: list[tuple[int, bytes, str]] = []
-        dumps, sent = orjson.dumps, MessageState.SENT
-        for (item, message), outcome in zip(messages, outcomes, strict=True):
-            key = (item.attempts, item.throttles, outcome.detail)
-            rec = records.get(key)
-            if rec is None:
-                rec = records[key] = made.get(
-                    sent, item.attempts, detail=outcome.detail, throttles=item.throttles
-                )
-            event["email"] = item.email
-            event["meta"] = message.meta
-            # As text: thousands of small orjson bytes kept alive cost about 2.5 us each
-            # to allocate here; their str copies about 0.1 us.
-            writes.append((item.seq, rec, dumps(event).decode()))
-        await self._settle_many(writes)
-        self.sent_any = True
-        self.counts["sent"] = self.counts.get("sent", 0) + len(writes)
-        self.outstanding -= len(writes)
-        if self.outstanding <= 0:
-            self.finish()
-
-    async def _apply(
-        self, messages: list[tuple[Item, OutgoingMessage]], outcomes: list[SendOutcome]
-    ) -> float:
-        """Record the outcomes; returns how long this session should pause (throttling)."""
-        if len(outcomes) == len(messages) and all(
-            o.seq == item.seq and o.status is OutcomeStatus.SENT and not o.provider_message_id
-            for (item, _), o in zip(messages, outcomes, strict=True)
-        ):
-            await self._all_sent(messages, outcomes)
-            return 0.0
-        by_seq = {o.seq: o for o in outcomes}
-        writes: list[_Write] = []
-        throttled = False
-        for item, message in messages:
-            outcome = by_seq.get(item.seq) or SendOutcome(
-                item.seq, OutcomeStatus.UNKNOWN, ErrorClass.CONNECTION, "adapter gave no outcome"
-            )
-            if outcome.status is OutcomeStatus.RETRY:
-                writes.append(self._retry(item, outcome, message.meta))
-                throttled |= outcome.throttled
-                continue
-            state = _STATE_OF[outcome.status]
-            writes.append(
-                self._final(
-                    item,
-                    state,
-                    error_class=outcome.error_class.value if outcome.error_class else "",
-                    detail=outcome.detail,
-                    provider_message_id=outcome.provider_message_id,
-                    meta=message.meta,
-                )
-            )
-        delay = await self._commit(writes)
-        if throttled:  # one reply that asked to slow down (an HTTP batch's covers many)
-            self.stats.throttles += 1
-        return min(delay, self.settings.inline_retry_seconds) if throttled else 0.0
-
 
 def _unknown(seq: int, exc: Exception) -> SendOutcome:
     """The outcome of a message whose hand-over raised what no adapter should: it may
     or may not have gone out (DESIGN §7: such messages end ``unknown``, never resent)."""
     detail = f"internal error: {type(exc).__name__}: {exc}"
     return SendOutcome(seq, OutcomeStatus.UNKNOWN, ErrorClass.DISPATCH_FAILED_HTTP, detail)
-
-
-_LOGGED = frozenset((MessageState.FAILED, MessageState.UNKNOWN, MessageState.RETRY))
-_RECIPIENTS_FAULT = ErrorClass.INVALID_RECIPIENT.value  # not counted by the breaker
-_STATE_OF = {
-    OutcomeStatus.SENT: MessageState.SENT,
-    OutcomeStatus.FAILED: MessageState.FAILED,
-    OutcomeStatus.UNKNOWN: MessageState.UNKNOWN,
-}
-
-
-async def _watch_status(
-    r: aioredis.Redis, campaign: _Campaign, sender: BatchSender, stop_key: str = ""
-) -> None:
-    """Poll the campaign status so that pause and cancel take effect within a second, and
-    the clock so that a campaign whose ``expires_at`` passes while it sends expires then
-    (not when beat next looks: nothing may go out after it), its provider so that one
-    deleted or saved with another configuration (host, password, limits) takes effect
-    within a second, not when the batch ends (minutes later at a slow pace): the campaign
-    pauses, or the batch runs again with the new configuration; and ``stop_key``
-    (run_batch) so that a worker asked to shut down hands its batches on within a second;
-    and adds the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll
-    that meets a Redis error (a restart) is skipped: the next one looks again."""
-    flushed = time.monotonic()
-    while not sender.done.is_set():
-        await asyncio.sleep(STATUS_POLL_SECONDS)
-        if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
-            flushed = time.monotonic()
-            await sender.stats.flush(r, campaign.provider.nickname)
-        try:
-            if await _status_changed(r, campaign, sender, stop_key):
-                return
-        except redis.RedisError as exc:  # Redis restarting: the next poll looks again
-            log.warning(
-                "campaign %s: status poll failed (%s)", campaign.content.id, exc,
-                extra=sender.outcome_log.context,
-            )  # fmt: skip
-
-
-async def _status_changed(
-    r: aioredis.Redis, campaign: _Campaign, sender: BatchSender, stop_key: str
-) -> bool:
-    """One poll of :func:`_watch_status`; True when the batch stops."""
-    expires_at = campaign.content.expires_at
-    if expires_at is not None and expires_at <= datetime.now(UTC):
-        await expire_now(r, campaign.content.id)
-    if stop_key and await r.exists(stop_key):
-        sender.handed_on = True
-        sender.finish()
-        return True
-    status = await r.hget(store.campaign_key(campaign.content.id), "status")
-    if status and status != CampaignStatus.RUNNING.value:
-        campaign.status = CampaignStatus(str(status))
-        campaign.stop_reason = f"campaign {campaign.status}"
-        sender.finish()
-        return True
-    nickname = campaign.provider.nickname
-    stored = await r.get(store.provider_key(nickname))
-    if stored is None:
-        campaign.stop_kind = incidents.PauseKind.PROVIDER_DELETED
-        campaign.stop_reason = provider_gone(nickname)
-        sender.finish()
-        return True
-    if sender.configuration and stored != sender.configuration:
-        if _differs(str(stored), campaign.provider):
-            sender.reconfigured = True
-            sender.finish()
-            return True
-        sender.configuration = str(stored)  # the same saved again: looked at once
-    return False
-
-
-def provider_gone(nickname: str) -> str:
-    """Why a campaign whose provider was deleted pauses."""
-    return f"provider {nickname!r} is gone"
-
-
-def _differs(stored: str, provider: ProviderBase) -> bool:
-    """Whether the configuration ``stored`` (a provider saved again) is not ``provider``
-    (a GET's answer PUT back encrypts its secrets anew: other bytes, the same provider)."""
-    try:
-        return decode_provider(stored)[0] != provider
-    except Exception:  # (a secret that no longer decrypts): the next run says what
-        return True
-
-
-async def _replaced(r: aioredis.Redis, provider: ProviderBase, configuration: str) -> bool:
-    """Whether ``provider``, stored as ``configuration`` when the batch began, has been
-    saved again with another configuration since."""
-    stored = await r.get(store.provider_key(provider.nickname))
-    return stored is not None and stored != configuration and _differs(str(stored), provider)
-
-
-_providers: dict[str, tuple[str, ProviderBase, Transport]] = {}
-# Providers whose transports a process keeps (the most recently built): nicknames come and
-# go over weeks (providers deleted, one per customer), and each transport keeps its
-# campaigns' MIME writers; one rebuilt after falling out costs a decode.
-_PROVIDERS_KEPT = 64
-_compiled: dict[str, CompiledContent] = {}
-_contents: dict[str, tuple[str, CampaignContent]] = {}  # campaign id: (fingerprint, content)
-
-
-def _provider_for(nickname: str, raw: str, settings: Settings) -> tuple[ProviderBase, Transport]:
-    """The provider stored as ``raw`` and its transport, decoded and built once per
-    configuration per process (the transport's connections are its own)."""
-    from providers.registry import build_transport
-
-    cached = _providers.get(nickname)
-    if cached is None or cached[0] != raw:
-        provider, _ = decode_provider(raw)
-        transport = build_transport(
-            provider, allow_private_endpoints=settings.allow_private_endpoints
-        )
-        _providers.pop(nickname, None)
-        while len(_providers) >= _PROVIDERS_KEPT:
-            del _providers[next(iter(_providers))]  # the one built longest ago
-        cached = _providers[nickname] = (raw, provider, transport)
-    return cached[1], cached[2]
-
-
-def _chunk_size(nickname: str, raw: str, settings: Settings) -> int:
-    """How many messages a sender of this provider hands over at once (see chunk_limit)."""
-    provider, transport = _provider_for(nickname, raw, settings)
-    return chunk_limit(provider, transport.chunk_size)
-
-
-def _compiled_for(content: CampaignContent) -> CompiledContent:
-    compiled = _compiled.get(content.id)
-    if compiled is None:
-        compiled = CompiledContent(
-            subject=content.subject, html=content.html, text=content.text, amp=content.amp
-        )
-        if len(_compiled) > 256:
-            _compiled.clear()
-        _compiled[content.id] = compiled
-    return compiled
-
-
-def _content_of(campaign_id: str, begun: BatchStart) -> CampaignContent | None:
-    """The campaign's content: decoded from ``begun`` when it came (and kept, with its
-    fingerprint), else this process's copy; None when the campaign is not stored."""
-    if begun.content is not None:
-        content = CampaignContent.model_validate_json(begun.content)
-        if len(_contents) > 256:
-            _contents.clear()
-        _contents[campaign_id] = (begun.fingerprint, content)
-        return content
-    cached = _contents.get(campaign_id)
-    if cached is None or not begun.fingerprint or cached[0] != begun.fingerprint:
-        return None
-    return cached[1]
 
 
 async def run_batch(
@@ -1072,13 +405,12 @@ async def run_batch(
     # provider (the content only when this process does not hold it yet).
     stats: SendStats | None = None  # the send metrics of this run, once it sends
     stats_provider = ""
-    known = _contents.get(campaign_id)
-    begun = await begin_batch(r, lease, campaign_id, known[0] if known else "")
+    begun = await begin_batch(r, lease, campaign_id, known_fingerprint(campaign_id))
     if not begun.acquired:
         result.busy = True
         return result
     try:
-        content = _content_of(campaign_id, begun)
+        content = content_of(campaign_id, begun)
         if content is None:
             log.warning(
                 "batch %s/%s: campaign does not exist", campaign_id, batch,
@@ -1097,7 +429,7 @@ async def run_batch(
         one_chunk = (
             raw_provider is not None
             and status == CampaignStatus.RUNNING.value
-            and _chunk_size(content.provider, raw_provider, settings) >= size
+            and chunk_size(content.provider, raw_provider, settings) >= size
         )
         loaded = await load_batch(
             r,
@@ -1112,7 +444,7 @@ async def run_batch(
             r, campaign_id, lease.token, batch, content.provider, content.category
         )
         items, stale, retry_at = unsettled(loaded, settings)
-        run_items = items  # (all of them: see _give_back_after_failure)
+        run_items = items  # (all of them: see give_back_after_failure)
         unrecorded: list[tuple[int, bytes, str]] = []  # (the sender's, once it runs)
         try:
             await writer.put_many(stale)
@@ -1139,12 +471,12 @@ async def run_batch(
                     kind = incidents.PauseKind.PROVIDER_DELETED
                     await incidents.paused(r, campaign_id, content.provider, kind, gone)
                 return result
-            provider, transport = _provider_for(content.provider, raw_provider, settings)
-            campaign = _Campaign(
+            provider, transport = provider_for(content.provider, raw_provider, settings)
+            campaign = BatchCampaign(
                 content,
                 provider,
                 transport,
-                _compiled_for(content),
+                compiled_for(content),
                 begun.send_date or datetime.now(UTC).strftime("%Y%m%d"),
                 settings,
                 r,
@@ -1159,7 +491,7 @@ async def run_batch(
             if pool is not None:
                 kept.extend(await pool.take(pool_key, n))
             kept += [None] * (n - len(kept))
-            watcher = asyncio.create_task(_watch_status(r, campaign, sender, stop_key))
+            watcher = asyncio.create_task(watch_status(r, campaign, sender, stop_key))
             sessions = [asyncio.create_task(sender.run_session(k)) for k in kept]
             try:
                 await asyncio.gather(*sessions)
@@ -1178,7 +510,7 @@ async def run_batch(
                 campaign.stop_reason
                 and campaign.status is CampaignStatus.RUNNING
                 and campaign.stop_kind is not incidents.PauseKind.PROVIDER_DELETED
-                and await _replaced(r, provider, raw_provider)
+                and await provider_replaced(r, provider, raw_provider)
             ):
                 # The configuration that failed (a refused password) was replaced while
                 # the batch used it: what failed no longer holds; the batch runs again
@@ -1227,7 +559,7 @@ async def run_batch(
         except Exception:
             # Whatever this run claimed and did not attempt goes back, and what it sent
             # is recorded, once Redis lets us.
-            await _give_back_after_failure(writer, run_items, lease.ttl_ms, unrecorded)
+            await give_back_after_failure(writer, run_items, lease.ttl_ms, unrecorded)
             raise
     finally:
 

@@ -41,7 +41,7 @@ DEFAULT_EVENTS_MAXLEN = 1_000_000
 DEFAULT_PAUSE_HARD_BOUNCE_RATE = 0.05
 DEFAULT_PAUSE_SPAM_RATE = 0.003
 DEFAULT_PAUSE_MIN_SENT = 1000
-# The failure breaker (dispatch.sending): a batch run whose first this many settled
+# The failure breaker (dispatch.batch_outcomes): a batch run whose first this many settled
 # messages all failed, not for the recipient's own fault, pauses a campaign that has
 # sent nothing (0: never).
 DEFAULT_PAUSE_AFTER_FAILURES = 100

@@ -46,7 +46,7 @@ PRIORITY_OPTIONS = {"priority_steps": list(PRIORITY_STEPS), "sep": PRIORITY_SEP}
 
 CATEGORIES_SET = f"{PREFIX}:categories"  # every campaign category sent (preference center)
 # Field of a campaign's hash: its failures not the recipient's own while nothing was sent
-# (the failure breaker, dispatch.sending); a resume or retry-failed clears it.
+# (the failure breaker, dispatch.batch_outcomes); a resume or retry-failed clears it.
 BREAKER_FIELD = "unsent_failures"
 
 

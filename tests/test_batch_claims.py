@@ -180,7 +180,7 @@ def test_claims_are_given_back_when_the_run_fails_before_sending(
     if where == "connection slot":
         monkeypatch.setattr(ConnectionSlots, "acquire", refused)
     else:
-        monkeypatch.setattr(sending, "_compiled_for", broken)
+        monkeypatch.setattr(sending, "compiled_for", broken)
     with HttpSink() as sink:
         cid, batches = _create(redis_client, 3, sink.url)
         with pytest.raises(ConnectionError):

@@ -238,16 +238,16 @@ def test_an_adapter_that_raises_loses_only_its_chunk(
 def test_a_message_that_fails_to_build_unforeseen_fails_alone(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dispatch.sending import _Campaign
+    from dispatch.batch_campaign import BatchCampaign
 
-    real_build = _Campaign.build
+    real_build = BatchCampaign.build
 
-    def build(self: _Campaign, item: Any) -> OutgoingMessage:
+    def build(self: BatchCampaign, item: Any) -> OutgoingMessage:
         if item.email == "user1@example.com":
             raise KeyError("a bug")
         return real_build(self, item)
 
-    monkeypatch.setattr(_Campaign, "build", build)
+    monkeypatch.setattr(BatchCampaign, "build", build)
     with HttpSink() as sink:
         http_provider(redis_client, sink.url)
         cid, _ = run_inline(redis_client, _body(3), FAST)

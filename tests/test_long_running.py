@@ -111,7 +111,7 @@ def test_a_worker_process_keeps_a_bounded_number_of_provider_transports(
     """Providers come and go for weeks (one per customer, deleted when done): a worker
     process that sent through each of them keeps only a bounded number of their
     transports (each with its campaigns' MIME writers), not one per provider ever used."""
-    from dispatch import provider_store, sending
+    from dispatch import process_cache, provider_store
     from tests.helpers import recipients, run_inline, smtp_provider
     from tests.smtp_server import SmtpTestServer
 
@@ -122,5 +122,5 @@ def test_a_worker_process_keeps_a_bounded_number_of_provider_transports(
             run_inline(redis_client, {**body, "recipients": recipients(1)})
             provider_store.delete_provider(f"customer-{i}", redis_client)
         assert len(smtp.messages) == 100
-    assert len(sending._providers) < 100
-    assert "customer-0" not in sending._providers
+    assert len(process_cache._providers) < 100
+    assert "customer-0" not in process_cache._providers

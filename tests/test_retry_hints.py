@@ -7,7 +7,7 @@ import math
 import pytest
 
 from dispatch.batch_items import LoadedBatch, unsettled
-from dispatch.sending import backoff_delay
+from dispatch.batch_outcomes import backoff_delay
 from dispatch.settings import Settings
 from providers.http import MAX_RETRY_AFTER
 

@@ -51,7 +51,7 @@ def test_a_cc_suppressed_between_two_batches_gets_no_more_copies(
 
     run_batches(batches[:1])
     suppressions.add(BOSS, reason="hard_bounce", source="callback:local:bounce")
-    with caplog.at_level(logging.WARNING, logger="dispatch.sending"):
+    with caplog.at_level(logging.WARNING, logger="dispatch.batch_campaign"):
         run_batches(batches[1:])
 
     counters = campaign_reads.get_counters(cid, redis_client)

@@ -1,0 +1,107 @@
+"""Stops a sending batch within a second of a pause, cancel, expiry, provider change or shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import redis
+import redis.asyncio as aioredis
+
+from dispatch import incidents, send_stats, store
+from dispatch.batch_campaign import BatchCampaign
+from dispatch.lifecycle import expire_now
+from dispatch.models import CampaignStatus
+from dispatch.provider_store import decode_provider
+from providers.config import ProviderBase
+
+if TYPE_CHECKING:  # (the sender runs this watch: a cycle at import time)
+    from dispatch.sending import BatchSender
+
+log = logging.getLogger(__name__)
+STATUS_POLL_SECONDS = 0.5
+
+
+async def watch_status(
+    r: aioredis.Redis, campaign: BatchCampaign, sender: BatchSender, stop_key: str = ""
+) -> None:
+    """Poll the campaign status so that pause and cancel take effect within a second, and
+    the clock so that a campaign whose ``expires_at`` passes while it sends expires then
+    (not when beat next looks: nothing may go out after it), its provider so that one
+    deleted or saved with another configuration (host, password, limits) takes effect
+    within a second, not when the batch ends (minutes later at a slow pace): the campaign
+    pauses, or the batch runs again with the new configuration; and ``stop_key``
+    (run_batch) so that a worker asked to shut down hands its batches on within a second;
+    and adds the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll
+    that meets a Redis error (a restart) is skipped: the next one looks again."""
+    flushed = time.monotonic()
+    while not sender.done.is_set():
+        await asyncio.sleep(STATUS_POLL_SECONDS)
+        if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
+            flushed = time.monotonic()
+            await sender.stats.flush(r, campaign.provider.nickname)
+        try:
+            if await _status_changed(r, campaign, sender, stop_key):
+                return
+        except redis.RedisError as exc:  # Redis restarting: the next poll looks again
+            log.warning(
+                "campaign %s: status poll failed (%s)", campaign.content.id, exc,
+                extra=sender.outcome_log.context,
+            )  # fmt: skip
+
+
+async def _status_changed(
+    r: aioredis.Redis, campaign: BatchCampaign, sender: BatchSender, stop_key: str
+) -> bool:
+    """One poll of :func:`watch_status`; True when the batch stops."""
+    expires_at = campaign.content.expires_at
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        await expire_now(r, campaign.content.id)
+    if stop_key and await r.exists(stop_key):
+        sender.handed_on = True
+        sender.finish()
+        return True
+    status = await r.hget(store.campaign_key(campaign.content.id), "status")
+    if status and status != CampaignStatus.RUNNING.value:
+        campaign.status = CampaignStatus(str(status))
+        campaign.stop_reason = f"campaign {campaign.status}"
+        sender.finish()
+        return True
+    nickname = campaign.provider.nickname
+    stored = await r.get(store.provider_key(nickname))
+    if stored is None:
+        campaign.stop_kind = incidents.PauseKind.PROVIDER_DELETED
+        campaign.stop_reason = provider_gone(nickname)
+        sender.finish()
+        return True
+    if sender.configuration and stored != sender.configuration:
+        if _differs(str(stored), campaign.provider):
+            sender.reconfigured = True
+            sender.finish()
+            return True
+        sender.configuration = str(stored)  # the same saved again: looked at once
+    return False
+
+
+def provider_gone(nickname: str) -> str:
+    """Why a campaign whose provider was deleted pauses."""
+    return f"provider {nickname!r} is gone"
+
+
+def _differs(stored: str, provider: ProviderBase) -> bool:
+    """Whether the configuration ``stored`` (a provider saved again) is not ``provider``
+    (a GET's answer PUT back encrypts its secrets anew: other bytes, the same provider)."""
+    try:
+        return decode_provider(stored)[0] != provider
+    except Exception:  # (a secret that no longer decrypts): the next run says what
+        return True
+
+
+async def provider_replaced(r: aioredis.Redis, provider: ProviderBase, configuration: str) -> bool:
+    """Whether ``provider``, stored as ``configuration`` when the batch began, has been
+    saved again with another configuration since."""
+    stored = await r.get(store.provider_key(provider.nickname))
+    return stored is not None and stored != configuration and _differs(str(stored), provider)
