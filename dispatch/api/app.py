@@ -32,6 +32,7 @@ from dispatch.api.errors import (
     install_error_handlers,
     too_large_response,
 )
+from dispatch.api.provider_schemas import add_provider_schemas
 from dispatch.metrics import RedisStateCollector
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def create_app() -> FastAPI:
                 and route.max_body_size == MAX_API_BODY_BYTES
                 for method in route.methods or ()
             ]
-            app.openapi_schema = complete_document(default_openapi(), bounded)
+            app.openapi_schema = add_provider_schemas(complete_document(default_openapi(), bounded))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

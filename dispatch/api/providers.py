@@ -19,6 +19,7 @@ from dispatch.api.errors import (
     invalid_provider,
 )
 from dispatch.api.json_bodies import StrictJsonRoute
+from dispatch.api.provider_schemas import KIND_MODELS
 from dispatch.api.schemas import ProviderList, ProviderView, TestEmailRequest, TestEmailResult
 from dispatch.test_email import send_shared_test_email
 from providers.addresses import InvalidAddressError, normalize_address
@@ -34,16 +35,48 @@ router = APIRouter(
 
 Nickname = Annotated[str, Path(pattern=NICKNAME_PATTERN, description="The provider's nickname")]
 
-_CONFIG_EXAMPLE = {
-    "kind": "smtp",
-    "host": "smtp.example.com",
-    "port": 587,
-    "security": "starttls",
-    "username": "mailer",
-    "password": "secret",
-    "from_name": "Acme Deals",
-    "from_address": "deals@acme.example",
-}
+# One example per kind; the body's schema is put in by provider_schemas.add_provider_schemas.
+_CONFIG_EXAMPLES: list[dict[str, Any]] = [
+    {
+        "kind": "smtp",
+        "host": "smtp.example.com",
+        "port": 587,
+        "security": "starttls",
+        "username": "mailer",
+        "password": "secret",
+        "from_name": "Acme Deals",
+        "from_address": "deals@acme.example",
+    },
+    {
+        "kind": "ses",
+        "region": "eu-west-1",
+        "username": "AKIAEXAMPLESMTPUSER",
+        "password": "smtp-password",
+        "from_address": "deals@acme.example",
+        "sns_topic_arns": ["arn:aws:sns:eu-west-1:123456789012:ses-events"],
+    },
+    {"kind": "sendgrid", "password": "SG.key", "from_address": "deals@acme.example"},
+    {
+        "kind": "gmail",
+        "username": "deals@acme.example",
+        "password": "abcdefghijklmnop",
+        "from_address": "deals@acme.example",
+    },
+    {
+        "kind": "http",
+        "endpoint": "https://esp.example/send",
+        "headers": {"X-Api-Key": "k"},
+        "body": {  # DESIGN §4's message object
+            "to": "$$To",
+            "mid": "$$MessageID",
+            "heading": "$$Subject",
+            "content": "$$HTML",
+            "from": "$$FromName",
+            "senderaddr": "$$FromAddress",
+        },
+        "from_address": "deals@acme.example",
+    },
+]
 
 
 def _view(nickname: str) -> ProviderView:
@@ -63,13 +96,14 @@ def put_provider(
         dict[str, Any],
         Body(
             description=(
-                "The configuration: `kind` (smtp, ses, sendgrid, gmail, http) and that "
-                "kind's fields, flat (DESIGN §2, §4). `nickname` may be left out; if given "
-                "it must match the path. Secrets are stored encrypted and never returned; "
-                "the mask a read shows (`********`) keeps the stored secret, and the read's "
-                "`callback_url` and `warnings` are ignored, so a read can be saved back."
+                f"The configuration: `kind` ({', '.join(KIND_MODELS)}) and that kind's "
+                "fields, flat (DESIGN §2, §4). `nickname` may be left out; if given it must "
+                "match the path. Secrets are stored encrypted and never returned; the mask "
+                "a read shows (`********`) keeps the stored secret, and the read's "
+                "`callback_url`, `warnings` and `connects_to` are ignored, so a read can be "
+                "saved back."
             ),
-            examples=[_CONFIG_EXAMPLE],
+            examples=_CONFIG_EXAMPLES,
         ),
     ],
 ) -> ProviderView | JSONResponse:
