@@ -18,6 +18,7 @@ Callback counts are kept by the API process itself (dispatch.callbacks).
 Every saved provider has every series of its own from the start, at 0: Prometheus's
 ``increase()`` sees nothing in a series' first sample, so one that appeared only with
 its first failure (a whole batch ``unknown`` in one write) would never fire an alert.
+A deleted provider has none, whatever its campaigns count after its deletion.
 ``dispatch_redis_up`` is 0 when Redis does not answer the scrape (every family read from
 it is then absent).
 """
@@ -166,7 +167,17 @@ def _redis_up(up: bool) -> Family:
     )
 
 
+def _of_saved(fields: dict[str, str], providers: set[str]) -> dict[str, str]:
+    """The ``<provider>|...`` fields of saved providers: what a deleted provider's
+    campaigns count after its deletion (a cancel settling their messages, a batch's
+    lease released with its send figures) is never exported, so its series do not come
+    back for good (one set per customer who ever left)."""
+    shown = providers | {store.NO_PROVIDER}
+    return {key: value for key, value in fields.items() if str(key).rpartition("|")[0] in shown}
+
+
 def _sends(providers: set[str], stats: dict[str, str], sends: dict[str, str]) -> Iterator[Family]:
+    stats, sends = _of_saved(stats, providers), _of_saved(sends, providers)
     messages = CounterMetricFamily(
         "dispatch_messages",
         "Messages by provider and outcome (sent, failed, suppressed, unknown, "

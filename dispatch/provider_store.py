@@ -370,15 +370,30 @@ return 1
 
 # The hashes /metrics reads whose fields are ``<nickname>|...`` (dispatch.metrics).
 _STATS_BY_PROVIDER = (store.MESSAGE_STATS_HASH, store.SEND_STATS_HASH)
+_STATS_FIELDS_PER_READ = 1000
 
 
 def delete_provider(nickname: str, client: redis.Redis | None = None) -> bool:
     """Delete the provider and its figures in /metrics (providers come and go for weeks:
     a deleted one's series are not exported for ever). Its pace, quota and connection
     slot keys expire by themselves (dispatch.limits). Batches sending through it stop
-    within a second and pause their campaigns (dispatch.status_watch)."""
+    within a second and pause their campaigns (dispatch.status_watch).
+
+    The figures of every provider no longer saved go too: what a deleted provider's
+    campaigns counted after its deletion (a cancel settling their messages, a batch's
+    lease released with its send figures) would otherwise stay in the hashes /metrics
+    reads at each scrape, for good. Each hash is read a thousand fields a round trip."""
     r = client or store.sync_client()
-    stats = {h: [f for f, _ in r.hscan_iter(h, match=f"{nickname}|*")] for h in _STATS_BY_PROVIDER}
+    saved = {str(n) for n in r.smembers(store.PROVIDERS_SET)} - {nickname}
+    saved.add(store.NO_PROVIDER)
+    stats = {
+        name: [
+            field
+            for field, _ in r.hscan_iter(name, count=_STATS_FIELDS_PER_READ)
+            if str(field).rpartition("|")[0] not in saved
+        ]
+        for name in _STATS_BY_PROVIDER
+    }
     pipe = r.pipeline()
     pipe.delete(store.provider_key(nickname))
     pipe.srem(store.PROVIDERS_SET, nickname)

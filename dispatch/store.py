@@ -24,6 +24,9 @@ SUPPRESSIONS_HASH = f"{PREFIX}:suppressions"  # email -> JSON entry
 EXPIRING_ZSET = f"{PREFIX}:expiring"  # campaign id by expires_at
 MESSAGE_STATS_HASH = f"{PREFIX}:stats:messages"  # "<provider>|<state>" -> count (metrics)
 SEND_STATS_HASH = f"{PREFIX}:stats:sends"  # send latency and throttles (dispatch.send_stats)
+# The provider a campaign stored without one counts its messages under in those hashes
+# (dispatch.ledger, dispatch.lifecycle): /metrics reports it as if it were saved.
+NO_PROVIDER = "unknown"
 # What went wrong that a person must know (dispatch.incidents): automatic pauses by kind,
 # stalled campaigns restarted, and when beat's housekeeping last swept.
 INCIDENTS_HASH = f"{PREFIX}:stats:incidents"
