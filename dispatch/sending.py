@@ -454,9 +454,13 @@ async def run_batch(
             if terminal is MessageState.EXPIRED and status != CampaignStatus.EXPIRED.value:
                 await expire_now(r, campaign_id)  # before its last message settles
             if terminal is not None:
+                # Only over what is still unsettled: a cancel settling the same messages
+                # meanwhile wins (its records, its counts; /metrics counts each once).
                 made = Records()
-                await writer.put_many([(i.seq, made.get(terminal, i.attempts), "") for i in items])
-                result.counts[terminal.value] = len(items)
+                ends = [(i.seq, made.get(terminal, i.attempts), "") for i in items]
+                written = await writer.put_unsettled_many(ends)
+                if any(written):
+                    result.counts[terminal.value] = sum(written)
                 return result
             if status != CampaignStatus.RUNNING.value:
                 return result  # paused or not started: resume re-enqueues the batch
@@ -529,8 +533,10 @@ async def run_batch(
                 state = MessageState(campaign.status.value)
                 left = list(sender.queue)
                 left += sender.waiting  # parked for an inline retry
-                made = Records()
-                await writer.put_many([(i.seq, made.get(state, i.attempts), "") for i in left])
+                made = Records()  # (over what is still unsettled, as above)
+                await writer.put_unsettled_many(
+                    [(i.seq, made.get(state, i.attempts), "") for i in left]
+                )
             else:
                 await give_back_claims(writer, sender.queue)
                 if (sender.handed_on or sender.reconfigured) and (sender.queue or sender.waiting):

@@ -4,12 +4,13 @@ interleaved at a precise point, on a real Redis, each order forced by a hook: no
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
 
-from dispatch import campaign_reads, campaigns, lifecycle, recipient_append, store
+from dispatch import campaign_reads, campaigns, lifecycle, recipient_append, sending, store
 from dispatch.models import CampaignRequest, MessageState
 from dispatch.settings import Settings
 from tests.helpers import create_held, http_provider, recipients, run_batches, smtp_provider
@@ -113,3 +114,31 @@ def test_a_cancel_that_lands_as_a_posted_campaign_starts_is_not_undone(
     run_batches(batches)  # whatever was handed out sends nothing
     summary = assert_settled(redis_client, cid)
     assert (summary["status"], summary["sent"]) == ("cancelled", 0)
+
+
+def test_a_cancel_that_lands_as_a_batch_expires_its_messages_stands(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that found ``expires_at`` passed wrote ``expired`` over every message it
+    had loaded, over a cancel that settled them ``cancelled`` in between: the campaign
+    read cancelled, its messages expired, and /metrics counted each under both."""
+    smtp_provider(redis_client, 2525)
+    cid, batches = create_held(redis_client, _body(10))
+    key = store.campaign_key(cid)
+    content = campaign_reads.load_content(cid, redis_client)
+    passed = content.model_copy(update={"expires_at": datetime.now(UTC) - timedelta(seconds=1)})
+    redis_client.hset(key, "content", passed.model_dump_json())
+    expire_now = sending.expire_now
+
+    async def cancelled_first(r: Any, campaign_id: str) -> None:
+        lifecycle.cancel(campaign_id, client=redis_client, enqueue=lambda c, b: None)
+        await expire_now(r, campaign_id)
+
+    monkeypatch.setattr(sending, "expire_now", cancelled_first)
+    (result,) = run_batches(batches[:1], rounds=1)
+    summary = assert_settled(redis_client, cid)
+    assert campaign_reads.get_status(cid, redis_client) == "cancelled"
+    assert (summary["cancelled"], summary["expired"]) == (10, 0)
+    assert "expired" not in result.counts
+    stats = redis_client.hgetall(store.MESSAGE_STATS_HASH)
+    assert (stats.get("local|cancelled"), stats.get("local|expired")) == ("10", None)
