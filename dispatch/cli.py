@@ -521,7 +521,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_messages(args: argparse.Namespace) -> int:
     """Per-message outcomes as NDJSON, one line each (every page, or one address's)."""
-    from dispatch import campaigns, lifecycle, retention
+    from dispatch import campaigns, message_pages, retention
     from providers.addresses import InvalidAddressError, normalize_address
 
     if args.email is not None:
@@ -534,8 +534,13 @@ def cmd_messages(args: argparse.Namespace) -> int:
     shown = 0
     try:
         while cursor is not None:
-            items, cursor = lifecycle.messages_page(
-                args.id, status=args.status, cursor=cursor, limit=1000, email=args.email
+            items, cursor = message_pages.messages_page(
+                args.id,
+                status=args.status,
+                cursor=cursor,
+                limit=1000,
+                email=args.email,
+                callback=args.callback,
             )
             for item in items:
                 print(json.dumps(item, default=str))
@@ -546,11 +551,11 @@ def cmd_messages(args: argparse.Namespace) -> int:
     except retention.CampaignPurgedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # an unknown status
+    except ValueError as exc:  # an unknown status or callback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.email is not None and not shown:  # the question had no answer: say so
-        which = f"{args.status} message" if args.status else "message"
+        which = " ".join(filter(None, (args.status, args.callback, "message")))
         print(f"campaign {args.id!r} has no {which} to {args.email}", file=sys.stderr)
         return 1
     return 0
@@ -841,6 +846,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--status", help="only messages in this state (failed, sent, queued, ...)")
     p.add_argument("--email", help="only the messages to this address")
+    p.add_argument(
+        "--callback",
+        help="only messages a callback of this kind was counted for (delivered, "
+        "soft_bounced, hard_bounced, unsubscribed, spam, clicked)",
+    )
 
     p = verb("health", cmd_health, "exit 0 while this host's workers take tasks")
     p.add_argument("--host", help="the workers of this host (default: this machine's name)")

@@ -503,20 +503,29 @@ class DispatchClient:
         cursor: str | None = None,
         limit: int = 100,
         email: str | None = None,
+        callback: str | None = None,
     ) -> MessagePage:
         """One page of per-message outcomes (see :meth:`iter_messages`); with ``email``
-        the messages to that address, all on one page."""
-        params = _params(limit=limit, status=status, cursor=cursor, email=email)
+        the messages to that address, all on one page; with ``callback`` (``clicked``,
+        ``hard_bounced``, ...) those a callback of that kind was counted for."""
+        params = _params(limit=limit, status=status, cursor=cursor, email=email, callback=callback)
         return self._model(
             MessagePage, "GET", f"/v1/campaigns/{campaign_id}/messages", params=params
         )
 
     def iter_messages(
-        self, campaign_id: str, *, status: str | None = None, page_size: int = 500
+        self,
+        campaign_id: str,
+        *,
+        status: str | None = None,
+        callback: str | None = None,
+        page_size: int = 500,
     ) -> Iterator[MessageOutcome]:
-        """Every message (in that status), page after page."""
+        """Every message (in that status, counted for that callback), page after page."""
         return _walk(
-            lambda cursor: self.messages(campaign_id, status=status, cursor=cursor, limit=page_size)
+            lambda cursor: self.messages(
+                campaign_id, status=status, callback=callback, cursor=cursor, limit=page_size
+            )
         )
 
     def wait(

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -40,25 +39,15 @@ from dispatch import batch_enqueue, campaign_reads, campaigns, reputation, reten
 from dispatch.batch_enqueue import EnqueueBatch
 from dispatch.campaigns import CampaignStateError
 from dispatch.ledger import LedgerWriter, Records, parse_record, records_between
-from dispatch.models import CampaignContent, CampaignStatus, MessageState
+from dispatch.models import CampaignStatus, MessageState
 from dispatch.recipient_pages import (
-    lines_of,
-    page_span,
-    seqs_of_address,
     stored_count,
     stored_count_async,
 )
 from dispatch.settings import get_settings
-from dispatch.suppressions import suppression_key
-from providers.addresses import InvalidAddressError, normalize_address
 from providers.errors import ErrorClass
 
 WINDOW = 1000  # messages read per round trip when walking a campaign
-MAX_PAGE = 1000
-# A filtered page looks at this many messages at most, then hands back a cursor.
-PAGE_SCAN_LIMIT = 20_000
-QUEUED = "queued"  # the state of a message the ledger has no record of yet
-MESSAGE_STATUSES = (QUEUED, *(state.value for state in MessageState))
 
 _S = CampaignStatus
 log = logging.getLogger(__name__)
@@ -742,94 +731,3 @@ def retry_failed(
             # what was unsent before these were written, so they end as it says.
             _settle(campaign_id, MessageState(status.value), r)
     return report, campaign_reads.campaign_summary(campaign_id, r)
-
-
-# -- messages ----------------------------------------------------------------------------
-
-
-def _meta(email: str, seq: int, content: CampaignContent, send_date: str) -> str:
-    """The message's meta (DESIGN §3), as the sender builds it; empty before the start."""
-    if not send_date:
-        return ""
-    with contextlib.suppress(InvalidAddressError):  # meta carries what the sender used
-        email = normalize_address(email)
-    account = get_settings().account_id
-    return f"{email}|{account}|{content.id}|{send_date}|{content.variant}|{content.category}|{seq}|"
-
-
-def messages_page(
-    campaign_id: str,
-    *,
-    status: str | None = None,
-    cursor: int = 0,
-    limit: int = 100,
-    email: str | None = None,
-    client: redis.Redis | None = None,
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Per-message outcomes in seq order from ``cursor``, and the next cursor (None: done).
-
-    With ``email``, the messages to that address (compared as the suppression list
-    compares: caselessly), in that status if one is given, all on one page.
-
-    With ``status`` a page holds only messages in that state (``queued`` for those not
-    settled yet) among the next :data:`PAGE_SCAN_LIMIT` messages, so it may be short or
-    empty while the cursor moves on. Raises :class:`campaigns.CampaignNotFoundError`,
-    ``ValueError`` for an unknown status.
-    """
-    if status is not None and status not in MESSAGE_STATUSES:
-        raise ValueError(f"status: one of {', '.join(MESSAGE_STATUSES)}")
-    r = client or store.sync_client()
-    content = campaign_reads.load_content(campaign_id, r)
-    retention.ensure_not_purged(r, campaign_id)
-    if email is not None:
-        found: list[dict[str, Any]] = []
-        for at in seqs_of_address(r, campaign_id, suppression_key(email)):
-            one, _ = messages_page(campaign_id, cursor=at, limit=1, client=r)
-            found += [m for m in one if status is None or m["status"] == status]
-        return found, None
-    send_date = str(r.hget(store.campaign_key(campaign_id), "send_date") or "")
-    total = stored_count(r, campaign_id)
-    limit = max(1, min(limit, MAX_PAGE))
-    items: list[dict[str, Any]] = []
-    seq = max(0, cursor)
-    scan_end = min(total, seq + max(PAGE_SCAN_LIMIT, limit))
-    while seq < scan_end and len(items) < limit:
-        window = min(WINDOW, scan_end - seq, limit - len(items) if status is None else WINDOW)
-        seqs = [str(s) for s in range(seq, seq + window)]
-        first, last, at = page_span(seq, window)
-        pipe = r.pipeline(transaction=False)
-        pipe.lrange(store.recipients_key(campaign_id), first, last)
-        pipe.hmget(store.ledger_key(campaign_id), seqs)
-        pipe.smismember(store.retried_key(campaign_id), seqs)
-        pages, records, retried = pipe.execute()
-        docs = lines_of(pages, at, window)
-        for offset, (doc, rec_raw, was_retried) in enumerate(
-            zip(docs, records, retried, strict=True)
-        ):
-            rec = parse_record(rec_raw) or {}
-            state = str(rec.get("state", QUEUED))
-            if status is not None and state != status:
-                continue
-            email = str(orjson.loads(doc)["email"])
-            items.append(
-                {
-                    "seq": seq + offset,
-                    "email": email,
-                    "meta": _meta(email, seq + offset, content, send_date),
-                    "status": state,
-                    "error_class": rec.get("error_class", ""),
-                    "detail": rec.get("detail", ""),
-                    "attempts": rec.get("attempts", 0),
-                    "throttles": rec.get("throttles", 0),
-                    "next_attempt_at": (rec.get("next_at") or None) if state == "retry" else None,
-                    "updated_at": rec.get("updated_at", 0.0),
-                    "retried": bool(was_retried),
-                    "provider_message_id": rec.get("provider_message_id", ""),
-                }
-            )
-            if len(items) >= limit:
-                seq += offset + 1
-                break
-        else:
-            seq += window
-    return items, (seq if seq < total else None)

@@ -124,7 +124,7 @@ def test_answers_are_typed_as_they_come_for_generated_clients(api_server: ApiSer
     "maybe absent", every counter ``int | Unset``), message states are an enum, the
     operation ids are the route names (``create_campaign``, not
     ``create_campaign_v1_campaigns_post``), and a Redis outage's 503 is listed."""
-    from dispatch.lifecycle import MESSAGE_STATUSES
+    from dispatch.message_pages import MESSAGE_STATUSES
 
     document = _document(api_server)
     schemas = document["components"]["schemas"]

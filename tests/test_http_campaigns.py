@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaign_reads, lifecycle, store
+from dispatch import campaign_reads, lifecycle, message_pages, store
 from dispatch.ledger import parse_record
 from dispatch.settings import Settings, get_settings
 from providers.base import OutgoingMessage, SendOutcome
@@ -69,7 +69,7 @@ def test_throttled_tries_are_not_attempts(redis_client: redis.Redis) -> None:
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 2, 0)
     rec = parse_record(redis_client.hget(store.ledger_key(cid), "1"))
     assert rec is not None and (rec["attempts"], rec["throttles"]) == (1, 4)
-    page, _ = lifecycle.messages_page(cid, client=redis_client)
+    page, _ = message_pages.messages_page(cid, client=redis_client)
     assert [(m["attempts"], m["throttles"]) for m in page] == [(1, 4), (1, 4)]
 
 
@@ -80,10 +80,10 @@ def test_a_parked_retry_says_when_it_is_due(redis_client: redis.Redis) -> None:
         cid, batches = create_held(redis_client, _body(1))
         before = time.time()
         run_batches(batches, FAST, rounds=1)
-    (message,), _ = lifecycle.messages_page(cid, client=redis_client)
+    (message,), _ = message_pages.messages_page(cid, client=redis_client)
     assert (message["status"], message["throttles"]) == ("retry", 1)
     assert before + 600 <= message["next_attempt_at"] <= time.time() + 600
-    assert lifecycle.messages_page(cid, client=redis_client, status="queued")[0] == []
+    assert message_pages.messages_page(cid, client=redis_client, status="queued")[0] == []
 
 
 def test_a_provider_that_throttles_for_ever_fails_the_message_at_max_throttles(

@@ -179,7 +179,7 @@ def test_a_request_is_validated_with_the_collector_paused_and_restored() -> None
 
 
 def test_messages_pages_read_across_a_page_edge(redis_client: redis.Redis) -> None:
-    from dispatch.lifecycle import messages_page
+    from dispatch.message_pages import messages_page
 
     cid = _draft(redis_client)
     RecipientAppender(cid, redis_client).add([_person(f"u{i}@example.com") for i in range(1500)])

@@ -15,6 +15,7 @@ from dispatch import (
     effects,
     housekeeping,
     lifecycle,
+    message_pages,
     reputation,
 )
 from dispatch.settings import get_settings
@@ -47,7 +48,7 @@ def half_sent(r: redis.Redis, smtp: SmtpTestServer) -> tuple[str, list[tuple[str
 
 def report(r: redis.Redis, campaign_id: str, *kinds_and_seqs: tuple[str, int]) -> None:
     """The provider calls back (through the gateway, applied as the task would)."""
-    metas = {m["seq"]: m for m in lifecycle.messages_page(campaign_id, client=r)[0]}
+    metas = {m["seq"]: m for m in message_pages.messages_page(campaign_id, client=r)[0]}
     events = [
         {"type": kind, "email": metas[seq]["email"], "meta": metas[seq]["meta"]}
         for kind, seq in kinds_and_seqs

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import campaign_reads, lifecycle, retention, store, suppressions
+from dispatch import campaign_reads, lifecycle, message_pages, retention, store, suppressions
 from dispatch.celery_app import app
 from dispatch.client import Gone
 from dispatch.models import CampaignStatus
@@ -74,7 +74,7 @@ def test_a_finished_campaign_keeps_its_report_and_loses_its_per_message_data(
     }
     assert retention.purge_due(redis_client, now=now + DAY) == []  # once
     with pytest.raises(retention.CampaignPurgedError):
-        lifecycle.messages_page(campaign_id, client=redis_client)
+        message_pages.messages_page(campaign_id, client=redis_client)
     with pytest.raises(retention.CampaignPurgedError):
         lifecycle.retry_failed(campaign_id, client=redis_client, enqueue=lambda c, b: None)
 
@@ -175,7 +175,8 @@ def test_callbacks_after_the_purge_still_count_once_suppress_and_publish(
 ) -> None:
     campaign_id = sent_campaign(redis_client, smtp, n=3)
     metas = {
-        m["email"]: m["meta"] for m in lifecycle.messages_page(campaign_id, client=redis_client)[0]
+        m["email"]: m["meta"]
+        for m in message_pages.messages_page(campaign_id, client=redis_client)[0]
     }
     path = callback_path(redis_client, "local")
     first = {"type": "delivered", "email": "user0@example.com", "meta": metas["user0@example.com"]}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import campaign_reads, campaigns, lifecycle, store, tasks
+from dispatch import campaign_reads, campaigns, lifecycle, message_pages, store, tasks
 from dispatch.ledger import LedgerWriter, record
 from dispatch.models import CampaignRequest, MessageState
 from tests.helpers import campaign_body, smtp_provider
@@ -149,7 +149,7 @@ def test_retry_failed_after_expires_at_is_refused_and_keeps_the_failures(
     assert refused.value.field == "expires_at" and "expired at" in str(refused.value)
     summary = campaign_reads.campaign_summary("rf-late", redis_client)
     assert (summary["status"], summary["failed"], summary["queued"]) == ("completed", 3, 0)
-    items, _ = lifecycle.messages_page("rf-late", client=redis_client)
+    items, _ = message_pages.messages_page("rf-late", client=redis_client)
     assert {(m["status"], m["error_class"]) for m in items} == {("failed", "SMTP connection error")}
     assert enqueued == []
 

@@ -17,6 +17,7 @@ from dispatch import (
     campaign_reads,
     campaigns,
     lifecycle,
+    message_pages,
     provider_store,
     recipient_append,
     store,
@@ -34,6 +35,7 @@ from dispatch.api.json_bodies import StrictJsonRoute
 from dispatch.api.schemas import (
     AppendProblem,
     AppendResult,
+    CallbackCounter,
     CampaignPage,
     CampaignSummary,
     CampaignTestRequest,
@@ -419,8 +421,14 @@ def list_messages(
             "`cursor` and `limit` do not apply",
         ),
     ] = None,
+    callback: Annotated[
+        CallbackCounter | None,
+        Query(description="Only messages a callback of this kind was counted for (`clicked`)"),
+    ] = None,
 ) -> MessagePage:
-    """Messages in seq order: meta, email, status, error class, detail, attempts. A
+    """Messages in seq order: meta, email, status, error class, detail, attempts, and
+    the callbacks counted for each (``callbacks``: delivered, clicked, ...; ``callback``
+    keeps those a callback of that kind was counted for: who clicked, who bounced). A
     filtered page may be short or empty: go on while ``next_cursor`` is not null. With
     ``email``: what happened to that address in this campaign (422 naming ``email`` for
     one that is no address: the campaign cannot have it)."""
@@ -430,8 +438,13 @@ def list_messages(
         except InvalidAddressError as exc:
             raise InvalidFieldError(str(exc), "email") from None
     status = None if status_ is None else status_.value
-    items, next_cursor = lifecycle.messages_page(
-        campaign_id, status=status, cursor=int(cursor), limit=limit, email=email
+    items, next_cursor = message_pages.messages_page(
+        campaign_id,
+        status=status,
+        cursor=int(cursor),
+        limit=limit,
+        email=email,
+        callback=None if callback is None else callback.value,
     )
     return MessagePage(
         items=[MessageOutcome.model_validate(i) for i in items],

@@ -203,6 +203,17 @@ class MessageStatus(StrEnum):
     UNKNOWN = MessageState.UNKNOWN.value
 
 
+class CallbackCounter(StrEnum):
+    """A counter that callbacks move (DESIGN §6), each counted once a message."""
+
+    DELIVERED = "delivered"
+    SOFT_BOUNCED = "soft_bounced"
+    HARD_BOUNCED = "hard_bounced"
+    UNSUBSCRIBED = "unsubscribed"
+    SPAM = "spam"
+    CLICKED = "clicked"
+
+
 class MessageOutcome(Answer):
     """One message of a campaign: where it stands and why (DESIGN §5)."""
 
@@ -224,6 +235,12 @@ class MessageOutcome(Answer):
         default="",
         description="The provider's id of the message it took (SMTP `queued as`, SES's "
         '`Ok <id>`, an HTTP answer\'s): what to ask the provider about; "" when it named none',
+    )
+    callbacks: list[CallbackCounter] = Field(
+        default_factory=list,
+        description="The callbacks counted for the message, each once however many came "
+        '(a delivery, then a click: `["delivered", "clicked"]`); `status` stays the '
+        "send's outcome",
     )
 
 
