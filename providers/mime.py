@@ -317,9 +317,13 @@ class MimeWriter:
         b = self._boundary
         # ASCII but for addresses that need SMTPUTF8 (RFC 6532), and the meta naming one.
         parts = [head.encode()]
+        # The AMP part only before an HTML part (amp.dev): some clients show only the last
+        # part, and would show the AMP source. A campaign with AMP and no HTML is refused,
+        # but one stored before that was, or whose HTML renders empty for a recipient,
+        # still comes here: that message goes without its AMP part.
         for ctype, body in (
             ("text/plain", msg.text),
-            ("text/x-amp-html", msg.amp),
+            ("text/x-amp-html", msg.amp if msg.html else ""),
             ("text/html", msg.html),
         ):
             if not body and ctype != "text/plain":
