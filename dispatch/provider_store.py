@@ -336,8 +336,11 @@ def reseal_provider(
     mail already delivered may still: README, changing the key). ``check``: only say.
 
     Written only over the configuration read: one saved meanwhile is read again, never
-    overwritten. Raises :class:`ProviderNotFoundError`.
+    overwritten. Raises :class:`ProviderNotFoundError`, ``SecretKeyError`` when
+    DISPATCH_SECRET_KEY is not set (else every secret would read as one no key decrypts).
     """
+    if not get_settings().secret_key.get_secret_value():
+        raise crypto.SecretKeyError("DISPATCH_SECRET_KEY is not set")
     r = client or store.sync_client()
     key = store.provider_key(nickname)
     while True:
