@@ -16,7 +16,7 @@ import orjson
 import redis
 from pydantic import TypeAdapter, ValidationError
 
-from dispatch import suppressions
+from dispatch import payload_checks, suppressions
 from dispatch.campaign_errors import CampaignError, SuppressedCopyError
 from dispatch.models import CampaignContent, CampaignRequest, Recipient, recipient_vars
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
@@ -225,6 +225,30 @@ def load_recipient(raw: bytes) -> Any:
 
 RECIPIENT: TypeAdapter[Recipient] = TypeAdapter(Recipient)
 _RECIPIENTS: TypeAdapter[list[Recipient]] = TypeAdapter(list[Recipient])
+
+
+def check_campaign(
+    request: CampaignRequest, provider: ProviderBase, campaign_id: str
+) -> CampaignContent:
+    """The campaign's content under ``campaign_id``, once it passed every check of its
+    own and against ``provider`` (templates, sender, recipients a message, the template
+    variables and ``$$`` placeholders each recipient needs); not those that depend on
+    what is stored (a repeat, suppressed copies, AMP without HTML for a new campaign).
+    Raises :class:`CampaignError` naming the field.
+    """
+    compiled = compile_content(request)
+    content = request.content(campaign_id)
+    check_sender(content, provider)
+    check_recipients_per_message(content, provider)
+    names = names_from_recipients(request, compiled)
+    if isinstance(provider, HttpConfig):
+        names |= required_recipient_vars(provider, content.vars)
+    complete = every_recipient_has(request.recipients, names)
+    if not complete:
+        check_template_names(request, compiled)
+    # (Its campaign-level placeholders are checked whatever the recipients hold.)
+    payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
+    return content
 
 
 def validate_content(request: CampaignRequest) -> CompiledContent:

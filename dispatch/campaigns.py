@@ -12,17 +12,12 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from dispatch import payload_checks, store
+from dispatch import store
 from dispatch.batch_enqueue import EnqueueBatch, background_enqueuer, batch_enqueuer
 from dispatch.campaign_checks import (
     check_amp_has_html,
+    check_campaign,
     check_copies_not_suppressed,
-    check_recipients_per_message,
-    check_sender,
-    check_template_names,
-    compile_content,
-    every_recipient_has,
-    names_from_recipients,
     offset_given,
     request_fingerprint,
     validation_problems,
@@ -45,8 +40,6 @@ from dispatch.provider_store import ProviderNotFoundError, load_provider
 from dispatch.recipient_append import RecipientAppender, append_recipients, chunks
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
-from providers.config import HttpConfig
-from providers.http_config import required_recipient_vars
 
 __all__ = ["CampaignConflictError", "CampaignError", "CampaignNotFoundError", "CampaignStateError"]
 
@@ -92,19 +85,8 @@ def create_campaign(
         provider = load_provider(request.provider, r)
     except ProviderNotFoundError:
         raise CampaignError(f"provider {request.provider!r} does not exist", "provider") from None
-    compiled = compile_content(request)
     campaign_id = request.id or secrets.token_hex(8)
-    content = request.content(campaign_id)
-    check_sender(content, provider)
-    check_recipients_per_message(content, provider)
-    names = names_from_recipients(request, compiled)
-    if isinstance(provider, HttpConfig):
-        names |= required_recipient_vars(provider, content.vars)
-    complete = every_recipient_has(request.recipients, names)
-    if not complete:
-        check_template_names(request, compiled)
-    # (Its campaign-level placeholders are checked whatever the recipients hold.)
-    payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
+    content = check_campaign(request, provider, campaign_id)
     fingerprint = request_fingerprint(request)
     stored = r.hget(store.campaign_key(campaign_id), "fingerprint")
     # Stored by a version that hashed the times as given: a repeat all the same.

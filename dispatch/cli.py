@@ -94,6 +94,9 @@ def _validation_message(exc: Exception) -> str:
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
             for err in exc.errors()
         )
+    field = getattr(exc, "field", "")  # a CampaignError's: named first, as the API's detail
+    if field and not str(exc).startswith(f"{field}: "):
+        return f"{field}: {exc}"
     return str(exc)
 
 
@@ -375,6 +378,7 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
     (unless ``allow_suppressed``)."""
     import asyncio
 
+    from dispatch.campaign_checks import check_amp_has_html, check_campaign
     from dispatch.campaign_test import send_campaign_test
     from dispatch.provider_store import ProviderNotFoundError, load_provider
     from dispatch.test_email import SuppressedTestAddressError
@@ -393,7 +397,10 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
     if not 0 <= seq < max(len(people), 1):
         print(f"error: --seq: the file has {len(people)} recipients", file=sys.stderr)
         return 2
-    content = request.content(request.id or "file")
+    # What the campaign would be refused for, the test is too: a test that went out
+    # before the campaign could not be created was no test of it.
+    content = check_campaign(request, config, request.id or "file")
+    check_amp_has_html(request)
     recipient: Mapping[str, Any] = people[seq] if people else {}
     try:
         result = asyncio.run(

@@ -271,3 +271,27 @@ def test_an_amp_part_without_an_html_part_is_refused_naming_amp(
         accepted = http.post("/v1/campaigns", json=_campaign("amp-0", amp=amp))
         assert accepted.status_code == 201, accepted.text
         assert http.post("/v1/campaigns", json=_campaign("amp-0", amp=amp)).status_code == 200
+
+
+def test_a_file_test_is_refused_for_what_the_campaign_would_be(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``dispatch send FILE --test ADDR`` ran none of the campaign's checks: a file whose
+    campaign would be refused (AMP without HTML, a variable one recipient lacks) still
+    sent its test, which passed for the campaign."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port)
+        file = tmp_path / "campaign.yaml"
+        for fields, named in (
+            ({"html": "", "text": "Hi {{ name }}", "amp": "<b>{{ name }}</b>"}, "amp: "),
+            ({"recipients": [{"email": "a@example.com", "vars": {"name": "A"}},
+                             {"email": "b@example.com"}]}, "vars: unknown template variable"),
+        ):  # fmt: skip
+            file.write_text(yaml.safe_dump(_campaign("file-test", draft=False, **fields)))
+            assert main(["send", str(file), "--test", "me@acme.example"]) == 2
+            assert capsys.readouterr().err.startswith(f"error: {named}")
+        assert smtp.messages == []
+        file.write_text(yaml.safe_dump(_campaign("file-test", draft=False)))
+        assert main(["send", str(file), "--test", "me@acme.example"]) == 0
+        assert [m.rcpt_tos for m in smtp.messages] == [["me@acme.example"]]
+        assert not redis_client.exists(store.campaign_key("file-test"))
