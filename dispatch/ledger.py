@@ -46,12 +46,14 @@ log = logging.getLogger(__name__)
 # message, so it is not read); op "g" gives back a claim the caller did not attempt
 # (only while the record is still "claimed": safe to repeat after a lost answer; no
 # outcome: the per-provider tally of /metrics does not count it); with "E" one event
-# follows per seq ("" for none). "c", "u" and "g" answer '0' for a message they left
-# as it was. Op "k" claims like "c", but its "E" slot holds the message's address key
-# (not an event): an address on the suppression list (KEYS[7]) or opted out of the
-# campaign's category (KEYS[8]) since the batch was loaded is recorded suppressed
-# (record ARGV[5] or ARGV[6]) instead, answered '2'. JSON never
-# holds a raw tab or newline, so everything splits with plain string searches, and each
+# follows per seq ("" for none). Op "r" (retry-failed's) records only over a "failed"
+# message never retried this way, marking it in the campaign's retried set (KEYS[7]:
+# that writer has no category) in the same step. "c", "u", "g" and "r" answer '0' for a
+# message they left as it was. Op "k" claims like "c", but its "E" slot holds the
+# message's address key (not an event): an address on the suppression list (KEYS[7]) or
+# opted out of the campaign's category (KEYS[8]) since the batch was loaded is recorded
+# suppressed (record ARGV[5] or ARGV[6]) instead, answered '2'. JSON never holds a raw
+# tab or newline, so everything splits with plain string searches, and each
 # command runs once for the whole list (HMGET, HSET, HINCRBY) instead of once per
 # message; only XADD is per message: one stream entry per event (DESIGN section 6).
 # Records start with {"s":"<state>" so a state is read without decoding the record.
@@ -154,6 +156,8 @@ for _, g in ipairs(groups) do
         refused = (old and old ~= 'retry') or (new == 'claimed' and has_ended())
       elseif op == 'u' then
         refused = old and terminal[old]
+      elseif op == 'r' then
+        refused = old ~= 'failed' or redis.call('SADD', KEYS[7], seq) == 0
       elseif op == 'g' then
         refused = old ~= 'claimed'
       end
@@ -477,8 +481,11 @@ class LedgerWriter:
         batch: int = -1,
         provider: str = "",
         category: str | None = None,
+        *,
+        retrying: bool = False,
     ) -> None:
-        """``category``: the campaign's, for :meth:`claim_screened_many` (None: not used)."""
+        """``category``: the campaign's, for :meth:`claim_screened_many` (None: not used);
+        ``retrying``: for :meth:`retry_once_many` (retry-failed's writer; no category)."""
         self.client = client
         self.provider = provider
         self.batch = batch
@@ -493,6 +500,8 @@ class LedgerWriter:
         self.category = category
         if category is not None:  # what claim_screened_many checks
             self.keys += [store.SUPPRESSIONS_HASH, store.optout_key(category)]
+        elif retrying:  # what retry_once_many marks
+            self.keys.append(store.retried_key(campaign_id))
         self.token = lease_token
         self._pending: list[_Batch] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -532,6 +541,15 @@ class LedgerWriter:
         for a retry, or claimed by this writer's caller): a terminal record someone else
         wrote meanwhile (a cancel's) stays. One answer each: False where it stayed."""
         return await self._submit(_lines(b"u", writes))
+
+    async def retry_once_many(self, writes: Sequence[tuple[int, bytes, str]]) -> list[bool]:
+        """Like :meth:`put_many`, but only over messages still ``failed`` that were never
+        retried this way, each marked retried in the same step (so a failure in between
+        cannot leave one marked and still failed). One answer each: False where it
+        stayed. Needs a writer made with ``retrying``."""
+        if len(self.keys) != 7:
+            raise ValueError("retry_once_many needs a writer made with retrying=True")
+        return await self._submit(_lines(b"r", writes))
 
     async def settle_many(self, writes: Sequence[tuple[int, bytes, str]]) -> None:
         """Like :meth:`put_many`, for messages this writer's caller claimed and sent (or

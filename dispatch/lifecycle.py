@@ -612,32 +612,15 @@ class RetryReport:
     batches: set[int] = field(default_factory=set)
 
 
-# Marks seqs retried (each at most once, DESIGN §5 "no recipient ... twice" for a retry):
-# ARGV[1] the seqs, comma-separated (one argument, not one per seq: encoding a thousand
-# arguments costs the client more than the work). Returns one character a seq: '1' new.
-_MARK_RETRIED = """
-local seqs = {}
-for seq in string.gmatch(ARGV[1], '%d+') do seqs[#seqs + 1] = seq end
-local out = {}
-for first = 1, #seqs, 2000 do
-  local last = math.min(#seqs, first + 1999)
-  local known = redis.call('SMISMEMBER', KEYS[1], unpack(seqs, first, last))
-  redis.call('SADD', KEYS[1], unpack(seqs, first, last))
-  for i = 1, #known do out[#out + 1] = known[i] == 1 and '0' or '1' end
-end
-return table.concat(out)
-"""
-
-
 async def _requeue_failed(
     r: aioredis.Redis, campaign_id: str, batch_size: int, report: RetryReport
 ) -> None:
     """Queue the retryable failures again, a window of :data:`WINDOW` messages at a time
-    in three round trips (read, mark retried, write), whatever their count: each message
-    its own command, a campaign with 900,000 failures took the API 52 s."""
-    writer = LedgerWriter(r, campaign_id, provider=await _provider_of(r, campaign_id))
+    in two round trips (read; mark retried and write, one step), whatever their count:
+    each message its own command, a campaign with 900,000 failures took the API 52 s."""
+    provider = await _provider_of(r, campaign_id)
+    writer = LedgerWriter(r, campaign_id, provider=provider, retrying=True)
     total = await stored_count_async(r, campaign_id)
-    retried_key = store.retried_key(campaign_id)
     for start in range(0, total, WINDOW):
         found = await records_between(r, campaign_id, start, min(start + WINDOW, total))
         failed: list[tuple[int, dict[str, Any]]] = []
@@ -651,24 +634,26 @@ async def _requeue_failed(
             failed.append((seq, rec))
         if not failed:
             continue
-        joined = ",".join(str(seq) for seq, _ in failed)
-        new = await r.eval(_MARK_RETRIED, 1, retried_key, joined)
         records = Records()  # messages that failed alike share one record (one group)
-        writes: list[tuple[int, bytes, str]] = []
-        for (seq, rec), first_time in zip(failed, str(new), strict=True):
-            if first_time != "1":
+        # attempts start again: the message gets the normal retry policy once more.
+        writes = [
+            (
+                seq,
+                records.get(
+                    MessageState.RETRY,
+                    error_class=rec["error_class"],
+                    detail=f"queued again by retry-failed after: {rec['detail']}",
+                ),
+                "",
+            )
+            for seq, rec in failed
+        ]
+        for (seq, _), first_time in zip(failed, await writer.retry_once_many(writes), strict=True):
+            if not first_time:  # retried before (or no longer failed)
                 report.skipped_already_retried += 1
                 continue
-            # attempts start again: the message gets the normal retry policy once more.
-            rec_bytes = records.get(
-                MessageState.RETRY,
-                error_class=rec["error_class"],
-                detail=f"queued again by retry-failed after: {rec['detail']}",
-            )
-            writes.append((seq, rec_bytes, ""))
             report.batches.add(seq // batch_size)
             report.retried += 1
-        await writer.put_many(writes)
 
 
 def retry_failed(

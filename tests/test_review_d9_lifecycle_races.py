@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from dispatch import campaign_reads, campaigns, lifecycle, recipient_append, sending, store
+from dispatch.ledger import LedgerWriter
 from dispatch.models import CampaignRequest, MessageState
 from dispatch.settings import Settings
 from tests.helpers import create_held, http_provider, recipients, run_batches, smtp_provider
@@ -142,3 +143,32 @@ def test_a_cancel_that_lands_as_a_batch_expires_its_messages_stands(
     assert "expired" not in result.counts
     stats = redis_client.hgetall(store.MESSAGE_STATS_HASH)
     assert (stats.get("local|cancelled"), stats.get("local|expired")) == ("10", None)
+
+
+def test_retry_failed_whose_write_failed_can_be_asked_again(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """retry-failed marked the failures retried, then its write of them failed (Redis
+    gone for a moment): marked and still failed, they could never be retried again. The
+    mark and the write are one step now: asked again, it sends them (review D9)."""
+    smtp_provider(redis_client, 2525)
+    cid, _ = create_held(redis_client, _body(10))
+    put(cid, {seq: MessageState.SENT for seq in range(6)})
+    put(cid, {seq: MessageState.FAILED for seq in range(6, 10)})
+    submit = LedgerWriter._submit
+    broken: list[str] = []
+
+    async def fails_once(self: LedgerWriter, encoded: Any) -> list[bool]:
+        if not broken:
+            broken.append("once")
+            raise redis.ConnectionError("Connection reset by peer")
+        return await submit(self, encoded)
+
+    monkeypatch.setattr(LedgerWriter, "_submit", fails_once)
+    with pytest.raises(redis.ConnectionError):
+        lifecycle.retry_failed(cid, client=redis_client, enqueue=lambda c, b: None)
+    report, summary = lifecycle.retry_failed(cid, client=redis_client, enqueue=lambda c, b: None)
+    assert (report.retried, report.skipped_already_retried) == (4, 0)
+    assert (summary["status"], summary["failed"], summary["queued"]) == ("running", 0, 4)
+    again, _ = lifecycle.retry_failed(cid, client=redis_client, enqueue=lambda c, b: None)
+    assert (again.retried, again.skipped_already_retried) == (0, 0)  # none failed now
