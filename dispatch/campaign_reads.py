@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,13 +13,33 @@ from dispatch import store
 from dispatch.campaign_errors import CampaignNotFoundError
 from dispatch.models import COUNTER_NAMES, CampaignContent, CampaignStatus
 
+# A campaign's content stays once its per-message data is purged (its report, a repeat
+# of its id, the links of its mail read it), for good: it is stored packed then, and
+# templates, most of it, take a fifth to a tenth of the room (dispatch.retention).
+_PACKED = "zlib:"
+
+
+def pack_content(raw: str) -> str | None:
+    """``raw`` (a content's JSON) packed, or None when that would not make it smaller."""
+    if raw.startswith(_PACKED):
+        return None
+    packed = _PACKED + base64.b64encode(zlib.compress(raw.encode(), 9)).decode("ascii")
+    return packed if len(packed) < len(raw) else None
+
+
+def decode_content(raw: str) -> CampaignContent:
+    """A content as stored, packed (:func:`pack_content`) or not."""
+    if raw.startswith(_PACKED):
+        raw = zlib.decompress(base64.b64decode(raw[len(_PACKED) :])).decode()
+    return CampaignContent.model_validate_json(raw)
+
 
 def load_content(campaign_id: str, client: redis.Redis | None = None) -> CampaignContent:
     """The campaign's content; raises :class:`CampaignNotFoundError`."""
     raw = (client or store.sync_client()).hget(store.campaign_key(campaign_id), "content")
     if raw is None:
         raise CampaignNotFoundError(campaign_id)
-    return CampaignContent.model_validate_json(raw)
+    return decode_content(str(raw))
 
 
 def get_status(campaign_id: str, client: redis.Redis | None = None) -> CampaignStatus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dispatch.batch_items import BatchStart
+from dispatch.campaign_reads import decode_content
 from dispatch.limits import chunk_limit
 from dispatch.models import CampaignContent
 from dispatch.provider_store import decode_provider
@@ -61,7 +62,7 @@ def content_of(campaign_id: str, begun: BatchStart) -> CampaignContent | None:
     """The campaign's content: decoded from ``begun`` when it came (and kept, with its
     fingerprint), else this process's copy; None when the campaign is not stored."""
     if begun.content is not None:
-        content = CampaignContent.model_validate_json(begun.content)
+        content = decode_content(begun.content)
         if len(_contents) > 256:
             _contents.clear()
         _contents[campaign_id] = (begun.fingerprint, content)

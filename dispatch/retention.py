@@ -5,7 +5,8 @@ a million recipients take about 210 MB (their documents, address keys and ledger
 records; ``bench``-sized vars). ``DISPATCH_RETENTION_DAYS`` after a campaign finished
 (``completed``, ``cancelled`` or ``expired``) and last changed, beat's purge removes that
 data: the recipients, their address keys, the ledger and the retried set. What stays is
-small and keeps the campaign answerable: its content, status and counters (reports and
+small and keeps the campaign answerable: its content (packed then: templates are most of
+what stays for good), status and counters (reports and
 ``GET /v1/campaigns/{id}`` go on working, and re-posting its id is still recognised and
 sends nothing), and the bitmaps that count each message's callback once (late callbacks
 still move the right counters, suppress and publish their events).
@@ -23,7 +24,7 @@ from typing import Any
 
 import redis
 
-from dispatch import campaigns, store
+from dispatch import campaign_reads, campaigns, store
 from dispatch.models import CampaignStatus
 from dispatch.settings import get_settings
 
@@ -88,13 +89,21 @@ return 1
 def purge(
     r: redis.Redis, campaign_id: str, now: float | None = None, cutoff: float | None = None
 ) -> bool:
-    """Remove a finished campaign's per-message data now; whether it did. ``cutoff``:
-    only if it has not changed since then."""
-    keys = [store.campaign_key(campaign_id), store.KEPT_ZSET, *per_message_keys(campaign_id)]
+    """Remove a finished campaign's per-message data now, and pack its content (what
+    stays of it for good); whether it did. ``cutoff``: only if it has not changed since
+    then."""
+    key = store.campaign_key(campaign_id)
+    keys = [key, store.KEPT_ZSET, *per_message_keys(campaign_id)]
     at = repr(time.time() if now is None else now)
     since = "" if cutoff is None else repr(cutoff)
     statuses = (s.value for s in FINISHED)
-    return bool(r.eval(_PURGE, len(keys), *keys, at, since, campaign_id, *statuses))
+    if not r.eval(_PURGE, len(keys), *keys, at, since, campaign_id, *statuses):
+        return False
+    raw = r.hget(key, "content")  # (a content never changes once stored)
+    packed = None if raw is None else campaign_reads.pack_content(str(raw))
+    if packed is not None:
+        r.hset(key, "content", packed)
+    return True
 
 
 def purged_at(r: redis.Redis, campaign_id: str) -> float | None:

@@ -269,3 +269,50 @@ def test_a_run_reads_only_the_campaigns_still_kept_and_indexes_older_ones_once(
     assert redis_client.zrange(store.KEPT_ZSET, 0, -1) == [older]  # indexed, the purged one not
     assert retention.purge_due(redis_client, now=time.time() + 31 * DAY) == [older]
     assert redis_client.zcard(store.KEPT_ZSET) == 0
+
+
+@covers("POST /v1/campaigns/{campaign_id}/test")
+def test_a_purged_campaigns_content_is_kept_packed_and_reads_as_before(
+    api: httpx.Client, api_server: ApiServer, redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """What stays of a purged campaign stays for good, and its templates are most of it
+    (83 KB a campaign with a 60 KB HTML template, review E9): it is stored packed, and
+    everything that reads it after the purge reads the same content."""
+    smtp_provider(redis_client, smtp.port)
+    rows = "".join(
+        f'<tr><td style="padding:8px;font-family:Arial">Item {i}: {{{{ name }}}}, '
+        f'<a href="https://shop.example/p/{i * 7919 % 10007}">see offer {i}</a></td></tr>'
+        for i in range(400)
+    )
+    big = {**body(3, "ret-big"), "html": f"<table>{rows}</table>", "category": "news"}
+    campaign_id, _ = run_inline(redis_client, big)
+    key = store.campaign_key(campaign_id)
+    content = campaign_reads.load_content(campaign_id, redis_client)
+    stored = redis_client.hget(key, "content")
+    assert stored is not None and stored.startswith("{")
+    before = redis_client.memory_usage(key)
+
+    assert retention.purge(redis_client, campaign_id)
+    packed = redis_client.hget(key, "content")
+    assert packed is not None and packed.startswith("zlib:")
+    assert len(packed) * 3 < len(stored)
+    assert redis_client.memory_usage(key) * 3 < before
+    assert campaign_reads.load_content(campaign_id, redis_client) == content
+    assert not retention.purge(redis_client, campaign_id)  # once; packed once
+    assert redis_client.hget(key, "content") == packed
+
+    # What reads it after the purge: the summary, a repeat, a test message, a batch.
+    assert api.get(f"/v1/campaigns/{campaign_id}").json()["purged_at"] > 0
+    assert api.post("/v1/campaigns", json=big).status_code == 200  # a repeat
+    with api_client(api_server) as http:
+        test = http.post(
+            f"/v1/campaigns/{campaign_id}/test",
+            json={"to": "me@acme.example", "vars": {"name": "Tess"}},
+        )
+    assert test.status_code == 200 and test.json()["ok"] is True, test.text
+    assert (
+        "Item 399: Tess"
+        in smtp.messages[-1].message.get_payload()[-1].get_payload(decode=True).decode()
+    )
+    results = run_batches([(campaign_id, 0)], rounds=1)  # a batch task redelivered late
+    assert results[0].counts == {}
