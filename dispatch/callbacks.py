@@ -279,16 +279,18 @@ def ingest(
     *,
     client: redis.Redis | None = None,
     enqueue: Enqueue | None = None,
+    config: ProviderBase | None = None,
 ) -> CallbackAnswer:
     """Handle one callback request end to end; never raises (every outcome is an answer).
 
     ``enqueue`` hands a stored batch to its task (default: Celery); when it fails the
     batch is still durable, the answer is still 200 and recovery applies it later.
+    ``config``: the provider :func:`check_url` found for this URL (else it is looked up).
     """
     r = client or store.sync_client()
     kind = "unknown"
     try:
-        config = authenticate(nickname, token, r)
+        config = config or authenticate(nickname, token, r)
         kind = str(getattr(config, "kind", "unknown"))
         # The provider's refused-events series exists before its first refusal, so that
         # the refusal shows as an increase (as the request statuses above).
@@ -320,7 +322,30 @@ def ingest(
         # Counted once accepted: a request answered 503 is sent again, and counted then.
         count_events(nickname, result)
         reply = answer(kind, result)
-    except CallbackRejected as exc:
+    except Exception as exc:
+        reply = _refusal(nickname, exc)
+    CALLBACK_REQUESTS.labels(str(reply.status)).inc()
+    return reply
+
+
+def check_url(
+    nickname: str, token: str, client: redis.Redis | None = None
+) -> ProviderBase | CallbackAnswer:
+    """The provider whose callback URL this is, or the answer that refuses the request
+    (logged and counted as :func:`ingest`'s): the route asks before it reads a body, so
+    that a caller without the URL's token cannot make the API hold megabytes."""
+    try:
+        return authenticate(nickname, token, client)
+    except Exception as exc:
+        reply = _refusal(nickname, exc)
+    CALLBACK_REQUESTS.labels(str(reply.status)).inc()
+    return reply
+
+
+def _refusal(nickname: str, exc: Exception) -> CallbackAnswer:
+    """The answer to a callback request that failed with ``exc``, logged (call it from
+    the ``except`` block: an unexpected error's traceback goes with it)."""
+    if isinstance(exc, CallbackRejected):
         # A refusal is the provider's to fix, or someone probing: named here, since the
         # provider only sees the answer and the access log only the status.
         level = logging.WARNING if exc.status >= 500 else logging.INFO
@@ -331,20 +356,17 @@ def ingest(
             exc.message,
             extra={"provider": nickname, "status": exc.status},
         )
-        reply = error_answer(exc.status, exc.message)
-    except redis.RedisError as exc:
+        return error_answer(exc.status, exc.message)
+    if isinstance(exc, redis.RedisError):
         log.error(
             "callback for %s refused, Redis unavailable: %s",
             nickname,
             exc,
             extra={"provider": nickname},
         )
-        reply = error_answer(503, SERVER_ERROR)
-    except Exception:
-        log.exception("callback for %s failed", nickname)
-        reply = error_answer(500, SERVER_ERROR)
-    CALLBACK_REQUESTS.labels(str(reply.status)).inc()
-    return reply
+        return error_answer(503, SERVER_ERROR)
+    log.exception("callback for %s failed", nickname)
+    return error_answer(500, SERVER_ERROR)
 
 
 def count_events(nickname: str, result: CallbackResult) -> None:

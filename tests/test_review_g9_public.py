@@ -20,13 +20,15 @@ ANNOUNCED_BYTES = 32 * 1024 * 1024
 NO_ANSWER_SECONDS = 20
 
 
-def _answer_without_body(server: ApiServer, method: str, path: str) -> bytes:
+def _answer_without_body(
+    server: ApiServer, method: str, path: str, announced: int = ANNOUNCED_BYTES
+) -> bytes:
     """The status line and headers answered to a request whose body is announced (JSON,
-    ANNOUNCED_BYTES) but not sent; raises TimeoutError when the server waits for it."""
+    ``announced`` bytes) but not sent; raises TimeoutError when the server waits for it."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=NO_ANSWER_SECONDS) as s:
         s.sendall(
             f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {ANNOUNCED_BYTES}\r\n\r\n".encode()
+            f"Content-Type: application/json\r\nContent-Length: {announced}\r\n\r\n".encode()
         )
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -97,3 +99,23 @@ def test_an_sns_signature_of_non_ascii_text_is_a_400(
     answer = api.post(paths["ses"], content=json.dumps(envelope).encode())
     assert answer.status_code == 400, answer.text
     assert answer.json()["message"] == "invalid payload: Signature is not base64"
+
+
+def test_a_callback_with_a_wrong_token_is_refused_before_its_body_is_read(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A callback's body (up to 8 MB) was read whole before the URL's token was checked:
+    anyone could make the API hold it for each request they kept open. The token is
+    checked first now; a right one still reads the body (it waits for it)."""
+    paths = save_providers(redis_client)
+    wrong = paths["gen"].rsplit("/", 1)[0] + "/not-the-token"
+    for path in (wrong, "/v1/callbacks/nobody/whatever"):
+        answer = _answer_without_body(api_server, "POST", path, announced=4 * 1024 * 1024)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    connection = socket.create_connection(("127.0.0.1", api_server.port), timeout=2)
+    with pytest.raises(TimeoutError), connection as s:
+        s.sendall(
+            f"POST {paths['gen']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n".encode()
+        )
+        s.recv(4096)

@@ -30,14 +30,21 @@ def _response(reply: callbacks.CallbackAnswer) -> Response:
 
 @router.post(PATH, responses=CALLBACK_RESPONSES)
 async def receive_callback(nickname: str, token: str, request: Request) -> Response:
-    """Accept a provider's callback: events are durable in Redis before this answers."""
+    """Accept a provider's callback: events are durable in Redis before this answers.
+    The URL's token is checked before the body is read (a caller without it gets its 400
+    at once, and the API holds none of what it sends)."""
+    config = await run_in_threadpool(callbacks.check_url, nickname, token)
+    if isinstance(config, callbacks.CallbackAnswer):
+        return _response(config)
     try:
         body = await read_bounded(request, callbacks.MAX_BODY_BYTES)  # (SNS: text/plain)
     except BodyTooLargeError:
         reply = callbacks.refuse_too_large()
     else:
         headers = dict(request.headers)
-        reply = await run_in_threadpool(callbacks.ingest, nickname, token, body, headers)
+        reply = await run_in_threadpool(
+            callbacks.ingest, nickname, token, body, headers, config=config
+        )
     return _response(reply)
 
 
