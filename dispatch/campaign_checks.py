@@ -282,6 +282,12 @@ AMP_WITHOUT_HTML: Final = (
 )
 
 
+def check_not_expired(content: CampaignContent, now: float) -> None:
+    """Raises :class:`CampaignError` on ``expires_at`` when it is not after ``now``."""
+    if content.expires_at is not None and content.expires_at.timestamp() <= now:
+        raise CampaignError("must be in the future", "expires_at")
+
+
 def check_amp_has_html(request: CampaignRequest) -> None:
     """Raises :class:`CampaignError` on ``amp`` for an AMP part with no HTML part."""
     if request.amp.strip() and not request.html.strip():

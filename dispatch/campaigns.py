@@ -18,6 +18,7 @@ from dispatch.campaign_checks import (
     check_amp_has_html,
     check_campaign,
     check_copies_not_suppressed,
+    check_not_expired,
     offset_given,
     request_fingerprint,
     validation_problems,
@@ -100,10 +101,9 @@ def create_campaign(
         check_amp_has_html(request)
         check_copies_not_suppressed(content, r)
     now = time.time()
-    expired = content.expires_at is not None and content.expires_at.timestamp() <= now
     # Only a repeat of a campaign stored before its expiry is answered (as a repeat).
-    if expired and stored != fingerprint:
-        raise CampaignError("must be in the future", "expires_at")
+    if stored != fingerprint:
+        check_not_expired(content, now)
     found = r.eval(
         _CREATE,
         6,

@@ -378,7 +378,7 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
     (unless ``allow_suppressed``)."""
     import asyncio
 
-    from dispatch.campaign_checks import check_amp_has_html, check_campaign
+    from dispatch.campaign_checks import check_amp_has_html, check_campaign, check_not_expired
     from dispatch.campaign_test import send_campaign_test
     from dispatch.provider_store import ProviderNotFoundError, load_provider
     from dispatch.test_email import SuppressedTestAddressError
@@ -401,6 +401,7 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
     # before the campaign could not be created was no test of it.
     content = check_campaign(request, config, request.id or "file")
     check_amp_has_html(request)
+    check_not_expired(content, time.time())
     recipient: Mapping[str, Any] = people[seq] if people else {}
     try:
         result = asyncio.run(

@@ -277,8 +277,8 @@ def test_a_file_test_is_refused_for_what_the_campaign_would_be(
     redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """``dispatch send FILE --test ADDR`` ran none of the campaign's checks: a file whose
-    campaign would be refused (AMP without HTML, a variable one recipient lacks) still
-    sent its test, which passed for the campaign."""
+    campaign would be refused (AMP without HTML, a variable one recipient lacks, an
+    ``expires_at`` passed) still sent its test, which passed for the campaign."""
     with SmtpTestServer() as smtp:
         smtp_provider(redis_client, smtp.port)
         file = tmp_path / "campaign.yaml"
@@ -286,6 +286,7 @@ def test_a_file_test_is_refused_for_what_the_campaign_would_be(
             ({"html": "", "text": "Hi {{ name }}", "amp": "<b>{{ name }}</b>"}, "amp: "),
             ({"recipients": [{"email": "a@example.com", "vars": {"name": "A"}},
                              {"email": "b@example.com"}]}, "vars: unknown template variable"),
+            ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at: must be in the future"),
         ):  # fmt: skip
             file.write_text(yaml.safe_dump(_campaign("file-test", draft=False, **fields)))
             assert main(["send", str(file), "--test", "me@acme.example"]) == 2
