@@ -5,7 +5,7 @@
 # it would shadow what was installed.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY dispatch ./dispatch
 COPY providers ./providers
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

@@ -95,8 +95,8 @@ def test_every_path_the_image_copies_is_in_the_build_context() -> None:
 
 def test_the_image_builds_a_wheel_with_every_module_and_page(tmp_path: Path) -> None:
     """The build stage's ``pip wheel``, run on exactly what that stage copies, builds
-    without deprecation warnings a wheel with every module of both packages and the
-    recipient pages (package data): the image runs from it."""
+    without deprecation warnings a wheel with every module of both packages, the
+    recipient pages (package data) and the license: the image runs from it."""
     build_stage = _dockerfile_stages()[0]
     context = tmp_path / "context"
     context.mkdir()
@@ -126,6 +126,8 @@ def test_the_image_builds_a_wheel_with_every_module_and_page(tmp_path: Path) -> 
     }
     assert any(name.endswith(".html") for name in expected)
     assert expected <= names, sorted(expected - names)
+    # Apache-2.0 wants its text with every copy: the image's wheel carries it.
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)
 
 
 def test_the_image_runs_the_installed_wheel_as_a_user_with_a_home() -> None:
