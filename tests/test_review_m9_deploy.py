@@ -1,19 +1,23 @@
 """What an operator deploys with, checked against what it means (review M9): the failed
 share of a provider's sends (alert and dashboard) is failed over sent plus failed, not
-over the larger of the two; compose's Redis is healthy only once it answers commands."""
+over the larger of the two; compose's Redis is healthy only once it answers commands; the
+README's restore from a backup survives Redis being stopped right after it."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from dispatch.redis_server import RedisServer, find_redis_server
@@ -125,3 +129,49 @@ def test_compose_redis_is_healthy_only_once_it_answers(
     exits 0 on the LOADING error too."""
     assert _redis_healthcheck(redis_server.port) == 0
     assert _redis_healthcheck(loading_redis) != 0
+
+
+def _backups_paragraph() -> str:
+    readme = (DEPLOY.parent / "README.md").read_text()
+    start = readme.index("**Backups.**")
+    return readme[start : readme.index("\n\n", start)]
+
+
+def test_the_readme_s_restore_keeps_the_copy_when_redis_is_stopped_after_it() -> None:
+    """While Redis writes its first AOF (``CONFIG SET appendonly yes``) it refuses SIGTERM
+    ("Writing initial AOF, can't exit"); a supervisor then kills it, and started as usual
+    it loads its old AOF: the restore was undone without a word. The README says what to
+    wait for; killed once that holds, Redis comes back with the copy's data."""
+    wait_for = dict(re.findall(r"`(aof_\w+):(\w+)`", _backups_paragraph()))
+    assert wait_for, "the restore does not say when Redis may be stopped"
+
+    backup = RedisServer().start()
+    copy = redis.Redis.from_url(backup.url, decode_responses=True)
+    copy.set("x", "from the copy")
+    copy.save()
+    rdb = (Path(backup._dir) / "dump.rdb").read_bytes()
+    backup.stop()
+
+    live = RedisServer(appendonly=True).start()
+    try:
+        client = redis.Redis.from_url(live.url, decode_responses=True)
+        client.set("x", "replaced")
+        live.halt()
+        (Path(live._dir) / "dump.rdb").write_bytes(rdb)
+        live.appendonly = False  # "start Redis on the copy ... with --appendonly no"
+        live.start()
+        assert client.get("x") == "from the copy"
+        client.config_set("appendonly", "yes")
+        deadline = time.monotonic() + 60
+        while True:
+            info = client.info("persistence")
+            if all(str(info.get(k)) == v for k, v in wait_for.items()):
+                break
+            assert time.monotonic() < deadline, (wait_for, info)
+            time.sleep(0.05)
+        live.halt(kill=True)  # a supervisor's stop that ran out of patience
+        live.appendonly = True  # "then start it as usual"
+        live.start()
+        assert client.get("x") == "from the copy"
+    finally:
+        live.stop()
