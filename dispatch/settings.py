@@ -41,9 +41,9 @@ DEFAULT_EVENTS_MAXLEN = 1_000_000
 DEFAULT_PAUSE_HARD_BOUNCE_RATE = 0.05
 DEFAULT_PAUSE_SPAM_RATE = 0.003
 DEFAULT_PAUSE_MIN_SENT = 1000
-# The failure breaker (dispatch.batch_outcomes): a batch run whose first this many settled
-# messages all failed, not for the recipient's own fault, pauses a campaign that has
-# sent nothing (0: never).
+# The failure breaker (dispatch.batch_outcomes): a campaign that has sent nothing pauses
+# once this many of its messages failed, over all its batches, not for the recipients'
+# own fault (0: never).
 DEFAULT_PAUSE_AFTER_FAILURES = 100
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url accepts
