@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -11,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
+import redis
 
-from dispatch import incidents, store
+from dispatch import incidents, provider_ids, store
 from dispatch.batch_campaign import BatchCampaign
 from dispatch.batch_items import Item
 from dispatch.ledger import LedgerWriter, Records, event_fields, record, system_event
@@ -24,6 +26,8 @@ from providers.addresses import InvalidAddressError, normalize_address
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.errors import ErrorClass
 from providers.http import MAX_RETRY_AFTER
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -38,6 +42,7 @@ class PlannedWrite:
     error_class: str = ""  # of a failure or retry (the failure breaker reads these two)
     detail: str = ""
     meta: str = ""  # of a message that was built ("" otherwise)
+    provider_message_id: str = ""  # of a message sent, when the provider named it
 
 
 def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
@@ -147,8 +152,9 @@ class BatchOutcomes:
             throttles=item.throttles,
         )
         return PlannedWrite(
-            item, state, rec, event, error_class=error_class, detail=detail, meta=meta
-        )
+            item, state, rec, event, error_class=error_class, detail=detail, meta=meta,
+            provider_message_id=provider_message_id,
+        )  # fmt: skip
 
     def _retry(self, item: Item, outcome: SendOutcome, meta: str) -> PlannedWrite:
         """Plan a retry (inline or parked for a later run), or failure after the last try."""
@@ -199,6 +205,9 @@ class BatchOutcomes:
             return 0.0
         self._records = Records()  # the next writes are made at a later moment
         encoded = [(w.item.seq, w.rec, w.event) for w in writes]
+        # Before the outcomes: an event that comes meanwhile finds its message claimed,
+        # and waits for the outcome (dispatch.effects).
+        await self._remember_ids(writes)
         if claimed:
             await self._settle_many(encoded)
         else:
@@ -226,6 +235,27 @@ class BatchOutcomes:
                 self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
                 self._one_less()
         return longest
+
+    async def _remember_ids(self, writes: list[PlannedWrite]) -> None:
+        """Keep the provider's ids of the messages sent through a kind whose callbacks may
+        come without their meta (:mod:`dispatch.provider_ids`). When this fails the
+        outcomes are still written: those callbacks then count only with their meta."""
+        if self.c.transport.kind not in provider_ids.INDEXED_KINDS:
+            return
+        metas = {
+            w.provider_message_id: w.meta
+            for w in writes
+            if w.state is MessageState.SENT and w.provider_message_id and w.meta
+        }
+        try:
+            await provider_ids.remember(self.writer.client, metas, self.settings.provider_id_days)
+        except redis.RedisError as exc:
+            log.warning(
+                "campaign %s: the provider's ids of %d sent messages were not kept (%s): "
+                "their callbacks without meta will match no message",
+                self.c.content.id, len(metas), exc,
+                extra={"campaign_id": self.c.content.id, "batch": self.writer.batch},
+            )  # fmt: skip
 
     def _log(self, w: PlannedWrite) -> None:
         """A message that did not go out (failed, unknown, or waiting for a retry)."""

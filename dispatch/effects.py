@@ -34,12 +34,13 @@ import orjson
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dispatch import reputation, store
+from dispatch import provider_ids, reputation, store
 from dispatch.ledger import ct_source, system_event
 from dispatch.recipient_pages import PAGE, line_safe
 from dispatch.settings import get_settings
 from dispatch.suppressions import suppression_key
 from providers.callbacks import CallbackEvent, EventType
+from providers.meta import Meta, parse_meta
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,9 @@ class InboxEvent(BaseModel):
     url: str = ""
     dedupe: str  # CallbackEvent.dedupe_key()
     notes: tuple[str, ...] = ()
+    # Of an event without meta only: the provider's id of the message, which may name it
+    # (dispatch.provider_ids).
+    provider_message_id: str = ""
 
     @classmethod
     def from_event(cls, event: CallbackEvent) -> InboxEvent:
@@ -202,7 +206,7 @@ def inbox_record(event: CallbackEvent) -> dict[str, Any]:
     the batch.
     """
     fields = event.meta_fields
-    return {
+    record: dict[str, Any] = {
         "type": event.type.value,
         "provider_type": event.provider_type,
         "email": event.email,
@@ -217,6 +221,9 @@ def inbox_record(event: CallbackEvent) -> dict[str, Any]:
         "dedupe": event.dedupe_key(),
         "notes": event.notes,
     }
+    if not event.meta and event.provider_message_id:
+        record["provider_message_id"] = event.provider_message_id
+    return record
 
 
 class InboxBatch(BaseModel):
@@ -283,6 +290,37 @@ def system_events(
             )
         )
     return entries
+
+
+def _attributed(r: redis.Redis, events: Sequence[InboxEvent], days: float) -> Sequence[InboxEvent]:
+    """``events``, each that came without meta but with a provider id kept at send time
+    (:mod:`dispatch.provider_ids`) given that message's meta: from then on it is applied
+    as if the provider had echoed the meta, its checks included."""
+    ids = [e.provider_message_id for e in events if not e.meta and e.provider_message_id]
+    metas = provider_ids.lookup(r, ids, days) if ids else {}
+    if not metas:
+        return events
+    found = []
+    for event in events:
+        meta = metas.get(event.provider_message_id) if not event.meta else None
+        fields = _parsed(meta) if meta is not None else None
+        if fields is not None:
+            event = event.model_copy(
+                update={"meta": meta, "campaign_id": fields.campaign_id, "seq": fields.seq,
+                        "account_id": fields.account_id, "meta_email": fields.email}
+            )  # fmt: skip
+        found.append(event)
+    log.info("%d callback events without meta matched by their provider's message id", len(metas))
+    return found
+
+
+def _parsed(meta: str) -> Meta | None:
+    """A kept meta, parsed (as the worker wrote it, it parses; else None, logged)."""
+    try:
+        return parse_meta(meta)
+    except ValueError as exc:
+        log.warning("a kept provider id's meta %r does not parse: %s", meta, exc)
+        return None
 
 
 def _digest(dedupe: str) -> str:
@@ -519,8 +557,11 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
         pipe.zrem(store.CALLBACK_PENDING_ZSET, batch_id)
         pipe.execute()
         return 0
+    # Events without meta, matched by their provider's message id, count as if they
+    # carried it (and the reputation guard below sees their campaigns).
+    events = _attributed(r, batch.events, get_settings().provider_id_days)
     applied, deferred = _apply(
-        batch.events,
+        events,
         provider=batch.provider,
         kind=batch.kind,
         received=batch.received,
@@ -528,7 +569,7 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
         wait_for_sends=time.time() - batch.received < IN_FLIGHT_WAIT_SECONDS,
         client=r,
     )
-    reputation.check(r, (e.campaign_id for e in batch.events if e.type in GUARDED))
+    reputation.check(r, (e.campaign_id for e in events if e.type in GUARDED))
     log.info(
         "callback batch applied" if not deferred else
         "callback batch applied but for events whose message's send is on the wire",

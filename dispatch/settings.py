@@ -35,6 +35,10 @@ DEFAULT_SNS_MAX_AGE_SECONDS = 2 * 3600
 # What Redis keeps: a finished campaign's per-message data for this many days after its
 # last change (0: for ever), and about this many entries of the dispatch:events stream.
 DEFAULT_RETENTION_DAYS = 30.0
+# SES and SendGrid sends: how long each message's provider id is kept, to attribute a
+# callback that carries no meta (dispatch.provider_ids). Bounces and complaints come
+# within hours to days of the send.
+DEFAULT_PROVIDER_ID_DAYS = 7.0
 DEFAULT_EVENTS_MAXLEN = 1_000_000
 # The reputation guard (dispatch.reputation): shares of sent messages past which a running
 # campaign pauses, judged once this many were sent.
@@ -121,6 +125,7 @@ class Settings(BaseSettings):
         default=DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS, ge=0
     )
     retention_days: float = Field(default=DEFAULT_RETENTION_DAYS, ge=0)
+    provider_id_days: float = Field(default=DEFAULT_PROVIDER_ID_DAYS, ge=0, le=365)
     events_maxlen: int = Field(default=DEFAULT_EVENTS_MAXLEN, ge=1000)
     # Each worker sends itself a canary task this often (dispatch.worker_health).
     worker_canary_seconds: float = Field(default=30.0, gt=0, le=3600)

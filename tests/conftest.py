@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -14,8 +16,9 @@ from dispatch import store
 from dispatch.redis_server import RedisServer
 from dispatch.settings import get_settings
 from tests.api_server import ApiServer
-from tests.callback_support import save_providers
+from tests.callback_support import DATA, SAMPLE_CERT_NAME, TEST_HOST_PATTERN, save_providers
 from tests.smtp_server import SmtpTestServer, self_signed_cert
+from tests.test_callbacks_ses import OWN_CERT_URL, Signer
 from tests.worker import WorkerProcess
 
 os.environ.setdefault("DISPATCH_SECRET_KEY", "test-secret-key")
@@ -124,3 +127,23 @@ def smtp() -> Iterator[SmtpTestServer]:
     """A real SMTP server (aiosmtpd) on 127.0.0.1 that records what it receives."""
     with SmtpTestServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def signer() -> Signer:
+    return Signer()
+
+
+@pytest.fixture(scope="module")
+def sns_settings(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Iterator[Path]:
+    """DISPATCH_SNS_CERT_DIR holds the sample certificate and :func:`signer`'s (a module
+    of SNS tests uses it for all its tests: ``pytestmark = pytest.mark.usefixtures``)."""
+    cert_dir = tmp_path_factory.mktemp("sns-certs")
+    shutil.copy(DATA / "sns-test-signing-cert.pem", cert_dir / SAMPLE_CERT_NAME)
+    (cert_dir / Path(urlsplit(OWN_CERT_URL).path).name).write_bytes(signer.pem)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISPATCH_SNS_CERT_DIR", str(cert_dir))
+        mp.setenv("DISPATCH_SNS_HOST_PATTERN", TEST_HOST_PATTERN)
+        get_settings.cache_clear()
+        yield cert_dir
+    get_settings.cache_clear()

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,8 +28,6 @@ from dispatch.settings import get_settings
 from dispatch.tasks import recover_callbacks
 from tests.callback_support import (
     DATA,
-    SAMPLE_CERT_NAME,
-    TEST_HOST_PATTERN,
     TOPIC,
     ConnectProxy,
     HttpsServer,
@@ -49,8 +44,10 @@ from tests.callback_support import (
 from tests.helpers import smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.test_callbacks_sendgrid import Key
-from tests.test_callbacks_ses import OWN_CERT_URL, Signer, notification, ses_bounce
+from tests.test_callbacks_ses import Signer, notification, ses_bounce
 from tests.worker import WorkerProcess, wait_for
+
+pytestmark = pytest.mark.usefixtures("sns_settings")
 
 SUCCESS = {"status": "success", "message": "Callback processed successfully"}
 SIGNED_SES_SAMPLES = {
@@ -64,25 +61,6 @@ SIGNED_SES_SAMPLES = {
     "ses-sns-click.json": ("user5@example.com", "clicked"),
     "ses-sns-delivery-delay.json": (None, None),  # recorded and ignored (other)
 }
-
-
-@pytest.fixture(scope="module")
-def signer() -> Signer:
-    return Signer()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def sns_settings(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Iterator[Path]:
-    """DISPATCH_SNS_CERT_DIR holds the sample certificate and this module's own."""
-    cert_dir = tmp_path_factory.mktemp("sns-certs")
-    shutil.copy(DATA / "sns-test-signing-cert.pem", cert_dir / SAMPLE_CERT_NAME)
-    (cert_dir / Path(urlsplit(OWN_CERT_URL).path).name).write_bytes(signer.pem)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DISPATCH_SNS_CERT_DIR", str(cert_dir))
-        mp.setenv("DISPATCH_SNS_HOST_PATTERN", TEST_HOST_PATTERN)
-        get_settings.cache_clear()
-        yield cert_dir
-    get_settings.cache_clear()
 
 
 @pytest.fixture

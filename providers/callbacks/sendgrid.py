@@ -137,7 +137,11 @@ def _build(raw: Any) -> CallbackEvent:
         timestamp=timestamp_or_note(raw.get("timestamp"), notes),
         provider_event_id=optional_str(raw, "sg_event_id", notes),
         id_is_stable=False,
-        provider_message_id=optional_str(raw, "sg_message_id", notes),
+        # sg_message_id may be missing from an asynchronous bounce (reference §2.2); its
+        # smtp-id, "<id@host>", still names the message.
+        provider_message_id=(
+            optional_str(raw, "sg_message_id", notes) or optional_str(raw, "smtp-id", notes)
+        ),
         url=optional_str(raw, "url", notes) if event_type is EventType.CLICKED else "",
         notes=tuple(notes),
         raw=raw,
