@@ -132,12 +132,13 @@ def messages_page(
 def _callback_bytes(pipe: Any, campaign_id: str, seq: int, window: int) -> int:
     """Queue on ``pipe`` the bytes of each callback counter's bitmap (bit ``seq`` of
     :func:`store.callback_bits_key`, the first bit of a byte its highest) that hold seqs
-    ``seq`` .. ``seq + window - 1``, one ``BITFIELD`` each (a GETRANGE would answer bytes
-    a decoding client cannot read); returns the first byte's index."""
+    ``seq`` .. ``seq + window - 1``, one ``BITFIELD_RO`` each (a GETRANGE would answer
+    bytes a decoding client cannot read; ``BITFIELD`` is a write command, which a
+    read-only replica refuses); returns the first byte's index."""
     first, last = seq // 8, (seq + window - 1) // 8
     gets = [part for at in range(first, last + 1) for part in ("GET", "u8", f"#{at}")]
     for counter in CALLBACK_COUNTERS:
-        pipe.execute_command("BITFIELD", store.callback_bits_key(campaign_id, counter), *gets)
+        pipe.execute_command("BITFIELD_RO", store.callback_bits_key(campaign_id, counter), *gets)
     return first
 
 

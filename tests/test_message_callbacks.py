@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import effects, store
+from dispatch import effects, message_pages, store
 from dispatch.api.schemas import CallbackCounter
 from dispatch.cli import main
 from dispatch.models import CALLBACK_COUNTERS
@@ -126,3 +126,29 @@ def test_the_listed_callbacks_are_the_counters_callbacks_move() -> None:
     must agree: a counter missing from one would be counted but never listed or kept."""
     assert set(effects.COUNTERS.values()) == set(CALLBACK_COUNTERS)
     assert [c.value for c in CallbackCounter] == list(CALLBACK_COUNTERS)
+
+
+def test_a_read_only_connection_reads_the_callbacks(
+    api: httpx.Client, redis_client: redis.Redis, paths: dict[str, str]
+) -> None:
+    """Reading a campaign's messages writes nothing, so a connection that may only read
+    (a read-only replica, a reporting user) answers them: ``BITFIELD`` is a write
+    command, which such a connection is refused."""
+    _campaign_with_callbacks(api, redis_client, paths, "mc-ro")
+    redis_client.execute_command(
+        "ACL", "SETUSER", "reader", "on", ">reader-pw", "~*", "+@read", "+@scripting",
+        "+@connection", "-@write",
+    )  # fmt: skip
+    try:
+        kwargs = redis_client.connection_pool.connection_kwargs
+        reader = redis.Redis(
+            host=kwargs.get("host", "127.0.0.1"), port=kwargs.get("port", 6379),
+            username="reader", password="reader-pw", decode_responses=True,
+        )  # fmt: skip
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader.hset(store.campaign_key("mc-ro"), "x", "1")  # it can only read
+        items, _ = message_pages.messages_page("mc-ro", client=reader)
+        assert [m["callbacks"] for m in items][:3] == [["delivered"], ["delivered", "clicked"],
+                                                       ["hard_bounced"]]  # fmt: skip
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "reader")
