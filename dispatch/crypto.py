@@ -89,12 +89,22 @@ def encrypt(plaintext: str) -> str:
     return _fernet(_secret()).encrypt(plaintext.encode()).decode("ascii")
 
 
+def _token_bytes(token: str) -> bytes:
+    """A stored token's bytes; a token is ASCII (base64), so one that is not was altered:
+    :class:`SecretKeyError`, as for any other alteration."""
+    try:
+        return token.encode("ascii")
+    except UnicodeEncodeError:
+        raise SecretKeyError("stored secret was altered (not ASCII): save it again") from None
+
+
 def decrypt(token: str) -> str:
     """Decrypt a stored secret with the current or a previous key; raises
     :class:`SecretKeyError` if none fits (or the value was altered)."""
+    raw = _token_bytes(token)
     for secret in _secrets():
         try:
-            return _fernet(secret).decrypt(token.encode("ascii")).decode()
+            return _fernet(secret).decrypt(raw).decode()
         except InvalidToken:
             continue
     raise SecretKeyError("stored secret does not decrypt with DISPATCH_SECRET_KEY")
@@ -105,14 +115,15 @@ def reencrypt(token: str) -> str | None:
     when the current key wrote it already. Raises :class:`SecretKeyError` when no key
     fits (or the value was altered)."""
     current, *previous = _secrets()
+    raw = _token_bytes(token)
     try:
-        _fernet(current).decrypt(token.encode("ascii"))
+        _fernet(current).decrypt(raw)
         return None
     except InvalidToken:
         pass
     for secret in previous:
         try:
-            plaintext = _fernet(secret).decrypt(token.encode("ascii"))
+            plaintext = _fernet(secret).decrypt(raw)
         except InvalidToken:
             continue
         return _fernet(current).encrypt(plaintext).decode("ascii")

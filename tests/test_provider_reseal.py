@@ -168,3 +168,27 @@ def test_a_provider_saved_while_it_is_resealed_is_not_overwritten(
     local = load_provider("local", redis_client)
     assert isinstance(local, SmtpFamilyBase)
     assert local.password.get_secret_value() == "rotated"
+
+
+def test_an_altered_non_ascii_secret_is_named_not_a_traceback(
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stored ciphertext is base64: one holding a non-ASCII character was altered (by
+    hand, a bad restore), and is named like any secret no key reads."""
+    monkeypatch.setenv("DISPATCH_ALLOW_PRIVATE_ENDPOINTS", "true")
+    use_keys(monkeypatch, OLD_KEY, None)
+    save_provider(auth_smtp_provider(2525, CREDENTIALS), redis_client)
+    save_provider(HTTP, redis_client)
+    stored = _stored(redis_client, "local")
+    stored["password"]["enc"] = "é" + stored["password"]["enc"][1:]
+    redis_client.set(store.provider_key("local"), orjson.dumps(stored))
+
+    use_keys(monkeypatch, NEW_KEY, OLD_KEY)
+    assert main(["providers", "reseal"]) == 1
+    captured = capsys.readouterr()
+    assert "error: local: password: no key decrypts it" in captured.err
+    assert "mandrill: " in captured.out  # its neighbour is resealed
+    with pytest.raises(crypto.SecretKeyError, match="altered"):
+        crypto.decrypt(stored["password"]["enc"])
