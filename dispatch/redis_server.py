@@ -100,6 +100,11 @@ class RedisServer:
             "",
             "--appendonly",
             "yes" if self.appendonly else "no",
+            # A key that expires is freed in the background: a day's hash of provider ids
+            # (dispatch.provider_ids) holds a field a message, and freeing a million of
+            # them in the foreground stalls every command for half a second.
+            "--lazyfree-lazy-expire",
+            "yes",
             "--daemonize",
             "no",
             "--loglevel",

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import jsonschema
+import redis
 import yaml
 
+from dispatch.redis_server import RedisServer
 from tests.api_server import ApiServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +28,10 @@ def test_compose_file_matches_the_compose_specification() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     jsonschema.Draft201909Validator(schema).validate(compose)
     assert set(compose["services"]) == {"redis", "web", "worker", "beat", "flower"}
-    assert "--appendonly" in compose["services"]["redis"]["command"]
+    command = compose["services"]["redis"]["command"]
+    assert "--appendonly" in command
+    # Expiring keys (a day's hash of provider ids) are freed in the background.
+    assert command[command.index("--lazyfree-lazy-expire") + 1] == "yes"
     # Flower has no login and can stop workers: never published beyond the host.
     assert compose["services"]["flower"]["ports"] == ["127.0.0.1:5555:5555"]
 
@@ -160,3 +165,13 @@ def test_the_image_serves_the_port_it_exposes_and_compose_checks_a_real_route(
     (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/[\w/]*)", probe)
     assert url[0] == exposed
     assert httpx.get(api_server.url + url[1], timeout=30).status_code == 200
+
+
+def test_the_embedded_redis_frees_expiring_keys_in_the_background() -> None:
+    """As compose's: a day's hash of provider ids, a field a message, expires at once."""
+    server = RedisServer().start()
+    try:
+        config = redis.Redis.from_url(server.url).config_get("lazyfree-lazy-expire")
+        assert config == {"lazyfree-lazy-expire": "yes"}
+    finally:
+        server.stop()
