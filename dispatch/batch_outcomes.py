@@ -242,11 +242,15 @@ class BatchOutcomes:
         outcomes are still written: those callbacks then count only with their meta."""
         if self.c.transport.kind not in provider_ids.INDEXED_KINDS:
             return
-        metas = {
-            w.provider_message_id: w.meta
-            for w in writes
-            if w.state is MessageState.SENT and w.provider_message_id and w.meta
-        }
+        metas = provider_ids.entries(
+            self.c.transport.kind,
+            self.c.content.id,
+            [
+                (w.provider_message_id, w.meta, w.item.seq)
+                for w in writes
+                if w.state is MessageState.SENT and w.provider_message_id and w.meta
+            ],
+        )
         try:
             await provider_ids.remember(self.writer.client, metas, self.settings.provider_id_days)
         except redis.RedisError as exc:

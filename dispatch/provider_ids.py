@@ -15,6 +15,7 @@ echoed it (the usual checks hold: its recipient must be the message's).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import redis
 import redis.asyncio as aioredis
 
 from dispatch import store
+from providers.mime import message_id_local_part
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,19 @@ DAY = 24 * 3600
 # up to four candidates for every day searched (a request of 1000 events of 8 KB ids
 # made about 160 MB of HMGET arguments, half a second of Redis).
 MAX_ID_LENGTH = 256
+
+
+def entries(kind: str, campaign_id: str, sent: list[tuple[str, str, int]]) -> dict[str, str]:
+    """What to keep of messages sent through ``kind``, each ``(provider id, meta, seq)``:
+    id -> meta. For SendGrid also the local part of the message's own Message-ID: with an
+    authenticated sender domain its events' ``smtp-id`` is that Message-ID (django-anymail
+    #108), and an asynchronous bounce may carry nothing else."""
+    kept = {pid: meta for pid, meta, _ in sent}
+    if kind == "sendgrid":
+        for _, meta, seq in sent:
+            with contextlib.suppress(ValueError):  # a meta no message could be written with
+                kept[message_id_local_part(meta, campaign_id, seq)] = meta
+    return kept
 
 
 def index_key(day: str) -> str:

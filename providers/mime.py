@@ -231,6 +231,14 @@ def _raw_field(name: str, value: str, *, utf8: bool = False) -> str:
     return f"{name}: {value}\r\n"
 
 
+
+def message_id_local_part(meta: str, campaign_id: str, seq: int) -> str:
+    """The part of a message's Message-ID before the ``@``: derived from its meta, so the
+    same for every try of the message (see :meth:`MimeWriter.message_id`). Raises
+    ``UnicodeEncodeError`` (a ValueError) for a lone surrogate."""
+    digest = hashlib.sha256(f"{meta}\0{campaign_id}".encode()).hexdigest()[:32]
+    return f"{digest}.{seq}"
+
 class MimeWriter:
     """Writes the bytes of one campaign's messages; cheap to call once per message."""
 
@@ -280,9 +288,7 @@ class MimeWriter:
         ``bücher.de`` is not ASCII. Raises ``InvalidAddressError`` for a bad sender.
         """
         domain = normalize_address(msg.from_address).rpartition("@")[2]
-        # UnicodeEncodeError (a ValueError) for a lone surrogate: write() refuses the message.
-        digest = hashlib.sha256(f"{msg.meta}\0{msg.campaign_id}".encode()).hexdigest()[:32]
-        return f"<{digest}.{msg.seq}@{domain}>"
+        return f"<{message_id_local_part(msg.meta, msg.campaign_id, msg.seq)}@{domain}>"
 
     def write(self, msg: OutgoingMessage, extra_headers: Iterable[tuple[str, str]] = ()) -> bytes:
         """Return the message as CRLF bytes. Bcc is never written (envelope only).

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email.parser import BytesParser
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from aiosmtpd.smtp import Envelope
 
 from dispatch import callbacks, campaign_reads, effects, store, suppressions
 from dispatch.provider_ids import candidates, lookup
@@ -45,10 +47,17 @@ SG_IDS = {"ann@example.com": "kFQtaSL9T7ePqzCPMZL7fg", "bo@example.com": "Vb3nT6
 
 def send_campaign(
     api: httpx.Client, smtp: SmtpTestServer, kind: str, ids: dict[str, str], reply: str
-) -> None:
+) -> dict[str, str]:
     """A campaign to ann and bo through a provider of ``kind`` whose server answers
-    ``reply`` with each recipient's id."""
-    smtp.handler.data_reply = lambda envelope: reply.format(ids[envelope.rcpt_tos[0]])
+    ``reply`` with each recipient's id; the Message-ID of each recipient's message."""
+    message_ids: dict[str, str] = {}
+
+    def answer(envelope: Envelope) -> str:
+        found = BytesParser().parsebytes(bytes(envelope.content or b""))["Message-ID"]
+        message_ids[envelope.rcpt_tos[0]] = str(found)
+        return reply.format(ids[envelope.rcpt_tos[0]])
+
+    smtp.handler.data_reply = answer
     # SendGrid's username defaults to "apikey": none, for a local server without AUTH.
     extra: dict[str, Any] = {"sns_topic_arns": [TOPIC]} if kind == "ses" else {"username": ""}
     save_smtp_provider(api, smtp.port, kind, kind=kind, **extra)
@@ -56,6 +65,7 @@ def send_campaign(
             "recipients": [{"email": email} for email in ids]}  # fmt: skip
     assert api.post("/v1/campaigns", json=body).status_code == 201
     wait_for_campaign(api, f"{kind}-ids", lambda s: s["status"] == "completed")
+    return message_ids
 
 
 def message_callbacks(api: httpx.Client, campaign_id: str) -> dict[str, list[str]]:
@@ -126,10 +136,13 @@ def test_sendgrid_events_without_unique_args_count_for_their_message(
     smtp: SmtpTestServer,
 ) -> None:
     with api_client(api_server) as api:
-        send_campaign(api, smtp, "sendgrid", SG_IDS, "250 Ok: queued as {}")
+        message_ids = send_campaign(api, smtp, "sendgrid", SG_IDS, "250 Ok: queued as {}")
         path = callback_path(redis_client, "sendgrid")
         ann, bo = SG_IDS["ann@example.com"], SG_IDS["bo@example.com"]
         events = [
+            # an authenticated sender domain: the smtp-id is the message's own Message-ID
+            {"event": "spamreport", "email": "ann@example.com", "timestamp": 1730714616,
+             "sg_event_id": "e-0", "smtp-id": message_ids["ann@example.com"]},
             # sg_message_id: the "queued as" id, then SendGrid's filter suffix
             {"event": "delivered", "email": "ann@example.com", "timestamp": 1730714617,
              "sg_event_id": "e-1", "sg_message_id": f"{ann}.filterdrecv-7d9c8b6f5-x2k4m-1-0"},
@@ -144,9 +157,9 @@ def test_sendgrid_events_without_unique_args_count_for_their_message(
         settle(redis_client)
 
         counters = campaign_reads.get_counters("sendgrid-ids", redis_client)
-        assert (counters["delivered"], counters["hard_bounced"]) == (1, 1)
+        assert (counters["delivered"], counters["hard_bounced"], counters["spam"]) == (1, 1, 1)
         assert message_callbacks(api, "sendgrid-ids") == {
-            "ann@example.com": ["delivered"], "bo@example.com": ["hard_bounced"]
+            "ann@example.com": ["delivered", "spam"], "bo@example.com": ["hard_bounced"]
         }  # fmt: skip
     carol = [e for e in callback_entries(redis_client) if e["email"] == "carol@example.com"]
     assert len(carol) == 1 and carol[0]["properties"]["Meta Email Mismatch"] is True
