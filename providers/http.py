@@ -48,6 +48,7 @@ import base64
 import email.utils
 import re
 import ssl
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -425,26 +426,39 @@ def outcome_for_exception(
 # --- sending -----------------------------------------------------------------------------
 
 
+# Content codings decoded for the excerpt (zlib reads gzip and zlib-wrapped deflate; wbits
+# 47 = 32 + 15: either header, detected); others are named, not decoded.
+_DECODED: Final = frozenset({"gzip", "x-gzip", "deflate"})
+
+
 async def _read_bounded(
     response: httpx.Response, seconds: float, limit: int = MAX_RESPONSE_READ
 ) -> bytes:
-    """Up to ``limit`` bytes of the body, read for ``seconds`` at most in all.
+    """Up to ``limit`` bytes of the body, decoded, read for ``seconds`` at most in all.
 
     The read timeout bounds each read only: a server trickling a byte now and then would
     hold the session for hours after its status already said everything. What arrived in
-    time is kept (the connection is then closed, not reused).
+    time, or before the connection dropped, is kept (the connection is then closed, not
+    reused). The body is decoded here, never beyond ``limit``: httpx decodes each chunk
+    whole, and a gzip chunk of 64 KB can hold 64 MB (1 GB of zeros gzips to 1 MB).
     """
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in _DECODED | {"identity", ""}:
+        return f"(a body in {coding[:40]} encoding, not shown)".encode()
+    decoder = zlib.decompressobj(47) if coding in _DECODED else None
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(seconds):
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
+                if decoder is not None:
+                    chunk = decoder.decompress(chunk, limit - size)
                 chunks.append(chunk)
                 size += len(chunk)
                 if size >= limit:
                     break
-    except TimeoutError:
-        pass
+    except (TimeoutError, httpx.HTTPError, zlib.error):
+        pass  # the status is what counts; the excerpt is a courtesy
     return b"".join(chunks)[:limit]
 
 
@@ -537,10 +551,7 @@ class HttpSession:
             except TimeoutError:
                 raise httpx.ReadTimeout("no complete answer in time") from None
             try:
-                try:
-                    body = await _read_bounded(response, self._timeout)
-                except httpx.HTTPError:
-                    body = b""  # the status is what counts; the excerpt is a courtesy
+                body = await _read_bounded(response, self._timeout)
                 return outcomes_for_response(
                     request.seqs, response.status_code, response.headers, body, self._secrets
                 )
