@@ -26,7 +26,9 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
 * the endpoint's TLS certificate refused: :class:`providers.errors.ConfigurationError`
   is raised (the campaign pauses with the reason, as the SMTP adapter does: a person
   must act, and retrying every message against it would only fail them all later);
-* cannot connect, connect or write timeout: ``RETRY`` (the request never fully left);
+* cannot connect, connect or write timeout, connection lost while the request was
+  being written and no answer after it: ``RETRY`` (the request never fully left; a
+  failed write the socket layer reports only later, as a failed read, is ``UNKNOWN``);
 * read timeout, no status line and headers within ``timeout`` in all after the request
   was sent, connection lost while waiting for the answer: ``UNKNOWN``. The provider
   may have accepted the request, and the seed says providers do not deduplicate, so a
@@ -97,6 +99,10 @@ _DELAY_SECONDS_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 # " Bearer k" or a var " Sara" failed every request); stripping it changes no meaning.
 _OWS: Final = " \t"
 _DISPATCH_FAILED: Final = ErrorClass.DISPATCH_FAILED_HTTP
+# httpcore's trace events when writing the request failed (it then reads on, for an answer).
+_WRITE_FAILED: Final = frozenset(
+    {"http11.send_request_headers.failed", "http11.send_request_body.failed"}
+)
 _ILLEGAL_HEADER: Final = re.compile(r"(Illegal header (?:name|value)) .*", re.S)
 
 
@@ -386,13 +392,28 @@ def outcomes_for_response(
 
 
 def outcome_for_exception(
-    seq: int, exc: httpx.HTTPError, timeout: float, secrets: Sequence[str] = ()
+    seq: int,
+    exc: httpx.HTTPError,
+    timeout: float,
+    secrets: Sequence[str] = (),
+    unsent: BaseException | None = None,
 ) -> SendOutcome:
     """Map an httpx failure to one message's outcome (the one place httpx errors are read).
 
     ``secrets`` are masked wherever the error's text is quoted (see :func:`credentials`).
+    ``unsent``: the error that stopped the writing of the request, when it did. httpcore
+    then reads on, for an answer the server may have sent early (a 413), and ``exc`` is
+    what that read met: no answer came, and the provider never had the whole request.
     """
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteTimeout):
+    if unsent is not None and not isinstance(exc, httpx.LocalProtocolError):
+        status, detail = (
+            OutcomeStatus.RETRY,
+            (
+                f"connection lost before the whole request was sent ({_named(unsent)}), and "
+                "no answer: the provider did not get it"
+            ),
+        )
+    elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteTimeout):
         status, detail = (
             OutcomeStatus.RETRY,
             f"timed out after {timeout:g}s before the request was sent",
@@ -416,11 +437,18 @@ def outcome_for_exception(
         status, detail = (
             OutcomeStatus.UNKNOWN,
             (
-                f"connection lost after the request was sent ({type(exc).__name__}: {exc}): the "
-                "provider may have accepted it"
+                f"connection lost after the request was sent ({_named(exc)}): the provider may "
+                "have accepted it"
             ),
         )
     return SendOutcome(seq, status, _DISPATCH_FAILED, detail=masked(detail, secrets))
+
+
+def _named(exc: BaseException) -> str:
+    """``ReadError: <text>``, or the bare name when the text is empty (httpcore's
+    ReadError for a connection reset says nothing more: "ReadError: " read as cut off)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # --- sending -----------------------------------------------------------------------------
@@ -536,6 +564,7 @@ class HttpSession:
         headers = self._static
         if request.headers:
             headers = [*headers, *request.headers.items()]
+        unsent: list[BaseException] = []  # what stopped the writing of the request
         try:
             try:
                 async with asyncio.timeout(None) as answer:
@@ -545,7 +574,7 @@ class HttpSession:
                             url,
                             headers=headers,
                             content=request.content,
-                            extensions=self._answer_within(answer),
+                            extensions=self._answer_within(answer, unsent),
                         )
                     )
             except TimeoutError:
@@ -564,13 +593,19 @@ class HttpSession:
                     f"TLS failed with {url.host}: {refused}", error_class=_DISPATCH_FAILED
                 ) from exc
             return [
-                outcome_for_exception(seq, exc, self._timeout, self._secrets)
+                outcome_for_exception(
+                    seq, exc, self._timeout, self._secrets, unsent[0] if unsent else None
+                )
                 for seq in request.seqs
             ]
 
-    def _answer_within(self, deadline: asyncio.Timeout) -> dict[str, Any]:
+    def _answer_within(
+        self, deadline: asyncio.Timeout, unsent: list[BaseException]
+    ) -> dict[str, Any]:
         """The request's extensions: its timeouts, and a trace that gives the answer's
-        status line and headers ``timeout`` seconds in all once the request is sent.
+        status line and headers ``timeout`` seconds in all once the request is sent, and
+        puts in ``unsent`` the error that stopped the writing of the request (httpcore
+        keeps it to itself and reads on, for an early answer).
 
         The read timeout bounds each read only: a server trickling header lines, or
         sending ``102 Processing`` for ever, held the session (and its batch) for hours.
@@ -582,6 +617,8 @@ class HttpSession:
         async def trace(event: str, info: Mapping[str, Any]) -> None:
             if event == "http11.receive_response_headers.started":
                 deadline.reschedule(loop.time() + seconds)
+            elif event in _WRITE_FAILED:
+                unsent.append(info["exception"])
 
         return {**self._extensions, "trace": trace}
 

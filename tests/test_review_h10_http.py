@@ -5,12 +5,17 @@
   megabytes in memory, per session;
 * what arrived of a refusal's body before the connection dropped is kept in the detail
   (it was dropped, leaving "HTTP 400" with no reason);
+* a connection that fails while the request is still being written, and then gives no
+  answer, is retried: the provider cannot have received the whole request (it was
+  ``unknown``, never resent, though certainly not sent). One that fails after the whole
+  request was written stays ``unknown``.
 """
 
 from __future__ import annotations
 
 import gzip
 import socket
+import struct
 import threading
 import tracemalloc
 import zlib
@@ -45,6 +50,12 @@ def receive(conn: socket.socket, body_bytes: int | None = None) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), as a crashing or abrupt server does."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
 
 
 async def outcome_of(
@@ -129,3 +140,31 @@ async def test_what_arrived_of_a_refusal_is_kept_when_the_connection_drops() -> 
     outcome = await outcome_of(answer(b"400 Bad", b"unknown field 'heading'", length=500))
     assert outcome.status is OutcomeStatus.FAILED
     assert outcome.detail == "HTTP 400: unknown field 'heading'"
+
+
+@pytest.mark.asyncio
+async def test_a_connection_lost_while_the_request_is_written_is_retried() -> None:
+    heard: list[bytes] = []
+
+    def serve(conn: socket.socket) -> None:
+        heard.append(receive(conn, body_bytes=256 * 1024))  # the client is still writing
+        reset(conn)
+
+    # 16 MB: more than the socket buffers hold (the client's send buffer is 4 MB at most
+    # by default, the server's receive buffer is made small), so the writing fails.
+    big = message(1, html="<p>" + "x" * (16 * 1024 * 1024) + "</p>")
+    outcome = await outcome_of(serve, big, receive_buffer=4096)
+    assert heard and heard[0].startswith(b"POST ")
+    assert outcome.status is OutcomeStatus.RETRY
+    assert "before the whole request was sent" in outcome.detail
+
+
+@pytest.mark.asyncio
+async def test_a_connection_lost_after_the_whole_request_is_unknown() -> None:
+    def serve(conn: socket.socket) -> None:
+        receive(conn)
+        reset(conn)
+
+    outcome = await outcome_of(serve)
+    assert outcome.status is OutcomeStatus.UNKNOWN
+    assert "may have accepted it" in outcome.detail
