@@ -88,6 +88,7 @@ from providers.placeholders import (
 )
 
 EXCERPT_CHARS: Final = 300  # of a refusing response body, in the outcome's detail
+MAX_QUERY_CHARS: Final = 65536  # httpx's limit on a URL component (_urlparse.MAX_URL_LENGTH)
 MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
@@ -116,7 +117,7 @@ class RenderedRequest:
     seqs: tuple[int, ...]
     content: bytes | None
     headers: dict[bytes, bytes]  # dynamic headers only; static ones sit on the session
-    params: tuple[tuple[str, str], ...] | None
+    url: httpx.URL | None  # with the rendered query; None: the endpoint as it is
 
 
 def _invalid_json(exc: Exception) -> InvalidMessageError:
@@ -163,6 +164,7 @@ class RequestPlan:
             else:
                 self.static_headers[name.encode()] = value.strip(_OWS).encode()
         self._query = [(name, compile_text(value)) for name, value in config.query.items()]
+        self._endpoint = httpx.URL(config.endpoint)
         request_names = usage.headers | usage.query
         self._body: Template | None = None
         self._item: MessageRenderer | None = None
@@ -179,7 +181,7 @@ class RequestPlan:
 
     def _request_parts(
         self, values: Mapping[str, Any]
-    ) -> tuple[dict[bytes, bytes], tuple[tuple[str, str], ...] | None]:
+    ) -> tuple[dict[bytes, bytes], httpx.URL | None]:
         headers: dict[bytes, bytes] = {}
         for name, template in self._headers:
             value = _render_text("header", name, template, values)
@@ -190,10 +192,17 @@ class RequestPlan:
                     f"header {name}: the value holds a line break or control character"
                 )
             headers[name.encode()] = value.strip(_OWS).encode()
-        params = None
-        if self._query:
-            params = tuple((n, _render_text("query", n, t, values)) for n, t in self._query)
-        return headers, params
+        if not self._query:
+            return headers, None
+        params = tuple((n, _render_text("query", n, t, values)) for n, t in self._query)
+        try:
+            # Merged by hand: httpx's `params=` would replace the endpoint's own query.
+            return headers, self._endpoint.copy_merge_params(params)
+        except httpx.InvalidURL as exc:  # raised out of the batch, as no HTTP error
+            raise InvalidMessageError(
+                f"query: the values make the URL too long to send ({exc}: httpx takes "
+                f"{MAX_QUERY_CHARS} characters at most); long values belong in a POST body"
+            ) from exc
 
     def render(
         self, messages: Sequence[OutgoingMessage]
@@ -217,11 +226,11 @@ class RequestPlan:
                     )
                 except TypeError as exc:  # orjson.JSONEncodeError included
                     raise _invalid_json(exc) from exc
-                headers, params = self._request_parts(values)
+                headers, url = self._request_parts(values)
             except InvalidMessageError as exc:
                 failed.append(SendOutcome.from_error(msg.seq, exc))
                 continue
-            requests.append(RenderedRequest((msg.seq,), content, headers, params))
+            requests.append(RenderedRequest((msg.seq,), content, headers, url))
         return requests, failed
 
     def _render_batch(
@@ -258,14 +267,14 @@ class RequestPlan:
         requests: list[RenderedRequest] = []
         for values, seqs, items in groups:
             try:
-                headers, params = self._request_parts(values)
+                headers, url = self._request_parts(values)
                 content, seqs, bad = self._dump_batch(values, seqs, items)
             except InvalidMessageError as exc:
                 failed.extend(SendOutcome.from_error(seq, exc) for seq in seqs)
                 continue
             failed.extend(bad)
             if seqs:
-                requests.append(RenderedRequest(tuple(seqs), content, headers, params))
+                requests.append(RenderedRequest(tuple(seqs), content, headers, url))
         return requests, failed
 
     def _dump_batch(
@@ -559,8 +568,7 @@ class HttpSession:
             ]
 
     async def _exchange(self, request: RenderedRequest) -> list[SendOutcome]:
-        # Merged by hand: httpx's `params=` would replace the endpoint's own query.
-        url = self._url.copy_merge_params(request.params) if request.params else self._url
+        url = request.url or self._url
         headers = self._static
         if request.headers:
             headers = [*headers, *request.headers.items()]

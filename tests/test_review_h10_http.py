@@ -8,7 +8,11 @@
 * a connection that fails while the request is still being written, and then gives no
   answer, is retried: the provider cannot have received the whole request (it was
   ``unknown``, never resent, though certainly not sent). One that fails after the whole
-  request was written stays ``unknown``.
+  request was written stays ``unknown``;
+* a query too long for httpx's URL (a value over 64 KB in a GET query) fails its message
+  as ``Invalid message``, naming the query: httpx's ``InvalidURL`` (no HTTP error) was
+  raised out of the whole chunk, whose messages the dispatcher then marked ``unknown``
+  though none was sent, and the test email answered 500.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from contextlib import suppress
 import pytest
 
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
-from tests.test_http_provider import http_config, local, message, send
+from providers.errors import ErrorClass
+from providers.http import MAX_QUERY_CHARS
+from tests.http_sink import HttpSink
+from tests.test_http_provider import SEED_BATCH_BODY, http_config, local, message, send
 
 Serve = Callable[[socket.socket], None]
 
@@ -168,3 +175,33 @@ async def test_a_connection_lost_after_the_whole_request_is_unknown() -> None:
     outcome = await outcome_of(serve)
     assert outcome.status is OutcomeStatus.UNKNOWN
     assert "may have accepted it" in outcome.detail
+
+
+GET_QUERY = {"to": "$$To", "s": "$$Subject", "fn": "$$FromName", "fa": "$$FromAddress"}
+
+
+@pytest.mark.asyncio
+async def test_a_query_too_long_for_a_url_fails_its_message_alone() -> None:
+    long, short = "x" * (MAX_QUERY_CHARS + 1), "Sara"
+    with HttpSink() as sink:
+        config = http_config(sink.url, method="GET", body=None, query={**GET_QUERY, "n": "$$name"})
+        messages = [message(i, user_vars={"name": name}) for i, name in enumerate((long, short))]
+        async with local(config).session() as session:
+            too_long, fine = await session.send(messages)
+        assert [r.query[-1] for r in sink.requests] == [("n", "Sara")]
+    assert fine.status is OutcomeStatus.SENT
+    assert too_long.status is OutcomeStatus.FAILED
+    assert too_long.error_class is ErrorClass.INVALID_MESSAGE
+    assert too_long.detail.startswith("query: the values make the URL too long to send")
+
+
+@pytest.mark.asyncio
+async def test_a_batch_query_too_long_fails_its_messages_unsent() -> None:
+    campaign_vars = {"tag": "x" * (MAX_QUERY_CHARS + 1), "name": "", "userID": ""}
+    with HttpSink() as sink:
+        config = http_config(sink.url, body=SEED_BATCH_BODY, batch=True, query={"t": "$$tag"})
+        messages = [message(i, campaign_vars=campaign_vars) for i in range(3)]
+        outcomes = await send(local(config), messages)
+        assert sink.requests == []
+    assert {o.status for o in outcomes} == {OutcomeStatus.FAILED}
+    assert all(o.detail.startswith("query: the values make the URL") for o in outcomes)
