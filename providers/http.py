@@ -26,7 +26,9 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
 * the endpoint's TLS certificate refused: :class:`providers.errors.ConfigurationError`
   is raised (the campaign pauses with the reason, as the SMTP adapter does: a person
   must act, and retrying every message against it would only fail them all later);
-* cannot connect, connect or write timeout: ``RETRY`` (the request never fully left);
+* cannot connect, connect or write timeout, connection lost while the request was
+  being written and no answer after it: ``RETRY`` (the request never fully left; a
+  failed write the socket layer reports only later, as a failed read, is ``UNKNOWN``);
 * read timeout, no status line and headers within ``timeout`` in all after the request
   was sent, connection lost while waiting for the answer: ``UNKNOWN``. The provider
   may have accepted the request, and the seed says providers do not deduplicate, so a
@@ -48,6 +50,7 @@ import base64
 import email.utils
 import re
 import ssl
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -85,6 +88,7 @@ from providers.placeholders import (
 )
 
 EXCERPT_CHARS: Final = 300  # of a refusing response body, in the outcome's detail
+MAX_QUERY_CHARS: Final = 65536  # httpx's limit on a URL component (_urlparse.MAX_URL_LENGTH)
 MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
@@ -96,6 +100,10 @@ _DELAY_SECONDS_RE: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 # " Bearer k" or a var " Sara" failed every request); stripping it changes no meaning.
 _OWS: Final = " \t"
 _DISPATCH_FAILED: Final = ErrorClass.DISPATCH_FAILED_HTTP
+# httpcore's trace events when writing the request failed (it then reads on, for an answer).
+_WRITE_FAILED: Final = frozenset(
+    {"http11.send_request_headers.failed", "http11.send_request_body.failed"}
+)
 _ILLEGAL_HEADER: Final = re.compile(r"(Illegal header (?:name|value)) .*", re.S)
 
 
@@ -109,7 +117,7 @@ class RenderedRequest:
     seqs: tuple[int, ...]
     content: bytes | None
     headers: dict[bytes, bytes]  # dynamic headers only; static ones sit on the session
-    params: tuple[tuple[str, str], ...] | None
+    url: httpx.URL | None  # with the rendered query; None: the endpoint as it is
 
 
 def _invalid_json(exc: Exception) -> InvalidMessageError:
@@ -156,6 +164,7 @@ class RequestPlan:
             else:
                 self.static_headers[name.encode()] = value.strip(_OWS).encode()
         self._query = [(name, compile_text(value)) for name, value in config.query.items()]
+        self._endpoint = httpx.URL(config.endpoint)
         request_names = usage.headers | usage.query
         self._body: Template | None = None
         self._item: MessageRenderer | None = None
@@ -172,7 +181,7 @@ class RequestPlan:
 
     def _request_parts(
         self, values: Mapping[str, Any]
-    ) -> tuple[dict[bytes, bytes], tuple[tuple[str, str], ...] | None]:
+    ) -> tuple[dict[bytes, bytes], httpx.URL | None]:
         headers: dict[bytes, bytes] = {}
         for name, template in self._headers:
             value = _render_text("header", name, template, values)
@@ -183,10 +192,17 @@ class RequestPlan:
                     f"header {name}: the value holds a line break or control character"
                 )
             headers[name.encode()] = value.strip(_OWS).encode()
-        params = None
-        if self._query:
-            params = tuple((n, _render_text("query", n, t, values)) for n, t in self._query)
-        return headers, params
+        if not self._query:
+            return headers, None
+        params = tuple((n, _render_text("query", n, t, values)) for n, t in self._query)
+        try:
+            # Merged by hand: httpx's `params=` would replace the endpoint's own query.
+            return headers, self._endpoint.copy_merge_params(params)
+        except httpx.InvalidURL as exc:  # raised out of the batch, as no HTTP error
+            raise InvalidMessageError(
+                f"query: the values make the URL too long to send ({exc}: httpx takes "
+                f"{MAX_QUERY_CHARS} characters at most); long values belong in a POST body"
+            ) from exc
 
     def render(
         self, messages: Sequence[OutgoingMessage]
@@ -210,11 +226,11 @@ class RequestPlan:
                     )
                 except TypeError as exc:  # orjson.JSONEncodeError included
                     raise _invalid_json(exc) from exc
-                headers, params = self._request_parts(values)
+                headers, url = self._request_parts(values)
             except InvalidMessageError as exc:
                 failed.append(SendOutcome.from_error(msg.seq, exc))
                 continue
-            requests.append(RenderedRequest((msg.seq,), content, headers, params))
+            requests.append(RenderedRequest((msg.seq,), content, headers, url))
         return requests, failed
 
     def _render_batch(
@@ -251,14 +267,14 @@ class RequestPlan:
         requests: list[RenderedRequest] = []
         for values, seqs, items in groups:
             try:
-                headers, params = self._request_parts(values)
+                headers, url = self._request_parts(values)
                 content, seqs, bad = self._dump_batch(values, seqs, items)
             except InvalidMessageError as exc:
                 failed.extend(SendOutcome.from_error(seq, exc) for seq in seqs)
                 continue
             failed.extend(bad)
             if seqs:
-                requests.append(RenderedRequest(tuple(seqs), content, headers, params))
+                requests.append(RenderedRequest(tuple(seqs), content, headers, url))
         return requests, failed
 
     def _dump_batch(
@@ -385,13 +401,28 @@ def outcomes_for_response(
 
 
 def outcome_for_exception(
-    seq: int, exc: httpx.HTTPError, timeout: float, secrets: Sequence[str] = ()
+    seq: int,
+    exc: httpx.HTTPError,
+    timeout: float,
+    secrets: Sequence[str] = (),
+    unsent: BaseException | None = None,
 ) -> SendOutcome:
     """Map an httpx failure to one message's outcome (the one place httpx errors are read).
 
     ``secrets`` are masked wherever the error's text is quoted (see :func:`credentials`).
+    ``unsent``: the error that stopped the writing of the request, when it did. httpcore
+    then reads on, for an answer the server may have sent early (a 413), and ``exc`` is
+    what that read met: no answer came, and the provider never had the whole request.
     """
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteTimeout):
+    if unsent is not None and not isinstance(exc, httpx.LocalProtocolError):
+        status, detail = (
+            OutcomeStatus.RETRY,
+            (
+                f"connection lost before the whole request was sent ({_named(unsent)}), and "
+                "no answer: the provider did not get it"
+            ),
+        )
+    elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteTimeout):
         status, detail = (
             OutcomeStatus.RETRY,
             f"timed out after {timeout:g}s before the request was sent",
@@ -415,36 +446,56 @@ def outcome_for_exception(
         status, detail = (
             OutcomeStatus.UNKNOWN,
             (
-                f"connection lost after the request was sent ({type(exc).__name__}: {exc}): the "
-                "provider may have accepted it"
+                f"connection lost after the request was sent ({_named(exc)}): the provider may "
+                "have accepted it"
             ),
         )
     return SendOutcome(seq, status, _DISPATCH_FAILED, detail=masked(detail, secrets))
 
 
+def _named(exc: BaseException) -> str:
+    """``ReadError: <text>``, or the bare name when the text is empty (httpcore's
+    ReadError for a connection reset says nothing more: "ReadError: " read as cut off)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 # --- sending -----------------------------------------------------------------------------
+
+
+# Content codings decoded for the excerpt (zlib reads gzip and zlib-wrapped deflate; wbits
+# 47 = 32 + 15: either header, detected); others are named, not decoded.
+_DECODED: Final = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 async def _read_bounded(
     response: httpx.Response, seconds: float, limit: int = MAX_RESPONSE_READ
 ) -> bytes:
-    """Up to ``limit`` bytes of the body, read for ``seconds`` at most in all.
+    """Up to ``limit`` bytes of the body, decoded, read for ``seconds`` at most in all.
 
     The read timeout bounds each read only: a server trickling a byte now and then would
     hold the session for hours after its status already said everything. What arrived in
-    time is kept (the connection is then closed, not reused).
+    time, or before the connection dropped, is kept (the connection is then closed, not
+    reused). The body is decoded here, never beyond ``limit``: httpx decodes each chunk
+    whole, and a gzip chunk of 64 KB can hold 64 MB (1 GB of zeros gzips to 1 MB).
     """
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in _DECODED | {"identity", ""}:
+        return f"(a body in {coding[:40]} encoding, not shown)".encode()
+    decoder = zlib.decompressobj(47) if coding in _DECODED else None
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(seconds):
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
+                if decoder is not None:
+                    chunk = decoder.decompress(chunk, limit - size)
                 chunks.append(chunk)
                 size += len(chunk)
                 if size >= limit:
                     break
-    except TimeoutError:
-        pass
+    except (TimeoutError, httpx.HTTPError, zlib.error):
+        pass  # the status is what counts; the excerpt is a courtesy
     return b"".join(chunks)[:limit]
 
 
@@ -517,11 +568,11 @@ class HttpSession:
             ]
 
     async def _exchange(self, request: RenderedRequest) -> list[SendOutcome]:
-        # Merged by hand: httpx's `params=` would replace the endpoint's own query.
-        url = self._url.copy_merge_params(request.params) if request.params else self._url
+        url = request.url or self._url
         headers = self._static
         if request.headers:
             headers = [*headers, *request.headers.items()]
+        unsent: list[BaseException] = []  # what stopped the writing of the request
         try:
             try:
                 async with asyncio.timeout(None) as answer:
@@ -531,16 +582,13 @@ class HttpSession:
                             url,
                             headers=headers,
                             content=request.content,
-                            extensions=self._answer_within(answer),
+                            extensions=self._answer_within(answer, unsent),
                         )
                     )
             except TimeoutError:
                 raise httpx.ReadTimeout("no complete answer in time") from None
             try:
-                try:
-                    body = await _read_bounded(response, self._timeout)
-                except httpx.HTTPError:
-                    body = b""  # the status is what counts; the excerpt is a courtesy
+                body = await _read_bounded(response, self._timeout)
                 return outcomes_for_response(
                     request.seqs, response.status_code, response.headers, body, self._secrets
                 )
@@ -553,13 +601,19 @@ class HttpSession:
                     f"TLS failed with {url.host}: {refused}", error_class=_DISPATCH_FAILED
                 ) from exc
             return [
-                outcome_for_exception(seq, exc, self._timeout, self._secrets)
+                outcome_for_exception(
+                    seq, exc, self._timeout, self._secrets, unsent[0] if unsent else None
+                )
                 for seq in request.seqs
             ]
 
-    def _answer_within(self, deadline: asyncio.Timeout) -> dict[str, Any]:
+    def _answer_within(
+        self, deadline: asyncio.Timeout, unsent: list[BaseException]
+    ) -> dict[str, Any]:
         """The request's extensions: its timeouts, and a trace that gives the answer's
-        status line and headers ``timeout`` seconds in all once the request is sent.
+        status line and headers ``timeout`` seconds in all once the request is sent, and
+        puts in ``unsent`` the error that stopped the writing of the request (httpcore
+        keeps it to itself and reads on, for an early answer).
 
         The read timeout bounds each read only: a server trickling header lines, or
         sending ``102 Processing`` for ever, held the session (and its batch) for hours.
@@ -571,6 +625,8 @@ class HttpSession:
         async def trace(event: str, info: Mapping[str, Any]) -> None:
             if event == "http11.receive_response_headers.started":
                 deadline.reschedule(loop.time() + seconds)
+            elif event in _WRITE_FAILED:
+                unsent.append(info["exception"])
 
         return {**self._extensions, "trace": trace}
 
