@@ -90,6 +90,11 @@ from providers.placeholders import (
 EXCERPT_CHARS: Final = 300  # of a refusing response body, in the outcome's detail
 MAX_QUERY_CHARS: Final = 65536  # httpx's limit on a URL component (_urlparse.MAX_URL_LENGTH)
 MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
+# A connection idle this long is closed, not reused: servers close idle connections after
+# a few seconds (uvicorn and Node 5 s, gunicorn 2 s), and a request sent as the server
+# closes gets no answer, so a whole batch would end ``unknown`` (never resent). httpx's
+# default, 5 s, raced the servers of 5 s; within a batch requests follow each other.
+KEEPALIVE_SECONDS: Final = 1.0
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
 _TOO_LARGE: Final = 413  # RFC 9110 §15.5.14: a batch so refused is sent in halves
@@ -697,8 +702,11 @@ class HttpTransport:
         transport = self._http_transport or GuardedTransport(
             allow_private=self._allow_private,
             # One connection per session: the dispatcher's session count is the
-            # provider's connection count (max_connections).
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            # provider's connection count (max_connections). A connection idle longer
+            # than KEEPALIVE_SECONDS is not reused (see there).
+            limits=httpx.Limits(
+                max_connections=1, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS
+            ),
             verify=self.config.tls_verify,
             ca=self.config.tls_ca,
             resolve=self._resolve,

@@ -231,13 +231,13 @@ def _raw_field(name: str, value: str, *, utf8: bool = False) -> str:
     return f"{name}: {value}\r\n"
 
 
-
 def message_id_local_part(meta: str, campaign_id: str, seq: int) -> str:
     """The part of a message's Message-ID before the ``@``: derived from its meta, so the
     same for every try of the message (see :meth:`MimeWriter.message_id`). Raises
     ``UnicodeEncodeError`` (a ValueError) for a lone surrogate."""
     digest = hashlib.sha256(f"{meta}\0{campaign_id}".encode()).hexdigest()[:32]
     return f"{digest}.{seq}"
+
 
 class MimeWriter:
     """Writes the bytes of one campaign's messages; cheap to call once per message."""

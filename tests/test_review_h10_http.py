@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import socket
 import struct
@@ -30,7 +31,7 @@ import pytest
 
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.errors import ErrorClass
-from providers.http import MAX_QUERY_CHARS
+from providers.http import KEEPALIVE_SECONDS, MAX_QUERY_CHARS
 from tests.http_sink import HttpSink
 from tests.test_http_provider import SEED_BATCH_BODY, http_config, local, message, send
 
@@ -205,3 +206,38 @@ async def test_a_batch_query_too_long_fails_its_messages_unsent() -> None:
         assert sink.requests == []
     assert {o.status for o in outcomes} == {OutcomeStatus.FAILED}
     assert all(o.detail.startswith("query: the values make the URL") for o in outcomes)
+
+
+@pytest.mark.asyncio
+async def test_a_connection_idle_past_the_keepalive_is_not_reused() -> None:
+    """A server closes an idle connection after a few seconds; a request sent as it does
+    gets no answer and ends its batch ``unknown``: a connection idle past
+    KEEPALIVE_SECONDS is replaced, never raced (httpx's default reused it for 5 s)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    served: list[int] = []  # requests per accepted connection
+
+    def run() -> None:
+        with suppress(OSError):
+            while len(served) < 2 and sum(served) < 2:
+                conn = listener.accept()[0]
+                served.append(0)
+                with conn:
+                    while sum(served) < 2 and receive(conn):
+                        served[-1] += 1
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        async with local(http_config(url, timeout=10)).session() as session:
+            first = await session.send([message(1)])
+            await asyncio.sleep(KEEPALIVE_SECONDS + 0.5)
+            second = await session.send([message(2)])
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+    assert [o.status for o in first + second] == [OutcomeStatus.SENT, OutcomeStatus.SENT]
+    assert served == [1, 1]  # the second request came on a new connection
