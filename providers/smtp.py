@@ -111,13 +111,20 @@ def _size_limit(param: str) -> int:
     return int(param) if param.isascii() and param.isdigit() else 0  # not "²", "١٢"
 
 
+# aiosmtplib decodes the replies it reads (greeting, EHLO, STARTTLS, AUTH) with
+# "surrogateescape": each byte that is not UTF-8 becomes a lone surrogate, which nothing
+# downstream can encode (the ledger's JSON, Redis, the API's answer).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
     """Translate a failure to connect, secure or log in, the password masked wherever
     the server's reply or the error quotes it (a 535 that echoes the AUTH line would
     otherwise put it in the test email's answer, the campaign's pause reason, every
-    message's ledger detail and the logs)."""
+    message's ledger detail and the logs), and the bytes of a reply that are not UTF-8
+    shown as U+FFFD, as :mod:`providers.smtp_wire` shows them."""
     error = _connect_error(exc, config)
-    detail = masked(error.detail, login_secrets(config))
+    detail = _LONE_SURROGATE.sub("\ufffd", masked(error.detail, login_secrets(config)))
     if detail != error.detail:
         error.detail = detail
         error.args = (detail,)
