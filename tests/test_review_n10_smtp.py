@@ -15,7 +15,10 @@ import pytest
 import redis
 
 from dispatch import campaign_reads
+from providers.base import OutcomeStatus, SendOutcome
+from providers.config import parse_provider_config
 from providers.errors import ProviderError
+from providers.smtp import SmtpTransport
 from tests.helpers import recipients, run_inline, smtp_provider
 from tests.test_review_o4_hostile_replies import RawServer
 from tests.test_smtp_sending import FAST, _config, _message, _send
@@ -37,8 +40,17 @@ class ScriptedServer(RawServer):
         super().__init__(lambda n: b"250 ok\r\n", ehlo=ehlo, answer=answer)
         self.greeting = greeting
         self.port = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.connections = 0
+
+    def hang_up(self) -> None:
+        """Close every connection from the server's side (an idle timeout)."""
+        for writer in self.writers:
+            writer.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
         if self.greeting is None:
             await super().handle(reader, writer)
             return
@@ -101,3 +113,62 @@ def test_an_auth_refusal_that_is_not_utf8_pauses_the_campaign(redis_client: redi
     assert summary["status"] == "paused"
     assert "535 5.7.8 mot de passe refus\ufffd" in summary["reason"]
     assert (summary["failed"], summary["sent"], summary["queued"]) == (0, 0, 3)
+
+
+def _refuse_r1_r2(ended_by: str) -> Answer:
+    """Refuses the first batch's recipients (r1, r2), and DATA with no recipient; with
+    ``ended_by`` "421", answers the next MAIL on that connection with a 421 (Postfix's
+    "too many errors", or its idle timeout read as the answer)."""
+    mails = 0
+    accepted = False
+
+    def answer(command: bytes) -> bytes | None:
+        nonlocal mails, accepted
+        if command.startswith(b"MAIL"):
+            mails += 1
+            accepted = False
+            if mails == 3 and ended_by == "421":
+                return b"421 4.4.2 raw Error: timeout exceeded\r\n"
+        elif command.startswith(b"RCPT"):
+            if b"<R1@" in command or b"<R2@" in command:
+                return b"550 5.1.1 no such user\r\n"
+            accepted = True
+        elif command.startswith(b"DATA") and not accepted:
+            return b"554 5.5.1 no valid recipients\r\n"
+        return None
+
+    return answer
+
+
+@pytest.mark.parametrize("ended_by", ["421", "close"])
+def test_a_kept_connection_that_sent_nothing_and_was_ended_is_redialled(ended_by: str) -> None:
+    """A session kept from one batch to the next (dispatch.session_pool) whose connection
+    only answered refusals, then ended by the server (closed idle, unseen yet, or a 421
+    to the next MAIL): its next messages go on a new connection at once. Before, only a
+    connection that had *sent* counted as used: the whole chunk failed as a connection
+    error or a throttle, an attempt each and the provider slowed down, for a connection
+    that was only old."""
+    server = ScriptedServer(answer=_refuse_r1_r2(ended_by))
+
+    async def run() -> list[list[SendOutcome]]:
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        config = parse_provider_config(_config(port, "none", timeout=5.0))
+        transport = SmtpTransport(config)  # type: ignore[arg-type]
+        batches = [
+            [_message(seq, f"r{seq}@example.com") for seq in seqs] for seqs in ((1, 2), (3, 4))
+        ]
+        try:
+            async with transport.session() as session:
+                first = list(await session.send(batches[0]))
+                if ended_by == "close":
+                    server.hang_up()  # (the client has not read the close yet)
+                return [first, list(await session.send(batches[1]))]
+        finally:
+            listener.close()
+
+    first, second = asyncio.run(run())
+    assert [o.status for o in first] == [OutcomeStatus.FAILED] * 2
+    assert [o.status for o in second] == [OutcomeStatus.SENT] * 2
+    assert server.connections == 2
+    assert server.complete == 2  # each message of the second batch, once
