@@ -157,6 +157,9 @@ def _connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
         error = _reply_error(exc.code, exc.message, error_class=ErrorClass.CONNECTION)
         if isinstance(error, PermanentError):
             return ConfigurationError(f"{where} refused the session: {error.detail}", code=exc.code)
+        if isinstance(error, TransientError):  # "421 too busy" greeting, "454" to STARTTLS
+            error.detail = f"{where} refused the session for now: {error.detail}"
+            error.args = (error.detail,)
         return error
     if isinstance(exc, aiosmtplib.SMTPException) and not isinstance(exc, ConnectionError):
         # aiosmtplib's own refusals with no reply behind them: STARTTLS or AUTH not

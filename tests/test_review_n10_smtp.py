@@ -17,7 +17,7 @@ import redis
 from dispatch import campaign_reads
 from providers.base import OutcomeStatus, SendOutcome
 from providers.config import parse_provider_config
-from providers.errors import ProviderError
+from providers.errors import ProviderError, ThrottledError
 from providers.smtp import SmtpTransport
 from tests.helpers import recipients, run_inline, smtp_provider
 from tests.test_review_o4_hostile_replies import RawServer
@@ -172,3 +172,24 @@ def test_a_kept_connection_that_sent_nothing_and_was_ended_is_redialled(ended_by
     assert [o.status for o in second] == [OutcomeStatus.SENT] * 2
     assert server.connections == 2
     assert server.complete == 2  # each message of the second batch, once
+
+
+@pytest.mark.parametrize(
+    ("server_args", "reply"),
+    [
+        ({"greeting": b"421 4.3.2 too busy\r\n"}, "421 4.3.2 too busy"),
+        ({"ehlo": b"250-STARTTLS\r\n250 PIPELINING\r\n"}, "454 4.7.0 TLS not available"),
+    ],
+)
+def test_a_session_refused_for_now_names_the_server(
+    server_args: dict[str, bytes], reply: str
+) -> None:
+    """A 4xx greeting, or a 454 to STARTTLS, said only the reply ("421 4.3.2 too busy"):
+    the test email's answer and the messages' retry detail did not say which server or
+    that it was the session, not the message, it refused."""
+    with ScriptedServer(**server_args).running() as server:  # type: ignore[arg-type]
+        config = _config(server.port, "starttls", timeout=5.0)
+        with pytest.raises(ThrottledError) as info:
+            asyncio.run(_send(config, [_message()]))
+    assert info.value.detail.startswith(f"127.0.0.1:{server.port} refused the session for now: ")
+    assert reply in info.value.detail
