@@ -111,13 +111,20 @@ def _size_limit(param: str) -> int:
     return int(param) if param.isascii() and param.isdigit() else 0  # not "²", "١٢"
 
 
+# aiosmtplib decodes the replies it reads (greeting, EHLO, STARTTLS, AUTH) with
+# "surrogateescape": each byte that is not UTF-8 becomes a lone surrogate, which nothing
+# downstream can encode (the ledger's JSON, Redis, the API's answer).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _map_connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
     """Translate a failure to connect, secure or log in, the password masked wherever
     the server's reply or the error quotes it (a 535 that echoes the AUTH line would
     otherwise put it in the test email's answer, the campaign's pause reason, every
-    message's ledger detail and the logs)."""
+    message's ledger detail and the logs), and the bytes of a reply that are not UTF-8
+    shown as U+FFFD, as :mod:`providers.smtp_wire` shows them."""
     error = _connect_error(exc, config)
-    detail = masked(error.detail, login_secrets(config))
+    detail = _LONE_SURROGATE.sub("\ufffd", masked(error.detail, login_secrets(config)))
     if detail != error.detail:
         error.detail = detail
         error.args = (detail,)
@@ -150,6 +157,9 @@ def _connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
         error = _reply_error(exc.code, exc.message, error_class=ErrorClass.CONNECTION)
         if isinstance(error, PermanentError):
             return ConfigurationError(f"{where} refused the session: {error.detail}", code=exc.code)
+        if isinstance(error, TransientError):  # "421 too busy" greeting, "454" to STARTTLS
+            error.detail = f"{where} refused the session for now: {error.detail}"
+            error.args = (error.detail,)
         return error
     if isinstance(exc, aiosmtplib.SMTPException) and not isinstance(exc, ConnectionError):
         # aiosmtplib's own refusals with no reply behind them: STARTTLS or AUTH not
@@ -224,6 +234,9 @@ class SmtpSession:
         self._transport = transport
         self._wire: TransactionProtocol | None = None
         self.sent_on_connection = 0
+        # Transactions the server answered on this connection (the message sent or
+        # refused): one it ends after that was in use, not refused (a cap, an idle close).
+        self.answered_on_connection = 0
         self.connections_opened = 0
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
@@ -272,11 +285,12 @@ class SmtpSession:
         """Raises ``TransientError`` when the first message could not be handed over.
         Sent messages some of whose recipients were put off go to ``put_off``.
 
-        A server that ends a connection after taking messages on it (``421`` to the next
-        ``MAIL``, or a close: many relays cap the messages per connection) gets the rest
-        on a new connection at once; so does the configured cap, renewed between two
-        messages of a chunk. Each new connection must take a message for the next to be
-        opened: a server refusing at once is not asked again (a throttle, retried later).
+        A server that ends a connection after answering transactions on it (``421`` to
+        the next ``MAIL``, or a close: many relays cap the messages or the errors per
+        connection, or close one kept idle since the last batch) gets the rest on a new
+        connection at once; so does the configured cap, renewed between two messages of a
+        chunk. Each new connection must answer a transaction for the next to be opened: a
+        server refusing at once is not asked again (a throttle, retried later).
         """
         handed_over = 0
         while ready:
@@ -302,7 +316,7 @@ class SmtpSession:
                 try:
                     outcomes[msg.seq] = self._outcome(msg, envelope, result)
                 except ProviderError as exc:
-                    if self.sent_on_connection and _connection_ended(exc):
+                    if self.answered_on_connection and _connection_ended(exc):
                         ready = attempt[index:] + ready  # the server is done with it
                         break
                     # The wire stops at a refusal of the session, so nothing after this
@@ -315,6 +329,8 @@ class SmtpSession:
                     self._not_handed_over(attempt[index:] + ready, exc, outcomes)
                     return
                 handed_over += 1
+                if isinstance(result, TransactionResult):
+                    self.answered_on_connection += 1
                 if outcomes[msg.seq].status is OutcomeStatus.SENT:
                     self.sent_on_connection += 1
                     if isinstance(result, TransactionResult):  # always, when sent
@@ -343,18 +359,17 @@ class SmtpSession:
             room = limit - self.sent_on_connection if limit else len(pending)
             attempt, pending = pending[:room], pending[room:]
             results = await wire.transactions([item.envelope for item in attempt])
-            settled = False  # a transaction of this round settled a recipient: progress
             for index, item in enumerate(attempt):
                 result = results[index] if index < len(results) else None
                 if isinstance(result, TransactionResult) and _closing(result) is None:
                     if result.data is not None and result.data.ok:
                         self.sent_on_connection += 1
-                    settled = True
+                    self.answered_on_connection += 1
                     if item.settle(result):
                         pending.append(item)
                 elif isinstance(result, WireError) and result.during_data:
                     item.give_up(f"outcome unknown: {result} during DATA")
-                elif self.sent_on_connection or settled:  # the connection ended after use
+                elif self.answered_on_connection:  # the connection ended after use
                     pending.append(item)
                 else:
                     why = _closing(result) if isinstance(result, TransactionResult) else result
@@ -437,6 +452,7 @@ class SmtpSession:
     async def open(self) -> None:
         self._wire = await self._transport.open_wire()
         self.sent_on_connection = 0
+        self.answered_on_connection = 0
         self.connections_opened += 1
 
     async def close(self) -> None:
