@@ -25,6 +25,7 @@ from providers.config import (
     FIELD_PROBLEMS,
     LONE_SURROGATE_PROBLEM,
     NOT_FINITE_PROBLEM,
+    SMTP_KINDS,
     WIDE_INTEGER_PROBLEM,
     HttpConfig,
     ProviderBase,
@@ -75,6 +76,7 @@ def validation_problems(
         messages = ctx.get(FIELD_PROBLEMS) or [str(err["msg"]).removeprefix("Value error, ")]
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = [str(ctx.get("discriminator", "kind")).strip("'")]
+            messages = [_tag_problem(ctx)]
         elif drop_prefix and tuple(loc[: len(drop_prefix)]) == drop_prefix:
             loc = loc[len(drop_prefix) :]
         if not loc and err["type"] in _NOT_AN_OBJECT:
@@ -87,6 +89,15 @@ def validation_problems(
                 message = named["message"]
             out.append((field or "body", message))
     return out
+
+
+def _tag_problem(ctx: Mapping[str, Any]) -> str:
+    """What is wrong with a provider's ``kind`` (the only tagged union), in words: pydantic
+    says "Unable to extract tag using discriminator 'kind'" for one left out."""
+    kinds = ", ".join((*SMTP_KINDS, "http"))
+    if "tag" in ctx:
+        return f"{ctx['tag']!r} is no kind of provider: one of {kinds}"
+    return f"missing: the provider's kind, one of {kinds}"
 
 
 _TIMES = ("send_at", "expires_at")

@@ -86,14 +86,18 @@ def _print(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _validation_message(exc: Exception) -> str:
+def _validation_message(exc: Exception, kind: object = None) -> str:
+    """Every problem of ``exc``, each as ``field: message``, named as the API names them
+    (``max_connections``, not the provider union's ``smtp.max_connections``; ``kind`` for
+    an unknown kind, not ``body``; no pydantic ``Value error,`` prefix)."""
     from pydantic import ValidationError
 
+    from dispatch.campaign_checks import validation_problems
+
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        tag = (kind,) if isinstance(kind, str) and kind else ()
+        problems = validation_problems(exc.errors(), drop_prefix=tag)
+        return "; ".join(f"{field}: {message}" for field, message in problems)
     field = getattr(exc, "field", "")  # a CampaignError's: named first, as the API's detail
     if field and not str(exc).startswith(f"{field}: "):
         return f"{field}: {exc}"
@@ -395,7 +399,11 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
         return 2
     people = request.recipients
     if not 0 <= seq < max(len(people), 1):
-        print(f"error: --seq: the file has {len(people)} recipients", file=sys.stderr)
+        which = f"0 to {len(people) - 1}" if len(people) > 1 else "0"
+        print(
+            f"error: --seq {seq}: the file has {len(people)} recipient(s): give {which}",
+            file=sys.stderr,
+        )
         return 2
     # What the campaign would be refused for, the test is too: a test that went out
     # before the campaign could not be created was no test of it.
@@ -530,8 +538,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_messages(args: argparse.Namespace) -> int:
     """Per-message outcomes as NDJSON, one line each (every page, or one address's)."""
     from dispatch import campaigns, message_pages, retention
+    from dispatch.models import CALLBACK_COUNTERS
     from providers.addresses import InvalidAddressError, normalize_address
 
+    for option, given, known in (
+        ("--status", args.status, message_pages.MESSAGE_STATUSES),
+        ("--callback", args.callback, CALLBACK_COUNTERS),
+    ):
+        if given is not None and given not in known:
+            print(f"error: {option} {given!r}: give one of {', '.join(known)}", file=sys.stderr)
+            return 2
     if args.email is not None:
         try:
             normalize_address(args.email)
@@ -559,9 +575,6 @@ def cmd_messages(args: argparse.Namespace) -> int:
     except retention.CampaignPurgedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # an unknown status or callback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if args.email is not None and not shown:  # the question had no answer: say so
         which = " ".join(filter(None, (args.status, args.callback, "message")))
         print(f"campaign {args.id!r} has no {which} to {args.email}", file=sys.stderr)
@@ -597,7 +610,7 @@ def cmd_providers_add(args: argparse.Namespace) -> int:
             which = [f"[{position}]"] if isinstance(data, list) else []
             which += [repr(nickname)] if isinstance(nickname, str) else []
             where = ": ".join([args.file, " ".join(which)] if which else [args.file])
-            print(f"error: {where}: {_validation_message(exc)}", file=sys.stderr)
+            print(f"error: {where}: {_validation_message(exc, item.get('kind'))}", file=sys.stderr)
             status = 2
             continue
         _print(provider_view(config.nickname))
@@ -852,7 +865,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("messages", cmd_messages, "a campaign's per-message outcomes, one JSON line each")
     p.add_argument("id")
-    p.add_argument("--status", help="only messages in this state (failed, sent, queued, ...)")
+    p.add_argument(
+        "--status",
+        help="only messages in this state (queued, claimed, retry, sent, failed, suppressed, "
+        "cancelled, expired, unknown)",
+    )
     p.add_argument("--email", help="only the messages to this address")
     p.add_argument(
         "--callback",

@@ -97,7 +97,7 @@ def test_send_follow_status_and_suppressions(
         assert code == 0 and (seven["seq"], seven["status"]) == (7, "sent")
         assert run(capsys, "messages", "nope")[0] == 1
         code, _, err = run(capsys, "messages", "cli-1", "--status", "lost")
-        assert code == 2 and err.startswith("error: status: one of")
+        assert code == 2 and err.startswith("error: --status 'lost': give one of")
         code, _, err = run(capsys, "send", str(campaign))
         assert code == 0 and "already existed" in err
 

@@ -167,7 +167,7 @@ def test_send_test_sends_a_files_campaign_to_one_address_without_creating_it(
         assert not redis_client.exists(store.campaign_key("ctest-5"))  # not created
 
         assert main(["send", str(file), "--test", "me@acme.example", "--seq", "3"]) == 2
-        assert "--seq: the file has 3 recipients" in capsys.readouterr().err
+        assert "--seq 3: the file has 3 recipient(s): give 0 to 2" in capsys.readouterr().err
         # Not counted from the end (it sent the last one's message under seq -1).
         with pytest.raises(SystemExit) as refused:  # argparse: "-1 is below 0"
             main(["send", str(file), "--test", "me@acme.example", "--seq", "-1"])

@@ -85,10 +85,11 @@ def test_the_walk_through_sends_the_example_campaign(
 
 
 def _readme_curls() -> list[list[str]]:
-    """Each ``curl`` command of the README's shell blocks, continuation lines joined."""
+    """Each ``curl`` command of the README's shell blocks that calls the API's address
+    (the walk; the callback block posts to a URL it reads), continuation lines joined."""
     blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    return [shlex.split(line) for line in lines if line.startswith("curl ")]
+    return [shlex.split(line) for line in lines if line.startswith("curl ") and README_API in line]
 
 
 def test_the_readme_curl_walk_sends_its_campaign(
