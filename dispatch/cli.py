@@ -535,6 +535,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    """pause, resume, cancel, retry-failed: what the API's routes of the same names do;
+    prints the campaign's summary (retry-failed: its report, the summary in it)."""
+    from dispatch import campaigns, lifecycle
+
+    try:
+        if args.command == "retry-failed":
+            report, summary = lifecycle.retry_failed(args.id)
+            counts = ("retried", "skipped_not_retryable", "skipped_already_retried")
+            _print({**{name: getattr(report, name) for name in counts}, "campaign": summary})
+        else:
+            change = {"pause": lifecycle.pause, "resume": lifecycle.resume}
+            _print(change.get(args.command, lifecycle.cancel)(args.id))
+    except campaigns.CampaignNotFoundError:
+        print(f"error: no campaign {args.id!r}", file=sys.stderr)
+        return 1
+    except campaigns.CampaignError as exc:  # its status refuses it, or it was purged
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_messages(args: argparse.Namespace) -> int:
     """Per-message outcomes as NDJSON, one line each (every page, or one address's)."""
     from dispatch import campaigns, message_pages, retention
@@ -862,6 +884,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("status", cmd_status, "a campaign's status and counters")
     p.add_argument("id")
     p.add_argument("--follow", action="store_true", help="a live progress bar")
+
+    for name, what in (
+        ("pause", "pause a campaign: sending stops within a second or two"),
+        ("resume", "resume a paused campaign: what is left is sent, nothing twice"),
+        ("cancel", "cancel a campaign: every message not sent yet ends cancelled"),
+        ("retry-failed", "queue a campaign's retryable failed messages again, each once"),
+    ):
+        verb(name, cmd_lifecycle, what).add_argument("id")
 
     p = verb("messages", cmd_messages, "a campaign's per-message outcomes, one JSON line each")
     p.add_argument("id")
