@@ -286,12 +286,11 @@ def start_deadline() -> Token[float]:
     return DEADLINE.set(_clock() + MAX_RENDER_SECONDS)
 
 
-def _check_time() -> None:
-    if _clock() > DEADLINE.get():
-        raise SecurityError(
-            f"rendering took over {MAX_RENDER_SECONDS:g} s, the template limit (a filter "
-            "over a long list in a loop?)"
-        )
+def _out_of_time() -> SecurityError:
+    return SecurityError(
+        f"rendering took over {MAX_RENDER_SECONDS:g} s, the template limit (a filter over "
+        "a long list in a loop?)"
+    )
 
 
 def check_template_size(source: str) -> None:
@@ -316,7 +315,8 @@ def check_template_size(source: str) -> None:
 
 
 def _check_size(value: Any, what: str) -> Any:
-    _check_time()
+    if _clock() > DEADLINE.get():  # (after every filter, call and operation)
+        raise _out_of_time()
     if isinstance(value, _SIZED):
         if len(value) > MAX_VALUE_SIZE:
             raise _refuse(what)
@@ -498,7 +498,8 @@ def _count_step(context: Context) -> None:
     steps: int = context.__dict__.get("dispatch_steps", 0) + 1
     if steps > MAX_STEPS:
         raise _refuse(f"over {MAX_STEPS:,} loop iterations and macro calls")
-    _check_time()
+    if _clock() > DEADLINE.get():
+        raise _out_of_time()
     context.dispatch_steps = steps  # type: ignore[attr-defined]
 
 
