@@ -20,6 +20,7 @@ from dispatch import payload_checks, suppressions
 from dispatch.campaign_errors import CampaignError, SuppressedCopyError
 from dispatch.models import CampaignContent, CampaignRequest, Recipient, recipient_vars
 from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
+from dispatch.template_sandbox import check_template_size
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.config import (
     FIELD_PROBLEMS,
@@ -274,6 +275,11 @@ def validate_content(request: CampaignRequest) -> CompiledContent:
 
 
 def compile_content(request: CampaignRequest) -> CompiledContent:
+    for part in ("subject", "html", "text", "amp"):
+        try:  # before Jinja2 compiles it: a huge template takes the API's memory
+            check_template_size(getattr(request, part))
+        except ValueError as exc:
+            raise CampaignError(f"{part}: {exc}", field=part) from None
     try:
         compiled = CompiledContent(
             subject=request.subject, html=request.html, text=request.text, amp=request.amp

@@ -25,7 +25,14 @@ from jinja2 import (
 from jinja2.exceptions import TemplateSyntaxError
 from markupsafe import escape
 
-from dispatch.template_sandbox import BUILT, HTML_ENV, TEXT_ENV, bounded_output
+from dispatch.template_sandbox import (
+    BUILT,
+    DEADLINE,
+    HTML_ENV,
+    TEXT_ENV,
+    bounded_output,
+    start_deadline,
+)
 from dispatch.text_part import derive_text_template, html_to_text, tidy_derived
 from providers.base import ALL_CONTENT_PARTS
 
@@ -316,22 +323,12 @@ class CompiledContent:
         plan = self._plans.get(parts)
         if plan is None:
             plan = self._plans[parts] = self._plan(parts)
-        for name, template, plain in plan:
-            budget = BUILT.set([0])
-            try:
-                if plain:
-                    out[name] = template.render(context)
-                else:
-                    out[name] = bounded_output(
-                        template.root_render_func(template.new_context(context, True))
-                    )
-            except RenderError as exc:
-                raise RenderError(f"{name}: {exc}") from exc
-            except Exception as exc:  # sandbox violations, undefined names, filter errors
-                where = _line_of(exc, template)
-                raise RenderError(f"{name}: {where}{type(exc).__name__}: {exc}") from exc
-            finally:
-                BUILT.reset(budget)
+        deadline = start_deadline()  # (for the message: all its parts)
+        try:
+            for name, template, plain in plan:
+                out[name] = _render_part(name, template, plain, context)
+        finally:
+            DEADLINE.reset(deadline)
         derive = self._derive_text and "text" in parts
         subject = out["subject"].strip()
         if "\r" in subject or "\n" in subject:
@@ -343,6 +340,24 @@ class CompiledContent:
         else:
             text = out["text"]
         return RenderedContent(subject=subject, html=out["html"], text=text, amp=out["amp"])
+
+
+def _render_part(name: str, template: Any, plain: bool, context: Mapping[str, Any]) -> str:
+    """One part of :meth:`CompiledContent.render`, within its own budget of characters
+    built. Raises :class:`RenderError` naming the part."""
+    budget = BUILT.set([0])
+    try:
+        if plain:
+            text: str = template.render(context)
+            return text
+        return bounded_output(template.root_render_func(template.new_context(context, True)))
+    except RenderError as exc:
+        raise RenderError(f"{name}: {exc}") from exc
+    except Exception as exc:  # sandbox violations, undefined names, filter errors
+        where = _line_of(exc, template)
+        raise RenderError(f"{name}: {where}{type(exc).__name__}: {exc}") from exc
+    finally:
+        BUILT.reset(budget)
 
 
 def _line_of(exc: BaseException, template: Template) -> str:

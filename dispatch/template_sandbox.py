@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, date, datetime
 from functools import lru_cache, update_wrapper
 from itertools import islice
@@ -21,7 +22,7 @@ from jinja2 import (
     pass_environment,
 )
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.filters import make_attrgetter, sync_do_sum
 from jinja2.runtime import Context
 from jinja2.sandbox import (
@@ -47,6 +48,20 @@ MAX_STEPS = 100_000
 # Characters one part may build in all (every operation's new text counted): bounds the
 # memory of text that is built and kept, e.g. in a list or a block, before it is output.
 MAX_BUILT_CHARS = 2 * MAX_PART_CHARS
+# Seconds one message's render may take, all its parts together. The limits above bound
+# each operation and the number of steps, not the work each step does: a loop of 100,000
+# steps sorting a list of 100,000 items each time (``{{ items|sort|first }}``, the list
+# made in the template or taken from vars) ran for hours. Checked after every filter,
+# call and operation and at every loop step and macro call; a legitimate render takes
+# well under a millisecond, 100,000 loop steps under a second.
+MAX_RENDER_SECONDS = 2.0
+DEADLINE: ContextVar[float] = ContextVar("dispatch_render_deadline", default=float("inf"))
+_clock = time.monotonic  # (wall time: 60 ns a reading, where CPU time takes 700)
+# Jinja2 tokens (a tag's or an expression's delimiters, names, operators, a run of text)
+# one template may hold. Jinja2 takes about 0.1 ms and 15 KB to parse and compile each
+# expression: 100,000 ``{{ x|first }}`` (1.3 MB) took 42 s and 1.4 GB in the API, and a
+# request may be 64 MB. A rich newsletter template holds a few thousand.
+MAX_TEMPLATE_TOKENS = 20_000
 _SIZED = (str, bytes, list, tuple)  # (bytes: ``'a'.encode() * n``)
 BUILT: ContextVar[list[int] | None] = ContextVar("dispatch_built_chars", default=None)
 # A printf-style conversion's flags, width and precision, read where its ``%`` (and
@@ -265,7 +280,43 @@ def _spend(chars: int) -> None:
             raise _refuse(f"building over {MAX_BUILT_CHARS:,} characters in one part")
 
 
+def start_deadline() -> Token[float]:
+    """Start the clock of one message's render (:data:`MAX_RENDER_SECONDS`); the token
+    resets it (``DEADLINE.reset``)."""
+    return DEADLINE.set(_clock() + MAX_RENDER_SECONDS)
+
+
+def _out_of_time() -> SecurityError:
+    return SecurityError(
+        f"rendering took over {MAX_RENDER_SECONDS:g} s, the template limit (a filter over "
+        "a long list in a loop?)"
+    )
+
+
+def check_template_size(source: str) -> None:
+    """Refuse a template too large to compile in bounded time and memory: more than
+    :data:`MAX_TEMPLATE_TOKENS` Jinja2 tokens, or more text than a part may render
+    (:data:`MAX_PART_CHARS`: every message would fail). Raises ``ValueError`` saying
+    which; a template Jinja2 cannot read passes (compiling it says why)."""
+    if len(source) > MAX_PART_CHARS:
+        raise ValueError(
+            f"the template is {len(source):,} characters, more than a part may render "
+            f"({MAX_PART_CHARS:,})"
+        )
+    try:
+        beyond = next(islice(HTML_ENV.lex(source), MAX_TEMPLATE_TOKENS, None), None)
+    except TemplateSyntaxError:
+        return
+    if beyond is not None:
+        raise ValueError(
+            f"the template holds more than {MAX_TEMPLATE_TOKENS:,} Jinja2 tokens (tags, "
+            "names, operators, runs of text): use a loop or a macro for repeated content"
+        )
+
+
 def _check_size(value: Any, what: str) -> Any:
+    if _clock() > DEADLINE.get():  # (after every filter, call and operation)
+        raise _out_of_time()
     if isinstance(value, _SIZED):
         if len(value) > MAX_VALUE_SIZE:
             raise _refuse(what)
@@ -447,6 +498,8 @@ def _count_step(context: Context) -> None:
     steps: int = context.__dict__.get("dispatch_steps", 0) + 1
     if steps > MAX_STEPS:
         raise _refuse(f"over {MAX_STEPS:,} loop iterations and macro calls")
+    if _clock() > DEADLINE.get():
+        raise _out_of_time()
     context.dispatch_steps = steps  # type: ignore[attr-defined]
 
 
