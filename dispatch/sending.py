@@ -81,6 +81,9 @@ class BatchResult:
 
 # Outcomes of messages the provider did not take: not counted against its daily quotas.
 _REFUSED = frozenset((OutcomeStatus.FAILED, OutcomeStatus.RETRY))
+# Longest a chunk's building holds the event loop without giving it a turn (see _build).
+BUILD_SLICE_SECONDS = 0.05
+BUILD_PAUSE_SECONDS = 0.005  # the turn it gives
 
 
 class BatchSender(BatchOutcomes):
@@ -271,7 +274,15 @@ class BatchSender(BatchOutcomes):
         """Render the items; those that cannot be built fail at once."""
         built: list[tuple[Item, OutgoingMessage]] = []
         failed: list[PlannedWrite] = []
+        # A chunk of an HTTP batch holds up to 1000 messages, and a template may take up to
+        # its render limit for each: the event loop gets a turn every BUILD_SLICE_SECONDS,
+        # so the lease's renewal and the status watch run meanwhile.
+        turn_at = time.monotonic() + BUILD_SLICE_SECONDS
         for item in chunk:
+            if time.monotonic() > turn_at:  # (60 ns a message)
+                # Not sleep(0): a renewal's round trip to Redis takes the loop a few turns.
+                await asyncio.sleep(BUILD_PAUSE_SECONDS)
+                turn_at = time.monotonic() + BUILD_SLICE_SECONDS
             item.attempts += 1
             try:
                 built.append((item, self.c.build(item)))

@@ -327,3 +327,29 @@ def test_the_breaker_leaves_alone_a_campaign_that_sends_or_whose_recipients_are_
     summary = campaign_reads.campaign_summary(cid, redis_client)
     assert summary["status"] == "completed"
     assert (summary["sent"], summary["failed"]) == ((2, 10) if first_sent else (0, 12))
+
+
+def test_a_slow_chunk_to_build_keeps_its_lease(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk of an HTTP batch holds up to 1000 messages and each may render for up to
+    the template limit: building it gives the event loop a turn now and then, so the
+    lease is renewed meanwhile (building 40 messages of 40 ms each held the loop past a
+    600 ms lease, which was then lost: the batch stopped with nothing sent)."""
+    from dispatch.batch_campaign import BatchCampaign
+
+    real_build = BatchCampaign.build
+
+    def slow_build(self: BatchCampaign, item: Any) -> OutgoingMessage:
+        time.sleep(0.04)  # a heavy template, rendering
+        return real_build(self, item)
+
+    monkeypatch.setattr(BatchCampaign, "build", slow_build)
+    settings = Settings(lease_ttl_ms=600, retry_base_seconds=0.05)
+    with HttpSink() as sink:
+        http_provider(redis_client, sink.url, batch_size=40, max_connections=1)
+        cid, batches = create_held(redis_client, _body(40))
+        (result,) = run_batches(batches, settings, rounds=1)
+        assert len(sink.requests) == 1
+    summary = campaign_reads.campaign_summary(cid, redis_client)
+    assert (summary["status"], summary["sent"]) == ("completed", 40), (result, summary)
