@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
+import pytest
 import redis
 
 from dispatch.unsubscribe import make_token
@@ -10,6 +13,15 @@ from tests.api_server import ApiServer
 from tests.helpers import smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.test_pages import _campaign
+from tests.test_review_y3_pages import Page, _token_for, chromium
+
+# The two buttons' boxes, and the gap between them (the larger of the horizontal and
+# vertical distance between their edges: side by side or one above the other).
+_BUTTONS_GAP = """(() => {
+  const a = document.querySelector('#save').getBoundingClientRect();
+  const b = document.querySelector('#unsubscribe-all').getBoundingClientRect();
+  return Math.max(b.left - a.right, b.top - a.bottom);
+})()"""
 
 
 def test_no_recipient_page_is_indexed_by_a_search_engine(
@@ -38,3 +50,22 @@ def test_no_recipient_page_is_indexed_by_a_search_engine(
     for name, answer in answers.items():
         robots = answer.headers.get("x-robots-tag", "")
         assert "noindex" in robots and "nofollow" in robots, (name, answer.headers)
+
+
+@pytest.mark.parametrize("width", [320, 800])
+def test_unsubscribe_from_all_is_not_a_near_miss_of_save(
+    api_server: ApiServer, redis_client: redis.Redis, width: int
+) -> None:
+    """On a phone the two buttons wrapped one right above the other, their edges
+    touching (0 px apart): a tap a little low on "Save choices" unsubscribed the person
+    from everything, with no confirmation and no way back from the page. On a wide
+    screen they were one space apart. Now at least 8 px separate them either way."""
+    token = _token_for(redis_client, "user0@example.com", "news")
+
+    async def gap(page: Page) -> Any:
+        await page.open(f"{api_server.url}/preferences/{token}")
+        return await page.value(_BUTTONS_GAP)
+
+    with chromium(width, 640) as run:
+        measured = run(gap)
+    assert measured >= 8, measured
