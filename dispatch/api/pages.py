@@ -40,7 +40,9 @@ RETRY_AFTER_SECONDS = 60  # with Redis unreachable: when a mail client should po
 # Every page (and the redirect to a custom center) names a person and carries their token
 # in its URL: never stored by a shared cache or the browser's (a proxy would serve one
 # person's page, or a stale choice, again), never framed by another site, never sends the
-# URL on as a Referer. The pages are plain forms posting to themselves: no script at all.
+# URL on as a Referer, never indexed by a search engine (a crawler of a public archive of
+# a forwarded newsletter follows its links: the page would put the address in results).
+# The pages are plain forms posting to themselves: no script at all.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -48,6 +50,7 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
 }
 
 
