@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from dispatch import limits, store
+from dispatch import campaign_reads, limits, status_watch, store
 from dispatch.limits import ConnectionSlots
 from providers.config import parse_provider_config
+from tests.helpers import campaign_body, run_inline, smtp_provider
+from tests.smtp_server import SmtpTestServer
 
 
 def _provider(max_connections: int) -> object:
@@ -51,3 +53,23 @@ def test_max_connections_hold_between_workers_whose_clocks_differ(
     first, second = asyncio.run(go())
     assert first is True
     assert second is False
+
+
+def test_a_chunk_held_back_by_the_pace_past_expires_at_is_not_sent(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider's pace holds the chunks back past the campaign's ``expires_at``: none
+    goes out after it, every message ends ``expired``. The status watch finds the
+    expiry only at its next poll (here: not before the batch ends), and a chunk whose
+    wait ended in between went out after expires_at (at 10 a second, four of them)."""
+    monkeypatch.setattr(status_watch, "STATUS_POLL_SECONDS", 60.0)
+    smtp_provider(redis_client, smtp.port, rate_per_second=1)
+    seconds, micros = redis_client.time()
+    # Another campaign's sends hold the provider for the next 2 s.
+    redis_client.set(f"{store.PREFIX}:pace:local", repr(seconds + micros / 1e6 + 2.0))
+    body = campaign_body("paced-past-expiry", 3, expires_at=time.time() + 1.0)
+    campaign_id, _ = run_inline(redis_client, body)
+    assert smtp.messages == []
+    assert campaign_reads.get_status(campaign_id, redis_client).value == "expired"
+    counters = campaign_reads.get_counters(campaign_id, redis_client)
+    assert (counters["expired"], counters["sent"], counters["queued"]) == (3, 0, 0)
