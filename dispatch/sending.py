@@ -207,6 +207,10 @@ class BatchSender(BatchOutcomes):
                     self.put_back(chunk)
                     await self.c.limiter.settle(grant, len(chunk))
                     return
+            if await self._expired():  # (the pace held them back past expires_at)
+                self.put_back(chunk)
+                await self.c.limiter.settle(grant, len(chunk))
+                return
             # Built and claimed right before they go out: none waits claimed.
             messages = await self._claim(await self._build(chunk))
             unsent = len(chunk) - len(messages)  # not buildable, or settled by someone else
@@ -260,6 +264,19 @@ class BatchSender(BatchOutcomes):
         if not await self.c.slots.hold(kept.token, self._stop_waiting):
             return False
         kept.slot_lost = False  # (the renewal may have seen it gone while we waited)
+        return True
+
+    async def _expired(self) -> bool:
+        """Whether the campaign's ``expires_at`` has passed: then it is ``expired`` and the
+        batch stops, its chunk unsent (the status watch sees it only at its next poll, and
+        nothing may go out after it)."""
+        expires_at = self.c.content.expires_at
+        if expires_at is None or expires_at > datetime.now(UTC):
+            return False
+        await expire_now(self.writer.client, self.c.content.id)
+        self.c.status = CampaignStatus.EXPIRED
+        self.c.stop_reason = f"campaign {self.c.status}"
+        self.finish()
         return True
 
     async def _rest(self, seconds: float) -> None:
