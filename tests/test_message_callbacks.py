@@ -118,7 +118,7 @@ def test_the_client_and_the_cli_filter_by_callback(
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["email"] for line in lines] == [EMAILS[2]]
     assert main(["messages", "mc-3", "--callback", "opened"]) == 2
-    assert "callback: one of delivered" in capsys.readouterr().err
+    assert "error: --callback 'opened': give one of delivered" in capsys.readouterr().err
 
 
 def test_the_listed_callbacks_are_the_counters_callbacks_move() -> None:
