@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -252,56 +251,77 @@ class ProviderLimiter:
 # The set itself expires SLOTS_KEY_SECONDS after a slot was last taken, renewed, parked
 # or taken back (a deleted provider's set goes): a session that keeps its slot for hours
 # (a slow pace, batch after batch in one process) never finds it gone under it.
+# Expiries are on Redis's clock (as the batch leases'), never a worker's: a worker whose
+# clock ran minutes ahead took every other worker's slot for expired (more connections
+# than max_connections), and one behind had its own taken from under its session.
 SLOTS_KEY_SECONDS = 3600
-_ACQUIRE = f"""
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+"""
+# ARGV: the TTL (s), max_connections, the token, how long "wanted" lasts (ms).
+_ACQUIRE = (
+    _NOW
+    + f"""
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
   return 0
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
 return 1
 """
+)
 
 # A held slot renewed (1) or found gone (0: it expired, perhaps to another worker).
-_RENEW = f"""
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 0 then return 0 end
+# ARGV: the TTL (s), the token.
+_RENEW = (
+    _NOW
+    + f"""
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
 return 1
 """
+)
 SLOT_POLL_SECONDS = 0.2
 WANTED_MS = 3 * int(SLOT_POLL_SECONDS * 1000)
 
-# A slot whose sender is done, kept for the session's next batch with a short expiry
-# (ARGV[1]), unless someone waits for a slot or it has expired meanwhile: then it is
-# given up (0).
-_PARK = f"""
-local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-if redis.call('EXISTS', KEYS[2]) == 1 or not score
-    or tonumber(score) <= tonumber(ARGV[2]) then
-  redis.call('ZREM', KEYS[1], ARGV[3])
+# A slot whose sender is done, kept for the session's next batch for a short while
+# (ARGV[1] s), unless someone waits for a slot or it has expired meanwhile: then it is
+# given up (0). ARGV[2]: the token.
+_PARK = (
+    _NOW
+    + f"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 or not score or tonumber(score) <= now then
+  redis.call('ZREM', KEYS[1], ARGV[2])
   return 0
 end
-redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
 return 1
 """
+)
 
 # A kept session's slot taken back for a new batch: only if it has not expired meanwhile
 # (another worker may hold it now) and nobody waits for a slot (the batch then queues for
 # one like everybody else); otherwise it is given up and the session must go.
-_RETAKE = f"""
-local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-if redis.call('EXISTS', KEYS[2]) == 0 and score
-    and tonumber(score) > tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3])
+# ARGV: the TTL (s), the token.
+_RETAKE = (
+    _NOW
+    + f"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 0 and score and tonumber(score) > now then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
   redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
   return 1
 end
-redis.call('ZREM', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[2])
 return 0
 """
+)
 
 
 class ConnectionSlots:
@@ -317,11 +337,9 @@ class ConnectionSlots:
 
     async def acquire(self, token: str) -> bool:
         """Take a slot for ``token`` if one is free."""
-        now = time.time()
         taken = await self.client.eval(
-            _ACQUIRE, 2, self.key, self.wanted_key, now, now + self.ttl, self.limit, token,
-            WANTED_MS,
-        )  # fmt: skip
+            _ACQUIRE, 2, self.key, self.wanted_key, self.ttl, self.limit, token, WANTED_MS
+        )
         return bool(taken)
 
     async def hold(self, token: str, stop: Callable[[], bool]) -> bool:
@@ -340,7 +358,7 @@ class ConnectionSlots:
         while True:
             await asyncio.sleep(self.ttl / 3)
             try:
-                held = await self.client.eval(_RENEW, 1, self.key, time.time() + self.ttl, token)
+                held = await self.client.eval(_RENEW, 1, self.key, self.ttl, token)
             except redis.RedisError as exc:
                 log.warning("connection slot %s: renewal failed (%s); trying again", token, exc)
                 continue
@@ -354,17 +372,11 @@ class ConnectionSlots:
         """Keep the slot of an idle session for ``seconds`` more (no renewal: it frees
         itself if the session is not used or closed by then); False, and the slot is
         given up, when another sender waits for one or it had expired."""
-        now = time.time()
-        kept = await self.client.eval(
-            _PARK, 2, self.key, self.wanted_key, now + seconds, now, token
-        )
+        kept = await self.client.eval(_PARK, 2, self.key, self.wanted_key, seconds, token)
         return bool(kept)
 
     async def retake(self, token: str) -> bool:
         """Hold a parked slot again (as :meth:`acquire` does); False, and the slot is
         given up, when it expired or another sender waits for one."""
-        now = time.time()
-        taken = await self.client.eval(
-            _RETAKE, 2, self.key, self.wanted_key, now, now + self.ttl, token
-        )
+        taken = await self.client.eval(_RETAKE, 2, self.key, self.wanted_key, self.ttl, token)
         return bool(taken)
