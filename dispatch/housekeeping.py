@@ -15,12 +15,15 @@ longest retry wait, since its tasks may be waiting behind other campaigns' batch
 Either way never before the latest time a batch of it parked itself for a retry. But a
 campaign that was running when Redis restarted or failed over (its run_id changed) has
 lost the tasks its workers held whatever else runs: it waits two lease TTLs, once.
+
+Quiet is measured on Redis's clock, the one the ledger writes ``progress_at`` by: a beat
+host whose clock ran minutes behind left a dead worker's campaign stalled for as long
+again, and one ahead restarted campaigns whose batches had written a moment before.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import redis
 from redis.asyncio.client import Pipeline
@@ -42,7 +45,7 @@ def sweep(
     """One pass; returns the campaigns it ``finished``, ``restarted``, ``resumed`` (their
     own daily quota starts again) and ``paused`` (the reputation guard,
     dispatch.reputation)."""
-    now = time.time() if now is None else now
+    now = redis_now(r) if now is None else now
     settings = get_settings()
     quick = settings.lease_ttl_ms / 1000 * 2
     stall = max(settings.retry_max_seconds * 2, quick)
@@ -104,6 +107,12 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+def redis_now(r: redis.Redis) -> float:
+    """Redis's clock (the Unix time of its host), as the ledger's scripts read it."""
+    seconds, micros = r.time()
+    return float(seconds) + micros / 1e6
 
 
 def _resume_due(

@@ -10,9 +10,12 @@ import time
 import pytest
 import redis
 
-from dispatch import store
+from dispatch import housekeeping, store
 from dispatch.limits import ConnectionSlots
+from dispatch.settings import get_settings
 from providers.config import parse_provider_config
+from tests.helpers import create_held, recipients, smtp_provider
+from tests.smtp_server import SmtpTestServer
 
 SKEW = 300.0  # seconds: a host whose clock is five minutes off
 
@@ -58,3 +61,35 @@ def test_a_connection_slot_holds_whatever_the_clocks_of_the_workers_say(
 
     assert asyncio.run(go()) == (True, True, True, False)
     assert redis_client.zrange(f"{store.PREFIX}:connections:skewed", 0, -1) == ["holder"]
+
+
+@pytest.mark.parametrize("skew", [-600.0, 1800.0], ids=["behind", "ahead"])
+def test_housekeeping_judges_a_quiet_campaign_by_redis_clock_not_beats(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """The ledger notes a campaign's progress on Redis's clock; beat's host runs ten
+    minutes behind, or half an hour ahead. A campaign quiet for three lease TTLs with
+    nothing running is restarted all the same (behind, it was left stalled for ten
+    minutes more); one that wrote a moment ago, another batch task waiting in the
+    queue, is left alone (ahead, it was restarted: all its batches enqueued again)."""
+    quick = get_settings().lease_ttl_ms / 1000 * 2
+    with SmtpTestServer() as smtp:
+        smtp_provider(redis_client, smtp.port)
+        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
+        cid, _ = create_held(redis_client, body)
+        seconds, micros = redis_client.time()
+        redis_now = seconds + micros / 1e6
+        quiet = quick * 1.5 if skew < 0 else 1.0
+        redis_client.hset(
+            store.campaign_key(cid),
+            mapping={"started_at": redis_now - 10 * quick, "progress_at": redis_now - quiet},
+        )
+        if skew > 0:  # (a queue of the test's own: the session's worker takes the real one's)
+            monkeypatch.setattr(store, "SENDS_QUEUE", f"{store.PREFIX}:test:sends")
+            redis_client.lpush(store.SENDS_QUEUE, "another campaign's batch")
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + skew)
+        restarted = housekeeping.sweep(redis_client, lambda c, b: None)["restarted"]
+        monkeypatch.setattr(time, "time", real)
+        redis_client.delete(store.SENDS_QUEUE)
+    assert restarted == ([cid] if skew < 0 else [])
