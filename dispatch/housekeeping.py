@@ -24,6 +24,7 @@ again, and one ahead restarted campaigns whose batches had written a moment befo
 from __future__ import annotations
 
 import math
+import time
 
 import redis
 from redis.asyncio.client import Pipeline
@@ -244,14 +245,18 @@ def _nothing_runs_or_waits(r: redis.Redis) -> bool:
 
 
 # A batch that parks itself for a retry notes until when (the latest of its campaign's):
-# its task waits in a worker meanwhile, and the campaign is quiet but not stalled.
+# its task waits in a worker meanwhile, and the campaign is quiet but not stalled. On
+# Redis's clock, as the sweep reads it: ARGV[1] is how many seconds from now.
 _PARKED = """
-if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0') then
-  redis.call('HSET', KEYS[1], 'parked_until', ARGV[1])
+local t = redis.call('TIME')
+local parked = tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[1])
+if parked > tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0') then
+  redis.call('HSET', KEYS[1], 'parked_until', string.format('%.3f', parked))
 end
 """
 
 
 def note_parked(pipe: Pipeline, campaign_id: str, until: float) -> None:
-    """Adds to ``pipe``: the campaign has a batch parked until ``until``."""
-    pipe.eval(_PARKED, 1, store.campaign_key(campaign_id), repr(until))
+    """Adds to ``pipe``: the campaign has a batch parked until ``until`` (this host's
+    clock: the wait from now is what is noted, on Redis's)."""
+    pipe.eval(_PARKED, 1, store.campaign_key(campaign_id), repr(until - time.time()))

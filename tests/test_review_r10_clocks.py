@@ -15,7 +15,6 @@ from dispatch.limits import ConnectionSlots
 from dispatch.settings import get_settings
 from providers.config import parse_provider_config
 from tests.helpers import create_held, recipients, smtp_provider
-from tests.smtp_server import SmtpTestServer
 
 SKEW = 300.0  # seconds: a host whose clock is five minutes off
 
@@ -63,6 +62,26 @@ def test_a_connection_slot_holds_whatever_the_clocks_of_the_workers_say(
     assert redis_client.zrange(f"{store.PREFIX}:connections:skewed", 0, -1) == ["holder"]
 
 
+def _running(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch, started_ago: float, progress_ago: float
+) -> tuple[str, float]:
+    """A running campaign (its tasks lost: none runs) started and last progressed so many
+    seconds ago on Redis's clock; the id and Redis's time. The sweep looks at a sends
+    queue of the test's own (empty: nothing waits), not the real one, which other tests'
+    tasks may fill."""
+    smtp_provider(r, 9)  # (nothing is sent)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
+    cid, _ = create_held(r, body)
+    seconds, micros = r.time()
+    now = seconds + micros / 1e6
+    r.hset(
+        store.campaign_key(cid),
+        mapping={"started_at": now - started_ago, "progress_at": now - progress_ago},
+    )
+    monkeypatch.setattr(store, "SENDS_QUEUE", f"{store.PREFIX}:test:sends")
+    return cid, now
+
+
 @pytest.mark.parametrize("skew", [-600.0, 1800.0], ids=["behind", "ahead"])
 def test_housekeeping_judges_a_quiet_campaign_by_redis_clock_not_beats(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, skew: float
@@ -73,23 +92,33 @@ def test_housekeeping_judges_a_quiet_campaign_by_redis_clock_not_beats(
     minutes more); one that wrote a moment ago, another batch task waiting in the
     queue, is left alone (ahead, it was restarted: all its batches enqueued again)."""
     quick = get_settings().lease_ttl_ms / 1000 * 2
-    with SmtpTestServer() as smtp:
-        smtp_provider(redis_client, smtp.port)
-        body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(5)}
-        cid, _ = create_held(redis_client, body)
-        seconds, micros = redis_client.time()
-        redis_now = seconds + micros / 1e6
-        quiet = quick * 1.5 if skew < 0 else 1.0
-        redis_client.hset(
-            store.campaign_key(cid),
-            mapping={"started_at": redis_now - 10 * quick, "progress_at": redis_now - quiet},
-        )
-        if skew > 0:  # (a queue of the test's own: the session's worker takes the real one's)
-            monkeypatch.setattr(store, "SENDS_QUEUE", f"{store.PREFIX}:test:sends")
-            redis_client.lpush(store.SENDS_QUEUE, "another campaign's batch")
-        real = time.time
-        monkeypatch.setattr(time, "time", lambda: real() + skew)
-        restarted = housekeeping.sweep(redis_client, lambda c, b: None)["restarted"]
-        monkeypatch.setattr(time, "time", real)
-        redis_client.delete(store.SENDS_QUEUE)
+    quiet = quick * 1.5 if skew < 0 else 1.0
+    cid, _ = _running(redis_client, monkeypatch, 10 * quick, quiet)
+    if skew > 0:
+        redis_client.lpush(store.SENDS_QUEUE, "another campaign's batch")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    restarted = housekeeping.sweep(redis_client, lambda c, b: None)["restarted"]
+    monkeypatch.setattr(time, "time", real)
+    redis_client.delete(store.SENDS_QUEUE)
     assert restarted == ([cid] if skew < 0 else [])
+
+
+def test_a_batch_parked_by_a_worker_whose_clock_runs_ahead_does_not_hide_a_stall(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker half an hour ahead parks a batch for a retry in 5 s; the campaign is
+    then quiet for three lease TTLs with nothing running. It is restarted: its
+    ``parked_until`` noted that worker's clock, half an hour into the sweep's future, and
+    the campaign stayed stalled that long."""
+    quick = get_settings().lease_ttl_ms / 1000 * 2
+    cid, redis_now = _running(redis_client, monkeypatch, quick, quick)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 1800)
+    pipe = redis_client.pipeline()
+    housekeeping.note_parked(pipe, cid, time.time() + 5)
+    pipe.execute()
+    monkeypatch.setattr(time, "time", real)
+    later = redis_now + 5 + 3 * quick
+    restarted = housekeeping.sweep(redis_client, lambda c, b: None, now=later)["restarted"]
+    assert restarted == [cid]
