@@ -15,6 +15,10 @@ longest retry wait, since its tasks may be waiting behind other campaigns' batch
 Either way never before the latest time a batch of it parked itself for a retry. But a
 campaign that was running when Redis restarted or failed over (its run_id changed) has
 lost the tasks its workers held whatever else runs: it waits two lease TTLs, once.
+
+Quiet is measured on Redis's clock, the one the ledger writes ``progress_at`` by: a beat
+host whose clock ran minutes behind left a dead worker's campaign stalled for as long
+again, and one ahead restarted campaigns whose batches had written a moment before.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def sweep(
     """One pass; returns the campaigns it ``finished``, ``restarted``, ``resumed`` (their
     own daily quota starts again) and ``paused`` (the reputation guard,
     dispatch.reputation)."""
-    now = time.time() if now is None else now
+    now = redis_now(r) if now is None else now
     settings = get_settings()
     quick = settings.lease_ttl_ms / 1000 * 2
     stall = max(settings.retry_max_seconds * 2, quick)
@@ -104,6 +108,12 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
+
+
+def redis_now(r: redis.Redis) -> float:
+    """Redis's clock (the Unix time of its host), as the ledger's scripts read it."""
+    seconds, micros = r.time()
+    return float(seconds) + micros / 1e6
 
 
 def _resume_due(
@@ -235,14 +245,18 @@ def _nothing_runs_or_waits(r: redis.Redis) -> bool:
 
 
 # A batch that parks itself for a retry notes until when (the latest of its campaign's):
-# its task waits in a worker meanwhile, and the campaign is quiet but not stalled.
+# its task waits in a worker meanwhile, and the campaign is quiet but not stalled. On
+# Redis's clock, as the sweep reads it: ARGV[1] is how many seconds from now.
 _PARKED = """
-if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0') then
-  redis.call('HSET', KEYS[1], 'parked_until', ARGV[1])
+local t = redis.call('TIME')
+local parked = tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[1])
+if parked > tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0') then
+  redis.call('HSET', KEYS[1], 'parked_until', string.format('%.3f', parked))
 end
 """
 
 
 def note_parked(pipe: Pipeline, campaign_id: str, until: float) -> None:
-    """Adds to ``pipe``: the campaign has a batch parked until ``until``."""
-    pipe.eval(_PARKED, 1, store.campaign_key(campaign_id), repr(until))
+    """Adds to ``pipe``: the campaign has a batch parked until ``until`` (this host's
+    clock: the wait from now is what is noted, on Redis's)."""
+    pipe.eval(_PARKED, 1, store.campaign_key(campaign_id), repr(until - time.time()))
