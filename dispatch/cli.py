@@ -613,6 +613,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         store.sync_client(), get_settings().worker_canary_seconds, host=args.host
     )
     print(health.message, file=sys.stdout if health.ok else sys.stderr)
+    for warning in health.warnings:  # (a warning: a restart would not mend a clock)
+        print(f"warning: {warning}", file=sys.stderr)
     return 0 if health.ok else 1
 
 

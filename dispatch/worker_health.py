@@ -114,10 +114,38 @@ def start_canary(hostname: str, interval: float) -> threading.Thread:
     return thread
 
 
+# A host whose clock differs from Redis's by more than this is named by the health check:
+# leases, pace, connection slots and housekeeping read Redis's clock, but a batch's check
+# of expires_at, the quotas' UTC day and retry times read the host's (README: keep the
+# clocks synchronised with NTP).
+CLOCK_SKEW_WARNING_SECONDS = 2.0
+
+
 @dataclass(frozen=True)
 class Health:
     ok: bool
     message: str
+    warnings: tuple[str, ...] = ()
+
+
+def clock_skew(r: redis.Redis) -> float:
+    """Seconds this host's clock is ahead of Redis's (negative: behind), within the
+    round trip's time."""
+    before = time.time()
+    seconds, micros = r.time()
+    after = time.time()
+    return (before + after) / 2 - (float(seconds) + micros / 1e6)
+
+
+def _clock_warnings(r: redis.Redis) -> tuple[str, ...]:
+    skew = clock_skew(r)
+    if abs(skew) <= CLOCK_SKEW_WARNING_SECONDS:
+        return ()
+    side = "ahead of" if skew > 0 else "behind"
+    return (
+        f"this host's clock is {abs(skew):.1f} s {side} Redis's: a batch's expires_at, "
+        "the daily quotas' UTC day and retry times read it; synchronise it (NTP)",
+    )
 
 
 def check(r: redis.Redis, interval: float, host: str | None = None) -> Health:
@@ -125,6 +153,7 @@ def check(r: redis.Redis, interval: float, host: str | None = None) -> Health:
     (a worker of this machine whose process is gone is left out)."""
     this_host = socket.gethostname()
     host = host or this_host
+    warnings = _clock_warnings(r)
     now = time.time()
     ages: dict[str, float] = {}
     gone: list[str] = []
@@ -141,10 +170,10 @@ def check(r: redis.Redis, interval: float, host: str | None = None) -> Health:
             ages[name] = age
     if not ages:
         ended = f" ({', '.join(sorted(gone))} ended without its shutdown)" if gone else ""
-        return Health(False, f"no worker of host {host} has taken a task yet{ended}")
+        return Health(False, f"no worker of host {host} has taken a task yet{ended}", warnings)
     limit = interval * STALE_INTERVALS
     stale = {name: age for name, age in ages.items() if age > limit}
     if stale:
         listed = ", ".join(f"{name} {age:.0f} s ago" for name, age in sorted(stale.items()))
-        return Health(False, f"not taking tasks (last one {listed}; limit {limit:.0f} s)")
-    return Health(True, f"{len(ages)} worker(s) of {host} taking tasks")
+        return Health(False, f"not taking tasks (last one {listed}; limit {limit:.0f} s)", warnings)
+    return Health(True, f"{len(ages)} worker(s) of {host} taking tasks", warnings)
