@@ -494,7 +494,15 @@ async def _read_bounded(
         async with asyncio.timeout(seconds):
             async for chunk in response.aiter_raw():
                 if decoder is not None:
-                    chunk = decoder.decompress(chunk, limit - size)
+                    try:
+                        chunk = decoder.decompress(chunk, limit - size)
+                    except zlib.error:
+                        if coding != "deflate" or chunks:
+                            raise
+                        # Raw deflate, without zlib's header: what some servers send as
+                        # "deflate" (httpx read it so too).
+                        decoder = zlib.decompressobj(-15)
+                        chunk = decoder.decompress(chunk, limit - size)
                 chunks.append(chunk)
                 size += len(chunk)
                 if size >= limit:

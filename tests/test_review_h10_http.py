@@ -125,10 +125,14 @@ async def test_a_compressed_refusal_is_decoded_within_the_read_bound() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate"])
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "raw deflate"])
 async def test_a_compressed_refusal_is_still_quoted(encoding: str) -> None:
+    """Also "deflate" without zlib's header, as some servers send it (review Q10)."""
     text = b'{"error": "recipient domain not verified"}'
     payload = gzip.compress(text) if "gzip" in encoding else zlib.compress(text)
+    if encoding == "raw deflate":
+        packer = zlib.compressobj(wbits=-15)
+        payload, encoding = packer.compress(text) + packer.flush(), "deflate"
     serve = answer(b"422 No", payload, b"Content-Encoding: " + encoding.encode())
     outcome = await outcome_of(serve)
     assert outcome.status is OutcomeStatus.FAILED
