@@ -33,12 +33,12 @@ from tests.callback_support import (
 from tests.helpers import http_provider
 from tests.http_sink import HttpSink
 from tests.smtp_server import Received, SmtpTestServer
-from tests.test_callback_gateway import settle, signer, sns_headers, sns_settings
+from tests.test_callback_gateway import settle, sns_headers
 from tests.test_callbacks_ses import Signer, notification
 from tests.worker import WorkerProcess, wait_for
 
-pytestmark = pytest.mark.integration
-__all__ = ["signer", "sns_settings"]  # fixtures: SNS envelopes signed and verified
+# signer and sns_settings (conftest): SNS envelopes signed and verified.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("sns_settings")]
 
 SUCCESS = {"status": "success", "message": "Callback processed successfully"}
 META = "X-CleverTap_META"
