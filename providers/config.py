@@ -36,6 +36,10 @@ NICKNAME_PATTERN = r"^[a-z0-9-]{1,64}$"
 FIELD_PROBLEMS: Final = "field_problems"
 DEFAULT_MAX_CONNECTIONS = 4
 DEFAULT_RATE_PER_SECOND = 0.0  # 0: no pacing beyond the connection limit
+# The slowest pace: one message a day. A slower one reserves sends years ahead (a rate of
+# 1e-300 made the pace script's expiry overflow: a 500 on the test email, every batch
+# failing); a daily limit is daily_quota's.
+MIN_RATE_PER_SECOND: Final = 1 / 86400
 DEFAULT_SMTP_TIMEOUT = 30.0
 DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
@@ -202,6 +206,17 @@ class ProviderBase(BaseModel):
             raise ValueError(f"{field or 'body'}: {LONE_SURROGATE_PROBLEM}{where}")
         return data
 
+    @field_validator("rate_per_second")
+    @classmethod
+    def _rate(cls, value: float, info: ValidationInfo) -> float:
+        """Checked on save: 0 (no pacing) or at least :data:`MIN_RATE_PER_SECOND`."""
+        if 0 < value < MIN_RATE_PER_SECOND and _given(info):
+            raise ValueError(
+                f"{value!r} messages a second is slower than one a day ({MIN_RATE_PER_SECOND:.7f}):"
+                " give 0 for no pacing, or daily_quota to limit the messages of a day"
+            )
+        return value
+
     @field_validator("tls_ca")
     @classmethod
     def _tls_ca(cls, value: str, info: ValidationInfo) -> str:
@@ -262,7 +277,7 @@ _HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # The SMTP endpoints of SES (email-smtp[-fips].<region>.amazonaws.com, and VPC endpoints
 # whose names hold that label); amazonaws.com has other endpoints (the SES API's
 # email.<region>.amazonaws.com) that take no SMTP.
-_SES_SMTP_HOST = re.compile(r"(.+\.)?email-smtp(-fips)?\..+\.amazonaws\.com\.?", re.I)
+_SES_SMTP_HOST = re.compile(r"(.+\.)?email-smtp(-fips)?\.(?P<region>.+)\.amazonaws\.com\.?", re.I)
 # A Google app password as its dialog shows it (and copies it): 16 letters in fours.
 _SPACED_APP_PASSWORD = re.compile("[a-z]{4}([ \u00a0][a-z]{4}){3}")
 
@@ -452,6 +467,16 @@ class SesConfig(SmtpFamilyBase):
 
     def warnings(self) -> list[str]:
         warnings = super().warnings()
+        found = _SES_SMTP_HOST.fullmatch(self.host.lower().rstrip("."))
+        host_region = found.group("region") if found else ""
+        if host_region and host_region != self.region and "." not in host_region:
+            # Reference §4: SMTP credentials are region-specific; host wins over region.
+            warnings.append(
+                f"host {self.host!r} is SES's endpoint in {host_region}, but region is "
+                f"{self.region}: messages go to {host_region} (host wins), whose SMTP "
+                "credentials, verified identities and quotas are its own; leave host empty "
+                "to send through region's endpoint, or set region to match"
+            )
         if not self.sns_topic_arns:
             warnings.append(
                 "sns_topic_arns is empty: every SNS callback is refused (no bounce, complaint "
@@ -511,6 +536,20 @@ class GmailConfig(SmtpFamilyBase):
     daily_quota: int | None = Field(default=2000, ge=1, le=MAX_COUNT, strict=True)
     daily_recipient_quota: int | None = Field(default=10000, ge=1, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
+
+    def warnings(self) -> list[str]:
+        warnings = super().warnings()
+        if self.username and self.effective_host == self.default_host:
+            try:
+                normalize_address(self.username)
+            except ValueError:
+                # DESIGN §2, reference §3: the login is the full address (seed 001).
+                warnings.append(
+                    f"username {self.username!r} is not an email address: Gmail's login is "
+                    "the account's full address (name@gmail.com or name@your-domain): the "
+                    "session would be refused"
+                )
+        return warnings
 
     @field_validator("password")
     @classmethod
