@@ -344,6 +344,10 @@ class SmtpFamilyBase(ProviderBase):
     def effective_host(self) -> str:
         return self.host or self.default_host
 
+    def service_starttls_ports(self) -> tuple[int, ...]:
+        """The ports known to speak plain SMTP upgraded with STARTTLS at the host."""
+        return self.starttls_ports
+
     @property
     def effective_port(self) -> int:
         if self.port:
@@ -370,7 +374,7 @@ class SmtpFamilyBase(ProviderBase):
         if not _given(info):
             return self
         rule = "RFC 8314" if port in (SMTPS_PORT, *STARTTLS_PORTS) else f"{self.service}'s port"
-        if security == "tls" and port in self.starttls_ports:
+        if security == "tls" and port in self.service_starttls_ports():
             raise ValueError(
                 f"security: 'tls' (SMTPS: TLS from connect) on port {port}, which "
                 f"speaks plain SMTP upgraded with STARTTLS ({rule}): the TLS handshake "
@@ -497,6 +501,13 @@ class SendgridConfig(SmtpFamilyBase):
     webhook_public_key: str = ""
     # SendGrid's documented limit (reference §2.6): 100 messages per connection.
     max_messages_per_connection: int = Field(default=100, ge=0, le=MAX_COUNT, strict=True)
+
+    def service_starttls_ports(self) -> tuple[int, ...]:
+        """Reference §2.6: smtp.sendgrid.net speaks plain SMTP and STARTTLS on 2525 too
+        (only there: 2525 is a common port of a local test server)."""
+        if self.effective_host.lower().rstrip(".") == self.default_host:
+            return (*self.starttls_ports, 2525)
+        return self.starttls_ports
 
     def warnings(self) -> list[str]:
         warnings = super().warnings()

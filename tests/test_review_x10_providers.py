@@ -70,3 +70,23 @@ def test_an_ses_host_of_another_region_than_region_is_warned_about(
         for host in ("email-smtp.eu-west-1.amazonaws.com", "", "127.0.0.1"):
             view = api.put("/v1/providers/ses", json={**body, "host": host}).json()
             assert view["warnings"] == [], (host, view["warnings"])
+
+
+def test_sendgrid_tls_on_its_port_2525_is_refused_naming_security(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """smtp.sendgrid.net speaks plain SMTP and STARTTLS on 2525 (reference §2.6): TLS from
+    connect there fails at every connect, as on 587. A local server on 2525 may speak it."""
+    body = {"kind": "sendgrid", "password": "SG.k", "from_address": "deals@acme.example"}
+    with api_client(api_server) as api:
+        refused = api.put("/v1/providers/sg", json={**body, "port": 2525, "security": "tls"})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["field"] == "security" and "2525" in refused.json()["detail"]
+        saved = api.put("/v1/providers/sg", json={**body, "port": 2525}).json()
+        assert saved["connects_to"] == {
+            "host": "smtp.sendgrid.net",
+            "port": 2525,
+            "security": "starttls",
+        }
+        local = {**body, "host": "127.0.0.1", "port": 2525, "security": "tls"}
+        assert api.put("/v1/providers/sg-local", json=local).status_code == 201
