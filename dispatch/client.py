@@ -164,6 +164,17 @@ def _raise_for(response: httpx.Response) -> None:
     raise error(code, detail or response.reason_phrase, field, errors)
 
 
+def _names_missing(response: httpx.Response) -> bool:
+    """Whether ``response`` is the API's 404 for a resource it names (not a route)."""
+    if response.status_code != 404:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and bool(body.get("field"))
+
+
 def _problems(listed: Any) -> list[FieldProblem]:
     """The ``errors`` of an error answer (those of another shape, a proxy's, left out)."""
     if not isinstance(listed, list):
@@ -237,9 +248,29 @@ def _unwritable(value: Any, exc: orjson.JSONEncodeError) -> tuple[str, str]:
     return ".".join(path) or "body", str(exc)
 
 
+def _segment(value: str, what: str, safe: str = "") -> str:
+    """``value`` as one path segment, whatever it holds: a ``/``, ``?`` or ``#`` would
+    make the request another route's or another resource's (``delete_provider("p1?x")``
+    deleted ``p1``, ``"../suppressions/ann@example.com"`` an entry), and a segment of
+    dots alone is resolved away by httpx (``%2E``: the server reads ``..`` and says it
+    has no such resource). Raises ``ValueError`` naming ``what`` when it is empty."""
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    quoted = quote(value, safe=safe)
+    return quoted.replace(".", "%2E") if not quoted.strip(".") else quoted
+
+
 def _address_path(collection: str, email: str) -> str:
     """``/v1/<collection>/<email>``: an address may hold a ``/`` (sent as ``%2F``)."""
-    return f"/v1/{collection}/{quote(email, safe='@')}"
+    return f"/v1/{collection}/{_segment(email, 'email', safe='@')}"
+
+
+def _provider_path(nickname: str, *rest: str) -> str:
+    return "/".join(("/v1/providers", _segment(nickname, "nickname"), *rest))
+
+
+def _campaign_path(campaign_id: str, *rest: str) -> str:
+    return "/".join(("/v1/campaigns", _segment(campaign_id, "campaign_id"), *rest))
 
 
 def _params(**values: Any) -> dict[str, Any]:
@@ -302,6 +333,7 @@ class DispatchClient:
         headers = {**self._headers, **kwargs.pop("headers", {})}
         url = self._base + path
         attempt = 0
+        arrived = False  # a previous attempt may have been applied
         while True:
             response: httpx.Response | None = None
             try:
@@ -310,12 +342,14 @@ class DispatchClient:
                 failure: Exception = exc  # never reached the server: safe to send again
                 again = "content" not in kwargs or isinstance(kwargs["content"], bytes)
             except httpx.TransportError as exc:
-                failure, again = exc, idempotent
+                failure, again, arrived = exc, idempotent, True
             else:
                 if response.status_code not in UNAVAILABLE_STATUSES:
-                    _raise_for(response)
+                    if not (method == "DELETE" and arrived and _names_missing(response)):
+                        _raise_for(response)  # (else the first attempt deleted it)
                     return response
                 failure, again = Exception(response.reason_phrase), idempotent
+                arrived |= response.status_code != 503  # a 503 is the API's: nothing done
             if not again or attempt >= self._retries:
                 self._give_up(method, url, failure, response, again)
             time.sleep(_retry_wait(attempt, response))
@@ -346,18 +380,18 @@ class DispatchClient:
 
     def put_provider(self, nickname: str, config: Mapping[str, Any]) -> ProviderView:
         """Create or replace a provider; raises :class:`InvalidRequest` naming the field."""
-        return self._model(ProviderView, "PUT", f"/v1/providers/{nickname}", json=dict(config))
+        return self._model(ProviderView, "PUT", _provider_path(nickname), json=dict(config))
 
     def get_provider(self, nickname: str) -> ProviderView:
         """Raises :class:`NotFound`."""
-        return self._model(ProviderView, "GET", f"/v1/providers/{nickname}")
+        return self._model(ProviderView, "GET", _provider_path(nickname))
 
     def list_providers(self) -> list[ProviderView]:
         return self._model(ProviderList, "GET", "/v1/providers").items
 
     def delete_provider(self, nickname: str) -> None:
         """Raises :class:`NotFound`."""
-        self._request("DELETE", f"/v1/providers/{nickname}")
+        self._request("DELETE", _provider_path(nickname))
 
     def test_provider(
         self,
@@ -374,7 +408,7 @@ class DispatchClient:
         body: dict[str, Any] = {"to": to, "vars": dict(vars or {})}
         if allow_suppressed:
             body["allow_suppressed"] = True
-        return self._model(TestEmailResult, "POST", f"/v1/providers/{nickname}/test", json=body)
+        return self._model(TestEmailResult, "POST", _provider_path(nickname, "test"), json=body)
 
     # -- campaigns ---------------------------------------------------------------------
 
@@ -408,7 +442,7 @@ class DispatchClient:
             result = self._model(
                 AppendResult,
                 "POST",
-                f"/v1/campaigns/{campaign_id}/recipients",
+                _campaign_path(campaign_id, "recipients"),
                 content=lines,
                 headers={"Content-Type": "application/x-ndjson"},
             )
@@ -429,7 +463,7 @@ class DispatchClient:
 
     def get_campaign(self, campaign_id: str) -> CampaignSummary:
         """Raises :class:`NotFound`."""
-        return self._model(CampaignSummary, "GET", f"/v1/campaigns/{campaign_id}")
+        return self._model(CampaignSummary, "GET", _campaign_path(campaign_id))
 
     def list_campaigns(
         self, *, status: str | None = None, cursor: str | None = None, limit: int = 50
@@ -448,7 +482,7 @@ class DispatchClient:
         )
 
     def _operation(self, campaign_id: str, name: str, *, idempotent: bool) -> CampaignSummary:
-        path = f"/v1/campaigns/{campaign_id}/{name}"
+        path = _campaign_path(campaign_id, name)
         return self._model(CampaignSummary, "POST", path, idempotent=idempotent)
 
     def start_campaign(self, campaign_id: str) -> CampaignSummary:
@@ -469,7 +503,7 @@ class DispatchClient:
         return self._operation(campaign_id, "cancel", idempotent=True)
 
     def retry_failed(self, campaign_id: str) -> RetryResult:
-        return self._model(RetryResult, "POST", f"/v1/campaigns/{campaign_id}/retry-failed")
+        return self._model(RetryResult, "POST", _campaign_path(campaign_id, "retry-failed"))
 
     def test_campaign(
         self,
@@ -493,7 +527,7 @@ class DispatchClient:
             body["vars"] = dict(vars)
         if allow_suppressed:
             body["allow_suppressed"] = True
-        return self._model(TestEmailResult, "POST", f"/v1/campaigns/{campaign_id}/test", json=body)
+        return self._model(TestEmailResult, "POST", _campaign_path(campaign_id, "test"), json=body)
 
     def messages(
         self,
@@ -510,7 +544,7 @@ class DispatchClient:
         ``hard_bounced``, ...) those a callback of that kind was counted for."""
         params = _params(limit=limit, status=status, cursor=cursor, email=email, callback=callback)
         return self._model(
-            MessagePage, "GET", f"/v1/campaigns/{campaign_id}/messages", params=params
+            MessagePage, "GET", _campaign_path(campaign_id, "messages"), params=params
         )
 
     def iter_messages(
@@ -609,7 +643,7 @@ class DispatchClient:
     def resolve_unsubscribe_token(self, token: str) -> UnsubscribeTokenView:
         """Whose a token (the ``token`` a custom center got) is, and their choices;
         :class:`NotFound` when this service did not issue it."""
-        path = f"/v1/unsubscribe-tokens/{quote(token, safe='')}"
+        path = f"/v1/unsubscribe-tokens/{_segment(token, 'token')}"
         return self._model(UnsubscribeTokenView, "GET", path)
 
 

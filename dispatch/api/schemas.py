@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch.models import CampaignStatus, MessageState
 
+MAX_SEQ = 2**63 - 1  # a recipient's position is a Redis list index: signed 64 bits
+
 
 class Answer(BaseModel):
     """A model the API answers with: it writes every field, so the OpenAPI document
@@ -90,7 +92,10 @@ class CampaignTestRequest(BaseModel):
 
     to: str = Field(min_length=3, max_length=320)
     seq: int | None = Field(
-        default=None, ge=0, description="The stored recipient whose message it is (default 0)"
+        default=None,
+        ge=0,
+        le=MAX_SEQ,
+        description="The stored recipient whose message it is (default 0)",
     )
     vars: dict[str, Any] | None = Field(
         default=None, description="A recipient's vars to render with, instead of a stored one's"
