@@ -13,7 +13,10 @@ against its cap, and Redis's memory and eviction policy are read as they are.
 A scrape's cost does not grow with every campaign ever sent: one pipeline of constant
 size, plus one ``HGET`` per campaign started and not yet found finished
 (``store.ACTIVE_ZSET``, which housekeeping keeps).
-Callback counts are kept by the API process itself (dispatch.callbacks).
+Callback counts are kept by the API process itself (dispatch.callbacks): each scrape
+gives every saved provider its refused-events series at 0 before it is written (an API
+started, or a provider saved, since the last scrape: the first refusal is an increase) and
+drops those of providers no longer saved.
 
 Every saved provider has every series of its own from the start, at 0: Prometheus's
 ``increase()`` sees nothing in a series' first sample, so one that appeared only with
@@ -34,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from dispatch import incidents, store, worker_health
+from dispatch.callbacks import CALLBACK_EVENTS
 from dispatch.models import CampaignStatus, MessageState
 from dispatch.send_stats import histograms
 from dispatch.settings import get_settings
@@ -75,6 +79,7 @@ class RedisStateCollector(Collector):
             yield _redis_up(False)
             return
         yield _redis_up(True)
+        _callback_series({str(p) for p in providers})
         yield from _sends({str(p) for p in providers}, stats, sends)
         yield from _incidents(found)
         yield from _workers(workers)
@@ -128,6 +133,22 @@ class RedisStateCollector(Collector):
         for i, queue in enumerate(store.CELERY_QUEUES):
             queues.add_metric([queue], float(sum(depths[i * per_queue : (i + 1) * per_queue])))
         yield queues
+
+
+def _callback_series(providers: set[str]) -> None:
+    """This process's ``dispatch_callback_events_total``: the ``invalid`` series of every
+    saved provider, at 0 until its first refusal, and none of a deleted one (the API
+    exports the service's figures before its own: see dispatch.api.app)."""
+    for provider in providers:
+        CALLBACK_EVENTS.labels(provider, "invalid")
+    for family in CALLBACK_EVENTS.collect():
+        gone = {
+            (s.labels["provider"], s.labels["type"])
+            for s in family.samples
+            if s.labels["provider"] not in providers
+        }
+        for labels in gone:
+            CALLBACK_EVENTS.remove(*labels)
 
 
 def _campaign_statuses(r: redis.Redis) -> dict[str, int]:

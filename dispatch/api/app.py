@@ -116,8 +116,10 @@ def create_app() -> FastAPI:
         """Prometheus metrics: this process's (callbacks) and the service's from Redis."""
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+        # The service's first: its collector sets up this process's callback series.
+        service = generate_latest(_SERVICE_METRICS)
         return Response(
-            generate_latest(REGISTRY) + generate_latest(_SERVICE_METRICS),
+            generate_latest(REGISTRY) + service,
             media_type=CONTENT_TYPE_LATEST,
         )
 
