@@ -277,6 +277,7 @@ _HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # The SMTP endpoints of SES (email-smtp[-fips].<region>.amazonaws.com, and VPC endpoints
 # whose names hold that label); amazonaws.com has other endpoints (the SES API's
 # email.<region>.amazonaws.com) that take no SMTP.
+SES_MAX_RECIPIENTS = 50  # recipients a message, To, Cc and Bcc (reference §4)
 _SES_SMTP_HOST = re.compile(r"(.+\.)?email-smtp(-fips)?\.(?P<region>.+)\.amazonaws\.com\.?", re.I)
 # A Google app password as its dialog shows it (and copies it): 16 letters in fours.
 _SPACED_APP_PASSWORD = re.compile("[a-z]{4}([ \u00a0][a-z]{4}){3}")
@@ -428,7 +429,9 @@ class SesConfig(SmtpFamilyBase):
 
     kind: Literal["ses"] = "ses"
     # Reference §4: 50 recipients a message (To, Cc and Bcc), not adjustable.
-    max_recipients_per_message: int = Field(default=50, ge=0, le=MAX_COUNT, strict=True)
+    max_recipients_per_message: int = Field(
+        default=SES_MAX_RECIPIENTS, ge=0, le=MAX_COUNT, strict=True
+    )
     service: ClassVar[str] = "Amazon SES"
     credentials: ClassVar[str] = (
         "the SMTP credentials made in the SES console (not IAM access keys)"
@@ -456,6 +459,23 @@ class SesConfig(SmtpFamilyBase):
             raise ValueError(
                 f"{value!r} is not an SES SMTP endpoint (email-smtp.<region>.amazonaws.com): "
                 "leave host empty for the one of region"
+            )
+        return value
+
+    @field_validator("max_recipients_per_message")
+    @classmethod
+    def _ses_recipients(cls, value: int, info: ValidationInfo) -> int:
+        """SES takes 50 recipients a message at most, not adjustable (reference §4): more,
+        or 0 (no limit), would let a campaign whose cc and bcc pass it be created, and
+        every one of its messages fail. Checked on save, against SES's own endpoints (a
+        local stand-in may take more)."""
+        host = str(info.data.get("host") or "").lower().rstrip(".")
+        ses = not host or _SES_SMTP_HOST.fullmatch(host)
+        if _given(info) and ses and not 0 < value <= SES_MAX_RECIPIENTS:
+            raise ValueError(
+                f"SES takes 1 to {SES_MAX_RECIPIENTS} recipients a message (To, Cc and Bcc; "
+                f"not adjustable): {value} {'(no limit) ' if not value else ''}would let "
+                "messages it refuses be built"
             )
         return value
 

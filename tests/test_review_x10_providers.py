@@ -90,3 +90,25 @@ def test_sendgrid_tls_on_its_port_2525_is_refused_naming_security(
         }
         local = {**body, "host": "127.0.0.1", "port": 2525, "security": "tls"}
         assert api.put("/v1/providers/sg-local", json=local).status_code == 201
+
+
+def test_ses_recipients_a_message_past_its_50_are_refused_naming_the_field(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """SES takes 50 recipients a message, not adjustable: 0 (no limit) or more let a
+    campaign whose cc and bcc pass 50 be created, and every message of it fail at SES.
+    A local stand-in for SES (a test server) may take more."""
+    body = {"kind": "ses", "region": "eu-west-1", "from_address": "deals@acme.example"}
+    with api_client(api_server) as api:
+        for limit in (0, 51, 100):
+            answer = api.put(
+                "/v1/providers/ses", json={**body, "max_recipients_per_message": limit}
+            )
+            assert answer.status_code == 422, answer.text
+            error = answer.json()
+            assert error["field"] == "max_recipients_per_message"
+            assert "SES takes 1 to 50 recipients a message" in error["detail"]
+        saved = api.put("/v1/providers/ses", json={**body, "max_recipients_per_message": 50})
+        assert saved.status_code in (200, 201), saved.text
+        local = {**body, "host": "127.0.0.1", "port": 2525, "max_recipients_per_message": 100}
+        assert api.put("/v1/providers/ses-local", json=local).status_code in (200, 201)
