@@ -619,7 +619,8 @@ class DispatchClient:
         return self._model(SuppressionPage, "GET", "/v1/suppressions", params=params)
 
     def iter_suppressions(self, page_size: int = 500) -> Iterator[SuppressionEntry]:
-        """Every suppressed address, page after page."""
+        """Every suppressed address, page after page (a scan: an entry present throughout
+        comes at least once, twice when entries are removed during the walk)."""
         return _walk(lambda cursor: self.list_suppressions(cursor=cursor, limit=page_size))
 
     # -- preferences (an address's categories) -------------------------------------------
