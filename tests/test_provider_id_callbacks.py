@@ -10,7 +10,6 @@ id), then the provider's callbacks through the real API, the real callback worke
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from typing import Any
@@ -36,9 +35,11 @@ from tests.callback_support import (
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.test_callbacks_ses import Signer, notification, ses_bounce
+from tests.test_reputation import small
 from tests.worker import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.usefixtures("sns_settings")
+__all__ = ["small"]  # a fixture: batches of 10, rates judged from 10 sent
 
 SES_IDS = {"ann@example.com": "0100019276a1b2c3-5f1e2d3c-aaaaaa-000000",
            "bo@example.com": "0100019276a1b2c3-5f1e2d3c-bbbbbb-000000"}  # fmt: skip
@@ -218,17 +219,6 @@ def test_the_ids_a_callback_id_may_be_kept_under() -> None:
     ]  # fmt: skip
     assert candidates("<Vb3n@geopod-ismtpd-12>") == ["<Vb3n@geopod-ismtpd-12>", "Vb3n"]
     assert candidates("0100019276a1b2c3-5f1e2d3c-000000") == ["0100019276a1b2c3-5f1e2d3c-000000"]
-
-
-@pytest.fixture
-def small(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Batches of 10, and bounce rates judged from 10 messages sent (not 1000)."""
-    monkeypatch.setenv("DISPATCH_BATCH_SIZE", "10")
-    monkeypatch.setenv("DISPATCH_PAUSE_MIN_SENT", "10")
-    get_settings.cache_clear()
-    yield
-    monkeypatch.undo()
-    get_settings.cache_clear()
 
 
 @pytest.mark.usefixtures("small")
