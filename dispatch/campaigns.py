@@ -214,12 +214,15 @@ return redis.call('HGET', KEYS[1], 'filled') or '0'
 
 # The start of a campaign posted with its list, unless it ended since it was stored (a
 # cancel landing in between stands: the filling finds it ended and stops). ARGV: the
-# active index's score and member, then the fields to set, name and value.
+# campaign id (the active index's member), then the fields to set, name and value.
+# started_at and filled_at are Redis's time, as housekeeping and a take-over read them.
 _START_FILLING = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur == 'cancelled' or cur == 'expired' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+local t = redis.call('TIME')
+local now = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+redis.call('HSET', KEYS[1], 'started_at', now, 'filled_at', t[1], unpack(ARGV, 2))
+redis.call('ZADD', KEYS[2], now, ARGV[1])
 return 1
 """
 
@@ -252,15 +255,13 @@ def _append_and_send(
         started = {
             "status": CampaignStatus.RUNNING.value,
             "send_date": now.strftime("%Y%m%d"),
-            "started_at": str(now.timestamp()),
             "batch_size": str(size),
             "appending": "1",
             "filled": "0",
-            "filled_at": str(int(now.timestamp())),
         }
         fields = [part for pair in started.items() for part in pair]
         keys = (key, store.ACTIVE_ZSET)
-        r.eval(_START_FILLING, len(keys), *keys, now.timestamp(), campaign_id, *fields)
+        r.eval(_START_FILLING, len(keys), *keys, campaign_id, *fields)
     else:
         appender.know_stored()
     stored = stored_count(r, campaign_id)
@@ -341,7 +342,9 @@ def _take_over_fill(campaign_id: str, r: redis.Redis) -> int | None:
 # (whose script refuses once the status left ``draft``), so every recipient stored is in
 # a batch. Read apart, an append landing between them stored recipients past the last
 # batch: never sent, the campaign ``running`` for ever. ARGV: the size of a batch (empty:
-# schedule for ARGV[2] instead), send_at's timestamp, the campaign id, send date, now.
+# schedule for ARGV[2] instead), send_at's timestamp, the campaign id, send date.
+# started_at is Redis's time, as housekeeping reads it (an API host's clock half an hour
+# ahead kept a campaign whose tasks were lost from restarting that long).
 # Returns {batches, ''}, or {-1, status} when the status does not allow it. The draft's
 # set of addresses goes with the draft: nothing appends once it has left (76 bytes a
 # recipient, kept until the purge otherwise).
@@ -356,10 +359,12 @@ if ARGV[1] == '' then
 end
 local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
 local batches = math.ceil(total / tonumber(ARGV[1]))
-redis.call('HSET', KEYS[1], 'status', 'running', 'send_date', ARGV[4], 'started_at', ARGV[5],
+local t = redis.call('TIME')
+local now = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+redis.call('HSET', KEYS[1], 'status', 'running', 'send_date', ARGV[4], 'started_at', now,
            'batches', batches, 'batch_size', ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
+redis.call('ZADD', KEYS[4], now, ARGV[3])
 return {batches, ''}
 """
 
@@ -411,7 +416,6 @@ def start_campaign(
         repr(content.send_at.timestamp()) if content.send_at is not None else "0",
         campaign_id,
         now.strftime("%Y%m%d"),
-        repr(now.timestamp()),
     )
     if int(batches) < 0:
         raise CampaignStateError(

@@ -27,6 +27,7 @@ import math
 import time
 
 import redis
+import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from dispatch import batch_enqueue, campaigns, incidents, lifecycle, reputation, store
@@ -254,6 +255,19 @@ if parked > tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0') then
   redis.call('HSET', KEYS[1], 'parked_until', string.format('%.3f', parked))
 end
 """
+
+
+# A batch that ends without writing (deferred for want of a connection, handed on) notes
+# its campaign alive, on Redis's clock as the ledger's writes do: a worker's clock half
+# an hour ahead kept a campaign whose tasks were then lost from restarting that long.
+_PROGRESS = """
+redis.call('HSET', KEYS[1], 'progress_at', redis.call('TIME')[1])
+"""
+
+
+async def note_progress(r: aioredis.Redis, campaign_id: str) -> None:
+    """The campaign is alive: a batch of it went back to the broker a moment ago."""
+    await r.eval(_PROGRESS, 1, store.campaign_key(campaign_id))
 
 
 def note_parked(pipe: Pipeline, campaign_id: str, until: float) -> None:

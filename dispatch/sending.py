@@ -34,7 +34,7 @@ from dispatch.batch_items import (
 )
 from dispatch.batch_outcomes import BatchOutcomes, PlannedWrite
 from dispatch.claim_returns import WAITED, give_back_after_failure, give_back_claims
-from dispatch.housekeeping import note_parked
+from dispatch.housekeeping import note_parked, note_progress
 from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, record
 from dispatch.lifecycle import expire_now, pause_running
 from dispatch.limits import QuotaExhaustedError
@@ -574,7 +574,7 @@ async def run_batch(
                     how = "handed_on" if sender.handed_on else "reconfigured"
                     result.counts[how] = len(sender.queue) + len(sender.waiting)
                     retry_at = time.time()
-                    await r.hset(store.campaign_key(campaign_id), "progress_at", time.time())
+                    await note_progress(r, campaign_id)
                 elif sender.starved and sender.queue:
                     # Every slot of the provider is in use elsewhere: back to the broker
                     # for a moment. The campaign is alive (housekeeping must not think
@@ -583,7 +583,7 @@ async def run_batch(
                     sender.stats.deferred += 1  # sent with the lease's release
                     again = time.time() + random.uniform(1.0, 2.0)
                     retry_at = min(retry_at or again, again)
-                    await r.hset(store.campaign_key(campaign_id), "progress_at", time.time())
+                    await note_progress(r, campaign_id)
             for key, value in sender.counts.items():
                 result.counts[key] = result.counts.get(key, 0) + value
             if sender.parked_until is not None:
