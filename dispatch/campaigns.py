@@ -436,7 +436,9 @@ _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'appending') == 1 then return 0 end
 if tonumber(redis.call('HGET', KEYS[2], 'queued') or '0') > 0 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_at', ARGV[1])
+local t = redis.call('TIME')  -- (Redis's clock, as the ledger's completion and started_at)
+redis.call('HSET', KEYS[1], 'status', 'completed',
+  'completed_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
 return 1
 """
 
@@ -445,7 +447,7 @@ def finish_if_done(campaign_id: str, client: redis.Redis | None = None) -> bool:
     """Mark a running campaign ``completed`` once no message is left queued (atomic)."""
     r = client or store.sync_client()
     keys = [store.campaign_key(campaign_id), store.counters_key(campaign_id)]
-    return bool(r.eval(_FINISH, 2, *keys, str(time.time())))
+    return bool(r.eval(_FINISH, 2, *keys))
 
 
 def set_status(

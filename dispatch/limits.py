@@ -13,7 +13,7 @@ import redis
 import redis.asyncio as aioredis
 
 from dispatch import store
-from providers.config import ProviderBase
+from providers.config import MIN_RATE_PER_SECOND, ProviderBase
 from providers.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,10 @@ class ProviderLimiter:
         self.per_message = max(1, recipients_per_message)
         self.grant_ttl = grant_ttl
         self.quotas = bool(provider.daily_quota or provider.daily_recipient_quota)
+        # A pace slower than one a day is refused on save; one stored before that check
+        # is read as one a day (slower overflowed the pace script: every batch failed).
+        rate = provider.rate_per_second
+        self._rate = max(rate, MIN_RATE_PER_SECOND) if rate > 0 else 0.0
         self.active = bool(provider.rate_per_second or self.quotas)
 
     async def take(self, n: int) -> float:
@@ -205,7 +209,7 @@ class ProviderLimiter:
             f"{store.PREFIX}:pace:{self.provider.nickname}",
             *self._quota_keys(day),
             n,
-            self.provider.rate_per_second,
+            self._rate,
             self.provider.daily_quota or 0,
             self.per_message,
             self.provider.daily_recipient_quota or 0,
