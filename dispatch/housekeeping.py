@@ -47,7 +47,7 @@ def sweep(
     """One pass; returns the campaigns it ``finished``, ``restarted``, ``resumed`` (their
     own daily quota starts again) and ``paused`` (the reputation guard,
     dispatch.reputation)."""
-    now = redis_now(r) if now is None else now
+    now = store.redis_time(r) if now is None else now
     settings = get_settings()
     quick = settings.lease_ttl_ms / 1000 * 2
     stall = max(settings.retry_max_seconds * 2, quick)
@@ -109,12 +109,6 @@ def sweep(
     done["paused"] = reputation.check(r, running)
     incidents.swept(r, done["restarted"], now)
     return done
-
-
-def redis_now(r: redis.Redis) -> float:
-    """Redis's clock (the Unix time of its host), as the ledger's scripts read it."""
-    seconds, micros = r.time()
-    return float(seconds) + micros / 1e6
 
 
 def _resume_due(

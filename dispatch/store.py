@@ -183,6 +183,12 @@ def eviction_problem(client: redis.Redis) -> str | None:
 _sync_client: redis.Redis | None = None
 
 
+def redis_time(r: redis.Redis) -> float:
+    """Redis's clock (the Unix time of its host), as the ledger's scripts read it."""
+    seconds, micros = r.time()
+    return float(seconds) + micros / 1e6
+
+
 def sync_client() -> redis.Redis:
     """A shared synchronous client (API, CLI, Celery task glue)."""
     global _sync_client

@@ -132,9 +132,8 @@ def clock_skew(r: redis.Redis) -> float:
     """Seconds this host's clock is ahead of Redis's (negative: behind), within the
     round trip's time."""
     before = time.time()
-    seconds, micros = r.time()
-    after = time.time()
-    return (before + after) / 2 - (float(seconds) + micros / 1e6)
+    redis_now = store.redis_time(r)
+    return (before + time.time()) / 2 - redis_now
 
 
 def _clock_warnings(r: redis.Redis) -> tuple[str, ...]:

@@ -19,11 +19,6 @@ from tests.helpers import create_held, recipients, run_batches, smtp_provider
 AHEAD = 1800.0  # seconds: a host whose clock runs half an hour ahead of Redis's
 
 
-def _redis_now(r: redis.Redis) -> float:
-    seconds, micros = r.time()
-    return float(seconds) + micros / 1e6
-
-
 class _AheadDatetime(datetime):
     @classmethod
     def now(cls, tz: tzinfo | None = None) -> _AheadDatetime:  # type: ignore[override]
@@ -44,7 +39,7 @@ def _restarted_when_quiet(r: redis.Redis, monkeypatch: pytest.MonkeyPatch, cid: 
     monkeypatch.undo()
     monkeypatch.setattr(store, "SENDS_QUEUE", f"{store.PREFIX}:test:sends")
     quick = get_settings().lease_ttl_ms / 1000 * 2
-    later = _redis_now(r) + 5 + 3 * quick
+    later = store.redis_time(r) + 5 + 3 * quick
     return housekeeping.sweep(r, lambda c, b: None, now=later)["restarted"]
 
 
@@ -57,7 +52,7 @@ def test_a_batch_deferred_by_a_worker_ahead_does_not_hide_a_stall(
     clock (it noted progress_at half an hour into the sweep's future: stalled that long)."""
     smtp_provider(redis_client, 9, max_connections=1)  # nothing listens: never reached
     slots = f"{store.PREFIX}:connections:local"
-    redis_client.zadd(slots, {"elsewhere": _redis_now(redis_client) + 60})
+    redis_client.zadd(slots, {"elsewhere": store.redis_time(redis_client) + 60})
     body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(3)}
     cid, batches = create_held(redis_client, body)
     _host_ahead(monkeypatch)
