@@ -4,11 +4,13 @@ Dockerfile builds from paths that exist and runs the installed wheel as it shoul
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -175,3 +177,48 @@ def test_the_embedded_redis_frees_expiring_keys_in_the_background() -> None:
         assert config == {"lazyfree-lazy-expire": "yes"}
     finally:
         server.stop()
+
+
+def _flower_probe(port: int) -> int:
+    """Exit status of compose's healthcheck of its flower service, run against ``port``."""
+    flower = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["flower"]
+    test = flower["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"], test
+    argv = [sys.executable, *test[2:]]
+    argv[-1] = argv[-1].replace("127.0.0.1:5555", f"127.0.0.1:{port}")
+    return subprocess.run(argv, capture_output=True, timeout=30).returncode
+
+
+def test_compose_checks_flower_on_a_route_it_serves_behind_its_login(
+    redis_server: RedisServer,
+) -> None:
+    """Flower's container was never checked: a Flower that stopped answering stayed up.
+    The probe passes against a real Flower that asks for a login, and fails without one."""
+    from dispatch.sinks import free_port
+
+    flower = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["flower"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]  # the port the probe reads
+    port = free_port()
+    assert _flower_probe(port) != 0  # nothing listens yet
+    env = {"DISPATCH_REDIS_URL": redis_server.url, "FLOWER_BASIC_AUTH": "ops:secret"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "dispatch.celery_app", "flower",
+         f"--port={port}", "--address=127.0.0.1"],
+        env={**os.environ, **env}, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 401:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "flower exited"
+            time.sleep(0.1)
+        else:
+            raise AssertionError("flower did not start")
+        assert _flower_probe(port) == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
