@@ -41,6 +41,16 @@ DEFAULT_RATE_PER_SECOND = 0.0  # 0: no pacing beyond the connection limit
 # failing); a daily limit is daily_quota's.
 MIN_RATE_PER_SECOND: Final = 1 / 86400
 DEFAULT_SMTP_TIMEOUT = 30.0
+# The wait for the reply to the end of a message's content (the final "." of DATA): RFC
+# 5321 §4.5.3.2.6 asks for 10 minutes at least, since the server may check the message
+# (spam, viruses) before it answers, and Postfix's smtp_data_done_timeout is the same.
+# No reply in time leaves the message unknown (perhaps taken; never resent), so waiting
+# long is cheap beside it: a server that answers does so in seconds, and one that is
+# gone closes the connection, which ends the wait at once.
+DEFAULT_SMTP_DATA_TIMEOUT = 600.0
+# At most: a batch task is killed at half the broker's visibility timeout (30 minutes by
+# default, dispatch.celery_app), which leaves its messages on the wire unknown too.
+MAX_SMTP_DATA_TIMEOUT = 900.0
 DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
 MAX_COUNT = 2**63 - 1  # limits are counted in Redis, in signed 64 bits
@@ -327,6 +337,10 @@ class SmtpFamilyBase(ProviderBase):
     username: str = ""
     password: SecretStr = SecretStr("")
     timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0, strict=True)
+    # The reply to the end of the content waits this long (or ``timeout``, if longer).
+    data_timeout: float = Field(
+        default=DEFAULT_SMTP_DATA_TIMEOUT, gt=0, le=MAX_SMTP_DATA_TIMEOUT, strict=True
+    )
     # 0: unlimited
     max_messages_per_connection: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
@@ -344,6 +358,12 @@ class SmtpFamilyBase(ProviderBase):
     @property
     def effective_host(self) -> str:
         return self.host or self.default_host
+
+    @property
+    def end_of_data_timeout(self) -> float:
+        """How long the reply to the end of a message's content is waited for: never
+        shorter than the other replies' wait."""
+        return max(self.data_timeout, self.timeout)
 
     def service_starttls_ports(self) -> tuple[int, ...]:
         """The ports known to speak plain SMTP upgraded with STARTTLS at the host."""
@@ -403,6 +423,12 @@ class SmtpFamilyBase(ProviderBase):
             warnings.append(
                 f"{' and '.join(missing)} empty: {self.service} refuses the session (campaigns "
                 f"pause, the test email fails); give {self.credentials}"
+            )
+        if self.data_timeout < self.timeout:
+            warnings.append(
+                f"data_timeout ({self.data_timeout:g} s) is shorter than timeout "
+                f"({self.timeout:g} s): the reply to a message's end waits timeout, "
+                f"{self.timeout:g} s (RFC 5321 §4.5.3.2.6 asks for 10 minutes)"
             )
         if self.service and not self.host and self.effective_security == "none":
             warnings.append(

@@ -717,6 +717,7 @@ class SmtpTransport:
             smtputf8=client.supports_extension("smtputf8"),
             max_size=_size_limit(client.esmtp_extensions.get("size", "")),
             timeout=cfg.timeout,
+            data_timeout=cfg.end_of_data_timeout,
             refuses_session=refuses_session,
         )
 

@@ -128,6 +128,7 @@ class TransactionProtocol(asyncio.Protocol):
         refuses_session: Callable[[Stage, Reply, tuple[str, ...]], bool] = lambda *_: False,
         smtputf8: bool = False,
         max_size: int = 0,
+        data_timeout: float | None = None,
     ):
         self.transport = transport
         self.pipelining = pipelining
@@ -138,6 +139,10 @@ class TransactionProtocol(asyncio.Protocol):
         # messages after one are not attempted on this connection.
         self.refuses_session = refuses_session
         self.timeout = timeout
+        # The reply to the end of a message's content may take longer: the server may
+        # check the message before it answers (RFC 5321 §4.5.3.2.6 asks for 10 minutes).
+        # A wait that ends without it leaves the message's outcome unknown. None: timeout.
+        self.data_timeout = timeout if data_timeout is None else data_timeout
         self._buffer = bytearray()
         self._replies: deque[Reply] = deque()
         self._lines: list[str] = []
@@ -210,17 +215,23 @@ class TransactionProtocol(asyncio.Protocol):
             raise WireError("the server is closing the connection (421)")
         self.transport.write(data)
 
-    async def _read(self, count: int, *, during_data: bool = False) -> list[Reply]:
-        """The next ``count`` replies; raises :class:`WireError` on loss or timeout."""
+    async def _read(
+        self, count: int, *, during_data: bool = False, wait: float | None = None
+    ) -> list[Reply]:
+        """The next ``count`` replies within ``wait`` seconds (None: ``timeout``); raises
+        :class:`WireError` on loss or timeout."""
         if len(self._replies) < count and self._error is None:
             self._wanted = count
             self._waiter = asyncio.get_running_loop().create_future()
+            wait = self.timeout if wait is None else wait
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(wait):
                     await self._waiter
             except TimeoutError:
                 self._error = WireError(
-                    "timed out waiting for the server", timed_out=True, during_data=during_data
+                    f"timed out waiting for the server ({wait:g} s)",
+                    timed_out=True,
+                    during_data=during_data,
                 )
                 self.transport.abort()
             finally:
@@ -322,7 +333,9 @@ class TransactionProtocol(asyncio.Protocol):
                 if following is not None and ahead:
                     out += following.commands()
                 self._write(out)
-                final = (await self._read(1, during_data=True))[0]
+                # The content's own sending is waited for within it too (it is written
+                # to the socket's buffer, which drains as the server reads).
+                final = (await self._read(1, during_data=True, wait=self.data_timeout))[0]
                 if final.code // 100 == 3:
                     # Only 2xx takes the message and 4xx/5xx refuse it (RFC 5321 §4.3.2):
                     # a 354 to the final dot leaves its outcome unknown, the session out of step.

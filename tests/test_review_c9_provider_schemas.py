@@ -68,6 +68,7 @@ SAMPLES: dict[str, Any] = {
     "username": "mailer",
     "password": "s3cret",
     "timeout": 12.5,
+    "data_timeout": 120,
     "max_messages_per_connection": 7,
     "max_recipients_per_message": 9,
     "region": "eu-west-1",

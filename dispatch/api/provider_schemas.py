@@ -123,7 +123,17 @@ DESCRIPTIONS: Final[dict[str, str]] = {
     ),
     "username": "The SMTP login; empty: no login.",
     "password": "The SMTP password.",
-    "timeout": "Seconds an SMTP connection or reply may take (then `SMTP timeout`).",
+    "timeout": (
+        "Seconds an SMTP connection or reply may take (then `SMTP timeout`), but the reply "
+        "to the end of a message's content (`data_timeout`)."
+    ),
+    "data_timeout": (
+        "Seconds the reply to the end of a message's content (the final `.` of DATA) may "
+        "take, the sending of the content included: the server may check the message "
+        "first, and RFC 5321 §4.5.3.2.6 asks for 10 minutes. No reply in time leaves the "
+        "message `unknown` (it may have been taken; it is never resent). Shorter than "
+        "`timeout`: `timeout` is waited (saved with a warning)."
+    ),
     "max_messages_per_connection": (
         "Messages sent over one SMTP session before it is closed and another opened; 0: no limit."
     ),
