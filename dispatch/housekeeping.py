@@ -55,6 +55,7 @@ def sweep(
     done: dict[str, list[str]] = {"finished": [], "restarted": [], "resumed": [], "paused": []}
     running: list[str] = []
     redis_since = _redis_since(r, now)
+    r.eval(_DROP_LAPSED_LEASES, 1, store.LEASES_ZSET)
     # The active index holds every campaign started and not yet found finished, however
     # many were created since; the newest are read too (started before the index).
     active = {str(m) for m in r.zrange(store.ACTIVE_ZSET, 0, -1)}
@@ -213,18 +214,26 @@ def _batch_runs(r: redis.Redis, campaign_id: str) -> bool:
     return False
 
 
-# Whether a batch lease is held anywhere, from the registry of leases (store.LEASES_ZSET):
-# entries past their expiry (a holder killed before it let go) and entries whose key is
-# gone are dropped on the way.
-_ANY_LEASE_HELD = """
+# The registry of leases (store.LEASES_ZSET) without the entries past their expiry, on
+# Redis's clock: a holder killed before it let go, or one that found its lease taken
+# over, left its entry; the sweep drops them each pass (only a quiet running campaign
+# asked the registry, so they stayed as long as none was).
+_DROP_LAPSED_LEASES = """
 local now = redis.call('TIME')
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now[1] * 1000 + math.floor(now[2] / 1000))
+"""
+# Whether a batch lease is held anywhere, from the registry: entries whose key is gone
+# are dropped on the way.
+_ANY_LEASE_HELD = (
+    _DROP_LAPSED_LEASES
+    + """
 for _, lease in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if redis.call('EXISTS', lease) == 1 then return 1 end
   redis.call('ZREM', KEYS[1], lease)
 end
 return 0
 """
+)
 
 
 def _nothing_runs_or_waits(r: redis.Redis) -> bool:

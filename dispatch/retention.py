@@ -61,12 +61,16 @@ def per_message_keys(campaign_id: str) -> list[str]:
 # Atomic with the status and the time of the last change: a campaign that is not
 # finished, or that changed since the cutoff (retry-failed queued a message again after
 # the campaign was chosen, before it moved it back to running), keeps its data.
-# UNLINK frees the large values in Redis's background thread.
-# KEYS: the campaign, the index of kept campaigns, the per-message keys. ARGV: the time
-# of the purge, the cutoff ("" for none), the campaign's id, the finished statuses.
+# UNLINK frees the large values in Redis's background thread. A finished campaign
+# leaves the index of campaigns to expire too (an expires_at years ahead kept it there
+# for as long).
+# KEYS: the campaign, the index of kept campaigns, the expiring index, the per-message
+# keys. ARGV: the time of the purge, the cutoff ("" for none), the campaign's id, the
+# finished statuses.
 _PURGE = """
 if redis.call('HEXISTS', KEYS[1], 'purged_at') == 1 then
   redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
   return 0
 end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -79,9 +83,10 @@ if ARGV[2] ~= '' then
     if (tonumber(at) or 0) > cutoff then return 0 end
   end
 end
-redis.call('UNLINK', unpack(KEYS, 3))
+redis.call('UNLINK', unpack(KEYS, 4))
 redis.call('HSET', KEYS[1], 'purged_at', ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
 """.replace("CHANGED_FIELDS", ", ".join(f"'{name}'" for name in _CHANGED_FIELDS))
 
@@ -93,7 +98,7 @@ def purge(
     stays of it for good); whether it did. ``cutoff``: only if it has not changed since
     then."""
     key = store.campaign_key(campaign_id)
-    keys = [key, store.KEPT_ZSET, *per_message_keys(campaign_id)]
+    keys = [key, store.KEPT_ZSET, store.EXPIRING_ZSET, *per_message_keys(campaign_id)]
     at = repr(time.time() if now is None else now)
     since = "" if cutoff is None else repr(cutoff)
     statuses = (s.value for s in FINISHED)

@@ -254,6 +254,14 @@ def _forget_the_stop(sender: object = None, **_: object) -> None:
         log.warning("could not clear the stop mark of %s", sender)
 
 
+@worker_shutdown.connect
+def _retire(sender: object = None, **_: object) -> None:
+    """A worker's direct queue leaves Redis with it (worker_health.retire)."""
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        worker_health.retire(str(hostname))
+
+
 @app.task(name="dispatch.canary")
 def canary(hostname: str) -> None:
     """Sent by a worker to its own queue: it still takes tasks (dispatch.worker_health)."""

@@ -23,8 +23,9 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -88,9 +89,16 @@ def _gone(name: str, this_host: str) -> bool:
     return False
 
 
+# The canary of each worker this process runs (its main process: one), and what stops it.
+_canaries: dict[str, tuple[threading.Thread, threading.Event]] = {}
+# How long a stopping worker waits for a canary on its way to the broker.
+CANARY_STOP_SECONDS = 5.0
+
+
 def start_canary(hostname: str, interval: float) -> threading.Thread:
     """Send the canary task to ``hostname``'s own queue now and every ``interval`` s,
-    after forgetting the notes of its predecessors (:func:`forget_predecessors`)."""
+    after forgetting the notes of its predecessors (:func:`forget_predecessors`) and
+    removing their direct queues (:func:`drop_direct_queues`)."""
     from celery.utils.nodenames import worker_direct
 
     from dispatch.celery_app import app
@@ -100,18 +108,65 @@ def start_canary(hostname: str, interval: float) -> threading.Thread:
             log.warning("worker %s stopped without its shutdown (killed?)", name)
     except redis.RedisError:  # Redis not up yet: the predecessor's note expires anyway
         log.warning("could not forget the notes of earlier workers", exc_info=True)
+    drop_direct_queues(lambda name: _same_process(name, hostname) and name != hostname)
+    stop = threading.Event()
 
     def loop() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 app.send_task("dispatch.canary", (hostname,), queue=worker_direct(hostname).name)
             except Exception:  # the broker is away: the note goes stale, as it should
                 log.warning("could not send the worker canary", exc_info=True)
-            time.sleep(interval)
+            stop.wait(interval)
 
     thread = threading.Thread(target=loop, name="dispatch-canary", daemon=True)
+    _canaries[hostname] = (thread, stop)
     thread.start()
     return thread
+
+
+def retire(hostname: str) -> None:
+    """The worker ``hostname`` stopped cleanly: its canary stops, and its direct queue
+    goes with the canaries still waiting there (each worker started has a name of its
+    own: they stayed in Redis, one queue and two binding entries for every worker ever
+    started)."""
+    canary = _canaries.pop(hostname, None)
+    if canary is not None:
+        thread, stop = canary
+        stop.set()
+        thread.join(CANARY_STOP_SECONDS)  # (a send under way would declare the queue again)
+    drop_direct_queues(lambda name: name == hostname)
+
+
+def _same_process(name: str, hostname: str) -> bool:
+    """``name`` is a default node name with ``hostname``'s process id and host."""
+    mine, other = _NODE_NAME.fullmatch(hostname), _NODE_NAME.fullmatch(name)
+    return mine is not None and other is not None and mine.groups() == other.groups()
+
+
+def drop_direct_queues(chosen: Callable[[str], bool]) -> list[str]:
+    """Delete the direct queues (``worker_direct``: bindings and waiting tasks) of the
+    workers whose node name is ``chosen``; their names. Never raises (logged): a worker
+    starts or stops all the same."""
+    from celery.utils.nodenames import WORKER_DIRECT_EXCHANGE, worker_direct
+
+    from dispatch.celery_app import app
+
+    dropped: list[str] = []
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)  # Redis away: a stop does not wait on it
+            channel: Any = conn.default_channel  # kombu's Redis channel
+            table = channel.get_table(WORKER_DIRECT_EXCHANGE.name)
+            for name in sorted({str(routing_key) for routing_key, *_ in table}):
+                if chosen(name):
+                    queue = worker_direct(name)(channel)
+                    queue.declare()  # known to this channel, so that delete unbinds it
+                    queue.delete()
+                    dropped.append(name)
+    except Exception:
+        log.warning("could not remove the direct queues of stopped workers", exc_info=True)
+    return dropped
 
 
 # A host whose clock differs from Redis's by more than this is named by the health check:
