@@ -389,6 +389,38 @@ class BatchOutcomes:
                 )
             )
         delay = await self._commit(writes)
-        if throttled:  # one reply that asked to slow down (an HTTP batch's covers many)
-            self.stats.throttles += 1
-        return min(delay, self.settings.inline_retry_seconds) if throttled else 0.0
+        if not throttled:
+            return 0.0
+        hints = [o.retry_after for o in outcomes if o.throttled and o.retry_after is not None]
+        return await self._slow_down(delay, max(hints, default=None))
+
+    async def _slow_down(self, delay: float, retry_after: float | None) -> float:
+        """One reply that asked to slow down (an HTTP batch's covers many): the session
+        pauses for its messages' retry ``delay``, and the whole provider is held (every
+        session of every worker) for the reply's ``Retry-After``, else that pause, doubled
+        for each hold in a row, at most ``inline_retry_seconds``. Returns the pause."""
+        self.stats.throttles += 1
+        pause = min(delay, self.settings.inline_retry_seconds)
+        wanted = pause
+        if retry_after is not None and math.isfinite(retry_after):  # (foreign data)
+            wanted = min(max(retry_after, 0.0), MAX_RETRY_AFTER)
+        nick = self.c.provider.nickname
+        try:
+            hold = await self.c.limiter.hold(wanted, self.settings.inline_retry_seconds)
+        except redis.RedisError as exc:  # this session pauses all the same
+            log.warning(
+                "provider %r: a throttling reply could not hold the provider (%s)", nick, exc,
+                extra=self.outcome_log.context,
+            )  # fmt: skip
+            return pause
+        if hold.began:
+            log.warning(
+                "provider %r held for %.1f s after a throttling reply (%d in a row): no "
+                "worker sends through it meanwhile", nick, hold.seconds, hold.in_a_row + 1,
+                extra={
+                    **self.outcome_log.context,
+                    "hold_seconds": round(hold.seconds, 3),
+                    "holds_in_a_row": hold.in_a_row + 1,
+                },
+            )  # fmt: skip
+        return pause

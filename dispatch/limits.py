@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 # today's grants still out (ARGV[7], a grant's token, scored by when it lapses: ARGV[8]
 # seconds after its wait, for a worker that died holding it): until they are settled the
 # quota is not known to be used up, since some may be given back. Answers {granted, wait,
-# which quota stopped it (0 none, 1 messages, 2 recipients), grants still out}.
+# which quota stopped it (0 none, 1 messages, 2 recipients), grants still out}. KEYS[5]
+# is the provider's hold (a throttling reply, see _HOLD): no send is granted before it
+# ends (read here, where every grant is already taken: no round trip of its own).
 _TAKE = """
 local n, rate, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local per, rquota, partial = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
@@ -53,9 +56,12 @@ if rquota > 0 then
   redis.call('INCRBY', KEYS[3], granted * per)
   redis.call('EXPIRE', KEYS[3], 172800)
 end
-local wait = 0
+local start = now
+local held = redis.call('PTTL', KEYS[5])
+if held > 0 then start = now + held / 1000 end
+local wait = start - now
 if rate > 0 then
-  local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+  local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), start)
   local next_free = free + granted / rate
   -- Kept until the provider is next free (an hour at least): a slow pace's reservations
   -- reach further ahead than an hour, and a key gone before then lets a burst through.
@@ -87,6 +93,45 @@ return 0
 
 # How soon a sender asks again when the quota's last sends are out elsewhere.
 QUOTA_POLL_SECONDS = 0.5
+
+# A throttling reply holds the whole provider (DESIGN §7: every session of every worker),
+# not only the session that got it: KEYS[1] exists, with PX, while the provider is held;
+# _TAKE reads it. ARGV[1]: the reply's delay (ms), ARGV[2]: the longest hold. A throttle
+# again within ARGV[3] ms of a hold's end (KEYS[2] remembers the holds in a row) doubles
+# the next one, up to ARGV[2]; a minute without one and the provider starts afresh. A
+# throttle while held (a send that left before the hold) lengthens it to its own delay,
+# not counted in a row. Answers {ms held from now, holds in a row - 1, 1 if it began}.
+_HOLD = """
+local delay, cap, memory = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local left = redis.call('PTTL', KEYS[1])
+local level = tonumber(redis.call('GET', KEYS[2]) or '-1')
+local fresh = left <= 0
+if fresh then level = math.min(level + 1, 30) end
+local ms = math.floor(math.min(cap, delay * 2 ^ math.max(level, 0)))
+if ms <= 0 or ms <= left then return {math.max(left, 0), math.max(level, 0), 0} end
+redis.call('SET', KEYS[1], level, 'PX', ms)
+redis.call('SET', KEYS[2], level, 'PX', ms + memory)
+return {ms, level, fresh and 1 or 0}
+"""
+HOLD_MEMORY_SECONDS = 60.0
+# A provider without pace or quotas takes no grant from Redis (nothing to reserve): its
+# senders look at its hold at most this often, a process's sessions together (the hold
+# this process set itself they know at once; one another worker set, within this time).
+HOLD_PEEK_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A provider held after a throttling reply: for ``seconds`` from now; ``in_a_row``:
+    holds before it without a quiet minute between; ``began``: by this reply."""
+
+    seconds: float
+    in_a_row: int
+    began: bool
+
+
+# nickname -> (monotonic time the provider's hold ends, when that was last read)
+_seen_holds: dict[str, tuple[float, float]] = {}
 
 
 def chunk_limit(provider: ProviderBase, chunk_size: int) -> int:
@@ -151,6 +196,7 @@ class ProviderLimiter:
         rate = provider.rate_per_second
         self._rate = max(rate, MIN_RATE_PER_SECOND) if rate > 0 else 0.0
         self.active = bool(provider.rate_per_second or self.quotas)
+        self._hold_key = f"{store.PREFIX}:hold:{provider.nickname}"
 
     async def take(self, n: int) -> float:
         """Reserve ``n`` sends (all or none); returns how many seconds to wait first.
@@ -161,7 +207,7 @@ class ProviderLimiter:
 
     async def take_some(self, n: int, *, tracked: bool = False) -> Grant:
         """Reserve up to ``n`` sends: as many as today's quotas leave (so the quota is used
-        to the last message), after the provider's pace.
+        to the last message), after the provider's pace and its hold (:meth:`hold`).
 
         Raises :class:`QuotaExhaustedError` when not one more may go today. ``tracked``:
         the caller settles the grant (:meth:`settle`) once its sends went out or not;
@@ -182,6 +228,33 @@ class ProviderLimiter:
         if n > 0 or grant.token:
             await self._give_back(grant, n, grant.token)
 
+    async def hold(self, seconds: float, longest: float) -> Hold:
+        """A throttling reply asked to wait ``seconds``: hold the whole provider, every
+        worker's sends, that long (doubled for each hold in a row), at most ``longest``."""
+        nick = self.provider.nickname
+        ms, level, began = await self.client.eval(
+            _HOLD,
+            2,
+            self._hold_key,
+            f"{self._hold_key}:in-a-row",
+            max(0, int(seconds * 1000)),
+            max(0, int(longest * 1000)),
+            int(HOLD_MEMORY_SECONDS * 1000),
+        )
+        now = time.monotonic()
+        _seen_holds[nick] = (now + int(ms) / 1000, now)
+        return Hold(int(ms) / 1000, int(level), bool(int(began)))
+
+    async def _held(self) -> float:
+        """Seconds the provider is still held (a limiter that takes no grant from Redis)."""
+        now = time.monotonic()
+        until, read = _seen_holds.get(self.provider.nickname, (0.0, -HOLD_PEEK_SECONDS))
+        if now - read >= HOLD_PEEK_SECONDS:
+            ms = await self.client.pttl(self._hold_key)
+            until, read = now + max(0, int(ms)) / 1000, now
+            _seen_holds[self.provider.nickname] = (until, read)
+        return max(0.0, until - now)
+
     async def _give_back(self, grant: Grant, n: int, token: str) -> None:
         if not self.quotas or not grant.day:
             return
@@ -200,14 +273,15 @@ class ProviderLimiter:
 
     async def _take(self, n: int, *, partial: bool, tracked: bool = False) -> Grant:
         if not self.active:
-            return Grant(n, 0.0)
+            return Grant(n, await self._held())
         day = datetime.now(UTC).strftime("%Y%m%d")
         token = secrets.token_hex(8) if tracked and self.quotas else ""
         granted, wait, which, out = await self.client.eval(
             _TAKE,
-            4,
+            5,
             f"{store.PREFIX}:pace:{self.provider.nickname}",
             *self._quota_keys(day),
+            self._hold_key,
             n,
             self._rate,
             self.provider.daily_quota or 0,

@@ -390,14 +390,14 @@ class BatchSender(BatchOutcomes):
             await self.writer.give_back_many(writes)
             return
         assert isinstance(exc, TransientError)
-        if isinstance(exc, ThrottledError):
-            self.stats.throttles += 1
         delay = await self._commit(
             [
                 self._retry(item, SendOutcome.from_error(item.seq, exc), message.meta)
                 for item, message in messages
             ]
         )
+        if isinstance(exc, ThrottledError):  # the provider is held too
+            delay = await self._slow_down(delay, exc.retry_after)
         await self._rest(min(delay, self.settings.inline_retry_seconds))
 
 
