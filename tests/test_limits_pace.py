@@ -28,7 +28,10 @@ def test_a_low_rate_holds_over_a_window_without_bursts(workers: Workers) -> None
         wait_for(lambda: bool(arrivals), timeout=30)
         time.sleep(12.5)
         for campaign_id in ids:
-            lifecycle.cancel(campaign_id, client=workers.r)
+            # Claimed batches are handed back to these workers' Redis, not through this
+            # process's own Celery app (its broker is the session's Redis, not yet set:
+            # its connection pool would keep an embedded one's for the whole session).
+            lifecycle.cancel(campaign_id, client=workers.r, enqueue=workers.enqueue)
         window = [t for t in arrivals if t <= arrivals[0] + 12]
     # A correct pace sends 13; a slow machine may send fewer (not judged here: no speed in
     # a pass/fail test), never a burst more.

@@ -61,23 +61,25 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: flo
 def batch_enqueuer(redis_url: str) -> Callable[[str, int], None]:
     """``dispatch.send_batch`` enqueued on the Redis at ``redis_url``, for a test that runs
     its own Redis and worker (never the session's queue: a task there is run by the
-    session's worker)."""
+    session's worker).
+
+    Sent by name through an app of its own: ``send_batch.apply_async`` read this process's
+    own app's settings, whose broker URL (read before the session's Redis was set) started
+    an embedded Redis and exported its URL for the rest of the session."""
     from celery import Celery
 
     from dispatch import store
-    from dispatch.tasks import send_batch
 
     broker = Celery(broker=redis_url)
     broker.conf.broker_transport_options = dict(store.PRIORITY_OPTIONS)
 
     def enqueue(campaign_id: str, batch: int) -> None:
-        with broker.connection_for_write() as conn:
-            send_batch.apply_async(
-                (campaign_id, batch),
-                queue=store.SENDS_QUEUE,
-                priority=store.batch_priority(batch),
-                connection=conn,
-            )
+        broker.send_task(
+            "dispatch.send_batch",
+            (campaign_id, batch),
+            queue=store.SENDS_QUEUE,
+            priority=store.batch_priority(batch),
+        )
 
     return enqueue
 
