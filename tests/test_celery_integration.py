@@ -27,7 +27,7 @@ from tests.helpers import (
 )
 from tests.http_sink import HttpSink
 from tests.smtp_server import SmtpTestServer
-from tests.worker import FAST_ENV, WorkerProcess, wait_for
+from tests.worker import FAST_ENV, WorkerProcess, batch_enqueuer, wait_for
 
 
 def _completed(cid: str, r: redis.Redis) -> bool:
@@ -321,9 +321,7 @@ def test_a_batch_whose_redis_connection_broke_runs_again(smtp: SmtpTestServer) -
     broker = Celery(broker=server.url)
     r = redis.Redis.from_url(server.url, decode_responses=True)
 
-    def enqueue(campaign_id: str, batch: int) -> None:
-        with broker.connection_for_write() as conn:
-            send_batch.apply_async((campaign_id, batch), queue="sends", connection=conn)
+    enqueue = batch_enqueuer(server.url)  # (never through this process's own app)
 
     def run_campaign(n: int) -> str:
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(n)}
