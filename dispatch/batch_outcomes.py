@@ -391,14 +391,20 @@ class BatchOutcomes:
         delay = await self._commit(writes)
         if not throttled:
             return 0.0
-        hints = [o.retry_after for o in outcomes if o.throttled and o.retry_after is not None]
+        provider_wide = [o for o in outcomes if o.throttled and not o.recipient_throttled]
+        if not provider_wide:  # about recipients alone (greylisting): this session pauses
+            self.stats.throttles += 1
+            return min(delay, self.settings.inline_retry_seconds)
+        hints = [o.retry_after for o in provider_wide if o.retry_after is not None]
         return await self._slow_down(delay, max(hints, default=None))
 
     async def _slow_down(self, delay: float, retry_after: float | None) -> float:
-        """One reply that asked to slow down (an HTTP batch's covers many): the session
-        pauses for its messages' retry ``delay``, and the whole provider is held (every
-        session of every worker) for the reply's ``Retry-After``, else that pause, doubled
-        for each hold in a row, at most ``inline_retry_seconds``. Returns the pause."""
+        """One reply that asked the provider to slow down (an HTTP batch's covers many):
+        the session pauses for its messages' retry ``delay``, and the whole provider is
+        held (every session of every worker) for the reply's ``Retry-After``, else that
+        pause, at most ``inline_retry_seconds``. Returns the pause. (Holds do not grow
+        by themselves: a message throttled again waits longer by its own backoff, and
+        throttles of a busy provider's many messages would hold it ever longer.)"""
         self.stats.throttles += 1
         pause = min(delay, self.settings.inline_retry_seconds)
         wanted = pause
@@ -415,12 +421,8 @@ class BatchOutcomes:
             return pause
         if hold.began:
             log.warning(
-                "provider %r held for %.1f s after a throttling reply (%d in a row): no "
-                "worker sends through it meanwhile", nick, hold.seconds, hold.in_a_row + 1,
-                extra={
-                    **self.outcome_log.context,
-                    "hold_seconds": round(hold.seconds, 3),
-                    "holds_in_a_row": hold.in_a_row + 1,
-                },
+                "provider %r held for %.1f s after a throttling reply: no worker sends "
+                "through it meanwhile", nick, hold.seconds,
+                extra={**self.outcome_log.context, "hold_seconds": round(hold.seconds, 3)},
             )  # fmt: skip
         return pause

@@ -97,23 +97,15 @@ QUOTA_POLL_SECONDS = 0.5
 # A throttling reply holds the whole provider (DESIGN §7: every session of every worker),
 # not only the session that got it: KEYS[1] exists, with PX, while the provider is held;
 # _TAKE reads it. ARGV[1]: the reply's delay (ms), ARGV[2]: the longest hold. A throttle
-# again within ARGV[3] ms of a hold's end (KEYS[2] remembers the holds in a row) doubles
-# the next one, up to ARGV[2]; a minute without one and the provider starts afresh. A
-# throttle while held (a send that left before the hold) lengthens it to its own delay,
-# not counted in a row. Answers {ms held from now, holds in a row - 1, 1 if it began}.
+# while held (a send that left before the hold) lengthens it to its own delay, never
+# shortens it. Answers {ms held from now, 1 if this reply began the hold}.
 _HOLD = """
-local delay, cap, memory = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ms = math.floor(math.min(tonumber(ARGV[1]), tonumber(ARGV[2])))
 local left = redis.call('PTTL', KEYS[1])
-local level = tonumber(redis.call('GET', KEYS[2]) or '-1')
-local fresh = left <= 0
-if fresh then level = math.min(level + 1, 30) end
-local ms = math.floor(math.min(cap, delay * 2 ^ math.max(level, 0)))
-if ms <= 0 or ms <= left then return {math.max(left, 0), math.max(level, 0), 0} end
-redis.call('SET', KEYS[1], level, 'PX', ms)
-redis.call('SET', KEYS[2], level, 'PX', ms + memory)
-return {ms, level, fresh and 1 or 0}
+if ms <= 0 or ms <= left then return {math.max(left, 0), 0} end
+redis.call('SET', KEYS[1], '1', 'PX', ms)
+return {ms, left <= 0 and 1 or 0}
 """
-HOLD_MEMORY_SECONDS = 60.0
 # A provider without pace or quotas takes no grant from Redis (nothing to reserve): its
 # senders look at its hold at most this often, a process's sessions together (the hold
 # this process set itself they know at once; one another worker set, within this time).
@@ -122,11 +114,10 @@ HOLD_PEEK_SECONDS = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """A provider held after a throttling reply: for ``seconds`` from now; ``in_a_row``:
-    holds before it without a quiet minute between; ``began``: by this reply."""
+    """A provider held after a throttling reply: for ``seconds`` from now; ``began``: by
+    this reply (else it lengthened or kept a hold already in force)."""
 
     seconds: float
-    in_a_row: int
     began: bool
 
 
@@ -230,20 +221,14 @@ class ProviderLimiter:
 
     async def hold(self, seconds: float, longest: float) -> Hold:
         """A throttling reply asked to wait ``seconds``: hold the whole provider, every
-        worker's sends, that long (doubled for each hold in a row), at most ``longest``."""
+        worker's sends, that long, at most ``longest``."""
         nick = self.provider.nickname
-        ms, level, began = await self.client.eval(
-            _HOLD,
-            2,
-            self._hold_key,
-            f"{self._hold_key}:in-a-row",
-            max(0, int(seconds * 1000)),
-            max(0, int(longest * 1000)),
-            int(HOLD_MEMORY_SECONDS * 1000),
+        ms, began = await self.client.eval(
+            _HOLD, 1, self._hold_key, max(0, int(seconds * 1000)), max(0, int(longest * 1000))
         )
         now = time.monotonic()
         _seen_holds[nick] = (now + int(ms) / 1000, now)
-        return Hold(int(ms) / 1000, int(level), bool(int(began)))
+        return Hold(int(ms) / 1000, bool(int(began)))
 
     async def _held(self) -> float:
         """Seconds the provider is still held (a limiter that takes no grant from Redis)."""

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from providers.errors import ErrorClass, ProviderError, ThrottledError, TransientError
+from providers.errors import (
+    ErrorClass,
+    ProviderError,
+    RecipientThrottledError,
+    ThrottledError,
+    TransientError,
+)
 
 
 # Messages and outcomes are made per recipient on the hot path: plain slotted classes
@@ -81,6 +87,9 @@ class SendOutcome:
     retry_after: float | None = None
     throttled: bool = False
     provider_message_id: str = ""
+    # The throttle is about this message's recipient (a 450/451 to its RCPT), not the
+    # provider: the message waits, the provider is not held (greylisting of a few).
+    recipient_throttled: bool = False
 
     @classmethod
     def sent(cls, seq: int, detail: str = "", provider_message_id: str = "") -> SendOutcome:
@@ -98,6 +107,7 @@ class SendOutcome:
                 code=exc.code,
                 retry_after=exc.retry_after,
                 throttled=isinstance(exc, ThrottledError),
+                recipient_throttled=isinstance(exc, RecipientThrottledError),
             )
         return cls(
             seq, OutcomeStatus.FAILED, error_class=exc.error_class, detail=exc.detail, code=exc.code

@@ -13,6 +13,7 @@ Exception tree::
     │   └── SendingQuotaError      the provider's daily sending quota is used up: pause
     ├── TransientError             retry later, maybe after ``retry_after`` seconds
     │   ├── ThrottledError         the server asked us to slow down (421/450/451/454, 429)
+    │   │   └── RecipientThrottledError   ... about one recipient (450/451 to its RCPT)
     │   ├── ProviderTimeoutError   also a builtin ``TimeoutError``
     │   └── ProviderConnectionError  also a builtin ``ConnectionError``
     └── PermanentError             record and move on; never retried
@@ -104,6 +105,11 @@ class TransientError(ProviderError):
 
 class ThrottledError(TransientError):
     """The server asked us to slow down; the provider's pace should drop."""
+
+
+class RecipientThrottledError(ThrottledError):
+    """A throttle about one recipient, not the provider (a 450/451 to its RCPT:
+    greylisting, a mailbox receiving too fast): the message waits, the provider goes on."""
 
 
 class ProviderTimeoutError(TransientError, TimeoutError):

@@ -33,6 +33,7 @@ from providers.errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
+    RecipientThrottledError,
     SendingQuotaError,
     ThrottledError,
     TransientError,
@@ -78,7 +79,9 @@ def _reply_error(
     if kind is ReplyKind.RECIPIENT:
         return PermanentError(detail, code=code, error_class=ErrorClass.INVALID_RECIPIENT)
     if kind is ReplyKind.THROTTLED:
-        return ThrottledError(detail, code=code, error_class=error_class)
+        about_recipient = at_rcpt and code != 421  # (a 421 closes the whole session)
+        cls = RecipientThrottledError if about_recipient else ThrottledError
+        return cls(detail, code=code, error_class=error_class)
     if kind is ReplyKind.TRANSIENT:
         return TransientError(detail, code=code, error_class=error_class)
     return PermanentError(detail, code=code, error_class=error_class)

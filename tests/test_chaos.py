@@ -69,7 +69,12 @@ def test_a_campaign_through_a_misbehaving_server_and_a_killed_worker(
 
         enqueue = batch_enqueuer(server.url)
 
-        smtp_provider(r, smtp.port, max_connections=3, rate_per_second=500, timeout=0.4)
+        # Stalls outlast both waits: a reply stalled after the message was taken stays
+        # unread (ambiguous), as the server's bookkeeping assumes.
+        smtp_provider(
+            r, smtp.port, max_connections=3, rate_per_second=500, timeout=0.4,
+            data_timeout=0.4,
+        )  # fmt: skip
         body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(n)}
         cid, _ = campaigns.create_campaign(
             CampaignRequest.model_validate(body), client=r, enqueue=enqueue

@@ -136,7 +136,10 @@ def test_books_balance_through_chaos_operators_and_a_killed_worker(
             sink.script(*[late if rng.random() < 0.2 else Reply() for _ in range(200)])
             wait_for_queues(r)
             enqueue = batch_enqueuer(server.url)
-            smtp_provider(r, smtp.port, max_connections=2, rate_per_second=200, timeout=0.4)
+            smtp_provider(  # stalls outlast both waits (see test_chaos)
+                r, smtp.port, max_connections=2, rate_per_second=200, timeout=0.4,
+                data_timeout=0.4,
+            )  # fmt: skip
             http_provider(r, sink.url, batch_size=10, timeout=0.3, rate_per_second=200)
             ids = []
             for provider, n, domain in (("local", 300, "s.example"), ("esp", 300, "h.example")):
