@@ -220,8 +220,13 @@ async def send_one(
     except ProviderError as exc:
         return TestEmailResult(False, exc.error_class.value, exc.detail)
     except TimeoutError:
+        # The message may be on the wire (an SMTP server may check it for minutes before
+        # it answers its end: data_timeout): sending the test again may deliver two.
         return TestEmailResult(
-            False, _timeout_class(config).value, f"no answer within {deadline:g} s"
+            False,
+            _timeout_class(config).value,
+            f"outcome unknown: no answer within {deadline:g} s (the provider may have "
+            "taken the message: check the inbox before sending another)",
         )
 
 
