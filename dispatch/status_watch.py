@@ -36,10 +36,25 @@ async def watch_status(
     pauses, or the batch runs again with the new configuration; and ``stop_key``
     (run_batch) so that a worker asked to shut down hands its batches on within a second;
     and adds the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll
-    that meets a Redis error (a restart) is skipped: the next one looks again."""
+    that meets a Redis error (a restart) is skipped: the next one looks again.
+
+    A run that has lasted :func:`run_budget` hands the batch on as a stopping worker's
+    does: Celery kills a task at its time limit (half the visibility timeout), which left
+    a slowly paced batch's chunk on the wire unknown and the batch stalled until beat's
+    sweep; the next run starts with a whole time limit."""
     flushed = time.monotonic()
+    hand_on_at = flushed + run_budget(campaign.settings.visibility_timeout)
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
+        if time.monotonic() >= hand_on_at:
+            log.info(
+                "campaign %s batch %s: ran %.0f s, handed on to run again (the task's time "
+                "limit)", campaign.content.id, sender.outcome_log.context.get("batch"),
+                time.monotonic() - flushed, extra=sender.outcome_log.context,
+            )  # fmt: skip
+            sender.handed_on = True
+            sender.finish()
+            return
         if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
             flushed = time.monotonic()
             await sender.stats.flush(r, campaign.provider.nickname)
@@ -84,6 +99,14 @@ async def _status_changed(
             return True
         sender.configuration = str(stored)  # the same saved again: looked at once
     return False
+
+
+def run_budget(visibility_timeout: float) -> float:
+    """How long one run of a batch sends before it hands the batch on: half the task's
+    hard time limit (``dispatch.celery_app``: half the visibility timeout), so that a
+    chunk on the wire when it stops has the other half to be answered (an SMTP reply to
+    the end of a message may take ``data_timeout``, up to 900 s)."""
+    return visibility_timeout / 4
 
 
 def provider_gone(nickname: str) -> str:
