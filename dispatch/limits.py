@@ -232,12 +232,17 @@ class ProviderLimiter:
 
     async def _held(self) -> float:
         """Seconds the provider is still held (a limiter that takes no grant from Redis)."""
+        nick = self.provider.nickname
         now = time.monotonic()
-        until, read = _seen_holds.get(self.provider.nickname, (0.0, -HOLD_PEEK_SECONDS))
+        until, read = _seen_holds.get(nick, (0.0, -HOLD_PEEK_SECONDS))
         if now - read >= HOLD_PEEK_SECONDS:
+            # Marked read before the answer comes: the process's other sessions asking
+            # meanwhile go by what was known (eight sessions peeked eight times at once).
+            _seen_holds[nick] = (until, now)
             ms = await self.client.pttl(self._hold_key)
-            until, read = now + max(0, int(ms)) / 1000, now
-            _seen_holds[self.provider.nickname] = (until, read)
+            # (a hold this process set meanwhile is not lost: a hold only grows)
+            until = max(now + max(0, int(ms)) / 1000, _seen_holds.get(nick, (0.0, 0.0))[0])
+            _seen_holds[nick] = (until, now)
         return max(0.0, until - now)
 
     async def _give_back(self, grant: Grant, n: int, token: str) -> None:

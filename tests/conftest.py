@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from dispatch import store
+from dispatch import limits, store
 from dispatch.redis_server import RedisServer
 from dispatch.settings import get_settings
 from tests.api_server import ApiServer
@@ -35,6 +35,14 @@ def _settings_follow_the_environment() -> Iterator[None]:
     (a batch size of 20 once turned later tests' 1,000-recipient batches into fifty)."""
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _forget_provider_holds() -> Iterator[None]:
+    """What this process saw of providers' holds (dispatch.limits) goes with each test:
+    the next test's provider of the same nickname starts unheld."""
+    yield
+    limits._seen_holds.clear()
 
 
 @pytest.fixture(scope="session")

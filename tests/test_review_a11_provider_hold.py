@@ -31,14 +31,6 @@ HOLD = f"{store.PREFIX}:hold:local"
 CHUNK = 4  # an SMTP session's chunk: what another session may have on the wire
 
 
-@pytest.fixture(autouse=True)
-def _forget_holds() -> Iterator[None]:
-    """What this process saw of holds goes with each test (the next test's Redis is
-    emptied of them)."""
-    yield
-    limits._seen_holds.clear()
-
-
 def _provider(**fields: Any) -> Any:
     data = {"nickname": "local", "kind": "smtp", "host": "127.0.0.1", "port": 25, **fields}
     return parse_provider_config(data)
