@@ -43,6 +43,7 @@ TEST_CATEGORY = "test"
 # The whole exchange is bounded even if the provider's own timeout is long.
 DEFAULT_DEADLINE_SECONDS = 60.0
 TEST_SLOT_WAIT_SECONDS = 10.0  # for one of the provider's connections, while campaigns run
+MIN_EXCHANGE_SECONDS = 1.0  # the least an exchange is given after a wait for the pace
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +275,22 @@ async def _within_limits(
             grant = await limiter.take_some(1, tracked=True)
         refused = 0  # an outcome not known (no answer in time) counts: it may have gone
         try:
+            # The provider's pace, or its hold after a throttling reply, lets it send only
+            # later: past the deadline the test is not slept through (its caller, an API
+            # request, would have given up and might send it again), it says when.
+            if time.monotonic() + grant.wait > give_up:
+                refused = 1  # (given back: it never went)
+                return TestEmailResult(
+                    False,
+                    _timeout_class(config, ErrorClass.CONNECTION).value,
+                    f"provider {config.nickname!r} sends its next message in "
+                    f"{grant.wait:.0f} s (its rate_per_second, or a hold after a throttling "
+                    f"reply), past this test's {deadline:g} s: try again then",
+                )
             await asyncio.sleep(grant.wait)
-            result = await asyncio.wait_for(exchange(), timeout=deadline)
+            # Within what is left of the deadline: the whole test takes no longer.
+            left = max(give_up - time.monotonic(), MIN_EXCHANGE_SECONDS)
+            result = await asyncio.wait_for(exchange(), timeout=left)
             refused = 0 if result.ok else 1
             return result
         except ProviderError:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from dispatch import store, test_email
 from dispatch.limits import Grant, ProviderLimiter
+from dispatch.redis_server import RedisServer
 from dispatch.test_email import TestEmailResult
 from providers.config import HttpConfig, parse_provider_config
 from tests.http_sink import HttpSink, Reply
@@ -128,3 +129,32 @@ def test_a_test_message_waits_for_a_campaigns_grant_within_its_deadline(
     assert not used_up.ok and "daily quota of 1 messages" in used_up.detail
     # No test grant is left out: each was settled.
     assert redis_client.zcard(f"{store.PREFIX}:quota-out:hook:{day}") == 0
+
+
+def test_a_test_message_the_pace_would_send_past_its_deadline_says_when_at_once(
+    redis_server: RedisServer,
+) -> None:
+    """A provider at one message every 20 s that just sent: a test message with a 2 s
+    deadline slept the 20 s through the pace (an API request's client gave up meanwhile,
+    and might send it again), then tried; it answers at once when the provider sends
+    next, and nothing is sent."""
+    with HttpSink() as sink:
+        config = parse_provider_config(
+            {**_config(sink.url).model_dump(mode="json"), "daily_quota": None,
+             "rate_per_second": 0.05}
+        )  # fmt: skip
+        assert isinstance(config, HttpConfig)
+
+        async def go() -> TestEmailResult:
+            client = aioredis.from_url(redis_server.url, decode_responses=True)
+            try:
+                await ProviderLimiter(client, config).take(1)  # the provider just sent
+                return await _test_message(config, deadline=2.0)
+            finally:
+                await client.aclose()
+
+        result = asyncio.run(go())
+        assert sink.requests == []
+    assert not result.ok
+    assert "sends its next message in 20 s" in result.detail, result.detail
+    assert "try again then" in result.detail
