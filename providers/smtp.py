@@ -79,7 +79,8 @@ def _reply_error(
     if kind is ReplyKind.RECIPIENT:
         return PermanentError(detail, code=code, error_class=ErrorClass.INVALID_RECIPIENT)
     if kind is ReplyKind.THROTTLED:
-        about_recipient = at_rcpt and code != 421  # (a 421 closes the whole session)
+        # (421 closes the whole session; 454 is a session-level or SES provider throttle)
+        about_recipient = at_rcpt and code in (450, 451)
         cls = RecipientThrottledError if about_recipient else ThrottledError
         return cls(detail, code=code, error_class=error_class)
     if kind is ReplyKind.TRANSIENT:
