@@ -105,6 +105,14 @@ class BatchSender(BatchOutcomes):
         self.slot_deadline = time.monotonic() + settings.slot_wait_seconds
         self.starved = False  # none got a slot in time: the batch goes back to the broker
         self.handed_on = False  # its worker is shutting down: the batch goes back too
+        # The run lasted its time budget (status_watch.run_budget): senders take no new
+        # chunk and the batch goes back too, but a chunk whose pace lets it go out by
+        # ``keep_until`` goes first (a reservation is never given back: cut short, the
+        # next run's came after it, and a pace reaching past the budget sent nothing
+        # again). ``cut``: set when senders stop resting otherwise (a backoff, a pause).
+        self.out_of_time = False
+        self.keep_until = 0.0
+        self.cut = asyncio.Event()
         # Its provider was saved again with another configuration: the batch goes back
         # too, to run with the new one (the stored configuration it watches, see
         # status_watch._status_changed: what a save must change to reach it).
@@ -117,7 +125,27 @@ class BatchSender(BatchOutcomes):
         """Senders take no more messages: the campaign stopped (paused, cancelled, a
         configuration error, its provider deleted or changed), the worker hands the
         batch on, or a sender failed."""
+        return self.halted or self.out_of_time
+
+    @property
+    def halted(self) -> bool:
+        """:attr:`stopped` other than by the run's time budget: nothing more goes out."""
         return bool(self.c.stop_reason) or self.handed_on or self.reconfigured or self.aborted
+
+    def finish(self) -> None:
+        super().finish()
+        self.cut.set()
+
+    def run_out(self, keep_until: float) -> None:
+        """The run lasted its time budget: hand the batch on once the chunks on the wire,
+        and those whose pace lets them go by ``keep_until`` (monotonic), are out."""
+        self.out_of_time, self.keep_until = True, keep_until
+        self.cut.set()
+        self.wake.set()
+
+    def _keeps(self, due: float) -> bool:
+        """Whether a chunk whose pace lets it go at ``due`` still goes out in this run."""
+        return self.out_of_time and not self.halted and due <= self.keep_until
 
     def abort(self) -> None:
         """A sender failed: the others stop after the chunk they are sending."""
@@ -129,7 +157,7 @@ class BatchSender(BatchOutcomes):
         """Wait for the next items (up to chunk_size); [] when the batch is over."""
         queue = self.queue
         while not queue:
-            if self.done.is_set():
+            if self.done.is_set() or self.out_of_time:
                 return []
             self.wake.clear()
             await self.wake.wait()
@@ -200,10 +228,15 @@ class BatchSender(BatchOutcomes):
                 rest, chunk = chunk[grant.count :], chunk[: grant.count]
                 self.put_back(rest)  # (not claimed while the granted part is on the wire)
                 await give_back_claims(self.writer, rest, WAITED)
-            if grant.wait > 0:  # the provider's pace: a pause or cancel meanwhile stops them
+            # The provider's pace: a pause or cancel meanwhile stops them, the run's time
+            # budget only if they are due too late (see ``keep_until``).
+            if grant.wait > 0:
+                due = time.monotonic() + grant.wait
                 await give_back_claims(self.writer, chunk, WAITED)
                 await self._rest(grant.wait)
-                if self.stopped:
+                if self._keeps(due):
+                    await self._rest(due - time.monotonic(), self.done)
+                if self.stopped and not self._keeps(due):
                     self.put_back(chunk)
                     await self.c.limiter.settle(grant, len(chunk))
                     return
@@ -279,13 +312,14 @@ class BatchSender(BatchOutcomes):
         self.finish()
         return True
 
-    async def _rest(self, seconds: float) -> None:
+    async def _rest(self, seconds: float, until: asyncio.Event | None = None) -> None:
         """Wait ``seconds`` (the provider's pace, a backoff or a throttle's pause), less
         when the batch ends meanwhile (paused, cancelled, handed on by a stopping worker:
-        nothing more is sent after it, and the worker need not wait it out)."""
+        nothing more is sent after it, and the worker need not wait it out) or, unless
+        ``until`` says otherwise, when the run is out of time."""
         if seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.done.wait(), seconds)
+                await asyncio.wait_for((until or self.cut).wait(), seconds)
 
     async def _build(self, chunk: list[Item]) -> list[tuple[Item, OutgoingMessage]]:
         """Render the items; those that cannot be built fail at once."""
@@ -567,11 +601,13 @@ async def run_batch(
                 )
             else:
                 await give_back_claims(writer, sender.queue)
-                if (sender.handed_on or sender.reconfigured) and (sender.queue or sender.waiting):
-                    # Its worker is shutting down: another worker takes the rest over now
-                    # (not after a lapsed lease, nor unknown after a kill at the deadline).
-                    # Its provider changed: the rest goes with the new configuration.
-                    how = "handed_on" if sender.handed_on else "reconfigured"
+                on = sender.handed_on or sender.out_of_time or sender.reconfigured
+                if on and (sender.queue or sender.waiting):
+                    # Its worker is shutting down, or the run lasted its time budget:
+                    # another run takes the rest over now (not after a lapsed lease, nor
+                    # unknown after a kill at the deadline). Its provider changed: the
+                    # rest goes with the new configuration.
+                    how = "handed_on" if sender.handed_on or sender.out_of_time else "reconfigured"
                     result.counts[how] = len(sender.queue) + len(sender.waiting)
                     retry_at = time.time()
                     await note_progress(r, campaign_id)

@@ -38,23 +38,27 @@ async def watch_status(
     and adds the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll
     that meets a Redis error (a restart) is skipped: the next one looks again.
 
-    A run that has lasted :func:`run_budget` hands the batch on as a stopping worker's
-    does: Celery kills a task at its time limit (half the visibility timeout), which left
-    a slowly paced batch's chunk on the wire unknown and the batch stalled until beat's
-    sweep; the next run starts with a whole time limit."""
-    flushed = time.monotonic()
-    hand_on_at = flushed + run_budget(campaign.settings.visibility_timeout)
+    A run that has lasted :func:`run_budget` hands the batch on: Celery kills a task at
+    its time limit (half the visibility timeout), which left a slowly paced batch's chunk
+    on the wire unknown and the batch stalled until beat's sweep; the next run starts
+    with a whole time limit. Its senders take no new chunk, but those whose pace lets
+    them send within half the budget more send first (``BatchSender.run_out``): a pace's
+    reservation is not given back, and each run's cut short pushed the next run's further
+    ahead (a pace reaching past the budget never sent again); the chunk then still has a
+    quarter of the time limit to be answered."""
+    started = flushed = time.monotonic()
+    budget = run_budget(campaign.settings.visibility_timeout)
+    hand_on_at = started + budget
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
-        if time.monotonic() >= hand_on_at:
+        if not sender.out_of_time and time.monotonic() >= hand_on_at:
+            # Watched on: a pause, a cancel or the worker's stop still cut its end short.
             log.info(
                 "campaign %s batch %s: ran %.0f s, handed on to run again (the task's time "
                 "limit)", campaign.content.id, sender.outcome_log.context.get("batch"),
-                time.monotonic() - flushed, extra=sender.outcome_log.context,
+                time.monotonic() - started, extra=sender.outcome_log.context,
             )  # fmt: skip
-            sender.handed_on = True
-            sender.finish()
-            return
+            sender.run_out(keep_until=time.monotonic() + budget / 2)
         if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
             flushed = time.monotonic()
             await sender.stats.flush(r, campaign.provider.nickname)
