@@ -98,6 +98,7 @@ class BatchSender(BatchOutcomes):
         pool: SessionPool | None = None,
         pool_key: tuple[str, str] = ("", ""),
     ) -> None:
+        self.cut = asyncio.Event()  # (before the base's init: it may finish at once)
         super().__init__(campaign, writer, items, settings)
         self.pool = pool  # where sessions go when the batch is done (None: closed)
         self.pool_key = pool_key
@@ -112,7 +113,6 @@ class BatchSender(BatchOutcomes):
         # again). ``cut``: set when senders stop resting otherwise (a backoff, a pause).
         self.out_of_time = False
         self.keep_until = 0.0
-        self.cut = asyncio.Event()
         # Its provider was saved again with another configuration: the batch goes back
         # too, to run with the new one (the stored configuration it watches, see
         # status_watch._status_changed: what a save must change to reach it).
