@@ -43,7 +43,19 @@ TEST_CATEGORY = "test"
 # The whole exchange is bounded even if the provider's own timeout is long.
 DEFAULT_DEADLINE_SECONDS = 60.0
 TEST_SLOT_WAIT_SECONDS = 10.0  # for one of the provider's connections, while campaigns run
-MIN_EXCHANGE_SECONDS = 1.0  # the least an exchange is given after a wait for the pace
+
+
+def exchange_seconds(config: ProviderBase, deadline: float) -> float:
+    """What a test's exchange with the provider is kept of its ``deadline`` after a wait
+    (for the pace, or for a quota's send out with a campaign): the provider's
+    ``timeout``, one step's wait (a connection, a login, a reply), but at most half the
+    deadline, so that a provider with a long ``timeout`` still lets a test wait a little.
+
+    A wait that leaves less is refused at once, saying when to try again: an exchange
+    given only what was left (1 s, after a wait ending just inside the deadline) timed
+    out in an SMTP login and answered "outcome unknown, check the inbox" for a message
+    that was never sent."""
+    return min(float(getattr(config, "timeout", deadline)), deadline / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,10 +272,12 @@ async def _within_limits(
         # Out for as long as the exchange may take (a lapsed grant counts as settled).
         ttl = max(deadline, settings.lease_ttl_ms / 1000)
         limiter = ProviderLimiter(client, config, grant_ttl=ttl)
+        need = exchange_seconds(config, deadline)
         give_up = time.monotonic() + deadline
+        last_start = give_up - need  # the exchange starts by then, or not at all
         grant = await limiter.take_some(1, tracked=True)
         while not grant.count:  # the quota's last sends are out: one may come back
-            if time.monotonic() + grant.wait > give_up:
+            if time.monotonic() + grant.wait > last_start:
                 return TestEmailResult(
                     False,
                     QuotaExhaustedError.error_class.value,
@@ -276,20 +290,24 @@ async def _within_limits(
         refused = 0  # an outcome not known (no answer in time) counts: it may have gone
         try:
             # The provider's pace, or its hold after a throttling reply, lets it send only
-            # later: past the deadline the test is not slept through (its caller, an API
-            # request, would have given up and might send it again), it says when.
-            if time.monotonic() + grant.wait > give_up:
+            # later: when that leaves the exchange less than it needs within the deadline,
+            # the test is not slept through (its caller, an API request, would have given
+            # up and might send it again, or the exchange would be cut short and its
+            # outcome unknown), it says when.
+            if time.monotonic() + grant.wait > last_start:
                 refused = 1  # (given back: it never went)
                 return TestEmailResult(
                     False,
                     _timeout_class(config, ErrorClass.CONNECTION).value,
                     f"provider {config.nickname!r} sends its next message in "
-                    f"{grant.wait:.0f} s (its rate_per_second, or a hold after a throttling "
-                    f"reply), past this test's {deadline:g} s: try again then",
+                    f"{grant.wait:.0f} s (its rate_per_second, or a hold after a "
+                    f"throttling reply), which leaves less than the {need:g} s its exchange "
+                    f"needs (its timeout, at most half the deadline) within this test's "
+                    f"{deadline:g} s: try again then",
                 )
             await asyncio.sleep(grant.wait)
             # Within what is left of the deadline: the whole test takes no longer.
-            left = max(give_up - time.monotonic(), MIN_EXCHANGE_SECONDS)
+            left = max(give_up - time.monotonic(), need)
             result = await asyncio.wait_for(exchange(), timeout=left)
             refused = 0 if result.ok else 1
             return result
