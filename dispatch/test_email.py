@@ -13,6 +13,7 @@ fill them, as a recipient's vars fill them in a campaign.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,7 +24,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import suppressions
+from dispatch import provider_ids, suppressions
 from dispatch.campaigns import CampaignStateError
 from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings, get_settings
@@ -35,6 +36,8 @@ from providers.errors import ErrorClass, ProviderError
 from providers.http_config import placeholder_usage
 from providers.placeholders import is_custom
 from providers.registry import build_transport
+
+log = logging.getLogger(__name__)
 
 TEST_CAMPAIGN_PREFIX = "test-"
 # How long a test message's links find its provider (a tester may click days later).
@@ -220,16 +223,22 @@ async def send_one(
             config, allow_private_endpoints=settings.allow_private_endpoints
         )
 
+    taken: list[SendOutcome] = []
+
     async def exchange() -> TestEmailResult:
         assert transport is not None
         async with transport.session() as session:
             outcomes = await session.send([message])
+        taken.append(outcomes[0])
         return _verdict(outcomes[0])
 
     try:
         if limits is None:
             return await asyncio.wait_for(exchange(), timeout=deadline)
-        return await _within_limits(limits, config, exchange, deadline, settings)
+        result = await _within_limits(limits, config, exchange, deadline, settings)
+        if result.ok and taken:
+            await _remember_id(limits, transport.kind, message, taken[0], settings)
+        return result
     except ProviderError as exc:
         return TestEmailResult(False, exc.error_class.value, exc.detail)
     except TimeoutError:
@@ -241,6 +250,33 @@ async def send_one(
             f"outcome unknown: no answer within {deadline:g} s (the provider may have "
             "taken the message: check the inbox before sending another)",
         )
+
+
+async def _remember_id(
+    client: aioredis.Redis,
+    kind: str,
+    message: OutgoingMessage,
+    outcome: SendOutcome,
+    settings: Settings,
+) -> None:
+    """Keep the provider's id of a test message it took, as a campaign's send keeps its
+    messages' (:mod:`dispatch.provider_ids`): a callback about it that comes without its
+    meta (SES without original headers, a SendGrid asynchronous bounce) then names the
+    test id, as one with the meta does. A test to a bad address bounces: its suppression
+    entry and ``Notification Failed`` name the test, not nothing (it counts in no
+    campaign either way). Not kept (logged), the answer is the same."""
+    if kind not in provider_ids.INDEXED_KINDS or not outcome.provider_message_id:
+        return
+    sent = [(outcome.provider_message_id, message.meta, message.seq)]
+    metas = provider_ids.entries(kind, message.campaign_id, sent)
+    try:
+        await provider_ids.remember(client, metas, settings.provider_id_days)
+    except redis.RedisError as exc:
+        log.warning(
+            "test message %s: the provider's id %s was not kept (%s): its callbacks "
+            "without meta will name no test",
+            message.campaign_id, outcome.provider_message_id, exc,
+        )  # fmt: skip
 
 
 async def _within_limits(
