@@ -12,6 +12,8 @@ provider sends one message every 4 s and just sent one; the test's deadline is 5
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import redis
 
@@ -109,3 +111,35 @@ def test_the_api_refuses_at_once_a_pace_wait_that_leaves_less_than_the_timeout(
     assert "sends its next message in 45 s" in body["detail"], body
     assert "30 s its exchange needs" in body["detail"], body
     assert smtp.messages == [] and smtp.handler.connections == 0
+
+
+def test_the_wait_for_a_connection_is_part_of_the_deadline(redis_client: redis.Redis) -> None:
+    """A campaign holds the provider's one connection for 6 s; the test's deadline is
+    4 s (its exchange needs 1 s). The old test waited up to 10 s for the connection and
+    then gave the exchange a whole deadline more (at the API: up to 70 s, past the
+    client's 60 s read timeout, which then says "may have arrived" and the person sends
+    again). Now it stops waiting while the exchange still fits, and says why."""
+    from dispatch import test_email
+
+    with _server() as server:
+        config = SmtpConfig(
+            nickname="busy", host="127.0.0.1", port=server.port, security="none",
+            from_address="deals@acme.example", timeout=1.0, max_connections=1,
+        )  # fmt: skip
+        slots = f"{store.PREFIX}:connections:busy"
+        redis_client.zadd(slots, {"a-campaign": time.time() + 60})
+        freed = threading.Timer(6.0, redis_client.zrem, (slots, "a-campaign"))
+        freed.start()
+        try:
+            result = asyncio.run(
+                test_email.within_shared_limits(
+                    lambda limits: test_email.send_test_email(
+                        config, "ops@example.com", deadline=4.0, limits=limits
+                    )
+                )
+            )
+        finally:
+            freed.join()
+        assert server.messages == [] and server.handler.connections == 0
+    assert not result.ok
+    assert "all 1 connections of provider 'busy' are in use" in result.detail, result.detail
