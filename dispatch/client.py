@@ -72,6 +72,9 @@ M = TypeVar("M", bound=BaseModel)
 T_co = TypeVar("T_co", covariant=True)
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 2
+# A test email's answer: the API takes up to its 60 s deadline (dispatch.test_email)
+# to answer, so a read timeout of 60 s gave up just before it ("may have arrived").
+TEST_READ_SECONDS = 75.0
 RETRY_BACKOFF_SECONDS = 0.5  # doubled at each retry
 MAX_RETRY_WAIT_SECONDS = 30.0  # a longer Retry-After is not waited for
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
@@ -289,7 +292,8 @@ class DispatchClient:
     """The /v1 API at ``base_url`` (the service's root, without ``/v1``). ``http``
     replaces the ``httpx.Client`` it would make (custom transports, proxies, event hooks);
     it is closed with this client. ``timeout`` bounds each network step (connect, each
-    read and write), not a whole streamed append; ``retries``: see the module's doc."""
+    read and write), not a whole streamed append (a test email's answer is read for at
+    least ``TEST_READ_SECONDS``); ``retries``: see the module's doc."""
 
     def __init__(
         self,
@@ -408,7 +412,7 @@ class DispatchClient:
         body: dict[str, Any] = {"to": to, "vars": dict(vars or {})}
         if allow_suppressed:
             body["allow_suppressed"] = True
-        return self._model(TestEmailResult, "POST", _provider_path(nickname, "test"), json=body)
+        return self._test("POST", _provider_path(nickname, "test"), body)
 
     # -- campaigns ---------------------------------------------------------------------
 
@@ -527,7 +531,16 @@ class DispatchClient:
             body["vars"] = dict(vars)
         if allow_suppressed:
             body["allow_suppressed"] = True
-        return self._model(TestEmailResult, "POST", _campaign_path(campaign_id, "test"), json=body)
+        return self._test("POST", _campaign_path(campaign_id, "test"), body)
+
+    def _test(self, method: str, path: str, body: dict[str, Any]) -> TestEmailResult:
+        """A test email's request, read for at least its whole deadline."""
+        limits = self._http.timeout
+        read = max(limits.read or 0.0, TEST_READ_SECONDS) if limits.read is not None else None
+        timeout = httpx.Timeout(
+            connect=limits.connect, read=read, write=limits.write, pool=limits.pool
+        )
+        return self._model(TestEmailResult, method, path, json=body, timeout=timeout)
 
     def messages(
         self,
