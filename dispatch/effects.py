@@ -377,7 +377,7 @@ def _seq_holders(r: redis.Redis, events: Sequence[InboxEvent], named: Sequence[b
     return holders
 
 
-def _suppression(event: InboxEvent, *, provider: str, received: float) -> tuple[str, str]:
+def suppression_entry(event: InboxEvent, *, provider: str, received: float) -> tuple[str, str]:
     """The suppression list's address and entry (JSON) of ``event``; ("", "") for an event
     that does not suppress."""
     if event.type not in SUPPRESSING:
@@ -433,7 +433,7 @@ def _chunk_args(
             group = groups.setdefault((event.campaign_id, counter), len(groups) + 1)
             seq = event.seq
         seen.append(store.callback_seen_key(provider, _digest(event.dedupe)))
-        email, entry = _suppression(event, provider=provider, received=received)
+        email, entry = suppression_entry(event, provider=provider, received=received)
         entries = system_events(
             event, provider=provider, kind=kind, received=received, mismatch=mismatch
         )

@@ -99,9 +99,15 @@ def unsubscribe_urls(token: str) -> tuple[str, str]:
 
 def custom_center_url(center: str, token: str) -> str:
     """A custom preference center's URL with ``token`` added to its query (which it may
-    already have: ``?lang=en`` becomes ``?lang=en&token=...``)."""
+    already have: ``?lang=en`` becomes ``?lang=en&token=...``).
+
+    A ``token`` parameter of the configured URL itself (``?token=``, ``?token={token}``:
+    a place for it, as other tools write one) is replaced, not kept beside ours: a center
+    reading the first value (Flask's ``request.args``, Go's ``Query().Get``) got it, empty
+    or a literal placeholder. The query's other parameters are kept as written."""
     parts = urlsplit(center)
-    query = "&".join(q for q in (parts.query, urlencode({"token": token})) if q)
+    kept = [q for q in parts.query.split("&") if q and q.split("=", 1)[0] != "token"]
+    query = "&".join([*kept, urlencode({"token": token})])
     return urlunsplit(parts._replace(query=query))
 
 

@@ -43,6 +43,14 @@ def _links(smtp: SmtpTestServer, email: str) -> dict[str, Any]:
     return {"unsubscribe": match.group(1), "html": html, "meta": message["X-CleverTap_META"]}
 
 
+def _custom_center_links(r: redis.Redis, center: str) -> dict[str, Any]:
+    """The links of user0's message of a campaign sent with the custom center ``center``."""
+    with SmtpTestServer() as smtp:
+        smtp_provider(r, smtp.port, preference_center="custom", preference_center_url=center)
+        _campaign(r, smtp, 1, "news")
+        return _links(smtp, "user0@example.com")
+
+
 @covers("GET /u/{token}", "POST /u/{token}")
 def test_one_click_unsubscribe(api_server: ApiServer, redis_client: redis.Redis) -> None:
     with SmtpTestServer() as smtp:
@@ -144,12 +152,7 @@ def test_a_custom_center_gets_the_token_in_its_own_query(
 ) -> None:
     """The custom center's URL may have a query already: the token is added to it."""
     center = "https://prefs.acme.example/center?lang=en#top"
-    with SmtpTestServer() as smtp:
-        smtp_provider(
-            redis_client, smtp.port, preference_center="custom", preference_center_url=center
-        )
-        _campaign(redis_client, smtp, 1, "news")
-        links = _links(smtp, "user0@example.com")
+    links = _custom_center_links(redis_client, center)
     token = urlsplit(links["unsubscribe"]).path.rsplit("/", 1)[1]
     expected = f"https://prefs.acme.example/center?lang=en&token={token}#top"
     assert html.escape(expected) in links["html"]  # {{ preferences_url }}, autoescaped

@@ -118,9 +118,21 @@ def _confirmation_page(parsed: UnsubscribeToken, token: str) -> Response:
     if custom:
         url = custom_center_url(custom, token)
         return RedirectResponse(url, status_code=303, headers=PAGE_HEADERS)
-    if suppressions.get(parsed.email) is not None:  # nothing left to confirm
-        return _page("unsubscribe.html", email=parsed.email, done=True)
+    entry = suppressions.get(parsed.email)
+    if entry is not None:  # nothing left to confirm
+        return _done_page(parsed, token, entry)
     return _page("unsubscribe.html", email=parsed.email, token=token)
+
+
+def _done_page(parsed: UnsubscribeToken, token: str, entry: dict[str, Any] | None) -> Response:
+    """ "You are unsubscribed", with the way back when the entry is the person's own."""
+    return _page(
+        "unsubscribe.html",
+        email=parsed.email,
+        token=token,
+        done=True,
+        can_resubscribe=preferences.own_unsubscribe(entry),
+    )
 
 
 @router.post("/u/{token}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
@@ -129,22 +141,29 @@ async def one_click_unsubscribe(token: str) -> Response:
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
-    return await _with_redis(_unsubscribed_page, parsed)
+    return await _with_redis(_unsubscribed_page, parsed, token)
 
 
-def _unsubscribed_page(parsed: UnsubscribeToken) -> Response:
+def _unsubscribed_page(parsed: UnsubscribeToken, token: str) -> Response:
     preferences.unsubscribe(parsed, "One-click unsubscribe")
-    return _page("unsubscribe.html", email=parsed.email, done=True)
+    return _done_page(parsed, token, suppressions.get(parsed.email))
 
 
-def _preferences_page(parsed: UnsubscribeToken, saved: bool = False) -> Response:
+def _preferences_page(
+    parsed: UnsubscribeToken, saved: bool = False, resubscribed: bool = False
+) -> Response:
+    """The center; ``resubscribed``: a re-subscribe was asked for (the page says it is
+    done when the address is not suppressed, and why not when it is)."""
+    entry = suppressions.get(parsed.email)
     return _page(
         "preferences.html",
         email=parsed.email,
         categories=preferences.categories(),
         opted_out=preferences.opted_out(parsed.email),
-        suppressed=suppressions.get(parsed.email) is not None,
+        suppressed=entry is not None,
+        can_resubscribe=preferences.own_unsubscribe(entry),
         saved=saved,
+        resubscribed=resubscribed,
     )
 
 
@@ -163,8 +182,10 @@ async def preference_center(token: str) -> Response:
     responses={**PAGE_RESPONSES, **FORM_TOO_LARGE},
 )
 async def save_preferences(token: str, request: Request) -> Response:
-    """Save the switches (form fields ``category``, with ``action=save``) or unsubscribe
-    from all (``action=unsubscribe-all``); without either, nothing changes."""
+    """Save the switches (form fields ``category``, with ``action=save``), unsubscribe
+    from all (``action=unsubscribe-all``) or subscribe again after one's own unsubscribe
+    (``action=resubscribe``; never lifts a bounce, a complaint or an operator's entry);
+    without an action, nothing changes."""
     parsed = _token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
@@ -180,6 +201,9 @@ def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Respons
     action = form.get("action")
     if action == ["unsubscribe-all"]:
         preferences.unsubscribe(parsed, "Preference center")
+    elif action == ["resubscribe"]:
+        preferences.resubscribe(parsed)  # done, or refused: the page says which
+        return _preferences_page(parsed, resubscribed=True)
     elif action != ["save"]:
         # Not the page's form (each of its buttons names its action): a link scanner
         # posting every URL with an empty body, say. Its missing switches would read as
