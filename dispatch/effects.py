@@ -15,7 +15,8 @@ by one Lua script, so for each event these happen together or not at all:
    campaign's ``delivered`` would otherwise pass its ``sent``), with the ``Notification
    Sent`` its lost outcome did not write; an event about a message
    whose send is still on the wire waits for that send's outcome (:func:`apply_batch`);
-3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands);
+3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands, but a
+   bounce or complaint replaces the person's own unsubscribe, which they may lift);
 4. the system events of DESIGN §6 on ``dispatch:events``.
 
 The last chunk of a batch also removes it from the inbox, so a batch is either still
@@ -73,6 +74,9 @@ local stream, supp, inbox, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], 
 local maxlen, ttl, batch, proven, defer = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local source, n = ARGV[6], tonumber(ARGV[7])
 local call, sub = redis.call, string.sub
+-- The entry of the person's own unsubscribe (dispatch.preferences.own_unsubscribe): its
+-- keys come in suppression_entry's order, and a quote inside a value is escaped.
+local OWN_UNSUBSCRIBE = '"reason":"unsubscribed","source":"callback:[%w%-]+:list%-unsubscribe"'
 -- A group is a campaign and one of its counters, with its keys after the events' and its
 -- counter's name after their arguments. Its campaign is read once (a call writes neither
 -- a campaign nor its total), and its counters move once, after the loop.
@@ -135,7 +139,13 @@ for i = 0, n - 1 do
       end
       if call('SETBIT', grp.bits, seq, 1) == 0 then grp.counted = grp.counted + 1 end
     end
-    if email ~= '' then call('HSETNX', supp, email, entry) end
+    if email ~= '' and call('HSETNX', supp, email, entry) == 0
+        and not string.find(entry, '"reason":"unsubscribed"', 1, true) then
+      -- A bounce or complaint after the person's own unsubscribe (which the preference
+      -- center lets them lift) replaces it: lifting it must not send to such an address.
+      local held = call('HGET', supp, email)
+      if held and string.find(held, OWN_UNSUBSCRIBE) then call('HSET', supp, email, entry) end
+    end
     if ev1 ~= '' then call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev1) end
     if ev2 ~= '' then call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'json', ev2) end
   end

@@ -1,0 +1,54 @@
+"""A bounce or complaint after a person's own unsubscribe replaces it on the list: the
+preference center's "Subscribe again" must not lift it (the first reason stood, so a
+re-subscribe sent to an address that had bounced since)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from dispatch import suppressions
+from tests.api_server import ApiServer
+from tests.api_support import api_client
+from tests.callback_support import callback_path
+from tests.test_review_y12_resubscribe import EMAIL, _apply_callbacks, _sent_campaign
+
+
+@pytest.mark.parametrize("kind", ["hard_bounce", "spam"])
+def test_a_bounce_after_ones_own_unsubscribe_cannot_be_lifted(
+    api_server: ApiServer, redis_client: redis.Redis, kind: str
+) -> None:
+    _, token, meta = _sent_campaign(redis_client)
+    with api_client(api_server, token=None) as page:
+        page.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click")
+    own = suppressions.get(EMAIL, client=redis_client)
+    assert own is not None and own["source"] == "callback:local:list-unsubscribe"
+    event = {"version": "v2", "type": kind, "email": EMAIL, "meta": meta,
+             "description": "550 5.1.1 no such user"}  # fmt: skip
+    with api_client(api_server) as http:
+        answer = http.post(callback_path(redis_client, "local"), json=event)
+        assert answer.status_code == 200, answer.text
+    _apply_callbacks(redis_client)
+    entry = suppressions.get(EMAIL, client=redis_client)
+    assert entry is not None and (entry["reason"], entry["source"]) == (
+        kind,
+        f"callback:local:{kind}",
+    )
+    with api_client(api_server, token=None) as page:
+        refused = page.post(f"/preferences/{token}", data={"action": "resubscribe"})
+    assert "cannot be subscribed again from this page" in refused.text
+    assert suppressions.get(EMAIL, client=redis_client) == entry
+
+
+def test_a_providers_unsubscribe_after_ones_own_keeps_the_first(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    _, token, meta = _sent_campaign(redis_client)
+    with api_client(api_server, token=None) as page:
+        page.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click")
+    own = suppressions.get(EMAIL, client=redis_client)
+    event = {"version": "v2", "type": "unsubscribed", "email": EMAIL, "meta": meta}
+    with api_client(api_server) as http:
+        assert http.post(callback_path(redis_client, "local"), json=event).status_code == 200
+    _apply_callbacks(redis_client)
+    assert suppressions.get(EMAIL, client=redis_client) == own
