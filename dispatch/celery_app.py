@@ -176,7 +176,8 @@ def _json_logs(loglevel: int | str | None = None, **_: object) -> None:
     """Workers and beat log JSON lines like the API (Celery's own setup is skipped)."""
     from dispatch.logs import configure
 
-    configure(loglevel or get_settings().log_level)
+    settings = get_settings()
+    configure(loglevel or settings.log_level, addresses=settings.log_addresses)
 
 
 @worker_init.connect

@@ -1031,7 +1031,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command in SERVICE_VERBS:
-        configure(settings.log_level)
+        configure(settings.log_level, addresses=settings.log_addresses)
     else:
         logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

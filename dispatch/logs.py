@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -40,10 +41,70 @@ class RedactPaths(logging.Filter):
     path as an argument) and message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        _rewrite_in_place(record, redact)
+        return True
+
+
+def _rewrite_in_place(record: logging.LogRecord, rewrite: Callable[[str], str]) -> None:
+    """``rewrite`` a record's message and its text arguments, left for its formatter."""
+    if isinstance(record.msg, str):
+        record.msg = rewrite(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(rewrite(a) if isinstance(a, str) else a for a in record.args)
+
+
+# What an address looks like in a log line: as written, and percent-encoded in a URL
+# (uvicorn's access log: ``/v1/suppressions/jane%40example.com``). ``|`` ends it (a meta's
+# first field is the address), as quotes and ``=`` (``email=jane@...``) do.
+_ADDRESS = re.compile(r"([\w.+!#$&*^~%-]+)(@|%40)([\w-]+(?:\.[\w-]+)+)")
+
+
+def mask_addresses(text: str) -> str:
+    """``text`` with each email address shown as its local part's first character and
+    its domain: ``j***@example.com``."""
+    return _ADDRESS.sub(lambda m: f"{m[1][0]}***{m[2]}{m[3]}", text)
+
+
+def _masked_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_addresses(value)
+    if isinstance(value, dict):
+        return {k: _masked_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_masked_value(v) for v in value]
+    return value
+
+
+class MaskAddresses(logging.Filter):
+    """Recipients' addresses out of the logs (``DISPATCH_LOG_ADDRESSES=masked``): in a
+    record's message and arguments, its context fields (a meta, ``email``) and its
+    exception's text. The message log and the API, which exist to track messages, keep
+    them whole.
+
+    ``keep_args``: mask each argument, for a formatter that reads them (uvicorn's access
+    log); else the message is formatted here, since an argument may be an exception or
+    an object whose text quotes an address.
+    """
+
+    def __init__(self, keep_args: bool = False) -> None:
+        super().__init__()
+        self.keep_args = keep_args
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.keep_args:
+            _rewrite_in_place(record, mask_addresses)
+        else:
+            try:
+                record.msg, record.args = mask_addresses(record.getMessage()), None
+            except Exception:  # (arguments that do not fit: the handler reports it)
+                return True
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and not key.startswith("_"):
+                setattr(record, key, _masked_value(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_addresses(record.exc_text)
         return True
 
 
@@ -72,7 +133,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = _context(key, value)
-        if record.exc_info:
+        if record.exc_text:  # (as a filter left it: see MaskAddresses)
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
@@ -99,11 +162,14 @@ CHATTY_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
 QUIET_LOGGERS = ("celery.pool",)
 
 
-def configure(level: int | str) -> None:
-    """Send every log record to standard error as JSON lines."""
+def configure(level: int | str, addresses: str = "full") -> None:
+    """Send every log record to standard error as JSON lines; ``addresses`` ``masked``
+    (``DISPATCH_LOG_ADDRESSES``) shows recipients' addresses masked (:class:`MaskAddresses`)."""
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactPaths())
+    if addresses == "masked":
+        handler.addFilter(MaskAddresses())
     if isinstance(level, str):
         level = level.upper()  # logging knows "DEBUG", not "debug"
     numeric = logging.getLevelName(level) if isinstance(level, str) else level
@@ -117,6 +183,10 @@ def configure(level: int | str) -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactPaths) for f in access.filters):
         access.addFilter(RedactPaths())
+    for old in [f for f in access.filters if isinstance(f, MaskAddresses)]:
+        access.removeFilter(old)
+    if addresses == "masked":
+        access.addFilter(MaskAddresses(keep_args=True))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     pause_min_sent: int = Field(default=DEFAULT_PAUSE_MIN_SENT, ge=1)
     pause_after_failures: int = Field(default=DEFAULT_PAUSE_AFTER_FAILURES, ge=0)
     log_level: str = "INFO"
+    # "masked": recipients' addresses in log lines as j***@example.com (dispatch.logs).
+    log_addresses: Literal["full", "masked"] = "full"
 
     @field_validator("api_tokens", "previous_secret_keys", mode="before")
     @classmethod
@@ -141,6 +143,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
+
+    @field_validator("log_addresses", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

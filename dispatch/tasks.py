@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Task, bootsteps
@@ -16,6 +16,7 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
+from celery.worker.request import Request
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 from kombu.serialization import registry as serializers  # type: ignore[attr-defined]
@@ -36,7 +37,42 @@ from dispatch.models import CampaignStatus
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings
 
+if TYPE_CHECKING:
+    from celery.worker.request import _InfoDict
+
 log = logging.getLogger(__name__)
+
+
+class _BodyNotShown(Request):
+    """A ``dispatch.enqueue_campaign`` request as the worker shows it to monitors: its
+    argument is a whole campaign (recipients' addresses and vars, the html), which
+    Flower would show in its task list (the ``task-received`` event carries the
+    caller's repr of the arguments, up to 1 KB) and on a worker's page (``inspect
+    active``, ``reserved`` and ``scheduled`` answer with the arguments themselves, each
+    recipient of the campaign). Monitors get the campaign's id and size instead; the
+    task itself runs with its argument."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (Celery reads these two attributes, not only its properties, e.g. in repr())
+        self._argsrepr = _shown_instead([*self.args, *(self.kwargs or {}).values()])
+        self._kwargsrepr = "{}" if not self.kwargs else "{...: not shown}"
+
+    def info(self, safe: bool = False) -> _InfoDict:
+        return super().info(safe=True)
+
+
+def _shown_instead(args: Any) -> str:
+    """What a monitor shows of ``enqueue_campaign``'s arguments: the id the caller gave
+    (shown in logs and answers anyway) and how many recipients, never their data."""
+    body = args[0] if isinstance(args, list | tuple) and len(args) == 1 else None
+    if not isinstance(body, dict):
+        return "(campaign body not shown)"
+    recipients = body.get("recipients")
+    count = len(recipients) if isinstance(recipients, list) else 0
+    campaign = body.get("id")
+    named = f"campaign {campaign[:100]!r}" if isinstance(campaign, str) else "campaign"
+    return f"({named} with {count} recipients: body not shown)"
 
 
 # What other services call (DESIGN §5). Its result is kept (the id, or the refusal: a
@@ -47,6 +83,7 @@ log = logging.getLogger(__name__)
     bind=True,
     ignore_result=False,
     throws=(campaigns.CampaignError,),
+    Request=_BodyNotShown,
 )
 def enqueue_campaign(self: Task[Any, str], body: Any) -> str:
     """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns;

@@ -24,6 +24,7 @@ are returned as data (:class:`providers.base.SendOutcome`), never raised.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Final
@@ -32,7 +33,11 @@ from urllib.parse import quote, quote_plus
 import orjson
 
 MASK: Final = "********"  # in place of a credential a reply or an error echoes
-MIN_MASKED_CHARS: Final = 6  # shorter parts of a credential are not searched for
+# Shorter spellings of a credential are masked only where they stand alone (not inside a
+# longer word or number): a 4-character password still never shows, and "Basic" or "key"
+# in a reply stays readable.
+MIN_MASKED_CHARS: Final = 6
+_WORD_CHAR: Final = "A-Za-z0-9"
 
 
 class ErrorClass(StrEnum):
@@ -136,14 +141,18 @@ class InvalidMessageError(PermanentError):
 
 def secret_spellings(values: Iterable[str]) -> tuple[str, ...]:
     """What a provider's answer or an error text could quote of the credentials
-    ``values``, longest first: each whole and each of its words long enough (an API
-    answering "invalid key sk-..." echoes the key of "Bearer sk-..."), as sent, as a
-    URL carries it (an error page quoting the request's query: ``sk%2B...``) and as a
-    JSON string does (``\\/`` for ``/`` as PHP writes it, ``\\"``)."""
+    ``values``, longest first: each whole and each of its words (an API answering
+    "invalid key sk-..." echoes the key of "Bearer sk-..."; the first of several words,
+    an auth scheme such as "Basic", only when long enough to be a credential), as sent,
+    as a URL carries it (an error page quoting the request's query: ``sk%2B...``) and as a
+    JSON string does (``\\/`` for ``/`` as PHP writes it, ``\\"``). :func:`masked` masks
+    those shorter than :data:`MIN_MASKED_CHARS` only where they stand alone."""
     found: set[str] = set()
     for value in values:
-        for part in (value, *value.split()):
-            if len(part) < MIN_MASKED_CHARS:
+        words = value.split()
+        scheme = words[0] if len(words) > 1 and len(words[0]) < MIN_MASKED_CHARS else None
+        for part in (value, *words):
+            if not part or part == scheme:
                 continue
             in_json = orjson.dumps(part).decode()[1:-1]
             found.update(
@@ -154,7 +163,13 @@ def secret_spellings(values: Iterable[str]) -> tuple[str, ...]:
 
 def masked(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every one of ``secrets`` (longest first: see
-    :func:`secret_spellings`) replaced by :data:`MASK`."""
+    :func:`secret_spellings`) replaced by :data:`MASK`; one shorter than
+    :data:`MIN_MASKED_CHARS` where it stands alone, not inside a longer word or number
+    (a password "pw12" in "bad password pw12" is masked, in "pw123" it is not)."""
     for secret in secrets:
-        text = text.replace(secret, MASK)
+        if len(secret) >= MIN_MASKED_CHARS:
+            text = text.replace(secret, MASK)
+        elif secret:
+            alone = f"(?<![{_WORD_CHAR}]){re.escape(secret)}(?![{_WORD_CHAR}])"
+            text = re.sub(alone, MASK, text)
     return text
