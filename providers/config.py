@@ -690,7 +690,11 @@ def parse_provider_config(data: dict[str, Any], *, stored: bool = False) -> AnyP
 # API key in ``Authorization: Bearer ...``, ``X-Api-Key``, ``api_token``...) is a secret
 # like ``password`` (DESIGN §2: stored encrypted, never returned); one that holds a
 # ``$$`` placeholder is filled per message and is not.
-_CREDENTIAL_NAME = re.compile(r"auth|key|token|secret|passw|signature|credential", re.I)
+# A name that says its value is a credential: anywhere in it, or the whole name (an Azure
+# SAS's "sig", an Azure Function's "code": inside a name, "zipcode", they are not).
+_CREDENTIAL_NAME = re.compile(
+    r"auth|key|token|secret|passw|signature|credential|^(?:sig|code)$", re.I
+)
 SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")
 
 

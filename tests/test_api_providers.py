@@ -505,3 +505,29 @@ def test_a_credential_in_an_http_providers_body_is_a_secret(
     assert sent["key"] == "md-live-123456"
     assert sent["message"]["tags"] == [{"auth_token": "tk-987654"}, "plain"]
     assert sent["extra"] == {"enc": "not ours"}
+
+
+@covers("PUT /v1/providers/{nickname}", "GET /v1/providers/{nickname}")
+def test_an_azure_signature_or_function_code_is_a_credential(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """An Azure SAS's ``sig`` and an Azure Function's ``code`` carry the key itself: in
+    the endpoint's query they are refused (the endpoint is shown as it is), in ``query``
+    or a header they are stored encrypted and masked; "zipcode" is no credential."""
+    base = {**BASIC_AUTH_HTTP, "auth": "none", "method": "POST"}
+    with api_client(api_server) as api:
+        for name in ("sig", "code", "Code"):
+            endpoint = f"https://esp.example/send?{name}=Zx81secretValue"
+            refused = api.put("/v1/providers/az", json={**base, "endpoint": endpoint})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["field"] == "endpoint" and name in refused.json()["detail"]
+        body = {
+            **base,
+            "endpoint": "https://esp.example/send?zipcode=75001",
+            "headers": {"code": "Zx81secretValue", "X-Zipcode": "75001"},
+        }
+        assert api.put("/v1/providers/az", json=body).status_code == 201
+        shown = api.get("/v1/providers/az").json()
+        assert shown["headers"] == {"code": "********", "X-Zipcode": "75001"}
+        assert shown["endpoint"].endswith("?zipcode=75001")
+        assert "Zx81secretValue" not in str(redis_client.get("dispatch:provider:az"))
