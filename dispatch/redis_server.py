@@ -12,9 +12,11 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -176,8 +178,24 @@ def ensure_redis_url() -> str:
     os.environ["DISPATCH_REDIS_URL"] = _embedded.url
     get_settings.cache_clear()
     atexit.register(_embedded.stop)
+    _exit_on_sigterm()
     log.info("started embedded Redis at %s", _embedded.url)
     return _embedded.url
+
+
+def _exit_on_sigterm() -> None:
+    """A SIGTERM (a supervisor, ``timeout``) ends this process through its exit handlers,
+    which stop the embedded Redis: by default it ends the process at once, and the server
+    (in a session of its own) ran on. uvicorn raises the SIGTERM it handled again after
+    its shutdown (``dispatch api``). A handler already set (Celery's, the demo's) stays."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_for_signal)
+
+
+def _exit_for_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def embedded_exit_code() -> int | None:

@@ -280,3 +280,51 @@ def test_up_stops_when_its_embedded_redis_is_gone(tmp_path: Path) -> None:
     assert (up.returncode, left_running) == (1, False), output
     assert "dispatch up: the embedded Redis exited" in output
     assert not state.exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_lone_api_stopped_by_sigterm_stops_its_embedded_redis(tmp_path: Path) -> None:
+    """``dispatch api`` without DISPATCH_REDIS_URL starts a Redis of its own; a supervisor's
+    SIGTERM (or ``timeout``) ends it, and its Redis with it. uvicorn raised the SIGTERM it
+    had handled again after its shutdown, which ended the process at once: its Redis, in a
+    session of its own, ran on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env |= {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "DISPATCH_LOG_LEVEL": "WARNING"}
+    port = free_port()
+    log = (tmp_path / "api.log").open("wb")
+    api = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", "api", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    servers: list[int] = []
+    try:
+
+        def serving() -> bool:
+            servers[:] = [p for p in _children(api.pid) if "redis-server" in _cmdline(p)]
+            try:
+                answered = httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+            return answered and bool(servers)
+
+        wait_for(serving, timeout=60)
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=30)
+        wait_for(lambda: not _alive(servers[0]), timeout=15)
+    finally:
+        if api.poll() is None:
+            api.kill()
+        for pid in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+    assert api.returncode == 128 + signal.SIGTERM, (tmp_path / "api.log").read_text()
