@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -120,6 +121,20 @@ def dispatch_cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
+def _dispatch(
+    args: list[str], env: dict[str, str], log: IO[bytes], own_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """``dispatch ARGS`` as a process writing ``log``; ``own_session``: its own process
+    group, to clean up after a failure."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=own_session,
+    )
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -148,13 +163,7 @@ def test_commands_in_another_shell_use_the_redis_of_a_running_up(tmp_path: Path)
     state = tmp_path / "run" / "dispatch" / "up.json"
     port = free_port()
     log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "dispatch.cli", "up", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, to clean up after a failure
-    )
+    up = _dispatch(["up", "--port", str(port)], env, log, own_session=True)
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_TOKEN}"}
     )
@@ -253,13 +262,7 @@ def test_up_stops_when_its_embedded_redis_is_gone(tmp_path: Path) -> None:
     env |= {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "DISPATCH_LOG_LEVEL": "WARNING"}
     state = tmp_path / "run" / "dispatch" / "up.json"
     log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "dispatch.cli", "up", "--port", str(free_port())],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    up = _dispatch(["up", "--port", str(free_port())], env, log, own_session=True)
     try:
         wait_for(state.exists, timeout=90)
         (server,) = (p for p in _children(up.pid) if "redis-server" in _cmdline(p))
@@ -299,12 +302,7 @@ def test_a_lone_api_stopped_by_sigterm_stops_its_embedded_redis(tmp_path: Path) 
     env |= {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "DISPATCH_LOG_LEVEL": "WARNING"}
     port = free_port()
     log = (tmp_path / "api.log").open("wb")
-    api = subprocess.Popen(
-        [sys.executable, "-m", "dispatch.cli", "api", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    api = _dispatch(["api", "--port", str(port)], env, log)
     servers: list[int] = []
     try:
 
