@@ -837,22 +837,40 @@ def _port(text: str) -> int:
     return value
 
 
+CAMPAIGN_ID = "the campaign's id"
+FOLLOW_EXIT = (
+    "exit 0 once it completed, 1 when it stopped with messages unsent (paused, "
+    "cancelled, expired) or sent none"
+)
+
+
+def _subcommand(group: Any, name: str, help_: str) -> argparse.ArgumentParser:
+    """A verb of ``group`` (an ``add_subparsers`` result) whose own ``--help`` says what it
+    does, as the list of verbs does (it showed only its options)."""
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help_, description=help_)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dispatch",
         description="Send email campaigns through any provider and track every message.",
+        epilog="Settings are DISPATCH_* environment variables (README: Settings). Without "
+        "DISPATCH_REDIS_URL, `up` and `demo` start a Redis of their own (kept in memory "
+        "only) and the other commands use the one of a running `dispatch up`, else a "
+        "throwaway one.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
-        p = sub.add_parser(name, help=help_)
+        p = _subcommand(sub, name, help_)
         p.set_defaults(func=func)
         return p
 
     p = verb("demo", cmd_demo, "the whole system on this machine: send, replay callbacks, report")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--recipients", type=_count(1), default=2000, help="per campaign (default 2000)")
-    p.add_argument("--concurrency", type=_count(1), default=2, help="worker processes")
+    p.add_argument("--concurrency", type=_count(1), default=2, help="worker processes (default 2)")
     p = verb("up", cmd_up, "API + worker + beat in the foreground")
     p.add_argument("--host", default="127.0.0.1", help="the API's address (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="the API's port (default 8000)")
@@ -860,14 +878,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     p.add_argument("--port", type=_port, default=8000, help="default 8000")
     p = verb("worker", cmd_worker, "run a Celery worker")
-    p.add_argument("--concurrency", type=_count(0), default=0, help="processes (two per core)")
+    p.add_argument(
+        "--concurrency", type=_count(0), default=0, help="processes (default: two per core)"
+    )
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p.add_argument("--hostname", help="Celery node name (default: dispatch-<pid>-<random>@<host>)")
     p = verb("beat", cmd_beat, "run Celery beat (scheduled campaigns, housekeeping)")
     p.add_argument("--loglevel", help="default: DISPATCH_LOG_LEVEL")
     p = verb("send", cmd_send, "create and start a campaign from a YAML or JSON file")
     p.add_argument("file", help="a YAML or JSON file; - reads it from standard input")
-    p.add_argument("--follow", action="store_true", help="show progress until it ends")
+    p.add_argument(
+        "--follow", action="store_true", help=f"show progress until it ends; {FOLLOW_EXIT}"
+    )
     p.add_argument(
         "--test",
         metavar="ADDR",
@@ -884,8 +906,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --test: send even when ADDR is on the suppression list (else refused)",
     )
     p = verb("status", cmd_status, "a campaign's status and counters")
-    p.add_argument("id")
-    p.add_argument("--follow", action="store_true", help="a live progress bar")
+    p.add_argument("id", help=CAMPAIGN_ID)
+    p.add_argument("--follow", action="store_true", help=f"a live progress bar; {FOLLOW_EXIT}")
 
     for name, what in (
         ("pause", "pause a campaign: sending stops within a second or two"),
@@ -893,10 +915,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", "cancel a campaign: every message not sent yet ends cancelled"),
         ("retry-failed", "queue a campaign's retryable failed messages again, each once"),
     ):
-        verb(name, cmd_lifecycle, what).add_argument("id")
+        verb(name, cmd_lifecycle, what).add_argument("id", help=CAMPAIGN_ID)
 
     p = verb("messages", cmd_messages, "a campaign's per-message outcomes, one JSON line each")
-    p.add_argument("id")
+    p.add_argument("id", help=CAMPAIGN_ID)
     p.add_argument(
         "--status",
         help="only messages in this state (queued, claimed, retry, sent, failed, suppressed, "
@@ -912,22 +934,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("health", cmd_health, "exit 0 while this host's workers take tasks")
     p.add_argument("--host", help="the workers of this host (default: this machine's name)")
 
-    providers = sub.add_parser("providers", help="manage providers")
+    providers = _subcommand(sub, "providers", "manage providers")
     psub = providers.add_subparsers(dest="action", required=True)
-    p = psub.add_parser("add", help="save provider(s) from a YAML or JSON file")
+    p = _subcommand(psub, "add", "save provider(s) from a YAML or JSON file")
     p.add_argument("file", help="a YAML or JSON file; - reads it from standard input")
     p.set_defaults(func=cmd_providers_add)
-    psub.add_parser("list", help="list providers").set_defaults(func=cmd_providers_list)
-    p = psub.add_parser(
+    _subcommand(psub, "list", "list providers").set_defaults(func=cmd_providers_list)
+    p = _subcommand(
+        psub,
         "reseal",
-        help="write the providers' secrets that an old key wrote with DISPATCH_SECRET_KEY",
+        "write the providers' secrets that an old key wrote with DISPATCH_SECRET_KEY",
     )
     p.add_argument(
         "--check", action="store_true", help="only say which still need an old key (exit 1)"
     )
     p.set_defaults(func=cmd_providers_reseal)
-    p = psub.add_parser("test", help="send one real test message through a provider")
-    p.add_argument("nickname")
+    p = _subcommand(psub, "test", "send one real test message through a provider")
+    p.add_argument("nickname", help="the provider's nickname (dispatch providers list)")
     p.add_argument("--to", required=True, help="the address that gets the test message")
     p.add_argument(
         "--var",
@@ -944,21 +967,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_providers_test)
 
-    supp = sub.add_parser("suppressions", help="manage the suppression list")
+    supp = _subcommand(sub, "suppressions", "manage the suppression list")
     ssub = supp.add_subparsers(dest="action", required=True)
-    ssub.add_parser("list", help="every suppressed address, with reason and source").set_defaults(
+    _subcommand(ssub, "list", "every suppressed address, with reason and source").set_defaults(
         func=cmd_suppressions_list
     )
-    p = ssub.add_parser("add", help="suppress an address: nothing more is sent to it")
-    p.add_argument("email", nargs="?")
+    p = _subcommand(ssub, "add", "suppress an address: nothing more is sent to it")
+    p.add_argument("email", nargs="?", help="the address to suppress")
     p.add_argument(
         "--file",
         help="suppress every address of FILE instead, one a line (- reads stdin)",
     )
     p.add_argument("--reason", default="manual", help="kept with the entry (default: manual)")
     p.set_defaults(func=cmd_suppressions_add)
-    p = ssub.add_parser("remove", help="send to an address again (exit 1 if it was not suppressed)")
-    p.add_argument("email")
+    p = _subcommand(ssub, "remove", "send to an address again (exit 1 if it was not suppressed)")
+    p.add_argument("email", help="the suppressed address")
     p.set_defaults(func=cmd_suppressions_remove)
     return parser
 

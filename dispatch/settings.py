@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     previous_secret_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     # Part of every message's meta, the value of a machine-read header (DESIGN §3):
     # printable ASCII without the '|' between the meta's fields.
-    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[\x20-\x7b\x7d\x7e]{1,64}$")
+    account_id: str = DEFAULT_ACCOUNT_ID
     allow_private_endpoints: bool = False
     sns_cert_dir: str = ""
     sns_host_pattern: str = r"^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$"
@@ -156,6 +156,17 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("account_id")
+    @classmethod
+    def _account_id(cls, value: str) -> str:
+        # (the pattern alone answered "String should match pattern '^[\x20-\x7b...'")
+        if not re.fullmatch(r"[\x20-\x7b\x7d\x7e]{1,64}", value):
+            raise ValueError(
+                "must be 1 to 64 printable ASCII characters without '|' (it is a field "
+                "of every message's meta, which '|' separates)"
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod
