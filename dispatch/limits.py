@@ -27,12 +27,17 @@ log = logging.getLogger(__name__)
 # today's grants still out (ARGV[7], a grant's token, scored by when it lapses: ARGV[8]
 # seconds after its wait, for a worker that died holding it): until they are settled the
 # quota is not known to be used up, since some may be given back. Answers {granted, wait,
-# which quota stopped it (0 none, 1 messages, 2 recipients), grants still out}. KEYS[5]
-# is the provider's hold (a throttling reply, see _HOLD): no send is granted before it
-# ends (read here, where every grant is already taken: no round trip of its own).
+# which stopped it (0 none, 1 the messages quota, 2 the recipients quota, 3 the horizon),
+# grants still out}. KEYS[5] is the provider's hold (a
+# throttling reply, see _HOLD): no send is granted before it ends (read here, where every
+# grant is already taken: no round trip of its own). ARGV[9] > 0, the caller's horizon:
+# a send due further ahead is not reserved (a reservation is never given back, and one
+# its caller cannot wait for pushes every later one back for nothing): the answer is
+# none, and how long until it would be within the horizon.
 _TAKE = """
 local n, rate, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local per, rquota, partial = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
+local horizon = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local granted, which = n, 0
@@ -48,6 +53,11 @@ if granted <= 0 or (granted < n and not partial) then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   return {0, '-1', which, redis.call('ZCARD', KEYS[4])}
 end
+local held = math.max(redis.call('PTTL', KEYS[5]), 0)
+local free = now + held / 1000
+if rate > 0 then free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), free) end
+local wait = free - now
+if horizon > 0 and wait > horizon then return {0, tostring(wait - horizon), 3, 0} end
 if quota > 0 then
   redis.call('INCRBY', KEYS[2], granted)
   redis.call('EXPIRE', KEYS[2], 172800)
@@ -56,18 +66,12 @@ if rquota > 0 then
   redis.call('INCRBY', KEYS[3], granted * per)
   redis.call('EXPIRE', KEYS[3], 172800)
 end
-local start = now
-local held = redis.call('PTTL', KEYS[5])
-if held > 0 then start = now + held / 1000 end
-local wait = start - now
 if rate > 0 then
-  local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), start)
   local next_free = free + granted / rate
   -- Kept until the provider is next free (an hour at least): a slow pace's reservations
   -- reach further ahead than an hour, and a key gone before then lets a burst through.
   local keep = math.max(3600, math.ceil(next_free - now) + 60)
   redis.call('SET', KEYS[1], tostring(next_free), 'EX', keep)
-  wait = free - now
 end
 if ARGV[7] ~= '' and (quota > 0 or rquota > 0) then
   redis.call('ZADD', KEYS[4], now + wait + tonumber(ARGV[8]), ARGV[7])
@@ -110,6 +114,7 @@ return {ms, left <= 0 and 1 or 0}
 # senders look at its hold at most this often, a process's sessions together (the hold
 # this process set itself they know at once; one another worker set, within this time).
 HOLD_PEEK_SECONDS = 0.5
+_BEYOND_HORIZON = 3  # (the pace script's answer: the send is due past the horizon)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +201,14 @@ class ProviderLimiter:
         """
         return (await self._take(n, partial=False)).wait
 
-    async def take_some(self, n: int, *, tracked: bool = False) -> Grant:
+    async def take_some(self, n: int, *, tracked: bool = False, horizon: float = 0.0) -> Grant:
         """Reserve up to ``n`` sends: as many as today's quotas leave (so the quota is used
         to the last message), after the provider's pace and its hold (:meth:`hold`).
+
+        ``horizon`` > 0: the caller waits no longer than that. Sends due later are not
+        reserved (a reservation is never given back: one not used pushes every later one
+        back), and the grant is of none, with the ``wait`` until they would be due within
+        the horizon (others may book meanwhile: ask again then).
 
         Raises :class:`QuotaExhaustedError` when not one more may go today. ``tracked``:
         the caller settles the grant (:meth:`settle`) once its sends went out or not;
@@ -206,7 +216,7 @@ class ProviderLimiter:
         taken while grants are out (some may be given back: the quota is not known to
         be used up yet) gets a grant of none, to wait its ``wait`` and ask again.
         """
-        return await self._take(n, partial=True, tracked=tracked)
+        return await self._take(n, partial=True, tracked=tracked, horizon=horizon)
 
     async def refund(self, grant: Grant, n: int) -> None:
         """Give back ``n`` of ``grant``'s sends that did not go out (given back unsent,
@@ -261,9 +271,14 @@ class ProviderLimiter:
             f"{store.PREFIX}:quota-out:{nick}:{day}",
         )
 
-    async def _take(self, n: int, *, partial: bool, tracked: bool = False) -> Grant:
+    async def _take(
+        self, n: int, *, partial: bool, tracked: bool = False, horizon: float = 0.0
+    ) -> Grant:
         if not self.active:
-            return Grant(n, await self._held())
+            held = await self._held()
+            if 0 < horizon < held:
+                return Grant(0, held - horizon)
+            return Grant(n, held)
         day = datetime.now(UTC).strftime("%Y%m%d")
         token = secrets.token_hex(8) if tracked and self.quotas else ""
         granted, wait, which, out = await self.client.eval(
@@ -280,7 +295,10 @@ class ProviderLimiter:
             1 if partial else 0,
             token,
             self.grant_ttl,
+            max(0.0, horizon),
         )
+        if int(which) == _BEYOND_HORIZON:
+            return Grant(0, float(wait), day)
         if int(granted) <= 0:
             if token and int(out):
                 return Grant(0, QUOTA_POLL_SECONDS, day)
