@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # seconds after its wait, for a worker that died holding it): until they are settled the
 # quota is not known to be used up, since some may be given back. Answers {granted, wait,
 # which stopped it (0 none, 1 the messages quota, 2 the recipients quota, 3 the horizon),
-# grants still out}. KEYS[5] is the provider's hold (a
+# grants still out, ms the provider is still held}. KEYS[5] is the provider's hold (a
 # throttling reply, see _HOLD): no send is granted before it ends (read here, where every
 # grant is already taken: no round trip of its own). ARGV[9] > 0, the caller's horizon:
 # a send due further ahead is not reserved (a reservation is never given back, and one
@@ -40,6 +40,7 @@ local per, rquota, partial = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1
 local horizon = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local held = math.max(redis.call('PTTL', KEYS[5]), 0)
 local granted, which = n, 0
 if quota > 0 then
   local left = quota - tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -51,13 +52,12 @@ if rquota > 0 then
 end
 if granted <= 0 or (granted < n and not partial) then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  return {0, '-1', which, redis.call('ZCARD', KEYS[4])}
+  return {0, '-1', which, redis.call('ZCARD', KEYS[4]), held}
 end
-local held = math.max(redis.call('PTTL', KEYS[5]), 0)
 local free = now + held / 1000
 if rate > 0 then free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), free) end
 local wait = free - now
-if horizon > 0 and wait > horizon then return {0, tostring(wait - horizon), 3, 0} end
+if horizon > 0 and wait > horizon then return {0, tostring(wait - horizon), 3, 0, held} end
 if quota > 0 then
   redis.call('INCRBY', KEYS[2], granted)
   redis.call('EXPIRE', KEYS[2], 172800)
@@ -77,7 +77,7 @@ if ARGV[7] ~= '' and (quota > 0 or rquota > 0) then
   redis.call('ZADD', KEYS[4], now + wait + tonumber(ARGV[8]), ARGV[7])
   redis.call('EXPIRE', KEYS[4], 172800)
 end
-return {granted, tostring(wait), which, 0}
+return {granted, tostring(wait), which, 0, held}
 """
 
 # Messages counted against today's quotas that did not go out are given back (never
@@ -113,6 +113,8 @@ return {ms, left <= 0 and 1 or 0}
 # A provider without pace or quotas takes no grant from Redis (nothing to reserve): its
 # senders look at its hold at most this often, a process's sessions together (the hold
 # this process set itself they know at once; one another worker set, within this time).
+# So do senders that waited for their pace (the hold may have been set meanwhile), but
+# every grant taken in the process tells what the hold was too: a busy pace peeks never.
 HOLD_PEEK_SECONDS = 0.5
 _BEYOND_HORIZON = 3  # (the pace script's answer: the send is due past the horizon)
 
@@ -240,8 +242,9 @@ class ProviderLimiter:
         _seen_holds[nick] = (now + int(ms) / 1000, now)
         return Hold(int(ms) / 1000, bool(int(began)))
 
-    async def _held(self) -> float:
-        """Seconds the provider is still held (a limiter that takes no grant from Redis)."""
+    async def held(self) -> float:
+        """Seconds the provider is still held, as this process knew it at most
+        ``HOLD_PEEK_SECONDS`` ago (then Redis is asked: one round trip, for the process)."""
         nick = self.provider.nickname
         now = time.monotonic()
         until, read = _seen_holds.get(nick, (0.0, -HOLD_PEEK_SECONDS))
@@ -254,6 +257,13 @@ class ProviderLimiter:
             until = max(now + max(0, int(ms)) / 1000, _seen_holds.get(nick, (0.0, 0.0))[0])
             _seen_holds[nick] = (until, now)
         return max(0.0, until - now)
+
+    def _saw_hold(self, ms: int) -> None:
+        """The pace script read the hold: ``ms`` left (a hold only grows meanwhile)."""
+        nick = self.provider.nickname
+        now = time.monotonic()
+        until = max(now + ms / 1000, _seen_holds.get(nick, (0.0, 0.0))[0])
+        _seen_holds[nick] = (until, now)
 
     async def _give_back(self, grant: Grant, n: int, token: str) -> None:
         if not self.quotas or not grant.day:
@@ -275,13 +285,13 @@ class ProviderLimiter:
         self, n: int, *, partial: bool, tracked: bool = False, horizon: float = 0.0
     ) -> Grant:
         if not self.active:
-            held = await self._held()
+            held = await self.held()
             if 0 < horizon < held:
                 return Grant(0, held - horizon)
             return Grant(n, held)
         day = datetime.now(UTC).strftime("%Y%m%d")
         token = secrets.token_hex(8) if tracked and self.quotas else ""
-        granted, wait, which, out = await self.client.eval(
+        granted, wait, which, out, held = await self.client.eval(
             _TAKE,
             5,
             f"{store.PREFIX}:pace:{self.provider.nickname}",
@@ -297,6 +307,7 @@ class ProviderLimiter:
             self.grant_ttl,
             max(0.0, horizon),
         )
+        self._saw_hold(int(held))
         if int(which) == _BEYOND_HORIZON:
             return Grant(0, float(wait), day)
         if int(granted) <= 0:

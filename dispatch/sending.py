@@ -264,33 +264,37 @@ class BatchSender(BatchOutcomes):
         None when the whole chunk is (the quota's last sends are out elsewhere, the pace
         is booked past ``horizon``, or the batch stopped)."""
         limiter = self.c.limiter
-        try:
-            grant = await limiter.take_some(len(chunk), tracked=True, horizon=self.horizon)
-        except QuotaExhaustedError as exc:
-            self.put_back(chunk)
-            await give_back_claims(self.writer, chunk, exc.detail)
-            self._stop_for(exc)
-            return None
-        if not grant.count:  # some may come back, or the pace frees up: ask again
-            self.put_back(chunk)
+        while True:
+            try:
+                grant = await limiter.take_some(len(chunk), tracked=True, horizon=self.horizon)
+            except QuotaExhaustedError as exc:
+                self.put_back(chunk)
+                await give_back_claims(self.writer, chunk, exc.detail)
+                self._stop_for(exc)
+                return None
+            if not grant.count:  # some may come back, or the pace frees up: ask again
+                self.put_back(chunk)
+                await give_back_claims(self.writer, chunk, WAITED)
+                await self._rest(grant.wait)
+                return None
+            if grant.count < len(chunk):  # the last of today's quota: the rest waits
+                rest, chunk = chunk[grant.count :], chunk[: grant.count]
+                self.put_back(rest)  # (not claimed while the granted part is on the wire)
+                await give_back_claims(self.writer, rest, WAITED)
+            if grant.wait <= 0:
+                return grant, chunk
+            # The provider's pace (or its hold): a pause or cancel meanwhile stops them,
+            # the run's time budget does not (reserved within ``horizon``: see run_out).
             await give_back_claims(self.writer, chunk, WAITED)
-            await self._rest(grant.wait)
-            return None
-        if grant.count < len(chunk):  # the last of today's quota: the rest waits
-            rest, chunk = chunk[grant.count :], chunk[: grant.count]
-            self.put_back(rest)  # (not claimed while the granted part is on the wire)
-            await give_back_claims(self.writer, rest, WAITED)
-        if grant.wait <= 0:
-            return grant, chunk
-        # The provider's pace (or its hold): a pause or cancel meanwhile stops them, the
-        # run's time budget does not (reserved within ``horizon``: see run_out).
-        await give_back_claims(self.writer, chunk, WAITED)
-        await self._rest(grant.wait, self.done)
-        if not self.halted:
-            return grant, chunk
-        await limiter.settle(grant, len(chunk))
-        self.put_back(chunk)
-        return None
+            await self._rest(grant.wait, self.done)
+            if not self.halted and not await limiter.held():
+                return grant, chunk
+            # Halted; or a throttling reply held the provider (or held it longer) while
+            # they waited: their turn fell in the hold, they book again, after it.
+            await limiter.settle(grant, len(chunk))
+            if self.stopped:
+                self.put_back(chunk)
+                return None
 
     async def _slot_again(self, kept: KeptSession) -> bool:
         """The slot expired under the session (a stall longer than its TTL): another
