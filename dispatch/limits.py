@@ -27,14 +27,20 @@ log = logging.getLogger(__name__)
 # today's grants still out (ARGV[7], a grant's token, scored by when it lapses: ARGV[8]
 # seconds after its wait, for a worker that died holding it): until they are settled the
 # quota is not known to be used up, since some may be given back. Answers {granted, wait,
-# which quota stopped it (0 none, 1 messages, 2 recipients), grants still out}. KEYS[5]
-# is the provider's hold (a throttling reply, see _HOLD): no send is granted before it
-# ends (read here, where every grant is already taken: no round trip of its own).
+# which stopped it (0 none, 1 the messages quota, 2 the recipients quota, 3 the horizon),
+# grants still out, ms the provider is still held}. KEYS[5] is the provider's hold (a
+# throttling reply, see _HOLD): no send is granted before it ends (read here, where every
+# grant is already taken: no round trip of its own). ARGV[9] > 0, the caller's horizon:
+# a send due further ahead is not reserved (a reservation is never given back, and one
+# its caller cannot wait for pushes every later one back for nothing): the answer is
+# none, and how long until it would be within the horizon.
 _TAKE = """
 local n, rate, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local per, rquota, partial = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
+local horizon = tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local held = math.max(redis.call('PTTL', KEYS[5]), 0)
 local granted, which = n, 0
 if quota > 0 then
   local left = quota - tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -46,8 +52,12 @@ if rquota > 0 then
 end
 if granted <= 0 or (granted < n and not partial) then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  return {0, '-1', which, redis.call('ZCARD', KEYS[4])}
+  return {0, '-1', which, redis.call('ZCARD', KEYS[4]), held}
 end
+local free = now + held / 1000
+if rate > 0 then free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), free) end
+local wait = free - now
+if horizon > 0 and wait > horizon then return {0, tostring(wait - horizon), 3, 0, held} end
 if quota > 0 then
   redis.call('INCRBY', KEYS[2], granted)
   redis.call('EXPIRE', KEYS[2], 172800)
@@ -56,24 +66,18 @@ if rquota > 0 then
   redis.call('INCRBY', KEYS[3], granted * per)
   redis.call('EXPIRE', KEYS[3], 172800)
 end
-local start = now
-local held = redis.call('PTTL', KEYS[5])
-if held > 0 then start = now + held / 1000 end
-local wait = start - now
 if rate > 0 then
-  local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), start)
   local next_free = free + granted / rate
   -- Kept until the provider is next free (an hour at least): a slow pace's reservations
   -- reach further ahead than an hour, and a key gone before then lets a burst through.
   local keep = math.max(3600, math.ceil(next_free - now) + 60)
   redis.call('SET', KEYS[1], tostring(next_free), 'EX', keep)
-  wait = free - now
 end
 if ARGV[7] ~= '' and (quota > 0 or rquota > 0) then
   redis.call('ZADD', KEYS[4], now + wait + tonumber(ARGV[8]), ARGV[7])
   redis.call('EXPIRE', KEYS[4], 172800)
 end
-return {granted, tostring(wait), which, 0}
+return {granted, tostring(wait), which, 0, held}
 """
 
 # Messages counted against today's quotas that did not go out are given back (never
@@ -109,7 +113,10 @@ return {ms, left <= 0 and 1 or 0}
 # A provider without pace or quotas takes no grant from Redis (nothing to reserve): its
 # senders look at its hold at most this often, a process's sessions together (the hold
 # this process set itself they know at once; one another worker set, within this time).
+# So do senders that waited for their pace (the hold may have been set meanwhile), but
+# every grant taken in the process tells what the hold was too: a busy pace peeks never.
 HOLD_PEEK_SECONDS = 0.5
+_BEYOND_HORIZON = 3  # (the pace script's answer: the send is due past the horizon)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +203,14 @@ class ProviderLimiter:
         """
         return (await self._take(n, partial=False)).wait
 
-    async def take_some(self, n: int, *, tracked: bool = False) -> Grant:
+    async def take_some(self, n: int, *, tracked: bool = False, horizon: float = 0.0) -> Grant:
         """Reserve up to ``n`` sends: as many as today's quotas leave (so the quota is used
         to the last message), after the provider's pace and its hold (:meth:`hold`).
+
+        ``horizon`` > 0: the caller waits no longer than that. Sends due later are not
+        reserved (a reservation is never given back: one not used pushes every later one
+        back), and the grant is of none, with the ``wait`` until they would be due within
+        the horizon (others may book meanwhile: ask again then).
 
         Raises :class:`QuotaExhaustedError` when not one more may go today. ``tracked``:
         the caller settles the grant (:meth:`settle`) once its sends went out or not;
@@ -206,7 +218,7 @@ class ProviderLimiter:
         taken while grants are out (some may be given back: the quota is not known to
         be used up yet) gets a grant of none, to wait its ``wait`` and ask again.
         """
-        return await self._take(n, partial=True, tracked=tracked)
+        return await self._take(n, partial=True, tracked=tracked, horizon=horizon)
 
     async def refund(self, grant: Grant, n: int) -> None:
         """Give back ``n`` of ``grant``'s sends that did not go out (given back unsent,
@@ -230,8 +242,9 @@ class ProviderLimiter:
         _seen_holds[nick] = (now + int(ms) / 1000, now)
         return Hold(int(ms) / 1000, bool(int(began)))
 
-    async def _held(self) -> float:
-        """Seconds the provider is still held (a limiter that takes no grant from Redis)."""
+    async def held(self) -> float:
+        """Seconds the provider is still held, as this process knew it at most
+        ``HOLD_PEEK_SECONDS`` ago (then Redis is asked: one round trip, for the process)."""
         nick = self.provider.nickname
         now = time.monotonic()
         until, read = _seen_holds.get(nick, (0.0, -HOLD_PEEK_SECONDS))
@@ -244,6 +257,13 @@ class ProviderLimiter:
             until = max(now + max(0, int(ms)) / 1000, _seen_holds.get(nick, (0.0, 0.0))[0])
             _seen_holds[nick] = (until, now)
         return max(0.0, until - now)
+
+    def _saw_hold(self, ms: int) -> None:
+        """The pace script read the hold: ``ms`` left (a hold only grows meanwhile)."""
+        nick = self.provider.nickname
+        now = time.monotonic()
+        until = max(now + ms / 1000, _seen_holds.get(nick, (0.0, 0.0))[0])
+        _seen_holds[nick] = (until, now)
 
     async def _give_back(self, grant: Grant, n: int, token: str) -> None:
         if not self.quotas or not grant.day:
@@ -261,12 +281,17 @@ class ProviderLimiter:
             f"{store.PREFIX}:quota-out:{nick}:{day}",
         )
 
-    async def _take(self, n: int, *, partial: bool, tracked: bool = False) -> Grant:
+    async def _take(
+        self, n: int, *, partial: bool, tracked: bool = False, horizon: float = 0.0
+    ) -> Grant:
         if not self.active:
-            return Grant(n, await self._held())
+            held = await self.held()
+            if 0 < horizon < held:
+                return Grant(0, held - horizon)
+            return Grant(n, held)
         day = datetime.now(UTC).strftime("%Y%m%d")
         token = secrets.token_hex(8) if tracked and self.quotas else ""
-        granted, wait, which, out = await self.client.eval(
+        granted, wait, which, out, held = await self.client.eval(
             _TAKE,
             5,
             f"{store.PREFIX}:pace:{self.provider.nickname}",
@@ -280,7 +305,11 @@ class ProviderLimiter:
             1 if partial else 0,
             token,
             self.grant_ttl,
+            max(0.0, horizon),
         )
+        self._saw_hold(int(held))
+        if int(which) == _BEYOND_HORIZON:
+            return Grant(0, float(wait), day)
         if int(granted) <= 0:
             if token and int(out):
                 return Grant(0, QUOTA_POLL_SECONDS, day)

@@ -37,7 +37,7 @@ from dispatch.claim_returns import WAITED, give_back_after_failure, give_back_cl
 from dispatch.housekeeping import note_parked, note_progress
 from dispatch.ledger import BatchLease, LedgerWriter, Records, claim_record, record
 from dispatch.lifecycle import expire_now, pause_running
-from dispatch.limits import QuotaExhaustedError
+from dispatch.limits import Grant, QuotaExhaustedError
 from dispatch.message_logs import log_lost_claims
 from dispatch.models import CampaignStatus, MessageState
 from dispatch.process_cache import (
@@ -51,7 +51,7 @@ from dispatch.rendering import RenderError
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
 from dispatch.settings import Settings, get_settings
-from dispatch.status_watch import provider_gone, provider_replaced, watch_status
+from dispatch.status_watch import pace_horizon, provider_gone, provider_replaced, watch_status
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError
 from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
@@ -107,12 +107,13 @@ class BatchSender(BatchOutcomes):
         self.starved = False  # none got a slot in time: the batch goes back to the broker
         self.handed_on = False  # its worker is shutting down: the batch goes back too
         # The run lasted its time budget (status_watch.run_budget): senders take no new
-        # chunk and the batch goes back too, but a chunk whose pace lets it go out by
-        # ``keep_until`` goes first (a reservation is never given back: cut short, the
-        # next run's came after it, and a pace reaching past the budget sent nothing
-        # again). ``cut``: set when senders stop resting otherwise (a backoff, a pause).
+        # chunk and the batch goes back too, but the chunks they reserved the pace for
+        # go first. A reservation is never given back (cut short, the next run's came
+        # after it), so none is made further ahead than ``horizon`` (it waits and asks
+        # again): each is sent by the end of the run. ``cut``: set when senders stop
+        # resting otherwise (a backoff, a pause).
         self.out_of_time = False
-        self.keep_until = 0.0
+        self.horizon = pace_horizon(settings.visibility_timeout)
         # Its provider was saved again with another configuration: the batch goes back
         # too, to run with the new one (the stored configuration it watches, see
         # status_watch._status_changed: what a save must change to reach it).
@@ -136,16 +137,12 @@ class BatchSender(BatchOutcomes):
         super().finish()
         self.cut.set()
 
-    def run_out(self, keep_until: float) -> None:
+    def run_out(self) -> None:
         """The run lasted its time budget: hand the batch on once the chunks on the wire,
-        and those whose pace lets them go by ``keep_until`` (monotonic), are out."""
-        self.out_of_time, self.keep_until = True, keep_until
+        and those the senders reserved the pace for (within ``horizon``), are out."""
+        self.out_of_time = True
         self.cut.set()
         self.wake.set()
-
-    def _keeps(self, due: float) -> bool:
-        """Whether a chunk whose pace lets it go at ``due`` still goes out in this run."""
-        return self.out_of_time and not self.halted and due <= self.keep_until
 
     def abort(self) -> None:
         """A sender failed: the others stop after the chunk they are sending."""
@@ -212,34 +209,10 @@ class BatchSender(BatchOutcomes):
                 if not await self._slot_again(kept):
                     self.put_back(chunk)
                     return
-            try:
-                grant = await self.c.limiter.take_some(len(chunk), tracked=True)
-            except QuotaExhaustedError as exc:
-                self.put_back(chunk)
-                await give_back_claims(self.writer, chunk, exc.detail)
-                self._stop_for(exc)
-                return
-            if not grant.count:  # the quota's last sends are out: some may come back
-                self.put_back(chunk)
-                await give_back_claims(self.writer, chunk, WAITED)
-                await self._rest(grant.wait)
+            reserved = await self._reserve(chunk)
+            if reserved is None:  # (back in the queue: it waits, or the batch stopped)
                 continue
-            if grant.count < len(chunk):  # the last of today's quota: the rest waits
-                rest, chunk = chunk[grant.count :], chunk[: grant.count]
-                self.put_back(rest)  # (not claimed while the granted part is on the wire)
-                await give_back_claims(self.writer, rest, WAITED)
-            # The provider's pace: a pause or cancel meanwhile stops them, the run's time
-            # budget only if they are due too late (see ``keep_until``).
-            if grant.wait > 0:
-                due = time.monotonic() + grant.wait
-                await give_back_claims(self.writer, chunk, WAITED)
-                await self._rest(grant.wait)
-                if self._keeps(due):
-                    await self._rest(due - time.monotonic(), self.done)
-                if self.stopped and not self._keeps(due):
-                    self.put_back(chunk)
-                    await self.c.limiter.settle(grant, len(chunk))
-                    return
+            grant, chunk = reserved
             if await self._expired():  # (the pace held them back past expires_at)
                 self.put_back(chunk)
                 await self.c.limiter.settle(grant, len(chunk))
@@ -284,6 +257,44 @@ class BatchSender(BatchOutcomes):
             refused = sum(1 for o in outcomes if o.status in _REFUSED)
             await self.c.limiter.settle(grant, refused)  # only what the provider took counts
             await self._rest(await self._apply(messages, outcomes))
+
+    async def _reserve(self, chunk: list[Item]) -> tuple[Grant, list[Item]] | None:
+        """Reserve ``chunk`` on the provider's quotas and pace, and wait until it may go:
+        the grant and the part of the chunk it covers (the rest is back in the queue), or
+        None when the whole chunk is (the quota's last sends are out elsewhere, the pace
+        is booked past ``horizon``, or the batch stopped)."""
+        limiter = self.c.limiter
+        while True:
+            try:
+                grant = await limiter.take_some(len(chunk), tracked=True, horizon=self.horizon)
+            except QuotaExhaustedError as exc:
+                self.put_back(chunk)
+                await give_back_claims(self.writer, chunk, exc.detail)
+                self._stop_for(exc)
+                return None
+            if not grant.count:  # some may come back, or the pace frees up: ask again
+                self.put_back(chunk)
+                await give_back_claims(self.writer, chunk, WAITED)
+                await self._rest(grant.wait)
+                return None
+            if grant.count < len(chunk):  # the last of today's quota: the rest waits
+                rest, chunk = chunk[grant.count :], chunk[: grant.count]
+                self.put_back(rest)  # (not claimed while the granted part is on the wire)
+                await give_back_claims(self.writer, rest, WAITED)
+            if grant.wait <= 0:
+                return grant, chunk
+            # The provider's pace (or its hold): a pause or cancel meanwhile stops them,
+            # the run's time budget does not (reserved within ``horizon``: see run_out).
+            await give_back_claims(self.writer, chunk, WAITED)
+            await self._rest(grant.wait, self.done)
+            if not self.halted and not await limiter.held():
+                return grant, chunk
+            # Halted; or a throttling reply held the provider (or held it longer) while
+            # they waited: their turn fell in the hold, they book again, after it.
+            await limiter.settle(grant, len(chunk))
+            if self.stopped:
+                self.put_back(chunk)
+                return None
 
     async def _slot_again(self, kept: KeptSession) -> bool:
         """The slot expired under the session (a stall longer than its TTL): another

@@ -41,14 +41,14 @@ async def watch_status(
     A run that has lasted :func:`run_budget` hands the batch on: Celery kills a task at
     its time limit (half the visibility timeout), which left a slowly paced batch's chunk
     on the wire unknown and the batch stalled until beat's sweep; the next run starts
-    with a whole time limit. Its senders take no new chunk, but those whose pace lets
-    them send within half the budget more send first (``BatchSender.run_out``): a pace's
-    reservation is not given back, and each run's cut short pushed the next run's further
-    ahead (a pace reaching past the budget never sent again); the chunk then still has a
-    quarter of the time limit to be answered."""
+    with a whole time limit. Its senders take no new chunk, but those that reserved
+    their pace send first (``BatchSender.run_out``): a pace's reservation is not given
+    back, and each run's cut short pushed the next run's further ahead (a pace reaching
+    past the budget never sent again). None is reserved further ahead than
+    :func:`pace_horizon`: the last chunk then still has a quarter of the time limit to
+    be answered."""
     started = flushed = time.monotonic()
-    budget = run_budget(campaign.settings.visibility_timeout)
-    hand_on_at = started + budget
+    hand_on_at = started + run_budget(campaign.settings.visibility_timeout)
     while not sender.done.is_set():
         await asyncio.sleep(STATUS_POLL_SECONDS)
         if not sender.out_of_time and time.monotonic() >= hand_on_at:
@@ -58,7 +58,7 @@ async def watch_status(
                 "limit)", campaign.content.id, sender.outcome_log.context.get("batch"),
                 time.monotonic() - started, extra=sender.outcome_log.context,
             )  # fmt: skip
-            sender.run_out(keep_until=time.monotonic() + budget / 2)
+            sender.run_out()
         if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
             flushed = time.monotonic()
             await sender.stats.flush(r, campaign.provider.nickname)
@@ -111,6 +111,13 @@ def run_budget(visibility_timeout: float) -> float:
     chunk on the wire when it stops has the other half to be answered (an SMTP reply to
     the end of a message may take ``data_timeout``, up to 900 s)."""
     return visibility_timeout / 4
+
+
+def pace_horizon(visibility_timeout: float) -> float:
+    """How far ahead a run's senders reserve the provider's pace: half the run's budget
+    (:func:`run_budget`), so that a chunk reserved before the run ran out goes out by
+    then and still has a quarter of the task's time limit to be answered."""
+    return run_budget(visibility_timeout) / 2
 
 
 def provider_gone(nickname: str) -> str:
