@@ -15,7 +15,7 @@ from kombu.transport import redis as kombu_redis
 
 from dispatch import store
 from dispatch.redis_server import ensure_redis_url
-from dispatch.settings import get_settings
+from dispatch.settings import get_settings, task_time_limit
 
 QUEUES = store.CELERY_QUEUES
 BEAT_TASK_EXPIRES = 600  # seconds (see beat_schedule)
@@ -113,11 +113,11 @@ class _Config:
     @property
     def task_time_limit(self) -> int:
         # Stay well inside the visibility timeout (PITFALLS: no real acks on Redis).
-        return get_settings().visibility_timeout // 2
+        return task_time_limit(get_settings().visibility_timeout)
 
     @property
     def task_soft_time_limit(self) -> int:
-        return get_settings().visibility_timeout // 2 - 30
+        return task_time_limit(get_settings().visibility_timeout) - 30
 
 
 def _closed_transport_is_a_connection_error() -> None:
@@ -198,8 +198,24 @@ def _worker_init(**_: object) -> None:
 
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
+    _warn_of_waits_past_the_time_limit()
     gc.collect()
     gc.freeze()
+
+
+def _warn_of_waits_past_the_time_limit() -> None:
+    """Log the stored providers whose waits for answers outlast this worker's batch runs
+    (settings.wait_problem): their late answers are cut short, the messages unknown."""
+    import logging
+
+    from dispatch.provider_store import providers_past_time_limit
+
+    try:
+        found = providers_past_time_limit()
+    except Exception:  # Redis not there yet: the worker starts all the same
+        return
+    for warning in found:
+        logging.getLogger(__name__).warning("%s", warning)
 
 
 @worker_process_init.connect

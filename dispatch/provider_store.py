@@ -14,7 +14,7 @@ import redis
 from pydantic import SecretStr
 
 from dispatch import crypto, store
-from dispatch.settings import get_settings
+from dispatch.settings import get_settings, wait_problem
 from providers.config import (
     SECRET_MASK,
     HttpConfig,
@@ -432,6 +432,29 @@ def _one_click_warnings(config: ProviderBase) -> list[str]:
     ]
 
 
+def time_limit_warnings(config: ProviderBase) -> list[str]:
+    """A provider whose waits for answers may outlast what a batch run under this
+    process's DISPATCH_VISIBILITY_TIMEOUT leaves its last chunk (settings.wait_problem)."""
+    visibility = get_settings().visibility_timeout
+    problem = wait_problem(visibility, config.longest_wait, config.wait_fields())
+    return [problem] if problem else []
+
+
+def providers_past_time_limit(client: redis.Redis | None = None) -> list[str]:
+    """:func:`time_limit_warnings` of every stored provider, each naming it (for the
+    workers: at their start and in ``dispatch health``)."""
+    r = client or store.sync_client()
+    found = []
+    for nickname in list_providers(r):
+        raw = r.get(store.provider_key(nickname))
+        try:
+            config = decode_provider(raw or b"", secrets=False)[0]
+        except Exception:  # gone meanwhile, or unreadable (its view says why)
+            continue
+        found += [f"provider {nickname!r}: {w}" for w in time_limit_warnings(config)]
+    return found
+
+
 def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str, Any]:
     """The provider as shown to users: secrets masked, ``callback_url`` and ``warnings``
     added (a secret the current key cannot decrypt is one), and for the SMTP kinds
@@ -443,7 +466,12 @@ def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str,
     config, token = decode_provider(raw, secrets=False)
     view = public_view(config)
     view["callback_url"] = callback_url(nickname, token)
-    view["warnings"] = config.warnings() + _unreadable_secrets(raw) + _one_click_warnings(config)
+    view["warnings"] = (
+        config.warnings()
+        + _unreadable_secrets(raw)
+        + _one_click_warnings(config)
+        + time_limit_warnings(config)
+    )
     if isinstance(config, SmtpFamilyBase):  # host "", port 0: the preset's; where it is
         view["connects_to"] = {
             "host": config.effective_host,

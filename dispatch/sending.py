@@ -50,7 +50,7 @@ from dispatch.process_cache import (
 from dispatch.rendering import RenderError
 from dispatch.send_stats import SendStats
 from dispatch.session_pool import KeptSession, SessionPool
-from dispatch.settings import Settings, get_settings
+from dispatch.settings import Settings, cut_after, get_settings
 from dispatch.status_watch import pace_horizon, provider_gone, provider_replaced, watch_status
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError
@@ -120,6 +120,10 @@ class BatchSender(BatchOutcomes):
         self.reconfigured = False
         self.configuration = pool_key[1]
         self.aborted = False  # a sender failed: the run ends with its error
+        # Celery kills the task at its time limit (every session's chunk then unknown,
+        # the batch stalled until beat's sweep): a wait for answers still on then is
+        # cut short just before, and the batch handed on (see _send_chunks).
+        self.deadline = time.monotonic() + cut_after(settings.visibility_timeout)
 
     @property
     def stopped(self) -> bool:
@@ -217,6 +221,11 @@ class BatchSender(BatchOutcomes):
                 self.put_back(chunk)
                 await self.c.limiter.settle(grant, len(chunk))
                 return
+            if time.monotonic() >= self.deadline:  # (see deadline): the next run sends them
+                self.put_back(chunk)
+                await self.c.limiter.settle(grant, len(chunk))
+                self.run_out()
+                return
             # Built and claimed right before they go out: none waits claimed.
             messages = await self._claim(await self._build(chunk))
             unsent = len(chunk) - len(messages)  # not buildable, or settled by someone else
@@ -236,23 +245,29 @@ class BatchSender(BatchOutcomes):
                     continue
                 kept.session = session
             started = time.perf_counter()
+            cut = asyncio.timeout(max(0.0, self.deadline - time.monotonic()))
             try:
-                outcomes = await session.send([m for _, m in messages])
-            except ProviderError as exc:
-                self.stats.observe(time.perf_counter() - started, len(messages))
+                async with cut:
+                    outcomes = await session.send([m for _, m in messages])
+            except Exception as exc:
+                elapsed = time.perf_counter() - started
                 await kept.drop_session()
-                await self.c.limiter.settle(grant, len(messages))  # none went out
-                await self._session_failed(messages, exc)
-                if isinstance(exc, ConfigurationError):
-                    return
-                continue
-            except Exception as exc:  # an adapter's bug: this chunk alone pays for it
-                log.exception(
-                    "batch of campaign %s: the adapter failed", self.c.content.id,
-                    extra=self.outcome_log.context,
-                )  # fmt: skip
-                await kept.drop_session()
-                outcomes = [_unknown(item.seq, exc) for item, _ in messages]
+                if cut.expired():  # (whatever the adapter made of it) perhaps taken
+                    outcomes = [_cut_short(item.seq) for item, _ in messages]
+                    self.run_out()  # the run is at its end: hand on
+                elif isinstance(exc, ProviderError):
+                    self.stats.observe(elapsed, len(messages))
+                    await self.c.limiter.settle(grant, len(messages))  # none went out
+                    await self._session_failed(messages, exc)
+                    if isinstance(exc, ConfigurationError):
+                        return
+                    continue
+                else:  # an adapter's bug: this chunk alone pays for it
+                    log.exception(
+                        "batch of campaign %s: the adapter failed", self.c.content.id,
+                        extra=self.outcome_log.context,
+                    )  # fmt: skip
+                    outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             self.stats.observe(time.perf_counter() - started, len(messages))
             refused = sum(1 for o in outcomes if o.status in _REFUSED)
             await self.c.limiter.settle(grant, refused)  # only what the provider took counts
@@ -444,6 +459,13 @@ class BatchSender(BatchOutcomes):
         if isinstance(exc, ThrottledError):  # the provider is held too
             delay = await self._slow_down(delay, exc.retry_after)
         await self._rest(min(delay, self.settings.inline_retry_seconds))
+
+
+def _cut_short(seq: int) -> SendOutcome:
+    """The outcome of a message still waiting for its answer at the batch run's time
+    limit (DESIGN §7: unknown, never resent)."""
+    detail = "no answer before the batch task's time limit (DISPATCH_VISIBILITY_TIMEOUT / 2)"
+    return SendOutcome(seq, OutcomeStatus.UNKNOWN, ErrorClass.TIMEOUT, detail)
 
 
 def _unknown(seq: int, exc: Exception) -> SendOutcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -229,6 +230,44 @@ def describe(exc: ValidationError) -> str:
         message = str(err["msg"]).removeprefix("Value error, ")
         lines.append(f"DISPATCH_{name.upper()}{shown}: {message}")
     return "; ".join(lines)
+
+
+# What a batch run keeps after its last wait on the provider ended (its outcomes written,
+# the batch handed on) before the task's time limit, at most (a tenth of a short limit).
+RUN_MARGIN_SECONDS = 10.0
+
+
+def task_time_limit(visibility_timeout: int) -> int:
+    """Seconds after which Celery kills a task (its hard time limit): half the visibility
+    timeout, well inside it (PITFALLS: no real acks on Redis)."""
+    return visibility_timeout // 2
+
+
+def cut_after(visibility_timeout: int) -> float:
+    """Seconds into a batch run after which a wait for a provider's answers is cut short
+    and no chunk starts (dispatch.sending): just before Celery kills the task."""
+    limit = task_time_limit(visibility_timeout)
+    return limit - min(RUN_MARGIN_SECONDS, limit / 10)
+
+
+def wait_problem(visibility_timeout: int, wait: float, fields: str) -> str:
+    """Why a provider whose chunk may wait ``wait`` seconds for answers (made of
+    ``fields``, its timeouts) does not fit a batch run under this visibility timeout, ""
+    when it does. A run takes chunks for a quarter of it (dispatch.status_watch); the
+    task is killed at half of it, and a wait still on then is cut short before
+    (dispatch.sending): the chunk's messages end unknown. (A chunk a pace holds may start
+    an eighth later: what it leaves is not asked of every paced provider.)"""
+    room = cut_after(visibility_timeout) - visibility_timeout / 4
+    if wait <= room:
+        return ""
+    least = math.ceil((wait + RUN_MARGIN_SECONDS) * 4)
+    return (
+        f"its sends may wait {wait:g} s for answers ({fields}), but under "
+        f"DISPATCH_VISIBILITY_TIMEOUT={visibility_timeout} a batch run's last chunk may "
+        f"start {max(0.0, room):g} s before the run is cut short at its time limit: a later "
+        "answer is lost and its messages end unknown; set DISPATCH_VISIBILITY_TIMEOUT to "
+        f"{least} or more, or lower them"
+    )
 
 
 @lru_cache(maxsize=1)

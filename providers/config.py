@@ -51,6 +51,10 @@ DEFAULT_SMTP_DATA_TIMEOUT = 600.0
 # At most: a batch task is killed at half the broker's visibility timeout (30 minutes by
 # default, dispatch.celery_app), which leaves its messages on the wire unknown too.
 MAX_SMTP_DATA_TIMEOUT = 900.0
+# The longest ``timeout`` saved (SMTP and HTTP): each wait of a send must end inside the
+# batch task's time limit. The end of data waited the longer of data_timeout and timeout,
+# so an unbounded timeout (100,000 s was saved) made MAX_SMTP_DATA_TIMEOUT no bound.
+MAX_TIMEOUT = 900.0
 DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_HTTP_BATCH_SIZE = 1000  # the seed's maximum batch
 MAX_COUNT = 2**63 - 1  # limits are counted in Redis, in signed 64 bits
@@ -247,6 +251,17 @@ class ProviderBase(BaseModel):
             )
         return value
 
+    @field_validator("timeout", check_fields=False)
+    @classmethod
+    def _wait(cls, value: float, info: ValidationInfo) -> float:
+        """Checked on save (one saved before keeps its value): at most :data:`MAX_TIMEOUT`."""
+        if value > MAX_TIMEOUT and _given(info):
+            raise ValueError(
+                f"{value:g} s is longer than {MAX_TIMEOUT:g} s, the longest wait a batch "
+                "task's time limit leaves room for"
+            )
+        return value
+
     @field_validator("from_name", "from_address", "reply_to")
     @classmethod
     def _sender(cls, value: str, info: ValidationInfo) -> str:
@@ -271,6 +286,17 @@ class ProviderBase(BaseModel):
     def warnings(self) -> list[str]:
         """Saved, but worth telling the user."""
         return []
+
+    @property
+    def longest_wait(self) -> float:
+        """How long one chunk may wait for the provider's answers once it is sent, in
+        seconds (a batch run must end inside its task's time limit)."""
+        return 0.0
+
+    def wait_fields(self) -> str:
+        """The fields that make :attr:`longest_wait`, with their values (for a message
+        that asks to lower them)."""
+        return ""
 
     def sends_from_address(self) -> bool:
         """Whether every message carries a From address (a campaign must then have one)."""
@@ -336,7 +362,7 @@ class SmtpFamilyBase(ProviderBase):
     security: Security | None = None
     username: str = ""
     password: SecretStr = SecretStr("")
-    timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0, strict=True)
+    timeout: float = Field(default=DEFAULT_SMTP_TIMEOUT, gt=0, strict=True)  # (see _wait)
     # The reply to the end of the content waits this long (or ``timeout``, if longer).
     data_timeout: float = Field(
         default=DEFAULT_SMTP_DATA_TIMEOUT, gt=0, le=MAX_SMTP_DATA_TIMEOUT, strict=True
@@ -364,6 +390,15 @@ class SmtpFamilyBase(ProviderBase):
         """How long the reply to the end of a message's content is waited for: never
         shorter than the other replies' wait."""
         return max(self.data_timeout, self.timeout)
+
+    @property
+    def longest_wait(self) -> float:
+        """The end of data's wait after two of ``timeout``: opening a session (a silent
+        server fails its first step) and the envelope's replies."""
+        return self.end_of_data_timeout + 2 * self.timeout
+
+    def wait_fields(self) -> str:
+        return f"data_timeout {self.data_timeout:g} s, timeout {self.timeout:g} s"
 
     def service_starttls_ports(self) -> tuple[int, ...]:
         """The ports known to speak plain SMTP upgraded with STARTTLS at the host."""
@@ -636,7 +671,16 @@ class HttpConfig(ProviderBase):
     body: JsonValue = None
     batch: bool = False
     batch_size: int = Field(default=DEFAULT_HTTP_BATCH_SIZE, ge=1, le=1000, strict=True)
-    timeout: float = Field(default=DEFAULT_HTTP_TIMEOUT, gt=0, strict=True)
+    timeout: float = Field(default=DEFAULT_HTTP_TIMEOUT, gt=0, strict=True)  # (see _wait)
+
+    @property
+    def longest_wait(self) -> float:
+        """Each of ``timeout``: the connection, the answer's status line and headers once
+        the request is sent, its body (providers.http)."""
+        return 3 * self.timeout
+
+    def wait_fields(self) -> str:
+        return f"timeout {self.timeout:g} s"
 
     @model_validator(mode="after")
     def _check_http(self, info: ValidationInfo) -> HttpConfig:
