@@ -19,6 +19,7 @@ from dispatch.settings import get_settings
 
 QUEUES = store.CELERY_QUEUES
 BEAT_TASK_EXPIRES = 600  # seconds (see beat_schedule)
+BROKER_SOCKET_TIMEOUT = 10.0  # seconds a broker command waits for Redis's answer
 RESULT_EXPIRES_SECONDS = 86_400  # how long a dispatch.enqueue_campaign result is kept
 
 
@@ -99,6 +100,12 @@ class _Config:
             # Ten priorities (kombu's default is four): batch tasks carry their place in
             # their campaign (store.batch_priority), so campaigns share the workers.
             **store.PRIORITY_OPTIONS,
+            # kombu waits forever on a Redis that stops answering without closing the
+            # connection (frozen, failover, a dropped NAT entry): a publish, and a
+            # stopping worker's queue clean-up, would hang until the supervisor's kill.
+            # dispatch's own clients time out after redis-py's 5 s.
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
         }
 
     @property
