@@ -74,6 +74,11 @@ class _Config:
     # still sends about 22 a minute, and a weekend's (about 60,000, 1.5 KB each in
     # Redis) would wait for the workers' return, ahead of the campaigns sent then. The
     # next run of each comes within its period anyway.
+    # Beat answers a ping as ``celerybeat@<host>`` while its scheduler ticks (Celery
+    # 5.7; silent once a pass is this late): ``dispatch health --beat``, its compose
+    # healthcheck. It ticks at least every 5 s (release-scheduled's period).
+    beat_enable_remote_control = True
+    beat_remote_control_max_tick_age = 120.0
     beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
         name: {"task": task, "schedule": every, "options": {"expires": BEAT_TASK_EXPIRES}}
         for name, task, every in (

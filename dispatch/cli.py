@@ -605,13 +605,17 @@ def cmd_messages(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 while the workers of this host take tasks (a container healthcheck)."""
+    """Exit 0 while the workers (``--beat``: beat) of this host take tasks (a container
+    healthcheck)."""
     from dispatch import store, worker_health
     from dispatch.settings import get_settings
 
-    health = worker_health.check(
-        store.sync_client(), get_settings().worker_canary_seconds, host=args.host
-    )
+    if args.beat:
+        health = worker_health.check_beat(args.host)
+    else:
+        health = worker_health.check(
+            store.sync_client(), get_settings().worker_canary_seconds, host=args.host
+        )
     print(health.message, file=sys.stdout if health.ok else sys.stderr)
     for warning in health.warnings:  # (a warning: a restart would not mend a clock)
         print(f"warning: {warning}", file=sys.stderr)
@@ -911,6 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("health", cmd_health, "exit 0 while this host's workers take tasks")
     p.add_argument("--host", help="the workers of this host (default: this machine's name)")
+    p.add_argument("--beat", action="store_true", help="beat instead: it runs and schedules")
 
     providers = sub.add_parser("providers", help="manage providers")
     psub = providers.add_subparsers(dest="action", required=True)

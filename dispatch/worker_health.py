@@ -81,13 +81,14 @@ def forget_predecessors(r: redis.Redis, hostname: str) -> list[str]:
 PING_SECONDS = 1.0
 
 
-def answering(names: set[str]) -> set[str]:
-    """Those of the workers ``names`` that answer a Celery ping (remote control)."""
+def answering(names: set[str], timeout: float = PING_SECONDS) -> set[str]:
+    """Those of the nodes ``names`` (workers, beat) that answer a Celery ping (remote
+    control) within ``timeout`` s."""
     if not names:
         return set()
     from dispatch.celery_app import app
 
-    replies = app.control.ping(destination=sorted(names), timeout=PING_SECONDS)
+    replies = app.control.ping(destination=sorted(names), timeout=timeout)
     return {str(name) for reply in replies or () for name in reply} & names
 
 
@@ -264,3 +265,24 @@ def check(r: redis.Redis, interval: float, host: str | None = None) -> Health:
         listed = ", ".join(f"{name} {age:.0f} s ago" for name, age in sorted(stale.items()))
         return Health(False, f"not taking tasks (last one {listed}; limit {limit:.0f} s)", warnings)
     return Health(True, f"{len(ages)} worker(s) of {host} taking tasks", warnings)
+
+
+# How long ``dispatch health --beat`` waits for beat's answer (it comes in milliseconds).
+BEAT_PING_SECONDS = 5.0
+
+
+def check_beat(host: str | None = None) -> Health:
+    """Beat on ``host`` (default: this machine) runs and its scheduler ticks: it answers
+    a ping (``beat_enable_remote_control``) unless its last pass is older than
+    ``beat_remote_control_max_tick_age``."""
+    from dispatch.celery_app import app
+
+    name = f"celerybeat@{host or socket.gethostname()}"
+    if answering({name}, BEAT_PING_SECONDS):
+        return Health(True, f"{name} is scheduling")
+    limit = app.conf.beat_remote_control_max_tick_age
+    return Health(
+        False,
+        f"{name} did not answer within {BEAT_PING_SECONDS:.0f} s: not running, its Redis "
+        f"is away, or its scheduler has not ticked for {limit:.0f} s",
+    )
