@@ -19,6 +19,7 @@ from dispatch.settings import get_settings, task_time_limit
 
 QUEUES = store.CELERY_QUEUES
 BEAT_TASK_EXPIRES = 600  # seconds (see beat_schedule)
+BROKER_SOCKET_TIMEOUT = 10.0  # seconds a broker command waits for Redis's answer
 RESULT_EXPIRES_SECONDS = 86_400  # how long a dispatch.enqueue_campaign result is kept
 
 
@@ -73,6 +74,11 @@ class _Config:
     # still sends about 22 a minute, and a weekend's (about 60,000, 1.5 KB each in
     # Redis) would wait for the workers' return, ahead of the campaigns sent then. The
     # next run of each comes within its period anyway.
+    # Beat answers a ping as ``celerybeat@<host>`` while its scheduler ticks (Celery
+    # 5.7; silent once a pass is this late): ``dispatch health --beat``, its compose
+    # healthcheck. It ticks at least every 5 s (release-scheduled's period).
+    beat_enable_remote_control = True
+    beat_remote_control_max_tick_age = 120.0
     beat_schedule: ClassVar[dict[str, dict[str, object]]] = {
         name: {"task": task, "schedule": every, "options": {"expires": BEAT_TASK_EXPIRES}}
         for name, task, every in (
@@ -99,6 +105,12 @@ class _Config:
             # Ten priorities (kombu's default is four): batch tasks carry their place in
             # their campaign (store.batch_priority), so campaigns share the workers.
             **store.PRIORITY_OPTIONS,
+            # kombu waits forever on a Redis that stops answering without closing the
+            # connection (frozen, failover, a dropped NAT entry): a publish, and a
+            # stopping worker's queue clean-up, would hang until the supervisor's kill.
+            # dispatch's own clients time out after redis-py's 5 s.
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
         }
 
     @property

@@ -605,15 +605,21 @@ def cmd_messages(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 while the workers of this host take tasks (a container healthcheck)."""
+    """Exit 0 while the workers (``--beat``: beat) of this host take tasks (a container
+    healthcheck)."""
     from dispatch import store, worker_health
     from dispatch.settings import get_settings
 
-    r = store.sync_client()
-    health = worker_health.check(r, get_settings().worker_canary_seconds, host=args.host)
+    if args.beat:
+        health = worker_health.check_beat(args.host)
+        warnings = list(health.warnings)
+    else:
+        r = store.sync_client()
+        health = worker_health.check(r, get_settings().worker_canary_seconds, host=args.host)
+        warnings = [*health.warnings, *_time_limit_warnings(r)]
     print(health.message, file=sys.stdout if health.ok else sys.stderr)
     # Warnings: a restart would mend neither a clock nor a provider's timeouts.
-    for warning in [*health.warnings, *_time_limit_warnings(r)]:
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0 if health.ok else 1
 
@@ -944,6 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("health", cmd_health, "exit 0 while this host's workers take tasks")
     p.add_argument("--host", help="the workers of this host (default: this machine's name)")
+    p.add_argument("--beat", action="store_true", help="beat instead: it runs and schedules")
 
     providers = _subcommand(sub, "providers", "manage providers")
     psub = providers.add_subparsers(dest="action", required=True)

@@ -10,7 +10,8 @@ whose note is older than a few intervals is not consuming.
 A worker killed without its shutdown (``kill -9``, out of memory) leaves a note that goes
 stale while nothing runs under its name: the worker started in its place on the same host
 with the same process id (a container's restarted ``dispatch worker`` is its PID 1 again)
-forgets it, and ``dispatch health`` leaves out the notes of this machine's workers whose
+forgets it unless it answers a ping (a live namesake: containers on the host's network),
+and ``dispatch health`` leaves out the notes of this machine's workers whose
 process is gone, so that a healthy replacement is not reported unhealthy for
 ``KEEP_INTERVALS``.
 """
@@ -57,21 +58,38 @@ def forget(r: redis.Redis, hostname: str) -> None:
 
 
 def forget_predecessors(r: redis.Redis, hostname: str) -> list[str]:
-    """Forget the notes of the workers that ran on ``hostname``'s host with its process id
-    under another name: they are gone (two live processes of a host never share an id),
-    killed without their shutdown. Returns their names."""
-    match = _NODE_NAME.fullmatch(hostname)
-    if match is None:
-        return []
-    pid, host = match.groups()
-    gone = []
-    for name in r.zrange(store.WORKERS_ZSET, 0, -1):
-        other = _NODE_NAME.fullmatch(str(name))
-        if other is not None and other.groups() == (pid, host) and str(name) != hostname:
-            gone.append(str(name))
+    """Forget the notes, and remove the direct queues (:func:`drop_direct_queues`), of
+    the workers that ran on ``hostname``'s host with its process id under another name
+    and answer no ping: killed without their shutdown. (Two live workers can share both:
+    containers on the host's network, each its PID 1, or ``--hostname`` given twice; the
+    one that answers keeps its note and its queue.) Returns the names of those gone."""
+    noted = {str(name) for name in r.zrange(store.WORKERS_ZSET, 0, -1)}
+    namesakes = {
+        name
+        for name in noted | direct_queue_names()
+        if name != hostname and _same_process(name, hostname)
+    }
+    gone = sorted(namesakes - answering(namesakes))
     for name in gone:
         forget(r, name)
+    drop_direct_queues(lambda name: name in gone)
     return gone
+
+
+# How long a starting worker waits for its namesakes to answer a ping (a live worker's
+# consumer answers within milliseconds; a killed one never does).
+PING_SECONDS = 1.0
+
+
+def answering(names: set[str], timeout: float = PING_SECONDS) -> set[str]:
+    """Those of the nodes ``names`` (workers, beat) that answer a Celery ping (remote
+    control) within ``timeout`` s."""
+    if not names:
+        return set()
+    from dispatch.celery_app import app
+
+    replies = app.control.ping(destination=sorted(names), timeout=timeout)
+    return {str(name) for reply in replies or () for name in reply} & names
 
 
 def _gone(name: str, this_host: str) -> bool:
@@ -103,15 +121,16 @@ def start_canary(hostname: str, interval: float) -> threading.Thread:
 
     from dispatch.celery_app import app
 
-    try:
-        for name in forget_predecessors(store.sync_client(), hostname):
-            log.warning("worker %s stopped without its shutdown (killed?)", name)
-    except redis.RedisError:  # Redis not up yet: the predecessor's note expires anyway
-        log.warning("could not forget the notes of earlier workers", exc_info=True)
-    drop_direct_queues(lambda name: _same_process(name, hostname) and name != hostname)
     stop = threading.Event()
 
     def loop() -> None:
+        # Here, not in the worker's start: a ping for a killed predecessor waits its
+        # timeout out. Before the first canary, which declares this worker's own queue.
+        try:
+            for name in forget_predecessors(store.sync_client(), hostname):
+                log.warning("worker %s stopped without its shutdown (killed?)", name)
+        except Exception:  # Redis not up yet: the predecessor's note expires anyway
+            log.warning("could not forget the earlier workers of this name", exc_info=True)
         while not stop.is_set():
             try:
                 app.send_task("dispatch.canary", (hostname,), queue=worker_direct(hostname).name)
@@ -148,7 +167,7 @@ def drop_direct_queues(chosen: Callable[[str], bool]) -> list[str]:
     """Delete the direct queues (``worker_direct``: bindings and waiting tasks) of the
     workers whose node name is ``chosen``; their names. Never raises (logged): a worker
     starts or stops all the same."""
-    from celery.utils.nodenames import WORKER_DIRECT_EXCHANGE, worker_direct
+    from celery.utils.nodenames import worker_direct
 
     from dispatch.celery_app import app
 
@@ -157,8 +176,7 @@ def drop_direct_queues(chosen: Callable[[str], bool]) -> list[str]:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)  # Redis away: a stop does not wait on it
             channel: Any = conn.default_channel  # kombu's Redis channel
-            table = channel.get_table(WORKER_DIRECT_EXCHANGE.name)
-            for name in sorted({str(routing_key) for routing_key, *_ in table}):
+            for name in sorted(_bound_names(channel)):
                 if chosen(name):
                     queue = worker_direct(name)(channel)
                     queue.declare()  # known to this channel, so that delete unbinds it
@@ -167,6 +185,22 @@ def drop_direct_queues(chosen: Callable[[str], bool]) -> list[str]:
     except Exception:
         log.warning("could not remove the direct queues of stopped workers", exc_info=True)
     return dropped
+
+
+def _bound_names(channel: Any) -> set[str]:
+    """The node names whose direct queue is bound (in kombu's Redis ``channel``)."""
+    from celery.utils.nodenames import WORKER_DIRECT_EXCHANGE
+
+    return {str(routing_key) for routing_key, *_ in channel.get_table(WORKER_DIRECT_EXCHANGE.name)}
+
+
+def direct_queue_names() -> set[str]:
+    """The node names whose direct queue is in Redis."""
+    from dispatch.celery_app import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1)
+        return _bound_names(conn.default_channel)
 
 
 # A host whose clock differs from Redis's by more than this is named by the health check:
@@ -231,3 +265,24 @@ def check(r: redis.Redis, interval: float, host: str | None = None) -> Health:
         listed = ", ".join(f"{name} {age:.0f} s ago" for name, age in sorted(stale.items()))
         return Health(False, f"not taking tasks (last one {listed}; limit {limit:.0f} s)", warnings)
     return Health(True, f"{len(ages)} worker(s) of {host} taking tasks", warnings)
+
+
+# How long ``dispatch health --beat`` waits for beat's answer (it comes in milliseconds).
+BEAT_PING_SECONDS = 5.0
+
+
+def check_beat(host: str | None = None) -> Health:
+    """Beat on ``host`` (default: this machine) runs and its scheduler ticks: it answers
+    a ping (``beat_enable_remote_control``) unless its last pass is older than
+    ``beat_remote_control_max_tick_age``."""
+    from dispatch.celery_app import app
+
+    name = f"celerybeat@{host or socket.gethostname()}"
+    if answering({name}, BEAT_PING_SECONDS):
+        return Health(True, f"{name} is scheduling")
+    limit = app.conf.beat_remote_control_max_tick_age
+    return Health(
+        False,
+        f"{name} did not answer within {BEAT_PING_SECONDS:.0f} s: not running, its Redis "
+        f"is away, or its scheduler has not ticked for {limit:.0f} s",
+    )
