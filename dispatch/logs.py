@@ -183,15 +183,18 @@ def configure(level: int | str, addresses: str = "full") -> None:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
-    # uvicorn configures its access logger after this (its own handler, no propagation);
-    # a filter on the logger itself survives that configuration.
+    # uvicorn configures its loggers after this (its own handlers, no propagation); a
+    # filter on the logger itself survives that configuration. Its error log writes an
+    # unhandled exception's traceback ("Exception in ASGI application"), which may quote
+    # an address as any exception may.
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactPaths) for f in access.filters):
         access.addFilter(RedactPaths())
-    for old in [f for f in access.filters if isinstance(f, MaskAddresses)]:
-        access.removeFilter(old)
-    if addresses == "masked":
-        access.addFilter(MaskAddresses(keep_args=True))
+    for logger, keep_args in ((access, True), (logging.getLogger("uvicorn.error"), False)):
+        for old in [f for f in logger.filters if isinstance(f, MaskAddresses)]:
+            logger.removeFilter(old)
+        if addresses == "masked":
+            logger.addFilter(MaskAddresses(keep_args=keep_args))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
