@@ -55,13 +55,18 @@ def _rewrite_in_place(record: logging.LogRecord, rewrite: Callable[[str], str]) 
 
 # What an address looks like in a log line: as written, and percent-encoded in a URL
 # (uvicorn's access log: ``/v1/suppressions/jane%40example.com``). ``|`` ends it (a meta's
-# first field is the address), as quotes and ``=`` (``email=jane@...``) do.
-_ADDRESS = re.compile(r"([\w.+!#$&*^~%-]+)(@|%40)([\w-]+(?:\.[\w-]+)+)")
+# first field is the address), as quotes and ``=`` (``email=jane@...``) do. A local part
+# has at most 64 characters (RFC 5321 §4.5.3.1.1): unbounded, the search tried at each
+# character of a long run without an address (a percent-encoded query in a request's
+# path) was quadratic, seconds of the API's event loop for an access-log line of 16 KB.
+_ADDRESS = re.compile(r"([\w.+!#$&*^~%-]{1,64})(@|%40)([\w-]+(?:\.[\w-]+)+)")
 
 
 def mask_addresses(text: str) -> str:
     """``text`` with each email address shown as its local part's first character and
     its domain: ``j***@example.com``."""
+    if "@" not in text and "%40" not in text:  # most lines: no search at all
+        return text
     return _ADDRESS.sub(lambda m: f"{m[1][0]}***{m[2]}{m[3]}", text)
 
 
@@ -178,15 +183,18 @@ def configure(level: int | str, addresses: str = "full") -> None:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
-    # uvicorn configures its access logger after this (its own handler, no propagation);
-    # a filter on the logger itself survives that configuration.
+    # uvicorn configures its loggers after this (its own handlers, no propagation); a
+    # filter on the logger itself survives that configuration. Its error log writes an
+    # unhandled exception's traceback ("Exception in ASGI application"), which may quote
+    # an address as any exception may.
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactPaths) for f in access.filters):
         access.addFilter(RedactPaths())
-    for old in [f for f in access.filters if isinstance(f, MaskAddresses)]:
-        access.removeFilter(old)
-    if addresses == "masked":
-        access.addFilter(MaskAddresses(keep_args=True))
+    for logger, keep_args in ((access, True), (logging.getLogger("uvicorn.error"), False)):
+        for old in [f for f in logger.filters if isinstance(f, MaskAddresses)]:
+            logger.removeFilter(old)
+        if addresses == "masked":
+            logger.addFilter(MaskAddresses(keep_args=keep_args))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
