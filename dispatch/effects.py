@@ -39,7 +39,7 @@ from dispatch import provider_ids, reputation, store
 from dispatch.ledger import ct_source, system_event
 from dispatch.recipient_pages import PAGE, line_safe
 from dispatch.settings import get_settings
-from dispatch.suppressions import suppression_key
+from dispatch.suppressions import OWN_UNSUBSCRIBE_PATTERN, suppression_key
 from providers.callbacks import CallbackEvent, EventType
 from providers.meta import Meta, parse_meta
 
@@ -69,14 +69,17 @@ IN_FLIGHT_WAIT_SECONDS = 3600.0
 # The detail of a message whose send's outcome was lost until an event about it came.
 PROVEN_DETAIL = "outcome unknown at send; a callback about it shows the provider took it"
 
-_APPLY = """
+_APPLY = (
+    """
 local stream, supp, inbox, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, ttl, batch, proven, defer = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local source, n = ARGV[6], tonumber(ARGV[7])
 local call, sub = redis.call, string.sub
 -- The entry of the person's own unsubscribe (dispatch.preferences.own_unsubscribe): its
 -- keys come in suppression_entry's order, and a quote inside a value is escaped.
-local OWN_UNSUBSCRIBE = '"reason":"unsubscribed","source":"callback:[%w%-]+:list%-unsubscribe"'
+local OWN_UNSUBSCRIBE = '"""
+    + OWN_UNSUBSCRIBE_PATTERN
+    + """'
 -- A group is a campaign and one of its counters, with its keys after the events' and its
 -- counter's name after their arguments. Its campaign is read once (a call writes neither
 -- a campaign nor its total), and its counters move once, after the loop.
@@ -166,6 +169,7 @@ if batch ~= '' and deferred == 0 then
 end
 return {applied, deferred}
 """
+)
 
 
 class InboxEvent(BaseModel):

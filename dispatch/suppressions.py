@@ -47,6 +47,30 @@ def _key_domain(domain: str) -> str:
         return domain
 
 
+# The entry of a person's own unsubscribe by one of our links (dispatch.preferences
+# .own_unsubscribe), as a Lua pattern over its JSON: keys in the order entries are
+# written (email, reason, source), a quote inside a value escaped. It is the one entry the
+# person may lift ("Subscribe again"), so another that comes later replaces it: an
+# operator's (a block they could otherwise lift), a bounce's or complaint's
+# (dispatch.effects). Otherwise an address's first entry stands.
+OWN_UNSUBSCRIBE_PATTERN = '"reason":"unsubscribed","source":"callback:[%w%-]+:list%-unsubscribe"'
+# KEYS[1] the list; ARGV: address, entry, OWN_UNSUBSCRIBE_PATTERN. 1 when it is stored.
+_SET = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return 1 end
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and string.find(held, ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def _set(pipe: Any, key: str, entry: bytes) -> None:
+    """Queue on ``pipe`` the write of ``entry`` for ``key`` (see :data:`_SET`)."""
+    pipe.eval(_SET, 1, store.SUPPRESSIONS_HASH, key, entry, OWN_UNSUBSCRIBE_PATTERN)
+
+
 def add(
     email: str,
     *,
@@ -55,7 +79,8 @@ def add(
     client: redis.Redis | None = None,
     ts: float | None = None,
 ) -> dict[str, Any]:
-    """Suppress ``email`` by hand; an existing entry is kept (the first reason stands).
+    """Suppress ``email`` by hand; an existing entry is kept (the first reason stands),
+    but for the person's own unsubscribe, which it replaces (:data:`OWN_UNSUBSCRIBE_PATTERN`).
 
     Raises :class:`InvalidAddressError` when ``email`` is not an address we could send to
     (:func:`normalize_address`): such an entry would never match a recipient.
@@ -78,9 +103,10 @@ def _new_entry(email: str, reason: str, source: str, ts: float | None) -> dict[s
 
 
 def _write(r: redis.Redis, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Store ``entry`` unless its address has one; the entry kept, and whether it is this."""
+    """Store ``entry`` unless its address has one (but the person's own unsubscribe); the
+    entry kept, and whether it is this."""
     pipe = r.pipeline()  # MULTI: the entry answered is the one the write found or made
-    pipe.hsetnx(store.SUPPRESSIONS_HASH, entry["email"], orjson.dumps(entry))
+    _set(pipe, entry["email"], orjson.dumps(entry))
     pipe.hget(store.SUPPRESSIONS_HASH, entry["email"])
     created, raw = pipe.execute()
     stored: dict[str, Any] = orjson.loads(raw) if raw is not None else entry
@@ -101,9 +127,9 @@ def add_many(
 ) -> tuple[int, int]:
     """Suppress every address of ``emails`` (read as they come: a file of millions is
     never held whole), :data:`CHUNK` to a round trip; ``(added, already suppressed)``.
-    An existing entry is kept, as :func:`add` keeps it. An address we could not send to
-    is given to ``invalid`` with its position (1-based) and the error; its neighbours
-    are added all the same. Blank ones (an empty line) are skipped.
+    An existing entry is kept (or replaced) as :func:`add` does. An address we could not
+    send to is given to ``invalid`` with its position (1-based) and the error; its
+    neighbours are added all the same. Blank ones (an empty line) are skipped.
     """
     r = client or store.sync_client()
     added = already = 0
@@ -114,7 +140,12 @@ def add_many(
         pipe = r.pipeline(transaction=False)
         for key, entry in chunk.items():
             pipe.hsetnx(store.SUPPRESSIONS_HASH, key, entry)
-        new = sum(1 for created in pipe.execute() if created)
+        kept = [key for key, created in zip(chunk, pipe.execute(), strict=True) if not created]
+        if kept:  # (but a person's own unsubscribe is replaced: see _SET)
+            for key in kept:
+                _set(pipe, key, chunk[key])
+            kept = [key for key, stored in zip(kept, pipe.execute(), strict=True) if not stored]
+        new = len(chunk) - len(kept)
         added, already = added + new, already + len(chunk) - new
         chunk.clear()
 

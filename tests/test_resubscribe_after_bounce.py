@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from dispatch import suppressions
+from dispatch import store, suppressions
 from tests.api_server import ApiServer
 from tests.api_support import api_client
 from tests.callback_support import callback_path
@@ -52,3 +52,35 @@ def test_a_providers_unsubscribe_after_ones_own_keeps_the_first(
         assert http.post(callback_path(redis_client, "local"), json=event).status_code == 200
     _apply_callbacks(redis_client)
     assert suppressions.get(EMAIL, client=redis_client) == own
+
+
+def test_an_operators_entry_after_ones_own_unsubscribe_cannot_be_lifted(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """An operator who suppresses an address (the API, or an import of a former tool's
+    bounces) after the person's own unsubscribe: the person's "Subscribe again" would
+    lift the operator's block too, as the first entry stood."""
+    _, token, _ = _sent_campaign(redis_client)
+    with api_client(api_server, token=None) as page:
+        page.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click")
+    with api_client(api_server) as http:
+        put = http.put(f"/v1/suppressions/{EMAIL}", json={"reason": "manual"})
+    assert put.status_code == 201, put.text
+    assert (put.json()["reason"], put.json()["source"]) == ("manual", "api")
+    assert suppressions.get(EMAIL, client=redis_client) == put.json()
+    with api_client(api_server, token=None) as page:
+        refused = page.post(f"/preferences/{token}", data={"action": "resubscribe"})
+    assert "cannot be subscribed again from this page" in refused.text
+    assert suppressions.get(EMAIL, client=redis_client) == put.json()
+    # An import does the same, and keeps any other first entry.
+    other = "someone@example.com"
+    suppressions.add(other, reason="hard_bounce", source="api", client=redis_client)
+    redis_client.hdel(store.SUPPRESSIONS_HASH, EMAIL)
+    with api_client(api_server, token=None) as page:
+        page.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click")
+    added = suppressions.add_many(
+        [EMAIL, other], reason="bounced", source="import", client=redis_client
+    )
+    assert added == (1, 1)
+    assert suppressions.get(EMAIL, client=redis_client)["source"] == "import"  # type: ignore[index]
+    assert suppressions.get(other, client=redis_client)["reason"] == "hard_bounce"  # type: ignore[index]
