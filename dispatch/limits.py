@@ -162,12 +162,15 @@ def next_day_start(day: str) -> float:
 class Grant:
     """Sends reserved by :meth:`ProviderLimiter.take_some`: ``count`` of them may go after
     ``wait`` seconds; ``day`` is the UTC day whose quotas they were counted against;
-    ``token`` names a grant that is out until :meth:`ProviderLimiter.settle` (tracked)."""
+    ``token`` names a grant that is out until :meth:`ProviderLimiter.settle` (tracked);
+    ``beyond``: none reserved, the next send is due past the caller's horizon (``wait``:
+    until it would be within it)."""
 
     count: int
     wait: float
     day: str = ""
     token: str = ""
+    beyond: bool = False
 
 
 class ProviderLimiter:
@@ -287,7 +290,7 @@ class ProviderLimiter:
         if not self.active:
             held = await self.held()
             if 0 < horizon < held:
-                return Grant(0, held - horizon)
+                return Grant(0, held - horizon, beyond=True)
             return Grant(n, held)
         day = datetime.now(UTC).strftime("%Y%m%d")
         token = secrets.token_hex(8) if tracked and self.quotas else ""
@@ -309,7 +312,7 @@ class ProviderLimiter:
         )
         self._saw_hold(int(held))
         if int(which) == _BEYOND_HORIZON:
-            return Grant(0, float(wait), day)
+            return Grant(0, float(wait), day, beyond=True)
         if int(granted) <= 0:
             if token and int(out):
                 return Grant(0, QUOTA_POLL_SECONDS, day)

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from dispatch import provider_ids, suppressions
 from dispatch.campaigns import CampaignStateError
-from dispatch.limits import ConnectionSlots, ProviderLimiter, QuotaExhaustedError
+from dispatch.limits import ConnectionSlots, Grant, ProviderLimiter, QuotaExhaustedError
 from dispatch.settings import Settings, get_settings
 from dispatch.unsubscribe import recipient_links
 from providers.addresses import normalize_address
@@ -340,8 +340,20 @@ async def _within_limits(
         # Out for as long as the exchange may take (a lapsed grant counts as settled).
         ttl = max(deadline, settings.lease_ttl_ms / 1000)
         limiter = ProviderLimiter(client, config, grant_ttl=ttl)
-        grant = await limiter.take_some(1, tracked=True)
-        while not grant.count:  # the quota's last sends are out: one may come back
+
+        async def take() -> Grant:
+            # Not booked past the exchange's last start: a booking is never given back,
+            # and one the test cannot use pushed every campaign's send after it.
+            grant = await limiter.take_some(1, tracked=True, horizon=horizon())
+            if grant.beyond:  # (its turn: the horizon and the wait until within it)
+                return Grant(0, grant.wait + horizon(), grant.day, beyond=True)
+            return grant
+
+        def horizon() -> float:
+            return max(last_start - time.monotonic(), 0.001)
+
+        grant = await take()
+        while not grant.count and not grant.beyond:  # the quota's last sends are out
             if time.monotonic() + grant.wait > last_start:
                 return TestEmailResult(
                     False,
@@ -351,7 +363,7 @@ async def _within_limits(
                     f"{deadline:g} s; try again later",
                 )
             await asyncio.sleep(grant.wait)
-            grant = await limiter.take_some(1, tracked=True)
+            grant = await take()
         refused = 0  # an outcome not known (no answer in time) counts: it may have gone
         try:
             # The provider's pace, or its hold after a throttling reply, lets it send only
@@ -359,8 +371,8 @@ async def _within_limits(
             # the test is not slept through (its caller, an API request, would have given
             # up and might send it again, or the exchange would be cut short and its
             # outcome unknown), it says when.
-            if time.monotonic() + grant.wait > last_start:
-                refused = 1  # (given back: it never went)
+            if grant.beyond or time.monotonic() + grant.wait > last_start:
+                refused = 0 if grant.beyond else 1  # (given back: it never went)
                 return TestEmailResult(
                     False,
                     _timeout_class(config, ErrorClass.CONNECTION).value,
