@@ -611,7 +611,8 @@ class DispatchClient:
     def suppress(
         self, email: str, *, reason: str = "manual", source: str = "api"
     ) -> SuppressionEntry:
-        """Suppress ``email`` (an existing entry is kept as it is)."""
+        """Suppress ``email``; the entry stored (an existing one is kept as it is, but
+        for the person's own unsubscribe, which this one replaces)."""
         return self._model(
             SuppressionEntry,
             "PUT",

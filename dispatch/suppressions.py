@@ -54,13 +54,16 @@ def _key_domain(domain: str) -> str:
 # operator's (a block they could otherwise lift), a bounce's or complaint's
 # (dispatch.effects). Otherwise an address's first entry stands.
 OWN_UNSUBSCRIBE_PATTERN = '"reason":"unsubscribed","source":"callback:[%w%-]+:list%-unsubscribe"'
-# KEYS[1] the list; ARGV: address, entry, OWN_UNSUBSCRIBE_PATTERN. 1 when it is stored.
+# KEYS[1] the list; ARGV: address, entry, OWN_UNSUBSCRIBE_PATTERN. CREATED when the
+# address had no entry, REPLACED when it had the person's own unsubscribe, 0 when its
+# entry stands.
+CREATED, REPLACED = 1, 2
 _SET = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return 1 end
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held and string.find(held, ARGV[3]) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  return 1
+  return 2
 end
 return 0
 """
@@ -89,7 +92,9 @@ def add(
 
 
 def put(email: str, reason: str, source: str) -> tuple[dict[str, Any], bool]:
-    """:func:`add` now, and whether this call created the entry (of two at once, one did)."""
+    """:func:`add` now, and whether the address was not suppressed before this call (of
+    two at once, one created it): False too when this entry replaced the person's own
+    unsubscribe, the address was on the list already."""
     return _write(store.sync_client(), _new_entry(email, reason, source, None))
 
 
@@ -104,13 +109,13 @@ def _new_entry(email: str, reason: str, source: str, ts: float | None) -> dict[s
 
 def _write(r: redis.Redis, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Store ``entry`` unless its address has one (but the person's own unsubscribe); the
-    entry kept, and whether it is this."""
+    entry kept, and whether the address had none."""
     pipe = r.pipeline()  # MULTI: the entry answered is the one the write found or made
     _set(pipe, entry["email"], orjson.dumps(entry))
     pipe.hget(store.SUPPRESSIONS_HASH, entry["email"])
-    created, raw = pipe.execute()
+    written, raw = pipe.execute()
     stored: dict[str, Any] = orjson.loads(raw) if raw is not None else entry
-    return stored, bool(created)
+    return stored, written == CREATED
 
 
 # Addresses per round trip of a bulk import (add_many) and entries per scan of iter_entries.
@@ -127,7 +132,8 @@ def add_many(
 ) -> tuple[int, int]:
     """Suppress every address of ``emails`` (read as they come: a file of millions is
     never held whole), :data:`CHUNK` to a round trip; ``(added, already suppressed)``.
-    An existing entry is kept (or replaced) as :func:`add` does. An address we could not
+    An existing entry is kept (or replaced) as :func:`add` does; a replaced one counts as
+    already suppressed, as :func:`put` tells it. An address we could not
     send to is given to ``invalid`` with its position (1-based) and the error; its
     neighbours are added all the same. Blank ones (an empty line) are skipped.
     """
@@ -144,7 +150,10 @@ def add_many(
         if kept:  # (but a person's own unsubscribe is replaced: see _SET)
             for key in kept:
                 _set(pipe, key, chunk[key])
-            kept = [key for key, stored in zip(kept, pipe.execute(), strict=True) if not stored]
+            # One removed since the first pass is created now.
+            kept = [
+                k for k, written in zip(kept, pipe.execute(), strict=True) if written != CREATED
+            ]
         new = len(chunk) - len(kept)
         added, already = added + new, already + len(chunk) - new
         chunk.clear()

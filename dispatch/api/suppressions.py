@@ -99,8 +99,9 @@ def put_suppression(
     body: Annotated[SuppressionRequest, Body(default_factory=SuppressionRequest)],
 ) -> SuppressionEntry:
     """Suppress ``email``: 201 when new. An existing entry is kept as it is (200): its first
-    reason, often a bounce or complaint, is the evidence worth keeping. 422 naming
-    ``email`` when it is not an address a campaign could send to."""
+    reason, often a bounce or complaint, is the evidence worth keeping; but the person's
+    own unsubscribe, which they could lift, is replaced by this one (200, the new entry).
+    422 naming ``email`` when it is not an address a campaign could send to."""
     entry, created = suppressions.put(sendable(email), body.reason, body.source)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return SuppressionEntry.model_validate(entry)
