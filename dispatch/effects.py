@@ -15,8 +15,8 @@ by one Lua script, so for each event these happen together or not at all:
    campaign's ``delivered`` would otherwise pass its ``sent``), with the ``Notification
    Sent`` its lost outcome did not write; an event about a message
    whose send is still on the wire waits for that send's outcome (:func:`apply_batch`);
-3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands, but a
-   bounce or complaint replaces the person's own unsubscribe, which they may lift);
+3. the suppression entry (hard bounce, spam, unsubscribe; the first reason stands, but
+   another replaces the person's own unsubscribe, which they may lift);
 4. the system events of DESIGN §6 on ``dispatch:events``.
 
 The last chunk of a batch also removes it from the inbox, so a batch is either still
@@ -143,9 +143,10 @@ for i = 0, n - 1 do
       if call('SETBIT', grp.bits, seq, 1) == 0 then grp.counted = grp.counted + 1 end
     end
     if email ~= '' and call('HSETNX', supp, email, entry) == 0
-        and not string.find(entry, '"reason":"unsubscribed"', 1, true) then
-      -- A bounce or complaint after the person's own unsubscribe (which the preference
-      -- center lets them lift) replaces it: lifting it must not send to such an address.
+        and not string.find(entry, OWN_UNSUBSCRIBE) then
+      -- A bounce, a complaint or a provider's unsubscribe report after the person's own
+      -- unsubscribe (which the preference center lets them lift) replaces it: lifting it
+      -- must not send to such an address.
       local held = call('HGET', supp, email)
       if held and string.find(held, OWN_UNSUBSCRIBE) then call('HSET', supp, email, entry) end
     end

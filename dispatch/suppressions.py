@@ -51,8 +51,9 @@ def _key_domain(domain: str) -> str:
 # .own_unsubscribe), as a Lua pattern over its JSON: keys in the order entries are
 # written (email, reason, source), a quote inside a value escaped. It is the one entry the
 # person may lift ("Subscribe again"), so another that comes later replaces it: an
-# operator's (a block they could otherwise lift), a bounce's or complaint's
-# (dispatch.effects). Otherwise an address's first entry stands.
+# operator's (a block they could otherwise lift), a bounce's, a complaint's or a
+# provider's unsubscribe report (dispatch.effects). Otherwise an address's first entry
+# stands.
 OWN_UNSUBSCRIBE_PATTERN = '"reason":"unsubscribed","source":"callback:[%w%-]+:list%-unsubscribe"'
 # KEYS[1] the list; ARGV: address, entry, OWN_UNSUBSCRIBE_PATTERN. CREATED when the
 # address had no entry, REPLACED when it had the person's own unsubscribe, 0 when its

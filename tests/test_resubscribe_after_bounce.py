@@ -1,6 +1,7 @@
-"""A bounce or complaint after a person's own unsubscribe replaces it on the list: the
-preference center's "Subscribe again" must not lift it (the first reason stood, so a
-re-subscribe sent to an address that had bounced since)."""
+"""A bounce, a complaint, a provider's unsubscribe report or an operator's entry after a
+person's own unsubscribe replaces it on the list: the preference center's "Subscribe
+again" must not lift it (the first reason stood, so a re-subscribe sent to an address
+that had bounced since, or that the provider's own list holds)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.callback_support import callback_path
 from tests.test_review_y12_resubscribe import EMAIL, _apply_callbacks, _sent_campaign
 
 
-@pytest.mark.parametrize("kind", ["hard_bounce", "spam"])
+@pytest.mark.parametrize("kind", ["hard_bounce", "spam", "unsubscribed"])
 def test_a_bounce_after_ones_own_unsubscribe_cannot_be_lifted(
     api_server: ApiServer, redis_client: redis.Redis, kind: str
 ) -> None:
@@ -38,20 +39,6 @@ def test_a_bounce_after_ones_own_unsubscribe_cannot_be_lifted(
         refused = page.post(f"/preferences/{token}", data={"action": "resubscribe"})
     assert "cannot be subscribed again from this page" in refused.text
     assert suppressions.get(EMAIL, client=redis_client) == entry
-
-
-def test_a_providers_unsubscribe_after_ones_own_keeps_the_first(
-    api_server: ApiServer, redis_client: redis.Redis
-) -> None:
-    _, token, meta = _sent_campaign(redis_client)
-    with api_client(api_server, token=None) as page:
-        page.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click")
-    own = suppressions.get(EMAIL, client=redis_client)
-    event = {"version": "v2", "type": "unsubscribed", "email": EMAIL, "meta": meta}
-    with api_client(api_server) as http:
-        assert http.post(callback_path(redis_client, "local"), json=event).status_code == 200
-    _apply_callbacks(redis_client)
-    assert suppressions.get(EMAIL, client=redis_client) == own
 
 
 def test_an_operators_entry_after_ones_own_unsubscribe_cannot_be_lifted(
