@@ -235,10 +235,22 @@ class BatchSender(BatchOutcomes):
             await self.c.limiter.refund(grant, unsent)
             session = kept.session
             if session is None:
+                # Cut at the deadline too: an opening (connect, greeting, EHLO, STARTTLS,
+                # AUTH: each up to the provider's timeout) on until Celery's kill left
+                # the chunk claimed and the batch stalled until beat's sweep.
+                opening = asyncio.timeout(max(0.0, self.deadline - time.monotonic()))
                 try:
-                    session = await kept.stack.enter_async_context(self.c.transport.session())
-                except ProviderError as exc:
+                    async with opening:
+                        session = await kept.stack.enter_async_context(self.c.transport.session())
+                except Exception as exc:
+                    if not opening.expired() and not isinstance(exc, ProviderError):
+                        raise
                     await self.c.limiter.settle(grant, len(messages))  # none went out
+                    if opening.expired():  # (see deadline): the next run sends them
+                        await self._not_attempted(messages, ErrorClass.TIMEOUT, _OPEN_CUT)
+                        self.run_out()
+                        return
+                    assert isinstance(exc, ProviderError)
                     await self._session_failed(messages, exc)
                     if isinstance(exc, ConfigurationError):
                         return
@@ -429,25 +441,32 @@ class BatchSender(BatchOutcomes):
         self.c.stop_kind = incidents.kind_of(exc)
         self.c.resume_at = exc.resumes_at if isinstance(exc, QuotaExhaustedError) else None
 
+    async def _not_attempted(
+        self, messages: list[tuple[Item, OutgoingMessage]], error_class: ErrorClass, detail: str
+    ) -> None:
+        """None of these claimed messages was handed over: their claims are given back
+        (not an attempt) and they wait in the queue (for resume, or the next run)."""
+        writes = []
+        for item, _ in messages:
+            item.attempted = False
+            item.attempts -= 1
+            rec = record(
+                MessageState.RETRY,
+                attempts=item.attempts,
+                error_class=error_class.value,
+                detail=detail,
+            )
+            writes.append((item.seq, rec, ""))
+        self.put_back(item for item, _ in messages)
+        await self.writer.give_back_many(writes)
+
     async def _session_failed(
         self, messages: list[tuple[Item, OutgoingMessage]], exc: ProviderError
     ) -> None:
         """The session could not start or died before these messages were handed over."""
         if isinstance(exc, ConfigurationError):
             self._stop_for(exc)
-            writes = []
-            for item, _ in messages:  # give the claim back: not attempted
-                item.attempted = False
-                item.attempts -= 1
-                rec = record(
-                    MessageState.RETRY,
-                    attempts=item.attempts,
-                    error_class=exc.error_class.value,
-                    detail=exc.detail,
-                )
-                writes.append((item.seq, rec, ""))
-            self.put_back(item for item, _ in messages)
-            await self.writer.give_back_many(writes)
+            await self._not_attempted(messages, exc.error_class, exc.detail)
             return
         assert isinstance(exc, TransientError)
         delay = await self._commit(
@@ -459,6 +478,13 @@ class BatchSender(BatchOutcomes):
         if isinstance(exc, ThrottledError):  # the provider is held too
             delay = await self._slow_down(delay, exc.retry_after)
         await self._rest(min(delay, self.settings.inline_retry_seconds))
+
+
+# Why a chunk whose session was still opening at the run's deadline waits again.
+_OPEN_CUT = (
+    "not sent: the provider's session was still opening at the batch task's time limit "
+    "(DISPATCH_VISIBILITY_TIMEOUT / 2); the next run sends it"
+)
 
 
 def _cut_short(seq: int) -> SendOutcome:
