@@ -711,6 +711,9 @@ class SmtpTransport:
             # masked detail is kept, not the original under it (a traceback shows it).
             cause = None if isinstance(exc, aiosmtplib.SMTPResponseException) else exc
             raise error from cause
+        except asyncio.CancelledError:  # (a deadline cut the opening): no socket left open
+            client.close()
+            raise
         # An asyncio.Transport, or uvloop's equivalent (not a subclass) under uvicorn.
         transport = cast(asyncio.Transport, client.transport)
         if transport is None:
