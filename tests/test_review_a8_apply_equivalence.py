@@ -177,7 +177,7 @@ def _old_event_args(
         store.ledger_key(campaign_id),
     ]
     # unchanged, now a function of its own
-    email, entry = effects._suppression(event, provider=provider, received=received)
+    email, entry = effects.suppression_entry(event, provider=provider, received=received)
     entries = _old_system_events(event, provider=provider, kind=kind, received=received)
     entries += [""] * (2 - len(entries))
     return keys, [counter if ours else "", seq, email, entry, *entries]
