@@ -55,17 +55,23 @@ class _BodyNotShown(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # (Celery reads these two attributes, not only its properties, e.g. in repr())
-        self._argsrepr = _shown_instead([*self.args, *(self.kwargs or {}).values()])
+        self._argsrepr = _shown_instead(self.args, self.kwargs)
         self._kwargsrepr = "{}" if not self.kwargs else "{...: not shown}"
 
     def info(self, safe: bool = False) -> _InfoDict:
         return super().info(safe=True)
 
 
-def _shown_instead(args: Any) -> str:
+def _shown_instead(args: Any, kwargs: Any) -> str:
     """What a monitor shows of ``enqueue_campaign``'s arguments: the id the caller gave
-    (shown in logs and answers anyway) and how many recipients, never their data."""
-    body = args[0] if isinstance(args, list | tuple) and len(args) == 1 else None
+    (shown in logs and answers anyway) and how many recipients, never their data.
+    Never raises, whatever the message holds: it runs in the worker's consumer, where
+    an exception ends the worker (and the message, back in its queue, the next one)."""
+    kwargs = kwargs or {}
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        return "(campaign body not shown)"  # the task fails on them, as Celery's does
+    given = [*args, *kwargs.values()]
+    body = given[0] if len(given) == 1 else None
     if not isinstance(body, dict):
         return "(campaign body not shown)"
     recipients = body.get("recipients")

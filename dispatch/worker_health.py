@@ -275,10 +275,16 @@ def check_beat(host: str | None = None) -> Health:
     """Beat on ``host`` (default: this machine) runs and its scheduler ticks: it answers
     a ping (``beat_enable_remote_control``) unless its last pass is older than
     ``beat_remote_control_max_tick_age``."""
+    from kombu.exceptions import KombuError
+
     from dispatch.celery_app import app
 
     name = f"celerybeat@{host or socket.gethostname()}"
-    if answering({name}, BEAT_PING_SECONDS):
+    try:
+        answered = answering({name}, BEAT_PING_SECONDS)
+    except (KombuError, redis.RedisError, OSError) as exc:  # not a traceback: say why
+        return Health(False, f"{name} not asked: its Redis does not answer ({exc})")
+    if answered:
         return Health(True, f"{name} is scheduling")
     limit = app.conf.beat_remote_control_max_tick_age
     return Health(
