@@ -36,7 +36,12 @@ async def watch_status(
     pauses, or the batch runs again with the new configuration; and ``stop_key``
     (run_batch) so that a worker asked to shut down hands its batches on within a second;
     and adds the batch's send metrics to Redis every ``send_stats.FLUSH_SECONDS``. A poll
-    that meets a Redis error (a restart) is skipped: the next one looks again.
+    that meets a Redis error (a restart) is skipped: the next one looks again. One that
+    fails otherwise (a stored status it cannot read, a bug) hands the batch on, logged
+    with its traceback: a run that no longer sees a pause or a cancel must not send on
+    (it did, to the batch's end, and said nothing), and the next run reads the campaign
+    afresh (one not ``running`` sends nothing). A flush of the metrics that fails is
+    logged and the watch goes on (the figures are lost, not the batch's control).
 
     A run that has lasted :func:`run_budget` hands the batch on: Celery kills a task at
     its time limit (half the visibility timeout), which left a slowly paced batch's chunk
@@ -47,6 +52,22 @@ async def watch_status(
     past the budget never sent again). None is reserved further ahead than
     :func:`pace_horizon`: the last chunk then still has a quarter of the time limit to
     be answered."""
+    try:
+        await _watch(r, campaign, sender, stop_key)
+    except Exception:
+        log.exception(
+            "campaign %s batch %s: its status watch failed: the batch is handed on (a "
+            "pause or a cancel would go unseen)", campaign.content.id,
+            sender.outcome_log.context.get("batch"), extra=sender.outcome_log.context,
+        )  # fmt: skip
+        sender.handed_on = True
+        sender.finish()
+
+
+async def _watch(
+    r: aioredis.Redis, campaign: BatchCampaign, sender: BatchSender, stop_key: str
+) -> None:
+    """:func:`watch_status`'s polls; raises what it cannot deal with."""
     started = flushed = time.monotonic()
     hand_on_at = started + run_budget(campaign.settings.visibility_timeout)
     while not sender.done.is_set():
@@ -61,7 +82,13 @@ async def watch_status(
             sender.run_out()
         if time.monotonic() - flushed >= send_stats.FLUSH_SECONDS:  # /metrics, while it runs
             flushed = time.monotonic()
-            await sender.stats.flush(r, campaign.provider.nickname)
+            try:
+                await sender.stats.flush(r, campaign.provider.nickname)
+            except Exception:  # (Redis's errors it drops itself): figures, not the batch
+                log.exception(
+                    "campaign %s: could not add the send metrics", campaign.content.id,
+                    extra=sender.outcome_log.context,
+                )  # fmt: skip
         try:
             if await _status_changed(r, campaign, sender, stop_key):
                 return
