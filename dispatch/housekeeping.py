@@ -23,6 +23,7 @@ again, and one ahead restarted campaigns whose batches had written a moment befo
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -34,6 +35,8 @@ from dispatch import batch_enqueue, campaigns, incidents, lifecycle, reputation,
 from dispatch.models import CampaignStatus
 from dispatch.recipient_pages import stored_count
 from dispatch.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 RECENT_CAMPAIGNS = 1000  # newest campaigns looked at each sweep, besides the active ones
 # What the sweep reads of each campaign (``restarted_at``: when it last re-enqueued it).
@@ -61,14 +64,16 @@ def sweep(
     active = {str(m) for m in r.zrange(store.ACTIVE_ZSET, 0, -1)}
     recent = [str(m) for m in r.zrevrange(store.CAMPAIGNS_ZSET, 0, RECENT_CAMPAIGNS - 1)]
     watched = list(dict.fromkeys([*recent, *active]))
-    for campaign_id, fields in zip(watched, _read_all(r, watched), strict=True):
+
+    def look_at(campaign_id: str, fields: list[str | None]) -> str:
+        """What the sweep did with one campaign: a key of ``done``, ``running`` (left
+        as it is) or ``""`` (not running)."""
+        nonlocal idle
         (status, progress_at, started_at, batches, parked_until, status_at, restarted_at, size,
          purged, resume_at) = fields  # fmt: skip
         if status == CampaignStatus.PAUSED.value and resume_at and float(resume_at) <= now:
             # Paused by its provider's daily quota (ours), whose next day has come.
-            if _resume_due(r, campaign_id, resume_at, enqueue):
-                done["resumed"].append(campaign_id)
-            continue
+            return "resumed" if _resume_due(r, campaign_id, resume_at, enqueue) else ""
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
                 since = max(float(progress_at or 0), float(status_at or 0))
@@ -78,33 +83,50 @@ def sweep(
                 )
                 if not left:
                     campaigns.unwatch_finished(r, campaign_id)
-            continue
+            return ""
         if campaigns.finish_if_done(campaign_id, r):
-            done["finished"].append(campaign_id)
-            continue
-        running.append(campaign_id)
+            return "finished"
         quiet = now - max(float(progress_at or 0), float(started_at or 0), float(parked_until or 0))
         if quiet < quick:
-            continue
+            return "running"
         # Running before this Redis and not restarted since: its held tasks may be lost.
         lost = max(float(started_at or 0), float(restarted_at or 0)) < redis_since
         if quiet < stall and not lost:
             if idle is None:
                 idle = _nothing_runs_or_waits(r)
             if not idle:
-                continue
+                return "running"
         if _batch_runs(r, campaign_id):
-            continue  # a worker is on it
+            return "running"  # a worker is on it
         # Counted in the campaign's own batch size (DISPATCH_BATCH_SIZE may have changed
         # since it started), and from what is stored too: a filler that died never wrote
         # ``batches``.
         per_batch = int(size or settings.batch_size)
         count = max(int(batches or 0), math.ceil(stored_count(r, campaign_id) / per_batch))
         if not _claim_restart(r, campaign_id, progress_at, restarted_at, now):
-            continue  # it moved since it was read, or another sweep restarted it
+            return "running"  # it moved since it was read, or another sweep restarted it
         for batch in range(count):
             enqueue(campaign_id, batch)
-        done["restarted"].append(campaign_id)
+        return "restarted"
+
+    for campaign_id, fields in zip(watched, _read_all(r, watched), strict=True):
+        try:
+            outcome = look_at(campaign_id, fields)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # Redis away: the next sweep looks again
+        except Exception:
+            # One campaign the sweep cannot read (a field written by hand, a bug) stopped
+            # every sweep before the campaigns after it: none was finished, restarted or
+            # resumed again. It waits for a person; the others are looked after.
+            log.exception(
+                "housekeeping: campaign %s skipped", campaign_id,
+                extra={"campaign_id": campaign_id},
+            )  # fmt: skip
+            continue
+        if outcome in ("running", "restarted"):
+            running.append(campaign_id)
+        if outcome in done:
+            done[outcome].append(campaign_id)
     # Rates crossed as sends went on after the last bounce or complaint came in (the
     # callbacks judge only when they arrive).
     done["paused"] = reputation.check(r, running)
