@@ -108,12 +108,16 @@ def _validation_message(exc: Exception, kind: object = None) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dispatch.demo import run_demo
+    from dispatch.demo import DemoError, run_demo
 
     # SIGTERM (`timeout`, a supervisor) stops it as Ctrl-C does: by default it would end
     # this process at once, leaving its embedded Redis (in a session of its own) running.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return run_demo(recipients=args.recipients, as_json=args.json, workers=args.concurrency)
+    try:
+        return run_demo(recipients=args.recipients, as_json=args.json, workers=args.concurrency)
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _default_public_url(host: str, port: int) -> None:

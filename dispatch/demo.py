@@ -84,7 +84,14 @@ def _start_worker(concurrency: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=os.environ.copy())
 
 
-def _wait(run: CampaignRun, quiet: bool) -> None:
+class DemoError(Exception):
+    """The demo cannot go on; the message says why (``dispatch demo`` exits 1)."""
+
+
+def _wait(run: CampaignRun, quiet: bool, worker: subprocess.Popen[bytes]) -> None:
+    """Until ``run`` is done (or TIMEOUT_SECONDS). Raises :class:`DemoError` when the
+    ``worker`` exits meanwhile: the demo waited five minutes a campaign for workers
+    that were gone, its progress standing still, and said so only in its report."""
     from dispatch import campaign_reads
 
     bar = ProgressBar(label=f"{run.provider:>10}")
@@ -96,6 +103,14 @@ def _wait(run: CampaignRun, quiet: bool) -> None:
             bar.update(summary["total"] - summary["queued"], summary["total"])
         if summary["status"] not in ("running", "scheduled") or time.monotonic() > deadline:
             break
+        code = worker.poll()
+        if code is not None:
+            if not quiet:
+                bar.close()
+            raise DemoError(
+                f"the demo's worker exited (code {code}) before campaign {run.id} was "
+                f"done; its log: {WORKER_LOG}"
+            )
         time.sleep(0.2)
     if not quiet:
         bar.close()
@@ -159,7 +174,7 @@ def run_demo(recipients: int = 2000, as_json: bool = False, workers: int = 2) ->
                 )
                 runs.append(CampaignRun(campaigns.create_campaign(request)[0], nickname))
             for run in runs:
-                _wait(run, quiet)
+                _wait(run, quiet, worker)
             checks = [_check_smtp(smtp_sink, runs[0]), _check_http(http_sink, runs[1])]
             say("replaying provider callbacks through the API ...")
             _wait_api(api_url)
