@@ -54,7 +54,7 @@ from dispatch.settings import Settings, cut_after, get_settings
 from dispatch.status_watch import pace_horizon, provider_gone, provider_replaced, watch_status
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.base import CutShort, OutcomeStatus, OutgoingMessage, SendOutcome, Session
 from providers.errors import (
     ConfigurationError,
     ErrorClass,
@@ -258,15 +258,19 @@ class BatchSender(BatchOutcomes):
                 kept.session = session
             started = time.perf_counter()
             cut = asyncio.timeout(max(0.0, self.deadline - time.monotonic()))
+            given_back = 0  # claimed, never handed over: not counted against the quotas
             try:
                 async with cut:
                     outcomes = await session.send([m for _, m in messages])
             except Exception as exc:
                 elapsed = time.perf_counter() - started
+                known = _known_at_cut(session) if cut.expired() else None  # (before its close)
                 await kept.drop_session()
-                if cut.expired():  # (whatever the adapter made of it) perhaps taken
-                    outcomes = [_cut_short(item.seq) for item, _ in messages]
+                if known is not None:  # (whatever the adapter made of it)
                     self.run_out()  # the run is at its end: hand on
+                    given_back = len(messages)
+                    messages, outcomes = await self._after_cut(messages, known)
+                    given_back -= len(messages)
                 elif isinstance(exc, ProviderError):
                     self.stats.observe(elapsed, len(messages))
                     await self.c.limiter.settle(grant, len(messages))  # none went out
@@ -281,9 +285,25 @@ class BatchSender(BatchOutcomes):
                     )  # fmt: skip
                     outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             self.stats.observe(time.perf_counter() - started, len(messages))
-            refused = sum(1 for o in outcomes if o.status in _REFUSED)
+            refused = given_back + sum(1 for o in outcomes if o.status in _REFUSED)
             await self.c.limiter.settle(grant, refused)  # only what the provider took counts
-            await self._rest(await self._apply(messages, outcomes))
+            if messages:
+                await self._rest(await self._apply(messages, outcomes))
+
+    async def _after_cut(
+        self, messages: list[tuple[Item, OutgoingMessage]], known: CutShort
+    ) -> tuple[list[tuple[Item, OutgoingMessage]], list[SendOutcome]]:
+        """A chunk's send cut short at the run's deadline: those of ``messages`` never
+        handed over wait again (their claims given back, not an attempt: the next run
+        sends them). Returns the others and their outcomes: what the provider answered,
+        else ``unknown`` (perhaps taken; DESIGN §7)."""
+        never = set(known.not_handed_over)
+        back = [(item, m) for item, m in messages if item.seq in never]
+        if back:
+            await self._not_attempted(back, ErrorClass.TIMEOUT, _SEND_CUT)
+        rest = [(item, m) for item, m in messages if item.seq not in never]
+        answered = {o.seq: o for o in known.outcomes}
+        return rest, [answered.get(item.seq) or _cut_short(item.seq) for item, _ in rest]
 
     async def _reserve(self, chunk: list[Item]) -> tuple[Grant, list[Item]] | None:
         """Reserve ``chunk`` on the provider's quotas and pace, and wait until it may go:
@@ -485,6 +505,22 @@ _OPEN_CUT = (
     "not sent: the provider's session was still opening at the batch task's time limit "
     "(DISPATCH_VISIBILITY_TIMEOUT / 2); the next run sends it"
 )
+
+
+# Why a message of a chunk cut at the run's deadline, never handed over, waits again.
+_SEND_CUT = (
+    "not sent: the batch task's time limit (DISPATCH_VISIBILITY_TIMEOUT / 2) came before it "
+    "was handed over; the next run sends it"
+)
+
+
+def _known_at_cut(session: Session) -> CutShort:
+    """What ``session`` knows of its send cut short (nothing, when it fails to say)."""
+    try:
+        return session.cut_short()
+    except Exception:  # an adapter's bug: its messages are unknown, as before it could say
+        log.exception("the adapter failed to say what it sent before the deadline")
+        return CutShort()
 
 
 def _cut_short(seq: int) -> SendOutcome:

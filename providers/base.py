@@ -114,6 +114,18 @@ class SendOutcome:
         )
 
 
+@dataclass(slots=True)
+class CutShort:
+    """What a session knows of the messages of a send its caller cancelled (a deadline):
+    the ``outcomes`` it had (answered, or refused before they went out), and the seqs
+    of those ``not_handed_over`` (certainly not sent: nothing of them reached the
+    provider that it could deliver). Any other message of that send may or may not have
+    been taken."""
+
+    outcomes: list[SendOutcome] = field(default_factory=list)
+    not_handed_over: list[int] = field(default_factory=list)
+
+
 class Session(Protocol):
     """One open channel to a provider (an SMTP connection, an HTTP client)."""
 
@@ -124,6 +136,10 @@ class Session(Protocol):
         a whole, and :class:`providers.errors.TransientError` when the session died before
         any of ``messages`` could be handed over (the caller opens a new session).
         """
+        ...
+
+    def cut_short(self) -> CutShort:
+        """Right after :meth:`send` was cancelled: what is certain of its messages."""
         ...
 
 

@@ -60,7 +60,7 @@ from typing import Any, Final
 import httpx
 import orjson
 
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.base import CutShort, OutcomeStatus, OutgoingMessage, SendOutcome
 from providers.config import HttpConfig, secret_paths, secret_value
 from providers.errors import MASK as MASK  # where the tests and callers found it
 from providers.errors import (
@@ -559,6 +559,11 @@ class HttpSession:
                 break
         by_seq = {outcome.seq: outcome for outcome in outcomes}
         return [by_seq[msg.seq] for msg in messages]
+
+    def cut_short(self) -> CutShort:
+        """Nothing is certain of a send cut short: a request may have been taken before
+        its answer came (chunks of one message, or one batch request)."""
+        return CutShort()
 
     async def _in_halves(
         self, seqs: Sequence[int], messages: Sequence[OutgoingMessage]

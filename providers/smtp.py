@@ -13,16 +13,22 @@ import json
 import re
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 import aiosmtplib
 import orjson
 
 from providers.addresses import InvalidAddressError, needs_smtputf8, normalize_address
-from providers.base import ALL_CONTENT_PARTS, OutcomeStatus, OutgoingMessage, SendOutcome
+from providers.base import (
+    ALL_CONTENT_PARTS,
+    CutShort,
+    OutcomeStatus,
+    OutgoingMessage,
+    SendOutcome,
+)
 from providers.config import SendgridConfig, SesConfig, SmtpFamilyBase
 from providers.errors import (
     AuthenticationError,
@@ -195,6 +201,7 @@ class _PutOff:
     def give_up(self, why: str) -> None:
         for rcpt in self.envelope.recipients:
             self.refused[rcpt] = why
+        self.envelope = replace(self.envelope, recipients=())  # none left to try
 
     def settle(self, result: TransactionResult) -> bool:
         """Record one more transaction's replies; whether another one is due.
@@ -231,6 +238,41 @@ def _puts_off(reply: Reply) -> bool:
     return too_many_recipients(reply.code, reply.text)
 
 
+@dataclass(slots=True)
+class _Progress:
+    """What a send has learnt so far, kept for :meth:`SmtpSession.cut_short` (a send
+    cancelled by its caller's deadline tells nothing itself)."""
+
+    seqs: list[int]
+    outcomes: dict[int, SendOutcome] = field(default_factory=dict)
+    # The messages whose content was written (perhaps taken): any other was not sent.
+    content_sent: set[int] = field(default_factory=set)
+    # The messages on the wire, and the results it gave so far (not yet outcomes).
+    on_wire: list[tuple[OutgoingMessage, Envelope]] = field(default_factory=list)
+    results: list[TransactionResult | WireError] = field(default_factory=list)
+    copies: list[tuple[OutgoingMessage, Envelope]] = field(default_factory=list)  # Cc, Bcc
+    put_off: list[_PutOff] = field(default_factory=list)
+    copies_due: bool = True  # the copies of the sent messages are still to join put_off
+
+    def queue_copies(self) -> None:
+        """The copies of the messages sent to their To go to the Cc and Bcc (with those
+        put off): only once the To has it (a retry would send it again); they never
+        change the message's outcome, only its detail."""
+        if not self.copies_due:
+            return
+        self.copies_due = False
+        for msg, envelope in self.copies:
+            outcome = self.outcomes.get(msg.seq)
+            if outcome is not None and outcome.status is OutcomeStatus.SENT:
+                self.put_off.append(_PutOff(msg, envelope, {}))
+
+    def note_put_off(self) -> None:
+        """Each sent message's detail names the recipients it did not reach, and why."""
+        for item in self.put_off:
+            seq = item.msg.seq
+            self.outcomes[seq] = replace(self.outcomes[seq], detail=item.detail())
+
+
 class SmtpSession:
     """One authenticated SMTP connection, reused for message after message."""
 
@@ -242,12 +284,14 @@ class SmtpSession:
         # refused): one it ends after that was in use, not refused (a cap, an idle close).
         self.answered_on_connection = 0
         self.connections_opened = 0
+        self._progress = _Progress([])
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
         """Send the messages, pipelined back to back; see ``providers.base.Session``."""
-        outcomes: dict[int, SendOutcome] = {}
+        progress = self._progress = _Progress([m.seq for m in messages])
+        outcomes = progress.outcomes
         ready: list[tuple[OutgoingMessage, Envelope]] = []
-        copies: list[tuple[OutgoingMessage, Envelope]] = []  # to the Cc and Bcc
+        copies = progress.copies  # to the Cc and Bcc
         for msg in messages:
             try:
                 data, copy, sender, recipients = self._transport.prepare(msg)
@@ -266,19 +310,41 @@ class SmtpSession:
                 copies.append((msg, Envelope(sender, tuple(recipients[1:]), dot_stuff(copy), utf8)))
                 recipients = recipients[:1]
             ready.append((msg, Envelope(sender, tuple(recipients), dot_stuff(data), utf8)))
-        put_off: list[_PutOff] = []
+        put_off = progress.put_off
         if ready:
             await self._send_ready(ready, outcomes, put_off)
-        for msg, envelope in copies:
-            # The message is the To recipient's: its copy goes out only once the To has it
-            # (a retry would send it again) and never changes its outcome, only the detail.
-            if outcomes[msg.seq].status is OutcomeStatus.SENT:
-                put_off.append(_PutOff(msg, envelope, {}))
+        progress.queue_copies()
         if put_off:
             await self._send_put_off(put_off)
-            for item in put_off:
-                outcomes[item.msg.seq] = replace(outcomes[item.msg.seq], detail=item.detail())
+            progress.note_put_off()
         return [outcomes[m.seq] for m in messages]
+
+    def cut_short(self) -> CutShort:
+        """See ``providers.base.Session``: the messages answered (or refused before they
+        went out) have their outcomes, those whose content was never written were not
+        sent. A message sent to its To is ``sent`` even when the send was cut while it
+        went to its Cc or Bcc (its detail says they may not have it)."""
+        progress = self._progress
+        outcomes = progress.outcomes
+        for (msg, envelope), result in zip(progress.on_wire, progress.results, strict=False):
+            try:
+                outcomes[msg.seq] = self._outcome(msg, envelope, result)
+            except ProviderError:  # (about the session): not taken, as send retries it
+                progress.content_sent.discard(msg.seq)
+                continue
+            if outcomes[msg.seq].status is OutcomeStatus.SENT:
+                assert isinstance(result, TransactionResult)  # (always, when sent)
+                later = _PutOff.of(msg, envelope, result)
+                if later is not None:
+                    progress.put_off.append(later)
+        progress.on_wire = []
+        progress.queue_copies()
+        for item in progress.put_off:
+            if item.envelope.recipients:
+                item.give_up("may not have been sent: the send was cut short")
+        progress.note_put_off()
+        unsent = [s for s in progress.seqs if s not in outcomes and s not in progress.content_sent]
+        return CutShort([outcomes[s] for s in progress.seqs if s in outcomes], unsent)
 
     async def _send_ready(
         self,
@@ -314,7 +380,14 @@ class SmtpSession:
             limit = self._transport.config.max_messages_per_connection
             room = limit - self.sent_on_connection if limit else len(ready)
             attempt, ready = ready[:room], ready[room:]
-            results = await wire.transactions([envelope for _, envelope in attempt])
+            progress = self._progress
+            progress.on_wire, progress.results = attempt, []
+            results = await wire.transactions(
+                [envelope for _, envelope in attempt],
+                self._content_sent([m for m, _ in attempt]),
+                progress.results,
+            )
+            progress.on_wire = []
             for index, (msg, envelope) in enumerate(attempt):
                 result = results[index] if index < len(results) else None
                 try:
@@ -322,6 +395,8 @@ class SmtpSession:
                 except ProviderError as exc:
                     if self.answered_on_connection and _connection_ended(exc):
                         ready = attempt[index:] + ready  # the server is done with it
+                        # (none taken: a 421 to its content, or before it; sent again)
+                        self._progress.content_sent.difference_update(m.seq for m, _ in ready)
                         break
                     # The wire stops at a refusal of the session, so nothing after this
                     # message was attempted. The first message raises it: the whole chunk
@@ -341,6 +416,11 @@ class SmtpSession:
                         later = _PutOff.of(msg, envelope, result)
                         if later is not None:
                             put_off.append(later)
+
+    def _content_sent(self, attempt: list[OutgoingMessage]) -> Callable[[int], None]:
+        """What notes that the content of ``attempt[index]`` is being written."""
+        sent = self._progress.content_sent
+        return lambda index: sent.add(attempt[index].seq)
 
     async def _send_put_off(self, put_off: list[_PutOff]) -> None:
         """Send sent messages again to the recipients the server put off (RFC 5321

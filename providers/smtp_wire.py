@@ -234,6 +234,12 @@ class TransactionProtocol(asyncio.Protocol):
                     during_data=during_data,
                 )
                 self.transport.abort()
+            except asyncio.CancelledError:
+                # (the caller's deadline): the replies still due would answer whatever
+                # is sent next, a QUIT too. The connection is of no more use.
+                self._fail(WireError("cancelled while waiting for the server"))
+                self.transport.abort()
+                raise
             finally:
                 self._waiter = None
         if len(self._replies) < count and self._closing and self._replies[-1].code == 421:
@@ -257,7 +263,12 @@ class TransactionProtocol(asyncio.Protocol):
             raise result
         return result
 
-    async def transactions(self, envelopes: list[Envelope]) -> list[TransactionResult | WireError]:
+    async def transactions(
+        self,
+        envelopes: list[Envelope],
+        on_content: Callable[[int], None] = lambda index: None,
+        results: list[TransactionResult | WireError] | None = None,
+    ) -> list[TransactionResult | WireError]:
         """Send messages one after the other; one result each, up to the first WireError.
 
         With PIPELINING the commands of the next message travel in the same write as the
@@ -269,15 +280,21 @@ class TransactionProtocol(asyncio.Protocol):
         transaction whose reply to MAIL, to its first RCPT, to DATA or to its content
         ``refuses_session`` (the results end there; when the next message's commands had
         gone out with this one's content, the connection is dropped before its content).
+
+        ``on_content`` is called with a message's index right before its content (with
+        the end of its DATA) is written: a message it was not called for, whatever became
+        of the call (cancelled by the caller's deadline too), was certainly not sent. The
+        results are appended to ``results`` (when given) as they come: a call cancelled
+        leaves there those of the messages answered before.
         """
-        results: list[TransactionResult | WireError] = []
+        results = [] if results is None else results
         ahead = False
         for index, envelope in enumerate(envelopes):
             if self._closing and not ahead:  # a 421: the rest are not handed over
                 break
             following = envelopes[index + 1] if index + 1 < len(envelopes) else None
             try:
-                result, ahead = await self._one(envelope, ahead, following)
+                result, ahead = await self._one(envelope, ahead, following, index, on_content)
             except WireError as exc:
                 results.append(exc)
                 break
@@ -301,9 +318,15 @@ class TransactionProtocol(asyncio.Protocol):
         return False
 
     async def _one(
-        self, envelope: Envelope, commands_sent: bool, following: Envelope | None
+        self,
+        envelope: Envelope,
+        commands_sent: bool,
+        following: Envelope | None,
+        index: int,
+        on_content: Callable[[int], None],
     ) -> tuple[TransactionResult, bool]:
-        """One transaction; returns it and whether ``following``'s commands were sent."""
+        """One transaction; returns it and whether ``following``'s commands were sent
+        (``index``, ``on_content``: see :meth:`transactions`)."""
         rcpt_cmds = [f"RCPT TO:<{r}>\r\n".encode() for r in envelope.recipients]
         if self.pipelining:
             if not commands_sent:
@@ -332,6 +355,7 @@ class TransactionProtocol(asyncio.Protocol):
                 ahead = self.pipelining and following is not None
                 if following is not None and ahead:
                     out += following.commands()
+                on_content(index)
                 self._write(out)
                 # The content's own sending is waited for within it too (it is written
                 # to the socket's buffer, which drains as the server reads).
