@@ -425,6 +425,8 @@ def _end(
     if found is None:
         return None
     r.zrem(store.SCHEDULED_ZSET, campaign_id)
+    if found is _S.DRAFT:  # nothing appends any more: its set of addresses is dead data
+        r.unlink(store.addresses_key(campaign_id))
     if stored_count(r, campaign_id) > INLINE_SETTLE_LIMIT:
         (settle_later or _settle_in_a_worker)(campaign_id, status)
     else:
