@@ -91,11 +91,13 @@ def _shown_instead(args: Any, kwargs: Any) -> str:
     throws=(campaigns.CampaignError,),
     Request=_BodyNotShown,
 )
-def enqueue_campaign(self: Task[Any, str], body: Any) -> str:
+def enqueue_campaign(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns;
-    without an ``id`` it takes the task's id."""
+    without an ``id`` it takes the task's id. Its one argument is the body (positional,
+    or ``body=``): another count is refused as the body's fault, not answered with
+    Python's ``TypeError``, whose count includes the task itself."""
     try:
-        return campaigns.create_from_task(body, self.request.id)
+        return campaigns.create_from_task(_the_body(args, kwargs), self.request.id)
     except campaigns.CampaignError as exc:  # the caller may not be watching: say it here
         log.warning(
             "campaign refused: %s",
@@ -103,6 +105,25 @@ def enqueue_campaign(self: Task[Any, str], body: Any) -> str:
             extra={"task_id": self.request.id, "field": exc.field},
         )
         raise
+
+
+def _the_body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The one argument ``dispatch.enqueue_campaign`` takes, or the refusal naming what
+    the caller sent instead (the names of its keywords, never their values)."""
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    if not args and list(kwargs) == ["body"]:
+        return kwargs["body"]
+    sent = [f"{len(args)} positional argument{'s' if len(args) != 1 else ''}"] if args else []
+    if kwargs:
+        names = ", ".join(repr(str(name)[:40]) for name in list(kwargs)[:5])
+        more = f" and {len(kwargs) - 5} more" if len(kwargs) > 5 else ""
+        sent.append(f"keyword argument{'s' if len(kwargs) > 1 else ''} {names}{more}")
+    raise campaigns.CampaignError(
+        "body: dispatch.enqueue_campaign takes one argument, the campaign (a JSON object: "
+        f"args=[campaign]); it was sent {' and '.join(sent) or 'no argument'}",
+        field="body",
+    )
 
 
 @task_rejected.connect
