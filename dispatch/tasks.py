@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Task, bootsteps
+from celery.exceptions import InvalidTaskError
 from celery.signals import (
     celeryd_init,
     task_rejected,
@@ -127,27 +128,35 @@ def _the_body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 @task_rejected.connect
-def _answer_a_refused_serializer(
+def _answer_a_message_refused_unread(
     sender: object = None, message: Message | None = None, exc: object = None, **_: object
 ) -> None:
-    """A ``dispatch.enqueue_campaign`` sent in a serializer the workers refuse (pickle,
-    yaml, msgpack: ``accept_content`` is JSON only) never runs. Celery logs it and drops
-    it, so the caller's ``.get()`` would wait for its timeout with no reason given: the
-    refusal is stored as the task's result instead (the id is in the headers, which are
-    JSON whatever the body's serializer), naming the field as every other refusal does."""
-    if message is None or not isinstance(exc, ContentDisallowed):
+    """A ``dispatch.enqueue_campaign`` the workers refuse unread never runs: one sent in
+    a serializer they do not take (pickle, yaml, msgpack: ``accept_content`` is JSON
+    only), or whose body is not a task message's (``celery_app.guarded_strategy``).
+    Celery logs it and drops it, so the caller's ``.get()`` would wait for its timeout
+    with no reason given: the refusal is stored as the task's result instead (the id is
+    in the headers, which are JSON whatever the body's serializer), naming the field as
+    every other refusal does."""
+    if message is None or not isinstance(exc, ContentDisallowed | InvalidTaskError):
         return
     headers = message.headers or {}
     task_id = headers.get("id")
     if headers.get("task") != enqueue_campaign.name or not task_id:
         return
-    kind = message.content_type or "none"
-    name = serializers.type_to_name.get(kind, kind)
-    refusal = campaigns.CampaignError(
-        f"body: sent as {name} ({kind}); dispatch.enqueue_campaign takes JSON only: "
-        "send it with serializer='json'",
-        field="body",
-    )
+    if isinstance(exc, ContentDisallowed):
+        kind = message.content_type or "none"
+        name = serializers.type_to_name.get(kind, kind)
+        problem = (
+            f"body: sent as {name} ({kind}); dispatch.enqueue_campaign takes JSON only: "
+            "send it with serializer='json'"
+        )
+    else:
+        problem = (
+            f"body: not a task message Celery can run: {exc}; send it with "
+            "send_task('dispatch.enqueue_campaign', args=[campaign])"
+        )
+    refusal = campaigns.CampaignError(problem, field="body")
     log.warning("campaign refused: %s", refusal, extra={"task_id": task_id, "field": "body"})
     try:
         app.backend.mark_as_failure(task_id, refusal)
