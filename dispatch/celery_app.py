@@ -7,10 +7,14 @@ import gc
 import os
 from typing import Any, ClassVar
 
+import orjson
 import redis
-from celery import Celery
+from celery import Celery, Task
+from celery.exceptions import InvalidTaskError
 from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.worker import strategy as celery_strategy
 from celery.worker.consumer import consumer as celery_consumer
+from kombu.exceptions import DecodeError
 from kombu.transport import redis as kombu_redis
 
 from dispatch import store
@@ -164,16 +168,78 @@ def _bodies_not_logged() -> None:
     unknown or malformed task message): for ``dispatch.enqueue_campaign`` that is a
     campaign, recipients' addresses and vars among it, and logs hold no message bodies
     (DESIGN section 8). Its size is logged instead; the headers (task name and id) stay.
+    A body that is not the UTF-8 it claims (a client writing Latin-1) fails to decode
+    with a ``UnicodeDecodeError``, whose repr, in the line Celery logs, holds the whole
+    body: the error is logged by its text instead (the encoding, the byte's position).
     """
 
     def size_only(m: Any, body: Any) -> str:  # Celery's dump_body(m, body)
         return f"(body of {len(m.body or b'')} bytes, not logged)"
 
     celery_consumer.dump_body = size_only
+    consumer = celery_consumer.Consumer
+    on_decode_error = consumer.on_decode_error
+    if getattr(on_decode_error, "_dispatch_guard", False):
+        return
+
+    def text_only(self: celery_consumer.Consumer, message: Any, exc: Exception) -> None:
+        on_decode_error(self, message, DecodeError(str(exc)))
+
+    text_only._dispatch_guard = True  # type: ignore[attr-defined]
+    consumer.on_decode_error = text_only  # type: ignore[method-assign]
 
 
-def make_app() -> Celery:
-    app = Celery("dispatch", include=["dispatch.tasks"])
+def malformed_body(payload: Any) -> str:
+    """What is wrong with a task message's decoded body, or "" when Celery can read it:
+    ``[args, kwargs, embed]`` (protocol 2), or a mapping with ``args`` (protocol 1, and
+    the hybrid of the two, which Celery checks itself)."""
+    if isinstance(payload, dict):
+        return "" if "args" in payload else "an object without 'args'"
+    if isinstance(payload, list | tuple):
+        if len(payload) != 3:
+            return f"an array of {len(payload)} items"
+        # (args and kwargs of another type fail the task, as Celery makes them)
+        if payload[2] is not None and not isinstance(payload[2], dict):
+            return "an array whose third item (embed) is not an object"
+        return ""
+    if payload is None or isinstance(payload, bool):
+        return orjson.dumps(payload).decode()
+    named = {str: "a string", int: "a number", float: "a number"}
+    return named.get(type(payload), f"a {type(payload).__name__}")
+
+
+def guarded_strategy(task: Task[Any, Any], app: Celery, consumer: Any, **options: Any) -> Any:
+    """Celery's strategy for a task's messages, refusing a body of another shape first.
+
+    Celery (5.7) unpacks a protocol 2 body as ``args, kwargs, embed`` in the worker's
+    consumer: a body of another shape (a campaign sent as the whole body by a hand-made
+    client, ``null``, two items) raised ``ValueError`` or ``TypeError`` there, an
+    "Unrecoverable error" that ended the worker, and the message, back in its queue,
+    ended each worker that took it next. Refused as an invalid task message, it is
+    logged (its size, not its body) and dropped, and the worker goes on.
+    """
+    handler = celery_strategy.default(task, app, consumer, **options)
+
+    def task_message_handler(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        if body is None:  # protocol 2: decoded here (and kept for the request)
+            problem = malformed_body(message.payload)
+            if problem:
+                raise InvalidTaskError(
+                    f"the message's body is {problem}, not [args, kwargs, embed]"
+                )
+        return handler(message, body, *args, **kwargs)
+
+    return task_message_handler
+
+
+class DispatchTask(Task[Any, Any]):
+    """Every dispatch task: its messages go through :func:`guarded_strategy`."""
+
+    Strategy = f"{__name__}:guarded_strategy"
+
+
+def make_app() -> Celery[DispatchTask]:
+    app = Celery("dispatch", include=["dispatch.tasks"], task_cls=DispatchTask)
     app.config_from_object(_Config())
     return app
 

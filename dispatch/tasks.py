@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Task, bootsteps
+from celery.exceptions import InvalidTaskError
 from celery.signals import (
     celeryd_init,
     task_rejected,
@@ -91,11 +92,13 @@ def _shown_instead(args: Any, kwargs: Any) -> str:
     throws=(campaigns.CampaignError,),
     Request=_BodyNotShown,
 )
-def enqueue_campaign(self: Task[Any, str], body: Any) -> str:
+def enqueue_campaign(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns;
-    without an ``id`` it takes the task's id."""
+    without an ``id`` it takes the task's id. Its one argument is the body (positional,
+    or ``body=``): another count is refused as the body's fault, not answered with
+    Python's ``TypeError``, whose count includes the task itself."""
     try:
-        return campaigns.create_from_task(body, self.request.id)
+        return campaigns.create_from_task(_the_body(args, kwargs), self.request.id)
     except campaigns.CampaignError as exc:  # the caller may not be watching: say it here
         log.warning(
             "campaign refused: %s",
@@ -105,28 +108,55 @@ def enqueue_campaign(self: Task[Any, str], body: Any) -> str:
         raise
 
 
+def _the_body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The one argument ``dispatch.enqueue_campaign`` takes, or the refusal naming what
+    the caller sent instead (the names of its keywords, never their values)."""
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    if not args and list(kwargs) == ["body"]:
+        return kwargs["body"]
+    sent = [f"{len(args)} positional argument{'s' if len(args) != 1 else ''}"] if args else []
+    if kwargs:
+        names = ", ".join(repr(str(name)[:40]) for name in list(kwargs)[:5])
+        more = f" and {len(kwargs) - 5} more" if len(kwargs) > 5 else ""
+        sent.append(f"keyword argument{'s' if len(kwargs) > 1 else ''} {names}{more}")
+    raise campaigns.CampaignError(
+        "body: dispatch.enqueue_campaign takes one argument, the campaign (a JSON object: "
+        f"args=[campaign]); it was sent {' and '.join(sent) or 'no argument'}",
+        field="body",
+    )
+
+
 @task_rejected.connect
-def _answer_a_refused_serializer(
+def _answer_a_message_refused_unread(
     sender: object = None, message: Message | None = None, exc: object = None, **_: object
 ) -> None:
-    """A ``dispatch.enqueue_campaign`` sent in a serializer the workers refuse (pickle,
-    yaml, msgpack: ``accept_content`` is JSON only) never runs. Celery logs it and drops
-    it, so the caller's ``.get()`` would wait for its timeout with no reason given: the
-    refusal is stored as the task's result instead (the id is in the headers, which are
-    JSON whatever the body's serializer), naming the field as every other refusal does."""
-    if message is None or not isinstance(exc, ContentDisallowed):
+    """A ``dispatch.enqueue_campaign`` the workers refuse unread never runs: one sent in
+    a serializer they do not take (pickle, yaml, msgpack: ``accept_content`` is JSON
+    only), or whose body is not a task message's (``celery_app.guarded_strategy``).
+    Celery logs it and drops it, so the caller's ``.get()`` would wait for its timeout
+    with no reason given: the refusal is stored as the task's result instead (the id is
+    in the headers, which are JSON whatever the body's serializer), naming the field as
+    every other refusal does."""
+    if message is None or not isinstance(exc, ContentDisallowed | InvalidTaskError):
         return
     headers = message.headers or {}
     task_id = headers.get("id")
     if headers.get("task") != enqueue_campaign.name or not task_id:
         return
-    kind = message.content_type or "none"
-    name = serializers.type_to_name.get(kind, kind)
-    refusal = campaigns.CampaignError(
-        f"body: sent as {name} ({kind}); dispatch.enqueue_campaign takes JSON only: "
-        "send it with serializer='json'",
-        field="body",
-    )
+    if isinstance(exc, ContentDisallowed):
+        kind = message.content_type or "none"
+        name = serializers.type_to_name.get(kind, kind)
+        problem = (
+            f"body: sent as {name} ({kind}); dispatch.enqueue_campaign takes JSON only: "
+            "send it with serializer='json'"
+        )
+    else:
+        problem = (
+            f"body: not a task message Celery can run: {exc}; send it with "
+            "send_task('dispatch.enqueue_campaign', args=[campaign])"
+        )
+    refusal = campaigns.CampaignError(problem, field="body")
     log.warning("campaign refused: %s", refusal, extra={"task_id": task_id, "field": "body"})
     try:
         app.backend.mark_as_failure(task_id, refusal)

@@ -6,7 +6,6 @@ message applies instead (the task fails or is dropped), and the worker goes on."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,10 +13,9 @@ import orjson
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection, Producer
 
 from dispatch.redis_server import RedisServer
-from tests.worker import WorkerProcess, wait_for_queues
+from tests.worker import WorkerProcess, publish_raw_task, wait_for_queues
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -25,31 +23,7 @@ EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 def _publish_raw(url: str, args: Any, kwargs: Any) -> str:
     """A protocol 2 task message for ``dispatch.enqueue_campaign`` with the body
     ``[args, kwargs, embed]`` as given (a non-Python client, a buggy one); its id."""
-    task_id = str(uuid.uuid4())
-    headers = {
-        "lang": "py",
-        "task": "dispatch.enqueue_campaign",
-        "id": task_id,
-        "root_id": task_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-        "ignore_result": False,
-        "timelimit": [None, None],
-    }
-    with Connection(url) as conn:
-        Producer(conn).publish(
-            orjson.dumps([args, kwargs, EMBED]),
-            exchange="default",
-            routing_key="default",
-            headers=headers,
-            content_type="application/json",
-            content_encoding="utf-8",
-            declare=[],
-        )
-    return task_id
+    return publish_raw_task(url, orjson.dumps([args, kwargs, EMBED]))
 
 
 @pytest.fixture

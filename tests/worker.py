@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -88,3 +89,37 @@ def wait_for_queues(r: Any) -> None:
     """Until a worker has declared its queues: a task published before would find no
     binding and be dropped."""
     wait_for(lambda: bool(r.exists("_kombu.binding.sends")), timeout=60)
+
+
+def publish_raw_task(
+    url: str, body: bytes, task: str = "dispatch.enqueue_campaign", queue: str = "default"
+) -> str:
+    """A protocol 2 task message whose body is ``body`` as it is, JSON by its content
+    type (what a non-Python or buggy client may publish); its id."""
+    from kombu import Connection, Producer
+
+    task_id = str(uuid.uuid4())
+    headers = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "ignore_result": False,
+        "timelimit": [None, None],
+    }
+    with Connection(url) as conn:
+        Producer(conn).publish(
+            body,
+            exchange=queue,
+            routing_key=queue,
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            declare=[],
+        )
+    return task_id
