@@ -151,7 +151,8 @@ def test_retry_failed_after_an_outage_sends_only_the_failed(
     celery_worker: WorkerProcess,
     smtp: SmtpTestServer,
 ) -> None:
-    """40 go through, then the server answers 451 until every other message ran out of
+    """40 go through, then the server answers 452 (transient, not a throttle: a throttled
+    try is no attempt, and 50 of them took minutes) until every other message ran out of
     attempts. After the outage retry-failed sends exactly those; the address the server
     refused for good (550) is not retried, and nobody is retried twice."""
     outage = threading.Event()
@@ -160,10 +161,10 @@ def test_retry_failed_after_an_outage_sends_only_the_failed(
     def data_reply(envelope: Any) -> str | None:
         with lock:
             if envelope.rcpt_tos[0].startswith("stubborn@"):
-                return "451 4.3.0 still not today"
+                return "452 4.3.1 still not today"
             if outage.is_set() or len(smtp.messages) >= 40:
                 outage.set()
-                return "451 4.3.0 temporary outage, try later"
+                return "452 4.3.1 temporary outage, try later"
         return None
 
     smtp.handler.data_reply = data_reply  # type: ignore[assignment]
@@ -182,7 +183,7 @@ def test_retry_failed_after_an_outage_sends_only_the_failed(
 
         outage.clear()
         smtp.handler.data_reply = lambda envelope: (  # type: ignore[assignment]
-            "451 4.3.0 still not today" if envelope.rcpt_tos[0].startswith("stubborn@") else None
+            "452 4.3.1 still not today" if envelope.rcpt_tos[0].startswith("stubborn@") else None
         )
         retried = api.post("/v1/campaigns/retry-1/retry-failed")
         assert retried.status_code == 200, retried.text
