@@ -443,6 +443,11 @@ class BatchLease:
                 )
             except redis.RedisError as exc:  # Redis restarting: the next period tries again
                 log.warning("lease %s: renewal failed (%s); trying again", self.key, exc)
+            except Exception:
+                # Not Redis's: a bug. It ended the renewal without a word: the lease
+                # lapsed a TTL later, the run's next write was refused (LeaseLostError)
+                # and the claims it held were left to be recorded unknown.
+                log.exception("lease %s: renewal failed; trying again", self.key)
 
     async def release(self, also: Callable[[Pipeline], object] | None = None) -> None:
         """Give the lease up; ``also`` adds commands of the caller's to the same round
