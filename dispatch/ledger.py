@@ -285,7 +285,16 @@ async def records_between(
 
 
 class LeaseLostError(RuntimeError):
-    """Another worker owns this batch now: stop writing at once."""
+    """Another worker owns this batch now, or its lease lapsed: stop writing at once."""
+
+    def __init__(self, key: str) -> None:
+        # What a failed send_batch task shows: the lease's key alone said nothing of why.
+        super().__init__(
+            f"{key}: this batch run no longer holds its lease (it lapsed, not renewed "
+            "within its TTL: a stalled process, or renewals that failed, logged; or "
+            "another run holds the batch now): it stopped writing"
+        )
+        self.key = key
 
 
 def record(

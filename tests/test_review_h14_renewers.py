@@ -137,3 +137,26 @@ def test_a_batch_whose_lease_renewal_failed_once_unexpectedly_sends_everything(
     assert result.counts.get("sent") == 8 and len(smtp.messages) == 8
     assert campaign_reads.get_status(cid, redis_client).value == "completed"
     assert _logged_with_traceback(caplog, "dispatch.ledger")
+
+
+def test_a_run_refused_for_its_lease_says_why(redis_client: redis.Redis) -> None:
+    """What the operator sees of a fenced run (the failed send_batch task's error): it
+    was the lease's key alone."""
+
+    async def go() -> str:
+        r = store.async_client()
+        try:
+            lease = ledger.BatchLease(r, "h14-fenced", 0, ttl_ms=60_000)
+            assert await lease.acquire()
+            writer = ledger.LedgerWriter(r, "h14-fenced", lease.token, 0)
+            await r.set(store.batch_lease_key("h14-fenced", 0), "another run")
+            with pytest.raises(ledger.LeaseLostError) as refused:
+                await writer.claim_many([(0, ledger.claim_record(1))])
+            await lease.release()
+            return str(refused.value)
+        finally:
+            await r.aclose()
+
+    said = asyncio.run(go())
+    key = store.batch_lease_key("h14-fenced", 0)
+    assert said.startswith(f"{key}: ") and "lapsed" in said and "another run" in said
