@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from dispatch import campaign_reads, lifecycle, reputation, retention, store
+from dispatch import campaign_reads, housekeeping, lifecycle, reputation, retention, store
 from dispatch.settings import get_settings
 from tests.helpers import campaign_body, create_held, smtp_provider
 
@@ -126,6 +126,24 @@ def test_the_reputation_guard_judges_each_campaign_on_its_own(
     assert paused == ["rep-b-bouncing"]
     assert campaign_reads.get_status("rep-b-bouncing", redis_client).value == "paused"
     assert _skipped(caplog, "rep-a-unreadable")
+
+
+def test_the_sweep_skips_a_campaign_whose_key_holds_another_type(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One watched campaign's key holds a string (WRONGTYPE): the read of every watched
+    campaign's fields raised, and no sweep looked after any campaign again."""
+    smtp_provider(redis_client, 2525)
+    stalled, lost = create_held(redis_client, campaign_body("sweep-stalled", 3))
+    redis_client.hset(store.campaign_key(stalled), "started_at", str(time.time() - 10_000))
+    redis_client.zadd(store.ACTIVE_ZSET, {"sweep-string": time.time()})
+    redis_client.set(store.campaign_key("sweep-string"), "not a hash")
+    again: list[tuple[str, int]] = []
+
+    done = housekeeping.sweep(redis_client, lambda c, b: again.append((c, b)))
+
+    assert done["restarted"] == [stalled] and again == lost
+    assert _skipped(caplog, "sweep-string")
 
 
 @pytest.mark.parametrize(
