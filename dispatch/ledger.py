@@ -285,7 +285,16 @@ async def records_between(
 
 
 class LeaseLostError(RuntimeError):
-    """Another worker owns this batch now: stop writing at once."""
+    """Another worker owns this batch now, or its lease lapsed: stop writing at once."""
+
+    def __init__(self, key: str) -> None:
+        # What a failed send_batch task shows: the lease's key alone said nothing of why.
+        super().__init__(
+            f"{key}: this batch run no longer holds its lease (it lapsed, not renewed "
+            "within its TTL: a stalled process, or renewals that failed, logged; or "
+            "another run holds the batch now): it stopped writing"
+        )
+        self.key = key
 
 
 def record(
@@ -443,6 +452,11 @@ class BatchLease:
                 )
             except redis.RedisError as exc:  # Redis restarting: the next period tries again
                 log.warning("lease %s: renewal failed (%s); trying again", self.key, exc)
+            except Exception:
+                # Not Redis's: a bug. It ended the renewal without a word: the lease
+                # lapsed a TTL later, the run's next write was refused (LeaseLostError)
+                # and the claims it held were left to be recorded unknown.
+                log.exception("lease %s: renewal failed; trying again", self.key)
 
     async def release(self, also: Callable[[Pipeline], object] | None = None) -> None:
         """Give the lease up; ``also`` adds commands of the caller's to the same round

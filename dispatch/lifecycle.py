@@ -35,7 +35,15 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import batch_enqueue, campaign_reads, campaigns, reputation, retention, store
+from dispatch import (
+    batch_enqueue,
+    beat_pass,
+    campaign_reads,
+    campaigns,
+    reputation,
+    retention,
+    store,
+)
 from dispatch.batch_enqueue import EnqueueBatch
 from dispatch.campaigns import CampaignStateError
 from dispatch.ledger import LedgerWriter, Records, parse_record, records_between
@@ -502,13 +510,15 @@ def expire_due(
     expired = []
     for member in due:
         campaign_id = str(member)
-        try:
-            ended = _end(campaign_id, _S.EXPIRED, EXPIRED_REASON, r, enqueue, settle_later)
-            if ended is not None or _completed_by_expiry(campaign_id, r):
-                expired.append(campaign_id)
-        except campaigns.CampaignNotFoundError:
-            pass
-        r.zrem(store.EXPIRING_ZSET, campaign_id)
+        # One it cannot read stays due (tried again at the next tick), the others expire.
+        with beat_pass.skipped_on_error(log, "expiry", campaign_id):
+            try:
+                ended = _end(campaign_id, _S.EXPIRED, EXPIRED_REASON, r, enqueue, settle_later)
+                if ended is not None or _completed_by_expiry(campaign_id, r):
+                    expired.append(campaign_id)
+            except campaigns.CampaignNotFoundError:
+                pass
+            r.zrem(store.EXPIRING_ZSET, campaign_id)
     return expired
 
 
@@ -536,30 +546,35 @@ def release_due(
     restarted, the worker died) is done again at beat's next tick instead of leaving the
     campaign ``scheduled`` for ever, and two releases at once (two beat processes by
     mistake) start it once, the other finding it running. One that cannot start for
-    another reason is paused with it. Raises ``redis.RedisError``.
+    another reason is paused with it (one a script of Redis's cannot read too). Raises the
+    errors of Redis as a whole (``beat_pass.redis_wide``).
     """
     r = client or store.sync_client()
     due = r.zrangebyscore(store.SCHEDULED_ZSET, 0, now if now is not None else time.time())
     started = []
     for member in due:
         campaign_id = str(member)
-        try:
-            campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
-            started.append(campaign_id)
-        except campaigns.CampaignStateError:
-            key = store.campaign_key(campaign_id)
-            r.eval(_UNSCHEDULE_IF_NOT_SCHEDULED, 2, key, store.SCHEDULED_ZSET, campaign_id)
-        except campaigns.CampaignNotFoundError:  # gone
-            r.zrem(store.SCHEDULED_ZSET, campaign_id)
-        except redis.RedisError:
-            raise
-        except Exception as exc:
-            # Neither retried at every tick nor allowed to hold up the campaigns due after
-            # it: it waits, paused with the reason, for a person (resume starts it).
-            log.exception("scheduled campaign %s not started", campaign_id)
-            reason = f"could not start at send_at: {type(exc).__name__}: {exc}"[:500]
-            if _transition(r, campaign_id, _S.PAUSED, (_S.SCHEDULED,), reason) is not None:
+        # (What even its pause cannot deal with, a Redis error of its own, is logged and
+        # tried again at the next tick; the campaigns due after it start.)
+        with beat_pass.skipped_on_error(log, "scheduled release", campaign_id):
+            try:
+                campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
+                started.append(campaign_id)
+            except campaigns.CampaignStateError:
+                key = store.campaign_key(campaign_id)
+                r.eval(_UNSCHEDULE_IF_NOT_SCHEDULED, 2, key, store.SCHEDULED_ZSET, campaign_id)
+            except campaigns.CampaignNotFoundError:  # gone
                 r.zrem(store.SCHEDULED_ZSET, campaign_id)
+            except Exception as exc:
+                if beat_pass.redis_wide(exc):
+                    raise  # Redis away: the next tick releases it
+                # Neither retried at every tick nor allowed to hold up the campaigns due
+                # after it: it waits, paused with the reason, for a person (resume starts
+                # it). So does one whose data a script of Redis's could not read.
+                log.exception("scheduled campaign %s not started", campaign_id)
+                reason = f"could not start at send_at: {type(exc).__name__}: {exc}"[:500]
+                if _transition(r, campaign_id, _S.PAUSED, (_S.SCHEDULED,), reason) is not None:
+                    r.zrem(store.SCHEDULED_ZSET, campaign_id)
     return started
 
 

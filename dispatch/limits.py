@@ -440,16 +440,30 @@ class ConnectionSlots:
         """Keep the slot while the session works (renewed three times a TTL). A slot
         found gone (this process stalled past the TTL and the slot expired, perhaps to
         another worker) calls ``lost``: the session must close before it sends again. A
-        renewal that meets a Redis error (a restart) is tried again the next period."""
+        renewal that fails (a Redis restart; anything else is logged with its traceback)
+        is tried again the next period; once none succeeded for a TTL the slot has
+        expired, and ``lost`` is called too (a renewal that kept failing otherwise never
+        said so, and the session went on past ``max_connections``)."""
+        renewed = time.monotonic()  # (when the last renewal that succeeded was sent)
         while True:
             await asyncio.sleep(self.ttl / 3)
+            sent = time.monotonic()
             try:
                 held = await self.client.eval(_RENEW, 1, self.key, self.ttl, token)
             except redis.RedisError as exc:
                 log.warning("connection slot %s: renewal failed (%s); trying again", token, exc)
+            except Exception:
+                # Not Redis's: a bug. It ended the renewal without a word, the slot
+                # expired under its open session and another sender took it.
+                log.exception("connection slot %s: renewal failed; trying again", token)
+            else:
+                if not held:
+                    lost()
+                renewed = sent
                 continue
-            if not held:
+            if sent - renewed >= self.ttl:
                 lost()
+                renewed = sent  # (the session takes a slot again: a TTL from now)
 
     async def release(self, token: str) -> None:
         await self.client.zrem(self.key, token)

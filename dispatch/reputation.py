@@ -14,12 +14,15 @@ guard then stands down for that campaign.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import redis
 
-from dispatch import incidents, store
+from dispatch import beat_pass, incidents, store
 from dispatch.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 # The campaign hash's ``guard`` field: "paused" while the guard holds it, "off" once a
 # person resumed it after that.
@@ -70,14 +73,26 @@ def check(r: redis.Redis, campaign_ids: Iterable[str]) -> list[str]:
     for campaign_id in ids:
         pipe.hmget(store.counters_key(campaign_id), ["sent", "hard_bounced", "spam"])
     paused = []
-    for campaign_id, values in zip(ids, pipe.execute(), strict=True):
-        sent, hard_bounced, spam = (int(v or 0) for v in values)
-        reason = _reason({"sent": sent, "hard_bounced": hard_bounced, "spam": spam})
-        if reason and r.eval(_PAUSE, 1, store.campaign_key(campaign_id), reason):
-            provider = str(r.hget(store.campaign_key(campaign_id), "provider") or "")
-            incidents.paused_sync(r, campaign_id, provider, incidents.PauseKind.REPUTATION, reason)
-            paused.append(campaign_id)
+    # (An error is given to its campaign, not raised: each is judged on its own.)
+    for campaign_id, values in zip(ids, pipe.execute(raise_on_error=False), strict=True):
+        with beat_pass.skipped_on_error(log, "reputation guard", campaign_id):
+            if _pause_if_past(r, campaign_id, values):
+                paused.append(campaign_id)
     return paused
+
+
+def _pause_if_past(r: redis.Redis, campaign_id: str, values: list[str | None] | Exception) -> bool:
+    """Pause one campaign of :func:`check` (``values``: its counters as read) if it is past
+    a limit; whether it paused. Raises what it cannot read."""
+    if isinstance(values, Exception):
+        raise values
+    sent, hard_bounced, spam = (int(v or 0) for v in values)
+    reason = _reason({"sent": sent, "hard_bounced": hard_bounced, "spam": spam})
+    if not reason or not r.eval(_PAUSE, 1, store.campaign_key(campaign_id), reason):
+        return False
+    provider = str(r.hget(store.campaign_key(campaign_id), "provider") or "")
+    incidents.paused_sync(r, campaign_id, provider, incidents.PauseKind.REPUTATION, reason)
+    return True
 
 
 def stand_down(r: redis.Redis, campaign_id: str) -> None:

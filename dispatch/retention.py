@@ -19,12 +19,13 @@ as queued), and housekeeping stops watching the campaign.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import redis
 
-from dispatch import campaign_reads, campaigns, store
+from dispatch import beat_pass, campaign_reads, campaigns, store
 from dispatch.models import CampaignStatus
 from dispatch.settings import get_settings
 
@@ -32,6 +33,8 @@ FINISHED = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.E
 # When the campaign last changed: the latest of these fields of its hash.
 _CHANGED_FIELDS = ("created_at", "started_at", "progress_at", "completed_at", "status_at")
 _CANDIDATES_PER_ROUND_TRIP = 500
+
+log = logging.getLogger(__name__)
 
 
 class CampaignPurgedError(campaigns.CampaignError):
@@ -144,17 +147,36 @@ def purge_due(
         pipe = r.pipeline(transaction=False)
         for campaign_id in chunk:
             pipe.hmget(store.campaign_key(campaign_id), fields)
-        for campaign_id, (status, was_purged, *changed) in zip(chunk, pipe.execute(), strict=True):
-            if status is None or was_purged is not None:  # gone, or purged: out of the index
-                r.zrem(store.KEPT_ZSET, campaign_id)
-                continue
-            if status not in {s.value for s in FINISHED}:
-                continue
-            if max(float(c or 0) for c in changed) > cutoff:
-                continue
-            if purge(r, campaign_id, now, cutoff):
-                purged.append(campaign_id)
+        # (An error is given to its campaign, not raised: a campaign's key holding
+        # another type is skipped below like an unreadable field.)
+        read = pipe.execute(raise_on_error=False)
+        for campaign_id, fields in zip(chunk, read, strict=True):
+            with beat_pass.skipped_on_error(log, "retention purge", campaign_id):
+                if _purge_due(r, campaign_id, fields, now, cutoff):
+                    purged.append(campaign_id)
     return purged
+
+
+def _purge_due(
+    r: redis.Redis,
+    campaign_id: str,
+    fields: list[str | None] | Exception,
+    now: float,
+    cutoff: float,
+) -> bool:
+    """Purge one candidate of :func:`purge_due` (its ``fields`` as read) if it is due;
+    whether it was purged. Raises what it cannot read."""
+    if isinstance(fields, Exception):
+        raise fields
+    status, was_purged, *changed = fields
+    if status is None or was_purged is not None:  # gone, or purged: out of the index
+        r.zrem(store.KEPT_ZSET, campaign_id)
+        return False
+    if status not in {s.value for s in FINISHED}:
+        return False
+    if max(float(c or 0) for c in changed) > cutoff:
+        return False
+    return purge(r, campaign_id, now, cutoff)
 
 
 def _index_kept(r: redis.Redis) -> None:

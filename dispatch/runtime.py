@@ -10,6 +10,7 @@ runs in one thread at a time, under a lock).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from dispatch.session_pool import SessionPool
 from dispatch.settings import get_settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+CLOSE_RETRY_SECONDS = 5.0  # after a failed close of idle sessions, the next try
 _loop: asyncio.AbstractEventLoop | None = None
 _client: aioredis.Redis | None = None
 _pool: SessionPool | None = None
@@ -90,7 +93,18 @@ def _closer() -> None:
                     break
                 _wake.wait(None if at is None else at - time.monotonic())
             _close_at = None
-        _close_idle()
+        try:
+            _close_idle()
+        except (Exception, asyncio.CancelledError):
+            # A close that failed (a bug) ended this thread, its traceback on stderr: no
+            # idle session of the process was closed again between tasks, each kept its
+            # connection open after its parked slot expired (past max_connections).
+            log.exception(
+                "closing idle provider sessions failed; trying again in %g s", CLOSE_RETRY_SECONDS
+            )
+            with _wake:  # (unless a task's end schedules it sooner or later meanwhile)
+                if _close_at is None:
+                    _close_at = time.monotonic() + CLOSE_RETRY_SECONDS
 
 
 def _close_idle() -> None:

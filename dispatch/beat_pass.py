@@ -1,0 +1,57 @@
+"""A beat pass over many campaigns: one it cannot deal with is skipped, not the rest.
+
+Beat's passes (housekeeping's sweep, the expiry, the scheduled release, the retention
+purge, the reputation guard) walk campaigns one after the other. A campaign whose stored
+fields they cannot read (a field written by hand, data of an older version, a bug)
+raised out of the pass: every campaign after it was left alone, at every tick, for as
+long as it stayed so. Such a campaign is logged with its traceback and skipped; it waits
+for a person, and the pass goes on with the others. An error that concerns Redis as a
+whole (away, too slow, out of memory, read-only, refusing writes) still ends the pass:
+every other campaign would meet it too, and the next tick tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import redis
+
+# Errors of Redis as a whole, not of one campaign's data (redis-py's classes; the codes
+# it has no class for come as ResponseError with the code first).
+_REDIS_WIDE = (
+    redis.ConnectionError,  # (also LOADING, a refused password, too many clients)
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.NoPermissionError,
+)
+_REDIS_WIDE_CODES = ("MISCONF ", "BUSY ", "MASTERDOWN ")
+
+
+def redis_wide(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of Redis as a whole (ends a pass), not of one item."""
+    if isinstance(exc, _REDIS_WIDE):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_REDIS_WIDE_CODES)
+
+
+@contextlib.contextmanager
+def skipped_on_error(log: logging.Logger, what: str, campaign_id: str) -> Iterator[None]:
+    """Run one campaign's part of a pass (``what``: the pass's name in the log); an
+    exception is logged with its traceback and the pass goes on, unless it is
+    :func:`redis_wide` (raised: the pass ends)."""
+    try:
+        yield
+    except Exception as exc:
+        if redis_wide(exc):
+            raise
+        log.exception(
+            "%s: campaign %s skipped (%s: %s); the others go on",
+            what,
+            campaign_id,
+            type(exc).__name__,
+            exc,
+            extra={"campaign_id": campaign_id},
+        )
