@@ -54,7 +54,8 @@ from dispatch.settings import Settings, cut_after, get_settings
 from dispatch.status_watch import pace_horizon, provider_gone, provider_replaced, watch_status
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError
-from providers.base import CutShort, OutcomeStatus, OutgoingMessage, SendOutcome, Session
+from providers.base import CutShort, OutcomeStatus, OutgoingMessage, SendOutcome, known_at_cut
+from providers.config import HttpConfig
 from providers.errors import (
     ConfigurationError,
     ErrorClass,
@@ -264,7 +265,7 @@ class BatchSender(BatchOutcomes):
                     outcomes = await session.send([m for _, m in messages])
             except Exception as exc:
                 elapsed = time.perf_counter() - started
-                known = _known_at_cut(session) if cut.expired() else None  # (before its close)
+                known = known_at_cut(session) if cut.expired() else None  # (before its close)
                 await kept.drop_session()
                 if known is not None:  # (whatever the adapter made of it)
                     self.run_out()  # the run is at its end: hand on
@@ -299,11 +300,16 @@ class BatchSender(BatchOutcomes):
         else ``unknown`` (perhaps taken; DESIGN §7)."""
         never = set(known.not_handed_over)
         back = [(item, m) for item, m in messages if item.seq in never]
+        # (an HTTP provider's messages are "Dispatch failed", not "SMTP timeout": DESIGN §2)
+        http = isinstance(self.c.provider, HttpConfig)
+        error_class = ErrorClass.DISPATCH_FAILED_HTTP if http else ErrorClass.TIMEOUT
         if back:
-            await self._not_attempted(back, ErrorClass.TIMEOUT, _SEND_CUT)
+            await self._not_attempted(back, error_class, _SEND_CUT)
         rest = [(item, m) for item, m in messages if item.seq not in never]
         answered = {o.seq: o for o in known.outcomes}
-        return rest, [answered.get(item.seq) or _cut_short(item.seq) for item, _ in rest]
+        return rest, [
+            answered.get(item.seq) or _cut_short(item.seq, error_class) for item, _ in rest
+        ]
 
     async def _reserve(self, chunk: list[Item]) -> tuple[Grant, list[Item]] | None:
         """Reserve ``chunk`` on the provider's quotas and pace, and wait until it may go:
@@ -514,20 +520,11 @@ _SEND_CUT = (
 )
 
 
-def _known_at_cut(session: Session) -> CutShort:
-    """What ``session`` knows of its send cut short (nothing, when it fails to say)."""
-    try:
-        return session.cut_short()
-    except Exception:  # an adapter's bug: its messages are unknown, as before it could say
-        log.exception("the adapter failed to say what it sent before the deadline")
-        return CutShort()
-
-
-def _cut_short(seq: int) -> SendOutcome:
+def _cut_short(seq: int, error_class: ErrorClass) -> SendOutcome:
     """The outcome of a message still waiting for its answer at the batch run's time
     limit (DESIGN §7: unknown, never resent)."""
     detail = "no answer before the batch task's time limit (DISPATCH_VISIBILITY_TIMEOUT / 2)"
-    return SendOutcome(seq, OutcomeStatus.UNKNOWN, ErrorClass.TIMEOUT, detail)
+    return SendOutcome(seq, OutcomeStatus.UNKNOWN, error_class, detail)
 
 
 def _unknown(seq: int, exc: Exception) -> SendOutcome:

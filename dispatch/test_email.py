@@ -30,7 +30,14 @@ from dispatch.limits import ConnectionSlots, Grant, ProviderLimiter, QuotaExhaus
 from dispatch.settings import Settings, get_settings
 from dispatch.unsubscribe import recipient_links
 from providers.addresses import normalize_address
-from providers.base import OutcomeStatus, OutgoingMessage, SendOutcome, Transport
+from providers.base import (
+    CutShort,
+    OutcomeStatus,
+    OutgoingMessage,
+    SendOutcome,
+    Transport,
+    known_at_cut,
+)
 from providers.config import HttpConfig, ProviderBase
 from providers.errors import ErrorClass, ProviderError
 from providers.http_config import placeholder_usage
@@ -224,31 +231,82 @@ async def send_one(
             config, allow_private_endpoints=settings.allow_private_endpoints
         )
 
-    taken: list[SendOutcome] = []
-
-    async def exchange() -> TestEmailResult:
-        assert transport is not None
-        async with transport.session() as session:
-            outcomes = await session.send([message])
-        taken.append(outcomes[0])
-        return _verdict(outcomes[0])
-
+    exchange = _Exchange(config, transport, message, deadline)
     try:
         if limits is None:
-            return await _bounded(exchange, deadline)
+            return await exchange.within(deadline)
         result = await _within_limits(limits, config, exchange, deadline, settings)
-        if result.ok and taken:
-            await _remember_id(limits, transport.kind, message, taken[0], settings)
+        if result.ok and exchange.outcome is not None:
+            await _remember_id(limits, transport.kind, message, exchange.outcome, settings)
         return result
     except ProviderError as exc:
         return TestEmailResult(False, exc.error_class.value, exc.detail)
-    except TimeoutError:
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """A test message's exchange with its provider (:meth:`run`), and what it learnt,
+    which answers when the test's ``deadline`` cuts it (:meth:`within`)."""
+
+    config: ProviderBase
+    transport: Transport
+    message: OutgoingMessage
+    deadline: float  # the test's, named in its answer
+    opened: bool = False  # the session opened: the message may have been handed over
+    outcome: SendOutcome | None = None  # the provider's answer
+    refusal: ProviderError | None = None  # the session's refusal (nothing taken)
+    known: CutShort | None = None  # what the session knew when its send was cancelled
+    unknown: bool = False  # cut, perhaps taken (within counts it against the quotas)
+
+    async def run(self) -> TestEmailResult:
+        async with self.transport.session() as session:
+            self.opened = True
+            try:
+                self.outcome = (await session.send([self.message]))[0]
+            except ProviderError as exc:
+                self.refusal = exc
+                raise
+            except asyncio.CancelledError:
+                self.known = known_at_cut(session)  # (before its close)
+                raise
+        return _verdict(self.outcome)
+
+    async def within(self, seconds: float) -> TestEmailResult:
+        """:meth:`run` within ``seconds`` (see :func:`_bounded`); raises ``ProviderError``
+        as it does. Cut short, the answer is what the provider answered before the cut
+        (a close still waiting for its goodbye), or "not sent" when the message was
+        certainly not handed over (the connection or its login still opening, an SMTP
+        server not yet answering the commands before its content), else "outcome
+        unknown": an "outcome unknown, check the inbox" for a message never sent made
+        its sender wait, and look, for nothing."""
+        try:
+            return await _bounded(self.run, seconds)
+        except TimeoutError:
+            pass
+        seq = self.message.seq
+        if self.outcome is not None:
+            return _verdict(self.outcome)
+        if self.refusal is not None:
+            return TestEmailResult(False, self.refusal.error_class.value, self.refusal.detail)
+        known = self.known or CutShort()
+        answered = [o for o in known.outcomes if o.seq == seq]
+        if answered:
+            return _verdict(answered[0])
+        if not self.opened or seq in known.not_handed_over:
+            return TestEmailResult(
+                False,
+                _timeout_class(self.config).value,
+                f"not sent: no answer within {self.deadline:g} s before the message was "
+                "handed over (the connection, its login or the commands before the "
+                "message's content were still unanswered); sending the test again is safe",
+            )
         # The message may be on the wire (an SMTP server may check it for minutes before
         # it answers its end: data_timeout): sending the test again may deliver two.
+        self.unknown = True
         return TestEmailResult(
             False,
-            _timeout_class(config).value,
-            f"outcome unknown: no answer within {deadline:g} s (the provider may have "
+            _timeout_class(self.config).value,
+            f"outcome unknown: no answer within {self.deadline:g} s (the provider may have "
             "taken the message: check the inbox before sending another)",
         )
 
@@ -309,7 +367,7 @@ async def _remember_id(
 async def _within_limits(
     client: aioredis.Redis,
     config: ProviderBase,
-    exchange: Callable[[], Awaitable[TestEmailResult]],
+    exchange: _Exchange,
     deadline: float,
     settings: Settings,
 ) -> TestEmailResult:
@@ -364,7 +422,7 @@ async def _within_limits(
                 )
             await asyncio.sleep(grant.wait)
             grant = await take()
-        refused = 0  # an outcome not known (no answer in time) counts: it may have gone
+        refused = 0
         try:
             # The provider's pace, or its hold after a throttling reply, lets it send only
             # later: when that leaves the exchange less than it needs within the deadline,
@@ -385,8 +443,9 @@ async def _within_limits(
             await asyncio.sleep(grant.wait)
             # Within what is left of the deadline: the whole test takes no longer.
             left = max(give_up - time.monotonic(), need)
-            result = await _bounded(exchange, left)
-            refused = 0 if result.ok else 1
+            result = await exchange.within(left)
+            # (an outcome not known, no answer in time, counts: it may have gone)
+            refused = 0 if result.ok or exchange.unknown else 1
             return result
         except ProviderError:
             refused = 1  # as a campaign's: raised before the provider took the message

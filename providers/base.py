@@ -13,6 +13,7 @@ session (cannot connect, credentials refused) are raised as
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -141,6 +142,17 @@ class Session(Protocol):
     def cut_short(self) -> CutShort:
         """Right after :meth:`send` was cancelled: what is certain of its messages."""
         ...
+
+
+def known_at_cut(session: Session) -> CutShort:
+    """What ``session`` knows of its send cut short (nothing, when it fails to say)."""
+    try:
+        return session.cut_short()
+    except Exception:  # an adapter's bug: its messages are unknown, as before it could say
+        logging.getLogger(__name__).exception(
+            "the adapter failed to say what it sent before the deadline"
+        )
+        return CutShort()
 
 
 # The rendered parts of a message; a transport names those it places, so that the

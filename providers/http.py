@@ -109,6 +109,9 @@ _DISPATCH_FAILED: Final = ErrorClass.DISPATCH_FAILED_HTTP
 _WRITE_FAILED: Final = frozenset(
     {"http11.send_request_headers.failed", "http11.send_request_body.failed"}
 )
+# httpcore's trace event right before the first byte of a request is written (after its
+# connection's TCP connect and TLS handshake): a request cut before it was not sent.
+_WRITE_STARTS: Final = "send_request_headers.started"
 _ILLEGAL_HEADER: Final = re.compile(r"(Illegal header (?:name|value)) .*", re.S)
 
 
@@ -522,11 +525,19 @@ class HttpSession:
         plan: RequestPlan,
         auth: bytes | None = None,
         secrets: Sequence[str] = (),
+        traced: bool = False,
     ) -> None:
         """``auth``: the ``Authorization`` value of basic credentials (validation refuses
         a configured ``Authorization`` header beside them); ``secrets``: masked in every
-        detail (see :func:`credentials`)."""
+        detail (see :func:`credentials`); ``traced``: ``transport`` is httpcore's, which
+        says (its trace extension) when it starts writing a request, else a request is
+        taken as perhaps written as soon as it is handed to ``transport``."""
         self._transport = transport
+        self._traced = traced
+        # What the send under way learnt, for cut_short (a cancelled send says nothing):
+        self._seqs: list[int] = []  # its messages
+        self._answered: dict[int, SendOutcome] = {}  # their outcomes, as they come
+        self._written: set[int] = set()  # those whose request perhaps reached the provider
         self._secrets = secrets
         self._plan = plan
         self._method = config.method
@@ -543,27 +554,45 @@ class HttpSession:
         Raises :class:`ConfigurationError` (credentials refused, endpoint refused by the
         address guard) when that happens before any request of this call got an answer.
         """
+        self._seqs, self._answered, self._written = [m.seq for m in messages], {}, set()
+        return await self._send(messages)
+
+    async def _send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        """:meth:`send`, its outcomes noted as they come (for :meth:`cut_short`)."""
         requests, outcomes = self._plan.render(messages)
+        self._note(outcomes)
         for index, request in enumerate(requests):
             try:
                 answer = await self._exchange(request)
                 if len(request.seqs) > 1 and answer[0].code == _TOO_LARGE:
+                    self._written.difference_update(request.seqs)  # (refused: not taken)
                     answer = await self._in_halves(request.seqs, messages)
-                outcomes += answer
+                outcomes += self._note(answer)
             except ConfigurationError as exc:
                 if index == 0:
                     raise
                 # Earlier requests went through: keep their outcomes, retry the rest.
                 for rest in requests[index:]:
-                    outcomes += [SendOutcome.from_error(s, _as_transient(exc)) for s in rest.seqs]
+                    outcomes += self._note(
+                        [SendOutcome.from_error(s, _as_transient(exc)) for s in rest.seqs]
+                    )
                 break
         by_seq = {outcome.seq: outcome for outcome in outcomes}
         return [by_seq[msg.seq] for msg in messages]
 
+    def _note(self, outcomes: list[SendOutcome]) -> list[SendOutcome]:
+        self._answered.update((o.seq, o) for o in outcomes)
+        return outcomes
+
     def cut_short(self) -> CutShort:
-        """Nothing is certain of a send cut short: a request may have been taken before
-        its answer came (chunks of one message, or one batch request)."""
-        return CutShort()
+        """See ``providers.base.Session``: the messages answered (or that failed to
+        render) have their outcomes; one whose request was never handed to the
+        transport, or (httpcore) was cut before its first byte was written (while its
+        connection opened: TCP connect, TLS handshake, or waiting for the pool), was
+        not sent. A request being written or awaiting its answer may have been taken."""
+        answered = self._answered
+        unsent = [s for s in self._seqs if s not in answered and s not in self._written]
+        return CutShort([answered[s] for s in self._seqs if s in answered], unsent)
 
     async def _in_halves(
         self, seqs: Sequence[int], messages: Sequence[OutgoingMessage]
@@ -577,9 +606,9 @@ class HttpSession:
         wanted = set(seqs)
         carried = [msg for msg in messages if msg.seq in wanted]
         half = len(carried) // 2
-        first = await self.send(carried[:half])
+        first = await self._send(carried[:half])
         try:
-            return first + await self.send(carried[half:])
+            return first + await self._send(carried[half:])
         except ConfigurationError as exc:  # the first half went through: retry the rest
             return first + [
                 SendOutcome.from_error(msg.seq, _as_transient(exc)) for msg in carried[half:]
@@ -591,6 +620,8 @@ class HttpSession:
         if request.headers:
             headers = [*headers, *request.headers.items()]
         unsent: list[BaseException] = []  # what stopped the writing of the request
+        if not self._traced:  # (it cannot say when it writes: taken as written now)
+            self._written.update(request.seqs)
         try:
             try:
                 async with asyncio.timeout(None) as answer:
@@ -600,7 +631,7 @@ class HttpSession:
                             url,
                             headers=headers,
                             content=request.content,
-                            extensions=self._answer_within(answer, unsent),
+                            extensions=self._answer_within(answer, unsent, request.seqs),
                         )
                     )
             except TimeoutError:
@@ -626,12 +657,13 @@ class HttpSession:
             ]
 
     def _answer_within(
-        self, deadline: asyncio.Timeout, unsent: list[BaseException]
+        self, deadline: asyncio.Timeout, unsent: list[BaseException], seqs: Sequence[int]
     ) -> dict[str, Any]:
         """The request's extensions: its timeouts, and a trace that gives the answer's
         status line and headers ``timeout`` seconds in all once the request is sent, and
         puts in ``unsent`` the error that stopped the writing of the request (httpcore
-        keeps it to itself and reads on, for an early answer).
+        keeps it to itself and reads on, for an early answer). The request's messages
+        (``seqs``) are noted as perhaps written when its writing starts.
 
         The read timeout bounds each read only: a server trickling header lines, or
         sending ``102 Processing`` for ever, held the session (and its batch) for hours.
@@ -641,7 +673,9 @@ class HttpSession:
         seconds = self._timeout
 
         async def trace(event: str, info: Mapping[str, Any]) -> None:
-            if event == "http11.receive_response_headers.started":
+            if event.endswith(_WRITE_STARTS):
+                self._written.update(seqs)
+            elif event == "http11.receive_response_headers.started":
                 deadline.reschedule(loop.time() + seconds)
             elif event in _WRITE_FAILED:
                 unsent.append(info["exception"])
@@ -725,6 +759,13 @@ class HttpTransport:
             resolve=self._resolve,
         )
         try:
-            yield HttpSession(transport, self.config, self.plan, self._auth, self._secrets)
+            yield HttpSession(
+                transport,
+                self.config,
+                self.plan,
+                self._auth,
+                self._secrets,
+                traced=self._http_transport is None,
+            )
         finally:
             await transport.aclose()

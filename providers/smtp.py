@@ -253,6 +253,11 @@ class _Progress:
     copies: list[tuple[OutgoingMessage, Envelope]] = field(default_factory=list)  # Cc, Bcc
     put_off: list[_PutOff] = field(default_factory=list)
     copies_due: bool = True  # the copies of the sent messages are still to join put_off
+    # The put-off recipients' transactions on the wire, their results so far, and the
+    # indexes of those whose content was written.
+    put_off_wire: list[_PutOff] = field(default_factory=list)
+    put_off_results: list[TransactionResult | WireError] = field(default_factory=list)
+    put_off_content: set[int] = field(default_factory=set)
 
     def queue_copies(self) -> None:
         """The copies of the messages sent to their To go to the Cc and Bcc (with those
@@ -339,9 +344,20 @@ class SmtpSession:
                     progress.put_off.append(later)
         progress.on_wire = []
         progress.queue_copies()
+        in_doubt: list[_PutOff] = []  # content written, no answer
+        for index, item in enumerate(progress.put_off_wire):
+            if index < len(progress.put_off_results):  # (answered before the cut)
+                self._settle_put_off(item, progress.put_off_results[index])
+            elif index in progress.put_off_content:
+                in_doubt.append(item)
+        progress.put_off_wire = []
         for item in progress.put_off:
-            if item.envelope.recipients:
+            if not item.envelope.recipients:
+                continue
+            if any(item is doubt for doubt in in_doubt):
                 item.give_up("may not have been sent: the send was cut short")
+            else:
+                item.give_up("not sent: the send was cut short before it went to them")
         progress.note_put_off()
         unsent = [s for s in progress.seqs if s not in outcomes and s not in progress.content_sent]
         return CutShort([outcomes[s] for s in progress.seqs if s in outcomes], unsent)
@@ -442,22 +458,35 @@ class SmtpSession:
             limit = self._transport.config.max_messages_per_connection
             room = limit - self.sent_on_connection if limit else len(pending)
             attempt, pending = pending[:room], pending[room:]
-            results = await wire.transactions([item.envelope for item in attempt])
+            progress = self._progress
+            progress.put_off_wire, progress.put_off_results = attempt, []
+            progress.put_off_content = set()
+            results = await wire.transactions(
+                [item.envelope for item in attempt],
+                progress.put_off_content.add,
+                progress.put_off_results,
+            )
+            progress.put_off_wire = []
             for index, item in enumerate(attempt):
                 result = results[index] if index < len(results) else None
-                if isinstance(result, TransactionResult) and _closing(result) is None:
-                    if result.data is not None and result.data.ok:
-                        self.sent_on_connection += 1
-                    self.answered_on_connection += 1
-                    if item.settle(result):
-                        pending.append(item)
-                elif isinstance(result, WireError) and result.during_data:
-                    item.give_up(f"outcome unknown: {result} during DATA")
-                elif self.answered_on_connection:  # the connection ended after use
+                if self._settle_put_off(item, result):
                     pending.append(item)
-                else:
-                    why = _closing(result) if isinstance(result, TransactionResult) else result
-                    item.give_up(f"not sent: {why or 'the session ended before it'}")
+
+    def _settle_put_off(self, item: _PutOff, result: TransactionResult | WireError | None) -> bool:
+        """Record in ``item`` the result of its transaction; whether it is due again."""
+        if isinstance(result, TransactionResult) and _closing(result) is None:
+            if result.data is not None and result.data.ok:
+                self.sent_on_connection += 1
+            self.answered_on_connection += 1
+            return item.settle(result)
+        if isinstance(result, WireError) and result.during_data:
+            item.give_up(f"outcome unknown: {result} during DATA")
+            return False
+        if self.answered_on_connection:  # the connection ended after use
+            return True
+        why = _closing(result) if isinstance(result, TransactionResult) else result
+        item.give_up(f"not sent: {why or 'the session ended before it'}")
+        return False
 
     def _without_smtputf8(
         self, ready: list[tuple[OutgoingMessage, Envelope]], outcomes: dict[int, SendOutcome]
