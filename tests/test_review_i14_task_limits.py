@@ -1,7 +1,7 @@
 """``dispatch.enqueue_campaign`` messages the worker cannot read (review I14).
 
 A task's body had no size cap: decoded whole in the worker's main process and again in
-the pool process (a million recipients, a 61 MB body: about 1.1 GB more in each), a
+the pool process (a million recipients, a 70 MB body: about 1.1 GB more in each), a
 huge one could get the worker killed, and the message, back in its queue, the next
 worker too. A body that is not the JSON (or the UTF-8) it claims was logged and dropped,
 its caller's ``.get()`` left waiting for its timeout."""
