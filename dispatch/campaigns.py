@@ -6,6 +6,7 @@ import contextlib
 import math
 import secrets
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,11 +174,15 @@ def create_from_task(body: Any, task_id: str | None) -> str:
     A body without an ``id`` takes the task's: a task run again (its worker died before
     acknowledging it) is a repeat of the same campaign, not a second one sent to the
     same recipients, and the caller can follow it by the id ``send_task`` gave it.
+    An ``id`` given as a ``uuid.UUID`` (Celery's JSON carries it typed, and it arrives
+    as one) is its standard string form, the id it names over HTTP.
     Raises :class:`CampaignError` naming the field (an invalid body too), and
     :class:`CampaignConflictError`.
     """
     if isinstance(body, dict) and body.get("id") is None and task_id:
         body = {**body, "id": task_id}
+    elif isinstance(body, dict) and isinstance(body.get("id"), uuid.UUID):
+        body = {**body, "id": str(body["id"])}
     try:
         request = campaign_request(body)
     except ValidationError as exc:

@@ -11,13 +11,14 @@ import orjson
 import redis
 from celery import Celery, Task
 from celery.exceptions import InvalidTaskError
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, task_rejected, worker_init, worker_process_init
 from celery.worker import strategy as celery_strategy
 from celery.worker.consumer import consumer as celery_consumer
 from kombu.exceptions import DecodeError
 from kombu.transport import redis as kombu_redis
 
 from dispatch import store
+from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from dispatch.redis_server import ensure_redis_url
 from dispatch.settings import get_settings, task_time_limit
 
@@ -25,6 +26,11 @@ QUEUES = store.CELERY_QUEUES
 BEAT_TASK_EXPIRES = 600  # seconds (see beat_schedule)
 BROKER_SOCKET_TIMEOUT = 10.0  # seconds a broker command waits for Redis's answer
 RESULT_EXPIRES_SECONDS = 86_400  # how long a dispatch.enqueue_campaign result is kept
+# A task's body is decoded whole in the worker's main process, and again in the process
+# that runs it (measured, dispatch.enqueue_campaign with a million recipients, a 70 MB
+# body: about 1.1 GB more in each): a larger one is refused unread, as the API refuses
+# a larger request (the same cap); big lists are appended to a draft, streamed.
+MAX_TASK_BODY_BYTES = MAX_API_BODY_BYTES
 
 
 def default_worker_processes() -> int:
@@ -183,7 +189,11 @@ def _bodies_not_logged() -> None:
         return
 
     def text_only(self: celery_consumer.Consumer, message: Any, exc: Exception) -> None:
-        on_decode_error(self, message, DecodeError(str(exc)))
+        error = DecodeError(str(exc))
+        on_decode_error(self, message, error)
+        # Told like a message refused unread (Celery tells nobody): a caller waiting
+        # for the task's result is answered (tasks._answer_a_message_refused_unread).
+        task_rejected.send(sender=self, message=message, exc=error)
 
     text_only._dispatch_guard = True  # type: ignore[attr-defined]
     consumer.on_decode_error = text_only  # type: ignore[method-assign]
@@ -208,8 +218,24 @@ def malformed_body(payload: Any) -> str:
     return named.get(type(payload), f"a {type(payload).__name__}")
 
 
+class TaskBodyTooLargeError(InvalidTaskError):
+    """A task message whose body is over :data:`MAX_TASK_BODY_BYTES` (never decoded)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the message's body is {size} bytes, over the {MAX_TASK_BODY_BYTES} bytes "
+            "a task's body may be (not read)"
+        )
+        self.size = size
+
+
 def guarded_strategy(task: Task[Any, Any], app: Celery, consumer: Any, **options: Any) -> Any:
-    """Celery's strategy for a task's messages, refusing a body of another shape first.
+    """Celery's strategy for a task's messages, refusing a body too large or of another
+    shape first.
+
+    A body over :data:`MAX_TASK_BODY_BYTES` is refused by its size before anything
+    decodes it: decoded, it could take more memory than the worker has, and a worker
+    killed for it would leave the message in its queue for the next one.
 
     Celery (5.7) unpacks a protocol 2 body as ``args, kwargs, embed`` in the worker's
     consumer: a body of another shape (a campaign sent as the whole body by a hand-made
@@ -221,6 +247,9 @@ def guarded_strategy(task: Task[Any, Any], app: Celery, consumer: Any, **options
     handler = celery_strategy.default(task, app, consumer, **options)
 
     def task_message_handler(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        size = len(message.body or b"")
+        if size > MAX_TASK_BODY_BYTES:
+            raise TaskBodyTooLargeError(size)
         if body is None:  # protocol 2: decoded here (and kept for the request)
             problem = malformed_body(message.payload)
             if problem:

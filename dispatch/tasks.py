@@ -18,7 +18,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 from celery.worker.request import Request
-from kombu.exceptions import ContentDisallowed
+from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
 from kombu.serialization import registry as serializers  # type: ignore[attr-defined]
 
@@ -32,7 +32,7 @@ from dispatch import (
     store,
     worker_health,
 )
-from dispatch.celery_app import app
+from dispatch.celery_app import MAX_TASK_BODY_BYTES, TaskBodyTooLargeError, app
 from dispatch.housekeeping import sweep
 from dispatch.models import CampaignStatus
 from dispatch.sending import run_batch
@@ -133,35 +133,54 @@ def _answer_a_message_refused_unread(
 ) -> None:
     """A ``dispatch.enqueue_campaign`` the workers refuse unread never runs: one sent in
     a serializer they do not take (pickle, yaml, msgpack: ``accept_content`` is JSON
-    only), or whose body is not a task message's (``celery_app.guarded_strategy``).
-    Celery logs it and drops it, so the caller's ``.get()`` would wait for its timeout
-    with no reason given: the refusal is stored as the task's result instead (the id is
-    in the headers, which are JSON whatever the body's serializer), naming the field as
-    every other refusal does."""
-    if message is None or not isinstance(exc, ContentDisallowed | InvalidTaskError):
+    only), whose body is over the size a task's body may be, is not a task message's
+    (``celery_app.guarded_strategy``), or cannot be decoded (not JSON, not the UTF-8 it
+    claims). Celery logs it and drops it, so the caller's ``.get()`` would wait for its
+    timeout with no reason given: the refusal is stored as the task's result instead
+    (the id is in the headers, which are JSON whatever the body's serializer), naming
+    the field as every other refusal does."""
+    if message is None or not isinstance(exc, ContentDisallowed | InvalidTaskError | DecodeError):
         return
     headers = message.headers or {}
     task_id = headers.get("id")
     if headers.get("task") != enqueue_campaign.name or not task_id:
         return
-    if isinstance(exc, ContentDisallowed):
-        kind = message.content_type or "none"
-        name = serializers.type_to_name.get(kind, kind)
-        problem = (
-            f"body: sent as {name} ({kind}); dispatch.enqueue_campaign takes JSON only: "
-            "send it with serializer='json'"
-        )
-    else:
-        problem = (
-            f"body: not a task message Celery can run: {exc}; send it with "
-            "send_task('dispatch.enqueue_campaign', args=[campaign])"
-        )
-    refusal = campaigns.CampaignError(problem, field="body")
+    refusal = campaigns.CampaignError(_why_refused_unread(message, exc), field="body")
     log.warning("campaign refused: %s", refusal, extra={"task_id": task_id, "field": "body"})
     try:
         app.backend.mark_as_failure(task_id, refusal)
     except Exception:  # never let it stop the consumer: the caller's .get() times out
         log.exception("could not store the refusal of task %s", task_id)
+
+
+_SEND_IT_AS_A_TASK = "send it with send_task('dispatch.enqueue_campaign', args=[campaign])"
+
+
+def _why_refused_unread(
+    message: Message, exc: ContentDisallowed | InvalidTaskError | DecodeError
+) -> str:
+    """The refusal's text (what is wrong and what to do), never any of the body."""
+    kind = message.content_type or "none"
+    if isinstance(exc, ContentDisallowed):
+        name = serializers.type_to_name.get(kind, kind)
+        return (
+            f"body: sent as {name} ({kind}); dispatch.enqueue_campaign takes JSON only: "
+            "send it with serializer='json'"
+        )
+    if isinstance(exc, TaskBodyTooLargeError):
+        return (
+            f"body: {exc.size} bytes, over the {MAX_TASK_BODY_BYTES} bytes "
+            f"({MAX_TASK_BODY_BYTES // 2**20} MiB) a task's body may be: create the "
+            'campaign as a draft with the task ("draft": true, no recipients) and append '
+            "the recipients with POST /v1/campaigns/{id}/recipients (streamed, any size)"
+        )
+    if isinstance(exc, DecodeError):
+        encoding = message.content_encoding or "none"
+        return (
+            f"body: cannot be decoded as its message says ({kind}, {encoding}): "
+            f"{str(exc)[:200]}; {_SEND_IT_AS_A_TASK}"
+        )
+    return f"body: not a task message Celery can run: {exc}; {_SEND_IT_AS_A_TASK}"
 
 
 @app.task(name="dispatch.expire_campaigns")

@@ -3,15 +3,18 @@
 Bodies are read whole (and parsed) unless a route streams them, so this bounds the memory
 one request can take. Routes that stream their body set ``STREAMED``: the recipient
 append keeps memory bounded whatever the size, and callbacks cut a body off at 8 MB
-themselves (answered in their provider's shape, DESIGN §6).
+themselves (answered in their provider's shape, DESIGN §6). Workers refuse a task's
+body over the same size (``celery_app.MAX_TASK_BODY_BYTES``).
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:  # (the worker reads MAX_API_BODY_BYTES without loading Starlette)
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_API_BODY_BYTES = 64 * 1024 * 1024
 STREAMED = sys.maxsize
