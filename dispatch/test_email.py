@@ -256,7 +256,9 @@ class _Exchange:
     outcome: SendOutcome | None = None  # the provider's answer
     refusal: ProviderError | None = None  # the session's refusal (nothing taken)
     known: CutShort | None = None  # what the session knew when its send was cancelled
-    unknown: bool = False  # cut, perhaps taken (within counts it against the quotas)
+    # Perhaps taken: cut while on the wire, or answered "unknown" (a connection lost after
+    # the message's end): it counts against the quotas, as a campaign's message does.
+    unknown: bool = False
 
     async def run(self) -> TestEmailResult:
         async with self.transport.session() as session:
@@ -280,18 +282,24 @@ class _Exchange:
         unknown": an "outcome unknown, check the inbox" for a message never sent made
         its sender wait, and look, for nothing."""
         try:
-            return await _bounded(self.run, seconds)
+            result = await _bounded(self.run, seconds)
+        except ProviderError:  # (a ProviderTimeoutError is a TimeoutError too: not a cut)
+            raise
         except TimeoutError:
             pass
+        else:
+            if self.outcome is not None:
+                self._note(self.outcome)
+            return result
         seq = self.message.seq
         if self.outcome is not None:
-            return _verdict(self.outcome)
+            return _verdict(self._note(self.outcome))
         if self.refusal is not None:
             return TestEmailResult(False, self.refusal.error_class.value, self.refusal.detail)
         known = self.known or CutShort()
         answered = [o for o in known.outcomes if o.seq == seq]
         if answered:
-            return _verdict(answered[0])
+            return _verdict(self._note(answered[0]))
         if not self.opened or seq in known.not_handed_over:
             return TestEmailResult(
                 False,
@@ -309,6 +317,12 @@ class _Exchange:
             f"outcome unknown: no answer within {self.deadline:g} s (the provider may have "
             "taken the message: check the inbox before sending another)",
         )
+
+    def _note(self, outcome: SendOutcome) -> SendOutcome:
+        """``outcome``, noted as perhaps taken when it is unknown."""
+        if outcome.status is OutcomeStatus.UNKNOWN:
+            self.unknown = True
+        return outcome
 
 
 async def _bounded(
