@@ -18,16 +18,19 @@ from collections.abc import Iterator
 
 import redis
 
-# Errors of Redis as a whole, not of one campaign's data (redis-py's classes; the codes
-# it has no class for come as ResponseError with the code first).
+# Errors of Redis as a whole, not of one campaign's data (redis-py's classes, whose text
+# has lost its code: MASTERDOWN, a replica cut from its primary, is a ClusterDownError;
+# the codes it has no class for come as ResponseError with the code first: NOREPLICAS,
+# writes refused while fewer replicas than min-replicas-to-write keep up).
 _REDIS_WIDE = (
     redis.ConnectionError,  # (also LOADING, a refused password, too many clients)
     redis.TimeoutError,
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.NoPermissionError,
+    redis.exceptions.ClusterDownError,  # (MASTERDOWN, CLUSTERDOWN)
 )
-_REDIS_WIDE_CODES = ("MISCONF ", "BUSY ", "MASTERDOWN ")
+_REDIS_WIDE_CODES = ("MISCONF ", "BUSY ", "NOREPLICAS ")
 
 
 def redis_wide(exc: BaseException) -> bool:

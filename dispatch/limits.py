@@ -354,6 +354,9 @@ class ProviderLimiter:
 # Expiries are read and written on Redis's clock (_NOW), never a worker's: a worker
 # whose clock ran a minute ahead took every slot of the others for expired and opened
 # connections past max_connections; one behind kept its dead slots the longer.
+# A token still holding its slot takes it again (a session told its slot was lost while
+# renewals only seemed to fail: answered too late, but done, then renewed on): counted
+# against itself, it waited for a slot that its own renewals kept, as long as its run.
 SLOTS_KEY_SECONDS = 3600
 _NOW = """
 local t = redis.call('TIME')
@@ -361,7 +364,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 """
 _ACQUIRE = f"""{_NOW}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+if not redis.call('ZSCORE', KEYS[1], ARGV[3])
+  and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
   return 0
 end
@@ -379,6 +383,9 @@ redis.call('EXPIRE', KEYS[1], {SLOTS_KEY_SECONDS})
 return 1
 """
 SLOT_POLL_SECONDS = 0.2
+# A session whose slot no renewal kept for this part of its TTL is told it lost it (see
+# ConnectionSlots.renew): before it may expire, and another sender take it.
+LOST_AFTER = 5 / 6
 WANTED_MS = 3 * int(SLOT_POLL_SECONDS * 1000)
 
 # A slot whose sender is done, kept for the session's next batch with a short expiry
@@ -441,17 +448,23 @@ class ConnectionSlots:
         found gone (this process stalled past the TTL and the slot expired, perhaps to
         another worker) calls ``lost``: the session must close before it sends again. A
         renewal that fails (a Redis restart; anything else is logged with its traceback)
-        is tried again the next period; once none succeeded for a TTL the slot has
-        expired, and ``lost`` is called too (a renewal that kept failing otherwise never
-        said so, and the session went on past ``max_connections``)."""
+        is tried again the next period; ``lost`` is called once none succeeded for
+        :data:`LOST_AFTER` of a TTL, before the slot may expire (the session closes
+        before another sender can take it), not after; a renewal is never waited for
+        past that (redis-py retries a command that timed out for about a minute)."""
         renewed = time.monotonic()  # (when the last renewal that succeeded was sent)
         while True:
             await asyncio.sleep(self.ttl / 3)
             sent = time.monotonic()
+            lost_at = renewed + self.ttl * LOST_AFTER
             try:
-                held = await self.client.eval(_RENEW, 1, self.key, self.ttl, token)
-            except redis.RedisError as exc:
-                log.warning("connection slot %s: renewal failed (%s); trying again", token, exc)
+                renewal = self.client.eval(_RENEW, 1, self.key, self.ttl, token)
+                held = await asyncio.wait_for(renewal, max(lost_at - sent, self.ttl / 6))
+            except (redis.RedisError, TimeoutError) as exc:
+                log.warning(
+                    "connection slot %s: renewal failed (%s); trying again", token,
+                    str(exc) or "no answer in time",
+                )  # fmt: skip
             except Exception:
                 # Not Redis's: a bug. It ended the renewal without a word, the slot
                 # expired under its open session and another sender took it.
@@ -461,9 +474,9 @@ class ConnectionSlots:
                     lost()
                 renewed = sent
                 continue
-            if sent - renewed >= self.ttl:
+            if time.monotonic() + self.ttl / 3 >= lost_at:  # (the next try comes too late)
                 lost()
-                renewed = sent  # (the session takes a slot again: a TTL from now)
+                renewed = time.monotonic()  # (the session takes a slot again: a TTL on)
 
     async def release(self, token: str) -> None:
         await self.client.zrem(self.key, token)
