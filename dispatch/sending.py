@@ -248,7 +248,7 @@ class BatchSender(BatchOutcomes):
                         raise
                     await self.c.limiter.settle(grant, len(messages))  # none went out
                     if opening.expired():  # (see deadline): the next run sends them
-                        await self._not_attempted(messages, ErrorClass.TIMEOUT, _OPEN_CUT)
+                        await self._cut_back(messages, ErrorClass.TIMEOUT, _OPEN_CUT)
                         self.run_out()
                         return
                     assert isinstance(exc, ProviderError)
@@ -304,7 +304,7 @@ class BatchSender(BatchOutcomes):
         http = isinstance(self.c.provider, HttpConfig)
         error_class = ErrorClass.DISPATCH_FAILED_HTTP if http else ErrorClass.TIMEOUT
         if back:
-            await self._not_attempted(back, error_class, _SEND_CUT)
+            await self._cut_back(back, error_class, _SEND_CUT)
         rest = [(item, m) for item, m in messages if item.seq not in never]
         answered = {o.seq: o for o in known.outcomes}
         return rest, [
@@ -481,10 +481,47 @@ class BatchSender(BatchOutcomes):
                 attempts=item.attempts,
                 error_class=error_class.value,
                 detail=detail,
+                throttles=item.throttles,  # (kept: a give-back must not reset them)
             )
             writes.append((item.seq, rec, ""))
         self.put_back(item for item, _ in messages)
         await self.writer.give_back_many(writes)
+
+    async def _cut_back(
+        self, messages: list[tuple[Item, OutgoingMessage]], error_class: ErrorClass, detail: str
+    ) -> None:
+        """Claimed messages a run's deadline cut before they were handed over: given back
+        (:meth:`_not_attempted`), each such cut counted as a throttled try (not an
+        attempt). A provider whose waits never fit a run (a connect or greeting stalled
+        past the cut under a ``timeout`` longer than the run can wait: warned, not
+        refused, see ``settings.wait_problem``) cut every run at the same place, and
+        nothing ended the batch: its messages now fail after ``max_throttles`` such runs,
+        saying why."""
+        back: list[tuple[Item, OutgoingMessage]] = []
+        over: list[tuple[Item, OutgoingMessage]] = []
+        for item, message in messages:
+            item.throttles += 1
+            over_limit = item.throttles >= self.settings.max_throttles
+            (over if over_limit else back).append((item, message))
+        if back:
+            await self._not_attempted(back, error_class, detail)
+        if over:
+            for item, _ in over:
+                item.attempted = False
+                item.attempts -= 1
+            gave_up = f"gave up after {self.settings.max_throttles} runs cut short: {detail}"
+            await self._commit(
+                [
+                    self._final(
+                        item,
+                        MessageState.FAILED,
+                        error_class=error_class.value,
+                        detail=gave_up,
+                        meta=message.meta,
+                    )
+                    for item, message in over
+                ]
+            )
 
     async def _session_failed(
         self, messages: list[tuple[Item, OutgoingMessage]], exc: ProviderError

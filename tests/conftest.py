@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -155,3 +156,15 @@ def sns_settings(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> It
         get_settings.cache_clear()
         yield cert_dir
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[int]:
+    """A port whose TCP connections are taken (by the kernel) and never read."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()

@@ -14,8 +14,6 @@ but never answers stalls a Generic HTTP provider's TLS handshake.
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,18 +125,6 @@ def test_a_test_not_sent_gives_its_daily_quota_back(redis_client: redis.Redis) -
     _assert_not_sent(first)
     assert (second.ok, second.error) == (True, None), second
     assert redis_client.zcard("dispatch:connections:stalls") == 0  # its slot is given back
-
-
-@pytest.fixture
-def silent_endpoint() -> Iterator[int]:
-    """A port whose TCP connections are taken (by the kernel) and never read."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
 
 
 def _http(endpoint: str) -> HttpConfig:
