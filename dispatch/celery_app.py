@@ -312,7 +312,8 @@ def _worker_init(**_: object) -> None:
 
 def _warn_of_waits_past_the_time_limit() -> None:
     """Log the stored providers whose waits for answers outlast this worker's batch runs
-    (settings.wait_problem): their late answers are cut short, the messages unknown."""
+    (settings.wait_problem): their late answers are cut short, the messages awaiting one
+    unknown (those not yet handed over wait again)."""
     import logging
 
     from dispatch.provider_store import providers_past_time_limit

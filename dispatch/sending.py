@@ -509,7 +509,8 @@ class BatchSender(BatchOutcomes):
             for item, _ in over:
                 item.attempted = False
                 item.attempts -= 1
-            gave_up = f"gave up after {self.settings.max_throttles} runs cut short: {detail}"
+            limit = self.settings.max_throttles
+            gave_up = f"gave up after {limit} throttled tries, the last a run cut short: {detail}"
             await self._commit(
                 [
                     self._final(

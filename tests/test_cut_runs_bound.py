@@ -31,7 +31,8 @@ def test_messages_cut_before_their_session_opened_fail_after_max_throttles_runs(
     records = [parse_record(redis_client.hget(ledger, str(seq))) for seq in range(3)]
     for rec in records:
         assert rec is not None and rec["state"] == "failed", rec
-        assert rec["detail"].startswith("gave up after 3 runs cut short: not sent"), rec
+        gave_up = "gave up after 3 throttled tries, the last a run cut short: not sent"
+        assert rec["detail"].startswith(gave_up), rec
         assert (rec.get("attempts", 0), rec["throttles"]) == (0, 3), rec
     campaigns.finish_if_done(campaign_id, redis_client)
     summary = campaign_reads.campaign_summary(campaign_id, redis_client)
