@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch import store
 from tests.api_server import ApiServer
 from tests.helpers import campaign_body, create_held, smtp_provider
 from tests.test_oncall import _scrape
+from tests.test_review_q14_fault_metrics import _values
 
 
 def test_a_campaign_key_of_another_type_in_the_active_index_leaves_metrics_whole(
@@ -27,12 +27,3 @@ def test_a_campaign_key_of_another_type_in_the_active_index_leaves_metrics_whole
     text = _scrape(api_server)
     assert "dispatch_redis_up 1.0" in text.splitlines()
     assert _values(text, "dispatch_campaigns", "status")["running"] == 1.0
-
-
-def _values(text: str, name: str, label: str) -> dict[str, float]:
-    return {
-        sample.labels[label]: sample.value
-        for metric in text_string_to_metric_families(text)
-        for sample in metric.samples
-        if sample.name == name
-    }
