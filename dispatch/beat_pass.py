@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import redis
 
+from dispatch import faults
+
 # Errors of Redis as a whole, not of one campaign's data (redis-py's classes, whose text
 # has lost its code: MASTERDOWN, a replica cut from its primary, is a ClusterDownError;
 # the codes it has no class for come as ResponseError with the code first: NOREPLICAS,
@@ -41,10 +43,14 @@ def redis_wide(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def skipped_on_error(log: logging.Logger, what: str, campaign_id: str) -> Iterator[None]:
+def skipped_on_error(
+    log: logging.Logger, what: str, campaign_id: str, r: redis.Redis
+) -> Iterator[None]:
     """Run one campaign's part of a pass (``what``: the pass's name in the log); an
-    exception is logged with its traceback and the pass goes on, unless it is
-    :func:`redis_wide` (raised: the pass ends)."""
+    exception is logged with its traceback and counted (``r``: the pass's Redis;
+    ``dispatch_beat_campaigns_skipped_total``, by pass: a campaign skipped at every tick
+    for days is seen) and the pass goes on, unless it is :func:`redis_wide` (raised: the
+    pass ends)."""
     try:
         yield
     except Exception as exc:
@@ -58,3 +64,4 @@ def skipped_on_error(log: logging.Logger, what: str, campaign_id: str) -> Iterat
             exc,
             extra={"campaign_id": campaign_id},
         )
+        faults.count_sync(r, "skipped", faults.pass_label(what))

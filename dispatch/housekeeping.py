@@ -114,7 +114,7 @@ def sweep(
         # every sweep before the campaigns after it: none was finished, restarted or
         # resumed again. It waits for a person; the others are looked after.
         outcome = ""
-        with beat_pass.skipped_on_error(log, "housekeeping", campaign_id):
+        with beat_pass.skipped_on_error(log, "housekeeping", campaign_id, r):
             if isinstance(fields, Exception):  # (its key holds another type)
                 raise fields
             outcome = look_at(campaign_id, fields)

@@ -41,6 +41,9 @@ class PauseKind(StrEnum):
     PROVIDER_DELETED = "provider_deleted"  # its provider no longer exists
     # The first messages all failed and none was sent (dispatch.batch_outcomes's failure breaker).
     FAILURES = "failures"
+    # A scheduled campaign that could not start at its send_at (dispatch.lifecycle's
+    # release: data it cannot read, a bug): it waits for a person.
+    START_FAILED = "start_failed"
 
 
 def kind_of(exc: ConfigurationError) -> PauseKind:

@@ -28,7 +28,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from dispatch import store
+from dispatch import faults, store
 from dispatch.models import MessageState
 from dispatch.settings import get_settings
 
@@ -457,6 +457,7 @@ class BatchLease:
                 # lapsed a TTL later, the run's next write was refused (LeaseLostError)
                 # and the claims it held were left to be recorded unknown.
                 log.exception("lease %s: renewal failed; trying again", self.key)
+                await faults.count(self.client, "error", faults.LEASE_RENEWAL)
 
     async def release(self, also: Callable[[Pipeline], object] | None = None) -> None:
         """Give the lease up; ``also`` adds commands of the caller's to the same round

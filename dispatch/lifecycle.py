@@ -40,6 +40,7 @@ from dispatch import (
     beat_pass,
     campaign_reads,
     campaigns,
+    incidents,
     reputation,
     retention,
     store,
@@ -511,7 +512,7 @@ def expire_due(
     for member in due:
         campaign_id = str(member)
         # One it cannot read stays due (tried again at the next tick), the others expire.
-        with beat_pass.skipped_on_error(log, "expiry", campaign_id):
+        with beat_pass.skipped_on_error(log, "expiry", campaign_id, r):
             try:
                 ended = _end(campaign_id, _S.EXPIRED, EXPIRED_REASON, r, enqueue, settle_later)
                 if ended is not None or _completed_by_expiry(campaign_id, r):
@@ -556,7 +557,7 @@ def release_due(
         campaign_id = str(member)
         # (What even its pause cannot deal with, a Redis error of its own, is logged and
         # tried again at the next tick; the campaigns due after it start.)
-        with beat_pass.skipped_on_error(log, "scheduled release", campaign_id):
+        with beat_pass.skipped_on_error(log, "scheduled release", campaign_id, r):
             try:
                 campaigns.start_campaign(campaign_id, client=r, enqueue=enqueue)
                 started.append(campaign_id)
@@ -575,6 +576,9 @@ def release_due(
                 reason = f"could not start at send_at: {type(exc).__name__}: {exc}"[:500]
                 if _transition(r, campaign_id, _S.PAUSED, (_S.SCHEDULED,), reason) is not None:
                     r.zrem(store.SCHEDULED_ZSET, campaign_id)
+                    provider = str(r.hget(store.campaign_key(campaign_id), "provider") or "")
+                    kind = incidents.PauseKind.START_FAILED
+                    incidents.paused_sync(r, campaign_id, provider, kind, reason)
     return started
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import store
+from dispatch import faults, store
 from providers.config import MIN_RATE_PER_SECOND, ProviderBase
 from providers.errors import ConfigurationError
 
@@ -469,6 +469,7 @@ class ConnectionSlots:
                 # Not Redis's: a bug. It ended the renewal without a word, the slot
                 # expired under its open session and another sender took it.
                 log.exception("connection slot %s: renewal failed; trying again", token)
+                await faults.count(self.client, "error", faults.SLOT_RENEWAL)
             else:
                 if not held:
                     lost()

@@ -2,11 +2,13 @@
 
 Workers are separate processes (and machines); what they did is kept in Redis by the
 ledger script, so the API can report it without a push gateway: messages by provider
-and outcome, retries, send latency, throttles and batches deferred for want of a
-connection (dispatch.send_stats), and the depth of each Celery queue. What a person must
-act on is kept there too, by the code path it happens on: campaigns paused
-automatically by kind, stalled campaigns restarted and beat's last sweep
-(dispatch.incidents), each worker's last canary (dispatch.worker_health). Campaigns by
+and outcome, retries, send latency, throttles, batches deferred for want of a
+connection and connection slots lost (dispatch.send_stats), and the depth of each Celery
+queue. What a person must act on is kept there too, by the code path it happens on:
+campaigns paused automatically by kind, stalled campaigns restarted and beat's last
+sweep (dispatch.incidents), campaigns beat's passes skipped, errors that are not
+Redis's lived through by a worker's background loops, and task messages refused unread
+(dispatch.faults), each worker's last canary (dispatch.worker_health). Campaigns by
 status, the suppression list, callback batches waiting or set aside, the events stream
 against its cap, and Redis's memory and eviction policy are read as they are.
 
@@ -36,7 +38,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from dispatch import incidents, store, worker_health
+from dispatch import faults, incidents, store, worker_health
 from dispatch.callbacks import CALLBACK_EVENTS
 from dispatch.models import CampaignStatus, MessageState
 from dispatch.send_stats import histograms
@@ -153,7 +155,10 @@ def _callback_series(providers: set[str]) -> None:
 
 def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
     """How many active campaigns have each status (running, paused; a finished one until
-    housekeeping takes it off the index), and how many are scheduled."""
+    housekeeping takes it off the index), and how many are scheduled. A campaign whose
+    key holds another type (written by hand: housekeeping skips it, so it stays in the
+    index) is left out: it raised, and every scrape reported Redis down, no family read
+    from it, for as long as it stayed."""
     counts = {CampaignStatus.SCHEDULED.value: int(r.zcard(store.SCHEDULED_ZSET))}
     start = 0
     while True:
@@ -163,8 +168,8 @@ def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
         pipe = r.pipeline(transaction=False)
         for campaign_id in ids:
             pipe.hget(store.campaign_key(str(campaign_id)), "status")
-        for status in pipe.execute():
-            if status is not None:
+        for status in pipe.execute(raise_on_error=False):
+            if isinstance(status, str):
                 counts[str(status)] = counts.get(str(status), 0) + 1
         start += len(ids)
 
@@ -232,14 +237,23 @@ def _sends(providers: set[str], stats: dict[str, str], sends: dict[str, str]) ->
         "DISPATCH_SLOT_WAIT_SECONDS and went back to the broker, by provider",
         labels=["provider"],
     )
+    slots_lost = CounterMetricFamily(
+        "dispatch_connection_slots_lost",
+        "Connection slots a session lost, by provider: not renewed in time (a stalled "
+        "worker process, Redis slow or away, or a bug, logged); the session closed and "
+        "waited for a slot again",
+        labels=["provider"],
+    )
     for provider, figures in histograms(sends, providers).items():
         if figures.buckets[-1][1]:
             latency.add_metric([provider], figures.buckets, sum_value=figures.seconds)
         throttles.add_metric([provider], figures.throttles)
         deferred.add_metric([provider], figures.deferred)
+        slots_lost.add_metric([provider], figures.slots_lost)
     yield latency
     yield throttles
     yield deferred
+    yield slots_lost
 
 
 def _incidents(found: dict[str, str]) -> Iterator[Family]:
@@ -249,7 +263,8 @@ def _incidents(found: dict[str, str]) -> Iterator[Family]:
         "configuration (STARTTLS or AUTH not offered, TLS failed, session refused), quota "
         "(daily quota used up), private_endpoint (http endpoint resolved to a private "
         "address), reputation (bounce or complaint rate past the guard), provider_deleted, "
-        "failures (the first messages all failed, none sent)",
+        "failures (the first messages all failed, none sent), start_failed (a scheduled "
+        "campaign that could not start at its send_at)",
         labels=["kind"],
     )
     for kind, count in incidents.pause_counts(found).items():
@@ -260,12 +275,52 @@ def _incidents(found: dict[str, str]) -> Iterator[Family]:
         "Running campaigns whose batches stopped and that housekeeping enqueued again",
         value=float(found.get(incidents.RESTARTED, 0)),
     )
+    yield from _faults(found)
     if incidents.SWEPT_AT in found:
         yield GaugeMetricFamily(
             "dispatch_housekeeping_last_sweep_timestamp_seconds",
             "When beat's housekeeping last ran (Unix time); absent until it first runs",
             value=float(found[incidents.SWEPT_AT]),
         )
+
+
+def _faults(found: dict[str, str]) -> Iterator[Family]:
+    """dispatch.faults' counts: every label at 0 from the first scrape."""
+    help_and_labels = (
+        (
+            "dispatch_beat_campaigns_skipped",
+            "Campaigns one of beat's passes could not read and skipped (logged at ERROR "
+            "with the traceback), by pass; once per pass, so one left unreadable counts "
+            "at every tick",
+            "pass",
+            "skipped",
+            faults.BEAT_PASSES,
+        ),
+        (
+            "dispatch_unexpected_errors",
+            "Errors that are not Redis's (a bug, logged with the traceback) lived through "
+            "by a worker's background loop, by where: a batch lease's or a connection "
+            "slot's renewal, a batch's status watch (its batch handed on), the closer of "
+            "idle provider sessions",
+            "where",
+            "error",
+            faults.ERROR_PLACES,
+        ),
+        (
+            "dispatch_task_messages_refused",
+            "Task messages a worker refused unread, by reason: serializer (not JSON), "
+            "too_large (over 64 MiB), undecodable, malformed (not a task message Celery "
+            "can run), unregistered (a task name no worker knows)",
+            "reason",
+            "refused",
+            faults.REFUSALS,
+        ),
+    )
+    for name, documentation, label, kind, values in help_and_labels:
+        family = CounterMetricFamily(name, documentation, labels=[label])
+        for value, count in faults.counts(found, kind, values).items():
+            family.add_metric([value], count)
+        yield family
 
 
 def _workers(workers: list[tuple[Any, float]]) -> Iterator[Family]:

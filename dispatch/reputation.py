@@ -75,7 +75,7 @@ def check(r: redis.Redis, campaign_ids: Iterable[str]) -> list[str]:
     paused = []
     # (An error is given to its campaign, not raised: each is judged on its own.)
     for campaign_id, values in zip(ids, pipe.execute(raise_on_error=False), strict=True):
-        with beat_pass.skipped_on_error(log, "reputation guard", campaign_id):
+        with beat_pass.skipped_on_error(log, "reputation guard", campaign_id, r):
             if _pause_if_past(r, campaign_id, values):
                 paused.append(campaign_id)
     return paused

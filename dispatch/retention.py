@@ -151,7 +151,7 @@ def purge_due(
         # another type is skipped below like an unreadable field.)
         read = pipe.execute(raise_on_error=False)
         for campaign_id, fields in zip(chunk, read, strict=True):
-            with beat_pass.skipped_on_error(log, "retention purge", campaign_id):
+            with beat_pass.skipped_on_error(log, "retention purge", campaign_id, r):
                 if _purge_due(r, campaign_id, fields, now, cutoff):
                     purged.append(campaign_id)
     return purged

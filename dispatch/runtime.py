@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from dispatch import store
+from dispatch import faults, store
 from dispatch.session_pool import SessionPool
 from dispatch.settings import get_settings
 
@@ -105,6 +105,7 @@ def _closer() -> None:
             with _wake:  # (unless a task's end schedules it sooner or later meanwhile)
                 if _close_at is None:
                     _close_at = time.monotonic() + CLOSE_RETRY_SECONDS
+            faults.count_sync(None, "error", faults.IDLE_CLOSER)
 
 
 def _close_idle() -> None:

@@ -1,22 +1,26 @@
-"""How long providers take to accept a send, how often they ask us to slow down, and how
-often a batch found none of their connections free.
+"""How long providers take to accept a send, how often they ask us to slow down, how
+often a batch found none of their connections free, and how often a session lost its
+connection slot.
 
 A batch run counts in memory how long each message's hand-over to the provider took
 (the exchange that carried it: a chunk of up to four SMTP messages pipelined on one
 connection, or one HTTP request, a whole batch for a batching provider) and the
 exchanges whose reply throttled it (one per exchange, however many of its messages were
 throttled: an SMTP chunk whose four RCPTs got 451 counts one) and whether
-it went back to the broker for want of a connection slot (dispatch.sending), then adds
+it went back to the broker for want of a connection slot, and the connection slots its
+sessions lost (not renewed in time: a stalled process, Redis slow or away, or a bug;
+the session closes and waits for a slot again) (dispatch.sending), then adds
 them to Redis with the release of its lease, and every ``FLUSH_SECONDS`` while it runs
 (a batch paced for minutes, or waiting on a slow provider, shows as it happens:
 ``store.SEND_STATS_HASH``): the API's
 ``/metrics`` reports them for every worker as ``dispatch_send_seconds`` (a histogram),
-``dispatch_throttles_total`` and ``dispatch_batches_deferred_total`` (DESIGN §8).
+``dispatch_throttles_total``, ``dispatch_batches_deferred_total`` and
+``dispatch_connection_slots_lost_total`` (DESIGN §8).
 
 Fields of the hash: ``<provider>|le=<bound>`` (messages whose hand-over took at most
 ``bound`` seconds and more than the bound before it; ``+Inf`` for the rest),
-``<provider>|sum`` (seconds, a float), ``<provider>|throttles`` and
-``<provider>|deferred``.
+``<provider>|sum`` (seconds, a float), ``<provider>|throttles``,
+``<provider>|deferred`` and ``<provider>|slots_lost``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class SendStats:
         self.seconds = 0.0
         self.throttles = 0
         self.deferred = 0  # runs that went back to the broker for want of a slot
+        self.slots_lost = 0  # slots found gone under a session (it reconnected)
 
     def observe(self, seconds: float, messages: int) -> None:
         """An exchange with the provider that carried ``messages`` and took ``seconds``."""
@@ -68,6 +73,8 @@ class SendStats:
             pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|throttles", self.throttles)
         if self.deferred:
             pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|deferred", self.deferred)
+        if self.slots_lost:
+            pipe.hincrby(store.SEND_STATS_HASH, f"{provider}|slots_lost", self.slots_lost)
         self._reset()
 
     async def flush(self, client: aioredis.Redis, provider: str) -> None:
@@ -87,13 +94,15 @@ class ProviderSends(NamedTuple):
     seconds: float  # the sum of the hand-overs' seconds
     throttles: float
     deferred: float
+    slots_lost: float
 
 
 def histograms(
     fields: Mapping[Any, Any], providers: Iterable[str] = ()
 ) -> dict[str, ProviderSends]:
-    """Per provider, from the hash: its histogram, throttles and deferred batch runs
-    (``providers``: those to report even with nothing counted yet, at 0)."""
+    """Per provider, from the hash: its histogram, throttles, deferred batch runs and
+    connection slots lost (``providers``: those to report even with nothing counted yet,
+    at 0)."""
     out: dict[str, ProviderSends] = {}
     raw: dict[str, dict[str, float]] = {provider: {} for provider in providers}
     for key, value in fields.items():
@@ -110,5 +119,6 @@ def histograms(
             values.get("sum", 0.0),
             values.get("throttles", 0.0),
             values.get("deferred", 0.0),
+            values.get("slots_lost", 0.0),
         )
     return out

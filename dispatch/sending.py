@@ -357,6 +357,7 @@ class BatchSender(BatchOutcomes):
             "campaign %s: a connection slot expired; reconnecting", self.c.content.id,
             extra=self.outcome_log.context,
         )  # fmt: skip
+        self.stats.slots_lost += 1
         await kept.drop_session()
         if not await self.c.slots.hold(kept.token, self._stop_waiting):
             return False

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import redis
 import redis.asyncio as aioredis
 
-from dispatch import incidents, send_stats, store
+from dispatch import faults, incidents, send_stats, store
 from dispatch.batch_campaign import BatchCampaign
 from dispatch.lifecycle import expire_now
 from dispatch.models import CampaignStatus
@@ -62,6 +62,7 @@ async def watch_status(
         )  # fmt: skip
         sender.handed_on = True
         sender.finish()
+        await faults.count(r, "error", faults.STATUS_WATCH)
 
 
 async def _watch(

@@ -12,6 +12,7 @@ from celery.exceptions import InvalidTaskError
 from celery.signals import (
     celeryd_init,
     task_rejected,
+    task_unknown,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
@@ -26,6 +27,7 @@ from dispatch import (
     batch_enqueue,
     campaigns,
     effects,
+    faults,
     lifecycle,
     retention,
     runtime,
@@ -138,8 +140,13 @@ def _answer_a_message_refused_unread(
     claims). Celery logs it and drops it, so the caller's ``.get()`` would wait for its
     timeout with no reason given: the refusal is stored as the task's result instead
     (the id is in the headers, which are JSON whatever the body's serializer), naming
-    the field as every other refusal does."""
-    if message is None or not isinstance(exc, ContentDisallowed | InvalidTaskError | DecodeError):
+    the field as every other refusal does. Every message refused unread, of any task, is
+    counted (``dispatch_task_messages_refused_total``, by reason): a client whose
+    messages are all refused, and that reads no result, is seen."""
+    if message is None:
+        return
+    faults.count_sync(None, "refused", _refusal_reason(exc))
+    if not isinstance(exc, ContentDisallowed | InvalidTaskError | DecodeError):
         return
     headers = message.headers or {}
     task_id = headers.get("id")
@@ -151,6 +158,24 @@ def _answer_a_message_refused_unread(
         app.backend.mark_as_failure(task_id, refusal)
     except Exception:  # never let it stop the consumer: the caller's .get() times out
         log.exception("could not store the refusal of task %s", task_id)
+
+
+def _refusal_reason(exc: object) -> str:
+    """The ``reason`` label of a message refused unread (``faults.REFUSALS``)."""
+    if isinstance(exc, ContentDisallowed):
+        return "serializer"
+    if isinstance(exc, TaskBodyTooLargeError):
+        return "too_large"
+    if isinstance(exc, DecodeError):
+        return "undecodable"
+    return "malformed"  # (InvalidTaskError; None: not a task message at all)
+
+
+@task_unknown.connect
+def _count_an_unregistered_task(sender: object = None, **_: object) -> None:
+    """A message naming a task no worker of this version knows (a client's typo, a newer
+    API's task on an older worker): Celery logs it and answers its caller; counted."""
+    faults.count_sync(None, "refused", "unregistered")
 
 
 _SEND_IT_AS_A_TASK = "send it with send_task('dispatch.enqueue_campaign', args=[campaign])"
