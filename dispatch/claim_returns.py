@@ -23,14 +23,23 @@ async def give_back_claims(
     connection slot came, it failed first, it must wait) wait to be sent again, as after
     a configuration error: a claim left behind would read as a lost send. They are
     marked unclaimed at once, before the write: a sender of the batch that takes one
-    meanwhile claims it again, in the same writer's order, after this write."""
+    meanwhile claims it again, in the same writer's order, after this write. Their
+    throttled tries are kept (a chunk claimed by its sender, then given back for a lost
+    connection slot: sending.BatchSender._unclaim; a run cut short counts one)."""
     left = [item for item in items if item.claimed]
     if left:
         for item in left:
             item.claimed = False
         made = Records()
         await writer.give_back_many(
-            [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
+            [
+                (
+                    i.seq,
+                    made.get(MessageState.RETRY, i.attempts, detail=detail, throttles=i.throttles),
+                    "",
+                )
+                for i in left
+            ]
         )
 
 
@@ -66,7 +75,10 @@ async def give_back_after_failure(
         return
     made = Records()
     detail = "claimed, not attempted: the batch stopped first"
-    writes = [(i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail), "") for i in left]
+    writes = [
+        (i.seq, made.get(MessageState.RETRY, i.attempts, detail=detail, throttles=i.throttles), "")
+        for i in left
+    ]
     deadline = time.monotonic() + min(GIVE_BACK_SECONDS, lease_ttl_ms / 2000)
     pause = 0.05
     while True:

@@ -234,6 +234,10 @@ class BatchSender(BatchOutcomes):
                 await self.c.limiter.settle(grant, unsent)
                 continue
             await self.c.limiter.refund(grant, unsent)
+            if kept.slot_lost:  # told while the chunk waited (its pace, Redis): not sent
+                await self.c.limiter.settle(grant, len(messages))  # none went out
+                await self._unclaim(messages)
+                continue
             session = kept.session
             if session is None:
                 # Cut at the deadline too: an opening (connect, greeting, EHLO, STARTTLS,
@@ -241,8 +245,11 @@ class BatchSender(BatchOutcomes):
                 # the chunk claimed and the batch stalled until beat's sweep.
                 opening = asyncio.timeout(max(0.0, self.deadline - time.monotonic()))
                 try:
-                    async with opening:
-                        session = await kept.stack.enter_async_context(self.c.transport.session())
+                    with kept.in_use():
+                        async with opening:
+                            session = await kept.stack.enter_async_context(
+                                self.c.transport.session()
+                            )
                 except Exception as exc:
                     if not opening.expired() and not isinstance(exc, ProviderError):
                         raise
@@ -261,8 +268,9 @@ class BatchSender(BatchOutcomes):
             cut = asyncio.timeout(max(0.0, self.deadline - time.monotonic()))
             given_back = 0  # claimed, never handed over: not counted against the quotas
             try:
-                async with cut:
-                    outcomes = await session.send([m for _, m in messages])
+                with kept.in_use():
+                    async with cut:
+                        outcomes = await session.send([m for _, m in messages])
             except Exception as exc:
                 elapsed = time.perf_counter() - started
                 known = known_at_cut(session) if cut.expired() else None  # (before its close)
@@ -285,6 +293,8 @@ class BatchSender(BatchOutcomes):
                         extra=self.outcome_log.context,
                     )  # fmt: skip
                     outcomes = [_unknown(item.seq, exc) for item, _ in messages]
+            if kept.slot_lost:  # (told while on the wire): closed before the writes below
+                await kept.drop_session()
             self.stats.observe(time.perf_counter() - started, len(messages))
             refused = given_back + sum(1 for o in outcomes if o.status in _REFUSED)
             await self.c.limiter.settle(grant, refused)  # only what the provider took counts
@@ -349,12 +359,26 @@ class BatchSender(BatchOutcomes):
                 self.put_back(chunk)
                 return None
 
+    async def _unclaim(self, messages: list[tuple[Item, OutgoingMessage]]) -> None:
+        """Claimed messages not handed over wait in the queue, their claims given back
+        (no attempt, as while they waited for their pace)."""
+        items = [item for item, _ in messages]
+        for item in items:
+            item.attempted = False
+            item.attempts -= 1
+            item.claimed = True
+        self.put_back(items)
+        await give_back_claims(self.writer, items, WAITED)
+
     async def _slot_again(self, kept: KeptSession) -> bool:
-        """The slot expired under the session (a stall longer than its TTL): another
-        worker may hold it now, so the connection closes (max_connections holds) and the
-        sender waits for a slot again; False if the batch stopped meanwhile."""
+        """The slot was not renewed in time (a stall of this process or of Redis, longer
+        than most of its TTL): it may expire, and another worker take it, so the
+        connection closes (max_connections holds) and the sender waits for a slot
+        again; False if the batch stopped meanwhile."""
         log.warning(
-            "campaign %s: a connection slot expired; reconnecting", self.c.content.id,
+            "campaign %s: its connection slot could not be renewed in time (it may "
+            "expire, and another sender take it): the connection closes, and reconnects "
+            "once a slot is held again", self.c.content.id,
             extra=self.outcome_log.context,
         )  # fmt: skip
         self.stats.slots_lost += 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dispatch.limits import ConnectionSlots
@@ -51,20 +52,48 @@ class KeptSession:
     session: Session | None = None
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     idle_since: float = 0.0
-    slot_lost: bool = False  # found gone by the renewal: close the session, wait for one
+    slot_lost: bool = False  # told by the renewal: close the session, wait for one
+    on_wire: bool = False  # its sender is opening the session or sending on it
+    closing: asyncio.Task[None] | None = None  # the close :meth:`lose_slot` began
 
     def lose_slot(self) -> None:
+        """The slot could not be renewed in time (it may expire, and another sender take
+        it): an idle session closes now (its sender may be waiting for Redis or its
+        pace: it came back to close it only at its next chunk, its connection still
+        open when another sender's opened), one on the wire once its send ends; its
+        sender opens none before it holds a slot again."""
         self.slot_lost = True
+        if not self.on_wire and self.session is not None:
+            self.session = None
+            stack, self.stack = self.stack, contextlib.AsyncExitStack()
+            self.closing = asyncio.get_running_loop().create_task(_close_stack(stack))
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Its sender opens the session or sends on it (:meth:`lose_slot` waits)."""
+        self.on_wire = True
+        try:
+            yield
+        finally:
+            self.on_wire = False
 
     async def drop_session(self) -> None:
         """Close the session (it failed) and keep the slot for the next one."""
         self.session = None
         stack, self.stack = self.stack, contextlib.AsyncExitStack()
         await _close_stack(stack)
+        await self.closed()
+
+    async def closed(self) -> None:
+        """Wait for a close :meth:`lose_slot` began to end."""
+        if self.closing is not None:
+            await asyncio.wait([self.closing])
+            self.closing = None
 
     async def close(self) -> None:
         """Close the session and give its slot back (errors are not the caller's)."""
         await _close_stack(self.stack)
+        await self.closed()
         with contextlib.suppress(Exception):
             await self.slots.release(self.token)
 
