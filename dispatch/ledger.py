@@ -296,6 +296,11 @@ class LeaseLostError(RuntimeError):
         )
         self.key = key
 
+    def __reduce__(self) -> tuple[type[LeaseLostError], tuple[str]]:
+        # Pickled (a task's result, a pool's report) and read back from its key, not its
+        # text: built around its own text, the message said everything twice.
+        return (type(self), (self.key,))
+
 
 def record(
     state: MessageState,

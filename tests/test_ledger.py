@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import orjson
 import pytest
@@ -229,3 +230,11 @@ def test_the_outcome_of_an_own_claim_is_recorded_without_reading_it(
     assert {s: parse_record(v)["state"] for s, v in ledger.items()} == {"0": "sent", "1": "retry"}
     assert _counters(redis_client) == {"queued": 1, "sent": 1}
     assert redis_client.xlen(store.EVENTS_STREAM) == 1
+
+
+def test_a_lease_lost_error_reads_back_the_same_from_a_pickle() -> None:
+    """Its text is built from the lease's key: read back from a pickle (a task's failure
+    in the result backend) it said everything twice."""
+    error = LeaseLostError("dispatch:lease:c:0")
+    again = pickle.loads(pickle.dumps(error))
+    assert (str(again), again.key) == (str(error), error.key)
