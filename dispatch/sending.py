@@ -234,12 +234,7 @@ class BatchSender(BatchOutcomes):
                 await self.c.limiter.settle(grant, unsent)
                 continue
             await self.c.limiter.refund(grant, unsent)
-            if kept.slot_lost:  # told while the chunk waited (its pace, Redis): not sent
-                await self.c.limiter.settle(grant, len(messages))  # none went out
-                await self._unclaim(messages)
-                continue
-            session = kept.session
-            if session is None:
+            if kept.session is None and not kept.slot_lost:
                 # Cut at the deadline too: an opening (connect, greeting, EHLO, STARTTLS,
                 # AUTH: each up to the provider's timeout) on until Celery's kill left
                 # the chunk claimed and the batch stalled until beat's sweep.
@@ -264,6 +259,14 @@ class BatchSender(BatchOutcomes):
                         return
                     continue
                 kept.session = session
+            if kept.slot_lost:  # told while the chunk waited (its pace, Redis) or while its
+                # session opened (lose_slot leaves that to it): not sent, closed at once
+                await kept.drop_session()
+                await self.c.limiter.settle(grant, len(messages))  # none went out
+                await self._unclaim(messages)
+                continue
+            assert kept.session is not None
+            session = kept.session
             started = time.perf_counter()
             cut = asyncio.timeout(max(0.0, self.deadline - time.monotonic()))
             given_back = 0  # claimed, never handed over: not counted against the quotas

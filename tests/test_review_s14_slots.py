@@ -1,0 +1,106 @@
+"""Review S14: a session told its connection slot could not be renewed in time (review
+N14's KeptSession.lose_slot) while its sender was still opening it (connect, greeting,
+EHLO, AUTH: each up to the provider's timeout) was not closed once it opened: the sender
+sent its chunk on it at once, while another worker's sender had taken the expired slot
+and connected. Counted at a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from dispatch import campaign_reads, store
+from dispatch.limits import ConnectionSlots
+from dispatch.sending import BatchResult, run_batch
+from dispatch.settings import Settings
+from tests.helpers import create_held, recipients, smtp_provider
+from tests.smtp_server import SmtpTestServer
+from tests.test_review_n14_slots import _provider, _slot_renewals_hang_while
+
+EHLO_SECONDS = 2.0  # the first connection's EHLO answer (past the slot's 1.2 s TTL)
+HELD_SECONDS = 1.0  # how long the other worker keeps the slot it took
+
+
+async def _another_worker(smtp: SmtpTestServer, took: list[float], gave: list[float]) -> None:
+    """Another worker's sender: once the batch's connection is open, it asks for the
+    provider's one slot every 20 ms; once it has it, it connects, stays connected for
+    HELD_SECONDS, then closes and gives the slot back."""
+    client = store.async_client()
+    slots = ConnectionSlots(client, _provider(smtp.port), ttl=1.2)
+    try:
+        while not smtp.handler.connections:
+            await asyncio.sleep(0.02)
+        while not await slots.acquire("another"):
+            await asyncio.sleep(0.02)
+        took.append(time.monotonic())
+        reader, writer = await asyncio.open_connection("127.0.0.1", smtp.port)
+        await reader.readline()  # 220
+        await asyncio.sleep(HELD_SECONDS)
+        writer.write(b"QUIT\r\n")
+        await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        gave.append(time.monotonic())
+        await slots.release("another")
+    finally:
+        await client.aclose()
+
+
+def _slow_first_ehlo(smtp: SmtpTestServer) -> None:
+    handler = smtp.handler
+    real = handler.handle_EHLO
+    answered: list[bool] = []
+
+    async def handle_EHLO(
+        server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        if not answered:
+            answered.append(True)
+            await asyncio.sleep(EHLO_SECONDS)
+        return await real(server, session, envelope, hostname, responses)
+
+    handler.handle_EHLO = handle_EHLO  # type: ignore[method-assign]
+
+
+def test_a_session_whose_slot_is_lost_while_it_opens_sends_nothing_on_it(
+    redis_client: redis.Redis, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's first connection waits 2 s for its EHLO answer; its slot (TTL 1.2 s)
+    is not renewed meanwhile, so it is told at 1 s, and the slot expires to another
+    worker at 1.2 s. No message of the batch may arrive while that worker holds the slot
+    (its send on the connection opened meanwhile did); all arrive after it."""
+    smtp_provider(redis_client, smtp.port, max_connections=1)
+    body = {"provider": "local", "subject": "s", "html": "h", "recipients": recipients(2)}
+    cid, _ = create_held(redis_client, body)
+    settings = Settings(lease_ttl_ms=1200, slot_wait_seconds=30)
+    took: list[float] = []
+    gave: list[float] = []
+    arrived: list[float] = []
+    _slot_renewals_hang_while(monkeypatch, lambda: not took)
+    _slow_first_ehlo(smtp)
+
+    def data_reply(envelope: Any) -> None:
+        arrived.append(time.monotonic())
+
+    smtp.handler.data_reply = data_reply
+
+    async def go() -> BatchResult:
+        client = store.async_client()
+        try:
+            batch = run_batch(cid, 0, r=client, settings=settings)
+            result, _ = await asyncio.gather(batch, _another_worker(smtp, took, gave))
+            return result
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(go())
+    assert took and gave, "the other worker never got the slot"
+    assert [t for t in arrived if took[0] <= t <= gave[0]] == []  # (sent on a lost slot)
+    assert result.counts.get("sent") == 2 and len(smtp.messages) == 2
+    assert campaign_reads.get_status(cid, redis_client).value == "completed"
+
