@@ -54,6 +54,7 @@ TEST_CATEGORY = "test"
 DEFAULT_DEADLINE_SECONDS = 60.0
 TEST_SLOT_WAIT_SECONDS = 10.0  # for one of the provider's connections, while campaigns run
 CLOSE_GRACE_SECONDS = 0.5  # a test past its deadline waits this for each step of its close
+SLOT_CLOSE_SECONDS = 5.0  # a test's connection slot outlives its deadline this long
 
 
 def exchange_seconds(config: ProviderBase, deadline: float) -> float:
@@ -393,7 +394,12 @@ async def _within_limits(
     quota taken waits for it instead of pausing "used up" (the test message may be
     refused, and its send given back). When the quota's last sends are out (campaigns'
     grants that may come back), the test waits for them, within ``deadline``."""
-    slots = ConnectionSlots(client, config, settings.lease_ttl_ms / 1000)
+    # The slot is not renewed: it lasts the whole test, its close included (with the
+    # batch lease's TTL alone, DISPATCH_LEASE_TTL_MS under the deadline, it expired
+    # mid-exchange and a campaign's sender took it: two connections to a provider that
+    # allows one). A process gone mid-test frees it that much later.
+    slot_ttl = max(settings.lease_ttl_ms / 1000, deadline + SLOT_CLOSE_SECONDS)
+    slots = ConnectionSlots(client, config, slot_ttl)
     token = f"test-{secrets.token_hex(8)}"
     # The deadline holds from the start: the wait for a connection is part of it (after
     # it, a whole deadline more outlasted the API client's 60 s read timeout).

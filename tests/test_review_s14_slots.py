@@ -18,6 +18,8 @@ from dispatch import campaign_reads, store
 from dispatch.limits import ConnectionSlots
 from dispatch.sending import BatchResult, run_batch
 from dispatch.settings import Settings
+from dispatch.test_email import TestEmailResult, send_test_email
+from providers.config import SmtpConfig
 from tests.helpers import create_held, recipients, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.test_review_n14_slots import _provider, _slot_renewals_hang_while
@@ -104,3 +106,54 @@ def test_a_session_whose_slot_is_lost_while_it_opens_sends_nothing_on_it(
     assert result.counts.get("sent") == 2 and len(smtp.messages) == 2
     assert campaign_reads.get_status(cid, redis_client).value == "completed"
 
+
+def test_a_test_email_keeps_its_connection_slot_for_its_whole_exchange(
+    redis_client: redis.Redis, smtp: SmtpTestServer
+) -> None:
+    """A test email took the provider's one connection slot with the batch lease's TTL
+    (DISPATCH_LEASE_TTL_MS, here 1.2 s) and never renewed it: an exchange longer than
+    that (the server answers the message's end after 2 s, within the test's 4 s) lost
+    its slot, and a campaign's sender took it and connected while the test's
+    connection was open: two connections to a provider that allows one."""
+    config = SmtpConfig(
+        nickname="s14", host="127.0.0.1", port=smtp.port, security="none",
+        from_address="deals@acme.example", max_connections=1, timeout=5,
+    )  # fmt: skip
+
+    def data_reply(envelope: Any) -> None:
+        time.sleep(2.0)  # (the server's own thread: the test's client waits)
+
+    smtp.handler.data_reply = data_reply
+    settings = Settings(lease_ttl_ms=1200)
+    taken_while_on: list[float] = []
+
+    async def campaign_sender(test: asyncio.Task[TestEmailResult]) -> None:
+        client = store.async_client()
+        slots = ConnectionSlots(client, config, ttl=1.2)
+        try:
+            while not test.done():
+                if await slots.acquire("campaign"):
+                    taken_while_on.append(time.monotonic())
+                    await slots.release("campaign")
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def go() -> TestEmailResult:
+        client = store.async_client()
+        try:
+            send = send_test_email(
+                config, "ops@example.com", settings=settings, deadline=4.0, limits=client
+            )
+            test = asyncio.create_task(send)
+            while not smtp.handler.connections:  # (the test holds the slot from here)
+                await asyncio.sleep(0.01)
+            await campaign_sender(test)
+            return await test
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(go())
+    assert result.ok, result
+    assert taken_while_on == []  # (taken 1.2 s after the test took it)
+    assert redis_client.zcard(f"{store.PREFIX}:connections:s14") == 0  # given back
