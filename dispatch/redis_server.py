@@ -148,6 +148,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._proc is not None and self._proc.stderr is not None:
+            self._proc.stderr.close()  # (read only if it fails to start)
         self._proc = None
 
     def restart(self) -> RedisServer:
