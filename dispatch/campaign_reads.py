@@ -60,7 +60,7 @@ def get_counters(campaign_id: str, client: redis.Redis | None = None) -> dict[st
 # (send_at and expires_at: stored beside the content since 2026-11-24, null before)
 _SUMMARY_FIELDS = (
     "status", "reason", "created_at", "send_date", "purged_at", "provider", "send_at",
-    "expires_at",
+    "expires_at", "counts_closed_at",
 )  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def _summary_of(
     campaign_id: str, fields: Sequence[str | None], counters: Mapping[str, str], r: redis.Redis
 ) -> dict[str, Any]:
     """A summary from the values of :data:`_SUMMARY_FIELDS` and the counters' hash."""
-    status, reason, created_at, send_date, purged_at, provider, send_at, expires_at = fields
+    status, reason, created_at, send_date, purged_at, provider, send_at, expires_at, closes = fields
     if provider is None:  # (stored before campaigns kept their provider beside the content)
         provider = load_content(campaign_id, r).provider
     return {
@@ -79,6 +79,7 @@ def _summary_of(
         "created_at": float(created_at or 0),
         "send_date": send_date or "",
         "purged_at": None if purged_at is None else float(purged_at),
+        "counts_closed_at": None if closes is None else float(closes),
         "send_at": None if send_at is None else float(send_at),
         "expires_at": None if expires_at is None else float(expires_at),
         **{name: int(counters.get(name, 0)) for name in COUNTER_NAMES},

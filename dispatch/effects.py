@@ -8,7 +8,8 @@ by one Lua script, so for each event these happen together or not at all:
 1. ``SET NX EX`` on its dedupe key (the provider's event id where it is stable, a content
    hash otherwise, :meth:`CallbackEvent.dedupe_key`); a redelivered event stops here;
 2. the campaign counter of its type (DESIGN §5), counted once per message: a bitmap by
-   ``seq`` per counter remembers which messages were counted, and only a meta of this
+   ``seq`` per counter remembers which messages were counted (until the campaign's counts
+   close, :mod:`dispatch.retention`: then no event moves them), and only a meta of this
    account whose ``seq`` is inside the campaign and whose recipient is the event's
    counts at all; a message the ledger calls ``unknown`` (its send's outcome was lost)
    becomes ``sent``, since the provider's event about it shows that it took it (the
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from dispatch import provider_ids, reputation, store
 from dispatch.ledger import ct_source, system_event
 from dispatch.recipient_pages import PAGE, line_safe
+from dispatch.retention import COUNTS_CLOSED_FIELD
 from dispatch.settings import get_settings
 from dispatch.suppressions import OWN_UNSUBSCRIBE_PATTERN, suppression_key
 from providers.callbacks import CallbackEvent, EventType
@@ -82,7 +84,9 @@ local OWN_UNSUBSCRIBE = '"""
     + """'
 -- A group is a campaign and one of its counters, with its keys after the events' and its
 -- counter's name after their arguments. Its campaign is read once (a call writes neither
--- a campaign nor its total), and its counters move once, after the loop.
+-- a campaign nor its total), and its counters move once, after the loop. A campaign
+-- purged DISPATCH_RETENTION_DAYS ago closed its counts (dispatch.retention): its
+-- bitmaps expired then, by this clock, and its events move no counter.
 local groups, order, sent_by, nicknames = {}, {}, {}, {}
 local function group(g)
   local found = groups[g]
@@ -93,21 +97,27 @@ local function group(g)
              proven = 0}
     if call('EXISTS', found.campaign) == 1 then
       found.total = tonumber(call('HGET', found.counters, 'total') or '0')
+      found.closes = tonumber(call('HGET', found.campaign, 'COUNTS_CLOSED') or '')
+      if found.closes then
+        local t = call('TIME')
+        found.closed = tonumber(t[1]) + tonumber(t[2]) / 1000000 >= found.closes
+      end
     end
     groups[g] = found
     order[#order + 1] = found
   end
   return found
 end
-local applied, deferred = 0, 0
+local applied, deferred, uncounted = 0, 0, 0
 for i = 0, n - 1 do
   local a = 7 + i * 6
   local g, seq = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local email, entry, ev1, ev2 = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  local grp, old = nil, nil
+  local grp, old, closed = nil, nil, false
   if g > 0 then
     grp = group(g)
-    if seq < grp.total then old = call('HGET', grp.ledger, seq) else grp = nil end
+    closed = grp.closed
+    if seq < grp.total and not closed then old = call('HGET', grp.ledger, seq) else grp = nil end
   end
   if defer ~= '' and old and sub(old, 1, 14) == '{"s":"claimed"' then
     -- Its send is on the wire: its outcome is not written yet and may be "unknown",
@@ -115,6 +125,7 @@ for i = 0, n - 1 do
     deferred = deferred + 1
   elseif call('SET', KEYS[5 + i + 1], '1', 'NX', 'EX', ttl) then
     applied = applied + 1
+    if closed then uncounted = uncounted + 1 end
     if grp then
       -- The provider took a message whose send's outcome was lost: it was sent (the
       -- ledger's own move, counters and per-provider tally with it).
@@ -159,7 +170,13 @@ for _, grp in ipairs(order) do
     call('HINCRBY', grp.counters, 'unknown', -grp.proven)
     call('HINCRBY', grp.counters, 'sent', grp.proven)
   end
-  if grp.counted > 0 then call('HINCRBY', grp.counters, grp.counter, grp.counted) end
+  if grp.counted > 0 then
+    call('HINCRBY', grp.counters, grp.counter, grp.counted)
+    -- a counter that had not moved by the purge: its new bitmap goes when the others did
+    if grp.closes then
+      call('PEXPIREAT', grp.bits, string.format('%.0f', math.ceil(grp.closes * 1000)))
+    end
+  end
 end
 for _, nickname in ipairs(nicknames) do
   call('HINCRBY', stats, nickname .. '|sent', sent_by[nickname])
@@ -168,9 +185,9 @@ if batch ~= '' and deferred == 0 then
   call('HDEL', inbox, batch)
   call('ZREM', pending, batch)
 end
-return {applied, deferred}
+return {applied, deferred, uncounted}
 """
-)
+).replace("COUNTS_CLOSED", COUNTS_CLOSED_FIELD)
 
 
 class InboxEvent(BaseModel):
@@ -500,10 +517,11 @@ def _apply(
     wait_for_sends: bool,
     client: redis.Redis | None,
     sender_kind: str = "",
-) -> tuple[int, int]:
-    """:func:`apply_events`; returns (new, deferred). ``wait_for_sends``: an event about
-    a message whose send is on the wire (``claimed``) is deferred, and then ``batch_id``
-    stays in the inbox, to be applied again."""
+) -> tuple[int, int, int]:
+    """:func:`apply_events`; returns (new, deferred, uncounted). ``wait_for_sends``: an
+    event about a message whose send is on the wire (``claimed``) is deferred, and then
+    ``batch_id`` stays in the inbox, to be applied again. ``uncounted``: the new ones
+    about a campaign whose counts had closed (applied, but no counter moved)."""
     r = client or store.sync_client()
     settings = get_settings()
     received = time.time() if received is None else received
@@ -520,7 +538,7 @@ def _apply(
     proven = b"," + orjson.dumps({"t": round(received, 3), "d": PROVEN_DETAIL})[1:]
     # The properties of its Notification Sent, as the ledger writes them (dispatch.batch_outcomes).
     sent_properties = orjson.dumps({"CT Source": ct_source(sender_kind or kind)})
-    applied = deferred = 0
+    applied = deferred = uncounted = 0
     starts = range(0, len(events), CHUNK) if events else range(1)
     for start in starts:
         chunk = events[start : start + CHUNK]
@@ -538,10 +556,11 @@ def _apply(
             "1" if wait_for_sends else "",
             sent_properties,
         ]
-        new, waiting = script(keys=keys, args=args)
+        new, waiting, closed = script(keys=keys, args=args)
         applied += int(new)
         deferred += int(waiting)
-    return applied, deferred
+        uncounted += int(closed)
+    return applied, deferred, uncounted
 
 
 def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
@@ -575,7 +594,7 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
     # Events without meta, matched by their provider's message id, count as if they
     # carried it (and the reputation guard below sees their campaigns).
     events = _attributed(r, batch.events, get_settings().provider_id_days)
-    applied, deferred = _apply(
+    applied, deferred, uncounted = _apply(
         events,
         provider=batch.provider,
         kind=batch.kind,
@@ -589,7 +608,7 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
         "callback batch applied" if not deferred else
         "callback batch applied but for events whose message's send is on the wire",
         extra={"batch": batch.id, "provider": batch.provider, "events": len(batch.events),
-               "applied": applied, "deferred": deferred},
+               "applied": applied, "deferred": deferred, "uncounted": uncounted},
     )  # fmt: skip
     return applied
 

@@ -15,6 +15,9 @@ CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
 # reads this, not every campaign), and the mark that every older campaign is in it.
 KEPT_ZSET = f"{PREFIX}:campaigns:kept"
 KEPT_INDEXED = f"{PREFIX}:campaigns:kept:indexed"
+# The mark that every campaign purged before purges closed their counts was given its
+# time to (dispatch.retention).
+COUNTS_CLOSING_INDEXED = f"{PREFIX}:campaigns:counts-closing:indexed"
 SCHEDULED_ZSET = f"{PREFIX}:scheduled"  # campaign id by send_at
 # Campaign id by when it last went ``running``, until housekeeping finds it finished
 # (completed, cancelled, expired): what the sweep and /metrics watch, however many

@@ -133,6 +133,11 @@ class CampaignSummary(Answer):
         default=None,
         description="When the retention policy removed the per-message records (null: kept)",
     )
+    counts_closed_at: float | None = Field(
+        default=None,
+        description="When callbacks stop moving the counters, DISPATCH_RETENTION_DAYS after "
+        "the purge (Unix seconds; null: not purged, or never)",
+    )
     send_at: float | None = Field(
         default=None, description="When it starts (Unix seconds), if created with send_at"
     )
