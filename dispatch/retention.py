@@ -48,6 +48,9 @@ _CANDIDATES_PER_ROUND_TRIP = 500
 # The field of a purged campaign's hash: when its callbacks stop moving its counters
 # (Unix seconds; absent: they never stop, as with a retention of 0).
 COUNTS_CLOSED_FIELD = "counts_closed_at"
+# The latest expiry a purge gives (Unix milliseconds, about the year 287,000): Redis takes
+# none past 2**63 - 1, and the scripts' numbers are exact to 2**53.
+_LATEST_EXPIRY_MS = 2.0**53
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,12 @@ def callback_bits_keys(campaign_id: str) -> list[str]:
 
 def _closing(purged: float, days: float) -> tuple[str, str]:
     """When a campaign purged at ``purged`` closes its counts: the hash's value and the
-    bitmaps' expiry (Unix milliseconds); ("", "") for a retention of 0 (never)."""
-    if days <= 0:
-        return "", ""
+    bitmaps' expiry (Unix milliseconds); ("", "") for a retention of 0 (never), and for
+    one too long for a Redis expiry (never either: Redis refused it, in the purge's
+    script after its deletions and at every pass for earlier purges)."""
     closes = purged + days * 86400
+    if days <= 0 or not closes * 1000 < _LATEST_EXPIRY_MS:
+        return "", ""
     return repr(closes), str(math.ceil(closes * 1000))
 
 
@@ -275,6 +280,8 @@ def _close_earlier_purges(r: redis.Redis, days: float) -> None:
                 if purged is None or closed is not None:
                     continue
                 closes, ms = _closing(float(purged), days)
+                if not closes:
+                    continue
                 pipe.hsetnx(store.campaign_key(member), COUNTS_CLOSED_FIELD, closes)
                 for bits in callback_bits_keys(member):
                     pipe.pexpireat(bits, int(ms))
