@@ -86,6 +86,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.own_session = own_session
         self._dir = tempfile.mkdtemp(prefix="dispatch-redis-")
+        self._log = Path(self._dir) / "redis.log"  # (its reasons when it fails to start)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +99,7 @@ class RedisServer:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> RedisServer:
-        """Start the server and wait until it answers; raises ``RuntimeError`` if not.
+        """Start the server and wait until it answers, its data loaded (``RuntimeError``: not).
 
         A port this object chose that something else took before the server bound it
         (another process between :func:`_free_port` and the bind: parallel test
@@ -142,7 +143,10 @@ class RedisServer:
             "no",
             "--loglevel",
             "warning",
+            "--logfile",
+            str(self._log),
         ]
+        logged = self._log.stat().st_size if self._log.exists() else 0
         self._proc = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,
@@ -151,25 +155,47 @@ class RedisServer:
         )
         client = redis.Redis.from_url(self.url, socket_timeout=PROBE_TIMEOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT
+        loaded = -1
         try:
             while True:
                 try:  # (the server answering is this one, not another on the port)
-                    answering: int | None = int(client.info("server")["process_id"])
-                except (redis.ConnectionError, redis.TimeoutError):
+                    info = client.info()
+                    answering: int | None = int(info["process_id"])
+                except redis.RedisError:  # none yet, or something other than a Redis
                     answering = None
                 if answering == self._proc.pid:
-                    return True
+                    if not info.get("loading"):
+                        return True
+                    # Replaying its append-only file: ready when done (its clients'
+                    # commands fail with LOADING until then); a big file is no failed
+                    # start, while it progresses.
+                    if int(info.get("loading_loaded_bytes", 0)) > loaded:
+                        loaded = int(info["loading_loaded_bytes"])
+                        deadline = time.monotonic() + STARTUP_TIMEOUT
                 ended = self._proc.poll() is not None
-                if answering is not None or (ended and _taken(self.port)):
+                said = self._said(logged) if ended else ""
+                if (answering is not None and answering != self._proc.pid) or (
+                    ended and ("Address already in use" in said or _taken(self.port))
+                ):
                     self.halt()
                     return False
                 if ended or time.monotonic() > deadline:
                     err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                    said = said or self._said(logged)
                     self.stop()
-                    raise RuntimeError(f"redis-server did not start: {err.strip()}")
+                    raise RuntimeError(f"redis-server did not start: {(err + said).strip()}")
                 time.sleep(0.05)
         finally:
             client.close()
+
+    def _said(self, offset: int) -> str:
+        """What the server logged since ``offset`` (warnings: why it did not start)."""
+        try:
+            with self._log.open("rb") as log_file:
+                log_file.seek(offset)
+                return log_file.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def halt(self, *, kill: bool = False) -> None:
         """Stop the server but keep its folder (see :meth:`restart`).
