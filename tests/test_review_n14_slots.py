@@ -43,27 +43,35 @@ def _slot_renewals_hang_while(monkeypatch: pytest.MonkeyPatch, hang: Callable[[]
     monkeypatch.setattr(aioredis.Redis, "eval", eval_)
 
 
-async def _another_worker(smtp: SmtpTestServer, ttl: float, took: list[float]) -> None:
-    """Another worker's sender: once the batch's first message is in, it asks for the
-    provider's one slot every 20 ms; once it has it, it connects to the server (and reads
-    its greeting), stays connected (less than the slot's TTL) while the batch would send
-    its next message, then closes and gives the slot back."""
-    port = smtp.port
+async def another_worker(
+    smtp: SmtpTestServer,
+    took: list[float],
+    *,
+    ready: Callable[[], bool],
+    gave: list[float] | None = None,
+    ttl: float = 1.2,
+) -> None:
+    """Another worker's sender: once ``ready()``, it asks for the provider's one slot
+    every 20 ms; once it has it (noted in ``took``), it connects to the server (and reads
+    its greeting), stays connected a second (less than the slot's TTL) while the batch
+    would send its next message, then closes (noted in ``gave``) and gives the slot back."""
     client = store.async_client()
-    slots = ConnectionSlots(client, _provider(port), ttl=ttl)
+    slots = ConnectionSlots(client, _provider(smtp.port), ttl=ttl)
     try:
-        while not smtp.messages:
+        while not ready():
             await asyncio.sleep(0.02)
         while not await slots.acquire("another"):
             await asyncio.sleep(0.02)
         took.append(time.monotonic())
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", smtp.port)
         await reader.readline()  # 220
         await asyncio.sleep(1.0)
         writer.write(b"QUIT\r\n")
         await reader.readline()
         writer.close()
         await writer.wait_closed()
+        if gave is not None:
+            gave.append(time.monotonic())
         await slots.release("another")
     finally:
         await client.aclose()
@@ -92,7 +100,7 @@ def test_a_session_whose_slot_renewals_hang_closes_before_another_worker_connect
 
     async def go() -> BatchResult:
         client = store.async_client()
-        other = asyncio.create_task(_another_worker(smtp, 1.2, took))
+        other = asyncio.create_task(another_worker(smtp, took, ready=lambda: bool(smtp.messages)))
         try:
             return await run_batch(cid, 0, r=client, settings=settings)
         finally:

@@ -22,35 +22,9 @@ from dispatch.test_email import TestEmailResult, send_test_email
 from providers.config import SmtpConfig
 from tests.helpers import create_held, recipients, smtp_provider
 from tests.smtp_server import SmtpTestServer
-from tests.test_review_n14_slots import _provider, _slot_renewals_hang_while
+from tests.test_review_n14_slots import _slot_renewals_hang_while, another_worker
 
 EHLO_SECONDS = 2.0  # the first connection's EHLO answer (past the slot's 1.2 s TTL)
-HELD_SECONDS = 1.0  # how long the other worker keeps the slot it took
-
-
-async def _another_worker(smtp: SmtpTestServer, took: list[float], gave: list[float]) -> None:
-    """Another worker's sender: once the batch's connection is open, it asks for the
-    provider's one slot every 20 ms; once it has it, it connects, stays connected for
-    HELD_SECONDS, then closes and gives the slot back."""
-    client = store.async_client()
-    slots = ConnectionSlots(client, _provider(smtp.port), ttl=1.2)
-    try:
-        while not smtp.handler.connections:
-            await asyncio.sleep(0.02)
-        while not await slots.acquire("another"):
-            await asyncio.sleep(0.02)
-        took.append(time.monotonic())
-        reader, writer = await asyncio.open_connection("127.0.0.1", smtp.port)
-        await reader.readline()  # 220
-        await asyncio.sleep(HELD_SECONDS)
-        writer.write(b"QUIT\r\n")
-        await reader.readline()
-        writer.close()
-        await writer.wait_closed()
-        gave.append(time.monotonic())
-        await slots.release("another")
-    finally:
-        await client.aclose()
 
 
 def _slow_first_ehlo(smtp: SmtpTestServer) -> None:
@@ -95,7 +69,10 @@ def test_a_session_whose_slot_is_lost_while_it_opens_sends_nothing_on_it(
         client = store.async_client()
         try:
             batch = run_batch(cid, 0, r=client, settings=settings)
-            result, _ = await asyncio.gather(batch, _another_worker(smtp, took, gave))
+            other = another_worker(
+                smtp, took, ready=lambda: bool(smtp.handler.connections), gave=gave
+            )
+            result, _ = await asyncio.gather(batch, other)
             return result
         finally:
             await client.aclose()
