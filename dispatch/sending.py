@@ -365,10 +365,8 @@ class BatchSender(BatchOutcomes):
     async def _unclaim(self, messages: list[tuple[Item, OutgoingMessage]]) -> None:
         """Claimed messages not handed over wait in the queue, their claims given back
         (no attempt, as while they waited for their pace)."""
-        items = [item for item, _ in messages]
+        items = _not_an_attempt(messages)
         for item in items:
-            item.attempted = False
-            item.attempts -= 1
             item.claimed = True
         self.put_back(items)
         await give_back_claims(self.writer, items, WAITED)
@@ -501,9 +499,7 @@ class BatchSender(BatchOutcomes):
         """None of these claimed messages was handed over: their claims are given back
         (not an attempt) and they wait in the queue (for resume, or the next run)."""
         writes = []
-        for item, _ in messages:
-            item.attempted = False
-            item.attempts -= 1
+        for item in _not_an_attempt(messages):
             rec = record(
                 MessageState.RETRY,
                 attempts=item.attempts,
@@ -534,9 +530,7 @@ class BatchSender(BatchOutcomes):
         if back:
             await self._not_attempted(back, error_class, detail)
         if over:
-            for item, _ in over:
-                item.attempted = False
-                item.attempts -= 1
+            _not_an_attempt(over)
             limit = self.settings.max_throttles
             gave_up = f"gave up after {limit} throttled tries, the last a run cut short: {detail}"
             await self._commit(
@@ -584,6 +578,15 @@ _SEND_CUT = (
     "not sent: the batch task's time limit (DISPATCH_VISIBILITY_TIMEOUT / 2) came before it "
     "was handed over; the next run sends it"
 )
+
+
+def _not_an_attempt(messages: list[tuple[Item, OutgoingMessage]]) -> list[Item]:
+    """Their claims' attempt taken back (claimed, never handed over): their items."""
+    items = [item for item, _ in messages]
+    for item in items:
+        item.attempted = False
+        item.attempts -= 1
+    return items
 
 
 def _cut_short(seq: int, error_class: ErrorClass) -> SendOutcome:
