@@ -357,6 +357,16 @@ def config_warnings(config: HttpConfig) -> list[str]:
             "preference_center 'none' dispatch has no link for them (refused if saved now; "
             "set 'system' or 'custom' for dispatch's links, or rename them for your own)"
         )
+    if config.preference_center != "none" and _LINK_NAME not in usage.every:
+        # DESIGN §6 promises List-Unsubscribe on every message of a center; an HTTP
+        # provider sends only what its payload holds (Gmail and Yahoo ask it of bulk mail).
+        warnings.append(
+            f"preference_center: {config.preference_center!r}, but no $${_LINK_NAME} in "
+            "the payload: its messages carry no List-Unsubscribe (RFC 8058 one-click) "
+            "unless the ESP adds its own; place it where the ESP takes a message's headers, "
+            'e.g. {"List-Unsubscribe": "<$$UnsubscribeURL>", "List-Unsubscribe-Post": '
+            '"List-Unsubscribe=One-Click"}'
+        )
     if "MessageID" not in usage.per_message:
         warnings.append(
             "$$MessageID is not used: callbacks cannot be attributed to messages "
