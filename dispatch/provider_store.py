@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import secrets
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -217,13 +218,31 @@ def _keep_stored_secrets(
 
 def destination(config: ProviderBase) -> str:
     """Where a provider's secrets go: the SMTP server with its security (``none`` would
-    send a password in the clear), or the origin of the HTTP endpoint."""
+    send a password in the clear), or the origin of the HTTP endpoint; over TLS, with the
+    certificates taken for it when not the default CAs' (``tls_verify`` false takes any:
+    whoever sits on the way gets the secret; ``tls_ca`` those its CA signs)."""
     if isinstance(config, SmtpFamilyBase):
         host = config.effective_host.lower()
-        return f"{host}:{config.effective_port} ({config.effective_security})"
+        security = config.effective_security
+        return f"{host}:{config.effective_port} ({security}{_trusted(config, security != 'none')})"
     if isinstance(config, HttpConfig):
         url = urlsplit(config.endpoint)
-        return f"{url.scheme}://{url.netloc.rpartition('@')[2].lower()}"
+        origin = f"{url.scheme}://{url.netloc.rpartition('@')[2].lower()}"
+        trusted = _trusted(config, url.scheme.lower() == "https")
+        return f"{origin} ({trusted.removeprefix(', ')})" if trusted else origin
+    return ""
+
+
+def _trusted(config: ProviderBase, tls: bool) -> str:
+    """``destination``'s words for the certificates a TLS connection takes ("" for the
+    default CAs, or no TLS)."""
+    if not tls:
+        return ""
+    if not config.tls_verify:
+        return ", any certificate: tls_verify false"
+    if config.tls_ca:  # (its PEM text, however its lines are broken)
+        digest = hashlib.sha256("".join(config.tls_ca.split()).encode()).hexdigest()[:12]
+        return f", certificates of tls_ca {digest}"
     return ""
 
 

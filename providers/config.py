@@ -465,12 +465,34 @@ class SmtpFamilyBase(ProviderBase):
                 f"({self.timeout:g} s): the reply to a message's end waits timeout, "
                 f"{self.timeout:g} s (RFC 5321 §4.5.3.2.6 asks for 10 minutes)"
             )
-        if self.service and not self.host and self.effective_security == "none":
+        password, clear = given["password"], self.effective_security == "none"
+        if clear and self.service and not self.host:
             warnings.append(
                 f"security 'none' against {self.effective_host}: {self.service} takes a login "
                 "only over TLS (campaigns pause, the test email fails); use starttls or tls"
             )
+        elif clear and self.username and password and not _loopback(self.effective_host):
+            # aiosmtplib logs in on a plain connection when the server offers AUTH there:
+            # AUTH PLAIN and LOGIN carry the password as base64, readable on the way.
+            warnings.append(
+                f"security 'none' with a login: the password goes to {self.effective_host} "
+                "in the clear, readable by anyone on the way; use starttls or tls (RFC 8314)"
+            )
+        if password and not self.username and not self.credentials:
+            warnings.append(
+                "password is given but username is empty: no login is made (AUTH takes both), "
+                "and a server that asks for one refuses every message (campaigns pause)"
+            )
         return warnings
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (its connections never leave it)."""
+    name = host.lower().rstrip(".")
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return name == "localhost" or name.endswith(".localhost")
 
 
 class SmtpConfig(SmtpFamilyBase):
