@@ -70,3 +70,31 @@ def test_a_legacy_form_whose_event_is_not_text_is_a_400(
                 "error_code": 400,
             }
     assert redis_client.hlen(store.CALLBACK_INBOX_HASH) == 0
+
+
+def test_a_meta_naming_another_key_of_a_campaign_does_not_stall_its_batch(
+    api: httpx.Client, paths: dict[str, str], redis_client: redis.Redis
+) -> None:
+    metas = draft_campaign(redis_client, "c-b22", ["a@example.com", "b@example.com"])
+    # A meta of this account whose campaign id is the campaign's list of address pages:
+    # the effects read it as a campaign (a HGET on a list failed the script every time,
+    # and the batch stayed in the inbox with its good neighbour never applied).
+    forged = metas[1].replace("|c-b22|", "|c-b22:address-keys|")
+    assert redis_client.type(store.address_keys_key("c-b22")) == "list"
+    answer = post(
+        api,
+        paths["gen"],
+        nested(
+            generic_event("hard_bounce", "a@example.com", metas[0]),
+            generic_event("delivered", "b@example.com", forged),
+        ),
+    )
+    assert answer.status_code == 200, answer.text
+
+    (batch_id,) = redis_client.hkeys(store.CALLBACK_INBOX_HASH)
+    assert effects.apply_batch(batch_id, client=redis_client) == 2
+    assert redis_client.hlen(store.CALLBACK_INBOX_HASH) == 0
+    entry = suppressions.get("a@example.com", client=redis_client)
+    assert entry is not None and entry["reason"] == "hard_bounce"
+    counters = redis_client.hgetall(store.counters_key("c-b22"))
+    assert (counters.get("hard_bounced"), counters.get("delivered", "0")) == ("1", "0")
