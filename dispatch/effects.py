@@ -95,7 +95,9 @@ local function group(g)
     found = {campaign = KEYS[k + 1], counters = KEYS[k + 2], bits = KEYS[k + 3],
              ledger = KEYS[k + 4], counter = ARGV[7 + n * 6 + g], total = 0, counted = 0,
              proven = 0}
-    if call('EXISTS', found.campaign) == 1 then
+    -- A campaign is a hash: a meta whose campaign id names another of a campaign's keys
+    -- (c1:recipients, a list) names no campaign (its HGET failed the batch, for ever).
+    if call('TYPE', found.campaign).ok == 'hash' then
       found.total = tonumber(call('HGET', found.counters, 'total') or '0')
       found.closes = tonumber(call('HGET', found.campaign, 'COUNTS_CLOSED') or '')
       if found.closes then

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.utils import parseaddr
 from enum import StrEnum
@@ -369,7 +370,8 @@ def decoded_meta(value: str) -> str:
     try:
         decoded = str(make_header(decode_header(value))).strip()
         parse_meta(decoded)
-    except (ValueError, LookupError):  # HeaderParseError, an unknown charset, still bad
+    # HeaderParseError (broken base64, not a ValueError), an unknown charset, still bad
+    except (ValueError, LookupError, HeaderParseError):
         return value
     return decoded
 

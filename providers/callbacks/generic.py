@@ -94,7 +94,7 @@ def _entries(payload: Any, max_events: int | None) -> list[_Entry]:
         return [_Entry(False, group, item) for group in GROUPS for item in lists[group]]
     if "data" in payload and "version" not in payload:
         name = payload.get("event")
-        if name not in LEGACY_EVENTS:
+        if not isinstance(name, str) or name not in LEGACY_EVENTS:  # a list is unhashable
             raise CallbackRejected("invalid payload: event must be hardbounce or softbounce")
         data = payload["data"]
         if not isinstance(data, list):
