@@ -237,6 +237,36 @@ def load_recipient(raw: bytes) -> Any:
 
 RECIPIENT: TypeAdapter[Recipient] = TypeAdapter(Recipient)
 _RECIPIENTS: TypeAdapter[list[Recipient]] = TypeAdapter(list[Recipient])
+_SEARCHED_AT_ONCE = 1000  # recipients checked again at a time by first_request_errors
+
+
+def first_request_errors(body: dict[str, Any], exc: ValidationError, limit: int) -> list[Any]:
+    """The errors of ``exc`` (``CampaignRequest``'s refusal of ``body``), or when there
+    are more than ``limit``: those of its fields but ``recipients``, then those of the
+    recipients in order until about ``limit``, found by checking ``body`` again piece by
+    piece. ``exc.errors()`` builds every error at once, holding the interpreter: 8 s for
+    the 600,000 of 300,000 recipients with a misnamed key.
+    """
+    if exc.error_count() <= limit:
+        return exc.errors(include_url=False)
+    found: list[Any] = []
+    fields = {k: v for k, v in body.items() if k != "recipients"}
+    try:
+        CampaignRequest.model_validate(fields)
+    except ValidationError as others:
+        found += others.errors(include_url=False)[:limit]
+    recipients = body.get("recipients")
+    at = 0
+    while isinstance(recipients, list) and at < len(recipients) and len(found) < limit:
+        try:
+            _RECIPIENTS.validate_python(recipients[at : at + _SEARCHED_AT_ONCE])
+        except ValidationError as some:
+            found += [
+                {**e, "loc": ("recipients", at + int(e["loc"][0]), *e["loc"][1:])}
+                for e in some.errors(include_url=False)
+            ]
+        at += _SEARCHED_AT_ONCE
+    return found
 
 
 def check_campaign(

@@ -92,7 +92,8 @@ def create_app() -> FastAPI:
                 and route.max_body_size == MAX_API_BODY_BYTES
                 for method in route.methods or ()
             ]
-            app.openapi_schema = add_provider_schemas(complete_document(default_openapi(), bounded))
+            document = complete_document(default_openapi(), bounded)
+            app.openapi_schema = add_provider_schemas(campaigns.document_campaign_body(document))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

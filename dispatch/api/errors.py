@@ -47,7 +47,7 @@ from dispatch.api.schemas import (
     HealthError,
     HttpCallbackResult,
 )
-from dispatch.campaign_checks import validation_problems
+from dispatch.campaign_checks import first_request_errors, validation_problems
 from dispatch.campaigns import (
     CampaignConflictError,
     CampaignError,
@@ -59,6 +59,9 @@ from dispatch.provider_store import ProviderNotFoundError
 from dispatch.retention import CampaignPurgedError
 
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
+# A 422 lists this many problems; its detail counts the others. (A campaign of 300,000
+# recipients with a misnamed key had a 42 MB answer listing 600,000.)
+MAX_LISTED_PROBLEMS = 1000
 _CALLBACKS = "/v1/callbacks/"  # their answers are fixed by DESIGN §6
 RETRY_AFTER_SECONDS = 5  # what a 503 asks: Redis restarts or fails over in seconds
 _UNAVAILABLE = (
@@ -106,17 +109,23 @@ def error_response(
 
 
 def _unprocessable(
-    errors: Iterable[Mapping[str, Any]], drop_prefix: tuple[str, ...] = ()
+    errors: Iterable[Mapping[str, Any]], drop_prefix: tuple[str, ...] = (), in_all: int = 0
 ) -> JSONResponse:
-    problems = [
-        FieldProblem(field=f, message=m)
-        for f, m in validation_problems(errors, drop_prefix=drop_prefix)
-    ]
-    first = problems[0] if problems else FieldProblem(field="body", message="invalid")
-    message = first.message
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more)"
-    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, first.field, problems)
+    """422 for pydantic ``errors``; ``in_all`` counts the errors when only the first are
+    given."""
+    problems = validation_problems(errors, drop_prefix=drop_prefix) or [("body", "invalid")]
+    field, message = problems[0]
+    if max(len(problems), in_all) > 1:
+        message += f" (and {max(len(problems), in_all) - 1} more)"
+    listed = [FieldProblem(field=f, message=m) for f, m in problems[:MAX_LISTED_PROBLEMS]]
+    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, field, listed)
+
+
+def invalid_campaign(body: dict[str, Any], exc: ValidationError) -> JSONResponse:
+    """422 for a campaign's body ``CampaignRequest`` refused (``exc``), listing the first
+    problems, however many recipients are at fault."""
+    errors = first_request_errors(body, exc, MAX_LISTED_PROBLEMS)
+    return _unprocessable(errors, in_all=exc.error_count())
 
 
 def invalid_provider(exc: ValidationError, kind: str) -> JSONResponse:
