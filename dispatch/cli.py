@@ -41,7 +41,50 @@ _BOMS = (
 
 
 # libyaml's loader when PyYAML has it: 100,000 recipients load in 8 s instead of 34.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+try:
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+_TWICE = "only the last would count"
+
+
+class _YamlLoader(_SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping: YAML's loaders keep the
+    last silently (a second ``recipients:`` dropped the people of the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<``: overriding it is its use
+                continue
+            key = self.construct_object(key_node, deep=deep)  # (kept: the base reuses it)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base refuses it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    f"while constructing a mapping (key {key!r} first on line {first.line + 1})",
+                    node.start_mark,
+                    f"found key {key!r} again: {_TWICE}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object names a key twice (json keeps the last silently)."""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; raises :class:`_DuplicateKeyError` for a key
+    given twice."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKeyError(f"key {key!r} given twice in one object: {_TWICE}")
+        data[key] = value
+    return data
 
 
 def _decode(raw: bytes, path: str) -> str:
@@ -72,11 +115,15 @@ def _load_file(path: str) -> Any:
     is_json = path.lower().endswith(".json")
     if not is_json and text.lstrip()[:1] in ("{", "["):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_json_object)
+        except _DuplicateKeyError as exc:
+            raise CommandError(f"{path}: not valid JSON: {exc}") from exc
         except ValueError:
             pass  # a YAML flow mapping or sequence
     try:
-        return json.loads(text) if is_json else yaml.load(text, Loader=_YAML_LOADER)
+        if is_json:
+            return json.loads(text, object_pairs_hook=_json_object)
+        return yaml.load(text, Loader=_YamlLoader)
     except (ValueError, yaml.YAMLError) as exc:
         kind = "JSON" if is_json else "YAML"
         raise CommandError(f"{path}: not valid {kind}: {exc}") from exc
