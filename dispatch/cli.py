@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import functools
+import io
 import json
 import os
 import secrets
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import redis
 import yaml
@@ -127,6 +128,15 @@ def _load_file(path: str) -> Any:
     except (ValueError, yaml.YAMLError) as exc:
         kind = "JSON" if is_json else "YAML"
         raise CommandError(f"{path}: not valid {kind}: {exc}") from exc
+
+
+def _text(raw: BinaryIO) -> io.TextIOWrapper:
+    """``raw`` as text read as it comes, as :func:`_decode` reads a whole file: UTF-8
+    whatever the locale, or UTF-16/32 after their byte order mark (an Excel "CSV UTF-8"
+    export starts with one: its first address was refused as holding U+FEFF)."""
+    start = raw.peek(4)[:4] if isinstance(raw, io.BufferedReader) else b""
+    encoding = next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8")
+    return io.TextIOWrapper(raw, encoding=encoding)
 
 
 def _print(data: Any) -> None:
@@ -853,10 +863,11 @@ def _suppress_file(path: str, reason: str) -> int:
 
     try:
         if path == "-":
-            added, already = add(sys.stdin)
+            raw = getattr(sys.stdin, "buffer", None)  # (none in a text stream put in its place)
+            added, already = add(sys.stdin if raw is None else _text(raw))
         else:
-            with open(path, encoding="utf-8") as lines:
-                added, already = add(lines)
+            with open(path, "rb") as raw:
+                added, already = add(_text(raw))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"error: --file: {exc}", file=sys.stderr)
         return 2

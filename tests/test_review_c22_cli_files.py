@@ -4,16 +4,23 @@ A key given twice in one mapping (a second `recipients:` pasted below the first,
 key repeated) was kept silently as YAML's and json's loaders do: the last won, and the
 campaign went out without the people of the first list. It is refused now, naming the
 key (and, in YAML, both lines); YAML's merge keys (`<<: *defaults`) still override.
+
+`dispatch suppressions add --file` read its file as UTF-8 text without a byte order
+mark, unlike `send`: the first address of an Excel export was refused, a UTF-16 file
+not read at all.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import sys
 from pathlib import Path
 
 import pytest
 import redis
 
-from dispatch import campaign_reads, campaigns, store
+from dispatch import campaign_reads, campaigns, store, suppressions
 from dispatch.cli import main
 from dispatch.provider_store import load_provider, save_provider
 
@@ -98,3 +105,35 @@ def test_providers_add_refuses_a_key_given_twice_and_merges_still_override(
     assert main(["providers", "add", str(merged)]) == 0
     assert load_provider("one").model_dump()["port"] == 2525
     assert load_provider("two").model_dump()["port"] == 2526
+
+
+@pytest.mark.parametrize(
+    ("encoding", "newline"), [("utf-8-sig", "\r\n"), ("utf-16", "\r\n"), ("utf-8", "\n")]
+)
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_suppressions_file_with_a_byte_order_mark_suppresses_its_first_address(
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    encoding: str,
+    newline: str,
+    from_stdin: bool,
+) -> None:
+    """An Excel "CSV UTF-8" export starts with a byte order mark, PowerShell 5's `>`
+    writes UTF-16: the first address was refused as holding U+FEFF (or nothing was
+    read at all), and that person stayed on the list of those mailed."""
+    data = newline.join(["first@example.com", "second@example.com", ""]).encode(encoding)
+    if from_stdin:
+        stdin = io.TextIOWrapper(io.BufferedReader(io.BytesIO(data)), encoding="latin-1")
+        monkeypatch.setattr(sys, "stdin", stdin)  # a locale that is not UTF-8
+        file = "-"
+    else:
+        (tmp_path / "bounces.csv").write_bytes(data)
+        file = str(tmp_path / "bounces.csv")
+    code = main(["suppressions", "add", "--file", file, "--reason", "imported"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"added": 2, "already_suppressed": 0, "invalid": 0}
+    for email in ("first@example.com", "second@example.com"):
+        assert (suppressions.get(email) or {}).get("reason") == "imported"
