@@ -523,6 +523,13 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
                 _print(summary)
                 # (a cancel or the expiry settles what was unsent: queued alone is 0)
                 unsent = sum(summary.get(s, 0) for s in ("queued", "cancelled", "expired"))
+                if summary["status"] == "draft" and unsent == 0:  # not "0/0 100%", exit 0
+                    print(
+                        f"campaign {campaign_id!r} is draft: it has no recipients yet (append "
+                        f"them, then POST /v1/campaigns/{campaign_id}/start)",
+                        file=sys.stderr,
+                    )
+                    return 1
                 if unsent == 0:
                     return _none_sent(campaign_id, summary)
                 said = summary.get("reason") not in ("", None, summary["status"])
@@ -919,7 +926,7 @@ def _port(text: str) -> int:
 CAMPAIGN_ID = "the campaign's id"
 FOLLOW_EXIT = (
     "exit 0 once it completed, 1 when it stopped with messages unsent (paused, "
-    "cancelled, expired) or sent none"
+    "cancelled, expired, a draft) or sent none"
 )
 
 

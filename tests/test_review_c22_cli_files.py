@@ -137,3 +137,19 @@ def test_suppressions_file_with_a_byte_order_mark_suppresses_its_first_address(
     assert json.loads(out) == {"added": 2, "already_suppressed": 0, "invalid": 0}
     for email in ("first@example.com", "second@example.com"):
         assert (suppressions.get(email) or {}).get("reason") == "imported"
+
+
+def test_following_a_draft_with_no_recipients_yet_is_no_success(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A draft made to append a large list to ended `send --follow` (and `status
+    --follow`) at once with "0/0 100.0%" and exit 0, as a completed campaign does: a
+    script's `dispatch send draft.yaml --follow && ...` went on as if it was sent."""
+    save_provider(dict(PROVIDER))
+    file = tmp_path / "draft.yaml"
+    file.write_text("id: big-1\nprovider: local\nsubject: Hi\nhtml: <p>Hi</p>\ndraft: true\n")
+    assert main(["send", str(file), "--follow"]) == 1
+    err = capsys.readouterr().err
+    assert "campaign 'big-1' is draft: it has no recipients yet" in err
+    assert "POST /v1/campaigns/big-1/start" in err
+    assert main(["status", "big-1", "--follow"]) == 1
