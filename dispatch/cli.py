@@ -257,8 +257,12 @@ def _celery(argv: list[str]) -> int:
     """Celery's command line on our app, with its exit status (1 after an "Unrecoverable
     error"), which ``app.start`` drops: a supervisor that restarts on failure must see it."""
     from celery.bin.celery import celery
+    from click import ClickException
 
-    status = celery.main(args=["-A", "dispatch.celery_app", *argv], standalone_mode=False)
+    try:
+        status = celery.main(args=["-A", "dispatch.celery_app", *argv], standalone_mode=False)
+    except ClickException as exc:  # an option it refuses (--loglevel LOUD): not a traceback
+        raise CommandError(exc.format_message()) from exc
     return status if isinstance(status, int) else 0
 
 

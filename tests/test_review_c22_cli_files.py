@@ -153,3 +153,16 @@ def test_following_a_draft_with_no_recipients_yet_is_no_success(
     assert "campaign 'big-1' is draft: it has no recipients yet" in err
     assert "POST /v1/campaigns/big-1/start" in err
     assert main(["status", "big-1", "--follow"]) == 1
+
+
+@pytest.mark.usefixtures("redis_server")
+@pytest.mark.parametrize("verb", ["worker", "beat"])
+def test_a_loglevel_celery_refuses_is_named_without_a_traceback(
+    verb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dispatch worker --loglevel LOUD` ended in click's BadParameter traceback (the
+    message at its foot), exit 1."""
+    assert main([verb, "--loglevel", "LOUD"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid value for '-l' / '--loglevel': 'LOUD'")
+    assert "Traceback" not in err
