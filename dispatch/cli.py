@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import functools
+import io
 import json
 import os
 import secrets
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import redis
 import yaml
@@ -41,7 +42,50 @@ _BOMS = (
 
 
 # libyaml's loader when PyYAML has it: 100,000 recipients load in 8 s instead of 34.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+try:
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+_TWICE = "only the last would count"
+
+
+class _YamlLoader(_SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping: YAML's loaders keep the
+    last silently (a second ``recipients:`` dropped the people of the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<``: overriding it is its use
+                continue
+            key = self.construct_object(key_node, deep=deep)  # (kept: the base reuses it)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base refuses it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    f"while constructing a mapping (key {key!r} first on line {first.line + 1})",
+                    node.start_mark,
+                    f"found key {key!r} again: {_TWICE}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object names a key twice (json keeps the last silently)."""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; raises :class:`_DuplicateKeyError` for a key
+    given twice."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKeyError(f"key {key!r} given twice in one object: {_TWICE}")
+        data[key] = value
+    return data
 
 
 def _decode(raw: bytes, path: str) -> str:
@@ -72,14 +116,27 @@ def _load_file(path: str) -> Any:
     is_json = path.lower().endswith(".json")
     if not is_json and text.lstrip()[:1] in ("{", "["):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_json_object)
+        except _DuplicateKeyError as exc:
+            raise CommandError(f"{path}: not valid JSON: {exc}") from exc
         except ValueError:
             pass  # a YAML flow mapping or sequence
     try:
-        return json.loads(text) if is_json else yaml.load(text, Loader=_YAML_LOADER)
+        if is_json:
+            return json.loads(text, object_pairs_hook=_json_object)
+        return yaml.load(text, Loader=_YamlLoader)
     except (ValueError, yaml.YAMLError) as exc:
         kind = "JSON" if is_json else "YAML"
         raise CommandError(f"{path}: not valid {kind}: {exc}") from exc
+
+
+def _text(raw: BinaryIO) -> io.TextIOWrapper:
+    """``raw`` as text read as it comes, as :func:`_decode` reads a whole file: UTF-8
+    whatever the locale, or UTF-16/32 after their byte order mark (an Excel "CSV UTF-8"
+    export starts with one: its first address was refused as holding U+FEFF)."""
+    start = raw.peek(4)[:4] if isinstance(raw, io.BufferedReader) else b""
+    encoding = next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8")
+    return io.TextIOWrapper(raw, encoding=encoding)
 
 
 def _print(data: Any) -> None:
@@ -200,8 +257,12 @@ def _celery(argv: list[str]) -> int:
     """Celery's command line on our app, with its exit status (1 after an "Unrecoverable
     error"), which ``app.start`` drops: a supervisor that restarts on failure must see it."""
     from celery.bin.celery import celery
+    from click import ClickException
 
-    status = celery.main(args=["-A", "dispatch.celery_app", *argv], standalone_mode=False)
+    try:
+        status = celery.main(args=["-A", "dispatch.celery_app", *argv], standalone_mode=False)
+    except ClickException as exc:  # an option it refuses (--loglevel LOUD): not a traceback
+        raise CommandError(exc.format_message()) from exc
     return status if isinstance(status, int) else 0
 
 
@@ -466,6 +527,13 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
                 _print(summary)
                 # (a cancel or the expiry settles what was unsent: queued alone is 0)
                 unsent = sum(summary.get(s, 0) for s in ("queued", "cancelled", "expired"))
+                if summary["status"] == "draft" and unsent == 0:  # not "0/0 100%", exit 0
+                    print(
+                        f"campaign {campaign_id!r} is draft: it has no recipients yet (append "
+                        f"them, then POST /v1/campaigns/{campaign_id}/start)",
+                        file=sys.stderr,
+                    )
+                    return 1
                 if unsent == 0:
                     return _none_sent(campaign_id, summary)
                 said = summary.get("reason") not in ("", None, summary["status"])
@@ -806,10 +874,11 @@ def _suppress_file(path: str, reason: str) -> int:
 
     try:
         if path == "-":
-            added, already = add(sys.stdin)
+            raw = getattr(sys.stdin, "buffer", None)  # (none in a text stream put in its place)
+            added, already = add(sys.stdin if raw is None else _text(raw))
         else:
-            with open(path, encoding="utf-8") as lines:
-                added, already = add(lines)
+            with open(path, "rb") as raw:
+                added, already = add(_text(raw))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"error: --file: {exc}", file=sys.stderr)
         return 2
@@ -861,7 +930,7 @@ def _port(text: str) -> int:
 CAMPAIGN_ID = "the campaign's id"
 FOLLOW_EXIT = (
     "exit 0 once it completed, 1 when it stopped with messages unsent (paused, "
-    "cancelled, expired) or sent none"
+    "cancelled, expired, a draft) or sent none"
 )
 
 
