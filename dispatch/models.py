@@ -27,6 +27,13 @@ CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 # A new campaign's id also holds something besides dots: "." and ".." are path segments
 # that clients and proxies resolve away, so /v1/campaigns/.. could never be read.
 NEW_CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$"
+# What follows a campaign's id and a ':' in the names of its other Redis keys
+# (dispatch.store): a new id holding one after a ':' would name another campaign's key
+# ("x:counters" is campaign x's counters hash; its content was written into it).
+CAMPAIGN_KEY_PARTS: Final = frozenset(
+    ("address-keys", "addresses", "callbacks", "counters", "lease", "ledger", "recipients",
+     "retried")
+)  # fmt: skip
 # Category and variant travel in the meta string (DESIGN §3), the value of the
 # X-CleverTap_META header: printable ASCII (RFC 5322 §2.2, no encoded-words for a
 # machine-read header) without the '|' that separates the meta's fields.
@@ -148,6 +155,17 @@ class CampaignRequest(CampaignFields):
     draft: bool = False
     category: str = "default"
     variant: str = "0"
+
+    @field_validator("id")
+    @classmethod
+    def _own_keys(cls, value: str | None) -> str | None:
+        taken = [part for part in (value or "").split(":")[1:] if part in CAMPAIGN_KEY_PARTS]
+        if taken:
+            raise ValueError(
+                f"':{taken[0]}' in an id names a key of another campaign's (the one before "
+                f"it): after a ':' an id cannot hold {', '.join(sorted(CAMPAIGN_KEY_PARTS))}"
+            )
+        return value
 
     @field_validator("send_at", "expires_at", mode="before")
     @classmethod
