@@ -84,12 +84,18 @@ class BatchOutcomes:
         self.writer = writer
         self.outcome_log = OutcomeLog(campaign.content.id, writer.batch, campaign.provider.nickname)
         self.settings = settings
-        self.queue: deque[Item] = deque(items)  # waiting for a sender
+        now = time.time()
+        self.queue: deque[Item] = deque(i for i in items if i.due <= now)  # for a sender
         self.wake = asyncio.Event()  # set when items arrive or the batch is done
         self.outstanding = len(items)  # not yet settled or parked for a later run
         self.done = asyncio.Event()
         self.parked_until: float | None = None
-        self.waiting: list[Item] = []  # parked for an inline retry
+        # Parked for an inline retry; those loaded before their time wait for it too (sent
+        # at once, they went out up to inline_retry_seconds before the provider's
+        # Retry-After).
+        self.waiting: list[Item] = [i for i in items if i.due > now]
+        for item in self.waiting:
+            asyncio.get_running_loop().call_later(item.due - now, self._requeue, item)
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
