@@ -174,6 +174,7 @@ class Item:
     throttles: int = 0  # tries the provider throttled (they are not attempts)
     claimed: bool = False  # claimed by this run's load and not attempted yet
     attempted: bool = False  # handed to the provider by this run (or about to be)
+    due: float = 0.0  # a retry loaded before its time (see unsettled): when it is due
 
 
 @dataclass
@@ -274,7 +275,9 @@ def unsettled(
 
     A message still ``claimed`` was in flight in a worker that is gone (we hold the lease
     now): its outcome is lost and it is recorded ``unknown``, never resent. Messages the
-    load claimed itself come back with ``claimed`` set.
+    load claimed itself come back with ``claimed`` set. A retry due within
+    ``inline_retry_seconds`` comes back with its time in ``due``: the run waits for it
+    (the provider's ``Retry-After`` is not cut short), later ones set the time to come back.
     """
     items: list[Item] = []
     stale: list[tuple[int, bytes, str]] = []
@@ -308,6 +311,7 @@ def unsettled(
             if next_at > now + settings.inline_retry_seconds:
                 retry_at = min(retry_at or next_at, next_at)
             else:
+                item.due = next_at
                 items.append(item)
     return items, stale, retry_at
 

@@ -45,10 +45,15 @@ class PlannedWrite:
     provider_message_id: str = ""  # of a message sent, when the provider named it
 
 
-def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
-    """Exponential backoff with jitter for the ``attempt``-th failure, honouring Retry-After."""
+def backoff_delay(
+    attempt: int, settings: Settings, retry_after: float | None = None, jitter: float | None = None
+) -> float:
+    """Exponential backoff with jitter for the ``attempt``-th failure, honouring Retry-After.
+
+    ``jitter``: the share of the backoff waited (drawn from [0.5, 1] when not given).
+    """
     base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempt - 1))
-    delay = base * random.uniform(0.5, 1.0)
+    delay = base * (random.uniform(0.5, 1.0) if jitter is None else jitter)
     if retry_after is not None and math.isfinite(retry_after):  # a hint, foreign data
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return float(delay)
@@ -79,12 +84,18 @@ class BatchOutcomes:
         self.writer = writer
         self.outcome_log = OutcomeLog(campaign.content.id, writer.batch, campaign.provider.nickname)
         self.settings = settings
-        self.queue: deque[Item] = deque(items)  # waiting for a sender
+        now = time.time()
+        self.queue: deque[Item] = deque(i for i in items if i.due <= now)  # for a sender
         self.wake = asyncio.Event()  # set when items arrive or the batch is done
         self.outstanding = len(items)  # not yet settled or parked for a later run
         self.done = asyncio.Event()
         self.parked_until: float | None = None
-        self.waiting: list[Item] = []  # parked for an inline retry
+        # Parked for an inline retry; those loaded before their time wait for it too (sent
+        # at once, they went out up to inline_retry_seconds before the provider's
+        # Retry-After).
+        self.waiting: list[Item] = [i for i in items if i.due > now]
+        for item in self.waiting:
+            asyncio.get_running_loop().call_later(item.due - now, self._requeue, item)
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
@@ -156,8 +167,15 @@ class BatchOutcomes:
             provider_message_id=provider_message_id,
         )  # fmt: skip
 
-    def _retry(self, item: Item, outcome: SendOutcome, meta: str) -> PlannedWrite:
-        """Plan a retry (inline or parked for a later run), or failure after the last try."""
+    def _retry(
+        self, item: Item, outcome: SendOutcome, meta: str, jitter: float | None = None
+    ) -> PlannedWrite:
+        """Plan a retry (inline or parked for a later run), or failure after the last try.
+
+        ``jitter`` (see :func:`backoff_delay`): one for the messages of one hand-over, so
+        that they are due together and go out together again (an HTTP batch's request
+        split into many small ones, a throttled provider asked more often).
+        """
         error_class = outcome.error_class.value if outcome.error_class else ""
         if outcome.throttled:
             # The provider asked us to slow down (DESIGN §7: that slows the provider
@@ -175,7 +193,7 @@ class BatchOutcomes:
                 detail=f"gave up after {tries} {what}: {outcome.detail}",
                 meta=meta,
             )
-        delay = backoff_delay(tries, self.settings, outcome.retry_after)
+        delay = backoff_delay(tries, self.settings, outcome.retry_after, jitter)
         rec = record(
             MessageState.RETRY,
             attempts=item.attempts,
@@ -369,12 +387,13 @@ class BatchOutcomes:
         by_seq = {o.seq: o for o in outcomes}
         writes: list[PlannedWrite] = []
         throttled = False
+        jitter = random.uniform(0.5, 1.0)  # (see _retry)
         for item, message in messages:
             outcome = by_seq.get(item.seq) or SendOutcome(
                 item.seq, OutcomeStatus.UNKNOWN, ErrorClass.CONNECTION, "adapter gave no outcome"
             )
             if outcome.status is OutcomeStatus.RETRY:
-                writes.append(self._retry(item, outcome, message.meta))
+                writes.append(self._retry(item, outcome, message.meta, jitter))
                 throttled |= outcome.throttled
                 continue
             state = _STATE_OF[outcome.status]

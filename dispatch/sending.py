@@ -555,9 +555,10 @@ class BatchSender(BatchOutcomes):
             await self._not_attempted(messages, exc.error_class, exc.detail)
             return
         assert isinstance(exc, TransientError)
+        jitter = random.uniform(0.5, 1.0)  # (one for the chunk: see _retry)
         delay = await self._commit(
             [
-                self._retry(item, SendOutcome.from_error(item.seq, exc), message.meta)
+                self._retry(item, SendOutcome.from_error(item.seq, exc), message.meta, jitter)
                 for item, message in messages
             ]
         )
@@ -772,11 +773,12 @@ async def run_batch(
                     result.counts[how] = len(sender.queue) + len(sender.waiting)
                     retry_at = time.time()
                     await note_progress(r, campaign_id)
-                elif sender.starved and sender.queue:
+                elif sender.starved and (sender.queue or sender.waiting):
                     # Every slot of the provider is in use elsewhere: back to the broker
                     # for a moment. The campaign is alive (housekeeping must not think
-                    # its batches lost and enqueue them twice).
-                    result.counts["deferred"] = len(sender.queue)
+                    # its batches lost and enqueue them twice). (Retries loaded before
+                    # their time too: nothing else brings them back.)
+                    result.counts["deferred"] = len(sender.queue) + len(sender.waiting)
                     sender.stats.deferred += 1  # sent with the lease's release
                     again = time.time() + random.uniform(1.0, 2.0)
                     retry_at = min(retry_at or again, again)

@@ -249,8 +249,14 @@ def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, A
         # Another run holds the batch: one that is stopping (a pause, then a resume that
         # re-enqueued the batch) lets go within moments, a dead worker's lease expires.
         # Come back soon, then less and less often, at the latest once the lease would
-        # have expired, and finish whatever it left (a no-op if it finished).
-        countdown = min(2.0 ** min(busy_polls, 16), get_settings().lease_ttl_ms / 1000 + 1)
+        # have expired, and finish whatever it left (a no-op if it finished). Never a
+        # countdown past the visibility timeout (PITFALLS), whatever the lease's TTL.
+        settings = get_settings()
+        countdown = min(
+            2.0 ** min(busy_polls, 16),
+            settings.lease_ttl_ms / 1000 + 1,
+            settings.visibility_timeout / 4,
+        )
         send_batch.apply_async(
             (campaign_id, batch),
             {"busy_polls": busy_polls + 1},
