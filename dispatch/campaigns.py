@@ -20,6 +20,7 @@ from dispatch.campaign_checks import (
     check_campaign,
     check_copies_not_suppressed,
     check_not_expired,
+    first_request_errors,
     offset_given,
     request_fingerprint,
     validation_problems,
@@ -186,9 +187,13 @@ def create_from_task(body: Any, task_id: str | None) -> str:
     try:
         request = campaign_request(body)
     except ValidationError as exc:
-        problems = validation_problems(exc.errors())
+        # Only the first problem is told: not every error built (seconds for a long list
+        # of bad recipients, the worker held all the while; review E22).
+        errors = first_request_errors(body, exc, 1)[:1] if isinstance(body, dict) else exc.errors()
+        problems = validation_problems(errors)
         field, message = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        count = max(len(problems), exc.error_count())
+        more = f" (and {count - 1} more)" if count > 1 else ""
         raise CampaignError(f"{field}: {message}{more}", field=field) from None
     try:
         return create_campaign(request)[0]
