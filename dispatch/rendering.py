@@ -92,6 +92,12 @@ def _required_names(ast: nodes.Template) -> set[str]:
             for child in (*node.body, *node.elif_, *node.else_):
                 visit(child, inner)
             return
+        elif isinstance(node, nodes.CondExpr) and node.test is not None:
+            # The inline form, ``{{ x if x is defined else 'friend' }}``: as an ``if``.
+            inner = guarded or guards(node.test)
+            for child in node.iter_child_nodes():
+                visit(child, inner)
+            return
         elif isinstance(node, nodes.Name) and node.ctx == "load" and not guarded:
             needed.add(node.name)
         for child in node.iter_child_nodes():
