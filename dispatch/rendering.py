@@ -242,6 +242,14 @@ class CompiledContent:
                 raise RenderError(
                     f"{name}: template does not compile: {type(exc).__name__}: {exc}"
                 ) from exc
+            except SyntaxError as exc:
+                # Jinja2 makes Python of it, and CPython refuses Python nested past its
+                # limits (200 chained ``+``, 100 nested ``if``, 20 nested ``for``): its
+                # line and text are of that Python, not of the template (a 500 in the API)
+                raise RenderError(
+                    f"{name}: template does not compile: expressions or tags nested too "
+                    f"deeply ({exc.msg})"
+                ) from exc
         self._plans: dict[frozenset[str], list[tuple[str, Any, bool]]] = {}
         self._fast: dict[frozenset[str], Callable[[Mapping[str, Any]], RenderedContent] | None] = {}
 

@@ -1,5 +1,6 @@
 """Review D22: templates a campaign's creation misjudged. An inline ``if ... is defined``
-was taken as a required name (the campaign refused, though every message renders)."""
+was taken as a required name (the campaign refused, though every message renders), and
+a template nested past what CPython compiles answered 500 instead of a 422 naming it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import redis
 
 from dispatch import message_pages
 from dispatch.campaigns import CampaignError
+from tests.api_server import ApiServer
+from tests.api_support import api_client
 from tests.helpers import http_provider, run_inline
 from tests.http_sink import HttpSink
 
@@ -51,3 +54,32 @@ def test_a_name_an_inline_if_does_not_guard_is_still_required(
     http_provider(redis_client, "http://127.0.0.1:9")
     with pytest.raises(CampaignError, match=r"unknown template variable.*name"):
         run_inline(redis_client, body)
+
+
+@pytest.mark.parametrize(
+    ("part", "template"),
+    [
+        ("html", "<p>{{ " + " + ".join(["1"] * 200) + " }}</p>"),  # nested parentheses
+        ("subject", "{% if x %}" * 100 + "s" + "{% endif %}" * 100),  # indentation levels
+        ("text", "{% for a in x %}" * 30 + "t" + "{% endfor %}" * 30),  # nested blocks
+    ],
+)
+def test_a_template_nested_past_what_python_compiles_is_a_422(
+    api_server: ApiServer, redis_client: redis.Redis, part: str, template: str
+) -> None:
+    http_provider(redis_client, "http://127.0.0.1:9")
+    body = {
+        "provider": "esp",
+        "subject": "s",
+        "html": "<p>h</p>",
+        "vars": {"x": [1]},
+        "draft": True,
+        "recipients": [{"email": "ann@example.com"}],
+        part: template,
+    }
+    with api_client(api_server) as api:
+        answer = api.post("/v1/campaigns", json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == part
+    detail = answer.json()["detail"]
+    assert f"{part}: template does not compile: expressions or tags nested too deeply" in detail
