@@ -92,6 +92,12 @@ def _required_names(ast: nodes.Template) -> set[str]:
             for child in (*node.body, *node.elif_, *node.else_):
                 visit(child, inner)
             return
+        elif isinstance(node, nodes.CondExpr) and node.test is not None:
+            # The inline form, ``{{ x if x is defined else 'friend' }}``: as an ``if``.
+            inner = guarded or guards(node.test)
+            for child in node.iter_child_nodes():
+                visit(child, inner)
+            return
         elif isinstance(node, nodes.Name) and node.ctx == "load" and not guarded:
             needed.add(node.name)
         for child in node.iter_child_nodes():
@@ -235,6 +241,14 @@ class CompiledContent:
                 # constant folding (``{{ 10**5000 }}`` has no decimal text), deep nesting
                 raise RenderError(
                     f"{name}: template does not compile: {type(exc).__name__}: {exc}"
+                ) from exc
+            except SyntaxError as exc:
+                # Jinja2 makes Python of it, and CPython refuses Python nested past its
+                # limits (200 chained ``+``, 100 nested ``if``, 20 nested ``for``): its
+                # line and text are of that Python, not of the template (a 500 in the API)
+                raise RenderError(
+                    f"{name}: template does not compile: expressions or tags nested too "
+                    f"deeply ({exc.msg})"
                 ) from exc
         self._plans: dict[frozenset[str], list[tuple[str, Any, bool]]] = {}
         self._fast: dict[frozenset[str], Callable[[Mapping[str, Any]], RenderedContent] | None] = {}
