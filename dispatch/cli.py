@@ -53,12 +53,27 @@ class _YamlLoader(_SafeLoader):
     """The safe loader, refusing a key given twice in one mapping: YAML's loaders keep the
     last silently (a second ``recipients:`` dropped the people of the first)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()  # the mapping nodes looked at (alive all the load)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Looked at before its merge keys (``<<``) put the keys they bring in its place:
+        # overriding those is their use. Each node once, when first flattened: a merge
+        # into another mapping may flatten it before its own construction does (an
+        # anchored mapping with a merge key, nested, then merged elsewhere), and its keys
+        # then include the ones merged in.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._refuse_twice(node)
+        super().flatten_mapping(node)
+
+    def _refuse_twice(self, node: yaml.MappingNode) -> None:
         seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<``: overriding it is its use
+            if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=deep)  # (kept: the base reuses it)
+            key = self.construct_object(key_node)  # (kept: the base reuses it)
             try:
                 first = seen.setdefault(key, key_node.start_mark)
             except TypeError:  # an unhashable key: the base refuses it
@@ -70,7 +85,6 @@ class _YamlLoader(_SafeLoader):
                     f"found key {key!r} again: {_TWICE}",
                     key_node.start_mark,
                 )
-        return super().construct_mapping(node, deep)
 
 
 class _DuplicateKeyError(ValueError):
