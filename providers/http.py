@@ -426,8 +426,8 @@ def outcome_for_exception(
         status, detail = (
             OutcomeStatus.RETRY,
             (
-                f"connection lost before the whole request was sent ({_named(unsent)}), and "
-                "no answer: the provider did not get it"
+                "connection lost before the whole request was sent "
+                f"({_named(unsent, secrets)}), and no answer: the provider did not get it"
             ),
         )
     elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteTimeout):
@@ -454,17 +454,24 @@ def outcome_for_exception(
         status, detail = (
             OutcomeStatus.UNKNOWN,
             (
-                f"connection lost after the request was sent ({_named(exc)}): the provider may "
-                "have accepted it"
+                f"connection lost after the request was sent ({_named(exc, secrets)}): the "
+                "provider may have accepted it"
             ),
         )
     return SendOutcome(seq, status, _DISPATCH_FAILED, detail=masked(detail, secrets))
 
 
-def _named(exc: BaseException) -> str:
+def _named(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     """``ReadError: <text>``, or the bare name when the text is empty (httpcore's
-    ReadError for a connection reset says nothing more: "ReadError: " read as cut off)."""
-    text = str(exc)
+    ReadError for a connection reset says nothing more: "ReadError: " read as cut off).
+
+    The text is cut to :data:`EXCERPT_CHARS` (``secrets`` masked first, so no part of
+    one is left): h11 quotes what it refused of an answer, a status or header line of
+    up to 16 KB of the server's bytes, which went whole into every message's detail and
+    log line."""
+    text = masked(str(exc), secrets)
+    if len(text) > EXCERPT_CHARS:
+        text = text[:EXCERPT_CHARS] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
