@@ -48,3 +48,33 @@ def test_an_inline_address_that_failed_as_no_address_can_be_looked_up(
     assert main(["messages", "i22-odd", "--email", ODD[0]]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "failed"
     assert main(["messages", "i22-odd", "--email", "ann@"]) == 2
+
+
+@covers("POST /v1/campaigns/{campaign_id}/recipients")
+def test_an_appended_line_that_is_not_utf8_is_named_by_its_byte(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A Latin-1 export's "é" (or a body saved as UTF-16) was rejected as "not valid
+    JSON: str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)",
+    orjson's words for any such byte wherever it is; its neighbours are still kept."""
+    smtp_provider(redis_client, 2525)
+    body = {"id": "i22-latin1", "provider": "local", "subject": "s", "html": "h", "draft": True}
+    lines = [
+        b'{"email": "ann@example.com"}',
+        '{"email": "jose@example.com", "vars": {"name": "Jos\xe9"}}'.encode("latin-1"),
+        b'{"email": "bob@example.com"}',
+    ]
+    with api_client(api_server) as api:
+        assert api.post("/v1/campaigns", json=body).status_code == 201
+        path = "/v1/campaigns/i22-latin1/recipients"
+        answer = api.post(path, content=b"\r\n".join(lines))
+        utf16 = api.post(path, content='{"email": "carl@example.com"}\n'.encode("utf-16"))
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert (result["appended"], result["rejected"]) == (2, 1)
+    (error,) = result["errors"]
+    assert (error["line"], error["field"]) == (2, "body")
+    assert error["message"].startswith("not UTF-8 text: byte 0xe9 at column 52;"), error
+    first = utf16.json()["errors"][0]
+    assert first["line"] == 1
+    assert first["message"].startswith("not UTF-8 text (UTF-16, by its byte order mark)")
