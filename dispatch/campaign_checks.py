@@ -225,14 +225,34 @@ def load_recipient(raw: bytes) -> Any:
 
     orjson reads an integer beyond 64 bits as a float, silently; the rare document with
     a run of 19 digits is read again exactly (``json``) to refuse one. Raises
-    ``orjson.JSONDecodeError``, :class:`CampaignError` naming the integer.
+    ``orjson.JSONDecodeError``, :class:`CampaignError` naming the integer, or the first
+    byte that is not UTF-8.
     """
-    data = orjson.loads(raw)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        _refuse_not_utf8(raw)
+        raise
     if len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_NUMBER.search(raw):
         _refuse_unwritable(json.loads(raw), "")
     if raw.count(b"[") + raw.count(b"{") > MAX_VARS_DEPTH:  # (else it cannot be too deep)
         _refuse_too_deep(data, "", 1)
     return data
+
+
+def _refuse_not_utf8(raw: bytes) -> None:
+    """Raise :class:`CampaignError` naming the first byte of ``raw`` that is not UTF-8:
+    orjson says "surrogates not allowed" at "column 1" whatever the byte and wherever it
+    is (a Latin-1 "é" in a name, a body saved as UTF-16)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        utf16 = " (UTF-16, by its byte order mark)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise CampaignError(
+            f"not UTF-8 text{utf16}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; "
+            "send the body as UTF-8",
+            field="body",
+        ) from None
 
 
 RECIPIENT: TypeAdapter[Recipient] = TypeAdapter(Recipient)

@@ -35,6 +35,14 @@ def _meta(email: str, seq: int, content: CampaignContent, send_date: str) -> str
     return f"{email}|{account}|{content.id}|{send_date}|{content.variant}|{content.category}|{seq}|"
 
 
+def holds_address(campaign_id: str, email: str, client: redis.Redis | None = None) -> bool:
+    """Whether the campaign was given ``email``, compared as :func:`messages_page`
+    compares (a text that is no address too: an inline list is stored as it was given,
+    and such a recipient fails at send time)."""
+    r = client or store.sync_client()
+    return bool(seqs_of_address(r, campaign_id, suppression_key(email)))
+
+
 def messages_page(
     campaign_id: str,
     *,

@@ -463,12 +463,14 @@ def list_messages(
     keeps those a callback of that kind was counted for: who clicked, who bounced). A
     filtered page may be short or empty: go on while ``next_cursor`` is not null. With
     ``email``: what happened to that address in this campaign (422 naming ``email`` for
-    one that is no address: the campaign cannot have it)."""
+    one that is no address, unless the campaign was given it: a typo is not "never
+    sent", and an inline list's bad address, failed at send time, can still be found)."""
     if email is not None:
         try:
             normalize_address(email)
         except InvalidAddressError as exc:
-            raise InvalidFieldError(str(exc), "email") from None
+            if not message_pages.holds_address(campaign_id, email):
+                raise InvalidFieldError(str(exc), "email") from None
     status = None if status_ is None else status_.value
     items, next_cursor = message_pages.messages_page(
         campaign_id,
