@@ -18,6 +18,7 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
+from celery.worker import state as worker_state
 from celery.worker.request import Request
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
@@ -394,8 +395,15 @@ def canary(hostname: str) -> None:
 @worker_ready.connect
 def _start_the_canary(sender: object = None, **_: object) -> None:
     hostname = getattr(sender, "hostname", None)
+    pool = getattr(sender, "pool", None)  # (sender: the worker's consumer)
+
+    def busy() -> bool:
+        """Every process of the pool runs a task (the canary waits for one to end)."""
+        processes = getattr(pool, "num_processes", None)
+        return isinstance(processes, int) and len(worker_state.active_requests) >= processes
+
     if hostname:
-        worker_health.start_canary(str(hostname), get_settings().worker_canary_seconds)
+        worker_health.start_canary(str(hostname), get_settings().worker_canary_seconds, busy)
 
 
 @worker_ready.connect

@@ -7,6 +7,14 @@ main process sends itself a small ``dispatch.canary`` task every
 with the others, by the same consumer), and the task notes the time in Redis. A worker
 whose note is older than a few intervals is not consuming.
 
+The canary runs in a pool process, so it waits while every process runs a task: a batch
+at a provider's pace runs for minutes (up to the task time limit), and a worker busy
+sending would be reported as not consuming (``dispatch health`` failing, the
+``DispatchWorkerNotConsuming`` alert) for as long as its campaign lasts. While every
+process of its pool runs a task, the main process notes the time itself: the worker is
+taking tasks, it has no room for more. One whose consumer stopped goes stale once its
+tasks end (each ends within the task time limit).
+
 A worker killed without its shutdown (``kill -9``, out of memory) leaves a note that goes
 stale while nothing runs under its name: the worker started in its place on the same host
 with the same process id (a container's restarted ``dispatch worker`` is its PID 1 again)
@@ -113,10 +121,14 @@ _canaries: dict[str, tuple[threading.Thread, threading.Event]] = {}
 CANARY_STOP_SECONDS = 5.0
 
 
-def start_canary(hostname: str, interval: float) -> threading.Thread:
+def start_canary(
+    hostname: str, interval: float, busy: Callable[[], bool] = lambda: False
+) -> threading.Thread:
     """Send the canary task to ``hostname``'s own queue now and every ``interval`` s,
     after forgetting the notes of its predecessors (:func:`forget_predecessors`) and
-    removing their direct queues (:func:`drop_direct_queues`)."""
+    removing their direct queues (:func:`drop_direct_queues`); note the time at once
+    whenever ``busy()`` (every process of the worker's pool runs a task: the canary
+    waits for one to end)."""
     from celery.utils.nodenames import worker_direct
 
     from dispatch.celery_app import app
@@ -136,6 +148,11 @@ def start_canary(hostname: str, interval: float) -> threading.Thread:
                 app.send_task("dispatch.canary", (hostname,), queue=worker_direct(hostname).name)
             except Exception:  # the broker is away: the note goes stale, as it should
                 log.warning("could not send the worker canary", exc_info=True)
+            if busy():
+                try:
+                    note(store.sync_client(), hostname, interval)
+                except redis.RedisError:  # Redis away: the note goes stale, as it should
+                    log.warning("could not note the busy worker's canary", exc_info=True)
             stop.wait(interval)
 
     thread = threading.Thread(target=loop, name="dispatch-canary", daemon=True)
