@@ -39,7 +39,7 @@ from dispatch.celery_app import MAX_TASK_BODY_BYTES, TaskBodyTooLargeError, app
 from dispatch.housekeeping import sweep
 from dispatch.models import CampaignStatus
 from dispatch.sending import run_batch
-from dispatch.settings import get_settings
+from dispatch.settings import get_settings, task_time_limit
 
 if TYPE_CHECKING:
     from celery.worker.request import _InfoDict
@@ -396,14 +396,26 @@ def canary(hostname: str) -> None:
 def _start_the_canary(sender: object = None, **_: object) -> None:
     hostname = getattr(sender, "hostname", None)
     pool = getattr(sender, "pool", None)  # (sender: the worker's consumer)
+    settings = get_settings()
+    limit = task_time_limit(settings.visibility_timeout)
 
     def busy() -> bool:
-        """Every process of the pool runs a task (the canary waits for one to end)."""
         processes = getattr(pool, "num_processes", None)
-        return isinstance(processes, int) and len(worker_state.active_requests) >= processes
+        return isinstance(processes, int) and pool_busy(processes, limit, time.time())
 
     if hostname:
-        worker_health.start_canary(str(hostname), get_settings().worker_canary_seconds, busy)
+        worker_health.start_canary(str(hostname), settings.worker_canary_seconds, busy)
+
+
+def pool_busy(processes: int, time_limit: float, now: float) -> bool:
+    """Every one of a worker's ``processes`` runs a task (its canary waits for one to
+    end), each started within ``time_limit`` (the hard one, and a minute for the kill to
+    be seen): an older one means the main process no longer sees its tasks end (its
+    consumer stuck), and the worker must not be told busy for ever."""
+    active = list(worker_state.active_requests)
+    return len(active) >= processes > 0 and all(
+        now - (request.time_start or now) < time_limit + 60 for request in active
+    )
 
 
 @worker_ready.connect
