@@ -94,8 +94,11 @@ class BatchOutcomes:
         # at once, they went out up to inline_retry_seconds before the provider's
         # Retry-After).
         self.waiting: list[Item] = [i for i in items if i.due > now]
+        due: dict[float, list[Item]] = {}
         for item in self.waiting:
-            asyncio.get_running_loop().call_later(item.due - now, self._requeue, item)
+            due.setdefault(item.due, []).append(item)
+        for at, together in due.items():
+            asyncio.get_running_loop().call_later(at - now, self._requeue, *together)
         self.counts: dict[str, int] = {}
         self.metas: dict[int, str] = {}
         self.stats = SendStats()  # exchanges and throttles, for /metrics
@@ -207,10 +210,15 @@ class BatchOutcomes:
             item, MessageState.RETRY, rec, "", delay, error_class, outcome.detail, meta
         )
 
-    def _requeue(self, item: Item) -> None:
-        if item in self.waiting:
-            self.waiting.remove(item)
-            self.put_back((item,))
+    def _requeue(self, *items: Item) -> None:
+        """Back to the senders, together: ``items`` are due at one moment (one request's
+        messages, one timer: with a timer each, a sender woken by the first ones sent
+        them before the others were back, and the request's retry went out split)."""
+        ids = {id(item) for item in items}  # (an Item's == compares every field)
+        due = [item for item in self.waiting if id(item) in ids]
+        if due:
+            self.waiting = [item for item in self.waiting if id(item) not in ids]
+            self.put_back(due)
 
     async def _commit(self, writes: list[PlannedWrite], *, claimed: bool = True) -> float:
         """Apply planned writes in one round trip; returns the longest retry delay.
@@ -235,7 +243,7 @@ class BatchOutcomes:
             writes = [w for w, ok in zip(writes, answers, strict=True) if ok]
         await self._judge(writes)
         longest = 0.0
-        loop = asyncio.get_running_loop()
+        inline: dict[float, list[Item]] = {}  # by delay: one timer for those due together
         for w in writes:
             if w.state in _LOGGED:
                 self._log(w)
@@ -246,12 +254,15 @@ class BatchOutcomes:
             longest = max(longest, w.delay)
             if w.delay <= self.settings.inline_retry_seconds:
                 self.waiting.append(w.item)
-                loop.call_later(w.delay, self._requeue, w.item)
+                inline.setdefault(w.delay, []).append(w.item)
             else:  # picked up by a later run of this batch (the task re-enqueues itself)
                 next_at = time.time() + w.delay
                 self.parked_until = min(self.parked_until or next_at, next_at)
                 self.counts["retry_later"] = self.counts.get("retry_later", 0) + 1
                 self._one_less()
+        loop = asyncio.get_running_loop()
+        for delay, items in inline.items():
+            loop.call_later(delay, self._requeue, *items)
         return longest
 
     async def _remember_ids(self, writes: list[PlannedWrite]) -> None:
