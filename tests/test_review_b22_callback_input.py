@@ -12,10 +12,19 @@ from dispatch import effects, store, suppressions
 from providers.callbacks import EventType, parse_ses_message
 from tests.callback_support import draft_campaign, generic_event, nested, post
 from tests.test_callbacks_ses import ses_bounce
+from tests.worker import wait_for
 
 # An RFC 2047 encoded word whose base64 is broken (one character): email.header raises
 # HeaderParseError for it, which is no ValueError.
 BROKEN_WORD = "=?utf-8?b?a?="
+
+
+def _apply_the_inbox(r: redis.Redis) -> None:
+    """Apply the stored batches, as ``dispatch.process_callback`` does; a worker of the
+    test session's may take one first (both apply it once), so wait for an empty inbox."""
+    for batch_id in r.hkeys(store.CALLBACK_INBOX_HASH):
+        effects.apply_batch(batch_id, client=r)
+    wait_for(lambda: r.hlen(store.CALLBACK_INBOX_HASH) == 0, timeout=10)
 
 
 def test_a_meta_with_a_broken_encoded_word_is_its_index_error(
@@ -37,10 +46,7 @@ def test_a_meta_with_a_broken_encoded_word_is_its_index_error(
     assert http_answer.status_code == 200, http_answer.text
     assert http_answer.json()["UNPROCESSED_EVENTS"][0]["index"] == 1
     # The good neighbour was stored before the answer; applied, it suppresses.
-    batches = redis_client.hkeys(store.CALLBACK_INBOX_HASH)
-    assert len(batches) == 2
-    for batch_id in batches:
-        effects.apply_batch(batch_id, client=redis_client)
+    _apply_the_inbox(redis_client)
     entry = suppressions.get("a@example.com", client=redis_client)
     assert entry is not None and entry["reason"] == "hard_bounce"
 
@@ -91,9 +97,7 @@ def test_a_meta_naming_another_key_of_a_campaign_does_not_stall_its_batch(
     )
     assert answer.status_code == 200, answer.text
 
-    (batch_id,) = redis_client.hkeys(store.CALLBACK_INBOX_HASH)
-    assert effects.apply_batch(batch_id, client=redis_client) == 2
-    assert redis_client.hlen(store.CALLBACK_INBOX_HASH) == 0
+    _apply_the_inbox(redis_client)  # (WRONGTYPE before, and the batch stayed)
     entry = suppressions.get("a@example.com", client=redis_client)
     assert entry is not None and entry["reason"] == "hard_bounce"
     counters = redis_client.hgetall(store.counters_key("c-b22"))
