@@ -243,13 +243,21 @@ def load_recipient(raw: bytes) -> Any:
 def _refuse_not_utf8(raw: bytes) -> None:
     """Raise :class:`CampaignError` naming the first byte of ``raw`` that is not UTF-8:
     orjson says "surrogates not allowed" at "column 1" whatever the byte and wherever it
-    is (a Latin-1 "é" in a name, a body saved as UTF-16)."""
+    is (a Latin-1 "é" in a name, a body saved as UTF-16). The column counts characters,
+    as an editor does; in a recipient written over several lines (a JSON array's element)
+    its line is told too, counted from the recipient's first."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         utf16 = " (UTF-16, by its byte order mark)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        before = raw[: exc.start].decode("utf-8")  # (all UTF-8 up to the first such byte)
+        lines = before.count("\n")
+        column = len(before) - before.rfind("\n")  # (rfind: -1 on the first line)
+        where = f"column {column}"
+        if lines:
+            where = f"line {lines + 1}, {where} of this recipient"
         raise CampaignError(
-            f"not UTF-8 text{utf16}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}; "
+            f"not UTF-8 text{utf16}: byte 0x{raw[exc.start]:02x} at {where}; "
             "send the body as UTF-8",
             field="body",
         ) from None

@@ -148,7 +148,15 @@ def start_canary(
                 app.send_task("dispatch.canary", (hostname,), queue=worker_direct(hostname).name)
             except Exception:  # the broker is away: the note goes stale, as it should
                 log.warning("could not send the worker canary", exc_info=True)
-            if busy():
+            try:
+                # (it reads Celery's set of running tasks, which the main thread changes
+                # meanwhile: "Set changed size during iteration" ended this thread, and
+                # the worker was told not consuming until it restarted)
+                busy_now = busy()
+            except Exception:  # this interval's note is skipped: the last one lasts
+                log.warning("could not tell whether the worker's pool is full", exc_info=True)
+                busy_now = False
+            if busy_now:
                 try:
                     note(store.sync_client(), hostname, interval)
                 except redis.RedisError:  # Redis away: the note goes stale, as it should
