@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -147,10 +148,25 @@ def _load_file(path: str) -> Any:
 def _text(raw: BinaryIO) -> io.TextIOWrapper:
     """``raw`` as text read as it comes, as :func:`_decode` reads a whole file: UTF-8
     whatever the locale, or UTF-16/32 after their byte order mark (an Excel "CSV UTF-8"
-    export starts with one: its first address was refused as holding U+FEFF)."""
+    export starts with one: its first address was refused as holding U+FEFF). In UTF-8 a
+    byte that is not is read as a lone surrogate (U+DC80 to U+DCFF, :data:`_UNDECODED`),
+    for its line to be named (:func:`_undecoded`); UTF-16/32 raise at it."""
     start = raw.peek(4)[:4] if isinstance(raw, io.BufferedReader) else b""
     encoding = next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8")
-    return io.TextIOWrapper(raw, encoding=encoding)
+    errors = "surrogateescape" if encoding.startswith("utf-8") else "strict"
+    return io.TextIOWrapper(raw, encoding=encoding, errors=errors)
+
+
+# What "surrogateescape" reads a byte that is not UTF-8 as (a real character never is).
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _undecoded(line: str) -> str | None:
+    """Why ``line`` (as :func:`_text` read it) is not text, or None when it is."""
+    found = _UNDECODED.search(line)
+    if found is None:
+        return None
+    return f"not UTF-8 text (byte 0x{ord(found[0]) - 0xDC00:02x}); save it as UTF-8"
 
 
 def _print(data: Any) -> None:
@@ -881,7 +897,7 @@ def _suppress_file(path: str, reason: str) -> int:
     def invalid(line: int, text: str, exc: InvalidAddressError) -> None:
         nonlocal refused
         refused += 1
-        print(f"error: {path}:{line}: {exc}", file=sys.stderr)
+        print(f"error: {path}:{line}: {_undecoded(text) or exc}", file=sys.stderr)
 
     def add(lines: Iterable[str]) -> tuple[int, int]:
         emails = (line.rstrip("\r\n") for line in lines)
@@ -894,7 +910,7 @@ def _suppress_file(path: str, reason: str) -> int:
         else:
             with open(path, "rb") as raw:
                 added, already = add(_text(raw))
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # (UTF-16/32: see _text)
         print(f"error: --file: {exc}", file=sys.stderr)
         return 2
     _print({"added": added, "already_suppressed": already, "invalid": refused})
