@@ -936,6 +936,18 @@ def _var(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _reason(text: str) -> str:
+    """``--reason``: 1 to MAX_REASON characters, as ``PUT /v1/suppressions`` takes it (an
+    unset shell variable, ``--reason "$WHY"``, made entries that said no reason)."""
+    from dispatch.api.schemas import MAX_REASON
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a reason must not be empty")
+    if len(text) > MAX_REASON:
+        raise argparse.ArgumentTypeError(f"a reason is at most {MAX_REASON} characters")
+    return text
+
+
 def _count(least: int) -> Callable[[str], int]:
     """An argparse type: a whole number not below ``least``."""
 
@@ -1100,7 +1112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--file",
         help="suppress every address of FILE instead, one a line (- reads stdin)",
     )
-    p.add_argument("--reason", default="manual", help="kept with the entry (default: manual)")
+    p.add_argument(
+        "--reason", type=_reason, default="manual", help="kept with the entry (default: manual)"
+    )
     p.set_defaults(func=cmd_suppressions_add)
     p = _subcommand(ssub, "remove", "send to an address again (exit 1 if it was not suppressed)")
     p.add_argument("email", help="the suppressed address")

@@ -44,3 +44,22 @@ def test_a_line_that_is_not_utf8_is_named_and_its_neighbours_are_added(
     for address in ("user0@example.com", "user2499@example.com", "jöhn@example.com"):
         entry = suppressions.get(address, client=redis_client)
         assert entry is not None and (entry["reason"], entry["source"]) == ("imported", "cli")
+
+
+@pytest.mark.parametrize("reason", ["", "  ", "x" * 201])
+def test_a_reason_the_api_would_refuse_is_refused_before_anything_is_added(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path, reason: str
+) -> None:
+    """``--reason "$WHY"`` with WHY unset stored every entry with an empty reason (the
+    API's PUT answers 422 for it): 200,000 entries that say nothing of why."""
+    file = tmp_path / "bounces.txt"
+    file.write_text("a@example.com\nb@example.com\n", encoding="utf-8")
+    for args in (["a@example.com"], ["--file", str(file)]):
+        with pytest.raises(SystemExit) as refused:
+            main(["suppressions", "add", *args, "--reason", reason])
+        assert refused.value.code == 2
+        assert "--reason: a reason " in capsys.readouterr().err
+    assert redis_client.hlen(store.SUPPRESSIONS_HASH) == 0
+    assert main(["suppressions", "add", "a@example.com", "--reason", "x" * 200]) == 0
+    entry = suppressions.get("a@example.com", client=redis_client)
+    assert entry is not None and entry["reason"] == "x" * 200
