@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -147,10 +148,25 @@ def _load_file(path: str) -> Any:
 def _text(raw: BinaryIO) -> io.TextIOWrapper:
     """``raw`` as text read as it comes, as :func:`_decode` reads a whole file: UTF-8
     whatever the locale, or UTF-16/32 after their byte order mark (an Excel "CSV UTF-8"
-    export starts with one: its first address was refused as holding U+FEFF)."""
+    export starts with one: its first address was refused as holding U+FEFF). In UTF-8 a
+    byte that is not is read as a lone surrogate (U+DC80 to U+DCFF, :data:`_UNDECODED`),
+    for its line to be named (:func:`_undecoded`); UTF-16/32 raise at it."""
     start = raw.peek(4)[:4] if isinstance(raw, io.BufferedReader) else b""
     encoding = next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8")
-    return io.TextIOWrapper(raw, encoding=encoding)
+    errors = "surrogateescape" if encoding.startswith("utf-8") else "strict"
+    return io.TextIOWrapper(raw, encoding=encoding, errors=errors)
+
+
+# What "surrogateescape" reads a byte that is not UTF-8 as (a real character never is).
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _undecoded(line: str) -> str | None:
+    """Why ``line`` (as :func:`_text` read it) is not text, or None when it is."""
+    found = _UNDECODED.search(line)
+    if found is None:
+        return None
+    return f"not UTF-8 text (byte 0x{ord(found[0]) - 0xDC00:02x}); save it as UTF-8"
 
 
 def _print(data: Any) -> None:
@@ -881,7 +897,7 @@ def _suppress_file(path: str, reason: str) -> int:
     def invalid(line: int, text: str, exc: InvalidAddressError) -> None:
         nonlocal refused
         refused += 1
-        print(f"error: {path}:{line}: {exc}", file=sys.stderr)
+        print(f"error: {path}:{line}: {_undecoded(text) or exc}", file=sys.stderr)
 
     def add(lines: Iterable[str]) -> tuple[int, int]:
         emails = (line.rstrip("\r\n") for line in lines)
@@ -894,7 +910,7 @@ def _suppress_file(path: str, reason: str) -> int:
         else:
             with open(path, "rb") as raw:
                 added, already = add(_text(raw))
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # (UTF-16/32: see _text)
         print(f"error: --file: {exc}", file=sys.stderr)
         return 2
     _print({"added": added, "already_suppressed": already, "invalid": refused})
@@ -918,6 +934,18 @@ def _var(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
     return name, value
+
+
+def _reason(text: str) -> str:
+    """``--reason``: 1 to MAX_REASON characters, as ``PUT /v1/suppressions`` takes it (an
+    unset shell variable, ``--reason "$WHY"``, made entries that said no reason)."""
+    from dispatch.api.schemas import MAX_REASON
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a reason must not be empty")
+    if len(text) > MAX_REASON:
+        raise argparse.ArgumentTypeError(f"a reason is at most {MAX_REASON} characters")
+    return text
 
 
 def _count(least: int) -> Callable[[str], int]:
@@ -1084,7 +1112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--file",
         help="suppress every address of FILE instead, one a line (- reads stdin)",
     )
-    p.add_argument("--reason", default="manual", help="kept with the entry (default: manual)")
+    p.add_argument(
+        "--reason", type=_reason, default="manual", help="kept with the entry (default: manual)"
+    )
     p.set_defaults(func=cmd_suppressions_add)
     p = _subcommand(ssub, "remove", "send to an address again (exit 1 if it was not suppressed)")
     p.add_argument("email", help="the suppressed address")

@@ -276,13 +276,17 @@ class SuppressionEntry(Answer):
     ts: float
 
 
+# The longest reason or source an entry is given by hand (here, and the CLI's --reason).
+MAX_REASON = 200
+
+
 class SuppressionRequest(BaseModel):
     """``PUT /v1/suppressions/{email}``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="manual", min_length=1, max_length=200)
-    source: str = Field(default="api", min_length=1, max_length=200)
+    reason: str = Field(default="manual", min_length=1, max_length=MAX_REASON)
+    source: str = Field(default="api", min_length=1, max_length=MAX_REASON)
 
 
 class SuppressionPage(Answer):
