@@ -17,7 +17,7 @@ import redis
 from dispatch import incidents, provider_ids, store
 from dispatch.batch_campaign import BatchCampaign
 from dispatch.batch_items import Item
-from dispatch.ledger import LedgerWriter, Records, event_fields, record, system_event
+from dispatch.ledger import LedgerWriter, Records, event_fields, system_event
 from dispatch.message_logs import OutcomeLog
 from dispatch.models import MessageState
 from dispatch.send_stats import SendStats
@@ -171,13 +171,21 @@ class BatchOutcomes:
         )  # fmt: skip
 
     def _retry(
-        self, item: Item, outcome: SendOutcome, meta: str, jitter: float | None = None
+        self,
+        item: Item,
+        outcome: SendOutcome,
+        meta: str,
+        jitter: float | None = None,
+        now: float | None = None,
     ) -> PlannedWrite:
         """Plan a retry (inline or parked for a later run), or failure after the last try.
 
-        ``jitter`` (see :func:`backoff_delay`): one for the messages of one hand-over, so
-        that they are due together and go out together again (an HTTP batch's request
-        split into many small ones, a throttled provider asked more often).
+        ``jitter`` (see :func:`backoff_delay`) and ``now`` (the moment its wait starts):
+        one for the messages of one hand-over, so that they are due together, to the
+        bit, and go out together again (an HTTP batch's request split into many small
+        ones, a throttled provider asked more often). A run that loads them before their
+        time requeues them with one timer, by their time (see __init__): each with its
+        own moment, they came back one by one and the request went out split.
         """
         error_class = outcome.error_class.value if outcome.error_class else ""
         if outcome.throttled:
@@ -197,12 +205,12 @@ class BatchOutcomes:
                 meta=meta,
             )
         delay = backoff_delay(tries, self.settings, outcome.retry_after, jitter)
-        rec = record(
+        rec = self._records.get(
             MessageState.RETRY,
-            attempts=item.attempts,
+            item.attempts,
             error_class=error_class,
             detail=outcome.detail,
-            next_at=time.time() + delay,
+            next_at=(time.time() if now is None else now) + delay,
             throttles=item.throttles,
         )
         # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
@@ -398,13 +406,13 @@ class BatchOutcomes:
         by_seq = {o.seq: o for o in outcomes}
         writes: list[PlannedWrite] = []
         throttled = False
-        jitter = random.uniform(0.5, 1.0)  # (see _retry)
+        jitter, now = random.uniform(0.5, 1.0), time.time()  # (see _retry)
         for item, message in messages:
             outcome = by_seq.get(item.seq) or SendOutcome(
                 item.seq, OutcomeStatus.UNKNOWN, ErrorClass.CONNECTION, "adapter gave no outcome"
             )
             if outcome.status is OutcomeStatus.RETRY:
-                writes.append(self._retry(item, outcome, message.meta, jitter))
+                writes.append(self._retry(item, outcome, message.meta, jitter, now))
                 throttled |= outcome.throttled
                 continue
             state = _STATE_OF[outcome.status]

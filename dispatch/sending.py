@@ -555,10 +555,10 @@ class BatchSender(BatchOutcomes):
             await self._not_attempted(messages, exc.error_class, exc.detail)
             return
         assert isinstance(exc, TransientError)
-        jitter = random.uniform(0.5, 1.0)  # (one for the chunk: see _retry)
+        jitter, now = random.uniform(0.5, 1.0), time.time()  # (one for the chunk: see _retry)
         delay = await self._commit(
             [
-                self._retry(item, SendOutcome.from_error(item.seq, exc), message.meta, jitter)
+                self._retry(item, SendOutcome.from_error(item.seq, exc), message.meta, jitter, now)
                 for item, message in messages
             ]
         )
