@@ -937,12 +937,14 @@ def _var(text: str) -> tuple[str, str]:
 
 
 def _reason(text: str) -> str:
-    """``--reason``: 1 to MAX_REASON characters, as ``PUT /v1/suppressions`` takes it (an
-    unset shell variable, ``--reason "$WHY"``, made entries that said no reason)."""
+    """``--reason``: 1 to MAX_REASON characters of text, as ``PUT /v1/suppressions`` takes
+    it (an unset shell variable, ``--reason "$WHY"``, made entries that said no reason)."""
     from dispatch.api.schemas import MAX_REASON
 
     if not text.strip():
         raise argparse.ArgumentTypeError("a reason must not be empty")
+    if _UNDECODED.search(text):  # (a Latin-1 byte of the command line: it was a traceback)
+        raise argparse.ArgumentTypeError("a reason must be UTF-8 text")
     if len(text) > MAX_REASON:
         raise argparse.ArgumentTypeError(f"a reason is at most {MAX_REASON} characters")
     return text
