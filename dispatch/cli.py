@@ -939,7 +939,7 @@ def _var(text: str) -> tuple[str, str]:
 def _reason(text: str) -> str:
     """``--reason``: 1 to MAX_REASON characters of text, as ``PUT /v1/suppressions`` takes
     it (an unset shell variable, ``--reason "$WHY"``, made entries that said no reason)."""
-    from dispatch.api.schemas import MAX_REASON
+    from dispatch.suppressions import MAX_REASON
 
     if not text.strip():
         raise argparse.ArgumentTypeError("a reason must not be empty")

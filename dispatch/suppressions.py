@@ -18,6 +18,9 @@ from providers.addresses import InvalidAddressError, drop_root_dot, idna_domain,
 
 log = logging.getLogger(__name__)
 
+# The longest reason or source an entry is given by hand (the API's, the CLI's --reason).
+MAX_REASON = 200
+
 
 def suppression_key(email: str) -> str:
     """The list's key for an address: normalised and lower-cased (compared caselessly).

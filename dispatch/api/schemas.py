@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch.models import CampaignStatus, MessageState
+from dispatch.suppressions import MAX_REASON
 
 MAX_SEQ = 2**63 - 1  # a recipient's position is a Redis list index: signed 64 bits
 
@@ -274,10 +275,6 @@ class SuppressionEntry(Answer):
     reason: str
     source: str
     ts: float
-
-
-# The longest reason or source an entry is given by hand (here, and the CLI's --reason).
-MAX_REASON = 200
 
 
 class SuppressionRequest(BaseModel):
