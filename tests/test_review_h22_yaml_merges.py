@@ -58,13 +58,18 @@ vars:
 """
 
 
+def _send(folder: Path, text: str) -> int:
+    """``dispatch send`` of a campaign file holding ``text``, its provider saved."""
+    save_provider(dict(PROVIDER))
+    file = folder / "campaign.yaml"
+    file.write_text(text)
+    return main(["send", str(file)])
+
+
 def test_an_anchor_that_overrides_a_merge_and_is_merged_elsewhere_is_read(
     redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    save_provider(dict(PROVIDER))
-    file = tmp_path / "campaign.yaml"
-    file.write_text(MERGED)
-    assert main(["send", str(file)]) == 0, capsys.readouterr().err
+    assert _send(tmp_path, MERGED) == 0, capsys.readouterr().err
     assert campaign_reads.campaign_summary("merged-1")["total"] == 1
     offers = {"base": {"code": "BASE", "percent": 10}, "summer": {"code": "SUMMER", "percent": 10}}
     assert load_content("merged-1").vars == {"offers": offers, "offer": offers["summer"]}
@@ -73,10 +78,7 @@ def test_an_anchor_that_overrides_a_merge_and_is_merged_elsewhere_is_read(
 def test_a_key_given_twice_in_a_merged_anchor_is_still_refused(
     redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    save_provider(dict(PROVIDER))
-    file = tmp_path / "campaign.yaml"
-    file.write_text(TWICE_UNDER_A_MERGE)
-    assert main(["send", str(file)]) == 2
+    assert _send(tmp_path, TWICE_UNDER_A_MERGE) == 2
     err = capsys.readouterr().err
     assert "key 'code' first on line 11" in err and "line 12" in err
     assert "Traceback" not in err
