@@ -34,6 +34,7 @@ from dispatch.campaign_errors import (
 from dispatch.campaign_reads import get_status, load_content
 from dispatch.models import (
     COUNTER_NAMES,
+    CampaignContent,
     CampaignRequest,
     CampaignStatus,
     Recipient,
@@ -139,8 +140,7 @@ def create_campaign(
                 _append_and_send(campaign_id, request.recipients, r, send, resume_at)
         return campaign_id, False
     if request.recipients:
-        later = content.send_at is not None and content.send_at > datetime.now(UTC)
-        if request.draft or later:
+        if request.draft or send_later(content, r):
             append_recipients(campaign_id, request.recipients, client=r)
             if not request.draft:
                 start_campaign(campaign_id, client=r, enqueue=enqueue)
@@ -401,6 +401,13 @@ def unwatch_finished(r: redis.Redis, campaign_id: str) -> bool:
     )
 
 
+def send_later(content: CampaignContent, r: redis.Redis) -> bool:
+    """Whether the campaign's ``send_at`` is still ahead, on Redis's clock: the one beat's
+    release reads, whichever host runs it (an API or worker host whose clock ran ten
+    minutes ahead started a campaign due in five at once)."""
+    return content.send_at is not None and content.send_at.timestamp() > store.redis_time(r)
+
+
 def start_campaign(
     campaign_id: str, *, client: redis.Redis | None = None, enqueue: EnqueueBatch | None = None
 ) -> int:
@@ -413,7 +420,7 @@ def start_campaign(
     r = client or store.sync_client()
     content = load_content(campaign_id, r)
     now = datetime.now(UTC)
-    later = content.send_at is not None and content.send_at > now
+    later = send_later(content, r)
     batches, found = r.eval(
         _START,
         5,

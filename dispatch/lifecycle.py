@@ -507,7 +507,9 @@ def expire_due(
     """Expire every unfinished campaign whose ``expires_at`` has passed (beat); their ids
     (a big one's messages are settled by a worker right after, as for :func:`cancel`)."""
     r = client or store.sync_client()
-    due = r.zrangebyscore(store.EXPIRING_ZSET, 0, now if now is not None else time.time())
+    # On Redis's clock, whichever worker runs it (one whose clock ran ahead expired
+    # campaigns that long early).
+    due = r.zrangebyscore(store.EXPIRING_ZSET, 0, store.redis_time(r) if now is None else now)
     expired = []
     for member in due:
         campaign_id = str(member)
@@ -551,7 +553,9 @@ def release_due(
     errors of Redis as a whole (``beat_pass.redis_wide``).
     """
     r = client or store.sync_client()
-    due = r.zrangebyscore(store.SCHEDULED_ZSET, 0, now if now is not None else time.time())
+    # On Redis's clock, as start_campaign decides (campaigns.send_later): one worker
+    # whose clock ran ahead released each campaign whose release it took that long early.
+    due = r.zrangebyscore(store.SCHEDULED_ZSET, 0, store.redis_time(r) if now is None else now)
     started = []
     for member in due:
         campaign_id = str(member)
