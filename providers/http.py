@@ -18,7 +18,10 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
   use the API. Every message would fail the same way, and a key revoked half-way through
   a campaign would fail the rest of its list;
 * 3xx: ``FAILED``: redirects are not followed (a redirect could lead past the address
-  guard, and a POST body would be replayed somewhere the user never configured);
+  guard, and a POST body would be replayed somewhere the user never configured); but
+  303 (See Other) is ``UNKNOWN``: it points to the result of a request the server acted
+  on, so the message may have been taken (``FAILED`` would let retry-failed send it
+  again);
 * 413 (content too large) for a batch: the batch is sent again in halves, each halved
   again while refused, so that a payload limit (bytes or messages a request) fails no
   message that fits it; a message refused alone fails as any other 4xx;
@@ -402,6 +405,13 @@ def outcomes_for_response(
     if 300 <= status < 400:
         location = masked(headers.get("location", ""), secrets)
         detail = f"HTTP {status}: redirects are not followed (Location: {location[:200]})"
+        if status == 303:  # "See Other": where the result of what it did is (RFC 9110 §15.4.4)
+            detail += ": a 303 answers a request the provider acted on, it may have taken it"
+            unknown = OutcomeStatus.UNKNOWN
+            return [
+                SendOutcome(seq, unknown, _DISPATCH_FAILED, detail=detail, code=status)
+                for seq in seqs
+            ]
     return [
         SendOutcome(seq, OutcomeStatus.FAILED, _DISPATCH_FAILED, detail=detail, code=status)
         for seq in seqs

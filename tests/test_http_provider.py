@@ -581,6 +581,24 @@ async def test_redirects_are_not_followed() -> None:
     assert "redirects are not followed" in outcome.detail and "/elsewhere" in outcome.detail
 
 
+@pytest.mark.asyncio
+async def test_a_303_leaves_its_messages_unknown_and_other_redirects_fail_them() -> None:
+    """303 (See Other) points to the result of a request the server acted on: its
+    messages may have been taken, and ``failed`` let retry-failed send them again. A
+    307 or 308 asks for the request elsewhere: it was not taken."""
+    with HttpSink() as sink:
+        where = (("Location", sink.url + "/receipts/1"),)
+        sink.script(Reply(303, b"", headers=where), Reply(307, b"", headers=where),
+                    Reply(308, b"", headers=where))  # fmt: skip
+        outcomes = await send(local(http_config(sink.url)), [message(1), message(2), message(3)])
+        assert len(sink.requests) == 3  # none followed
+    assert [o.status for o in outcomes] == [
+        OutcomeStatus.UNKNOWN, OutcomeStatus.FAILED, OutcomeStatus.FAILED
+    ]  # fmt: skip
+    assert "may have taken it" in outcomes[0].detail and "/receipts/1" in outcomes[0].detail
+    assert all(o.code == status for o, status in zip(outcomes, (303, 307, 308), strict=True))
+
+
 @contextmanager
 def trickling_server(status_line: bytes) -> Iterator[str]:
     """A server on 127.0.0.1 that answers ``status_line`` at once, then sends its body
