@@ -164,16 +164,26 @@ def callback_bits_key(campaign_id: str, counter: str) -> str:
 
 def eviction_problem(client: redis.Redis) -> str | None:
     """What is wrong with the Redis's ``maxmemory-policy``, or None when it is
-    ``noeviction`` (or cannot be read: managed Redis may refuse CONFIG).
+    ``noeviction`` (or cannot be read: a Redis that refuses both INFO and CONFIG).
 
     Redis is the system of record: an evicted ledger record reads as "still queued" and
     its message would be sent again, an evicted lease or dedupe key lets a batch or a
     callback run twice. Every other policy evicts some of them under memory pressure.
+
+    Read from ``INFO memory`` (as /metrics reads it), else CONFIG: the managed Redis
+    services refuse CONFIG but answer INFO, and their default policy is volatile-lru
+    (ElastiCache, Memorystore, Azure Cache), which evicts leases, dedupe keys, paces and
+    quotas: a check by CONFIG alone never warned there.
     """
     try:
-        policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
-    except redis.ResponseError:
-        return None
+        policy = str(client.info("memory").get("maxmemory_policy", ""))
+    except redis.ResponseError:  # INFO refused: CONFIG may still answer
+        policy = ""
+    if not policy:
+        try:
+            policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+        except redis.ResponseError:
+            return None
     if policy in ("", "noeviction"):
         return None
     return (
