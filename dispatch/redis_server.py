@@ -30,6 +30,9 @@ STARTUP_TIMEOUT = 10.0
 PORT_TRIES = 3  # ports a server tries when the one it chose was taken before it bound it
 STATE_FILE_NAME = "up.json"
 PROBE_TIMEOUT = 1.0  # seconds a recorded server may take to answer
+# The start of an embedded server's folder name: how dispatch.store tells it (it keeps
+# nothing by design) from a Redis an operator runs without an append-only file.
+EMBEDDED_DIR_PREFIX = "dispatch-redis-"
 
 
 def find_redis_server() -> str:
@@ -85,7 +88,7 @@ class RedisServer:
         self._port_chosen = not port  # (chosen again if taken before the first start)
         self.appendonly = appendonly
         self.own_session = own_session
-        self._dir = tempfile.mkdtemp(prefix="dispatch-redis-")
+        self._dir = tempfile.mkdtemp(prefix=EMBEDDED_DIR_PREFIX)
         self._log = Path(self._dir) / "redis.log"  # (its reasons when it fails to start)
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import redis
 import redis.asyncio as aioredis
 
-from dispatch.redis_server import ensure_redis_url
+from dispatch.redis_server import EMBEDDED_DIR_PREFIX, ensure_redis_url
 
 PREFIX = "dispatch"
 EVENTS_STREAM = f"{PREFIX}:events"
@@ -191,6 +193,41 @@ def eviction_problem(client: redis.Redis) -> str | None:
         "dispatch's records and messages could be sent twice; set maxmemory-policy "
         "noeviction (and give Redis the memory the README's Redis memory section plans)"
     )
+
+
+def durability_problem(client: redis.Redis) -> str | None:
+    """What is wrong with how the Redis keeps its data, or None when it writes an
+    append-only file (or is the embedded Redis of ``dispatch up`` and the demo, which
+    keeps nothing by design, or cannot be read).
+
+    Redis is the system of record: without an AOF (Debian's and most packages' default
+    ``redis.conf`` only snapshots now and then) a restart or a failover loses the ledger
+    of the campaigns in flight and the callbacks already answered, and a campaign posted
+    again would be sent to every recipient again (review E23: a SIGKILL 740 sends into a
+    campaign left no trace of it).
+    """
+    try:
+        if str(client.info("persistence").get("aof_enabled", "1")) != "0":
+            return None
+    except redis.ResponseError:
+        return None
+    try:  # the embedded server's folder (dispatch.redis_server.RedisServer)
+        folder = str(client.config_get("dir").get("dir", ""))
+    except redis.ResponseError:  # managed Redis refuses CONFIG
+        folder = ""
+    if os.path.basename(folder.rstrip("/")).startswith(EMBEDDED_DIR_PREFIX):
+        return None
+    return (
+        "Redis keeps no append-only file (appendonly no): a restart or failover loses the "
+        "records of campaigns in flight and of callbacks already answered, and messages "
+        "could be sent twice; run Redis with appendonly yes (README: Operations)"
+    )
+
+
+def redis_problems(client: redis.Redis) -> list[str]:
+    """What the API and every worker warn about at start: how the Redis would lose data."""
+    found = (eviction_problem(client), durability_problem(client))
+    return [problem for problem in found if problem]
 
 
 _sync_client: redis.Redis | None = None

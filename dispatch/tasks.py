@@ -419,12 +419,12 @@ def pool_busy(processes: int, time_limit: float, now: float) -> bool:
 
 
 @worker_ready.connect
-def _warn_about_eviction(**_: object) -> None:
+def _warn_about_redis(**_: object) -> None:
     try:
-        problem = store.eviction_problem(store.sync_client())
+        problems = store.redis_problems(store.sync_client())
     except redis.RedisError:  # not reachable yet: Celery's own retries report it
         return
-    if problem:
+    for problem in problems:
         log.warning(problem)
 
 

@@ -61,8 +61,8 @@ def test_the_worker_warns_when_ready(lru: redis.Redis, caplog: pytest.LogCapture
     from celery.signals import worker_ready
 
     assert any(
-        getattr(receiver(), "__name__", "") == "_warn_about_eviction"
+        getattr(receiver(), "__name__", "") == "_warn_about_redis"
         for _, receiver in worker_ready.receivers
     )
-    tasks._warn_about_eviction()
+    tasks._warn_about_redis()
     assert any("allkeys-lru" in r.getMessage() for r in caplog.records if r.name == tasks.log.name)

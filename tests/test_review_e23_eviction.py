@@ -42,7 +42,7 @@ def test_the_worker_warns_about_it(
     managed: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(store, "sync_client", lambda: managed)
-    tasks._warn_about_eviction()
+    tasks._warn_about_redis()
     warned = [r.getMessage() for r in caplog.records if r.name == tasks.log.name]
     assert any("volatile-lru" in w for w in warned), caplog.text
 

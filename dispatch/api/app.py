@@ -43,10 +43,10 @@ _SERVICE_METRICS.register(RedisStateCollector())
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
-        problem = await run_in_threadpool(store.eviction_problem, store.sync_client())
+        problems = await run_in_threadpool(store.redis_problems, store.sync_client())
     except redis.RedisError:  # /healthz says so; the API starts anyway
-        problem = None
-    if problem:
+        problems = []
+    for problem in problems:
         log.warning(problem)
     yield
 
