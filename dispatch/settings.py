@@ -121,7 +121,8 @@ class Settings(BaseSettings):
     # than the dedupe TTL, so that a replayed notification is refused or recognised.
     sns_max_age_seconds: int = Field(default=DEFAULT_SNS_MAX_AGE_SECONDS, ge=0)
     # Signed Event Webhook: largest accepted distance between its timestamp and now
-    # (0: no bound; reference §2.5 advises a generous window).
+    # (0: no bound; reference §2.5 advises a generous window). At most the dedupe TTL:
+    # a post is signed before it is received, so a replay within the window is recognised.
     sendgrid_signature_tolerance_seconds: int = Field(
         default=DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS, ge=0
     )
@@ -208,6 +209,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must be less than DISPATCH_CALLBACK_DEDUPE_TTL_SECONDS ({ttl}): an SNS "
                 "message replayed after that would be applied again"
+            )
+        return value
+
+    @field_validator("sendgrid_signature_tolerance_seconds")
+    @classmethod
+    def _not_past_dedupe(cls, value: int, info: ValidationInfo) -> int:
+        ttl = info.data.get("callback_dedupe_ttl_seconds")
+        if value and ttl is not None and value > ttl:
+            raise ValueError(
+                f"must not be more than DISPATCH_CALLBACK_DEDUPE_TTL_SECONDS ({ttl}): a "
+                "signed SendGrid post replayed after that would be applied again"
             )
         return value
 

@@ -368,7 +368,10 @@ class SnsVerifier:
         """
         if not url.isascii() or any(ch.isspace() or ch == "\\" or ord(ch) < 32 for ch in url):
             raise CallbackRejected(f"invalid payload: {what} has forbidden characters")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unbalanced "[" or "]" ("Invalid IPv6 URL")
+            raise CallbackRejected(f"invalid payload: {what} is not a URL") from None
         if parts.scheme != "https":
             raise CallbackRejected(f"invalid payload: {what} must be an https URL")
         host = parts.hostname or ""
