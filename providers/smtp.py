@@ -186,6 +186,9 @@ class _PutOff:
     msg: OutgoingMessage
     envelope: Envelope  # the message's content, to the recipients still to be sent it
     refused: dict[str, str]  # each recipient after the first not (yet) sent it: why
+    # Made by :meth:`of`: ``refused`` holds every refusal of the message's own transaction
+    # (not a copy's), which the message's outcome also names.
+    own: bool = False
 
     @classmethod
     def of(
@@ -196,7 +199,7 @@ class _PutOff:
         if not later:
             return None
         refused = {r: str(reply) for r, reply in pairs if not reply.ok}
-        return cls(msg, replace(envelope, recipients=later), refused)
+        return cls(msg, replace(envelope, recipients=later), refused, own=True)
 
     def give_up(self, why: str) -> None:
         for rcpt in self.envelope.recipients:
@@ -272,10 +275,17 @@ class _Progress:
                 self.put_off.append(_PutOff(msg, envelope, {}))
 
     def note_put_off(self) -> None:
-        """Each sent message's detail names the recipients it did not reach, and why."""
+        """Each sent message's detail names the recipients it did not reach, and why: of
+        its own transaction and of its copies (two: one to the Bcc that need SMTPUTF8)."""
+        notes: dict[int, list[str]] = {}
         for item in self.put_off:
             seq = item.msg.seq
-            self.outcomes[seq] = replace(self.outcomes[seq], detail=item.detail())
+            if seq not in notes:  # (the item of its own transaction comes first)
+                notes[seq] = [] if item.own else [self.outcomes[seq].detail]
+            notes[seq].append(item.detail())
+        for seq, details in notes.items():
+            detail = "; ".join(filter(None, details))
+            self.outcomes[seq] = replace(self.outcomes[seq], detail=detail)
 
 
 class SmtpSession:
@@ -310,10 +320,21 @@ class SmtpSession:
                     msg.seq, OutcomeStatus.FAILED, error_class, str(exc)
                 )
                 continue
-            utf8 = not data.isascii() or any(map(needs_smtputf8, (sender, *recipients)))
+            utf8 = not data.isascii()  # the sender, To and Cc are in the headers
+            wide: tuple[str, ...] = ()
+            if not utf8 and any(map(needs_smtputf8, recipients)):
+                # So a Bcc, named in the envelope alone, needs SMTPUTF8 (RFC 6531): it gets
+                # a transaction of its own, and the others theirs without it, which a
+                # server that does not offer it takes too.
+                wide = tuple(filter(needs_smtputf8, recipients))
+                recipients = [r for r in recipients if not needs_smtputf8(r)]
             if copy is not None:
-                copies.append((msg, Envelope(sender, tuple(recipients[1:]), dot_stuff(copy), utf8)))
+                if len(recipients) > 1:
+                    stuffed = dot_stuff(copy)
+                    copies.append((msg, Envelope(sender, tuple(recipients[1:]), stuffed, utf8)))
                 recipients = recipients[:1]
+            if wide:
+                copies.append((msg, Envelope(sender, wide, dot_stuff(copy or data), True)))
             ready.append((msg, Envelope(sender, tuple(recipients), dot_stuff(data), utf8)))
         put_off = progress.put_off
         if ready:
@@ -455,6 +476,14 @@ class SmtpSession:
                 for item in pending:
                     item.give_up(f"not sent: {exc.detail}")
                 return
+            if not wire.smtputf8:  # (RFC 6531 §3.4: never downgraded)
+                host = self._transport.config.effective_host
+                for item in pending:
+                    if item.envelope.utf8:
+                        item.give_up(f"needs SMTPUTF8 (RFC 6531), which {host} does not offer")
+                pending = [item for item in pending if item.envelope.recipients]
+                if not pending:
+                    return
             limit = self._transport.config.max_messages_per_connection
             room = limit - self.sent_on_connection if limit else len(pending)
             attempt, pending = pending[:room], pending[room:]
