@@ -59,17 +59,21 @@ def _page(name: str, status: int = 200, **context: object) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
 
+def _not_valid() -> HTMLResponse:
+    return _page(
+        "notice.html",
+        404,
+        heading="This link is not valid",
+        text="It may have been cut short when it was copied. Open it again from the "
+        "email, or use the unsubscribe link of a more recent email from us.",
+    )
+
+
 def _token(token: str) -> UnsubscribeToken | HTMLResponse:
     try:
         return read_token(token)
     except (InvalidTokenError, ValueError):
-        return _page(
-            "notice.html",
-            404,
-            heading="This link is not valid",
-            text="It may have been cut short when it was copied. Open it again from the "
-            "email, or use the unsubscribe link of a more recent email from us.",
-        )
+        return _not_valid()
 
 
 def _custom_center(token: UnsubscribeToken) -> str:
@@ -217,6 +221,19 @@ def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Respons
         shown = set(form["shown"]) if "shown" in form else None
         preferences.set_choices(parsed.email, set(form.get("category", [])), shown=shown)
     return _preferences_page(parsed, saved=True)
+
+
+async def link_without_token() -> Response:
+    """A link cut short before its token (a wrapped line breaks a long URL after a slash):
+    the page of a link that is not valid, as for a token cut short (it was the API's JSON
+    ``{"detail": "Not Found"}``, without the pages' headers)."""
+    return _not_valid()
+
+
+for _path in ("/u", "/u/", "/preferences", "/preferences/"):
+    router.api_route(_path, methods=["GET", "HEAD", "POST"], include_in_schema=False)(
+        link_without_token
+    )
 
 
 # HEAD answers like GET (link checkers and mail scanners ask with it; nothing changes),
