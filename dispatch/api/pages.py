@@ -223,17 +223,16 @@ def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Respons
     return _preferences_page(parsed, saved=True)
 
 
-async def link_without_token() -> Response:
+async def link_without_token(_: Request) -> Response:
     """A link cut short before its token (a wrapped line breaks a long URL after a slash):
     the page of a link that is not valid, as for a token cut short (it was the API's JSON
     ``{"detail": "Not Found"}``, without the pages' headers)."""
     return _not_valid()
 
 
+# Plain routes, not API operations: pages for links that name nothing.
 for _path in ("/u", "/u/", "/preferences", "/preferences/"):
-    router.api_route(_path, methods=["GET", "HEAD", "POST"], include_in_schema=False)(
-        link_without_token
-    )
+    router.add_route(_path, link_without_token, ["GET", "HEAD", "POST"], include_in_schema=False)
 
 
 # HEAD answers like GET (link checkers and mail scanners ask with it; nothing changes),
