@@ -1,11 +1,17 @@
-"""The compose file as a platform team meets it (review F23): Flower's login reaches Flower.
+"""The compose file as a platform team meets it (review F23): Flower's login reaches Flower,
+and no message goes out with links to localhost.
 
 The README and the compose file say to give Flower ``FLOWER_BASIC_AUTH`` before publishing
 it beyond the host, and the compose path of the README exports the settings where compose
 runs. The flower service took only the dispatch services' environment: a login exported
 there never reached Flower, which then served its pages (revoke tasks, stop workers) to
 anyone once its port was published. It is now passed on when set, and left unset, not
-empty, when not (Flower takes an empty value for a login nobody can give)."""
+empty, when not (Flower takes an empty value for a login nobody can give).
+
+``DISPATCH_PUBLIC_URL`` fell back to ``http://localhost:8000`` when it was not exported:
+every message's unsubscribe links (List-Unsubscribe, the one-click of RFC 8058) and the
+providers' callback URLs then named localhost, and nothing warned (a loopback URL is a
+trial's). Compose now refuses to start without it, as without the secret key and tokens."""
 
 from __future__ import annotations
 
@@ -27,7 +33,15 @@ from dispatch.sinks import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where compose runs: what the README's compose path exports.
-EXPORTED = {"DISPATCH_SECRET_KEY": "k" * 43, "DISPATCH_API_TOKENS": "tok"}
+EXPORTED = {
+    "DISPATCH_SECRET_KEY": "k" * 43,
+    "DISPATCH_API_TOKENS": "tok",
+    "DISPATCH_PUBLIC_URL": "https://mail.acme.example",
+}
+
+
+class ComposeRefuses(Exception):
+    """``${VAR:?error}`` of an unset variable: compose stops before any container starts."""
 
 
 def _interpolate(value: str, host: Mapping[str, str]) -> str:
@@ -38,7 +52,7 @@ def _interpolate(value: str, host: Mapping[str, str]) -> str:
         if host.get(name):
             return host[name]
         if op == ":?":
-            raise AssertionError(f"compose refuses to start: {arg}")
+            raise ComposeRefuses(arg)
         return arg if op == ":-" else host.get(name, "")
 
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
@@ -66,6 +80,15 @@ def test_flower_gets_the_login_exported_where_compose_runs(login: str | None) ->
     flower.pop("FLOWER_BASIC_AUTH", None)
     assert flower == resolved_environment("worker", host)
     assert "FLOWER_BASIC_AUTH" not in resolved_environment("worker", host)
+
+
+@pytest.mark.parametrize("service", ["web", "worker", "beat"])
+def test_compose_wants_the_public_url_that_every_link_is_built_on(service: str) -> None:
+    forgotten = {k: v for k, v in EXPORTED.items() if k != "DISPATCH_PUBLIC_URL"}
+    with pytest.raises(ComposeRefuses, match="DISPATCH_PUBLIC_URL"):
+        resolved_environment(service, forgotten)
+    given = resolved_environment(service, EXPORTED)
+    assert given["DISPATCH_PUBLIC_URL"] == EXPORTED["DISPATCH_PUBLIC_URL"]
 
 
 @contextmanager
