@@ -1,5 +1,6 @@
 """POST /v1/suppressions (a streamed bulk import) and GET /v1/suppressions' reason and
-source filters, through the real app over HTTP on the real Redis."""
+source filters, through the real app over HTTP on the real Redis, and the client's
+add_suppressions and filtered iter_suppressions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import redis
 from dispatch import store
 from dispatch.suppressions import MAX_REASON
 from tests.api_server import ApiServer
-from tests.api_support import api_client, covers
+from tests.api_support import api_client, covers, dispatch_client
 
 BOM = b"\xef\xbb\xbf"
 OWN_UNSUBSCRIBE = {
@@ -232,3 +233,30 @@ def test_the_list_filters_by_reason_and_source_page_by_page(
     assert sorted(set(both)) == sorted(f"p{i}@example.com" for i in range(0, 300, 6))
     assert none == []
     assert (too_long.status_code, too_long.json()["field"]) == (422, "reason")
+
+
+@covers("POST /v1/suppressions", "GET /v1/suppressions")
+def test_the_client_imports_and_walks_a_filtered_list(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(store.SUPPRESSIONS_HASH, "pre@example.com", orjson.dumps(COMPLAINT))
+    items: list[Any] = [
+        "Ann@Example.com",
+        {"email": "bob@example.com", "reason": "hard_bounce"},
+        "no-address",
+        {"email": "pre@example.com"},
+        {"email": "cy@example.com", "reason": object()},  # cannot be written as JSON
+        "dee@example.com",
+    ]
+    with dispatch_client(api_server) as client:
+        result = client.add_suppressions(iter(items), reason="esp export", source="import:esp")
+        imported = sorted(e.email for e in client.iter_suppressions(10, source="import:esp"))
+        bounced = [e.email for e in client.iter_suppressions(reason="hard_bounce")]
+        spam = [e.email for e in client.iter_suppressions(reason="spam", source="callback:mail")]
+
+    assert (result.added, result.already_suppressed, result.invalid) == (3, 1, 2)
+    assert [(e.line, e.field) for e in result.errors] == [(3, "email"), (5, "reason")]
+    assert imported == ["ann@example.com", "bob@example.com", "dee@example.com"]
+    assert bounced == ["bob@example.com"]
+    assert spam == ["pre@example.com"]
+    assert _entries(redis_client)["ann@example.com"]["reason"] == "esp export"
