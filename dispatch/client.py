@@ -30,9 +30,9 @@ PUT and DELETE, ``create_campaign`` (it always sends an ``id``, making one up wh
 body has none, so a repeat is recognised: one campaign, never two; with inline
 recipients a repeat answers once the whole list is stored, storing the rest itself when
 the first request failed or died part-way), pause, resume and cancel.
-``start_campaign``, ``retry_failed``, ``test_provider`` (a real message) and
-``append_recipients`` (its iterable is read once) are not repeated after their request
-may have arrived: the :class:`Unavailable` they raise says so.
+``start_campaign``, ``retry_failed``, ``test_provider`` (a real message),
+``append_recipients`` and ``add_suppressions`` (their iterable is read once) are not
+repeated after their request may have arrived: the :class:`Unavailable` they raise says so.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from dispatch.api.schemas import (
     ProviderView,
     RetryResult,
     SuppressionEntry,
+    SuppressionImportResult,
     SuppressionPage,
     TestEmailResult,
     UnsubscribeTokenView,
@@ -227,10 +228,21 @@ class _Lines:
         """``result`` with the recipients that were not sent among its errors."""
         if self.unwritable:
             result.rejected += self.unwritable
-            listed = sorted([*result.errors, *self.problems], key=lambda p: p.line or 0)
-            result.errors = listed[:MAX_LISTED_PROBLEMS]
-            result.errors_truncated |= len(result.errors) < result.rejected
+            result.errors, result.errors_truncated = self._merged(result.errors, result.rejected)
         return result
+
+    def into_import(self, result: SuppressionImportResult) -> SuppressionImportResult:
+        """``result`` with the items that were not sent among its errors (``invalid``)."""
+        if self.unwritable:
+            result.invalid += self.unwritable
+            result.errors, result.errors_truncated = self._merged(result.errors, result.invalid)
+        return result
+
+    def _merged(self, errors: list[AppendProblem], in_all: int) -> tuple[list[AppendProblem], bool]:
+        """The API's ``errors`` and those not sent, in line order, the first listed; and
+        whether some of the ``in_all`` are not."""
+        listed = sorted([*errors, *self.problems], key=lambda p: p.line or 0)
+        return listed[:MAX_LISTED_PROBLEMS], len(listed[:MAX_LISTED_PROBLEMS]) < in_all
 
 
 def _unwritable(value: Any, exc: orjson.JSONEncodeError) -> tuple[str, str]:
@@ -442,12 +454,19 @@ class DispatchClient:
         started.
         """
         lines = _Lines(recipients)
+        path = _campaign_path(campaign_id, "recipients")
+        return lines.into(self._stream(AppendResult, path, lines))
+
+    def _stream(self, model: type[M], path: str, lines: _Lines, **params: Any) -> M:
+        """POST ``lines`` as NDJSON; raises :class:`InvalidRequest` naming the first line
+        that could not be written when none could (the API saw only blank lines)."""
         try:
-            result = self._model(
-                AppendResult,
+            return self._model(
+                model,
                 "POST",
-                _campaign_path(campaign_id, "recipients"),
+                path,
                 content=lines,
+                params=_params(**params),
                 headers={"Content-Type": "application/x-ndjson"},
             )
         except InvalidRequest as exc:
@@ -463,7 +482,6 @@ class DispatchClient:
                 for p in lines.problems
             ]
             raise InvalidRequest(exc.status_code, detail, first.field, problems) from None
-        return lines.into(result)
 
     def get_campaign(self, campaign_id: str) -> CampaignSummary:
         """Raises :class:`NotFound`."""
@@ -628,14 +646,53 @@ class DispatchClient:
             return False
         return True
 
-    def list_suppressions(self, *, cursor: str | None = None, limit: int = 100) -> SuppressionPage:
-        params = _params(limit=limit, cursor=cursor)
+    def add_suppressions(
+        self,
+        items: Iterable[str | Mapping[str, Any]],
+        *,
+        reason: str | None = None,
+        source: str | None = None,
+    ) -> SuppressionImportResult:
+        """Suppress many addresses in one streamed request (any number: the iterable is
+        read lazily), as ``dispatch suppressions add --file`` does. Each item is an
+        address, or ``{"email": ..., "reason": ...}`` with a reason of its own; ``reason``
+        is the others' (the API's default ``manual``), ``source`` every entry's (``api``).
+
+        Counts ``added``, ``already_suppressed`` and ``invalid``; bad items are listed in
+        the result (``line``: 1-based position in ``items``), not raised. Not repeated
+        after the request may have arrived (the iterable is read once): sending the same
+        items again is safe, those added count as already suppressed.
+        """
+        lines = _Lines({"email": i} if isinstance(i, str) else i for i in items)
+        result = self._stream(
+            SuppressionImportResult, "/v1/suppressions", lines, reason=reason, source=source
+        )
+        return lines.into_import(result)
+
+    def list_suppressions(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        reason: str | None = None,
+        source: str | None = None,
+    ) -> SuppressionPage:
+        """One step of the scan (see :meth:`iter_suppressions`); with ``reason`` or
+        ``source`` (exact) the page may be short or empty and still have a next cursor."""
+        params = _params(limit=limit, cursor=cursor, reason=reason, source=source)
         return self._model(SuppressionPage, "GET", "/v1/suppressions", params=params)
 
-    def iter_suppressions(self, page_size: int = 500) -> Iterator[SuppressionEntry]:
-        """Every suppressed address, page after page (a scan: an entry present throughout
-        comes at least once, twice when entries are removed during the walk)."""
-        return _walk(lambda cursor: self.list_suppressions(cursor=cursor, limit=page_size))
+    def iter_suppressions(
+        self, page_size: int = 500, *, reason: str | None = None, source: str | None = None
+    ) -> Iterator[SuppressionEntry]:
+        """Every suppressed address (whose reason, source is exactly ``reason``,
+        ``source``), page after page (a scan: an entry present throughout comes at least
+        once, twice when entries are removed during the walk)."""
+        return _walk(
+            lambda cursor: self.list_suppressions(
+                cursor=cursor, limit=page_size, reason=reason, source=source
+            )
+        )
 
     # -- preferences (an address's categories) -------------------------------------------
 

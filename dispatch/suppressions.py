@@ -127,7 +127,7 @@ CHUNK = 1000
 
 
 def add_many(
-    emails: Iterable[str],
+    emails: Iterable[str | tuple[str, str]],
     *,
     reason: str,
     source: str,
@@ -136,6 +136,10 @@ def add_many(
 ) -> tuple[int, int]:
     """Suppress every address of ``emails`` (read as they come: a file of millions is
     never held whole), :data:`CHUNK` to a round trip; ``(added, already suppressed)``.
+    Each is an address (entered with ``reason``) or an ``(address, its own reason)``
+    pair (``POST /v1/suppressions``; the caller checked that reason). The one import of
+    both the CLI's ``suppressions add --file`` and the API's.
+
     An existing entry is kept (or replaced) as :func:`add` does; a replaced one counts as
     already suppressed, as :func:`put` tells it. An address we could not
     send to is given to ``invalid`` with its position (1-based) and the error; its
@@ -162,11 +166,12 @@ def add_many(
         added, already = added + new, already + len(chunk) - new
         chunk.clear()
 
-    for position, email in enumerate(emails, 1):
+    for position, item in enumerate(emails, 1):
+        email, why = (item, reason) if isinstance(item, str) else item
         if not email.strip():
             continue
         try:
-            entry = _new_entry(email, reason, source, None)
+            entry = _new_entry(email, why, source, None)
         except InvalidAddressError as exc:
             if invalid is not None:
                 invalid(position, email, exc)
@@ -228,13 +233,29 @@ def remove(email: str, *, client: redis.Redis | None = None) -> bool:
 
 
 def page(
-    cursor: int = 0, count: int = 100, *, client: redis.Redis | None = None
+    cursor: int = 0,
+    count: int = 100,
+    *,
+    reason: str | None = None,
+    source: str | None = None,
+    client: redis.Redis | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """One page of entries and the cursor of the next (0 when done)."""
+    """One page of entries and the cursor of the next (0 when done); with ``reason`` or
+    ``source``, those of the page's entries whose reason or source is exactly that. The
+    filter applies to the entries one scan step read (HSCAN's MATCH sees only the
+    addresses), so a filtered page may be short, or empty with a next cursor."""
     r = client or store.sync_client()
     next_cursor, items = r.hscan(store.SUPPRESSIONS_HASH, cursor=cursor, count=count)
     values = items.values() if isinstance(items, dict) else items
-    return int(next_cursor), [orjson.loads(v) for v in values]
+    entries = [orjson.loads(v) for v in values]
+    if reason is not None or source is not None:
+        entries = [
+            e
+            for e in entries
+            if (reason is None or e.get("reason") == reason)
+            and (source is None or e.get("source") == source)
+        ]
+    return int(next_cursor), entries
 
 
 def iter_entries(*, client: redis.Redis | None = None) -> Iterator[dict[str, Any]]:

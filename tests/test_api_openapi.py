@@ -191,6 +191,8 @@ def test_real_answers_match_the_document(api_server: ApiServer, redis_client: re
         check(api.post("/v1/campaigns/doc-1/pause"), "/v1/campaigns/{campaign_id}/pause", "post")
         check(api.put("/v1/suppressions/s@example.com"), "/v1/suppressions/{email}", "put")
         check(api.get("/v1/suppressions"), "/v1/suppressions", "get")
+        imported = api.post("/v1/suppressions", json=[{"email": "i@example.com"}, {"email": "x"}])
+        check(imported, "/v1/suppressions", "post")
         check(
             api.get("/v1/providers", headers={"Authorization": "Bearer no"}), "/v1/providers", "get"
         )
@@ -317,6 +319,9 @@ def test_every_error_a_route_answers_is_in_the_document(
             ],
             ("get", "/v1/suppressions", api.get("/v1/suppressions?cursor=x")),
             ("get", "/v1/suppressions", api.get("/v1/suppressions?limit=0")),
+            ("post", "/v1/suppressions", api.post("/v1/suppressions", content=b"")),
+            ("post", "/v1/suppressions", api.post("/v1/suppressions?reason=%20", json=[])),
+            ("post", "/v1/suppressions", anonymous.post("/v1/suppressions", json=[])),
             ("get", "/v1/suppressions/{email}", api.get("/v1/suppressions/a@example.com")),
             ("put", "/v1/suppressions/{email}", api.put("/v1/suppressions/not-an-address")),
             ("put", "/v1/suppressions/{email}",

@@ -37,7 +37,6 @@ from dispatch.api.errors import (
 )
 from dispatch.api.json_bodies import StrictJsonRoute
 from dispatch.api.schemas import (
-    AppendProblem,
     AppendResult,
     CallbackCounter,
     CampaignPage,
@@ -49,6 +48,14 @@ from dispatch.api.schemas import (
     RetryResult,
     TestEmailResult,
 )
+from dispatch.api.streamed_bodies import (
+    MAX_REPORTED_PROBLEMS,
+    decoded_body,
+    listed,
+    located_problem,
+    read_documents,
+    refuse_form_upload,
+)
 from dispatch.campaign_test import send_campaign_test, stored_recipient_at
 from dispatch.models import (
     CAMPAIGN_ID_PATTERN,
@@ -59,10 +66,7 @@ from dispatch.models import (
 )
 from dispatch.recipient_pages import stored_count
 from dispatch.recipient_stream import (
-    ENCODINGS,
-    BodyDecoder,
     Document,
-    EmptyBodyError,
     RecipientSplitter,
     StreamFormatError,
 )
@@ -78,7 +82,6 @@ router = APIRouter(
 )
 
 CampaignId = Annotated[str, Path(pattern=CAMPAIGN_ID_PATTERN, description="The campaign's id")]
-MAX_REPORTED_PROBLEMS = 1000  # an append lists this many bad recipients, then only counts
 MAX_PAGE = 1000
 _BOTH = {**NOT_FOUND, **CONFLICT}
 
@@ -192,8 +195,7 @@ async def _append_stream(
         if len(result.errors) >= MAX_REPORTED_PROBLEMS:
             result.errors_truncated = True
             return
-        where = {"index": position} if splitter.format == "array" else {"line": position}
-        result.errors.append(AppendProblem(field=field, message=message, **where))
+        result.errors.append(located_problem(splitter.format, position, field, message))
 
     async def flush() -> None:
         appended, duplicates = await run_in_threadpool(appender.add, batch)
@@ -216,12 +218,8 @@ async def _append_stream(
                 await flush()
 
     try:
-        async for chunk in chunks:
-            await take(splitter.feed(chunk))
-        await take(splitter.finish())
+        await read_documents(chunks, splitter, take)
         await flush()
-    except EmptyBodyError:
-        raise InvalidFieldError("empty: send NDJSON or a JSON array", "body") from None
     except ClientDisconnect:
         # Nobody to answer: keep the whole documents read, as after a broken body (the
         # client sends the body again; what the campaign has is skipped).
@@ -240,7 +238,7 @@ async def _append_stream(
             message += f"; the {result.appended} recipients appended before it stay in the "
             message += "campaign"
         message += _rejected_before(result)
-        problems = [(exc.field, message), *_listed(result)]
+        problems = [(exc.field, message), *listed(result.errors)]
         raise campaigns.CampaignStateError(message, exc.field, problems) from None
     except StreamFormatError as exc:
         await take(exc.documents)  # those completed before the fault are kept
@@ -249,7 +247,9 @@ async def _append_stream(
             f"{exc}; the {result.appended} valid recipients before it were appended (send "
             f"the rest again: addresses the campaign has are skipped){_rejected_before(result)}"
         )
-        raise InvalidFieldError(message, "body", [("body", message), *_listed(result)]) from None
+        raise InvalidFieldError(
+            message, "body", [("body", message), *listed(result.errors)]
+        ) from None
     result.total = campaign_reads.get_counters(appender.campaign_id, appender.r)["total"]
     return result
 
@@ -260,18 +260,6 @@ def _rejected_before(result: AppendResult) -> str:
         return ""
     more = ", the first listed" if result.errors_truncated else ""
     return f"; {result.rejected} rejected before it (in errors{more})"
-
-
-def _listed(result: AppendResult) -> list[tuple[str, str]]:
-    """The rejected recipients as an error body lists them: the field, and the message
-    led by the position (``line 3: ...`` or ``index 2: ...``)."""
-    return [
-        (
-            p.field,
-            f"line {p.line}: {p.message}" if p.index is None else f"index {p.index}: {p.message}",
-        )
-        for p in result.errors
-    ]
 
 
 @router.post(
@@ -293,44 +281,13 @@ async def append_recipients(campaign_id: CampaignId, request: Request) -> Append
     lists the bad ones among them in ``errors`` (``line 3: ...``, ``index 2: ...``).
     ``Content-Encoding: gzip`` or ``deflate`` bodies are inflated as they stream.
     """
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media.startswith("multipart/"):
-        raise InvalidFieldError(
-            f"{media} is a form upload: send the recipients as the body itself (NDJSON, "
-            "or a JSON array)",
-            "content-type",
-        )
-    chunks = _decoded(request)
+    refuse_form_upload(request, "the recipients")
+    chunks = decoded_body(request)
     appender = await run_in_threadpool(recipient_append.RecipientAppender, campaign_id)
     try:
         return await _append_stream(appender, chunks)
     except ClientDisconnect:
         return Response(status_code=status.HTTP_400_BAD_REQUEST)  # nobody reads it
-
-
-def _decoded(request: Request) -> AsyncIterator[bytes]:
-    """The body as it arrives, inflated if it is sent gzip or deflate compressed.
-
-    Raises :class:`InvalidFieldError` (field ``content-encoding``) for another encoding;
-    the iterator raises :class:`StreamFormatError` for a body not in its encoding.
-    """
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        return request.stream()
-    if encoding not in ENCODINGS:
-        raise InvalidFieldError(
-            f"{encoding!r} is not supported: send the body as it is, or gzip or deflate compressed",
-            "content-encoding",
-        )
-
-    async def inflated() -> AsyncIterator[bytes]:
-        decoder = BodyDecoder(encoding)
-        async for chunk in request.stream():
-            for piece in decoder.feed(chunk):
-                yield piece
-        decoder.finish()
-
-    return inflated()
 
 
 def _operation(name: str, summary: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from dispatch.models import CampaignStatus, MessageState
 from dispatch.suppressions import MAX_REASON
@@ -277,13 +277,46 @@ class SuppressionEntry(Answer):
     ts: float
 
 
+def not_blank(text: str) -> str:
+    """``text``; raises ``ValueError`` when it is only white space (a pydantic check)."""
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+# A suppression's reason or source given by hand: 1 to MAX_REASON characters, not blank
+# (an unset variable in a script made entries that said no reason), as the CLI's --reason.
+Reason = Annotated[str, Field(min_length=1, max_length=MAX_REASON), AfterValidator(not_blank)]
+
+
 class SuppressionRequest(BaseModel):
     """``PUT /v1/suppressions/{email}``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="manual", min_length=1, max_length=MAX_REASON)
-    source: str = Field(default="api", min_length=1, max_length=MAX_REASON)
+    reason: Reason = "manual"
+    source: Reason = "api"
+
+
+class SuppressionImportItem(BaseModel):
+    """One address of ``POST /v1/suppressions``: ``reason``, when given, its own (else
+    the request's ``?reason=``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Annotated[str, Field(min_length=1, max_length=320), AfterValidator(not_blank)]
+    reason: Reason | None = None
+
+
+class SuppressionImportResult(Answer):
+    """What an import did: every valid address is on the list, bad items are listed
+    (NDJSON ``line`` or array ``index``), the first 1,000 of them."""
+
+    added: int = 0
+    already_suppressed: int = 0
+    invalid: int = 0
+    errors: list[AppendProblem] = Field(default_factory=list)
+    errors_truncated: bool = False
 
 
 class SuppressionPage(Answer):

@@ -1,0 +1,94 @@
+"""Bodies read as they arrive (NDJSON or one JSON array): the recipient append and the
+suppression import take theirs the same way, and name a bad document the same way."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import Request
+
+from dispatch.api.errors import InvalidFieldError
+from dispatch.api.schemas import AppendProblem
+from dispatch.recipient_stream import (
+    ENCODINGS,
+    BodyDecoder,
+    Document,
+    EmptyBodyError,
+    Format,
+    RecipientSplitter,
+)
+
+MAX_REPORTED_PROBLEMS = 1000  # a streamed body's answer lists this many bad documents
+
+
+def refuse_form_upload(request: Request, what: str) -> None:
+    """Raises :class:`InvalidFieldError` (field ``content-type``) for a multipart form:
+    ``what`` (``the recipients``) is sent as the body itself."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media.startswith("multipart/"):
+        raise InvalidFieldError(
+            f"{media} is a form upload: send {what} as the body itself (NDJSON, or a JSON array)",
+            "content-type",
+        )
+
+
+def decoded_body(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives, inflated if it is sent gzip or deflate compressed.
+
+    Raises :class:`InvalidFieldError` (field ``content-encoding``) for another encoding;
+    the iterator raises :class:`StreamFormatError` for a body not in its encoding.
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return request.stream()
+    if encoding not in ENCODINGS:
+        raise InvalidFieldError(
+            f"{encoding!r} is not supported: send the body as it is, or gzip or deflate compressed",
+            "content-encoding",
+        )
+
+    async def inflated() -> AsyncIterator[bytes]:
+        decoder = BodyDecoder(encoding)
+        async for chunk in request.stream():
+            for piece in decoder.feed(chunk):
+                yield piece
+        decoder.finish()
+
+    return inflated()
+
+
+async def read_documents(
+    chunks: AsyncIterator[bytes],
+    splitter: RecipientSplitter,
+    take: Callable[[list[Document]], Awaitable[None]],
+) -> None:
+    """Split the body's ``chunks`` and hand ``take`` the documents as they complete.
+
+    Raises :class:`InvalidFieldError` (field ``body``) for an empty body, and
+    :class:`StreamFormatError` (with the documents completed before the fault) for one
+    that is not NDJSON or a JSON array.
+    """
+    try:
+        async for chunk in chunks:
+            await take(splitter.feed(chunk))
+        await take(splitter.finish())
+    except EmptyBodyError:
+        raise InvalidFieldError("empty: send NDJSON or a JSON array", "body") from None
+
+
+def located_problem(body_format: Format, position: int, field: str, message: str) -> AppendProblem:
+    """A bad document, named by its NDJSON ``line`` or its array ``index``."""
+    where = {"index": position} if body_format == "array" else {"line": position}
+    return AppendProblem(field=field, message=message, **where)
+
+
+def listed(problems: list[AppendProblem]) -> list[tuple[str, str]]:
+    """Bad documents as an error body lists them: the field, and the message led by the
+    position (``line 3: ...`` or ``index 2: ...``)."""
+    return [
+        (
+            p.field,
+            f"line {p.line}: {p.message}" if p.index is None else f"index {p.index}: {p.message}",
+        )
+        for p in problems
+    ]
