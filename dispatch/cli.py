@@ -382,7 +382,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     return status
 
 
-STOP_WAIT_SECONDS = 60  # as the compose file's stop_grace_period for workers
+# How long ``up`` waits for a process after Ctrl-C before it kills it: a person at a
+# terminal waits a minute, not the 11 minutes the compose file gives workers
+# (``stop_grace_period``, a provider's late reply to a message's end); a chunk still waiting
+# then ends ``unknown``, as the README's Stopping a worker says of a shorter grace period.
+STOP_WAIT_SECONDS = 60
 
 
 QUICK_EXIT_SECONDS = 30  # a process that ran shorter than this exited "at once"
