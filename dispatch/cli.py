@@ -676,16 +676,16 @@ def cmd_messages(args: argparse.Namespace) -> int:
         if given is not None and given not in known:
             print(f"error: {option} {given!r}: give one of {', '.join(known)}", file=sys.stderr)
             return 2
-    if args.email is not None:
-        try:
-            normalize_address(args.email)
-        except InvalidAddressError as exc:  # it printed nothing: a typo looked like "none"
-            if not message_pages.holds_address(args.id, args.email):  # (an inline list's)
-                print(f"error: --email: {exc}", file=sys.stderr)
-                return 2
     cursor: int | None = 0
     shown = 0
     try:
+        if args.email is not None:
+            try:
+                normalize_address(args.email)
+            except InvalidAddressError as exc:  # it printed nothing: a typo looked like "none"
+                if not message_pages.holds_address(args.id, args.email):  # (an inline list's)
+                    print(f"error: --email: {exc}", file=sys.stderr)
+                    return 2
         while cursor is not None:
             items, cursor = message_pages.messages_page(
                 args.id,

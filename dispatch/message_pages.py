@@ -38,9 +38,13 @@ def _meta(email: str, seq: int, content: CampaignContent, send_date: str) -> str
 def holds_address(campaign_id: str, email: str, client: redis.Redis | None = None) -> bool:
     """Whether the campaign was given ``email``, compared as :func:`messages_page`
     compares (a text that is no address too: an inline list is stored as it was given,
-    and such a recipient fails at send time)."""
+    and such a recipient fails at send time). Raises
+    :class:`campaigns.CampaignNotFoundError`, :class:`retention.CampaignPurgedError`."""
     r = client or store.sync_client()
-    return bool(seqs_of_address(r, campaign_id, suppression_key(email)))
+    campaign_reads.load_content(campaign_id, r)
+    held = bool(seqs_of_address(r, campaign_id, suppression_key(email)))
+    retention.ensure_not_purged(r, campaign_id)  # after the read: a purge during it too
+    return held
 
 
 def messages_page(
@@ -65,8 +69,9 @@ def messages_page(
 
     Each message's ``callbacks`` lists the callback counters it was counted in (each
     once, however many such callbacks came), in :data:`CALLBACK_COUNTERS` order. Raises
-    :class:`campaigns.CampaignNotFoundError`, ``ValueError`` for an unknown status or
-    callback.
+    :class:`campaigns.CampaignNotFoundError`, :class:`retention.CampaignPurgedError`
+    (also when the purge comes while the page is read), ``ValueError`` for an unknown
+    status or callback.
     """
     if status is not None and status not in MESSAGE_STATUSES:
         raise ValueError(f"status: one of {', '.join(MESSAGE_STATUSES)}")
@@ -81,7 +86,9 @@ def messages_page(
     retention.ensure_not_purged(r, campaign_id)
     if email is not None:
         found: list[dict[str, Any]] = []
-        for at in seqs_of_address(r, campaign_id, suppression_key(email)):
+        held_at = seqs_of_address(r, campaign_id, suppression_key(email))
+        retention.ensure_not_purged(r, campaign_id)  # (purged while read: it found none)
+        for at in held_at:
             one, _ = messages_page(campaign_id, cursor=at, limit=1, client=r)
             found += [m for m in one if wanted(m["status"], m["callbacks"])]
         return found, None
@@ -101,7 +108,13 @@ def messages_page(
         pipe.hmget(store.ledger_key(campaign_id), seqs)
         pipe.smismember(store.retried_key(campaign_id), seqs)
         bytes_read = _callback_bytes(pipe, campaign_id, seq, window)
-        pages, records, retried, *bits = pipe.execute()
+        # Read last: a purge (one script) that came after the check above, or between
+        # two of these reads, is seen here (its reads found no recipients, or no records:
+        # every message would have read as queued).
+        pipe.hget(store.campaign_key(campaign_id), "purged_at")
+        pages, records, retried, *bits, purged = pipe.execute()
+        if purged is not None:
+            raise retention.CampaignPurgedError(campaign_id, float(purged))
         docs = lines_of(pages, at, window)
         for offset, (doc, rec_raw, was_retried) in enumerate(
             zip(docs, records, retried, strict=True)
