@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -30,6 +30,7 @@ DEFAULT_SLOT_WAIT_SECONDS = 5.0
 DEFAULT_CALLBACK_DEDUPE_TTL_SECONDS = 3 * 24 * 3600
 DEFAULT_CALLBACK_RECOVERY_SECONDS = 60.0
 DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS = 72 * 3600
+_FOLLOWS_DEDUPE_TTL: Any = None  # (the tolerance's default, read once the TTL is known)
 # SNS retries an HTTP/S delivery for at most an hour (a hard limit of every delivery
 # policy): an older signed envelope is a replay (providers.callbacks.sns).
 DEFAULT_SNS_MAX_AGE_SECONDS = 2 * 3600
@@ -123,9 +124,8 @@ class Settings(BaseSettings):
     # Signed Event Webhook: largest accepted distance between its timestamp and now
     # (0: no bound; reference §2.5 advises a generous window). At most the dedupe TTL:
     # a post is signed before it is received, so a replay within the window is recognised.
-    sendgrid_signature_tolerance_seconds: int = Field(
-        default=DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS, ge=0
-    )
+    # Unset: DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS, or the dedupe TTL when shorter.
+    sendgrid_signature_tolerance_seconds: int = Field(default=_FOLLOWS_DEDUPE_TTL, ge=0)
     retention_days: float = Field(default=DEFAULT_RETENTION_DAYS, ge=0)
     provider_id_days: float = Field(default=DEFAULT_PROVIDER_ID_DAYS, ge=0, le=365)
     events_maxlen: int = Field(default=DEFAULT_EVENTS_MAXLEN, ge=1000)
@@ -211,6 +211,17 @@ class Settings(BaseSettings):
                 "message replayed after that would be applied again"
             )
         return value
+
+    @field_validator("sendgrid_signature_tolerance_seconds", mode="before")
+    @classmethod
+    def _default_within_dedupe(cls, value: object, info: ValidationInfo) -> object:
+        # A TTL lowered (to save memory) shortens the default window with it: refusing it
+        # stopped at start a deployment that never set the tolerance (nor uses SendGrid).
+        if value is not None:
+            return value
+        ttl = info.data.get("callback_dedupe_ttl_seconds")
+        default = DEFAULT_SENDGRID_SIGNATURE_TOLERANCE_SECONDS
+        return default if ttl is None else min(default, ttl)
 
     @field_validator("sendgrid_signature_tolerance_seconds")
     @classmethod

@@ -35,13 +35,15 @@ def test_a_tolerance_longer_than_the_dedupe_ttl_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DISPATCH_CALLBACK_DEDUPE_TTL_SECONDS", str(DAY))
+    # (given: left unset, it follows a shorter TTL, review H23)
+    monkeypatch.setenv("DISPATCH_SENDGRID_SIGNATURE_TOLERANCE_SECONDS", str(3 * DAY))
     get_settings.cache_clear()
 
     with pytest.raises(SettingsError) as caught:
         get_settings()
 
     assert str(caught.value) == (
-        "DISPATCH_SENDGRID_SIGNATURE_TOLERANCE_SECONDS=259200: must not be more than "
+        "DISPATCH_SENDGRID_SIGNATURE_TOLERANCE_SECONDS='259200': must not be more than "
         "DISPATCH_CALLBACK_DEDUPE_TTL_SECONDS (86400): a signed SendGrid post replayed "
         "after that would be applied again"
     )
