@@ -165,6 +165,13 @@ def _raise_for(response: httpx.Response) -> None:
             f"{detail or response.reason_phrase}: no such route at {response.url} "
             "(is base_url the dispatch API's root?)"
         )
+    elif response.has_redirect_location:
+        # The API never redirects: a proxy in front does (http:// to https://, a moved
+        # host). Not followed: a POST's body would be lost, or sent again (307, 308).
+        detail = (
+            f"{response.reason_phrase}: {response.url} is redirected to "
+            f"{response.headers['location']} (use the API's own address as base_url)"
+        )
     raise error(code, detail or response.reason_phrase, field, errors)
 
 
