@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gc
+import lzma
 import os
+import zlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -14,6 +18,7 @@ from celery.exceptions import InvalidTaskError
 from celery.signals import setup_logging, task_rejected, worker_init, worker_process_init
 from celery.worker import strategy as celery_strategy
 from celery.worker.consumer import consumer as celery_consumer
+from kombu import compression as kombu_compression
 from kombu.exceptions import DecodeError
 from kombu.transport import redis as kombu_redis
 
@@ -189,7 +194,8 @@ def _bodies_not_logged() -> None:
         return
 
     def text_only(self: celery_consumer.Consumer, message: Any, exc: Exception) -> None:
-        error = DecodeError(str(exc))
+        # (a compressed body over the cap keeps its own refusal: _decompression_bounded)
+        error = exc if isinstance(exc, TaskBodyTooLargeError) else DecodeError(str(exc))
         on_decode_error(self, message, error)
         # Told like a message refused unread (Celery tells nobody): a caller waiting
         # for the task's result is answered (tasks._answer_a_message_refused_unread).
@@ -219,14 +225,59 @@ def malformed_body(payload: Any) -> str:
 
 
 class TaskBodyTooLargeError(InvalidTaskError):
-    """A task message whose body is over :data:`MAX_TASK_BODY_BYTES` (never decoded)."""
+    """A task message whose body is over :data:`MAX_TASK_BODY_BYTES` (never decoded);
+    ``compressed``: ``size`` is the body as sent, over the cap once decompressed (it
+    was decompressed no further)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, compressed: bool = False) -> None:
+        self.size = size
+        self.compressed = compressed
         super().__init__(
-            f"the message's body is {size} bytes, over the {MAX_TASK_BODY_BYTES} bytes "
+            f"the message's body is {self.described}, over the {MAX_TASK_BODY_BYTES} bytes "
             "a task's body may be (not read)"
         )
-        self.size = size
+
+    @property
+    def described(self) -> str:
+        """The body's size, as the refusals name it."""
+        return f"{self.size} bytes" + (" compressed, once decompressed" if self.compressed else "")
+
+
+# kombu's own compressions (Celery's ``compression=`` or ``task_compression``), as kombu
+# registers them: the content type, its encoder, a decompressor of one stream.
+_COMPRESSIONS: tuple[tuple[str, Callable[[bytes], bytes], Callable[[], Any]], ...] = (
+    ("application/x-gzip", zlib.compress, zlib.decompressobj),  # (zlib's, whatever its name)
+    ("application/x-bz2", bz2.compress, bz2.BZ2Decompressor),
+    ("application/x-lzma", lzma.compress, lzma.LZMADecompressor),
+)
+
+
+def _decompression_bounded() -> None:
+    """Decompress a compressed task message's body no further than the cap on a body.
+
+    kombu (5.7) decompresses a body as it builds the message, in the worker's main
+    process, before any task's strategy sees its size (:func:`guarded_strategy`): a
+    400 KB message sent with ``compression="gzip"`` took the worker's main process to
+    900 MB before it was refused by its size, and a few MB more could get the worker
+    killed (and the message, back in its queue, the next worker too). Decompressed up
+    to the cap, a body over it is refused with :class:`TaskBodyTooLargeError` (kombu
+    hands the error to the consumer's ``on_decode_error``: _bodies_not_logged).
+    """
+    for content_type, encoder, decompressor in _COMPRESSIONS:
+        if getattr(kombu_compression.get_decoder(content_type), "_dispatch_guard", False):
+            continue
+
+        def bounded(body: bytes, decompressor: Callable[[], Any] = decompressor) -> bytes:
+            stream = decompressor()
+            data: bytes = stream.decompress(body, MAX_TASK_BODY_BYTES + 1)
+            if len(data) > MAX_TASK_BODY_BYTES:
+                raise TaskBodyTooLargeError(len(body), compressed=True)
+            if not stream.eof:
+                raise DecodeError("the compressed body is incomplete or truncated")
+            return data
+
+        bounded._dispatch_guard = True  # type: ignore[attr-defined]
+        kombu_compression.register(encoder, bounded, content_type)
 
 
 def guarded_strategy(task: Task[Any, Any], app: Celery, consumer: Any, **options: Any) -> Any:
@@ -275,6 +326,7 @@ def make_app() -> Celery[DispatchTask]:
 
 _closed_transport_is_a_connection_error()
 _bodies_not_logged()
+_decompression_bounded()
 app = make_app()
 
 

@@ -165,6 +165,13 @@ def _raise_for(response: httpx.Response) -> None:
             f"{detail or response.reason_phrase}: no such route at {response.url} "
             "(is base_url the dispatch API's root?)"
         )
+    elif response.has_redirect_location:
+        # The API never redirects: a proxy in front does (http:// to https://, a moved
+        # host). Not followed: a POST's body would be lost, or sent again (307, 308).
+        detail = (
+            f"{response.reason_phrase}: {response.url} is redirected to "
+            f"{response.headers['location']} (use the API's own address as base_url)"
+        )
     raise error(code, detail or response.reason_phrase, field, errors)
 
 
@@ -302,9 +309,11 @@ def _retry_wait(attempt: int, response: httpx.Response | None) -> float:
 
 class DispatchClient:
     """The /v1 API at ``base_url`` (the service's root, without ``/v1``). ``http``
-    replaces the ``httpx.Client`` it would make (custom transports, proxies, event hooks);
-    it is closed with this client. ``timeout`` bounds each network step (connect, each
-    read and write), not a whole streamed append (a test email's answer is read for at
+    replaces the ``httpx.Client`` it would make (custom transports, proxies, event hooks,
+    ``verify`` for an HTTPS API whose certificate a private CA signed); it is closed with
+    this client. ``timeout`` bounds each network step (connect, each read and write),
+    ``http``'s too (httpx's own default, 5 s, is shorter than the API takes to store a
+    long inline list), not a whole streamed append (a test email's answer is read for at
     least ``TEST_READ_SECONDS``); ``retries``: see the module's doc."""
 
     def __init__(
@@ -319,7 +328,8 @@ class DispatchClient:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://: {base_url!r}")
         self._base = base_url.rstrip("/")
-        self._http = http or httpx.Client(timeout=timeout)
+        self._timeout = httpx.Timeout(timeout)
+        self._http = http or httpx.Client(timeout=self._timeout)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._retries = max(0, retries)
 
@@ -347,6 +357,7 @@ class DispatchClient:
         if idempotent is None:
             idempotent = method != "POST"
         headers = {**self._headers, **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", self._timeout)
         url = self._base + path
         attempt = 0
         arrived = False  # a previous attempt may have been applied
@@ -553,7 +564,7 @@ class DispatchClient:
 
     def _test(self, method: str, path: str, body: dict[str, Any]) -> TestEmailResult:
         """A test email's request, read for at least its whole deadline."""
-        limits = self._http.timeout
+        limits = self._timeout
         read = max(limits.read or 0.0, TEST_READ_SECONDS) if limits.read is not None else None
         timeout = httpx.Timeout(
             connect=limits.connect, read=read, write=limits.write, pool=limits.pool

@@ -195,7 +195,7 @@ def _why_refused_unread(
         )
     if isinstance(exc, TaskBodyTooLargeError):
         return (
-            f"body: {exc.size} bytes, over the {MAX_TASK_BODY_BYTES} bytes "
+            f"body: {exc.described}, over the {MAX_TASK_BODY_BYTES} bytes "
             f"({MAX_TASK_BODY_BYTES // 2**20} MiB) a task's body may be: create the "
             'campaign as a draft with the task ("draft": true, no recipients) and append '
             "the recipients with POST /v1/campaigns/{id}/recipients (streamed, any size)"

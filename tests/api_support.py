@@ -41,8 +41,8 @@ def api_client(server: ApiServer, token: str | None = API_TOKEN) -> httpx.Client
 
 def dispatch_client(server: ApiServer, token: str = API_TOKEN) -> DispatchClient:
     """``dispatch.client.DispatchClient`` on the real server, recording its routes."""
-    http = httpx.Client(timeout=120, event_hooks={"request": [_record]})
-    return DispatchClient(server.url, token, http=http)
+    http = httpx.Client(event_hooks={"request": [_record]})
+    return DispatchClient(server.url, token, timeout=120, http=http)
 
 
 def route_pattern(route: str) -> tuple[str, re.Pattern[str]]:
