@@ -603,6 +603,15 @@ _EARLIER_REFUSALS = re.compile(
 _WANTS_SMTPUTF8 = re.compile(r".* SMTPUTF8 \(RFC 6531\), which the server .* does not offer")
 
 
+# A payload placeholder with no value (providers.placeholders): recipients and campaign
+# vars are checked against the provider's placeholders when stored, so at send time it
+# came with the provider saved again since (a person's change, undone by saving it
+# again), not with the message's data.
+_PROVIDER_PLACEHOLDER = re.compile(
+    r"no value for \$\$\w+(, \$\$\w+)* for (this recipient|the campaign \(campaign level\))"
+)
+
+
 def is_retryable(error_class: str, detail: str) -> bool:
     """Whether a failed message may succeed if sent again.
 
@@ -613,9 +622,10 @@ def is_retryable(error_class: str, detail: str) -> bool:
     want of SMTPUTF8 (the provider may offer it now). Every other class (connection, timeout, the
     server or HTTP provider refusing the message) may pass once the provider is fixed.
     Retried whatever their class: what a worker of an earlier version refused and this
-    one sends (:data:`_EARLIER_REFUSALS`).
+    one sends (:data:`_EARLIER_REFUSALS`), and a payload placeholder left without a value
+    by a provider saved again after the messages were stored (:data:`_PROVIDER_PLACEHOLDER`).
     """
-    if _EARLIER_REFUSALS.fullmatch(detail):
+    if _EARLIER_REFUSALS.fullmatch(detail) or _PROVIDER_PLACEHOLDER.fullmatch(detail):
         return True
     if error_class == ErrorClass.INVALID_MESSAGE.value:
         return False

@@ -54,7 +54,14 @@ from dispatch.settings import Settings, cut_after, get_settings
 from dispatch.status_watch import pace_horizon, provider_gone, provider_replaced, watch_status
 from dispatch.suppressions import suppression_key
 from providers.addresses import InvalidAddressError
-from providers.base import CutShort, OutcomeStatus, OutgoingMessage, SendOutcome, known_at_cut
+from providers.base import (
+    CutShort,
+    OutcomeStatus,
+    OutgoingMessage,
+    SendOutcome,
+    Session,
+    known_at_cut,
+)
 from providers.config import HttpConfig
 from providers.errors import (
     ConfigurationError,
@@ -81,7 +88,9 @@ class BatchResult:
 
 
 # Outcomes of messages the provider did not take: not counted against its daily quotas.
-_REFUSED = frozenset((OutcomeStatus.FAILED, OutcomeStatus.RETRY))
+_REFUSED = frozenset((OutcomeStatus.FAILED, OutcomeStatus.RETRY, OutcomeStatus.NOT_SENT))
+# Why a message of a chunk the batch stopped in (paused, cancelled...) waits unsent.
+_STOPPED = "claimed, not attempted: the batch stopped before its turn in the chunk came"
 # Longest a chunk's building holds the event loop without giving it a turn (see _build).
 BUILD_SLICE_SECONDS = 0.05
 BUILD_PAUSE_SECONDS = 0.005  # the turn it gives
@@ -100,6 +109,7 @@ class BatchSender(BatchOutcomes):
         pool_key: tuple[str, str] = ("", ""),
     ) -> None:
         self.cut = asyncio.Event()  # (before the base's init: it may finish at once)
+        self.on_wire: set[Session] = set()  # sessions sending a chunk now (see finish)
         super().__init__(campaign, writer, items, settings)
         self.pool = pool  # where sessions go when the batch is done (None: closed)
         self.pool_key = pool_key
@@ -141,6 +151,12 @@ class BatchSender(BatchOutcomes):
     def finish(self) -> None:
         super().finish()
         self.cut.set()
+        if self.on_wire and self.halted:
+            # Nothing more goes out, the rest of a chunk on the wire included: its messages
+            # go one after the other, each after the last one's answer (minutes, for a
+            # server that checks content before it answers).
+            for session in self.on_wire:
+                session.stop()
 
     def run_out(self) -> None:
         """The run lasted its time budget: hand the batch on once the chunks on the wire,
@@ -270,6 +286,9 @@ class BatchSender(BatchOutcomes):
             started = time.perf_counter()
             cut = asyncio.timeout(max(0.0, self.deadline - time.monotonic()))
             given_back = 0  # claimed, never handed over: not counted against the quotas
+            self.on_wire.add(session)
+            if self.halted:  # (halted while it opened)
+                session.stop()
             try:
                 with kept.in_use():
                     async with cut:
@@ -296,11 +315,18 @@ class BatchSender(BatchOutcomes):
                         extra=self.outcome_log.context,
                     )  # fmt: skip
                     outcomes = [_unknown(item.seq, exc) for item, _ in messages]
+            finally:
+                self.on_wire.discard(session)
             if kept.slot_lost:  # (told while on the wire): closed before the writes below
                 await kept.drop_session()
             self.stats.observe(time.perf_counter() - started, len(messages))
             refused = given_back + sum(1 for o in outcomes if o.status in _REFUSED)
             await self.c.limiter.settle(grant, refused)  # only what the provider took counts
+            stopped = {o.seq for o in outcomes if o.status is OutcomeStatus.NOT_SENT}
+            if stopped:  # (see finish): they wait, their claims given back
+                await self._unclaim([(i, m) for i, m in messages if i.seq in stopped], _STOPPED)
+                messages = [(i, m) for i, m in messages if i.seq not in stopped]
+                outcomes = [o for o in outcomes if o.seq not in stopped]
             if messages:
                 await self._rest(await self._apply(messages, outcomes))
 
@@ -362,14 +388,16 @@ class BatchSender(BatchOutcomes):
                 self.put_back(chunk)
                 return None
 
-    async def _unclaim(self, messages: list[tuple[Item, OutgoingMessage]]) -> None:
+    async def _unclaim(
+        self, messages: list[tuple[Item, OutgoingMessage]], detail: str = WAITED
+    ) -> None:
         """Claimed messages not handed over wait in the queue, their claims given back
         (no attempt, as while they waited for their pace)."""
         items = _not_an_attempt(messages)
         for item in items:
             item.claimed = True
         self.put_back(items)
-        await give_back_claims(self.writer, items, WAITED)
+        await give_back_claims(self.writer, items, detail)
 
     async def _slot_again(self, kept: KeptSession) -> bool:
         """The slot was not renewed in time (a stall of this process or of Redis, longer

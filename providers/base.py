@@ -74,6 +74,8 @@ class OutcomeStatus(StrEnum):
     FAILED = "failed"  # permanent: record and move on
     RETRY = "retry"  # transient: try again later
     UNKNOWN = "unknown"  # the server may or may not have taken it: never retried blindly
+    # Never handed over: the caller stopped the send first (Session.stop). Not an attempt.
+    NOT_SENT = "not_sent"
 
 
 @dataclass(slots=True)
@@ -141,6 +143,14 @@ class Session(Protocol):
 
     def cut_short(self) -> CutShort:
         """Right after :meth:`send` was cancelled: what is certain of its messages."""
+        ...
+
+    def stop(self) -> None:
+        """Hand over no further message of the send under way, nor of any later one (the
+        caller's campaign paused or was cancelled while a chunk went out one message after
+        the other: a server answering one in minutes sent the others after that). The
+        message on the wire ends as the provider answers; those not handed over come back
+        :attr:`OutcomeStatus.NOT_SENT`."""
         ...
 
 

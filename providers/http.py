@@ -611,6 +611,10 @@ class HttpSession:
         unsent = [s for s in self._seqs if s not in answered and s not in self._written]
         return CutShort([answered[s] for s in self._seqs if s in answered], unsent)
 
+    def stop(self) -> None:
+        """See ``providers.base.Session``: a chunk is one request (or, refused as too
+        large, its halves): nothing of it waits for another message's answer."""
+
     async def _in_halves(
         self, seqs: Sequence[int], messages: Sequence[OutgoingMessage]
     ) -> list[SendOutcome]:

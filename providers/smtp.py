@@ -300,6 +300,7 @@ class SmtpSession:
         self.answered_on_connection = 0
         self.connections_opened = 0
         self._progress = _Progress([])
+        self._stopped = False  # (see stop)
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
         """Send the messages, pipelined back to back; see ``providers.base.Session``."""
@@ -401,6 +402,9 @@ class SmtpSession:
         """
         handed_over = 0
         while ready:
+            if self._stopped:
+                self._not_sent(ready, outcomes)
+                return
             try:
                 wire = await self._ensure_connection()
             except ProviderError as exc:
@@ -423,10 +427,14 @@ class SmtpSession:
                 [envelope for _, envelope in attempt],
                 self._content_sent([m for m, _ in attempt]),
                 progress.results,
+                lambda: not self._stopped,
             )
             progress.on_wire = []
             for index, (msg, envelope) in enumerate(attempt):
                 result = results[index] if index < len(results) else None
+                if result is None and self._stopped:  # (not a server's doing)
+                    self._not_sent(attempt[index:] + ready, outcomes)
+                    return
                 try:
                     outcomes[msg.seq] = self._outcome(msg, envelope, result)
                 except ProviderError as exc:
@@ -590,6 +598,21 @@ class SmtpSession:
         ended = ProviderConnectionError("not handed over: the session ended before it")
         for msg, _ in rest[1:]:
             outcomes[msg.seq] = SendOutcome.from_error(msg.seq, ended)
+
+    def stop(self) -> None:
+        """See ``providers.base.Session``: asked before each message of a chunk (the one
+        whose commands are on the wire goes on to its answer)."""
+        self._stopped = True
+
+    @staticmethod
+    def _not_sent(
+        rest: list[tuple[OutgoingMessage, Envelope]], outcomes: dict[int, SendOutcome]
+    ) -> None:
+        """The caller stopped the send before ``rest`` was handed over (:meth:`stop`)."""
+        for msg, _ in rest:
+            outcomes[msg.seq] = SendOutcome(
+                msg.seq, OutcomeStatus.NOT_SENT, detail="not sent: the sender stopped first"
+            )
 
     async def open(self) -> None:
         self._wire = await self._transport.open_wire()

@@ -268,6 +268,7 @@ class TransactionProtocol(asyncio.Protocol):
         envelopes: list[Envelope],
         on_content: Callable[[int], None] = lambda index: None,
         results: list[TransactionResult | WireError] | None = None,
+        go_on: Callable[[], bool] = lambda: True,
     ) -> list[TransactionResult | WireError]:
         """Send messages one after the other; one result each, up to the first WireError.
 
@@ -285,12 +286,20 @@ class TransactionProtocol(asyncio.Protocol):
         the end of its DATA) is written: a message it was not called for, whatever became
         of the call (cancelled by the caller's deadline too), was certainly not sent. The
         results are appended to ``results`` (when given) as they come: a call cancelled
-        leaves there those of the messages answered before.
+        leaves there those of the messages answered before. ``go_on`` is asked before
+        each message: once it says no, the results end there (the rest not handed over;
+        a message whose commands went out with the last content has its connection
+        dropped before its own content).
         """
         results = [] if results is None else results
         ahead = False
         for index, envelope in enumerate(envelopes):
             if self._closing and not ahead:  # a 421: the rest are not handed over
+                break
+            if not go_on():
+                if ahead:  # its DATA may have been answered 354: only a close ends it
+                    self._fail(WireError("the sender stopped before this message"))
+                    self.transport.abort()
                 break
             following = envelopes[index + 1] if index + 1 < len(envelopes) else None
             try:
