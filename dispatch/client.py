@@ -662,7 +662,16 @@ class DispatchClient:
         the result (``line``: 1-based position in ``items``), not raised. Not repeated
         after the request may have arrived (the iterable is read once): sending the same
         items again is safe, those added count as already suppressed.
+
+        Raises ``TypeError`` for one address or one item given alone (a string is an
+        iterable too: ``add_suppressions("ann@example.com")`` sent its 15 characters, each
+        an invalid item, and suppressed no one); :meth:`suppress` takes one address.
         """
+        if isinstance(items, str | bytes | Mapping):
+            raise TypeError(
+                f"add_suppressions takes an iterable of items, not one {type(items).__name__}: "
+                "put it in a list (or use suppress() for one address)"
+            )
         lines = _Lines({"email": i} if isinstance(i, str) else i for i in items)
         result = self._stream(
             SuppressionImportResult, "/v1/suppressions", lines, reason=reason, source=source
