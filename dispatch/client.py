@@ -196,7 +196,7 @@ class _Lines:
     A recipient that cannot be written as JSON (a ``Decimal`` from a database, an
     integer beyond 64 bits) goes as a blank line, which the API skips but counts: it is
     listed in ``problems`` at its own line (the API's line numbers stay the caller's)
-    and its neighbours are sent."""
+    and its neighbours are sent. No recipient at all is sent as ``[]``."""
 
     def __init__(self, recipients: Iterable[Recipient | Mapping[str, Any]]) -> None:
         self._recipients = recipients
@@ -223,6 +223,10 @@ class _Lines:
                 lines = []
         if lines:
             yield b"\n".join(lines) + b"\n"
+        elif not self.written and not self.unwritable:
+            # None at all (a day without new bounces): an empty array, nothing to add.
+            # An empty body is refused (422 "empty"), as a file sent by mistake empty is.
+            yield b"[]"
 
     def into(self, result: AppendResult) -> AppendResult:
         """``result`` with the recipients that were not sent among its errors."""

@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from dispatch import store
+from dispatch.client import InvalidRequest
 from tests.api_server import ApiServer
 from tests.api_support import covers, dispatch_client
 
@@ -28,3 +29,22 @@ def test_one_address_or_one_item_is_refused_and_a_list_of_it_is_imported(
         )
     assert (result.added, result.invalid) == (2, 0)
     assert redis_client.hlen(store.SUPPRESSIONS_HASH) == 2
+
+
+@covers("POST /v1/suppressions")
+def test_an_empty_iterable_is_an_import_of_nothing(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A daily sync with no new bounce sent an empty body, which the API refuses: the
+    call raised InvalidRequest 'body: empty: send NDJSON or a JSON array' for a body its
+    caller never wrote. The request's own checks still apply."""
+    with dispatch_client(api_server) as client:
+        nothing = client.add_suppressions([], reason="esp bounce", source="import:esp")
+        none_yielded = client.add_suppressions(a for a in ["ann@example.com"] if not a)
+        with pytest.raises(InvalidRequest) as blank:
+            client.add_suppressions([], reason="  ")
+    for result in (nothing, none_yielded):
+        assert (result.added, result.already_suppressed, result.invalid) == (0, 0, 0)
+        assert result.errors == []
+    assert blank.value.field == "reason"
+    assert redis_client.hlen(store.SUPPRESSIONS_HASH) == 0
