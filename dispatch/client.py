@@ -203,7 +203,7 @@ class _Lines:
     A recipient that cannot be written as JSON (a ``Decimal`` from a database, an
     integer beyond 64 bits) goes as a blank line, which the API skips but counts: it is
     listed in ``problems`` at its own line (the API's line numbers stay the caller's)
-    and its neighbours are sent."""
+    and its neighbours are sent. No recipient at all is sent as ``[]``."""
 
     def __init__(self, recipients: Iterable[Recipient | Mapping[str, Any]]) -> None:
         self._recipients = recipients
@@ -230,6 +230,10 @@ class _Lines:
                 lines = []
         if lines:
             yield b"\n".join(lines) + b"\n"
+        elif not self.written and not self.unwritable:
+            # None at all (a day without new bounces): an empty array, nothing to add.
+            # An empty body is refused (422 "empty"), as a file sent by mistake empty is.
+            yield b"[]"
 
     def into(self, result: AppendResult) -> AppendResult:
         """``result`` with the recipients that were not sent among its errors."""
@@ -673,7 +677,16 @@ class DispatchClient:
         the result (``line``: 1-based position in ``items``), not raised. Not repeated
         after the request may have arrived (the iterable is read once): sending the same
         items again is safe, those added count as already suppressed.
+
+        Raises ``TypeError`` for one address or one item given alone (a string is an
+        iterable too: ``add_suppressions("ann@example.com")`` sent its 15 characters, each
+        an invalid item, and suppressed no one); :meth:`suppress` takes one address.
         """
+        if isinstance(items, str | bytes | Mapping):
+            raise TypeError(
+                f"add_suppressions takes an iterable of items, not one {type(items).__name__}: "
+                "put it in a list (or use suppress() for one address)"
+            )
         lines = _Lines({"email": i} if isinstance(i, str) else i for i in items)
         result = self._stream(
             SuppressionImportResult, "/v1/suppressions", lines, reason=reason, source=source

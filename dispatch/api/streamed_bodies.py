@@ -3,6 +3,7 @@ suppression import take theirs the same way, and name a bad document the same wa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
@@ -19,6 +20,8 @@ from dispatch.recipient_stream import (
 )
 
 MAX_REPORTED_PROBLEMS = 1000  # a streamed body's answer lists this many bad documents
+# Documents handed on between two turns of the event loop (see read_documents).
+DOCUMENTS_PER_TURN = 1000
 
 
 def refuse_form_upload(request: Request, what: str) -> None:
@@ -62,16 +65,26 @@ async def read_documents(
     splitter: RecipientSplitter,
     take: Callable[[list[Document]], Awaitable[None]],
 ) -> None:
-    """Split the body's ``chunks`` and hand ``take`` the documents as they complete.
+    """Split the body's ``chunks`` and hand ``take`` the documents as they complete,
+    :data:`DOCUMENTS_PER_TURN` at a time with a turn of the event loop between. A chunk
+    that had arrived is read without waiting (256 KiB, or many inflated pieces of a
+    gzip body), and ``take`` need not wait either (it refuses a bad document at once):
+    /healthz and the callbacks waited for 500,000 bad items to be read, 12 s.
 
     Raises :class:`InvalidFieldError` (field ``body``) for an empty body, and
     :class:`StreamFormatError` (with the documents completed before the fault) for one
     that is not NDJSON or a JSON array.
     """
+
+    async def hand_on(docs: list[Document]) -> None:
+        for start in range(0, len(docs), DOCUMENTS_PER_TURN):
+            await take(docs[start : start + DOCUMENTS_PER_TURN])
+            await asyncio.sleep(0)
+
     try:
         async for chunk in chunks:
-            await take(splitter.feed(chunk))
-        await take(splitter.finish())
+            await hand_on(splitter.feed(chunk))
+        await hand_on(splitter.finish())
     except EmptyBodyError:
         raise InvalidFieldError("empty: send NDJSON or a JSON array", "body") from None
 

@@ -169,7 +169,8 @@ async def _import(
     splitter = RecipientSplitter(MAX_ITEM_BYTES)
     batch: list[tuple[str, str]] = []
     positions: list[int] = []  # the line or index of each item of the batch
-    # (position, field, message) of the bad items since the last flush: listed in order.
+    # (position, field, message) of the bad items since the last flush: listed in order,
+    # and counted in the flush's CHUNK (a body of bad items only is never held whole).
     refused: list[tuple[int, str, str]] = []
 
     def invalid(at: int, email: str, exc: InvalidAddressError) -> None:
@@ -197,10 +198,10 @@ async def _import(
             item = _item(doc.raw) if not doc.problem else ("body", doc.problem)
             if isinstance(item, tuple):
                 refused.append((doc.position, *item))
-                continue
-            batch.append((item.email, item.reason or reason))
-            positions.append(doc.position)
-            if len(batch) >= suppressions.CHUNK:
+            else:
+                batch.append((item.email, item.reason or reason))
+                positions.append(doc.position)
+            if len(batch) + len(refused) >= suppressions.CHUNK:
                 await flush()
 
     try:
