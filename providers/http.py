@@ -272,6 +272,9 @@ class RequestPlan:
             except InvalidMessageError as exc:
                 failed.append(SendOutcome.from_error(msg.seq, exc))
                 continue
+            except TypeError as exc:  # a value with no JSON text inside longer text (orjson)
+                failed.append(SendOutcome.from_error(msg.seq, _invalid_json(exc)))
+                continue
             assert group is not None
             group[1].append(msg.seq)
             group[2].append(item)

@@ -423,12 +423,25 @@ def check_placeholders(
     A per-message placeholder must come from the recipient's vars or the campaign's; a
     placeholder of a batch request's globals, headers or query from the campaign's vars
     only. Recipients appended later are checked with :func:`required_recipient_vars`.
+    A campaign's value used in a header must be one a header can carry (no line break or
+    control character; a recipient's own such value fails that message alone).
     """
     usage = placeholder_usage(config)
     # A configuration saved before the link placeholders were system ones (it is not
     # checked when read back, see providers.config STORED) may have one where a batch
     # request renders once: no message's link can go there.
     problems = [PlaceholderProblem(_LINK_NAME, why) for why in _link_place_problems(usage)]
+    # A campaign's value no header can carry would fail every message it fills as
+    # ``Invalid message`` (in a batch, all of them), and retry-failed skips those.
+    problems += [
+        PlaceholderProblem(
+            name,
+            f"$${name} (in the headers): the campaign's value holds a line break or control "
+            "character, which a header value cannot carry",
+        )
+        for name in sorted(usage.headers & campaign_vars.keys())
+        if isinstance(value := campaign_vars[name], str) and CONTROL_IN_HEADER_VALUE.search(value)
+    ]
     per_request = sorted(n for n in usage.per_request if is_custom(n) and n not in campaign_vars)
     required = sorted(n for n in usage.per_message if is_custom(n) and n not in campaign_vars)
     missing_count = dict.fromkeys(required, 0)
