@@ -315,6 +315,8 @@ _HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # email.<region>.amazonaws.com) that take no SMTP.
 SES_MAX_RECIPIENTS = 50  # recipients a message, To, Cc and Bcc (reference §4)
 _SES_SMTP_HOST = re.compile(r"(.+\.)?email-smtp(-fips)?\.(?P<region>.+)\.amazonaws\.com\.?", re.I)
+# The spaces a copy takes along with a login (a no-break one from a web page).
+_PASTED_SPACES: Final = " \u00a0"
 # A Google app password as its dialog shows it (and copies it): 16 letters in fours.
 _SPACED_APP_PASSWORD = re.compile("[a-z]{4}([ \u00a0][a-z]{4}){3}")
 
@@ -370,6 +372,20 @@ class SmtpFamilyBase(ProviderBase):
     # 0: unlimited
     max_messages_per_connection: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
     max_recipients_per_message: int = Field(default=0, ge=0, le=MAX_COUNT, strict=True)
+
+    @field_validator("username", "password")
+    @classmethod
+    def _service_login(cls, value: str | SecretStr, info: ValidationInfo) -> str | SecretStr:
+        """A service's login (SES's SMTP credentials, SendGrid's ``apikey`` and API key, a
+        Gmail address and app password) never begins or ends with a space: one pasted
+        with it (copied from a console, a CSV or an e-mail) is saved without, since with it
+        every login is refused (535) and the password, masked in every read, never shows
+        why. Any other server's login is kept as given (a space may be part of it)."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        trimmed = text.strip(_PASTED_SPACES)
+        if not cls.service or not _given(info) or trimmed == text:
+            return value
+        return SecretStr(trimmed) if isinstance(value, SecretStr) else trimmed
 
     @property
     def effective_security(self) -> Security:

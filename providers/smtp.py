@@ -156,7 +156,13 @@ def _connect_error(exc: Exception, config: SmtpFamilyBase) -> ProviderError:
                 code=exc.code,
                 error_class=ErrorClass.CONNECTION,
             )
-        return AuthenticationError(f"authentication refused by {where}: {reply}", code=exc.code)
+        # The service's own reply rarely says what it takes (SES: "535 Authentication
+        # Credentials Invalid" to IAM keys; SendGrid: "Bad username / password" to the
+        # account's login, which seed 004 still asks for): say it.
+        takes = f"; {config.service} takes {config.credentials}" if config.service else ""
+        return AuthenticationError(
+            f"authentication refused by {where}: {reply}{takes}", code=exc.code
+        )
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return ConfigurationError(f"{where}: {exc}")
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
