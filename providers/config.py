@@ -772,10 +772,14 @@ def parse_provider_config(data: dict[str, Any], *, stored: bool = False) -> AnyP
 # API key in ``Authorization: Bearer ...``, ``X-Api-Key``, ``api_token``...) is a secret
 # like ``password`` (DESIGN §2: stored encrypted, never returned); one that holds a
 # ``$$`` placeholder is filled per message and is not.
-# A name that says its value is a credential: anywhere in it, or the whole name (an Azure
-# SAS's "sig", an Azure Function's "code": inside a name, "zipcode", they are not).
+# A name that says its value is a credential: anywhere in it (a ``Cookie`` header is a
+# logged-in session), or the whole name (an Azure SAS's "sig", an Azure Function's
+# "code": inside a name, "zipcode", they are not), or its last word ("pass" and "pwd",
+# the password of many a gateway's ``?user=...&pass=...``: "bypass" is not one).
 _CREDENTIAL_NAME = re.compile(
-    r"auth|key|token|secret|passw|signature|credential|^(?:sig|code)$", re.I
+    r"auth|key|token|secret|passw|signature|credential|cookie|^(?:sig|code)$"
+    r"|(?:^|[-_.])(?:pass|pwd)$",
+    re.I,
 )
 SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")
 

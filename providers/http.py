@@ -358,10 +358,19 @@ def credentials(config: HttpConfig, auth: bytes | None = None) -> tuple[str, ...
     return secret_spellings(values)
 
 
+_LAST_WORD = re.compile(r"\S+\Z")
+
+
 def excerpt(body: bytes, limit: int = EXCERPT_CHARS, secrets: Iterable[str] = ()) -> str:
     """The start of a response body as text, bounded, on one line, credentials masked."""
-    text = masked(body[: limit * 4].decode("utf-8", errors="replace"), secrets)
-    return " ".join(text.split())[:limit]
+    secrets = tuple(secrets)
+    text = body[: limit * 4].decode("utf-8", errors="replace")
+    if len(body) > limit * 4 and secrets and (last := _LAST_WORD.search(text)):
+        # The cut may fall inside a credential, whose start would then go unmasked, and
+        # collapsing whitespace (an indented page) brings it within the limit: the last
+        # word goes, as far back as such a start could reach.
+        text = text[: len(text) - min(len(last[0]), max(map(len, secrets)) - 1)]
+    return " ".join(masked(text, secrets).split())[:limit]
 
 
 def outcomes_for_response(

@@ -14,7 +14,8 @@ Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "er
 * 410: the campaign's per-message records were removed by the retention policy
   (``campaign_id``);
 * 404: no such campaign, provider or suppression; 401: no valid bearer token
-  (``authorization``, with ``WWW-Authenticate``);
+  (``authorization``, with ``WWW-Authenticate``); 403: with no tokens configured, a
+  request to another host name or from a web page of another site (``host``, ``origin``);
 * 413: a body over 64 MiB (``body``), on every route but those that stream theirs;
 * 503: Redis (the system of record) cannot serve: down, loading, read-only after a
   failover, or out of memory; try again after ``Retry-After`` seconds.
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dispatch.api.auth import ForeignRequestError
 from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from dispatch.api.json_bodies import BodyValueError
 from dispatch.api.schemas import (
@@ -222,7 +224,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         )
     if exc.status_code == status.HTTP_413_CONTENT_TOO_LARGE:
         return too_large_response()
-    if isinstance(exc, BodyValueError):
+    if isinstance(exc, BodyValueError | ForeignRequestError):
         return error_response(exc.status_code, str(exc.detail), exc.field)
     field = "authorization" if exc.status_code == status.HTTP_401_UNAUTHORIZED else None
     return error_response(exc.status_code, str(exc.detail), field, headers=exc.headers)
@@ -280,6 +282,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": ErrorBody,
         "description": "Missing or invalid bearer token",
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: {
+        "model": ErrorBody,
+        "description": "Without DISPATCH_API_TOKENS: a `host` not local, or an `origin` "
+        "(a web page's request) other than the API's own",
     },
     422: {"model": ErrorBody, "description": "Invalid input; `field` names it"},
     503: {
