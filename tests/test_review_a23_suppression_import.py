@@ -117,7 +117,7 @@ def test_an_array_names_its_bad_items_by_index_and_an_overlong_one_alone(
     refused alone, by its index, and its neighbours are added."""
     items: list[Any] = [
         {"email": "a@example.com"},
-        {"email": "b@example.com", "reason": "r" * 10_000},  # over MAX_ITEM_BYTES
+        {"email": "b@example.com", "detail": "r" * 20_000},  # over MAX_ITEM_BYTES
         {"email": "c@example.com"},
         {"email": "@"},
     ]
@@ -135,7 +135,7 @@ def test_an_array_names_its_bad_items_by_index_and_an_overlong_one_alone(
         (1, None, "body"),
         (3, None, "email"),
     ]
-    assert "longer than 4096 bytes" in result["errors"][0]["message"]
+    assert "longer than 16384 bytes" in result["errors"][0]["message"]
     entries = _entries(redis_client)
     assert set(entries) == {"a@example.com", "c@example.com"}
     assert (entries["a@example.com"]["reason"], entries["a@example.com"]["source"]) == (
@@ -260,3 +260,35 @@ def test_the_client_imports_and_walks_a_filtered_list(
     assert bounced == ["bob@example.com"]
     assert spam == ["pre@example.com"]
     assert _entries(redis_client)["ann@example.com"]["reason"] == "esp export"
+
+
+@covers("POST /v1/suppressions")
+def test_a_list_exported_imports_as_it_is(api_server: ApiServer, redis_client: redis.Redis) -> None:
+    """Entries as the list gives them (a bounce's, with its detail, campaign and meta)
+    import into another deployment's list as they are: each address with its reason,
+    the entry this import's (its source, its time); a key no entry has is still refused."""
+    with api_client(api_server) as api:
+        for email, reason in (("ann@example.com", "hard_bounce"), ("bob@example.com", "spam")):
+            assert api.put(f"/v1/suppressions/{email}", json={"reason": reason}).status_code in (
+                200,
+                201,
+            )
+        bounce = {**_entries(redis_client)["ann@example.com"], "detail": "550 5.1.1 no such user"}
+        bounce.update(campaign_id="c1", meta="ann@example.com|1|2|20261125|0|c1|0|")
+        listed = [bounce, _entries(redis_client)["bob@example.com"]]
+        redis_client.delete(store.SUPPRESSIONS_HASH)  # (the other deployment's list)
+        answer = api.post(
+            "/v1/suppressions",
+            params={"source": "restore"},
+            content=orjson.dumps([*listed, {"email": "c@example.com", "reasn": "typo"}]),
+            headers={"Content-Type": "application/json"},
+        )
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert (result["added"], result["invalid"]) == (2, 1), result
+    assert [(e["index"], e["field"]) for e in result["errors"]] == [(2, "reasn")]
+    entries = _entries(redis_client)
+    assert {e: (v["reason"], v["source"]) for e, v in entries.items()} == {
+        "ann@example.com": ("hard_bounce", "restore"),
+        "bob@example.com": ("spam", "restore"),
+    }

@@ -298,14 +298,25 @@ class SuppressionRequest(BaseModel):
     source: Reason = "api"
 
 
+# The other fields of an entry as ``GET /v1/suppressions`` lists it: an item may carry
+# them (a list exported, from ``dispatch suppressions list`` too, imports as it is), and
+# they are not kept: the entry made is this import's (its source, its time).
+_LISTED_ONLY = Annotated[Any, Field(description="As the list gives it; not kept")]
+
+
 class SuppressionImportItem(BaseModel):
     """One address of ``POST /v1/suppressions``: ``reason``, when given, its own (else
-    the request's ``?reason=``)."""
+    the request's ``?reason=``); an entry as the list gives it is one too."""
 
     model_config = ConfigDict(extra="forbid")
 
     email: Annotated[str, Field(min_length=1, max_length=320), AfterValidator(not_blank)]
     reason: Reason | None = None
+    source: _LISTED_ONLY = None
+    ts: _LISTED_ONLY = None
+    detail: _LISTED_ONLY = None
+    campaign_id: _LISTED_ONLY = None
+    meta: _LISTED_ONLY = None
 
 
 class SuppressionImportResult(Answer):

@@ -69,9 +69,10 @@ register_url_convertor("address", _AddressConvertor())
 Email = Annotated[str, Path(min_length=3, max_length=320, description="The address")]
 MAX_PAGE = 1000
 MAX_SCAN_CURSOR = 2**64 - 1  # HSCAN's cursors are unsigned 64-bit
-# One item of an import: an address (320 characters) and a reason (200), each character
-# written at most as a 6-byte escape, fit; a longer line is a mistake, refused alone.
-MAX_ITEM_BYTES = 4096
+# One item of an import: an address (320 characters) and a reason (200), or an entry as
+# the list gives it (its detail up to 500 characters, its meta), each character written
+# at most as a 6-byte escape, fit; a longer line is a mistake, refused alone.
+MAX_ITEM_BYTES = 16384
 Reason = Annotated[
     str, Query(min_length=1, max_length=suppressions.MAX_REASON), AfterValidator(not_blank)
 ]
