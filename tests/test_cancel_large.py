@@ -25,7 +25,7 @@ from tests.api_support import api_client, wait_for_campaign
 from tests.helpers import campaign_body, smtp_provider
 from tests.smtp_server import SmtpTestServer
 from tests.test_invariants import check_books
-from tests.test_lifecycle import seconds_until_quiet, start_slow_campaign
+from tests.test_lifecycle import start_slow_campaign, until_no_batch_runs
 from tests.worker import WorkerProcess
 
 N = 25_000  # more than a cancel settles before it answers (lifecycle.INLINE_SETTLE_LIMIT)
@@ -202,7 +202,7 @@ def test_a_big_running_campaign_cancelled_over_the_api_is_settled_by_the_worker(
         start_slow_campaign(api, smtp, "big-api", N, until_sent=50)
         answer = api.post("/v1/campaigns/big-api/cancel")
         assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
-        seconds_until_quiet(smtp)
+        until_no_batch_runs(redis_client, "big-api")
         summary = wait_for_campaign(api, "big-api", lambda s: s["queued"] == 0, 60)
     books = check_books(redis_client, "big-api")
     assert books == summary and summary["status"] == "cancelled"

@@ -15,7 +15,7 @@ from tests.api_support import api_client, save_smtp_provider, wait_for_campaign
 from tests.helpers import recipients
 from tests.smtp_server import SmtpTestServer
 from tests.test_api_cli import run
-from tests.test_lifecycle import campaign_body, seconds_until_quiet, start_slow_campaign
+from tests.test_lifecycle import campaign_body, start_slow_campaign, until_no_batch_runs
 from tests.worker import WorkerProcess
 
 
@@ -30,7 +30,7 @@ def test_pause_resume_and_cancel_from_the_command_line(
         start_slow_campaign(api, smtp, "cli-pause", 1500, until_sent=200)
         code, out, _ = run(capsys, "pause", "cli-pause")
         assert code == 0 and json.loads(out)["status"] == "paused"
-        seconds_until_quiet(smtp)
+        until_no_batch_runs(redis_client, "cli-pause")
         at_pause = len(smtp.messages)
         assert at_pause < 1500
 
