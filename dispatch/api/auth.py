@@ -71,12 +71,14 @@ class ForeignRequestError(HTTPException):
 
 
 def _host_name(authority: str) -> str | None:
-    """The host of a ``Host`` header or an origin's ``host[:port]``, lower case (None when
-    it is not one)."""
+    """The host of a ``Host`` header or an origin's ``host[:port]``, lower case, without
+    the trailing dot of a fully qualified name (``localhost.`` is ``localhost``, RFC 1034
+    §3.1), None when it is not one."""
     try:
-        return urlsplit(f"//{authority}").hostname
+        host = urlsplit(f"//{authority}").hostname
     except ValueError:  # an unbalanced "[" or "]"
         return None
+    return None if host is None else host.removesuffix(".")
 
 
 def _local_name(host: str) -> bool:
@@ -90,7 +92,7 @@ def _local_name(host: str) -> bool:
         pass
     if host == "localhost" or host.endswith(".localhost"):
         return True
-    return host == urlsplit(get_settings().public_url).hostname
+    return host == _host_name(urlsplit(get_settings().public_url).netloc)
 
 
 def check_local(headers: Headers) -> None:
