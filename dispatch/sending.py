@@ -317,9 +317,9 @@ class BatchSender(BatchOutcomes):
                     outcomes = [_unknown(item.seq, exc) for item, _ in messages]
             finally:
                 self.on_wire.discard(session)
+            took = time.perf_counter() - started
             if kept.slot_lost:  # (told while on the wire): closed before the writes below
                 await kept.drop_session()
-            self.stats.observe(time.perf_counter() - started, len(messages))
             refused = given_back + sum(1 for o in outcomes if o.status in _REFUSED)
             await self.c.limiter.settle(grant, refused)  # only what the provider took counts
             stopped = {o.seq for o in outcomes if o.status is OutcomeStatus.NOT_SENT}
@@ -327,6 +327,7 @@ class BatchSender(BatchOutcomes):
                 await self._unclaim([(i, m) for i, m in messages if i.seq in stopped], _STOPPED)
                 messages = [(i, m) for i, m in messages if i.seq not in stopped]
                 outcomes = [o for o in outcomes if o.seq not in stopped]
+            self.stats.observe(took, len(messages))  # (those handed over)
             if messages:
                 await self._rest(await self._apply(messages, outcomes))
 
