@@ -777,10 +777,11 @@ def parse_provider_config(data: dict[str, Any], *, stored: bool = False) -> AnyP
 # A name that says its value is a credential: anywhere in it (a ``Cookie`` header is a
 # logged-in session), or the whole name (an Azure SAS's "sig", an Azure Function's
 # "code": inside a name, "zipcode", they are not), or its last word ("pass" and "pwd",
-# the password of many a gateway's ``?user=...&pass=...``: "bypass" is not one).
+# the password of many a gateway's ``?user=...&pass=...``, a JSON body's camelCase
+# ``apiPass``: "bypass" is not one).
 _CREDENTIAL_NAME = re.compile(
-    r"auth|key|token|secret|passw|signature|credential|cookie|^(?:sig|code)$"
-    r"|(?:^|[-_.])(?:pass|pwd)$",
+    r"auth|key|token|secret|passw|passphrase|signature|credential|cookie|^(?:sig|code)$"
+    r"|(?:^|[-_.])(?:pass|pwd)$|(?-i:[a-z0-9]P(?:ass|wd))$",
     re.I,
 )
 SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")
