@@ -375,15 +375,17 @@ class SmtpFamilyBase(ProviderBase):
 
     @field_validator("username", "password")
     @classmethod
-    def _service_login(cls, value: str | SecretStr, info: ValidationInfo) -> str | SecretStr:
+    def _service_login(cls, value: str | SecretStr) -> str | SecretStr:
         """A service's login (SES's SMTP credentials, SendGrid's ``apikey`` and API key, a
         Gmail address and app password) never begins or ends with a space: one pasted
         with it (copied from a console, a CSV or an e-mail) is saved without, since with it
         every login is refused (535) and the password, masked in every read, never shows
-        why. Any other server's login is kept as given (a space may be part of it)."""
+        why. Any other server's login is kept as given (a space may be part of it).
+        Read back too: one stored with it before this rule, and kept by the mask of a
+        save (a GET's answer PUT back keeps the stored password as it is), logs in."""
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         trimmed = text.strip(_PASTED_SPACES)
-        if not cls.service or not _given(info) or trimmed == text:
+        if not cls.service or trimmed == text:
             return value
         return SecretStr(trimmed) if isinstance(value, SecretStr) else trimmed
 
@@ -683,12 +685,12 @@ class GmailConfig(SmtpFamilyBase):
 
     @field_validator("password")
     @classmethod
-    def _app_password(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+    def _app_password(cls, value: SecretStr) -> SecretStr:
         """An app password as Google shows it, four groups of four letters ("abcd efgh
         ijkl mnop"), is saved without the spaces: they are there for reading, and a
-        login with them is refused (535 5.7.8)."""
+        login with them is refused (535 5.7.8). Read back too, as :meth:`_service_login`."""
         text = value.get_secret_value()
-        if _given(info) and _SPACED_APP_PASSWORD.fullmatch(text):
+        if _SPACED_APP_PASSWORD.fullmatch(text):
             return SecretStr(re.sub("[ \u00a0]", "", text))
         return value
 
@@ -775,10 +777,11 @@ def parse_provider_config(data: dict[str, Any], *, stored: bool = False) -> AnyP
 # A name that says its value is a credential: anywhere in it (a ``Cookie`` header is a
 # logged-in session), or the whole name (an Azure SAS's "sig", an Azure Function's
 # "code": inside a name, "zipcode", they are not), or its last word ("pass" and "pwd",
-# the password of many a gateway's ``?user=...&pass=...``: "bypass" is not one).
+# the password of many a gateway's ``?user=...&pass=...``, a JSON body's camelCase
+# ``apiPass``: "bypass" is not one).
 _CREDENTIAL_NAME = re.compile(
-    r"auth|key|token|secret|passw|signature|credential|cookie|^(?:sig|code)$"
-    r"|(?:^|[-_.])(?:pass|pwd)$",
+    r"auth|key|token|secret|passw|passphrase|signature|credential|cookie|^(?:sig|code)$"
+    r"|(?:^|[-_.])(?:pass|pwd)$|(?-i:[a-z0-9]P(?:ass|wd))$",
     re.I,
 )
 SecretPath = tuple[str, ...]  # ("password",) or ("headers", "Authorization")

@@ -358,18 +358,32 @@ def credentials(config: HttpConfig, auth: bytes | None = None) -> tuple[str, ...
     return secret_spellings(values)
 
 
-_LAST_WORD = re.compile(r"\S+\Z")
+def _cut_start(text: str, secrets: Iterable[str]) -> int:
+    """The length of the longest start of one of ``secrets`` (not the whole of it) that
+    ``text`` ends with: what of a credential a cut inside it left, 0 when none."""
+    longest = 0
+    for secret in secrets if text else ():
+        size = min(len(secret) - 1, len(text))
+        while size > longest:
+            if text.endswith(secret[:size]):
+                longest = size
+                break
+            # (only a start ending with text's last character can be one)
+            size = secret.rfind(text[-1], 0, size - 1) + 1
+    return longest
 
 
 def excerpt(body: bytes, limit: int = EXCERPT_CHARS, secrets: Iterable[str] = ()) -> str:
     """The start of a response body as text, bounded, on one line, credentials masked."""
     secrets = tuple(secrets)
     text = body[: limit * 4].decode("utf-8", errors="replace")
-    if len(body) > limit * 4 and secrets and (last := _LAST_WORD.search(text)):
+    if len(body) > limit * 4:
         # The cut may fall inside a credential, whose start would then go unmasked, and
-        # collapsing whitespace (an indented page) brings it within the limit: the last
-        # word goes, as far back as such a start could reach.
-        text = text[: len(text) - min(len(last[0]), max(map(len, secrets)) - 1)]
+        # collapsing whitespace (an indented page) brings it within the limit: that start
+        # goes. Only it: cutting back the whole last word, as far as the longest
+        # credential reaches (a 1.5 KB OAuth token), left nothing of an answer written
+        # without spaces (minified JSON), its detail a bare "HTTP 400".
+        text = text[: len(text) - _cut_start(text, secrets)]
     return " ".join(masked(text, secrets).split())[:limit]
 
 
