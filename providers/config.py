@@ -380,10 +380,12 @@ class SmtpFamilyBase(ProviderBase):
         Gmail address and app password) never begins or ends with a space: one pasted
         with it (copied from a console, a CSV or an e-mail) is saved without, since with it
         every login is refused (535) and the password, masked in every read, never shows
-        why. Any other server's login is kept as given (a space may be part of it)."""
+        why. Any other server's login is kept as given (a space may be part of it).
+        One stored so by an earlier version is read without it too: its logins were
+        refused, and saving the provider back as read (the mask) kept it as it was."""
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         trimmed = text.strip(_PASTED_SPACES)
-        if not cls.service or not _given(info) or trimmed == text:
+        if not cls.service or trimmed == text:
             return value
         return SecretStr(trimmed) if isinstance(value, SecretStr) else trimmed
 
