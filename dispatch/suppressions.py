@@ -127,7 +127,7 @@ CHUNK = 1000
 
 
 def add_many(
-    emails: Iterable[str | tuple[str, str]],
+    emails: Iterable[str | tuple[str, str] | tuple[str, str, str]],
     *,
     reason: str,
     source: str,
@@ -137,8 +137,9 @@ def add_many(
     """Suppress every address of ``emails`` (read as they come: a file of millions is
     never held whole), :data:`CHUNK` to a round trip; ``(added, already suppressed)``.
     Each is an address (entered with ``reason``) or an ``(address, its own reason)``
-    pair (``POST /v1/suppressions``; the caller checked that reason). The one import of
-    both the CLI's ``suppressions add --file`` and the API's.
+    pair, or ``(address, reason, its own source)`` (``POST /v1/suppressions``; the
+    caller checked them). The one import of both the CLI's ``suppressions add --file``
+    and the API's.
 
     An existing entry is kept (or replaced) as :func:`add` does; a replaced one counts as
     already suppressed, as :func:`put` tells it. An address we could not
@@ -167,11 +168,13 @@ def add_many(
         chunk.clear()
 
     for position, item in enumerate(emails, 1):
-        email, why = (item, reason) if isinstance(item, str) else item
+        email, why, origin = (
+            (item, reason, source) if isinstance(item, str) else _given(item, source)
+        )
         if not email.strip():
             continue
         try:
-            entry = _new_entry(email, why, source, None)
+            entry = _new_entry(email, why, origin, None)
         except InvalidAddressError as exc:
             if invalid is not None:
                 invalid(position, email, exc)
@@ -185,6 +188,11 @@ def add_many(
     if chunk:
         flush()
     return added, already
+
+
+def _given(item: tuple[str, str] | tuple[str, str, str], source: str) -> tuple[str, str, str]:
+    """An :func:`add_many` item's ``(address, reason, source)``."""
+    return (item[0], item[1], source) if len(item) == 2 else (item[0], item[1], item[2])
 
 
 def get(email: str, *, client: redis.Redis | None = None) -> dict[str, Any] | None:

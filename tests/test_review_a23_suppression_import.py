@@ -14,6 +14,7 @@ from dispatch import store
 from dispatch.suppressions import MAX_REASON
 from tests.api_server import ApiServer
 from tests.api_support import api_client, covers, dispatch_client
+from tests.test_review_d13_replaced_entry import EMAIL, _own_unsubscribe
 
 BOM = b"\xef\xbb\xbf"
 OWN_UNSUBSCRIBE = {
@@ -292,3 +293,32 @@ def test_a_list_exported_imports_as_it_is(api_server: ApiServer, redis_client: r
         "ann@example.com": ("hard_bounce", "restore"),
         "bob@example.com": ("spam", "restore"),
     }
+
+
+@covers("POST /v1/suppressions")
+def test_an_exported_own_unsubscribe_imported_again_stays_the_persons(
+    api_server: ApiServer, redis_client: redis.Redis
+) -> None:
+    """A list exported and imported again (on the same deployment, or restored on
+    another): a person's own unsubscribe keeps its source, so the preference center's
+    "Subscribe again" still lifts it (the import's source in its place took that away);
+    an entry that only claims the reason keeps the import's source."""
+    token = _own_unsubscribe(api_server, redis_client)
+    exported = _entries(redis_client)[EMAIL]
+    claimed = {"email": "ops@example.com", "reason": "unsubscribed", "source": "crm"}
+    with api_client(api_server) as api:
+        answer = api.post(
+            "/v1/suppressions",
+            params={"source": "restore"},
+            content=orjson.dumps([exported, claimed]),
+            headers={"Content-Type": "application/json"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["added"], answer.json()["already_suppressed"]) == (1, 1)
+    entries = _entries(redis_client)
+    assert entries[EMAIL]["source"] == exported["source"]
+    assert entries["ops@example.com"]["source"] == "restore"
+    with api_client(api_server, token=None) as page:
+        lifted = page.post(f"/preferences/{token}", data={"action": "resubscribe"})
+    assert lifted.status_code == 200, lifted.text
+    assert EMAIL not in _entries(redis_client)

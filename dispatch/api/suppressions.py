@@ -42,6 +42,7 @@ from dispatch.api.streamed_bodies import (
 )
 from dispatch.campaign_checks import load_recipient, validation_problems
 from dispatch.campaign_errors import CampaignError
+from dispatch.preferences import own_unsubscribe
 from dispatch.recipient_stream import Document, RecipientSplitter, StreamFormatError
 from providers.addresses import InvalidAddressError, normalize_address
 
@@ -168,7 +169,7 @@ async def _import(
     """
     result = SuppressionImportResult()
     splitter = RecipientSplitter(MAX_ITEM_BYTES)
-    batch: list[tuple[str, str]] = []
+    batch: list[tuple[str, str, str]] = []
     positions: list[int] = []  # the line or index of each item of the batch
     # (position, field, message) of the bad items since the last flush: listed in order,
     # and counted in the flush's CHUNK (a body of bad items only is never held whole).
@@ -200,7 +201,7 @@ async def _import(
             if isinstance(item, tuple):
                 refused.append((doc.position, *item))
             else:
-                batch.append((item.email, item.reason or reason))
+                batch.append(_entered(item, reason, source))
                 positions.append(doc.position)
             if len(batch) + len(refused) >= suppressions.CHUNK:
                 await flush()
@@ -228,6 +229,15 @@ async def _import(
         problems = [("body", message), *listed(result.errors)]
         raise InvalidFieldError(message, "body", problems) from None
     return result
+
+
+def _entered(item: SuppressionImportItem, reason: str, source: str) -> tuple[str, str, str]:
+    """``(address, reason, source)`` of an import's item: the request's source, but an
+    exported person's own unsubscribe keeps its own (an operator's source in its place
+    would take from the person the "Subscribe again" of the preference center, and a
+    list exported and imported again on the same deployment replaced every such entry)."""
+    listed = {"reason": item.reason, "source": item.source}
+    return item.email, item.reason or reason, item.source if own_unsubscribe(listed) else source
 
 
 def _item(raw: bytes) -> SuppressionImportItem | tuple[str, str]:
