@@ -382,16 +382,29 @@ def _linear_sum(
     return out if kind is list else tuple(out)
 
 
+class _End:
+    """Where the walk of :func:`_text_size` leaves a container: its text's size is known."""
+
+    __slots__ = ("key", "start")
+
+    def __init__(self, key: int, start: int) -> None:
+        self.key, self.start = key, start
+
+
 def _text_size(value: Any, limit: int) -> int:
     """About ``len(str(value))``, counted only up to just past ``limit``.
 
     A list holding one long string a thousand times costs a thousand pointers, but its
     text (what output, ``~``, ``format``, ``join`` or ``tojson`` make of it) is a thousand
-    times the string: that is what must be bounded before Python builds it.
+    times the string: that is what must be bounded before Python builds it. So is a
+    container held many times (``[m] * 1000``, ``m`` a list holding a list a thousand
+    times: five gigabytes of text in a few kilobytes): its text is counted each time,
+    from its size noted the first time; only a container within itself (a namespace
+    may hold itself) is shown once, as ``str`` shows it (``[...]``).
     """
     size = 0
     stack = [value]
-    seen: set[int] = set()
+    sizes: dict[int, int] = {}  # by id: each container's text, or 5 while within it
     while stack and size <= limit:
         item = stack.pop()
         if isinstance(item, str):
@@ -399,9 +412,12 @@ def _text_size(value: Any, limit: int) -> int:
         elif type(item) is int:
             size += item.bit_length() // 3 + 2
         elif isinstance(item, _CONTAINERS):  # not Jinja2's Context: a filter's argument
-            if id(item) in seen:  # a namespace may hold itself
+            known = sizes.get(id(item))
+            if known is not None:
+                size += known
                 continue
-            seen.add(id(item))
+            sizes[id(item)] = 5
+            stack.append(_End(id(item), size))
             if isinstance(item, Namespace):
                 item = item._Namespace__attrs
             if isinstance(item, dict):
@@ -410,6 +426,8 @@ def _text_size(value: Any, limit: int) -> int:
             else:
                 stack.extend(item)
             size += 2 + 2 * len(item)
+        elif type(item) is _End:
+            sizes[item.key] = size - item.start
         else:
             size += 24  # numbers, None, a repr: a few characters
     return size
