@@ -13,7 +13,7 @@ from contextvars import ContextVar, Token
 from datetime import UTC, date, datetime
 from functools import lru_cache, update_wrapper
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import (
     Environment,
@@ -21,7 +21,7 @@ from jinja2 import (
     nodes,
     pass_environment,
 )
-from jinja2.compiler import CodeGenerator, Frame, optimizeconst
+from jinja2.compiler import CodeGenerator, Frame, operators, optimizeconst
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.filters import make_attrgetter, sync_do_sum
 from jinja2.runtime import Context
@@ -511,6 +511,35 @@ def _bounded_concat(buffer: Iterable[str]) -> str:
     return _concat(buffer)
 
 
+def _compared(value: Any) -> Any:
+    """An operand of a comparison (``==``, ``in``, ``<``, a test such as ``eq``) or a key
+    hashed (``d[key]``, ``{key: ...}``), refused when its text would pass
+    :data:`MAX_PART_CHARS`: Python compares containers and hashes tuples item by item
+    in one call no limit can stop, and a list doubled in a loop (``[l, l]``, 40 times)
+    holds 2**40 items in 40 lists (comparing two such lists took hours)."""
+    if type(value) not in _FLAT and _text_size(value, MAX_PART_CHARS) > MAX_PART_CHARS:
+        raise _refuse("comparing or hashing a value whose text")
+    return value
+
+
+# Jinja2's tests that compare their value with their argument (as _compared says).
+_COMPARING_TESTS = frozenset(
+    {"in", "==", "eq", "equalto", "!=", "ne", ">", "gt", "greaterthan", ">=", "ge"}
+    | {"<", "lt", "lessthan", "<=", "le"}
+)
+
+
+def _bounded_test(test: Callable[..., Any]) -> Callable[..., Any]:
+    """A comparing test with its value and argument checked first (:func:`_compared`)."""
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        for arg in (*args, *kwargs.values()):
+            _compared(arg)
+        return test(*args, **kwargs)
+
+    return update_wrapper(bounded, test)
+
+
 def _count_step(context: Context) -> None:
     """One loop iteration or macro call of the part ``context`` renders."""
     steps: int = context.__dict__.get("dispatch_steps", 0) + 1
@@ -522,8 +551,9 @@ def _count_step(context: Context) -> None:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``), and
-    counts each iteration of a loop and each call of a macro or call block."""
+    """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``), checks
+    what is compared or hashed (:func:`_compared`), and counts each iteration of a loop
+    and each call of a macro or call block."""
 
     @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
@@ -539,6 +569,47 @@ class _BoundedCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write("))")
+
+    # Each operand of a comparison, a non-constant subscript or dict key, checked first.
+    @optimizeconst
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        self.write("(")
+        self._visit_compared(node.expr, frame)
+        for op in node.ops:
+            self.visit(op, frame)
+        self.write(")")
+
+    def visit_Operand(self, node: nodes.Operand, frame: Frame) -> None:
+        self.write(f" {operators[node.op]} ")
+        self._visit_compared(node.expr, frame)
+
+    @optimizeconst
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        if isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.getitem(")
+        self.visit(node.node, frame)
+        self.write(", ")
+        self._visit_compared(node.arg, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("{")
+        for item in node.items:
+            self._visit_compared(item.key, frame)
+            self.write(": ")
+            self.visit(item.value, frame)
+            self.write(", ")
+        self.write("}")
+
+    def _visit_compared(self, node: nodes.Expr, frame: Frame) -> None:
+        if isinstance(node, nodes.Const):
+            self.visit(node, frame)
+            return
+        self.write("environment.compared(")
+        self.visit(node, frame)
+        self.write(")")
 
     # Jinja2 refuses new node types: the count is written at the start of the next block
     # these write, which is the body (the loop's ``else`` and filter come after it).
@@ -615,11 +686,14 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.bounded_join = _bounded_join
         self.concat = _bounded_concat  # type: ignore[method-assign]
         self.count_step = _count_step
+        self.compared = _compared
         self.filters["sum"] = _linear_sum
         self.filters["date"] = _date
         for name, filter_ in self.filters.items():
             self.filters[name] = _bounded_filter(name, filter_)
         self.filters["format"] = _fast_format(self.filters["format"].__wrapped__)
+        for name in _COMPARING_TESTS:  # (mypy types Jinja2's tests "function")
+            self.tests[name] = _bounded_test(cast(Callable[..., Any], self.tests[name]))
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
@@ -665,6 +739,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 _check_translate(text, args[0])
         if name == "expandtabs" and isinstance(text, str | bytes):
             _check_expandtabs(text, args, kwargs)
+        elif name in ("count", "index") and isinstance(text, list | tuple):
+            _compared(text)  # (each item compared with the argument)
         result = super().call(__context, __obj, *args, **kwargs)
         return _check_size(result, f"the result of {name or 'a call'}")
 
