@@ -73,6 +73,9 @@ _NUMBER = re.compile(r"\d+")
 _SIZE_TAKING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 # str and bytes methods whose result may repeat an argument (see _check_join).
 _GROWING_METHODS = frozenset({"replace", "join", "translate"})
+# Characters textwrap may copy breaking a text's long words (see _check_wordwrap): a
+# 1,000,000-character word at the default width (79) is about 1.3e10, a third of a second.
+MAX_WRAP_WORK = 20_000_000_000
 _MAX_LIPSUM = 1_000  # paragraphs or words per paragraph: each is hundreds of characters
 # Filters whose integer arguments are sizes: of the result, or of how many lists it holds.
 _SIZE_FILTERS = ("center", "indent", "wordwrap", "batch", "slice")
@@ -215,8 +218,23 @@ def _check_indent(text: Any, width: Any) -> None:
 
 def _check_wordwrap(wrap: Callable[..., str], args: dict[str, Any]) -> None:
     """Refuse the ``wordwrap`` filter past the limit: its ``wrapstring`` ends every line.
-    When it could, the lines are counted first (wrapped with one character)."""
-    wrapstring, text = args["wrapstring"], args["s"]
+    When it could, the lines are counted first (wrapped with one character).
+
+    Also refused: words so long for the width that breaking them would take seconds.
+    ``textwrap`` breaks a long word a line at a time, copying the rest of the word each
+    time: time in the square of its length over the width, in one call no time limit
+    can cut (``('a' * 999999)|wordwrap(1)`` took 20 to 40 s; in the API too, three times,
+    when the text is a constant the template compiles)."""
+    wrapstring, text, width = args["wrapstring"], args["s"], args["width"]
+    if (
+        isinstance(text, str)
+        and args["break_long_words"]
+        and type(width) is int
+        and width > 0
+        and len(text) ** 2 // width > MAX_WRAP_WORK  # (cheap first: no word is longer)
+        and len(text) * max(map(len, text.split()), default=0) // width > MAX_WRAP_WORK
+    ):
+        raise _refuse("a wordwrap of words this long")
     if not isinstance(wrapstring, str) or not isinstance(text, str) or len(wrapstring) < 2:
         return
     if len(wrapstring) * (len(text) + 1) > MAX_VALUE_SIZE:

@@ -79,3 +79,16 @@ def test_ordinary_comparisons_and_lookups_render_as_before() -> None:
         "{{ tags is eq(['a', 'b']) }} {{ [1, 2, 3]|select('gt', 1)|list }} {{ tags.index('b') }}"
     )
     assert _render(template) == "True True True 2 True [2, 3] 1"
+
+
+def test_wrapping_a_long_word_to_a_narrow_width_is_refused_before_textwrap_runs() -> None:
+    # (textwrap's time is in the square of the word over the width: this one took 2-6 s,
+    # a 1,000,000-character word 20-40 s, in one call the render's time limit cannot cut)
+    try:
+        rendered = _render("{{ ('a' * 200000)|wordwrap(1)|length }}")
+    except RenderError as exc:
+        assert "a wordwrap of words this long would exceed the template limits" in str(exc)
+    else:
+        raise AssertionError(f"rendered {rendered!r}")
+    assert _render("{{ 'hello world foo'|wordwrap(5) }}") == "hello\nworld\nfoo"
+    assert _render("{{ ('a' * 999999)|wordwrap(9, break_long_words=False)|length }}") == "999999"
