@@ -13,7 +13,7 @@ from contextvars import ContextVar, Token
 from datetime import UTC, date, datetime
 from functools import lru_cache, update_wrapper
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import (
     Environment,
@@ -21,7 +21,7 @@ from jinja2 import (
     nodes,
     pass_environment,
 )
-from jinja2.compiler import CodeGenerator, Frame, optimizeconst
+from jinja2.compiler import CodeGenerator, Frame, operators, optimizeconst
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.filters import make_attrgetter, sync_do_sum
 from jinja2.runtime import Context
@@ -73,6 +73,9 @@ _NUMBER = re.compile(r"\d+")
 _SIZE_TAKING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 # str and bytes methods whose result may repeat an argument (see _check_join).
 _GROWING_METHODS = frozenset({"replace", "join", "translate"})
+# Characters textwrap may copy breaking a text's long words (see _check_wordwrap): a
+# 1,000,000-character word at the default width (79) is about 1.3e10, a third of a second.
+MAX_WRAP_WORK = 20_000_000_000
 _MAX_LIPSUM = 1_000  # paragraphs or words per paragraph: each is hundreds of characters
 # Filters whose integer arguments are sizes: of the result, or of how many lists it holds.
 _SIZE_FILTERS = ("center", "indent", "wordwrap", "batch", "slice")
@@ -215,8 +218,23 @@ def _check_indent(text: Any, width: Any) -> None:
 
 def _check_wordwrap(wrap: Callable[..., str], args: dict[str, Any]) -> None:
     """Refuse the ``wordwrap`` filter past the limit: its ``wrapstring`` ends every line.
-    When it could, the lines are counted first (wrapped with one character)."""
-    wrapstring, text = args["wrapstring"], args["s"]
+    When it could, the lines are counted first (wrapped with one character).
+
+    Also refused: words so long for the width that breaking them would take seconds.
+    ``textwrap`` breaks a long word a line at a time, copying the rest of the word each
+    time: time in the square of its length over the width, in one call no time limit
+    can cut (``('a' * 999999)|wordwrap(1)`` took 20 to 40 s; in the API too, three times,
+    when the text is a constant the template compiles)."""
+    wrapstring, text, width = args["wrapstring"], args["s"], args["width"]
+    if (
+        isinstance(text, str)
+        and args["break_long_words"]
+        and type(width) is int
+        and width > 0
+        and len(text) ** 2 // width > MAX_WRAP_WORK  # (cheap first: no word is longer)
+        and len(text) * max(map(len, text.split()), default=0) // width > MAX_WRAP_WORK
+    ):
+        raise _refuse("a wordwrap of words this long")
     if not isinstance(wrapstring, str) or not isinstance(text, str) or len(wrapstring) < 2:
         return
     if len(wrapstring) * (len(text) + 1) > MAX_VALUE_SIZE:
@@ -382,16 +400,29 @@ def _linear_sum(
     return out if kind is list else tuple(out)
 
 
+class _End:
+    """Where the walk of :func:`_text_size` leaves a container: its text's size is known."""
+
+    __slots__ = ("key", "start")
+
+    def __init__(self, key: int, start: int) -> None:
+        self.key, self.start = key, start
+
+
 def _text_size(value: Any, limit: int) -> int:
     """About ``len(str(value))``, counted only up to just past ``limit``.
 
     A list holding one long string a thousand times costs a thousand pointers, but its
     text (what output, ``~``, ``format``, ``join`` or ``tojson`` make of it) is a thousand
-    times the string: that is what must be bounded before Python builds it.
+    times the string: that is what must be bounded before Python builds it. So is a
+    container held many times (``[m] * 1000``, ``m`` a list holding a list a thousand
+    times: five gigabytes of text in a few kilobytes): its text is counted each time,
+    from its size noted the first time; only a container within itself (a namespace
+    may hold itself) is shown once, as ``str`` shows it (``[...]``).
     """
     size = 0
     stack = [value]
-    seen: set[int] = set()
+    sizes: dict[int, int] = {}  # by id: each container's text, or 5 while within it
     while stack and size <= limit:
         item = stack.pop()
         if isinstance(item, str):
@@ -399,9 +430,12 @@ def _text_size(value: Any, limit: int) -> int:
         elif type(item) is int:
             size += item.bit_length() // 3 + 2
         elif isinstance(item, _CONTAINERS):  # not Jinja2's Context: a filter's argument
-            if id(item) in seen:  # a namespace may hold itself
+            known = sizes.get(id(item))
+            if known is not None:
+                size += known
                 continue
-            seen.add(id(item))
+            sizes[id(item)] = 5
+            stack.append(_End(id(item), size))
             if isinstance(item, Namespace):
                 item = item._Namespace__attrs
             if isinstance(item, dict):
@@ -410,6 +444,8 @@ def _text_size(value: Any, limit: int) -> int:
             else:
                 stack.extend(item)
             size += 2 + 2 * len(item)
+        elif type(item) is _End:
+            sizes[item.key] = size - item.start
         else:
             size += 24  # numbers, None, a repr: a few characters
     return size
@@ -493,6 +529,35 @@ def _bounded_concat(buffer: Iterable[str]) -> str:
     return _concat(buffer)
 
 
+def _compared(value: Any) -> Any:
+    """An operand of a comparison (``==``, ``in``, ``<``, a test such as ``eq``) or a key
+    hashed (``d[key]``, ``{key: ...}``), refused when its text would pass
+    :data:`MAX_PART_CHARS`: Python compares containers and hashes tuples item by item
+    in one call no limit can stop, and a list doubled in a loop (``[l, l]``, 40 times)
+    holds 2**40 items in 40 lists (comparing two such lists took hours)."""
+    if type(value) not in _FLAT and _text_size(value, MAX_PART_CHARS) > MAX_PART_CHARS:
+        raise _refuse("comparing or hashing a value whose text")
+    return value
+
+
+# Jinja2's tests that compare their value with their argument (as _compared says).
+_COMPARING_TESTS = frozenset(
+    {"in", "==", "eq", "equalto", "!=", "ne", ">", "gt", "greaterthan", ">=", "ge"}
+    | {"<", "lt", "lessthan", "<=", "le"}
+)
+
+
+def _bounded_test(test: Callable[..., Any]) -> Callable[..., Any]:
+    """A comparing test with its value and argument checked first (:func:`_compared`)."""
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        for arg in (*args, *kwargs.values()):
+            _compared(arg)
+        return test(*args, **kwargs)
+
+    return update_wrapper(bounded, test)
+
+
 def _count_step(context: Context) -> None:
     """One loop iteration or macro call of the part ``context`` renders."""
     steps: int = context.__dict__.get("dispatch_steps", 0) + 1
@@ -504,8 +569,9 @@ def _count_step(context: Context) -> None:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``), and
-    counts each iteration of a loop and each call of a macro or call block."""
+    """Compiles ``a ~ b`` to a size-checked join (Jinja2 cannot intercept ``~``), checks
+    what is compared or hashed (:func:`_compared`), and counts each iteration of a loop
+    and each call of a macro or call block."""
 
     @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
@@ -521,6 +587,47 @@ class _BoundedCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write("))")
+
+    # Each operand of a comparison, a non-constant subscript or dict key, checked first.
+    @optimizeconst
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        self.write("(")
+        self._visit_compared(node.expr, frame)
+        for op in node.ops:
+            self.visit(op, frame)
+        self.write(")")
+
+    def visit_Operand(self, node: nodes.Operand, frame: Frame) -> None:
+        self.write(f" {operators[node.op]} ")
+        self._visit_compared(node.expr, frame)
+
+    @optimizeconst
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        if isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.getitem(")
+        self.visit(node.node, frame)
+        self.write(", ")
+        self._visit_compared(node.arg, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("{")
+        for item in node.items:
+            self._visit_compared(item.key, frame)
+            self.write(": ")
+            self.visit(item.value, frame)
+            self.write(", ")
+        self.write("}")
+
+    def _visit_compared(self, node: nodes.Expr, frame: Frame) -> None:
+        if isinstance(node, nodes.Const):
+            self.visit(node, frame)
+            return
+        self.write("environment.compared(")
+        self.visit(node, frame)
+        self.write(")")
 
     # Jinja2 refuses new node types: the count is written at the start of the next block
     # these write, which is the body (the loop's ``else`` and filter come after it).
@@ -597,11 +704,14 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.bounded_join = _bounded_join
         self.concat = _bounded_concat  # type: ignore[method-assign]
         self.count_step = _count_step
+        self.compared = _compared
         self.filters["sum"] = _linear_sum
         self.filters["date"] = _date
         for name, filter_ in self.filters.items():
             self.filters[name] = _bounded_filter(name, filter_)
         self.filters["format"] = _fast_format(self.filters["format"].__wrapped__)
+        for name in _COMPARING_TESTS:  # (mypy types Jinja2's tests "function")
+            self.tests[name] = _bounded_test(cast(Callable[..., Any], self.tests[name]))
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
@@ -647,6 +757,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 _check_translate(text, args[0])
         if name == "expandtabs" and isinstance(text, str | bytes):
             _check_expandtabs(text, args, kwargs)
+        elif name in ("count", "index") and isinstance(text, list | tuple):
+            _compared(text)  # (each item compared with the argument)
         result = super().call(__context, __obj, *args, **kwargs)
         return _check_size(result, f"the result of {name or 'a call'}")
 
