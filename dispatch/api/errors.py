@@ -59,6 +59,8 @@ from dispatch.campaigns import (
 from dispatch.crypto import SecretKeyError
 from dispatch.provider_store import ProviderNotFoundError
 from dispatch.retention import CampaignPurgedError
+from providers.callbacks.events import MAX_EVENTS
+from providers.callbacks.sendgrid import MAX_SENDGRID_EVENTS
 
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 # A 422 lists this many problems; its detail counts the others. (A campaign of 300,000
@@ -340,7 +342,8 @@ CALLBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: {
         "description": "Malformed as a whole, failed authentication (unknown nickname or "
-        "token, bad signature), over 1000 events or 8 MB, or every event refused",
+        f"token, bad signature), over {MAX_EVENTS:,} events ({MAX_SENDGRID_EVENTS:,} for "
+        "`sendgrid`, whose posts may hold more) or 8 MB, or every event refused",
         **_json_of(CallbackError, HttpCallbackResult),
     },
     502: {
