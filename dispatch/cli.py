@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -904,7 +904,7 @@ def _suppress_file(path: str, reason: str) -> int:
         print(f"error: {path}:{line}: {_undecoded(text) or exc}", file=sys.stderr)
 
     def add(lines: Iterable[str]) -> tuple[int, int]:
-        emails = (line.rstrip("\r\n") for line in lines)
+        emails = _addresses_not_json(line.rstrip("\r\n") for line in lines)
         return suppressions.add_many(emails, reason=reason, source="cli", invalid=invalid)
 
     try:
@@ -917,8 +917,36 @@ def _suppress_file(path: str, reason: str) -> int:
     except (OSError, UnicodeDecodeError) as exc:  # (UTF-16/32: see _text)
         print(f"error: --file: {exc}", file=sys.stderr)
         return 2
+    except _JsonFileError:
+        print(
+            f"error: {path} is JSON (as 'dispatch suppressions list' writes it), not one "
+            "address a line: nothing was added. Import such a list with POST "
+            "/v1/suppressions (it keeps each entry's reason), or take its addresses "
+            f"first: jq -r '.[].email' {path}",
+            file=sys.stderr,
+        )
+        return 2
     _print({"added": added, "already_suppressed": already, "invalid": refused})
     return 2 if refused else 0
+
+
+class _JsonFileError(Exception):
+    """``suppressions add --file`` was given JSON, not one address a line."""
+
+
+def _addresses_not_json(lines: Iterator[str]) -> Iterator[str]:
+    """``lines`` as they come, but :class:`_JsonFileError` when the first that is not blank
+    starts a JSON array or object (``[``, ``{``, ``{"``: no address starts so): the list
+    ``dispatch suppressions list`` writes made an invalid line of every one of its
+    lines, seven an entry, and added nothing, without saying why."""
+    for line in lines:
+        first = line.strip()
+        if first == "{" or first.startswith(("[", '{"')):
+            raise _JsonFileError
+        yield line
+        if first:
+            break
+    yield from lines
 
 
 def cmd_suppressions_remove(args: argparse.Namespace) -> int:

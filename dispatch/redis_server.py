@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,9 @@ PROBE_TIMEOUT = 1.0  # seconds a recorded server may take to answer
 # The start of an embedded server's folder name: how dispatch.store tells it (it keeps
 # nothing by design) from a Redis an operator runs without an append-only file.
 EMBEDDED_DIR_PREFIX = "dispatch-redis-"
+# Its whole name, as tempfile.mkdtemp makes it (8 of a-z, 0-9, _): an operator's folder
+# named so (``/var/lib/dispatch-redis-data``) is none.
+EMBEDDED_DIR_NAME = re.compile(re.escape(EMBEDDED_DIR_PREFIX) + "[a-z0-9_]{8}")
 
 
 def find_redis_server() -> str:

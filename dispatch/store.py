@@ -7,7 +7,7 @@ import os
 import redis
 import redis.asyncio as aioredis
 
-from dispatch.redis_server import EMBEDDED_DIR_PREFIX, ensure_redis_url
+from dispatch.redis_server import EMBEDDED_DIR_NAME, ensure_redis_url
 
 PREFIX = "dispatch"
 EVENTS_STREAM = f"{PREFIX}:events"
@@ -215,7 +215,7 @@ def durability_problem(client: redis.Redis) -> str | None:
         folder = str(client.config_get("dir").get("dir", ""))
     except redis.ResponseError:  # managed Redis refuses CONFIG
         folder = ""
-    if os.path.basename(folder.rstrip("/")).startswith(EMBEDDED_DIR_PREFIX):
+    if EMBEDDED_DIR_NAME.fullmatch(os.path.basename(folder.rstrip("/"))):
         return None
     return (
         "Redis keeps no append-only file (appendonly no): a restart or failover loses the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,16 @@ from dispatch.redis_server import RedisServer, _free_port, find_redis_server
 @pytest.fixture
 def packaged(tmp_path: Path) -> Iterator[redis.Redis]:
     """A Redis as a distribution's redis.conf runs it: a folder of its own, no AOF."""
+    with packaged_redis(tmp_path) as client:
+        yield client
+
+
+@contextmanager
+def packaged_redis(folder: Path) -> Iterator[redis.Redis]:
+    """The Redis of :func:`packaged`, in ``folder``."""
     port = _free_port()
     command = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1"]
-    command += ["--dir", str(tmp_path), "--appendonly", "no", "--save", "3600 1"]
+    command += ["--dir", str(folder), "--appendonly", "no", "--save", "3600 1"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port, decode_responses=True)
     try:
