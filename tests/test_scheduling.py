@@ -92,6 +92,7 @@ def test_two_releases_at_once_start_each_campaign_once(
     for campaign_id in ids:
         schedule(redis_client, campaign_id, 1001, send_at)
     held = held_starts(monkeypatch)
+    assert tasks.release_scheduled() == 0 and held == []  # (not before send_at)
     send_at_reached(monkeypatch)
     counts: list[int] = []
     go = threading.Barrier(4)
