@@ -47,6 +47,10 @@ from dispatch.settings import get_settings
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 _STATUS_CHUNK = 1000  # campaign statuses read per round trip
 _WATCHED_STATUSES = ("running", "paused", "scheduled")  # the statuses dispatch_campaigns counts
+_UNREAD_COUNTED = 1000  # a consumer group's unread events counted one by one, at most
+# How many entries of the stream follow a group's last-delivered id, up to ARGV[2]: the
+# entries stay in Redis, only their number comes back.
+_UNREAD = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
 # The outcomes dispatch_messages_total counts (the ledger's states but ``claimed``).
 OUTCOMES = tuple(s.value for s in MessageState if s is not MessageState.CLAIMED)
 
@@ -175,13 +179,31 @@ def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
 
 
 def _consumer_groups(r: redis.Redis) -> list[tuple[str, float]]:
-    """Each consumer group of the events stream and its lag (Redis 7; groups whose lag
-    Redis cannot tell are left out)."""
+    """Each consumer group of the events stream and how many of its entries the group has
+    not been given yet. Redis's own ``lag`` is not taken as it is: before Redis 8
+    (redis#13957) a group that fell behind the trim keeps it too high, for good, by every
+    entry trimmed before the group read it (so a consumer that caught up stayed near the
+    cap), and a group that has not read since its creation has none. Up to
+    _UNREAD_COUNTED entries are counted; a group further behind gets Redis's figure, at
+    most the stream's length."""
     try:
         groups = r.xinfo_groups(store.EVENTS_STREAM)
     except redis.ResponseError:  # no stream yet
         return []
-    return [(str(g["name"]), float(g["lag"])) for g in groups if g.get("lag") is not None]
+    pipe = r.pipeline(transaction=False)
+    pipe.xlen(store.EVENTS_STREAM)
+    for group in groups:
+        last = str(group["last-delivered-id"])
+        pipe.eval(_UNREAD, 1, store.EVENTS_STREAM, last, _UNREAD_COUNTED)
+    length, *unread = pipe.execute()
+    lags = []
+    for group, counted in zip(groups, unread, strict=True):
+        lag = int(counted)
+        if lag >= _UNREAD_COUNTED:
+            told = group.get("lag")
+            lag = max(lag, min(length, length if told is None else int(told)))
+        lags.append((str(group["name"]), float(lag)))
+    return lags
 
 
 def _redis_up(up: bool) -> Family:
