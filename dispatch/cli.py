@@ -917,12 +917,12 @@ def _suppress_file(path: str, reason: str) -> int:
     except (OSError, UnicodeDecodeError) as exc:  # (UTF-16/32: see _text)
         print(f"error: --file: {exc}", file=sys.stderr)
         return 2
-    except _JsonFileError:
+    except _JsonFileError as exc:
         print(
             f"error: {path} is JSON (as 'dispatch suppressions list' writes it), not one "
             "address a line: nothing was added. Import such a list with POST "
             "/v1/suppressions (it keeps each entry's reason), or take its addresses "
-            f"first: jq -r '.[].email' {path}",
+            f"first: jq -r '{exc.addresses}' {path}",
             file=sys.stderr,
         )
         return 2
@@ -931,18 +931,28 @@ def _suppress_file(path: str, reason: str) -> int:
 
 
 class _JsonFileError(Exception):
-    """``suppressions add --file`` was given JSON, not one address a line."""
+    """``suppressions add --file`` was given JSON, not one address a line: ``addresses``
+    is the jq filter that takes its addresses (an array's, or NDJSON's object a line)."""
+
+    def __init__(self, addresses: str) -> None:
+        super().__init__(addresses)
+        self.addresses = addresses
+
+
+# The start of a JSON array or object: ``[``, or ``{`` alone or before a quote or a blank
+# (``{ "email": ...}``). No address starts so (``{ann}@example.com`` is one).
+_JSON_START = re.compile(r'\[|\{(?:$|[\s"])')
 
 
 def _addresses_not_json(lines: Iterator[str]) -> Iterator[str]:
     """``lines`` as they come, but :class:`_JsonFileError` when the first that is not blank
-    starts a JSON array or object (``[``, ``{``, ``{"``: no address starts so): the list
-    ``dispatch suppressions list`` writes made an invalid line of every one of its
-    lines, seven an entry, and added nothing, without saying why."""
+    starts a JSON array or object (:data:`_JSON_START`): the list ``dispatch suppressions
+    list`` writes made an invalid line of every one of its lines, seven an entry, and
+    added nothing, without saying why."""
     for line in lines:
         first = line.strip()
-        if first == "{" or first.startswith(("[", '{"')):
-            raise _JsonFileError
+        if _JSON_START.match(first):
+            raise _JsonFileError(".[].email" if first.startswith("[") else ".email")
         yield line
         if first:
             break

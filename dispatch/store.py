@@ -211,11 +211,13 @@ def durability_problem(client: redis.Redis) -> str | None:
             return None
     except redis.ResponseError:
         return None
-    try:  # the embedded server's folder (dispatch.redis_server.RedisServer)
+    try:  # the embedded server's folder, and it saves no snapshot (RedisServer's --save "")
         folder = str(client.config_get("dir").get("dir", ""))
+        snapshots = str(client.config_get("save").get("save", ""))
     except redis.ResponseError:  # managed Redis refuses CONFIG
-        folder = ""
-    if EMBEDDED_DIR_NAME.fullmatch(os.path.basename(folder.rstrip("/"))):
+        folder = snapshots = ""
+    # (a folder's name alone is an operator's too: /var/lib/dispatch-redis-replica1)
+    if not snapshots and EMBEDDED_DIR_NAME.fullmatch(os.path.basename(folder.rstrip("/"))):
         return None
     return (
         "Redis keeps no append-only file (appendonly no): a restart or failover loses the "
