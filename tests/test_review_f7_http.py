@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -84,13 +85,20 @@ def test_a_test_email_whose_vars_cannot_fill_a_header_or_query_is_answered(
             },
         )
         assert saved.status_code == 201, saved.text
-        answer = api.post(
-            "/v1/providers/esp/test",
-            content=f'{{"to": "t@example.com", "vars": {{"v": {raw}}}}}',
-            headers={"Content-Type": "application/json"},
-        )
-        assert sink.requests == []
-    assert answer.status_code == 200, answer.text
-    verdict = answer.json()
-    assert (verdict["ok"], verdict["error"]) == (False, "Invalid message")
+        verdict = refused_test_email(api, sink, raw)
     assert "X-V" in verdict["detail"]
+
+
+def refused_test_email(api: httpx.Client, sink: HttpSink, raw: str) -> dict[str, Any]:
+    """The answer of esp's test email with ``vars`` ``{"v": <raw JSON>}``, which must
+    fail as ``Invalid message`` with nothing sent."""
+    answer = api.post(
+        "/v1/providers/esp/test",
+        content=f'{{"to": "t@example.com", "vars": {{"v": {raw}}}}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert sink.requests == []
+    assert answer.status_code == 200, answer.text
+    verdict: dict[str, Any] = answer.json()
+    assert (verdict["ok"], verdict["error"]) == (False, "Invalid message")
+    return verdict
