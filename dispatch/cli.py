@@ -338,7 +338,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     another shell) while this runs; SIGTERM stops it as Ctrl-C does.
     """
     from dispatch.crypto import ensure_secret_key
-    from dispatch.redis_server import ensure_redis_url, forget_running_up, record_running_up
+    from dispatch.redis_server import (
+        ensure_redis_url,
+        forget_running_up,
+        record_running_up,
+        running_up,
+    )
     from dispatch.settings import get_settings
 
     _check_port(args.host, args.port)
@@ -353,6 +358,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     status = 0
     running = None
+    replaced = running_up()  # another `up` recorded: its record comes back when this stops
     try:
         procs += [subprocess.Popen([*exe, *verb]) for verb in verbs]
         try:
@@ -369,7 +375,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         pass
     finally:
         if running is not None:
-            forget_running_up(running)
+            forget_running_up(running, replaced)
         for p in procs:
             p.terminate()
         for p in procs:

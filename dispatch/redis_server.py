@@ -338,22 +338,37 @@ def record_running_up(secret_key: str = "", public_url: str = "") -> RunningUp |
         secret_key=secret_key,
         public_url=public_url,
     )
-    path = state_file()
+    _write_state(state_file(), state)
+    return state
+
+
+def _write_state(path: Path, state: RunningUp) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(state.model_dump_json())
     partial.replace(path)  # readers never see half a file
-    return state
 
 
-def forget_running_up(state: RunningUp) -> None:
-    """Remove the record of ``state``, unless another ``up`` has recorded itself since."""
+def forget_running_up(state: RunningUp, replaced: RunningUp | None = None) -> None:
+    """Remove the record of ``state``, unless another ``up`` has recorded itself since;
+    ``replaced``, the ``up`` whose record it took over, is recorded again if it still
+    runs (a second ``up`` stopped must not leave the first's Redis unfound: commands
+    would save to a throwaway one)."""
     path = state_file()
-    if _read_state(path) == state:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    if _read_state(path) != state:
+        return
+    if replaced is not None and _still_runs(replaced):
+        try:
+            _write_state(path, replaced)
+            return
+        except OSError as exc:
+            log.warning(
+                "the running `dispatch up` (pid %d) is not recorded again: %s", replaced.pid, exc
+            )
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _read_state(path: Path) -> RunningUp | None:
@@ -373,10 +388,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _still_runs(state: RunningUp) -> bool:
+    return _alive(state.pid) and _run_id(state.redis_url) == state.run_id
+
+
 def running_up() -> RunningUp | None:
     """The recorded ``dispatch up``, if it still runs and its Redis answers as itself."""
     state = _read_state(state_file())
-    if state is None or not _alive(state.pid) or _run_id(state.redis_url) != state.run_id:
+    if state is None or not _still_runs(state):
         return None
     return state
 
