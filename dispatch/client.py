@@ -7,7 +7,10 @@
         campaign = api.create_campaign({"id": "spring-1", "provider": "acme-smtp",
                                         "subject": "Hi {{ name }}", "html": "...",
                                         "draft": True})
-        api.append_recipients("spring-1", ({"email": e} for e in addresses))  # streamed
+        added = api.append_recipients(  # streamed; each recipient needs its {{ name }}
+            "spring-1", ({"email": e, "vars": {"name": n}} for e, n in people)
+        )
+        print(added.appended, added.errors)  # refused recipients are listed, not raised
         api.start_campaign("spring-1")
         print(api.wait("spring-1").sent)
 
@@ -82,6 +85,7 @@ UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 APPEND_LINES_PER_CHUNK = 500  # NDJSON lines per write while streaming an append
 MAX_LISTED_PROBLEMS = 1000  # as the API: an append lists this many bad recipients
 FINISHED = frozenset({"completed", "cancelled", "expired"})
+WAITING = frozenset({"paused", "draft"})  # for a person (or a caller) to act: wait() ends
 
 
 class DispatchAPIError(Exception):
@@ -611,7 +615,8 @@ class DispatchClient:
     def wait(
         self, campaign_id: str, *, timeout: float = 600.0, interval: float = 1.0
     ) -> CampaignSummary:
-        """Poll until the campaign is finished (or paused); raises ``TimeoutError``.
+        """Poll until the campaign is finished, paused or a draft (which only a start
+        moves: one not started yet is answered at once); raises ``TimeoutError``.
 
         The API unreachable for a while (a restart, a deploy) is waited out until the
         deadline; past it the last :class:`Unavailable` is raised."""
@@ -624,7 +629,7 @@ class DispatchClient:
                     raise
                 time.sleep(interval)
                 continue
-            if summary.status.value in FINISHED or summary.status.value == "paused":
+            if summary.status.value in FINISHED or summary.status.value in WAITING:
                 return summary
             if time.monotonic() > deadline:
                 raise TimeoutError(
