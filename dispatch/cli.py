@@ -1023,7 +1023,8 @@ def _port(text: str) -> int:
 CAMPAIGN_ID = "the campaign's id"
 FOLLOW_EXIT = (
     "exit 0 once it completed, 1 when it stopped with messages unsent (paused, "
-    "cancelled, expired, a draft) or sent none"
+    "cancelled, expired, a draft) or not one was sent (each failed or ended unknown; "
+    "all suppressed is 0)"
 )
 
 
