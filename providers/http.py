@@ -26,6 +26,9 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
   with the ``Location``; the endpoint fixed, it resumes. But 303 (See Other) is
   ``UNKNOWN``: it points to the result of a request the server acted on, so the message
   may have been taken (``FAILED`` would let retry-failed send it again);
+* 504 (gateway timeout; Cloudflare's 524): ``UNKNOWN``: a proxy in front of the provider
+  passed the request on and got no answer in time, the read timeout below one hop
+  further: the provider may have taken the request, so a retry could send it twice;
 * 408 (request timeout): ``RETRY``: the server says it did not get the whole request
   (RFC 9110 §15.5.9: the client may repeat it). Servers also send it unasked on a
   keep-alive connection they close for idleness, where it answers the next request sent
@@ -109,6 +112,9 @@ KEEPALIVE_SECONDS: Final = 1.0
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
 _REQUEST_TIMEOUT: Final = 408  # RFC 9110 §15.5.9: the request was not received whole
+# RFC 9110 §15.6.5 (and Cloudflare's 524, "a timeout occurred" once the origin had the
+# request): a gateway got no answer from the provider it passed the request on to.
+_GATEWAY_TIMEOUTS: Final = frozenset({504, 524})
 _TOO_LARGE: Final = 413  # RFC 9110 §15.5.14: a batch so refused is sent in halves
 MAX_RETRY_AFTER: Final = 24 * 3600.0  # seconds: a longer Retry-After hint is capped
 # RFC 9110 §10.2.3 delay-seconds (a decimal fraction is tolerated).
@@ -424,6 +430,9 @@ def outcomes_for_response(
         raise ConfigurationError(
             f"not allowed: {detail}", error_class=_DISPATCH_FAILED, code=status
         )
+    if status in _GATEWAY_TIMEOUTS:
+        taken = "a gateway passed the request on and got no answer, the provider may have taken it"
+        return _perhaps_taken(seqs, status, f"{detail}: {taken}")
     if status in (_REQUEST_TIMEOUT, 429) or status >= 500:
         retry_after = parse_retry_after(headers.get("retry-after"))
         return [
@@ -443,11 +452,7 @@ def outcomes_for_response(
         detail = f"HTTP {status}: redirects are not followed (Location: {location[:200]})"
         if status == 303:  # "See Other": where the result of what it did is (RFC 9110 §15.4.4)
             detail += ": a 303 answers a request the provider acted on, it may have taken it"
-            unknown = OutcomeStatus.UNKNOWN
-            return [
-                SendOutcome(seq, unknown, _DISPATCH_FAILED, detail=detail, code=status)
-                for seq in seqs
-            ]
+            return _perhaps_taken(seqs, status, detail)
         raise ConfigurationError(
             f"the endpoint redirects: {detail}; set the endpoint to where it points",
             error_class=_DISPATCH_FAILED,
@@ -457,6 +462,12 @@ def outcomes_for_response(
         SendOutcome(seq, OutcomeStatus.FAILED, _DISPATCH_FAILED, detail=detail, code=status)
         for seq in seqs
     ]
+
+
+def _perhaps_taken(seqs: Sequence[int], status: int, detail: str) -> list[SendOutcome]:
+    """``UNKNOWN`` for an answer saying the provider may have taken the request."""
+    unknown = OutcomeStatus.UNKNOWN
+    return [SendOutcome(seq, unknown, _DISPATCH_FAILED, detail=detail, code=status) for seq in seqs]
 
 
 def outcome_for_exception(

@@ -8,7 +8,10 @@ the message, through a campaign (real Redis, a real HTTP server on 127.0.0.1).
   list. The campaign now pauses naming the ``Location``, the rest queued, as for a 403;
 * 408 (request timeout: the server did not get the whole request, RFC 9110 §15.5.9; also
   what some servers send unasked on a keep-alive connection they close) failed its
-  messages for good though the provider never had them: they are now retried.
+  messages for good though the provider never had them: they are now retried;
+* a 504 (or Cloudflare's 524) is a gateway's read timeout after it passed the request on:
+  it was retried, a batch the ESP may have taken sent again to all its recipients; it now
+  leaves them ``unknown``, as our own read timeout does (DESIGN §5: never sent twice).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from dispatch import campaign_reads
+from dispatch import campaign_reads, message_pages
 from tests.helpers import http_provider, run_inline
 from tests.http_sink import HttpSink, Reply
 from tests.test_http_campaigns import FAST, _body, paused_half_way
@@ -45,3 +48,21 @@ def test_a_408_is_retried_not_failed(redis_client: redis.Redis) -> None:
     assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 3, 0)
     first, second = ({m["to"] for m in r.json()["msgs"]} for r in requests)
     assert first == second and len(first) == 3  # the whole batch again, once
+
+
+@pytest.mark.parametrize("status", [504, 524])
+def test_a_gateway_timeout_leaves_the_batch_unknown_never_sent_twice(
+    redis_client: redis.Redis, status: int
+) -> None:
+    """A proxy in front of the ESP passed the batch on and got no answer in time (nginx,
+    AWS API Gateway's 29 s, Cloudflare's 524): the ESP may have taken it, as after a read
+    timeout of our own. It was retried, the whole batch sent again to every recipient."""
+    with HttpSink() as sink:
+        sink.script(Reply(status, b"<html>Gateway Time-out</html>"))
+        http_provider(redis_client, sink.url)
+        cid, _ = run_inline(redis_client, _body(3), FAST)
+        assert len(sink.requests) == 1
+    summary = campaign_reads.campaign_summary(cid, redis_client)
+    assert (summary["sent"], summary["failed"], summary["unknown"]) == (0, 0, 3)
+    page, _ = message_pages.messages_page(cid, client=redis_client, status="unknown")
+    assert len(page) == 3 and all("the provider may have taken it" in m["detail"] for m in page)
