@@ -17,11 +17,22 @@ Outcomes of one request apply to every message it carries (DESIGN §4):
   permission, a sender not verified, an account suspended, an address not allowed to
   use the API. Every message would fail the same way, and a key revoked half-way through
   a campaign would fail the rest of its list;
-* 3xx: ``FAILED``: redirects are not followed (a redirect could lead past the address
-  guard, and a POST body would be replayed somewhere the user never configured); but
-  303 (See Other) is ``UNKNOWN``: it points to the result of a request the server acted
-  on, so the message may have been taken (``FAILED`` would let retry-failed send it
-  again);
+* 3xx: :class:`providers.errors.ConfigurationError` is raised: redirects are not followed
+  (a redirect could lead past the address guard, and a POST body would be replayed
+  somewhere the user never configured), and the redirect is the endpoint's, not the
+  message's (``http://`` moved to ``https://``, an API moved, a proxy's login page):
+  every message would be refused the same way, and failing them all put a "Notification
+  Failed" on every recipient for a request none of them was sent in. The campaign pauses
+  with the ``Location``; the endpoint fixed, it resumes. But 303 (See Other) is
+  ``UNKNOWN``: it points to the result of a request the server acted on, so the message
+  may have been taken (``FAILED`` would let retry-failed send it again);
+* 504 (gateway timeout; Cloudflare's 524): ``UNKNOWN``: a proxy in front of the provider
+  passed the request on and got no answer in time, the read timeout below one hop
+  further: the provider may have taken the request, so a retry could send it twice;
+* 408 (request timeout): ``RETRY``: the server says it did not get the whole request
+  (RFC 9110 §15.5.9: the client may repeat it). Servers also send it unasked on a
+  keep-alive connection they close for idleness, where it answers the next request sent
+  on it; as a permanent 4xx it failed messages the provider never had;
 * 413 (content too large) for a batch: the batch is sent again in halves, each halved
   again while refused, so that a payload limit (bytes or messages a request) fails no
   message that fits it; a message refused alone fails as any other 4xx;
@@ -100,6 +111,10 @@ MAX_RESPONSE_READ: Final = 64 * 1024  # bytes of a response body read at most
 KEEPALIVE_SECONDS: Final = 1.0
 USER_AGENT: Final = "dispatch-generic-http/1"
 THROTTLING_STATUSES: Final = frozenset({429, 503})
+_REQUEST_TIMEOUT: Final = 408  # RFC 9110 §15.5.9: the request was not received whole
+# RFC 9110 §15.6.5 (and Cloudflare's 524, "a timeout occurred" once the origin had the
+# request): a gateway got no answer from the provider it passed the request on to.
+_GATEWAY_TIMEOUTS: Final = frozenset({504, 524})
 _TOO_LARGE: Final = 413  # RFC 9110 §15.5.14: a batch so refused is sent in halves
 MAX_RETRY_AFTER: Final = 24 * 3600.0  # seconds: a longer Retry-After hint is capped
 # RFC 9110 §10.2.3 delay-seconds (a decimal fraction is tolerated).
@@ -398,7 +413,8 @@ def outcomes_for_response(
 
     ``secrets`` are masked wherever the answer is quoted (see :func:`credentials`).
     Raises :class:`AuthenticationError` for 401 (the credentials are refused) and
-    :class:`ConfigurationError` for 403 (they are not allowed to send this).
+    :class:`ConfigurationError` for 403 (they are not allowed to send this) and for a
+    redirect other than 303 (the endpoint's, see the module's docstring).
     """
     if 200 <= status < 300:
         detail = f"HTTP {status}"
@@ -414,7 +430,10 @@ def outcomes_for_response(
         raise ConfigurationError(
             f"not allowed: {detail}", error_class=_DISPATCH_FAILED, code=status
         )
-    if status == 429 or status >= 500:
+    if status in _GATEWAY_TIMEOUTS:
+        taken = "a gateway passed the request on and got no answer, the provider may have taken it"
+        return _perhaps_taken(seqs, status, f"{detail}: {taken}")
+    if status in (_REQUEST_TIMEOUT, 429) or status >= 500:
         retry_after = parse_retry_after(headers.get("retry-after"))
         return [
             SendOutcome(
@@ -433,15 +452,22 @@ def outcomes_for_response(
         detail = f"HTTP {status}: redirects are not followed (Location: {location[:200]})"
         if status == 303:  # "See Other": where the result of what it did is (RFC 9110 §15.4.4)
             detail += ": a 303 answers a request the provider acted on, it may have taken it"
-            unknown = OutcomeStatus.UNKNOWN
-            return [
-                SendOutcome(seq, unknown, _DISPATCH_FAILED, detail=detail, code=status)
-                for seq in seqs
-            ]
+            return _perhaps_taken(seqs, status, detail)
+        raise ConfigurationError(
+            f"the endpoint redirects: {detail}; set the endpoint to where it points",
+            error_class=_DISPATCH_FAILED,
+            code=status,
+        )
     return [
         SendOutcome(seq, OutcomeStatus.FAILED, _DISPATCH_FAILED, detail=detail, code=status)
         for seq in seqs
     ]
+
+
+def _perhaps_taken(seqs: Sequence[int], status: int, detail: str) -> list[SendOutcome]:
+    """``UNKNOWN`` for an answer saying the provider may have taken the request."""
+    unknown = OutcomeStatus.UNKNOWN
+    return [SendOutcome(seq, unknown, _DISPATCH_FAILED, detail=detail, code=status) for seq in seqs]
 
 
 def outcome_for_exception(
@@ -595,7 +621,8 @@ class HttpSession:
         """Send ``messages``: one request each, or batches; one outcome per message.
 
         Raises :class:`ConfigurationError` (credentials refused, endpoint refused by the
-        address guard) when that happens before any request of this call got an answer.
+        address guard or redirecting) when that happens before any request of this call
+        got an answer.
         """
         self._seqs, self._answered, self._written = [m.seq for m in messages], {}, set()
         return await self._send(messages)

@@ -191,22 +191,33 @@ def test_a_key_refused_with_403_half_way_pauses_with_the_rest_queued(
     verification withdrawn): every further message would be refused the same way, so the
     campaign pauses with the reason instead of failing the rest of its list (the failure
     breaker only acts while nothing was sent). Resumed after the fix, the rest goes."""
+    reason = paused_half_way(
+        redis_client, Reply(403, b"API key does not have mail.send permission")
+    )
+    assert reason == (
+        "Dispatch failed: not allowed: HTTP 403: API key does not have mail.send permission"
+    )
+
+
+def paused_half_way(r: redis.Redis, refusal: Reply) -> str:
+    """The pause reason of a campaign of five, one per request, whose third request the
+    ESP answers ``refusal``, the two before it and any after it taken: paused with the
+    three left queued, resumed, each sent once, none failed."""
     with HttpSink() as sink:
-        sink.script(Reply(), Reply(), Reply(403, b"API key does not have mail.send permission"))
-        http_provider(redis_client, sink.url, batch=False, max_connections=1)
-        cid, batches = create_held(redis_client, _body(5))
+        sink.script(Reply(), Reply(), refusal)
+        http_provider(r, sink.url, batch=False, max_connections=1)
+        cid, batches = create_held(r, _body(5))
         run_batches(batches, FAST)
-        summary = campaign_reads.campaign_summary(cid, redis_client)
+        summary = campaign_reads.campaign_summary(cid, r)
         assert (summary["status"], summary["sent"], summary["failed"]) == ("paused", 2, 0)
         assert summary["queued"] == 3
-        assert summary["reason"] == (
-            "Dispatch failed: not allowed: HTTP 403: API key does not have mail.send permission"
-        )
-        lifecycle.resume(cid, client=redis_client, enqueue=lambda c, b: None)
+        lifecycle.resume(cid, client=r, enqueue=lambda c, b: None)
         run_batches(batches, FAST)
         assert len(sink.requests) == 6  # the refused one, then the three left
-    summary = campaign_reads.campaign_summary(cid, redis_client)
-    assert (summary["status"], summary["sent"], summary["failed"]) == ("completed", 5, 0)
+        assert len({q.json()["msgs"][0]["to"] for q in sink.requests}) == 5
+    resumed = campaign_reads.campaign_summary(cid, r)
+    assert (resumed["status"], resumed["sent"], resumed["failed"]) == ("completed", 5, 0)
+    return str(summary["reason"])
 
 
 def test_an_adapter_that_raises_loses_only_its_chunk(
