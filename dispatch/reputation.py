@@ -75,12 +75,24 @@ def _reason(counters: dict[str, int]) -> str:
                 if skipped
                 else ""
             )
+            rate, shown_limit = _percents(count / sent, limit)
             return (
-                f"reputation guard: {what} are {count / sent:.2%} of the {sent:,} messages "
-                f"sent ({count:,}){untried_note}, above {setting} {limit:.2%}; check the "
+                f"reputation guard: {what} are {rate} of the {sent:,} messages "
+                f"sent ({count:,}){untried_note}, above {setting} {shown_limit}; check the "
                 "list, then resume (the guard then stands down for this campaign)"
             )
     return ""
+
+
+def _percents(rate: float, limit: float) -> tuple[str, str]:
+    """``rate`` and ``limit`` as percentages, with the decimals (2 or more) that show the
+    limit as set and the rate above it: the guard pauses as soon as a rate passes its
+    limit, so at 2 decimals a campaign of 100,000 read "0.30% ... above 0.30%"."""
+    for digits in range(2, 7):
+        shown = f"{rate:.{digits}%}", f"{limit:.{digits}%}"
+        if shown[0] != shown[1] and float(shown[1][:-1]) == round(limit * 100, 6):
+            break
+    return shown
 
 
 def check(r: redis.Redis, campaign_ids: Iterable[str]) -> list[str]:
