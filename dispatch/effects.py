@@ -83,18 +83,20 @@ local OWN_UNSUBSCRIBE = '"""
     + OWN_UNSUBSCRIBE_PATTERN
     + """'
 -- A group is a campaign and one of its counters, with its keys after the events' and its
--- counter's name after their arguments. Its campaign is read once (a call writes neither
--- a campaign nor its total), and its counters move once, after the loop. A campaign
--- purged DISPATCH_RETENTION_DAYS ago closed its counts (dispatch.retention): its
--- bitmaps expired then, by this clock, and its events move no counter.
+-- counter's name after their arguments, each followed by the name of a counter that also
+-- counts the group's messages ('' for none: dispatch.reputation.NOT_ATTEMPTED). Its
+-- campaign is read once (a call writes neither a campaign nor its total), and its
+-- counters move once, after the loop. A campaign purged DISPATCH_RETENTION_DAYS ago
+-- closed its counts (dispatch.retention): its bitmaps expired then, by this clock, and
+-- its events move no counter.
 local groups, order, sent_by, nicknames = {}, {}, {}, {}
 local function group(g)
   local found = groups[g]
   if found == nil then
     local k = 5 + n + (g - 1) * 4
     found = {campaign = KEYS[k + 1], counters = KEYS[k + 2], bits = KEYS[k + 3],
-             ledger = KEYS[k + 4], counter = ARGV[7 + n * 6 + g], total = 0, counted = 0,
-             proven = 0}
+             ledger = KEYS[k + 4], counter = ARGV[6 + n * 6 + g * 2],
+             also = ARGV[7 + n * 6 + g * 2], total = 0, counted = 0, proven = 0}
     -- A campaign is a hash: a meta whose campaign id names another of a campaign's keys
     -- (c1:recipients, a list) names no campaign (its HGET failed the batch, for ever).
     if call('TYPE', found.campaign).ok == 'hash' then
@@ -174,6 +176,7 @@ for _, grp in ipairs(order) do
   end
   if grp.counted > 0 then
     call('HINCRBY', grp.counters, grp.counter, grp.counted)
+    if grp.also ~= '' then call('HINCRBY', grp.counters, grp.also, grp.counted) end
     -- a counter that had not moved by the purge: its new bitmap goes when the others did
     if grp.closes then
       call('PEXPIREAT', grp.bits, string.format('%.0f', math.ceil(grp.closes * 1000)))
@@ -208,6 +211,7 @@ class InboxEvent(BaseModel):
     description: str = ""
     ts: float | None = None  # the provider's time of the event
     url: str = ""
+    not_attempted: bool = False  # CallbackEvent.not_attempted
     dedupe: str  # CallbackEvent.dedupe_key()
     notes: tuple[str, ...] = ()
     # Of an event without meta only: the provider's id of the message, which may name it
@@ -257,6 +261,8 @@ def inbox_record(event: CallbackEvent) -> dict[str, Any]:
     }
     if not event.meta and event.provider_message_id:
         record["provider_message_id"] = event.provider_message_id
+    if event.not_attempted:
+        record["not_attempted"] = True
     return record
 
 
@@ -443,7 +449,9 @@ def _chunk_args(
     """The keys and arguments of :data:`_APPLY` for ``events``, after its fixed ones: the
     number of events; each event's dedupe key, and its group (0: it counts nowhere),
     seq, suppression entry (address and JSON) and two ``dispatch:events`` entries ("":
-    none); each group's four keys and its counter's name.
+    none); each group's four keys and its counter's name, then the name of the counter
+    that also counts its messages ("" for none; :data:`reputation.NOT_ATTEMPTED`'s for a
+    group of events the provider did not try).
 
     An event counts (its group: its campaign and counter) only when its meta's ``seq`` is
     its recipient's message. An event for another address (a forward, one meta header for
@@ -459,12 +467,13 @@ def _chunk_args(
     holders = _seq_holders(r, events, named)
     seen: list[str] = []
     args: list[str | int | bytes] = [len(events)]
-    groups: dict[tuple[str, str], int] = {}
+    groups: dict[tuple[str, str, str], int] = {}
     for event, mismatch, holds_seq in zip(events, mismatches, holders, strict=True):
         counter = COUNTERS.get(event.type, "")
         group, seq = 0, -1
         if counter and holds_seq and event.seq is not None:  # holds_seq: named a message
-            group = groups.setdefault((event.campaign_id, counter), len(groups) + 1)
+            also = reputation.NOT_ATTEMPTED.get(counter, "") if event.not_attempted else ""
+            group = groups.setdefault((event.campaign_id, counter, also), len(groups) + 1)
             seq = event.seq
         seen.append(store.callback_seen_key(provider, _digest(event.dedupe)))
         email, entry = suppression_entry(event, provider=provider, received=received)
@@ -474,14 +483,15 @@ def _chunk_args(
         entries += [""] * (2 - len(entries))
         args += (group, seq, email, entry, *entries)
     keys = seen
-    for campaign_id, counter in groups:
+    for campaign_id, counter, _ in groups:
         keys += (
             store.campaign_key(campaign_id),
             store.counters_key(campaign_id),
             store.callback_bits_key(campaign_id, counter),
             store.ledger_key(campaign_id),
         )
-    args += (counter for _, counter in groups)
+    for _, counter, also in groups:
+        args += (counter, also)
     return keys, args
 
 

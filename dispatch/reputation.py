@@ -8,8 +8,12 @@ a few percent (SES: 5 %). Once at least
 ``DISPATCH_PAUSE_MIN_SENT`` messages of a campaign were sent, a callback batch that takes
 its ``hard_bounced`` past ``DISPATCH_PAUSE_HARD_BOUNCE_RATE`` of ``sent``, or its ``spam``
 past ``DISPATCH_PAUSE_SPAM_RATE``, pauses it with the figures as the reason (a rate of 0
-turns that check off). Resuming it is a person's decision that the list is fine: the
-guard then stands down for that campaign.
+turns that check off). Messages the provider did not try, to addresses on its own
+suppression list (SES ``OnAccountSuppressionList``), count in neither the rates nor
+``sent``: the provider does not hold them against the sender, and a list moved to it with
+many such addresses is no sign of a stale list (their addresses are suppressed here).
+Resuming it is a person's decision that the list is fine: the guard then stands down for
+that campaign.
 """
 
 from __future__ import annotations
@@ -42,26 +46,53 @@ end
 """
 
 
+# The counter beside a guarded one that also counts its messages the provider did not try
+# (an address on its own suppression list: ``dispatch.effects.InboxEvent.not_attempted``),
+# which the guard leaves out; not one of the campaign's counters (DESIGN §5).
+NOT_ATTEMPTED = {"hard_bounced": "hard_bounced_not_attempted", "spam": "spam_not_attempted"}
+_READ = ("sent", *NOT_ATTEMPTED, *NOT_ATTEMPTED.values())  # the counters the guard reads
+
+
 def _reason(counters: dict[str, int]) -> str:
     """Why the campaign must pause, or "" when it need not."""
     settings = get_settings()
-    sent = counters["sent"]
+    untried = {name: counters.get(untried, 0) for name, untried in NOT_ATTEMPTED.items()}
+    skipped = sum(untried.values())
+    sent = max(counters["sent"] - skipped, 0)
     if sent <= 0 or sent < settings.pause_min_sent:
         return ""
     checks = (
-        ("hard bounces", counters["hard_bounced"], settings.pause_hard_bounce_rate,
+        ("hard bounces", "hard_bounced", settings.pause_hard_bounce_rate,
          "DISPATCH_PAUSE_HARD_BOUNCE_RATE"),
-        ("spam complaints", counters["spam"], settings.pause_spam_rate,
-         "DISPATCH_PAUSE_SPAM_RATE"),
+        ("spam complaints", "spam", settings.pause_spam_rate, "DISPATCH_PAUSE_SPAM_RATE"),
     )  # fmt: skip
-    for what, count, limit, setting in checks:
+    for what, name, limit, setting in checks:
+        count = max(counters[name] - untried[name], 0)
         if limit > 0 and count / sent > limit:
+            untried_note = (
+                f", not counting {skipped:,} to addresses on the provider's own suppression "
+                "list (it did not try them)"
+                if skipped
+                else ""
+            )
+            rate, shown_limit = _percents(count / sent, limit)
             return (
-                f"reputation guard: {what} are {count / sent:.2%} of the {sent:,} messages "
-                f"sent ({count:,}), above {setting} {limit:.2%}; check the list, then "
-                "resume (the guard then stands down for this campaign)"
+                f"reputation guard: {what} are {rate} of the {sent:,} messages "
+                f"sent ({count:,}){untried_note}, above {setting} {shown_limit}; check the "
+                "list, then resume (the guard then stands down for this campaign)"
             )
     return ""
+
+
+def _percents(rate: float, limit: float) -> tuple[str, str]:
+    """``rate`` and ``limit`` as percentages, with the decimals (2 or more) that show the
+    limit as set and the rate above it: the guard pauses as soon as a rate passes its
+    limit, so at 2 decimals a campaign of 100,000 read "0.30% ... above 0.30%"."""
+    for digits in range(2, 7):
+        shown = f"{rate:.{digits}%}", f"{limit:.{digits}%}"
+        if shown[0] != shown[1] and float(shown[1][:-1]) == round(limit * 100, 6):
+            break
+    return shown
 
 
 def check(r: redis.Redis, campaign_ids: Iterable[str]) -> list[str]:
@@ -71,7 +102,7 @@ def check(r: redis.Redis, campaign_ids: Iterable[str]) -> list[str]:
         return []
     pipe = r.pipeline(transaction=False)
     for campaign_id in ids:
-        pipe.hmget(store.counters_key(campaign_id), ["sent", "hard_bounced", "spam"])
+        pipe.hmget(store.counters_key(campaign_id), _READ)
     paused = []
     # (An error is given to its campaign, not raised: each is judged on its own.)
     for campaign_id, values in zip(ids, pipe.execute(raise_on_error=False), strict=True):
@@ -86,8 +117,7 @@ def _pause_if_past(r: redis.Redis, campaign_id: str, values: list[str | None] | 
     a limit; whether it paused. Raises what it cannot read."""
     if isinstance(values, Exception):
         raise values
-    sent, hard_bounced, spam = (int(v or 0) for v in values)
-    reason = _reason({"sent": sent, "hard_bounced": hard_bounced, "spam": spam})
+    reason = _reason({name: int(v or 0) for name, v in zip(_READ, values, strict=True)})
     if not reason or not r.eval(_PAUSE, 1, store.campaign_key(campaign_id), reason):
         return False
     provider = str(r.hget(store.campaign_key(campaign_id), "provider") or "")

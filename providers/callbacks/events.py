@@ -103,6 +103,10 @@ class CallbackEvent(BaseModel):
     id_is_stable: bool = False
     provider_message_id: str = ""  # the provider's id of the message (SES, SendGrid)
     url: str = ""  # the clicked link
+    # The provider did not try the message: the address is on its own suppression list
+    # (SES ``OnAccountSuppressionList``, reference §1.4), which it does not count against
+    # the sender's reputation. The event still suppresses and counts for the campaign.
+    not_attempted: bool = False
     notes: tuple[str, ...] = ()  # oddities worth a log line (meta email differs, ...)
     raw: dict[str, Any]  # the provider's item, as received
 

@@ -45,6 +45,11 @@ BOUNCE_TYPES: dict[str, EventType] = {
     "Transient": EventType.SOFT_BOUNCE,
     "Undetermined": EventType.SOFT_BOUNCE,
 }
+# The bounceSubType of a Bounce, and complaintSubType of a Complaint, about an address on
+# the account-level suppression list: SES did not try the message and does not count it
+# in the account's bounce or complaint rate (reference §1.4). Still a hard bounce or a
+# complaint here (the address stays suppressed), marked ``not_attempted``.
+ON_ACCOUNT_SUPPRESSION_LIST = "OnAccountSuppressionList"
 # A Complaint whose feedback report (ARF, RFC 5965 §7.3) says the message is not spam
 # corrects an earlier report: recorded and ignored, never a complaint that suppresses.
 NOT_SPAM = "not-spam"
@@ -151,6 +156,7 @@ def parse_ses_message(
             id_is_stable=bool(message_id),
             provider_message_id=_text(mail.get("messageId")),
             url=_text(detail.get("link")) if kind == "Click" else "",
+            not_attempted=_not_attempted(kind, detail),
             notes=tuple(notes),
             raw=payload,
         )
@@ -164,6 +170,12 @@ def _event_type(kind: str, detail: Mapping[str, Any]) -> EventType:
     if kind == "Complaint" and _text(detail.get("complaintFeedbackType")).lower() == NOT_SPAM:
         return EventType.OTHER
     return EVENT_TYPES.get(kind, EventType.OTHER)
+
+
+def _not_attempted(kind: str, detail: Mapping[str, Any]) -> bool:
+    """SES reports an address on the account's own suppression list (it did not try it)."""
+    field = {"Bounce": "bounceSubType", "Complaint": "complaintSubType"}.get(kind)
+    return field is not None and _text(detail.get(field)) == ON_ACCOUNT_SUPPRESSION_LIST
 
 
 def meta_header(mail: Mapping[str, Any]) -> tuple[str, list[str]]:
