@@ -48,9 +48,88 @@ Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 _STATUS_CHUNK = 1000  # campaign statuses read per round trip
 _WATCHED_STATUSES = ("running", "paused", "scheduled")  # the statuses dispatch_campaigns counts
 _UNREAD_COUNTED = 1000  # a consumer group's unread events counted one by one, at most
-# How many entries of the stream follow a group's last-delivered id, up to ARGV[2]: the
-# entries stay in Redis, only their number comes back.
-_UNREAD = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
+# The length of the stream KEYS[1] and each of its consumer groups: its name, how many
+# entries follow its last-delivered id (counted up to ARGV[1]: the entries stay in Redis,
+# only their number comes back), Redis's lag (-1: none) and how many entries were
+# trimmed before the group read them, in all (KEYS[2] keeps it, see _consumer_groups).
+# Entries missed are those the stream ever had (entries-added) less those the group's
+# reads account for less those still there to read. What the reads account for is
+# entries-read when Redis knows it; else, for a group that has not read since the last
+# scrape, what that scrape found (a read from an unknown entries-read makes Redis
+# estimate it, and the estimate counts the trimmed entries as read); else Redis's
+# estimate (a group seen for the first time: entries trimmed before that are not
+# counted). Writes are pcalls: a Redis out of memory still answers the scrape, with the
+# last figures.
+_GROUPS = """
+local stream, kept, cap = KEYS[1], KEYS[2], tonumber(ARGV[1])
+if redis.call('TYPE', stream).ok ~= 'stream' then
+  redis.pcall('DEL', kept)
+  return {0, {}}
+end
+local function get(list, name)
+  for i = 1, #list, 2 do
+    if list[i] == name then return list[i + 1] end
+  end
+  return false
+end
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local info = redis.call('XINFO', 'STREAM', stream)
+local added, length = get(info, 'entries-added'), get(info, 'length')
+local first = get(info, 'first-entry')
+local previous = {}
+local fields = redis.call('HGETALL', kept)
+for i = 1, #fields, 2 do
+  local id, read, seen, missed = string.match(fields[i + 1], '^(%S+) (%d+) (%d+) (%d+)$')
+  if id then
+    previous[fields[i]] = {
+      id = id, read = tonumber(read), seen = tonumber(seen), missed = tonumber(missed)}
+  end
+end
+local out, present = {}, {}
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local name, last = get(group, 'name'), get(group, 'last-delivered-id')
+  local entries_read, lag = get(group, 'entries-read'), get(group, 'lag')
+  local counted = #redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', cap)
+  local old = previous[name]
+  local missed = old and old.missed or 0
+  present[name] = true
+  if added then
+    local read = entries_read
+    if not read and old and old.id == last then
+      read = old.read
+    elseif not read and lag then
+      read = added - lag
+    end
+    local unread = false
+    if not first then
+      unread = 0
+    elseif before(last, first[1]) then
+      unread = length
+    elseif counted < cap then
+      unread = counted
+    end
+    local seen = old and old.seen or 0
+    if read and unread then
+      local now = math.max(0, added - read - unread)
+      if now > seen then missed = missed + now - seen end
+      seen = now
+    end
+    if read then
+      redis.pcall('HSET', kept, name, string.format('%s %d %d %d', last, read, seen, missed))
+    end
+  end
+  table.insert(out, {name, counted, lag or -1, missed})
+end
+for name in pairs(previous) do
+  if not present[name] then redis.pcall('HDEL', kept, name) end
+end
+return {length, out}
+"""
 # The outcomes dispatch_messages_total counts (the ledger's states but ``claimed``).
 OUTCOMES = tuple(s.value for s in MessageState if s is not MessageState.CLAIMED)
 
@@ -128,9 +207,17 @@ class RedisStateCollector(Collector):
             "past the stream's cap the oldest are dropped before the group reads them",
             labels=["group"],
         )
-        for name, behind in groups:
+        missed = CounterMetricFamily(
+            "dispatch_events_consumer_missed",
+            f"Entries of {store.EVENTS_STREAM} trimmed before each consumer group read "
+            "them (the stream's cap): events the group's consumer never got",
+            labels=["group"],
+        )
+        for name, behind, lost in groups:
             lag.add_metric([name], behind)
+            missed.add_metric([name], lost)
         yield lag
+        yield missed
         yield from _redis(memory, info)
         queues = GaugeMetricFamily(
             "dispatch_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"]
@@ -178,32 +265,33 @@ def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
         start += len(ids)
 
 
-def _consumer_groups(r: redis.Redis) -> list[tuple[str, float]]:
-    """Each consumer group of the events stream and how many of its entries the group has
-    not been given yet. Redis's own ``lag`` is not taken as it is: before Redis 8
-    (redis#13957) a group that fell behind the trim keeps it too high, for good, by every
-    entry trimmed before the group read it (so a consumer that caught up stayed near the
-    cap), and a group that has not read since its creation has none. Up to
-    _UNREAD_COUNTED entries are counted; a group further behind gets Redis's figure, at
-    most the stream's length."""
-    try:
-        groups = r.xinfo_groups(store.EVENTS_STREAM)
-    except redis.ResponseError:  # no stream yet
-        return []
-    pipe = r.pipeline(transaction=False)
-    pipe.xlen(store.EVENTS_STREAM)
-    for group in groups:
-        last = str(group["last-delivered-id"])
-        pipe.eval(_UNREAD, 1, store.EVENTS_STREAM, last, _UNREAD_COUNTED)
-    length, *unread = pipe.execute()
-    lags = []
-    for group, counted in zip(groups, unread, strict=True):
+def _consumer_groups(r: redis.Redis) -> list[tuple[str, float, float]]:
+    """Each consumer group of the events stream, how many of its entries the group has
+    not been given yet, and how many were trimmed before the group read them, in all.
+
+    Redis's own ``lag`` is not taken as it is: before Redis 8 (redis#13957) a group that
+    fell behind the trim keeps it too high, for good, by every entry trimmed before the
+    group read it (so a consumer that caught up stayed near the cap), and a group that
+    has not read since its creation has none. Up to _UNREAD_COUNTED entries are counted;
+    a group further behind gets Redis's figure, at most the stream's length.
+
+    Entries missed are kept in Redis (store.EVENTS_MISSED_HASH) from scrape to scrape and
+    only grow: they are seen while the group is behind the trim, and, on Redis 7 once
+    the group has an ``entries-read`` (it read up to the stream's end once, or was
+    created with ENTRIESREAD), after it caught up too; on Redis 8, which recounts a
+    group's reads when it reads past the trim, entries missed and read past between two
+    scrapes are not seen. A group further than _UNREAD_COUNTED entries from both ends of
+    the trimmed stream keeps its last figure until it nears one."""
+    length, groups = r.eval(
+        _GROUPS, 2, store.EVENTS_STREAM, store.EVENTS_MISSED_HASH, _UNREAD_COUNTED
+    )
+    figures = []
+    for name, counted, told, missed in groups:
         lag = int(counted)
         if lag >= _UNREAD_COUNTED:
-            told = group.get("lag")
-            lag = max(lag, min(length, length if told is None else int(told)))
-        lags.append((str(group["name"]), float(lag)))
-    return lags
+            lag = max(lag, min(int(length), int(length) if int(told) < 0 else int(told)))
+        figures.append((str(name), float(lag), float(missed)))
+    return figures
 
 
 def _redis_up(up: bool) -> Family:

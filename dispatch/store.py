@@ -11,6 +11,10 @@ from dispatch.redis_server import EMBEDDED_DIR_NAME, ensure_redis_url
 
 PREFIX = "dispatch"
 EVENTS_STREAM = f"{PREFIX}:events"
+# Consumer group of the events stream -> what /metrics last saw of it: "<last-delivered-id>
+# <entries the group's reads account for> <entries it missed, as then seen> <missed in all>"
+# (dispatch.metrics: entries trimmed before the group read them).
+EVENTS_MISSED_HASH = f"{PREFIX}:events:missed"
 PROVIDERS_SET = f"{PREFIX}:providers"
 CAMPAIGNS_ZSET = f"{PREFIX}:campaigns"  # campaign id by creation time
 # Campaign id by creation time while its per-message data is kept (dispatch.retention
