@@ -187,6 +187,22 @@ class CampaignRequest(CampaignFields):
                 "(milliseconds? divide by 1000)"
             ) from None
 
+    @field_validator("send_at", "expires_at")
+    @classmethod
+    def _in_utc_range(cls, value: datetime | None) -> datetime | None:
+        """An instant that UTC can name too: ``9999-12-31T23:00:00-05:00`` is in the year
+        10000 there (and ``0001-01-01T00:30:00+05:00`` before the year 1), which no
+        ``datetime`` holds: comparing it as UTC raised ``OverflowError``, and the API
+        dropped the connection with no answer."""
+        if value is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError(
+                    f"{value.isoformat()} is not between the years 1 and 9999 in UTC"
+                ) from None
+        return value
+
     @field_validator("category", "variant")
     @classmethod
     def _meta_field(cls, value: str) -> str:
