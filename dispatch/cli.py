@@ -472,7 +472,7 @@ def _say_if_waiting(campaign_id: str) -> None:
 
     status = campaign_reads.get_status(campaign_id)
     if status is CampaignStatus.SCHEDULED:
-        print(f"(scheduled: starts at {_send_at(campaign_id)})", file=sys.stderr)
+        print(f"(scheduled: starts at {_in_words(campaign_id)})", file=sys.stderr)
     elif status is CampaignStatus.DRAFT:
         print(
             f"(a draft: append its recipients with POST /v1/campaigns/{campaign_id}/recipients, "
@@ -617,18 +617,34 @@ _OTHER_ENDS = ("suppressed", "unknown", "cancelled", "expired")
 
 
 @functools.lru_cache(maxsize=16)  # a campaign's content never changes: read it once
-def _send_at(campaign_id: str) -> str:
+def _in_words(campaign_id: str, name: str = "send_at") -> str:
+    """The campaign's ``send_at`` (or ``expires_at``: ``name``) in words, in UTC."""
     from dispatch import campaign_reads
 
-    send_at = campaign_reads.load_content(campaign_id).send_at
-    return send_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if send_at else "?"
+    at = getattr(campaign_reads.load_content(campaign_id), name)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "?"
+
+
+_FINISHED = ("completed", "cancelled", "expired")
+
+
+def _say_when(summary: Mapping[str, Any]) -> None:
+    """A status's times in words, on stderr (its JSON gives Unix seconds, 4130647200.0):
+    when a scheduled campaign starts, when an unfinished one expires."""
+    said = []
+    if summary["status"] == "scheduled":
+        said.append(f"scheduled: starts at {_in_words(summary['id'])}")
+    if summary["status"] not in _FINISHED and summary.get("expires_at") is not None:
+        said.append(f"expires at {_in_words(summary['id'], 'expires_at')}")
+    if said:
+        print(f"({'; '.join(said)})", file=sys.stderr)
 
 
 def _follow_note(campaign_id: str, summary: Mapping[str, Any]) -> str:
     """What a --follow's line says after its bar: the counts, or when a scheduled
     campaign starts (else it showed 0/s with no word of why nothing moved)."""
     if summary["status"] == "scheduled":
-        return f"scheduled: starts at {_send_at(campaign_id)}"
+        return f"scheduled: starts at {_in_words(campaign_id)}"
     counts = [f"sent {summary['sent']}", f"failed {summary['failed']}"]
     counts += [f"{name} {summary[name]}" for name in _OTHER_ENDS if summary.get(name)]
     return " ".join(counts)
@@ -640,7 +656,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         if args.follow:
             return follow(args.id)
-        _print(campaign_reads.campaign_summary(args.id))
+        summary = campaign_reads.campaign_summary(args.id)
+        _print(summary)
+        _say_when(summary)
     except campaigns.CampaignNotFoundError:
         print(f"error: no campaign {args.id!r}", file=sys.stderr)
         return 1
