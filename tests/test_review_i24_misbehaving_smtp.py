@@ -16,10 +16,11 @@ import pytest
 import redis
 
 from dispatch import campaign_reads, ledger, store
+from providers.base import OutcomeStatus
 from providers.errors import ErrorClass
 from tests.helpers import recipients, run_inline, smtp_provider
 from tests.test_review_n10_smtp import ScriptedServer
-from tests.test_smtp_sending import FAST
+from tests.test_smtp_sending import FAST, _config, _message, _send
 
 DROP = b"DROP"  # a reply that ends so: sent, then the server closes the connection
 Script = Callable[[bytes], bytes | None]
@@ -121,3 +122,21 @@ def test_a_pipelining_relay_dropping_after_a_refusal_keeps_the_refusal(
     rec = _user0_fails_the_others_go(redis_client, server)
     assert rec["error_class"] == ErrorClass.DISPATCH_FAILED_SMTP  # a policy block (x.7.x)
     assert "550 5.7.1" in rec["detail"]
+
+
+@pytest.mark.parametrize("refusal", [b"502 5.5.2 Error: command not recognized\r\n",
+                                     b"500 5.5.1 Unknown command\r\n"])  # fmt: skip
+def test_a_server_that_does_not_know_ehlo_is_greeted_with_helo(refusal: bytes) -> None:
+    """RFC 5321 §4.1.4: a client SHOULD fall back to HELO when EHLO is refused; aiosmtplib
+    does so for STARTTLS. With ``security`` ``none`` (and ``tls``) the EHLO dispatch sends
+    itself was not retried as HELO: "refused the session", a configuration error that
+    paused every campaign on an old relay that takes mail well."""
+    server = ScriptedServer(answer=lambda command: refusal if command.startswith(b"EHLO") else None)
+    with server.running():
+        config = _config(server.port, "none", timeout=5.0)
+        outcomes = asyncio.run(
+            _send(config, [_message(1, "a@example.com"), _message(2, "b@example.com")])
+        )
+    assert [o.status for o in outcomes] == [OutcomeStatus.SENT] * 2  # type: ignore[attr-defined]
+    assert b"HELO " in server.received
+    assert server.complete == 2
