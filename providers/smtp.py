@@ -868,7 +868,14 @@ class SmtpTransport:
         try:
             await client.connect()
             if client.last_ehlo_response is None:  # plain connections greet lazily
-                await client.ehlo()
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    # RFC 5321 §4.1.4: a server that does not know EHLO gets HELO (as
+                    # aiosmtplib does for STARTTLS); one that closed (421) is refused.
+                    if not client.is_connected:
+                        raise
+                    await client.helo()
             if cfg.username:
                 await client.login(cfg.username, cfg.password.get_secret_value())
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

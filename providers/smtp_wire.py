@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +60,11 @@ class Reply:
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}".strip()
+
+
+# In place of the replies a server never sent before it closed the connection (see
+# TransactionProtocol._refused_then_lost).
+LOST = Reply(421, "no answer: the server closed the connection")
 
 
 # Where in a transaction a reply came: to MAIL, to the first RCPT, to DATA or the content.
@@ -340,7 +345,10 @@ class TransactionProtocol(asyncio.Protocol):
         if self.pipelining:
             if not commands_sent:
                 self._write(envelope.commands())
-            replies = await self._read(len(rcpt_cmds) + 2)
+            try:
+                replies = await self._read(len(rcpt_cmds) + 2)
+            except WireError as exc:
+                replies = self._refused_then_lost(len(rcpt_cmds) + 2, exc)
             mail, rcpts, data_start = replies[0], tuple(replies[1:-1]), replies[-1]
         else:
             self._write(envelope.mail().encode())
@@ -358,6 +366,7 @@ class TransactionProtocol(asyncio.Protocol):
             self._write(b"DATA\r\n")
             data_start = (await self._read(1))[0]
         self._in_step((mail, *rcpts), data_start)
+        ends: list[bytes] = []  # what ends the transaction when the message is not sent
         if data_start.code == 354:
             if mail.ok and rcpts[0].ok:
                 out = envelope.payload
@@ -384,11 +393,23 @@ class TransactionProtocol(asyncio.Protocol):
                 self.transport.abort()
                 return TransactionResult(mail, rcpts, data_start, None), False
             # No recipient: end the empty DATA, the server must refuse it (RFC 2920 §3.1).
-            self._write(b".\r\n")
-            await self._read(1)
+            ends.append(b".\r\n")
         if mail.ok:
-            await self._reset()
+            ends.append(b"RSET\r\n")
+        await self._reset(ends)
         return TransactionResult(mail, rcpts, data_start, None), False
+
+    def _refused_then_lost(self, count: int, error: WireError) -> list[Reply]:
+        """The ``count`` replies of a pipelined group whose connection was lost after the
+        server refused MAIL or the first RCPT (Exim's ``drop``: the refusal, then a close):
+        the message was refused, its content never written. The replies the server never
+        sent read as :data:`LOST` (a close, as a ``421`` is: the others go on a new
+        connection). Raises ``error`` when the replies received decide nothing."""
+        got = list(self._replies)[:count]
+        if not any(not reply.ok for reply in got[:2]):
+            raise error
+        self._replies.clear()
+        return got + [LOST] * (count - len(got))
 
     def _in_step(self, commands: tuple[Reply, ...], data_start: Reply) -> None:
         """Raises :class:`WireError` (the connection dropped, nothing of the message
@@ -406,11 +427,22 @@ class TransactionProtocol(asyncio.Protocol):
                 self.transport.abort()
                 raise error
 
-    async def _reset(self) -> None:
-        if not self.alive:  # closed after its reply (421): nothing to reset
-            return
-        self._write(b"RSET\r\n")
-        await self._read(1)
+    async def _reset(self, commands: Sequence[bytes] = (b"RSET\r\n",)) -> None:
+        """End a refused transaction with ``commands``, each answered in turn.
+
+        The refusal was its answer: a connection the server drops (or lets time out) after
+        it does not undo it. The loss is left for the next transaction to meet (not handed
+        over, sent on a new connection); raised here, it took the refusal's place, and the
+        message, retried, met the same refusal and the same drop at every attempt.
+        """
+        for command in commands:
+            if not self.alive:  # closed after its reply (421): nothing to reset
+                return
+            try:
+                self._write(command)
+                await self._read(1)
+            except WireError:
+                return
 
     async def quit(self) -> None:
         """Say goodbye politely; never raises."""
