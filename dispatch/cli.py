@@ -278,8 +278,16 @@ def cmd_api(args: argparse.Namespace) -> int:
             f"{args.host}:{args.port}",
             file=sys.stderr,
         )
+    from dispatch.api.server import HeadDeadlineProtocol
+
     level = get_settings().log_level.lower()
-    uvicorn.run("dispatch.api.app:app", host=args.host, port=args.port, log_level=level)
+    uvicorn.run(
+        "dispatch.api.app:app",
+        host=args.host,
+        port=args.port,
+        log_level=level,
+        http=HeadDeadlineProtocol,
+    )
     return 0
 
 

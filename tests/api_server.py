@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import httpx
 import uvicorn
@@ -12,12 +13,18 @@ from tests.smtp_server import free_port
 
 
 class ApiServer:
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
+        """``options``: more of uvicorn's (``http``: the protocol ``dispatch api`` serves)."""
         from dispatch.api.app import create_app
 
         self.port = free_port()
         config = uvicorn.Config(
-            create_app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            create_app(),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            **options,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -6,13 +6,18 @@ provider. The work happens in :mod:`dispatch.callbacks`, in a worker thread.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from dispatch import callbacks
 from dispatch.api.body_limits import STREAMED, BodyTooLargeError, read_bounded
 from dispatch.api.errors import CALLBACK_RESPONSES, PROBE_RESPONSES, RETRY_AFTER_SECONDS
+
+log = logging.getLogger(__name__)
 
 # Bodies are cut off at callbacks.MAX_BODY_BYTES by the routes themselves, answered in the
 # seeds' shape (DESIGN §6); a probe's is left unread: no route answers the app's 413.
@@ -40,6 +45,15 @@ async def receive_callback(nickname: str, token: str, request: Request) -> Respo
         body = await read_bounded(request, callbacks.MAX_BODY_BYTES)  # (SNS: text/plain)
     except BodyTooLargeError:
         reply = callbacks.refuse_too_large()
+    except ClientDisconnect:
+        # A provider's own timeout or a dropped connection: nothing was stored, and the
+        # provider sends the request again. Not the API's fault: no traceback.
+        log.info(
+            "callback for %s: the provider went away mid-body; nothing stored",
+            nickname,
+            extra={"provider": nickname},
+        )
+        return Response(status_code=400)  # nobody reads it
     else:
         headers = dict(request.headers)
         reply = await run_in_threadpool(
