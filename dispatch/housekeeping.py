@@ -72,7 +72,7 @@ def sweep(
         (status, progress_at, started_at, batches, parked_until, status_at, restarted_at, size,
          purged, resume_at) = fields  # fmt: skip
         if status == CampaignStatus.PAUSED.value and resume_at and float(resume_at) <= now:
-            # Paused by its provider's daily quota (ours), whose next day has come.
+            # Paused by its provider's daily quota (ours), which has room again.
             return "resumed" if _resume_due(r, campaign_id, resume_at, enqueue) else ""
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
@@ -132,7 +132,8 @@ def sweep(
 def _resume_due(
     r: redis.Redis, campaign_id: str, resume_at: str, enqueue: batch_enqueue.EnqueueBatch
 ) -> bool:
-    """Resume a campaign its own daily quota paused, now that the next UTC day began."""
+    """Resume a campaign its own daily quota paused, now that it has room again (its
+    oldest sends counted left the 24 hours)."""
     if not lifecycle.resume_by_itself(campaign_id, resume_at, client=r, enqueue=enqueue):
         return False  # a person moved it, or another sweep took it
     incidents.resumed(campaign_id)

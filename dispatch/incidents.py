@@ -105,7 +105,8 @@ def swept(r: redis.Redis, restarted: list[str], now: float | None = None) -> Non
 def resumed(campaign_id: str) -> None:
     """Housekeeping resumed a campaign its provider's daily quota (ours) paused."""
     log.info(
-        "campaign %s resumed: its provider's daily quota starts again (00:00 UTC)",
+        "campaign %s resumed: its provider's daily quota has room again (its oldest "
+        "sends counted are 24 hours old)",
         campaign_id,
         extra={"campaign_id": campaign_id},
     )

@@ -149,7 +149,7 @@ async def pause_running(
     """A batch met what a person must fix (credentials, a used-up quota): the campaign
     pauses with ``reason``, unless it is no longer running (a cancel that landed meanwhile
     stands); whether it paused. ``resume_at``: when housekeeping resumes it by itself
-    (our own daily quota's next day, :func:`resume_by_itself`), unless someone moves it
+    (our own daily quota's room again, :func:`resume_by_itself`), unless someone moves it
     first."""
     key = store.campaign_key(campaign_id)
     at = "" if resume_at is None else repr(resume_at)

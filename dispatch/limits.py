@@ -1,4 +1,4 @@
-"""Per-provider pace and daily quota, shared by every worker through Redis (DESIGN §7)."""
+"""Per-provider pace and rolling 24-hour quotas, shared by all workers through Redis (DESIGN §7)."""
 
 from __future__ import annotations
 
@@ -19,53 +19,160 @@ from providers.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
+# The daily quotas count a rolling 24 hours, as Gmail and SES count theirs (reference
+# §3.3, §4): a quota of 2000 sends at most 2000 in any 24 hours, never 2000 before 00:00
+# UTC and 2000 more after it (the provider then refuses the rest, and Gmail may block
+# the account for a day). Each quota is a hash of per-minute buckets on Redis's clock
+# (the minute a send's turn comes: its pace's wait included), with the fields ``sum``
+# (every bucket's count) and ``from`` (the oldest minute still kept): a send counts from
+# its minute until WINDOW_MINUTES after that minute ends, 24 hours and a minute (the
+# minute more covers a send handed over somewhat after its turn), so any 24 hours the
+# provider looks at hold at most the quota. Minutes that left are dropped as time goes
+# on (amortized one a minute, a scan of the hash after a long idle): a call costs a few
+# hash reads, whatever the sends of the 24 hours.
+WINDOW_MINUTES = 24 * 60 + 1
+_WINDOW = f"""
+local span = {WINDOW_MINUTES}
+local function minute(m) return string.format('%d', m) end
+-- The count of KEYS[key] now, minutes that left the window dropped. A new window
+-- takes in the counts of the UTC-day counters an older version kept (an upgrade: see
+-- _take), today's as of this minute, yesterday's as of its last minute.
+local function counted(key, today_key, yesterday_key, cur, midnight)
+  local first = cur - span
+  local from, sum = unpack(redis.call('HMGET', key, 'from', 'sum'))
+  if not from then
+    sum = 0
+    local before = tonumber(redis.call('GET', yesterday_key) or '0')
+    if before > 0 and midnight - 1 >= first then
+      redis.call('HINCRBY', key, minute(midnight - 1), before)
+      sum = sum + before
+    end
+    local today = tonumber(redis.call('GET', today_key) or '0')
+    if today > 0 then
+      redis.call('HINCRBY', key, minute(cur), today)
+      sum = sum + today
+    end
+    redis.call('HSET', key, 'from', minute(first), 'sum', sum)
+    redis.call('EXPIRE', key, (span + 2) * 60)
+    return sum
+  end
+  from, sum = tonumber(from), tonumber(sum)
+  if from >= first then return sum end
+  if first - from > span then  -- idle for longer than the window: read it whole
+    local all = redis.call('HGETALL', key)
+    sum = 0
+    for i = 1, #all, 2 do
+      local m = tonumber(all[i])
+      if m and m < first then
+        redis.call('HDEL', key, all[i])
+      elseif m then
+        sum = sum + tonumber(all[i + 1])
+      end
+    end
+  else
+    for m = from, first - 1 do
+      local c = redis.call('HGET', key, minute(m))
+      if c then
+        sum = sum - tonumber(c)
+        redis.call('HDEL', key, minute(m))
+      end
+    end
+  end
+  sum = math.max(sum, 0)
+  redis.call('HSET', key, 'from', minute(first), 'sum', sum)
+  return sum
+end
+-- When KEYS[key]'s count (used) falls to limit - need, its oldest minutes leaving the
+-- window: a Unix time, or -1 when it never does (need is more than the limit).
+local function frees(key, used, limit, need, now)
+  local excess = used - (limit - need)
+  if excess <= 0 then return now end
+  if need > limit then return -1 end
+  local all = redis.call('HGETALL', key)
+  local minutes = {{}}
+  for i = 1, #all, 2 do
+    local m = tonumber(all[i])
+    if m then minutes[#minutes + 1] = {{m, tonumber(all[i + 1])}} end
+  end
+  table.sort(minutes, function(a, b) return a[1] < b[1] end)
+  for _, mc in ipairs(minutes) do
+    excess = excess - mc[2]
+    if excess <= 0 then return (mc[1] + span + 1) * 60 end
+  end
+  return -1
+end
+local function book(key, m, count, now)
+  redis.call('HINCRBY', key, minute(m), count)
+  redis.call('HINCRBY', key, 'sum', count)
+  local keep = math.ceil((m + span + 2) * 60 - now)
+  if redis.call('TTL', key) < keep then redis.call('EXPIRE', key, keep) end
+end
+"""
+
 # GCRA ("virtual scheduling"): KEYS[1] holds the time the provider is next free. Each
 # call reserves sends after that point and answers how many and how long to wait first,
-# so any number of workers together keep to rate_per_second. KEYS[2] counts today's
-# messages, KEYS[3] today's recipients (to, cc and bcc: ARGV[4] per message). With ARGV[6]
-# = 1 as many of the n as the quotas leave are granted, else all or none. KEYS[4] holds
-# today's grants still out (ARGV[7], a grant's token, scored by when it lapses: ARGV[8]
-# seconds after its wait, for a worker that died holding it): until they are settled the
-# quota is not known to be used up, since some may be given back. Answers {granted, wait,
-# which stopped it (0 none, 1 the messages quota, 2 the recipients quota, 3 the horizon),
-# grants still out, ms the provider is still held}. KEYS[5] is the provider's hold (a
-# throttling reply, see _HOLD): no send is granted before it ends (read here, where every
-# grant is already taken: no round trip of its own). ARGV[9] > 0, the caller's horizon:
-# a send due further ahead is not reserved (a reservation is never given back, and one
-# its caller cannot wait for pushes every later one back for nothing): the answer is
-# none, and how long until it would be within the horizon.
-_TAKE = """
+# so any number of workers together keep to rate_per_second. KEYS[2] counts the last 24
+# hours' messages, KEYS[3] their recipients (to, cc and bcc: ARGV[4] per message; see
+# _WINDOW). With ARGV[6] = 1 as many of the n as the quotas leave are granted, else all
+# or none. KEYS[4] holds the grants still out (ARGV[7], a grant's token, scored by when
+# it lapses: ARGV[8] seconds after its wait, for a worker that died holding it): until
+# they are settled the quota is not known to be used up, since some may be given back.
+# Answers {granted, wait, which stopped it (0 none, 1 the messages quota, 2 the
+# recipients quota, 3 the horizon), grants still out, ms the provider is still held,
+# when the quotas next leave room (none granted: a Unix time, -1 never), the count of
+# the quota that stopped it, the minute the grant's sends are counted in}; none granted,
+# the wait is until that room (-1 never). KEYS[5] is the provider's hold (a throttling
+# reply, see _HOLD): no send is granted before it ends (read here, where every grant is
+# already taken: no round trip of its own). ARGV[9] > 0, the caller's horizon: a send
+# due further ahead is not reserved (a reservation is never given back, and one its
+# caller cannot wait for pushes every later one back for nothing): the answer is none,
+# and how long until it would be within the horizon. KEYS[6..9] and ARGV[10]: the
+# UTC-day counters of an older version (messages today, yesterday; recipients today,
+# yesterday) and the minute today began, read when a window is new (see _WINDOW).
+_TAKE = (
+    _WINDOW
+    + """
 local n, rate, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local per, rquota, partial = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
-local horizon = tonumber(ARGV[9])
+local horizon, midnight = tonumber(ARGV[9]), tonumber(ARGV[10])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local cur = math.floor(now / 60)
 local held = math.max(redis.call('PTTL', KEYS[5]), 0)
-local granted, which = n, 0
+local granted, which, used, rused = n, 0, 0, 0
 if quota > 0 then
-  local left = quota - tonumber(redis.call('GET', KEYS[2]) or '0')
+  used = counted(KEYS[2], KEYS[6], KEYS[7], cur, midnight)
+  local left = quota - used
   if left < granted then granted, which = left, 1 end
 end
 if rquota > 0 then
-  local left = math.floor((rquota - tonumber(redis.call('GET', KEYS[3]) or '0')) / per)
+  rused = counted(KEYS[3], KEYS[8], KEYS[9], cur, midnight)
+  local left = math.floor((rquota - rused) / per)
   if left < granted then granted, which = left, 2 end
 end
 if granted <= 0 or (granted < n and not partial) then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  return {0, '-1', which, redis.call('ZCARD', KEYS[4]), held}
+  local need, at = partial and 1 or n, now
+  for _, q in ipairs({{KEYS[2], used, quota, 1}, {KEYS[3], rused, rquota, per}}) do
+    if q[3] > 0 and at >= 0 then
+      local free = frees(q[1], q[2], q[3], need * q[4], now)
+      at = free < 0 and -1 or math.max(at, free)
+    end
+  end
+  local wait = at < 0 and '-1' or tostring(at - now)
+  local count = which == 2 and rused or used
+  return {0, wait, which, redis.call('ZCARD', KEYS[4]), held, tostring(at), count, 0}
 end
 local free = now + held / 1000
 if rate > 0 then free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), free) end
 local wait = free - now
-if horizon > 0 and wait > horizon then return {0, tostring(wait - horizon), 3, 0, held} end
-if quota > 0 then
-  redis.call('INCRBY', KEYS[2], granted)
-  redis.call('EXPIRE', KEYS[2], 172800)
+if horizon > 0 and wait > horizon then
+  return {0, tostring(wait - horizon), 3, 0, held, '', 0, 0}
 end
-if rquota > 0 then
-  redis.call('INCRBY', KEYS[3], granted * per)
-  redis.call('EXPIRE', KEYS[3], 172800)
-end
+-- Counted in the minute of their turn (a send that waits for the pace goes then).
+local m = math.floor(free / 60)
+if quota > 0 then book(KEYS[2], m, granted, now) end
+if rquota > 0 then book(KEYS[3], m, granted * per, now) end
 if rate > 0 then
   local next_free = free + granted / rate
   -- Kept until the provider is next free (an hour at least): a slow pace's reservations
@@ -77,21 +184,30 @@ if ARGV[7] ~= '' and (quota > 0 or rquota > 0) then
   redis.call('ZADD', KEYS[4], now + wait + tonumber(ARGV[8]), ARGV[7])
   redis.call('EXPIRE', KEYS[4], 172800)
 end
-return {granted, tostring(wait), which, 0, held}
+return {granted, tostring(wait), which, 0, held, '', 0, m}
 """
+)
 
-# Messages counted against today's quotas that did not go out are given back (never
-# below zero: the day's key may have been removed by hand meanwhile); ARGV[3], a grant's
-# token, is settled: no longer out (KEYS[3]).
+# Messages counted against the quotas that did not go out are given back from the
+# minute they were counted in (ARGV[3]; never below zero, nothing once that minute left
+# the window, or the window was removed by hand); ARGV[4], a grant's token, is settled:
+# no longer out (KEYS[3]).
 _REFUND = """
 for i = 1, 2 do
   local key = KEYS[i]
-  local left = tonumber(redis.call('GET', key) or '0') - tonumber(ARGV[i])
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('SET', key, math.max(left, 0), 'KEEPTTL')
+  local c = tonumber(redis.call('HGET', key, ARGV[3]) or '0')
+  local back = math.min(tonumber(ARGV[i]), c)
+  if back > 0 then
+    if back == c then
+      redis.call('HDEL', key, ARGV[3])
+    else
+      redis.call('HINCRBY', key, ARGV[3], -back)
+    end
+    local sum = tonumber(redis.call('HGET', key, 'sum') or '0')
+    redis.call('HSET', key, 'sum', math.max(sum - back, 0))
   end
 end
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 return 0
 """
 
@@ -144,31 +260,28 @@ def chunk_limit(provider: ProviderBase, chunk_size: int) -> int:
 
 
 class QuotaExhaustedError(ConfigurationError):
-    """The provider's daily quota (ours: ``daily_quota``, ``daily_recipient_quota``) is
-    used up: the campaign pauses, and resumes by itself at ``resumes_at`` (the next
-    00:00 UTC: housekeeping), or waits for a person when None (no day would do)."""
+    """The provider's daily quota (ours: ``daily_quota``, ``daily_recipient_quota``, over
+    a rolling 24 hours) is used up: the campaign pauses, and resumes by itself at
+    ``resumes_at`` (on Redis's clock, when the oldest sends counted leave the 24 hours:
+    housekeeping), or waits for a person when None (no 24 hours would do)."""
 
     def __init__(self, detail: str, resumes_at: float | None = None) -> None:
         super().__init__(detail)
         self.resumes_at = resumes_at
 
 
-def next_day_start(day: str) -> float:
-    """00:00 UTC after the UTC day ``day`` (``YYYYMMDD``), as a Unix time."""
-    return (datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC) + timedelta(days=1)).timestamp()
-
-
 @dataclass(frozen=True, slots=True)
 class Grant:
     """Sends reserved by :meth:`ProviderLimiter.take_some`: ``count`` of them may go after
-    ``wait`` seconds; ``day`` is the UTC day whose quotas they were counted against;
+    ``wait`` seconds; ``minute`` is the minute (Unix time / 60, on Redis's clock) of the
+    quotas' window they were counted in;
     ``token`` names a grant that is out until :meth:`ProviderLimiter.settle` (tracked);
     ``beyond``: none reserved, the next send is due past the caller's horizon (``wait``:
     until it would be within it)."""
 
     count: int
     wait: float
-    day: str = ""
+    minute: int = 0
     token: str = ""
     beyond: bool = False
 
@@ -202,20 +315,22 @@ class ProviderLimiter:
     async def take(self, n: int) -> float:
         """Reserve ``n`` sends (all or none); returns how many seconds to wait first.
 
-        Raises :class:`QuotaExhaustedError` when today's quotas would be exceeded.
+        Raises :class:`QuotaExhaustedError` when the quotas' 24 hours would be exceeded.
         """
         return (await self._take(n, partial=False)).wait
 
     async def take_some(self, n: int, *, tracked: bool = False, horizon: float = 0.0) -> Grant:
-        """Reserve up to ``n`` sends: as many as today's quotas leave (so the quota is used
-        to the last message), after the provider's pace and its hold (:meth:`hold`).
+        """Reserve up to ``n`` sends: as many as the quotas leave (so a quota is used to
+        the last message), after the provider's pace and its hold (:meth:`hold`).
 
         ``horizon`` > 0: the caller waits no longer than that. Sends due later are not
         reserved (a reservation is never given back: one not used pushes every later one
         back), and the grant is of none, with the ``wait`` until they would be due within
         the horizon (others may book meanwhile: ask again then).
 
-        Raises :class:`QuotaExhaustedError` when not one more may go today. ``tracked``:
+        Raises :class:`QuotaExhaustedError` when not one more may go within the last 24
+        hours (with ``horizon`` > 0: nor will within the horizon; room that frees within
+        it is a grant of none, to wait its ``wait`` and ask again). ``tracked``:
         the caller settles the grant (:meth:`settle`) once its sends went out or not;
         until then the grant counts as out, and a tracked call that finds the quotas
         taken while grants are out (some may be given back: the quota is not known to
@@ -225,7 +340,7 @@ class ProviderLimiter:
 
     async def refund(self, grant: Grant, n: int) -> None:
         """Give back ``n`` of ``grant``'s sends that did not go out (given back unsent,
-        or refused by the provider): they do not count against the day's quotas."""
+        or refused by the provider): they do not count against the quotas."""
         if n > 0:
             await self._give_back(grant, n, "")
 
@@ -269,19 +384,11 @@ class ProviderLimiter:
         _seen_holds[nick] = (until, now)
 
     async def _give_back(self, grant: Grant, n: int, token: str) -> None:
-        if not self.quotas or not grant.day:
+        if not self.quotas or not grant.minute:
             return
-        message_key, recipient_key, out_key = self._quota_keys(grant.day)
+        keys = quota_keys(self.provider.nickname)
         await self.client.eval(
-            _REFUND, 3, message_key, recipient_key, out_key, n, n * self.per_message, token
-        )
-
-    def _quota_keys(self, day: str) -> tuple[str, str, str]:
-        nick = self.provider.nickname
-        return (
-            f"{store.PREFIX}:quota:{nick}:{day}",
-            f"{store.PREFIX}:recipient-quota:{nick}:{day}",
-            f"{store.PREFIX}:quota-out:{nick}:{day}",
+            _REFUND, len(keys), *keys, n, n * self.per_message, grant.minute, token
         )
 
     async def _take(
@@ -292,14 +399,23 @@ class ProviderLimiter:
             if 0 < horizon < held:
                 return Grant(0, held - horizon, beyond=True)
             return Grant(n, held)
-        day = datetime.now(UTC).strftime("%Y%m%d")
+        nick = self.provider.nickname
+        # (An upgrade: the UTC-day counters an older version kept, on the host's clock as
+        # it read them, taken into a new window once; they expire within two days.)
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        old = [
+            f"{store.PREFIX}:{name}:{nick}:{day:%Y%m%d}"
+            for name in ("quota", "recipient-quota")
+            for day in (today, today - timedelta(days=1))
+        ]
         token = secrets.token_hex(8) if tracked and self.quotas else ""
-        granted, wait, which, out, held = await self.client.eval(
+        granted, wait, which, out, held, frees, used, minute = await self.client.eval(
             _TAKE,
-            5,
-            f"{store.PREFIX}:pace:{self.provider.nickname}",
-            *self._quota_keys(day),
+            9,
+            f"{store.PREFIX}:pace:{nick}",
+            *quota_keys(nick),
             self._hold_key,
+            *old,
             n,
             self._rate,
             self.provider.daily_quota or 0,
@@ -309,38 +425,57 @@ class ProviderLimiter:
             token,
             self.grant_ttl,
             max(0.0, horizon),
+            int(today.timestamp()) // 60,
         )
         self._saw_hold(int(held))
         if int(which) == _BEYOND_HORIZON:
-            return Grant(0, float(wait), day, beyond=True)
+            return Grant(0, float(wait), beyond=True)
         if int(granted) <= 0:
             if token and int(out):
-                return Grant(0, QUOTA_POLL_SECONDS, day)
-            detail, never = self._used_up(int(which), day)
-            raise QuotaExhaustedError(detail, None if never else next_day_start(day))
-        return Grant(int(granted), float(wait), day, token)
+                return Grant(0, QUOTA_POLL_SECONDS)
+            room = float(wait)  # (seconds until the quotas leave room; < 0: never)
+            if horizon > 0 and 0 <= room <= horizon:  # the caller waits that long: no pause
+                return Grant(0, room)
+            at = float(frees)
+            detail = self._used_up(int(which), int(used), at)
+            raise QuotaExhaustedError(detail, at if at >= 0 else None)
+        return Grant(int(granted), float(wait), int(minute), token)
 
-    def _used_up(self, which: int, day: str) -> tuple[str, bool]:
-        """What is used up, and whether no day would do (a person must act)."""
+    def _used_up(self, which: int, used: int, at: float) -> str:
+        """What is used up, and when it leaves room again (``at`` < 0: never; a person
+        must act)."""
         nick = self.provider.nickname
         rquota = self.provider.daily_recipient_quota
-        if which == 2 and rquota and self.per_message > rquota:  # not today, nor any day
+        if which == 2 and rquota and self.per_message > rquota:  # not in any 24 hours
             return (
                 f"each message has {self.per_message} recipients (to, cc and bcc), more "
                 f"than the daily recipient quota of {rquota} of provider {nick!r}: none "
                 "can go on any day; raise the quota or send with fewer cc and bcc"
-            ), True
+            )
         if which == 2:
             what = (
-                f"daily recipient quota of {self.provider.daily_recipient_quota} recipients "
-                f"(to, cc and bcc; {self.per_message} a message)"
+                f"daily recipient quota of {rquota} recipients (to, cc and bcc; "
+                f"{self.per_message} a message)"
             )
+            sent = f"{used} recipients"
         else:
             what = f"daily quota of {self.provider.daily_quota} messages"
+            sent = f"{used} messages"
+        when = f"{datetime.fromtimestamp(at, UTC):%Y-%m-%d %H:%M} UTC"
         return (
-            f"{what} for provider {nick!r} is used up (UTC day {day}; the campaign resumes "
-            "by itself at 00:00 UTC, when it starts again)"
-        ), False
+            f"{what} for provider {nick!r} is used up ({sent} in the last 24 hours; the "
+            f"campaign resumes by itself at {when}, when enough of them are 24 hours old)"
+        )
+
+
+def quota_keys(nickname: str) -> tuple[str, str, str]:
+    """The keys of ``nickname``'s quotas: the windows of its messages and recipients
+    (hashes, see ``_WINDOW``) and its grants still out."""
+    return (
+        f"{store.PREFIX}:quota:{nickname}:window",
+        f"{store.PREFIX}:recipient-quota:{nickname}:window",
+        f"{store.PREFIX}:quota-out:{nickname}:grants",
+    )
 
 
 # A connection slot is a member of a sorted set scored by its expiry; expired members

@@ -424,7 +424,7 @@ async def _within_limits(
             # and one the test cannot use pushed every campaign's send after it.
             grant = await limiter.take_some(1, tracked=True, horizon=horizon())
             if grant.beyond:  # (its turn: the horizon and the wait until within it)
-                return Grant(0, grant.wait + horizon(), grant.day, beyond=True)
+                return Grant(0, grant.wait + horizon(), beyond=True)
             return grant
 
         def horizon() -> float:

@@ -229,9 +229,9 @@ def direct_queue_names() -> set[str]:
 
 
 # A host whose clock differs from Redis's by more than this is named by the health check:
-# leases, pace, connection slots and housekeeping read Redis's clock, but a batch's check
-# of expires_at, the quotas' UTC day and retry times read the host's (README: keep the
-# clocks synchronised with NTP).
+# leases, pace, quotas, connection slots and housekeeping read Redis's clock, but a batch's
+# check of expires_at and retry times read the host's (README: keep the clocks
+# synchronised with NTP).
 CLOCK_SKEW_WARNING_SECONDS = 2.0
 
 
@@ -257,7 +257,7 @@ def _clock_warnings(r: redis.Redis) -> tuple[str, ...]:
     side = "ahead of" if skew > 0 else "behind"
     return (
         f"this host's clock is {abs(skew):.1f} s {side} Redis's: a batch's expires_at, "
-        "the daily quotas' UTC day and retry times read it; synchronise it (NTP)",
+        "and retry times read it; synchronise it (NTP)",
     )
 
 

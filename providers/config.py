@@ -200,7 +200,7 @@ class ProviderBase(BaseModel):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=100, strict=True)
     rate_per_second: float = Field(default=DEFAULT_RATE_PER_SECOND, ge=0, strict=True)
     daily_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
-    # Recipients a UTC day (to, cc and bcc of each message counted), as Gmail and SES
+    # Recipients in any 24 hours (to, cc and bcc of each message counted), as Gmail and SES
     # count them: a campaign with cc or bcc reaches it before daily_quota.
     daily_recipient_quota: int | None = Field(default=None, ge=1, le=MAX_COUNT, strict=True)
     # Certificate checks of the provider's TLS connections (STARTTLS, SMTPS, https://).

@@ -1,5 +1,5 @@
-"""`dispatch health` names a host whose clock is off Redis's: leases, pace, slots and
-housekeeping read Redis's clock, but a batch's expires_at, the quotas' UTC day and retry
+"""`dispatch health` names a host whose clock is off Redis's: leases, pace, quotas (since
+review A24), slots and housekeeping read Redis's clock, but a batch's expires_at and retry
 times read the host's (reviews R10, S10). Real Redis; the host's clock is shifted in the
 health check's module only."""
 

@@ -19,7 +19,7 @@ import redis
 
 from dispatch import campaign_reads, campaigns, lifecycle, store
 from dispatch.ledger import parse_record
-from dispatch.limits import ProviderLimiter, QuotaExhaustedError
+from dispatch.limits import ProviderLimiter, QuotaExhaustedError, quota_keys
 from dispatch.settings import Settings
 from providers.config import parse_provider_config
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
@@ -39,7 +39,7 @@ def _states(r: redis.Redis, campaign_id: str) -> Counter[str]:
 
 
 def _quota_used(r: redis.Redis) -> int:
-    return sum(int(r.get(k) or 0) for k in r.scan_iter(match=f"{store.PREFIX}:quota:local:*"))
+    return int(r.hget(quota_keys("local")[0], "sum") or 0)
 
 
 def _grants_out(r: redis.Redis) -> int:
@@ -47,7 +47,7 @@ def _grants_out(r: redis.Redis) -> int:
 
 
 def _new_day(r: redis.Redis) -> None:
-    """Midnight UTC: a new day's counters."""
+    """24 hours later: the sends counted have left the quota's window."""
     for k in r.scan_iter(match=f"{store.PREFIX}:quota:local:*"):
         r.delete(k)
 

@@ -16,7 +16,8 @@ import pytest
 import redis
 from redis.asyncio.client import Pipeline
 
-from dispatch import campaign_reads, store, suppressions
+from dispatch import campaign_reads, suppressions
+from dispatch.limits import quota_keys
 from dispatch.settings import get_settings
 from tests.helpers import create_held, recipients, run_batches, smtp_provider
 from tests.smtp_server import SmtpTestServer
@@ -71,8 +72,8 @@ def test_a_cc_suppressed_between_two_batches_gets_no_more_copies(
         assert m.message["Cc"] == ("Boss@example.com" if copied else None)
 
     # The daily recipient quota counted the copies that went: 3 a message, then 2.
-    day = next(iter(redis_client.scan_iter(f"{store.PREFIX}:recipient-quota:local:*")))
-    assert redis_client.get(day) == str(2 * 3 + 2 * 2)
+    window = quota_keys("local")[1]
+    assert redis_client.hget(window, "sum") == str(2 * 3 + 2 * 2)
 
     # Where an operator looks: the log names the campaign, the address, the entry.
     lines = [r for r in caplog.records if "left out" in r.getMessage()]

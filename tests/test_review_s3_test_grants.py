@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from dispatch import store, test_email
-from dispatch.limits import Grant, ProviderLimiter
+from dispatch.limits import Grant, ProviderLimiter, quota_keys
 from dispatch.redis_server import RedisServer
 from dispatch.test_email import TestEmailResult
 from providers.config import HttpConfig, parse_provider_config
@@ -91,7 +91,7 @@ def test_a_campaign_waits_for_a_test_messages_grant_and_gets_its_send_back(
     assert (result.ok, result.error) == (False, "Dispatch failed"), result.detail
     assert meanwhile.count == 0 and meanwhile.wait > 0
     assert after.count == 1  # the day's quota is whole: the refused test gave it back
-    assert redis_client.zcard(f"{store.PREFIX}:quota-out:hook:{after.day}") == 0
+    assert redis_client.zcard(quota_keys("hook")[2]) == 0
 
 
 def test_a_test_message_waits_for_a_campaigns_grant_within_its_deadline(
@@ -104,7 +104,7 @@ def test_a_test_message_waits_for_a_campaigns_grant_within_its_deadline(
     with HttpSink() as sink:
         config = _config(sink.url)
 
-        async def go() -> tuple[list[TestEmailResult], str]:
+        async def go() -> list[TestEmailResult]:
             client = store.async_client()
             try:
                 campaign = ProviderLimiter(client, config)
@@ -117,18 +117,18 @@ def test_a_test_message_waits_for_a_campaigns_grant_within_its_deadline(
                 await campaign.settle(grant, 1)  # the provider refused the campaign's
                 came_back = await test
                 used_up = await _test_message(config)
-                return [still_out, came_back, used_up], grant.day
+                return [still_out, came_back, used_up]
             finally:
                 await client.aclose()
 
-        (still_out, came_back, used_up), day = asyncio.run(go())
+        still_out, came_back, used_up = asyncio.run(go())
         assert len(sink.requests) == 1  # came_back's
     assert not still_out.ok and still_out.error == used_up.error
     assert "taken by sends still out" in still_out.detail and "within 1 s" in still_out.detail
     assert came_back.ok, came_back.detail
     assert not used_up.ok and "daily quota of 1 messages" in used_up.detail
     # No test grant is left out: each was settled.
-    assert redis_client.zcard(f"{store.PREFIX}:quota-out:hook:{day}") == 0
+    assert redis_client.zcard(quota_keys("hook")[2]) == 0
 
 
 def test_a_test_message_the_pace_would_send_past_its_deadline_says_when_at_once(

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dispatch import store
-from dispatch.limits import Grant, ProviderLimiter
+from dispatch.limits import Grant, ProviderLimiter, quota_keys
 from dispatch.redis_server import RedisServer
 from providers.config import parse_provider_config
 from tests.test_batch_time_limit import sends_each_once_under_a_short_time_limit
@@ -47,7 +47,7 @@ def test_a_send_due_past_the_horizon_is_neither_reserved_nor_counted(
         try:
             limiter = _limiter(client, rate_per_second=1, daily_quota=10)
             grants = [await limiter.take_some(1, horizon=2.5) for _ in range(4)]
-            counted = await client.get(limiter._quota_keys(grants[0].day)[0])
+            counted = await client.hget(quota_keys("local")[0], "sum")
             return grants, await limiter.take_some(1), counted
         finally:
             await client.aclose()

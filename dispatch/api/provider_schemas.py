@@ -97,9 +97,10 @@ DESCRIPTIONS: Final[dict[str, str]] = {
     ),
     "max_connections": "Connections to the provider open at once, at most.",
     "rate_per_second": "Messages a second, at most; 0: no pacing beyond `max_connections`.",
-    "daily_quota": "Messages a UTC day, at most; null: no limit.",
+    "daily_quota": "Messages in any 24 hours (a rolling window), at most; null: no limit.",
     "daily_recipient_quota": (
-        "Recipients a UTC day (each message's to, cc and bcc counted), at most; null: no limit."
+        "Recipients in any 24 hours (each message's to, cc and bcc counted), at most; "
+        "null: no limit."
     ),
     "tls_verify": (
         "Check the certificates of the provider's TLS connections (STARTTLS, SMTPS, "
