@@ -165,7 +165,9 @@ def _closed_transport_is_a_connection_error() -> None:
         return
 
     def guarded(self: kombu_redis.Channel, asynchronous: bool = False) -> dict[str, object]:
-        if self.connection.client is None:
+        # (a channel its connection closed has none: a producer kept in a worker
+        # process's pool publishes on it after Redis broke its connection)
+        if self.connection is None or self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed")
         params: dict[str, object] = connparams(self, asynchronous=asynchronous)
         return params

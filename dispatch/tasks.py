@@ -85,15 +85,30 @@ def _shown_instead(args: Any, kwargs: Any) -> str:
     return f"({named} with {count} recipients: body not shown)"
 
 
+# Tasks that meet a broken Redis connection run again, with backoff, well inside the
+# visibility timeout (they are safe to run twice).
+_RETRY_ON_REDIS_ERRORS: dict[str, Any] = {
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "retry_backoff": True,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
+
 # What other services call (DESIGN §5). Its result is kept (the id, or the refusal: a
 # caller whose app has ``backend=<the broker URL>`` reads it with ``.get()``); a refusal
 # is expected (``throws``: Celery logs it without a traceback; we warn) and never retried.
+# A broken Redis connection is retried: a list stored half-way (Redis restarted, a
+# failover) was left so, a draft short of its rest or a campaign ``running`` for ever
+# with "creation interrupted", for a repeat that a caller firing and forgetting never
+# sends. Run again (the same task id, so the same campaign), it stores the rest.
 @app.task(
     name="dispatch.enqueue_campaign",
     bind=True,
     ignore_result=False,
     throws=(campaigns.CampaignError,),
     Request=_BodyNotShown,
+    **_RETRY_ON_REDIS_ERRORS,
 )
 def enqueue_campaign(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     """Create (and start, unless a draft) a campaign from the JSON of POST /v1/campaigns;
@@ -222,16 +237,6 @@ def expire_campaigns() -> list[str]:
 @app.task(name="dispatch.start_campaign")
 def start_campaign(campaign_id: str) -> int:
     return campaigns.start_campaign(campaign_id)
-
-
-# Tasks that meet a broken Redis connection run again, with backoff, well inside the
-# visibility timeout (they are safe to run twice).
-_RETRY_ON_REDIS_ERRORS: dict[str, Any] = {
-    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
-    "retry_backoff": True,
-    "retry_jitter": True,
-    "max_retries": 8,
-}
 
 
 # A batch whose Redis connection broke (Redis restarted: each worker process's pooled
