@@ -153,13 +153,17 @@ def resubscribe(token: UnsubscribeToken, client: redis.Redis | None = None) -> b
     (:func:`own_unsubscribe`); whether it was lifted.
 
     Never a bounce, a complaint, a provider's report or an operator's entry (False, nothing
-    changed), nor an entry that changed since it was read. Publishes ``Channel
+    changed), nor an entry that changed since it was read, nor by a token only a previous
+    key reads (:attr:`UnsubscribeToken.current_key`: it may have been forged with a key
+    that leaked). Publishes ``Channel
     Subscribed`` (``Type``: ``Preference center``) with the campaign and meta of the
     token's message, as its unsubscribe published ``Channel Unsubscribed``; the campaign's
     ``unsubscribed`` counter stays (that unsubscribe happened). The categories the person
     switched off stay off. Logged at INFO with the entry lifted, as
     :func:`suppressions.remove` logs one.
     """
+    if not token.current_key:
+        return False
     r = client or store.sync_client()
     address = suppression_key(token.email)
     raw = r.hget(store.SUPPRESSIONS_HASH, address)

@@ -4,6 +4,7 @@ that carry them."""
 from __future__ import annotations
 
 import base64
+import hmac
 import re
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -34,6 +35,11 @@ class UnsubscribeToken:
     seq: int
     email: str
     category: str
+    # Made with DISPATCH_SECRET_KEY, not one of DISPATCH_PREVIOUS_SECRET_KEYS: a key
+    # changed because it leaked stays listed for months so that old links unsubscribe,
+    # and whoever holds it can make a link for any address. Such a link only opts out
+    # (never subscribes again, never switches a category back on).
+    current_key: bool = True
 
 
 def make_token(campaign_id: str, seq: int, email: str, category: str) -> str:
@@ -58,9 +64,12 @@ def read_token(token: str) -> UnsubscribeToken:
         plaintext = crypto.unseal(_SEALED_PURPOSE, _b64decode(token))
     except crypto.UnsealError as exc:
         raise InvalidTokenError("token was not issued by this service") from exc
+    # AES-SIV is deterministic: sealed again with the current key, the same bytes only
+    # when the current key sealed it.
+    current = _b64encode(crypto.seal(_SEALED_PURPOSE, plaintext)) == token
     try:  # authentic, so as make_token wrote it; checked all the same
         campaign_id, seq, category, email = plaintext.decode().split("|", 3)
-        return UnsubscribeToken(campaign_id, int(seq), email, category)
+        return UnsubscribeToken(campaign_id, int(seq), email, category, current)
     except ValueError as exc:
         raise InvalidTokenError("token is not readable") from exc
 
@@ -70,8 +79,9 @@ def _read_legacy(token: str) -> UnsubscribeToken:
     payload = _b64decode(body)
     if not crypto.verify(_LEGACY_PURPOSE, payload, signature):
         raise InvalidTokenError("token signature does not match")
+    current = hmac.compare_digest(crypto.sign(_LEGACY_PURPOSE, payload), signature)
     campaign_id, seq, email, category = orjson.loads(payload)
-    return UnsubscribeToken(str(campaign_id), int(seq), str(email), str(category))
+    return UnsubscribeToken(str(campaign_id), int(seq), str(email), str(category), current)
 
 
 def _b64encode(data: bytes) -> str:

@@ -135,7 +135,7 @@ def _done_page(parsed: UnsubscribeToken, token: str, entry: dict[str, Any] | Non
         email=parsed.email,
         token=token,
         done=True,
-        can_resubscribe=preferences.own_unsubscribe(entry),
+        can_resubscribe=preferences.own_unsubscribe(entry) and parsed.current_key,
     )
 
 
@@ -165,7 +165,8 @@ def _preferences_page(
         categories=preferences.categories(),
         opted_out=preferences.opted_out(parsed.email),
         suppressed=entry is not None,
-        can_resubscribe=preferences.own_unsubscribe(entry),
+        can_resubscribe=preferences.own_unsubscribe(entry) and parsed.current_key,
+        opt_out_only=not parsed.current_key,
         saved=saved,
         resubscribed=resubscribed,
     )
@@ -219,7 +220,10 @@ def _saved_page(parsed: UnsubscribeToken, form: dict[str, list[str]]) -> Respons
         # The switches the page had ("shown"; a form from before it was written has
         # none: every category).
         shown = set(form["shown"]) if "shown" in form else None
-        preferences.set_choices(parsed.email, set(form.get("category", [])), shown=shown)
+        wanted = set(form.get("category", []))
+        if not parsed.current_key:  # switches off only (the page shows them so)
+            wanted -= preferences.opted_out(parsed.email)
+        preferences.set_choices(parsed.email, wanted, shown=shown)
     return _preferences_page(parsed, saved=True)
 
 
