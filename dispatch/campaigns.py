@@ -180,7 +180,8 @@ def create_from_task(body: Any, task_id: str | None) -> str:
     Raises :class:`CampaignError` naming the field (an invalid body too), and
     :class:`CampaignConflictError`.
     """
-    if isinstance(body, dict) and body.get("id") is None and task_id:
+    from_task = isinstance(body, dict) and body.get("id") is None and bool(task_id)
+    if from_task:
         body = {**body, "id": task_id}
     elif isinstance(body, dict) and isinstance(body.get("id"), uuid.UUID):
         body = {**body, "id": str(body["id"])}
@@ -192,6 +193,12 @@ def create_from_task(body: Any, task_id: str | None) -> str:
         errors = first_request_errors(body, exc, 1)[:1] if isinstance(body, dict) else exc.errors()
         problems = validation_problems(errors)
         field, message = problems[0]
+        if from_task and field == "id":  # the caller sent no id: say whose it was
+            message = (
+                f"the body has none, so the task id {task_id!r} was taken, and it is not "
+                f"a campaign id ({message}): give an `id` in the body, or a task id of 1 "
+                "to 64 letters, digits, '_', '.', ':' and '-'"
+            )
         count = max(len(problems), exc.error_count())
         more = f" (and {count - 1} more)" if count > 1 else ""
         raise CampaignError(f"{field}: {message}{more}", field=field) from None

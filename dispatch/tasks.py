@@ -121,9 +121,21 @@ def enqueue_campaign(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
         log.warning(
             "campaign refused: %s",
             exc,
-            extra={"task_id": self.request.id, "field": exc.field},
+            extra={
+                "task_id": self.request.id,
+                "campaign_id": _campaign_id(args, kwargs, self.request.id),
+                "field": exc.field,
+            },
         )
         raise
+
+
+def _campaign_id(args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None) -> str:
+    """The id a refused campaign was posted under (the body's, else the task's), for the
+    log line: what its sender searches the logs by."""
+    body = args[0] if len(args) == 1 and not kwargs else kwargs.get("body")
+    given = body.get("id") if isinstance(body, dict) else None
+    return str(given if given is not None else task_id or "")[:200]
 
 
 def _the_body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
