@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -252,11 +253,20 @@ def chunk_limit(provider: ProviderBase, chunk_size: int) -> int:
     """How many messages one hand-over to ``provider`` may carry: the transport's
     ``chunk_size``, but no more than its pace allows in a second, so that a low
     ``rate_per_second`` sends one message at a time at an even pace instead of a whole
-    chunk at once and then nothing for as long."""
+    chunk at once and then nothing for as long.
+
+    And no more than keeps every second to the rate, as a provider counts it: chunks of n
+    go n / rate seconds apart, so a second holds ceil(rate / n) of them; at 5 a second,
+    chunks of 4 went 0.8 s apart, 8 messages in a second (a relay that allows 5 refuses
+    the rest). n is the largest that puts no more than ceil(rate) messages in any second,
+    as single sends do (at 5 a second one at a time, at 10 two, at 100 four)."""
     rate = provider.rate_per_second
     if rate <= 0:
         return chunk_size
-    return max(1, min(chunk_size, int(rate)))
+    n = max(1, min(chunk_size, int(rate)))
+    while n > 1 and n * math.ceil(rate / n) > math.ceil(rate):
+        n -= 1
+    return n
 
 
 class QuotaExhaustedError(ConfigurationError):

@@ -266,10 +266,14 @@ def test_cc_and_bcc_count_against_the_daily_recipient_quota(redis_client: redis.
     assert asyncio.run(go()) == 2  # 10 recipients; a third message would make 15
 
 
-@pytest.mark.parametrize(("rate", "limit"), [(0.0, 4), (0.5, 1), (1.0, 1), (2.5, 2), (50.0, 4)])
+@pytest.mark.parametrize(
+    ("rate", "limit"),
+    [(0.0, 4), (0.5, 1), (1.0, 1), (2.5, 1), (5.0, 1), (6.0, 3), (8.0, 4), (10.0, 2), (50.0, 2)],
+)
 def test_a_low_rate_hands_messages_over_one_at_a_time(rate: float, limit: int) -> None:
     """A chunk goes out at once: at 1 a second a chunk of 4 would be a burst of 4 and
-    then 4 seconds of nothing."""
+    then 4 seconds of nothing; at 5 a second chunks of 4, 0.8 s apart, put 8 in a second
+    (no second holds more than ceil(rate) messages: n divides it)."""
     assert chunk_limit(_config(rate_per_second=rate), 4) == limit  # type: ignore[arg-type]
 
 
