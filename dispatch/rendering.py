@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 _GLOBALS: dict[str, Any] = dict(HTML_ENV.globals)
 ALL_PARTS = ALL_CONTENT_PARTS
 
-# Names the service puts in every template's context itself.
-SERVICE_NAMES = frozenset({"unsubscribe_url", "preferences_url", "email", "user_id", "campaign"})
+# Names the service puts in every template's context itself; the links only come from a
+# provider with a preference center (without one, vars of these names are used as given).
+LINK_NAMES = frozenset({"unsubscribe_url", "preferences_url"})
+SERVICE_NAMES = LINK_NAMES | {"email", "user_id", "campaign"}
 
 
 class RenderError(ValueError):
@@ -401,13 +403,22 @@ def recipient_context(
     unsubscribe_url: str = "",
     preferences_url: str = "",
 ) -> dict[str, Any]:
-    """One recipient's context: the campaign's, overridden by the recipient's, then ours."""
+    """One recipient's context: the campaign's, overridden by the recipient's, then ours.
+
+    Empty links (a provider without a preference center makes none) leave a var of that
+    name as it is, as ``$$UnsubscribeURL`` does: a sender with an unsubscribe page of its
+    own gives its link there (campaign checks refuse a template needing one that no var
+    gives).
+    """
     context = {**base, **user_vars}
     context["email"] = email
     context["user_id"] = user_id
     context["campaign"] = campaign_id
-    context["unsubscribe_url"] = unsubscribe_url
-    context["preferences_url"] = preferences_url
+    for name, link in (("unsubscribe_url", unsubscribe_url), ("preferences_url", preferences_url)):
+        if link:
+            context[name] = link
+        else:
+            context.setdefault(name, "")
     return context
 
 

@@ -19,30 +19,46 @@ _LINK_OPENING = re.compile(r"<a\b([^>]*)>", re.IGNORECASE)
 _LINK_CLOSING = re.compile(r"</a\s*>", re.IGNORECASE)
 _HREF = re.compile(r"""(?:^|\s)href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""", re.IGNORECASE)
 _DROPPED = ("script", "style", "head")  # elements dropped with their content
+_EMPTY_COMMENT = re.compile(r"-?>")  # right after "<!--": "<!-->" and "<!--->" (HTML)
+_COMMENT_END = re.compile(r"--!?>")
 _TAGS = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 
 
 def _drop_elements(html: str) -> str:
-    r"""``html`` without its script, style and head elements (content included).
+    r"""``html`` without its comments and its script, style and head elements (content
+    included).
 
-    Each opening tag's end tag is searched for once: ``<(script|...)\b.*?</\1\s*>`` tried
-    that search again from every opening tag, so text of many unclosed ones took time in
-    the square of its length (and held the GIL: a campaign's HTML froze the API).
+    A comment's text is no one's to read, and email HTML holds a lot of it: Outlook's
+    conditional comments (``<!--[if mso]>...<![endif]-->``) carry the VML copy of each
+    "bulletproof" button, which showed its label twice in the text part, and a ``>`` within
+    a comment left its end (``nav -->``) as text. Each opening's end is searched for once:
+    ``<(script|...)\b.*?</\1\s*>`` tried that search again from every opening tag, so
+    text of many unclosed ones took time in the square of its length (and held the GIL: a
+    campaign's HTML froze the API).
     """
     names = list(_DROPPED)
+    comments = True
     out: list[str] = []
     at = 0
-    while names:
-        opening = re.compile(rf"<({'|'.join(names)})\b", re.IGNORECASE).search(html, at)
+    while names or comments:
+        wanted = (["!--"] if comments else []) + ([rf"({'|'.join(names)})\b"] if names else [])
+        opening = re.compile(rf"<(?:{'|'.join(wanted)})", re.IGNORECASE).search(html, at)
         if opening is None:
             break
-        name = opening[1].lower()
-        closing = re.compile(rf"</{name}\s*>", re.IGNORECASE).search(html, opening.end())
-        if closing is None:  # nor for any later opening tag of this name: kept as text
-            names.remove(name)
-            continue
+        if opening[1] is None:  # a comment
+            start = opening.end()
+            closing = _EMPTY_COMMENT.match(html, start) or _COMMENT_END.search(html, start)
+            if closing is None:  # nor for any later comment: kept as text
+                comments = False
+                continue
+        else:
+            name = opening[1].lower()
+            closing = re.compile(rf"</{name}\s*>", re.IGNORECASE).search(html, opening.end())
+            if closing is None:  # nor for any later opening tag of this name: kept as text
+                names.remove(name)
+                continue
         out.append(html[at : opening.start()])
         at = closing.end()
     out.append(html[at:])
