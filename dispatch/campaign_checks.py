@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from dispatch import payload_checks, suppressions
 from dispatch.campaign_errors import CampaignError, SuppressedCopyError
 from dispatch.models import CampaignContent, CampaignRequest, Recipient, recipient_vars
-from dispatch.rendering import LINK_NAMES, SERVICE_NAMES, CompiledContent, RenderError
+from dispatch.rendering import SERVICE_NAMES, CompiledContent, RenderError
 from dispatch.template_sandbox import check_template_size
 from providers.addresses import InvalidAddressError, normalize_address
 from providers.config import (
@@ -310,12 +310,12 @@ def check_campaign(
     content = request.content(campaign_id)
     check_sender(content, provider)
     check_recipients_per_message(content, provider)
-    names = names_from_recipients(request, compiled, provider)
+    names = names_from_recipients(request, compiled)
     if isinstance(provider, HttpConfig):
         names |= required_recipient_vars(provider, content.vars)
     complete = every_recipient_has(request.recipients, names)
     if not complete:
-        check_template_names(request, compiled, provider)
+        check_template_names(request, compiled)
     # (Its campaign-level placeholders are checked whatever the recipients hold.)
     payload_checks.check_campaign_payload(content, [] if complete else request.recipients, provider)
     return content
@@ -386,38 +386,13 @@ def _check_subject_text(subject: str) -> None:
             raise CampaignError(f"{exc} ({node.data!r})", field="subject") from None
 
 
-def service_names(provider: ProviderBase | None) -> frozenset[str]:
-    """The template names the service fills for ``provider``'s messages: the links only
-    with a preference center (``none`` makes no link: a template's ``unsubscribe_url``
-    would be empty in every message, a dead unsubscribe link)."""
-    if provider is not None and provider.preference_center == "none":
-        return SERVICE_NAMES - LINK_NAMES
-    return SERVICE_NAMES
-
-
-def names_from_recipients(
-    request: CampaignRequest, compiled: CompiledContent, provider: ProviderBase | None = None
-) -> set[str]:
+def names_from_recipients(request: CampaignRequest, compiled: CompiledContent) -> set[str]:
     """The template names only recipients' vars can fill."""
-    return compiled.required - set(request.vars) - service_names(provider)
+    return compiled.required - set(request.vars) - SERVICE_NAMES
 
 
-def _no_links(content: CampaignContent | CampaignRequest, names: Iterable[str]) -> str:
-    """Why a link name is missing, for the names among ``names`` that are links."""
-    links = sorted(LINK_NAMES.intersection(names))
-    if not links:
-        return ""
-    return (
-        f" ({', '.join(links)}: provider {content.provider!r} has preference_center none, "
-        "so dispatch makes no such link; set it to system or custom, or give your own link "
-        "in vars)"
-    )
-
-
-def check_template_names(
-    request: CampaignRequest, compiled: CompiledContent, provider: ProviderBase | None = None
-) -> None:
-    needed = names_from_recipients(request, compiled, provider)
+def check_template_names(request: CampaignRequest, compiled: CompiledContent) -> None:
+    needed = names_from_recipients(request, compiled)
     lacking: dict[str, int] = dict.fromkeys(needed, 0)  # recipients without each name
     first: dict[str, int] = {}
     if request.recipients and needed:
@@ -438,8 +413,7 @@ def check_template_names(
                 f"vars and from the vars of {lacking[name]} of {total} recipient(s), first "
                 f"#{first[name]}; give it there, or write {{{{ {name} | default('') }}}}"
                 for name in unknown
-            )
-            + _no_links(request, unknown),
+            ),
             field="vars",
         )
 
@@ -509,8 +483,7 @@ class RecipientChecker:
             )
         except RenderError as exc:  # the content was checked when it was stored
             raise CampaignError(str(exc), field=str(exc).split(":", 1)[0]) from exc
-        self.required = frozenset(compiled.required - set(content.vars) - service_names(provider))
-        self.content = content
+        self.required = frozenset(compiled.required - set(content.vars) - SERVICE_NAMES)
         self.used_at = compiled.used_at
         # The http kind's per-message $$ placeholders that only recipients can fill.
         self.placeholders: frozenset[str] = frozenset()
@@ -534,8 +507,7 @@ class RecipientChecker:
             name = min(missing)
             raise CampaignError(
                 f"template variable {name!r} ({self.used_at.get(name, 'template')}) is in "
-                "neither the campaign vars nor this recipient's vars"
-                + _no_links(self.content, [name]),
+                "neither the campaign vars nor this recipient's vars",
                 field=f"vars.{name}",
             )
         missing = self.placeholders - names

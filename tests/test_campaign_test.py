@@ -88,7 +88,7 @@ def test_a_test_message_that_cannot_be_built_or_sent_says_why(
     api_server: ApiServer, redis_client: redis.Redis
 ) -> None:
     with SmtpTestServer() as smtp, api_client(api_server) as http:
-        smtp_provider(redis_client, smtp.port, preference_center="system")  # (the link)
+        smtp_provider(redis_client, smtp.port)
         # Vars the template cannot render with (no "city"): the answer says so.
         assert http.post("/v1/campaigns", json=_campaign("ctest-2", "local")).status_code == 201
         partial = {"to": "me@acme.example", "vars": {"name": "V"}}
@@ -137,7 +137,6 @@ def test_a_generic_http_campaigns_test_posts_its_payload_to_the_test_address(
             },
             "from_name": "Acme",
             "from_address": "deals@acme.example",
-            "preference_center": "system",  # (the template's link)
         }
         assert http.put("/v1/providers/hook", json=provider).status_code in (200, 201)
         assert http.post("/v1/campaigns", json=_campaign("ctest-4", "hook")).status_code == 201
@@ -157,7 +156,7 @@ def test_send_test_sends_a_files_campaign_to_one_address_without_creating_it(
     redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with SmtpTestServer() as smtp:
-        smtp_provider(redis_client, smtp.port, preference_center="system")  # (the link)
+        smtp_provider(redis_client, smtp.port)
         file = tmp_path / "campaign.yaml"
         file.write_text(yaml.safe_dump(_campaign("ctest-5", "local", draft=False)))
 
@@ -180,7 +179,7 @@ def test_send_test_sends_a_files_campaign_to_one_address_without_creating_it(
 
 def test_the_client_sends_a_campaign_test(api_server: ApiServer, redis_client: redis.Redis) -> None:
     with SmtpTestServer() as smtp, api_client(api_server) as http:
-        smtp_provider(redis_client, smtp.port, preference_center="system")  # (the link)
+        smtp_provider(redis_client, smtp.port)
         assert http.post("/v1/campaigns", json=_campaign("ctest-6", "local")).status_code == 201
         client = dispatch_client(api_server)
         result = client.test_campaign("ctest-6", "me@acme.example", vars={"name": "C", "city": "X"})
@@ -227,7 +226,7 @@ def test_a_purged_campaigns_test_says_its_recipients_are_gone(
     from dispatch import retention
 
     with SmtpTestServer() as smtp, api_client(api_server) as http:
-        smtp_provider(redis_client, smtp.port, preference_center="system")  # (the link)
+        smtp_provider(redis_client, smtp.port)
         assert http.post("/v1/campaigns", json=_campaign("ctest-8", "local")).status_code == 201
         assert http.post("/v1/campaigns/ctest-8/cancel").status_code == 200
         assert retention.purge(redis_client, "ctest-8")
