@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from providers.addresses import same_address
 from providers.callbacks.events import (
     CallbackEvent,
     CallbackRejected,
@@ -26,7 +27,7 @@ from providers.callbacks.events import (
     timestamp_or_note,
 )
 from providers.callbacks.sns import SnsMessageType, SnsVerifier
-from providers.meta import META_HEADER
+from providers.meta import META_HEADER, parse_meta
 
 SOURCE = "ses"
 
@@ -56,8 +57,9 @@ NOT_SPAM = "not-spam"
 # The type-specific object is the lower-camel type name, except "Rendering Failure".
 EVENT_OBJECTS: dict[str, str] = {"Rendering Failure": "failure"}
 # Where each type lists its recipients: (list in the type's object, address key in each
-# entry or None for plain strings). Other types concern every ``mail.destination``
-# address, as anymail does for Open and Click.
+# entry or None for plain strings). Other types (Open, Click, Send...) are about the
+# message, not one recipient: they concern the ``mail.destination`` address the meta
+# names, else every one, as anymail does (see _message_recipients).
 RECIPIENTS: dict[str, tuple[str, str | None]] = {
     "Bounce": ("bouncedRecipients", "emailAddress"),
     "Complaint": ("complainedRecipients", "emailAddress"),
@@ -131,6 +133,9 @@ def parse_ses_message(
     if not isinstance(recipients, list):
         raise CallbackRejected(f"invalid payload: SES {kind} message lists no recipients")
     meta, meta_notes = meta_header(mail)
+    entries = list(enumerate(recipients))
+    if not list_key:
+        entries = _message_recipients(entries, meta)
 
     def build(entry: tuple[int, Any]) -> CallbackEvent:
         index, recipient = entry
@@ -161,7 +166,21 @@ def parse_ses_message(
             raw=payload,
         )
 
-    return CallbackResult(items=collect(list(enumerate(recipients)), build))
+    return CallbackResult(items=collect(entries, build))
+
+
+def _message_recipients(entries: list[tuple[int, Any]], meta: str) -> list[tuple[int, Any]]:
+    """Of an event about the whole message (a Click: SES cannot tell which of its
+    recipients clicked), the destination its meta names, the message's own recipient:
+    one click of the To made a click of every Cc and Bcc sent in the same transaction
+    (an archive Bcc "clicked" every link every recipient clicked). Every destination
+    when the meta names none of them (or there is no meta to read)."""
+    try:
+        address = parse_meta(meta).email
+    except ValueError:
+        return entries
+    own = [(i, r) for i, r in entries if isinstance(r, str) and same_address(r, address)]
+    return own[:1] or entries
 
 
 def _event_type(kind: str, detail: Mapping[str, Any]) -> EventType:
