@@ -34,6 +34,10 @@ TOO_MANY_EVENTS = "More than allowed events were sent"
 _EPOCH_MS_THRESHOLD = 100_000_000_000
 
 _SPACE = re.compile(r"\s")
+# A DSN writes a recipient "address-type ; generic-address" (RFC 3464 §2.3.2): rfc822 for
+# an Internet address, utf-8 for one with a UTF-8 local part (RFC 6533 §3). A bounce
+# processor that passes on its Final-Recipient sends that as the event's email.
+_ADDRESS_TYPE = re.compile(r"(?:rfc822|utf-8)\s*;\s*", re.IGNORECASE)
 # The fields of an event that are stored, published and compared: they must be text.
 _TEXT_FIELDS = (
     "email",
@@ -304,14 +308,19 @@ def optional_str(item: Mapping[str, Any], key: str, notes: list[str]) -> str:
 
 def normalize_email(value: object) -> str:
     """The address with its domain lower-cased (the local part is kept as given); of a
-    ``"Name" <local@domain>`` (a DSN's or a provider's display form), the address.
+    ``"Name" <local@domain>`` (a DSN's or a provider's display form), a
+    ``local@domain (Name)`` (RFC 5322 §4.4's name in a comment) or a DSN's
+    ``rfc822; local@domain`` (:data:`_ADDRESS_TYPE`), the address: the person the meta
+    names, whom the event must suppress.
 
     Raises :class:`InvalidEvent` ``Invalid email format`` when it is not ``local@domain``.
     """
     if not isinstance(value, str):
         raise InvalidEvent("Invalid email format")
     address = value.strip()
-    if address.endswith(">") and "<" in address:
+    if typed := _ADDRESS_TYPE.match(address):
+        address = address[typed.end() :]
+    if (address.endswith(">") and "<" in address) or (address.endswith(")") and "(" in address):
         address = parseaddr(address)[1] or address
     local, sep, domain = address.rpartition("@")
     if not sep or not local or not domain or _SPACE.search(address):
