@@ -64,8 +64,10 @@ for _, page in ipairs(pages) do
   end
 end
 if #keys == 0 then return {0, {}, {}, {}} end
-local seqs = {}
-for i = 1, #keys do seqs[i] = start + i - 1 end
+-- The seqs as text, made once here: a number is written out as text again by each
+-- command that takes it (two here; together about 0.2 us a message on this machine).
+local seqs, format = {}, string.format
+for i = 1, #keys do seqs[i] = format('%d', start + i - 1) end
 local recs = redis.call('HMGET', KEYS[2], unpack(seqs))
 local listed = redis.call('HMGET', KEYS[3], unpack(keys))
 local opted = redis.call('SMISMEMBER', KEYS[4], unpack(keys))
@@ -74,15 +76,15 @@ local claim = ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3]
 local hits, opts, fields, found = {}, {}, {}, {}
 for i = 1, #keys do
   if listed[i] then
-    hits[#hits + 1] = seqs[i]
+    hits[#hits + 1] = start + i - 1
   elseif opted[i] == 1 then
-    opts[#opts + 1] = seqs[i]
+    opts[#opts + 1] = start + i - 1
   elseif claim and not recs[i] then
     fields[#fields + 1] = seqs[i]
     fields[#fields + 1] = ARGV[4]
   end
   if recs[i] then
-    found[#found + 1] = seqs[i]
+    found[#found + 1] = start + i - 1
     found[#found + 1] = recs[i]
   end
 end

@@ -84,6 +84,9 @@ for _, g in ipairs(groups) do
     for i = g.first, g.last do need[#need + 1] = seqs[i]; at[#at + 1] = i end
   end
 end
+-- What a group wrote is read again only by a later group that reads records (not "s"):
+-- without one (a chunk's outcomes), "s" groups leave ``latest`` alone.
+local track = #need > 0
 local olds = {}
 for first = 1, #need, PIECE do
   local part = redis.call('HMGET', ledger, unpack(need, first, math.min(#need, first + PIECE - 1)))
@@ -114,7 +117,7 @@ for _, g in ipairs(groups) do
     local rec, evpos, stop, nf = g.rec, g.events, g.stop, #fields
     for i = g.first, g.last do
       local seq = seqs[i]
-      latest[seq] = new
+      if track then latest[seq] = new end
       fields[nf + 1] = seq
       fields[nf + 2] = rec
       nf = nf + 2

@@ -91,8 +91,11 @@ local left = count
 while left > 0 do
   local take = room > 0 and math.min(room, left) or math.min(PAGE, left)
   local k_end, d_end = #keys + 1, #docs + 1
-  if take < left then k_end, d_end = line_end(keys, take), line_end(docs, take) end
-  local k, d = sub(keys, 1, k_end - 1), sub(docs, 1, d_end - 1)
+  local k, d = keys, docs  -- (all of them: not cut, which hashes a copy of each byte)
+  if take < left then
+    k_end, d_end = line_end(keys, take), line_end(docs, take)
+    k, d = sub(keys, 1, k_end - 1), sub(docs, 1, d_end - 1)
+  end
   if room > 0 then
     redis.call('LSET', KEYS[5], -1, redis.call('LINDEX', KEYS[5], -1) .. '\n' .. k)
     redis.call('LSET', KEYS[2], -1, redis.call('LINDEX', KEYS[2], -1) .. '\n' .. d)

@@ -158,6 +158,78 @@ class _PlainTemplate:
         return "".join(out)
 
 
+def _generated(
+    templates: Mapping[str, _PlainTemplate],
+    strip_text: bool,
+    general: Callable[[Mapping[str, Any]], RenderedContent],
+) -> Callable[[Mapping[str, Any]], RenderedContent]:
+    """``general`` (a plain renderer, see :meth:`CompiledContent._plain_renderer`) as one
+    generated function: each name looked up once, each part one f-string (about half
+    the time a message). Anything unusual (a missing name, a value whose ``str`` or
+    escape raises) is handed to ``general``, which raises the error it always did.
+    Names appear in the source only as ``repr``; the templates' text is passed in."""
+    namespace: dict[str, Any] = {
+        "general": general,
+        "escape": escape,
+        "special": _HTML_SPECIAL.search,
+        "tidy": tidy_derived,
+        "Rendered": RenderedContent,
+        "RenderError": RenderError,
+    }
+    names: dict[str, int] = {}
+    texts: dict[str, int] = {}  # each distinct text piece, as a global T<n>
+    lookups: list[str] = []
+    converted: dict[tuple[int, bool], str] = {}
+    conversions: list[str] = []
+    built: dict[str, str] = {}
+    for part in ("subject", "html", "text", "amp"):
+        template = templates.get(part)
+        if template is None:
+            built[part] = '""'
+            continue
+        fields = []
+        for is_name, text in template.pieces:
+            if not is_name:
+                if text not in texts:
+                    texts[text] = len(texts)
+                    namespace[f"T{texts[text]}"] = text
+                fields.append(f"{{T{texts[text]}}}")
+                continue
+            if text not in names:
+                names[text] = len(names)
+                lookups.append(f"        v{names[text]} = context[{text!r}]")
+            n, escaped = names[text], template.escape_values
+            if (n, escaped) not in converted:  # (as _PlainTemplate.render converts)
+                var = converted[n, escaped] = f"{'e' if escaped else 's'}{n}"
+                if escaped:
+                    conversions.append(
+                        f"        {var} = (escape(v{n}) if special(v{n}) else v{n}) "
+                        f"if type(v{n}) is str else escape(v{n})"
+                    )
+                else:
+                    conversions.append(f"        {var} = v{n} if type(v{n}) is str else str(v{n})")
+            fields.append(f"{{{converted[n, escaped]}}}")
+        built[part] = f'f"{"".join(fields)}"' if fields else '""'
+    text = f"tidy({built['text']})" if strip_text and "text" in templates else built["text"]
+    source = "\n".join(
+        [
+            "def render(context):",
+            "    try:",
+            *(lookups + conversions or ["        pass"]),
+            "    except Exception:",
+            "        return general(context)  # (raises the error, naming the part)",
+            f"    s = {built['subject']}.strip()",
+            '    if "\\r" in s or "\\n" in s:',
+            '        raise RenderError("subject: contains a line break after rendering")',
+            f"    return Rendered(s, {built['html']}, {text}, {built['amp']})",
+            "",
+        ]
+    )
+    exec(compile(source, "<plain templates>", "exec"), namespace)
+    render: Callable[[Mapping[str, Any]], RenderedContent] = namespace["render"]
+    return render
+
+
 # Tags that read another template by name: a campaign's templates are four strings with
 # no template store behind them (every message would fail: "no loader").
 _LOADING_TAGS: dict[type[nodes.Node], str] = {
@@ -308,7 +380,7 @@ class CompiledContent:
                 raise RenderError("subject: contains a line break after rendering")
             return RenderedContent(s, h, tidy_derived(t) if strip_text else t, a)
 
-        return render
+        return _generated({name: t for name, t, _ in plan}, strip_text, render)
 
     def _plan(self, parts: frozenset[str]) -> list[tuple[str, Any, bool]]:
         """The templates to run for ``parts``: ``(name, template, is_plain)``."""
