@@ -25,14 +25,23 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 # Paths whose last part is a credential: a callback token, or a recipient's unsubscribe
 # token (it unsubscribes; one written before tokens were sealed shows the address too).
-# uvicorn's access log writes them at INFO.
+# uvicorn's access log writes them at INFO. A provider's answer quoting the request it
+# refused (a message's detail, logged) quotes the unsubscribe URL as the request carried
+# it: percent-encoded in a GET's query (``u=https%3A%2F%2Fhost%2Fu%2F<token>``), its "/"
+# JSON-escaped by PHP's json_encode (``\/u\/<token>``; 3 or 7 backslashes for JSON in
+# JSON: bounded, as a run of them without a "/" would be searched again from each one);
+# a custom preference center's URL carries it as ``token=``.
+_SLASH = r"(?:\\{0,7}/|%2[Ff])"
 _SECRET_PATHS = re.compile(
-    r"(/v1/callbacks/[^/\s?\"]+/|/u/|/preferences/|/v1/unsubscribe-tokens/)[^/\s?\"]+"
+    rf"({_SLASH}(?:v1{_SLASH}callbacks{_SLASH}[^/\s?\"\\%&]+{_SLASH}|u{_SLASH}|"
+    rf"preferences{_SLASH}|v1{_SLASH}unsubscribe-tokens{_SLASH})"
+    r"|(?<![A-Za-z])token(?:=|%3[Dd]))[^/\s?\"\\%&#]+"
 )
 
 
 def redact(text: str) -> str:
-    """``text`` with the tokens of callback, unsubscribe and preference URLs masked."""
+    """``text`` with the tokens of callback, unsubscribe and preference URLs masked, also
+    where a quoted URL is percent-encoded or JSON-escaped."""
     return _SECRET_PATHS.sub(r"\1***", text)
 
 
