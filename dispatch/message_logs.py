@@ -16,6 +16,9 @@ import logging
 log = logging.getLogger("dispatch.messages")
 
 LINES_PER_RUN = 20
+# A detail is logged as the ledger keeps it, cut at this many characters: a server's
+# reply can be 32 KB (aiosmtplib's limit), one that quotes the whole message.
+DETAIL_LOGGED = 500
 
 _WHAT = {
     "failed": "failed",
@@ -46,6 +49,8 @@ class OutcomeLog:
             self.unlogged[state] = self.unlogged.get(state, 0) + 1
             return
         self.logged += 1
+        if len(detail) > DETAIL_LOGGED:
+            detail = f"{detail[:DETAIL_LOGGED]}... ({len(detail)} characters)"
         extra = {**self.context, "seq": seq, "meta": meta, "state": state}
         extra["error_class"] = error_class
         campaign = self.context["campaign_id"]

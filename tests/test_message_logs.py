@@ -143,3 +143,18 @@ def test_claims_a_lost_run_left_are_logged_as_unknown_with_their_seqs(
         0,
     )
     assert "seqs 1, 3" in line["message"]
+
+
+def test_a_long_detail_is_logged_cut_as_the_ledger_keeps_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server's reply may quote the whole message (aiosmtplib takes up to 32 KB): the
+    line carries what the ledger keeps, and says how long the reply was."""
+    from dispatch.message_logs import DETAIL_LOGGED, OutcomeLog
+
+    lines = OutcomeLog("c-long", 1, "local")
+    with caplog.at_level(logging.INFO, logger="dispatch.messages"):
+        lines.note(1, "meta", "failed", "SMTP dispatching failed", "550 " + "x" * 32_000)
+    [line] = _message_lines(caplog)
+    assert len(line["message"]) < DETAIL_LOGGED + 200
+    assert line["message"].endswith("... (32004 characters)")
