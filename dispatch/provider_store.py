@@ -297,6 +297,8 @@ def save_provider(data: dict[str, Any], client: redis.Redis | None = None) -> Pr
     r = client or store.sync_client()
     given = {k: v for k, v in data.items() if k not in VIEW_ONLY_FIELDS}
     config: ProviderBase = parse_provider_config(given)
+    if isinstance(config, SmtpFamilyBase):  # (a read shows them applied: see provider_view)
+        config = config.presets_left_empty()
     _check_endpoint(config)
     existing = r.get(store.provider_key(config.nickname))
     stored: dict[str, Any] | None = orjson.loads(existing) if existing else None
@@ -492,9 +494,13 @@ def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str,
         + time_limit_warnings(config)
     )
     if isinstance(config, SmtpFamilyBase):  # host "", port 0: the preset's; where it is
-        view["connects_to"] = {
+        # DESIGN §2's defaults, shown in their own fields too (saved back, they are
+        # left empty again: save_provider).
+        where = {
             "host": config.effective_host,
             "port": config.effective_port,
             "security": config.effective_security,
         }
+        view.update(where)
+        view["connects_to"] = dict(where)
     return view

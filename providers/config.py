@@ -10,7 +10,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
@@ -395,13 +395,34 @@ class SmtpFamilyBase(ProviderBase):
         ``starttls``, RFC 8314; a service's own ports likewise), else the preset's."""
         if self.security is not None:
             return self.security
-        if self.port in self.smtps_ports:
+        return self._port_security(self.port)
+
+    def _port_security(self, port: int) -> Security:
+        """What ``port`` speaks when no security is given (0: the preset's)."""
+        if port in self.smtps_ports:
             return "tls"
-        return "starttls" if self.port in self.starttls_ports else self.default_security
+        return "starttls" if port in self.starttls_ports else self.default_security
+
+    def preset_host(self) -> str:
+        """The host an empty ``host`` stands for ("" for any server: none)."""
+        return self.default_host
 
     @property
     def effective_host(self) -> str:
-        return self.host or self.default_host
+        return self.host or self.preset_host()
+
+    def presets_left_empty(self) -> Self:
+        """This configuration with the values its presets give left empty (host "",
+        port 0, security None), so that it goes on following them: a read shows them
+        applied (DESIGN §2's defaults), and a read saved back must not pin them (its
+        security changed later would keep the port of the other one)."""
+        host = "" if self.host.lower().rstrip(".") == self.preset_host() else self.host
+        port, security = self.port, self.security
+        if security is not None and port == (SMTPS_PORT if security == "tls" else 587):
+            port = 0
+        if security is not None and security == self._port_security(port):
+            security = None
+        return self.model_copy(update={"host": host, "port": port, "security": security})
 
     @property
     def end_of_data_timeout(self) -> float:
@@ -545,9 +566,8 @@ class SesConfig(SmtpFamilyBase):
     # The allow-list of callbacks: an SNS message from another topic is refused.
     sns_topic_arns: tuple[str, ...] = ()
 
-    @property
-    def effective_host(self) -> str:
-        return self.host or f"email-smtp.{self.region}.amazonaws.com"
+    def preset_host(self) -> str:
+        return f"email-smtp.{self.region}.amazonaws.com"
 
     @field_validator("host")
     @classmethod
