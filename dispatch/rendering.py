@@ -478,9 +478,8 @@ def recipient_context(
     """One recipient's context: the campaign's, overridden by the recipient's, then ours.
 
     Empty links (a provider without a preference center makes none) leave a var of that
-    name as it is, as ``$$UnsubscribeURL`` does: a sender with an unsubscribe page of its
-    own gives its link there (campaign checks refuse a template needing one that no var
-    gives).
+    name as it is: a sender with an unsubscribe page of its own gives its link there
+    (with no such var the name is empty: DESIGN §3 keeps it in every context).
     """
     context = {**base, **user_vars}
     context["email"] = email
