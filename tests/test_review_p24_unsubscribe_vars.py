@@ -82,7 +82,7 @@ def test_a_preference_center_still_gives_each_recipient_dispatchs_link(
 def test_without_center_or_var_the_link_is_in_context_and_empty(
     api_server: ApiServer, redis_client: redis.Redis
 ) -> None:
-    """DESIGN §5 puts ``unsubscribe_url`` in every template's context: with no center and
+    """DESIGN §3 puts ``unsubscribe_url`` in every template's context: with no center and
     no var of that name the campaign is taken (the link renders empty, as the README
     warns), not refused."""
     with SmtpTestServer() as smtp, api_client(api_server) as http:
