@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -35,7 +36,7 @@ from dispatch import (
     store,
     worker_health,
 )
-from dispatch.celery_app import MAX_TASK_BODY_BYTES, TaskBodyTooLargeError, app
+from dispatch.celery_app import MAX_TASK_BODY_BYTES, DispatchTask, TaskBodyTooLargeError, app
 from dispatch.housekeeping import sweep
 from dispatch.models import CampaignStatus
 from dispatch.sending import run_batch
@@ -85,9 +86,32 @@ def _shown_instead(args: Any, kwargs: Any) -> str:
     return f"({named} with {count} recipients: body not shown)"
 
 
+class _RetriedInsideTheVisibilityTimeout(DispatchTask):
+    """A task whose retries wait at most a quarter of the broker's visibility timeout, as
+    a batch's own re-enqueue does: Celery's backoff (up to 128 s for the 8th retry) went
+    into the countdown as it was, and under a short DISPATCH_VISIBILITY_TIMEOUT the
+    broker handed the waiting task out again, so it ran twice (DESIGN §7, PITFALLS)."""
+
+    def retry(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        if countdown is not None:
+            countdown = min(countdown, get_settings().visibility_timeout / 4)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+
 # Tasks that meet a broken Redis connection run again, with backoff, well inside the
 # visibility timeout (they are safe to run twice).
 _RETRY_ON_REDIS_ERRORS: dict[str, Any] = {
+    "base": _RetriedInsideTheVisibilityTimeout,
     "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
     "retry_backoff": True,
     "retry_jitter": True,
