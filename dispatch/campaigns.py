@@ -52,6 +52,12 @@ __all__ = ["CampaignConflictError", "CampaignError", "CampaignNotFoundError", "C
 # repeat of the same request (a client retrying, two identical posts at once) finds it
 # complete, never an id whose content is still being written (that answered 404), and
 # a creation that fails half-way cannot leave an id claimed with no campaign under it.
+# A campaign posted with its list to start at once is stored filling (ARGV[9]: the size
+# of its batches, '' for any other, ARGV[10] its send date): running, ``appending``, in
+# the active index. Stored as a draft and set filling in a second step, a repeat of the
+# request landing between the two answered ``draft`` with no recipients, and a creator
+# that died between them left a draft that no repeat ever filled (review X24).
+# started_at and filled_at are Redis's time, as housekeeping and a take-over read them.
 # Returns nil once stored, else the fingerprint already under that id.
 _CREATE = """
 if redis.call('HSETNX', KEYS[1], 'fingerprint', ARGV[1]) == 0 then
@@ -59,7 +65,14 @@ if redis.call('HSETNX', KEYS[1], 'fingerprint', ARGV[1]) == 0 then
 end
 redis.call('HSET', KEYS[1], 'content', ARGV[2], 'provider', ARGV[3], 'status', 'draft',
            'created_at', ARGV[4], 'reason', '')
-for i = 9, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], 0) end
+if ARGV[9] ~= '' then
+  local t = redis.call('TIME')
+  local now = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', now, 'send_date', ARGV[10],
+             'batch_size', ARGV[9], 'appending', '1', 'filled', '0', 'filled_at', t[1])
+  redis.call('ZADD', KEYS[7], now, ARGV[5])
+end
+for i = 11, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], 0) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[6])
@@ -107,15 +120,17 @@ def create_campaign(
     # Only a repeat of a campaign stored before its expiry is answered (as a repeat).
     if stored != fingerprint:
         check_not_expired(content, now)
+    fill = bool(request.recipients) and not request.draft and not send_later(content, r)
     found = r.eval(
         _CREATE,
-        6,
+        7,
         store.campaign_key(campaign_id),
         store.counters_key(campaign_id),
         store.CAMPAIGNS_ZSET,
         store.CATEGORIES_SET,
         store.EXPIRING_ZSET,
         store.KEPT_ZSET,
+        store.ACTIVE_ZSET,
         fingerprint,
         content.model_dump_json(),
         content.provider,  # read with the campaign by each batch run
@@ -124,6 +139,8 @@ def create_campaign(
         content.category,
         "" if content.expires_at is None else repr(content.expires_at.timestamp()),
         "" if content.send_at is None else repr(content.send_at.timestamp()),
+        str(get_settings().batch_size) if fill else "",
+        datetime.now(UTC).strftime("%Y%m%d"),
         *COUNTER_NAMES,
     )
     if found is not None:
@@ -139,14 +156,13 @@ def create_campaign(
             with background_enqueuer(enqueue) as send:
                 _append_and_send(campaign_id, request.recipients, r, send, resume_at)
         return campaign_id, False
-    if request.recipients:
-        if request.draft or send_later(content, r):
-            append_recipients(campaign_id, request.recipients, client=r)
-            if not request.draft:
-                start_campaign(campaign_id, client=r, enqueue=enqueue)
-        else:
-            with background_enqueuer(enqueue) as send:
-                _append_and_send(campaign_id, request.recipients, r, send)
+    if fill:
+        with background_enqueuer(enqueue) as send:
+            _append_and_send(campaign_id, request.recipients, r, send)
+    elif request.recipients:
+        append_recipients(campaign_id, request.recipients, client=r)
+        if not request.draft:
+            start_campaign(campaign_id, client=r, enqueue=enqueue)
     return campaign_id, True
 
 
@@ -229,21 +245,6 @@ return redis.call('HGET', KEYS[1], 'filled') or '0'
 """
 
 
-# The start of a campaign posted with its list, unless it ended since it was stored (a
-# cancel landing in between stands: the filling finds it ended and stops). ARGV: the
-# campaign id (the active index's member), then the fields to set, name and value.
-# started_at and filled_at are Redis's time, as housekeeping and a take-over read them.
-_START_FILLING = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if cur == 'cancelled' or cur == 'expired' then return 0 end
-local t = redis.call('TIME')
-local now = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
-redis.call('HSET', KEYS[1], 'started_at', now, 'filled_at', t[1], unpack(ARGV, 2))
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-return 1
-"""
-
-
 def _append_and_send(
     campaign_id: str,
     recipients: list[Recipient],
@@ -262,29 +263,19 @@ def _append_and_send(
     addresses are skipped), and it completes once the whole list is stored.
     """
     key = store.campaign_key(campaign_id)
-    # A fill taken over keeps the size its batches were cut to (the setting may differ).
-    cut = r.hget(key, "batch_size") if resume_at is not None else None
-    size = int(cut or get_settings().batch_size)
-    appender = RecipientAppender(campaign_id, r, filling=True)
-    if resume_at is None:
-        now = datetime.now(UTC)
-        resume_at = 0
-        started = {
-            "status": CampaignStatus.RUNNING.value,
-            "send_date": now.strftime("%Y%m%d"),
-            "batch_size": str(size),
-            "appending": "1",
-            "filled": "0",
-        }
-        fields = [part for pair in started.items() for part in pair]
-        keys = (key, store.ACTIVE_ZSET)
-        r.eval(_START_FILLING, len(keys), *keys, campaign_id, *fields)
-    else:
-        appender.know_stored()
-    stored = stored_count(r, campaign_id)
-    enqueued = stored // size
-    position = resume_at
+    # The size its batches are cut to was stored with it (a fill taken over: the setting
+    # may differ since).
+    size = int(r.hget(key, "batch_size") or get_settings().batch_size)
+    stored = enqueued = 0
     try:
+        appender = RecipientAppender(campaign_id, r, filling=True)
+        if resume_at is None:
+            resume_at = 0
+        else:
+            appender.know_stored()
+            stored = stored_count(r, campaign_id)
+            enqueued = stored // size
+        position = resume_at
         for chunk in chunks(recipients[resume_at:], size):
             stored += appender.add(chunk, (position, position + len(chunk)))[0]
             position += len(chunk)
