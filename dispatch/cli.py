@@ -538,6 +538,11 @@ def _send_test(request: CampaignRequest, to: str, seq: int, allow_suppressed: bo
 
 
 FOLLOW_OUTAGE_SECONDS = 300.0  # a --follow waits this long for its Redis to come back
+# A --follow of a cancelled (or expired) campaign waits for its unsent messages to settle
+# while their count still falls this often: a big campaign's cancel answers at once and a
+# worker settles them right after (lifecycle.INLINE_SETTLE_LIMIT), a few seconds for
+# 300,000. With no worker to do it, the follow stops after this long.
+FOLLOW_SETTLE_SECONDS = 60.0
 
 
 def follow(campaign_id: str, interval: float = 0.5) -> int:
@@ -550,6 +555,7 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
 
     bar = ProgressBar(label=campaign_id)
     outage_since: float | None = None
+    settling = (0, 0.0)  # an ended campaign's queued count, and when it last fell
     try:
         while True:
             try:
@@ -570,6 +576,12 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
             outage_since = None
             done = summary["total"] - summary["queued"]
             bar.update(done, summary["total"], _follow_note(campaign_id, summary))
+            if _settling(summary):
+                if not settling[0] or summary["queued"] < settling[0]:
+                    settling = (summary["queued"], time.monotonic())
+                if time.monotonic() - settling[1] < FOLLOW_SETTLE_SECONDS:
+                    time.sleep(interval)
+                    continue
             if summary["status"] not in ("running", "scheduled"):
                 bar.close()
                 _print(summary)
@@ -586,9 +598,15 @@ def follow(campaign_id: str, interval: float = 0.5) -> int:
                     return _none_sent(campaign_id, summary)
                 said = summary.get("reason") not in ("", None, summary["status"])
                 reason = f" ({summary['reason']})" if said else ""  # not "cancelled (cancelled)"
+                left = (
+                    f" ({summary['queued']} still counted queued: a worker settles them "
+                    f"{summary['status']})"
+                    if _settling(summary)
+                    else ""
+                )
                 print(
                     f"campaign {campaign_id!r} is {summary['status']}{reason}: "
-                    f"{unsent} messages not sent",
+                    f"{unsent} messages not sent{left}",
                     file=sys.stderr,
                 )
                 return 1
@@ -617,6 +635,13 @@ def _none_sent(campaign_id: str, summary: Mapping[str, Any]) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def _settling(summary: Mapping[str, Any]) -> bool:
+    """A cancelled or expired campaign whose unsent messages are still being settled (a
+    purged one's never are: its ledger is gone)."""
+    ended = summary["status"] in ("cancelled", "expired")
+    return ended and summary["queued"] > 0 and summary.get("purged_at") is None
 
 
 # Settled states besides sent and failed, named in a --follow's line once one happened:
@@ -653,6 +678,8 @@ def _follow_note(campaign_id: str, summary: Mapping[str, Any]) -> str:
     campaign starts (else it showed 0/s with no word of why nothing moved)."""
     if summary["status"] == "scheduled":
         return f"scheduled: starts at {_in_words(campaign_id)}"
+    if _settling(summary):
+        return f"{summary['status']}: settling {summary['queued']} unsent messages"
     counts = [f"sent {summary['sent']}", f"failed {summary['failed']}"]
     counts += [f"{name} {summary[name]}" for name in _OTHER_ENDS if summary.get(name)]
     return " ".join(counts)
