@@ -32,27 +32,42 @@ log = logging.getLogger(__name__)
 # on (amortized one a minute, a scan of the hash after a long idle): a call costs a few
 # hash reads, whatever the sends of the 24 hours.
 WINDOW_MINUTES = 24 * 60 + 1
+# An older version's UTC-day counter (an upgrade: see ProviderLimiter._take) was given this
+# TTL again at each grant it counted, so its TTL tells when its last send was counted.
+OLD_DAY_COUNTER_TTL = 172800
 _WINDOW = f"""
-local span = {WINDOW_MINUTES}
+local span, old_ttl = {WINDOW_MINUTES}, {OLD_DAY_COUNTER_TTL}
 local function minute(m) return string.format('%d', m) end
+-- An older version's UTC-day counter: its count, and the minute its last send was counted
+-- in (its TTL set again then), kept within lo..hi (the minutes of its day, up to now);
+-- hi when its TTL is not one that version set (a key written by hand).
+local function day_counter(old_key, lo, hi, now)
+  local count = tonumber(redis.call('GET', old_key) or '0')
+  local ttl = redis.call('TTL', old_key)
+  if count <= 0 or ttl <= 0 or ttl > old_ttl then return count, hi end
+  local last = math.floor((now - (old_ttl - ttl) + 1) / 60)  -- (+1: TTL is rounded)
+  return count, math.min(hi, math.max(lo, last))
+end
 -- The count of KEYS[key] now, minutes that left the window dropped. A new window
 -- takes in the counts of the UTC-day counters an older version kept (an upgrade: see
--- _take), today's as of this minute, yesterday's as of its last minute.
-local function counted(key, today_key, yesterday_key, cur, midnight)
+-- _take), each as of the minute its last send was counted: today's, and yesterday's
+-- unless that minute left the window. (As of when it was last counted, not as of the
+-- upgrade: a window made again after 24 hours without sends takes in nothing twice.)
+local function counted(key, today_key, yesterday_key, now, midnight)
+  local cur = math.floor(now / 60)
   local first = cur - span
   local from, sum = unpack(redis.call('HMGET', key, 'from', 'sum'))
   if not from then
     sum = 0
-    local before = tonumber(redis.call('GET', yesterday_key) or '0')
-    if before > 0 and midnight - 1 >= first then
-      redis.call('HINCRBY', key, minute(midnight - 1), before)
-      sum = sum + before
+    local function take_in(old_key, lo, hi)
+      local count, m = day_counter(old_key, lo, hi, now)
+      if count > 0 and m >= first then
+        redis.call('HINCRBY', key, minute(m), count)
+        sum = sum + count
+      end
     end
-    local today = tonumber(redis.call('GET', today_key) or '0')
-    if today > 0 then
-      redis.call('HINCRBY', key, minute(cur), today)
-      sum = sum + today
-    end
+    take_in(yesterday_key, midnight - 1440, midnight - 1)
+    take_in(today_key, midnight, cur)
     redis.call('HSET', key, 'from', minute(first), 'sum', sum)
     redis.call('EXPIRE', key, (span + 2) * 60)
     return sum
@@ -142,12 +157,12 @@ local cur = math.floor(now / 60)
 local held = math.max(redis.call('PTTL', KEYS[5]), 0)
 local granted, which, used, rused = n, 0, 0, 0
 if quota > 0 then
-  used = counted(KEYS[2], KEYS[6], KEYS[7], cur, midnight)
+  used = counted(KEYS[2], KEYS[6], KEYS[7], now, midnight)
   local left = quota - used
   if left < granted then granted, which = left, 1 end
 end
 if rquota > 0 then
-  rused = counted(KEYS[3], KEYS[8], KEYS[9], cur, midnight)
+  rused = counted(KEYS[3], KEYS[8], KEYS[9], now, midnight)
   local left = math.floor((rquota - rused) / per)
   if left < granted then granted, which = left, 2 end
 end
