@@ -90,3 +90,24 @@ def test_a_key_change_end_to_end(
     assert not any("decrypt" in w for w in provider_view("rotating-http", redis_client)["warnings"])
     with pytest.raises(InvalidTokenError):  # the old key unlisted: its links are not read
         read_token(link)
+
+
+def test_a_key_that_ended_in_a_newline_can_be_listed_as_a_previous_one(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISPATCH_SECRET_KEY is used as it is: one read from a file with its newline (a
+    Kubernetes secret made with --from-file) wrote the secrets and links with it. Listed
+    in DISPATCH_PREVIOUS_SECRET_KEYS from the same file, it was stripped: no provider
+    secret decrypted, no link of mail sent was read."""
+    old = "o" * 40 + "\n"
+    monkeypatch.setenv("DISPATCH_SECRET_KEY", old)
+    get_settings.cache_clear()
+    save_provider(SMTP, redis_client)
+    link = make_token("c-1", 7, "bob@example.com", "news")
+
+    monkeypatch.setenv("DISPATCH_SECRET_KEY", "n" * 40)
+    monkeypatch.setenv("DISPATCH_PREVIOUS_SECRET_KEYS", f"{'x' * 40}, {old}")
+    get_settings.cache_clear()
+    assert read_token(link).email == "bob@example.com"
+    assert load_provider("rotating", redis_client).password.get_secret_value() == "the-password"
+    assert reseal_provider("rotating", redis_client).resealed == ["password"]
