@@ -1266,18 +1266,32 @@ NO_SHARED_KEY = (
 )
 
 
+# ``up`` on a Redis of the user's (DISPATCH_REDIS_URL): that Redis keeps what the run
+# saves, the key generated for the run (shown nowhere) would not.
+NO_KEPT_KEY = (
+    "DISPATCH_SECRET_KEY is not set: the Redis of DISPATCH_REDIS_URL keeps what this run "
+    "saves, and a key generated for the run would be gone when it stops (the provider "
+    "secrets saved unreadable, the unsubscribe links of mail sent broken): set "
+    "DISPATCH_SECRET_KEY, the same value at every start"
+)
+
+
 def _check_secret_key(command: str) -> None:
-    """A service process on a shared Redis refuses to start without the shared key; one
-    with a Redis of its own generates a key for the run, as ``up`` does."""
+    """A service process on a shared Redis refuses to start without the shared key, and
+    ``up`` on a Redis of the user's without a key it would lose; one with a Redis of its
+    own generates a key for the run, as ``up`` does on its embedded Redis."""
     from dispatch.crypto import ensure_secret_key
     from dispatch.settings import get_settings
 
     settings = get_settings()
-    if command not in SHARED_KEY_VERBS or settings.secret_key.get_secret_value():
+    if settings.secret_key.get_secret_value() or not settings.redis_url:
+        if command in SHARED_KEY_VERBS:
+            ensure_secret_key()
         return
-    if settings.redis_url:
+    if command in SHARED_KEY_VERBS:
         raise CommandError(NO_SHARED_KEY)
-    ensure_secret_key()
+    if command == "up":
+        raise CommandError(NO_KEPT_KEY)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

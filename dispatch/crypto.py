@@ -58,9 +58,15 @@ def _secret() -> str:
 def _secrets() -> tuple[str, ...]:
     """The keys to read with: the current one, then DISPATCH_PREVIOUS_SECRET_KEYS (the
     unsubscribe links of mail delivered before a key change must work for months)."""
-    current = _secret()
-    previous = (k.get_secret_value() for k in get_settings().previous_secret_keys)
-    return (current, *(k for k in previous if k != current))
+    keys = [_secret()]
+    for listed in get_settings().previous_secret_keys:
+        # As listed, without the spaces after its comma, and stripped: a key used with a
+        # newline at its end (read from a file) wrote with it (settings: _split_keys).
+        written = listed.get_secret_value()
+        for key in (written, written.lstrip(), written.strip()):
+            if key not in keys:
+                keys.append(key)
+    return tuple(keys)
 
 
 @lru_cache(maxsize=4)

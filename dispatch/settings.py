@@ -139,11 +139,21 @@ class Settings(BaseSettings):
     # "masked": recipients' addresses in log lines as j***@example.com (dispatch.logs).
     log_addresses: Literal["full", "masked"] = "full"
 
-    @field_validator("api_tokens", "previous_secret_keys", mode="before")
+    @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # Each key as written, its spaces kept (dispatch.crypto reads with it stripped
+        # too, for "old, older"): DISPATCH_SECRET_KEY is used as it is, and one that ended
+        # in a newline (a Kubernetes secret made from a file) wrote everything with it.
+        if isinstance(value, str):
+            return tuple(k for k in value.split(",") if k.strip())
         return value
 
     @field_validator("log_addresses", mode="before")
