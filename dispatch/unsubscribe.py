@@ -66,7 +66,9 @@ def read_token(token: str) -> UnsubscribeToken:
         raise InvalidTokenError("token was not issued by this service") from exc
     # AES-SIV is deterministic: sealed again with the current key, the same bytes only
     # when the current key sealed it.
-    current = _b64encode(crypto.seal(_SEALED_PURPOSE, plaintext)) == token
+    # (compared in constant time, as every secret here: what the current key makes of an
+    # old key's link is a link that may subscribe again)
+    current = hmac.compare_digest(_b64encode(crypto.seal(_SEALED_PURPOSE, plaintext)), token)
     try:  # authentic, so as make_token wrote it; checked all the same
         campaign_id, seq, category, email = plaintext.decode().split("|", 3)
         return UnsubscribeToken(campaign_id, int(seq), email, category, current)
