@@ -86,6 +86,16 @@ APPEND_LINES_PER_CHUNK = 500  # NDJSON lines per write while streaming an append
 MAX_LISTED_PROBLEMS = 1000  # as the API: an append lists this many bad recipients
 FINISHED = frozenset({"completed", "cancelled", "expired"})
 WAITING = frozenset({"paused", "draft"})  # for a person (or a caller) to act: wait() ends
+# How long wait() waits for a cancelled campaign's unsent messages to be settled while
+# their count does not fall (a worker settles a big one's in seconds).
+SETTLE_WAIT_SECONDS = 60.0
+
+
+def _settling(summary: CampaignSummary) -> bool:
+    """A cancelled or expired campaign whose unsent messages are still being settled (a
+    purged one's never are: its ledger is gone)."""
+    ended = summary.status.value in ("cancelled", "expired")
+    return ended and summary.queued > 0 and summary.purged_at is None
 
 
 class DispatchAPIError(Exception):
@@ -618,9 +628,15 @@ class DispatchClient:
         """Poll until the campaign is finished, paused or a draft (which only a start
         moves: one not started yet is answered at once); raises ``TimeoutError``.
 
+        A cancelled or expired campaign is answered once its unsent messages are settled
+        (counted ``cancelled`` or ``expired``, not ``queued``), as ``dispatch status
+        --follow`` does; when their count stops falling for :data:`SETTLE_WAIT_SECONDS`
+        (no worker running), as it is then.
+
         The API unreachable for a while (a restart, a deploy) is waited out until the
         deadline; past it the last :class:`Unavailable` is raised."""
         deadline = time.monotonic() + timeout
+        settling = (0, 0.0)  # a cancelled campaign's queued count, and when it last fell
         while True:
             try:
                 summary = self.get_campaign(campaign_id)
@@ -629,6 +645,16 @@ class DispatchClient:
                     raise
                 time.sleep(interval)
                 continue
+            if _settling(summary):
+                # A big campaign's unsent messages are settled by a worker after the
+                # cancel (or expiry) answered: its summary counts them queued until then.
+                if not settling[0] or summary.queued < settling[0]:
+                    settling = (summary.queued, time.monotonic())
+                now = time.monotonic()
+                if now <= deadline and now - settling[1] < SETTLE_WAIT_SECONDS:
+                    time.sleep(interval)
+                    continue
+                return summary  # (no worker settles them: returned as they are)
             if summary.status.value in FINISHED or summary.status.value in WAITING:
                 return summary
             if time.monotonic() > deadline:
