@@ -262,6 +262,18 @@ class Hold:
 
 # nickname -> (monotonic time the provider's hold ends, when that was last read)
 _seen_holds: dict[str, tuple[float, float]] = {}
+# Past this many nicknames, those whose hold ended and that were not read for
+# HOLD_PEEK_SECONDS go (they tell no more than no entry: Redis is asked at the next
+# look): providers come and go for weeks, one per customer, and a process kept each.
+_HOLDS_KEPT = 256
+
+
+def _note_hold(nick: str, until: float, now: float) -> None:
+    if nick not in _seen_holds and len(_seen_holds) >= _HOLDS_KEPT:
+        for name, (ends, read) in list(_seen_holds.items()):
+            if ends <= now and now - read >= HOLD_PEEK_SECONDS:
+                del _seen_holds[name]
+    _seen_holds[nick] = (until, now)
 
 
 def chunk_limit(provider: ProviderBase, chunk_size: int) -> int:
@@ -382,7 +394,7 @@ class ProviderLimiter:
             _HOLD, 1, self._hold_key, max(0, int(seconds * 1000)), max(0, int(longest * 1000))
         )
         now = time.monotonic()
-        _seen_holds[nick] = (now + int(ms) / 1000, now)
+        _note_hold(nick, now + int(ms) / 1000, now)
         return Hold(int(ms) / 1000, bool(int(began)))
 
     async def held(self) -> float:
@@ -394,11 +406,11 @@ class ProviderLimiter:
         if now - read >= HOLD_PEEK_SECONDS:
             # Marked read before the answer comes: the process's other sessions asking
             # meanwhile go by what was known (eight sessions peeked eight times at once).
-            _seen_holds[nick] = (until, now)
+            _note_hold(nick, until, now)
             ms = await self.client.pttl(self._hold_key)
             # (a hold this process set meanwhile is not lost: a hold only grows)
             until = max(now + max(0, int(ms)) / 1000, _seen_holds.get(nick, (0.0, 0.0))[0])
-            _seen_holds[nick] = (until, now)
+            _note_hold(nick, until, now)
         return max(0.0, until - now)
 
     def _saw_hold(self, ms: int) -> None:
@@ -406,7 +418,7 @@ class ProviderLimiter:
         nick = self.provider.nickname
         now = time.monotonic()
         until = max(now + ms / 1000, _seen_holds.get(nick, (0.0, 0.0))[0])
-        _seen_holds[nick] = (until, now)
+        _note_hold(nick, until, now)
 
     async def _give_back(self, grant: Grant, n: int, token: str) -> None:
         if not self.quotas or not grant.minute:
