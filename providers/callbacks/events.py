@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
@@ -256,10 +257,22 @@ def escape_text(value: str) -> str:
     return value if is_text(value) else value.encode("utf-8", "backslashreplace").decode()
 
 
+def json_integer(text: str) -> int | float:
+    """A JSON integer (``json.loads``'s ``parse_int``): JSON bounds no number (RFC 8259
+    §6), but Python turns no more than ``sys.get_int_max_str_digits()`` digits into an
+    int (4300 by default), and ``int`` raised ValueError for the whole body. Longer, it is
+    a number too large for any field: a float (infinite), refused where a number is read,
+    so that it costs its own event only."""
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text.lstrip("-")) > limit:
+        return float(text)
+    return int(text)
+
+
 def load_json(body: bytes | str) -> Any:
     """Parse a request body as JSON; raises :class:`CallbackRejected` when it is not."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=json_integer)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise CallbackRejected("invalid payload: body is not valid JSON") from exc
 

@@ -22,6 +22,7 @@ from providers.callbacks.events import (
     InvalidEvent,
     collect,
     decoded_meta,
+    json_integer,
     normalize_email,
     read_meta,
     timestamp_or_note,
@@ -115,7 +116,7 @@ def parse_ses_message(
     if message.strip() == VALIDATION_MESSAGE:
         return CallbackResult(ignored="SES event publishing validation message")
     try:
-        payload = json.loads(message)
+        payload = json.loads(message, parse_int=json_integer)
     except (ValueError, RecursionError) as exc:
         raise CallbackRejected("invalid payload: SNS Message is not SES JSON") from exc
     if not isinstance(payload, dict):
