@@ -477,7 +477,7 @@ class ProviderLimiter:
         must act)."""
         nick = self.provider.nickname
         rquota = self.provider.daily_recipient_quota
-        if which == 2 and rquota and self.per_message > rquota:  # not in any 24 hours
+        if rquota and self.per_message > rquota:  # not in any 24 hours, whichever stopped it
             return (
                 f"each message has {self.per_message} recipients (to, cc and bcc), more "
                 f"than the daily recipient quota of {rquota} of provider {nick!r}: none "
