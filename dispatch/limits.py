@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # minute more covers a send handed over somewhat after its turn), so any 24 hours the
 # provider looks at hold at most the quota. Minutes that left are dropped as time goes
 # on (amortized one a minute, a scan of the hash after a long idle): a call costs a few
-# hash reads, whatever the sends of the 24 hours.
+# hash reads, whatever the sends of the 24 hours (but for the answer that a quota is used
+# up, which reads when room frees from every minute's bucket: see _TAKE).
 WINDOW_MINUTES = 24 * 60 + 1
 # An older version's UTC-day counter (an upgrade: see ProviderLimiter._take) was given this
 # TTL again at each grant it counted, so its TTL tells when its last send was counted.
@@ -168,6 +169,11 @@ if rquota > 0 then
 end
 if granted <= 0 or (granted < n and not partial) then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  local out = redis.call('ZCARD', KEYS[4])
+  -- A tracked caller asks again while grants are out (it polls): when room frees is not
+  -- read for it (a scan of every minute's bucket, milliseconds with Redis blocked, at
+  -- each poll of every sender).
+  if ARGV[7] ~= '' and out > 0 then return {0, '-1', which, out, held, '', 0, 0} end
   local need, at = partial and 1 or n, now
   for _, q in ipairs({{KEYS[2], used, quota, 1}, {KEYS[3], rused, rquota, per}}) do
     if q[3] > 0 and at >= 0 then
@@ -177,7 +183,7 @@ if granted <= 0 or (granted < n and not partial) then
   end
   local wait = at < 0 and '-1' or tostring(at - now)
   local count = which == 2 and rused or used
-  return {0, wait, which, redis.call('ZCARD', KEYS[4]), held, tostring(at), count, 0}
+  return {0, wait, which, out, held, tostring(at), count, 0}
 end
 local free = now + held / 1000
 if rate > 0 then free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), free) end
@@ -483,7 +489,7 @@ class ProviderLimiter:
         must act)."""
         nick = self.provider.nickname
         rquota = self.provider.daily_recipient_quota
-        if which == 2 and rquota and self.per_message > rquota:  # not in any 24 hours
+        if rquota and self.per_message > rquota:  # not in any 24 hours, whichever stopped it
             return (
                 f"each message has {self.per_message} recipients (to, cc and bcc), more "
                 f"than the daily recipient quota of {rquota} of provider {nick!r}: none "
