@@ -638,10 +638,10 @@ def _none_sent(campaign_id: str, summary: Mapping[str, Any]) -> int:
 
 
 def _settling(summary: Mapping[str, Any]) -> bool:
-    """A cancelled or expired campaign whose unsent messages are still being settled (a
-    purged one's never are: its ledger is gone)."""
-    ended = summary["status"] in ("cancelled", "expired")
-    return ended and summary["queued"] > 0 and summary.get("purged_at") is None
+    """:func:`dispatch.models.is_settling` of a summary read from Redis."""
+    from dispatch.models import is_settling
+
+    return is_settling(summary["status"], summary["queued"], summary.get("purged_at"))
 
 
 # Settled states besides sent and failed, named in a --follow's line once one happened:
