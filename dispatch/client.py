@@ -624,7 +624,8 @@ class DispatchClient:
         A cancelled or expired campaign is answered once its unsent messages are settled
         (counted ``cancelled`` or ``expired``, not ``queued``), as ``dispatch status
         --follow`` does; when their count stops falling for :data:`SETTLE_WAIT_SECONDS`
-        (no worker running), as it is then.
+        (no worker running), or at the deadline (no ``TimeoutError``: it did end), as it
+        is then.
 
         The API unreachable for a while (a restart, a deploy) is waited out until the
         deadline; past it the last :class:`Unavailable` is raised."""
@@ -647,7 +648,7 @@ class DispatchClient:
                 if now <= deadline and now - settling[1] < SETTLE_WAIT_SECONDS:
                     time.sleep(interval)
                     continue
-                return summary  # (no worker settles them: returned as they are)
+                return summary  # (not settled in time: returned as they are)
             if summary.status.value in FINISHED or summary.status.value in WAITING:
                 return summary
             if time.monotonic() > deadline:
