@@ -1284,13 +1284,14 @@ def _check_secret_key(command: str) -> None:
     from dispatch.settings import get_settings
 
     settings = get_settings()
-    if settings.secret_key.get_secret_value() or not settings.redis_url:
+    if settings.secret_key.get_secret_value():
+        return
+    if not settings.redis_url:
         if command in SHARED_KEY_VERBS:
             ensure_secret_key()
-        return
-    if command in SHARED_KEY_VERBS:
+    elif command in SHARED_KEY_VERBS:
         raise CommandError(NO_SHARED_KEY)
-    if command == "up":
+    elif command == "up":
         raise CommandError(NO_KEPT_KEY)
 
 
