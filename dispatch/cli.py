@@ -638,10 +638,10 @@ def _none_sent(campaign_id: str, summary: Mapping[str, Any]) -> int:
 
 
 def _settling(summary: Mapping[str, Any]) -> bool:
-    """A cancelled or expired campaign whose unsent messages are still being settled (a
-    purged one's never are: its ledger is gone)."""
-    ended = summary["status"] in ("cancelled", "expired")
-    return ended and summary["queued"] > 0 and summary.get("purged_at") is None
+    """:func:`dispatch.models.is_settling` of a summary read from Redis."""
+    from dispatch.models import is_settling
+
+    return is_settling(summary["status"], summary["queued"], summary.get("purged_at"))
 
 
 # Settled states besides sent and failed, named in a --follow's line once one happened:
@@ -1284,13 +1284,14 @@ def _check_secret_key(command: str) -> None:
     from dispatch.settings import get_settings
 
     settings = get_settings()
-    if settings.secret_key.get_secret_value() or not settings.redis_url:
+    if settings.secret_key.get_secret_value():
+        return
+    if not settings.redis_url:
         if command in SHARED_KEY_VERBS:
             ensure_secret_key()
-        return
-    if command in SHARED_KEY_VERBS:
+    elif command in SHARED_KEY_VERBS:
         raise CommandError(NO_SHARED_KEY)
-    if command == "up":
+    elif command == "up":
         raise CommandError(NO_KEPT_KEY)
 
 

@@ -70,7 +70,7 @@ from dispatch.api.schemas import (
     TestEmailResult,
     UnsubscribeTokenView,
 )
-from dispatch.models import CampaignRequest, Recipient
+from dispatch.models import CampaignRequest, Recipient, is_settling
 
 M = TypeVar("M", bound=BaseModel)
 T_co = TypeVar("T_co", covariant=True)
@@ -89,13 +89,6 @@ WAITING = frozenset({"paused", "draft"})  # for a person (or a caller) to act: w
 # How long wait() waits for a cancelled campaign's unsent messages to be settled while
 # their count does not fall (a worker settles a big one's in seconds).
 SETTLE_WAIT_SECONDS = 60.0
-
-
-def _settling(summary: CampaignSummary) -> bool:
-    """A cancelled or expired campaign whose unsent messages are still being settled (a
-    purged one's never are: its ledger is gone)."""
-    ended = summary.status.value in ("cancelled", "expired")
-    return ended and summary.queued > 0 and summary.purged_at is None
 
 
 class DispatchAPIError(Exception):
@@ -631,7 +624,8 @@ class DispatchClient:
         A cancelled or expired campaign is answered once its unsent messages are settled
         (counted ``cancelled`` or ``expired``, not ``queued``), as ``dispatch status
         --follow`` does; when their count stops falling for :data:`SETTLE_WAIT_SECONDS`
-        (no worker running), as it is then.
+        (no worker running), or at the deadline (no ``TimeoutError``: it did end), as it
+        is then.
 
         The API unreachable for a while (a restart, a deploy) is waited out until the
         deadline; past it the last :class:`Unavailable` is raised."""
@@ -645,7 +639,7 @@ class DispatchClient:
                     raise
                 time.sleep(interval)
                 continue
-            if _settling(summary):
+            if is_settling(summary.status, summary.queued, summary.purged_at):
                 # A big campaign's unsent messages are settled by a worker after the
                 # cancel (or expiry) answered: its summary counts them queued until then.
                 if not settling[0] or summary.queued < settling[0]:
@@ -654,7 +648,7 @@ class DispatchClient:
                 if now <= deadline and now - settling[1] < SETTLE_WAIT_SECONDS:
                     time.sleep(interval)
                     continue
-                return summary  # (no worker settles them: returned as they are)
+                return summary  # (not settled in time: returned as they are)
             if summary.status.value in FINISHED or summary.status.value in WAITING:
                 return summary
             if time.monotonic() > deadline:

@@ -489,7 +489,9 @@ class ProviderLimiter:
         must act)."""
         nick = self.provider.nickname
         rquota = self.provider.daily_recipient_quota
-        if rquota and self.per_message > rquota:  # not in any 24 hours, whichever stopped it
+        # Not in any 24 hours, whichever quota stopped it (the messages quota may be the
+        # one used up first: that one frees, this one never does).
+        if rquota and self.per_message > rquota:
             return (
                 f"each message has {self.per_message} recipients (to, cc and bcc), more "
                 f"than the daily recipient quota of {rquota} of provider {nick!r}: none "
@@ -504,6 +506,11 @@ class ProviderLimiter:
         else:
             what = f"daily quota of {self.provider.daily_quota} messages"
             sent = f"{used} messages"
+        if at < 0:  # more asked at once (all or none) than the quota holds
+            return (
+                f"{what} for provider {nick!r} holds fewer than were asked at once ({sent} "
+                "in the last 24 hours): none can go on any day; ask for fewer at a time"
+            )
         when = f"{datetime.fromtimestamp(at, UTC):%Y-%m-%d %H:%M} UTC"
         return (
             f"{what} for provider {nick!r} is used up ({sent} in the last 24 hours; the "

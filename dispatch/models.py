@@ -54,6 +54,14 @@ class CampaignStatus(StrEnum):
     EXPIRED = "expired"
 
 
+def is_settling(status: str, queued: int, purged_at: float | None) -> bool:
+    """A cancelled or expired campaign whose unsent messages are still being settled: a
+    worker settles a big one's after the cancel (or expiry) answered, its summary counts
+    them ``queued`` until then (a purged one's never are: its ledger is gone)."""
+    ended = status in (CampaignStatus.CANCELLED, CampaignStatus.EXPIRED)
+    return ended and queued > 0 and purged_at is None
+
+
 class MessageState(StrEnum):
     """Ledger states of one message; the last six are terminal (DESIGN §5)."""
 

@@ -307,7 +307,15 @@ class ProviderBase(BaseModel):
 # with STARTTLS. The other security on these ports fails at every connect (a TLS
 # handshake against a greeting, or a greeting awaited during one).
 SMTPS_PORT: Final = 465
-STARTTLS_PORTS: Final = (25, 587)
+SUBMISSION_PORT: Final = 587  # the preset for starttls and none (DESIGN §2)
+STARTTLS_PORTS: Final = (25, SUBMISSION_PORT)
+
+
+def _preset_port(security: Security) -> int:
+    """The port a ``port`` of 0 stands for, for ``security`` (DESIGN §2)."""
+    return SMTPS_PORT if security == "tls" else SUBMISSION_PORT
+
+
 # A host name (letters of any script, digits, "-", "_"; dot-separated) or an IP address.
 _HOST_NAME = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 # The SMTP endpoints of SES (email-smtp[-fips].<region>.amazonaws.com, and VPC endpoints
@@ -418,7 +426,7 @@ class SmtpFamilyBase(ProviderBase):
         security changed later would keep the port of the other one)."""
         host = "" if self.host.lower().rstrip(".") == self.preset_host() else self.host
         port, security = self.port, self.security
-        if security is not None and port == (SMTPS_PORT if security == "tls" else 587):
+        if security is not None and port == _preset_port(security):
             port = 0
         if security is not None and security == self._port_security(port):
             security = None
@@ -447,7 +455,7 @@ class SmtpFamilyBase(ProviderBase):
     def effective_port(self) -> int:
         if self.port:
             return self.port
-        return SMTPS_PORT if self.effective_security == "tls" else 587
+        return _preset_port(self.effective_security)
 
     @model_validator(mode="after")
     def _needs_host(self) -> SmtpFamilyBase:

@@ -406,7 +406,7 @@ class TransactionProtocol(asyncio.Protocol):
         sent read as :data:`LOST` (a close, as a ``421`` is: the others go on a new
         connection). Raises ``error`` when the replies received decide nothing."""
         got = list(self._replies)[:count]
-        if not any(not reply.ok for reply in got[:2]):
+        if all(reply.ok for reply in got[:2]):
             raise error
         self._replies.clear()
         return got + [LOST] * (count - len(got))
