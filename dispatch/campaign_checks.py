@@ -118,6 +118,12 @@ def request_fingerprint(request: CampaignRequest, *, times_as_given: bool = Fals
     send it).
     """
     _refuse_too_deep(request.vars, "vars")
+    # Before pydantic writes the vars: it wrote a key holding a lone surrogate at the top
+    # as three U+FFFD (the campaign stored another var than given, without a word) and
+    # raised UnicodeEncodeError for one deeper (a 500).
+    found = find_lone_surrogate(request.vars, "vars")
+    if found is not None:
+        raise CampaignError(LONE_SURROGATE_PROBLEM, field=found)
     # Times as instants: a repeat may give them in another offset (a client's local time).
     utc = {name: at.astimezone(UTC) for name in _TIMES if (at := getattr(request, name))}
     utc = {} if times_as_given else utc

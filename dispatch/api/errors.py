@@ -59,7 +59,7 @@ from dispatch.campaigns import (
 from dispatch.crypto import SecretKeyError
 from dispatch.provider_store import ProviderNotFoundError
 from dispatch.retention import CampaignPurgedError
-from providers.callbacks.events import MAX_EVENTS
+from providers.callbacks.events import MAX_EVENTS, escape_text
 from providers.callbacks.sendgrid import MAX_SENDGRID_EVENTS
 
 _REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
@@ -101,8 +101,15 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The error body; ``message`` is what is wrong with ``field`` (named once in
-    ``detail``), ``problems`` each problem (default: that one)."""
-    errors = list(problems)
+    ``detail``), ``problems`` each problem (default: that one).
+
+    A field or message may quote the request: a key holding a lone surrogate
+    (``{"\\ud800": 1e400}``) is named with it escaped (``\\ud800``), not answered with a
+    500 because the body cannot be written as UTF-8."""
+    message, field = escape_text(message), field and escape_text(field)
+    errors = [
+        FieldProblem(field=escape_text(p.field), message=escape_text(p.message)) for p in problems
+    ]
     detail = message
     if field:
         message = message.removeprefix(f"{field}: ")
