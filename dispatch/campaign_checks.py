@@ -498,6 +498,8 @@ class RecipientChecker:
 
     def check(self, data: Any) -> Recipient:
         """The recipient; raises :class:`CampaignError` naming the field at fault."""
+        if not isinstance(data, dict):  # as pydantic says it, at a fifth of the cost
+            raise CampaignError(f"must be a JSON object, not {_json_type(data)}", field="body")
         try:
             recipient = RECIPIENT.validate_python(data)
         except ValidationError as exc:

@@ -321,12 +321,53 @@ class RecipientSplitter:
         self._bom = b""  # the body's first bytes, until a BOM is ruled out
         self._started = False  # a BOM is ruled out (or dropped)
         self._head = bytearray()  # the first line, from its '[', while the format is open
+        # The first line's array followed as it is held (its documents dropped): whether
+        # it ends on that line is known when the line does, without reading it again.
+        self._probe: JsonArraySplitter | None = JsonArraySplitter(max_document)
         self._lines = 0  # newlines before the first document
         self._first_line_ended = False  # the first line held a whole array: wait for more
         self._lines_after = 0  # newlines after that array, with only blanks after them
+        self._held = b""  # the first line once the format is told: split a piece at a time
+        self._held_pos = 0
 
     def feed(self, data: bytes) -> list[Document]:
         """The documents completed by ``data``; raises :class:`StreamFormatError`."""
+        return _joined(self.split(data, None))
+
+    def finish(self) -> list[Document]:
+        """The documents held until the end; raises :class:`EmptyBodyError` for a blank
+        body, :class:`StreamFormatError` (with those documents) for a broken array."""
+        return _joined(self.split_end(None))
+
+    def split(self, data: bytes, piece: int | None) -> Iterator[list[Document]]:
+        """The documents completed by ``data``, in lists of those completed by ``piece``
+        bytes of it (all at once for None): the caller may do other work between two.
+        The first line held until it told the format (up to ``max_document``, 1 MiB, of
+        "[1,1,1": some two seconds to split) is split in such pieces too.
+
+        Raises :class:`StreamFormatError` (with the documents completed in that piece).
+        """
+        step = piece or max(len(data), 1)
+        for start in range(0, len(data), step):
+            yield self._feed(data[start : start + step])
+            yield from self._release(piece)
+
+    def split_end(self, piece: int | None) -> Iterator[list[Document]]:
+        """The documents held until the end, as :meth:`split` hands them; raises
+        :class:`EmptyBodyError` for a blank body, :class:`StreamFormatError` (with the
+        documents completed in the last piece) for a broken array."""
+        if self._inner is None and not self._started:
+            self._started = True
+            yield self._sniff(self._bom)  # a body shorter than a BOM
+        if self._inner is None:
+            if not self._head:
+                raise EmptyBodyError("the body is empty")
+            self._become(JsonArraySplitter(self._max), bytes(self._head))
+        assert self._inner is not None
+        yield from self._release(piece)
+        yield self._inner.finish()
+
+    def _feed(self, data: bytes) -> list[Document]:
         if self._inner is not None:
             return self._inner.feed(data)
         if not self._started:
@@ -339,23 +380,16 @@ class RecipientSplitter:
             data = data.removeprefix(BOM)
         return self._sniff(data)
 
-    def finish(self) -> list[Document]:
-        """The documents held until the end; raises :class:`EmptyBodyError` for a blank
-        body, :class:`StreamFormatError` (with those documents) for a broken array."""
-        out: list[Document] = []
-        if self._inner is None and not self._started:
-            self._started = True
-            out = self._sniff(self._bom)  # a body shorter than a BOM
-        if self._inner is None:
-            if not self._head:
-                raise EmptyBodyError("the body is empty")
-            out = self._become(JsonArraySplitter(self._max), bytes(self._head))
-        assert self._inner is not None
-        try:
-            return out + self._inner.finish()
-        except StreamFormatError as exc:
-            exc.documents = out + exc.documents
-            raise
+    def _release(self, piece: int | None) -> Iterator[list[Document]]:
+        """Split what was held, ``piece`` bytes at a time."""
+        while self._held_pos < len(self._held):
+            assert self._inner is not None
+            end = len(self._held) if piece is None else self._held_pos + piece
+            part = self._held[self._held_pos : end]
+            self._held_pos += len(part)
+            if self._held_pos >= len(self._held):
+                self._held, self._held_pos = b"", 0
+            yield self._inner.feed(part)
 
     def _sniff(self, data: bytes) -> list[Document]:
         """Hold the first line until it tells the format; then hand everything over."""
@@ -372,6 +406,7 @@ class RecipientSplitter:
             end = data.find(b"\n")
             part, data = (data, b"") if end < 0 else (data[:end], data[end:])
             self._head += part
+            self._follow(part)
             # Longer than any NDJSON line, or an array that goes on after its first line.
             if len(self._head) > self._max or (end >= 0 and not self._holds_an_array()):
                 return self._become(JsonArraySplitter(self._max), bytes(self._head) + data)
@@ -387,20 +422,39 @@ class RecipientSplitter:
         line = self._lines + self._lines_after
         return [first, *self._become(NdjsonSplitter(self._max, line=line), text)]
 
+    def _follow(self, part: bytes) -> None:
+        """Feed the probe the first line's next part."""
+        if self._probe is None:
+            return
+        try:
+            self._probe.feed(part)
+        except StreamFormatError:
+            self._probe = None  # something after its end: it ended
+
     def _holds_an_array(self) -> bool:
         """Whether the array that starts the first line ends on it."""
-        probe = JsonArraySplitter(self._max)
-        try:
-            probe.feed(bytes(self._head))
-        except StreamFormatError:
-            return True  # something after its end
-        return probe.closed
+        return self._probe is None or self._probe.closed
 
     def _become(self, inner: NdjsonSplitter | JsonArraySplitter, data: bytes) -> list[Document]:
+        """Split with ``inner`` from now on; ``data`` is held, for :meth:`_release`."""
         self._inner = inner
         self.format = inner.format
         self._head = bytearray()
-        return inner.feed(data)
+        self._probe = None
+        self._held, self._held_pos = data, 0
+        return []
+
+
+def _joined(lists: Iterator[list[Document]]) -> list[Document]:
+    """The documents of ``lists``; a :class:`StreamFormatError` carries all of them."""
+    out: list[Document] = []
+    try:
+        for docs in lists:
+            out += docs
+    except StreamFormatError as exc:
+        exc.documents = out + exc.documents
+        raise
+    return out
 
 
 # Content-Encoding -> zlib's wbits: gzip; deflate as HTTP means it (zlib-wrapped; RFC 9110
