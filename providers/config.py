@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from providers.addresses import check_header_value, normalize_address
+from providers.addresses import check_header_value, normalize_address, same_address
 from providers.callbacks.events import is_text
 from providers.callbacks.sendgrid import load_public_key
 from providers.tls import load_ca
@@ -709,6 +709,16 @@ class GmailConfig(SmtpFamilyBase):
                     "the account's full address (name@gmail.com or name@your-domain): the "
                     "session would be refused"
                 )
+            else:
+                if self.from_address and not same_address(self.from_address, self.username):
+                    # Gmail sends as the account: a From it has not verified as one of the
+                    # account's "Send mail as" addresses becomes the account's address.
+                    warnings.append(
+                        f"from_address {self.from_address!r} is not username "
+                        f"{self.username!r}: Gmail rewrites From to {self.username!r} unless "
+                        "it is one of the account's 'Send mail as' addresses (Gmail "
+                        "Settings, Accounts); a campaign's own from_address likewise"
+                    )
         return warnings
 
     @field_validator("password")
