@@ -14,6 +14,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
@@ -33,6 +34,10 @@ MAX_EVENTS = 1000
 TOO_MANY_EVENTS = "More than allowed events were sent"
 # Epoch values above this are milliseconds: as seconds they would be past the year 5000.
 _EPOCH_MS_THRESHOLD = 100_000_000_000
+# A provider's clock may run a little ahead of ours; an event time further ahead is no
+# time the event happened (seconds of another unit, a typo), and would put the event
+# after every later one for a consumer that orders by it (README, dispatch:events).
+MAX_FUTURE_SECONDS = 3600
 
 _SPACE = re.compile(r"\s")
 # A DSN writes a recipient "address-type ; generic-address" (RFC 3464 §2.3.2): rfc822 for
@@ -373,12 +378,17 @@ def parse_timestamp(value: object) -> datetime | None:
 
 
 def timestamp_or_note(value: object, notes: list[str]) -> datetime | None:
-    """:func:`parse_timestamp`, with an unparseable value noted in ``notes`` as None."""
+    """:func:`parse_timestamp`, with an unparseable value, or one more than
+    :data:`MAX_FUTURE_SECONDS` ahead of now, noted in ``notes`` as None."""
     try:
-        return parse_timestamp(value)
+        parsed = parse_timestamp(value)
     except ValueError as exc:
         notes.append(f"timestamp ignored: {exc}")
         return None
+    if parsed is not None and parsed.timestamp() > time.time() + MAX_FUTURE_SECONDS:
+        notes.append(f"timestamp ignored: {value!r} is in the future ({parsed.isoformat()})")
+        return None
+    return parsed
 
 
 def decoded_meta(value: str) -> str:
