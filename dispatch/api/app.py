@@ -33,6 +33,7 @@ from dispatch.api.errors import (
     install_error_handlers,
     too_large_response,
 )
+from dispatch.api.methods import HeadAsGet
 from dispatch.api.provider_schemas import add_provider_schemas
 from dispatch.metrics import RedisStateCollector
 
@@ -61,7 +62,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 class _Api(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Outside FastAPI's own body limit, which answers a 413 itself (JsonBodyTooLarge).
-        return JsonBodyTooLarge(super().build_middleware_stack(), too_large_response())
+        app = JsonBodyTooLarge(super().build_middleware_stack(), too_large_response())
+        return HeadAsGet(app, self.router)
 
 
 def create_app() -> FastAPI:

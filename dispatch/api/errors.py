@@ -17,6 +17,8 @@ Every error body is ``{"detail": <what is wrong>, "field": <where, or null>, "er
   (``authorization``, with ``WWW-Authenticate``); 403: with no tokens configured, a
   request to another host name or from a web page of another site (``host``, ``origin``);
 * 413: a body over 64 MiB (``body``), on every route but those that stream theirs;
+* 405: a method the path does not take (``Allow`` lists those it does; HEAD wherever
+  GET, :mod:`dispatch.api.methods`);
 * 503: Redis (the system of record) cannot serve: down, loading, read-only after a
   failover, or out of memory; try again after ``Retry-After`` seconds.
 
@@ -40,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dispatch.api.auth import ForeignRequestError
 from dispatch.api.body_limits import MAX_API_BODY_BYTES
 from dispatch.api.json_bodies import BodyValueError
+from dispatch.api.methods import allowed_methods
 from dispatch.api.schemas import (
     CallbackError,
     CallbackPartialSuccess,
@@ -222,7 +225,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     a body that cannot be read) in the API's shape; other paths keep theirs."""
     assert isinstance(exc, StarletteHTTPException)
     path = request.url.path
-    if not path.startswith("/v1/") or path.startswith(_CALLBACKS):
+    own = path.startswith("/v1/") and not path.startswith(_CALLBACKS)
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        exc = _not_allowed(request, path, str(exc.detail) if not own else None)
+    if not own:
         return await http_exception_handler(request, exc)
     if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.__cause__ is not None:
         # FastAPI could not read the body at all (not UTF-8, say): invalid input too.
@@ -237,6 +243,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return error_response(exc.status_code, str(exc.detail), exc.field)
     field = "authorization" if exc.status_code == status.HTTP_401_UNAUTHORIZED else None
     return error_response(exc.status_code, str(exc.detail), field, headers=exc.headers)
+
+
+def _not_allowed(request: Request, path: str, detail: str | None) -> StarletteHTTPException:
+    """The 405 with every method the path takes in ``Allow`` (Starlette's named those of
+    one route of the path); ``detail``, else one naming them."""
+    allowed = allowed_methods(request.app.router, request.scope)
+    if detail is None:
+        detail = f"{request.method} is not allowed on {path}: it takes {', '.join(allowed)}"
+    return StarletteHTTPException(
+        status.HTTP_405_METHOD_NOT_ALLOWED, detail, headers={"Allow": ", ".join(allowed)}
+    )
 
 
 def too_large_response() -> JSONResponse:
