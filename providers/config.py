@@ -287,6 +287,18 @@ class ProviderBase(BaseModel):
         """Saved, but worth telling the user."""
         return []
 
+    def unchecked_tls_warnings(self, host: str, tls: bool) -> list[str]:
+        """The warning for ``tls_verify`` false on TLS connections to ``host`` (none for
+        this machine: a test server's): the field says "tests only", and saved without a
+        word it took any certificate in production, silently."""
+        if not tls or self.tls_verify or is_loopback_host(host):
+            return []
+        return [
+            f"tls_verify false: the certificate of {host} is not checked, so whoever answers "
+            "in its place on the way gets the credentials and every message (for tests "
+            "only; a server with a certificate of a private CA: give the CA in tls_ca)"
+        ]
+
     @property
     def longest_wait(self) -> float:
         """How long one chunk may wait for the provider's answers once it is sent, in
@@ -518,7 +530,7 @@ class SmtpFamilyBase(ProviderBase):
                 f"security 'none' against {self.effective_host}: {self.service} takes a login "
                 "only over TLS (campaigns pause, the test email fails); use starttls or tls"
             )
-        elif clear and self.username and password and not _loopback(self.effective_host):
+        elif clear and self.username and password and not is_loopback_host(self.effective_host):
             # aiosmtplib logs in on a plain connection when the server offers AUTH there:
             # AUTH PLAIN and LOGIN carry the password as base64, readable on the way.
             warnings.append(
@@ -530,10 +542,10 @@ class SmtpFamilyBase(ProviderBase):
                 "password is given but username is empty: no login is made (AUTH takes both), "
                 "and a server that asks for one refuses every message (campaigns pause)"
             )
-        return warnings
+        return warnings + self.unchecked_tls_warnings(self.effective_host, not clear)
 
 
-def _loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     """Whether ``host`` is this machine (its connections never leave it)."""
     name = host.lower().rstrip(".")
     try:

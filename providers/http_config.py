@@ -27,7 +27,14 @@ from typing import Any, Final
 
 import httpx
 
-from providers.config import WIDE_INTEGER_PROBLEM, HttpConfig, find_wide_integer
+from providers.config import (
+    WIDE_INTEGER_PROBLEM,
+    HttpConfig,
+    find_wide_integer,
+    is_loopback_host,
+    secret_paths,
+    secret_value,
+)
 from providers.placeholders import (
     CAMPAIGN_LEVEL_SYSTEM,
     CONTENT_PLACEHOLDERS,
@@ -381,6 +388,7 @@ def config_warnings(config: HttpConfig) -> list[str]:
             f"placeholders in keys and header or query names are not substituted: "
             f"{_listed(usage.in_names)}"
         )
+    warnings += _exposure_warnings(config)
     folded = {name.lower(): name for name in SYSTEM_PLACEHOLDERS}
     for name in sorted(usage.every):
         system = folded.get(name.lower())
@@ -390,6 +398,30 @@ def config_warnings(config: HttpConfig) -> list[str]:
                 f"did you mean $${system}?"
             )
     return warnings
+
+
+def _exposure_warnings(config: HttpConfig) -> list[str]:
+    """Credentials sent to another machine in the clear (``http://``), as an SMTP login
+    over security 'none' is warned of, or over TLS that checks no certificate."""
+    try:
+        url = httpx.URL(config.endpoint)
+    except httpx.InvalidURL:  # (refused on save; a stored one is warned of elsewhere)
+        return []
+    if url.scheme != "http":
+        return config.unchecked_tls_warnings(url.host, url.scheme == "https")
+    sent = [
+        ".".join(path)
+        for path in secret_paths(config)
+        if path != ("password",) and secret_value(config, path)
+    ]
+    if config.auth == "basic":
+        sent.insert(0, "auth 'basic' (username and password)")
+    if not sent or is_loopback_host(url.host):
+        return []
+    return [
+        f"endpoint is http://: {', '.join(sent)} go to {url.host} in the clear, readable "
+        "by anyone on the way (and every message with them); use https://"
+    ]
 
 
 # --- campaign-time check -----------------------------------------------------------------

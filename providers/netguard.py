@@ -138,7 +138,11 @@ async def check_endpoint(
     """
     url = httpx.URL(endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
-    return await resolve_allowed(url.host, port, allow_private=allow_private, resolve=resolve)
+    # The name the connection resolves (httpcore's, IDNA 2008: "faß.example" is
+    # "xn--fa-hia.example"), not url.host's Unicode, which the system resolver encodes
+    # by IDNA 2003 into another name ("fass.example"): the check looked at another host.
+    host = url.raw_host.decode("ascii")
+    return await resolve_allowed(host, port, allow_private=allow_private, resolve=resolve)
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
