@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis
@@ -17,7 +18,14 @@ import redis
 from dispatch import incidents, provider_ids, store
 from dispatch.batch_campaign import BatchCampaign
 from dispatch.batch_items import Item
-from dispatch.ledger import LedgerWriter, Records, event_fields, system_event
+from dispatch.ledger import (
+    LedgerWriter,
+    Records,
+    event_fields,
+    event_template,
+    needs_escaping,
+    system_event,
+)
 from dispatch.message_logs import OutcomeLog
 from dispatch.models import MessageState
 from dispatch.send_stats import SendStats
@@ -372,24 +380,43 @@ class BatchOutcomes:
         )
         made = Records()
         records: dict[tuple[int, int, str], bytes] = {}  # the few distinct ones, by their fields
-        writes: list[tuple[int, bytes, str]] = []
-        dumps, sent = orjson.dumps, MessageState.SENT
-        for (item, message), outcome in zip(messages, outcomes, strict=True):
+        recs: list[bytes] = []
+        sent = MessageState.SENT
+        for (item, _), outcome in zip(messages, outcomes, strict=True):
             key = (item.attempts, item.throttles, outcome.detail)
             rec = records.get(key)
             if rec is None:
                 rec = records[key] = made.get(
                     sent, item.attempts, detail=outcome.detail, throttles=item.throttles
                 )
-            event["email"] = item.email
-            event["meta"] = message.meta
-            # As text: thousands of small orjson bytes kept alive cost about 2.5 us each
-            # to allocate here; their str copies about 0.1 us.
-            writes.append((item.seq, rec, dumps(event).decode()))
-        await self._settle_many(writes)
+            recs.append(rec)
+        emails = [item.email for item, _ in messages]
+        metas = [message.meta for _, message in messages]
+        template = event_template(event)
+        if template is not None and not needs_escaping("".join(emails) + "".join(metas)):
+            # Each event made in Redis from the chunk's template (about 0.5 us a message
+            # less here, and a third of the bytes to send).
+            seqs = [item.seq for item, _ in messages]
+            try:
+                await self.writer.settle_sent_many(
+                    list(zip(seqs, recs, emails, metas, strict=True)), template
+                )
+            except Exception:  # kept as the other writes are (_settle_many)
+                self.unrecorded.extend(
+                    (item.seq, rec, _sent_event(event, item.email, message.meta))
+                    for (item, message), rec in zip(messages, recs, strict=True)
+                )
+                raise
+        else:  # an address or meta JSON escapes: each event encoded here
+            await self._settle_many(
+                [
+                    (item.seq, rec, _sent_event(event, item.email, message.meta))
+                    for (item, message), rec in zip(messages, recs, strict=True)
+                ]
+            )
         self.sent_any = True
-        self.counts["sent"] = self.counts.get("sent", 0) + len(writes)
-        self.outstanding -= len(writes)
+        self.counts["sent"] = self.counts.get("sent", 0) + len(messages)
+        self.outstanding -= len(messages)
         if self.outstanding <= 0:
             self.finish()
 
@@ -464,3 +491,13 @@ class BatchOutcomes:
                 extra={**self.outcome_log.context, "hold_seconds": round(hold.seconds, 3)},
             )  # fmt: skip
         return pause
+
+
+def _sent_event(event: dict[str, Any], email: str, meta: str) -> str:
+    """``event`` (a chunk's ``Notification Sent``) for one message, as JSON text.
+
+    As text: thousands of small orjson bytes kept alive cost about 2.5 us each to
+    allocate; their str copies about 0.1 us."""
+    event["email"] = email
+    event["meta"] = meta
+    return orjson.dumps(event).decode()
