@@ -3,7 +3,6 @@ counted for it (``GET /v1/campaigns/{id}/messages``, ``dispatch messages``)."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import orjson
@@ -26,11 +25,18 @@ MESSAGE_STATUSES = (QUEUED, *(state.value for state in MessageState))
 
 
 def _meta(email: str, seq: int, content: CampaignContent, send_date: str) -> str:
-    """The message's meta (DESIGN §3), as the sender builds it; empty before the start."""
+    """The message's meta (DESIGN §3), as the sender builds it; empty before the start,
+    and for a text no message can carry a meta for: one that is no address, or an
+    address with a ``|`` (the meta's separator), fails at send time without one
+    (``BatchCampaign.build``), and its log line has none either."""
     if not send_date:
         return ""
-    with contextlib.suppress(InvalidAddressError):  # meta carries what the sender used
-        email = normalize_address(email)
+    try:
+        email = normalize_address(email)  # meta carries what the sender used
+    except InvalidAddressError:
+        return ""
+    if "|" in email:
+        return ""
     account = get_settings().account_id
     return f"{email}|{account}|{content.id}|{send_date}|{content.variant}|{content.category}|{seq}|"
 

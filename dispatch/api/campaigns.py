@@ -397,7 +397,11 @@ def list_messages(
     campaign_id: CampaignId,
     status_: Annotated[
         MessageStatus | None,
-        Query(alias="status", description="Only messages in this state (`queued`: no outcome yet)"),
+        Query(
+            alias="status",
+            description="Only messages in this state (`queued`: not tried yet; the "
+            "campaign's `queued` counter also counts `claimed` and `retry`)",
+        ),
     ] = None,
     cursor: Annotated[str, Query(pattern=r"^\d{1,12}$", description="From `next_cursor`")] = "0",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
