@@ -14,7 +14,7 @@ from dispatch.campaign_reads import get_status, load_content
 from dispatch.models import CampaignStatus, Recipient
 from dispatch.provider_store import ProviderNotFoundError, load_provider
 from dispatch.recipient_pages import PAGE, line_safe
-from dispatch.suppressions import suppression_key
+from dispatch.suppressions import suppression_keys
 from providers.config import ProviderBase
 
 APPEND_CHUNK = 1000
@@ -127,6 +127,23 @@ def stored_recipient(recipient: Recipient) -> str:
         return RECIPIENT.dump_json(recipient).decode()
 
 
+def stored_recipients(recipients: Sequence[Recipient]) -> str:
+    """:func:`stored_recipient` of each, one a line, written by one orjson call (a call a
+    recipient cost about 0.3 µs more): the recipients with a ``null`` between each two
+    are an array whose separating ``,null,`` are the only ones, unless a recipient holds
+    one itself (a null in a list in its vars), and then there are more of them.
+    """
+    spaced: list[Recipient | None] = [None] * (2 * len(recipients) - 1)
+    spaced[::2] = recipients
+    try:
+        text = orjson.dumps(spaced)[1:-1]
+    except TypeError:  # a value only pydantic's encoder writes
+        return "\n".join(map(stored_recipient, recipients))
+    if text.count(b",null,") != len(recipients) - 1:
+        return "\n".join(map(stored_recipient, recipients))
+    return text.replace(b",null,", b"\n").decode()
+
+
 class RecipientAppender:
     """Appends checked recipients to a draft campaign, one address at most once.
 
@@ -187,7 +204,7 @@ class RecipientAppender:
         """
         if not recipients and progress is None:
             return 0, []
-        keys = [suppression_key(r["email"]) for r in recipients]
+        keys = suppression_keys([r["email"] for r in recipients])
         # An address twice (in the chunk, or for a campaign being filled in any chunk
         # before): the first one counts. ``kept``: the positions left (None: all).
         repeated: list[int] = []
@@ -209,7 +226,7 @@ class RecipientAppender:
             recipients = [recipients[i] for i in kept]
         if not keys and progress is None:
             return 0, repeated
-        docs = "\n".join(map(stored_recipient, recipients))
+        docs = stored_recipients(recipients)
         check = "1" if self._seen is None else "0"  # filled: every address is known here
         key_lines = "\n".join(keys)
         if key_lines.count("\n") != len(keys) - 1:  # an address with a line break

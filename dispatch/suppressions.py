@@ -40,6 +40,27 @@ def suppression_key(email: str) -> str:
         return f"{local}{sep}{_key_domain(drop_root_dot(domain)) if sep else domain}".lower()
 
 
+# What str.strip() takes from an ASCII address (the line breaks joining them aside).
+_ASCII_SPACES = b" \t\x0b\x0c\r\x1c\x1d\x1e\x1f"
+
+
+def suppression_keys(emails: list[str]) -> list[str]:
+    """:func:`suppression_key` of each address. A list of ASCII addresses without
+    whitespace, line breaks or a root dot (nearly every list) is lower-cased as one text:
+    a million calls of suppression_key cost about 0.4 s."""
+    text = "\n".join(emails)
+    if (
+        text.isascii()
+        and text.count("\n") == len(emails) - 1  # (none holds a line break)
+        and ".\n" not in text
+        and not text.endswith(".")
+    ):
+        raw = text.encode()
+        if len(raw.translate(None, _ASCII_SPACES)) == len(raw):
+            return text.lower().split("\n")
+    return [suppression_key(email) for email in emails]
+
+
 @functools.lru_cache(maxsize=1024)
 def _key_domain(domain: str) -> str:
     """``domain`` in IDNA form, as normalize_address writes it; as given when IDNA

@@ -39,6 +39,8 @@ CASES = {
     "mime_write": (["-m", "bench.mime_write", "--messages", "20"],
                    ["HTML on one line", "HTML in short lines", "EmailMessage"]),
     "redis_lua": (["-m", "bench.redis_lua"], ["cut it out and XADD it", "ratio"]),
+    "enqueue_cpu": (["-m", "bench.enqueue_cpu", "--recipients", "2000", "--rounds", "1"],
+                    ["us/recipient, Redis", "ratio enqueue / baseline"]),
 }  # fmt: skip
 
 
