@@ -81,3 +81,20 @@ def test_a_campaign_of_minified_html_sends_its_paragraphs_apart(
         lines = part.get_content().splitlines()
         assert lines[1:] == ["Our picks:", "- Tea", "- Coffee", "Bye"]
         assert lines[0].startswith("Hello User ")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_template_written_in_lines_is_derived_once(newline: str) -> None:
+    """Jinja2 reads each line break as "\\n" and drops the last one: a template ending
+    with a line break (a file's) or written with CRLF was compared with that as written,
+    never derived once, and each message paid html_to_text instead."""
+    html = newline.join(["<h1>Hello {{ name }}</h1>", "<p>Our picks:<ul>", "<li>Tea", ""])
+    derived = derive_text_template(html)
+    assert derived is not None
+    compiled = CompiledContent(subject="s", html=html)
+    ctx = build_context(
+        campaign_vars={}, user_vars={"name": "Ann"}, email="a@b.example", user_id="",
+        campaign_id="c",
+    )  # fmt: skip
+    out = compiled.render(ctx)
+    assert out.text == html_to_text(out.html) == "Hello Ann\n\nOur picks:\n- Tea"
