@@ -11,10 +11,18 @@ from jinja2 import TemplateError
 from dispatch.template_sandbox import HTML_ENV
 
 _BLOCK_TAGS = re.compile(
-    r"<\s*(br|/p|/div|/h[1-6]|/li|/tr|/table|/ul|/ol|hr)\b[^>]*>", re.IGNORECASE
+    r"<\s*(br|/p|/div|/h[1-6]|/li|/tr|/table|/ul|/ol|/blockquote|hr)\b[^>]*>", re.IGNORECASE
 )
+# A block's start is a line break too, unless its line holds nothing yet: HTML may leave
+# out the end tags of p, li, td, tr (the HTML standard's optional tags, which minifiers
+# drop), and "<p>One<p>Two" read "OneTwo". Written as _SOFT_BREAK, settled once the text
+# is whole (:func:`_settle_breaks`; for a derived template, once rendered: a block such as
+# "{% if %}" between "</p>" and "<p>" renders empty or not).
+_OPENING_TAGS = re.compile(r"<\s*(p|div|h[1-6]|tr|table|ul|ol|blockquote)\b[^>]*>", re.IGNORECASE)
+_SOFT_BREAK = "\x01"
+_SOFT_RUN = re.compile("(\x01[ \t\x01]*)")  # a run of them, the white space after
 _ITEM_TAGS = re.compile(r"<\s*li\b[^>]*>", re.IGNORECASE)  # a list item: "- item"
-_CELL_TAGS = re.compile(r"<\s*/t[dh]\b[^>]*>", re.IGNORECASE)  # a row's cells apart
+_CELL_TAGS = re.compile(r"<\s*/?t[dh]\b[^>]*>", re.IGNORECASE)  # a row's cells apart
 _LINK_OPENING = re.compile(r"<a\b([^>]*)>", re.IGNORECASE)
 _LINK_CLOSING = re.compile(r"</a\s*>", re.IGNORECASE)
 _HREF = re.compile(r"""(?:^|\s)href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""", re.IGNORECASE)
@@ -109,29 +117,61 @@ def _show_links(html: str) -> str:
     return "".join(out)
 
 
-def html_to_text(html: str) -> str:
+def _settle_breaks(text: str, *, template: bool = False) -> str:
+    """``text`` with each run of :data:`_SOFT_BREAK` a line break, or nothing where its
+    line holds nothing before it (a block that ended, the text's start) or after it.
+
+    With ``template`` (a derived template's text), a run next to an expression or a
+    block (``\x00n\x00``) is kept, for :func:`tidy_derived` to settle in each message:
+    what it renders decides.
+    """
+    parts = _SOFT_RUN.split(text)  # text, run, text, run, ..., text
+    out = [parts[0]]
+    for i in range(1, len(parts), 2):
+        before, after = out[-1].rstrip(" \t"), parts[i + 1]
+        # (only the first part can be empty: the others start where a run ended)
+        line_start = before == "" or before.endswith("\n")
+        if template and not line_start and "\x00" in (before[-1], after[:1]):
+            out.append(parts[i])
+        else:
+            out[-1] = before
+            if not (line_start or after[:1] in ("", "\n")):
+                out.append("\n")
+        out.append(after)
+    return "".join(out)
+
+
+def html_to_text(html: str, *, settle: bool = True) -> str:
     """A plain-text alternative derived from HTML: block tags become line breaks, list
-    items lines of their own (``- item``), links ``text (address)``.
+    items lines of their own (``- item``), links ``text (address)``. ``settle``: False
+    for a template, whose soft breaks :func:`tidy_derived` settles once rendered.
 
     Linear in the length of ``html`` (it may be a campaign's whole template).
     """
     text = _show_links(_drop_elements(html))
     text = _sub_tags(_BLOCK_TAGS, "\n", text)
-    text = _sub_tags(_ITEM_TAGS, "- ", text)
+    text = _sub_tags(_ITEM_TAGS, f"{_SOFT_BREAK}- ", text)
+    text = _sub_tags(_OPENING_TAGS, _SOFT_BREAK, text)
     text = _sub_tags(_CELL_TAGS, " ", text)
     text = html_lib.unescape(_sub_tags(_TAGS, "", text))
     text = _SPACES.sub(" ", text)
+    if settle and _SOFT_BREAK in text:
+        text = _settle_breaks(text)
     return _BLANKS.sub("\n\n", "\n".join(line.strip() for line in text.split("\n"))).strip()
 
 
 def tidy_derived(text: str) -> str:
-    """A rendered derived text template as :func:`html_to_text` ends: blank lines where
-    a loop's text meets the template's (``</li>`` then ``</ul>``) made one."""
+    """A rendered derived text template as :func:`html_to_text` ends: soft breaks
+    settled, blank lines where a loop's text meets the template's (``</li>`` then
+    ``</ul>``) made one."""
+    if _SOFT_BREAK in text:
+        text = _settle_breaks(text)
     if text.count("\n") < 2:  # (no blank line to merge: most messages' text, per message)
         return text.strip()
     return _BLANKS.sub("\n\n", text).strip()
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what Jinja2's lexer takes for one
 _MARKER = re.compile("\x00(\\d+)\x00")
 _NEEDS_HTML_RENDERING = {"raw_begin"}
 
@@ -150,7 +190,14 @@ def derive_text_template(html: str) -> str | None:
         tokens = list(HTML_ENV.lex(html))
     except TemplateError:
         return None
-    if "".join(value for _, _, value in tokens) != html:
+    # Jinja2 reads every line break as "\n" and drops the last one (keep_trailing_newline
+    # is off), so is the rendered HTML: compared with the template as written, one ending
+    # with a line break (as files do) or written with CRLF was never derived once, and
+    # each of its messages took html_to_text (about 60 µs, more for a long one).
+    lines = _LINE_BREAK.split(html)
+    if lines[-1] == "":
+        del lines[-1]
+    if "".join(value for _, _, value in tokens) != "\n".join(lines):
         return None  # whitespace control changed the source: do not guess
     pieces: list[str] = []
     segments: list[str] = []
@@ -186,7 +233,10 @@ def derive_text_template(html: str) -> str | None:
         current.append(value)
     if current:
         close_segment()
-    text = html_to_text("".join(pieces))
+    text = html_to_text("".join(pieces), settle=False)
+    # The soft breaks that text on both sides decides are settled here, once; those next
+    # to an expression or a block are settled in each message's text (tidy_derived).
+    text = _settle_breaks(text, template=True)
     survivors = {int(m) for m in _MARKER.findall(text)}
     if not blocks <= survivors:
         return None  # a block tag sat inside an HTML tag: its structure would be lost
