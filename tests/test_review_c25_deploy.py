@@ -1,0 +1,107 @@
+"""Compose's Redis as Docker judges it while it loads its data (review C25).
+
+``depends_on: condition: service_healthy`` makes ``docker compose up`` wait for Redis to
+be healthy, and fail ("dependency failed to start: container ... is unhealthy", nothing
+else started) once Docker marks it unhealthy. Redis answers LOADING until its AOF is
+read: about 16 s for a 720 MB dataset (3 million hashes) measured here. The healthcheck
+had no ``start_period``: its ten failed checks, 5 s apart, marked unhealthy any Redis
+loading for longer than about 50 s (some 2 GB of data, which the README's sizing reaches
+with a few million recipients kept). Failures within the start period do not count.
+
+Docker's health monitor (moby ``daemon/health.go``) is followed below on a simulated
+clock; each check's result is that of compose's own probe run for real, against a server
+answering as a loading Redis and against a real Redis."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dispatch.redis_server import RedisServer
+from tests.test_review_m9_deploy import _redis_healthcheck, loading_redis  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_START_INTERVAL = 5.0  # Docker's, between checks within the start period
+
+
+def _seconds(duration: str | None) -> float:
+    """A compose duration (``10m``, ``1m30s``, ``5s``) in seconds; unset is 0."""
+    if not duration:
+        return 0.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", duration)
+    assert "".join(n + u for n, u in parts) == duration, duration
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def docker_health(
+    healthcheck: dict[str, Any], passes: Callable[[float], bool]
+) -> tuple[str, float]:
+    """The first settled status, "healthy" or "unhealthy", and when, of a container with
+    ``healthcheck`` whose probe at time t (seconds after start) passes when ``passes(t)``,
+    as Docker's monitor reaches it (checks taken as instant)."""
+    interval = _seconds(healthcheck.get("interval", "30s"))
+    start_period = _seconds(healthcheck.get("start_period"))
+    start_interval = _seconds(healthcheck.get("start_interval")) or DEFAULT_START_INTERVAL
+    retries = int(healthcheck.get("retries", 3))
+
+    def next_wait(now: float) -> float:  # moby's getInterval (the status is "starting")
+        if now >= start_period:
+            return interval
+        return start_period - now if start_period - now < interval else start_interval
+
+    now, streak = 0.0, 0
+    while now < 24 * 3600:
+        now += next_wait(now)
+        if passes(now):
+            return "healthy", now
+        if now >= start_period:  # within it a failure is not counted while starting
+            streak += 1
+            if streak >= retries:
+                return "unhealthy", now
+    raise AssertionError("never settled")
+
+
+@pytest.mark.parametrize("loading_for", [30.0, 300.0])
+def test_compose_waits_for_a_redis_that_loads_its_data(
+    loading_for: float,
+    loading_redis: int,  # noqa: F811
+    redis_server: RedisServer,
+) -> None:
+    """Loading for 5 minutes (some 13 GB at the rate measured) is waited for: before,
+    Redis was unhealthy 50 s after its start and ``docker compose up`` failed."""
+    loading = _redis_healthcheck(loading_redis) == 0
+    ready = _redis_healthcheck(redis_server.port) == 0
+    assert (loading, ready) == (False, True)  # the probe itself tells the two apart
+    healthcheck = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"][
+        "healthcheck"
+    ]
+    status, at = docker_health(healthcheck, lambda t: ready if t >= loading_for else loading)
+    assert status == "healthy", (status, at)
+    assert at - loading_for <= DEFAULT_START_INTERVAL  # and at once: no wait added
+
+
+def test_a_redis_that_never_answers_is_still_found_unhealthy(
+    loading_redis: int,  # noqa: F811
+) -> None:
+    """The start period bounds the wait: a Redis stuck loading turns unhealthy, and compose
+    says so, within a quarter of an hour."""
+    loading = _redis_healthcheck(loading_redis) == 0
+    healthcheck = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"][
+        "healthcheck"
+    ]
+    status, at = docker_health(healthcheck, lambda t: loading)
+    assert status == "unhealthy" and at <= 15 * 60, (status, at)
+
+
+def test_the_model_follows_docker_without_a_start_period() -> None:
+    """Docker's documented case: no start period, ``retries`` failures ``interval`` apart."""
+    check = {"interval": "5s", "retries": 10}
+    assert docker_health(check, lambda t: False) == ("unhealthy", 50.0)
+    assert docker_health(check, lambda t: t >= 20) == ("healthy", 20.0)
+    assert docker_health({**check, "start_period": "1m"}, lambda t: False) == ("unhealthy", 105.0)
