@@ -14,7 +14,13 @@ answering as a loading Redis and against a real Redis."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,3 +111,60 @@ def test_the_model_follows_docker_without_a_start_period() -> None:
     assert docker_health(check, lambda t: False) == ("unhealthy", 50.0)
     assert docker_health(check, lambda t: t >= 20) == ("healthy", 20.0)
     assert docker_health({**check, "start_period": "1m"}, lambda t: False) == ("unhealthy", 105.0)
+
+
+def _worker_lines(env: dict[str, str]) -> list[str]:
+    """What the Procfile's ``worker`` logs until it is ready (then it is stopped)."""
+    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("worker:"))
+    argv = [sys.executable, "-m", "dispatch.cli", *shlex.split(line.split(":", 1)[1])[1:]]
+    proc = subprocess.Popen(
+        [*argv, "--concurrency", "1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for text in proc.stderr:
+            lines.append(text)
+            if " ready." in text:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert any(" ready." in x for x in lines), lines
+    return lines
+
+
+def test_a_worker_without_the_public_url_says_where_its_links_point(
+    redis_server: RedisServer,
+) -> None:
+    """The Procfile's processes given the Redis URL and the key (as the README said) sent
+    every message's unsubscribe and preference links to http://127.0.0.1:8000 and the
+    worker, which writes them, said nothing; it now logs a warning at its start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env.update(DISPATCH_REDIS_URL=redis_server.url, DISPATCH_SECRET_KEY="k" * 43)
+    warned = [x for x in _worker_lines(env) if "DISPATCH_PUBLIC_URL is not set" in x]
+    assert len(warned) == 1 and "http://127.0.0.1:8000" in warned[0], warned
+    assert json.loads(warned[0])["level"] == "WARNING"
+
+
+def test_a_worker_given_the_public_url_does_not_warn(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dispatch.celery_app import _warn_of_an_unset_public_url
+    from dispatch.settings import get_settings
+
+    monkeypatch.setenv("DISPATCH_PUBLIC_URL", "https://mail.acme.example")
+    get_settings.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        _warn_of_an_unset_public_url()
+    assert not caplog.records
+    monkeypatch.delenv("DISPATCH_PUBLIC_URL")
+    get_settings.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        _warn_of_an_unset_public_url()
+    assert "DISPATCH_PUBLIC_URL is not set" in caplog.text
