@@ -168,3 +168,13 @@ def test_a_worker_given_the_public_url_does_not_warn(
     with caplog.at_level(logging.WARNING):
         _warn_of_an_unset_public_url()
     assert "DISPATCH_PUBLIC_URL is not set" in caplog.text
+
+
+def test_the_env_file_compose_reads_stays_out_of_git_and_the_image() -> None:
+    """Compose reads the secret key and the API tokens from a ``.env`` beside the compose
+    file (the README's other way to give them): git did not ignore it, so a ``git add .``
+    committed the key; nor did the build context leave it out."""
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT, check=False)
+    assert ignored.returncode == 0
+    patterns = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in patterns
