@@ -360,6 +360,7 @@ def _worker_init(**_: object) -> None:
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
     _warn_of_waits_past_the_time_limit()
+    _warn_of_an_unset_public_url()
     gc.collect()
     gc.freeze()
 
@@ -378,6 +379,23 @@ def _warn_of_waits_past_the_time_limit() -> None:
         return
     for warning in found:
         logging.getLogger(__name__).warning("%s", warning)
+
+
+def _warn_of_an_unset_public_url() -> None:
+    """Log that ``DISPATCH_PUBLIC_URL`` is not set: the workers write the links of every
+    message (unsubscribe, preferences) on it, and its default is a loopback address no
+    recipient reaches. ``dispatch api`` says so at its start; a worker, which sends the
+    mail, said nothing (given only the Redis URL and the key, as the README's Procfile
+    paragraph asked)."""
+    import logging
+
+    settings = get_settings()
+    if "public_url" not in settings.model_fields_set:
+        logging.getLogger(__name__).warning(
+            "DISPATCH_PUBLIC_URL is not set: the unsubscribe and preference links in "
+            "messages point at %s; set it in every process",
+            settings.public_url,
+        )
 
 
 @worker_process_init.connect

@@ -1228,7 +1228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Verbs that run as services (or the demo) log JSON lines; the short ones keep Python's
 # default (warnings to stderr), and leave logging alone when they run inside a host.
-SERVICE_VERBS = frozenset({"api", "up", "demo"})  # worker and beat: Celery's setup_logging
+# Worker and beat too, from the start: Celery's setup_logging configures them again (with
+# --loglevel), but what its worker_init logged before that came out as plain text.
+SERVICE_VERBS = frozenset({"api", "up", "demo", "worker", "beat"})
 # Verbs that bring their own embedded Redis when DISPATCH_REDIS_URL is unset; the others
 # use the one of a running `dispatch up` if there is one (else they start their own too).
 OWN_REDIS_VERBS = frozenset({"up", "demo"})
