@@ -38,6 +38,7 @@ from dispatch import (
 )
 from dispatch.celery_app import MAX_TASK_BODY_BYTES, DispatchTask, TaskBodyTooLargeError, app
 from dispatch.housekeeping import sweep
+from dispatch.ledger import LeaseLostError
 from dispatch.models import CampaignStatus
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings, task_time_limit
@@ -284,27 +285,29 @@ def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, A
     """Send one batch; re-enqueue it when messages wait for a later retry."""
     hostname = send_batch.request.hostname
     stop_key = store.worker_stopping_key(hostname) if hostname else ""
-    result = runtime.run(
-        lambda r: run_batch(campaign_id, batch, r=r, pool=runtime.session_pool(), stop_key=stop_key)
-    )
+    try:
+        result = runtime.run(
+            lambda r: run_batch(
+                campaign_id, batch, r=r, pool=runtime.session_pool(), stop_key=stop_key
+            )
+        )
+    except LeaseLostError as exc:
+        # This run stalled past its lease's TTL (a frozen or starved process): it wrote
+        # nothing more, and nobody may hold the batch now. Failing the task left the rest
+        # of the batch to housekeeping, minutes later (20 while other campaigns send).
+        # The next run takes the lease (or polls while another run holds it), records
+        # this run's claims unknown and sends the rest.
+        log.warning(
+            "%s; the batch is enqueued again",
+            exc,
+            extra={"campaign_id": campaign_id, "batch": batch},
+        )
+        _poll_again(campaign_id, batch, busy_polls)
+        return {"lease_lost": True}
     if result.busy:
         # Another run holds the batch: one that is stopping (a pause, then a resume that
         # re-enqueued the batch) lets go within moments, a dead worker's lease expires.
-        # Come back soon, then less and less often, at the latest once the lease would
-        # have expired, and finish whatever it left (a no-op if it finished). Never a
-        # countdown past the visibility timeout (PITFALLS), whatever the lease's TTL.
-        settings = get_settings()
-        countdown = min(
-            2.0 ** min(busy_polls, 16),
-            settings.lease_ttl_ms / 1000 + 1,
-            settings.visibility_timeout / 4,
-        )
-        send_batch.apply_async(
-            (campaign_id, batch),
-            {"busy_polls": busy_polls + 1},
-            countdown=countdown,
-            priority=store.batch_priority(batch),
-        )
+        _poll_again(campaign_id, batch, busy_polls)
         return {"busy": True}
     if result.retry_at is not None:
         # Bounded well below the visibility timeout: never a long countdown (PITFALLS).
@@ -324,6 +327,24 @@ def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, A
         },
     )
     return {"counts": result.counts, "retry_at": result.retry_at}
+
+
+def _poll_again(campaign_id: str, batch: int, busy_polls: int) -> None:
+    """Come back soon, then less and less often, at the latest once another run's lease
+    would have expired, and finish whatever it left (a no-op if it finished). Never a
+    countdown past the visibility timeout (PITFALLS), whatever the lease's TTL."""
+    settings = get_settings()
+    countdown = min(
+        2.0 ** min(busy_polls, 16),
+        settings.lease_ttl_ms / 1000 + 1,
+        settings.visibility_timeout / 4,
+    )
+    send_batch.apply_async(
+        (campaign_id, batch),
+        {"busy_polls": busy_polls + 1},
+        countdown=countdown,
+        priority=store.batch_priority(batch),
+    )
 
 
 # Handed a big campaign by a cancel or the expiry (lifecycle.INLINE_SETTLE_LIMIT): safe
