@@ -177,6 +177,9 @@ class Item:
     claimed: bool = False  # claimed by this run's load and not attempted yet
     attempted: bool = False  # handed to the provider by this run (or about to be)
     due: float = 0.0  # a retry loaded before its time (see unsettled): when it is due
+    # Its last transient failure (a retry's), kept in its record if it ends unsent.
+    error_class: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -309,6 +312,7 @@ def unsettled(
         elif rec["state"] == MessageState.RETRY.value:
             item.attempts = rec["attempts"]
             item.throttles = rec["throttles"]
+            item.error_class, item.detail = rec["error_class"], rec["detail"]
             next_at = rec["next_at"] or 0.0  # (none or null: due now)
             if next_at > now + settings.inline_retry_seconds:
                 retry_at = min(retry_at or next_at, next_at)
@@ -316,6 +320,19 @@ def unsettled(
                 item.due = next_at
                 items.append(item)
     return items, stale, retry_at
+
+
+def unsent_record(made: Records, state: MessageState, item: Item) -> bytes:
+    """The record of a message a cancel or the expiry ends unsent (``state``): what its
+    tries said stays (attempts, throttled tries, its last error), as the settling of a
+    whole campaign keeps it (``lifecycle._SETTLE_WINDOW``)."""
+    return made.get(
+        state,
+        item.attempts,
+        error_class=item.error_class,
+        detail=item.detail,
+        throttles=item.throttles,
+    )
 
 
 def terminal_state(status: str | None, content: CampaignContent) -> MessageState | None:

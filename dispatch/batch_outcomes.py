@@ -221,6 +221,7 @@ class BatchOutcomes:
             next_at=(time.time() if now is None else now) + delay,
             throttles=item.throttles,
         )
+        item.error_class, item.detail = error_class, outcome.detail  # (see unsent_record)
         # Parked in the ledger as 'retry' either way, so a crash while waiting loses nothing.
         return PlannedWrite(
             item, MessageState.RETRY, rec, "", delay, error_class, outcome.detail, meta

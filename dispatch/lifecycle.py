@@ -311,8 +311,13 @@ INLINE_SETTLE_LIMIT = 20_000
 SETTLE_WINDOW = 4000  # messages settled by one script call (a few ms of Redis's time)
 
 # Settles the messages ARGV[1] .. ARGV[2] - 1 that are still queued (no record) or
-# waiting for a retry (their attempts are kept) as ARGV[3], at time ARGV[4], counted
-# under provider ARGV[5], in one step: no record travels to the client and back. The
+# waiting for a retry as ARGV[3], at time ARGV[4], counted under provider ARGV[5], in one
+# step: no record travels to the client and back. A queued message takes one record
+# shared by all; one waiting for a retry keeps what its record says of its tries (its
+# attempts, throttled tries, last error class and detail: why it had not gone out), only
+# its state and time changing and its next attempt gone. Its record is rewritten as text
+# (a quote inside a JSON string is escaped, so ',"t":' and ',"n":' are only ever keys),
+# once per distinct record: messages that failed alike share one (ledger.Records). The
 # counters move as the ledger's script moves them (dispatch.ledger._APPLY: queued ->
 # the terminal state, once per message, and the provider's outcome tally), and the
 # campaign's ``progress_at`` says someone is on it (housekeeping waits). A message a
@@ -323,23 +328,37 @@ _SETTLE_WINDOW = r"""
 local ledger, counters, stats, campaign = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HEXISTS', campaign, 'purged_at') == 1 then return {-1, {}} end
 local first, stop, state, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local match = string.match
+local match, find, sub = string.match, string.find, string.sub
 local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
-local fields, claimed, settled, made = {}, {}, 0, {}  -- made: the record by attempts
+local fields, claimed, settled, made = {}, {}, 0, {}  -- made: the new record by the old
+local head = '{"s":"' .. state .. '"'
+local fresh = head .. ',"a":0,"t":' .. now .. '}'
+local after = #'{"s":"retry"' + 1
+local function ended(rec)  -- a retry's record, settled: plain searches (no patterns)
+  local t = find(rec, ',"t":', after, true)
+  if not t then return head .. sub(rec, after) end
+  local rest = find(rec, '[,}]', t + 5)
+  local n = find(rec, ',"n":', rest, true)
+  if n then return head .. sub(rec, after, t - 1) .. ',"t":' .. now .. sub(rec, rest, n - 1)
+    .. sub(rec, (find(rec, '[,}]', n + 5))) end
+  return head .. sub(rec, after, t - 1) .. ',"t":' .. now .. sub(rec, rest)
+end
 for from = first, stop - 1, PIECE do
   local seqs = {}
   for seq = from, math.min(stop, from + PIECE) - 1 do seqs[#seqs + 1] = seq end
   local recs = redis.call('HMGET', ledger, unpack(seqs))
   for i = 1, #seqs do
-    local rec, attempts = recs[i], '0'
+    local rec = recs[i]
     local old = rec and match(rec, '^{"s":"(%a+)"')
     if old == 'claimed' then claimed[#claimed + 1] = seqs[i] end
     if not rec or old == 'retry' then
-      if rec then attempts = match(rec, '"a":(%d+)') or '0' end
-      local new = made[attempts]
-      if not new then
-        new = '{"s":"' .. state .. '","a":' .. attempts .. ',"t":' .. now .. '}'
-        made[attempts] = new
+      local new = fresh
+      if rec then
+        new = made[rec]
+        if not new then
+          new = ended(rec)
+          made[rec] = new
+        end
       end
       settled = settled + 1
       fields[settled * 2 - 1] = seqs[i]

@@ -30,6 +30,7 @@ from dispatch.batch_items import (
     drop_suppressed,
     load_batch,
     terminal_state,
+    unsent_record,
     unsettled,
 )
 from dispatch.batch_outcomes import BatchOutcomes, PlannedWrite
@@ -710,7 +711,7 @@ async def run_batch(
                 # Only over what is still unsettled: a cancel settling the same messages
                 # meanwhile wins (its records, its counts; /metrics counts each once).
                 made = Records()
-                ends = [(i.seq, made.get(terminal, i.attempts), "") for i in items]
+                ends = [(i.seq, unsent_record(made, terminal, i), "") for i in items]
                 written = await writer.put_unsettled_many(ends)
                 if any(written):
                     result.counts[terminal.value] = sum(written)
@@ -788,7 +789,7 @@ async def run_batch(
                 left += sender.waiting  # parked for an inline retry
                 made = Records()  # (over what is still unsettled, as above)
                 await writer.put_unsettled_many(
-                    [(i.seq, made.get(state, i.attempts), "") for i in left]
+                    [(i.seq, unsent_record(made, state, i), "") for i in left]
                 )
             else:
                 await give_back_claims(writer, sender.queue)
