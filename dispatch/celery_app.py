@@ -10,6 +10,7 @@ import os
 import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import orjson
 import redis
@@ -46,6 +47,35 @@ def default_worker_processes() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return 2 * max(1, cores)
+
+
+def celery_redis_url(url: str) -> str:
+    """``DISPATCH_REDIS_URL`` as Celery's broker and result backend read it: the same
+    Redis, database and certificate checks as dispatch's own clients (redis-py's
+    ``from_url``).
+
+    - ``unix:///path?db=N`` (user and password in the URL or in its query, as redis-py
+      reads them): kombu and Celery know no ``unix`` scheme (every worker, ``beat`` and
+      the API's enqueues failed with "No such transport: unix"); theirs is
+      ``redis+socket:///path?virtual_host=N``. Other query options are redis-py's alone.
+    - ``rediss://`` without ``ssl_cert_reqs``: redis-py checks the server's certificate
+      against the system's CAs, but kombu then checked nothing (``CERT_NONE``, with a
+      warning: the broker's traffic open to whoever sits between) and Celery's result
+      backend refused the URL (the worker ended at start); both are asked to check it.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "rediss" and "ssl_cert_reqs" not in query:
+        return parts._replace(
+            query="&".join(filter(None, (parts.query, "ssl_cert_reqs=required")))
+        ).geturl()
+    if parts.scheme != "unix":
+        return url
+    user = unquote(parts.username or "") or query.get("username", "")
+    password = unquote(parts.password or "") or query.get("password", "")
+    login = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    vhost = urlencode({"virtual_host": query.get("db", "0")})
+    return f"redis+socket://{login + '@' if login else ''}{parts.path}?{vhost}"
 
 
 class _Config:
@@ -107,11 +137,11 @@ class _Config:
 
     @property
     def broker_url(self) -> str:
-        return ensure_redis_url()
+        return celery_redis_url(ensure_redis_url())
 
     @property
     def result_backend(self) -> str:
-        return ensure_redis_url()
+        return celery_redis_url(ensure_redis_url())
 
     @property
     def broker_transport_options(self) -> dict[str, object]:
