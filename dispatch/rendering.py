@@ -481,14 +481,17 @@ def recipient_context(
 ) -> dict[str, Any]:
     """One recipient's context: the campaign's, overridden by the recipient's, then ours.
 
-    Empty links (a provider without a preference center makes none) leave a var of that
-    name as it is: a sender with an unsubscribe page of its own gives its link there
-    (with no such var the name is empty: DESIGN §3 keeps it in every context).
+    ``email``, ``user_id`` and ``campaign`` (the id) fill only what no var gives: DESIGN §3
+    puts the vars in the context, and a campaign var ``campaign`` ("Black Friday") was
+    replaced by the id in every message. Empty links (a provider without a preference
+    center makes none) leave a var of that name as it is too: a sender with an
+    unsubscribe page of its own gives its link there (with no such var the name is
+    empty: DESIGN §3 keeps it in every context); a center's signed links win.
     """
     context = {**base, **user_vars}
-    context["email"] = email
-    context["user_id"] = user_id
-    context["campaign"] = campaign_id
+    context.setdefault("email", email)
+    context.setdefault("user_id", user_id)
+    context.setdefault("campaign", campaign_id)
     for name, link in (("unsubscribe_url", unsubscribe_url), ("preferences_url", preferences_url)):
         if link:
             context[name] = link

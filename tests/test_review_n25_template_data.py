@@ -9,6 +9,10 @@ Two defects of reading JSON data in the sandbox:
 - A var given as ``null`` (what exports write for a field left empty) printed Python's
   ``None`` ("Hi None,"), and ``default`` did not stand in for it; ``$$`` placeholders
   already filled it with nothing. It now prints nothing, and ``default`` replaces it.
+
+And the names dispatch adds to every context, ``email``, ``user_id`` and ``campaign``
+(the id), replaced vars of those names: a campaign var ``campaign`` ("Black Friday") was
+the campaign's id in every subject. They now fill only what no var gives.
 """
 
 from __future__ import annotations
@@ -25,9 +29,15 @@ from tests.smtp_server import SmtpTestServer
 from tests.worker import WorkerProcess
 
 
-def _render(html: str, subject: str = "s", **user_vars: Any) -> tuple[str, str, str]:
+def _render(
+    html: str, subject: str = "s", campaign_vars: dict[str, Any] | None = None, **user_vars: Any
+) -> tuple[str, str, str]:
     context = build_context(
-        campaign_vars={}, user_vars=user_vars, email="a@b.example", user_id="u", campaign_id="c"
+        campaign_vars=campaign_vars or {},
+        user_vars=user_vars,
+        email="a@b.example",
+        user_id="u",
+        campaign_id="c",
     )
     out = CompiledContent(subject=subject, html=html).render(context)
     return out.subject, out.html, out.text
@@ -78,6 +88,20 @@ def test_default_stands_in_for_a_null_var() -> None:
 def test_a_missing_key_of_a_json_object_still_fails_that_message_naming_it() -> None:
     with pytest.raises(RenderError, match=r"html: line 2: UndefinedError: .* attribute 'plan'"):
         _render("x\n{% if user.plan == 'pro' %}PRO{% endif %}", user={})
+
+
+def test_vars_named_campaign_email_or_user_id_are_the_vars() -> None:
+    subject, html, _ = _render(
+        "<p>{{ email }} {{ user_id }} {{ campaign }}</p>",
+        subject="{{ campaign.name }} is on",
+        campaign_vars={"campaign": {"name": "Black Friday"}},
+        user_id="crm-9",
+    )
+    assert (subject, html) == (
+        "Black Friday is on",
+        "<p>a@b.example crm-9 {&#39;name&#39;: &#39;Black Friday&#39;}</p>",
+    )
+    assert _render("{{ email }} {{ user_id }} {{ campaign }}")[1] == "a@b.example u c"
 
 
 @covers("POST /v1/campaigns", "GET /v1/campaigns/{campaign_id}/messages")
