@@ -117,8 +117,9 @@ class _PlainTemplate:
 
     Most campaign templates are like this; Jinja2 spends most of a render on building
     its context. The result is the same: values through ``str`` (escaped with markupsafe
-    when autoescaping, as Jinja2 does), a missing name is an error as StrictUndefined
-    makes it. No attribute access or call is possible, so nothing needs the sandbox.
+    when autoescaping, as Jinja2 does; a null as nothing, as the sandbox prints it), a
+    missing name is an error as StrictUndefined makes it. No attribute access or call is
+    possible, so nothing needs the sandbox.
     """
 
     def __init__(self, pieces: list[tuple[bool, str]], escape_values: bool) -> None:
@@ -151,7 +152,7 @@ class _PlainTemplate:
             except KeyError:
                 raise RenderError(f"UndefinedError: '{text}' is undefined") from None
             if type(value) is not str:
-                value = escape(value) if self.escape_values else str(value)
+                value = "" if value is None else escape(value) if self.escape_values else str(value)
             elif self.escape_values and _HTML_SPECIAL.search(value):
                 value = escape(value)  # most values have nothing to escape: skip the Markup
             out.append(value)
@@ -204,10 +205,13 @@ def _generated(
                 if escaped:
                     conversions.append(
                         f"        {var} = (escape(v{n}) if special(v{n}) else v{n}) "
-                        f"if type(v{n}) is str else escape(v{n})"
+                        f"if type(v{n}) is str else '' if v{n} is None else escape(v{n})"
                     )
                 else:
-                    conversions.append(f"        {var} = v{n} if type(v{n}) is str else str(v{n})")
+                    conversions.append(
+                        f"        {var} = v{n} if type(v{n}) is str "
+                        f"else '' if v{n} is None else str(v{n})"
+                    )
             fields.append(f"{{{converted[n, escaped]}}}")
         built[part] = f'f"{"".join(fields)}"' if fields else '""'
     text = f"tidy({built['text']})" if strip_text and "text" in templates else built["text"]
@@ -477,14 +481,17 @@ def recipient_context(
 ) -> dict[str, Any]:
     """One recipient's context: the campaign's, overridden by the recipient's, then ours.
 
-    Empty links (a provider without a preference center makes none) leave a var of that
-    name as it is: a sender with an unsubscribe page of its own gives its link there
-    (with no such var the name is empty: DESIGN §3 keeps it in every context).
+    ``email``, ``user_id`` and ``campaign`` (the id) fill only what no var gives: DESIGN §3
+    puts the vars in the context, and a campaign var ``campaign`` ("Black Friday") was
+    replaced by the id in every message. Empty links (a provider without a preference
+    center makes none) leave a var of that name as it is too: a sender with an
+    unsubscribe page of its own gives its link there (with no such var the name is
+    empty: DESIGN §3 keeps it in every context); a center's signed links win.
     """
     context = {**base, **user_vars}
-    context["email"] = email
-    context["user_id"] = user_id
-    context["campaign"] = campaign_id
+    context.setdefault("email", email)
+    context.setdefault("user_id", user_id)
+    context.setdefault("campaign", campaign_id)
     for name, link in (("unsubscribe_url", unsubscribe_url), ("preferences_url", preferences_url)):
         if link:
             context[name] = link

@@ -24,7 +24,7 @@ from jinja2 import (
 )
 from jinja2.compiler import CodeGenerator, Frame, operators, optimizeconst
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
-from jinja2.filters import make_attrgetter, sync_do_sum
+from jinja2.filters import do_default, make_attrgetter, sync_do_sum
 from jinja2.runtime import Context
 from jinja2.sandbox import (
     ImmutableSandboxedEnvironment,
@@ -376,6 +376,13 @@ def _date(value: Any, fmt: str = "%Y-%m-%d") -> str:
     return when.strftime(fmt)
 
 
+def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
+    """Jinja2's ``default`` filter, standing in for a null too (see :func:`_checked_output`):
+    ``{{ first_name | default('there') }}`` is for a first name nobody gave, and a var
+    given as ``null`` is one."""
+    return default_value if value is None else do_default(value, default_value, boolean)
+
+
 @pass_environment
 def _linear_sum(
     environment: Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0
@@ -462,9 +469,15 @@ def _check_text(values: Iterable[Any], what: str, limit: int = MAX_PART_CHARS) -
 def _checked_output(value: Any) -> Any:
     """Jinja2's ``finalize``: a ``{{ value }}`` whose text would be huge is refused
     before ``str`` makes it, and its text (a copy when escaped) counts as built: a block,
-    a macro or a ``{% set %}`` block keeps what its loop prints until it ends."""
+    a macro or a ``{% set %}`` block keeps what its loop prints until it ends.
+
+    A null (JSON's: a var given as ``null``, as exports write a field left empty) prints
+    as nothing, as ``$$`` placeholders fill it: Python's ``None`` is no text of a message
+    ("Hi None,")."""
     if type(value) is str:
         _spend(len(value))
+    elif value is None:
+        return ""
     elif type(value) not in _FLAT:
         size = _text_size(value, MAX_PART_CHARS)
         if size > MAX_PART_CHARS:
@@ -743,11 +756,22 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.compare = _compare
         self.filters["sum"] = _linear_sum
         self.filters["date"] = _date
+        self.filters["default"] = self.filters["d"] = _default
         for name, filter_ in self.filters.items():
             self.filters[name] = _bounded_filter(name, filter_)
         self.filters["format"] = _fast_format(self.filters["format"].__wrapped__)
         for name in _COMPARING_TESTS:  # (mypy types Jinja2's tests "function")
             self.tests[name] = _bounded_test(cast(Callable[..., Any], self.tests[name]))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute``; of a dict (vars are JSON objects) its key of that name
+        first, as Django's templates read it: Jinja2 prefers the attribute, so a var's
+        ``order.items`` was the dict's method (printed as ``<built-in method items of
+        dict object at 0x...>`` in every message, or not iterable in a loop), as were
+        ``values``, ``keys``, ``get``, ``pop``, ``update`` and the rest."""
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
