@@ -845,11 +845,11 @@ def _note_callback_base() -> None:
 
 
 def cmd_providers_list(args: argparse.Namespace) -> int:
-    from dispatch.provider_store import list_providers, provider_view
+    from dispatch.provider_store import provider_views
 
-    nicknames = list_providers()
-    _print([provider_view(n) for n in nicknames])
-    if nicknames:
+    views = provider_views()
+    _print(views)
+    if views:
         _note_callback_base()
     return 0
 

@@ -464,13 +464,11 @@ def time_limit_warnings(config: ProviderBase) -> list[str]:
 def providers_past_time_limit(client: redis.Redis | None = None) -> list[str]:
     """:func:`time_limit_warnings` of every stored provider, each naming it (for the
     workers: at their start and in ``dispatch health``)."""
-    r = client or store.sync_client()
     found = []
-    for nickname in list_providers(r):
-        raw = r.get(store.provider_key(nickname))
+    for nickname, raw in _saved_configurations(client or store.sync_client()):
         try:
-            config = decode_provider(raw or b"", secrets=False)[0]
-        except Exception:  # gone meanwhile, or unreadable (its view says why)
+            config = decode_provider(raw, secrets=False)[0]
+        except Exception:  # unreadable (its view says why)
             continue
         found += [f"provider {nickname!r}: {w}" for w in time_limit_warnings(config)]
     return found
@@ -484,6 +482,27 @@ def provider_view(nickname: str, client: redis.Redis | None = None) -> dict[str,
     raw = (client or store.sync_client()).get(store.provider_key(nickname))
     if raw is None:
         raise ProviderNotFoundError(nickname)
+    return _view_of(nickname, raw)
+
+
+def provider_views(client: redis.Redis | None = None) -> list[dict[str, Any]]:
+    """:func:`provider_view` of every saved provider, by nickname; one deleted while the
+    list is read is left out (it answered 404 for the whole list, naming that one)."""
+    return [_view_of(nickname, raw) for nickname, raw in _saved_configurations(client)]
+
+
+def _saved_configurations(client: redis.Redis | None = None) -> list[tuple[str, str | bytes]]:
+    """Each saved provider's nickname and stored configuration, by nickname, read in one
+    round trip (one ``GET`` each took 300 round trips for 300 providers), without those
+    deleted meanwhile."""
+    r = client or store.sync_client()
+    nicknames = list_providers(r)
+    raws = r.mget([store.provider_key(n) for n in nicknames]) if nicknames else []
+    return [(n, raw) for n, raw in zip(nicknames, raws, strict=True) if raw is not None]
+
+
+def _view_of(nickname: str, raw: str | bytes) -> dict[str, Any]:
+    """:func:`provider_view` of a stored configuration."""
     config, token = decode_provider(raw, secrets=False)
     view = public_view(config)
     view["callback_url"] = callback_url(nickname, token)

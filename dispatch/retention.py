@@ -194,13 +194,13 @@ def purge_due(
     # Only a campaign created before the cutoff can have stopped changing before it; and
     # only those still kept are read (not every purged campaign, run after run).
     candidates = [str(c) for c in r.zrangebyscore(store.KEPT_ZSET, "-inf", cutoff)]
-    fields = ["status", "purged_at", *_CHANGED_FIELDS]
+    names = ["status", "purged_at", *_CHANGED_FIELDS]
     purged = []
     for start in range(0, len(candidates), _CANDIDATES_PER_ROUND_TRIP):
         chunk = candidates[start : start + _CANDIDATES_PER_ROUND_TRIP]
         pipe = r.pipeline(transaction=False)
         for campaign_id in chunk:
-            pipe.hmget(store.campaign_key(campaign_id), fields)
+            pipe.hmget(store.campaign_key(campaign_id), names)
         # (An error is given to its campaign, not raised: a campaign's key holding
         # another type is skipped below like an unreadable field.)
         read = pipe.execute(raise_on_error=False)

@@ -130,7 +130,8 @@ def put_provider(
 @router.get("", response_model=ProviderList, summary="List providers")
 def list_providers() -> ProviderList:
     """Every provider, secrets masked, by nickname."""
-    return ProviderList(items=[_view(n) for n in provider_store.list_providers()])
+    views = provider_store.provider_views()
+    return ProviderList(items=[ProviderView.model_validate(v) for v in views])
 
 
 @router.get(
