@@ -207,7 +207,7 @@ class CpuMeter:
             part = f"{name} {used:.1f} s ({used / messages * 1e6:.1f} us/msg)"
             if name in self.trees:  # the root's own share (Celery's consumer, for workers)
                 own = cpu_seconds(self.roots[name]) - self.before.get(f"{name}:root", 0.0)
-                part += f" [root process {own:.1f} s]"
+                part += f" [root process {own:.2f} s, {own / messages * 1e6:.2f} us/msg]"
             parts.append(part)
         return "CPU: " + ", ".join(parts)
 

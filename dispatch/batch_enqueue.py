@@ -66,14 +66,21 @@ def batch_enqueuer(enqueue: EnqueueBatch | None = None) -> Iterator[EnqueueBatch
     from dispatch.tasks import send_batch
 
     with app.producer_or_acquire() as producer, producer.batch(max_size=64) as published:
+        declare: list[object] | None = None  # (Celery's own: the queue, on the first)
 
         def send(campaign_id: str, batch: int) -> None:
+            nonlocal declare
             send_batch.apply_async(
                 (campaign_id, batch),
                 queue=store.SENDS_QUEUE,
                 priority=store.batch_priority(batch),
                 producer=producer,
+                # Declared by the block's first publish: kombu would find it declared
+                # on this connection for each of the others, after copying the queue
+                # and binding the copy to the channel to ask.
+                declare=declare,
             )
+            declare = []
             published.flush()
 
         yield send

@@ -8,7 +8,7 @@ import gc
 import lzma
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -206,6 +206,37 @@ def _closed_transport_is_a_connection_error() -> None:
     channel._connparams = guarded  # type: ignore[attr-defined]
 
 
+def _one_client_per_channel() -> None:
+    """Build a channel's Redis client once per connection pool, not for every command.
+
+    kombu (5.7) builds a new ``redis.Redis`` on the channel's pool for each unacknowledged
+    message it records and each acknowledgement (``QoS.append``, ``QoS.ack``), for each
+    restore of unacknowledged messages, and for each message published outside a batch;
+    redis-py 8.1 builds about 170 response callbacks into each (about 100-150 us), twice
+    a task in a worker's main process. The client holds no connection of its own (each
+    command takes one from the pool, as before), so the channel keeps it while its pool
+    lasts; a closed channel has no pool, and asking for one still raises (the guard of
+    _closed_transport_is_a_connection_error).
+    """
+    channel = kombu_redis.Channel
+    if getattr(channel.conn_or_acquire, "_dispatch_guard", False):
+        return
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self: kombu_redis.Channel, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        kept = self.__dict__.get("_dispatch_client")
+        if kept is None or kept.connection_pool is not self._pool:  # type: ignore[attr-defined]
+            kept = self._create_client()  # type: ignore[attr-defined]  # (a new pool first)
+            self.__dict__["_dispatch_client"] = kept
+        yield kept
+
+    conn_or_acquire._dispatch_guard = True  # type: ignore[attr-defined]
+    channel.conn_or_acquire = conn_or_acquire  # type: ignore[method-assign]
+
+
 def _bodies_not_logged() -> None:
     """Celery's worker logs up to 1 KB of a message it cannot use (a task sent pickled, an
     unknown or malformed task message): for ``dispatch.enqueue_campaign`` that is a
@@ -357,6 +388,7 @@ def make_app() -> Celery[DispatchTask]:
 
 
 _closed_transport_is_a_connection_error()
+_one_client_per_channel()
 _bodies_not_logged()
 _decompression_bounded()
 app = make_app()
