@@ -60,7 +60,9 @@ def test_a_cancel_keeps_the_attempts_and_last_error_of_messages_waiting_for_a_re
         assert later[m["email"]] in m["detail"] and m["error_class"], m
         assert {k: m[k] for k in KEPT} == {k: before[m["email"]][k] for k in KEPT}
         assert m["next_attempt_at"] is None and m["updated_at"] > before[m["email"]]["updated_at"]
-    assert sum(m["throttles"] for m in items) == 2 and sum(m["attempts"] for m in items) == 3
+    # Each was tried at least once (a loaded machine may have tried one again before the
+    # cancel: the records above are compared with what the page said just before it).
+    assert sum(m["throttles"] for m in items) >= 2 and sum(m["attempts"] for m in items) >= 3
 
 
 # A detail as a server may word it: quotes, a backslash, and text that reads like the
