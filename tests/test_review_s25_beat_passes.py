@@ -1,0 +1,53 @@
+"""Review S25: beat's periodic passes, one bad item among good ones, and a pass that fails
+as a whole.
+
+- The retention purge of a Redis an earlier version filled (no index of kept campaigns
+  yet) met one campaign key of another type while it built the index: the whole pass
+  raised, the index was never marked built, and no campaign was purged again, every hour,
+  with nothing in /metrics.
+- A pending callback batch whose inbox entry was gone (deleted by hand) was handed out
+  again by the recovery every minute, for ever.
+- A pass that raised as a whole (a bug, as retention's DataError after its first 500
+  candidates) showed in the workers' logs only: no metric, no alert (but housekeeping's,
+  read as "is beat up?", 15 minutes later).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import redis
+
+from dispatch import retention, store
+from tests.helpers import smtp_provider
+from tests.test_review_h14_beat_passes import _cancelled
+
+DAY = 86400.0
+
+
+def test_the_purge_of_an_earlier_versions_redis_skips_a_key_of_another_type(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index of kept campaigns is built once per Redis, at the first purge after the
+    upgrade; one campaign key holding a string (written by hand) made that build raise
+    WRONGTYPE before it was marked done, so every purge failed and nothing was ever
+    purged again. Now the others are purged and that one is reported."""
+    smtp_provider(redis_client, 2525)
+    good = [_cancelled(redis_client, f"s25-ret-{i}") for i in range(3)]
+    redis_client.delete(store.KEPT_ZSET, store.KEPT_INDEXED)  # as an earlier version left it
+    redis_client.zadd(store.CAMPAIGNS_ZSET, {"s25-string": 1.0})
+    redis_client.set(store.campaign_key("s25-string"), "not a hash")
+
+    purged = retention.purge_due(redis_client, now=time.time() + 31 * DAY)
+
+    assert sorted(purged) == good
+    assert all(retention.purged_at(redis_client, c) is not None for c in good)
+    assert redis_client.exists(store.KEPT_INDEXED)  # built once, not at every pass
+    assert any(
+        rec.levelno == logging.ERROR and "campaign s25-string skipped" in rec.getMessage()
+        for rec in caplog.records
+    )
+    # The next pass reads the index only: the string is reported again, nothing raises.
+    assert retention.purge_due(redis_client, now=time.time() + 31 * DAY) == []
