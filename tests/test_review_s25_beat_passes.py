@@ -20,7 +20,7 @@ import time
 import pytest
 import redis
 
-from dispatch import retention, store
+from dispatch import callbacks, effects, retention, store
 from tests.helpers import smtp_provider
 from tests.test_review_h14_beat_passes import _cancelled
 
@@ -51,3 +51,21 @@ def test_the_purge_of_an_earlier_versions_redis_skips_a_key_of_another_type(
     )
     # The next pass reads the index only: the string is reported again, nothing raises.
     assert retention.purge_due(redis_client, now=time.time() + 31 * DAY) == []
+
+
+def test_a_pending_callback_batch_deleted_by_hand_is_not_recovered_for_ever(
+    redis_client: redis.Redis,
+) -> None:
+    """Its id stayed in the pending index: each recovery handed it out again, its task
+    found nothing to apply, and the next recovery handed it out once more. A stored batch
+    beside it is applied as ever."""
+    good = callbacks.store_batch("gen", "http", [], client=redis_client)
+    orphan = callbacks.store_batch("gen", "http", [], client=redis_client)
+    redis_client.hdel(store.CALLBACK_INBOX_HASH, orphan)
+
+    assert sorted(effects.lost_batches(0, redis_client)) == sorted([good, orphan])
+    assert effects.apply_batch(good, redis_client) == 0
+    assert effects.apply_batch(orphan, redis_client) is None
+
+    assert effects.lost_batches(0, redis_client) == []
+    assert redis_client.zcard(store.CALLBACK_PENDING_ZSET) == 0
