@@ -65,3 +65,19 @@ def skipped_on_error(
             extra={"campaign_id": campaign_id},
         )
         faults.count_sync(r, "skipped", faults.pass_label(what))
+
+
+@contextlib.contextmanager
+def failure_counted(what: str) -> Iterator[None]:
+    """Run one of beat's passes as a whole (``what``: its name in the log); an exception
+    out of it that is not :func:`redis_wide` (a bug: the pass stopped where it met it,
+    and meets it again at every tick) is counted (``dispatch_beat_passes_failed_total``,
+    by pass) and raised (Celery logs the task's failure with its traceback). One of
+    Redis as a whole is not counted: every process meets it, its own alerts say so, and
+    the next tick tries again."""
+    try:
+        yield
+    except Exception as exc:
+        if not redis_wide(exc):
+            faults.count_sync(None, "failed", faults.pass_label(what))
+        raise

@@ -20,9 +20,12 @@ import time
 import pytest
 import redis
 
-from dispatch import callbacks, effects, retention, store
+from dispatch import callbacks, effects, faults, lifecycle, retention, store, tasks
+from tests.api_server import ApiServer
 from tests.helpers import smtp_provider
+from tests.test_oncall import Watch
 from tests.test_review_h14_beat_passes import _cancelled
+from tests.test_review_q14_fault_metrics import _seen
 
 DAY = 86400.0
 
@@ -69,3 +72,49 @@ def test_a_pending_callback_batch_deleted_by_hand_is_not_recovered_for_ever(
 
     assert effects.lost_batches(0, redis_client) == []
     assert redis_client.zcard(store.CALLBACK_PENDING_ZSET) == 0
+
+
+def _fails(exc: Exception) -> object:
+    def fail(*_: object, **__: object) -> object:
+        raise exc
+
+    return fail
+
+
+def test_a_beat_pass_that_fails_as_a_whole_is_counted_and_fires_an_alert(
+    api_server: ApiServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Housekeeping meets its record of Redis's run_id written by hand (a string where a
+    hash is kept): the whole sweep raises WRONGTYPE, every 30 s. The other passes meet a
+    bug (retention's DataError after its first 500 candidates). Each is counted by pass
+    and fires DispatchBeatPassFailing; an error of Redis as a whole is not counted (its
+    own alerts say so, and the next tick tries again)."""
+    watch = Watch(api_server)
+    watch.scrape()  # every pass's series at 0 before
+    redis_client.set(store.REDIS_RUN_HASH, "not a hash")
+    for _ in range(2):
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            tasks.housekeeping()
+    redis_client.delete(store.REDIS_RUN_HASH)
+    bug = redis.DataError("Invalid input of type: 'NoneType'")
+    monkeypatch.setattr(retention, "purge_due", _fails(bug))
+    monkeypatch.setattr(lifecycle, "expire_due", _fails(bug))
+    monkeypatch.setattr(lifecycle, "release_due", _fails(ValueError("a bug")))
+    monkeypatch.setattr(effects, "lost_batches", _fails(KeyError("a bug")))
+    for task, exc in (
+        (tasks.purge_finished, redis.DataError),
+        (tasks.expire_campaigns, redis.DataError),
+        (tasks.release_scheduled, ValueError),
+        (tasks.recover_callbacks, KeyError),
+    ):
+        with pytest.raises(exc):
+            task()
+    monkeypatch.setattr(retention, "purge_due", _fails(redis.ConnectionError("gone")))
+    with pytest.raises(redis.ConnectionError):
+        tasks.purge_finished()
+    _seen(
+        watch, "dispatch_beat_passes_failed_total", "DispatchBeatPassFailing",
+        faults.FAILED_PASSES,
+        {"housekeeping": 2.0, "retention_purge": 1.0, "expiry": 1.0,
+         "scheduled_release": 1.0, "callback_recovery": 1.0},
+    )  # fmt: skip
