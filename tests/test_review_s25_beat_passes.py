@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 
-from dispatch import callbacks, effects, faults, lifecycle, retention, store, tasks
+from dispatch import callbacks, effects, faults, housekeeping, lifecycle, retention, store, tasks
 from tests.api_server import ApiServer
-from tests.helpers import smtp_provider
+from tests.helpers import campaign_body, create_held, smtp_provider
 from tests.test_oncall import Watch
 from tests.test_review_h14_beat_passes import _cancelled
 from tests.test_review_q14_fault_metrics import _seen
@@ -118,3 +119,45 @@ def test_a_beat_pass_that_fails_as_a_whole_is_counted_and_fires_an_alert(
         {"housekeeping": 2.0, "retention_purge": 1.0, "expiry": 1.0,
          "scheduled_release": 1.0, "callback_recovery": 1.0},
     )  # fmt: skip
+
+
+def test_a_campaign_of_an_unknown_status_is_reported_not_dropped_by_each_pass(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its status written by hand ('on-hold', or an older or newer version's): the
+    scheduled release took it for one started meanwhile and dropped it from the schedule,
+    the expiry from the expiring index, housekeeping from the active one, each without a
+    word: it was never started, expired or looked after again, and nobody was told. Each
+    pass now skips it, reports it (log, dispatch_beat_campaigns_skipped_total) and keeps
+    it, and looks after the others."""
+    r = redis_client
+    smtp_provider(r, 2525)
+    send_at = (datetime.now(UTC) + timedelta(seconds=0.3)).isoformat()
+    expires_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    for name in ("s25-odd", "s25-good"):
+        create_held(r, campaign_body(name, 2, send_at=send_at, expires_at=expires_at))
+    r.hset(store.campaign_key("s25-odd"), "status", "on-hold")
+    time.sleep(0.4)
+
+    assert lifecycle.release_due(client=r, enqueue=lambda c, b: None) == ["s25-good"]
+    assert r.zrange(store.SCHEDULED_ZSET, 0, -1) == ["s25-odd"]
+
+    r.zadd(store.ACTIVE_ZSET, {"s25-odd": 1.0})  # as if it had been running
+    swept = housekeeping.sweep(r, lambda c, b: None, now=time.time() + 3600)
+    assert swept["restarted"] == ["s25-good"]
+    assert "s25-odd" in r.zrange(store.ACTIVE_ZSET, 0, -1)
+
+    expired = lifecycle.expire_due(now=time.time() + 7200, client=r, enqueue=lambda c, b: None)
+    assert expired == ["s25-good"]
+    assert r.zrange(store.EXPIRING_ZSET, 0, -1) == ["s25-odd"]
+
+    for what in ("scheduled release", "housekeeping", "expiry"):
+        assert any(
+            rec.levelno == logging.ERROR
+            and rec.getMessage().startswith(f"{what}: campaign s25-odd skipped")
+            and "'on-hold'" in rec.getMessage()
+            for rec in caplog.records
+        ), what
+    passes = ("scheduled_release", "housekeeping", "expiry")
+    counted = r.hgetall(store.INCIDENTS_HASH)
+    assert {p: counted.get(f"skipped|{p}") for p in passes} == dict.fromkeys(passes, "1")
