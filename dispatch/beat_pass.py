@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import redis
 
 from dispatch import faults
+from dispatch.models import CampaignStatus
 
 # Errors of Redis as a whole, not of one campaign's data (redis-py's classes, whose text
 # has lost its code: MASTERDOWN, a replica cut from its primary, is a ClusterDownError;
@@ -40,6 +41,19 @@ def redis_wide(exc: BaseException) -> bool:
     if isinstance(exc, _REDIS_WIDE):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(_REDIS_WIDE_CODES)
+
+
+_STATUSES = frozenset(status.value for status in CampaignStatus)
+
+
+def known_status(campaign_id: str, status: object) -> None:
+    """Raises ``ValueError`` when a campaign's stored ``status`` is none dispatch writes
+    (written by hand, an older or newer version's): a pass that read it as merely "not
+    mine" dropped the campaign from its index without a word (a scheduled one never
+    started, never expired), where it is to be skipped and reported. None (the campaign
+    is gone) is not such a status."""
+    if status is not None and status not in _STATUSES:
+        raise ValueError(f"campaign {campaign_id!r} has status {str(status)[:100]!r}")
 
 
 @contextlib.contextmanager
@@ -65,3 +79,19 @@ def skipped_on_error(
             extra={"campaign_id": campaign_id},
         )
         faults.count_sync(r, "skipped", faults.pass_label(what))
+
+
+@contextlib.contextmanager
+def failure_counted(what: str) -> Iterator[None]:
+    """Run one of beat's passes as a whole (``what``: its name in the log); an exception
+    out of it that is not :func:`redis_wide` (a bug: the pass stopped where it met it,
+    and meets it again at every tick) is counted (``dispatch_beat_passes_failed_total``,
+    by pass) and raised (Celery logs the task's failure with its traceback). One of
+    Redis as a whole is not counted: every process meets it, its own alerts say so, and
+    the next tick tries again."""
+    try:
+        yield
+    except Exception as exc:
+        if not redis_wide(exc):
+            faults.count_sync(None, "failed", faults.pass_label(what))
+        raise

@@ -592,6 +592,9 @@ def apply_batch(batch_id: str, client: redis.Redis | None = None) -> int | None:
     r = client or store.sync_client()
     raw = r.hget(store.CALLBACK_INBOX_HASH, batch_id)
     if raw is None:
+        # Stored and applied each in one step with its pending entry: one left alone
+        # (the batch deleted by hand) was handed out again by the recovery for ever.
+        r.zrem(store.CALLBACK_PENDING_ZSET, batch_id)
         return None
     try:
         batch = InboxBatch.model_validate_json(raw)

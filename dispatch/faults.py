@@ -9,6 +9,9 @@ consumer). Fields:
 
 - ``skipped|<pass>``: a campaign one of beat's passes could not read and skipped
   (dispatch.beat_pass), once per pass that skips it: ``dispatch_beat_campaigns_skipped_total``;
+- ``failed|<pass>``: one of beat's passes that raised as a whole, an error that is not
+  Redis's (a bug: every campaign after where it stopped waited, at every tick):
+  ``dispatch_beat_passes_failed_total``;
 - ``error|<where>``: an error that is not Redis's (a bug) met and lived through by a
   worker's background loop (a batch lease's or a connection slot's renewal, a batch's
   status watch, which then hands its batch on, the closer of idle provider sessions):
@@ -35,6 +38,10 @@ from dispatch import store
 
 # The ``pass`` label: beat_pass.skipped_on_error's ``what``, spaces as underscores.
 BEAT_PASSES = ("housekeeping", "expiry", "scheduled_release", "retention_purge", "reputation_guard")
+# The ``pass`` label of a pass that failed as a whole: beat's tasks (dispatch.tasks).
+FAILED_PASSES = (
+    "housekeeping", "expiry", "scheduled_release", "retention_purge", "callback_recovery"
+)  # fmt: skip
 # The ``where`` label.
 LEASE_RENEWAL = "lease_renewal"
 SLOT_RENEWAL = "slot_renewal"
@@ -56,8 +63,8 @@ def pass_label(what: str) -> str:
 
 
 def count_sync(r: redis.Redis | None, kind: str, label: str) -> None:
-    """Count one fault (``kind``: skipped, error or refused) from synchronous code (``r``:
-    None for the process's shared client)."""
+    """Count one fault (``kind``: skipped, failed, error or refused) from synchronous
+    code (``r``: None for the process's shared client)."""
     with contextlib.suppress(Exception):
         (r or store.sync_client()).hincrby(store.INCIDENTS_HASH, f"{kind}|{label}", 1)
 

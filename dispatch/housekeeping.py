@@ -76,6 +76,7 @@ def sweep(
             return "resumed" if _resume_due(r, campaign_id, resume_at, enqueue) else ""
         if status != CampaignStatus.RUNNING.value:
             if campaign_id in active and status != CampaignStatus.PAUSED.value:
+                beat_pass.known_status(campaign_id, status)  # (not unwatched unseen)
                 since = max(float(progress_at or 0), float(status_at or 0))
                 # Purged (dispatch.retention): no message is left to settle.
                 left = purged is None and _settle_if_left(

@@ -538,6 +538,9 @@ def expire_due(
                 ended = _end(campaign_id, _S.EXPIRED, EXPIRED_REASON, r, enqueue, settle_later)
                 if ended is not None or _completed_by_expiry(campaign_id, r):
                     expired.append(campaign_id)
+                else:
+                    status = r.hget(store.campaign_key(campaign_id), "status")
+                    beat_pass.known_status(campaign_id, status)
             except campaigns.CampaignNotFoundError:
                 pass
             r.zrem(store.EXPIRING_ZSET, campaign_id)
@@ -586,6 +589,7 @@ def release_due(
                 started.append(campaign_id)
             except campaigns.CampaignStateError:
                 key = store.campaign_key(campaign_id)
+                beat_pass.known_status(campaign_id, r.hget(key, "status"))
                 r.eval(_UNSCHEDULE_IF_NOT_SCHEDULED, 2, key, store.SCHEDULED_ZSET, campaign_id)
             except campaigns.CampaignNotFoundError:  # gone
                 r.zrem(store.SCHEDULED_ZSET, campaign_id)

@@ -407,6 +407,15 @@ def _faults(found: dict[str, str]) -> Iterator[Family]:
             faults.BEAT_PASSES,
         ),
         (
+            "dispatch_beat_passes_failed",
+            "Runs of beat's passes that failed as a whole with an error that is not "
+            "Redis's (a bug, logged by Celery with the traceback), by pass: the pass "
+            "stopped there, and meets it again at every tick",
+            "pass",
+            "failed",
+            faults.FAILED_PASSES,
+        ),
+        (
             "dispatch_unexpected_errors",
             "Errors that are not Redis's (a bug, logged with the traceback) lived through "
             "by a worker's background loop, by where: a batch lease's or a connection "

@@ -27,6 +27,7 @@ from kombu.serialization import registry as serializers  # type: ignore[attr-def
 
 from dispatch import (
     batch_enqueue,
+    beat_pass,
     campaigns,
     effects,
     faults,
@@ -265,7 +266,8 @@ def _why_refused_unread(
 def expire_campaigns() -> list[str]:
     """Expire unfinished campaigns past their expires_at: unsent messages end ``expired``
     (run by beat)."""
-    expired = lifecycle.expire_due()
+    with beat_pass.failure_counted("expiry"):
+        expired = lifecycle.expire_due()
     if expired:
         log.info("expired campaigns", extra={"campaign_ids": expired})
     return expired
@@ -359,13 +361,15 @@ def settle_ended(campaign_id: str, status: str) -> int:
 @app.task(name="dispatch.housekeeping")
 def housekeeping() -> dict[str, list[str]]:
     """Finish running campaigns with nothing left; re-enqueue stalled ones (beat)."""
-    return sweep(store.sync_client(), batch_enqueue.enqueue_batch)
+    with beat_pass.failure_counted("housekeeping"):
+        return sweep(store.sync_client(), batch_enqueue.enqueue_batch)
 
 
 @app.task(name="dispatch.purge_finished")
 def purge_finished() -> list[str]:
     """Remove the per-message data of campaigns finished longer than the retention (beat)."""
-    purged = retention.purge_due(store.sync_client())
+    with beat_pass.failure_counted("retention purge"):
+        purged = retention.purge_due(store.sync_client())
     if purged:
         log.info("purged finished campaigns", extra={"campaign_ids": purged})
     return purged
@@ -374,7 +378,8 @@ def purge_finished() -> list[str]:
 @app.task(name="dispatch.release_scheduled")
 def release_scheduled() -> int:
     """Start scheduled campaigns whose send_at has come (run by beat); how many."""
-    started = lifecycle.release_due()
+    with beat_pass.failure_counted("scheduled release"):
+        started = lifecycle.release_due()
     if started:
         log.info("released scheduled campaigns", extra={"campaign_ids": started})
     return len(started)
@@ -390,9 +395,10 @@ def process_callback(batch_id: str) -> int | None:
 def recover_callbacks(grace: float | None = None) -> int:
     """Enqueue again the callback batches whose task was lost (run by beat and at start)."""
     wait = get_settings().callback_recovery_seconds if grace is None else grace
-    lost = effects.lost_batches(wait)
-    for batch_id in lost:
-        process_callback.apply_async((batch_id,), queue="events")
+    with beat_pass.failure_counted("callback recovery"):
+        lost = effects.lost_batches(wait)
+        for batch_id in lost:
+            process_callback.apply_async((batch_id,), queue="events")
     if lost:
         log.warning("re-enqueued %d callback batches", len(lost))
     return len(lost)
