@@ -148,33 +148,39 @@ def create_campaign(
             raise CampaignConflictError(
                 f"campaign {campaign_id!r} exists with other content", field="id"
             )
-        if request.recipients and (request.draft or content.send_at is not None):
-            _complete_draft(campaign_id, request, r, enqueue)
+        if not request.recipients:
             return campaign_id, False
-        resume_at = _await_fill(campaign_id, r) if request.recipients else None
+        # Told apart by how it was stored, not by the request: one with a send_at that
+        # had passed was stored filling, and a repeat taken for a draft's never took over
+        # from a filler that died (the campaign ``running`` with part of its list for ever).
+        resume_at = _await_fill(campaign_id, r)
         if resume_at is not None:
             with background_enqueuer(enqueue) as send:
                 _append_and_send(campaign_id, request.recipients, r, send, resume_at)
+        else:
+            _complete_draft(campaign_id, request, r, enqueue)
         return campaign_id, False
     if fill:
         with background_enqueuer(enqueue) as send:
             _append_and_send(campaign_id, request.recipients, r, send)
     elif request.recipients:
-        append_recipients(campaign_id, request.recipients, client=r)
-        if not request.draft:
-            start_campaign(campaign_id, client=r, enqueue=enqueue)
+        _complete_draft(campaign_id, request, r, enqueue)
     return campaign_id, True
 
 
 def _complete_draft(
     campaign_id: str, request: CampaignRequest, r: redis.Redis, enqueue: EnqueueBatch | None
 ) -> None:
-    """A repeat of the request that posted a draft (or a campaign for later) with its
-    list: that request stores the whole list while the campaign is a draft, then starts
-    it unless it is a draft. If it stopped half-way (Redis failed, the process died), the
-    campaign is still a draft with part of the list: the repeat stores the rest (the
-    addresses stored are skipped) and starts it as that request would have. Once the
-    campaign has started (by that request, or by the client), the repeat changes nothing.
+    """Store the list of a request that posted a draft (or a campaign for later) while
+    the campaign is a draft, then start it unless it is a draft: for that request, and
+    for each repeat of it. If the request stopped half-way (Redis failed, the process
+    died), the campaign is still a draft with part of the list: the repeat stores the
+    rest (the addresses stored are skipped) and starts it as that request would have.
+    Once the campaign has started (by a repeat, or by the client), the request changes
+    nothing more and answers as the campaign stands: a repeat posted while the first
+    request still stored the list, which stored it all and started it first, made that
+    request answer 409 "recipients can only be appended to a draft" for a campaign
+    created whole (review Y25).
     """
     if get_status(campaign_id, r) is not CampaignStatus.DRAFT:
         return
