@@ -146,6 +146,12 @@ end
 # and how long until it would be within the horizon. KEYS[6..9] and ARGV[10]: the
 # UTC-day counters of an older version (messages today, yesterday; recipients today,
 # yesterday) and the minute today began, read when a window is new (see _WINDOW).
+# KEYS[10] holds the rate KEYS[1]'s reservations were made at: a provider saved again
+# with a faster rate has the sends reserved ahead at the slower one (as many as its
+# senders, each reserving its next send: one a minute and eight senders, eight minutes
+# ahead) shortened to the new rate, rather than every sender waiting them out (its
+# stopped batches' reservations, no longer used, kept the faster rate from taking
+# effect for as long).
 _TAKE = (
     _WINDOW
     + """
@@ -186,7 +192,14 @@ if granted <= 0 or (granted < n and not partial) then
   return {0, wait, which, out, held, tostring(at), count, 0}
 end
 local free = now + held / 1000
-if rate > 0 then free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), free) end
+if rate > 0 then
+  local booked = tonumber(redis.call('GET', KEYS[1]) or '0')
+  local booked_at = tonumber(redis.call('GET', KEYS[10]) or '')
+  if booked_at and booked_at > 0 and booked_at < rate and booked > now then
+    booked = now + (booked - now) * booked_at / rate
+  end
+  free = math.max(booked, free)
+end
 local wait = free - now
 if horizon > 0 and wait > horizon then
   return {0, tostring(wait - horizon), 3, 0, held, '', 0, 0}
@@ -201,6 +214,7 @@ if rate > 0 then
   -- reach further ahead than an hour, and a key gone before then lets a burst through.
   local keep = math.max(3600, math.ceil(next_free - now) + 60)
   redis.call('SET', KEYS[1], tostring(next_free), 'EX', keep)
+  redis.call('SET', KEYS[10], ARGV[2], 'EX', keep)
 end
 if ARGV[7] ~= '' and (quota > 0 or rquota > 0) then
   redis.call('ZADD', KEYS[4], now + wait + tonumber(ARGV[8]), ARGV[7])
@@ -454,11 +468,12 @@ class ProviderLimiter:
         token = secrets.token_hex(8) if tracked and self.quotas else ""
         granted, wait, which, out, held, frees, used, minute = await self.client.eval(
             _TAKE,
-            9,
+            10,
             f"{store.PREFIX}:pace:{nick}",
             *quota_keys(nick),
             self._hold_key,
             *old,
+            f"{store.PREFIX}:pace:{nick}:rate",
             n,
             self._rate,
             self.provider.daily_quota or 0,
