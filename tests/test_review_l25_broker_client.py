@@ -32,7 +32,10 @@ def test_messages_taken_and_acknowledged_build_no_client_each(
         return create(self, asynchronous=asynchronous)
 
     monkeypatch.setattr(kombu_redis.Channel, "_create_client", counted)
-    with Connection(redis_server.url) as connection:
+    # Keys of its own: a session worker on this Redis keeps its unacknowledged tasks in
+    # kombu's default "unacked" hash.
+    options = {f"unacked{part}_key": f"{QUEUE}-unacked{part}" for part in ("", "_index", "_mutex")}
+    with Connection(redis_server.url, transport_options=options) as connection:
         queue = connection.SimpleQueue(QUEUE)
         try:
             for n in range(5):
