@@ -17,7 +17,12 @@ consumer). Fields:
   status watch, which then hands its batch on, the closer of idle provider sessions):
   ``dispatch_unexpected_errors_total``;
 - ``refused|<reason>``: a task message a worker refused unread (dispatch.tasks):
-  ``dispatch_task_messages_refused_total``.
+  ``dispatch_task_messages_refused_total``;
+- ``lost|batch_lease``: a batch run that stopped because its lease lapsed under it (its
+  process stalled past the lease's TTL, or Redis was away that long), counted by
+  dispatch.tasks' ``send_batch`` where the run's LeaseLostError arrives (the run's give
+  back of its claims meets the same loss and only returns, not counted twice):
+  ``dispatch_batch_leases_lost_total``, no label.
 
 Labels are fixed lists (never a campaign or an address): each series exists from the
 first scrape, at 0, so that ``increase()`` sees the first fault. A count that fails is
@@ -52,6 +57,8 @@ ERROR_PLACES = (LEASE_RENEWAL, SLOT_RENEWAL, STATUS_WATCH, IDLE_CLOSER)
 # size a task's body may be, not decodable as its message says, not a task message Celery
 # can run (or no task message at all), a task name no worker knows.
 REFUSALS = ("serializer", "too_large", "undecodable", "malformed", "unregistered")
+# The one field of ``lost``: a batch's lease.
+BATCH_LEASE = "batch_lease"
 # An async count waits no longer (redis-py retries a command that timed out for about a
 # minute: a renewal loop must not wait on its own count).
 COUNT_WAIT_SECONDS = 2.0
@@ -63,7 +70,7 @@ def pass_label(what: str) -> str:
 
 
 def count_sync(r: redis.Redis | None, kind: str, label: str) -> None:
-    """Count one fault (``kind``: skipped, failed, error or refused) from synchronous
+    """Count one fault (``kind``: skipped, failed, error, refused or lost) from synchronous
     code (``r``: None for the process's shared client)."""
     with contextlib.suppress(Exception):
         (r or store.sync_client()).hincrby(store.INCIDENTS_HASH, f"{kind}|{label}", 1)

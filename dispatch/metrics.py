@@ -440,6 +440,14 @@ def _faults(found: dict[str, str]) -> Iterator[Family]:
         for value, count in faults.counts(found, kind, values).items():
             family.add_metric([value], count)
         yield family
+    yield CounterMetricFamily(
+        "dispatch_batch_leases_lost",
+        "Batch runs that stopped because their lease lapsed under them: a worker process "
+        "that stalled past DISPATCH_LEASE_TTL_MS (CPU or memory starvation, a frozen "
+        "host), or Redis away that long. Each run enqueued its batch again at once; what "
+        "it had on the wire ends unknown",
+        value=faults.counts(found, "lost", (faults.BATCH_LEASE,))[faults.BATCH_LEASE],
+    )
 
 
 def _workers(workers: list[tuple[Any, float]]) -> Iterator[Family]:

@@ -304,6 +304,9 @@ def send_batch(campaign_id: str, batch: int, busy_polls: int = 0) -> dict[str, A
             exc,
             extra={"campaign_id": campaign_id, "batch": batch},
         )
+        # Counted: the unknown outcomes it leaves show in /metrics, not why (starved
+        # workers, or a lease TTL too short for them).
+        faults.count_sync(None, "lost", faults.BATCH_LEASE)
         _poll_again(campaign_id, batch, busy_polls)
         return {"lease_lost": True}
     if result.busy:

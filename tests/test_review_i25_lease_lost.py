@@ -14,6 +14,20 @@ from tests.helpers import create_held, http_provider, recipients
 from tests.http_sink import HttpSink, RecordedRequest, Reply
 
 
+class Lapse:
+    """An HttpSink's answer: while a request is on the wire, the lease ``key`` (once set)
+    lapses, as when its run's process froze for longer than the lease's TTL."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self.key = ""
+
+    def __call__(self, request: RecordedRequest) -> Reply | None:
+        if self.key and self.r.delete(self.key):
+            self.r.zrem(store.LEASES_ZSET, self.key)
+        return None
+
+
 def test_a_run_that_lost_its_lease_enqueues_its_batch_again(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -21,20 +35,12 @@ def test_a_run_that_lost_its_lease_enqueues_its_batch_again(
     monkeypatch.setattr(
         tasks.send_batch, "apply_async", lambda *args, **kwargs: handed.append((args, kwargs))
     )
-    lease_key = ""
-
-    def lapse(request: RecordedRequest) -> Reply | None:
-        # While the first request is on the wire the run's lease lapses, as when its
-        # process froze for longer than the lease's TTL.
-        if lease_key and redis_client.delete(lease_key):
-            redis_client.zrem(store.LEASES_ZSET, lease_key)
-        return None
-
+    lapse = Lapse(redis_client)
     with HttpSink(answer=lapse) as sink:
         http_provider(redis_client, sink.url, batch_size=1, max_connections=1)
         body = {"provider": "esp", "subject": "s", "html": "h", "recipients": recipients(5)}
         campaign_id, _ = create_held(redis_client, body)
-        lease_key = store.batch_lease_key(campaign_id, 0)
+        lapse.key = store.batch_lease_key(campaign_id, 0)
 
         # Before, the task failed with LeaseLostError: nothing enqueued the batch again
         # and its messages waited for beat's housekeeping (2 lease TTLs, or 20 minutes
@@ -45,7 +51,7 @@ def test_a_run_that_lost_its_lease_enqueues_its_batch_again(
         assert 0 < options["countdown"] <= 61
         assert len(sink.requests) == 1
 
-        lease_key = ""  # the next run keeps its lease
+        lapse.key = ""  # the next run keeps its lease
         tasks.send_batch(*args[0], **args[1])  # the broker hands it out again
 
         received = Counter(m["to"] for q in sink.requests for m in q.json()["msgs"])
