@@ -89,6 +89,13 @@ def test_a_faster_rate_saved_mid_batch_is_not_held_back_by_the_slower_reservatio
         assert campaign_reads.get_counters(cid, redis_client)["sent"] == 12
 
 
+def _near(wait: float, reserved: float) -> bool:
+    """A wait the pace script answered for a send ``reserved`` seconds after the first
+    take: shorter by the time that passed between the takes (a loaded machine's), never
+    longer."""
+    return reserved - 0.3 <= wait <= reserved + 0.05
+
+
 def test_a_slower_rate_keeps_the_reservations_made_and_paces_after_them(
     redis_client: redis.Redis,
 ) -> None:
@@ -106,9 +113,9 @@ def test_a_slower_rate_keeps_the_reservations_made_and_paces_after_them(
             await client.aclose()
 
     waits = asyncio.run(go())
-    assert waits[4] == pytest.approx(0.4, abs=0.05)
-    assert waits[5] == pytest.approx(0.5, abs=0.05)  # after the fast ones' last
-    assert waits[6] == pytest.approx(1.5, abs=0.05)  # then at the slower rate
+    assert _near(waits[4], 0.4)
+    assert _near(waits[5], 0.5)  # after the fast ones' last
+    assert _near(waits[6], 1.5)  # then at the slower rate
 
 
 def test_the_pace_of_a_faster_rate_is_shortened_once_and_then_kept(
@@ -129,5 +136,5 @@ def test_the_pace_of_a_faster_rate_is_shortened_once_and_then_kept(
             await client.aclose()
 
     waits = asyncio.run(go())
-    assert waits == pytest.approx([0.4, 0.5, 0.6], abs=0.05)  # was: 40, 40.1, 40.2
+    assert all(map(_near, waits, [0.4, 0.5, 0.6])), waits  # was: 40, 40.1, 40.2
     assert redis_client.get(f"{store.PREFIX}:pace:paced:rate") == "10.0"
