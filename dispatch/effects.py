@@ -37,7 +37,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dispatch import provider_ids, reputation, store
-from dispatch.ledger import ct_source, system_event
+from dispatch.ledger import MOVE_COUNT, ct_source, system_event
 from dispatch.recipient_pages import PAGE, line_safe
 from dispatch.retention import COUNTS_CLOSED_FIELD
 from dispatch.settings import get_settings
@@ -72,7 +72,8 @@ IN_FLIGHT_WAIT_SECONDS = 3600.0
 PROVEN_DETAIL = "outcome unknown at send; a callback about it shows the provider took it"
 
 _APPLY = (
-    """
+    MOVE_COUNT
+    + """
 local stream, supp, inbox, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, ttl, batch, proven, defer = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local source, n = ARGV[6], tonumber(ARGV[7])
@@ -89,7 +90,31 @@ local OWN_UNSUBSCRIBE = '"""
 -- counters move once, after the loop. A campaign purged DISPATCH_RETENTION_DAYS ago
 -- closed its counts (dispatch.retention): its bitmaps expired then, by this clock, and
 -- its events move no counter.
-local groups, order, sent_by, nicknames = {}, {}, {}, {}
+local groups, order, sent_by, nicknames, bad = {}, {}, {}, {}, {}
+-- Redis does not undo a script's writes when it raises: an HINCRBY refused after the
+-- loop (a counter that is not an integer: a hand edit, a bug) lost the counts of every
+-- group after it, its events already marked seen. A group whose counters cannot move
+-- (or whose keys hold another type) is found before its first event is written: it
+-- counts nothing (its total stays 0) and is named in the answer. nil when it can move.
+local function integer(v)
+  return not v or v == '0' or (#v <= 18 and string.find(v, '^%-?[1-9]%d*$') ~= nil)
+end
+local function unmovable(found)
+  for key, kinds in pairs({[found.counters] = 'hash', [found.ledger] = 'hash',
+                           [found.bits] = 'string'}) do
+    local kind = call('TYPE', key).ok
+    if kind ~= kinds and kind ~= 'none' then return key .. ' is a ' .. kind end
+  end
+  local fields = {'total', found.counter, 'unknown', 'sent'}
+  if found.also ~= '' then fields[5] = found.also end
+  local values = call('HMGET', found.counters, unpack(fields))
+  if not tonumber(values[1] or '0') then return 'total is ' .. values[1] end
+  for i = 2, #fields do
+    if not integer(values[i]) then return fields[i] .. ' is ' .. values[i] end
+  end
+  found.total = tonumber(values[1] or '0')
+  return nil
+end
 local function group(g)
   local found = groups[g]
   if found == nil then
@@ -100,11 +125,16 @@ local function group(g)
     -- A campaign is a hash: a meta whose campaign id names another of a campaign's keys
     -- (c1:recipients, a list) names no campaign (its HGET failed the batch, for ever).
     if call('TYPE', found.campaign).ok == 'hash' then
-      found.total = tonumber(call('HGET', found.counters, 'total') or '0')
-      found.closes = tonumber(call('HGET', found.campaign, 'COUNTS_CLOSED') or '')
-      if found.closes then
-        local t = call('TIME')
-        found.closed = tonumber(t[1]) + tonumber(t[2]) / 1000000 >= found.closes
+      found.bad = unmovable(found)
+      if found.bad then
+        bad[#bad + 1] = found.counters
+        bad[#bad + 1] = found.bad
+      else
+        found.closes = tonumber(call('HGET', found.campaign, 'COUNTS_CLOSED') or '')
+        if found.closes then
+          local t = call('TIME')
+          found.closed = tonumber(t[1]) + tonumber(t[2]) / 1000000 >= found.closes
+        end
       end
     end
     groups[g] = found
@@ -184,13 +214,13 @@ for _, grp in ipairs(order) do
   end
 end
 for _, nickname in ipairs(nicknames) do
-  call('HINCRBY', stats, nickname .. '|sent', sent_by[nickname])
+  move(stats, nickname .. '|sent', sent_by[nickname])
 end
 if batch ~= '' and deferred == 0 then
   call('HDEL', inbox, batch)
   call('ZREM', pending, batch)
 end
-return {applied, deferred, uncounted}
+return {applied, deferred, uncounted, bad, faults}
 """
 ).replace("COUNTS_CLOSED", COUNTS_CLOSED_FIELD)
 
@@ -568,7 +598,14 @@ def _apply(
             "1" if wait_for_sends else "",
             sent_properties,
         ]
-        new, waiting, closed = script(keys=keys, args=args)
+        new, waiting, closed, bad, faults = script(keys=keys, args=args)
+        if faults:
+            log.error("callback events moved no count of: %s", "; ".join(faults))
+        for key, why in zip(bad[::2], bad[1::2], strict=True):
+            log.error(
+                "callback events of the campaign whose counters are %s moved no counter: %s",
+                key, why,
+            )  # fmt: skip
         applied += int(new)
         deferred += int(waiting)
         uncounted += int(closed)

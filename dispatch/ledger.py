@@ -62,7 +62,25 @@ log = logging.getLogger(__name__)
 # each event is head .. email .. middle .. meta .. tail (LedgerWriter.settle_sent_many:
 # about 90 bytes a message to send instead of 250, one JSON encoding a chunk in Python).
 # Records start with {"s":"<state>" so a state is read without decoding the record.
-_APPLY = r"""
+# Moves a count after a script's records are written: Redis does not undo a script's
+# writes when it raises, and an HINCRBY raises on a field that is not an integer (a hand
+# edit, a bug) or a key of another type. Raising there lost every move and write after
+# it (the campaign's other counters, its completion; in the shared per-provider tally,
+# every campaign's) while the records stayed written, so a retry found nothing to do.
+# Now only that field's move is lost, named in ``faults`` for the caller to log.
+MOVE_COUNT = r"""
+local faults = {}
+local function move(key, field, by)
+  local moved = redis.pcall('HINCRBY', key, field, by)
+  if type(moved) == 'table' and moved.err then
+    faults[#faults + 1] = key .. ' ' .. field .. ': ' .. moved.err
+  end
+end
+"""
+
+_APPLY = (
+    MOVE_COUNT
+    + r"""
 local ledger, counters, stream, lease, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, maxlen, blob, provider = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if token ~= '' and redis.call('GET', lease) ~= token then return '-' end
@@ -227,10 +245,10 @@ end
 -- Trimmed once per call rather than per XADD (fewer arguments per event).
 if added then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
 for name, change in pairs(delta) do
-  if change ~= 0 then redis.call('HINCRBY', counters, name, change) end
+  if change ~= 0 then move(counters, name, change) end
 end
 for state, count in pairs(tally) do
-  redis.call('HINCRBY', stats, provider .. '|' .. state, count)
+  move(stats, provider .. '|' .. state, count)
 end
 if KEYS[6] then
   local t = redis.call('TIME')
@@ -239,13 +257,15 @@ if KEYS[6] then
   -- campaigns.finish_if_done does), in the same step: no round trip after each batch.
   if (delta['queued'] or 0) < 0 and redis.call('HGET', KEYS[6], 'status') == 'running'
       and redis.call('HEXISTS', KEYS[6], 'appending') == 0
-      and tonumber(redis.call('HGET', counters, 'queued') or '0') <= 0 then
+      and (tonumber(redis.call('HGET', counters, 'queued') or '0') or 1) <= 0 then
     redis.call('HSET', KEYS[6], 'status', 'completed',
       'completed_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
   end
 end
-return table.concat(out)
+-- one character per operation, then the faults (none in an answer's characters)
+return table.concat(out) .. '\n' .. table.concat(faults, '\n')
 """
+)
 
 # A lease held: its entry in the registry of leases (store.LEASES_ZSET), scored by the
 # lease's expiry on Redis's clock (the one its key expires by). The scripts that take and
@@ -655,6 +675,9 @@ class LedgerWriter:
                     if not b.future.done():
                         b.future.set_exception(exc)
                 continue
+            result, _, faults = str(result).partition("\n")
+            if faults:
+                log.error("ledger write of %s moved no count of: %s", self.keys[0], faults)
             if result == "-":
                 for b in batches:
                     if not b.future.done():

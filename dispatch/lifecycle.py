@@ -47,7 +47,7 @@ from dispatch import (
 )
 from dispatch.batch_enqueue import EnqueueBatch
 from dispatch.campaigns import CampaignStateError
-from dispatch.ledger import LedgerWriter, Records, parse_record, records_between
+from dispatch.ledger import MOVE_COUNT, LedgerWriter, Records, parse_record, records_between
 from dispatch.models import CampaignStatus, MessageState
 from dispatch.recipient_pages import (
     stored_count,
@@ -322,11 +322,14 @@ SETTLE_WINDOW = 4000  # messages settled by one script call (a few ms of Redis's
 # the terminal state, once per message, and the provider's outcome tally), and the
 # campaign's ``progress_at`` says someone is on it (housekeeping waits). A message a
 # worker holds (``claimed``) is left to it; its seq comes back so that its batch is
-# handed out again. Returns {settled, {claimed seq, ...}}; {-1, {}} for a campaign the
-# retention purge emptied (dispatch.retention): every seq would read as queued.
-_SETTLE_WINDOW = r"""
+# handed out again. Returns {settled, {claimed seq, ...}, {fault, ...}} (a count that
+# could not move: ledger.MOVE_COUNT); {-1, {}, {}} for a campaign the retention purge
+# emptied (dispatch.retention): every seq would read as queued.
+_SETTLE_WINDOW = (
+    MOVE_COUNT
+    + r"""
 local ledger, counters, stats, campaign = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if redis.call('HEXISTS', campaign, 'purged_at') == 1 then return {-1, {}} end
+if redis.call('HEXISTS', campaign, 'purged_at') == 1 then return {-1, {}, {}} end
 local first, stop, state, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local match, find, sub = string.match, string.find, string.sub
 local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
@@ -370,13 +373,14 @@ for i = 1, #fields, PIECE do
   redis.call('HSET', ledger, unpack(fields, i, math.min(#fields, i + PIECE - 1)))
 end
 if settled > 0 then
-  redis.call('HINCRBY', counters, 'queued', -settled)
-  redis.call('HINCRBY', counters, state, settled)
-  redis.call('HINCRBY', stats, ARGV[5] .. '|' .. state, settled)
+  move(counters, 'queued', -settled)
+  move(counters, state, settled)
+  move(stats, ARGV[5] .. '|' .. state, settled)
 end
 redis.call('HSET', campaign, 'progress_at', redis.call('TIME')[1])
-return {settled, claimed}
+return {settled, claimed, faults}
 """
+)
 
 SettleLater = Callable[[str, CampaignStatus], None]
 
@@ -406,9 +410,11 @@ def _settle(campaign_id: str, state: MessageState, r: redis.Redis) -> _Settled:
     for start in range(0, total, SETTLE_WINDOW):
         stop = min(start + SETTLE_WINDOW, total)
         now = f"{time.time():.3f}"
-        settled, claimed = script(
+        settled, claimed, faults = script(
             keys=keys, args=[start, stop, state.value, now, provider or "unknown"]
         )
+        if faults:
+            log.error("settling %s moved no count of: %s", campaign_id, "; ".join(faults))
         if int(settled) < 0:  # purged: nothing is left to settle
             break
         out.count += int(settled)
