@@ -100,7 +100,14 @@ def refuses_session(stage: Stage, reply: Reply, recipients: Sequence[str] = ()) 
     kind = classify(reply.code, reply.text, at_rcpt=stage == "rcpt", recipients=recipients)
     if kind in (ReplyKind.AUTH, ReplyKind.QUOTA, ReplyKind.ACCOUNT) or reply.code == 421:
         return True
-    return stage == "mail" and kind is ReplyKind.THROTTLED
+    return kind is ReplyKind.THROTTLED and (stage == "mail" or _throttles_sending(stage, reply))
+
+
+def _throttles_sending(stage: Stage, reply: Reply) -> bool:
+    """A ``454`` to DATA or to the content: the provider's throttle, not the message's
+    (SES answers "454 Throttling failure: Maximum sending rate exceeded" to the end of a
+    message, reference §4: it was dropped, and so would the next ones be, sent at once)."""
+    return stage == "data" and reply.code == 454
 
 
 def login_secrets(config: SmtpFamilyBase) -> tuple[str, ...]:
@@ -703,7 +710,7 @@ class SmtpSession:
             )
             if start.code == 421:
                 raise ThrottledError(str(start), code=421)
-            if isinstance(err, ConfigurationError):
+            if isinstance(err, ConfigurationError) or _throttles_sending("data", start):
                 raise err
             return SendOutcome.from_error(msg.seq, err)
         if not final.ok:
@@ -716,8 +723,10 @@ class SmtpSession:
                 error_class=ErrorClass.DISPATCH_FAILED_SMTP,
                 recipients=recipients,
             )
-            if isinstance(err, ConfigurationError):
-                raise err  # the quota is used up: the message was dropped, and the rest would be
+            if isinstance(err, ConfigurationError) or _throttles_sending("data", final):
+                # The quota is used up, or the sending rate exceeded: the message was
+                # dropped, and the rest would be.
+                raise err
             return SendOutcome.from_error(msg.seq, err)
         return SendOutcome.sent(msg.seq, refused, provider_message_id=_queued_id(final.text))
 
