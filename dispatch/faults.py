@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -84,6 +83,10 @@ async def count(r: aioredis.Redis, kind: str, label: str) -> None:
         )
 
 
-def counts(found: Mapping[Any, Any], kind: str, labels: tuple[str, ...]) -> dict[str, float]:
-    """Each label's count of ``kind`` (0 when none), from the hash's fields."""
-    return {label: float(found.get(f"{kind}|{label}", 0)) for label in labels}
+def counts(
+    found: Mapping[str, float | None], kind: str, labels: tuple[str, ...]
+) -> dict[str, float]:
+    """Each label's count of ``kind`` (0 when none), from the hash's fields read as
+    numbers (``None``: not a number, that label is left out)."""
+    numbers = {label: found.get(f"{kind}|{label}", 0.0) for label in labels}
+    return {label: count for label, count in numbers.items() if count is not None}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 
 import redis
@@ -112,6 +113,8 @@ def resumed(campaign_id: str) -> None:
     )
 
 
-def pause_counts(fields: dict[str, str]) -> dict[PauseKind, float]:
-    """Automatic pauses by kind (every kind, 0 when none), from the hash's fields."""
-    return {kind: float(fields.get(_pause_field(kind), 0)) for kind in PauseKind}
+def pause_counts(fields: Mapping[str, float | None]) -> dict[PauseKind, float]:
+    """Automatic pauses by kind (every kind, 0 when none), from the hash's fields read
+    as numbers (``None``: not a number, that kind is left out)."""
+    counts = {kind: fields.get(_pause_field(kind), 0.0) for kind in PauseKind}
+    return {kind: count for kind, count in counts.items() if count is not None}

@@ -25,13 +25,17 @@ Every saved provider has every series of its own from the start, at 0: Prometheu
 its first failure (a whole batch ``unknown`` in one write) would never fire an alert.
 A deleted provider has none, whatever its campaigns count after its deletion.
 ``dispatch_redis_up`` is 0 when Redis does not answer the scrape (every family read from
-it is then absent).
+it is then absent). A value that cannot be read (a count that is not a number, a key
+holding another type: written by hand or by a bug) leaves out its own series, or the
+families read from that key, and nothing else; each scrape logs them at ERROR, in one
+line naming each key and field.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis
@@ -44,10 +48,13 @@ from dispatch.models import CampaignStatus, MessageState
 from dispatch.send_stats import histograms
 from dispatch.settings import get_settings
 
+log = logging.getLogger(__name__)
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 _STATUS_CHUNK = 1000  # campaign statuses read per round trip
 _WATCHED_STATUSES = ("running", "paused", "scheduled")  # the statuses dispatch_campaigns counts
+_ACTIVE_STATUSES = ("running", "paused")  # those of them read from store.ACTIVE_ZSET
 _UNREAD_COUNTED = 1000  # a consumer group's unread events counted one by one, at most
+_UNREADABLE_SHOWN = 20  # unreadable values named in a scrape's log line, at most
 # The length of the stream KEYS[1] and each of its consumer groups: its name, how many
 # entries follow its last-delivered id (counted up to ARGV[1]: the entries stay in Redis,
 # only their number comes back), Redis's lag (-1: none) and how many entries were
@@ -139,8 +146,20 @@ class RedisStateCollector(Collector):
 
     def collect(self) -> Iterator[Family]:
         r = store.sync_client()
+        unreadable: list[str] = []  # what this scrape could not read, logged at its end
         try:
             pipe = r.pipeline(transaction=False)
+            keys = [
+                store.PROVIDERS_SET,
+                store.MESSAGE_STATS_HASH,
+                store.SEND_STATS_HASH,
+                store.INCIDENTS_HASH,
+                store.WORKERS_ZSET,
+                store.SUPPRESSIONS_HASH,
+                store.CALLBACK_PENDING_ZSET,
+                store.CALLBACK_DEAD_HASH,
+                store.EVENTS_STREAM,
+            ]
             pipe.smembers(store.PROVIDERS_SET)
             pipe.hgetall(store.MESSAGE_STATS_HASH)
             pipe.hgetall(store.SEND_STATS_HASH)
@@ -152,22 +171,31 @@ class RedisStateCollector(Collector):
             pipe.xlen(store.EVENTS_STREAM)
             pipe.info("memory")
             pipe.info("stats")
+            keys += ["INFO memory", "INFO stats"]
             for queue in store.CELERY_QUEUES:
                 for key in store.queue_keys(queue):  # one list per priority
                     pipe.llen(key)
-            answers = pipe.execute()
+                    keys.append(key)
+            answers = [
+                _of_type(key, answer, unreadable)
+                for key, answer in zip(keys, pipe.execute(raise_on_error=False), strict=True)
+            ]
             providers, stats, sends, found, workers, suppressed, pending, dead = answers[:8]
             stream, memory, info, depths = answers[8], answers[9], answers[10], answers[11:]
-            statuses = _campaign_statuses(r)
-            groups = _consumer_groups(r)
+            statuses = _campaign_statuses(r, unreadable)
+            groups = _consumer_groups(r, unreadable)
         except Exception:  # metrics must not fail the scrape; /healthz reports Redis
             yield _redis_up(False)
             return
         yield _redis_up(True)
-        _callback_series({str(p) for p in providers})
-        yield from _sends({str(p) for p in providers}, stats, sends)
-        yield from _incidents(found)
-        yield from _workers(workers)
+        saved = {str(p) for p in providers or ()}
+        if providers is not None:  # else this process's counts stay as they are
+            _callback_series(saved)
+        yield from _sends(saved, stats, sends, unreadable)
+        if found is not None:
+            yield from _incidents(_numbers(store.INCIDENTS_HASH, found, unreadable))
+        if workers is not None:
+            yield from _workers(workers)
         campaigns = GaugeMetricFamily(
             "dispatch_campaigns",
             "Campaigns started and not finished, by status (running, paused), and "
@@ -175,27 +203,31 @@ class RedisStateCollector(Collector):
             labels=["status"],
         )
         for status in _WATCHED_STATUSES:
-            campaigns.add_metric([status], float(statuses.get(status, 0)))
+            if status in statuses:
+                campaigns.add_metric([status], float(statuses[status]))
         yield campaigns
-        yield GaugeMetricFamily(
-            "dispatch_suppressions", "Addresses on the suppression list", value=suppressed
+        gauges = (
+            ("dispatch_suppressions", "Addresses on the suppression list", suppressed),
+            (
+                "dispatch_callback_batches_pending",
+                "Callback batches accepted and not applied yet (a worker applies them)",
+                pending,
+            ),
+            (
+                "dispatch_callback_batches_dead",
+                "Callback batches that could not be read and were set aside "
+                f"({store.CALLBACK_DEAD_HASH})",
+                dead,
+            ),
+            (
+                "dispatch_events_stream_length",
+                f"Entries in the {store.EVENTS_STREAM} stream; at its cap the oldest are dropped",
+                stream,
+            ),
         )
-        yield GaugeMetricFamily(
-            "dispatch_callback_batches_pending",
-            "Callback batches accepted and not applied yet (a worker applies them)",
-            value=pending,
-        )
-        yield GaugeMetricFamily(
-            "dispatch_callback_batches_dead",
-            "Callback batches that could not be read and were set aside "
-            f"({store.CALLBACK_DEAD_HASH})",
-            value=dead,
-        )
-        yield GaugeMetricFamily(
-            "dispatch_events_stream_length",
-            f"Entries in the {store.EVENTS_STREAM} stream; at its cap the oldest are dropped",
-            value=stream,
-        )
+        for name, documentation, value in gauges:
+            if value is not None:
+                yield GaugeMetricFamily(name, documentation, value=value)
         yield GaugeMetricFamily(
             "dispatch_events_stream_max_length",
             f"The cap of the {store.EVENTS_STREAM} stream (DISPATCH_EVENTS_MAXLEN)",
@@ -213,19 +245,54 @@ class RedisStateCollector(Collector):
             "them (the stream's cap): events the group's consumer never got",
             labels=["group"],
         )
-        for name, behind, lost in groups:
+        for name, behind, lost in groups or ():
             lag.add_metric([name], behind)
             missed.add_metric([name], lost)
-        yield lag
-        yield missed
+        if groups is not None:
+            yield lag
+            yield missed
         yield from _redis(memory, info)
         queues = GaugeMetricFamily(
             "dispatch_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"]
         )
         per_queue = len(store.PRIORITY_STEPS)
         for i, queue in enumerate(store.CELERY_QUEUES):
-            queues.add_metric([queue], float(sum(depths[i * per_queue : (i + 1) * per_queue])))
+            lengths = depths[i * per_queue : (i + 1) * per_queue]
+            if None not in lengths:  # else one of its lists holds another type
+                queues.add_metric([queue], float(sum(lengths)))
         yield queues
+        if unreadable:
+            more = len(unreadable) - _UNREADABLE_SHOWN
+            log.error(
+                "/metrics left out what it could not read (their series are absent): %s%s",
+                "; ".join(unreadable[:_UNREADABLE_SHOWN]),
+                f"; and {more} more" if more > 0 else "",
+            )
+
+
+def _of_type(key: str, answer: Any, unreadable: list[str]) -> Any:
+    """A pipeline's answer, ``None`` for a key that holds another type (noted in
+    ``unreadable``: the families read from it are left out); any other error raises."""
+    if isinstance(answer, redis.ResponseError) and str(answer).startswith("WRONGTYPE"):
+        unreadable.append(f"{key} holds another type")
+        return None
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def _numbers(key: str, fields: Mapping[Any, Any], unreadable: list[str]) -> dict[str, float | None]:
+    """A hash's fields read as numbers, ``None`` for one that is not (noted in
+    ``unreadable``: its series is left out, not counted as 0, which Prometheus would take
+    for a reset and its return for an increase)."""
+    numbers: dict[str, float | None] = {}
+    for field, value in fields.items():
+        try:
+            numbers[str(field)] = float(value)
+        except ValueError:
+            numbers[str(field)] = None
+            unreadable.append(f"{key} field {str(field)!r} is {str(value)[:40]!r}")
+    return numbers
 
 
 def _callback_series(providers: set[str]) -> None:
@@ -244,16 +311,27 @@ def _callback_series(providers: set[str]) -> None:
             CALLBACK_EVENTS.remove(*labels)
 
 
-def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
+def _campaign_statuses(r: redis.Redis, unreadable: list[str]) -> dict[str, int]:
     """How many active campaigns have each status (running, paused; a finished one until
     housekeeping takes it off the index), and how many are scheduled. A campaign whose
     key holds another type (written by hand: housekeeping skips it, so it stays in the
     index) is left out: it raised, and every scrape reported Redis down, no family read
-    from it, for as long as it stayed."""
-    counts = {CampaignStatus.SCHEDULED.value: int(r.zcard(store.SCHEDULED_ZSET))}
+    from it, for as long as it stayed. An index holding another type leaves out its
+    statuses (noted in ``unreadable``)."""
+    counts: dict[str, int] = {}
+    try:
+        counts[CampaignStatus.SCHEDULED.value] = int(r.zcard(store.SCHEDULED_ZSET))
+    except redis.ResponseError as exc:
+        _of_type(store.SCHEDULED_ZSET, exc, unreadable)
     start = 0
     while True:
-        ids = r.zrange(store.ACTIVE_ZSET, start, start + _STATUS_CHUNK - 1)
+        try:
+            ids = r.zrange(store.ACTIVE_ZSET, start, start + _STATUS_CHUNK - 1)
+        except redis.ResponseError as exc:
+            _of_type(store.ACTIVE_ZSET, exc, unreadable)
+            return counts
+        if start == 0:  # the index is read: its statuses are reported, 0 when none
+            counts.update(dict.fromkeys(_ACTIVE_STATUSES, 0))
         if not ids:
             return counts
         pipe = r.pipeline(transaction=False)
@@ -265,7 +343,9 @@ def _campaign_statuses(r: redis.Redis) -> dict[str, int]:
         start += len(ids)
 
 
-def _consumer_groups(r: redis.Redis) -> list[tuple[str, float, float]]:
+def _consumer_groups(
+    r: redis.Redis, unreadable: list[str]
+) -> list[tuple[str, float, float]] | None:
     """Each consumer group of the events stream, how many of its entries the group has
     not been given yet, and how many were trimmed before the group read them, in all.
 
@@ -281,10 +361,15 @@ def _consumer_groups(r: redis.Redis) -> list[tuple[str, float, float]]:
     created with ENTRIESREAD), after it caught up too; on Redis 8, which recounts a
     group's reads when it reads past the trim, entries missed and read past between two
     scrapes are not seen. A group further than _UNREAD_COUNTED entries from both ends of
-    the trimmed stream keeps its last figure until it nears one."""
-    length, groups = r.eval(
-        _GROUPS, 2, store.EVENTS_STREAM, store.EVENTS_MISSED_HASH, _UNREAD_COUNTED
-    )
+    the trimmed stream keeps its last figure until it nears one. ``None`` when
+    store.EVENTS_MISSED_HASH holds another type (noted in ``unreadable``)."""
+    try:
+        length, groups = r.eval(
+            _GROUPS, 2, store.EVENTS_STREAM, store.EVENTS_MISSED_HASH, _UNREAD_COUNTED
+        )
+    except redis.ResponseError as exc:
+        _of_type(store.EVENTS_MISSED_HASH, exc, unreadable)  # raises unless WRONGTYPE
+        return None
     figures = []
     for name, counted, told, missed in groups:
         lag = int(counted)
@@ -312,21 +397,43 @@ def _of_saved(fields: dict[str, str], providers: set[str]) -> dict[str, str]:
     return {key: value for key, value in fields.items() if str(key).rpartition("|")[0] in shown}
 
 
-def _sends(providers: set[str], stats: dict[str, str], sends: dict[str, str]) -> Iterator[Family]:
-    stats, sends = _of_saved(stats, providers), _of_saved(sends, providers)
+def _sends(
+    providers: set[str],
+    stats: dict[str, str] | None,
+    sends: dict[str, str] | None,
+    unreadable: list[str],
+) -> Iterator[Family]:
+    """The per-provider families; those of a hash holding another type (``None``) are
+    left out, and so is the series of a field that is not a number."""
+    if stats is not None:
+        yield _messages(
+            providers,
+            _numbers(store.MESSAGE_STATS_HASH, _of_saved(stats, providers), unreadable),
+        )
+    if sends is not None:
+        yield from _send_figures(
+            providers, _numbers(store.SEND_STATS_HASH, _of_saved(sends, providers), unreadable)
+        )
+
+
+def _messages(providers: set[str], stats: dict[str, float | None]) -> Family:
     messages = CounterMetricFamily(
         "dispatch_messages",
         "Messages by provider and outcome (sent, failed, suppressed, unknown, "
         "cancelled, expired; retry counts each scheduled retry)",
         labels=["provider", "outcome"],
     )
-    counts: dict[tuple[str, str], float] = {(p, o): 0.0 for p in providers for o in OUTCOMES}
+    counts: dict[tuple[str, str], float | None] = {(p, o): 0.0 for p in providers for o in OUTCOMES}
     for key, value in stats.items():
         provider, _, outcome = str(key).rpartition("|")
-        counts[provider, outcome] = float(value)
+        counts[provider, outcome] = value
     for labels, count in sorted(counts.items()):
-        messages.add_metric(list(labels), count)
-    yield messages
+        if count is not None:
+            messages.add_metric(list(labels), count)
+    return messages
+
+
+def _send_figures(providers: set[str], sends: dict[str, float | None]) -> Iterator[Family]:
     latency = HistogramMetricFamily(
         "dispatch_send_seconds",
         "Seconds each message's hand-over to the provider took: the exchange that "
@@ -354,19 +461,29 @@ def _sends(providers: set[str], stats: dict[str, str], sends: dict[str, str]) ->
         "waited for a slot again",
         labels=["provider"],
     )
-    for provider, figures in histograms(sends, providers).items():
-        if figures.buckets[-1][1]:
+    numbers = {key: value for key, value in sends.items() if value is not None}
+    unread = {tuple(key.rpartition("|")[::2]) for key, value in sends.items() if value is None}
+    for provider, figures in histograms(numbers, providers).items():
+        names = {name for unread_provider, name in unread if unread_provider == provider}
+        # A bucket or the sum unread: the histogram's other figures would be wrong.
+        if figures.buckets[-1][1] and not {n for n in names if n == "sum" or n[:3] == "le="}:
             latency.add_metric([provider], figures.buckets, sum_value=figures.seconds)
-        throttles.add_metric([provider], figures.throttles)
-        deferred.add_metric([provider], figures.deferred)
-        slots_lost.add_metric([provider], figures.slots_lost)
+        for family, name, count in (
+            (throttles, "throttles", figures.throttles),
+            (deferred, "deferred", figures.deferred),
+            (slots_lost, "slots_lost", figures.slots_lost),
+        ):
+            if name not in names:
+                family.add_metric([provider], count)
     yield latency
     yield throttles
     yield deferred
     yield slots_lost
 
 
-def _incidents(found: dict[str, str]) -> Iterator[Family]:
+def _incidents(found: dict[str, float | None]) -> Iterator[Family]:
+    """The incidents hash's families (a field that is not a number: ``None``, its series
+    left out)."""
     pauses = CounterMetricFamily(
         "dispatch_campaign_pauses",
         "Campaigns paused automatically, by kind: authentication (credentials refused), "
@@ -380,21 +497,24 @@ def _incidents(found: dict[str, str]) -> Iterator[Family]:
     for kind, count in incidents.pause_counts(found).items():
         pauses.add_metric([kind.value], count)
     yield pauses
-    yield CounterMetricFamily(
-        "dispatch_campaigns_restarted",
-        "Running campaigns whose batches stopped and that housekeeping enqueued again",
-        value=float(found.get(incidents.RESTARTED, 0)),
-    )
+    restarted = found.get(incidents.RESTARTED, 0.0)
+    if restarted is not None:
+        yield CounterMetricFamily(
+            "dispatch_campaigns_restarted",
+            "Running campaigns whose batches stopped and that housekeeping enqueued again",
+            value=restarted,
+        )
     yield from _faults(found)
-    if incidents.SWEPT_AT in found:
+    swept_at = found.get(incidents.SWEPT_AT)
+    if swept_at is not None:
         yield GaugeMetricFamily(
             "dispatch_housekeeping_last_sweep_timestamp_seconds",
             "When beat's housekeeping last ran (Unix time); absent until it first runs",
-            value=float(found[incidents.SWEPT_AT]),
+            value=swept_at,
         )
 
 
-def _faults(found: dict[str, str]) -> Iterator[Family]:
+def _faults(found: dict[str, float | None]) -> Iterator[Family]:
     """dispatch.faults' counts: every label at 0 from the first scrape."""
     help_and_labels = (
         (
@@ -440,14 +560,15 @@ def _faults(found: dict[str, str]) -> Iterator[Family]:
         for value, count in faults.counts(found, kind, values).items():
             family.add_metric([value], count)
         yield family
-    yield CounterMetricFamily(
-        "dispatch_batch_leases_lost",
-        "Batch runs that stopped because their lease lapsed under them: a worker process "
-        "that stalled past DISPATCH_LEASE_TTL_MS (CPU or memory starvation, a frozen "
-        "host), or Redis away that long. Each run enqueued its batch again at once; what "
-        "it had on the wire ends unknown",
-        value=faults.counts(found, "lost", (faults.BATCH_LEASE,))[faults.BATCH_LEASE],
-    )
+    for lost in faults.counts(found, "lost", (faults.BATCH_LEASE,)).values():
+        yield CounterMetricFamily(
+            "dispatch_batch_leases_lost",
+            "Batch runs that stopped because their lease lapsed under them: a worker "
+            "process that stalled past DISPATCH_LEASE_TTL_MS (CPU or memory starvation, a "
+            "frozen host), or Redis away that long. Each run enqueued its batch again at "
+            "once; what it had on the wire ends unknown",
+            value=lost,
+        )
 
 
 def _workers(workers: list[tuple[Any, float]]) -> Iterator[Family]:
