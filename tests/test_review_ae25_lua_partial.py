@@ -10,11 +10,15 @@ and the retry finds them.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 
 from dispatch import store
+from dispatch.limits import ProviderLimiter, quota_keys
 from dispatch.recipient_append import RecipientAppender
+from providers.config import parse_provider_config
 from tests.test_recipient_store import _draft, _person, _stored
 
 
@@ -53,3 +57,34 @@ def test_an_append_to_counters_of_another_type_writes_nothing(redis_client: redi
     with pytest.raises(redis.ResponseError, match="is a string: nothing appended"):
         appender.add([_person("u@example.com")])
     assert r.scard(store.addresses_key(cid)) == 0
+
+
+def test_a_take_refused_on_a_bad_recipient_window_books_no_message_quota(
+    redis_client: redis.Redis,
+) -> None:
+    r = redis_client
+    config = parse_provider_config(
+        {"nickname": "p", "kind": "smtp", "host": "127.0.0.1", "port": 25,
+         "daily_quota": 10, "daily_recipient_quota": 100}
+    )  # fmt: skip
+    messages, recipients, _ = quota_keys("p")
+
+    async def takes() -> list[object]:
+        client = store.async_client()
+        out: list[object] = []
+        try:
+            limiter = ProviderLimiter(client, config)
+            out.append((await limiter.take_some(1)).count)
+            r.hset(recipients, "sum", "1.5")  # a hand edit, an old bug
+            for _ in range(3):  # the batch tried again
+                with pytest.raises(redis.ResponseError, match=r"sum is 1\.5, .*nothing booked"):
+                    await limiter.take_some(2)
+            r.hset(recipients, "sum", "1")  # mended
+            out.append((await limiter.take_some(2)).count)
+        finally:
+            await client.aclose()
+        return out
+
+    assert asyncio.run(takes()) == [1, 2]
+    assert r.hget(messages, "sum") == "3"  # the refused takes booked nothing
+    assert r.hget(recipients, "sum") == "3"
