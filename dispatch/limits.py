@@ -118,6 +118,20 @@ local function frees(key, used, limit, need, now)
   end
   return -1
 end
+-- Why KEYS[key] cannot be booked in minute m (its bucket or sum not an integer: a hand
+-- edit, a bug), or nil. Checked for both windows before either is booked: Redis keeps
+-- what a script wrote before it raised, and a take refused at the second window's
+-- HINCRBY had booked the first one's, no grant given: each retry used more of the quota.
+local function unbookable(key, m)
+  local values = redis.call('HMGET', key, minute(m), 'sum')
+  for i, field in ipairs({{minute(m), 'sum'}}) do
+    local v = values[i]
+    if v and v ~= '0' and not (#v <= 18 and string.find(v, '^%-?[1-9]%d*$')) then
+      return key .. ' ' .. field .. ' is ' .. v .. ', not an integer: nothing booked'
+    end
+  end
+  return nil
+end
 local function book(key, m, count, now)
   redis.call('HINCRBY', key, minute(m), count)
   redis.call('HINCRBY', key, 'sum', count)
@@ -206,6 +220,10 @@ if horizon > 0 and wait > horizon then
 end
 -- Counted in the minute of their turn (a send that waits for the pace goes then).
 local m = math.floor(free / 60)
+for _, q in ipairs({{KEYS[2], quota}, {KEYS[3], rquota}}) do
+  local bad = q[2] > 0 and unbookable(q[1], m)
+  if bad then return redis.error_reply(bad) end
+end
 if quota > 0 then book(KEYS[2], m, granted, now) end
 if rquota > 0 then book(KEYS[3], m, granted * per, now) end
 if rate > 0 then

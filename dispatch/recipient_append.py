@@ -46,6 +46,34 @@ local function lines(blob)
   end
 end
 local PIECE = 2000  -- arguments per command: Lua's C stack holds a few thousand
+-- Redis keeps what a script wrote before it raised: the addresses marked known, the
+-- pages pushed, and the retry then skipped every address of the chunk as a repeat (its
+-- recipients never stored, or stored and not counted: never sent). What can make the
+-- writes raise (counters that are not integers, a last page missing that the total
+-- says is part-filled, a key of another type: a hand edit, a bug) is refused first.
+local function integer(v)
+  return not v or v == '0' or (#v <= 18 and find(v, '^%-?[1-9]%d*$') ~= nil)
+end
+for key, kind in pairs({[KEYS[2]] = 'list', [KEYS[3]] = 'set', [KEYS[4]] = 'hash',
+                        [KEYS[5]] = 'list'}) do
+  local found = redis.call('TYPE', key).ok
+  if found ~= kind and found ~= 'none' then
+    return redis.error_reply(key .. ' is a ' .. found .. ': nothing appended')
+  end
+end
+local counts = redis.call('HMGET', KEYS[4], 'total', 'queued')
+for i, field in ipairs({'total', 'queued'}) do
+  if not integer(counts[i]) then
+    return redis.error_reply(KEYS[4] .. ' ' .. field .. ' is ' .. counts[i]
+      .. ', not an integer: nothing appended')
+  end
+end
+local total = tonumber(counts[1] or '0')
+local room = (PAGE - total % PAGE) % PAGE  -- lines the last page still takes
+if room > 0 and (redis.call('LLEN', KEYS[2]) == 0 or redis.call('LLEN', KEYS[5]) == 0) then
+  return redis.error_reply(KEYS[4] .. ' total is ' .. total
+    .. ' but the last page of its recipients is missing: nothing appended')
+end
 local out, count = {0}, n
 if ARGV[2] == '1' then
   local ks = lines(keys)
@@ -85,8 +113,6 @@ local function line_end(blob, k)
   for _ = 1, k do pos = find(blob, '\n', pos + 1, true) or #blob + 1 end
   return pos
 end
-local total = tonumber(redis.call('HGET', KEYS[4], 'total') or '0')
-local room = (PAGE - total % PAGE) % PAGE  -- lines the last page still takes
 local left = count
 while left > 0 do
   local take = room > 0 and math.min(room, left) or math.min(PAGE, left)
