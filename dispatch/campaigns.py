@@ -361,17 +361,24 @@ def _take_over_fill(campaign_id: str, r: redis.Redis) -> int | None:
 # ahead kept a campaign whose tasks were lost from restarting that long).
 # Returns {batches, ''}, or {-1, status} when the status does not allow it. The draft's
 # set of addresses goes with the draft: nothing appends once it has left (76 bytes a
-# recipient, kept until the purge otherwise).
+# recipient, kept until the purge otherwise). A total that is not a count (a hand edit,
+# a bug) is refused before that set goes: Redis keeps what a script wrote before it
+# raised, and a start that raised there left a draft without it, whose next append
+# stored (and whose start sent) the addresses it already had a second time.
 _START = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur ~= 'draft' and cur ~= 'scheduled' then return {-1, cur or ''} end
+local total = redis.call('HGET', KEYS[2], 'total') or '0'
+if ARGV[1] ~= '' and total ~= '0' and not (#total <= 18 and string.find(total, '^[1-9]%d*$')) then
+  return redis.error_reply(KEYS[2] .. ' total is ' .. total .. ', not an integer: not started')
+end
 redis.call('UNLINK', KEYS[5])
 if ARGV[1] == '' then
   redis.call('HSET', KEYS[1], 'status', 'scheduled')
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
   return {0, ''}
 end
-local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
+total = tonumber(total)
 local batches = math.ceil(total / tonumber(ARGV[1]))
 local t = redis.call('TIME')
 local now = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
