@@ -245,8 +245,20 @@ return {granted, tostring(wait), which, 0, held, '', 0, m}
 # Messages counted against the quotas that did not go out are given back from the
 # minute they were counted in (ARGV[3]; never below zero, nothing once that minute left
 # the window, or the window was removed by hand); ARGV[4], a grant's token, is settled:
-# no longer out (KEYS[3]).
+# no longer out (KEYS[3]). Both windows' bucket and sum are checked before either is
+# written (not an integer: a hand edit, a bug): a refund that raised at the second had
+# given back the first, the grant left out.
 _REFUND = """
+for i = 1, 2 do
+  local values = redis.call('HMGET', KEYS[i], ARGV[3], 'sum')
+  for j, field in ipairs({ARGV[3], 'sum'}) do
+    local v = values[j]
+    if v and v ~= '0' and not (#v <= 18 and string.find(v, '^%-?[1-9]%d*$')) then
+      return redis.error_reply(KEYS[i] .. ' ' .. field .. ' is ' .. v
+        .. ', not an integer: nothing given back')
+    end
+  end
+end
 for i = 1, 2 do
   local key = KEYS[i]
   local c = tonumber(redis.call('HGET', key, ARGV[3]) or '0')
