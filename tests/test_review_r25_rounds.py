@@ -85,5 +85,5 @@ def test_metrics_count_the_status_of_every_active_campaign(
     monkeypatch.setattr(metrics, "_STATUS_CHUNK", 2)
     cids = _running(redis_client, count, 1)
     redis_client.hset(store.campaign_key(cids[0]), "status", "paused")
-    counts = metrics._campaign_statuses(redis_client)
+    counts = metrics._campaign_statuses(redis_client, [])
     assert (counts.get("running"), counts.get("paused")) == (count - 1, 1)
