@@ -21,6 +21,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,23 @@ def _worker_lines(env: dict[str, str]) -> list[str]:
         text=True,
     )
     lines: list[str] = []
-    try:
+    ready = threading.Event()
+
+    def read() -> None:  # (a thread: a worker that never gets ready must not hang the test)
         assert proc.stderr is not None
         for text in proc.stderr:
             lines.append(text)
             if " ready." in text:
-                break
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        ready.wait(timeout=120)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        reader.join(timeout=10)
     assert any(" ready." in x for x in lines), lines
     return lines
 
