@@ -148,15 +148,20 @@ def _worker_lines(env: dict[str, str]) -> list[str]:
     return lines
 
 
-def test_a_worker_without_the_public_url_says_where_its_links_point(
-    redis_server: RedisServer,
-) -> None:
+def test_a_worker_without_the_public_url_says_where_its_links_point() -> None:
     """The Procfile's processes given the Redis URL and the key (as the README said) sent
     every message's unsubscribe and preference links to http://127.0.0.1:8000 and the
-    worker, which writes them, said nothing; it now logs a warning at its start."""
+    worker, which writes them, said nothing; it now logs a warning at its start. (A Redis
+    of its own: on the session's, this worker took other tests' tasks, and met the
+    session worker in its start-up handshake.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
-    env.update(DISPATCH_REDIS_URL=redis_server.url, DISPATCH_SECRET_KEY="k" * 43)
-    warned = [x for x in _worker_lines(env) if "DISPATCH_PUBLIC_URL is not set" in x]
+    server = RedisServer().start()
+    try:
+        env.update(DISPATCH_REDIS_URL=server.url, DISPATCH_SECRET_KEY="k" * 43)
+        lines = _worker_lines(env)
+    finally:
+        server.stop()
+    warned = [x for x in lines if "DISPATCH_PUBLIC_URL is not set" in x]
     assert len(warned) == 1 and "http://127.0.0.1:8000" in warned[0], warned
     assert json.loads(warned[0])["level"] == "WARNING"
 
