@@ -92,15 +92,24 @@ def trusted_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return self_signed_cert(tmp_path_factory.mktemp("trusted"))
 
 
+SESSION_WORKER_LOG = "session-worker.log"
+
+
 @pytest.fixture(scope="session")
 def celery_worker(
-    redis_server: RedisServer, trusted_cert: tuple[Path, Path]
+    redis_server: RedisServer,
+    trusted_cert: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     """One real worker for the session (tests wait for their campaigns to settle).
 
     Its CA bundle is ``trusted_cert`` alone (OpenSSL's ``SSL_CERT_FILE``: the system
-    paths the SMTP adapter trusts), so certificates are checked as in production."""
-    worker = WorkerProcess(redis_server.url, SSL_CERT_FILE=str(trusted_cert[0])).start()
+    paths the SMTP adapter trusts), so certificates are checked as in production. Its log
+    goes to a file that a failed run prints the end of (:func:`pytest_terminal_summary`)."""
+    log = tmp_path_factory.getbasetemp() / SESSION_WORKER_LOG
+    worker = WorkerProcess(
+        redis_server.url, log_path=str(log), SSL_CERT_FILE=str(trusted_cert[0])
+    ).start()
     yield worker
     worker.stop()
 
@@ -168,3 +177,20 @@ def silent_endpoint() -> Iterator[int]:
         yield listener.getsockname()[1]
     finally:
         listener.close()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """A failed run prints the end of each session worker's log: tests that wait for the
+    session's worker fail with "not met within N s", which says nothing of why it did
+    not send (pytest-xdist's processes each have one, under ``popen-gwN``)."""
+    if exitstatus == 0 or not hasattr(config, "_tmp_path_factory"):
+        return
+    base = config._tmp_path_factory.getbasetemp()
+    for log in sorted([base / SESSION_WORKER_LOG, *base.glob(f"popen-gw*/{SESSION_WORKER_LOG}")]):
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-60:]
+            terminalreporter.section(f"the last lines of {log}")
+            for line in tail:
+                terminalreporter.write_line(line[:2000])

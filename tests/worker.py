@@ -21,9 +21,12 @@ FAST_ENV = {
 class WorkerProcess:
     """``dispatch worker`` in a child process, on the test Redis."""
 
-    def __init__(self, redis_url: str, concurrency: int = 2, **env: str) -> None:
+    def __init__(
+        self, redis_url: str, concurrency: int = 2, log_path: str | None = None, **env: str
+    ) -> None:
         self.env = {**os.environ, **FAST_ENV, "DISPATCH_REDIS_URL": redis_url, **env}
         self.concurrency = concurrency
+        self.log_path = log_path  # its stderr (the log), appended to this file if given
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -37,7 +40,13 @@ class WorkerProcess:
             "--concurrency",
             str(self.concurrency),
         ]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+        if self.log_path is None:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+        else:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=log
+                )
         return self
 
     def stop(self) -> None:
