@@ -83,7 +83,25 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     if keys:
         client.delete(*keys)
     yield client
-    client.close()
+    try:
+        _celery_keys_left_whole(client)
+    finally:
+        client.close()
+
+
+def _celery_keys_left_whole(client: redis.Redis) -> None:
+    """A test that left a Celery queue's key of another type (a test of a hand edit)
+    fails here, and the key goes: the session's worker, its consumer restarting on
+    WRONGTYPE every second, sent nothing for the rest of the run."""
+    keys = [key for queue in store.CELERY_QUEUES for key in store.queue_keys(queue)]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.type(key)
+        types = dict(zip(keys, pipe.execute(), strict=True))
+    wrong = {key: kind for key, kind in types.items() if kind not in ("none", "list")}
+    if wrong:
+        client.delete(*wrong)
+        raise AssertionError(f"the test left Celery's queue keys of another type: {wrong}")
 
 
 @pytest.fixture(scope="session")
