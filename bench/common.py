@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -292,3 +293,20 @@ def warm_process() -> None:
 
 def tempdir() -> str:
     return tempfile.mkdtemp(prefix="dispatch-bench-")
+
+
+if TYPE_CHECKING:
+    from dispatch.redis_server import RedisServer
+
+BENCH_ENV = {"DISPATCH_SECRET_KEY": "bench", "DISPATCH_ALLOW_PRIVATE_ENDPOINTS": "true"}
+
+
+def bench_redis() -> RedisServer:
+    """A Redis of the benchmark's own, started, with this process's dispatch settings
+    (and those of the processes it starts) pointed at it: ``DISPATCH_REDIS_URL`` and
+    :data:`BENCH_ENV` (a secret key, local sinks allowed)."""
+    from dispatch.redis_server import RedisServer
+
+    server = RedisServer().start()
+    os.environ.update(DISPATCH_REDIS_URL=server.url, **BENCH_ENV)
+    return server

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import time
 
 import orjson
 
-from bench.common import cpu_seconds, warm_process
+from bench.common import bench_redis, cpu_seconds, warm_process
 from bench.http_e2e import BODY, HTML, SUBJECT, recipients
 
 
@@ -62,14 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from dispatch.redis_server import RedisServer
-
-    server = RedisServer().start()
-    os.environ.update(
-        DISPATCH_REDIS_URL=server.url,
-        DISPATCH_SECRET_KEY="bench",
-        DISPATCH_ALLOW_PRIVATE_ENDPOINTS="true",
-    )
+    server = bench_redis()
     try:
         from dispatch import store
 

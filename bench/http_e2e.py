@@ -24,6 +24,7 @@ import redis
 from bench.common import (
     CpuMeter,
     RssWatcher,
+    bench_redis,
     campaign_seconds,
     free_port,
     print_rate,
@@ -175,14 +176,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args()
 
-    from dispatch.redis_server import RedisServer
-
-    redis_server = RedisServer().start()
-    os.environ.update(
-        DISPATCH_REDIS_URL=redis_server.url,
-        DISPATCH_SECRET_KEY="bench",
-        DISPATCH_ALLOW_PRIVATE_ENDPOINTS="true",
-    )
+    redis_server = bench_redis()
     sink = HttpSink()
     worker = None
     try:

@@ -13,12 +13,11 @@ campaign, in the same run).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import redis
 
-from bench.common import start_worker, stop
+from bench.common import BENCH_ENV, bench_redis, start_worker, stop
 from bench.http_e2e import HttpSink, recipients, run_dispatch
 from bench.smtp_e2e import wait_ready
 
@@ -46,11 +45,9 @@ def main() -> None:
     n = args.recipients
 
     from dispatch import retention, store
-    from dispatch.redis_server import RedisServer
 
-    redis_server = RedisServer().start()
-    env = {"DISPATCH_SECRET_KEY": "bench", "DISPATCH_ALLOW_PRIVATE_ENDPOINTS": "true"}
-    os.environ.update(DISPATCH_REDIS_URL=redis_server.url, **env)
+    redis_server = bench_redis()
+    env = BENCH_ENV
     sink = HttpSink()
     worker = None
     try:

@@ -41,6 +41,8 @@ CASES = {
     "redis_lua": (["-m", "bench.redis_lua"], ["cut it out and XADD it", "ratio"]),
     "enqueue_cpu": (["-m", "bench.enqueue_cpu", "--recipients", "2000", "--rounds", "1"],
                     ["us/recipient, Redis", "ratio enqueue / baseline"]),
+    "batch_cpu": (["-m", "bench.batch_cpu", "--recipients", "3000", "--rounds", "1"],
+                  ["least of 1:", "ratio run_batch / orjson payloads:"]),
 }  # fmt: skip
 
 
