@@ -102,6 +102,22 @@ def _celery_keys_left_whole(client: redis.Redis) -> None:
     if wrong:
         client.delete(*wrong)
         raise AssertionError(f"the test left Celery's queue keys of another type: {wrong}")
+    # Likewise a memory limit or an evicting policy left set (tests of maxmemory set them
+    # for a moment) would refuse or drop the writes of every test after it.
+    config = client.config_get("maxmemory*")
+    changed = {
+        name: value
+        for name, value in config.items()
+        if name in SESSION_REDIS_CONFIG and value != SESSION_REDIS_CONFIG[name]
+    }
+    if changed:
+        for name in changed:
+            client.config_set(name, SESSION_REDIS_CONFIG[name])
+        raise AssertionError(f"the test left the session's Redis configured so: {changed}")
+
+
+# What the session's Redis runs with (RedisServer's defaults): tests put it back.
+SESSION_REDIS_CONFIG = {"maxmemory": "0", "maxmemory-policy": "noeviction"}
 
 
 @pytest.fixture(scope="session")
