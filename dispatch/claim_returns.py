@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from dispatch.batch_items import Item
-from dispatch.ledger import LeaseLostError, LedgerWriter, Records
+from dispatch.ledger import LeaseLostError, LedgerWriter, Records, claim_record
 from dispatch.models import MessageState
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,71 @@ async def give_back_after_failure(
             return
         except Exception:
             if time.monotonic() + pause > deadline:
-                log.warning(
-                    "%s: could not give back %d claims of a failed batch run (the next "
-                    "run records them unknown)",
-                    writer.keys[0],
-                    len(left),
-                    extra={"batch": writer.batch, "provider": writer.provider},
-                )
+                claims = await _unclaim_first_tries(writer, left)
+                if claims != 0:
+                    log.warning(
+                        "%s: could not give back %s claims of a failed batch run (the "
+                        "next run records them unknown)",
+                        writer.keys[0],
+                        f"up to {len(left)}" if claims is None else claims,
+                        extra={"batch": writer.batch, "provider": writer.provider},
+                    )
                 return
         await asyncio.sleep(pause)
         pause = min(pause * 2, 1.0)
+
+
+# Under the run's lease (KEYS[2] holding ARGV[1]): deletes the records of the first
+# ARGV[3] seqs after it that are still a first try's claim (ARGV[2]), and counts the
+# other seqs' records that are still claims. {-1, 0}: the lease is not the run's.
+_UNCLAIM = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1, 0} end
+local last_fresh = 3 + tonumber(ARGV[3])
+local deleted, claimed = 0, 0
+for i = 4, #ARGV do
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  if rec and i <= last_fresh and rec == ARGV[2] then
+    deleted = deleted + redis.call('HDEL', KEYS[1], ARGV[i])
+  elseif rec and string.find(rec, '"s":"claimed"', 1, true) then
+    claimed = claimed + 1
+  end
+end
+return {deleted, claimed}
+"""
+
+
+async def _unclaim_first_tries(writer: LedgerWriter, items: list[Item]) -> int | None:
+    """When the give-back failed: delete the claims of those of ``items`` whose claim is
+    of a first try no earlier try marked (nothing is lost with such a record: a message
+    never tried has none, and its counts do not change, queued counts claims). Redis at
+    its memory limit (noeviction) refuses every write that may grow memory, the
+    give-back's too, but takes deletions. Fenced by the run's lease like the give-back.
+
+    Returns how many of ``items`` are still claimed in the ledger (the next run records
+    them ``unknown``: claims of messages tried before), or None when Redis refused this
+    too or the lease is gone (any of them may be)."""
+    fresh = [i for i in items if not (i.attempts or i.throttles or i.detail)]
+    others = [i for i in items if i.attempts or i.throttles or i.detail]
+    ledger, lease = writer.keys[0], writer.keys[3]  # (LedgerWriter's keys: ledger, ..., lease)
+    args: list[str | bytes | int] = [writer.token, claim_record(1), len(fresh)]
+    args += [i.seq for i in fresh] + [i.seq for i in others]
+    try:
+        deleted, claimed = await writer.client.eval(_UNCLAIM, 2, ledger, lease, *args)
+    except Exception:  # Redis still refuses, or is gone
+        return None
+    if int(deleted) < 0:
+        return None
+    for item in fresh:
+        item.claimed = False
+    if int(deleted):
+        log.warning(
+            "%s: Redis refused the give-back of a failed batch run's claims; %d first "
+            "tries went back by deleting their claims",
+            writer.keys[0],
+            int(deleted),
+            extra={"batch": writer.batch, "provider": writer.provider},
+        )
+    return int(claimed)
 
 
 # Why a message the load claimed went back to waiting (its record, until it is claimed
