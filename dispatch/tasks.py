@@ -24,6 +24,8 @@ from celery.worker.request import Request
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
 from kombu.serialization import registry as serializers  # type: ignore[attr-defined]
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dispatch import (
     batch_enqueue,
@@ -41,6 +43,7 @@ from dispatch.celery_app import MAX_TASK_BODY_BYTES, DispatchTask, TaskBodyTooLa
 from dispatch.housekeeping import sweep
 from dispatch.ledger import LeaseLostError
 from dispatch.models import CampaignStatus
+from dispatch.redis_server import ensure_redis_url
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings, task_time_limit
 
@@ -414,11 +417,45 @@ def recover_callbacks(grace: float | None = None) -> int:
 # unsent messages on within a second (dispatch.sending.run_batch's stop_key).
 @worker_shutting_down.connect
 def _hand_batches_on(sender: object = None, **_: object) -> None:
+    if _stop_path.unanswered:  # (the bootstep's call after the signal's: once is enough)
+        return
     try:
         # Kept while it stops (compose gives 60 s); gone at its exit, or after this.
-        store.sync_client().set(store.worker_stopping_key(str(sender)), "1", ex=600)
-    except Exception:  # stopping anyway: the batches finish as before
+        _stop_path.client().set(store.worker_stopping_key(str(sender)), "1", ex=600)
+    except Exception as exc:  # stopping anyway: the batches finish as before
+        _stop_path.failed(exc)
         log.exception("could not tell the running batches to stop")
+
+
+class _StopPath:
+    """The Redis calls of a worker that stops (its stop mark, its note, its direct queue)
+    each wait at most ``STOP_REDIS_TIMEOUT`` once, without redis-py's retries; and once
+    Redis has not answered one, the later ones are not made. A Redis that stops answering
+    without closing the connection (frozen, a failover, a dropped NAT entry) cost each of
+    them 5-36 s of timeouts and retries: about 70 s in all, past compose's 60 s grace."""
+
+    def __init__(self) -> None:
+        self.unanswered = False
+        self._client: redis.Redis | None = None
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                ensure_redis_url(),
+                decode_responses=True,
+                socket_timeout=STOP_REDIS_TIMEOUT,
+                socket_connect_timeout=STOP_REDIS_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+            )
+        return self._client
+
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            self.unanswered = True
+
+
+STOP_REDIS_TIMEOUT = 3.0  # seconds each Redis call of a stopping worker waits
+_stop_path = _StopPath()
 
 
 class _HandOnWhenStopping(bootsteps.StartStopStep):
@@ -442,10 +479,16 @@ def _forget_the_stop(sender: object = None, **_: object) -> None:
     """A worker that stopped, or starts again under the same name, is not stopping
     (``celeryd_init`` sends the name, ``worker_shutdown`` the worker itself)."""
     name = getattr(sender, "hostname", sender)
+    stopping = name is not sender
+    if stopping and _stop_path.unanswered:  # Redis did not answer: the key expires
+        log.warning("could not clear the stop mark of %s (Redis did not answer)", name)
+        return
     try:
-        store.sync_client().delete(store.worker_stopping_key(str(name)))
-        worker_health.forget(store.sync_client(), str(name))
-    except Exception:  # Redis not up yet: Celery reports it; the key expires anyway
+        _stop_path.client().delete(store.worker_stopping_key(str(name)))
+        worker_health.forget(_stop_path.client(), str(name))
+    except Exception as exc:  # Redis not up yet: Celery reports it; the key expires anyway
+        if stopping:
+            _stop_path.failed(exc)
         log.warning("could not clear the stop mark of %s", sender)
 
 
@@ -454,7 +497,7 @@ def _retire(sender: object = None, **_: object) -> None:
     """A worker's direct queue leaves Redis with it (worker_health.retire)."""
     hostname = getattr(sender, "hostname", None)
     if hostname:
-        worker_health.retire(str(hostname))
+        worker_health.retire(str(hostname), redis_answers=not _stop_path.unanswered)
 
 
 @app.task(name="dispatch.canary")

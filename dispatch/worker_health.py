@@ -169,17 +169,22 @@ def start_canary(
     return thread
 
 
-def retire(hostname: str) -> None:
+def retire(hostname: str, redis_answers: bool = True) -> None:
     """The worker ``hostname`` stopped cleanly: its canary stops, and its direct queue
     goes with the canaries still waiting there (each worker started has a name of its
     own: they stayed in Redis, one queue and two binding entries for every worker ever
-    started)."""
+    started). ``redis_answers`` False: Redis did not answer the stop's first calls, and
+    the queue is left (the next worker started on this host with this process id drops
+    it: forget_predecessors)."""
     canary = _canaries.pop(hostname, None)
     if canary is not None:
         thread, stop = canary
         stop.set()
         thread.join(CANARY_STOP_SECONDS)  # (a send under way would declare the queue again)
-    drop_direct_queues(lambda name: name == hostname)
+    if redis_answers:
+        drop_direct_queues(lambda name: name == hostname)
+    else:
+        log.warning("left the direct queue of %s: Redis did not answer", hostname)
 
 
 def _same_process(name: str, hostname: str) -> bool:

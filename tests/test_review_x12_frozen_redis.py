@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import redis
 
@@ -16,9 +17,15 @@ from dispatch.redis_server import RedisServer
 from tests.worker import WorkerProcess, wait_for
 
 
-def test_a_worker_whose_redis_freezes_stops_all_the_same() -> None:
+def test_a_worker_whose_redis_freezes_stops_all_the_same(tmp_path: Path) -> None:
+    """And once Redis has not answered one call of the stop, the later ones are not made
+    (each cost 5-36 s of timeouts and redis-py's retries: about 70 s in all, past
+    compose's 60 s grace)."""
+    log = tmp_path / "worker.log"
     server = RedisServer().start()
-    worker = WorkerProcess(server.url, concurrency=1, DISPATCH_WORKER_CANARY_SECONDS="0.5")
+    worker = WorkerProcess(
+        server.url, concurrency=1, log_path=str(log), DISPATCH_WORKER_CANARY_SECONDS="0.5"
+    )
     r = redis.Redis.from_url(server.url, decode_responses=True)
     assert server.pid is not None
     try:
@@ -36,3 +43,6 @@ def test_a_worker_whose_redis_freezes_stops_all_the_same() -> None:
         worker.stop()
         r.close()
         server.stop()
+    logged = log.read_text()
+    assert "could not tell the running batches to stop" in logged, logged
+    assert "left the direct queue" in logged and "Redis did not answer" in logged, logged
