@@ -137,8 +137,10 @@ async def _unclaim_first_tries(writer: LedgerWriter, items: list[Item]) -> int |
     Returns how many of ``items`` are still claimed in the ledger (the next run records
     them ``unknown``: claims of messages tried before), or None when Redis refused this
     too or the lease is gone (any of them may be)."""
-    fresh = [i for i in items if not (i.attempts or i.throttles or i.detail)]
-    others = [i for i in items if i.attempts or i.throttles or i.detail]
+    fresh: list[Item] = []
+    others: list[Item] = []
+    for item in items:
+        (others if item.attempts or item.throttles or item.detail else fresh).append(item)
     ledger, lease = writer.keys[0], writer.keys[3]  # (LedgerWriter's keys: ledger, ..., lease)
     args: list[str | bytes | int] = [writer.token, claim_record(1), len(fresh)]
     args += [i.seq for i in fresh] + [i.seq for i in others]

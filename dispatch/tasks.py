@@ -417,7 +417,7 @@ def recover_callbacks(grace: float | None = None) -> int:
 # unsent messages on within a second (dispatch.sending.run_batch's stop_key).
 @worker_shutting_down.connect
 def _hand_batches_on(sender: object = None, **_: object) -> None:
-    if _stop_path.unanswered:  # (the bootstep's call after the signal's: once is enough)
+    if _stop_path.unanswered:  # (the bootstep's call, after the signal's got no answer)
         return
     try:
         # Kept while it stops (compose gives 60 s); gone at its exit, or after this.

@@ -84,15 +84,16 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
         client.delete(*keys)
     yield client
     try:
-        _celery_keys_left_whole(client)
+        _session_redis_left_whole(client)
     finally:
         client.close()
 
 
-def _celery_keys_left_whole(client: redis.Redis) -> None:
-    """A test that left a Celery queue's key of another type (a test of a hand edit)
-    fails here, and the key goes: the session's worker, its consumer restarting on
-    WRONGTYPE every second, sent nothing for the rest of the run."""
+def _session_redis_left_whole(client: redis.Redis) -> None:
+    """A test that left the session's Redis unfit for the tests after it fails here, and
+    what it left is put back: a Celery queue's key of another type (a test of a hand
+    edit: the session's worker, its consumer restarting on WRONGTYPE every second, sent
+    nothing for the rest of the run), a memory limit or an evicting policy."""
     keys = [key for queue in store.CELERY_QUEUES for key in store.queue_keys(queue)]
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
@@ -102,8 +103,6 @@ def _celery_keys_left_whole(client: redis.Redis) -> None:
     if wrong:
         client.delete(*wrong)
         raise AssertionError(f"the test left Celery's queue keys of another type: {wrong}")
-    # Likewise a memory limit or an evicting policy left set (tests of maxmemory set them
-    # for a moment) would refuse or drop the writes of every test after it.
     config = client.config_get("maxmemory*")
     changed = {
         name: value
