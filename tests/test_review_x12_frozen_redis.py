@@ -22,7 +22,12 @@ def test_a_worker_whose_redis_freezes_stops_all_the_same(tmp_path: Path) -> None
     (each cost 5-36 s of timeouts and redis-py's retries: about 70 s in all, past
     compose's 60 s grace)."""
     log = tmp_path / "worker.log"
-    server = RedisServer().start()
+    # In a session of its own: stopped in the tests' process group, it made the kernel
+    # send that group SIGHUP and SIGCONT whenever the group was orphaned meanwhile (POSIX;
+    # e.g. the shell that started the run exiting): Redis ran again and Celery's SIGHUP
+    # handler re-executed the worker, which forgot the SIGTERM and ran on (this test's
+    # rare "did not stop within 300 s").
+    server = RedisServer(own_session=True).start()
     worker = WorkerProcess(
         server.url, concurrency=1, log_path=str(log), DISPATCH_WORKER_CANARY_SECONDS="0.5"
     )

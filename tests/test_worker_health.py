@@ -31,7 +31,7 @@ def health(url: str) -> subprocess.CompletedProcess[str]:
 def test_a_worker_that_stops_taking_tasks_is_unhealthy_and_one_that_stops_leaves_no_note() -> None:
     server = RedisServer().start()
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    worker = WorkerProcess(server.url, concurrency=1, **CANARY)
+    worker = WorkerProcess(server.url, concurrency=1, own_session=True, **CANARY)
     try:
         before = health(server.url)
         assert before.returncode == 1 and "has taken a task yet" in before.stderr

@@ -22,11 +22,20 @@ class WorkerProcess:
     """``dispatch worker`` in a child process, on the test Redis."""
 
     def __init__(
-        self, redis_url: str, concurrency: int = 2, log_path: str | None = None, **env: str
+        self,
+        redis_url: str,
+        concurrency: int = 2,
+        log_path: str | None = None,
+        own_session: bool = False,
+        **env: str,
     ) -> None:
+        """``own_session``: for a worker the test stops (SIGSTOP): stopped in the tests'
+        process group, it would have that group sent SIGHUP and SIGCONT by the kernel if
+        the group were orphaned meanwhile (POSIX), which ends pytest."""
         self.env = {**os.environ, **FAST_ENV, "DISPATCH_REDIS_URL": redis_url, **env}
         self.concurrency = concurrency
         self.log_path = log_path  # its stderr (the log), appended to this file if given
+        self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -40,12 +49,15 @@ class WorkerProcess:
             "--concurrency",
             str(self.concurrency),
         ]
+        own = self.own_session
         if self.log_path is None:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                cmd, env=self.env, stdout=subprocess.DEVNULL, start_new_session=own
+            )
         else:
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=log
+                    cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=own
                 )
         return self
 
