@@ -6,6 +6,9 @@ import os
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dispatch.redis_server import EMBEDDED_DIR_NAME, ensure_redis_url
 
@@ -245,17 +248,38 @@ def redis_time(r: redis.Redis) -> float:
     return float(seconds) + micros / 1e6
 
 
+# After a failover that moves the Redis URL's name to the new primary (a DNS name, a
+# proxy, a managed service's endpoint), a connection still open to the old primary, now
+# a replica, answers every write READONLY, and redis-py keeps it: the API answered 503
+# and every batch failed until the process restarted. Such a connection is closed and
+# the command sent once more on a new one, which reaches the new primary. Safe to send
+# again: a replica refuses a write before doing any (a script raises at its first write,
+# a transaction is aborted whole). Only READONLY: a command whose connection broke may
+# have run (a ledger script sent twice would find its own claims taken), so those still
+# raise at once, as before.
+def _reconnect_on_readonly() -> Retry:
+    return Retry(NoBackoff(), 1, supported_errors=(redis.ReadOnlyError,))
+
+
+def _reconnect_on_readonly_async() -> AsyncRetry:
+    return AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ReadOnlyError,))
+
+
 def sync_client() -> redis.Redis:
     """A shared synchronous client (API, CLI, Celery task glue)."""
     global _sync_client
     if _sync_client is None:
-        _sync_client = redis.Redis.from_url(ensure_redis_url(), decode_responses=True)
+        _sync_client = redis.Redis.from_url(
+            ensure_redis_url(), decode_responses=True, retry=_reconnect_on_readonly()
+        )
     return _sync_client
 
 
 def async_client() -> aioredis.Redis:
     """A new asyncio client; bind it to one event loop and close it with that loop."""
-    return aioredis.Redis.from_url(ensure_redis_url(), decode_responses=True)
+    return aioredis.Redis.from_url(
+        ensure_redis_url(), decode_responses=True, retry=_reconnect_on_readonly_async()
+    )
 
 
 def reset_clients() -> None:
