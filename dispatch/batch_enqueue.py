@@ -5,7 +5,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+
+import redis
+from kombu.exceptions import BatchPublishError  # type: ignore[attr-defined]  # (stubs: older)
 
 from dispatch import store
 
@@ -62,25 +65,63 @@ def batch_enqueuer(enqueue: EnqueueBatch | None = None) -> Iterator[EnqueueBatch
     if enqueue is not None:
         yield enqueue
         return
-    from dispatch.celery_app import app
-    from dispatch.tasks import send_batch
+    publisher = _BatchPublisher()
+    try:
+        yield publisher.send
+    except BaseException as exc:
+        publisher.close(exc)
+        raise
+    publisher.close()
 
-    with app.producer_or_acquire() as producer, producer.batch(max_size=64) as published:
-        declare: list[object] | None = None  # (Celery's own: the queue, on the first)
 
-        def send(campaign_id: str, batch: int) -> None:
-            nonlocal declare
-            send_batch.apply_async(
-                (campaign_id, batch),
-                queue=store.SENDS_QUEUE,
-                priority=store.batch_priority(batch),
-                producer=producer,
-                # Declared by the block's first publish: kombu would find it declared
-                # on this connection for each of the others, after copying the queue
-                # and binding the copy to the channel to ask.
-                declare=declare,
-            )
-            declare = []
-            published.flush()
+class _BatchPublisher:
+    """A producer and its kombu batch, opened again once if Redis refused a publish as a
+    replica: after a failover that moved the URL's name, the producer's connection still
+    reached the old primary (READONLY), and the create that met it failed (500) with its
+    batches unsent until housekeeping; the next producer's connection reaches the new
+    primary. Publishing again cannot send a batch twice: a replica refuses every write
+    (and a batch task run twice sends nothing twice anyway)."""
 
-        yield send
+    def __init__(self) -> None:
+        self._open()
+
+    def _open(self) -> None:
+        from dispatch.celery_app import app
+
+        self._stack = ExitStack()
+        self._producer = self._stack.enter_context(app.producer_or_acquire())
+        self._published = self._stack.enter_context(self._producer.batch(max_size=64))
+        self._declare: list[object] | None = None  # (Celery's own: the queue, on the first)
+
+    def send(self, campaign_id: str, batch: int) -> None:
+        try:
+            self._publish(campaign_id, batch)
+        except BatchPublishError as exc:
+            if not isinstance(exc.__cause__, redis.ReadOnlyError):
+                raise
+            self.close(exc)
+            self._open()
+            self._publish(campaign_id, batch)
+
+    def _publish(self, campaign_id: str, batch: int) -> None:
+        from dispatch.tasks import send_batch
+
+        send_batch.apply_async(
+            (campaign_id, batch),
+            queue=store.SENDS_QUEUE,
+            priority=store.batch_priority(batch),
+            producer=self._producer,
+            # Declared by the block's first publish: kombu would find it declared on
+            # this connection for each of the others, after copying the queue and
+            # binding the copy to the channel to ask.
+            declare=self._declare,
+        )
+        self._declare = []
+        self._published.flush()
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Flush and give the producer back; with ``exc``, drop what is not flushed."""
+        if exc is None:
+            self._stack.close()
+        else:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)

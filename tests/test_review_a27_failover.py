@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -23,10 +24,11 @@ from dispatch.redis_server import RedisServer
 from dispatch.sending import run_batch
 from dispatch.settings import get_settings
 from tests.api_server import ApiServer
+from tests.callback_support import api_process
 from tests.conftest import API_TOKEN
 from tests.helpers import create_held, http_provider, recipients
 from tests.http_sink import HttpSink
-from tests.worker import wait_for
+from tests.worker import WorkerProcess, wait_for
 
 
 class SwitchingProxy:
@@ -170,3 +172,38 @@ def test_a_workers_client_sends_the_next_batch_right_after_the_failover(pair: Pa
         sent_to = sorted(m["to"] for q in sink.requests for m in q.json()["msgs"])
     assert [(s["sent"], s["status"]) for s in summaries] == [(3, "completed"), (4, "completed")]
     assert len(sent_to) == 7 and len(set(sent_to)) == 7
+
+
+def test_a_campaign_created_right_after_the_failover_is_enqueued_and_sent(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """``dispatch api`` and a worker, each in its own process: the API's first enqueue
+    of batch tasks after the failover met its producer's connection to the old primary
+    (kombu's batch publish: READONLY), and the create answered 500, its batches never
+    enqueued (left to housekeeping's sweep, minutes later)."""
+    r = store.sync_client()
+    body = {"provider": "esp", "subject": "Hi {{ name }}", "html": "<p>{{ name }}</p>"}
+    worker = WorkerProcess(pair.url, concurrency=1, log_path=str(tmp_path / "worker.log"))
+    with HttpSink() as sink, api_process(pair.url) as api:
+        http_provider(r, sink.url)
+        worker.start()
+        try:
+            ids = []
+            for domain in ("a.example", "b.example"):
+                created = api.post(
+                    "/v1/campaigns", json={**body, "recipients": recipients(3, domain)}
+                )
+                assert created.status_code == 201, created.text
+                ids.append(created.json()["id"])
+                wait_for(lambda: _status(r, ids[-1]) == "completed", timeout=60)
+                if domain == "a.example":
+                    pair.fail_over()
+        finally:
+            worker.stop()
+        sent_to = sorted(m["to"] for q in sink.requests for m in q.json()["msgs"])
+    assert [campaign_reads.campaign_summary(c, r)["sent"] for c in ids] == [3, 3]
+    assert len(sent_to) == 6 and len(set(sent_to)) == 6
+
+
+def _status(r: redis.Redis, campaign_id: str) -> str:
+    return str(campaign_reads.campaign_summary(campaign_id, r)["status"])
