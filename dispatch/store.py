@@ -8,6 +8,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from dispatch.redis_server import EMBEDDED_DIR_NAME, ensure_redis_url
@@ -265,12 +266,25 @@ def _reconnect_on_readonly_async() -> AsyncRetry:
     return AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ReadOnlyError,))
 
 
+# redis-py 8 turns its maintenance notifications (a managed service's push messages
+# before it moves a shard) on by itself with RESP3 ("auto"), and its asyncio pool then
+# hands out a pooled connection without checking that the server has not closed it:
+# after Redis's idle ``timeout`` (common on managed services) an asyncio client's next
+# command failed, "Connection closed by server" (a worker's batches did not meet it in a
+# test, for reasons not found; a client kept across a quiet spell did, asyncio's loop or
+# uvloop's). dispatch uses none of them; off, the pool checks each connection again.
+_NO_MAINT_NOTIFICATIONS = MaintNotificationsConfig(enabled=False)
+
+
 def sync_client() -> redis.Redis:
     """A shared synchronous client (API, CLI, Celery task glue)."""
     global _sync_client
     if _sync_client is None:
         _sync_client = redis.Redis.from_url(
-            ensure_redis_url(), decode_responses=True, retry=_reconnect_on_readonly()
+            ensure_redis_url(),
+            decode_responses=True,
+            retry=_reconnect_on_readonly(),
+            maint_notifications_config=_NO_MAINT_NOTIFICATIONS,
         )
     return _sync_client
 
@@ -278,7 +292,10 @@ def sync_client() -> redis.Redis:
 def async_client() -> aioredis.Redis:
     """A new asyncio client; bind it to one event loop and close it with that loop."""
     return aioredis.Redis.from_url(
-        ensure_redis_url(), decode_responses=True, retry=_reconnect_on_readonly_async()
+        ensure_redis_url(),
+        decode_responses=True,
+        retry=_reconnect_on_readonly_async(),
+        maint_notifications_config=_NO_MAINT_NOTIFICATIONS,
     )
 
 
