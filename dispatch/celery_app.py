@@ -141,7 +141,9 @@ class _Config:
 
     @property
     def result_backend(self) -> str:
-        return celery_redis_url(ensure_redis_url())
+        from dispatch.result_backend import backend_url
+
+        return backend_url(celery_redis_url(ensure_redis_url()))
 
     @property
     def broker_transport_options(self) -> dict[str, object]:

@@ -258,7 +258,7 @@ def redis_time(r: redis.Redis) -> float:
 # a transaction is aborted whole). Only READONLY: a command whose connection broke may
 # have run (a ledger script sent twice would find its own claims taken), so those still
 # raise at once, as before.
-def _reconnect_on_readonly() -> Retry:
+def reconnect_on_readonly() -> Retry:
     return Retry(NoBackoff(), 1, supported_errors=(redis.ReadOnlyError,))
 
 
@@ -283,7 +283,7 @@ def sync_client() -> redis.Redis:
         _sync_client = redis.Redis.from_url(
             ensure_redis_url(),
             decode_responses=True,
-            retry=_reconnect_on_readonly(),
+            retry=reconnect_on_readonly(),
             maint_notifications_config=_NO_MAINT_NOTIFICATIONS,
         )
     return _sync_client

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
+from celery import Celery
 
 from dispatch import campaign_reads, store
 from dispatch.redis_server import RedisServer
@@ -180,29 +182,40 @@ def test_a_campaign_created_right_after_the_failover_is_enqueued_and_sent(
     """``dispatch api`` and a worker, each in its own process: the API's first enqueue
     of batch tasks after the failover met its producer's connection to the old primary
     (kombu's batch publish: READONLY), and the create answered 500, its batches never
-    enqueued (left to housekeeping's sweep, minutes later)."""
+    enqueued (left to housekeeping's sweep, minutes later); a create through the Celery
+    task read a failure."""
     r = store.sync_client()
     body = {"provider": "esp", "subject": "Hi {{ name }}", "html": "<p>{{ name }}</p>"}
     worker = WorkerProcess(pair.url, concurrency=1, log_path=str(tmp_path / "worker.log"))
+    other = Celery("other-service", broker=pair.url, backend=pair.url)
+    ids: list[str] = []
+
+    def create_both(api: httpx.Client, tag: str) -> None:
+        """One campaign through the API, one through the Celery task (as another
+        service sends it, reading the answer), each sent before the next."""
+        created = api.post("/v1/campaigns", json={**body, "recipients": recipients(3, f"{tag}.a")})
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+        wait_for(lambda: _status(r, ids[-1]) == "completed", timeout=60)
+        sent = other.send_task(
+            "dispatch.enqueue_campaign", args=[{**body, "recipients": recipients(3, f"{tag}.c")}]
+        )
+        ids.append(sent.get(timeout=60))  # (raised ReadOnlyError: its answer not stored)
+        wait_for(lambda: _status(r, ids[-1]) == "completed", timeout=60)
+
     with HttpSink() as sink, api_process(pair.url) as api:
         http_provider(r, sink.url)
         worker.start()
         try:
-            ids = []
-            for domain in ("a.example", "b.example"):
-                created = api.post(
-                    "/v1/campaigns", json={**body, "recipients": recipients(3, domain)}
-                )
-                assert created.status_code == 201, created.text
-                ids.append(created.json()["id"])
-                wait_for(lambda: _status(r, ids[-1]) == "completed", timeout=60)
-                if domain == "a.example":
-                    pair.fail_over()
+            create_both(api, "before")
+            pair.fail_over()
+            create_both(api, "after")
         finally:
             worker.stop()
+            other.close()
         sent_to = sorted(m["to"] for q in sink.requests for m in q.json()["msgs"])
-    assert [campaign_reads.campaign_summary(c, r)["sent"] for c in ids] == [3, 3]
-    assert len(sent_to) == 6 and len(set(sent_to)) == 6
+    assert [campaign_reads.campaign_summary(c, r)["sent"] for c in ids] == [3, 3, 3, 3]
+    assert len(sent_to) == 12 and len(set(sent_to)) == 12
 
 
 def _status(r: redis.Redis, campaign_id: str) -> str:
