@@ -22,7 +22,7 @@ NAME = "dispatch.result_backend:RedisBackend"
 class RedisBackend(CeleryRedisBackend):
     def _create_client(self, **params: Any) -> Any:
         create = super()._create_client  # type: ignore[misc]  # (not in celery-types)
-        return create(**params, retry=reconnect_on_readonly())
+        return create(**{**params, "retry": reconnect_on_readonly()})
 
 
 def backend_url(url: str) -> str:
