@@ -97,7 +97,14 @@ class _BatchPublisher:
         try:
             self._publish(campaign_id, batch)
         except BatchPublishError as exc:
-            if not isinstance(exc.__cause__, redis.ReadOnlyError):
+            cause = exc.__cause__
+            if isinstance(cause, redis.ConnectionError | redis.TimeoutError):
+                # Redis went away (restarted, a failover): raised as every other call
+                # meeting it raises, so the API answers 503 and the enqueue task runs
+                # again, as for the storing beside it (it was kombu's own error: a 500,
+                # and a task failed for good). A batch published twice sends nothing twice.
+                raise type(cause)(f"publishing a batch task: {cause}") from exc
+            if not isinstance(cause, redis.ReadOnlyError):
                 raise
             self.close(exc)
             self._open()
